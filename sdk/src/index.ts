@@ -1,0 +1,26 @@
+export { Kindling, DEFAULT_URL, DEFAULT_TIMEOUT_MS, type KindlingOptions, type KindlingEnv } from './client.js';
+export { EXECUTION_GRACE_MS, type ExecuteOptions, type StreamOptions, type RunOptions } from './executions.js';
+export type { RequestOptions } from './resource.js';
+export type { FetchFunction } from './http.js';
+export { ExecutionStream } from './stream.js';
+export {
+  KindlingError,
+  AuthenticationError,
+  NotFoundError,
+  ValidationError,
+  RateLimitError,
+  ServerError,
+  ConnectionError,
+  AbortError,
+  type KindlingErrorOptions,
+} from './errors.js';
+export type {
+  Runtime,
+  ExecutorName,
+  ExecuteSpec,
+  ExecutionResult,
+  OutputEvent,
+  HealthStatus,
+  ExecutorStatus,
+  ReadyStatus,
+} from './types.js';

@@ -1,0 +1,32 @@
+import type { HttpClient } from './http.js';
+
+/**
+ * Base of every API resource (executions today; functions and invocations next). A resource holds the shared
+ * transport and nothing else, so all of them send requests, time out and convert errors the same way.
+ */
+export abstract class APIResource {
+  protected readonly http: HttpClient;
+
+  constructor(http: HttpClient) {
+    this.http = http;
+  }
+}
+
+/** Options every request method accepts. */
+export interface RequestOptions {
+  /** Cancels the request; the call then rejects with `AbortError`. Default: none. */
+  signal?: AbortSignal;
+  /**
+   * Request timeout for this call in milliseconds; 0 disables it. When it passes the call rejects with
+   * `ConnectionError` (code `TIMEOUT`). Default: the client's `timeoutMs` (see `KindlingOptions.timeoutMs`).
+   */
+  requestTimeoutMs?: number;
+}
+
+/** Throws a RangeError unless `value` is undefined or a finite number >= 0. */
+export function checkMs(name: string, value: number | undefined): void {
+  if (value === undefined) return;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new RangeError(`${name} must be a finite number of milliseconds >= 0 (0 disables it), got ${String(value)}`);
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * Wire types of the Kindling HTTP API, as the SDK sends and receives them. Units are in the names (`timeoutMs`,
+ * `memoryMb`). Defaults marked "server default" are chosen by the server you talk to; the values given are those of a
+ * stock server and may be configured differently.
+ */
+
+/** A built-in runtime. Other names are passed through so newer servers can add runtimes without an SDK release. */
+export type Runtime = 'bash' | 'python' | 'node' | 'rust' | (string & {});
+
+/** An execution backend of the server. Other names are passed through for newer servers. */
+export type ExecutorName = 'docker' | 'sandbox' | 'microvm' | (string & {});
+
+/**
+ * What to run, for `POST /v1/execute`. Give either `runtime` + `code`, or `image` + `command`.
+ * Every field is optional on the wire; the server validates the combination and answers 400 when it is wrong.
+ */
+export interface ExecuteSpec {
+  /** Language runtime that runs `code`: `bash`, `python`, `node` or `rust`. */
+  runtime?: Runtime;
+  /** Source code for `runtime`. */
+  code?: string;
+  /** Container image to run `command` in (e.g. `kindling/base`). */
+  image?: string;
+  /** Program and arguments, not run through a shell (use `['sh', '-c', '...']` for one). */
+  command?: string[];
+  /**
+   * Standard input. A string is sent as UTF-8 text; a `Uint8Array` is sent base64-encoded as `stdinBase64`.
+   * Default: none (the program reads end-of-file). At most one of `stdin` and `stdinBase64`.
+   */
+  stdin?: string | Uint8Array;
+  /** Standard input as base64, for binary input. Default: none. */
+  stdinBase64?: string;
+  /** Extra environment variables. Default: none beyond the runtime's own. */
+  env?: Record<string, string>;
+  /** Working directory inside the sandbox. Server default: `/work`. */
+  workdir?: string;
+  /** Wall-clock limit in milliseconds; the whole process tree is killed when it passes. Server default: 30000. */
+  timeoutMs?: number;
+  /** Memory limit in MiB. Server default: 256. */
+  memoryMb?: number;
+  /** CPU quota in cores (0.5 = half a core). Server default: 1. */
+  cpus?: number;
+  /** Maximum number of processes/threads. Server default: 256. */
+  pids?: number;
+  /** Bytes kept per output stream (stdout, stderr); the rest is dropped and the result says `truncated`. Server default. */
+  outputBytes?: number;
+  /** Size in MiB of the writable scratch space (/tmp and the work dir). Server default. */
+  diskMb?: number;
+  /** Network access. Only `none` (no network) is accepted today. Default: `none`. */
+  network?: 'none';
+  /** Executor to run on. Default: the server's default executor (see `ready().defaultExecutor`). */
+  executor?: ExecutorName;
+}
+
+/** The outcome of one execution. A non-zero exit, a timeout or an OOM kill is a normal result, not an error. */
+export interface ExecutionResult {
+  /** Execution id, for logs and support. */
+  id: string;
+  /** Exit status of the program (non-zero on failure; by convention 128+N when killed by signal N). */
+  exitCode: number;
+  /** The signal that ended the process when one did (e.g. `SIGKILL`), else null. */
+  signal: string | null;
+  /** Everything the program wrote to stdout (UTF-8), up to `outputBytes`. */
+  stdout: string;
+  /** Everything the program wrote to stderr (UTF-8), up to `outputBytes`. */
+  stderr: string;
+  /** Wall-clock run time of the program in milliseconds. */
+  durationMs: number;
+  /** True when a new sandbox had to be started for this execution (no warm one was available). */
+  coldStart: boolean;
+  /** The executor that ran it. */
+  executor: ExecutorName;
+  /** True when the program was killed for passing `timeoutMs`. */
+  timedOut: boolean;
+  /** True when the program was killed for passing `memoryMb`. */
+  oomKilled: boolean;
+  /** True when stdout or stderr was cut at `outputBytes`. */
+  truncated: boolean;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  /** Phase timings in milliseconds: waiting in the queue, starting the sandbox, running the program. */
+  timings: { queuedMs: number; startMs: number; runMs: number };
+}
+
+/** One chunk of output while an execution streams. */
+export interface OutputEvent {
+  type: 'stdout' | 'stderr';
+  /** The text as the program produced it (chunk boundaries are arbitrary, not lines). */
+  data: string;
+}
+
+/** `GET /healthz`. */
+export interface HealthStatus {
+  status: 'ok';
+}
+
+/** One executor's state in `GET /readyz`. */
+export interface ExecutorStatus {
+  name: ExecutorName;
+  ready: boolean;
+  /** Why it is not ready (e.g. "docker socket not reachable"); null or absent when ready. */
+  reason?: string | null;
+}
+
+/** `GET /readyz`. */
+export interface ReadyStatus {
+  status: 'ready' | 'not_ready';
+  defaultExecutor: ExecutorName;
+  executors: ExecutorStatus[];
+}

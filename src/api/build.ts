@@ -1,0 +1,103 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import swagger from '@fastify/swagger';
+import { KindlingError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { ExecutorName } from '../core/types.js';
+import type { Executor } from '../executors/executor.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { ExecutionService } from '../orchestrator/execution-service.js';
+import { makeAuthenticator } from './auth.js';
+import { sendError, toKindlingError } from './errors.js';
+import { registerExecuteRoutes } from './routes/execute.js';
+import { registerHealthRoutes } from './routes/health.js';
+
+export interface ApiOptions {
+  executionService: ExecutionService;
+  executors: ReadonlyMap<ExecutorName, Executor>;
+  defaultExecutor: ExecutorName;
+  defaultExecutorReason: string;
+  metrics: Metrics;
+  /** Keys accepted on /v1 routes; empty means auth is off (main allows that only on loopback). */
+  apiKeys: string[];
+  /** Largest request body accepted, in bytes; beyond it: 413. */
+  maxBodyBytes: number;
+  version: string;
+  logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
+  isDraining?: () => boolean;
+}
+
+/** Builds the HTTP gateway without listening, so tests can use inject() and main decides where to listen. */
+export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
+  const loggerOption =
+    options.logger && typeof options.logger === 'object' && 'child' in options.logger
+      ? { loggerInstance: options.logger as FastifyServerOptions['loggerInstance'] }
+      : { logger: (options.logger as FastifyServerOptions['logger']) ?? false };
+  const app = Fastify({
+    ...loggerOption,
+    bodyLimit: options.maxBodyBytes,
+    genReqId: (request) => {
+      const given = request.headers['x-request-id'];
+      return typeof given === 'string' && /^[A-Za-z0-9._-]{1,128}$/.test(given) ? given : newId('req');
+    },
+    return503OnClosing: true,
+    ajv: {
+      // Strict: no type coercion, no silent removal of unknown fields.
+      customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false },
+    },
+  }) as unknown as FastifyInstance;
+
+  const toError = (error: unknown): KindlingError => toKindlingError(error, { maxBodyBytes: options.maxBodyBytes });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'Kindling API',
+        version: options.version,
+        description: 'Run code and commands in isolated sandboxes. Errors: {"error":{"code","message"},"requestId"}.',
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  app.addHook('onSend', async (request, reply, payload) => {
+    reply.header('x-request-id', request.id);
+    return payload;
+  });
+
+  const authenticate = makeAuthenticator(options.apiKeys);
+  app.addHook('onRequest', async (request) => {
+    if (request.url.startsWith('/v1/') || request.url === '/v1') authenticate(request);
+  });
+
+  app.setErrorHandler((error, request, reply) => {
+    const failure = toError(error);
+    options.metrics.onHttpError(failure.code, failure.statusCode);
+    if (failure.statusCode >= 500) request.log.error({ err: error, code: failure.code }, failure.message);
+    else request.log.info({ code: failure.code, msg: failure.message }, 'request rejected');
+    return sendError(reply, request, failure);
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    const failure = new KindlingError('ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}; see GET /openapi.json for the routes`);
+    options.metrics.onHttpError(failure.code, failure.statusCode);
+    return sendError(reply, request, failure);
+  });
+
+  registerHealthRoutes(app, {
+    executors: options.executors,
+    defaultExecutor: options.defaultExecutor,
+    defaultExecutorReason: options.defaultExecutorReason,
+    isDraining: options.isDraining ?? (() => false),
+  });
+  registerExecuteRoutes(app, { executionService: options.executionService, toError });
+
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    reply.type(options.metrics.registry.contentType);
+    return options.metrics.registry.metrics();
+  });
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  return app;
+}

@@ -1,0 +1,50 @@
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { KindlingError, type ErrorCode } from '../core/errors.js';
+
+/** Fastify's own error codes, mapped to ours. */
+const FASTIFY_CODES: Record<string, { code: ErrorCode; message?: string }> = {
+  FST_ERR_CTP_INVALID_JSON_BODY: { code: 'INVALID_JSON', message: 'the request body is not valid JSON' },
+  FST_ERR_CTP_EMPTY_JSON_BODY: { code: 'INVALID_JSON', message: 'the request body is empty; send a JSON object' },
+  FST_ERR_CTP_BODY_TOO_LARGE: { code: 'PAYLOAD_TOO_LARGE' },
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: { code: 'UNSUPPORTED_MEDIA_TYPE', message: 'unsupported Content-Type; send application/json' },
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { code: 'VALIDATION_FAILED', message: 'Content-Length does not match the body' },
+  FST_ERR_VALIDATION: { code: 'VALIDATION_FAILED' },
+};
+
+/** Converts anything thrown into a KindlingError. Unexpected errors become INTERNAL and hide their details. */
+export function toKindlingError(error: unknown, limits: { maxBodyBytes: number }): KindlingError {
+  if (error instanceof KindlingError) return error;
+  const fastifyError = error as FastifyError;
+  if (fastifyError && typeof fastifyError.code === 'string') {
+    const mapped = FASTIFY_CODES[fastifyError.code];
+    if (mapped?.code === 'PAYLOAD_TOO_LARGE') {
+      return new KindlingError('PAYLOAD_TOO_LARGE', `the request body is larger than this server's limit of ${limits.maxBodyBytes} bytes; send less or raise --max-body-bytes`);
+    }
+    if (mapped?.code === 'VALIDATION_FAILED' && fastifyError.validation) {
+      const first = fastifyError.validation[0];
+      const where = first?.instancePath ? first.instancePath.replace(/^\//, '').replace(/\//g, '.') : 'body';
+      const extra = first?.keyword === 'additionalProperties' ? ` "${String((first.params as { additionalProperty?: string }).additionalProperty)}" is not a known field` : ` ${first?.message ?? 'is invalid'}`;
+      return new KindlingError('VALIDATION_FAILED', `${where}:${extra}; see GET /openapi.json for the schema`, { details: { field: where } });
+    }
+    if (mapped) return new KindlingError(mapped.code, mapped.message ?? fastifyError.message, { cause: error });
+  }
+  // Fastify reports a few body errors only by status code.
+  if (fastifyError?.statusCode === 400 && error instanceof SyntaxError) {
+    return new KindlingError('INVALID_JSON', `the request body is not valid JSON: ${error.message}`);
+  }
+  if (fastifyError?.statusCode === 413) return toKindlingError({ code: 'FST_ERR_CTP_BODY_TOO_LARGE' }, limits);
+  if (fastifyError?.statusCode === 415) return toKindlingError({ code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE' }, limits);
+  return new KindlingError('INTERNAL', 'an unexpected error occurred; the request id in this answer finds it in the server log', { cause: error });
+}
+
+export function errorBody(error: KindlingError, requestId: string): object {
+  return {
+    error: { code: error.code, message: error.message, ...(error.details ? { details: error.details } : {}) },
+    requestId,
+  };
+}
+
+export function sendError(reply: FastifyReply, request: FastifyRequest, error: KindlingError): FastifyReply {
+  if (error.retryAfterSeconds !== undefined) reply.header('retry-after', String(error.retryAfterSeconds));
+  return reply.code(error.statusCode).type('application/json').send(errorBody(error, request.id));
+}

@@ -1,0 +1,29 @@
+import type { FastifyInstance } from 'fastify';
+import type { ExecutorName } from '../../core/types.js';
+import type { Executor } from '../../executors/executor.js';
+
+export interface HealthRouteOptions {
+  executors: ReadonlyMap<ExecutorName, Executor>;
+  defaultExecutor: ExecutorName;
+  /** Why the default executor was chosen (auto-detection explains itself here and in the log). */
+  defaultExecutorReason: string;
+  isDraining: () => boolean;
+}
+
+export function registerHealthRoutes(app: FastifyInstance, options: HealthRouteOptions): void {
+  app.get('/healthz', { schema: { tags: ['health'], summary: 'Liveness: 200 once the server accepts work' } }, async () => ({ status: 'ok' }));
+
+  app.get('/readyz', { schema: { tags: ['health'], summary: 'Readiness, with the state of every executor' } }, async (_request, reply) => {
+    const executors = await Promise.all([...options.executors.values()].map((executor) => executor.probe()));
+    const defaultReady = executors.find((status) => status.name === options.defaultExecutor)?.ready === true;
+    const ready = defaultReady && !options.isDraining();
+    reply.code(ready ? 200 : 503);
+    return {
+      status: ready ? 'ready' : 'not_ready',
+      defaultExecutor: options.defaultExecutor,
+      defaultExecutorReason: options.defaultExecutorReason,
+      draining: options.isDraining(),
+      executors,
+    };
+  });
+}

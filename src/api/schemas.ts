@@ -1,0 +1,55 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { EXECUTOR_NAMES, RUNTIME_NAMES } from '../core/types.js';
+
+/**
+ * JSON schemas of the HTTP API. Types and shapes only; semantic checks (limits in range, image exists) live in the
+ * orchestrator so that every transport gets them. Unknown fields are rejected: a typo must not be silently ignored.
+ */
+const envName = '^[A-Za-z_][A-Za-z0-9_]*$';
+
+export const ExecuteRequestSchema = Type.Object(
+  {
+    runtime: Type.Optional(Type.String({ description: `One of ${RUNTIME_NAMES.join(', ')}; needs "code".`, examples: ['python'] })),
+    code: Type.Optional(Type.String({ description: 'Source code for the runtime.', maxLength: 4 * 1024 * 1024 })),
+    image: Type.Optional(Type.String({ description: 'Image to run "command" in, e.g. kindling/base.', minLength: 1, maxLength: 256, pattern: '^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$' })),
+    command: Type.Optional(Type.Array(Type.String({ maxLength: 128 * 1024 }), { minItems: 1, maxItems: 4096, description: 'argv, e.g. ["sh","-c","echo hi"].' })),
+    stdin: Type.Optional(Type.String({ description: 'Text fed to stdin (UTF-8).' })),
+    stdinBase64: Type.Optional(Type.String({ description: 'Bytes fed to stdin, base64.', pattern: '^[A-Za-z0-9+/\\n\\r]*={0,2}[\\n\\r]*$' })),
+    env: Type.Optional(Type.Record(Type.String({ pattern: envName, maxLength: 256 }), Type.String({ maxLength: 128 * 1024 }), { maxProperties: 1024, description: 'Environment variables; the sandbox gets these plus PATH, HOME and LANG.' })),
+    workdir: Type.Optional(Type.String({ pattern: '^/[^\\u0000]*$', maxLength: 1024, description: 'Absolute working directory (a writable tmpfs); default /work.' })),
+    timeoutMs: Type.Optional(Type.Number({ description: 'Wall-clock limit in ms; default 30000.' })),
+    memoryMb: Type.Optional(Type.Number({ description: 'Memory limit in MiB; default 256 (rust: 1024).' })),
+    cpus: Type.Optional(Type.Number({ description: 'CPU quota in cores; default 1.' })),
+    pids: Type.Optional(Type.Integer({ description: 'Max processes/threads; default 256.' })),
+    outputBytes: Type.Optional(Type.Integer({ description: 'Bytes kept per output stream; default 10485760.' })),
+    diskMb: Type.Optional(Type.Number({ description: 'Size of /tmp and the work dir in MiB; default 256.' })),
+    network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('egress')], { description: 'Default none (loopback only). egress is not available yet.' })),
+    executor: Type.Optional(Type.String({ description: `One of ${EXECUTOR_NAMES.join(', ')}; default: the server's.` })),
+    outputEncoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')], { description: 'Encoding of stdout/stderr in the result; base64 for binary output. Default utf8.' })),
+  },
+  { additionalProperties: false },
+);
+export type ExecuteRequestBody = Static<typeof ExecuteRequestSchema>;
+
+export const ExecutionResultSchema = Type.Object({
+  id: Type.String(),
+  exitCode: Type.Integer(),
+  signal: Type.Union([Type.String(), Type.Null()]),
+  stdout: Type.String(),
+  stderr: Type.String(),
+  outputEncoding: Type.String(),
+  durationMs: Type.Number(),
+  coldStart: Type.Boolean(),
+  executor: Type.String(),
+  timedOut: Type.Boolean(),
+  oomKilled: Type.Boolean(),
+  truncated: Type.Boolean(),
+  stdoutTruncated: Type.Boolean(),
+  stderrTruncated: Type.Boolean(),
+  timings: Type.Object({ queuedMs: Type.Number(), startMs: Type.Number(), runMs: Type.Number() }),
+});
+
+export const ErrorResponseSchema = Type.Object({
+  error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Optional(Type.Unknown()) }),
+  requestId: Type.String(),
+});

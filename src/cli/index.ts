@@ -1,0 +1,23 @@
+import { Command } from 'commander';
+import { registerImagesCommands } from './images.js';
+import { registerRunCommand, registerStatusCommand, type ClientDefaults } from './run.js';
+import { registerServeCommand, type ServeDefaults } from './serve.js';
+
+export interface CliDefaults {
+  serve: ServeDefaults;
+  client: ClientDefaults;
+  version: string;
+}
+
+/** The `kindling` command line. Defaults come from main (the only reader of the environment). */
+export function buildProgram(defaults: CliDefaults): Command {
+  const program = new Command('kindling')
+    .description('Kindling: run code in isolated sandboxes, from a server you own')
+    .version(defaults.version)
+    .showHelpAfterError();
+  registerServeCommand(program, defaults.serve);
+  registerRunCommand(program, defaults.client);
+  registerStatusCommand(program, defaults.client);
+  registerImagesCommands(program, { defaultImagesDir: defaults.serve.imagesDir });
+  return program;
+}

@@ -1,0 +1,80 @@
+import type { Command } from 'commander';
+import { pino, type Level } from 'pino';
+import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
+import { startServer, type ExecutorChoice } from '../server.js';
+
+export interface ServeDefaults {
+  port: number;
+  host: string;
+  dataDir: string;
+  imagesDir: string;
+  adminKey: string | undefined;
+  logLevel: string;
+  dockerSocketPath: string;
+  version: string;
+}
+
+const int = (name: string) => (value: string): number => {
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed < 0) throw new Error(`${name} must be a whole number >= 0, got "${value}"`);
+  return parsed;
+};
+
+/** `kindling serve`: the server in the foreground; SIGTERM/SIGINT drain in-flight work, then stop. */
+export function registerServeCommand(program: Command, defaults: ServeDefaults): void {
+  program
+    .command('serve')
+    .description('start the Kindling server')
+    .option('-p, --port <port>', 'TCP port (0 picks a free one)', int('--port'), defaults.port)
+    .option('--host <host>', 'address to bind; a non-loopback address needs KINDLING_ADMIN_KEY', defaults.host)
+    .option('--data-dir <dir>', 'where the server keeps its state', defaults.dataDir)
+    .option('--images-dir <dir>', 'where runtime images (rootfs dirs) live', defaults.imagesDir)
+    .option('--executor <name>', `default executor: auto | ${EXECUTOR_NAMES.join(' | ')}`, 'auto')
+    .option('--max-concurrent <n>', 'executions running at once', int('--max-concurrent'), 32)
+    .option('--max-queued <n>', 'executions waiting for a slot before 429', int('--max-queued'), 256)
+    .option('--queue-timeout-ms <ms>', 'longest wait for a slot before 429', int('--queue-timeout-ms'), 30_000)
+    .option('--max-body-bytes <n>', 'largest request body; beyond it 413', int('--max-body-bytes'), 64 * 1024 * 1024)
+    .option('--shutdown-timeout-ms <ms>', 'how long SIGTERM waits for in-flight executions', int('--shutdown-timeout-ms'), 30_000)
+    .option('--prewarm <n>', 'fresh containers kept started per recently used shape (docker); 0 disables', int('--prewarm'), 4)
+    .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
+    .action(async (options) => {
+      const executor = options.executor as string;
+      if (executor !== 'auto' && !(EXECUTOR_NAMES as readonly string[]).includes(executor)) {
+        throw new Error(`--executor must be auto or one of ${EXECUTOR_NAMES.join(', ')}, got "${executor}"`);
+      }
+      const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
+      const server = await startServer({
+        host: options.host as string,
+        port: options.port as number,
+        dataDir: options.dataDir as string,
+        imagesDir: options.imagesDir as string,
+        executor: executor as ExecutorChoice,
+        enableExecutors: ['docker'] as ExecutorName[],
+        apiKeys: defaults.adminKey ? [defaults.adminKey] : [],
+        maxConcurrent: options.maxConcurrent as number,
+        maxQueued: options.maxQueued as number,
+        queueTimeoutMs: options.queueTimeoutMs as number,
+        maxBodyBytes: options.maxBodyBytes as number,
+        shutdownTimeoutMs: options.shutdownTimeoutMs as number,
+        dockerSocketPath: defaults.dockerSocketPath,
+        prewarmPerShape: options.prewarm as number,
+        version: defaults.version,
+        logger,
+      });
+      let stopping = false;
+      const stop = (signal: string): void => {
+        if (stopping) return;
+        stopping = true;
+        logger.info({ signal }, 'stopping: draining in-flight executions');
+        server.close().then(
+          () => process.exit(0),
+          (error: unknown) => {
+            logger.error({ err: error }, 'shutdown failed');
+            process.exit(1);
+          },
+        );
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+    });
+}

@@ -1,0 +1,62 @@
+/**
+ * One registry of error codes. Every error a client can see is a KindlingError with a stable `code`, an HTTP status
+ * and a `retryable` hint; the gateway maps them in exactly one place (src/api/errors.ts). User code failing is not an
+ * error: it is a result with a non-zero exit code.
+ */
+export interface ErrorDefinition {
+  readonly statusCode: number;
+  readonly retryable: boolean;
+}
+
+export const ERROR_CODES = {
+  INVALID_JSON: { statusCode: 400, retryable: false },
+  VALIDATION_FAILED: { statusCode: 400, retryable: false },
+  UNKNOWN_RUNTIME: { statusCode: 400, retryable: false },
+  UNKNOWN_IMAGE: { statusCode: 400, retryable: false },
+  UNKNOWN_EXECUTOR: { statusCode: 400, retryable: false },
+  CONFLICTING_FIELDS: { statusCode: 400, retryable: false },
+  LIMIT_OUT_OF_RANGE: { statusCode: 400, retryable: false },
+  UNSUPPORTED_NETWORK: { statusCode: 400, retryable: false },
+  UNAUTHORIZED: { statusCode: 401, retryable: false },
+  NOT_FOUND: { statusCode: 404, retryable: false },
+  ROUTE_NOT_FOUND: { statusCode: 404, retryable: false },
+  METHOD_NOT_ALLOWED: { statusCode: 405, retryable: false },
+  NOT_ACCEPTABLE: { statusCode: 406, retryable: false },
+  PAYLOAD_TOO_LARGE: { statusCode: 413, retryable: false },
+  UNSUPPORTED_MEDIA_TYPE: { statusCode: 415, retryable: false },
+  TOO_MANY_REQUESTS: { statusCode: 429, retryable: true },
+  EXECUTOR_UNAVAILABLE: { statusCode: 503, retryable: true },
+  EXECUTOR_FAILED: { statusCode: 502, retryable: true },
+  SHUTTING_DOWN: { statusCode: 503, retryable: true },
+  INTERNAL: { statusCode: 500, retryable: false },
+} as const satisfies Record<string, ErrorDefinition>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class KindlingError extends Error {
+  readonly code: ErrorCode;
+  readonly statusCode: number;
+  readonly retryable: boolean;
+  /** Extra, client-safe facts (e.g. which field, the allowed range). */
+  readonly details: Record<string, unknown> | undefined;
+  /** Seconds a client should wait before retrying (429/503). */
+  readonly retryAfterSeconds: number | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { cause?: unknown; details?: Record<string, unknown>; retryAfterSeconds?: number } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'KindlingError';
+    this.code = code;
+    this.statusCode = ERROR_CODES[code].statusCode;
+    this.retryable = ERROR_CODES[code].retryable;
+    this.details = options.details;
+    this.retryAfterSeconds = options.retryAfterSeconds;
+  }
+}
+
+export function isKindlingError(value: unknown): value is KindlingError {
+  return value instanceof KindlingError;
+}

@@ -1,0 +1,91 @@
+/** Domain types shared by every layer. Units are in the names (`timeoutMs`, `memoryMb`). */
+
+export const EXECUTOR_NAMES = ['docker', 'sandbox', 'microvm'] as const;
+export type ExecutorName = (typeof EXECUTOR_NAMES)[number];
+
+export const RUNTIME_NAMES = ['bash', 'python', 'node', 'rust'] as const;
+export type RuntimeName = (typeof RUNTIME_NAMES)[number];
+
+export type NetworkMode = 'none' | 'egress';
+
+/** Limits applied to one execution. Every field has a default (see limits.ts) and is enforced by every executor. */
+export interface ResourceLimits {
+  /** Wall-clock limit; the whole process tree is killed when it passes. */
+  timeoutMs: number;
+  memoryMb: number;
+  /** CPU quota in cores (0.5 = half a core). */
+  cpus: number;
+  pids: number;
+  /** Bytes kept per output stream; the rest is drained and dropped, and the result says `truncated`. */
+  outputBytes: number;
+  /** Size of the writable scratch space (/tmp and the work dir). */
+  diskMb: number;
+}
+
+/** A file placed read-only under /.kindling inside the sandbox before the command starts (code, handler, wrapper). */
+export interface InputFile {
+  /** Name relative to /.kindling, e.g. `main.py`. No slashes. */
+  name: string;
+  content: string | Buffer;
+}
+
+/** Everything an executor needs to run one command. Validated and defaulted before it reaches an executor. */
+export interface RunSpec {
+  id: string;
+  image: string;
+  command: string[];
+  env: Record<string, string>;
+  workdir: string;
+  limits: ResourceLimits;
+  network: NetworkMode;
+  /** Whether the process gets a stdin stream (else it reads /dev/null). */
+  stdin: boolean;
+  files: InputFile[];
+  /** Labels stamped on every resource made for this run (in addition to the executor's own). */
+  labels: Record<string, string>;
+}
+
+export interface ExecutionResult {
+  id: string;
+  exitCode: number;
+  /** The signal that ended the process, when one did (e.g. SIGKILL). */
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+  durationMs: number;
+  coldStart: boolean;
+  executor: ExecutorName;
+  timedOut: boolean;
+  oomKilled: boolean;
+  /** True when either stream was cut at `outputBytes`. */
+  truncated: boolean;
+  /** How `stdout` and `stderr` are encoded (base64 when the request asked for it, for binary output). */
+  outputEncoding: OutputEncoding;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  /** Timings of the phases, for users who tune their code and for the bench. */
+  timings: { queuedMs: number; startMs: number; runMs: number };
+}
+
+export type OutputEncoding = 'utf8' | 'base64';
+
+/** A one-off execution as a client asks for it (already schema-checked: types and shapes, not semantics). */
+export interface ExecuteRequest {
+  runtime?: RuntimeName;
+  code?: string;
+  image?: string;
+  command?: string[];
+  stdin?: string;
+  stdinBase64?: string;
+  env?: Record<string, string>;
+  workdir?: string;
+  timeoutMs?: number;
+  memoryMb?: number;
+  cpus?: number;
+  pids?: number;
+  outputBytes?: number;
+  diskMb?: number;
+  network?: NetworkMode;
+  executor?: ExecutorName;
+  outputEncoding?: OutputEncoding;
+}

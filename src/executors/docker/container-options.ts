@@ -1,0 +1,64 @@
+import type { ContainerCreateOptions } from 'dockerode';
+import type { ResourceLimits } from '../../core/types.js';
+import { LABEL_MANAGED } from '../executor.js';
+
+/** Where the per-execution directory (code files and stdio FIFOs) appears inside a container. */
+export const GUEST_RUN_DIR = '/.kindling';
+export const GUEST_IO_DIR = `${GUEST_RUN_DIR}/.io`;
+/** Unprivileged uid/gid every container runs as (Debian's `nobody`). */
+export const CONTAINER_USER = '65534:65534';
+
+export interface SlotShape {
+  image: string;
+  workdir: string;
+  limits: Pick<ResourceLimits, 'memoryMb' | 'cpus' | 'pids' | 'diskMb'>;
+}
+
+/** The engine needs an explicit tag; `kindling/python` means `kindling/python:latest`. */
+export function normalizeImageRef(image: string): string {
+  const lastSegment = image.slice(image.lastIndexOf('/') + 1);
+  return lastSegment.includes(':') || image.includes('@') ? image : `${image}:latest`;
+}
+
+/**
+ * Create options for a hardened container that starts a shell waiting on a FIFO for its launch script. The shape
+ * (image, workdir, limits) is fixed at create time; the command, env and stdio come later through the run dir.
+ */
+export function containerCreateOptions(options: {
+  shape: SlotShape;
+  hostRunDir: string;
+  labels: Record<string, string>;
+}): ContainerCreateOptions {
+  const { shape } = options;
+  const memoryBytes = shape.limits.memoryMb * 1024 * 1024;
+  const tmpfsOptions = `rw,exec,nosuid,nodev,size=${shape.limits.diskMb}m,mode=1777`;
+  const tmpfs: Record<string, string> = { '/tmp': tmpfsOptions };
+  if (shape.workdir !== '/tmp' && !shape.workdir.startsWith('/tmp/')) tmpfs[shape.workdir] = tmpfsOptions;
+  return {
+    Image: normalizeImageRef(shape.image),
+    Cmd: ['/bin/sh', `${GUEST_IO_DIR}/launch`],
+    Entrypoint: [],
+    Env: [],
+    WorkingDir: '/',
+    User: CONTAINER_USER,
+    Labels: { ...options.labels, [LABEL_MANAGED]: 'true' },
+    NetworkDisabled: true,
+    StopTimeout: 1,
+    HostConfig: {
+      NetworkMode: 'none',
+      Memory: memoryBytes,
+      // Equal to Memory: no swap, so a memory bomb is OOM-killed instead of thrashing.
+      MemorySwap: memoryBytes,
+      NanoCpus: Math.round(shape.limits.cpus * 1e9),
+      PidsLimit: shape.limits.pids,
+      ReadonlyRootfs: true,
+      CapDrop: ['ALL'],
+      SecurityOpt: ['no-new-privileges'],
+      Tmpfs: tmpfs,
+      Binds: [`${options.hostRunDir}:${GUEST_RUN_DIR}:ro`],
+      LogConfig: { Type: 'none', Config: {} },
+      Ulimits: [{ Name: 'nofile', Soft: 1024, Hard: 1024 }],
+      IpcMode: 'private',
+    },
+  };
+}

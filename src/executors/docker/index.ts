@@ -1,0 +1,348 @@
+import { constants as osConstants } from 'node:os';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import Docker from 'dockerode';
+import type { Container } from 'dockerode';
+import { KindlingError } from '../../core/errors.js';
+import type { RunSpec } from '../../core/types.js';
+import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions } from '../executor.js';
+import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER } from '../executor.js';
+import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
+import { buildLaunchScript } from '../shared/launch-script.js';
+import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
+import { GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, type SlotShape } from './container-options.js';
+
+export interface Logger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+  debug(obj: object, msg?: string): void;
+}
+
+export interface DockerExecutorOptions {
+  /** Engine socket path; default /var/run/docker.sock. */
+  socketPath?: string;
+  docker?: Docker;
+  /** Host directory for per-execution run dirs (code files, FIFOs). Must be visible to the engine. */
+  stateDir: string;
+  /** Names this server's data dir: reaping touches only containers of the same owner. */
+  ownerId: string;
+  instanceId: string;
+  /** Fresh containers kept started per recently used shape; 0 turns prewarming off. */
+  prewarmPerShape?: number;
+  prewarmMaxContainers?: number;
+  prewarmIdleTtlMs?: number;
+  /** How long a started container may take to pick up its launch script. */
+  launchTimeoutMs?: number;
+  logger?: Logger;
+}
+
+const noopLogger: Logger = { info() {}, warn() {}, error() {}, debug() {} };
+
+/** A started container whose shell waits on the launch FIFO: everything but the command is ready. */
+interface Slot {
+  readonly container: Container;
+  readonly runDir: string;
+  readonly stdout: FifoReader;
+  readonly stderr: FifoReader;
+  readonly shapeKey: string;
+  /** Resolves with the engine's wait result once the container stops. */
+  readonly exited: Promise<{ StatusCode: number }>;
+  dead: boolean;
+}
+
+function shapeOf(spec: RunSpec): SlotShape {
+  const { memoryMb, cpus, pids, diskMb } = spec.limits;
+  return { image: spec.image, workdir: spec.workdir, limits: { memoryMb, cpus, pids, diskMb } };
+}
+
+const shapeKeyOf = (shape: SlotShape): string => JSON.stringify(shape);
+
+function signalName(exitCode: number): string | null {
+  if (exitCode <= 128 || exitCode > 128 + 64) return null;
+  const entry = Object.entries(osConstants.signals).find(([, number]) => number === exitCode - 128);
+  return entry ? entry[0] : null;
+}
+
+function isEngineUnreachable(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'ECONNRESET' || code === 'EPIPE';
+}
+
+/** Converts engine failures into the platform's errors, once, here. */
+function toKindlingError(error: unknown, image: string): KindlingError {
+  if (error instanceof KindlingError) return error;
+  const statusCode = (error as { statusCode?: number }).statusCode;
+  const message = error instanceof Error ? error.message : String(error);
+  if (statusCode === 404 && /image/i.test(message)) {
+    return new KindlingError('UNKNOWN_IMAGE', `image ${image} does not exist; run "kindling images list" to see the images this server has`, { cause: error });
+  }
+  if (isEngineUnreachable(error)) {
+    return new KindlingError('EXECUTOR_UNAVAILABLE', 'the Docker engine is not reachable; start dockerd (scripts/setup.sh does) and retry', { cause: error, retryAfterSeconds: 5 });
+  }
+  return new KindlingError('EXECUTOR_FAILED', `the Docker engine failed: ${message}`, { cause: error, retryAfterSeconds: 1 });
+}
+
+export class DockerExecutor implements Executor {
+  readonly name = 'docker' as const;
+  private readonly docker: Docker;
+  private readonly options: DockerExecutorOptions;
+  private readonly logger: Logger;
+  private readonly pool: PrewarmPool<Slot>;
+  private readonly live = new Map<string, { slot: Slot; kill: () => void; done: Promise<void> }>();
+  /** Every slot that exists (idle in the pool or running), for the reaper. */
+  private readonly slots = new Set<Slot>();
+  private images = new Set<string>();
+  private closed = false;
+
+  constructor(options: DockerExecutorOptions) {
+    this.options = options;
+    this.logger = options.logger ?? noopLogger;
+    this.docker = options.docker ?? new Docker({ socketPath: options.socketPath ?? '/var/run/docker.sock' });
+    this.pool = new PrewarmPool<Slot>({
+      create: (key) => this.createSlot(JSON.parse(key) as SlotShape, key),
+      destroy: (slot) => this.destroySlot(slot),
+      isAlive: (slot) => !slot.dead,
+      sizePerKey: options.prewarmPerShape ?? 2,
+      maxItems: options.prewarmMaxContainers ?? 8,
+      idleTtlMs: options.prewarmIdleTtlMs ?? 300_000,
+      onError: (error, key) => this.logger.warn({ err: error, shape: key }, 'prewarming a container failed'),
+    });
+  }
+
+  get prewarmStats(): PrewarmPoolStats {
+    return this.pool.stats();
+  }
+
+  async probe(): Promise<ExecutorStatus> {
+    try {
+      const version = await this.docker.version();
+      const images = await this.refreshImages();
+      if (images.length === 0) {
+        return { name: this.name, ready: false, reason: 'the Docker engine has no kindling images; run "kindling images build"', details: { engineVersion: version.Version } };
+      }
+      return { name: this.name, ready: true, reason: `Docker engine ${version.Version} reachable with ${images.length} kindling images`, details: { engineVersion: version.Version, apiVersion: version.ApiVersion, images } };
+    } catch (error) {
+      return { name: this.name, ready: false, reason: `the Docker engine is not reachable (${(error as Error).message}); start dockerd` };
+    }
+  }
+
+  hasImage(image: string): boolean {
+    return this.images.has(normalizeImageRef(image));
+  }
+
+  async refreshImages(): Promise<string[]> {
+    const list = await this.docker.listImages({ filters: JSON.stringify({ reference: ['kindling/*'] }) });
+    this.images = new Set(list.flatMap((image) => image.RepoTags ?? []));
+    return [...this.images].sort();
+  }
+
+  private labels(extra: Record<string, string> = {}): Record<string, string> {
+    return {
+      ...extra,
+      [LABEL_MANAGED]: 'true',
+      [LABEL_OWNER]: this.options.ownerId,
+      [LABEL_INSTANCE]: this.options.instanceId,
+    };
+  }
+
+  /** Creates and starts a container that waits for its launch script. Cleans up after itself on failure. */
+  private async createSlot(shape: SlotShape, shapeKey: string): Promise<Slot> {
+    const runDir = join(this.options.stateDir, 'docker', `slot-${Math.random().toString(36).slice(2, 12)}${Date.now().toString(36)}`);
+    const ioDir = join(runDir, '.io');
+    let stdout: FifoReader | null = null;
+    let stderr: FifoReader | null = null;
+    let container: Container | null = null;
+    try {
+      await mkdir(ioDir, { recursive: true, mode: 0o755 });
+      await makeFifos(['launch', 'in', 'out', 'err'].map((name) => join(ioDir, name)));
+      stdout = openFifoReader(join(ioDir, 'out'));
+      stderr = openFifoReader(join(ioDir, 'err'));
+      container = await this.docker.createContainer(
+        containerCreateOptions({ shape, hostRunDir: runDir, labels: this.labels({ 'dev.kindling.run-dir': runDir }) }),
+      );
+      await container.start();
+      const started = container;
+      const slot: Slot = {
+        container: started,
+        runDir,
+        stdout,
+        stderr,
+        shapeKey,
+        // Asked after start: "not-running" answers at once if the container already stopped, so no exit is missed.
+        exited: started.wait({ condition: 'not-running' }) as Promise<{ StatusCode: number }>,
+        dead: false,
+      };
+      slot.exited.then(
+        () => (slot.dead = true),
+        () => (slot.dead = true),
+      );
+      this.slots.add(slot);
+      return slot;
+    } catch (error) {
+      // Undo in reverse order; the original error wins.
+      stdout?.stream.destroy();
+      stdout?.releaseKeeper();
+      stderr?.stream.destroy();
+      stderr?.releaseKeeper();
+      if (container) await container.remove({ force: true }).catch(() => undefined);
+      await rm(runDir, { recursive: true, force: true }).catch(() => undefined);
+      throw toKindlingError(error, shape.image);
+    }
+  }
+
+  private async destroySlot(slot: Slot): Promise<void> {
+    slot.dead = true;
+    slot.stdout.stream.destroy();
+    slot.stdout.releaseKeeper();
+    slot.stderr.stream.destroy();
+    slot.stderr.releaseKeeper();
+    await slot.container.remove({ force: true }).catch((error: unknown) => {
+      if ((error as { statusCode?: number }).statusCode !== 404) throw error;
+    });
+    await rm(slot.runDir, { recursive: true, force: true });
+    this.slots.delete(slot);
+  }
+
+  async start(spec: RunSpec, options: StartOptions = {}): Promise<Execution> {
+    if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down; retry on another instance');
+    if (spec.network !== 'none') {
+      throw new KindlingError('UNSUPPORTED_NETWORK', `network "${spec.network}" is not available yet; use "none"`);
+    }
+    const shape = shapeOf(spec);
+    const shapeKey = shapeKeyOf(shape);
+    const prewarmed = this.pool.take(shapeKey);
+    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey));
+    options.signal?.throwIfAborted();
+    try {
+      return await this.launch(slot, spec, options, prewarmed === null);
+    } catch (error) {
+      await this.destroySlot(slot).catch(() => undefined);
+      throw toKindlingError(error, spec.image);
+    }
+  }
+
+  private async launch(slot: Slot, spec: RunSpec, options: StartOptions, coldStart: boolean): Promise<Execution> {
+    const ioDir = join(slot.runDir, '.io');
+    await Promise.all(spec.files.map((file) => writeFile(join(slot.runDir, file.name), file.content, { mode: 0o644 })));
+    const script = buildLaunchScript({
+      command: spec.command,
+      env: spec.env,
+      workdir: spec.workdir,
+      stdinPath: spec.stdin ? `${GUEST_IO_DIR}/in` : null,
+      stdoutPath: `${GUEST_IO_DIR}/out`,
+      stderrPath: `${GUEST_IO_DIR}/err`,
+    });
+    const launchTimeoutMs = this.options.launchTimeoutMs ?? 30_000;
+    const launchAbort = new AbortController();
+    void slot.exited.then(() => launchAbort.abort(), () => launchAbort.abort());
+    const launchWriter = await openFifoWriter(join(ioDir, 'launch'), { timeoutMs: launchTimeoutMs, signal: launchAbort.signal });
+    await new Promise<void>((resolve, reject) => {
+      launchWriter.once('error', reject);
+      launchWriter.end(script, () => resolve());
+    });
+    launchWriter.destroy();
+
+    let killed = false;
+    const kill = (): void => {
+      if (killed || slot.dead) return;
+      killed = true;
+      slot.container.kill({ signal: 'SIGKILL' }).catch(() => undefined);
+    };
+    const onAbort = (): void => kill();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+
+    let stdin: PassThrough | null = null;
+    if (spec.stdin) {
+      const input = new PassThrough();
+      stdin = input;
+      openFifoWriter(join(ioDir, 'in'), { timeoutMs: launchTimeoutMs, signal: launchAbort.signal }).then(
+        (writer) => {
+          writer.on('error', () => input.destroy());
+          input.pipe(writer);
+          // The process may exit without reading everything; stop feeding it then.
+          void slot.exited.then(() => writer.destroy());
+        },
+        () => input.resume(),
+      );
+    }
+
+    const streamsEnded = Promise.all([
+      new Promise<void>((resolve) => slot.stdout.stream.once('close', () => resolve())),
+      new Promise<void>((resolve) => slot.stderr.stream.once('close', () => resolve())),
+    ]);
+    const waitResult: Promise<ExitInfo> = (async () => {
+      const { StatusCode: exitCode } = await slot.exited;
+      // The process tree is gone: let the readers see end-of-file after the last bytes.
+      slot.stdout.releaseKeeper();
+      slot.stderr.releaseKeeper();
+      options.signal?.removeEventListener('abort', onAbort);
+      let oomKilled = false;
+      if (exitCode === 137) {
+        const info = await slot.container.inspect().catch(() => null);
+        oomKilled = info?.State.OOMKilled === true;
+      }
+      await streamsEnded;
+      return { exitCode, signal: killed || oomKilled ? 'SIGKILL' : signalName(exitCode), oomKilled };
+    })();
+
+    const disposed = waitResult
+      .catch(() => undefined)
+      .then(() => this.destroySlot(slot))
+      .catch((error: unknown) => this.logger.warn({ err: error, executionId: spec.id }, 'removing a container failed; the reaper will retry'))
+      .finally(() => this.live.delete(spec.id));
+    this.live.set(spec.id, { slot, kill, done: disposed });
+
+    return {
+      stdin,
+      stdout: slot.stdout.stream,
+      stderr: slot.stderr.stream,
+      coldStart,
+      wait: () => waitResult,
+      kill,
+      disposed,
+    };
+  }
+
+  async reap(): Promise<ReapReport> {
+    const containers = await this.docker.listContainers({
+      all: true,
+      filters: JSON.stringify({ label: [`${LABEL_MANAGED}=true`, `${LABEL_OWNER}=${this.options.ownerId}`] }),
+    });
+    const ourContainers = new Set([...this.slots].map((slot) => slot.container.id));
+    const orphans = containers.filter((info) => !ourContainers.has(info.Id));
+    await Promise.allSettled(orphans.map((info) => this.docker.getContainer(info.Id).remove({ force: true })));
+    const ourDirs = new Set([...this.slots].map((slot) => slot.runDir));
+    const base = join(this.options.stateDir, 'docker');
+    const entries = await readdir(base).catch(() => [] as string[]);
+    // A slot being created has its dir before it joins `slots`; only dirs older than a minute are orphans.
+    const cutoffMs = Date.now() - 60_000;
+    let removedDirs = 0;
+    for (const entry of entries) {
+      const dir = join(base, entry);
+      if (ourDirs.has(dir)) continue;
+      const info = await stat(dir).catch(() => null);
+      if (!info || info.mtimeMs > cutoffMs && this.slots.size > 0) continue;
+      await rm(dir, { recursive: true, force: true });
+      removedDirs++;
+    }
+    if (orphans.length > 0 || removedDirs > 0) {
+      this.logger.info({ containers: orphans.length, runDirs: removedDirs }, 'reaped resources left by an earlier run');
+    }
+    return { removed: orphans.length + removedDirs };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.pool.close();
+    await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
+  }
+
+  async destroy(): Promise<void> {
+    this.closed = true;
+    for (const entry of this.live.values()) entry.kill();
+    await this.close();
+  }
+}
+

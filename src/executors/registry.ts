@@ -1,0 +1,32 @@
+import type { ExecutorName } from '../core/types.js';
+import { DockerExecutor, type Logger } from './docker/index.js';
+import type { Executor } from './executor.js';
+
+/** What every executor may need from the server; each takes the parts it uses. */
+export interface ExecutorContext {
+  stateDir: string;
+  imagesDir: string;
+  ownerId: string;
+  instanceId: string;
+  dockerSocketPath: string;
+  prewarmPerShape: number;
+  logger: Logger;
+}
+
+/** Makes the executor of that name, or null when this build does not have it (said in the log). */
+export async function createExecutor(name: ExecutorName, context: ExecutorContext): Promise<Executor | null> {
+  switch (name) {
+    case 'docker':
+      return new DockerExecutor({
+        socketPath: context.dockerSocketPath,
+        stateDir: context.stateDir,
+        ownerId: context.ownerId,
+        instanceId: context.instanceId,
+        prewarmPerShape: context.prewarmPerShape,
+        logger: context.logger,
+      });
+    default:
+      context.logger.warn({ executor: name }, 'this executor is not available in this build');
+      return null;
+  }
+}

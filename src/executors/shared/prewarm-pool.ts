@@ -1,0 +1,139 @@
+/**
+ * Keeps a few fresh, never-used sandboxes started ahead of demand, per shape (image + limits), so that a one-off
+ * execution does not pay the engine's start-up. Each item is handed out once and never returned: isolation stays
+ * one sandbox per execution. A shape becomes "hot" when it is asked for and cools down after `idleTtlMs` without use.
+ */
+export interface PrewarmPoolOptions<T> {
+  create(key: string): Promise<T>;
+  destroy(item: T): Promise<void>;
+  /** Whether a waiting item is still usable (e.g. its container has not died). */
+  isAlive?(item: T): boolean;
+  /** Idle items kept per hot shape. 0 disables the pool. */
+  sizePerKey: number;
+  /** Upper bound of idle items across all shapes. */
+  maxItems: number;
+  idleTtlMs: number;
+  onError?(error: unknown, key: string): void;
+  now?: () => number;
+}
+
+interface KeyState<T> {
+  idle: T[];
+  creating: number;
+  lastUsedMs: number;
+}
+
+export interface PrewarmPoolStats {
+  idle: number;
+  creating: number;
+  keys: number;
+  hits: number;
+  misses: number;
+}
+
+export class PrewarmPool<T> {
+  private readonly keys = new Map<string, KeyState<T>>();
+  private readonly options: PrewarmPoolOptions<T>;
+  private readonly now: () => number;
+  private closed = false;
+  private readonly inFlight = new Set<Promise<void>>();
+  private hits = 0;
+  private misses = 0;
+  private readonly sweepTimer: NodeJS.Timeout | null;
+
+  constructor(options: PrewarmPoolOptions<T>) {
+    this.options = options;
+    this.now = options.now ?? Date.now;
+    this.sweepTimer =
+      options.sizePerKey > 0 ? setInterval(() => this.sweep(), Math.max(1000, options.idleTtlMs / 4)) : null;
+    this.sweepTimer?.unref();
+  }
+
+  /** Returns a ready item for `key` when one waits, else null; either way the shape is marked hot and refilled. */
+  take(key: string): T | null {
+    if (this.closed || this.options.sizePerKey === 0) return null;
+    let state = this.keys.get(key);
+    if (!state) {
+      state = { idle: [], creating: 0, lastUsedMs: this.now() };
+      this.keys.set(key, state);
+    }
+    state.lastUsedMs = this.now();
+    let item: T | null = null;
+    while (state.idle.length > 0) {
+      const candidate = state.idle.shift() as T;
+      if (this.options.isAlive === undefined || this.options.isAlive(candidate)) {
+        item = candidate;
+        break;
+      }
+      void this.options.destroy(candidate).catch(() => undefined);
+    }
+    if (item === null) this.misses++;
+    else this.hits++;
+    this.refill(key, state);
+    return item;
+  }
+
+  stats(): PrewarmPoolStats {
+    let idle = 0;
+    let creating = 0;
+    for (const state of this.keys.values()) {
+      idle += state.idle.length;
+      creating += state.creating;
+    }
+    return { idle, creating, keys: this.keys.size, hits: this.hits, misses: this.misses };
+  }
+
+  private totalItems(): number {
+    const { idle, creating } = this.stats();
+    return idle + creating;
+  }
+
+  private refill(key: string, state: KeyState<T>): void {
+    while (
+      !this.closed &&
+      state.idle.length + state.creating < this.options.sizePerKey &&
+      this.totalItems() < this.options.maxItems
+    ) {
+      state.creating++;
+      const creation = this.options.create(key).then(
+        (item) => {
+          state.creating--;
+          if (this.closed || this.keys.get(key) !== state) {
+            return this.options.destroy(item).catch(() => undefined);
+          }
+          state.idle.push(item);
+          return undefined;
+        },
+        (error: unknown) => {
+          state.creating--;
+          // No retry loop: the next take() of this shape tries again.
+          this.options.onError?.(error, key);
+        },
+      );
+      this.inFlight.add(creation);
+      void creation.finally(() => this.inFlight.delete(creation));
+    }
+  }
+
+  /** Drops shapes that nobody asked for within the idle TTL. */
+  sweep(): void {
+    const cutoff = this.now() - this.options.idleTtlMs;
+    for (const [key, state] of this.keys) {
+      if (state.lastUsedMs >= cutoff) continue;
+      this.keys.delete(key);
+      for (const item of state.idle) void this.options.destroy(item).catch(() => undefined);
+    }
+  }
+
+  /** Destroys every idle item; later creations finishing are destroyed on arrival. Idempotent. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    const items: T[] = [];
+    for (const state of this.keys.values()) items.push(...state.idle.splice(0));
+    this.keys.clear();
+    await Promise.allSettled(items.map((item) => this.options.destroy(item)));
+    // Creations still under way destroy their item on arrival (see refill); wait for them so nothing outlives close().
+    await Promise.allSettled([...this.inFlight]);
+  }
+}

@@ -1,0 +1,210 @@
+/**
+ * Runtime image recipes. ONE recipe per image yields every artifact: a rootfs directory (sandbox executor), a Docker
+ * image (docker executor) and, on request, an ext4 file (microvm executor). All are built from Debian packages with
+ * mmdebstrap; nothing is pulled from a container registry.
+ *
+ * The recipe hash covers everything that shapes the output (packages, suite, sources layout, slimming rules, hooks,
+ * Docker changes, BUILDER_VERSION) but not the mirror URL. Package versions are whatever the mirror serves at build
+ * time; the versions actually installed are recorded in the stamp (recipe.json) next to the rootfs.
+ */
+import { createHash } from 'node:crypto';
+import { KindlingError } from '../core/errors.js';
+import type { RuntimeName } from '../core/types.js';
+
+/** Bump when the builder's logic changes in a way the fields below do not capture. */
+export const BUILDER_VERSION = 1;
+
+export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust'] as const;
+export type ImageShortName = (typeof IMAGE_SHORT_NAMES)[number];
+
+export interface ImageRecipe {
+  /** Directory name under imagesDir and the CLI name: base | python | node | rust. */
+  readonly short: ImageShortName;
+  /** Docker repository, e.g. `kindling/python` (what RunSpec.image and the runtimes table use). */
+  readonly name: string;
+  readonly tag: string;
+  /** The runtime this image serves. */
+  readonly runtime: RuntimeName;
+  readonly description: string;
+  /** Packages passed to `mmdebstrap --include` on top of the minbase variant. */
+  readonly packages: readonly string[];
+  /**
+   * A shell command run inside the finished root (chroot, during the build, /proc mounted); a non-zero exit fails the
+   * build so a broken image is never stamped as done.
+   */
+  readonly check: string;
+  /** Environment baked into the Docker image (ENV). Sandbox executors should use the same values. */
+  readonly env: Readonly<Record<string, string>>;
+}
+
+/** Debian parameters shared by every image. */
+export const DEBIAN = {
+  suite: 'bookworm',
+  variant: 'minbase',
+  components: ['main'],
+  /** Suites written to sources.list, `{suite}` replaced. Security comes from `securityMirror`. */
+  suites: ['{suite}', '{suite}-updates'],
+  securitySuite: '{suite}-security',
+  defaultMirror: 'http://deb.debian.org/debian',
+  defaultSecurityMirror: 'http://deb.debian.org/debian-security',
+} as const;
+
+/**
+ * Slimming: paths dpkg never unpacks (copyright files are kept for licence compliance), plus hook snippets run at the
+ * end of the build. `$1` is the root directory (mmdebstrap hook convention).
+ */
+export const SLIMMING = {
+  dpkgPathExclude: [
+    '/usr/share/doc/*',
+    '/usr/share/man/*',
+    '/usr/share/info/*',
+    '/usr/share/locale/*',
+    '/usr/share/lintian/*',
+    '/usr/share/linda/*',
+  ],
+  dpkgPathInclude: ['/usr/share/doc/*/copyright'],
+  cleanup: [
+    'rm -rf "$1"/var/log/apt/* "$1"/var/log/dpkg.log "$1"/var/log/alternatives.log',
+    'rm -f "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old',
+  ],
+} as const;
+
+/** Steps every rootfs gets: mount points for the executors and the unprivileged user they run code as. */
+export const COMMON_CUSTOMIZE = [
+  'mkdir -p "$1/work" "$1/.kindling"',
+  'chmod 0755 "$1/work" "$1/.kindling"',
+  // The executors run user code as nobody (65534); fail the build if the base image ever loses it.
+  'grep -q "^nobody:x:65534:65534:" "$1/etc/passwd"',
+] as const;
+
+const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+const BASE_ENV = { PATH, LANG: 'C.UTF-8' } as const;
+
+function recipe(r: ImageRecipe): ImageRecipe {
+  return Object.freeze({ ...r, packages: Object.freeze([...r.packages]), env: Object.freeze({ ...r.env }) });
+}
+
+export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Object.freeze({
+  base: recipe({
+    short: 'base',
+    name: 'kindling/base',
+    tag: 'latest',
+    runtime: 'bash',
+    description: 'Debian bookworm minbase: bash, coreutils',
+    packages: [],
+    check: 'bash -c "echo ok" >/dev/null && ls / >/dev/null',
+    env: BASE_ENV,
+  }),
+  python: recipe({
+    short: 'python',
+    name: 'kindling/python',
+    tag: 'latest',
+    runtime: 'python',
+    description: "Debian's python3 (3.11) with the full standard library",
+    // python3 pulls libpython3.11-stdlib; distutils (and lib2to3) are split out by Debian.
+    packages: ['python3', 'python3-distutils'],
+    check:
+      'python3 -c "import sqlite3, ssl, ctypes, decimal, lzma, bz2, zlib, hashlib, json, zoneinfo, distutils.core; ' +
+      "zoneinfo.ZoneInfo('Europe/Paris')\"",
+    env: { ...BASE_ENV, PYTHONDONTWRITEBYTECODE: '1' },
+  }),
+  node: recipe({
+    short: 'node',
+    name: 'kindling/node',
+    tag: 'latest',
+    runtime: 'node',
+    description: "Debian bookworm's nodejs 18.x",
+    packages: ['nodejs'],
+    // Sources are Debian's only (never the host's, which may carry nodesource); assert the major to stay deterministic.
+    check: 'node -e "process.exit(process.versions.node.split(\'.\')[0] === \'18\' ? 0 : 1)"',
+    env: BASE_ENV,
+  }),
+  rust: recipe({
+    short: 'rust',
+    name: 'kindling/rust',
+    tag: 'latest',
+    runtime: 'rust',
+    description: "Debian's rustc with gcc and libc6-dev to link",
+    packages: ['rustc', 'gcc', 'libc6-dev'],
+    check:
+      'd=$(mktemp -d) && printf "fn main(){println!(\\"hi\\")}" > "$d/k.rs" && rustc -o "$d/k" "$d/k.rs" && ' +
+      'test "$("$d/k")" = hi && rm -rf "$d"',
+    env: BASE_ENV,
+  }),
+});
+
+export function imageRef(r: ImageRecipe): string {
+  return `${r.name}:${r.tag}`;
+}
+
+/** Options of a build that change its output and therefore the hash. */
+export interface RecipeHashInputs {
+  suite?: string;
+}
+
+/** The canonical object hashed for a recipe. Exported for tests and for `images list --json` diagnostics. */
+export function recipeFingerprint(r: ImageRecipe, inputs: RecipeHashInputs = {}): Record<string, unknown> {
+  const suite = inputs.suite ?? DEBIAN.suite;
+  return {
+    builderVersion: BUILDER_VERSION,
+    short: r.short,
+    name: r.name,
+    tag: r.tag,
+    suite,
+    variant: DEBIAN.variant,
+    components: [...DEBIAN.components],
+    suites: DEBIAN.suites.map((s) => s.replace('{suite}', suite)).concat(DEBIAN.securitySuite.replace('{suite}', suite)),
+    // Order of --include does not matter to apt; sort so reordering a list does not force a rebuild.
+    packages: [...new Set(r.packages)].sort(),
+    check: r.check,
+    env: sortedObject(r.env),
+    slimming: SLIMMING,
+    customize: COMMON_CUSTOMIZE,
+  };
+}
+
+/** sha256 (hex) of the canonical JSON of the recipe fingerprint. Stable across runs, key order and package order. */
+export function recipeHash(r: ImageRecipe, inputs: RecipeHashInputs = {}): string {
+  return createHash('sha256').update(canonicalJson(recipeFingerprint(r, inputs))).digest('hex');
+}
+
+/** JSON with object keys sorted at every level (arrays keep their order). */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v) ? sortedObject(v as Record<string, unknown>) : v,
+  );
+}
+
+function sortedObject<T>(o: Readonly<Record<string, T>>): Record<string, T> {
+  const out: Record<string, T> = {};
+  for (const k of Object.keys(o).sort()) out[k] = o[k] as T;
+  return out;
+}
+
+/**
+ * Resolves what a user typed (`python`, `kindling/python`, `kindling/python:latest`, or a runtime name such as `bash`)
+ * to recipes, de-duplicated, in IMAGE_SHORT_NAMES order. An empty list means all images.
+ */
+export function resolveImageNames(names: readonly string[] = []): ImageRecipe[] {
+  if (names.length === 0) return IMAGE_SHORT_NAMES.map((s) => IMAGE_RECIPES[s]);
+  const wanted = new Set<ImageShortName>();
+  for (const raw of names) {
+    const r = findRecipe(raw);
+    if (!r) {
+      throw new KindlingError('UNKNOWN_IMAGE', `unknown image "${raw}" (known: ${IMAGE_SHORT_NAMES.join(', ')})`, {
+        details: { image: raw, known: [...IMAGE_SHORT_NAMES] },
+      });
+    }
+    wanted.add(r.short);
+  }
+  return IMAGE_SHORT_NAMES.filter((s) => wanted.has(s)).map((s) => IMAGE_RECIPES[s]);
+}
+
+export function findRecipe(nameOrShort: string): ImageRecipe | undefined {
+  const n = nameOrShort.trim();
+  for (const s of IMAGE_SHORT_NAMES) {
+    const r = IMAGE_RECIPES[s];
+    if (n === r.short || n === r.name || n === imageRef(r) || n === r.runtime) return r;
+  }
+  return undefined;
+}

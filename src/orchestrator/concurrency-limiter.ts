@@ -1,0 +1,91 @@
+import { KindlingError } from '../core/errors.js';
+
+export interface ConcurrencyLimiterOptions {
+  /** Executions running at once. */
+  maxConcurrent: number;
+  /** Requests allowed to wait for a slot; beyond this they get 429 at once. */
+  maxQueued: number;
+  /** How long a request may wait for a slot before it gets 429. */
+  queueTimeoutMs: number;
+}
+
+interface Waiter {
+  resolve: (release: () => void) => void;
+  reject: (error: unknown) => void;
+  timer: NodeJS.Timeout;
+  onAbort?: () => void;
+  signal?: AbortSignal;
+}
+
+/** A counting semaphore with a bounded FIFO queue: overload turns into quick 429s, never into an unbounded pile. */
+export class ConcurrencyLimiter {
+  private running = 0;
+  private readonly queue: Waiter[] = [];
+
+  constructor(private readonly options: ConcurrencyLimiterOptions) {}
+
+  get stats(): { running: number; queued: number; maxConcurrent: number; maxQueued: number } {
+    return { running: this.running, queued: this.queue.length, maxConcurrent: this.options.maxConcurrent, maxQueued: this.options.maxQueued };
+  }
+
+  /** Resolves with a release function once a slot is free. Call release exactly once (extra calls are ignored). */
+  acquire(signal?: AbortSignal): Promise<() => void> {
+    if (this.running < this.options.maxConcurrent && this.queue.length === 0) {
+      this.running++;
+      return Promise.resolve(this.releaser());
+    }
+    if (this.queue.length >= this.options.maxQueued) {
+      return Promise.reject(this.overloaded('the execution queue is full'));
+    }
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.remove(waiter);
+          reject(this.overloaded(`no execution slot became free within ${this.options.queueTimeoutMs} ms`));
+        }, this.options.queueTimeoutMs),
+      };
+      if (signal) {
+        waiter.signal = signal;
+        waiter.onAbort = () => {
+          this.remove(waiter);
+          reject(signal.reason);
+        };
+        signal.addEventListener('abort', waiter.onAbort, { once: true });
+      }
+      this.queue.push(waiter);
+    });
+  }
+
+  private overloaded(why: string): KindlingError {
+    return new KindlingError(
+      'TOO_MANY_REQUESTS',
+      `${why} (${this.options.maxConcurrent} running, ${this.options.maxQueued} queued at most); retry after the Retry-After delay`,
+      { retryAfterSeconds: 1 },
+    );
+  }
+
+  private remove(waiter: Waiter): void {
+    const index = this.queue.indexOf(waiter);
+    if (index >= 0) this.queue.splice(index, 1);
+    clearTimeout(waiter.timer);
+    if (waiter.onAbort) waiter.signal?.removeEventListener('abort', waiter.onAbort);
+  }
+
+  private releaser(): () => void {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.queue.shift();
+      if (next) {
+        clearTimeout(next.timer);
+        if (next.onAbort) next.signal?.removeEventListener('abort', next.onAbort);
+        next.resolve(this.releaser());
+      } else {
+        this.running--;
+      }
+    };
+  }
+}

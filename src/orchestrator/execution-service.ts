@@ -1,0 +1,279 @@
+import type { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
+import { KindlingError } from '../core/errors.js';
+import { newExecutionId } from '../core/ids.js';
+import { systemClock, type Clock } from '../core/clock.js';
+import type { ExecuteRequest, ExecutionResult, ExecutorName, InputFile, RunSpec } from '../core/types.js';
+import type { Executor } from '../executors/executor.js';
+import { ConcurrencyLimiter, type ConcurrencyLimiterOptions } from './concurrency-limiter.js';
+import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
+import { RUNTIMES } from './runtimes.js';
+
+export type OutputStreamName = 'stdout' | 'stderr';
+
+export interface ExecuteOptions {
+  signal?: AbortSignal;
+  /** Called with each decoded chunk as the process produces it (within the output cap). */
+  onOutput?: (stream: OutputStreamName, text: string) => void;
+  /** A stdin stream (e.g. a raw request body) instead of the request's `stdin`/`stdinBase64`. */
+  stdinStream?: Readable;
+  /** Called once the sandbox has started, before any output, with the execution id. */
+  onStarted?: (id: string) => void;
+}
+
+/** Observers see every finished execution (metrics, usage); they never change the outcome. */
+export interface ExecutionObserver {
+  onExecutionFinished(result: ExecutionResult, context: { image: string; stdinBytes: number }): void;
+  onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName }): void;
+}
+
+export interface ExecutionServiceOptions {
+  executors: ReadonlyMap<ExecutorName, Executor>;
+  defaultExecutor: ExecutorName;
+  concurrency: ConcurrencyLimiterOptions;
+  limits?: LimitPolicy;
+  observers?: ExecutionObserver[];
+  clock?: Clock;
+}
+
+const BASE_ENV: Record<string, string> = {
+  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  HOME: '/tmp',
+  LANG: 'C.UTF-8',
+};
+
+/** Keeps the first `capBytes` of a stream, drains and counts the rest so the process never blocks on a full pipe. */
+class OutputCollector {
+  private readonly chunks: Buffer[] = [];
+  private keptBytes = 0;
+  truncated = false;
+  private readonly decoder = new StringDecoder('utf8');
+
+  constructor(
+    private readonly capBytes: number,
+    private readonly onText: ((text: string) => void) | undefined,
+  ) {}
+
+  push(chunk: Buffer): void {
+    const room = this.capBytes - this.keptBytes;
+    if (room <= 0) {
+      if (chunk.length > 0) this.truncated = true;
+      return;
+    }
+    const kept = chunk.length > room ? chunk.subarray(0, room) : chunk;
+    if (kept.length < chunk.length) this.truncated = true;
+    this.chunks.push(kept);
+    this.keptBytes += kept.length;
+    if (this.onText) {
+      const text = this.decoder.write(kept);
+      if (text.length > 0) this.onText(text);
+    }
+  }
+
+  finish(): Buffer {
+    if (this.onText) {
+      const rest = this.decoder.end();
+      if (rest.length > 0) this.onText(rest);
+    }
+    return Buffer.concat(this.chunks, this.keptBytes);
+  }
+}
+
+/** Runs one-off executions: validates semantics, applies limits, queues, runs, collects, times out. */
+export class ExecutionService {
+  private readonly limiter: ConcurrencyLimiter;
+  private readonly limits: LimitPolicy;
+  private readonly clock: Clock;
+  private readonly observers: ExecutionObserver[];
+  private draining = false;
+
+  constructor(private readonly options: ExecutionServiceOptions) {
+    this.limiter = new ConcurrencyLimiter(options.concurrency);
+    this.limits = options.limits ?? DEFAULT_LIMIT_POLICY;
+    this.clock = options.clock ?? systemClock;
+    this.observers = options.observers ?? [];
+  }
+
+  get queueStats(): ConcurrencyLimiter['stats'] {
+    return this.limiter.stats;
+  }
+
+  /** Stops accepting new executions (SIGTERM); in-flight ones go on. */
+  stopAccepting(): void {
+    this.draining = true;
+  }
+
+  private pickExecutor(requested: ExecutorName | undefined): Executor {
+    const name = requested ?? this.options.defaultExecutor;
+    const executor = this.options.executors.get(name);
+    if (!executor) {
+      const available = [...this.options.executors.keys()].join(', ');
+      throw new KindlingError('UNKNOWN_EXECUTOR', `executor "${name}" is not enabled on this server; available: ${available}`);
+    }
+    return executor;
+  }
+
+  /** Turns a request into a RunSpec, or throws a 4xx KindlingError that says how to fix it. */
+  async prepare(request: ExecuteRequest): Promise<{ spec: RunSpec; executor: Executor; stdin: Buffer | null }> {
+    const hasCode = request.runtime !== undefined || request.code !== undefined;
+    const hasImage = request.image !== undefined || request.command !== undefined;
+    if (hasCode && hasImage) {
+      throw new KindlingError('CONFLICTING_FIELDS', 'give either "runtime" + "code" or "image" + "command", not both');
+    }
+    if (request.stdin !== undefined && request.stdinBase64 !== undefined) {
+      throw new KindlingError('CONFLICTING_FIELDS', 'give at most one of "stdin" and "stdinBase64"');
+    }
+    if (request.network === 'egress') {
+      throw new KindlingError('UNSUPPORTED_NETWORK', 'network "egress" is not available yet; omit "network" or use "none"');
+    }
+    const executor = this.pickExecutor(request.executor);
+    let image: string;
+    let command: string[];
+    let files: InputFile[] = [];
+    let runtimeDefaults = {};
+    if (hasCode) {
+      if (request.runtime === undefined) throw new KindlingError('VALIDATION_FAILED', '"code" needs a "runtime" (bash, python, node or rust)');
+      if (request.code === undefined) throw new KindlingError('VALIDATION_FAILED', `"runtime" needs "code": the ${request.runtime} source to run`);
+      const runtime = RUNTIMES[request.runtime];
+      if (!runtime) throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${String(request.runtime)}"; use one of ${Object.keys(RUNTIMES).join(', ')}`);
+      ({ command, files } = runtime.prepare(request.code));
+      image = runtime.image;
+      runtimeDefaults = runtime.defaults;
+    } else if (hasImage) {
+      if (request.image === undefined) throw new KindlingError('VALIDATION_FAILED', '"command" needs an "image", e.g. "kindling/base"');
+      if (request.command === undefined || request.command.length === 0) {
+        throw new KindlingError('VALIDATION_FAILED', '"image" needs a non-empty "command" array, e.g. ["sh","-c","echo hi"]');
+      }
+      image = request.image;
+      command = request.command;
+    } else {
+      throw new KindlingError('VALIDATION_FAILED', 'nothing to run: give "runtime" + "code" or "image" + "command"');
+    }
+    if (!executor.hasImage(image)) {
+      await executor.refreshImages().catch(() => undefined);
+      if (!executor.hasImage(image)) {
+        throw new KindlingError('UNKNOWN_IMAGE', `image "${image}" is not available on the ${executor.name} executor; build it with "kindling images build" or see "kindling images list"`);
+      }
+    }
+    const limits = resolveLimits(
+      { timeoutMs: request.timeoutMs, memoryMb: request.memoryMb, cpus: request.cpus, pids: request.pids, outputBytes: request.outputBytes, diskMb: request.diskMb },
+      runtimeDefaults,
+      this.limits,
+    );
+    const stdin =
+      request.stdin !== undefined ? Buffer.from(request.stdin, 'utf8') : request.stdinBase64 !== undefined ? Buffer.from(request.stdinBase64, 'base64') : null;
+    const spec: RunSpec = {
+      id: newExecutionId(),
+      image,
+      command,
+      env: { ...BASE_ENV, ...request.env },
+      workdir: request.workdir ?? '/work',
+      limits,
+      network: request.network ?? 'none',
+      stdin: stdin !== null,
+      files,
+      labels: {},
+    };
+    return { spec, executor, stdin };
+  }
+
+  async execute(request: ExecuteRequest, options: ExecuteOptions = {}): Promise<ExecutionResult> {
+    if (this.draining) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
+    const prepared = await this.prepare(request);
+    if (options.stdinStream) prepared.spec.stdin = true;
+    const { spec, executor } = prepared;
+    const queuedAt = this.clock.monotonicMs();
+    const release = await this.limiter.acquire(options.signal);
+    try {
+      return await this.run(spec, executor, prepared.stdin, request.outputEncoding ?? 'utf8', options, this.clock.monotonicMs() - queuedAt);
+    } catch (error) {
+      const failure = error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the execution failed inside the platform', { cause: error });
+      for (const observer of this.observers) observer.onExecutionFailed?.(failure, { executor: executor.name });
+      throw error;
+    } finally {
+      release();
+    }
+  }
+
+  private async run(
+    spec: RunSpec,
+    executor: Executor,
+    stdinBuffer: Buffer | null,
+    outputEncoding: 'utf8' | 'base64',
+    options: ExecuteOptions,
+    queuedMs: number,
+  ): Promise<ExecutionResult> {
+    const startedAt = this.clock.monotonicMs();
+    const execution = await executor.start(spec, options.signal ? { signal: options.signal } : {});
+    const runningAt = this.clock.monotonicMs();
+    options.onStarted?.(spec.id);
+
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      execution.kill();
+    }, spec.limits.timeoutMs);
+    const onText = options.onOutput;
+    const stdout = new OutputCollector(spec.limits.outputBytes, onText && ((text) => onText('stdout', text)));
+    const stderr = new OutputCollector(spec.limits.outputBytes, onText && ((text) => onText('stderr', text)));
+    execution.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
+    execution.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
+
+    let stdinBytes = 0;
+    if (execution.stdin) {
+      const sink = execution.stdin;
+      // A process that exits without reading its input is not an error of the platform.
+      sink.on('error', () => undefined);
+      if (options.stdinStream) {
+        options.stdinStream.on('data', (chunk: Buffer) => (stdinBytes += chunk.length));
+        options.stdinStream.pipe(sink);
+      } else {
+        stdinBytes = stdinBuffer?.length ?? 0;
+        sink.end(stdinBuffer ?? undefined);
+      }
+    }
+
+    try {
+      const exit = await execution.wait();
+      const finishedAt = this.clock.monotonicMs();
+      const stdoutBytes = stdout.finish();
+      const stderrBytes = stderr.finish();
+      const result: ExecutionResult = {
+        id: spec.id,
+        exitCode: exit.exitCode,
+        signal: exit.signal,
+        stdout: stdoutBytes.toString(outputEncoding),
+        stderr: stderrBytes.toString(outputEncoding),
+        outputEncoding,
+        durationMs: Math.round((finishedAt - startedAt) * 100) / 100,
+        coldStart: execution.coldStart,
+        executor: executor.name,
+        timedOut,
+        oomKilled: exit.oomKilled,
+        truncated: stdout.truncated || stderr.truncated,
+        stdoutTruncated: stdout.truncated,
+        stderrTruncated: stderr.truncated,
+        timings: {
+          queuedMs: Math.round(queuedMs * 100) / 100,
+          startMs: Math.round((runningAt - startedAt) * 100) / 100,
+          runMs: Math.round((finishedAt - runningAt) * 100) / 100,
+        },
+      };
+      for (const observer of this.observers) observer.onExecutionFinished(result, { image: spec.image, stdinBytes });
+      return result;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Waits until nothing runs or the deadline passes; returns whether it drained. */
+  async drain(deadlineMs: number): Promise<boolean> {
+    this.draining = true;
+    const until = this.clock.monotonicMs() + deadlineMs;
+    while (this.limiter.stats.running > 0 || this.limiter.stats.queued > 0) {
+      if (this.clock.monotonicMs() > until) return false;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return true;
+  }
+}

@@ -1,0 +1,200 @@
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { buildApi } from './api/build.js';
+import { KindlingError } from './core/errors.js';
+import { newInstanceId } from './core/ids.js';
+import type { ExecutorName } from './core/types.js';
+import type { Executor, ExecutorStatus } from './executors/executor.js';
+import { createExecutor } from './executors/registry.js';
+import { Metrics } from './metrics/metrics.js';
+import { ExecutionService } from './orchestrator/execution-service.js';
+
+export type ExecutorChoice = ExecutorName | 'auto';
+
+/** Everything the server needs, already parsed; built by main from flags and the environment. */
+export interface ServerConfig {
+  host: string;
+  port: number;
+  dataDir: string;
+  imagesDir: string;
+  executor: ExecutorChoice;
+  /** Executors to enable besides the default (those that fail to come up are left out with a log line). */
+  enableExecutors: ExecutorName[];
+  apiKeys: string[];
+  maxConcurrent: number;
+  maxQueued: number;
+  queueTimeoutMs: number;
+  maxBodyBytes: number;
+  shutdownTimeoutMs: number;
+  dockerSocketPath: string;
+  prewarmPerShape: number;
+  version: string;
+  logger: Logger;
+}
+
+export interface RunningServer {
+  app: FastifyInstance;
+  url: string;
+  defaultExecutor: ExecutorName;
+  executors: ReadonlyMap<ExecutorName, Executor>;
+  /** Graceful: stop accepting, drain up to the deadline, then kill what is left and release everything. */
+  close(): Promise<void>;
+}
+
+const isLoopback = (host: string): boolean =>
+  host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** One server per data dir: a pid file that a dead server's successor may take over. */
+async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
+  const lockPath = join(dataDir, 'server.pid');
+  const existing = await readFile(lockPath, 'utf8').catch(() => null);
+  const pid = existing === null ? NaN : Number.parseInt(existing, 10);
+  if (Number.isInteger(pid) && pid !== process.pid && processAlive(pid)) {
+    throw new Error(`another Kindling server (pid ${pid}) uses the data dir ${dataDir}; stop it or pass another --data-dir`);
+  }
+  await writeFile(lockPath, String(process.pid));
+  return () => rm(lockPath, { force: true });
+}
+
+/** Picks the default executor: the one asked for, or for `auto` the sandbox where it works, else docker. */
+export function chooseDefaultExecutor(
+  choice: ExecutorChoice,
+  statuses: ExecutorStatus[],
+): { name: ExecutorName; reason: string } {
+  if (choice !== 'auto') return { name: choice, reason: `--executor ${choice} was asked for` };
+  const sandbox = statuses.find((status) => status.name === 'sandbox');
+  if (sandbox?.ready) return { name: 'sandbox', reason: `auto: the native sandbox works here (${sandbox.reason})` };
+  const docker = statuses.find((status) => status.name === 'docker');
+  const why = sandbox ? `the native sandbox is not usable (${sandbox.reason})` : 'the native sandbox is not built into this server';
+  if (docker?.ready) return { name: 'docker', reason: `auto: ${why}; using Docker (${docker.reason})` };
+  return { name: docker ? 'docker' : 'sandbox', reason: `auto: ${why}, and Docker is not ready either (${docker?.reason ?? 'not enabled'})` };
+}
+
+export async function startServer(config: ServerConfig): Promise<RunningServer> {
+  const logger = config.logger;
+  if (!isLoopback(config.host) && config.apiKeys.length === 0) {
+    throw new KindlingError('UNAUTHORIZED', `refusing to listen on ${config.host} without API keys: set KINDLING_ADMIN_KEY, or bind 127.0.0.1`);
+  }
+  await mkdir(config.dataDir, { recursive: true });
+  const dataDir = await realpath(config.dataDir);
+  const unlock = await lockDataDir(dataDir);
+  // Resources are labelled with the data dir's identity: a restarted server finds what its predecessor left.
+  const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
+  const instanceId = newInstanceId();
+  const stateDir = join(dataDir, 'run');
+  await mkdir(stateDir, { recursive: true });
+
+  const wanted = new Set<ExecutorName>(config.enableExecutors);
+  if (config.executor === 'auto') {
+    wanted.add('sandbox');
+    wanted.add('docker');
+  } else {
+    wanted.add(config.executor);
+  }
+  const executors = new Map<ExecutorName, Executor>();
+  const statuses: ExecutorStatus[] = [];
+  for (const name of wanted) {
+    const executor = await createExecutor(name, {
+      stateDir,
+      imagesDir: config.imagesDir,
+      ownerId,
+      instanceId,
+      dockerSocketPath: config.dockerSocketPath,
+      prewarmPerShape: config.prewarmPerShape,
+      logger: logger.child({ executor: name }),
+    });
+    if (!executor) continue;
+    const status = await executor.probe();
+    statuses.push(status);
+    if (!status.ready && name !== config.executor && !(config.executor === 'auto' && name === 'docker')) {
+      logger.warn({ executor: name, reason: status.reason }, 'executor not ready; left out');
+      await executor.destroy();
+      continue;
+    }
+    executors.set(name, executor);
+    // Orphans of an earlier, crashed run of this data dir go before any new work arrives.
+    if (status.ready) {
+      const report = await executor.reap().catch((error: unknown) => {
+        logger.warn({ err: error, executor: name }, 'reaping orphans failed');
+        return { removed: 0 };
+      });
+      if (report.removed > 0) logger.info({ executor: name, removed: report.removed }, 'reaped orphans of an earlier run');
+    }
+  }
+  const chosen = chooseDefaultExecutor(config.executor, statuses);
+  // Under auto, an executor that is not ready and not the default is dropped.
+  for (const status of statuses) {
+    const executor = executors.get(status.name);
+    if (executor && !status.ready && status.name !== chosen.name) {
+      executors.delete(status.name);
+      await executor.destroy();
+    }
+  }
+  logger.info({ defaultExecutor: chosen.name, reason: chosen.reason, executors: statuses }, 'default executor chosen');
+
+  let service: ExecutionService | null = null;
+  const metrics = new Metrics({ queue: () => service?.queueStats ?? { running: 0, queued: 0 } });
+  service = new ExecutionService({
+    executors,
+    defaultExecutor: chosen.name,
+    concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs },
+    observers: [metrics],
+  });
+  let draining = false;
+  const app = await buildApi({
+    executionService: service,
+    executors,
+    defaultExecutor: chosen.name,
+    defaultExecutorReason: chosen.reason,
+    metrics,
+    apiKeys: config.apiKeys,
+    maxBodyBytes: config.maxBodyBytes,
+    version: config.version,
+    logger,
+    isDraining: () => draining,
+  });
+  await app.listen({ host: config.host, port: config.port });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  logger.info({ url, dataDir, instanceId, auth: config.apiKeys.length > 0 }, 'Kindling is listening');
+
+  let closing: Promise<void> | null = null;
+  const executionService = service;
+  return {
+    app,
+    url,
+    defaultExecutor: chosen.name,
+    executors,
+    close() {
+      closing ??= (async () => {
+        draining = true;
+        executionService.stopAccepting();
+        const closed = app.close();
+        const drained = await executionService.drain(config.shutdownTimeoutMs);
+        if (!drained) {
+          logger.warn({ deadlineMs: config.shutdownTimeoutMs }, 'shutdown deadline passed; killing the executions still running');
+          await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
+        }
+        await closed;
+        await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
+        await unlock();
+        logger.info('Kindling stopped');
+      })();
+      return closing;
+    },
+  };
+}
