@@ -45,6 +45,7 @@ function result(overrides: Partial<ExecutionResult> = {}): ExecutionResult {
     signal: null,
     stdout: '',
     stderr: '',
+    outputEncoding: 'utf8',
     durationMs: 12,
     coldStart: false,
     executor: 'docker',
@@ -115,7 +116,7 @@ function only(): Seen {
   return seen[0] as Seen;
 }
 
-describe('health and readiness', () => {
+describe('health and readiness', { timeout: 10_000 }, () => {
   it('health() GETs /healthz without Authorization when no key is set', async () => {
     handler = (_req, res) => json(res, 200, { status: 'ok' });
     assert.deepEqual(await client().health(), { status: 'ok' });
@@ -156,7 +157,7 @@ describe('health and readiness', () => {
   });
 });
 
-describe('execute', () => {
+describe('execute', { timeout: 10_000 }, () => {
   it('POSTs the spec as JSON and resolves a non-zero exit as a normal result', async () => {
     const expected = result({ exitCode: 3, stdout: 'out\n', stderr: 'boom\n' });
     handler = (_req, res) => json(res, 200, expected);
@@ -305,7 +306,7 @@ describe('execute', () => {
   });
 });
 
-describe('streaming', () => {
+describe('streaming', { timeout: 10_000 }, () => {
   const exit = result({ exitCode: 1, stdout: 'hello\nworld\n', stderr: 'warn\n' });
   const exitJson = JSON.stringify(exit);
   // Awkward framing on purpose: CRLF, a keep-alive, a multi-line chunk as several data lines, chunk cuts mid-field,
@@ -467,7 +468,7 @@ describe('streaming', () => {
   });
 });
 
-describe('configuration', () => {
+describe('configuration', { timeout: 10_000 }, () => {
   it('defaults to http://127.0.0.1:8080 and a 60 s timeout', () => {
     const k = new Kindling();
     assert.equal(k.url, 'http://127.0.0.1:8080');

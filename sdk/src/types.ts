@@ -50,6 +50,11 @@ export interface ExecuteSpec {
   network?: 'none';
   /** Executor to run on. Default: the server's default executor (see `ready().defaultExecutor`). */
   executor?: ExecutorName;
+  /**
+   * Encoding of `stdout`/`stderr` in the result: `utf8` (default; invalid bytes become U+FFFD) or `base64` for
+   * byte-exact binary output (decode with `Buffer.from(result.stdout, 'base64')`).
+   */
+  outputEncoding?: 'utf8' | 'base64';
 }
 
 /** The outcome of one execution. A non-zero exit, a timeout or an OOM kill is a normal result, not an error. */
@@ -64,6 +69,8 @@ export interface ExecutionResult {
   stdout: string;
   /** Everything the program wrote to stderr (UTF-8), up to `outputBytes`. */
   stderr: string;
+  /** How `stdout` and `stderr` are encoded: as asked with `outputEncoding`. */
+  outputEncoding: 'utf8' | 'base64';
   /** Wall-clock run time of the program in milliseconds. */
   durationMs: number;
   /** True when a new sandbox had to be started for this execution (no warm one was available). */
@@ -98,13 +105,19 @@ export interface HealthStatus {
 export interface ExecutorStatus {
   name: ExecutorName;
   ready: boolean;
-  /** Why it is not ready (e.g. "docker socket not reachable"); null or absent when ready. */
+  /** What the server found: why it is not ready (e.g. "docker socket not reachable"), or what it checked. */
   reason?: string | null;
+  /** Executor-specific facts (engine version, images, ...). */
+  details?: Record<string, unknown>;
 }
 
 /** `GET /readyz`. */
 export interface ReadyStatus {
   status: 'ready' | 'not_ready';
   defaultExecutor: ExecutorName;
+  /** Why the server picked its default executor (e.g. with `--executor auto`). */
+  defaultExecutorReason?: string;
+  /** True while the server is shutting down and refuses new work. */
+  draining?: boolean;
   executors: ExecutorStatus[];
 }

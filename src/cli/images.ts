@@ -11,6 +11,7 @@ import {
   fmtBytes,
   listImages,
   type ImageBuildResult,
+  type ImageInfo,
   type ImageLog,
 } from '../images/builder.js';
 import { DEBIAN } from '../images/recipes.js';
@@ -125,7 +126,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
           infos.map((i) => [
             i.name,
             i.rootfsReady ? 'ready' : i.rootfsRecipeHash ? 'stale' : 'missing',
-            i.dockerReady ? 'ready' : i.dockerError ? 'unreachable' : i.dockerRecipeHash ? 'stale' : i.dockerImageId ? 'unlabelled' : 'missing',
+            dockerState(i, flags.docker),
             i.sizeBytes === null ? '-' : fmtBytes(i.sizeBytes),
             i.dockerSizeBytes === null ? '-' : fmtBytes(i.dockerSizeBytes),
             i.recipeHash.slice(0, 12),
@@ -153,6 +154,14 @@ export function formatBuildResults(results: readonly ImageBuildResult[]): string
       r.recipeHash.slice(0, 12),
     ]),
   );
+}
+
+function dockerState(i: ImageInfo, asked: boolean): string {
+  if (!asked) return 'not checked';
+  if (i.dockerReady) return 'ready';
+  if (i.dockerError) return 'unreachable';
+  if (i.dockerRecipeHash) return 'stale';
+  return i.dockerImageId ? 'unlabelled' : 'missing';
 }
 
 function table(head: string[], rows: string[][]): string {

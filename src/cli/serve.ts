@@ -35,7 +35,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--queue-timeout-ms <ms>', 'longest wait for a slot before 429', int('--queue-timeout-ms'), 30_000)
     .option('--max-body-bytes <n>', 'largest request body; beyond it 413', int('--max-body-bytes'), 64 * 1024 * 1024)
     .option('--shutdown-timeout-ms <ms>', 'how long SIGTERM waits for in-flight executions', int('--shutdown-timeout-ms'), 30_000)
-    .option('--prewarm <n>', 'fresh containers kept started per recently used shape (docker); 0 disables', int('--prewarm'), 4)
+    .option('--prewarm <n>', 'fresh containers kept started per recently used shape (docker); 0 disables', int('--prewarm'), 6)
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;

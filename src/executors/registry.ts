@@ -1,6 +1,7 @@
 import type { ExecutorName } from '../core/types.js';
 import { DockerExecutor, type Logger } from './docker/index.js';
 import type { Executor } from './executor.js';
+import { SandboxExecutor } from './sandbox/index.js';
 
 /** What every executor may need from the server; each takes the parts it uses. */
 export interface ExecutorContext {
@@ -23,6 +24,14 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         ownerId: context.ownerId,
         instanceId: context.instanceId,
         prewarmPerShape: context.prewarmPerShape,
+        logger: context.logger,
+      });
+    case 'sandbox':
+      return new SandboxExecutor({
+        imagesDir: context.imagesDir,
+        stateDir: context.stateDir,
+        ownerId: context.ownerId,
+        instanceId: context.instanceId,
         logger: context.logger,
       });
     default:

@@ -38,6 +38,8 @@ export const RECIPE_LABEL = 'dev.kindling.recipe';
 export const IMAGE_LABEL = 'dev.kindling.image';
 export const DEFAULT_IMAGES_DIR = '/var/lib/kindling/images';
 const MERGED_USR_HOOK_DIR = '/usr/share/mmdebstrap/hooks/merged-usr';
+/** Bump when buildExt4's mkfs options change, so cached ext4 files are rebuilt. */
+const EXT4_FORMAT = 1;
 
 /** Anything with info/warn (console, a pino logger, a test spy). `debug` gets mmdebstrap's own output. */
 export interface ImageLog {
@@ -80,7 +82,7 @@ export interface ImageStamp {
   fileCount: number;
   /** Every installed Debian package and its version. */
   packages: Record<string, string>;
-  ext4?: { recipeHash: string; sizeBytes: number; builtAt: string };
+  ext4?: { recipeHash: string; format: number; sizeBytes: number; builtAt: string };
 }
 
 export interface BootstrapRequest {
@@ -245,12 +247,15 @@ async function buildOne(ctx: BuildContext, recipe: ImageRecipe): Promise<ImageBu
     // 2. ext4 (optional)
     if (ctx.ext4) {
       const ext4Cached =
-        result.rootfs === 'cached' && stamp.ext4?.recipeHash === hash && (await fileSize(p.ext4File)) !== null;
+        result.rootfs === 'cached' &&
+        stamp.ext4?.recipeHash === hash &&
+        stamp.ext4.format === EXT4_FORMAT &&
+        (await fileSize(p.ext4File)) !== null;
       if (ext4Cached) result.ext4 = 'cached';
       else {
         const t0 = Date.now();
         const sizeBytes = await buildExt4(ctx, recipe, p);
-        stamp = { ...stamp, ext4: { recipeHash: hash, sizeBytes, builtAt: new Date().toISOString() } };
+        stamp = { ...stamp, ext4: { recipeHash: hash, format: EXT4_FORMAT, sizeBytes, builtAt: new Date().toISOString() } };
         await writeStamp(p.stampFile, stamp);
         result.ext4 = 'built';
         ctx.log.info(`${tag} ext4 image ready in ${fmtMs(Date.now() - t0)}, ${fmtBytes(sizeBytes)}`);
@@ -402,8 +407,9 @@ async function buildExt4(ctx: BuildContext, recipe: ImageRecipe, p: ImagePaths):
   try {
     await runLogged(
       'mkfs.ext4',
-      ['-q', '-F', '-m', '0', '-N', String(Math.ceil(inodes * 1.25) + 4096), '-L', `kindling-${recipe.short}`,
-        '-d', p.rootfsDir, tmp, `${sizeMiB}M`],
+      // 4 KiB blocks (mke2fs would pick 1 KiB for a "small" fs), no reserved blocks, enough inodes; sparse file.
+      ['-q', '-F', '-b', '4096', '-m', '0', '-N', String(Math.ceil(inodes * 1.25) + 4096),
+        '-L', `kindling-${recipe.short}`, '-d', p.rootfsDir, tmp, `${sizeMiB}M`],
       { signal: ctx.signal, what: 'mkfs.ext4' },
     );
     await fs.rename(tmp, p.ext4File);

@@ -44,7 +44,7 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
     // rustc alone needs a few hundred MiB; 256 MiB would OOM-kill the compiler, not the user's program.
     defaults: { memoryMb: 1024, timeoutMs: 60_000 },
     prepare: (code) => ({
-      command: ['sh', '-c', `rustc -C opt-level=1 -C debuginfo=0 -o /tmp/main ${CODE_DIR}/main.rs && exec /tmp/main`],
+      command: ['sh', '-c', `rustc -O -C strip=symbols -o /tmp/main ${CODE_DIR}/main.rs && exec /tmp/main`],
       files: [{ name: 'main.rs', content: code }],
     }),
   },

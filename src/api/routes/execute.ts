@@ -6,6 +6,8 @@ import { errorBody } from '../errors.js';
 import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, type ExecuteRequestBody } from '../schemas.js';
 import { startSse, writeSseEvent } from '../sse.js';
 
+const SSE_KEEPALIVE_MS = 15_000;
+
 export function registerExecuteRoutes(app: FastifyInstance, options: { executionService: ExecutionService; toError: (error: unknown) => KindlingError }): void {
   const service = options.executionService;
 
@@ -37,6 +39,8 @@ export function registerExecuteRoutes(app: FastifyInstance, options: { execution
       // Streaming: errors before the sandbox starts are ordinary HTTP errors; after, they are an `error` event.
       let streaming = false;
       const raw = reply.raw;
+      // Quiet programs must not look like a dead connection to proxies and clients (fetch gives up after 300 s idle).
+      let keepAlive: NodeJS.Timeout | null = null;
       try {
         const result: ExecutionResult = await service.execute(body, {
           signal: abort.signal,
@@ -44,6 +48,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: { execution
             streaming = true;
             reply.hijack();
             startSse(raw, { 'x-kindling-execution-id': id, 'x-request-id': request.id });
+            keepAlive = setInterval(() => raw.write(': keep-alive\n\n'), SSE_KEEPALIVE_MS);
           },
           onOutput: (stream, text) => writeSseEvent(raw, stream, text),
         });
@@ -55,6 +60,8 @@ export function registerExecuteRoutes(app: FastifyInstance, options: { execution
         request.log.error({ err: error }, 'execution failed after the stream started');
         writeSseEvent(raw, 'error', JSON.stringify(errorBody(failure, request.id)));
         raw.end();
+      } finally {
+        if (keepAlive) clearInterval(keepAlive);
       }
       return reply;
     },

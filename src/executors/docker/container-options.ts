@@ -31,9 +31,13 @@ export function containerCreateOptions(options: {
 }): ContainerCreateOptions {
   const { shape } = options;
   const memoryBytes = shape.limits.memoryMb * 1024 * 1024;
-  const tmpfsOptions = `rw,exec,nosuid,nodev,size=${shape.limits.diskMb}m,mode=1777`;
-  const tmpfs: Record<string, string> = { '/tmp': tmpfsOptions };
-  if (shape.workdir !== '/tmp' && !shape.workdir.startsWith('/tmp/')) tmpfs[shape.workdir] = tmpfsOptions;
+  const size = `size=${shape.limits.diskMb}m`;
+  const tmpfs: Record<string, string> = { '/tmp': `rw,exec,nosuid,nodev,${size},mode=1777` };
+  // The work dir belongs to the sandbox user (the engine would copy the image dir's root ownership otherwise).
+  const [uid, gid] = CONTAINER_USER.split(':');
+  if (shape.workdir !== '/tmp' && !shape.workdir.startsWith('/tmp/')) {
+    tmpfs[shape.workdir] = `rw,exec,nosuid,nodev,${size},mode=0755,uid=${uid},gid=${gid}`;
+  }
   return {
     Image: normalizeImageRef(shape.image),
     Cmd: ['/bin/sh', `${GUEST_IO_DIR}/launch`],

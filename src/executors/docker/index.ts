@@ -1,5 +1,5 @@
 import { constants as osConstants } from 'node:os';
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import Docker from 'dockerode';
@@ -93,6 +93,8 @@ export class DockerExecutor implements Executor {
   private readonly live = new Map<string, { slot: Slot; kill: () => void; done: Promise<void> }>();
   /** Every slot that exists (idle in the pool or running), for the reaper. */
   private readonly slots = new Set<Slot>();
+  /** Run dirs of slots being created (their container may exist before the slot joins `slots`). */
+  private readonly creatingDirs = new Set<string>();
   private images = new Set<string>();
   private closed = false;
 
@@ -104,8 +106,8 @@ export class DockerExecutor implements Executor {
       create: (key) => this.createSlot(JSON.parse(key) as SlotShape, key),
       destroy: (slot) => this.destroySlot(slot),
       isAlive: (slot) => !slot.dead,
-      sizePerKey: options.prewarmPerShape ?? 2,
-      maxItems: options.prewarmMaxContainers ?? 8,
+      sizePerKey: options.prewarmPerShape ?? 6,
+      maxItems: options.prewarmMaxContainers ?? 16,
       idleTtlMs: options.prewarmIdleTtlMs ?? 300_000,
       onError: (error, key) => this.logger.warn({ err: error, shape: key }, 'prewarming a container failed'),
     });
@@ -154,6 +156,7 @@ export class DockerExecutor implements Executor {
     let stdout: FifoReader | null = null;
     let stderr: FifoReader | null = null;
     let container: Container | null = null;
+    this.creatingDirs.add(runDir);
     try {
       await mkdir(ioDir, { recursive: true, mode: 0o755 });
       await makeFifos(['launch', 'in', 'out', 'err'].map((name) => join(ioDir, name)));
@@ -179,6 +182,7 @@ export class DockerExecutor implements Executor {
         () => (slot.dead = true),
       );
       this.slots.add(slot);
+      this.creatingDirs.delete(runDir);
       return slot;
     } catch (error) {
       // Undo in reverse order; the original error wins.
@@ -188,6 +192,7 @@ export class DockerExecutor implements Executor {
       stderr?.releaseKeeper();
       if (container) await container.remove({ force: true }).catch(() => undefined);
       await rm(runDir, { recursive: true, force: true }).catch(() => undefined);
+      this.creatingDirs.delete(runDir);
       throw toKindlingError(error, shape.image);
     }
   }
@@ -311,19 +316,17 @@ export class DockerExecutor implements Executor {
       filters: JSON.stringify({ label: [`${LABEL_MANAGED}=true`, `${LABEL_OWNER}=${this.options.ownerId}`] }),
     });
     const ourContainers = new Set([...this.slots].map((slot) => slot.container.id));
-    const orphans = containers.filter((info) => !ourContainers.has(info.Id));
+    const orphans = containers.filter(
+      (info) => !ourContainers.has(info.Id) && !this.creatingDirs.has(info.Labels['dev.kindling.run-dir'] ?? ''),
+    );
     await Promise.allSettled(orphans.map((info) => this.docker.getContainer(info.Id).remove({ force: true })));
     const ourDirs = new Set([...this.slots].map((slot) => slot.runDir));
     const base = join(this.options.stateDir, 'docker');
     const entries = await readdir(base).catch(() => [] as string[]);
-    // A slot being created has its dir before it joins `slots`; only dirs older than a minute are orphans.
-    const cutoffMs = Date.now() - 60_000;
     let removedDirs = 0;
     for (const entry of entries) {
       const dir = join(base, entry);
-      if (ourDirs.has(dir)) continue;
-      const info = await stat(dir).catch(() => null);
-      if (!info || info.mtimeMs > cutoffMs && this.slots.size > 0) continue;
+      if (ourDirs.has(dir) || this.creatingDirs.has(dir)) continue;
       await rm(dir, { recursive: true, force: true });
       removedDirs++;
     }

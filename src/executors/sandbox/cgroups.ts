@@ -29,6 +29,8 @@ export interface Cgroup {
   oomKills(): number;
   /** Kills every process in the cgroup, repeating until it is empty (catches forks racing the kill). */
   kill(): Promise<void>;
+  /** Sets (or changes) the limits; synchronous, microseconds. */
+  applyLimits(limits: CgroupLimits): void;
   /** Kills what is left and removes the directories. Safe to call twice. */
   remove(): Promise<void>;
 }
@@ -39,11 +41,14 @@ export interface CgroupDriver {
   readonly ownerDirs: readonly string[];
   /** Null when usable, else why not (for probe()). */
   check(): string | null;
-  create(name: string, limits: CgroupLimits): Cgroup;
+  /** Makes a fresh cgroup, with `limits` when given (else unlimited until `applyLimits`). */
+  create(name: string, limits?: CgroupLimits): Cgroup;
   /** A handle on an existing cgroup of this owner (for the reaper). */
   open(name: string): Cgroup;
   /** Names of this owner's cgroups that exist now. */
   list(): string[];
+  /** Removes the owner's (and the shared parent's) directories when they are empty; never fails. */
+  removeOwnerDirs(): void;
 }
 
 export interface CgroupOptions {
@@ -119,6 +124,17 @@ function readKeyed(file: string, key: string): number {
   return 0;
 }
 
+/** rmdir each in order, stopping at the first that is busy or not empty (another owner's cgroups, a live one). */
+function rmdirQuiet(...dirs: string[]): void {
+  for (const dir of dirs) {
+    try {
+      fs.rmdirSync(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return;
+    }
+  }
+}
+
 function killPids(pids: number[]): void {
   for (const pid of pids) {
     try {
@@ -129,9 +145,14 @@ function killPids(pids: number[]): void {
   }
 }
 
-async function rmdirAll(dirs: readonly string[]): Promise<void> {
+/**
+ * Kills and removes the directories, retrying while the kernel says EBUSY (a process that joined after the last kill,
+ * or one still exiting).
+ */
+async function killAndRemove(dirs: readonly string[], kill: () => Promise<void>): Promise<void> {
   const left = new Set(dirs);
   for (let attempt = 0; left.size > 0; attempt++) {
+    await kill();
     for (const dir of [...left]) {
       try {
         await fs.promises.rmdir(dir);
@@ -190,7 +211,7 @@ class CgroupV1Driver implements CgroupDriver {
     return null;
   }
 
-  create(name: string, limits: CgroupLimits): Cgroup {
+  create(name: string, limits?: CgroupLimits): Cgroup {
     assertSafeName('cgroup name', name);
     if (!this.parentsReady) this.ensureParents();
     const cg = this.open(name);
@@ -207,21 +228,13 @@ class CgroupV1Driver implements CgroupDriver {
         }
         made.push(dir);
       }
-      const mem = this.dir('memory', name);
-      writeFile(path.join(mem, 'memory.limit_in_bytes'), String(limits.memoryBytes));
-      // No swap for sandboxes: memsw = memory (only present when swap accounting is on).
-      if (fs.existsSync(path.join(mem, 'memory.memsw.limit_in_bytes'))) {
-        writeFile(path.join(mem, 'memory.memsw.limit_in_bytes'), String(limits.memoryBytes));
-      }
       try {
-        writeFile(path.join(mem, 'memory.swappiness'), '0');
+        writeFile(path.join(this.dir('memory', name), 'memory.swappiness'), '0');
       } catch {
-        // not settable on some kernels; memsw above is the real guard
+        // not settable on some kernels; memsw (applyLimits) is the real guard
       }
-      const cpu = this.dir('cpu', name);
-      writeFile(path.join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
-      writeFile(path.join(cpu, 'cpu.cfs_quota_us'), String(cpuQuotaUs(limits.cpus)));
-      writeFile(path.join(this.dir('pids', name), 'pids.max'), String(limits.pidsMax));
+      writeFile(path.join(this.dir('cpu', name), 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
+      if (limits) cg.applyLimits(limits);
       return cg;
     } catch (err) {
       for (const dir of made.reverse()) {
@@ -233,6 +246,28 @@ class CgroupV1Driver implements CgroupDriver {
       }
       throw err;
     }
+  }
+
+  private applyLimits(name: string, limits: CgroupLimits): void {
+    const mem = this.dir('memory', name);
+    const limit = path.join(mem, 'memory.limit_in_bytes');
+    const memsw = path.join(mem, 'memory.memsw.limit_in_bytes');
+    const bytes = String(limits.memoryBytes);
+    // No swap for sandboxes: memsw = memory (present when swap accounting is on). The kernel wants
+    // limit <= memsw at every step, so the order depends on whether the limit goes down or up.
+    if (fs.existsSync(memsw)) {
+      try {
+        writeFile(limit, bytes);
+        writeFile(memsw, bytes);
+      } catch {
+        writeFile(memsw, bytes);
+        writeFile(limit, bytes);
+      }
+    } else {
+      writeFile(limit, bytes);
+    }
+    writeFile(path.join(this.dir('cpu', name), 'cpu.cfs_quota_us'), String(cpuQuotaUs(limits.cpus)));
+    writeFile(path.join(this.dir('pids', name), 'pids.max'), String(limits.pidsMax));
   }
 
   open(name: string): Cgroup {
@@ -268,8 +303,9 @@ class CgroupV1Driver implements CgroupDriver {
       procsFiles: dirs.map((d) => path.join(d, 'cgroup.procs')),
       pids,
       oomKills: () => readKeyed(path.join(this.dir('memory', name), 'memory.oom_control'), 'oom_kill'),
+      applyLimits: (limits) => this.applyLimits(name, limits),
       kill,
-      remove: () => (removed ??= kill().then(() => rmdirAll(dirs))),
+      remove: () => (removed ??= killAndRemove(dirs, kill)),
     };
   }
 
@@ -283,6 +319,11 @@ class CgroupV1Driver implements CgroupDriver {
       }
     }
     return [...names].filter((n) => SAFE_NAME.test(n)).sort();
+  }
+
+  removeOwnerDirs(): void {
+    for (const c of V1_CONTROLLERS) rmdirQuiet(path.join(this.mount, c, this.parent, this.owner), path.join(this.mount, c, this.parent));
+    this.parentsReady = false;
   }
 
   private dir(controller: V1Controller, name: string): string {
@@ -337,7 +378,7 @@ class CgroupV2Driver implements CgroupDriver {
     return null;
   }
 
-  create(name: string, limits: CgroupLimits): Cgroup {
+  create(name: string, limits?: CgroupLimits): Cgroup {
     assertSafeName('cgroup name', name);
     if (!this.parentsReady) this.ensureParents();
     const cg = this.open(name);
@@ -350,12 +391,10 @@ class CgroupV2Driver implements CgroupDriver {
       fs.mkdirSync(dir);
     }
     try {
-      if (this.enabled.has('memory')) {
-        writeFile(path.join(dir, 'memory.max'), String(limits.memoryBytes));
-        if (fs.existsSync(path.join(dir, 'memory.swap.max'))) writeFile(path.join(dir, 'memory.swap.max'), '0');
+      if (this.enabled.has('memory') && fs.existsSync(path.join(dir, 'memory.swap.max'))) {
+        writeFile(path.join(dir, 'memory.swap.max'), '0');
       }
-      if (this.enabled.has('cpu')) writeFile(path.join(dir, 'cpu.max'), `${cpuQuotaUs(limits.cpus)} ${CPU_PERIOD_US}`);
-      if (this.enabled.has('pids')) writeFile(path.join(dir, 'pids.max'), String(limits.pidsMax));
+      if (limits) cg.applyLimits(limits);
       return cg;
     } catch (err) {
       try {
@@ -367,13 +406,19 @@ class CgroupV2Driver implements CgroupDriver {
     }
   }
 
+  private applyLimits(dir: string, limits: CgroupLimits): void {
+    if (this.enabled.has('memory')) writeFile(path.join(dir, 'memory.max'), String(limits.memoryBytes));
+    if (this.enabled.has('cpu')) writeFile(path.join(dir, 'cpu.max'), `${cpuQuotaUs(limits.cpus)} ${CPU_PERIOD_US}`);
+    if (this.enabled.has('pids')) writeFile(path.join(dir, 'pids.max'), String(limits.pidsMax));
+  }
+
   open(name: string): Cgroup {
     assertSafeName('cgroup name', name);
     const dir = path.join(this.mount, this.parent, this.owner, name);
     const procs = path.join(dir, 'cgroup.procs');
     const pids = (): number[] => readPids(procs);
-    const hasKill = fs.existsSync(path.join(this.mount, this.parent, 'cgroup.kill')) ||
-      fs.existsSync(path.join(this.mount, 'cgroup.kill')) || fs.existsSync(path.join(dir, 'cgroup.kill'));
+    // cgroup.kill exists in every non-root cgroup since Linux 5.14.
+    const hasKill = fs.existsSync(path.join(this.ownerDirs[0]!, 'cgroup.kill'));
     const populated = (): boolean => {
       try {
         return readKeyed(path.join(dir, 'cgroup.events'), 'populated') !== 0;
@@ -417,8 +462,9 @@ class CgroupV2Driver implements CgroupDriver {
       procsFiles: [procs],
       pids,
       oomKills: () => readKeyed(path.join(dir, 'memory.events'), 'oom_kill'),
+      applyLimits: (limits) => this.applyLimits(dir, limits),
       kill,
-      remove: () => (removed ??= kill().then(() => rmdirAll([dir]))),
+      remove: () => (removed ??= killAndRemove([dir], kill)),
     };
   }
 
@@ -433,6 +479,11 @@ class CgroupV2Driver implements CgroupDriver {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw err;
     }
+  }
+
+  removeOwnerDirs(): void {
+    rmdirQuiet(this.ownerDirs[0]!, path.join(this.mount, this.parent));
+    this.parentsReady = false;
   }
 
   /** Creates `<mount>/<parent>/<owner>` and enables memory/cpu/pids for the children of each level. */

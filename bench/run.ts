@@ -1,0 +1,176 @@
+/**
+ * `npm run bench [-- --only docker|sandbox] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
+ * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
+ */
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { runDockerGroup } from './docker.js';
+import { BENCH_LABEL, type BenchContext, type GroupResult } from './lib/context.js';
+import { machineInfo, machineMarkdown } from './lib/machine.js';
+import { dockerCli } from './lib/proc.js';
+import { onCleanup, runCleanups } from './lib/server.js';
+import { rowsTable, type Row } from './lib/table.js';
+import { runSandboxGroup } from './sandbox.js';
+
+const DEFAULT_RUNS = { docker: 20, sandbox: 50 };
+const GROUPS = ['docker', 'sandbox'] as const;
+type Group = (typeof GROUPS)[number];
+
+interface Options {
+  only: Group[];
+  runs: number | null;
+}
+
+function usage(): string {
+  return 'usage: npm run bench -- [--only docker|sandbox] [--runs N]';
+}
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: { only: { type: 'string', multiple: true }, runs: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) {
+    console.log(usage());
+    process.exit(0);
+  }
+  const only = (values.only ?? []).flatMap((value) => value.split(',')).map((value) => value.trim()).filter(Boolean);
+  for (const group of only) {
+    if (!(GROUPS as readonly string[]).includes(group)) throw new Error(`--only must be one of ${GROUPS.join(', ')}, got "${group}"\n${usage()}`);
+  }
+  let runs: number | null = null;
+  if (values.runs !== undefined) {
+    runs = Number(values.runs);
+    if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a whole number >= 1, got "${values.runs}"\n${usage()}`);
+  }
+  return { only: only.length > 0 ? (only as Group[]) : [...GROUPS], runs };
+}
+
+/** Removes the bench's own baseline containers (labelled) that an interrupted `docker run --rm` left behind. */
+async function sweepBenchContainers(): Promise<void> {
+  const ids = (await dockerCli(['ps', '-aq', '--filter', `label=${BENCH_LABEL}`]).catch(() => ''))
+    .split('\n')
+    .map((id) => id.trim())
+    .filter(Boolean);
+  if (ids.length > 0) await dockerCli(['rm', '-f', ...ids]).catch(() => '');
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+  const startedAt = new Date();
+  const log = (message: string): void => {
+    process.stderr.write(`[bench ${((Date.now() - startedAt.getTime()) / 1000).toFixed(1).padStart(6)}s] ${message}\n`);
+  };
+  const workDir = await mkdtemp(join(tmpdir(), 'kindling-bench-work-'));
+  onCleanup(() => rm(workDir, { recursive: true, force: true }));
+  onCleanup(sweepBenchContainers);
+
+  const ctx: BenchContext = {
+    repoRoot,
+    runs: { docker: options.runs ?? DEFAULT_RUNS.docker, sandbox: options.runs ?? DEFAULT_RUNS.sandbox },
+    runsOverridden: options.runs !== null,
+    workDir,
+    log,
+  };
+  const below = options.only.filter((group) => options.runs !== null && options.runs < DEFAULT_RUNS[group]);
+  if (below.length > 0) {
+    log(`--runs ${options.runs}: below the spec's minimum for ${below.map((group) => `${group} (>= ${DEFAULT_RUNS[group]})`).join(', ')}; figures are indicative only`);
+  }
+  const machine = await machineInfo(repoRoot);
+  log(`machine: ${machine.cpuModel}, ${machine.cores} cores, Linux ${machine.kernel}, docker ${machine.dockerVersion}`);
+
+  const groups: Partial<Record<Group, GroupResult>> = {};
+  let broken: string | null = null;
+  for (const group of options.only) {
+    try {
+      groups[group] = group === 'docker' ? await runDockerGroup(ctx) : await runSandboxGroup(ctx);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      log(`${group} group broke: ${message}`);
+      broken = message;
+      groups[group] = {
+        rows: [{ group, id: `${group}.group`, scenario: `${group} group`, kindling: `error: ${message.slice(0, 200)}`, baseline: '—', ratio: '—', target: '—', status: 'error' }],
+        data: { error: message },
+      };
+    }
+  }
+  const finishedAt = new Date();
+  const rows: Row[] = GROUPS.flatMap((group) => groups[group]?.rows ?? []);
+
+  const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
+  const report: string[] = [
+    `## Kindling bench, ${machine.date.slice(0, 10)}`,
+    '',
+    machineMarkdown(machine),
+    `- Command: \`${command}\`; client: node:http with keep-alive (no SDK), times are client-side wall times`,
+    '',
+  ];
+  for (const group of GROUPS) {
+    const result = groups[group];
+    if (!result) continue;
+    report.push(`### ${group === 'docker' ? 'Docker executor (issue 2)' : 'Native sandbox executor (issue 3)'}`, '', rowsTable(result.rows), '');
+  }
+  const counts = rows.reduce<Record<string, number>>((acc, row) => ({ ...acc, [row.status]: (acc[row.status] ?? 0) + 1 }), {});
+  report.push(`Summary: ${Object.entries(counts).map(([status, count]) => `${count} ${status}`).join(', ')}; took ${((finishedAt.getTime() - startedAt.getTime()) / 1000).toFixed(0)} s.`);
+  process.stdout.write(`${report.join('\n')}\n`);
+
+  const resultsDir = join(repoRoot, 'bench', 'results');
+  await mkdir(resultsDir, { recursive: true });
+  const stamp = startedAt.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z');
+  const json = JSON.stringify(
+    {
+      schema: 1,
+      command,
+      startedAt: startedAt.toISOString(),
+      finishedAt: finishedAt.toISOString(),
+      options: { only: options.only, runs: ctx.runs, runsOverridden: ctx.runsOverridden },
+      machine,
+      rows,
+      scenarios: Object.fromEntries(Object.entries(groups).flatMap(([, result]) => Object.entries(result?.data ?? {}))),
+      markdown: report.join('\n'),
+    },
+    null,
+    2,
+  );
+  const file = join(resultsDir, `${stamp}-${machine.gitSha}.json`);
+  await writeFile(file, `${json}\n`);
+  await writeFile(join(resultsDir, 'latest.json'), `${json}\n`);
+  log(`wrote ${file} and ${join(resultsDir, 'latest.json')}`);
+
+  const errors = rows.filter((row) => row.status === 'error');
+  if (broken !== null || errors.length > 0) {
+    log(`the bench itself failed in ${errors.length} row(s): see the table`);
+    return 1;
+  }
+  return 0;
+}
+
+let interrupted = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write(`bench: ${signal}: stopping servers and removing containers\n`);
+    void runCleanups().finally(() => process.exit(130));
+  });
+}
+
+main()
+  .then(
+    async (code) => {
+      await runCleanups();
+      process.exitCode = code;
+    },
+    async (error: unknown) => {
+      process.stderr.write(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+      await runCleanups();
+      process.exitCode = 2;
+    },
+  );

@@ -1,0 +1,211 @@
+/**
+ * The executor conformance suite: one set of behaviours every executor must show, run against the real technology
+ * (Docker engine, bubblewrap, QEMU). Each executor's `conformance.test.ts` calls `runConformanceSuite`.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes, createHash } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { newExecutionId } from '../core/ids.js';
+import type { ResourceLimits, RunSpec } from '../core/types.js';
+import type { Executor, ExitInfo } from './executor.js';
+
+export interface CompletedRun extends ExitInfo {
+  stdout: Buffer;
+  stderr: Buffer;
+  wallMs: number;
+}
+
+const DEFAULT_LIMITS: ResourceLimits = { timeoutMs: 30_000, memoryMb: 256, cpus: 1, pids: 128, outputBytes: 10 << 20, diskMb: 64 };
+
+export function testSpec(overrides: Partial<RunSpec> & { command: string[] }, image = 'kindling/base'): RunSpec {
+  return {
+    id: newExecutionId(),
+    image,
+    env: { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: '/tmp', LANG: 'C.UTF-8' },
+    workdir: '/work',
+    network: 'none',
+    stdin: false,
+    files: [],
+    labels: {},
+    ...overrides,
+    limits: { ...DEFAULT_LIMITS, ...overrides.limits },
+  };
+}
+
+/** Runs a spec to the end, collecting output; kills it after `killAfterMs` when given. */
+export async function runToCompletion(
+  executor: Executor,
+  spec: RunSpec,
+  options: { stdin?: Buffer; killAfterMs?: number } = {},
+): Promise<CompletedRun> {
+  const startedAt = performance.now();
+  const execution = await executor.start({ ...spec, stdin: spec.stdin || options.stdin !== undefined });
+  const stdout: Buffer[] = [];
+  const stderr: Buffer[] = [];
+  execution.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
+  execution.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
+  if (execution.stdin) {
+    execution.stdin.on('error', () => undefined);
+    execution.stdin.end(options.stdin);
+  }
+  const timer = options.killAfterMs === undefined ? null : setTimeout(() => execution.kill(), options.killAfterMs);
+  try {
+    const exit = await execution.wait();
+    await execution.disposed;
+    return { ...exit, stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr), wallMs: performance.now() - startedAt };
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}
+
+export interface ConformanceTarget {
+  executor: Executor;
+  /** Images the suite may use (base is required; python enables a few more cases). */
+  images: { base: string; python?: string };
+}
+
+/**
+ * Registers the suite. `setUp` returns the executor, or a string saying what is missing, which skips every case with
+ * that message (never a silent pass).
+ */
+export function runConformanceSuite(name: string, setUp: () => Promise<ConformanceTarget | string>): void {
+  describe(`executor conformance: ${name}`, () => {
+    let target: ConformanceTarget | null = null;
+    let skipReason = '';
+
+    before(async () => {
+      const result = await setUp();
+      if (typeof result === 'string') skipReason = result;
+      else target = result;
+    });
+    after(async () => {
+      await target?.executor.close();
+    });
+
+    const test = (title: string, body: (target: ConformanceTarget) => Promise<void>): void => {
+      it(title, async (t) => {
+        if (!target) {
+          t.skip(`${name}: ${skipReason}`);
+          return;
+        }
+        await body(target);
+      });
+    };
+    const base = (t: ConformanceTarget, spec: Partial<RunSpec> & { command: string[] }): RunSpec => testSpec(spec, t.images.base);
+
+    test('runs a command and reports stdout and exit code 0', async (t) => {
+      const run = await runToCompletion(t.executor, base(t, { command: ['echo', 'hello world'] }));
+      assert.equal(run.exitCode, 0);
+      assert.equal(run.stdout.toString(), 'hello world\n');
+      assert.equal(run.stderr.length, 0);
+      assert.equal(run.oomKilled, false);
+    });
+
+    test('keeps stderr apart and passes the real non-zero exit code', async (t) => {
+      const run = await runToCompletion(t.executor, base(t, { command: ['sh', '-c', 'echo out; echo err >&2; exit 42'] }));
+      assert.equal(run.exitCode, 42);
+      assert.equal(run.stdout.toString(), 'out\n');
+      assert.equal(run.stderr.toString(), 'err\n');
+    });
+
+    test('a missing command is exit 127 with a message on stderr, not a platform error', async (t) => {
+      const run = await runToCompletion(t.executor, base(t, { command: ['no-such-binary-here'] }));
+      assert.equal(run.exitCode, 127);
+      assert.match(run.stderr.toString(), /not found|No such file or directory/);
+    });
+
+    test('round-trips 1 MiB of random bytes through stdin byte-exact', async (t) => {
+      const input = randomBytes(1 << 20);
+      const run = await runToCompletion(t.executor, base(t, { command: ['cat'] }), { stdin: input });
+      assert.equal(run.exitCode, 0);
+      assert.equal(run.stdout.length, input.length);
+      assert.equal(createHash('sha256').update(run.stdout).digest('hex'), createHash('sha256').update(input).digest('hex'));
+    });
+
+    test('empty stdin and no stdin both read end-of-file at once', async (t) => {
+      const empty = await runToCompletion(t.executor, base(t, { command: ['wc', '-c'] }), { stdin: Buffer.alloc(0) });
+      assert.equal(empty.stdout.toString().trim(), '0');
+      const none = await runToCompletion(t.executor, base(t, { command: ['wc', '-c'] }));
+      assert.equal(none.stdout.toString().trim(), '0');
+    });
+
+    test('gives exactly the requested environment, nothing of the server', async (t) => {
+      const run = await runToCompletion(t.executor, base(t, { command: ['env'], env: { PATH: '/usr/bin:/bin', GREETING: "it's 'quoted' $HOME" } }));
+      const lines = run.stdout.toString().trim().split('\n').sort();
+      assert.ok(lines.includes(`GREETING=it's 'quoted' $HOME`), run.stdout.toString());
+      for (const line of lines) {
+        const key = line.split('=')[0] ?? '';
+        assert.ok(['PATH', 'GREETING', 'HOSTNAME', 'PWD', 'SHLVL', '_', 'container'].includes(key), `unexpected env ${line}`);
+      }
+    });
+
+    test('starts in the requested working directory, which is writable', async (t) => {
+      const run = await runToCompletion(t.executor, base(t, { command: ['sh', '-c', 'pwd; echo data > f && cat f'], workdir: '/work' }));
+      assert.equal(run.exitCode, 0, run.stderr.toString());
+      assert.equal(run.stdout.toString(), '/work\ndata\n');
+    });
+
+    test('places input files read-only under /.kindling', async (t) => {
+      const run = await runToCompletion(
+        t.executor,
+        base(t, { command: ['sh', '-c', 'cat /.kindling/hello.txt; echo x > /.kindling/hello.txt && echo WROTE'], files: [{ name: 'hello.txt', content: 'from a file\n' }] }),
+      );
+      assert.equal(run.stdout.toString(), 'from a file\n');
+    });
+
+    test('runs as an unprivileged user on a read-only root with no network but loopback', async (t) => {
+      const run = await runToCompletion(
+        t.executor,
+        base(t, { command: ['sh', '-c', 'id -u; touch /usr/owned 2>/dev/null && echo ROOT-WRITABLE; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d " "'] }),
+      );
+      const [uid, ...interfaces] = run.stdout.toString().trim().split('\n');
+      assert.notEqual(uid, '0');
+      assert.ok(!run.stdout.toString().includes('ROOT-WRITABLE'));
+      assert.deepEqual(interfaces.filter((name) => name !== 'lo'), []);
+    });
+
+    test('kill() ends the whole process tree promptly', async (t) => {
+      const run = await runToCompletion(t.executor, base(t, { command: ['sh', '-c', 'sleep 100 & sleep 100; echo never'] }), { killAfterMs: 300 });
+      assert.notEqual(run.exitCode, 0);
+      assert.equal(run.signal, 'SIGKILL');
+      assert.equal(run.stdout.toString(), '');
+      assert.ok(run.wallMs < 10_000, `took ${run.wallMs} ms`);
+    });
+
+    test('a memory bomb is OOM-killed and reported', async (t) => {
+      const script = t.images.python
+        ? { image: t.images.python, command: ['python3', '-c', 'x = bytearray(512 * 1024 * 1024)'] }
+        : { image: t.images.base, command: ['sh', '-c', 'x=a; while true; do x=$x$x; done'] };
+      const run = await runToCompletion(t.executor, testSpec({ command: script.command, limits: { ...DEFAULT_LIMITS, memoryMb: 64 } }, script.image), { killAfterMs: 20_000 });
+      assert.equal(run.oomKilled, true, `exit ${run.exitCode} ${run.stderr.toString()}`);
+    });
+
+    test('the pids limit holds against a fork bomb', async (t) => {
+      const run = await runToCompletion(
+        t.executor,
+        base(t, { command: ['sh', '-c', 'n=0; while [ $n -lt 200 ]; do sleep 5 & n=$((n+1)); done 2>/dev/null; echo started; ls /proc | grep -c "^[0-9]"'], limits: { ...DEFAULT_LIMITS, pids: 32 } }),
+        { killAfterMs: 15_000 },
+      );
+      const processes = Number(run.stdout.toString().trim().split('\n').pop());
+      assert.ok(processes <= 32, `saw ${processes} processes with pids=32`);
+      const next = await runToCompletion(t.executor, base(t, { command: ['echo', 'still fine'] }));
+      assert.equal(next.stdout.toString(), 'still fine\n');
+    });
+
+    test('runs 20 executions in parallel', async (t) => {
+      const startedAt = performance.now();
+      const runs = await Promise.all(
+        Array.from({ length: 20 }, (_, index) => runToCompletion(t.executor, base(t, { command: ['sh', '-c', `sleep 1; echo ${index}`] }))),
+      );
+      runs.forEach((run, index) => assert.equal(run.stdout.toString(), `${index}\n`));
+      // Sequential would take over 20 s; generous bound for a loaded 2-core machine.
+      assert.ok(performance.now() - startedAt < 15_000, `20 parallel sleeps took ${performance.now() - startedAt} ms`);
+    });
+
+    test('leaves nothing behind: reap finds no orphans after runs complete', async (t) => {
+      await runToCompletion(t.executor, base(t, { command: ['true'] }));
+      const report = await t.executor.reap();
+      assert.equal(report.removed, 0);
+    });
+  });
+}

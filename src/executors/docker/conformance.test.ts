@@ -1,0 +1,28 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after } from 'node:test';
+import { runConformanceSuite } from '../conformance.js';
+import { DockerExecutor } from './index.js';
+
+let stateDir: string | null = null;
+after(async () => {
+  if (stateDir) await rm(stateDir, { recursive: true, force: true });
+});
+
+runConformanceSuite('docker', async () => {
+  stateDir = await mkdtemp(join(tmpdir(), 'kindling-docker-conformance-'));
+  const executor = new DockerExecutor({ stateDir, ownerId: 'conformance-docker', instanceId: 'test', prewarmPerShape: 2 });
+  const status = await executor.probe();
+  if (!status.ready) {
+    await executor.destroy();
+    return `Docker executor not ready: ${status.reason}`;
+  }
+  for (const image of ['kindling/base', 'kindling/python']) {
+    if (!executor.hasImage(image)) {
+      await executor.destroy();
+      return `image ${image} is missing; run "kindling images build"`;
+    }
+  }
+  return { executor, images: { base: 'kindling/base', python: 'kindling/python' } };
+});

@@ -1,0 +1,138 @@
+/**
+ * Integration tests of the cgroup drivers against the real cgroupfs (root only). On a hybrid host (v1 controllers plus
+ * an empty cgroup2 at /sys/fs/cgroup/unified) the v2 driver's create/join/kill/remove path runs there too.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, it } from 'node:test';
+import { createCgroupDriver, detectCgroupVersion, type CgroupDriver } from './cgroups.js';
+
+const isRoot = process.getuid?.() === 0;
+const owner = `test-cg-${process.pid}`;
+const drivers: CgroupDriver[] = [];
+
+after(() => {
+  for (const d of drivers) d.removeOwnerDirs();
+});
+
+/** Starts `sh` that joins the cgroup, then leaves a detached double-forked sleeper and a plain one behind. */
+function startTree(procsFiles: readonly string[], marker: string): Promise<number> {
+  const joins = procsFiles.map((f) => `echo $$ > '${f}'`).join(' && ');
+  const child = spawn('/bin/sh', ['-c', `${joins} && (setsid sleep ${marker} &) && exec sleep ${marker}`], {
+    stdio: 'ignore',
+    detached: true,
+  });
+  child.unref();
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('spawn', () => resolve(child.pid!));
+  });
+}
+
+/** Host processes that are `sleep <marker>` (not the shells whose script merely mentions it). */
+function hostProcessesWith(marker: string): number {
+  let n = 0;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8') === `sleep\0${marker}\0`) n++;
+    } catch {
+      // exited
+    }
+  }
+  return n;
+}
+
+async function until(check: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('condition not reached in time');
+    await sleep(10);
+  }
+}
+
+function exercise(label: string, make: () => CgroupDriver | string): void {
+  describe(label, () => {
+    it('creates a cgroup with limits, kills a tree with a detached double fork, removes it', async (t) => {
+      const driver = make();
+      if (typeof driver === 'string') return t.skip(driver);
+      drivers.push(driver);
+      const cg = driver.create('tree', { memoryBytes: 64 << 20, cpus: 0.5, pidsMax: 20 });
+      const dir = cg.dirs[0]!;
+      if (driver.version === 1) {
+        const mem = cg.dirs.find((d) => d.includes('/memory/'))!;
+        const cpu = cg.dirs.find((d) => d.includes('/cpu/'))!;
+        const pids = cg.dirs.find((d) => d.includes('/pids/'))!;
+        assert.equal(readFileSync(`${mem}/memory.limit_in_bytes`, 'utf8').trim(), String(64 << 20));
+        assert.equal(readFileSync(`${cpu}/cpu.cfs_quota_us`, 'utf8').trim(), '50000');
+        assert.equal(readFileSync(`${pids}/pids.max`, 'utf8').trim(), '20');
+      } else if (existsSync(`${dir}/memory.max`)) {
+        assert.equal(readFileSync(`${dir}/memory.max`, 'utf8').trim(), String(64 << 20));
+        assert.equal(readFileSync(`${dir}/cpu.max`, 'utf8').trim(), '50000 100000');
+        assert.equal(readFileSync(`${dir}/pids.max`, 'utf8').trim(), '20');
+      }
+      assert.deepEqual(driver.list(), ['tree']);
+
+      const marker = `31${process.pid}.25`;
+      try {
+        await startTree(cg.procsFiles, marker);
+        await until(() => hostProcessesWith(marker) === 2);
+        assert.ok(cg.pids().length >= 2);
+        await cg.kill();
+        assert.deepEqual(cg.pids(), []);
+        await until(() => hostProcessesWith(marker) === 0);
+        assert.equal(cg.oomKills(), 0);
+      } finally {
+        await cg.remove();
+      }
+      await cg.remove(); // twice is fine
+      for (const d of cg.dirs) assert.equal(existsSync(d), false, `${d} still exists`);
+      assert.deepEqual(driver.list(), []);
+    });
+
+    it('removes what it made when a limit cannot be written (the original error wins)', (t) => {
+      const driver = make();
+      if (typeof driver === 'string') return t.skip(driver);
+      drivers.push(driver);
+      if (driver.version === 2 && !existsSync(`${driver.ownerDirs[0]}/cgroup.subtree_control`)) return t.skip('no v2 owner dir');
+      const enabled = driver.version === 1 || readFileSync(`${driver.ownerDirs[0]}/cgroup.subtree_control`, 'utf8').includes('pids');
+      if (!enabled) return t.skip('pids controller not enabled on this v2 hierarchy, nothing would fail');
+      assert.throws(() => driver.create('broken', { memoryBytes: 64 << 20, cpus: 1, pidsMax: -7 }), /EINVAL|invalid/i);
+      assert.deepEqual(driver.list(), []);
+    });
+
+    it('reaps a leftover by name with open()', async (t) => {
+      const driver = make();
+      if (typeof driver === 'string') return t.skip(driver);
+      drivers.push(driver);
+      const cg = driver.create('leftover', { memoryBytes: 32 << 20, cpus: 1, pidsMax: 10 });
+      const marker = `32${process.pid}.25`;
+      try {
+        await startTree(cg.procsFiles, marker);
+        await until(() => hostProcessesWith(marker) === 2);
+        const again = driver.open('leftover');
+        await again.remove();
+      } finally {
+        await cg.remove();
+      }
+      assert.deepEqual(driver.list(), []);
+      await until(() => hostProcessesWith(marker) === 0);
+    });
+  });
+}
+
+exercise(`detected cgroup driver (v${detectCgroupVersion()})`, () => {
+  if (!isRoot) return 'needs root to create cgroups';
+  const d = createCgroupDriver({ ownerId: owner });
+  return d.check() ?? d;
+});
+
+exercise('cgroup v2 driver on the hybrid unified hierarchy', () => {
+  if (!isRoot) return 'needs root to create cgroups';
+  if (detectCgroupVersion() === 2) return 'pure cgroup v2 host: covered by the detected driver above';
+  if (!existsSync('/sys/fs/cgroup/unified/cgroup.procs')) return 'no cgroup2 mounted at /sys/fs/cgroup/unified';
+  const d = createCgroupDriver({ ownerId: owner, mount: '/sys/fs/cgroup/unified', version: 2, allowMissingControllers: true });
+  return d.check() ?? d;
+});

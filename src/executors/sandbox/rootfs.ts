@@ -1,0 +1,112 @@
+/**
+ * Runtime image rootfs directories: `${imagesDir}/${short}/rootfs`, stamped by `recipe.json` (next to `rootfs/` or
+ * inside it) once the build finished. An image `kindling/python[:tag]` has the short name `python`.
+ *
+ * bwrap's root is its own tmpfs; the rootfs' top-level entries are bound read-only into it one by one (directories
+ * and files with `--ro-bind`, symlinks re-created with `--symlink`), and the root is remounted read-only at the end.
+ * Binding each entry instead of the whole tree at `/` lets bwrap create mount points that the image lacks (`/.kindling`,
+ * a work dir such as `/work`) without writing to the image.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/** Top-level names the sandbox provides itself and never takes from the image. */
+const PROVIDED = new Set(['proc', 'dev', 'sys', 'tmp', '.kindling', 'lost+found']);
+
+export interface RootfsLayout {
+  image: string;
+  short: string;
+  rootfs: string;
+  /** bwrap arguments that rebuild `/` from the image, read-only. */
+  bindArgs: string[];
+  /** Top-level names bound from the image (directories, files and symlinks). */
+  entries: Map<string, 'dir' | 'file' | 'symlink'>;
+  /** `/bin/sh` when the image has one (used to exec the command so that a missing one is exit 127). */
+  shell: string | null;
+}
+
+export function shortImageName(image: string): string | null {
+  const noTag = image.replace(/:[A-Za-z0-9_.-]+$/, '');
+  const short = noTag.slice(noTag.lastIndexOf('/') + 1);
+  return /^[a-z0-9][a-z0-9_.-]*$/.test(short) ? short : null;
+}
+
+export function isBuilt(imagesDir: string, short: string): boolean {
+  const dir = path.join(imagesDir, short);
+  return (
+    fs.existsSync(path.join(dir, 'rootfs', 'usr')) &&
+    (fs.existsSync(path.join(dir, 'recipe.json')) || fs.existsSync(path.join(dir, 'rootfs', 'recipe.json')))
+  );
+}
+
+/** Short names of every built image in `imagesDir`. */
+export function listBuilt(imagesDir: string): string[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(imagesDir);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => shortImageName(n) === n && isBuilt(imagesDir, n)).sort();
+}
+
+export function readLayout(imagesDir: string, image: string): RootfsLayout | null {
+  const short = shortImageName(image);
+  if (short === null || !isBuilt(imagesDir, short)) return null;
+  const rootfs = path.join(imagesDir, short, 'rootfs');
+  const bindArgs: string[] = [];
+  const entries = new Map<string, 'dir' | 'file' | 'symlink'>();
+  for (const e of fs.readdirSync(rootfs, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+    if (PROVIDED.has(e.name) || e.name === 'recipe.json') continue;
+    const full = path.join(rootfs, e.name);
+    if (e.isSymbolicLink()) {
+      bindArgs.push('--symlink', fs.readlinkSync(full), `/${e.name}`);
+      entries.set(e.name, 'symlink');
+    } else if (e.isDirectory()) {
+      bindArgs.push('--ro-bind', full, `/${e.name}`);
+      entries.set(e.name, 'dir');
+    } else if (e.isFile()) {
+      bindArgs.push('--ro-bind', full, `/${e.name}`);
+      entries.set(e.name, 'file');
+    }
+  }
+  const shell = fs.existsSync(path.join(rootfs, 'bin', 'sh')) ? '/bin/sh' : null;
+  return { image, short, rootfs, bindArgs, entries, shell };
+}
+
+export type WorkdirPlan =
+  /** Inside the /tmp tmpfs: only needs `--dir`. */
+  | { kind: 'in-tmp' }
+  /** A fresh size-limited tmpfs mounted at the work dir. */
+  | { kind: 'tmpfs' }
+  /** `/`: read-only, nothing to mount. */
+  | { kind: 'root' };
+
+/**
+ * Where the work dir's writable space comes from, or an error message when the path cannot be provided: the path
+ * must be absolute and normalized, outside /proc, /dev, /sys and /.kindling, and either new at the top level or an
+ * existing directory of the image (its content is then hidden by the tmpfs).
+ */
+export function planWorkdir(layout: RootfsLayout, workdir: string): WorkdirPlan | string {
+  if (!path.isAbsolute(workdir) || path.posix.normalize(workdir) !== workdir || workdir.includes('\0')) {
+    return `workdir "${workdir}" must be an absolute, normalized path`;
+  }
+  const clean = workdir.length > 1 && workdir.endsWith('/') ? workdir.slice(0, -1) : workdir;
+  if (clean === '/') return { kind: 'root' };
+  const top = clean.split('/')[1]!;
+  if (top === 'tmp') return { kind: 'in-tmp' };
+  if (top === 'proc' || top === 'dev' || top === 'sys' || top === '.kindling') {
+    return `workdir "${workdir}" is reserved by the sandbox`;
+  }
+  const entry = layout.entries.get(top);
+  if (entry === undefined) return { kind: 'tmpfs' };
+  if (entry === 'dir') {
+    try {
+      const st = fs.lstatSync(path.join(layout.rootfs, clean));
+      if (st.isDirectory()) return { kind: 'tmpfs' };
+    } catch {
+      // fall through
+    }
+  }
+  return `workdir "${workdir}" does not exist in image ${layout.image} and cannot be created under its read-only /${top}`;
+}

@@ -1,0 +1,112 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { KindlingError } from '../core/errors.js';
+import {
+  IMAGE_RECIPES,
+  IMAGE_SHORT_NAMES,
+  canonicalJson,
+  findRecipe,
+  imageRef,
+  recipeFingerprint,
+  recipeHash,
+  resolveImageNames,
+  type ImageRecipe,
+} from './recipes.js';
+
+const python = IMAGE_RECIPES.python;
+
+test('canonicalJson sorts keys at every level and keeps array order', () => {
+  assert.equal(canonicalJson({ b: 1, a: { d: [2, 1], c: null } }), '{"a":{"c":null,"d":[2,1]},"b":1}');
+  assert.equal(canonicalJson({ a: 1, b: 2 }), canonicalJson({ b: 2, a: 1 }));
+});
+
+test('recipeHash is a stable sha256 hex digest', () => {
+  const h = recipeHash(python);
+  assert.match(h, /^[0-9a-f]{64}$/);
+  assert.equal(recipeHash(python), h);
+  // A structurally equal copy (different object, different key order) hashes the same.
+  const copy: ImageRecipe = {
+    env: { ...python.env },
+    check: python.check,
+    packages: [...python.packages],
+    description: python.description,
+    runtime: python.runtime,
+    tag: python.tag,
+    name: python.name,
+    short: python.short,
+  };
+  assert.equal(recipeHash(copy), h);
+});
+
+test('package order and duplicates do not change the hash', () => {
+  const r: ImageRecipe = { ...IMAGE_RECIPES.rust, packages: ['rustc', 'gcc', 'libc6-dev'] };
+  const reordered: ImageRecipe = { ...r, packages: ['libc6-dev', 'rustc', 'gcc', 'gcc'] };
+  assert.equal(recipeHash(reordered), recipeHash(r));
+});
+
+test('every input that shapes the output changes the hash', () => {
+  const h = recipeHash(python);
+  const variants: Array<[string, string]> = [
+    ['extra package', recipeHash({ ...python, packages: [...python.packages, 'python3-venv'] })],
+    ['fewer packages', recipeHash({ ...python, packages: ['python3'] })],
+    ['suite', recipeHash(python, { suite: 'trixie' })],
+    ['check command', recipeHash({ ...python, check: 'python3 -c 1' })],
+    ['env', recipeHash({ ...python, env: { ...python.env, LANG: 'C' } })],
+    ['tag', recipeHash({ ...python, tag: 'v2' })],
+    ['name', recipeHash({ ...python, name: 'kindling/python3' })],
+  ];
+  for (const [what, other] of variants) assert.notEqual(other, h, `${what} must change the hash`);
+  assert.equal(new Set(variants.map(([, v]) => v)).size, variants.length);
+});
+
+test('the description does not change the hash (it does not shape the image)', () => {
+  assert.equal(recipeHash({ ...python, description: 'something else' }), recipeHash(python));
+});
+
+test('the four recipes are distinct, named kindling/<short> and hash differently', () => {
+  assert.deepEqual([...IMAGE_SHORT_NAMES], ['base', 'python', 'node', 'rust']);
+  const hashes = new Set(IMAGE_SHORT_NAMES.map((s) => recipeHash(IMAGE_RECIPES[s])));
+  assert.equal(hashes.size, 4);
+  for (const s of IMAGE_SHORT_NAMES) {
+    assert.equal(IMAGE_RECIPES[s].short, s);
+    assert.equal(IMAGE_RECIPES[s].name, `kindling/${s}`);
+    assert.equal(imageRef(IMAGE_RECIPES[s]), `kindling/${s}:latest`);
+    assert.ok(IMAGE_RECIPES[s].env.PATH?.includes('/usr/bin'));
+  }
+  assert.deepEqual([...IMAGE_RECIPES.rust.packages].sort(), ['gcc', 'libc6-dev', 'rustc']);
+  assert.ok(IMAGE_RECIPES.python.packages.includes('python3'));
+  assert.ok(IMAGE_RECIPES.node.packages.includes('nodejs'));
+});
+
+test('the fingerprint names the Debian sources but not the mirror', () => {
+  const fp = recipeFingerprint(python);
+  assert.deepEqual(fp.suites, ['bookworm', 'bookworm-updates', 'bookworm-security']);
+  assert.equal(fp.variant, 'minbase');
+  assert.doesNotMatch(canonicalJson(fp), /https?:\/\//);
+});
+
+test('recipes are frozen', () => {
+  assert.throws(() => {
+    (IMAGE_RECIPES.python.packages as string[]).push('x');
+  }, TypeError);
+  assert.throws(() => {
+    (IMAGE_RECIPES as unknown as Record<string, unknown>).extra = 1;
+  }, TypeError);
+});
+
+test('resolveImageNames accepts short, Docker and runtime names, dedupes and keeps a stable order', () => {
+  assert.deepEqual(
+    resolveImageNames([]).map((r) => r.short),
+    ['base', 'python', 'node', 'rust'],
+  );
+  assert.deepEqual(
+    resolveImageNames(['rust', 'kindling/python:latest', 'bash', 'python']).map((r) => r.short),
+    ['base', 'python', 'rust'],
+  );
+  assert.equal(findRecipe('kindling/node')?.short, 'node');
+  assert.equal(findRecipe('nope'), undefined);
+  assert.throws(
+    () => resolveImageNames(['python', 'ruby']),
+    (e: unknown) => e instanceof KindlingError && e.code === 'UNKNOWN_IMAGE' && /ruby/.test(e.message),
+  );
+});

@@ -1,0 +1,221 @@
+/**
+ * End to end through the SDK, the CLI and plain HTTP against a real server on the real Docker engine.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { Kindling, RateLimitError, ValidationError, AuthenticationError, type ExecutionResult } from '@kindling/sdk';
+import { containersOf, dockerUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+
+const execFileAsync = promisify(execFile);
+const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
+const unavailable = await dockerUnavailableReason();
+
+async function postJson(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; json: { error: { code: string; message: string }; requestId: string; stdout: string } }> {
+  const response = await fetch(`${url}/v1/execute`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  return { status: response.status, headers: response.headers, json: (await response.json()) as { error: { code: string; message: string }; requestId: string; stdout: string } };
+}
+
+describe('docker executor end to end', { skip: unavailable ?? false }, () => {
+  let server: TestServer;
+  let client: Kindling;
+
+  before(async () => {
+    server = await startTestServer({ executor: 'docker' });
+    client = new Kindling({ url: server.url });
+  });
+  after(async () => {
+    await server?.stop();
+    // Nothing the tests made may remain.
+    if (server) assert.deepEqual(await containersOf(server.ownerId), []);
+  });
+
+  it('answers healthz, readyz, openapi and metrics', async () => {
+    assert.deepEqual(await client.health(), { status: 'ok' });
+    const ready = await client.ready();
+    assert.equal(ready.status, 'ready');
+    assert.equal(ready.defaultExecutor, 'docker');
+    const openapi = (await (await fetch(`${server.url}/openapi.json`)).json()) as { paths: Record<string, unknown> };
+    assert.ok(openapi.paths['/v1/execute']);
+  });
+
+  for (const [runtime, code, expected] of [
+    ['bash', 'echo "hello from bash $BASH_VERSION" | cut -c1-15', 'hello from bash\n'],
+    ['python', 'import sys; print("hello from python", sys.version_info[0])', 'hello from python 3\n'],
+    ['node', 'console.log("hello from node", typeof process.versions.node)', 'hello from node string\n'],
+    ['node', 'import { platform } from "node:os";\nconsole.log("esm", platform())', 'esm linux\n'],
+    ['rust', 'fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }\nfn main() { println!("fib {}", fib(20)); }', 'fib 6765\n'],
+  ] as const) {
+    it(`runs a ${runtime} hello world (${expected.trim()})`, async () => {
+      const result = await client.run(runtime, code);
+      assert.equal(result.stderr, '');
+      assert.equal(result.exitCode, 0);
+      assert.equal(result.stdout, expected);
+      assert.equal(result.executor, 'docker');
+      assert.equal(result.coldStart, true);
+    });
+  }
+
+  it('round-trips 1 MiB of random bytes through stdin and stdout byte-exact', async () => {
+    const input = randomBytes(1 << 20);
+    const { status, json } = await postJson(server.url, {
+      image: 'kindling/base',
+      command: ['cat'],
+      stdinBase64: input.toString('base64'),
+      outputEncoding: 'base64',
+    });
+    assert.equal(status, 200);
+    const output = Buffer.from(json.stdout, 'base64');
+    assert.equal(createHash('sha256').update(output).digest('hex'), createHash('sha256').update(input).digest('hex'));
+  });
+
+  it('keeps stderr apart and reports a non-zero exit as a result', async () => {
+    const result = await client.runCommand('kindling/base', ['sh', '-c', 'echo out; echo err >&2; exit 3']);
+    assert.deepEqual([result.exitCode, result.stdout, result.stderr], [3, 'out\n', 'err\n']);
+  });
+
+  it('passes env and workdir', async () => {
+    const result = await client.runCommand('kindling/base', ['sh', '-c', 'echo "$A $B"; pwd'], { env: { A: 'x y', B: '$z' }, workdir: '/srv/app' });
+    assert.equal(result.stdout, 'x y $z\n/srv/app\n');
+  });
+
+  it('a timeout kills the container fast and nothing of it remains', async () => {
+    const startedAt = Date.now();
+    const result = await client.runCommand('kindling/base', ['sleep', '100'], { timeoutMs: 500 });
+    const elapsedMs = Date.now() - startedAt;
+    assert.equal(result.timedOut, true);
+    assert.ok(elapsedMs < 2000, `took ${elapsedMs} ms`);
+    await waitFor(async () => (await containersOf(server.ownerId)).length === 0, 3000, 'the container to be removed');
+  });
+
+  it('reports an OOM kill', async () => {
+    const result = await client.run('python', 'x = bytearray(400 * 1024 * 1024)', { memoryMb: 64 });
+    assert.equal(result.oomKilled, true);
+    assert.notEqual(result.exitCode, 0);
+  });
+
+  it('caps output and says it truncated', async () => {
+    const result = await client.runCommand('kindling/base', ['sh', '-c', 'head -c 100000 /dev/zero | tr "\\0" a'], { outputBytes: 1000 });
+    assert.equal(result.stdout.length, 1000);
+    assert.equal(result.truncated, true);
+    assert.equal(result.exitCode, 0);
+  });
+
+  it('streams the first chunk over SSE before the process ends', async () => {
+    const events: { type: string; at: number }[] = [];
+    const stream = client.stream({ image: 'kindling/base', command: ['sh', '-c', 'echo first; sleep 2; echo second'] });
+    for await (const event of stream) events.push({ type: `${event.type}:${event.data.trim()}`, at: Date.now() });
+    const result = await stream.result;
+    const doneAt = Date.now();
+    assert.deepEqual(events.map((event) => event.type), ['stdout:first', 'stdout:second']);
+    assert.ok(doneAt - (events[0]?.at ?? doneAt) > 1500, 'the first chunk arrived only at the end');
+    assert.equal(result.stdout, 'first\nsecond\n');
+  });
+
+  it('runs 20 executions in parallel', async () => {
+    const startedAt = Date.now();
+    const results = await Promise.all(Array.from({ length: 20 }, (_, index) => client.runCommand('kindling/base', ['sh', '-c', `sleep 1; echo ${index}`])));
+    results.forEach((result: ExecutionResult, index) => assert.equal(result.stdout, `${index}\n`));
+    assert.ok(Date.now() - startedAt < 20_000);
+  });
+
+  it('answers bad input with 4xx, a stable code and a message', async () => {
+    const cases: [unknown, number, string][] = [
+      ['{"runtime": "python", "code": ', 400, 'INVALID_JSON'],
+      [{ runtime: 'cobol', code: 'x' }, 400, 'UNKNOWN_RUNTIME'],
+      [{ image: 'kindling/nope', command: ['true'] }, 400, 'UNKNOWN_IMAGE'],
+      [{ runtime: 'python', code: '1', stdin: 'a', stdinBase64: 'YQ==' }, 400, 'CONFLICTING_FIELDS'],
+      [{ runtime: 'python', code: '1', image: 'kindling/base' }, 400, 'CONFLICTING_FIELDS'],
+      [{ runtime: 'python', code: '1', timeoutMs: -1 }, 400, 'LIMIT_OUT_OF_RANGE'],
+      [{ runtime: 'python', code: '1', memoryMb: 1e9 }, 400, 'LIMIT_OUT_OF_RANGE'],
+      [{ runtime: 'python', code: '1', pids: 'many' }, 400, 'VALIDATION_FAILED'],
+      [{ runtime: 'python', code: '1', colour: 'blue' }, 400, 'VALIDATION_FAILED'],
+      [{ runtime: 'python', code: '1', network: 'egress' }, 400, 'UNSUPPORTED_NETWORK'],
+      [{ runtime: 'python', code: '1', executor: 'quantum' }, 400, 'UNKNOWN_EXECUTOR'],
+      [{ runtime: 'python' }, 400, 'VALIDATION_FAILED'],
+      [{}, 400, 'VALIDATION_FAILED'],
+      [{ image: 'kindling/base', command: [] }, 400, 'VALIDATION_FAILED'],
+      [{ runtime: 'bash', code: 'x', stdin: 'y'.repeat(9 * 1024 * 1024) }, 413, 'PAYLOAD_TOO_LARGE'],
+    ];
+    for (const [body, status, code] of cases) {
+      const response = await postJson(server.url, body);
+      assert.equal(response.status, status, `${JSON.stringify(body).slice(0, 80)} -> ${JSON.stringify(response.json)}`);
+      assert.equal(response.json.error.code, code);
+      assert.ok(response.json.error.message.length > 10);
+      assert.equal(typeof response.json.requestId, 'string');
+    }
+    const wrongType = await fetch(`${server.url}/v1/execute`, { method: 'POST', headers: { 'content-type': 'text/xml' }, body: '<x/>' });
+    assert.equal(wrongType.status, 415);
+    const missing = await fetch(`${server.url}/v1/nothing-here`);
+    assert.equal(missing.status, 404);
+    assert.equal(((await missing.json()) as { error: { code: string } }).error.code, 'ROUTE_NOT_FOUND');
+    await assert.rejects(client.run('python', '1', { timeoutMs: -1 }), ValidationError);
+  });
+
+  it('counts executions in /metrics', async () => {
+    const scrape = async (): Promise<number> => {
+      const text = await (await fetch(`${server.url}/metrics`)).text();
+      const line = text.split('\n').find((candidate) => candidate.startsWith('kindling_invocations_total{function="_execute",executor="docker",status="failed",cold="true"}'));
+      return line ? Number(line.split(' ').pop()) : 0;
+    };
+    const before = await scrape();
+    await client.runCommand('kindling/base', ['false']);
+    await client.runCommand('kindling/base', ['false']);
+    assert.equal((await scrape()) - before, 2);
+  });
+
+  it('the CLI runs code, pipes stdin and passes the exit code through', async () => {
+    const { stdout } = await execFileAsync('node', [CLI, 'run', '--url', server.url, '--runtime', 'python', '-c', 'print(6 * 7)']);
+    assert.equal(stdout, '42\n');
+    const child = spawn('node', [CLI, 'run', '--url', server.url, '--image', 'kindling/base', '--', 'sh', '-c', 'tr a-z A-Z; exit 3'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    child.stdin.end('piped through\n');
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const exitCode = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    assert.equal(output, 'PIPED THROUGH\n');
+    assert.equal(exitCode, 3);
+  });
+});
+
+describe('docker executor under overload and with auth', { skip: unavailable ?? false }, () => {
+  it('answers 429 with Retry-After beyond the concurrency limit and queue', async () => {
+    const server = await startTestServer({ maxConcurrent: 1, maxQueued: 1 });
+    try {
+      const client = new Kindling({ url: server.url });
+      const outcomes = await Promise.allSettled(Array.from({ length: 4 }, () => client.runCommand('kindling/base', ['sleep', '1'])));
+      const rejected = outcomes.filter((outcome) => outcome.status === 'rejected').map((outcome) => (outcome as PromiseRejectedResult).reason as unknown);
+      assert.equal(outcomes.filter((outcome) => outcome.status === 'fulfilled').length, 2);
+      assert.equal(rejected.length, 2);
+      for (const error of rejected) {
+        assert.ok(error instanceof RateLimitError);
+        assert.equal(error.retryAfterMs, 1000);
+      }
+      assert.equal((await client.health()).status, 'ok');
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('requires the API key on /v1 when the server has one', async () => {
+    const server = await startTestServer({ apiKeys: ['s3cret-key'] });
+    try {
+      await assert.rejects(new Kindling({ url: server.url }).runCommand('kindling/base', ['true']), AuthenticationError);
+      await assert.rejects(new Kindling({ url: server.url, apiKey: 'wrong' }).runCommand('kindling/base', ['true']), AuthenticationError);
+      const result = await new Kindling({ url: server.url, apiKey: 's3cret-key' }).runCommand('kindling/base', ['echo', 'ok']);
+      assert.equal(result.stdout, 'ok\n');
+      assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('refuses to listen on a non-loopback address without keys', async () => {
+    await assert.rejects(startTestServer({ host: '0.0.0.0' }), /refusing to listen/);
+  });
+});

@@ -1,0 +1,81 @@
+import { createHash } from 'node:crypto';
+import { chmod, mkdtemp, realpath, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Docker from 'dockerode';
+import { pino } from 'pino';
+import { LABEL_OWNER } from '../../src/executors/executor.js';
+import { startServer, type RunningServer, type ServerConfig } from '../../src/server.js';
+
+export const IMAGES_DIR = '/var/lib/kindling/images';
+export const docker = new Docker({ socketPath: '/var/run/docker.sock' });
+
+export interface TestServer extends RunningServer {
+  dataDir: string;
+  ownerId: string;
+  /** Closes the server and removes its data dir. */
+  stop(): Promise<void>;
+}
+
+/** Starts a real server in-process on a free loopback port with its own data dir. */
+export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
+  const dataDir = await realpath(await mkdtemp(join(tmpdir(), 'kindling-test-')));
+  // The sandbox's unprivileged uid must be able to reach its run dirs (mkdtemp makes 0700).
+  await chmod(dataDir, 0o755);
+  const server = await startServer({
+    host: '127.0.0.1',
+    port: 0,
+    dataDir,
+    imagesDir: IMAGES_DIR,
+    executor: 'docker',
+    enableExecutors: [],
+    apiKeys: [],
+    maxConcurrent: 32,
+    maxQueued: 256,
+    queueTimeoutMs: 30_000,
+    maxBodyBytes: 8 * 1024 * 1024,
+    shutdownTimeoutMs: 10_000,
+    dockerSocketPath: '/var/run/docker.sock',
+    prewarmPerShape: 0,
+    version: 'test',
+    logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }),
+    ...overrides,
+  });
+  const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
+  return {
+    ...server,
+    dataDir,
+    ownerId,
+    async stop() {
+      await server.close();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Containers the server of this owner id has now. */
+export async function containersOf(ownerId: string): Promise<Docker.ContainerInfo[]> {
+  return docker.listContainers({ all: true, filters: JSON.stringify({ label: [`${LABEL_OWNER}=${ownerId}`] }) });
+}
+
+/** Why Docker tests cannot run here, or null when they can. */
+export async function dockerUnavailableReason(): Promise<string | null> {
+  try {
+    await docker.ping();
+  } catch (error) {
+    return `the Docker engine is not reachable (${(error as Error).message}); scripts/setup.sh starts it`;
+  }
+  const images = await docker.listImages({ filters: JSON.stringify({ reference: ['kindling/*'] }) });
+  const tags = new Set(images.flatMap((image) => image.RepoTags ?? []));
+  const missing = ['base', 'python', 'node', 'rust'].map((name) => `kindling/${name}:latest`).filter((tag) => !tags.has(tag));
+  return missing.length > 0 ? `images missing: ${missing.join(', ')}; run "kindling images build"` : null;
+}
+
+export async function waitFor(condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
