@@ -173,7 +173,7 @@ describe('docker executor end to end', { skip: unavailable ?? false }, () => {
   it('the CLI runs code, pipes stdin and passes the exit code through', async () => {
     const { stdout } = await execFileAsync('node', [CLI, 'run', '--url', server.url, '--runtime', 'python', '-c', 'print(6 * 7)']);
     assert.equal(stdout, '42\n');
-    const child = spawn('node', [CLI, 'run', '--url', server.url, '--image', 'kindling/base', '--', 'sh', '-c', 'tr a-z A-Z; exit 3'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('node', [CLI, 'run', '--url', server.url, '--image', 'kindling/base', '--stdin', '--', 'sh', '-c', 'tr a-z A-Z; exit 3'], { stdio: ['pipe', 'pipe', 'pipe'] });
     child.stdin.end('piped through\n');
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));

@@ -1,3 +1,4 @@
+import { fstatSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { Kindling, KindlingError as SdkError, type ExecuteSpec } from '@kindling/sdk';
@@ -11,6 +12,20 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
   return Buffer.concat(chunks);
+}
+
+/**
+ * Reads stdin when asked to, or by default when it is a pipe or a file (`echo x | kindling run …`, `< file`). A
+ * terminal, a socket or nothing at all (cron, CI, another program's child) is not read, so the command never hangs.
+ */
+function shouldReadStdin(flag: boolean | undefined): boolean {
+  if (flag !== undefined) return flag;
+  try {
+    const info = fstatSync(0);
+    return info.isFIFO() || info.isFile();
+  } catch {
+    return false;
+  }
 }
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
@@ -46,6 +61,8 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     .option('--cpus <n>', 'CPU quota in cores', parseNumber('--cpus'))
     .option('--pids <n>', 'process limit', parseNumber('--pids'))
     .option('--executor <name>', 'docker | sandbox | microvm')
+    .option('--stdin', 'send standard input to the program (default: only when stdin is a pipe or a file)')
+    .option('--no-stdin', 'never read standard input')
     .option('--json', 'print the whole result as JSON instead of streaming the output');
   clientOptions(command, defaults).action(async (args: string[], options: Record<string, unknown>) => {
     const spec: ExecuteSpec = {};
@@ -73,7 +90,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     if (options.cpus !== undefined) spec.cpus = options.cpus as number;
     if (options.pids !== undefined) spec.pids = options.pids as number;
     if (options.executor !== undefined) spec.executor = options.executor as ExecuteSpec['executor'];
-    if (!process.stdin.isTTY) spec.stdin = new Uint8Array(await readAll(process.stdin));
+    if (shouldReadStdin(options.stdin as boolean | undefined)) spec.stdin = new Uint8Array(await readAll(process.stdin));
 
     const client = new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined });
     try {
