@@ -71,6 +71,18 @@ export async function dockerUnavailableReason(): Promise<string | null> {
   return missing.length > 0 ? `images missing: ${missing.join(', ')}; run "kindling images build"` : null;
 }
 
+/** Why sandbox tests cannot run here, or null when they can (bubblewrap, cgroups, rootfs dirs). */
+export async function sandboxUnavailableReason(): Promise<string | null> {
+  const { SandboxExecutor } = await import('../../src/executors/sandbox/index.js');
+  const probe = new SandboxExecutor({ imagesDir: IMAGES_DIR, stateDir: tmpdir(), ownerId: 'probe', instanceId: 'probe', prewarm: 0 });
+  try {
+    const status = await probe.probe();
+    return status.ready ? null : `the sandbox executor is not usable here: ${status.reason}`;
+  } finally {
+    await probe.destroy();
+  }
+}
+
 export async function waitFor(condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {

@@ -1,17 +1,30 @@
 /**
- * End to end through the SDK, the CLI and plain HTTP against a real server on the real Docker engine.
+ * End to end through the SDK, the CLI and plain HTTP against a real server, once per executor: the real Docker engine
+ * and the real bubblewrap sandbox.
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Kindling, RateLimitError, ValidationError, AuthenticationError, type ExecutionResult } from '@kindling/sdk';
-import { containersOf, dockerUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { containersOf, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const execFileAsync = promisify(execFile);
 const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
 const unavailable = await dockerUnavailableReason();
+const EXECUTORS = [
+  { name: 'docker', unavailable },
+  { name: 'sandbox', unavailable: await sandboxUnavailableReason() },
+] as const;
+
+/** What this server's executor still holds: containers (docker) or run dirs (sandbox). */
+async function leftovers(server: TestServer, executor: string): Promise<string[]> {
+  if (executor === 'docker') return (await containersOf(server.ownerId)).map((info) => info.Id);
+  return readdir(join(server.dataDir, 'run', 'sandbox', 'runs')).catch(() => []);
+}
 
 async function postJson(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; json: { error: { code: string; message: string }; requestId: string; stdout: string } }> {
   const response = await fetch(`${url}/v1/execute`, {
@@ -22,25 +35,28 @@ async function postJson(url: string, body: unknown, headers: Record<string, stri
   return { status: response.status, headers: response.headers, json: (await response.json()) as { error: { code: string; message: string }; requestId: string; stdout: string } };
 }
 
-describe('docker executor end to end', { skip: unavailable ?? false }, () => {
+for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describe(`${executorName} executor end to end`, { skip: skipReason ?? false }, () => {
   let server: TestServer;
   let client: Kindling;
 
   before(async () => {
-    server = await startTestServer({ executor: 'docker' });
+    server = await startTestServer({ executor: executorName });
     client = new Kindling({ url: server.url });
   });
   after(async () => {
-    await server?.stop();
+    if (!server) return;
+    const executor = server.executors.get(executorName);
+    await server.stop();
     // Nothing the tests made may remain.
-    if (server) assert.deepEqual(await containersOf(server.ownerId), []);
+    if (executorName === 'docker') assert.deepEqual(await containersOf(server.ownerId), []);
+    assert.equal(executor ? (await executor.reap()).removed : 0, 0);
   });
 
   it('answers healthz, readyz, openapi and metrics', async () => {
     assert.deepEqual(await client.health(), { status: 'ok' });
     const ready = await client.ready();
     assert.equal(ready.status, 'ready');
-    assert.equal(ready.defaultExecutor, 'docker');
+    assert.equal(ready.defaultExecutor, executorName);
     const openapi = (await (await fetch(`${server.url}/openapi.json`)).json()) as { paths: Record<string, unknown> };
     assert.ok(openapi.paths['/v1/execute']);
   });
@@ -57,8 +73,7 @@ describe('docker executor end to end', { skip: unavailable ?? false }, () => {
       assert.equal(result.stderr, '');
       assert.equal(result.exitCode, 0);
       assert.equal(result.stdout, expected);
-      assert.equal(result.executor, 'docker');
-      assert.equal(result.coldStart, true);
+      assert.equal(result.executor, executorName);
     });
   }
 
@@ -81,17 +96,17 @@ describe('docker executor end to end', { skip: unavailable ?? false }, () => {
   });
 
   it('passes env and workdir', async () => {
-    const result = await client.runCommand('kindling/base', ['sh', '-c', 'echo "$A $B"; pwd'], { env: { A: 'x y', B: '$z' }, workdir: '/srv/app' });
-    assert.equal(result.stdout, 'x y $z\n/srv/app\n');
+    const result = await client.runCommand('kindling/base', ['sh', '-c', 'echo "$A $B"; pwd'], { env: { A: 'x y', B: '$z' }, workdir: '/app' });
+    assert.equal(result.stdout, 'x y $z\n/app\n');
   });
 
-  it('a timeout kills the container fast and nothing of it remains', async () => {
+  it('a timeout kills the sandbox fast and nothing of it remains', async () => {
     const startedAt = Date.now();
     const result = await client.runCommand('kindling/base', ['sleep', '100'], { timeoutMs: 500 });
     const elapsedMs = Date.now() - startedAt;
     assert.equal(result.timedOut, true);
     assert.ok(elapsedMs < 2000, `took ${elapsedMs} ms`);
-    await waitFor(async () => (await containersOf(server.ownerId)).length === 0, 3000, 'the container to be removed');
+    await waitFor(async () => (await leftovers(server, executorName)).length === 0, 3000, 'the sandbox to be removed');
   });
 
   it('reports an OOM kill', async () => {
@@ -161,8 +176,10 @@ describe('docker executor end to end', { skip: unavailable ?? false }, () => {
   it('counts executions in /metrics', async () => {
     const scrape = async (): Promise<number> => {
       const text = await (await fetch(`${server.url}/metrics`)).text();
-      const line = text.split('\n').find((candidate) => candidate.startsWith('kindling_invocations_total{function="_execute",executor="docker",status="failed",cold="true"}'));
-      return line ? Number(line.split(' ').pop()) : 0;
+      return text
+        .split('\n')
+        .filter((candidate) => candidate.startsWith(`kindling_invocations_total{function="_execute",executor="${executorName}",status="failed",`))
+        .reduce((sum, line) => sum + Number(line.split(' ').pop()), 0);
     };
     const before = await scrape();
     await client.runCommand('kindling/base', ['false']);
@@ -183,7 +200,7 @@ describe('docker executor end to end', { skip: unavailable ?? false }, () => {
   });
 });
 
-describe('docker executor under overload and with auth', { skip: unavailable ?? false }, () => {
+describe('the gateway under overload and with auth (docker)', { skip: unavailable ?? false }, () => {
   it('answers 429 with Retry-After beyond the concurrency limit and queue', async () => {
     const server = await startTestServer({ maxConcurrent: 1, maxQueued: 1 });
     try {
