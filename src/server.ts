@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -29,6 +29,7 @@ export interface ServerConfig {
   maxQueued: number;
   queueTimeoutMs: number;
   maxBodyBytes: number;
+  maxStreamBytes: number;
   shutdownTimeoutMs: number;
   dockerSocketPath: string;
   prewarmPerShape: number;
@@ -96,6 +97,11 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   const instanceId = newInstanceId();
   const stateDir = join(dataDir, 'run');
   await mkdir(stateDir, { recursive: true });
+  // Sandboxes run as an unprivileged uid that must traverse to their run dirs: others get search (not read) access.
+  for (const dir of [dataDir, stateDir]) {
+    const { mode } = await stat(dir);
+    if ((mode & 0o001) === 0) await chmod(dir, (mode & 0o7777) | 0o011);
+  }
 
   const wanted = new Set<ExecutorName>(config.enableExecutors);
   if (config.executor === 'auto') {
@@ -162,6 +168,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     metrics,
     apiKeys: config.apiKeys,
     maxBodyBytes: config.maxBodyBytes,
+    maxStreamBytes: config.maxStreamBytes,
     version: config.version,
     logger,
     isDraining: () => draining,

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -19,6 +20,37 @@ const EXECUTORS = [
   { name: 'docker', unavailable },
   { name: 'sandbox', unavailable: await sandboxUnavailableReason() },
 ] as const;
+
+interface RawResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  trailers: Record<string, string | undefined>;
+  body: Buffer;
+}
+
+/** A raw-mode execution with node:http (fetch does not expose trailers). */
+function rawRequest(baseUrl: string, spec: Record<string, unknown>, body: Buffer, rawOutput: boolean): Promise<RawResponse> {
+  const url = new URL(`${baseUrl}/v1/execute`);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname,
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream', 'x-kindling-spec': JSON.stringify(spec), ...(rawOutput ? { accept: 'application/octet-stream' } : {}) },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, trailers: res.trailers, body: Buffer.concat(chunks) }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
 
 /** What this server's executor still holds: containers (docker) or run dirs (sandbox). */
 async function leftovers(server: TestServer, executor: string): Promise<string[]> {
@@ -88,6 +120,37 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
     assert.equal(status, 200);
     const output = Buffer.from(json.stdout, 'base64');
     assert.equal(createHash('sha256').update(output).digest('hex'), createHash('sha256').update(input).digest('hex'));
+  });
+
+  it('streams a raw body to stdin and raw stdout back, byte-exact, with the result in trailers', async () => {
+    const input = randomBytes(3 * 1024 * 1024 + 17);
+    const response = await rawRequest(server.url, { image: 'kindling/base', command: ['sh', '-c', 'cat; echo done >&2; exit 7'] }, input, true);
+    assert.equal(response.status, 200);
+    assert.equal(response.headers['x-kindling-executor'], executorName);
+    assert.ok(response.body.equals(input), 'stdout differs from stdin');
+    assert.equal(response.trailers['x-kindling-exit-code'], '7');
+    assert.equal(Buffer.from(response.trailers['x-kindling-stderr-base64'] ?? '', 'base64').toString(), 'done\n');
+    const counted = await rawRequest(server.url, { image: 'kindling/base', command: ['wc', '-c'] }, input, false);
+    assert.equal((JSON.parse(counted.body.toString()) as ExecutionResult).stdout.trim(), String(input.length));
+    const bad = await rawRequest(server.url, { image: 'kindling/base', command: ['cat'], stdin: 'x' } as never, input, false);
+    assert.equal(bad.status, 400);
+    assert.equal((JSON.parse(bad.body.toString()) as { error: { code: string } }).error.code, 'VALIDATION_FAILED');
+  });
+
+  it('a client that disconnects mid-upload cancels the execution and frees the sandbox', async () => {
+    await new Promise<void>((resolve) => {
+      const url = new URL(`${server.url}/v1/execute`);
+      const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { 'content-type': 'application/octet-stream', 'x-kindling-spec': JSON.stringify({ image: 'kindling/base', command: ['cat'], timeoutMs: 60_000 }) } });
+      req.on('error', () => resolve());
+      req.write(randomBytes(256 * 1024));
+      setTimeout(() => {
+        req.destroy();
+        resolve();
+      }, 500);
+    });
+    const inFlight = async (): Promise<number> => Number(/kindling_executions_in_flight (\d+)/.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1]);
+    await waitFor(async () => (await inFlight()) === 0, 5000, 'the execution of the aborted upload to end');
+    await waitFor(async () => (await leftovers(server, executorName)).length === 0, 5000, 'the sandbox of the aborted upload to be removed');
   });
 
   it('keeps stderr apart and reports a non-zero exit as a result', async () => {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import { performance } from 'node:perf_hooks';
 
@@ -60,6 +61,52 @@ export class BenchClient {
       throw new Error(`execution failed: exit ${result.exitCode}${result.timedOut ? ' (timed out)' : ''}: ${String(result.stderr).slice(0, 500)}`);
     }
     return timed;
+  }
+
+  /**
+   * Raw mode: the payload streams as the request body (`application/octet-stream`, spec in `x-kindling-spec`). With
+   * `rawOutput` stdout streams back and is hashed as it arrives (never held); the exit code comes in a trailer.
+   */
+  executeRaw(spec: Record<string, unknown>, payload: Buffer, rawOutput: boolean): Promise<{ ms: number; sha256: string | null; exitCode: number; result: ExecuteResult | null }> {
+    return new Promise((resolve, reject) => {
+      const started = performance.now();
+      const req = request(
+        {
+          host: this.base.hostname,
+          port: this.base.port,
+          method: 'POST',
+          path: '/v1/execute',
+          agent: this.agent,
+          headers: {
+            'content-type': 'application/octet-stream',
+            'content-length': payload.length,
+            'x-kindling-spec': JSON.stringify(spec),
+            ...(rawOutput ? { accept: 'application/octet-stream' } : {}),
+          },
+        },
+        (res) => {
+          const hash = createHash('sha256');
+          const chunks: Buffer[] = [];
+          res.on('data', (chunk: Buffer) => (rawOutput && res.statusCode === 200 ? hash.update(chunk) : chunks.push(chunk)));
+          res.on('error', reject);
+          res.on('end', () => {
+            const ms = performance.now() - started;
+            if (res.statusCode !== 200) {
+              reject(new Error(`raw POST /v1/execute answered ${res.statusCode}: ${Buffer.concat(chunks).toString('utf8').slice(0, 300)}`));
+              return;
+            }
+            if (rawOutput) {
+              resolve({ ms, sha256: hash.digest('hex'), exitCode: Number(res.trailers['x-kindling-exit-code'] ?? NaN), result: null });
+              return;
+            }
+            const result = JSON.parse(Buffer.concat(chunks).toString('utf8')) as ExecuteResult;
+            resolve({ ms, sha256: null, exitCode: result.exitCode, result });
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end(payload);
+    });
   }
 
   close(): void {

@@ -21,6 +21,8 @@ export interface ApiOptions {
   apiKeys: string[];
   /** Largest request body accepted, in bytes; beyond it: 413. */
   maxBodyBytes: number;
+  /** Largest raw request body (streamed to stdin, never held in memory), in bytes; beyond it: 413. */
+  maxStreamBytes: number;
   version: string;
   logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
   isDraining?: () => boolean;
@@ -91,7 +93,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     defaultExecutorReason: options.defaultExecutorReason,
     isDraining: options.isDraining ?? (() => false),
   });
-  registerExecuteRoutes(app, { executionService: options.executionService, toError });
+  registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
 
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
     reply.type(options.metrics.registry.contentType);

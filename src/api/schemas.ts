@@ -31,6 +31,9 @@ export const ExecuteRequestSchema = Type.Object(
 );
 export type ExecuteRequestBody = Static<typeof ExecuteRequestSchema>;
 
+/** The spec of a raw execution (header `x-kindling-spec`): the same fields, stdin being the request body. */
+export const RawExecuteSpecSchema = Type.Omit(ExecuteRequestSchema, ['stdin', 'stdinBase64'], { additionalProperties: false });
+
 export const ExecutionResultSchema = Type.Object({
   id: Type.String(),
   exitCode: Type.Integer(),

@@ -33,7 +33,8 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--max-concurrent <n>', 'executions running at once', int('--max-concurrent'), 32)
     .option('--max-queued <n>', 'executions waiting for a slot before 429', int('--max-queued'), 256)
     .option('--queue-timeout-ms <ms>', 'longest wait for a slot before 429', int('--queue-timeout-ms'), 30_000)
-    .option('--max-body-bytes <n>', 'largest request body; beyond it 413', int('--max-body-bytes'), 64 * 1024 * 1024)
+    .option('--max-body-bytes <n>', 'largest JSON request body; beyond it 413', int('--max-body-bytes'), 64 * 1024 * 1024)
+    .option('--max-stream-bytes <n>', 'largest raw (application/octet-stream) body, streamed to stdin; beyond it 413', int('--max-stream-bytes'), 1024 * 1024 * 1024)
     .option('--shutdown-timeout-ms <ms>', 'how long SIGTERM waits for in-flight executions', int('--shutdown-timeout-ms'), 30_000)
     .option('--prewarm <n>', 'fresh containers kept started per recently used shape (docker); 0 disables', int('--prewarm'), 6)
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
@@ -55,6 +56,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         maxQueued: options.maxQueued as number,
         queueTimeoutMs: options.queueTimeoutMs as number,
         maxBodyBytes: options.maxBodyBytes as number,
+        maxStreamBytes: options.maxStreamBytes as number,
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
         prewarmPerShape: options.prewarm as number,

@@ -78,7 +78,7 @@ export class Metrics implements ExecutionObserver {
     }
   }
 
-  onExecutionFinished(result: ExecutionResult, context: { stdinBytes: number; functionName?: string }): void {
+  onExecutionFinished(result: ExecutionResult, context: { stdinBytes: number; streamedStdoutBytes?: number; functionName?: string }): void {
     const fn = context.functionName ?? EXECUTE_FUNCTION_LABEL;
     this.invocations.inc({ function: fn, executor: result.executor, status: statusOf(result), cold: String(result.coldStart) });
     this.duration.observe({ function: fn, executor: result.executor }, result.durationMs / 1000);
@@ -87,7 +87,7 @@ export class Metrics implements ExecutionObserver {
     const outBytes = result.outputEncoding === 'base64'
       ? Buffer.byteLength(result.stdout, 'base64') + Buffer.byteLength(result.stderr, 'base64')
       : Buffer.byteLength(result.stdout) + Buffer.byteLength(result.stderr);
-    this.payloadBytes.inc({ direction: 'out' }, outBytes);
+    this.payloadBytes.inc({ direction: 'out' }, outBytes + (context.streamedStdoutBytes ?? 0));
   }
 
   onExecutionFailed(error: KindlingError, context: { executor: ExecutorName; functionName?: string }): void {

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { KindlingError } from '../core/errors.js';
 import { newExecutionId } from '../core/ids.js';
@@ -17,13 +17,18 @@ export interface ExecuteOptions {
   onOutput?: (stream: OutputStreamName, text: string) => void;
   /** A stdin stream (e.g. a raw request body) instead of the request's `stdin`/`stdinBase64`. */
   stdinStream?: Readable;
-  /** Called once the sandbox has started, before any output, with the execution id. */
-  onStarted?: (id: string) => void;
+  /** Called once the sandbox has started, before any output, with the execution id and whether it was cold. */
+  onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
+  /**
+   * Streams stdout raw into this sink with backpressure instead of holding it (the result's `stdout` is then empty
+   * and `outputBytes` applies to stderr only). The sink is not ended: the caller ends it after the result.
+   */
+  stdoutSink?: Writable;
 }
 
 /** Observers see every finished execution (metrics, usage); they never change the outcome. */
 export interface ExecutionObserver {
-  onExecutionFinished(result: ExecutionResult, context: { image: string; stdinBytes: number }): void;
+  onExecutionFinished(result: ExecutionResult, context: { image: string; stdinBytes: number; streamedStdoutBytes: number }): void;
   onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName }): void;
 }
 
@@ -206,8 +211,12 @@ export class ExecutionService {
     const startedAt = this.clock.monotonicMs();
     const execution = await executor.start(spec, options.signal ? { signal: options.signal } : {});
     const runningAt = this.clock.monotonicMs();
-    options.onStarted?.(spec.id);
+    options.onStarted?.(spec.id, { coldStart: execution.coldStart, executor: executor.name });
 
+    // Whoever asked may go away (client disconnect, shutdown): the sandbox goes with it, whatever the executor does.
+    const onAbort = (): void => execution.kill();
+    if (options.signal?.aborted) execution.kill();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -216,7 +225,21 @@ export class ExecutionService {
     const onText = options.onOutput;
     const stdout = new OutputCollector(spec.limits.outputBytes, onText && ((text) => onText('stdout', text)));
     const stderr = new OutputCollector(spec.limits.outputBytes, onText && ((text) => onText('stderr', text)));
-    execution.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
+    let stdoutBytes = 0;
+    const sink = options.stdoutSink;
+    if (sink) {
+      execution.stdout.on('data', (chunk: Buffer) => {
+        stdoutBytes += chunk.length;
+        // Backpressure: a slow client slows the process down instead of growing a buffer here.
+        if (!sink.write(chunk)) {
+          execution.stdout.pause();
+          sink.once('drain', () => execution.stdout.resume());
+        }
+      });
+      sink.once('close', () => execution.stdout.resume());
+    } else {
+      execution.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
+    }
     execution.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
 
     let stdinBytes = 0;
@@ -225,8 +248,11 @@ export class ExecutionService {
       // A process that exits without reading its input is not an error of the platform.
       sink.on('error', () => undefined);
       if (options.stdinStream) {
-        options.stdinStream.on('data', (chunk: Buffer) => (stdinBytes += chunk.length));
-        options.stdinStream.pipe(sink);
+        const input = options.stdinStream;
+        input.on('data', (chunk: Buffer) => (stdinBytes += chunk.length));
+        // An upload that breaks off (client gone, body over the limit) ends the execution.
+        input.on('error', () => execution.kill());
+        input.pipe(sink);
       } else {
         stdinBytes = stdinBuffer?.length ?? 0;
         sink.end(stdinBuffer ?? undefined);
@@ -236,13 +262,13 @@ export class ExecutionService {
     try {
       const exit = await execution.wait();
       const finishedAt = this.clock.monotonicMs();
-      const stdoutBytes = stdout.finish();
+      const stdoutKept = stdout.finish();
       const stderrBytes = stderr.finish();
       const result: ExecutionResult = {
         id: spec.id,
         exitCode: exit.exitCode,
         signal: exit.signal,
-        stdout: stdoutBytes.toString(outputEncoding),
+        stdout: stdoutKept.toString(outputEncoding),
         stderr: stderrBytes.toString(outputEncoding),
         outputEncoding,
         durationMs: Math.round((finishedAt - startedAt) * 100) / 100,
@@ -259,10 +285,11 @@ export class ExecutionService {
           runMs: Math.round((finishedAt - runningAt) * 100) / 100,
         },
       };
-      for (const observer of this.observers) observer.onExecutionFinished(result, { image: spec.image, stdinBytes });
+      for (const observer of this.observers) observer.onExecutionFinished(result, { image: spec.image, stdinBytes, streamedStdoutBytes: stdoutBytes });
       return result;
     } finally {
       clearTimeout(timer);
+      options.signal?.removeEventListener('abort', onAbort);
     }
   }
 

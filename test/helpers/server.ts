@@ -34,6 +34,7 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
     maxQueued: 256,
     queueTimeoutMs: 30_000,
     maxBodyBytes: 8 * 1024 * 1024,
+    maxStreamBytes: 256 * 1024 * 1024,
     shutdownTimeoutMs: 10_000,
     dockerSocketPath: '/var/run/docker.sock',
     prewarmPerShape: 0,

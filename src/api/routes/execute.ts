@@ -1,24 +1,88 @@
-import type { FastifyInstance } from 'fastify';
+import type { IncomingMessage } from 'node:http';
+import { Transform, type TransformCallback } from 'node:stream';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
-import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, type ExecuteRequestBody } from '../schemas.js';
+import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, RawExecuteSpecSchema } from '../schemas.js';
 import { startSse, writeSseEvent } from '../sse.js';
 
 const SSE_KEEPALIVE_MS = 15_000;
+const RAW_CONTENT_TYPE = 'application/octet-stream';
+const SPEC_HEADER = 'x-kindling-spec';
+const rawSpecValidator = TypeCompiler.Compile(RawExecuteSpecSchema);
 
-export function registerExecuteRoutes(app: FastifyInstance, options: { executionService: ExecutionService; toError: (error: unknown) => KindlingError }): void {
+/** Result fields sent as HTTP trailers after a raw stdout stream (the headers left before the exit was known). */
+const TRAILERS = ['x-kindling-exit-code', 'x-kindling-duration-ms', 'x-kindling-timed-out', 'x-kindling-oom-killed', 'x-kindling-truncated', 'x-kindling-stderr-base64'];
+
+/** Counts the bytes of a raw upload and fails it past the limit (fastify's bodyLimit does not see streamed bodies). */
+class ByteLimit extends Transform {
+  private seen = 0;
+  constructor(private readonly maxBytes: number) {
+    super();
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.seen += chunk.length;
+    if (this.seen > this.maxBytes) {
+      callback(new KindlingError('PAYLOAD_TOO_LARGE', `the request body is larger than this server's limit of ${this.maxBytes} bytes; send less or raise --max-stream-bytes`));
+      return;
+    }
+    callback(null, chunk);
+  }
+}
+
+function parseRawSpec(request: FastifyRequest): ExecuteRequest {
+  const header = request.headers[SPEC_HEADER];
+  if (typeof header !== 'string' || header.length === 0) {
+    throw new KindlingError('VALIDATION_FAILED', `a raw (${RAW_CONTENT_TYPE}) body needs the execution spec as JSON in the ${SPEC_HEADER} header, e.g. {"image":"kindling/base","command":["cat"]}`);
+  }
+  let spec: unknown;
+  try {
+    spec = JSON.parse(header);
+  } catch {
+    throw new KindlingError('INVALID_JSON', `the ${SPEC_HEADER} header is not valid JSON`);
+  }
+  if (!rawSpecValidator.Check(spec)) {
+    const first = rawSpecValidator.Errors(spec).First();
+    const where = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : 'spec';
+    throw new KindlingError('VALIDATION_FAILED', `${SPEC_HEADER} ${where}: ${first?.message ?? 'is invalid'} (stdin comes from the body; see GET /openapi.json)`, { details: { field: where } });
+  }
+  return spec as ExecuteRequest;
+}
+
+export interface ExecuteRouteOptions {
+  executionService: ExecutionService;
+  toError: (error: unknown) => KindlingError;
+  /** Largest raw (streamed, never buffered) request body; JSON bodies have fastify's bodyLimit. */
+  maxStreamBytes: number;
+}
+
+export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRouteOptions): void {
   const service = options.executionService;
 
-  app.post<{ Body: ExecuteRequestBody }>(
+  // Raw bodies are handed over as the request stream itself: stdin flows to the sandbox without being buffered here.
+  app.addContentTypeParser(RAW_CONTENT_TYPE, (_request: FastifyRequest, payload: IncomingMessage, done: (error: Error | null, body?: unknown) => void) => done(null, payload));
+
+  app.post(
     '/v1/execute',
     {
       schema: {
         tags: ['execute'],
         summary: 'Run code or a command once in a fresh sandbox',
-        description: 'A non-zero exit, a timeout or an OOM kill is still 200: the fields say what happened. With `Accept: text/event-stream` the output streams as SSE events `stdout`/`stderr`, then `exit` with this result.',
-        body: ExecuteRequestSchema,
+        description: [
+          'JSON body: a non-zero exit, a timeout or an OOM kill is still 200; the fields say what happened.',
+          'With `Accept: text/event-stream` the output streams as SSE events `stdout`/`stderr`, then `exit` with the result.',
+          `Raw mode for large payloads: \`Content-Type: ${RAW_CONTENT_TYPE}\`, the spec as JSON in the \`${SPEC_HEADER}\` header and the body streamed to stdin.`,
+          `The answer is the JSON result, or with \`Accept: ${RAW_CONTENT_TYPE}\` the raw stdout streamed, with the result in trailers (${TRAILERS.join(', ')}).`,
+        ].join(' '),
+        body: {
+          content: {
+            'application/json': { schema: ExecuteRequestSchema },
+            [RAW_CONTENT_TYPE]: { schema: {} },
+          },
+        },
         response: { 200: ExecutionResultSchema, '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema },
       },
     },
@@ -28,42 +92,107 @@ export function registerExecuteRoutes(app: FastifyInstance, options: { execution
       reply.raw.on('close', () => {
         if (!reply.raw.writableFinished) abort.abort(new Error('client disconnected'));
       });
+      const accept = request.headers.accept ?? '';
+      const isRaw = (request.headers['content-type'] ?? '').startsWith(RAW_CONTENT_TYPE);
+      if (isRaw) return executeRaw(request, reply, abort.signal, accept.includes(RAW_CONTENT_TYPE));
       const body = request.body as ExecuteRequest;
-      const wantsStream = (request.headers.accept ?? '').includes('text/event-stream');
-      if (!wantsStream) {
-        const result = await service.execute(body, { signal: abort.signal });
-        reply.header('x-kindling-execution-id', result.id);
-        return result;
-      }
-
-      // Streaming: errors before the sandbox starts are ordinary HTTP errors; after, they are an `error` event.
-      let streaming = false;
-      const raw = reply.raw;
-      // Quiet programs must not look like a dead connection to proxies and clients (fetch gives up after 300 s idle).
-      let keepAlive: NodeJS.Timeout | null = null;
-      try {
-        const result: ExecutionResult = await service.execute(body, {
-          signal: abort.signal,
-          onStarted: (id) => {
-            streaming = true;
-            reply.hijack();
-            startSse(raw, { 'x-kindling-execution-id': id, 'x-request-id': request.id });
-            keepAlive = setInterval(() => raw.write(': keep-alive\n\n'), SSE_KEEPALIVE_MS);
-          },
-          onOutput: (stream, text) => writeSseEvent(raw, stream, text),
-        });
-        writeSseEvent(raw, 'exit', JSON.stringify(result));
-        raw.end();
-      } catch (error) {
-        if (!streaming) throw error;
-        const failure = options.toError(error);
-        request.log.error({ err: error }, 'execution failed after the stream started');
-        writeSseEvent(raw, 'error', JSON.stringify(errorBody(failure, request.id)));
-        raw.end();
-      } finally {
-        if (keepAlive) clearInterval(keepAlive);
-      }
-      return reply;
+      if (accept.includes('text/event-stream')) return executeSse(request, reply, body, abort.signal);
+      const result = await service.execute(body, { signal: abort.signal });
+      reply.header('x-kindling-execution-id', result.id);
+      return result;
     },
   );
+
+  async function executeSse(request: FastifyRequest, reply: FastifyReply, body: ExecuteRequest, signal: AbortSignal): Promise<FastifyReply> {
+    // Errors before the sandbox starts are ordinary HTTP errors; after, they are an `error` event.
+    let streaming = false;
+    const raw = reply.raw;
+    // Quiet programs must not look like a dead connection to proxies and clients (fetch gives up after 300 s idle).
+    let keepAlive: NodeJS.Timeout | null = null;
+    try {
+      const result: ExecutionResult = await service.execute(body, {
+        signal,
+        onStarted: (id) => {
+          streaming = true;
+          reply.hijack();
+          startSse(raw, { 'x-kindling-execution-id': id, 'x-request-id': request.id });
+          keepAlive = setInterval(() => raw.write(': keep-alive\n\n'), SSE_KEEPALIVE_MS);
+        },
+        onOutput: (stream, text) => writeSseEvent(raw, stream, text),
+      });
+      writeSseEvent(raw, 'exit', JSON.stringify(result));
+      raw.end();
+    } catch (error) {
+      if (!streaming) throw error;
+      const failure = options.toError(error);
+      request.log.error({ err: error }, 'execution failed after the stream started');
+      writeSseEvent(raw, 'error', JSON.stringify(errorBody(failure, request.id)));
+      raw.end();
+    } finally {
+      if (keepAlive) clearInterval(keepAlive);
+    }
+    return reply;
+  }
+
+  async function executeRaw(request: FastifyRequest, reply: FastifyReply, signal: AbortSignal, rawOutput: boolean): Promise<unknown> {
+    const spec = parseRawSpec(request);
+    const declaredLength = Number(request.headers['content-length']);
+    if (Number.isFinite(declaredLength) && declaredLength > options.maxStreamBytes) {
+      throw new KindlingError('PAYLOAD_TOO_LARGE', `the request body (${declaredLength} bytes) is larger than this server's limit of ${options.maxStreamBytes} bytes for raw bodies; send less or raise --max-stream-bytes`);
+    }
+    const upload = request.body as IncomingMessage;
+    const limited = new ByteLimit(options.maxStreamBytes);
+    let uploadError: unknown = null;
+    limited.on('error', (error) => (uploadError = error));
+    upload.on('error', (error) => limited.destroy(error));
+    // A body that stops before its end (client gone) must not look like end-of-file to the program.
+    upload.on('close', () => {
+      if (!upload.complete) limited.destroy(new Error('the client disconnected during the upload'));
+    });
+    upload.pipe(limited);
+
+    if (!rawOutput) {
+      const result = await service.execute(spec, { signal, stdinStream: limited });
+      if (uploadError) throw uploadError;
+      reply.header('x-kindling-execution-id', result.id);
+      return result;
+    }
+
+    const raw = reply.raw;
+    let streaming = false;
+    try {
+      const result = await service.execute(spec, {
+        signal,
+        stdinStream: limited,
+        stdoutSink: raw,
+        onStarted: (id, info) => {
+          streaming = true;
+          reply.hijack();
+          raw.writeHead(200, {
+            'content-type': RAW_CONTENT_TYPE,
+            'x-kindling-execution-id': id,
+            'x-kindling-executor': info.executor,
+            'x-kindling-cold-start': String(info.coldStart),
+            'x-request-id': request.id,
+            trailer: TRAILERS.join(', '),
+          });
+        },
+      });
+      raw.addTrailers({
+        'x-kindling-exit-code': String(result.exitCode),
+        'x-kindling-duration-ms': String(result.durationMs),
+        'x-kindling-timed-out': String(result.timedOut),
+        'x-kindling-oom-killed': String(result.oomKilled),
+        'x-kindling-truncated': String(result.truncated),
+        'x-kindling-stderr-base64': Buffer.from(result.stderr).subarray(0, 4096).toString('base64'),
+      });
+      raw.end();
+    } catch (error) {
+      if (!streaming) throw error;
+      // Headers are gone: the only honest signal left is breaking the response.
+      request.log.error({ err: error }, 'raw execution failed after the stream started');
+      raw.destroy(error instanceof Error ? error : new Error(String(error)));
+    }
+    return reply;
+  }
 }
