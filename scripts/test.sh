@@ -21,4 +21,27 @@ while IFS= read -r f; do files+=("$f"); done < <(find sdk/dist -type f -name '*.
 [ "${#files[@]}" -gt 0 ] || { echo "[test] no compiled test files under dist/src or dist/test" >&2; exit 1; }
 
 echo "[test] running ${#files[@]} test files" >&2
-node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
+# Nothing the tests make may outlive them. Resources that existed before (another server running on this machine) are
+# not counted.
+kindling_resources() {
+  curl -fsS --unix-socket /var/run/docker.sock \
+    'http://d/containers/json?all=1&filters=%7B%22label%22%3A%5B%22dev.kindling.managed%3Dtrue%22%5D%7D' 2>/dev/null |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const c of JSON.parse(s||"[]"))console.log("container "+c.Id)})'
+  find /sys/fs/cgroup -mindepth 2 -maxdepth 5 -type d -path '*/kindling/*' 2>/dev/null | sed 's/^/cgroup /'
+}
+before_file=$(mktemp)
+kindling_resources | sort >"$before_file"
+
+status=0
+node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || status=$?
+
+leaked=$(kindling_resources | sort | comm -13 "$before_file" - || true)
+rm -f "$before_file"
+if [ -n "$leaked" ]; then
+  echo "[test] FAIL: the tests left these behind:" >&2
+  echo "$leaked" | head -n 20 >&2
+  status=1
+else
+  echo "[test] nothing left behind (containers, cgroups)" >&2
+fi
+exit "$status"

@@ -52,6 +52,14 @@ function parseRawSpec(request: FastifyRequest): ExecuteRequest {
   return spec as ExecuteRequest;
 }
 
+/** One structured line per execution, carrying both ids, so a request can be followed into its sandbox. */
+function logFinished(request: FastifyRequest, result: ExecutionResult): void {
+  request.log.info(
+    { executionId: result.id, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut, oomKilled: result.oomKilled, truncated: result.truncated },
+    'execution finished',
+  );
+}
+
 export interface ExecuteRouteOptions {
   executionService: ExecutionService;
   toError: (error: unknown) => KindlingError;
@@ -98,6 +106,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
       const body = request.body as ExecuteRequest;
       if (accept.includes('text/event-stream')) return executeSse(request, reply, body, abort.signal);
       const result = await service.execute(body, { signal: abort.signal });
+      logFinished(request, result);
       reply.header('x-kindling-execution-id', result.id);
       return result;
     },
@@ -120,6 +129,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
         },
         onOutput: (stream, text) => writeSseEvent(raw, stream, text),
       });
+      logFinished(request, result);
       writeSseEvent(raw, 'exit', JSON.stringify(result));
       raw.end();
     } catch (error) {
@@ -154,6 +164,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     if (!rawOutput) {
       const result = await service.execute(spec, { signal, stdinStream: limited });
       if (uploadError) throw uploadError;
+      logFinished(request, result);
       reply.header('x-kindling-execution-id', result.id);
       return result;
     }
@@ -178,6 +189,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
           });
         },
       });
+      logFinished(request, result);
       raw.addTrailers({
         'x-kindling-exit-code': String(result.exitCode),
         'x-kindling-duration-ms': String(result.durationMs),
