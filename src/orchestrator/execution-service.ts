@@ -260,7 +260,12 @@ export class ExecutionService {
     }
 
     try {
-      const exit = await execution.wait();
+      const exit = await execution.wait().catch((error: unknown) => {
+        if (error instanceof KindlingError) throw error;
+        // The executor lost the sandbox (engine restarted, process vanished): the platform failed, not the user's code.
+        execution.kill();
+        throw new KindlingError('EXECUTOR_FAILED', `the ${executor.name} executor lost the execution: ${error instanceof Error ? error.message : String(error)}; retry`, { cause: error, retryAfterSeconds: 1 });
+      });
       const finishedAt = this.clock.monotonicMs();
       const stdoutKept = stdout.finish();
       const stderrBytes = stderr.finish();
