@@ -12,6 +12,8 @@ import type { Executor, ExecutorStatus } from './executors/executor.js';
 import { createExecutor } from './executors/registry.js';
 import { Metrics } from './metrics/metrics.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
+import { FunctionService } from './orchestrator/function-service.js';
+import { SqliteStore } from './store/sqlite.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
@@ -153,9 +155,13 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs },
     observers: [metrics],
   });
+  // Function definitions live beside the orchestrator in the data dir; they survive restarts.
+  const store = new SqliteStore(join(dataDir, 'kindling.db'));
+  const functionService = new FunctionService({ store, executionService: service, defaultExecutor: chosen.name });
   let draining = false;
   const app = await buildApi({
     executionService: service,
+    functionService,
     executors,
     defaultExecutor: chosen.name,
     defaultExecutorReason: chosen.reason,
@@ -190,7 +196,9 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
           await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
         }
         await closed;
+        await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
         await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
+        store.close();
         await unlock();
         logger.info('Kindling stopped');
       })();

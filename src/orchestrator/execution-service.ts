@@ -19,12 +19,21 @@ export interface ExecuteOptions {
   stdinStream?: Readable;
   /** Called once the sandbox has started, before any output, with the execution id. */
   onStarted?: (id: string) => void;
+  /** The deployed function this execution serves (metrics label); one-off executions have none. */
+  functionName?: string;
+}
+
+/** A finished execution with its output as bytes (the raw invoke path: no text decoding, no base64). */
+export interface RawExecution {
+  result: ExecutionResult;
+  stdout: Buffer;
+  stderr: Buffer;
 }
 
 /** Observers see every finished execution (metrics, usage); they never change the outcome. */
 export interface ExecutionObserver {
-  onExecutionFinished(result: ExecutionResult, context: { image: string; stdinBytes: number }): void;
-  onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName }): void;
+  onExecutionFinished(result: ExecutionResult, context: { image: string; stdinBytes: number; functionName?: string }): void;
+  onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName; functionName?: string }): void;
 }
 
 export interface ExecutionServiceOptions {
@@ -178,6 +187,15 @@ export class ExecutionService {
   }
 
   async execute(request: ExecuteRequest, options: ExecuteOptions = {}): Promise<ExecutionResult> {
+    return (await this.executeWith(request, request.outputEncoding ?? 'utf8', options)).result;
+  }
+
+  /** Like execute(), with stdout/stderr handed back as bytes (the result's text fields are left empty). */
+  executeRaw(request: ExecuteRequest, options: ExecuteOptions = {}): Promise<RawExecution> {
+    return this.executeWith(request, null, options);
+  }
+
+  private async executeWith(request: ExecuteRequest, outputEncoding: 'utf8' | 'base64' | null, options: ExecuteOptions): Promise<RawExecution> {
     if (this.draining) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
     const prepared = await this.prepare(request);
     if (options.stdinStream) prepared.spec.stdin = true;
@@ -185,10 +203,11 @@ export class ExecutionService {
     const queuedAt = this.clock.monotonicMs();
     const release = await this.limiter.acquire(options.signal);
     try {
-      return await this.run(spec, executor, prepared.stdin, request.outputEncoding ?? 'utf8', options, this.clock.monotonicMs() - queuedAt);
+      return await this.run(spec, executor, prepared.stdin, outputEncoding, options, this.clock.monotonicMs() - queuedAt);
     } catch (error) {
       const failure = error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the execution failed inside the platform', { cause: error });
-      for (const observer of this.observers) observer.onExecutionFailed?.(failure, { executor: executor.name });
+      const context = options.functionName === undefined ? { executor: executor.name } : { executor: executor.name, functionName: options.functionName };
+      for (const observer of this.observers) observer.onExecutionFailed?.(failure, context);
       throw error;
     } finally {
       release();
@@ -199,10 +218,10 @@ export class ExecutionService {
     spec: RunSpec,
     executor: Executor,
     stdinBuffer: Buffer | null,
-    outputEncoding: 'utf8' | 'base64',
+    outputEncoding: 'utf8' | 'base64' | null,
     options: ExecuteOptions,
     queuedMs: number,
-  ): Promise<ExecutionResult> {
+  ): Promise<RawExecution> {
     const startedAt = this.clock.monotonicMs();
     const execution = await executor.start(spec, options.signal ? { signal: options.signal } : {});
     const runningAt = this.clock.monotonicMs();
@@ -242,9 +261,9 @@ export class ExecutionService {
         id: spec.id,
         exitCode: exit.exitCode,
         signal: exit.signal,
-        stdout: stdoutBytes.toString(outputEncoding),
-        stderr: stderrBytes.toString(outputEncoding),
-        outputEncoding,
+        stdout: outputEncoding === null ? '' : stdoutBytes.toString(outputEncoding),
+        stderr: outputEncoding === null ? '' : stderrBytes.toString(outputEncoding),
+        outputEncoding: outputEncoding ?? 'utf8',
         durationMs: Math.round((finishedAt - startedAt) * 100) / 100,
         coldStart: execution.coldStart,
         executor: executor.name,
@@ -259,8 +278,9 @@ export class ExecutionService {
           runMs: Math.round((finishedAt - runningAt) * 100) / 100,
         },
       };
-      for (const observer of this.observers) observer.onExecutionFinished(result, { image: spec.image, stdinBytes });
-      return result;
+      const context = { image: spec.image, stdinBytes, ...(options.functionName === undefined ? {} : { functionName: options.functionName }) };
+      for (const observer of this.observers) observer.onExecutionFinished(result, context);
+      return { result, stdout: stdoutBytes, stderr: stderrBytes };
     } finally {
       clearTimeout(timer);
     }
