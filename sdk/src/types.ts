@@ -153,6 +153,8 @@ export interface FunctionSpec {
   minWarm?: number;
   /** Invocations running at once; more wait in a bounded queue, then get 429 (`RateLimitError`). Server default. */
   maxConcurrency?: number;
+  /** Handler style: invocations that may wait beyond `maxConcurrency`; more get 429 at once. Server default: 256. */
+  maxQueued?: number;
   /** Executor to run on. Default: the server's. */
   executor?: ExecutorName;
 }

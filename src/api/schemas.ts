@@ -72,6 +72,7 @@ export const FunctionSpecSchema = Type.Object(
     cpus: Type.Optional(Type.Number({ description: 'CPU quota per sandbox in cores; default 1.' })),
     minWarm: Type.Optional(Type.Integer({ description: 'Handler style: warm sandboxes started at deploy and kept through idle periods; default 0.' })),
     maxConcurrency: Type.Optional(Type.Integer({ description: 'Invocations of this function running at once; more wait in a bounded queue, then get 429. Default: the server\'s.' })),
+    maxQueued: Type.Optional(Type.Integer({ description: 'Handler style: invocations that may wait for a sandbox beyond maxConcurrency; more get 429 at once. Default: the server\'s (256).' })),
     executor: Type.Optional(Type.String({ description: `One of ${EXECUTOR_NAMES.join(', ')}; default: the server's.` })),
   },
   { additionalProperties: false },

@@ -45,7 +45,7 @@ export interface ExecutionServiceOptions {
   clock?: Clock;
 }
 
-const BASE_ENV: Record<string, string> = {
+export const BASE_ENV: Record<string, string> = {
   PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
   HOME: '/tmp',
   LANG: 'C.UTF-8',

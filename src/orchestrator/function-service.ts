@@ -146,6 +146,9 @@ export class FunctionService {
     if (spec.maxConcurrency !== undefined && !(Number.isInteger(spec.maxConcurrency) && spec.maxConcurrency >= 1 && spec.maxConcurrency <= max)) {
       throw new KindlingError('LIMIT_OUT_OF_RANGE', `maxConcurrency must be a whole number between 1 and ${max}, got ${spec.maxConcurrency}`, { details: { field: 'maxConcurrency' } });
     }
+    if (spec.maxQueued !== undefined && !(Number.isInteger(spec.maxQueued) && spec.maxQueued >= 0 && spec.maxQueued <= 100_000)) {
+      throw new KindlingError('LIMIT_OUT_OF_RANGE', `maxQueued must be a whole number between 0 and 100000, got ${spec.maxQueued}`, { details: { field: 'maxQueued' } });
+    }
     const ceiling = spec.maxConcurrency ?? max;
     if (spec.minWarm !== undefined && !(Number.isInteger(spec.minWarm) && spec.minWarm >= 0 && spec.minWarm <= ceiling)) {
       throw new KindlingError('LIMIT_OUT_OF_RANGE', `minWarm must be a whole number between 0 and maxConcurrency (${ceiling}), got ${spec.minWarm}`, { details: { field: 'minWarm' } });

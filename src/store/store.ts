@@ -19,6 +19,8 @@ export interface FunctionSpec {
   minWarm?: number;
   /** Invocations of this version running at once; beyond it they queue, then get 429. */
   maxConcurrency?: number;
+  /** Invocations that may wait for a sandbox beyond maxConcurrency; more get 429. Default: the server's. */
+  maxQueued?: number;
   executor?: ExecutorName;
 }
 
