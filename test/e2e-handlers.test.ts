@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Kindling, RateLimitError } from '@kindling/sdk';
 import { SandboxExecutor } from '../src/executors/sandbox/index.js';
-import { IMAGES_DIR, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { IMAGES_DIR, containersOf, dockerUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 async function sandboxUnavailableReason(): Promise<string | null> {
   if (process.getuid?.() !== 0) return 'the sandbox executor needs root';
@@ -167,5 +167,29 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     await waitFor(async () => poolStats(server)['prewarmed@1']?.idle === 1, 20_000, 'the minWarm sandbox');
     const result = await client.functions.invoke('prewarmed');
     assert.deepEqual([result.text(), result.coldStart], ['hot', false]);
+  });
+});
+
+const dockerUnavailable = await dockerUnavailableReason();
+
+describe('handler functions on the docker executor', { skip: dockerUnavailable ?? false }, () => {
+  it('keeps module state in a warm container, starts a new version fresh, leaves no container behind', async () => {
+    const server = await startTestServer({ executor: 'docker' });
+    try {
+      const client = new Kindling({ url: server.url });
+      await client.functions.deploy('dock', { runtime: 'node', code: NODE_COUNTER, handler: 'handler' });
+      const first = await client.functions.invoke('dock', 'a');
+      assert.deepEqual([first.text(), first.coldStart], ['1:a', true]);
+      const second = await client.functions.invoke('dock', 'b');
+      assert.deepEqual([second.text(), second.coldStart], ['2:b', false]);
+      await client.functions.deploy('dock', { runtime: 'python', code: PYTHON_COUNTER, handler: 'handler' });
+      assert.equal((await client.functions.invoke('dock', 'c')).text(), '1:1:c');
+      assert.equal((await client.functions.invoke('dock', 'd')).text(), '2:2:d');
+      const thrown = await client.functions.invoke('dock-missing').catch((error: Error) => error);
+      assert.ok(thrown instanceof Error);
+    } finally {
+      await server.stop();
+    }
+    assert.deepEqual(await containersOf(server.ownerId), []);
   });
 });
