@@ -18,6 +18,8 @@ function describe(error: unknown): string {
 
 async function main(): Promise<void> {
   if (!socketPath || !modulePath || !handlerName) throw new Error('usage: node-wrapper SOCKET MODULE HANDLER');
+  // Connect first, load the user's code second: the host then tells a platform failure (no connection) from user code
+  // that kills the process while loading (connection, then no HELLO).
   const socket = net.connect(socketPath);
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', resolve);

@@ -117,6 +117,10 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     assert.match(broken.text(), /SyntaxError/);
     await client.functions.deploy('missing', { runtime: 'node', code: 'export const other = () => 1;', handler: 'handler' });
     assert.match((await client.functions.invoke('missing')).text(), /does not export a function named "handler"/);
+    await client.functions.deploy('exiter', { runtime: 'python', code: 'import sys\nsys.exit(3)\ndef handler(b):\n    return b\n', handler: 'handler' });
+    const exited = await client.functions.invoke('exiter');
+    assert.equal(exited.exitCode, 1);
+    assert.match(exited.text(), /SystemExit|ended the process while loading/);
   });
 
   it('50 concurrent invocations with maxConcurrency 4 all succeed with at most 4 sandboxes alive', async () => {

@@ -84,13 +84,15 @@ export async function startAgentSandbox(
       throw new KindlingError('EXECUTOR_FAILED', `the warm sandbox's agent did not start within ${timeoutMs} ms${tail.text() ? `: ${tail.text().slice(-500)}` : ''}`);
     }
     if ('ended' in outcome) {
+      // The agents connect before they load user code: an exit before connecting is the platform's failure.
       const why = 'error' in outcome.ended ? String((outcome.ended.error as Error).message) : `exit code ${outcome.ended.info.exitCode}`;
-      throw new AgentLoadError(`the function's sandbox exited before it was ready (${why})${tail.text() ? `:\n${tail.text()}` : ''}`);
+      throw new KindlingError('EXECUTOR_FAILED', `the warm sandbox exited before its agent connected (${why})${tail.text() ? `: ${tail.text().slice(-500)}` : ''}`);
     }
     const { socket, first } = outcome;
     if (first === null || first.type !== FrameType.HELLO) {
       socket.destroy();
-      const text = first?.type === FrameType.ERROR ? first.payload.toString('utf8') : `the agent closed the connection before HELLO${tail.text() ? `:\n${tail.text()}` : ''}`;
+      // Connected, then no HELLO: the user's code failed to load or ended the process while loading.
+      const text = first?.type === FrameType.ERROR ? first.payload.toString('utf8') : `the function's code ended the process while loading${tail.text() ? `:\n${tail.text()}` : ''}`;
       throw new AgentLoadError(text);
     }
     return new AgentSandbox(spec.id, exec, socket, dir, performance.now() - startedAt, tail);
