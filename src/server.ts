@@ -199,7 +199,16 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     observers: [metrics],
     onError: (error, context) => logger.warn({ err: error, ...context }, 'a warm sandbox could not be started'),
   });
-  const functionService = new FunctionService({ store, executionService: service, defaultExecutor: chosen.name, handlers });
+  const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
+  const functionService = new FunctionService({
+    store,
+    executionService: service,
+    defaultExecutor: chosen.name,
+    handlers,
+    defaultMaxConcurrency: pools.defaultMaxConcurrency,
+    defaultMaxQueued: pools.defaultMaxQueued,
+    queueTimeoutMs: pools.queueTimeoutMs,
+  });
   let draining = false;
   const app = await buildApi({
     executionService: service,

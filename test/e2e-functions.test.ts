@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { Kindling, NotFoundError, ValidationError } from '@kindling/sdk';
+import { Kindling, NotFoundError, RateLimitError, ValidationError } from '@kindling/sdk';
 import { SandboxExecutor } from '../src/executors/sandbox/index.js';
 import { IMAGES_DIR, startTestServer, type TestServer } from './helpers/server.js';
 
@@ -98,6 +98,13 @@ describe('functions end to end (sandbox executor)', { skip: unavailable ?? false
     assert.equal(((await response.json()) as { error: { code: string } }).error.code, 'FUNCTION_NOT_FOUND');
     const notJson = await fetch(`${server.url}/v1/functions/x`, { method: 'PUT', headers: { 'content-type': 'text/xml' }, body: '<x/>' });
     assert.equal(notJson.status, 415);
+  });
+
+  it('a command function honours its maxConcurrency and maxQueued (429 beyond)', async () => {
+    await client.functions.deploy('one-at-a-time', { image: 'kindling/base', command: ['sh', '-c', 'sleep 0.5; echo done'], maxConcurrency: 1, maxQueued: 1 });
+    const outcomes = await Promise.allSettled(Array.from({ length: 4 }, () => client.functions.invoke('one-at-a-time')));
+    assert.equal(outcomes.filter((outcome) => outcome.status === 'fulfilled').length, 2);
+    for (const outcome of outcomes) if (outcome.status === 'rejected') assert.ok(outcome.reason instanceof RateLimitError);
   });
 
   it('the CLI deploys, invokes with --data, lists and deletes', async () => {

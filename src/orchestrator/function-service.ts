@@ -3,6 +3,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName } from '../core/types.js';
 import { FUNCTION_NAME_PATTERN, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
+import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import type { ExecutionService } from './execution-service.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
@@ -44,6 +45,10 @@ export interface FunctionServiceOptions {
   clock?: Clock;
   /** Upper bound of `maxConcurrency`. Default 1000. */
   maxConcurrencyLimit?: number;
+  /** Per-function limits of command functions that set none (handler functions: their warm pool's). */
+  defaultMaxConcurrency?: number;
+  defaultMaxQueued?: number;
+  queueTimeoutMs?: number;
 }
 
 /** The public view of a function: its latest version's spec, flattened, plus its identity and times. */
@@ -111,11 +116,18 @@ export class FunctionService {
       }
       return handlers.invoke(version, executor, body, options);
     }
-    const raw = await this.options.executionService.executeRaw(commandRequest(spec), {
-      stdinStream: Readable.from([body]),
-      functionName: name,
-      ...(options.signal ? { signal: options.signal } : {}),
-    });
+    // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
+    const release = await this.limiterFor(version).acquire(options.signal);
+    let raw;
+    try {
+      raw = await this.options.executionService.executeRaw(commandRequest(spec), {
+        stdinStream: Readable.from([body]),
+        functionName: name,
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
+    } finally {
+      release();
+    }
     return {
       invocationId: raw.result.id,
       functionName: name,
@@ -132,6 +144,24 @@ export class FunctionService {
 
   async close(): Promise<void> {
     await this.options.handlers?.close();
+  }
+
+  private readonly limiters = new Map<string, ConcurrencyLimiter>();
+
+  private limiterFor(version: FunctionVersion): ConcurrencyLimiter {
+    const key = `${version.name}@${version.version}`;
+    let limiter = this.limiters.get(key);
+    if (limiter === undefined) {
+      // One per live version; older versions' limiters go when a newer one is first used.
+      for (const other of this.limiters.keys()) if (other.startsWith(`${version.name}@`)) this.limiters.delete(other);
+      limiter = new ConcurrencyLimiter({
+        maxConcurrent: version.spec.maxConcurrency ?? this.options.defaultMaxConcurrency ?? 10,
+        maxQueued: version.spec.maxQueued ?? this.options.defaultMaxQueued ?? 256,
+        queueTimeoutMs: this.options.queueTimeoutMs ?? 30_000,
+      });
+      this.limiters.set(key, limiter);
+    }
+    return limiter;
   }
 
   /** Semantic checks; the shapes were checked by the gateway's schema. Throws 4xx KindlingErrors. */
