@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * `npm run bench [-- --only docker|sandbox|functions] [--runs N]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
@@ -14,10 +14,11 @@ import { machineInfo, machineMarkdown } from './lib/machine.js';
 import { dockerCli } from './lib/proc.js';
 import { onCleanup, runCleanups } from './lib/server.js';
 import { rowsTable, type Row } from './lib/table.js';
+import { runFunctionsGroup } from './functions.js';
 import { runSandboxGroup } from './sandbox.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50 };
-const GROUPS = ['docker', 'sandbox'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, functions: 2000 };
+const GROUPS = ['docker', 'sandbox', 'functions'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -26,7 +27,7 @@ interface Options {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|functions] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -74,7 +75,7 @@ async function main(): Promise<number> {
 
   const ctx: BenchContext = {
     repoRoot,
-    runs: { docker: options.runs ?? DEFAULT_RUNS.docker, sandbox: options.runs ?? DEFAULT_RUNS.sandbox },
+    runs: { docker: options.runs ?? DEFAULT_RUNS.docker, sandbox: options.runs ?? DEFAULT_RUNS.sandbox, functions: options.runs ?? DEFAULT_RUNS.functions },
     runsOverridden: options.runs !== null,
     workDir,
     log,
@@ -90,7 +91,7 @@ async function main(): Promise<number> {
   let broken: string | null = null;
   for (const group of options.only) {
     try {
-      groups[group] = group === 'docker' ? await runDockerGroup(ctx) : await runSandboxGroup(ctx);
+      groups[group] = group === 'docker' ? await runDockerGroup(ctx) : group === 'sandbox' ? await runSandboxGroup(ctx) : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       log(`${group} group broke: ${message}`);
@@ -115,7 +116,8 @@ async function main(): Promise<number> {
   for (const group of GROUPS) {
     const result = groups[group];
     if (!result) continue;
-    report.push(`### ${group === 'docker' ? 'Docker executor (issue 2)' : 'Native sandbox executor (issue 3)'}`, '', rowsTable(result.rows), '');
+    const title = group === 'docker' ? 'Docker executor (issue 2)' : group === 'sandbox' ? 'Native sandbox executor (issue 3)' : 'Deployed functions, warm pools (issue 4)';
+    report.push(`### ${title}`, '', rowsTable(result.rows), '');
   }
   const counts = rows.reduce<Record<string, number>>((acc, row) => ({ ...acc, [row.status]: (acc[row.status] ?? 0) + 1 }), {});
   report.push(`Summary: ${Object.entries(counts).map(([status, count]) => `${count} ${status}`).join(', ')}; took ${((finishedAt.getTime() - startedAt.getTime()) / 1000).toFixed(0)} s.`);

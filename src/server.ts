@@ -12,6 +12,9 @@ import type { Executor, ExecutorStatus } from './executors/executor.js';
 import { createExecutor } from './executors/registry.js';
 import { Metrics } from './metrics/metrics.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
+import { FunctionService } from './orchestrator/function-service.js';
+import { HandlerPools } from './orchestrator/handler-pools.js';
+import { SqliteStore } from './store/sqlite.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
@@ -33,15 +36,49 @@ export interface ServerConfig {
   shutdownTimeoutMs: number;
   dockerSocketPath: string;
   prewarmPerShape: number;
+  /** Warm pools of handler-style functions; every field has a default. */
+  functionPools?: Partial<FunctionPoolConfig>;
   version: string;
   logger: Logger;
 }
+
+export interface FunctionPoolConfig {
+  /** maxConcurrency of a function that sets none. Default 10. */
+  defaultMaxConcurrency: number;
+  /** maxQueued of a function that sets none. Default 256. */
+  defaultMaxQueued: number;
+  /** How long an invocation may wait for a warm sandbox before 429. Default 30000. */
+  queueTimeoutMs: number;
+  /** Idle warm sandboxes (beyond minWarm) go after this long. Default 600000 (10 min). */
+  idleTtlMs: number;
+  /** Invocations per warm sandbox before it is recycled. Default 10000. */
+  maxUses: number;
+  /** Age at which a warm sandbox is recycled when released. Default 1800000 (30 min). */
+  maxAgeMs: number;
+  /** Warm sandboxes of all functions at most (LRU idle ones are evicted). Default 64. */
+  maxWarmSandboxes: number;
+  /** Memory limits of all warm sandboxes together at most, in MiB. Default 16384. */
+  maxWarmMemoryMb: number;
+}
+
+export const DEFAULT_FUNCTION_POOLS: FunctionPoolConfig = {
+  defaultMaxConcurrency: 10,
+  defaultMaxQueued: 256,
+  queueTimeoutMs: 30_000,
+  idleTtlMs: 10 * 60_000,
+  maxUses: 10_000,
+  maxAgeMs: 30 * 60_000,
+  maxWarmSandboxes: 64,
+  maxWarmMemoryMb: 16_384,
+};
 
 export interface RunningServer {
   app: FastifyInstance;
   url: string;
   defaultExecutor: ExecutorName;
   executors: ReadonlyMap<ExecutorName, Executor>;
+  /** Warm pools of handler-style functions (stats for tests and /readyz). */
+  handlers: HandlerPools;
   /** Graceful: stop accepting, drain up to the deadline, then kill what is left and release everything. */
   close(): Promise<void>;
 }
@@ -159,9 +196,29 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs },
     observers: [metrics],
   });
+  // Function definitions live beside the orchestrator in the data dir; they survive restarts.
+  const store = new SqliteStore(join(dataDir, 'kindling.db'));
+  const handlers = new HandlerPools({
+    ...DEFAULT_FUNCTION_POOLS,
+    ...config.functionPools,
+    executors,
+    observers: [metrics],
+    onError: (error, context) => logger.warn({ err: error, ...context }, 'a warm sandbox could not be started'),
+  });
+  const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
+  const functionService = new FunctionService({
+    store,
+    executionService: service,
+    defaultExecutor: chosen.name,
+    handlers,
+    defaultMaxConcurrency: pools.defaultMaxConcurrency,
+    defaultMaxQueued: pools.defaultMaxQueued,
+    queueTimeoutMs: pools.queueTimeoutMs,
+  });
   let draining = false;
   const app = await buildApi({
     executionService: service,
+    functionService,
     executors,
     defaultExecutor: chosen.name,
     defaultExecutorReason: chosen.reason,
@@ -186,6 +243,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     url,
     defaultExecutor: chosen.name,
     executors,
+    handlers,
     close() {
       closing ??= (async () => {
         draining = true;
@@ -197,7 +255,9 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
           await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
         }
         await closed;
+        await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
         await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
+        store.close();
         await unlock();
         logger.info('Kindling stopped');
       })();

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, realpath, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, realpath, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -62,6 +62,8 @@ function exited(child: ChildProcess): Promise<void> {
 
 export async function launchServer(options: LaunchOptions): Promise<BenchServer> {
   const dataDir = await realpath(await mkdtemp(join(tmpdir(), 'kindling-bench-')));
+  // The sandbox executor's unprivileged uid must reach run dirs below it (mkdtemp makes 0700).
+  await chmod(dataDir, 0o755);
   // The server labels its containers with this id (sha256 of the data dir's real path): the safety net below uses it.
   const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
   const port = await freePort();

@@ -2,7 +2,7 @@
 export type RowStatus = 'pass' | 'fail' | 'info' | 'skipped' | 'error';
 
 export interface Row {
-  group: 'docker' | 'sandbox';
+  group: 'docker' | 'sandbox' | 'functions';
   id: string;
   scenario: string;
   kindling: string;

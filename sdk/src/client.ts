@@ -1,4 +1,5 @@
 import { Executions, type ExecuteOptions, type RunOptions, type StreamOptions } from './executions.js';
+import { Functions } from './functions.js';
 import { type FetchFunction, HttpClient } from './http.js';
 import { checkMs, type RequestOptions } from './resource.js';
 import type { ExecutionStream } from './stream.js';
@@ -44,6 +45,8 @@ export class Kindling {
   readonly timeoutMs: number;
   readonly #http: HttpClient;
   readonly #executions: Executions;
+  /** Deployed functions: `deploy`, `get`, `list`, `delete`, `invoke`. */
+  readonly functions: Functions;
 
   constructor(options: KindlingOptions = {}) {
     this.url = normalizeUrl(options.url ?? DEFAULT_URL);
@@ -57,6 +60,7 @@ export class Kindling {
       fetch: fetchFn,
     });
     this.#executions = new Executions(this.#http);
+    this.functions = new Functions(this.#http);
   }
 
   /**

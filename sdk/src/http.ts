@@ -29,6 +29,11 @@ export interface SendOptions {
   path: string;
   /** Sent as JSON when defined. */
   body?: unknown;
+  /** Sent as is (bytes or UTF-8 text) when defined, with `contentType` (default application/octet-stream). */
+  rawBody?: Uint8Array | string;
+  contentType?: string;
+  /** Extra request headers. */
+  headers?: Record<string, string>;
   /** `Accept` header. Default `application/json`. */
   accept?: string;
   /** Non-2xx statuses to hand back as responses instead of throwing (e.g. 503 from /readyz). */
@@ -142,16 +147,19 @@ export class HttpClient {
    * `acceptStatuses`) is read and thrown as a mapped `KindlingError`; failures are converted by `call.toError`.
    */
   async send(call: Call, options: SendOptions): Promise<Response> {
-    const headers: Record<string, string> = { accept: options.accept ?? 'application/json' };
+    const headers: Record<string, string> = { ...options.headers, accept: options.accept ?? 'application/json' };
     if (this.#apiKey !== undefined) headers.authorization = `Bearer ${this.#apiKey}`;
-    let body: string | undefined;
-    if (options.body !== undefined) {
+    let body: string | Uint8Array | undefined;
+    if (options.rawBody !== undefined) {
+      body = options.rawBody;
+      headers['content-type'] = options.contentType ?? 'application/octet-stream';
+    } else if (options.body !== undefined) {
       body = JSON.stringify(options.body);
       headers['content-type'] = 'application/json';
     }
     try {
       const init: RequestInit = { method: options.method, headers, signal: call.signal };
-      if (body !== undefined) init.body = body;
+      if (body !== undefined) init.body = body as BodyInit;
       const response = await this.#fetch(call.url, init);
       call.responseStarted();
       if (!response.ok && !(options.acceptStatuses ?? []).includes(response.status)) {

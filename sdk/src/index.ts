@@ -1,6 +1,7 @@
 export { Kindling, DEFAULT_URL, DEFAULT_TIMEOUT_MS, type KindlingOptions, type KindlingEnv } from './client.js';
 export { EXECUTION_GRACE_MS, type ExecuteOptions, type StreamOptions, type RunOptions } from './executions.js';
 export type { RequestOptions } from './resource.js';
+export { Functions, type InvokeOptions } from './functions.js';
 export type { FetchFunction } from './http.js';
 export { ExecutionStream } from './stream.js';
 export {
@@ -23,4 +24,7 @@ export type {
   HealthStatus,
   ExecutorStatus,
   ReadyStatus,
+  FunctionSpec,
+  FunctionInfo,
+  InvocationResult,
 } from './types.js';

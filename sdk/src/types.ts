@@ -121,3 +121,67 @@ export interface ReadyStatus {
   draining?: boolean;
   executors: ExecutorStatus[];
 }
+
+/**
+ * A function to deploy with `functions.deploy(name, spec)`. Give `runtime` + `code` (+ `handler` for handler style) or
+ * `image` + `command`. Every deploy makes a new immutable version.
+ */
+export interface FunctionSpec {
+  /** `python`, `node` (handlers or programs), `bash`, `rust` (programs). */
+  runtime?: Runtime;
+  /** Source: a program (stdin is the body, stdout the response) or, with `handler`, a module defining it. */
+  code?: string;
+  /**
+   * Handler style: the function that receives the request body (node: a Buffer; python: bytes) and returns the
+   * response (string or bytes; node may return a Promise). Node code is an ES module exporting it. The module stays
+   * loaded between warm invocations. Default: none (the code is a program).
+   */
+  handler?: string;
+  /** Image of a command function, e.g. `kindling/base`. */
+  image?: string;
+  /** argv of a command function; reads the body on stdin, writes the response to stdout. */
+  command?: string[];
+  /** Environment variables. Default: none beyond the runtime's own. */
+  env?: Record<string, string>;
+  /** Wall-clock limit of one invocation in milliseconds. Server default: 30000. */
+  timeoutMs?: number;
+  /** Memory limit per sandbox in MiB. Server default: 256. */
+  memoryMb?: number;
+  /** CPU quota per sandbox in cores. Server default: 1. */
+  cpus?: number;
+  /** Handler style: warm sandboxes started at deploy and kept through idle periods. Default: 0. */
+  minWarm?: number;
+  /** Invocations running at once; more wait in a bounded queue, then get 429 (`RateLimitError`). Server default. */
+  maxConcurrency?: number;
+  /** Handler style: invocations that may wait beyond `maxConcurrency`; more get 429 at once. Server default: 256. */
+  maxQueued?: number;
+  /** Executor to run on. Default: the server's. */
+  executor?: ExecutorName;
+}
+
+/** A deployed function as the server describes it: the latest version's spec plus identity and times. */
+export interface FunctionInfo extends FunctionSpec {
+  name: string;
+  /** The latest version: 1 for the first deploy, +1 for each deploy after. */
+  version: number;
+  style: 'handler' | 'command';
+  createdAtMs: number;
+  updatedAtMs: number;
+}
+
+/** The outcome of `functions.invoke()`: the raw response body and the `x-kindling-*` facts. */
+export interface InvocationResult {
+  /** The response body: stdout of a command, the return value of a handler (the error text when it threw). */
+  body: Uint8Array;
+  /** `body` decoded as UTF-8. */
+  text(): string;
+  invocationId: string;
+  /** The function version that ran. */
+  version: number;
+  /** 0 on success; a command's exit status; 1 when a handler threw. */
+  exitCode: number;
+  /** Server-side run time in milliseconds. */
+  durationMs: number;
+  /** True when a sandbox was started for this invocation (no warm one was free). */
+  coldStart: boolean;
+}

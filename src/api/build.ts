@@ -6,13 +6,16 @@ import type { ExecutorName } from '../core/types.js';
 import type { Executor } from '../executors/executor.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { ExecutionService } from '../orchestrator/execution-service.js';
+import type { FunctionService } from '../orchestrator/function-service.js';
 import { makeAuthenticator } from './auth.js';
 import { sendError, toKindlingError } from './errors.js';
 import { registerExecuteRoutes } from './routes/execute.js';
+import { registerFunctionRoutes } from './routes/functions.js';
 import { registerHealthRoutes } from './routes/health.js';
 
 export interface ApiOptions {
   executionService: ExecutionService;
+  functionService: FunctionService;
   executors: ReadonlyMap<ExecutorName, Executor>;
   defaultExecutor: ExecutorName;
   defaultExecutorReason: string;
@@ -94,6 +97,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     isDraining: options.isDraining ?? (() => false),
   });
   registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
+  registerFunctionRoutes(app, { functionService: options.functionService });
 
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
     reply.type(options.metrics.registry.contentType);

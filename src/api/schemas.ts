@@ -56,3 +56,39 @@ export const ErrorResponseSchema = Type.Object({
   error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Optional(Type.Unknown()) }),
   requestId: Type.String(),
 });
+
+export const FunctionNameParamsSchema = Type.Object({
+  name: Type.String({ description: 'Function name: ^[a-z0-9][a-z0-9-]{0,62}$', maxLength: 256 }),
+});
+export type FunctionNameParams = Static<typeof FunctionNameParamsSchema>;
+
+export const FunctionSpecSchema = Type.Object(
+  {
+    runtime: Type.Optional(Type.String({ description: `One of ${RUNTIME_NAMES.join(', ')}; needs "code". Handlers: node or python.` })),
+    code: Type.Optional(Type.String({ description: 'Source: a program (command style) or a module defining "handler".', maxLength: 4 * 1024 * 1024 })),
+    handler: Type.Optional(Type.String({ description: 'Handler style: the function (node: exported from the ES module; python: defined) that receives the body and returns the response. Without it the code is a program: stdin is the body, stdout the response.', maxLength: 128 })),
+    image: Type.Optional(ExecuteRequestSchema.properties.image),
+    command: Type.Optional(ExecuteRequestSchema.properties.command),
+    env: Type.Optional(ExecuteRequestSchema.properties.env),
+    timeoutMs: Type.Optional(Type.Number({ description: 'Wall-clock limit of one invocation in ms; default 30000.' })),
+    memoryMb: Type.Optional(Type.Number({ description: 'Memory limit per sandbox in MiB; default 256.' })),
+    cpus: Type.Optional(Type.Number({ description: 'CPU quota per sandbox in cores; default 1.' })),
+    minWarm: Type.Optional(Type.Integer({ description: 'Handler style: warm sandboxes started at deploy and kept through idle periods; default 0.' })),
+    maxConcurrency: Type.Optional(Type.Integer({ description: 'Invocations of this function running at once; more wait in a bounded queue, then get 429. Default: the server\'s.' })),
+    maxQueued: Type.Optional(Type.Integer({ description: 'Handler style: invocations that may wait for a sandbox beyond maxConcurrency; more get 429 at once. Default: the server\'s (256).' })),
+    executor: Type.Optional(Type.String({ description: `One of ${EXECUTOR_NAMES.join(', ')}; default: the server's.` })),
+  },
+  { additionalProperties: false },
+);
+export type FunctionSpecBody = Static<typeof FunctionSpecSchema>;
+
+export const FunctionViewSchema = Type.Object(
+  {
+    name: Type.String(),
+    version: Type.Integer(),
+    style: Type.String({ description: 'handler or command' }),
+    createdAtMs: Type.Number(),
+    updatedAtMs: Type.Number(),
+  },
+  { additionalProperties: true },
+);

@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { registerFunctionCommands } from './functions.js';
 import { registerImagesCommands } from './images.js';
 import { registerRunCommand, registerStatusCommand, type ClientDefaults } from './run.js';
 import { registerServeCommand, type ServeDefaults } from './serve.js';
@@ -18,6 +19,7 @@ export function buildProgram(defaults: CliDefaults): Command {
   registerServeCommand(program, defaults.serve);
   registerRunCommand(program, defaults.client);
   registerStatusCommand(program, defaults.client);
+  registerFunctionCommands(program, defaults.client);
   registerImagesCommands(program, { defaultImagesDir: defaults.serve.imagesDir });
   return program;
 }

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { pino, type Level } from 'pino';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
-import { startServer, type ExecutorChoice } from '../server.js';
+import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
 
 export interface ServeDefaults {
   port: number;
@@ -37,6 +37,10 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--max-stream-bytes <n>', 'largest raw (application/octet-stream) body, streamed to stdin; beyond it 413', int('--max-stream-bytes'), 1024 * 1024 * 1024)
     .option('--shutdown-timeout-ms <ms>', 'how long SIGTERM waits for in-flight executions', int('--shutdown-timeout-ms'), 30_000)
     .option('--prewarm <n>', 'fresh containers kept started per recently used shape (docker); 0 disables', int('--prewarm'), 6)
+    .option('--function-max-concurrency <n>', 'maxConcurrency of functions that set none', int('--function-max-concurrency'), DEFAULT_FUNCTION_POOLS.defaultMaxConcurrency)
+    .option('--function-idle-ttl-ms <ms>', 'idle warm sandboxes (beyond minWarm) go after this long', int('--function-idle-ttl-ms'), DEFAULT_FUNCTION_POOLS.idleTtlMs)
+    .option('--max-warm-sandboxes <n>', 'warm sandboxes of all functions at most (LRU idle ones are evicted)', int('--max-warm-sandboxes'), DEFAULT_FUNCTION_POOLS.maxWarmSandboxes)
+    .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -60,6 +64,13 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
         prewarmPerShape: options.prewarm as number,
+        functionPools: {
+          defaultMaxConcurrency: Math.max(1, options.functionMaxConcurrency as number),
+          idleTtlMs: options.functionIdleTtlMs as number,
+          maxWarmSandboxes: options.maxWarmSandboxes as number,
+          maxWarmMemoryMb: options.maxWarmMemoryMb as number,
+          queueTimeoutMs: options.queueTimeoutMs as number,
+        },
         version: defaults.version,
         logger,
       });

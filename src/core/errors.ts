@@ -19,6 +19,7 @@ export const ERROR_CODES = {
   UNSUPPORTED_NETWORK: { statusCode: 400, retryable: false },
   UNAUTHORIZED: { statusCode: 401, retryable: false },
   NOT_FOUND: { statusCode: 404, retryable: false },
+  FUNCTION_NOT_FOUND: { statusCode: 404, retryable: false },
   ROUTE_NOT_FOUND: { statusCode: 404, retryable: false },
   METHOD_NOT_ALLOWED: { statusCode: 405, retryable: false },
   NOT_ACCEPTABLE: { statusCode: 406, retryable: false },

@@ -43,6 +43,11 @@ export interface RunSpec {
   files: InputFile[];
   /** Labels stamped on every resource made for this run (in addition to the executor's own). */
   labels: Record<string, string>;
+  /**
+   * A host directory bound (read-only) at /.kindling-agent: it holds the unix socket a resident agent connects to.
+   * Only warm sandboxes have one.
+   */
+  agentDir?: string;
 }
 
 export interface ExecutionResult {

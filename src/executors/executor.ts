@@ -39,6 +39,46 @@ export interface StartOptions {
   signal?: AbortSignal;
 }
 
+/** What one call into a warm sandbox's resident agent produced. The handler failing is data here, not an error. */
+export interface AgentInvocation {
+  /** The handler's return value; with `exitCode` 1 the error text (stack trace); after a crash the sandbox's output. */
+  body: Buffer;
+  /** What the handler printed (console / print) during this call. */
+  logs: Buffer;
+  /** 0: returned; 1: threw; 128+N: the sandbox died (killed by signal N, e.g. 137 after a timeout or an OOM kill). */
+  exitCode: number;
+  durationMs: number;
+  timedOut: boolean;
+  oomKilled: boolean;
+}
+
+/**
+ * A long-lived sandbox whose main process is a resident agent (a runtime wrapper that loaded the user's code once)
+ * serving invocations over a unix socket in a bind-mounted directory. One invocation at a time; the owner (a warm
+ * pool) serialises calls. No process is spawned and no `docker exec` is made per invocation.
+ */
+export interface WarmSandbox {
+  readonly id: string;
+  /** Milliseconds from the create request until the agent said HELLO: this sandbox's cold start. */
+  readonly startMs: number;
+  /** False once the sandbox died or was destroyed. */
+  readonly alive: boolean;
+  /** Runs one invocation. Rejects only on platform faults; a handler's throw, a timeout or a crash is a result. */
+  invoke(body: Buffer, options: { timeoutMs: number }): Promise<AgentInvocation>;
+  /** Resolves when the sandbox is gone (died or destroyed) and all of its resources are released. */
+  readonly disposed: Promise<void>;
+  /** Kills the sandbox and releases everything. Idempotent. */
+  destroy(): Promise<void>;
+}
+
+/** The user's code could not be loaded (syntax error, missing handler): a user failure, reported like a throw. */
+export class AgentLoadError extends Error {
+  constructor(readonly text: string) {
+    super(text);
+    this.name = 'AgentLoadError';
+  }
+}
+
 export interface ReapReport {
   removed: number;
 }
@@ -54,6 +94,12 @@ export interface Executor {
   hasImage(image: string): boolean;
   refreshImages(): Promise<string[]>;
   start(spec: RunSpec, options?: StartOptions): Promise<Execution>;
+  /**
+   * Starts a warm sandbox: `spec.command` runs the resident agent (see agent/files.ts), which connects back to a unix
+   * socket in a directory bound at /.kindling-agent. Rejects with AgentLoadError when the user's code does not load.
+   * Optional: executors without it cannot run handler-style functions.
+   */
+  createWarmSandbox?(spec: RunSpec, options?: StartOptions): Promise<WarmSandbox>;
   /** Removes resources left by earlier runs of this server (same owner label) that are not in use now. */
   reap(): Promise<ReapReport>;
   /** Waits for in-flight executions to finish. Idempotent. */

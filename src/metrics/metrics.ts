@@ -2,6 +2,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { KindlingError } from '../core/errors.js';
 import type { ExecutionResult, ExecutorName } from '../core/types.js';
 import type { ExecutionObserver } from '../orchestrator/execution-service.js';
+import type { InvocationObserver } from '../orchestrator/handler-pools.js';
 
 /** One-off executions are counted under this function label, so one metric covers them and deployed functions. */
 export const EXECUTE_FUNCTION_LABEL = '_execute';
@@ -15,7 +16,7 @@ export function statusOf(result: ExecutionResult): InvocationStatus {
 }
 
 /** Prometheus metrics fed by events; they observe, never drive, behaviour. Names are listed in docs/metrics.md. */
-export class Metrics implements ExecutionObserver {
+export class Metrics implements ExecutionObserver, InvocationObserver {
   readonly registry = new Registry();
   private readonly invocations: Counter<'function' | 'executor' | 'status' | 'cold'>;
   private readonly duration: Histogram<'function' | 'executor'>;
@@ -92,6 +93,14 @@ export class Metrics implements ExecutionObserver {
 
   onExecutionFailed(error: KindlingError, context: { executor: ExecutorName; functionName?: string }): void {
     this.invocations.inc({ function: context.functionName ?? EXECUTE_FUNCTION_LABEL, executor: context.executor, status: 'error', cold: 'true' });
+  }
+
+  /** A handler-style invocation (warm pools); command functions are counted through onExecutionFinished. */
+  onInvocation(event: { functionName: string; executor: ExecutorName; status: InvocationStatus; coldStart: boolean; durationMs: number; inBytes: number; outBytes: number }): void {
+    this.invocations.inc({ function: event.functionName, executor: event.executor, status: event.status, cold: String(event.coldStart) });
+    if (event.status !== 'error') this.duration.observe({ function: event.functionName, executor: event.executor }, event.durationMs / 1000);
+    this.payloadBytes.inc({ direction: 'in' }, event.inBytes);
+    this.payloadBytes.inc({ direction: 'out' }, event.outBytes);
   }
 
   onHttpError(code: string, statusCode: number): void {

@@ -24,12 +24,21 @@ export interface ExecuteOptions {
    * and `outputBytes` applies to stderr only). The sink is not ended: the caller ends it after the result.
    */
   stdoutSink?: Writable;
+  /** The deployed function this execution serves (metrics label); one-off executions have none. */
+  functionName?: string;
+}
+
+/** A finished execution with its output as bytes (the raw invoke path: no text decoding, no base64). */
+export interface RawExecution {
+  result: ExecutionResult;
+  stdout: Buffer;
+  stderr: Buffer;
 }
 
 /** Observers see every finished execution (metrics, usage); they never change the outcome. */
 export interface ExecutionObserver {
-  onExecutionFinished(result: ExecutionResult, context: { image: string; stdinBytes: number; streamedStdoutBytes: number }): void;
-  onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName }): void;
+  onExecutionFinished(result: ExecutionResult, context: { image: string; stdinBytes: number; streamedStdoutBytes: number; functionName?: string }): void;
+  onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName; functionName?: string }): void;
 }
 
 export interface ExecutionServiceOptions {
@@ -41,7 +50,7 @@ export interface ExecutionServiceOptions {
   clock?: Clock;
 }
 
-const BASE_ENV: Record<string, string> = {
+export const BASE_ENV: Record<string, string> = {
   PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
   HOME: '/tmp',
   LANG: 'C.UTF-8',
@@ -183,6 +192,15 @@ export class ExecutionService {
   }
 
   async execute(request: ExecuteRequest, options: ExecuteOptions = {}): Promise<ExecutionResult> {
+    return (await this.executeWith(request, request.outputEncoding ?? 'utf8', options)).result;
+  }
+
+  /** Like execute(), with stdout/stderr handed back as bytes (the result's text fields are left empty). */
+  executeRaw(request: ExecuteRequest, options: ExecuteOptions = {}): Promise<RawExecution> {
+    return this.executeWith(request, null, options);
+  }
+
+  private async executeWith(request: ExecuteRequest, outputEncoding: 'utf8' | 'base64' | null, options: ExecuteOptions): Promise<RawExecution> {
     if (this.draining) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
     const prepared = await this.prepare(request);
     if (options.stdinStream) prepared.spec.stdin = true;
@@ -190,10 +208,11 @@ export class ExecutionService {
     const queuedAt = this.clock.monotonicMs();
     const release = await this.limiter.acquire(options.signal);
     try {
-      return await this.run(spec, executor, prepared.stdin, request.outputEncoding ?? 'utf8', options, this.clock.monotonicMs() - queuedAt);
+      return await this.run(spec, executor, prepared.stdin, outputEncoding, options, this.clock.monotonicMs() - queuedAt);
     } catch (error) {
       const failure = error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the execution failed inside the platform', { cause: error });
-      for (const observer of this.observers) observer.onExecutionFailed?.(failure, { executor: executor.name });
+      const context = options.functionName === undefined ? { executor: executor.name } : { executor: executor.name, functionName: options.functionName };
+      for (const observer of this.observers) observer.onExecutionFailed?.(failure, context);
       throw error;
     } finally {
       release();
@@ -204,10 +223,10 @@ export class ExecutionService {
     spec: RunSpec,
     executor: Executor,
     stdinBuffer: Buffer | null,
-    outputEncoding: 'utf8' | 'base64',
+    outputEncoding: 'utf8' | 'base64' | null,
     options: ExecuteOptions,
     queuedMs: number,
-  ): Promise<ExecutionResult> {
+  ): Promise<RawExecution> {
     const startedAt = this.clock.monotonicMs();
     const execution = await executor.start(spec, options.signal ? { signal: options.signal } : {});
     const runningAt = this.clock.monotonicMs();
@@ -273,9 +292,9 @@ export class ExecutionService {
         id: spec.id,
         exitCode: exit.exitCode,
         signal: exit.signal,
-        stdout: stdoutKept.toString(outputEncoding),
-        stderr: stderrBytes.toString(outputEncoding),
-        outputEncoding,
+        stdout: outputEncoding === null ? '' : stdoutKept.toString(outputEncoding),
+        stderr: outputEncoding === null ? '' : stderrBytes.toString(outputEncoding),
+        outputEncoding: outputEncoding ?? 'utf8',
         durationMs: Math.round((finishedAt - startedAt) * 100) / 100,
         coldStart: execution.coldStart,
         executor: executor.name,
@@ -290,8 +309,9 @@ export class ExecutionService {
           runMs: Math.round((finishedAt - runningAt) * 100) / 100,
         },
       };
-      for (const observer of this.observers) observer.onExecutionFinished(result, { image: spec.image, stdinBytes, streamedStdoutBytes: stdoutBytes });
-      return result;
+      const context = { image: spec.image, stdinBytes, streamedStdoutBytes: stdoutBytes, ...(options.functionName === undefined ? {} : { functionName: options.functionName }) };
+      for (const observer of this.observers) observer.onExecutionFinished(result, context);
+      return { result, stdout: stdoutKept, stderr: stderrBytes };
     } finally {
       clearTimeout(timer);
       options.signal?.removeEventListener('abort', onAbort);

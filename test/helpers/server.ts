@@ -19,13 +19,13 @@ export interface TestServer extends RunningServer {
 
 /** Starts a real server in-process on a free loopback port with its own data dir. */
 export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
-  const dataDir = await realpath(await mkdtemp(join(tmpdir(), 'kindling-test-')));
+  // A given data dir is reused (restart tests); otherwise a fresh one is made.
+  const dataDir = overrides.dataDir ?? (await realpath(await mkdtemp(join(tmpdir(), 'kindling-test-'))));
   // The sandbox's unprivileged uid must be able to reach its run dirs (mkdtemp makes 0700).
   await chmod(dataDir, 0o755);
   const server = await startServer({
     host: '127.0.0.1',
     port: 0,
-    dataDir,
     imagesDir: IMAGES_DIR,
     executor: 'docker',
     enableExecutors: [],
@@ -41,6 +41,7 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
     version: 'test',
     logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }),
     ...overrides,
+    dataDir,
   });
   const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
   return {

@@ -1,5 +1,6 @@
 import type { ContainerCreateOptions } from 'dockerode';
 import type { ResourceLimits } from '../../core/types.js';
+import { AGENT_MOUNT } from '../../../agent/files.js';
 import { LABEL_MANAGED } from '../executor.js';
 
 /** Where the per-execution directory (code files and stdio FIFOs) appears inside a container. */
@@ -27,6 +28,8 @@ export function normalizeImageRef(image: string): string {
 export function containerCreateOptions(options: {
   shape: SlotShape;
   hostRunDir: string;
+  /** Host dir bound read-only at /.kindling-agent (warm sandboxes only). */
+  agentDir?: string;
   labels: Record<string, string>;
 }): ContainerCreateOptions {
   const { shape } = options;
@@ -59,7 +62,11 @@ export function containerCreateOptions(options: {
       CapDrop: ['ALL'],
       SecurityOpt: ['no-new-privileges'],
       Tmpfs: tmpfs,
-      Binds: [`${options.hostRunDir}:${GUEST_RUN_DIR}:ro`],
+      Binds: [
+        `${options.hostRunDir}:${GUEST_RUN_DIR}:ro`,
+        // A warm sandbox's agent socket dir (read-only: connecting to a socket needs no write access to the mount).
+        ...(options.agentDir === undefined ? [] : [`${options.agentDir}:${AGENT_MOUNT}:ro`]),
+      ],
       LogConfig: { Type: 'none', Config: {} },
       Ulimits: [{ Name: 'nofile', Soft: 1024, Hard: 1024 }],
       IpcMode: 'private',

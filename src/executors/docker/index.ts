@@ -6,9 +6,10 @@ import Docker from 'dockerode';
 import type { Container } from 'dockerode';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions } from '../executor.js';
+import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions, WarmSandbox } from '../executor.js';
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER } from '../executor.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
+import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { buildLaunchScript } from '../shared/launch-script.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, type SlotShape } from './container-options.js';
@@ -150,7 +151,7 @@ export class DockerExecutor implements Executor {
   }
 
   /** Creates and starts a container that waits for its launch script. Cleans up after itself on failure. */
-  private async createSlot(shape: SlotShape, shapeKey: string): Promise<Slot> {
+  private async createSlot(shape: SlotShape, shapeKey: string, agentDir?: string): Promise<Slot> {
     const runDir = join(this.options.stateDir, 'docker', `slot-${Math.random().toString(36).slice(2, 12)}${Date.now().toString(36)}`);
     const ioDir = join(runDir, '.io');
     let stdout: FifoReader | null = null;
@@ -163,7 +164,12 @@ export class DockerExecutor implements Executor {
       stdout = openFifoReader(join(ioDir, 'out'));
       stderr = openFifoReader(join(ioDir, 'err'));
       container = await this.docker.createContainer(
-        containerCreateOptions({ shape, hostRunDir: runDir, labels: this.labels({ 'dev.kindling.run-dir': runDir }) }),
+        containerCreateOptions({
+          shape,
+          hostRunDir: runDir,
+          labels: this.labels({ 'dev.kindling.run-dir': runDir }),
+          ...(agentDir === undefined ? {} : { agentDir }),
+        }),
       );
       await container.start();
       const started = container;
@@ -217,8 +223,9 @@ export class DockerExecutor implements Executor {
     }
     const shape = shapeOf(spec);
     const shapeKey = shapeKeyOf(shape);
-    const prewarmed = this.pool.take(shapeKey);
-    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey));
+    // A warm sandbox needs its agent dir bound at creation: it never takes a prewarmed container.
+    const prewarmed = spec.agentDir === undefined ? this.pool.take(shapeKey) : null;
+    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey, spec.agentDir));
     options.signal?.throwIfAborted();
     try {
       return await this.launch(slot, spec, options, prewarmed === null);
@@ -310,6 +317,18 @@ export class DockerExecutor implements Executor {
     };
   }
 
+  /**
+   * A long-lived container whose main process is a resident agent (see shared/agent-sandbox.ts): the agent's socket
+   * dir is bound at /.kindling-agent; calls go over the socket, never through `docker exec`.
+   */
+  async createWarmSandbox(spec: RunSpec, options: StartOptions = {}): Promise<WarmSandbox> {
+    return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir }, options);
+  }
+
+  private get agentsDir(): string {
+    return join(this.options.stateDir, 'docker-agents');
+  }
+
   async reap(): Promise<ReapReport> {
     const containers = await this.docker.listContainers({
       all: true,
@@ -328,6 +347,13 @@ export class DockerExecutor implements Executor {
       const dir = join(base, entry);
       if (ourDirs.has(dir) || this.creatingDirs.has(dir)) continue;
       await rm(dir, { recursive: true, force: true });
+      removedDirs++;
+    }
+    // Agent socket dirs are named after the warm sandbox's spec id; those of containers not alive here are leftovers.
+    const liveAgents = new Set(this.live.keys());
+    for (const entry of await readdir(this.agentsDir).catch(() => [] as string[])) {
+      if (liveAgents.has(entry)) continue;
+      await rm(join(this.agentsDir, entry), { recursive: true, force: true });
       removedDirs++;
     }
     if (orphans.length > 0 || removedDirs > 0) {

@@ -33,7 +33,10 @@ import type {
   ExitInfo,
   ReapReport,
   StartOptions,
+  WarmSandbox,
 } from '../executor.js';
+import { AGENT_MOUNT } from '../../../agent/files.js';
+import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { shellQuote } from '../shared/launch-script.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { assertSafeName, createCgroupDriver, type Cgroup, type CgroupDriver, type CgroupLimits } from './cgroups.js';
@@ -163,6 +166,7 @@ export class SandboxExecutor implements Executor {
   private readonly reserved = new Set<string>();
   private readonly pool: PrewarmPool<Launcher> | null;
   private readonly runsDir: string;
+  private readonly agentsDir: string;
   private runsDirReady = false;
   private closing = false;
   private leakedFds: number[] = [];
@@ -187,6 +191,7 @@ export class SandboxExecutor implements Executor {
     this.timeoutGraceMs = options.timeoutGraceMs ?? 1000;
     this.seccomp = buildSandboxFilter().program;
     this.runsDir = path.join(options.stateDir, 'sandbox', 'runs');
+    this.agentsDir = path.join(options.stateDir, 'sandbox', 'agents');
     const prewarm = options.prewarm ?? 2;
     this.pool =
       prewarm > 0
@@ -339,6 +344,11 @@ export class SandboxExecutor implements Executor {
     }
   }
 
+  /** A long-lived sandbox running a resident agent (see shared/agent-sandbox.ts); same isolation as `start`. */
+  async createWarmSandbox(spec: RunSpec, options: StartOptions = {}): Promise<WarmSandbox> {
+    return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir }, options);
+  }
+
   async reap(): Promise<ReapReport> {
     const driver = this.cgroups ?? this.tryDriver();
     if (driver === null) return { removed: 0 };
@@ -365,6 +375,18 @@ export class SandboxExecutor implements Executor {
       if (this.reserved.has(name)) continue;
       await fs.promises.rm(path.join(this.runsDir, name), { recursive: true, force: true });
       this.log.info({ sandbox: name, owner: this.ownerId }, 'reaped leftover sandbox run dir');
+    }
+    // Agent socket dirs of warm sandboxes are named after their spec id; none survive their server.
+    let agents: string[] = [];
+    try {
+      agents = await fs.promises.readdir(this.agentsDir);
+    } catch {
+      // no warm sandbox ran yet
+    }
+    const live = new Set([...this.active.values()].map((e) => e.specId));
+    for (const name of agents) {
+      if (live.has(name)) continue;
+      await fs.promises.rm(path.join(this.agentsDir, name), { recursive: true, force: true });
     }
     return { removed };
   }
@@ -558,6 +580,7 @@ export class SandboxExecutor implements Executor {
     else if (plan.kind === 'in-tmp' && spec.workdir !== '/tmp') a.push('--dir', spec.workdir);
     if (runDir !== null) a.push('--ro-bind', runDir, '/.kindling');
     else a.push('--perms', '0555', '--dir', '/.kindling');
+    if (spec.agentDir !== undefined) a.push('--ro-bind', spec.agentDir, AGENT_MOUNT);
     a.push('--remount-ro', '/', '--chdir', spec.workdir, '--clearenv');
     for (const [k, v] of Object.entries(spec.env)) a.push('--setenv', k, v);
     a.push('--seccomp', String(FD_SECCOMP), '--json-status-fd', String(FD_STATUS), '--');
@@ -748,7 +771,7 @@ export class SandboxExecutor implements Executor {
     if (this.active.size > 0 || this.reserved.size > 0) return;
     this.cgroups?.removeOwnerDirs();
     if (this.runsDirReady) {
-      for (const dir of [this.runsDir, path.dirname(this.runsDir)]) {
+      for (const dir of [this.runsDir, this.agentsDir, path.dirname(this.runsDir)]) {
         try {
           fs.rmdirSync(dir);
         } catch {
@@ -768,6 +791,7 @@ export class SandboxExecutor implements Executor {
 
 class ExecutionImpl implements SandboxExecution {
   readonly id: string;
+  readonly specId: string;
   readonly stdin: Writable | null;
   readonly stdout: Readable;
   readonly stderr: Readable;
@@ -794,6 +818,7 @@ class ExecutionImpl implements SandboxExecution {
   ) {
     const { child, cgroup, name } = launcher;
     this.id = name;
+    this.specId = spec.id;
     this.child = child;
     this.cgroup = cgroup;
     this.pid = child.pid;

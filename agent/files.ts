@@ -1,0 +1,59 @@
+/**
+ * What a warm sandbox needs to run the resident agent of a runtime: the files placed under /.kindling and the
+ * command line. Read from this package's own compiled output (dist/agent) and agent/python_wrapper.py, once.
+ */
+import { readFileSync } from 'node:fs';
+
+export const AGENT_MOUNT = '/.kindling-agent';
+export const AGENT_SOCKET = 'agent.sock';
+const CODE_DIR = '/.kindling';
+
+export interface AgentFile {
+  name: string;
+  content: string | Buffer;
+}
+
+export interface AgentLaunch {
+  command: string[];
+  files: AgentFile[];
+}
+
+let cache: { nodeWrapper: Buffer; protocol: Buffer; pythonWrapper: Buffer } | null = null;
+
+function load(): NonNullable<typeof cache> {
+  cache ??= {
+    nodeWrapper: readFileSync(new URL('./node-wrapper.js', import.meta.url)),
+    protocol: readFileSync(new URL('./protocol.js', import.meta.url)),
+    // From dist/agent/ back to the source tree's agent/ (the python file is not compiled).
+    pythonWrapper: readFileSync(new URL('../../agent/python_wrapper.py', import.meta.url)),
+  };
+  return cache;
+}
+
+const ES_MODULE = /^\s*(import\s[^(]|import\s*\{|export\s)/m;
+
+/** The agent's command and files for a handler of `runtime` (node or python) defined in `code`. */
+export function agentLaunch(runtime: 'node' | 'python', code: string, handler: string): AgentLaunch {
+  const files = load();
+  const socket = `${AGENT_MOUNT}/${AGENT_SOCKET}`;
+  if (runtime === 'node') {
+    // ES module by default (the contract); a CommonJS module (module.exports / exports.x) works as well.
+    const user = ES_MODULE.test(code) || !/\b(module\.exports|exports\.)/.test(code) ? 'handler.mjs' : 'handler.cjs';
+    return {
+      command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, `${CODE_DIR}/${user}`, handler],
+      files: [
+        { name: 'package.json', content: '{"type":"module"}\n' },
+        { name: 'node-wrapper.js', content: files.nodeWrapper },
+        { name: 'protocol.js', content: files.protocol },
+        { name: user, content: code },
+      ],
+    };
+  }
+  return {
+    command: ['python3', '-u', `${CODE_DIR}/python_wrapper.py`, socket, `${CODE_DIR}/handler.py`, handler],
+    files: [
+      { name: 'python_wrapper.py', content: files.pythonWrapper },
+      { name: 'handler.py', content: code },
+    ],
+  };
+}

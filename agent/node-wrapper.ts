@@ -1,0 +1,101 @@
+/**
+ * The resident agent for node handlers: the main process of a warm sandbox. Usage:
+ *   node /.kindling/node-wrapper.js SOCKET MODULE HANDLER
+ * It imports MODULE once (module-level code runs once per sandbox), connects to the host's unix SOCKET, says HELLO and
+ * then serves invocations one at a time: the body arrives as a Buffer, the handler returns a string, a Buffer (or
+ * Uint8Array) or a Promise of one. A throw becomes an ERROR frame (the invocation's exit code is 1). console output of
+ * the handler travels as STDERR frames. No process is spawned per invocation.
+ */
+import * as net from 'node:net';
+import { pathToFileURL } from 'node:url';
+import { FrameDecoder, FrameType, encodeBody, encodeFrame, type Frame } from './protocol.js';
+
+const [socketPath, modulePath, handlerName] = process.argv.slice(2);
+
+function describe(error: unknown): string {
+  return error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : `thrown: ${String(error)}`;
+}
+
+async function main(): Promise<void> {
+  if (!socketPath || !modulePath || !handlerName) throw new Error('usage: node-wrapper SOCKET MODULE HANDLER');
+  // Connect first, load the user's code second: the host then tells a platform failure (no connection) from user code
+  // that kills the process while loading (connection, then no HELLO).
+  const socket = net.connect(socketPath);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  socket.setNoDelay(true);
+  socket.on('error', () => process.exit(1));
+  socket.on('close', () => process.exit(0));
+
+  let current = 0;
+  const log = (text: string): void => {
+    if (current !== 0) socket.write(encodeFrame(FrameType.STDERR, current, text));
+    else process.stderr.write(text);
+  };
+  const format = (args: unknown[]): string => args.map((a) => (typeof a === 'string' ? a : JSON.stringify(a) ?? String(a))).join(' ') + '\n';
+  for (const method of ['log', 'info', 'warn', 'error', 'debug'] as const) console[method] = (...args: unknown[]) => log(format(args));
+
+  let handler: (body: Buffer) => unknown;
+  try {
+    const mod = (await import(pathToFileURL(modulePath).href)) as Record<string, unknown>;
+    const found = mod[handlerName] ?? (mod.default as Record<string, unknown> | undefined)?.[handlerName];
+    if (typeof found !== 'function') throw new Error(`${modulePath} does not export a function named "${handlerName}"`);
+    handler = found as (body: Buffer) => unknown;
+  } catch (error) {
+    socket.end(encodeFrame(FrameType.ERROR, 0, `loading the module failed: ${describe(error)}`));
+    return;
+  }
+  socket.write(encodeFrame(FrameType.HELLO, 0, JSON.stringify({ version: 1, runtime: 'node', pid: process.pid })));
+
+  const decoder = new FrameDecoder();
+  let body: Buffer[] = [];
+  const run = async (id: number, input: Buffer): Promise<void> => {
+    const started = performance.now();
+    current = id;
+    try {
+      const value = await handler(input);
+      const out = typeof value === 'string' ? Buffer.from(value, 'utf8') : value instanceof Uint8Array ? Buffer.from(value.buffer, value.byteOffset, value.byteLength) : value === undefined || value === null ? Buffer.alloc(0) : Buffer.from(String(value), 'utf8');
+      const end = JSON.stringify({ durationMs: performance.now() - started, rssBytes: process.memoryUsage.rss() });
+      for (const frame of encodeBody(FrameType.RESULT_CHUNK, FrameType.RESULT_END, id, out, end)) socket.write(frame);
+    } catch (error) {
+      socket.write(encodeFrame(FrameType.ERROR, id, describe(error)));
+    } finally {
+      current = 0;
+    }
+  };
+  socket.on('data', (chunk: Buffer) => {
+    let frames: Frame[];
+    try {
+      frames = decoder.push(chunk);
+    } catch (error) {
+      process.stderr.write(`agent: ${describe(error)}\n`);
+      process.exit(1);
+    }
+    for (const frame of frames) {
+      switch (frame.type) {
+        case FrameType.INVOKE:
+          body = [];
+          break;
+        case FrameType.BODY_CHUNK:
+          body.push(frame.payload);
+          break;
+        case FrameType.BODY_END:
+          void run(frame.id, Buffer.concat(body));
+          body = [];
+          break;
+        case FrameType.PING:
+          socket.write(encodeFrame(FrameType.PONG, frame.id));
+          break;
+        default:
+          break;
+      }
+    }
+  });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`agent: ${describe(error)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,208 @@
+/**
+ * Deployed functions (issue 4): warm invoke latency and throughput of trivial node and python handlers over HTTP,
+ * against a bare node `http` echo server (a child process on the same machine) as the floor; and the first (cold)
+ * invocation of a freshly deployed handler against the executor's bare cold start of the same runtime
+ * (`POST /v1/execute` running `node -e 0`), alternated in the same run.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { Agent, request } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { createInterface } from 'node:readline';
+import { BenchClient } from './lib/client.js';
+import { CLEAN_ENV, type BenchContext, type GroupResult } from './lib/context.js';
+import { launchServer, onCleanup } from './lib/server.js';
+import { fmtMs, fmtRatio, quantile, summarize } from './lib/stats.js';
+import type { Row } from './lib/table.js';
+
+const CLIENTS = 32;
+const THROUGHPUT_MS = 5000;
+
+interface Raw {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+}
+
+function send(agent: Agent, base: URL, method: string, path: string, body: Buffer | null, contentType = 'application/octet-stream'): Promise<Raw> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: base.hostname, port: base.port, method, path, agent, headers: body === null ? {} : { 'content-type': contentType, 'content-length': body.length } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body ?? undefined);
+  });
+}
+
+/** The floor: a bare node http server echoing the body, in its own process like Kindling. */
+async function startEcho(): Promise<{ url: string; stop: () => Promise<void> }> {
+  const code = `require('http').createServer((q, s) => { const c = []; q.on('data', (d) => c.push(d)); q.on('end', () => s.end(Buffer.concat(c))); }).listen(0, '127.0.0.1', function () { console.log(this.address().port); });`;
+  const child: ChildProcess = spawn(process.execPath, ['-e', code], { env: CLEAN_ENV, stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once('line', resolve);
+    child.once('exit', () => reject(new Error('the echo server exited')));
+  });
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+    }
+  };
+  onCleanup(stop);
+  return { url: `http://127.0.0.1:${port}`, stop };
+}
+
+async function latency(agent: Agent, base: URL, path: string, n: number, check: (raw: Raw) => void): Promise<number[]> {
+  const body = Buffer.from('ping');
+  for (let i = 0; i < Math.min(200, n); i++) check(await send(agent, base, 'POST', path, body));
+  const samples: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const started = performance.now();
+    const raw = await send(agent, base, 'POST', path, body);
+    samples.push(performance.now() - started);
+    check(raw);
+  }
+  return samples;
+}
+
+async function throughput(agent: Agent, base: URL, path: string, check: (raw: Raw) => void): Promise<{ perSecond: number; errors: number; p50: number; p99: number }> {
+  const body = Buffer.from('ping');
+  const until = performance.now() + THROUGHPUT_MS;
+  let done = 0;
+  let errors = 0;
+  const samples: number[] = [];
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: CLIENTS }, async () => {
+      while (performance.now() < until) {
+        const t0 = performance.now();
+        try {
+          check(await send(agent, base, 'POST', path, body));
+          done++;
+          samples.push(performance.now() - t0);
+        } catch {
+          errors++;
+        }
+      }
+    }),
+  );
+  const elapsed = (performance.now() - started) / 1000;
+  samples.sort((a, b) => a - b);
+  return { perSecond: done / elapsed, errors, p50: quantile(samples, 0.5), p99: quantile(samples, 0.99) };
+}
+
+const p = (samples: number[], q: number): number => quantile([...samples].sort((a, b) => a - b), q);
+
+export async function runFunctionsGroup(ctx: BenchContext): Promise<GroupResult> {
+  const n = ctx.runs.functions;
+  const rows: Row[] = [];
+  const data: Record<string, unknown> = {};
+  const server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox' });
+  const echo = await startEcho();
+  const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+  try {
+    const base = new URL(server.url);
+    const echoBase = new URL(echo.url);
+    const api = new BenchClient(server.url);
+    const deploy = async (name: string, spec: Record<string, unknown>): Promise<void> => {
+      const raw = await send(agent, base, 'PUT', `/v1/functions/${name}`, Buffer.from(JSON.stringify(spec)), 'application/json');
+      if (raw.status >= 300) throw new Error(`deploy ${name}: ${raw.status} ${raw.body.toString().slice(0, 300)}`);
+    };
+    const okEcho = (raw: Raw): void => {
+      if (raw.status !== 200 || raw.body.toString() !== 'ping') throw new Error(`unexpected answer ${raw.status}: ${raw.body.toString().slice(0, 200)}`);
+    };
+    const okInvoke = (raw: Raw): void => {
+      okEcho(raw);
+      if (raw.headers['x-kindling-exit-code'] !== '0') throw new Error(`exit code ${String(raw.headers['x-kindling-exit-code'])}`);
+    };
+
+    ctx.log(`functions: floor: bare node http echo, ${n} sequential requests`);
+    const floor = await latency(agent, echoBase, '/', n, okEcho);
+    data['functions.echo_floor'] = { samples: floor };
+
+    await deploy('bench-node', { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 1, maxConcurrency: 2 });
+    await deploy('bench-python', { runtime: 'python', code: 'def handler(body):\n    return body\n', handler: 'handler', minWarm: 1, maxConcurrency: 2 });
+    for (const runtime of ['node', 'python'] as const) {
+      ctx.log(`functions: warm ${runtime} handler, ${n} sequential invocations`);
+      const samples = await latency(agent, base, `/v1/functions/bench-${runtime}/invoke`, n, okInvoke);
+      data[`functions.warm_${runtime}`] = { samples };
+      const overhead50 = p(samples, 0.5) - p(floor, 0.5);
+      const overhead99 = p(samples, 0.99) - p(floor, 0.99);
+      const pass = overhead50 < 2 && overhead99 < 10;
+      rows.push({
+        group: 'functions',
+        id: `functions.warm_${runtime}`,
+        scenario: `Warm ${runtime} handler invoke via HTTP (p50 / p99)`,
+        kindling: `${fmtMs(p(samples, 0.5))} / ${fmtMs(p(samples, 0.99))}`,
+        baseline: `${fmtMs(p(floor, 0.5))} / ${fmtMs(p(floor, 0.99))} (node http echo)`,
+        ratio: `+${fmtMs(overhead50)} / +${fmtMs(overhead99)}`,
+        target: 'overhead p50 < 2 ms, p99 < 10 ms',
+        status: pass ? 'pass' : 'fail',
+        note: `n=${n}`,
+      });
+    }
+
+    ctx.log(`functions: throughput, ${CLIENTS} clients for ${THROUGHPUT_MS} ms`);
+    const echoTput = await throughput(agent, echoBase, '/', okEcho);
+    await deploy('bench-node-tput', { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 2, maxConcurrency: 2, maxQueued: 1000 });
+    await sleep(1000);
+    await latency(agent, base, '/v1/functions/bench-node-tput/invoke', 200, okInvoke);
+    const nodeTput = await throughput(agent, base, '/v1/functions/bench-node-tput/invoke', okInvoke);
+    data['functions.throughput_node'] = { kindling: nodeTput, echo: echoTput };
+    rows.push({
+      group: 'functions',
+      id: 'functions.throughput_node',
+      scenario: `Warm node handler throughput, ${CLIENTS} concurrent clients`,
+      kindling: `${Math.round(nodeTput.perSecond)}/s (p50 ${fmtMs(nodeTput.p50)}, p99 ${fmtMs(nodeTput.p99)})`,
+      baseline: `${Math.round(echoTput.perSecond)}/s (node http echo)`,
+      ratio: fmtRatio(nodeTput.perSecond / echoTput.perSecond),
+      target: '≥ 1500/s',
+      status: nodeTput.perSecond >= 1500 && nodeTput.errors === 0 ? 'pass' : 'fail',
+      note: `errors ${nodeTput.errors}; maxConcurrency 2 (2 cores)`,
+    });
+
+    const coldRuns = Math.max(5, Math.min(15, Math.round(n / 100)));
+    ctx.log(`functions: cold first invocation vs bare cold start (node -e 0 via /v1/execute), ${coldRuns} each, alternated`);
+    const cold: number[] = [];
+    const bare: number[] = [];
+    await api.executeOk({ runtime: 'node', code: '0' });
+    for (let i = 0; i < coldRuns; i++) {
+      const t0 = performance.now();
+      await api.executeOk({ image: 'kindling/node', command: ['node', '-e', '0'] });
+      bare.push(performance.now() - t0);
+      const name = `bench-cold-${i}`;
+      await deploy(name, { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler' });
+      const t1 = performance.now();
+      const raw = await send(agent, base, 'POST', `/v1/functions/${name}/invoke`, Buffer.from('ping'));
+      cold.push(performance.now() - t1);
+      okInvoke(raw);
+      if (raw.headers['x-kindling-cold-start'] !== 'true') throw new Error('the first invocation was not a cold start');
+      await send(agent, base, 'DELETE', `/v1/functions/${name}`, null);
+    }
+    data['functions.cold_node'] = { cold, bare };
+    const ratio = summarize(cold).median / summarize(bare).median;
+    rows.push({
+      group: 'functions',
+      id: 'functions.cold_node',
+      scenario: 'First (cold) invocation of a node handler vs bare cold start (`node -e 0` via /v1/execute)',
+      kindling: `median ${fmtMs(summarize(cold).median)}`,
+      baseline: `median ${fmtMs(summarize(bare).median)}`,
+      ratio: fmtRatio(ratio),
+      target: '≤ 1.2x',
+      status: ratio <= 1.2 ? 'pass' : 'fail',
+      note: `n=${coldRuns}`,
+    });
+  } finally {
+    agent.destroy();
+    await echo.stop();
+    await server.stop();
+  }
+  return { rows, data };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

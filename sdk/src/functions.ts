@@ -1,0 +1,89 @@
+import { KindlingError } from './errors.js';
+import { APIResource, type RequestOptions } from './resource.js';
+import type { FunctionInfo, FunctionSpec, InvocationResult } from './types.js';
+
+const path = (name: string): string => `/v1/functions/${encodeURIComponent(name)}`;
+
+/** Options of `functions.invoke()`. */
+export interface InvokeOptions extends RequestOptions {
+  /** Content-Type of the body. Default: `application/octet-stream`. */
+  contentType?: string;
+}
+
+/** `/v1/functions`: deploy, inspect, delete and invoke deployed functions. */
+export class Functions extends APIResource {
+  /** `PUT /v1/functions/NAME`: deploys a new version; resolves with the function (its `version` is the new one). */
+  deploy(name: string, spec: FunctionSpec, options: RequestOptions = {}): Promise<FunctionInfo> {
+    return this.http.json<FunctionInfo>({ method: 'PUT', path: path(name), body: spec, ...call(options) });
+  }
+
+  /** `GET /v1/functions/NAME`; rejects with `NotFoundError` when there is none. */
+  get(name: string, options: RequestOptions = {}): Promise<FunctionInfo> {
+    return this.http.json<FunctionInfo>({ method: 'GET', path: path(name), ...call(options) });
+  }
+
+  /** `GET /v1/functions`. */
+  async list(options: RequestOptions = {}): Promise<FunctionInfo[]> {
+    const answer = await this.http.json<{ functions: FunctionInfo[] }>({ method: 'GET', path: '/v1/functions', ...call(options) });
+    return answer.functions;
+  }
+
+  /** `DELETE /v1/functions/NAME`: removes every version and its warm sandboxes. */
+  async delete(name: string, options: RequestOptions = {}): Promise<void> {
+    const request = this.http.open(path(name), call(options));
+    try {
+      const response = await this.http.send(request, { method: 'DELETE', path: path(name) });
+      await response.arrayBuffer().catch(() => undefined);
+    } finally {
+      request.dispose();
+    }
+  }
+
+  /**
+   * `POST /v1/functions/NAME/invoke`: sends `body` as raw bytes (a string as UTF-8) and resolves with the raw
+   * response. A non-zero exit (or a handler that threw) resolves normally with `exitCode` set.
+   */
+  async invoke(name: string, body: Uint8Array | string = new Uint8Array(0), options: InvokeOptions = {}): Promise<InvocationResult> {
+    const request = this.http.open(`${path(name)}/invoke`, call(options));
+    try {
+      const response = await this.http.send(request, {
+        method: 'POST',
+        path: `${path(name)}/invoke`,
+        rawBody: body,
+        contentType: options.contentType ?? 'application/octet-stream',
+        accept: '*/*',
+      });
+      let bytes: Uint8Array;
+      try {
+        bytes = new Uint8Array(await response.arrayBuffer());
+      } catch (err) {
+        throw request.toError(err);
+      }
+      const header = (name: string): string => {
+        const value = response.headers.get(name);
+        if (value === null) {
+          throw new KindlingError({ code: 'INVALID_RESPONSE', message: `The invoke response from ${request.url} has no ${name} header`, status: response.status });
+        }
+        return value;
+      };
+      return {
+        body: bytes,
+        text: () => new TextDecoder().decode(bytes),
+        invocationId: header('x-kindling-invocation-id'),
+        version: Number(header('x-kindling-function-version')),
+        exitCode: Number(header('x-kindling-exit-code')),
+        durationMs: Number(header('x-kindling-duration-ms')),
+        coldStart: header('x-kindling-cold-start') === 'true',
+      };
+    } finally {
+      request.dispose();
+    }
+  }
+}
+
+function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {
+  const out: { signal?: AbortSignal; timeoutMs?: number } = {};
+  if (options.signal !== undefined) out.signal = options.signal;
+  if (options.requestTimeoutMs !== undefined) out.timeoutMs = options.requestTimeoutMs;
+  return out;
+}

@@ -1,0 +1,140 @@
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { Kindling, KindlingError as SdkError, type FunctionSpec } from '@kindling/sdk';
+import { clientOptions, type ClientDefaults } from './run.js';
+
+async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
+  return Buffer.concat(chunks);
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+function parseNumber(name: string): (value: string) => number {
+  return (value) => {
+    const parsed = Number(value);
+    if (!Number.isFinite(parsed)) throw new Error(`${name} must be a number, got "${value}"`);
+    return parsed;
+  };
+}
+
+/** Runs an SDK call; a server-side error is one line on stderr and exit code 2. */
+async function guarded(action: () => Promise<void>): Promise<void> {
+  try {
+    await action();
+  } catch (error) {
+    if (error instanceof SdkError) {
+      process.stderr.write(`kindling: ${error.code}: ${error.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    throw error;
+  }
+}
+
+const clientFrom = (options: Record<string, unknown>): Kindling =>
+  new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined, timeoutMs: 0 });
+
+/** `kindling deploy`, `kindling invoke`, `kindling functions list|get|delete`. */
+export function registerFunctionCommands(program: Command, defaults: ClientDefaults): void {
+  const deploy = program
+    .command('deploy')
+    .description('deploy a function (each deploy is a new version): a handler (--handler) or a program/command')
+    .argument('<name>', 'function name: lower-case letters, digits, dashes')
+    .argument('[command...]', 'with --image: the command and its arguments (after --)')
+    .option('-r, --runtime <runtime>', 'python | node (handlers) or bash | rust (programs)')
+    .option('-f, --file <path>', 'the source file')
+    .option('-c, --code <code>', 'the source inline')
+    .option('--handler <name>', 'handler style: the function that takes the body and returns the response')
+    .option('-i, --image <image>', 'image of a command function, e.g. kindling/base')
+    .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, [])
+    .option('--timeout-ms <ms>', 'wall-clock limit per invocation in milliseconds', parseNumber('--timeout-ms'))
+    .option('--memory-mb <mb>', 'memory limit per sandbox in MiB', parseNumber('--memory-mb'))
+    .option('--cpus <n>', 'CPU quota per sandbox in cores', parseNumber('--cpus'))
+    .option('--min-warm <n>', 'warm sandboxes kept ready (handlers)', parseNumber('--min-warm'))
+    .option('--max-concurrency <n>', 'invocations running at once', parseNumber('--max-concurrency'))
+    .option('--executor <name>', 'docker | sandbox | microvm')
+    .option('--json', 'print the deployed function as JSON');
+  clientOptions(deploy, defaults).action(async (name: string, args: string[], options: Record<string, unknown>) => {
+    const spec: FunctionSpec = {};
+    if (options.image !== undefined) {
+      if (args.length === 0) throw new Error('--image needs a command after --, e.g. kindling deploy up --image kindling/base -- tr a-z A-Z');
+      spec.image = options.image as string;
+      spec.command = args;
+    } else {
+      if (options.runtime === undefined) throw new Error('give --runtime with --file/--code, or --image with a command');
+      spec.runtime = options.runtime as string;
+      if (options.file !== undefined) spec.code = await readFile(options.file as string, 'utf8');
+      else if (options.code !== undefined) spec.code = options.code as string;
+      else throw new Error('--runtime needs code: --file PATH or --code CODE');
+    }
+    if (options.handler !== undefined) spec.handler = options.handler as string;
+    const env: Record<string, string> = {};
+    for (const pair of options.env as string[]) {
+      const at = pair.indexOf('=');
+      if (at <= 0) throw new Error(`--env takes KEY=VALUE, got "${pair}"`);
+      env[pair.slice(0, at)] = pair.slice(at + 1);
+    }
+    if (Object.keys(env).length > 0) spec.env = env;
+    for (const key of ['timeoutMs', 'memoryMb', 'cpus', 'minWarm', 'maxConcurrency'] as const) {
+      if (options[key] !== undefined) spec[key] = options[key] as number;
+    }
+    if (options.executor !== undefined) spec.executor = options.executor as string;
+    await guarded(async () => {
+      const info = await clientFrom(options).functions.deploy(name, spec);
+      if (options.json) process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
+      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})\n`);
+    });
+  });
+
+  const invoke = program
+    .command('invoke')
+    .description('invoke a function: the data is its input, its output goes to stdout; the exit code is passed on')
+    .argument('<name>', 'function name')
+    .option('-d, --data <data>', 'the body: text, @FILE for a file, or - for standard input (default: empty)')
+    .option('-v, --verbose', 'print the invocation id, version, duration and cold start on stderr');
+  clientOptions(invoke, defaults).action(async (name: string, options: Record<string, unknown>) => {
+    const data = options.data as string | undefined;
+    let body: Uint8Array = new Uint8Array(0);
+    if (data === '-') body = await readAll(process.stdin);
+    else if (data !== undefined && data.startsWith('@')) body = await readFile(data.slice(1));
+    else if (data !== undefined) body = Buffer.from(data, 'utf8');
+    await guarded(async () => {
+      const result = await clientFrom(options).functions.invoke(name, body);
+      process.stdout.write(result.body);
+      if (options.verbose) {
+        process.stderr.write(`invocation ${result.invocationId} version ${result.version} exit ${result.exitCode} ${result.durationMs} ms cold=${result.coldStart}\n`);
+      }
+      process.exitCode = result.exitCode;
+    });
+  });
+
+  const functions = program.command('functions').description('list, show and delete deployed functions');
+  clientOptions(functions.command('list').description('list functions').option('--json', 'print JSON'), defaults).action(
+    async (options: Record<string, unknown>) =>
+      guarded(async () => {
+        const list = await clientFrom(options).functions.list();
+        if (options.json) {
+          process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+          return;
+        }
+        const rows = [['NAME', 'VERSION', 'STYLE', 'RUNTIME/IMAGE', 'UPDATED'], ...list.map((f) => [f.name, String(f.version), f.style, f.runtime ?? f.image ?? '-', new Date(f.updatedAtMs).toISOString()])];
+        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+        process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
+      }),
+  );
+  clientOptions(functions.command('get').description('show a function as JSON').argument('<name>'), defaults).action(
+    async (name: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        process.stdout.write(`${JSON.stringify(await clientFrom(options).functions.get(name), null, 2)}\n`);
+      }),
+  );
+  clientOptions(functions.command('delete').description('delete a function, all its versions and warm sandboxes').argument('<name>'), defaults).action(
+    async (name: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        await clientFrom(options).functions.delete(name);
+        process.stdout.write(`deleted ${name}\n`);
+      }),
+  );
+}

@@ -1,0 +1,271 @@
+/**
+ * A warm sandbox on any executor that can bind a host directory into a sandbox (`RunSpec.agentDir`): the host
+ * listens on `<agentsDir>/<id>/agent.sock`, starts the sandbox with the resident agent as its main process, and the
+ * agent connects back through the bind mount.
+ *
+ * Why the host listens and the agent dials (not the other way round): the directory can stay read-only inside the
+ * sandbox (connecting to a socket needs no write access to the mount), readiness is the agent's HELLO on a connection
+ * the host already holds (no polling for a socket file to appear), and a sandbox can only ever reach its own socket.
+ */
+import { mkdir, rm, chmod } from 'node:fs/promises';
+import * as net from 'node:net';
+import { join } from 'node:path';
+import { FrameDecoder, FrameType, encodeBody, encodeFrame, type Frame } from '../../../agent/protocol.js';
+import { AGENT_SOCKET } from '../../../agent/files.js';
+import { KindlingError } from '../../core/errors.js';
+import type { RunSpec } from '../../core/types.js';
+import { AgentLoadError, type AgentInvocation, type Execution, type StartOptions, type WarmSandbox } from '../executor.js';
+
+export interface AgentSandboxOptions {
+  /** Per-executor directory for the agents' socket dirs; every ancestor must be searchable by the sandbox uid. */
+  agentsDir: string;
+  /** How long the agent may take to load the user's code and say HELLO. Default 30000. */
+  readyTimeoutMs?: number;
+}
+
+const TAIL_BYTES = 8192;
+
+/** Keeps the last bytes of a stream (diagnostics of a sandbox that died). */
+class Tail {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.bytes += chunk.length;
+    while (this.bytes - this.chunks[0]!.length >= TAIL_BYTES) this.bytes -= this.chunks.shift()!.length;
+  }
+  text(): string {
+    return Buffer.concat(this.chunks).toString('utf8').slice(-TAIL_BYTES);
+  }
+}
+
+export async function startAgentSandbox(
+  start: (spec: RunSpec, options?: StartOptions) => Promise<Execution>,
+  spec: RunSpec,
+  options: AgentSandboxOptions,
+  startOptions: StartOptions = {},
+): Promise<WarmSandbox> {
+  const startedAt = performance.now();
+  const dir = join(options.agentsDir, spec.id);
+  await mkdir(options.agentsDir, { recursive: true, mode: 0o755 });
+  await mkdir(dir, { mode: 0o755 });
+  const server = net.createServer();
+  let execution: Execution | null = null;
+  const tail = new Tail();
+  try {
+    const socketPath = join(dir, AGENT_SOCKET);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => resolve());
+    });
+    await chmod(socketPath, 0o666);
+    const connected = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+    execution = await start({ ...spec, agentDir: dir }, startOptions);
+    const exec = execution;
+    exec.stdout.on('data', (chunk: Buffer) => tail.push(chunk));
+    exec.stderr.on('data', (chunk: Buffer) => tail.push(chunk));
+    exec.stdin?.end();
+    const exited = exec.wait().then(
+      (info) => ({ info }),
+      (error: unknown) => ({ error }),
+    );
+
+    let timer: NodeJS.Timeout | undefined;
+    const timeoutMs = options.readyTimeoutMs ?? 30_000;
+    const outcome = await Promise.race([
+      connected.then(async (socket) => ({ socket, first: await firstFrame(socket) })),
+      exited.then((ended) => ({ ended })),
+      new Promise<{ timeout: true }>((resolve) => {
+        timer = setTimeout(() => resolve({ timeout: true }), timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    server.close();
+    if ('timeout' in outcome) {
+      throw new KindlingError('EXECUTOR_FAILED', `the warm sandbox's agent did not start within ${timeoutMs} ms${tail.text() ? `: ${tail.text().slice(-500)}` : ''}`);
+    }
+    if ('ended' in outcome) {
+      // The agents connect before they load user code: an exit before connecting is the platform's failure.
+      const why = 'error' in outcome.ended ? String((outcome.ended.error as Error).message) : `exit code ${outcome.ended.info.exitCode}`;
+      throw new KindlingError('EXECUTOR_FAILED', `the warm sandbox exited before its agent connected (${why})${tail.text() ? `: ${tail.text().slice(-500)}` : ''}`);
+    }
+    const { socket, first } = outcome;
+    if (first === null || first.type !== FrameType.HELLO) {
+      socket.destroy();
+      // Connected, then no HELLO: the user's code failed to load or ended the process while loading.
+      const text = first?.type === FrameType.ERROR ? first.payload.toString('utf8') : `the function's code ended the process while loading${tail.text() ? `:\n${tail.text()}` : ''}`;
+      throw new AgentLoadError(text);
+    }
+    return new AgentSandbox(spec.id, exec, socket, dir, performance.now() - startedAt, tail);
+  } catch (error) {
+    server.close();
+    if (execution !== null) {
+      execution.kill();
+      await execution.disposed.catch(() => undefined);
+    }
+    await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    if (error instanceof KindlingError || error instanceof AgentLoadError) throw error;
+    throw new KindlingError('EXECUTOR_FAILED', `could not start a warm sandbox: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+/** Reads the first frame of a fresh connection (HELLO or ERROR), or null when it closes first. */
+function firstFrame(socket: net.Socket): Promise<Frame | null> {
+  return new Promise((resolve) => {
+    const decoder = new FrameDecoder();
+    const onData = (chunk: Buffer): void => {
+      let frames: Frame[];
+      try {
+        frames = decoder.push(chunk);
+      } catch {
+        done(null);
+        return;
+      }
+      if (frames.length > 0) done(frames[0]!);
+    };
+    const done = (frame: Frame | null): void => {
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      resolve(frame);
+    };
+    const onClose = (): void => done(null);
+    socket.on('data', onData);
+    socket.on('close', onClose);
+  });
+}
+
+interface Pending {
+  id: number;
+  body: Buffer[];
+  logs: Buffer[];
+  startedAt: number;
+  resolve: (result: AgentInvocation) => void;
+  timer: NodeJS.Timeout;
+}
+
+class AgentSandbox implements WarmSandbox {
+  readonly disposed: Promise<void>;
+  private readonly decoder = new FrameDecoder();
+  private pending: Pending | null = null;
+  private nextId = 1;
+  private dead = false;
+  private timedOut = false;
+
+  constructor(
+    readonly id: string,
+    private readonly execution: Execution,
+    private readonly socket: net.Socket,
+    dir: string,
+    readonly startMs: number,
+    private readonly tail: Tail,
+  ) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', () => undefined);
+    socket.on('close', () => this.die());
+    const exited = execution.wait().then(
+      (info) => info,
+      () => null,
+    );
+    void exited.then(() => this.die());
+    this.disposed = (async () => {
+      const info = await exited;
+      this.finishPending(info?.exitCode ?? 137, info?.oomKilled ?? false);
+      await execution.disposed.catch(() => undefined);
+      await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    })();
+  }
+
+  get alive(): boolean {
+    return !this.dead;
+  }
+
+  invoke(body: Buffer, options: { timeoutMs: number }): Promise<AgentInvocation> {
+    if (this.dead) return Promise.reject(new KindlingError('EXECUTOR_FAILED', 'the warm sandbox is gone'));
+    if (this.pending !== null) return Promise.reject(new KindlingError('INTERNAL', 'a warm sandbox serves one invocation at a time'));
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      this.pending = {
+        id,
+        body: [],
+        logs: [],
+        startedAt: performance.now(),
+        resolve,
+        timer: setTimeout(() => {
+          // A handler past its limit cannot be interrupted inside its runtime: the sandbox goes.
+          this.timedOut = true;
+          this.execution.kill();
+        }, options.timeoutMs),
+      };
+      this.socket.cork();
+      this.socket.write(encodeFrame(FrameType.INVOKE, id));
+      for (const frame of encodeBody(FrameType.BODY_CHUNK, FrameType.BODY_END, id, body)) this.socket.write(frame);
+      this.socket.uncork();
+    });
+  }
+
+  async destroy(): Promise<void> {
+    this.die();
+    this.execution.kill();
+    await this.disposed;
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch {
+      this.execution.kill();
+      return;
+    }
+    for (const frame of frames) {
+      const pending = this.pending;
+      if (pending === null || frame.id !== pending.id) continue;
+      switch (frame.type) {
+        case FrameType.RESULT_CHUNK:
+          pending.body.push(frame.payload);
+          break;
+        case FrameType.STDERR:
+          pending.logs.push(frame.payload);
+          break;
+        case FrameType.RESULT_END:
+          this.settle(0, Buffer.concat(pending.body));
+          break;
+        case FrameType.ERROR:
+          this.settle(1, frame.payload);
+          break;
+        default:
+          break;
+      }
+    }
+  }
+
+  private settle(exitCode: number, body: Buffer, flags: { timedOut?: boolean; oomKilled?: boolean } = {}): void {
+    const pending = this.pending;
+    if (pending === null) return;
+    this.pending = null;
+    clearTimeout(pending.timer);
+    pending.resolve({
+      body,
+      logs: Buffer.concat(pending.logs),
+      exitCode,
+      durationMs: Math.round((performance.now() - pending.startedAt) * 100) / 100,
+      timedOut: flags.timedOut ?? false,
+      oomKilled: flags.oomKilled ?? false,
+    });
+  }
+
+  /** The sandbox ended while an invocation was running: that invocation ends with the sandbox's status. */
+  private finishPending(exitCode: number, oomKilled: boolean): void {
+    if (this.pending === null) return;
+    const code = this.timedOut ? 137 : exitCode === 0 ? 137 : exitCode;
+    const why = this.timedOut ? 'the invocation passed its timeout; the sandbox was killed' : oomKilled ? 'the sandbox ran out of memory' : `the sandbox died (exit code ${exitCode})`;
+    this.settle(code, Buffer.from(`${why}\n${this.tail.text()}`), { timedOut: this.timedOut, oomKilled });
+  }
+
+  private die(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.socket.destroy();
+    this.execution.kill();
+  }
+}

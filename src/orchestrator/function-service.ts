@@ -1,0 +1,240 @@
+import { Readable } from 'node:stream';
+import { systemClock, type Clock } from '../core/clock.js';
+import { KindlingError } from '../core/errors.js';
+import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName } from '../core/types.js';
+import { FUNCTION_NAME_PATTERN, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
+import { ConcurrencyLimiter } from './concurrency-limiter.js';
+import type { ExecutionService } from './execution-service.js';
+
+/** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
+export interface InvocationResult {
+  invocationId: string;
+  functionName: string;
+  version: number;
+  exitCode: number;
+  /** stdout of a command function; the handler's return value (or the error text, exit code 1) of a handler. */
+  body: Buffer;
+  stderr: Buffer;
+  durationMs: number;
+  coldStart: boolean;
+  timedOut: boolean;
+  executor: ExecutorName;
+}
+
+export interface InvokeOptions {
+  signal?: AbortSignal;
+}
+
+/** Runs handler-style invocations (warm pools); absent on servers without an executor that keeps sandboxes warm. */
+export interface HandlerInvoker {
+  /** Whether `executor` can run handler-style functions. */
+  supports(executor: ExecutorName): boolean;
+  /** Called after a deploy: prewarm `minWarm` sandboxes of the new version, retire the older versions' pools. */
+  deployed(version: FunctionVersion, executor: ExecutorName): void;
+  /** Called after a delete: close every pool of the function. */
+  deleted(name: string): Promise<void>;
+  invoke(version: FunctionVersion, executor: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult>;
+  close(): Promise<void>;
+}
+
+export interface FunctionServiceOptions {
+  store: Store;
+  executionService: ExecutionService;
+  defaultExecutor: ExecutorName;
+  handlers?: HandlerInvoker;
+  clock?: Clock;
+  /** Upper bound of `maxConcurrency`. Default 1000. */
+  maxConcurrencyLimit?: number;
+  /** Per-function limits of command functions that set none (handler functions: their warm pool's). */
+  defaultMaxConcurrency?: number;
+  defaultMaxQueued?: number;
+  queueTimeoutMs?: number;
+}
+
+/** The public view of a function: its latest version's spec, flattened, plus its identity and times. */
+export interface FunctionView extends FunctionSpec {
+  name: string;
+  version: number;
+  style: 'handler' | 'command';
+  createdAtMs: number;
+  updatedAtMs: number;
+}
+
+export const HANDLER_RUNTIMES = ['node', 'python'] as const;
+const HANDLER_NAME = /^[A-Za-z_$][A-Za-z0-9_$]{0,127}$/;
+
+export const isHandlerStyle = (spec: FunctionSpec): boolean => spec.handler !== undefined;
+
+/** Deploys, lists, deletes and invokes functions. Command functions run as one-off executions (stdin -> stdout). */
+export class FunctionService {
+  private readonly store: Store;
+  private readonly clock: Clock;
+
+  constructor(private readonly options: FunctionServiceOptions) {
+    this.store = options.store;
+    this.clock = options.clock ?? systemClock;
+  }
+
+  async deploy(name: string, spec: FunctionSpec): Promise<{ view: FunctionView; created: boolean }> {
+    checkName(name);
+    const executor = spec.executor ?? this.options.defaultExecutor;
+    await this.validate(spec, executor);
+    const { fn, version, created } = this.store.putFunction(name, spec, this.clock.nowMs());
+    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor);
+    return { view: toView(fn, version), created };
+  }
+
+  get(name: string): FunctionView {
+    const fn = this.store.getFunction(name);
+    const version = fn === null ? null : this.store.getVersion(name, fn.latestVersion);
+    if (fn === null || version === null) throw notFound(name);
+    return toView(fn, version);
+  }
+
+  list(): FunctionView[] {
+    return this.store.listFunctions().flatMap((fn) => {
+      const version = this.store.getVersion(fn.name, fn.latestVersion);
+      return version === null ? [] : [toView(fn, version)];
+    });
+  }
+
+  async delete(name: string): Promise<void> {
+    checkName(name);
+    if (!this.store.deleteFunction(name)) throw notFound(name);
+    await this.options.handlers?.deleted(name);
+  }
+
+  async invoke(name: string, body: Buffer, options: InvokeOptions = {}): Promise<InvocationResult> {
+    const version = FUNCTION_NAME_PATTERN.test(name) ? this.store.getVersion(name) : null;
+    if (version === null) throw notFound(name);
+    const spec = version.spec;
+    const executor = spec.executor ?? this.options.defaultExecutor;
+    if (isHandlerStyle(spec)) {
+      const handlers = this.options.handlers;
+      if (handlers === undefined || !handlers.supports(executor)) {
+        throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executor} executor of this server`);
+      }
+      return handlers.invoke(version, executor, body, options);
+    }
+    // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
+    const release = await this.limiterFor(version).acquire(options.signal);
+    let raw;
+    try {
+      raw = await this.options.executionService.executeRaw(commandRequest(spec), {
+        stdinStream: Readable.from([body]),
+        functionName: name,
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
+    } finally {
+      release();
+    }
+    return {
+      invocationId: raw.result.id,
+      functionName: name,
+      version: version.version,
+      exitCode: raw.result.exitCode,
+      body: raw.stdout,
+      stderr: raw.stderr,
+      durationMs: raw.result.durationMs,
+      coldStart: raw.result.coldStart,
+      timedOut: raw.result.timedOut,
+      executor: raw.result.executor,
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.options.handlers?.close();
+  }
+
+  private readonly limiters = new Map<string, ConcurrencyLimiter>();
+
+  private limiterFor(version: FunctionVersion): ConcurrencyLimiter {
+    const key = `${version.name}@${version.version}`;
+    let limiter = this.limiters.get(key);
+    if (limiter === undefined) {
+      // One per live version; older versions' limiters go when a newer one is first used.
+      for (const other of this.limiters.keys()) if (other.startsWith(`${version.name}@`)) this.limiters.delete(other);
+      limiter = new ConcurrencyLimiter({
+        maxConcurrent: version.spec.maxConcurrency ?? this.options.defaultMaxConcurrency ?? 10,
+        maxQueued: version.spec.maxQueued ?? this.options.defaultMaxQueued ?? 256,
+        queueTimeoutMs: this.options.queueTimeoutMs ?? 30_000,
+      });
+      this.limiters.set(key, limiter);
+    }
+    return limiter;
+  }
+
+  /** Semantic checks; the shapes were checked by the gateway's schema. Throws 4xx KindlingErrors. */
+  private async validate(spec: FunctionSpec, executor: ExecutorName): Promise<void> {
+    const fail = (field: string, message: string): never => {
+      throw new KindlingError('VALIDATION_FAILED', message, { details: { field } });
+    };
+    if (!(EXECUTOR_NAMES as readonly string[]).includes(executor)) {
+      throw new KindlingError('UNKNOWN_EXECUTOR', `unknown executor "${executor}"; use one of ${EXECUTOR_NAMES.join(', ')}`);
+    }
+    const max = this.options.maxConcurrencyLimit ?? 1000;
+    if (spec.maxConcurrency !== undefined && !(Number.isInteger(spec.maxConcurrency) && spec.maxConcurrency >= 1 && spec.maxConcurrency <= max)) {
+      throw new KindlingError('LIMIT_OUT_OF_RANGE', `maxConcurrency must be a whole number between 1 and ${max}, got ${spec.maxConcurrency}`, { details: { field: 'maxConcurrency' } });
+    }
+    if (spec.maxQueued !== undefined && !(Number.isInteger(spec.maxQueued) && spec.maxQueued >= 0 && spec.maxQueued <= 100_000)) {
+      throw new KindlingError('LIMIT_OUT_OF_RANGE', `maxQueued must be a whole number between 0 and 100000, got ${spec.maxQueued}`, { details: { field: 'maxQueued' } });
+    }
+    const ceiling = spec.maxConcurrency ?? max;
+    if (spec.minWarm !== undefined && !(Number.isInteger(spec.minWarm) && spec.minWarm >= 0 && spec.minWarm <= ceiling)) {
+      throw new KindlingError('LIMIT_OUT_OF_RANGE', `minWarm must be a whole number between 0 and maxConcurrency (${ceiling}), got ${spec.minWarm}`, { details: { field: 'minWarm' } });
+    }
+    if (spec.handler !== undefined) {
+      if (!HANDLER_NAME.test(spec.handler)) fail('handler', `handler must be a function name like "main" or "handler", got "${spec.handler}"`);
+      if (spec.image !== undefined || spec.command !== undefined) {
+        throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime" + "code", not with "image" + "command"');
+      }
+      if (spec.runtime === undefined || !(HANDLER_RUNTIMES as readonly string[]).includes(spec.runtime)) {
+        if (spec.runtime !== undefined && !(RUNTIME_NAMES as readonly string[]).includes(spec.runtime)) {
+          throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${spec.runtime}"; handlers run on ${HANDLER_RUNTIMES.join(' or ')}`);
+        }
+        fail('runtime', `a handler needs "runtime": ${HANDLER_RUNTIMES.join(' or ')} (other runtimes deploy as commands: drop "handler")`);
+      }
+      if (spec.code === undefined) fail('code', `a handler needs "code": the ${spec.runtime} source that defines "${spec.handler}"`);
+      if (this.options.handlers === undefined || !this.options.handlers.supports(executor)) {
+        throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executor} executor of this server; deploy a command instead (no "handler")`);
+      }
+    }
+    // The same checks a one-off execution gets: fields that go together, runtime, image, limits in range.
+    await this.options.executionService.prepare({ ...commandRequest(spec), executor });
+  }
+}
+
+function commandRequest(spec: FunctionSpec): ExecuteRequest {
+  const request: ExecuteRequest = {};
+  if (spec.runtime !== undefined) request.runtime = spec.runtime;
+  if (spec.code !== undefined) request.code = spec.code;
+  if (spec.image !== undefined) request.image = spec.image;
+  if (spec.command !== undefined) request.command = spec.command;
+  if (spec.env !== undefined) request.env = spec.env;
+  if (spec.timeoutMs !== undefined) request.timeoutMs = spec.timeoutMs;
+  if (spec.memoryMb !== undefined) request.memoryMb = spec.memoryMb;
+  if (spec.cpus !== undefined) request.cpus = spec.cpus;
+  if (spec.executor !== undefined) request.executor = spec.executor;
+  return request;
+}
+
+function checkName(name: string): void {
+  if (!FUNCTION_NAME_PATTERN.test(name)) {
+    throw new KindlingError('VALIDATION_FAILED', `function name "${name.slice(0, 80)}" must match ${FUNCTION_NAME_PATTERN.source} (lower-case letters, digits, dashes; at most 63)`, { details: { field: 'name' } });
+  }
+}
+
+function notFound(name: string): KindlingError {
+  return new KindlingError('FUNCTION_NOT_FOUND', `no function named "${name.slice(0, 80)}"; deploy it with PUT /v1/functions/NAME (kindling deploy)`, { details: { name: name.slice(0, 80) } });
+}
+
+function toView(fn: FunctionRecord, version: FunctionVersion): FunctionView {
+  return {
+    ...version.spec,
+    name: fn.name,
+    version: version.version,
+    style: isHandlerStyle(version.spec) ? 'handler' : 'command',
+    createdAtMs: fn.createdAtMs,
+    updatedAtMs: fn.updatedAtMs,
+  };
+}

@@ -1,0 +1,190 @@
+/**
+ * Handler-style invocations: one WarmPool per function version, sandboxes whose main process is the runtime's
+ * resident agent (agent/), and the accounting (metrics) of cold and warm starts.
+ *
+ * Isolation: a warm sandbox serves one version of one function, never another; a redeploy retires the older
+ * versions' pools (queued calls still finish there, new calls go to the new version, which starts fresh).
+ * State: module-level state and files in /tmp persist between invocations served by the same warm sandbox (as in
+ * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
+ */
+import { agentLaunch } from '../../agent/files.js';
+import type { Clock } from '../core/clock.js';
+import { KindlingError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { ExecutorName, RunSpec } from '../core/types.js';
+import { AgentLoadError, type Executor, type WarmSandbox } from '../executors/executor.js';
+import type { FunctionVersion } from '../store/store.js';
+import { BASE_ENV } from './execution-service.js';
+import type { HandlerInvoker, InvocationResult, InvokeOptions } from './function-service.js';
+import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
+import { WarmCapacity, WarmPool } from './warm-pool.js';
+
+export interface InvocationObserver {
+  onInvocation(event: { functionName: string; executor: ExecutorName; status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error'; coldStart: boolean; durationMs: number; inBytes: number; outBytes: number }): void;
+}
+
+export interface HandlerPoolsOptions {
+  executors: ReadonlyMap<ExecutorName, Executor>;
+  /** Used when a function does not set maxConcurrency. */
+  defaultMaxConcurrency: number;
+  /** Waiters per function version when the function does not set maxQueued. */
+  defaultMaxQueued: number;
+  queueTimeoutMs: number;
+  idleTtlMs: number;
+  maxUses: number;
+  /** A sandbox older than this is recycled when released; it is killed at twice this age whatever it does. */
+  maxAgeMs: number;
+  maxWarmSandboxes: number;
+  maxWarmMemoryMb: number;
+  limits?: LimitPolicy;
+  observers?: InvocationObserver[];
+  clock?: Clock;
+  onError?: (error: unknown, context: { function: string }) => void;
+}
+
+interface Entry {
+  pool: WarmPool<WarmSandbox>;
+  version: FunctionVersion;
+  executor: Executor;
+}
+
+const keyOf = (name: string, version: number): string => `${name}@${version}`;
+
+export class HandlerPools implements HandlerInvoker {
+  readonly capacity: WarmCapacity;
+  private readonly pools = new Map<string, Entry>();
+  private readonly limits: LimitPolicy;
+  private closing = false;
+
+  constructor(private readonly options: HandlerPoolsOptions) {
+    this.capacity = new WarmCapacity({ maxSandboxes: options.maxWarmSandboxes, maxMemoryMb: options.maxWarmMemoryMb });
+    this.limits = options.limits ?? DEFAULT_LIMIT_POLICY;
+  }
+
+  supports(executor: ExecutorName): boolean {
+    return typeof this.options.executors.get(executor)?.createWarmSandbox === 'function';
+  }
+
+  stats(): Record<string, unknown> {
+    return { capacity: this.capacity.stats, pools: Object.fromEntries([...this.pools].map(([key, entry]) => [key, entry.pool.stats])) };
+  }
+
+  deployed(version: FunctionVersion, executor: ExecutorName): void {
+    for (const [key, entry] of this.pools) if (entry.version.name === version.name && entry.version.version !== version.version) this.retire(key, entry);
+    this.poolFor(version, executor);
+  }
+
+  async deleted(name: string): Promise<void> {
+    const closing = [...this.pools].filter(([, entry]) => entry.version.name === name);
+    for (const [key] of closing) this.pools.delete(key);
+    await Promise.all(closing.map(([, entry]) => entry.pool.close()));
+  }
+
+  async invoke(version: FunctionVersion, executorName: ExecutorName, body: Buffer, _options: InvokeOptions): Promise<InvocationResult> {
+    const entry = this.poolFor(version, executorName);
+    const invocationId = newId('inv');
+    const base = { invocationId, functionName: version.name, version: version.version, executor: executorName };
+    const timeoutMs = version.spec.timeoutMs ?? this.limits.defaults.timeoutMs;
+    let lease;
+    try {
+      lease = await entry.pool.acquire();
+    } catch (error) {
+      if (error instanceof AgentLoadError) {
+        // The user's module does not load: like a program that fails, a result with exit code 1 and the error text.
+        this.observe(version.name, executorName, 'failed', true, 0, body.length, error.text.length);
+        return { ...base, exitCode: 1, body: Buffer.from(`${error.text}\n`), stderr: Buffer.alloc(0), durationMs: 0, coldStart: true, timedOut: false };
+      }
+      const failure = error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'could not get a warm sandbox', { cause: error });
+      if (failure.code !== 'TOO_MANY_REQUESTS') this.observe(version.name, executorName, 'error', true, 0, body.length, 0);
+      throw failure;
+    }
+    let result;
+    try {
+      result = await lease.sandbox.invoke(body, { timeoutMs });
+    } catch (error) {
+      lease.release(false, NaN);
+      this.observe(version.name, executorName, 'error', lease.coldStart, 0, body.length, 0);
+      throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'the warm sandbox failed', { cause: error });
+    }
+    const healthy = result.exitCode <= 1 && lease.sandbox.alive;
+    lease.release(healthy, result.durationMs);
+    const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
+    this.observe(version.name, executorName, status, lease.coldStart, result.durationMs, body.length, result.body.length);
+    return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut };
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    const entries = [...this.pools.values()];
+    this.pools.clear();
+    await Promise.all(entries.map((entry) => entry.pool.close()));
+  }
+
+  /* ------------------------------------------------------------------------------------------------------------ */
+
+  private observe(functionName: string, executor: ExecutorName, status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error', coldStart: boolean, durationMs: number, inBytes: number, outBytes: number): void {
+    for (const observer of this.options.observers ?? []) observer.onInvocation({ functionName, executor, status, coldStart, durationMs, inBytes, outBytes });
+  }
+
+  private retire(key: string, entry: Entry): void {
+    this.pools.delete(key);
+    entry.pool.retire();
+    // Retired pools close themselves once empty (onEmpty); a pool that never empties is closed at shutdown via close().
+    this.retiredPools.add(entry.pool);
+  }
+
+  private readonly retiredPools = new Set<WarmPool<WarmSandbox>>();
+
+  private poolFor(version: FunctionVersion, executorName: ExecutorName): Entry {
+    if (this.closing) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down', { retryAfterSeconds: 5 });
+    const key = keyOf(version.name, version.version);
+    const existing = this.pools.get(key);
+    if (existing !== undefined) return existing;
+    const executor = this.options.executors.get(executorName);
+    if (executor?.createWarmSandbox === undefined) {
+      throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executorName} executor of this server`);
+    }
+    const spec = version.spec;
+    const limits = resolveLimits({ memoryMb: spec.memoryMb, cpus: spec.cpus }, {}, this.limits);
+    const maxConcurrency = spec.maxConcurrency ?? this.options.defaultMaxConcurrency;
+    const pool: WarmPool<WarmSandbox> = new WarmPool<WarmSandbox>({
+      key,
+      create: () => executor.createWarmSandbox!(this.runSpec(version, limits)),
+      minWarm: spec.minWarm ?? 0,
+      maxConcurrency,
+      maxQueued: spec.maxQueued ?? this.options.defaultMaxQueued,
+      queueTimeoutMs: this.options.queueTimeoutMs,
+      idleTtlMs: this.options.idleTtlMs,
+      maxUses: this.options.maxUses,
+      maxAgeMs: this.options.maxAgeMs,
+      memoryMb: limits.memoryMb,
+      capacity: this.capacity,
+      ...(this.options.clock ? { clock: this.options.clock } : {}),
+      onError: (error) => this.options.onError?.(error, { function: key }),
+      onEmpty: () => {
+        if (this.retiredPools.delete(pool)) void pool.close();
+      },
+    });
+    const entry = { pool, version, executor };
+    this.pools.set(key, entry);
+    return entry;
+  }
+
+  private runSpec(version: FunctionVersion, limits: ReturnType<typeof resolveLimits>): RunSpec {
+    const spec = version.spec;
+    const launch = agentLaunch(spec.runtime as 'node' | 'python', spec.code ?? '', spec.handler ?? 'handler');
+    return {
+      id: newId('warm'),
+      image: `kindling/${spec.runtime}`,
+      command: launch.command,
+      env: { ...BASE_ENV, ...spec.env },
+      workdir: '/tmp',
+      // The sandbox's own wall-clock limit is its lifetime; each invocation has its own timeout (see invoke).
+      limits: { ...limits, timeoutMs: this.options.maxAgeMs * 2 },
+      network: 'none',
+      stdin: false,
+      files: launch.files,
+      labels: { 'dev.kindling.function': version.name, 'dev.kindling.function-version': String(version.version) },
+    };
+  }
+}

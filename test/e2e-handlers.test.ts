@@ -1,0 +1,199 @@
+/**
+ * Handler-style functions on warm pools with resident agents, end to end against a real server on the sandbox
+ * executor. Skips with the reason when the host cannot run the sandbox.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Kindling, RateLimitError } from '@kindling/sdk';
+import { SandboxExecutor } from '../src/executors/sandbox/index.js';
+import { IMAGES_DIR, containersOf, dockerUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+
+async function sandboxUnavailableReason(): Promise<string | null> {
+  if (process.getuid?.() !== 0) return 'the sandbox executor needs root';
+  const dir = await mkdtemp(join(tmpdir(), 'kindling-probe-'));
+  await chmod(dir, 0o755);
+  const executor = new SandboxExecutor({ imagesDir: IMAGES_DIR, stateDir: dir, ownerId: `probe-${process.pid}`, instanceId: 'probe', prewarm: 0 });
+  try {
+    const status = await executor.probe();
+    return status.ready ? null : `sandbox not ready: ${status.reason}`;
+  } finally {
+    await executor.destroy();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const unavailable = await sandboxUnavailableReason();
+
+const NODE_COUNTER = `let count = 0;
+export async function handler(body) {
+  count += 1;
+  console.log('call', count);
+  return \`\${count}:\${body.toString('utf8')}\`;
+}
+`;
+const PYTHON_COUNTER = `import os
+count = 0
+def handler(body):
+    global count
+    count += 1
+    with open('/tmp/state', 'a') as f:
+        f.write('x')
+    return '%d:%d:%s' % (count, os.path.getsize('/tmp/state'), body.decode())
+`;
+
+interface PoolStats {
+  total: number;
+  idle: number;
+  busy: number;
+}
+const poolStats = (server: TestServer): Record<string, PoolStats> => (server.handlers.stats() as { pools: Record<string, PoolStats> }).pools;
+const liveSandboxes = (server: TestServer): number => Object.values(poolStats(server)).reduce((sum, pool) => sum + pool.total, 0);
+
+/** Every sandbox cgroup of the server (v2 layout: /sys/fs/cgroup/kindling/<owner>/<sandbox>). */
+function cgroupsOf(ownerId: string): string[] {
+  const dir = `/sys/fs/cgroup/kindling/${ownerId}`;
+  return existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((entry) => entry.isDirectory()).map((entry) => entry.name) : [];
+}
+
+describe('handler functions on warm pools (sandbox executor)', { skip: unavailable ?? false }, () => {
+  let server: TestServer;
+  let client: Kindling;
+
+  before(async () => {
+    server = await startTestServer({ executor: 'sandbox', functionPools: { idleTtlMs: 3000, queueTimeoutMs: 60_000 } });
+    client = new Kindling({ url: server.url });
+  });
+  after(async () => {
+    const ownerId = server?.ownerId;
+    await server?.stop();
+    if (ownerId) assert.deepEqual(cgroupsOf(ownerId), [], 'no sandbox cgroup may remain after close');
+  });
+
+  it('node: warm invocations keep module state; a new version starts fresh', async () => {
+    const v1 = await client.functions.deploy('counter-node', { runtime: 'node', code: NODE_COUNTER, handler: 'handler' });
+    assert.equal(v1.style, 'handler');
+    const first = await client.functions.invoke('counter-node', 'a');
+    assert.deepEqual([first.text(), first.coldStart, first.exitCode, first.version], ['1:a', true, 0, 1]);
+    assert.match(first.invocationId, /^inv_/);
+    const second = await client.functions.invoke('counter-node', 'b');
+    assert.deepEqual([second.text(), second.coldStart], ['2:b', false]);
+    const third = await client.functions.invoke('counter-node', 'c');
+    assert.deepEqual([third.text(), third.coldStart], ['3:c', false]);
+
+    await client.functions.deploy('counter-node', { runtime: 'node', code: NODE_COUNTER.replace('count}:', 'count}/v2:'), handler: 'handler' });
+    const fresh = await client.functions.invoke('counter-node', 'd');
+    assert.deepEqual([fresh.text(), fresh.coldStart, fresh.version], ['1/v2:d', true, 2]);
+    assert.equal((await client.functions.invoke('counter-node', 'e')).text(), '2/v2:e');
+    // The old version's pool is retired: only version 2 has sandboxes.
+    await waitFor(async () => Object.entries(poolStats(server)).every(([key, stats]) => key === 'counter-node@2' || stats.total === 0), 10_000, 'the old version to retire');
+  });
+
+  it('python: module state and /tmp persist in a warm sandbox (bytes in, str out)', async () => {
+    await client.functions.deploy('counter-py', { runtime: 'python', code: PYTHON_COUNTER, handler: 'handler' });
+    assert.equal((await client.functions.invoke('counter-py', 'x')).text(), '1:1:x');
+    const second = await client.functions.invoke('counter-py', 'y');
+    assert.equal(second.text(), '2:2:y');
+    assert.equal(second.coldStart, false);
+    // Binary bytes reach the handler untouched.
+    await client.functions.deploy('hex-py', { runtime: 'python', code: 'def main(b):\n    return b.hex()\n', handler: 'main' });
+    assert.equal((await client.functions.invoke('hex-py', new Uint8Array([0, 255, 10]))).text(), '00ff0a');
+  });
+
+  it('a handler that throws answers exit code 1 with the error text; a module that does not load too', async () => {
+    await client.functions.deploy('thrower', { runtime: 'python', code: 'def handler(b):\n    raise ValueError("bad input " + b.decode())\n', handler: 'handler' });
+    const result = await client.functions.invoke('thrower', 'zz');
+    assert.equal(result.exitCode, 1);
+    assert.match(result.text(), /ValueError: bad input zz/);
+    // The sandbox survives a throw.
+    assert.equal((await client.functions.invoke('thrower', 'q')).coldStart, false);
+
+    await client.functions.deploy('broken', { runtime: 'node', code: 'export const handler = (;', handler: 'handler' });
+    const broken = await client.functions.invoke('broken');
+    assert.equal(broken.exitCode, 1);
+    assert.match(broken.text(), /SyntaxError/);
+    await client.functions.deploy('missing', { runtime: 'node', code: 'export const other = () => 1;', handler: 'handler' });
+    assert.match((await client.functions.invoke('missing')).text(), /does not export a function named "handler"/);
+    await client.functions.deploy('exiter', { runtime: 'python', code: 'import sys\nsys.exit(3)\ndef handler(b):\n    return b\n', handler: 'handler' });
+    const exited = await client.functions.invoke('exiter');
+    assert.equal(exited.exitCode, 1);
+    assert.match(exited.text(), /SystemExit|ended the process while loading/);
+  });
+
+  it('50 concurrent invocations with maxConcurrency 4 all succeed with at most 4 sandboxes alive', async () => {
+    await client.functions.deploy('busy', { runtime: 'node', code: 'export const handler = async (b) => { await new Promise((r) => setTimeout(r, 20)); return b; };', handler: 'handler', maxConcurrency: 4 });
+    let peak = 0;
+    const sampler = setInterval(() => (peak = Math.max(peak, poolStats(server)['busy@1']?.total ?? 0)), 2);
+    try {
+      const results = await Promise.all(Array.from({ length: 50 }, (_, index) => client.functions.invoke('busy', String(index))));
+      results.forEach((result, index) => assert.deepEqual([result.exitCode, result.text()], [0, String(index)]));
+      assert.ok(results.filter((result) => result.coldStart).length <= 4, 'at most 4 cold starts');
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.ok(peak >= 1 && peak <= 4, `peak ${peak} sandboxes`);
+    assert.ok(cgroupsOf(server.ownerId).length <= 4 + liveSandboxes(server) + 2);
+  });
+
+  it('beyond maxConcurrency + maxQueued invocations get 429 with Retry-After', async () => {
+    await client.functions.deploy('narrow', { runtime: 'node', code: 'export const handler = async () => { await new Promise((r) => setTimeout(r, 300)); return "ok"; };', handler: 'handler', maxConcurrency: 1, maxQueued: 2 });
+    await client.functions.invoke('narrow'); // warm it up
+    const outcomes = await Promise.allSettled(Array.from({ length: 8 }, () => client.functions.invoke('narrow')));
+    const ok = outcomes.filter((outcome) => outcome.status === 'fulfilled');
+    const rejected = outcomes.filter((outcome): outcome is PromiseRejectedResult => outcome.status === 'rejected');
+    assert.equal(ok.length, 3, '1 running + 2 queued');
+    assert.equal(rejected.length, 5);
+    for (const outcome of rejected) assert.ok(outcome.reason instanceof RateLimitError, String(outcome.reason));
+  });
+
+  it('counts cold and warm invocations separately in /metrics', async () => {
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    const value = (cold: string): number => Number(text.split('\n').find((line) => line.startsWith(`kindling_invocations_total{function="counter-py",executor="sandbox",status="succeeded",cold="${cold}"}`))?.split(' ').pop() ?? 0);
+    assert.equal(value('true'), 1);
+    assert.equal(value('false'), 1);
+  });
+
+  it('idle sandboxes scale to zero after the idle TTL, and their cgroups go', async () => {
+    await client.functions.deploy('idle', { runtime: 'python', code: 'def handler(b):\n    return b\n', handler: 'handler' });
+    await client.functions.invoke('idle', 'x');
+    assert.equal(poolStats(server)['idle@1']?.total, 1);
+    await waitFor(async () => liveSandboxes(server) === 0, 20_000, 'every warm sandbox to pass its idle TTL');
+    await waitFor(async () => cgroupsOf(server.ownerId).length === 0, 5000, 'the sandbox cgroups to go');
+    const again = await client.functions.invoke('idle', 'y');
+    assert.deepEqual([again.text(), again.coldStart], ['y', true]);
+  });
+
+  it('minWarm sandboxes start at deploy, so the first invocation is warm', async () => {
+    await client.functions.deploy('prewarmed', { runtime: 'node', code: 'export const handler = () => "hot";', handler: 'handler', minWarm: 1 });
+    await waitFor(async () => poolStats(server)['prewarmed@1']?.idle === 1, 20_000, 'the minWarm sandbox');
+    const result = await client.functions.invoke('prewarmed');
+    assert.deepEqual([result.text(), result.coldStart], ['hot', false]);
+  });
+});
+
+const dockerUnavailable = await dockerUnavailableReason();
+
+describe('handler functions on the docker executor', { skip: dockerUnavailable ?? false }, () => {
+  it('keeps module state in a warm container, starts a new version fresh, leaves no container behind', async () => {
+    const server = await startTestServer({ executor: 'docker' });
+    try {
+      const client = new Kindling({ url: server.url });
+      await client.functions.deploy('dock', { runtime: 'node', code: NODE_COUNTER, handler: 'handler' });
+      const first = await client.functions.invoke('dock', 'a');
+      assert.deepEqual([first.text(), first.coldStart], ['1:a', true]);
+      const second = await client.functions.invoke('dock', 'b');
+      assert.deepEqual([second.text(), second.coldStart], ['2:b', false]);
+      await client.functions.deploy('dock', { runtime: 'python', code: PYTHON_COUNTER, handler: 'handler' });
+      assert.equal((await client.functions.invoke('dock', 'c')).text(), '1:1:c');
+      assert.equal((await client.functions.invoke('dock', 'd')).text(), '2:2:d');
+      const thrown = await client.functions.invoke('dock-missing').catch((error: Error) => error);
+      assert.ok(thrown instanceof Error);
+    } finally {
+      await server.stop();
+    }
+    assert.deepEqual(await containersOf(server.ownerId), []);
+  });
+});
