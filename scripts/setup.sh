@@ -10,6 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# One set-up at a time on this checkout (two terminals, or start.sh while the tests run): npm ci and the image build
+# must not race each other.
+if [ -z "${KINDLING_SETUP_LOCKED:-}" ] && command -v flock >/dev/null; then
+  export KINDLING_SETUP_LOCKED=1
+  exec flock "$PWD/.setup.lock" bash "$0" "$@"
+fi
+
 PACKAGES=(docker.io bubblewrap uidmap mmdebstrap e2fsprogs iproute2 util-linux ca-certificates curl tar
   debian-archive-keyring)
 DOCKER_SOCK=/var/run/docker.sock

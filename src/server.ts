@@ -18,6 +18,9 @@ import { SqliteStore } from './store/sqlite.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
+/** After the drain, how long open connections get before they are cut. */
+const CLOSE_GRACE_MS = 2000;
+
 /** Everything the server needs, already parsed; built by main from flags and the environment. */
 export interface ServerConfig {
   host: string;
@@ -246,15 +249,20 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     handlers,
     close() {
       closing ??= (async () => {
+        // Keep listening while draining: new work gets 503 SHUTTING_DOWN (and /readyz 503), so load balancers and
+        // clients learn what is happening instead of seeing refused connections.
         draining = true;
         executionService.stopAccepting();
-        const closed = app.close();
         const drained = await executionService.drain(config.shutdownTimeoutMs);
         if (!drained) {
           logger.warn({ deadlineMs: config.shutdownTimeoutMs }, 'shutdown deadline passed; killing the executions still running');
           await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
         }
+        // Connections still open now (an abandoned upload, an idle keep-alive) must not hold the process.
+        const closed = app.close();
+        const timer = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
         await closed;
+        clearTimeout(timer);
         await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
         await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
         store.close();

@@ -290,6 +290,11 @@ describe('the gateway under overload and with auth (docker)', { skip: unavailabl
       const result = await new Kindling({ url: server.url, apiKey: 's3cret-key' }).runCommand('kindling/base', ['echo', 'ok']);
       assert.equal(result.stdout, 'ok\n');
       assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
+      // The router decodes paths; the key check must not be fooled by a percent-encoded /v1 or an unknown route.
+      for (const path of ['/%76%31/execute', '/v1/%65xecute', '/V1/execute', '/v1/execute/', '/nothing']) {
+        const response = await fetch(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: 'kindling/base', command: ['id'] }) });
+        assert.equal(response.status, 401, `${path} answered ${response.status}`);
+      }
     } finally {
       await server.stop();
     }

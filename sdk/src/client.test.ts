@@ -472,7 +472,7 @@ describe('configuration', { timeout: 10_000 }, () => {
   it('defaults to http://127.0.0.1:8080 and a 60 s timeout', () => {
     const k = new Kindling();
     assert.equal(k.url, 'http://127.0.0.1:8080');
-    assert.equal(k.timeoutMs, 60_000);
+    assert.equal(k.timeoutMs, 120_000);
   });
 
   it('fromEnv() reads KINDLING_URL and KINDLING_API_KEY; explicit options win; empty values are unset', async () => {

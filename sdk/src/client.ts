@@ -8,7 +8,7 @@ import type { ExecuteSpec, ExecutionResult, HealthStatus, ReadyStatus, Runtime }
 /** Where a client talks to when no `url` is given. */
 export const DEFAULT_URL = 'http://127.0.0.1:8080';
 /** Default request timeout in milliseconds. */
-export const DEFAULT_TIMEOUT_MS = 60_000;
+export const DEFAULT_TIMEOUT_MS = 120_000;
 
 export interface KindlingOptions {
   /**
@@ -21,7 +21,7 @@ export interface KindlingOptions {
   /**
    * Request timeout in milliseconds, for the whole request including reading the response (and the whole stream for
    * `stream()`). 0 disables it. For executions it is raised to the spec's `timeoutMs` + 30000 when that is longer, so
-   * a long execution is not cut off by the client. Default: 60000.
+   * a long execution is not cut off by the client. Default: 120000 (the server's longest default timeout, 60 s for rust, plus its 30 s queue wait and a margin).
    */
   timeoutMs?: number;
   /** The `fetch` to use (for proxies, tests or instrumentation). Default: the global `fetch`. */

@@ -31,6 +31,9 @@ export interface ApiOptions {
   isDraining?: () => boolean;
 }
 
+/** Routes that answer without an API key: liveness, readiness, metrics scraping, the API description. */
+const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json']);
+
 /** Builds the HTTP gateway without listening, so tests can use inject() and main decides where to listen. */
 export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   const loggerOption =
@@ -71,15 +74,19 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     return payload;
   });
 
+  // Deny by default: only these routes are public. Decided by the route the router matched (never by the raw URL,
+  // which may be percent-encoded), and an unmatched URL needs the key too, so probing reveals nothing.
   const authenticate = makeAuthenticator(options.apiKeys);
   app.addHook('onRequest', async (request) => {
-    if (request.url.startsWith('/v1/') || request.url === '/v1') authenticate(request);
+    const route = request.routeOptions.url;
+    if (route === undefined || !PUBLIC_ROUTES.has(route)) authenticate(request);
   });
 
   app.setErrorHandler((error, request, reply) => {
     const failure = toError(error);
     options.metrics.onHttpError(failure.code, failure.statusCode);
-    if (failure.statusCode >= 500) request.log.error({ err: error, code: failure.code }, failure.message);
+    if (failure.code === 'CLIENT_DISCONNECTED') request.log.info({ code: failure.code }, failure.message);
+    else if (failure.statusCode >= 500) request.log.error({ err: error, code: failure.code }, failure.message);
     else request.log.info({ code: failure.code, msg: failure.message }, 'request rejected');
     return sendError(reply, request, failure);
   });

@@ -39,9 +39,15 @@ function parseNumber(name: string): (value: string) => number {
 }
 
 export function clientOptions(command: Command, defaults: ClientDefaults): Command {
-  return command
-    .option('--url <url>', 'server URL (env KINDLING_URL)', defaults.url)
-    .option('--api-key <key>', 'API key (env KINDLING_API_KEY)', defaults.apiKey);
+  return (
+    command
+      .option('--url <url>', 'server URL (env KINDLING_URL)', defaults.url)
+      .option('--api-key <key>', 'API key (default: env KINDLING_API_KEY)')
+      // The key from the environment is filled in at run time, never as a commander default: --help must not print it.
+      .hook('preAction', (_program, action) => {
+        if (action.opts().apiKey === undefined && defaults.apiKey !== undefined) action.setOptionValue('apiKey', defaults.apiKey);
+      })
+  );
 }
 
 /** `kindling run`: one execution through the SDK, output streamed live, exit code passed through. */

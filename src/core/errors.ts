@@ -26,6 +26,8 @@ export const ERROR_CODES = {
   PAYLOAD_TOO_LARGE: { statusCode: 413, retryable: false },
   UNSUPPORTED_MEDIA_TYPE: { statusCode: 415, retryable: false },
   TOO_MANY_REQUESTS: { statusCode: 429, retryable: true },
+  /** The client went away before the answer (nginx's 499): logged, never sent, not a server error. */
+  CLIENT_DISCONNECTED: { statusCode: 499, retryable: false },
   EXECUTOR_UNAVAILABLE: { statusCode: 503, retryable: true },
   EXECUTOR_FAILED: { statusCode: 502, retryable: true },
   SHUTTING_DOWN: { statusCode: 503, retryable: true },

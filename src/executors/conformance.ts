@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { newExecutionId } from '../core/ids.js';
 import type { ResourceLimits, RunSpec } from '../core/types.js';
 import type { Executor, ExitInfo } from './executor.js';
+import { skipOrFail } from './test-support.js';
 
 export interface CompletedRun extends ExitInfo {
   stdout: Buffer;
@@ -75,7 +76,7 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
 
     before(async () => {
       const result = await setUp();
-      if (typeof result === 'string') skipReason = result;
+      if (typeof result === 'string') skipReason = skipOrFail(name, result);
       else target = result;
     });
     after(async () => {

@@ -1,4 +1,5 @@
 import type { Readable, Writable } from 'node:stream';
+import { posix } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { KindlingError } from '../core/errors.js';
 import { newExecutionId } from '../core/ids.js';
@@ -55,6 +56,29 @@ export const BASE_ENV: Record<string, string> = {
   HOME: '/tmp',
   LANG: 'C.UTF-8',
 };
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** Top-level directories of the image that a work dir (an empty tmpfs mounted over it) must not hide. */
+const SYSTEM_DIRS = new Set(['proc', 'dev', 'sys', '.kindling', '.kindling-agent', 'etc', 'usr', 'bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32', 'boot', 'run']);
+
+/**
+ * One work-dir rule for every executor: /work (default), /tmp or anything under it, or another top-level directory
+ * (new, or an existing non-system one whose content the empty tmpfs then hides).
+ */
+export function checkWorkdir(workdir: string): string {
+  const fail = (why: string): never => {
+    throw new KindlingError('VALIDATION_FAILED', `workdir "${workdir}" ${why}; use /work (the default), a path under /tmp, or a top-level directory such as /app`, { details: { field: 'workdir' } });
+  };
+  if (!workdir.startsWith('/') || workdir.includes('\0') || posix.normalize(workdir) !== workdir || (workdir.length > 1 && workdir.endsWith('/'))) {
+    fail('must be an absolute, normalized path');
+  }
+  const segments = workdir.split('/').slice(1);
+  const top = segments[0] ?? '';
+  if (top === '') fail('cannot be the read-only root');
+  if (SYSTEM_DIRS.has(top)) fail(`would hide the system directory /${top}`);
+  if (top !== 'tmp' && segments.length > 1) fail('may be nested only under /tmp');
+  return workdir;
+}
 
 /** Keeps the first `capBytes` of a stream, drains and counts the rest so the process never blocks on a full pipe. */
 class OutputCollector {
@@ -169,6 +193,11 @@ export class ExecutionService {
         throw new KindlingError('UNKNOWN_IMAGE', `image "${image}" is not available on the ${executor.name} executor; build it with "kindling images build" or see "kindling images list"`);
       }
     }
+    for (const name of Object.keys(request.env ?? {})) {
+      if (!ENV_NAME.test(name)) {
+        throw new KindlingError('VALIDATION_FAILED', `env: "${name}" is not a valid variable name; use letters, digits and _, not starting with a digit`, { details: { field: `env.${name}` } });
+      }
+    }
     const limits = resolveLimits(
       { timeoutMs: request.timeoutMs, memoryMb: request.memoryMb, cpus: request.cpus, pids: request.pids, outputBytes: request.outputBytes, diskMb: request.diskMb },
       runtimeDefaults,
@@ -181,7 +210,7 @@ export class ExecutionService {
       image,
       command,
       env: { ...BASE_ENV, ...request.env },
-      workdir: request.workdir ?? '/work',
+      workdir: checkWorkdir(request.workdir ?? '/work'),
       limits,
       network: request.network ?? 'none',
       stdin: stdin !== null,

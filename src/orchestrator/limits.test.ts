@@ -18,3 +18,9 @@ test('negative, zero, absurd and non-finite limits are rejected with the allowed
     );
   }
 });
+
+test('limits other than cpus must be whole numbers (a fraction of a MiB is a mistake, not a request)', () => {
+  assert.throws(() => resolveLimits({ memoryMb: 100.3 }, {}, DEFAULT_LIMIT_POLICY), /whole number/);
+  assert.throws(() => resolveLimits({ diskMb: 1.5 }, {}, DEFAULT_LIMIT_POLICY), /whole number/);
+  assert.equal(resolveLimits({ cpus: 0.5 }, {}, DEFAULT_LIMIT_POLICY).cpus, 0.5);
+});

@@ -35,6 +35,9 @@ export function resolveLimits(
     if (runtimeValue !== undefined) resolved[key] = Math.min(runtimeValue, policy.max[key]);
     const value = requested[key];
     if (value === undefined) continue;
+    if (key !== 'cpus' && Number.isFinite(value) && !Number.isInteger(value)) {
+      throw new KindlingError('LIMIT_OUT_OF_RANGE', `${key} must be a whole number of ${LIMIT_UNITS[key]}, got ${value}`, { details: { field: key } });
+    }
     if (!Number.isFinite(value) || value < policy.min[key] || value > policy.max[key]) {
       throw new KindlingError(
         'LIMIT_OUT_OF_RANGE',

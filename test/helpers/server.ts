@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import Docker from 'dockerode';
 import { pino } from 'pino';
 import { LABEL_OWNER } from '../../src/executors/executor.js';
+import { skipOrFail } from '../../src/executors/test-support.js';
 import { startServer, type RunningServer, type ServerConfig } from '../../src/server.js';
 
 export const IMAGES_DIR = '/var/lib/kindling/images';
@@ -62,6 +63,11 @@ export async function containersOf(ownerId: string): Promise<Docker.ContainerInf
 
 /** Why Docker tests cannot run here, or null when they can. */
 export async function dockerUnavailableReason(): Promise<string | null> {
+  const reason = await dockerProblem();
+  return reason === null ? null : skipOrFail('docker', reason);
+}
+
+async function dockerProblem(): Promise<string | null> {
   try {
     await docker.ping();
   } catch (error) {
@@ -79,7 +85,7 @@ export async function sandboxUnavailableReason(): Promise<string | null> {
   const probe = new SandboxExecutor({ imagesDir: IMAGES_DIR, stateDir: tmpdir(), ownerId: 'probe', instanceId: 'probe', prewarm: 0 });
   try {
     const status = await probe.probe();
-    return status.ready ? null : `the sandbox executor is not usable here: ${status.reason}`;
+    return status.ready ? null : skipOrFail('sandbox', `the sandbox executor is not usable here: ${status.reason}`);
   } finally {
     await probe.destroy();
   }

@@ -98,11 +98,14 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
       // A client that goes away cancels its execution and frees the sandbox.
       const abort = new AbortController();
       reply.raw.on('close', () => {
-        if (!reply.raw.writableFinished) abort.abort(new Error('client disconnected'));
+        if (!reply.raw.writableFinished) abort.abort(new KindlingError('CLIENT_DISCONNECTED', 'the client disconnected before the answer; the execution was cancelled'));
       });
       const accept = request.headers.accept ?? '';
       const isRaw = (request.headers['content-type'] ?? '').startsWith(RAW_CONTENT_TYPE);
       if (isRaw) return executeRaw(request, reply, abort.signal, accept.includes(RAW_CONTENT_TYPE));
+      if (!(request.headers['content-type'] ?? '').startsWith('application/json')) {
+        throw new KindlingError('UNSUPPORTED_MEDIA_TYPE', `send the spec as application/json, or a raw body as ${RAW_CONTENT_TYPE} with the spec in the ${SPEC_HEADER} header`);
+      }
       const body = request.body as ExecuteRequest;
       if (accept.includes('text/event-stream')) return executeSse(request, reply, body, abort.signal);
       const result = await service.execute(body, { signal: abort.signal });
@@ -153,7 +156,14 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     const upload = request.body as IncomingMessage;
     const limited = new ByteLimit(options.maxStreamBytes);
     let uploadError: unknown = null;
-    limited.on('error', (error) => (uploadError = error));
+    limited.on('error', (error) => {
+      uploadError = error;
+      // Stop reading what is left and close the connection after the answer: an abandoned, paused upload would
+      // otherwise keep the socket (and a graceful shutdown) waiting forever.
+      upload.unpipe(limited);
+      upload.resume();
+      reply.header('connection', 'close');
+    });
     upload.on('error', (error) => limited.destroy(error));
     // A body that stops before its end (client gone) must not look like end-of-file to the program.
     upload.on('close', () => {
@@ -189,6 +199,11 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
           });
         },
       });
+      if (uploadError) {
+        // The headers said 200 already; a broken response is the only honest answer to a cut-off upload.
+        raw.destroy(uploadError instanceof Error ? uploadError : new Error(String(uploadError)));
+        return reply;
+      }
       logFinished(request, result);
       raw.addTrailers({
         'x-kindling-exit-code': String(result.exitCode),
@@ -196,7 +211,8 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
         'x-kindling-timed-out': String(result.timedOut),
         'x-kindling-oom-killed': String(result.oomKilled),
         'x-kindling-truncated': String(result.truncated),
-        'x-kindling-stderr-base64': Buffer.from(result.stderr).subarray(0, 4096).toString('base64'),
+        // The first 4 KiB of stderr; the whole of it is in the JSON modes.
+        'x-kindling-stderr-base64': Buffer.from(result.stderr, result.outputEncoding).subarray(0, 4096).toString('base64'),
       });
       raw.end();
     } catch (error) {

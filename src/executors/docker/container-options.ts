@@ -70,6 +70,9 @@ export function containerCreateOptions(options: {
       LogConfig: { Type: 'none', Config: {} },
       Ulimits: [{ Name: 'nofile', Soft: 1024, Hard: 1024 }],
       IpcMode: 'private',
+      // A tiny init as PID 1, so the user's process gets default signal handling (PID 1 ignores SIGTERM otherwise)
+      // and zombies are reaped.
+      Init: true,
     },
   };
 }

@@ -226,9 +226,13 @@ export class DockerExecutor implements Executor {
     // A warm sandbox needs its agent dir bound at creation: it never takes a prewarmed container.
     const prewarmed = spec.agentDir === undefined ? this.pool.take(shapeKey) : null;
     const slot = prewarmed ?? (await this.createSlot(shape, shapeKey, spec.agentDir));
-    options.signal?.throwIfAborted();
     try {
-      return await this.launch(slot, spec, options, prewarmed === null);
+      // A client gone while the container was being made: the slot is destroyed below, not left running.
+      options.signal?.throwIfAborted();
+      const execution = await this.launch(slot, spec, options, prewarmed === null);
+      // Only a shape that just started successfully is worth keeping warm.
+      if (spec.agentDir === undefined) this.pool.replenish(shapeKey);
+      return execution;
     } catch (error) {
       await this.destroySlot(slot).catch(() => undefined);
       throw toKindlingError(error, spec.image);
@@ -366,6 +370,8 @@ export class DockerExecutor implements Executor {
     this.closed = true;
     await this.pool.close();
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
+    // Whatever is left (a slot whose launch failed half-way) goes too: close() leaves no container behind.
+    await Promise.allSettled([...this.slots].map((slot) => this.destroySlot(slot)));
   }
 
   async destroy(): Promise<void> {

@@ -332,6 +332,7 @@ export class SandboxExecutor implements Executor {
         () => this.release(launcher!, runDir),
       );
       this.active.set(launcher.name, execution);
+      this.pool?.replenish(POOL_KEY);
       this.log.debug(
         { executionId: spec.id, sandbox: launcher.name, pid: launcher.child.pid, image: layout.short, coldStart, instance: this.instanceId },
         'sandbox started',
@@ -442,7 +443,8 @@ export class SandboxExecutor implements Executor {
         ],
         // detached: a terminal's Ctrl-C (SIGINT to the server's process group) must not kill sandboxes that a
         // graceful shutdown wants to drain.
-        { stdio, env: {}, detached: true },
+        // cwd '/': the server's working directory must not show through /proc/1 of the sandbox (PWD, cwd link).
+        { stdio, env: {}, detached: true, cwd: '/' },
       );
     } catch (err) {
       this.reserved.delete(name);

@@ -14,6 +14,7 @@ import type { RunSpec } from '../../core/types.js';
 import { testSpec, type CompletedRun } from '../conformance.js';
 import { DENIED_SYSCALLS_X86_64 } from './seccomp.js';
 import { SandboxExecutor } from './index.js';
+import { skipOrFail } from '../test-support.js';
 
 const imagesDir = process.env.KINDLING_IMAGES_DIR ?? '/var/lib/kindling/images';
 const PYTHON = 'kindling/python';
@@ -36,6 +37,7 @@ before(async () => {
   if (skipReason) {
     await executor.destroy();
     executor = null;
+    skipOrFail('sandbox', skipReason);
   }
 });
 

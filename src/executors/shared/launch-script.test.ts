@@ -24,7 +24,7 @@ test('the launch script sets stdio, workdir and exactly the given env, then exec
     const envScript = buildLaunchScript({ command: ['env'], env: { ONLY: 'this $one' }, workdir: '/', stdinPath: null, stdoutPath: out, stderrPath: err });
     execFileSync('sh', ['-c', envScript], { env: { PATH: process.env.PATH, SECRET: 'x' } });
     assert.equal(readFileSync(out, 'utf8'), 'ONLY=this $one\n');
-    const failing = buildLaunchScript({ command: ['true'], env: {}, workdir: '/no/such/dir', stdinPath: null, stdoutPath: out, stderrPath: err });
+    const failing = buildLaunchScript({ command: ['true'], env: {}, workdir: '/proc/no-such-dir/x', stdinPath: null, stdoutPath: out, stderrPath: err });
     assert.throws(() => execFileSync('sh', ['-c', failing]), (error: { status?: number }) => error.status === 126);
     assert.match(readFileSync(err, 'utf8'), /can't cd|No such file/);
   } finally {

@@ -23,7 +23,8 @@ export function buildLaunchScript(options: LaunchScriptOptions): string {
   const lines: string[] = [];
   const stdin = options.stdinPath === null ? '/dev/null' : shellQuote(options.stdinPath);
   lines.push(`exec <${stdin} >${shellQuote(options.stdoutPath)} 2>${shellQuote(options.stderrPath)}`);
-  lines.push(`cd -- ${shellQuote(options.workdir)} || exit 126`);
+  // A work dir under /tmp may not exist yet (the tmpfs is mounted at /tmp); every other one is its own mount.
+  lines.push(`mkdir -p -- ${shellQuote(options.workdir)} 2>/dev/null; cd -- ${shellQuote(options.workdir)} || exit 126`);
   // Start from an empty environment so nothing of the image's or the engine's leaks in unasked.
   const assignments = Object.entries(options.env).map(([name, value]) => {
     if (!ENV_NAME.test(name)) throw new Error(`invalid environment variable name: ${name}`);

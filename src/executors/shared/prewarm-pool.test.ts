@@ -18,9 +18,12 @@ function fakePool(sizePerKey: number, maxItems = 10) {
   return { pool, destroyed, advance: (ms: number) => (now += ms) };
 }
 
-test('the first take misses and warms the shape; the next takes hit, each item handed out once', async () => {
+test('a shape warms only after replenish (a successful start); then takes hit, each item handed out once', async () => {
   const { pool } = fakePool(2);
   assert.equal(pool.take('a'), null);
+  await sleep(1);
+  assert.equal(pool.stats().idle, 0, 'a miss alone must not warm the shape');
+  pool.replenish('a');
   await sleep(1);
   assert.deepEqual(pool.stats(), { idle: 2, creating: 0, keys: 1, hits: 0, misses: 1 });
   const first = pool.take('a');
@@ -30,16 +33,29 @@ test('the first take misses and warms the shape; the next takes hit, each item h
   await pool.close();
 });
 
-test('respects maxItems across shapes, drops cold shapes after the idle TTL, destroys all on close', async () => {
+test('a hot shape evicts idle items of the least recently used one when the pool is full', async () => {
   const { pool, destroyed, advance } = fakePool(3, 4);
-  pool.take('a');
-  pool.take('b');
+  pool.replenish('a');
+  await sleep(1);
+  advance(10);
+  pool.replenish('b');
+  await sleep(1);
+  assert.equal(pool.stats().idle, 4);
+  assert.equal(destroyed.length, 2, 'b took the room of two idle a items');
+  assert.ok(destroyed.every((item) => item.startsWith('a#')));
+  await pool.close();
+});
+
+test('respects maxItems across shapes, drops cold shapes after the idle TTL, destroys all on close', async () => {
+  const { pool, destroyed, advance } = fakePool(2, 4);
+  pool.replenish('a');
+  pool.replenish('b');
   await sleep(1);
   assert.equal(pool.stats().idle, 4);
   advance(2000);
-  pool.take('b');
+  pool.replenish('b');
   pool.sweep();
-  assert.ok(destroyed.every((item) => item.startsWith('a#')) && destroyed.length === 3, destroyed.join());
+  assert.ok(destroyed.every((item) => item.startsWith('a#')) && destroyed.length === 2, destroyed.join());
   await pool.close();
   assert.equal(pool.stats().idle, 0);
   assert.equal(pool.take('b'), null);
@@ -48,6 +64,7 @@ test('respects maxItems across shapes, drops cold shapes after the idle TTL, des
 test('size 0 disables prewarming', () => {
   const { pool } = fakePool(0);
   assert.equal(pool.take('a'), null);
+  pool.replenish('a');
   assert.equal(pool.stats().creating, 0);
   void pool.close();
 });

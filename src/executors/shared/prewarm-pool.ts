@@ -49,13 +49,17 @@ export class PrewarmPool<T> {
     this.sweepTimer?.unref();
   }
 
-  /** Returns a ready item for `key` when one waits, else null; either way the shape is marked hot and refilled. */
+  /**
+   * Returns a ready item for `key` when one waits, else null. It does not warm the shape: call `replenish(key)` once
+   * the item (or a cold one) has started successfully, so that a request that fails (a bad limit, a missing image)
+   * never fills the pool with sandboxes nobody can use.
+   */
   take(key: string): T | null {
     if (this.closed || this.options.sizePerKey === 0) return null;
-    let state = this.keys.get(key);
+    const state = this.keys.get(key);
     if (!state) {
-      state = { idle: [], creating: 0, lastUsedMs: this.now() };
-      this.keys.set(key, state);
+      this.misses++;
+      return null;
     }
     state.lastUsedMs = this.now();
     let item: T | null = null;
@@ -69,8 +73,32 @@ export class PrewarmPool<T> {
     }
     if (item === null) this.misses++;
     else this.hits++;
-    this.refill(key, state);
     return item;
+  }
+
+  /** Marks the shape hot (used just now, successfully) and starts creating items up to its size. */
+  replenish(key: string): void {
+    if (this.closed || this.options.sizePerKey === 0) return;
+    let state = this.keys.get(key);
+    if (!state) {
+      state = { idle: [], creating: 0, lastUsedMs: this.now() };
+      this.keys.set(key, state);
+    }
+    state.lastUsedMs = this.now();
+    this.refill(key, state);
+  }
+
+  /** Frees room for a hot shape by destroying an idle item of the least recently used other shape. */
+  private evictColdest(except: string): boolean {
+    let coldest: [string, KeyState<T>] | null = null;
+    for (const entry of this.keys) {
+      if (entry[0] === except || entry[1].idle.length === 0) continue;
+      if (!coldest || entry[1].lastUsedMs < coldest[1].lastUsedMs) coldest = entry;
+    }
+    if (!coldest) return false;
+    const item = coldest[1].idle.shift() as T;
+    void this.options.destroy(item).catch(() => undefined);
+    return true;
   }
 
   stats(): PrewarmPoolStats {
@@ -89,11 +117,8 @@ export class PrewarmPool<T> {
   }
 
   private refill(key: string, state: KeyState<T>): void {
-    while (
-      !this.closed &&
-      state.idle.length + state.creating < this.options.sizePerKey &&
-      this.totalItems() < this.options.maxItems
-    ) {
+    while (!this.closed && state.idle.length + state.creating < this.options.sizePerKey) {
+      if (this.totalItems() >= this.options.maxItems && !this.evictColdest(key)) break;
       state.creating++;
       const creation = this.options.create(key).then(
         (item) => {
