@@ -15,7 +15,7 @@ while IFS= read -r f; do
   src="${f#dist/}"
   src="${src%.js}.ts"
   if [ -f "$src" ]; then files+=("$f"); else echo "[test] skipping stale $f (no $src)" >&2; fi
-done < <(find dist/src dist/test -type f -name '*.test.js' 2>/dev/null | sort)
+done < <(find dist/src dist/test dist/agent -type f -name '*.test.js' 2>/dev/null | sort)
 # The SDK builds into its own package's dist/.
 while IFS= read -r f; do files+=("$f"); done < <(find sdk/dist -type f -name '*.test.js' 2>/dev/null | sort)
 [ "${#files[@]}" -gt 0 ] || { echo "[test] no compiled test files under dist/src or dist/test" >&2; exit 1; }
