@@ -224,19 +224,37 @@ class Agent {
       stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
     this.execs.set(stream, { child, cgroup });
+    // Without swap, a process at memory.max can crawl for a long time by evicting and re-reading file pages (its own
+    // binary) before the kernel's OOM killer acts; under TCG that is tens of seconds. Like systemd-oomd, the agent
+    // treats the limit being hit on every check for a second as out-of-memory: it kills the tree and reports OOM.
+    let limitHits = 0;
+    let lastMaxEvents = -1;
+    let oomByAgent = false;
+    const watchdog = setInterval(() => {
+      const max = Number(/^max (\d+)/m.exec(readOr(path.join(cgroup, 'memory.events'), ''))?.[1] ?? 0);
+      limitHits = lastMaxEvents >= 0 && max > lastMaxEvents ? limitHits + 1 : 0;
+      lastMaxEvents = max;
+      if (limitHits >= 4) {
+        oomByAgent = true;
+        clearInterval(watchdog);
+        killCgroup(cgroup, child);
+      }
+    }, 250);
     child.stdin?.on('error', () => undefined);
     child.stdout?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDOUT, stream, chunk).forEach((f) => this.send(f)));
     child.stderr?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDERR, stream, chunk).forEach((f) => this.send(f)));
     // The main process gone, nothing of the tree may outlive it (as in a container).
     child.on('exit', () => killCgroup(cgroup, null));
     child.on('error', (error) => {
+      clearInterval(watchdog);
       this.execs.delete(stream);
       this.error(stream, `spawn failed: ${error.message}`);
     });
     child.on('close', (code, signal) => {
+      clearInterval(watchdog);
       this.execs.delete(stream);
       const events = readOr(path.join(cgroup, 'memory.events'), '');
-      const oomKilled = Number(/^oom_kill (\d+)/m.exec(events)?.[1] ?? 0) > 0;
+      const oomKilled = oomByAgent || Number(/^oom_kill (\d+)/m.exec(events)?.[1] ?? 0) > 0;
       const cpuUsec = /^usage_usec (\d+)/m.exec(readOr(path.join(cgroup, 'cpu.stat'), ''))?.[1];
       const peak = readOr(path.join(cgroup, 'memory.peak'), '').trim();
       // unshare --fork re-raises the child's signal or exits 128+n; report both the same way.
@@ -310,6 +328,9 @@ function main(): void {
   // The agent must survive the guest's OOM killer; user processes live in their own cgroups.
   writeQuiet('/proc/self/oom_score_adj', '-1000');
   writeQuiet(path.join(CGROUP_ROOT, 'cgroup.subtree_control'), '+memory +pids +cpu');
+  // Like a container on a big host: allocations succeed and the exec's cgroup limit (memory.max) OOM-kills, rather
+  // than a small VM refusing a large malloc outright (which would hide the limit behind a MemoryError).
+  writeQuiet('/proc/sys/vm/overcommit_memory', '1');
   process.on('uncaughtException', (error) => log(`uncaught: ${error.stack ?? error.message}`));
   const port = findPort();
   const fd = fs.openSync(port, 'r+');
