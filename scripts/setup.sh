@@ -18,7 +18,7 @@ if [ -z "${KINDLING_SETUP_LOCKED:-}" ] && command -v flock >/dev/null; then
 fi
 
 PACKAGES=(docker.io bubblewrap uidmap mmdebstrap e2fsprogs iproute2 util-linux ca-certificates curl tar
-  debian-archive-keyring)
+  debian-archive-keyring qemu-system-x86 qemu-utils)
 DOCKER_SOCK=/var/run/docker.sock
 DOCKERD_LOG=/var/log/kindling-dockerd.log
 DOCKERD_PIDFILE=/run/kindling-dockerd.pid
@@ -87,6 +87,7 @@ log "npm run build"
 npm run --silent build
 
 # --- runtime images (rootfs dirs + Docker images) ----------------------------------------------------------------
-log "kindling images build"
-node bin/kindling.js images build
+log "kindling images build --microvm"
+# --microvm: ext4 files of every image plus the microvm kernel, initramfs and agent disk (cached by stamp).
+node bin/kindling.js images build --microvm
 log "done"

@@ -15,6 +15,7 @@ import {
   type ImageLog,
 } from '../images/builder.js';
 import { DEBIAN } from '../images/recipes.js';
+import { buildMicroVmAssets } from '../executors/microvm/assets.js';
 
 export interface ImagesCommandsOptions {
   /** Default for --images-dir. Default /var/lib/kindling/images. */
@@ -34,6 +35,7 @@ interface BuildFlags {
   docker: boolean;
   dockerSocket: string;
   ext4?: boolean;
+  microvm?: boolean;
   concurrency: number;
   mirror: string;
   securityMirror: string;
@@ -65,6 +67,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
     .option('--no-docker', 'build rootfs directories only, do not touch the Docker engine')
     .option('--docker-socket <path>', 'Docker engine socket', socket)
     .option('--ext4', 'also write <images-dir>/<name>/rootfs.ext4 (microvm executor)')
+    .option('--microvm', 'implies --ext4; also build the microvm kernel, initramfs and agent disk (/var/lib/kindling/microvm)')
     .option('-j, --concurrency <n>', 'images built at the same time', parsePositiveInt, 2)
     .option('--mirror <url>', 'Debian mirror', DEBIAN.defaultMirror)
     .option('--security-mirror <url>', 'Debian security mirror', DEBIAN.defaultSecurityMirror)
@@ -84,7 +87,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
           names,
           force: flags.force ?? false,
           ...(flags.docker ? { docker: createDocker(flags.dockerSocket) } : {}),
-          ext4: flags.ext4 ?? false,
+          ext4: (flags.ext4 ?? false) || (flags.microvm ?? false),
           concurrency: flags.concurrency,
           mirror: flags.mirror,
           securityMirror: flags.securityMirror,
@@ -101,6 +104,15 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
         return;
       }
       out.write(formatBuildResults(results));
+      if (flags.microvm) {
+        try {
+          await buildMicroVmAssets({ log: (m) => err.write(`${stamp()} ${m}\n`) });
+        } catch (e) {
+          err.write(`error: microvm assets: ${(e as Error).message}\n`);
+          process.exitCode = 1;
+          return;
+        }
+      }
       err.write(`${stamp()} done\n`);
     });
 

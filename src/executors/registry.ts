@@ -1,6 +1,7 @@
 import type { ExecutorName } from '../core/types.js';
 import { DockerExecutor, type Logger } from './docker/index.js';
 import type { Executor } from './executor.js';
+import { MicroVmExecutor } from './microvm/index.js';
 import { SandboxExecutor } from './sandbox/index.js';
 
 /** What every executor may need from the server; each takes the parts it uses. */
@@ -32,6 +33,17 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         stateDir: context.stateDir,
         ownerId: context.ownerId,
         instanceId: context.instanceId,
+        logger: context.logger,
+      });
+    case 'microvm':
+      // QEMU everywhere (KVM when usable, TCG otherwise); the firecracker driver needs /dev/kvm (see microvm/).
+      return new MicroVmExecutor({
+        driver: 'qemu',
+        imagesDir: context.imagesDir,
+        stateDir: context.stateDir,
+        ownerId: context.ownerId,
+        instanceId: context.instanceId,
+        warmPerShape: context.prewarmPerShape > 0 ? 1 : 0,
         logger: context.logger,
       });
     default:

@@ -1,0 +1,341 @@
+/**
+ * The guest agent of a Kindling microVM. The initramfs's init (see src/executors/microvm/assets.ts) mounts the image's
+ * ext4 read-only as /, the agent disk on /run/kindling-agent, tmpfs on /run, /tmp, /work and /.kindling, cgroup2 on
+ * /sys/fs/cgroup, then switch_roots into `node guest-agent.js` as PID 1.
+ *
+ * The agent speaks agent/vm/protocol.ts over a virtio-serial port named `dev.kindling.agent` (QEMU). It only answers:
+ * the host always speaks first. Each EXEC runs as nobody in a fresh cgroup (memory, pids, cpu limits; cgroup.kill
+ * when the main process exits), in new PID and mount namespaces with its own /proc, on a fresh tmpfs working dir.
+ *
+ * This file runs in the guest under the node on the agent disk: it imports only node: modules and ./protocol.js.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import path from 'node:path';
+import {
+  FrameDecoder,
+  MessageType,
+  PROTOCOL_VERSION,
+  decodeFileBody,
+  decodeJson,
+  encodeChunks,
+  encodeFileBody,
+  encodeFrame,
+  encodeJson,
+  type ExecRequest,
+  type ExitMessage,
+  type Frame,
+  type FileHeader,
+  type PongMessage,
+} from './protocol.js';
+
+export const AGENT_VERSION = '1.0.0';
+const AGENT_DIR = '/run/kindling-agent';
+const BUSYBOX = `${AGENT_DIR}/bin/busybox`;
+/** util-linux's setpriv from the image (Debian's util-linux is essential); busybox's cannot change uids. */
+const SETPRIV = '/usr/bin/setpriv';
+const CGROUP_ROOT = '/sys/fs/cgroup';
+const PORT_NAME = 'dev.kindling.agent';
+const startedAt = Date.now();
+
+function log(message: string): void {
+  try {
+    fs.writeSync(2, `kindling-agent: ${message}\n`);
+  } catch {}
+}
+
+/** The /dev node of the virtio-serial port with our name. */
+function findPort(): string {
+  const dir = '/sys/class/virtio-ports';
+  for (;;) {
+    try {
+      for (const entry of fs.readdirSync(dir)) {
+        const name = fs.readFileSync(path.join(dir, entry, 'name'), 'utf8').trim();
+        if (name === PORT_NAME) return `/dev/${entry}`;
+      }
+    } catch {}
+    // The port appears shortly after virtio_console loads.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+  }
+}
+
+/** Serialised writes to the port (blocking fd: each write runs on the thread pool, in order). */
+class PortWriter {
+  private queue: Buffer[] = [];
+  private writing = false;
+  constructor(private readonly fd: number) {}
+
+  send(frame: Buffer): void {
+    this.queue.push(frame);
+    if (!this.writing) this.flush();
+  }
+
+  private flush(): void {
+    const next = this.queue.shift();
+    if (!next) {
+      this.writing = false;
+      return;
+    }
+    this.writing = true;
+    const writeAll = (buffer: Buffer): void => {
+      fs.write(this.fd, buffer, 0, buffer.length, null, (error, written) => {
+        if (error) {
+          // EAGAIN/ENOTCONN while the host is away: retry shortly, frames stay in order.
+          setTimeout(() => writeAll(buffer), 20);
+          return;
+        }
+        if (written < buffer.length) writeAll(buffer.subarray(written));
+        else this.flush();
+      });
+    };
+    writeAll(next);
+  }
+}
+
+interface RunningExec {
+  child: ChildProcess;
+  cgroup: string;
+}
+
+class Agent {
+  private readonly decoder = new FrameDecoder();
+  private readonly execs = new Map<number, RunningExec>();
+  private readonly writer: PortWriter;
+
+  constructor(private readonly fd: number) {
+    this.writer = new PortWriter(fd);
+  }
+
+  /** Reads forever. A read of 0 bytes means the host side is not connected (yet, or any more): poll again. */
+  readLoop(): void {
+    const buffer = Buffer.allocUnsafe(256 * 1024);
+    const next = (): void => {
+      fs.read(this.fd, buffer, 0, buffer.length, null, (error, bytesRead) => {
+        if (error || bytesRead === 0) {
+          setTimeout(next, error ? 50 : 20);
+          return;
+        }
+        let frames: Frame[] = [];
+        try {
+          frames = this.decoder.push(Buffer.from(buffer.subarray(0, bytesRead)));
+        } catch (decodeError) {
+          log(`bad input from the host: ${(decodeError as Error).message}`);
+        }
+        for (const frame of frames) {
+          try {
+            this.handle(frame);
+          } catch (handleError) {
+            this.error(frame.stream, (handleError as Error).message);
+          }
+        }
+        next();
+      });
+    };
+    next();
+  }
+
+  private send(frame: Buffer): void {
+    this.writer.send(frame);
+  }
+
+  private error(stream: number, message: string): void {
+    this.send(encodeJson(MessageType.ERROR, stream, { message }));
+  }
+
+  private handle(frame: Frame): void {
+    switch (frame.type) {
+      case MessageType.PING:
+        this.send(encodeJson(MessageType.PONG, frame.stream, this.pong()));
+        return;
+      case MessageType.EXEC:
+        this.exec(frame.stream, decodeJson<ExecRequest>(frame));
+        return;
+      case MessageType.STDIN: {
+        const stdin = this.execs.get(frame.stream)?.child.stdin;
+        if (stdin && !stdin.destroyed) stdin.write(frame.payload);
+        return;
+      }
+      case MessageType.STDIN_END:
+        this.execs.get(frame.stream)?.child.stdin?.end();
+        return;
+      case MessageType.KILL: {
+        const running = this.execs.get(frame.stream);
+        if (running) killCgroup(running.cgroup, running.child);
+        return;
+      }
+      case MessageType.PUT_FILE: {
+        const { header, data } = decodeFileBody(frame.payload);
+        fs.mkdirSync(path.dirname(header.path), { recursive: true });
+        fs.writeFileSync(header.path, data, { mode: header.mode ?? 0o644 });
+        fs.chmodSync(header.path, header.mode ?? 0o644);
+        this.send(encodeFrame(MessageType.OK, frame.stream));
+        return;
+      }
+      case MessageType.GET_FILE: {
+        const header = decodeJson<FileHeader>(frame);
+        const data = fs.readFileSync(header.path);
+        this.send(encodeFrame(MessageType.FILE, frame.stream, encodeFileBody({ path: header.path }, data)));
+        return;
+      }
+      default:
+        this.error(frame.stream, `unexpected message type ${frame.type}`);
+    }
+  }
+
+  private pong(): PongMessage {
+    const meminfo = readOr('/proc/meminfo', '');
+    const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(meminfo)?.[1] ?? 0) * 1024;
+    return {
+      version: PROTOCOL_VERSION,
+      agentVersion: AGENT_VERSION,
+      uptimeMs: Date.now() - startedAt,
+      memory: { totalBytes: kb('MemTotal'), availableBytes: kb('MemAvailable') },
+    };
+  }
+
+  private exec(stream: number, request: ExecRequest): void {
+    if (this.execs.has(stream)) throw new Error(`stream ${stream} is already running`);
+    const { limits } = request;
+    const cgroup = path.join(CGROUP_ROOT, `exec-${stream}`);
+    fs.mkdirSync(cgroup);
+    writeQuiet(path.join(cgroup, 'memory.max'), `${limits.memoryMb * 1024 * 1024}`);
+    writeQuiet(path.join(cgroup, 'memory.swap.max'), '0');
+    writeQuiet(path.join(cgroup, 'pids.max'), `${limits.pids}`);
+    writeQuiet(path.join(cgroup, 'cpu.max'), `${Math.max(1000, Math.round(limits.cpus * 100_000))} 100000`);
+    // A fresh scratch space per exec: /tmp and the working directory, each a tmpfs of diskMb.
+    mountTmpfs('/tmp', `mode=1777,size=${limits.diskMb}m`);
+    if (!fs.existsSync(request.workdir)) throw new Error(`working directory ${request.workdir} does not exist in the image`);
+    mountTmpfs(request.workdir, `mode=0755,uid=${request.uid},gid=${request.gid},size=${limits.diskMb}m`);
+
+    if (!fs.existsSync(SETPRIV)) throw new Error(`the image has no ${SETPRIV} (util-linux); the microvm executor needs it`);
+    // sh (root) joins the cgroup, unshare gives new PID + mount namespaces and a private /proc, setpriv drops to the
+    // user; each step execs the next, so the user's command ends up as PID 1 of its namespace. The env is the user's.
+    const argv = [
+      '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
+      BUSYBOX, 'unshare', '--pid', '--fork', '--mount-proc', '--',
+      SETPRIV, `--reuid=${request.uid}`, `--regid=${request.gid}`, '--clear-groups', '--',
+      ...request.argv,
+    ];
+    const child = spawn(BUSYBOX, argv, {
+      argv0: 'sh',
+      cwd: request.workdir,
+      env: request.env,
+      stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
+    this.execs.set(stream, { child, cgroup });
+    // Without swap, a process at memory.max can crawl for a long time by evicting and re-reading file pages (its own
+    // binary) before the kernel's OOM killer acts; under TCG that is tens of seconds. Like systemd-oomd, the agent
+    // treats the limit being hit on every check for a second as out-of-memory: it kills the tree and reports OOM.
+    let limitHits = 0;
+    let lastMaxEvents = -1;
+    let oomByAgent = false;
+    const watchdog = setInterval(() => {
+      const max = Number(/^max (\d+)/m.exec(readOr(path.join(cgroup, 'memory.events'), ''))?.[1] ?? 0);
+      limitHits = lastMaxEvents >= 0 && max > lastMaxEvents ? limitHits + 1 : 0;
+      lastMaxEvents = max;
+      if (limitHits >= 4) {
+        oomByAgent = true;
+        clearInterval(watchdog);
+        killCgroup(cgroup, child);
+      }
+    }, 250);
+    child.stdin?.on('error', () => undefined);
+    child.stdout?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDOUT, stream, chunk).forEach((f) => this.send(f)));
+    child.stderr?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDERR, stream, chunk).forEach((f) => this.send(f)));
+    // The main process gone, nothing of the tree may outlive it (as in a container).
+    child.on('exit', () => killCgroup(cgroup, null));
+    child.on('error', (error) => {
+      clearInterval(watchdog);
+      this.execs.delete(stream);
+      this.error(stream, `spawn failed: ${error.message}`);
+    });
+    child.on('close', (code, signal) => {
+      clearInterval(watchdog);
+      this.execs.delete(stream);
+      const events = readOr(path.join(cgroup, 'memory.events'), '');
+      const oomKilled = oomByAgent || Number(/^oom_kill (\d+)/m.exec(events)?.[1] ?? 0) > 0;
+      const cpuUsec = /^usage_usec (\d+)/m.exec(readOr(path.join(cgroup, 'cpu.stat'), ''))?.[1];
+      const peak = readOr(path.join(cgroup, 'memory.peak'), '').trim();
+      // unshare --fork re-raises the child's signal or exits 128+n; report both the same way.
+      let exitCode = code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0);
+      let signalName: string | null = signal ?? (code !== null && code > 128 ? signalOf(code - 128) : null);
+      if (oomKilled) {
+        exitCode = 137;
+        signalName = 'SIGKILL';
+      }
+      const exit: ExitMessage = {
+        exitCode,
+        signal: signalName,
+        oomKilled,
+        usage: { cpuUsec: cpuUsec === undefined ? null : Number(cpuUsec), memoryPeakBytes: peak ? Number(peak) : null },
+      };
+      this.send(encodeJson(MessageType.EXIT, stream, exit));
+      removeCgroup(cgroup);
+    });
+  }
+}
+
+function signalOf(number: number): string | null {
+  return Object.entries(osConstants.signals).find(([, value]) => value === number)?.[0] ?? null;
+}
+
+function readOr(file: string, fallback: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return fallback;
+  }
+}
+
+function writeQuiet(file: string, value: string): void {
+  try {
+    fs.writeFileSync(file, value);
+  } catch (error) {
+    log(`cannot write ${file}: ${(error as Error).message}`);
+  }
+}
+
+function mountTmpfs(target: string, options: string): void {
+  // Lazy-unmount what an earlier exec left there, then mount fresh.
+  spawnSyncQuiet([BUSYBOX, 'umount', '-l', target]);
+  const result = spawnSyncQuiet([BUSYBOX, 'mount', '-t', 'tmpfs', '-o', options, 'tmpfs', target]);
+  if (result !== 0) throw new Error(`cannot mount a tmpfs on ${target}`);
+}
+
+function spawnSyncQuiet(argv: string[]): number {
+  const result = spawnSync(argv[0] as string, argv.slice(1), { stdio: 'ignore' });
+  return result.status ?? 1;
+}
+
+function killCgroup(cgroup: string, child: ChildProcess | null): void {
+  try {
+    fs.writeFileSync(path.join(cgroup, 'cgroup.kill'), '1');
+  } catch {
+    child?.kill('SIGKILL');
+  }
+}
+
+function removeCgroup(cgroup: string, attempt = 0): void {
+  try {
+    fs.rmdirSync(cgroup);
+  } catch {
+    if (attempt < 50) setTimeout(() => removeCgroup(cgroup, attempt + 1), 20);
+  }
+}
+
+function main(): void {
+  // The agent must survive the guest's OOM killer; user processes live in their own cgroups.
+  writeQuiet('/proc/self/oom_score_adj', '-1000');
+  writeQuiet(path.join(CGROUP_ROOT, 'cgroup.subtree_control'), '+memory +pids +cpu');
+  // Like a container on a big host: allocations succeed and the exec's cgroup limit (memory.max) OOM-kills, rather
+  // than a small VM refusing a large malloc outright (which would hide the limit behind a MemoryError).
+  writeQuiet('/proc/sys/vm/overcommit_memory', '1');
+  process.on('uncaughtException', (error) => log(`uncaught: ${error.stack ?? error.message}`));
+  const port = findPort();
+  const fd = fs.openSync(port, 'r+');
+  log(`ready on ${port} after ${Math.round(process.uptime() * 1000)} ms of node`);
+  new Agent(fd).readLoop();
+}
+
+if (process.argv[1] && path.basename(process.argv[1]) === 'guest-agent.js') main();

@@ -1,0 +1,205 @@
+/**
+ * The protocol between the host and the guest agent of a microVM, over one byte stream (virtio-serial with QEMU, vsock
+ * with Firecracker). This module has no dependencies and no Node-version-specific APIs: the guest agent imports it
+ * (it runs under the node copied onto the agent disk), the host imports it too, and both sides share its tests.
+ *
+ * A frame is
+ *   u32 big-endian length of everything after this field (>= HEADER_BYTES - 4)
+ *   u8  protocol version (PROTOCOL_VERSION)
+ *   u8  type (MessageType)
+ *   u32 big-endian stream id (0 for PING/PONG; the host picks one id per EXEC or file operation)
+ *   payload (length - 6 bytes)
+ *
+ * Conversation (the host always speaks first, so the agent never writes into a channel nobody reads):
+ *   host PING {version}                              -> agent PONG {version, agentVersion, uptimeMs, memory}
+ *   host PUT_FILE  header+bytes (see encodeFileBody) -> agent OK | ERROR
+ *   host GET_FILE  {path}                            -> agent FILE header+bytes | ERROR
+ *   host EXEC {argv, env, workdir, limits, stdin}    -> agent STDOUT* / STDERR* (bytes) ... EXIT {exitCode, ...} | ERROR
+ *   host STDIN (bytes)* then STDIN_END, on the stream id of an EXEC
+ *   host KILL on the stream id of an EXEC            -> the process tree is killed; EXIT follows
+ * ERROR {message} ends a stream with a platform failure (never a user failure: those are EXIT with a code).
+ */
+export const PROTOCOL_VERSION = 1;
+export const HEADER_BYTES = 10;
+/** Largest frame accepted. Bulk data (stdin, files, output) travels in chunks of at most MAX_CHUNK_BYTES. */
+export const MAX_FRAME_BYTES = 8 * 1024 * 1024;
+export const MAX_CHUNK_BYTES = 64 * 1024;
+
+export const MessageType = {
+  PING: 1,
+  PONG: 2,
+  EXEC: 3,
+  STDIN: 4,
+  STDIN_END: 5,
+  STDOUT: 6,
+  STDERR: 7,
+  EXIT: 8,
+  KILL: 9,
+  PUT_FILE: 10,
+  GET_FILE: 11,
+  FILE: 12,
+  OK: 13,
+  ERROR: 14,
+} as const;
+export type MessageTypeValue = (typeof MessageType)[keyof typeof MessageType];
+
+const TYPE_NAMES = new Map<number, string>(Object.entries(MessageType).map(([name, value]) => [value, name]));
+export function messageTypeName(type: number): string {
+  return TYPE_NAMES.get(type) ?? `UNKNOWN(${type})`;
+}
+
+export interface Frame {
+  type: number;
+  stream: number;
+  payload: Buffer;
+}
+
+/** Limits the agent applies to the process tree of one EXEC (a cgroup inside the guest). */
+export interface ExecLimits {
+  memoryMb: number;
+  pids: number;
+  cpus: number;
+  /** Size of the tmpfs mounted on /tmp and on the working directory. */
+  diskMb: number;
+}
+
+export interface ExecRequest {
+  argv: string[];
+  env: Record<string, string>;
+  workdir: string;
+  limits: ExecLimits;
+  /** Whether STDIN frames follow; otherwise the process reads /dev/null. */
+  stdin: boolean;
+  /** uid/gid the process runs as (65534 = nobody). */
+  uid: number;
+  gid: number;
+}
+
+export interface ExitMessage {
+  exitCode: number;
+  signal: string | null;
+  oomKilled: boolean;
+  /** From the exec's cgroup: CPU time used and peak memory, when the guest kernel reports them. */
+  usage: { cpuUsec: number | null; memoryPeakBytes: number | null };
+}
+
+export interface PingMessage {
+  version: number;
+}
+
+export interface PongMessage {
+  version: number;
+  agentVersion: string;
+  uptimeMs: number;
+  memory: { totalBytes: number; availableBytes: number };
+}
+
+export interface FileHeader {
+  path: string;
+  /** Permission bits for PUT_FILE (default 0o644). */
+  mode?: number;
+}
+
+export interface ErrorMessage {
+  message: string;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+export function encodeFrame(type: number, stream: number, payload: Buffer | string = EMPTY): Buffer {
+  const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+  if (HEADER_BYTES - 4 + body.length > MAX_FRAME_BYTES) throw new ProtocolError(`frame of ${body.length} bytes is over the limit`);
+  const frame = Buffer.allocUnsafe(HEADER_BYTES + body.length);
+  frame.writeUInt32BE(HEADER_BYTES - 4 + body.length, 0);
+  frame.writeUInt8(PROTOCOL_VERSION, 4);
+  frame.writeUInt8(type, 5);
+  frame.writeUInt32BE(stream >>> 0, 6);
+  body.copy(frame, HEADER_BYTES);
+  return frame;
+}
+
+export function encodeJson(type: number, stream: number, value: unknown): Buffer {
+  return encodeFrame(type, stream, JSON.stringify(value));
+}
+
+/** Bytes as frames of at most MAX_CHUNK_BYTES each (none for an empty buffer). */
+export function encodeChunks(type: number, stream: number, data: Buffer): Buffer[] {
+  const frames: Buffer[] = [];
+  for (let at = 0; at < data.length; at += MAX_CHUNK_BYTES) frames.push(encodeFrame(type, stream, data.subarray(at, at + MAX_CHUNK_BYTES)));
+  return frames;
+}
+
+/** PUT_FILE and FILE payloads: u32 length of a JSON header, the header, then the file's bytes. */
+export function encodeFileBody(header: FileHeader, data: Buffer): Buffer {
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const head = Buffer.allocUnsafe(4);
+  head.writeUInt32BE(json.length, 0);
+  return Buffer.concat([head, json, data]);
+}
+
+export function decodeFileBody(payload: Buffer): { header: FileHeader; data: Buffer } {
+  if (payload.length < 4) throw new ProtocolError('file payload too short');
+  const jsonLength = payload.readUInt32BE(0);
+  if (4 + jsonLength > payload.length) throw new ProtocolError('file header runs past the payload');
+  const header = JSON.parse(payload.subarray(4, 4 + jsonLength).toString('utf8')) as FileHeader;
+  if (typeof header.path !== 'string') throw new ProtocolError('file header has no path');
+  return { header, data: payload.subarray(4 + jsonLength) };
+}
+
+export function decodeJson<T>(frame: Frame): T {
+  try {
+    return JSON.parse(frame.payload.toString('utf8')) as T;
+  } catch {
+    throw new ProtocolError(`${messageTypeName(frame.type)} payload is not JSON`);
+  }
+}
+
+export class ProtocolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ProtocolError';
+  }
+}
+
+/** Reassembles frames from arbitrary stream chunks. Throws ProtocolError on a bad version or length. */
+export class FrameDecoder {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+
+  push(chunk: Buffer): Frame[] {
+    if (chunk.length > 0) {
+      this.pending.push(chunk);
+      this.pendingBytes += chunk.length;
+    }
+    const frames: Frame[] = [];
+    while (this.pendingBytes >= 4) {
+      const length = this.peek(4).readUInt32BE(0);
+      if (length < HEADER_BYTES - 4 || length > MAX_FRAME_BYTES) throw new ProtocolError(`bad frame length ${length}`);
+      if (this.pendingBytes < 4 + length) break;
+      const frame = this.take(4 + length);
+      const version = frame.readUInt8(4);
+      if (version !== PROTOCOL_VERSION) throw new ProtocolError(`protocol version ${version} is not ${PROTOCOL_VERSION}`);
+      frames.push({ type: frame.readUInt8(5), stream: frame.readUInt32BE(6), payload: frame.subarray(HEADER_BYTES) });
+    }
+    return frames;
+  }
+
+  /** Bytes received that do not form a whole frame yet. */
+  get buffered(): number {
+    return this.pendingBytes;
+  }
+
+  private peek(bytes: number): Buffer {
+    if ((this.pending[0] as Buffer).length < bytes) this.pending = [Buffer.concat(this.pending)];
+    return this.pending[0] as Buffer;
+  }
+
+  private take(bytes: number): Buffer {
+    const first = this.peek(bytes);
+    const out = first.subarray(0, bytes);
+    if (first.length === bytes) this.pending.shift();
+    else this.pending[0] = first.subarray(bytes);
+    this.pendingBytes -= bytes;
+    return out;
+  }
+}

@@ -1,0 +1,61 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { INIT_SCRIPT, moduleDepends } from './assets.js';
+import { writeCpio } from './cpio.js';
+import { kernelCommandLine, qemuArgs } from './qemu.js';
+
+describe('microvm assets', () => {
+  it('writes newc cpio records the kernel can unpack (magic, names, 4-byte alignment, trailer)', () => {
+    const archive = writeCpio([
+      { name: 'bin', kind: 'dir', mode: 0o755 },
+      { name: 'bin/tool', kind: 'file', mode: 0o755, data: 'abc' },
+      { name: 'bin/sh', kind: 'symlink', mode: 0o777, data: 'tool' },
+    ]);
+    const text = archive.toString('latin1');
+    assert.equal(text.slice(0, 6), '070701');
+    assert.equal(archive.length % 4, 0);
+    assert.ok(text.includes('bin/tool\0'));
+    assert.ok(text.includes('TRAILER!!!\0'));
+    // The file record: mode 0100755 and size 3 in hex fields.
+    const at = text.indexOf('bin/tool\0') - 110;
+    assert.equal(text.slice(at + 14, at + 22), (0o100755).toString(16).padStart(8, '0'));
+    assert.equal(text.slice(at + 54, at + 62), '00000003');
+  });
+
+  it("reads a module's depends= from its modinfo strings", () => {
+    const ko = Buffer.concat([Buffer.from('\x7fELF....\0license=GPL\0depends=virtio,virtio_ring\0intree=Y\0')]);
+    assert.deepEqual(moduleDepends(ko), ['virtio', 'virtio_ring']);
+    assert.deepEqual(moduleDepends(Buffer.from('\0depends=\0name=x\0')), []);
+    assert.deepEqual(moduleDepends(Buffer.from('nothing')), []);
+  });
+
+  it('the init mounts the image read-only and hands over to the agent', () => {
+    assert.match(INIT_SCRIPT, /mount -t ext4 -o ro,noload "\$root" \/newroot/);
+    assert.match(INIT_SCRIPT, /switch_root \/newroot \/run\/kindling-agent\/bin\/node/);
+  });
+
+  it('builds a microvm qemu command line: TCG or KVM, overlay disk, read-only agent disk, QMP, virtio-serial', () => {
+    const config = {
+      qemuBinary: 'qemu-system-x86_64',
+      qemuImgBinary: 'qemu-img',
+      assets: { dir: '/a', kernel: '/a/vmlinuz', initramfs: '/a/initramfs.cpio', agentDisk: '/a/agent.ext4', stamp: {} as never },
+      accel: 'tcg' as const,
+      tscKhz: 2096000,
+    };
+    const args = qemuArgs(config, { rootImage: '/img/base.ext4', vcpus: 2, memoryMb: 384 }, '/vm', { name: 'kindling-x' });
+    const joined = args.join(' ');
+    assert.match(joined, /-M microvm/);
+    assert.match(joined, /-accel tcg,thread=multi/);
+    assert.match(joined, /-m 384M -smp 2/);
+    assert.match(joined, /file=\/vm\/root.qcow2,format=qcow2/);
+    assert.match(joined, /file=\/a\/agent.ext4,format=raw,if=none,readonly=on/);
+    assert.match(joined, /-qmp unix:\/vm\/qmp.sock,server=on,wait=off/);
+    assert.match(joined, /virtserialport,chardev=agentport,name=dev.kindling.agent/);
+    assert.ok(!args.includes('-incoming'));
+    const restore = qemuArgs({ ...config, accel: 'kvm' }, { rootImage: '/i', vcpus: 1, memoryMb: 256 }, '/vm', { name: 'n', incoming: "/s/it's.bin" });
+    assert.deepEqual(restore.slice(-2), ['-incoming', `exec:cat '/s/it'\\''s.bin'`]);
+    assert.ok(restore.join(' ').includes('-accel kvm -cpu host'));
+    assert.match(kernelCommandLine(config), /tsc_early_khz=2096000 tsc=reliable no_timer_check/);
+    assert.doesNotMatch(kernelCommandLine({ tscKhz: null }), /tsc_early_khz/);
+  });
+});

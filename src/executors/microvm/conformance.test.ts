@@ -1,0 +1,32 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after } from 'node:test';
+import { runConformanceSuite } from '../conformance.js';
+import { MicroVmExecutor } from './index.js';
+
+let stateDir: string | null = null;
+after(async () => {
+  if (stateDir) await rm(stateDir, { recursive: true, force: true });
+});
+
+runConformanceSuite('microvm (qemu)', async () => {
+  if (spawnSync('qemu-system-x86_64', ['--version']).status !== 0) return 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)';
+  const imagesDir = process.env.KINDLING_IMAGES_DIR ?? '/var/lib/kindling/images';
+  stateDir = await mkdtemp(join(tmpdir(), 'kindling-microvm-conformance-'));
+  const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, stateDir, ownerId: `conformance-microvm-${process.pid}`, instanceId: 'test', warmPerShape: 1 });
+  const status = await executor.probe();
+  if (!status.ready) {
+    await executor.destroy();
+    return `microvm executor not ready: ${status.reason}`;
+  }
+  for (const image of ['kindling/base', 'kindling/python']) {
+    if (!executor.hasImage(image)) {
+      await executor.destroy();
+      return `image ${image} has no rootfs.ext4 in ${imagesDir}; run "kindling images build --microvm"`;
+    }
+  }
+  // Four VMs at once, not 20: under TCG (no KVM) every VM is a full software-emulated machine on 2 cores.
+  return { executor, images: { base: 'kindling/base', python: 'kindling/python' }, parallel: { count: 4, boundMs: 30_000 } };
+});

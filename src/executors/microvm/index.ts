@@ -1,0 +1,352 @@
+/**
+ * The microvm executor: one VM per execution, hardware isolation. Drivers: `qemu` (here: `-M microvm`, TCG without
+ * KVM) and `firecracker` (needs /dev/kvm; see firecracker.ts). The VM boots Debian's kernel with the project's
+ * initramfs, the image's ext4 (same recipe as the other executors) read-only through a per-VM qcow2 overlay, and the
+ * guest agent (agent/vm/) on a read-only agent disk.
+ *
+ * Start-up, fastest first: a VM from the warm pool (restored ahead of demand), a VM restored from the snapshot of a
+ * booted, agent-ready VM of the same shape (QMP migrate to a file, `-incoming`), a cold boot (the first time a shape is
+ * seen, which also writes its snapshot).
+ *
+ * Limits: vCPUs = ceil(cpus); VM memory = the request rounded up to a bucket (so shapes share snapshots) plus the guest
+ * overhead; inside the guest the exec's cgroup enforces memoryMb, pids and the cpu quota exactly; /tmp and the working
+ * directory are tmpfs of diskMb; the timeout backstop (timeoutMs + grace) and kill() kill the whole VM.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { KindlingError } from '../../core/errors.js';
+import type { RunSpec } from '../../core/types.js';
+import { findRecipe } from '../../images/recipes.js';
+import type { Logger } from '../docker/index.js';
+import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions } from '../executor.js';
+import { PrewarmPool } from '../shared/prewarm-pool.js';
+import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
+import { QemuVm, hostTscKhz, kvmUsable, type Accelerator, type QemuConfig, type VmRecord, type VmShape } from './qemu.js';
+
+export interface MicroVmExecutorOptions {
+  driver?: 'qemu' | 'firecracker';
+  imagesDir: string;
+  assetsDir?: string;
+  /** Per-VM directories (overlay, sockets) and snapshots live under `${stateDir}/microvm`. */
+  stateDir: string;
+  ownerId: string;
+  instanceId: string;
+  /** 'auto' = KVM when /dev/kvm is usable, else TCG. */
+  accel?: Accelerator | 'auto';
+  qemuBinary?: string;
+  qemuImgBinary?: string;
+  /** Guest memory on top of the (bucketed) request: kernel, agent, page cache. Default 160 MiB. */
+  memoryOverheadMb?: number;
+  /** Restore from snapshots instead of booting. Default true. */
+  snapshots?: boolean;
+  /** VMs restored ahead of demand per recently used shape. Default 1; 0 turns the pool off. */
+  warmPerShape?: number;
+  /** Boot (or restore) to agent-ready limit. Default 180 s (TCG on a loaded host is slow). */
+  readyTimeoutMs?: number;
+  /** Extra time past limits.timeoutMs before the executor kills the VM itself. Default 2 s. */
+  timeoutGraceMs?: number;
+  logger?: Logger;
+}
+
+const noopLogger: Logger = { info() {}, warn() {}, error() {}, debug() {} };
+const NOBODY = 65534;
+
+interface Shape extends VmShape {
+  image: string;
+}
+
+/** VM memory for a request: rounded up to 256 MiB steps so most requests share one snapshot, plus the overhead. */
+export function vmMemoryMb(requestMb: number, overheadMb: number): number {
+  return Math.max(256, Math.ceil(requestMb / 256) * 256) + overheadMb;
+}
+
+export class MicroVmExecutor implements Executor {
+  readonly name = 'microvm' as const;
+  private readonly options: MicroVmExecutorOptions;
+  private readonly logger: Logger;
+  private readonly baseDir: string;
+  private readonly vms = new Set<QemuVm>();
+  private readonly creating = new Set<string>();
+  private readonly snapshots = new Map<string, Promise<string | null>>();
+  private readonly live = new Map<string, { kill(): void; done: Promise<void> }>();
+  private readonly pool: PrewarmPool<QemuVm>;
+  private assets: MicroVmAssets | null = null;
+  private images = new Map<string, string>();
+  private closed = false;
+  private counter = 0;
+
+  constructor(options: MicroVmExecutorOptions) {
+    this.options = options;
+    this.logger = options.logger ?? noopLogger;
+    this.baseDir = path.join(options.stateDir, 'microvm');
+    this.pool = new PrewarmPool<QemuVm>({
+      create: (key) => this.createVm(JSON.parse(key) as Shape),
+      destroy: (vm) => this.destroyVm(vm),
+      isAlive: (vm) => vm.alive && !vm.agent.closed,
+      sizePerKey: options.warmPerShape ?? 1,
+      maxItems: 4,
+      idleTtlMs: 300_000,
+      onError: (error, key) => this.logger.warn({ err: error, shape: key }, 'warming a microVM failed'),
+    });
+  }
+
+  get accel(): Accelerator {
+    const wanted = this.options.accel ?? 'auto';
+    return wanted === 'auto' ? (kvmUsable() ? 'kvm' : 'tcg') : wanted;
+  }
+
+  private async config(): Promise<QemuConfig> {
+    this.assets ??= await readAssets(this.options.assetsDir ?? DEFAULT_MICROVM_ASSETS_DIR);
+    if (!this.assets) {
+      throw new KindlingError('EXECUTOR_UNAVAILABLE', 'the microvm kernel/initramfs/agent disk are missing; run "kindling images build --microvm"');
+    }
+    return {
+      qemuBinary: this.options.qemuBinary ?? 'qemu-system-x86_64',
+      qemuImgBinary: this.options.qemuImgBinary ?? 'qemu-img',
+      assets: this.assets,
+      accel: this.accel,
+      tscKhz: this.accel === 'tcg' ? hostTscKhz() : null,
+    };
+  }
+
+  async probe(): Promise<ExecutorStatus> {
+    if ((this.options.driver ?? 'qemu') === 'firecracker') {
+      return { name: this.name, ready: false, reason: 'the firecracker driver runs VMs only with /dev/kvm and a firecracker binary; use driver qemu here' };
+    }
+    const qemu = this.options.qemuBinary ?? 'qemu-system-x86_64';
+    const found = qemu.includes('/') ? existsSync(qemu) : (process.env.PATH ?? '').split(':').some((dir) => existsSync(path.join(dir, qemu)));
+    if (!found) return { name: this.name, ready: false, reason: `${qemu} is not installed (Debian: qemu-system-x86)` };
+    try {
+      const config = await this.config();
+      const images = await this.refreshImages();
+      if (images.length === 0) return { name: this.name, ready: false, reason: 'no image has an ext4 file; run "kindling images build --microvm"' };
+      return {
+        name: this.name,
+        ready: true,
+        reason: `QEMU microvm (${config.accel}) with kernel ${config.assets.stamp.kernelVersion} and ${images.length} images`,
+        details: { driver: 'qemu', accel: config.accel, kernel: config.assets.stamp.kernelVersion, images },
+      };
+    } catch (error) {
+      return { name: this.name, ready: false, reason: (error as Error).message };
+    }
+  }
+
+  hasImage(image: string): boolean {
+    return this.images.has(findRecipe(image.replace(/:latest$/, ''))?.name ?? image);
+  }
+
+  async refreshImages(): Promise<string[]> {
+    const found = new Map<string, string>();
+    for (const short of ['base', 'python', 'node', 'rust']) {
+      const recipe = findRecipe(short);
+      const file = path.join(this.options.imagesDir, short, 'rootfs.ext4');
+      if (recipe && existsSync(file)) found.set(recipe.name, file);
+    }
+    this.images = found;
+    return [...found.keys()].sort();
+  }
+
+  private shapeOf(spec: RunSpec): Shape {
+    const name = findRecipe(spec.image.replace(/:latest$/, ''))?.name ?? spec.image;
+    const rootImage = this.images.get(name);
+    if (!rootImage) {
+      throw new KindlingError('UNKNOWN_IMAGE', `image ${spec.image} has no ext4 for microVMs; run "kindling images build --microvm"`);
+    }
+    const vcpus = Math.max(1, Math.min(os.availableParallelism(), Math.ceil(spec.limits.cpus)));
+    return { image: name, rootImage, vcpus, memoryMb: vmMemoryMb(spec.limits.memoryMb, this.options.memoryOverheadMb ?? 160) };
+  }
+
+  private newVmDir(): string {
+    return path.join(this.baseDir, 'vms', `vm-${process.pid}-${(this.counter++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`);
+  }
+
+  /** The snapshot file of a shape, made once by booting a template VM; null when snapshots are off or failed. */
+  private snapshotFor(shape: Shape, config: QemuConfig): Promise<string | null> {
+    if (this.options.snapshots === false) return Promise.resolve(null);
+    const image = statSync(shape.rootImage);
+    const key = createHash('sha256')
+      .update(JSON.stringify([shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, config.accel, config.assets.stamp.inputsHash]))
+      .digest('hex')
+      .slice(0, 16);
+    let pending = this.snapshots.get(key);
+    if (!pending) {
+      pending = (async () => {
+        const file = path.join(this.baseDir, 'snapshots', `${key}.vmstate`);
+        if (existsSync(file)) return file;
+        await fs.mkdir(path.dirname(file), { recursive: true });
+        const vm = await this.bootVm(shape, config);
+        try {
+          const tmp = `${file}.${process.pid}.tmp`;
+          const startedAt = performance.now();
+          await vm.snapshot(tmp);
+          await fs.rename(tmp, file);
+          this.logger.info({ image: shape.image, memoryMb: shape.memoryMb, bootMs: Math.round(vm.readyMs), snapshotMs: Math.round(performance.now() - startedAt) }, 'microVM snapshot written');
+          return file;
+        } finally {
+          await this.destroyVm(vm);
+        }
+      })().catch((error: unknown) => {
+        this.logger.warn({ err: error }, 'making a microVM snapshot failed; booting instead');
+        this.snapshots.delete(key);
+        return null;
+      });
+      this.snapshots.set(key, pending);
+    }
+    return pending;
+  }
+
+  private async bootVm(shape: Shape, config: QemuConfig, incoming?: string): Promise<QemuVm> {
+    const vmDir = this.newVmDir();
+    this.creating.add(vmDir);
+    try {
+      const vm = await QemuVm.start({
+        config,
+        shape,
+        vmDir,
+        owner: this.options.ownerId,
+        name: `kindling-${this.options.instanceId}-${path.basename(vmDir)}`,
+        readyTimeoutMs: this.options.readyTimeoutMs ?? 180_000,
+        ...(incoming ? { incoming } : {}),
+      });
+      this.vms.add(vm);
+      return vm;
+    } finally {
+      this.creating.delete(vmDir);
+    }
+  }
+
+  /** A fresh agent-ready VM: restored from the shape's snapshot, or booted. */
+  private async createVm(shape: Shape): Promise<QemuVm> {
+    const config = await this.config();
+    const snapshot = await this.snapshotFor(shape, config);
+    return this.bootVm(shape, config, snapshot ?? undefined);
+  }
+
+  private async destroyVm(vm: QemuVm): Promise<void> {
+    await vm.destroy();
+    this.vms.delete(vm);
+  }
+
+  async start(spec: RunSpec, options: StartOptions = {}): Promise<Execution> {
+    if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down; retry on another instance');
+    if (spec.network !== 'none') throw new KindlingError('UNSUPPORTED_NETWORK', `network "${spec.network}" is not available for microVMs; use "none"`);
+    if (this.images.size === 0) await this.refreshImages();
+    const shape = this.shapeOf(spec);
+    const warm = this.pool.take(JSON.stringify(shape));
+    let vm: QemuVm;
+    try {
+      vm = warm ?? (await this.createVm(shape));
+    } catch (error) {
+      throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', `starting a microVM failed: ${(error as Error).message}`, { cause: error, retryAfterSeconds: 1 });
+    }
+    try {
+      options.signal?.throwIfAborted();
+      for (const file of spec.files) {
+        await vm.agent.putFile(`/.kindling/${file.name}`, Buffer.isBuffer(file.content) ? file.content : Buffer.from(file.content), 0o644);
+      }
+      return this.launch(vm, spec, options, warm === null);
+    } catch (error) {
+      await this.destroyVm(vm).catch(() => undefined);
+      throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', `the microVM agent failed: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private launch(vm: QemuVm, spec: RunSpec, options: StartOptions, coldStart: boolean): Execution {
+    const exec = vm.agent.exec({
+      argv: spec.command,
+      env: spec.env,
+      workdir: spec.workdir,
+      limits: { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, cpus: spec.limits.cpus, diskMb: spec.limits.diskMb },
+      stdin: spec.stdin,
+      uid: NOBODY,
+      gid: NOBODY,
+    });
+    let killed = false;
+    const kill = (): void => {
+      if (killed) return;
+      killed = true;
+      vm.kill();
+    };
+    const backstop = setTimeout(kill, spec.limits.timeoutMs + (this.options.timeoutGraceMs ?? 2000));
+    const onAbort = (): void => kill();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    exec.stdout.pipe(stdout);
+    exec.stderr.pipe(stderr);
+    const ended = (stream: PassThrough): Promise<void> =>
+      new Promise((resolve) => {
+        if (stream.readableEnded || stream.destroyed) resolve();
+        else {
+          stream.once('end', () => resolve());
+          stream.once('close', () => resolve());
+        }
+      });
+    const waitResult: Promise<ExitInfo> = (async () => {
+      try {
+        const exit = await exec.exit;
+        return { exitCode: exit.exitCode, signal: exit.signal, oomKilled: exit.oomKilled };
+      } catch (error) {
+        if (!killed && vm.alive) throw new KindlingError('EXECUTOR_FAILED', `the microVM agent failed: ${(error as Error).message}`, { cause: error });
+        // The VM was killed (kill(), timeout, abort) or died: the process tree is gone with it.
+        return { exitCode: 137, signal: 'SIGKILL', oomKilled: false };
+      } finally {
+        clearTimeout(backstop);
+        options.signal?.removeEventListener('abort', onAbort);
+        await Promise.all([ended(stdout), ended(stderr)]);
+      }
+    })();
+    const disposed = waitResult
+      .catch(() => undefined)
+      .then(() => this.destroyVm(vm))
+      .catch((error: unknown) => this.logger.warn({ err: error, executionId: spec.id }, 'removing a microVM failed; the reaper will retry'))
+      .finally(() => this.live.delete(spec.id));
+    this.live.set(spec.id, { kill, done: disposed });
+    return { stdin: exec.stdin, stdout, stderr, coldStart, wait: () => waitResult, kill, disposed };
+  }
+
+  /** Kills VMs and removes VM directories of this owner that no live VM of this process uses. */
+  async reap(): Promise<ReapReport> {
+    const vmsDir = path.join(this.baseDir, 'vms');
+    const ours = new Set([...this.vms].map((vm) => vm.vmDir));
+    let removed = 0;
+    for (const entry of await fs.readdir(vmsDir).catch(() => [] as string[])) {
+      const dir = path.join(vmsDir, entry);
+      if (ours.has(dir) || this.creating.has(dir)) continue;
+      let record: VmRecord | null = null;
+      try {
+        record = JSON.parse(readFileSync(path.join(dir, 'vm.json'), 'utf8')) as VmRecord;
+      } catch {}
+      if (record && record.owner !== this.options.ownerId) continue;
+      if (record) {
+        try {
+          // Only a qemu whose command line names this directory is ours to kill (pids are reused).
+          const cmdline = readFileSync(`/proc/${record.pid}/cmdline`, 'utf8');
+          if (cmdline.includes(dir)) process.kill(record.pid, 'SIGKILL');
+        } catch {}
+      }
+      await fs.rm(dir, { recursive: true, force: true });
+      removed++;
+    }
+    if (removed > 0) this.logger.info({ vms: removed }, 'reaped microVMs left by an earlier run');
+    return { removed };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.pool.close();
+    await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
+    await Promise.allSettled([...this.snapshots.values()]);
+    await Promise.allSettled([...this.vms].map((vm) => this.destroyVm(vm)));
+  }
+
+  async destroy(): Promise<void> {
+    this.closed = true;
+    for (const entry of this.live.values()) entry.kill();
+    await this.close();
+  }
+}

@@ -1,0 +1,329 @@
+/**
+ * The QEMU driver: one `qemu-system-x86_64 -M microvm` process per VM, KVM when usable and TCG otherwise, the agent
+ * over a virtio-serial port on a unix-socket chardev, control over QMP on another unix socket.
+ *
+ * Everything of a VM lives in its own directory (`vmDir`): the copy-on-write overlay of the image (qcow2 whose backing
+ * file is the image's ext4, so the image is never written), the sockets, the console log, and `vm.json` naming the
+ * owner and the qemu pid so that a reaper can find and kill it after a crash.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AgentClient } from './agent-client.js';
+import type { MicroVmAssets } from './assets.js';
+
+export type Accelerator = 'kvm' | 'tcg';
+
+export interface QemuConfig {
+  qemuBinary: string;
+  qemuImgBinary: string;
+  assets: MicroVmAssets;
+  accel: Accelerator;
+  /** Kernel TSC frequency hint (TCG boots hang ~1 in 6 without it); null leaves it out. */
+  tscKhz: number | null;
+}
+
+export interface VmShape {
+  /** The image's ext4 (backing file of the overlay). */
+  rootImage: string;
+  vcpus: number;
+  memoryMb: number;
+}
+
+export interface VmRecord {
+  owner: string;
+  pid: number;
+  createdAt: string;
+}
+
+/** Whether KVM can be used: /dev/kvm opens read-write and the CPU advertises vmx/svm (a bare node without them hangs). */
+export function kvmUsable(): boolean {
+  try {
+    if (!existsSync('/dev/kvm')) return false;
+    const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+    return /^flags\s*:.*\b(vmx|svm)\b/m.test(cpuinfo);
+  } catch {
+    return false;
+  }
+}
+
+/** The host's TSC frequency in kHz from /proc/cpuinfo (`cpu MHz`), or null. */
+export function hostTscKhz(): number | null {
+  try {
+    const mhz = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1];
+    return mhz ? Math.round(Number(mhz) * 1000) : null;
+  } catch {
+    return null;
+  }
+}
+
+export function kernelCommandLine(config: Pick<QemuConfig, 'tscKhz'>): string {
+  const parts = ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', 'rootwait'];
+  if (config.tscKhz) parts.push(`tsc_early_khz=${config.tscKhz}`, 'tsc=reliable', 'no_timer_check');
+  return parts.join(' ');
+}
+
+/** The qemu argv for a VM (a pure function, unit-tested). `incoming` restores from a migration file instead of booting. */
+export function qemuArgs(config: QemuConfig, shape: VmShape, vmDir: string, options: { incoming?: string; name: string }): string[] {
+  const accel = config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max'];
+  const args = [
+    '-name', options.name,
+    '-M', 'microvm,pit=off,pic=off,rtc=off,isa-serial=on',
+    ...accel,
+    '-m', `${shape.memoryMb}M`,
+    '-smp', String(shape.vcpus),
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-serial', `file:${path.join(vmDir, 'console.log')}`,
+    '-kernel', config.assets.kernel,
+    '-initrd', config.assets.initramfs,
+    '-append', kernelCommandLine(config),
+    '-drive', `id=root,file=${path.join(vmDir, 'root.qcow2')},format=qcow2,if=none,cache=unsafe`,
+    '-device', 'virtio-blk-device,drive=root',
+    '-drive', `id=agent,file=${config.assets.agentDisk},format=raw,if=none,readonly=on`,
+    '-device', 'virtio-blk-device,drive=agent',
+    '-device', 'virtio-serial-device,max_ports=2',
+    '-chardev', `socket,id=agentport,path=${path.join(vmDir, 'agent.sock')},server=on,wait=off`,
+    '-device', 'virtserialport,chardev=agentport,name=dev.kindling.agent',
+    '-qmp', `unix:${path.join(vmDir, 'qmp.sock')},server=on,wait=off`,
+  ];
+  if (options.incoming) args.push('-incoming', `exec:cat ${shellQuote(options.incoming)}`);
+  return args;
+}
+
+function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A minimal QMP client: greeting, qmp_capabilities, one command at a time. */
+export class QmpClient {
+  private buffer = '';
+  private waiters: Array<{ resolve(value: unknown): void; reject(error: Error): void }> = [];
+  private readonly events: Array<{ event: string; data?: unknown }> = [];
+
+  private constructor(private readonly socket: net.Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      this.buffer += chunk;
+      let newline: number;
+      while ((newline = this.buffer.indexOf('\n')) >= 0) {
+        const line = this.buffer.slice(0, newline).trim();
+        this.buffer = this.buffer.slice(newline + 1);
+        if (!line) continue;
+        const message = JSON.parse(line) as { return?: unknown; error?: { desc: string }; event?: string; QMP?: unknown; data?: unknown };
+        if (message.event) {
+          this.events.push({ event: message.event, data: message.data });
+          continue;
+        }
+        const waiter = this.waiters.shift();
+        if (!waiter) continue;
+        if (message.error) waiter.reject(new Error(`QMP: ${message.error.desc}`));
+        else waiter.resolve(message.QMP ?? message.return);
+      }
+    });
+    const failAll = (): void => {
+      for (const waiter of this.waiters.splice(0)) waiter.reject(new Error('QMP connection closed'));
+    };
+    socket.on('close', failAll);
+    socket.on('error', failAll);
+  }
+
+  static async connect(socketPath: string, deadline: number): Promise<QmpClient> {
+    const socket = await connectUnix(socketPath, deadline);
+    const client = new QmpClient(socket);
+    await client.next(); // greeting
+    await client.execute('qmp_capabilities');
+    return client;
+  }
+
+  private next(): Promise<unknown> {
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    const reply = this.next();
+    this.socket.write(JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + '\n');
+    return reply as Promise<T>;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** Connects to a unix socket the VM creates, retrying until it exists or the deadline passes. */
+export async function connectUnix(socketPath: string, deadline: number, alive: () => boolean = () => true): Promise<net.Socket> {
+  for (;;) {
+    try {
+      return await new Promise<net.Socket>((resolve, reject) => {
+        const socket = net.connect(socketPath);
+        socket.once('connect', () => {
+          socket.removeAllListeners('error');
+          resolve(socket);
+        });
+        socket.once('error', reject);
+      });
+    } catch (error) {
+      if (Date.now() > deadline || !alive()) throw error;
+      await sleep(10);
+    }
+  }
+}
+
+export interface QemuVmOptions {
+  config: QemuConfig;
+  shape: VmShape;
+  vmDir: string;
+  owner: string;
+  name: string;
+  /** Restore from this migration file instead of booting. */
+  incoming?: string;
+  /** Limit for booting (or restoring) until the agent answers. */
+  readyTimeoutMs: number;
+}
+
+/** One running VM. `destroy()` kills qemu and removes its directory; safe to call twice. */
+export class QemuVm {
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private exitedFlag = false;
+  private destroyed: Promise<void> | null = null;
+  agent!: AgentClient;
+  qmp!: QmpClient;
+  /** Milliseconds from spawn to the first PONG. */
+  readyMs = 0;
+
+  private constructor(
+    readonly options: QemuVmOptions,
+    readonly process: ChildProcess,
+    private readonly stderr: Buffer[],
+  ) {
+    this.exited = new Promise((resolve) => {
+      process.once('exit', (code, signal) => {
+        this.exitedFlag = true;
+        resolve({ code, signal });
+      });
+    });
+  }
+
+  get alive(): boolean {
+    return !this.exitedFlag;
+  }
+
+  get vmDir(): string {
+    return this.options.vmDir;
+  }
+
+  /** Boots (or restores) a VM and waits for its agent. On failure everything made is removed and the error rethrown. */
+  static async start(options: QemuVmOptions): Promise<QemuVm> {
+    const startedAt = performance.now();
+    const { config, shape, vmDir } = options;
+    await fs.mkdir(vmDir, { recursive: true, mode: 0o700 });
+    let vm: QemuVm | null = null;
+    try {
+      await run(config.qemuImgBinary, ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', shape.rootImage, path.join(vmDir, 'root.qcow2')]);
+      const args = qemuArgs(config, shape, vmDir, { name: options.name, ...(options.incoming ? { incoming: options.incoming } : {}) });
+      const child = spawn(config.qemuBinary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+      const stderr: Buffer[] = [];
+      child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));
+      vm = new QemuVm(options, child, stderr);
+      const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
+      spawnError.catch(() => undefined);
+      if (child.pid === undefined) await spawnError;
+      const record: VmRecord = { owner: options.owner, pid: child.pid as number, createdAt: new Date().toISOString() };
+      await fs.writeFile(path.join(vmDir, 'vm.json'), JSON.stringify(record));
+      const deadline = Date.now() + options.readyTimeoutMs;
+      const started = vm;
+      const exitedEarly = vm.exited.then(({ code, signal }) => {
+        throw new Error(`qemu exited during start-up (code ${code}, signal ${signal}): ${started.diagnostics()}`);
+      });
+      exitedEarly.catch(() => undefined);
+      await Promise.race([vm.connect(deadline), exitedEarly]);
+      vm.readyMs = performance.now() - startedAt;
+      return vm;
+    } catch (error) {
+      if (vm) await vm.destroy().catch(() => undefined);
+      else await fs.rm(vmDir, { recursive: true, force: true }).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  private async connect(deadline: number): Promise<void> {
+    const alive = (): boolean => this.alive;
+    this.qmp = await QmpClient.connect(path.join(this.vmDir, 'qmp.sock'), deadline);
+    if (this.options.incoming) {
+      // Wait for the incoming migration to finish and the VM to run again.
+      for (;;) {
+        const status = await this.qmp.execute<{ status: string }>('query-status');
+        if (status.status === 'running') break;
+        if (status.status !== 'inmigrate' && status.status !== 'paused' && status.status !== 'postmigrate') {
+          throw new Error(`restore ended in state ${status.status}`);
+        }
+        if (status.status === 'paused') await this.qmp.execute('cont');
+        if (Date.now() > deadline) throw new Error('restore did not finish in time');
+        await sleep(5);
+      }
+    }
+    const socket = await connectUnix(path.join(this.vmDir, 'agent.sock'), deadline, alive);
+    this.agent = new AgentClient(socket);
+    // The agent answers once it runs; before that, pings are lost (or queued in the guest): retry with short timeouts.
+    for (;;) {
+      try {
+        await this.agent.ping(this.options.incoming ? 2000 : 1000);
+        return;
+      } catch (error) {
+        if (Date.now() > deadline) throw new Error(`the agent did not answer: ${(error as Error).message}; ${this.diagnostics()}`);
+        if (this.agent.closed) throw error;
+      }
+    }
+  }
+
+  /** Stderr of qemu and the tail of the guest console, for error messages. */
+  diagnostics(): string {
+    let console = '';
+    try {
+      console = readFileSync(path.join(this.vmDir, 'console.log'), 'utf8').slice(-1500);
+    } catch {}
+    return `qemu stderr: ${Buffer.concat(this.stderr).toString().trim().slice(-500) || '(empty)'}; console: ${console.trim() || '(empty)'}`;
+  }
+
+  /** Saves the running VM's state into `file` (QMP migrate to a file). The VM is left paused; destroy it afterwards. */
+  async snapshot(file: string, timeoutMs = 60_000): Promise<void> {
+    await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'zero-blocks', state: false }] }).catch(() => undefined);
+    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(file)}` });
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const info = await this.qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+      if (info.status === 'completed') return;
+      if (info.status === 'failed' || info.status === 'cancelled') throw new Error(`snapshot failed: ${info['error-desc'] ?? info.status}`);
+      if (Date.now() > deadline) throw new Error('snapshot did not finish in time');
+      await sleep(10);
+    }
+  }
+
+  kill(): void {
+    if (this.alive) this.process.kill('SIGKILL');
+  }
+
+  destroy(): Promise<void> {
+    this.destroyed ??= (async () => {
+      this.agent?.close();
+      this.qmp?.close();
+      this.kill();
+      await this.exited;
+      await fs.rm(this.vmDir, { recursive: true, force: true });
+    })();
+    return this.destroyed;
+  }
+}
+
+function run(command: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const err: Buffer[] = [];
+    child.stderr.on('data', (chunk: Buffer) => err.push(chunk));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${command} exited ${code}: ${Buffer.concat(err).toString().trim()}`))));
+  });
+}
