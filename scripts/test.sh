@@ -28,12 +28,13 @@ kindling_resources() {
     'http://d/containers/json?all=1&filters=%7B%22label%22%3A%5B%22dev.kindling.managed%3Dtrue%22%5D%7D' 2>/dev/null |
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const c of JSON.parse(s||"[]"))console.log("container "+c.Id)})'
   find /sys/fs/cgroup -mindepth 2 -maxdepth 5 -type d -path '*/kindling/*' 2>/dev/null | sed 's/^/cgroup /'
+  pgrep -f 'qemu-system' 2>/dev/null | sed 's/^/qemu pid /' || true
 }
 before_file=$(mktemp)
 kindling_resources | sort >"$before_file"
 
 # In CI the machine is set up for these executors: their tests must run, never skip.
-if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox}"; fi
+if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox,microvm}"; fi
 
 status=0
 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || status=$?
@@ -45,6 +46,6 @@ if [ -n "$leaked" ]; then
   echo "$leaked" | head -n 20 >&2
   status=1
 else
-  echo "[test] nothing left behind (containers, cgroups)" >&2
+  echo "[test] nothing left behind (containers, cgroups, VMs)" >&2
 fi
 exit "$status"
