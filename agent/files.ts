@@ -32,13 +32,35 @@ function load(): NonNullable<typeof cache> {
 
 const ES_MODULE = /^\s*(import\s[^(]|import\s*\{|export\s)/m;
 
+/** Whether node should load `code` as an ES module (the contract's default) rather than CommonJS. */
+export function isNodeEsModule(code: string): boolean {
+  return ES_MODULE.test(code) || !/\b(module\.exports|exports\.)/.test(code);
+}
+
+/** A generic agent: started ahead of demand with no code; it waits for one LOAD (see agent/protocol.ts). */
+export function genericAgentLaunch(runtime: 'node' | 'python'): AgentLaunch {
+  const files = load();
+  const socket = `${AGENT_MOUNT}/${AGENT_SOCKET}`;
+  if (runtime === 'node') {
+    return {
+      command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, '-', '-'],
+      files: [
+        { name: 'package.json', content: '{"type":"module"}\n' },
+        { name: 'node-wrapper.js', content: files.nodeWrapper },
+        { name: 'protocol.js', content: files.protocol },
+      ],
+    };
+  }
+  return { command: ['python3', '-u', `${CODE_DIR}/python_wrapper.py`, socket, '-', '-'], files: [{ name: 'python_wrapper.py', content: files.pythonWrapper }] };
+}
+
 /** The agent's command and files for a handler of `runtime` (node or python) defined in `code`. */
 export function agentLaunch(runtime: 'node' | 'python', code: string, handler: string): AgentLaunch {
   const files = load();
   const socket = `${AGENT_MOUNT}/${AGENT_SOCKET}`;
   if (runtime === 'node') {
     // ES module by default (the contract); a CommonJS module (module.exports / exports.x) works as well.
-    const user = ES_MODULE.test(code) || !/\b(module\.exports|exports\.)/.test(code) ? 'handler.mjs' : 'handler.cjs';
+    const user = isNodeEsModule(code) ? 'handler.mjs' : 'handler.cjs';
     return {
       command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, `${CODE_DIR}/${user}`, handler],
       files: [

@@ -6,7 +6,10 @@
  * Uint8Array) or a Promise of one. A throw becomes an ERROR frame (the invocation's exit code is 1). console output of
  * the handler travels as STDERR frames. No process is spawned per invocation.
  */
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { FrameDecoder, FrameType, encodeBody, encodeFrame, type Frame } from './protocol.js';
 
@@ -37,11 +40,24 @@ async function main(): Promise<void> {
   const format = (args: unknown[]): string => args.map((a) => (typeof a === 'string' ? a : JSON.stringify(a) ?? String(a))).join(' ') + '\n';
   for (const method of ['log', 'info', 'warn', 'error', 'debug'] as const) console[method] = (...args: unknown[]) => log(format(args));
 
+  // A generic agent gets its code later in one LOAD frame (the module loader is already warm by then).
+  let target = { modulePath, handlerName };
+  if (modulePath === '-') {
+    socket.write(encodeFrame(FrameType.HELLO, 0, JSON.stringify({ version: 1, runtime: 'node', pid: process.pid, generic: true })));
+    const load = await nextLoad(socket);
+    for (const key of Object.keys(process.env)) delete process.env[key];
+    Object.assign(process.env, load.env);
+    const dir = mkdtempSync(join(tmpdir(), 'kindling-fn-'));
+    const file = join(dir, load.esModule ? 'handler.mjs' : 'handler.cjs');
+    writeFileSync(file, load.code);
+    target = { modulePath: file, handlerName: load.handler };
+  }
+
   let handler: (body: Buffer) => unknown;
   try {
-    const mod = (await import(pathToFileURL(modulePath).href)) as Record<string, unknown>;
-    const found = mod[handlerName] ?? (mod.default as Record<string, unknown> | undefined)?.[handlerName];
-    if (typeof found !== 'function') throw new Error(`${modulePath} does not export a function named "${handlerName}"`);
+    const mod = (await import(pathToFileURL(target.modulePath).href)) as Record<string, unknown>;
+    const found = mod[target.handlerName] ?? (mod.default as Record<string, unknown> | undefined)?.[target.handlerName];
+    if (typeof found !== 'function') throw new Error(`the module does not export a function named "${target.handlerName}"`);
     handler = found as (body: Buffer) => unknown;
   } catch (error) {
     socket.end(encodeFrame(FrameType.ERROR, 0, `loading the module failed: ${describe(error)}`));
@@ -92,6 +108,33 @@ async function main(): Promise<void> {
           break;
       }
     }
+  });
+}
+
+interface LoadRequest {
+  code: string;
+  handler: string;
+  env: Record<string, string>;
+  esModule: boolean;
+}
+
+/** Waits for the LOAD frame of a generic agent. */
+function nextLoad(socket: net.Socket): Promise<LoadRequest> {
+  return new Promise((resolve, reject) => {
+    const decoder = new FrameDecoder();
+    const onData = (chunk: Buffer): void => {
+      for (const frame of decoder.push(chunk)) {
+        if (frame.type !== FrameType.LOAD) continue;
+        socket.off('data', onData);
+        try {
+          resolve(JSON.parse(frame.payload.toString('utf8')) as LoadRequest);
+        } catch (error) {
+          reject(error as Error);
+        }
+        return;
+      }
+    };
+    socket.on('data', onData);
   });
 }
 

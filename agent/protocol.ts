@@ -15,6 +15,9 @@
  * empty), BODY_CHUNK* and BODY_END; the agent answers with STDERR* (what the handler printed), RESULT_CHUNK* and
  * RESULT_END (JSON {durationMs, rssBytes}), or ERROR (UTF-8 text of the exception; the invocation failed with exit
  * code 1). One invocation at a time per connection. PING/PONG check liveness.
+ *
+ * A generic agent (started ahead of demand with no code, MODULE "-") says HELLO with {generic: true} first and waits
+ * for one LOAD; after its second HELLO it serves that function only, exactly like an agent started with the code.
  */
 export const PROTOCOL_VERSION = 1;
 export const HEADER_BYTES = 10;
@@ -33,6 +36,8 @@ export const FrameType = {
   STDERR: 8,
   PING: 9,
   PONG: 10,
+  /** Host -> generic agent: JSON {code, handler, env, esModule}; the agent loads it, then says HELLO (or ERROR). */
+  LOAD: 11,
 } as const;
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 

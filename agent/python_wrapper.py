@@ -12,11 +12,12 @@ import os
 import socket
 import struct
 import sys
+import tempfile
 import time
 import traceback
 
 VERSION = 1
-HELLO, INVOKE, BODY_CHUNK, BODY_END, RESULT_CHUNK, RESULT_END, ERROR, STDERR, PING, PONG = range(1, 11)
+HELLO, INVOKE, BODY_CHUNK, BODY_END, RESULT_CHUNK, RESULT_END, ERROR, STDERR, PING, PONG, LOAD = range(1, 12)
 HEADER = struct.Struct(">IBBI")
 MAX_FRAME = 16 * 1024 * 1024
 MAX_CHUNK = 1024 * 1024
@@ -86,6 +87,22 @@ def main():
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(socket_path)
     agent = Agent(sock)
+    reader = Reader(sock)
+    if module_path == "-":
+        # A generic agent: the code arrives later in one LOAD frame (the interpreter is already up by then).
+        agent.send(frame(HELLO, 0, json.dumps({"version": VERSION, "runtime": "python", "pid": os.getpid(), "generic": True})))
+        while True:
+            kind, ident, payload = reader.read()
+            if kind == LOAD:
+                break
+        load = json.loads(payload.decode("utf-8"))
+        os.environ.clear()
+        os.environ.update(load["env"])
+        handler_name = load["handler"]
+        directory = tempfile.mkdtemp(prefix="kindling-fn-")
+        module_path = os.path.join(directory, "handler.py")
+        with open(module_path, "w", encoding="utf-8") as target:
+            target.write(load["code"])
     try:
         namespace = {"__name__": "__kindling_handler__", "__file__": module_path}
         with open(module_path, "rb") as source:
@@ -103,7 +120,6 @@ def main():
     sys.stderr = FrameStream(agent, sys.__stderr__)
     agent.send(frame(HELLO, 0, json.dumps({"version": VERSION, "runtime": "python", "pid": os.getpid()})))
 
-    reader = Reader(sock)
     body = []
     while True:
         try:

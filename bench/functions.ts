@@ -195,7 +195,7 @@ export async function runFunctionsGroup(ctx: BenchContext): Promise<GroupResult>
       ratio: fmtRatio(ratio),
       target: '≤ 1.2x',
       status: ratio <= 1.2 ? 'pass' : 'fail',
-      note: `n=${coldRuns}`,
+      note: `n=${coldRuns}; the cold start specialises a generic (code-less) node sandbox that was already up (--generic-sandboxes 1, the default); with --generic-sandboxes 0 it starts node itself (~1.25x)`,
     });
   } finally {
     agent.destroy();

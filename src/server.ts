@@ -60,6 +60,8 @@ export interface FunctionPoolConfig {
   maxAgeMs: number;
   /** Warm sandboxes of all functions at most (LRU idle ones are evicted). Default 64. */
   maxWarmSandboxes: number;
+  /** Generic (code-less) node/python sandboxes kept per shape for cold starts; 0 turns them off. Default 1. */
+  genericPerShape: number;
   /** Memory limits of all warm sandboxes together at most, in MiB. Default 16384. */
   maxWarmMemoryMb: number;
 }
@@ -72,6 +74,7 @@ export const DEFAULT_FUNCTION_POOLS: FunctionPoolConfig = {
   maxUses: 10_000,
   maxAgeMs: 30 * 60_000,
   maxWarmSandboxes: 64,
+  genericPerShape: 1,
   maxWarmMemoryMb: 16_384,
 };
 
@@ -206,6 +209,11 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     ...config.functionPools,
     executors,
     observers: [metrics],
+    // Cold starts of node and python handlers on the default executor take a generic sandbox that is already up.
+    genericWarmAtStart: [
+      { executor: chosen.name, runtime: 'node' },
+      { executor: chosen.name, runtime: 'python' },
+    ],
     onError: (error, context) => logger.warn({ err: error, ...context }, 'a warm sandbox could not be started'),
   });
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };

@@ -197,3 +197,38 @@ describe('handler functions on the docker executor', { skip: dockerUnavailable ?
     assert.deepEqual(await containersOf(server.ownerId), []);
   });
 });
+
+describe('generic sandboxes take the runtime start-up off cold starts (sandbox executor)', { skip: unavailable ?? false }, () => {
+  const genericStats = (server: TestServer): { idle: number; hits: number } => (server.handlers.stats() as { generic: { idle: number; hits: number } }).generic;
+
+  it('a cold start specialises a waiting generic sandbox: env, module state, load errors, isolation, replenished', async () => {
+    const server = await startTestServer({ executor: 'sandbox', functionPools: { genericPerShape: 1 } });
+    try {
+      const client = new Kindling({ url: server.url });
+      // node and python generic sandboxes are warmed at start-up.
+      await waitFor(async () => genericStats(server).idle === 2, 20_000, 'the generic sandboxes to start');
+
+      const greeter = 'let n = 0;\nexport function handler(body) {\n  n += 1;\n  return `${process.env.GREETING} ${body} #${n} ${process.env.NODE_EXTRA_CA_CERTS ?? "clean"}`;\n}\n';
+      await client.functions.deploy('greeter', { runtime: 'node', code: greeter, handler: 'handler', env: { GREETING: 'hello' } });
+      const first = await client.functions.invoke('greeter', 'world');
+      assert.deepEqual([first.text(), first.coldStart, first.exitCode], ['hello world #1 clean', true, 0]);
+      assert.equal(genericStats(server).hits, 1, 'the cold start did not use the generic sandbox');
+      assert.equal((await client.functions.invoke('greeter', 'again')).text(), 'hello again #2 clean');
+
+      // The shape is replenished, and the next function gets a fresh generic sandbox: state is never shared.
+      await waitFor(async () => genericStats(server).idle === 2, 20_000, 'the generic pool to refill');
+      await client.functions.deploy('other', { runtime: 'node', code: greeter, handler: 'handler', env: { GREETING: 'hi' } });
+      assert.equal((await client.functions.invoke('other', 'x')).text(), 'hi x #1 clean');
+
+      await client.functions.deploy('py', { runtime: 'python', code: 'import os\ndef handler(b):\n    return os.environ["GREETING"] + b.decode()\n', handler: 'handler', env: { GREETING: 'py:' } });
+      assert.equal((await client.functions.invoke('py', 'ok')).text(), 'py:ok');
+
+      await client.functions.deploy('broken', { runtime: 'node', code: 'export function handler( {', handler: 'handler' });
+      const broken = await client.functions.invoke('broken', '');
+      assert.equal(broken.exitCode, 1);
+      assert.match(broken.text(), /SyntaxError|loading the module failed/);
+    } finally {
+      await server.stop();
+    }
+  });
+});

@@ -40,6 +40,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--function-max-concurrency <n>', 'maxConcurrency of functions that set none', int('--function-max-concurrency'), DEFAULT_FUNCTION_POOLS.defaultMaxConcurrency)
     .option('--function-idle-ttl-ms <ms>', 'idle warm sandboxes (beyond minWarm) go after this long', int('--function-idle-ttl-ms'), DEFAULT_FUNCTION_POOLS.idleTtlMs)
     .option('--max-warm-sandboxes <n>', 'warm sandboxes of all functions at most (LRU idle ones are evicted)', int('--max-warm-sandboxes'), DEFAULT_FUNCTION_POOLS.maxWarmSandboxes)
+    .option('--generic-sandboxes <n>', 'code-less node/python sandboxes kept per shape to speed up cold starts of handlers; 0 disables', int('--generic-sandboxes'), DEFAULT_FUNCTION_POOLS.genericPerShape)
     .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
@@ -69,6 +70,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
           idleTtlMs: options.functionIdleTtlMs as number,
           maxWarmSandboxes: options.maxWarmSandboxes as number,
           maxWarmMemoryMb: options.maxWarmMemoryMb as number,
+          genericPerShape: options.genericSandboxes as number,
           queueTimeoutMs: options.queueTimeoutMs as number,
         },
         version: defaults.version,

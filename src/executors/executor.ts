@@ -69,6 +69,20 @@ export interface WarmSandbox {
   readonly disposed: Promise<void>;
   /** Kills the sandbox and releases everything. Idempotent. */
   destroy(): Promise<void>;
+  /**
+   * For a generic sandbox (started ahead of demand without code): loads one function's code into it, after which it
+   * serves that function only. Rejects with AgentLoadError when the code does not load (a user failure).
+   */
+  load?(code: LoadRequest, options: { timeoutMs: number }): Promise<void>;
+}
+
+/** The code a generic warm sandbox is specialised with. */
+export interface LoadRequest {
+  code: string;
+  handler: string;
+  env: Record<string, string>;
+  /** node: load as an ES module (else CommonJS). */
+  esModule: boolean;
 }
 
 /** The user's code could not be loaded (syntax error, missing handler): a user failure, reported like a throw. */

@@ -7,7 +7,8 @@
  * State: module-level state and files in /tmp persist between invocations served by the same warm sandbox (as in
  * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
  */
-import { agentLaunch } from '../../agent/files.js';
+import { agentLaunch, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
+import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
 import type { Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
@@ -40,6 +41,14 @@ export interface HandlerPoolsOptions {
   observers?: InvocationObserver[];
   clock?: Clock;
   onError?: (error: unknown, context: { function: string }) => void;
+  /**
+   * Generic warm sandboxes kept per (executor, runtime, memory, cpus) shape: started without code, they are given a
+   * function's code on its cold start, so the runtime's own start-up is off the request path (OpenWhisk's "stem
+   * cells"). Each serves one function version once loaded, never another. 0 turns them off.
+   */
+  genericPerShape?: number;
+  /** Shapes warmed at start-up (e.g. node and python with the default limits on the default executor). */
+  genericWarmAtStart?: { executor: ExecutorName; runtime: 'node' | 'python' }[];
 }
 
 interface Entry {
@@ -50,15 +59,84 @@ interface Entry {
 
 const keyOf = (name: string, version: number): string => `${name}@${version}`;
 
+interface GenericShape {
+  executor: ExecutorName;
+  runtime: 'node' | 'python';
+  memoryMb: number;
+  cpus: number;
+}
+const genericKey = (shape: GenericShape): string => JSON.stringify({ executor: shape.executor, runtime: shape.runtime, memoryMb: shape.memoryMb, cpus: shape.cpus });
+
 export class HandlerPools implements HandlerInvoker {
   readonly capacity: WarmCapacity;
   private readonly pools = new Map<string, Entry>();
   private readonly limits: LimitPolicy;
   private closing = false;
 
+  private readonly generic: PrewarmPool<WarmSandbox>;
+
   constructor(private readonly options: HandlerPoolsOptions) {
     this.capacity = new WarmCapacity({ maxSandboxes: options.maxWarmSandboxes, maxMemoryMb: options.maxWarmMemoryMb });
     this.limits = options.limits ?? DEFAULT_LIMIT_POLICY;
+    const perShape = options.genericPerShape ?? 0;
+    this.generic = new PrewarmPool<WarmSandbox>({
+      create: (key) => this.createGeneric(JSON.parse(key) as GenericShape),
+      destroy: (sandbox) => sandbox.destroy(),
+      isAlive: (sandbox) => sandbox.alive,
+      sizePerKey: perShape,
+      maxItems: perShape * 4,
+      idleTtlMs: options.idleTtlMs,
+      onError: (error, key) => options.onError?.(error, { function: `generic ${key}` }),
+    });
+    const defaults = resolveLimits({}, {}, this.limits);
+    for (const { executor, runtime } of options.genericWarmAtStart ?? []) {
+      if (this.supports(executor)) this.generic.replenish(genericKey({ executor, runtime, memoryMb: defaults.memoryMb, cpus: defaults.cpus }));
+    }
+  }
+
+  private createGeneric(shape: GenericShape): Promise<WarmSandbox> {
+    const executor = this.options.executors.get(shape.executor);
+    if (executor?.createWarmSandbox === undefined) return Promise.reject(new Error(`no warm sandboxes on ${shape.executor}`));
+    const launch = genericAgentLaunch(shape.runtime);
+    const limits = resolveLimits({ memoryMb: shape.memoryMb, cpus: shape.cpus }, {}, this.limits);
+    return executor.createWarmSandbox({
+      id: newId('warm'),
+      image: `kindling/${shape.runtime}`,
+      command: launch.command,
+      env: { ...BASE_ENV },
+      workdir: '/tmp',
+      limits: { ...limits, timeoutMs: this.options.maxAgeMs * 2 },
+      network: 'none',
+      stdin: false,
+      files: launch.files,
+      labels: { 'dev.kindling.generic': shape.runtime },
+    });
+  }
+
+  /**
+   * A sandbox for a cold start of `version`: a generic one given the code when one waits (its runtime is already up),
+   * else a new one started with the code. Either way the shape is kept warm for the next cold start.
+   */
+  private async coldSandbox(version: FunctionVersion, executor: Executor, executorName: ExecutorName, limits: ReturnType<typeof resolveLimits>): Promise<WarmSandbox> {
+    const runtime = version.spec.runtime as 'node' | 'python';
+    const key = genericKey({ executor: executorName, runtime, memoryMb: limits.memoryMb, cpus: limits.cpus });
+    const generic = this.generic.take(key);
+    this.generic.replenish(key);
+    if (generic?.load !== undefined) {
+      try {
+        const code = version.spec.code ?? '';
+        await generic.load(
+          { code, handler: version.spec.handler ?? 'handler', env: { ...BASE_ENV, ...version.spec.env }, esModule: isNodeEsModule(code) },
+          { timeoutMs: 30_000 },
+        );
+        return generic;
+      } catch (error) {
+        void generic.destroy();
+        if (error instanceof AgentLoadError) throw error;
+        // A platform hiccup with the generic sandbox: fall back to a fresh one.
+      }
+    }
+    return executor.createWarmSandbox!(this.runSpec(version, limits));
   }
 
   supports(executor: ExecutorName): boolean {
@@ -66,7 +144,7 @@ export class HandlerPools implements HandlerInvoker {
   }
 
   stats(): Record<string, unknown> {
-    return { capacity: this.capacity.stats, pools: Object.fromEntries([...this.pools].map(([key, entry]) => [key, entry.pool.stats])) };
+    return { capacity: this.capacity.stats, generic: this.generic.stats(), pools: Object.fromEntries([...this.pools].map(([key, entry]) => [key, entry.pool.stats])) };
   }
 
   deployed(version: FunctionVersion, executor: ExecutorName): void {
@@ -117,7 +195,7 @@ export class HandlerPools implements HandlerInvoker {
     this.closing = true;
     const entries = [...this.pools.values()];
     this.pools.clear();
-    await Promise.all(entries.map((entry) => entry.pool.close()));
+    await Promise.all([...entries.map((entry) => entry.pool.close()), this.generic.close()]);
   }
 
   /* ------------------------------------------------------------------------------------------------------------ */
@@ -149,7 +227,7 @@ export class HandlerPools implements HandlerInvoker {
     const maxConcurrency = spec.maxConcurrency ?? this.options.defaultMaxConcurrency;
     const pool: WarmPool<WarmSandbox> = new WarmPool<WarmSandbox>({
       key,
-      create: () => executor.createWarmSandbox!(this.runSpec(version, limits)),
+      create: () => this.coldSandbox(version, executor, executorName, limits),
       minWarm: spec.minWarm ?? 0,
       maxConcurrency,
       maxQueued: spec.maxQueued ?? this.options.defaultMaxQueued,

@@ -43,6 +43,8 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
     logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }),
     ...overrides,
     dataDir,
+    // Generic sandboxes add idle sandboxes to every server; tests that count sandboxes would see them. Opt in.
+    functionPools: { genericPerShape: 0, ...overrides.functionPools },
   });
   const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
   return {

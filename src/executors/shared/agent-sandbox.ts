@@ -14,7 +14,7 @@ import { FrameDecoder, FrameType, encodeBody, encodeFrame, type Frame } from '..
 import { AGENT_SOCKET } from '../../../agent/files.js';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import { AgentLoadError, type AgentInvocation, type Execution, type StartOptions, type WarmSandbox } from '../executor.js';
+import { AgentLoadError, type AgentInvocation, type Execution, type LoadRequest, type StartOptions, type WarmSandbox } from '../executor.js';
 
 export interface AgentSandboxOptions {
   /** Per-executor directory for the agents' socket dirs; every ancestor must be searchable by the sandbox uid. */
@@ -149,13 +149,15 @@ class AgentSandbox implements WarmSandbox {
   private nextId = 1;
   private dead = false;
   private timedOut = false;
+  /** Set while a LOAD waits for its HELLO or ERROR. */
+  private loading: ((frame: Frame | null) => void) | null = null;
 
   constructor(
     readonly id: string,
     private readonly execution: Execution,
     private readonly socket: net.Socket,
     dir: string,
-    readonly startMs: number,
+    public startMs: number,
     private readonly tail: Tail,
   ) {
     socket.setNoDelay(true);
@@ -177,6 +179,33 @@ class AgentSandbox implements WarmSandbox {
 
   get alive(): boolean {
     return !this.dead;
+  }
+
+  async load(request: LoadRequest, options: { timeoutMs: number }): Promise<void> {
+    if (this.dead) throw new KindlingError('EXECUTOR_FAILED', 'the generic sandbox is gone');
+    const started = performance.now();
+    const answer = new Promise<Frame | null>((resolve) => {
+      this.loading = resolve;
+    });
+    let timer: NodeJS.Timeout | undefined;
+    this.socket.write(encodeFrame(FrameType.LOAD, 0, JSON.stringify(request)));
+    const frame = await Promise.race([
+      answer,
+      new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), options.timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    this.loading = null;
+    if (frame === 'timeout') {
+      this.die();
+      throw new KindlingError('EXECUTOR_FAILED', `loading the function into a generic sandbox took over ${options.timeoutMs} ms`);
+    }
+    if (frame?.type === FrameType.HELLO) {
+      this.startMs += performance.now() - started;
+      return;
+    }
+    this.die();
+    throw new AgentLoadError(frame?.type === FrameType.ERROR ? frame.payload.toString('utf8') : `the function's code ended the process while loading${this.tail.text() ? `:\n${this.tail.text()}` : ''}`);
   }
 
   invoke(body: Buffer, options: { timeoutMs: number }): Promise<AgentInvocation> {
@@ -218,6 +247,10 @@ class AgentSandbox implements WarmSandbox {
       return;
     }
     for (const frame of frames) {
+      if (this.loading !== null && frame.id === 0 && (frame.type === FrameType.HELLO || frame.type === FrameType.ERROR)) {
+        this.loading(frame);
+        continue;
+      }
       const pending = this.pending;
       if (pending === null || frame.id !== pending.id) continue;
       switch (frame.type) {
@@ -265,6 +298,7 @@ class AgentSandbox implements WarmSandbox {
   private die(): void {
     if (this.dead) return;
     this.dead = true;
+    this.loading?.(null);
     this.socket.destroy();
     this.execution.kill();
   }
