@@ -109,7 +109,14 @@ async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
   if (Number.isInteger(pid) && pid !== process.pid && processAlive(pid)) {
     throw new Error(`another Kindling server (pid ${pid}) uses the data dir ${dataDir}; stop it or pass another --data-dir`);
   }
-  await writeFile(lockPath, String(process.pid));
+  // Replace a stale file, then create ours exclusively: of two servers starting at once, one loses here.
+  if (existing !== null) await rm(lockPath, { force: true });
+  try {
+    await writeFile(lockPath, String(process.pid), { flag: 'wx' });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`another Kindling server is starting with the data dir ${dataDir}; stop it or pass another --data-dir`);
+    throw error;
+  }
   return () => rm(lockPath, { force: true });
 }
 

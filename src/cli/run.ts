@@ -79,6 +79,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     } else {
       if (options.runtime === undefined) throw new Error('give --runtime with -c/--file, or --image with a command');
       spec.runtime = options.runtime as ExecuteSpec['runtime'];
+      if (options.file !== undefined && options.code !== undefined) throw new Error('give either -c CODE or --file PATH, not both');
       if (options.file !== undefined) spec.code = await readFile(options.file as string, 'utf8');
       else if (options.code !== undefined) spec.code = options.code as string;
       else throw new Error('--runtime needs code: -c CODE or --file PATH');
@@ -110,7 +111,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
         onStdout: (data) => process.stdout.write(data),
         onStderr: (data) => process.stderr.write(data),
       });
-      if (result.timedOut) process.stderr.write(`kindling: timed out after ${spec.timeoutMs ?? 'the default'} ms\n`);
+      if (result.timedOut) process.stderr.write(`kindling: timed out after ${spec.timeoutMs === undefined ? "the server's default timeout" : `${spec.timeoutMs} ms`} (raise --timeout-ms)\n`);
       if (result.oomKilled) process.stderr.write('kindling: killed: out of memory (raise --memory-mb)\n');
       if (result.truncated) process.stderr.write('kindling: output truncated at the output limit\n');
       process.exitCode = result.exitCode;

@@ -102,7 +102,12 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
       });
       const accept = request.headers.accept ?? '';
       const isRaw = (request.headers['content-type'] ?? '').startsWith(RAW_CONTENT_TYPE);
-      if (isRaw) return executeRaw(request, reply, abort.signal, accept.includes(RAW_CONTENT_TYPE));
+      if (isRaw) {
+        if (accept.includes('text/event-stream')) {
+          throw new KindlingError('NOT_ACCEPTABLE', `a raw body answers JSON or, with Accept: ${RAW_CONTENT_TYPE}, raw stdout; for SSE send the spec as application/json`);
+        }
+        return executeRaw(request, reply, abort.signal, accept.includes(RAW_CONTENT_TYPE));
+      }
       if (!(request.headers['content-type'] ?? '').startsWith('application/json')) {
         throw new KindlingError('UNSUPPORTED_MEDIA_TYPE', `send the spec as application/json, or a raw body as ${RAW_CONTENT_TYPE} with the spec in the ${SPEC_HEADER} header`);
       }
