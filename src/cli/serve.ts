@@ -9,6 +9,8 @@ export interface ServeDefaults {
   dataDir: string;
   imagesDir: string;
   adminKey: string | undefined;
+  /** KINDLING_METRICS_TOKEN: the scrape token (also --metrics-token). */
+  metricsToken?: string | undefined;
   logLevel: string;
   dockerSocketPath: string;
   version: string;
@@ -41,12 +43,14 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--function-idle-ttl-ms <ms>', 'idle warm sandboxes (beyond minWarm) go after this long', int('--function-idle-ttl-ms'), DEFAULT_FUNCTION_POOLS.idleTtlMs)
     .option('--max-warm-sandboxes <n>', 'warm sandboxes of all functions at most (LRU idle ones are evicted)', int('--max-warm-sandboxes'), DEFAULT_FUNCTION_POOLS.maxWarmSandboxes)
     .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
+    .option('--metrics-token <token>', 'require "Authorization: Bearer <token>" (or an API key) on GET /metrics; env KINDLING_METRICS_TOKEN')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
       if (executor !== 'auto' && !(EXECUTOR_NAMES as readonly string[]).includes(executor)) {
         throw new Error(`--executor must be auto or one of ${EXECUTOR_NAMES.join(', ')}, got "${executor}"`);
       }
+      const metricsToken = (options.metricsToken as string | undefined) ?? defaults.metricsToken;
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
       const server = await startServer({
         host: options.host as string,
@@ -73,6 +77,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         },
         version: defaults.version,
         logger,
+        ...(metricsToken ? { metricsToken } : {}),
       });
       let stopping = false;
       const stop = (signal: string): void => {
