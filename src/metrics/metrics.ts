@@ -126,26 +126,37 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     });
     const queue = sources.queue;
     const pools = sources.pools;
+    // The execution gauges keep their original, unlabelled form (dashboards and tests read them); warm calls have their own.
     new Gauge({
       name: 'kindling_executions_in_flight',
-      help: 'Invocations running now: kind="execution" (one-off and command functions), kind="handler" (warm calls)',
-      labelNames: ['kind'],
+      help: 'Executions running now (one-off and command functions)',
       registers,
       collect() {
-        this.reset();
-        this.set({ kind: 'execution' }, queue?.().running ?? 0);
-        this.set({ kind: 'handler' }, (pools?.() ?? []).reduce((sum, pool) => sum + pool.busy, 0));
+        this.set(queue?.().running ?? 0);
       },
     });
     new Gauge({
       name: 'kindling_queue_depth',
-      help: 'Invocations waiting: kind="execution" for an execution slot, kind="handler" for a warm sandbox',
-      labelNames: ['kind'],
+      help: 'Executions waiting for a slot',
       registers,
       collect() {
-        this.reset();
-        this.set({ kind: 'execution' }, queue?.().queued ?? 0);
-        this.set({ kind: 'handler' }, (pools?.() ?? []).reduce((sum, pool) => sum + pool.waiting, 0));
+        this.set(queue?.().queued ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'kindling_handler_invocations_in_flight',
+      help: 'Handler-style invocations running now (busy warm sandboxes)',
+      registers,
+      collect() {
+        this.set((pools?.() ?? []).reduce((sum, pool) => sum + pool.busy, 0));
+      },
+    });
+    new Gauge({
+      name: 'kindling_handler_queue_depth',
+      help: 'Handler-style invocations waiting for a warm sandbox',
+      registers,
+      collect() {
+        this.set((pools?.() ?? []).reduce((sum, pool) => sum + pool.waiting, 0));
       },
     });
     new Gauge({
