@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 host for Kindling, idempotently (a second run takes a few seconds):
-#   Debian packages -> dockerd running -> npm dependencies -> TypeScript build -> runtime images.
+#   Debian packages -> dockerd running -> npm dependencies -> TypeScript + console build -> runtime images.
 # Run as root on a fresh machine. Each step is skipped when already done:
 #   - apt-get update/install only when a package is missing;
 #   - dockerd is started (log /var/log/kindling-dockerd.log, pid /run/kindling-dockerd.pid) only when
@@ -18,7 +18,7 @@ if [ -z "${KINDLING_SETUP_LOCKED:-}" ] && command -v flock >/dev/null; then
 fi
 
 PACKAGES=(docker.io bubblewrap uidmap mmdebstrap e2fsprogs iproute2 util-linux ca-certificates curl tar
-  debian-archive-keyring qemu-system-x86 qemu-utils)
+  debian-archive-keyring qemu-system-x86 qemu-utils chromium)
 DOCKER_SOCK=/var/run/docker.sock
 DOCKERD_LOG=/var/log/kindling-dockerd.log
 DOCKERD_PIDFILE=/run/kindling-dockerd.pid

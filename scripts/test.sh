@@ -34,7 +34,7 @@ before_file=$(mktemp)
 kindling_resources | sort >"$before_file"
 
 # In CI the machine is set up for these executors: their tests must run, never skip.
-if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox,microvm}"; fi
+if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox,microvm,chromium}"; fi
 
 status=0
 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || status=$?

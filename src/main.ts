@@ -15,6 +15,7 @@ const program = buildProgram({
     dataDir: env.KINDLING_DATA_DIR ?? '/var/lib/kindling/data',
     imagesDir: env.KINDLING_IMAGES_DIR ?? '/var/lib/kindling/images',
     adminKey: env.KINDLING_ADMIN_KEY || undefined,
+    metricsToken: env.KINDLING_METRICS_TOKEN || undefined,
     logLevel: env.KINDLING_LOG_LEVEL ?? 'info',
     dockerSocketPath: env.DOCKER_SOCKET ?? '/var/run/docker.sock',
     version: packageJson.version,

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { chmod, mkdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildApi } from './api/build.js';
@@ -10,11 +11,14 @@ import { newInstanceId } from './core/ids.js';
 import type { ExecutorName } from './core/types.js';
 import type { Executor, ExecutorStatus } from './executors/executor.js';
 import { createExecutor } from './executors/registry.js';
+import { instrumentExecutor } from './metrics/instrument.js';
 import { Metrics } from './metrics/metrics.js';
+import { UsageMeter } from './metrics/usage-meter.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { FunctionService } from './orchestrator/function-service.js';
 import { HandlerPools } from './orchestrator/handler-pools.js';
 import { SqliteStore } from './store/sqlite.js';
+import { SqliteUsageStore } from './store/usage-sqlite.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
@@ -43,7 +47,14 @@ export interface ServerConfig {
   functionPools?: Partial<FunctionPoolConfig>;
   version: string;
   logger: Logger;
+  /** When set, GET /metrics needs `Authorization: Bearer <token>` (an API key works too). */
+  metricsToken?: string;
+  /** The built web console; default web/dist of this checkout. */
+  consoleDir?: string;
 }
+
+/** web/dist beside the compiled server (dist/src/server.js -> web/dist). */
+export const DEFAULT_CONSOLE_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'web', 'dist');
 
 export interface FunctionPoolConfig {
   /** maxConcurrency of a function that sets none. Default 10. */
@@ -85,6 +96,8 @@ export interface RunningServer {
   executors: ReadonlyMap<ExecutorName, Executor>;
   /** Warm pools of handler-style functions (stats for tests and /readyz). */
   handlers: HandlerPools;
+  /** Metered usage records (tests, reports). */
+  usage: SqliteUsageStore;
   /** Graceful: stop accepting, drain up to the deadline, then kill what is left and release everything. */
   close(): Promise<void>;
 }
@@ -202,20 +215,28 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   logger.info({ defaultExecutor: chosen.name, reason: chosen.reason, executors: statuses }, 'default executor chosen');
 
   let service: ExecutionService | null = null;
-  const metrics = new Metrics({ queue: () => service?.queueStats ?? { running: 0, queued: 0 } });
+  let handlerPools: HandlerPools | null = null;
+  const metrics = new Metrics({
+    queue: () => service?.queueStats ?? { running: 0, queued: 0 },
+    pools: () => handlerPools?.poolSizes() ?? [],
+  });
+  // Every sandbox handed out is counted (created/destroyed/failed) by a thin wrapper; the executors know no metrics.
+  const served = new Map<ExecutorName, Executor>([...executors].map(([name, executor]) => [name, instrumentExecutor(executor, metrics)]));
+  // Function definitions and usage records live beside the orchestrator in the data dir; they survive restarts.
+  const store = new SqliteStore(join(dataDir, 'kindling.db'));
+  const usageStore = new SqliteUsageStore(join(dataDir, 'kindling.db'));
+  const usageMeter = new UsageMeter(usageStore, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
   service = new ExecutionService({
-    executors,
+    executors: served,
     defaultExecutor: chosen.name,
     concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs },
-    observers: [metrics],
+    observers: [metrics, usageMeter],
   });
-  // Function definitions live beside the orchestrator in the data dir; they survive restarts.
-  const store = new SqliteStore(join(dataDir, 'kindling.db'));
   const handlers = new HandlerPools({
     ...DEFAULT_FUNCTION_POOLS,
     ...config.functionPools,
-    executors,
-    observers: [metrics],
+    executors: served,
+    observers: [metrics, usageMeter],
     // Cold starts of node and python handlers on the default executor take a generic sandbox that is already up.
     genericWarmAtStart: [
       { executor: chosen.name, runtime: 'node' },
@@ -223,6 +244,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     ],
     onError: (error, context) => logger.warn({ err: error, ...context }, 'a warm sandbox could not be started'),
   });
+  handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
   const functionService = new FunctionService({
     store,
@@ -237,7 +259,11 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   const app = await buildApi({
     executionService: service,
     functionService,
-    executors,
+    executors: served,
+    usage: usageStore,
+    pools: () => ({ capacity: handlers.capacity.stats, pools: handlers.poolSizes() }),
+    ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
+    consoleDir: config.consoleDir ?? DEFAULT_CONSOLE_DIR,
     defaultExecutor: chosen.name,
     defaultExecutorReason: chosen.reason,
     metrics,
@@ -260,8 +286,9 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     app,
     url,
     defaultExecutor: chosen.name,
-    executors,
+    executors: served,
     handlers,
+    usage: usageStore,
     close() {
       closing ??= (async () => {
         // Keep listening while draining: new work gets 503 SHUTTING_DOWN (and /readyz 503), so load balancers and
@@ -281,6 +308,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
         await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
         await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
         store.close();
+        usageStore.close();
         await unlock();
         logger.info('Kindling stopped');
       })();

@@ -12,6 +12,17 @@ import { sendError, toKindlingError } from './errors.js';
 import { registerExecuteRoutes } from './routes/execute.js';
 import { registerFunctionRoutes } from './routes/functions.js';
 import { registerHealthRoutes } from './routes/health.js';
+import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
+import { registerUsageRoutes } from './routes/usage.js';
+import type { UsageStore } from '../store/usage.js';
+import { startRequestTrace, type RequestTrace } from './trace.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** W3C trace context of this request (see trace.ts); set by the first hook. */
+    trace: RequestTrace;
+  }
+}
 
 export interface ApiOptions {
   executionService: ExecutionService;
@@ -29,10 +40,18 @@ export interface ApiOptions {
   version: string;
   logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
   isDraining?: () => boolean;
+  /** Usage records (GET /v1/usage…); without it those routes are absent. */
+  usage?: UsageStore;
+  /** Warm pool sizes per function version (GET /v1/pools). */
+  pools?: () => unknown;
+  /** When set, GET /metrics needs `Authorization: Bearer <token>` (or an API key). */
+  metricsToken?: string;
+  /** The built console (web/dist); without it `/` is not served. */
+  consoleDir?: string;
 }
 
 /** Routes that answer without an API key: liveness, readiness, metrics scraping, the API description. */
-const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json']);
+const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', ...CONSOLE_PUBLIC_ROUTES]);
 
 /** Builds the HTTP gateway without listening, so tests can use inject() and main decides where to listen. */
 export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
@@ -69,17 +88,31 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     },
   });
 
+  // Tracing first, so that every later log line of the request carries the trace id.
+  app.decorateRequest('trace', null as unknown as RequestTrace);
+  app.addHook('onRequest', async (request) => {
+    const header = request.headers.traceparent;
+    request.trace = startRequestTrace(Array.isArray(header) ? header[0] : header);
+    request.log = request.log.child({ traceId: request.trace.traceId });
+  });
+
   app.addHook('onSend', async (request, reply, payload) => {
     reply.header('x-request-id', request.id);
+    reply.header('traceparent', request.trace.traceparent);
     return payload;
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    options.metrics.onHttpResponse(request.method, reply.statusCode);
   });
 
   // Deny by default: only these routes are public. Decided by the route the router matched (never by the raw URL,
   // which may be percent-encoded), and an unmatched URL needs the key too, so probing reveals nothing.
   const authenticate = makeAuthenticator(options.apiKeys);
+  const authenticateScrape = options.metricsToken ? makeAuthenticator([options.metricsToken, ...options.apiKeys]) : null;
   app.addHook('onRequest', async (request) => {
     const route = request.routeOptions.url;
-    if (route === undefined || !PUBLIC_ROUTES.has(route)) authenticate(request);
+    if (route === '/metrics' && authenticateScrape) authenticateScrape(request);
+    else if (route === undefined || !PUBLIC_ROUTES.has(route)) authenticate(request);
   });
 
   app.setErrorHandler((error, request, reply) => {
@@ -105,6 +138,10 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   });
   registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
   registerFunctionRoutes(app, { functionService: options.functionService });
+  if (options.usage) registerUsageRoutes(app, { usage: options.usage });
+  const pools = options.pools;
+  if (pools) app.get('/v1/pools', { schema: { tags: ['functions'], summary: 'Warm pools of handler-style functions: idle, busy, creating and waiting per function version' } }, async () => pools());
+  if (options.consoleDir) registerConsoleRoutes(app, { dir: options.consoleDir });
 
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
     reply.type(options.metrics.registry.contentType);

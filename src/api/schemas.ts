@@ -50,6 +50,12 @@ export const ExecutionResultSchema = Type.Object({
   stdoutTruncated: Type.Boolean(),
   stderrTruncated: Type.Boolean(),
   timings: Type.Object({ queuedMs: Type.Number(), startMs: Type.Number(), runMs: Type.Number() }),
+  usage: Type.Optional(
+    Type.Object(
+      { cpuMs: Type.Union([Type.Number(), Type.Null()]), memoryPeakBytes: Type.Union([Type.Number(), Type.Null()]) },
+      { description: 'Kernel accounting of the execution (cgroup): CPU time in ms and peak memory in bytes; null when unknown' },
+    ),
+  ),
 });
 
 export const ErrorResponseSchema = Type.Object({

@@ -9,6 +9,8 @@ export interface ServeDefaults {
   dataDir: string;
   imagesDir: string;
   adminKey: string | undefined;
+  /** KINDLING_METRICS_TOKEN: the scrape token (also --metrics-token). */
+  metricsToken?: string | undefined;
   logLevel: string;
   dockerSocketPath: string;
   version: string;
@@ -42,12 +44,14 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--max-warm-sandboxes <n>', 'warm sandboxes of all functions at most (LRU idle ones are evicted)', int('--max-warm-sandboxes'), DEFAULT_FUNCTION_POOLS.maxWarmSandboxes)
     .option('--generic-sandboxes <n>', 'code-less node/python sandboxes kept per shape to speed up cold starts of handlers; 0 disables', int('--generic-sandboxes'), DEFAULT_FUNCTION_POOLS.genericPerShape)
     .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
+    .option('--metrics-token <token>', 'require "Authorization: Bearer <token>" (or an API key) on GET /metrics; env KINDLING_METRICS_TOKEN')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
       if (executor !== 'auto' && !(EXECUTOR_NAMES as readonly string[]).includes(executor)) {
         throw new Error(`--executor must be auto or one of ${EXECUTOR_NAMES.join(', ')}, got "${executor}"`);
       }
+      const metricsToken = (options.metricsToken as string | undefined) ?? defaults.metricsToken;
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
       const server = await startServer({
         host: options.host as string,
@@ -75,6 +79,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         },
         version: defaults.version,
         logger,
+        ...(metricsToken ? { metricsToken } : {}),
       });
       let stopping = false;
       const stop = (signal: string): void => {

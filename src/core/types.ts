@@ -70,6 +70,8 @@ export interface ExecutionResult {
   stderrTruncated: boolean;
   /** Timings of the phases, for users who tune their code and for the bench. */
   timings: { queuedMs: number; startMs: number; runMs: number };
+  /** The kernel's accounting (cgroup): CPU time and peak memory; null fields when the executor cannot tell. */
+  usage?: { cpuMs: number | null; memoryPeakBytes: number | null };
 }
 
 export type OutputEncoding = 'utf8' | 'base64';

@@ -15,6 +15,16 @@ export interface ExitInfo {
   exitCode: number;
   signal: string | null;
   oomKilled: boolean;
+  /** What the kernel accounted to the process tree (its cgroup), read before the cgroup is removed; absent when unknown. */
+  usage?: ResourceUsage;
+}
+
+/** Kernel accounting of one execution. Fields are null when this executor or kernel cannot tell. */
+export interface ResourceUsage {
+  /** CPU time (user + system) of the whole tree, in milliseconds. */
+  cpuMs: number | null;
+  /** Highest memory use of the tree, in bytes. */
+  memoryPeakBytes: number | null;
 }
 
 /**

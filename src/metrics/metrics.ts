@@ -1,8 +1,8 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { KindlingError } from '../core/errors.js';
 import type { ExecutionResult, ExecutorName } from '../core/types.js';
-import type { ExecutionObserver } from '../orchestrator/execution-service.js';
-import type { InvocationObserver } from '../orchestrator/handler-pools.js';
+import type { ExecutionContext, ExecutionObserver } from '../orchestrator/execution-service.js';
+import type { InvocationEvent, InvocationObserver } from '../orchestrator/handler-pools.js';
 
 /** One-off executions are counted under this function label, so one metric covers them and deployed functions. */
 export const EXECUTE_FUNCTION_LABEL = '_execute';
@@ -15,80 +15,177 @@ export function statusOf(result: ExecutionResult): InvocationStatus {
   return result.exitCode === 0 ? 'succeeded' : 'failed';
 }
 
-/** Prometheus metrics fed by events; they observe, never drive, behaviour. Names are listed in docs/metrics.md. */
+/** What the metrics read at scrape time (gauges); each source is optional. */
+export interface MetricsSources {
+  /** The one-off execution queue: running and waiting executions. */
+  queue?: () => { running: number; queued: number };
+  /** Warm pools of handler-style functions, per function version. */
+  pools?: () => { function: string; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[];
+  collectProcess?: boolean;
+}
+
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+const START_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/**
+ * Prometheus metrics fed by events; they observe, never drive, behaviour. Every name is listed in docs/metrics.md
+ * (a test keeps that table and this registry in step).
+ */
 export class Metrics implements ExecutionObserver, InvocationObserver {
   readonly registry = new Registry();
   private readonly invocations: Counter<'function' | 'executor' | 'status' | 'cold'>;
   private readonly duration: Histogram<'function' | 'executor'>;
   private readonly startDuration: Histogram<'executor' | 'cold'>;
+  private readonly queueWait: Histogram<'kind'>;
   private readonly payloadBytes: Counter<'direction'>;
   private readonly httpErrors: Counter<'code' | 'status'>;
+  private readonly httpResponses: Counter<'method' | 'status'>;
+  private readonly oomKills: Counter<'function' | 'executor'>;
+  private readonly timeouts: Counter<'function' | 'executor'>;
+  private readonly sandboxes: Counter<'executor' | 'event' | 'kind'>;
+  private readonly sandboxesLive: Gauge<'executor'>;
+  private readonly cpuSeconds: Counter<'function' | 'executor'>;
 
-  constructor(options: { queue?: () => { running: number; queued: number }; collectProcess?: boolean } = {}) {
-    if (options.collectProcess !== false) collectDefaultMetrics({ register: this.registry, prefix: 'kindling_process_' });
+  constructor(sources: MetricsSources = {}) {
+    const registers = [this.registry];
+    if (sources.collectProcess !== false) collectDefaultMetrics({ register: this.registry, prefix: 'kindling_' });
     this.invocations = new Counter({
       name: 'kindling_invocations_total',
       help: 'Finished invocations and executions by function, executor, status (succeeded|failed|timeout|oom|error) and cold start',
       labelNames: ['function', 'executor', 'status', 'cold'],
-      registers: [this.registry],
+      registers,
     });
     this.duration = new Histogram({
       name: 'kindling_invocation_duration_seconds',
-      help: 'Wall time from sandbox start request to process exit',
+      help: 'Wall time of an invocation: sandbox start request (or warm call) to process exit',
       labelNames: ['function', 'executor'],
-      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
-      registers: [this.registry],
+      buckets: DURATION_BUCKETS,
+      registers,
     });
     this.startDuration = new Histogram({
       name: 'kindling_sandbox_start_seconds',
-      help: 'Time to get a running sandbox (cold: created for the request; warm: prewarmed)',
+      help: 'Time to get a running sandbox; cold="true" is a cold start (created for the request), "false" a prewarmed one',
       labelNames: ['executor', 'cold'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-      registers: [this.registry],
+      buckets: START_BUCKETS,
+      registers,
+    });
+    this.queueWait = new Histogram({
+      name: 'kindling_queue_wait_seconds',
+      help: 'Time waiting for an execution slot (kind="execution") or a warm sandbox (kind="handler")',
+      labelNames: ['kind'],
+      buckets: START_BUCKETS,
+      registers,
     });
     this.payloadBytes = new Counter({
       name: 'kindling_payload_bytes_total',
-      help: 'Bytes of stdin (in) and kept stdout+stderr (out)',
+      help: 'Bytes of input (in: stdin / request body) and output (out: stdout+stderr / response body)',
       labelNames: ['direction'],
-      registers: [this.registry],
+      registers,
     });
     this.httpErrors = new Counter({
       name: 'kindling_http_errors_total',
       help: 'Error responses by stable error code and HTTP status',
       labelNames: ['code', 'status'],
-      registers: [this.registry],
+      registers,
     });
-    const queue = options.queue;
-    if (queue) {
-      new Gauge({
-        name: 'kindling_executions_in_flight',
-        help: 'Executions running now',
-        registers: [this.registry],
-        collect() {
-          this.set(queue().running);
-        },
-      });
-      new Gauge({
-        name: 'kindling_queue_depth',
-        help: 'Executions waiting for a slot',
-        registers: [this.registry],
-        collect() {
-          this.set(queue().queued);
-        },
-      });
-    }
+    this.httpResponses = new Counter({
+      name: 'kindling_http_responses_total',
+      help: 'HTTP responses by method and status code (2xx, 4xx and 5xx alike)',
+      labelNames: ['method', 'status'],
+      registers,
+    });
+    this.oomKills = new Counter({
+      name: 'kindling_oom_kills_total',
+      help: 'Invocations ended by the kernel OOM killer (memory limit reached)',
+      labelNames: ['function', 'executor'],
+      registers,
+    });
+    this.timeouts = new Counter({
+      name: 'kindling_timeouts_total',
+      help: 'Invocations killed at their wall-clock timeout',
+      labelNames: ['function', 'executor'],
+      registers,
+    });
+    this.sandboxes = new Counter({
+      name: 'kindling_sandboxes_total',
+      help: 'Sandbox lifecycle events by executor: event=created|destroyed|failed (failed: the create itself failed), kind=execution|warm',
+      labelNames: ['executor', 'event', 'kind'],
+      registers,
+    });
+    this.sandboxesLive = new Gauge({
+      name: 'kindling_sandboxes_live',
+      help: 'Sandboxes that exist now (created and not yet destroyed) by executor',
+      labelNames: ['executor'],
+      registers,
+    });
+    this.cpuSeconds = new Counter({
+      name: 'kindling_cpu_seconds_total',
+      help: 'CPU time the kernel accounted to executions (cgroup), where the executor reports it',
+      labelNames: ['function', 'executor'],
+      registers,
+    });
+    const queue = sources.queue;
+    const pools = sources.pools;
+    // The execution gauges keep their original, unlabelled form (dashboards and tests read them); warm calls have their own.
+    new Gauge({
+      name: 'kindling_executions_in_flight',
+      help: 'Executions running now (one-off and command functions)',
+      registers,
+      collect() {
+        this.set(queue?.().running ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'kindling_queue_depth',
+      help: 'Executions waiting for a slot',
+      registers,
+      collect() {
+        this.set(queue?.().queued ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'kindling_handler_invocations_in_flight',
+      help: 'Handler-style invocations running now (busy warm sandboxes)',
+      registers,
+      collect() {
+        this.set((pools?.() ?? []).reduce((sum, pool) => sum + pool.busy, 0));
+      },
+    });
+    new Gauge({
+      name: 'kindling_handler_queue_depth',
+      help: 'Handler-style invocations waiting for a warm sandbox',
+      registers,
+      collect() {
+        this.set((pools?.() ?? []).reduce((sum, pool) => sum + pool.waiting, 0));
+      },
+    });
+    new Gauge({
+      name: 'kindling_warm_sandboxes',
+      help: 'Warm sandboxes of handler-style functions by function, executor and state (idle|busy|creating)',
+      labelNames: ['function', 'executor', 'state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const pool of pools?.() ?? []) {
+          for (const state of ['idle', 'busy', 'creating'] as const) {
+            this.inc({ function: pool.function, executor: pool.executor, state }, pool[state]);
+          }
+        }
+      },
+    });
   }
 
-  onExecutionFinished(result: ExecutionResult, context: { stdinBytes: number; streamedStdoutBytes?: number; functionName?: string }): void {
+  onExecutionFinished(result: ExecutionResult, context: ExecutionContext): void {
     const fn = context.functionName ?? EXECUTE_FUNCTION_LABEL;
-    this.invocations.inc({ function: fn, executor: result.executor, status: statusOf(result), cold: String(result.coldStart) });
+    const status = statusOf(result);
+    this.invocations.inc({ function: fn, executor: result.executor, status, cold: String(result.coldStart) });
     this.duration.observe({ function: fn, executor: result.executor }, result.durationMs / 1000);
     this.startDuration.observe({ executor: result.executor, cold: String(result.coldStart) }, result.timings.startMs / 1000);
+    this.queueWait.observe({ kind: 'execution' }, result.timings.queuedMs / 1000);
+    this.countOutcome(status, fn, result.executor);
+    if (result.usage?.cpuMs != null) this.cpuSeconds.inc({ function: fn, executor: result.executor }, result.usage.cpuMs / 1000);
     this.payloadBytes.inc({ direction: 'in' }, context.stdinBytes);
-    const outBytes = result.outputEncoding === 'base64'
-      ? Buffer.byteLength(result.stdout, 'base64') + Buffer.byteLength(result.stderr, 'base64')
-      : Buffer.byteLength(result.stdout) + Buffer.byteLength(result.stderr);
-    this.payloadBytes.inc({ direction: 'out' }, outBytes + (context.streamedStdoutBytes ?? 0));
+    this.payloadBytes.inc({ direction: 'out' }, context.outputBytes);
   }
 
   onExecutionFailed(error: KindlingError, context: { executor: ExecutorName; functionName?: string }): void {
@@ -96,14 +193,33 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
   }
 
   /** A handler-style invocation (warm pools); command functions are counted through onExecutionFinished. */
-  onInvocation(event: { functionName: string; executor: ExecutorName; status: InvocationStatus; coldStart: boolean; durationMs: number; inBytes: number; outBytes: number }): void {
+  onInvocation(event: InvocationEvent): void {
     this.invocations.inc({ function: event.functionName, executor: event.executor, status: event.status, cold: String(event.coldStart) });
     if (event.status !== 'error') this.duration.observe({ function: event.functionName, executor: event.executor }, event.durationMs / 1000);
+    if (event.sandboxStartMs !== undefined) this.startDuration.observe({ executor: event.executor, cold: 'true' }, event.sandboxStartMs / 1000);
+    this.queueWait.observe({ kind: 'handler' }, event.queuedMs / 1000);
+    this.countOutcome(event.status, event.functionName, event.executor);
     this.payloadBytes.inc({ direction: 'in' }, event.inBytes);
     this.payloadBytes.inc({ direction: 'out' }, event.outBytes);
   }
 
+  /** Sandbox lifecycle, fed by the executor wrapper in instrument.ts. */
+  onSandbox(executor: ExecutorName, event: 'created' | 'destroyed' | 'failed', kind: 'execution' | 'warm'): void {
+    this.sandboxes.inc({ executor, event, kind });
+    if (event === 'created') this.sandboxesLive.inc({ executor });
+    if (event === 'destroyed') this.sandboxesLive.dec({ executor });
+  }
+
   onHttpError(code: string, statusCode: number): void {
     this.httpErrors.inc({ code, status: String(statusCode) });
+  }
+
+  onHttpResponse(method: string, statusCode: number): void {
+    this.httpResponses.inc({ method, status: String(statusCode) });
+  }
+
+  private countOutcome(status: InvocationStatus, fn: string, executor: ExecutorName): void {
+    if (status === 'oom') this.oomKills.inc({ function: fn, executor });
+    if (status === 'timeout') this.timeouts.inc({ function: fn, executor });
   }
 }

@@ -27,6 +27,28 @@ export interface ExecuteOptions {
   stdoutSink?: Writable;
   /** The deployed function this execution serves (metrics label); one-off executions have none. */
   functionName?: string;
+  /** W3C trace context of the request; passed to the process as env TRACEPARENT and to observers. */
+  trace?: TraceContext;
+}
+
+/** The W3C trace context an execution runs under (see src/api/trace.ts). */
+export interface TraceContext {
+  traceId: string;
+  /** The `traceparent` value the sandbox sees (this server's span as the parent). */
+  traceparent: string;
+}
+
+/** What observers learn about a finished execution besides its result. */
+export interface ExecutionContext {
+  image: string;
+  stdinBytes: number;
+  streamedStdoutBytes: number;
+  /** Output bytes of the process: stdout (kept and streamed) plus kept stderr. */
+  outputBytes: number;
+  functionName?: string;
+  /** The memory limit the sandbox ran with (for GB-seconds). */
+  memoryMb: number;
+  traceId?: string;
 }
 
 /** A finished execution with its output as bytes (the raw invoke path: no text decoding, no base64). */
@@ -38,7 +60,7 @@ export interface RawExecution {
 
 /** Observers see every finished execution (metrics, usage); they never change the outcome. */
 export interface ExecutionObserver {
-  onExecutionFinished(result: ExecutionResult, context: { image: string; stdinBytes: number; streamedStdoutBytes: number; functionName?: string }): void;
+  onExecutionFinished(result: ExecutionResult, context: ExecutionContext): void;
   onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName; functionName?: string }): void;
 }
 
@@ -233,6 +255,7 @@ export class ExecutionService {
     if (this.draining) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
     const prepared = await this.prepare(request);
     if (options.stdinStream) prepared.spec.stdin = true;
+    if (options.trace) prepared.spec.env.TRACEPARENT = options.trace.traceparent;
     const { spec, executor } = prepared;
     const queuedAt = this.clock.monotonicMs();
     const release = await this.limiter.acquire(options.signal);
@@ -337,8 +360,17 @@ export class ExecutionService {
           startMs: Math.round((runningAt - startedAt) * 100) / 100,
           runMs: Math.round((finishedAt - runningAt) * 100) / 100,
         },
+        ...(exit.usage ? { usage: { cpuMs: exit.usage.cpuMs === null ? null : Math.round(exit.usage.cpuMs * 100) / 100, memoryPeakBytes: exit.usage.memoryPeakBytes } } : {}),
       };
-      const context = { image: spec.image, stdinBytes, streamedStdoutBytes: stdoutBytes, ...(options.functionName === undefined ? {} : { functionName: options.functionName }) };
+      const context: ExecutionContext = {
+        image: spec.image,
+        stdinBytes,
+        streamedStdoutBytes: stdoutBytes,
+        outputBytes: stdoutKept.length + stderrBytes.length + stdoutBytes,
+        memoryMb: spec.limits.memoryMb,
+        ...(options.functionName === undefined ? {} : { functionName: options.functionName }),
+        ...(options.trace ? { traceId: options.trace.traceId } : {}),
+      };
       for (const observer of this.observers) observer.onExecutionFinished(result, context);
       return { result, stdout: stdoutKept, stderr: stderrBytes };
     } finally {

@@ -4,7 +4,7 @@ import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName } from '../core/types.js';
 import { FUNCTION_NAME_PATTERN, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
-import type { ExecutionService } from './execution-service.js';
+import type { ExecutionService, TraceContext } from './execution-service.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -23,6 +23,8 @@ export interface InvocationResult {
 
 export interface InvokeOptions {
   signal?: AbortSignal;
+  /** W3C trace context of the request (env TRACEPARENT of command functions; trace id in usage records). */
+  trace?: TraceContext;
 }
 
 /** Runs handler-style invocations (warm pools); absent on servers without an executor that keeps sandboxes warm. */
@@ -124,6 +126,7 @@ export class FunctionService {
         stdinStream: Readable.from([body]),
         functionName: name,
         ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.trace ? { trace: options.trace } : {}),
       });
     } finally {
       release();

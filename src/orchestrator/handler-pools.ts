@@ -9,7 +9,7 @@
  */
 import { agentLaunch, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
 import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
-import type { Clock } from '../core/clock.js';
+import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { ExecutorName, RunSpec } from '../core/types.js';
@@ -20,8 +20,26 @@ import type { HandlerInvoker, InvocationResult, InvokeOptions } from './function
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { WarmCapacity, WarmPool } from './warm-pool.js';
 
+export interface InvocationEvent {
+  invocationId: string;
+  functionName: string;
+  executor: ExecutorName;
+  status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error';
+  coldStart: boolean;
+  durationMs: number;
+  inBytes: number;
+  outBytes: number;
+  /** Time spent waiting for a warm sandbox. */
+  queuedMs: number;
+  /** Cold starts: how long the sandbox took to start (create request to agent HELLO). */
+  sandboxStartMs?: number;
+  /** The memory limit of the warm sandbox (for GB-seconds). */
+  memoryMb: number;
+  traceId?: string;
+}
+
 export interface InvocationObserver {
-  onInvocation(event: { functionName: string; executor: ExecutorName; status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error'; coldStart: boolean; durationMs: number; inBytes: number; outBytes: number }): void;
+  onInvocation(event: InvocationEvent): void;
 }
 
 export interface HandlerPoolsOptions {
@@ -55,6 +73,7 @@ interface Entry {
   pool: WarmPool<WarmSandbox>;
   version: FunctionVersion;
   executor: Executor;
+  memoryMb: number;
 }
 
 const keyOf = (name: string, version: number): string => `${name}@${version}`;
@@ -143,6 +162,14 @@ export class HandlerPools implements HandlerInvoker {
     return typeof this.options.executors.get(executor)?.createWarmSandbox === 'function';
   }
 
+  /** Idle and busy warm sandboxes per live function version (metrics, console). */
+  poolSizes(): { function: string; version: number; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[] {
+    return [...this.pools.values()].map((entry) => {
+      const stats = entry.pool.stats;
+      return { function: entry.version.name, version: entry.version.version, executor: entry.executor.name, idle: stats.idle, busy: stats.busy, creating: stats.creating, waiting: stats.waiting };
+    });
+  }
+
   stats(): Record<string, unknown> {
     return { capacity: this.capacity.stats, generic: this.generic.stats(), pools: Object.fromEntries([...this.pools].map(([key, entry]) => [key, entry.pool.stats])) };
   }
@@ -158,36 +185,47 @@ export class HandlerPools implements HandlerInvoker {
     await Promise.all(closing.map(([, entry]) => entry.pool.close()));
   }
 
-  async invoke(version: FunctionVersion, executorName: ExecutorName, body: Buffer, _options: InvokeOptions): Promise<InvocationResult> {
+  async invoke(version: FunctionVersion, executorName: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult> {
     const entry = this.poolFor(version, executorName);
     const invocationId = newId('inv');
     const base = { invocationId, functionName: version.name, version: version.version, executor: executorName };
     const timeoutMs = version.spec.timeoutMs ?? this.limits.defaults.timeoutMs;
+    const event = {
+      invocationId,
+      functionName: version.name,
+      executor: executorName,
+      inBytes: body.length,
+      memoryMb: entry.memoryMb,
+      ...(options.trace ? { traceId: options.trace.traceId } : {}),
+    };
+    const clock = this.options.clock ?? systemClock;
+    const queuedFrom = clock.monotonicMs();
     let lease;
     try {
       lease = await entry.pool.acquire();
     } catch (error) {
       if (error instanceof AgentLoadError) {
         // The user's module does not load: like a program that fails, a result with exit code 1 and the error text.
-        this.observe(version.name, executorName, 'failed', true, 0, body.length, error.text.length);
+        this.observe({ ...event, status: 'failed', coldStart: true, durationMs: 0, outBytes: error.text.length, queuedMs: clock.monotonicMs() - queuedFrom });
         return { ...base, exitCode: 1, body: Buffer.from(`${error.text}\n`), stderr: Buffer.alloc(0), durationMs: 0, coldStart: true, timedOut: false };
       }
       const failure = error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'could not get a warm sandbox', { cause: error });
-      if (failure.code !== 'TOO_MANY_REQUESTS') this.observe(version.name, executorName, 'error', true, 0, body.length, 0);
+      if (failure.code !== 'TOO_MANY_REQUESTS') this.observe({ ...event, status: 'error', coldStart: true, durationMs: 0, outBytes: 0, queuedMs: clock.monotonicMs() - queuedFrom });
       throw failure;
     }
+    const started = { coldStart: lease.coldStart, queuedMs: lease.waitedMs, ...(lease.coldStart ? { sandboxStartMs: lease.sandbox.startMs } : {}) };
     let result;
     try {
       result = await lease.sandbox.invoke(body, { timeoutMs });
     } catch (error) {
       lease.release(false, NaN);
-      this.observe(version.name, executorName, 'error', lease.coldStart, 0, body.length, 0);
+      this.observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'the warm sandbox failed', { cause: error });
     }
     const healthy = result.exitCode <= 1 && lease.sandbox.alive;
     lease.release(healthy, result.durationMs);
     const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
-    this.observe(version.name, executorName, status, lease.coldStart, result.durationMs, body.length, result.body.length);
+    this.observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length });
     return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut };
   }
 
@@ -200,8 +238,8 @@ export class HandlerPools implements HandlerInvoker {
 
   /* ------------------------------------------------------------------------------------------------------------ */
 
-  private observe(functionName: string, executor: ExecutorName, status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error', coldStart: boolean, durationMs: number, inBytes: number, outBytes: number): void {
-    for (const observer of this.options.observers ?? []) observer.onInvocation({ functionName, executor, status, coldStart, durationMs, inBytes, outBytes });
+  private observe(event: InvocationEvent): void {
+    for (const observer of this.options.observers ?? []) observer.onInvocation(event);
   }
 
   private retire(key: string, entry: Entry): void {
@@ -243,7 +281,7 @@ export class HandlerPools implements HandlerInvoker {
         if (this.retiredPools.delete(pool)) void pool.close();
       },
     });
-    const entry = { pool, version, executor };
+    const entry = { pool, version, executor, memoryMb: limits.memoryMb };
     this.pools.set(key, entry);
     return entry;
   }

@@ -55,7 +55,7 @@ function parseRawSpec(request: FastifyRequest): ExecuteRequest {
 /** One structured line per execution, carrying both ids, so a request can be followed into its sandbox. */
 function logFinished(request: FastifyRequest, result: ExecutionResult): void {
   request.log.info(
-    { executionId: result.id, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut, oomKilled: result.oomKilled, truncated: result.truncated },
+    { executionId: result.id, traceId: request.trace.traceId, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut, oomKilled: result.oomKilled, truncated: result.truncated },
     'execution finished',
   );
 }
@@ -113,7 +113,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
       }
       const body = request.body as ExecuteRequest;
       if (accept.includes('text/event-stream')) return executeSse(request, reply, body, abort.signal);
-      const result = await service.execute(body, { signal: abort.signal });
+      const result = await service.execute(body, { signal: abort.signal, trace: request.trace });
       logFinished(request, result);
       reply.header('x-kindling-execution-id', result.id);
       return result;
@@ -129,6 +129,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     try {
       const result: ExecutionResult = await service.execute(body, {
         signal,
+        trace: request.trace,
         onStarted: (id) => {
           streaming = true;
           reply.hijack();
@@ -177,7 +178,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     upload.pipe(limited);
 
     if (!rawOutput) {
-      const result = await service.execute(spec, { signal, stdinStream: limited });
+      const result = await service.execute(spec, { signal, stdinStream: limited, trace: request.trace });
       if (uploadError) throw uploadError;
       logFinished(request, result);
       reply.header('x-kindling-execution-id', result.id);
@@ -189,6 +190,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     try {
       const result = await service.execute(spec, {
         signal,
+        trace: request.trace,
         stdinStream: limited,
         stdoutSink: raw,
         onStarted: (id, info) => {

@@ -81,7 +81,11 @@ export function registerFunctionRoutes(app: FastifyInstance, options: { function
           if (!reply.raw.writableFinished) abort.abort(new Error('client disconnected'));
         });
         const body = Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
-        const result = await service.invoke(request.params.name, body, { signal: abort.signal });
+        const result = await service.invoke(request.params.name, body, { signal: abort.signal, trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent } });
+        request.log.info(
+          { invocationId: result.invocationId, function: result.functionName, version: result.version, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut },
+          'invocation finished',
+        );
         reply.headers({
           'x-kindling-invocation-id': result.invocationId,
           'x-kindling-function-version': String(result.version),

@@ -289,7 +289,8 @@ export class MicroVmExecutor implements Executor {
     const waitResult: Promise<ExitInfo> = (async () => {
       try {
         const exit = await exec.exit;
-        return { exitCode: exit.exitCode, signal: exit.signal, oomKilled: exit.oomKilled };
+        const usage = exit.usage === undefined ? undefined : { cpuMs: exit.usage.cpuUsec === null ? null : exit.usage.cpuUsec / 1000, memoryPeakBytes: exit.usage.memoryPeakBytes };
+        return { exitCode: exit.exitCode, signal: exit.signal, oomKilled: exit.oomKilled, ...(usage ? { usage } : {}) };
       } catch (error) {
         if (!killed && vm.alive) throw new KindlingError('EXECUTOR_FAILED', `the microVM agent failed: ${(error as Error).message}`, { cause: error });
         // The VM was killed (kill(), timeout, abort) or died: the process tree is gone with it.

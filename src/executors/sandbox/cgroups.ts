@@ -27,6 +27,8 @@ export interface Cgroup {
   pids(): number[];
   /** How many processes the kernel's OOM killer killed in this cgroup so far. */
   oomKills(): number;
+  /** CPU time and peak memory the kernel accounted to this cgroup so far (null: not available here). */
+  usage(): { cpuMs: number | null; memoryPeakBytes: number | null };
   /** Kills every process in the cgroup, repeating until it is empty (catches forks racing the kill). */
   kill(): Promise<void>;
   /** Sets (or changes) the limits; synchronous, microseconds. */
@@ -124,6 +126,16 @@ function readKeyed(file: string, key: string): number {
   return 0;
 }
 
+/** A file holding one number (cpuacct.usage, memory.peak); null when absent or not a number. */
+function readNumber(file: string): number | null {
+  try {
+    const value = Number(readFile(file).trim());
+    return Number.isFinite(value) ? value : null;
+  } catch {
+    return null;
+  }
+}
+
 /** rmdir each in order, stopping at the first that is busy or not empty (another owner's cgroups, a live one). */
 function rmdirQuiet(...dirs: string[]): void {
   for (const dir of dirs) {
@@ -180,24 +192,41 @@ async function untilEmpty(once: () => void, empty: () => boolean, what: string):
 
 /* ---------------------------------------------------------------------------------------------------------------- */
 
-const V1_CONTROLLERS = ['memory', 'cpu', 'pids', 'freezer'] as const;
-type V1Controller = (typeof V1_CONTROLLERS)[number];
+const V1_BASE_CONTROLLERS = ['memory', 'cpu', 'pids', 'freezer'] as const;
+type V1Controller = (typeof V1_BASE_CONTROLLERS)[number] | 'cpuacct';
+
+/**
+ * CPU accounting on v1 lives in the cpuacct controller: usually co-mounted with cpu (`cpu,cpuacct`, one directory),
+ * sometimes a hierarchy of its own, which then needs a directory per cgroup too.
+ */
+function v1Controllers(mount: string): V1Controller[] {
+  const cpuacct = path.join(mount, 'cpuacct');
+  if (!fs.existsSync(path.join(cpuacct, 'cpuacct.usage'))) return [...V1_BASE_CONTROLLERS];
+  try {
+    if (fs.realpathSync(cpuacct) === fs.realpathSync(path.join(mount, 'cpu'))) return [...V1_BASE_CONTROLLERS];
+  } catch {
+    return [...V1_BASE_CONTROLLERS];
+  }
+  return [...V1_BASE_CONTROLLERS, 'cpuacct'];
+}
 
 class CgroupV1Driver implements CgroupDriver {
   readonly version = 1 as const;
   readonly ownerDirs: readonly string[];
   private parentsReady = false;
+  private readonly controllers: V1Controller[];
 
   constructor(
     private readonly mount: string,
     private readonly parent: string,
     private readonly owner: string,
   ) {
-    this.ownerDirs = V1_CONTROLLERS.map((c) => path.join(mount, c, parent, owner));
+    this.controllers = v1Controllers(mount);
+    this.ownerDirs = this.controllers.map((c) => path.join(mount, c, parent, owner));
   }
 
   check(): string | null {
-    for (const c of V1_CONTROLLERS) {
+    for (const c of V1_BASE_CONTROLLERS) {
       const dir = path.join(this.mount, c);
       if (!fs.existsSync(path.join(dir, 'cgroup.procs'))) {
         return `cgroup v1 controller "${c}" is not mounted at ${dir} (mount it, or boot with cgroup v2)`;
@@ -272,7 +301,9 @@ class CgroupV1Driver implements CgroupDriver {
 
   open(name: string): Cgroup {
     assertSafeName('cgroup name', name);
-    const dirs = V1_CONTROLLERS.map((c) => this.dir(c, name));
+    const dirs = this.controllers.map((c) => this.dir(c, name));
+    const cpuacctDir = this.dir(this.controllers.includes('cpuacct') ? 'cpuacct' : 'cpu', name);
+    const memoryDir = this.dir('memory', name);
     const freezer = this.dir('freezer', name);
     const procs = path.join(freezer, 'cgroup.procs');
     const pids = (): number[] => readPids(procs);
@@ -302,7 +333,11 @@ class CgroupV1Driver implements CgroupDriver {
       dirs,
       procsFiles: dirs.map((d) => path.join(d, 'cgroup.procs')),
       pids,
-      oomKills: () => readKeyed(path.join(this.dir('memory', name), 'memory.oom_control'), 'oom_kill'),
+      oomKills: () => readKeyed(path.join(memoryDir, 'memory.oom_control'), 'oom_kill'),
+      usage: () => {
+        const cpuNs = readNumber(path.join(cpuacctDir, 'cpuacct.usage'));
+        return { cpuMs: cpuNs === null ? null : cpuNs / 1e6, memoryPeakBytes: readNumber(path.join(memoryDir, 'memory.max_usage_in_bytes')) };
+      },
       applyLimits: (limits) => this.applyLimits(name, limits),
       kill,
       remove: () => (removed ??= killAndRemove(dirs, kill)),
@@ -322,7 +357,7 @@ class CgroupV1Driver implements CgroupDriver {
   }
 
   removeOwnerDirs(): void {
-    for (const c of V1_CONTROLLERS) rmdirQuiet(path.join(this.mount, c, this.parent, this.owner), path.join(this.mount, c, this.parent));
+    for (const c of this.controllers) rmdirQuiet(path.join(this.mount, c, this.parent, this.owner), path.join(this.mount, c, this.parent));
     this.parentsReady = false;
   }
 
@@ -462,6 +497,16 @@ class CgroupV2Driver implements CgroupDriver {
       procsFiles: [procs],
       pids,
       oomKills: () => readKeyed(path.join(dir, 'memory.events'), 'oom_kill'),
+      usage: () => {
+        let cpuUsec: number | null = null;
+        try {
+          const match = /^usage_usec (\d+)$/m.exec(readFile(path.join(dir, 'cpu.stat')));
+          if (match) cpuUsec = Number(match[1]);
+        } catch {
+          // no cpu.stat: unknown
+        }
+        return { cpuMs: cpuUsec === null ? null : cpuUsec / 1000, memoryPeakBytes: readNumber(path.join(dir, 'memory.peak')) };
+      },
       applyLimits: (limits) => this.applyLimits(dir, limits),
       kill,
       remove: () => (removed ??= killAndRemove([dir], kill)),

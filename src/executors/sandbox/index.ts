@@ -861,12 +861,14 @@ class ExecutionImpl implements SandboxExecution {
       // that the output pipes can close.
       await cgroup.kill();
       const oomKilled = cgroup.oomKills() > 0;
+      // The kernel's accounting of the whole tree, read while the cgroup still exists (it is removed on release).
+      const usage = cgroup.usage();
       await closed;
       const started = Buffer.concat(launcher.status).toString('utf8').includes('"child-pid"');
-      return { code, sig, oomKilled, started };
+      return { code, sig, oomKilled, started, usage };
     });
 
-    this.result = exitInfo.then(({ code, sig, oomKilled, started }) => {
+    this.result = exitInfo.then(({ code, sig, oomKilled, started, usage }) => {
       if (!started && !this.killed) {
         const why =
           code === LAUNCHER_CGROUP_FAILED
@@ -877,7 +879,7 @@ class ExecutionImpl implements SandboxExecution {
           details: { executor: 'sandbox' },
         });
       }
-      return exitInfoFrom(code, sig, oomKilled, this.timedOut);
+      return { ...exitInfoFrom(code, sig, oomKilled, this.timedOut), usage };
     });
     this.result.catch(() => {});
 

@@ -1,0 +1,74 @@
+import type { KindlingError } from '../core/errors.js';
+import type { ExecutionResult, ExecutorName } from '../core/types.js';
+import type { ExecutionContext, ExecutionObserver } from '../orchestrator/execution-service.js';
+import type { InvocationEvent, InvocationObserver } from '../orchestrator/handler-pools.js';
+import { DEFAULT_TENANT, type UsageRecord, type UsageStore } from '../store/usage.js';
+import { EXECUTE_FUNCTION_LABEL, statusOf } from './metrics.js';
+
+/**
+ * Writes one usage record per finished invocation: the kernel's CPU time and peak memory (cgroup, via the executor's
+ * exit info), wall time, the memory limit (for GB-seconds) and bytes in/out. Observes only: a failing write is
+ * logged, never turned into a failed invocation.
+ */
+export class UsageMeter implements ExecutionObserver, InvocationObserver {
+  constructor(
+    private readonly store: UsageStore,
+    private readonly options: { now?: () => number; onError?: (error: unknown) => void; tenant?: string } = {},
+  ) {}
+
+  onExecutionFinished(result: ExecutionResult, context: ExecutionContext): void {
+    this.write({
+      id: result.id,
+      tenant: this.options.tenant ?? DEFAULT_TENANT,
+      function: context.functionName ?? EXECUTE_FUNCTION_LABEL,
+      executor: result.executor,
+      atMs: this.now(),
+      status: statusOf(result),
+      coldStart: result.coldStart,
+      durationMs: result.durationMs,
+      cpuMs: result.usage?.cpuMs ?? null,
+      memoryPeakBytes: result.usage?.memoryPeakBytes ?? null,
+      memoryMb: context.memoryMb,
+      bytesIn: context.stdinBytes,
+      bytesOut: context.outputBytes,
+      traceId: context.traceId ?? null,
+    });
+  }
+
+  onExecutionFailed(_error: KindlingError, _context: { executor: ExecutorName; functionName?: string }): void {
+    // Nothing ran to completion: nothing to meter (the metrics count the error).
+  }
+
+  onInvocation(event: InvocationEvent): void {
+    if (event.status === 'error') return;
+    this.write({
+      id: event.invocationId,
+      tenant: this.options.tenant ?? DEFAULT_TENANT,
+      function: event.functionName,
+      executor: event.executor,
+      atMs: this.now(),
+      status: event.status,
+      coldStart: event.coldStart,
+      durationMs: event.durationMs,
+      // A warm sandbox's cgroup serves many calls: per-call CPU time is not separated (yet).
+      cpuMs: null,
+      memoryPeakBytes: null,
+      memoryMb: event.memoryMb,
+      bytesIn: event.inBytes,
+      bytesOut: event.outBytes,
+      traceId: event.traceId ?? null,
+    });
+  }
+
+  private now(): number {
+    return this.options.now?.() ?? Date.now();
+  }
+
+  private write(record: UsageRecord): void {
+    try {
+      this.store.record(record);
+    } catch (error) {
+      this.options.onError?.(error);
+    }
+  }
+}

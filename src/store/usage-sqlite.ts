@@ -1,0 +1,127 @@
+import Database from 'better-sqlite3';
+import type { UsageQuery, UsageRecord, UsageRow, UsageStore } from './usage.js';
+
+/**
+ * Usage records in the server's SQLite file, on a connection of their own (WAL: the function store's reads and writes
+ * go on beside it). The table is created if missing; it has no migration number of its own, so it stays independent
+ * of the function store's schema versions.
+ */
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS usage_records (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL DEFAULT 'default',
+  function TEXT NOT NULL,
+  executor TEXT NOT NULL,
+  day TEXT NOT NULL,
+  at_ms INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  cold INTEGER NOT NULL,
+  duration_ms REAL NOT NULL,
+  cpu_ms REAL,
+  memory_peak_bytes INTEGER,
+  memory_mb INTEGER NOT NULL,
+  bytes_in INTEGER NOT NULL,
+  bytes_out INTEGER NOT NULL,
+  trace_id TEXT
+);
+CREATE INDEX IF NOT EXISTS usage_records_tenant_at ON usage_records (tenant, at_ms);
+`;
+
+interface RecordRow {
+  id: string;
+  tenant: string;
+  function: string;
+  executor: string;
+  at_ms: number;
+  status: string;
+  cold: number;
+  duration_ms: number;
+  cpu_ms: number | null;
+  memory_peak_bytes: number | null;
+  memory_mb: number;
+  bytes_in: number;
+  bytes_out: number;
+  trace_id: string | null;
+}
+
+const toRecord = (row: RecordRow): UsageRecord => ({
+  id: row.id,
+  tenant: row.tenant,
+  function: row.function,
+  executor: row.executor as UsageRecord['executor'],
+  atMs: row.at_ms,
+  status: row.status as UsageRecord['status'],
+  coldStart: row.cold === 1,
+  durationMs: row.duration_ms,
+  cpuMs: row.cpu_ms,
+  memoryPeakBytes: row.memory_peak_bytes,
+  memoryMb: row.memory_mb,
+  bytesIn: row.bytes_in,
+  bytesOut: row.bytes_out,
+  traceId: row.trace_id,
+});
+
+export const utcDay = (ms: number): string => new Date(ms).toISOString().slice(0, 10);
+
+export class SqliteUsageStore implements UsageStore {
+  private readonly db: Database.Database;
+  private readonly insert: Database.Statement;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('busy_timeout = 5000');
+      this.db.exec(SCHEMA);
+    } catch (error) {
+      this.db.close();
+      throw error;
+    }
+    this.insert = this.db.prepare(
+      `INSERT OR REPLACE INTO usage_records (id, tenant, function, executor, day, at_ms, status, cold, duration_ms, cpu_ms, memory_peak_bytes, memory_mb, bytes_in, bytes_out, trace_id)
+       VALUES (@id, @tenant, @function, @executor, @day, @atMs, @status, @cold, @durationMs, @cpuMs, @memoryPeakBytes, @memoryMb, @bytesIn, @bytesOut, @traceId)`,
+    );
+  }
+
+  record(record: UsageRecord): void {
+    this.insert.run({ ...record, day: utcDay(record.atMs), cold: record.coldStart ? 1 : 0 });
+  }
+
+  summarize(query: UsageQuery): UsageRow[] {
+    const key = query.groupBy === 'day' ? 'day' : 'function';
+    const rows = this.db
+      .prepare<unknown[], UsageRow>(
+        `SELECT tenant, ${key} AS key, COUNT(*) AS invocations, COALESCE(SUM(cpu_ms), 0) AS cpuMs,
+                COALESCE(SUM(memory_mb / 1024.0 * duration_ms / 1000.0), 0) AS gbSeconds,
+                SUM(bytes_in) AS bytesIn, SUM(bytes_out) AS bytesOut
+         FROM usage_records
+         WHERE at_ms >= ? AND at_ms < ? ${query.tenant === undefined ? '' : 'AND tenant = ?'}
+         GROUP BY tenant, ${key} ORDER BY tenant, ${key}`,
+      )
+      .all(...[query.fromMs, query.toMs, ...(query.tenant === undefined ? [] : [query.tenant])]);
+    return rows.map((row) => ({ ...row, cpuMs: Math.round(row.cpuMs * 1000) / 1000, gbSeconds: Math.round(row.gbSeconds * 1e6) / 1e6 }));
+  }
+
+  recent(options: { tenant?: string; limit: number; sinceMs?: number }): UsageRecord[] {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (options.tenant !== undefined) {
+      where.push('tenant = ?');
+      params.push(options.tenant);
+    }
+    if (options.sinceMs !== undefined) {
+      where.push('at_ms >= ?');
+      params.push(options.sinceMs);
+    }
+    params.push(options.limit);
+    return this.db
+      .prepare<unknown[], RecordRow>(`SELECT * FROM usage_records ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY at_ms DESC, rowid DESC LIMIT ?`)
+      .all(...params)
+      .map(toRecord);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * The web console in a real browser: Debian's Chromium driven by playwright-core signs in with a key, deploys a
+ * function from the page, invokes it, sees the output and the invocation in the list, and saves a screenshot
+ * (test-results/console.png). Skips only when /usr/bin/chromium is missing (scripts/setup.sh installs it); in CI it
+ * must run.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { chromium, type Browser, type BrowserServer, type Page } from 'playwright-core';
+import { DEFAULT_CONSOLE_DIR } from '../src/server.js';
+import { skipOrFail } from '../src/executors/test-support.js';
+import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const KEY = 'console-test-key';
+const RESULTS_DIR = new URL('../../test-results/', import.meta.url).pathname;
+
+function unavailableReason(): string | null {
+  if (!existsSync(CHROMIUM)) return skipOrFail('chromium', `${CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh does)`);
+  return null;
+}
+const unavailable = unavailableReason() ?? (await sandboxUnavailableReason());
+
+describe('web console in headless Chromium', { skip: unavailable ?? false }, () => {
+  let server: TestServer;
+  let browserServer: BrowserServer | undefined;
+  let browser: Browser | undefined;
+  let page: Page;
+
+  before(async () => {
+    assert.ok(existsSync(join(DEFAULT_CONSOLE_DIR, 'index.html')), `the console is not built in ${DEFAULT_CONSOLE_DIR}: run "npm run build"`);
+    server = await startTestServer({ executor: 'sandbox', apiKeys: [KEY] });
+    // A browser server, so that its pid is known and it can be stopped by pid whatever happens; playwright gives it a
+    // fresh, empty profile dir.
+    browserServer = await chromium.launchServer({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+    });
+    browser = await chromium.connect(browserServer.wsEndpoint());
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => undefined);
+    await browserServer?.close().catch(() => undefined);
+    const pid = browserServer?.process().pid;
+    if (pid !== undefined) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    await server?.stop();
+  });
+
+  it('ships less than 300 KB of JavaScript (gzipped)', () => {
+    const assets = join(DEFAULT_CONSOLE_DIR, 'assets');
+    const js = readdirSync(assets).filter((file) => file.endsWith('.js'));
+    assert.ok(js.length > 0);
+    const gzipped = js.reduce((sum, file) => sum + gzipSync(readFileSync(join(assets, file))).length, 0);
+    assert.ok(gzipped < 300 * 1024, `${gzipped} bytes of gzipped JS`);
+  });
+
+  it('signs in with the keyboard, deploys, invokes, lists the invocation; saves a screenshot', async () => {
+    await page.goto(server.url);
+    // The key field has focus and a label; a wrong key is refused with the server's message.
+    await page.getByLabel('API key').waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'api-key');
+    await page.keyboard.type('wrong-key');
+    await page.keyboard.press('Enter');
+    await page.getByRole('alert').filter({ hasText: 'UNAUTHORIZED' }).waitFor();
+    await page.getByLabel('API key').fill(KEY);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Functions' }).waitFor();
+
+    // Deploy a program from the page's editor.
+    await page.getByLabel('Name').fill('console-hello');
+    await page.getByLabel('Runtime').selectOption('python');
+    await page.getByLabel('Code').fill('import sys\nprint("hello, " + sys.stdin.read())\n');
+    await page.getByRole('button', { name: 'Deploy' }).click();
+    await page.getByText('Deployed console-hello version 1.').waitFor({ timeout: 30_000 });
+    await page.locator('#functions-body').getByText('console-hello').waitFor();
+
+    // Invoke it with a payload and see the output.
+    await page.getByLabel('Function', { exact: true }).selectOption('console-hello');
+    await page.getByLabel('Payload').fill('browser');
+    await page.getByRole('button', { name: 'Invoke' }).click();
+    await page.locator('#invoke-output').filter({ hasText: 'hello, browser' }).waitFor({ timeout: 60_000 });
+    const meta = (await page.locator('#invoke-meta').textContent()) ?? '';
+    const id = /Invocation (ex_\S+|inv_\S+):/.exec(meta)?.[1];
+    assert.ok(id, `no invocation id in "${meta}"`);
+    assert.match(meta, /exit code 0/);
+
+    // The invocation shows up in the list with its status, start kind and executor.
+    const listed = page.locator('#invocations-body tr').filter({ hasText: id });
+    await listed.waitFor({ timeout: 15_000 });
+    const text = (await listed.textContent()) ?? '';
+    assert.match(text, /console-hello/);
+    assert.match(text, /succeeded/);
+    assert.match(text, /sandbox/);
+    assert.match(text, /cold|warm/);
+    await page.locator('#usage-body').getByText('console-hello').waitFor({ timeout: 15_000 });
+    await page.locator('#chart-rate svg').waitFor();
+
+    await mkdir(RESULTS_DIR, { recursive: true });
+    await page.screenshot({ path: join(RESULTS_DIR, 'console.png'), fullPage: true });
+  });
+});

@@ -1,0 +1,357 @@
+/**
+ * The Kindling console: plain TypeScript on the DOM. Every API call carries the key from the sign-in form as
+ * `Authorization: Bearer` (kept in sessionStorage: this tab only). Lists refresh every few seconds.
+ */
+import './style.css';
+
+const KEY_STORAGE = 'kindling.apiKey';
+const REFRESH_MS = 3000;
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
+  const element = document.getElementById(id);
+  if (!element) throw new Error(`#${id} is missing`);
+  return element as T;
+};
+
+let apiKey: string | null = sessionStorage.getItem(KEY_STORAGE);
+let timer: number | undefined;
+
+class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function api(path: string, init: RequestInit = {}): Promise<Response> {
+  const headers = new Headers(init.headers);
+  if (apiKey) headers.set('authorization', `Bearer ${apiKey}`);
+  const response = await fetch(path, { ...init, headers });
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      const body = (await response.json()) as { error?: { code?: string; message?: string } };
+      if (body.error) message = `${body.error.code}: ${body.error.message}`;
+    } catch {
+      // not JSON
+    }
+    if (response.status === 401) signOut(message);
+    throw new ApiError(response.status, message);
+  }
+  return response;
+}
+
+const json = async <T>(path: string, init?: RequestInit): Promise<T> => (await (await api(path, init)).json()) as T;
+
+/** Builds a table row of text cells (never HTML from data). */
+function row(cells: (string | number | { text: string; className?: string; num?: boolean })[]): HTMLTableRowElement {
+  const tr = document.createElement('tr');
+  for (const cell of cells) {
+    const td = document.createElement('td');
+    if (typeof cell === 'object') {
+      td.textContent = cell.text;
+      if (cell.className) td.className = cell.className;
+      if (cell.num) td.classList.add('num');
+    } else {
+      td.textContent = String(cell);
+      if (typeof cell === 'number') td.className = 'num';
+    }
+    tr.append(td);
+  }
+  return tr;
+}
+
+function fill(tbodyId: string, rows: HTMLTableRowElement[], empty: string, columns: number): void {
+  const body = $(tbodyId);
+  if (rows.length === 0) {
+    const tr = document.createElement('tr');
+    const td = document.createElement('td');
+    td.colSpan = columns;
+    td.className = 'hint';
+    td.textContent = empty;
+    tr.append(td);
+    rows = [tr];
+  }
+  body.replaceChildren(...rows);
+}
+
+const time = (ms: number): string => new Date(ms).toLocaleTimeString();
+const fmt = (n: number | null, digits = 1): string => (n === null ? '—' : n.toFixed(digits));
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+
+interface FunctionView {
+  name: string;
+  version: number;
+  style: string;
+  runtime?: string;
+  image?: string;
+  executor?: string;
+  updatedAtMs: number;
+}
+
+async function loadFunctions(): Promise<void> {
+  const { functions } = await json<{ functions: FunctionView[] }>('/v1/functions');
+  fill('functions-body', functions.map((fn) => row([fn.name, fn.version, fn.style, fn.runtime ?? fn.image ?? '', fn.executor ?? 'default', time(fn.updatedAtMs)])), 'No functions yet: deploy one below.', 6);
+  const select = $<HTMLSelectElement>('inv-function');
+  const current = select.value;
+  select.replaceChildren(
+    ...functions.map((fn) => {
+      const option = document.createElement('option');
+      option.value = fn.name;
+      option.textContent = `${fn.name} (v${fn.version})`;
+      return option;
+    }),
+  );
+  if (functions.some((fn) => fn.name === current)) select.value = current;
+}
+
+interface InvocationRecord {
+  id: string;
+  function: string;
+  executor: string;
+  atMs: number;
+  status: string;
+  coldStart: boolean;
+  durationMs: number;
+  cpuMs: number | null;
+  traceId: string | null;
+}
+
+async function loadInvocations(): Promise<void> {
+  const { invocations } = await json<{ invocations: InvocationRecord[] }>('/v1/usage/invocations?limit=25');
+  fill(
+    'invocations-body',
+    invocations.map((inv) =>
+      row([
+        inv.id,
+        inv.function,
+        { text: inv.status, className: `status-${inv.status}` },
+        { text: `${fmt(inv.durationMs)} ms`, num: true },
+        inv.coldStart ? 'cold' : 'warm',
+        inv.executor,
+        { text: inv.cpuMs === null ? '—' : `${fmt(inv.cpuMs)} ms`, num: true },
+        inv.traceId ? inv.traceId.slice(0, 8) : '—',
+        time(inv.atMs),
+      ]),
+    ),
+    'No invocations yet.',
+    9,
+  );
+}
+
+interface PoolsView {
+  capacity: { sandboxes: number; memoryMb: number; maxSandboxes: number; maxMemoryMb: number };
+  pools: { function: string; version: number; executor: string; idle: number; busy: number; creating: number; waiting: number }[];
+}
+
+async function loadPools(): Promise<void> {
+  const view = await json<PoolsView>('/v1/pools');
+  $('pools-capacity').textContent = `${view.capacity.sandboxes} of ${view.capacity.maxSandboxes} warm sandboxes, ${view.capacity.memoryMb} of ${view.capacity.maxMemoryMb} MB`;
+  fill('pools-body', view.pools.map((p) => row([p.function, p.version, p.executor, p.idle, p.busy, p.creating, p.waiting])), 'No warm pools (handler-style functions get one on first use).', 7);
+}
+
+interface UsageView {
+  rows: { tenant: string; function: string; invocations: number; cpuMs: number; gbSeconds: number; bytesIn: number; bytesOut: number }[];
+}
+
+async function loadUsage(): Promise<void> {
+  const view = await json<UsageView>('/v1/usage?groupBy=function');
+  fill('usage-body', view.rows.map((r) => row([r.tenant, r.function, r.invocations, { text: fmt(r.cpuMs), num: true }, { text: fmt(r.gbSeconds, 4), num: true }, r.bytesIn, r.bytesOut])), 'Nothing metered yet.', 7);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+
+interface Bucket {
+  startMs: number;
+  invocations: number;
+  coldStarts: number;
+  p50Ms: number | null;
+  p95Ms: number | null;
+  p99Ms: number | null;
+}
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const COLORS = ['#c2410c', '#2563eb', '#7c3aed'];
+
+/** A small line chart as inline SVG: one polyline per series, a max label and the time range. */
+function chart(containerId: string, label: string, buckets: Bucket[], series: { name: string; value: (b: Bucket) => number | null }[]): void {
+  const width = 360;
+  const height = 120;
+  const pad = 24;
+  const values = buckets.flatMap((b) => series.map((s) => s.value(b) ?? 0));
+  const max = Math.max(1, ...values);
+  const svg = document.createElementNS(SVG_NS, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  svg.setAttribute('role', 'img');
+  const latest = buckets.at(-1);
+  svg.setAttribute('aria-label', `${label}; latest minute: ${series.map((s) => `${s.name} ${latest ? fmt(s.value(latest), 0) : 0}`).join(', ')}; max ${fmt(max, 0)}`);
+  const axis = document.createElementNS(SVG_NS, 'path');
+  axis.setAttribute('d', `M${pad},4 V${height - pad} H${width - 4}`);
+  axis.setAttribute('stroke', 'currentColor');
+  axis.setAttribute('stroke-opacity', '0.4');
+  axis.setAttribute('fill', 'none');
+  svg.append(axis);
+  const x = (i: number): number => pad + (i * (width - pad - 4)) / Math.max(1, buckets.length - 1);
+  const y = (v: number): number => height - pad - (v / max) * (height - pad - 8);
+  series.forEach((s, index) => {
+    const line = document.createElementNS(SVG_NS, 'polyline');
+    line.setAttribute('points', buckets.map((b, i) => `${x(i).toFixed(1)},${y(s.value(b) ?? 0).toFixed(1)}`).join(' '));
+    line.setAttribute('fill', 'none');
+    line.setAttribute('stroke', COLORS[index % COLORS.length]!);
+    line.setAttribute('stroke-width', '1.8');
+    svg.append(line);
+  });
+  const text = (content: string, tx: number, ty: number, anchor = 'start'): void => {
+    const t = document.createElementNS(SVG_NS, 'text');
+    t.textContent = content;
+    t.setAttribute('x', String(tx));
+    t.setAttribute('y', String(ty));
+    t.setAttribute('font-size', '10');
+    t.setAttribute('fill', 'currentColor');
+    t.setAttribute('text-anchor', anchor);
+    svg.append(t);
+  };
+  text(fmt(max, 0), pad - 3, 12, 'end');
+  text('0', pad - 3, height - pad, 'end');
+  if (buckets.length > 0) {
+    text(time(buckets[0]!.startMs), pad, height - 8);
+    text(time(buckets.at(-1)!.startMs), width - 4, height - 8, 'end');
+  }
+  if (series.length > 1) series.forEach((s, i) => text(s.name, width - 4 - (series.length - 1 - i) * 34, 12, 'end'));
+  $(containerId).replaceChildren(svg);
+}
+
+async function loadCharts(): Promise<void> {
+  const { buckets } = await json<{ buckets: Bucket[] }>('/v1/usage/timeseries?minutes=30&bucketSeconds=60');
+  chart('chart-rate', 'Invocations per minute', buckets, [{ name: 'rate', value: (b) => b.invocations }]);
+  chart('chart-latency', 'Latency percentiles in ms', buckets, [
+    { name: 'p50', value: (b) => b.p50Ms },
+    { name: 'p95', value: (b) => b.p95Ms },
+    { name: 'p99', value: (b) => b.p99Ms },
+  ]);
+  chart('chart-cold', 'Cold starts per minute', buckets, [{ name: 'cold', value: (b) => b.coldStarts }]);
+}
+
+async function refresh(): Promise<void> {
+  const results = await Promise.allSettled([loadFunctions(), loadInvocations(), loadPools(), loadUsage(), loadCharts()]);
+  for (const result of results) if (result.status === 'rejected' && !(result.reason instanceof ApiError && result.reason.status === 401)) console.warn(result.reason);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+
+function showApp(): void {
+  $('login').hidden = true;
+  $('app').hidden = false;
+  $('nav').hidden = false;
+  void refresh();
+  window.clearInterval(timer);
+  timer = window.setInterval(() => void refresh(), REFRESH_MS);
+}
+
+function signOut(message = ''): void {
+  apiKey = null;
+  sessionStorage.removeItem(KEY_STORAGE);
+  window.clearInterval(timer);
+  $('app').hidden = true;
+  $('nav').hidden = true;
+  $('login').hidden = false;
+  $('login-status').textContent = message;
+  $<HTMLInputElement>('api-key').focus();
+}
+
+$<HTMLFormElement>('login-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const input = $<HTMLInputElement>('api-key');
+  apiKey = input.value.trim() || null;
+  $('login-status').textContent = '';
+  try {
+    await api('/v1/functions');
+  } catch (error) {
+    $('login-status').textContent = error instanceof Error ? error.message : String(error);
+    return;
+  }
+  if (apiKey) sessionStorage.setItem(KEY_STORAGE, apiKey);
+  input.value = '';
+  showApp();
+  $('functions-title').focus();
+});
+
+$('logout').addEventListener('click', () => signOut());
+
+$<HTMLFormElement>('deploy-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.currentTarget as HTMLFormElement);
+  const name = String(form.get('name') ?? '').trim();
+  const spec: Record<string, unknown> = { runtime: form.get('runtime'), code: form.get('code') };
+  const handler = String(form.get('handler') ?? '').trim();
+  if (handler) spec.handler = handler;
+  const memory = String(form.get('memoryMb') ?? '').trim();
+  if (memory) spec.memoryMb = Number(memory);
+  const status = $('deploy-status');
+  status.className = '';
+  status.textContent = `Deploying ${name}…`;
+  try {
+    const view = await json<FunctionView>(`/v1/functions/${encodeURIComponent(name)}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(spec) });
+    status.className = 'ok';
+    status.textContent = `Deployed ${view.name} version ${view.version}.`;
+    await loadFunctions();
+    $<HTMLSelectElement>('inv-function').value = view.name;
+  } catch (error) {
+    status.className = 'error';
+    status.textContent = error instanceof Error ? error.message : String(error);
+  }
+});
+
+// Tab in the code editor indents instead of leaving the field; Escape then Tab leaves it (keyboard users stay free).
+let escaped = false;
+$<HTMLTextAreaElement>('fn-code').addEventListener('keydown', (event) => {
+  const area = event.currentTarget as HTMLTextAreaElement;
+  if (event.key === 'Escape') {
+    escaped = true;
+    return;
+  }
+  if (event.key === 'Tab' && !event.shiftKey && !escaped) {
+    event.preventDefault();
+    area.setRangeText('    ', area.selectionStart, area.selectionEnd, 'end');
+  }
+  escaped = false;
+});
+
+$<HTMLFormElement>('invoke-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.currentTarget as HTMLFormElement);
+  const name = String(form.get('function') ?? '');
+  const meta = $('invoke-meta');
+  const output = $('invoke-output');
+  meta.className = '';
+  meta.textContent = `Invoking ${name}…`;
+  output.textContent = '';
+  try {
+    const response = await api(`/v1/functions/${encodeURIComponent(name)}/invoke`, { method: 'POST', body: String(form.get('payload') ?? '') });
+    output.textContent = await response.text();
+    const h = (header: string): string => response.headers.get(`x-kindling-${header}`) ?? '?';
+    meta.className = h('exit-code') === '0' ? 'ok' : 'error';
+    meta.textContent = `Invocation ${h('invocation-id')}: exit code ${h('exit-code')}, ${h('duration-ms')} ms, ${h('cold-start') === 'true' ? 'cold' : 'warm'} start on ${h('executor')}`;
+    void refresh();
+  } catch (error) {
+    meta.className = 'error';
+    meta.textContent = error instanceof Error ? error.message : String(error);
+  }
+});
+
+$('usage-csv').addEventListener('click', async () => {
+  const response = await api('/v1/usage?groupBy=function', { headers: { accept: 'text/csv' } });
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = 'kindling-usage.csv';
+  link.click();
+  URL.revokeObjectURL(url);
+});
+
+$('functions-title').tabIndex = -1;
+if (apiKey !== null) showApp();
+else $<HTMLInputElement>('api-key').focus();
