@@ -14,6 +14,8 @@ import { Metrics } from './metrics/metrics.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { FunctionService } from './orchestrator/function-service.js';
 import { HandlerPools } from './orchestrator/handler-pools.js';
+import { InvocationService } from './orchestrator/invocations.js';
+import { LogBus } from './orchestrator/log-bus.js';
 import { SqliteStore } from './store/sqlite.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
@@ -39,6 +41,8 @@ export interface ServerConfig {
   shutdownTimeoutMs: number;
   dockerSocketPath: string;
   prewarmPerShape: number;
+  /** Async invocations: concurrency, retention, callbacks; every field has a default. */
+  asyncInvocations?: AsyncInvocationConfig;
   /** Warm pools of handler-style functions; every field has a default. */
   functionPools?: Partial<FunctionPoolConfig>;
   version: string;
@@ -64,6 +68,18 @@ export interface FunctionPoolConfig {
   maxWarmMemoryMb: number;
 }
 
+export interface AsyncInvocationConfig {
+  /** Async invocations running at once. Default 8. */
+  concurrency?: number;
+  /** Finished invocations are deleted after this long. Default 7 days. */
+  retentionMs?: number;
+  sweepIntervalMs?: number;
+  /** `host:port` destinations callbacks may go to; none by default. */
+  callbackAllow?: string[];
+  callbackMaxAttempts?: number;
+  callbackBaseDelayMs?: number;
+}
+
 export const DEFAULT_FUNCTION_POOLS: FunctionPoolConfig = {
   defaultMaxConcurrency: 10,
   defaultMaxQueued: 256,
@@ -82,6 +98,8 @@ export interface RunningServer {
   executors: ReadonlyMap<ExecutorName, Executor>;
   /** Warm pools of handler-style functions (stats for tests and /readyz). */
   handlers: HandlerPools;
+  /** Async invocations (stats and whenIdle for tests and the bench). */
+  invocations: InvocationService;
   /** Graceful: stop accepting, drain up to the deadline, then kill what is left and release everything. */
   close(): Promise<void>;
 }
@@ -218,10 +236,21 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     defaultMaxQueued: pools.defaultMaxQueued,
     queueTimeoutMs: pools.queueTimeoutMs,
   });
+  const logBus = new LogBus();
+  const invocations = new InvocationService({
+    store,
+    functionService,
+    logBus,
+    ...config.asyncInvocations,
+    onError: (error, context) => logger.warn({ err: error, ...context }, 'async invocations'),
+    onInfo: (message, context) => logger.info(context, message),
+  });
   let draining = false;
   const app = await buildApi({
     executionService: service,
     functionService,
+    invocations,
+    logBus,
     executors,
     defaultExecutor: chosen.name,
     defaultExecutorReason: chosen.reason,
@@ -237,6 +266,8 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
+  invocations.start();
   logger.info({ url, dataDir, instanceId, auth: config.apiKeys.length > 0 }, 'Kindling is listening');
 
   let closing: Promise<void> | null = null;
@@ -247,13 +278,17 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     defaultExecutor: chosen.name,
     executors,
     handlers,
+    invocations,
     close() {
       closing ??= (async () => {
         // Keep listening while draining: new work gets 503 SHUTTING_DOWN (and /readyz 503), so load balancers and
         // clients learn what is happening instead of seeing refused connections.
         draining = true;
+        // Async invocations still queued stay queued in the store and run after the next start.
+        const invocationsDone = invocations.close(config.shutdownTimeoutMs);
         executionService.stopAccepting();
         const drained = await executionService.drain(config.shutdownTimeoutMs);
+        await invocationsDone;
         if (!drained) {
           logger.warn({ deadlineMs: config.shutdownTimeoutMs }, 'shutdown deadline passed; killing the executions still running');
           await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));

@@ -7,15 +7,20 @@ import type { Executor } from '../executors/executor.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { ExecutionService } from '../orchestrator/execution-service.js';
 import type { FunctionService } from '../orchestrator/function-service.js';
+import type { InvocationService } from '../orchestrator/invocations.js';
+import type { LogBus } from '../orchestrator/log-bus.js';
 import { makeAuthenticator } from './auth.js';
 import { sendError, toKindlingError } from './errors.js';
 import { registerExecuteRoutes } from './routes/execute.js';
 import { registerFunctionRoutes } from './routes/functions.js';
 import { registerHealthRoutes } from './routes/health.js';
+import { registerInvocationRoutes } from './routes/invocations.js';
 
 export interface ApiOptions {
   executionService: ExecutionService;
   functionService: FunctionService;
+  invocations: InvocationService;
+  logBus: LogBus;
   executors: ReadonlyMap<ExecutorName, Executor>;
   defaultExecutor: ExecutorName;
   defaultExecutorReason: string;
@@ -104,7 +109,14 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     isDraining: options.isDraining ?? (() => false),
   });
   registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
-  registerFunctionRoutes(app, { functionService: options.functionService });
+  registerFunctionRoutes(app, {
+    functionService: options.functionService,
+    invocations: options.invocations,
+    logBus: options.logBus,
+    maxBodyBytes: options.maxBodyBytes,
+    maxStreamBytes: options.maxStreamBytes,
+  });
+  registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
 
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
     reply.type(options.metrics.registry.contentType);

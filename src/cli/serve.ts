@@ -41,6 +41,9 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--function-idle-ttl-ms <ms>', 'idle warm sandboxes (beyond minWarm) go after this long', int('--function-idle-ttl-ms'), DEFAULT_FUNCTION_POOLS.idleTtlMs)
     .option('--max-warm-sandboxes <n>', 'warm sandboxes of all functions at most (LRU idle ones are evicted)', int('--max-warm-sandboxes'), DEFAULT_FUNCTION_POOLS.maxWarmSandboxes)
     .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
+    .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
+    .option('--invocation-retention-ms <ms>', 'finished invocations (output, logs, idempotency keys) are kept this long', int('--invocation-retention-ms'), 7 * 24 * 3600_000)
+    .option('--callback-allow <host:port,...>', 'destinations async callbacks may be POSTed to (none by default)', '')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -70,6 +73,11 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
           maxWarmSandboxes: options.maxWarmSandboxes as number,
           maxWarmMemoryMb: options.maxWarmMemoryMb as number,
           queueTimeoutMs: options.queueTimeoutMs as number,
+        },
+        asyncInvocations: {
+          concurrency: Math.max(1, options.asyncConcurrency as number),
+          retentionMs: options.invocationRetentionMs as number,
+          callbackAllow: (options.callbackAllow as string).split(',').map((entry) => entry.trim()).filter((entry) => entry.length > 0),
         },
         version: defaults.version,
         logger,
