@@ -4,10 +4,15 @@
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { execFile } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { Kindling, NotFoundError, type LogEvent } from '@kindling/sdk';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
+const execFileAsync = promisify(execFile);
+const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
 
 interface View {
   id: string;
@@ -187,6 +192,71 @@ describe('async invocations (sandbox executor)', { skip: unavailable ?? false },
     const stored = await (await api(`/v1/invocations/${json.invocationId}/logs`)).text();
     assert.match(stored, /first-line\\nlast-line/);
     assert.match(stored, /event: end/);
+  });
+});
+
+describe('async invocations through the SDK and the CLI', { skip: unavailable ?? false }, () => {
+  let server: TestServer;
+  let client: Kindling;
+  before(async () => {
+    server = await startTestServer({ executor: 'sandbox' });
+    client = new Kindling({ url: server.url });
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  it('invokeAsync, waitFor, output, list, get; logs as an async iterator that follows', async () => {
+    await client.functions.deploy('sdk-echo', { image: 'kindling/base', command: ['sh', '-c', 'echo started; sleep 1; cat'] });
+    const controller = new AbortController();
+    const seen: LogEvent[] = [];
+    const following = (async () => {
+      for await (const event of client.functions.logs('sdk-echo', { follow: true, tail: 0, signal: controller.signal })) {
+        seen.push(event);
+        if (event.type === 'end') return;
+      }
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const { invocationId, created } = await client.functions.invokeAsync('sdk-echo', 'payload', { idempotencyKey: 'sdk-1' });
+    assert.equal(created, true);
+    assert.equal((await client.functions.invokeAsync('sdk-echo', 'other', { idempotencyKey: 'sdk-1' })).invocationId, invocationId);
+    const done = await client.invocations.waitFor(invocationId, { timeoutMs: 60_000 });
+    assert.equal(done.status, 'succeeded');
+    assert.equal((await client.invocations.output(invocationId)).text(), 'started\npayload');
+    assert.ok((await client.invocations.list({ function: 'sdk-echo', status: 'succeeded' })).some((i) => i.id === invocationId));
+    await following;
+    controller.abort();
+    assert.deepEqual(seen.map((e) => e.type).filter((t) => t !== 'stdout'), ['start', 'end']);
+    assert.equal(seen.filter((e) => e.type === 'stdout').map((e) => e.text).join(''), 'started\npayload');
+    await assert.rejects(client.invocations.get('inv_missing'), NotFoundError);
+    const logs: LogEvent[] = [];
+    for await (const event of client.invocations.logs(invocationId)) logs.push(event);
+    assert.equal(logs.at(-1)?.type, 'end');
+  });
+
+  it('a streamed (> 1 MiB) sync output resolves with streamed: true', async () => {
+    await client.functions.deploy('big', { image: 'kindling/base', command: ['head', '-c', '3000000', '/dev/zero'] });
+    const result = await client.functions.invoke('big');
+    assert.equal(result.body.length, 3_000_000);
+    assert.equal(result.streamed, true);
+    assert.ok(Number.isNaN(result.exitCode));
+  });
+
+  it('the CLI: invoke --async, invocations get/wait/output, logs', async () => {
+    const url = ['--url', server.url];
+    await execFileAsync('node', [CLI, 'deploy', 'cli-fn', '--image', 'kindling/base', ...url, '--', 'sh', '-c', 'echo out; echo err >&2']);
+    const id = (await execFileAsync('node', [CLI, 'invoke', 'cli-fn', '--async', '--data', 'x', ...url])).stdout.trim();
+    assert.match(id, /^inv_/);
+    const waited = JSON.parse((await execFileAsync('node', [CLI, 'invocations', 'wait', id, ...url])).stdout) as { status: string };
+    assert.equal(waited.status, 'succeeded');
+    const got = JSON.parse((await execFileAsync('node', [CLI, 'invocations', 'get', id, ...url])).stdout) as { id: string; exitCode: number };
+    assert.equal(got.id, id);
+    assert.equal(got.exitCode, 0);
+    assert.equal((await execFileAsync('node', [CLI, 'invocations', 'output', id, ...url])).stdout, 'out\n');
+    const logs = await execFileAsync('node', [CLI, 'logs', 'cli-fn', ...url]);
+    assert.equal(logs.stdout, 'out\n');
+    assert.equal(logs.stderr, 'err\n');
+    assert.match((await execFileAsync('node', [CLI, 'invocations', 'list', '--function', 'cli-fn', ...url])).stdout, new RegExp(`${id}\\s+cli-fn@1\\s+succeeded`));
   });
 });
 
