@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { runAsyncGroup } from './async.js';
 import { runDockerGroup } from './docker.js';
 import { BENCH_LABEL, type BenchContext, type GroupResult } from './lib/context.js';
 import { machineInfo, machineMarkdown } from './lib/machine.js';
@@ -17,8 +18,8 @@ import { rowsTable, type Row } from './lib/table.js';
 import { runFunctionsGroup } from './functions.js';
 import { runSandboxGroup } from './sandbox.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, functions: 2000 };
-const GROUPS = ['docker', 'sandbox', 'functions'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, functions: 2000, async: 100 };
+const GROUPS = ['docker', 'sandbox', 'functions', 'async'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -27,7 +28,7 @@ interface Options {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|functions] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|functions|async] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -91,7 +92,8 @@ async function main(): Promise<number> {
   let broken: string | null = null;
   for (const group of options.only) {
     try {
-      groups[group] = group === 'docker' ? await runDockerGroup(ctx) : group === 'sandbox' ? await runSandboxGroup(ctx) : await runFunctionsGroup(ctx);
+      groups[group] =
+        group === 'docker' ? await runDockerGroup(ctx) : group === 'sandbox' ? await runSandboxGroup(ctx) : group === 'async' ? await runAsyncGroup(ctx) : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       log(`${group} group broke: ${message}`);
@@ -116,7 +118,8 @@ async function main(): Promise<number> {
   for (const group of GROUPS) {
     const result = groups[group];
     if (!result) continue;
-    const title = group === 'docker' ? 'Docker executor (issue 2)' : group === 'sandbox' ? 'Native sandbox executor (issue 3)' : 'Deployed functions, warm pools (issue 4)';
+    const title =
+      group === 'docker' ? 'Docker executor (issue 2)' : group === 'sandbox' ? 'Native sandbox executor (issue 3)' : group === 'async' ? 'Payloads and async invocations (issue 5)' : 'Deployed functions, warm pools (issue 4)';
     report.push(`### ${title}`, '', rowsTable(result.rows), '');
   }
   const counts = rows.reduce<Record<string, number>>((acc, row) => ({ ...acc, [row.status]: (acc[row.status] ?? 0) + 1 }), {});

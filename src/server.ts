@@ -17,6 +17,8 @@ import { UsageMeter } from './metrics/usage-meter.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { FunctionService } from './orchestrator/function-service.js';
 import { HandlerPools } from './orchestrator/handler-pools.js';
+import { InvocationService } from './orchestrator/invocations.js';
+import { LogBus } from './orchestrator/log-bus.js';
 import { SqliteStore } from './store/sqlite.js';
 import { SqliteUsageStore } from './store/usage-sqlite.js';
 
@@ -43,6 +45,8 @@ export interface ServerConfig {
   shutdownTimeoutMs: number;
   dockerSocketPath: string;
   prewarmPerShape: number;
+  /** Async invocations: concurrency, retention, callbacks; every field has a default. */
+  asyncInvocations?: AsyncInvocationConfig;
   /** Warm pools of handler-style functions; every field has a default. */
   functionPools?: Partial<FunctionPoolConfig>;
   version: string;
@@ -77,6 +81,18 @@ export interface FunctionPoolConfig {
   maxWarmMemoryMb: number;
 }
 
+export interface AsyncInvocationConfig {
+  /** Async invocations running at once. Default 8. */
+  concurrency?: number;
+  /** Finished invocations are deleted after this long. Default 7 days. */
+  retentionMs?: number;
+  sweepIntervalMs?: number;
+  /** `host:port` destinations callbacks may go to; none by default. */
+  callbackAllow?: string[];
+  callbackMaxAttempts?: number;
+  callbackBaseDelayMs?: number;
+}
+
 export const DEFAULT_FUNCTION_POOLS: FunctionPoolConfig = {
   defaultMaxConcurrency: 10,
   defaultMaxQueued: 256,
@@ -98,6 +114,8 @@ export interface RunningServer {
   handlers: HandlerPools;
   /** Metered usage records (tests, reports). */
   usage: SqliteUsageStore;
+  /** Async invocations (stats and whenIdle for tests and the bench). */
+  invocations: InvocationService;
   /** Graceful: stop accepting, drain up to the deadline, then kill what is left and release everything. */
   close(): Promise<void>;
 }
@@ -255,6 +273,15 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     defaultMaxQueued: pools.defaultMaxQueued,
     queueTimeoutMs: pools.queueTimeoutMs,
   });
+  const logBus = new LogBus();
+  const invocations = new InvocationService({
+    store,
+    functionService,
+    logBus,
+    ...config.asyncInvocations,
+    onError: (error, context) => logger.warn({ err: error, ...context }, 'async invocations'),
+    onInfo: (message, context) => logger.info(context, message),
+  });
   let draining = false;
   const app = await buildApi({
     executionService: service,
@@ -264,6 +291,8 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     pools: () => ({ capacity: handlers.capacity.stats, pools: handlers.poolSizes() }),
     ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
     consoleDir: config.consoleDir ?? DEFAULT_CONSOLE_DIR,
+    invocations,
+    logBus,
     defaultExecutor: chosen.name,
     defaultExecutorReason: chosen.reason,
     metrics,
@@ -278,6 +307,8 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
+  invocations.start();
   logger.info({ url, dataDir, instanceId, auth: config.apiKeys.length > 0 }, 'Kindling is listening');
 
   let closing: Promise<void> | null = null;
@@ -289,13 +320,17 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     executors: served,
     handlers,
     usage: usageStore,
+    invocations,
     close() {
       closing ??= (async () => {
         // Keep listening while draining: new work gets 503 SHUTTING_DOWN (and /readyz 503), so load balancers and
         // clients learn what is happening instead of seeing refused connections.
         draining = true;
+        // Async invocations still queued stay queued in the store and run after the next start.
+        const invocationsDone = invocations.close(config.shutdownTimeoutMs);
         executionService.stopAccepting();
         const drained = await executionService.drain(config.shutdownTimeoutMs);
+        await invocationsDone;
         if (!drained) {
           logger.warn({ deadlineMs: config.shutdownTimeoutMs }, 'shutdown deadline passed; killing the executions still running');
           await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));

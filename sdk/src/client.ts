@@ -1,6 +1,7 @@
 import { Executions, type ExecuteOptions, type RunOptions, type StreamOptions } from './executions.js';
 import { Functions } from './functions.js';
 import { type FetchFunction, HttpClient } from './http.js';
+import { Invocations } from './invocations.js';
 import { checkMs, type RequestOptions } from './resource.js';
 import type { ExecutionStream } from './stream.js';
 import type { ExecuteSpec, ExecutionResult, HealthStatus, ReadyStatus, Runtime } from './types.js';
@@ -47,6 +48,8 @@ export class Kindling {
   readonly #executions: Executions;
   /** Deployed functions: `deploy`, `get`, `list`, `delete`, `invoke`. */
   readonly functions: Functions;
+  /** Async invocations: `get`, `list`, `output`, `waitFor`, `logs`. */
+  readonly invocations: Invocations;
 
   constructor(options: KindlingOptions = {}) {
     this.url = normalizeUrl(options.url ?? DEFAULT_URL);
@@ -61,6 +64,7 @@ export class Kindling {
     });
     this.#executions = new Executions(this.#http);
     this.functions = new Functions(this.#http);
+    this.invocations = new Invocations(this.#http);
   }
 
   /**

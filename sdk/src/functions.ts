@@ -1,6 +1,7 @@
 import { KindlingError } from './errors.js';
 import { APIResource, type RequestOptions } from './resource.js';
-import type { FunctionInfo, FunctionSpec, InvocationResult } from './types.js';
+import { sseEvents } from './invocations.js';
+import type { FunctionInfo, FunctionSpec, InvocationResult, LogEvent } from './types.js';
 
 const path = (name: string): string => `/v1/functions/${encodeURIComponent(name)}`;
 
@@ -8,6 +9,22 @@ const path = (name: string): string => `/v1/functions/${encodeURIComponent(name)
 export interface InvokeOptions extends RequestOptions {
   /** Content-Type of the body. Default: `application/octet-stream`. */
   contentType?: string;
+}
+
+/** Options of `functions.invokeAsync()`. */
+export interface InvokeAsyncOptions extends InvokeOptions {
+  /** Sent as `Idempotency-Key`: the same key for the same function returns the first invocation, never runs twice. */
+  idempotencyKey?: string;
+  /** Sent as `x-kindling-callback`: the server POSTs the result there (only to destinations its operator allowed). */
+  callbackUrl?: string;
+}
+
+/** Options of `functions.logs()`. */
+export interface LogsOptions extends RequestOptions {
+  /** Keep the stream open and yield every invocation's output live. Default false. */
+  follow?: boolean;
+  /** How many recent finished invocations to replay first. Server default: 10. */
+  tail?: number;
 }
 
 /** `/v1/functions`: deploy, inspect, delete and invoke deployed functions. */
@@ -59,7 +76,9 @@ export class Functions extends APIResource {
       } catch (err) {
         throw request.toError(err);
       }
+      const streamed = response.headers.get('x-kindling-output') === 'streamed';
       const header = (name: string): string => {
+        if (streamed && (name === 'x-kindling-exit-code' || name === 'x-kindling-duration-ms')) return response.headers.get(name) ?? 'NaN';
         const value = response.headers.get(name);
         if (value === null) {
           throw new KindlingError({ code: 'INVALID_RESPONSE', message: `The invoke response from ${request.url} has no ${name} header`, status: response.status });
@@ -74,10 +93,49 @@ export class Functions extends APIResource {
         exitCode: Number(header('x-kindling-exit-code')),
         durationMs: Number(header('x-kindling-duration-ms')),
         coldStart: header('x-kindling-cold-start') === 'true',
+        streamed,
       };
     } finally {
       request.dispose();
     }
+  }
+
+  /**
+   * `POST /v1/functions/NAME/invoke` with `x-kindling-async: true`: resolves with the invocation id once the server
+   * committed the invocation (202). `created` is false when `idempotencyKey` returned an earlier invocation.
+   * Follow it with `client.invocations.waitFor(id)`.
+   */
+  async invokeAsync(name: string, body: Uint8Array | string = new Uint8Array(0), options: InvokeAsyncOptions = {}): Promise<{ invocationId: string; created: boolean }> {
+    const headers: Record<string, string> = { 'x-kindling-async': 'true' };
+    if (options.idempotencyKey !== undefined) headers['idempotency-key'] = options.idempotencyKey;
+    if (options.callbackUrl !== undefined) headers['x-kindling-callback'] = options.callbackUrl;
+    const request = this.http.open(`${path(name)}/invoke`, call(options));
+    try {
+      const response = await this.http.send(request, { method: 'POST', path: `${path(name)}/invoke`, rawBody: body, contentType: options.contentType ?? 'application/octet-stream', headers });
+      let answer: { invocationId: string; created: boolean };
+      try {
+        answer = (await response.json()) as { invocationId: string; created: boolean };
+      } catch (err) {
+        throw request.toError(err);
+      }
+      return { invocationId: answer.invocationId, created: answer.created };
+    } finally {
+      request.dispose();
+    }
+  }
+
+  /**
+   * `GET /v1/functions/NAME/logs` as an async iterator of log events: the last `tail` finished invocations, then with
+   * `follow` every invocation live until the loop breaks or `signal` aborts.
+   */
+  logs(name: string, options: LogsOptions = {}): AsyncIterable<LogEvent> {
+    const query = new URLSearchParams();
+    if (options.follow) query.set('follow', 'true');
+    if (options.tail !== undefined) query.set('tail', String(options.tail));
+    const suffix = query.size > 0 ? `?${query.toString()}` : '';
+    // A followed stream has no natural end: no request timeout unless one is asked for.
+    const timeout = options.requestTimeoutMs ?? (options.follow ? 0 : undefined);
+    return sseEvents(this.http, `${path(name)}/logs${suffix}`, { ...call(options), ...(timeout === undefined ? {} : { timeoutMs: timeout }) });
   }
 }
 

@@ -1,7 +1,8 @@
 export { Kindling, DEFAULT_URL, DEFAULT_TIMEOUT_MS, type KindlingOptions, type KindlingEnv } from './client.js';
 export { EXECUTION_GRACE_MS, type ExecuteOptions, type StreamOptions, type RunOptions } from './executions.js';
 export type { RequestOptions } from './resource.js';
-export { Functions, type InvokeOptions } from './functions.js';
+export { Functions, type InvokeOptions, type InvokeAsyncOptions, type LogsOptions } from './functions.js';
+export { Invocations, type ListInvocationsOptions, type WaitForOptions, type InvocationOutput } from './invocations.js';
 export type { FetchFunction } from './http.js';
 export { ExecutionStream } from './stream.js';
 export {
@@ -27,4 +28,7 @@ export type {
   FunctionSpec,
   FunctionInfo,
   InvocationResult,
+  Invocation,
+  InvocationStatus,
+  LogEvent,
 } from './types.js';

@@ -178,10 +178,49 @@ export interface InvocationResult {
   invocationId: string;
   /** The function version that ran. */
   version: number;
-  /** 0 on success; a command's exit status; 1 when a handler threw. */
+  /**
+   * 0 on success; a command's exit status; 1 when a handler threw. NaN when the output was larger than 1 MiB and
+   * streamed (`streamed`): the server then sends it as an HTTP trailer, which `fetch` cannot read.
+   */
   exitCode: number;
-  /** Server-side run time in milliseconds. */
+  /** Server-side run time in milliseconds (NaN when `streamed`, as `exitCode`). */
   durationMs: number;
   /** True when a sandbox was started for this invocation (no warm one was free). */
   coldStart: boolean;
+  /** True when the output (over 1 MiB) was streamed with the exit code and duration in trailers. */
+  streamed: boolean;
+}
+
+export type InvocationStatus = 'queued' | 'running' | 'succeeded' | 'failed';
+
+/** An async invocation as `GET /v1/invocations/ID` describes it. Times are ISO 8601 strings. */
+export interface Invocation {
+  id: string;
+  function: string;
+  version: number;
+  status: InvocationStatus;
+  /** Set once it finished (null for a platform failure or a run cut off by a server crash). */
+  exitCode: number | null;
+  durationMs: number | null;
+  coldStart: boolean | null;
+  timedOut: boolean | null;
+  /** Why it failed: `exited with code N`, `timed out`, `server stopped during the run`, or a platform error. */
+  error?: string;
+  idempotencyKey?: string;
+  callback?: { url: string; state: 'pending' | 'delivered' | 'failed' | null; attempts: number };
+  payloadBytes: number;
+  outputBytes: number | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+}
+
+/** One log event of `functions.logs()` / `invocations.logs()`. */
+export interface LogEvent {
+  type: 'start' | 'stdout' | 'stderr' | 'end';
+  invocationId: string;
+  /** The text printed (stdout/stderr events). */
+  text?: string;
+  /** The final status (end events). */
+  status?: string;
 }

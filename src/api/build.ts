@@ -7,6 +7,8 @@ import type { Executor } from '../executors/executor.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { ExecutionService } from '../orchestrator/execution-service.js';
 import type { FunctionService } from '../orchestrator/function-service.js';
+import type { InvocationService } from '../orchestrator/invocations.js';
+import type { LogBus } from '../orchestrator/log-bus.js';
 import { makeAuthenticator } from './auth.js';
 import { sendError, toKindlingError } from './errors.js';
 import { registerExecuteRoutes } from './routes/execute.js';
@@ -23,10 +25,13 @@ declare module 'fastify' {
     trace: RequestTrace;
   }
 }
+import { registerInvocationRoutes } from './routes/invocations.js';
 
 export interface ApiOptions {
   executionService: ExecutionService;
   functionService: FunctionService;
+  invocations: InvocationService;
+  logBus: LogBus;
   executors: ReadonlyMap<ExecutorName, Executor>;
   defaultExecutor: ExecutorName;
   defaultExecutorReason: string;
@@ -137,7 +142,14 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     isDraining: options.isDraining ?? (() => false),
   });
   registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
-  registerFunctionRoutes(app, { functionService: options.functionService });
+  registerFunctionRoutes(app, {
+    functionService: options.functionService,
+    invocations: options.invocations,
+    logBus: options.logBus,
+    maxBodyBytes: options.maxBodyBytes,
+    maxStreamBytes: options.maxStreamBytes,
+  });
+  registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });
   const pools = options.pools;
   if (pools) app.get('/v1/pools', { schema: { tags: ['functions'], summary: 'Warm pools of handler-style functions: idle, busy, creating and waiting per function version' } }, async () => pools());

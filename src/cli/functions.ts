@@ -20,7 +20,7 @@ function parseNumber(name: string): (value: string) => number {
 }
 
 /** Runs an SDK call; a server-side error is one line on stderr and exit code 2. */
-async function guarded(action: () => Promise<void>): Promise<void> {
+export async function guarded(action: () => Promise<void>): Promise<void> {
   try {
     await action();
   } catch (error) {
@@ -33,7 +33,7 @@ async function guarded(action: () => Promise<void>): Promise<void> {
   }
 }
 
-const clientFrom = (options: Record<string, unknown>): Kindling =>
+export const clientFrom = (options: Record<string, unknown>): Kindling =>
   new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined, timeoutMs: 0 });
 
 /** `kindling deploy`, `kindling invoke`, `kindling functions list|get|delete`. */
@@ -93,7 +93,10 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     .description('invoke a function: the data is its input, its output goes to stdout; the exit code is passed on')
     .argument('<name>', 'function name')
     .option('-d, --data <data>', 'the body: text, @FILE for a file, or - for standard input (default: empty)')
-    .option('-v, --verbose', 'print the invocation id, version, duration and cold start on stderr');
+    .option('-v, --verbose', 'print the invocation id, version, duration and cold start on stderr')
+    .option('--async', 'queue it and print the invocation id (follow it with kindling invocations get ID)')
+    .option('--idempotency-key <key>', 'with --async: the same key for the same function never runs twice')
+    .option('--callback <url>', 'with --async: the server POSTs the result there (allowed destinations only)');
   clientOptions(invoke, defaults).action(async (name: string, options: Record<string, unknown>) => {
     const data = options.data as string | undefined;
     let body: Uint8Array = new Uint8Array(0);
@@ -101,6 +104,15 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     else if (data !== undefined && data.startsWith('@')) body = await readFile(data.slice(1));
     else if (data !== undefined) body = Buffer.from(data, 'utf8');
     await guarded(async () => {
+      if (options.async) {
+        const queued = await clientFrom(options).functions.invokeAsync(name, body, {
+          ...(options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey as string }),
+          ...(options.callback === undefined ? {} : { callbackUrl: options.callback as string }),
+        });
+        process.stdout.write(`${queued.invocationId}\n`);
+        if (options.verbose && !queued.created) process.stderr.write('an earlier invocation with this idempotency key\n');
+        return;
+      }
       const result = await clientFrom(options).functions.invoke(name, body);
       process.stdout.write(result.body);
       if (options.verbose) {

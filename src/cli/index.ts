@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { registerFunctionCommands } from './functions.js';
 import { registerImagesCommands } from './images.js';
+import { registerInvocationCommands } from './invocations.js';
 import { registerRunCommand, registerStatusCommand, type ClientDefaults } from './run.js';
 import { registerServeCommand, type ServeDefaults } from './serve.js';
 
@@ -20,6 +21,7 @@ export function buildProgram(defaults: CliDefaults): Command {
   registerRunCommand(program, defaults.client);
   registerStatusCommand(program, defaults.client);
   registerFunctionCommands(program, defaults.client);
+  registerInvocationCommands(program, defaults.client);
   registerImagesCommands(program, { defaultImagesDir: defaults.serve.imagesDir });
   return program;
 }

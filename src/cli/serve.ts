@@ -45,6 +45,9 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--generic-sandboxes <n>', 'code-less node/python sandboxes kept per shape to speed up cold starts of handlers; 0 disables', int('--generic-sandboxes'), DEFAULT_FUNCTION_POOLS.genericPerShape)
     .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
     .option('--metrics-token <token>', 'require "Authorization: Bearer <token>" (or an API key) on GET /metrics; env KINDLING_METRICS_TOKEN')
+    .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
+    .option('--invocation-retention-ms <ms>', 'finished invocations (output, logs, idempotency keys) are kept this long', int('--invocation-retention-ms'), 7 * 24 * 3600_000)
+    .option('--callback-allow <host:port,...>', 'destinations async callbacks may be POSTed to (none by default)', '')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -76,6 +79,11 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
           maxWarmMemoryMb: options.maxWarmMemoryMb as number,
           genericPerShape: options.genericSandboxes as number,
           queueTimeoutMs: options.queueTimeoutMs as number,
+        },
+        asyncInvocations: {
+          concurrency: Math.max(1, options.asyncConcurrency as number),
+          retentionMs: options.invocationRetentionMs as number,
+          callbackAllow: (options.callbackAllow as string).split(',').map((entry) => entry.trim()).filter((entry) => entry.length > 0),
         },
         version: defaults.version,
         logger,

@@ -23,6 +23,8 @@ export const ERROR_CODES = {
   ROUTE_NOT_FOUND: { statusCode: 404, retryable: false },
   METHOD_NOT_ALLOWED: { statusCode: 405, retryable: false },
   NOT_ACCEPTABLE: { statusCode: 406, retryable: false },
+  /** An async invocation's output was asked for before it finished. */
+  INVOCATION_NOT_FINISHED: { statusCode: 409, retryable: true },
   PAYLOAD_TOO_LARGE: { statusCode: 413, retryable: false },
   UNSUPPORTED_MEDIA_TYPE: { statusCode: 415, retryable: false },
   TOO_MANY_REQUESTS: { statusCode: 429, retryable: true },

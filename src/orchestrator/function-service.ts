@@ -1,10 +1,10 @@
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName } from '../core/types.js';
 import { FUNCTION_NAME_PATTERN, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
-import type { ExecutionService, TraceContext } from './execution-service.js';
+import type { ExecutionService, OutputStreamName, TraceContext } from './execution-service.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -25,6 +25,16 @@ export interface InvokeOptions {
   signal?: AbortSignal;
   /** W3C trace context of the request (env TRACEPARENT of command functions; trace id in usage records). */
   trace?: TraceContext;
+  /** Run this version instead of the latest (async invocations run the version that was latest when queued). */
+  version?: number;
+  /** Command functions: output text as the process produces it (not for stdout when `stdoutSink` is given). */
+  onOutput?: (stream: OutputStreamName, text: string) => void;
+  /** Command functions: stdin streamed from here instead of the `body` buffer (no whole-payload buffering). */
+  stdinStream?: Readable;
+  /** Command functions: stdout streamed here with backpressure; the result's `body` is then empty. Not ended. */
+  stdoutSink?: Writable;
+  /** Command functions: called once the sandbox started, with the invocation id and whether it was cold. */
+  onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
 }
 
 /** Runs handler-style invocations (warm pools); absent on servers without an executor that keeps sandboxes warm. */
@@ -106,9 +116,15 @@ export class FunctionService {
     await this.options.handlers?.deleted(name);
   }
 
+  /** The version an invocation of `name` runs (the latest unless `version` is given) and its style; 404 if none. */
+  resolve(name: string, version?: number): { version: FunctionVersion; style: 'handler' | 'command' } {
+    const found = FUNCTION_NAME_PATTERN.test(name) ? this.store.getVersion(name, version) : null;
+    if (found === null) throw version === undefined ? notFound(name) : new KindlingError('FUNCTION_NOT_FOUND', `function "${name.slice(0, 80)}" has no version ${version} (it was deleted or redeployed from scratch)`);
+    return { version: found, style: isHandlerStyle(found.spec) ? 'handler' : 'command' };
+  }
+
   async invoke(name: string, body: Buffer, options: InvokeOptions = {}): Promise<InvocationResult> {
-    const version = FUNCTION_NAME_PATTERN.test(name) ? this.store.getVersion(name) : null;
-    if (version === null) throw notFound(name);
+    const { version } = this.resolve(name, options.version);
     const spec = version.spec;
     const executor = spec.executor ?? this.options.defaultExecutor;
     if (isHandlerStyle(spec)) {
@@ -123,10 +139,13 @@ export class FunctionService {
     let raw;
     try {
       raw = await this.options.executionService.executeRaw(commandRequest(spec), {
-        stdinStream: Readable.from([body]),
+        stdinStream: options.stdinStream ?? Readable.from([body]),
         functionName: name,
         ...(options.signal ? { signal: options.signal } : {}),
         ...(options.trace ? { trace: options.trace } : {}),
+        ...(options.onOutput ? { onOutput: options.onOutput } : {}),
+        ...(options.stdoutSink ? { stdoutSink: options.stdoutSink } : {}),
+        ...(options.onStarted ? { onStarted: options.onStarted } : {}),
       });
     } finally {
       release();

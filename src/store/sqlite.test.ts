@@ -58,4 +58,43 @@ describe('SqliteStore', () => {
     assert.equal(store.getVersion('x'), null);
     store.close();
   });
+
+  it('queues invocations FIFO, claims each once, dedupes idempotency keys, recovers and expires', () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      const base = { tenant: 'default', functionName: 'f', version: 1, callbackUrl: null };
+      const a = store.insertInvocation({ ...base, id: 'inv_a', payload: Buffer.from('A'), idempotencyKey: 'k1', createdAtMs: 1 });
+      const again = store.insertInvocation({ ...base, id: 'inv_x', payload: Buffer.from('X'), idempotencyKey: 'k1', createdAtMs: 2 });
+      assert.equal(a.created, true);
+      assert.equal(again.created, false);
+      assert.equal(again.invocation.id, 'inv_a');
+      // The same key for another function is another invocation.
+      assert.equal(store.insertInvocation({ ...base, functionName: 'g', id: 'inv_g', payload: Buffer.alloc(0), idempotencyKey: 'k1', createdAtMs: 3 }).created, true);
+      store.insertInvocation({ ...base, id: 'inv_b', payload: Buffer.from('B'), idempotencyKey: null, createdAtMs: 4 });
+      const first = store.claimNextInvocation(10)!;
+      assert.equal(first.id, 'inv_a');
+      assert.equal(first.status, 'running');
+      assert.equal(first.attempts, 1);
+      assert.deepEqual(store.getInvocationPayload('inv_a'), Buffer.from('A'));
+      assert.equal(store.claimNextInvocation(11)!.id, 'inv_g');
+      store.requeueInvocation('inv_g');
+      assert.equal(store.claimNextInvocation(12)!.id, 'inv_g', 'a requeued invocation keeps its place');
+      store.finishInvocation('inv_a', { status: 'succeeded', exitCode: 0, durationMs: 5, coldStart: true, timedOut: false, error: null, stdout: Buffer.from('out'), stderr: Buffer.from('err'), finishedAtMs: 20 });
+      assert.equal(store.getInvocationPayload('inv_a'), null, 'the payload is dropped once finished');
+      assert.deepEqual(store.getInvocationOutput('inv_a'), { stdout: Buffer.from('out'), stderr: Buffer.from('err') });
+      assert.equal(store.failRunningInvocations('server stopped during the run', 30), 1);
+      assert.equal(store.getInvocation('inv_g')?.error, 'server stopped during the run');
+      assert.equal(store.getInvocation('inv_b')?.status, 'queued');
+      assert.deepEqual(store.listInvocations({ functionName: 'f', limit: 10 }).map((i) => i.id), ['inv_b', 'inv_a']);
+      assert.deepEqual(store.listInvocations({ status: 'failed', limit: 10 }).map((i) => i.id), ['inv_g']);
+      assert.deepEqual(store.listInvocations({ sinceMs: 3, untilMs: 4, limit: 10 }).map((i) => i.id), ['inv_g']);
+      assert.equal(store.getInvocation('inv_a', 'other-tenant'), null);
+      assert.equal(store.deleteInvocationsFinishedBefore(25), 1);
+      assert.equal(store.getInvocation('inv_a'), null);
+      // Once expired, the key can be used again.
+      assert.equal(store.insertInvocation({ ...base, id: 'inv_c', payload: Buffer.alloc(0), idempotencyKey: 'k1', createdAtMs: 40 }).created, true);
+    } finally {
+      store.close();
+    }
+  });
 });

@@ -1,5 +1,16 @@
 import Database from 'better-sqlite3';
-import type { FunctionRecord, FunctionSpec, FunctionVersion, Store } from './store.js';
+import type {
+  CallbackState,
+  FunctionRecord,
+  FunctionSpec,
+  FunctionVersion,
+  InvocationFilter,
+  InvocationOutcome,
+  InvocationRecord,
+  InvocationStatus,
+  NewInvocation,
+  Store,
+} from './store.js';
 
 /** Schema migrations, applied in order; `PRAGMA user_version` records how many ran. Append only. */
 const MIGRATIONS: string[] = [
@@ -16,7 +27,92 @@ const MIGRATIONS: string[] = [
      created_at_ms INTEGER NOT NULL,
      PRIMARY KEY (name, version)
    );`,
+  // Invocations (async ones, issue 5). `seq` orders the queue (FIFO); the payload is dropped once it finished.
+  // `tenant` is there for issue 6 (tenants) so that tenancy needs no rewrite of this table.
+  `CREATE TABLE invocations (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+     id TEXT NOT NULL UNIQUE,
+     tenant TEXT NOT NULL DEFAULT 'default',
+     function TEXT NOT NULL,
+     version INTEGER NOT NULL,
+     status TEXT NOT NULL,
+     payload BLOB,
+     payload_bytes INTEGER NOT NULL,
+     idempotency_key TEXT,
+     callback_url TEXT,
+     callback_state TEXT,
+     callback_attempts INTEGER NOT NULL DEFAULT 0,
+     attempts INTEGER NOT NULL DEFAULT 0,
+     exit_code INTEGER,
+     duration_ms REAL,
+     cold_start INTEGER,
+     timed_out INTEGER,
+     error TEXT,
+     stdout BLOB,
+     stderr BLOB,
+     stdout_bytes INTEGER,
+     created_at_ms INTEGER NOT NULL,
+     started_at_ms INTEGER,
+     finished_at_ms INTEGER
+   );
+   CREATE UNIQUE INDEX invocations_idempotency ON invocations (tenant, function, idempotency_key) WHERE idempotency_key IS NOT NULL;
+   CREATE INDEX invocations_queue ON invocations (status, seq);
+   CREATE INDEX invocations_function ON invocations (tenant, function, created_at_ms);
+   CREATE INDEX invocations_created ON invocations (tenant, created_at_ms);
+   CREATE INDEX invocations_finished ON invocations (finished_at_ms) WHERE finished_at_ms IS NOT NULL;`,
 ];
+
+/** The columns of an invocation's record (everything but the payload and the output blobs). */
+const INVOCATION_COLUMNS =
+  'id, tenant, function, version, status, payload_bytes, idempotency_key, callback_url, callback_state, callback_attempts, attempts, exit_code, duration_ms, cold_start, timed_out, error, stdout_bytes, created_at_ms, started_at_ms, finished_at_ms';
+
+interface InvocationRow {
+  id: string;
+  tenant: string;
+  function: string;
+  version: number;
+  status: InvocationStatus;
+  payload_bytes: number;
+  idempotency_key: string | null;
+  callback_url: string | null;
+  callback_state: CallbackState | null;
+  callback_attempts: number;
+  attempts: number;
+  exit_code: number | null;
+  duration_ms: number | null;
+  cold_start: number | null;
+  timed_out: number | null;
+  error: string | null;
+  stdout_bytes: number | null;
+  created_at_ms: number;
+  started_at_ms: number | null;
+  finished_at_ms: number | null;
+}
+
+const bool = (value: number | null): boolean | null => (value === null ? null : value !== 0);
+
+const toInvocation = (row: InvocationRow): InvocationRecord => ({
+  id: row.id,
+  tenant: row.tenant,
+  functionName: row.function,
+  version: row.version,
+  status: row.status,
+  idempotencyKey: row.idempotency_key,
+  callbackUrl: row.callback_url,
+  callbackState: row.callback_state,
+  callbackAttempts: row.callback_attempts,
+  attempts: row.attempts,
+  exitCode: row.exit_code,
+  durationMs: row.duration_ms,
+  coldStart: bool(row.cold_start),
+  timedOut: bool(row.timed_out),
+  error: row.error,
+  payloadBytes: row.payload_bytes,
+  stdoutBytes: row.stdout_bytes,
+  createdAtMs: row.created_at_ms,
+  startedAtMs: row.started_at_ms,
+  finishedAtMs: row.finished_at_ms,
+});
 
 interface FunctionRow {
   name: string;
@@ -72,6 +168,28 @@ export class SqliteStore implements Store {
       getVersion: this.db.prepare<[string, number], VersionRow>('SELECT * FROM function_versions WHERE name = ? AND version = ?'),
       listVersions: this.db.prepare<[string], VersionRow>('SELECT * FROM function_versions WHERE name = ? ORDER BY version'),
       deleteFunction: this.db.prepare('DELETE FROM functions WHERE name = ?'),
+      insertInvocation: this.db.prepare(
+        `INSERT INTO invocations (id, tenant, function, version, status, payload, payload_bytes, idempotency_key, callback_url, callback_state, created_at_ms)
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+      ),
+      byIdempotencyKey: this.db.prepare<[string, string, string], InvocationRow>(`SELECT ${INVOCATION_COLUMNS} FROM invocations WHERE tenant = ? AND function = ? AND idempotency_key = ?`),
+      getInvocation: this.db.prepare<[string], InvocationRow>(`SELECT ${INVOCATION_COLUMNS} FROM invocations WHERE id = ?`),
+      getPayload: this.db.prepare<[string], { payload: Buffer | null }>('SELECT payload FROM invocations WHERE id = ?'),
+      getOutput: this.db.prepare<[string], { stdout: Buffer | null; stderr: Buffer | null }>('SELECT stdout, stderr FROM invocations WHERE id = ?'),
+      claim: this.db.prepare<[number], InvocationRow>(
+        `UPDATE invocations SET status = 'running', started_at_ms = ?, attempts = attempts + 1
+         WHERE seq = (SELECT seq FROM invocations WHERE status = 'queued' ORDER BY seq LIMIT 1)
+         RETURNING ${INVOCATION_COLUMNS}`,
+      ),
+      requeue: this.db.prepare("UPDATE invocations SET status = 'queued', started_at_ms = NULL, attempts = attempts - 1 WHERE id = ? AND status = 'running'"),
+      finish: this.db.prepare(
+        `UPDATE invocations SET status = ?, exit_code = ?, duration_ms = ?, cold_start = ?, timed_out = ?, error = ?, stdout = ?, stderr = ?,
+           stdout_bytes = ?, finished_at_ms = ?, payload = NULL WHERE id = ?`,
+      ),
+      failRunning: this.db.prepare("UPDATE invocations SET status = 'failed', error = ?, finished_at_ms = ?, payload = NULL WHERE status = 'running'"),
+      setCallback: this.db.prepare('UPDATE invocations SET callback_state = ?, callback_attempts = ? WHERE id = ?'),
+      pendingCallbacks: this.db.prepare<[], InvocationRow>(`SELECT ${INVOCATION_COLUMNS} FROM invocations WHERE callback_state = 'pending' AND finished_at_ms IS NOT NULL ORDER BY seq`),
+      deleteFinishedBefore: this.db.prepare('DELETE FROM invocations WHERE finished_at_ms IS NOT NULL AND finished_at_ms < ?'),
     };
   }
 
@@ -122,6 +240,103 @@ export class SqliteStore implements Store {
 
   deleteFunction(name: string): boolean {
     return this.statements.deleteFunction.run(name).changes > 0;
+  }
+
+  insertInvocation(input: NewInvocation): { invocation: InvocationRecord; created: boolean } {
+    return this.db.transaction(() => {
+      const inserted = this.statements.insertInvocation.run(
+        input.id,
+        input.tenant,
+        input.functionName,
+        input.version,
+        input.payload,
+        input.payload.length,
+        input.idempotencyKey,
+        input.callbackUrl,
+        input.callbackUrl === null ? null : 'pending',
+        input.createdAtMs,
+      );
+      if (inserted.changes > 0) return { invocation: toInvocation(this.statements.getInvocation.get(input.id)!), created: true };
+      // The only constraint that can conflict besides the (random) id is the idempotency key.
+      const existing = input.idempotencyKey === null ? undefined : this.statements.byIdempotencyKey.get(input.tenant, input.functionName, input.idempotencyKey);
+      if (existing === undefined) throw new Error(`invocation id ${input.id} collided`);
+      return { invocation: toInvocation(existing), created: false };
+    }).immediate();
+  }
+
+  getInvocation(id: string, tenant?: string): InvocationRecord | null {
+    const row = this.statements.getInvocation.get(id);
+    if (row === undefined || (tenant !== undefined && row.tenant !== tenant)) return null;
+    return toInvocation(row);
+  }
+
+  getInvocationPayload(id: string): Buffer | null {
+    return this.statements.getPayload.get(id)?.payload ?? null;
+  }
+
+  getInvocationOutput(id: string): { stdout: Buffer; stderr: Buffer } | null {
+    const row = this.statements.getOutput.get(id);
+    if (row === undefined) return null;
+    return { stdout: row.stdout ?? Buffer.alloc(0), stderr: row.stderr ?? Buffer.alloc(0) };
+  }
+
+  listInvocations(filter: InvocationFilter): InvocationRecord[] {
+    const where: string[] = [];
+    const params: (string | number)[] = [];
+    const add = (clause: string, value: string | number | undefined): void => {
+      if (value === undefined) return;
+      where.push(clause);
+      params.push(value);
+    };
+    add('tenant = ?', filter.tenant);
+    add('function = ?', filter.functionName);
+    add('status = ?', filter.status);
+    add('created_at_ms >= ?', filter.sinceMs);
+    add('created_at_ms < ?', filter.untilMs);
+    const sql = `SELECT ${INVOCATION_COLUMNS} FROM invocations ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seq DESC LIMIT ?`;
+    return this.db.prepare<(string | number)[], InvocationRow>(sql).all(...params, filter.limit).map(toInvocation);
+  }
+
+  claimNextInvocation(nowMs: number): InvocationRecord | null {
+    const row = this.statements.claim.get(nowMs);
+    return row === undefined ? null : toInvocation(row);
+  }
+
+  requeueInvocation(id: string): void {
+    this.statements.requeue.run(id);
+  }
+
+  finishInvocation(id: string, outcome: InvocationOutcome): void {
+    const flag = (value: boolean | null): number | null => (value === null ? null : value ? 1 : 0);
+    this.statements.finish.run(
+      outcome.status,
+      outcome.exitCode,
+      outcome.durationMs,
+      flag(outcome.coldStart),
+      flag(outcome.timedOut),
+      outcome.error,
+      outcome.stdout,
+      outcome.stderr,
+      outcome.stdout.length,
+      outcome.finishedAtMs,
+      id,
+    );
+  }
+
+  failRunningInvocations(reason: string, nowMs: number): number {
+    return this.statements.failRunning.run(reason, nowMs).changes;
+  }
+
+  setCallbackState(id: string, state: CallbackState, attempts: number): void {
+    this.statements.setCallback.run(state, attempts, id);
+  }
+
+  pendingCallbacks(): InvocationRecord[] {
+    return this.statements.pendingCallbacks.all().map(toInvocation);
+  }
+
+  deleteInvocationsFinishedBefore(beforeMs: number): number {
+    return this.statements.deleteFinishedBefore.run(beforeMs).changes;
   }
 
   close(): void {

@@ -54,5 +54,92 @@ export interface Store {
   listVersions(name: string): FunctionVersion[];
   /** Removes the function and all its versions; false when there was none. */
   deleteFunction(name: string): boolean;
+
+  /**
+   * Commits a queued invocation (with its payload). With an idempotency key already used for the same function (and
+   * tenant) the existing invocation is returned instead and `created` is false: the same key never runs twice.
+   */
+  insertInvocation(input: NewInvocation): { invocation: InvocationRecord; created: boolean };
+  getInvocation(id: string, tenant?: string): InvocationRecord | null;
+  /** The stored payload of a queued/running invocation (dropped when it finishes). */
+  getInvocationPayload(id: string): Buffer | null;
+  /** The kept stdout/stderr of an invocation. */
+  getInvocationOutput(id: string): { stdout: Buffer; stderr: Buffer } | null;
+  listInvocations(filter: InvocationFilter): InvocationRecord[];
+  /** Atomically moves the oldest queued invocation (FIFO) to `running`; null when none is queued. */
+  claimNextInvocation(nowMs: number): InvocationRecord | null;
+  /** Puts a claimed invocation back in the queue (it never started: e.g. the function was at its limit). */
+  requeueInvocation(id: string): void;
+  finishInvocation(id: string, outcome: InvocationOutcome): void;
+  /** Crash recovery: every `running` invocation becomes `failed` with `reason`; returns how many. */
+  failRunningInvocations(reason: string, nowMs: number): number;
+  setCallbackState(id: string, state: CallbackState, attempts: number): void;
+  /** Finished invocations whose callback is still to be delivered (after a restart). */
+  pendingCallbacks(): InvocationRecord[];
+  /** Deletes finished invocations that finished before `beforeMs`; returns how many. */
+  deleteInvocationsFinishedBefore(beforeMs: number): number;
   close(): void;
+}
+
+export const INVOCATION_STATUSES = ['queued', 'running', 'succeeded', 'failed'] as const;
+export type InvocationStatus = (typeof INVOCATION_STATUSES)[number];
+export type CallbackState = 'pending' | 'delivered' | 'failed';
+
+export interface NewInvocation {
+  id: string;
+  tenant: string;
+  functionName: string;
+  version: number;
+  payload: Buffer;
+  idempotencyKey: string | null;
+  callbackUrl: string | null;
+  createdAtMs: number;
+}
+
+export interface InvocationRecord {
+  id: string;
+  tenant: string;
+  functionName: string;
+  version: number;
+  status: InvocationStatus;
+  idempotencyKey: string | null;
+  callbackUrl: string | null;
+  callbackState: CallbackState | null;
+  callbackAttempts: number;
+  /** How many times the dispatcher started it: 0 or 1 (never more: a half-run invocation is not retried). */
+  attempts: number;
+  exitCode: number | null;
+  durationMs: number | null;
+  coldStart: boolean | null;
+  timedOut: boolean | null;
+  error: string | null;
+  payloadBytes: number;
+  stdoutBytes: number | null;
+  createdAtMs: number;
+  startedAtMs: number | null;
+  finishedAtMs: number | null;
+}
+
+export interface InvocationOutcome {
+  status: 'succeeded' | 'failed';
+  exitCode: number | null;
+  durationMs: number | null;
+  coldStart: boolean | null;
+  timedOut: boolean | null;
+  error: string | null;
+  stdout: Buffer;
+  stderr: Buffer;
+  finishedAtMs: number;
+}
+
+export interface InvocationFilter {
+  tenant?: string;
+  functionName?: string;
+  status?: InvocationStatus;
+  /** createdAtMs >= sinceMs */
+  sinceMs?: number;
+  /** createdAtMs < untilMs */
+  untilMs?: number;
+  /** Newest first; default 100. */
+  limit: number;
 }

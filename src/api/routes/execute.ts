@@ -1,11 +1,11 @@
 import type { IncomingMessage } from 'node:http';
-import { Transform, type TransformCallback } from 'node:stream';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
+import { checkDeclaredLength, limitUpload } from '../raw-body.js';
 import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, RawExecuteSpecSchema } from '../schemas.js';
 import { startSse, writeSseEvent } from '../sse.js';
 
@@ -16,22 +16,6 @@ const rawSpecValidator = TypeCompiler.Compile(RawExecuteSpecSchema);
 
 /** Result fields sent as HTTP trailers after a raw stdout stream (the headers left before the exit was known). */
 const TRAILERS = ['x-kindling-exit-code', 'x-kindling-duration-ms', 'x-kindling-timed-out', 'x-kindling-oom-killed', 'x-kindling-truncated', 'x-kindling-stderr-base64'];
-
-/** Counts the bytes of a raw upload and fails it past the limit (fastify's bodyLimit does not see streamed bodies). */
-class ByteLimit extends Transform {
-  private seen = 0;
-  constructor(private readonly maxBytes: number) {
-    super();
-  }
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.seen += chunk.length;
-    if (this.seen > this.maxBytes) {
-      callback(new KindlingError('PAYLOAD_TOO_LARGE', `the request body is larger than this server's limit of ${this.maxBytes} bytes; send less or raise --max-stream-bytes`));
-      return;
-    }
-    callback(null, chunk);
-  }
-}
 
 function parseRawSpec(request: FastifyRequest): ExecuteRequest {
   const header = request.headers[SPEC_HEADER];
@@ -155,31 +139,12 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
 
   async function executeRaw(request: FastifyRequest, reply: FastifyReply, signal: AbortSignal, rawOutput: boolean): Promise<unknown> {
     const spec = parseRawSpec(request);
-    const declaredLength = Number(request.headers['content-length']);
-    if (Number.isFinite(declaredLength) && declaredLength > options.maxStreamBytes) {
-      throw new KindlingError('PAYLOAD_TOO_LARGE', `the request body (${declaredLength} bytes) is larger than this server's limit of ${options.maxStreamBytes} bytes for raw bodies; send less or raise --max-stream-bytes`);
-    }
-    const upload = request.body as IncomingMessage;
-    const limited = new ByteLimit(options.maxStreamBytes);
-    let uploadError: unknown = null;
-    limited.on('error', (error) => {
-      uploadError = error;
-      // Stop reading what is left and close the connection after the answer: an abandoned, paused upload would
-      // otherwise keep the socket (and a graceful shutdown) waiting forever.
-      upload.unpipe(limited);
-      upload.resume();
-      reply.header('connection', 'close');
-    });
-    upload.on('error', (error) => limited.destroy(error));
-    // A body that stops before its end (client gone) must not look like end-of-file to the program.
-    upload.on('close', () => {
-      if (!upload.complete) limited.destroy(new Error('the client disconnected during the upload'));
-    });
-    upload.pipe(limited);
+    checkDeclaredLength(request.headers, options.maxStreamBytes, '--max-stream-bytes');
+    const { stream: limited, error: uploadFailure } = limitUpload(request.body as IncomingMessage, reply, options.maxStreamBytes);
 
     if (!rawOutput) {
       const result = await service.execute(spec, { signal, stdinStream: limited, trace: request.trace });
-      if (uploadError) throw uploadError;
+      if (uploadFailure()) throw uploadFailure();
       logFinished(request, result);
       reply.header('x-kindling-execution-id', result.id);
       return result;
@@ -206,6 +171,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
           });
         },
       });
+      const uploadError = uploadFailure();
       if (uploadError) {
         // The headers said 200 already; a broken response is the only honest answer to a cut-off upload.
         raw.destroy(uploadError instanceof Error ? uploadError : new Error(String(uploadError)));

@@ -1,6 +1,12 @@
-import type { FastifyInstance } from 'fastify';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Readable, Writable } from 'node:stream';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { KindlingError } from '../../core/errors.js';
 import type { ExecutorName, RuntimeName } from '../../core/types.js';
-import type { FunctionService } from '../../orchestrator/function-service.js';
+import type { FunctionService, InvocationResult } from '../../orchestrator/function-service.js';
+import type { InvocationService } from '../../orchestrator/invocations.js';
+import type { LogBus } from '../../orchestrator/log-bus.js';
+import { checkDeclaredLength, limitUpload, readUpload } from '../raw-body.js';
 import type { FunctionSpec } from '../../store/store.js';
 import {
   ErrorResponseSchema,
@@ -13,7 +19,17 @@ import {
 
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 
-export function registerFunctionRoutes(app: FastifyInstance, options: { functionService: FunctionService }): void {
+export interface FunctionRouteOptions {
+  functionService: FunctionService;
+  invocations: InvocationService;
+  logBus: LogBus;
+  /** Largest body held in memory (async payloads, handler events). */
+  maxBodyBytes: number;
+  /** Largest streamed body (command functions' stdin). */
+  maxStreamBytes: number;
+}
+
+export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRouteOptions): void {
   const service = options.functionService;
 
   app.put<{ Params: FunctionNameParams; Body: FunctionSpecBody }>(
@@ -58,46 +74,217 @@ export function registerFunctionRoutes(app: FastifyInstance, options: { function
     },
   );
 
-  // The invoke route takes any body as raw bytes: its own scope replaces the JSON parser with a Buffer catch-all,
-  // so every other route keeps parsing JSON.
+  // The invoke route takes any body as raw bytes: its own scope hands the request stream over unparsed (so a command
+  // function's stdin is streamed, never buffered here), and every other route keeps parsing JSON.
   void app.register(async (scope) => {
     scope.removeAllContentTypeParsers();
-    scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+    scope.addContentTypeParser('*', (_request: FastifyRequest, payload: IncomingMessage, done: (error: Error | null, body?: unknown) => void) => done(null, payload));
     scope.post<{ Params: FunctionNameParams }>(
       '/v1/functions/:name/invoke',
       {
         schema: {
           tags: ['functions'],
-          summary: 'Invoke a function: the raw body in, the raw output out',
-          description:
-            'The request body (any content type) is the input: stdin of a command, the argument of a handler. The response body is the raw stdout / the handler\'s return value. Headers: x-kindling-invocation-id, x-kindling-function-version, x-kindling-exit-code, x-kindling-duration-ms, x-kindling-cold-start. A handler that throws answers 200 with x-kindling-exit-code 1 and the error text as the body.',
+          summary: 'Invoke a function: the raw body in, the raw output out (or async: 202 with an invocation id)',
+          description: [
+            'The request body (any content type) is the input: stdin of a command, the argument of a handler. The response body is the raw stdout / the handler\'s return value.',
+            'Headers: x-kindling-invocation-id, x-kindling-function-version, x-kindling-exit-code, x-kindling-duration-ms, x-kindling-cold-start. A handler that throws answers 200 with x-kindling-exit-code 1 and the error text as the body.',
+            `Command functions stream both ways: stdin from the body as it arrives (up to --max-stream-bytes, else 413), stdout as it is produced. An output of at most ${STREAM_THRESHOLD_BYTES} bytes is answered with all the headers above; a larger one streams with x-kindling-output: streamed, and x-kindling-exit-code, x-kindling-duration-ms and x-kindling-timed-out come as HTTP trailers.`,
+            'Async: with `x-kindling-async: true` the body (up to --max-body-bytes) is stored and the answer is 202 {invocationId} once it is committed; `Idempotency-Key` deduplicates (same key + function: the first invocation), `x-kindling-callback: URL` (allowed hosts only) receives the result.',
+          ].join(' '),
           params: FunctionNameParamsSchema,
           response: errors,
         },
       },
       async (request, reply) => {
+        const name = request.params.name;
+        const upload = request.body as IncomingMessage | undefined;
+        // 404 before a byte of the body is read.
+        const { style } = service.resolve(name);
+        if (request.headers['x-kindling-async'] === 'true') {
+          checkDeclaredLength(request.headers, options.maxBodyBytes, '--max-body-bytes');
+          const payload = await readUpload(upload, reply, options.maxBodyBytes, '--max-body-bytes');
+          const { view, created } = options.invocations.enqueue({
+            functionName: name,
+            payload,
+            idempotencyKey: header(request, 'idempotency-key'),
+            callbackUrl: header(request, 'x-kindling-callback'),
+          });
+          reply.code(202).header('location', `/v1/invocations/${view.id}`).header('x-kindling-invocation-id', view.id);
+          if (!created) reply.header('x-kindling-idempotent-replay', 'true');
+          return { invocationId: view.id, status: view.status, function: view.function, version: view.version, created };
+        }
+
         const abort = new AbortController();
         reply.raw.on('close', () => {
-          if (!reply.raw.writableFinished) abort.abort(new Error('client disconnected'));
+          if (!reply.raw.writableFinished) abort.abort(new KindlingError('CLIENT_DISCONNECTED', 'the client disconnected before the answer; the invocation was cancelled'));
         });
-        const body = Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
-        const result = await service.invoke(request.params.name, body, { signal: abort.signal, trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent } });
-        request.log.info(
-          { invocationId: result.invocationId, function: result.functionName, version: result.version, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut },
-          'invocation finished',
-        );
-        reply.headers({
-          'x-kindling-invocation-id': result.invocationId,
-          'x-kindling-function-version': String(result.version),
-          'x-kindling-exit-code': String(result.exitCode),
-          'x-kindling-duration-ms': String(result.durationMs),
-          'x-kindling-cold-start': String(result.coldStart),
-          'x-kindling-executor': result.executor,
-          ...(result.timedOut ? { 'x-kindling-timed-out': 'true' } : {}),
-        });
-        reply.type('application/octet-stream');
-        return reply.send(result.body);
+        if (style === 'handler') {
+          checkDeclaredLength(request.headers, options.maxBodyBytes, '--max-body-bytes');
+          const body = await readUpload(upload, reply, options.maxBodyBytes, '--max-body-bytes');
+          const result = await service.invoke(name, body, { signal: abort.signal, trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent } });
+          request.log.info(
+            { invocationId: result.invocationId, function: result.functionName, version: result.version, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut },
+            'invocation finished',
+          );
+          publishHandlerLogs(options.logBus, result);
+          reply.headers(resultHeaders(result));
+          reply.type('application/octet-stream');
+          return reply.send(result.body);
+        }
+        return invokeStreaming(request, reply, name, upload, abort.signal);
       },
     );
   });
+
+  /** A command function: stdin streamed from the body, stdout buffered up to the threshold, streamed beyond it. */
+  async function invokeStreaming(request: FastifyRequest, reply: FastifyReply, name: string, upload: IncomingMessage | undefined, signal: AbortSignal): Promise<FastifyReply> {
+    checkDeclaredLength(request.headers, options.maxStreamBytes, '--max-stream-bytes');
+    const limited = upload ? limitUpload(upload, reply, options.maxStreamBytes) : { stream: Readable.from([]), error: () => null };
+    const raw = reply.raw;
+    const bus = options.logBus;
+    let started: { id: string; coldStart: boolean; executor: string } | null = null;
+    let version = 0;
+    const sink = new OutputSink(raw, STREAM_THRESHOLD_BYTES, () => {
+      // Past the threshold: the headers known now go out, the rest follow as trailers.
+      reply.hijack();
+      raw.writeHead(200, {
+        'content-type': 'application/octet-stream',
+        'x-kindling-invocation-id': started?.id ?? '',
+        'x-kindling-function-version': String(version),
+        'x-kindling-cold-start': String(started?.coldStart ?? false),
+        'x-kindling-executor': started?.executor ?? '',
+        'x-kindling-output': 'streamed',
+        'x-request-id': request.id,
+        trailer: STREAM_TRAILERS.join(', '),
+      });
+    });
+    raw.on('close', () => sink.destroy());
+    let followed = false;
+    let result;
+    try {
+      version = service.resolve(name).version.version;
+      result = await service.invoke(name, Buffer.alloc(0), {
+        signal,
+        trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
+        stdinStream: limited.stream,
+        stdoutSink: sink,
+        onStarted: (id, info) => {
+          started = { id, ...info };
+          followed = bus.followed;
+          if (followed) bus.start(id, name);
+        },
+        onOutput: (stream, text) => {
+          if (followed && started) bus.output(started.id, name, stream, text);
+        },
+      });
+    } catch (error) {
+      if (followed && started) bus.end((started as { id: string }).id, name, 'failed');
+      if (!sink.streaming) throw limited.error() ?? error;
+      request.log.error({ err: error }, 'invocation failed after the output started streaming');
+      raw.destroy(error instanceof Error ? error : new Error(String(error)));
+      return reply;
+    }
+    if (followed) bus.end(result.invocationId, name, result.exitCode === 0 ? 'succeeded' : 'failed');
+    // What the sink still holds (its writes wait for the client) goes out before the end of the response.
+    await new Promise<void>((resolve) => sink.end(() => resolve()));
+    const uploadError = limited.error();
+    if (!sink.streaming) {
+      if (uploadError) throw uploadError;
+      reply.headers(resultHeaders(result));
+      reply.type('application/octet-stream');
+      return reply.send(sink.buffered());
+    }
+    if (uploadError) {
+      // The headers said 200 already; a broken response is the only honest answer to a cut-off upload.
+      raw.destroy(uploadError instanceof Error ? uploadError : new Error(String(uploadError)));
+      return reply;
+    }
+    raw.addTrailers({
+      'x-kindling-exit-code': String(result.exitCode),
+      'x-kindling-duration-ms': String(result.durationMs),
+      'x-kindling-timed-out': String(result.timedOut),
+    });
+    raw.end();
+    return reply;
+  }
+}
+
+/** Outputs up to this size are answered with all the headers; larger ones stream with trailers. */
+export const STREAM_THRESHOLD_BYTES = 1024 * 1024;
+const STREAM_TRAILERS = ['x-kindling-exit-code', 'x-kindling-duration-ms', 'x-kindling-timed-out'];
+
+const header = (request: FastifyRequest, name: string): string | undefined => {
+  const value = request.headers[name];
+  return typeof value === 'string' && value.length > 0 ? value : undefined;
+};
+
+function resultHeaders(result: InvocationResult): Record<string, string> {
+  return {
+    'x-kindling-invocation-id': result.invocationId,
+    'x-kindling-function-version': String(result.version),
+    'x-kindling-exit-code': String(result.exitCode),
+    'x-kindling-duration-ms': String(result.durationMs),
+    'x-kindling-cold-start': String(result.coldStart),
+    'x-kindling-executor': result.executor,
+    ...(result.timedOut ? { 'x-kindling-timed-out': 'true' } : {}),
+  };
+}
+
+/** Handler functions report their logs at the end; followers of the function see them then. */
+function publishHandlerLogs(bus: LogBus, result: InvocationResult): void {
+  if (!bus.followed) return;
+  bus.start(result.invocationId, result.functionName);
+  if (result.stderr.length > 0) bus.output(result.invocationId, result.functionName, 'stderr', result.stderr.toString('utf8'));
+  bus.end(result.invocationId, result.functionName, result.exitCode === 0 ? 'succeeded' : 'failed');
+}
+
+/**
+ * Holds stdout up to `thresholdBytes`; past it, calls `onStream` (which writes the head) and from then on writes
+ * through to the response with its backpressure (a slow client slows the function instead of growing a buffer).
+ */
+class OutputSink extends Writable {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  streaming = false;
+
+  constructor(
+    private readonly response: ServerResponse,
+    private readonly thresholdBytes: number,
+    private readonly onStream: () => void,
+  ) {
+    super({ highWaterMark: 256 * 1024 });
+  }
+
+  buffered(): Buffer {
+    return Buffer.concat(this.chunks, this.bytes);
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    if (!this.streaming) {
+      this.chunks.push(chunk);
+      this.bytes += chunk.length;
+      if (this.bytes <= this.thresholdBytes) {
+        callback();
+        return;
+      }
+      this.streaming = true;
+      this.onStream();
+      chunk = this.buffered();
+      this.chunks = [];
+    }
+    if (this.response.destroyed) {
+      callback();
+      return;
+    }
+    if (this.response.write(chunk)) callback();
+    else {
+      const done = (): void => {
+        this.response.off('drain', done);
+        this.response.off('close', done);
+        callback();
+      };
+      this.response.on('drain', done);
+      this.response.on('close', done);
+    }
+  }
 }

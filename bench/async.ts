@@ -1,0 +1,224 @@
+/**
+ * Payloads and async invocations (issue 5), against baselines measured in the same run:
+ * - 1 MiB round trip over an empty invocation: warm (node handler, warm pool) and cold (command function `cat`);
+ * - 100 MiB and 1 GiB streamed through a command function `cat` vs a plain `cat` pipe on the host (same bytes), with
+ *   the server's peak RSS sampled from /proc;
+ * - async enqueue rate (32 clients, 202s committed to SQLite) and end-to-end completion rate of a trivial function.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { Agent, request } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { BenchContext, GroupResult } from './lib/context.js';
+import { launchServer } from './lib/server.js';
+import { fmtMs, summarize } from './lib/stats.js';
+import type { Row } from './lib/table.js';
+
+const MiB = 1024 * 1024;
+const CLIENTS = 32;
+/** One random block, sent over and over: the bench measures transport, not the random generator. */
+const BLOCK = randomBytes(4 * MiB);
+
+interface Raw {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  bytes: number;
+  body: Buffer;
+}
+
+function send(agent: Agent | false, base: URL, method: string, path: string, body: Buffer | number | null, headers: Record<string, string> = {}): Promise<Raw> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: base.hostname, port: base.port, method, path, agent, headers: { 'content-type': 'application/octet-stream', ...headers } }, (res) => {
+      const chunks: Buffer[] = [];
+      let bytes = 0;
+      const keep = typeof body !== 'number';
+      res.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        if (keep) chunks.push(chunk);
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, bytes, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (typeof body === 'number') {
+      // Stream `body` bytes of the block, with backpressure.
+      let left = body;
+      const pump = (): void => {
+        while (left > 0) {
+          const chunk = BLOCK.subarray(0, Math.min(left, BLOCK.length));
+          left -= chunk.length;
+          if (!req.write(chunk)) {
+            req.once('drain', pump);
+            return;
+          }
+        }
+        req.end();
+      };
+      pump();
+    } else {
+      req.end(body ?? undefined);
+    }
+  });
+}
+
+/** The baseline: the same bytes through `cat` on the host via pipes. Returns MiB/s. */
+async function hostCat(size: number): Promise<number> {
+  const started = performance.now();
+  const child = spawn('cat', [], { stdio: ['pipe', 'pipe', 'ignore'] });
+  let got = 0;
+  const done = new Promise<void>((resolve) => child.stdout.on('data', (chunk: Buffer) => (got += chunk.length)).on('end', () => resolve()));
+  let left = size;
+  await new Promise<void>((resolve) => {
+    const pump = (): void => {
+      while (left > 0) {
+        const chunk = BLOCK.subarray(0, Math.min(left, BLOCK.length));
+        left -= chunk.length;
+        if (!child.stdin.write(chunk)) {
+          child.stdin.once('drain', pump);
+          return;
+        }
+      }
+      child.stdin.end();
+      resolve();
+    };
+    pump();
+  });
+  await done;
+  if (got !== size) throw new Error(`host cat returned ${got} of ${size} bytes`);
+  return size / MiB / ((performance.now() - started) / 1000);
+}
+
+async function rss(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
+}
+
+export async function runAsyncGroup(ctx: BenchContext): Promise<GroupResult> {
+  const rows: Row[] = [];
+  const data: Record<string, unknown> = {};
+  const server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--async-concurrency', '8'] });
+  const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS });
+  try {
+    const base = new URL(server.url);
+    const deploy = async (name: string, spec: Record<string, unknown>): Promise<void> => {
+      const raw = await send(agent, base, 'PUT', `/v1/functions/${name}`, Buffer.from(JSON.stringify(spec)), { 'content-type': 'application/json' });
+      if (raw.status >= 300) throw new Error(`deploy ${name}: ${raw.status} ${raw.body.toString().slice(0, 300)}`);
+    };
+    await deploy('b-echo', { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 1, maxConcurrency: 2 });
+    await deploy('b-cat', { image: 'kindling/base', command: ['cat'], timeoutMs: 600_000 });
+    await deploy('b-true', { runtime: 'node', code: 'export const handler = () => "ok";', handler: 'handler', minWarm: 2, maxConcurrency: 8, maxQueued: 10_000 });
+
+    // 1 MiB vs empty, alternated.
+    const n = ctx.runsOverridden ? Math.max(10, Math.min(ctx.runs.functions, 200)) : 100;
+    const payload = BLOCK.subarray(0, MiB);
+    for (const [kind, fn] of [['warm', 'b-echo'], ['cold', 'b-cat']] as const) {
+      ctx.log(`async: 1 MiB vs empty round trip, ${kind} (${fn}), ${n} each`);
+      const empty: number[] = [];
+      const full: number[] = [];
+      for (let i = 0; i < 5; i++) await send(agent, base, 'POST', `/v1/functions/${fn}/invoke`, payload);
+      for (let i = 0; i < n; i++) {
+        let t0 = performance.now();
+        const a = await send(agent, base, 'POST', `/v1/functions/${fn}/invoke`, Buffer.alloc(0));
+        empty.push(performance.now() - t0);
+        t0 = performance.now();
+        const b = await send(agent, base, 'POST', `/v1/functions/${fn}/invoke`, payload);
+        full.push(performance.now() - t0);
+        if (a.status !== 200 || b.status !== 200 || !b.body.equals(payload)) throw new Error(`${fn}: unexpected answer ${b.status} (${b.bytes} bytes)`);
+      }
+      const overhead = summarize(full).median - summarize(empty).median;
+      data[`async.mib_${kind}`] = { empty, full };
+      const target = kind === 'warm' ? 10 : 30;
+      rows.push({
+        group: 'async',
+        id: `async.mib_${kind}`,
+        scenario: `1 MiB round trip over an empty invocation, ${kind} (${kind === 'warm' ? 'node handler, warm pool' : 'command `cat`, a sandbox per call'})`,
+        kindling: `+${fmtMs(overhead)} (median ${fmtMs(summarize(full).median)})`,
+        baseline: `median ${fmtMs(summarize(empty).median)} (empty body)`,
+        ratio: '—',
+        target: `< ${target} ms`,
+        status: overhead < target ? 'pass' : 'fail',
+        note: `n=${n}, byte-exact`,
+      });
+    }
+
+    for (const size of [100 * MiB, 1024 * MiB]) {
+      const label = size === 100 * MiB ? '100 MiB' : '1 GiB';
+      ctx.log(`async: ${label} through command cat vs host cat pipe`);
+      const baseline = await hostCat(size);
+      let peak = await rss(server.pid);
+      const sampler = setInterval(() => void rss(server.pid).then((value) => (peak = Math.max(peak, value))), 50);
+      const t0 = performance.now();
+      const raw = await send(false, base, 'POST', '/v1/functions/b-cat/invoke', size).finally(() => clearInterval(sampler));
+      const seconds = (performance.now() - t0) / 1000;
+      if (raw.status !== 200 || raw.bytes !== size) throw new Error(`${label}: ${raw.status}, ${raw.bytes} bytes back`);
+      const mibps = size / MiB / seconds;
+      data[`async.stream_${size}`] = { mibps, baselineMibps: baseline, peakRssBytes: peak };
+      rows.push({
+        group: 'async',
+        id: `async.stream_${label.replace(' ', '').toLowerCase()}`,
+        scenario: `${label} streamed through a command function (\`cat\`, sandbox)`,
+        kindling: `${mibps.toFixed(0)} MiB/s`,
+        baseline: `${baseline.toFixed(0)} MiB/s (host \`cat\` pipe)`,
+        ratio: `${((mibps / baseline) * 100).toFixed(0)}%`,
+        target: '≥ 40% of the pipe',
+        status: mibps / baseline >= 0.4 ? 'pass' : 'fail',
+        note: `server peak RSS ${(peak / MiB).toFixed(0)} MiB${size >= 1024 * MiB ? ' (target < 200 MB)' : ''}`,
+      });
+    }
+
+    const total = ctx.runsOverridden ? Math.max(500, ctx.runs.functions) : 5000;
+    ctx.log(`async: enqueue ${total} invocations with ${CLIENTS} clients, then wait for all to finish`);
+    let next = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: CLIENTS }, async () => {
+        while (next < total) {
+          next++;
+          const raw = await send(agent, base, 'POST', '/v1/functions/b-true/invoke', Buffer.from('x'), { 'x-kindling-async': 'true' });
+          if (raw.status !== 202) throw new Error(`enqueue: ${raw.status} ${raw.body.toString().slice(0, 200)}`);
+        }
+      }),
+    );
+    const enqueueSeconds = (performance.now() - t0) / 1000;
+    const pending = async (): Promise<boolean> => {
+      for (const status of ['queued', 'running']) {
+        const raw = await send(agent, base, 'GET', `/v1/invocations?function=b-true&status=${status}&limit=1`, null);
+        if ((JSON.parse(raw.body.toString()) as { invocations: unknown[] }).invocations.length > 0) return true;
+      }
+      return false;
+    };
+    while (await pending()) await new Promise((resolve) => setTimeout(resolve, 20));
+    const completeSeconds = (performance.now() - t0) / 1000;
+    const failedRaw = await send(agent, base, 'GET', '/v1/invocations?function=b-true&status=failed&limit=1000', null);
+    const failed = (JSON.parse(failedRaw.body.toString()) as { invocations: unknown[] }).invocations.length;
+    const enqueueRate = total / enqueueSeconds;
+    data['async.enqueue'] = { total, enqueueSeconds, completeSeconds, failed };
+    rows.push({
+      group: 'async',
+      id: 'async.enqueue_rate',
+      scenario: `Async enqueue rate (${CLIENTS} clients, each 202 after the SQLite commit), while the dispatcher runs them`,
+      kindling: `${Math.round(enqueueRate)}/s`,
+      baseline: '—',
+      ratio: '—',
+      target: '≥ 2000/s',
+      status: enqueueRate >= 2000 ? 'pass' : 'fail',
+      note: `n=${total}`,
+    });
+    rows.push({
+      group: 'async',
+      id: 'async.completion_rate',
+      scenario: 'Async end-to-end completion rate, trivial node handler (first enqueue to last finished)',
+      kindling: `${Math.round(total / completeSeconds)}/s`,
+      baseline: '—',
+      ratio: '—',
+      target: 'info',
+      status: failed === 0 ? 'info' : 'fail',
+      note: `n=${total}, ${failed} failed, async concurrency 8`,
+    });
+  } finally {
+    agent.destroy();
+    await server.stop();
+  }
+  return { rows, data };
+}

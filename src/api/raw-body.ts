@@ -1,0 +1,70 @@
+import type { IncomingMessage } from 'node:http';
+import { Transform, type TransformCallback } from 'node:stream';
+import type { FastifyReply } from 'fastify';
+import { KindlingError } from '../core/errors.js';
+
+/** Counts the bytes of a raw upload and fails it past the limit (fastify's bodyLimit does not see streamed bodies). */
+export class ByteLimit extends Transform {
+  private seen = 0;
+  constructor(
+    private readonly maxBytes: number,
+    private readonly flag = '--max-stream-bytes',
+  ) {
+    super();
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.seen += chunk.length;
+    if (this.seen > this.maxBytes) {
+      callback(new KindlingError('PAYLOAD_TOO_LARGE', `the request body is larger than this server's limit of ${this.maxBytes} bytes; send less or raise ${this.flag}`));
+      return;
+    }
+    callback(null, chunk);
+  }
+}
+
+/** A declared Content-Length beyond the limit is refused before anything is read. */
+export function checkDeclaredLength(headers: IncomingMessage['headers'], maxBytes: number, flag: string): void {
+  const declared = Number(headers['content-length']);
+  if (Number.isFinite(declared) && declared > maxBytes) {
+    throw new KindlingError('PAYLOAD_TOO_LARGE', `the request body (${declared} bytes) is larger than this server's limit of ${maxBytes} bytes; send less or raise ${flag}`);
+  }
+}
+
+/**
+ * Wraps a raw upload in a ByteLimit. When the limit is passed or the client goes away mid-upload, the returned stream
+ * fails (which ends the execution reading it), the rest of the upload is drained, and the connection is closed after
+ * the answer. `error()` tells what went wrong, if anything.
+ */
+export function limitUpload(upload: IncomingMessage, reply: FastifyReply, maxBytes: number, flag = '--max-stream-bytes'): { stream: ByteLimit; error: () => unknown } {
+  const limited = new ByteLimit(maxBytes, flag);
+  let uploadError: unknown = null;
+  limited.on('error', (error) => {
+    uploadError = error;
+    // Stop reading what is left and close the connection after the answer: an abandoned, paused upload would
+    // otherwise keep the socket (and a graceful shutdown) waiting forever.
+    upload.unpipe(limited);
+    upload.resume();
+    reply.header('connection', 'close');
+  });
+  upload.on('error', (error) => limited.destroy(error));
+  // A body that stops before its end (client gone) must not look like end-of-file to the program.
+  upload.on('close', () => {
+    if (!upload.complete) limited.destroy(new Error('the client disconnected during the upload'));
+  });
+  upload.pipe(limited);
+  return { stream: limited, error: () => uploadError };
+}
+
+/** Reads a whole (bounded) raw upload into memory: for payloads that must be stored or handed over whole. */
+export async function readUpload(upload: IncomingMessage | undefined, reply: FastifyReply, maxBytes: number, flag: string): Promise<Buffer> {
+  if (upload === undefined) return Buffer.alloc(0);
+  const { stream, error } = limitUpload(upload, reply, maxBytes, flag);
+  const chunks: Buffer[] = [];
+  try {
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+  } catch (failure) {
+    throw error() ?? failure;
+  }
+  if (error()) throw error();
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,384 @@
+/**
+ * Durable asynchronous invocations.
+ *
+ * Lifecycle: `enqueue` commits the invocation (with its payload) to the store before it answers, so a 202 is never
+ * lost. A dispatcher claims queued invocations oldest first (FIFO) and runs at most `concurrency` at once; the claim
+ * (`queued` -> `running`) is committed before the function starts.
+ *
+ * Crash policy (at-least-once delivery of the request, at-most-once execution of a claim): at start-up, invocations
+ * still `queued` run; invocations left `running` by a server that died (kill -9, power loss, OOM) are marked `failed`
+ * with the error "server stopped during the run" and are NOT retried automatically, because the function may have had
+ * side effects before the crash. A client that wants another attempt retries with a new `Idempotency-Key`. The same
+ * key for the same function within the retention window returns the first invocation and never runs again.
+ *
+ * Durability: the store commits in WAL mode with synchronous=NORMAL, which survives a killed process; a power loss
+ * may lose the last commits (an OS-level crash is outside this promise).
+ */
+import { systemClock, type Clock } from '../core/clock.js';
+import { KindlingError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { InvocationFilter, InvocationRecord, Store } from '../store/store.js';
+import type { FunctionService } from './function-service.js';
+import type { LogBus } from './log-bus.js';
+
+export const SERVER_STOPPED_REASON = 'server stopped during the run';
+const DEFAULT_TENANT = 'default';
+
+export interface InvocationServiceOptions {
+  store: Store;
+  functionService: FunctionService;
+  logBus: LogBus;
+  /** Async invocations running at once. Default 8. */
+  concurrency?: number;
+  /** Finished invocations (with their output and logs) are deleted after this long. Default 7 days. */
+  retentionMs?: number;
+  /** How often expired invocations are swept. Default: min(retentionMs / 10, 60 s). */
+  sweepIntervalMs?: number;
+  /** `host:port` entries a callback URL may point to; empty: callbacks are refused. */
+  callbackAllow?: string[];
+  /** Delivery attempts per callback. Default 5. */
+  callbackMaxAttempts?: number;
+  /** Delay before the second attempt; doubles each time (at most 60 s). Default 500. */
+  callbackBaseDelayMs?: number;
+  /** Timeout of one callback POST. Default 10 s. */
+  callbackTimeoutMs?: number;
+  clock?: Clock;
+  onError?: (error: unknown, context: Record<string, unknown>) => void;
+  onInfo?: (message: string, context: Record<string, unknown>) => void;
+}
+
+export interface EnqueueRequest {
+  functionName: string;
+  payload: Buffer;
+  idempotencyKey?: string | undefined;
+  callbackUrl?: string | undefined;
+  tenant?: string;
+}
+
+/** The public view of an invocation (GET /v1/invocations/ID). */
+export interface InvocationView {
+  id: string;
+  function: string;
+  version: number;
+  status: InvocationRecord['status'];
+  exitCode: number | null;
+  durationMs: number | null;
+  coldStart: boolean | null;
+  timedOut: boolean | null;
+  error?: string;
+  idempotencyKey?: string;
+  callback?: { url: string; state: string | null; attempts: number };
+  payloadBytes: number;
+  outputBytes: number | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+}
+
+const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+
+export function toInvocationView(record: InvocationRecord): InvocationView {
+  return {
+    id: record.id,
+    function: record.functionName,
+    version: record.version,
+    status: record.status,
+    exitCode: record.exitCode,
+    durationMs: record.durationMs,
+    coldStart: record.coldStart,
+    timedOut: record.timedOut,
+    ...(record.error === null ? {} : { error: record.error }),
+    ...(record.idempotencyKey === null ? {} : { idempotencyKey: record.idempotencyKey }),
+    ...(record.callbackUrl === null ? {} : { callback: { url: record.callbackUrl, state: record.callbackState, attempts: record.callbackAttempts } }),
+    payloadBytes: record.payloadBytes,
+    outputBytes: record.stdoutBytes,
+    createdAt: iso(record.createdAtMs)!,
+    startedAt: iso(record.startedAtMs),
+    finishedAt: iso(record.finishedAtMs),
+  };
+}
+
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,256}$/;
+
+export class InvocationService {
+  private readonly store: Store;
+  private readonly clock: Clock;
+  private readonly concurrency: number;
+  private readonly retentionMs: number;
+  private readonly allow: Set<string>;
+  private running = 0;
+  private closed = false;
+  private started = false;
+  private pausedUntilMs = 0;
+  private wakeTimer: NodeJS.Timeout | null = null;
+  private sweepTimer: NodeJS.Timeout | null = null;
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly callbackTimers = new Set<NodeJS.Timeout>();
+  private readonly idle: (() => void)[] = [];
+
+  constructor(private readonly options: InvocationServiceOptions) {
+    this.store = options.store;
+    this.clock = options.clock ?? systemClock;
+    this.concurrency = Math.max(1, options.concurrency ?? 8);
+    this.retentionMs = options.retentionMs ?? 7 * 24 * 3600_000;
+    this.allow = new Set((options.callbackAllow ?? []).map((entry) => entry.toLowerCase()));
+  }
+
+  get stats(): { running: number; concurrency: number } {
+    return { running: this.running, concurrency: this.concurrency };
+  }
+
+  /** Crash recovery, then the dispatcher, the retention sweeper and callbacks left undelivered. */
+  start(): { failed: number } {
+    if (this.started) return { failed: 0 };
+    this.started = true;
+    const failed = this.store.failRunningInvocations(SERVER_STOPPED_REASON, this.clock.nowMs());
+    if (failed > 0) this.options.onInfo?.('invocations left running by a stopped server were marked failed', { failed });
+    for (const record of this.store.pendingCallbacks()) this.deliverCallback(record, record.callbackAttempts);
+    this.sweep();
+    const every = this.options.sweepIntervalMs ?? Math.min(Math.max(this.retentionMs / 10, 1000), 60_000);
+    this.sweepTimer = setInterval(() => this.sweep(), every);
+    this.sweepTimer.unref();
+    this.pump();
+    return { failed };
+  }
+
+  /** Commits the invocation, then wakes the dispatcher. Throws 4xx for an unknown function or a refused callback. */
+  enqueue(request: EnqueueRequest): { view: InvocationView; created: boolean } {
+    if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
+    const { version } = this.options.functionService.resolve(request.functionName);
+    const key = request.idempotencyKey;
+    if (key !== undefined && !IDEMPOTENCY_KEY.test(key)) {
+      throw new KindlingError('VALIDATION_FAILED', 'Idempotency-Key must be 1 to 256 visible ASCII characters', { details: { field: 'Idempotency-Key' } });
+    }
+    const callbackUrl = request.callbackUrl === undefined ? null : this.checkCallback(request.callbackUrl);
+    const nowMs = this.clock.nowMs();
+    const { invocation, created } = this.store.insertInvocation({
+      id: newId('inv', nowMs),
+      tenant: request.tenant ?? DEFAULT_TENANT,
+      functionName: version.name,
+      version: version.version,
+      payload: request.payload,
+      idempotencyKey: key ?? null,
+      callbackUrl,
+      createdAtMs: nowMs,
+    });
+    if (created) this.pump();
+    return { view: toInvocationView(invocation), created };
+  }
+
+  get(id: string, tenant = DEFAULT_TENANT): InvocationRecord {
+    const record = this.store.getInvocation(id, tenant);
+    if (record === null) throw new KindlingError('NOT_FOUND', `no invocation "${id.slice(0, 80)}" (finished invocations are kept for the retention period only)`);
+    return record;
+  }
+
+  output(id: string, tenant = DEFAULT_TENANT): { record: InvocationRecord; stdout: Buffer; stderr: Buffer } {
+    const record = this.get(id, tenant);
+    const output = this.store.getInvocationOutput(id) ?? { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
+    return { record, ...output };
+  }
+
+  list(filter: Omit<InvocationFilter, 'tenant'>, tenant = DEFAULT_TENANT): InvocationRecord[] {
+    return this.store.listInvocations({ ...filter, tenant });
+  }
+
+  /** Stops claiming new work and waits (up to the deadline) for the running invocations; they stay queued otherwise. */
+  async close(deadlineMs = 10_000): Promise<boolean> {
+    this.closed = true;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    for (const timer of this.callbackTimers) clearTimeout(timer);
+    this.callbackTimers.clear();
+    if (this.inFlight.size === 0) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const finished = await Promise.race([
+      Promise.allSettled([...this.inFlight]).then(() => true),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), deadlineMs))),
+    ]);
+    clearTimeout(timer);
+    return finished;
+  }
+
+  /** Resolves when nothing is queued or running (tests, bench). */
+  whenIdle(): Promise<void> {
+    if (this.running === 0 && this.store.listInvocations({ status: 'queued', limit: 1 }).length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
+  }
+
+  /* ------------------------------------------------------------------------------------------------------------ */
+
+  private checkCallback(raw: string): string {
+    let url: URL;
+    try {
+      url = new URL(raw);
+    } catch {
+      throw new KindlingError('VALIDATION_FAILED', `x-kindling-callback "${raw.slice(0, 200)}" is not a URL`, { details: { field: 'x-kindling-callback' } });
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new KindlingError('VALIDATION_FAILED', 'x-kindling-callback must be an http: or https: URL', { details: { field: 'x-kindling-callback' } });
+    }
+    const port = url.port || (url.protocol === 'https:' ? '443' : '80');
+    const hostPort = `${url.hostname}:${port}`.toLowerCase();
+    if (!this.allow.has(hostPort)) {
+      throw new KindlingError('VALIDATION_FAILED', `callbacks to ${hostPort} are not allowed on this server; the operator allows them with --callback-allow host:port`, { details: { field: 'x-kindling-callback' } });
+    }
+    return url.toString();
+  }
+
+  private pump(): void {
+    if (!this.started || this.closed) return;
+    const now = this.clock.nowMs();
+    if (now < this.pausedUntilMs) {
+      this.wakeTimer ??= setTimeout(() => {
+        this.wakeTimer = null;
+        this.pump();
+      }, this.pausedUntilMs - now);
+      return;
+    }
+    while (this.running < this.concurrency && !this.closed) {
+      let record: InvocationRecord | null;
+      try {
+        record = this.store.claimNextInvocation(this.clock.nowMs());
+      } catch (error) {
+        this.options.onError?.(error, { phase: 'claim' });
+        this.pause(1000);
+        return;
+      }
+      if (record === null) break;
+      this.running++;
+      const run = this.run(record).finally(() => {
+        this.running--;
+        this.inFlight.delete(run);
+        this.pump();
+      });
+      this.inFlight.add(run);
+    }
+    if (this.running === 0 && this.idle.length > 0) {
+      for (const resolve of this.idle.splice(0)) resolve();
+    }
+  }
+
+  private pause(ms: number): void {
+    this.pausedUntilMs = Math.max(this.pausedUntilMs, this.clock.nowMs() + ms);
+    this.pump();
+  }
+
+  private async run(record: InvocationRecord): Promise<void> {
+    const bus = this.options.logBus;
+    const payload = this.store.getInvocationPayload(record.id) ?? Buffer.alloc(0);
+    this.options.onInfo?.('invocation started', { invocationId: record.id, function: record.functionName, version: record.version });
+    bus.start(record.id, record.functionName);
+    let status: 'succeeded' | 'failed' = 'failed';
+    let streamed = false;
+    try {
+      const result = await this.options.functionService.invoke(record.functionName, payload, {
+        version: record.version,
+        onOutput: (stream, text) => {
+          streamed = true;
+          bus.output(record.id, record.functionName, stream, text);
+        },
+      });
+      status = result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed';
+      const error = result.timedOut ? 'timed out' : result.exitCode === 0 ? null : `exited with code ${result.exitCode}`;
+      if (!streamed) {
+        // Handler functions report their logs and result at the end (command functions streamed them live above).
+        if (result.stderr.length > 0) bus.output(record.id, record.functionName, 'stderr', result.stderr.toString('utf8'));
+        if (result.body.length > 0) bus.output(record.id, record.functionName, 'stdout', result.body.toString('utf8'));
+      }
+      this.store.finishInvocation(record.id, {
+        status,
+        exitCode: result.exitCode,
+        durationMs: result.durationMs,
+        coldStart: result.coldStart,
+        timedOut: result.timedOut,
+        error,
+        stdout: result.body,
+        stderr: result.stderr,
+        finishedAtMs: this.clock.nowMs(),
+      });
+    } catch (error) {
+      const failure = error instanceof KindlingError ? error : null;
+      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN')) {
+        // It never started (the function is at its concurrency limit, or the server is stopping): back in the queue, in
+        // its place (it runs after the next start when stopping), and the dispatcher waits a little before it claims again.
+        this.store.requeueInvocation(record.id);
+        bus.end(record.id, record.functionName, 'queued');
+        this.pause(200);
+        return;
+      }
+      const message = failure ? `${failure.code}: ${failure.message}` : `the platform failed: ${error instanceof Error ? error.message : String(error)}`;
+      if (!failure) this.options.onError?.(error, { invocationId: record.id });
+      this.store.finishInvocation(record.id, {
+        status: 'failed',
+        exitCode: null,
+        durationMs: null,
+        coldStart: null,
+        timedOut: null,
+        error: message,
+        stdout: Buffer.alloc(0),
+        stderr: Buffer.alloc(0),
+        finishedAtMs: this.clock.nowMs(),
+      });
+    }
+    bus.end(record.id, record.functionName, status);
+    if (record.callbackUrl !== null) {
+      const finished = this.store.getInvocation(record.id);
+      if (finished) this.deliverCallback(finished, 0);
+    }
+  }
+
+  private deliverCallback(record: InvocationRecord, attemptsSoFar: number): void {
+    if (this.closed || record.callbackUrl === null) return;
+    const maxAttempts = this.options.callbackMaxAttempts ?? 5;
+    const attempt = async (n: number): Promise<void> => {
+      if (this.closed) return;
+      const output = this.store.getInvocationOutput(record.id);
+      const body = JSON.stringify({
+        ...toInvocationView(record),
+        ...(output && output.stdout.length <= 1024 * 1024 ? { outputBase64: output.stdout.toString('base64') } : {}),
+      });
+      let ok = false;
+      try {
+        const response = await fetch(record.callbackUrl!, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-kindling-invocation-id': record.id, 'x-kindling-attempt': String(n) },
+          body,
+          redirect: 'manual',
+          signal: AbortSignal.timeout(this.options.callbackTimeoutMs ?? 10_000),
+        });
+        await response.arrayBuffer().catch(() => undefined);
+        ok = response.status >= 200 && response.status < 300;
+      } catch {
+        ok = false;
+      }
+      if (this.closed) return;
+      if (ok) {
+        this.store.setCallbackState(record.id, 'delivered', n);
+        return;
+      }
+      if (n >= maxAttempts) {
+        this.store.setCallbackState(record.id, 'failed', n);
+        this.options.onInfo?.('callback not delivered; giving up', { invocationId: record.id, attempts: n });
+        return;
+      }
+      this.store.setCallbackState(record.id, 'pending', n);
+      const delay = Math.min((this.options.callbackBaseDelayMs ?? 500) * 2 ** (n - 1), 60_000);
+      const timer = setTimeout(() => {
+        this.callbackTimers.delete(timer);
+        void attempt(n + 1);
+      }, delay);
+      this.callbackTimers.add(timer);
+    };
+    void attempt(attemptsSoFar + 1);
+  }
+
+  private sweep(): void {
+    try {
+      const removed = this.store.deleteInvocationsFinishedBefore(this.clock.nowMs() - this.retentionMs);
+      if (removed > 0) this.options.onInfo?.('expired invocations removed', { removed });
+    } catch (error) {
+      this.options.onError?.(error, { phase: 'sweep' });
+    }
+  }
+}
