@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { pino, type Level } from 'pino';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
+import { parseAllowList } from '../network/policy.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
 
 export interface ServeDefaults {
@@ -42,6 +43,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--max-warm-sandboxes <n>', 'warm sandboxes of all functions at most (LRU idle ones are evicted)', int('--max-warm-sandboxes'), DEFAULT_FUNCTION_POOLS.maxWarmSandboxes)
     .option('--generic-sandboxes <n>', 'code-less node/python sandboxes kept per shape to speed up cold starts of handlers; 0 disables', int('--generic-sandboxes'), DEFAULT_FUNCTION_POOLS.genericPerShape)
     .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
+    .option('--egress-allow <cidrs>', 'comma-separated private CIDRs that network "egress" may reach (loopback, link-local/metadata and the host stay denied)', '')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -65,6 +67,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
         prewarmPerShape: options.prewarm as number,
+        egressAllow: parseAllowList(options.egressAllow as string),
         functionPools: {
           defaultMaxConcurrency: Math.max(1, options.functionMaxConcurrency as number),
           idleTtlMs: options.functionIdleTtlMs as number,
