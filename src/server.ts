@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { chmod, mkdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
@@ -14,6 +15,7 @@ import { createExecutor } from './executors/registry.js';
 import { instrumentExecutor } from './metrics/instrument.js';
 import { Metrics } from './metrics/metrics.js';
 import { UsageMeter } from './metrics/usage-meter.js';
+import { EgressPolicy } from './network/policy.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { FunctionService } from './orchestrator/function-service.js';
 import { HandlerPools } from './orchestrator/handler-pools.js';
@@ -23,6 +25,11 @@ import { SqliteStore } from './store/sqlite.js';
 import { SqliteUsageStore } from './store/usage-sqlite.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
+
+/** The host's own addresses (every interface), which egress sandboxes must never reach. */
+function hostAddresses(): string[] {
+  return Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address));
+}
 
 /** After the drain, how long open connections get before they are cut. */
 const CLOSE_GRACE_MS = 2000;
@@ -47,6 +54,8 @@ export interface ServerConfig {
   prewarmPerShape: number;
   /** Async invocations: concurrency, retention, callbacks; every field has a default. */
   asyncInvocations?: AsyncInvocationConfig;
+  /** CIDRs that `network: "egress"` may reach although private (--egress-allow); loopback, link-local and the host stay denied. */
+  egressAllow?: string[];
   /** Warm pools of handler-style functions; every field has a default. */
   functionPools?: Partial<FunctionPoolConfig>;
   version: string;
@@ -184,6 +193,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     if ((mode & 0o001) === 0) await chmod(dir, (mode & 0o7777) | 0o011);
   }
 
+  const egressPolicy = new EgressPolicy({ allow: config.egressAllow ?? [], hostAddresses: hostAddresses() });
   const wanted = new Set<ExecutorName>(config.enableExecutors);
   if (config.executor === 'auto') {
     wanted.add('sandbox');
@@ -201,6 +211,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
       instanceId,
       dockerSocketPath: config.dockerSocketPath,
       prewarmPerShape: config.prewarmPerShape,
+      egressPolicy,
       logger: logger.child({ executor: name }),
     });
     if (!executor) continue;

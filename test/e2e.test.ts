@@ -214,7 +214,7 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
       [{ runtime: 'python', code: '1', memoryMb: 1e9 }, 400, 'LIMIT_OUT_OF_RANGE'],
       [{ runtime: 'python', code: '1', pids: 'many' }, 400, 'VALIDATION_FAILED'],
       [{ runtime: 'python', code: '1', colour: 'blue' }, 400, 'VALIDATION_FAILED'],
-      [{ runtime: 'python', code: '1', network: 'egress' }, 400, 'UNSUPPORTED_NETWORK'],
+      [{ runtime: 'python', code: '1', network: 'bridge' }, 400, 'VALIDATION_FAILED'],
       [{ runtime: 'python', code: '1', executor: 'quantum' }, 400, 'UNKNOWN_EXECUTOR'],
       [{ runtime: 'python' }, 400, 'VALIDATION_FAILED'],
       [{}, 400, 'VALIDATION_FAILED'],

@@ -46,8 +46,12 @@ export interface ExecuteSpec {
   outputBytes?: number;
   /** Size in MiB of the writable scratch space (/tmp and the work dir). Server default. */
   diskMb?: number;
-  /** Network access. Only `none` (no network) is accepted today. Default: `none`. */
-  network?: 'none';
+  /**
+   * Network access. `none`: loopback only. `egress`: outbound to public addresses, never to the server's host,
+   * link-local/metadata or private ranges (unless the operator allows them with --egress-allow); sandbox and docker
+   * executors. Default: `none`.
+   */
+  network?: 'none' | 'egress';
   /** Executor to run on. Default: the server's default executor (see `ready().defaultExecutor`). */
   executor?: ExecutorName;
   /**

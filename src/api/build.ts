@@ -10,7 +10,7 @@ import type { FunctionService } from '../orchestrator/function-service.js';
 import type { InvocationService } from '../orchestrator/invocations.js';
 import type { LogBus } from '../orchestrator/log-bus.js';
 import { makeAuthenticator } from './auth.js';
-import { sendError, toKindlingError } from './errors.js';
+import { errorBody, sendError, toKindlingError } from './errors.js';
 import { registerExecuteRoutes } from './routes/execute.js';
 import { registerFunctionRoutes } from './routes/functions.js';
 import { registerHealthRoutes } from './routes/health.js';
@@ -72,6 +72,33 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       return typeof given === 'string' && /^[A-Za-z0-9._-]{1,128}$/.test(given) ? given : newId('req');
     },
     return503OnClosing: true,
+    // Errors before routing answer with the contract's shape too: a URL that is not valid percent-encoding ...
+    frameworkErrors: (error, request, reply) => {
+      const failure =
+        error.code === 'FST_ERR_BAD_URL'
+          ? new KindlingError('MALFORMED_REQUEST', 'the URL is not valid percent-encoded UTF-8')
+          : new KindlingError('MALFORMED_REQUEST', `the request could not be routed: ${error.message}`);
+      options.metrics.onHttpError(failure.code, failure.statusCode);
+      void sendError(reply, request, failure);
+    },
+    // ... and a request Node's HTTP parser rejects (no Fastify request exists then: the answer is written raw).
+    clientErrorHandler: (error: NodeJS.ErrnoException, socket) => {
+      // After a response was already written on this connection (e.g. to a request whose body kept coming), a second
+      // answer would corrupt the stream: just close it, as Node's own handler does.
+      const inFlight = (socket as unknown as { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+      if (error.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent === true) {
+        socket.destroy();
+        return;
+      }
+      const failure =
+        error.code === 'HPE_HEADER_OVERFLOW'
+          ? new KindlingError('HEADERS_TOO_LARGE', 'the request headers are larger than this server accepts')
+          : new KindlingError('MALFORMED_REQUEST', 'the request is not valid HTTP/1.1');
+      options.metrics.onHttpError(failure.code, failure.statusCode);
+      const body = JSON.stringify(errorBody(failure, newId('req')));
+      const reason = failure.statusCode === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
+      socket.end(`HTTP/1.1 ${failure.statusCode} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    },
     ajv: {
       // Strict: no type coercion, no silent removal of unknown fields.
       customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false },

@@ -23,7 +23,7 @@ export const ExecuteRequestSchema = Type.Object(
     pids: Type.Optional(Type.Integer({ description: 'Max processes/threads; default 256.' })),
     outputBytes: Type.Optional(Type.Integer({ description: 'Bytes kept per output stream; default 10485760.' })),
     diskMb: Type.Optional(Type.Number({ description: 'Size of /tmp and the work dir in MiB; default 256.' })),
-    network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('egress')], { description: 'Default none (loopback only). egress is not available yet.' })),
+    network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('egress')], { description: 'Default none (loopback only). egress: outbound to public addresses (never the host, link-local/metadata, or private ranges unless the operator allows them); sandbox and docker executors only.' })),
     executor: Type.Optional(Type.String({ description: `One of ${EXECUTOR_NAMES.join(', ')}; default: the server's.` })),
     outputEncoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')], { description: 'Encoding of stdout/stderr in the result; base64 for binary output. Default utf8.' })),
   },

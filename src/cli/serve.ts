@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { pino, type Level } from 'pino';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
+import { parseAllowList } from '../network/policy.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
 
 export interface ServeDefaults {
@@ -48,6 +49,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
     .option('--invocation-retention-ms <ms>', 'finished invocations (output, logs, idempotency keys) are kept this long', int('--invocation-retention-ms'), 7 * 24 * 3600_000)
     .option('--callback-allow <host:port,...>', 'destinations async callbacks may be POSTed to (none by default)', '')
+    .option('--egress-allow <cidrs>', 'comma-separated private CIDRs that network "egress" may reach (loopback, link-local/metadata and the host stay denied)', '')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -72,6 +74,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
         prewarmPerShape: options.prewarm as number,
+        egressAllow: parseAllowList(options.egressAllow as string),
         functionPools: {
           defaultMaxConcurrency: Math.max(1, options.functionMaxConcurrency as number),
           idleTtlMs: options.functionIdleTtlMs as number,

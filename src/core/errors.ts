@@ -22,6 +22,9 @@ export const ERROR_CODES = {
   FUNCTION_NOT_FOUND: { statusCode: 404, retryable: false },
   ROUTE_NOT_FOUND: { statusCode: 404, retryable: false },
   METHOD_NOT_ALLOWED: { statusCode: 405, retryable: false },
+  /** The HTTP request itself is malformed (bad URL encoding, unparsable request line or headers). */
+  MALFORMED_REQUEST: { statusCode: 400, retryable: false },
+  HEADERS_TOO_LARGE: { statusCode: 431, retryable: false },
   NOT_ACCEPTABLE: { statusCode: 406, retryable: false },
   /** An async invocation's output was asked for before it finished. */
   INVOCATION_NOT_FINISHED: { statusCode: 409, retryable: true },

@@ -3,6 +3,7 @@ import { DockerExecutor, type Logger } from './docker/index.js';
 import type { Executor } from './executor.js';
 import { MicroVmExecutor } from './microvm/index.js';
 import { SandboxExecutor } from './sandbox/index.js';
+import type { EgressPolicy } from '../network/policy.js';
 
 /** What every executor may need from the server; each takes the parts it uses. */
 export interface ExecutorContext {
@@ -12,6 +13,8 @@ export interface ExecutorContext {
   instanceId: string;
   dockerSocketPath: string;
   prewarmPerShape: number;
+  /** The policy of network "egress" (sandbox and docker); without it egress is unsupported. */
+  egressPolicy?: EgressPolicy;
   logger: Logger;
 }
 
@@ -25,6 +28,7 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         ownerId: context.ownerId,
         instanceId: context.instanceId,
         prewarmPerShape: context.prewarmPerShape,
+        ...(context.egressPolicy === undefined ? {} : { egressPolicy: context.egressPolicy }),
         logger: context.logger,
       });
     case 'sandbox':
@@ -33,6 +37,7 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         stateDir: context.stateDir,
         ownerId: context.ownerId,
         instanceId: context.instanceId,
+        ...(context.egressPolicy === undefined ? {} : { egress: { policy: context.egressPolicy } }),
         logger: context.logger,
       });
     case 'microvm':

@@ -183,9 +183,6 @@ export class ExecutionService {
     if (request.stdin !== undefined && request.stdinBase64 !== undefined) {
       throw new KindlingError('CONFLICTING_FIELDS', 'give at most one of "stdin" and "stdinBase64"');
     }
-    if (request.network === 'egress') {
-      throw new KindlingError('UNSUPPORTED_NETWORK', 'network "egress" is not available yet; omit "network" or use "none"');
-    }
     const executor = this.pickExecutor(request.executor);
     let image: string;
     let command: string[];

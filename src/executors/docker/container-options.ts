@@ -31,6 +31,8 @@ export function containerCreateOptions(options: {
   /** Host dir bound read-only at /.kindling-agent (warm sandboxes only). */
   agentDir?: string;
   labels: Record<string, string>;
+  /** network "egress": the Docker network to join (a bridge filtered by the egress policy); default none. */
+  network?: string;
 }): ContainerCreateOptions {
   const { shape } = options;
   const memoryBytes = shape.limits.memoryMb * 1024 * 1024;
@@ -49,10 +51,12 @@ export function containerCreateOptions(options: {
     WorkingDir: '/',
     User: CONTAINER_USER,
     Labels: { ...options.labels, [LABEL_MANAGED]: 'true' },
-    NetworkDisabled: true,
+    NetworkDisabled: options.network === undefined,
     StopTimeout: 1,
     HostConfig: {
-      NetworkMode: 'none',
+      NetworkMode: options.network ?? 'none',
+      // Egress is IPv4 through the filtered bridge only: no IPv6 link-local path to the host.
+      ...(options.network === undefined ? {} : { Sysctls: { 'net.ipv6.conf.all.disable_ipv6': '1', 'net.ipv6.conf.default.disable_ipv6': '1' } }),
       Memory: memoryBytes,
       // Equal to Memory: no swap, so a memory bomb is OOM-killed instead of thrashing.
       MemorySwap: memoryBytes,

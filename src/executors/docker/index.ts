@@ -12,6 +12,8 @@ import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../s
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { buildLaunchScript } from '../shared/launch-script.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
+import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
+import type { EgressPolicy } from '../../network/policy.js';
 import { GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, type SlotShape } from './container-options.js';
 
 export interface Logger {
@@ -36,6 +38,12 @@ export interface DockerExecutorOptions {
   prewarmIdleTtlMs?: number;
   /** How long a started container may take to pick up its launch script. */
   launchTimeoutMs?: number;
+  /**
+   * Enables `network: "egress"`: such containers join a dedicated bridge network of this owner (labelled, no
+   * inter-container traffic) whose traffic DOCKER-USER/INPUT rules built from `egressPolicy` filter. The network and
+   * the rules exist while an egress container runs. Without it egress is UNSUPPORTED_NETWORK.
+   */
+  egressPolicy?: EgressPolicy;
   logger?: Logger;
 }
 
@@ -51,6 +59,8 @@ interface Slot {
   /** Resolves with the engine's wait result once the container stops. */
   readonly exited: Promise<{ StatusCode: number }>;
   dead: boolean;
+  /** Holds the egress network (released once when the slot is destroyed). */
+  egress: boolean;
 }
 
 function shapeOf(spec: RunSpec): SlotShape {
@@ -98,6 +108,9 @@ export class DockerExecutor implements Executor {
   private readonly creatingDirs = new Set<string>();
   private images = new Set<string>();
   private closed = false;
+  private egressUsers = 0;
+  private egressQueue: Promise<unknown> = Promise.resolve();
+  private egressFirewall: EgressFirewall | null = null;
 
   constructor(options: DockerExecutorOptions) {
     this.options = options;
@@ -151,14 +164,86 @@ export class DockerExecutor implements Executor {
   }
 
   /** Creates and starts a container that waits for its launch script. Cleans up after itself on failure. */
-  private async createSlot(shape: SlotShape, shapeKey: string, agentDir?: string): Promise<Slot> {
+  /** `kindling-egress-<owner>` on the bridge `kd<owner>`; its rules are chains `KND-<owner>-D-*`. */
+  private get egressNetworkName(): string {
+    return `kindling-egress-${this.options.ownerId}`;
+  }
+
+  private get egressChains(): string {
+    return `${ownerChainPrefix(this.options.ownerId)}-D`;
+  }
+
+  private egressSerial<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.egressQueue.then(work, work);
+    this.egressQueue = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Makes the egress network and its filter on first use. */
+  private acquireEgress(): Promise<void> {
+    return this.egressSerial(async () => {
+      if (this.egressUsers === 0) {
+        const bridge = `kd${this.options.ownerId.slice(0, 12)}`;
+        await this.removeEgressNetwork();
+        try {
+          await this.docker.createNetwork({
+            Name: this.egressNetworkName,
+            Driver: 'bridge',
+            CheckDuplicate: true,
+            EnableIPv6: false,
+            Internal: false,
+            Labels: this.labels(),
+            Options: {
+              'com.docker.network.bridge.name': bridge,
+              'com.docker.network.bridge.enable_icc': 'false',
+              'com.docker.network.bridge.enable_ip_masquerade': 'true',
+            },
+          });
+          this.egressFirewall = new EgressFirewall({ name: this.egressChains, iface: bridge, policy: this.options.egressPolicy!, forwardParent: 'DOCKER-USER' });
+          await this.egressFirewall.acquire();
+        } catch (error) {
+          await this.removeEgressNetwork().catch(() => undefined);
+          await removeChains(this.egressChains).catch(() => undefined);
+          this.egressFirewall = null;
+          if (error instanceof KindlingError) throw error;
+          throw new KindlingError('EXECUTOR_FAILED', `could not set up the egress network: ${(error as Error).message}`, { cause: error, retryAfterSeconds: 1 });
+        }
+      }
+      this.egressUsers++;
+    });
+  }
+
+  private releaseEgress(): Promise<void> {
+    return this.egressSerial(async () => {
+      this.egressUsers = Math.max(0, this.egressUsers - 1);
+      if (this.egressUsers > 0) return;
+      await this.egressFirewall?.release();
+      this.egressFirewall = null;
+      await this.removeEgressNetwork();
+    });
+  }
+
+  private async removeEgressNetwork(): Promise<number> {
+    const networks = await this.docker.listNetworks({
+      filters: JSON.stringify({ label: [`${LABEL_MANAGED}=true`, `${LABEL_OWNER}=${this.options.ownerId}`] }),
+    });
+    for (const info of networks) await this.docker.getNetwork(info.Id).remove();
+    return networks.length;
+  }
+
+  private async createSlot(shape: SlotShape, shapeKey: string, agentDir?: string, egress = false): Promise<Slot> {
     const runDir = join(this.options.stateDir, 'docker', `slot-${Math.random().toString(36).slice(2, 12)}${Date.now().toString(36)}`);
     const ioDir = join(runDir, '.io');
     let stdout: FifoReader | null = null;
     let stderr: FifoReader | null = null;
     let container: Container | null = null;
     this.creatingDirs.add(runDir);
+    let egressHeld = false;
     try {
+      if (egress) {
+        await this.acquireEgress();
+        egressHeld = true;
+      }
       await mkdir(ioDir, { recursive: true, mode: 0o755 });
       await makeFifos(['launch', 'in', 'out', 'err'].map((name) => join(ioDir, name)));
       stdout = openFifoReader(join(ioDir, 'out'));
@@ -169,6 +254,7 @@ export class DockerExecutor implements Executor {
           hostRunDir: runDir,
           labels: this.labels({ 'dev.kindling.run-dir': runDir }),
           ...(agentDir === undefined ? {} : { agentDir }),
+          ...(egress ? { network: this.egressNetworkName } : {}),
         }),
       );
       await container.start();
@@ -182,6 +268,7 @@ export class DockerExecutor implements Executor {
         // Asked after start: "not-running" answers at once if the container already stopped, so no exit is missed.
         exited: started.wait({ condition: 'not-running' }) as Promise<{ StatusCode: number }>,
         dead: false,
+        egress,
       };
       slot.exited.then(
         () => (slot.dead = true),
@@ -199,6 +286,7 @@ export class DockerExecutor implements Executor {
       if (container) await container.remove({ force: true }).catch(() => undefined);
       await rm(runDir, { recursive: true, force: true }).catch(() => undefined);
       this.creatingDirs.delete(runDir);
+      if (egressHeld) await this.releaseEgress().catch(() => undefined);
       throw toKindlingError(error, shape.image);
     }
   }
@@ -214,24 +302,29 @@ export class DockerExecutor implements Executor {
     });
     await rm(slot.runDir, { recursive: true, force: true });
     this.slots.delete(slot);
+    if (slot.egress) {
+      slot.egress = false;
+      await this.releaseEgress();
+    }
   }
 
   async start(spec: RunSpec, options: StartOptions = {}): Promise<Execution> {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down; retry on another instance');
-    if (spec.network !== 'none') {
-      throw new KindlingError('UNSUPPORTED_NETWORK', `network "${spec.network}" is not available yet; use "none"`);
+    const egress = spec.network === 'egress';
+    if (egress && this.options.egressPolicy === undefined) {
+      throw new KindlingError('UNSUPPORTED_NETWORK', 'network "egress" is not enabled on this server\'s docker executor; use "none"');
     }
     const shape = shapeOf(spec);
     const shapeKey = shapeKeyOf(shape);
-    // A warm sandbox needs its agent dir bound at creation: it never takes a prewarmed container.
-    const prewarmed = spec.agentDir === undefined ? this.pool.take(shapeKey) : null;
-    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey, spec.agentDir));
+    // A warm sandbox needs its agent dir bound at creation, an egress one its network: never a prewarmed container.
+    const prewarmed = spec.agentDir === undefined && !egress ? this.pool.take(shapeKey) : null;
+    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey, spec.agentDir, egress));
     try {
       // A client gone while the container was being made: the slot is destroyed below, not left running.
       options.signal?.throwIfAborted();
       const execution = await this.launch(slot, spec, options, prewarmed === null);
       // Only a shape that just started successfully is worth keeping warm.
-      if (spec.agentDir === undefined) this.pool.replenish(shapeKey);
+      if (spec.agentDir === undefined && !egress) this.pool.replenish(shapeKey);
       return execution;
     } catch (error) {
       await this.destroySlot(slot).catch(() => undefined);
@@ -360,6 +453,11 @@ export class DockerExecutor implements Executor {
       await rm(join(this.agentsDir, entry), { recursive: true, force: true });
       removedDirs++;
     }
+    let networks = 0;
+    if (this.egressUsers === 0) {
+      networks = await this.egressSerial(async () => (this.egressUsers === 0 ? (await this.removeEgressNetwork()) + (await removeChains(this.egressChains)) : 0));
+    }
+    removedDirs += networks;
     if (orphans.length > 0 || removedDirs > 0) {
       this.logger.info({ containers: orphans.length, runDirs: removedDirs }, 'reaped resources left by an earlier run');
     }

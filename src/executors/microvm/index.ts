@@ -233,7 +233,7 @@ export class MicroVmExecutor implements Executor {
 
   async start(spec: RunSpec, options: StartOptions = {}): Promise<Execution> {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down; retry on another instance');
-    if (spec.network !== 'none') throw new KindlingError('UNSUPPORTED_NETWORK', `network "${spec.network}" is not available for microVMs; use "none"`);
+    if (spec.network !== 'none') throw new KindlingError('UNSUPPORTED_NETWORK', `network "${spec.network}" is not supported by the microvm executor (its VMs have no NIC); use "none", or the sandbox or docker executor for egress`);
     if (this.images.size === 0) await this.refreshImages();
     const shape = this.shapeOf(spec);
     const warm = this.pool.take(JSON.stringify(shape));

@@ -42,6 +42,9 @@ import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { assertSafeName, createCgroupDriver, type Cgroup, type CgroupDriver, type CgroupLimits } from './cgroups.js';
 import { listBuilt, planWorkdir, readLayout, shortImageName, type RootfsLayout, type WorkdirPlan } from './rootfs.js';
 import { buildSandboxFilter } from './seccomp.js';
+import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
+import { NetnsPool, type EgressNetns } from '../../network/netns.js';
+import type { EgressPolicy } from '../../network/policy.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -88,6 +91,11 @@ export interface SandboxExecutorOptions {
    */
   timeoutGraceMs?: number;
   logger?: SandboxLogger;
+  /**
+   * Enables `network: "egress"`: each such execution gets its own network namespace with a veth pair to the host,
+   * NAT out, and an iptables filter built from `policy` (see src/network/). Without it egress is UNSUPPORTED_NETWORK.
+   */
+  egress?: { policy: EgressPolicy; supernet?: string; nsenterPath?: string };
 }
 
 /** `ExitInfo` plus whether the executor's own wall-clock backstop (limits.timeoutMs + grace) killed the tree. */
@@ -172,8 +180,12 @@ export class SandboxExecutor implements Executor {
   private leakedFds: number[] = [];
   private devNull = -1;
   private smokeOk = false;
+  private egressNet: { pool: NetnsPool; firewall: EgressFirewall } | null = null;
+
+  private readonly options: SandboxExecutorOptions;
 
   constructor(options: SandboxExecutorOptions) {
+    this.options = options;
     assertSafeName('ownerId', options.ownerId);
     this.imagesDir = options.imagesDir;
     this.ownerId = options.ownerId;
@@ -293,12 +305,10 @@ export class SandboxExecutor implements Executor {
 
   async start(spec: RunSpec, options: StartOptions = {}): Promise<SandboxExecution> {
     if (this.closing) throw new KindlingError('SHUTTING_DOWN', 'the sandbox executor is shutting down');
-    if (spec.network === 'egress') {
-      throw new KindlingError(
-        'UNSUPPORTED_NETWORK',
-        'network "egress" is not supported by the sandbox executor yet: use network "none" or the docker executor',
-        { details: { executor: this.name, network: spec.network } },
-      );
+    if (spec.network === 'egress' && this.options.egress === undefined) {
+      throw new KindlingError('UNSUPPORTED_NETWORK', 'network "egress" is not enabled on this server\'s sandbox executor: use network "none"', {
+        details: { executor: this.name, network: spec.network },
+      });
     }
     options.signal?.throwIfAborted();
     const layout = this.layoutFor(spec.image);
@@ -311,11 +321,33 @@ export class SandboxExecutor implements Executor {
       pidsMax: spec.limits.pids + PIDS_OVERHEAD,
     };
 
-    let launcher = this.pool?.take(POOL_KEY) ?? null;
+    // An egress sandbox joins its own network namespace before dropping privileges: never a prewarmed launcher.
+    let launcher = spec.network === 'egress' ? null : (this.pool?.take(POOL_KEY) ?? null);
     const coldStart = launcher === null;
     let runDir: string | null = null;
+    let netns: EgressNetns | null = null;
+    const net = spec.network === 'egress' ? this.egress() : null;
+    let firewallHeld = false;
+    const releaseNet = async (): Promise<void> => {
+      try {
+        await netns?.destroy();
+      } finally {
+        netns = null;
+        if (firewallHeld) {
+          firewallHeld = false;
+          await net?.firewall.release();
+        }
+      }
+    };
     try {
-      if (launcher === null) launcher = this.spawnLauncher();
+      if (net !== null) {
+        await net.firewall.acquire().catch((err: unknown) => {
+          throw new KindlingError('EXECUTOR_UNAVAILABLE', `network "egress" needs iptables on the host: ${(err as Error).message}`, { cause: err });
+        });
+        firewallHeld = true;
+        netns = await net.pool.create();
+      }
+      if (launcher === null) launcher = this.spawnLauncher(netns?.path);
       launcher.cgroup.applyLimits(limits);
       if (spec.files.length > 0) runDir = await this.writeFiles(launcher.name, spec);
       const argv = [this.bwrap, ...this.bwrapArgs(spec, layout, plan, runDir)];
@@ -329,7 +361,7 @@ export class SandboxExecutor implements Executor {
         spec.limits.timeoutMs + this.timeoutGraceMs,
         options.signal,
         this.log,
-        () => this.release(launcher!, runDir),
+        () => this.release(launcher!, runDir, releaseNet),
       );
       this.active.set(launcher.name, execution);
       this.pool?.replenish(POOL_KEY);
@@ -340,6 +372,7 @@ export class SandboxExecutor implements Executor {
       return execution;
     } catch (err) {
       if (launcher !== null) await this.release(launcher, runDir).catch(() => {});
+      await releaseNet().catch(() => {});
       if (err instanceof KindlingError) throw err;
       throw new KindlingError('EXECUTOR_FAILED', `could not start the sandbox: ${(err as Error).message}`, { cause: err });
     }
@@ -389,7 +422,27 @@ export class SandboxExecutor implements Executor {
       if (live.has(name)) continue;
       await fs.promises.rm(path.join(this.agentsDir, name), { recursive: true, force: true });
     }
+    if (this.options.egress !== undefined) {
+      const net = this.egress();
+      removed += await net.pool.reap();
+      if (!net.firewall.inUse && net.pool.inUse === 0) removed += await removeChains(`${ownerChainPrefix(this.ownerId)}-S`);
+    }
     return { removed };
+  }
+
+  /** The egress plumbing of this owner, made on first use. */
+  private egress(): { pool: NetnsPool; firewall: EgressFirewall } {
+    if (this.egressNet === null) {
+      const egress = this.options.egress!;
+      const pool = new NetnsPool({ ownerId: this.ownerId, ...(egress.supernet === undefined ? {} : { supernet: egress.supernet }) });
+      const firewall = new EgressFirewall(
+        { name: `${ownerChainPrefix(this.ownerId)}-S`, iface: pool.ifacePattern, policy: egress.policy },
+        undefined,
+        () => pool.subnetCidr(),
+      );
+      this.egressNet = { pool, firewall };
+    }
+    return this.egressNet;
   }
 
   async close(): Promise<void> {
@@ -410,7 +463,7 @@ export class SandboxExecutor implements Executor {
   /* -------------------------------------------------------------------------------------------------------------- */
 
   /** Spawns a launcher; it joins its cgroup on its own (readiness: `ready`). */
-  private spawnLauncher(): Launcher {
+  private spawnLauncher(netnsPath?: string): Launcher {
     const driver = this.driverOrUnavailable();
     const name = `sbx-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
     const cgroup = driver.create(name);
@@ -430,6 +483,8 @@ export class SandboxExecutor implements Executor {
           'kindling-launch',
           String(cgroup.procsFiles.length),
           ...cgroup.procsFiles,
+          // As root, before privileges are dropped: join the execution's network namespace (egress only).
+          ...(netnsPath === undefined ? [] : [this.options.egress?.nsenterPath ?? '/usr/bin/nsenter', `--net=${netnsPath}`]),
           this.setpriv,
           `--reuid=${this.uid}`,
           `--regid=${this.gid}`,
@@ -509,13 +564,18 @@ export class SandboxExecutor implements Executor {
   }
 
   /** Removes an execution's (or launcher's) cgroup and run dir. */
-  private async release(launcher: Launcher, runDir: string | null): Promise<void> {
+  private async release(launcher: Launcher, runDir: string | null, releaseNet?: () => Promise<void>): Promise<void> {
     try {
       await launcher.cgroup.remove();
       if (runDir !== null) await fs.promises.rm(runDir, { recursive: true, force: true });
     } finally {
-      this.reserved.delete(launcher.name);
-      this.active.delete(launcher.name);
+      try {
+        // Still listed as active meanwhile: close() waits for the network namespace and the filter to go too.
+        await releaseNet?.();
+      } finally {
+        this.reserved.delete(launcher.name);
+        this.active.delete(launcher.name);
+      }
     }
   }
 
@@ -549,6 +609,8 @@ export class SandboxExecutor implements Executor {
     const diskBytes = String(Math.round(spec.limits.diskMb * 1024 * 1024));
     const a: string[] = [
       '--unshare-all',
+      // egress: stay in the per-execution network namespace the launcher joined (veth + filtered NAT).
+      ...(spec.network === 'egress' ? ['--share-net'] : []),
       '--unshare-user',
       '--unshare-cgroup',
       '--disable-userns',
