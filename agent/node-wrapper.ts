@@ -4,14 +4,15 @@
  * It imports MODULE once (module-level code runs once per sandbox), connects to the host's unix SOCKET, says HELLO and
  * then serves invocations one at a time: the body arrives as a Buffer, the handler returns a string, a Buffer (or
  * Uint8Array) or a Promise of one. A throw becomes an ERROR frame (the invocation's exit code is 1). console output of
- * the handler travels as STDERR frames. No process is spawned per invocation.
+ * the handler travels as STDERR frames. No process is spawned per invocation. Each answer reports the call's CPU time
+ * (process.cpuUsage() delta: getrusage of the whole process, every thread) and the process's peak RSS.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { FrameDecoder, FrameType, encodeBody, encodeFrame, type Frame } from './protocol.js';
+import { AGENT_VERSION, FrameDecoder, FrameType, encodeBody, encodeFrame, type CallUsage, type Frame } from './protocol.js';
 
 const [socketPath, modulePath, handlerName] = process.argv.slice(2);
 
@@ -43,7 +44,7 @@ async function main(): Promise<void> {
   // A generic agent gets its code later in one LOAD frame (the module loader is already warm by then).
   let target = { modulePath, handlerName };
   if (modulePath === '-') {
-    socket.write(encodeFrame(FrameType.HELLO, 0, JSON.stringify({ version: 1, runtime: 'node', pid: process.pid, generic: true })));
+    socket.write(encodeFrame(FrameType.HELLO, 0, JSON.stringify({ version: AGENT_VERSION, runtime: 'node', pid: process.pid, generic: true })));
     const load = await nextLoad(socket);
     for (const key of Object.keys(process.env)) delete process.env[key];
     Object.assign(process.env, load.env);
@@ -63,19 +64,25 @@ async function main(): Promise<void> {
     socket.end(encodeFrame(FrameType.ERROR, 0, `loading the module failed: ${describe(error)}`));
     return;
   }
-  socket.write(encodeFrame(FrameType.HELLO, 0, JSON.stringify({ version: 1, runtime: 'node', pid: process.pid })));
+  socket.write(encodeFrame(FrameType.HELLO, 0, JSON.stringify({ version: AGENT_VERSION, runtime: 'node', pid: process.pid })));
 
   const decoder = new FrameDecoder();
   let body: Buffer[] = [];
   const run = async (id: number, input: Buffer): Promise<void> => {
     const started = performance.now();
+    const cpuStart = process.cpuUsage();
+    const usage = (): CallUsage => {
+      const cpu = process.cpuUsage(cpuStart);
+      return { cpuMs: (cpu.user + cpu.system) / 1000, maxRssBytes: process.resourceUsage().maxRSS * 1024 };
+    };
     current = id;
     try {
       const value = await handler(input);
       const out = typeof value === 'string' ? Buffer.from(value, 'utf8') : value instanceof Uint8Array ? Buffer.from(value.buffer, value.byteOffset, value.byteLength) : value === undefined || value === null ? Buffer.alloc(0) : Buffer.from(String(value), 'utf8');
-      const end = JSON.stringify({ durationMs: performance.now() - started, rssBytes: process.memoryUsage.rss() });
+      const end = JSON.stringify({ durationMs: performance.now() - started, rssBytes: process.memoryUsage.rss(), ...usage() });
       for (const frame of encodeBody(FrameType.RESULT_CHUNK, FrameType.RESULT_END, id, out, end)) socket.write(frame);
     } catch (error) {
+      socket.write(encodeFrame(FrameType.USAGE, id, JSON.stringify(usage())));
       socket.write(encodeFrame(FrameType.ERROR, id, describe(error)));
     } finally {
       current = 0;

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
-import { FrameDecoder, FrameType, HEADER_BYTES, MAX_CHUNK_BYTES, ProtocolError, encodeBody, encodeFrame } from './protocol.js';
+import { AGENT_VERSION, FrameDecoder, FrameType, HEADER_BYTES, MAX_CHUNK_BYTES, ProtocolError, encodeBody, encodeFrame, parseCallUsage } from './protocol.js';
 
 const PYTHON_WRAPPER = fileURLToPath(new URL('../../agent/python_wrapper.py', import.meta.url));
 const PYTHON = ['/usr/bin/python3', '/usr/local/bin/python3'].find((candidate) => existsSync(candidate));
@@ -58,6 +58,18 @@ describe('agent protocol (TypeScript side)', () => {
   });
 });
 
+describe('per-call usage (agent version 2)', () => {
+  it('reads cpuMs and maxRssBytes from RESULT_END / USAGE JSON; an older agent\'s payload has none', () => {
+    assert.equal(AGENT_VERSION, 2);
+    assert.deepEqual(parseCallUsage(Buffer.from('{"durationMs":3,"rssBytes":9,"cpuMs":12.5,"maxRssBytes":4096}')), { cpuMs: 12.5, maxRssBytes: 4096 });
+    assert.deepEqual(parseCallUsage(Buffer.from('{"cpuMs":0}')), { cpuMs: 0, maxRssBytes: 0 });
+    assert.equal(parseCallUsage(Buffer.from('{"durationMs":3,"rssBytes":9}')), null);
+    assert.equal(parseCallUsage(Buffer.alloc(0)), null);
+    assert.equal(parseCallUsage(Buffer.from('not json')), null);
+    assert.equal(parseCallUsage(Buffer.from('{"cpuMs":-1}')), null);
+  });
+});
+
 describe('agent protocol (python side)', { skip: PYTHON === undefined ? 'no python3 on this host' : false }, () => {
   it('python decodes what TypeScript encodes and TypeScript decodes what python encodes', () => {
     const input = Buffer.concat([encodeFrame(FrameType.INVOKE, 42), encodeFrame(FrameType.BODY_CHUNK, 42, Buffer.from([0, 200, 10])), encodeFrame(FrameType.BODY_END, 42)]);
@@ -75,6 +87,9 @@ got = [r.read() for _ in range(3)]
 assert [(k, i) for k, i, _ in got] == [(w.INVOKE, 42), (w.BODY_CHUNK, 42), (w.BODY_END, 42)], got
 assert got[1][2] == bytes([0, 200, 10])
 sys.stdout.buffer.write(w.frame(w.RESULT_CHUNK, 42, b"\\x00ok") + w.frame(w.RESULT_END, 42, '{"durationMs":1}') + w.frame(w.STDERR, 42, "log ✓"))
+assert (w.USAGE, w.AGENT_VERSION) == (${FrameType.USAGE}, ${AGENT_VERSION})
+u = w.call_usage(w.cpu_seconds())
+assert u["cpuMs"] >= 0 and u["maxRssBytes"] > 1000000, u
 `;
     const output = execFileSync(PYTHON!, ['-c', script], { input });
     const frames = new FrameDecoder().push(output);

@@ -1,6 +1,7 @@
 /**
  * The web console in a real browser: Debian's Chromium driven by playwright-core signs in with a key, deploys a
- * function from the page, invokes it, sees the output and the invocation in the list, and saves a screenshot
+ * function from the page, invokes it, sees the output and the invocation in the list, follows the live logs of a
+ * running invocation (a function's row, by keyboard; an async invocation from the invoke form), and saves a screenshot
  * (test-results/console.png). Skips only when /usr/bin/chromium is missing (scripts/setup.sh installs it); in CI it
  * must run.
  */
@@ -107,6 +108,56 @@ describe('web console in headless Chromium', { skip: unavailable ?? false }, () 
     assert.match(text, /cold|warm/);
     await page.locator('#usage-body').getByText('console-hello').waitFor({ timeout: 15_000 });
     await page.locator('#chart-rate svg').waitFor();
+
+    // Live logs: a command function that prints a line, sleeps, prints another.
+    await page.getByLabel('Name').fill('console-tail');
+    await page.getByLabel('Runtime').selectOption('bash');
+    await page.getByLabel('Code').fill('echo "first line"\nsleep 2\necho "second line"\n');
+    await page.getByRole('button', { name: 'Deploy' }).click();
+    await page.getByText('Deployed console-tail version 1.').waitFor({ timeout: 30_000 });
+    const panel = page.locator('#logs-output');
+    const status = page.locator('#logs-status');
+
+    // From the function's row, by keyboard: follow its logs, then a synchronous invocation streams into the panel.
+    const followButton = page.getByRole('button', { name: 'Follow the logs of console-tail' });
+    await followButton.focus();
+    await page.keyboard.press('Enter');
+    await status.filter({ hasText: 'Following the logs of console-tail live' }).waitFor({ timeout: 15_000 });
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'logs-output');
+    let syncDone = false;
+    const sync = fetch(`${server.url}/v1/functions/console-tail/invoke`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` } }).then(async (response) => {
+      const text = await response.text();
+      syncDone = true;
+      return text;
+    });
+    await panel.filter({ hasText: 'first line' }).waitFor({ timeout: 30_000 });
+    assert.equal(syncDone, false, 'the first line showed only after the invocation finished');
+    assert.doesNotMatch((await panel.textContent()) ?? '', /second line/);
+    await panel.filter({ hasText: 'second line' }).waitFor({ timeout: 30_000 });
+    assert.equal(await sync, 'first line\nsecond line\n');
+    // Escape in the panel stops following.
+    await panel.focus();
+    await page.keyboard.press('Escape');
+    await status.filter({ hasText: 'Stopped following the logs of console-tail' }).waitFor();
+    assert.equal(await page.getByRole('button', { name: 'Stop following' }).isDisabled(), true);
+
+    // An asynchronous invocation from the invoke form: its own log stream, live, then its output.
+    await page.getByLabel('Function', { exact: true }).selectOption('console-tail');
+    await page.getByLabel('Run asynchronously').check();
+    await page.getByRole('button', { name: 'Invoke' }).click();
+    await panel.filter({ hasText: 'first line' }).waitFor({ timeout: 30_000 });
+    const asyncMeta = (await page.locator('#invoke-meta').textContent()) ?? '';
+    const asyncId = /Invocation (inv_\S+) is running/.exec(asyncMeta)?.[1];
+    assert.ok(asyncId, `no running invocation in "${asyncMeta}"`);
+    assert.doesNotMatch((await panel.textContent()) ?? '', /second line/);
+    assert.doesNotMatch((await status.textContent()) ?? '', /Finished/);
+    const running = (await (await fetch(`${server.url}/v1/invocations/${asyncId}`, { headers: { authorization: `Bearer ${KEY}` } })).json()) as { status: string };
+    assert.equal(running.status, 'running');
+    await panel.filter({ hasText: 'second line' }).waitFor({ timeout: 30_000 });
+    await status.filter({ hasText: `Finished: invocation ${asyncId} succeeded, exit code 0` }).waitFor({ timeout: 30_000 });
+    await page.locator('#invoke-output').filter({ hasText: 'second line' }).waitFor({ timeout: 15_000 });
+    assert.equal(await page.locator('#invoke-output').textContent(), 'first line\nsecond line\n');
+    await page.getByLabel('Run asynchronously').uncheck();
 
     await mkdir(RESULTS_DIR, { recursive: true });
     await page.screenshot({ path: join(RESULTS_DIR, 'console.png'), fullPage: true });

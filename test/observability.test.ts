@@ -137,6 +137,61 @@ describe('observability: metrics, usage, tracing', { skip: unavailable ?? false 
     assert.equal((await fetch(`${server.url}/v1/usage`)).status, 401);
   });
 
+  it('meters the CPU time of each warm handler call (node and python agents report getrusage) within 20%', async () => {
+    // Each call burns ~500 ms of CPU by the process's own CPU clock and returns what it measured; body "fail" throws
+    // after the burn (the agent reports usage before its ERROR frame too).
+    const node =
+      'export function handler(body) {\n' +
+      '  const start = process.cpuUsage();\n' +
+      '  let used = 0;\n' +
+      '  while (used < 500) { const d = process.cpuUsage(start); used = (d.user + d.system) / 1000; }\n' +
+      '  if (body.toString() === "fail") throw new Error("burnt " + Math.round(used));\n' +
+      '  return String(Math.round(used));\n' +
+      '}\n';
+    const python =
+      'import time\n' +
+      'def handler(body):\n' +
+      '    start = time.process_time()\n' +
+      '    while time.process_time() - start < 0.5:\n' +
+      '        pass\n' +
+      '    used = round((time.process_time() - start) * 1000)\n' +
+      '    if body == b"fail":\n' +
+      '        raise RuntimeError("burnt %d" % used)\n' +
+      '    return str(used)\n';
+    await deploy('obs-burn-node', { runtime: 'node', handler: 'handler', code: node, timeoutMs: 60_000 });
+    await deploy('obs-burn-py', { runtime: 'python', handler: 'handler', code: python, timeoutMs: 60_000 });
+    const before = await scrape();
+    const calls: { fn: string; id: string; selfMs: number; failed: boolean }[] = [];
+    for (const fn of ['obs-burn-node', 'obs-burn-py']) {
+      for (const body of ['a', 'b', 'fail']) {
+        const response = await fetch(`${server.url}/v1/functions/${fn}/invoke`, { method: 'POST', headers: auth, body });
+        assert.equal(response.status, 200);
+        const text = await response.text();
+        const failed = body === 'fail';
+        assert.equal(response.headers.get('x-kindling-exit-code'), failed ? '1' : '0', text);
+        const selfMs = Number(failed ? /burnt (\d+)/.exec(text)?.[1] : text);
+        assert.ok(selfMs >= 500, `${fn} measured ${selfMs} ms of its own CPU: ${text.slice(0, 300)}`);
+        calls.push({ fn, id: response.headers.get('x-kindling-invocation-id')!, selfMs, failed });
+      }
+    }
+    const afterText = await scrape();
+    const records = (await (await fetch(`${server.url}/v1/usage/invocations?limit=50`, { headers: auth })).json()) as {
+      invocations: { id: string; status: string; cpuMs: number | null; memoryPeakBytes: number | null }[];
+    };
+    for (const call of calls) {
+      const record = records.invocations.find((r) => r.id === call.id);
+      assert.ok(record, `${call.id} has no usage record`);
+      assert.equal(record.status, call.failed ? 'failed' : 'succeeded');
+      assert.ok(record.cpuMs !== null && Math.abs(record.cpuMs - 500) <= 100, `${call.fn}: metered ${record.cpuMs} ms of CPU for a 500 ms burn (self-measured ${call.selfMs} ms)`);
+      assert.ok(record.memoryPeakBytes !== null && record.memoryPeakBytes > 5_000_000, `${call.fn}: peak RSS ${record.memoryPeakBytes}`);
+    }
+    for (const fn of ['obs-burn-node', 'obs-burn-py']) {
+      const metered = calls.filter((c) => c.fn === fn).reduce((sum, c) => sum + records.invocations.find((r) => r.id === c.id)!.cpuMs!, 0);
+      const counted = sample(afterText, 'kindling_cpu_seconds_total', { function: fn }) - sample(before, 'kindling_cpu_seconds_total', { function: fn });
+      assert.ok(Math.abs(counted * 1000 - metered) < 1, `${fn}: kindling_cpu_seconds_total rose by ${counted} s, the records say ${metered} ms`);
+    }
+  });
+
   it('continues a W3C traceparent: echoed with a new span id, passed to the sandbox, stored with the invocation', async () => {
     const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
     const incoming = `00-${traceId}-00f067aa0ba902b7-01`;

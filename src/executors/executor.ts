@@ -60,6 +60,11 @@ export interface AgentInvocation {
   durationMs: number;
   timedOut: boolean;
   oomKilled: boolean;
+  /**
+   * The call's CPU time and the agent process's peak RSS, as the agent read them from the kernel (getrusage); absent
+   * when the agent reports none (an older agent, or the sandbox died during the call).
+   */
+  usage?: { cpuMs: number; memoryPeakBytes: number };
 }
 
 /**

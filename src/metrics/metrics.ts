@@ -120,7 +120,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     });
     this.cpuSeconds = new Counter({
       name: 'kindling_cpu_seconds_total',
-      help: 'CPU time the kernel accounted to executions (cgroup), where the executor reports it',
+      help: 'CPU time the kernel accounted to executions (cgroup) and to warm handler calls (the agent\'s getrusage), where reported',
       labelNames: ['function', 'executor'],
       registers,
     });
@@ -199,6 +199,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     if (event.sandboxStartMs !== undefined) this.startDuration.observe({ executor: event.executor, cold: 'true' }, event.sandboxStartMs / 1000);
     this.queueWait.observe({ kind: 'handler' }, event.queuedMs / 1000);
     this.countOutcome(event.status, event.functionName, event.executor);
+    if (event.cpuMs !== undefined) this.cpuSeconds.inc({ function: event.functionName, executor: event.executor }, event.cpuMs / 1000);
     this.payloadBytes.inc({ direction: 'in' }, event.inBytes);
     this.payloadBytes.inc({ direction: 'out' }, event.outBytes);
   }

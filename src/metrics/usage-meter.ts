@@ -7,8 +7,8 @@ import { EXECUTE_FUNCTION_LABEL, statusOf } from './metrics.js';
 
 /**
  * Writes one usage record per finished invocation: the kernel's CPU time and peak memory (cgroup, via the executor's
- * exit info), wall time, the memory limit (for GB-seconds) and bytes in/out. Observes only: a failing write is
- * logged, never turned into a failed invocation.
+ * exit info; for warm handler calls the resident agent's getrusage per call), wall time, the memory limit (for
+ * GB-seconds) and bytes in/out. Observes only: a failing write is logged, never turned into a failed invocation.
  */
 export class UsageMeter implements ExecutionObserver, InvocationObserver {
   constructor(
@@ -50,9 +50,9 @@ export class UsageMeter implements ExecutionObserver, InvocationObserver {
       status: event.status,
       coldStart: event.coldStart,
       durationMs: event.durationMs,
-      // A warm sandbox's cgroup serves many calls: per-call CPU time is not separated (yet).
-      cpuMs: null,
-      memoryPeakBytes: null,
+      // A warm sandbox's cgroup serves many calls: the resident agent reports each call's own CPU time (getrusage).
+      cpuMs: event.cpuMs ?? null,
+      memoryPeakBytes: event.memoryPeakBytes ?? null,
       memoryMb: event.memoryMb,
       bytesIn: event.inBytes,
       bytesOut: event.outBytes,

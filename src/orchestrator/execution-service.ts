@@ -296,8 +296,17 @@ export class ExecutionService {
     let stdoutBytes = 0;
     const sink = options.stdoutSink;
     if (sink) {
+      // Log followers still see stdout as it is produced (up to the output limit; the sink has all of it).
+      const live = onText ? new StringDecoder('utf8') : null;
+      let liveBytes = 0;
       execution.stdout.on('data', (chunk: Buffer) => {
         stdoutBytes += chunk.length;
+        if (live && liveBytes < spec.limits.outputBytes) {
+          const part = chunk.subarray(0, spec.limits.outputBytes - liveBytes);
+          liveBytes += part.length;
+          const text = live.write(part);
+          if (text.length > 0) onText!('stdout', text);
+        }
         // Backpressure: a slow client slows the process down instead of growing a buffer here.
         if (!sink.write(chunk)) {
           execution.stdout.pause();

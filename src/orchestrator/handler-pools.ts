@@ -35,6 +35,10 @@ export interface InvocationEvent {
   sandboxStartMs?: number;
   /** The memory limit of the warm sandbox (for GB-seconds). */
   memoryMb: number;
+  /** CPU time of the call as the resident agent read it from the kernel (getrusage delta); absent when not reported. */
+  cpuMs?: number;
+  /** Peak RSS of the agent process so far (ru_maxrss), when reported. */
+  memoryPeakBytes?: number;
   traceId?: string;
 }
 
@@ -225,7 +229,8 @@ export class HandlerPools implements HandlerInvoker {
     const healthy = result.exitCode <= 1 && lease.sandbox.alive;
     lease.release(healthy, result.durationMs);
     const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
-    this.observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length });
+    const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
+    this.observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length, ...usage });
     return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut };
   }
 

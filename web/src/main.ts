@@ -92,9 +92,27 @@ interface FunctionView {
   updatedAtMs: number;
 }
 
+let shownFunctions = '';
+
 async function loadFunctions(): Promise<void> {
   const { functions } = await json<{ functions: FunctionView[] }>('/v1/functions');
-  fill('functions-body', functions.map((fn) => row([fn.name, fn.version, fn.style, fn.runtime ?? fn.image ?? '', fn.executor ?? 'default', time(fn.updatedAtMs)])), 'No functions yet: deploy one below.', 6);
+  // Rebuilt only when something changed: a refresh must not take the keyboard focus off a row's button.
+  const shown = JSON.stringify(functions);
+  if (shown === shownFunctions) return;
+  shownFunctions = shown;
+  const rows = functions.map((fn) => {
+    const tr = row([fn.name, fn.version, fn.style, fn.runtime ?? fn.image ?? '', fn.executor ?? 'default', time(fn.updatedAtMs)]);
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.textContent = 'Follow';
+    button.setAttribute('aria-label', `Follow the logs of ${fn.name}`);
+    button.addEventListener('click', () => void followLogs(`/v1/functions/${encodeURIComponent(fn.name)}/logs?follow=true&tail=0`, `the logs of ${fn.name}`));
+    const td = document.createElement('td');
+    td.append(button);
+    tr.append(td);
+    return tr;
+  });
+  fill('functions-body', rows, 'No functions yet: deploy one below.', 7);
   const select = $<HTMLSelectElement>('inv-function');
   const current = select.value;
   select.replaceChildren(
@@ -235,6 +253,130 @@ async function loadCharts(): Promise<void> {
   chart('chart-cold', 'Cold starts per minute', buckets, [{ name: 'cold', value: (b) => b.coldStarts }]);
 }
 
+/* ---------------------------------------------------------------------------------------------------------------- */
+
+interface SseEvent {
+  event: string;
+  data: string;
+}
+
+/** Server-Sent Events from a fetch body (EventSource cannot send the Authorization header). */
+async function* sseEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      // Line ends may be CRLF, CR or LF; a CR at the end of a chunk waits for the next one (it may be half of a CRLF).
+      buffer = (buffer + decoder.decode(value, { stream: true })).replace(/\r\n|\r(?!$)/g, '\n');
+      let end: number;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let event = 'message';
+        const data: string[] = [];
+        for (const line of block.split('\n')) {
+          if (line.startsWith(':')) continue;
+          const colon = line.indexOf(':');
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const text = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+          if (field === 'event') event = text;
+          else if (field === 'data') data.push(text);
+        }
+        if (data.length > 0) yield { event, data: data.join('\n') };
+      }
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+interface EndView {
+  id?: string;
+  invocationId?: string;
+  status: string;
+  exitCode?: number | null;
+  durationMs?: number | null;
+}
+
+let following: AbortController | null = null;
+
+function appendLog(text: string, className?: string): void {
+  const output = $('logs-output');
+  const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
+  const span = document.createElement('span');
+  span.textContent = text;
+  if (className) span.className = className;
+  output.append(span);
+  if (atBottom) output.scrollTop = output.scrollHeight;
+}
+
+/**
+ * Opens the live log panel on an SSE path (`/v1/invocations/ID/logs` or `/v1/functions/NAME/logs?follow=true`):
+ * stdout and stderr lines appear as the function prints them. One stream at a time; resolves with the `end` event of a
+ * single invocation's stream (null for a function's stream, or when stopped).
+ */
+async function followLogs(path: string, what: string, options: { focus?: boolean } = {}): Promise<EndView | null> {
+  following?.abort();
+  const abort = new AbortController();
+  following = abort;
+  const status = $('logs-status');
+  const stop = $<HTMLButtonElement>('logs-stop');
+  $('logs-output').replaceChildren();
+  status.className = '';
+  status.textContent = `Connecting to ${what}…`;
+  stop.disabled = false;
+  if (options.focus !== false) $('logs-output').focus();
+  const single = path.startsWith('/v1/invocations/');
+  let ended: EndView | null = null;
+  try {
+    const response = await api(path, { signal: abort.signal, headers: { accept: 'text/event-stream' } });
+    if (!response.body) throw new Error('the response has no body');
+    status.textContent = `Following ${what} live (Escape or “Stop following” stops).`;
+    for await (const { event, data } of sseEvents(response.body)) {
+      const message = JSON.parse(data) as { invocationId?: string; text?: string } & EndView;
+      if (event === 'stdout' || event === 'stderr') appendLog(message.text ?? '', event === 'stderr' ? 'stderr' : undefined);
+      else if (event === 'start' && !single) appendLog(`— ${message.invocationId} started —\n`, 'marker');
+      else if (event === 'end') {
+        if (single) ended = message;
+        else appendLog(`— ${message.invocationId} ${message.status} —\n`, 'marker');
+      }
+    }
+    status.className = ended === null || ended.status === 'succeeded' ? 'ok' : 'error';
+    status.textContent = ended === null ? `The stream of ${what} ended.` : `Finished: ${what} ${ended.status}, exit code ${ended.exitCode ?? '?'}, ${ended.durationMs ?? '?'} ms.`;
+  } catch (error) {
+    if (abort.signal.aborted) {
+      if (following === abort || following === null) status.textContent = `Stopped following ${what}.`;
+    } else {
+      status.className = 'error';
+      status.textContent = error instanceof Error ? error.message : String(error);
+    }
+  } finally {
+    if (following === abort) {
+      following = null;
+      stop.disabled = true;
+    }
+  }
+  return ended;
+}
+
+function stopFollowing(): void {
+  const current = following;
+  following = null;
+  current?.abort();
+  $<HTMLButtonElement>('logs-stop').disabled = true;
+}
+
+$('logs-stop').addEventListener('click', () => {
+  stopFollowing();
+  $('logs-output').focus();
+});
+$('logs-output').addEventListener('keydown', (event) => {
+  if (event.key === 'Escape' && following !== null) stopFollowing();
+});
+
 async function refresh(): Promise<void> {
   const results = await Promise.allSettled([loadFunctions(), loadInvocations(), loadPools(), loadUsage(), loadCharts()]);
   for (const result of results) if (result.status === 'rejected' && !(result.reason instanceof ApiError && result.reason.status === 401)) console.warn(result.reason);
@@ -252,6 +394,8 @@ function showApp(): void {
 }
 
 function signOut(message = ''): void {
+  stopFollowing();
+  shownFunctions = '';
   apiKey = null;
   sessionStorage.removeItem(KEY_STORAGE);
   window.clearInterval(timer);
@@ -329,6 +473,10 @@ $<HTMLFormElement>('invoke-form').addEventListener('submit', async (event) => {
   meta.className = '';
   meta.textContent = `Invoking ${name}…`;
   output.textContent = '';
+  if (form.get('async') === 'on') {
+    await invokeAsync(name, String(form.get('payload') ?? ''));
+    return;
+  }
   try {
     const response = await api(`/v1/functions/${encodeURIComponent(name)}/invoke`, { method: 'POST', body: String(form.get('payload') ?? '') });
     output.textContent = await response.text();
@@ -341,6 +489,32 @@ $<HTMLFormElement>('invoke-form').addEventListener('submit', async (event) => {
     meta.textContent = error instanceof Error ? error.message : String(error);
   }
 });
+
+/** Starts an async invocation (202 with its id) and follows its logs in the live panel; then shows its output. */
+async function invokeAsync(name: string, payload: string): Promise<void> {
+  const meta = $('invoke-meta');
+  const output = $('invoke-output');
+  let id: string;
+  try {
+    const response = await api(`/v1/functions/${encodeURIComponent(name)}/invoke`, { method: 'POST', headers: { 'x-kindling-async': 'true' }, body: payload });
+    id = ((await response.json()) as { invocationId: string }).invocationId;
+  } catch (error) {
+    meta.className = 'error';
+    meta.textContent = error instanceof Error ? error.message : String(error);
+    return;
+  }
+  meta.textContent = `Invocation ${id} is running: its logs follow under Live logs.`;
+  const ended = await followLogs(`/v1/invocations/${encodeURIComponent(id)}/logs`, `invocation ${id}`, { focus: false });
+  if (ended === null) return;
+  meta.className = ended.exitCode === 0 ? 'ok' : 'error';
+  meta.textContent = `Invocation ${id}: ${ended.status}, exit code ${ended.exitCode ?? '?'}, ${ended.durationMs ?? '?'} ms`;
+  try {
+    output.textContent = await (await api(`/v1/invocations/${encodeURIComponent(id)}/output`)).text();
+  } catch (error) {
+    output.textContent = error instanceof Error ? error.message : String(error);
+  }
+  void refresh();
+}
 
 $('usage-csv').addEventListener('click', async () => {
   const response = await api('/v1/usage?groupBy=function', { headers: { accept: 'text/csv' } });

@@ -10,7 +10,7 @@
 import { mkdir, rm, chmod } from 'node:fs/promises';
 import * as net from 'node:net';
 import { join } from 'node:path';
-import { FrameDecoder, FrameType, encodeBody, encodeFrame, type Frame } from '../../../agent/protocol.js';
+import { FrameDecoder, FrameType, encodeBody, encodeFrame, parseCallUsage, type CallUsage, type Frame } from '../../../agent/protocol.js';
 import { AGENT_SOCKET } from '../../../agent/files.js';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
@@ -137,6 +137,8 @@ interface Pending {
   id: number;
   body: Buffer[];
   logs: Buffer[];
+  /** From a USAGE frame (before an ERROR). */
+  usage: CallUsage | null;
   startedAt: number;
   resolve: (result: AgentInvocation) => void;
   timer: NodeJS.Timeout;
@@ -217,6 +219,7 @@ class AgentSandbox implements WarmSandbox {
         id,
         body: [],
         logs: [],
+        usage: null,
         startedAt: performance.now(),
         resolve,
         timer: setTimeout(() => {
@@ -261,10 +264,13 @@ class AgentSandbox implements WarmSandbox {
           pending.logs.push(frame.payload);
           break;
         case FrameType.RESULT_END:
-          this.settle(0, Buffer.concat(pending.body));
+          this.settle(0, Buffer.concat(pending.body), { usage: parseCallUsage(frame.payload) });
+          break;
+        case FrameType.USAGE:
+          pending.usage = parseCallUsage(frame.payload);
           break;
         case FrameType.ERROR:
-          this.settle(1, frame.payload);
+          this.settle(1, frame.payload, { usage: pending.usage });
           break;
         default:
           break;
@@ -272,7 +278,7 @@ class AgentSandbox implements WarmSandbox {
     }
   }
 
-  private settle(exitCode: number, body: Buffer, flags: { timedOut?: boolean; oomKilled?: boolean } = {}): void {
+  private settle(exitCode: number, body: Buffer, flags: { timedOut?: boolean; oomKilled?: boolean; usage?: CallUsage | null } = {}): void {
     const pending = this.pending;
     if (pending === null) return;
     this.pending = null;
@@ -284,6 +290,7 @@ class AgentSandbox implements WarmSandbox {
       durationMs: Math.round((performance.now() - pending.startedAt) * 100) / 100,
       timedOut: flags.timedOut ?? false,
       oomKilled: flags.oomKilled ?? false,
+      ...(flags.usage ? { usage: { cpuMs: flags.usage.cpuMs, memoryPeakBytes: flags.usage.maxRssBytes } } : {}),
     });
   }
 
