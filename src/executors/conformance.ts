@@ -211,6 +211,18 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       assert.ok(elapsedMs < boundMs, `${count} parallel sleeps took ${elapsedMs} ms (bound ${boundMs} ms)`);
     });
 
+    test("reports the kernel's accounting: CPU time and peak memory of a known CPU burn", async (t) => {
+      if (!t.images.python) return;
+      const burn = 'import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.5:\n    pass\nblob = bytearray(32 * 1024 * 1024)\n';
+      const run = await runToCompletion(t.executor, testSpec({ command: ['python3', '-c', burn] }, t.images.python));
+      assert.equal(run.exitCode, 0, run.stderr.toString());
+      assert.ok(run.usage, 'no usage reported');
+      const cpuMs = run.usage.cpuMs;
+      assert.ok(cpuMs !== null && cpuMs >= 400 && cpuMs < 2000, `cpuMs ${cpuMs} for a 500 ms burn`);
+      const peak = run.usage.memoryPeakBytes;
+      assert.ok(peak !== null && peak >= 32 * 1024 * 1024, `memoryPeakBytes ${peak} after a 32 MiB allocation`);
+    });
+
     test('leaves nothing behind: reap finds no orphans after runs complete', async (t) => {
       await runToCompletion(t.executor, base(t, { command: ['true'] }));
       const report = await t.executor.reap();

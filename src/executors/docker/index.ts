@@ -10,7 +10,7 @@ import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOp
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER } from '../executor.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
-import { buildLaunchScript } from '../shared/launch-script.js';
+import { buildLaunchScript, parseCgroupUsage } from '../shared/launch-script.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
 import type { EgressPolicy } from '../../network/policy.js';
@@ -55,6 +55,8 @@ interface Slot {
   readonly runDir: string;
   readonly stdout: FifoReader;
   readonly stderr: FifoReader;
+  /** Where the launch script reports the cgroup's CPU time and peak memory after the command ends. */
+  readonly usage: FifoReader;
   readonly shapeKey: string;
   /** Resolves with the engine's wait result once the container stops. */
   readonly exited: Promise<{ StatusCode: number }>;
@@ -236,6 +238,7 @@ export class DockerExecutor implements Executor {
     const ioDir = join(runDir, '.io');
     let stdout: FifoReader | null = null;
     let stderr: FifoReader | null = null;
+    let usage: FifoReader | null = null;
     let container: Container | null = null;
     this.creatingDirs.add(runDir);
     let egressHeld = false;
@@ -245,9 +248,10 @@ export class DockerExecutor implements Executor {
         egressHeld = true;
       }
       await mkdir(ioDir, { recursive: true, mode: 0o755 });
-      await makeFifos(['launch', 'in', 'out', 'err'].map((name) => join(ioDir, name)));
+      await makeFifos(['launch', 'in', 'out', 'err', 'usage'].map((name) => join(ioDir, name)));
       stdout = openFifoReader(join(ioDir, 'out'));
       stderr = openFifoReader(join(ioDir, 'err'));
+      usage = openFifoReader(join(ioDir, 'usage'));
       container = await this.docker.createContainer(
         containerCreateOptions({
           shape,
@@ -264,6 +268,7 @@ export class DockerExecutor implements Executor {
         runDir,
         stdout,
         stderr,
+        usage,
         shapeKey,
         // Asked after start: "not-running" answers at once if the container already stopped, so no exit is missed.
         exited: started.wait({ condition: 'not-running' }) as Promise<{ StatusCode: number }>,
@@ -283,6 +288,8 @@ export class DockerExecutor implements Executor {
       stdout?.releaseKeeper();
       stderr?.stream.destroy();
       stderr?.releaseKeeper();
+      usage?.stream.destroy();
+      usage?.releaseKeeper();
       if (container) await container.remove({ force: true }).catch(() => undefined);
       await rm(runDir, { recursive: true, force: true }).catch(() => undefined);
       this.creatingDirs.delete(runDir);
@@ -297,6 +304,8 @@ export class DockerExecutor implements Executor {
     slot.stdout.releaseKeeper();
     slot.stderr.stream.destroy();
     slot.stderr.releaseKeeper();
+    slot.usage.stream.destroy();
+    slot.usage.releaseKeeper();
     await slot.container.remove({ force: true }).catch((error: unknown) => {
       if ((error as { statusCode?: number }).statusCode !== 404) throw error;
     });
@@ -342,6 +351,7 @@ export class DockerExecutor implements Executor {
       stdinPath: spec.stdin ? `${GUEST_IO_DIR}/in` : null,
       stdoutPath: `${GUEST_IO_DIR}/out`,
       stderrPath: `${GUEST_IO_DIR}/err`,
+      usagePath: `${GUEST_IO_DIR}/usage`,
     });
     const launchTimeoutMs = this.options.launchTimeoutMs ?? 30_000;
     const launchAbort = new AbortController();
@@ -381,19 +391,25 @@ export class DockerExecutor implements Executor {
       new Promise<void>((resolve) => slot.stdout.stream.once('close', () => resolve())),
       new Promise<void>((resolve) => slot.stderr.stream.once('close', () => resolve())),
     ]);
+    const usageChunks: Buffer[] = [];
+    slot.usage.stream.on('data', (chunk: Buffer) => usageChunks.push(chunk));
+    const usageEnded = new Promise<void>((resolve) => slot.usage.stream.once('close', () => resolve()));
     const waitResult: Promise<ExitInfo> = (async () => {
       const { StatusCode: exitCode } = await slot.exited;
       // The process tree is gone: let the readers see end-of-file after the last bytes.
       slot.stdout.releaseKeeper();
       slot.stderr.releaseKeeper();
+      slot.usage.releaseKeeper();
       options.signal?.removeEventListener('abort', onAbort);
       let oomKilled = false;
       if (exitCode === 137) {
         const info = await slot.container.inspect().catch(() => null);
         oomKilled = info?.State.OOMKilled === true;
       }
-      await streamsEnded;
-      return { exitCode, signal: killed || oomKilled ? 'SIGKILL' : signalName(exitCode), oomKilled };
+      await Promise.all([streamsEnded, usageEnded]);
+      // Empty when the container was killed before its shell could report (timeout, OOM of the shell, kill()).
+      const usage = parseCgroupUsage(Buffer.concat(usageChunks).toString('utf8'));
+      return { exitCode, signal: killed || oomKilled ? 'SIGKILL' : signalName(exitCode), oomKilled, usage };
     })();
 
     const disposed = waitResult
