@@ -101,6 +101,12 @@ const ATTACKS: Attack[] = [
 buf = ctypes.create_string_buffer(b'x' * 64)
 sc('mount', 165, b'none', b'/tmp', b'tmpfs', 0, 0)
 sc('ptrace_attach', 101, 16, 1, 0, 0)
+# If the attach worked (Docker lets a process trace its own container's init), wait until the tracee has stopped
+# (__WALL) before detaching: a detach before the stop fails with ESRCH and leaves PID 1 stopped for good.
+try:
+    os.waitpid(1, 0x40000000)
+except OSError:
+    pass
 libc.syscall(101, ctypes.c_long(17), ctypes.c_long(1), ctypes.c_long(0), ctypes.c_long(0))  # detach again if it worked
 sc('keyctl', 250, 0, -3, 0, 0)
 sc('add_key', 248, b'user', b'k', buf, 1, -3)
