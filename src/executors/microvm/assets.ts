@@ -2,6 +2,7 @@
  * What a microVM boots besides the image's ext4 (built by src/images from the same recipe as the other executors):
  *
  *   ${assetsDir}/vmlinuz          Debian's linux-image-*-amd64 kernel (virtio, ext4 are modules there)
+ *   ${assetsDir}/vmlinux          the same kernel uncompressed (ELF) for Firecracker (see vmlinux.ts)
  *   ${assetsDir}/initramfs.cpio   busybox (Debian's busybox-static), the modules needed to reach the disks and the agent
  *                                 port, and /init (INIT_SCRIPT): load modules, mount the image's ext4 read-only as the
  *                                 new root plus tmpfs mounts, mount the agent disk, switch_root into the agent
@@ -23,6 +24,7 @@ import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeCpio, type CpioEntry } from './cpio.js';
+import { extractVmlinux } from './vmlinux.js';
 
 export const DEFAULT_MICROVM_ASSETS_DIR = '/var/lib/kindling/microvm';
 /** Bump when the layout or the init script changes in a way the stamp inputs do not capture. */
@@ -34,6 +36,8 @@ export const GUEST_MODULES = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'cr
 export interface MicroVmAssets {
   dir: string;
   kernel: string;
+  /** The uncompressed kernel for Firecracker; null in assets built before it existed. */
+  vmlinux: string | null;
   initramfs: string;
   agentDisk: string;
   stamp: AssetsStamp;
@@ -60,9 +64,10 @@ export interface BuildAssetsOptions {
   log?: (message: string) => void;
 }
 
-export function assetPaths(dir: string): { kernel: string; initramfs: string; agentDisk: string; stamp: string } {
+export function assetPaths(dir: string): { kernel: string; vmlinux: string; initramfs: string; agentDisk: string; stamp: string } {
   return {
     kernel: path.join(dir, 'vmlinuz'),
+    vmlinux: path.join(dir, 'vmlinux'),
     initramfs: path.join(dir, 'initramfs.cpio'),
     agentDisk: path.join(dir, 'agent.ext4'),
     stamp: path.join(dir, 'assets.json'),
@@ -76,7 +81,8 @@ export async function readAssets(dir = DEFAULT_MICROVM_ASSETS_DIR): Promise<Micr
     const stamp = JSON.parse(await fs.readFile(paths.stamp, 'utf8')) as AssetsStamp;
     if (stamp.format !== ASSETS_FORMAT) return null;
     await Promise.all([fs.access(paths.kernel), fs.access(paths.initramfs), fs.access(paths.agentDisk)]);
-    return { dir, kernel: paths.kernel, initramfs: paths.initramfs, agentDisk: paths.agentDisk, stamp };
+    const vmlinux = await fs.access(paths.vmlinux).then(() => paths.vmlinux, () => null);
+    return { dir, kernel: paths.kernel, vmlinux, initramfs: paths.initramfs, agentDisk: paths.agentDisk, stamp };
   } catch {
     return null;
   }
@@ -175,8 +181,11 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     const vmlinuz = (await fs.readdir(bootDir)).find((name) => name.startsWith('vmlinuz-'));
     if (!vmlinuz) throw new Error(`${kernelPackage} has no /boot/vmlinuz-*`);
     await fs.copyFile(path.join(bootDir, vmlinuz), `${paths.kernel}.tmp`);
+    const extracted = await extractVmlinux(await fs.readFile(path.join(bootDir, vmlinuz)));
+    await fs.writeFile(`${paths.vmlinux}.tmp`, extracted.vmlinux);
+    log(`vmlinux for Firecracker extracted (${extracted.compression}, ${Math.round(extracted.vmlinux.length / (1 << 20))} MiB)`);
 
-    for (const file of [paths.kernel, paths.initramfs, paths.agentDisk]) await fs.rename(`${file}.tmp`, file);
+    for (const file of [paths.kernel, paths.vmlinux, paths.initramfs, paths.agentDisk]) await fs.rename(`${file}.tmp`, file);
     const stamp: AssetsStamp = {
       format: ASSETS_FORMAT,
       inputsHash,
@@ -189,10 +198,10 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     await fs.writeFile(`${paths.stamp}.tmp`, JSON.stringify(stamp, null, 2) + '\n');
     await fs.rename(`${paths.stamp}.tmp`, paths.stamp);
     log(`microvm assets built: kernel ${kernelVersion}, ${modules.length} modules, agent disk ${sizeMiB} MiB`);
-    return { dir, kernel: paths.kernel, initramfs: paths.initramfs, agentDisk: paths.agentDisk, stamp };
+    return { dir, kernel: paths.kernel, vmlinux: paths.vmlinux, initramfs: paths.initramfs, agentDisk: paths.agentDisk, stamp };
   } finally {
     await fs.rm(work, { recursive: true, force: true });
-    await Promise.all([paths.kernel, paths.initramfs, paths.agentDisk].map((file) => fs.rm(`${file}.tmp`, { force: true })));
+    await Promise.all([paths.kernel, paths.vmlinux, paths.initramfs, paths.agentDisk].map((file) => fs.rm(`${file}.tmp`, { force: true })));
   }
 }
 
