@@ -17,6 +17,10 @@ const program = buildProgram({
     adminKey: env.KINDLING_ADMIN_KEY || undefined,
     logLevel: env.KINDLING_LOG_LEVEL ?? 'info',
     dockerSocketPath: env.DOCKER_SOCKET ?? '/var/run/docker.sock',
+    microvm: {
+      ...(env.KINDLING_MICROVM_ASSETS_DIR ? { assetsDir: env.KINDLING_MICROVM_ASSETS_DIR } : {}),
+      ...(env.KINDLING_MICROVM_DRIVER === 'firecracker' || env.KINDLING_MICROVM_DRIVER === 'qemu' ? { driver: env.KINDLING_MICROVM_DRIVER } : {}),
+    },
     version: packageJson.version,
   },
   client: {

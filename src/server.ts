@@ -9,7 +9,7 @@ import { KindlingError } from './core/errors.js';
 import { newInstanceId } from './core/ids.js';
 import type { ExecutorName } from './core/types.js';
 import type { Executor, ExecutorStatus } from './executors/executor.js';
-import { createExecutor } from './executors/registry.js';
+import { createExecutor, type MicroVmSettings } from './executors/registry.js';
 import { Metrics } from './metrics/metrics.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { FunctionService } from './orchestrator/function-service.js';
@@ -38,6 +38,7 @@ export interface ServerConfig {
   maxStreamBytes: number;
   shutdownTimeoutMs: number;
   dockerSocketPath: string;
+  microvm?: MicroVmSettings;
   prewarmPerShape: number;
   /** Warm pools of handler-style functions; every field has a default. */
   functionPools?: Partial<FunctionPoolConfig>;
@@ -159,6 +160,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
       ownerId,
       instanceId,
       dockerSocketPath: config.dockerSocketPath,
+      ...(config.microvm ? { microvm: config.microvm } : {}),
       prewarmPerShape: config.prewarmPerShape,
       logger: logger.child({ executor: name }),
     });

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { pino, type Level } from 'pino';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
+import type { MicroVmSettings } from '../executors/registry.js';
 
 export interface ServeDefaults {
   port: number;
@@ -11,6 +12,8 @@ export interface ServeDefaults {
   adminKey: string | undefined;
   logLevel: string;
   dockerSocketPath: string;
+  /** microvm executor: assets dir (kernel, initramfs, agent disk) and driver; defaults in the executor. */
+  microvm?: MicroVmSettings;
   version: string;
 }
 
@@ -63,6 +66,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         maxStreamBytes: options.maxStreamBytes as number,
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
+        ...(defaults.microvm ? { microvm: defaults.microvm } : {}),
         prewarmPerShape: options.prewarm as number,
         functionPools: {
           defaultMaxConcurrency: Math.max(1, options.functionMaxConcurrency as number),

@@ -31,7 +31,7 @@ export const DEFAULT_MICROVM_ASSETS_DIR = '/var/lib/kindling/microvm';
 const ASSETS_FORMAT = 1;
 
 /** Kernel modules the init loads, in dependency order (dependencies are resolved from each module's modinfo too). */
-export const GUEST_MODULES = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'crc32c_generic', 'ext4'] as const;
+export const GUEST_MODULES = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'vmw_vsock_virtio_transport', 'crc32c_generic', 'ext4'] as const;
 
 export interface MicroVmAssets {
   dir: string;
@@ -96,7 +96,14 @@ fail() { echo "kindling-init: $*"; $B poweroff -f; }
 $B mount -t proc proc /proc
 $B mount -t sysfs sys /sys
 $B mount -t devtmpfs dev /dev
-for m in @MODULES@; do $B insmod "/modules/$m" || echo "kindling-init: insmod $m failed"; done
+# Firecracker names its virtio-mmio devices on the command line (virtio_mmio.device=...); Debian builds virtio_mmio as a
+# module and busybox's insmod does not read /proc/cmdline, so pass them on (QEMU's microvm finds them through ACPI).
+mmio=""
+$B grep -q kindling.transport=vsock /proc/cmdline && mmio=$($B tr ' ' '\\n' < /proc/cmdline | $B sed -n 's/^virtio_mmio\\.//p')
+for m in @MODULES@; do
+  args=""; [ "$m" = virtio_mmio.ko ] && args=$mmio
+  $B insmod "/modules/$m" $args || echo "kindling-init: insmod $m failed"
+done
 agent=""; root=""
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
   agent=$($B findfs LABEL=kindling-agent 2>/dev/null)
@@ -132,7 +139,7 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
   const agentFiles = await agentSources();
   const inputsHash = createHash('sha256')
     .update(JSON.stringify({ format: ASSETS_FORMAT, kernelPackage, node: process.version, nodeBinary, init: INIT_SCRIPT, modules: GUEST_MODULES }))
-    .update(Buffer.concat(await Promise.all(agentFiles.map((file) => fs.readFile(file)))))
+    .update(Buffer.concat(await Promise.all([...agentFiles, GUEST_HELPER_SOURCE].map((file) => fs.readFile(file)))))
     .digest('hex');
   const existing = await readAssets(dir);
   if (!options.force && existing && existing.stamp.inputsHash === inputsHash) {
@@ -170,6 +177,7 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     await fs.mkdir(path.join(stage, 'agent'), { recursive: true });
     await fs.copyFile(nodeBinary, path.join(stage, 'bin/node'));
     await fs.copyFile(path.join(unpacked, 'bin/busybox'), path.join(stage, 'bin/busybox'));
+    await buildGuestHelper(path.join(stage, 'bin/kindling-guest-helper'));
     for (const lib of await cxxLibraries(nodeBinary)) await fs.copyFile(lib, path.join(stage, 'lib', path.basename(lib)));
     for (const file of agentFiles) await fs.copyFile(file, path.join(stage, 'agent', path.basename(file)));
     await fs.writeFile(path.join(stage, 'agent/package.json'), '{"type":"module"}\n');
@@ -203,6 +211,16 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     await fs.rm(work, { recursive: true, force: true });
     await Promise.all([paths.kernel, paths.vmlinux, paths.initramfs, paths.agentDisk].map((file) => fs.rm(`${file}.tmp`, { force: true })));
   }
+}
+
+/** The guest helper's C source (CRNG reseed, vsock bridge), compiled statically onto the agent disk. */
+export const GUEST_HELPER_SOURCE = fileURLToPath(new URL('../../../../agent/vm/guest-helper.c', import.meta.url));
+
+/** `cc -static` of the guest helper (the host's compiler: gcc and libc6-dev; static so it runs on every image). */
+export async function buildGuestHelper(output: string, compiler = 'cc'): Promise<void> {
+  await run(compiler, ['-static', '-O2', '-Wall', '-o', output, GUEST_HELPER_SOURCE]).catch((error: Error) => {
+    throw new Error(`cannot build the guest helper (needs a C compiler and static libc: Debian gcc, libc6-dev): ${error.message}`);
+  });
 }
 
 /** The compiled agent files (dist/agent/vm/*.js next to this module's dist/src/...). */
