@@ -315,7 +315,10 @@ export class MicroVmExecutor implements Executor {
       for (const file of spec.files) {
         await vm.agent.putFile(`/.kindling/${file.name}`, Buffer.isBuffer(file.content) ? file.content : Buffer.from(file.content), 0o644);
       }
-      return this.launch(vm, spec, options, warm === null);
+      const execution = this.launch(vm, spec, options, warm === null);
+      // The shape is in use: restore the next VM for it ahead of demand (the pool was never filled before).
+      this.pool.replenish(JSON.stringify(shape));
+      return execution;
     } catch (error) {
       await this.destroyVm(vm).catch(() => undefined);
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', `the microVM agent failed: ${(error as Error).message}`, { cause: error });
