@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox|functions] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * `npm run bench [-- --only docker|sandbox|functions|microvm] [--runs N]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
@@ -16,10 +16,11 @@ import { dockerCli } from './lib/proc.js';
 import { onCleanup, runCleanups } from './lib/server.js';
 import { rowsTable, type Row } from './lib/table.js';
 import { runFunctionsGroup } from './functions.js';
+import { runMicroVmGroup } from './microvm.js';
 import { runSandboxGroup } from './sandbox.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, functions: 2000, async: 100 };
-const GROUPS = ['docker', 'sandbox', 'functions', 'async'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, functions: 2000, async: 100, microvm: 5 };
+const GROUPS = ['docker', 'sandbox', 'functions', 'async', 'microvm'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -28,7 +29,7 @@ interface Options {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|functions|async] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|functions|async|microvm] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -76,7 +77,12 @@ async function main(): Promise<number> {
 
   const ctx: BenchContext = {
     repoRoot,
-    runs: { docker: options.runs ?? DEFAULT_RUNS.docker, sandbox: options.runs ?? DEFAULT_RUNS.sandbox, functions: options.runs ?? DEFAULT_RUNS.functions },
+    runs: {
+      docker: options.runs ?? DEFAULT_RUNS.docker,
+      sandbox: options.runs ?? DEFAULT_RUNS.sandbox,
+      functions: options.runs ?? DEFAULT_RUNS.functions,
+      microvm: options.runs ?? DEFAULT_RUNS.microvm,
+    },
     runsOverridden: options.runs !== null,
     workDir,
     log,
@@ -93,7 +99,15 @@ async function main(): Promise<number> {
   for (const group of options.only) {
     try {
       groups[group] =
-        group === 'docker' ? await runDockerGroup(ctx) : group === 'sandbox' ? await runSandboxGroup(ctx) : group === 'async' ? await runAsyncGroup(ctx) : await runFunctionsGroup(ctx);
+        group === 'docker'
+          ? await runDockerGroup(ctx)
+          : group === 'sandbox'
+            ? await runSandboxGroup(ctx)
+            : group === 'microvm'
+              ? await runMicroVmGroup(ctx)
+              : group === 'async'
+                ? await runAsyncGroup(ctx)
+                : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       log(`${group} group broke: ${message}`);
@@ -118,8 +132,14 @@ async function main(): Promise<number> {
   for (const group of GROUPS) {
     const result = groups[group];
     if (!result) continue;
-    const title =
-      group === 'docker' ? 'Docker executor (issue 2)' : group === 'sandbox' ? 'Native sandbox executor (issue 3)' : group === 'async' ? 'Payloads and async invocations (issue 5)' : 'Deployed functions, warm pools (issue 4)';
+    const titles: Record<Group, string> = {
+      docker: 'Docker executor (issue 2)',
+      sandbox: 'Native sandbox executor (issue 3)',
+      functions: 'Deployed functions, warm pools (issue 4)',
+      async: 'Payloads and async invocations (issue 5)',
+      microvm: 'MicroVM executor (issue 8)',
+    };
+    const title = titles[group];
     report.push(`### ${title}`, '', rowsTable(result.rows), '');
   }
   const counts = rows.reduce<Record<string, number>>((acc, row) => ({ ...acc, [row.status]: (acc[row.status] ?? 0) + 1 }), {});

@@ -11,7 +11,7 @@ import { KindlingError } from './core/errors.js';
 import { newInstanceId } from './core/ids.js';
 import type { ExecutorName } from './core/types.js';
 import type { Executor, ExecutorStatus } from './executors/executor.js';
-import { createExecutor } from './executors/registry.js';
+import { createExecutor, type MicroVmSettings } from './executors/registry.js';
 import { instrumentExecutor } from './metrics/instrument.js';
 import { Metrics } from './metrics/metrics.js';
 import { UsageMeter } from './metrics/usage-meter.js';
@@ -51,6 +51,7 @@ export interface ServerConfig {
   maxStreamBytes: number;
   shutdownTimeoutMs: number;
   dockerSocketPath: string;
+  microvm?: MicroVmSettings;
   prewarmPerShape: number;
   /** Async invocations: concurrency, retention, callbacks; every field has a default. */
   asyncInvocations?: AsyncInvocationConfig;
@@ -210,6 +211,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
       ownerId,
       instanceId,
       dockerSocketPath: config.dockerSocketPath,
+      ...(config.microvm ? { microvm: config.microvm } : {}),
       prewarmPerShape: config.prewarmPerShape,
       egressPolicy,
       logger: logger.child({ executor: name }),

@@ -3,7 +3,9 @@
  * ext4 read-only as /, the agent disk on /run/kindling-agent, tmpfs on /run, /tmp, /work and /.kindling, cgroup2 on
  * /sys/fs/cgroup, then switch_roots into `node guest-agent.js` as PID 1.
  *
- * The agent speaks agent/vm/protocol.ts over a virtio-serial port named `dev.kindling.agent` (QEMU). It only answers:
+ * The agent speaks agent/vm/protocol.ts over a virtio-serial port named `dev.kindling.agent` (QEMU) or, when the
+ * kernel command line says `kindling.transport=vsock` (Firecracker), over vsock port 1024 through the guest helper's
+ * bridge (node cannot listen on AF_VSOCK). It only answers:
  * the host always speaks first. Each EXEC runs as nobody in a fresh cgroup (memory, pids, cpu limits; cgroup.kill
  * when the main process exits), in new PID and mount namespaces with its own /proc, on a fresh tmpfs working dir.
  *
@@ -28,6 +30,7 @@ import {
   type Frame,
   type FileHeader,
   type PongMessage,
+  type SeedReply,
 } from './protocol.js';
 
 export const AGENT_VERSION = '1.0.0';
@@ -37,6 +40,10 @@ const BUSYBOX = `${AGENT_DIR}/bin/busybox`;
 const SETPRIV = '/usr/bin/setpriv';
 const CGROUP_ROOT = '/sys/fs/cgroup';
 const PORT_NAME = 'dev.kindling.agent';
+/** The static helper on the agent disk (agent/vm/guest-helper.c): CRNG reseed, vsock listener. */
+const HELPER = `${AGENT_DIR}/bin/kindling-guest-helper`;
+/** Must match AGENT_VSOCK_PORT in src/executors/microvm/firecracker.ts. */
+const VSOCK_PORT = 1024;
 const startedAt = Date.now();
 
 function log(message: string): void {
@@ -98,45 +105,43 @@ interface RunningExec {
   cgroup: string;
 }
 
+/** Reads the virtio-serial port forever. A read of 0 bytes means the host side is not connected (yet, or any more). */
+function readPortLoop(fd: number, onData: (chunk: Buffer) => void): void {
+  const buffer = Buffer.allocUnsafe(256 * 1024);
+  const next = (): void => {
+    fs.read(fd, buffer, 0, buffer.length, null, (error, bytesRead) => {
+      if (error || bytesRead === 0) {
+        setTimeout(next, error ? 50 : 20);
+        return;
+      }
+      onData(Buffer.from(buffer.subarray(0, bytesRead)));
+      next();
+    });
+  };
+  next();
+}
+
 class Agent {
   private readonly decoder = new FrameDecoder();
   private readonly execs = new Map<number, RunningExec>();
-  private readonly writer: PortWriter;
 
-  constructor(private readonly fd: number) {
-    this.writer = new PortWriter(fd);
-  }
+  constructor(private readonly send: (frame: Buffer) => void) {}
 
-  /** Reads forever. A read of 0 bytes means the host side is not connected (yet, or any more): poll again. */
-  readLoop(): void {
-    const buffer = Buffer.allocUnsafe(256 * 1024);
-    const next = (): void => {
-      fs.read(this.fd, buffer, 0, buffer.length, null, (error, bytesRead) => {
-        if (error || bytesRead === 0) {
-          setTimeout(next, error ? 50 : 20);
-          return;
-        }
-        let frames: Frame[] = [];
-        try {
-          frames = this.decoder.push(Buffer.from(buffer.subarray(0, bytesRead)));
-        } catch (decodeError) {
-          log(`bad input from the host: ${(decodeError as Error).message}`);
-        }
-        for (const frame of frames) {
-          try {
-            this.handle(frame);
-          } catch (handleError) {
-            this.error(frame.stream, (handleError as Error).message);
-          }
-        }
-        next();
-      });
-    };
-    next();
-  }
-
-  private send(frame: Buffer): void {
-    this.writer.send(frame);
+  /** Bytes from the host, in order. */
+  feed(chunk: Buffer): void {
+    let frames: Frame[] = [];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (decodeError) {
+      log(`bad input from the host: ${(decodeError as Error).message}`);
+    }
+    for (const frame of frames) {
+      try {
+        this.handle(frame);
+      } catch (handleError) {
+        this.error(frame.stream, (handleError as Error).message);
+      }
+    }
   }
 
   private error(stream: number, message: string): void {
@@ -178,6 +183,9 @@ class Agent {
         this.send(encodeFrame(MessageType.FILE, frame.stream, encodeFileBody({ path: header.path }, data)));
         return;
       }
+      case MessageType.SEED:
+        this.send(encodeJson(MessageType.OK, frame.stream, reseed(frame.payload)));
+        return;
       default:
         this.error(frame.stream, `unexpected message type ${frame.type}`);
     }
@@ -276,6 +284,19 @@ class Agent {
   }
 }
 
+/** Mixes host-sent random bytes into the kernel RNG; reseeds the CRNG through the helper's ioctls when it can. */
+function reseed(bytes: Buffer): SeedReply {
+  try {
+    fs.writeFileSync('/dev/urandom', bytes);
+  } catch (error) {
+    log(`cannot write /dev/urandom: ${(error as Error).message}`);
+  }
+  if (!fs.existsSync(HELPER)) return { reseeded: false };
+  const result = spawnSync(HELPER, ['reseed'], { input: bytes, stdio: ['pipe', 'ignore', 'pipe'] });
+  if (result.status !== 0) log(`reseed: ${String(result.stderr).trim()}`);
+  return { reseeded: result.status === 0 };
+}
+
 function signalOf(number: number): string | null {
   return Object.entries(osConstants.signals).find(([, value]) => value === number)?.[0] ?? null;
 }
@@ -332,10 +353,25 @@ function main(): void {
   // than a small VM refusing a large malloc outright (which would hide the limit behind a MemoryError).
   writeQuiet('/proc/sys/vm/overcommit_memory', '1');
   process.on('uncaughtException', (error) => log(`uncaught: ${error.stack ?? error.message}`));
+  if (/(^|\s)kindling\.transport=vsock(\s|$)/.test(readOr('/proc/cmdline', ''))) {
+    // Firecracker: node cannot listen on AF_VSOCK; the helper does and relays one host connection at a time.
+    const bridge = spawn(HELPER, ['vsock-bridge', String(VSOCK_PORT)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    bridge.on('exit', (code, signal) => {
+      log(`the vsock bridge exited (${code ?? signal}); restarting the agent's channel is not possible: powering off`);
+      spawnSyncQuiet([BUSYBOX, 'poweroff', '-f']);
+    });
+    bridge.stdin?.on('error', () => undefined);
+    const agent = new Agent((frame) => bridge.stdin?.write(frame));
+    bridge.stdout?.on('data', (chunk: Buffer) => agent.feed(chunk));
+    log(`ready on vsock port ${VSOCK_PORT} after ${Math.round(process.uptime() * 1000)} ms of node`);
+    return;
+  }
   const port = findPort();
   const fd = fs.openSync(port, 'r+');
   log(`ready on ${port} after ${Math.round(process.uptime() * 1000)} ms of node`);
-  new Agent(fd).readLoop();
+  const writer = new PortWriter(fd);
+  const agent = new Agent((frame) => writer.send(frame));
+  readPortLoop(fd, (chunk) => agent.feed(chunk));
 }
 
 if (process.argv[1] && path.basename(process.argv[1]) === 'guest-agent.js') main();

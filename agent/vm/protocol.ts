@@ -17,6 +17,10 @@
  *   host EXEC {argv, env, workdir, limits, stdin}    -> agent STDOUT* / STDERR* (bytes) ... EXIT {exitCode, ...} | ERROR
  *   host STDIN (bytes)* then STDIN_END, on the stream id of an EXEC
  *   host KILL on the stream id of an EXEC            -> the process tree is killed; EXIT follows
+ *   host SEED (random bytes)                         -> agent OK {reseeded}: the bytes are mixed into the guest's
+ *                                                       RNG and the kernel CRNG is reseeded when the guest helper can
+ *                                                       (sent right after a snapshot restore: clones must not share RNG
+ *                                                       state)
  * ERROR {message} ends a stream with a platform failure (never a user failure: those are EXIT with a code).
  */
 export const PROTOCOL_VERSION = 1;
@@ -40,6 +44,7 @@ export const MessageType = {
   FILE: 12,
   OK: 13,
   ERROR: 14,
+  SEED: 15,
 } as const;
 export type MessageTypeValue = (typeof MessageType)[keyof typeof MessageType];
 
@@ -98,6 +103,12 @@ export interface FileHeader {
   path: string;
   /** Permission bits for PUT_FILE (default 0o644). */
   mode?: number;
+}
+
+export interface SeedReply {
+  /** True when the kernel CRNG was reseeded (RNDADDENTROPY + RNDRESEEDCRNG); false when the bytes were only written
+   *  to /dev/urandom (mixed into the input pool, used at the next scheduled reseed). */
+  reseeded: boolean;
 }
 
 export interface ErrorMessage {

@@ -3,7 +3,7 @@ import type { Row } from './table.js';
 export interface BenchContext {
   repoRoot: string;
   /** Latency samples per scenario (>= 20 for Docker rows and >= 50 for sandbox rows unless overridden). */
-  runs: { docker: number; sandbox: number; functions: number };
+  runs: { docker: number; sandbox: number; functions: number; microvm: number };
   /** Whether --runs was given (heavy scenarios then use at most that many runs too). */
   runsOverridden: boolean;
   /** A temp dir for payload files, removed at the end. */

@@ -21,7 +21,9 @@ export interface BenchServer {
 
 export interface LaunchOptions {
   repoRoot: string;
-  executor: 'docker' | 'sandbox' | 'auto';
+  executor: 'docker' | 'sandbox' | 'microvm' | 'auto';
+  /** Extra environment for the server (e.g. KINDLING_MICROVM_ASSETS_DIR). */
+  env?: NodeJS.ProcessEnv;
   prewarm?: number;
   extraArgs?: string[];
   startTimeoutMs?: number;
@@ -78,7 +80,7 @@ export async function launchServer(options: LaunchOptions): Promise<BenchServer>
     ...(options.prewarm === undefined ? [] : ['--prewarm', String(options.prewarm)]),
     ...(options.extraArgs ?? []),
   ];
-  const child = spawn(process.execPath, args, { cwd: options.repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, args, { cwd: options.repoRoot, stdio: ['ignore', 'pipe', 'pipe'], ...(options.env ? { env: { ...process.env, ...options.env } } : {}) });
   const tail: string[] = [];
   let announcedUrl: string | null = null;
   const remember = (line: string): void => {

@@ -2,7 +2,7 @@
 export type RowStatus = 'pass' | 'fail' | 'info' | 'skipped' | 'error';
 
 export interface Row {
-  group: 'docker' | 'sandbox' | 'functions' | 'async';
+  group: 'docker' | 'sandbox' | 'functions' | 'async' | 'microvm';
   id: string;
   scenario: string;
   kindling: string;

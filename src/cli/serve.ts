@@ -3,6 +3,7 @@ import { pino, type Level } from 'pino';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { parseAllowList } from '../network/policy.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
+import type { MicroVmSettings } from '../executors/registry.js';
 
 export interface ServeDefaults {
   port: number;
@@ -14,6 +15,8 @@ export interface ServeDefaults {
   metricsToken?: string | undefined;
   logLevel: string;
   dockerSocketPath: string;
+  /** microvm executor: assets dir (kernel, initramfs, agent disk) and driver; defaults in the executor. */
+  microvm?: MicroVmSettings;
   version: string;
 }
 
@@ -73,6 +76,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         maxStreamBytes: options.maxStreamBytes as number,
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
+        ...(defaults.microvm ? { microvm: defaults.microvm } : {}),
         prewarmPerShape: options.prewarm as number,
         egressAllow: parseAllowList(options.egressAllow as string),
         functionPools: {

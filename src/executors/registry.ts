@@ -6,12 +6,19 @@ import { SandboxExecutor } from './sandbox/index.js';
 import type { EgressPolicy } from '../network/policy.js';
 
 /** What every executor may need from the server; each takes the parts it uses. */
+/** Server-level settings of the microvm executor (KINDLING_MICROVM_ASSETS_DIR, KINDLING_MICROVM_DRIVER). */
+export interface MicroVmSettings {
+  assetsDir?: string;
+  driver?: 'qemu' | 'firecracker';
+}
+
 export interface ExecutorContext {
   stateDir: string;
   imagesDir: string;
   ownerId: string;
   instanceId: string;
   dockerSocketPath: string;
+  microvm?: MicroVmSettings;
   prewarmPerShape: number;
   /** The policy of network "egress" (sandbox and docker); without it egress is unsupported. */
   egressPolicy?: EgressPolicy;
@@ -41,9 +48,10 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         logger: context.logger,
       });
     case 'microvm':
-      // QEMU everywhere (KVM when usable, TCG otherwise); the firecracker driver needs /dev/kvm (see microvm/).
+      // QEMU by default (KVM when usable, TCG otherwise); the firecracker driver needs /dev/kvm (see microvm/).
       return new MicroVmExecutor({
-        driver: 'qemu',
+        driver: context.microvm?.driver ?? 'qemu',
+        ...(context.microvm?.assetsDir ? { assetsDir: context.microvm.assetsDir } : {}),
         imagesDir: context.imagesDir,
         stateDir: context.stateDir,
         ownerId: context.ownerId,

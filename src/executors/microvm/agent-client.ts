@@ -19,6 +19,7 @@ import {
   type ExitMessage,
   type Frame,
   type PongMessage,
+  type SeedReply,
 } from '../../../agent/vm/protocol.js';
 
 export class AgentError extends Error {
@@ -138,6 +139,12 @@ export class AgentClient {
   async getFile(guestPath: string, timeoutMs = 30_000): Promise<Buffer> {
     const frame = await this.request((stream) => encodeJson(MessageType.GET_FILE, stream, { path: guestPath }), MessageType.FILE, timeoutMs);
     return decodeFileBody(frame.payload).data;
+  }
+
+  /** Mixes `bytes` into the guest's RNG and reseeds its CRNG (after a snapshot restore, so that clones diverge). */
+  async seed(bytes: Buffer, timeoutMs = 10_000): Promise<SeedReply> {
+    const frame = await this.request((stream) => encodeFrame(MessageType.SEED, stream, bytes), MessageType.OK, timeoutMs);
+    return frame.payload.length > 0 ? decodeJson<SeedReply>(frame) : { reseeded: false };
   }
 
   /** Starts a process; output streams end before `exit` resolves. Rejects `exit` on a platform failure only. */

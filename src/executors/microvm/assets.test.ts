@@ -38,7 +38,7 @@ describe('microvm assets', () => {
     const config = {
       qemuBinary: 'qemu-system-x86_64',
       qemuImgBinary: 'qemu-img',
-      assets: { dir: '/a', kernel: '/a/vmlinuz', initramfs: '/a/initramfs.cpio', agentDisk: '/a/agent.ext4', stamp: {} as never },
+      assets: { dir: '/a', kernel: '/a/vmlinuz', vmlinux: null, initramfs: '/a/initramfs.cpio', agentDisk: '/a/agent.ext4', stamp: {} as never },
       accel: 'tcg' as const,
       tscKhz: 2096000,
     };

@@ -2,6 +2,7 @@
  * What a microVM boots besides the image's ext4 (built by src/images from the same recipe as the other executors):
  *
  *   ${assetsDir}/vmlinuz          Debian's linux-image-*-amd64 kernel (virtio, ext4 are modules there)
+ *   ${assetsDir}/vmlinux          the same kernel uncompressed (ELF) for Firecracker (see vmlinux.ts)
  *   ${assetsDir}/initramfs.cpio   busybox (Debian's busybox-static), the modules needed to reach the disks and the agent
  *                                 port, and /init (INIT_SCRIPT): load modules, mount the image's ext4 read-only as the
  *                                 new root plus tmpfs mounts, mount the agent disk, switch_root into the agent
@@ -23,17 +24,20 @@ import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeCpio, type CpioEntry } from './cpio.js';
+import { extractVmlinux } from './vmlinux.js';
 
 export const DEFAULT_MICROVM_ASSETS_DIR = '/var/lib/kindling/microvm';
 /** Bump when the layout or the init script changes in a way the stamp inputs do not capture. */
 const ASSETS_FORMAT = 1;
 
 /** Kernel modules the init loads, in dependency order (dependencies are resolved from each module's modinfo too). */
-export const GUEST_MODULES = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'crc32c_generic', 'ext4'] as const;
+export const GUEST_MODULES = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'vmw_vsock_virtio_transport', 'crc32c_generic', 'ext4'] as const;
 
 export interface MicroVmAssets {
   dir: string;
   kernel: string;
+  /** The uncompressed kernel for Firecracker; null in assets built before it existed. */
+  vmlinux: string | null;
   initramfs: string;
   agentDisk: string;
   stamp: AssetsStamp;
@@ -60,9 +64,10 @@ export interface BuildAssetsOptions {
   log?: (message: string) => void;
 }
 
-export function assetPaths(dir: string): { kernel: string; initramfs: string; agentDisk: string; stamp: string } {
+export function assetPaths(dir: string): { kernel: string; vmlinux: string; initramfs: string; agentDisk: string; stamp: string } {
   return {
     kernel: path.join(dir, 'vmlinuz'),
+    vmlinux: path.join(dir, 'vmlinux'),
     initramfs: path.join(dir, 'initramfs.cpio'),
     agentDisk: path.join(dir, 'agent.ext4'),
     stamp: path.join(dir, 'assets.json'),
@@ -76,7 +81,8 @@ export async function readAssets(dir = DEFAULT_MICROVM_ASSETS_DIR): Promise<Micr
     const stamp = JSON.parse(await fs.readFile(paths.stamp, 'utf8')) as AssetsStamp;
     if (stamp.format !== ASSETS_FORMAT) return null;
     await Promise.all([fs.access(paths.kernel), fs.access(paths.initramfs), fs.access(paths.agentDisk)]);
-    return { dir, kernel: paths.kernel, initramfs: paths.initramfs, agentDisk: paths.agentDisk, stamp };
+    const vmlinux = await fs.access(paths.vmlinux).then(() => paths.vmlinux, () => null);
+    return { dir, kernel: paths.kernel, vmlinux, initramfs: paths.initramfs, agentDisk: paths.agentDisk, stamp };
   } catch {
     return null;
   }
@@ -90,7 +96,14 @@ fail() { echo "kindling-init: $*"; $B poweroff -f; }
 $B mount -t proc proc /proc
 $B mount -t sysfs sys /sys
 $B mount -t devtmpfs dev /dev
-for m in @MODULES@; do $B insmod "/modules/$m" || echo "kindling-init: insmod $m failed"; done
+# Firecracker names its virtio-mmio devices on the command line (virtio_mmio.device=...); Debian builds virtio_mmio as a
+# module and busybox's insmod does not read /proc/cmdline, so pass them on (QEMU's microvm finds them through ACPI).
+mmio=""
+$B grep -q kindling.transport=vsock /proc/cmdline && mmio=$($B tr ' ' '\\n' < /proc/cmdline | $B sed -n 's/^virtio_mmio\\.//p')
+for m in @MODULES@; do
+  args=""; [ "$m" = virtio_mmio.ko ] && args=$mmio
+  $B insmod "/modules/$m" $args || echo "kindling-init: insmod $m failed"
+done
 agent=""; root=""
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
   agent=$($B findfs LABEL=kindling-agent 2>/dev/null)
@@ -126,7 +139,7 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
   const agentFiles = await agentSources();
   const inputsHash = createHash('sha256')
     .update(JSON.stringify({ format: ASSETS_FORMAT, kernelPackage, node: process.version, nodeBinary, init: INIT_SCRIPT, modules: GUEST_MODULES }))
-    .update(Buffer.concat(await Promise.all(agentFiles.map((file) => fs.readFile(file)))))
+    .update(Buffer.concat(await Promise.all([...agentFiles, GUEST_HELPER_SOURCE].map((file) => fs.readFile(file)))))
     .digest('hex');
   const existing = await readAssets(dir);
   if (!options.force && existing && existing.stamp.inputsHash === inputsHash) {
@@ -164,6 +177,7 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     await fs.mkdir(path.join(stage, 'agent'), { recursive: true });
     await fs.copyFile(nodeBinary, path.join(stage, 'bin/node'));
     await fs.copyFile(path.join(unpacked, 'bin/busybox'), path.join(stage, 'bin/busybox'));
+    await buildGuestHelper(path.join(stage, 'bin/kindling-guest-helper'));
     for (const lib of await cxxLibraries(nodeBinary)) await fs.copyFile(lib, path.join(stage, 'lib', path.basename(lib)));
     for (const file of agentFiles) await fs.copyFile(file, path.join(stage, 'agent', path.basename(file)));
     await fs.writeFile(path.join(stage, 'agent/package.json'), '{"type":"module"}\n');
@@ -175,8 +189,11 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     const vmlinuz = (await fs.readdir(bootDir)).find((name) => name.startsWith('vmlinuz-'));
     if (!vmlinuz) throw new Error(`${kernelPackage} has no /boot/vmlinuz-*`);
     await fs.copyFile(path.join(bootDir, vmlinuz), `${paths.kernel}.tmp`);
+    const extracted = await extractVmlinux(await fs.readFile(path.join(bootDir, vmlinuz)));
+    await fs.writeFile(`${paths.vmlinux}.tmp`, extracted.vmlinux);
+    log(`vmlinux for Firecracker extracted (${extracted.compression}, ${Math.round(extracted.vmlinux.length / (1 << 20))} MiB)`);
 
-    for (const file of [paths.kernel, paths.initramfs, paths.agentDisk]) await fs.rename(`${file}.tmp`, file);
+    for (const file of [paths.kernel, paths.vmlinux, paths.initramfs, paths.agentDisk]) await fs.rename(`${file}.tmp`, file);
     const stamp: AssetsStamp = {
       format: ASSETS_FORMAT,
       inputsHash,
@@ -189,11 +206,21 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     await fs.writeFile(`${paths.stamp}.tmp`, JSON.stringify(stamp, null, 2) + '\n');
     await fs.rename(`${paths.stamp}.tmp`, paths.stamp);
     log(`microvm assets built: kernel ${kernelVersion}, ${modules.length} modules, agent disk ${sizeMiB} MiB`);
-    return { dir, kernel: paths.kernel, initramfs: paths.initramfs, agentDisk: paths.agentDisk, stamp };
+    return { dir, kernel: paths.kernel, vmlinux: paths.vmlinux, initramfs: paths.initramfs, agentDisk: paths.agentDisk, stamp };
   } finally {
     await fs.rm(work, { recursive: true, force: true });
-    await Promise.all([paths.kernel, paths.initramfs, paths.agentDisk].map((file) => fs.rm(`${file}.tmp`, { force: true })));
+    await Promise.all([paths.kernel, paths.vmlinux, paths.initramfs, paths.agentDisk].map((file) => fs.rm(`${file}.tmp`, { force: true })));
   }
+}
+
+/** The guest helper's C source (CRNG reseed, vsock bridge), compiled statically onto the agent disk. */
+export const GUEST_HELPER_SOURCE = fileURLToPath(new URL('../../../../agent/vm/guest-helper.c', import.meta.url));
+
+/** `cc -static` of the guest helper (the host's compiler: gcc and libc6-dev; static so it runs on every image). */
+export async function buildGuestHelper(output: string, compiler = 'cc'): Promise<void> {
+  await run(compiler, ['-static', '-O2', '-Wall', '-o', output, GUEST_HELPER_SOURCE]).catch((error: Error) => {
+    throw new Error(`cannot build the guest helper (needs a C compiler and static libc: Debian gcc, libc6-dev): ${error.message}`);
+  });
 }
 
 /** The compiled agent files (dist/agent/vm/*.js next to this module's dist/src/...). */

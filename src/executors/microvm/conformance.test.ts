@@ -15,7 +15,8 @@ runConformanceSuite('microvm (qemu)', async () => {
   if (spawnSync('qemu-system-x86_64', ['--version']).status !== 0) return 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)';
   const imagesDir = process.env.KINDLING_IMAGES_DIR ?? '/var/lib/kindling/images';
   stateDir = await mkdtemp(join(tmpdir(), 'kindling-microvm-conformance-'));
-  const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, stateDir, ownerId: `conformance-microvm-${process.pid}`, instanceId: 'test', warmPerShape: 1 });
+  const assetsDir = process.env.KINDLING_MICROVM_ASSETS_DIR; // default: /var/lib/kindling/microvm
+  const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, ...(assetsDir ? { assetsDir } : {}), stateDir, ownerId: `conformance-microvm-${process.pid}`, instanceId: 'test', warmPerShape: 1 });
   const status = await executor.probe();
   if (!status.ready) {
     await executor.destroy();

@@ -12,8 +12,8 @@
  * overhead; inside the guest the exec's cgroup enforces memoryMb, pids and the cpu quota exactly; /tmp and the working
  * directory are tmpfs of diskMb; the timeout backstop (timeoutMs + grace) and kill() kill the whole VM.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, statSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,7 +25,22 @@ import type { Logger } from '../docker/index.js';
 import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions } from '../executor.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
-import { QemuVm, hostTscKhz, kvmUsable, type Accelerator, type QemuConfig, type VmRecord, type VmShape } from './qemu.js';
+import type { AgentClient } from './agent-client.js';
+import { FirecrackerVm, firecrackerBootArgs, firecrackerUnavailable, snapshotFiles, type FirecrackerConfig } from './firecracker.js';
+import { QemuVm, hostTscKhz, kvmUsable, type Accelerator, type QemuConfig, type VmShape } from './qemu.js';
+import { reapSnapshots, reapVmDirs } from './reap.js';
+
+/** What the executor needs of a VM, whichever driver runs it. */
+export interface MicroVm {
+  readonly alive: boolean;
+  readonly agent: AgentClient;
+  readonly vmDir: string;
+  readyMs: number;
+  kill(): void;
+  destroy(): Promise<void>;
+  /** Writes a snapshot named `file` (Firecracker adds `file.mem`); the VM is left paused. */
+  snapshot(file: string): Promise<void>;
+}
 
 export interface MicroVmExecutorOptions {
   driver?: 'qemu' | 'firecracker';
@@ -39,6 +54,11 @@ export interface MicroVmExecutorOptions {
   accel?: Accelerator | 'auto';
   qemuBinary?: string;
   qemuImgBinary?: string;
+  firecrackerBinary?: string;
+  /** Run Firecracker under the jailer (chroot, uid/gid); snapshots are not used then. Default: no jailer. */
+  jailer?: FirecrackerConfig['jailer'];
+  /** Snapshot files not restored from for this long are removed by reap(). Default 24 h. */
+  snapshotMaxAgeMs?: number;
   /** Guest memory on top of the (bucketed) request: kernel, agent, page cache. Default 160 MiB. */
   memoryOverheadMb?: number;
   /** Restore from snapshots instead of booting. Default true. */
@@ -69,11 +89,11 @@ export class MicroVmExecutor implements Executor {
   private readonly options: MicroVmExecutorOptions;
   private readonly logger: Logger;
   private readonly baseDir: string;
-  private readonly vms = new Set<QemuVm>();
+  private readonly vms = new Set<MicroVm>();
   private readonly creating = new Set<string>();
   private readonly snapshots = new Map<string, Promise<string | null>>();
   private readonly live = new Map<string, { kill(): void; done: Promise<void> }>();
-  private readonly pool: PrewarmPool<QemuVm>;
+  private readonly pool: PrewarmPool<MicroVm>;
   private assets: MicroVmAssets | null = null;
   private images = new Map<string, string>();
   private closed = false;
@@ -83,7 +103,7 @@ export class MicroVmExecutor implements Executor {
     this.options = options;
     this.logger = options.logger ?? noopLogger;
     this.baseDir = path.join(options.stateDir, 'microvm');
-    this.pool = new PrewarmPool<QemuVm>({
+    this.pool = new PrewarmPool<MicroVm>({
       create: (key) => this.createVm(JSON.parse(key) as Shape),
       destroy: (vm) => this.destroyVm(vm),
       isAlive: (vm) => vm.alive && !vm.agent.closed,
@@ -113,9 +133,35 @@ export class MicroVmExecutor implements Executor {
     };
   }
 
+  get driver(): 'qemu' | 'firecracker' {
+    return this.options.driver ?? 'qemu';
+  }
+
+  private async firecrackerConfig(): Promise<FirecrackerConfig> {
+    const { assets } = await this.config();
+    if (!assets.vmlinux) throw new KindlingError('EXECUTOR_UNAVAILABLE', 'the microvm assets have no vmlinux (Firecracker needs it); run "kindling images build --microvm"');
+    return {
+      firecrackerBinary: this.options.firecrackerBinary ?? 'firecracker',
+      jailer: this.options.jailer ?? null,
+      kernel: assets.vmlinux,
+      initramfs: assets.initramfs,
+      agentDisk: assets.agentDisk,
+      bootArgs: firecrackerBootArgs(),
+    };
+  }
+
   async probe(): Promise<ExecutorStatus> {
-    if ((this.options.driver ?? 'qemu') === 'firecracker') {
-      return { name: this.name, ready: false, reason: 'the firecracker driver runs VMs only with /dev/kvm and a firecracker binary; use driver qemu here' };
+    if (this.driver === 'firecracker') {
+      const missing = firecrackerUnavailable(this.options.firecrackerBinary ?? 'firecracker', kvmUsable());
+      if (missing) return { name: this.name, ready: false, reason: `the firecracker driver cannot run VMs here: ${missing}; use driver qemu` };
+      try {
+        const config = await this.firecrackerConfig();
+        const images = await this.refreshImages();
+        if (images.length === 0) return { name: this.name, ready: false, reason: 'no image has an ext4 file; run "kindling images build --microvm"' };
+        return { name: this.name, ready: true, reason: `Firecracker with ${images.length} images`, details: { driver: 'firecracker', kernel: config.kernel, images } };
+      } catch (error) {
+        return { name: this.name, ready: false, reason: (error as Error).message };
+      }
     }
     const qemu = this.options.qemuBinary ?? 'qemu-system-x86_64';
     const found = qemu.includes('/') ? existsSync(qemu) : (process.env.PATH ?? '').split(':').some((dir) => existsSync(path.join(dir, qemu)));
@@ -164,25 +210,26 @@ export class MicroVmExecutor implements Executor {
     return path.join(this.baseDir, 'vms', `vm-${process.pid}-${(this.counter++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`);
   }
 
-  /** The snapshot file of a shape, made once by booting a template VM; null when snapshots are off or failed. */
+  /** The snapshot of a shape, made once by booting a template VM; null when snapshots are off or failed. */
   private snapshotFor(shape: Shape, config: QemuConfig): Promise<string | null> {
-    if (this.options.snapshots === false) return Promise.resolve(null);
+    if (this.options.snapshots === false || (this.driver === 'firecracker' && this.options.jailer)) return Promise.resolve(null);
     const image = statSync(shape.rootImage);
     const key = createHash('sha256')
-      .update(JSON.stringify([shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, config.accel, config.assets.stamp.inputsHash]))
+      .update(JSON.stringify([this.driver, shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, config.accel, config.assets.stamp.inputsHash]))
       .digest('hex')
       .slice(0, 16);
     let pending = this.snapshots.get(key);
     if (!pending) {
       pending = (async () => {
         const file = path.join(this.baseDir, 'snapshots', `${key}.vmstate`);
-        if (existsSync(file)) return file;
+        if (this.snapshotComplete(file)) return file;
         await fs.mkdir(path.dirname(file), { recursive: true });
-        const vm = await this.bootVm(shape, config);
+        const vm = await this.bootVm(shape);
         try {
           const tmp = `${file}.${process.pid}.tmp`;
           const startedAt = performance.now();
           await vm.snapshot(tmp);
+          if (this.driver === 'firecracker') await fs.rename(snapshotFiles(tmp).memory, snapshotFiles(file).memory);
           await fs.rename(tmp, file);
           this.logger.info({ image: shape.image, memoryMb: shape.memoryMb, bootMs: Math.round(vm.readyMs), snapshotMs: Math.round(performance.now() - startedAt) }, 'microVM snapshot written');
           return file;
@@ -199,20 +246,40 @@ export class MicroVmExecutor implements Executor {
     return pending;
   }
 
-  private async bootVm(shape: Shape, config: QemuConfig, incoming?: string): Promise<QemuVm> {
+  private snapshotComplete(file: string): boolean {
+    return existsSync(file) && (this.driver !== 'firecracker' || existsSync(snapshotFiles(file).memory));
+  }
+
+  /** Boots a VM, or restores one from `incoming`; a restored VM gets fresh randomness before anything runs in it. */
+  private async bootVm(shape: Shape, incoming?: string): Promise<MicroVm> {
     const vmDir = this.newVmDir();
     this.creating.add(vmDir);
     try {
-      const vm = await QemuVm.start({
-        config,
+      const common = {
         shape,
         vmDir,
         owner: this.options.ownerId,
-        name: `kindling-${this.options.instanceId}-${path.basename(vmDir)}`,
+        name: `kindling-${this.options.instanceId}-${path.basename(vmDir)}`.replace(/[^a-zA-Z0-9-]/g, '-').slice(0, 64),
         readyTimeoutMs: this.options.readyTimeoutMs ?? 180_000,
         ...(incoming ? { incoming } : {}),
-      });
+      };
+      const vm: MicroVm =
+        this.driver === 'firecracker'
+          ? await FirecrackerVm.start({ ...common, config: await this.firecrackerConfig() })
+          : await QemuVm.start({ ...common, config: await this.config() });
       this.vms.add(vm);
+      if (incoming) {
+        try {
+          // Every clone of a snapshot starts with the same kernel RNG state: reseed it before user code runs.
+          const seeded = await vm.agent.seed(randomBytes(64));
+          if (!seeded.reseeded) this.logger.warn({ vmDir }, 'the guest CRNG was not reseeded after a restore (bytes mixed in only)');
+          const now = new Date();
+          await fs.utimes(incoming, now, now).catch(() => undefined); // last use, for reapSnapshots
+        } catch (error) {
+          await this.destroyVm(vm);
+          throw error;
+        }
+      }
       return vm;
     } finally {
       this.creating.delete(vmDir);
@@ -220,13 +287,13 @@ export class MicroVmExecutor implements Executor {
   }
 
   /** A fresh agent-ready VM: restored from the shape's snapshot, or booted. */
-  private async createVm(shape: Shape): Promise<QemuVm> {
+  private async createVm(shape: Shape): Promise<MicroVm> {
     const config = await this.config();
     const snapshot = await this.snapshotFor(shape, config);
-    return this.bootVm(shape, config, snapshot ?? undefined);
+    return this.bootVm(shape, snapshot ?? undefined);
   }
 
-  private async destroyVm(vm: QemuVm): Promise<void> {
+  private async destroyVm(vm: MicroVm): Promise<void> {
     await vm.destroy();
     this.vms.delete(vm);
   }
@@ -237,7 +304,7 @@ export class MicroVmExecutor implements Executor {
     if (this.images.size === 0) await this.refreshImages();
     const shape = this.shapeOf(spec);
     const warm = this.pool.take(JSON.stringify(shape));
-    let vm: QemuVm;
+    let vm: MicroVm;
     try {
       vm = warm ?? (await this.createVm(shape));
     } catch (error) {
@@ -248,14 +315,17 @@ export class MicroVmExecutor implements Executor {
       for (const file of spec.files) {
         await vm.agent.putFile(`/.kindling/${file.name}`, Buffer.isBuffer(file.content) ? file.content : Buffer.from(file.content), 0o644);
       }
-      return this.launch(vm, spec, options, warm === null);
+      const execution = this.launch(vm, spec, options, warm === null);
+      // The shape is in use: restore the next VM for it ahead of demand (the pool was never filled before).
+      this.pool.replenish(JSON.stringify(shape));
+      return execution;
     } catch (error) {
       await this.destroyVm(vm).catch(() => undefined);
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', `the microVM agent failed: ${(error as Error).message}`, { cause: error });
     }
   }
 
-  private launch(vm: QemuVm, spec: RunSpec, options: StartOptions, coldStart: boolean): Execution {
+  private launch(vm: MicroVm, spec: RunSpec, options: StartOptions, coldStart: boolean): Execution {
     const exec = vm.agent.exec({
       argv: spec.command,
       env: spec.env,
@@ -310,31 +380,21 @@ export class MicroVmExecutor implements Executor {
     return { stdin: exec.stdin, stdout, stderr, coldStart, wait: () => waitResult, kill, disposed };
   }
 
-  /** Kills VMs and removes VM directories of this owner that no live VM of this process uses. */
+  /**
+   * Kills VMs and removes VM directories of this owner that no live VM of this process uses, and snapshot files nobody
+   * restored from for snapshotMaxAgeMs (their keys change with every kernel, agent, image or shape change).
+   */
   async reap(): Promise<ReapReport> {
-    const vmsDir = path.join(this.baseDir, 'vms');
-    const ours = new Set([...this.vms].map((vm) => vm.vmDir));
-    let removed = 0;
-    for (const entry of await fs.readdir(vmsDir).catch(() => [] as string[])) {
-      const dir = path.join(vmsDir, entry);
-      if (ours.has(dir) || this.creating.has(dir)) continue;
-      let record: VmRecord | null = null;
-      try {
-        record = JSON.parse(readFileSync(path.join(dir, 'vm.json'), 'utf8')) as VmRecord;
-      } catch {}
-      if (record && record.owner !== this.options.ownerId) continue;
-      if (record) {
-        try {
-          // Only a qemu whose command line names this directory is ours to kill (pids are reused).
-          const cmdline = readFileSync(`/proc/${record.pid}/cmdline`, 'utf8');
-          if (cmdline.includes(dir)) process.kill(record.pid, 'SIGKILL');
-        } catch {}
-      }
-      await fs.rm(dir, { recursive: true, force: true });
-      removed++;
+    const keep = new Set([...[...this.vms].map((vm) => vm.vmDir), ...this.creating]);
+    const removed = await reapVmDirs(path.join(this.baseDir, 'vms'), this.options.ownerId, keep);
+    const inUse = new Set<string>();
+    for (const pending of this.snapshots.values()) {
+      const file = await Promise.race([pending, Promise.resolve(undefined)]);
+      if (file) inUse.add(file);
     }
-    if (removed > 0) this.logger.info({ vms: removed }, 'reaped microVMs left by an earlier run');
-    return { removed };
+    const snapshots = await reapSnapshots(path.join(this.baseDir, 'snapshots'), this.options.snapshotMaxAgeMs ?? 86_400_000, inUse);
+    if (removed > 0 || snapshots > 0) this.logger.info({ vms: removed, snapshotFiles: snapshots }, 'reaped microVMs and snapshots left by an earlier run');
+    return { removed: removed + snapshots };
   }
 
   async close(): Promise<void> {

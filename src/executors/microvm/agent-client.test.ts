@@ -1,0 +1,173 @@
+/**
+ * Unit tests of the host side of the agent protocol against a scripted fake agent on an in-memory duplex pair (no VM).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Duplex } from 'node:stream';
+import {
+  FrameDecoder,
+  MessageType,
+  PROTOCOL_VERSION,
+  decodeFileBody,
+  decodeJson,
+  encodeFileBody,
+  encodeFrame,
+  encodeJson,
+  type ExecRequest,
+  type Frame,
+} from '../../../agent/vm/protocol.js';
+import { AgentClient, AgentError } from './agent-client.js';
+import { vmMemoryMb } from './index.js';
+
+/** Two connected in-memory duplex streams: what one writes, the other reads. */
+function duplexPair(): [Duplex, Duplex] {
+  const ends: Duplex[] = [];
+  const make = (peer: () => Duplex): Duplex =>
+    new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        peer().push(chunk);
+        callback();
+      },
+      final(callback) {
+        peer().push(null);
+        callback();
+      },
+    });
+  ends.push(make(() => ends[1] as Duplex), make(() => ends[0] as Duplex));
+  return [ends[0] as Duplex, ends[1] as Duplex];
+}
+
+/** A fake agent: decodes what the host sends and answers through `reply`. */
+function fakeAgent(onFrame: (frame: Frame, reply: (frame: Buffer) => void) => void): { client: AgentClient; agentSide: Duplex; received: Frame[] } {
+  const [hostSide, agentSide] = duplexPair();
+  const decoder = new FrameDecoder();
+  const received: Frame[] = [];
+  agentSide.on('data', (chunk: Buffer) => {
+    for (const frame of decoder.push(chunk)) {
+      received.push(frame);
+      onFrame(frame, (out) => agentSide.write(out));
+    }
+  });
+  return { client: new AgentClient(hostSide), agentSide, received };
+}
+
+const pong = { version: PROTOCOL_VERSION, agentVersion: 'test', uptimeMs: 1, memory: { totalBytes: 1, availableBytes: 1 } };
+const request: ExecRequest = {
+  argv: ['cat'],
+  env: {},
+  workdir: '/work',
+  limits: { memoryMb: 64, pids: 16, cpus: 1, diskMb: 8 },
+  stdin: true,
+  uid: 65534,
+  gid: 65534,
+};
+
+describe('microvm memory buckets', () => {
+  it('rounds requests up to 256 MiB steps (at least one) and adds the overhead', () => {
+    assert.equal(vmMemoryMb(1, 160), 256 + 160);
+    assert.equal(vmMemoryMb(128, 160), 256 + 160);
+    assert.equal(vmMemoryMb(256, 160), 256 + 160);
+    assert.equal(vmMemoryMb(257, 160), 512 + 160);
+    assert.equal(vmMemoryMb(512, 0), 512);
+    assert.equal(vmMemoryMb(1000, 100), 1024 + 100);
+    // Every request in a bucket maps to the same VM size (so they share one snapshot).
+    assert.equal(new Set([300, 400, 512].map((mb) => vmMemoryMb(mb, 160))).size, 1);
+  });
+});
+
+describe('microvm agent client', () => {
+  it('pings and checks the protocol version', async () => {
+    const { client, received } = fakeAgent((frame, reply) => {
+      if (frame.type === MessageType.PING) reply(encodeJson(MessageType.PONG, frame.stream, pong));
+    });
+    assert.equal((await client.ping(1000)).agentVersion, 'test');
+    assert.deepEqual(decodeJson(received[0]!), { version: PROTOCOL_VERSION });
+    client.close();
+  });
+
+  it('rejects a pong of another protocol version and a ping nobody answers', async () => {
+    const { client } = fakeAgent((frame, reply) => reply(encodeJson(MessageType.PONG, frame.stream, { ...pong, version: PROTOCOL_VERSION + 1 })));
+    await assert.rejects(client.ping(1000), /agent speaks protocol/);
+    client.close();
+    const silent = fakeAgent(() => undefined);
+    await assert.rejects(silent.client.ping(50), /did not answer within 50 ms/);
+    silent.client.close();
+  });
+
+  it('puts and gets files; an ERROR reply rejects with its message', async () => {
+    const files = new Map<string, Buffer>();
+    const { client } = fakeAgent((frame, reply) => {
+      if (frame.type === MessageType.PUT_FILE) {
+        const { header, data } = decodeFileBody(frame.payload);
+        files.set(header.path, Buffer.from(data));
+        reply(encodeFrame(MessageType.OK, frame.stream));
+      } else if (frame.type === MessageType.GET_FILE) {
+        const { path } = decodeJson<{ path: string }>(frame);
+        const data = files.get(path);
+        reply(data ? encodeFrame(MessageType.FILE, frame.stream, encodeFileBody({ path }, data)) : encodeJson(MessageType.ERROR, frame.stream, { message: `ENOENT ${path}` }));
+      }
+    });
+    await client.putFile('/.kindling/a.txt', Buffer.from('hello'), 0o600, 1000);
+    assert.equal((await client.getFile('/.kindling/a.txt', 1000)).toString(), 'hello');
+    await assert.rejects(client.getFile('/missing', 1000), (error: Error) => error instanceof AgentError && /ENOENT \/missing/.test(error.message));
+    client.close();
+  });
+
+  it('runs an exec: stdin frames and STDIN_END go out, stdout/stderr come back, exit resolves after the streams end', async () => {
+    const { client, received } = fakeAgent((frame, reply) => {
+      if (frame.type === MessageType.STDIN) reply(encodeFrame(MessageType.STDOUT, frame.stream, frame.payload));
+      if (frame.type === MessageType.STDIN_END) {
+        reply(encodeFrame(MessageType.STDERR, frame.stream, 'warn\n'));
+        reply(encodeJson(MessageType.EXIT, frame.stream, { exitCode: 3, signal: null, oomKilled: false, usage: { cpuUsec: 1, memoryPeakBytes: null } }));
+      }
+    });
+    const exec = client.exec(request);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    exec.stdout.on('data', (chunk: Buffer) => out.push(chunk));
+    exec.stderr.on('data', (chunk: Buffer) => err.push(chunk));
+    exec.stdin?.write(Buffer.from('abc'));
+    exec.stdin?.end(Buffer.from('def'));
+    const exit = await exec.exit;
+    assert.equal(exit.exitCode, 3);
+    assert.equal(Buffer.concat(out).toString(), 'abcdef');
+    assert.equal(Buffer.concat(err).toString(), 'warn\n');
+    assert.ok(exec.stdout.writableEnded && exec.stderr.writableEnded);
+    const execFrame = received.find((frame) => frame.type === MessageType.EXEC)!;
+    assert.deepEqual(decodeJson(execFrame), request);
+    assert.ok(received.every((frame) => frame.stream === execFrame.stream));
+    client.close();
+  });
+
+  it('sends KILL on the exec stream; a platform ERROR rejects exit; two execs get different stream ids', async () => {
+    const { client, received } = fakeAgent((frame, reply) => {
+      if (frame.type === MessageType.KILL) reply(encodeJson(MessageType.ERROR, frame.stream, { message: 'spawn failed: boom' }));
+    });
+    const first = client.exec({ ...request, stdin: false });
+    const second = client.exec({ ...request, stdin: false });
+    assert.equal(first.stdin, null);
+    first.kill();
+    await assert.rejects(first.exit, /spawn failed: boom/);
+    const [a, b] = received.filter((frame) => frame.type === MessageType.EXEC);
+    assert.notEqual(a!.stream, b!.stream);
+    assert.equal(received.find((frame) => frame.type === MessageType.KILL)!.stream, a!.stream);
+    // A closed channel fails what is still pending, and the client reports itself closed.
+    client.close();
+    await assert.rejects(second.exit, /closed/);
+    assert.ok(client.closed);
+    assert.throws(() => client.exec(request), /closed/);
+  });
+
+  it('fails everything pending when the agent sends garbage or the channel ends', async () => {
+    const { client, agentSide } = fakeAgent(() => undefined);
+    const exec = client.exec({ ...request, stdin: false });
+    const ping = client.ping(5000);
+    const bad = Buffer.alloc(8);
+    bad.writeUInt32BE(1, 0);
+    agentSide.write(bad);
+    await assert.rejects(exec.exit, /bad frame length/);
+    await assert.rejects(ping, /bad frame length/);
+    assert.ok(client.closed);
+  });
+});
