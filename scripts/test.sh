@@ -27,7 +27,7 @@ kindling_resources() {
   curl -fsS --unix-socket /var/run/docker.sock \
     'http://d/containers/json?all=1&filters=%7B%22label%22%3A%5B%22dev.kindling.managed%3Dtrue%22%5D%7D' 2>/dev/null |
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const c of JSON.parse(s||"[]"))console.log("container "+c.Id)})'
-  find /sys/fs/cgroup -mindepth 2 -maxdepth 5 -type d -path '*/kindling/*' 2>/dev/null | sed 's/^/cgroup /'
+  find /sys/fs/cgroup -mindepth 2 -maxdepth 5 -type d -path '*/kindling*/*' 2>/dev/null | sed 's/^/cgroup /'
   pgrep -f 'qemu-system' 2>/dev/null | sed 's/^/qemu pid /' || true
 }
 before_file=$(mktemp)

@@ -8,27 +8,14 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Kindling, type ExecuteSpec, type ExecutionResult } from '@kindling/sdk';
-import { IMAGES_DIR, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
-import { skipOrFail } from '../src/executors/test-support.js';
+import { dockerUnavailableReason, microvmUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 /** A secret of the server's process environment: no sandbox may see it. */
 const CANARY = `kindling-canary-${process.pid}-${Date.now()}`;
 process.env.KINDLING_HOSTILE_CANARY = CANARY;
-
-async function microvmUnavailableReason(): Promise<string | null> {
-  const { MicroVmExecutor } = await import('../src/executors/microvm/index.js');
-  const probe = new MicroVmExecutor({ driver: 'qemu', imagesDir: IMAGES_DIR, stateDir: tmpdir(), ownerId: `hostile-probe-${process.pid}`, instanceId: 'probe', warmPerShape: 0 });
-  try {
-    const status = await probe.probe();
-    return status.ready ? null : skipOrFail('microvm', `microvm executor not ready: ${status.reason}`);
-  } finally {
-    await probe.destroy();
-  }
-}
 
 const EXECUTORS = [
   { name: 'sandbox', unavailable: await sandboxUnavailableReason() },

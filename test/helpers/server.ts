@@ -93,6 +93,18 @@ export async function sandboxUnavailableReason(): Promise<string | null> {
   }
 }
 
+/** Why microVM tests cannot run here (QEMU, kernel and agent assets, images), or null when they can. */
+export async function microvmUnavailableReason(): Promise<string | null> {
+  const { MicroVmExecutor } = await import('../../src/executors/microvm/index.js');
+  const probe = new MicroVmExecutor({ driver: 'qemu', imagesDir: IMAGES_DIR, stateDir: tmpdir(), ownerId: `probe-${process.pid}`, instanceId: 'probe', warmPerShape: 0 });
+  try {
+    const status = await probe.probe();
+    return status.ready ? null : skipOrFail('microvm', `microvm executor not ready: ${status.reason}`);
+  } finally {
+    await probe.destroy();
+  }
+}
+
 export async function waitFor(condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {

@@ -23,6 +23,7 @@ import type { RunSpec } from '../../core/types.js';
 import { findRecipe } from '../../images/recipes.js';
 import type { Logger } from '../docker/index.js';
 import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions } from '../executor.js';
+import { createCgroupDriver, type Cgroup, type CgroupDriver } from '../sandbox/cgroups.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
 import type { AgentClient } from './agent-client.js';
@@ -94,6 +95,8 @@ export class MicroVmExecutor implements Executor {
   private readonly snapshots = new Map<string, Promise<string | null>>();
   private readonly live = new Map<string, { kill(): void; done: Promise<void> }>();
   private readonly pool: PrewarmPool<MicroVm>;
+  /** Host cgroups for VM processes (undefined: not set up yet; null: not usable here). */
+  private cgroups: CgroupDriver | null | undefined;
   private assets: MicroVmAssets | null = null;
   private images = new Map<string, string>();
   private closed = false;
@@ -250,6 +253,27 @@ export class MicroVmExecutor implements Executor {
     return existsSync(file) && (this.driver !== 'firecracker' || existsSync(snapshotFiles(file).memory));
   }
 
+  /**
+   * A host cgroup for one VM process: its vCPUs as the CPU quota, a pids cap, and memory capped at the guest's memory
+   * plus QEMU's own overhead (TCG's translation cache can take up to 1 GiB). Left out, with one log line, where cgroups
+   * are not usable.
+   */
+  private vmCgroup(name: string, shape: Shape): { cgroup?: Cgroup } {
+    const driver = this.cgroupDriver();
+    if (driver === null) return {};
+    return { cgroup: driver.create(name, { cpus: shape.vcpus, pidsMax: 256, memoryBytes: (shape.memoryMb + 1024 + 256) * 1024 * 1024 }) };
+  }
+
+  private cgroupDriver(): CgroupDriver | null {
+    if (this.cgroups === undefined) {
+      const driver = createCgroupDriver({ ownerId: this.options.ownerId, parent: 'kindling-vm' });
+      const problem = driver.check();
+      if (problem !== null) this.logger.warn({ problem }, 'VM processes run without a host cgroup');
+      this.cgroups = problem === null ? driver : null;
+    }
+    return this.cgroups;
+  }
+
   /** Boots a VM, or restores one from `incoming`; a restored VM gets fresh randomness before anything runs in it. */
   private async bootVm(shape: Shape, incoming?: string): Promise<MicroVm> {
     const vmDir = this.newVmDir();
@@ -266,7 +290,7 @@ export class MicroVmExecutor implements Executor {
       const vm: MicroVm =
         this.driver === 'firecracker'
           ? await FirecrackerVm.start({ ...common, config: await this.firecrackerConfig() })
-          : await QemuVm.start({ ...common, config: await this.config() });
+          : await QemuVm.start({ ...common, config: await this.config(), ...this.vmCgroup(path.basename(vmDir), shape) });
       this.vms.add(vm);
       if (incoming) {
         try {
@@ -387,6 +411,17 @@ export class MicroVmExecutor implements Executor {
   async reap(): Promise<ReapReport> {
     const keep = new Set([...[...this.vms].map((vm) => vm.vmDir), ...this.creating]);
     const removed = await reapVmDirs(path.join(this.baseDir, 'vms'), this.options.ownerId, keep);
+    // VM cgroups of an earlier run of this server (qemu is gone by now: reapVmDirs killed it).
+    const cgroups = this.cgroupDriver();
+    let removedCgroups = 0;
+    if (cgroups) {
+      const live = new Set([...keep].map((dir) => path.basename(dir)));
+      for (const name of cgroups.list()) {
+        if (live.has(name)) continue;
+        await cgroups.open(name).remove().catch(() => undefined);
+        removedCgroups++;
+      }
+    }
     const inUse = new Set<string>();
     for (const pending of this.snapshots.values()) {
       const file = await Promise.race([pending, Promise.resolve(undefined)]);
@@ -394,7 +429,7 @@ export class MicroVmExecutor implements Executor {
     }
     const snapshots = await reapSnapshots(path.join(this.baseDir, 'snapshots'), this.options.snapshotMaxAgeMs ?? 86_400_000, inUse);
     if (removed > 0 || snapshots > 0) this.logger.info({ vms: removed, snapshotFiles: snapshots }, 'reaped microVMs and snapshots left by an earlier run');
-    return { removed: removed + snapshots };
+    return { removed: removed + snapshots + removedCgroups };
   }
 
   async close(): Promise<void> {
@@ -403,6 +438,7 @@ export class MicroVmExecutor implements Executor {
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
     await Promise.allSettled([...this.snapshots.values()]);
     await Promise.allSettled([...this.vms].map((vm) => this.destroyVm(vm)));
+    this.cgroups?.removeOwnerDirs();
   }
 
   async destroy(): Promise<void> {

@@ -6,6 +6,7 @@
  * file is the image's ext4, so the image is never written), the sockets, the console log, and `vm.json` naming the
  * owner and the qemu pid so that a reaper can find and kill it after a crash.
  */
+import type { Cgroup } from '../sandbox/cgroups.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
@@ -182,6 +183,8 @@ export interface QemuVmOptions {
   incoming?: string;
   /** Limit for booting (or restoring) until the agent answers. */
   readyTimeoutMs: number;
+  /** A fresh host cgroup the qemu process is moved into right after spawn (CPU, pids, memory cap); removed with the VM. */
+  cgroup?: Cgroup;
 }
 
 /** One running VM. `destroy()` kills qemu and removes its directory; safe to call twice. */
@@ -225,6 +228,10 @@ export class QemuVm {
       await run(config.qemuImgBinary, ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', shape.rootImage, path.join(vmDir, 'root.qcow2')]);
       const args = qemuArgs(config, shape, vmDir, { name: options.name, ...(options.incoming ? { incoming: options.incoming } : {}) });
       const child = spawn(config.qemuBinary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+      // Writing the pid moves every thread qemu has so far; the ones it makes later are born inside.
+      if (options.cgroup && child.pid !== undefined) {
+        for (const file of options.cgroup.procsFiles) await fs.writeFile(file, String(child.pid));
+      }
       const stderr: Buffer[] = [];
       child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));
       vm = new QemuVm(options, child, stderr);
@@ -244,7 +251,10 @@ export class QemuVm {
       return vm;
     } catch (error) {
       if (vm) await vm.destroy().catch(() => undefined);
-      else await fs.rm(vmDir, { recursive: true, force: true }).catch(() => undefined);
+      else {
+        await options.cgroup?.remove().catch(() => undefined);
+        await fs.rm(vmDir, { recursive: true, force: true }).catch(() => undefined);
+      }
       throw error;
     }
   }
@@ -312,6 +322,7 @@ export class QemuVm {
       this.qmp?.close();
       this.kill();
       await this.exited;
+      await this.options.cgroup?.remove();
       await fs.rm(this.vmDir, { recursive: true, force: true });
     })();
     return this.destroyed;
