@@ -4,31 +4,17 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Kindling, NotFoundError, RateLimitError, ValidationError } from '@kindling/sdk';
-import { SandboxExecutor } from '../src/executors/sandbox/index.js';
-import { IMAGES_DIR, startTestServer, type TestServer } from './helpers/server.js';
+import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const execFileAsync = promisify(execFile);
 const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
 
-async function sandboxUnavailableReason(): Promise<string | null> {
-  if (process.getuid?.() !== 0) return 'the sandbox executor needs root';
-  const dir = await mkdtemp(join(tmpdir(), 'kindling-probe-'));
-  await chmod(dir, 0o755);
-  const executor = new SandboxExecutor({ imagesDir: IMAGES_DIR, stateDir: dir, ownerId: `probe-${process.pid}`, instanceId: 'probe', prewarm: 0 });
-  try {
-    const status = await executor.probe();
-    return status.ready ? null : `sandbox not ready: ${status.reason}`;
-  } finally {
-    await executor.destroy();
-    await rm(dir, { recursive: true, force: true });
-  }
-}
 
 const unavailable = await sandboxUnavailableReason();
 

@@ -4,27 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Kindling, RateLimitError } from '@kindling/sdk';
-import { SandboxExecutor } from '../src/executors/sandbox/index.js';
-import { IMAGES_DIR, containersOf, dockerUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
-
-async function sandboxUnavailableReason(): Promise<string | null> {
-  if (process.getuid?.() !== 0) return 'the sandbox executor needs root';
-  const dir = await mkdtemp(join(tmpdir(), 'kindling-probe-'));
-  await chmod(dir, 0o755);
-  const executor = new SandboxExecutor({ imagesDir: IMAGES_DIR, stateDir: dir, ownerId: `probe-${process.pid}`, instanceId: 'probe', prewarm: 0 });
-  try {
-    const status = await executor.probe();
-    return status.ready ? null : `sandbox not ready: ${status.reason}`;
-  } finally {
-    await executor.destroy();
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+import { containersOf, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
 

@@ -1,23 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import { collect, parseNumber, readAll } from './options.js';
 import { Kindling, KindlingError as SdkError, type FunctionSpec } from '@kindling/sdk';
 import { clientOptions, type ClientDefaults } from './run.js';
 
-async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
-  return Buffer.concat(chunks);
-}
-
-const collect = (value: string, previous: string[]): string[] => [...previous, value];
-
-function parseNumber(name: string): (value: string) => number {
-  return (value) => {
-    const parsed = Number(value);
-    if (!Number.isFinite(parsed)) throw new Error(`${name} must be a number, got "${value}"`);
-    return parsed;
-  };
-}
 
 /** Runs an SDK call; a server-side error is one line on stderr and exit code 2. */
 export async function guarded(action: () => Promise<void>): Promise<void> {

@@ -1,17 +1,12 @@
 import { fstatSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import { collect, parseNumber, readAll } from './options.js';
 import { Kindling, KindlingError as SdkError, type ExecuteSpec } from '@kindling/sdk';
 
 export interface ClientDefaults {
   url: string;
   apiKey: string | undefined;
-}
-
-async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
-  return Buffer.concat(chunks);
 }
 
 /**
@@ -28,15 +23,6 @@ function shouldReadStdin(flag: boolean | undefined): boolean {
   }
 }
 
-const collect = (value: string, previous: string[]): string[] => [...previous, value];
-
-function parseNumber(name: string): (value: string) => number {
-  return (value) => {
-    const parsed = Number(value);
-    if (!Number.isFinite(parsed)) throw new Error(`${name} must be a number, got "${value}"`);
-    return parsed;
-  };
-}
 
 export function clientOptions(command: Command, defaults: ClientDefaults): Command {
   return (
