@@ -1,23 +1,12 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { collect, parseNumber, readAll } from './options.js';
-import { Kindling, KindlingError as SdkError, type FunctionSpec } from '@kindling/sdk';
+import { collect, guarded, parseNumber, readAll } from './options.js';
+
+export { guarded };
+import { Kindling, type FunctionSpec } from '@kindling/sdk';
 import { clientOptions, type ClientDefaults } from './run.js';
 
 
-/** Runs an SDK call; a server-side error is one line on stderr and exit code 2. */
-export async function guarded(action: () => Promise<void>): Promise<void> {
-  try {
-    await action();
-  } catch (error) {
-    if (error instanceof SdkError) {
-      process.stderr.write(`kindling: ${error.code}: ${error.message}\n`);
-      process.exitCode = 2;
-      return;
-    }
-    throw error;
-  }
-}
 
 export const clientFrom = (options: Record<string, unknown>): Kindling =>
   new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined, timeoutMs: 0 });

@@ -1,4 +1,5 @@
 /** Small helpers shared by the CLI's commands. */
+import { KindlingError as SdkError } from '@kindling/sdk';
 
 export async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -16,4 +17,18 @@ export function parseNumber(name: string): (value: string) => number {
     if (!Number.isFinite(parsed)) throw new Error(`${name} must be a number, got "${value}"`);
     return parsed;
   };
+}
+
+/** Runs an SDK call; a server-side error is one line on stderr and exit code 2. */
+export async function guarded(action: () => Promise<void>): Promise<void> {
+  try {
+    await action();
+  } catch (error) {
+    if (error instanceof SdkError) {
+      process.stderr.write(`kindling: ${error.code}: ${error.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    throw error;
+  }
 }

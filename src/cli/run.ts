@@ -1,8 +1,8 @@
 import { fstatSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { collect, parseNumber, readAll } from './options.js';
-import { Kindling, KindlingError as SdkError, type ExecuteSpec } from '@kindling/sdk';
+import { collect, guarded, parseNumber, readAll } from './options.js';
+import { Kindling, type ExecuteSpec } from '@kindling/sdk';
 
 export interface ClientDefaults {
   url: string;
@@ -86,7 +86,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     if (shouldReadStdin(options.stdin as boolean | undefined)) spec.stdin = new Uint8Array(await readAll(process.stdin));
 
     const client = new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined });
-    try {
+    await guarded(async () => {
       if (options.json) {
         const result = await client.execute(spec);
         process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
@@ -101,14 +101,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
       if (result.oomKilled) process.stderr.write('kindling: killed: out of memory (raise --memory-mb)\n');
       if (result.truncated) process.stderr.write('kindling: output truncated at the output limit\n');
       process.exitCode = result.exitCode;
-    } catch (error) {
-      if (error instanceof SdkError) {
-        process.stderr.write(`kindling: ${error.code}: ${error.message}\n`);
-        process.exitCode = 2;
-        return;
-      }
-      throw error;
-    }
+    });
   });
 }
 
