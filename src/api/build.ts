@@ -1,5 +1,6 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
+import websocket from '@fastify/websocket';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { ExecutorName } from '../core/types.js';
@@ -12,6 +13,7 @@ import type { LogBus } from '../orchestrator/log-bus.js';
 import { makeAuthenticator } from './auth.js';
 import { errorBody, sendError, toKindlingError } from './errors.js';
 import { registerExecuteRoutes } from './routes/execute.js';
+import { registerExecuteWsRoute } from './routes/execute-ws.js';
 import { registerFunctionRoutes } from './routes/functions.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
@@ -120,6 +122,10 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     },
   });
 
+  // WebSockets (GET /v1/execute/ws): the upgrade request goes through the hooks below, the auth hook included. One
+  // message is at most a JSON body's size; total stdin is bounded by --max-stream-bytes in the route.
+  await app.register(websocket, { options: { maxPayload: options.maxBodyBytes } });
+
   // Tracing first, so that every later log line of the request carries the trace id.
   app.decorateRequest('trace', null as unknown as RequestTrace);
   app.addHook('onRequest', async (request) => {
@@ -169,6 +175,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     isDraining: options.isDraining ?? (() => false),
   });
   registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
+  registerExecuteWsRoute(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
   registerFunctionRoutes(app, {
     functionService: options.functionService,
     invocations: options.invocations,
