@@ -24,6 +24,7 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
   const dataDir = overrides.dataDir ?? (await realpath(await mkdtemp(join(tmpdir(), 'kindling-test-'))));
   // The sandbox's unprivileged uid must be able to reach its run dirs (mkdtemp makes 0700).
   await chmod(dataDir, 0o755);
+  const made = overrides.dataDir === undefined;
   const server = await startServer({
     host: '127.0.0.1',
     port: 0,
@@ -45,6 +46,10 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
     dataDir,
     // Generic sandboxes add idle sandboxes to every server; tests that count sandboxes would see them. Opt in.
     functionPools: { genericPerShape: 0, ...overrides.functionPools },
+  }).catch(async (error: unknown) => {
+    // A server that refuses to start (a test of exactly that) must not leave its fresh data dir behind.
+    if (made) await rm(dataDir, { recursive: true, force: true });
+    throw error;
   });
   const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
   return {
