@@ -2,6 +2,7 @@ import type { ContainerCreateOptions } from 'dockerode';
 import type { ResourceLimits } from '../../core/types.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { LABEL_MANAGED } from '../executor.js';
+import { KINDLING_SECCOMP_OPT } from './seccomp-profile.js';
 
 /** Where the per-execution directory (code files and stdio FIFOs) appears inside a container. */
 export const GUEST_RUN_DIR = '/.kindling';
@@ -64,7 +65,7 @@ export function containerCreateOptions(options: {
       PidsLimit: shape.limits.pids,
       ReadonlyRootfs: true,
       CapDrop: ['ALL'],
-      SecurityOpt: ['no-new-privileges'],
+      SecurityOpt: ['no-new-privileges', KINDLING_SECCOMP_OPT],
       Tmpfs: tmpfs,
       Binds: [
         `${options.hostRunDir}:${GUEST_RUN_DIR}:ro`,
