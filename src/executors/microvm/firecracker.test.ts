@@ -230,7 +230,7 @@ describe('firecracker driver lifecycle with a STAND-IN binary (fake-firecracker.
       assert.deepEqual(sent, bootRequests(fcConfig, vmShape));
       for (const req of sent) assert.deepEqual(validateRequest(req), []);
       const record = JSON.parse(readFileSync(path.join(vm.vmDir, 'vm.json'), 'utf8')) as { owner: string; pid: number; driver: string };
-      assert.equal(record.pid, vm.process.pid);
+      assert.equal(record.pid, vm.vmProcess.child.pid);
       assert.equal(record.driver, 'firecracker');
       assert.match(readFileSync(path.join(vm.vmDir, 'console.log'), 'utf8'), /stand-in/);
 

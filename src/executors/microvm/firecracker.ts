@@ -17,12 +17,13 @@
  * binary (test/fixtures/fake-firecracker.mjs) wherever KVM is missing.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, closeSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import http from 'node:http';
 import type net from 'node:net';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
+import { VmProcess, type VmExit } from './vm-process.js';
 import { connectUnix, type VmRecord, type VmShape } from './qemu.js';
 
 /** The guest vsock port the agent's bridge listens on. */
@@ -238,8 +239,6 @@ export interface FirecrackerVmOptions {
 }
 
 export class FirecrackerVm {
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  private exitedFlag = false;
   private destroyed: Promise<void> | null = null;
   agent!: AgentClient;
   readonly api: FirecrackerApi;
@@ -247,28 +246,19 @@ export class FirecrackerVm {
 
   private constructor(
     readonly options: FirecrackerVmOptions,
-    readonly process: ChildProcess,
-    private readonly stderr: Buffer[],
+    readonly vmProcess: VmProcess,
     /** Where the API socket and the relative paths live (the VM dir, or the jail's root). */
     readonly rootDir: string,
   ) {
     this.api = new FirecrackerApi(path.join(rootDir, API_SOCK));
-    this.exited = new Promise((resolve) => {
-      process.once('exit', (code, signal) => {
-        this.exitedFlag = true;
-        resolve({ code, signal });
-      });
-      // A spawn that failed (ENOENT, EACCES) emits 'error' and never 'exit'.
-      process.once('error', () => {
-        if (process.pid !== undefined) return;
-        this.exitedFlag = true;
-        resolve({ code: null, signal: null });
-      });
-    });
+  }
+
+  get exited(): Promise<VmExit> {
+    return this.vmProcess.exited;
   }
 
   get alive(): boolean {
-    return !this.exitedFlag;
+    return this.vmProcess.alive;
   }
 
   get vmDir(): string {
@@ -300,27 +290,17 @@ export class FirecrackerVm {
       } finally {
         closeSync(consoleFd);
       }
-      const stderr: Buffer[] = [];
-      child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));
-      vm = new FirecrackerVm(options, child, stderr, rootDir);
-      const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
-      spawnError.catch(() => undefined);
-      if (child.pid === undefined) await spawnError;
+      const vmProcess = new VmProcess('firecracker', child, vmDir);
+      vm = new FirecrackerVm(options, vmProcess, rootDir);
       const record: VmRecord & { driver: string; rootDir: string } = {
         owner: options.owner,
-        pid: child.pid as number,
+        pid: await vmProcess.pid(),
         createdAt: new Date().toISOString(),
         driver: 'firecracker',
         rootDir,
       };
       await fs.writeFile(path.join(vmDir, 'vm.json'), JSON.stringify(record));
-      const deadline = Date.now() + options.readyTimeoutMs;
-      const started = vm;
-      const exitedEarly = vm.exited.then(({ code, signal }) => {
-        throw new Error(`firecracker exited during start-up (code ${code}, signal ${signal}): ${started.diagnostics()}`);
-      });
-      exitedEarly.catch(() => undefined);
-      await Promise.race([vm.bootOrRestore(deadline), exitedEarly]);
+      await vmProcess.untilReady(vm.bootOrRestore(Date.now() + options.readyTimeoutMs));
       vm.readyMs = performance.now() - startedAt;
       return vm;
     } catch (error) {
@@ -341,15 +321,7 @@ export class FirecrackerVm {
     const socket = await connectVsock(path.join(this.rootDir, VSOCK_UDS), AGENT_VSOCK_PORT, deadline, alive);
     this.agent = new AgentClient(socket);
     socket.resume();
-    for (;;) {
-      try {
-        await this.agent.ping(2000);
-        return;
-      } catch (error) {
-        if (Date.now() > deadline) throw new Error(`the agent did not answer: ${(error as Error).message}; ${this.diagnostics()}`);
-        if (this.agent.closed) throw error;
-      }
-    }
+    await this.vmProcess.handshake(this.agent, deadline, 2000);
   }
 
   /** With the jailer, the files the API names must be inside the chroot: hard-link them (same filesystem expected). */
@@ -366,11 +338,7 @@ export class FirecrackerVm {
   }
 
   diagnostics(): string {
-    let console = '';
-    try {
-      console = readFileSync(path.join(this.vmDir, 'console.log'), 'utf8').slice(-1500);
-    } catch {}
-    return `firecracker stderr: ${Buffer.concat(this.stderr).toString().trim().slice(-500) || '(empty)'}; console: ${console.trim() || '(empty)'}`;
+    return this.vmProcess.diagnostics();
   }
 
   /** Pauses the VM and writes a full snapshot (`base` and `base.mem`). The VM stays paused; destroy it afterwards. */
@@ -387,7 +355,7 @@ export class FirecrackerVm {
   }
 
   kill(): void {
-    if (this.alive) this.process.kill('SIGKILL');
+    this.vmProcess.kill();
   }
 
   destroy(): Promise<void> {

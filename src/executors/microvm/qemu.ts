@@ -7,13 +7,14 @@
  * owner and the qemu pid so that a reaper can find and kill it after a crash.
  */
 import type { Cgroup } from '../sandbox/cgroups.js';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from './agent-client.js';
+import { VmProcess, type VmExit } from './vm-process.js';
 import type { MicroVmAssets } from './assets.js';
 
 export type Accelerator = 'kvm' | 'tcg';
@@ -189,8 +190,6 @@ export interface QemuVmOptions {
 
 /** One running VM. `destroy()` kills qemu and removes its directory; safe to call twice. */
 export class QemuVm {
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  private exitedFlag = false;
   private destroyed: Promise<void> | null = null;
   agent!: AgentClient;
   qmp!: QmpClient;
@@ -199,19 +198,15 @@ export class QemuVm {
 
   private constructor(
     readonly options: QemuVmOptions,
-    readonly process: ChildProcess,
-    private readonly stderr: Buffer[],
-  ) {
-    this.exited = new Promise((resolve) => {
-      process.once('exit', (code, signal) => {
-        this.exitedFlag = true;
-        resolve({ code, signal });
-      });
-    });
+    readonly vmProcess: VmProcess,
+  ) {}
+
+  get exited(): Promise<VmExit> {
+    return this.vmProcess.exited;
   }
 
   get alive(): boolean {
-    return !this.exitedFlag;
+    return this.vmProcess.alive;
   }
 
   get vmDir(): string {
@@ -232,21 +227,11 @@ export class QemuVm {
       if (options.cgroup && child.pid !== undefined) {
         for (const file of options.cgroup.procsFiles) await fs.writeFile(file, String(child.pid));
       }
-      const stderr: Buffer[] = [];
-      child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));
-      vm = new QemuVm(options, child, stderr);
-      const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
-      spawnError.catch(() => undefined);
-      if (child.pid === undefined) await spawnError;
-      const record: VmRecord = { owner: options.owner, pid: child.pid as number, createdAt: new Date().toISOString() };
+      const vmProcess = new VmProcess('qemu', child, vmDir);
+      vm = new QemuVm(options, vmProcess);
+      const record: VmRecord = { owner: options.owner, pid: await vmProcess.pid(), createdAt: new Date().toISOString() };
       await fs.writeFile(path.join(vmDir, 'vm.json'), JSON.stringify(record));
-      const deadline = Date.now() + options.readyTimeoutMs;
-      const started = vm;
-      const exitedEarly = vm.exited.then(({ code, signal }) => {
-        throw new Error(`qemu exited during start-up (code ${code}, signal ${signal}): ${started.diagnostics()}`);
-      });
-      exitedEarly.catch(() => undefined);
-      await Promise.race([vm.connect(deadline), exitedEarly]);
+      await vmProcess.untilReady(vm.connect(Date.now() + options.readyTimeoutMs));
       vm.readyMs = performance.now() - startedAt;
       return vm;
     } catch (error) {
@@ -277,25 +262,11 @@ export class QemuVm {
     }
     const socket = await connectUnix(path.join(this.vmDir, 'agent.sock'), deadline, alive);
     this.agent = new AgentClient(socket);
-    // The agent answers once it runs; before that, pings are lost (or queued in the guest): retry with short timeouts.
-    for (;;) {
-      try {
-        await this.agent.ping(this.options.incoming ? 2000 : 1000);
-        return;
-      } catch (error) {
-        if (Date.now() > deadline) throw new Error(`the agent did not answer: ${(error as Error).message}; ${this.diagnostics()}`);
-        if (this.agent.closed) throw error;
-      }
-    }
+    await this.vmProcess.handshake(this.agent, deadline, this.options.incoming ? 2000 : 1000);
   }
 
-  /** Stderr of qemu and the tail of the guest console, for error messages. */
   diagnostics(): string {
-    let console = '';
-    try {
-      console = readFileSync(path.join(this.vmDir, 'console.log'), 'utf8').slice(-1500);
-    } catch {}
-    return `qemu stderr: ${Buffer.concat(this.stderr).toString().trim().slice(-500) || '(empty)'}; console: ${console.trim() || '(empty)'}`;
+    return this.vmProcess.diagnostics();
   }
 
   /** Saves the running VM's state into `file` (QMP migrate to a file). The VM is left paused; destroy it afterwards. */
@@ -313,7 +284,7 @@ export class QemuVm {
   }
 
   kill(): void {
-    if (this.alive) this.process.kill('SIGKILL');
+    this.vmProcess.kill();
   }
 
   destroy(): Promise<void> {
