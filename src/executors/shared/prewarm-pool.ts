@@ -140,6 +140,19 @@ export class PrewarmPool<T> {
     }
   }
 
+  /** Destroys every idle item that is no longer alive (e.g. its engine died) instead of waiting for a take(). */
+  dropDead(): number {
+    if (this.options.isAlive === undefined) return 0;
+    let dropped = 0;
+    for (const state of this.keys.values()) {
+      const alive = state.idle.filter((item) => this.options.isAlive!(item));
+      for (const item of state.idle) if (!alive.includes(item)) void this.options.destroy(item).catch(() => undefined);
+      dropped += state.idle.length - alive.length;
+      state.idle = alive;
+    }
+    return dropped;
+  }
+
   /** Drops shapes that nobody asked for within the idle TTL. */
   sweep(): void {
     const cutoff = this.now() - this.options.idleTtlMs;
