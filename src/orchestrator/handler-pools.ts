@@ -115,6 +115,8 @@ export class HandlerPools implements HandlerInvoker {
       sizePerKey: perShape,
       maxItems: perShape * 4,
       idleTtlMs: options.idleTtlMs,
+      // A safety net only: each start is already bounded by startTimeoutMs (see createGeneric).
+      createTimeoutMs: (options.startTimeoutMs ?? 30_000) + 10_000,
       onError: (error, key) => options.onError?.(error, { function: `generic ${key}` }),
     });
     const defaults = resolveLimits({}, {}, this.limits);

@@ -36,6 +36,8 @@ export interface DockerExecutorOptions {
   prewarmPerShape?: number;
   prewarmMaxContainers?: number;
   prewarmIdleTtlMs?: number;
+  /** A prewarmed container not created and started after this long (a stuck engine) is given up and replaced. Default 60000. */
+  prewarmCreateTimeoutMs?: number;
   /** How long a started container may take to pick up its launch script. */
   launchTimeoutMs?: number;
   /** How often the engine is pinged while containers exist, to notice that it died (see watchEngine). Default 1000. */
@@ -133,6 +135,7 @@ export class DockerExecutor implements Executor {
       sizePerKey: options.prewarmPerShape ?? 6,
       maxItems: options.prewarmMaxContainers ?? 16,
       idleTtlMs: options.prewarmIdleTtlMs ?? 300_000,
+      createTimeoutMs: options.prewarmCreateTimeoutMs ?? 60_000,
       onError: (error, key) => this.logger.warn({ err: error, shape: key }, 'prewarming a container failed'),
     });
   }
