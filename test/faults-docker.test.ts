@@ -200,7 +200,26 @@ describe('Docker engine restart mid-run', { skip: unavailable ?? false }, () => 
     // What the old engine's life left (stopped containers of the killed executions and the old prewarmed ones) goes;
     // only the fresh prewarmed containers remain.
     await waitFor(async () => (await ownerContainers()).every((info) => info.State === 'running') && (await ownerContainers()).length <= 2, 30_000, 'the dead containers to be removed');
-    const stopping = server;
+  });
+
+  it('a graceful engine restart (SIGTERM, as systemctl restart does) fails in-flight executions the same way', { timeout: 180_000 }, async () => {
+    const url = server!.url;
+    const inFlight = execute(url, ['sleep', '62']);
+    await waitFor(
+      async () => {
+        const infos = await Promise.all((await ownerContainers()).map((info) => engine.docker.getContainer(info.Id).top().catch(() => ({ Processes: [] as string[][] }))));
+        return infos.some((top) => (top.Processes ?? []).some((row: string[]) => row.join(' ').includes('sleep 62')));
+      },
+      30_000,
+      'the execution to run',
+    );
+    await engine.kill('SIGTERM');
+    assertRetryable503(await inFlight, 'an execution in flight when the engine stopped');
+    await engine.start();
+    const answer = await execute(url, ['echo', 'after']);
+    assert.equal(answer.status, 200, JSON.stringify(answer));
+    assert.equal(answer.stdout, 'after\n');
+    const stopping = server!;
     server = null;
     const ownerId = stopping.ownerId;
     await stopping.stop();

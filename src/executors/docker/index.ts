@@ -67,6 +67,8 @@ interface Slot {
   /** Rejects `exited`: the engine went away, so the container's end will never be reported. */
   lose(error: KindlingError): void;
   dead: boolean;
+  /** When the container was created (the start of its engine events). */
+  readonly createdAtMs: number;
   /** Holds the egress network (released once when the slot is destroyed). */
   egress: boolean;
 }
@@ -291,6 +293,7 @@ export class DockerExecutor implements Executor {
         exited: Promise.race([started.wait({ condition: 'not-running' }) as Promise<{ StatusCode: number }>, lost]),
         lose: (error) => lose(error),
         dead: false,
+        createdAtMs: Date.now(),
         egress,
       };
       slot.exited.then(
@@ -425,6 +428,11 @@ export class DockerExecutor implements Executor {
         const info = await slot.container.inspect().catch(() => null);
         oomKilled = info?.State.OOMKilled === true;
       }
+      // Killed by a signal that Kindling did not send: a stopping engine (systemctl restart docker) or an operator's
+      // `docker stop` ended the run, not the user's code. That is the platform failing, with a retryable error.
+      if (exitCode > 128 && !killed && !oomKilled && (await this.stoppedByEngine(slot))) {
+        throw new KindlingError('EXECUTOR_UNAVAILABLE', 'the Docker engine stopped the container during the execution (an engine restart or "docker stop"), which is lost; retry', { retryAfterSeconds: 5 });
+      }
       await Promise.all([streamsEnded, usageEnded]);
       // Empty when the container was killed before its shell could report (timeout, OOM of the shell, kill()).
       const usage = parseCgroupUsage(Buffer.concat(usageChunks).toString('utf8'));
@@ -501,6 +509,28 @@ export class DockerExecutor implements Executor {
       this.pool.dropDead();
     } finally {
       this.pinging = false;
+    }
+  }
+
+  /**
+   * Whether the engine sent the container a `kill` (Kindling only ever kills with SIGKILL itself, and marks that): the
+   * container's past events are read once (since its creation, until now). An engine that stops answering meanwhile is
+   * shutting down: that counts too.
+   */
+  private async stoppedByEngine(slot: Slot): Promise<boolean> {
+    try {
+      const stream = await this.docker.getEvents({
+        since: Math.floor(slot.createdAtMs / 1000) - 1,
+        // Now, to the nanosecond (the engine accepts fractions): a whole second in the future would hold the answer
+        // back until then.
+        until: (Date.now() / 1000).toFixed(9) as unknown as number,
+        filters: JSON.stringify({ container: [slot.container.id], event: ['kill'] }),
+      });
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream) chunks.push(Buffer.from(chunk as Buffer));
+      return Buffer.concat(chunks).toString('utf8').includes('"kill"');
+    } catch (error) {
+      return isEngineUnreachable(error);
     }
   }
 
