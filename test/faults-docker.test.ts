@@ -23,7 +23,8 @@ import { dockerUnavailableReason, startTestServer, waitFor, type TestServer } fr
 
 const run = promisify(execFile);
 const DOCKERD = '/usr/sbin/dockerd';
-const SOCKET = '/run/kindling-faults-docker.sock';
+// Per process: two runs of this test on one machine must not share an engine.
+const SOCKET = `/run/kindling-faults-docker-${process.pid}.sock`;
 
 const unavailable =
   (await dockerUnavailableReason()) ??

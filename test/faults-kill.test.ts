@@ -35,7 +35,7 @@ describe('kill -9 under load', { skip: unavailable ?? false }, () => {
     let clean = false;
     try {
       // Prewarmed containers and generic warm sandboxes on: they are among what a crash leaves behind.
-      server = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '2', '--generic-sandboxes', '1', '--async-concurrency', '3']);
+      server = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '2', '--generic-sandboxes', '1', '--async-concurrency', '3', '--sandbox-start-timeout-ms', '20000']);
       const first = server;
       const put = (name: string, spec: unknown): Promise<Response> => fetch(`${first.url}/v1/functions/${name}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(spec) });
       assert.ok((await put('slow', { image: 'kindling/base', command: ['sh', '-c', 'sleep 1; cat'] })).ok);
