@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { skipOrFail } from '../src/executors/test-support.js';
-import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const run = promisify(execFile);
 const unavailable = (await sandboxUnavailableReason()) ?? (process.getuid?.() === 0 ? null : skipOrFail('sandbox', 'mounting a tmpfs needs root'));
@@ -59,10 +59,13 @@ describe('full disk in the data dir', { skip: unavailable ?? false }, () => {
     await run('mount', ['-t', 'tmpfs', '-o', 'size=24m,mode=755', 'kindling-faults-disk', mountPoint]);
     let server: TestServer | null = null;
     try {
-      server = await startTestServer({ dataDir: mountPoint, executor: 'sandbox', asyncInvocations: { concurrency: 1 } });
+      // Docker too where it runs: its run dirs (code files, FIFOs) live in the data dir as well.
+      const withDocker = (await dockerUnavailableReason()) === null;
+      server = await startTestServer({ dataDir: mountPoint, executor: 'sandbox', enableExecutors: withDocker ? ['docker'] : [], prewarmPerShape: 0, asyncInvocations: { concurrency: 1 } });
       const url = server.url;
       const put = (name: string, spec: unknown): Promise<Response> => fetch(`${url}/v1/functions/${name}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(spec) });
-      const execute = (): Promise<Response> => fetch(`${url}/v1/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'python', code: 'print(6*7)' }) });
+      const execute = (executor = 'sandbox'): Promise<Response> =>
+        fetch(`${url}/v1/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'python', code: 'print(6*7)', executor }) });
       const invokeAsync = (name: string, body: string): Promise<Response> => fetch(`${url}/v1/functions/${name}/invoke`, { method: 'POST', headers: { 'x-kindling-async': 'true' }, body });
       assert.equal((await put('echo', { image: 'kindling/base', command: ['cat'] })).status, 201);
       assert.equal((await put('slow', { image: 'kindling/base', command: ['sh', '-c', 'sleep 1; cat'] })).status, 201);
@@ -83,6 +86,7 @@ describe('full disk in the data dir', { skip: unavailable ?? false }, () => {
         ['deploy', await put('later', { image: 'kindling/base', command: ['cat'] })],
         ['async invoke', await invokeAsync('echo', 'x'.repeat(64 * 1024))],
         ['execute', await execute()],
+        ...(withDocker ? [['execute on docker', await execute('docker')] as [string, Response]] : []),
       ];
       for (const [what, response] of answers) {
         const body = (await response.json()) as ErrorBody;
@@ -108,9 +112,11 @@ describe('full disk in the data dir', { skip: unavailable ?? false }, () => {
 
       // Everything works again, without a restart.
       assert.equal((await put('later', { image: 'kindling/base', command: ['cat'] })).status, 201);
-      const response = await execute();
-      assert.equal(response.status, 200);
-      assert.equal(((await response.json()) as { stdout: string }).stdout, '42\n');
+      for (const executor of withDocker ? ['sandbox', 'docker'] : ['sandbox']) {
+        const response = await execute(executor);
+        assert.equal(response.status, 200, executor);
+        assert.equal(((await response.json()) as { stdout: string }).stdout, '42\n');
+      }
       const again = await invokeAsync('later', 'after');
       assert.equal(again.status, 202);
       const id = ((await again.json()) as { invocationId: string }).invocationId;
