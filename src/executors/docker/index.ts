@@ -498,7 +498,10 @@ export class DockerExecutor implements Executor {
         this.watchdog = null;
       }
     } catch (error) {
-      if (!isEngineUnreachable(error) || this.engineLost) return;
+      // Only a definite absence (nobody listens, the socket is gone) is a loss: a reset connection on a loaded machine
+      // must not fail every execution in flight; the next ping of a dead engine is refused anyway.
+      const code = (error as NodeJS.ErrnoException | undefined)?.code;
+      if ((code !== 'ECONNREFUSED' && code !== 'ENOENT') || this.engineLost) return;
       this.engineLost = true;
       this.logger.warn({ err: error, containers: this.slots.size }, 'the Docker engine is gone; failing the executions in flight');
       const lostError = new KindlingError('EXECUTOR_UNAVAILABLE', 'the Docker engine went away during the execution, which is lost; retry once the engine is back', { cause: error, retryAfterSeconds: 5 });
