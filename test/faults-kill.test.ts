@@ -13,9 +13,10 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { SERVER_STOPPED_REASON } from '../src/orchestrator/invocations.js';
 import { leftovers, nothingLeft, processes, startServerProcess, stopProcess, type ServerProcess } from './helpers/faults.js';
-import { docker, dockerUnavailableReason, sandboxUnavailableReason, waitFor } from './helpers/server.js';
+import { docker, dockerUnavailableReason, microvmUnavailableReason, sandboxUnavailableReason, waitFor } from './helpers/server.js';
 
 const unavailable = (await sandboxUnavailableReason()) ?? (await dockerUnavailableReason());
+const microvmUnavailable = await microvmUnavailableReason();
 const ASYNC_COUNT = 40;
 
 interface View {
@@ -96,6 +97,49 @@ describe('kill -9 under load', { skip: unavailable ?? false }, () => {
       if (server) await stopProcess(server.child, 'SIGKILL');
       // A failed run must not leave the dead server's resources either: a last server on the data dir reaps them.
       const reaper = clean ? null : await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0', '--generic-sandboxes', '0']).catch(() => null);
+      if (reaper) await stopProcess(reaper.child, 'SIGTERM');
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('kill -9 with microVMs running', { skip: microvmUnavailable ?? false }, () => {
+  it('the orphaned qemu processes, their cgroups and VM dirs are reaped by the next start', { timeout: 300_000 }, async () => {
+    const dataDir = await realpath(await mkdtemp(join(tmpdir(), 'kindling-kill-vm-')));
+    await chmod(dataDir, 0o755);
+    const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
+    let server: ServerProcess | null = null;
+    let clean = false;
+    try {
+      server = await startServerProcess(dataDir, ['--executor', 'microvm', '--prewarm', '1', '--generic-sandboxes', '0']);
+      const first = server;
+      // The first execution makes the shape's snapshot (a cold boot under TCG) and warms the shape.
+      const warmup = await fetch(`${first.url}/v1/execute`, json({ image: 'kindling/base', command: ['echo', 'up'] }));
+      assert.equal(warmup.status, 200, await warmup.text());
+      const inFlight = fetch(`${first.url}/v1/execute`, json({ image: 'kindling/base', command: ['sleep', '120'] })).catch((error: unknown) => error);
+      const qemus = (): number => processes().filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(dataDir)).length;
+      // The VM running the sleep and the warm one that replaces it.
+      await waitFor(async () => qemus() >= 2, 120_000, 'two VMs');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const before = await leftovers(docker, ownerId, dataDir);
+      await stopProcess(first.child, 'SIGKILL');
+      await inFlight;
+      assert.ok(qemus() >= 2, 'the VMs outlive the killed server (their parent died)');
+      assert.ok(before.runDirs.length >= 2, `VM dirs before the kill: ${before.runDirs.join(', ')}`);
+
+      server = await startServerProcess(dataDir, ['--executor', 'microvm', '--prewarm', '0', '--generic-sandboxes', '0']);
+      const second = server;
+      const after = await leftovers(docker, ownerId, dataDir, [second.child.pid!]);
+      assert.deepEqual({ processes: after.processes, cgroups: after.cgroups, mounts: after.mounts }, { processes: [], cgroups: [], mounts: [] }, 'the dead server\'s VMs are gone');
+      assert.equal(qemus(), 0, 'no qemu of this data dir runs');
+      await stopProcess(second.child, 'SIGTERM');
+      const end = await leftovers(docker, ownerId, dataDir);
+      assert.ok(nothingLeft(end), `left behind: ${JSON.stringify(end, null, 1)}`);
+      clean = true;
+      process.stdout.write(`# kill -9 with microVMs: ${before.processes.length} processes and ${before.runDirs.length} VM dirs at the kill, none after the restart\n`);
+    } finally {
+      if (server) await stopProcess(server.child, 'SIGKILL');
+      const reaper = clean ? null : await startServerProcess(dataDir, ['--executor', 'microvm', '--prewarm', '0', '--generic-sandboxes', '0']).catch(() => null);
       if (reaper) await stopProcess(reaper.child, 'SIGTERM');
       await rm(dataDir, { recursive: true, force: true });
     }

@@ -123,7 +123,8 @@ export async function leftovers(docker: Docker, ownerId: string, dataDir: string
     .filter(ours)
     .map((p) => `${p.pid} (parent ${p.ppid}) ${p.cmdline.slice(0, 160)}`);
   const runDirs: string[] = [];
-  for (const sub of ['sandbox/runs', 'sandbox/agents', 'docker', 'docker-agents', 'microvm']) {
+  // (microvm/snapshots are kept on purpose: they are reused by the next start of this data dir.)
+  for (const sub of ['sandbox/runs', 'sandbox/agents', 'docker', 'docker-agents', 'microvm/vms']) {
     const dir = join(dataDir, 'run', sub);
     if (!existsSync(dir)) continue;
     for (const entry of readdirSync(dir)) runDirs.push(join(sub, entry));
