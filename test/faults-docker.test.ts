@@ -176,10 +176,11 @@ describe('Docker engine restart mid-run', { skip: unavailable ?? false }, () => 
     const killedAt = Date.now();
     await engine.kill('SIGKILL');
 
-    for (const answer of await Promise.all(inFlight)) {
-      assertRetryable503(answer, 'an execution in flight when the engine died');
-      assert.ok(Date.now() - killedAt < 20_000, 'the failure came quickly, not after the sleep');
-    }
+    const answers = await Promise.all(inFlight);
+    const failedAfterMs = Date.now() - killedAt;
+    for (const answer of answers) assertRetryable503(answer, 'an execution in flight when the engine died');
+    assert.ok(failedAfterMs < 20_000, `the failure came quickly, not after the sleep (${failedAfterMs} ms)`);
+    process.stdout.write(`# docker engine SIGKILL: in-flight executions answered 503 ${failedAfterMs} ms after the kill\n`);
     // While it is down: /readyz says so, and new executions fail fast with the same clear error.
     await waitFor(async () => (await fetch(`${url}/readyz`)).status === 503, 10_000, '/readyz to report docker down');
     const ready = (await (await fetch(`${url}/readyz`)).json()) as { executors: { name: string; ready: boolean; reason: string }[] };
