@@ -277,6 +277,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
       { executor: chosen.name, runtime: 'python' },
     ],
     onError: (error, context) => logger.warn({ err: error, ...context }, 'a warm sandbox could not be started'),
+    onStartFailed: (executor) => metrics.onSandbox(executor, 'failed', 'warm'),
   });
   handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };

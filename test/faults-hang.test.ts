@@ -82,3 +82,29 @@ describe('a sandbox that hangs during start-up', { skip: unavailable ?? false },
     assert.equal((await invoke('hangs', 'z')).text, 'fixed z');
   });
 });
+
+describe('a generic sandbox that hangs while loading a function', { skip: unavailable ?? false }, () => {
+  let server: TestServer;
+  before(async () => {
+    // One generic python sandbox waits: the cold start hands it the code (a LOAD), which hangs.
+    server = await startTestServer({ executor: 'sandbox', functionPools: { startTimeoutMs: START_TIMEOUT_MS, genericPerShape: 1 } });
+    await waitFor(async () => ((server.handlers.stats() as { generic: { idle: number } }).generic.idle) >= 1, 30_000, 'a generic sandbox');
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  it('the load is bounded too: killed, counted, then fresh sandboxes, then a retryable 503', { timeout: 60_000 }, async () => {
+    const failedBefore = await failedWarmStarts(server.url);
+    const put = await fetch(`${server.url}/v1/functions/hangs`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'python', handler: 'handler', code: 'import time\nwhile True:\n    time.sleep(1)\n\ndef handler(body):\n    return body\n' }) });
+    assert.ok(put.ok);
+    const started = Date.now();
+    const response = await fetch(`${server.url}/v1/functions/hangs/invoke`, { method: 'POST', body: 'x' });
+    const ms = Date.now() - started;
+    assert.equal(response.status, 503);
+    assert.equal(((await response.json()) as { error: { code: string } }).error.code, 'SANDBOX_START_TIMEOUT');
+    // The generic sandbox's load, then a fresh sandbox and one retry: three bounded starts.
+    assert.ok(ms >= 3 * START_TIMEOUT_MS && ms < 8 * START_TIMEOUT_MS, `answered after ${ms} ms`);
+    assert.equal((await failedWarmStarts(server.url)) - failedBefore, 3, 'the hung load and both hung starts are counted');
+  });
+});

@@ -75,6 +75,11 @@ export interface HandlerPoolsOptions {
    * invocation fails with SANDBOX_START_TIMEOUT (503, retryable). Default 30000.
    */
   startTimeoutMs?: number;
+  /**
+   * A generic sandbox that did not finish loading a function's code in time (killed; counted like a failed start).
+   * Failed starts of fresh sandboxes are counted by the executor's instrumentation.
+   */
+  onStartFailed?: (executor: ExecutorName) => void;
   /** Shapes warmed at start-up (e.g. node and python with the default limits on the default executor). */
   genericWarmAtStart?: { executor: ExecutorName; runtime: 'node' | 'python' }[];
 }
@@ -171,6 +176,8 @@ export class HandlerPools implements HandlerInvoker {
       } catch (error) {
         void generic.destroy();
         if (error instanceof AgentLoadError) throw error;
+        // Loading the code is the generic sandbox's start for this function: a hang there is a failed start too.
+        if (error instanceof KindlingError && error.code === 'SANDBOX_START_TIMEOUT') this.options.onStartFailed?.(executorName);
         // A platform hiccup with the generic sandbox: fall back to a fresh one.
       }
     }
