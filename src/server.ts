@@ -89,6 +89,8 @@ export interface FunctionPoolConfig {
   genericPerShape: number;
   /** Memory limits of all warm sandboxes together at most, in MiB. Default 16384. */
   maxWarmMemoryMb: number;
+  /** A warm sandbox that has not finished starting (agent handshake, code loaded) after this long is killed and replaced. Default 30000. */
+  startTimeoutMs: number;
 }
 
 export interface AsyncInvocationConfig {
@@ -113,6 +115,7 @@ export const DEFAULT_FUNCTION_POOLS: FunctionPoolConfig = {
   maxWarmSandboxes: 64,
   genericPerShape: 1,
   maxWarmMemoryMb: 16_384,
+  startTimeoutMs: 30_000,
 };
 
 export interface RunningServer {
@@ -274,6 +277,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
       { executor: chosen.name, runtime: 'python' },
     ],
     onError: (error, context) => logger.warn({ err: error, ...context }, 'a warm sandbox could not be started'),
+    onStartFailed: (executor) => metrics.onSandbox(executor, 'failed', 'warm'),
   });
   handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };

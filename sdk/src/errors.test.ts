@@ -37,6 +37,8 @@ describe('errorFromResponse', () => {
     [500, 'INTERNAL', ServerError, false],
     [502, 'EXECUTOR_FAILED', ServerError, true],
     [503, 'EXECUTOR_UNAVAILABLE', ServerError, true],
+    [503, 'SANDBOX_START_TIMEOUT', ServerError, true],
+    [507, 'STORAGE_FULL', ServerError, true],
     [504, 'GATEWAY_TIMEOUT', ServerError, true],
   ];
   for (const [status, code, type, retryable] of cases) {

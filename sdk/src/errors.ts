@@ -108,8 +108,9 @@ export class AbortError extends KindlingError {
 }
 
 /** Codes whose failure is transient when the status is unknown (stream `error` events). */
-const RETRYABLE_CODES = new Set(['TOO_MANY_REQUESTS', 'EXECUTOR_UNAVAILABLE', 'EXECUTOR_FAILED', 'SHUTTING_DOWN']);
-const RETRYABLE_STATUSES = new Set([408, 429, 502, 503, 504]);
+const RETRYABLE_CODES = new Set(['TOO_MANY_REQUESTS', 'EXECUTOR_UNAVAILABLE', 'EXECUTOR_FAILED', 'SHUTTING_DOWN', 'SANDBOX_START_TIMEOUT', 'STORAGE_FULL']);
+// 507: the server's disk is full (STORAGE_FULL); nothing was stored, so the same request can be sent again later.
+const RETRYABLE_STATUSES = new Set([408, 429, 502, 503, 504, 507]);
 
 /**
  * Parses `Retry-After` (delay in seconds, or an HTTP date) into milliseconds. Undefined when absent or unparsable.

@@ -1,5 +1,5 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { KindlingError, type ErrorCode } from '../core/errors.js';
+import { KindlingError, storageFullError, type ErrorCode } from '../core/errors.js';
 
 /** Fastify's own error codes, mapped to ours. */
 const FASTIFY_CODES: Record<string, { code: ErrorCode; message?: string }> = {
@@ -13,6 +13,10 @@ const FASTIFY_CODES: Record<string, { code: ErrorCode; message?: string }> = {
 
 /** Converts anything thrown into a KindlingError. Unexpected errors become INTERNAL and hide their details. */
 export function toKindlingError(error: unknown, limits: { maxBodyBytes: number }): KindlingError {
+  // A full disk (SQLite or a file write, also wrapped by an executor as its failure) is the operator's to fix, not a
+  // bug: 507, retryable, never a 500.
+  const full = storageFullError(error);
+  if (full) return full;
   if (error instanceof KindlingError) return error;
   const fastifyError = error as FastifyError;
   if (fastifyError && typeof fastifyError.code === 'string') {

@@ -34,6 +34,10 @@ export const ERROR_CODES = {
   /** The client went away before the answer (nginx's 499): logged, never sent, not a server error. */
   CLIENT_DISCONNECTED: { statusCode: 499, retryable: false },
   EXECUTOR_UNAVAILABLE: { statusCode: 503, retryable: true },
+  /** A sandbox did not finish starting (its agent handshake) in time; it was killed and removed. */
+  SANDBOX_START_TIMEOUT: { statusCode: 503, retryable: true },
+  /** The file system of the data dir (store, run dirs) is full; nothing was accepted. Retry once space is freed. */
+  STORAGE_FULL: { statusCode: 507, retryable: true },
   EXECUTOR_FAILED: { statusCode: 502, retryable: true },
   SHUTTING_DOWN: { statusCode: 503, retryable: true },
   INTERNAL: { statusCode: 500, retryable: false },
@@ -67,4 +71,26 @@ export class KindlingError extends Error {
 
 export function isKindlingError(value: unknown): value is KindlingError {
   return value instanceof KindlingError;
+}
+
+/** Error codes that mean "the disk is full": errno (writes of files) and SQLite's (the store). */
+const STORAGE_FULL_CODES = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL']);
+
+/**
+ * Whether an error (or one of its causes) is a full file system. SQLite reports a failed write of its WAL or journal
+ * on a full disk as an I/O error too, so those count when the message says so.
+ */
+export function isStorageFull(error: unknown): boolean {
+  for (let at = error, depth = 0; at !== null && at !== undefined && depth < 8; at = (at as { cause?: unknown }).cause, depth++) {
+    const code = (at as { code?: unknown }).code;
+    if (typeof code === 'string' && (STORAGE_FULL_CODES.has(code) || (code.startsWith('SQLITE_IOERR') && /full|space/i.test(String((at as Error).message))))) return true;
+  }
+  return false;
+}
+
+/** The STORAGE_FULL error for `error` when it is a full disk, else null. */
+export function storageFullError(error: unknown): KindlingError | null {
+  if (error instanceof KindlingError && error.code === 'STORAGE_FULL') return error;
+  if (!isStorageFull(error)) return null;
+  return new KindlingError('STORAGE_FULL', "the server's data dir has no space left; nothing was stored. Retry once the operator has freed space", { cause: error, retryAfterSeconds: 30 });
 }

@@ -47,6 +47,11 @@ export interface Execution {
 
 export interface StartOptions {
   signal?: AbortSignal;
+  /**
+   * Warm sandboxes only: how long the resident agent may take from the start to its HELLO (code loaded). A start that
+   * takes longer is killed, its resources removed, and it fails with SANDBOX_START_TIMEOUT. Default 30000.
+   */
+  readyTimeoutMs?: number;
 }
 
 /** What one call into a warm sandbox's resident agent produced. The handler failing is data here, not an error. */

@@ -1,7 +1,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { posix } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
-import { KindlingError } from '../core/errors.js';
+import { KindlingError, storageFullError } from '../core/errors.js';
 import { newExecutionId } from '../core/ids.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import type { ExecuteRequest, ExecutionResult, ExecutorName, InputFile, RunSpec } from '../core/types.js';
@@ -259,10 +259,11 @@ export class ExecutionService {
     try {
       return await this.run(spec, executor, prepared.stdin, outputEncoding, options, this.clock.monotonicMs() - queuedAt);
     } catch (error) {
-      const failure = error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the execution failed inside the platform', { cause: error });
+      const full = storageFullError(error);
+      const failure = full ?? (error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the execution failed inside the platform', { cause: error }));
       const context = options.functionName === undefined ? { executor: executor.name } : { executor: executor.name, functionName: options.functionName };
       for (const observer of this.observers) observer.onExecutionFailed?.(failure, context);
-      throw error;
+      throw full ?? error;
     } finally {
       release();
     }

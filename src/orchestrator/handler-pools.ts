@@ -69,6 +69,17 @@ export interface HandlerPoolsOptions {
    * cells"). Each serves one function version once loaded, never another. 0 turns them off.
    */
   genericPerShape?: number;
+  /**
+   * How long a warm sandbox may take to start (executor start, runtime, agent handshake, the function's code loaded).
+   * One that takes longer is killed and removed, counted as a failed sandbox, and a fresh one is tried once before the
+   * invocation fails with SANDBOX_START_TIMEOUT (503, retryable). Default 30000.
+   */
+  startTimeoutMs?: number;
+  /**
+   * A generic sandbox that did not finish loading a function's code in time (killed; counted like a failed start).
+   * Failed starts of fresh sandboxes are counted by the executor's instrumentation.
+   */
+  onStartFailed?: (executor: ExecutorName) => void;
   /** Shapes warmed at start-up (e.g. node and python with the default limits on the default executor). */
   genericWarmAtStart?: { executor: ExecutorName; runtime: 'node' | 'python' }[];
 }
@@ -109,6 +120,8 @@ export class HandlerPools implements HandlerInvoker {
       sizePerKey: perShape,
       maxItems: perShape * 4,
       idleTtlMs: options.idleTtlMs,
+      // A safety net only: each start is already bounded by startTimeoutMs (see createGeneric).
+      createTimeoutMs: (options.startTimeoutMs ?? 30_000) + 10_000,
       onError: (error, key) => options.onError?.(error, { function: `generic ${key}` }),
     });
     const defaults = resolveLimits({}, {}, this.limits);
@@ -122,18 +135,25 @@ export class HandlerPools implements HandlerInvoker {
     if (executor?.createWarmSandbox === undefined) return Promise.reject(new Error(`no warm sandboxes on ${shape.executor}`));
     const launch = genericAgentLaunch(shape.runtime);
     const limits = resolveLimits({ memoryMb: shape.memoryMb, cpus: shape.cpus }, {}, this.limits);
-    return executor.createWarmSandbox({
-      id: newId('warm'),
-      image: `kindling/${shape.runtime}`,
-      command: launch.command,
-      env: { ...BASE_ENV },
-      workdir: '/tmp',
-      limits: { ...limits, timeoutMs: this.options.maxAgeMs * 2 },
-      network: 'none',
-      stdin: false,
-      files: launch.files,
-      labels: { 'dev.kindling.generic': shape.runtime },
-    });
+    return executor.createWarmSandbox(
+      {
+        id: newId('warm'),
+        image: `kindling/${shape.runtime}`,
+        command: launch.command,
+        env: { ...BASE_ENV },
+        workdir: '/tmp',
+        limits: { ...limits, timeoutMs: this.options.maxAgeMs * 2 },
+        network: 'none',
+        stdin: false,
+        files: launch.files,
+        labels: { 'dev.kindling.generic': shape.runtime },
+      },
+      { readyTimeoutMs: this.startTimeoutMs },
+    );
+  }
+
+  private get startTimeoutMs(): number {
+    return this.options.startTimeoutMs ?? 30_000;
   }
 
   /**
@@ -150,16 +170,26 @@ export class HandlerPools implements HandlerInvoker {
         const code = version.spec.code ?? '';
         await generic.load(
           { code, handler: version.spec.handler ?? 'handler', env: { ...BASE_ENV, ...version.spec.env }, esModule: isNodeEsModule(code) },
-          { timeoutMs: 30_000 },
+          { timeoutMs: this.startTimeoutMs },
         );
         return generic;
       } catch (error) {
         void generic.destroy();
         if (error instanceof AgentLoadError) throw error;
+        // Loading the code is the generic sandbox's start for this function: a hang there is a failed start too.
+        if (error instanceof KindlingError && error.code === 'SANDBOX_START_TIMEOUT') this.options.onStartFailed?.(executorName);
         // A platform hiccup with the generic sandbox: fall back to a fresh one.
       }
     }
-    return executor.createWarmSandbox!(this.runSpec(version, limits));
+    try {
+      return await executor.createWarmSandbox!(this.runSpec(version, limits), { readyTimeoutMs: this.startTimeoutMs });
+    } catch (error) {
+      // A start that hung was killed and removed; a hang of the platform (not of the function's code) is usually
+      // gone on the next attempt, so one fresh sandbox is tried before the caller gets the retryable error.
+      if (!(error instanceof KindlingError) || error.code !== 'SANDBOX_START_TIMEOUT') throw error;
+      this.options.onError?.(error, { function: `${version.name}@${version.version}` });
+      return executor.createWarmSandbox!(this.runSpec(version, limits), { readyTimeoutMs: this.startTimeoutMs });
+    }
   }
 
   supports(executor: ExecutorName): boolean {

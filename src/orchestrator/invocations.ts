@@ -15,14 +15,16 @@
  * may lose the last commits (an OS-level crash is outside this promise).
  */
 import { systemClock, type Clock } from '../core/clock.js';
-import { KindlingError } from '../core/errors.js';
+import { KindlingError, isStorageFull, storageFullError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import type { InvocationFilter, InvocationRecord, Store } from '../store/store.js';
+import type { InvocationFilter, InvocationOutcome, InvocationRecord, Store } from '../store/store.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
 
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
 const DEFAULT_TENANT = 'default';
+/** How often a store write that met a full disk is tried again. */
+const STORE_RETRY_MS = 1000;
 
 export interface InvocationServiceOptions {
   store: Store;
@@ -259,6 +261,23 @@ export class InvocationService {
     }
   }
 
+  /**
+   * Runs a store write, retrying while the disk is full (each second, until it succeeds or the service closes) so that
+   * an outcome or a requeue is not lost to a full data dir. False when it could not be stored.
+   */
+  private async storeDurably(invocationId: string, write: () => void): Promise<boolean> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        write();
+        return true;
+      } catch (error) {
+        if (attempt % 60 === 0) this.options.onError?.(error, { invocationId, phase: 'store', attempt });
+        if (!isStorageFull(error) || this.closed) return false;
+        await new Promise((resolve) => setTimeout(resolve, STORE_RETRY_MS));
+      }
+    }
+  }
+
   private pause(ms: number): void {
     this.pausedUntilMs = Math.max(this.pausedUntilMs, this.clock.nowMs() + ms);
     this.pump();
@@ -271,6 +290,9 @@ export class InvocationService {
     bus.start(record.id, record.functionName);
     let status: 'succeeded' | 'failed' = 'failed';
     let streamed = false;
+    // The outcome is worked out first and stored after: a store write that fails (a full disk) must never be taken
+    // for a failure of the function, which would run it again or mark it failed although it succeeded.
+    let outcome: InvocationOutcome;
     try {
       const result = await this.options.functionService.invoke(record.functionName, payload, {
         version: record.version,
@@ -286,7 +308,7 @@ export class InvocationService {
         if (result.stderr.length > 0) bus.output(record.id, record.functionName, 'stderr', result.stderr.toString('utf8'));
         if (result.body.length > 0) bus.output(record.id, record.functionName, 'stdout', result.body.toString('utf8'));
       }
-      this.store.finishInvocation(record.id, {
+      outcome = {
         status,
         exitCode: result.exitCode,
         durationMs: result.durationMs,
@@ -296,20 +318,21 @@ export class InvocationService {
         stdout: result.body,
         stderr: result.stderr,
         finishedAtMs: this.clock.nowMs(),
-      });
+      };
     } catch (error) {
-      const failure = error instanceof KindlingError ? error : null;
-      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN')) {
-        // It never started (the function is at its concurrency limit, or the server is stopping): back in the queue, in
-        // its place (it runs after the next start when stopping), and the dispatcher waits a little before it claims again.
-        this.store.requeueInvocation(record.id);
+      const failure = storageFullError(error) ?? (error instanceof KindlingError ? error : null);
+      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL')) {
+        // It never started (the function is at its concurrency limit, the server is stopping, or the disk is full so
+        // the sandbox could not be prepared): back in the queue, in its place (it runs after the next start when
+        // stopping), and the dispatcher waits a little before it claims again.
+        await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
         bus.end(record.id, record.functionName, 'queued');
-        this.pause(200);
+        this.pause(failure.code === 'STORAGE_FULL' ? 1000 : 200);
         return;
       }
       const message = failure ? `${failure.code}: ${failure.message}` : `the platform failed: ${error instanceof Error ? error.message : String(error)}`;
       if (!failure) this.options.onError?.(error, { invocationId: record.id });
-      this.store.finishInvocation(record.id, {
+      outcome = {
         status: 'failed',
         exitCode: null,
         durationMs: null,
@@ -319,7 +342,13 @@ export class InvocationService {
         stdout: Buffer.alloc(0),
         stderr: Buffer.alloc(0),
         finishedAtMs: this.clock.nowMs(),
-      });
+      };
+    }
+    const stored = await this.storeDurably(record.id, () => this.store.finishInvocation(record.id, outcome));
+    if (!stored) {
+      // Stays `running` in the store: the next start marks it failed (the crash policy above); nothing runs it twice.
+      bus.end(record.id, record.functionName, 'failed');
+      return;
     }
     bus.end(record.id, record.functionName, status);
     if (record.callbackUrl !== null) {

@@ -12,7 +12,8 @@ after(async () => {
 
 runConformanceSuite('docker', async () => {
   stateDir = await mkdtemp(join(tmpdir(), 'kindling-docker-conformance-'));
-  const executor = new DockerExecutor({ stateDir, ownerId: 'conformance-docker', instanceId: 'test', prewarmPerShape: 2 });
+  // Owner per process: another run of this suite on the machine (another worktree) reaps only its own containers.
+  const executor = new DockerExecutor({ stateDir, ownerId: `conformance-docker-${process.pid}`, instanceId: 'test', prewarmPerShape: 2 });
   const status = await executor.probe();
   if (!status.ready) {
     await executor.destroy();

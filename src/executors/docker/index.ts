@@ -36,8 +36,12 @@ export interface DockerExecutorOptions {
   prewarmPerShape?: number;
   prewarmMaxContainers?: number;
   prewarmIdleTtlMs?: number;
+  /** A prewarmed container not created and started after this long (a stuck engine) is given up and replaced. Default 60000. */
+  prewarmCreateTimeoutMs?: number;
   /** How long a started container may take to pick up its launch script. */
   launchTimeoutMs?: number;
+  /** How often the engine is pinged while containers exist, to notice that it died (see watchEngine). Default 1000. */
+  engineCheckIntervalMs?: number;
   /**
    * Enables `network: "egress"`: such containers join a dedicated bridge network of this owner (labelled, no
    * inter-container traffic) whose traffic DOCKER-USER/INPUT rules built from `egressPolicy` filter. The network and
@@ -58,9 +62,13 @@ interface Slot {
   /** Where the launch script reports the cgroup's CPU time and peak memory after the command ends. */
   readonly usage: FifoReader;
   readonly shapeKey: string;
-  /** Resolves with the engine's wait result once the container stops. */
+  /** Resolves with the engine's wait result once the container stops; rejects when the engine is lost. */
   readonly exited: Promise<{ StatusCode: number }>;
+  /** Rejects `exited`: the engine went away, so the container's end will never be reported. */
+  lose(error: KindlingError): void;
   dead: boolean;
+  /** When the container was created (the start of its engine events). */
+  readonly createdAtMs: number;
   /** Holds the egress network (released once when the slot is destroyed). */
   egress: boolean;
 }
@@ -113,6 +121,10 @@ export class DockerExecutor implements Executor {
   private egressUsers = 0;
   private egressQueue: Promise<unknown> = Promise.resolve();
   private egressFirewall: EgressFirewall | null = null;
+  /** Pings the engine while containers exist (see watchEngine). */
+  private watchdog: NodeJS.Timeout | null = null;
+  private engineLost = false;
+  private pinging = false;
 
   constructor(options: DockerExecutorOptions) {
     this.options = options;
@@ -125,6 +137,7 @@ export class DockerExecutor implements Executor {
       sizePerKey: options.prewarmPerShape ?? 6,
       maxItems: options.prewarmMaxContainers ?? 16,
       idleTtlMs: options.prewarmIdleTtlMs ?? 300_000,
+      createTimeoutMs: options.prewarmCreateTimeoutMs ?? 60_000,
       onError: (error, key) => this.logger.warn({ err: error, shape: key }, 'prewarming a container failed'),
     });
   }
@@ -263,6 +276,11 @@ export class DockerExecutor implements Executor {
       );
       await container.start();
       const started = container;
+      let lose: (error: KindlingError) => void = () => undefined;
+      const lost = new Promise<never>((_resolve, reject) => {
+        lose = reject;
+      });
+      lost.catch(() => undefined);
       const slot: Slot = {
         container: started,
         runDir,
@@ -271,8 +289,11 @@ export class DockerExecutor implements Executor {
         usage,
         shapeKey,
         // Asked after start: "not-running" answers at once if the container already stopped, so no exit is missed.
-        exited: started.wait({ condition: 'not-running' }) as Promise<{ StatusCode: number }>,
+        // The engine's wait request never settles when the engine dies mid-request: the watchdog rejects it then.
+        exited: Promise.race([started.wait({ condition: 'not-running' }) as Promise<{ StatusCode: number }>, lost]),
+        lose: (error) => lose(error),
         dead: false,
+        createdAtMs: Date.now(),
         egress,
       };
       slot.exited.then(
@@ -281,6 +302,7 @@ export class DockerExecutor implements Executor {
       );
       this.slots.add(slot);
       this.creatingDirs.delete(runDir);
+      this.watchEngine();
       return slot;
     } catch (error) {
       // Undo in reverse order; the original error wins.
@@ -406,6 +428,11 @@ export class DockerExecutor implements Executor {
         const info = await slot.container.inspect().catch(() => null);
         oomKilled = info?.State.OOMKilled === true;
       }
+      // Killed by a signal that Kindling did not send: a stopping engine (systemctl restart docker) or an operator's
+      // `docker stop` ended the run, not the user's code. That is the platform failing, with a retryable error.
+      if (exitCode > 128 && !killed && !oomKilled && (await this.stoppedByEngine(slot))) {
+        throw new KindlingError('EXECUTOR_UNAVAILABLE', 'the Docker engine stopped the container during the execution (an engine restart or "docker stop"), which is lost; retry', { retryAfterSeconds: 5 });
+      }
       await Promise.all([streamsEnded, usageEnded]);
       // Empty when the container was killed before its shell could report (timeout, OOM of the shell, kill()).
       const usage = parseCgroupUsage(Buffer.concat(usageChunks).toString('utf8'));
@@ -440,6 +467,81 @@ export class DockerExecutor implements Executor {
 
   private get agentsDir(): string {
     return join(this.options.stateDir, 'docker-agents');
+  }
+
+  /**
+   * While containers exist, the engine is pinged every `engineCheckIntervalMs`. A dead engine (connection refused, socket
+   * gone) never answers the wait requests it had open, so without this an execution in flight would hang forever: each
+   * slot is marked dead and its wait rejected with a retryable EXECUTOR_UNAVAILABLE, and idle prewarmed containers are
+   * dropped. When the engine answers again, what the lost slots left (their stopped containers, run dirs) is removed.
+   * A slow answer (a loaded machine) is not a loss: only a refused or missing socket is.
+   */
+  private watchEngine(): void {
+    if (this.watchdog !== null || this.closed) return;
+    this.watchdog = setInterval(() => void this.checkEngine(), this.options.engineCheckIntervalMs ?? 1000);
+    this.watchdog.unref();
+  }
+
+  private async checkEngine(): Promise<void> {
+    if (this.pinging) return;
+    this.pinging = true;
+    try {
+      await this.docker.ping();
+      if (this.engineLost) {
+        this.engineLost = false;
+        this.logger.info({}, 'the Docker engine is back; removing what the lost containers left');
+        await this.removeLostSlots();
+        await this.reap().catch((error: unknown) => this.logger.warn({ err: error }, 'reaping after the engine came back failed'));
+      }
+      if (this.slots.size === 0 && this.live.size === 0 && this.watchdog !== null) {
+        clearInterval(this.watchdog);
+        this.watchdog = null;
+      }
+    } catch (error) {
+      // Only a definite absence (nobody listens, the socket is gone) is a loss: a reset connection on a loaded machine
+      // must not fail every execution in flight; the next ping of a dead engine is refused anyway.
+      const code = (error as NodeJS.ErrnoException | undefined)?.code;
+      if ((code !== 'ECONNREFUSED' && code !== 'ENOENT') || this.engineLost) return;
+      this.engineLost = true;
+      this.logger.warn({ err: error, containers: this.slots.size }, 'the Docker engine is gone; failing the executions in flight');
+      const lostError = new KindlingError('EXECUTOR_UNAVAILABLE', 'the Docker engine went away during the execution, which is lost; retry once the engine is back', { cause: error, retryAfterSeconds: 5 });
+      for (const slot of this.slots) {
+        slot.dead = true;
+        slot.lose(lostError);
+      }
+      this.pool.dropDead();
+    } finally {
+      this.pinging = false;
+    }
+  }
+
+  /**
+   * Whether the engine sent the container a `kill` (Kindling only ever kills with SIGKILL itself, and marks that): the
+   * container's past events are read once (since its creation, until now). An engine that stops answering meanwhile is
+   * shutting down: that counts too.
+   */
+  private async stoppedByEngine(slot: Slot): Promise<boolean> {
+    try {
+      const stream = await this.docker.getEvents({
+        since: Math.floor(slot.createdAtMs / 1000) - 1,
+        // Now, to the nanosecond (the engine accepts fractions): a whole second in the future would hold the answer
+        // back until then.
+        until: (Date.now() / 1000).toFixed(9) as unknown as number,
+        filters: JSON.stringify({ container: [slot.container.id], event: ['kill'] }),
+      });
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream) chunks.push(Buffer.from(chunk as Buffer));
+      return Buffer.concat(chunks).toString('utf8').includes('"kill"');
+    } catch (error) {
+      return isEngineUnreachable(error);
+    }
+  }
+
+  /** Slots of the lost engine whose removal failed while it was down (not those still finishing an execution). */
+  private async removeLostSlots(): Promise<void> {
+    const running = new Set([...this.live.values()].map((entry) => entry.slot));
+    const lost = [...this.slots].filter((slot) => slot.dead && !running.has(slot));
+    await Promise.allSettled(lost.map((slot) => this.destroySlot(slot)));
   }
 
   async reap(): Promise<ReapReport> {
@@ -483,9 +585,12 @@ export class DockerExecutor implements Executor {
   async close(): Promise<void> {
     this.closed = true;
     await this.pool.close();
+    // The watchdog keeps running meanwhile: an engine that dies now must not leave these waits hanging.
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
     // Whatever is left (a slot whose launch failed half-way) goes too: close() leaves no container behind.
     await Promise.allSettled([...this.slots].map((slot) => this.destroySlot(slot)));
+    if (this.watchdog !== null) clearInterval(this.watchdog);
+    this.watchdog = null;
   }
 
   async destroy(): Promise<void> {

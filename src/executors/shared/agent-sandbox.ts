@@ -46,13 +46,19 @@ export async function startAgentSandbox(
   startOptions: StartOptions = {},
 ): Promise<WarmSandbox> {
   const startedAt = performance.now();
+  // The deadline covers the whole start (the executor's start, the runtime, the agent's HELLO): a start that hangs
+  // anywhere is killed and reported as SANDBOX_START_TIMEOUT, never awaited forever.
+  const timeoutMs = startOptions.readyTimeoutMs ?? options.readyTimeoutMs ?? 30_000;
+  const deadline = new AbortController();
+  const deadlineTimer = setTimeout(() => deadline.abort(), timeoutMs);
+  const timedOut = new Promise<{ timeout: true }>((resolve) => deadline.signal.addEventListener('abort', () => resolve({ timeout: true }), { once: true }));
   const dir = join(options.agentsDir, spec.id);
-  await mkdir(options.agentsDir, { recursive: true, mode: 0o755 });
-  await mkdir(dir, { mode: 0o755 });
   const server = net.createServer();
   let execution: Execution | null = null;
   const tail = new Tail();
   try {
+    await mkdir(options.agentsDir, { recursive: true, mode: 0o755 });
+    await mkdir(dir, { mode: 0o755 });
     const socketPath = join(dir, AGENT_SOCKET);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -60,7 +66,21 @@ export async function startAgentSandbox(
     });
     await chmod(socketPath, 0o666);
     const connected = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-    execution = await start({ ...spec, agentDir: dir }, startOptions);
+    const signal = startOptions.signal ? AbortSignal.any([startOptions.signal, deadline.signal]) : deadline.signal;
+    const starting = start({ ...spec, agentDir: dir }, { ...startOptions, signal });
+    const started = await Promise.race([starting.then((value) => ({ value })), timedOut]);
+    if ('timeout' in started) {
+      // The executor's start itself hangs (e.g. a stuck engine): whatever it makes later is killed on arrival.
+      void starting.then(
+        (late) => {
+          late.kill();
+          return late.disposed;
+        },
+        () => undefined,
+      );
+      throw new KindlingError('SANDBOX_START_TIMEOUT', `the warm sandbox did not start within ${timeoutMs} ms (the executor did not answer); retry`, { retryAfterSeconds: 1 });
+    }
+    execution = started.value;
     const exec = execution;
     exec.stdout.on('data', (chunk: Buffer) => tail.push(chunk));
     exec.stderr.on('data', (chunk: Buffer) => tail.push(chunk));
@@ -70,18 +90,16 @@ export async function startAgentSandbox(
       (error: unknown) => ({ error }),
     );
 
-    let timer: NodeJS.Timeout | undefined;
-    const timeoutMs = options.readyTimeoutMs ?? 30_000;
     const outcome = await Promise.race([
       connected.then(async (socket) => ({ socket, first: await firstFrame(socket) })),
       exited.then((ended) => ({ ended })),
-      new Promise<{ timeout: true }>((resolve) => {
-        timer = setTimeout(() => resolve({ timeout: true }), timeoutMs);
-      }),
-    ]).finally(() => clearTimeout(timer));
+      timedOut,
+    ]);
     server.close();
     if ('timeout' in outcome) {
-      throw new KindlingError('EXECUTOR_FAILED', `the warm sandbox's agent did not start within ${timeoutMs} ms${tail.text() ? `: ${tail.text().slice(-500)}` : ''}`);
+      // A hung start (the runtime, the agent or the function's module top level never finishing) is the same for the
+      // caller: the sandbox is killed below and a fresh one may be tried.
+      throw new KindlingError('SANDBOX_START_TIMEOUT', `the warm sandbox did not finish starting (agent handshake, function code loaded) within ${timeoutMs} ms; it was killed${tail.text() ? `: ${tail.text().slice(-500)}` : ''}`, { retryAfterSeconds: 1 });
     }
     if ('ended' in outcome) {
       // The agents connect before they load user code: an exit before connecting is the platform's failure.
@@ -95,8 +113,10 @@ export async function startAgentSandbox(
       const text = first?.type === FrameType.ERROR ? first.payload.toString('utf8') : `the function's code ended the process while loading${tail.text() ? `:\n${tail.text()}` : ''}`;
       throw new AgentLoadError(text);
     }
+    clearTimeout(deadlineTimer);
     return new AgentSandbox(spec.id, exec, socket, dir, performance.now() - startedAt, tail);
   } catch (error) {
+    clearTimeout(deadlineTimer);
     server.close();
     if (execution !== null) {
       execution.kill();
@@ -200,7 +220,7 @@ class AgentSandbox implements WarmSandbox {
     this.loading = null;
     if (frame === 'timeout') {
       this.die();
-      throw new KindlingError('EXECUTOR_FAILED', `loading the function into a generic sandbox took over ${options.timeoutMs} ms`);
+      throw new KindlingError('SANDBOX_START_TIMEOUT', `loading the function into a generic sandbox took over ${options.timeoutMs} ms; it was killed`, { retryAfterSeconds: 1 });
     }
     if (frame?.type === FrameType.HELLO) {
       this.startMs += performance.now() - started;

@@ -68,3 +68,34 @@ test('size 0 disables prewarming', () => {
   assert.equal(pool.stats().creating, 0);
   void pool.close();
 });
+
+test('a creation that hangs past createTimeoutMs is given up, reported and replaced; its late item is destroyed', async () => {
+  const errors: string[] = [];
+  const destroyed: string[] = [];
+  const hung: ((item: string) => void)[] = [];
+  let created = 0;
+  const pool = new PrewarmPool<string>({
+    // The first creation hangs until the test lets it finish; the others finish at once.
+    create: (key) => (++created === 1 ? new Promise<string>((resolve) => hung.push(resolve)) : Promise.resolve(`${key}#${created}`)),
+    destroy: async (item) => void destroyed.push(item),
+    sizePerKey: 1,
+    maxItems: 4,
+    idleTtlMs: 60_000,
+    createTimeoutMs: 30,
+    onError: (error) => void errors.push((error as Error).message),
+  });
+  pool.replenish('a');
+  await sleep(5);
+  assert.deepEqual(pool.stats().creating, 1);
+  assert.equal(pool.take('a'), null, 'nothing ready while the creation hangs');
+  await sleep(60);
+  assert.equal(errors.length, 1);
+  assert.match(errors[0]!, /over 30 ms/);
+  assert.equal(pool.stats().idle, 1, 'a replacement was made');
+  assert.equal(pool.take('a'), 'a#2');
+  // close() does not wait for the hung creation; when it finishes late, its item is destroyed, not pooled.
+  await pool.close();
+  hung[0]!('a#1');
+  await sleep(1);
+  assert.deepEqual(destroyed, ['a#1']);
+});

@@ -13,6 +13,12 @@ export interface PrewarmPoolOptions<T> {
   /** Upper bound of idle items across all shapes. */
   maxItems: number;
   idleTtlMs: number;
+  /**
+   * A creation that has not finished after this long (a stuck engine, a start that hangs) is given up: counted as an
+   * error, no longer awaited (not even by close()), and a new one is started in its place; the item it makes if it ever
+   * finishes is destroyed on arrival. Default: no limit.
+   */
+  createTimeoutMs?: number;
   onError?(error: unknown, key: string): void;
   now?: () => number;
 }
@@ -120,16 +126,25 @@ export class PrewarmPool<T> {
     while (!this.closed && state.idle.length + state.creating < this.options.sizePerKey) {
       if (this.totalItems() >= this.options.maxItems && !this.evictColdest(key)) break;
       state.creating++;
+      let settled = false;
+      let abandoned = false;
+      let timer: NodeJS.Timeout | undefined;
       const creation = this.options.create(key).then(
         (item) => {
-          state.creating--;
-          if (this.closed || this.keys.get(key) !== state) {
+          settled = true;
+          clearTimeout(timer);
+          if (abandoned || this.closed || this.keys.get(key) !== state) {
+            if (!abandoned) state.creating--;
             return this.options.destroy(item).catch(() => undefined);
           }
+          state.creating--;
           state.idle.push(item);
           return undefined;
         },
         (error: unknown) => {
+          settled = true;
+          clearTimeout(timer);
+          if (abandoned) return;
           state.creating--;
           // No retry loop: the next take() of this shape tries again.
           this.options.onError?.(error, key);
@@ -137,7 +152,33 @@ export class PrewarmPool<T> {
       );
       this.inFlight.add(creation);
       void creation.finally(() => this.inFlight.delete(creation));
+      const timeoutMs = this.options.createTimeoutMs;
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          if (settled) return;
+          abandoned = true;
+          state.creating--;
+          this.inFlight.delete(creation);
+          this.options.onError?.(new Error(`creating a prewarmed item took over ${timeoutMs} ms; given up and replaced`), key);
+          // Its place is free again: start a replacement (a shape dropped meanwhile is not refilled).
+          if (this.keys.get(key) === state) this.refill(key, state);
+        }, timeoutMs);
+        timer.unref();
+      }
     }
+  }
+
+  /** Destroys every idle item that is no longer alive (e.g. its engine died) instead of waiting for a take(). */
+  dropDead(): number {
+    if (this.options.isAlive === undefined) return 0;
+    let dropped = 0;
+    for (const state of this.keys.values()) {
+      const alive = state.idle.filter((item) => this.options.isAlive!(item));
+      for (const item of state.idle) if (!alive.includes(item)) void this.options.destroy(item).catch(() => undefined);
+      dropped += state.idle.length - alive.length;
+      state.idle = alive;
+    }
+    return dropped;
   }
 
   /** Drops shapes that nobody asked for within the idle TTL. */
