@@ -34,7 +34,7 @@ describe('web console in headless Chromium', { skip: unavailable ?? false }, () 
 
   before(async () => {
     assert.ok(existsSync(join(DEFAULT_CONSOLE_DIR, 'index.html')), `the console is not built in ${DEFAULT_CONSOLE_DIR}: run "npm run build"`);
-    server = await startTestServer({ executor: 'sandbox', apiKeys: [KEY] });
+    server = await startTestServer({ executor: 'sandbox', adminKey: KEY });
     // A browser server, so that its pid is known and it can be stopped by pid whatever happens; playwright gives it a
     // fresh, empty profile dir.
     browserServer = await chromium.launchServer({

@@ -16,7 +16,7 @@ export interface CompletedRun extends ExitInfo {
   wallMs: number;
 }
 
-const DEFAULT_LIMITS: ResourceLimits = { timeoutMs: 30_000, memoryMb: 256, cpus: 1, pids: 128, outputBytes: 10 << 20, diskMb: 64 };
+const DEFAULT_LIMITS: ResourceLimits = { timeoutMs: 30_000, memoryMb: 256, cpus: 1, pids: 128, outputBytes: 10 << 20, diskMb: 64, openFiles: 1024 };
 
 export function testSpec(overrides: Partial<RunSpec> & { command: string[] }, image = 'kindling/base'): RunSpec {
   return {

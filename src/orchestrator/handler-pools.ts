@@ -22,6 +22,7 @@ import { WarmCapacity, WarmPool } from './warm-pool.js';
 
 export interface InvocationEvent {
   invocationId: string;
+  tenant: string;
   functionName: string;
   executor: ExecutorName;
   status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error';
@@ -80,7 +81,8 @@ interface Entry {
   memoryMb: number;
 }
 
-const keyOf = (name: string, version: number): string => `${name}@${version}`;
+/** Pools are keyed by tenant, function and version: two tenants' `hello` never share a sandbox. */
+const keyOf = (tenant: string, name: string, version: number): string => `${tenant}/${name}@${version}`;
 
 interface GenericShape {
   executor: ExecutorName;
@@ -167,10 +169,10 @@ export class HandlerPools implements HandlerInvoker {
   }
 
   /** Idle and busy warm sandboxes per live function version (metrics, console). */
-  poolSizes(): { function: string; version: number; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[] {
+  poolSizes(): { tenant: string; function: string; version: number; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[] {
     return [...this.pools.values()].map((entry) => {
       const stats = entry.pool.stats;
-      return { function: entry.version.name, version: entry.version.version, executor: entry.executor.name, idle: stats.idle, busy: stats.busy, creating: stats.creating, waiting: stats.waiting };
+      return { tenant: entry.version.tenant, function: entry.version.name, version: entry.version.version, executor: entry.executor.name, idle: stats.idle, busy: stats.busy, creating: stats.creating, waiting: stats.waiting };
     });
   }
 
@@ -179,12 +181,14 @@ export class HandlerPools implements HandlerInvoker {
   }
 
   deployed(version: FunctionVersion, executor: ExecutorName): void {
-    for (const [key, entry] of this.pools) if (entry.version.name === version.name && entry.version.version !== version.version) this.retire(key, entry);
+    for (const [key, entry] of this.pools) {
+      if (entry.version.tenant === version.tenant && entry.version.name === version.name && entry.version.version !== version.version) this.retire(key, entry);
+    }
     this.poolFor(version, executor);
   }
 
-  async deleted(name: string): Promise<void> {
-    const closing = [...this.pools].filter(([, entry]) => entry.version.name === name);
+  async deleted(tenant: string, name: string): Promise<void> {
+    const closing = [...this.pools].filter(([, entry]) => entry.version.tenant === tenant && entry.version.name === name);
     for (const [key] of closing) this.pools.delete(key);
     await Promise.all(closing.map(([, entry]) => entry.pool.close()));
   }
@@ -192,10 +196,11 @@ export class HandlerPools implements HandlerInvoker {
   async invoke(version: FunctionVersion, executorName: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult> {
     const entry = this.poolFor(version, executorName);
     const invocationId = newId('inv');
-    const base = { invocationId, functionName: version.name, version: version.version, executor: executorName };
+    const base = { invocationId, tenant: version.tenant, functionName: version.name, version: version.version, executor: executorName };
     const timeoutMs = version.spec.timeoutMs ?? this.limits.defaults.timeoutMs;
     const event = {
       invocationId,
+      tenant: version.tenant,
       functionName: version.name,
       executor: executorName,
       inBytes: body.length,
@@ -258,7 +263,7 @@ export class HandlerPools implements HandlerInvoker {
 
   private poolFor(version: FunctionVersion, executorName: ExecutorName): Entry {
     if (this.closing) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down', { retryAfterSeconds: 5 });
-    const key = keyOf(version.name, version.version);
+    const key = keyOf(version.tenant, version.name, version.version);
     const existing = this.pools.get(key);
     if (existing !== undefined) return existing;
     const executor = this.options.executors.get(executorName);
@@ -305,7 +310,7 @@ export class HandlerPools implements HandlerInvoker {
       network: 'none',
       stdin: false,
       files: launch.files,
-      labels: { 'dev.kindling.function': version.name, 'dev.kindling.function-version': String(version.version) },
+      labels: { 'dev.kindling.tenant': version.tenant, 'dev.kindling.function': version.name, 'dev.kindling.function-version': String(version.version) },
     };
   }
 }

@@ -18,6 +18,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { InvocationFilter, InvocationRecord, Store } from '../store/store.js';
+import type { TenantScope } from './execution-service.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
 
@@ -45,6 +46,8 @@ export interface InvocationServiceOptions {
   clock?: Clock;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
   onInfo?: (message: string, context: Record<string, unknown>) => void;
+  /** The tenant's caps and concurrency slot for a queued invocation it runs (absent: no quotas). */
+  scopeOf?: (tenant: string) => TenantScope | undefined;
 }
 
 export interface EnqueueRequest {
@@ -146,7 +149,8 @@ export class InvocationService {
   /** Commits the invocation, then wakes the dispatcher. Throws 4xx for an unknown function or a refused callback. */
   enqueue(request: EnqueueRequest): { view: InvocationView; created: boolean } {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
-    const { version } = this.options.functionService.resolve(request.functionName);
+    const tenant = request.tenant ?? DEFAULT_TENANT;
+    const { version } = this.options.functionService.resolve(tenant, request.functionName);
     const key = request.idempotencyKey;
     if (key !== undefined && !IDEMPOTENCY_KEY.test(key)) {
       throw new KindlingError('VALIDATION_FAILED', 'Idempotency-Key must be 1 to 256 visible ASCII characters', { details: { field: 'Idempotency-Key' } });
@@ -155,7 +159,7 @@ export class InvocationService {
     const nowMs = this.clock.nowMs();
     const { invocation, created } = this.store.insertInvocation({
       id: newId('inv', nowMs),
-      tenant: request.tenant ?? DEFAULT_TENANT,
+      tenant,
       functionName: version.name,
       version: version.version,
       payload: request.payload,
@@ -268,23 +272,25 @@ export class InvocationService {
     const bus = this.options.logBus;
     const payload = this.store.getInvocationPayload(record.id) ?? Buffer.alloc(0);
     this.options.onInfo?.('invocation started', { invocationId: record.id, function: record.functionName, version: record.version });
-    bus.start(record.id, record.functionName);
+    bus.start(record.id, record.tenant, record.functionName);
     let status: 'succeeded' | 'failed' = 'failed';
     let streamed = false;
     try {
-      const result = await this.options.functionService.invoke(record.functionName, payload, {
+      const scope = this.options.scopeOf?.(record.tenant);
+      const result = await this.options.functionService.invoke(record.tenant, record.functionName, payload, {
         version: record.version,
+        ...(scope ? { scope } : {}),
         onOutput: (stream, text) => {
           streamed = true;
-          bus.output(record.id, record.functionName, stream, text);
+          bus.output(record.id, record.tenant, record.functionName, stream, text);
         },
       });
       status = result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed';
       const error = result.timedOut ? 'timed out' : result.exitCode === 0 ? null : `exited with code ${result.exitCode}`;
       if (!streamed) {
         // Handler functions report their logs and result at the end (command functions streamed them live above).
-        if (result.stderr.length > 0) bus.output(record.id, record.functionName, 'stderr', result.stderr.toString('utf8'));
-        if (result.body.length > 0) bus.output(record.id, record.functionName, 'stdout', result.body.toString('utf8'));
+        if (result.stderr.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stderr', result.stderr.toString('utf8'));
+        if (result.body.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stdout', result.body.toString('utf8'));
       }
       this.store.finishInvocation(record.id, {
         status,
@@ -299,11 +305,12 @@ export class InvocationService {
       });
     } catch (error) {
       const failure = error instanceof KindlingError ? error : null;
-      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN')) {
-        // It never started (the function is at its concurrency limit, or the server is stopping): back in the queue, in
-        // its place (it runs after the next start when stopping), and the dispatcher waits a little before it claims again.
+      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'TENANT_CONCURRENCY_LIMIT' || failure.code === 'SHUTTING_DOWN')) {
+        // It never started (the function or its tenant is at its concurrency limit, or the server is stopping): back in
+        // the queue, in its place (it runs after the next start when stopping), and the dispatcher waits a little
+        // before it claims again.
         this.store.requeueInvocation(record.id);
-        bus.end(record.id, record.functionName, 'queued');
+        bus.end(record.id, record.tenant, record.functionName, 'queued');
         this.pause(200);
         return;
       }
@@ -321,7 +328,7 @@ export class InvocationService {
         finishedAtMs: this.clock.nowMs(),
       });
     }
-    bus.end(record.id, record.functionName, status);
+    bus.end(record.id, record.tenant, record.functionName, status);
     if (record.callbackUrl !== null) {
       const finished = this.store.getInvocation(record.id);
       if (finished) this.deliverCallback(finished, 0);

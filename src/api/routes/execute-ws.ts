@@ -139,6 +139,7 @@ export function registerExecuteWsRoute(app: FastifyInstance, options: ExecuteWsR
           const result: ExecutionResult = await service.execute(spec, {
             signal: abort.signal,
             trace: request.trace,
+            tenant: request.scope,
             stdinStream: stdin,
             onStarted: (id, info) => send({ type: 'started', id, executor: info.executor, coldStart: info.coldStart }),
             onOutput: (stream, text) => send({ type: stream, data: text }),

@@ -778,7 +778,7 @@ export class SandboxExecutor implements Executor {
       command: [trueBin],
       env: {},
       workdir: '/tmp',
-      limits: { timeoutMs: 10_000, memoryMb: 64, cpus: 1, pids: 16, outputBytes: 65536, diskMb: 1 },
+      limits: { timeoutMs: 10_000, memoryMb: 64, cpus: 1, pids: 16, outputBytes: 65536, diskMb: 1, openFiles: 64 },
       network: 'none',
       stdin: false,
       files: [],
