@@ -1,0 +1,143 @@
+/**
+ * The SDK's and the CLI's tenant and key commands against a real server (sandbox executor): create (admin key shown
+ * once in open local mode), list, update quotas, keys create/list/revoke, typed errors (403, 409, 401, 429).
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { after, before, describe, it } from 'node:test';
+import { AuthenticationError, ConflictError, Kindling, NotFoundError, PermissionDeniedError, RateLimitError } from '@kindling/sdk';
+import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
+
+const sandboxMissing = await sandboxUnavailableReason();
+const execFileAsync = promisify(execFile);
+const CLI = new URL('../src/main.js', import.meta.url).pathname;
+
+/** Runs the CLI with a clean environment (no key of the caller leaks in); resolves with stdout/stderr/exit code. */
+async function cli(args: string[], env: Record<string, string> = {}): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await execFileAsync('node', [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env } });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const failed = error as { stdout: string; stderr: string; code: number };
+    return { stdout: failed.stdout, stderr: failed.stderr, code: failed.code };
+  }
+}
+
+describe('tenants through the SDK and the CLI', { skip: sandboxMissing ?? false }, () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startTestServer({ executor: 'sandbox' });
+  });
+  after(async () => {
+    await server.stop();
+  });
+
+  it('SDK: open mode hands out the admin key with the first tenant; admin methods and typed errors', async () => {
+    const open = new Kindling({ url: server.url });
+    const created = await open.tenants.create('sdk-a', { quotas: { maxConcurrency: 3 } });
+    assert.ok(created.adminKey, 'open local mode: the admin key comes with the first tenant');
+    assert.equal(created.effectiveQuotas.maxConcurrency, 3);
+    await assert.rejects(open.functions.list(), AuthenticationError, 'auth is on now');
+
+    const admin = new Kindling({ url: server.url, apiKey: created.adminKey! });
+    const tenantA = new Kindling({ url: server.url, apiKey: created.apiKey });
+    assert.deepEqual((await admin.tenants.list()).map((t) => t.name), ['default', 'sdk-a']);
+    await assert.rejects(admin.tenants.create('sdk-a'), ConflictError);
+    await assert.rejects(tenantA.tenants.list(), PermissionDeniedError);
+    await assert.rejects(admin.tenants.get('nope'), NotFoundError);
+    assert.equal((await tenantA.tenants.me()).name, 'sdk-a');
+
+    const updated = await admin.tenants.update('sdk-a', { maxConcurrency: null, requestsPerSecond: 1, burst: 1 });
+    assert.equal(updated.effectiveQuotas.maxConcurrency, null, 'null puts it back to the server default');
+    assert.equal(updated.quotas.requestsPerSecond, 1);
+    await tenantA.functions.list();
+    const limited = await tenantA.functions.list().then(() => null, (error: unknown) => error);
+    assert.ok(limited instanceof RateLimitError, String(limited));
+    assert.ok((limited.retryAfterMs ?? 0) >= 1000, 'Retry-After reaches the SDK');
+    await admin.tenants.update('sdk-a', { requestsPerSecond: null, burst: null });
+
+    const key = await admin.keys.create('sdk-a');
+    assert.ok(key.apiKey.startsWith(key.prefix));
+    const keys = await admin.keys.list('sdk-a');
+    assert.equal(keys.length, 2);
+    assert.ok(keys.every((k) => !('apiKey' in k)));
+    const second = new Kindling({ url: server.url, apiKey: key.apiKey });
+    assert.equal((await second.tenants.me()).name, 'sdk-a');
+    await admin.keys.revoke('sdk-a', key.id);
+    await assert.rejects(second.tenants.me(), AuthenticationError);
+
+    // The admin acting as a tenant (the `tenant` option) sees that tenant's functions.
+    await tenantA.functions.deploy('only-a', { image: 'kindling/base', command: ['true'] });
+    const asA = new Kindling({ url: server.url, apiKey: created.adminKey!, tenant: 'sdk-a' });
+    assert.deepEqual((await asA.functions.list()).map((f) => f.name), ['only-a']);
+    assert.deepEqual((await admin.functions.list()).map((f) => f.name), [], 'the admin itself is tenant default');
+
+    await admin.tenants.delete('sdk-a');
+    await assert.rejects(tenantA.tenants.me(), AuthenticationError);
+  });
+
+  it('CLI without a key once the server has keys: UNAUTHORIZED on stderr, exit code 2', async () => {
+    const refused = await cli(['tenants', 'list', '--url', server.url]);
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /UNAUTHORIZED/);
+  });
+});
+
+describe('tenant CLI commands (env admin key)', { skip: sandboxMissing ?? false }, () => {
+  let server: TestServer;
+  const ADMIN = 'cli-admin-key-0123456789abcdef';
+  before(async () => {
+    server = await startTestServer({ executor: 'sandbox', adminKey: ADMIN });
+  });
+  after(async () => {
+    await server.stop();
+  });
+
+  it('creates, lists, updates, deletes tenants and manages keys', async () => {
+    const url = ['--url', server.url];
+    const env = { KINDLING_API_KEY: ADMIN };
+    const created = await cli(['tenants', 'create', 'cli-a', '--max-concurrency', '2', '--rps', '50', ...url], env);
+    assert.equal(created.code, 0, created.stderr);
+    assert.match(created.stdout, /created tenant cli-a \(.*maxConcurrency=2.*requestsPerSecond=50/);
+    const key = /api key \(shown only now\): (kdl_\S+)/.exec(created.stdout)?.[1];
+    assert.ok(key, created.stdout);
+
+    const listed = await cli(['tenants', 'list', '--api-key', ADMIN, ...url]);
+    assert.match(listed.stdout, /^cli-a\s/m);
+    assert.match(listed.stdout, /^default\s/m);
+
+    const me = await cli(['tenants', 'me', ...url], { KINDLING_API_KEY: key });
+    assert.equal(JSON.parse(me.stdout).name, 'cli-a');
+    const forbidden = await cli(['tenants', 'list', ...url], { KINDLING_API_KEY: key });
+    assert.equal(forbidden.code, 2);
+    assert.match(forbidden.stderr, /FORBIDDEN/);
+
+    const updated = await cli(['tenants', 'update', 'cli-a', '--max-memory-mb', '128', '--reset', 'requestsPerSecond', ...url], env);
+    assert.equal(updated.code, 0, updated.stderr);
+    assert.match(updated.stdout, /maxMemoryMb=128/);
+    assert.doesNotMatch(updated.stdout, /requestsPerSecond/);
+
+    const made = await cli(['keys', 'create', 'cli-a', '--json', ...url], env);
+    const second = JSON.parse(made.stdout) as { id: string; apiKey: string };
+    const keys = await cli(['keys', 'list', 'cli-a', ...url], env);
+    assert.equal(keys.stdout.trim().split('\n').length, 2);
+    assert.ok(!keys.stdout.includes(second.apiKey), 'a listing never shows a key');
+    assert.match(keys.stdout, new RegExp(`^${second.id}\\s.*active`, 'm'));
+    assert.equal((await cli(['keys', 'revoke', 'cli-a', second.id, ...url], env)).code, 0);
+    assert.match((await cli(['keys', 'list', 'cli-a', ...url], env)).stdout, new RegExp(`^${second.id}\\s.*revoked`, 'm'));
+    const revoked = await cli(['tenants', 'me', ...url], { KINDLING_API_KEY: second.apiKey });
+    assert.equal(revoked.code, 2);
+    assert.match(revoked.stderr, /UNAUTHORIZED/);
+
+    // A tenant's deploy through the CLI lands in its own tenant; the admin sees it with --tenant.
+    assert.equal((await cli(['deploy', 'hello', '--image', 'kindling/base', ...url, '--', 'echo', 'hi'], { KINDLING_API_KEY: key })).code, 0);
+    const asTenant = await cli(['functions', 'list', '--tenant', 'cli-a', ...url], env);
+    assert.match(asTenant.stdout, /hello/);
+    const asDefault = await cli(['functions', 'list', ...url], env);
+    assert.doesNotMatch(asDefault.stdout, /hello/);
+
+    assert.equal((await cli(['tenants', 'delete', 'cli-a', ...url], env)).code, 0);
+    assert.equal((await cli(['tenants', 'me', ...url], { KINDLING_API_KEY: key })).code, 2);
+  });
+});
