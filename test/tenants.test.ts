@@ -318,6 +318,23 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     await slow2;
   });
 
+  it('async invocations of a tenant at its concurrency quota wait without holding up other tenants\' invocations', async () => {
+    const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'eta', quotas: { maxConcurrency: 1 } });
+    const key = made.body.apiKey as string;
+    assert.equal((await call(server.url, key, 'PUT', '/v1/functions/f', ECHO('eta'))).status, 201);
+    // eta's only slot is taken by a sync execution for ~4 s.
+    const slow = call(server.url, key, 'POST', '/v1/execute', { image: 'kindling/base', command: ['sleep', '4'] });
+    await waitFor(async () => ((await call(server.url, key, 'GET', '/v1/tenant')).body.running as number) === 1, 10_000, 'eta\'s slow execution');
+    const blocked = await call(server.url, key, 'POST', '/v1/functions/f/invoke', 'x', { 'x-kindling-async': 'true' });
+    const other = await call(server.url, keyA, 'POST', '/v1/functions/hello/invoke', 'x', { 'x-kindling-async': 'true' });
+    // alpha's invocation, queued after eta's, finishes while eta's still waits for its slot.
+    await waitFor(async () => (await call(server.url, keyA, 'GET', `/v1/invocations/${other.body.invocationId as string}`)).body.status === 'succeeded', 3000, 'alpha\'s invocation to pass eta\'s');
+    assert.equal((await call(server.url, key, 'GET', `/v1/invocations/${blocked.body.invocationId as string}`)).body.status, 'queued');
+    assert.equal((await slow).status, 200);
+    await waitFor(async () => (await call(server.url, key, 'GET', `/v1/invocations/${blocked.body.invocationId as string}`)).body.status === 'succeeded', 30_000, 'eta\'s invocation once its slot is free');
+    assert.equal((await call(server.url, key, 'GET', `/v1/invocations/${blocked.body.invocationId as string}/output`)).text, 'eta\n');
+  });
+
   it('rate quota: a token bucket that refills — over the burst 429 with Retry-After, after waiting requests pass again', async () => {
     const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'delta', quotas: { requestsPerSecond: 2, burst: 3 } });
     const key = made.body.apiKey as string;

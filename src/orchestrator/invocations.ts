@@ -23,6 +23,8 @@ import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
 
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
+/** How long a tenant at its concurrency quota is passed over by the dispatcher before its invocations are tried again. */
+const TENANT_RETRY_MS = 100;
 const DEFAULT_TENANT = 'default';
 
 export interface InvocationServiceOptions {
@@ -191,6 +193,7 @@ export class InvocationService {
   async close(deadlineMs = 10_000): Promise<boolean> {
     this.closed = true;
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const timer of this.callbackTimers) clearTimeout(timer);
     this.callbackTimers.clear();
@@ -243,7 +246,7 @@ export class InvocationService {
     while (this.running < this.concurrency && !this.closed) {
       let record: InvocationRecord | null;
       try {
-        record = this.store.claimNextInvocation(this.clock.nowMs());
+        record = this.store.claimNextInvocation(this.clock.nowMs(), this.blockedTenants());
       } catch (error) {
         this.options.onError?.(error, { phase: 'claim' });
         this.pause(1000);
@@ -258,9 +261,29 @@ export class InvocationService {
       });
       this.inFlight.add(run);
     }
-    if (this.running === 0 && this.idle.length > 0) {
+    // Idle means nothing runs and nothing waits for its tenant's quota.
+    if (this.running === 0 && this.blockedUntilMs.size === 0 && this.idle.length > 0) {
       for (const resolve of this.idle.splice(0)) resolve();
     }
+  }
+
+  /** Tenants at their concurrency quota: their queued invocations wait, other tenants' go ahead. Until when (ms). */
+  private readonly blockedUntilMs = new Map<string, number>();
+  private retryTimer: NodeJS.Timeout | null = null;
+
+  /** Pumps again after `ms` (a blocked tenant's invocations get their next try). */
+  private wakeAfter(ms: number): void {
+    if (this.closed || this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.pump();
+    }, ms);
+  }
+
+  private blockedTenants(): string[] {
+    const now = this.clock.nowMs();
+    for (const [tenant, until] of this.blockedUntilMs) if (until <= now) this.blockedUntilMs.delete(tenant);
+    return [...this.blockedUntilMs.keys()];
   }
 
   private pause(ms: number): void {
@@ -305,10 +328,18 @@ export class InvocationService {
       });
     } catch (error) {
       const failure = error instanceof KindlingError ? error : null;
-      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'TENANT_CONCURRENCY_LIMIT' || failure.code === 'SHUTTING_DOWN')) {
-        // It never started (the function or its tenant is at its concurrency limit, or the server is stopping): back in
-        // the queue, in its place (it runs after the next start when stopping), and the dispatcher waits a little
-        // before it claims again.
+      if (failure?.code === 'TENANT_CONCURRENCY_LIMIT') {
+        // Its tenant runs all it may: back in the queue in its place; the tenant's invocations are passed over for a
+        // moment while other tenants' run (one tenant's backlog never holds up the others).
+        this.store.requeueInvocation(record.id);
+        bus.end(record.id, record.tenant, record.functionName, 'queued');
+        this.blockedUntilMs.set(record.tenant, this.clock.nowMs() + TENANT_RETRY_MS);
+        this.wakeAfter(TENANT_RETRY_MS);
+        return;
+      }
+      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN')) {
+        // It never started (the function is at its concurrency limit, or the server is stopping): back in the queue, in
+        // its place (it runs after the next start when stopping), and the dispatcher waits a little before it claims again.
         this.store.requeueInvocation(record.id);
         bus.end(record.id, record.tenant, record.functionName, 'queued');
         this.pause(200);

@@ -106,6 +106,21 @@ describe('SqliteStore', () => {
     }
   });
 
+  it('claims past the invocations of tenants to skip, keeping their place in the queue', () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      const base = { functionName: 'f', version: 1, callbackUrl: null, idempotencyKey: null, payload: Buffer.alloc(0) };
+      store.insertInvocation({ ...base, tenant: 'busy', id: 'inv_1', createdAtMs: 1 });
+      store.insertInvocation({ ...base, tenant: 'busy', id: 'inv_2', createdAtMs: 2 });
+      store.insertInvocation({ ...base, tenant: 'idle', id: 'inv_3', createdAtMs: 3 });
+      assert.equal(store.claimNextInvocation(10, ['busy'])?.id, 'inv_3');
+      assert.equal(store.claimNextInvocation(11, ['busy']), null);
+      assert.equal(store.claimNextInvocation(12)?.id, 'inv_1', 'without skipping, the oldest');
+    } finally {
+      store.close();
+    }
+  });
+
   it('queues invocations FIFO, claims each once, dedupes idempotency keys, recovers and expires', () => {
     const store = new SqliteStore(':memory:');
     try {

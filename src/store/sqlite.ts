@@ -214,6 +214,11 @@ export class SqliteStore implements Store {
          WHERE seq = (SELECT seq FROM invocations WHERE status = 'queued' ORDER BY seq LIMIT 1)
          RETURNING ${INVOCATION_COLUMNS}`,
       ),
+      claimSkipping: this.db.prepare<[number, string], InvocationRow>(
+        `UPDATE invocations SET status = 'running', started_at_ms = ?, attempts = attempts + 1
+         WHERE seq = (SELECT seq FROM invocations WHERE status = 'queued' AND tenant NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT 1)
+         RETURNING ${INVOCATION_COLUMNS}`,
+      ),
       requeue: this.db.prepare("UPDATE invocations SET status = 'queued', started_at_ms = NULL, attempts = attempts - 1 WHERE id = ? AND status = 'running'"),
       finish: this.db.prepare(
         `UPDATE invocations SET status = ?, exit_code = ?, duration_ms = ?, cold_start = ?, timed_out = ?, error = ?, stdout = ?, stderr = ?,
@@ -334,8 +339,8 @@ export class SqliteStore implements Store {
     return this.db.prepare<(string | number)[], InvocationRow>(sql).all(...params, filter.limit).map(toInvocation);
   }
 
-  claimNextInvocation(nowMs: number): InvocationRecord | null {
-    const row = this.statements.claim.get(nowMs);
+  claimNextInvocation(nowMs: number, skipTenants: readonly string[] = []): InvocationRecord | null {
+    const row = skipTenants.length === 0 ? this.statements.claim.get(nowMs) : this.statements.claimSkipping.get(nowMs, JSON.stringify(skipTenants));
     return row === undefined ? null : toInvocation(row);
   }
 

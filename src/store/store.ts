@@ -71,8 +71,11 @@ export interface Store {
   /** The kept stdout/stderr of an invocation. */
   getInvocationOutput(id: string): { stdout: Buffer; stderr: Buffer } | null;
   listInvocations(filter: InvocationFilter): InvocationRecord[];
-  /** Atomically moves the oldest queued invocation (FIFO) to `running`; null when none is queued. */
-  claimNextInvocation(nowMs: number): InvocationRecord | null;
+  /**
+   * Atomically moves the oldest queued invocation (FIFO) to `running`; null when none is queued. Invocations of
+   * `skipTenants` (tenants at their concurrency quota) are passed over, so they do not hold up other tenants.
+   */
+  claimNextInvocation(nowMs: number, skipTenants?: readonly string[]): InvocationRecord | null;
   /** Puts a claimed invocation back in the queue (it never started: e.g. the function was at its limit). */
   requeueInvocation(id: string): void;
   finishInvocation(id: string, outcome: InvocationOutcome): void;
