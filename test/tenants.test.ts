@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { WebSocket } from 'ws';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const sandboxMissing = await sandboxUnavailableReason();
@@ -383,6 +384,31 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     const payload = await call(server.url, key, 'POST', '/v1/execute', { image: 'kindling/base', command: ['cat'], stdin: 'x'.repeat(2000) });
     assert.equal(payload.status, 413);
     assert.match(payload.body.error!.message, /maxPayloadBytes/);
+  });
+
+  it('WebSocket executions carry the tenant: its quota on stdin bytes and its concurrency slot apply', async () => {
+    const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'theta', quotas: { maxPayloadBytes: 1000, maxConcurrency: 1 } });
+    const key = made.body.apiKey as string;
+    const run = (stdin: Buffer | null, command: string[]): Promise<{ messages: { type: string; error?: { code: string } }[]; code: number }> =>
+      new Promise((resolve, reject) => {
+        const socket = new WebSocket(`${server.url.replace(/^http/, 'ws')}/v1/execute/ws`, { headers: { authorization: `Bearer ${key}` } });
+        const messages: { type: string; error?: { code: string } }[] = [];
+        socket.on('open', () => {
+          socket.send(JSON.stringify({ image: 'kindling/base', command }));
+          if (stdin) socket.send(stdin);
+        });
+        socket.on('message', (data) => messages.push(JSON.parse(String(data)) as { type: string }));
+        socket.on('close', (code) => resolve({ messages, code }));
+        socket.on('error', reject);
+      });
+    const tooMuch = await run(Buffer.alloc(2000, 1), ['sh', '-c', 'sleep 5']);
+    assert.equal(tooMuch.messages.find((m) => m.type === 'error')?.error?.code, 'PAYLOAD_TOO_LARGE');
+    assert.equal(tooMuch.code, 1009);
+    const slow = call(server.url, key, 'POST', '/v1/execute', { image: 'kindling/base', command: ['sleep', '3'] });
+    await waitFor(async () => ((await call(server.url, key, 'GET', '/v1/tenant')).body.running as number) === 1, 10_000, 'theta\'s slow execution');
+    const refused = await run(null, ['true']);
+    assert.equal(refused.messages.find((m) => m.type === 'error')?.error?.code, 'TENANT_CONCURRENCY_LIMIT');
+    await slow;
   });
 
   it('deleting a tenant revokes its keys, removes its functions; the name is not reused', async () => {
