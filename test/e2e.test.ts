@@ -91,6 +91,7 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
     assert.equal(ready.defaultExecutor, executorName);
     const openapi = (await (await fetch(`${server.url}/openapi.json`)).json()) as { paths: Record<string, unknown> };
     assert.ok(openapi.paths['/v1/execute']);
+    for (const path of ['/v1/tenants', '/v1/tenants/{name}', '/v1/tenants/{name}/keys', '/v1/tenants/{name}/keys/{id}', '/v1/tenant']) assert.ok(openapi.paths[path], `${path} in the OpenAPI document`);
   });
 
   for (const [runtime, code, expected] of [

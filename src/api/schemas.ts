@@ -124,3 +124,34 @@ export const CreateTenantSchema = Type.Object({ name: Type.String({ maxLength: 2
 export type CreateTenantBody = Static<typeof CreateTenantSchema>;
 export const UpdateTenantSchema = Type.Object({ quotas: TenantQuotasSchema }, { additionalProperties: false });
 export type UpdateTenantBody = Static<typeof UpdateTenantSchema>;
+
+const nullableNumber = Type.Union([Type.Number(), Type.Null()]);
+/** A tenant as the admin routes answer it. */
+export const TenantViewSchema = Type.Object({
+  name: Type.String(),
+  quotas: Type.Record(Type.String(), Type.Number(), { description: 'The quotas set for this tenant.' }),
+  effectiveQuotas: Type.Record(Type.String(), nullableNumber, { description: "The quotas in effect (the tenant's, else the server's defaults); null: no cap beyond the server's ranges." }),
+  createdAt: Type.String({ format: 'date-time' }),
+});
+export const CreatedTenantSchema = Type.Object({
+  ...TenantViewSchema.properties,
+  apiKey: Type.String({ description: "The tenant's first API key: shown only in this answer." }),
+  keyId: Type.String(),
+  adminKey: Type.Optional(Type.String({ description: 'Only in open local mode (no keys yet): the admin key the server made, shown only here.' })),
+});
+export const TenantSelfSchema = Type.Object({
+  ...TenantViewSchema.properties,
+  admin: Type.Boolean(),
+  keyId: Type.Union([Type.String(), Type.Null()]),
+  running: Type.Integer({ description: 'Executions of the tenant running now.' }),
+  authEnabled: Type.Boolean(),
+});
+export const ApiKeyViewSchema = Type.Object({
+  id: Type.String(),
+  tenant: Type.String(),
+  prefix: Type.String({ description: 'The first characters of the key.' }),
+  admin: Type.Boolean(),
+  createdAt: Type.String({ format: 'date-time' }),
+  revokedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+});
+export const CreatedApiKeySchema = Type.Object({ ...ApiKeyViewSchema.properties, apiKey: Type.String({ description: 'The key: shown only in this answer.' }) });

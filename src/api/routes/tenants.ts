@@ -2,6 +2,11 @@ import type { FastifyInstance } from 'fastify';
 import type { TenantService } from '../../orchestrator/tenants.js';
 import { requireAdmin } from '../auth.js';
 import {
+  ApiKeyViewSchema,
+  CreatedApiKeySchema,
+  CreatedTenantSchema,
+  TenantSelfSchema,
+  TenantViewSchema,
   CreateTenantSchema,
   ErrorResponseSchema,
   TenantNameParamsSchema,
@@ -26,7 +31,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
         summary: 'Create a tenant (admin): 201 {name, apiKey, keyId, quotas, effectiveQuotas} — the key is shown only here',
         description: 'In open local mode (loopback, no keys yet) the first tenant creation also makes the admin key and returns it once as `adminKey`; from then on every /v1 request needs a key.',
         body: CreateTenantSchema,
-        response: errors,
+        response: { 201: CreatedTenantSchema, ...errors },
       },
     },
     async (request, reply) => {
@@ -37,14 +42,14 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
     },
   );
 
-  app.get('/v1/tenants', { schema: { tags: ['tenants'], summary: 'List tenants with their quotas (admin)', response: errors } }, async (request) => {
+  app.get('/v1/tenants', { schema: { tags: ['tenants'], summary: 'List tenants with their quotas (admin)', response: { 200: { type: 'object', properties: { tenants: { type: 'array', items: TenantViewSchema } } }, ...errors } } }, async (request) => {
     requireAdmin(request);
     return { tenants: tenants.list() };
   });
 
   app.get<{ Params: TenantNameParams }>(
     '/v1/tenants/:name',
-    { schema: { tags: ['tenants'], summary: 'A tenant and its quotas (admin)', params: TenantNameParamsSchema, response: errors } },
+    { schema: { tags: ['tenants'], summary: 'A tenant and its quotas (admin)', params: TenantNameParamsSchema, response: { 200: TenantViewSchema, ...errors } } },
     async (request) => {
       requireAdmin(request);
       return tenants.get(request.params.name);
@@ -53,7 +58,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
 
   app.patch<{ Params: TenantNameParams; Body: UpdateTenantBody }>(
     '/v1/tenants/:name',
-    { schema: { tags: ['tenants'], summary: "Change a tenant's quotas (admin): fields merge, null goes back to the server default", params: TenantNameParamsSchema, body: UpdateTenantSchema, response: errors } },
+    { schema: { tags: ['tenants'], summary: "Change a tenant's quotas (admin): fields merge, null goes back to the server default", params: TenantNameParamsSchema, body: UpdateTenantSchema, response: { 200: TenantViewSchema, ...errors } } },
     async (request) => {
       requireAdmin(request);
       return tenants.update(request.params.name, request.body.quotas);
@@ -73,7 +78,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
 
   app.post<{ Params: TenantNameParams }>(
     '/v1/tenants/:name/keys',
-    { schema: { tags: ['tenants'], summary: 'A new API key for a tenant (admin): 201 {id, prefix, apiKey, ...} — the key is shown only here', params: TenantNameParamsSchema, response: errors } },
+    { schema: { tags: ['tenants'], summary: 'A new API key for a tenant (admin): 201 {id, prefix, apiKey, ...} — the key is shown only here', params: TenantNameParamsSchema, response: { 201: CreatedApiKeySchema, ...errors } } },
     async (request, reply) => {
       requireAdmin(request);
       const { key, apiKey } = tenants.createKey(request.params.name);
@@ -84,7 +89,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
 
   app.get<{ Params: TenantNameParams }>(
     '/v1/tenants/:name/keys',
-    { schema: { tags: ['tenants'], summary: "A tenant's keys (admin): id, prefix, created, revoked — never the key", params: TenantNameParamsSchema, response: errors } },
+    { schema: { tags: ['tenants'], summary: "A tenant's keys (admin): id, prefix, created, revoked — never the key", params: TenantNameParamsSchema, response: { 200: { type: 'object', properties: { keys: { type: 'array', items: ApiKeyViewSchema } } }, ...errors } } },
     async (request) => {
       requireAdmin(request);
       return { keys: tenants.listKeys(request.params.name) };
@@ -102,7 +107,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
     },
   );
 
-  app.get('/v1/tenant', { schema: { tags: ['tenants'], summary: "The caller's own tenant: name, quotas in effect, running executions, whether the key is the admin's", response: errors } }, async (request) => {
+  app.get('/v1/tenant', { schema: { tags: ['tenants'], summary: "The caller's own tenant: name, quotas in effect, running executions, whether the key is the admin's", response: { 200: TenantSelfSchema, ...errors } } }, async (request) => {
     const principal = request.principal;
     return { ...tenants.get(principal.tenant), admin: principal.isAdmin, keyId: principal.keyId, running: tenants.running(principal.tenant), authEnabled: tenants.authEnabled };
   });
