@@ -3,7 +3,11 @@
  * once in open local mode), list, update quotas, keys create/list/revoke, typed errors (403, 409, 401, 429).
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { AuthenticationError, ConflictError, Kindling, NotFoundError, PermissionDeniedError, RateLimitError } from '@kindling/sdk';
@@ -139,5 +143,47 @@ describe('tenant CLI commands (env admin key)', { skip: sandboxMissing ?? false 
 
     assert.equal((await cli(['tenants', 'delete', 'cli-a', ...url], env)).code, 0);
     assert.equal((await cli(['tenants', 'me', ...url], { KINDLING_API_KEY: key })).code, 2);
+  });
+});
+
+describe('kindling serve on a non-loopback address, first start', { skip: sandboxMissing ?? false }, () => {
+  it('prints the generated admin key once as a stderr banner, never into the JSON log, and stores only its hash', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'kindling-serve-key-'));
+    const child = spawn(process.execPath, [CLI, 'serve', '--host', '0.0.0.0', '--port', '0', '--data-dir', dataDir, '--executor', 'sandbox', '--prewarm', '0', '--generic-sandboxes', '0'], {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        const lines = createInterface({ input: child.stdout });
+        lines.on('line', (line) => {
+          stdout += `${line}\n`;
+          const entry = JSON.parse(line) as { msg?: string; url?: string };
+          if (entry.msg === 'Kindling is listening' && entry.url) resolve(entry.url.replace('0.0.0.0', '127.0.0.1'));
+        });
+        child.once('exit', (code) => reject(new Error(`serve exited (${code}): ${stderr}`)));
+      });
+      const key = /export KINDLING_API_KEY=(kdl_[A-Za-z0-9_-]{43})/.exec(stderr)?.[1];
+      assert.ok(key, `no banner on stderr: ${stderr}`);
+      assert.equal(stderr.split(key).length - 1, 1, 'shown exactly once');
+      const me = await cli(['tenants', 'me', '--url', url], { KINDLING_API_KEY: key });
+      assert.equal(JSON.parse(me.stdout).admin, true);
+      assert.equal((await cli(['tenants', 'me', '--url', url])).code, 2, 'no key: refused');
+      assert.ok(!stdout.includes(key), 'the JSON log never carries the key');
+      const files = await readdir(dataDir, { recursive: true, withFileTypes: true });
+      for (const file of files.filter((f) => f.isFile())) {
+        assert.ok(!(await readFile(join(file.parentPath, file.name)).catch(() => Buffer.alloc(0))).includes(key), `${file.name} holds the key`);
+      }
+    } finally {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((resolve) => child.once('exit', resolve));
+      }
+      await rm(dataDir, { recursive: true, force: true });
+    }
+    assert.ok(!stdout.includes('kdl_'), 'no key prefix anywhere in the log, shutdown included');
   });
 });
