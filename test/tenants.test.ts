@@ -384,6 +384,19 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     const payload = await call(server.url, key, 'POST', '/v1/execute', { image: 'kindling/base', command: ['cat'], stdin: 'x'.repeat(2000) });
     assert.equal(payload.status, 413);
     assert.match(payload.body.error!.message, /maxPayloadBytes/);
+    // Chunked (no Content-Length): counted as it is read.
+    const chunks = [Buffer.from(JSON.stringify({ image: 'kindling/base', command: ['cat'], stdin: 'y'.repeat(2000) }))];
+    const chunked = await fetch(`${server.url}/v1/execute`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: new ReadableStream({ pull(controller) { const next = chunks.shift(); if (next) controller.enqueue(next); else controller.close(); } }),
+      duplex: 'half',
+    } as RequestInit);
+    const chunkedBody = (await chunked.json()) as { error: { code: string; message: string } };
+    assert.equal(chunked.status, 413, JSON.stringify(chunkedBody));
+    assert.match(chunkedBody.error.message, /maxPayloadBytes/);
+    // Under the cap, chunked or not: fine.
+    assert.equal((await call(server.url, key, 'POST', '/v1/execute', { image: 'kindling/base', command: ['cat'], stdin: 'z'.repeat(100) })).body.stdout, 'z'.repeat(100));
   });
 
   it('WebSocket executions carry the tenant: its quota on stdin bytes and its concurrency slot apply', async () => {

@@ -11,6 +11,7 @@ import type { FunctionService } from '../orchestrator/function-service.js';
 import type { InvocationService } from '../orchestrator/invocations.js';
 import type { LogBus } from '../orchestrator/log-bus.js';
 import { makeAuthenticator, matchesSecret } from './auth.js';
+import { ByteLimit } from './raw-body.js';
 import type { Principal, TenantService } from '../orchestrator/tenants.js';
 import type { TenantScope } from '../orchestrator/execution-service.js';
 import { registerTenantRoutes } from './routes/tenants.js';
@@ -176,6 +177,13 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     if (maxPayloadBytes !== null && Number.isFinite(declared) && declared > maxPayloadBytes) {
       throw new KindlingError('PAYLOAD_TOO_LARGE', `the request body (${declared} bytes) is larger than tenant "${principal.tenant}" may send (${maxPayloadBytes} bytes, quota maxPayloadBytes)`, { details: { quota: 'maxPayloadBytes', cap: maxPayloadBytes } });
     }
+  });
+  // A JSON body without a Content-Length (chunked) is counted as it is read: the tenant's maxPayloadBytes holds for it
+  // too. Raw bodies (streamed to stdin, invoke payloads) are counted by their routes with the same limit.
+  app.addHook('preParsing', async (request, _reply, payload) => {
+    const cap = request.scope?.maxPayloadBytes;
+    if (cap === undefined || cap >= options.maxBodyBytes || !(request.headers['content-type'] ?? '').startsWith('application/json')) return payload;
+    return payload.pipe(new ByteLimit(cap, "the tenant's quota maxPayloadBytes (ask an admin)"));
   });
   const isAdminRequest = (request: FastifyRequest): boolean => {
     try {
