@@ -48,6 +48,15 @@ test('open mode until a key exists; the first tenant brings the admin key; the s
   assert.equal(again.bootstrapAdminKey(), null, 'no second admin key');
 });
 
+test('open mode: a refused creation (bad name, taken name, bad quota) does not make the admin key', () => {
+  const { tenants } = service();
+  assert.equal(code(() => tenants.create('default')), 'TENANT_EXISTS');
+  assert.equal(code(() => tenants.create('Bad Name')), 'VALIDATION_FAILED');
+  assert.equal(code(() => tenants.create('ok', { maxConcurrency: -1 })), 'LIMIT_OUT_OF_RANGE');
+  assert.equal(tenants.authEnabled, false, 'still open: nobody was shown a key');
+  assert.ok(tenants.create('ok').adminKey);
+});
+
 test('revoking a key takes effect at once; revoking every key does not open the server', () => {
   const { tenants } = service({ envAdminKey: 'env-key' });
   assert.equal(tenants.authenticate('env-key')?.isAdmin, true);

@@ -251,12 +251,14 @@ export class TenantService {
   create(name: string, quotas: Record<string, unknown> = {}): { tenant: TenantView; apiKey: string; keyId: string; adminKey?: string } {
     checkTenantName(name);
     const checked = dropNulls(checkQuotas(quotas));
-    const adminKey = this.bootstrapAdminKey();
-    if (!this.store.insertTenant(name, checked, this.clock.nowMs())) {
-      const existing = this.store.getTenant(name);
-      throw new KindlingError('TENANT_EXISTS', existing?.deletedAtMs == null ? `tenant "${name}" exists already` : `tenant "${name}" was deleted; names are not reused (its old invocations stay unreachable): pick another name`, { details: { name } });
+    // Every check before the admin key is made: a refused creation must not turn auth on with a key nobody saw.
+    const existing = this.store.getTenant(name);
+    if (existing !== null) {
+      throw new KindlingError('TENANT_EXISTS', existing.deletedAtMs === null ? `tenant "${name}" exists already` : `tenant "${name}" was deleted; names are not reused (its old invocations stay unreachable): pick another name`, { details: { name } });
     }
+    if (!this.store.insertTenant(name, checked, this.clock.nowMs())) throw new KindlingError('TENANT_EXISTS', `tenant "${name}" exists already`, { details: { name } });
     this.cacheTenant(this.store.getTenant(name)!);
+    const adminKey = this.bootstrapAdminKey();
     const apiKey = this.insertKey(name, false);
     const keyId = this.keyIdOf(apiKey);
     return { tenant: this.view(name), apiKey, keyId, ...(adminKey === null ? {} : { adminKey }) };
