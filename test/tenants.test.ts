@@ -399,6 +399,21 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     assert.equal((await call(server.url, key, 'POST', '/v1/execute', { image: 'kindling/base', command: ['cat'], stdin: 'z'.repeat(100) })).body.stdout, 'z'.repeat(100));
   });
 
+  it('handler functions get the tenant caps too: open files, and a default timeout lowered to the cap', async () => {
+    const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'iota', quotas: { maxOpenFiles: 256, maxTimeoutMs: 1500 } });
+    const key = made.body.apiKey as string;
+    const code = 'import resource, time\ndef handler(body):\n    if body == b"sleep":\n        time.sleep(5)\n    return " ".join(map(str, resource.getrlimit(resource.RLIMIT_NOFILE)))\n';
+    assert.equal((await call(server.url, key, 'PUT', '/v1/functions/limits', { runtime: 'python', code, handler: 'handler' })).status, 201);
+    assert.equal((await call(server.url, key, 'POST', '/v1/functions/limits/invoke', 'x')).text, '256 256');
+    const started = Date.now();
+    const slow = await call(server.url, key, 'POST', '/v1/functions/limits/invoke', 'sleep');
+    assert.equal(slow.headers.get('x-kindling-timed-out'), 'true', slow.text);
+    assert.ok(Date.now() - started < 4500, 'killed at the 1.5 s cap, not the 30 s default');
+    // Another tenant's handler keeps the server default.
+    assert.equal((await call(server.url, keyA, 'PUT', '/v1/functions/limits', { runtime: 'python', code, handler: 'handler' })).status, 201);
+    assert.equal((await call(server.url, keyA, 'POST', '/v1/functions/limits/invoke', 'x')).text, '1024 1024');
+  });
+
   it('WebSocket executions carry the tenant: its quota on stdin bytes and its concurrency slot apply', async () => {
     const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'theta', quotas: { maxPayloadBytes: 1000, maxConcurrency: 1 } });
     const key = made.body.apiKey as string;

@@ -45,7 +45,7 @@ export interface HandlerInvoker {
   /** Whether `executor` can run handler-style functions. */
   supports(executor: ExecutorName): boolean;
   /** Called after a deploy: prewarm `minWarm` sandboxes of the new version, retire the older versions' pools. */
-  deployed(version: FunctionVersion, executor: ExecutorName): void;
+  deployed(version: FunctionVersion, executor: ExecutorName, caps?: Partial<ResourceLimits>): void;
   /** Called after a delete: close every pool of the function. */
   deleted(tenant: string, name: string): Promise<void>;
   invoke(version: FunctionVersion, executor: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult>;
@@ -96,7 +96,7 @@ export class FunctionService {
     const executor = spec.executor ?? this.options.defaultExecutor;
     await this.validate(spec, executor, caps);
     const { fn, version, created } = this.store.putFunction(tenant, name, spec, this.clock.nowMs());
-    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor);
+    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
     return { view: toView(fn, version), created };
   }
 
