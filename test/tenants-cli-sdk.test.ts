@@ -141,6 +141,13 @@ describe('tenant CLI commands (env admin key)', { skip: sandboxMissing ?? false 
     const asDefault = await cli(['functions', 'list', ...url], env);
     assert.doesNotMatch(asDefault.stdout, /hello/);
 
+    // kindling run --open-files, capped by the tenant's quota (maxOpenFiles from the update below).
+    assert.equal((await cli(['tenants', 'update', 'cli-a', '--max-open-files', '100', ...url], env)).code, 0);
+    const ran = await cli(['run', '--image', 'kindling/base', '--open-files', '64', ...url, '--no-stdin', '--', 'sh', '-c', 'ulimit -n'], { KINDLING_API_KEY: key });
+    assert.equal(ran.stdout, '64\n', ran.stderr);
+    const over = await cli(['run', '--image', 'kindling/base', '--open-files', '200', ...url, '--no-stdin', '--', 'true'], { KINDLING_API_KEY: key });
+    assert.equal(over.code, 2);
+    assert.match(over.stderr, /TENANT_LIMIT_EXCEEDED/);
     assert.equal((await cli(['tenants', 'delete', 'cli-a', ...url], env)).code, 0);
     assert.equal((await cli(['tenants', 'me', ...url], { KINDLING_API_KEY: key })).code, 2);
   });

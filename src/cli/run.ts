@@ -53,6 +53,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     .option('--memory-mb <mb>', 'memory limit in MiB', parseNumber('--memory-mb'))
     .option('--cpus <n>', 'CPU quota in cores', parseNumber('--cpus'))
     .option('--pids <n>', 'process limit', parseNumber('--pids'))
+    .option('--open-files <n>', 'open file descriptors per process (default 1024)', parseNumber('--open-files'))
     .option('--executor <name>', 'docker | sandbox | microvm')
     .option('--stdin', 'send standard input to the program (default: only when stdin is a pipe or a file)')
     .option('--no-stdin', 'never read standard input')
@@ -83,6 +84,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     if (options.memoryMb !== undefined) spec.memoryMb = options.memoryMb as number;
     if (options.cpus !== undefined) spec.cpus = options.cpus as number;
     if (options.pids !== undefined) spec.pids = options.pids as number;
+    if (options.openFiles !== undefined) spec.openFiles = options.openFiles as number;
     if (options.executor !== undefined) spec.executor = options.executor as ExecuteSpec['executor'];
     if (shouldReadStdin(options.stdin as boolean | undefined)) spec.stdin = new Uint8Array(await readAll(process.stdin));
 
