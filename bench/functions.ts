@@ -23,10 +23,10 @@ interface Raw {
   body: Buffer;
 }
 
-function send(agent: Agent, base: URL, method: string, path: string, body: Buffer | null, contentType = 'application/octet-stream'): Promise<Raw> {
+function send(agent: Agent, base: URL, method: string, path: string, body: Buffer | null, contentType = 'application/octet-stream', extraHeaders: Record<string, string> = {}): Promise<Raw> {
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: base.hostname, port: base.port, method, path, agent, headers: body === null ? {} : { 'content-type': contentType, 'content-length': body.length } },
+      { host: base.hostname, port: base.port, method, path, agent, headers: { ...extraHeaders, ...(body === null ? {} : { 'content-type': contentType, 'content-length': body.length }) } },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -57,13 +57,13 @@ async function startEcho(): Promise<{ url: string; stop: () => Promise<void> }> 
   return { url: `http://127.0.0.1:${port}`, stop };
 }
 
-async function latency(agent: Agent, base: URL, path: string, n: number, check: (raw: Raw) => void): Promise<number[]> {
+async function latency(agent: Agent, base: URL, path: string, n: number, check: (raw: Raw) => void, headers: Record<string, string> = {}): Promise<number[]> {
   const body = Buffer.from('ping');
-  for (let i = 0; i < Math.min(200, n); i++) check(await send(agent, base, 'POST', path, body));
+  for (let i = 0; i < Math.min(200, n); i++) check(await send(agent, base, 'POST', path, body, undefined, headers));
   const samples: number[] = [];
   for (let i = 0; i < n; i++) {
     const started = performance.now();
-    const raw = await send(agent, base, 'POST', path, body);
+    const raw = await send(agent, base, 'POST', path, body, undefined, headers);
     samples.push(performance.now() - started);
     check(raw);
   }
@@ -127,9 +127,11 @@ export async function runFunctionsGroup(ctx: BenchContext): Promise<GroupResult>
 
     await deploy('bench-node', { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 1, maxConcurrency: 2 });
     await deploy('bench-python', { runtime: 'python', code: 'def handler(body):\n    return body\n', handler: 'handler', minWarm: 1, maxConcurrency: 2 });
+    let warmNodeOpen: number[] = [];
     for (const runtime of ['node', 'python'] as const) {
       ctx.log(`functions: warm ${runtime} handler, ${n} sequential invocations`);
       const samples = await latency(agent, base, `/v1/functions/bench-${runtime}/invoke`, n, okInvoke);
+      if (runtime === 'node') warmNodeOpen = samples;
       data[`functions.warm_${runtime}`] = { samples };
       const overhead50 = p(samples, 0.5) - p(floor, 0.5);
       const overhead99 = p(samples, 0.99) - p(floor, 0.99);
@@ -196,6 +198,28 @@ export async function runFunctionsGroup(ctx: BenchContext): Promise<GroupResult>
       target: '≤ 1.2x',
       status: ratio <= 1.2 ? 'pass' : 'fail',
       note: `n=${coldRuns}; the cold start specialises a generic (code-less) node sandbox that was already up (--generic-sandboxes 1, the default); with --generic-sandboxes 0 it starts node itself (~1.25x)`,
+    });
+
+    // Last, because it turns auth on for this server: the same warm invoke with a tenant's key, so that the auth hook
+    // (key hash lookup), the tenant's token bucket and its concurrency slot are on the path.
+    ctx.log(`functions: warm node handler as a tenant (API key, rate and concurrency quotas), ${n} sequential invocations`);
+    const createdRaw = await send(agent, base, 'POST', '/v1/tenants', Buffer.from(JSON.stringify({ name: 'bench-tenant', quotas: { requestsPerSecond: 1_000_000, burst: 10_000_000, maxConcurrency: 1000 } })), 'application/json');
+    if (createdRaw.status !== 201) throw new Error(`create tenant: ${createdRaw.status} ${createdRaw.body.toString().slice(0, 300)}`);
+    const auth = { authorization: `Bearer ${(JSON.parse(createdRaw.body.toString()) as { apiKey: string }).apiKey}` };
+    const tenantDeploy = await send(agent, base, 'PUT', '/v1/functions/bench-node', Buffer.from(JSON.stringify({ runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 1, maxConcurrency: 2 })), 'application/json', auth);
+    if (tenantDeploy.status >= 300) throw new Error(`tenant deploy: ${tenantDeploy.status} ${tenantDeploy.body.toString().slice(0, 300)}`);
+    const tenantSamples = await latency(agent, base, '/v1/functions/bench-node/invoke', n, okInvoke, auth);
+    data['functions.warm_node_tenant'] = { samples: tenantSamples };
+    rows.push({
+      group: 'functions',
+      id: 'functions.warm_node_tenant',
+      scenario: 'Warm node handler invoke as a tenant: API key + token bucket + concurrency slot (p50 / p99)',
+      kindling: `${fmtMs(p(tenantSamples, 0.5))} / ${fmtMs(p(tenantSamples, 0.99))}`,
+      baseline: `${fmtMs(p(warmNodeOpen, 0.5))} / ${fmtMs(p(warmNodeOpen, 0.99))} (open local mode, no key)`,
+      ratio: `${p(tenantSamples, 0.5) - p(warmNodeOpen, 0.5) >= 0 ? '+' : ''}${fmtMs(p(tenantSamples, 0.5) - p(warmNodeOpen, 0.5))} p50`,
+      target: '— (in memory: ~0)',
+      status: 'info',
+      note: `n=${n}; same server, measured after the open-mode rows (creating the tenant turns auth on)`,
     });
   } finally {
     agent.destroy();

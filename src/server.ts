@@ -7,7 +7,6 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildApi } from './api/build.js';
-import { KindlingError } from './core/errors.js';
 import { newInstanceId } from './core/ids.js';
 import type { ExecutorName } from './core/types.js';
 import type { Executor, ExecutorStatus } from './executors/executor.js';
@@ -23,6 +22,8 @@ import { InvocationService } from './orchestrator/invocations.js';
 import { LogBus } from './orchestrator/log-bus.js';
 import { SqliteStore } from './store/sqlite.js';
 import { SqliteUsageStore } from './store/usage-sqlite.js';
+import { SqliteTenantStore } from './store/tenants-sqlite.js';
+import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
@@ -43,7 +44,15 @@ export interface ServerConfig {
   executor: ExecutorChoice;
   /** Executors to enable besides the default (those that fail to come up are left out with a log line). */
   enableExecutors: ExecutorName[];
-  apiKeys: string[];
+  /** KINDLING_ADMIN_KEY: an admin key kept only in memory (hashed); without it the server makes and stores one. */
+  adminKey?: string;
+  /** Quotas of tenants that set none (--tenant-* flags); absent fields: no cap beyond the server's own limits. */
+  tenantQuotas?: Partial<ResolvedQuotas>;
+  /**
+   * Shows an admin key the server generated (once, at its first start on a non-loopback address). Default: a banner
+   * on stderr, never the JSON log.
+   */
+  announceAdminKey?: (key: string) => void;
   maxConcurrent: number;
   maxQueued: number;
   queueTimeoutMs: number;
@@ -133,6 +142,23 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** The generated admin key goes to stderr as a banner, once; the JSON log never carries it. */
+function printAdminKeyBanner(key: string): void {
+  process.stderr.write(
+    [
+      '',
+      '================================================================================',
+      ' Kindling generated an admin API key. It is shown only now (the server keeps only its hash):',
+      '',
+      `   export KINDLING_API_KEY=${key}`,
+      '',
+      ' Create tenants with: kindling tenants create NAME',
+      '================================================================================',
+      '',
+    ].join('\n'),
+  );
+}
+
 const isLoopback = (host: string): boolean =>
   host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
 
@@ -180,9 +206,6 @@ export function chooseDefaultExecutor(
 
 export async function startServer(config: ServerConfig): Promise<RunningServer> {
   const logger = config.logger;
-  if (!isLoopback(config.host) && config.apiKeys.length === 0) {
-    throw new KindlingError('UNAUTHORIZED', `refusing to listen on ${config.host} without API keys: set KINDLING_ADMIN_KEY, or bind 127.0.0.1`);
-  }
   await mkdir(config.dataDir, { recursive: true });
   const dataDir = await realpath(config.dataDir);
   const unlock = await lockDataDir(dataDir);
@@ -259,6 +282,19 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   // Function definitions and usage records live beside the orchestrator in the data dir; they survive restarts.
   const store = new SqliteStore(join(dataDir, 'kindling.db'));
   const usageStore = new SqliteUsageStore(join(dataDir, 'kindling.db'));
+  const tenantStore = new SqliteTenantStore(join(dataDir, 'kindling.db'));
+  let functionServiceRef: FunctionService | null = null;
+  const tenants = new TenantService({
+    store: tenantStore,
+    ...(config.tenantQuotas ? { defaults: config.tenantQuotas } : {}),
+    ...(config.adminKey ? { envAdminKey: config.adminKey } : {}),
+    onTenantDeleted: (name) => functionServiceRef?.deleteTenant(name),
+  });
+  // Never open to the network without keys: a first start on a non-loopback address makes the admin key (shown once).
+  if (!isLoopback(config.host)) {
+    const generated = tenants.bootstrapAdminKey();
+    if (generated !== null) (config.announceAdminKey ?? printAdminKeyBanner)(generated);
+  }
   const usageMeter = new UsageMeter(usageStore, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
   service = new ExecutionService({
     executors: served,
@@ -290,6 +326,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     defaultMaxQueued: pools.defaultMaxQueued,
     queueTimeoutMs: pools.queueTimeoutMs,
   });
+  functionServiceRef = functionService;
   const logBus = new LogBus();
   const invocations = new InvocationService({
     store,
@@ -298,6 +335,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     ...config.asyncInvocations,
     onError: (error, context) => logger.warn({ err: error, ...context }, 'async invocations'),
     onInfo: (message, context) => logger.info(context, message),
+    scopeOf: (tenant) => tenants.scopeOf(tenant),
   });
   let draining = false;
   const app = await buildApi({
@@ -313,7 +351,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     defaultExecutor: chosen.name,
     defaultExecutorReason: chosen.reason,
     metrics,
-    apiKeys: config.apiKeys,
+    tenants,
     maxBodyBytes: config.maxBodyBytes,
     maxStreamBytes: config.maxStreamBytes,
     version: config.version,
@@ -326,7 +364,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
   invocations.start();
-  logger.info({ url, dataDir, instanceId, auth: config.apiKeys.length > 0 }, 'Kindling is listening');
+  logger.info({ url, dataDir, instanceId, auth: tenants.authEnabled }, 'Kindling is listening');
 
   let closing: Promise<void> | null = null;
   const executionService = service;
@@ -361,6 +399,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
         await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
         store.close();
         usageStore.close();
+        tenantStore.close();
         await unlock();
         logger.info('Kindling stopped');
       })();

@@ -34,7 +34,7 @@ describe('web console in headless Chromium', { skip: unavailable ?? false }, () 
 
   before(async () => {
     assert.ok(existsSync(join(DEFAULT_CONSOLE_DIR, 'index.html')), `the console is not built in ${DEFAULT_CONSOLE_DIR}: run "npm run build"`);
-    server = await startTestServer({ executor: 'sandbox', apiKeys: [KEY] });
+    server = await startTestServer({ executor: 'sandbox', adminKey: KEY });
     // A browser server, so that its pid is known and it can be stopped by pid whatever happens; playwright gives it a
     // fresh, empty profile dir.
     browserServer = await chromium.launchServer({
@@ -161,5 +161,28 @@ describe('web console in headless Chromium', { skip: unavailable ?? false }, () 
 
     await mkdir(RESULTS_DIR, { recursive: true });
     await page.screenshot({ path: join(RESULTS_DIR, 'console.png'), fullPage: true });
+  });
+
+  it('a tenant key signs in and sees only its own tenant: functions, invocations, usage, pools', async () => {
+    const created = (await (await fetch(`${server.url}/v1/tenants`, { method: 'POST', headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'console-tenant' }) })).json()) as { apiKey: string };
+    const tenantKey = created.apiKey;
+    const own = await fetch(`${server.url}/v1/functions/tenant-fn`, { method: 'PUT', headers: { authorization: `Bearer ${tenantKey}`, 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'node', code: 'export const handler = (b) => "t:" + b;', handler: 'handler' }) });
+    assert.equal(own.status, 201);
+    assert.equal(await (await fetch(`${server.url}/v1/functions/tenant-fn/invoke`, { method: 'POST', headers: { authorization: `Bearer ${tenantKey}` }, body: 'x' })).text(), 't:x');
+
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByLabel('API key').fill(tenantKey);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Functions' }).waitFor();
+    await page.locator('#whoami').filter({ hasText: 'Tenant console-tenant' }).waitFor();
+    await page.locator('#functions-body').getByText('tenant-fn').waitFor({ timeout: 15_000 });
+    await page.locator('#invocations-body').getByText('tenant-fn').waitFor({ timeout: 15_000 });
+    await page.locator('#usage-body').getByText('tenant-fn').waitFor({ timeout: 15_000 });
+    await page.locator('#pools-body').getByText('tenant-fn').waitFor({ timeout: 15_000 });
+    await page.locator('#pools-capacity').filter({ hasText: 'admin only' }).waitFor();
+    // Nothing of the admin's tenant (default) shows anywhere on the page.
+    const text = (await page.locator('#app').textContent()) ?? '';
+    for (const other of ['console-hello', 'console-tail']) assert.ok(!text.includes(other), `${other} is another tenant's and must not show`);
+    await page.getByRole('button', { name: 'Sign out' }).click();
   });
 });

@@ -71,7 +71,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     assert.deepEqual([fresh.text(), fresh.coldStart, fresh.version], ['1/v2:d', true, 2]);
     assert.equal((await client.functions.invoke('counter-node', 'e')).text(), '2/v2:e');
     // The old version's pool is retired: only version 2 has sandboxes.
-    await waitFor(async () => Object.entries(poolStats(server)).every(([key, stats]) => key === 'counter-node@2' || stats.total === 0), 10_000, 'the old version to retire');
+    await waitFor(async () => Object.entries(poolStats(server)).every(([key, stats]) => key === 'default/counter-node@2' || stats.total === 0), 10_000, 'the old version to retire');
   });
 
   it('python: module state and /tmp persist in a warm sandbox (bytes in, str out)', async () => {
@@ -108,7 +108,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
   it('50 concurrent invocations with maxConcurrency 4 all succeed with at most 4 sandboxes alive', async () => {
     await client.functions.deploy('busy', { runtime: 'node', code: 'export const handler = async (b) => { await new Promise((r) => setTimeout(r, 20)); return b; };', handler: 'handler', maxConcurrency: 4 });
     let peak = 0;
-    const sampler = setInterval(() => (peak = Math.max(peak, poolStats(server)['busy@1']?.total ?? 0)), 2);
+    const sampler = setInterval(() => (peak = Math.max(peak, poolStats(server)['default/busy@1']?.total ?? 0)), 2);
     try {
       const results = await Promise.all(Array.from({ length: 50 }, (_, index) => client.functions.invoke('busy', String(index))));
       results.forEach((result, index) => assert.deepEqual([result.exitCode, result.text()], [0, String(index)]));
@@ -141,7 +141,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
   it('idle sandboxes scale to zero after the idle TTL, and their cgroups go', async () => {
     await client.functions.deploy('idle', { runtime: 'python', code: 'def handler(b):\n    return b\n', handler: 'handler' });
     await client.functions.invoke('idle', 'x');
-    assert.equal(poolStats(server)['idle@1']?.total, 1);
+    assert.equal(poolStats(server)['default/idle@1']?.total, 1);
     await waitFor(async () => liveSandboxes(server) === 0, 20_000, 'every warm sandbox to pass its idle TTL');
     await waitFor(async () => cgroupsOf(server.ownerId).length === 0, 5000, 'the sandbox cgroups to go');
     const again = await client.functions.invoke('idle', 'y');
@@ -150,7 +150,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
 
   it('minWarm sandboxes start at deploy, so the first invocation is warm', async () => {
     await client.functions.deploy('prewarmed', { runtime: 'node', code: 'export const handler = () => "hot";', handler: 'handler', minWarm: 1 });
-    await waitFor(async () => poolStats(server)['prewarmed@1']?.idle === 1, 20_000, 'the minWarm sandbox');
+    await waitFor(async () => poolStats(server)['default/prewarmed@1']?.idle === 1, 20_000, 'the minWarm sandbox');
     const result = await client.functions.invoke('prewarmed');
     assert.deepEqual([result.text(), result.coldStart], ['hot', false]);
   });

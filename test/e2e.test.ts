@@ -91,6 +91,7 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
     assert.equal(ready.defaultExecutor, executorName);
     const openapi = (await (await fetch(`${server.url}/openapi.json`)).json()) as { paths: Record<string, unknown> };
     assert.ok(openapi.paths['/v1/execute']);
+    for (const path of ['/v1/tenants', '/v1/tenants/{name}', '/v1/tenants/{name}/keys', '/v1/tenants/{name}/keys/{id}', '/v1/tenant']) assert.ok(openapi.paths[path], `${path} in the OpenAPI document`);
   });
 
   for (const [runtime, code, expected] of [
@@ -283,7 +284,7 @@ describe('the gateway under overload and with auth (docker)', { skip: unavailabl
   });
 
   it('requires the API key on /v1 when the server has one', async () => {
-    const server = await startTestServer({ apiKeys: ['s3cret-key'] });
+    const server = await startTestServer({ adminKey: 's3cret-key' });
     try {
       await assert.rejects(new Kindling({ url: server.url }).runCommand('kindling/base', ['true']), AuthenticationError);
       await assert.rejects(new Kindling({ url: server.url, apiKey: 'wrong' }).runCommand('kindling/base', ['true']), AuthenticationError);
@@ -300,7 +301,16 @@ describe('the gateway under overload and with auth (docker)', { skip: unavailabl
     }
   });
 
-  it('refuses to listen on a non-loopback address without keys', async () => {
-    await assert.rejects(startTestServer({ host: '0.0.0.0' }), /refusing to listen/);
+  it('never listens on a non-loopback address without keys: the first start generates the admin key', async () => {
+    const shown: string[] = [];
+    const server = await startTestServer({ host: '0.0.0.0', announceAdminKey: (key) => shown.push(key) });
+    try {
+      assert.equal(shown.length, 1);
+      const url = server.url.replace('0.0.0.0', '127.0.0.1');
+      assert.equal((await fetch(`${url}/v1/functions`)).status, 401);
+      assert.equal((await fetch(`${url}/v1/functions`, { headers: { authorization: `Bearer ${shown[0]}` } })).status, 200);
+    } finally {
+      await server.stop();
+    }
   });
 });

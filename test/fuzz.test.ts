@@ -52,7 +52,7 @@ function pct(text: string, keep = /[A-Za-z0-9_.~-]/): string {
 export function generate(next: () => number): FuzzRequest {
   const pick = <T>(list: readonly T[]): T => list[Math.floor(next() * list.length)]!;
   const json = { 'content-type': 'application/json' };
-  const kind = Math.floor(next() * 12);
+  const kind = Math.floor(next() * 13);
   switch (kind) {
     case 0: {
       const bodies = ['{', '{"runtime":', '[', 'null', '"x"', '{"a":1,}', '{\'a\':1}', '\u0000', '{"runtime":"python","code":"1"', 'NaN', '{}{}', '\uFEFF{'];
@@ -111,6 +111,21 @@ export function generate(next: () => number): FuzzRequest {
     case 10: {
       const spec = pick(['{', 'null', '{"runtime":"cobol","code":"x"}', '{"runtime":"python"}', '%%%', '{"timeoutMs":-5,"runtime":"bash","code":"x"}']);
       return { method: 'POST', path: '/v1/execute', headers: { 'content-type': 'application/octet-stream', 'x-kindling-spec': spec }, body: Buffer.from('data'), what: 'raw mode with a bad spec' };
+    }
+    case 11: {
+      // Tenant routes with names or quotas that are never valid (a valid creation would turn auth on for the rest).
+      const badNames = ['', 'A', '../default', '..', 'a_b', '-a', 'x'.repeat(64), 'é', 'default/keys', '%00', 'a b', '\u202e'];
+      const name = pick(badNames);
+      const badQuota = { [pick(['maxConcurrency', 'requestsPerSecond', 'burst', 'maxMemoryMb', 'maxPids', 'nope'])]: pick(BAD_NUMBERS.filter((value) => value !== null && value !== 1.5)) };
+      const variants: FuzzRequest[] = [
+        { method: 'POST', path: '/v1/tenants', headers: json, body: JSON.stringify({ name }), what: 'bad tenant name' },
+        { method: 'POST', path: '/v1/tenants', headers: json, body: JSON.stringify({ name: 'fuzz-ok', quotas: badQuota }), what: 'bad quota' },
+        { method: pick(['GET', 'DELETE', 'PATCH']), path: `/v1/tenants/${pct(name)}`, headers: json, body: JSON.stringify({ quotas: {} }), what: 'unknown tenant' },
+        { method: pick(['POST', 'GET']), path: `/v1/tenants/${pct(name)}/keys`, headers: json, body: '{}', what: 'keys of an unknown tenant' },
+        { method: 'DELETE', path: `/v1/tenants/default/keys/${pct(name || 'k')}`, headers: json, body: '{}', what: 'unknown key' },
+        { method: 'GET', path: '/v1/functions', headers: { ...json, 'x-kindling-tenant': pct(name) || 'nobody' }, body: '{}', what: 'acting as an unknown tenant' },
+      ];
+      return pick(variants);
     }
     default: {
       const bytes = Buffer.alloc(1 + Math.floor(next() * 2000));

@@ -169,7 +169,7 @@ describe('network egress: microvm', () => {
     const ex = new MicroVmExecutor({ imagesDir: '/nonexistent', stateDir: '/nonexistent', ownerId: 'nettest', instanceId: 'nettest', warmPerShape: 0 });
     try {
       await assert.rejects(
-        ex.start({ id: 'x', image: 'kindling/base', command: ['true'], env: {}, workdir: '/work', limits: { timeoutMs: 1000, memoryMb: 64, cpus: 1, pids: 16, outputBytes: 1024, diskMb: 1 }, network: 'egress', stdin: false, files: [], labels: {} }),
+        ex.start({ id: 'x', image: 'kindling/base', command: ['true'], env: {}, workdir: '/work', limits: { timeoutMs: 1000, memoryMb: 64, cpus: 1, pids: 16, outputBytes: 1024, diskMb: 1, openFiles: 64 }, network: 'egress', stdin: false, files: [], labels: {} }),
         (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'UNSUPPORTED_NETWORK' && /no NIC/.test(e.message),
       );
     } finally {

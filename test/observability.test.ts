@@ -37,7 +37,7 @@ describe('observability: metrics, usage, tracing', { skip: unavailable ?? false 
   };
 
   before(async () => {
-    server = await startTestServer({ executor: 'sandbox', apiKeys: [KEY], metricsToken: SCRAPE });
+    server = await startTestServer({ executor: 'sandbox', adminKey: KEY, metricsToken: SCRAPE });
   });
   after(async () => {
     await server?.stop();

@@ -78,7 +78,7 @@ describe('WebSocket executions (sandbox executor)', { skip: sandboxMissing ?? fa
   let server: TestServer;
   const auth = { authorization: `Bearer ${API_KEY}` };
   before(async () => {
-    server = await startTestServer({ executor: 'sandbox', apiKeys: [API_KEY] });
+    server = await startTestServer({ executor: 'sandbox', adminKey: API_KEY });
   });
   after(async () => {
     await server?.stop();

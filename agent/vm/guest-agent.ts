@@ -220,7 +220,8 @@ class Agent {
     // sh (root) joins the cgroup, unshare gives new PID + mount namespaces and a private /proc, setpriv drops to the
     // user; each step execs the next, so the user's command ends up as PID 1 of its namespace. The env is the user's.
     const argv = [
-      '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
+      // `ulimit -n` (soft and hard, as root before setpriv drops to the user) caps open files for the whole tree.
+      '-c', `echo $$ > "$0/cgroup.procs" && ${limits.openFiles === undefined ? '' : `ulimit -n ${Math.floor(limits.openFiles)} && `}exec "$@"`, cgroup,
       BUSYBOX, 'unshare', '--pid', '--fork', '--mount-proc', '--',
       SETPRIV, `--reuid=${request.uid}`, `--regid=${request.gid}`, '--clear-groups', '--',
       ...request.argv,

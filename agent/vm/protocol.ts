@@ -66,6 +66,8 @@ export interface ExecLimits {
   cpus: number;
   /** Size of the tmpfs mounted on /tmp and on the working directory. */
   diskMb: number;
+  /** RLIMIT_NOFILE of the process tree (soft and hard); absent: the guest's default. */
+  openFiles?: number;
 }
 
 export interface ExecRequest {

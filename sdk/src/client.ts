@@ -2,6 +2,7 @@ import { Executions, type ExecuteOptions, type RunOptions, type StreamOptions } 
 import { Functions } from './functions.js';
 import { type FetchFunction, HttpClient } from './http.js';
 import { Invocations } from './invocations.js';
+import { Keys, Tenants } from './tenants.js';
 import { checkMs, type RequestOptions } from './resource.js';
 import type { ExecutionStream } from './stream.js';
 import type { ExecuteSpec, ExecutionResult, HealthStatus, ReadyStatus, Runtime } from './types.js';
@@ -19,6 +20,8 @@ export interface KindlingOptions {
   url?: string;
   /** API key, sent as `Authorization: Bearer KEY` on every request. Default: none (no header is sent). */
   apiKey?: string;
+  /** With the admin key: act as this tenant (sent as `x-kindling-tenant`). Default: none (the key's own tenant). */
+  tenant?: string;
   /**
    * Request timeout in milliseconds, for the whole request including reading the response (and the whole stream for
    * `stream()`). 0 disables it. For executions it is raised to the spec's `timeoutMs` + 30000 when that is longer, so
@@ -50,6 +53,10 @@ export class Kindling {
   readonly functions: Functions;
   /** Async invocations: `get`, `list`, `output`, `waitFor`, `logs`. */
   readonly invocations: Invocations;
+  /** Tenants (admin key): `create`, `list`, `get`, `update`, `delete`; `me()` with any key. */
+  readonly tenants: Tenants;
+  /** API keys of tenants (admin key): `create`, `list`, `revoke`. */
+  readonly keys: Keys;
 
   constructor(options: KindlingOptions = {}) {
     this.url = normalizeUrl(options.url ?? DEFAULT_URL);
@@ -59,12 +66,15 @@ export class Kindling {
     this.#http = new HttpClient({
       baseUrl: this.url,
       apiKey: options.apiKey === undefined || options.apiKey === '' ? undefined : options.apiKey,
+      tenant: options.tenant === undefined || options.tenant === '' ? undefined : options.tenant,
       timeoutMs: this.timeoutMs,
       fetch: fetchFn,
     });
     this.#executions = new Executions(this.#http);
     this.functions = new Functions(this.#http);
     this.invocations = new Invocations(this.#http);
+    this.tenants = new Tenants(this.#http);
+    this.keys = new Keys(this.#http);
   }
 
   /**

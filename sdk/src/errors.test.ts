@@ -3,12 +3,14 @@ import { describe, it } from 'node:test';
 import {
   AbortError,
   AuthenticationError,
+  ConflictError,
   ConnectionError,
   errorFromFailure,
   errorFromPayload,
   errorFromResponse,
   KindlingError,
   NotFoundError,
+  PermissionDeniedError,
   parseRetryAfter,
   RateLimitError,
   ServerError,
@@ -27,10 +29,10 @@ describe('errorFromResponse', () => {
   const cases: Array<[number, string, new (...args: never[]) => KindlingError, boolean]> = [
     [400, 'VALIDATION_FAILED', ValidationError, false],
     [401, 'UNAUTHORIZED', AuthenticationError, false],
-    [403, 'FORBIDDEN', AuthenticationError, false],
+    [403, 'FORBIDDEN', PermissionDeniedError, false],
     [404, 'NOT_FOUND', NotFoundError, false],
     [405, 'METHOD_NOT_ALLOWED', ValidationError, false],
-    [409, 'CONFLICT', ValidationError, false],
+    [409, 'TENANT_EXISTS', ConflictError, false],
     [413, 'PAYLOAD_TOO_LARGE', ValidationError, false],
     [415, 'UNSUPPORTED_MEDIA_TYPE', ValidationError, false],
     [429, 'TOO_MANY_REQUESTS', RateLimitError, true],
@@ -41,6 +43,10 @@ describe('errorFromResponse', () => {
     [507, 'STORAGE_FULL', ServerError, true],
     [504, 'GATEWAY_TIMEOUT', ServerError, true],
   ];
+  it('keeps the broader classes for the new ones: 403 is an AuthenticationError, 409 a ValidationError', () => {
+    assert.ok(errorFromResponse(403, headers(), body('FORBIDDEN', 'admin only')) instanceof AuthenticationError);
+    assert.ok(errorFromResponse(409, headers(), body('INVOCATION_NOT_FINISHED', 'running')) instanceof ValidationError);
+  });
   for (const [status, code, type, retryable] of cases) {
     it(`maps ${status} ${code} to ${type.name} (retryable: ${retryable})`, () => {
       const err = errorFromResponse(status, headers(), body(code, `bad ${status}`));

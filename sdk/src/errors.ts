@@ -53,6 +53,14 @@ export class AuthenticationError extends KindlingError {
   }
 }
 
+/** 403: the key is valid but not allowed to do this (an admin-only route with a tenant key). */
+export class PermissionDeniedError extends AuthenticationError {
+  constructor(options: KindlingErrorOptions) {
+    super(options);
+    this.name = 'PermissionDeniedError';
+  }
+}
+
 /** 404: the resource (or route) does not exist, or belongs to another tenant. */
 export class NotFoundError extends KindlingError {
   constructor(options: KindlingErrorOptions) {
@@ -61,11 +69,19 @@ export class NotFoundError extends KindlingError {
   }
 }
 
-/** Any other 4xx (400, 409, 413, 415, ...): the request is wrong; fix it before sending it again. */
+/** Any other 4xx (400, 413, 415, ...): the request is wrong; fix it before sending it again. */
 export class ValidationError extends KindlingError {
   constructor(options: KindlingErrorOptions) {
     super(options);
     this.name = 'ValidationError';
+  }
+}
+
+/** 409 (`TENANT_EXISTS`, `INVOCATION_NOT_FINISHED`): the request conflicts with what exists; a `ValidationError` too. */
+export class ConflictError extends ValidationError {
+  constructor(options: KindlingErrorOptions) {
+    super(options);
+    this.name = 'ConflictError';
   }
 }
 
@@ -174,7 +190,9 @@ export function errorFromPayload(payload: unknown, context: PayloadContext = {})
 
   const options: KindlingErrorOptions = { code, message, status, requestId, retryable, details, retryAfterMs };
   if (status === undefined) return new ServerError(options);
-  if (status === 401 || status === 403) return new AuthenticationError(options);
+  if (status === 403) return new PermissionDeniedError(options);
+  if (status === 401) return new AuthenticationError(options);
+  if (status === 409) return new ConflictError(options);
   if (status === 404) return new NotFoundError(options);
   if (status === 429) return new RateLimitError(options);
   if (status >= 500) return new ServerError(options);

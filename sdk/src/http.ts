@@ -11,6 +11,8 @@ export interface HttpClientOptions {
   /** Base URL, already validated; a path prefix is kept. */
   baseUrl: string;
   apiKey: string | undefined;
+  /** Sent as `x-kindling-tenant` (an admin acting as that tenant). */
+  tenant?: string | undefined;
   /** Default request timeout in milliseconds; 0 disables it. */
   timeoutMs: number;
   fetch: FetchFunction;
@@ -24,7 +26,7 @@ export interface CallOptions {
 }
 
 export interface SendOptions {
-  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   /** Path below the base URL, starting with '/'. */
   path: string;
   /** Sent as JSON when defined. */
@@ -124,12 +126,14 @@ export class HttpClient {
   readonly baseUrl: string;
   readonly timeoutMs: number;
   readonly #apiKey: string | undefined;
+  readonly #tenant: string | undefined;
   readonly #fetch: FetchFunction;
 
   constructor(options: HttpClientOptions) {
     this.baseUrl = options.baseUrl;
     this.timeoutMs = options.timeoutMs;
     this.#apiKey = options.apiKey;
+    this.#tenant = options.tenant;
     this.#fetch = options.fetch;
   }
 
@@ -149,6 +153,7 @@ export class HttpClient {
   async send(call: Call, options: SendOptions): Promise<Response> {
     const headers: Record<string, string> = { ...options.headers, accept: options.accept ?? 'application/json' };
     if (this.#apiKey !== undefined) headers.authorization = `Bearer ${this.#apiKey}`;
+    if (this.#tenant !== undefined) headers['x-kindling-tenant'] = this.#tenant;
     let body: string | Uint8Array | undefined;
     if (options.rawBody !== undefined) {
       body = options.rawBody;

@@ -3,11 +3,14 @@ export { EXECUTION_GRACE_MS, type ExecuteOptions, type StreamOptions, type RunOp
 export type { RequestOptions } from './resource.js';
 export { Functions, type InvokeOptions, type InvokeAsyncOptions, type LogsOptions } from './functions.js';
 export { Invocations, type ListInvocationsOptions, type WaitForOptions, type InvocationOutput } from './invocations.js';
+export { Tenants, Keys, type CreateTenantOptions } from './tenants.js';
 export type { FetchFunction } from './http.js';
 export { ExecutionStream } from './stream.js';
 export {
   KindlingError,
   AuthenticationError,
+  PermissionDeniedError,
+  ConflictError,
   NotFoundError,
   ValidationError,
   RateLimitError,
@@ -31,4 +34,10 @@ export type {
   Invocation,
   InvocationStatus,
   LogEvent,
+  TenantQuotas,
+  TenantInfo,
+  CreatedTenant,
+  TenantSelf,
+  ApiKeyInfo,
+  CreatedApiKey,
 } from './types.js';

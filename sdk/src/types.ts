@@ -46,6 +46,8 @@ export interface ExecuteSpec {
   outputBytes?: number;
   /** Size in MiB of the writable scratch space (/tmp and the work dir). Server default. */
   diskMb?: number;
+  /** Open file descriptors per process (RLIMIT_NOFILE, soft and hard). Server default 1024. */
+  openFiles?: number;
   /**
    * Network access. `none`: loopback only. `egress`: outbound to public addresses, never to the server's host,
    * link-local/metadata or private ranges (unless the operator allows them with --egress-allow); sandbox and docker
@@ -227,4 +229,67 @@ export interface LogEvent {
   text?: string;
   /** The final status (end events). */
   status?: string;
+}
+
+/** Per-tenant quotas; absent fields take the server's defaults. */
+export interface TenantQuotas {
+  /** Executions running at once (one-off, invocations, WebSocket); beyond: 429 `TENANT_CONCURRENCY_LIMIT`. */
+  maxConcurrency?: number;
+  /** Token bucket: /v1 requests a second (refill rate); beyond: 429 `TENANT_RATE_LIMITED` with Retry-After. */
+  requestsPerSecond?: number;
+  /** Token bucket size. Default: requestsPerSecond rounded up. */
+  burst?: number;
+  /** Caps on per-request limits: above one, 400 `TENANT_LIMIT_EXCEEDED`; defaults are lowered to them. */
+  maxMemoryMb?: number;
+  maxTimeoutMs?: number;
+  maxCpus?: number;
+  maxPids?: number;
+  maxOpenFiles?: number;
+  maxOutputBytes?: number;
+  maxDiskMb?: number;
+  /** Largest request body in bytes (413 beyond). */
+  maxPayloadBytes?: number;
+}
+
+export interface TenantInfo {
+  name: string;
+  /** The quotas set for this tenant. */
+  quotas: TenantQuotas;
+  /** The quotas in effect (the tenant's, else the server's defaults); null: no cap beyond the server's ranges. */
+  effectiveQuotas: { [K in keyof TenantQuotas]-?: number | null };
+  createdAt: string;
+}
+
+export interface CreatedTenant extends TenantInfo {
+  /** The tenant's first API key: shown only in this answer. */
+  apiKey: string;
+  keyId: string;
+  /** Only when the server was in open local mode: the admin key it made, shown only here. */
+  adminKey?: string;
+}
+
+export interface TenantSelf extends TenantInfo {
+  /** Whether the key used is the admin key. */
+  admin: boolean;
+  /** The key's id (`env` for KINDLING_ADMIN_KEY, null in open local mode). */
+  keyId: string | null;
+  /** Executions of the tenant running now. */
+  running: number;
+  /** Whether the server asks for keys (false in open local mode). */
+  authEnabled: boolean;
+}
+
+export interface ApiKeyInfo {
+  id: string;
+  tenant: string;
+  /** The first characters of the key, to tell keys apart. */
+  prefix: string;
+  admin: boolean;
+  createdAt: string;
+  revokedAt: string | null;
+}
+
+export interface CreatedApiKey extends ApiKeyInfo {
+  /** The key: shown only in this answer. */
+  apiKey: string;
 }

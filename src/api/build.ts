@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import { KindlingError } from '../core/errors.js';
@@ -10,7 +10,11 @@ import type { ExecutionService } from '../orchestrator/execution-service.js';
 import type { FunctionService } from '../orchestrator/function-service.js';
 import type { InvocationService } from '../orchestrator/invocations.js';
 import type { LogBus } from '../orchestrator/log-bus.js';
-import { makeAuthenticator } from './auth.js';
+import { makeAuthenticator, matchesSecret } from './auth.js';
+import { ByteLimit } from './raw-body.js';
+import type { Principal, TenantService } from '../orchestrator/tenants.js';
+import type { TenantScope } from '../orchestrator/execution-service.js';
+import { registerTenantRoutes } from './routes/tenants.js';
 import { errorBody, sendError, toKindlingError } from './errors.js';
 import { registerExecuteRoutes } from './routes/execute.js';
 import { registerExecuteWsRoute } from './routes/execute-ws.js';
@@ -25,6 +29,10 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** W3C trace context of this request (see trace.ts); set by the first hook. */
     trace: RequestTrace;
+    /** Who the request acts for (tenant, admin or not, key id); set by the auth hook on every non-public route. */
+    principal: Principal;
+    /** The principal's tenant scope (caps, concurrency slot) that executions of this request carry. */
+    scope: TenantScope;
   }
 }
 import { registerInvocationRoutes } from './routes/invocations.js';
@@ -38,8 +46,8 @@ export interface ApiOptions {
   defaultExecutor: ExecutorName;
   defaultExecutorReason: string;
   metrics: Metrics;
-  /** Keys accepted on /v1 routes; empty means auth is off (main allows that only on loopback). */
-  apiKeys: string[];
+  /** Tenants, API keys and quotas: who a request is, what it may see, how much it may do. */
+  tenants: TenantService;
   /** Largest request body accepted, in bytes; beyond it: 413. */
   maxBodyBytes: number;
   /** Largest raw request body (streamed to stdin, never held in memory), in bytes; beyond it: 413. */
@@ -50,8 +58,8 @@ export interface ApiOptions {
   /** Usage records (GET /v1/usage…); without it those routes are absent. */
   usage?: UsageStore;
   /** Warm pool sizes per function version (GET /v1/pools). */
-  pools?: () => unknown;
-  /** When set, GET /metrics needs `Authorization: Bearer <token>` (or an API key). */
+  pools?: () => { capacity: unknown; pools: { tenant: string }[] };
+  /** When set, GET /metrics needs `Authorization: Bearer <token>` (or the admin key). */
   metricsToken?: string;
   /** The built console (web/dist); without it `/` is not served. */
   consoleDir?: string;
@@ -144,14 +152,46 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   });
 
   // Deny by default: only these routes are public. Decided by the route the router matched (never by the raw URL,
-  // which may be percent-encoded), and an unmatched URL needs the key too, so probing reveals nothing.
-  const authenticate = makeAuthenticator(options.apiKeys);
-  const authenticateScrape = options.metricsToken ? makeAuthenticator([options.metricsToken, ...options.apiKeys]) : null;
+  // which may be percent-encoded), and an unmatched URL needs the key too, so probing reveals nothing. Everything
+  // here is answered from memory: the key's hash in a map, the tenant's token bucket, a content-length comparison.
+  const tenants = options.tenants;
+  const authenticate = makeAuthenticator(tenants);
+  const metricsToken = options.metricsToken;
+  app.decorateRequest('principal', null as unknown as Principal);
+  app.decorateRequest('scope', null as unknown as TenantScope);
   app.addHook('onRequest', async (request) => {
     const route = request.routeOptions.url;
-    if (route === '/metrics' && authenticateScrape) authenticateScrape(request);
-    else if (route === undefined || !PUBLIC_ROUTES.has(route)) authenticate(request);
+    if (route === '/metrics') {
+      if (metricsToken && !matchesSecret(request, metricsToken) && !(tenants.authEnabled && isAdminRequest(request))) {
+        throw new KindlingError('UNAUTHORIZED', 'GET /metrics needs "Authorization: Bearer TOKEN" with the --metrics-token (or the admin key)');
+      }
+      return;
+    }
+    if (route !== undefined && PUBLIC_ROUTES.has(route)) return;
+    const principal = authenticate(request);
+    request.principal = principal;
+    request.scope = tenants.scopeOf(principal.tenant)!;
+    tenants.checkRate(principal.tenant);
+    const maxPayloadBytes = tenants.maxPayloadBytes(principal.tenant);
+    const declared = Number(request.headers['content-length']);
+    if (maxPayloadBytes !== null && Number.isFinite(declared) && declared > maxPayloadBytes) {
+      throw new KindlingError('PAYLOAD_TOO_LARGE', `the request body (${declared} bytes) is larger than tenant "${principal.tenant}" may send (${maxPayloadBytes} bytes, quota maxPayloadBytes)`, { details: { quota: 'maxPayloadBytes', cap: maxPayloadBytes } });
+    }
   });
+  // A JSON body without a Content-Length (chunked) is counted as it is read: the tenant's maxPayloadBytes holds for it
+  // too. Raw bodies (streamed to stdin, invoke payloads) are counted by their routes with the same limit.
+  app.addHook('preParsing', async (request, _reply, payload) => {
+    const cap = request.scope?.maxPayloadBytes;
+    if (cap === undefined || cap >= options.maxBodyBytes || !(request.headers['content-type'] ?? '').startsWith('application/json')) return payload;
+    return payload.pipe(new ByteLimit(cap, "the tenant's quota maxPayloadBytes (ask an admin)"));
+  });
+  const isAdminRequest = (request: FastifyRequest): boolean => {
+    try {
+      return authenticate(request).isAdmin;
+    } catch {
+      return false;
+    }
+  };
 
   app.setErrorHandler((error, request, reply) => {
     const failure = toError(error);
@@ -184,9 +224,21 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     maxStreamBytes: options.maxStreamBytes,
   });
   registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
+  registerTenantRoutes(app, { tenants });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });
   const pools = options.pools;
-  if (pools) app.get('/v1/pools', { schema: { tags: ['functions'], summary: 'Warm pools of handler-style functions: idle, busy, creating and waiting per function version' } }, async () => pools());
+  if (pools) {
+    app.get(
+      '/v1/pools',
+      { schema: { tags: ['functions'], summary: "Warm pools of handler-style functions: idle, busy, creating and waiting per function version (the caller's tenant's; the shared capacity for the admin)" } },
+      async (request) => {
+        const { capacity, pools: all } = pools();
+        const own = all.filter((pool) => pool.tenant === request.principal.tenant);
+        // The shared capacity tells about other tenants' load: only the admin sees it.
+        return request.principal.isAdmin ? { capacity, pools: own } : { pools: own };
+      },
+    );
+  }
   if (options.consoleDir) registerConsoleRoutes(app, { dir: options.consoleDir });
 
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {

@@ -23,6 +23,7 @@ export const ExecuteRequestSchema = Type.Object(
     pids: Type.Optional(Type.Integer({ description: 'Max processes/threads; default 256.' })),
     outputBytes: Type.Optional(Type.Integer({ description: 'Bytes kept per output stream; default 10485760.' })),
     diskMb: Type.Optional(Type.Number({ description: 'Size of /tmp and the work dir in MiB; default 256.' })),
+    openFiles: Type.Optional(Type.Integer({ description: 'Open file descriptors per process (RLIMIT_NOFILE); default 1024, 16..65536.' })),
     network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('egress')], { description: 'Default none (loopback only). egress: outbound to public addresses (never the host, link-local/metadata, or private ranges unless the operator allows them); sandbox and docker executors only.' })),
     executor: Type.Optional(Type.String({ description: `One of ${EXECUTOR_NAMES.join(', ')}; default: the server's.` })),
     outputEncoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')], { description: 'Encoding of stdout/stderr in the result; base64 for binary output. Default utf8.' })),
@@ -98,3 +99,59 @@ export const FunctionViewSchema = Type.Object(
   },
   { additionalProperties: true },
 );
+
+const quota = (description: string) => Type.Optional(Type.Union([Type.Number(), Type.Null()], { description }));
+/** Per-tenant quotas; absent fields take the server's defaults; null (PATCH) removes a field. */
+export const TenantQuotasSchema = Type.Object(
+  {
+    maxConcurrency: quota('Executions running at once (one-off, invocations, WebSocket); beyond: 429 TENANT_CONCURRENCY_LIMIT.'),
+    requestsPerSecond: quota('Token bucket refill rate for /v1 requests; beyond: 429 TENANT_RATE_LIMITED with Retry-After.'),
+    burst: quota('Token bucket size (default: requestsPerSecond rounded up).'),
+    maxMemoryMb: quota('Cap on memoryMb per sandbox.'),
+    maxTimeoutMs: quota('Cap on timeoutMs.'),
+    maxCpus: quota('Cap on cpus.'),
+    maxPids: quota('Cap on pids.'),
+    maxOpenFiles: quota('Cap on openFiles.'),
+    maxOutputBytes: quota('Cap on outputBytes.'),
+    maxDiskMb: quota('Cap on diskMb.'),
+    maxPayloadBytes: quota('Largest request body in bytes (413 beyond).'),
+  },
+  { additionalProperties: false },
+);
+export const TenantNameParamsSchema = Type.Object({ name: Type.String({ description: 'Tenant name: ^[a-z0-9][a-z0-9-]{0,62}$', maxLength: 256 }) });
+export type TenantNameParams = Static<typeof TenantNameParamsSchema>;
+export const CreateTenantSchema = Type.Object({ name: Type.String({ maxLength: 256 }), quotas: Type.Optional(TenantQuotasSchema) }, { additionalProperties: false });
+export type CreateTenantBody = Static<typeof CreateTenantSchema>;
+export const UpdateTenantSchema = Type.Object({ quotas: TenantQuotasSchema }, { additionalProperties: false });
+export type UpdateTenantBody = Static<typeof UpdateTenantSchema>;
+
+const nullableNumber = Type.Union([Type.Number(), Type.Null()]);
+/** A tenant as the admin routes answer it. */
+export const TenantViewSchema = Type.Object({
+  name: Type.String(),
+  quotas: Type.Record(Type.String(), Type.Number(), { description: 'The quotas set for this tenant.' }),
+  effectiveQuotas: Type.Record(Type.String(), nullableNumber, { description: "The quotas in effect (the tenant's, else the server's defaults); null: no cap beyond the server's ranges." }),
+  createdAt: Type.String({ format: 'date-time' }),
+});
+export const CreatedTenantSchema = Type.Object({
+  ...TenantViewSchema.properties,
+  apiKey: Type.String({ description: "The tenant's first API key: shown only in this answer." }),
+  keyId: Type.String(),
+  adminKey: Type.Optional(Type.String({ description: 'Only in open local mode (no keys yet): the admin key the server made, shown only here.' })),
+});
+export const TenantSelfSchema = Type.Object({
+  ...TenantViewSchema.properties,
+  admin: Type.Boolean(),
+  keyId: Type.Union([Type.String(), Type.Null()]),
+  running: Type.Integer({ description: 'Executions of the tenant running now.' }),
+  authEnabled: Type.Boolean(),
+});
+export const ApiKeyViewSchema = Type.Object({
+  id: Type.String(),
+  tenant: Type.String(),
+  prefix: Type.String({ description: 'The first characters of the key.' }),
+  admin: Type.Boolean(),
+  createdAt: Type.String({ format: 'date-time' }),
+  revokedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+});
+export const CreatedApiKeySchema = Type.Object({ ...ApiKeyViewSchema.properties, apiKey: Type.String({ description: 'The key: shown only in this answer.' }) });

@@ -9,7 +9,7 @@ import { clientOptions, type ClientDefaults } from './run.js';
 
 
 export const clientFrom = (options: Record<string, unknown>): Kindling =>
-  new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined, timeoutMs: 0 });
+  new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined, timeoutMs: 0, ...(typeof options.tenant === 'string' ? { tenant: options.tenant } : {}) });
 
 /** `kindling deploy`, `kindling invoke`, `kindling functions list|get|delete`. */
 export function registerFunctionCommands(program: Command, defaults: ClientDefaults): void {

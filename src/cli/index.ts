@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { registerFunctionCommands } from './functions.js';
 import { registerImagesCommands } from './images.js';
 import { registerInvocationCommands } from './invocations.js';
+import { registerTenantCommands } from './tenants.js';
 import { registerRunCommand, registerStatusCommand, type ClientDefaults } from './run.js';
 import { registerServeCommand, type ServeDefaults } from './serve.js';
 
@@ -22,6 +23,7 @@ export function buildProgram(defaults: CliDefaults): Command {
   registerStatusCommand(program, defaults.client);
   registerFunctionCommands(program, defaults.client);
   registerInvocationCommands(program, defaults.client);
+  registerTenantCommands(program, defaults.client);
   registerImagesCommands(program, { defaultImagesDir: defaults.serve.imagesDir });
   return program;
 }

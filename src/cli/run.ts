@@ -29,6 +29,7 @@ export function clientOptions(command: Command, defaults: ClientDefaults): Comma
     command
       .option('--url <url>', 'server URL (env KINDLING_URL)', defaults.url)
       .option('--api-key <key>', 'API key (default: env KINDLING_API_KEY)')
+      .option('--tenant <name>', 'with the admin key: act as this tenant (x-kindling-tenant)')
       // The key from the environment is filled in at run time, never as a commander default: --help must not print it.
       .hook('preAction', (_program, action) => {
         if (action.opts().apiKey === undefined && defaults.apiKey !== undefined) action.setOptionValue('apiKey', defaults.apiKey);
@@ -52,6 +53,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     .option('--memory-mb <mb>', 'memory limit in MiB', parseNumber('--memory-mb'))
     .option('--cpus <n>', 'CPU quota in cores', parseNumber('--cpus'))
     .option('--pids <n>', 'process limit', parseNumber('--pids'))
+    .option('--open-files <n>', 'open file descriptors per process (default 1024)', parseNumber('--open-files'))
     .option('--executor <name>', 'docker | sandbox | microvm')
     .option('--stdin', 'send standard input to the program (default: only when stdin is a pipe or a file)')
     .option('--no-stdin', 'never read standard input')
@@ -82,10 +84,11 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     if (options.memoryMb !== undefined) spec.memoryMb = options.memoryMb as number;
     if (options.cpus !== undefined) spec.cpus = options.cpus as number;
     if (options.pids !== undefined) spec.pids = options.pids as number;
+    if (options.openFiles !== undefined) spec.openFiles = options.openFiles as number;
     if (options.executor !== undefined) spec.executor = options.executor as ExecuteSpec['executor'];
     if (shouldReadStdin(options.stdin as boolean | undefined)) spec.stdin = new Uint8Array(await readAll(process.stdin));
 
-    const client = new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined });
+    const client = new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined, ...(typeof options.tenant === 'string' ? { tenant: options.tenant } : {}) });
     await guarded(async () => {
       if (options.json) {
         const result = await client.execute(spec);

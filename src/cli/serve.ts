@@ -4,6 +4,7 @@ import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { parseAllowList } from '../network/policy.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
 import type { MicroVmSettings } from '../executors/registry.js';
+import type { ResolvedQuotas } from '../orchestrator/tenants.js';
 
 export interface ServeDefaults {
   port: number;
@@ -26,13 +27,31 @@ const int = (name: string) => (value: string): number => {
   return parsed;
 };
 
+const num = (name: string) => (value: string): number => {
+  const parsed = Number(value);
+  if (!Number.isFinite(parsed) || parsed < 0) throw new Error(`${name} must be a number >= 0, got "${value}"`);
+  return parsed;
+};
+
+/** The --tenant-* flags as default quotas; 0 means no cap. */
+function tenantQuotaDefaults(options: Record<string, unknown>): Partial<ResolvedQuotas> {
+  const positive = (value: unknown): number | null => (typeof value === 'number' && value > 0 ? value : null);
+  return {
+    maxConcurrency: positive(options.tenantMaxConcurrency),
+    requestsPerSecond: positive(options.tenantRps),
+    burst: positive(options.tenantBurst),
+    maxMemoryMb: positive(options.tenantMaxMemoryMb),
+    maxTimeoutMs: positive(options.tenantMaxTimeoutMs),
+  };
+}
+
 /** `kindling serve`: the server in the foreground; SIGTERM/SIGINT drain in-flight work, then stop. */
 export function registerServeCommand(program: Command, defaults: ServeDefaults): void {
   program
     .command('serve')
     .description('start the Kindling server')
     .option('-p, --port <port>', 'TCP port (0 picks a free one)', int('--port'), defaults.port)
-    .option('--host <host>', 'address to bind; a non-loopback address needs KINDLING_ADMIN_KEY', defaults.host)
+    .option('--host <host>', 'address to bind; on a non-loopback address without KINDLING_ADMIN_KEY the first start prints a generated admin key', defaults.host)
     .option('--data-dir <dir>', 'where the server keeps its state', defaults.dataDir)
     .option('--images-dir <dir>', 'where runtime images (rootfs dirs) live', defaults.imagesDir)
     .option('--executor <name>', `default executor: auto | ${EXECUTOR_NAMES.join(' | ')}`, 'auto')
@@ -54,6 +73,11 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--invocation-retention-ms <ms>', 'finished invocations (output, logs, idempotency keys) are kept this long', int('--invocation-retention-ms'), 7 * 24 * 3600_000)
     .option('--callback-allow <host:port,...>', 'destinations async callbacks may be POSTed to (none by default)', '')
     .option('--egress-allow <cidrs>', 'comma-separated private CIDRs that network "egress" may reach (loopback, link-local/metadata and the host stay denied)', '')
+    .option('--tenant-max-concurrency <n>', 'default quota: executions a tenant runs at once (0: no cap but --max-concurrent)', int('--tenant-max-concurrency'), 0)
+    .option('--tenant-rps <n>', 'default quota: /v1 requests a second per tenant, a refilling token bucket (0: unlimited)', num('--tenant-rps'), 0)
+    .option('--tenant-burst <n>', 'default quota: token bucket size (0: the rate rounded up)', int('--tenant-burst'), 0)
+    .option('--tenant-max-memory-mb <mb>', 'default quota: largest memoryMb a tenant may ask for (0: the server range)', int('--tenant-max-memory-mb'), 0)
+    .option('--tenant-max-timeout-ms <ms>', 'default quota: largest timeoutMs a tenant may ask for (0: the server range)', int('--tenant-max-timeout-ms'), 0)
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -69,7 +93,8 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         imagesDir: options.imagesDir as string,
         executor: executor as ExecutorChoice,
         enableExecutors: ['docker'] as ExecutorName[],
-        apiKeys: defaults.adminKey ? [defaults.adminKey] : [],
+        ...(defaults.adminKey ? { adminKey: defaults.adminKey } : {}),
+        tenantQuotas: tenantQuotaDefaults(options),
         maxConcurrent: options.maxConcurrent as number,
         maxQueued: options.maxQueued as number,
         queueTimeoutMs: options.queueTimeoutMs as number,

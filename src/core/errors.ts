@@ -18,6 +18,17 @@ export const ERROR_CODES = {
   LIMIT_OUT_OF_RANGE: { statusCode: 400, retryable: false },
   UNSUPPORTED_NETWORK: { statusCode: 400, retryable: false },
   UNAUTHORIZED: { statusCode: 401, retryable: false },
+  /** A tenant key asked for an admin-only route (tenants, keys, another tenant's scope). */
+  FORBIDDEN: { statusCode: 403, retryable: false },
+  TENANT_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** A tenant of that name exists or existed (names of deleted tenants are not reused). */
+  TENANT_EXISTS: { statusCode: 409, retryable: false },
+  /** A per-request limit above the tenant's cap (the message names the cap). */
+  TENANT_LIMIT_EXCEEDED: { statusCode: 400, retryable: false },
+  /** The tenant's request rate (token bucket) is used up; Retry-After says when a request passes again. */
+  TENANT_RATE_LIMITED: { statusCode: 429, retryable: true },
+  /** The tenant runs as many executions as its quota allows. */
+  TENANT_CONCURRENCY_LIMIT: { statusCode: 429, retryable: true },
   NOT_FOUND: { statusCode: 404, retryable: false },
   FUNCTION_NOT_FOUND: { statusCode: 404, retryable: false },
   ROUTE_NOT_FOUND: { statusCode: 404, retryable: false },

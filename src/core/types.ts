@@ -20,6 +20,8 @@ export interface ResourceLimits {
   outputBytes: number;
   /** Size of the writable scratch space (/tmp and the work dir). */
   diskMb: number;
+  /** Open file descriptors per process (RLIMIT_NOFILE, soft and hard). */
+  openFiles: number;
 }
 
 /** A file placed read-only under /.kindling inside the sandbox before the command starts (code, handler, wrapper). */
@@ -92,6 +94,7 @@ export interface ExecuteRequest {
   pids?: number;
   outputBytes?: number;
   diskMb?: number;
+  openFiles?: number;
   network?: NetworkMode;
   executor?: ExecutorName;
   outputEncoding?: OutputEncoding;

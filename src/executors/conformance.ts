@@ -16,7 +16,7 @@ export interface CompletedRun extends ExitInfo {
   wallMs: number;
 }
 
-const DEFAULT_LIMITS: ResourceLimits = { timeoutMs: 30_000, memoryMb: 256, cpus: 1, pids: 128, outputBytes: 10 << 20, diskMb: 64 };
+const DEFAULT_LIMITS: ResourceLimits = { timeoutMs: 30_000, memoryMb: 256, cpus: 1, pids: 128, outputBytes: 10 << 20, diskMb: 64, openFiles: 1024 };
 
 export function testSpec(overrides: Partial<RunSpec> & { command: string[] }, image = 'kindling/base'): RunSpec {
   return {
@@ -221,6 +221,39 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       assert.ok(cpuMs !== null && cpuMs >= 400 && cpuMs < 2000, `cpuMs ${cpuMs} for a 500 ms burn`);
       const peak = run.usage.memoryPeakBytes;
       assert.ok(peak !== null && peak >= 32 * 1024 * 1024, `memoryPeakBytes ${peak} after a 32 MiB allocation`);
+    });
+
+    test('caps open files (limits.openFiles): opening files ends in EMFILE at the limit, and the limit cannot be raised', async (t) => {
+      const program = [
+        'import errno, os, resource',
+        'fds = []',
+        'try:',
+        '    while len(fds) < 100000: fds.append(os.open("/dev/null", os.O_RDONLY))',
+        '    print("no-emfile")',
+        'except OSError as e:',
+        '    print("emfile" if e.errno == errno.EMFILE else f"errno-{e.errno}", max(fds))',
+        'print(*resource.getrlimit(resource.RLIMIT_NOFILE))',
+        'try:',
+        '    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))',
+        '    print("raised")',
+        'except (ValueError, OSError):',
+        '    print("refused")',
+      ].join('\n');
+      // Without python, the shell's ulimit reports the limit (no EMFILE loop possible in POSIX sh).
+      const run = t.images.python
+        ? await runToCompletion(t.executor, testSpec({ command: ['python3', '-c', program], limits: { ...DEFAULT_LIMITS, openFiles: 64 } }, t.images.python))
+        : await runToCompletion(t.executor, base(t, { command: ['sh', '-c', 'ulimit -n; ulimit -Hn'], limits: { ...DEFAULT_LIMITS, openFiles: 64 } }));
+      assert.equal(run.exitCode, 0, run.stderr.toString());
+      const lines = run.stdout.toString().trim().split('\n');
+      if (t.images.python) {
+        // The highest descriptor a process with RLIMIT_NOFILE 64 can hold is 63.
+        assert.deepEqual(lines, ['emfile 63', '64 64', 'refused']);
+      } else {
+        assert.deepEqual(lines, ['64', '64']);
+      }
+      // The default is 1024 (soft and hard), whatever the engine's own default is.
+      const defaults = await runToCompletion(t.executor, base(t, { command: ['sh', '-c', 'ulimit -n; ulimit -Hn'] }));
+      assert.deepEqual(defaults.stdout.toString().trim().split('\n'), ['1024', '1024']);
     });
 
     test('leaves nothing behind: reap finds no orphans after runs complete', async (t) => {

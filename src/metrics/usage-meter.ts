@@ -19,7 +19,7 @@ export class UsageMeter implements ExecutionObserver, InvocationObserver {
   onExecutionFinished(result: ExecutionResult, context: ExecutionContext): void {
     this.write({
       id: result.id,
-      tenant: this.options.tenant ?? DEFAULT_TENANT,
+      tenant: context.tenant ?? this.options.tenant ?? DEFAULT_TENANT,
       function: context.functionName ?? EXECUTE_FUNCTION_LABEL,
       executor: result.executor,
       atMs: this.now(),
@@ -43,7 +43,7 @@ export class UsageMeter implements ExecutionObserver, InvocationObserver {
     if (event.status === 'error') return;
     this.write({
       id: event.invocationId,
-      tenant: this.options.tenant ?? DEFAULT_TENANT,
+      tenant: event.tenant ?? this.options.tenant ?? DEFAULT_TENANT,
       function: event.functionName,
       executor: event.executor,
       atMs: this.now(),

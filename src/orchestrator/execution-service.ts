@@ -4,7 +4,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { KindlingError, storageFullError } from '../core/errors.js';
 import { newExecutionId } from '../core/ids.js';
 import { systemClock, type Clock } from '../core/clock.js';
-import type { ExecuteRequest, ExecutionResult, ExecutorName, InputFile, RunSpec } from '../core/types.js';
+import type { ExecuteRequest, ExecutionResult, ExecutorName, InputFile, ResourceLimits, RunSpec } from '../core/types.js';
 import type { Executor } from '../executors/executor.js';
 import { ConcurrencyLimiter, type ConcurrencyLimiterOptions } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
@@ -29,6 +29,19 @@ export interface ExecuteOptions {
   functionName?: string;
   /** W3C trace context of the request; passed to the process as env TRACEPARENT and to observers. */
   trace?: TraceContext;
+  /** The tenant it runs for: caps on its limits, its concurrency slot, the tenant of its usage record. */
+  tenant?: TenantScope;
+}
+
+/** What an execution needs to know of its tenant. */
+export interface TenantScope {
+  name: string;
+  /** Caps on resource limits (the tenant's quotas): defaults are lowered to them, requests above get 400. */
+  caps: Partial<ResourceLimits>;
+  /** Takes a slot of the tenant's concurrency quota (or throws 429); absent when the caller already holds one. */
+  acquire?: () => () => void;
+  /** The tenant's cap on request bodies (quota maxPayloadBytes); absent: the server's limits. */
+  maxPayloadBytes?: number;
 }
 
 /** The W3C trace context an execution runs under (see src/api/trace.ts). */
@@ -46,6 +59,8 @@ export interface ExecutionContext {
   /** Output bytes of the process: stdout (kept and streamed) plus kept stderr. */
   outputBytes: number;
   functionName?: string;
+  /** The tenant it ran for (usage records); absent: the tenant `default`. */
+  tenant?: string;
   /** The memory limit the sandbox ran with (for GB-seconds). */
   memoryMb: number;
   traceId?: string;
@@ -61,7 +76,7 @@ export interface RawExecution {
 /** Observers see every finished execution (metrics, usage); they never change the outcome. */
 export interface ExecutionObserver {
   onExecutionFinished(result: ExecutionResult, context: ExecutionContext): void;
-  onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName; functionName?: string }): void;
+  onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName; functionName?: string; tenant?: string }): void;
 }
 
 export interface ExecutionServiceOptions {
@@ -174,7 +189,7 @@ export class ExecutionService {
   }
 
   /** Turns a request into a RunSpec, or throws a 4xx KindlingError that says how to fix it. */
-  async prepare(request: ExecuteRequest): Promise<{ spec: RunSpec; executor: Executor; stdin: Buffer | null }> {
+  async prepare(request: ExecuteRequest, caps: Partial<ResourceLimits> = {}): Promise<{ spec: RunSpec; executor: Executor; stdin: Buffer | null }> {
     const hasCode = request.runtime !== undefined || request.code !== undefined;
     const hasImage = request.image !== undefined || request.command !== undefined;
     if (hasCode && hasImage) {
@@ -218,9 +233,10 @@ export class ExecutionService {
       }
     }
     const limits = resolveLimits(
-      { timeoutMs: request.timeoutMs, memoryMb: request.memoryMb, cpus: request.cpus, pids: request.pids, outputBytes: request.outputBytes, diskMb: request.diskMb },
+      { timeoutMs: request.timeoutMs, memoryMb: request.memoryMb, cpus: request.cpus, pids: request.pids, outputBytes: request.outputBytes, diskMb: request.diskMb, openFiles: request.openFiles },
       runtimeDefaults,
       this.limits,
+      caps,
     );
     const stdin =
       request.stdin !== undefined ? Buffer.from(request.stdin, 'utf8') : request.stdinBase64 !== undefined ? Buffer.from(request.stdinBase64, 'base64') : null;
@@ -250,22 +266,31 @@ export class ExecutionService {
 
   private async executeWith(request: ExecuteRequest, outputEncoding: 'utf8' | 'base64' | null, options: ExecuteOptions): Promise<RawExecution> {
     if (this.draining) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
-    const prepared = await this.prepare(request);
+    const prepared = await this.prepare(request, options.tenant?.caps);
     if (options.stdinStream) prepared.spec.stdin = true;
     if (options.trace) prepared.spec.env.TRACEPARENT = options.trace.traceparent;
     const { spec, executor } = prepared;
+    if (options.tenant) spec.labels['dev.kindling.tenant'] = options.tenant.name;
+    // The tenant's quota first (an immediate 429), then the server's queue.
+    const releaseTenant = options.tenant?.acquire?.();
     const queuedAt = this.clock.monotonicMs();
-    const release = await this.limiter.acquire(options.signal);
+    let release: (() => void) | undefined;
     try {
+      release = await this.limiter.acquire(options.signal);
       return await this.run(spec, executor, prepared.stdin, outputEncoding, options, this.clock.monotonicMs() - queuedAt);
     } catch (error) {
       const full = storageFullError(error);
       const failure = full ?? (error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the execution failed inside the platform', { cause: error }));
-      const context = options.functionName === undefined ? { executor: executor.name } : { executor: executor.name, functionName: options.functionName };
+      const context = {
+        executor: executor.name,
+        ...(options.functionName === undefined ? {} : { functionName: options.functionName }),
+        ...(options.tenant ? { tenant: options.tenant.name } : {}),
+      };
       for (const observer of this.observers) observer.onExecutionFailed?.(failure, context);
       throw full ?? error;
     } finally {
-      release();
+      release?.();
+      releaseTenant?.();
     }
   }
 
@@ -376,6 +401,7 @@ export class ExecutionService {
         outputBytes: stdoutKept.length + stderrBytes.length + stdoutBytes,
         memoryMb: spec.limits.memoryMb,
         ...(options.functionName === undefined ? {} : { functionName: options.functionName }),
+        ...(options.tenant ? { tenant: options.tenant.name } : {}),
         ...(options.trace ? { traceId: options.trace.traceId } : {}),
       };
       for (const observer of this.observers) observer.onExecutionFinished(result, context);

@@ -1,14 +1,15 @@
 import { Readable, type Writable } from 'node:stream';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
-import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName } from '../core/types.js';
+import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName, type ResourceLimits } from '../core/types.js';
 import { FUNCTION_NAME_PATTERN, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
-import type { ExecutionService, OutputStreamName, TraceContext } from './execution-service.js';
+import type { ExecutionService, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
   invocationId: string;
+  tenant: string;
   functionName: string;
   version: number;
   exitCode: number;
@@ -35,6 +36,8 @@ export interface InvokeOptions {
   stdoutSink?: Writable;
   /** Command functions: called once the sandbox started, with the invocation id and whether it was cold. */
   onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
+  /** The tenant's caps and concurrency slot (taken once here, for handler and command functions alike). */
+  scope?: TenantScope;
 }
 
 /** Runs handler-style invocations (warm pools); absent on servers without an executor that keeps sandboxes warm. */
@@ -42,9 +45,9 @@ export interface HandlerInvoker {
   /** Whether `executor` can run handler-style functions. */
   supports(executor: ExecutorName): boolean;
   /** Called after a deploy: prewarm `minWarm` sandboxes of the new version, retire the older versions' pools. */
-  deployed(version: FunctionVersion, executor: ExecutorName): void;
+  deployed(version: FunctionVersion, executor: ExecutorName, caps?: Partial<ResourceLimits>): void;
   /** Called after a delete: close every pool of the function. */
-  deleted(name: string): Promise<void>;
+  deleted(tenant: string, name: string): Promise<void>;
   invoke(version: FunctionVersion, executor: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult>;
   close(): Promise<void>;
 }
@@ -87,81 +90,96 @@ export class FunctionService {
     this.clock = options.clock ?? systemClock;
   }
 
-  async deploy(name: string, spec: FunctionSpec): Promise<{ view: FunctionView; created: boolean }> {
+  /** Deploys a new version of the tenant's function; `caps` (the tenant's quotas) bound its limits. */
+  async deploy(tenant: string, name: string, spec: FunctionSpec, caps: Partial<ResourceLimits> = {}): Promise<{ view: FunctionView; created: boolean }> {
     checkName(name);
     const executor = spec.executor ?? this.options.defaultExecutor;
-    await this.validate(spec, executor);
-    const { fn, version, created } = this.store.putFunction(name, spec, this.clock.nowMs());
-    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor);
+    await this.validate(spec, executor, caps);
+    const { fn, version, created } = this.store.putFunction(tenant, name, spec, this.clock.nowMs());
+    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
     return { view: toView(fn, version), created };
   }
 
-  get(name: string): FunctionView {
-    const fn = this.store.getFunction(name);
-    const version = fn === null ? null : this.store.getVersion(name, fn.latestVersion);
+  get(tenant: string, name: string): FunctionView {
+    const fn = FUNCTION_NAME_PATTERN.test(name) ? this.store.getFunction(tenant, name) : null;
+    const version = fn === null ? null : this.store.getVersion(tenant, name, fn.latestVersion);
     if (fn === null || version === null) throw notFound(name);
     return toView(fn, version);
   }
 
-  list(): FunctionView[] {
-    return this.store.listFunctions().flatMap((fn) => {
-      const version = this.store.getVersion(fn.name, fn.latestVersion);
+  list(tenant: string): FunctionView[] {
+    return this.store.listFunctions(tenant).flatMap((fn) => {
+      const version = this.store.getVersion(tenant, fn.name, fn.latestVersion);
       return version === null ? [] : [toView(fn, version)];
     });
   }
 
-  async delete(name: string): Promise<void> {
+  async delete(tenant: string, name: string): Promise<void> {
     checkName(name);
-    if (!this.store.deleteFunction(name)) throw notFound(name);
-    await this.options.handlers?.deleted(name);
+    if (!this.store.deleteFunction(tenant, name)) throw notFound(name);
+    await this.options.handlers?.deleted(tenant, name);
+  }
+
+  /** A deleted tenant's functions go, with their warm sandboxes. */
+  async deleteTenant(tenant: string): Promise<void> {
+    const names = this.store.deleteTenantFunctions(tenant);
+    await Promise.all(names.map((name) => this.options.handlers?.deleted(tenant, name)));
   }
 
   /** The version an invocation of `name` runs (the latest unless `version` is given) and its style; 404 if none. */
-  resolve(name: string, version?: number): { version: FunctionVersion; style: 'handler' | 'command' } {
-    const found = FUNCTION_NAME_PATTERN.test(name) ? this.store.getVersion(name, version) : null;
+  resolve(tenant: string, name: string, version?: number): { version: FunctionVersion; style: 'handler' | 'command' } {
+    const found = FUNCTION_NAME_PATTERN.test(name) ? this.store.getVersion(tenant, name, version) : null;
     if (found === null) throw version === undefined ? notFound(name) : new KindlingError('FUNCTION_NOT_FOUND', `function "${name.slice(0, 80)}" has no version ${version} (it was deleted or redeployed from scratch)`);
     return { version: found, style: isHandlerStyle(found.spec) ? 'handler' : 'command' };
   }
 
-  async invoke(name: string, body: Buffer, options: InvokeOptions = {}): Promise<InvocationResult> {
-    const { version } = this.resolve(name, options.version);
+  async invoke(tenant: string, name: string, body: Buffer, options: InvokeOptions = {}): Promise<InvocationResult> {
+    const { version } = this.resolve(tenant, name, options.version);
     const spec = version.spec;
     const executor = spec.executor ?? this.options.defaultExecutor;
-    if (isHandlerStyle(spec)) {
-      const handlers = this.options.handlers;
-      if (handlers === undefined || !handlers.supports(executor)) {
-        throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executor} executor of this server`);
-      }
-      return handlers.invoke(version, executor, body, options);
-    }
-    // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
-    const release = await this.limiterFor(version).acquire(options.signal);
-    let raw;
+    // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
+    const releaseTenant = options.scope?.acquire?.();
     try {
-      raw = await this.options.executionService.executeRaw(commandRequest(spec), {
-        stdinStream: options.stdinStream ?? Readable.from([body]),
+      if (isHandlerStyle(spec)) {
+        const handlers = this.options.handlers;
+        if (handlers === undefined || !handlers.supports(executor)) {
+          throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executor} executor of this server`);
+        }
+        return await handlers.invoke(version, executor, body, options);
+      }
+      // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
+      const release = await this.limiterFor(version).acquire(options.signal);
+      let raw;
+      try {
+        raw = await this.options.executionService.executeRaw(commandRequest(spec), {
+          stdinStream: options.stdinStream ?? Readable.from([body]),
+          functionName: name,
+          tenant: { name: tenant, caps: options.scope?.caps ?? {} },
+          ...(options.signal ? { signal: options.signal } : {}),
+          ...(options.trace ? { trace: options.trace } : {}),
+          ...(options.onOutput ? { onOutput: options.onOutput } : {}),
+          ...(options.stdoutSink ? { stdoutSink: options.stdoutSink } : {}),
+          ...(options.onStarted ? { onStarted: options.onStarted } : {}),
+        });
+      } finally {
+        release();
+      }
+      return {
+        invocationId: raw.result.id,
+        tenant,
         functionName: name,
-        ...(options.signal ? { signal: options.signal } : {}),
-        ...(options.trace ? { trace: options.trace } : {}),
-        ...(options.onOutput ? { onOutput: options.onOutput } : {}),
-        ...(options.stdoutSink ? { stdoutSink: options.stdoutSink } : {}),
-        ...(options.onStarted ? { onStarted: options.onStarted } : {}),
-      });
+        version: version.version,
+        exitCode: raw.result.exitCode,
+        body: raw.stdout,
+        stderr: raw.stderr,
+        durationMs: raw.result.durationMs,
+        coldStart: raw.result.coldStart,
+        timedOut: raw.result.timedOut,
+        executor: raw.result.executor,
+      };
     } finally {
-      release();
+      releaseTenant?.();
     }
-    return {
-      invocationId: raw.result.id,
-      functionName: name,
-      version: version.version,
-      exitCode: raw.result.exitCode,
-      body: raw.stdout,
-      stderr: raw.stderr,
-      durationMs: raw.result.durationMs,
-      coldStart: raw.result.coldStart,
-      timedOut: raw.result.timedOut,
-      executor: raw.result.executor,
-    };
   }
 
   async close(): Promise<void> {
@@ -171,11 +189,11 @@ export class FunctionService {
   private readonly limiters = new Map<string, ConcurrencyLimiter>();
 
   private limiterFor(version: FunctionVersion): ConcurrencyLimiter {
-    const key = `${version.name}@${version.version}`;
+    const key = `${version.tenant}/${version.name}@${version.version}`;
     let limiter = this.limiters.get(key);
     if (limiter === undefined) {
       // One per live version; older versions' limiters go when a newer one is first used.
-      for (const other of this.limiters.keys()) if (other.startsWith(`${version.name}@`)) this.limiters.delete(other);
+      for (const other of this.limiters.keys()) if (other.startsWith(`${version.tenant}/${version.name}@`)) this.limiters.delete(other);
       limiter = new ConcurrencyLimiter({
         maxConcurrent: version.spec.maxConcurrency ?? this.options.defaultMaxConcurrency ?? 10,
         maxQueued: version.spec.maxQueued ?? this.options.defaultMaxQueued ?? 256,
@@ -187,7 +205,7 @@ export class FunctionService {
   }
 
   /** Semantic checks; the shapes were checked by the gateway's schema. Throws 4xx KindlingErrors. */
-  private async validate(spec: FunctionSpec, executor: ExecutorName): Promise<void> {
+  private async validate(spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>): Promise<void> {
     const fail = (field: string, message: string): never => {
       throw new KindlingError('VALIDATION_FAILED', message, { details: { field } });
     };
@@ -222,7 +240,7 @@ export class FunctionService {
       }
     }
     // The same checks a one-off execution gets: fields that go together, runtime, image, limits in range.
-    await this.options.executionService.prepare({ ...commandRequest(spec), executor });
+    await this.options.executionService.prepare({ ...commandRequest(spec), executor }, caps);
   }
 }
 

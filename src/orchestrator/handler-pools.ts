@@ -12,7 +12,7 @@ import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import type { ExecutorName, RunSpec } from '../core/types.js';
+import type { ExecutorName, ResourceLimits, RunSpec } from '../core/types.js';
 import { AgentLoadError, type Executor, type WarmSandbox } from '../executors/executor.js';
 import type { FunctionVersion } from '../store/store.js';
 import { BASE_ENV } from './execution-service.js';
@@ -22,6 +22,7 @@ import { WarmCapacity, WarmPool } from './warm-pool.js';
 
 export interface InvocationEvent {
   invocationId: string;
+  tenant: string;
   functionName: string;
   executor: ExecutorName;
   status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error';
@@ -91,15 +92,30 @@ interface Entry {
   memoryMb: number;
 }
 
-const keyOf = (name: string, version: number): string => `${name}@${version}`;
+/** Pools are keyed by tenant, function and version: two tenants' `hello` never share a sandbox. */
+const keyOf = (tenant: string, name: string, version: number): string => `${tenant}/${name}@${version}`;
 
+/** A generic sandbox serves only functions whose sandbox limits are exactly its own (tenant caps may lower them). */
 interface GenericShape {
   executor: ExecutorName;
   runtime: 'node' | 'python';
   memoryMb: number;
   cpus: number;
+  pids: number;
+  diskMb: number;
+  openFiles: number;
 }
-const genericKey = (shape: GenericShape): string => JSON.stringify({ executor: shape.executor, runtime: shape.runtime, memoryMb: shape.memoryMb, cpus: shape.cpus });
+const genericKey = (shape: GenericShape): string =>
+  JSON.stringify({ executor: shape.executor, runtime: shape.runtime, memoryMb: shape.memoryMb, cpus: shape.cpus, pids: shape.pids, diskMb: shape.diskMb, openFiles: shape.openFiles });
+const shapeOf = (executor: ExecutorName, runtime: 'node' | 'python', limits: ResourceLimits): GenericShape => ({
+  executor,
+  runtime,
+  memoryMb: limits.memoryMb,
+  cpus: limits.cpus,
+  pids: limits.pids,
+  diskMb: limits.diskMb,
+  openFiles: limits.openFiles,
+});
 
 export class HandlerPools implements HandlerInvoker {
   readonly capacity: WarmCapacity;
@@ -126,7 +142,7 @@ export class HandlerPools implements HandlerInvoker {
     });
     const defaults = resolveLimits({}, {}, this.limits);
     for (const { executor, runtime } of options.genericWarmAtStart ?? []) {
-      if (this.supports(executor)) this.generic.replenish(genericKey({ executor, runtime, memoryMb: defaults.memoryMb, cpus: defaults.cpus }));
+      if (this.supports(executor)) this.generic.replenish(genericKey(shapeOf(executor, runtime, defaults)));
     }
   }
 
@@ -134,7 +150,7 @@ export class HandlerPools implements HandlerInvoker {
     const executor = this.options.executors.get(shape.executor);
     if (executor?.createWarmSandbox === undefined) return Promise.reject(new Error(`no warm sandboxes on ${shape.executor}`));
     const launch = genericAgentLaunch(shape.runtime);
-    const limits = resolveLimits({ memoryMb: shape.memoryMb, cpus: shape.cpus }, {}, this.limits);
+    const limits = resolveLimits({ memoryMb: shape.memoryMb, cpus: shape.cpus, pids: shape.pids, diskMb: shape.diskMb, openFiles: shape.openFiles }, {}, this.limits);
     return executor.createWarmSandbox(
       {
         id: newId('warm'),
@@ -162,7 +178,7 @@ export class HandlerPools implements HandlerInvoker {
    */
   private async coldSandbox(version: FunctionVersion, executor: Executor, executorName: ExecutorName, limits: ReturnType<typeof resolveLimits>): Promise<WarmSandbox> {
     const runtime = version.spec.runtime as 'node' | 'python';
-    const key = genericKey({ executor: executorName, runtime, memoryMb: limits.memoryMb, cpus: limits.cpus });
+    const key = genericKey(shapeOf(executorName, runtime, limits));
     const generic = this.generic.take(key);
     this.generic.replenish(key);
     if (generic?.load !== undefined) {
@@ -197,10 +213,10 @@ export class HandlerPools implements HandlerInvoker {
   }
 
   /** Idle and busy warm sandboxes per live function version (metrics, console). */
-  poolSizes(): { function: string; version: number; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[] {
+  poolSizes(): { tenant: string; function: string; version: number; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[] {
     return [...this.pools.values()].map((entry) => {
       const stats = entry.pool.stats;
-      return { function: entry.version.name, version: entry.version.version, executor: entry.executor.name, idle: stats.idle, busy: stats.busy, creating: stats.creating, waiting: stats.waiting };
+      return { tenant: entry.version.tenant, function: entry.version.name, version: entry.version.version, executor: entry.executor.name, idle: stats.idle, busy: stats.busy, creating: stats.creating, waiting: stats.waiting };
     });
   }
 
@@ -208,24 +224,29 @@ export class HandlerPools implements HandlerInvoker {
     return { capacity: this.capacity.stats, generic: this.generic.stats(), pools: Object.fromEntries([...this.pools].map(([key, entry]) => [key, entry.pool.stats])) };
   }
 
-  deployed(version: FunctionVersion, executor: ExecutorName): void {
-    for (const [key, entry] of this.pools) if (entry.version.name === version.name && entry.version.version !== version.version) this.retire(key, entry);
-    this.poolFor(version, executor);
+  deployed(version: FunctionVersion, executor: ExecutorName, caps: Partial<ResourceLimits> = {}): void {
+    for (const [key, entry] of this.pools) {
+      if (entry.version.tenant === version.tenant && entry.version.name === version.name && entry.version.version !== version.version) this.retire(key, entry);
+    }
+    this.poolFor(version, executor, caps);
   }
 
-  async deleted(name: string): Promise<void> {
-    const closing = [...this.pools].filter(([, entry]) => entry.version.name === name);
+  async deleted(tenant: string, name: string): Promise<void> {
+    const closing = [...this.pools].filter(([, entry]) => entry.version.tenant === tenant && entry.version.name === name);
     for (const [key] of closing) this.pools.delete(key);
     await Promise.all(closing.map(([, entry]) => entry.pool.close()));
   }
 
   async invoke(version: FunctionVersion, executorName: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult> {
-    const entry = this.poolFor(version, executorName);
+    const caps = options.scope?.caps ?? {};
+    const entry = this.poolFor(version, executorName, caps);
     const invocationId = newId('inv');
-    const base = { invocationId, functionName: version.name, version: version.version, executor: executorName };
-    const timeoutMs = version.spec.timeoutMs ?? this.limits.defaults.timeoutMs;
+    const base = { invocationId, tenant: version.tenant, functionName: version.name, version: version.version, executor: executorName };
+    // The tenant's cap lowers the default (an explicit timeoutMs was checked against it at deploy).
+    const timeoutMs = version.spec.timeoutMs ?? Math.min(this.limits.defaults.timeoutMs, caps.timeoutMs ?? Number.POSITIVE_INFINITY);
     const event = {
       invocationId,
+      tenant: version.tenant,
       functionName: version.name,
       executor: executorName,
       inBytes: body.length,
@@ -286,9 +307,10 @@ export class HandlerPools implements HandlerInvoker {
 
   private readonly retiredPools = new Set<WarmPool<WarmSandbox>>();
 
-  private poolFor(version: FunctionVersion, executorName: ExecutorName): Entry {
+  /** The pool of a version; made on first use with the tenant's caps of that moment (a redeploy picks up new ones). */
+  private poolFor(version: FunctionVersion, executorName: ExecutorName, caps: Partial<ResourceLimits>): Entry {
     if (this.closing) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down', { retryAfterSeconds: 5 });
-    const key = keyOf(version.name, version.version);
+    const key = keyOf(version.tenant, version.name, version.version);
     const existing = this.pools.get(key);
     if (existing !== undefined) return existing;
     const executor = this.options.executors.get(executorName);
@@ -296,7 +318,7 @@ export class HandlerPools implements HandlerInvoker {
       throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executorName} executor of this server`);
     }
     const spec = version.spec;
-    const limits = resolveLimits({ memoryMb: spec.memoryMb, cpus: spec.cpus }, {}, this.limits);
+    const limits = resolveLimits({ memoryMb: spec.memoryMb, cpus: spec.cpus }, {}, this.limits, caps);
     const maxConcurrency = spec.maxConcurrency ?? this.options.defaultMaxConcurrency;
     const pool: WarmPool<WarmSandbox> = new WarmPool<WarmSandbox>({
       key,
@@ -335,7 +357,7 @@ export class HandlerPools implements HandlerInvoker {
       network: 'none',
       stdin: false,
       files: launch.files,
-      labels: { 'dev.kindling.function': version.name, 'dev.kindling.function-version': String(version.version) },
+      labels: { 'dev.kindling.tenant': version.tenant, 'dev.kindling.function': version.name, 'dev.kindling.function-version': String(version.version) },
     };
   }
 }

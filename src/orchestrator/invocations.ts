@@ -18,10 +18,13 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError, isStorageFull, storageFullError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { InvocationFilter, InvocationOutcome, InvocationRecord, Store } from '../store/store.js';
+import type { TenantScope } from './execution-service.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
 
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
+/** How long a tenant at its concurrency quota is passed over by the dispatcher before its invocations are tried again. */
+const TENANT_RETRY_MS = 100;
 const DEFAULT_TENANT = 'default';
 /** How often a store write that met a full disk is tried again. */
 const STORE_RETRY_MS = 1000;
@@ -47,6 +50,8 @@ export interface InvocationServiceOptions {
   clock?: Clock;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
   onInfo?: (message: string, context: Record<string, unknown>) => void;
+  /** The tenant's caps and concurrency slot for a queued invocation it runs (absent: no quotas). */
+  scopeOf?: (tenant: string) => TenantScope | undefined;
 }
 
 export interface EnqueueRequest {
@@ -148,7 +153,8 @@ export class InvocationService {
   /** Commits the invocation, then wakes the dispatcher. Throws 4xx for an unknown function or a refused callback. */
   enqueue(request: EnqueueRequest): { view: InvocationView; created: boolean } {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
-    const { version } = this.options.functionService.resolve(request.functionName);
+    const tenant = request.tenant ?? DEFAULT_TENANT;
+    const { version } = this.options.functionService.resolve(tenant, request.functionName);
     const key = request.idempotencyKey;
     if (key !== undefined && !IDEMPOTENCY_KEY.test(key)) {
       throw new KindlingError('VALIDATION_FAILED', 'Idempotency-Key must be 1 to 256 visible ASCII characters', { details: { field: 'Idempotency-Key' } });
@@ -157,7 +163,7 @@ export class InvocationService {
     const nowMs = this.clock.nowMs();
     const { invocation, created } = this.store.insertInvocation({
       id: newId('inv', nowMs),
-      tenant: request.tenant ?? DEFAULT_TENANT,
+      tenant,
       functionName: version.name,
       version: version.version,
       payload: request.payload,
@@ -189,6 +195,7 @@ export class InvocationService {
   async close(deadlineMs = 10_000): Promise<boolean> {
     this.closed = true;
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const timer of this.callbackTimers) clearTimeout(timer);
     this.callbackTimers.clear();
@@ -241,7 +248,7 @@ export class InvocationService {
     while (this.running < this.concurrency && !this.closed) {
       let record: InvocationRecord | null;
       try {
-        record = this.store.claimNextInvocation(this.clock.nowMs());
+        record = this.store.claimNextInvocation(this.clock.nowMs(), this.blockedTenants());
       } catch (error) {
         this.options.onError?.(error, { phase: 'claim' });
         this.pause(1000);
@@ -256,7 +263,8 @@ export class InvocationService {
       });
       this.inFlight.add(run);
     }
-    if (this.running === 0 && this.idle.length > 0) {
+    // Idle means nothing runs and nothing waits for its tenant's quota.
+    if (this.running === 0 && this.blockedUntilMs.size === 0 && this.idle.length > 0) {
       for (const resolve of this.idle.splice(0)) resolve();
     }
   }
@@ -278,6 +286,25 @@ export class InvocationService {
     }
   }
 
+  /** Tenants at their concurrency quota: their queued invocations wait, other tenants' go ahead. Until when (ms). */
+  private readonly blockedUntilMs = new Map<string, number>();
+  private retryTimer: NodeJS.Timeout | null = null;
+
+  /** Pumps again after `ms` (a blocked tenant's invocations get their next try). */
+  private wakeAfter(ms: number): void {
+    if (this.closed || this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.pump();
+    }, ms);
+  }
+
+  private blockedTenants(): string[] {
+    const now = this.clock.nowMs();
+    for (const [tenant, until] of this.blockedUntilMs) if (until <= now) this.blockedUntilMs.delete(tenant);
+    return [...this.blockedUntilMs.keys()];
+  }
+
   private pause(ms: number): void {
     this.pausedUntilMs = Math.max(this.pausedUntilMs, this.clock.nowMs() + ms);
     this.pump();
@@ -287,26 +314,28 @@ export class InvocationService {
     const bus = this.options.logBus;
     const payload = this.store.getInvocationPayload(record.id) ?? Buffer.alloc(0);
     this.options.onInfo?.('invocation started', { invocationId: record.id, function: record.functionName, version: record.version });
-    bus.start(record.id, record.functionName);
+    bus.start(record.id, record.tenant, record.functionName);
     let status: 'succeeded' | 'failed' = 'failed';
     let streamed = false;
     // The outcome is worked out first and stored after: a store write that fails (a full disk) must never be taken
     // for a failure of the function, which would run it again or mark it failed although it succeeded.
     let outcome: InvocationOutcome;
     try {
-      const result = await this.options.functionService.invoke(record.functionName, payload, {
+      const scope = this.options.scopeOf?.(record.tenant);
+      const result = await this.options.functionService.invoke(record.tenant, record.functionName, payload, {
         version: record.version,
+        ...(scope ? { scope } : {}),
         onOutput: (stream, text) => {
           streamed = true;
-          bus.output(record.id, record.functionName, stream, text);
+          bus.output(record.id, record.tenant, record.functionName, stream, text);
         },
       });
       status = result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed';
       const error = result.timedOut ? 'timed out' : result.exitCode === 0 ? null : `exited with code ${result.exitCode}`;
       if (!streamed) {
         // Handler functions report their logs and result at the end (command functions streamed them live above).
-        if (result.stderr.length > 0) bus.output(record.id, record.functionName, 'stderr', result.stderr.toString('utf8'));
-        if (result.body.length > 0) bus.output(record.id, record.functionName, 'stdout', result.body.toString('utf8'));
+        if (result.stderr.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stderr', result.stderr.toString('utf8'));
+        if (result.body.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stdout', result.body.toString('utf8'));
       }
       outcome = {
         status,
@@ -321,12 +350,21 @@ export class InvocationService {
       };
     } catch (error) {
       const failure = storageFullError(error) ?? (error instanceof KindlingError ? error : null);
+      if (failure?.code === 'TENANT_CONCURRENCY_LIMIT') {
+        // Its tenant runs all it may: back in the queue in its place; the tenant's invocations are passed over for a
+        // moment while other tenants' run (one tenant's backlog never holds up the others).
+        await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
+        bus.end(record.id, record.tenant, record.functionName, 'queued');
+        this.blockedUntilMs.set(record.tenant, this.clock.nowMs() + TENANT_RETRY_MS);
+        this.wakeAfter(TENANT_RETRY_MS);
+        return;
+      }
       if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL')) {
         // It never started (the function is at its concurrency limit, the server is stopping, or the disk is full so
         // the sandbox could not be prepared): back in the queue, in its place (it runs after the next start when
         // stopping), and the dispatcher waits a little before it claims again.
         await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
-        bus.end(record.id, record.functionName, 'queued');
+        bus.end(record.id, record.tenant, record.functionName, 'queued');
         this.pause(failure.code === 'STORAGE_FULL' ? 1000 : 200);
         return;
       }
@@ -347,10 +385,10 @@ export class InvocationService {
     const stored = await this.storeDurably(record.id, () => this.store.finishInvocation(record.id, outcome));
     if (!stored) {
       // Stays `running` in the store: the next start marks it failed (the crash policy above); nothing runs it twice.
-      bus.end(record.id, record.functionName, 'failed');
+      bus.end(record.id, record.tenant, record.functionName, 'failed');
       return;
     }
-    bus.end(record.id, record.functionName, status);
+    bus.end(record.id, record.tenant, record.functionName, status);
     if (record.callbackUrl !== null) {
       const finished = this.store.getInvocation(record.id);
       if (finished) this.deliverCallback(finished, 0);

@@ -24,3 +24,28 @@ test('limits other than cpus must be whole numbers (a fraction of a MiB is a mis
   assert.throws(() => resolveLimits({ diskMb: 1.5 }, {}, DEFAULT_LIMIT_POLICY), /whole number/);
   assert.equal(resolveLimits({ cpus: 0.5 }, {}, DEFAULT_LIMIT_POLICY).cpus, 0.5);
 });
+
+test('tenant caps: defaults (also runtime defaults) are lowered to the cap, a request above it is TENANT_LIMIT_EXCEEDED', () => {
+  const caps = { memoryMb: 128, timeoutMs: 2000, openFiles: 256 };
+  const resolved = resolveLimits({}, { memoryMb: 1024, timeoutMs: 60_000 }, DEFAULT_LIMIT_POLICY, caps);
+  assert.equal(resolved.memoryMb, 128, 'min(runtime default 1024, cap 128)');
+  assert.equal(resolved.timeoutMs, 2000);
+  assert.equal(resolved.openFiles, 256);
+  assert.equal(resolved.cpus, DEFAULT_LIMIT_POLICY.defaults.cpus, 'no cap: the default');
+  assert.equal(resolveLimits({ memoryMb: 64 }, {}, DEFAULT_LIMIT_POLICY, caps).memoryMb, 64, 'under the cap: as asked');
+  assert.equal(resolveLimits({ memoryMb: 128 }, {}, DEFAULT_LIMIT_POLICY, caps).memoryMb, 128, 'at the cap: allowed');
+  assert.throws(
+    () => resolveLimits({ memoryMb: 129 }, {}, DEFAULT_LIMIT_POLICY, caps),
+    (error: unknown) =>
+      error instanceof KindlingError && error.code === 'TENANT_LIMIT_EXCEEDED' && error.statusCode === 400 && /cap of 128 MiB \(quota maxMemoryMb\)/.test(error.message),
+  );
+  // Out of the server's range stays LIMIT_OUT_OF_RANGE (the server's rule first).
+  assert.throws(() => resolveLimits({ memoryMb: 1e9 }, {}, DEFAULT_LIMIT_POLICY, caps), /must be between/);
+});
+
+test('openFiles: default 1024, whole numbers from 16 to 65536', () => {
+  assert.equal(resolveLimits({}, {}, DEFAULT_LIMIT_POLICY).openFiles, 1024);
+  assert.equal(resolveLimits({ openFiles: 16 }, {}, DEFAULT_LIMIT_POLICY).openFiles, 16);
+  assert.throws(() => resolveLimits({ openFiles: 8 }, {}, DEFAULT_LIMIT_POLICY), /openFiles must be between 16 and 65536 file descriptors/);
+  assert.throws(() => resolveLimits({ openFiles: 100_000 }, {}, DEFAULT_LIMIT_POLICY), /LIMIT_OUT_OF_RANGE|must be between/);
+});

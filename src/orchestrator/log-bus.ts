@@ -2,14 +2,15 @@ import type { OutputStreamName } from './execution-service.js';
 
 /** What log followers see: an invocation starts, prints (stdout/stderr text as produced), ends. */
 export type LogMessage =
-  | { kind: 'start'; invocationId: string; functionName: string }
-  | { kind: 'output'; invocationId: string; functionName: string; stream: OutputStreamName; text: string }
-  | { kind: 'end'; invocationId: string; functionName: string; status: string };
+  | { kind: 'start'; invocationId: string; tenant: string; functionName: string }
+  | { kind: 'output'; invocationId: string; tenant: string; functionName: string; stream: OutputStreamName; text: string }
+  | { kind: 'end'; invocationId: string; tenant: string; functionName: string; status: string };
 
 /** Text kept per running invocation for followers that join late (beyond it, they see only what comes next). */
 const REPLAY_CAP_BYTES = 1024 * 1024;
 
 interface Live {
+  tenant: string;
   functionName: string;
   output: Extract<LogMessage, { kind: 'output' }>[];
   bytes: number;
@@ -28,13 +29,13 @@ export class LogBus {
     return this.listeners.size > 0;
   }
 
-  start(invocationId: string, functionName: string): void {
-    this.live.set(invocationId, { functionName, output: [], bytes: 0 });
-    this.emit({ kind: 'start', invocationId, functionName });
+  start(invocationId: string, tenant: string, functionName: string): void {
+    this.live.set(invocationId, { tenant, functionName, output: [], bytes: 0 });
+    this.emit({ kind: 'start', invocationId, tenant, functionName });
   }
 
-  output(invocationId: string, functionName: string, stream: OutputStreamName, text: string): void {
-    const message = { kind: 'output' as const, invocationId, functionName, stream, text };
+  output(invocationId: string, tenant: string, functionName: string, stream: OutputStreamName, text: string): void {
+    const message = { kind: 'output' as const, invocationId, tenant, functionName, stream, text };
     const live = this.live.get(invocationId);
     if (live && live.bytes < REPLAY_CAP_BYTES) {
       live.output.push(message);
@@ -43,9 +44,9 @@ export class LogBus {
     this.emit(message);
   }
 
-  end(invocationId: string, functionName: string, status: string): void {
+  end(invocationId: string, tenant: string, functionName: string, status: string): void {
     this.live.delete(invocationId);
-    this.emit({ kind: 'end', invocationId, functionName, status });
+    this.emit({ kind: 'end', invocationId, tenant, functionName, status });
   }
 
   /** The output a running invocation printed so far (up to the replay cap); undefined when it is not running. */
@@ -53,9 +54,9 @@ export class LogBus {
     return this.live.get(invocationId)?.output.slice();
   }
 
-  /** Running invocations of a function, with what they printed so far. */
-  running(functionName: string): string[] {
-    return [...this.live].filter(([, live]) => live.functionName === functionName).map(([id]) => id);
+  /** Running invocations of a tenant's function. */
+  running(tenant: string, functionName: string): string[] {
+    return [...this.live].filter(([, live]) => live.tenant === tenant && live.functionName === functionName).map(([id]) => id);
   }
 
   subscribe(listener: (message: LogMessage) => void): () => void {

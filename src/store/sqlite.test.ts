@@ -3,8 +3,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import { SqliteStore } from './sqlite.js';
 
+const T = 'default';
 const dir = mkdtempSync(join(tmpdir(), 'kindling-store-test-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -12,17 +14,17 @@ describe('SqliteStore', () => {
   it('keeps every PUT as a new immutable version and points the function at the latest', () => {
     const store = new SqliteStore(join(dir, 'a.db'));
     try {
-      const first = store.putFunction('hello', { runtime: 'python', code: 'print(1)' }, 1000);
+      const first = store.putFunction(T, 'hello', { runtime: 'python', code: 'print(1)' }, 1000);
       assert.equal(first.created, true);
       assert.equal(first.version.version, 1);
-      const second = store.putFunction('hello', { runtime: 'python', code: 'print(2)' }, 2000);
+      const second = store.putFunction(T, 'hello', { runtime: 'python', code: 'print(2)' }, 2000);
       assert.equal(second.created, false);
       assert.equal(second.version.version, 2);
-      assert.deepEqual(store.getFunction('hello'), { name: 'hello', latestVersion: 2, createdAtMs: 1000, updatedAtMs: 2000 });
-      assert.equal(store.getVersion('hello')?.spec.code, 'print(2)');
-      assert.equal(store.getVersion('hello', 1)?.spec.code, 'print(1)');
-      assert.equal(store.getVersion('hello', 3), null);
-      assert.deepEqual(store.listVersions('hello').map((v) => v.version), [1, 2]);
+      assert.deepEqual(store.getFunction(T, 'hello'), { tenant: T, name: 'hello', latestVersion: 2, createdAtMs: 1000, updatedAtMs: 2000 });
+      assert.equal(store.getVersion(T, 'hello')?.spec.code, 'print(2)');
+      assert.equal(store.getVersion(T, 'hello', 1)?.spec.code, 'print(1)');
+      assert.equal(store.getVersion(T, 'hello', 3), null);
+      assert.deepEqual(store.listVersions(T, 'hello').map((v) => v.version), [1, 2]);
     } finally {
       store.close();
     }
@@ -31,22 +33,22 @@ describe('SqliteStore', () => {
   it('lists, deletes with versions, and survives a reopen (WAL)', () => {
     const file = join(dir, 'b.db');
     const store = new SqliteStore(file);
-    store.putFunction('b', { image: 'kindling/base', command: ['cat'] }, 1);
-    store.putFunction('a', { runtime: 'node', code: 'export const f = (b) => b', handler: 'f' }, 2);
-    assert.deepEqual(store.listFunctions().map((f) => f.name), ['a', 'b']);
-    assert.equal(store.deleteFunction('b'), true);
-    assert.equal(store.deleteFunction('b'), false);
-    assert.deepEqual(store.listVersions('b'), []);
+    store.putFunction(T, 'b', { image: 'kindling/base', command: ['cat'] }, 1);
+    store.putFunction(T, 'a', { runtime: 'node', code: 'export const f = (b) => b', handler: 'f' }, 2);
+    assert.deepEqual(store.listFunctions(T).map((f) => f.name), ['a', 'b']);
+    assert.equal(store.deleteFunction(T, 'b'), true);
+    assert.equal(store.deleteFunction(T, 'b'), false);
+    assert.deepEqual(store.listVersions(T, 'b'), []);
     store.close();
     store.close(); // idempotent
 
     const reopened = new SqliteStore(file);
     try {
-      assert.deepEqual(reopened.listFunctions().map((f) => f.name), ['a']);
-      assert.equal(reopened.getVersion('a')?.spec.handler, 'f');
+      assert.deepEqual(reopened.listFunctions(T).map((f) => f.name), ['a']);
+      assert.equal(reopened.getVersion(T, 'a')?.spec.handler, 'f');
       // A redeploy after delete starts again at version 1.
-      reopened.deleteFunction('a');
-      assert.equal(reopened.putFunction('a', { runtime: 'node', code: '' }, 3).version.version, 1);
+      reopened.deleteFunction(T, 'a');
+      assert.equal(reopened.putFunction(T, 'a', { runtime: 'node', code: '' }, 3).version.version, 1);
     } finally {
       reopened.close();
     }
@@ -54,9 +56,69 @@ describe('SqliteStore', () => {
 
   it('works in memory', () => {
     const store = new SqliteStore(':memory:');
-    assert.equal(store.getFunction('x'), null);
-    assert.equal(store.getVersion('x'), null);
+    assert.equal(store.getFunction(T, 'x'), null);
+    assert.equal(store.getVersion(T, 'x'), null);
     store.close();
+  });
+
+  it('keys functions by tenant: two tenants own the same name independently', () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      store.putFunction('acme', 'hello', { runtime: 'python', code: 'print(1)' }, 1);
+      store.putFunction('globex', 'hello', { runtime: 'python', code: 'print(2)' }, 2);
+      store.putFunction('globex', 'hello', { runtime: 'python', code: 'print(3)' }, 3);
+      assert.equal(store.getVersion('acme', 'hello')?.spec.code, 'print(1)');
+      assert.equal(store.getVersion('acme', 'hello')?.version, 1);
+      assert.equal(store.getVersion('globex', 'hello')?.version, 2);
+      assert.equal(store.getFunction('other', 'hello'), null);
+      assert.deepEqual(store.listFunctions('acme').map((f) => f.tenant), ['acme']);
+      assert.equal(store.deleteFunction('acme', 'hello'), true);
+      assert.equal(store.getVersion('globex', 'hello')?.spec.code, 'print(3)', 'the other tenant keeps its function');
+      assert.deepEqual(store.deleteTenantFunctions('globex'), ['hello']);
+      assert.deepEqual(store.listVersions('globex', 'hello'), [], 'versions go with the function');
+    } finally {
+      store.close();
+    }
+  });
+
+  it('migrates a data dir from before tenants: its functions and versions become the tenant default', () => {
+    const file = join(dir, 'old.db');
+    // The schema of migrations 1 and 2 exactly as an older server left it (user_version 2).
+    const old = new Database(file);
+    old.exec(`CREATE TABLE functions (name TEXT PRIMARY KEY, latest_version INTEGER NOT NULL, created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL);
+      CREATE TABLE function_versions (name TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE, version INTEGER NOT NULL, spec TEXT NOT NULL, created_at_ms INTEGER NOT NULL, PRIMARY KEY (name, version));
+      CREATE TABLE invocations (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL DEFAULT 'default', function TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, payload BLOB, payload_bytes INTEGER NOT NULL, idempotency_key TEXT, callback_url TEXT, callback_state TEXT, callback_attempts INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, exit_code INTEGER, duration_ms REAL, cold_start INTEGER, timed_out INTEGER, error TEXT, stdout BLOB, stderr BLOB, stdout_bytes INTEGER, created_at_ms INTEGER NOT NULL, started_at_ms INTEGER, finished_at_ms INTEGER);
+      INSERT INTO functions VALUES ('legacy', 2, 10, 20);
+      INSERT INTO function_versions VALUES ('legacy', 1, '{"runtime":"python","code":"print(1)"}', 10), ('legacy', 2, '{"runtime":"python","code":"print(2)"}', 20);
+      PRAGMA user_version = 2;`);
+    old.close();
+    const store = new SqliteStore(file);
+    try {
+      assert.deepEqual(store.getFunction('default', 'legacy'), { tenant: 'default', name: 'legacy', latestVersion: 2, createdAtMs: 10, updatedAtMs: 20 });
+      assert.deepEqual(store.listVersions('default', 'legacy').map((v) => [v.tenant, v.version, v.spec.code]), [['default', 1, 'print(1)'], ['default', 2, 'print(2)']]);
+      // The migrated tables keep their constraints: versions still go with their function.
+      store.putFunction('acme', 'legacy', { runtime: 'python', code: 'print(9)' }, 30);
+      assert.equal(store.deleteFunction('default', 'legacy'), true);
+      assert.deepEqual(store.listVersions('default', 'legacy'), []);
+      assert.equal(store.getVersion('acme', 'legacy')?.spec.code, 'print(9)');
+    } finally {
+      store.close();
+    }
+  });
+
+  it('claims past the invocations of tenants to skip, keeping their place in the queue', () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      const base = { functionName: 'f', version: 1, callbackUrl: null, idempotencyKey: null, payload: Buffer.alloc(0) };
+      store.insertInvocation({ ...base, tenant: 'busy', id: 'inv_1', createdAtMs: 1 });
+      store.insertInvocation({ ...base, tenant: 'busy', id: 'inv_2', createdAtMs: 2 });
+      store.insertInvocation({ ...base, tenant: 'idle', id: 'inv_3', createdAtMs: 3 });
+      assert.equal(store.claimNextInvocation(10, ['busy'])?.id, 'inv_3');
+      assert.equal(store.claimNextInvocation(11, ['busy']), null);
+      assert.equal(store.claimNextInvocation(12)?.id, 'inv_1', 'without skipping, the oldest');
+    } finally {
+      store.close();
+    }
   });
 
   it('queues invocations FIFO, claims each once, dedupes idempotency keys, recovers and expires', () => {

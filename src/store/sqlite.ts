@@ -60,6 +60,34 @@ const MIGRATIONS: string[] = [
    CREATE INDEX invocations_function ON invocations (tenant, function, created_at_ms);
    CREATE INDEX invocations_created ON invocations (tenant, created_at_ms);
    CREATE INDEX invocations_finished ON invocations (finished_at_ms) WHERE finished_at_ms IS NOT NULL;`,
+  // Tenants (issue 6): functions are keyed by (tenant, name), so two tenants may both own `hello`. Existing functions
+  // become the tenant `default`'s. SQLite cannot change a primary key in place: new tables, copy, swap. The versions
+  // table refers to functions_new, which the rename turns into a reference to functions.
+  `CREATE TABLE functions_new (
+     tenant TEXT NOT NULL DEFAULT 'default',
+     name TEXT NOT NULL,
+     latest_version INTEGER NOT NULL,
+     created_at_ms INTEGER NOT NULL,
+     updated_at_ms INTEGER NOT NULL,
+     PRIMARY KEY (tenant, name)
+   );
+   CREATE TABLE function_versions_new (
+     tenant TEXT NOT NULL DEFAULT 'default',
+     name TEXT NOT NULL,
+     version INTEGER NOT NULL,
+     spec TEXT NOT NULL,
+     created_at_ms INTEGER NOT NULL,
+     PRIMARY KEY (tenant, name, version),
+     FOREIGN KEY (tenant, name) REFERENCES functions_new(tenant, name) ON DELETE CASCADE
+   );
+   INSERT INTO functions_new (tenant, name, latest_version, created_at_ms, updated_at_ms)
+     SELECT 'default', name, latest_version, created_at_ms, updated_at_ms FROM functions;
+   INSERT INTO function_versions_new (tenant, name, version, spec, created_at_ms)
+     SELECT 'default', name, version, spec, created_at_ms FROM function_versions;
+   DROP TABLE function_versions;
+   DROP TABLE functions;
+   ALTER TABLE functions_new RENAME TO functions;
+   ALTER TABLE function_versions_new RENAME TO function_versions;`,
 ];
 
 /** The columns of an invocation's record (everything but the payload and the output blobs). */
@@ -115,12 +143,14 @@ const toInvocation = (row: InvocationRow): InvocationRecord => ({
 });
 
 interface FunctionRow {
+  tenant: string;
   name: string;
   latest_version: number;
   created_at_ms: number;
   updated_at_ms: number;
 }
 interface VersionRow {
+  tenant: string;
   name: string;
   version: number;
   spec: string;
@@ -128,12 +158,14 @@ interface VersionRow {
 }
 
 const toFunction = (row: FunctionRow): FunctionRecord => ({
+  tenant: row.tenant,
   name: row.name,
   latestVersion: row.latest_version,
   createdAtMs: row.created_at_ms,
   updatedAtMs: row.updated_at_ms,
 });
 const toVersion = (row: VersionRow): FunctionVersion => ({
+  tenant: row.tenant,
   name: row.name,
   version: row.version,
   spec: JSON.parse(row.spec) as FunctionSpec,
@@ -159,15 +191,16 @@ export class SqliteStore implements Store {
       throw error;
     }
     this.statements = {
-      getFunction: this.db.prepare<[string], FunctionRow>('SELECT * FROM functions WHERE name = ?'),
-      listFunctions: this.db.prepare<[], FunctionRow>('SELECT * FROM functions ORDER BY name'),
-      insertFunction: this.db.prepare('INSERT INTO functions (name, latest_version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?)'),
-      bumpFunction: this.db.prepare('UPDATE functions SET latest_version = ?, updated_at_ms = ? WHERE name = ?'),
-      maxVersion: this.db.prepare<[string], { v: number | null }>('SELECT MAX(version) AS v FROM function_versions WHERE name = ?'),
-      insertVersion: this.db.prepare('INSERT INTO function_versions (name, version, spec, created_at_ms) VALUES (?, ?, ?, ?)'),
-      getVersion: this.db.prepare<[string, number], VersionRow>('SELECT * FROM function_versions WHERE name = ? AND version = ?'),
-      listVersions: this.db.prepare<[string], VersionRow>('SELECT * FROM function_versions WHERE name = ? ORDER BY version'),
-      deleteFunction: this.db.prepare('DELETE FROM functions WHERE name = ?'),
+      getFunction: this.db.prepare<[string, string], FunctionRow>('SELECT * FROM functions WHERE tenant = ? AND name = ?'),
+      listFunctions: this.db.prepare<[string], FunctionRow>('SELECT * FROM functions WHERE tenant = ? ORDER BY name'),
+      insertFunction: this.db.prepare('INSERT INTO functions (tenant, name, latest_version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)'),
+      bumpFunction: this.db.prepare('UPDATE functions SET latest_version = ?, updated_at_ms = ? WHERE tenant = ? AND name = ?'),
+      maxVersion: this.db.prepare<[string, string], { v: number | null }>('SELECT MAX(version) AS v FROM function_versions WHERE tenant = ? AND name = ?'),
+      insertVersion: this.db.prepare('INSERT INTO function_versions (tenant, name, version, spec, created_at_ms) VALUES (?, ?, ?, ?, ?)'),
+      getVersion: this.db.prepare<[string, string, number], VersionRow>('SELECT * FROM function_versions WHERE tenant = ? AND name = ? AND version = ?'),
+      listVersions: this.db.prepare<[string, string], VersionRow>('SELECT * FROM function_versions WHERE tenant = ? AND name = ? ORDER BY version'),
+      deleteFunction: this.db.prepare('DELETE FROM functions WHERE tenant = ? AND name = ?'),
+      deleteTenantFunctions: this.db.prepare<[string], { name: string }>('DELETE FROM functions WHERE tenant = ? RETURNING name'),
       insertInvocation: this.db.prepare(
         `INSERT INTO invocations (id, tenant, function, version, status, payload, payload_bytes, idempotency_key, callback_url, callback_state, created_at_ms)
          VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
@@ -179,6 +212,11 @@ export class SqliteStore implements Store {
       claim: this.db.prepare<[number], InvocationRow>(
         `UPDATE invocations SET status = 'running', started_at_ms = ?, attempts = attempts + 1
          WHERE seq = (SELECT seq FROM invocations WHERE status = 'queued' ORDER BY seq LIMIT 1)
+         RETURNING ${INVOCATION_COLUMNS}`,
+      ),
+      claimSkipping: this.db.prepare<[number, string], InvocationRow>(
+        `UPDATE invocations SET status = 'running', started_at_ms = ?, attempts = attempts + 1
+         WHERE seq = (SELECT seq FROM invocations WHERE status = 'queued' AND tenant NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT 1)
          RETURNING ${INVOCATION_COLUMNS}`,
       ),
       requeue: this.db.prepare("UPDATE invocations SET status = 'queued', started_at_ms = NULL, attempts = attempts - 1 WHERE id = ? AND status = 'running'"),
@@ -203,43 +241,47 @@ export class SqliteStore implements Store {
     }
   }
 
-  putFunction(name: string, spec: FunctionSpec, nowMs: number): { fn: FunctionRecord; version: FunctionVersion; created: boolean } {
+  putFunction(tenant: string, name: string, spec: FunctionSpec, nowMs: number): { fn: FunctionRecord; version: FunctionVersion; created: boolean } {
     return this.db.transaction(() => {
-      const existing = this.statements.getFunction.get(name);
-      const version = (this.statements.maxVersion.get(name)?.v ?? 0) + 1;
-      if (existing === undefined) this.statements.insertFunction.run(name, version, nowMs, nowMs);
-      else this.statements.bumpFunction.run(version, nowMs, name);
-      this.statements.insertVersion.run(name, version, JSON.stringify(spec), nowMs);
+      const existing = this.statements.getFunction.get(tenant, name);
+      const version = (this.statements.maxVersion.get(tenant, name)?.v ?? 0) + 1;
+      if (existing === undefined) this.statements.insertFunction.run(tenant, name, version, nowMs, nowMs);
+      else this.statements.bumpFunction.run(version, nowMs, tenant, name);
+      this.statements.insertVersion.run(tenant, name, version, JSON.stringify(spec), nowMs);
       return {
-        fn: toFunction(this.statements.getFunction.get(name)!),
-        version: { name, version, spec, createdAtMs: nowMs },
+        fn: toFunction(this.statements.getFunction.get(tenant, name)!),
+        version: { tenant, name, version, spec, createdAtMs: nowMs },
         created: existing === undefined,
       };
     }).immediate();
   }
 
-  getFunction(name: string): FunctionRecord | null {
-    const row = this.statements.getFunction.get(name);
+  getFunction(tenant: string, name: string): FunctionRecord | null {
+    const row = this.statements.getFunction.get(tenant, name);
     return row === undefined ? null : toFunction(row);
   }
 
-  getVersion(name: string, version?: number): FunctionVersion | null {
-    const wanted = version ?? this.getFunction(name)?.latestVersion;
+  getVersion(tenant: string, name: string, version?: number): FunctionVersion | null {
+    const wanted = version ?? this.getFunction(tenant, name)?.latestVersion;
     if (wanted === undefined) return null;
-    const row = this.statements.getVersion.get(name, wanted);
+    const row = this.statements.getVersion.get(tenant, name, wanted);
     return row === undefined ? null : toVersion(row);
   }
 
-  listFunctions(): FunctionRecord[] {
-    return this.statements.listFunctions.all().map(toFunction);
+  listFunctions(tenant: string): FunctionRecord[] {
+    return this.statements.listFunctions.all(tenant).map(toFunction);
   }
 
-  listVersions(name: string): FunctionVersion[] {
-    return this.statements.listVersions.all(name).map(toVersion);
+  listVersions(tenant: string, name: string): FunctionVersion[] {
+    return this.statements.listVersions.all(tenant, name).map(toVersion);
   }
 
-  deleteFunction(name: string): boolean {
-    return this.statements.deleteFunction.run(name).changes > 0;
+  deleteFunction(tenant: string, name: string): boolean {
+    return this.statements.deleteFunction.run(tenant, name).changes > 0;
+  }
+
+  deleteTenantFunctions(tenant: string): string[] {
+    return this.statements.deleteTenantFunctions.all(tenant).map((row) => row.name);
   }
 
   insertInvocation(input: NewInvocation): { invocation: InvocationRecord; created: boolean } {
@@ -297,8 +339,8 @@ export class SqliteStore implements Store {
     return this.db.prepare<(string | number)[], InvocationRow>(sql).all(...params, filter.limit).map(toInvocation);
   }
 
-  claimNextInvocation(nowMs: number): InvocationRecord | null {
-    const row = this.statements.claim.get(nowMs);
+  claimNextInvocation(nowMs: number, skipTenants: readonly string[] = []): InvocationRecord | null {
+    const row = skipTenants.length === 0 ? this.statements.claim.get(nowMs) : this.statements.claimSkipping.get(nowMs, JSON.stringify(skipTenants));
     return row === undefined ? null : toInvocation(row);
   }
 

@@ -25,6 +25,8 @@ export interface FunctionSpec {
 }
 
 export interface FunctionVersion {
+  /** The tenant that owns the function (functions are keyed by tenant and name). */
+  tenant: string;
   name: string;
   /** 1, 2, 3, ... per function; never reused while the function exists. */
   version: number;
@@ -33,6 +35,7 @@ export interface FunctionVersion {
 }
 
 export interface FunctionRecord {
+  tenant: string;
   name: string;
   /** The version invocations run. */
   latestVersion: number;
@@ -46,14 +49,16 @@ export interface FunctionRecord {
  */
 export interface Store {
   /** Adds a new immutable version (creating the function on its first deploy) and makes it the latest. */
-  putFunction(name: string, spec: FunctionSpec, nowMs: number): { fn: FunctionRecord; version: FunctionVersion; created: boolean };
-  getFunction(name: string): FunctionRecord | null;
+  putFunction(tenant: string, name: string, spec: FunctionSpec, nowMs: number): { fn: FunctionRecord; version: FunctionVersion; created: boolean };
+  getFunction(tenant: string, name: string): FunctionRecord | null;
   /** The version, or the latest when `version` is omitted. */
-  getVersion(name: string, version?: number): FunctionVersion | null;
-  listFunctions(): FunctionRecord[];
-  listVersions(name: string): FunctionVersion[];
+  getVersion(tenant: string, name: string, version?: number): FunctionVersion | null;
+  listFunctions(tenant: string): FunctionRecord[];
+  listVersions(tenant: string, name: string): FunctionVersion[];
   /** Removes the function and all its versions; false when there was none. */
-  deleteFunction(name: string): boolean;
+  deleteFunction(tenant: string, name: string): boolean;
+  /** Names of every function of a tenant (a deleted tenant's functions go). */
+  deleteTenantFunctions(tenant: string): string[];
 
   /**
    * Commits a queued invocation (with its payload). With an idempotency key already used for the same function (and
@@ -66,8 +71,11 @@ export interface Store {
   /** The kept stdout/stderr of an invocation. */
   getInvocationOutput(id: string): { stdout: Buffer; stderr: Buffer } | null;
   listInvocations(filter: InvocationFilter): InvocationRecord[];
-  /** Atomically moves the oldest queued invocation (FIFO) to `running`; null when none is queued. */
-  claimNextInvocation(nowMs: number): InvocationRecord | null;
+  /**
+   * Atomically moves the oldest queued invocation (FIFO) to `running`; null when none is queued. Invocations of
+   * `skipTenants` (tenants at their concurrency quota) are passed over, so they do not hold up other tenants.
+   */
+  claimNextInvocation(nowMs: number, skipTenants?: readonly string[]): InvocationRecord | null;
   /** Puts a claimed invocation back in the queue (it never started: e.g. the function was at its limit). */
   requeueInvocation(id: string): void;
   finishInvocation(id: string, outcome: InvocationOutcome): void;

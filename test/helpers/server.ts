@@ -31,7 +31,6 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
     imagesDir: IMAGES_DIR,
     executor: 'docker',
     enableExecutors: [],
-    apiKeys: [],
     maxConcurrent: 32,
     maxQueued: 256,
     queueTimeoutMs: 30_000,

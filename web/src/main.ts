@@ -161,13 +161,17 @@ async function loadInvocations(): Promise<void> {
 }
 
 interface PoolsView {
-  capacity: { sandboxes: number; memoryMb: number; maxSandboxes: number; maxMemoryMb: number };
+  /** The server's shared warm capacity: only the admin key sees it (it tells about other tenants' load). */
+  capacity?: { sandboxes: number; memoryMb: number; maxSandboxes: number; maxMemoryMb: number };
   pools: { function: string; version: number; executor: string; idle: number; busy: number; creating: number; waiting: number }[];
 }
 
 async function loadPools(): Promise<void> {
   const view = await json<PoolsView>('/v1/pools');
-  $('pools-capacity').textContent = `${view.capacity.sandboxes} of ${view.capacity.maxSandboxes} warm sandboxes, ${view.capacity.memoryMb} of ${view.capacity.maxMemoryMb} MB`;
+  const capacity = view.capacity;
+  $('pools-capacity').textContent = capacity
+    ? `${capacity.sandboxes} of ${capacity.maxSandboxes} warm sandboxes, ${capacity.memoryMb} of ${capacity.maxMemoryMb} MB`
+    : "Your tenant's warm pools (the server's total capacity is shown to the admin only).";
   fill('pools-body', view.pools.map((p) => row([p.function, p.version, p.executor, p.idle, p.busy, p.creating, p.waiting])), 'No warm pools (handler-style functions get one on first use).', 7);
 }
 
@@ -384,19 +388,34 @@ async function refresh(): Promise<void> {
 
 /* ---------------------------------------------------------------------------------------------------------------- */
 
+/** Shows which tenant the key belongs to (a tenant key sees only its own tenant's things everywhere below). */
+async function loadWhoami(): Promise<void> {
+  const me = await json<{ name: string; admin: boolean }>('/v1/tenant');
+  $('whoami').textContent = `Tenant ${me.name}${me.admin ? ' (admin)' : ''}`;
+}
+
 function showApp(): void {
   $('login').hidden = true;
   $('app').hidden = false;
   $('nav').hidden = false;
+  void loadWhoami().catch(() => undefined);
   void refresh();
   window.clearInterval(timer);
   timer = window.setInterval(() => void refresh(), REFRESH_MS);
 }
 
+/** What the last key saw stays nowhere on the page: the next key may be another tenant's. */
+const SESSION_TEXT_IDS = ['whoami', 'deploy-status', 'invoke-meta', 'invoke-output', 'logs-status', 'logs-output', 'functions-body', 'invocations-body', 'pools-body', 'pools-capacity', 'usage-body'];
+
 function signOut(message = ''): void {
   stopFollowing();
   shownFunctions = '';
   apiKey = null;
+  for (const id of SESSION_TEXT_IDS) $(id).textContent = '';
+  $<HTMLSelectElement>('inv-function').replaceChildren();
+  $<HTMLFormElement>('deploy-form').reset();
+  $<HTMLFormElement>('invoke-form').reset();
+  for (const id of ['chart-rate', 'chart-latency', 'chart-cold']) $(id).replaceChildren();
   sessionStorage.removeItem(KEY_STORAGE);
   window.clearInterval(timer);
   $('app').hidden = true;

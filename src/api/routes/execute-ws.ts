@@ -2,6 +2,7 @@ import { PassThrough } from 'node:stream';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
+import { payloadLimit } from './functions.js';
 import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
@@ -64,6 +65,8 @@ export function registerExecuteWsRoute(app: FastifyInstance, options: ExecuteWsR
       let phase: 'awaiting-spec' | 'running' | 'done' = 'awaiting-spec';
       let stdinBytes = 0;
       let stdinEnded = false;
+      // The tenant's quota maxPayloadBytes bounds stdin too when it is below the server's limit.
+      const maxStdin = payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes');
 
       const send = (message: object): void => {
         if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(message));
@@ -114,7 +117,7 @@ export function registerExecuteWsRoute(app: FastifyInstance, options: ExecuteWsR
         if (isBinary) {
           if (stdinEnded) return fail(new KindlingError('VALIDATION_FAILED', 'stdin data after {"type":"stdin_end"}'));
           stdinBytes += bytes.length;
-          if (stdinBytes > options.maxStreamBytes) return fail(new KindlingError('PAYLOAD_TOO_LARGE', `stdin is larger than this server accepts (${options.maxStreamBytes} bytes; see --max-stream-bytes)`));
+          if (stdinBytes > maxStdin.maxBytes) return fail(new KindlingError('PAYLOAD_TOO_LARGE', `stdin is larger than this server accepts (${maxStdin.maxBytes} bytes; see ${maxStdin.flag})`));
           if (!stdin.write(bytes)) socket.pause();
           return;
         }
@@ -139,6 +142,7 @@ export function registerExecuteWsRoute(app: FastifyInstance, options: ExecuteWsR
           const result: ExecutionResult = await service.execute(spec, {
             signal: abort.signal,
             trace: request.trace,
+            tenant: request.scope,
             stdinStream: stdin,
             onStarted: (id, info) => send({ type: 'started', id, executor: info.executor, coldStart: info.coldStart }),
             onOutput: (stream, text) => send({ type: stream, data: text }),

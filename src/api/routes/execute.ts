@@ -6,6 +6,7 @@ import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
 import { checkDeclaredLength, limitUpload } from '../raw-body.js';
+import { payloadLimit } from './functions.js';
 import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, RawExecuteSpecSchema } from '../schemas.js';
 import { startSse, writeSseEvent } from '../sse.js';
 
@@ -97,7 +98,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
       }
       const body = request.body as ExecuteRequest;
       if (accept.includes('text/event-stream')) return executeSse(request, reply, body, abort.signal);
-      const result = await service.execute(body, { signal: abort.signal, trace: request.trace });
+      const result = await service.execute(body, { signal: abort.signal, trace: request.trace, tenant: request.scope });
       logFinished(request, result);
       reply.header('x-kindling-execution-id', result.id);
       return result;
@@ -114,6 +115,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
       const result: ExecutionResult = await service.execute(body, {
         signal,
         trace: request.trace,
+        tenant: request.scope,
         onStarted: (id) => {
           streaming = true;
           reply.hijack();
@@ -139,11 +141,12 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
 
   async function executeRaw(request: FastifyRequest, reply: FastifyReply, signal: AbortSignal, rawOutput: boolean): Promise<unknown> {
     const spec = parseRawSpec(request);
-    checkDeclaredLength(request.headers, options.maxStreamBytes, '--max-stream-bytes');
-    const { stream: limited, error: uploadFailure } = limitUpload(request.body as IncomingMessage, reply, options.maxStreamBytes);
+    const body = payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes');
+    checkDeclaredLength(request.headers, body.maxBytes, body.flag);
+    const { stream: limited, error: uploadFailure } = limitUpload(request.body as IncomingMessage, reply, body.maxBytes, body.flag);
 
     if (!rawOutput) {
-      const result = await service.execute(spec, { signal, stdinStream: limited, trace: request.trace });
+      const result = await service.execute(spec, { signal, stdinStream: limited, trace: request.trace, tenant: request.scope });
       if (uploadFailure()) throw uploadFailure();
       logFinished(request, result);
       reply.header('x-kindling-execution-id', result.id);
@@ -156,6 +159,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
       const result = await service.execute(spec, {
         signal,
         trace: request.trace,
+        tenant: request.scope,
         stdinStream: limited,
         stdoutSink: raw,
         onStarted: (id, info) => {

@@ -48,27 +48,27 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       const spec: FunctionSpec = { ...body } as FunctionSpec;
       if (body.runtime !== undefined) spec.runtime = body.runtime as RuntimeName;
       if (body.executor !== undefined) spec.executor = body.executor as ExecutorName;
-      const { view, created } = await service.deploy(request.params.name, spec);
+      const { view, created } = await service.deploy(request.principal.tenant, request.params.name, spec, request.scope.caps);
       reply.code(created ? 201 : 200);
       return view;
     },
   );
 
-  app.get('/v1/functions', { schema: { tags: ['functions'], summary: 'List functions (latest versions)', response: { 200: { type: 'object', properties: { functions: { type: 'array', items: FunctionViewSchema } } }, ...errors } } }, async () => ({
-    functions: service.list(),
+  app.get('/v1/functions', { schema: { tags: ['functions'], summary: 'List functions (latest versions)', response: { 200: { type: 'object', properties: { functions: { type: 'array', items: FunctionViewSchema } } }, ...errors } } }, async (request) => ({
+    functions: service.list(request.principal.tenant),
   }));
 
   app.get<{ Params: FunctionNameParams }>(
     '/v1/functions/:name',
     { schema: { tags: ['functions'], summary: 'A function and its latest version', params: FunctionNameParamsSchema, response: { 200: FunctionViewSchema, ...errors } } },
-    async (request) => service.get(request.params.name),
+    async (request) => service.get(request.principal.tenant, request.params.name),
   );
 
   app.delete<{ Params: FunctionNameParams }>(
     '/v1/functions/:name',
     { schema: { tags: ['functions'], summary: 'Delete a function, all its versions and its warm sandboxes', params: FunctionNameParamsSchema, response: { 204: { type: 'null' }, ...errors } } },
     async (request, reply) => {
-      await service.delete(request.params.name);
+      await service.delete(request.principal.tenant, request.params.name);
       reply.code(204);
       return null;
     },
@@ -97,13 +97,16 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       },
       async (request, reply) => {
         const name = request.params.name;
+        const tenant = request.principal.tenant;
         const upload = request.body as IncomingMessage | undefined;
         // 404 before a byte of the body is read.
-        const { style } = service.resolve(name);
+        const { style } = service.resolve(tenant, name);
+        const body = payloadLimit(request, options.maxBodyBytes, '--max-body-bytes');
         if (request.headers['x-kindling-async'] === 'true') {
-          checkDeclaredLength(request.headers, options.maxBodyBytes, '--max-body-bytes');
-          const payload = await readUpload(upload, reply, options.maxBodyBytes, '--max-body-bytes');
+          checkDeclaredLength(request.headers, body.maxBytes, body.flag);
+          const payload = await readUpload(upload, reply, body.maxBytes, body.flag);
           const { view, created } = options.invocations.enqueue({
+            tenant,
             functionName: name,
             payload,
             idempotencyKey: header(request, 'idempotency-key'),
@@ -119,9 +122,9 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           if (!reply.raw.writableFinished) abort.abort(new KindlingError('CLIENT_DISCONNECTED', 'the client disconnected before the answer; the invocation was cancelled'));
         });
         if (style === 'handler') {
-          checkDeclaredLength(request.headers, options.maxBodyBytes, '--max-body-bytes');
-          const body = await readUpload(upload, reply, options.maxBodyBytes, '--max-body-bytes');
-          const result = await service.invoke(name, body, { signal: abort.signal, trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent } });
+          checkDeclaredLength(request.headers, body.maxBytes, body.flag);
+          const event = await readUpload(upload, reply, body.maxBytes, body.flag);
+          const result = await service.invoke(tenant, name, event, { signal: abort.signal, scope: request.scope, trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent } });
           request.log.info(
             { invocationId: result.invocationId, function: result.functionName, version: result.version, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut },
             'invocation finished',
@@ -138,8 +141,10 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
 
   /** A command function: stdin streamed from the body, stdout buffered up to the threshold, streamed beyond it. */
   async function invokeStreaming(request: FastifyRequest, reply: FastifyReply, name: string, upload: IncomingMessage | undefined, signal: AbortSignal): Promise<FastifyReply> {
-    checkDeclaredLength(request.headers, options.maxStreamBytes, '--max-stream-bytes');
-    const limited = upload ? limitUpload(upload, reply, options.maxStreamBytes) : { stream: Readable.from([]), error: () => null };
+    const tenant = request.principal.tenant;
+    const body = payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes');
+    checkDeclaredLength(request.headers, body.maxBytes, body.flag);
+    const limited = upload ? limitUpload(upload, reply, body.maxBytes, body.flag) : { stream: Readable.from([]), error: () => null };
     const raw = reply.raw;
     const bus = options.logBus;
     let started: { id: string; coldStart: boolean; executor: string } | null = null;
@@ -162,29 +167,30 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     let followed = false;
     let result;
     try {
-      version = service.resolve(name).version.version;
-      result = await service.invoke(name, Buffer.alloc(0), {
+      version = service.resolve(tenant, name).version.version;
+      result = await service.invoke(tenant, name, Buffer.alloc(0), {
         signal,
+        scope: request.scope,
         trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
         stdinStream: limited.stream,
         stdoutSink: sink,
         onStarted: (id, info) => {
           started = { id, ...info };
           followed = bus.followed;
-          if (followed) bus.start(id, name);
+          if (followed) bus.start(id, tenant, name);
         },
         onOutput: (stream, text) => {
-          if (followed && started) bus.output(started.id, name, stream, text);
+          if (followed && started) bus.output(started.id, tenant, name, stream, text);
         },
       });
     } catch (error) {
-      if (followed && started) bus.end((started as { id: string }).id, name, 'failed');
+      if (followed && started) bus.end((started as { id: string }).id, tenant, name, 'failed');
       if (!sink.streaming) throw limited.error() ?? error;
       request.log.error({ err: error }, 'invocation failed after the output started streaming');
       raw.destroy(error instanceof Error ? error : new Error(String(error)));
       return reply;
     }
-    if (followed) bus.end(result.invocationId, name, result.exitCode === 0 ? 'succeeded' : 'failed');
+    if (followed) bus.end(result.invocationId, tenant, name, result.exitCode === 0 ? 'succeeded' : 'failed');
     // What the sink still holds (its writes wait for the client) goes out before the end of the response.
     await new Promise<void>((resolve) => sink.end(() => resolve()));
     const uploadError = limited.error();
@@ -213,6 +219,12 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
 export const STREAM_THRESHOLD_BYTES = 1024 * 1024;
 const STREAM_TRAILERS = ['x-kindling-exit-code', 'x-kindling-duration-ms', 'x-kindling-timed-out'];
 
+/** The body limit of a request: the server's, or the tenant's quota maxPayloadBytes when that is lower. */
+export function payloadLimit(request: FastifyRequest, serverMaxBytes: number, serverFlag: string): { maxBytes: number; flag: string } {
+  const cap = request.scope.maxPayloadBytes;
+  return cap !== undefined && cap < serverMaxBytes ? { maxBytes: cap, flag: "the tenant's quota maxPayloadBytes (ask an admin)" } : { maxBytes: serverMaxBytes, flag: serverFlag };
+}
+
 const header = (request: FastifyRequest, name: string): string | undefined => {
   const value = request.headers[name];
   return typeof value === 'string' && value.length > 0 ? value : undefined;
@@ -233,9 +245,9 @@ function resultHeaders(result: InvocationResult): Record<string, string> {
 /** Handler functions report their logs at the end; followers of the function see them then. */
 function publishHandlerLogs(bus: LogBus, result: InvocationResult): void {
   if (!bus.followed) return;
-  bus.start(result.invocationId, result.functionName);
-  if (result.stderr.length > 0) bus.output(result.invocationId, result.functionName, 'stderr', result.stderr.toString('utf8'));
-  bus.end(result.invocationId, result.functionName, result.exitCode === 0 ? 'succeeded' : 'failed');
+  bus.start(result.invocationId, result.tenant, result.functionName);
+  if (result.stderr.length > 0) bus.output(result.invocationId, result.tenant, result.functionName, 'stderr', result.stderr.toString('utf8'));
+  bus.end(result.invocationId, result.tenant, result.functionName, result.exitCode === 0 ? 'succeeded' : 'failed');
 }
 
 /**

@@ -70,7 +70,7 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
         ...(query.status ? { status: query.status as InvocationStatus } : {}),
         ...(sinceMs === undefined ? {} : { sinceMs }),
         ...(untilMs === undefined ? {} : { untilMs }),
-      });
+      }, request.principal.tenant);
       return { invocations: records.map(toInvocationView) };
     },
   );
@@ -78,14 +78,14 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
   app.get<{ Params: IdParams }>(
     '/v1/invocations/:id',
     { schema: { tags: ['invocations'], summary: 'An invocation: {id, function, version, status, exitCode, durationMs, createdAt, startedAt, finishedAt, error?}', params: IdParamsSchema, response: errors } },
-    async (request) => toInvocationView(service.get(request.params.id)),
+    async (request) => toInvocationView(service.get(request.params.id, request.principal.tenant)),
   );
 
   app.get<{ Params: IdParams }>(
     '/v1/invocations/:id/output',
     { schema: { tags: ['invocations'], summary: 'The raw stdout of a finished invocation (409 while it is queued or running)', params: IdParamsSchema, response: errors } },
     async (request, reply) => {
-      const { record, stdout } = service.output(request.params.id);
+      const { record, stdout } = service.output(request.params.id, request.principal.tenant);
       if (record.status === 'queued' || record.status === 'running') {
         throw new KindlingError('INVOCATION_NOT_FINISHED', `invocation ${record.id} is ${record.status}; its output is there once it finished (GET /v1/invocations/${record.id})`, { retryAfterSeconds: 1 });
       }
@@ -112,7 +112,8 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
       },
     },
     async (request, reply) => {
-      const record = service.get(request.params.id);
+      const tenant = request.principal.tenant;
+      const record = service.get(request.params.id, tenant);
       const raw = open(request, reply);
       if (record.status === 'succeeded' || record.status === 'failed') {
         writeStored(raw, record, service);
@@ -124,7 +125,7 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
       for (const message of bus.replay(record.id) ?? []) writeMessage(raw, message);
       const stop = follow(raw, bus, (message) => message.invocationId === record.id, (message) => {
         if (message.kind !== 'end' || message.status === 'queued') return false;
-        const finished = service.get(record.id);
+        const finished = service.get(record.id, tenant);
         writeSseEvent(raw, 'end', JSON.stringify(toInvocationView(finished)));
         return true;
       });
@@ -146,11 +147,12 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
     },
     async (request, reply) => {
       const name = request.params.name;
-      options.functionService.get(name); // 404 for an unknown function
+      const tenant = request.principal.tenant;
+      options.functionService.get(tenant, name); // 404 for an unknown function (or another tenant's)
       const tail = request.query.tail === undefined ? DEFAULT_TAIL : Number(request.query.tail);
       if (!Number.isInteger(tail) || tail < 0 || tail > 1000) throw new KindlingError('LIMIT_OUT_OF_RANGE', 'tail must be a whole number from 0 to 1000', { details: { field: 'tail' } });
       const raw = open(request, reply);
-      const recent = tail === 0 ? [] : service.list({ functionName: name, limit: tail * 2 }).filter((r) => r.status === 'succeeded' || r.status === 'failed').slice(0, tail).reverse();
+      const recent = tail === 0 ? [] : service.list({ functionName: name, limit: tail * 2 }, tenant).filter((r) => r.status === 'succeeded' || r.status === 'failed').slice(0, tail).reverse();
       for (const record of recent) {
         writeSseEvent(raw, 'start', JSON.stringify({ invocationId: record.id }));
         writeStored(raw, record, service);
@@ -160,11 +162,11 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
         raw.end();
         return reply;
       }
-      for (const id of bus.running(name)) {
+      for (const id of bus.running(tenant, name)) {
         writeSseEvent(raw, 'start', JSON.stringify({ invocationId: id }));
         for (const message of bus.replay(id) ?? []) writeMessage(raw, message);
       }
-      const stop = follow(raw, bus, (message) => message.functionName === name, () => false);
+      const stop = follow(raw, bus, (message) => message.tenant === tenant && message.functionName === name, () => false);
       raw.on('close', stop);
       return reply;
     },
@@ -178,7 +180,7 @@ function open(request: FastifyRequest, reply: FastifyReply): ServerResponse {
 }
 
 function writeStored(raw: ServerResponse, record: InvocationRecord, service: InvocationService): void {
-  const { stdout, stderr } = service.output(record.id);
+  const { stdout, stderr } = service.output(record.id, record.tenant);
   if (stdout.length > 0) writeSseEvent(raw, 'stdout', JSON.stringify({ invocationId: record.id, text: stdout.toString('utf8') }));
   if (stderr.length > 0) writeSseEvent(raw, 'stderr', JSON.stringify({ invocationId: record.id, text: stderr.toString('utf8') }));
 }

@@ -1,4 +1,5 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { TENANT_HEADER } from '../auth.js';
 import { KindlingError } from '../../core/errors.js';
 import type { UsageGroupBy, UsageRecord, UsageRow, UsageStore } from '../../store/usage.js';
 import { ErrorResponseSchema } from '../schemas.js';
@@ -81,6 +82,21 @@ interface UsageQuerystring {
   from?: string;
   to?: string;
   groupBy?: string;
+  tenant?: string;
+}
+
+/**
+ * Whose usage a request sees: a tenant key its own tenant's only (asking for another answers 404, as for any other
+ * tenant's name); the admin every tenant's, or one with `?tenant=` or `x-kindling-tenant`.
+ */
+function usageTenant(request: FastifyRequest, asked: string | undefined): string | undefined {
+  const principal = request.principal;
+  if (!principal.isAdmin) {
+    if (asked !== undefined && asked !== principal.tenant) throw new KindlingError('TENANT_NOT_FOUND', `no tenant named "${asked.slice(0, 80)}"`);
+    return principal.tenant;
+  }
+  if (asked !== undefined && asked !== '') return asked;
+  return typeof request.headers[TENANT_HEADER] === 'string' ? principal.tenant : undefined;
 }
 
 export function registerUsageRoutes(app: FastifyInstance, options: { usage: UsageStore; now?: () => number }): void {
@@ -95,7 +111,7 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Usag
         summary: 'Metered usage per tenant and function or day: invocations, CPU ms (cgroup), GB-seconds, bytes in/out',
         description:
           '`from`/`to`: UTC dates (YYYY-MM-DD, `to` inclusive) or ISO 8601 times; default the last 30 days. `groupBy`: function (default) or day. With `Accept: text/csv` the rows come as CSV. GB-seconds = memory limit in GB × wall time in s.',
-        querystring: stringQuery(['from', 'to', 'groupBy']),
+        querystring: stringQuery(['from', 'to', 'groupBy', 'tenant']),
         response: errors,
       },
     },
@@ -107,7 +123,8 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Usag
       const toMs = parseTime(request.query.to, 'to', now() + 1, true);
       const fromMs = parseTime(request.query.from, 'from', Math.floor(now() / DAY_MS) * DAY_MS - 29 * DAY_MS, false);
       if (fromMs >= toMs) throw new KindlingError('VALIDATION_FAILED', '"from" must be before "to"', { details: { field: 'from' } });
-      const rows = options.usage.summarize({ fromMs, toMs, groupBy });
+      const tenant = usageTenant(request, request.query.tenant);
+      const rows = options.usage.summarize({ fromMs, toMs, groupBy, ...(tenant === undefined ? {} : { tenant }) });
       if ((request.headers.accept ?? '').includes('text/csv')) {
         reply.type('text/csv; charset=utf-8');
         reply.header('content-disposition', `attachment; filename="kindling-usage-${groupBy}.csv"`);
@@ -128,26 +145,29 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Usag
     },
   );
 
-  app.get<{ Querystring: { limit?: string } }>(
+  app.get<{ Querystring: { limit?: string; tenant?: string } }>(
     '/v1/usage/invocations',
     {
       schema: {
         tags: ['usage'],
         summary: 'The newest metered invocations (id, function, status, duration, cold start, executor, CPU ms, trace id)',
-        querystring: stringQuery(['limit']),
+        querystring: stringQuery(['limit', 'tenant']),
         response: errors,
       },
     },
-    async (request) => ({ invocations: options.usage.recent({ limit: parseInteger(request.query.limit, 'limit', 50, 1, 1000) }) }),
+    async (request) => {
+      const tenant = usageTenant(request, request.query.tenant);
+      return { invocations: options.usage.recent({ limit: parseInteger(request.query.limit, 'limit', 50, 1, 1000), ...(tenant === undefined ? {} : { tenant }) }) };
+    },
   );
 
-  app.get<{ Querystring: { minutes?: string; bucketSeconds?: string } }>(
+  app.get<{ Querystring: { minutes?: string; bucketSeconds?: string; tenant?: string } }>(
     '/v1/usage/timeseries',
     {
       schema: {
         tags: ['usage'],
         summary: 'Invocations, errors, cold starts and latency percentiles per time bucket (for charts)',
-        querystring: stringQuery(['minutes', 'bucketSeconds']),
+        querystring: stringQuery(['minutes', 'bucketSeconds', 'tenant']),
         response: errors,
       },
     },
@@ -156,7 +176,8 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Usag
       const bucketMs = parseInteger(request.query.bucketSeconds, 'bucketSeconds', 60, 1, 3600) * 1000;
       const toMs = Math.ceil(now() / bucketMs) * bucketMs;
       const fromMs = toMs - Math.ceil((minutes * 60_000) / bucketMs) * bucketMs;
-      const records = options.usage.recent({ limit: 20_000, sinceMs: fromMs });
+      const tenant = usageTenant(request, request.query.tenant);
+      const records = options.usage.recent({ limit: 20_000, sinceMs: fromMs, ...(tenant === undefined ? {} : { tenant }) });
       return { fromMs, toMs, bucketMs, buckets: bucketize(records, fromMs, toMs, bucketMs) };
     },
   );

@@ -13,7 +13,7 @@ export const CONTAINER_USER = '65534:65534';
 export interface SlotShape {
   image: string;
   workdir: string;
-  limits: Pick<ResourceLimits, 'memoryMb' | 'cpus' | 'pids' | 'diskMb'>;
+  limits: Pick<ResourceLimits, 'memoryMb' | 'cpus' | 'pids' | 'diskMb' | 'openFiles'>;
 }
 
 /** The engine needs an explicit tag; `kindling/python` means `kindling/python:latest`. */
@@ -73,7 +73,8 @@ export function containerCreateOptions(options: {
         ...(options.agentDir === undefined ? [] : [`${options.agentDir}:${AGENT_MOUNT}:ro`]),
       ],
       LogConfig: { Type: 'none', Config: {} },
-      Ulimits: [{ Name: 'nofile', Soft: 1024, Hard: 1024 }],
+      // Open files (limits.openFiles): soft and hard, so the process cannot raise it.
+      Ulimits: [{ Name: 'nofile', Soft: shape.limits.openFiles, Hard: shape.limits.openFiles }],
       IpcMode: 'private',
       // A tiny init as PID 1, so the user's process gets default signal handling (PID 1 ignores SIGTERM otherwise)
       // and zombies are reaped.

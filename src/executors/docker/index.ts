@@ -74,8 +74,8 @@ interface Slot {
 }
 
 function shapeOf(spec: RunSpec): SlotShape {
-  const { memoryMb, cpus, pids, diskMb } = spec.limits;
-  return { image: spec.image, workdir: spec.workdir, limits: { memoryMb, cpus, pids, diskMb } };
+  const { memoryMb, cpus, pids, diskMb, openFiles } = spec.limits;
+  return { image: spec.image, workdir: spec.workdir, limits: { memoryMb, cpus, pids, diskMb, openFiles } };
 }
 
 const shapeKeyOf = (shape: SlotShape): string => JSON.stringify(shape);

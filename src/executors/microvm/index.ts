@@ -354,7 +354,7 @@ export class MicroVmExecutor implements Executor {
       argv: spec.command,
       env: spec.env,
       workdir: spec.workdir,
-      limits: { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, cpus: spec.limits.cpus, diskMb: spec.limits.diskMb },
+      limits: { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, cpus: spec.limits.cpus, diskMb: spec.limits.diskMb, openFiles: spec.limits.openFiles },
       stdin: spec.stdin,
       uid: NOBODY,
       gid: NOBODY,

@@ -26,7 +26,7 @@ function spec(image: string, command: string[], stdin = false): RunSpec {
     command,
     env: { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: '/tmp', LANG: 'C.UTF-8' },
     workdir: '/work',
-    limits: { timeoutMs: 60_000, memoryMb: 512, cpus: 2, pids: 256, outputBytes: 1 << 30, diskMb: 64 },
+    limits: { timeoutMs: 60_000, memoryMb: 512, cpus: 2, pids: 256, outputBytes: 1 << 30, diskMb: 64, openFiles: 1024 },
     network: 'none',
     stdin,
     files: [],

@@ -351,7 +351,9 @@ export class SandboxExecutor implements Executor {
       launcher.cgroup.applyLimits(limits);
       if (spec.files.length > 0) runDir = await this.writeFiles(launcher.name, spec);
       const argv = [this.bwrap, ...this.bwrapArgs(spec, layout, plan, runDir)];
-      const script = `exec ${argv.map(shellQuote).join(' ')} ${spec.stdin ? '0<&6' : '0</dev/null'} 6<&-\n`;
+      // RLIMIT_NOFILE (soft and hard: the sandbox cannot raise it again) is set by the launcher's shell and inherited
+      // through bwrap's execs into every process of the sandbox.
+      const script = `ulimit -n ${Math.floor(spec.limits.openFiles)} || exit 125\nexec ${argv.map(shellQuote).join(' ')} ${spec.stdin ? '0<&6' : '0</dev/null'} 6<&-\n`;
       const execution = new ExecutionImpl(
         launcher,
         spec,
@@ -778,7 +780,7 @@ export class SandboxExecutor implements Executor {
       command: [trueBin],
       env: {},
       workdir: '/tmp',
-      limits: { timeoutMs: 10_000, memoryMb: 64, cpus: 1, pids: 16, outputBytes: 65536, diskMb: 1 },
+      limits: { timeoutMs: 10_000, memoryMb: 64, cpus: 1, pids: 16, outputBytes: 65536, diskMb: 1, openFiles: 64 },
       network: 'none',
       stdin: false,
       files: [],
@@ -1027,7 +1029,7 @@ function validateSpec(spec: RunSpec): void {
     seen.add(f.name);
   }
   const l = spec.limits;
-  if (!(l.memoryMb > 0 && l.cpus > 0 && l.pids > 0 && l.diskMb > 0 && l.timeoutMs > 0)) {
-    fail('limits', 'memoryMb, cpus, pids, diskMb and timeoutMs must be positive');
+  if (!(l.memoryMb > 0 && l.cpus > 0 && l.pids > 0 && l.diskMb > 0 && l.timeoutMs > 0 && Number.isInteger(l.openFiles) && l.openFiles >= 16)) {
+    fail('limits', 'memoryMb, cpus, pids, diskMb and timeoutMs must be positive, openFiles a whole number >= 16');
   }
 }
