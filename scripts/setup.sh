@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 # must not race each other.
 if [ -z "${KINDLING_SETUP_LOCKED:-}" ] && command -v flock >/dev/null; then
   export KINDLING_SETUP_LOCKED=1
-  exec flock "$PWD/.setup.lock" bash "$0" "$@"
+  # -o: the lock fd is not inherited by what the script starts (dockerd would hold the lock for its whole life).
+  exec flock -o "$PWD/.setup.lock" bash "$0" "$@"
 fi
 
 PACKAGES=(docker.io bubblewrap uidmap mmdebstrap e2fsprogs iproute2 util-linux ca-certificates curl tar

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, readFileSync, closeSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, readdirSync, rmdirSync, closeSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +25,45 @@ const run = promisify(execFile);
 const DOCKERD = '/usr/sbin/dockerd';
 // Per process: two runs of this test on one machine must not share an engine.
 const SOCKET = `/run/kindling-faults-docker-${process.pid}.sock`;
+/**
+ * The test engine's containers get their own cgroup parent: a SIGKILLed engine (and its containerd) leaves the
+ * containers' processes running with no shim, and only their cgroups still name them. `destroy()` kills what is in
+ * them; the leftover check of scripts/test.sh (cgroups below a kindling dir) sees anything missed.
+ */
+const CGROUP_PARENT = `kindling-faults-docker-${process.pid}`;
+
+/** Kills every process in the cgroups below `parent` (each v1 controller and the unified root) and removes them. */
+function destroyCgroupTree(parent: string): void {
+  const roots = existsSync('/sys/fs/cgroup/cgroup.controllers')
+    ? ['/sys/fs/cgroup']
+    : readdirSync('/sys/fs/cgroup').map((name) => join('/sys/fs/cgroup', name));
+  for (const root of roots) {
+    const top = join(root, parent);
+    if (!existsSync(top)) continue;
+    const dirs = [top, ...readdirSync(top, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => join(top, e.name))];
+    for (const dir of dirs) {
+      for (const pid of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+      }
+    }
+    // A killed process leaves its cgroup a moment later: retry the removal briefly.
+    for (const dir of dirs.reverse()) {
+      for (let attempt = 0; attempt < 50; attempt++) {
+        try {
+          rmdirSync(dir);
+          break;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code === 'ENOENT') break;
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+        }
+      }
+    }
+  }
+}
 
 const unavailable =
   (await dockerUnavailableReason()) ??
@@ -65,7 +104,7 @@ class TestEngine {
     const log = openSync(join(this.dir, 'dockerd.log'), 'a');
     this.child = spawn(
       DOCKERD,
-      [`--host=unix://${SOCKET}`, `--data-root=${join(this.dir, 'data')}`, `--exec-root=${this.execRoot}`, `--pidfile=${join(this.dir, 'dockerd.pid')}`, '--bridge=none', '--iptables=false', '--ip-masq=false'],
+      [`--host=unix://${SOCKET}`, `--data-root=${join(this.dir, 'data')}`, `--exec-root=${this.execRoot}`, `--pidfile=${join(this.dir, 'dockerd.pid')}`, '--bridge=none', '--iptables=false', '--ip-masq=false', `--cgroup-parent=/${CGROUP_PARENT}`],
       { stdio: ['ignore', log, log] },
     );
     closeSync(log);
@@ -106,6 +145,7 @@ class TestEngine {
       clearTimeout(timer);
     }
     for (const p of processes()) if (p.cmdline.includes(this.execRoot) || p.cmdline.includes(this.dir)) process.kill(p.pid, 'SIGKILL');
+    destroyCgroupTree(CGROUP_PARENT);
     const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
       .split('\n')
       .map((line) => line.split(' ')[4] ?? '')
