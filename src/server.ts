@@ -96,6 +96,8 @@ export interface AsyncInvocationConfig {
   concurrency?: number;
   /** Finished invocations are deleted after this long. Default 7 days. */
   retentionMs?: number;
+  /** Synchronous invocations are recorded with at most this many bytes of stdout and of stderr. Default 64 KiB. */
+  syncLogBytes?: number;
   sweepIntervalMs?: number;
   /** `host:port` destinations callbacks may go to; none by default. */
   callbackAllow?: string[];
@@ -323,6 +325,10 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
   invocations.start();
   logger.info({ url, dataDir, instanceId, auth: config.apiKeys.length > 0 }, 'Kindling is listening');
+  if (!process.execArgv.some((arg) => arg.startsWith('--max-semi-space-size'))) {
+    // Not an environment read: the V8 flags this process was started with (bin/kindling.js sets it; see there why).
+    logger.info('node runs without --max-semi-space-size=1: raw streams of hundreds of MiB run up to 2x slower (full GCs)');
+  }
 
   let closing: Promise<void> | null = null;
   const executionService = service;
@@ -355,6 +361,8 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
         clearTimeout(timer);
         await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
         await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
+        // Synchronous invocations answered during the drain are recorded before the store goes.
+        invocations.flushRecords();
         store.close();
         usageStore.close();
         await unlock();

@@ -17,7 +17,7 @@
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import type { InvocationFilter, InvocationRecord, Store } from '../store/store.js';
+import type { FinishedInvocation, InvocationFilter, InvocationRecord, Store } from '../store/store.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
 
@@ -32,6 +32,8 @@ export interface InvocationServiceOptions {
   concurrency?: number;
   /** Finished invocations (with their output and logs) are deleted after this long. Default 7 days. */
   retentionMs?: number;
+  /** Synchronous invocations are recorded with at most this many bytes of stdout and of stderr. Default 64 KiB. */
+  syncLogBytes?: number;
   /** How often expired invocations are swept. Default: min(retentionMs / 10, 60 s). */
   sweepIntervalMs?: number;
   /** `host:port` entries a callback URL may point to; empty: callbacks are refused. */
@@ -60,6 +62,8 @@ export interface InvocationView {
   id: string;
   function: string;
   version: number;
+  /** `sync`: answered directly (recorded when it finished, output and logs capped); `async`: queued. */
+  mode: InvocationRecord['mode'];
   status: InvocationRecord['status'];
   exitCode: number | null;
   durationMs: number | null;
@@ -82,6 +86,7 @@ export function toInvocationView(record: InvocationRecord): InvocationView {
     id: record.id,
     function: record.functionName,
     version: record.version,
+    mode: record.mode,
     status: record.status,
     exitCode: record.exitCode,
     durationMs: record.durationMs,
@@ -115,6 +120,9 @@ export class InvocationService {
   private readonly inFlight = new Set<Promise<void>>();
   private readonly callbackTimers = new Set<NodeJS.Timeout>();
   private readonly idle: (() => void)[] = [];
+  /** Finished synchronous invocations not yet written: one transaction per event-loop turn, not one per call. */
+  private unrecorded: FinishedInvocation[] = [];
+  private recordScheduled = false;
 
   constructor(private readonly options: InvocationServiceOptions) {
     this.store = options.store;
@@ -122,6 +130,11 @@ export class InvocationService {
     this.concurrency = Math.max(1, options.concurrency ?? 8);
     this.retentionMs = options.retentionMs ?? 7 * 24 * 3600_000;
     this.allow = new Set((options.callbackAllow ?? []).map((entry) => entry.toLowerCase()));
+  }
+
+  /** The cap of each output stream kept with a synchronous invocation's record. */
+  get syncLogBytes(): number {
+    return this.options.syncLogBytes ?? 64 * 1024;
   }
 
   get stats(): { running: number; concurrency: number } {
@@ -167,7 +180,34 @@ export class InvocationService {
     return { view: toInvocationView(invocation), created };
   }
 
+  /**
+   * Records a synchronous invocation that finished. The write is batched (at the end of this event-loop turn, after
+   * the answer went out), so it adds nothing to the call's latency; reads flush first, so a record is never missing
+   * from the API, and close() flushes what is left.
+   */
+  recordFinished(record: Omit<FinishedInvocation, 'tenant'> & { tenant?: string }): void {
+    this.unrecorded.push({ ...record, tenant: record.tenant ?? DEFAULT_TENANT });
+    if (this.recordScheduled) return;
+    this.recordScheduled = true;
+    setImmediate(() => this.flushRecords());
+  }
+
+  /** Writes the batched records now. */
+  flushRecords(): void {
+    this.recordScheduled = false;
+    if (this.unrecorded.length === 0) return;
+    const batch = this.unrecorded;
+    this.unrecorded = [];
+    try {
+      this.store.insertFinishedInvocations(batch);
+    } catch (error) {
+      // The store refused (disk full, closed): the calls themselves were answered; say so rather than crash.
+      this.options.onError?.(error, { phase: 'record', invocations: batch.length });
+    }
+  }
+
   get(id: string, tenant = DEFAULT_TENANT): InvocationRecord {
+    this.flushRecords();
     const record = this.store.getInvocation(id, tenant);
     if (record === null) throw new KindlingError('NOT_FOUND', `no invocation "${id.slice(0, 80)}" (finished invocations are kept for the retention period only)`);
     return record;
@@ -180,12 +220,14 @@ export class InvocationService {
   }
 
   list(filter: Omit<InvocationFilter, 'tenant'>, tenant = DEFAULT_TENANT): InvocationRecord[] {
+    this.flushRecords();
     return this.store.listInvocations({ ...filter, tenant });
   }
 
   /** Stops claiming new work and waits (up to the deadline) for the running invocations; they stay queued otherwise. */
   async close(deadlineMs = 10_000): Promise<boolean> {
     this.closed = true;
+    this.flushRecords();
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const timer of this.callbackTimers) clearTimeout(timer);
@@ -270,22 +312,21 @@ export class InvocationService {
     this.options.onInfo?.('invocation started', { invocationId: record.id, function: record.functionName, version: record.version });
     bus.start(record.id, record.functionName);
     let status: 'succeeded' | 'failed' = 'failed';
-    let streamed = false;
+    const streamed = { stdout: false, stderr: false };
     try {
       const result = await this.options.functionService.invoke(record.functionName, payload, {
         version: record.version,
         onOutput: (stream, text) => {
-          streamed = true;
+          streamed[stream] = true;
           bus.output(record.id, record.functionName, stream, text);
         },
       });
       status = result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed';
       const error = result.timedOut ? 'timed out' : result.exitCode === 0 ? null : `exited with code ${result.exitCode}`;
-      if (!streamed) {
-        // Handler functions report their logs and result at the end (command functions streamed them live above).
-        if (result.stderr.length > 0) bus.output(record.id, record.functionName, 'stderr', result.stderr.toString('utf8'));
-        if (result.body.length > 0) bus.output(record.id, record.functionName, 'stdout', result.body.toString('utf8'));
-      }
+      // Command functions streamed both live above, handlers their console output; a handler's return value (its
+      // stdout) shows at the end.
+      if (!streamed.stderr && result.stderr.length > 0) bus.output(record.id, record.functionName, 'stderr', result.stderr.toString('utf8'));
+      if (!streamed.stdout && result.body.length > 0) bus.output(record.id, record.functionName, 'stdout', result.body.toString('utf8'));
       this.store.finishInvocation(record.id, {
         status,
         exitCode: result.exitCode,
