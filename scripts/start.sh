@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec node bin/kindling.js serve "$@"
+# The V8 flag: see bin/kindling.js.
+exec node --max-semi-space-size=1 bin/kindling.js serve "$@"
