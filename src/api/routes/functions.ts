@@ -203,8 +203,8 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       });
     });
     raw.on('close', () => sink.destroy());
-    let stdinBytes = 0;
-    limited.stream.on('data', (chunk: Buffer) => (stdinBytes += chunk.length));
+    // Counted by the limiter itself: a 'data' listener here would start the flow before the sandbox reads it.
+    const stdinBytes = (): number => ('bytes' in limited.stream ? limited.stream.bytes : 0);
     const startedAtMs = Date.now();
     let result;
     try {
@@ -236,7 +236,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           functionName: name,
           version,
           status: 'failed',
-          payloadBytes: stdinBytes,
+          payloadBytes: stdinBytes(),
           exitCode: null,
           durationMs: null,
           coldStart: run.coldStart,
@@ -256,7 +256,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       return reply;
     }
     bus.end(result.invocationId, name, result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed');
-    record(result, startedAtMs, stdinBytes, sink.totalBytes);
+    record(result, startedAtMs, stdinBytes(), sink.totalBytes);
     // What the sink still holds (its writes wait for the client) goes out before the end of the response.
     await new Promise<void>((resolve) => sink.end(() => resolve()));
     const uploadError = limited.error();
