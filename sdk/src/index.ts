@@ -5,6 +5,7 @@ export { Functions, type InvokeOptions, type InvokeAsyncOptions, type LogsOption
 export { Invocations, type ListInvocationsOptions, type WaitForOptions, type InvocationOutput } from './invocations.js';
 export type { FetchFunction } from './http.js';
 export { ExecutionStream } from './stream.js';
+export { InteractiveExecution, type InteractiveOptions, type InteractiveStart } from './interactive.js';
 export {
   KindlingError,
   AuthenticationError,
