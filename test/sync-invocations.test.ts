@@ -4,8 +4,13 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Kindling } from '@kindling/sdk';
 import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
+const execFileAsync = promisify(execFile);
+const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
 const sandboxMissing = await sandboxUnavailableReason();
 const dockerMissing = await dockerUnavailableReason();
 
@@ -86,6 +91,13 @@ describe('synchronous invocations are recorded (sandbox executor)', { skip: sand
     assert.match(logs, /event: stderr\ndata: \{"invocationId":"[^"]+","text":"to-stderr\\n"\}/);
     assert.match(logs, /event: end\ndata: .*"status":"succeeded"/);
     assert.equal(await (await api(`/v1/invocations/${id}/output`)).text(), 'hello sync');
+
+    // The SDK and the CLI see it too.
+    const client = new Kindling({ url: server.url });
+    const [viaSdk] = await client.invocations.list({ function: 'sync-cmd' });
+    assert.equal(viaSdk?.mode, 'sync');
+    const cli = await execFileAsync('node', [CLI, 'invocations', 'list', '--function', 'sync-cmd', '--url', server.url]);
+    assert.match(cli.stdout, new RegExp(`${id}\\s+sync-cmd@1\\s+succeeded\\s+sync\\s+exit=0`));
   });
 
   it('a failing command is recorded failed with its exit code; the function log tail replays sync calls', async () => {

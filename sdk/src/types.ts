@@ -199,11 +199,16 @@ export interface InvocationResult {
 
 export type InvocationStatus = 'queued' | 'running' | 'succeeded' | 'failed';
 
-/** An async invocation as `GET /v1/invocations/ID` describes it. Times are ISO 8601 strings. */
+/** An invocation as `GET /v1/invocations/ID` describes it. Times are ISO 8601 strings. */
 export interface Invocation {
   id: string;
   function: string;
   version: number;
+  /**
+   * `async`: queued with `invokeAsync`; `sync`: a direct `invoke`, recorded once it finished (its output and logs are
+   * the first `--sync-log-bytes` of each stream). Absent from servers that record async invocations only.
+   */
+  mode?: 'sync' | 'async';
   status: InvocationStatus;
   /** Set once it finished (null for a platform failure or a run cut off by a server crash). */
   exitCode: number | null;
