@@ -1,5 +1,7 @@
-#!/usr/bin/env -S node --max-semi-space-size=1
-// --max-semi-space-size=1 (MiB): a small young generation. Raw streams allocate a 64 KiB buffer per read; with the
-// default (up to 16 MiB) scavenges are rare, unfreed buffers pile up as external memory and V8 answers with a full
-// mark-compact every ~64 MiB, which halved the throughput of 1 GiB streams (see README, Benchmarks).
+#!/usr/bin/env -S node --max-semi-space-size=1 --initial-old-space-size=64
+// V8 heap flags for raw streams (measured: README, Benchmarks). Every read of a stream allocates a 64 KiB buffer; with
+// node's defaults a 1 GiB stream through a fresh server caused 70-90 mark-compacts (freeing nothing on the heap: the
+// old generation's initial limit is tiny) and 2.7 s of CPU per GiB instead of ~1.6 s. A 1 MiB young generation frees
+// the buffers in cheap scavenges; a 64 MiB initial old generation stops the pointless full GCs (2-3 per GiB).
+// scripts/start.sh and the bench pass the same flags; add them when you run `node bin/kindling.js` yourself.
 import '../dist/src/main.js';
