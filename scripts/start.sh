@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The V8 flag: see bin/kindling.js.
-exec node --max-semi-space-size=4 --initial-old-space-size=64 bin/kindling.js serve "$@"
+exec node --initial-old-space-size=64 bin/kindling.js serve "$@"

@@ -325,9 +325,9 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
   invocations.start();
   logger.info({ url, dataDir, instanceId, auth: config.apiKeys.length > 0 }, 'Kindling is listening');
-  if (!process.execArgv.some((arg) => arg.startsWith('--max-semi-space-size'))) {
+  if (!process.execArgv.some((arg) => arg.startsWith('--initial-old-space-size'))) {
     // Not an environment read: the V8 flags this process was started with (bin/kindling.js sets them; see there why).
-    logger.info('node runs without --max-semi-space-size=4 --initial-old-space-size=64: raw streams of hundreds of MiB cost up to 2x the CPU (full GCs)');
+    logger.info('node runs without --initial-old-space-size=64: raw streams of hundreds of MiB cost up to 2x the CPU (full GCs)');
   }
 
   let closing: Promise<void> | null = null;

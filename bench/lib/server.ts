@@ -71,7 +71,6 @@ export async function launchServer(options: LaunchOptions): Promise<BenchServer>
   const port = await freePort();
   const args = [
     // As bin/kindling.js's shebang and scripts/start.sh run it (the flag matters for raw streams: see bin/kindling.js).
-    '--max-semi-space-size=4',
     '--initial-old-space-size=64',
     join(options.repoRoot, 'bin', 'kindling.js'),
     'serve',
