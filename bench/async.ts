@@ -30,38 +30,20 @@ interface Raw {
   body: Buffer;
 }
 
-function send(agent: Agent | false, base: URL, method: string, path: string, body: Buffer | number | null, headers: Record<string, string> = {}): Promise<Raw> {
+function send(agent: Agent, base: URL, method: string, path: string, body: Buffer | null, headers: Record<string, string> = {}): Promise<Raw> {
   return new Promise((resolve, reject) => {
     const req = request({ host: base.hostname, port: base.port, method, path, agent, headers: { 'content-type': 'application/octet-stream', ...headers } }, (res) => {
       const chunks: Buffer[] = [];
       let bytes = 0;
-      const keep = typeof body !== 'number';
       res.on('data', (chunk: Buffer) => {
         bytes += chunk.length;
-        if (keep) chunks.push(chunk);
+        chunks.push(chunk);
       });
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, bytes, body: Buffer.concat(chunks) }));
       res.on('error', reject);
     });
     req.on('error', reject);
-    if (typeof body === 'number') {
-      // Stream `body` bytes of the block, with backpressure.
-      let left = body;
-      const pump = (): void => {
-        while (left > 0) {
-          const chunk = BLOCK.subarray(0, Math.min(left, BLOCK.length));
-          left -= chunk.length;
-          if (!req.write(chunk)) {
-            req.once('drain', pump);
-            return;
-          }
-        }
-        req.end();
-      };
-      pump();
-    } else {
-      req.end(body ?? undefined);
-    }
+    req.end(body ?? undefined);
   });
 }
 
