@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec node bin/kindling.js serve "$@"
+# The V8 flag: see bin/kindling.js.
+exec node --initial-old-space-size=64 bin/kindling.js serve "$@"

@@ -107,6 +107,8 @@ export interface AsyncInvocationConfig {
   concurrency?: number;
   /** Finished invocations are deleted after this long. Default 7 days. */
   retentionMs?: number;
+  /** Synchronous invocations are recorded with at most this many bytes of stdout and of stderr. Default 64 KiB. */
+  syncLogBytes?: number;
   sweepIntervalMs?: number;
   /** `host:port` destinations callbacks may go to; none by default. */
   callbackAllow?: string[];
@@ -365,6 +367,10 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
   invocations.start();
   logger.info({ url, dataDir, instanceId, auth: tenants.authEnabled }, 'Kindling is listening');
+  if (!process.execArgv.some((arg) => arg.startsWith('--initial-old-space-size'))) {
+    // Not an environment read: the V8 flags this process was started with (bin/kindling.js sets them; see there why).
+    logger.info('node runs without --initial-old-space-size=64: raw streams of hundreds of MiB cost up to 2x the CPU (full GCs)');
+  }
 
   let closing: Promise<void> | null = null;
   const executionService = service;
@@ -397,6 +403,8 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
         clearTimeout(timer);
         await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
         await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
+        // Synchronous invocations answered during the drain are recorded before the store goes.
+        invocations.flushRecords();
         store.close();
         usageStore.close();
         tenantStore.close();

@@ -234,12 +234,13 @@ describe('async invocations through the SDK and the CLI', { skip: unavailable ??
     assert.equal(logs.at(-1)?.type, 'end');
   });
 
-  it('a streamed (> 1 MiB) sync output resolves with streamed: true', async () => {
-    await client.functions.deploy('big', { image: 'kindling/base', command: ['head', '-c', '3000000', '/dev/zero'] });
+  it('a streamed (> 1 MiB) sync output resolves with streamed: true and the exit code and duration of its record', async () => {
+    await client.functions.deploy('big', { image: 'kindling/base', command: ['sh', '-c', 'head -c 3000000 /dev/zero; exit "$0"', '4'] });
     const result = await client.functions.invoke('big');
     assert.equal(result.body.length, 3_000_000);
     assert.equal(result.streamed, true);
-    assert.ok(Number.isNaN(result.exitCode));
+    assert.equal(result.exitCode, 4);
+    assert.ok(result.durationMs > 0, String(result.durationMs));
   });
 
   it('the CLI: invoke --async, invocations get/wait/output, logs', async () => {

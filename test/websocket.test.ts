@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
+import { AuthenticationError, ConnectionError, Kindling, ValidationError } from '@kindling/sdk';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const sandboxMissing = await sandboxUnavailableReason();
@@ -142,6 +143,59 @@ describe('WebSocket executions (sandbox executor)', { skip: sandboxMissing ?? fa
     assert.equal((error3.error as { code: string }).code, 'UNKNOWN_IMAGE');
     assert.equal(unknown.messages.some((m) => m.type === 'started'), false);
     assert.equal((await unknown.closedWith()).code, 1008);
+  });
+
+  it('the SDK: interactive() answers a line before stdin ends, then resolves with the result', { timeout: 60_000 }, async () => {
+    const client = new Kindling({ url: server.url, apiKey: API_KEY });
+    let stdout = '';
+    let sawAnswer: () => void = () => undefined;
+    const answered = new Promise<void>((resolve) => (sawAnswer = resolve));
+    const run = client.interactive(
+      { image: 'kindling/python', command: UPPER, timeoutMs: 30_000 },
+      {
+        onStdout: (text) => {
+          stdout += text;
+          if (stdout.includes('HELLO\n')) sawAnswer();
+        },
+      },
+    );
+    const started = await run.started;
+    assert.equal(started.executor, 'sandbox');
+    await run.write('hello\n');
+    await answered;
+    await run.write(new TextEncoder().encode('bytes too\n'));
+    await run.end();
+    const result = await run.result;
+    assert.equal(result.exitCode, 0);
+    assert.equal(stdout, 'HELLO\nBYTES TOO\n');
+    assert.equal(result.id, started.id);
+  });
+
+  it('the SDK: errors are typed (a bad spec, a missing key) and close() kills the run', { timeout: 60_000 }, async () => {
+    const client = new Kindling({ url: server.url, apiKey: API_KEY });
+    const bad = client.interactive({ image: 'kindling/nope', command: ['true'] });
+    const error = await bad.result.then(() => null, (e: unknown) => e);
+    assert.ok(error instanceof ValidationError, String(error));
+    assert.equal(error.code, 'UNKNOWN_IMAGE');
+    await assert.rejects(bad.started, ValidationError);
+
+    const anonymous = new Kindling({ url: server.url }).interactive({ image: 'kindling/base', command: ['true'] });
+    await assert.rejects(anonymous.result, AuthenticationError);
+
+    const endless = client.interactive({ image: 'kindling/base', command: ['sleep', '60'] });
+    await endless.started;
+    await waitFor(async () => (await inFlight()) >= 1, 10_000, 'the run to be in flight');
+    endless.close();
+    await assert.rejects(endless.result, ConnectionError);
+    await waitFor(async () => (await inFlight()) === 0, 20_000, 'the killed run to be gone');
+  });
+
+  it('the route is in the OpenAPI document with its protocol', async () => {
+    const doc = (await (await fetch(`${server.url}/openapi.json`)).json()) as { paths: Record<string, { get?: { description?: string; responses?: Record<string, unknown> } }> };
+    const route = doc.paths['/v1/execute/ws']?.get;
+    assert.ok(route, 'GET /v1/execute/ws is documented');
+    assert.match(route.description ?? '', /stdin_end/);
+    assert.ok(route.responses?.['101'] && route.responses['401']);
   });
 
   it('the upgrade needs the API key: 401 without it', async () => {

@@ -70,6 +70,8 @@ export async function launchServer(options: LaunchOptions): Promise<BenchServer>
   const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
   const port = await freePort();
   const args = [
+    // As bin/kindling.js's shebang and scripts/start.sh run it (the flag matters for raw streams: see bin/kindling.js).
+    '--initial-old-space-size=64',
     join(options.repoRoot, 'bin', 'kindling.js'),
     'serve',
     '--host', '127.0.0.1',

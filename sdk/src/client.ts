@@ -1,6 +1,7 @@
 import { Executions, type ExecuteOptions, type RunOptions, type StreamOptions } from './executions.js';
 import { Functions } from './functions.js';
 import { type FetchFunction, HttpClient } from './http.js';
+import { InteractiveExecution, type InteractiveOptions } from './interactive.js';
 import { Invocations } from './invocations.js';
 import { Keys, Tenants } from './tenants.js';
 import { checkMs, type RequestOptions } from './resource.js';
@@ -48,6 +49,7 @@ export class Kindling {
   /** The default request timeout in milliseconds (0: none). */
   readonly timeoutMs: number;
   readonly #http: HttpClient;
+  readonly #apiKey: string | undefined;
   readonly #executions: Executions;
   /** Deployed functions: `deploy`, `get`, `list`, `delete`, `invoke`. */
   readonly functions: Functions;
@@ -63,6 +65,7 @@ export class Kindling {
     checkMs('timeoutMs', options.timeoutMs);
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const fetchFn = options.fetch ?? globalFetch();
+    this.#apiKey = options.apiKey === undefined || options.apiKey === '' ? undefined : options.apiKey;
     this.#http = new HttpClient({
       baseUrl: this.url,
       apiKey: options.apiKey === undefined || options.apiKey === '' ? undefined : options.apiKey,
@@ -115,6 +118,15 @@ export class Kindling {
    */
   execute(spec: ExecuteSpec, options: ExecuteOptions = {}): Promise<ExecutionResult> {
     return this.#executions.execute(spec, options);
+  }
+
+  /**
+   * `GET /v1/execute/ws`: an interactive execution. Send stdin with `write()` (await it for backpressure) and `end()`,
+   * read output through `onStdout`/`onStderr` as it is produced; `result` resolves with the final result. `close()`
+   * (or aborting `signal`) kills it. Uses the `ws` package in Node.
+   */
+  interactive(spec: ExecuteSpec, options: InteractiveOptions = {}): InteractiveExecution {
+    return new InteractiveExecution(this.url, this.#apiKey, spec, options);
   }
 
   /** Runs source code: `run('python', 'print(1)')`. `options` takes the other spec fields and the call options. */

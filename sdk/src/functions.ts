@@ -85,18 +85,39 @@ export class Functions extends APIResource {
         }
         return value;
       };
+      const invocationId = header('x-kindling-invocation-id');
+      let exitCode = Number(header('x-kindling-exit-code'));
+      let durationMs = Number(header('x-kindling-duration-ms'));
+      if (streamed) {
+        // fetch cannot read HTTP trailers: the server records every invocation, so the facts come from its record.
+        const recorded = await this.#recorded(invocationId, options);
+        if (recorded !== null) {
+          exitCode = recorded.exitCode ?? Number.NaN;
+          durationMs = recorded.durationMs ?? Number.NaN;
+        }
+      }
       return {
         body: bytes,
         text: () => new TextDecoder().decode(bytes),
-        invocationId: header('x-kindling-invocation-id'),
+        invocationId,
         version: Number(header('x-kindling-function-version')),
-        exitCode: Number(header('x-kindling-exit-code')),
-        durationMs: Number(header('x-kindling-duration-ms')),
+        exitCode,
+        durationMs,
         coldStart: header('x-kindling-cold-start') === 'true',
         streamed,
       };
     } finally {
       request.dispose();
+    }
+  }
+
+  /** The stored record of a finished invocation; null from a server that does not record synchronous invocations. */
+  async #recorded(id: string, options: InvokeOptions): Promise<{ exitCode: number | null; durationMs: number | null } | null> {
+    try {
+      return await this.http.json<{ exitCode: number | null; durationMs: number | null }>({ method: 'GET', path: `/v1/invocations/${encodeURIComponent(id)}`, ...call(options) });
+    } catch (err) {
+      if (err instanceof KindlingError && err.status === 404) return null;
+      throw err;
     }
   }
 

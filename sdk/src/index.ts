@@ -6,6 +6,7 @@ export { Invocations, type ListInvocationsOptions, type WaitForOptions, type Inv
 export { Tenants, Keys, type CreateTenantOptions } from './tenants.js';
 export type { FetchFunction } from './http.js';
 export { ExecutionStream } from './stream.js';
+export { InteractiveExecution, type InteractiveOptions, type InteractiveStart } from './interactive.js';
 export {
   KindlingError,
   AuthenticationError,

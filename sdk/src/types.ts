@@ -185,11 +185,13 @@ export interface InvocationResult {
   /** The function version that ran. */
   version: number;
   /**
-   * 0 on success; a command's exit status; 1 when a handler threw. NaN when the output was larger than 1 MiB and
-   * streamed (`streamed`): the server then sends it as an HTTP trailer, which `fetch` cannot read.
+   * 0 on success; a command's exit status; 1 when a handler threw. When the output was larger than 1 MiB and
+   * streamed (`streamed`), the server sends it as an HTTP trailer, which `fetch` cannot read: the SDK then reads it
+   * from the invocation's record (`GET /v1/invocations/ID`, one more request). NaN only from an older server that
+   * keeps no record of synchronous invocations.
    */
   exitCode: number;
-  /** Server-side run time in milliseconds (NaN when `streamed`, as `exitCode`). */
+  /** Server-side run time in milliseconds (from the record when `streamed`, as `exitCode`). */
   durationMs: number;
   /** True when a sandbox was started for this invocation (no warm one was free). */
   coldStart: boolean;
@@ -199,11 +201,16 @@ export interface InvocationResult {
 
 export type InvocationStatus = 'queued' | 'running' | 'succeeded' | 'failed';
 
-/** An async invocation as `GET /v1/invocations/ID` describes it. Times are ISO 8601 strings. */
+/** An invocation as `GET /v1/invocations/ID` describes it. Times are ISO 8601 strings. */
 export interface Invocation {
   id: string;
   function: string;
   version: number;
+  /**
+   * `async`: queued with `invokeAsync`; `sync`: a direct `invoke`, recorded once it finished (its output and logs are
+   * the first `--sync-log-bytes` of each stream). Absent from servers that record async invocations only.
+   */
+  mode?: 'sync' | 'async';
   status: InvocationStatus;
   /** Set once it finished (null for a platform failure or a run cut off by a server crash). */
   exitCode: number | null;

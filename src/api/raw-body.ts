@@ -6,6 +6,10 @@ import { KindlingError } from '../core/errors.js';
 /** Counts the bytes of a raw upload and fails it past the limit (fastify's bodyLimit does not see streamed bodies). */
 export class ByteLimit extends Transform {
   private seen = 0;
+  /** Bytes that went through so far. */
+  get bytes(): number {
+    return this.seen;
+  }
   constructor(
     private readonly maxBytes: number,
     private readonly flag = '--max-stream-bytes',

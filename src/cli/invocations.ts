@@ -52,7 +52,7 @@ export function registerInvocationCommands(program: Command, defaults: ClientDef
         process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
         return;
       }
-      for (const i of list) process.stdout.write(`${i.id}  ${i.function}@${i.version}  ${i.status.padEnd(9)}  exit=${i.exitCode ?? '-'}  ${i.createdAt}${i.error ? `  ${i.error}` : ''}\n`);
+      for (const i of list) process.stdout.write(`${i.id}  ${i.function}@${i.version}  ${i.status.padEnd(9)}  ${(i.mode ?? 'async').padEnd(5)}  exit=${i.exitCode ?? '-'}  ${i.createdAt}${i.error ? `  ${i.error}` : ''}\n`);
     }),
   );
   clientOptions(invocations.command('output').description("write a finished invocation's stdout").argument('<id>'), defaults).action(async (id: string, options: Record<string, unknown>) =>

@@ -71,6 +71,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--metrics-token <token>', 'require "Authorization: Bearer <token>" (or an API key) on GET /metrics; env KINDLING_METRICS_TOKEN')
     .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
     .option('--invocation-retention-ms <ms>', 'finished invocations (output, logs, idempotency keys) are kept this long', int('--invocation-retention-ms'), 7 * 24 * 3600_000)
+    .option('--sync-log-bytes <n>', 'synchronous invocations are recorded with the first this many bytes of stdout and of stderr', int('--sync-log-bytes'), 64 * 1024)
     .option('--callback-allow <host:port,...>', 'destinations async callbacks may be POSTed to (none by default)', '')
     .option('--egress-allow <cidrs>', 'comma-separated private CIDRs that network "egress" may reach (loopback, link-local/metadata and the host stay denied)', '')
     .option('--tenant-max-concurrency <n>', 'default quota: executions a tenant runs at once (0: no cap but --max-concurrent)', int('--tenant-max-concurrency'), 0)
@@ -117,6 +118,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         asyncInvocations: {
           concurrency: Math.max(1, options.asyncConcurrency as number),
           retentionMs: options.invocationRetentionMs as number,
+          syncLogBytes: options.syncLogBytes as number,
           callbackAllow: (options.callbackAllow as string).split(',').map((entry) => entry.trim()).filter((entry) => entry.length > 0),
         },
         version: defaults.version,

@@ -84,7 +84,7 @@ export interface WarmSandbox {
   /** False once the sandbox died or was destroyed. */
   readonly alive: boolean;
   /** Runs one invocation. Rejects only on platform faults; a handler's throw, a timeout or a crash is a result. */
-  invoke(body: Buffer, options: { timeoutMs: number }): Promise<AgentInvocation>;
+  invoke(body: Buffer, options: InvokeCallOptions): Promise<AgentInvocation>;
   /** Resolves when the sandbox is gone (died or destroyed) and all of its resources are released. */
   readonly disposed: Promise<void>;
   /** Kills the sandbox and releases everything. Idempotent. */
@@ -94,6 +94,12 @@ export interface WarmSandbox {
    * serves that function only. Rejects with AgentLoadError when the code does not load (a user failure).
    */
   load?(code: LoadRequest, options: { timeoutMs: number }): Promise<void>;
+}
+
+export interface InvokeCallOptions {
+  timeoutMs: number;
+  /** Called with each piece of the handler's console/print output as it arrives (it is also in `logs` at the end). */
+  onLog?: (chunk: Buffer) => void;
 }
 
 /** The code a generic warm sandbox is specialised with. */

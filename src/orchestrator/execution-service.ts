@@ -25,6 +25,13 @@ export interface ExecuteOptions {
    * and `outputBytes` applies to stderr only). The sink is not ended: the caller ends it after the result.
    */
   stdoutSink?: Writable;
+  /**
+   * With `stdoutSink`: whether `onOutput` wants stdout text right now (e.g. only while someone follows the logs).
+   * Decoding every chunk of a large stream for nobody costs real time. Default: always.
+   */
+  liveOutput?: () => boolean;
+  /** With `stdoutSink`: also keep the first this many bytes of stdout in the result (an invocation's stored log). */
+  keepStdoutBytes?: number;
   /** The deployed function this execution serves (metrics label); one-off executions have none. */
   functionName?: string;
   /** W3C trace context of the request; passed to the process as env TRACEPARENT and to observers. */
@@ -321,13 +328,17 @@ export class ExecutionService {
     const stderr = new OutputCollector(spec.limits.outputBytes, onText && ((text) => onText('stderr', text)));
     let stdoutBytes = 0;
     const sink = options.stdoutSink;
+    // With a sink, `stdout` keeps only a copy of the head for the invocation's log (no text decoding, no callback).
+    const kept = sink ? new OutputCollector(Math.min(options.keepStdoutBytes ?? 0, spec.limits.outputBytes), undefined) : stdout;
     if (sink) {
       // Log followers still see stdout as it is produced (up to the output limit; the sink has all of it).
       const live = onText ? new StringDecoder('utf8') : null;
+      const wanted = options.liveOutput ?? (() => true);
       let liveBytes = 0;
       execution.stdout.on('data', (chunk: Buffer) => {
         stdoutBytes += chunk.length;
-        if (live && liveBytes < spec.limits.outputBytes) {
+        kept.push(chunk);
+        if (live && liveBytes < spec.limits.outputBytes && wanted()) {
           const part = chunk.subarray(0, spec.limits.outputBytes - liveBytes);
           liveBytes += part.length;
           const text = live.write(part);
@@ -370,7 +381,7 @@ export class ExecutionService {
         throw new KindlingError('EXECUTOR_FAILED', `the ${executor.name} executor lost the execution: ${error instanceof Error ? error.message : String(error)}; retry`, { cause: error, retryAfterSeconds: 1 });
       });
       const finishedAt = this.clock.monotonicMs();
-      const stdoutKept = stdout.finish();
+      const stdoutKept = kept.finish();
       const stderrBytes = stderr.finish();
       const result: ExecutionResult = {
         id: spec.id,
@@ -384,6 +395,7 @@ export class ExecutionService {
         executor: executor.name,
         timedOut,
         oomKilled: exit.oomKilled,
+        // A sink got all of stdout: only the log copy was capped, which the result does not report as truncation.
         truncated: stdout.truncated || stderr.truncated,
         stdoutTruncated: stdout.truncated,
         stderrTruncated: stderr.truncated,
@@ -398,7 +410,7 @@ export class ExecutionService {
         image: spec.image,
         stdinBytes,
         streamedStdoutBytes: stdoutBytes,
-        outputBytes: stdoutKept.length + stderrBytes.length + stdoutBytes,
+        outputBytes: (sink ? 0 : stdoutKept.length) + stderrBytes.length + stdoutBytes,
         memoryMb: spec.limits.memoryMb,
         ...(options.functionName === undefined ? {} : { functionName: options.functionName }),
         ...(options.tenant ? { tenant: options.tenant.name } : {}),

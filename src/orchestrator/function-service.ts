@@ -28,13 +28,20 @@ export interface InvokeOptions {
   trace?: TraceContext;
   /** Run this version instead of the latest (async invocations run the version that was latest when queued). */
   version?: number;
-  /** Command functions: output text as the process produces it (not for stdout when `stdoutSink` is given). */
+  /**
+   * Output text as it is produced: a command's stdout/stderr (not stdout when `stdoutSink` is given), a handler's
+   * console/print output as `stderr` (its return value is the result's body, not streamed).
+   */
   onOutput?: (stream: OutputStreamName, text: string) => void;
   /** Command functions: stdin streamed from here instead of the `body` buffer (no whole-payload buffering). */
   stdinStream?: Readable;
   /** Command functions: stdout streamed here with backpressure; the result's `body` is then empty. Not ended. */
   stdoutSink?: Writable;
-  /** Command functions: called once the sandbox started, with the invocation id and whether it was cold. */
+  /** Command functions with `stdoutSink`: whether `onOutput` wants stdout text now (see ExecuteOptions.liveOutput). */
+  liveOutput?: () => boolean;
+  /** Command functions with `stdoutSink`: keep the first this many bytes of stdout in the result's `body`. */
+  keepStdoutBytes?: number;
+  /** Called once the invocation runs (a sandbox started, or a warm one was leased), with its id and whether it was cold. */
   onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
   /** The tenant's caps and concurrency slot (taken once here, for handler and command functions alike). */
   scope?: TenantScope;
@@ -160,6 +167,8 @@ export class FunctionService {
           ...(options.onOutput ? { onOutput: options.onOutput } : {}),
           ...(options.stdoutSink ? { stdoutSink: options.stdoutSink } : {}),
           ...(options.onStarted ? { onStarted: options.onStarted } : {}),
+          ...(options.liveOutput ? { liveOutput: options.liveOutput } : {}),
+          ...(options.keepStdoutBytes === undefined ? {} : { keepStdoutBytes: options.keepStdoutBytes }),
         });
       } finally {
         release();

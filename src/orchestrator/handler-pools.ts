@@ -7,6 +7,7 @@
  * State: module-level state and files in /tmp persist between invocations served by the same warm sandbox (as in
  * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
  */
+import { StringDecoder } from 'node:string_decoder';
 import { agentLaunch, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
 import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
 import { systemClock, type Clock } from '../core/clock.js';
@@ -269,9 +270,21 @@ export class HandlerPools implements HandlerInvoker {
       throw failure;
     }
     const started = { coldStart: lease.coldStart, queuedMs: lease.waitedMs, ...(lease.coldStart ? { sandboxStartMs: lease.sandbox.startMs } : {}) };
+    options.onStarted?.(invocationId, { coldStart: lease.coldStart, executor: executorName });
+    // The handler's console/print output, live (log followers); the whole of it also comes back in `result.logs`.
+    const onText = options.onOutput;
+    const decoder = onText ? new StringDecoder('utf8') : null;
+    const onLog = decoder
+      ? (chunk: Buffer): void => {
+          const text = decoder.write(chunk);
+          if (text.length > 0) onText!('stderr', text);
+        }
+      : undefined;
     let result;
     try {
-      result = await lease.sandbox.invoke(body, { timeoutMs });
+      result = await lease.sandbox.invoke(body, { timeoutMs, ...(onLog ? { onLog } : {}) });
+      const rest = decoder?.end();
+      if (rest) onText!('stderr', rest);
     } catch (error) {
       lease.release(false, NaN);
       this.observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });

@@ -17,7 +17,7 @@
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError, isStorageFull, storageFullError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import type { InvocationFilter, InvocationOutcome, InvocationRecord, Store } from '../store/store.js';
+import type { FinishedInvocation, InvocationFilter, InvocationOutcome, InvocationRecord, Store } from '../store/store.js';
 import type { TenantScope } from './execution-service.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
@@ -25,6 +25,10 @@ import type { LogBus } from './log-bus.js';
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
 /** How long a tenant at its concurrency quota is passed over by the dispatcher before its invocations are tried again. */
 const TENANT_RETRY_MS = 100;
+/** Finished synchronous invocations are written at most this long after they answered... */
+const RECORD_FLUSH_MS = 10;
+/** ...or as soon as this many wait. */
+const RECORD_BATCH_MAX = 256;
 const DEFAULT_TENANT = 'default';
 /** How often a store write that met a full disk is tried again. */
 const STORE_RETRY_MS = 1000;
@@ -37,6 +41,8 @@ export interface InvocationServiceOptions {
   concurrency?: number;
   /** Finished invocations (with their output and logs) are deleted after this long. Default 7 days. */
   retentionMs?: number;
+  /** Synchronous invocations are recorded with at most this many bytes of stdout and of stderr. Default 64 KiB. */
+  syncLogBytes?: number;
   /** How often expired invocations are swept. Default: min(retentionMs / 10, 60 s). */
   sweepIntervalMs?: number;
   /** `host:port` entries a callback URL may point to; empty: callbacks are refused. */
@@ -67,6 +73,8 @@ export interface InvocationView {
   id: string;
   function: string;
   version: number;
+  /** `sync`: answered directly (recorded when it finished, output and logs capped); `async`: queued. */
+  mode: InvocationRecord['mode'];
   status: InvocationRecord['status'];
   exitCode: number | null;
   durationMs: number | null;
@@ -89,6 +97,7 @@ export function toInvocationView(record: InvocationRecord): InvocationView {
     id: record.id,
     function: record.functionName,
     version: record.version,
+    mode: record.mode,
     status: record.status,
     exitCode: record.exitCode,
     durationMs: record.durationMs,
@@ -122,6 +131,9 @@ export class InvocationService {
   private readonly inFlight = new Set<Promise<void>>();
   private readonly callbackTimers = new Set<NodeJS.Timeout>();
   private readonly idle: (() => void)[] = [];
+  /** Finished synchronous invocations not yet written: one transaction per event-loop turn, not one per call. */
+  private unrecorded: FinishedInvocation[] = [];
+  private recordTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: InvocationServiceOptions) {
     this.store = options.store;
@@ -129,6 +141,11 @@ export class InvocationService {
     this.concurrency = Math.max(1, options.concurrency ?? 8);
     this.retentionMs = options.retentionMs ?? 7 * 24 * 3600_000;
     this.allow = new Set((options.callbackAllow ?? []).map((entry) => entry.toLowerCase()));
+  }
+
+  /** The cap of each output stream kept with a synchronous invocation's record. */
+  get syncLogBytes(): number {
+    return this.options.syncLogBytes ?? 64 * 1024;
   }
 
   get stats(): { running: number; concurrency: number } {
@@ -175,7 +192,40 @@ export class InvocationService {
     return { view: toInvocationView(invocation), created };
   }
 
+  /**
+   * Records a synchronous invocation that finished. The write is batched (within RECORD_FLUSH_MS, after the answer
+   * went out): one SQLite transaction for many calls costs ~13 µs a row instead of ~90 µs alone, and nothing is added
+   * to the call's latency. Reads flush first, so a record is never missing from the API; close() flushes what is
+   * left (a kill -9 loses at most the last RECORD_FLUSH_MS of records, never a call's answer).
+   */
+  recordFinished(record: Omit<FinishedInvocation, 'tenant'> & { tenant?: string }): void {
+    this.unrecorded.push({ ...record, tenant: record.tenant ?? DEFAULT_TENANT });
+    if (this.unrecorded.length >= RECORD_BATCH_MAX) {
+      this.flushRecords();
+      return;
+    }
+    if (this.recordTimer !== null) return;
+    this.recordTimer = setTimeout(() => this.flushRecords(), RECORD_FLUSH_MS);
+    this.recordTimer.unref();
+  }
+
+  /** Writes the batched records now. */
+  flushRecords(): void {
+    if (this.recordTimer !== null) clearTimeout(this.recordTimer);
+    this.recordTimer = null;
+    if (this.unrecorded.length === 0) return;
+    const batch = this.unrecorded;
+    this.unrecorded = [];
+    try {
+      this.store.insertFinishedInvocations(batch);
+    } catch (error) {
+      // The store refused (disk full, closed): the calls themselves were answered; say so rather than crash.
+      this.options.onError?.(error, { phase: 'record', invocations: batch.length });
+    }
+  }
+
   get(id: string, tenant = DEFAULT_TENANT): InvocationRecord {
+    this.flushRecords();
     const record = this.store.getInvocation(id, tenant);
     if (record === null) throw new KindlingError('NOT_FOUND', `no invocation "${id.slice(0, 80)}" (finished invocations are kept for the retention period only)`);
     return record;
@@ -188,12 +238,14 @@ export class InvocationService {
   }
 
   list(filter: Omit<InvocationFilter, 'tenant'>, tenant = DEFAULT_TENANT): InvocationRecord[] {
+    this.flushRecords();
     return this.store.listInvocations({ ...filter, tenant });
   }
 
   /** Stops claiming new work and waits (up to the deadline) for the running invocations; they stay queued otherwise. */
   async close(deadlineMs = 10_000): Promise<boolean> {
     this.closed = true;
+    this.flushRecords();
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
@@ -316,7 +368,7 @@ export class InvocationService {
     this.options.onInfo?.('invocation started', { invocationId: record.id, function: record.functionName, version: record.version });
     bus.start(record.id, record.tenant, record.functionName);
     let status: 'succeeded' | 'failed' = 'failed';
-    let streamed = false;
+    const streamed = { stdout: false, stderr: false };
     // The outcome is worked out first and stored after: a store write that fails (a full disk) must never be taken
     // for a failure of the function, which would run it again or mark it failed although it succeeded.
     let outcome: InvocationOutcome;
@@ -326,17 +378,16 @@ export class InvocationService {
         version: record.version,
         ...(scope ? { scope } : {}),
         onOutput: (stream, text) => {
-          streamed = true;
+          streamed[stream] = true;
           bus.output(record.id, record.tenant, record.functionName, stream, text);
         },
       });
       status = result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed';
       const error = result.timedOut ? 'timed out' : result.exitCode === 0 ? null : `exited with code ${result.exitCode}`;
-      if (!streamed) {
-        // Handler functions report their logs and result at the end (command functions streamed them live above).
-        if (result.stderr.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stderr', result.stderr.toString('utf8'));
-        if (result.body.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stdout', result.body.toString('utf8'));
-      }
+      // Command functions streamed both live above, handlers their console output; a handler's return value (its
+      // stdout) shows at the end.
+      if (!streamed.stderr && result.stderr.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stderr', result.stderr.toString('utf8'));
+      if (!streamed.stdout && result.body.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stdout', result.body.toString('utf8'));
       outcome = {
         status,
         exitCode: result.exitCode,

@@ -159,4 +159,44 @@ describe('SqliteStore', () => {
       store.close();
     }
   });
+
+  it('records finished synchronous invocations in one batch, lists them with mode, and expires them', () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      const finished = (id: string, status: 'succeeded' | 'failed', at: number) => ({
+        id,
+        tenant: 'default',
+        functionName: 'f',
+        version: 2,
+        status,
+        payloadBytes: 3,
+        exitCode: status === 'succeeded' ? 0 : 7,
+        durationMs: 1.5,
+        coldStart: false,
+        timedOut: false,
+        error: status === 'succeeded' ? null : 'exited with code 7',
+        stdout: Buffer.from('out'),
+        stderr: Buffer.from('err'),
+        stdoutBytes: 1000,
+        createdAtMs: at,
+        startedAtMs: at,
+        finishedAtMs: at + 1,
+      });
+      store.insertFinishedInvocations([finished('ex_1', 'succeeded', 10), finished('ex_2', 'failed', 20)]);
+      // An id already stored is skipped, not an error.
+      store.insertFinishedInvocations([finished('ex_1', 'failed', 30)]);
+      const listed = store.listInvocations({ functionName: 'f', limit: 10 });
+      assert.deepEqual(listed.map((i) => [i.id, i.mode, i.status, i.exitCode, i.stdoutBytes, i.attempts]), [
+        ['ex_2', 'sync', 'failed', 7, 1000, 1],
+        ['ex_1', 'sync', 'succeeded', 0, 1000, 1],
+      ]);
+      assert.deepEqual(store.getInvocationOutput('ex_1'), { stdout: Buffer.from('out'), stderr: Buffer.from('err') });
+      assert.equal(store.getInvocationPayload('ex_1'), null);
+      assert.equal(store.insertInvocation({ id: 'inv_q', tenant: 'default', functionName: 'f', version: 2, payload: Buffer.alloc(0), idempotencyKey: null, callbackUrl: null, createdAtMs: 40 }).invocation.mode, 'async');
+      assert.equal(store.deleteInvocationsFinishedBefore(15), 1);
+      assert.equal(store.getInvocation('ex_1'), null);
+    } finally {
+      store.close();
+    }
+  });
 });

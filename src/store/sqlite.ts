@@ -4,7 +4,9 @@ import type {
   FunctionRecord,
   FunctionSpec,
   FunctionVersion,
+  FinishedInvocation,
   InvocationFilter,
+  InvocationMode,
   InvocationOutcome,
   InvocationRecord,
   InvocationStatus,
@@ -88,17 +90,20 @@ const MIGRATIONS: string[] = [
    DROP TABLE functions;
    ALTER TABLE functions_new RENAME TO functions;
    ALTER TABLE function_versions_new RENAME TO function_versions;`,
+  // Synchronous invocations are recorded too (finished, with capped logs); `mode` tells them from queued ones.
+  `ALTER TABLE invocations ADD COLUMN mode TEXT NOT NULL DEFAULT 'async';`,
 ];
 
 /** The columns of an invocation's record (everything but the payload and the output blobs). */
 const INVOCATION_COLUMNS =
-  'id, tenant, function, version, status, payload_bytes, idempotency_key, callback_url, callback_state, callback_attempts, attempts, exit_code, duration_ms, cold_start, timed_out, error, stdout_bytes, created_at_ms, started_at_ms, finished_at_ms';
+  'id, tenant, function, version, mode, status, payload_bytes, idempotency_key, callback_url, callback_state, callback_attempts, attempts, exit_code, duration_ms, cold_start, timed_out, error, stdout_bytes, created_at_ms, started_at_ms, finished_at_ms';
 
 interface InvocationRow {
   id: string;
   tenant: string;
   function: string;
   version: number;
+  mode: InvocationMode;
   status: InvocationStatus;
   payload_bytes: number;
   idempotency_key: string | null;
@@ -124,6 +129,7 @@ const toInvocation = (row: InvocationRow): InvocationRecord => ({
   tenant: row.tenant,
   functionName: row.function,
   version: row.version,
+  mode: row.mode,
   status: row.status,
   idempotencyKey: row.idempotency_key,
   callbackUrl: row.callback_url,
@@ -223,6 +229,11 @@ export class SqliteStore implements Store {
       finish: this.db.prepare(
         `UPDATE invocations SET status = ?, exit_code = ?, duration_ms = ?, cold_start = ?, timed_out = ?, error = ?, stdout = ?, stderr = ?,
            stdout_bytes = ?, finished_at_ms = ?, payload = NULL WHERE id = ?`,
+      ),
+      insertFinished: this.db.prepare(
+        `INSERT INTO invocations (id, tenant, function, version, mode, status, payload_bytes, attempts, exit_code, duration_ms, cold_start, timed_out, error,
+           stdout, stderr, stdout_bytes, created_at_ms, started_at_ms, finished_at_ms)
+         VALUES (?, ?, ?, ?, 'sync', ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
       ),
       failRunning: this.db.prepare("UPDATE invocations SET status = 'failed', error = ?, finished_at_ms = ?, payload = NULL WHERE status = 'running'"),
       setCallback: this.db.prepare('UPDATE invocations SET callback_state = ?, callback_attempts = ? WHERE id = ?'),
@@ -363,6 +374,35 @@ export class SqliteStore implements Store {
       outcome.finishedAtMs,
       id,
     );
+  }
+
+  insertFinishedInvocations(records: FinishedInvocation[]): void {
+    if (records.length === 0) return;
+    const flag = (value: boolean | null): number | null => (value === null ? null : value ? 1 : 0);
+    // One transaction for the batch: one commit instead of one per invocation.
+    this.db.transaction(() => {
+      for (const r of records) {
+        this.statements.insertFinished.run(
+          r.id,
+          r.tenant,
+          r.functionName,
+          r.version,
+          r.status,
+          r.payloadBytes,
+          r.exitCode,
+          r.durationMs,
+          flag(r.coldStart),
+          flag(r.timedOut),
+          r.error,
+          r.stdout,
+          r.stderr,
+          r.stdoutBytes,
+          r.createdAtMs,
+          r.startedAtMs,
+          r.finishedAtMs,
+        );
+      }
+    }).immediate();
   }
 
   failRunningInvocations(reason: string, nowMs: number): number {

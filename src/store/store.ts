@@ -79,6 +79,8 @@ export interface Store {
   /** Puts a claimed invocation back in the queue (it never started: e.g. the function was at its limit). */
   requeueInvocation(id: string): void;
   finishInvocation(id: string, outcome: InvocationOutcome): void;
+  /** Records synchronous invocations that already finished (in one transaction); an id already stored is skipped. */
+  insertFinishedInvocations(records: FinishedInvocation[]): void;
   /** Crash recovery: every `running` invocation becomes `failed` with `reason`; returns how many. */
   failRunningInvocations(reason: string, nowMs: number): number;
   setCallbackState(id: string, state: CallbackState, attempts: number): void;
@@ -92,6 +94,8 @@ export interface Store {
 export const INVOCATION_STATUSES = ['queued', 'running', 'succeeded', 'failed'] as const;
 export type InvocationStatus = (typeof INVOCATION_STATUSES)[number];
 export type CallbackState = 'pending' | 'delivered' | 'failed';
+/** `async`: queued with x-kindling-async and run by the dispatcher; `sync`: answered directly, recorded when finished. */
+export type InvocationMode = 'sync' | 'async';
 
 export interface NewInvocation {
   id: string;
@@ -109,6 +113,7 @@ export interface InvocationRecord {
   tenant: string;
   functionName: string;
   version: number;
+  mode: InvocationMode;
   status: InvocationStatus;
   idempotencyKey: string | null;
   callbackUrl: string | null;
@@ -137,6 +142,29 @@ export interface InvocationOutcome {
   error: string | null;
   stdout: Buffer;
   stderr: Buffer;
+  finishedAtMs: number;
+}
+
+/** A synchronous invocation as recorded once it finished: its outcome and the first bytes of its output. */
+export interface FinishedInvocation {
+  id: string;
+  tenant: string;
+  functionName: string;
+  version: number;
+  status: 'succeeded' | 'failed';
+  payloadBytes: number;
+  exitCode: number | null;
+  durationMs: number | null;
+  coldStart: boolean | null;
+  timedOut: boolean | null;
+  error: string | null;
+  /** The kept head of stdout (the response body) and stderr (a handler's logs). */
+  stdout: Buffer;
+  stderr: Buffer;
+  /** All stdout bytes the invocation produced (more than `stdout` holds when it was capped). */
+  stdoutBytes: number;
+  createdAtMs: number;
+  startedAtMs: number | null;
   finishedAtMs: number;
 }
 

@@ -7,7 +7,7 @@ import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
-import { RawExecuteSpecSchema } from '../schemas.js';
+import { ErrorResponseSchema, RawExecuteSpecSchema } from '../schemas.js';
 
 export const EXECUTE_WS_ROUTE = '/v1/execute/ws';
 const specValidator = TypeCompiler.Compile(RawExecuteSpecSchema);
@@ -57,7 +57,26 @@ export function registerExecuteWsRoute(app: FastifyInstance, options: ExecuteWsR
 
   app.get(
     EXECUTE_WS_ROUTE,
-    { websocket: true, schema: { tags: ['execute'], summary: 'Interactive execution over a WebSocket (spec, stdin, live output)' } },
+    {
+      websocket: true,
+      // @fastify/websocket hides its routes from the OpenAPI document; this one is documented on purpose.
+      config: { swaggerTransform: ({ schema, url }) => ({ schema: { ...schema, hide: false }, url }) },
+      schema: {
+        tags: ['execute'],
+        summary: 'Interactive execution over a WebSocket (spec, stdin, live output)',
+        description: [
+          'Upgrade with `Authorization: Bearer KEY` (401 without it when the server has keys).',
+          'Client → server: the first message is the spec as JSON text (the fields of POST /v1/execute without stdin/stdinBase64); then every binary message is written to stdin (with backpressure, at most --max-stream-bytes in all) and the text message {"type":"stdin_end"} closes stdin; any other text message is a protocol error.',
+          'Server → client: {"type":"started","id","executor","coldStart"}, then {"type":"stdout"|"stderr","data"} as output is produced, then {"type":"exit", ...the execution result} and close 1000.',
+          'Errors: {"type":"error","error":{"code","message"},"requestId"} then close 1008 (the client\'s fault), 1009 (too much stdin) or 1011 (the server\'s). Closing the socket kills the execution and frees the sandbox.',
+          'SDK: client.interactive(spec, {onStdout, onStderr}) with write(), end(), close(), started and result.',
+        ].join(' '),
+        response: {
+          101: { description: 'Switching Protocols: the WebSocket is open', type: 'null' },
+          401: { description: 'No or a wrong API key', ...ErrorResponseSchema },
+        },
+      },
+    },
     (socket: WebSocket, request: FastifyRequest) => {
       // Listeners attach synchronously: messages that arrive with the upgrade are not lost.
       const abort = new AbortController();

@@ -124,12 +124,33 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         if (style === 'handler') {
           checkDeclaredLength(request.headers, body.maxBytes, body.flag);
           const event = await readUpload(upload, reply, body.maxBytes, body.flag);
-          const result = await service.invoke(tenant, name, event, { signal: abort.signal, scope: request.scope, trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent } });
+          const startedAtMs = Date.now();
+          let running: string | null = null;
+          let result;
+          try {
+            result = await service.invoke(tenant, name, event, {
+              signal: abort.signal,
+              scope: request.scope,
+              trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
+              onStarted: (id) => {
+                running = id;
+                options.logBus.start(id, tenant, name);
+              },
+              // console.log / print of the handler, live for followers (and in the record at the end).
+              onOutput: (stream, text) => {
+                if (running !== null) options.logBus.output(running, tenant, name, stream, text);
+              },
+            });
+          } catch (error) {
+            if (running !== null) options.logBus.end(running, tenant, name, 'failed');
+            throw error;
+          }
+          options.logBus.end(result.invocationId, tenant, name, result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed');
+          record(result, startedAtMs, event.length, result.body.length);
           request.log.info(
             { invocationId: result.invocationId, function: result.functionName, version: result.version, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut },
             'invocation finished',
           );
-          publishHandlerLogs(options.logBus, result);
           reply.headers(resultHeaders(result));
           reply.type('application/octet-stream');
           return reply.send(result.body);
@@ -138,6 +159,31 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       },
     );
   });
+
+  /** Every synchronous invocation is kept like an async one (status, exit code, duration, the head of its output). */
+  function record(result: InvocationResult, startedAtMs: number, payloadBytes: number, stdoutBytes: number): void {
+    const cap = options.invocations.syncLogBytes;
+    const ok = result.exitCode === 0 && !result.timedOut;
+    options.invocations.recordFinished({
+      id: result.invocationId,
+      tenant: result.tenant,
+      functionName: result.functionName,
+      version: result.version,
+      status: ok ? 'succeeded' : 'failed',
+      payloadBytes,
+      exitCode: result.exitCode,
+      durationMs: result.durationMs,
+      coldStart: result.coldStart,
+      timedOut: result.timedOut,
+      error: result.timedOut ? 'timed out' : ok ? null : `exited with code ${result.exitCode}`,
+      stdout: result.body.subarray(0, cap),
+      stderr: result.stderr.subarray(0, cap),
+      stdoutBytes,
+      createdAtMs: startedAtMs,
+      startedAtMs,
+      finishedAtMs: Date.now(),
+    });
+  }
 
   /** A command function: stdin streamed from the body, stdout buffered up to the threshold, streamed beyond it. */
   async function invokeStreaming(request: FastifyRequest, reply: FastifyReply, name: string, upload: IncomingMessage | undefined, signal: AbortSignal): Promise<FastifyReply> {
@@ -164,7 +210,9 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       });
     });
     raw.on('close', () => sink.destroy());
-    let followed = false;
+    // Counted by the limiter itself: a 'data' listener here would start the flow before the sandbox reads it.
+    const stdinBytes = (): number => ('bytes' in limited.stream ? limited.stream.bytes : 0);
+    const startedAtMs = Date.now();
     let result;
     try {
       version = service.resolve(tenant, name).version.version;
@@ -174,23 +222,50 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
         stdinStream: limited.stream,
         stdoutSink: sink,
+        keepStdoutBytes: options.invocations.syncLogBytes,
         onStarted: (id, info) => {
           started = { id, ...info };
-          followed = bus.followed;
-          if (followed) bus.start(id, tenant, name);
+          // Always on the bus (two map operations): a follower who joins mid-run sees it start and end.
+          bus.start(id, tenant, name);
         },
+        // Text for followers only while someone follows: decoding a large stream for nobody is wasted time.
+        liveOutput: () => bus.followed,
         onOutput: (stream, text) => {
-          if (followed && started) bus.output(started.id, tenant, name, stream, text);
+          if (started) bus.output(started.id, tenant, name, stream, text);
         },
       });
     } catch (error) {
-      if (followed && started) bus.end((started as { id: string }).id, tenant, name, 'failed');
+      const run = started as { id: string; coldStart: boolean; executor: string } | null;
+      if (run) {
+        bus.end(run.id, tenant, name, 'failed');
+        const failure = limited.error() ?? error;
+        options.invocations.recordFinished({
+          id: run.id,
+          tenant,
+          functionName: name,
+          version,
+          status: 'failed',
+          payloadBytes: stdinBytes(),
+          exitCode: null,
+          durationMs: null,
+          coldStart: run.coldStart,
+          timedOut: null,
+          error: failure instanceof KindlingError ? `${failure.code}: ${failure.message}` : `the platform failed: ${failure instanceof Error ? failure.message : String(failure)}`,
+          stdout: Buffer.alloc(0),
+          stderr: Buffer.alloc(0),
+          stdoutBytes: sink.totalBytes,
+          createdAtMs: startedAtMs,
+          startedAtMs,
+          finishedAtMs: Date.now(),
+        });
+      }
       if (!sink.streaming) throw limited.error() ?? error;
       request.log.error({ err: error }, 'invocation failed after the output started streaming');
       raw.destroy(error instanceof Error ? error : new Error(String(error)));
       return reply;
     }
-    if (followed) bus.end(result.invocationId, tenant, name, result.exitCode === 0 ? 'succeeded' : 'failed');
+    bus.end(result.invocationId, tenant, name, result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed');
+    record(result, startedAtMs, stdinBytes(), sink.totalBytes);
     // What the sink still holds (its writes wait for the client) goes out before the end of the response.
     await new Promise<void>((resolve) => sink.end(() => resolve()));
     const uploadError = limited.error();
@@ -242,14 +317,6 @@ function resultHeaders(result: InvocationResult): Record<string, string> {
   };
 }
 
-/** Handler functions report their logs at the end; followers of the function see them then. */
-function publishHandlerLogs(bus: LogBus, result: InvocationResult): void {
-  if (!bus.followed) return;
-  bus.start(result.invocationId, result.tenant, result.functionName);
-  if (result.stderr.length > 0) bus.output(result.invocationId, result.tenant, result.functionName, 'stderr', result.stderr.toString('utf8'));
-  bus.end(result.invocationId, result.tenant, result.functionName, result.exitCode === 0 ? 'succeeded' : 'failed');
-}
-
 /**
  * Holds stdout up to `thresholdBytes`; past it, calls `onStream` (which writes the head) and from then on writes
  * through to the response with its backpressure (a slow client slows the function instead of growing a buffer).
@@ -257,6 +324,8 @@ function publishHandlerLogs(bus: LogBus, result: InvocationResult): void {
 class OutputSink extends Writable {
   private chunks: Buffer[] = [];
   private bytes = 0;
+  /** Every byte written, held or passed on. */
+  totalBytes = 0;
   streaming = false;
 
   constructor(
@@ -272,6 +341,7 @@ class OutputSink extends Writable {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.totalBytes += chunk.length;
     if (!this.streaming) {
       this.chunks.push(chunk);
       this.bytes += chunk.length;

@@ -14,7 +14,7 @@ import { FrameDecoder, FrameType, encodeBody, encodeFrame, parseCallUsage, type 
 import { AGENT_SOCKET } from '../../../agent/files.js';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import { AgentLoadError, type AgentInvocation, type Execution, type LoadRequest, type StartOptions, type WarmSandbox } from '../executor.js';
+import { AgentLoadError, type AgentInvocation, type Execution, type InvokeCallOptions, type LoadRequest, type StartOptions, type WarmSandbox } from '../executor.js';
 
 export interface AgentSandboxOptions {
   /** Per-executor directory for the agents' socket dirs; every ancestor must be searchable by the sandbox uid. */
@@ -157,6 +157,7 @@ interface Pending {
   id: number;
   body: Buffer[];
   logs: Buffer[];
+  onLog: ((chunk: Buffer) => void) | undefined;
   /** From a USAGE frame (before an ERROR). */
   usage: CallUsage | null;
   startedAt: number;
@@ -230,7 +231,7 @@ class AgentSandbox implements WarmSandbox {
     throw new AgentLoadError(frame?.type === FrameType.ERROR ? frame.payload.toString('utf8') : `the function's code ended the process while loading${this.tail.text() ? `:\n${this.tail.text()}` : ''}`);
   }
 
-  invoke(body: Buffer, options: { timeoutMs: number }): Promise<AgentInvocation> {
+  invoke(body: Buffer, options: InvokeCallOptions): Promise<AgentInvocation> {
     if (this.dead) return Promise.reject(new KindlingError('EXECUTOR_FAILED', 'the warm sandbox is gone'));
     if (this.pending !== null) return Promise.reject(new KindlingError('INTERNAL', 'a warm sandbox serves one invocation at a time'));
     const id = this.nextId++;
@@ -239,6 +240,7 @@ class AgentSandbox implements WarmSandbox {
         id,
         body: [],
         logs: [],
+        onLog: options.onLog,
         usage: null,
         startedAt: performance.now(),
         resolve,
@@ -282,6 +284,8 @@ class AgentSandbox implements WarmSandbox {
           break;
         case FrameType.STDERR:
           pending.logs.push(frame.payload);
+          // Live: log followers see a handler's output while it still runs, not only when it returns.
+          pending.onLog?.(frame.payload);
           break;
         case FrameType.RESULT_END:
           this.settle(0, Buffer.concat(pending.body), { usage: parseCallUsage(frame.payload) });
