@@ -235,9 +235,16 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
       assert.equal(answer.status, 404, `${path}: ${answer.status}`);
       assert.equal(answer.body.error?.code, 'NOT_FOUND');
     }
-    const listed = await call(server.url, keyA, 'GET', '/v1/invocations');
-    assert.equal((listed.body.invocations as unknown[]).length, 0);
-    assert.equal(((await call(server.url, keyB, 'GET', '/v1/invocations')).body.invocations as unknown[]).length, 1);
+    // Each lists only its own invocations (sync ones are recorded too): alpha its one call of its `hello`; beta its
+    // `hello` call and the async `secret`.
+    const listed = (await call(server.url, keyA, 'GET', '/v1/invocations')).body.invocations as { id: string; function: string; mode: string }[];
+    assert.deepEqual(listed.map((i) => [i.function, i.mode]), [['hello', 'sync']]);
+    const listedB = (await call(server.url, keyB, 'GET', '/v1/invocations')).body.invocations as { id: string; function: string; mode: string }[];
+    assert.deepEqual(listedB.map((i) => [i.function, i.mode]).sort(), [['hello', 'sync'], ['secret', 'async']]);
+    assert.ok(listedB.some((i) => i.id === id));
+    // Alpha's sync record is not beta's either.
+    const alphaCall = listed[0]!.id;
+    assert.equal((await call(server.url, keyB, 'GET', `/v1/invocations/${alphaCall}`)).status, 404);
     // The function still exists for beta.
     assert.equal((await call(server.url, keyB, 'GET', '/v1/functions/secret')).status, 200);
   });
