@@ -107,11 +107,16 @@ class Tally {
   misattributed = 0;
   isolationBreaches = 0;
   done = 0;
+  /** Verified results per tenant and usage function (`whoami` for invocations, `_execute` for executions). */
+  readonly verifiedBy = new Map<string, number>();
   retried429 = 0;
   readonly problems: string[] = [];
 
-  error(code: string): void {
+  readonly errorSamples = new Map<string, string>();
+
+  error(code: string, reply?: Reply): void {
     this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
+    if (reply && !this.errorSamples.has(code)) this.errorSamples.set(code, reply.body.toString('utf8').slice(0, 300));
   }
 
   problem(kind: 'lost' | 'misattributed' | 'isolation', detail: string): void {
@@ -133,7 +138,7 @@ async function sendAccepted(tally: Tally, base: URL, method: string, path: strin
     const reply = await send(base, method, path, key, body, headers);
     if (reply.status !== 429 || attempt >= 50) return reply;
     tally.retried429++;
-    tally.error(errorCode(reply));
+    tally.error(errorCode(reply), reply);
     const retryAfterS = Number(reply.headers['retry-after'] ?? 1);
     await sleep(Math.min(2000, Math.max(50, retryAfterS * 1000 * Math.random())));
   }
@@ -151,7 +156,7 @@ async function invokeSync(tally: Tally, base: URL, tenant: Tenant, nonce: string
   checkAnswer(tally, tenant, nonce, reply.body.toString('utf8'), 'invoke');
 }
 
-function checkAnswer(tally: Tally, tenant: Tenant, nonce: string, text: string, via: string): void {
+function checkAnswer(tally: Tally, tenant: Tenant, nonce: string, text: string, via: 'invoke' | 'execute' | 'async'): void {
   let answer: { tenant?: string; nonce?: string };
   try {
     answer = JSON.parse(text) as typeof answer;
@@ -164,14 +169,16 @@ function checkAnswer(tally: Tally, tenant: Tenant, nonce: string, text: string, 
     return;
   }
   tally.done++;
+  const key = `${tenant.name}/${via === 'execute' ? '_execute' : 'whoami'}`;
+  tally.verifiedBy.set(key, (tally.verifiedBy.get(key) ?? 0) + 1);
 }
 
 async function execute(tally: Tally, base: URL, tenant: Tenant, nonce: string, executor: string): Promise<void> {
   const started = performance.now();
-  const spec = { executor, command: ['printf', '{"tenant":"%s","nonce":"%s"}', tenant.name, nonce], timeoutMs: 10_000 };
+  const spec = { executor, image: 'kindling/base', command: ['printf', '{"tenant":"%s","nonce":"%s"}', tenant.name, nonce], timeoutMs: 10_000 };
   const reply = await sendAccepted(tally, base, 'POST', '/v1/execute', tenant.key, Buffer.from(JSON.stringify(spec)), { 'content-type': 'application/json' });
   if (reply.status !== 200) {
-    tally.error(errorCode(reply));
+    tally.error(errorCode(reply), reply);
     if (reply.status >= 500) tally.problem('lost', `execute ${tenant.name} ${nonce}: ${reply.status} ${reply.body.toString('utf8').slice(0, 200)}`);
     return;
   }
@@ -190,7 +197,7 @@ async function invokeAsync(tally: Tally, base: URL, tenant: Tenant, other: Tenan
   const headers = { 'content-type': 'text/plain', 'x-kindling-async': 'true', 'idempotency-key': nonce };
   const accepted = await sendAccepted(tally, base, 'POST', '/v1/functions/whoami/invoke', tenant.key, Buffer.from(nonce), headers);
   if (accepted.status !== 202) {
-    tally.error(errorCode(accepted));
+    tally.error(errorCode(accepted), accepted);
     if (accepted.status >= 500) tally.problem('lost', `async ${tenant.name} ${nonce}: ${accepted.status}`);
     return;
   }
@@ -329,12 +336,26 @@ async function main(): Promise<number> {
     await sleep(1000);
     const rssAfter = await rssBytes(server.pid);
 
-    // Metering is attributed too: each tenant's usage counts its own invocations.
+    // Metering is attributed too: each tenant's usage counts exactly its own invocations (plus its warm-up call).
     const usage: Record<string, unknown> = {};
-    for (const tenant of tenants) {
-      const reply = await send(base, 'GET', '/v1/usage?groupBy=function', tenant.key, null);
-      usage[tenant.name] = reply.status === 200 ? json(reply) : `HTTP ${reply.status}`;
+    let meteringMismatches: string[] = [];
+    for (let attempt = 0; attempt < 20; attempt++) {
+      meteringMismatches = [];
+      for (const tenant of tenants) {
+        const reply = await send(base, 'GET', '/v1/usage?groupBy=function', tenant.key, null);
+        usage[tenant.name] = reply.status === 200 ? json(reply) : `HTTP ${reply.status}`;
+        const rows = reply.status === 200 ? ((json(reply).rows ?? []) as Array<{ tenant: string; function: string; invocations: number }>) : [];
+        for (const row of rows) if (row.tenant !== tenant.name) meteringMismatches.push(`${tenant.name}'s usage shows a row of ${row.tenant}`);
+        for (const fn of ['whoami', '_execute']) {
+          const expected = (tally.verifiedBy.get(`${tenant.name}/${fn}`) ?? 0) + (fn === 'whoami' ? 1 : 0);
+          const metered = rows.filter((row) => row.function === fn).reduce((sum, row) => sum + row.invocations, 0);
+          if (metered !== expected) meteringMismatches.push(`${tenant.name}/${fn}: metered ${metered}, verified ${expected}`);
+        }
+      }
+      if (meteringMismatches.length === 0) break;
+      await sleep(250); // usage records are written after the response; give the last ones a moment
     }
+    for (const mismatch of meteringMismatches) tally.problem('misattributed', `metering: ${mismatch}`);
 
     await server.stop();
     const leaked = await leftovers(server);
@@ -359,6 +380,7 @@ async function main(): Promise<number> {
       leaked,
       usage,
       problems: tally.problems,
+      errorSamples: Object.fromEntries(tally.errorSamples),
     };
     const MiB = 1024 * 1024;
     console.log(`## Soak: ${options.total} operations, ${options.clients} clients, ${options.tenants} tenants, ${options.executor}\n`);
@@ -374,6 +396,7 @@ async function main(): Promise<number> {
     console.log(`| 429s retried | ${tally.retried429} |`);
     console.log(`| server RSS before / after / peak | ${(rssBefore / MiB).toFixed(0)} / ${(rssAfter / MiB).toFixed(0)} / ${(peakRss / MiB).toFixed(0)} MiB |`);
     console.log(`| sandboxes, cgroups, mounts left after stop | ${leaked.length} |`);
+    for (const [code, sample] of tally.errorSamples) console.log(`\n- first ${code}: ${sample}`);
     for (const problem of tally.problems) console.log(`\n- ${problem}`);
     for (const item of leaked.slice(0, 20)) console.log(`\n- leaked: ${item}`);
     const resultsDir = join(repoRoot, 'bench', 'results');
