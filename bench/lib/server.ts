@@ -12,6 +12,8 @@ export interface BenchServer {
   url: string;
   pid: number;
   dataDir: string;
+  /** The owner id the server labels its containers, cgroups and run dirs with (sha256 of the data dir's real path). */
+  ownerId: string;
   args: string[];
   /** The last log lines (stdout and stderr), for error messages. */
   logTail(): string[];
@@ -147,6 +149,7 @@ export async function launchServer(options: LaunchOptions): Promise<BenchServer>
     url: announcedUrl ?? url,
     pid: child.pid ?? -1,
     dataDir,
+    ownerId,
     args: args.slice(1),
     logTail: () => [...tail],
     stop: async () => {
