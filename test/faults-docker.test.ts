@@ -1,6 +1,6 @@
 /**
  * Fault: the Docker engine dies and comes back while Kindling runs. The shared engine is never touched: the test
- * starts its own dockerd (own socket, data root, exec root, pid file, no bridge, no iptables), loads kindling/base
+ * starts its own dockerd (own socket, data root, exec root, pid file, a bridge of its own, no iptables), loads kindling/base
  * into it from the shared engine, and points a server at it. Killing that engine mid-run: executions in flight fail
  * with a clear retryable error (503), not a hang or a 500; /readyz reports docker down; new executions get 503 at
  * once; prewarmed containers that died are dropped. Once the engine is back, executions succeed without restarting
@@ -31,6 +31,14 @@ const SOCKET = `/run/kindling-faults-docker-${process.pid}.sock`;
  * them; the leftover check of scripts/test.sh (cgroups below a kindling dir) sees anything missed.
  */
 const CGROUP_PARENT = `kindling-faults-docker-${process.pid}`;
+/**
+ * The test engine's own bridge. Not `--bridge=none`: with it dockerd deletes any `docker0` link at start, which is the
+ * shared engine's bridge (every `docker run` on the machine then fails). A bridge of its own, with an address from
+ * TEST-NET-1 (192.0.2.0/24, reserved for documentation: never routed), keeps the engines apart. Kindling's containers
+ * use network none; the bridge only has to exist.
+ */
+const BRIDGE = `kfd${process.pid % 1_000_000}`;
+const BRIDGE_CIDR = '192.0.2.1/24';
 
 /** Kills every process in the cgroups below `parent` (each v1 controller and the unified root) and removes them. */
 function destroyCgroupTree(parent: string): void {
@@ -80,6 +88,9 @@ class TestEngine {
   ) {}
 
   static async create(): Promise<TestEngine> {
+    await run('ip', ['link', 'add', 'name', BRIDGE, 'type', 'bridge']);
+    await run('ip', ['addr', 'add', BRIDGE_CIDR, 'dev', BRIDGE]);
+    await run('ip', ['link', 'set', BRIDGE, 'up']);
     const dir = await mkdtemp(join(tmpdir(), 'kindling-faults-docker-'));
     // containerd's socket lives under the exec root: a unix socket path must stay short.
     return new TestEngine(dir, `/run/kindling-faults-exec-${process.pid}`);
@@ -104,7 +115,7 @@ class TestEngine {
     const log = openSync(join(this.dir, 'dockerd.log'), 'a');
     this.child = spawn(
       DOCKERD,
-      [`--host=unix://${SOCKET}`, `--data-root=${join(this.dir, 'data')}`, `--exec-root=${this.execRoot}`, `--pidfile=${join(this.dir, 'dockerd.pid')}`, '--bridge=none', '--iptables=false', '--ip-masq=false', `--cgroup-parent=/${CGROUP_PARENT}`],
+      [`--host=unix://${SOCKET}`, `--data-root=${join(this.dir, 'data')}`, `--exec-root=${this.execRoot}`, `--pidfile=${join(this.dir, 'dockerd.pid')}`, `--bridge=${BRIDGE}`, '--iptables=false', '--ip-masq=false', `--cgroup-parent=/${CGROUP_PARENT}`],
       { stdio: ['ignore', log, log] },
     );
     closeSync(log);
@@ -155,6 +166,7 @@ class TestEngine {
     await rm(this.execRoot, { recursive: true, force: true });
     await rm(this.dir, { recursive: true, force: true });
     await rm(SOCKET, { force: true });
+    await run('ip', ['link', 'del', BRIDGE]).catch(() => undefined);
   }
 }
 
@@ -183,6 +195,10 @@ describe('Docker engine restart mid-run', { skip: unavailable ?? false }, () => 
   let server: TestServer | null = null;
   const ownerContainers = async (): Promise<Docker.ContainerInfo[]> =>
     engine.docker.listContainers({ all: true, filters: JSON.stringify({ label: [`${LABEL_OWNER}=${server!.ownerId}`] }) });
+
+  // The shared engine's bridge must survive the test engine (see BRIDGE): checked while the test engine runs.
+  const sharedBridge = '/sys/class/net/docker0';
+  const sharedBridgeBefore = existsSync(sharedBridge);
 
   before(async () => {
     engine = await TestEngine.create();
@@ -269,5 +285,10 @@ describe('Docker engine restart mid-run', { skip: unavailable ?? false }, () => 
     await stopping.stop();
     const left = await engine.docker.listContainers({ all: true, filters: JSON.stringify({ label: [`${LABEL_OWNER}=${ownerId}`] }) });
     assert.deepEqual(left.map((info) => info.Id), [], 'no container of the server is left in the engine');
+  });
+
+  it('leaves the shared engine alone: its docker0 bridge is still there', () => {
+    if (!sharedBridgeBefore) return; // the shared engine has no default bridge here: nothing to protect
+    assert.ok(existsSync(sharedBridge), 'docker0 was deleted: the shared engine cannot start containers with a network any more');
   });
 });
