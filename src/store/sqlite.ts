@@ -1,4 +1,5 @@
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openSqlite } from './open-sqlite.js';
 import type {
   CallbackState,
   FunctionRecord,
@@ -94,6 +95,17 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE invocations ADD COLUMN mode TEXT NOT NULL DEFAULT 'async';`,
 ];
 
+/** Brings a database to the newest schema, one migration per transaction (`user_version` counts the ones applied). */
+function migrate(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  for (let i = current; i < MIGRATIONS.length; i++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[i]!);
+      db.pragma(`user_version = ${i + 1}`);
+    })();
+  }
+}
+
 /** The columns of an invocation's record (everything but the payload and the output blobs). */
 const INVOCATION_COLUMNS =
   'id, tenant, function, version, mode, status, payload_bytes, idempotency_key, callback_url, callback_state, callback_attempts, attempts, exit_code, duration_ms, cold_start, timed_out, error, stdout_bytes, created_at_ms, started_at_ms, finished_at_ms';
@@ -185,17 +197,7 @@ export class SqliteStore implements Store {
 
   /** `file` is a path (e.g. `<data-dir>/kindling.db`) or `:memory:`. */
   constructor(file: string) {
-    this.db = new Database(file);
-    try {
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('synchronous = NORMAL');
-      this.db.pragma('foreign_keys = ON');
-      this.db.pragma('busy_timeout = 5000');
-      this.migrate();
-    } catch (error) {
-      this.db.close();
-      throw error;
-    }
+    this.db = openSqlite(file, migrate, { foreignKeys: true });
     this.statements = {
       getFunction: this.db.prepare<[string, string], FunctionRow>('SELECT * FROM functions WHERE tenant = ? AND name = ?'),
       listFunctions: this.db.prepare<[string], FunctionRow>('SELECT * FROM functions WHERE tenant = ? ORDER BY name'),
@@ -240,16 +242,6 @@ export class SqliteStore implements Store {
       pendingCallbacks: this.db.prepare<[], InvocationRow>(`SELECT ${INVOCATION_COLUMNS} FROM invocations WHERE callback_state = 'pending' AND finished_at_ms IS NOT NULL ORDER BY seq`),
       deleteFinishedBefore: this.db.prepare('DELETE FROM invocations WHERE finished_at_ms IS NOT NULL AND finished_at_ms < ?'),
     };
-  }
-
-  private migrate(): void {
-    const current = this.db.pragma('user_version', { simple: true }) as number;
-    for (let i = current; i < MIGRATIONS.length; i++) {
-      this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[i]!);
-        this.db.pragma(`user_version = ${i + 1}`);
-      })();
-    }
   }
 
   putFunction(tenant: string, name: string, spec: FunctionSpec, nowMs: number): { fn: FunctionRecord; version: FunctionVersion; created: boolean } {

@@ -1,4 +1,5 @@
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openSqlite } from './open-sqlite.js';
 
 /** Per-tenant quotas as an admin set them; absent fields take the server's defaults. */
 export interface TenantQuotas {
@@ -92,16 +93,7 @@ export class SqliteTenantStore {
   private readonly statements;
 
   constructor(file: string) {
-    this.db = new Database(file);
-    try {
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('synchronous = NORMAL');
-      this.db.pragma('busy_timeout = 5000');
-      this.db.exec(SCHEMA);
-    } catch (error) {
-      this.db.close();
-      throw error;
-    }
+    this.db = openSqlite(file, (db) => db.exec(SCHEMA));
     this.statements = {
       getTenant: this.db.prepare<[string], TenantRow>('SELECT * FROM tenants WHERE name = ?'),
       listTenants: this.db.prepare<[], TenantRow>('SELECT * FROM tenants ORDER BY name'),

@@ -1,4 +1,5 @@
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openSqlite } from './open-sqlite.js';
 import type { UsageQuery, UsageRecord, UsageRow, UsageStore } from './usage.js';
 
 /**
@@ -68,16 +69,7 @@ export class SqliteUsageStore implements UsageStore {
   private readonly insert: Database.Statement;
 
   constructor(file: string) {
-    this.db = new Database(file);
-    try {
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('synchronous = NORMAL');
-      this.db.pragma('busy_timeout = 5000');
-      this.db.exec(SCHEMA);
-    } catch (error) {
-      this.db.close();
-      throw error;
-    }
+    this.db = openSqlite(file, (db) => db.exec(SCHEMA));
     this.insert = this.db.prepare(
       `INSERT OR REPLACE INTO usage_records (id, tenant, function, executor, day, at_ms, status, cold, duration_ms, cpu_ms, memory_peak_bytes, memory_mb, bytes_in, bytes_out, trace_id)
        VALUES (@id, @tenant, @function, @executor, @day, @atMs, @status, @cold, @durationMs, @cpuMs, @memoryPeakBytes, @memoryMb, @bytesIn, @bytesOut, @traceId)`,
