@@ -60,6 +60,8 @@ export interface ServerConfig {
   maxStreamBytes: number;
   shutdownTimeoutMs: number;
   dockerSocketPath: string;
+  /** Docker: creating + starting one container may take this long before a retryable 503. Default 60000. */
+  dockerCreateTimeoutMs?: number;
   microvm?: MicroVmSettings;
   prewarmPerShape: number;
   /** Async invocations: concurrency, retention, callbacks; every field has a default. */
@@ -239,6 +241,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
       ownerId,
       instanceId,
       dockerSocketPath: config.dockerSocketPath,
+      ...(config.dockerCreateTimeoutMs === undefined ? {} : { dockerCreateTimeoutMs: config.dockerCreateTimeoutMs }),
       ...(config.microvm ? { microvm: config.microvm } : {}),
       prewarmPerShape: config.prewarmPerShape,
       egressPolicy,

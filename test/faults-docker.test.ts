@@ -145,6 +145,11 @@ class TestEngine {
     await exited;
   }
 
+  /** Sends a signal without waiting for an exit (SIGSTOP / SIGCONT: a frozen engine). */
+  signal(signal: NodeJS.Signals): void {
+    this.child?.kill(signal);
+  }
+
   /** Stops the engine (SIGTERM, then SIGKILL), kills what it left (containerd, shims), unmounts and removes its dirs. */
   async destroy(): Promise<void> {
     const child = this.child;
@@ -285,6 +290,34 @@ describe('Docker engine restart mid-run', { skip: unavailable ?? false }, () => 
     await stopping.stop();
     const left = await engine.docker.listContainers({ all: true, filters: JSON.stringify({ label: [`${LABEL_OWNER}=${ownerId}`] }) });
     assert.deepEqual(left.map((info) => info.Id), [], 'no container of the server is left in the engine');
+  });
+
+  it('a frozen engine (SIGSTOP): a cold start gives up at the create deadline with a retryable 503; after SIGCONT it works and nothing is left', { timeout: 120_000 }, async () => {
+    const frozen = await startTestServer({ executor: 'docker', dockerSocketPath: SOCKET, prewarmPerShape: 0, dockerCreateTimeoutMs: 3000 });
+    try {
+      assert.equal((await execute(frozen.url, ['echo', 'before'])).status, 200);
+      engine.signal('SIGSTOP');
+      let answer: Answer;
+      try {
+        answer = await execute(frozen.url, ['echo', 'frozen']);
+      } finally {
+        engine.signal('SIGCONT');
+      }
+      assertRetryable503(answer, 'a cold start against a frozen engine');
+      assert.ok(answer.ms < 15_000, `answered after ${answer.ms} ms; the deadline is 3 s`);
+      const after = await execute(frozen.url, ['echo', 'thawed']);
+      assert.equal(after.status, 200, JSON.stringify(after));
+      assert.equal(after.stdout, 'thawed\n');
+      // The container the engine made after it woke up is removed, not left created or running.
+      await waitFor(
+        async () => (await engine.docker.listContainers({ all: true, filters: JSON.stringify({ label: [`${LABEL_OWNER}=${frozen.ownerId}`] }) })).length === 0,
+        30_000,
+        'the late container to be removed',
+      );
+    } finally {
+      engine.signal('SIGCONT');
+      await frozen.stop();
+    }
   });
 
   it('leaves the shared engine alone: its docker0 bridge is still there', () => {

@@ -62,6 +62,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--max-stream-bytes <n>', 'largest raw (application/octet-stream) body, streamed to stdin; beyond it 413', int('--max-stream-bytes'), 1024 * 1024 * 1024)
     .option('--shutdown-timeout-ms <ms>', 'how long SIGTERM waits for in-flight executions', int('--shutdown-timeout-ms'), 30_000)
     .option('--prewarm <n>', 'fresh containers kept started per recently used shape (docker); 0 disables', int('--prewarm'), 6)
+    .option('--docker-create-timeout-ms <ms>', 'creating + starting one container may take this long; past it a retryable 503 (a stuck engine)', int('--docker-create-timeout-ms'), 60_000)
     .option('--function-max-concurrency <n>', 'maxConcurrency of functions that set none', int('--function-max-concurrency'), DEFAULT_FUNCTION_POOLS.defaultMaxConcurrency)
     .option('--function-idle-ttl-ms <ms>', 'idle warm sandboxes (beyond minWarm) go after this long', int('--function-idle-ttl-ms'), DEFAULT_FUNCTION_POOLS.idleTtlMs)
     .option('--max-warm-sandboxes <n>', 'warm sandboxes of all functions at most (LRU idle ones are evicted)', int('--max-warm-sandboxes'), DEFAULT_FUNCTION_POOLS.maxWarmSandboxes)
@@ -105,6 +106,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         dockerSocketPath: defaults.dockerSocketPath,
         ...(defaults.microvm ? { microvm: defaults.microvm } : {}),
         prewarmPerShape: options.prewarm as number,
+        dockerCreateTimeoutMs: Math.max(1, options.dockerCreateTimeoutMs as number),
         egressAllow: parseAllowList(options.egressAllow as string),
         functionPools: {
           defaultMaxConcurrency: Math.max(1, options.functionMaxConcurrency as number),

@@ -20,6 +20,8 @@ export interface ExecutorContext {
   dockerSocketPath: string;
   microvm?: MicroVmSettings;
   prewarmPerShape: number;
+  /** Docker: creating + starting one container may take this long (see DockerExecutorOptions.createTimeoutMs). */
+  dockerCreateTimeoutMs?: number;
   /** The policy of network "egress" (sandbox and docker); without it egress is unsupported. */
   egressPolicy?: EgressPolicy;
   logger: Logger;
@@ -35,6 +37,7 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         ownerId: context.ownerId,
         instanceId: context.instanceId,
         prewarmPerShape: context.prewarmPerShape,
+        ...(context.dockerCreateTimeoutMs === undefined ? {} : { createTimeoutMs: context.dockerCreateTimeoutMs }),
         ...(context.egressPolicy === undefined ? {} : { egressPolicy: context.egressPolicy }),
         logger: context.logger,
       });

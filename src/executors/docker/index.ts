@@ -38,6 +38,12 @@ export interface DockerExecutorOptions {
   prewarmIdleTtlMs?: number;
   /** A prewarmed container not created and started after this long (a stuck engine) is given up and replaced. Default 60000. */
   prewarmCreateTimeoutMs?: number;
+  /**
+   * Creating and starting one container (the engine's work for a cold start) may take this long; past it the start
+   * fails with a retryable EXECUTOR_UNAVAILABLE (a frozen or overloaded engine must not hold requests forever) and the
+   * container, if it still appears, is removed. Default 60000.
+   */
+  createTimeoutMs?: number;
   /** How long a started container may take to pick up its launch script. */
   launchTimeoutMs?: number;
   /** How often the engine is pinged while containers exist, to notice that it died (see watchEngine). Default 1000. */
@@ -265,16 +271,14 @@ export class DockerExecutor implements Executor {
       stdout = openFifoReader(join(ioDir, 'out'));
       stderr = openFifoReader(join(ioDir, 'err'));
       usage = openFifoReader(join(ioDir, 'usage'));
-      container = await this.docker.createContainer(
-        containerCreateOptions({
-          shape,
-          hostRunDir: runDir,
-          labels: this.labels({ 'dev.kindling.run-dir': runDir }),
-          ...(agentDir === undefined ? {} : { agentDir }),
-          ...(egress ? { network: this.egressNetworkName } : {}),
-        }),
-      );
-      await container.start();
+      const createOptions = containerCreateOptions({
+        shape,
+        hostRunDir: runDir,
+        labels: this.labels({ 'dev.kindling.run-dir': runDir }),
+        ...(agentDir === undefined ? {} : { agentDir }),
+        ...(egress ? { network: this.egressNetworkName } : {}),
+      });
+      container = await this.createAndStart(createOptions);
       const started = container;
       let lose: (error: KindlingError) => void = () => undefined;
       const lost = new Promise<never>((_resolve, reject) => {
@@ -317,6 +321,35 @@ export class DockerExecutor implements Executor {
       this.creatingDirs.delete(runDir);
       if (egressHeld) await this.releaseEgress().catch(() => undefined);
       throw toKindlingError(error, shape.image);
+    }
+  }
+
+  /**
+   * Creates and starts a container within `createTimeoutMs`. Past the deadline the caller gets a retryable error at
+   * once; the engine's late answer is not awaited (a frozen engine would hold the request), but a container it still
+   * makes is removed when it appears.
+   */
+  private async createAndStart(createOptions: Docker.ContainerCreateOptions): Promise<Container> {
+    let created: Container | null = null;
+    const work = (async () => {
+      created = await this.docker.createContainer(createOptions);
+      await created.start();
+      return created;
+    })();
+    const timeoutMs = this.options.createTimeoutMs ?? 60_000;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new KindlingError('EXECUTOR_UNAVAILABLE', `the Docker engine did not create and start a container within ${timeoutMs} ms (a stuck or overloaded engine); retry`, { retryAfterSeconds: 5 })), timeoutMs);
+    });
+    try {
+      return await Promise.race([work, deadline]);
+    } catch (error) {
+      const late = (container: Container | null): void => void container?.remove({ force: true }).catch(() => undefined);
+      // Whatever the engine made (now or when it wakes up) goes; not awaited.
+      work.then(late, () => late(created));
+      throw error;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
