@@ -225,7 +225,8 @@ function liveHandlerLogs(executor: 'sandbox' | 'docker', missing: string | null)
         assert.ok(answer.atMs - lineAt >= 1000, `the line came only ${(answer.atMs - lineAt).toFixed(0)} ms before the answer`);
         assert.match(text, new RegExp(`event: start\\ndata: \\{"invocationId":"${answer.id}"\\}`));
         assert.match(text, /event: stderr\ndata: \{"invocationId":"[^"]+","text":"early-line/);
-        assert.match(text, /event: end\ndata: .*"status":"succeeded"/);
+        // The return value shows as stdout at the end, before the end event (as for async invocations).
+        assert.match(text, /event: stdout\ndata: \{"invocationId":"[^"]+","text":"done"\}[\s\S]*event: end\ndata: .*"status":"succeeded"/);
       });
     }
   });

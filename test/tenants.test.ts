@@ -92,6 +92,19 @@ describe('admin key and auth modes', { skip: sandboxMissing ?? false }, () => {
       assert.equal((await call(server.url, null, 'GET', '/v1/functions')).status, 401);
       assert.equal((await call(server.url, acmeKey, 'GET', '/v1/functions')).status, 200);
       assert.equal((await call(server.url, adminKey, 'GET', '/v1/tenants')).status, 200);
+
+      // The only admin key cannot be revoked (nothing could make another one); with a second one it can. /metrics
+      // names every tenant's functions: with auth on it needs the admin key.
+      const keys = (await call(server.url, adminKey, 'GET', '/v1/tenants/default/keys')).body.keys as { id: string; admin: boolean; revokedAt: string | null }[];
+      const adminId = keys.find((key) => key.admin && key.revokedAt === null)!.id;
+      const refused = await call(server.url, adminKey, 'DELETE', `/v1/tenants/default/keys/${adminId}`);
+      assert.equal(refused.status, 409);
+      assert.equal(refused.body.error?.code, 'LAST_ADMIN_KEY');
+      assert.match(refused.body.error!.message, /KINDLING_ADMIN_KEY/);
+      assert.equal((await call(server.url, adminKey, 'GET', '/v1/tenants')).status, 200, 'the admin key still works');
+      assert.equal((await call(server.url, null, 'GET', '/metrics')).status, 401);
+      assert.equal((await call(server.url, acmeKey, 'GET', '/metrics')).status, 401, 'a tenant key does not read every tenant\'s metrics');
+      assert.equal((await call(server.url, adminKey, 'GET', '/metrics')).status, 200);
     } finally {
       await server?.stop();
     }
@@ -365,6 +378,26 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     await call(server.url, ADMIN, 'PATCH', '/v1/tenants/delta', { quotas: { requestsPerSecond: 1000, burst: 1000 } });
     await new Promise((resolve) => setTimeout(resolve, 50));
     for (let i = 0; i < 10; i++) assert.equal((await call(server.url, key, 'GET', '/v1/functions')).status, 200);
+  });
+
+  it('warm sandboxes count against the concurrency quota: minWarm summed over the tenant\'s functions', async () => {
+    const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'warmcap', quotas: { maxConcurrency: 3 } });
+    const key = made.body.apiKey as string;
+    const spec = (minWarm: number) => ({ runtime: 'node', code: 'export const h = (b) => b;', handler: 'h', minWarm, maxConcurrency: 8 });
+    const tooMany = await call(server.url, key, 'PUT', '/v1/functions/hog', spec(8));
+    assert.equal(tooMany.status, 400);
+    assert.equal(tooMany.body.error?.code, 'TENANT_LIMIT_EXCEEDED');
+    assert.match(tooMany.body.error!.message, /concurrency quota 3/);
+    assert.equal((await call(server.url, key, 'PUT', '/v1/functions/one', spec(2))).status, 201);
+    const second = await call(server.url, key, 'PUT', '/v1/functions/two', spec(2));
+    assert.equal(second.status, 400, 'two functions together would keep 4 warm');
+    assert.match(second.body.error!.message, /other functions keep 2/);
+    assert.equal((await call(server.url, key, 'PUT', '/v1/functions/two', spec(1))).status, 201);
+    // Redeploying a function replaces its own share.
+    assert.equal((await call(server.url, key, 'PUT', '/v1/functions/one', spec(2))).status, 200);
+    // A DELETE with "Content-Type: application/json" and no body is fine (some clients always send the header).
+    const deleted = await fetch(`${server.url}/v1/functions/two`, { method: 'DELETE', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' } });
+    assert.equal(deleted.status, 204);
   });
 
   it('caps on limits: a request above the tenant cap is 400 naming the cap; defaults are lowered to the cap', async () => {

@@ -134,6 +134,14 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   // message is at most a JSON body's size; total stdin is bounded by --max-stream-bytes in the route.
   await app.register(websocket, { options: { maxPayload: options.maxBodyBytes } });
 
+  // A DELETE (or GET) without a body but with "Content-Type: application/json" (some HTTP clients always send it) is not
+  // a malformed JSON body: the header goes, so no parser runs.
+  app.addHook('onRequest', async (request) => {
+    if ((request.method === 'DELETE' || request.method === 'GET') && request.headers['transfer-encoding'] === undefined && (request.headers['content-length'] ?? '0') === '0') {
+      delete request.headers['content-type'];
+    }
+  });
+
   // Tracing first, so that every later log line of the request carries the trace id.
   app.decorateRequest('trace', null as unknown as RequestTrace);
   app.addHook('onRequest', async (request) => {
@@ -162,8 +170,11 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   app.addHook('onRequest', async (request) => {
     const route = request.routeOptions.url;
     if (route === '/metrics') {
-      if (metricsToken && !matchesSecret(request, metricsToken) && !(tenants.authEnabled && isAdminRequest(request))) {
-        throw new KindlingError('UNAUTHORIZED', 'GET /metrics needs "Authorization: Bearer TOKEN" with the --metrics-token (or the admin key)');
+      // The operator's view: its labels name every tenant's functions. With auth on it needs the scrape token or the
+      // admin key; without keys (open local mode) and without a token it is public, as every route is then.
+      const needed = metricsToken !== undefined || tenants.authEnabled;
+      if (needed && !(metricsToken !== undefined && matchesSecret(request, metricsToken)) && !(tenants.authEnabled && isAdminRequest(request))) {
+        throw new KindlingError('UNAUTHORIZED', 'GET /metrics needs "Authorization: Bearer TOKEN" with the --metrics-token or the admin key (its labels name the functions of every tenant)');
       }
       return;
     }

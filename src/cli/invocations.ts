@@ -3,10 +3,30 @@ import type { InvocationStatus, LogEvent } from '@kindling/sdk';
 import { clientFrom, guarded } from './functions.js';
 import { clientOptions, type ClientDefaults } from './run.js';
 
-function printLog(event: LogEvent, prefix: boolean): void {
-  if (event.type !== 'stdout' && event.type !== 'stderr') return;
-  const text = prefix ? (event.text ?? '').replace(/^(?=.)/gm, `[${event.invocationId}] `) : (event.text ?? '');
-  (event.type === 'stdout' ? process.stdout : process.stderr).write(text);
+/**
+ * Prints log events. Output without a final newline (a handler's return value, a partial line) is closed with one
+ * when its invocation ends or another invocation writes to the same stream, so texts of two never run together.
+ */
+function makeLogPrinter(prefix: boolean): (event: LogEvent) => void {
+  // Per output stream: the invocation whose text last went there without a closing newline.
+  const open: Record<'stdout' | 'stderr', string | null> = { stdout: null, stderr: null };
+  const out = (type: 'stdout' | 'stderr'): NodeJS.WriteStream => (type === 'stdout' ? process.stdout : process.stderr);
+  return (event) => {
+    if (event.type === 'stdout' || event.type === 'stderr') {
+      const text = prefix ? (event.text ?? '').replace(/^(?=.)/gm, `[${event.invocationId}] `) : (event.text ?? '');
+      if (text.length === 0) return;
+      if (open[event.type] !== null && open[event.type] !== event.invocationId) out(event.type).write('\n');
+      out(event.type).write(text);
+      open[event.type] = text.endsWith('\n') ? null : event.invocationId;
+      return;
+    }
+    for (const type of ['stdout', 'stderr'] as const) {
+      if (open[type] !== null && open[type] === event.invocationId) {
+        out(type).write('\n');
+        open[type] = null;
+      }
+    }
+  };
 }
 
 /** `kindling logs NAME [-f]`, `kindling invocations get|list|output|wait`. */
@@ -20,9 +40,8 @@ export function registerInvocationCommands(program: Command, defaults: ClientDef
     .option('--prefix', 'prefix each line with the invocation id');
   clientOptions(logs, defaults).action(async (name: string, options: Record<string, unknown>) =>
     guarded(async () => {
-      for await (const event of clientFrom(options).functions.logs(name, { follow: options.follow === true, tail: options.tail as number })) {
-        printLog(event, options.prefix === true);
-      }
+      const print = makeLogPrinter(options.prefix === true);
+      for await (const event of clientFrom(options).functions.logs(name, { follow: options.follow === true, tail: options.tail as number })) print(event);
     }),
   );
 

@@ -69,7 +69,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--generic-sandboxes <n>', 'code-less node/python sandboxes kept per shape to speed up cold starts of handlers; 0 disables', int('--generic-sandboxes'), DEFAULT_FUNCTION_POOLS.genericPerShape)
     .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
     .option('--sandbox-start-timeout-ms <ms>', 'a warm sandbox not started (agent handshake, code loaded) after this long is killed and replaced', int('--sandbox-start-timeout-ms'), DEFAULT_FUNCTION_POOLS.startTimeoutMs)
-    .option('--metrics-token <token>', 'require "Authorization: Bearer <token>" (or an API key) on GET /metrics; env KINDLING_METRICS_TOKEN')
+    .option('--metrics-token <token>', 'a scrape token for GET /metrics ("Authorization: Bearer <token>"; the admin key works too; with auth on and no token only the admin key); env KINDLING_METRICS_TOKEN')
     .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
     .option('--invocation-retention-ms <ms>', 'finished invocations (output, logs, idempotency keys) are kept this long', int('--invocation-retention-ms'), 7 * 24 * 3600_000)
     .option('--sync-log-bytes <n>', 'synchronous invocations are recorded with the first this many bytes of stdout and of stderr', int('--sync-log-bytes'), 64 * 1024)

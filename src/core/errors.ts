@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   TENANT_NOT_FOUND: { statusCode: 404, retryable: false },
   /** A tenant of that name exists or existed (names of deleted tenants are not reused). */
   TENANT_EXISTS: { statusCode: 409, retryable: false },
+  LAST_ADMIN_KEY: { statusCode: 409, retryable: false },
   /** A per-request limit above the tenant's cap (the message names the cap). */
   TENANT_LIMIT_EXCEEDED: { statusCode: 400, retryable: false },
   /** The tenant's request rate (token bucket) is used up; Retry-After says when a request passes again. */

@@ -49,6 +49,8 @@ export interface TenantScope {
   acquire?: () => () => void;
   /** The tenant's cap on request bodies (quota maxPayloadBytes); absent: the server's limits. */
   maxPayloadBytes?: number;
+  /** The tenant's concurrency quota; it also bounds the warm sandboxes its functions keep (minWarm summed). */
+  maxConcurrency?: number;
 }
 
 /** The W3C trace context an execution runs under (see src/api/trace.ts). */

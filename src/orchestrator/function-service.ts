@@ -98,13 +98,33 @@ export class FunctionService {
   }
 
   /** Deploys a new version of the tenant's function; `caps` (the tenant's quotas) bound its limits. */
-  async deploy(tenant: string, name: string, spec: FunctionSpec, caps: Partial<ResourceLimits> = {}): Promise<{ view: FunctionView; created: boolean }> {
+  async deploy(tenant: string, name: string, spec: FunctionSpec, caps: Partial<ResourceLimits> = {}, quota: { maxWarm?: number } = {}): Promise<{ view: FunctionView; created: boolean }> {
     checkName(name);
     const executor = spec.executor ?? this.options.defaultExecutor;
     await this.validate(spec, executor, caps);
+    if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);
     const { fn, version, created } = this.store.putFunction(tenant, name, spec, this.clock.nowMs());
     if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
     return { view: toView(fn, version), created };
+  }
+
+  /**
+   * Warm sandboxes are capacity held for a tenant whether it calls or not: the minWarm of all its functions together
+   * stays within its concurrency quota (it could never use more at once anyway).
+   */
+  private checkWarmQuota(tenant: string, name: string, minWarm: number, maxWarm: number): void {
+    let others = 0;
+    for (const fn of this.store.listFunctions(tenant)) {
+      if (fn.name === name) continue;
+      others += this.store.getVersion(tenant, fn.name, fn.latestVersion)?.spec.minWarm ?? 0;
+    }
+    if (others + minWarm > maxWarm) {
+      throw new KindlingError(
+        'TENANT_LIMIT_EXCEEDED',
+        `minWarm ${minWarm} would keep ${others + minWarm} warm sandboxes for tenant "${tenant}" (its other functions keep ${others}), above its concurrency quota ${maxWarm}; lower minWarm`,
+        { details: { field: 'minWarm', quota: 'maxConcurrency', limit: maxWarm } },
+      );
+    }
   }
 
   get(tenant: string, name: string): FunctionView {

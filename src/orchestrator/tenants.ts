@@ -308,6 +308,10 @@ export class TenantService {
   revokeKey(tenant: string, id: string): void {
     this.require(tenant);
     const key = this.store.listKeys(tenant).find((candidate) => candidate.id === id && candidate.revokedAtMs === null);
+    if (key?.isAdmin && this.envAdminHash === null && !this.store.listKeys(tenant).some((other) => other.isAdmin && other.revokedAtMs === null && other.id !== id)) {
+      // Without another admin key nobody could manage tenants again (none can be made through the API).
+      throw new KindlingError('LAST_ADMIN_KEY', 'this is the last admin key: revoking it would lock administration out for good; to replace it, restart the server with KINDLING_ADMIN_KEY set (that key is always an admin key), then revoke this one', { details: { keyId: id } });
+    }
     if (!key || !this.store.revokeKey(tenant, id, this.clock.nowMs())) {
       throw new KindlingError('NOT_FOUND', `tenant "${tenant}" has no active key "${id.slice(0, 80)}"; see GET /v1/tenants/${tenant}/keys`);
     }
@@ -353,6 +357,7 @@ export class TenantService {
       caps: capsFrom(quotas),
       acquire: () => this.acquireSlot(name),
       ...(quotas.maxPayloadBytes === null ? {} : { maxPayloadBytes: quotas.maxPayloadBytes }),
+      ...(quotas.maxConcurrency === null ? {} : { maxConcurrency: quotas.maxConcurrency }),
     };
     if (previous) {
       // Mutated in place: release functions of running executions hold this object.

@@ -48,7 +48,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       const spec: FunctionSpec = { ...body } as FunctionSpec;
       if (body.runtime !== undefined) spec.runtime = body.runtime as RuntimeName;
       if (body.executor !== undefined) spec.executor = body.executor as ExecutorName;
-      const { view, created } = await service.deploy(request.principal.tenant, request.params.name, spec, request.scope.caps);
+      const { view, created } = await service.deploy(request.principal.tenant, request.params.name, spec, request.scope.caps, request.scope.maxConcurrency === undefined ? {} : { maxWarm: request.scope.maxConcurrency });
       reply.code(created ? 201 : 200);
       return view;
     },
@@ -145,6 +145,8 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
             if (running !== null) options.logBus.end(running, tenant, name, 'failed');
             throw error;
           }
+          // The return value (the handler's stdout) shows at the end, as for async invocations.
+          if (options.logBus.followed && result.body.length > 0) options.logBus.output(result.invocationId, tenant, name, 'stdout', result.body.toString('utf8'));
           options.logBus.end(result.invocationId, tenant, name, result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed');
           record(result, startedAtMs, event.length, result.body.length);
           request.log.info(
