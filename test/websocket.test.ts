@@ -85,7 +85,7 @@ describe('WebSocket executions (sandbox executor)', { skip: sandboxMissing ?? fa
     await server?.stop();
   });
 
-  const inFlight = async (): Promise<number> => Number(/kindling_executions_in_flight (\d+)/.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1]);
+  const inFlight = async (): Promise<number> => Number(/kindling_executions_in_flight (\d+)/.exec(await (await fetch(`${server.url}/metrics`, { headers: auth })).text())?.[1]);
 
   it('an interactive program answers a line before stdin ends, then exits 0 after stdin_end', { timeout: 60_000 }, async () => {
     const client = await Client.open(server.url, auth);
