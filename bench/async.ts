@@ -10,8 +10,9 @@ import { randomBytes } from 'node:crypto';
 import { open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { Agent, request } from 'node:http';
+import { Agent } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import { sendRaw, type RawReply } from './lib/raw-http.js';
 import type { BenchContext, GroupResult } from './lib/context.js';
 import { launchServer } from './lib/server.js';
 import { fmtMs, summarize } from './lib/stats.js';
@@ -23,28 +24,12 @@ const CLIENTS = 32;
 /** One random block, sent over and over: the bench measures transport, not the random generator. */
 const BLOCK = randomBytes(4 * MiB);
 
-interface Raw {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
+interface Raw extends RawReply {
   bytes: number;
-  body: Buffer;
 }
 
 function send(agent: Agent, base: URL, method: string, path: string, body: Buffer | null, headers: Record<string, string> = {}): Promise<Raw> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: base.hostname, port: base.port, method, path, agent, headers: { 'content-type': 'application/octet-stream', ...headers } }, (res) => {
-      const chunks: Buffer[] = [];
-      let bytes = 0;
-      res.on('data', (chunk: Buffer) => {
-        bytes += chunk.length;
-        chunks.push(chunk);
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, bytes, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body ?? undefined);
-  });
+  return sendRaw(agent, base, method, path, body, { 'content-type': 'application/octet-stream', ...headers }).then((reply) => ({ ...reply, bytes: reply.body.length }));
 }
 
 /** The previous baseline, kept as a note: the same bytes from this process through `cat` and back. Returns MiB/s. */

@@ -5,10 +5,11 @@
  * (`POST /v1/execute` running `node -e 0`), alternated in the same run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { Agent, request } from 'node:http';
+import { Agent } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { BenchClient } from './lib/client.js';
+import { sendRaw, type RawReply } from './lib/raw-http.js';
 import { CLEAN_ENV, type BenchContext, type GroupResult } from './lib/context.js';
 import { launchServer, onCleanup } from './lib/server.js';
 import { fmtMs, fmtRatio, quantile, summarize } from './lib/stats.js';
@@ -17,26 +18,10 @@ import type { Row } from './lib/table.js';
 const CLIENTS = 32;
 const THROUGHPUT_MS = 5000;
 
-interface Raw {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Buffer;
-}
+type Raw = RawReply;
 
 function send(agent: Agent, base: URL, method: string, path: string, body: Buffer | null, contentType = 'application/octet-stream', extraHeaders: Record<string, string> = {}): Promise<Raw> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      { host: base.hostname, port: base.port, method, path, agent, headers: { ...extraHeaders, ...(body === null ? {} : { 'content-type': contentType, 'content-length': body.length }) } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body ?? undefined);
-  });
+  return sendRaw(agent, base, method, path, body, { ...extraHeaders, ...(body === null ? {} : { 'content-type': contentType }) });
 }
 
 /** The floor: a bare node http server echoing the body, in its own process like Kindling. */

@@ -13,11 +13,12 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
-import { Agent, request } from 'node:http';
+import { Agent } from 'node:http';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { sendRaw, type RawReply } from './lib/raw-http.js';
 import { launchServer, runCleanups, type BenchServer } from './lib/server.js';
 import { dockerCli, sleep } from './lib/proc.js';
 import { quantile } from './lib/stats.js';
@@ -54,39 +55,12 @@ function parseOptions(argv: string[]): Options {
   };
 }
 
-interface Reply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Buffer;
-}
+type Reply = RawReply;
 
 const agent = new Agent({ keepAlive: true, maxSockets: 256 });
 
 function send(base: URL, method: string, path: string, key: string, body: Buffer | null, headers: Record<string, string> = {}): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        agent,
-        host: base.hostname,
-        port: base.port,
-        method,
-        path,
-        headers: {
-          authorization: `Bearer ${key}`,
-          ...(body ? { 'content-length': String(body.length) } : {}),
-          ...headers,
-        },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body ?? undefined);
-  });
+  return sendRaw(agent, base, method, path, body, { authorization: `Bearer ${key}`, ...headers });
 }
 
 const json = (reply: Reply): Record<string, unknown> => JSON.parse(reply.body.toString('utf8')) as Record<string, unknown>;
