@@ -17,8 +17,8 @@ import { UsageMeter } from './metrics/usage-meter.js';
 import { EgressPolicy } from './network/policy.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { FunctionService } from './orchestrator/function-service.js';
-import { HandlerPools } from './orchestrator/handler-pools.js';
-import { InvocationService } from './orchestrator/invocations.js';
+import { HandlerPools, type HandlerPoolsOptions } from './orchestrator/handler-pools.js';
+import { InvocationService, type InvocationServiceOptions } from './orchestrator/invocations.js';
 import { LogBus } from './orchestrator/log-bus.js';
 import { SqliteStore } from './store/sqlite.js';
 import { SqliteUsageStore } from './store/usage-sqlite.js';
@@ -81,42 +81,28 @@ export interface ServerConfig {
 /** web/dist beside the compiled server (dist/src/server.js -> web/dist). */
 export const DEFAULT_CONSOLE_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'web', 'dist');
 
-export interface FunctionPoolConfig {
-  /** maxConcurrency of a function that sets none. Default 10. */
-  defaultMaxConcurrency: number;
-  /** maxQueued of a function that sets none. Default 256. */
-  defaultMaxQueued: number;
-  /** How long an invocation may wait for a warm sandbox before 429. Default 30000. */
-  queueTimeoutMs: number;
-  /** Idle warm sandboxes (beyond minWarm) go after this long. Default 600000 (10 min). */
-  idleTtlMs: number;
-  /** Invocations per warm sandbox before it is recycled. Default 10000. */
-  maxUses: number;
-  /** Age at which a warm sandbox is recycled when released. Default 1800000 (30 min). */
-  maxAgeMs: number;
-  /** Warm sandboxes of all functions at most (LRU idle ones are evicted). Default 64. */
-  maxWarmSandboxes: number;
-  /** Generic (code-less) node/python sandboxes kept per shape for cold starts; 0 turns them off. Default 1. */
-  genericPerShape: number;
-  /** Memory limits of all warm sandboxes together at most, in MiB. Default 16384. */
-  maxWarmMemoryMb: number;
-  /** A warm sandbox that has not finished starting (agent handshake, code loaded) after this long is killed and replaced. Default 30000. */
-  startTimeoutMs: number;
-}
+/** The warm-pool settings an operator sets (see HandlerPoolsOptions for each one's meaning); defaults below. */
+export type FunctionPoolConfig = Required<
+  Pick<
+    HandlerPoolsOptions,
+    | 'defaultMaxConcurrency'
+    | 'defaultMaxQueued'
+    | 'queueTimeoutMs'
+    | 'idleTtlMs'
+    | 'maxUses'
+    | 'maxAgeMs'
+    | 'maxWarmSandboxes'
+    | 'genericPerShape'
+    | 'maxWarmMemoryMb'
+    | 'startTimeoutMs'
+  >
+>;
 
-export interface AsyncInvocationConfig {
-  /** Async invocations running at once. Default 8. */
-  concurrency?: number;
-  /** Finished invocations are deleted after this long. Default 7 days. */
-  retentionMs?: number;
-  /** Synchronous invocations are recorded with at most this many bytes of stdout and of stderr. Default 64 KiB. */
-  syncLogBytes?: number;
-  sweepIntervalMs?: number;
-  /** `host:port` destinations callbacks may go to; none by default. */
-  callbackAllow?: string[];
-  callbackMaxAttempts?: number;
-  callbackBaseDelayMs?: number;
-}
+/** Async invocation settings (see InvocationServiceOptions for each one's meaning and default). */
+export type AsyncInvocationConfig = Pick<
+  InvocationServiceOptions,
+  'concurrency' | 'retentionMs' | 'syncLogBytes' | 'sweepIntervalMs' | 'callbackAllow' | 'callbackMaxAttempts' | 'callbackBaseDelayMs'
+>;
 
 export const DEFAULT_FUNCTION_POOLS: FunctionPoolConfig = {
   defaultMaxConcurrency: 10,
