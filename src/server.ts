@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { accessSync, constants } from 'node:fs';
 import { chmod, mkdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
@@ -7,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildApi } from './api/build.js';
+import { StreamRelay } from './api/stream-relay.js';
 import { newInstanceId } from './core/ids.js';
 import type { ExecutorName } from './core/types.js';
 import type { Executor, ExecutorStatus } from './executors/executor.js';
@@ -58,6 +60,11 @@ export interface ServerConfig {
   queueTimeoutMs: number;
   maxBodyBytes: number;
   maxStreamBytes: number;
+  /**
+   * The splice relay for large streams (native/kindling-splice.c, built into dist/native): its path, or null to keep
+   * every stream in node. Default: the built one when it exists.
+   */
+  streamRelayPath?: string | null;
   shutdownTimeoutMs: number;
   dockerSocketPath: string;
   /** Docker: creating + starting one container may take this long before a retryable 503. Default 60000. */
@@ -76,6 +83,35 @@ export interface ServerConfig {
   metricsToken?: string;
   /** The built web console; default web/dist of this checkout. */
   consoleDir?: string;
+}
+
+/** dist/native/kindling-splice, built by scripts/build-native.sh (dist/src/server.js -> dist/native). */
+export const DEFAULT_STREAM_RELAY_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', 'native', 'kindling-splice');
+
+/** Large uploads (a declared length of at least this) bypass node; smaller ones are read before a helper would start. */
+const STREAM_RELAY_MIN_UPLOAD_BYTES = 4 * 1024 * 1024;
+/** A client that sends or accepts nothing of a relayed stream for this long is given up (node's path waits as long). */
+const STREAM_RELAY_CLIENT_IDLE_MS = 120_000;
+
+/** The splice relay when its helper is there and runs; else null with a log line (streams then stay in node). */
+function openStreamRelay(path: string | null, metrics: Metrics, logger: Logger): StreamRelay | null {
+  if (path === null) return null;
+  try {
+    accessSync(path, constants.X_OK);
+  } catch {
+    logger.warn({ path }, 'the splice relay is not built (no C compiler at build time?): large streams go through node, at about half the throughput; run scripts/setup.sh');
+    return null;
+  }
+  return new StreamRelay({
+    binaryPath: path,
+    minUploadBytes: STREAM_RELAY_MIN_UPLOAD_BYTES,
+    clientIdleMs: STREAM_RELAY_CLIENT_IDLE_MS,
+    onMoved: (direction, bytes) => metrics.onRelayed(direction, bytes),
+    onFailure: (direction, detail) => {
+      metrics.onRelayFailed(direction);
+      logger.warn({ direction, detail }, 'the splice relay failed');
+    },
+  });
 }
 
 /** web/dist beside the compiled server (dist/src/server.js -> web/dist). */
@@ -328,6 +364,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     onInfo: (message, context) => logger.info(context, message),
     scopeOf: (tenant) => tenants.scopeOf(tenant),
   });
+  const streamRelay = openStreamRelay(config.streamRelayPath === undefined ? DEFAULT_STREAM_RELAY_PATH : config.streamRelayPath, metrics, logger);
   let draining = false;
   const app = await buildApi({
     executionService: service,
@@ -345,6 +382,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     tenants,
     maxBodyBytes: config.maxBodyBytes,
     maxStreamBytes: config.maxStreamBytes,
+    ...(streamRelay ? { streamRelay } : {}),
     version: config.version,
     logger,
     isDraining: () => draining,
@@ -386,6 +424,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
           await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
         }
         // Connections still open now (an abandoned upload, an idle keep-alive) must not hold the process.
+        streamRelay?.close();
         const closed = app.close();
         const timer = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
         await closed;

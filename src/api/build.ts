@@ -1,3 +1,4 @@
+import type { StreamRelay } from './stream-relay.js';
 import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
@@ -52,6 +53,8 @@ export interface ApiOptions {
   maxBodyBytes: number;
   /** Largest raw request body (streamed to stdin, never held in memory), in bytes; beyond it: 413. */
   maxStreamBytes: number;
+  /** The splice data plane for large raw streams (stream-relay.ts); absent: they go through node streams. */
+  streamRelay?: StreamRelay;
   version: string;
   logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
   isDraining?: () => boolean;
@@ -225,7 +228,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     defaultExecutorReason: options.defaultExecutorReason,
     isDraining: options.isDraining ?? (() => false),
   });
-  registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
+  registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes, ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}) });
   registerExecuteWsRoute(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });
   registerFunctionRoutes(app, {
     functionService: options.functionService,
@@ -233,6 +236,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     logBus: options.logBus,
     maxBodyBytes: options.maxBodyBytes,
     maxStreamBytes: options.maxStreamBytes,
+    ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}),
   });
   registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
   registerTenantRoutes(app, { tenants });

@@ -60,6 +60,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--queue-timeout-ms <ms>', 'longest wait for a slot before 429', int('--queue-timeout-ms'), 30_000)
     .option('--max-body-bytes <n>', 'largest JSON request body; beyond it 413', int('--max-body-bytes'), 64 * 1024 * 1024)
     .option('--max-stream-bytes <n>', 'largest raw (application/octet-stream) body, streamed to stdin; beyond it 413', int('--max-stream-bytes'), 1024 * 1024 * 1024)
+    .option('--stream-relay <on|off>', 'large raw streams (uploads of 4 MiB+, outputs past 1 MiB) move between the client socket and the sandbox by splice(2), around the node process; off keeps them in node', 'on')
     .option('--shutdown-timeout-ms <ms>', 'how long SIGTERM waits for in-flight executions', int('--shutdown-timeout-ms'), 30_000)
     .option('--prewarm <n>', 'fresh containers kept started per recently used shape (docker); 0 disables', int('--prewarm'), 6)
     .option('--docker-create-timeout-ms <ms>', 'creating + starting one container may take this long; past it a retryable 503 (a stuck engine)', int('--docker-create-timeout-ms'), 60_000)
@@ -86,6 +87,8 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
       if (executor !== 'auto' && !(EXECUTOR_NAMES as readonly string[]).includes(executor)) {
         throw new Error(`--executor must be auto or one of ${EXECUTOR_NAMES.join(', ')}, got "${executor}"`);
       }
+      const relay = options.streamRelay as string;
+      if (relay !== 'on' && relay !== 'off') throw new Error(`--stream-relay must be on or off, got "${relay}"`);
       const metricsToken = (options.metricsToken as string | undefined) ?? defaults.metricsToken;
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
       const server = await startServer({
@@ -102,6 +105,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         queueTimeoutMs: options.queueTimeoutMs as number,
         maxBodyBytes: options.maxBodyBytes as number,
         maxStreamBytes: options.maxStreamBytes as number,
+        ...(relay === 'off' ? { streamRelayPath: null } : {}),
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
         ...(defaults.microvm ? { microvm: defaults.microvm } : {}),

@@ -45,6 +45,8 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
   private readonly sandboxes: Counter<'executor' | 'event' | 'kind'>;
   private readonly sandboxesLive: Gauge<'executor'>;
   private readonly cpuSeconds: Counter<'function' | 'executor'>;
+  private readonly relayedBytes: Counter<'direction'>;
+  private readonly relayFailures: Counter<'direction'>;
 
   constructor(sources: MetricsSources = {}) {
     const registers = [this.registry];
@@ -122,6 +124,18 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
       name: 'kindling_cpu_seconds_total',
       help: 'CPU time the kernel accounted to executions (cgroup) and to warm handler calls (the agent\'s getrusage), where reported',
       labelNames: ['function', 'executor'],
+      registers,
+    });
+    this.relayedBytes = new Counter({
+      name: 'kindling_stream_relay_bytes_total',
+      help: 'Bytes of large streams moved by the splice relay around the server process (in: request bodies to stdin, out: stdout to responses)',
+      labelNames: ['direction'],
+      registers,
+    });
+    this.relayFailures = new Counter({
+      name: 'kindling_stream_relay_failures_total',
+      help: 'Splice relay helpers that failed on their own (not because the client went away)',
+      labelNames: ['direction'],
       registers,
     });
     const queue = sources.queue;
@@ -209,6 +223,15 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     this.sandboxes.inc({ executor, event, kind });
     if (event === 'created') this.sandboxesLive.inc({ executor });
     if (event === 'destroyed') this.sandboxesLive.dec({ executor });
+  }
+
+  /** A splice relay ended (stream-relay.ts). */
+  onRelayed(direction: 'in' | 'out', bytes: number): void {
+    this.relayedBytes.inc({ direction }, bytes);
+  }
+
+  onRelayFailed(direction: 'in' | 'out'): void {
+    this.relayFailures.inc({ direction });
   }
 
   onHttpError(code: string, statusCode: number): void {

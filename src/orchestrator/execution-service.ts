@@ -32,6 +32,18 @@ export interface ExecuteOptions {
   liveOutput?: () => boolean;
   /** With `stdoutSink`: also keep the first this many bytes of stdout in the result (an invocation's stored log). */
   keepStdoutBytes?: number;
+  /**
+   * Instead of `stdinStream`: fills the execution's stdin itself (e.g. a splice relay from the client's socket).
+   * Resolves with the bytes the program took; a rejection (the input broke off) kills the execution.
+   */
+  stdinPump?: (stdin: Writable) => Promise<number>;
+  /**
+   * With `stdoutSink`: a way for the rest of stdout to bypass this process (a splice relay to the client's socket).
+   * Asked after each chunk, once the kept head is complete and no one needs the text: `ready()` (given the bytes so far) says whether it can
+   * take over now; `start` is given the stream (this service's listener removed) and resolves, never rejects, with the
+   * bytes it moved. The result waits for it.
+   */
+  stdoutBypass?: { ready(stdout: Readable, bytesSoFar: number): boolean; start(stdout: Readable): Promise<number> };
   /** The deployed function this execution serves (metrics label); one-off executions have none. */
   functionName?: string;
   /** W3C trace context of the request; passed to the process as env TRACEPARENT and to observers. */
@@ -276,7 +288,7 @@ export class ExecutionService {
   private async executeWith(request: ExecuteRequest, outputEncoding: 'utf8' | 'base64' | null, options: ExecuteOptions): Promise<RawExecution> {
     if (this.draining) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
     const prepared = await this.prepare(request, options.tenant?.caps);
-    if (options.stdinStream) prepared.spec.stdin = true;
+    if (options.stdinStream || options.stdinPump) prepared.spec.stdin = true;
     if (options.trace) prepared.spec.env.TRACEPARENT = options.trace.traceparent;
     const { spec, executor } = prepared;
     if (options.tenant) spec.labels['dev.kindling.tenant'] = options.tenant.name;
@@ -329,6 +341,7 @@ export class ExecutionService {
     const stdout = new OutputCollector(spec.limits.outputBytes, onText && ((text) => onText('stdout', text)));
     const stderr = new OutputCollector(spec.limits.outputBytes, onText && ((text) => onText('stderr', text)));
     let stdoutBytes = 0;
+    let bypassed: Promise<void> | null = null;
     const sink = options.stdoutSink;
     // With a sink, `stdout` keeps only a copy of the head for the invocation's log (no text decoding, no callback).
     const kept = sink ? new OutputCollector(Math.min(options.keepStdoutBytes ?? 0, spec.limits.outputBytes), undefined) : stdout;
@@ -337,7 +350,9 @@ export class ExecutionService {
       const live = onText ? new StringDecoder('utf8') : null;
       const wanted = options.liveOutput ?? (() => true);
       let liveBytes = 0;
-      execution.stdout.on('data', (chunk: Buffer) => {
+      const keepBytes = Math.min(options.keepStdoutBytes ?? 0, spec.limits.outputBytes);
+      const bypass = options.stdoutBypass;
+      const onChunk = (chunk: Buffer): void => {
         stdoutBytes += chunk.length;
         kept.push(chunk);
         if (live && liveBytes < spec.limits.outputBytes && wanted()) {
@@ -350,8 +365,18 @@ export class ExecutionService {
         if (!sink.write(chunk)) {
           execution.stdout.pause();
           sink.once('drain', () => execution.stdout.resume());
+          return;
         }
-      });
+        // Nothing more to do here for the rest of stdout: hand it over (the bytes then never enter this process).
+        const textWanted = live !== null && liveBytes < spec.limits.outputBytes && wanted();
+        if (bypass && stdoutBytes >= keepBytes && !textWanted && bypass.ready(execution.stdout, stdoutBytes)) {
+          execution.stdout.off('data', onChunk);
+          bypassed = bypass.start(execution.stdout).then((bytes) => {
+            stdoutBytes += bytes;
+          });
+        }
+      };
+      execution.stdout.on('data', onChunk);
       sink.once('close', () => execution.stdout.resume());
     } else {
       execution.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
@@ -363,7 +388,13 @@ export class ExecutionService {
       const sink = execution.stdin;
       // A process that exits without reading its input is not an error of the platform.
       sink.on('error', () => undefined);
-      if (options.stdinStream) {
+      if (options.stdinPump) {
+        options.stdinPump(sink).then(
+          (bytes) => (stdinBytes = bytes),
+          // An upload that breaks off (client gone) ends the execution.
+          () => execution.kill(),
+        );
+      } else if (options.stdinStream) {
         const input = options.stdinStream;
         input.on('data', (chunk: Buffer) => (stdinBytes += chunk.length));
         // An upload that breaks off (client gone, body over the limit) ends the execution.
@@ -382,6 +413,8 @@ export class ExecutionService {
         execution.kill();
         throw new KindlingError('EXECUTOR_FAILED', `the ${executor.name} executor lost the execution: ${error instanceof Error ? error.message : String(error)}; retry`, { cause: error, retryAfterSeconds: 1 });
       });
+      // The rest of stdout went around this process: its end (and its byte count) comes with the helper's.
+      if (bypassed) await bypassed;
       const finishedAt = this.clock.monotonicMs();
       const stdoutKept = kept.finish();
       const stderrBytes = stderr.finish();

@@ -4,7 +4,7 @@ import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName, type ResourceLimits } from '../core/types.js';
 import { FUNCTION_NAME_PATTERN, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
-import type { ExecutionService, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
+import type { ExecuteOptions, ExecutionService, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -35,6 +35,10 @@ export interface InvokeOptions {
   onOutput?: (stream: OutputStreamName, text: string) => void;
   /** Command functions: stdin streamed from here instead of the `body` buffer (no whole-payload buffering). */
   stdinStream?: Readable;
+  /** Command functions: fills stdin itself instead of `stdinStream` (see ExecuteOptions.stdinPump). */
+  stdinPump?: ExecuteOptions['stdinPump'];
+  /** Command functions with `stdoutSink`: see ExecuteOptions.stdoutBypass. */
+  stdoutBypass?: ExecuteOptions['stdoutBypass'];
   /** Command functions: stdout streamed here with backpressure; the result's `body` is then empty. Not ended. */
   stdoutSink?: Writable;
   /** Command functions with `stdoutSink`: whether `onOutput` wants stdout text now (see ExecuteOptions.liveOutput). */
@@ -179,7 +183,8 @@ export class FunctionService {
       let raw;
       try {
         raw = await this.options.executionService.executeRaw(commandRequest(spec), {
-          stdinStream: options.stdinStream ?? Readable.from([body]),
+          ...(options.stdinPump ? { stdinPump: options.stdinPump } : { stdinStream: options.stdinStream ?? Readable.from([body]) }),
+          ...(options.stdoutBypass ? { stdoutBypass: options.stdoutBypass } : {}),
           functionName: name,
           tenant: { name: tenant, caps: options.scope?.caps ?? {} },
           ...(options.signal ? { signal: options.signal } : {}),

@@ -3,9 +3,10 @@ import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
-import type { ExecutionService } from '../../orchestrator/execution-service.js';
+import type { ExecuteOptions, ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
 import { checkDeclaredLength, limitUpload } from '../raw-body.js';
+import type { HeldUpload, StreamRelay } from '../stream-relay.js';
 import { payloadLimit } from './functions.js';
 import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, RawExecuteSpecSchema } from '../schemas.js';
 import { startSse, writeSseEvent } from '../sse.js';
@@ -14,6 +15,9 @@ const SSE_KEEPALIVE_MS = 15_000;
 const RAW_CONTENT_TYPE = 'application/octet-stream';
 const SPEC_HEADER = 'x-kindling-spec';
 const rawSpecValidator = TypeCompiler.Compile(RawExecuteSpecSchema);
+
+/** Raw stdout goes through node up to this many bytes; beyond, the splice relay (when there is one) takes the rest. */
+const RELAY_OUTPUT_AFTER_BYTES = 1024 * 1024;
 
 /** Result fields sent as HTTP trailers after a raw stdout stream (the headers left before the exit was known). */
 const TRAILERS = ['x-kindling-exit-code', 'x-kindling-duration-ms', 'x-kindling-timed-out', 'x-kindling-oom-killed', 'x-kindling-truncated', 'x-kindling-stderr-base64'];
@@ -50,6 +54,8 @@ export interface ExecuteRouteOptions {
   toError: (error: unknown) => KindlingError;
   /** Largest raw (streamed, never buffered) request body; JSON bodies have fastify's bodyLimit. */
   maxStreamBytes: number;
+  /** The splice data plane for large raw streams; absent: they go through node streams. */
+  streamRelay?: StreamRelay;
 }
 
 export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRouteOptions): void {
@@ -143,10 +149,38 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     const spec = parseRawSpec(request);
     const body = payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes');
     checkDeclaredLength(request.headers, body.maxBytes, body.flag);
-    const { stream: limited, error: uploadFailure } = limitUpload(request.body as IncomingMessage, reply, body.maxBytes, body.flag);
+    const upload = request.body as IncomingMessage;
+    const relay = options.streamRelay;
+    // A large upload with a declared length bypasses node (see stream-relay.ts); anything else is piped through it.
+    const held = relay?.holdUpload(upload, () => limitUpload(upload, reply, body.maxBytes, body.flag).stream) ?? null;
+    const throughNode = held ? null : limitUpload(upload, reply, body.maxBytes, body.flag);
+    const uploadFailure = (): unknown => (held ? held.error() : throughNode!.error());
+    const stdin: Pick<ExecuteOptions, 'stdinPump' | 'stdinStream'> = held ? { stdinPump: (target) => held.pumpInto(target) } : { stdinStream: throughNode!.stream };
+    if (held) {
+      // The parser never sees the end of a relayed body: this connection cannot carry another request.
+      reply.raw.shouldKeepAlive = false;
+      reply.header('connection', 'close');
+    }
+    try {
+      return await executeRawWith(request, reply, signal, rawOutput, spec, stdin, uploadFailure, held);
+    } finally {
+      // Nothing read the held body (the execution did not start): node drops it, so that the answer arrives.
+      held?.release();
+    }
+  }
 
+  async function executeRawWith(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    signal: AbortSignal,
+    rawOutput: boolean,
+    spec: ExecuteRequest,
+    stdin: Pick<ExecuteOptions, 'stdinPump' | 'stdinStream'>,
+    uploadFailure: () => unknown,
+    held: HeldUpload | null,
+  ): Promise<unknown> {
     if (!rawOutput) {
-      const result = await service.execute(spec, { signal, stdinStream: limited, trace: request.trace, tenant: request.scope });
+      const result = await service.execute(spec, { signal, ...stdin, trace: request.trace, tenant: request.scope });
       if (uploadFailure()) throw uploadFailure();
       logFinished(request, result);
       reply.header('x-kindling-execution-id', result.id);
@@ -155,13 +189,16 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
 
     const raw = reply.raw;
     let streaming = false;
+    // Past the first MiB, the rest of stdout may go around this process (stream-relay.ts).
+    const output = options.streamRelay?.outputBypass(raw, raw, RELAY_OUTPUT_AFTER_BYTES, () => streaming, held);
     try {
       const result = await service.execute(spec, {
         signal,
         trace: request.trace,
         tenant: request.scope,
-        stdinStream: limited,
+        ...stdin,
         stdoutSink: raw,
+        ...(output ? { stdoutBypass: output.bypass } : {}),
         onStarted: (id, info) => {
           streaming = true;
           reply.hijack();
@@ -172,6 +209,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
             'x-kindling-cold-start': String(info.coldStart),
             'x-request-id': request.id,
             trailer: TRAILERS.join(', '),
+            ...(held ? { connection: 'close' } : {}),
           });
         },
       });

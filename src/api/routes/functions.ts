@@ -7,6 +7,7 @@ import type { FunctionService, InvocationResult } from '../../orchestrator/funct
 import type { InvocationService } from '../../orchestrator/invocations.js';
 import type { LogBus } from '../../orchestrator/log-bus.js';
 import { checkDeclaredLength, limitUpload, readUpload } from '../raw-body.js';
+import type { HeldUpload, StreamRelay } from '../stream-relay.js';
 import type { FunctionSpec } from '../../store/store.js';
 import {
   ErrorResponseSchema,
@@ -27,6 +28,8 @@ export interface FunctionRouteOptions {
   maxBodyBytes: number;
   /** Largest streamed body (command functions' stdin). */
   maxStreamBytes: number;
+  /** The splice data plane for large streams; absent: they go through node streams. */
+  streamRelay?: StreamRelay;
 }
 
 export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRouteOptions): void {
@@ -192,8 +195,18 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     const tenant = request.principal.tenant;
     const body = payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes');
     checkDeclaredLength(request.headers, body.maxBytes, body.flag);
-    const limited = upload ? limitUpload(upload, reply, body.maxBytes, body.flag) : { stream: Readable.from([]), error: () => null };
+    const relay = options.streamRelay;
     const raw = reply.raw;
+    // A large upload with a declared length bypasses node (see stream-relay.ts); anything else is piped through it.
+    const throughNode = (): { stream: Readable; error: () => unknown } =>
+      upload ? limitUpload(upload, reply, body.maxBytes, body.flag) : { stream: Readable.from([]), error: () => null };
+    const held: HeldUpload | null = upload && relay ? relay.holdUpload(upload, () => throughNode().stream) : null;
+    if (held) {
+      // The parser never sees the end of a relayed body: this connection cannot carry another request.
+      raw.shouldKeepAlive = false;
+      reply.header('connection', 'close');
+    }
+    const limited = held ? { stream: null, error: () => held.error() } : throughNode();
     const bus = options.logBus;
     let started: { id: string; coldStart: boolean; executor: string } | null = null;
     let version = 0;
@@ -209,11 +222,14 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         'x-kindling-output': 'streamed',
         'x-request-id': request.id,
         trailer: STREAM_TRAILERS.join(', '),
+        ...(held ? { connection: 'close' } : {}),
       });
     });
     raw.on('close', () => sink.destroy());
+    // Past the threshold, the rest of stdout may go around this process (stream-relay.ts).
+    const output = relay?.outputBypass(sink, raw, 0, () => sink.streaming, held);
     // Counted by the limiter itself: a 'data' listener here would start the flow before the sandbox reads it.
-    const stdinBytes = (): number => ('bytes' in limited.stream ? limited.stream.bytes : 0);
+    const stdinBytes = (): number => (limited.stream && 'bytes' in limited.stream ? (limited.stream.bytes as number) : (held?.deliveredBytes ?? 0));
     const startedAtMs = Date.now();
     let result;
     try {
@@ -222,8 +238,13 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         signal,
         scope: request.scope,
         trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
-        stdinStream: limited.stream,
+        ...(held
+          ? {
+              stdinPump: (stdin: Writable) => held.pumpInto(stdin),
+            }
+          : { stdinStream: limited.stream ?? Readable.from([]) }),
         stdoutSink: sink,
+        ...(output ? { stdoutBypass: output.bypass } : {}),
         keepStdoutBytes: options.invocations.syncLogBytes,
         onStarted: (id, info) => {
           started = { id, ...info };
@@ -237,6 +258,8 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         },
       });
     } catch (error) {
+      // Nothing read the held body (the execution did not start): node drops it, so that the error answer arrives.
+      held?.release();
       const run = started as { id: string; coldStart: boolean; executor: string } | null;
       if (run) {
         bus.end(run.id, tenant, name, 'failed');
@@ -255,7 +278,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           error: failure instanceof KindlingError ? `${failure.code}: ${failure.message}` : `the platform failed: ${failure instanceof Error ? failure.message : String(failure)}`,
           stdout: Buffer.alloc(0),
           stderr: Buffer.alloc(0),
-          stdoutBytes: sink.totalBytes,
+          stdoutBytes: sink.totalBytes + (output?.sentBytes() ?? 0),
           createdAtMs: startedAtMs,
           startedAtMs,
           finishedAtMs: Date.now(),
@@ -267,7 +290,8 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       return reply;
     }
     bus.end(result.invocationId, tenant, name, result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed');
-    record(result, startedAtMs, stdinBytes(), sink.totalBytes);
+    held?.release();
+    record(result, startedAtMs, stdinBytes(), sink.totalBytes + (output?.sentBytes() ?? 0));
     // What the sink still holds (its writes wait for the client) goes out before the end of the response.
     await new Promise<void>((resolve) => sink.end(() => resolve()));
     const uploadError = limited.error();
