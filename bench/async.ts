@@ -148,44 +148,60 @@ export async function runAsyncGroup(ctx: BenchContext): Promise<GroupResult> {
       });
     }
 
-    for (const size of [100 * MiB, 1024 * MiB]) {
-      const label = size === 100 * MiB ? '100 MiB' : '1 GiB';
-      ctx.log(`async: ${label} through command cat vs host cat pipe`);
-      // The same file (in the page cache) for both sides: curl uploads it, `cat FILE` reads it.
-      const file = join(ctx.workDir, `stream-${size}.bin`);
-      await writePayload(file, size);
-      try {
-        const runs = 3;
-        const pipe: number[] = [];
-        const nodePipe: number[] = [];
-        const platform: number[] = [];
-        let peak = await rss(server.pid);
-        // Alternated, best of `runs` each: the machine is shared, and a slow run says more about the neighbours.
-        for (let i = 0; i < runs; i++) {
-          pipe.push(await hostPipe(file, size));
-          nodePipe.push(await hostCat(size));
-          const sampler = setInterval(() => void rss(server.pid).then((value) => (peak = Math.max(peak, value))), 50);
-          const run = await curlUpload(`${server.url}/v1/functions/b-cat/invoke`, file).finally(() => clearInterval(sampler));
-          if (run.status !== 200 || run.bytes !== size) throw new Error(`${label}: ${run.status}, ${run.bytes} bytes back`);
-          platform.push(size / MiB / run.seconds);
+    // The same function on a server without the splice relay: what the node streams alone reach, for comparison.
+    const plain = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--stream-relay', 'off'] });
+    try {
+      const raw = await send(agent, new URL(plain.url), 'PUT', '/v1/functions/b-cat', Buffer.from(JSON.stringify({ image: 'kindling/base', command: ['cat'], timeoutMs: 600_000 })), { 'content-type': 'application/json' });
+      if (raw.status >= 300) throw new Error(`deploy b-cat (relay off): ${raw.status}`);
+    } catch (error) {
+      await plain.stop();
+      throw error;
+    }
+    try {
+      for (const size of [100 * MiB, 1024 * MiB]) {
+        const label = size === 100 * MiB ? '100 MiB' : '1 GiB';
+        ctx.log(`async: ${label} through command cat vs host cat pipe`);
+        // The same file (in the page cache) for both sides: curl uploads it, `cat FILE` reads it.
+        const file = join(ctx.workDir, `stream-${size}.bin`);
+        await writePayload(file, size);
+        try {
+          const runs = 3;
+          const pipe: number[] = [];
+          const nodePipe: number[] = [];
+          const platform: number[] = [];
+          let peak = await rss(server.pid);
+          // Alternated, best of `runs` each: the machine is shared, and a slow run says more about the neighbours.
+          for (let i = 0; i < runs; i++) {
+            pipe.push(await hostPipe(file, size));
+            nodePipe.push(await hostCat(size));
+            const sampler = setInterval(() => void rss(server.pid).then((value) => (peak = Math.max(peak, value))), 50);
+            const run = await curlUpload(`${server.url}/v1/functions/b-cat/invoke`, file).finally(() => clearInterval(sampler));
+            if (run.status !== 200 || run.bytes !== size) throw new Error(`${label}: ${run.status}, ${run.bytes} bytes back`);
+            platform.push(size / MiB / run.seconds);
+          }
+          const mibps = Math.max(...platform);
+          const baseline = Math.max(...pipe);
+          const offRun = await curlUpload(`${plain.url}/v1/functions/b-cat/invoke`, file);
+          if (offRun.status !== 200 || offRun.bytes !== size) throw new Error(`${label} (relay off): ${offRun.status}, ${offRun.bytes} bytes back`);
+          const relayOff = size / MiB / offRun.seconds;
+          data[`async.stream_${size}`] = { platformMibps: platform, pipeMibps: pipe, nodePipeMibps: nodePipe, relayOffMibps: relayOff, peakRssBytes: peak };
+          rows.push({
+            group: 'async',
+            id: `async.stream_${label.replace(' ', '').toLowerCase()}`,
+            scenario: `${label} streamed through a command function (\`cat\`, sandbox), curl client`,
+            kindling: `${mibps.toFixed(0)} MiB/s`,
+            baseline: `${baseline.toFixed(0)} MiB/s (\`cat FILE | cat | cat >/dev/null\`)`,
+            ratio: `${((mibps / baseline) * 100).toFixed(0)}%`,
+            target: '≥ 40% of the pipe',
+            status: mibps / baseline >= 0.4 ? 'pass' : 'fail',
+            note: `best of ${runs} (all: ${platform.map((v) => v.toFixed(0)).join(', ')} vs ${pipe.map((v) => v.toFixed(0)).join(', ')} MiB/s); splice relay on (default); with --stream-relay off: ${relayOff.toFixed(0)} MiB/s; node→cat→node pipe: ${Math.max(...nodePipe).toFixed(0)} MiB/s; server peak RSS ${(peak / MiB).toFixed(0)} MiB${size >= 1024 * MiB ? ' (target < 200 MB)' : ''}`,
+          });
+        } finally {
+          await rm(file, { force: true });
         }
-        const mibps = Math.max(...platform);
-        const baseline = Math.max(...pipe);
-        data[`async.stream_${size}`] = { platformMibps: platform, pipeMibps: pipe, nodePipeMibps: nodePipe, peakRssBytes: peak };
-        rows.push({
-          group: 'async',
-          id: `async.stream_${label.replace(' ', '').toLowerCase()}`,
-          scenario: `${label} streamed through a command function (\`cat\`, sandbox), curl client`,
-          kindling: `${mibps.toFixed(0)} MiB/s`,
-          baseline: `${baseline.toFixed(0)} MiB/s (\`cat FILE | cat | cat >/dev/null\`)`,
-          ratio: `${((mibps / baseline) * 100).toFixed(0)}%`,
-          target: '≥ 40% of the pipe',
-          status: mibps / baseline >= 0.4 ? 'pass' : 'fail',
-          note: `best of ${runs} (all: ${platform.map((v) => v.toFixed(0)).join(', ')} vs ${pipe.map((v) => v.toFixed(0)).join(', ')} MiB/s); node→cat→node pipe: ${Math.max(...nodePipe).toFixed(0)} MiB/s; server peak RSS ${(peak / MiB).toFixed(0)} MiB${size >= 1024 * MiB ? ' (target < 200 MB)' : ''}`,
-        });
-      } finally {
-        await rm(file, { force: true });
       }
+    } finally {
+      await plain.stop();
     }
 
     const total = ctx.runsOverridden ? Math.max(500, ctx.runs.functions) : 5000;
