@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { SRC = 3, DST = 4, REPORT = 5, HEAD = 6 };
@@ -41,15 +42,42 @@ enum { EXIT_DONE = 0, EXIT_FAILED = 1, EXIT_CLIENT_GONE = 2, EXIT_CLIENT_IDLE = 
 /* How long the client may send nothing (in) or accept nothing (out) before the relay gives up on it (IDLE_MS). */
 static int idle_ms;
 
-/* Waits for `events` on `fd`; returns 0 when ready, -1 on timeout (only when `client` is set, else waits forever). */
+/*
+ * When bytes last moved anywhere (CLOCK_MONOTONIC, ms). A wait on the client ends once nothing has moved for idle_ms:
+ * also when poll() keeps reporting a descriptor ready while nothing can move.
+ */
+static long long last_progress_ms;
+
+static long long now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/*
+ * Waits for `events` on `fd`; returns 0 when ready, -1 once the client has been idle for idle_ms (`client` set; else
+ * it waits as long as it takes: the program's side is bounded by its timeout, which closes its end).
+ */
 static int wait_for(int fd, short events, int client) {
   struct pollfd p = {.fd = fd, .events = events};
   for (;;) {
-    int r = poll(&p, 1, client ? idle_ms : -1);
+    int timeout = -1;
+    if (client) {
+      long long left = last_progress_ms + idle_ms - now_ms();
+      if (left <= 0) return -1;
+      timeout = (int)left;
+    }
+    int r = poll(&p, 1, timeout);
     if (r > 0) return 0;
-    if (r == 0) return -1;
+    if (r == 0) continue; /* the deadline check above decides */
     if (errno != EINTR) return 0; /* let the next call report the real error */
   }
+}
+
+/* Sleeps a little: a descriptor reported ready but nothing could move (see the urgent-data case in copy()). */
+static void back_off(void) {
+  struct timespec t = {.tv_sec = 0, .tv_nsec = 10 * 1000 * 1000};
+  nanosleep(&t, NULL);
 }
 
 static int make_pipe(int p[2]) {
@@ -86,17 +114,33 @@ static int copy(int src, int is_client, unsigned long long limit, struct sink *s
   int p[2];
   if (make_pipe(p) < 0) return EXIT_FAILED;
   unsigned long long left = limit, inpipe = 0;
-  int eof = 0, status = EXIT_DONE;
+  int eof = 0, status = EXIT_DONE, woke_readable = 0;
   while ((!eof && (limit == 0 || left > 0)) || inpipe > 0) {
     int progress = 0;
     if (!eof && (limit == 0 || left > 0)) {
       size_t want = PIPE_BYTES;
       if (limit != 0 && left < want) want = (size_t)left;
       ssize_t n = splice(src, NULL, p[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n < 0 && errno == EAGAIN && woke_readable && inpipe == 0) {
+        /*
+         * poll() said readable, splice moved nothing: TCP urgent data stops splice at its mark for good. recv() steps
+         * over the urgent byte (as node's reads do); the few bytes go through a buffer into the empty pipe (16 KiB
+         * always fit). Nothing readable at all: back off instead of spinning.
+         */
+        char buf[16384];
+        n = recv(src, buf, want < sizeof buf ? want : sizeof buf, MSG_DONTWAIT);
+        if (n > 0 && write(p[1], buf, (size_t)n) != n) {
+          status = EXIT_FAILED;
+          break;
+        }
+        if (n < 0 && errno == EAGAIN) back_off();
+      }
+      woke_readable = 0;
       if (n > 0) {
         left -= (unsigned long long)n;
         inpipe += (unsigned long long)n;
         progress = 1;
+        last_progress_ms = now_ms();
       } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
         eof = 1;
         if (limit != 0) status = EXIT_CLIENT_GONE; /* the body ended before its declared length */
@@ -105,7 +149,10 @@ static int copy(int src, int is_client, unsigned long long limit, struct sink *s
     if (inpipe > 0) {
       int r = drain_pipe(p[0], &inpipe, sink);
       if (r < 0) { status = EXIT_FAILED; break; }
-      if (r > 0) progress = 1;
+      if (r > 0) {
+        progress = 1;
+        last_progress_ms = now_ms();
+      }
     }
     if (progress) continue;
     /* Nothing moved: wait for the side that holds things up (with bytes in the pipe, the sink; else the source). */
@@ -114,6 +161,8 @@ static int copy(int src, int is_client, unsigned long long limit, struct sink *s
     } else if (wait_for(src, POLLIN, is_client) < 0) {
       status = EXIT_CLIENT_IDLE;
       break;
+    } else {
+      woke_readable = 1;
     }
   }
   close(p[0]);
@@ -135,6 +184,7 @@ static int send_all(const char *buf, size_t len, int more) {
     if (n > 0) {
       buf += n;
       len -= (size_t)n;
+      last_progress_ms = now_ms();
     } else if (n < 0 && errno == EAGAIN) {
       if (wait_for(DST, POLLOUT, 1) < 0) return EXIT_CLIENT_IDLE;
     } else if (!(n < 0 && errno == EINTR)) {
@@ -156,6 +206,7 @@ static void wait_gate(void) {
 
 static int relay_out(void) {
   wait_gate();
+  last_progress_ms = now_ms();
   int p[2];
   if (make_pipe(p) < 0) return EXIT_FAILED;
   unsigned long long sent = 0;
@@ -165,7 +216,11 @@ static int relay_out(void) {
     size_t chunk = 0;
     while (chunk < PIPE_BYTES) {
       ssize_t n = splice(SRC, NULL, p[1], NULL, PIPE_BYTES - chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) { chunk += (size_t)n; continue; }
+      if (n > 0) {
+        chunk += (size_t)n;
+        last_progress_ms = now_ms();
+        continue;
+      }
       if (n < 0 && errno == EINTR) continue;
       if (n == 0 || errno != EAGAIN) { eof = 1; break; } /* a broken stdout ends the output like end of file */
       if (chunk > 0) break;
@@ -176,10 +231,12 @@ static int relay_out(void) {
     int len = snprintf(head, sizeof head, "%s%zx\r\n", owe_crlf ? "\r\n" : "", chunk);
     status = send_all(head, (size_t)len, 1);
     while (status == EXIT_DONE && chunk > 0) {
-      ssize_t n = splice(p[0], NULL, DST, NULL, chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE);
+      /* No SPLICE_F_MORE: a program that writes a line now and then must not see it held back by the kernel. */
+      ssize_t n = splice(p[0], NULL, DST, NULL, chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         chunk -= (size_t)n;
         sent += (unsigned long long)n;
+        last_progress_ms = now_ms();
       } else if (n < 0 && errno == EAGAIN) {
         if (wait_for(DST, POLLOUT, 1) < 0) status = EXIT_CLIENT_IDLE;
       } else if (!(n < 0 && errno == EINTR)) {
@@ -206,6 +263,7 @@ int main(int argc, char **argv) {
   /* The server may die without killing us (kill -9): then there is nobody to relay for. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   signal(SIGPIPE, SIG_IGN);
+  last_progress_ms = now_ms();
   unsigned long long bytes = 0, idle = 0;
   if (argc == 4 && strcmp(argv[1], "in") == 0 && parse(argv[2], &bytes) == 0 && parse(argv[3], &idle) == 0 && idle > 0 && idle < 1ULL << 30) {
     idle_ms = (int)idle;

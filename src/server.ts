@@ -90,8 +90,12 @@ export const DEFAULT_STREAM_RELAY_PATH = join(dirname(fileURLToPath(import.meta.
 
 /** Large uploads (a declared length of at least this) bypass node; smaller ones are read before a helper would start. */
 const STREAM_RELAY_MIN_UPLOAD_BYTES = 4 * 1024 * 1024;
-/** A client that sends or accepts nothing of a relayed stream for this long is given up (node's path waits as long). */
+/** A client that sends or accepts nothing of a relayed stream for this long is given up. */
 const STREAM_RELAY_CLIENT_IDLE_MS = 120_000;
+/** Helpers at once at most (each is a small process); past it, streams go through node. */
+const STREAM_RELAY_MAX_HELPERS = 64;
+/** How long an upload helper may go on dropping an unread body after the answer went out. */
+const STREAM_RELAY_DRAIN_GRACE_MS = 5_000;
 
 /** The splice relay when its helper is there and runs; else null with a log line (streams then stay in node). */
 function openStreamRelay(path: string | null, metrics: Metrics, logger: Logger): StreamRelay | null {
@@ -106,6 +110,8 @@ function openStreamRelay(path: string | null, metrics: Metrics, logger: Logger):
     binaryPath: path,
     minUploadBytes: STREAM_RELAY_MIN_UPLOAD_BYTES,
     clientIdleMs: STREAM_RELAY_CLIENT_IDLE_MS,
+    maxHelpers: STREAM_RELAY_MAX_HELPERS,
+    drainGraceMs: STREAM_RELAY_DRAIN_GRACE_MS,
     onMoved: (direction, bytes) => metrics.onRelayed(direction, bytes),
     onFailure: (direction, detail) => {
       metrics.onRelayFailed(direction);

@@ -17,6 +17,11 @@ import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } f
 
 const MiB = 1024 * 1024;
 const sandboxMissing = await sandboxUnavailableReason();
+const python3Missing = await new Promise<string | null>((resolve) =>
+  spawn('python3', ['-c', 'pass'], { stdio: 'ignore' })
+    .once('error', () => resolve('python3 is not installed (scripts/setup.sh installs it): it sends the TCP urgent byte'))
+    .once('close', (code) => resolve(code === 0 ? null : 'python3 does not run')),
+);
 const helperMissing = await readFile(DEFAULT_STREAM_RELAY_PATH).then(
   () => null,
   () => `${DEFAULT_STREAM_RELAY_PATH} is not built (npm run build needs a C compiler: scripts/setup.sh installs gcc)`,
@@ -224,6 +229,95 @@ describe('stream relay (sandbox executor)', { skip: sandboxMissing ?? helperMiss
   });
 });
 
+/** Writes raw bytes on one connection and returns everything the server sends until it closes. */
+async function rawExchange(url: string, write: (socket: Socket) => Promise<void>, timeoutMs = 30_000): Promise<Buffer> {
+  const { connect } = await import('node:net');
+  const target = new URL(url);
+  const socket = connect(Number(target.port), target.hostname);
+  await new Promise((resolve) => socket.once('connect', resolve));
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  socket.on('error', () => undefined);
+  await write(socket);
+  const timer = setTimeout(() => socket.destroy(), timeoutMs);
+  await closed;
+  clearTimeout(timer);
+  return Buffer.concat(chunks);
+}
+
+describe('stream relay: connections and odd clients', { skip: sandboxMissing ?? helperMissing ?? false }, () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startTestServer({ executor: 'sandbox', maxStreamBytes: 512 * MiB });
+    await deploy(server.url, 'ignore', { image: 'kindling/base', command: ['sh', '-c', 'echo ignored'] });
+    await deploy(server.url, 'late', { image: 'kindling/base', command: ['sh', '-c', 'sleep 1; head -c 3000000 /dev/zero'] });
+    await deploy(server.url, 'count', { image: 'kindling/base', command: ['wc', '-c'] });
+    await deploy(server.url, 'two', { image: 'kindling/base', command: ['head', '-c', String(2 * MiB), '/dev/zero'] });
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  it('an unread body of a client that stalls does not keep a helper after the answer', { timeout: 60_000 }, async () => {
+    const { connect } = await import('node:net');
+    const target = new URL(server.url);
+    // allowHalfOpen: a client that does not close when the server does (most do, which ends the helper at once).
+    const socket = connect({ port: Number(target.port), host: target.hostname, allowHalfOpen: true });
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.write(`POST /v1/functions/ignore/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${16 * MiB}\r\n\r\n`);
+    socket.write(randomBytes(256 * 1024));
+    // The program does not read; the answer comes while the client still owes 15.75 MiB and sends nothing more.
+    await waitFor(async () => answer.includes('ignored'), 20_000, 'the answer');
+    const answeredAt = performance.now();
+    assert.match(answer, /^HTTP\/1\.1 200/);
+    assert.match(answer, /connection: close/i);
+    // A byte now and then: never idle long enough for the helper's own idle limit.
+    const trickle = setInterval(() => socket.write('x'), 200);
+    try {
+      // The helper drops the rest for a grace period (5 s), then it is stopped and the connection closed.
+      await closed;
+    } finally {
+      clearInterval(trickle);
+    }
+    const afterMs = performance.now() - answeredAt;
+    assert.ok(afterMs > 3000 && afterMs < 15_000, `closed ${afterMs.toFixed(0)} ms after the answer`);
+    assert.equal(await helpersRunning(), 0);
+  });
+
+  it('a relayed upload pipelined behind a relayed output is read by node, not by two readers', { timeout: 60_000 }, async () => {
+    const bodyBytes = 5 * MiB;
+    const wire = await rawExchange(server.url, async (socket) => {
+      socket.write('POST /v1/functions/late/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n');
+      socket.write(`POST /v1/functions/count/invoke HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${bodyBytes}\r\n\r\n`);
+      // The second body arrives over ~1 s, while the first answer streams.
+      for (let sent = 0; sent < bodyBytes; sent += 512 * 1024) {
+        socket.write(Buffer.alloc(512 * 1024, 0x61));
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    });
+    const text = wire.toString('latin1');
+    assert.equal(text.match(/HTTP\/1\.1 200/g)?.length, 2, text.slice(0, 400));
+    assert.ok(text.includes(`${bodyBytes}\n`), 'wc -c saw the whole second body');
+  });
+
+  it('an HTTP/1.0 client of a large output gets it without trailers, and the server stays up', { timeout: 60_000 }, async () => {
+    const wire = await rawExchange(server.url, async (socket) => {
+      socket.write('POST /v1/functions/two/invoke HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n');
+    });
+    const headerEnd = wire.indexOf('\r\n\r\n');
+    const head = wire.subarray(0, headerEnd).toString('latin1');
+    assert.match(head, /^HTTP\/1\.1 200/);
+    assert.doesNotMatch(head, /trailer:/i);
+    assert.equal(wire.length - headerEnd - 4, 2 * MiB);
+    assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
+  });
+});
+
 describe('stream relay off', { skip: sandboxMissing ?? false }, () => {
   let server: TestServer;
   before(async () => {
@@ -334,6 +428,38 @@ describe('kindling-splice', { skip: helperMissing ?? false }, () => {
     client.end(randomBytes(1000));
     assert.equal(await new Promise<number | null>((resolve) => child.once('close', resolve)), 2);
     serverSide.destroy();
+  });
+
+  it('in: TCP urgent data in the body neither stalls nor spins it', { skip: python3Missing ?? false, timeout: 30_000 }, async () => {
+    // node cannot send MSG_OOB; python can. The helper must step over the urgent byte (as node's own reads do).
+    const script = [
+      'import json, os, resource, socket, subprocess, sys',
+      'ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)',
+      'c = socket.create_connection(ls.getsockname()); s, _ = ls.accept(); s.setblocking(False)',
+      'out_r, out_w = os.pipe(); rep_r, rep_w = os.pipe(); head_r, head_w = os.pipe(); os.close(head_w)',
+      'def fds():',
+      '    os.dup2(s.fileno(), 3); os.dup2(out_w, 4); os.dup2(rep_w, 5); os.dup2(head_r, 6)',
+      'p = subprocess.Popen([sys.argv[1], "in", "200000", "3000"], preexec_fn=fds, pass_fds=(3, 4, 5, 6))',
+      'os.close(out_w); os.close(rep_w)',
+      'c.sendall(b"a" * 100000); c.send(b"!", socket.MSG_OOB); c.sendall(b"b" * 100000)',
+      'got = b""',
+      'while True:',
+      '    chunk = os.read(out_r, 65536)',
+      '    if not chunk: break',
+      '    got += chunk',
+      'code = p.wait(); cpu = resource.getrusage(resource.RUSAGE_CHILDREN)',
+      'print(json.dumps({"code": code, "bytes": len(got), "exact": got == b"a" * 100000 + b"b" * 100000, "cpu": cpu.ru_utime + cpu.ru_stime, "report": os.read(rep_r, 100).decode()}))',
+    ].join('\n');
+    const child = spawn('python3', ['-c', script, DEFAULT_STREAM_RELAY_PATH], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    await new Promise((resolve) => child.once('close', resolve));
+    const result = JSON.parse(output) as { code: number; bytes: number; exact: boolean; cpu: number; report: string };
+    assert.equal(result.code, 0);
+    assert.equal(result.bytes, 200_000);
+    assert.equal(result.exact, true, 'the body without its urgent byte, in order');
+    assert.equal(result.report.trim(), 'delivered 200000');
+    assert.ok(result.cpu < 0.5, `the helper used ${result.cpu} s of CPU`);
   });
 
   it('refuses bad arguments', async () => {

@@ -72,3 +72,8 @@ export async function readUpload(upload: IncomingMessage | undefined, reply: Fas
   if (error()) throw error();
   return Buffer.concat(chunks);
 }
+
+/** Whether the answer to `request` may carry HTTP trailers (chunked encoding: HTTP/1.1 and later, not HTTP/1.0). */
+export function trailersAllowed(request: { raw: IncomingMessage }): boolean {
+  return !(request.raw.httpVersionMajor === 1 && request.raw.httpVersionMinor === 0);
+}

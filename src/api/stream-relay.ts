@@ -29,6 +29,13 @@ export interface StreamRelayOptions {
   minUploadBytes: number;
   /** A client that sends (upload) or accepts (download) nothing for this long is given up. */
   clientIdleMs: number;
+  /** Helpers running at once at most; past it, streams go through node. */
+  maxHelpers: number;
+  /**
+   * After the answer went out, an upload helper still dropping the rest of a body (the program closed its stdin
+   * early) gets this long to finish; then it is stopped and the connection closed.
+   */
+  drainGraceMs: number;
   /** Called when a relay ends, with the bytes it moved (metrics). */
   onMoved?: (direction: RelayDirection, bytes: number) => void;
   /** Called when the helper itself failed (not when the client went away). */
@@ -85,6 +92,10 @@ function onReport(child: ChildProcess, onLine: (word: string, value: number) => 
 
 export class StreamRelay {
   private readonly running = new Set<ChildProcess>();
+  /** Helpers stopped by this side (shutdown, the drain grace): their end is not a failure. */
+  private readonly stopped = new WeakSet<ChildProcess>();
+  /** The held upload of each socket: while its helper reads the socket, nobody else may (pipelined requests too). */
+  private readonly owners = new WeakMap<Socket, HeldUpload>();
   private closed = false;
 
   constructor(private readonly options: StreamRelayOptions) {}
@@ -98,12 +109,15 @@ export class StreamRelay {
    * Takes over a request body before node reads more of it, when it is worth it: a declared Content-Length of at
    * least `minUploadBytes` on a plain socket. Returns null otherwise (the caller streams it through node).
    */
-  holdUpload(upload: IncomingMessage, fallback: () => Readable): HeldUpload | null {
-    if (this.closed) return null;
+  holdUpload(upload: IncomingMessage, response: ServerResponse, fallback: () => Readable): HeldUpload | null {
+    if (this.closed || this.running.size >= this.options.maxHelpers) return null;
     const declared = Number(upload.headers['content-length']);
     if (!Number.isSafeInteger(declared) || declared < this.options.minUploadBytes || upload.headers['transfer-encoding'] !== undefined) return null;
-    if (descriptorOf(upload.socket) === null) return null;
-    return new HeldUpload(this, upload, declared, fallback);
+    // A pipelined request whose answer waits behind another one's has no socket of its own yet: node keeps it.
+    if (descriptorOf(upload.socket) === null || response.socket !== upload.socket || this.owners.get(upload.socket)?.relayReading) return null;
+    const held = new HeldUpload(this, upload, response, declared, fallback);
+    this.owners.set(upload.socket, held);
+    return held;
   }
 
   /**
@@ -112,7 +126,7 @@ export class StreamRelay {
    */
   canTakeOutput(stdout: Readable, response: ServerResponse): boolean {
     const chunked = (response as unknown as { chunkedEncoding?: boolean }).chunkedEncoding === true;
-    return !this.closed && chunked && response.headersSent && !response.writableEnded && !response.destroyed && descriptorOf(stdout) !== null && descriptorOf(response.socket) !== null;
+    return !this.closed && this.running.size < this.options.maxHelpers && chunked && response.headersSent && !response.writableEnded && !response.destroyed && descriptorOf(stdout) !== null && descriptorOf(response.socket) !== null;
   }
 
   /**
@@ -122,15 +136,16 @@ export class StreamRelay {
    * through the sink (`drained`) and through the helper (`sent`); when the client went away the response is destroyed (its 'close' cancels the execution). `stdout` is
    * destroyed at the end (its end of file was read by the helper).
    */
-  takeOutput(stdout: Readable, sink: Writable, response: ServerResponse, socketOwner?: HeldUpload | null): Promise<{ drained: number; sent: number }> {
+  takeOutput(stdout: Readable, sink: Writable, response: ServerResponse): Promise<{ drained: number; sent: number }> {
     stopReading(stdout);
     const buffered = takeBuffered(stdout);
     // The gate (fd 6): the helper sends nothing until node's own writes are out, in order.
     const socket = response.socket!;
     const child = this.spawnHelper(['out', String(this.options.clientIdleMs)], stdout, socket);
-    // spawn() stopped node's reading of the socket too (it does so for every stream it hands over). Node still reads
-    // it unless an upload relay does: a chunked upload still arriving, or end of file / the next keep-alive request.
-    if (!(socketOwner?.relayReading ?? false)) socket.resume();
+    // spawn() stopped node's reading of the socket too (it does so for every stream it hands over). Node reads on
+    // unless an upload helper does (this request's or a pipelined one's): a chunked upload still arriving, end of
+    // file, the next keep-alive request.
+    if (!(this.owners.get(socket)?.relayReading ?? false)) socket.resume();
     let drained = 0;
     for (const chunk of buffered) {
       drained += chunk.length;
@@ -138,17 +153,14 @@ export class StreamRelay {
     }
     const gate = helperStdio(child, 6) as Writable;
     gate.on('error', () => undefined);
-    void flushed(sink, response).then(() => gate.end());
+    void flushed(sink, response, this.options.clientIdleMs).then(() => gate.end());
     let sent = 0;
     onReport(child, (word, value) => {
       if (word === 'sent') sent = value;
     });
     return this.exited(child).then((status) => {
-      this.options.onMoved?.('out', sent);
-      if (status !== EXIT_DONE) {
-        if (status !== EXIT_CLIENT_GONE && status !== EXIT_CLIENT_IDLE) this.options.onFailure?.('out', `kindling-splice out exited with ${status}`);
-        response.destroy();
-      }
+      this.moved(child, 'out', sent, status);
+      if (status !== EXIT_DONE) response.destroy();
       stdout.destroy();
       return { drained, sent };
     });
@@ -158,13 +170,13 @@ export class StreamRelay {
    * The `stdoutBypass` of an execution whose stdout streams into `response` through `sink`: it takes over once at
    * least `minBytes` went out and the response streams (`streaming()`). `sentBytes()`: what the helper moved.
    */
-  outputBypass(sink: Writable, response: ServerResponse, minBytes: number, streaming: () => boolean, upload: HeldUpload | null): { bypass: OutputBypass; sentBytes: () => number } {
+  outputBypass(sink: Writable, response: ServerResponse, minBytes: number, streaming: () => boolean): { bypass: OutputBypass; sentBytes: () => number } {
     let sent = 0;
     const bypass: OutputBypass = {
       // What node still holds for the client is sent before the helper's first chunk (the gate in takeOutput).
       ready: (stdout, bytesSoFar) => bytesSoFar >= minBytes && streaming() && this.canTakeOutput(stdout, response),
       start: (stdout) =>
-        this.takeOutput(stdout, sink, response, upload).then((moved) => {
+        this.takeOutput(stdout, sink, response).then((moved) => {
           sent = moved.sent;
           return moved.drained + moved.sent;
         }),
@@ -175,7 +187,13 @@ export class StreamRelay {
   /** Stops every helper (server shutdown). */
   close(): void {
     this.closed = true;
-    for (const child of this.running) child.kill('SIGKILL');
+    for (const child of this.running) this.stop(child);
+  }
+
+  /** @internal: stops a helper on purpose (its end is then not counted as a failure). */
+  stop(child: ChildProcess): void {
+    this.stopped.add(child);
+    child.kill('SIGKILL');
   }
 
   /** @internal: starts a helper with `source` as fd 3 and `target` as fd 4, a report on fd 5 and a gate/head on fd 6. */
@@ -187,12 +205,12 @@ export class StreamRelay {
     child.stderr?.setEncoding('utf8').on('data', (text: string) => (stderr = (stderr + text).slice(-500)));
     child.once('close', () => {
       this.running.delete(child);
-      if (stderr.length > 0) this.options.onFailure?.(args[0] as RelayDirection, stderr.trim());
+      if (stderr.length > 0 && !this.stopped.has(child)) this.options.onFailure?.(args[0] as RelayDirection, stderr.trim());
     });
     return child;
   }
 
-  /** @internal: the helper's exit status (1 when it could not start). */
+  /** @internal: the helper's exit status (1 when it could not start or was killed). */
   exited(child: ChildProcess): Promise<number> {
     return new Promise((resolve) => {
       child.once('error', () => resolve(1));
@@ -200,10 +218,16 @@ export class StreamRelay {
     });
   }
 
-  /** @internal */
-  moved(direction: RelayDirection, bytes: number, failure?: string): void {
+  /** @internal: counts what a helper moved; an end that is neither done, the client's doing nor ours is a failure. */
+  moved(child: ChildProcess, direction: RelayDirection, bytes: number, status: number): void {
     this.options.onMoved?.(direction, bytes);
-    if (failure !== undefined) this.options.onFailure?.(direction, failure);
+    const expected = status === EXIT_DONE || status === EXIT_CLIENT_GONE || status === EXIT_CLIENT_IDLE || this.stopped.has(child);
+    if (!expected) this.options.onFailure?.(direction, `kindling-splice ${direction} exited with ${status}`);
+  }
+
+  /** @internal */
+  get drainGraceMs(): number {
+    return this.options.drainGraceMs;
   }
 
   /** @internal */
@@ -212,10 +236,20 @@ export class StreamRelay {
   }
 }
 
-/** Resolves once everything written to `sink` and `response` is in the kernel, or the response is gone. */
-async function flushed(sink: Writable, response: ServerResponse): Promise<void> {
-  while (!response.destroyed && (sink.writableLength > 0 || response.writableLength > 0)) {
-    await new Promise((resolve) => setTimeout(resolve, 1));
+/**
+ * Resolves once everything written to `sink` and `response` is in the kernel, or the response is gone. A client that
+ * takes nothing for `idleMs` is given up (the response is destroyed). Polled: a ServerResponse emits 'drain' only
+ * after a write that returned false, and this usually takes a few ms.
+ */
+async function flushed(sink: Writable, response: ServerResponse, idleMs: number): Promise<void> {
+  let waiting = 0;
+  let left = sink.writableLength + response.writableLength;
+  while (!response.destroyed && left > 0) {
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    const now = sink.writableLength + response.writableLength;
+    waiting = now < left ? 0 : waiting + 5;
+    left = now;
+    if (waiting >= idleMs) response.destroy();
   }
 }
 
@@ -229,15 +263,30 @@ export class HeldUpload {
   /** Whether the upload helper is reading the socket now (node must not). */
   relayReading = false;
 
+  private helper: ChildProcess | null = null;
+
   constructor(
     private readonly relay: StreamRelay,
     private readonly upload: IncomingMessage,
+    response: ServerResponse,
     private readonly declaredBytes: number,
     private readonly fallback: () => Readable,
   ) {
     stopReading(upload);
     // A request's socket stops on 'pause' (node's HTTP server listens for it): nothing more reaches the parser.
     upload.socket.pause();
+    // The answer is out while the helper still drops the rest of the body (the program closed its stdin early): it
+    // gets a grace period, then the connection closes. A slow client must not keep a helper and a socket for long.
+    response.once('finish', () => {
+      const helper = this.helper;
+      if (helper === null || !this.relayReading) return;
+      const timer = setTimeout(() => {
+        if (this.relayReading) this.relay.stop(helper);
+        upload.socket.destroy();
+      }, this.relay.drainGraceMs);
+      timer.unref();
+      helper.once('close', () => clearTimeout(timer));
+    });
   }
 
   /** Bytes the program took so far (known when the helper reports; on failure, what it reported last). */
@@ -258,6 +307,7 @@ export class HeldUpload {
     const head = takeBuffered(this.upload);
     const headBytes = head.reduce((sum, chunk) => sum + chunk.length, 0);
     const child = this.relay.spawnHelper(['in', String(Math.max(0, this.declaredBytes - headBytes)), String(this.relay.idleMs)], this.upload.socket, stdin);
+    this.helper = child;
     this.relayReading = true;
     const headPipe = helperStdio(child, 6) as Writable;
     headPipe.on('error', () => undefined);
@@ -273,11 +323,12 @@ export class HeldUpload {
       void this.relay.exited(child).then((status) => {
         this.relayReading = false;
         stdin.destroy();
-        this.relay.moved('in', delivered, status === EXIT_DONE || status === EXIT_CLIENT_GONE || status === EXIT_CLIENT_IDLE ? undefined : `kindling-splice in exited with ${status}`);
+        this.relay.moved(child, 'in', delivered, status);
+        // Node reads the socket again: it notices a client that goes away before the answer (whatever ended the
+        // helper), and the connection closes after it.
+        if (!this.upload.socket.destroyed) this.upload.socket.resume();
         if (status === EXIT_DONE) {
           resolve(delivered);
-          // The body is all read: reading on lets node notice a client that goes away before the answer.
-          this.upload.socket.resume();
           return;
         }
         this.failure =

@@ -5,7 +5,7 @@ import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecuteOptions, ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
-import { checkDeclaredLength, limitUpload } from '../raw-body.js';
+import { checkDeclaredLength, limitUpload, trailersAllowed } from '../raw-body.js';
 import type { HeldUpload, StreamRelay } from '../stream-relay.js';
 import { payloadLimit } from './functions.js';
 import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, RawExecuteSpecSchema } from '../schemas.js';
@@ -152,7 +152,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     const upload = request.body as IncomingMessage;
     const relay = options.streamRelay;
     // A large upload with a declared length bypasses node (see stream-relay.ts); anything else is piped through it.
-    const held = relay?.holdUpload(upload, () => limitUpload(upload, reply, body.maxBytes, body.flag).stream) ?? null;
+    const held = relay?.holdUpload(upload, reply.raw, () => limitUpload(upload, reply, body.maxBytes, body.flag).stream) ?? null;
     const throughNode = held ? null : limitUpload(upload, reply, body.maxBytes, body.flag);
     const uploadFailure = (): unknown => (held ? held.error() : throughNode!.error());
     const stdin: Pick<ExecuteOptions, 'stdinPump' | 'stdinStream'> = held ? { stdinPump: (target) => held.pumpInto(target) } : { stdinStream: throughNode!.stream };
@@ -190,7 +190,7 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     const raw = reply.raw;
     let streaming = false;
     // Past the first MiB, the rest of stdout may go around this process (stream-relay.ts).
-    const output = options.streamRelay?.outputBypass(raw, raw, RELAY_OUTPUT_AFTER_BYTES, () => streaming, held);
+    const output = options.streamRelay?.outputBypass(raw, raw, RELAY_OUTPUT_AFTER_BYTES, () => streaming);
     try {
       const result = await service.execute(spec, {
         signal,
@@ -208,7 +208,8 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
             'x-kindling-executor': info.executor,
             'x-kindling-cold-start': String(info.coldStart),
             'x-request-id': request.id,
-            trailer: TRAILERS.join(', '),
+            // HTTP/1.0 has no chunked encoding, so no trailers (node throws on the header): the body ends with the connection.
+            ...(trailersAllowed(request) ? { trailer: TRAILERS.join(', ') } : {}),
             ...(held ? { connection: 'close' } : {}),
           });
         },
@@ -220,15 +221,17 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
         return reply;
       }
       logFinished(request, result);
-      raw.addTrailers({
-        'x-kindling-exit-code': String(result.exitCode),
-        'x-kindling-duration-ms': String(result.durationMs),
-        'x-kindling-timed-out': String(result.timedOut),
-        'x-kindling-oom-killed': String(result.oomKilled),
-        'x-kindling-truncated': String(result.truncated),
-        // The first 4 KiB of stderr; the whole of it is in the JSON modes.
-        'x-kindling-stderr-base64': Buffer.from(result.stderr, result.outputEncoding).subarray(0, 4096).toString('base64'),
-      });
+      if (trailersAllowed(request)) {
+        raw.addTrailers({
+          'x-kindling-exit-code': String(result.exitCode),
+          'x-kindling-duration-ms': String(result.durationMs),
+          'x-kindling-timed-out': String(result.timedOut),
+          'x-kindling-oom-killed': String(result.oomKilled),
+          'x-kindling-truncated': String(result.truncated),
+          // The first 4 KiB of stderr; the whole of it is in the JSON modes.
+          'x-kindling-stderr-base64': Buffer.from(result.stderr, result.outputEncoding).subarray(0, 4096).toString('base64'),
+        });
+      }
       raw.end();
     } catch (error) {
       if (!streaming) throw error;

@@ -6,7 +6,7 @@ import type { ExecutorName, RuntimeName } from '../../core/types.js';
 import type { FunctionService, InvocationResult } from '../../orchestrator/function-service.js';
 import type { InvocationService } from '../../orchestrator/invocations.js';
 import type { LogBus } from '../../orchestrator/log-bus.js';
-import { checkDeclaredLength, limitUpload, readUpload } from '../raw-body.js';
+import { checkDeclaredLength, limitUpload, trailersAllowed, readUpload } from '../raw-body.js';
 import type { HeldUpload, StreamRelay } from '../stream-relay.js';
 import type { FunctionSpec } from '../../store/store.js';
 import {
@@ -200,7 +200,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     // A large upload with a declared length bypasses node (see stream-relay.ts); anything else is piped through it.
     const throughNode = (): { stream: Readable; error: () => unknown } =>
       upload ? limitUpload(upload, reply, body.maxBytes, body.flag) : { stream: Readable.from([]), error: () => null };
-    const held: HeldUpload | null = upload && relay ? relay.holdUpload(upload, () => throughNode().stream) : null;
+    const held: HeldUpload | null = upload && relay ? relay.holdUpload(upload, reply.raw, () => throughNode().stream) : null;
     if (held) {
       // The parser never sees the end of a relayed body: this connection cannot carry another request.
       raw.shouldKeepAlive = false;
@@ -221,13 +221,14 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         'x-kindling-executor': started?.executor ?? '',
         'x-kindling-output': 'streamed',
         'x-request-id': request.id,
-        trailer: STREAM_TRAILERS.join(', '),
+        // HTTP/1.0 has no chunked encoding, so no trailers (node throws on the header): the body ends with the connection.
+        ...(trailersAllowed(request) ? { trailer: STREAM_TRAILERS.join(', ') } : {}),
         ...(held ? { connection: 'close' } : {}),
       });
     });
     raw.on('close', () => sink.destroy());
     // Past the threshold, the rest of stdout may go around this process (stream-relay.ts).
-    const output = relay?.outputBypass(sink, raw, 0, () => sink.streaming, held);
+    const output = relay?.outputBypass(sink, raw, 0, () => sink.streaming);
     // Counted by the limiter itself: a 'data' listener here would start the flow before the sandbox reads it.
     const stdinBytes = (): number => (limited.stream && 'bytes' in limited.stream ? (limited.stream.bytes as number) : (held?.deliveredBytes ?? 0));
     const startedAtMs = Date.now();
@@ -306,11 +307,13 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       raw.destroy(uploadError instanceof Error ? uploadError : new Error(String(uploadError)));
       return reply;
     }
-    raw.addTrailers({
-      'x-kindling-exit-code': String(result.exitCode),
-      'x-kindling-duration-ms': String(result.durationMs),
-      'x-kindling-timed-out': String(result.timedOut),
-    });
+    if (trailersAllowed(request)) {
+      raw.addTrailers({
+        'x-kindling-exit-code': String(result.exitCode),
+        'x-kindling-duration-ms': String(result.durationMs),
+        'x-kindling-timed-out': String(result.timedOut),
+      });
+    }
     raw.end();
     return reply;
   }
