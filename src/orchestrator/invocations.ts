@@ -17,7 +17,7 @@
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError, isStorageFull, storageFullError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import type { FinishedInvocation, InvocationFilter, InvocationOutcome, InvocationRecord, Store } from '../store/store.js';
+import type { FinishedInvocation, InvocationFilter, InvocationOutcome, InvocationRecord, NewInvocation, Store } from '../store/store.js';
 import type { TenantScope } from './execution-service.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
@@ -134,6 +134,9 @@ export class InvocationService {
   /** Finished synchronous invocations not yet written: one transaction per event-loop turn, not one per call. */
   private unrecorded: FinishedInvocation[] = [];
   private recordTimer: NodeJS.Timeout | null = null;
+  /** Enqueues of this event-loop turn, committed together at its end (see enqueue). */
+  private uncommitted: { input: NewInvocation; resolve: (result: { invocation: InvocationRecord; created: boolean }) => void; reject: (error: unknown) => void }[] = [];
+  private commitImmediate: NodeJS.Immediate | null = null;
 
   constructor(private readonly options: InvocationServiceOptions) {
     this.store = options.store;
@@ -167,8 +170,16 @@ export class InvocationService {
     return { failed };
   }
 
-  /** Commits the invocation, then wakes the dispatcher. Throws 4xx for an unknown function or a refused callback. */
-  enqueue(request: EnqueueRequest): { view: InvocationView; created: boolean } {
+  /**
+   * Commits the invocation, then wakes the dispatcher; resolves once it is committed. Rejects with a 4xx for an unknown
+   * function or a refused callback.
+   *
+   * Group commit: the enqueues of one event-loop turn (the requests of every connection that was readable) are
+   * inserted in one transaction at the end of the turn (setImmediate), and each promise resolves only after that
+   * commit. One commit costs ~50 µs, a row in a batch ~10 µs: under load this is most of what an enqueue costs, and a
+   * lone enqueue waits for no timer, only for the end of its turn.
+   */
+  async enqueue(request: EnqueueRequest): Promise<{ view: InvocationView; created: boolean }> {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
     const tenant = request.tenant ?? DEFAULT_TENANT;
     const { version } = this.options.functionService.resolve(tenant, request.functionName);
@@ -178,18 +189,55 @@ export class InvocationService {
     }
     const callbackUrl = request.callbackUrl === undefined ? null : this.checkCallback(request.callbackUrl);
     const nowMs = this.clock.nowMs();
-    const { invocation, created } = this.store.insertInvocation({
-      id: newId('inv', nowMs),
-      tenant,
-      functionName: version.name,
-      version: version.version,
-      payload: request.payload,
-      idempotencyKey: key ?? null,
-      callbackUrl,
-      createdAtMs: nowMs,
+    const { invocation, created } = await new Promise<{ invocation: InvocationRecord; created: boolean }>((resolve, reject) => {
+      this.uncommitted.push({
+        input: {
+          id: newId('inv', nowMs),
+          tenant,
+          functionName: version.name,
+          version: version.version,
+          payload: request.payload,
+          idempotencyKey: key ?? null,
+          callbackUrl,
+          createdAtMs: nowMs,
+        },
+        resolve,
+        reject,
+      });
+      this.commitImmediate ??= setImmediate(() => this.commitEnqueued());
     });
-    if (created) this.pump();
     return { view: toInvocationView(invocation), created };
+  }
+
+  /** Commits the enqueues waiting (one transaction), then answers each and wakes the dispatcher. */
+  private commitEnqueued(): void {
+    if (this.commitImmediate !== null) clearImmediate(this.commitImmediate);
+    this.commitImmediate = null;
+    const batch = this.uncommitted;
+    if (batch.length === 0) return;
+    this.uncommitted = [];
+    let results: { invocation: InvocationRecord; created: boolean }[] | null = null;
+    try {
+      results = this.store.insertInvocations(batch.map((entry) => entry.input));
+    } catch {
+      // Nothing of the batch was stored (one transaction): each again on its own, so that one bad row (or a disk that
+      // filled up) answers for itself only.
+    }
+    let created = false;
+    for (const [i, entry] of batch.entries()) {
+      let result = results?.[i];
+      if (result === undefined) {
+        try {
+          result = this.store.insertInvocation(entry.input);
+        } catch (error) {
+          entry.reject(error);
+          continue;
+        }
+      }
+      created ||= result.created;
+      entry.resolve(result);
+    }
+    if (created) this.pump();
   }
 
   /**
@@ -245,6 +293,8 @@ export class InvocationService {
   /** Stops claiming new work and waits (up to the deadline) for the running invocations; they stay queued otherwise. */
   async close(deadlineMs = 10_000): Promise<boolean> {
     this.closed = true;
+    // Enqueues accepted before the close are committed (and answered) now, before the store can go.
+    this.commitEnqueued();
     this.flushRecords();
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
@@ -263,7 +313,7 @@ export class InvocationService {
 
   /** Resolves when nothing is queued or running (tests, bench). */
   whenIdle(): Promise<void> {
-    if (this.running === 0 && this.store.listInvocations({ status: 'queued', limit: 1 }).length === 0) return Promise.resolve();
+    if (this.running === 0 && this.uncommitted.length === 0 && this.store.listInvocations({ status: 'queued', limit: 1 }).length === 0) return Promise.resolve();
     return new Promise((resolve) => this.idle.push(resolve));
   }
 
