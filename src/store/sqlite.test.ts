@@ -229,23 +229,31 @@ describe('SqliteStore', () => {
     }
   });
 
-  it('inserts many invocations in one transaction: in order, deduped within the batch, all or none', () => {
+  it('runs several writes in one transaction: deduped within it, all or none', () => {
     const store = new SqliteStore(':memory:');
     try {
       const base = { tenant: T, functionName: 'f', version: 1, callbackUrl: null, payload: Buffer.from('p') };
-      const results = store.insertInvocations([
-        { ...base, id: 'inv_1', idempotencyKey: null, createdAtMs: 1 },
-        { ...base, id: 'inv_2', idempotencyKey: 'k', createdAtMs: 2 },
-        { ...base, id: 'inv_3', idempotencyKey: 'k', createdAtMs: 3 },
-        { ...base, id: 'inv_4', idempotencyKey: null, callbackUrl: 'http://127.0.0.1:1/', createdAtMs: 4 },
+      const results = store.transaction(() => [
+        store.insertInvocation({ ...base, id: 'inv_1', idempotencyKey: null, createdAtMs: 1 }),
+        store.insertInvocation({ ...base, id: 'inv_2', idempotencyKey: 'k', createdAtMs: 2 }),
+        store.insertInvocation({ ...base, id: 'inv_3', idempotencyKey: 'k', createdAtMs: 3 }),
+        store.insertInvocation({ ...base, id: 'inv_4', idempotencyKey: null, callbackUrl: 'http://127.0.0.1:1/', createdAtMs: 4 }),
       ]);
       assert.deepEqual(results.map((r) => [r.invocation.id, r.created]), [['inv_1', true], ['inv_2', true], ['inv_2', false], ['inv_4', true]]);
       // The records built from the input are what the database holds.
       for (const { invocation } of results) assert.deepEqual(invocation, store.getInvocation(invocation.id));
-      assert.deepEqual(store.insertInvocations([]), []);
-      // A row that fails (here: an id that exists) fails the batch, and nothing of it is stored.
-      assert.throws(() => store.insertInvocations([{ ...base, id: 'inv_5', idempotencyKey: null, createdAtMs: 5 }, { ...base, id: 'inv_1', idempotencyKey: null, createdAtMs: 6 }]), /collided/);
+      // A write that fails (here: an id that exists) fails the transaction, and nothing of it is stored.
+      assert.throws(
+        () =>
+          store.transaction(() => {
+            store.claimNextInvocation(10);
+            store.insertInvocation({ ...base, id: 'inv_5', idempotencyKey: null, createdAtMs: 5 });
+            store.insertInvocation({ ...base, id: 'inv_1', idempotencyKey: null, createdAtMs: 6 });
+          }),
+        /collided/,
+      );
       assert.equal(store.getInvocation('inv_5'), null);
+      assert.equal(store.getInvocation('inv_1')?.status, 'queued', 'the claim was rolled back too');
       assert.deepEqual(store.listInvocations({ limit: 10 }).map((i) => i.id), ['inv_4', 'inv_2', 'inv_1']);
     } finally {
       store.close();

@@ -65,11 +65,6 @@ export interface Store {
    * tenant) the existing invocation is returned instead and `created` is false: the same key never runs twice.
    */
   insertInvocation(input: NewInvocation): { invocation: InvocationRecord; created: boolean };
-  /**
-   * insertInvocation for many, in one transaction (one commit for all; a row that fails fails them all, none is
-   * stored). The results are in the order of `inputs`; a key used twice within `inputs` dedupes as across calls.
-   */
-  insertInvocations(inputs: readonly NewInvocation[]): { invocation: InvocationRecord; created: boolean }[];
   getInvocation(id: string, tenant?: string): InvocationRecord | null;
   /** The stored payload of a queued/running invocation (dropped when it finishes). */
   getInvocationPayload(id: string): Buffer | null;
@@ -93,6 +88,11 @@ export interface Store {
   pendingCallbacks(): InvocationRecord[];
   /** Deletes finished invocations that finished before `beforeMs`; returns how many. */
   deleteInvocationsFinishedBefore(beforeMs: number): number;
+  /**
+   * Runs `fn`, which calls the methods above, in one transaction: its writes commit together (one commit instead of
+   * one each, the costly part of a small write), or none of them when it throws (then it rethrows).
+   */
+  transaction<T>(fn: () => T): T;
   close(): void;
 }
 
