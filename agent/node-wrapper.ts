@@ -68,6 +68,12 @@ async function main(): Promise<void> {
 
   const decoder = new FrameDecoder();
   let body: Buffer[] = [];
+  // The frames of an answer in one write: one syscall and one wake-up of the host instead of one per frame.
+  const writeAll = (frames: Buffer[]): void => {
+    socket.cork();
+    for (const frame of frames) socket.write(frame);
+    socket.uncork();
+  };
   const run = async (id: number, input: Buffer): Promise<void> => {
     const started = performance.now();
     const cpuStart = process.cpuUsage();
@@ -80,10 +86,9 @@ async function main(): Promise<void> {
       const value = await handler(input);
       const out = typeof value === 'string' ? Buffer.from(value, 'utf8') : value instanceof Uint8Array ? Buffer.from(value.buffer, value.byteOffset, value.byteLength) : value === undefined || value === null ? Buffer.alloc(0) : Buffer.from(String(value), 'utf8');
       const end = JSON.stringify({ durationMs: performance.now() - started, rssBytes: process.memoryUsage.rss(), ...usage() });
-      for (const frame of encodeBody(FrameType.RESULT_CHUNK, FrameType.RESULT_END, id, out, end)) socket.write(frame);
+      writeAll(encodeBody(FrameType.RESULT_CHUNK, FrameType.RESULT_END, id, out, end));
     } catch (error) {
-      socket.write(encodeFrame(FrameType.USAGE, id, JSON.stringify(usage())));
-      socket.write(encodeFrame(FrameType.ERROR, id, describe(error)));
+      writeAll([encodeFrame(FrameType.USAGE, id, JSON.stringify(usage())), encodeFrame(FrameType.ERROR, id, describe(error))]);
     } finally {
       current = 0;
     }

@@ -314,7 +314,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   const served = new Map<ExecutorName, Executor>([...executors].map(([name, executor]) => [name, instrumentExecutor(executor, metrics)]));
   // Function definitions and usage records live beside the orchestrator in the data dir; they survive restarts.
   const store = new SqliteStore(join(dataDir, 'kindling.db'));
-  const usageStore = new SqliteUsageStore(join(dataDir, 'kindling.db'));
+  const usageStore = new SqliteUsageStore(join(dataDir, 'kindling.db'), { onError: (error, records) => logger.warn({ err: error, records }, 'writing usage records failed') });
   const tenantStore = new SqliteTenantStore(join(dataDir, 'kindling.db'));
   let functionServiceRef: FunctionService | null = null;
   const tenants = new TenantService({

@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { pino } from 'pino';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
@@ -36,8 +37,12 @@ describe('observability: metrics, usage, tracing', { skip: unavailable ?? false 
     assert.ok(response.status === 201 || response.status === 200, await response.text());
   };
 
+  /** The server's log lines (info and up), parsed. */
+  const logLines: Record<string, unknown>[] = [];
+
   before(async () => {
-    server = await startTestServer({ executor: 'sandbox', adminKey: KEY, metricsToken: SCRAPE });
+    const logger = pino({ level: 'info' }, { write: (line: string) => void logLines.push(JSON.parse(line) as Record<string, unknown>) });
+    server = await startTestServer({ executor: 'sandbox', adminKey: KEY, metricsToken: SCRAPE, logger });
   });
   after(async () => {
     await server?.stop();
@@ -205,6 +210,11 @@ describe('observability: metrics, usage, tracing', { skip: unavailable ?? false 
     const id = response.headers.get('x-kindling-invocation-id');
     const records = (await (await fetch(`${server.url}/v1/usage/invocations?limit=5`, { headers: auth })).json()) as { invocations: { id: string; traceId: string }[] };
     assert.equal(records.invocations.find((r) => r.id === id)?.traceId, traceId);
+    // Every log line of the request carries the trace id, fastify's own ("incoming request", "request completed") too.
+    const requestId = response.headers.get('x-request-id');
+    const lines = logLines.filter((line) => line.reqId === requestId);
+    assert.ok(lines.length >= 2, `log lines of request ${requestId}: ${JSON.stringify(lines)}`);
+    for (const line of lines) assert.equal(line.traceId, traceId, JSON.stringify(line));
 
     // An invalid header starts a new trace instead of failing the request.
     const fresh = await fetch(`${server.url}/healthz`, { headers: { traceparent: `00-${'0'.repeat(32)}-00f067aa0ba902b7-01` } });

@@ -2,6 +2,7 @@ import type { StreamRelay } from './stream-relay.js';
 import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
+import type { IncomingMessage } from 'node:http';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { ExecutorName } from '../core/types.js';
@@ -77,8 +78,21 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     options.logger && typeof options.logger === 'object' && 'child' in options.logger
       ? { loggerInstance: options.logger as FastifyServerOptions['loggerInstance'] }
       : { logger: (options.logger as FastifyServerOptions['logger']) ?? false };
+  // Each request's trace is started where fastify makes its logger (below), so that one child logger carries both
+  // the request id and the trace id: a child of that child (pino) cost ~12 µs a request, one child with both ~1 µs.
+  const traces = new WeakMap<IncomingMessage, RequestTrace>();
+  const traceOf = (raw: IncomingMessage): RequestTrace => {
+    let trace = traces.get(raw);
+    if (trace === undefined) {
+      const header = raw.headers.traceparent;
+      trace = startRequestTrace(Array.isArray(header) ? header[0] : header);
+      traces.set(raw, trace);
+    }
+    return trace;
+  };
   const app = Fastify({
     ...loggerOption,
+    childLoggerFactory: (logger, bindings, loggerOptions, raw) => logger.child({ ...bindings, traceId: traceOf(raw as IncomingMessage).traceId }, loggerOptions),
     bodyLimit: options.maxBodyBytes,
     genReqId: (request) => {
       const given = request.headers['x-request-id'];
@@ -145,12 +159,10 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     }
   });
 
-  // Tracing first, so that every later log line of the request carries the trace id.
+  // Tracing first (the request's logger already carries the trace id: see childLoggerFactory above).
   app.decorateRequest('trace', null as unknown as RequestTrace);
   app.addHook('onRequest', async (request) => {
-    const header = request.headers.traceparent;
-    request.trace = startRequestTrace(Array.isArray(header) ? header[0] : header);
-    request.log = request.log.child({ traceId: request.trace.traceId });
+    request.trace = traceOf(request.raw);
   });
 
   app.addHook('onSend', async (request, reply, payload) => {

@@ -59,18 +59,56 @@ export function limitUpload(upload: IncomingMessage, reply: FastifyReply, maxByt
   return { stream: limited, error: () => uploadError };
 }
 
-/** Reads a whole (bounded) raw upload into memory: for payloads that must be stored or handed over whole. */
-export async function readUpload(upload: IncomingMessage | undefined, reply: FastifyReply, maxBytes: number, flag: string): Promise<Buffer> {
-  if (upload === undefined) return Buffer.alloc(0);
-  const { stream, error } = limitUpload(upload, reply, maxBytes, flag);
-  const chunks: Buffer[] = [];
-  try {
-    for await (const chunk of stream) chunks.push(chunk as Buffer);
-  } catch (failure) {
-    throw error() ?? failure;
-  }
-  if (error()) throw error();
-  return Buffer.concat(chunks);
+/**
+ * Reads a whole (bounded) raw upload into memory: for payloads that must be stored or handed over whole. Fails like
+ * limitUpload (past the limit: PAYLOAD_TOO_LARGE, the rest drained and the connection closed after the answer; a
+ * client gone mid-upload: an error), with plain 'data' listeners: no Transform, pipe or async iterator for what is
+ * mostly a small body (an async enqueue or a handler's event).
+ */
+export function readUpload(upload: IncomingMessage | undefined, reply: FastifyReply, maxBytes: number, flag: string): Promise<Buffer> {
+  if (upload === undefined) return Promise.resolve(Buffer.alloc(0));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    const done = (): void => {
+      upload.off('data', onData);
+      upload.off('end', onEnd);
+      upload.off('error', onError);
+      upload.off('close', onClose);
+    };
+    const fail = (error: unknown): void => {
+      done();
+      // Stop reading what is left and close the connection after the answer (see limitUpload).
+      upload.resume();
+      reply.header('connection', 'close');
+      reject(error);
+    };
+    const onData = (chunk: Buffer): void => {
+      bytes += chunk.length;
+      if (bytes > maxBytes) {
+        fail(new KindlingError('PAYLOAD_TOO_LARGE', `the request body is larger than this server's limit of ${maxBytes} bytes; send less or raise ${flag}`));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => {
+      done();
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, bytes));
+    };
+    const onError = (error: Error): void => fail(error);
+    const onClose = (): void => {
+      if (!upload.complete) fail(new Error('the client disconnected during the upload'));
+    };
+    if (upload.destroyed) {
+      // Gone before it was read (its 'close' already happened): nothing more will come.
+      fail(new Error('the client disconnected during the upload'));
+      return;
+    }
+    upload.on('data', onData);
+    upload.on('end', onEnd);
+    upload.on('error', onError);
+    upload.on('close', onClose);
+  });
 }
 
 /** Whether the answer to `request` may carry HTTP trailers (chunked encoding: HTTP/1.1 and later, not HTTP/1.0). */

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomHex } from '../core/ids.js';
 
 /**
  * W3C Trace Context (https://www.w3.org/TR/trace-context/): `traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex
@@ -30,17 +30,17 @@ export function parseTraceparent(header: string | undefined): { traceId: string;
   return { traceId, parentSpanId, flags };
 }
 
-const randomHex = (bytes: number): string => {
+const nonZeroHex = (bytes: number): string => {
   for (;;) {
-    const value = randomBytes(bytes).toString('hex');
+    const value = randomHex(bytes);
     if (!/^0+$/.test(value)) return value;
   }
 };
 
 export function startRequestTrace(header: string | undefined): RequestTrace {
   const incoming = parseTraceparent(header);
-  const traceId = incoming?.traceId ?? randomHex(16);
-  const spanId = randomHex(8);
+  const traceId = incoming?.traceId ?? nonZeroHex(16);
+  const spanId = nonZeroHex(8);
   // Sampled by default when we start the trace; an incoming decision is kept.
   const flags = incoming?.flags ?? '01';
   return { traceId, spanId, parentSpanId: incoming?.parentSpanId ?? null, flags, traceparent: `00-${traceId}-${spanId}-${flags}` };

@@ -17,7 +17,7 @@
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError, isStorageFull, storageFullError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import type { FinishedInvocation, InvocationFilter, InvocationOutcome, InvocationRecord, Store } from '../store/store.js';
+import type { FinishedInvocation, InvocationFilter, InvocationOutcome, InvocationRecord, NewInvocation, Store } from '../store/store.js';
 import type { TenantScope } from './execution-service.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
@@ -116,6 +116,25 @@ export function toInvocationView(record: InvocationRecord): InvocationView {
 
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,256}$/;
 
+/** A dispatcher slot taken by a run; released once (by the commit of its outcome, or when the run ends). */
+interface RunSlot {
+  released: boolean;
+}
+
+interface PendingInsert {
+  input: NewInvocation;
+  resolve: (result: { invocation: InvocationRecord; created: boolean }) => void;
+  reject: (error: unknown) => void;
+}
+
+interface PendingFinish {
+  record: InvocationRecord;
+  outcome: InvocationOutcome;
+  slot: RunSlot;
+  /** Called with whether the outcome was stored. */
+  stored: (stored: boolean) => void;
+}
+
 export class InvocationService {
   private readonly store: Store;
   private readonly clock: Clock;
@@ -134,6 +153,13 @@ export class InvocationService {
   /** Finished synchronous invocations not yet written: one transaction per event-loop turn, not one per call. */
   private unrecorded: FinishedInvocation[] = [];
   private recordTimer: NodeJS.Timeout | null = null;
+  /** Enqueues of this event-loop turn, committed together at its end (see commitTurn). */
+  private uncommitted: PendingInsert[] = [];
+  /** Outcomes of runs that ended in this turn, committed together at its end. */
+  private unfinished: PendingFinish[] = [];
+  /** Whether the dispatcher should claim queued invocations at the end of this turn (see pump). */
+  private claimWanted = false;
+  private commitImmediate: NodeJS.Immediate | null = null;
 
   constructor(private readonly options: InvocationServiceOptions) {
     this.store = options.store;
@@ -167,8 +193,16 @@ export class InvocationService {
     return { failed };
   }
 
-  /** Commits the invocation, then wakes the dispatcher. Throws 4xx for an unknown function or a refused callback. */
-  enqueue(request: EnqueueRequest): { view: InvocationView; created: boolean } {
+  /**
+   * Commits the invocation, then wakes the dispatcher; resolves once it is committed. Rejects with a 4xx for an unknown
+   * function or a refused callback.
+   *
+   * Group commit: the enqueues of one event-loop turn (the requests of every connection that was readable) are
+   * inserted in one transaction at the end of the turn (setImmediate), and each promise resolves only after that
+   * commit. One commit costs ~50 µs, a row in a batch ~10 µs: under load this is most of what an enqueue costs, and a
+   * lone enqueue waits for no timer, only for the end of its turn.
+   */
+  async enqueue(request: EnqueueRequest): Promise<{ view: InvocationView; created: boolean }> {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
     const tenant = request.tenant ?? DEFAULT_TENANT;
     const { version } = this.options.functionService.resolve(tenant, request.functionName);
@@ -178,18 +212,83 @@ export class InvocationService {
     }
     const callbackUrl = request.callbackUrl === undefined ? null : this.checkCallback(request.callbackUrl);
     const nowMs = this.clock.nowMs();
-    const { invocation, created } = this.store.insertInvocation({
-      id: newId('inv', nowMs),
-      tenant,
-      functionName: version.name,
-      version: version.version,
-      payload: request.payload,
-      idempotencyKey: key ?? null,
-      callbackUrl,
-      createdAtMs: nowMs,
+    const { invocation, created } = await new Promise<{ invocation: InvocationRecord; created: boolean }>((resolve, reject) => {
+      this.uncommitted.push({
+        input: {
+          id: newId('inv', nowMs),
+          tenant,
+          functionName: version.name,
+          version: version.version,
+          payload: request.payload,
+          idempotencyKey: key ?? null,
+          callbackUrl,
+          createdAtMs: nowMs,
+        },
+        resolve,
+        reject,
+      });
+      this.scheduleCommit();
     });
-    if (created) this.pump();
     return { view: toInvocationView(invocation), created };
+  }
+
+  private scheduleCommit(): void {
+    this.commitImmediate ??= setImmediate(() => this.commitTurn());
+  }
+
+  /**
+   * The dispatcher's and the enqueues' writes of one event-loop turn, in one transaction: the new invocations, the
+   * outcomes of the runs that ended, and the claims of queued invocations for the free slots (those just freed
+   * included). Only after the commit is each enqueue answered, each outcome announced and each claimed run started.
+   * If the transaction fails, nothing of it was stored: each write is then made on its own, with its own error
+   * handling (so one bad row, or a disk that filled up, answers for itself only).
+   */
+  private commitTurn(): void {
+    if (this.commitImmediate !== null) clearImmediate(this.commitImmediate);
+    this.commitImmediate = null;
+    const inserts = this.uncommitted;
+    const finishes = this.unfinished;
+    this.uncommitted = [];
+    this.unfinished = [];
+    const claim = (this.claimWanted || inserts.length > 0 || finishes.length > 0) && this.mayClaim();
+    this.claimWanted = false;
+    // The slots of the runs whose outcome commits now are free for the claims of the same transaction.
+    const slots = claim ? this.concurrency - this.running + finishes.length : 0;
+    if (inserts.length === 0 && finishes.length === 0 && slots <= 0) return;
+    let results: { invocation: InvocationRecord; created: boolean }[] = [];
+    let claimed: InvocationRecord[] = [];
+    let committed = false;
+    try {
+      this.store.transaction(() => {
+        results = inserts.map((entry) => this.store.insertInvocation(entry.input));
+        for (const entry of finishes) this.store.finishInvocation(entry.record.id, entry.outcome);
+        claimed = this.claimUpTo(slots);
+      });
+      committed = true;
+    } catch {
+      // Rolled back: each on its own below.
+    }
+    if (!committed) {
+      for (const entry of inserts) {
+        try {
+          entry.resolve(this.store.insertInvocation(entry.input));
+        } catch (error) {
+          entry.reject(error);
+        }
+      }
+      // Their slots stay taken until each is stored (or given up); the claims wait for them.
+      for (const entry of finishes) void this.storeDurably(entry.record.id, () => this.store.finishInvocation(entry.record.id, entry.outcome)).then(entry.stored);
+      if (claim) this.claimAlone();
+      return;
+    }
+    for (const [i, entry] of inserts.entries()) entry.resolve(results[i]!);
+    for (const entry of finishes) {
+      entry.slot.released = true;
+      this.running--;
+      entry.stored(true);
+    }
+    for (const record of claimed) this.startRun(record);
+    if (claim) this.settleIdle();
   }
 
   /**
@@ -245,6 +344,8 @@ export class InvocationService {
   /** Stops claiming new work and waits (up to the deadline) for the running invocations; they stay queued otherwise. */
   async close(deadlineMs = 10_000): Promise<boolean> {
     this.closed = true;
+    // Enqueues accepted before the close are committed (and answered) now, before the store can go.
+    this.commitTurn();
     this.flushRecords();
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
@@ -263,7 +364,7 @@ export class InvocationService {
 
   /** Resolves when nothing is queued or running (tests, bench). */
   whenIdle(): Promise<void> {
-    if (this.running === 0 && this.store.listInvocations({ status: 'queued', limit: 1 }).length === 0) return Promise.resolve();
+    if (this.running === 0 && this.uncommitted.length === 0 && this.store.listInvocations({ status: 'queued', limit: 1 }).length === 0) return Promise.resolve();
     return new Promise((resolve) => this.idle.push(resolve));
   }
 
@@ -287,35 +388,74 @@ export class InvocationService {
     return url.toString();
   }
 
+  /** Asks for claims at the end of this turn (with the turn's other writes: see commitTurn). */
   private pump(): void {
     if (!this.started || this.closed) return;
+    this.claimWanted = true;
+    this.scheduleCommit();
+  }
+
+  /** Whether claims may be made now; while paused, a timer asks again when the pause ends. */
+  private mayClaim(): boolean {
+    if (!this.started || this.closed) return false;
     const now = this.clock.nowMs();
     if (now < this.pausedUntilMs) {
       this.wakeTimer ??= setTimeout(() => {
         this.wakeTimer = null;
         this.pump();
       }, this.pausedUntilMs - now);
-      return;
+      return false;
     }
-    while (this.running < this.concurrency && !this.closed) {
-      let record: InvocationRecord | null;
+    return true;
+  }
+
+  /** Claims the oldest queued invocations (FIFO, passing over blocked tenants), at most `slots`. Throws what the store throws. */
+  private claimUpTo(slots: number): InvocationRecord[] {
+    const claimed: InvocationRecord[] = [];
+    if (slots <= 0) return claimed;
+    const blocked = this.blockedTenants();
+    while (claimed.length < slots) {
+      const record = this.store.claimNextInvocation(this.clock.nowMs(), blocked);
+      if (record === null) break;
+      claimed.push(record);
+    }
+    return claimed;
+  }
+
+  /** Claims and starts outside a turn's transaction (after that failed): a claim the store refuses pauses the dispatcher. */
+  private claimAlone(): void {
+    while (this.running < this.concurrency) {
+      if (!this.mayClaim()) return;
+      let claimed: InvocationRecord[];
       try {
-        record = this.store.claimNextInvocation(this.clock.nowMs(), this.blockedTenants());
+        claimed = this.claimUpTo(1);
       } catch (error) {
         this.options.onError?.(error, { phase: 'claim' });
         this.pause(1000);
         return;
       }
-      if (record === null) break;
-      this.running++;
-      const run = this.run(record).finally(() => {
-        this.running--;
-        this.inFlight.delete(run);
-        this.pump();
-      });
-      this.inFlight.add(run);
+      if (claimed.length === 0) break;
+      this.startRun(claimed[0]!);
     }
-    // Idle means nothing runs and nothing waits for its tenant's quota.
+    this.settleIdle();
+  }
+
+  /** Runs a claimed invocation in a slot; the slot is freed when the outcome is committed (or the run ends otherwise). */
+  private startRun(record: InvocationRecord): void {
+    this.running++;
+    const slot: RunSlot = { released: false };
+    const run = this.run(record, slot).finally(() => {
+      this.inFlight.delete(run);
+      if (slot.released) return;
+      slot.released = true;
+      this.running--;
+      this.pump();
+    });
+    this.inFlight.add(run);
+  }
+
+  /** After claims that took what they could: idle means nothing runs and nothing waits for its tenant's quota. */
+  private settleIdle(): void {
     if (this.running === 0 && this.blockedUntilMs.size === 0 && this.idle.length > 0) {
       for (const resolve of this.idle.splice(0)) resolve();
     }
@@ -362,7 +502,7 @@ export class InvocationService {
     this.pump();
   }
 
-  private async run(record: InvocationRecord): Promise<void> {
+  private async run(record: InvocationRecord, slot: RunSlot): Promise<void> {
     const bus = this.options.logBus;
     const payload = this.store.getInvocationPayload(record.id) ?? Buffer.alloc(0);
     this.options.onInfo?.('invocation started', { invocationId: record.id, function: record.functionName, version: record.version });
@@ -433,7 +573,11 @@ export class InvocationService {
         finishedAtMs: this.clock.nowMs(),
       };
     }
-    const stored = await this.storeDurably(record.id, () => this.store.finishInvocation(record.id, outcome));
+    // Stored with this turn's other writes (commitTurn), which also frees the slot.
+    const stored = await new Promise<boolean>((resolve) => {
+      this.unfinished.push({ record, outcome, slot, stored: resolve });
+      this.scheduleCommit();
+    });
     if (!stored) {
       // Stays `running` in the store: the next start marks it failed (the crash policy above); nothing runs it twice.
       bus.end(record.id, record.tenant, record.functionName, 'failed');

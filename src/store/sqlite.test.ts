@@ -199,4 +199,64 @@ describe('SqliteStore', () => {
       store.close();
     }
   });
+
+  it('answers reads of the latest version from memory, and forgets it on every write that changes it', () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      store.putFunction(T, 'f', { runtime: 'node', code: '1', handler: 'h', env: { A: '1' } }, 1);
+      const first = store.getVersion(T, 'f')!;
+      assert.equal(store.getVersion(T, 'f'), first, 'the same (cached) object');
+      assert.equal(store.getFunction(T, 'f')?.latestVersion, 1);
+      assert.ok(Object.isFrozen(first) && Object.isFrozen(first.spec) && Object.isFrozen(first.spec.env), 'shared, so frozen');
+      assert.throws(() => {
+        (first.spec.env as Record<string, string>).A = '2';
+      }, TypeError);
+      store.putFunction(T, 'f', { runtime: 'node', code: '2', handler: 'h' }, 2);
+      assert.equal(store.getVersion(T, 'f')?.spec.code, '2', 'a redeploy is seen at once');
+      assert.equal(store.getFunction(T, 'f')?.latestVersion, 2);
+      assert.equal(store.getVersion(T, 'f', 1)?.spec.code, '1', 'older versions still come from the database');
+      store.deleteFunction(T, 'f');
+      assert.equal(store.getVersion(T, 'f'), null);
+      assert.equal(store.getFunction(T, 'f'), null);
+      store.putFunction(T, 'f', { runtime: 'node', code: 'again', handler: 'h' }, 3);
+      assert.deepEqual([store.getVersion(T, 'f')?.version, store.getVersion(T, 'f')?.spec.code], [1, 'again'], 'recreated from scratch');
+      store.putFunction('t2', 'g', { runtime: 'node', code: 'g', handler: 'h' }, 4);
+      assert.equal(store.getVersion('t2', 'g')?.spec.code, 'g');
+      assert.deepEqual(store.deleteTenantFunctions('t2'), ['g']);
+      assert.equal(store.getVersion('t2', 'g'), null, 'a deleted tenant\'s functions are forgotten');
+    } finally {
+      store.close();
+    }
+  });
+
+  it('runs several writes in one transaction: deduped within it, all or none', () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      const base = { tenant: T, functionName: 'f', version: 1, callbackUrl: null, payload: Buffer.from('p') };
+      const results = store.transaction(() => [
+        store.insertInvocation({ ...base, id: 'inv_1', idempotencyKey: null, createdAtMs: 1 }),
+        store.insertInvocation({ ...base, id: 'inv_2', idempotencyKey: 'k', createdAtMs: 2 }),
+        store.insertInvocation({ ...base, id: 'inv_3', idempotencyKey: 'k', createdAtMs: 3 }),
+        store.insertInvocation({ ...base, id: 'inv_4', idempotencyKey: null, callbackUrl: 'http://127.0.0.1:1/', createdAtMs: 4 }),
+      ]);
+      assert.deepEqual(results.map((r) => [r.invocation.id, r.created]), [['inv_1', true], ['inv_2', true], ['inv_2', false], ['inv_4', true]]);
+      // The records built from the input are what the database holds.
+      for (const { invocation } of results) assert.deepEqual(invocation, store.getInvocation(invocation.id));
+      // A write that fails (here: an id that exists) fails the transaction, and nothing of it is stored.
+      assert.throws(
+        () =>
+          store.transaction(() => {
+            store.claimNextInvocation(10);
+            store.insertInvocation({ ...base, id: 'inv_5', idempotencyKey: null, createdAtMs: 5 });
+            store.insertInvocation({ ...base, id: 'inv_1', idempotencyKey: null, createdAtMs: 6 });
+          }),
+        /collided/,
+      );
+      assert.equal(store.getInvocation('inv_5'), null);
+      assert.equal(store.getInvocation('inv_1')?.status, 'queued', 'the claim was rolled back too');
+      assert.deepEqual(store.listInvocations({ limit: 10 }).map((i) => i.id), ['inv_4', 'inv_2', 'inv_1']);
+    } finally {
+      store.close();
+    }
+  });
 });

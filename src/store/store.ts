@@ -88,6 +88,11 @@ export interface Store {
   pendingCallbacks(): InvocationRecord[];
   /** Deletes finished invocations that finished before `beforeMs`; returns how many. */
   deleteInvocationsFinishedBefore(beforeMs: number): number;
+  /**
+   * Runs `fn`, which calls the methods above, in one transaction: its writes commit together (one commit instead of
+   * one each, the costly part of a small write), or none of them when it throws (then it rethrows).
+   */
+  transaction<T>(fn: () => T): T;
   close(): void;
 }
 

@@ -64,23 +64,65 @@ const toRecord = (row: RecordRow): UsageRecord => ({
 
 export const utcDay = (ms: number): string => new Date(ms).toISOString().slice(0, 10);
 
+export interface SqliteUsageStoreOptions {
+  /** Records could not be written (they are lost: usage records observe, they never fail a call). */
+  onError?: (error: unknown, records: number) => void;
+}
+
 export class SqliteUsageStore implements UsageStore {
   private readonly db: Database.Database;
-  private readonly insert: Database.Statement;
+  private readonly insertBatch: Database.Transaction<(records: UsageRecord[]) => void>;
+  /** Records of this event-loop turn, written together at its end: one commit (~50 µs) for all instead of one each. */
+  private pending: UsageRecord[] = [];
+  private flushImmediate: NodeJS.Immediate | null = null;
 
-  constructor(file: string) {
+  constructor(
+    file: string,
+    private readonly options: SqliteUsageStoreOptions = {},
+  ) {
     this.db = openSqlite(file, (db) => db.exec(SCHEMA));
-    this.insert = this.db.prepare(
+    const insert = this.db.prepare(
       `INSERT OR REPLACE INTO usage_records (id, tenant, function, executor, day, at_ms, status, cold, duration_ms, cpu_ms, memory_peak_bytes, memory_mb, bytes_in, bytes_out, trace_id)
        VALUES (@id, @tenant, @function, @executor, @day, @atMs, @status, @cold, @durationMs, @cpuMs, @memoryPeakBytes, @memoryMb, @bytesIn, @bytesOut, @traceId)`,
     );
+    this.insertBatch = this.db.transaction((records: UsageRecord[]) => {
+      for (const record of records) insert.run({ ...record, day: utcDay(record.atMs), cold: record.coldStart ? 1 : 0 });
+    });
   }
 
+  /** Written at the end of this event-loop turn, with the others of the turn; every read (and close) writes first. */
   record(record: UsageRecord): void {
-    this.insert.run({ ...record, day: utcDay(record.atMs), cold: record.coldStart ? 1 : 0 });
+    this.pending.push(record);
+    this.flushImmediate ??= setImmediate(() => this.flush());
+  }
+
+  /** Writes the records waiting, now. */
+  flush(): void {
+    if (this.flushImmediate !== null) clearImmediate(this.flushImmediate);
+    this.flushImmediate = null;
+    if (this.pending.length === 0) return;
+    const records = this.pending;
+    this.pending = [];
+    try {
+      this.insertBatch.immediate(records);
+    } catch (error) {
+      if (records.length === 1) {
+        this.options.onError?.(error, 1);
+        return;
+      }
+      // Nothing of the batch was written: each on its own, so that one bad record costs only itself.
+      for (const one of records) {
+        try {
+          this.insertBatch.immediate([one]);
+        } catch (failure) {
+          this.options.onError?.(failure, 1);
+        }
+      }
+    }
   }
 
   summarize(query: UsageQuery): UsageRow[] {
+    this.flush();
     const key = query.groupBy === 'day' ? 'day' : 'function';
     const rows = this.db
       .prepare<unknown[], UsageRow>(
@@ -96,6 +138,7 @@ export class SqliteUsageStore implements UsageStore {
   }
 
   recent(options: { tenant?: string; limit: number; sinceMs?: number }): UsageRecord[] {
+    this.flush();
     const where: string[] = [];
     const params: unknown[] = [];
     if (options.tenant !== undefined) {
@@ -114,6 +157,8 @@ export class SqliteUsageStore implements UsageStore {
   }
 
   close(): void {
-    if (this.db.open) this.db.close();
+    if (!this.db.open) return;
+    this.flush();
+    this.db.close();
   }
 }

@@ -52,6 +52,7 @@ export interface UsageRow {
 
 /** Where usage records live (SQLite beside the functions by default). Synchronous like Store. */
 export interface UsageStore {
+  /** Stores a record; it may be written a moment later (within the event-loop turn), but every read sees it. */
   record(record: UsageRecord): void;
   summarize(query: UsageQuery): UsageRow[];
   /** The newest records first, at most `limit` (the console's invocation list and charts). */

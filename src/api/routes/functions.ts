@@ -108,7 +108,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         if (request.headers['x-kindling-async'] === 'true') {
           checkDeclaredLength(request.headers, body.maxBytes, body.flag);
           const payload = await readUpload(upload, reply, body.maxBytes, body.flag);
-          const { view, created } = options.invocations.enqueue({
+          const { view, created } = await options.invocations.enqueue({
             tenant,
             functionName: name,
             payload,

@@ -1,0 +1,79 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { after, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
+import { SqliteUsageStore } from './usage-sqlite.js';
+import type { UsageRecord } from './usage.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'kindling-usage-test-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const record = (id: string, atMs: number): UsageRecord => ({
+  id,
+  tenant: 'default',
+  function: 'f',
+  executor: 'sandbox',
+  atMs,
+  status: 'succeeded',
+  coldStart: false,
+  durationMs: 2,
+  cpuMs: 1,
+  memoryPeakBytes: null,
+  memoryMb: 128,
+  bytesIn: 1,
+  bytesOut: 2,
+  traceId: null,
+});
+
+describe('SqliteUsageStore', () => {
+  it('writes the records of one event-loop turn in one transaction; reads and close() write what waits first', async () => {
+    const file = join(dir, 'a.db');
+    const store = new SqliteUsageStore(file);
+    const other = new Database(file, { readonly: true });
+    const stored = (): number => (other.prepare('SELECT COUNT(*) AS n FROM usage_records').get() as { n: number }).n;
+    try {
+      for (let i = 0; i < 5; i++) store.record(record(`inv_${i}`, 1000 + i));
+      assert.equal(stored(), 0, 'not yet written');
+      await nextTurn();
+      assert.equal(stored(), 5, 'written at the end of the turn');
+      store.record(record('inv_5', 2000));
+      assert.deepEqual(
+        store.recent({ limit: 2 }).map((r) => r.id),
+        ['inv_5', 'inv_4'],
+        'a read sees a record of its own turn',
+      );
+      store.record(record('inv_6', 3000));
+      assert.equal(store.summarize({ fromMs: 0, toMs: 10_000, groupBy: 'function' })[0]?.invocations, 7);
+      store.record(record('inv_7', 4000));
+      store.close();
+      assert.equal(stored(), 8, 'close() wrote the last one');
+    } finally {
+      other.close();
+      store.close();
+    }
+  });
+
+  it('reports a record it could not write instead of throwing at the caller, and keeps the others of its batch', async () => {
+    const errors: [string, number][] = [];
+    const store = new SqliteUsageStore(join(dir, 'b.db'), { onError: (error, records) => errors.push([String(error), records]) });
+    try {
+      store.record(record('inv_1', 1));
+      store.record({ ...record('inv_2', 2), function: null as unknown as string });
+      store.record(record('inv_3', 3));
+      await nextTurn();
+      assert.equal(errors.length, 1);
+      assert.match(errors[0]![0], /NOT NULL/);
+      assert.equal(errors[0]![1], 1);
+      assert.deepEqual(
+        store.recent({ limit: 10 }).map((r) => r.id),
+        ['inv_3', 'inv_1'],
+        'only the bad record is lost',
+      );
+    } finally {
+      store.close();
+    }
+  });
+});
