@@ -225,7 +225,8 @@ describe('stream relay (sandbox executor)', { skip: sandboxMissing ?? helperMiss
     assert.equal(result.stdout.trim(), String(64 * MiB));
     const now = await relayed(server.url);
     assert.ok(now.in - before.in > 127 * MiB, `relayed in: ${now.in - before.in}`);
-    assert.ok(now.out - before.out > 32 * MiB, `relayed out: ${now.out - before.out}`);
+    // (how much node sends before the helper takes over depends on how fast this in-process client reads)
+    assert.ok(now.out - before.out > 16 * MiB, `relayed out: ${now.out - before.out}`);
   });
 });
 

@@ -364,17 +364,22 @@ export class ExecutionService {
         // Backpressure: a slow client slows the process down instead of growing a buffer here.
         if (!sink.write(chunk)) {
           execution.stdout.pause();
-          sink.once('drain', () => execution.stdout.resume());
+          sink.once('drain', () => {
+            if (!handOver()) execution.stdout.resume();
+          });
           return;
         }
-        // Nothing more to do here for the rest of stdout: hand it over (the bytes then never enter this process).
+        handOver();
+      };
+      // Nothing more to do here for the rest of stdout: hand it over (the bytes then never enter this process).
+      const handOver = (): boolean => {
         const textWanted = live !== null && liveBytes < spec.limits.outputBytes && wanted();
-        if (bypass && stdoutBytes >= keepBytes && !textWanted && bypass.ready(execution.stdout, stdoutBytes)) {
-          execution.stdout.off('data', onChunk);
-          bypassed = bypass.start(execution.stdout).then((bytes) => {
-            stdoutBytes += bytes;
-          });
-        }
+        if (bypassed || !bypass || stdoutBytes < keepBytes || textWanted || !bypass.ready(execution.stdout, stdoutBytes)) return false;
+        execution.stdout.off('data', onChunk);
+        bypassed = bypass.start(execution.stdout).then((bytes) => {
+          stdoutBytes += bytes;
+        });
+        return true;
       };
       execution.stdout.on('data', onChunk);
       sink.once('close', () => execution.stdout.resume());
