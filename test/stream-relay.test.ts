@@ -7,12 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
-import { Agent, request, type IncomingHttpHeaders } from 'node:http';
+import { Agent, request } from 'node:http';
 import { createServer, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { DEFAULT_STREAM_RELAY_PATH } from '../src/server.js';
+import { streamRandom } from './helpers/stream-client.js';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const MiB = 1024 * 1024;
@@ -26,65 +27,6 @@ const helperMissing = await readFile(DEFAULT_STREAM_RELAY_PATH).then(
   () => null,
   () => `${DEFAULT_STREAM_RELAY_PATH} is not built (npm run build needs a C compiler: scripts/setup.sh installs gcc)`,
 );
-
-interface Answer {
-  status: number;
-  headers: IncomingHttpHeaders;
-  trailers: NodeJS.Dict<string>;
-  sentHash: string;
-  gotHash: string;
-  gotBytes: number;
-  body: Buffer;
-  reusedSocket: boolean;
-}
-
-interface SendOptions {
-  /** Declare the length (Content-Length) instead of sending chunked. */
-  contentLength?: boolean;
-  agent?: Agent;
-  headers?: Record<string, string>;
-  /** Keep at most this many bytes of the answer. */
-  keepBytes?: number;
-}
-
-/** Sends `size` random bytes, streamed, and hashes both directions. */
-function send(url: string, path: string, size: number, options: SendOptions = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const target = new URL(path, url);
-    const sent = createHash('sha256');
-    const got = createHash('sha256');
-    const headers: Record<string, string | number> = { 'content-type': 'application/octet-stream', te: 'trailers', ...options.headers };
-    if (options.contentLength) headers['content-length'] = size;
-    const req = request({ host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent: options.agent ?? false, headers }, (res) => {
-      let gotBytes = 0;
-      const kept: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => {
-        got.update(chunk);
-        if (gotBytes < (options.keepBytes ?? 64 * 1024)) kept.push(chunk);
-        gotBytes += chunk.length;
-      });
-      res.on('end', () =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, trailers: res.trailers, sentHash: sent.digest('hex'), gotHash: got.digest('hex'), gotBytes, body: Buffer.concat(kept), reusedSocket: req.reusedSocket }),
-      );
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    let left = size;
-    const pump = (): void => {
-      while (left > 0) {
-        const chunk = randomBytes(Math.min(left, 256 * 1024));
-        left -= chunk.length;
-        sent.update(chunk);
-        if (!req.write(chunk)) {
-          req.once('drain', pump);
-          return;
-        }
-      }
-      req.end();
-    };
-    pump();
-  });
-}
 
 async function deploy(url: string, name: string, body: object): Promise<void> {
   const response = await fetch(`${url}/v1/functions/${name}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
@@ -126,7 +68,7 @@ describe('stream relay (sandbox executor)', { skip: sandboxMissing ?? helperMiss
   it('a 100 MiB upload with a declared length and its output go around node, byte-exact', { timeout: 120_000 }, async () => {
     const before = await relayed(server.url);
     const agent = new Agent({ keepAlive: true });
-    const answer = await send(server.url, '/v1/functions/cat/invoke', 100 * MiB, { contentLength: true, agent }).finally(() => agent.destroy());
+    const answer = await streamRandom(server.url, '/v1/functions/cat/invoke', 100 * MiB, { contentLength: true, agent }).finally(() => agent.destroy());
     assert.equal(answer.status, 200);
     assert.equal(answer.gotBytes, 100 * MiB);
     assert.equal(answer.gotHash, answer.sentHash);
@@ -147,8 +89,8 @@ describe('stream relay (sandbox executor)', { skip: sandboxMissing ?? helperMiss
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
     try {
       const before = await relayed(server.url);
-      const first = await send(server.url, '/v1/functions/cat/invoke', 20 * MiB, { agent });
-      const second = await send(server.url, '/v1/functions/cat/invoke', 20 * MiB, { agent });
+      const first = await streamRandom(server.url, '/v1/functions/cat/invoke', 20 * MiB, { agent });
+      const second = await streamRandom(server.url, '/v1/functions/cat/invoke', 20 * MiB, { agent });
       for (const answer of [first, second]) {
         assert.equal(answer.status, 200);
         assert.equal(answer.gotHash, answer.sentHash);
@@ -164,7 +106,7 @@ describe('stream relay (sandbox executor)', { skip: sandboxMissing ?? helperMiss
   });
 
   it('a program that reads 10 bytes of a 50 MiB upload answers normally', { timeout: 60_000 }, async () => {
-    const answer = await send(server.url, '/v1/functions/head/invoke', 50 * MiB, { contentLength: true });
+    const answer = await streamRandom(server.url, '/v1/functions/head/invoke', 50 * MiB, { contentLength: true });
     assert.equal(answer.status, 200);
     assert.equal(answer.body.toString(), 'read-ten\n');
     assert.equal(answer.headers['x-kindling-exit-code'], '0');
@@ -214,11 +156,11 @@ describe('stream relay (sandbox executor)', { skip: sandboxMissing ?? helperMiss
   it('/v1/execute raw mode relays a 64 MiB body and its raw output', { timeout: 60_000 }, async () => {
     const spec = JSON.stringify({ image: 'kindling/base', command: ['cat'] });
     const before = await relayed(server.url);
-    const raw = await send(server.url, '/v1/execute', 64 * MiB, { contentLength: true, headers: { 'x-kindling-spec': spec, accept: 'application/octet-stream' } });
+    const raw = await streamRandom(server.url, '/v1/execute', 64 * MiB, { contentLength: true, headers: { 'x-kindling-spec': spec, accept: 'application/octet-stream' } });
     assert.equal(raw.status, 200);
     assert.equal(raw.gotHash, raw.sentHash);
     assert.equal(raw.trailers['x-kindling-exit-code'], '0');
-    const json = await send(server.url, '/v1/execute', 64 * MiB, { contentLength: true, headers: { 'x-kindling-spec': JSON.stringify({ image: 'kindling/base', command: ['wc', '-c'] }) } });
+    const json = await streamRandom(server.url, '/v1/execute', 64 * MiB, { contentLength: true, headers: { 'x-kindling-spec': JSON.stringify({ image: 'kindling/base', command: ['wc', '-c'] }) } });
     assert.equal(json.status, 200);
     const result = JSON.parse(json.body.toString()) as { exitCode: number; stdout: string };
     assert.equal(result.exitCode, 0);
@@ -331,7 +273,7 @@ describe('stream relay off', { skip: sandboxMissing ?? false }, () => {
 
   it('the same 50 MiB round trip goes through node, byte-exact, with keep-alive', { timeout: 120_000 }, async () => {
     const agent = new Agent({ keepAlive: true });
-    const answer = await send(server.url, '/v1/functions/cat/invoke', 50 * MiB, { contentLength: true, agent }).finally(() => agent.destroy());
+    const answer = await streamRandom(server.url, '/v1/functions/cat/invoke', 50 * MiB, { contentLength: true, agent }).finally(() => agent.destroy());
     assert.equal(answer.status, 200);
     assert.equal(answer.gotHash, answer.sentHash);
     assert.equal(answer.trailers['x-kindling-exit-code'], '0');

@@ -5,13 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
-import { request, type IncomingHttpHeaders } from 'node:http';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
+import { streamRandom } from './helpers/stream-client.js';
 import { dockerUnavailableReason, IMAGES_DIR, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const MiB = 1024 * 1024;
@@ -21,53 +22,6 @@ const executors = [
   { name: 'sandbox' as const, skip: sandboxMissing },
   { name: 'docker' as const, skip: dockerMissing },
 ];
-
-interface RoundTrip {
-  status: number;
-  headers: IncomingHttpHeaders;
-  trailers: NodeJS.Dict<string>;
-  sentHash: string;
-  gotHash: string;
-  gotBytes: number;
-  body: Buffer | null;
-}
-
-/** Streams `size` random bytes (chunked, never whole in memory) and hashes both directions. */
-function roundTrip(url: string, path: string, size: number, options: { keepBody?: boolean; contentLength?: boolean } = {}): Promise<RoundTrip> {
-  return new Promise((resolve, reject) => {
-    const target = new URL(path, url);
-    const sent = createHash('sha256');
-    const got = createHash('sha256');
-    const headers: Record<string, string | number> = { 'content-type': 'application/octet-stream', te: 'trailers' };
-    if (options.contentLength) headers['content-length'] = size;
-    const req = request({ host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent: false, headers }, (res) => {
-      let gotBytes = 0;
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => {
-        got.update(chunk);
-        gotBytes += chunk.length;
-        if (options.keepBody) chunks.push(chunk);
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, trailers: res.trailers, sentHash: sent.digest('hex'), gotHash: got.digest('hex'), gotBytes, body: options.keepBody ? Buffer.concat(chunks) : null }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    let left = size;
-    const pump = (): void => {
-      while (left > 0) {
-        const chunk = randomBytes(Math.min(left, 256 * 1024));
-        left -= chunk.length;
-        sent.update(chunk);
-        if (!req.write(chunk)) {
-          req.once('drain', pump);
-          return;
-        }
-      }
-      req.end();
-    };
-    pump();
-  });
-}
 
 async function deploy(url: string, name: string, body: object): Promise<void> {
   const response = await fetch(`${url}/v1/functions/${name}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
@@ -87,7 +41,7 @@ for (const executor of executors) {
 
     for (const size of [0, 1, MiB, 100 * MiB]) {
       it(`round-trips ${size} random bytes byte-exact`, { timeout: 180_000 }, async () => {
-        const result = await roundTrip(server.url, '/v1/functions/cat/invoke', size, { keepBody: size <= MiB });
+        const result = await streamRandom(server.url, '/v1/functions/cat/invoke', size);
         assert.equal(result.status, 200);
         assert.equal(result.gotBytes, size);
         assert.equal(result.gotHash, result.sentHash);
@@ -121,12 +75,12 @@ describe('streaming invoke limits and aborts', { skip: sandboxMissing ?? false }
   });
 
   it('413 beyond --max-stream-bytes (declared or streamed)', async () => {
-    const declared = await roundTrip(server.url, '/v1/functions/cat/invoke', 2 * MiB, { contentLength: true }).catch((error: Error) => error);
+    const declared = await streamRandom(server.url, '/v1/functions/cat/invoke', 2 * MiB, { contentLength: true }).catch((error: Error) => error);
     if (!(declared instanceof Error)) assert.equal(declared.status, 413);
-    const streamed = await roundTrip(server.url, '/v1/functions/cat/invoke', 4 * MiB).catch((error: Error) => error);
+    const streamed = await streamRandom(server.url, '/v1/functions/cat/invoke', 4 * MiB).catch((error: Error) => error);
     // The answer is 413, or (when the output started streaming first) a broken response; never a 200 that ends well.
     if (!(streamed instanceof Error)) assert.equal(streamed.status, 413);
-    const small = await roundTrip(server.url, '/v1/functions/cat/invoke', 1000);
+    const small = await streamRandom(server.url, '/v1/functions/cat/invoke', 1000);
     assert.equal(small.status, 200);
   });
 
@@ -171,7 +125,7 @@ describe('1 GiB through the platform', { skip: sandboxMissing ?? false }, () => 
         void rssBytes(child.pid!).then((rss) => (peak = Math.max(peak, rss)), () => undefined);
       }, 100);
       const started = performance.now();
-      const result = await roundTrip(url, '/v1/functions/cat/invoke', 1024 * MiB).finally(() => clearInterval(sampler));
+      const result = await streamRandom(url, '/v1/functions/cat/invoke', 1024 * MiB).finally(() => clearInterval(sampler));
       const seconds = (performance.now() - started) / 1000;
       assert.equal(result.status, 200);
       assert.equal(result.gotBytes, 1024 * MiB);

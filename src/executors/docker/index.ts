@@ -622,6 +622,9 @@ export class DockerExecutor implements Executor {
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
     // Whatever is left (a slot whose launch failed half-way) goes too: close() leaves no container behind.
     await Promise.allSettled([...this.slots].map((slot) => this.destroySlot(slot)));
+    // And a container this instance lost track of: an engine restart can break an execution's wait before the
+    // watchdog sees the engine gone, so nothing else would remove what the engine kept of it.
+    await this.reap().catch((error: unknown) => this.logger.warn({ err: error }, 'the last reap before closing failed'));
     if (this.watchdog !== null) clearInterval(this.watchdog);
     this.watchdog = null;
   }
