@@ -13,14 +13,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
+import type { StdoutBypass } from '../orchestrator/execution-service.js';
 
 export type RelayDirection = 'in' | 'out';
 
-/** See ExecuteOptions.stdoutBypass. */
-export interface OutputBypass {
-  ready(stdout: Readable, bytesSoFar: number): boolean;
-  start(stdout: Readable): Promise<number>;
-}
 
 export interface StreamRelayOptions {
   /** The compiled native/kindling-splice.c. */
@@ -100,11 +96,6 @@ export class StreamRelay {
 
   constructor(private readonly options: StreamRelayOptions) {}
 
-  /** How many helpers are running now. */
-  get active(): number {
-    return this.running.size;
-  }
-
   /**
    * Takes over a request body before node reads more of it, when it is worth it: a declared Content-Length of at
    * least `minUploadBytes` on a plain socket. Returns null otherwise (the caller streams it through node).
@@ -170,9 +161,9 @@ export class StreamRelay {
    * The `stdoutBypass` of an execution whose stdout streams into `response` through `sink`: it takes over once at
    * least `minBytes` went out and the response streams (`streaming()`). `sentBytes()`: what the helper moved.
    */
-  outputBypass(sink: Writable, response: ServerResponse, minBytes: number, streaming: () => boolean): { bypass: OutputBypass; sentBytes: () => number } {
+  outputBypass(sink: Writable, response: ServerResponse, minBytes: number, streaming: () => boolean): { bypass: StdoutBypass; sentBytes: () => number } {
     let sent = 0;
-    const bypass: OutputBypass = {
+    const bypass: StdoutBypass = {
       // What node still holds for the client is sent before the helper's first chunk (the gate in takeOutput).
       ready: (stdout, bytesSoFar) => bytesSoFar >= minBytes && streaming() && this.canTakeOutput(stdout, response),
       start: (stdout) =>
@@ -275,6 +266,10 @@ export class HeldUpload {
     stopReading(upload);
     // A request's socket stops on 'pause' (node's HTTP server listens for it): nothing more reaches the parser.
     upload.socket.pause();
+    // The parser never sees the end of a relayed body: this connection cannot carry another request. (Headers set
+    // here are merged into whatever writes the head later: fastify's reply or a streamed writeHead.)
+    response.shouldKeepAlive = false;
+    response.setHeader('connection', 'close');
     // The answer is out while the helper still drops the rest of the body (the program closed its stdin early): it
     // gets a grace period, then the connection closes. A slow client must not keep a helper and a socket for long.
     response.once('finish', () => {
@@ -313,9 +308,7 @@ export class HeldUpload {
     headPipe.on('error', () => undefined);
     headPipe.end(Buffer.concat(head, headBytes));
     return new Promise((resolve, reject) => {
-      let delivered = 0;
       onReport(child, (word, value) => {
-        delivered = value;
         this.deliveredBytes = value;
         // The program closed its stdin: it has what it wants; the helper drops the rest of the body on its own.
         if (word === 'closed') resolve(value);
@@ -323,12 +316,12 @@ export class HeldUpload {
       void this.relay.exited(child).then((status) => {
         this.relayReading = false;
         stdin.destroy();
-        this.relay.moved(child, 'in', delivered, status);
+        this.relay.moved(child, 'in', this.deliveredBytes, status);
         // Node reads the socket again: it notices a client that goes away before the answer (whatever ended the
         // helper), and the connection closes after it.
         if (!this.upload.socket.destroyed) this.upload.socket.resume();
         if (status === EXIT_DONE) {
-          resolve(delivered);
+          resolve(this.deliveredBytes);
           return;
         }
         this.failure =

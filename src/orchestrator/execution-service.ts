@@ -43,13 +43,19 @@ export interface ExecuteOptions {
    * take over now; `start` is given the stream (this service's listener removed) and resolves, never rejects, with the
    * bytes it moved. The result waits for it.
    */
-  stdoutBypass?: { ready(stdout: Readable, bytesSoFar: number): boolean; start(stdout: Readable): Promise<number> };
+  stdoutBypass?: StdoutBypass;
   /** The deployed function this execution serves (metrics label); one-off executions have none. */
   functionName?: string;
   /** W3C trace context of the request; passed to the process as env TRACEPARENT and to observers. */
   trace?: TraceContext;
   /** The tenant it runs for: caps on its limits, its concurrency slot, the tenant of its usage record. */
   tenant?: TenantScope;
+}
+
+/** See ExecuteOptions.stdoutBypass. */
+export interface StdoutBypass {
+  ready(stdout: Readable, bytesSoFar: number): boolean;
+  start(stdout: Readable): Promise<number>;
 }
 
 /** What an execution needs to know of its tenant. */
@@ -344,13 +350,13 @@ export class ExecutionService {
     let bypassed: Promise<void> | null = null;
     const sink = options.stdoutSink;
     // With a sink, `stdout` keeps only a copy of the head for the invocation's log (no text decoding, no callback).
-    const kept = sink ? new OutputCollector(Math.min(options.keepStdoutBytes ?? 0, spec.limits.outputBytes), undefined) : stdout;
+    const keepBytes = Math.min(options.keepStdoutBytes ?? 0, spec.limits.outputBytes);
+    const kept = sink ? new OutputCollector(keepBytes, undefined) : stdout;
     if (sink) {
       // Log followers still see stdout as it is produced (up to the output limit; the sink has all of it).
       const live = onText ? new StringDecoder('utf8') : null;
       const wanted = options.liveOutput ?? (() => true);
       let liveBytes = 0;
-      const keepBytes = Math.min(options.keepStdoutBytes ?? 0, spec.limits.outputBytes);
       const bypass = options.stdoutBypass;
       const onChunk = (chunk: Buffer): void => {
         stdoutBytes += chunk.length;

@@ -6,7 +6,7 @@ import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecuteOptions, ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
 import { checkDeclaredLength, limitUpload, trailersAllowed } from '../raw-body.js';
-import type { HeldUpload, StreamRelay } from '../stream-relay.js';
+import type { StreamRelay } from '../stream-relay.js';
 import { payloadLimit } from './functions.js';
 import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, RawExecuteSpecSchema } from '../schemas.js';
 import { startSse, writeSseEvent } from '../sse.js';
@@ -156,13 +156,8 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     const throughNode = held ? null : limitUpload(upload, reply, body.maxBytes, body.flag);
     const uploadFailure = (): unknown => (held ? held.error() : throughNode!.error());
     const stdin: Pick<ExecuteOptions, 'stdinPump' | 'stdinStream'> = held ? { stdinPump: (target) => held.pumpInto(target) } : { stdinStream: throughNode!.stream };
-    if (held) {
-      // The parser never sees the end of a relayed body: this connection cannot carry another request.
-      reply.raw.shouldKeepAlive = false;
-      reply.header('connection', 'close');
-    }
     try {
-      return await executeRawWith(request, reply, signal, rawOutput, spec, stdin, uploadFailure, held);
+      return await executeRawWith(request, reply, signal, rawOutput, spec, stdin, uploadFailure);
     } finally {
       // Nothing read the held body (the execution did not start): node drops it, so that the answer arrives.
       held?.release();
@@ -177,7 +172,6 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
     spec: ExecuteRequest,
     stdin: Pick<ExecuteOptions, 'stdinPump' | 'stdinStream'>,
     uploadFailure: () => unknown,
-    held: HeldUpload | null,
   ): Promise<unknown> {
     if (!rawOutput) {
       const result = await service.execute(spec, { signal, ...stdin, trace: request.trace, tenant: request.scope });
@@ -210,7 +204,6 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
             'x-request-id': request.id,
             // HTTP/1.0 has no chunked encoding, so no trailers (node throws on the header): the body ends with the connection.
             ...(trailersAllowed(request) ? { trailer: TRAILERS.join(', ') } : {}),
-            ...(held ? { connection: 'close' } : {}),
           });
         },
       });

@@ -201,11 +201,6 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     const throughNode = (): { stream: Readable; error: () => unknown } =>
       upload ? limitUpload(upload, reply, body.maxBytes, body.flag) : { stream: Readable.from([]), error: () => null };
     const held: HeldUpload | null = upload && relay ? relay.holdUpload(upload, reply.raw, () => throughNode().stream) : null;
-    if (held) {
-      // The parser never sees the end of a relayed body: this connection cannot carry another request.
-      raw.shouldKeepAlive = false;
-      reply.header('connection', 'close');
-    }
     const limited = held ? { stream: null, error: () => held.error() } : throughNode();
     const bus = options.logBus;
     let started: { id: string; coldStart: boolean; executor: string } | null = null;
@@ -223,7 +218,6 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         'x-request-id': request.id,
         // HTTP/1.0 has no chunked encoding, so no trailers (node throws on the header): the body ends with the connection.
         ...(trailersAllowed(request) ? { trailer: STREAM_TRAILERS.join(', ') } : {}),
-        ...(held ? { connection: 'close' } : {}),
       });
     });
     raw.on('close', () => sink.destroy());
