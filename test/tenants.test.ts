@@ -166,6 +166,14 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
   after(async () => {
     await server.stop();
   });
+  /** A tenant of this test's own (no test relies on what another test made): its name and key. */
+  let tenantCount = 0;
+  const newTenant = async (prefix: string, quotas?: Record<string, number>): Promise<{ name: string; key: string }> => {
+    const name = `${prefix}-${++tenantCount}`;
+    const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name, ...(quotas ? { quotas } : {}) });
+    assert.equal(made.status, 201, made.text);
+    return { name, key: made.body.apiKey as string };
+  };
 
   it('admin-only routes answer 403 FORBIDDEN to a tenant key', async () => {
     for (const [method, path, body] of [
@@ -192,30 +200,35 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     assert.equal((await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'q', quotas: { cores: 1 } })).status, 400);
     assert.equal((await call(server.url, ADMIN, 'DELETE', '/v1/tenants/default')).status, 400);
     assert.equal((await call(server.url, ADMIN, 'DELETE', '/v1/tenants/nobody')).body.error?.code, 'TENANT_NOT_FOUND');
-    const list = await call(server.url, ADMIN, 'GET', '/v1/tenants');
-    assert.deepEqual((list.body.tenants as { name: string }[]).map((t) => t.name), ['alpha', 'beta', 'default']);
+    const names = ((await call(server.url, ADMIN, 'GET', '/v1/tenants')).body.tenants as { name: string }[]).map((t) => t.name);
+    assert.ok(['alpha', 'beta', 'default'].every((name) => names.includes(name)), names.join(','));
+    assert.deepEqual(names, [...names].sort(), 'listed by name');
+    assert.ok(!names.includes('q'), 'no refused tenant was made');
   });
 
   it('keys: a second key works, listings never show a key, a revoked key gets 401 on the very next request', async () => {
-    const made = await call(server.url, ADMIN, 'POST', '/v1/tenants/alpha/keys');
+    const { name, key: first } = await newTenant('keys');
+    const made = await call(server.url, ADMIN, 'POST', `/v1/tenants/${name}/keys`);
     assert.equal(made.status, 201);
     const second = made.body.apiKey as string;
-    assert.equal((await call(server.url, second, 'GET', '/v1/tenant')).body.name, 'alpha');
-    const keys = await call(server.url, ADMIN, 'GET', '/v1/tenants/alpha/keys');
+    assert.equal((await call(server.url, second, 'GET', '/v1/tenant')).body.name, name);
+    const keys = await call(server.url, ADMIN, 'GET', `/v1/tenants/${name}/keys`);
     const listed = keys.body.keys as { id: string; prefix: string; revokedAt: string | null }[];
     assert.equal(listed.length, 2);
-    assert.ok(!keys.text.includes(second) && !keys.text.includes(keyA), 'a listing never carries a key');
+    assert.ok(!keys.text.includes(second) && !keys.text.includes(first), 'a listing never carries a key');
     assert.ok(listed.some((key) => second.startsWith(key.prefix) && key.id === made.body.id));
-    assert.equal((await call(server.url, ADMIN, 'DELETE', `/v1/tenants/alpha/keys/${made.body.id as string}`)).status, 204);
+    assert.equal((await call(server.url, ADMIN, 'DELETE', `/v1/tenants/${name}/keys/${made.body.id as string}`)).status, 204);
     const revoked = await call(server.url, second, 'GET', '/v1/tenant');
     assert.equal(revoked.status, 401);
     assert.equal(revoked.body.error?.code, 'UNAUTHORIZED');
-    assert.equal((await call(server.url, keyA, 'GET', '/v1/tenant')).status, 200, 'the other key of the tenant still works');
-    assert.equal((await call(server.url, ADMIN, 'DELETE', `/v1/tenants/alpha/keys/${made.body.id as string}`)).status, 404, 'revoking twice');
-    assert.ok(((await call(server.url, ADMIN, 'GET', '/v1/tenants/alpha/keys')).body.keys as { revokedAt: string | null }[]).some((key) => key.revokedAt !== null));
+    assert.equal((await call(server.url, first, 'GET', '/v1/tenant')).status, 200, 'the other key of the tenant still works');
+    assert.equal((await call(server.url, ADMIN, 'DELETE', `/v1/tenants/${name}/keys/${made.body.id as string}`)).status, 404, 'revoking twice');
+    assert.ok(((await call(server.url, ADMIN, 'GET', `/v1/tenants/${name}/keys`)).body.keys as { revokedAt: string | null }[]).some((key) => key.revokedAt !== null));
   });
 
   it('two tenants both own `hello`; neither sees, invokes, deletes or reads the logs of the other\'s things (404)', async () => {
+    const { key: keyA } = await newTenant('iso-a');
+    const { key: keyB } = await newTenant('iso-b');
     assert.equal((await call(server.url, keyA, 'PUT', '/v1/functions/hello', ECHO('from-alpha'))).status, 201);
     assert.equal((await call(server.url, keyB, 'PUT', '/v1/functions/hello', ECHO('from-beta'))).status, 201, 'a name per tenant: beta creates its own');
     assert.equal((await call(server.url, keyB, 'PUT', '/v1/functions/secret', ECHO('beta-secret'))).status, 201);
@@ -263,22 +276,32 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
   });
 
   it('usage records carry the real tenant: a tenant sees only its own, the admin all or one', async () => {
+    const a = await newTenant('use-a');
+    const b = await newTenant('use-b');
+    assert.equal((await call(server.url, a.key, 'PUT', '/v1/functions/mine', ECHO('a'))).status, 201);
+    assert.equal((await call(server.url, b.key, 'PUT', '/v1/functions/secret', ECHO('b'))).status, 201);
+    assert.equal((await call(server.url, a.key, 'POST', '/v1/functions/mine/invoke', 'x')).text, 'a\n');
+    assert.equal((await call(server.url, b.key, 'POST', '/v1/functions/secret/invoke', 'x')).text, 'b\n');
     await waitFor(async () => {
       const rows = (await call(server.url, ADMIN, 'GET', '/v1/usage')).body.rows as { tenant: string }[];
-      return rows.some((row) => row.tenant === 'alpha') && rows.some((row) => row.tenant === 'beta');
+      return rows.some((row) => row.tenant === a.name) && rows.some((row) => row.tenant === b.name);
     }, 10_000, 'usage rows of both tenants');
-    const alpha = (await call(server.url, keyA, 'GET', '/v1/usage')).body.rows as { tenant: string; function: string }[];
-    assert.ok(alpha.length > 0);
-    assert.ok(alpha.every((row) => row.tenant === 'alpha'), JSON.stringify(alpha));
-    assert.ok(!alpha.some((row) => row.function === 'secret'));
-    assert.equal((await call(server.url, keyA, 'GET', '/v1/usage?tenant=beta')).status, 404);
-    const recent = (await call(server.url, keyA, 'GET', '/v1/usage/invocations')).body.invocations as { tenant: string }[];
-    assert.ok(recent.length > 0 && recent.every((record) => record.tenant === 'alpha'));
-    const betaOnly = (await call(server.url, ADMIN, 'GET', '/v1/usage?tenant=beta')).body.rows as { tenant: string }[];
-    assert.ok(betaOnly.length > 0 && betaOnly.every((row) => row.tenant === 'beta'));
+    const mine = (await call(server.url, a.key, 'GET', '/v1/usage')).body.rows as { tenant: string; function: string }[];
+    assert.ok(mine.length > 0);
+    assert.ok(mine.every((row) => row.tenant === a.name), JSON.stringify(mine));
+    assert.ok(!mine.some((row) => row.function === 'secret'));
+    assert.equal((await call(server.url, a.key, 'GET', `/v1/usage?tenant=${b.name}`)).status, 404);
+    const recent = (await call(server.url, a.key, 'GET', '/v1/usage/invocations')).body.invocations as { tenant: string }[];
+    assert.ok(recent.length > 0 && recent.every((record) => record.tenant === a.name));
+    const theirs = (await call(server.url, ADMIN, 'GET', `/v1/usage?tenant=${b.name}`)).body.rows as { tenant: string }[];
+    assert.ok(theirs.length > 0 && theirs.every((row) => row.tenant === b.name));
   });
 
   it('a tenant following its function\'s logs never sees the other tenant\'s invocations of the same name', async () => {
+    const { key: keyA } = await newTenant('logs-a');
+    const { key: keyB } = await newTenant('logs-b');
+    assert.equal((await call(server.url, keyA, 'PUT', '/v1/functions/hello', ECHO('from-alpha'))).status, 201);
+    assert.equal((await call(server.url, keyB, 'PUT', '/v1/functions/hello', ECHO('from-beta'))).status, 201);
     const abort = new AbortController();
     const response = await fetch(`${server.url}/v1/functions/hello/logs?follow=true&tail=0`, { headers: { authorization: `Bearer ${keyA}` }, signal: abort.signal });
     assert.equal(response.status, 200);
@@ -343,6 +366,8 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'eta', quotas: { maxConcurrency: 1 } });
     const key = made.body.apiKey as string;
     assert.equal((await call(server.url, key, 'PUT', '/v1/functions/f', ECHO('eta'))).status, 201);
+    const { key: keyA } = await newTenant('eta-other');
+    assert.equal((await call(server.url, keyA, 'PUT', '/v1/functions/hello', ECHO('from-other'))).status, 201);
     // eta's only slot is taken by a sync execution for ~4 s.
     const slow = call(server.url, key, 'POST', '/v1/execute', { image: 'kindling/base', command: ['sleep', '4'] });
     await waitFor(async () => ((await call(server.url, key, 'GET', '/v1/tenant')).body.running as number) === 1, 10_000, 'eta\'s slow execution');
@@ -482,6 +507,8 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
   it('deleting a tenant revokes its keys, removes its functions; the name is not reused', async () => {
     const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'zeta' });
     const key = made.body.apiKey as string;
+    const { key: keyA } = await newTenant('zeta-other');
+    assert.equal((await call(server.url, keyA, 'PUT', '/v1/functions/hello', ECHO('from-alpha'))).status, 201);
     assert.equal((await call(server.url, key, 'PUT', '/v1/functions/hello', ECHO('z'))).status, 201);
     assert.equal((await call(server.url, ADMIN, 'DELETE', '/v1/tenants/zeta')).status, 204);
     assert.equal((await call(server.url, key, 'GET', '/v1/functions')).status, 401);

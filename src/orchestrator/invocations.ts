@@ -144,8 +144,8 @@ export class InvocationService {
   private running = 0;
   private closed = false;
   private started = false;
-  private pausedUntilMs = 0;
-  private wakeTimer: NodeJS.Timeout | null = null;
+  /** Set while the dispatcher pauses its claims; its firing ends the pause (see pause). */
+  private pauseTimer: NodeJS.Timeout | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private readonly inFlight = new Set<Promise<void>>();
   private readonly callbackTimers = new Set<NodeJS.Timeout>();
@@ -347,8 +347,9 @@ export class InvocationService {
     // Enqueues accepted before the close are committed (and answered) now, before the store can go.
     this.commitTurn();
     this.flushRecords();
-    if (this.wakeTimer) clearTimeout(this.wakeTimer);
-    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.pauseTimer) clearTimeout(this.pauseTimer);
+    for (const timer of this.blockedTenants.values()) clearTimeout(timer);
+    this.blockedTenants.clear();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const timer of this.callbackTimers) clearTimeout(timer);
     this.callbackTimers.clear();
@@ -395,25 +396,16 @@ export class InvocationService {
     this.scheduleCommit();
   }
 
-  /** Whether claims may be made now; while paused, a timer asks again when the pause ends. */
+  /** Whether claims may be made now; a pause ends (and the dispatcher claims again) when its timer fires. */
   private mayClaim(): boolean {
-    if (!this.started || this.closed) return false;
-    const now = this.clock.nowMs();
-    if (now < this.pausedUntilMs) {
-      this.wakeTimer ??= setTimeout(() => {
-        this.wakeTimer = null;
-        this.pump();
-      }, this.pausedUntilMs - now);
-      return false;
-    }
-    return true;
+    return this.started && !this.closed && this.pauseTimer === null;
   }
 
   /** Claims the oldest queued invocations (FIFO, passing over blocked tenants), at most `slots`. Throws what the store throws. */
   private claimUpTo(slots: number): InvocationRecord[] {
     const claimed: InvocationRecord[] = [];
     if (slots <= 0) return claimed;
-    const blocked = this.blockedTenants();
+    const blocked = [...this.blockedTenants.keys()];
     while (claimed.length < slots) {
       const record = this.store.claimNextInvocation(this.clock.nowMs(), blocked);
       if (record === null) break;
@@ -456,7 +448,7 @@ export class InvocationService {
 
   /** After claims that took what they could: idle means nothing runs and nothing waits for its tenant's quota. */
   private settleIdle(): void {
-    if (this.running === 0 && this.blockedUntilMs.size === 0 && this.idle.length > 0) {
+    if (this.running === 0 && this.blockedTenants.size === 0 && this.idle.length > 0) {
       for (const resolve of this.idle.splice(0)) resolve();
     }
   }
@@ -478,28 +470,32 @@ export class InvocationService {
     }
   }
 
-  /** Tenants at their concurrency quota: their queued invocations wait, other tenants' go ahead. Until when (ms). */
-  private readonly blockedUntilMs = new Map<string, number>();
-  private retryTimer: NodeJS.Timeout | null = null;
+  /**
+   * Tenants at their concurrency quota: their queued invocations are passed over (other tenants' go ahead) until the
+   * tenant's timer fires, which unblocks it and makes the dispatcher claim again. The timer itself ends the block: a
+   * block that ended by comparing the wall clock with a deadline could be seen as still running when its timer fired
+   * (timers fire on the event loop's cached time, which lags Date.now()), and nothing would wake the dispatcher again.
+   */
+  private readonly blockedTenants = new Map<string, NodeJS.Timeout>();
 
-  /** Pumps again after `ms` (a blocked tenant's invocations get their next try). */
-  private wakeAfter(ms: number): void {
-    if (this.closed || this.retryTimer) return;
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = null;
+  private blockTenant(tenant: string, ms: number): void {
+    if (this.closed || this.blockedTenants.has(tenant)) return;
+    this.blockedTenants.set(
+      tenant,
+      setTimeout(() => {
+        this.blockedTenants.delete(tenant);
+        this.pump();
+      }, ms),
+    );
+  }
+
+  /** Stops claims for `ms`; a pause already under way is kept (the claims after it pause again if they must). */
+  private pause(ms: number): void {
+    if (this.closed || this.pauseTimer !== null) return;
+    this.pauseTimer = setTimeout(() => {
+      this.pauseTimer = null;
       this.pump();
     }, ms);
-  }
-
-  private blockedTenants(): string[] {
-    const now = this.clock.nowMs();
-    for (const [tenant, until] of this.blockedUntilMs) if (until <= now) this.blockedUntilMs.delete(tenant);
-    return [...this.blockedUntilMs.keys()];
-  }
-
-  private pause(ms: number): void {
-    this.pausedUntilMs = Math.max(this.pausedUntilMs, this.clock.nowMs() + ms);
-    this.pump();
   }
 
   private async run(record: InvocationRecord, slot: RunSlot): Promise<void> {
@@ -546,8 +542,7 @@ export class InvocationService {
         // moment while other tenants' run (one tenant's backlog never holds up the others).
         await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
         bus.end(record.id, record.tenant, record.functionName, 'queued');
-        this.blockedUntilMs.set(record.tenant, this.clock.nowMs() + TENANT_RETRY_MS);
-        this.wakeAfter(TENANT_RETRY_MS);
+        this.blockTenant(record.tenant, TENANT_RETRY_MS);
         return;
       }
       if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL')) {
