@@ -264,11 +264,23 @@ describe('async invocations through the SDK and the CLI', { skip: unavailable ??
 describe('retention of async invocations', { skip: unavailable ?? false }, () => {
   it('finished invocations are swept after the TTL', async () => {
     const server = await startTestServer({ executor: 'sandbox', asyncInvocations: { retentionMs: 300, sweepIntervalMs: 100 } });
+    const seen = new Set<string>();
     try {
-      await fetch(`${server.url}/v1/functions/short`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: 'kindling/base', command: ['true'] }) });
+      const deployed = await fetch(`${server.url}/v1/functions/short`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: 'kindling/base', command: ['true'] }) });
+      assert.equal(deployed.status, 201);
       const response = await fetch(`${server.url}/v1/functions/short/invoke`, { method: 'POST', headers: { 'x-kindling-async': 'true' } });
+      assert.equal(response.status, 202, 'accepted: a failed enqueue must not pass as "expired"');
       const { invocationId } = (await response.json()) as { invocationId: string };
-      await waitFor(async () => (await fetch(`${server.url}/v1/invocations/${invocationId}`)).status === 404, 30_000, 'the invocation to expire');
+      assert.match(invocationId, /^inv_/);
+      // It existed and finished before it was swept (a 404 from the start would prove nothing).
+      await waitFor(async () => {
+        const got = await fetch(`${server.url}/v1/invocations/${invocationId}`);
+        if (got.status === 404) return true;
+        const { status } = (await got.json()) as { status: string };
+        seen.add(status);
+        return false;
+      }, 30_000, 'the invocation to expire');
+      assert.ok(seen.size > 0, 'the invocation was readable before it expired');
     } finally {
       await server.stop();
     }

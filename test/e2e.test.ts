@@ -139,17 +139,14 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
   });
 
   it('a client that disconnects mid-upload cancels the execution and frees the sandbox', async () => {
-    await new Promise<void>((resolve) => {
-      const url = new URL(`${server.url}/v1/execute`);
-      const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { 'content-type': 'application/octet-stream', 'x-kindling-spec': JSON.stringify({ image: 'kindling/base', command: ['cat'], timeoutMs: 60_000 }) } });
-      req.on('error', () => resolve());
-      req.write(randomBytes(256 * 1024));
-      setTimeout(() => {
-        req.destroy();
-        resolve();
-      }, 500);
-    });
     const inFlight = async (): Promise<number> => Number(/kindling_executions_in_flight (\d+)/.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1]);
+    const url = new URL(`${server.url}/v1/execute`);
+    const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { 'content-type': 'application/octet-stream', 'x-kindling-spec': JSON.stringify({ image: 'kindling/base', command: ['cat'], timeoutMs: 60_000 }) } });
+    req.on('error', () => undefined);
+    req.write(randomBytes(256 * 1024));
+    // The execution must have started before the client goes, or this would prove nothing about cancelling it.
+    await waitFor(async () => (await inFlight()) === 1, 10_000, 'the execution of the upload to start');
+    req.destroy();
     await waitFor(async () => (await inFlight()) === 0, 5000, 'the execution of the aborted upload to end');
     await waitFor(async () => (await leftovers(server, executorName)).length === 0, 5000, 'the sandbox of the aborted upload to be removed');
   });
