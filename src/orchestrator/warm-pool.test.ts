@@ -1,5 +1,12 @@
+/**
+ * WarmPool with fake time: setTimeout and Date are mocked (node:test's MockTimers) and the pool's clock reads the mocked
+ * Date, so idle TTLs, queue deadlines, cold start delays and call durations are exact steps of `advance`, never real
+ * sleeps against tight margins.
+ */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { afterEach, beforeEach, describe, it, mock } from 'node:test';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import type { Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { WarmCapacity, WarmPool, type Poolable, type WarmPoolOptions } from './warm-pool.js';
 
@@ -16,14 +23,30 @@ class FakeSandbox implements Poolable {
   }
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/** The pool's clock: the mocked Date, so it moves exactly with `advance`. */
+const fakeClock: Clock = { nowMs: () => Date.now(), monotonicMs: () => Date.now() };
+
+/** Lets promise continuations and immediates run (real setImmediate: only setTimeout and Date are mocked). */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 4; i++) await nextTurn();
+}
+
+/** Moves fake time forward one millisecond at a time, letting what each step wakes run before the next. */
+async function advance(ms: number): Promise<void> {
+  for (let i = 0; i < ms; i++) {
+    mock.timers.tick(1);
+    await settle();
+  }
+}
+
+const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 function pool(overrides: Partial<WarmPoolOptions<FakeSandbox>> = {}, createDelayMs = 20): { pool: WarmPool<FakeSandbox>; created: FakeSandbox[] } {
   const created: FakeSandbox[] = [];
   const p = new WarmPool<FakeSandbox>({
     key: 'f@1',
     create: async () => {
-      await sleep(createDelayMs);
+      await delay(createDelayMs);
       const sandbox = new FakeSandbox(createDelayMs);
       created.push(sandbox);
       return sandbox;
@@ -38,15 +61,28 @@ function pool(overrides: Partial<WarmPoolOptions<FakeSandbox>> = {}, createDelay
     memoryMb: 100,
     capacity: new WarmCapacity({ maxSandboxes: 100, maxMemoryMb: 100_000 }),
     coldStartEstimateMs: createDelayMs,
+    clock: fakeClock,
     ...overrides,
   });
   return { pool: p, created };
 }
 
+/** Resolves `promise` while fake time moves on (at most `ms`). */
+async function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let done = false;
+  const tracked = promise.finally(() => (done = true));
+  tracked.catch(() => undefined);
+  for (let i = 0; i < ms && !done; i++) await advance(1);
+  return tracked;
+}
+
 describe('WarmPool', () => {
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 }));
+  afterEach(() => mock.timers.reset());
+
   it('reuses a released sandbox (warm) and starts one on demand (cold)', async () => {
     const { pool: p, created } = pool();
-    const first = await p.acquire();
+    const first = await within(p.acquire(), 100);
     assert.equal(first.coldStart, true);
     first.release(true, 1);
     const second = await p.acquire();
@@ -61,62 +97,97 @@ describe('WarmPool', () => {
   it('does not cold start when a busy sandbox will be free sooner than a cold start takes', async () => {
     const { pool: p, created } = pool({}, 200);
     // Teach it that calls take ~5 ms.
-    const lease = await p.acquire();
+    const lease = await within(p.acquire(), 300);
     lease.release(true, 5);
     const busy = await p.acquire();
     const waiting = p.acquire();
-    await sleep(5);
+    await advance(5);
     busy.release(true, 5);
-    const served = await waiting;
+    const served = await within(waiting, 10);
     assert.equal(served.coldStart, false);
     served.release(true, 5);
     assert.equal(created.length, 1, 'no second sandbox was started');
+    assert.equal(p.stats.creating, 0);
+    await p.close();
+  });
+
+  it('cold starts when the busy sandbox runs much longer than calls usually take', async () => {
+    const { pool: p, created } = pool({}, 200);
+    const lease = await within(p.acquire(), 300);
+    lease.release(true, 5);
+    const busy = await p.acquire();
+    const waiting = p.acquire();
+    // Expected free in 5 ms; past that, in as long again as it has run: sooner than a 200 ms cold start until it has
+    // run 200 ms. The re-checks at the expected times (each about twice the last) then start one.
+    await advance(150);
+    assert.equal(p.stats.creating, 0, 'no cold start while the busy one is expected sooner');
+    await advance(150);
+    assert.equal(p.stats.creating, 1, 'a cold start began once the busy one overran');
+    const served = await within(waiting, 300);
+    assert.equal(served.coldStart, true);
+    assert.equal(created.length, 2);
+    busy.release(true, 5);
+    served.release(true, 5);
     await p.close();
   });
 
   it('grows up to maxConcurrency for slow calls, never beyond, and serves everybody', async () => {
     const { pool: p, created } = pool({ maxConcurrency: 3 });
     let peak = 0;
-    const results = await Promise.all(
+    const all = Promise.all(
       Array.from({ length: 30 }, async () => {
         const lease = await p.acquire();
         peak = Math.max(peak, p.stats.total);
-        await sleep(10);
+        await delay(10);
         lease.release(true, 10);
         return lease.coldStart;
       }),
     );
+    const results = await within(all, 1000);
     assert.equal(results.length, 30);
     assert.ok(created.length <= 3 && peak <= 3, `created ${created.length}, peak ${peak}`);
     await p.close();
   });
 
-  it('answers 429 beyond the queue bound and after the queue deadline', async () => {
+  it('answers 429 beyond the queue bound and after the queue deadline (not before)', async () => {
     const { pool: p } = pool({ maxConcurrency: 1, maxQueued: 1, queueTimeoutMs: 50 });
-    const held = await p.acquire();
+    const held = await within(p.acquire(), 100);
+    let outcome = 'waiting';
     const queued = p.acquire();
+    queued.then(
+      () => (outcome = 'served'),
+      () => (outcome = 'refused'),
+    );
     await assert.rejects(p.acquire(), (error: KindlingError) => error.code === 'TOO_MANY_REQUESTS');
+    await advance(49);
+    assert.equal(outcome, 'waiting', 'still within its 50 ms deadline');
+    await advance(1);
+    assert.equal(outcome, 'refused');
     await assert.rejects(queued, (error: KindlingError) => error.code === 'TOO_MANY_REQUESTS' && /within 50 ms/.test(error.message));
     held.release(true, 1);
     await p.close();
   });
 
-  it('destroys idle sandboxes after the idle TTL (down to minWarm) and recycles after maxUses', async () => {
+  it('destroys idle sandboxes after the idle TTL (not before), down to minWarm, and recycles after maxUses', async () => {
     const { pool: p, created } = pool({ idleTtlMs: 30, maxUses: 2 });
-    const a = await p.acquire();
+    const a = await within(p.acquire(), 100);
     a.release(true, 1);
     const b = await p.acquire();
     b.release(true, 1); // second use: recycled
     assert.equal(created[0]!.alive, false);
-    const c = await p.acquire();
+    const c = await within(p.acquire(), 100);
     c.release(true, 1);
-    await sleep(80);
+    await advance(29);
+    assert.equal(p.stats.idle, 1, 'kept until its idle TTL');
+    await advance(1);
     assert.equal(p.stats.total, 0);
     assert.equal(created[1]!.alive, false);
     await p.close();
 
     const { pool: kept } = pool({ idleTtlMs: 20, minWarm: 1 });
-    await sleep(80);
+    await advance(20);
+    assert.equal(kept.stats.idle, 1, 'minWarm was started');
+    await advance(100);
     assert.equal(kept.stats.idle, 1, 'minWarm survives the idle TTL');
     await kept.close();
   });
@@ -125,20 +196,31 @@ describe('WarmPool', () => {
     const capacity = new WarmCapacity({ maxSandboxes: 2, maxMemoryMb: 100_000 });
     const { pool: a, created: aCreated } = pool({ capacity, key: 'a@1' });
     const { pool: b, created: bCreated } = pool({ capacity, key: 'b@1' });
-    const a1 = await a.acquire();
-    const a2 = await a.acquire();
-    a1.release(true, 1);
-    await sleep(2);
-    a2.release(true, 1);
-    const b1 = await b.acquire();
+    const [a1, a2] = await within(Promise.all([a.acquire(), a.acquire()]), 100);
+    a1!.release(true, 1);
+    await advance(2);
+    a2!.release(true, 1);
+    const b1 = await within(b.acquire(), 100);
     assert.equal(b1.coldStart, true);
     assert.equal(aCreated.filter((s) => s.alive).length, 1);
-    assert.equal(aCreated[0]!.alive, false, 'the least recently used one went');
+    assert.equal(a1!.sandbox.alive, false, 'the least recently used one went');
     assert.equal(capacity.stats.sandboxes, 2);
     b1.release(true, 1);
     await Promise.all([a.close(), b.close()]);
     assert.equal(capacity.stats.sandboxes, 0);
     assert.equal(bCreated.length, 1);
+  });
+
+  it('close() waits for a creation under way and destroys what it makes', async () => {
+    const { pool: p, created } = pool({ minWarm: 1 }, 50);
+    assert.equal(p.stats.creating, 1);
+    let closed = false;
+    const closing = p.close().then(() => (closed = true));
+    await advance(10);
+    assert.equal(closed, false, 'not before the creation ended');
+    await within(closing, 100);
+    assert.equal(created.length, 1);
+    assert.equal(created[0]!.alive, false);
   });
 
   it('rejects waiters with the creation error and replaces sandboxes that die', async () => {
@@ -154,13 +236,13 @@ describe('WarmPool', () => {
       },
       minWarm: 1,
     });
-    await sleep(5);
+    await settle();
     await assert.rejects(p.acquire(), /no image/);
     fail = false;
     const lease = await p.acquire();
     lease.release(true, 1);
     await lease.sandbox.destroy(); // dies while idle
-    await sleep(5);
+    await settle();
     assert.equal(p.stats.idle, 1, 'minWarm is made up for');
     assert.notEqual(created.at(-1), lease.sandbox);
     await p.close();

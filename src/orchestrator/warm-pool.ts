@@ -102,7 +102,8 @@ const EWMA_WEIGHT = 0.2;
 export class WarmPool<T extends Poolable> {
   private readonly idle: Item<T>[] = [];
   private readonly busy = new Set<Item<T>>();
-  private readonly creating: { startedAtMs: number; forWaiter: boolean }[] = [];
+  /** Sandboxes being created; `done` settles once the creation's outcome was handled. */
+  private readonly creating: { startedAtMs: number; forWaiter: boolean; done: Promise<void> }[] = [];
   private readonly waiters: Waiter<T>[] = [];
   private readonly clock: Clock;
   private coldStartMs: number;
@@ -181,9 +182,9 @@ export class WarmPool<T extends Poolable> {
       waiter.reject(new KindlingError('SHUTTING_DOWN', `the warm pool of ${this.options.key} closed`, { retryAfterSeconds: 1 }));
     }
     for (const item of [...this.idle.splice(0), ...this.busy]) this.destroyItem(item);
+    // A creation that ends now destroys its sandbox (closed), which adds a disposal: wait until neither is left.
     while (this.creating.length > 0 || this.disposals.size > 0) {
-      await Promise.all([...this.disposals]);
-      if (this.creating.length > 0) await new Promise((resolve) => setTimeout(resolve, 10));
+      await Promise.all([...this.creating.map((slot) => slot.done), ...this.disposals]);
     }
     this.options.capacity.unregister(this);
   }
@@ -355,9 +356,9 @@ export class WarmPool<T extends Poolable> {
 
   /** Starts one sandbox; capacity was reserved by the caller. */
   private startOne(forWaiter: boolean): void {
-    const slot = { startedAtMs: this.clock.monotonicMs(), forWaiter };
+    const slot = { startedAtMs: this.clock.monotonicMs(), forWaiter, done: Promise.resolve() };
     this.creating.push(slot);
-    this.options.create().then(
+    slot.done = this.options.create().then(
       (sandbox) => {
         this.creating.splice(this.creating.indexOf(slot), 1);
         this.coldStartMs += EWMA_WEIGHT * (sandbox.startMs - this.coldStartMs);
