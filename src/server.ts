@@ -159,9 +159,9 @@ export const DEFAULT_FUNCTION_POOLS: FunctionPoolConfig = {
   startTimeoutMs: 30_000,
 };
 
-export interface RunningServer {
+/** A server built by createServer: everything made, nothing listening yet. */
+export interface KindlingServer {
   app: FastifyInstance;
-  url: string;
   defaultExecutor: ExecutorName;
   executors: ReadonlyMap<ExecutorName, Executor>;
   /** Warm pools of handler-style functions (stats for tests and /readyz). */
@@ -170,8 +170,44 @@ export interface RunningServer {
   usage: SqliteUsageStore;
   /** Async invocations (stats and whenIdle for tests and the bench). */
   invocations: InvocationService;
-  /** Graceful: stop accepting, drain up to the deadline, then kill what is left and release everything. */
+  /**
+   * Listens on the configured host and port, then starts the work that needs a gateway: the async dispatcher (crash
+   * recovery first) and the generic warm sandboxes. Resolves with the URL. A failure (the port is taken) leaves the
+   * server as it was: destroy() it.
+   */
+  listen(): Promise<string>;
+  /** Graceful: stop accepting, drain up to the shutdown deadline, then kill what is left and release everything. */
   close(): Promise<void>;
+  /** Abort: kill every execution and sandbox now and release everything. Idempotent, and safe after close(). */
+  destroy(): Promise<void>;
+}
+
+export interface RunningServer extends KindlingServer {
+  url: string;
+}
+
+/**
+ * What a build made so far, undone in reverse order when a later step fails (a half-built server leaves nothing:
+ * no lock, no sandbox, no open store). The error of the failed step is the one rethrown; failures of the undo steps
+ * are logged.
+ */
+class Rollback {
+  private readonly steps: { what: string; undo: () => unknown }[] = [];
+  constructor(private readonly logger: Logger) {}
+
+  add(what: string, undo: () => unknown): void {
+    this.steps.push({ what, undo });
+  }
+
+  async run(): Promise<void> {
+    for (const { what, undo } of this.steps.splice(0).reverse()) {
+      try {
+        await undo();
+      } catch (error) {
+        this.logger.warn({ err: error, step: what }, 'undoing a step of a failed start failed');
+      }
+    }
+  }
 }
 
 /** The generated admin key goes to stderr as a banner, once; the JSON log never carries it. */
@@ -236,11 +272,38 @@ export function chooseDefaultExecutor(
   return { name: docker ? 'docker' : 'sandbox', reason: `auto: ${why}, and Docker is not ready either (${docker?.reason ?? 'not enabled'})` };
 }
 
+/** Builds and listens; a start that fails (the port is taken) leaves nothing behind. */
 export async function startServer(config: ServerConfig): Promise<RunningServer> {
+  const server = await createServer(config);
+  try {
+    const url = await server.listen();
+    return Object.assign(server, { url });
+  } catch (error) {
+    await server.destroy();
+    throw error;
+  }
+}
+
+/**
+ * The composition root: builds every part of the server (executors, stores, services, the gateway) without listening.
+ * If a step fails, what the earlier steps made is destroyed before the error is rethrown.
+ */
+export async function createServer(config: ServerConfig): Promise<KindlingServer> {
+  const rollback = new Rollback(config.logger);
+  try {
+    return await buildServer(config, rollback);
+  } catch (error) {
+    await rollback.run();
+    throw error;
+  }
+}
+
+async function buildServer(config: ServerConfig, rollback: Rollback): Promise<KindlingServer> {
   const logger = config.logger;
   await mkdir(config.dataDir, { recursive: true });
   const dataDir = await realpath(config.dataDir);
   const unlock = await lockDataDir(dataDir);
+  rollback.add('data dir lock', unlock);
   // Resources are labelled with the data dir's identity: a restarted server finds what its predecessor left.
   const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
   const instanceId = newInstanceId();
@@ -276,6 +339,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
       logger: logger.child({ executor: name }),
     });
     if (!executor) continue;
+    rollback.add(`${name} executor`, () => executor.destroy());
     const status = await executor.probe();
     statuses.push(status);
     if (!status.ready && name !== config.executor && !(config.executor === 'auto' && name === 'docker')) {
@@ -314,8 +378,11 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
   const served = new Map<ExecutorName, Executor>([...executors].map(([name, executor]) => [name, instrumentExecutor(executor, metrics)]));
   // Function definitions and usage records live beside the orchestrator in the data dir; they survive restarts.
   const store = new SqliteStore(join(dataDir, 'kindling.db'));
+  rollback.add('store', () => store.close());
   const usageStore = new SqliteUsageStore(join(dataDir, 'kindling.db'), { onError: (error, records) => logger.warn({ err: error, records }, 'writing usage records failed') });
+  rollback.add('usage store', () => usageStore.close());
   const tenantStore = new SqliteTenantStore(join(dataDir, 'kindling.db'));
+  rollback.add('tenant store', () => tenantStore.close());
   let functionServiceRef: FunctionService | null = null;
   const tenants = new TenantService({
     store: tenantStore,
@@ -360,6 +427,7 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     queueTimeoutMs: pools.queueTimeoutMs,
   });
   functionServiceRef = functionService;
+  rollback.add('warm pools', () => functionService.close());
   const logBus = new LogBus();
   const invocations = new InvocationService({
     store,
@@ -370,7 +438,9 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     onInfo: (message, context) => logger.info(context, message),
     scopeOf: (tenant) => tenants.scopeOf(tenant),
   });
+  rollback.add('async invocations', () => invocations.close(0));
   const streamRelay = openStreamRelay(config.streamRelayPath === undefined ? DEFAULT_STREAM_RELAY_PATH : config.streamRelayPath, metrics, logger);
+  if (streamRelay) rollback.add('stream relay', () => streamRelay.close());
   let draining = false;
   const app = await buildApi({
     executionService: service,
@@ -393,59 +463,90 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     logger,
     isDraining: () => draining,
   });
-  await app.listen({ host: config.host, port: config.port });
-  const address = app.server.address();
-  const port = typeof address === 'object' && address ? address.port : config.port;
-  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
-  // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
-  invocations.start();
-  logger.info({ url, dataDir, instanceId, auth: tenants.authEnabled }, 'Kindling is listening');
-  if (!process.execArgv.some((arg) => arg.startsWith('--initial-old-space-size'))) {
-    // Not an environment read: the V8 flags this process was started with (bin/kindling.js sets them; see there why).
-    logger.info('node runs without --initial-old-space-size=64: raw streams of hundreds of MiB cost up to 2x the CPU (full GCs)');
-  }
+  rollback.add('gateway', () => app.close());
 
+  let listening = false;
   let closing: Promise<void> | null = null;
+  let destroying: Promise<void> | null = null;
   const executionService = service;
+  /** Releases what close() and destroy() both release, once everything that ran has ended. */
+  const release = async (): Promise<void> => {
+    // Connections still open now (an abandoned upload, an idle keep-alive) must not hold the process.
+    streamRelay?.close();
+    const closed = app.close();
+    const timer = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
+    await closed;
+    clearTimeout(timer);
+    await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
+    await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
+    // Synchronous invocations answered during the drain are recorded before the store goes.
+    invocations.flushRecords();
+    store.close();
+    usageStore.close();
+    tenantStore.close();
+    await unlock();
+    logger.info('Kindling stopped');
+  };
   return {
     app,
-    url,
     defaultExecutor: chosen.name,
     executors: served,
     handlers,
     usage: usageStore,
     invocations,
+    async listen() {
+      if (listening) throw new Error('the server listens already');
+      await app.listen({ host: config.host, port: config.port });
+      listening = true;
+      const address = app.server.address();
+      const port = typeof address === 'object' && address ? address.port : config.port;
+      const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+      // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
+      invocations.start();
+      handlers.startWarming();
+      logger.info({ url, dataDir, instanceId, auth: tenants.authEnabled }, 'Kindling is listening');
+      if (!process.execArgv.some((arg) => arg.startsWith('--initial-old-space-size'))) {
+        // Not an environment read: the V8 flags this process was started with (bin/kindling.js sets them; see there why).
+        logger.info('node runs without --initial-old-space-size=64: raw streams of hundreds of MiB cost up to 2x the CPU (full GCs)');
+      }
+      return url;
+    },
     close() {
-      closing ??= (async () => {
-        // Keep listening while draining: new work gets 503 SHUTTING_DOWN (and /readyz 503), so load balancers and
-        // clients learn what is happening instead of seeing refused connections.
-        draining = true;
-        // Async invocations still queued stay queued in the store and run after the next start.
-        const invocationsDone = invocations.close(config.shutdownTimeoutMs);
-        executionService.stopAccepting();
-        const drained = await executionService.drain(config.shutdownTimeoutMs);
-        await invocationsDone;
-        if (!drained) {
-          logger.warn({ deadlineMs: config.shutdownTimeoutMs }, 'shutdown deadline passed; killing the executions still running');
-          await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
-        }
-        // Connections still open now (an abandoned upload, an idle keep-alive) must not hold the process.
-        streamRelay?.close();
-        const closed = app.close();
-        const timer = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
-        await closed;
-        clearTimeout(timer);
-        await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
-        await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
-        // Synchronous invocations answered during the drain are recorded before the store goes.
-        invocations.flushRecords();
-        store.close();
-        usageStore.close();
-        tenantStore.close();
-        await unlock();
-        logger.info('Kindling stopped');
-      })();
+      closing ??=
+        destroying ??
+        (async () => {
+          // Keep listening while draining: new work gets 503 SHUTTING_DOWN (and /readyz 503), so load balancers and
+          // clients learn what is happening instead of seeing refused connections.
+          draining = true;
+          // Async invocations still queued stay queued in the store and run after the next start.
+          const invocationsDone = invocations.close(config.shutdownTimeoutMs);
+          executionService.stopAccepting();
+          const drained = await executionService.drain(config.shutdownTimeoutMs);
+          await invocationsDone;
+          if (!drained) {
+            logger.warn({ deadlineMs: config.shutdownTimeoutMs }, 'shutdown deadline passed; killing the executions still running');
+            await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
+          }
+          await release();
+        })();
       return closing;
+    },
+    destroy() {
+      draining = true;
+      executionService.stopAccepting();
+      // Everything running is killed now, also during a graceful close (which then ends without waiting for its deadline).
+      const killed = Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
+      destroying ??=
+        closing ??
+        (async () => {
+          const invocationsDone = invocations.close(0);
+          await killed;
+          // The killed runs end as results (failed or timed out) and are recorded before the stores go.
+          await executionService.drain(CLOSE_GRACE_MS);
+          await invocationsDone;
+          await release();
+        })();
+      return destroying;
     },
   };
 }

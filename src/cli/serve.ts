@@ -133,9 +133,14 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
       });
       let stopping = false;
       const stop = (signal: string): void => {
-        if (stopping) return;
+        if (stopping) {
+          // A second signal during the drain: stop now (kill what runs) instead of waiting for the deadline.
+          logger.info({ signal }, 'stopping now: killing the executions still running');
+          void server.destroy();
+          return;
+        }
         stopping = true;
-        logger.info({ signal }, 'stopping: draining in-flight executions');
+        logger.info({ signal }, 'stopping: draining in-flight executions (a second SIGINT or SIGTERM stops at once)');
         server.close().then(
           () => process.exit(0),
           (error: unknown) => {

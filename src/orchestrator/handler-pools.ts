@@ -82,7 +82,7 @@ export interface HandlerPoolsOptions {
    * Failed starts of fresh sandboxes are counted by the executor's instrumentation.
    */
   onStartFailed?: (executor: ExecutorName) => void;
-  /** Shapes warmed at start-up (e.g. node and python with the default limits on the default executor). */
+  /** Shapes warmed by startWarming() (e.g. node and python with the default limits on the default executor). */
   genericWarmAtStart?: { executor: ExecutorName; runtime: 'node' | 'python' }[];
 }
 
@@ -141,8 +141,16 @@ export class HandlerPools implements HandlerInvoker {
       createTimeoutMs: (options.startTimeoutMs ?? 30_000) + 10_000,
       onError: (error, key) => options.onError?.(error, { function: `generic ${key}` }),
     });
+  }
+
+  /**
+   * Starts the generic sandboxes of `genericWarmAtStart`. Not done by the constructor: a server that is built but
+   * never listens (its port is taken) must not have started sandboxes.
+   */
+  startWarming(): void {
+    if (this.closing) return;
     const defaults = resolveLimits({}, {}, this.limits);
-    for (const { executor, runtime } of options.genericWarmAtStart ?? []) {
+    for (const { executor, runtime } of this.options.genericWarmAtStart ?? []) {
       if (this.supports(executor)) this.generic.replenish(genericKey(shapeOf(executor, runtime, defaults)));
     }
   }

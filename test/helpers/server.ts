@@ -18,14 +18,9 @@ export interface TestServer extends RunningServer {
   stop(): Promise<void>;
 }
 
-/** Starts a real server in-process on a free loopback port with its own data dir. */
-export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
-  // A given data dir is reused (restart tests); otherwise a fresh one is made.
-  const dataDir = overrides.dataDir ?? (await realpath(await mkdtemp(join(tmpdir(), 'kindling-test-'))));
-  // The sandbox's unprivileged uid must be able to reach its run dirs (mkdtemp makes 0700).
-  await chmod(dataDir, 0o755);
-  const made = overrides.dataDir === undefined;
-  const server = await startServer({
+/** The config of a test server with its own data dir (see startTestServer); nothing is made. */
+export function testServerConfig(dataDir: string, overrides: Partial<ServerConfig> = {}): ServerConfig {
+  return {
     host: '127.0.0.1',
     port: 0,
     imagesDir: IMAGES_DIR,
@@ -45,12 +40,31 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
     dataDir,
     // Generic sandboxes add idle sandboxes to every server; tests that count sandboxes would see them. Opt in.
     functionPools: { genericPerShape: 0, ...overrides.functionPools },
-  }).catch(async (error: unknown) => {
+  };
+}
+
+/** A fresh data dir the sandbox's unprivileged uid can traverse (mkdtemp makes 0700). */
+export async function newDataDir(): Promise<string> {
+  const dataDir = await realpath(await mkdtemp(join(tmpdir(), 'kindling-test-')));
+  await chmod(dataDir, 0o755);
+  return dataDir;
+}
+
+/** The id a server labels its resources with: derived from its data dir. */
+export const ownerIdOf = (dataDir: string): string => createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
+
+/** Starts a real server in-process on a free loopback port with its own data dir. */
+export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
+  // A given data dir is reused (restart tests); otherwise a fresh one is made.
+  const dataDir = overrides.dataDir ?? (await newDataDir());
+  if (overrides.dataDir !== undefined) await chmod(dataDir, 0o755);
+  const made = overrides.dataDir === undefined;
+  const server = await startServer(testServerConfig(dataDir, overrides)).catch(async (error: unknown) => {
     // A server that refuses to start (a test of exactly that) must not leave its fresh data dir behind.
     if (made) await rm(dataDir, { recursive: true, force: true });
     throw error;
   });
-  const ownerId = createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
+  const ownerId = ownerIdOf(dataDir);
   return {
     ...server,
     dataDir,
