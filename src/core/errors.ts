@@ -17,6 +17,8 @@ export const ERROR_CODES = {
   CONFLICTING_FIELDS: { statusCode: 400, retryable: false },
   LIMIT_OUT_OF_RANGE: { statusCode: 400, retryable: false },
   UNSUPPORTED_NETWORK: { statusCode: 400, retryable: false },
+  /** A handler-style function on an executor of this server that keeps no warm sandboxes: a configuration to change, not to retry. */
+  HANDLERS_UNSUPPORTED: { statusCode: 400, retryable: false },
   UNAUTHORIZED: { statusCode: 401, retryable: false },
   /** A tenant key asked for an admin-only route (tenants, keys, another tenant's scope). */
   FORBIDDEN: { statusCode: 403, retryable: false },

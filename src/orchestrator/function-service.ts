@@ -5,6 +5,7 @@ import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName, 
 import { FUNCTION_NAME_PATTERN, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import type { ExecuteOptions, ExecutionService, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
+import { handlersUnsupported } from './handler-pools.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -174,7 +175,7 @@ export class FunctionService {
       if (isHandlerStyle(spec)) {
         const handlers = this.options.handlers;
         if (handlers === undefined || !handlers.supports(executor)) {
-          throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executor} executor of this server`);
+          throw handlersUnsupported(executor);
         }
         return await handlers.invoke(version, executor, body, options);
       }
@@ -270,7 +271,7 @@ export class FunctionService {
       }
       if (spec.code === undefined) fail('code', `a handler needs "code": the ${spec.runtime} source that defines "${spec.handler}"`);
       if (this.options.handlers === undefined || !this.options.handlers.supports(executor)) {
-        throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executor} executor of this server; deploy a command instead (no "handler")`);
+        throw handlersUnsupported(executor);
       }
     }
     // The same checks a one-off execution gets: fields that go together, runtime, image, limits in range.

@@ -118,6 +118,17 @@ const shapeOf = (executor: ExecutorName, runtime: 'node' | 'python', limits: Res
   openFiles: limits.openFiles,
 });
 
+/**
+ * A handler-style function on an executor without warm sandboxes: permanent for this server's configuration (a retry
+ * gets the same answer), so a 400 that says what to change, not a retryable 503.
+ */
+export function handlersUnsupported(executor: string): KindlingError {
+  return new KindlingError(
+    'HANDLERS_UNSUPPORTED',
+    `handler-style functions cannot run on the ${executor} executor of this server (it keeps no warm sandboxes); deploy with another "executor", or as a command (no "handler")`,
+  );
+}
+
 export class HandlerPools implements HandlerInvoker {
   readonly capacity: WarmCapacity;
   private readonly pools = new Map<string, Entry>();
@@ -336,7 +347,7 @@ export class HandlerPools implements HandlerInvoker {
     if (existing !== undefined) return existing;
     const executor = this.options.executors.get(executorName);
     if (executor?.createWarmSandbox === undefined) {
-      throw new KindlingError('EXECUTOR_UNAVAILABLE', `handler-style functions cannot run on the ${executorName} executor of this server`);
+      throw handlersUnsupported(executorName);
     }
     const spec = version.spec;
     const limits = resolveLimits({ memoryMb: spec.memoryMb, cpus: spec.cpus }, {}, this.limits, caps);
