@@ -331,7 +331,8 @@ export async function startServer(config: ServerConfig): Promise<RunningServer> 
     ...(config.adminKey ? { envAdminKey: config.adminKey } : {}),
     onTenantDeleted: (name) => functionServiceRef?.deleteTenant(name),
   });
-  storage = () => tenants.list().map((tenant) => ({ tenant: tenant.name, ...store.storageUsage(tenant.name) }));
+  // Live tenants only (a deleted tenant's counts are not shown); each view carries its usage (one row read per tenant).
+  storage = () => tenants.list().flatMap((tenant) => (tenant.usage ? [{ tenant: tenant.name, ...tenant.usage }] : []));
   // Never open to the network without keys: a first start on a non-loopback address makes the admin key (shown once).
   if (!isLoopback(config.host)) {
     const generated = tenants.bootstrapAdminKey();
