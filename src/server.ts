@@ -14,7 +14,7 @@ import type { ExecutorName } from './core/types.js';
 import type { Executor, ExecutorStatus } from './executors/executor.js';
 import { createExecutor, type MicroVmSettings } from './executors/registry.js';
 import { instrumentExecutor } from './metrics/instrument.js';
-import { Metrics } from './metrics/metrics.js';
+import { Metrics, type TenantStorage } from './metrics/metrics.js';
 import { UsageMeter } from './metrics/usage-meter.js';
 import { EgressPolicy } from './network/policy.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
@@ -48,8 +48,13 @@ export interface ServerConfig {
   enableExecutors: ExecutorName[];
   /** KINDLING_ADMIN_KEY: an admin key kept only in memory (hashed); without it the server makes and stores one. */
   adminKey?: string;
-  /** Quotas of tenants that set none (--tenant-* flags); absent fields: no cap beyond the server's own limits. */
+  /**
+   * Quotas of tenants that set none (--tenant-* flags); absent fields: the storage quotas' defaults
+   * (DEFAULT_STORAGE_QUOTAS), no cap beyond the server's own limits for the others; null: no cap.
+   */
   tenantQuotas?: Partial<ResolvedQuotas>;
+  /** Versions kept per function (the newest); older ones go on deploy unless an invocation needs them. Default 10. */
+  functionVersionsKept?: number;
   /**
    * Shows an admin key the server generated (once, at its first start on a non-loopback address). Default: a banner
    * on stderr, never the JSON log.
@@ -370,9 +375,11 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
 
   let service: ExecutionService | null = null;
   let handlerPools: HandlerPools | null = null;
+  let storage: (() => TenantStorage[]) | null = null;
   const metrics = new Metrics({
     queue: () => service?.queueStats ?? { running: 0, queued: 0 },
     pools: () => handlerPools?.poolSizes() ?? [],
+    storage: () => storage?.() ?? [],
   });
   // Every sandbox handed out is counted (created/destroyed/failed) by a thin wrapper; the executors know no metrics.
   const served = new Map<ExecutorName, Executor>([...executors].map(([name, executor]) => [name, instrumentExecutor(executor, metrics)]));
@@ -386,10 +393,13 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   let functionServiceRef: FunctionService | null = null;
   const tenants = new TenantService({
     store: tenantStore,
+    storageUsage: (tenant) => store.storageUsage(tenant),
     ...(config.tenantQuotas ? { defaults: config.tenantQuotas } : {}),
     ...(config.adminKey ? { envAdminKey: config.adminKey } : {}),
     onTenantDeleted: (name) => functionServiceRef?.deleteTenant(name),
   });
+  // Live tenants only (a deleted tenant's counts are not shown); each view carries its usage (one row read per tenant).
+  storage = () => tenants.list().flatMap((tenant) => (tenant.usage ? [{ tenant: tenant.name, ...tenant.usage }] : []));
   // Never open to the network without keys: a first start on a non-loopback address makes the admin key (shown once).
   if (!isLoopback(config.host)) {
     const generated = tenants.bootstrapAdminKey();
@@ -417,7 +427,11 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   });
   handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
+  let invocationsRef: InvocationService | null = null;
   const functionService = new FunctionService({
+    ...(config.functionVersionsKept === undefined ? {} : { versionsKept: config.functionVersionsKept }),
+    versionsInUse: (tenant, name) => invocationsRef?.uncommittedVersions(tenant, name) ?? [],
+    storageQuotasOf: (tenant) => tenants.quotasOf(tenant),
     store,
     executionService: service,
     defaultExecutor: chosen.name,
@@ -437,8 +451,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     onError: (error, context) => logger.warn({ err: error, ...context }, 'async invocations'),
     onInfo: (message, context) => logger.info(context, message),
     scopeOf: (tenant) => tenants.scopeOf(tenant),
+    storageQuotasOf: (tenant) => tenants.quotasOf(tenant),
   });
   rollback.add('async invocations', () => invocations.close(0));
+  invocationsRef = invocations;
   const streamRelay = openStreamRelay(config.streamRelayPath === undefined ? DEFAULT_STREAM_RELAY_PATH : config.streamRelayPath, metrics, logger);
   if (streamRelay) rollback.add('stream relay', () => streamRelay.close());
   let draining = false;

@@ -77,7 +77,7 @@ export class ValidationError extends KindlingError {
   }
 }
 
-/** 409 (`TENANT_EXISTS`, `INVOCATION_NOT_FINISHED`): the request conflicts with what exists; a `ValidationError` too. */
+/** 409 (`TENANT_EXISTS`, `INVOCATION_NOT_FINISHED`, `TENANT_STORAGE_LIMIT`): the request conflicts with what exists; a `ValidationError` too. */
 export class ConflictError extends ValidationError {
   constructor(options: KindlingErrorOptions) {
     super(options);

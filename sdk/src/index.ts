@@ -37,6 +37,7 @@ export type {
   LogEvent,
   TenantQuotas,
   TenantInfo,
+  TenantStorageUsage,
   CreatedTenant,
   TenantSelf,
   ApiKeyInfo,

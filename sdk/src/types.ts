@@ -256,6 +256,19 @@ export interface TenantQuotas {
   maxDiskMb?: number;
   /** Largest request body in bytes (413 beyond). */
   maxPayloadBytes?: number;
+  /** Storage: function versions kept, all functions together (default 1000); a deploy beyond: 409 `TENANT_STORAGE_LIMIT`. */
+  maxFunctionVersions?: number;
+  /** Storage: bytes of code of the kept versions (default 1 GiB); a deploy beyond: 409 `TENANT_STORAGE_LIMIT`. */
+  maxCodeBytes?: number;
+  /** Storage: bytes of payloads of queued and running async invocations (default 1 GiB); an enqueue beyond: 409 `TENANT_STORAGE_LIMIT`. */
+  maxQueuedPayloadBytes?: number;
+}
+
+/** What a tenant keeps on the server now, next to its storage quotas. */
+export interface TenantStorageUsage {
+  functionVersions: number;
+  codeBytes: number;
+  queuedPayloadBytes: number;
 }
 
 export interface TenantInfo {
@@ -264,6 +277,8 @@ export interface TenantInfo {
   quotas: TenantQuotas;
   /** The quotas in effect (the tenant's, else the server's defaults); null: no cap beyond the server's ranges. */
   effectiveQuotas: { [K in keyof TenantQuotas]-?: number | null };
+  /** What the tenant keeps on the server now (servers with storage quotas). */
+  usage?: TenantStorageUsage;
   createdAt: string;
 }
 

@@ -115,6 +115,9 @@ export const TenantQuotasSchema = Type.Object(
     maxOutputBytes: quota('Cap on outputBytes.'),
     maxDiskMb: quota('Cap on diskMb.'),
     maxPayloadBytes: quota('Largest request body in bytes (413 beyond).'),
+    maxFunctionVersions: quota('Function versions kept, all functions together (default 1000); a deploy beyond: 409 TENANT_STORAGE_LIMIT.'),
+    maxCodeBytes: quota('Bytes of code of the kept versions (default 1 GiB); a deploy beyond: 409 TENANT_STORAGE_LIMIT.'),
+    maxQueuedPayloadBytes: quota('Bytes of payloads of queued and running async invocations (default 1 GiB); an enqueue beyond: 409 TENANT_STORAGE_LIMIT.'),
   },
   { additionalProperties: false },
 );
@@ -131,6 +134,16 @@ export const TenantViewSchema = Type.Object({
   name: Type.String(),
   quotas: Type.Record(Type.String(), Type.Number(), { description: 'The quotas set for this tenant.' }),
   effectiveQuotas: Type.Record(Type.String(), nullableNumber, { description: "The quotas in effect (the tenant's, else the server's defaults); null: no cap beyond the server's ranges." }),
+  usage: Type.Optional(
+    Type.Object(
+      {
+        functionVersions: Type.Integer({ description: 'Function versions kept (against maxFunctionVersions).' }),
+        codeBytes: Type.Integer({ description: 'Bytes of their code (against maxCodeBytes).' }),
+        queuedPayloadBytes: Type.Integer({ description: 'Bytes of payloads of queued and running async invocations (against maxQueuedPayloadBytes).' }),
+      },
+      { description: 'What the tenant keeps on the server now, next to its storage quotas.' },
+    ),
+  ),
   createdAt: Type.String({ format: 'date-time' }),
 });
 export const CreatedTenantSchema = Type.Object({

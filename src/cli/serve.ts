@@ -5,6 +5,7 @@ import { parseAllowList } from '../network/policy.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
 import type { MicroVmSettings } from '../executors/registry.js';
 import type { ResolvedQuotas } from '../orchestrator/tenants.js';
+import { DEFAULT_STORAGE_QUOTAS, DEFAULT_VERSIONS_KEPT } from '../orchestrator/storage-quotas.js';
 
 export interface ServeDefaults {
   port: number;
@@ -42,6 +43,9 @@ function tenantQuotaDefaults(options: Record<string, unknown>): Partial<Resolved
     burst: positive(options.tenantBurst),
     maxMemoryMb: positive(options.tenantMaxMemoryMb),
     maxTimeoutMs: positive(options.tenantMaxTimeoutMs),
+    maxFunctionVersions: positive(options.tenantMaxFunctionVersions),
+    maxCodeBytes: positive(options.tenantMaxCodeBytes),
+    maxQueuedPayloadBytes: positive(options.tenantMaxQueuedPayloadBytes),
   };
 }
 
@@ -81,6 +85,10 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--tenant-burst <n>', 'default quota: token bucket size (0: the rate rounded up)', int('--tenant-burst'), 0)
     .option('--tenant-max-memory-mb <mb>', 'default quota: largest memoryMb a tenant may ask for (0: the server range)', int('--tenant-max-memory-mb'), 0)
     .option('--tenant-max-timeout-ms <ms>', 'default quota: largest timeoutMs a tenant may ask for (0: the server range)', int('--tenant-max-timeout-ms'), 0)
+    .option('--tenant-max-function-versions <n>', 'default quota: function versions a tenant keeps, all its functions together; a deploy beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)', int('--tenant-max-function-versions'), DEFAULT_STORAGE_QUOTAS.maxFunctionVersions!)
+    .option('--tenant-max-code-bytes <n>', 'default quota: bytes of code of the versions a tenant keeps; a deploy beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)', int('--tenant-max-code-bytes'), DEFAULT_STORAGE_QUOTAS.maxCodeBytes!)
+    .option('--tenant-max-queued-payload-bytes <n>', "default quota: bytes of a tenant's queued and running async payloads; an enqueue beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)", int('--tenant-max-queued-payload-bytes'), DEFAULT_STORAGE_QUOTAS.maxQueuedPayloadBytes!)
+    .option('--function-versions-kept <n>', 'versions kept per function (the newest); older ones are deleted on deploy, except those a queued or running invocation needs (at least 1)', int('--function-versions-kept'), DEFAULT_VERSIONS_KEPT)
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -100,6 +108,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         enableExecutors: ['docker'] as ExecutorName[],
         ...(defaults.adminKey ? { adminKey: defaults.adminKey } : {}),
         tenantQuotas: tenantQuotaDefaults(options),
+        functionVersionsKept: Math.max(1, options.functionVersionsKept as number),
         maxConcurrent: options.maxConcurrent as number,
         maxQueued: options.maxQueued as number,
         queueTimeoutMs: options.queueTimeoutMs as number,

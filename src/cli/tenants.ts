@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
-import type { TenantInfo, TenantQuotas } from '@kindling/sdk';
+import type { TenantInfo } from '@kindling/sdk';
+// The server's names of quota fields (the same as the SDK's; this way the flags follow the server's list).
+import type { TenantQuotas } from '../store/tenants-sqlite.js';
 import { clientFrom, guarded } from './functions.js';
 import { parseNumber } from './options.js';
 import { clientOptions, type ClientDefaults } from './run.js';
@@ -17,6 +19,9 @@ const QUOTA_FLAGS: [string, keyof TenantQuotas, string][] = [
   ['--max-output-bytes <n>', 'maxOutputBytes', 'cap on outputBytes'],
   ['--max-disk-mb <mb>', 'maxDiskMb', 'cap on diskMb'],
   ['--max-payload-bytes <n>', 'maxPayloadBytes', 'largest request body'],
+  ['--max-function-versions <n>', 'maxFunctionVersions', 'function versions kept, all functions together'],
+  ['--max-code-bytes <n>', 'maxCodeBytes', 'bytes of code of the kept versions'],
+  ['--max-queued-payload-bytes <n>', 'maxQueuedPayloadBytes', 'bytes of queued async payloads'],
 ];
 
 function withQuotaFlags(command: Command): Command {
@@ -41,6 +46,15 @@ const quotaText = (tenant: TenantInfo): string =>
     .map(([key, value]) => `${key}=${value}`)
     .join(' ') || 'no caps';
 
+/** Storage used next to the quotas, e.g. `versions 3/1000 code 1200/1073741824 B queued 0/1073741824 B`. */
+const usageText = (tenant: TenantInfo): string => {
+  const usage = (tenant as TenantInfo & { usage?: { functionVersions: number; codeBytes: number; queuedPayloadBytes: number } }).usage;
+  if (usage === undefined) return '';
+  const quotas = tenant.effectiveQuotas as Record<string, number | null>;
+  const of = (used: number, quota: string): string => `${used}/${quotas[quota] ?? 'no cap'}`;
+  return `  versions ${of(usage.functionVersions, 'maxFunctionVersions')} code ${of(usage.codeBytes, 'maxCodeBytes')} B queued ${of(usage.queuedPayloadBytes, 'maxQueuedPayloadBytes')} B`;
+};
+
 /** `kindling tenants create|list|get|update|delete|me`, `kindling keys create|list|revoke` (admin key). */
 export function registerTenantCommands(program: Command, defaults: ClientDefaults): void {
   const tenants = program.command('tenants').description('tenants and their quotas (admin key; `tenants me` with any key)');
@@ -62,7 +76,7 @@ export function registerTenantCommands(program: Command, defaults: ClientDefault
     guarded(async () => {
       const list = await clientFrom(options).tenants.list();
       if (options.json) process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
-      else for (const tenant of list) process.stdout.write(`${tenant.name.padEnd(24)} ${tenant.createdAt}  ${quotaText(tenant)}\n`);
+      else for (const tenant of list) process.stdout.write(`${tenant.name.padEnd(24)} ${tenant.createdAt}  ${quotaText(tenant)}${usageText(tenant)}\n`);
     }),
   );
   clientOptions(tenants.command('get').description('show a tenant as JSON').argument('<name>'), defaults).action(async (name: string, options: Record<string, unknown>) =>

@@ -32,6 +32,12 @@ export const ERROR_CODES = {
   TENANT_RATE_LIMITED: { statusCode: 429, retryable: true },
   /** The tenant runs as many executions as its quota allows. */
   TENANT_CONCURRENCY_LIMIT: { statusCode: 429, retryable: true },
+  /**
+   * A deploy or an async enqueue would take the tenant past a storage quota (maxFunctionVersions, maxCodeBytes,
+   * maxQueuedPayloadBytes); nothing was stored. 409: it conflicts with what the tenant keeps, and sending it again
+   * does not help until space is freed (the message says how).
+   */
+  TENANT_STORAGE_LIMIT: { statusCode: 409, retryable: false },
   NOT_FOUND: { statusCode: 404, retryable: false },
   FUNCTION_NOT_FOUND: { statusCode: 404, retryable: false },
   ROUTE_NOT_FOUND: { statusCode: 404, retryable: false },

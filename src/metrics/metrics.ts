@@ -21,7 +21,16 @@ export interface MetricsSources {
   queue?: () => { running: number; queued: number };
   /** Warm pools of handler-style functions, per function version. */
   pools?: () => { function: string; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[];
+  /** What each tenant keeps on disk (function versions, code bytes, queued payload bytes). */
+  storage?: () => TenantStorage[];
   collectProcess?: boolean;
+}
+
+export interface TenantStorage {
+  tenant: string;
+  functionVersions: number;
+  codeBytes: number;
+  queuedPayloadBytes: number;
 }
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
@@ -173,6 +182,23 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
         this.set((pools?.() ?? []).reduce((sum, pool) => sum + pool.waiting, 0));
       },
     });
+    // Per tenant, against its storage quotas; read from the store's counts at scrape time (one row per tenant).
+    const storage = sources.storage;
+    const storageGauge = (name: string, help: string, field: 'functionVersions' | 'codeBytes' | 'queuedPayloadBytes'): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['tenant'],
+        registers,
+        collect() {
+          this.reset();
+          for (const row of storage?.() ?? []) this.set({ tenant: row.tenant }, row[field]);
+        },
+      });
+    };
+    storageGauge('kindling_tenant_function_versions', 'Function versions a tenant keeps (quota maxFunctionVersions)', 'functionVersions');
+    storageGauge('kindling_tenant_code_bytes', 'Bytes of code of the function versions a tenant keeps (quota maxCodeBytes)', 'codeBytes');
+    storageGauge('kindling_tenant_queued_payload_bytes', "Bytes of payloads of a tenant's queued and running async invocations (quota maxQueuedPayloadBytes)", 'queuedPayloadBytes');
     new Gauge({
       name: 'kindling_warm_sandboxes',
       help: 'Warm sandboxes of handler-style functions by function, executor and state (idle|busy|creating)',

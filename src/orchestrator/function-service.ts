@@ -2,10 +2,11 @@ import { Readable, type Writable } from 'node:stream';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName, type ResourceLimits } from '../core/types.js';
-import { FUNCTION_NAME_PATTERN, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
+import { FUNCTION_NAME_PATTERN, specBytes, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import type { ExecuteOptions, ExecutionService, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
 import { handlersUnsupported } from './handler-pools.js';
+import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -76,6 +77,12 @@ export interface FunctionServiceOptions {
   defaultMaxConcurrency?: number;
   defaultMaxQueued?: number;
   queueTimeoutMs?: number;
+  /** Versions kept per function (the newest); older ones are deleted on deploy unless an invocation needs them. Default 10. */
+  versionsKept?: number;
+  /** Versions something outside the store still needs (async enqueues not committed yet); retention keeps them. */
+  versionsInUse?: (tenant: string, name: string) => Iterable<number>;
+  /** The tenant's storage quotas, checked before a version is stored; absent: no quotas. */
+  storageQuotasOf?: (tenant: string) => StorageQuotas;
 }
 
 /** The public view of a function: its latest version's spec, flattened, plus its identity and times. */
@@ -108,9 +115,26 @@ export class FunctionService {
     const executor = spec.executor ?? this.options.defaultExecutor;
     await this.validate(spec, executor, caps);
     if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);
-    const { fn, version, created } = this.store.putFunction(tenant, name, spec, this.clock.nowMs());
+    // From here to the write nothing awaits: the quota check and the write see the same usage.
+    const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
+    this.checkStorageQuotas(tenant, name, spec, retention);
+    const { fn, version, created } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
     if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
     return { view: toView(fn, version), created };
+  }
+
+  /**
+   * The tenant's versions and code bytes after this deploy (one version more, less what retention deletes with it)
+   * must stay within its quotas; else 409 TENANT_STORAGE_LIMIT before anything is written.
+   */
+  private checkStorageQuotas(tenant: string, name: string, spec: FunctionSpec, retention: { keep: number; alsoKeep: number[] }): void {
+    const quotas = this.options.storageQuotasOf?.(tenant);
+    if (quotas === undefined || (quotas.maxFunctionVersions === null && quotas.maxCodeBytes === null)) return;
+    const usage = this.store.storageUsage(tenant);
+    const pruned = this.store.prunableVersions(tenant, name, retention.keep, retention.alsoKeep);
+    const prunedBytes = pruned.reduce((sum, version) => sum + version.bytes, 0);
+    checkStorageQuota(tenant, 'maxFunctionVersions', quotas.maxFunctionVersions, usage.functionVersions - pruned.length, 1);
+    checkStorageQuota(tenant, 'maxCodeBytes', quotas.maxCodeBytes, usage.codeBytes - prunedBytes, specBytes(spec));
   }
 
   /**

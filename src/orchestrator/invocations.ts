@@ -21,6 +21,7 @@ import type { FinishedInvocation, InvocationFilter, InvocationOutcome, Invocatio
 import type { TenantScope } from './execution-service.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
+import { checkStorageQuota, type StorageQuotas } from './storage-quotas.js';
 
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
 /** How long a tenant at its concurrency quota is passed over by the dispatcher before its invocations are tried again. */
@@ -58,6 +59,8 @@ export interface InvocationServiceOptions {
   onInfo?: (message: string, context: Record<string, unknown>) => void;
   /** The tenant's caps and concurrency slot for a queued invocation it runs (absent: no quotas). */
   scopeOf?: (tenant: string) => TenantScope | undefined;
+  /** The tenant's quota on bytes of queued payloads, checked before an enqueue is stored; absent: no quota. */
+  storageQuotasOf?: (tenant: string) => Pick<StorageQuotas, 'maxQueuedPayloadBytes'>;
 }
 
 export interface EnqueueRequest {
@@ -155,6 +158,8 @@ export class InvocationService {
   private recordTimer: NodeJS.Timeout | null = null;
   /** Enqueues of this event-loop turn, committed together at its end (see commitTurn). */
   private uncommitted: PendingInsert[] = [];
+  /** Payload bytes of `uncommitted` per tenant: the store does not count them yet, the quota check must. */
+  private readonly uncommittedBytes = new Map<string, number>();
   /** Outcomes of runs that ended in this turn, committed together at its end. */
   private unfinished: PendingFinish[] = [];
   /** Whether the dispatcher should claim queued invocations at the end of this turn (see pump). */
@@ -211,6 +216,8 @@ export class InvocationService {
       throw new KindlingError('VALIDATION_FAILED', 'Idempotency-Key must be 1 to 256 visible ASCII characters', { details: { field: 'Idempotency-Key' } });
     }
     const callbackUrl = request.callbackUrl === undefined ? null : this.checkCallback(request.callbackUrl);
+    this.checkQueuedPayload(tenant, request.payload.length);
+    this.uncommittedBytes.set(tenant, (this.uncommittedBytes.get(tenant) ?? 0) + request.payload.length);
     const nowMs = this.clock.nowMs();
     const { invocation, created } = await new Promise<{ invocation: InvocationRecord; created: boolean }>((resolve, reject) => {
       this.uncommitted.push({
@@ -232,6 +239,22 @@ export class InvocationService {
     return { view: toInvocationView(invocation), created };
   }
 
+  /**
+   * 409 TENANT_STORAGE_LIMIT when `bytes` more would take the tenant's queued payloads (stored, and enqueued in this
+   * turn) past its quota. The gateway calls it with the declared length before it reads a body, enqueue with the body.
+   * An idempotent replay is counted too (whether its key was used is known only at the insert).
+   */
+  checkQueuedPayload(tenant: string, bytes: number): void {
+    const limit = this.options.storageQuotasOf?.(tenant).maxQueuedPayloadBytes ?? null;
+    if (limit === null) return;
+    checkStorageQuota(tenant, 'maxQueuedPayloadBytes', limit, this.store.storageUsage(tenant).queuedPayloadBytes + (this.uncommittedBytes.get(tenant) ?? 0), bytes);
+  }
+
+  /** Versions of the function that enqueues of this turn (not committed yet) refer to: deploys must keep them. */
+  uncommittedVersions(tenant: string, name: string): number[] {
+    return this.uncommitted.filter((entry) => entry.input.tenant === tenant && entry.input.functionName === name).map((entry) => entry.input.version);
+  }
+
   private scheduleCommit(): void {
     this.commitImmediate ??= setImmediate(() => this.commitTurn());
   }
@@ -249,6 +272,8 @@ export class InvocationService {
     const inserts = this.uncommitted;
     const finishes = this.unfinished;
     this.uncommitted = [];
+    // Stored (or refused) below, synchronously: from then on the store counts them.
+    this.uncommittedBytes.clear();
     this.unfinished = [];
     const claim = (this.claimWanted || inserts.length > 0 || finishes.length > 0) && this.mayClaim();
     this.claimWanted = false;

@@ -3,8 +3,9 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import type { ResourceLimits } from '../core/types.js';
 import type { TenantScope } from './execution-service.js';
-import { FUNCTION_NAME_PATTERN } from '../store/store.js';
+import { FUNCTION_NAME_PATTERN, type TenantStorageUsage } from '../store/store.js';
 import type { ApiKeyRecord, SqliteTenantStore, TenantQuotas, TenantRecord } from '../store/tenants-sqlite.js';
+import { DEFAULT_STORAGE_QUOTAS, type StorageQuotas } from './storage-quotas.js';
 import { TokenBucket } from './token-bucket.js';
 
 export const DEFAULT_TENANT = 'default';
@@ -21,7 +22,7 @@ export interface Principal {
 }
 
 /** Quotas with the server's defaults filled in; null: no cap beyond the server's own ranges. */
-export interface ResolvedQuotas {
+export interface ResolvedQuotas extends StorageQuotas {
   maxConcurrency: number | null;
   requestsPerSecond: number | null;
   burst: number | null;
@@ -47,6 +48,9 @@ export const UNLIMITED_QUOTAS: ResolvedQuotas = {
   maxOutputBytes: null,
   maxDiskMb: null,
   maxPayloadBytes: null,
+  maxFunctionVersions: null,
+  maxCodeBytes: null,
+  maxQueuedPayloadBytes: null,
 };
 
 /** Each quota field: its valid range and, for caps, the resource limit it caps. */
@@ -62,6 +66,9 @@ const QUOTA_FIELDS: Record<keyof TenantQuotas, { min: number; max: number; integ
   maxOutputBytes: { min: 0, max: 1_099_511_627_776, integer: true, limit: 'outputBytes' },
   maxDiskMb: { min: 1, max: 1_048_576, integer: true, limit: 'diskMb' },
   maxPayloadBytes: { min: 0, max: 1_099_511_627_776, integer: true },
+  maxFunctionVersions: { min: 0, max: 10_000_000, integer: true },
+  maxCodeBytes: { min: 0, max: 1_099_511_627_776, integer: true },
+  maxQueuedPayloadBytes: { min: 0, max: 1_099_511_627_776, integer: true },
 };
 export const QUOTA_NAMES = Object.keys(QUOTA_FIELDS) as (keyof TenantQuotas)[];
 
@@ -97,6 +104,8 @@ export interface TenantView {
   quotas: TenantQuotas;
   /** The quotas in effect: the tenant's, else the server's defaults (null: no cap but the server's ranges). */
   effectiveQuotas: ResolvedQuotas;
+  /** What the tenant keeps on disk now, next to its storage quotas (absent when the service was given no source). */
+  usage?: TenantStorageUsage;
   createdAt: string;
 }
 
@@ -125,6 +134,8 @@ export interface TenantServiceOptions {
   /** KINDLING_ADMIN_KEY: an admin key that is never stored (only its hash is kept, in memory). */
   envAdminKey?: string;
   clock?: Clock;
+  /** What a tenant keeps on disk (the function store's counts), shown in the tenant's view. */
+  storageUsage?: (tenant: string) => TenantStorageUsage;
   /** Called after a tenant is deleted (its functions and warm sandboxes go). */
   onTenantDeleted?: (name: string) => Promise<void> | void;
 }
@@ -158,7 +169,8 @@ export class TenantService {
   constructor(private readonly options: TenantServiceOptions) {
     this.store = options.store;
     this.clock = options.clock ?? systemClock;
-    this.defaults = { ...UNLIMITED_QUOTAS, ...options.defaults };
+    // Storage quotas have non-zero defaults (a tenant must never fill the shared disk); the others are off by default.
+    this.defaults = { ...UNLIMITED_QUOTAS, ...DEFAULT_STORAGE_QUOTAS, ...options.defaults };
     this.envAdminHash = options.envAdminKey ? hashKey(options.envAdminKey) : null;
     if (!this.store.getTenant(DEFAULT_TENANT)) this.store.insertTenant(DEFAULT_TENANT, {}, this.clock.nowMs());
     for (const record of this.store.listTenants()) if (record.deletedAtMs === null) this.cacheTenant(record);
@@ -369,7 +381,8 @@ export class TenantService {
 
   private view(name: string): TenantView {
     const state = this.tenants.get(name)!;
-    return { name, quotas: state.record.quotas, effectiveQuotas: state.quotas, createdAt: new Date(state.record.createdAtMs).toISOString() };
+    const usage = this.options.storageUsage?.(name);
+    return { name, quotas: state.record.quotas, effectiveQuotas: state.quotas, ...(usage ? { usage } : {}), createdAt: new Date(state.record.createdAtMs).toISOString() };
   }
 }
 

@@ -13,6 +13,8 @@ import type {
   InvocationStatus,
   NewInvocation,
   Store,
+  TenantStorageUsage,
+  VersionRetention,
 } from './store.js';
 
 /** Schema migrations, applied in order; `PRAGMA user_version` records how many ran. Append only. */
@@ -93,6 +95,42 @@ const MIGRATIONS: string[] = [
    ALTER TABLE function_versions_new RENAME TO function_versions;`,
   // Synchronous invocations are recorded too (finished, with capped logs); `mode` tells them from queued ones.
   `ALTER TABLE invocations ADD COLUMN mode TEXT NOT NULL DEFAULT 'async';`,
+  // Storage quotas (issue 14): what each tenant keeps on disk, counted by triggers in the transaction of each write
+  // (a rollback or a crash cannot leave the counts off, and a quota check reads one row instead of summing). A version's
+  // size is kept beside it, so that counting a delete never reads the spec. A payload is held while its invocation is
+  // queued or running (finishing drops it). The trigger costs an enqueue ~5 µs of CPU (an index of pending versions
+  // for retention cost as much again and was left out: a deploy reads them through the existing indexes).
+  `ALTER TABLE function_versions ADD COLUMN spec_bytes INTEGER NOT NULL DEFAULT 0;
+   UPDATE function_versions SET spec_bytes = LENGTH(CAST(spec AS BLOB));
+   CREATE TABLE tenant_storage (
+     tenant TEXT PRIMARY KEY,
+     function_versions INTEGER NOT NULL DEFAULT 0,
+     code_bytes INTEGER NOT NULL DEFAULT 0,
+     queued_payload_bytes INTEGER NOT NULL DEFAULT 0
+   );
+   INSERT INTO tenant_storage (tenant, function_versions, code_bytes)
+     SELECT tenant, COUNT(*), SUM(spec_bytes) FROM function_versions GROUP BY tenant;
+   INSERT INTO tenant_storage (tenant, queued_payload_bytes)
+     SELECT tenant, SUM(payload_bytes) FROM invocations WHERE status IN ('queued', 'running') GROUP BY tenant
+     ON CONFLICT (tenant) DO UPDATE SET queued_payload_bytes = excluded.queued_payload_bytes;
+   CREATE TRIGGER function_versions_storage_insert AFTER INSERT ON function_versions BEGIN
+     INSERT INTO tenant_storage (tenant, function_versions, code_bytes) VALUES (NEW.tenant, 1, NEW.spec_bytes)
+       ON CONFLICT (tenant) DO UPDATE SET function_versions = function_versions + 1, code_bytes = code_bytes + excluded.code_bytes;
+   END;
+   CREATE TRIGGER function_versions_storage_delete AFTER DELETE ON function_versions BEGIN
+     UPDATE tenant_storage SET function_versions = function_versions - 1, code_bytes = code_bytes - OLD.spec_bytes WHERE tenant = OLD.tenant;
+   END;
+   CREATE TRIGGER invocations_storage_insert AFTER INSERT ON invocations WHEN NEW.status IN ('queued', 'running') BEGIN
+     INSERT INTO tenant_storage (tenant, queued_payload_bytes) VALUES (NEW.tenant, NEW.payload_bytes)
+       ON CONFLICT (tenant) DO UPDATE SET queued_payload_bytes = queued_payload_bytes + excluded.queued_payload_bytes;
+   END;
+   CREATE TRIGGER invocations_storage_update AFTER UPDATE OF status ON invocations
+     WHEN OLD.status IN ('queued', 'running') AND NEW.status NOT IN ('queued', 'running') BEGIN
+     UPDATE tenant_storage SET queued_payload_bytes = queued_payload_bytes - OLD.payload_bytes WHERE tenant = OLD.tenant;
+   END;
+   CREATE TRIGGER invocations_storage_delete AFTER DELETE ON invocations WHEN OLD.status IN ('queued', 'running') BEGIN
+     UPDATE tenant_storage SET queued_payload_bytes = queued_payload_bytes - OLD.payload_bytes WHERE tenant = OLD.tenant;
+   END;`,
 ];
 
 /** Brings a database to the newest schema, one migration per transaction (`user_version` counts the ones applied). */
@@ -215,6 +253,15 @@ const toVersion = (row: VersionRow): FunctionVersion => ({
   createdAtMs: row.created_at_ms,
 });
 
+/**
+ * The versions of a function retention may delete: not among the newest @keep, not needed by a queued or running
+ * invocation (they run the version they were queued for), not in @alsoKeep (a JSON array).
+ */
+const PRUNABLE = `tenant = @tenant AND name = @name
+  AND version NOT IN (SELECT version FROM function_versions WHERE tenant = @tenant AND name = @name ORDER BY version DESC LIMIT @keep)
+  AND version NOT IN (SELECT version FROM invocations WHERE tenant = @tenant AND function = @name AND status IN ('queued', 'running'))
+  AND version NOT IN (SELECT value FROM json_each(@alsoKeep))`;
+
 const cacheKey = (tenant: string, name: string): string => `${tenant}\0${name}`;
 
 /** Freezes an object and everything it holds (a cached value handed to many callers must not change under them). */
@@ -247,7 +294,14 @@ export class SqliteStore implements Store {
       insertFunction: this.db.prepare('INSERT INTO functions (tenant, name, latest_version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)'),
       bumpFunction: this.db.prepare('UPDATE functions SET latest_version = ?, updated_at_ms = ? WHERE tenant = ? AND name = ?'),
       maxVersion: this.db.prepare<[string, string], { v: number | null }>('SELECT MAX(version) AS v FROM function_versions WHERE tenant = ? AND name = ?'),
-      insertVersion: this.db.prepare('INSERT INTO function_versions (tenant, name, version, spec, created_at_ms) VALUES (?, ?, ?, ?, ?)'),
+      insertVersion: this.db.prepare('INSERT INTO function_versions (tenant, name, version, spec, created_at_ms, spec_bytes) VALUES (?, ?, ?, ?, ?, ?)'),
+      prunable: this.db.prepare<{ tenant: string; name: string; keep: number; alsoKeep: string }, { version: number; bytes: number }>(
+        `SELECT version, spec_bytes AS bytes FROM function_versions WHERE ${PRUNABLE} ORDER BY version`,
+      ),
+      prune: this.db.prepare<{ tenant: string; name: string; keep: number; alsoKeep: string }, { version: number }>(`DELETE FROM function_versions WHERE ${PRUNABLE} RETURNING version`),
+      storageUsage: this.db.prepare<[string], { function_versions: number; code_bytes: number; queued_payload_bytes: number }>(
+        'SELECT function_versions, code_bytes, queued_payload_bytes FROM tenant_storage WHERE tenant = ?',
+      ),
       getVersion: this.db.prepare<[string, string, number], VersionRow>('SELECT * FROM function_versions WHERE tenant = ? AND name = ? AND version = ?'),
       listVersions: this.db.prepare<[string, string], VersionRow>('SELECT * FROM function_versions WHERE tenant = ? AND name = ? ORDER BY version'),
       deleteFunction: this.db.prepare('DELETE FROM functions WHERE tenant = ? AND name = ?'),
@@ -288,17 +342,33 @@ export class SqliteStore implements Store {
     this.inTransaction = this.db.transaction((fn: () => unknown) => fn());
   }
 
-  putFunction(tenant: string, name: string, spec: FunctionSpec, nowMs: number): { fn: FunctionRecord; version: FunctionVersion; created: boolean } {
+  putFunction(
+    tenant: string,
+    name: string,
+    spec: FunctionSpec,
+    nowMs: number,
+    retention?: VersionRetention,
+  ): { fn: FunctionRecord; version: FunctionVersion; created: boolean; pruned: number[] } {
     const put = this.db.transaction(() => {
       const existing = this.statements.getFunction.get(tenant, name);
       const version = (this.statements.maxVersion.get(tenant, name)?.v ?? 0) + 1;
       if (existing === undefined) this.statements.insertFunction.run(tenant, name, version, nowMs, nowMs);
       else this.statements.bumpFunction.run(version, nowMs, tenant, name);
-      this.statements.insertVersion.run(tenant, name, version, JSON.stringify(spec), nowMs);
+      const json = JSON.stringify(spec);
+      this.statements.insertVersion.run(tenant, name, version, json, nowMs, Buffer.byteLength(json));
+      // The new version is the newest, so it is always kept (keep >= 1): version numbers are never reused.
+      const pruned =
+        retention === undefined
+          ? []
+          : this.statements.prune
+              .all({ tenant, name, keep: Math.max(1, retention.keep), alsoKeep: JSON.stringify(retention.alsoKeep ?? []) })
+              .map((row) => row.version)
+              .sort((a, b) => a - b);
       return {
         fn: toFunction(this.statements.getFunction.get(tenant, name)!),
         version: { tenant, name, version, spec, createdAtMs: nowMs },
         created: existing === undefined,
+        pruned,
       };
     });
     try {
@@ -306,6 +376,16 @@ export class SqliteStore implements Store {
     } finally {
       this.latest.delete(cacheKey(tenant, name));
     }
+  }
+
+  prunableVersions(tenant: string, name: string, keep: number, alsoKeep: readonly number[]): { version: number; bytes: number }[] {
+    // Before the deploy: its new version will be one of the newest `keep`, so the newest keep - 1 of today's stay.
+    return this.statements.prunable.all({ tenant, name, keep: Math.max(1, keep) - 1, alsoKeep: JSON.stringify(alsoKeep) });
+  }
+
+  storageUsage(tenant: string): TenantStorageUsage {
+    const row = this.statements.storageUsage.get(tenant);
+    return { functionVersions: row?.function_versions ?? 0, codeBytes: row?.code_bytes ?? 0, queuedPayloadBytes: row?.queued_payload_bytes ?? 0 };
   }
 
   getFunction(tenant: string, name: string): FunctionRecord | null {

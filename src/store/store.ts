@@ -34,6 +34,29 @@ export interface FunctionVersion {
   createdAtMs: number;
 }
 
+/** The bytes a version takes in the store (its spec as stored: JSON, UTF-8): what the tenant's code quota counts. */
+export const specBytes = (spec: FunctionSpec): number => Buffer.byteLength(JSON.stringify(spec));
+
+/**
+ * What a tenant keeps on the server's disk, as the store counts it (in the same transaction as each write, so it is
+ * never off after a crash or a rollback). Snapshots (a later feature) add their bytes here and to tenant_storage.
+ */
+export interface TenantStorageUsage {
+  /** Function versions kept (all its functions). */
+  functionVersions: number;
+  /** Bytes of those versions (specBytes: code, command, env). */
+  codeBytes: number;
+  /** Bytes of the payloads of its async invocations still queued or running (dropped when one finishes). */
+  queuedPayloadBytes: number;
+}
+
+/** Old versions a deploy deletes: all but the newest `keep` (the new one included) and the versions in `alsoKeep`. */
+export interface VersionRetention {
+  keep: number;
+  /** Versions something still needs that the store cannot see (enqueues not committed yet). */
+  alsoKeep?: readonly number[];
+}
+
 export interface FunctionRecord {
   tenant: string;
   name: string;
@@ -48,8 +71,16 @@ export interface FunctionRecord {
  * cache in microseconds, and a synchronous API keeps read-modify-write steps atomic within one process.
  */
 export interface Store {
-  /** Adds a new immutable version (creating the function on its first deploy) and makes it the latest. */
-  putFunction(tenant: string, name: string, spec: FunctionSpec, nowMs: number): { fn: FunctionRecord; version: FunctionVersion; created: boolean };
+  /**
+   * Adds a new immutable version (creating the function on its first deploy) and makes it the latest. With `retention`,
+   * older versions beyond it go in the same transaction, except those a queued or running invocation refers to;
+   * `pruned` lists the versions deleted.
+   */
+  putFunction(tenant: string, name: string, spec: FunctionSpec, nowMs: number, retention?: VersionRetention): { fn: FunctionRecord; version: FunctionVersion; created: boolean; pruned: number[] };
+  /** The versions (and their bytes) that a deploy with `keep` and `alsoKeep` would delete: see putFunction. */
+  prunableVersions(tenant: string, name: string, keep: number, alsoKeep: readonly number[]): { version: number; bytes: number }[];
+  /** What the tenant keeps on disk (zeros for a tenant with nothing stored). */
+  storageUsage(tenant: string): TenantStorageUsage;
   getFunction(tenant: string, name: string): FunctionRecord | null;
   /** The version, or the latest when `version` is omitted. */
   getVersion(tenant: string, name: string, version?: number): FunctionVersion | null;

@@ -18,6 +18,10 @@ export interface TenantQuotas {
   maxDiskMb?: number;
   /** Largest request body (JSON execute, invoke payload), in bytes. */
   maxPayloadBytes?: number;
+  /** Storage: function versions kept, bytes of their code, bytes of queued async payloads (see storage-quotas.ts). */
+  maxFunctionVersions?: number;
+  maxCodeBytes?: number;
+  maxQueuedPayloadBytes?: number;
 }
 
 export interface TenantRecord {

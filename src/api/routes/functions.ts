@@ -107,6 +107,9 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         const body = payloadLimit(request, options.maxBodyBytes, '--max-body-bytes');
         if (request.headers['x-kindling-async'] === 'true') {
           checkDeclaredLength(request.headers, body.maxBytes, body.flag);
+          // A tenant at its queued-payload quota is refused before its body is read (enqueue checks the real size).
+          const declared = Number(request.headers['content-length'] ?? 0);
+          options.invocations.checkQueuedPayload(tenant, Number.isSafeInteger(declared) && declared > 0 ? declared : 0);
           const payload = await readUpload(upload, reply, body.maxBytes, body.flag);
           const { view, created } = await options.invocations.enqueue({
             tenant,
