@@ -4,6 +4,7 @@
  * no luck finding names: it only has to be refused.
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { chmod, lstat, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,7 +60,17 @@ for (const { path, type } of entries) {
 process.stdout.write(JSON.stringify({ procHits, opened, tried: entries.length }));
 `;
 
-async function walk(dir: string, out: { path: string; type: string }[]): Promise<void> {
+/** Mount points of the runtime images' overlays (public content: the images dir is world-readable anyway). */
+function overlayMounts(): Set<string> {
+  const points = new Set<string>();
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [left, right] = line.split(' - ');
+    if (right?.startsWith('overlay ')) points.add(left!.split(' ')[4]!);
+  }
+  return points;
+}
+
+async function walk(dir: string, out: { path: string; type: string }[], skip = overlayMounts()): Promise<void> {
   let names: string[];
   try {
     names = await readdir(dir);
@@ -76,8 +87,9 @@ async function walk(dir: string, out: { path: string; type: string }[]): Promise
     }
     const type = st.isDirectory() ? 'dir' : st.isSocket() ? 'socket' : st.isFIFO() ? 'fifo' : st.isFile() ? 'file' : 'other';
     if (type === 'other') continue;
+    if (skip.has(path)) continue;
     out.push({ path, type });
-    if (type === 'dir') await walk(path, out);
+    if (type === 'dir') await walk(path, out, skip);
   }
 }
 

@@ -42,6 +42,7 @@ import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { assertSafeName, createCgroupDriver, type Cgroup, type CgroupDriver, type CgroupLimits } from './cgroups.js';
 import { listBuilt, planWorkdir, readLayout, shortImageName, type RootfsLayout, type WorkdirPlan } from './rootfs.js';
 import { buildSandboxFilter } from './seccomp.js';
+import { PrivateMounts } from './private-mounts.js';
 import { SANDBOX_CORE_LIMIT } from '../shared/syscall-policy.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
 import { NetnsPool, type EgressNetns } from '../../network/netns.js';
@@ -185,7 +186,11 @@ export class SandboxExecutor implements Executor {
   private readonly pool: PrewarmPool<Launcher> | null;
   private readonly runsDir: string;
   private readonly agentsDir: string;
-  private runsDirReady = false;
+  private runsDirReady: Promise<void> | null = null;
+  /** tmpfs for run/agent dirs and an overlay per image, so that mountinfo inside names no host path (see the module). */
+  private readonly mounts: PrivateMounts;
+  private privateMountsFailed: string | null = null;
+  private readonly imageRootFailed = new Set<string>();
   private closing = false;
   private leakedFds: number[] = [];
   private devNull = -1;
@@ -213,8 +218,9 @@ export class SandboxExecutor implements Executor {
     this.log = options.logger ?? noopLogger;
     this.timeoutGraceMs = options.timeoutGraceMs ?? 1000;
     this.seccomp = buildSandboxFilter().program;
-    this.runsDir = path.join(options.stateDir, 'sandbox', 'runs');
-    this.agentsDir = path.join(options.stateDir, 'sandbox', 'agents');
+    this.mounts = new PrivateMounts({ baseDir: path.join(options.stateDir, 'sandbox'), ownerId: options.ownerId }, randomBytes(4).toString('hex'));
+    this.runsDir = path.join(this.mounts.root, 'runs');
+    this.agentsDir = path.join(this.mounts.root, 'agents');
     const prewarm = options.prewarm ?? 2;
     this.pool =
       prewarm > 0
@@ -280,10 +286,11 @@ export class SandboxExecutor implements Executor {
       return notReady(`no runtime image rootfs in ${this.imagesDir} (expected <name>/rootfs and <name>/recipe.json): build them with \`kindling images build\``);
     }
     try {
-      this.ensureRunsDir();
+      await this.ensureRunsDir();
     } catch (err) {
       return notReady(`cannot create ${this.runsDir}: ${(err as Error).message}`);
     }
+    details.privateMounts = this.privateMountsFailed ?? true;
     for (const dir of [this.imagesDir, this.runsDir]) {
       const unreachable = this.unreachableBy(dir);
       if (unreachable !== null) {
@@ -326,6 +333,7 @@ export class SandboxExecutor implements Executor {
     const layout = this.layoutFor(spec.image);
     const plan = this.workdirPlan(layout, spec.workdir);
     validateSpec(spec);
+    const imageBinds = await this.imageBindArgs(layout);
     this.driverOrUnavailable();
     const limits: CgroupLimits = {
       memoryBytes: Math.round(spec.limits.memoryMb * 1024 * 1024),
@@ -362,7 +370,7 @@ export class SandboxExecutor implements Executor {
       if (launcher === null) launcher = this.spawnLauncher(netns?.path);
       launcher.cgroup.applyLimits(limits);
       if (spec.files.length > 0) runDir = await this.writeFiles(launcher.name, spec);
-      const { options: bwrapOptions, command } = this.bwrapArgs(spec, layout, plan, runDir);
+      const { options: bwrapOptions, command } = this.bwrapArgs(spec, imageBinds, plan, runDir);
       // RLIMIT_NOFILE (soft and hard: the sandbox cannot raise it again) is set by the launcher's shell and inherited
       // through bwrap's execs into every process of the sandbox. bwrap's arguments come from FD_ARGS, not argv.
       const script = `ulimit -n ${Math.floor(spec.limits.openFiles)} || exit 125\nexec ${shellQuote(this.bwrap)} --args ${FD_ARGS} -- ${command.map(shellQuote).join(' ')} ${spec.stdin ? '0<&6' : '0</dev/null'} 6<&-\n`;
@@ -395,7 +403,7 @@ export class SandboxExecutor implements Executor {
 
   /** A long-lived sandbox running a resident agent (see shared/agent-sandbox.ts); same isolation as `start`. */
   async createWarmSandbox(spec: RunSpec, options: StartOptions = {}): Promise<WarmSandbox> {
-    this.ensureRunsDir();
+    await this.ensureRunsDir();
     return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir, sandboxGid: this.gid }, options);
   }
 
@@ -415,6 +423,9 @@ export class SandboxExecutor implements Executor {
         this.log.warn({ sandbox: name, err }, 'could not reap sandbox cgroup');
       }
     }
+    // Run dirs, agent dirs and private mounts of a crashed predecessor of this owner (its sandboxes are counted above).
+    const staleMounts = await this.mounts.reapStale();
+    if (staleMounts > 0) this.log.info({ owner: this.ownerId, dirs: staleMounts }, 'reaped leftover sandbox mounts');
     let runs: string[] = [];
     try {
       runs = await fs.promises.readdir(this.runsDir);
@@ -604,9 +615,16 @@ export class SandboxExecutor implements Executor {
    * The run and agent dirs belong to root and the sandbox gid: bwrap (as the sandbox uid) can reach them, other users
    * of the host cannot list, read or connect to anything under them (code, payloads, agent sockets).
    */
-  private ensureRunsDir(): string {
-    if (!this.runsDirReady) {
-      const base = path.dirname(this.runsDir);
+  private ensureRunsDir(): Promise<void> {
+    this.runsDirReady ??= (async () => {
+      try {
+        await this.mounts.prepare();
+      } catch (err) {
+        // Plain directories then: everything works, but mountinfo inside names the data dir (reported by probe()).
+        this.privateMountsFailed = `no private tmpfs for run dirs: ${(err as Error).message}`;
+        this.log.warn({ err }, 'sandbox run dirs are plain directories: mountinfo inside sandboxes shows their host path');
+      }
+      const base = this.mounts.root;
       fs.mkdirSync(base, { recursive: true, mode: 0o711 });
       fs.chmodSync(base, 0o711);
       for (const dir of [this.runsDir, this.agentsDir]) {
@@ -614,14 +632,34 @@ export class SandboxExecutor implements Executor {
         fs.chownSync(dir, 0, this.gid);
         fs.chmodSync(dir, 0o710);
       }
-      this.runsDirReady = true;
+    })();
+    this.runsDirReady.catch(() => (this.runsDirReady = null));
+    return this.runsDirReady;
+  }
+
+  /** The image's bind arguments with sources in its private overlay (the rootfs itself when that cannot be mounted). */
+  private async imageBindArgs(layout: RootfsLayout): Promise<{ bindArgs: string[]; shell: string | null }> {
+    await this.ensureRunsDir();
+    if (this.privateMountsFailed !== null || this.imageRootFailed.has(layout.rootfs)) return layout;
+    let root: string;
+    try {
+      root = await this.mounts.imageRoot(layout.short, layout.rootfs);
+    } catch (err) {
+      this.imageRootFailed.add(layout.rootfs);
+      this.log.warn({ err, image: layout.short }, 'no private overlay for the image: mountinfo inside sandboxes shows the images dir');
+      return layout;
     }
-    return this.runsDir;
+    const prefix = `${layout.rootfs}/`;
+    const bindArgs = layout.bindArgs.map((arg, i) =>
+      layout.bindArgs[i - 1] === '--ro-bind' && arg.startsWith(prefix) ? path.join(root, arg.slice(prefix.length)) : arg,
+    );
+    return { bindArgs, shell: layout.shell };
   }
 
   /** /.kindling content: a per-execution directory bound read-only (root:sandbox gid, files 0440, the dir 0550). */
   private async writeFiles(name: string, spec: RunSpec): Promise<string> {
-    const dir = path.join(this.ensureRunsDir(), name);
+    await this.ensureRunsDir();
+    const dir = path.join(this.runsDir, name);
     await fs.promises.mkdir(dir, { mode: 0o700 });
     await Promise.all(
       spec.files.map(async (f) => {
@@ -642,7 +680,7 @@ export class SandboxExecutor implements Executor {
    * bwrap's options (sent on FD_ARGS: they name host paths and carry the env values) and the command (argv: bwrap
    * reads only options from `--args`; the command is what the sandbox's processes show in their own argv anyway).
    */
-  private bwrapArgs(spec: RunSpec, layout: RootfsLayout, plan: WorkdirPlan, runDir: string | null): { options: string[]; command: string[] } {
+  private bwrapArgs(spec: RunSpec, layout: { bindArgs: string[]; shell: string | null }, plan: WorkdirPlan, runDir: string | null): { options: string[]; command: string[] } {
     const diskBytes = String(Math.round(spec.limits.diskMb * 1024 * 1024));
     const a: string[] = [
       '--unshare-all',
@@ -873,14 +911,13 @@ export class SandboxExecutor implements Executor {
     if (this.active.size > 0 || this.reserved.size > 0) return;
     this.cgroups?.removeOwnerDirs();
     if (this.runsDirReady) {
-      for (const dir of [this.runsDir, this.agentsDir, path.dirname(this.runsDir)]) {
-        try {
-          fs.rmdirSync(dir);
-        } catch {
-          // not empty (another instance) or gone
-        }
+      this.mounts.closeSync();
+      try {
+        fs.rmdirSync(path.dirname(this.mounts.root));
+      } catch {
+        // not empty (another instance) or gone
       }
-      this.runsDirReady = false;
+      this.runsDirReady = null;
     }
     if (this.devNull >= 0) {
       fs.closeSync(this.devNull);
