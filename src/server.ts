@@ -277,6 +277,19 @@ export function chooseDefaultExecutor(
   return { name: docker ? 'docker' : 'sandbox', reason: `auto: ${why}, and Docker is not ready either (${docker?.reason ?? 'not enabled'})` };
 }
 
+/**
+ * The database and its WAL/shm files are the server's alone (0600). SQLite gives the files it creates later the mode
+ * of the database file, so creating that one 0600 before the first open is enough for new data dirs.
+ */
+async function restrictDatabaseFiles(dbPath: string): Promise<void> {
+  await writeFile(dbPath, '', { flag: 'a', mode: 0o600 });
+  for (const file of [dbPath, `${dbPath}-wal`, `${dbPath}-shm`, `${dbPath}-journal`]) {
+    await chmod(file, 0o600).catch((error: unknown) => {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    });
+  }
+}
+
 /** Builds and listens; a start that fails (the port is taken) leaves nothing behind. */
 export async function startServer(config: ServerConfig): Promise<RunningServer> {
   const server = await createServer(config);
@@ -314,11 +327,14 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const instanceId = newInstanceId();
   const stateDir = join(dataDir, 'run');
   await mkdir(stateDir, { recursive: true });
-  // Sandboxes run as an unprivileged uid that must traverse to their run dirs: others get search (not read) access.
+  // Sandboxes run as an unprivileged uid that must traverse to their run dirs: others get search access, and nothing
+  // more (no listing, no reading: the database holds code, env values and payloads; see docs/security.md, 7.).
   for (const dir of [dataDir, stateDir]) {
     const { mode } = await stat(dir);
-    if ((mode & 0o001) === 0) await chmod(dir, (mode & 0o7777) | 0o011);
+    const wanted = ((mode & 0o7700) | 0o011) >>> 0;
+    if ((mode & 0o7777) !== wanted) await chmod(dir, wanted);
   }
+  await restrictDatabaseFiles(join(dataDir, 'kindling.db'));
 
   const egressPolicy = new EgressPolicy({ allow: config.egressAllow ?? [], hostAddresses: hostAddresses() });
   const wanted = new Set<ExecutorName>(config.enableExecutors);

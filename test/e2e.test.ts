@@ -5,13 +5,11 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Kindling, RateLimitError, ValidationError, AuthenticationError, type ExecutionResult } from '@kindling/sdk';
-import { containersOf, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { containersOf, dockerUnavailableReason, sandboxDirs, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const execFileAsync = promisify(execFile);
 const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
@@ -55,7 +53,7 @@ function rawRequest(baseUrl: string, spec: Record<string, unknown>, body: Buffer
 /** What this server's executor still holds: containers (docker) or run dirs (sandbox). */
 async function leftovers(server: TestServer, executor: string): Promise<string[]> {
   if (executor === 'docker') return (await containersOf(server.ownerId)).map((info) => info.Id);
-  return readdir(join(server.dataDir, 'run', 'sandbox', 'runs')).catch(() => []);
+  return sandboxDirs(server.dataDir, 'runs');
 }
 
 async function postJson(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; json: { error: { code: string; message: string }; requestId: string; stdout: string } }> {

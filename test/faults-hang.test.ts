@@ -6,11 +6,9 @@
  * retryable 503 SANDBOX_START_TIMEOUT, never in a request that waits forever.
  */
 import assert from 'node:assert/strict';
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { processes } from './helpers/faults.js';
-import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { sandboxDirs, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
 const START_TIMEOUT_MS = 2500;
@@ -65,7 +63,7 @@ describe('a sandbox that hangs during start-up', { skip: unavailable ?? false },
 
   it('a start that always hangs ends in a retryable 503 SANDBOX_START_TIMEOUT, and nothing is left', { timeout: 60_000 }, async () => {
     const failedBefore = await failedWarmStarts(server.url);
-    const agentsBefore = await readdir(join(server.dataDir, 'run', 'sandbox', 'agents')).catch(() => [] as string[]);
+    const agentsBefore = await sandboxDirs(server.dataDir, 'agents');
     await deploy('hangs', 'import time\nwhile True:\n    time.sleep(1)\n\ndef handler(body):\n    return body\n');
     const answer = await invoke('hangs', 'x');
     assert.equal(answer.status, 503, answer.text);
@@ -76,7 +74,7 @@ describe('a sandbox that hangs during start-up', { skip: unavailable ?? false },
     assert.equal((await failedWarmStarts(server.url)) - failedBefore, 2, 'both hung starts are counted');
     // Killed and removed: no agent of the hung function runs, and its socket dirs are gone.
     await waitFor(async () => handlerProcesses().length === 1, 10_000, `only the warm sandbox of the other function (${handlerProcesses().join('; ')})`);
-    assert.deepEqual(await readdir(join(server.dataDir, 'run', 'sandbox', 'agents')), agentsBefore);
+    assert.deepEqual(await sandboxDirs(server.dataDir, 'agents'), agentsBefore);
     // The pool is not wedged: a fixed version deploys and serves.
     await deploy('hangs', 'def handler(body):\n    return b"fixed " + body\n');
     assert.equal((await invoke('hangs', 'z')).text, 'fixed z');

@@ -124,7 +124,10 @@ export async function leftovers(docker: Docker, ownerId: string, dataDir: string
     .map((p) => `${p.pid} (parent ${p.ppid}) ${p.cmdline.slice(0, 160)}`);
   const runDirs: string[] = [];
   // (microvm/snapshots are kept on purpose: they are reused by the next start of this data dir.)
-  for (const sub of ['sandbox/runs', 'sandbox/agents', 'docker', 'docker-agents', 'microvm/vms']) {
+  // The sandbox executor's run and agent dirs are in a private mount dir per executor instance.
+  const sandboxInstances = existsSync(join(dataDir, 'run', 'sandbox')) ? readdirSync(join(dataDir, 'run', 'sandbox')) : [];
+  const sandboxSubs = sandboxInstances.flatMap((instance) => [`sandbox/${instance}/runs`, `sandbox/${instance}/agents`]);
+  for (const sub of [...sandboxSubs, 'docker', 'docker-agents', 'microvm/vms']) {
     const dir = join(dataDir, 'run', sub);
     if (!existsSync(dir)) continue;
     for (const entry of readdirSync(dir)) runDirs.push(join(sub, entry));

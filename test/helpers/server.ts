@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chmod, mkdtemp, realpath, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
@@ -130,4 +130,15 @@ export async function waitFor(condition: () => Promise<boolean>, timeoutMs: numb
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+/**
+ * Entries of the sandbox executor's run dirs (`runs`) or agent socket dirs (`agents`) of a data dir: they live in a
+ * private mount dir per executor instance, `<dataDir>/run/sandbox/<owner>-<random>/`.
+ */
+export async function sandboxDirs(dataDir: string, kind: 'runs' | 'agents'): Promise<string[]> {
+  const base = join(dataDir, 'run', 'sandbox');
+  const instances = await readdir(base).catch(() => [] as string[]);
+  const lists = await Promise.all(instances.map((instance) => readdir(join(base, instance, kind)).catch(() => [] as string[])));
+  return lists.flat().sort();
 }

@@ -3,12 +3,15 @@ import type { ResourceLimits } from '../../core/types.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { LABEL_MANAGED } from '../executor.js';
 import { KINDLING_SECCOMP_OPT } from './seccomp-profile.js';
+import { SANDBOX_CORE_LIMIT } from '../shared/syscall-policy.js';
 
 /** Where the per-execution directory (code files and stdio FIFOs) appears inside a container. */
 export const GUEST_RUN_DIR = '/.kindling';
 export const GUEST_IO_DIR = `${GUEST_RUN_DIR}/.io`;
 /** Unprivileged uid/gid every container runs as (Debian's `nobody`). */
-export const CONTAINER_USER = '65534:65534';
+export const CONTAINER_UID = 65534;
+export const CONTAINER_GID = 65534;
+export const CONTAINER_USER = `${CONTAINER_UID}:${CONTAINER_GID}`;
 
 export interface SlotShape {
   image: string;
@@ -73,8 +76,12 @@ export function containerCreateOptions(options: {
         ...(options.agentDir === undefined ? [] : [`${options.agentDir}:${AGENT_MOUNT}:ro`]),
       ],
       LogConfig: { Type: 'none', Config: {} },
-      // Open files (limits.openFiles): soft and hard, so the process cannot raise it.
-      Ulimits: [{ Name: 'nofile', Soft: shape.limits.openFiles, Hard: shape.limits.openFiles }],
+      // Open files (limits.openFiles): soft and hard, so the process cannot raise it. RLIMIT_CORE: the value at which
+      // the kernel neither writes a core file nor starts the host's core_pattern helper (see SANDBOX_CORE_LIMIT).
+      Ulimits: [
+        { Name: 'nofile', Soft: shape.limits.openFiles, Hard: shape.limits.openFiles },
+        { Name: 'core', Soft: SANDBOX_CORE_LIMIT, Hard: SANDBOX_CORE_LIMIT },
+      ],
       IpcMode: 'private',
       // A tiny init as PID 1, so the user's process gets default signal handling (PID 1 ignores SIGTERM otherwise)
       // and zombies are reaped.

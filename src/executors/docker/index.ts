@@ -1,5 +1,5 @@
 import { constants as osConstants } from 'node:os';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import Docker from 'dockerode';
@@ -14,7 +14,7 @@ import { buildLaunchScript, parseCgroupUsage } from '../shared/launch-script.js'
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
 import type { EgressPolicy } from '../../network/policy.js';
-import { GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, type SlotShape } from './container-options.js';
+import { CONTAINER_GID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, type SlotShape } from './container-options.js';
 
 export interface Logger {
   info(obj: object, msg?: string): void;
@@ -266,8 +266,16 @@ export class DockerExecutor implements Executor {
         await this.acquireEgress();
         egressHeld = true;
       }
-      await mkdir(ioDir, { recursive: true, mode: 0o755 });
-      await makeFifos(['launch', 'in', 'out', 'err', 'usage'].map((name) => join(ioDir, name)));
+      // Only root (the server, the engine) and the container's gid may enter: the run dir holds the code, the payloads
+      // and the stdio FIFOs. The engine binds it as root, so its parent stays closed to everyone else.
+      await mkdir(join(this.options.stateDir, 'docker'), { recursive: true, mode: 0o700 });
+      await chmod(join(this.options.stateDir, 'docker'), 0o700);
+      await mkdir(ioDir, { recursive: true, mode: 0o700 });
+      for (const dir of [runDir, ioDir]) {
+        await chown(dir, 0, CONTAINER_GID);
+        await chmod(dir, 0o750);
+      }
+      await makeFifos(['launch', 'in', 'out', 'err', 'usage'].map((name) => join(ioDir, name)), { mode: 0o660, gid: CONTAINER_GID });
       stdout = openFifoReader(join(ioDir, 'out'));
       stderr = openFifoReader(join(ioDir, 'err'));
       usage = openFifoReader(join(ioDir, 'usage'));
@@ -398,7 +406,14 @@ export class DockerExecutor implements Executor {
 
   private async launch(slot: Slot, spec: RunSpec, options: StartOptions, coldStart: boolean): Promise<Execution> {
     const ioDir = join(slot.runDir, '.io');
-    await Promise.all(spec.files.map((file) => writeFile(join(slot.runDir, file.name), file.content, { mode: 0o644 })));
+    await Promise.all(
+      spec.files.map(async (file) => {
+        const target = join(slot.runDir, file.name);
+        await writeFile(target, file.content, { mode: 0o600 });
+        await chown(target, 0, CONTAINER_GID);
+        await chmod(target, 0o640);
+      }),
+    );
     const script = buildLaunchScript({
       command: spec.command,
       env: spec.env,
@@ -495,7 +510,7 @@ export class DockerExecutor implements Executor {
    * dir is bound at /.kindling-agent; calls go over the socket, never through `docker exec`.
    */
   async createWarmSandbox(spec: RunSpec, options: StartOptions = {}): Promise<WarmSandbox> {
-    return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir }, options);
+    return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir, sandboxGid: CONTAINER_GID }, options);
   }
 
   private get agentsDir(): string {

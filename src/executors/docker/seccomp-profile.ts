@@ -9,19 +9,33 @@
  * names them explicitly, plus the unprivileged ones that matter (ptrace, unshare/clone of namespaces, keyrings, bpf,
  * userfaultfd, io_uring, process_vm_*).
  */
-import { CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS_X86_64 } from '../shared/syscall-policy.js';
+import {
+  AF_NETLINK,
+  ALLOWED_PERSONALITIES,
+  ALLOWED_SOCKET_FAMILIES,
+  CLONE_NAMESPACE_FLAGS,
+  DENIED_SYSCALLS_X86_64,
+  EAFNOSUPPORT,
+  EPERM,
+  NETLINK_ROUTE,
+  RLIMIT_CORE,
+  u32ComplementBlocks,
+} from '../shared/syscall-policy.js';
 
-const EPERM = 1;
 const ENOSYS = 38;
 
-interface SeccompArg {
+/**
+ * One condition of a rule. MASKED_EQ: `(arg & value) === valueTwo`; NE: `arg !== value` (all 64 bits). The rules here
+ * mask with 0xffffffff (or less) wherever the kernel reads the argument as a 32-bit int, as the BPF filter does.
+ */
+export interface SeccompArg {
   index: number;
   value: number;
   valueTwo: number;
-  op: 'SCMP_CMP_MASKED_EQ';
+  op: 'SCMP_CMP_MASKED_EQ' | 'SCMP_CMP_NE';
 }
 
-interface SeccompRule {
+export interface SeccompRule {
   names: string[];
   action: 'SCMP_ACT_ERRNO';
   errnoRet: number;
@@ -62,8 +76,38 @@ export function buildDockerSeccompProfile(): SeccompProfile {
       ),
       // clone3's flags live in user memory, which seccomp cannot read: ENOSYS makes libc fall back to clone.
       { names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS },
+      ...argumentRules(),
     ],
   };
+}
+
+const low32 = (index: number, value: number): SeccompArg => ({ index, value: 0xffffffff, valueTwo: value >>> 0, op: 'SCMP_CMP_MASKED_EQ' });
+
+/**
+ * The argument rules of shared/syscall-policy.ts as deny rules. A rule's conditions are ANDed and the rules of a
+ * syscall ORed, and one rule cannot test the same argument twice, so "not one of the allowed values" is a set of
+ * aligned blocks of the 32-bit range that covers every other value (u32ComplementBlocks).
+ */
+function argumentRules(): SeccompRule[] {
+  const rules: SeccompRule[] = [];
+  const deny = (names: string[], errnoRet: number, args: SeccompArg[]): void => {
+    rules.push({ names, action: 'SCMP_ACT_ERRNO', errnoRet, args });
+  };
+  const sockets = ['socket', 'socketpair'];
+  // Families outside the allowed ones and netlink; then netlink with a protocol other than NETLINK_ROUTE.
+  for (const b of u32ComplementBlocks([...ALLOWED_SOCKET_FAMILIES, AF_NETLINK])) {
+    deny(sockets, EAFNOSUPPORT, [{ index: 0, value: b.mask, valueTwo: b.value, op: 'SCMP_CMP_MASKED_EQ' }]);
+  }
+  for (const b of u32ComplementBlocks([NETLINK_ROUTE])) {
+    deny(sockets, EAFNOSUPPORT, [low32(0, AF_NETLINK), { index: 2, value: b.mask, valueTwo: b.value, op: 'SCMP_CMP_MASKED_EQ' }]);
+  }
+  for (const b of u32ComplementBlocks(ALLOWED_PERSONALITIES)) {
+    deny(['personality'], EPERM, [{ index: 0, value: b.mask, valueTwo: b.value, op: 'SCMP_CMP_MASKED_EQ' }]);
+  }
+  deny(['setrlimit'], EPERM, [low32(0, RLIMIT_CORE)]);
+  // prlimit64(pid, resource, new_limit, old_limit): reading (new_limit NULL) stays allowed.
+  deny(['prlimit64'], EPERM, [low32(1, RLIMIT_CORE), { index: 2, value: 0, valueTwo: 0, op: 'SCMP_CMP_NE' }]);
+  return rules;
 }
 
 /** The `SecurityOpt` entry; computed once (the profile never changes while the server runs). */

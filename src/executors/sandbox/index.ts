@@ -42,6 +42,8 @@ import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { assertSafeName, createCgroupDriver, type Cgroup, type CgroupDriver, type CgroupLimits } from './cgroups.js';
 import { listBuilt, planWorkdir, readLayout, shortImageName, type RootfsLayout, type WorkdirPlan } from './rootfs.js';
 import { buildSandboxFilter } from './seccomp.js';
+import { PrivateMounts } from './private-mounts.js';
+import { SANDBOX_CORE_LIMIT } from '../shared/syscall-policy.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
 import { NetnsPool, type EgressNetns } from '../../network/netns.js';
 import type { EgressPolicy } from '../../network/policy.js';
@@ -73,6 +75,8 @@ export interface SandboxExecutorOptions {
   sandboxGid?: number;
   bwrapPath?: string;
   setprivPath?: string;
+  /** util-linux prlimit: sets RLIMIT_CORE of the launcher (see SANDBOX_CORE_LIMIT). Default /usr/bin/prlimit. */
+  prlimitPath?: string;
   shPath?: string;
   /** cgroupfs mount point. Default /sys/fs/cgroup; v1 or v2 is detected there. */
   cgroupMount?: string;
@@ -129,6 +133,12 @@ const EXEC_SHIM = 'exec "$@"';
 const FD_SECCOMP = 3;
 const FD_STATUS = 4;
 const FD_SCRIPT = 5;
+/**
+ * bwrap reads its arguments (NUL-separated) from this descriptor (`--args`): they hold the execution's environment
+ * values, and a process's argv is readable by every user of the host (/proc/PID/cmdline, `ps`), environ is not. bwrap's
+ * argv is then `bwrap --args 7`, which is also all that /proc/1/cmdline shows inside the sandbox (bwrap's init).
+ */
+const FD_ARGS = 7;
 const MIN_BWRAP: [number, number] = [0, 8]; // --disable-userns (0.8), --size (0.7)
 const POOL_KEY = 'launcher';
 const LAUNCHER_READY_TIMEOUT_MS = 10_000;
@@ -159,6 +169,7 @@ export class SandboxExecutor implements Executor {
   private readonly gid: number;
   private readonly bwrap: string;
   private readonly setpriv: string;
+  private readonly prlimit: string;
   private readonly sh: string;
   private readonly hostname: string;
   private readonly cgroupMount: string;
@@ -175,7 +186,11 @@ export class SandboxExecutor implements Executor {
   private readonly pool: PrewarmPool<Launcher> | null;
   private readonly runsDir: string;
   private readonly agentsDir: string;
-  private runsDirReady = false;
+  private runsDirReady: Promise<void> | null = null;
+  /** tmpfs for run/agent dirs and an overlay per image, so that mountinfo inside names no host path (see the module). */
+  private readonly mounts: PrivateMounts;
+  private privateMountsFailed: string | null = null;
+  private readonly imageRootFailed = new Set<string>();
   private closing = false;
   private leakedFds: number[] = [];
   private devNull = -1;
@@ -195,6 +210,7 @@ export class SandboxExecutor implements Executor {
     if (this.uid === 0 || this.gid === 0) throw new Error('the sandbox uid/gid must not be 0 (root)');
     this.bwrap = options.bwrapPath ?? '/usr/bin/bwrap';
     this.setpriv = options.setprivPath ?? '/usr/bin/setpriv';
+    this.prlimit = options.prlimitPath ?? '/usr/bin/prlimit';
     this.sh = options.shPath ?? '/bin/sh';
     this.hostname = options.hostname ?? 'kindling';
     this.cgroupMount = options.cgroupMount ?? '/sys/fs/cgroup';
@@ -202,8 +218,9 @@ export class SandboxExecutor implements Executor {
     this.log = options.logger ?? noopLogger;
     this.timeoutGraceMs = options.timeoutGraceMs ?? 1000;
     this.seccomp = buildSandboxFilter().program;
-    this.runsDir = path.join(options.stateDir, 'sandbox', 'runs');
-    this.agentsDir = path.join(options.stateDir, 'sandbox', 'agents');
+    this.mounts = new PrivateMounts({ baseDir: path.join(options.stateDir, 'sandbox'), ownerId: options.ownerId }, randomBytes(4).toString('hex'));
+    this.runsDir = path.join(this.mounts.root, 'runs');
+    this.agentsDir = path.join(this.mounts.root, 'agents');
     const prewarm = options.prewarm ?? 2;
     this.pool =
       prewarm > 0
@@ -233,6 +250,7 @@ export class SandboxExecutor implements Executor {
     for (const [tool, file, pkg] of [
       ['bubblewrap', this.bwrap, 'bubblewrap'],
       ['setpriv', this.setpriv, 'util-linux'],
+      ['prlimit', this.prlimit, 'util-linux'],
       ['sh', this.sh, 'dash'],
     ] as const) {
       try {
@@ -268,10 +286,11 @@ export class SandboxExecutor implements Executor {
       return notReady(`no runtime image rootfs in ${this.imagesDir} (expected <name>/rootfs and <name>/recipe.json): build them with \`kindling images build\``);
     }
     try {
-      this.ensureRunsDir();
+      await this.ensureRunsDir();
     } catch (err) {
       return notReady(`cannot create ${this.runsDir}: ${(err as Error).message}`);
     }
+    details.privateMounts = this.privateMountsFailed ?? true;
     for (const dir of [this.imagesDir, this.runsDir]) {
       const unreachable = this.unreachableBy(dir);
       if (unreachable !== null) {
@@ -314,6 +333,7 @@ export class SandboxExecutor implements Executor {
     const layout = this.layoutFor(spec.image);
     const plan = this.workdirPlan(layout, spec.workdir);
     validateSpec(spec);
+    const imageBinds = await this.imageBindArgs(layout);
     this.driverOrUnavailable();
     const limits: CgroupLimits = {
       memoryBytes: Math.round(spec.limits.memoryMb * 1024 * 1024),
@@ -350,14 +370,15 @@ export class SandboxExecutor implements Executor {
       if (launcher === null) launcher = this.spawnLauncher(netns?.path);
       launcher.cgroup.applyLimits(limits);
       if (spec.files.length > 0) runDir = await this.writeFiles(launcher.name, spec);
-      const argv = [this.bwrap, ...this.bwrapArgs(spec, layout, plan, runDir)];
+      const { options: bwrapOptions, command } = this.bwrapArgs(spec, imageBinds, plan, runDir);
       // RLIMIT_NOFILE (soft and hard: the sandbox cannot raise it again) is set by the launcher's shell and inherited
-      // through bwrap's execs into every process of the sandbox.
-      const script = `ulimit -n ${Math.floor(spec.limits.openFiles)} || exit 125\nexec ${argv.map(shellQuote).join(' ')} ${spec.stdin ? '0<&6' : '0</dev/null'} 6<&-\n`;
+      // through bwrap's execs into every process of the sandbox. bwrap's arguments come from FD_ARGS, not argv.
+      const script = `ulimit -n ${Math.floor(spec.limits.openFiles)} || exit 125\nexec ${shellQuote(this.bwrap)} --args ${FD_ARGS} -- ${command.map(shellQuote).join(' ')} ${spec.stdin ? '0<&6' : '0</dev/null'} 6<&-\n`;
       const execution = new ExecutionImpl(
         launcher,
         spec,
         script,
+        Buffer.from(bwrapOptions.map((a) => `${a}\0`).join(''), 'utf8'),
         this.seccomp,
         coldStart,
         spec.limits.timeoutMs + this.timeoutGraceMs,
@@ -382,7 +403,8 @@ export class SandboxExecutor implements Executor {
 
   /** A long-lived sandbox running a resident agent (see shared/agent-sandbox.ts); same isolation as `start`. */
   async createWarmSandbox(spec: RunSpec, options: StartOptions = {}): Promise<WarmSandbox> {
-    return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir }, options);
+    await this.ensureRunsDir();
+    return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir, sandboxGid: this.gid }, options);
   }
 
   async reap(): Promise<ReapReport> {
@@ -401,6 +423,9 @@ export class SandboxExecutor implements Executor {
         this.log.warn({ sandbox: name, err }, 'could not reap sandbox cgroup');
       }
     }
+    // Run dirs, agent dirs and private mounts of a crashed predecessor of this owner (its sandboxes are counted above).
+    const staleMounts = await this.mounts.reapStale();
+    if (staleMounts > 0) this.log.info({ owner: this.ownerId, dirs: staleMounts }, 'reaped leftover sandbox mounts');
     let runs: string[] = [];
     try {
       runs = await fs.promises.readdir(this.runsDir);
@@ -472,7 +497,8 @@ export class SandboxExecutor implements Executor {
     this.reserved.add(name);
     let child: ChildProcess;
     try {
-      const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'];
+      // fd 6 is where PREPARE keeps the caller's stdin; FD_ARGS carries bwrap's arguments.
+      const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'ignore', 'pipe'];
       for (const fd of this.leakedFds) {
         while (stdio.length < fd) stdio.push('ignore');
         if (stdio.length === fd) stdio.push(this.devNullFd());
@@ -485,6 +511,10 @@ export class SandboxExecutor implements Executor {
           'kindling-launch',
           String(cgroup.procsFiles.length),
           ...cgroup.procsFiles,
+          // RLIMIT_CORE for the whole tree, soft and hard (the seccomp filter stops any change inside the sandbox).
+          this.prlimit,
+          `--core=${SANDBOX_CORE_LIMIT}:${SANDBOX_CORE_LIMIT}`,
+          '--',
           // As root, before privileges are dropped: join the execution's network namespace (egress only).
           ...(netnsPath === undefined ? [] : [this.options.egress?.nsenterPath ?? '/usr/bin/nsenter', `--net=${netnsPath}`]),
           this.setpriv,
@@ -581,33 +611,76 @@ export class SandboxExecutor implements Executor {
     }
   }
 
-  private ensureRunsDir(): string {
-    if (!this.runsDirReady) {
-      fs.mkdirSync(this.runsDir, { recursive: true, mode: 0o755 });
-      fs.chmodSync(this.runsDir, 0o755);
-      this.runsDirReady = true;
-    }
-    return this.runsDir;
+  /**
+   * The run and agent dirs belong to root and the sandbox gid: bwrap (as the sandbox uid) can reach them, other users
+   * of the host cannot list, read or connect to anything under them (code, payloads, agent sockets).
+   */
+  private ensureRunsDir(): Promise<void> {
+    this.runsDirReady ??= (async () => {
+      try {
+        await this.mounts.prepare();
+      } catch (err) {
+        // Plain directories then: everything works, but mountinfo inside names the data dir (reported by probe()).
+        this.privateMountsFailed = `no private tmpfs for run dirs: ${(err as Error).message}`;
+        this.log.warn({ err }, 'sandbox run dirs are plain directories: mountinfo inside sandboxes shows their host path');
+      }
+      const base = this.mounts.root;
+      fs.mkdirSync(base, { recursive: true, mode: 0o711 });
+      fs.chmodSync(base, 0o711);
+      for (const dir of [this.runsDir, this.agentsDir]) {
+        fs.mkdirSync(dir, { recursive: true, mode: 0o710 });
+        fs.chownSync(dir, 0, this.gid);
+        fs.chmodSync(dir, 0o710);
+      }
+    })();
+    this.runsDirReady.catch(() => (this.runsDirReady = null));
+    return this.runsDirReady;
   }
 
-  /** /.kindling content: a per-execution directory bound read-only (files 0444, the dir 0555). */
+  /** The image's bind arguments with sources in its private overlay (the rootfs itself when that cannot be mounted). */
+  private async imageBindArgs(layout: RootfsLayout): Promise<{ bindArgs: string[]; shell: string | null }> {
+    await this.ensureRunsDir();
+    if (this.privateMountsFailed !== null || this.imageRootFailed.has(layout.rootfs)) return layout;
+    let root: string;
+    try {
+      root = await this.mounts.imageRoot(layout.short, layout.rootfs);
+    } catch (err) {
+      this.imageRootFailed.add(layout.rootfs);
+      this.log.warn({ err, image: layout.short }, 'no private overlay for the image: mountinfo inside sandboxes shows the images dir');
+      return layout;
+    }
+    const prefix = `${layout.rootfs}/`;
+    const bindArgs = layout.bindArgs.map((arg, i) =>
+      layout.bindArgs[i - 1] === '--ro-bind' && arg.startsWith(prefix) ? path.join(root, arg.slice(prefix.length)) : arg,
+    );
+    return { bindArgs, shell: layout.shell };
+  }
+
+  /** /.kindling content: a per-execution directory bound read-only (root:sandbox gid, files 0440, the dir 0550). */
   private async writeFiles(name: string, spec: RunSpec): Promise<string> {
-    const dir = path.join(this.ensureRunsDir(), name);
-    await fs.promises.mkdir(dir);
+    await this.ensureRunsDir();
+    const dir = path.join(this.runsDir, name);
+    await fs.promises.mkdir(dir, { mode: 0o700 });
     await Promise.all(
       spec.files.map(async (f) => {
         const file = path.join(dir, f.name);
-        await fs.promises.writeFile(file, f.content, { mode: 0o444 });
-        await fs.promises.chmod(file, 0o444);
+        await fs.promises.writeFile(file, f.content, { mode: 0o400 });
+        await fs.promises.chown(file, 0, this.gid);
+        await fs.promises.chmod(file, 0o440);
       }),
     );
-    await fs.promises.chmod(dir, 0o555);
+    await fs.promises.chown(dir, 0, this.gid);
+    await fs.promises.chmod(dir, 0o550);
     return dir;
   }
 
   /* -------------------------------------------------------------------------------------------------------------- */
 
-  private bwrapArgs(spec: RunSpec, layout: RootfsLayout, plan: WorkdirPlan, runDir: string | null): string[] {
+  /**
+   * bwrap's options (sent on FD_ARGS: they name host paths and carry the env values) and the command (argv: bwrap
+   * reads only options from `--args`; the command is what the sandbox's processes show in their own argv anyway).
+   */
+  private bwrapArgs(spec: RunSpec, layout: { bindArgs: string[]; shell: string | null }, plan: WorkdirPlan, runDir: string | null): { options: string[]; command: string[] } {
     const diskBytes = String(Math.round(spec.limits.diskMb * 1024 * 1024));
     const a: string[] = [
       '--unshare-all',
@@ -649,10 +722,11 @@ export class SandboxExecutor implements Executor {
     if (spec.agentDir !== undefined) a.push('--ro-bind', spec.agentDir, AGENT_MOUNT);
     a.push('--remount-ro', '/', '--chdir', spec.workdir, '--clearenv');
     for (const [k, v] of Object.entries(spec.env)) a.push('--setenv', k, v);
-    a.push('--seccomp', String(FD_SECCOMP), '--json-status-fd', String(FD_STATUS), '--');
-    if (layout.shell !== null) a.push(layout.shell, '-c', EXEC_SHIM, spec.command[0]!);
-    a.push(...spec.command);
-    return a;
+    a.push('--seccomp', String(FD_SECCOMP), '--json-status-fd', String(FD_STATUS));
+    const command: string[] = [];
+    if (layout.shell !== null) command.push(layout.shell, '-c', EXEC_SHIM, spec.command[0]!);
+    command.push(...spec.command);
+    return { options: a, command };
   }
 
   private layoutFor(image: string): RootfsLayout {
@@ -837,14 +911,13 @@ export class SandboxExecutor implements Executor {
     if (this.active.size > 0 || this.reserved.size > 0) return;
     this.cgroups?.removeOwnerDirs();
     if (this.runsDirReady) {
-      for (const dir of [this.runsDir, this.agentsDir, path.dirname(this.runsDir)]) {
-        try {
-          fs.rmdirSync(dir);
-        } catch {
-          // not empty (another instance) or gone
-        }
+      this.mounts.closeSync();
+      try {
+        fs.rmdirSync(path.dirname(this.mounts.root));
+      } catch {
+        // not empty (another instance) or gone
       }
-      this.runsDirReady = false;
+      this.runsDirReady = null;
     }
     if (this.devNull >= 0) {
       fs.closeSync(this.devNull);
@@ -875,6 +948,7 @@ class ExecutionImpl implements SandboxExecution {
     launcher: Launcher,
     spec: RunSpec,
     script: string,
+    bwrapArgs: Buffer,
     seccomp: Buffer,
     readonly coldStart: boolean,
     backstopMs: number,
@@ -901,8 +975,9 @@ class ExecutionImpl implements SandboxExecution {
     }
 
     const pipes = child.stdio as unknown as (Writable | null)[];
-    for (const fd of [FD_SECCOMP, FD_SCRIPT]) pipes[fd]!.on('error', () => {});
+    for (const fd of [FD_SECCOMP, FD_SCRIPT, FD_ARGS]) pipes[fd]!.on('error', () => {});
     pipes[FD_SECCOMP]!.end(seccomp);
+    pipes[FD_ARGS]!.end(bwrapArgs);
     pipes[FD_SCRIPT]!.end(script);
 
     const { exited, closed } = launcher;

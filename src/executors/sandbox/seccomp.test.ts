@@ -26,6 +26,8 @@ import {
   encode,
   simulate,
 } from './seccomp.js';
+import { argumentRuleVerdict } from '../shared/syscall-policy.js';
+import { argumentRuleSamples } from '../shared/syscall-policy-samples.js';
 
 const AUDIT_ARCH_I386 = 0x40000003;
 const AUDIT_ARCH_AARCH64 = 0xc00000b7;
@@ -129,9 +131,10 @@ describe('sandbox seccomp filter', () => {
 
   it('allows ordinary syscalls', () => {
     // read, write, openat, execve, exit_group, mmap, socket, connect, wait4, fork, vfork
-    for (const nr of [0, 1, 257, 59, 231, 9, 41, 42, 61, 57, 58]) {
+    for (const nr of [0, 1, 257, 59, 231, 9, 42, 61, 57, 58]) {
       assert.equal(simulate(insns, { nr, arch: AUDIT_ARCH_X86_64 }), SECCOMP_RET_ALLOW, `syscall ${nr}`);
     }
+    assert.equal(simulate(insns, { nr: 41, arch: AUDIT_ARCH_X86_64, args: [2, 1, 0] }), SECCOMP_RET_ALLOW, 'socket(AF_INET)');
   });
 
   it('allows clone for threads and processes, denies clone with namespace flags, answers clone3 with ENOSYS', () => {
@@ -148,6 +151,25 @@ describe('sandbox seccomp filter', () => {
       );
     }
     assert.equal(simulate(insns, { nr: SYSCALL_CLONE3, arch: AUDIT_ARCH_X86_64 }), SECCOMP_RET_ERRNO | ENOSYS);
+  });
+
+  it('applies the argument rules of the shared policy (socket families, personality, RLIMIT_CORE) exactly', () => {
+    let checked = 0;
+    for (const { nr, args } of argumentRuleSamples()) {
+      const expected = argumentRuleVerdict(nr, args);
+      assert.ok(expected !== null);
+      const got = simulate(insns, {
+        nr,
+        arch: AUDIT_ARCH_X86_64,
+        args: args.map((a) => Number(a & 0xffffffffn)),
+        argsHigh: args.map((a) => Number(a >> 32n)),
+      });
+      const want = expected.allow ? SECCOMP_RET_ALLOW : SECCOMP_RET_ERRNO | expected.errno;
+      assert.equal(got, want, `syscall ${nr} args ${args.map((a) => `0x${a.toString(16)}`).join(',')}`);
+      checked++;
+    }
+    assert.ok(checked > 500);
+    assert.equal(DENIED_SYSCALLS_X86_64.modify_ldt, 154);
   });
 
   it('uses the kernel headers\' syscall numbers (when the headers are installed)', (t) => {

@@ -37,6 +37,8 @@ export const SECCOMP_DATA_ARCH = 4;
 export const SECCOMP_DATA_IP = 8;
 /** Offset of the low 32 bits of args[i] (little-endian). */
 export const seccompDataArgLow = (i: number): number => 16 + 8 * i;
+/** Offset of the high 32 bits of args[i]. */
+export const seccompDataArgHigh = (i: number): number => 20 + 8 * i;
 
 export const AUDIT_ARCH_X86_64 = 0xc000003e;
 /** x32 ABI syscalls arrive on x86_64 with this bit set in `nr`. */
@@ -180,11 +182,12 @@ export function decode(buf: Buffer): Insn[] {
   return out;
 }
 
-/** What a syscall looks like to a filter. `args` are the low 32 bits of each argument. */
+/** What a syscall looks like to a filter. `args` are the low 32 bits of each argument, `argsHigh` the high ones. */
 export interface SeccompData {
   nr: number;
   arch: number;
   args?: number[];
+  argsHigh?: number[];
 }
 
 /**
@@ -196,6 +199,7 @@ export function simulate(insns: readonly Insn[], data: SeccompData): number {
     if (offset === SECCOMP_DATA_NR) return data.nr >>> 0;
     if (offset === SECCOMP_DATA_ARCH) return data.arch >>> 0;
     if (offset >= 16 && offset < 64 && (offset - 16) % 8 === 0) return (data.args?.[(offset - 16) / 8] ?? 0) >>> 0;
+    if (offset >= 16 && offset < 64 && (offset - 20) % 8 === 0) return (data.argsHigh?.[(offset - 20) / 8] ?? 0) >>> 0;
     if (offset >= 8 && offset < 64 && offset % 4 === 0) return 0;
     throw new Error(`load from offset ${offset} outside seccomp_data`);
   };
@@ -234,7 +238,23 @@ export function simulate(insns: readonly Insn[], data: SeccompData): number {
 }
 
 // The syscall policy is shared with the Docker executor's seccomp profile (docker/seccomp-profile.ts).
-import { CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS_X86_64, SYSCALL_CLONE, SYSCALL_CLONE3 } from '../shared/syscall-policy.js';
+import {
+  AF_NETLINK,
+  ALLOWED_PERSONALITIES,
+  ALLOWED_SOCKET_FAMILIES,
+  CLONE_NAMESPACE_FLAGS,
+  DENIED_SYSCALLS_X86_64,
+  EAFNOSUPPORT,
+  NETLINK_ROUTE,
+  RLIMIT_CORE,
+  SYSCALL_CLONE,
+  SYSCALL_CLONE3,
+  SYSCALL_PERSONALITY,
+  SYSCALL_PRLIMIT64,
+  SYSCALL_SETRLIMIT,
+  SYSCALL_SOCKET,
+  SYSCALL_SOCKETPAIR,
+} from '../shared/syscall-policy.js';
 export { CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS_X86_64, SYSCALL_CLONE, SYSCALL_CLONE3 };
 
 export interface SandboxFilterOptions {
@@ -248,7 +268,10 @@ export interface SandboxFilterOptions {
  *  2. nr has the x32 bit -> kill the process;
  *  3. each denied syscall -> EPERM; clone with any namespace flag -> EPERM; clone3 -> ENOSYS (its flags live in
  *     user memory, which BPF cannot read; libc then falls back to clone, which is checked);
- *  4. everything else -> allow.
+ *  4. the argument rules of shared/syscall-policy.ts: socket/socketpair of a family not allowed -> EAFNOSUPPORT;
+ *     personality other than the harmless values -> EPERM; setting RLIMIT_CORE (setrlimit, prlimit64 with a new
+ *     limit) -> EPERM;
+ *  5. everything else -> allow.
  */
 export function buildSandboxFilter(options: SandboxFilterOptions = {}): { insns: Insn[]; program: Buffer } {
   const denied = [...new Set([...Object.values(DENIED_SYSCALLS_X86_64), ...(options.extraDenied ?? [])])].sort(
@@ -264,11 +287,32 @@ export function buildSandboxFilter(options: SandboxFilterOptions = {}): { insns:
     for (const nr of denied.slice(i, i + chunk)) asm.jeq(nr, label);
     asm.ja(`after${i}`).label(label).ret(SECCOMP_RET_ERRNO | EPERM).label(`after${i}`);
   }
+  asm.jeq(SYSCALL_SOCKET, 'socket').jeq(SYSCALL_SOCKETPAIR, 'socket');
+  asm.jeq(SYSCALL_PERSONALITY, 'personality');
+  asm.jeq(SYSCALL_SETRLIMIT, 'setrlimit').jeq(SYSCALL_PRLIMIT64, 'prlimit64');
   asm.jeq(SYSCALL_CLONE3, 'enosys');
   asm.jeq(SYSCALL_CLONE, null, 'allow');
-  asm.ldAbs(seccompDataArgLow(0)).jset(CLONE_NAMESPACE_FLAGS, 'eperm_clone', 'allow');
+  asm.ldAbs(seccompDataArgLow(0)).jset(CLONE_NAMESPACE_FLAGS, 'eperm', 'allow');
+
+  // socket(domain, type, protocol) / socketpair(domain, type, protocol, sv)
+  asm.label('socket').ldAbs(seccompDataArgLow(0));
+  for (const family of ALLOWED_SOCKET_FAMILIES) asm.jeq(family, 'allow');
+  asm.jeq(AF_NETLINK, null, 'eafnosupport');
+  asm.ldAbs(seccompDataArgLow(2)).jeq(NETLINK_ROUTE, 'allow', 'eafnosupport');
+  // personality(persona)
+  asm.label('personality').ldAbs(seccompDataArgLow(0));
+  for (const persona of ALLOWED_PERSONALITIES) asm.jeq(persona, 'allow');
+  asm.ja('eperm');
+  // setrlimit(resource, rlim)
+  asm.label('setrlimit').ldAbs(seccompDataArgLow(0)).jeq(RLIMIT_CORE, 'eperm', 'allow');
+  // prlimit64(pid, resource, new_limit, old_limit): only a non-NULL new_limit (both halves of the pointer) changes it.
+  asm.label('prlimit64').ldAbs(seccompDataArgLow(1)).jeq(RLIMIT_CORE, null, 'allow');
+  asm.ldAbs(seccompDataArgLow(2)).jeq(0, null, 'eperm');
+  asm.ldAbs(seccompDataArgHigh(2)).jeq(0, 'allow', 'eperm');
+
   asm.label('allow').ret(SECCOMP_RET_ALLOW);
-  asm.label('eperm_clone').ret(SECCOMP_RET_ERRNO | EPERM);
+  asm.label('eperm').ret(SECCOMP_RET_ERRNO | EPERM);
+  asm.label('eafnosupport').ret(SECCOMP_RET_ERRNO | EAFNOSUPPORT);
   asm.label('enosys').ret(SECCOMP_RET_ERRNO | ENOSYS);
   const insns = asm.assemble();
   return { insns, program: encode(insns) };

@@ -7,7 +7,7 @@
  * sandbox (connecting to a socket needs no write access to the mount), readiness is the agent's HELLO on a connection
  * the host already holds (no polling for a socket file to appear), and a sandbox can only ever reach its own socket.
  */
-import { mkdir, rm, chmod } from 'node:fs/promises';
+import { mkdir, rm, chmod, chown } from 'node:fs/promises';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { FrameDecoder, FrameType, encodeBody, encodeFrame, parseCallUsage, type CallUsage, type Frame } from '../../../agent/protocol.js';
@@ -19,6 +19,12 @@ import { AgentLoadError, type AgentInvocation, type Execution, type InvokeCallOp
 export interface AgentSandboxOptions {
   /** Per-executor directory for the agents' socket dirs; every ancestor must be searchable by the sandbox uid. */
   agentsDir: string;
+  /**
+   * The only group, besides root, that may reach the socket: the sandbox's gid. The socket dir is root:<gid> 0710 and
+   * the socket 0660, so no other user of the host can connect first and be handed the function's code, env and
+   * payloads. The sandbox must run with this gid.
+   */
+  sandboxGid: number;
   /** How long the agent may take to load the user's code and say HELLO. Default 30000. */
   readyTimeoutMs?: number;
 }
@@ -57,14 +63,20 @@ export async function startAgentSandbox(
   let execution: Execution | null = null;
   const tail = new Tail();
   try {
-    await mkdir(options.agentsDir, { recursive: true, mode: 0o755 });
-    await mkdir(dir, { mode: 0o755 });
+    await mkdir(options.agentsDir, { recursive: true, mode: 0o710 });
+    await chown(options.agentsDir, 0, options.sandboxGid);
+    await chmod(options.agentsDir, 0o710);
+    // Closed to everyone but root before the socket exists: nobody can connect in the gap before its chmod.
+    await mkdir(dir, { mode: 0o700 });
+    await chown(dir, 0, options.sandboxGid);
+    await chmod(dir, 0o710);
     const socketPath = join(dir, AGENT_SOCKET);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(socketPath, () => resolve());
     });
-    await chmod(socketPath, 0o666);
+    await chown(socketPath, 0, options.sandboxGid);
+    await chmod(socketPath, 0o660);
     const connected = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
     const signal = startOptions.signal ? AbortSignal.any([startOptions.signal, deadline.signal]) : deadline.signal;
     const starting = start({ ...spec, agentDir: dir }, { ...startOptions, signal });

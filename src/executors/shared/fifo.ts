@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, constants, openSync } from 'node:fs';
+import { chmod, chown } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -7,16 +8,23 @@ import { setTimeout as sleep } from 'node:timers/promises';
  * Named pipes carry stdio between the server and a sandboxed process: the kernel moves the bytes (no daemon in the
  * path, no base64, full pipe speed), and they can be bind-mounted into any sandbox technology.
  */
-export async function makeFifos(paths: string[]): Promise<void> {
+export async function makeFifos(paths: string[], options: { mode: number; gid: number }): Promise<void> {
   if (paths.length === 0) return;
-  // Node has no mkfifo(3); one short-lived process for all of them.
+  // Node has no mkfifo(3); one short-lived process for all of them. Made 0600 and opened up to the sandbox's group
+  // only after the chown, so no other user of the host can open one in between.
   await new Promise<void>((resolve, reject) => {
-    const child = spawn('mkfifo', ['-m', '0666', ...paths], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn('mkfifo', ['-m', '0600', ...paths], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`mkfifo failed: ${stderr.trim()}`))));
   });
+  await Promise.all(
+    paths.map(async (path) => {
+      await chown(path, 0, options.gid);
+      await chmod(path, options.mode);
+    }),
+  );
 }
 
 export interface FifoReader {

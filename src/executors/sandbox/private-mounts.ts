@@ -1,0 +1,149 @@
+/**
+ * Mounts whose lines in a sandbox's /proc/self/mountinfo name no host path.
+ *
+ * A bind mount's mountinfo line shows its source as a path inside the source's filesystem: binding
+ * /var/lib/kindling/images/python/rootfs/usr shows that path to the sandbox, and binding a run dir shows the data dir.
+ * Only a different filesystem changes that, so the executor (root) mounts, once per executor:
+ *  - a tmpfs holding the run dirs and agent socket dirs (their lines then read `/runs/<name>`, `/agents/<id>`);
+ *  - per runtime image, a read-only overlay whose only real layer is the image's rootfs (lines read `/usr`, ...). The
+ *    overlay's options name its layers; they are given as /proc/self/fd/N of the mount(8) process, so the options read
+ *    `lowerdir=/proc/self/fd/3:/proc/self/fd/4`, not the images dir. (An overlay without an upper layer needs two
+ *    lower ones: the second is an empty directory.)
+ * Both live under `<stateDir>/sandbox/<ownerId>-<random>`, and every mount is detached (`umount -l`) at close, so that
+ * sandboxes still running keep what they bound. A crashed predecessor's mounts are found by owner and detached by
+ * `reapStale`.
+ */
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+
+export interface PrivateMountsOptions {
+  /** `<stateDir>/sandbox`. */
+  baseDir: string;
+  ownerId: string;
+  mountPath?: string;
+  umountPath?: string;
+}
+
+/** Mount points (unescaped) listed in /proc/self/mountinfo under `dir`. */
+export function mountsUnder(dir: string, mountinfo = fs.readFileSync('/proc/self/mountinfo', 'utf8')): string[] {
+  const prefix = dir.endsWith('/') ? dir : `${dir}/`;
+  const out: string[] = [];
+  for (const line of mountinfo.split('\n')) {
+    const field = line.split(' ')[4];
+    if (field === undefined) continue;
+    const point = field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+    if (point === dir || point.startsWith(prefix)) out.push(point);
+  }
+  return out;
+}
+
+export class PrivateMounts {
+  readonly root: string;
+  private readonly images = new Map<string, { key: string; dir: string; ready: Promise<string> }>();
+  private readonly mounted: string[] = [];
+  private tmpfs: Promise<void> | null = null;
+  private counter = 0;
+
+  constructor(private readonly options: PrivateMountsOptions, instanceTag: string) {
+    this.root = path.join(options.baseDir, `${options.ownerId}-${instanceTag}`);
+  }
+
+  /** Mounts the tmpfs (once). Rejects when the host cannot mount (not root, no tmpfs). */
+  prepare(): Promise<void> {
+    this.tmpfs ??= (async () => {
+      await fs.promises.mkdir(this.options.baseDir, { recursive: true, mode: 0o711 });
+      await fs.promises.chmod(this.options.baseDir, 0o711);
+      await fs.promises.mkdir(this.root, { recursive: true, mode: 0o711 });
+      await this.mount(['-t', 'tmpfs', '-o', 'mode=0711,nosuid,nodev', 'kindling-runs', this.root]);
+      // The overlays read their layers with the mounter's (root's) credentials: nobody else needs this one.
+      await fs.promises.mkdir(path.join(this.root, 'empty'), { mode: 0o700 });
+      await fs.promises.mkdir(path.join(this.root, 'images'), { mode: 0o711 });
+    })();
+    return this.tmpfs;
+  }
+
+  /**
+   * The directory to bind the image's entries from: an overlay of `rootfs`, made on first use and again when the
+   * rootfs directory was replaced (a rebuilt image); the old overlay is detached, sandboxes using it keep it.
+   */
+  imageRoot(short: string, rootfs: string): Promise<string> {
+    const st = fs.statSync(rootfs);
+    const key = `${st.dev}:${st.ino}`;
+    const current = this.images.get(short);
+    if (current?.key === key) return current.ready;
+    const dir = path.join(this.root, 'images', `${short}-${++this.counter}`);
+    const ready = (async () => {
+      await this.prepare();
+      if (current !== undefined) void current.ready.then((old) => this.detach(old)).catch(() => {});
+      await fs.promises.mkdir(dir, { mode: 0o755 });
+      const layers = [fs.openSync(rootfs, 'r'), fs.openSync(path.join(this.root, 'empty'), 'r')];
+      try {
+        await this.mount(['-t', 'overlay', '-o', 'ro,lowerdir=/proc/self/fd/3:/proc/self/fd/4', 'kindling-image', dir], layers);
+      } finally {
+        for (const fd of layers) fs.closeSync(fd);
+      }
+      return dir;
+    })();
+    ready.catch(() => this.images.delete(short));
+    this.images.set(short, { key, dir, ready });
+    return ready;
+  }
+
+  /** Detaches every mount of this instance and removes its directory (sync: runs at shutdown). */
+  closeSync(): void {
+    for (const dir of [...this.mounted].reverse()) this.detachSync(dir);
+    this.mounted.length = 0;
+    this.images.clear();
+    this.tmpfs = null;
+    try {
+      fs.rmSync(this.root, { recursive: true, force: true });
+    } catch {
+      // still busy: reapStale of the next start removes it
+    }
+  }
+
+  /** Detaches mounts that a crashed predecessor of the same owner left under the base dir, and their directories. */
+  async reapStale(): Promise<number> {
+    let names: string[] = [];
+    try {
+      names = await fs.promises.readdir(this.options.baseDir);
+    } catch {
+      return 0;
+    }
+    let removed = 0;
+    for (const name of names) {
+      const dir = path.join(this.options.baseDir, name);
+      if (!name.startsWith(`${this.options.ownerId}-`) || dir === this.root) continue;
+      for (const point of mountsUnder(dir).reverse()) this.detachSync(point);
+      await fs.promises.rm(dir, { recursive: true, force: true }).catch(() => {});
+      removed++;
+    }
+    return removed;
+  }
+
+  private async mount(args: string[], fds: number[] = []): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn(this.options.mountPath ?? '/usr/bin/mount', args, { stdio: ['ignore', 'ignore', 'pipe', ...fds], env: {}, cwd: '/' });
+      let stderr = '';
+      child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`mount ${args.join(' ')} failed: ${stderr.trim()}`))));
+    });
+    this.mounted.push(args[args.length - 1]!);
+  }
+
+  private async detach(dir: string): Promise<void> {
+    await execFileAsync(this.options.umountPath ?? '/usr/bin/umount', ['-l', dir], { env: {} }).catch(() => {});
+    const i = this.mounted.indexOf(dir);
+    if (i >= 0) this.mounted.splice(i, 1);
+    await fs.promises.rmdir(dir).catch(() => {});
+  }
+
+  private detachSync(dir: string): void {
+    spawnSync(this.options.umountPath ?? '/usr/bin/umount', ['-l', dir], { stdio: 'ignore', env: {} });
+  }
+}
