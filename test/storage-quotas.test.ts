@@ -5,10 +5,25 @@
  * usage shows in GET /v1/tenant (next to the quotas) and in /metrics.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { ConflictError, Kindling } from '@kindling/sdk';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const sandboxMissing = await sandboxUnavailableReason();
+const CLI = new URL('../src/main.js', import.meta.url).pathname;
+
+/** Runs the CLI with a clean environment; resolves with stdout/stderr/exit code. */
+async function cli(args: string[], env: Record<string, string>): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)('node', [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env } });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const failed = error as { stdout: string; stderr: string; code: number };
+    return { stdout: failed.stdout, stderr: failed.stderr, code: failed.code };
+  }
+}
 
 interface Answer {
   status: number;
@@ -157,5 +172,28 @@ describe('tenant storage quotas (sandbox executor)', { skip: sandboxMissing ?? f
     // Nothing needs v1 now: the next deploy removes it with v3.
     assert.equal((await deploy('shallow', 'f', CAT)).status, 200);
     assert.equal((await usage('shallow')).usage.functionVersions, 1 + 2);
+  });
+
+  it('CLI and SDK: the storage quota flags, the usage in `tenants list`, ConflictError TENANT_STORAGE_LIMIT', async () => {
+    const env = { KINDLING_URL: server.url, KINDLING_API_KEY: adminKey };
+    const created = await cli(['tenants', 'create', 'cli-storage', '--max-function-versions', '1', '--max-code-bytes', '100000', '--max-queued-payload-bytes', '5000', '--json'], env);
+    assert.equal(created.code, 0, created.stderr);
+    const made = JSON.parse(created.stdout) as { apiKey: string; effectiveQuotas: Record<string, number | null> };
+    assert.equal(made.effectiveQuotas.maxFunctionVersions, 1);
+    assert.equal(made.effectiveQuotas.maxCodeBytes, 100000);
+    assert.equal(made.effectiveQuotas.maxQueuedPayloadBytes, 5000);
+    const sdk = new Kindling({ url: server.url, apiKey: made.apiKey });
+    await sdk.functions.deploy('a', CAT);
+    const refused = await sdk.functions.deploy('b', CAT).then(() => null, (error: unknown) => error);
+    assert.ok(refused instanceof ConflictError, String(refused));
+    assert.equal(refused.code, 'TENANT_STORAGE_LIMIT');
+    assert.equal(refused.details?.quota, 'maxFunctionVersions');
+    const updated = await cli(['tenants', 'update', 'cli-storage', '--max-function-versions', '2'], env);
+    assert.equal(updated.code, 0, updated.stderr);
+    assert.match(updated.stdout, /maxFunctionVersions=2/);
+    await sdk.functions.deploy('b', CAT);
+    const listed = await cli(['tenants', 'list'], env);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, /^cli-storage .* versions 2\/2 code \d+\/100000 B queued 0\/5000 B$/m);
   });
 });
