@@ -1,7 +1,5 @@
 import type { Command } from 'commander';
-import type { TenantInfo } from '@kindling/sdk';
-// The server's names of quota fields (the same as the SDK's; this way the flags follow the server's list).
-import type { TenantQuotas } from '../store/tenants-sqlite.js';
+import type { TenantInfo, TenantQuotas } from '@kindling/sdk';
 import { clientFrom, guarded } from './functions.js';
 import { parseNumber } from './options.js';
 import { clientOptions, type ClientDefaults } from './run.js';
@@ -48,7 +46,7 @@ const quotaText = (tenant: TenantInfo): string =>
 
 /** Storage used next to the quotas, e.g. `versions 3/1000 code 1200/1073741824 B queued 0/1073741824 B`. */
 const usageText = (tenant: TenantInfo): string => {
-  const usage = (tenant as TenantInfo & { usage?: { functionVersions: number; codeBytes: number; queuedPayloadBytes: number } }).usage;
+  const usage = tenant.usage;
   if (usage === undefined) return '';
   const quotas = tenant.effectiveQuotas as Record<string, number | null>;
   const of = (used: number, quota: string): string => `${used}/${quotas[quota] ?? 'no cap'}`;
