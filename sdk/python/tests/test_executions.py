@@ -117,8 +117,8 @@ def test_raw_mode_reports_exit_code_and_stderr_from_trailers(k: Kindling) -> Non
 
 
 def test_raw_mode_memory_stays_flat_with_an_iterator(k: Kindling) -> None:
-    """256 MiB through `cat` from a generator to a hashing sink: the SDK never holds more than a few chunks."""
-    total = 256 * 1024 * 1024
+    """64 MiB through `cat` from a generator to a hashing sink: the SDK never holds more than a few chunks."""
+    total = 64 * 1024 * 1024
     chunk = os.urandom(1024 * 1024)
     sent = hashlib.sha256()
 
@@ -137,7 +137,7 @@ def test_raw_mode_memory_stays_flat_with_an_iterator(k: Kindling) -> None:
     assert isinstance(result, kindling.RawResult)
     assert result.exit_code == 0 and result.stdout_bytes == total
     assert received.hexdigest() == sent.hexdigest()
-    assert peak < 16 * 1024 * 1024, f"peak Python allocations {peak / 2**20:.1f} MiB for a 256 MiB stream"
+    assert peak < 16 * 1024 * 1024, f"peak Python allocations {peak / 2**20:.1f} MiB for a 64 MiB stream"
 
 
 def test_raw_mode_a_failing_source_stops_the_execution(k: Kindling) -> None:
