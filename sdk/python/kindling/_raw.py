@@ -213,29 +213,32 @@ async def execute_raw_async(
                     return
                 await send(h11.Data(data=chunk))
             await send(h11.EndOfMessage())
-        except (OSError, h11.LocalProtocolError):
-            if not answer.complete:
-                raise
+        except (OSError, asyncio.TimeoutError, h11.LocalProtocolError):
+            # The server answered (and may have closed) before taking all of stdin: its answer decides. Anything
+            # else (the caller's iterator failed) ends the task with that error, which the reader raises.
+            return
 
     uploader: Optional[asyncio.Task[None]] = None
+    read: Optional[asyncio.Future[bytes]] = None
     try:
         await send(_request(config, netloc, path, spec_header, length, raw_output))
         uploader = asyncio.ensure_future(upload())
         while True:
-            if uploader.done() and uploader.exception() is not None and not answer.complete:
-                raise uploader.exception()  # type: ignore[misc]
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 read = asyncio.ensure_future(reader.read(_core.CHUNK_BYTES))
-                done, _ = await asyncio.wait({read, uploader} if not uploader.done() else {read}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {read} if uploader.done() else {read, uploader}
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
-                    read.cancel()
                     raise asyncio.TimeoutError()
                 if read not in done:
-                    # The upload ended first (finished, or failed: checked at the top of the loop); keep reading.
+                    failure = uploader.exception()
+                    if failure is not None:
+                        raise failure
                     data = await asyncio.wait_for(read, timeout)
                 else:
                     data = read.result()
+                read = None
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Response):
@@ -261,6 +264,8 @@ async def execute_raw_async(
         raise _core.connection_failed(url, exc, sent=True) from exc
     finally:
         answer.complete = True
+        if read is not None and not read.done():
+            read.cancel()
         if uploader is not None and not uploader.done():
             uploader.cancel()
         # An abort (not a graceful close): a cancelled call must end the execution on the server at once.

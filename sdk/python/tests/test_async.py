@@ -132,3 +132,55 @@ def test_cli_runs_code_and_exits_with_its_status(server: Server) -> None:
     assert (failed.returncode, failed.stderr) == (5, "e\n")
     bad = subprocess.run([sys.executable, "-m", "kindling", "run", "--runtime", "cobol", "-c", "x"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "UNKNOWN_RUNTIME" in bad.stderr
+
+
+def test_async_raw_mode_backpressure_and_async_sources(server: Server) -> None:
+    async def main() -> None:
+        pulled = 0
+
+        async def source() -> "object":
+            nonlocal pulled
+            block = b"q" * (1024 * 1024)
+            for _ in range(1024):
+                pulled += 1
+                yield block
+
+        received = bytearray()
+
+        async def sink(chunk: bytes) -> None:
+            received.extend(chunk)
+
+        async with AsyncKindling(server.url, server.admin_key) as k:
+            result = await k.execute_raw({"image": "kindling/base", "command": ["head", "-c", "1048576"]}, source(), stdout=sink)
+        assert isinstance(result, kindling.RawResult) and result.exit_code == 0
+        assert len(received) == 1024 * 1024
+        assert pulled < 64, f"pulled {pulled} MiB of the source for a program that read 1 MiB"
+
+    asyncio.run(main())
+
+
+def test_async_raw_mode_errors(server: Server, name: str) -> None:
+    async def main() -> None:
+        async with AsyncKindling(server.url, server.admin_key) as admin:
+            made = await admin.tenants.create(name, quotas={"maxPayloadBytes": 1024 * 1024})
+            async with AsyncKindling(server.url, made.api_key) as k:
+                with pytest.raises(kindling.ValidationError) as caught:
+                    await k.execute_raw({"image": "kindling/base", "command": ["cat"]}, (b"y" * 65536 for _ in range(64)))
+                assert caught.value.code == "PAYLOAD_TOO_LARGE"
+                with pytest.raises(kindling.ValidationError):
+                    await k.execute_raw({"image": "kindling/base", "command": ["cat"]}, b"x" * (2 * 1024 * 1024), stdout=io.BytesIO())
+
+                async def broken() -> "object":
+                    yield b"first"
+                    raise RuntimeError("the source broke")
+
+                with pytest.raises(RuntimeError, match="the source broke"):
+                    await k.execute_raw({"image": "kindling/base", "command": ["cat"]}, broken(), stdout=io.BytesIO())
+                await _until(lambda: _running(k, 0), 20, "the execution to be killed")
+            await admin.tenants.delete(name)
+
+    asyncio.run(main())
+
+
+async def _running(k: AsyncKindling, n: int) -> bool:
+    return (await k.tenants.me()).running == n

@@ -203,3 +203,42 @@ def test_many_threads_share_one_client(k: Kindling) -> None:
     for thread in threads:
         thread.join()
     assert sorted(results) == ["0\n", "1\n", "2\n", "3\n"]
+
+
+def test_raw_mode_pulls_stdin_only_as_fast_as_the_program_reads_it(k: Kindling) -> None:
+    """Backpressure on the upload: `head` reads 1 MiB of a 1 GiB source and exits; the SDK must not have pulled (let
+    alone held) the rest of the iterator."""
+    pulled = 0
+
+    def source() -> Iterator[bytes]:
+        nonlocal pulled
+        block = b"q" * (1024 * 1024)
+        for _ in range(1024):
+            pulled += 1
+            yield block
+
+    out = io.BytesIO()
+    result = k.execute_raw({"image": "kindling/base", "command": ["head", "-c", "1048576"]}, source(), stdout=out)
+    assert isinstance(result, kindling.RawResult) and result.exit_code == 0
+    assert len(out.getvalue()) == 1024 * 1024
+    assert pulled < 64, f"pulled {pulled} MiB of the source for a program that read 1 MiB"
+
+
+def test_raw_mode_too_large_is_a_typed_error_whether_the_length_is_known_or_not(k: Kindling, server: Server, name: str) -> None:
+    made = k.tenants.create(name, quotas={"maxPayloadBytes": 1024 * 1024})
+    big = b"x" * (2 * 1024 * 1024)
+    with Kindling(server.url, made.api_key) as tenant:
+        # A declared length over the limit: 413 before anything runs, in both answer modes.
+        for sink in (None, io.BytesIO()):
+            with pytest.raises(kindling.ValidationError) as caught:
+                tenant.execute_raw({"image": "kindling/base", "command": ["cat"]}, big, stdout=sink)
+            assert caught.value.code == "PAYLOAD_TOO_LARGE" and caught.value.status == 413
+        # No declared length (an iterator): counted while it streams. The JSON answer is still a 413 ...
+        with pytest.raises(kindling.ValidationError) as caught:
+            tenant.execute_raw({"image": "kindling/base", "command": ["cat"]}, (b"y" * 65536 for _ in range(64)))
+        assert caught.value.code == "PAYLOAD_TOO_LARGE"
+        # ... but once raw output streams the server's headers said 200: it breaks the answer, the SDK says so.
+        with pytest.raises(kindling.ConnectionError) as broken:
+            tenant.execute_raw({"image": "kindling/base", "command": ["cat"]}, (b"y" * 65536 for _ in range(64)), stdout=io.BytesIO())
+        assert broken.value.code == "STREAM_INTERRUPTED"
+    k.tenants.delete(name)
