@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import socket
 import ssl
 import threading
@@ -83,12 +84,19 @@ def execute_raw_sync(
     config: Config, spec_header: str, stdin: _core.StdinSource, stdout: Any, timeout: Optional[float]
 ) -> Union[ExecutionResult, RawResult]:
     host, port, netloc, tls, path = _target(config)
+    if tls:
+        # An SSL socket must not be read and written by two threads at once: over TLS the one-threaded asyncio
+        # implementation runs on a private event loop (in a thread of its own, so that a running loop of the caller
+        # does not matter). Sync sources and sinks work there as they are.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kindling-raw") as pool:
+            def run() -> Union[ExecutionResult, RawResult]:
+                return asyncio.run(execute_raw_async(config, spec_header, stdin, stdout, timeout))
+
+            return pool.submit(run).result()
     url = config.url + "/v1/execute"
     raw_output = stdout is not None
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-        if tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
     except socket.timeout as exc:
         raise _core.connection_failed(url, exc, sent=False) from exc
     except OSError as exc:
