@@ -43,6 +43,7 @@ from ._types import (
     Usage,
 )
 
+# ConnectionError and TimeoutError are importable by name but left out of `import *`: they would shadow the built-ins.
 __all__ = [
     "AbortError",
     "ApiKeyInfo",
@@ -52,7 +53,6 @@ __all__ = [
     "AuthenticationError",
     "COVERED_ROUTES",
     "ConflictError",
-    "ConnectionError",
     "CreatedApiKey",
     "CreatedTenant",
     "DEFAULT_MAX_RETRIES",
@@ -78,7 +78,6 @@ __all__ = [
     "ServerError",
     "TenantInfo",
     "TenantSelf",
-    "TimeoutError",
     "Usage",
     "ValidationError",
     "__version__",

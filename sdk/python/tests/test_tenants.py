@@ -146,3 +146,13 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch, ser
         Kindling("ftp://example.com")
     with pytest.raises(ValueError):
         Kindling(server.url, timeout=-1)
+
+
+def test_star_import_does_not_shadow_builtins() -> None:
+    import builtins
+
+    scope: dict[str, object] = {}
+    exec("from kindling import *", scope)
+    assert "TimeoutError" not in scope and "ConnectionError" not in scope
+    assert "Kindling" in scope and "AsyncKindling" in scope and "NotFoundError" in scope
+    assert issubclass(kindling.TimeoutError, kindling.ConnectionError) and kindling.TimeoutError is not builtins.TimeoutError
