@@ -11,7 +11,7 @@ import pytest
 import kindling
 from kindling import Kindling, LogEvent
 
-from conftest import wait_until
+from conftest import Server, wait_until
 
 HANDLER = "def handler(body):\n    print('handling', len(body))\n    return b'echo:' + body\n"
 
@@ -80,14 +80,18 @@ def test_invoke_async_wait_output_and_idempotency(k: Kindling, name: str) -> Non
     assert any(e.type in ("stdout", "stderr") and "handling 5" in (e.text or "") for e in events), events
 
 
-def test_wait_times_out_and_output_conflicts_while_running(k: Kindling, name: str) -> None:
-    k.functions.deploy(name, runtime="python", code="import time\ndef handler(body):\n    time.sleep(10)\n    return b''\n", handler="handler")
-    submitted = k.functions.invoke_async(name)
-    with pytest.raises(kindling.TimeoutError):
-        k.invocations.wait(submitted.invocation_id, timeout=0.5)
-    with pytest.raises(kindling.ConflictError) as caught:
-        k.invocations.output(submitted.invocation_id)
-    assert caught.value.code == "INVOCATION_NOT_FINISHED"
+def test_wait_times_out_and_output_conflicts_while_running(k: Kindling, server: Server, name: str) -> None:
+    # A tenant of its own: the invocation it leaves running must not count in other tests' running executions.
+    made = k.tenants.create(name)
+    with Kindling(server.url, made.api_key) as tenant:
+        tenant.functions.deploy(name, runtime="python", code="import time\ndef handler(body):\n    time.sleep(10)\n    return b''\n", handler="handler")
+        submitted = tenant.functions.invoke_async(name)
+        with pytest.raises(kindling.TimeoutError):
+            tenant.invocations.wait(submitted.invocation_id, timeout=0.5)
+        with pytest.raises(kindling.ConflictError) as caught:
+            tenant.invocations.output(submitted.invocation_id)
+        assert caught.value.code == "INVOCATION_NOT_FINISHED"
+    k.tenants.delete(name)
 
 
 def test_function_logs_tail_and_follow(k: Kindling, name: str) -> None:
