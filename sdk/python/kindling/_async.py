@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mappi
 
 import httpx
 
-from . import _core
+from . import _core, _raw
 from ._core import Config, StdinSource, seg
 from ._errors import AbortError, ConnectionError, KindlingError, TimeoutError, error_from_payload
 from ._sync import Sink, _function_spec, _loads, _map_transport, _replay
@@ -44,13 +44,6 @@ if TYPE_CHECKING:
 
 _UNSET: Any = object()
 Timeout = Optional[float]
-
-
-async def _write_sink(sink: Sink, chunk: bytes) -> None:
-    write = getattr(sink, "write", None)
-    outcome = write(chunk) if callable(write) else sink(chunk)  # type: ignore[operator]
-    if isinstance(outcome, Awaitable):
-        await outcome
 
 
 class _AsyncHttp:
@@ -271,40 +264,30 @@ class AsyncFunctions:
     ) -> InvocationResult:
         """``POST /v1/functions/NAME/invoke`` (see :meth:`kindling._sync.Functions.invoke`); ``body`` may also be an
         async iterator of bytes and ``output`` an async callable."""
-        replayable = body is None or isinstance(body, (bytes, bytearray, memoryview, str))
-        content = _core.as_bytes(body) if replayable else _aiter_source(body)
-        headers = _core.invoke_headers(content_type)
-        length = None if hasattr(body, "__aiter__") else _core.source_length(body)
-        if not replayable and length is not None:
-            headers["content-length"] = str(length)
         path = f"/v1/functions/{seg(name)}/invoke"
-        response = await self._http.send("POST", path, content=content, headers=headers, timeout=timeout, idempotent=False, stream=True, replayable=replayable)
-        chunks: list[bytes] = []
-        try:
-            async for chunk in response.aiter_bytes(_core.CHUNK_BYTES):
-                if output is None:
-                    chunks.append(chunk)
-                else:
-                    await _write_sink(output, chunk)
-        except httpx.HTTPError as exc:
-            raise _map_transport(exc, self._http.url(path), None, sent=True) from exc
-        finally:
-            await response.aclose()
-        headers_in = response.headers
-        invocation_id = headers_in.get("x-kindling-invocation-id", "")
-        streamed = headers_in.get("x-kindling-output") == "streamed"
-        exit_code = _core.header_int(headers_in, "x-kindling-exit-code")
-        duration_ms = _core.header_float(headers_in, "x-kindling-duration-ms")
-        if streamed and invocation_id:
+        headers = _core.invoke_headers(content_type)
+        if _raw.wants_stream(body, output):
+            effective = self._http.config.timeout if timeout is _UNSET else timeout
+            answer = await _raw.exchange_async(self._http.config, path, headers, body, output, effective)
+            return await self._result(*_raw.invoke_facts(answer))
+        response = await self._http.send("POST", path, content=_core.as_bytes(body), headers=headers, timeout=timeout, idempotent=False)
+        return await self._result(response.headers, response.content)
+
+    async def _result(self, headers: Mapping[str, str], body: bytes) -> InvocationResult:
+        invocation_id = headers.get("x-kindling-invocation-id", "")
+        streamed = headers.get("x-kindling-output") == "streamed"
+        exit_code = _core.header_int(headers, "x-kindling-exit-code")
+        duration_ms = _core.header_float(headers, "x-kindling-duration-ms")
+        if streamed and invocation_id and exit_code is None:
             record = Invocation.from_wire(await self._http.json("GET", f"/v1/invocations/{seg(invocation_id)}"))
             exit_code, duration_ms = record.exit_code, record.duration_ms
         return InvocationResult(
-            body=b"".join(chunks),
+            body=body,
             invocation_id=invocation_id,
-            version=_core.header_int(headers_in, "x-kindling-function-version") or 0,
+            version=_core.header_int(headers, "x-kindling-function-version") or 0,
             exit_code=exit_code,
             duration_ms=duration_ms,
-            cold_start=headers_in.get("x-kindling-cold-start") == "true",
+            cold_start=headers.get("x-kindling-cold-start") == "true",
             streamed=streamed,
         )
 

@@ -1,9 +1,12 @@
-"""Raw executions (``POST /v1/execute`` with ``Content-Type: application/octet-stream``): stdin streams from the
-request body, stdout streams back as the response body, the result follows in HTTP trailers.
+"""Requests whose body and answer both stream: raw executions (``POST /v1/execute`` with ``Content-Type:
+application/octet-stream``: stdin from the body, stdout as the answer, the result in HTTP trailers) and invocations of
+command functions with a streamed body (``POST /v1/functions/NAME/invoke``).
 
-httpx (through httpcore) drops HTTP trailers, so this one request is spoken with h11 (the HTTP/1.1 state machine
-httpx itself is built on) over a plain socket. The upload and the download run at the same time: a program like
-``cat`` writes output while it still reads input, and a client that only uploaded would deadlock against it."""
+Two things rule out httpx here: it sends the whole request body before it reads the answer (a program like ``cat``
+writes output while it still reads input, so such a client deadlocks once the buffers on the way are full), and it
+drops HTTP trailers. So these requests are spoken with h11 (the HTTP/1.1 state machine httpx itself is built on), the
+upload and the download running at the same time: over a plain socket with an upload thread (blocking client), or
+with asyncio streams and an upload task (asyncio client, and the blocking client over TLS)."""
 
 from __future__ import annotations
 
@@ -21,12 +24,13 @@ import h11
 
 from . import _core
 from ._core import Config
-from ._errors import KindlingError
 from ._types import ExecutionResult, RawResult
 
 
 @dataclass
-class _Answer:
+class Answer:
+    """What came back: status, headers, trailers (lower-case names), and the body unless it went to a sink."""
+
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     trailers: dict[str, str] = field(default_factory=dict)
@@ -34,76 +38,68 @@ class _Answer:
     sent_to_sink: int = 0
     complete: bool = False
 
+    @property
+    def facts(self) -> dict[str, str]:
+        """Headers and trailers together (trailers win)."""
+        return {**self.headers, **self.trailers}
+
 
 def _target(config: Config) -> tuple[str, int, str, bool, str]:
     parts = urlsplit(config.url)
     tls = parts.scheme == "https"
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if tls else 80)
-    return host, port, parts.netloc, tls, parts.path + "/v1/execute"
+    return host, port, parts.netloc, tls, parts.path
 
 
-def _request(config: Config, netloc: str, path: str, spec_header: str, length: Optional[int], raw_output: bool) -> h11.Request:
-    headers = [(k, v) for k, v in _core.base_headers(config).items() if k != "accept"]
-    headers += [
-        ("host", netloc),
-        ("content-type", "application/octet-stream"),
-        ("accept", "application/octet-stream" if raw_output else "application/json"),
-        ("x-kindling-spec", spec_header),
-    ]
-    headers.append(("content-length", str(length)) if length is not None else ("transfer-encoding", "chunked"))
-    return h11.Request(method="POST", target=path, headers=headers)
-
-
-def _finish(answer: _Answer, url: str, raw_output: bool) -> Union[ExecutionResult, RawResult]:
-    if answer.status >= 400:
-        raise _core.error_from_response(answer.status, answer.headers, b"".join(answer.body))
-    if not raw_output:
-        return ExecutionResult.from_wire(_core.parse_json(b"".join(answer.body), answer.status, url))
-    facts = {**answer.headers, **answer.trailers}
-    stderr = facts.get("x-kindling-stderr-base64", "")
-    return RawResult(
-        id=facts.get("x-kindling-execution-id", ""),
-        exit_code=_core.header_int(facts, "x-kindling-exit-code"),
-        duration_ms=_core.header_float(facts, "x-kindling-duration-ms"),
-        timed_out=facts.get("x-kindling-timed-out") == "true",
-        oom_killed=facts.get("x-kindling-oom-killed") == "true",
-        truncated=facts.get("x-kindling-truncated") == "true",
-        cold_start=facts.get("x-kindling-cold-start") == "true",
-        executor=facts.get("x-kindling-executor", ""),
-        stdout_bytes=answer.sent_to_sink,
-        stderr=base64.b64decode(stderr) if stderr else b"",
-    )
+def _request(config: Config, netloc: str, target: str, headers: dict[str, str], length: Optional[int]) -> h11.Request:
+    merged = {**_core.base_headers(config), **headers, "host": netloc}
+    items = list(merged.items())
+    items.append(("content-length", str(length)) if length is not None else ("transfer-encoding", "chunked"))
+    return h11.Request(method="POST", target=target, headers=items)
 
 
 def _headers(raw: Any) -> dict[str, str]:
     return {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in raw}
 
 
-def execute_raw_sync(
-    config: Config, spec_header: str, stdin: _core.StdinSource, stdout: Any, timeout: Optional[float]
-) -> Union[ExecutionResult, RawResult]:
-    host, port, netloc, tls, path = _target(config)
+def _write(sink: Any, chunk: bytes) -> Any:
+    write = getattr(sink, "write", None)
+    return write(chunk) if callable(write) else sink(chunk)
+
+
+def _check_complete(answer: Answer, url: str, sink: Any) -> None:
+    # An answer cut short (no end of message) carries no result: the server broke it (it had already said 200).
+    if answer.status == 0 or (sink is not None and answer.status < 400 and not answer.complete):
+        raise _core.connection_failed(url, ConnectionResetError("the answer ended before the result"), sent=True)
+    if answer.status >= 400:
+        raise _core.error_from_response(answer.status, answer.headers, b"".join(answer.body))
+
+
+def exchange_sync(
+    config: Config, path: str, headers: dict[str, str], body: _core.StdinSource, sink: Any, timeout: Optional[float]
+) -> Answer:
+    """Sends ``body`` while the answer's body goes to ``sink`` (or is kept, without one). Raises the typed error of
+    an error answer."""
+    host, port, netloc, tls, prefix = _target(config)
     if tls:
         # An SSL socket must not be read and written by two threads at once: over TLS the one-threaded asyncio
         # implementation runs on a private event loop (in a thread of its own, so that a running loop of the caller
         # does not matter). Sync sources and sinks work there as they are.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kindling-raw") as pool:
-            def run() -> Union[ExecutionResult, RawResult]:
-                return asyncio.run(execute_raw_async(config, spec_header, stdin, stdout, timeout))
+            def run() -> Answer:
+                return asyncio.run(exchange_async(config, path, headers, body, sink, timeout))
 
             return pool.submit(run).result()
-    url = config.url + "/v1/execute"
-    raw_output = stdout is not None
+    url = config.url + path
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except socket.timeout as exc:
-        raise _core.connection_failed(url, exc, sent=False) from exc
     except OSError as exc:
         raise _core.connection_failed(url, exc, sent=False) from exc
     conn = h11.Connection(h11.CLIENT)
     lock = threading.Lock()
-    answer = _Answer()
+    answer = Answer()
+    done_reading = threading.Event()
     upload_error: list[BaseException] = []
 
     def send(event: Any) -> None:
@@ -114,16 +110,14 @@ def execute_raw_sync(
 
     def upload() -> None:
         try:
-            for chunk in _core.iter_source(stdin):
-                if answer.complete:
+            for chunk in _core.iter_source(body):
+                if done_reading.is_set():
                     return
                 send(h11.Data(data=chunk))
             send(h11.EndOfMessage())
-        except (OSError, h11.LocalProtocolError) as exc:
-            # The server answered (and may have closed) before taking all of stdin: its answer decides.
-            if not answer.complete:
-                upload_error.append(exc)
-        except BaseException as exc:  # the caller's iterator or file failed: stop the execution
+        except (OSError, h11.LocalProtocolError):
+            return  # the server answered (and may have closed) before taking the whole body: its answer decides
+        except BaseException as exc:  # the caller's iterator or file failed: stop the request
             upload_error.append(exc)
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -131,9 +125,8 @@ def execute_raw_sync(
                 pass
 
     try:
-        send(_request(config, netloc, path, spec_header, _core.source_length(stdin), raw_output))
-        uploader = threading.Thread(target=upload, name="kindling-raw-upload", daemon=True)
-        uploader.start()
+        send(_request(config, netloc, prefix + path, headers, _core.source_length(body)))
+        threading.Thread(target=upload, name="kindling-upload", daemon=True).start()
         while True:
             with lock:
                 event = conn.next_event()
@@ -146,8 +139,8 @@ def execute_raw_sync(
                 answer.status = event.status_code
                 answer.headers = _headers(event.headers)
             elif isinstance(event, h11.Data):
-                if raw_output and answer.status < 400:
-                    _write(stdout, bytes(event.data))
+                if sink is not None and answer.status < 400:
+                    _write(sink, bytes(event.data))
                     answer.sent_to_sink += len(event.data)
                 else:
                     answer.body.append(bytes(event.data))
@@ -160,51 +153,38 @@ def execute_raw_sync(
     except socket.timeout as exc:
         raise _core.timed_out(url, timeout, exc) from exc
     except (OSError, h11.RemoteProtocolError) as exc:
-        if upload_error and not isinstance(upload_error[0], (OSError, h11.LocalProtocolError)):
+        if upload_error:
             raise upload_error[0] from exc
         raise _core.connection_failed(url, exc, sent=True) from exc
     finally:
-        answer.complete = True
+        done_reading.set()
         try:
             sock.close()
         except OSError:
             pass
-    if upload_error and not isinstance(upload_error[0], (OSError, h11.LocalProtocolError)):
+    if upload_error:
         raise upload_error[0]
-    if answer.status == 0 or (raw_output and answer.status < 400 and not _ended(answer)):
-        raise _core.connection_failed(url, ConnectionResetError("the answer ended before the result"), sent=True)
-    return _finish(answer, url, raw_output)
+    _check_complete(answer, url, sink)
+    return answer
 
 
-def _ended(answer: _Answer) -> bool:
-    return answer.complete and bool(answer.trailers)
-
-
-def _write(sink: Any, chunk: bytes) -> None:
-    write = getattr(sink, "write", None)
-    if callable(write):
-        write(chunk)
-    else:
-        sink(chunk)
-
-
-async def execute_raw_async(
-    config: Config, spec_header: str, stdin: Any, stdout: Any, timeout: Optional[float]
-) -> Union[ExecutionResult, RawResult]:
-    host, port, netloc, tls, path = _target(config)
-    url = config.url + "/v1/execute"
-    raw_output = stdout is not None
+async def exchange_async(
+    config: Config, path: str, headers: dict[str, str], body: Any, sink: Any, timeout: Optional[float]
+) -> Answer:
+    """The asyncio :func:`exchange_sync`; ``body`` may be an async iterator and ``sink`` an async callable.
+    Cancelling it aborts the connection (the server then stops the work and frees its sandbox)."""
+    host, port, netloc, tls, prefix = _target(config)
+    url = config.url + path
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl.create_default_context() if tls else None), timeout
+            asyncio.open_connection(host, port, ssl=ssl.create_default_context() if tls else None, server_hostname=host if tls else None),
+            timeout,
         )
-    except asyncio.TimeoutError as exc:
-        raise _core.connection_failed(url, exc, sent=False) from exc
-    except OSError as exc:
+    except (OSError, asyncio.TimeoutError) as exc:
         raise _core.connection_failed(url, exc, sent=False) from exc
     conn = h11.Connection(h11.CLIENT)
-    answer = _Answer()
-    length = None if hasattr(stdin, "__aiter__") else _core.source_length(stdin)
+    answer = Answer()
+    length = None if hasattr(body, "__aiter__") else _core.source_length(body)
 
     async def send(event: Any) -> None:
         data = conn.send(event)
@@ -216,20 +196,20 @@ async def execute_raw_async(
         from ._async import _aiter_source
 
         try:
-            async for chunk in _aiter_source(stdin):
+            async for chunk in _aiter_source(body):
                 if answer.complete:
                     return
                 await send(h11.Data(data=chunk))
             await send(h11.EndOfMessage())
         except (OSError, asyncio.TimeoutError, h11.LocalProtocolError):
-            # The server answered (and may have closed) before taking all of stdin: its answer decides. Anything
+            # The server answered (and may have closed) before taking the whole body: its answer decides. Anything
             # else (the caller's iterator failed) ends the task with that error, which the reader raises.
             return
 
     uploader: Optional[asyncio.Task[None]] = None
     read: Optional[asyncio.Future[bytes]] = None
     try:
-        await send(_request(config, netloc, path, spec_header, length, raw_output))
+        await send(_request(config, netloc, prefix + path, headers, length))
         uploader = asyncio.ensure_future(upload())
         while True:
             event = conn.next_event()
@@ -253,9 +233,9 @@ async def execute_raw_async(
                 answer.status = event.status_code
                 answer.headers = _headers(event.headers)
             elif isinstance(event, h11.Data):
-                if raw_output and answer.status < 400:
-                    outcome = _write_any(stdout, bytes(event.data))
-                    if outcome is not None:
+                if sink is not None and answer.status < 400:
+                    outcome = _write(sink, bytes(event.data))
+                    if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
                         await outcome
                     answer.sent_to_sink += len(event.data)
                 else:
@@ -271,22 +251,75 @@ async def execute_raw_async(
     except (OSError, h11.RemoteProtocolError) as exc:
         raise _core.connection_failed(url, exc, sent=True) from exc
     finally:
-        answer.complete = True
         if read is not None and not read.done():
             read.cancel()
         if uploader is not None and not uploader.done():
             uploader.cancel()
-        # An abort (not a graceful close): a cancelled call must end the execution on the server at once.
+        # An abort (not a graceful close): a cancelled call must end the work on the server at once.
         writer.transport.abort()
-    if answer.status == 0 or (raw_output and answer.status < 400 and not _ended(answer)):
-        raise _core.connection_failed(url, ConnectionResetError("the answer ended before the result"), sent=True)
-    return _finish(answer, url, raw_output)
+    _check_complete(answer, url, sink)
+    return answer
 
 
-def _write_any(sink: Any, chunk: bytes) -> Any:
-    write = getattr(sink, "write", None)
-    outcome = write(chunk) if callable(write) else sink(chunk)
-    return outcome if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future) else None
+# --- raw executions -----------------------------------------------------------------------------------------------
 
 
-__all__ = ["execute_raw_sync", "execute_raw_async", "KindlingError"]
+def _raw_headers(spec_header: str, raw_output: bool) -> dict[str, str]:
+    return {
+        "content-type": "application/octet-stream",
+        "accept": "application/octet-stream" if raw_output else "application/json",
+        "x-kindling-spec": spec_header,
+    }
+
+
+def _raw_result(answer: Answer, url: str, raw_output: bool) -> Union[ExecutionResult, RawResult]:
+    if not raw_output:
+        return ExecutionResult.from_wire(_core.parse_json(b"".join(answer.body), answer.status, url))
+    facts = answer.facts
+    stderr = facts.get("x-kindling-stderr-base64", "")
+    return RawResult(
+        id=facts.get("x-kindling-execution-id", ""),
+        exit_code=_core.header_int(facts, "x-kindling-exit-code"),
+        duration_ms=_core.header_float(facts, "x-kindling-duration-ms"),
+        timed_out=facts.get("x-kindling-timed-out") == "true",
+        oom_killed=facts.get("x-kindling-oom-killed") == "true",
+        truncated=facts.get("x-kindling-truncated") == "true",
+        cold_start=facts.get("x-kindling-cold-start") == "true",
+        executor=facts.get("x-kindling-executor", ""),
+        stdout_bytes=answer.sent_to_sink,
+        stderr=base64.b64decode(stderr) if stderr else b"",
+    )
+
+
+def execute_raw_sync(
+    config: Config, spec_header: str, stdin: _core.StdinSource, stdout: Any, timeout: Optional[float]
+) -> Union[ExecutionResult, RawResult]:
+    answer = exchange_sync(config, "/v1/execute", _raw_headers(spec_header, stdout is not None), stdin, stdout, timeout)
+    return _raw_result(answer, config.url + "/v1/execute", stdout is not None)
+
+
+async def execute_raw_async(
+    config: Config, spec_header: str, stdin: Any, stdout: Any, timeout: Optional[float]
+) -> Union[ExecutionResult, RawResult]:
+    answer = await exchange_async(config, "/v1/execute", _raw_headers(spec_header, stdout is not None), stdin, stdout, timeout)
+    return _raw_result(answer, config.url + "/v1/execute", stdout is not None)
+
+
+# --- invocations with a streamed body or answer ------------------------------------------------------------------
+
+#: Bodies up to this size (bytes in memory) without an output sink go through the pooled client; larger ones stream.
+STREAM_INVOKE_ABOVE_BYTES = 1024 * 1024
+
+
+def wants_stream(body: Any, output: Any) -> bool:
+    """Whether an invoke must stream both ways (see the module's docstring) rather than go through httpx."""
+    if output is not None:
+        return True
+    if body is None or isinstance(body, (bytes, bytearray, memoryview, str)):
+        return len(body or b"") > STREAM_INVOKE_ABOVE_BYTES
+    return True
+
+
+def invoke_facts(answer: Answer) -> tuple[dict[str, str], bytes]:
+    """The facts (headers, with the trailers of a streamed output) and the kept body of an invoke answer."""
+    return answer.facts, b"".join(answer.body)

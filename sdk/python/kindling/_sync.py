@@ -8,7 +8,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 import httpx
 
-from . import _core
+from . import _core, _raw
 from ._core import Config, StdinSource, seg
 from ._errors import AbortError, ConnectionError, KindlingError, TimeoutError, error_from_payload
 from ._types import (
@@ -48,14 +48,6 @@ def _map_transport(exc: httpx.HTTPError, url: str, timeout: Timeout, *, sent: bo
     if isinstance(exc, httpx.TimeoutException):
         return _core.timed_out(url, timeout, exc)
     return _core.connection_failed(url, exc, sent=sent)
-
-
-def _write_sink(sink: Sink, chunk: bytes) -> None:
-    write = getattr(sink, "write", None)
-    if callable(write):
-        write(chunk)
-    else:
-        sink(chunk)  # type: ignore[operator]
 
 
 class _Http:
@@ -290,35 +282,26 @@ class Functions:
         streamed as it is read) in, the raw response out. A non-zero exit (or a handler that raised) is a result.
 
         With ``output`` (a binary file or a callable taking bytes) the response streams there as it arrives and
-        ``body`` of the result is empty: memory stays flat for outputs of any size."""
-        replayable = body is None or isinstance(body, (bytes, bytearray, memoryview, str))
-        content = _core.as_bytes(body) if replayable else _core.iter_source(body)  # type: ignore[arg-type]
-        headers = _core.invoke_headers(content_type)
-        length = _core.source_length(body)
-        if not replayable and length is not None:
-            headers["content-length"] = str(length)
+        ``body`` of the result is empty: memory stays flat for outputs of any size. A streamed body (file, iterator,
+        or over 1 MiB) or an ``output`` makes the upload and the download run at once, as a command function like
+        ``cat`` needs; such calls are not retried."""
         path = f"/v1/functions/{seg(name)}/invoke"
-        response = self._http.send("POST", path, content=content, headers=headers, timeout=timeout, idempotent=False, stream=True, replayable=replayable)
-        chunks: list[bytes] = []
-        try:
-            for chunk in response.iter_bytes(_core.CHUNK_BYTES):
-                if output is None:
-                    chunks.append(chunk)
-                else:
-                    _write_sink(output, chunk)
-        except httpx.HTTPError as exc:
-            raise _map_transport(exc, self._http.url(path), None, sent=True) from exc
-        finally:
-            response.close()
-        return self._result(response.headers, b"".join(chunks))
+        headers = _core.invoke_headers(content_type)
+        if _raw.wants_stream(body, output):
+            # Upload and download at once (httpx would send the whole body first), with the trailers read.
+            effective = self._http.config.timeout if timeout is _UNSET else timeout
+            answer = _raw.exchange_sync(self._http.config, path, headers, body, output, effective)
+            return self._result(*_raw.invoke_facts(answer))
+        response = self._http.send("POST", path, content=_core.as_bytes(body), headers=headers, timeout=timeout, idempotent=False)  # type: ignore[arg-type]
+        return self._result(response.headers, response.content)
 
-    def _result(self, headers: httpx.Headers, body: bytes) -> InvocationResult:
+    def _result(self, headers: Mapping[str, str], body: bytes) -> InvocationResult:
         invocation_id = headers.get("x-kindling-invocation-id", "")
         streamed = headers.get("x-kindling-output") == "streamed"
         exit_code = _core.header_int(headers, "x-kindling-exit-code")
         duration_ms = _core.header_float(headers, "x-kindling-duration-ms")
-        if streamed and invocation_id:
-            # httpx does not expose HTTP trailers: the server records every invocation, the facts come from there.
+        if streamed and invocation_id and exit_code is None:
+            # No trailers (an HTTP/1.0 hop drops them): the server records every invocation, the facts come from there.
             record = Invocation.from_wire(self._http.json("GET", f"/v1/invocations/{seg(invocation_id)}"))
             exit_code, duration_ms = record.exit_code, record.duration_ms
         return InvocationResult(

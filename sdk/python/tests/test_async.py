@@ -184,3 +184,28 @@ def test_async_raw_mode_errors(server: Server, name: str) -> None:
 
 async def _running(k: AsyncKindling, n: int) -> bool:
     return (await k.tenants.me()).running == n
+
+
+def test_async_invoke_streams_both_ways_at_once(server: Server, name: str) -> None:
+    async def main() -> None:
+        import hashlib
+
+        block = bytes(range(256)) * 4096
+        sent, received = hashlib.sha256(), hashlib.sha256()
+
+        async def source() -> "object":
+            for _ in range(32):
+                sent.update(block)
+                yield block
+
+        async def sink(chunk: bytes) -> None:
+            received.update(chunk)
+
+        async with AsyncKindling(server.url, server.admin_key) as k:
+            await k.functions.deploy(name, image="kindling/base", command=["sh", "-c", "cat; exit 3"])
+            result = await k.functions.invoke(name, source(), output=sink, timeout=60)
+            assert received.hexdigest() == sent.hexdigest()
+            assert result.streamed is True and result.exit_code == 3
+            await k.functions.delete(name)
+
+    asyncio.run(main())

@@ -60,7 +60,7 @@ def test_command_function_streams_a_file_in_and_a_large_output_out(k: Kindling, 
     assert out.getvalue() == payload * 2
     assert result.body == b""
     assert result.streamed is True
-    assert result.exit_code == 4  # from the invocation's record: httpx does not read trailers
+    assert result.exit_code == 4  # from the HTTP trailers
 
 
 def test_invoke_async_wait_output_and_idempotency(k: Kindling, name: str) -> None:
@@ -125,3 +125,22 @@ def test_function_logs_tail_and_follow(k: Kindling, name: str) -> None:
 def test_unknown_function_is_not_found(k: Kindling, name: str) -> None:
     with pytest.raises(kindling.NotFoundError):
         k.functions.invoke(name, b"x")
+
+
+def test_invoke_streams_both_ways_at_once(k: Kindling, name: str) -> None:
+    """A `cat` function with 64 MiB in and out: the upload and the download must run together (a client that sent
+    the whole body before reading would deadlock once the buffers on the way are full)."""
+    import hashlib
+
+    k.functions.deploy(name, image="kindling/base", command=["cat"], timeout_ms=120_000)
+    block = bytes(range(256)) * 4096
+    sent, received = hashlib.sha256(), hashlib.sha256()
+
+    def source() -> "object":
+        for _ in range(64):
+            sent.update(block)
+            yield block
+
+    result = k.functions.invoke(name, source(), output=received.update, timeout=60)
+    assert received.hexdigest() == sent.hexdigest()
+    assert result.streamed is True and result.exit_code == 0 and result.duration_ms is not None
