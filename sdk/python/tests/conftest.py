@@ -69,6 +69,14 @@ def server() -> Iterator[Server]:
             if time.monotonic() > deadline:
                 pytest.fail(f"the server did not answer /healthz within {START_TIMEOUT_S} s")
             time.sleep(0.1)
+        ready = httpx.get(url + "/readyz", timeout=30).json()
+        sandbox = next((e for e in ready.get("executors", []) if e.get("name") == "sandbox"), {})
+        if not sandbox.get("ready"):
+            # The project's skip-or-fail rule: CI (KINDLING_TEST_REQUIRE=...,sandbox) must run these tests.
+            reason = f"the sandbox executor is not usable here: {sandbox.get('reason')}"
+            if "sandbox" in [n.strip() for n in os.environ.get("KINDLING_TEST_REQUIRE", "").split(",")]:
+                pytest.fail(f"the sandbox tests must run here (KINDLING_TEST_REQUIRE) but cannot: {reason}")
+            pytest.skip(reason)
         yield Server(url, admin_key, process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
