@@ -186,7 +186,7 @@ def source_length(source: StdinSource) -> Optional[int]:
     if isinstance(source, str):
         return len(source.encode())
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return len(bytes(source)) if isinstance(source, memoryview) else len(source)
+        return source.nbytes if isinstance(source, memoryview) else len(source)
     fileno = getattr(source, "fileno", None)
     tell = getattr(source, "tell", None)
     if callable(fileno) and callable(tell):
