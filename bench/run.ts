@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox|functions|microvm] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * `npm run bench [-- --only docker|sandbox|functions|async|microvm|python] [--runs N]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
@@ -17,10 +17,11 @@ import { onCleanup, runCleanups } from './lib/server.js';
 import { rowsTable, type Row } from './lib/table.js';
 import { runFunctionsGroup } from './functions.js';
 import { runMicroVmGroup } from './microvm.js';
+import { runPythonGroup } from './python.js';
 import { runSandboxGroup } from './sandbox.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, functions: 2000, async: 100, microvm: 5 };
-const GROUPS = ['docker', 'sandbox', 'functions', 'async', 'microvm'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, functions: 2000, async: 100, microvm: 5, python: 500 };
+const GROUPS = ['docker', 'sandbox', 'functions', 'async', 'microvm', 'python'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -29,7 +30,7 @@ interface Options {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|functions|async|microvm] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|functions|async|microvm|python] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -107,6 +108,8 @@ async function main(): Promise<number> {
               ? await runMicroVmGroup(ctx)
               : group === 'async'
                 ? await runAsyncGroup(ctx)
+                : group === 'python'
+                  ? await runPythonGroup(ctx)
                 : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
@@ -138,6 +141,7 @@ async function main(): Promise<number> {
       functions: 'Deployed functions, warm pools (issue 4)',
       async: 'Payloads and async invocations (issue 5)',
       microvm: 'MicroVM executor (issue 8)',
+      python: 'Python SDK (issue 20)',
     };
     const title = titles[group];
     report.push(`### ${title}`, '', rowsTable(result.rows), '');

@@ -39,6 +39,17 @@ if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQU
 status=0
 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || status=$?
 
+# The Python SDK (sdk/python): strict type check, then its tests against a server the session starts. Debian's
+# interpreter on purpose: its packages (httpx, pytest, mypy) are the ones setup.sh installs. pytest's exit code 5
+# ("no tests collected") is a failure too: a suite that silently vanished must not pass.
+/usr/bin/python3 -m mypy --strict sdk/python/kindling || status=1
+py_status=0
+(cd sdk/python && /usr/bin/python3 -m pytest -q -p no:cacheprovider tests) || py_status=$?
+if [ "$py_status" -ne 0 ]; then
+  [ "$py_status" -eq 5 ] && echo "[test] FAIL: pytest collected no tests in sdk/python/tests" >&2
+  status=1
+fi
+
 leaked=$(kindling_resources | sort | comm -13 "$before_file" - || true)
 rm -f "$before_file"
 if [ -n "$leaked" ]; then

@@ -24,6 +24,7 @@ import { registerFunctionRoutes } from './routes/functions.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
+import { ErrorResponseSchema, PoolsSchema } from './schemas.js';
 import type { UsageStore } from '../store/usage.js';
 import { startRequestTrace, type RequestTrace } from './trace.js';
 
@@ -257,7 +258,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   if (pools) {
     app.get(
       '/v1/pools',
-      { schema: { tags: ['functions'], summary: "Warm pools of handler-style functions: idle, busy, creating and waiting per function version (the caller's tenant's; the shared capacity for the admin)" } },
+      { schema: { tags: ['functions'], summary: "Warm pools of handler-style functions: idle, busy, creating and waiting per function version (the caller's tenant's; the shared capacity for the admin)", response: { 200: PoolsSchema, '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema } } },
       async (request) => {
         const { capacity, pools: all } = pools();
         const own = all.filter((pool) => pool.tenant === request.principal.tenant);

@@ -168,3 +168,70 @@ export const ApiKeyViewSchema = Type.Object({
   revokedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
 });
 export const CreatedApiKeySchema = Type.Object({ ...ApiKeyViewSchema.properties, apiKey: Type.String({ description: 'The key: shown only in this answer.' }) });
+
+/*
+ * Response schemas of the routes that answered without one (the OpenAPI document is the contract clients are generated
+ * from). Objects keep `additionalProperties: true` and optional fields so that the serializer passes every field the
+ * handler returns through unchanged: documenting a route must not change what it answers.
+ */
+const open = (properties: Parameters<typeof Type.Object>[0], description: string) => Type.Object(properties, { additionalProperties: true, description });
+const loose = <T extends Parameters<typeof Type.Optional>[0]>(schema: T) => Type.Optional(schema);
+const nullable = <T extends Parameters<typeof Type.Union>[0][number]>(schema: T) => Type.Union([schema, Type.Null()]);
+
+export const HealthSchema = Type.Object({ status: Type.Literal('ok') }, { description: 'The server accepts work' });
+export const ReadySchema = open(
+  {
+    status: Type.String({ description: 'ready or not_ready' }),
+    defaultExecutor: Type.String(),
+    defaultExecutorReason: loose(Type.String()),
+    draining: loose(Type.Boolean()),
+    executors: Type.Array(open({ name: Type.String(), ready: Type.Boolean() }, "One executor's state")),
+  },
+  'Readiness and the state of every executor (200 ready, 503 not ready)',
+);
+export const InvocationViewSchema = open(
+  {
+    id: Type.String(),
+    function: Type.String(),
+    version: Type.Integer(),
+    mode: loose(Type.String({ description: 'async or sync' })),
+    status: Type.String({ description: 'queued, running, succeeded or failed' }),
+    exitCode: loose(nullable(Type.Integer())),
+    durationMs: loose(nullable(Type.Number())),
+    coldStart: loose(nullable(Type.Boolean())),
+    timedOut: loose(nullable(Type.Boolean())),
+    error: loose(Type.String()),
+    idempotencyKey: loose(Type.String()),
+    payloadBytes: loose(Type.Integer()),
+    outputBytes: loose(nullable(Type.Integer())),
+    createdAt: Type.String({ format: 'date-time' }),
+    startedAt: loose(nullable(Type.String({ format: 'date-time' }))),
+    finishedAt: loose(nullable(Type.String({ format: 'date-time' }))),
+  },
+  'An invocation (async or sync)',
+);
+export const InvocationListSchema = Type.Object({ invocations: Type.Array(InvocationViewSchema) });
+export const AsyncInvokeAcceptedSchema = Type.Object({
+  invocationId: Type.String(),
+  status: Type.String(),
+  function: Type.String(),
+  version: Type.Integer(),
+  created: Type.Boolean({ description: 'false when an Idempotency-Key returned an earlier invocation' }),
+});
+/** Raw bytes (invoke output, invocation output). */
+export const BinaryBodySchema = { type: 'string', format: 'binary' } as const;
+/** Server-sent events (log streams); the event names and data are in the route's summary. */
+export const EventStreamSchema = { type: 'string', description: 'text/event-stream' } as const;
+export const UsageSchema = open(
+  {
+    from: Type.String({ format: 'date-time' }),
+    to: Type.String({ format: 'date-time' }),
+    groupBy: Type.String({ description: 'function or day' }),
+    rows: Type.Array(open({ tenant: Type.String(), invocations: Type.Number(), cpuMs: Type.Number(), gbSeconds: Type.Number(), bytesIn: Type.Number(), bytesOut: Type.Number() }, 'One row; the key is named by groupBy')),
+    totals: open({ invocations: Type.Number(), cpuMs: Type.Number(), gbSeconds: Type.Number(), bytesIn: Type.Number(), bytesOut: Type.Number() }, 'Sums of the rows'),
+  },
+  'Metered usage',
+);
+export const UsageInvocationsSchema = Type.Object({ invocations: Type.Array(open({}, 'A metered invocation')) });
+export const UsageTimeseriesSchema = open({ fromMs: Type.Number(), toMs: Type.Number(), bucketMs: Type.Number(), buckets: Type.Array(open({}, 'One time bucket')) }, 'Usage per time bucket');
+export const PoolsSchema = open({ pools: Type.Array(open({}, 'A warm pool of one function version')) }, "Warm pools of the caller's tenant");

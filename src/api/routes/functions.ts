@@ -10,6 +10,8 @@ import { checkDeclaredLength, limitUpload, trailersAllowed, readUpload } from '.
 import type { HeldUpload, StreamRelay } from '../stream-relay.js';
 import type { FunctionSpec } from '../../store/store.js';
 import {
+  AsyncInvokeAcceptedSchema,
+  BinaryBodySchema,
   ErrorResponseSchema,
   FunctionNameParamsSchema,
   FunctionSpecSchema,
@@ -85,6 +87,8 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     scope.post<{ Params: FunctionNameParams }>(
       '/v1/functions/:name/invoke',
       {
+        // The body is any bytes, handed over as a stream (never validated as JSON): it is described in the document only.
+        config: { swaggerTransform: ({ schema, url }) => ({ schema: { ...schema, body: { content: { 'application/octet-stream': { schema: BinaryBodySchema } } } } as typeof schema, url }) },
         schema: {
           tags: ['functions'],
           summary: 'Invoke a function: the raw body in, the raw output out (or async: 202 with an invocation id)',
@@ -95,7 +99,11 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
             'Async: with `x-kindling-async: true` the body (up to --max-body-bytes) is stored and the answer is 202 {invocationId} once it is committed; `Idempotency-Key` deduplicates (same key + function: the first invocation), `x-kindling-callback: URL` (allowed hosts only) receives the result.',
           ].join(' '),
           params: FunctionNameParamsSchema,
-          response: errors,
+          response: {
+            200: { description: 'The raw output, with x-kindling-* headers', content: { 'application/octet-stream': { schema: BinaryBodySchema } } },
+            202: AsyncInvokeAcceptedSchema,
+            ...errors,
+          },
         },
       },
       async (request, reply) => {

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { ExecutorName } from '../../core/types.js';
 import type { Executor, ExecutorStatus } from '../../executors/executor.js';
+import { HealthSchema, ReadySchema } from '../schemas.js';
 
 const READY_CACHE_MS = 2000;
 
@@ -13,7 +14,7 @@ export interface HealthRouteOptions {
 }
 
 export function registerHealthRoutes(app: FastifyInstance, options: HealthRouteOptions): void {
-  app.get('/healthz', { schema: { tags: ['health'], summary: 'Liveness: 200 once the server accepts work' } }, async () => ({ status: 'ok' }));
+  app.get('/healthz', { schema: { tags: ['health'], summary: 'Liveness: 200 once the server accepts work', response: { 200: HealthSchema } } }, async () => ({ status: 'ok' }));
 
   // Probes spawn processes and ask the engine: a scraper or load balancer polling /readyz gets a cached answer.
   let cached: { at: number; statuses: Promise<ExecutorStatus[]> } | null = null;
@@ -24,7 +25,7 @@ export function registerHealthRoutes(app: FastifyInstance, options: HealthRouteO
     return cached.statuses;
   };
 
-  app.get('/readyz', { schema: { tags: ['health'], summary: 'Readiness, with the state of every executor' } }, async (_request, reply) => {
+  app.get('/readyz', { schema: { tags: ['health'], summary: 'Readiness, with the state of every executor', response: { 200: ReadySchema, 503: ReadySchema } } }, async (_request, reply) => {
     const executors = await probeAll();
     const defaultReady = executors.find((status) => status.name === options.defaultExecutor)?.ready === true;
     const ready = defaultReady && !options.isDraining();

@@ -5,10 +5,12 @@ import type { FunctionService } from '../../orchestrator/function-service.js';
 import { toInvocationView, type InvocationService } from '../../orchestrator/invocations.js';
 import type { LogBus, LogMessage } from '../../orchestrator/log-bus.js';
 import { INVOCATION_STATUSES, type InvocationRecord, type InvocationStatus } from '../../store/store.js';
-import { ErrorResponseSchema, FunctionNameParamsSchema, type FunctionNameParams } from '../schemas.js';
+import { BinaryBodySchema, ErrorResponseSchema, EventStreamSchema, FunctionNameParamsSchema, InvocationListSchema, InvocationViewSchema, type FunctionNameParams } from '../schemas.js';
 import { startSse, writeSseEvent } from '../sse.js';
 
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
+const binary = { 200: { description: 'The raw bytes', content: { 'application/octet-stream': { schema: BinaryBodySchema } } }, ...errors };
+const events = { 200: { description: 'Server-sent events', content: { 'text/event-stream': { schema: EventStreamSchema } } }, ...errors };
 const SSE_KEEPALIVE_MS = 15_000;
 /** Finished invocations whose logs `GET /v1/functions/NAME/logs` replays before it follows (or ends). */
 const DEFAULT_TAIL = 10;
@@ -52,7 +54,7 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
         tags: ['invocations'],
         summary: 'List invocations, newest first: ?function=&status=queued|running|succeeded|failed&since=&until= (ms or ISO 8601)&limit= (1-1000, default 100)',
         querystring: { type: 'object', properties: { function: { type: 'string' }, status: { type: 'string' }, since: { type: 'string' }, until: { type: 'string' }, limit: { type: 'string' } } },
-        response: errors,
+        response: { 200: InvocationListSchema, ...errors },
       },
     },
     async (request) => {
@@ -77,13 +79,13 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
 
   app.get<{ Params: IdParams }>(
     '/v1/invocations/:id',
-    { schema: { tags: ['invocations'], summary: 'An invocation: {id, function, version, status, exitCode, durationMs, createdAt, startedAt, finishedAt, error?}', params: IdParamsSchema, response: errors } },
+    { schema: { tags: ['invocations'], summary: 'An invocation: {id, function, version, status, exitCode, durationMs, createdAt, startedAt, finishedAt, error?}', params: IdParamsSchema, response: { 200: InvocationViewSchema, ...errors } } },
     async (request) => toInvocationView(service.get(request.params.id, request.principal.tenant)),
   );
 
   app.get<{ Params: IdParams }>(
     '/v1/invocations/:id/output',
-    { schema: { tags: ['invocations'], summary: 'The raw stdout of a finished invocation (409 while it is queued or running)', params: IdParamsSchema, response: errors } },
+    { schema: { tags: ['invocations'], summary: 'The raw stdout of a finished invocation (409 while it is queued or running)', params: IdParamsSchema, response: binary } },
     async (request, reply) => {
       const { record, stdout } = service.output(request.params.id, request.principal.tenant);
       if (record.status === 'queued' || record.status === 'running') {
@@ -108,7 +110,7 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
         tags: ['invocations'],
         summary: 'An invocation\'s stdout/stderr as SSE (events stdout, stderr: {"invocationId","text"}; end: the invocation); follows while it runs',
         params: IdParamsSchema,
-        response: errors,
+        response: events,
       },
     },
     async (request, reply) => {
@@ -142,7 +144,7 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
         summary: 'Logs of a function\'s invocations as SSE: the last ?tail= (default 10) finished async invocations, then with ?follow=true every invocation live (start, stdout, stderr, end events)',
         params: FunctionNameParamsSchema,
         querystring: { type: 'object', properties: { follow: { type: 'string' }, tail: { type: 'string' } } },
-        response: errors,
+        response: events,
       },
     },
     async (request, reply) => {

@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { TENANT_HEADER } from '../auth.js';
 import { KindlingError } from '../../core/errors.js';
 import type { UsageGroupBy, UsageRecord, UsageRow, UsageStore } from '../../store/usage.js';
-import { ErrorResponseSchema } from '../schemas.js';
+import { ErrorResponseSchema, UsageInvocationsSchema, UsageSchema, UsageTimeseriesSchema } from '../schemas.js';
 
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 const DAY_MS = 86_400_000;
@@ -112,7 +112,7 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Usag
         description:
           '`from`/`to`: UTC dates (YYYY-MM-DD, `to` inclusive) or ISO 8601 times; default the last 30 days. `groupBy`: function (default) or day. With `Accept: text/csv` the rows come as CSV. GB-seconds = memory limit in GB × wall time in s.',
         querystring: stringQuery(['from', 'to', 'groupBy', 'tenant']),
-        response: errors,
+        response: { 200: { description: 'Usage as JSON, or as CSV with Accept: text/csv', content: { 'application/json': { schema: UsageSchema }, 'text/csv': { schema: { type: 'string' } } } }, ...errors },
       },
     },
     async (request, reply) => {
@@ -152,7 +152,7 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Usag
         tags: ['usage'],
         summary: 'The newest metered invocations (id, function, status, duration, cold start, executor, CPU ms, trace id)',
         querystring: stringQuery(['limit', 'tenant']),
-        response: errors,
+        response: { 200: UsageInvocationsSchema, ...errors },
       },
     },
     async (request) => {
@@ -168,7 +168,7 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Usag
         tags: ['usage'],
         summary: 'Invocations, errors, cold starts and latency percentiles per time bucket (for charts)',
         querystring: stringQuery(['minutes', 'bucketSeconds', 'tenant']),
-        response: errors,
+        response: { 200: UsageTimeseriesSchema, ...errors },
       },
     },
     async (request) => {
