@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { pino, type Level } from 'pino';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { parseAllowList } from '../network/policy.js';
+import { parseAllowedHosts } from '../api/host-guard.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
 import type { MicroVmSettings } from '../executors/registry.js';
 import type { ResolvedQuotas } from '../orchestrator/tenants.js';
@@ -81,6 +82,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--tenant-burst <n>', 'default quota: token bucket size (0: the rate rounded up)', int('--tenant-burst'), 0)
     .option('--tenant-max-memory-mb <mb>', 'default quota: largest memoryMb a tenant may ask for (0: the server range)', int('--tenant-max-memory-mb'), 0)
     .option('--tenant-max-timeout-ms <ms>', 'default quota: largest timeoutMs a tenant may ask for (0: the server range)', int('--tenant-max-timeout-ms'), 0)
+    .option('--allowed-hosts <name[:port],...>', 'host names the server answers to besides IP addresses, localhost and --host (e.g. behind a proxy: kindling.example.com); other Host headers get 421 and pages of other origins may not change state (DNS rebinding, cross-site requests)', '')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -89,6 +91,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
       }
       const relay = options.streamRelay as string;
       if (relay !== 'on' && relay !== 'off') throw new Error(`--stream-relay must be on or off, got "${relay}"`);
+      const allowedHosts = parseAllowedHosts(options.allowedHosts as string);
       const metricsToken = (options.metricsToken as string | undefined) ?? defaults.metricsToken;
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
       const server = await startServer({
@@ -112,6 +115,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         prewarmPerShape: options.prewarm as number,
         dockerCreateTimeoutMs: Math.max(1, options.dockerCreateTimeoutMs as number),
         egressAllow: parseAllowList(options.egressAllow as string),
+        allowedHosts,
         functionPools: {
           defaultMaxConcurrency: Math.max(1, options.functionMaxConcurrency as number),
           idleTtlMs: options.functionIdleTtlMs as number,
