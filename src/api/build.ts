@@ -253,6 +253,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   });
 
   registerHealthRoutes(app, {
+    // The executors' details name host paths, the sandbox uid and versions: the operator's, not the internet's.
+    showDetails: (request) => !tenants.authEnabled || isAdminRequest(request),
     executors: options.executors,
     defaultExecutor: options.defaultExecutor,
     defaultExecutorReason: options.defaultExecutorReason,
