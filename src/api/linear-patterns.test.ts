@@ -1,10 +1,13 @@
 /**
  * The expressions rewritten to run in linear time accept exactly what the backtracking ones did: checked on every
- * string of up to 6 characters over an alphabet of the characters that matter (and the examples that matter).
+ * string of up to 6 characters over an alphabet of the characters that matter (and the examples that matter). And
+ * every `pattern` of the API's schemas fails fast on long runs of one character (the shape that makes overlapping
+ * repetitions backtrack): a new pattern that backtracks fails here before it reaches a server.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { hasEsModuleSyntax, isNodeEsModule } from '../../agent/files.js';
+import * as schemas from './schemas.js';
 import { BASE64_TEXT } from './schemas.js';
 
 /** Every string of length 0..maxLength over `alphabet` (tokens may be longer than one character). */
@@ -43,5 +46,38 @@ describe('linear rewrites of backtracking expressions', () => {
     assert.equal(isNodeEsModule('import {\n a } from "b";\nmodule.exports = 1'), true);
     assert.equal(isNodeEsModule('exports.handler = () => 1'), false);
     assert.equal(isNodeEsModule('async function handler() {}'), true, 'neither: the contract default, ES module');
+  });
+});
+
+/** Every `pattern` and `patternProperties` key in a schema tree (TypeBox schemas are plain JSON Schema objects). */
+function patternsOf(schema: unknown, found = new Set<string>()): Set<string> {
+  if (Array.isArray(schema)) for (const item of schema) patternsOf(item, found);
+  else if (schema !== null && typeof schema === 'object') {
+    for (const [key, value] of Object.entries(schema)) {
+      if (key === 'pattern' && typeof value === 'string') found.add(value);
+      // A Record's key pattern (env names) is a patternProperties key, tried on every property name.
+      if (key === 'patternProperties' && value !== null && typeof value === 'object') for (const keyPattern of Object.keys(value)) found.add(keyPattern);
+      patternsOf(value, found);
+    }
+  }
+  return found;
+}
+
+describe('API schema patterns', () => {
+  it('each fails in linear time on 30k-character runs of any one character (the old stdinBase64 pattern took seconds)', () => {
+    const patterns = [...patternsOf(Object.values(schemas))];
+    assert.ok(patterns.includes(BASE64_TEXT) && patterns.length >= 4, `found ${patterns.length} patterns`);
+    const runs = ['\n', '\r', ' ', 'a', 'A', '0', '=', '/', '.', '-', '_', ':', '+', '\u0000'].flatMap((char) => {
+      const run = char.repeat(30_000);
+      return [`${run}!`, `a${run}!`, `/${run}\u0000`, `${run}=${run}!`];
+    });
+    for (const pattern of patterns) {
+      const regex = new RegExp(pattern, 'u'); // as ajv compiles it
+      const started = performance.now();
+      for (const input of runs) regex.test(input);
+      const ms = performance.now() - started;
+      // Linear: a few ms for all 56 inputs; one quadratic input alone takes seconds. Generous for a shared machine.
+      assert.ok(ms < 1000, `pattern ${pattern} took ${ms.toFixed(0)} ms on runs of one character`);
+    }
   });
 });
