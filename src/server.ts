@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildApi } from './api/build.js';
+import { HostGuard, type AllowedHost } from './api/host-guard.js';
 import { StreamRelay } from './api/stream-relay.js';
 import { newInstanceId } from './core/ids.js';
 import type { ExecutorName } from './core/types.js';
@@ -88,6 +89,11 @@ export interface ServerConfig {
   metricsToken?: string;
   /** The built web console; default web/dist of this checkout. */
   consoleDir?: string;
+  /**
+   * Host names (optionally with a port) the server answers to besides IP addresses, localhost and the --host name
+   * (--allowed-hosts); other Host headers get 421 (DNS rebinding), and pages of their origins may change state.
+   */
+  allowedHosts?: AllowedHost[];
 }
 
 /** dist/native/kindling-splice, built by scripts/build-native.sh (dist/src/server.js -> dist/native). */
@@ -482,6 +488,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     pools: () => ({ capacity: handlers.capacity.stats, pools: handlers.poolSizes() }),
     ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
     consoleDir: config.consoleDir ?? DEFAULT_CONSOLE_DIR,
+    allowedHosts: [...HostGuard.listeningName(config.host), ...(config.allowedHosts ?? [])],
     invocations,
     logBus,
     defaultExecutor: chosen.name,

@@ -14,6 +14,7 @@ import type { InvocationService } from '../orchestrator/invocations.js';
 import type { LogBus } from '../orchestrator/log-bus.js';
 import { makeAuthenticator, matchesSecret } from './auth.js';
 import { ByteLimit } from './raw-body.js';
+import { HostGuard, type AllowedHost } from './host-guard.js';
 import type { Principal, TenantService } from '../orchestrator/tenants.js';
 import type { TenantScope } from '../orchestrator/execution-service.js';
 import { registerTenantRoutes } from './routes/tenants.js';
@@ -68,7 +69,15 @@ export interface ApiOptions {
   metricsToken?: string;
   /** The built console (web/dist); without it `/` is not served. */
   consoleDir?: string;
+  /**
+   * Host names this server answers to besides IP addresses and localhost (--allowed-hosts, and the name it listens
+   * on); requests naming another host get 421, state-changing requests from pages of other origins 403 (host-guard.ts).
+   */
+  allowedHosts?: readonly AllowedHost[];
 }
+
+/** Methods a page of another origin must not use here (a GET may be answered: the browser keeps the answer from it). */
+const STATE_CHANGING_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 /** Routes that answer without an API key: liveness, readiness, metrics scraping, the API description. */
 const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', ...CONSOLE_PUBLIC_ROUTES]);
@@ -166,6 +175,15 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     request.trace = traceOf(request.raw);
   });
 
+  // Before anything else reads the request (auth included, so also in open local mode): which host it names and,
+  // for a browser's request that changes state or opens a WebSocket, which page sent it (see host-guard.ts).
+  const hostGuard = new HostGuard(options.allowedHosts ?? []);
+  app.addHook('onRequest', async (request) => {
+    const { host, origin, upgrade } = request.headers;
+    hostGuard.checkHost(host);
+    if (STATE_CHANGING_METHODS.has(request.method) || upgrade !== undefined) hostGuard.checkOrigin(origin, host);
+  });
+
   app.addHook('onSend', async (request, reply, payload) => {
     reply.header('x-request-id', request.id);
     reply.header('traceparent', request.trace.traceparent);
@@ -236,6 +254,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   });
 
   registerHealthRoutes(app, {
+    // The executors' details name host paths, the sandbox uid and versions: the operator's, not the internet's.
+    showDetails: (request) => !tenants.authEnabled || isAdminRequest(request),
     executors: options.executors,
     defaultExecutor: options.defaultExecutor,
     defaultExecutorReason: options.defaultExecutorReason,

@@ -6,6 +6,13 @@ import { EXECUTOR_NAMES, RUNTIME_NAMES } from '../core/types.js';
  * orchestrator so that every transport gets them. Unknown fields are rejected: a typo must not be silently ignored.
  */
 const envName = '^[A-Za-z_][A-Za-z0-9_]*$';
+/**
+ * Base64 with line breaks anywhere and up to two `=` at the end. Every `pattern` here runs on input up to
+ * --max-body-bytes with a backtracking engine, so each must fail in linear time: no two adjacent repetitions may
+ * match the same character. (`[A-Za-z0-9+/\n\r]*={0,2}[\n\r]*` shared the line breaks between its first and last
+ * part and took a minute on 300k newlines and a "!"; here line breaks after the end are matched only after a `=`: the same texts, one pass.)
+ */
+export const BASE64_TEXT = '^[A-Za-z0-9+/\\n\\r]*(?:={1,2}[\\n\\r]*)?$';
 
 export const ExecuteRequestSchema = Type.Object(
   {
@@ -14,7 +21,7 @@ export const ExecuteRequestSchema = Type.Object(
     image: Type.Optional(Type.String({ description: 'Image to run "command" in, e.g. kindling/base.', minLength: 1, maxLength: 256, pattern: '^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$' })),
     command: Type.Optional(Type.Array(Type.String({ maxLength: 128 * 1024 }), { minItems: 1, maxItems: 4096, description: 'argv, e.g. ["sh","-c","echo hi"].' })),
     stdin: Type.Optional(Type.String({ description: 'Text fed to stdin (UTF-8).' })),
-    stdinBase64: Type.Optional(Type.String({ description: 'Bytes fed to stdin, base64.', pattern: '^[A-Za-z0-9+/\\n\\r]*={0,2}[\\n\\r]*$' })),
+    stdinBase64: Type.Optional(Type.String({ description: 'Bytes fed to stdin, base64 (line breaks allowed).', pattern: BASE64_TEXT })),
     env: Type.Optional(Type.Record(Type.String({ pattern: envName, maxLength: 256 }), Type.String({ maxLength: 128 * 1024 }), { maxProperties: 1024, description: 'Environment variables; the sandbox gets these plus PATH, HOME and LANG.' })),
     workdir: Type.Optional(Type.String({ pattern: '^/[^\\u0000]*$', maxLength: 1024, description: 'Absolute working directory (a writable tmpfs); default /work.' })),
     timeoutMs: Type.Optional(Type.Number({ description: 'Wall-clock limit in ms; default 30000.' })),
@@ -182,12 +189,13 @@ export const HealthSchema = Type.Object({ status: Type.Literal('ok') }, { descri
 export const ReadySchema = open(
   {
     status: Type.String({ description: 'ready or not_ready' }),
+    reasons: loose(Type.Array(Type.String(), { description: 'Why not ready (empty when ready); fixed wording, no host paths' })),
     defaultExecutor: Type.String(),
-    defaultExecutorReason: loose(Type.String()),
+    defaultExecutorReason: loose(Type.String({ description: 'With the admin key (or in open local mode) only' })),
     draining: loose(Type.Boolean()),
     executors: Type.Array(open({ name: Type.String(), ready: Type.Boolean() }, "One executor's state")),
   },
-  'Readiness and the state of every executor (200 ready, 503 not ready)',
+  'Readiness (200 ready, 503 not ready); without the admin key each executor shows only its name and whether it is ready',
 );
 export const InvocationViewSchema = open(
   {

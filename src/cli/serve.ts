@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { pino, type Level } from 'pino';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { parseAllowList } from '../network/policy.js';
+import { parseAllowedHosts } from '../api/host-guard.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
 import type { MicroVmSettings } from '../executors/registry.js';
 import type { ResolvedQuotas } from '../orchestrator/tenants.js';
@@ -89,6 +90,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--tenant-max-code-bytes <n>', 'default quota: bytes of code of the versions a tenant keeps; a deploy beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)', int('--tenant-max-code-bytes'), DEFAULT_STORAGE_QUOTAS.maxCodeBytes!)
     .option('--tenant-max-queued-payload-bytes <n>', "default quota: bytes of a tenant's queued and running async payloads; an enqueue beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)", int('--tenant-max-queued-payload-bytes'), DEFAULT_STORAGE_QUOTAS.maxQueuedPayloadBytes!)
     .option('--function-versions-kept <n>', 'versions kept per function (the newest); older ones are deleted on deploy, except those a queued or running invocation needs (at least 1)', int('--function-versions-kept'), DEFAULT_VERSIONS_KEPT)
+    .option('--allowed-hosts <name[:port],...>', 'host names the server answers to besides IP addresses, localhost and --host (e.g. behind a proxy: kindling.example.com); other Host headers get 421 and pages of other origins may not change state (DNS rebinding, cross-site requests)', '')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
     .action(async (options) => {
       const executor = options.executor as string;
@@ -97,6 +99,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
       }
       const relay = options.streamRelay as string;
       if (relay !== 'on' && relay !== 'off') throw new Error(`--stream-relay must be on or off, got "${relay}"`);
+      const allowedHosts = parseAllowedHosts(options.allowedHosts as string);
       const metricsToken = (options.metricsToken as string | undefined) ?? defaults.metricsToken;
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
       const server = await startServer({
@@ -121,6 +124,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         prewarmPerShape: options.prewarm as number,
         dockerCreateTimeoutMs: Math.max(1, options.dockerCreateTimeoutMs as number),
         egressAllow: parseAllowList(options.egressAllow as string),
+        allowedHosts,
         functionPools: {
           defaultMaxConcurrency: Math.max(1, options.functionMaxConcurrency as number),
           idleTtlMs: options.functionIdleTtlMs as number,

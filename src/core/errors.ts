@@ -22,6 +22,13 @@ export const ERROR_CODES = {
   UNAUTHORIZED: { statusCode: 401, retryable: false },
   /** A tenant key asked for an admin-only route (tenants, keys, another tenant's scope). */
   FORBIDDEN: { statusCode: 403, retryable: false },
+  /**
+   * A browser request from a page of another origin that would change state (POST, PUT, PATCH, DELETE) or open a
+   * WebSocket; see docs/security.md (4).
+   */
+  FORBIDDEN_ORIGIN: { statusCode: 403, retryable: false },
+  /** The Host header names neither an address of this server, nor localhost, nor a name of --allowed-hosts (DNS rebinding). */
+  HOST_NOT_ALLOWED: { statusCode: 421, retryable: false },
   TENANT_NOT_FOUND: { statusCode: 404, retryable: false },
   /** A tenant of that name exists or existed (names of deleted tenants are not reused). */
   TENANT_EXISTS: { statusCode: 409, retryable: false },

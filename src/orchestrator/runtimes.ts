@@ -1,3 +1,4 @@
+import { hasEsModuleSyntax } from '../../agent/files.js';
 import type { InputFile, RuntimeName } from '../core/types.js';
 
 /** How a code snippet of each runtime becomes a command in its image. The code travels as a file, never as argv. */
@@ -11,10 +12,8 @@ export interface RuntimeDefinition {
 
 const CODE_DIR = '/.kindling';
 
-/** Node runs CommonJS unless the snippet uses ES module syntax at the top level. */
-export function looksLikeEsModule(code: string): boolean {
-  return /^\s*(import\s[^(]|import\s*\{|export\s)/m.test(code);
-}
+/** Node runs CommonJS unless the snippet uses ES module syntax at the top level (the agent's test, linear in time). */
+export const looksLikeEsModule = hasEsModuleSyntax;
 
 export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
   bash: {

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ExecutorName } from '../../core/types.js';
 import type { Executor, ExecutorStatus } from '../../executors/executor.js';
 import { HealthSchema, ReadySchema } from '../schemas.js';
@@ -11,6 +11,12 @@ export interface HealthRouteOptions {
   /** Why the default executor was chosen (auto-detection explains itself here and in the log). */
   defaultExecutorReason: string;
   isDraining: () => boolean;
+  /**
+   * Whether the request may see each executor's findings (reasons and details name host paths, cgroups, the sandbox
+   * uid and versions): the admin's, or everyone's in open local mode. Others get ready/not ready and why, in words of
+   * the server's own.
+   */
+  showDetails: (request: FastifyRequest) => boolean;
 }
 
 export function registerHealthRoutes(app: FastifyInstance, options: HealthRouteOptions): void {
@@ -25,17 +31,19 @@ export function registerHealthRoutes(app: FastifyInstance, options: HealthRouteO
     return cached.statuses;
   };
 
-  app.get('/readyz', { schema: { tags: ['health'], summary: 'Readiness, with the state of every executor', response: { 200: ReadySchema, 503: ReadySchema } } }, async (_request, reply) => {
+  app.get('/readyz', { schema: { tags: ['health'], summary: 'Readiness: ready or not and why; with the admin key, the state of every executor', response: { 200: ReadySchema, 503: ReadySchema } } }, async (request, reply) => {
     const executors = await probeAll();
     const defaultReady = executors.find((status) => status.name === options.defaultExecutor)?.ready === true;
-    const ready = defaultReady && !options.isDraining();
+    const draining = options.isDraining();
+    const ready = defaultReady && !draining;
+    const reasons: string[] = [];
+    if (draining) reasons.push('the server is shutting down (draining)');
+    if (!defaultReady) reasons.push(`the default executor (${options.defaultExecutor}) is not ready`);
     reply.code(ready ? 200 : 503);
-    return {
-      status: ready ? 'ready' : 'not_ready',
-      defaultExecutor: options.defaultExecutor,
-      defaultExecutorReason: options.defaultExecutorReason,
-      draining: options.isDraining(),
-      executors,
-    };
+    const status = ready ? 'ready' : 'not_ready';
+    if (options.showDetails(request)) {
+      return { status, reasons, defaultExecutor: options.defaultExecutor, defaultExecutorReason: options.defaultExecutorReason, draining, executors };
+    }
+    return { status, reasons, defaultExecutor: options.defaultExecutor, draining, executors: executors.map(({ name, ready: up }) => ({ name, ready: up })) };
   });
 }
