@@ -97,9 +97,13 @@ export async function leftovers(docker: Docker, ownerId: string, dataDir: string
   const containers = (await docker.listContainers({ all: true, filters: JSON.stringify({ label: [`${LABEL_OWNER}=${ownerId}`] }) })).map(
     (info) => `${info.Id.slice(0, 12)} ${info.State} ${info.Labels['dev.kindling.run-dir'] ?? ''}`,
   );
+  // A live server's sandbox executor keeps its private mounts (a tmpfs for run dirs, an overlay per image) under
+  // run/sandbox/ until it stops; a dead one's are detached by its successor's reaper (checked once no server runs).
+  const privateMounts = join(dataDir, 'run', 'sandbox') + '/';
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
-    .filter((line) => line.split(' ')[4]?.startsWith(dataDir));
+    .filter((line) => line.split(' ')[4]?.startsWith(dataDir))
+    .filter((line) => serverPids.length === 0 || !line.split(' ')[4]!.startsWith(privateMounts));
   const all = processes();
   // A live server's own sandboxes (its children and their descendants) are not leftovers.
   const parentOf = new Map(all.map((p) => [p.pid, p.ppid]));

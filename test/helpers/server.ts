@@ -134,7 +134,7 @@ export async function waitFor(condition: () => Promise<boolean>, timeoutMs: numb
 
 /**
  * Entries of the sandbox executor's run dirs (`runs`) or agent socket dirs (`agents`) of a data dir: they live in a
- * private mount dir per executor instance, `<dataDir>/run/sandbox/<owner>-<random>/`.
+ * private mount dir per executor instance, `<dataDir>/run/sandbox/<random>/`.
  */
 export async function sandboxDirs(dataDir: string, kind: 'runs' | 'agents'): Promise<string[]> {
   const base = join(dataDir, 'run', 'sandbox');

@@ -135,8 +135,9 @@ const FD_STATUS = 4;
 const FD_SCRIPT = 5;
 /**
  * bwrap reads its arguments (NUL-separated) from this descriptor (`--args`): they hold the execution's environment
- * values, and a process's argv is readable by every user of the host (/proc/PID/cmdline, `ps`), environ is not. bwrap's
- * argv is then `bwrap --args 7`, which is also all that /proc/1/cmdline shows inside the sandbox (bwrap's init).
+ * values and host paths, and a process's argv is readable by every user of the host (/proc/PID/cmdline, `ps`), environ
+ * is not. bwrap's argv is then `bwrap --args 7 -- <command>` (bwrap takes only options from the descriptor), which is
+ * also what /proc/1/cmdline shows inside the sandbox (bwrap's init).
  */
 const FD_ARGS = 7;
 const MIN_BWRAP: [number, number] = [0, 8]; // --disable-userns (0.8), --size (0.7)
@@ -218,7 +219,7 @@ export class SandboxExecutor implements Executor {
     this.log = options.logger ?? noopLogger;
     this.timeoutGraceMs = options.timeoutGraceMs ?? 1000;
     this.seccomp = buildSandboxFilter().program;
-    this.mounts = new PrivateMounts({ baseDir: path.join(options.stateDir, 'sandbox'), ownerId: options.ownerId }, randomBytes(4).toString('hex'));
+    this.mounts = new PrivateMounts({ baseDir: path.join(options.stateDir, 'sandbox'), ownerId: options.ownerId }, randomBytes(3).toString('hex'));
     this.runsDir = path.join(this.mounts.root, 'runs');
     this.agentsDir = path.join(this.mounts.root, 'agents');
     const prewarm = options.prewarm ?? 2;
@@ -333,7 +334,9 @@ export class SandboxExecutor implements Executor {
     const layout = this.layoutFor(spec.image);
     const plan = this.workdirPlan(layout, spec.workdir);
     validateSpec(spec);
-    const imageBinds = await this.imageBindArgs(layout);
+    const imageBinds = await this.imageBindArgs(layout).catch((err: unknown) => {
+      throw new KindlingError('EXECUTOR_FAILED', `could not prepare the sandbox's run dirs: ${(err as Error).message}`, { cause: err });
+    });
     this.driverOrUnavailable();
     const limits: CgroupLimits = {
       memoryBytes: Math.round(spec.limits.memoryMb * 1024 * 1024),

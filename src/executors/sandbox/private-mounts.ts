@@ -9,9 +9,9 @@
  *    overlay's options name its layers; they are given as /proc/self/fd/N of the mount(8) process, so the options read
  *    `lowerdir=/proc/self/fd/3:/proc/self/fd/4`, not the images dir. (An overlay without an upper layer needs two
  *    lower ones: the second is an empty directory.)
- * Both live under `<stateDir>/sandbox/<ownerId>-<random>`, and every mount is detached (`umount -l`) at close, so that
- * sandboxes still running keep what they bound. A crashed predecessor's mounts are found by owner and detached by
- * `reapStale`.
+ * Both live under `<stateDir>/sandbox/<random>` (short: agent socket paths must stay under the kernel's 108 bytes),
+ * marked with the owner id in a file `owner`, and every mount is detached (`umount -l`) at close, so that sandboxes
+ * still running keep what they bound. A crashed predecessor's mounts are found by owner and detached by `reapStale`.
  */
 import { execFile, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -49,7 +49,7 @@ export class PrivateMounts {
   private counter = 0;
 
   constructor(private readonly options: PrivateMountsOptions, instanceTag: string) {
-    this.root = path.join(options.baseDir, `${options.ownerId}-${instanceTag}`);
+    this.root = path.join(options.baseDir, instanceTag);
   }
 
   /** Mounts the tmpfs (once). Rejects when the host cannot mount (not root, no tmpfs). */
@@ -58,7 +58,10 @@ export class PrivateMounts {
       await fs.promises.mkdir(this.options.baseDir, { recursive: true, mode: 0o711 });
       await fs.promises.chmod(this.options.baseDir, 0o711);
       await fs.promises.mkdir(this.root, { recursive: true, mode: 0o711 });
+      // Marked before and after mounting: a crash in between leaves a directory reapStale still recognises.
+      await fs.promises.writeFile(path.join(this.root, 'owner'), this.options.ownerId, { mode: 0o600 });
       await this.mount(['-t', 'tmpfs', '-o', 'mode=0711,nosuid,nodev', 'kindling-runs', this.root]);
+      await fs.promises.writeFile(path.join(this.root, 'owner'), this.options.ownerId, { mode: 0o600 });
       // The overlays read their layers with the mounter's (root's) credentials: nobody else needs this one.
       await fs.promises.mkdir(path.join(this.root, 'empty'), { mode: 0o700 });
       await fs.promises.mkdir(path.join(this.root, 'images'), { mode: 0o711 });
@@ -117,7 +120,9 @@ export class PrivateMounts {
     let removed = 0;
     for (const name of names) {
       const dir = path.join(this.options.baseDir, name);
-      if (!name.startsWith(`${this.options.ownerId}-`) || dir === this.root) continue;
+      if (dir === this.root) continue;
+      const owner = await fs.promises.readFile(path.join(dir, 'owner'), 'utf8').catch(() => null);
+      if (owner !== this.options.ownerId) continue;
       for (const point of mountsUnder(dir).reverse()) this.detachSync(point);
       await fs.promises.rm(dir, { recursive: true, force: true }).catch(() => {});
       removed++;

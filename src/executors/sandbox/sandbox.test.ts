@@ -83,7 +83,7 @@ function hostProcessesWith(marker: string): string[] {
 function leftoversOf(id: string, ownerId = owner): string[] {
   const places = ['memory', 'pids', 'cpu', 'freezer'].map((c) => `/sys/fs/cgroup/${c}/kindling/${ownerId}/${id}`);
   places.push(`/sys/fs/cgroup/kindling/${ownerId}/${id}`);
-  // Run dirs live in each executor instance's private mount dir: <stateDir>/sandbox/<owner>-<random>/runs.
+  // Run dirs live in each executor instance's private mount dir: <stateDir>/sandbox/<random>/runs.
   const instances = existsSync(join(stateDir, 'sandbox')) ? readdirSync(join(stateDir, 'sandbox')) : [];
   for (const instance of instances) places.push(join(stateDir, 'sandbox', instance, 'runs', id));
   return places.filter((p) => existsSync(p));

@@ -71,6 +71,10 @@ export async function startAgentSandbox(
     await chown(dir, 0, options.sandboxGid);
     await chmod(dir, 0o710);
     const socketPath = join(dir, AGENT_SOCKET);
+    // The kernel's limit (sun_path): a longer path would be cut short by listen() and the socket made elsewhere.
+    if (Buffer.byteLength(socketPath) > 107) {
+      throw new Error(`the agent socket path ${socketPath} is longer than the 107 bytes a unix socket path may have: use a shorter data dir`);
+    }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(socketPath, () => resolve());
