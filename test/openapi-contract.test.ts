@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Validator } from '@seriousme/openapi-schema-validator';
+import { Ajv } from 'ajv';
 import openapiTS, { astToString } from 'openapi-typescript';
 import ts from 'typescript';
 import { Kindling, KindlingError } from '@kindling/sdk';
@@ -97,6 +98,37 @@ describe('the OpenAPI contract', { skip: unavailable ?? false }, () => {
       if (/^(POST|PUT|PATCH) /.test(route) && !route.endsWith('/keys') && !op.requestBody) problems.push(`${route}: no request body`);
     }
     assert.deepEqual(problems, []);
+  });
+
+  test('every JSON body and answer has an example, and every example is valid against its schema', () => {
+    // The document's schemas are OpenAPI 3.0 (nullable, example): Ajv reads them with those keywords known.
+    const ajv = new Ajv({ strict: false, validateFormats: false, allErrors: true });
+    const problems: string[] = [];
+    let checked = 0;
+    for (const [route, op] of operations()) {
+      const medias: [string, { schema?: unknown; example?: unknown; examples?: Record<string, { value: unknown }> }][] = [
+        ...Object.entries(op.requestBody?.content ?? {}).map(([type, media]) => [`${route} request ${type}`, media] as [string, never]),
+        ...Object.entries(op.responses ?? {}).flatMap(([status, answer]) => Object.entries(answer.content ?? {}).map(([type, media]) => [`${route} ${status} ${type}`, media] as [string, never])),
+      ];
+      for (const [where, media] of medias) {
+        if (!where.includes('json') || media.schema === undefined) continue;
+        const examples = media.example !== undefined ? [media.example] : Object.values(media.examples ?? {}).map((entry) => entry.value);
+        if (examples.length === 0) {
+          problems.push(`${where}: no example`);
+          continue;
+        }
+        const validate = ajv.compile(media.schema as object);
+        for (const example of examples) {
+          checked++;
+          if (!validate(example)) problems.push(`${where}: example ${JSON.stringify(example).slice(0, 200)} is invalid: ${ajv.errorsText(validate.errors)}`);
+        }
+      }
+    }
+    assert.deepEqual(problems, []);
+    assert.ok(checked > 40, `${checked} examples checked`);
+    // The hand-written ones are there (the rest are derived from the schemas).
+    const execute = document.paths['/v1/execute']!.post!;
+    assert.deepEqual((execute.requestBody!.content!['application/json'] as { example?: unknown }).example, { runtime: 'python', code: 'print(sum(range(10)))', timeoutMs: 5000 });
   });
 
   test('every route is covered by the TypeScript SDK or listed as not covered', () => {

@@ -25,6 +25,7 @@ import { registerFunctionRoutes } from './routes/functions.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
+import { addExamples } from './openapi-examples.js';
 import { ErrorResponseSchema, PoolsSchema } from './schemas.js';
 import type { UsageStore } from '../store/usage.js';
 import { startRequestTrace, type RequestTrace } from './trace.js';
@@ -155,6 +156,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
+    // Every JSON body and answer gets an example (computed once: the document is cached).
+    transformObject: (documents) => addExamples('openapiObject' in documents ? documents.openapiObject : documents.swaggerObject),
   });
 
   // WebSockets (GET /v1/execute/ws): the upgrade request goes through the hooks below, the auth hook included. One

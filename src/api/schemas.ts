@@ -35,7 +35,7 @@ export const ExecuteRequestSchema = Type.Object(
     executor: Type.Optional(Type.String({ description: `One of ${EXECUTOR_NAMES.join(', ')}; default: the server's.` })),
     outputEncoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')], { description: 'Encoding of stdout/stderr in the result; base64 for binary output. Default utf8.' })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, examples: [{ runtime: 'python', code: 'print(sum(range(10)))', timeoutMs: 5000 }] },
 );
 export type ExecuteRequestBody = Static<typeof ExecuteRequestSchema>;
 
@@ -64,12 +64,43 @@ export const ExecutionResultSchema = Type.Object({
       { description: 'Kernel accounting of the execution (cgroup): CPU time in ms and peak memory in bytes; null when unknown' },
     ),
   ),
+}, {
+  examples: [
+    {
+      id: 'ex_01JDXK3V9Q6M2T8R4B7N5C1F0A',
+      exitCode: 0,
+      signal: null,
+      stdout: '45\n',
+      stderr: '',
+      outputEncoding: 'utf8',
+      durationMs: 21.3,
+      coldStart: false,
+      executor: 'sandbox',
+      timedOut: false,
+      oomKilled: false,
+      truncated: false,
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      timings: { queuedMs: 0.1, startMs: 6.2, runMs: 15 },
+      usage: { cpuMs: 12, memoryPeakBytes: 9437184 },
+    },
+  ],
 });
 
-export const ErrorResponseSchema = Type.Object({
-  error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Optional(Type.Unknown()) }),
-  requestId: Type.String(),
-});
+export const ErrorResponseSchema = Type.Object(
+  {
+    error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Optional(Type.Unknown()) }),
+    requestId: Type.String(),
+  },
+  {
+    examples: [
+      {
+        error: { code: 'LIMIT_OUT_OF_RANGE', message: 'memoryMb must be between 16 and 4096, got 100000', details: { field: 'memoryMb', min: 16, max: 4096 } },
+        requestId: 'req_01JDXK3V9Q6M2T8R4B7N5C1F0B',
+      },
+    ],
+  },
+);
 
 export const FunctionNameParamsSchema = Type.Object({
   name: Type.String({ description: 'Function name: ^[a-z0-9][a-z0-9-]{0,62}$', maxLength: 256 }),
@@ -92,7 +123,7 @@ export const FunctionSpecSchema = Type.Object(
     maxQueued: Type.Optional(Type.Integer({ description: 'Handler style: invocations that may wait for a sandbox beyond maxConcurrency; more get 429 at once. Default: the server\'s (256).' })),
     executor: Type.Optional(Type.String({ description: `One of ${EXECUTOR_NAMES.join(', ')}; default: the server's.` })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, examples: [{ runtime: 'python', handler: 'handler', code: 'def handler(body):\n    return b"hello " + body\n', minWarm: 1 }] },
 );
 export type FunctionSpecBody = Static<typeof FunctionSpecSchema>;
 
