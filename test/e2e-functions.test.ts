@@ -47,6 +47,27 @@ describe('functions end to end (sandbox executor)', { skip: unavailable ?? false
     assert.equal(two.version, 2);
   });
 
+  it('lists the versions kept, oldest first, the latest marked; the CLI prints them; unknown names 404', async () => {
+    await client.functions.deploy('versioned', { image: 'kindling/base', command: ['echo', 'one'] });
+    await client.functions.deploy('versioned', { runtime: 'python', code: 'print(2)' });
+    await client.functions.deploy('versioned', { runtime: 'node', code: 'export const h = (b) => b;', handler: 'h' });
+    const versions = await client.functions.versions('versioned');
+    assert.deepEqual(
+      versions.map((v) => [v.version, v.style, v.latest, v.runtime ?? v.image]),
+      [
+        [1, 'command', false, 'kindling/base'],
+        [2, 'command', false, 'python'],
+        [3, 'handler', true, 'node'],
+      ],
+    );
+    assert.deepEqual(versions[0]!.command, ['echo', 'one'], 'each version carries its own spec');
+    assert.ok(versions.every((v, i) => i === 0 || v.createdAtMs >= versions[i - 1]!.createdAtMs));
+    const printed = (await execFileAsync('node', [CLI, 'functions', 'versions', 'versioned', '--url', server.url])).stdout;
+    assert.match(printed, /^1\s+command\s+kindling\/base/m);
+    assert.match(printed, /^3\s+handler\s+node\s+\S+\s+latest$/m);
+    await assert.rejects(client.functions.versions('nope'), (e: unknown) => e instanceof NotFoundError && e.code === 'FUNCTION_NOT_FOUND' && e.status === 404);
+  });
+
   it('takes any content type as raw bytes and returns raw stdout with the x-kindling headers', async () => {
     await client.functions.deploy('cat', { image: 'kindling/base', command: ['sh', '-c', 'cat; exit 3'] });
     const bytes = Buffer.from([0, 1, 2, 255, 254, 10, 13]);

@@ -32,6 +32,7 @@ const TS_COVERED: Record<string, string[]> = {
   'GET /v1/functions': ['functions.list'],
   'POST /v1/functions/{name}/invoke': ['functions.invoke', 'functions.invokeAsync'],
   'GET /v1/functions/{name}/logs': ['functions.logs'],
+  'GET /v1/functions/{name}/versions': ['functions.versions'],
   'GET /v1/invocations': ['invocations.list'],
   'GET /v1/invocations/{id}': ['invocations.get', 'invocations.waitFor'],
   'GET /v1/invocations/{id}/output': ['invocations.output'],

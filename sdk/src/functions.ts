@@ -1,7 +1,7 @@
 import { KindlingError } from './errors.js';
 import { APIResource, type RequestOptions } from './resource.js';
 import { sseEvents } from './invocations.js';
-import type { FunctionInfo, FunctionSpec, InvocationResult, LogEvent } from './types.js';
+import type { FunctionInfo, FunctionSpec, FunctionVersionInfo, InvocationResult, LogEvent } from './types.js';
 
 const path = (name: string): string => `/v1/functions/${encodeURIComponent(name)}`;
 
@@ -40,6 +40,15 @@ export class Functions extends APIResource {
   }
 
   /** `GET /v1/functions`. */
+  /**
+   * `GET /v1/functions/NAME/versions`: the versions the server keeps of the function (the newest few, see the server's
+   * --function-versions-kept, plus any a queued invocation still needs), oldest first; `latest` marks the one that runs.
+   */
+  async versions(name: string, options: RequestOptions = {}): Promise<FunctionVersionInfo[]> {
+    const answer = await this.http.json<{ versions: FunctionVersionInfo[] }>({ method: 'GET', path: `${path(name)}/versions`, ...call(options) });
+    return answer.versions;
+  }
+
   async list(options: RequestOptions = {}): Promise<FunctionInfo[]> {
     const answer = await this.http.json<{ functions: FunctionInfo[] }>({ method: 'GET', path: '/v1/functions', ...call(options) });
     return answer.functions;

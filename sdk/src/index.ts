@@ -31,6 +31,7 @@ export type {
   ReadyStatus,
   FunctionSpec,
   FunctionInfo,
+  FunctionVersionInfo,
   InvocationResult,
   Invocation,
   InvocationStatus,

@@ -175,6 +175,17 @@ export interface FunctionInfo extends FunctionSpec {
   updatedAtMs: number;
 }
 
+/** One kept version of a function (`functions.versions()`): its spec as deployed, flattened. */
+export interface FunctionVersionInfo extends FunctionSpec {
+  name: string;
+  version: number;
+  style: 'handler' | 'command';
+  /** Whether new invocations run this version. */
+  latest: boolean;
+  /** When this version was deployed (ms since the epoch). */
+  createdAtMs: number;
+}
+
 /** The outcome of `functions.invoke()`: the raw response body and the `x-kindling-*` facts. */
 export interface InvocationResult {
   /** The response body: stdout of a command, the return value of a handler (the error text when it threw). */

@@ -127,6 +127,33 @@ export const FunctionSpecSchema = Type.Object(
 );
 export type FunctionSpecBody = Static<typeof FunctionSpecSchema>;
 
+export const FunctionVersionListSchema = Type.Object(
+  {
+    versions: Type.Array(
+      Type.Object(
+        {
+          name: Type.String(),
+          version: Type.Integer(),
+          style: Type.String({ description: 'handler or command' }),
+          latest: Type.Boolean({ description: 'Whether new invocations run this version' }),
+          createdAtMs: Type.Number({ description: 'When this version was deployed (ms since the epoch)' }),
+        },
+        { additionalProperties: true, description: "One version: its spec as deployed (runtime, code, handler, image, command, env, limits), flattened" },
+      ),
+    ),
+  },
+  {
+    examples: [
+      {
+        versions: [
+          { name: 'hello', version: 1, style: 'handler', latest: false, createdAtMs: 1796169600000, runtime: 'python', handler: 'handler', code: 'def handler(body):\n    return body\n' },
+          { name: 'hello', version: 2, style: 'handler', latest: true, createdAtMs: 1796173200000, runtime: 'python', handler: 'handler', code: 'def handler(body):\n    return b"hello " + body\n' },
+        ],
+      },
+    ],
+  },
+);
+
 export const FunctionViewSchema = Type.Object(
   {
     name: Type.String(),

@@ -117,6 +117,19 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
         process.stdout.write(`${JSON.stringify(await clientFrom(options).functions.get(name), null, 2)}\n`);
       }),
   );
+  clientOptions(functions.command('versions').description('list the versions kept of a function, oldest first').argument('<name>').option('--json', 'print JSON'), defaults).action(
+    async (name: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        const versions = await clientFrom(options).functions.versions(name);
+        if (options.json) {
+          process.stdout.write(`${JSON.stringify(versions, null, 2)}\n`);
+          return;
+        }
+        const rows = [['VERSION', 'STYLE', 'RUNTIME/IMAGE', 'DEPLOYED', ''], ...versions.map((v) => [String(v.version), v.style, v.runtime ?? v.image ?? '-', new Date(v.createdAtMs).toISOString(), v.latest ? 'latest' : ''])];
+        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+        process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
+      }),
+  );
   clientOptions(functions.command('delete').description('delete a function, all its versions and warm sandboxes').argument('<name>'), defaults).action(
     async (name: string, options: Record<string, unknown>) =>
       guarded(async () => {

@@ -94,6 +94,17 @@ export interface FunctionView extends FunctionSpec {
   updatedAtMs: number;
 }
 
+/** One version of a function: its spec as deployed, flattened, with when it was deployed and whether invocations run it. */
+export interface FunctionVersionView extends FunctionSpec {
+  name: string;
+  version: number;
+  style: 'handler' | 'command';
+  /** Whether this is the version new invocations run. */
+  latest: boolean;
+  /** When this version was deployed. */
+  createdAtMs: number;
+}
+
 export const HANDLER_RUNTIMES = ['node', 'python'] as const;
 const HANDLER_NAME = /^[A-Za-z_$][A-Za-z0-9_$]{0,127}$/;
 
@@ -161,6 +172,20 @@ export class FunctionService {
     const version = fn === null ? null : this.store.getVersion(tenant, name, fn.latestVersion);
     if (fn === null || version === null) throw notFound(name);
     return toView(fn, version);
+  }
+
+  /** Every version the store keeps of the function (see --function-versions-kept), oldest first. */
+  versions(tenant: string, name: string): FunctionVersionView[] {
+    const fn = FUNCTION_NAME_PATTERN.test(name) ? this.store.getFunction(tenant, name) : null;
+    if (fn === null) throw notFound(name);
+    return this.store.listVersions(tenant, name).map((version) => ({
+      ...version.spec,
+      name: fn.name,
+      version: version.version,
+      style: isHandlerStyle(version.spec) ? 'handler' : 'command',
+      latest: version.version === fn.latestVersion,
+      createdAtMs: version.createdAtMs,
+    }));
   }
 
   list(tenant: string): FunctionView[] {

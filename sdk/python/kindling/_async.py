@@ -23,6 +23,7 @@ from ._types import (
     CreatedTenant,
     ExecutionResult,
     FunctionInfo,
+    FunctionVersionInfo,
     Invocation,
     InvocationOutput,
     InvocationResult,
@@ -243,6 +244,11 @@ class AsyncFunctions:
     async def get(self, name: str) -> FunctionInfo:
         """``GET /v1/functions/NAME``."""
         return FunctionInfo.from_wire(await self._http.json("GET", f"/v1/functions/{seg(name)}"))
+
+    async def versions(self, name: str) -> list[FunctionVersionInfo]:
+        """``GET /v1/functions/NAME/versions``: oldest first."""
+        answer = expect_dict(await self._http.json("GET", f"/v1/functions/{seg(name)}/versions"), "the version list")
+        return [FunctionVersionInfo.from_wire(item) for item in answer.get("versions") or []]
 
     async def list(self) -> list[FunctionInfo]:
         """``GET /v1/functions``."""

@@ -18,6 +18,7 @@ from ._types import (
     CreatedTenant,
     ExecutionResult,
     FunctionInfo,
+    FunctionVersionInfo,
     Invocation,
     InvocationOutput,
     InvocationResult,
@@ -259,6 +260,11 @@ class Functions:
     def get(self, name: str) -> FunctionInfo:
         """``GET /v1/functions/NAME``: the function and its latest version; :class:`NotFoundError` when there is none."""
         return FunctionInfo.from_wire(self._http.json("GET", f"/v1/functions/{seg(name)}"))
+
+    def versions(self, name: str) -> list[FunctionVersionInfo]:
+        """``GET /v1/functions/NAME/versions``: the versions the server keeps, oldest first (``latest`` marks the one that runs)."""
+        answer = expect_dict(self._http.json("GET", f"/v1/functions/{seg(name)}/versions"), "the version list")
+        return [FunctionVersionInfo.from_wire(item) for item in answer.get("versions") or []]
 
     def list(self) -> list[FunctionInfo]:
         """``GET /v1/functions``: the functions of the caller's tenant (latest versions)."""

@@ -175,6 +175,38 @@ class FunctionInfo:
 
 
 @dataclass(frozen=True)
+class FunctionVersionInfo:
+    """One kept version of a function (:meth:`Functions.versions`): identity, style and when it was deployed."""
+
+    name: str
+    version: int
+    #: ``handler`` or ``command``.
+    style: str
+    #: Whether new invocations run this version.
+    latest: bool
+    runtime: Optional[str]
+    handler: Optional[str]
+    #: When this version was deployed, in milliseconds since the epoch.
+    created_at_ms: float
+    #: The whole version as the server sent it (its spec: code, image, command, env, limits).
+    raw: JsonDict = field(repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "FunctionVersionInfo":
+        d = expect_dict(data, "a function version")
+        return cls(
+            name=_str(d.get("name")),
+            version=_int(d.get("version")),
+            style=_str(d.get("style")),
+            latest=d.get("latest") is True,
+            runtime=_opt_str(d.get("runtime")),
+            handler=_opt_str(d.get("handler")),
+            created_at_ms=_float(d.get("createdAtMs")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
 class InvocationResult:
     """The outcome of :meth:`Functions.invoke`: the raw response body and the ``x-kindling-*`` facts."""
 

@@ -29,6 +29,9 @@ def test_deploy_invoke_list_get_delete(k: Kindling, name: str) -> None:
     assert name in [f.name for f in k.functions.list()]
     second = k.functions.deploy(name, runtime="python", code=HANDLER.replace("echo:", "v2:"), handler="handler")
     assert second.version == 2 and k.functions.get(name).version == 2
+    versions = k.functions.versions(name)
+    assert [(v.version, v.latest, v.style) for v in versions] == [(1, False, "handler"), (2, True, "handler")]
+    assert "v2:" in str(versions[1].raw["code"]) and "v2:" not in str(versions[0].raw["code"])
     assert k.functions.invoke(name, b"x").body == b"v2:x"
     k.functions.delete(name)
     with pytest.raises(kindling.NotFoundError) as caught:

@@ -15,6 +15,7 @@ import {
   ErrorResponseSchema,
   FunctionNameParamsSchema,
   FunctionSpecSchema,
+  FunctionVersionListSchema,
   FunctionViewSchema,
   type FunctionNameParams,
   type FunctionSpecBody,
@@ -67,6 +68,19 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     '/v1/functions/:name',
     { schema: { tags: ['functions'], summary: 'A function and its latest version', params: FunctionNameParamsSchema, response: { 200: FunctionViewSchema, ...errors } } },
     async (request) => service.get(request.principal.tenant, request.params.name),
+  );
+
+  app.get<{ Params: FunctionNameParams }>(
+    '/v1/functions/:name/versions',
+    {
+      schema: {
+        tags: ['functions'],
+        summary: 'The versions kept of a function (the newest --function-versions-kept, plus any a queued invocation needs), oldest first',
+        params: FunctionNameParamsSchema,
+        response: { 200: FunctionVersionListSchema, ...errors },
+      },
+    },
+    async (request) => ({ versions: service.versions(request.principal.tenant, request.params.name) }),
   );
 
   app.delete<{ Params: FunctionNameParams }>(
