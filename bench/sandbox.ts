@@ -239,7 +239,7 @@ async function stdin100MiB(ctx: BenchContext, client: BenchClient, runs: number)
   const file = join(ctx.workDir, 'sandbox-100mib.bin');
   await writeFile(file, payload);
   const expectedCksum = posixCksum(payload);
-  // Raw mode: the payload is the request body, streamed to stdin; no JSON, no base64 (see README, raw executions).
+  // Raw mode: the payload is the request body, streamed to stdin; no JSON, no base64 (see docs/api.md, raw executions).
   const inSpec = { image: 'kindling/base', command: ['cksum'], executor: 'sandbox', timeoutMs: 120_000 };
   const catSpec = { image: 'kindling/base', command: ['cat'], executor: 'sandbox', timeoutMs: 120_000 };
   const data: Record<string, unknown> = { bytes, sha256: digest };

@@ -132,6 +132,16 @@ describe('the OpenAPI contract', { skip: unavailable ?? false }, () => {
     assert.deepEqual((execute.requestBody!.content!['application/json'] as { example?: unknown }).example, { runtime: 'python', code: 'print(sum(range(10)))', timeoutMs: 5000 });
   });
 
+  test('every route is in the reference (docs/api.md)', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const api = await readFile(join(repoRoot, 'docs', 'api.md'), 'utf8');
+    // The reference writes path parameters in capitals (/v1/functions/NAME) and may name several methods in one row.
+    const missing = [...new Set(Object.keys(document.paths))]
+      .map((path) => path.replace(/\{(\w+)\}/g, (_, name: string) => name.toUpperCase()))
+      .filter((path) => !api.includes(`${path}\``) && !api.includes(`${path}?`) && !api.includes(`${path} `));
+    assert.deepEqual(missing, [], 'routes of /openapi.json missing from docs/api.md');
+  });
+
   test('every route is covered by the TypeScript SDK or listed as not covered', () => {
     const client = new Kindling({ url: server.url }) as unknown as Record<string, unknown>;
     for (const [route] of operations()) {

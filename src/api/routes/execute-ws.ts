@@ -37,7 +37,7 @@ function parseSpec(text: string): ExecuteRequest {
   if (!specValidator.Check(spec)) {
     const first = specValidator.Errors(spec).First();
     const where = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : 'spec';
-    throw new KindlingError('VALIDATION_FAILED', `spec ${where}: ${first?.message ?? 'is invalid'} (stdin comes as binary messages; see README)`, { details: { field: where } });
+    throw new KindlingError('VALIDATION_FAILED', `spec ${where}: ${first?.message ?? 'is invalid'} (stdin comes as binary messages; see docs/api.md)`, { details: { field: where } });
   }
   return spec as ExecuteRequest;
 }
