@@ -31,17 +31,23 @@ export function buildLaunchScript(options: LaunchScriptOptions): string {
   lines.push(`exec <${stdin} >${shellQuote(options.stdoutPath)} 2>${shellQuote(options.stderrPath)}`);
   // A work dir under /tmp may not exist yet (the tmpfs is mounted at /tmp); every other one is its own mount.
   lines.push(`mkdir -p -- ${shellQuote(options.workdir)} 2>/dev/null; cd -- ${shellQuote(options.workdir)} || exit 126`);
-  // Start from an empty environment so nothing of the image's or the engine's leaks in unasked.
+  // Start from an empty environment so nothing of the image's or the engine's leaks in unasked: every variable the
+  // shell inherited is unset, then exactly the requested ones are exported by the shell itself. Not `env -i NAME=value
+  // command`: the values would sit in that process's argv, which every user of the host can read in /proc.
   const assignments = Object.entries(options.env).map(([name, value]) => {
     if (!ENV_NAME.test(name)) throw new Error(`invalid environment variable name: ${name}`);
     return `${name}=${shellQuote(value)}`;
   });
-  const run = `env -i -- ${assignments.join(' ')} ${options.command.map(shellQuote).join(' ')}`;
+  // env (no assignments in its argv) then finds the command as before: through the PATH the command gets, or execvp's
+  // default path when it gets none. Its own path is looked up before the shell's PATH is unset.
+  const clear = `kindling_env=$(command -v env); for kindling_name in $(env | sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p'); do unset "$kindling_name"; done; unset kindling_name`;
+  const run = `${clear}; ${assignments.length > 0 ? `export ${assignments.join(' ')}; ` : ''}exec "$kindling_env" -- ${options.command.map(shellQuote).join(' ')}`;
   if (options.usagePath === undefined) {
-    lines.push(`exec ${run}`);
+    lines.push(run);
   } else {
     const usage = shellQuote(options.usagePath);
-    lines.push(run);
+    // In a subshell: the launch shell keeps its PATH for the usage lines below.
+    lines.push(`(${run})`);
     lines.push('rc=$?');
     // cgroup v1 (cpuacct.usage in ns, memory.max_usage_in_bytes), else v2 (cpu.stat usage_usec, memory.peak).
     lines.push(
