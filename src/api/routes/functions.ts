@@ -337,6 +337,7 @@ function resultHeaders(result: InvocationResult): Record<string, string> {
     'x-kindling-cold-start': String(result.coldStart),
     'x-kindling-executor': result.executor,
     ...(result.timedOut ? { 'x-kindling-timed-out': 'true' } : {}),
+    ...(result.truncated ? { 'x-kindling-truncated': 'true' } : {}),
   };
 }
 
