@@ -1,15 +1,14 @@
 /**
  * Nothing a sandbox sends may grow the server's memory without bound: a handler that writes result and log frames on
  * its agent socket as fast as it can, commands that print 4 GiB on stdout and stderr (sync, streamed, async, one-off)
- * and, on docker, a command that writes into the container's I/O directory. The server runs in this process
- * (test/helpers/server.ts), so its resident set is this process's: sampled every 50 ms, it must stay below
- * RSS_BOUND_MIB while another tenant's small invocations keep answering.
- *
- * Run: node --test --test-concurrency=1 dist/test/memory-bounds.test.js
+ * and, on docker, a command that writes into the container's I/O directory. The server runs in the test's process
+ * (test/helpers/server.ts), so its resident set is that process's: sampled every 50 ms, it must stay below
+ * RSS_BOUND_MIB while another tenant's small invocations keep answering. One executor per test file (a process of its
+ * own: what one suite's floods left in the heap does not count against the next).
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
+import { startTestServer, type TestServer } from './server.js';
 
 /** The documented bound of the server's resident memory under these floods (docs/security.md, item 2). */
 const RSS_BOUND_MIB = 300;
@@ -91,7 +90,7 @@ async function drain(response: Response): Promise<{ bytes: number; head: string 
   return { bytes, head };
 }
 
-function suite(executor: 'sandbox' | 'docker', unavailable: string | null): void {
+export function memoryFloodSuite(executor: 'sandbox' | 'docker', unavailable: string | null): void {
   describe(`a sandbox flooding the server (${executor} executor)`, { skip: unavailable ?? false }, () => {
     let server: TestServer;
     let other: string;
@@ -236,6 +235,3 @@ function suite(executor: 'sandbox' | 'docker', unavailable: string | null): void
     }
   });
 }
-
-suite('sandbox', await sandboxUnavailableReason());
-suite('docker', await dockerUnavailableReason());
