@@ -234,7 +234,9 @@ export function memoryFloodSuite(executor: 'sandbox' | 'docker', unavailable: st
 
     it('a one-off execution printing 4 GiB on stdout and stderr: RSS bounded, truncated', async () => {
       await underFlood('one-off execution', async () => {
-        const response = await call(server, KEY, 'POST', '/v1/execute', { image: 'kindling/base', command: ['sh', '-c', PRINT_BOTH], executor, timeoutMs: 300_000 });
+        // outputBytes 1 MiB: what is kept is rendered into one JSON answer at the end (a cost proportional to
+        // outputBytes, several times it while the answer is built; see docs/security.md), the 4 GiB are the flood.
+        const response = await call(server, KEY, 'POST', '/v1/execute', { image: 'kindling/base', command: ['sh', '-c', PRINT_BOTH], executor, timeoutMs: 300_000, outputBytes: 1024 * 1024 });
         const { head, tail } = await drain(response);
         assert.equal(response.status, 200, head);
         assert.match(head + tail, /"truncated":true/);
