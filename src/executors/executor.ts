@@ -41,6 +41,12 @@ export interface Execution {
   wait(): Promise<ExitInfo>;
   /** Kills the whole process tree. Idempotent; `wait()` resolves afterwards. */
   kill(): void;
+  /**
+   * What the kernel accounted to this execution's cgroup so far, read by the host (never reported by the sandbox);
+   * null once the cgroup is gone or when this executor cannot read it. Cheap (a cgroupfs file read): warm sandboxes
+   * read it around every invocation.
+   */
+  usageNow?(): ResourceUsage | null;
   /** Resolves once every resource of this execution (container, cgroup, mounts, temp dirs) is gone. */
   readonly disposed: Promise<void>;
 }
@@ -58,16 +64,19 @@ export interface StartOptions {
 export interface AgentInvocation {
   /** The handler's return value; with `exitCode` 1 the error text (stack trace); after a crash the sandbox's output. */
   body: Buffer;
-  /** What the handler printed (console / print) during this call. */
+  /** What the handler printed (console / print) during this call, up to `outputBytes`. */
   logs: Buffer;
+  /** The return value or the logs were longer than `outputBytes` and were cut there (the rest was dropped). */
+  truncated: boolean;
   /** 0: returned; 1: threw; 128+N: the sandbox died (killed by signal N, e.g. 137 after a timeout or an OOM kill). */
   exitCode: number;
   durationMs: number;
   timedOut: boolean;
   oomKilled: boolean;
   /**
-   * The call's CPU time and the agent process's peak RSS, as the agent read them from the kernel (getrusage); absent
-   * when the agent reports none (an older agent, or the sandbox died during the call).
+   * The call's CPU time (the delta of the sandbox's cgroup CPU counter across the call, read by the host: every process
+   * and thread of the sandbox, whatever the code does to its own clocks) and the cgroup's peak memory so far; absent
+   * when the executor cannot read its cgroup.
    */
   usage?: { cpuMs: number; memoryPeakBytes: number };
 }
@@ -90,6 +99,13 @@ export interface WarmSandbox {
   /** Kills the sandbox and releases everything. Idempotent. */
   destroy(): Promise<void>;
   /**
+   * Receives the CPU time the sandbox used outside invocations (background threads or processes left running after a
+   * handler returned, the module's top-level code at start): called with what accumulated, at the start of each
+   * invocation and once when the sandbox ends. It includes the start (the runtime and the module's top-level code);
+   * a generic sandbox's start before its code was loaded is the platform's and is not reported.
+   */
+  meter?(onIdle: (usage: { cpuMs: number }) => void): void;
+  /**
    * For a generic sandbox (started ahead of demand without code): loads one function's code into it, after which it
    * serves that function only. Rejects with AgentLoadError when the code does not load (a user failure).
    */
@@ -98,6 +114,8 @@ export interface WarmSandbox {
 
 export interface InvokeCallOptions {
   timeoutMs: number;
+  /** Bytes of the return value and of the logs kept (each); the rest is dropped and the result says `truncated`. */
+  outputBytes: number;
   /** Called with each piece of the handler's console/print output as it arrives (it is also in `logs` at the end). */
   onLog?: (chunk: Buffer) => void;
 }

@@ -2,7 +2,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { KindlingError } from '../core/errors.js';
 import type { ExecutionResult, ExecutorName } from '../core/types.js';
 import type { ExecutionContext, ExecutionObserver } from '../orchestrator/execution-service.js';
-import type { InvocationEvent, InvocationObserver } from '../orchestrator/handler-pools.js';
+import type { IdleUsageEvent, InvocationEvent, InvocationObserver } from '../orchestrator/handler-pools.js';
 
 /** One-off executions are counted under this function label, so one metric covers them and deployed functions. */
 export const EXECUTE_FUNCTION_LABEL = '_execute';
@@ -131,7 +131,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     });
     this.cpuSeconds = new Counter({
       name: 'kindling_cpu_seconds_total',
-      help: 'CPU time the kernel accounted to executions (cgroup) and to warm handler calls (the agent\'s getrusage), where reported',
+      help: 'CPU time the kernel accounted to sandboxes (their cgroups, read by the server): executions, warm handler calls and warm sandboxes between calls (idle)',
       labelNames: ['function', 'executor'],
       registers,
     });
@@ -242,6 +242,11 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     if (event.cpuMs !== undefined) this.cpuSeconds.inc({ function: event.functionName, executor: event.executor }, event.cpuMs / 1000);
     this.payloadBytes.inc({ direction: 'in' }, event.inBytes);
     this.payloadBytes.inc({ direction: 'out' }, event.outBytes);
+  }
+
+  /** CPU a warm sandbox used between invocations: billed, so counted with the rest of the CPU. */
+  onIdleUsage(event: IdleUsageEvent): void {
+    this.cpuSeconds.inc({ function: event.functionName, executor: event.executor }, event.cpuMs / 1000);
   }
 
   /** Sandbox lifecycle, fed by the executor wrapper in instrument.ts. */

@@ -1,14 +1,17 @@
 import type { KindlingError } from '../core/errors.js';
 import type { ExecutionResult, ExecutorName } from '../core/types.js';
 import type { ExecutionContext, ExecutionObserver } from '../orchestrator/execution-service.js';
-import type { InvocationEvent, InvocationObserver } from '../orchestrator/handler-pools.js';
+import { newId } from '../core/ids.js';
+import type { IdleUsageEvent, InvocationEvent, InvocationObserver } from '../orchestrator/handler-pools.js';
 import { DEFAULT_TENANT, type UsageRecord, type UsageStore } from '../store/usage.js';
 import { EXECUTE_FUNCTION_LABEL, statusOf } from './metrics.js';
 
 /**
- * Writes one usage record per finished invocation: the kernel's CPU time and peak memory (cgroup, via the executor's
- * exit info; for warm handler calls the resident agent's getrusage per call), wall time, the memory limit (for
- * GB-seconds) and bytes in/out. Observes only: a failing write is logged, never turned into a failed invocation.
+ * Writes one usage record per finished invocation: the kernel's CPU time and peak memory (the sandbox's cgroup, read
+ * by the server: at the end of a one-off execution, and around each call of a warm sandbox), wall time, the memory
+ * limit (for GB-seconds) and bytes in/out; and `idle` records of the CPU warm sandboxes used between calls. Nothing
+ * here comes from inside a sandbox, so user code cannot lower its bill. Observes only: a failing write is logged,
+ * never turned into a failed invocation.
  */
 export class UsageMeter implements ExecutionObserver, InvocationObserver {
   constructor(
@@ -50,13 +53,33 @@ export class UsageMeter implements ExecutionObserver, InvocationObserver {
       status: event.status,
       coldStart: event.coldStart,
       durationMs: event.durationMs,
-      // A warm sandbox's cgroup serves many calls: the resident agent reports each call's own CPU time (getrusage).
+      // A warm sandbox's cgroup serves many calls: each call gets the delta of its counter across the call.
       cpuMs: event.cpuMs ?? null,
       memoryPeakBytes: event.memoryPeakBytes ?? null,
       memoryMb: event.memoryMb,
       bytesIn: event.inBytes,
       bytesOut: event.outBytes,
       traceId: event.traceId ?? null,
+    });
+  }
+
+  onIdleUsage(event: IdleUsageEvent): void {
+    this.write({
+      id: newId('idle'),
+      tenant: event.tenant,
+      function: event.functionName,
+      executor: event.executor,
+      atMs: this.now(),
+      status: 'idle',
+      coldStart: false,
+      // No wall time: a warm sandbox's idle time is the platform's choice (keeping it warm), only its CPU is billed.
+      durationMs: 0,
+      cpuMs: event.cpuMs,
+      memoryPeakBytes: null,
+      memoryMb: event.memoryMb,
+      bytesIn: 0,
+      bytesOut: 0,
+      traceId: null,
     });
   }
 

@@ -21,6 +21,8 @@ export interface InvocationResult {
   durationMs: number;
   coldStart: boolean;
   timedOut: boolean;
+  /** The body or stderr was cut at the execution's `outputBytes` (the rest was dropped). */
+  truncated?: boolean;
   executor: ExecutorName;
 }
 
@@ -259,6 +261,7 @@ export class FunctionService {
         durationMs: raw.result.durationMs,
         coldStart: raw.result.coldStart,
         timedOut: raw.result.timedOut,
+        truncated: raw.result.truncated,
         executor: raw.result.executor,
       };
     } finally {

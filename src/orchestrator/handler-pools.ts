@@ -37,15 +37,31 @@ export interface InvocationEvent {
   sandboxStartMs?: number;
   /** The memory limit of the warm sandbox (for GB-seconds). */
   memoryMb: number;
-  /** CPU time of the call as the resident agent read it from the kernel (getrusage delta); absent when not reported. */
+  /**
+   * CPU time of the call: the delta of the warm sandbox's cgroup CPU counter across it, read by the server (every
+   * process and thread of the sandbox); absent when the executor cannot read its cgroup.
+   */
   cpuMs?: number;
-  /** Peak RSS of the agent process so far (ru_maxrss), when reported. */
+  /** Peak memory of the warm sandbox's cgroup so far, when known. */
   memoryPeakBytes?: number;
   traceId?: string;
 }
 
+/**
+ * CPU a warm sandbox used outside invocations (its start, background threads or processes left running after a
+ * handler returned), billed to the function's tenant as idle usage.
+ */
+export interface IdleUsageEvent {
+  tenant: string;
+  functionName: string;
+  executor: ExecutorName;
+  cpuMs: number;
+  memoryMb: number;
+}
+
 export interface InvocationObserver {
   onInvocation(event: InvocationEvent): void;
+  onIdleUsage?(event: IdleUsageEvent): void;
 }
 
 export interface HandlerPoolsOptions {
@@ -91,6 +107,8 @@ interface Entry {
   version: FunctionVersion;
   executor: Executor;
   memoryMb: number;
+  /** Bytes of the return value and of the logs kept per invocation (the tenant's cap lowers the default). */
+  outputBytes: number;
 }
 
 /** Pools are keyed by tenant, function and version: two tenants' `hello` never share a sandbox. */
@@ -301,7 +319,7 @@ export class HandlerPools implements HandlerInvoker {
       : undefined;
     let result;
     try {
-      result = await lease.sandbox.invoke(body, { timeoutMs, ...(onLog ? { onLog } : {}) });
+      result = await lease.sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}) });
       const rest = decoder?.end();
       if (rest) onText!('stderr', rest);
     } catch (error) {
@@ -314,7 +332,7 @@ export class HandlerPools implements HandlerInvoker {
     const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
     const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
     this.observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length, ...usage });
-    return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut };
+    return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut, truncated: result.truncated };
   }
 
   async close(): Promise<void> {
@@ -328,6 +346,15 @@ export class HandlerPools implements HandlerInvoker {
 
   private observe(event: InvocationEvent): void {
     for (const observer of this.options.observers ?? []) observer.onInvocation(event);
+  }
+
+  /** From now on the sandbox's CPU outside invocations is billed to this function's tenant. */
+  private metered(sandbox: WarmSandbox, version: FunctionVersion, executor: ExecutorName, memoryMb: number): WarmSandbox {
+    sandbox.meter?.(({ cpuMs }) => {
+      const event: IdleUsageEvent = { tenant: version.tenant, functionName: version.name, executor, cpuMs, memoryMb };
+      for (const observer of this.options.observers ?? []) observer.onIdleUsage?.(event);
+    });
+    return sandbox;
   }
 
   private retire(key: string, entry: Entry): void {
@@ -354,7 +381,7 @@ export class HandlerPools implements HandlerInvoker {
     const maxConcurrency = spec.maxConcurrency ?? this.options.defaultMaxConcurrency;
     const pool: WarmPool<WarmSandbox> = new WarmPool<WarmSandbox>({
       key,
-      create: () => this.coldSandbox(version, executor, executorName, limits),
+      create: async () => this.metered(await this.coldSandbox(version, executor, executorName, limits), version, executorName, limits.memoryMb),
       minWarm: spec.minWarm ?? 0,
       maxConcurrency,
       maxQueued: spec.maxQueued ?? this.options.defaultMaxQueued,
@@ -370,7 +397,7 @@ export class HandlerPools implements HandlerInvoker {
         if (this.retiredPools.delete(pool)) void pool.close();
       },
     });
-    const entry = { pool, version, executor, memoryMb: limits.memoryMb };
+    const entry = { pool, version, executor, memoryMb: limits.memoryMb, outputBytes: limits.outputBytes };
     this.pools.set(key, entry);
     return entry;
   }

@@ -76,4 +76,21 @@ describe('SqliteUsageStore', () => {
       store.close();
     }
   });
+
+  it('bills idle records in cpuMs but never counts them as invocations or lists them', () => {
+    const store = new SqliteUsageStore(join(dir, 'c.db'));
+    try {
+      store.record(record('inv_1', 1));
+      store.record({ ...record('idle_1', 2), status: 'idle', durationMs: 0, cpuMs: 250, bytesIn: 0, bytesOut: 0 });
+      const [row] = store.summarize({ fromMs: 0, toMs: 10, groupBy: 'function' });
+      assert.equal(row?.invocations, 1);
+      assert.equal(row?.cpuMs, 251);
+      assert.deepEqual(
+        store.recent({ limit: 10 }).map((r) => r.id),
+        ['inv_1'],
+      );
+    } finally {
+      store.close();
+    }
+  });
 });

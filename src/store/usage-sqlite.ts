@@ -126,7 +126,7 @@ export class SqliteUsageStore implements UsageStore {
     const key = query.groupBy === 'day' ? 'day' : 'function';
     const rows = this.db
       .prepare<unknown[], UsageRow>(
-        `SELECT tenant, ${key} AS key, COUNT(*) AS invocations, COALESCE(SUM(cpu_ms), 0) AS cpuMs,
+        `SELECT tenant, ${key} AS key, SUM(status != 'idle') AS invocations, COALESCE(SUM(cpu_ms), 0) AS cpuMs,
                 COALESCE(SUM(memory_mb / 1024.0 * duration_ms / 1000.0), 0) AS gbSeconds,
                 SUM(bytes_in) AS bytesIn, SUM(bytes_out) AS bytesOut
          FROM usage_records
@@ -139,7 +139,7 @@ export class SqliteUsageStore implements UsageStore {
 
   recent(options: { tenant?: string; limit: number; sinceMs?: number }): UsageRecord[] {
     this.flush();
-    const where: string[] = [];
+    const where: string[] = ["status != 'idle'"];
     const params: unknown[] = [];
     if (options.tenant !== undefined) {
       where.push('tenant = ?');

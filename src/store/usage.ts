@@ -13,11 +13,15 @@ export interface UsageRecord {
   executor: ExecutorName;
   /** Epoch ms when the invocation finished. */
   atMs: number;
-  status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error';
+  /**
+   * `idle`: not an invocation but CPU a warm sandbox used between invocations (background work a handler left
+   * running, its start), billed to the function; such records count in `cpuMs` sums, never as invocations.
+   */
+  status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error' | 'idle';
   coldStart: boolean;
   /** Wall time of the invocation. */
   durationMs: number;
-  /** CPU time from the cgroup; null when the executor cannot tell (warm handler calls, docker on some hosts). */
+  /** CPU time from the cgroup, read by the server; null when the executor cannot tell (microvm guests). */
   cpuMs: number | null;
   memoryPeakBytes: number | null;
   /** The memory limit the sandbox had; GB-seconds = memoryMb / 1024 × durationMs / 1000, like AWS Lambda. */
@@ -43,7 +47,9 @@ export interface UsageRow {
   tenant: string;
   /** The group: a function name (groupBy=function) or a UTC day YYYY-MM-DD (groupBy=day). */
   key: string;
+  /** Invocations and executions (idle records excluded). */
   invocations: number;
+  /** All CPU billed to the group: invocations' plus warm sandboxes' idle CPU. */
   cpuMs: number;
   gbSeconds: number;
   bytesIn: number;
@@ -55,7 +61,7 @@ export interface UsageStore {
   /** Stores a record; it may be written a moment later (within the event-loop turn), but every read sees it. */
   record(record: UsageRecord): void;
   summarize(query: UsageQuery): UsageRow[];
-  /** The newest records first, at most `limit` (the console's invocation list and charts). */
+  /** The newest invocation records first (idle records excluded), at most `limit` (the console's list and charts). */
   recent(options: { tenant?: string; limit: number; sinceMs?: number }): UsageRecord[];
   close(): void;
 }

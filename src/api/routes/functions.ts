@@ -108,7 +108,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           summary: 'Invoke a function: the raw body in, the raw output out (or async: 202 with an invocation id)',
           description: [
             'The request body (any content type) is the input: stdin of a command, the argument of a handler. The response body is the raw stdout / the handler\'s return value.',
-            'Headers: x-kindling-invocation-id, x-kindling-function-version, x-kindling-exit-code, x-kindling-duration-ms, x-kindling-cold-start. A handler that throws answers 200 with x-kindling-exit-code 1 and the error text as the body.',
+            'Headers: x-kindling-invocation-id, x-kindling-function-version, x-kindling-exit-code, x-kindling-duration-ms, x-kindling-cold-start, x-kindling-truncated (true when the output passed outputBytes and was cut). A handler that throws answers 200 with x-kindling-exit-code 1 and the error text as the body.',
             `Command functions stream both ways: stdin from the body as it arrives (up to --max-stream-bytes, else 413), stdout as it is produced. An output of at most ${STREAM_THRESHOLD_BYTES} bytes is answered with all the headers above; a larger one streams with x-kindling-output: streamed, and x-kindling-exit-code, x-kindling-duration-ms and x-kindling-timed-out come as HTTP trailers.`,
             'Async: with `x-kindling-async: true` the body (up to --max-body-bytes) is stored and the answer is 202 {invocationId} once it is committed; `Idempotency-Key` deduplicates (same key + function: the first invocation), `x-kindling-callback: URL` (allowed hosts only) receives the result.',
           ].join(' '),
@@ -362,6 +362,7 @@ function resultHeaders(result: InvocationResult): Record<string, string> {
     'x-kindling-cold-start': String(result.coldStart),
     'x-kindling-executor': result.executor,
     ...(result.timedOut ? { 'x-kindling-timed-out': 'true' } : {}),
+    ...(result.truncated ? { 'x-kindling-truncated': 'true' } : {}),
   };
 }
 

@@ -37,6 +37,8 @@ export function containerCreateOptions(options: {
   labels: Record<string, string>;
   /** network "egress": the Docker network to join (a bridge filtered by the egress policy); default none. */
   network?: string;
+  /** A parent cgroup of this container's own (cgroupfs driver), whose counters outlive the container: see cgroup-usage.ts. */
+  cgroupParent?: string;
 }): ContainerCreateOptions {
   const { shape } = options;
   const memoryBytes = shape.limits.memoryMb * 1024 * 1024;
@@ -59,6 +61,7 @@ export function containerCreateOptions(options: {
     StopTimeout: 1,
     HostConfig: {
       NetworkMode: options.network ?? 'none',
+      ...(options.cgroupParent === undefined ? {} : { CgroupParent: options.cgroupParent }),
       // Egress is IPv4 through the filtered bridge only: no IPv6 link-local path to the host.
       ...(options.network === undefined ? {} : { Sysctls: { 'net.ipv6.conf.all.disable_ipv6': '1', 'net.ipv6.conf.default.disable_ipv6': '1' } }),
       Memory: memoryBytes,

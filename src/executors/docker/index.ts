@@ -1,6 +1,6 @@
 import { constants as osConstants } from 'node:os';
 import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import Docker from 'dockerode';
 import type { Container } from 'dockerode';
@@ -10,7 +10,8 @@ import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOp
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER } from '../executor.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
-import { buildLaunchScript, parseCgroupUsage } from '../shared/launch-script.js';
+import { buildLaunchScript } from '../shared/launch-script.js';
+import { SlotCgroup, listSlotCgroups, removeOwnerDirs, type DockerCgroupLayout } from './cgroup-usage.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
 import type { EgressPolicy } from '../../network/policy.js';
@@ -54,6 +55,8 @@ export interface DockerExecutorOptions {
    * the rules exist while an egress container runs. Without it egress is UNSUPPORTED_NETWORK.
    */
   egressPolicy?: EgressPolicy;
+  /** cgroupfs mount point on this host, where containers' CPU and memory counters are read. Default /sys/fs/cgroup. */
+  cgroupMount?: string;
   logger?: Logger;
 }
 
@@ -65,8 +68,8 @@ interface Slot {
   readonly runDir: string;
   readonly stdout: FifoReader;
   readonly stderr: FifoReader;
-  /** Where the launch script reports the cgroup's CPU time and peak memory after the command ends. */
-  readonly usage: FifoReader;
+  /** The container's CPU and memory counters, read on the host (see cgroup-usage.ts). */
+  readonly cgroup: SlotCgroup;
   readonly shapeKey: string;
   /** Resolves with the engine's wait result once the container stops; rejects when the engine is lost. */
   readonly exited: Promise<{ StatusCode: number }>;
@@ -131,6 +134,8 @@ export class DockerExecutor implements Executor {
   private watchdog: NodeJS.Timeout | null = null;
   private engineLost = false;
   private pinging = false;
+  /** How this host's engine lays out cgroups, asked once (`docker info`), on the first container. */
+  private cgroupLayout: Promise<DockerCgroupLayout> | null = null;
 
   constructor(options: DockerExecutorOptions) {
     this.options = options;
@@ -252,12 +257,27 @@ export class DockerExecutor implements Executor {
     return networks.length;
   }
 
+  private layout(): Promise<DockerCgroupLayout> {
+    this.cgroupLayout ??= this.docker.info().then(
+      (info: { CgroupDriver?: string; CgroupVersion?: string }) => ({
+        mount: this.options.cgroupMount ?? '/sys/fs/cgroup',
+        version: info.CgroupVersion === '2' ? 2 : 1,
+        driver: info.CgroupDriver === 'systemd' ? 'systemd' : 'cgroupfs',
+      }),
+      (error: unknown) => {
+        this.cgroupLayout = null;
+        throw error;
+      },
+    );
+    return this.cgroupLayout;
+  }
+
   private async createSlot(shape: SlotShape, shapeKey: string, agentDir?: string, egress = false): Promise<Slot> {
     const runDir = join(this.options.stateDir, 'docker', `slot-${Math.random().toString(36).slice(2, 12)}${Date.now().toString(36)}`);
     const ioDir = join(runDir, '.io');
     let stdout: FifoReader | null = null;
     let stderr: FifoReader | null = null;
-    let usage: FifoReader | null = null;
+    let cgroup: SlotCgroup | null = null;
     let container: Container | null = null;
     this.creatingDirs.add(runDir);
     let egressHeld = false;
@@ -275,18 +295,22 @@ export class DockerExecutor implements Executor {
         await chown(dir, 0, CONTAINER_GID);
         await chmod(dir, 0o750);
       }
-      await makeFifos(['launch', 'in', 'out', 'err', 'usage'].map((name) => join(ioDir, name)), { mode: 0o660, gid: CONTAINER_GID });
+      // No usage FIFO: a pipe the container can open is a pipe its user can write (forged usage, or an endless stream
+      // into the server's memory). Usage is read from the host's cgroupfs instead.
+      await makeFifos(['launch', 'in', 'out', 'err'].map((name) => join(ioDir, name)), { mode: 0o660, gid: CONTAINER_GID });
       stdout = openFifoReader(join(ioDir, 'out'));
       stderr = openFifoReader(join(ioDir, 'err'));
-      usage = openFifoReader(join(ioDir, 'usage'));
+      cgroup = new SlotCgroup(await this.layout(), this.options.ownerId, basename(runDir));
       const createOptions = containerCreateOptions({
         shape,
         hostRunDir: runDir,
+        ...(cgroup.parent === undefined ? {} : { cgroupParent: cgroup.parent }),
         labels: this.labels({ 'dev.kindling.run-dir': runDir }),
         ...(agentDir === undefined ? {} : { agentDir }),
         ...(egress ? { network: this.egressNetworkName } : {}),
       });
       container = await this.createAndStart(createOptions);
+      cgroup.attach(container.id);
       const started = container;
       let lose: (error: KindlingError) => void = () => undefined;
       const lost = new Promise<never>((_resolve, reject) => {
@@ -298,7 +322,7 @@ export class DockerExecutor implements Executor {
         runDir,
         stdout,
         stderr,
-        usage,
+        cgroup,
         shapeKey,
         // Asked after start: "not-running" answers at once if the container already stopped, so no exit is missed.
         // The engine's wait request never settles when the engine dies mid-request: the watchdog rejects it then.
@@ -322,9 +346,8 @@ export class DockerExecutor implements Executor {
       stdout?.releaseKeeper();
       stderr?.stream.destroy();
       stderr?.releaseKeeper();
-      usage?.stream.destroy();
-      usage?.releaseKeeper();
       if (container) await container.remove({ force: true }).catch(() => undefined);
+      cgroup?.remove();
       await rm(runDir, { recursive: true, force: true }).catch(() => undefined);
       this.creatingDirs.delete(runDir);
       if (egressHeld) await this.releaseEgress().catch(() => undefined);
@@ -367,11 +390,10 @@ export class DockerExecutor implements Executor {
     slot.stdout.releaseKeeper();
     slot.stderr.stream.destroy();
     slot.stderr.releaseKeeper();
-    slot.usage.stream.destroy();
-    slot.usage.releaseKeeper();
     await slot.container.remove({ force: true }).catch((error: unknown) => {
       if ((error as { statusCode?: number }).statusCode !== 404) throw error;
     });
+    slot.cgroup.remove();
     await rm(slot.runDir, { recursive: true, force: true });
     this.slots.delete(slot);
     if (slot.egress) {
@@ -421,12 +443,13 @@ export class DockerExecutor implements Executor {
       stdinPath: spec.stdin ? `${GUEST_IO_DIR}/in` : null,
       stdoutPath: `${GUEST_IO_DIR}/out`,
       stderrPath: `${GUEST_IO_DIR}/err`,
-      usagePath: `${GUEST_IO_DIR}/usage`,
     });
     const launchTimeoutMs = this.options.launchTimeoutMs ?? 30_000;
     const launchAbort = new AbortController();
     void slot.exited.then(() => launchAbort.abort(), () => launchAbort.abort());
     const launchWriter = await openFifoWriter(join(ioDir, 'launch'), { timeoutMs: launchTimeoutMs, signal: launchAbort.signal });
+    // The execution's books open when its command is handed over (a prewarmed container's idle shell is not its).
+    slot.cgroup.begin();
     await new Promise<void>((resolve, reject) => {
       launchWriter.once('error', reject);
       launchWriter.end(script, () => resolve());
@@ -461,15 +484,11 @@ export class DockerExecutor implements Executor {
       new Promise<void>((resolve) => slot.stdout.stream.once('close', () => resolve())),
       new Promise<void>((resolve) => slot.stderr.stream.once('close', () => resolve())),
     ]);
-    const usageChunks: Buffer[] = [];
-    slot.usage.stream.on('data', (chunk: Buffer) => usageChunks.push(chunk));
-    const usageEnded = new Promise<void>((resolve) => slot.usage.stream.once('close', () => resolve()));
     const waitResult: Promise<ExitInfo> = (async () => {
       const { StatusCode: exitCode } = await slot.exited;
       // The process tree is gone: let the readers see end-of-file after the last bytes.
       slot.stdout.releaseKeeper();
       slot.stderr.releaseKeeper();
-      slot.usage.releaseKeeper();
       options.signal?.removeEventListener('abort', onAbort);
       let oomKilled = false;
       if (exitCode === 137) {
@@ -481,9 +500,10 @@ export class DockerExecutor implements Executor {
       if (exitCode > 128 && !killed && !oomKilled && (await this.stoppedByEngine(slot))) {
         throw new KindlingError('EXECUTOR_UNAVAILABLE', 'the Docker engine stopped the container during the execution (an engine restart or "docker stop"), which is lost; retry', { retryAfterSeconds: 5 });
       }
-      await Promise.all([streamsEnded, usageEnded]);
-      // Empty when the container was killed before its shell could report (timeout, OOM of the shell, kill()).
-      const usage = parseCgroupUsage(Buffer.concat(usageChunks).toString('utf8'));
+      await streamsEnded;
+      // The container's parent cgroup keeps the counters after the container's own is gone: the whole run, whatever
+      // ended it (exit, timeout, OOM, kill), read on the host.
+      const usage = slot.cgroup.usage() ?? { cpuMs: null, memoryPeakBytes: null };
       return { exitCode, signal: killed || oomKilled ? 'SIGKILL' : signalName(exitCode), oomKilled, usage };
     })();
 
@@ -501,6 +521,7 @@ export class DockerExecutor implements Executor {
       coldStart,
       wait: () => waitResult,
       kill,
+      usageNow: () => slot.cgroup.usage(),
       disposed,
     };
   }
@@ -619,6 +640,16 @@ export class DockerExecutor implements Executor {
       await rm(join(this.agentsDir, entry), { recursive: true, force: true });
       removedDirs++;
     }
+    // Parent cgroups of containers that are gone (removed above, or by an earlier run).
+    {
+      const layout = await this.layout().catch(() => null);
+      const ourSlots = new Set([...[...this.slots].map((slot) => slot.runDir), ...this.creatingDirs].map((dir) => basename(dir)));
+      for (const name of layout === null ? [] : listSlotCgroups(layout, this.options.ownerId)) {
+        if (ourSlots.has(name)) continue;
+        new SlotCgroup(layout!, this.options.ownerId, name).remove();
+        removedDirs++;
+      }
+    }
     let networks = 0;
     if (this.egressUsers === 0) {
       networks = await this.egressSerial(async () => (this.egressUsers === 0 ? (await this.removeEgressNetwork()) + (await removeChains(this.egressChains)) : 0));
@@ -640,6 +671,8 @@ export class DockerExecutor implements Executor {
     // And a container this instance lost track of: an engine restart can break an execution's wait before the
     // watchdog sees the engine gone, so nothing else would remove what the engine kept of it.
     await this.reap().catch((error: unknown) => this.logger.warn({ err: error }, 'the last reap before closing failed'));
+    const layout = this.cgroupLayout === null ? null : await this.cgroupLayout.catch(() => null);
+    if (layout !== null) removeOwnerDirs(layout, this.options.ownerId);
     if (this.watchdog !== null) clearInterval(this.watchdog);
     this.watchdog = null;
   }

@@ -31,6 +31,7 @@ import type {
   Executor,
   ExecutorStatus,
   ExitInfo,
+  ResourceUsage,
   ReapReport,
   StartOptions,
   WarmSandbox,
@@ -1056,6 +1057,12 @@ class ExecutionImpl implements SandboxExecution {
       // already gone
     }
     this.cgroup.kill().catch((err: unknown) => this.log.warn({ sandbox: this.id, err }, 'sandbox kill incomplete'));
+  }
+
+  usageNow(): ResourceUsage | null {
+    // The sandbox's own cgroup, read by the server: nothing inside the sandbox can write these counters.
+    const usage = this.cgroup.usage();
+    return usage.cpuMs === null ? null : usage;
   }
 
   /** destroy(): kill, and stop waiting for a consumer that may never drain the output. */

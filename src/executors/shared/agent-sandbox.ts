@@ -10,11 +10,12 @@
 import { mkdir, rm, chmod, chown } from 'node:fs/promises';
 import * as net from 'node:net';
 import { join } from 'node:path';
-import { FrameDecoder, FrameType, encodeBody, encodeFrame, parseCallUsage, type CallUsage, type Frame } from '../../../agent/protocol.js';
+import { FrameDecoder, FrameType, encodeBody, encodeFrame, type Frame } from '../../../agent/protocol.js';
+import { FrameStreamDecoder, type FramePiece } from './frame-stream.js';
 import { AGENT_SOCKET } from '../../../agent/files.js';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import { AgentLoadError, type AgentInvocation, type Execution, type InvokeCallOptions, type LoadRequest, type StartOptions, type WarmSandbox } from '../executor.js';
+import { AgentLoadError, type AgentInvocation, type Execution, type ExitInfo, type InvokeCallOptions, type LoadRequest, type ResourceUsage, type StartOptions, type WarmSandbox } from '../executor.js';
 
 export interface AgentSandboxOptions {
   /** Per-executor directory for the agents' socket dirs; every ancestor must be searchable by the sandbox uid. */
@@ -30,6 +31,10 @@ export interface AgentSandboxOptions {
 }
 
 const TAIL_BYTES = 8192;
+/** Idle CPU is reported once this much accumulated (and at the sandbox's end, whatever is left). */
+const IDLE_REPORT_MS = 10;
+
+const round2 = (value: number): number => Math.round(value * 100) / 100;
 
 /** Keeps the last bytes of a stream (diagnostics of a sandbox that died). */
 class Tail {
@@ -169,13 +174,41 @@ function firstFrame(socket: net.Socket): Promise<Frame | null> {
   });
 }
 
+/**
+ * Keeps the first `capBytes` of what the sandbox sends and counts (drops) the rest: a handler can write frames on its
+ * agent socket as fast as it likes (its own process holds the socket), and the server's memory must not follow.
+ */
+class CappedBytes {
+  private readonly chunks: Buffer[] = [];
+  private kept = 0;
+  truncated = false;
+  constructor(private readonly capBytes: number) {}
+  /** Returns the part that was kept (empty once the cap is reached). */
+  push(chunk: Buffer): Buffer {
+    const room = this.capBytes - this.kept;
+    if (chunk.length > room) this.truncated = true;
+    if (room <= 0) return EMPTY;
+    // A copy of the kept part: a subarray would hold the whole (up to 16 MiB) frame of the socket's read alive.
+    const part = Buffer.from(chunk.subarray(0, room));
+    this.chunks.push(part);
+    this.kept += part.length;
+    return part;
+  }
+  bytes(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
 interface Pending {
   id: number;
-  body: Buffer[];
-  logs: Buffer[];
+  body: CappedBytes;
+  logs: CappedBytes;
   onLog: ((chunk: Buffer) => void) | undefined;
-  /** From a USAGE frame (before an ERROR). */
-  usage: CallUsage | null;
+  outputBytes: number;
+  /** The cgroup's CPU counter when the call started (null: this executor cannot read it). */
+  cpuAtStartMs: number | null;
   startedAt: number;
   resolve: (result: AgentInvocation) => void;
   timer: NodeJS.Timeout;
@@ -183,11 +216,17 @@ interface Pending {
 
 class AgentSandbox implements WarmSandbox {
   readonly disposed: Promise<void>;
-  private readonly decoder = new FrameDecoder();
+  /** Result and log bytes arrive in pieces, never assembled (see frame-stream.ts). */
+  private readonly decoder = new FrameStreamDecoder(new Set([FrameType.HELLO, FrameType.ERROR, FrameType.RESULT_END, FrameType.USAGE, FrameType.PONG]));
   private pending: Pending | null = null;
   private nextId = 1;
   private dead = false;
   private timedOut = false;
+  /** The cgroup CPU counter up to which every millisecond was billed (to a call or as idle usage). */
+  private billedCpuMs = 0;
+  /** Idle CPU found but not yet reported (see chargeIdle). */
+  private idleCpuMs = 0;
+  private onIdle: ((usage: { cpuMs: number }) => void) | null = null;
   /** Set while a LOAD waits for its HELLO or ERROR. */
   private loading: ((frame: Frame | null) => void) | null = null;
 
@@ -209,8 +248,13 @@ class AgentSandbox implements WarmSandbox {
     );
     void exited.then(() => this.die());
     this.disposed = (async () => {
-      const info = await exited;
-      this.finishPending(info?.exitCode ?? 137, info?.oomKilled ?? false);
+      const info: ExitInfo | null = await exited;
+      // The executor's last reading of the cgroup (taken before it was removed) closes the books: the call running
+      // now gets its share, and whatever ran after the last call (until the kill) is idle usage.
+      const final = info?.usage ?? null;
+      this.finishPending(info?.exitCode ?? 137, info?.oomKilled ?? false, final);
+      if (final?.cpuMs != null) this.chargeIdle(final.cpuMs, true);
+      else this.chargeIdle(this.billedCpuMs, true);
       await execution.disposed.catch(() => undefined);
       await rm(dir, { recursive: true, force: true }).catch(() => undefined);
     })();
@@ -223,6 +267,9 @@ class AgentSandbox implements WarmSandbox {
   async load(request: LoadRequest, options: { timeoutMs: number }): Promise<void> {
     if (this.dead) throw new KindlingError('EXECUTOR_FAILED', 'the generic sandbox is gone');
     const started = performance.now();
+    // The runtime's start before the code arrived is the platform's; from here on the CPU is the function's (its
+    // module's top-level code included).
+    this.billedCpuMs = this.readCpuMs() ?? 0;
     const answer = new Promise<Frame | null>((resolve) => {
       this.loading = resolve;
     });
@@ -251,13 +298,19 @@ class AgentSandbox implements WarmSandbox {
     if (this.dead) return Promise.reject(new KindlingError('EXECUTOR_FAILED', 'the warm sandbox is gone'));
     if (this.pending !== null) return Promise.reject(new KindlingError('INTERNAL', 'a warm sandbox serves one invocation at a time'));
     const id = this.nextId++;
+    // What the sandbox burnt since the last call ended (threads or processes the handler left running) is idle usage;
+    // the call's own CPU is counted from here.
+    const cpuAtStartMs = this.readCpuMs();
+    if (cpuAtStartMs !== null) this.chargeIdle(cpuAtStartMs, false);
     return new Promise((resolve) => {
       this.pending = {
         id,
-        body: [],
-        logs: [],
+        // The execution's outputBytes bounds the kept return value and the kept logs (each), as for one-off runs.
+        body: new CappedBytes(options.outputBytes),
+        logs: new CappedBytes(options.outputBytes),
         onLog: options.onLog,
-        usage: null,
+        outputBytes: options.outputBytes,
+        cpuAtStartMs,
         startedAt: performance.now(),
         resolve,
         timer: setTimeout(() => {
@@ -280,66 +333,113 @@ class AgentSandbox implements WarmSandbox {
   }
 
   private onData(chunk: Buffer): void {
-    let frames: Frame[];
     try {
-      frames = this.decoder.push(chunk);
+      this.decoder.push(chunk, (frame) => this.onFrame(frame));
     } catch {
       this.execution.kill();
-      return;
-    }
-    for (const frame of frames) {
-      if (this.loading !== null && frame.id === 0 && (frame.type === FrameType.HELLO || frame.type === FrameType.ERROR)) {
-        this.loading(frame);
-        continue;
-      }
-      const pending = this.pending;
-      if (pending === null || frame.id !== pending.id) continue;
-      switch (frame.type) {
-        case FrameType.RESULT_CHUNK:
-          pending.body.push(frame.payload);
-          break;
-        case FrameType.STDERR:
-          pending.logs.push(frame.payload);
-          // Live: log followers see a handler's output while it still runs, not only when it returns.
-          pending.onLog?.(frame.payload);
-          break;
-        case FrameType.RESULT_END:
-          this.settle(0, Buffer.concat(pending.body), { usage: parseCallUsage(frame.payload) });
-          break;
-        case FrameType.USAGE:
-          pending.usage = parseCallUsage(frame.payload);
-          break;
-        case FrameType.ERROR:
-          this.settle(1, frame.payload, { usage: pending.usage });
-          break;
-        default:
-          break;
-      }
     }
   }
 
-  private settle(exitCode: number, body: Buffer, flags: { timedOut?: boolean; oomKilled?: boolean; usage?: CallUsage | null } = {}): void {
+  private onFrame(frame: FramePiece): void {
+    if (this.loading !== null && frame.id === 0 && (frame.type === FrameType.HELLO || frame.type === FrameType.ERROR)) {
+      this.loading(frame);
+      return;
+    }
+    const pending = this.pending;
+    if (pending === null || frame.id !== pending.id) return;
+    switch (frame.type) {
+      case FrameType.RESULT_CHUNK:
+        pending.body.push(frame.payload);
+        break;
+      case FrameType.STDERR: {
+        const kept = pending.logs.push(frame.payload);
+        // Live: log followers see a handler's output while it still runs, not only when it returns (the kept part
+        // only: past the cap nothing more is copied anywhere).
+        if (kept.length > 0) pending.onLog?.(kept);
+        break;
+      }
+      // RESULT_END's and USAGE's usage JSON is the agent's own report: user code can forge it (patch the clocks,
+      // write frames on the socket), so it is ignored; the call is metered from the cgroup (see settle).
+      case FrameType.RESULT_END:
+        this.settle(0, pending.body.bytes());
+        break;
+      case FrameType.ERROR: {
+        // Error text too is the sandbox's: kept up to the same cap (a copy, not a view of the socket's buffers).
+        const text = Buffer.from(frame.payload.subarray(0, pending.outputBytes));
+        this.settle(1, text, { truncated: text.length < frame.payload.length });
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  private settle(exitCode: number, body: Buffer, flags: { timedOut?: boolean; oomKilled?: boolean; truncated?: boolean; final?: ResourceUsage | null } = {}): void {
     const pending = this.pending;
     if (pending === null) return;
     this.pending = null;
     clearTimeout(pending.timer);
+    // The host reads the counter: after a crash the cgroup may be gone, and the executor's last reading (exit info) is
+    // the end of the call.
+    const now = flags.final === undefined ? this.readUsage() : flags.final;
+    let usage: AgentInvocation['usage'];
+    if (now !== null && now.cpuMs !== null && pending.cpuAtStartMs !== null) {
+      usage = { cpuMs: round2(Math.max(0, now.cpuMs - pending.cpuAtStartMs)), memoryPeakBytes: now.memoryPeakBytes ?? 0 };
+      this.billedCpuMs = Math.max(this.billedCpuMs, now.cpuMs);
+    }
     pending.resolve({
       body,
-      logs: Buffer.concat(pending.logs),
+      logs: pending.logs.bytes(),
+      truncated: (flags.truncated ?? false) || pending.body.truncated || pending.logs.truncated,
       exitCode,
       durationMs: Math.round((performance.now() - pending.startedAt) * 100) / 100,
       timedOut: flags.timedOut ?? false,
       oomKilled: flags.oomKilled ?? false,
-      ...(flags.usage ? { usage: { cpuMs: flags.usage.cpuMs, memoryPeakBytes: flags.usage.maxRssBytes } } : {}),
+      ...(usage ? { usage } : {}),
     });
   }
 
+  meter(onIdle: (usage: { cpuMs: number }) => void): void {
+    this.onIdle = onIdle;
+  }
+
+  private readUsage(): ResourceUsage | null {
+    try {
+      return this.execution.usageNow?.() ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  private readCpuMs(): number | null {
+    return this.readUsage()?.cpuMs ?? null;
+  }
+
+  /**
+   * Bills the CPU between the last metered point and `cpuNowMs` as idle usage. Small amounts accumulate (a record per
+   * call would be noise) until IDLE_REPORT_MS or the sandbox's end.
+   */
+  private chargeIdle(cpuNowMs: number, final: boolean): void {
+    if (cpuNowMs > this.billedCpuMs) {
+      this.idleCpuMs += cpuNowMs - this.billedCpuMs;
+      this.billedCpuMs = cpuNowMs;
+    }
+    if (this.onIdle === null || this.idleCpuMs <= 0 || (!final && this.idleCpuMs < IDLE_REPORT_MS)) return;
+    const cpuMs = round2(this.idleCpuMs);
+    this.idleCpuMs = 0;
+    try {
+      this.onIdle({ cpuMs });
+    } catch {
+      // an observer's failure is not the sandbox's
+    }
+  }
+
   /** The sandbox ended while an invocation was running: that invocation ends with the sandbox's status. */
-  private finishPending(exitCode: number, oomKilled: boolean): void {
+  private finishPending(exitCode: number, oomKilled: boolean, final: ResourceUsage | null): void {
     if (this.pending === null) return;
     const code = this.timedOut ? 137 : exitCode === 0 ? 137 : exitCode;
     const why = this.timedOut ? 'the invocation passed its timeout; the sandbox was killed' : oomKilled ? 'the sandbox ran out of memory' : `the sandbox died (exit code ${exitCode})`;
-    this.settle(code, Buffer.from(`${why}\n${this.tail.text()}`), { timedOut: this.timedOut, oomKilled });
+    this.settle(code, Buffer.from(`${why}\n${this.tail.text()}`), { timedOut: this.timedOut, oomKilled, final });
   }
 
   private die(): void {

@@ -63,10 +63,3 @@ test('rejects invalid env names and empty commands', () => {
   assert.throws(() => buildLaunchScript({ ...base, command: ['x'], env: { 'BAD-NAME': '1' } }), /invalid environment variable name/);
   assert.throws(() => buildLaunchScript({ ...base, command: [], env: {} }), /command must not be empty/);
 });
-
-test('parseCgroupUsage reads cgroup v1 (ns, bytes) and v2 (usage_usec, bytes), and nothing as null', async () => {
-  const { parseCgroupUsage } = await import('./launch-script.js');
-  assert.deepEqual(parseCgroupUsage('268732258\n3817472\n'), { cpuMs: 268.73, memoryPeakBytes: 3817472 });
-  assert.deepEqual(parseCgroupUsage('usage_usec 1500000\n1048576\n'), { cpuMs: 1500, memoryPeakBytes: 1048576 });
-  assert.deepEqual(parseCgroupUsage(''), { cpuMs: null, memoryPeakBytes: null });
-});

@@ -10,12 +10,6 @@ export interface LaunchScriptOptions {
   stdinPath: string | null;
   stdoutPath: string;
   stderrPath: string;
-  /**
-   * When set, the command runs as a child of the shell instead of replacing it, and after it ends the shell writes the
-   * sandbox cgroup's CPU time and peak memory here (the kernel's accounting, read from inside before the container
-   * and its cgroup go), then exits with the command's status. See `parseCgroupUsage`.
-   */
-  usagePath?: string;
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -41,29 +35,6 @@ export function buildLaunchScript(options: LaunchScriptOptions): string {
   // env (no assignments in its argv) then finds the command as before: through the PATH the command gets, or execvp's
   // default path when it gets none. Its own path is looked up before the shell's PATH is unset.
   const clear = `kindling_env=$(command -v env); for kindling_name in $(env | sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p'); do unset "$kindling_name"; done; unset kindling_name`;
-  const run = `${clear}; ${assignments.length > 0 ? `export ${assignments.join(' ')}; ` : ''}exec "$kindling_env" -- ${options.command.map(shellQuote).join(' ')}`;
-  if (options.usagePath === undefined) {
-    lines.push(run);
-  } else {
-    const usage = shellQuote(options.usagePath);
-    // In a subshell: the launch shell keeps its PATH for the usage lines below.
-    lines.push(`(${run})`);
-    lines.push('rc=$?');
-    // cgroup v1 (cpuacct.usage in ns, memory.max_usage_in_bytes), else v2 (cpu.stat usage_usec, memory.peak).
-    lines.push(
-      `{ cat /sys/fs/cgroup/cpuacct/cpuacct.usage /sys/fs/cgroup/memory/memory.max_usage_in_bytes 2>/dev/null || { grep '^usage_usec' /sys/fs/cgroup/cpu.stat; cat /sys/fs/cgroup/memory.peak; } 2>/dev/null; } >${usage}`,
-    );
-    lines.push('exit $rc');
-  }
+  lines.push(`${clear}; ${assignments.length > 0 ? `export ${assignments.join(' ')}; ` : ''}exec "$kindling_env" -- ${options.command.map(shellQuote).join(' ')}`);
   return `${lines.join('\n')}\n`;
-}
-
-/** Reads what the launch script wrote to its usage path: v1 (ns, bytes) or v2 ("usage_usec N", bytes). */
-export function parseCgroupUsage(text: string): { cpuMs: number | null; memoryPeakBytes: number | null } {
-  const lines = text.trim().split('\n').map((line) => line.trim());
-  if (lines.length < 2 || lines[0] === '') return { cpuMs: null, memoryPeakBytes: null };
-  const [first = '', second = ''] = lines;
-  const cpu = first.startsWith('usage_usec') ? Number(first.split(/\s+/)[1]) / 1000 : Number(first) / 1e6;
-  const memory = Number(second);
-  return { cpuMs: Number.isFinite(cpu) ? Math.round(cpu * 100) / 100 : null, memoryPeakBytes: Number.isFinite(memory) ? memory : null };
 }
