@@ -6,50 +6,19 @@
  * origin (the console at `/`) keep working. Real server on the sandbox executor.
  */
 import assert from 'node:assert/strict';
-import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { Kindling } from '@kindling/sdk';
+import { rawRequest, type RawAnswer } from './helpers/raw-request.js';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
 const EVIL_ORIGIN = 'http://evil.example';
 const REBOUND_HOST = 'rebind.evil.example';
 
-/** A JSON answer: an error's code and message, or the fields of a result. */
-type Json = { error: { code: string; message: string } } & Record<string, unknown>;
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json: () => Json;
-}
-
-/** An HTTP request with exactly these headers (Host included, which fetch would not let a test forge). */
-function send(url: string, method: string, path: string, headers: Record<string, string>, body?: unknown): Promise<Answer> {
-  const target = new URL(url);
-  const payload = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: target.hostname,
-        port: target.port,
-        method,
-        path,
-        headers: { ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(payload)) }), ...headers },
-      },
-      (response) => {
-        let text = '';
-        response.setEncoding('utf8');
-        response.on('data', (chunk: string) => (text += chunk));
-        response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text, json: () => JSON.parse(text) as Json }));
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
+/** An HTTP request with exactly these headers (see rawRequest) and an optional JSON body. */
+const send = (url: string, method: string, path: string, headers: Record<string, string>, body?: unknown): Promise<RawAnswer> =>
+  rawRequest(url, method, path, body === undefined ? undefined : JSON.stringify(body), headers);
 
 /** Opens GET /v1/execute/ws with `headers`; resolves with the socket or the HTTP status it was refused with. */
 function upgrade(url: string, headers: Record<string, string>): Promise<{ socket: WebSocket } | { status: number; body: string }> {

@@ -6,9 +6,9 @@
  * server on the sandbox executor.
  */
 import assert from 'node:assert/strict';
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { HealthzPoller } from './helpers/healthz-poller.js';
+import { rawRequest, type RawAnswer } from './helpers/raw-request.js';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
@@ -46,14 +46,6 @@ function newlinesFitting(bodyBytes: number, template: (filler: string) => unknow
 }
 
 /** A JSON answer: an error's code and message, or the fields of a result. */
-type Json = { error: { code: string; message: string } } & Record<string, unknown>;
-
-interface Answer {
-  status: number;
-  headers: IncomingHttpHeaders;
-  text: string;
-  json: () => Json;
-}
 
 describe('hostile input never blocks the event loop (sandbox executor)', { skip: unavailable ?? false }, () => {
   let server: TestServer;
@@ -70,26 +62,12 @@ describe('hostile input never blocks the event loop (sandbox executor)', { skip:
    * Sends a request whose body is already encoded (the client shares the server's process: encoding 8 MiB of JSON
    * here would be counted as the server's stall).
    */
-  function send(method: string, path: string, body: Buffer | string, headers: Record<string, string> = {}): Promise<Answer> {
-    const target = new URL(server.url);
-    const payload = typeof body === 'string' ? Buffer.from(body) : body;
-    return new Promise((resolve, reject) => {
-      const req = httpRequest(
-        { host: target.hostname, port: target.port, method, path, headers: { 'content-type': 'application/json', 'content-length': String(payload.length), ...auth, ...headers } },
-        (response) => {
-          let text = '';
-          response.setEncoding('utf8');
-          response.on('data', (chunk: string) => (text += chunk));
-          response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: response.headers, text, json: () => JSON.parse(text) as Json }));
-        },
-      );
-      req.on('error', reject);
-      req.end(payload);
-    });
+  function send(method: string, path: string, body: Buffer | string, headers: Record<string, string> = {}): Promise<RawAnswer> {
+    return rawRequest(server.url, method, path, body, { ...auth, ...headers });
   }
 
   /** Runs `request` while /healthz is polled from another process; checks the polls' latencies, returns the answer. */
-  async function whilePolled(t: TestContext, what: string, bounds: { checkP99: boolean; maxStallMs: number }, request: () => Promise<Answer>): Promise<Answer> {
+  async function whilePolled(t: TestContext, what: string, bounds: { checkP99: boolean; maxStallMs: number }, request: () => Promise<RawAnswer>): Promise<RawAnswer> {
     const poller = await HealthzPoller.start(server.url);
     try {
       // The baseline: polls of a warm connection with nothing else going on (but the machine's other work).

@@ -9,21 +9,11 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
+import { seededRandom } from '../src/core/seeded-random.js';
 
 const SEED = Number(process.env.KINDLING_FUZZ_SEED ?? Date.now() % 1_000_000);
 const COUNT = 3000;
 
-/** mulberry32: a tiny seeded PRNG. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface FuzzRequest {
   method: string;
@@ -197,7 +187,7 @@ describe('fuzz: malformed requests', { skip: unavailable ?? false }, () => {
 
   it(`${COUNT} malformed requests (seed ${SEED}): every answer a 4xx with the error shape, the server healthy`, async () => {
     const base = new URL(server.url);
-    const next = rng(SEED);
+    const next = seededRandom(SEED);
     const failures: string[] = [];
     const byStatus = new Map<number, number>();
     const concurrency = 8;
@@ -232,7 +222,7 @@ describe('fuzz: malformed requests', { skip: unavailable ?? false }, () => {
 
   it('requests the HTTP parser rejects get a 4xx (and never take the server down)', async () => {
     const base = new URL(server.url);
-    const next = rng(SEED + 1);
+    const next = seededRandom(SEED + 1);
     const raws = [
       Buffer.from('GARBAGE\r\n\r\n'),
       Buffer.from('GET / HTTP/9.9\r\n\r\n'),

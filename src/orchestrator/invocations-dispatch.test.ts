@@ -13,23 +13,13 @@ import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it, mock } from 'node:test';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { KindlingError } from '../core/errors.js';
+import { seededRandom } from '../core/seeded-random.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { TenantScope } from './execution-service.js';
 import type { FunctionService, InvocationResult, InvokeOptions } from './function-service.js';
 import { InvocationService } from './invocations.js';
 import { LogBus } from './log-bus.js';
 
-/** A small deterministic PRNG (mulberry32): a failing seed replays the same run. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Run {
   tenant: string;
@@ -97,7 +87,7 @@ describe('InvocationService dispatcher with tenant quotas (property)', () => {
 
   for (const seed of [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]) {
     it(`seed ${seed}: every accepted invocation ends once, no tenant above its quota, none above the concurrency`, async () => {
-      const rand = random(seed);
+      const rand = seededRandom(seed);
       const pick = <T>(items: readonly T[]): T => items[Math.floor(rand() * items.length)]!;
       const w = world(rand);
       const store = new SqliteStore(':memory:');
