@@ -14,7 +14,6 @@ import { seededRandom } from '../src/core/seeded-random.js';
 const SEED = Number(process.env.KINDLING_FUZZ_SEED ?? Date.now() % 1_000_000);
 const COUNT = 3000;
 
-
 interface FuzzRequest {
   method: string;
   path: string;
