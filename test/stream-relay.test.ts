@@ -212,7 +212,7 @@ describe('stream relay: connections and odd clients', { skip: sandboxMissing ?? 
     let answer = '';
     socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-    socket.write(`POST /v1/functions/ignore/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${16 * MiB}\r\n\r\n`);
+    socket.write(`POST /v1/functions/ignore/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nContent-Length: ${16 * MiB}\r\n\r\n`);
     socket.write(randomBytes(256 * 1024));
     // The program does not read; the answer comes while the client still owes 15.75 MiB and sends nothing more.
     await waitFor(async () => answer.includes('ignored'), 20_000, 'the answer');
@@ -235,8 +235,8 @@ describe('stream relay: connections and odd clients', { skip: sandboxMissing ?? 
   it('a relayed upload pipelined behind a relayed output is read by node, not by two readers', { timeout: 60_000 }, async () => {
     const bodyBytes = 5 * MiB;
     const wire = await rawExchange(server.url, async (socket) => {
-      socket.write('POST /v1/functions/late/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n');
-      socket.write(`POST /v1/functions/count/invoke HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${bodyBytes}\r\n\r\n`);
+      socket.write('POST /v1/functions/late/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n');
+      socket.write(`POST /v1/functions/count/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: ${bodyBytes}\r\n\r\n`);
       // The second body arrives over ~1 s, while the first answer streams.
       for (let sent = 0; sent < bodyBytes; sent += 512 * 1024) {
         socket.write(Buffer.alloc(512 * 1024, 0x61));
@@ -250,7 +250,7 @@ describe('stream relay: connections and odd clients', { skip: sandboxMissing ?? 
 
   it('an HTTP/1.0 client of a large output gets it without trailers, and the server stays up', { timeout: 60_000 }, async () => {
     const wire = await rawExchange(server.url, async (socket) => {
-      socket.write('POST /v1/functions/two/invoke HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n');
+      socket.write('POST /v1/functions/two/invoke HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n');
     });
     const headerEnd = wire.indexOf('\r\n\r\n');
     const head = wire.subarray(0, headerEnd).toString('latin1');

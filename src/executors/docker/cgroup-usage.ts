@@ -77,6 +77,24 @@ function rmdirQuiet(dir: string): boolean {
   }
 }
 
+/**
+ * rmdir of a cgroup and the cgroups below it, deepest first, quietly. The engine makes the container's own cgroup
+ * inside the slot; it normally removes it when the container goes, but not when the engine or its shim died under the
+ * container (a killed dockerd): the empty child would keep the slot from going forever. One with processes stays.
+ */
+function rmdirTreeQuiet(dir: string, depth = 0): boolean {
+  if (depth < 4) {
+    let entries: fs.Dirent[] = [];
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true });
+    } catch {
+      // absent or unreadable: rmdir below says which
+    }
+    for (const entry of entries) if (entry.isDirectory()) rmdirTreeQuiet(path.join(dir, entry.name), depth + 1);
+  }
+  return rmdirQuiet(dir);
+}
+
 /** The per-container parent cgroup of one slot, or (systemd driver) a live view of the engine's own cgroup. */
 export class SlotCgroup {
   /** The counter values when the current execution began (a prewarmed container idled before it). */
@@ -139,7 +157,7 @@ export class SlotCgroup {
   /** Removes the parent cgroup (after the container is removed). */
   remove(): void {
     if (this.layout.driver !== 'cgroupfs') return;
-    for (const dir of dirsOf(this.layout, `${DOCKER_CGROUP_ROOT}/${this.ownerId}/${this.slotName}`)) rmdirQuiet(dir);
+    for (const dir of dirsOf(this.layout, `${DOCKER_CGROUP_ROOT}/${this.ownerId}/${this.slotName}`)) rmdirTreeQuiet(dir);
     removeOwnerDirs(this.layout, this.ownerId);
   }
 }
