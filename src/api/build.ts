@@ -269,7 +269,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerFunctionRoutes(app, {
     functionService: options.functionService,
     invocations: options.invocations,
-    logBus: options.logBus,
+    runner: options.invocations.runner,
     maxBodyBytes: options.maxBodyBytes,
     maxStreamBytes: options.maxStreamBytes,
     ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}),

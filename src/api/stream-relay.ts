@@ -13,10 +13,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
-import type { StdoutBypass } from '../orchestrator/execution-service.js';
+import type { StdoutBypass } from '../orchestrator/io-plan.js';
 
 export type RelayDirection = 'in' | 'out';
-
 
 export interface StreamRelayOptions {
   /** The compiled native/kindling-splice.c. */

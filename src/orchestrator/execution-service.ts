@@ -1,4 +1,3 @@
-import type { Readable, Writable } from 'node:stream';
 import { posix } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { KindlingError, storageFullError } from '../core/errors.js';
@@ -9,6 +8,7 @@ import type { Executor } from '../executors/executor.js';
 import { ConcurrencyLimiter, type ConcurrencyLimiterOptions } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { RUNTIMES } from './runtimes.js';
+import { DEFAULT_IO, streamsStdin, type IoPlan } from './io-plan.js';
 
 export type OutputStreamName = 'stdout' | 'stderr';
 
@@ -16,46 +16,16 @@ export interface ExecuteOptions {
   signal?: AbortSignal;
   /** Called with each decoded chunk as the process produces it (within the output cap). */
   onOutput?: (stream: OutputStreamName, text: string) => void;
-  /** A stdin stream (e.g. a raw request body) instead of the request's `stdin`/`stdinBase64`. */
-  stdinStream?: Readable;
   /** Called once the sandbox has started, before any output, with the execution id and whether it was cold. */
   onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
-  /**
-   * Streams stdout raw into this sink with backpressure instead of holding it (the result's `stdout` is then empty
-   * and `outputBytes` applies to stderr only). The sink is not ended: the caller ends it after the result.
-   */
-  stdoutSink?: Writable;
-  /**
-   * With `stdoutSink`: whether `onOutput` wants stdout text right now (e.g. only while someone follows the logs).
-   * Decoding every chunk of a large stream for nobody costs real time. Default: always.
-   */
-  liveOutput?: () => boolean;
-  /** With `stdoutSink`: also keep the first this many bytes of stdout in the result (an invocation's stored log). */
-  keepStdoutBytes?: number;
-  /**
-   * Instead of `stdinStream`: fills the execution's stdin itself (e.g. a splice relay from the client's socket).
-   * Resolves with the bytes the program took; a rejection (the input broke off) kills the execution.
-   */
-  stdinPump?: (stdin: Writable) => Promise<number>;
-  /**
-   * With `stdoutSink`: a way for the rest of stdout to bypass this process (a splice relay to the client's socket).
-   * Asked after each chunk, once the kept head is complete and no one needs the text: `ready()` (given the bytes so far) says whether it can
-   * take over now; `start` is given the stream (this service's listener removed) and resolves, never rejects, with the
-   * bytes it moved. The result waits for it.
-   */
-  stdoutBypass?: StdoutBypass;
+  /** Where stdin comes from and where stdout goes; default: the request's own stdin, stdout collected. */
+  io?: IoPlan;
   /** The deployed function this execution serves (metrics label); one-off executions have none. */
   functionName?: string;
   /** W3C trace context of the request; passed to the process as env TRACEPARENT and to observers. */
   trace?: TraceContext;
   /** The tenant it runs for: caps on its limits, its concurrency slot, the tenant of its usage record. */
   tenant?: TenantScope;
-}
-
-/** See ExecuteOptions.stdoutBypass. */
-export interface StdoutBypass {
-  ready(stdout: Readable, bytesSoFar: number): boolean;
-  start(stdout: Readable): Promise<number>;
 }
 
 /** What an execution needs to know of its tenant. */
@@ -294,7 +264,8 @@ export class ExecutionService {
   private async executeWith(request: ExecuteRequest, outputEncoding: 'utf8' | 'base64' | null, options: ExecuteOptions): Promise<RawExecution> {
     if (this.draining) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
     const prepared = await this.prepare(request, options.tenant?.caps);
-    if (options.stdinStream || options.stdinPump) prepared.spec.stdin = true;
+    const io = options.io ?? DEFAULT_IO;
+    if (streamsStdin(io.stdin) || io.stdin.kind === 'bytes') prepared.spec.stdin = true;
     if (options.trace) prepared.spec.env.TRACEPARENT = options.trace.traceparent;
     const { spec, executor } = prepared;
     if (options.tenant) spec.labels['dev.kindling.tenant'] = options.tenant.name;
@@ -304,7 +275,8 @@ export class ExecutionService {
     let release: (() => void) | undefined;
     try {
       release = await this.limiter.acquire(options.signal);
-      return await this.run(spec, executor, prepared.stdin, outputEncoding, options, this.clock.monotonicMs() - queuedAt);
+      const stdin = io.stdin.kind === 'none' && prepared.stdin !== null ? { kind: 'bytes' as const, bytes: prepared.stdin } : io.stdin;
+      return await this.run(spec, executor, { stdin, stdout: io.stdout }, outputEncoding, options, this.clock.monotonicMs() - queuedAt);
     } catch (error) {
       const full = storageFullError(error);
       const failure = full ?? (error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the execution failed inside the platform', { cause: error }));
@@ -324,7 +296,7 @@ export class ExecutionService {
   private async run(
     spec: RunSpec,
     executor: Executor,
-    stdinBuffer: Buffer | null,
+    io: IoPlan,
     outputEncoding: 'utf8' | 'base64' | null,
     options: ExecuteOptions,
     queuedMs: number,
@@ -348,16 +320,17 @@ export class ExecutionService {
     const stderr = new OutputCollector(spec.limits.outputBytes, onText && ((text) => onText('stderr', text)));
     let stdoutBytes = 0;
     let bypassed: Promise<void> | null = null;
-    const sink = options.stdoutSink;
+    const sinkPlan = io.stdout.kind === 'sink' ? io.stdout : null;
+    const sink = sinkPlan?.sink;
     // With a sink, `stdout` keeps only a copy of the head for the invocation's log (no text decoding, no callback).
-    const keepBytes = Math.min(options.keepStdoutBytes ?? 0, spec.limits.outputBytes);
+    const keepBytes = Math.min(sinkPlan?.keepBytes ?? 0, spec.limits.outputBytes);
     const kept = sink ? new OutputCollector(keepBytes, undefined) : stdout;
-    if (sink) {
+    if (sinkPlan && sink) {
       // Log followers still see stdout as it is produced (up to the output limit; the sink has all of it).
       const live = onText ? new StringDecoder('utf8') : null;
-      const wanted = options.liveOutput ?? (() => true);
+      const wanted = sinkPlan.textWanted ?? (() => true);
       let liveBytes = 0;
-      const bypass = options.stdoutBypass;
+      const bypass = sinkPlan.bypass;
       const onChunk = (chunk: Buffer): void => {
         stdoutBytes += chunk.length;
         kept.push(chunk);
@@ -396,24 +369,26 @@ export class ExecutionService {
 
     let stdinBytes = 0;
     if (execution.stdin) {
-      const sink = execution.stdin;
+      const target = execution.stdin;
       // A process that exits without reading its input is not an error of the platform.
-      sink.on('error', () => undefined);
-      if (options.stdinPump) {
-        options.stdinPump(sink).then(
+      target.on('error', () => undefined);
+      const plan = io.stdin;
+      if (plan.kind === 'pump') {
+        plan.pump(target).then(
           (bytes) => (stdinBytes = bytes),
           // An upload that breaks off (client gone) ends the execution.
           () => execution.kill(),
         );
-      } else if (options.stdinStream) {
-        const input = options.stdinStream;
+      } else if (plan.kind === 'stream') {
+        const input = plan.stream;
         input.on('data', (chunk: Buffer) => (stdinBytes += chunk.length));
         // An upload that breaks off (client gone, body over the limit) ends the execution.
         input.on('error', () => execution.kill());
-        input.pipe(sink);
+        input.pipe(target);
       } else {
-        stdinBytes = stdinBuffer?.length ?? 0;
-        sink.end(stdinBuffer ?? undefined);
+        const bytes = plan.kind === 'bytes' ? plan.bytes : undefined;
+        stdinBytes = bytes?.length ?? 0;
+        target.end(bytes);
       }
     }
 

@@ -1,10 +1,10 @@
-import { Readable, type Writable } from 'node:stream';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName, type ResourceLimits } from '../core/types.js';
 import { FUNCTION_NAME_PATTERN, specBytes, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
-import type { ExecuteOptions, ExecutionService, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
+import type { ExecutionService, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
+import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 
@@ -37,18 +37,11 @@ export interface InvokeOptions {
    * console/print output as `stderr` (its return value is the result's body, not streamed).
    */
   onOutput?: (stream: OutputStreamName, text: string) => void;
-  /** Command functions: stdin streamed from here instead of the `body` buffer (no whole-payload buffering). */
-  stdinStream?: Readable;
-  /** Command functions: fills stdin itself instead of `stdinStream` (see ExecuteOptions.stdinPump). */
-  stdinPump?: ExecuteOptions['stdinPump'];
-  /** Command functions with `stdoutSink`: see ExecuteOptions.stdoutBypass. */
-  stdoutBypass?: ExecuteOptions['stdoutBypass'];
-  /** Command functions: stdout streamed here with backpressure; the result's `body` is then empty. Not ended. */
-  stdoutSink?: Writable;
-  /** Command functions with `stdoutSink`: whether `onOutput` wants stdout text now (see ExecuteOptions.liveOutput). */
-  liveOutput?: () => boolean;
-  /** Command functions with `stdoutSink`: keep the first this many bytes of stdout in the result's `body`. */
-  keepStdoutBytes?: number;
+  /**
+   * Command functions: where stdin comes from (default: `body`) and where stdout goes (default: collected into the
+   * result's `body`). Handlers take `body` as their argument and return their value in the result.
+   */
+  io?: Partial<IoPlan>;
   /** Called once the invocation runs (a sandbox started, or a warm one was leased), with its id and whether it was cold. */
   onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
   /** The tenant's caps and concurrency slot (taken once here, for handler and command functions alike). */
@@ -235,17 +228,13 @@ export class FunctionService {
       let raw;
       try {
         raw = await this.options.executionService.executeRaw(commandRequest(spec), {
-          ...(options.stdinPump ? { stdinPump: options.stdinPump } : { stdinStream: options.stdinStream ?? Readable.from([body]) }),
-          ...(options.stdoutBypass ? { stdoutBypass: options.stdoutBypass } : {}),
+          io: { stdin: options.io?.stdin ?? { kind: 'bytes', bytes: body }, stdout: options.io?.stdout ?? COLLECT_STDOUT },
           functionName: name,
           tenant: { name: tenant, caps: options.scope?.caps ?? {} },
           ...(options.signal ? { signal: options.signal } : {}),
           ...(options.trace ? { trace: options.trace } : {}),
           ...(options.onOutput ? { onOutput: options.onOutput } : {}),
-          ...(options.stdoutSink ? { stdoutSink: options.stdoutSink } : {}),
           ...(options.onStarted ? { onStarted: options.onStarted } : {}),
-          ...(options.liveOutput ? { liveOutput: options.liveOutput } : {}),
-          ...(options.keepStdoutBytes === undefined ? {} : { keepStdoutBytes: options.keepStdoutBytes }),
         });
       } finally {
         release();

@@ -15,12 +15,13 @@
  * may lose the last commits (an OS-level crash is outside this promise).
  */
 import { systemClock, type Clock } from '../core/clock.js';
-import { KindlingError, isStorageFull, storageFullError } from '../core/errors.js';
+import { KindlingError, isStorageFull } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { FinishedInvocation, InvocationFilter, InvocationOutcome, InvocationRecord, NewInvocation, Store } from '../store/store.js';
 import type { TenantScope } from './execution-service.js';
 import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
+import { InvocationRunner, knownFailure } from './invocation-runner.js';
 import { checkStorageQuota, type StorageQuotas } from './storage-quotas.js';
 
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
@@ -172,7 +173,20 @@ export class InvocationService {
     this.concurrency = Math.max(1, options.concurrency ?? 8);
     this.retentionMs = options.retentionMs ?? 7 * 24 * 3600_000;
     this.allow = new Set((options.callbackAllow ?? []).map((entry) => entry.toLowerCase()));
+    this.runner = new InvocationRunner({
+      functions: options.functionService,
+      logBus: options.logBus,
+      record: (finished) => this.recordFinished(finished),
+      recordLogBytes: this.syncLogBytes,
+      clock: this.clock,
+    });
   }
+
+  /**
+   * Runs every invocation, async ones claimed here and sync ones answered by the API; its sync invocations are kept
+   * in this service's store.
+   */
+  readonly runner: InvocationRunner;
 
   /** The cap of each output stream kept with a synchronous invocation's record. */
   get syncLogBytes(): number {
@@ -524,49 +538,20 @@ export class InvocationService {
   }
 
   private async run(record: InvocationRecord, slot: RunSlot): Promise<void> {
-    const bus = this.options.logBus;
     const payload = this.store.getInvocationPayload(record.id) ?? Buffer.alloc(0);
     this.options.onInfo?.('invocation started', { invocationId: record.id, function: record.functionName, version: record.version });
-    bus.start(record.id, record.tenant, record.functionName);
-    let status: 'succeeded' | 'failed' = 'failed';
-    const streamed = { stdout: false, stderr: false };
+    const scope = this.options.scopeOf?.(record.tenant);
+    const end = (status: Parameters<InvocationRunner['end']>[3]): void => this.runner.end(record.id, record.tenant, record.functionName, status);
     // The outcome is worked out first and stored after: a store write that fails (a full disk) must never be taken
     // for a failure of the function, which would run it again or mark it failed although it succeeded.
-    let outcome: InvocationOutcome;
-    try {
-      const scope = this.options.scopeOf?.(record.tenant);
-      const result = await this.options.functionService.invoke(record.tenant, record.functionName, payload, {
-        version: record.version,
-        ...(scope ? { scope } : {}),
-        onOutput: (stream, text) => {
-          streamed[stream] = true;
-          bus.output(record.id, record.tenant, record.functionName, stream, text);
-        },
-      });
-      status = result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed';
-      const error = result.timedOut ? 'timed out' : result.exitCode === 0 ? null : `exited with code ${result.exitCode}`;
-      // Command functions streamed both live above, handlers their console output; a handler's return value (its
-      // stdout) shows at the end.
-      if (!streamed.stderr && result.stderr.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stderr', result.stderr.toString('utf8'));
-      if (!streamed.stdout && result.body.length > 0) bus.output(record.id, record.tenant, record.functionName, 'stdout', result.body.toString('utf8'));
-      outcome = {
-        status,
-        exitCode: result.exitCode,
-        durationMs: result.durationMs,
-        coldStart: result.coldStart,
-        timedOut: result.timedOut,
-        error,
-        stdout: result.body,
-        stderr: result.stderr,
-        finishedAtMs: this.clock.nowMs(),
-      };
-    } catch (error) {
-      const failure = storageFullError(error) ?? (error instanceof KindlingError ? error : null);
+    const report = await this.runner.run({ id: record.id, tenant: record.tenant, functionName: record.functionName, version: record.version, payload, ...(scope ? { scope } : {}) });
+    if (report.kind === 'failed') {
+      const failure = knownFailure(report.error);
       if (failure?.code === 'TENANT_CONCURRENCY_LIMIT') {
         // Its tenant runs all it may: back in the queue in its place; the tenant's invocations are passed over for a
         // moment while other tenants' run (one tenant's backlog never holds up the others).
         await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
-        bus.end(record.id, record.tenant, record.functionName, 'queued');
+        end('queued');
         this.blockTenant(record.tenant, TENANT_RETRY_MS);
         return;
       }
@@ -575,24 +560,13 @@ export class InvocationService {
         // the sandbox could not be prepared): back in the queue, in its place (it runs after the next start when
         // stopping), and the dispatcher waits a little before it claims again.
         await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
-        bus.end(record.id, record.tenant, record.functionName, 'queued');
+        end('queued');
         this.pause(failure.code === 'STORAGE_FULL' ? 1000 : 200);
         return;
       }
-      const message = failure ? `${failure.code}: ${failure.message}` : `the platform failed: ${error instanceof Error ? error.message : String(error)}`;
-      if (!failure) this.options.onError?.(error, { invocationId: record.id });
-      outcome = {
-        status: 'failed',
-        exitCode: null,
-        durationMs: null,
-        coldStart: null,
-        timedOut: null,
-        error: message,
-        stdout: Buffer.alloc(0),
-        stderr: Buffer.alloc(0),
-        finishedAtMs: this.clock.nowMs(),
-      };
+      if (!failure) this.options.onError?.(report.error, { invocationId: record.id });
     }
+    const outcome = report.outcome;
     // Stored with this turn's other writes (commitTurn), which also frees the slot.
     const stored = await new Promise<boolean>((resolve) => {
       this.unfinished.push({ record, outcome, slot, stored: resolve });
@@ -600,10 +574,10 @@ export class InvocationService {
     });
     if (!stored) {
       // Stays `running` in the store: the next start marks it failed (the crash policy above); nothing runs it twice.
-      bus.end(record.id, record.tenant, record.functionName, 'failed');
+      end('failed');
       return;
     }
-    bus.end(record.id, record.tenant, record.functionName, status);
+    end(outcome.status);
     if (record.callbackUrl !== null) {
       const finished = this.store.getInvocation(record.id);
       if (finished) this.deliverCallback(finished, 0);

@@ -2,11 +2,12 @@ import { PassThrough } from 'node:stream';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
-import { payloadLimit } from './functions.js';
 import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
+import { payloadLimit } from '../raw-io.js';
+import { COLLECT_STDOUT } from '../../orchestrator/io-plan.js';
 import { ErrorResponseSchema, RawExecuteSpecSchema } from '../schemas.js';
 
 export const EXECUTE_WS_ROUTE = '/v1/execute/ws';
@@ -162,7 +163,7 @@ export function registerExecuteWsRoute(app: FastifyInstance, options: ExecuteWsR
             signal: abort.signal,
             trace: request.trace,
             tenant: request.scope,
-            stdinStream: stdin,
+            io: { stdin: { kind: 'stream', stream: stdin }, stdout: COLLECT_STDOUT },
             onStarted: (id, info) => send({ type: 'started', id, executor: info.executor, coldStart: info.coldStart }),
             onOutput: (stream, text) => send({ type: stream, data: text }),
           });

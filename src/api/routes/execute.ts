@@ -3,11 +3,11 @@ import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
-import type { ExecuteOptions, ExecutionService } from '../../orchestrator/execution-service.js';
+import type { ExecutionService } from '../../orchestrator/execution-service.js';
+import { COLLECT_STDOUT } from '../../orchestrator/io-plan.js';
 import { errorBody } from '../errors.js';
-import { checkDeclaredLength, limitUpload, trailersAllowed } from '../raw-body.js';
+import { beginStreamedAnswer, breakStreamedAnswer, endStreamedAnswer, payloadLimit, streamUpload, type StreamedUpload } from '../raw-io.js';
 import type { StreamRelay } from '../stream-relay.js';
-import { payloadLimit } from './functions.js';
 import { ErrorResponseSchema, ExecuteRequestSchema, ExecutionResultSchema, RawExecuteSpecSchema } from '../schemas.js';
 import { startSse, writeSseEvent } from '../sse.js';
 
@@ -147,40 +147,25 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
 
   async function executeRaw(request: FastifyRequest, reply: FastifyReply, signal: AbortSignal, rawOutput: boolean): Promise<unknown> {
     const spec = parseRawSpec(request);
-    const body = payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes');
-    checkDeclaredLength(request.headers, body.maxBytes, body.flag);
-    const upload = request.body as IncomingMessage;
-    const relay = options.streamRelay;
-    // A large upload with a declared length bypasses node (see stream-relay.ts); anything else is piped through it.
-    const held = relay?.holdUpload(upload, reply.raw, () => limitUpload(upload, reply, body.maxBytes, body.flag).stream) ?? null;
-    const throughNode = held ? null : limitUpload(upload, reply, body.maxBytes, body.flag);
-    const uploadFailure = (): unknown => (held ? held.error() : throughNode!.error());
-    const stdin: Pick<ExecuteOptions, 'stdinPump' | 'stdinStream'> = held ? { stdinPump: (target) => held.pumpInto(target) } : { stdinStream: throughNode!.stream };
+    const input = streamUpload(request, reply, request.body as IncomingMessage, payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes'), options.streamRelay);
     try {
-      return await executeRawWith(request, reply, signal, rawOutput, spec, stdin, uploadFailure);
+      return await (rawOutput ? answerRaw : answerJson)(request, reply, signal, spec, input);
     } finally {
-      // Nothing read the held body (the execution did not start): node drops it, so that the answer arrives.
-      held?.release();
+      input.release();
     }
   }
 
-  async function executeRawWith(
-    request: FastifyRequest,
-    reply: FastifyReply,
-    signal: AbortSignal,
-    rawOutput: boolean,
-    spec: ExecuteRequest,
-    stdin: Pick<ExecuteOptions, 'stdinPump' | 'stdinStream'>,
-    uploadFailure: () => unknown,
-  ): Promise<unknown> {
-    if (!rawOutput) {
-      const result = await service.execute(spec, { signal, ...stdin, trace: request.trace, tenant: request.scope });
-      if (uploadFailure()) throw uploadFailure();
-      logFinished(request, result);
-      reply.header('x-kindling-execution-id', result.id);
-      return result;
-    }
+  /** A raw body in, the JSON result out. */
+  async function answerJson(request: FastifyRequest, reply: FastifyReply, signal: AbortSignal, spec: ExecuteRequest, input: StreamedUpload): Promise<unknown> {
+    const result = await service.execute(spec, { signal, io: { stdin: input.stdin, stdout: COLLECT_STDOUT }, trace: request.trace, tenant: request.scope });
+    if (input.error()) throw input.error();
+    logFinished(request, result);
+    reply.header('x-kindling-execution-id', result.id);
+    return result;
+  }
 
+  /** A raw body in, raw stdout out as it is produced, the result in trailers. */
+  async function answerRaw(request: FastifyRequest, reply: FastifyReply, signal: AbortSignal, spec: ExecuteRequest, input: StreamedUpload): Promise<unknown> {
     const raw = reply.raw;
     let streaming = false;
     // Past the first MiB, the rest of stdout may go around this process (stream-relay.ts).
@@ -190,47 +175,31 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
         signal,
         trace: request.trace,
         tenant: request.scope,
-        ...stdin,
-        stdoutSink: raw,
-        ...(output ? { stdoutBypass: output.bypass } : {}),
+        io: { stdin: input.stdin, stdout: { kind: 'sink', sink: raw, ...(output ? { bypass: output.bypass } : {}) } },
         onStarted: (id, info) => {
           streaming = true;
-          reply.hijack();
-          raw.writeHead(200, {
-            'content-type': RAW_CONTENT_TYPE,
-            'x-kindling-execution-id': id,
-            'x-kindling-executor': info.executor,
-            'x-kindling-cold-start': String(info.coldStart),
-            'x-request-id': request.id,
-            // HTTP/1.0 has no chunked encoding, so no trailers (node throws on the header): the body ends with the connection.
-            ...(trailersAllowed(request) ? { trailer: TRAILERS.join(', ') } : {}),
-          });
+          beginStreamedAnswer(request, reply, { 'content-type': RAW_CONTENT_TYPE, 'x-kindling-execution-id': id, 'x-kindling-executor': info.executor, 'x-kindling-cold-start': String(info.coldStart) }, TRAILERS);
         },
       });
-      const uploadError = uploadFailure();
+      const uploadError = input.error();
       if (uploadError) {
-        // The headers said 200 already; a broken response is the only honest answer to a cut-off upload.
-        raw.destroy(uploadError instanceof Error ? uploadError : new Error(String(uploadError)));
+        breakStreamedAnswer(reply, uploadError);
         return reply;
       }
       logFinished(request, result);
-      if (trailersAllowed(request)) {
-        raw.addTrailers({
-          'x-kindling-exit-code': String(result.exitCode),
-          'x-kindling-duration-ms': String(result.durationMs),
-          'x-kindling-timed-out': String(result.timedOut),
-          'x-kindling-oom-killed': String(result.oomKilled),
-          'x-kindling-truncated': String(result.truncated),
-          // The first 4 KiB of stderr; the whole of it is in the JSON modes.
-          'x-kindling-stderr-base64': Buffer.from(result.stderr, result.outputEncoding).subarray(0, 4096).toString('base64'),
-        });
-      }
-      raw.end();
+      endStreamedAnswer(request, reply, {
+        'x-kindling-exit-code': String(result.exitCode),
+        'x-kindling-duration-ms': String(result.durationMs),
+        'x-kindling-timed-out': String(result.timedOut),
+        'x-kindling-oom-killed': String(result.oomKilled),
+        'x-kindling-truncated': String(result.truncated),
+        // The first 4 KiB of stderr; the whole of it is in the JSON modes.
+        'x-kindling-stderr-base64': Buffer.from(result.stderr, result.outputEncoding).subarray(0, 4096).toString('base64'),
+      });
     } catch (error) {
       if (!streaming) throw error;
-      // Headers are gone: the only honest signal left is breaking the response.
       request.log.error({ err: error }, 'raw execution failed after the stream started');
-      raw.destroy(error instanceof Error ? error : new Error(String(error)));
+      breakStreamedAnswer(reply, error);
     }
     return reply;
   }

@@ -1,13 +1,14 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Readable, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
 import type { ExecutorName, RuntimeName } from '../../core/types.js';
 import type { FunctionService, InvocationResult } from '../../orchestrator/function-service.js';
 import type { InvocationService } from '../../orchestrator/invocations.js';
-import type { LogBus } from '../../orchestrator/log-bus.js';
-import { checkDeclaredLength, limitUpload, trailersAllowed, readUpload } from '../raw-body.js';
-import type { HeldUpload, StreamRelay } from '../stream-relay.js';
+import type { Invocation, InvocationRunner } from '../../orchestrator/invocation-runner.js';
+import { checkDeclaredLength, readUpload } from '../raw-body.js';
+import { beginStreamedAnswer, breakStreamedAnswer, endStreamedAnswer, payloadLimit, streamUpload } from '../raw-io.js';
+import type { StreamRelay } from '../stream-relay.js';
 import type { FunctionSpec } from '../../store/store.js';
 import {
   AsyncInvokeAcceptedSchema,
@@ -26,7 +27,8 @@ const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 export interface FunctionRouteOptions {
   functionService: FunctionService;
   invocations: InvocationService;
-  logBus: LogBus;
+  /** Runs the synchronous invocations (the async ones are the invocation service's). */
+  runner: InvocationRunner;
   /** Largest body held in memory (async payloads, handler events). */
   maxBodyBytes: number;
   /** Largest streamed body (command functions' stdin). */
@@ -125,7 +127,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         const tenant = request.principal.tenant;
         const upload = request.body as IncomingMessage | undefined;
         // 404 before a byte of the body is read.
-        const { style } = service.resolve(tenant, name);
+        const { style, version: resolved } = service.resolve(tenant, name);
         const body = payloadLimit(request, options.maxBodyBytes, '--max-body-bytes');
         if (request.headers['x-kindling-async'] === 'true') {
           checkDeclaredLength(request.headers, body.maxBytes, body.flag);
@@ -149,172 +151,81 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         reply.raw.on('close', () => {
           if (!reply.raw.writableFinished) abort.abort(new KindlingError('CLIENT_DISCONNECTED', 'the client disconnected before the answer; the invocation was cancelled'));
         });
+        const invocation = {
+          tenant,
+          functionName: name,
+          version: resolved.version,
+          signal: abort.signal,
+          scope: request.scope,
+          trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
+        };
         if (style === 'handler') {
           checkDeclaredLength(request.headers, body.maxBytes, body.flag);
           const event = await readUpload(upload, reply, body.maxBytes, body.flag);
-          const startedAtMs = Date.now();
-          let running: string | null = null;
-          let result;
-          try {
-            result = await service.invoke(tenant, name, event, {
-              signal: abort.signal,
-              scope: request.scope,
-              trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
-              onStarted: (id) => {
-                running = id;
-                options.logBus.start(id, tenant, name);
-              },
-              // console.log / print of the handler, live for followers (and in the record at the end).
-              onOutput: (stream, text) => {
-                if (running !== null) options.logBus.output(running, tenant, name, stream, text);
-              },
-            });
-          } catch (error) {
-            if (running !== null) options.logBus.end(running, tenant, name, 'failed');
-            throw error;
-          }
-          // The return value (the handler's stdout) shows at the end, as for async invocations.
-          if (options.logBus.followed && result.body.length > 0) options.logBus.output(result.invocationId, tenant, name, 'stdout', result.body.toString('utf8'));
-          options.logBus.end(result.invocationId, tenant, name, result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed');
-          record(result, startedAtMs, event.length, result.body.length);
-          request.log.info(
-            { invocationId: result.invocationId, function: result.functionName, version: result.version, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut },
-            'invocation finished',
-          );
+          const result = await options.runner.invoke({ ...invocation, payload: event });
+          logFinished(request, result);
           reply.headers(resultHeaders(result));
           reply.type('application/octet-stream');
           return reply.send(result.body);
         }
-        return invokeStreaming(request, reply, name, upload, abort.signal);
+        return invokeStreaming(request, reply, invocation, upload);
       },
     );
   });
 
-  /** Every synchronous invocation is kept like an async one (status, exit code, duration, the head of its output). */
-  function record(result: InvocationResult, startedAtMs: number, payloadBytes: number, stdoutBytes: number): void {
-    const cap = options.invocations.syncLogBytes;
-    const ok = result.exitCode === 0 && !result.timedOut;
-    options.invocations.recordFinished({
-      id: result.invocationId,
-      tenant: result.tenant,
-      functionName: result.functionName,
-      version: result.version,
-      status: ok ? 'succeeded' : 'failed',
-      payloadBytes,
-      exitCode: result.exitCode,
-      durationMs: result.durationMs,
-      coldStart: result.coldStart,
-      timedOut: result.timedOut,
-      error: result.timedOut ? 'timed out' : ok ? null : `exited with code ${result.exitCode}`,
-      stdout: result.body.subarray(0, cap),
-      stderr: result.stderr.subarray(0, cap),
-      stdoutBytes,
-      createdAtMs: startedAtMs,
-      startedAtMs,
-      finishedAtMs: Date.now(),
-    });
-  }
-
-  /** A command function: stdin streamed from the body, stdout buffered up to the threshold, streamed beyond it. */
-  async function invokeStreaming(request: FastifyRequest, reply: FastifyReply, name: string, upload: IncomingMessage | undefined, signal: AbortSignal): Promise<FastifyReply> {
-    const tenant = request.principal.tenant;
-    const body = payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes');
-    checkDeclaredLength(request.headers, body.maxBytes, body.flag);
+  /**
+   * A command function: stdin streamed from the body, stdout held up to the threshold and answered with every header,
+   * streamed beyond it with the result in trailers.
+   */
+  async function invokeStreaming(request: FastifyRequest, reply: FastifyReply, invocation: Omit<Invocation, 'payload'> & { version: number }, upload: IncomingMessage | undefined): Promise<FastifyReply> {
     const relay = options.streamRelay;
     const raw = reply.raw;
-    // A large upload with a declared length bypasses node (see stream-relay.ts); anything else is piped through it.
-    const throughNode = (): { stream: Readable; error: () => unknown } =>
-      upload ? limitUpload(upload, reply, body.maxBytes, body.flag) : { stream: Readable.from([]), error: () => null };
-    const held: HeldUpload | null = upload && relay ? relay.holdUpload(upload, reply.raw, () => throughNode().stream) : null;
-    const limited = held ? { stream: null, error: () => held.error() } : throughNode();
-    const bus = options.logBus;
+    const input = streamUpload(request, reply, upload, payloadLimit(request, options.maxStreamBytes, '--max-stream-bytes'), relay);
     let started: { id: string; coldStart: boolean; executor: string } | null = null;
-    let version = 0;
-    const sink = new OutputSink(raw, STREAM_THRESHOLD_BYTES, () => {
+    const sink = new OutputSink(raw, STREAM_THRESHOLD_BYTES, () =>
       // Past the threshold: the headers known now go out, the rest follow as trailers.
-      reply.hijack();
-      raw.writeHead(200, {
-        'content-type': 'application/octet-stream',
-        'x-kindling-invocation-id': started?.id ?? '',
-        'x-kindling-function-version': String(version),
-        'x-kindling-cold-start': String(started?.coldStart ?? false),
-        'x-kindling-executor': started?.executor ?? '',
-        'x-kindling-output': 'streamed',
-        'x-request-id': request.id,
-        // HTTP/1.0 has no chunked encoding, so no trailers (node throws on the header): the body ends with the connection.
-        ...(trailersAllowed(request) ? { trailer: STREAM_TRAILERS.join(', ') } : {}),
-      });
-    });
+      beginStreamedAnswer(
+        request,
+        reply,
+        {
+          'content-type': 'application/octet-stream',
+          'x-kindling-invocation-id': started?.id ?? '',
+          'x-kindling-function-version': String(version),
+          'x-kindling-cold-start': String(started?.coldStart ?? false),
+          'x-kindling-executor': started?.executor ?? '',
+          'x-kindling-output': 'streamed',
+        },
+        STREAM_TRAILERS,
+      ),
+    );
+    const version = invocation.version;
     raw.on('close', () => sink.destroy());
     // Past the threshold, the rest of stdout may go around this process (stream-relay.ts).
     const output = relay?.outputBypass(sink, raw, 0, () => sink.streaming);
-    // Counted by the limiter itself: a 'data' listener here would start the flow before the sandbox reads it.
-    const stdinBytes = (): number => (limited.stream && 'bytes' in limited.stream ? (limited.stream.bytes as number) : (held?.deliveredBytes ?? 0));
-    const startedAtMs = Date.now();
     let result;
     try {
-      version = service.resolve(tenant, name).version.version;
-      result = await service.invoke(tenant, name, Buffer.alloc(0), {
-        signal,
-        scope: request.scope,
-        trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
-        ...(held
-          ? {
-              stdinPump: (stdin: Writable) => held.pumpInto(stdin),
-            }
-          : { stdinStream: limited.stream ?? Readable.from([]) }),
-        stdoutSink: sink,
-        ...(output ? { stdoutBypass: output.bypass } : {}),
-        keepStdoutBytes: options.invocations.syncLogBytes,
-        onStarted: (id, info) => {
-          started = { id, ...info };
-          // Always on the bus (two map operations): a follower who joins mid-run sees it start and end.
-          bus.start(id, tenant, name);
+      result = await options.runner.invoke(
+        {
+          ...invocation,
+          payload: Buffer.alloc(0),
+          io: { stdin: input.stdin, stdout: { kind: 'sink', sink, keepBytes: options.runner.recordLogBytes, ...(output ? { bypass: output.bypass } : {}) } },
+          onStarted: (id, info) => (started = { id, ...info }),
+          inputError: input.error,
         },
-        // Text for followers only while someone follows: decoding a large stream for nobody is wasted time.
-        liveOutput: () => bus.followed,
-        onOutput: (stream, text) => {
-          if (started) bus.output(started.id, tenant, name, stream, text);
-        },
-      });
+        { payloadBytes: input.bytes, stdoutBytes: () => sink.totalBytes + (output?.sentBytes() ?? 0) },
+      );
     } catch (error) {
-      // Nothing read the held body (the execution did not start): node drops it, so that the error answer arrives.
-      held?.release();
-      const run = started as { id: string; coldStart: boolean; executor: string } | null;
-      if (run) {
-        bus.end(run.id, tenant, name, 'failed');
-        const failure = limited.error() ?? error;
-        options.invocations.recordFinished({
-          id: run.id,
-          tenant,
-          functionName: name,
-          version,
-          status: 'failed',
-          payloadBytes: stdinBytes(),
-          exitCode: null,
-          durationMs: null,
-          coldStart: run.coldStart,
-          timedOut: null,
-          error: failure instanceof KindlingError ? `${failure.code}: ${failure.message}` : `the platform failed: ${failure instanceof Error ? failure.message : String(failure)}`,
-          stdout: Buffer.alloc(0),
-          stderr: Buffer.alloc(0),
-          stdoutBytes: sink.totalBytes + (output?.sentBytes() ?? 0),
-          createdAtMs: startedAtMs,
-          startedAtMs,
-          finishedAtMs: Date.now(),
-        });
-      }
-      if (!sink.streaming) throw limited.error() ?? error;
+      if (!sink.streaming) throw error;
       request.log.error({ err: error }, 'invocation failed after the output started streaming');
-      raw.destroy(error instanceof Error ? error : new Error(String(error)));
+      breakStreamedAnswer(reply, error);
       return reply;
+    } finally {
+      input.release();
     }
-    bus.end(result.invocationId, tenant, name, result.exitCode === 0 && !result.timedOut ? 'succeeded' : 'failed');
-    held?.release();
-    record(result, startedAtMs, stdinBytes(), sink.totalBytes + (output?.sentBytes() ?? 0));
+    logFinished(request, result);
     // What the sink still holds (its writes wait for the client) goes out before the end of the response.
     await new Promise<void>((resolve) => sink.end(() => resolve()));
-    const uploadError = limited.error();
+    const uploadError = input.error();
     if (!sink.streaming) {
       if (uploadError) throw uploadError;
       reply.headers(resultHeaders(result));
@@ -322,31 +233,29 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       return reply.send(sink.buffered());
     }
     if (uploadError) {
-      // The headers said 200 already; a broken response is the only honest answer to a cut-off upload.
-      raw.destroy(uploadError instanceof Error ? uploadError : new Error(String(uploadError)));
+      breakStreamedAnswer(reply, uploadError);
       return reply;
     }
-    if (trailersAllowed(request)) {
-      raw.addTrailers({
-        'x-kindling-exit-code': String(result.exitCode),
-        'x-kindling-duration-ms': String(result.durationMs),
-        'x-kindling-timed-out': String(result.timedOut),
-      });
-    }
-    raw.end();
+    endStreamedAnswer(request, reply, {
+      'x-kindling-exit-code': String(result.exitCode),
+      'x-kindling-duration-ms': String(result.durationMs),
+      'x-kindling-timed-out': String(result.timedOut),
+    });
     return reply;
   }
+}
+
+/** One structured line per invocation answered. */
+function logFinished(request: FastifyRequest, result: InvocationResult): void {
+  request.log.info(
+    { invocationId: result.invocationId, function: result.functionName, version: result.version, executor: result.executor, exitCode: result.exitCode, durationMs: result.durationMs, coldStart: result.coldStart, timedOut: result.timedOut },
+    'invocation finished',
+  );
 }
 
 /** Outputs up to this size are answered with all the headers; larger ones stream with trailers. */
 export const STREAM_THRESHOLD_BYTES = 1024 * 1024;
 const STREAM_TRAILERS = ['x-kindling-exit-code', 'x-kindling-duration-ms', 'x-kindling-timed-out'];
-
-/** The body limit of a request: the server's, or the tenant's quota maxPayloadBytes when that is lower. */
-export function payloadLimit(request: FastifyRequest, serverMaxBytes: number, serverFlag: string): { maxBytes: number; flag: string } {
-  const cap = request.scope.maxPayloadBytes;
-  return cap !== undefined && cap < serverMaxBytes ? { maxBytes: cap, flag: "the tenant's quota maxPayloadBytes (ask an admin)" } : { maxBytes: serverMaxBytes, flag: serverFlag };
-}
 
 const header = (request: FastifyRequest, name: string): string | undefined => {
   const value = request.headers[name];
