@@ -101,8 +101,8 @@ export class InvocationRunner {
     const streamed = { stdout: false, stderr: false };
     let version = invocation.version ?? 0;
     try {
-      // Resolved once: a redeploy during the run does not change which version this invocation is recorded against.
-      version = this.options.functions.resolve(tenant, functionName, invocation.version).version.version;
+      // Pinned once: a redeploy during the run does not change which version this invocation runs and is recorded as.
+      if (invocation.version === undefined) version = this.options.functions.resolve(tenant, functionName).version.version;
       const stdout = invocation.io?.stdout;
       const result = await this.options.functions.invoke(tenant, functionName, invocation.payload, {
         version,
