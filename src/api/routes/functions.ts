@@ -23,10 +23,15 @@ import {
 
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 
+/** What the function routes use of each service (tests pass small fakes of these). */
+export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve' | 'invoke'>;
+export type FunctionRouteInvocations = Pick<InvocationService, 'checkQueuedPayload' | 'enqueue' | 'recordFinished' | 'syncLogBytes'>;
+export type FunctionRouteLogBus = Pick<LogBus, 'start' | 'output' | 'end' | 'followed'>;
+
 export interface FunctionRouteOptions {
-  functionService: FunctionService;
-  invocations: InvocationService;
-  logBus: LogBus;
+  functionService: FunctionRouteFunctions;
+  invocations: FunctionRouteInvocations;
+  logBus: FunctionRouteLogBus;
   /** Largest body held in memory (async payloads, handler events). */
   maxBodyBytes: number;
   /** Largest streamed body (command functions' stdin). */
