@@ -490,6 +490,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     consoleDir: config.consoleDir ?? DEFAULT_CONSOLE_DIR,
     allowedHosts: [...HostGuard.listeningName(config.host), ...(config.allowedHosts ?? [])],
     invocations,
+    runner: invocations.runner,
     logBus,
     defaultExecutor: chosen.name,
     defaultExecutorReason: chosen.reason,

@@ -17,7 +17,7 @@ export function bearerToken(request: FastifyRequest): string | null {
  * Resolves the principal of a request from memory: the key's tenant (a map keyed by its sha256), or in open local mode
  * (no keys at all) the admin of `default`. An admin may act as another tenant with `x-kindling-tenant: NAME`.
  */
-export function makeAuthenticator(tenants: TenantService): (request: FastifyRequest) => Principal {
+export function makeAuthenticator(tenants: Pick<TenantService, 'authEnabled' | 'authenticate' | 'exists'>): (request: FastifyRequest) => Principal {
   return (request) => {
     let principal: Principal;
     if (!tenants.authEnabled) {

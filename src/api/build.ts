@@ -6,23 +6,18 @@ import type { IncomingMessage } from 'node:http';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { ExecutorName } from '../core/types.js';
-import type { Executor } from '../executors/executor.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { ExecutionService } from '../orchestrator/execution-service.js';
-import type { FunctionService } from '../orchestrator/function-service.js';
-import type { InvocationService } from '../orchestrator/invocations.js';
-import type { LogBus } from '../orchestrator/log-bus.js';
 import { makeAuthenticator, matchesSecret } from './auth.js';
 import { ByteLimit } from './raw-body.js';
 import { HostGuard, type AllowedHost } from './host-guard.js';
 import type { Principal, TenantService } from '../orchestrator/tenants.js';
 import type { TenantScope } from '../orchestrator/execution-service.js';
-import { registerTenantRoutes } from './routes/tenants.js';
+import { registerTenantRoutes, type TenantRouteTenants } from './routes/tenants.js';
 import { errorBody, sendError, toKindlingError } from './errors.js';
-import { registerExecuteRoutes } from './routes/execute.js';
-import { registerExecuteWsRoute } from './routes/execute-ws.js';
-import { registerFunctionRoutes } from './routes/functions.js';
-import { registerHealthRoutes } from './routes/health.js';
+import { registerExecuteRoutes, type ExecuteRouteOptions } from './routes/execute.js';
+import { registerExecuteWsRoute, type ExecuteWsRouteOptions } from './routes/execute-ws.js';
+import { registerFunctionRoutes, type FunctionRouteFunctions, type FunctionRouteInvocations, type FunctionRouteRunner } from './routes/functions.js';
+import { registerHealthRoutes, type HealthRouteOptions } from './routes/health.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
 import { addExamples } from './openapi-examples.js';
@@ -40,19 +35,34 @@ declare module 'fastify' {
     scope: TenantScope;
   }
 }
-import { registerInvocationRoutes } from './routes/invocations.js';
+import { registerInvocationRoutes, type InvocationRouteInvocations, type InvocationRouteLogBus, type InvocationRouteOptions } from './routes/invocations.js';
+
+/*
+ * What the gateway needs of each service: the union of what its routes use (each route module names its own narrow
+ * type) and what the hooks below use. The real services satisfy these; tests pass small fakes (see test-support.ts).
+ */
+export type ApiExecutionService = ExecuteRouteOptions['executionService'] & ExecuteWsRouteOptions['executionService'];
+export type ApiFunctionService = FunctionRouteFunctions & InvocationRouteOptions['functionService'];
+export type ApiInvocations = FunctionRouteInvocations & InvocationRouteInvocations;
+export type ApiLogBus = InvocationRouteLogBus;
+/** The auth hook (keys, scope, rate, payload cap) and the tenant routes. */
+export type ApiTenants = TenantRouteTenants & Pick<TenantService, 'authEnabled' | 'authenticate' | 'exists' | 'scopeOf' | 'checkRate' | 'maxPayloadBytes'>;
+/** HTTP counters and the registry GET /metrics serves. */
+export type ApiMetrics = Pick<Metrics, 'onHttpError' | 'onHttpResponse'> & { readonly registry: Pick<Metrics['registry'], 'contentType' | 'metrics'> };
 
 export interface ApiOptions {
-  executionService: ExecutionService;
-  functionService: FunctionService;
-  invocations: InvocationService;
-  logBus: LogBus;
-  executors: ReadonlyMap<ExecutorName, Executor>;
+  executionService: ApiExecutionService;
+  functionService: ApiFunctionService;
+  invocations: ApiInvocations;
+  /** Runs synchronous function invocations (src/orchestrator/invocation-runner.ts). */
+  runner: FunctionRouteRunner;
+  logBus: ApiLogBus;
+  executors: HealthRouteOptions['executors'];
   defaultExecutor: ExecutorName;
   defaultExecutorReason: string;
-  metrics: Metrics;
+  metrics: ApiMetrics;
   /** Tenants, API keys and quotas: who a request is, what it may see, how much it may do. */
-  tenants: TenantService;
+  tenants: ApiTenants;
   /** Largest request body accepted, in bytes; beyond it: 413. */
   maxBodyBytes: number;
   /** Largest raw request body (streamed to stdin, never held in memory), in bytes; beyond it: 413. */
@@ -63,7 +73,7 @@ export interface ApiOptions {
   logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
   isDraining?: () => boolean;
   /** Usage records (GET /v1/usage…); without it those routes are absent. */
-  usage?: UsageStore;
+  usage?: Pick<UsageStore, 'summarize' | 'recent'>;
   /** Warm pool sizes per function version (GET /v1/pools). */
   pools?: () => { capacity: unknown; pools: { tenant: string }[] };
   /** When set, GET /metrics needs `Authorization: Bearer <token>` (or the admin key). */
@@ -269,7 +279,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerFunctionRoutes(app, {
     functionService: options.functionService,
     invocations: options.invocations,
-    runner: options.invocations.runner,
+    runner: options.runner,
     maxBodyBytes: options.maxBodyBytes,
     maxStreamBytes: options.maxStreamBytes,
     ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}),

@@ -48,7 +48,14 @@ export function errorBody(error: KindlingError, requestId: string): object {
   };
 }
 
+/**
+ * Retry-After for a 429 or 503 whose thrower named no time (docs/api.md promises the header on both): a second for a
+ * busy server, five for one that is unavailable or shutting down (the times the orchestrator uses for those codes).
+ */
+const DEFAULT_RETRY_AFTER_SECONDS: Partial<Record<number, number>> = { 429: 1, 503: 5 };
+
 export function sendError(reply: FastifyReply, request: FastifyRequest, error: KindlingError): FastifyReply {
-  if (error.retryAfterSeconds !== undefined) reply.header('retry-after', String(error.retryAfterSeconds));
+  const retryAfterSeconds = error.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_SECONDS[error.statusCode];
+  if (retryAfterSeconds !== undefined) reply.header('retry-after', String(retryAfterSeconds));
   return reply.code(error.statusCode).type('application/json').send(errorBody(error, request.id));
 }

@@ -22,7 +22,7 @@ const CLOSE_TOO_BIG = 1009;
 const CLOSE_SERVER_ERROR = 1011;
 
 export interface ExecuteWsRouteOptions {
-  executionService: ExecutionService;
+  executionService: Pick<ExecutionService, 'execute'>;
   toError: (error: unknown) => KindlingError;
   /** Largest total of stdin bytes one connection may send (as --max-stream-bytes for raw bodies). */
   maxStreamBytes: number;

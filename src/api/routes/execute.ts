@@ -50,7 +50,7 @@ function logFinished(request: FastifyRequest, result: ExecutionResult): void {
 }
 
 export interface ExecuteRouteOptions {
-  executionService: ExecutionService;
+  executionService: Pick<ExecutionService, 'execute'>;
   toError: (error: unknown) => KindlingError;
   /** Largest raw (streamed, never buffered) request body; JSON bodies have fastify's bodyLimit. */
   maxStreamBytes: number;

@@ -24,11 +24,16 @@ import {
 
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 
+/** What the function routes use of each service (tests pass small fakes of these). */
+export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'>;
+export type FunctionRouteInvocations = Pick<InvocationService, 'checkQueuedPayload' | 'enqueue'>;
+export type FunctionRouteRunner = Pick<InvocationRunner, 'invoke' | 'recordLogBytes'>;
+
 export interface FunctionRouteOptions {
-  functionService: FunctionService;
-  invocations: InvocationService;
+  functionService: FunctionRouteFunctions;
+  invocations: FunctionRouteInvocations;
   /** Runs the synchronous invocations (the async ones are the invocation service's). */
-  runner: InvocationRunner;
+  runner: FunctionRouteRunner;
   /** Largest body held in memory (async payloads, handler events). */
   maxBodyBytes: number;
   /** Largest streamed body (command functions' stdin). */

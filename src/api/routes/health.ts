@@ -6,7 +6,8 @@ import { HealthSchema, ReadySchema } from '../schemas.js';
 const READY_CACHE_MS = 2000;
 
 export interface HealthRouteOptions {
-  executors: ReadonlyMap<ExecutorName, Executor>;
+  /** Only probed here. */
+  executors: ReadonlyMap<ExecutorName, Pick<Executor, 'probe'>>;
   defaultExecutor: ExecutorName;
   /** Why the default executor was chosen (auto-detection explains itself here and in the log). */
   defaultExecutorReason: string;

@@ -16,10 +16,14 @@ const SSE_KEEPALIVE_MS = 15_000;
 const DEFAULT_TAIL = 10;
 const MAX_FOLLOWER_BACKLOG_BYTES = 8 * 1024 * 1024;
 
+/** What the invocation routes use of each service (tests pass small fakes of these). */
+export type InvocationRouteInvocations = Pick<InvocationService, 'list' | 'get' | 'output'>;
+export type InvocationRouteLogBus = Pick<LogBus, 'replay' | 'running' | 'subscribe'>;
+
 export interface InvocationRouteOptions {
-  invocations: InvocationService;
-  functionService: FunctionService;
-  logBus: LogBus;
+  invocations: InvocationRouteInvocations;
+  functionService: Pick<FunctionService, 'get'>;
+  logBus: InvocationRouteLogBus;
 }
 
 interface IdParams {
@@ -181,7 +185,7 @@ function open(request: FastifyRequest, reply: FastifyReply): ServerResponse {
   return reply.raw;
 }
 
-function writeStored(raw: ServerResponse, record: InvocationRecord, service: InvocationService): void {
+function writeStored(raw: ServerResponse, record: InvocationRecord, service: InvocationRouteInvocations): void {
   const { stdout, stderr } = service.output(record.id, record.tenant);
   if (stdout.length > 0) writeSseEvent(raw, 'stdout', JSON.stringify({ invocationId: record.id, text: stdout.toString('utf8') }));
   if (stderr.length > 0) writeSseEvent(raw, 'stderr', JSON.stringify({ invocationId: record.id, text: stderr.toString('utf8') }));
@@ -194,7 +198,7 @@ function writeMessage(raw: ServerResponse, message: LogMessage): void {
 }
 
 /** Forwards matching bus messages to the SSE response until `onMessage` says it is over or the client leaves. */
-function follow(raw: ServerResponse, bus: LogBus, match: (message: LogMessage) => boolean, isLast: (message: LogMessage) => boolean): () => void {
+function follow(raw: ServerResponse, bus: InvocationRouteLogBus, match: (message: LogMessage) => boolean, isLast: (message: LogMessage) => boolean): () => void {
   const keepAlive = setInterval(() => raw.write(': keep-alive\n\n'), SSE_KEEPALIVE_MS);
   let unsubscribe: () => void = () => undefined;
   const stop = (): void => {

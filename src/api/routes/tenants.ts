@@ -19,8 +19,11 @@ import {
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 const KeyParamsSchema = { type: 'object', properties: { name: { type: 'string', maxLength: 256 }, id: { type: 'string', maxLength: 128 } }, required: ['name', 'id'] } as const;
 
+/** What the tenant routes use of the tenant service (tests pass a small fake). */
+export type TenantRouteTenants = Pick<TenantService, 'create' | 'list' | 'get' | 'update' | 'delete' | 'createKey' | 'listKeys' | 'revokeKey' | 'running' | 'authEnabled'>;
+
 /** Admin routes for tenants and their keys, and GET /v1/tenant for any key to see its own tenant and quotas. */
-export function registerTenantRoutes(app: FastifyInstance, options: { tenants: TenantService }): void {
+export function registerTenantRoutes(app: FastifyInstance, options: { tenants: TenantRouteTenants }): void {
   const tenants = options.tenants;
 
   app.post<{ Body: CreateTenantBody }>(

@@ -99,7 +99,7 @@ function usageTenant(request: FastifyRequest, asked: string | undefined): string
   return typeof request.headers[TENANT_HEADER] === 'string' ? principal.tenant : undefined;
 }
 
-export function registerUsageRoutes(app: FastifyInstance, options: { usage: UsageStore; now?: () => number }): void {
+export function registerUsageRoutes(app: FastifyInstance, options: { usage: Pick<UsageStore, 'summarize' | 'recent'>; now?: () => number }): void {
   const now = options.now ?? Date.now;
   const stringQuery = (names: string[]) => ({ type: 'object', properties: Object.fromEntries(names.map((name) => [name, { type: 'string' }])) });
 
