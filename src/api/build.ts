@@ -170,6 +170,10 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     transformObject: (documents) => addExamples('openapiObject' in documents ? documents.openapiObject : documents.swaggerObject),
   });
 
+  // The API speaks JSON (and raw bytes where a route says so): a text/plain body is an unsupported type (415, as on
+  // POST /v1/execute), not a string for the schema to refuse as "must be object".
+  app.removeContentTypeParser('text/plain');
+
   // WebSockets (GET /v1/execute/ws): the upgrade request goes through the hooks below, the auth hook included. One
   // message is at most a JSON body's size; total stdin is bounded by --max-stream-bytes in the route.
   await app.register(websocket, { options: { maxPayload: options.maxBodyBytes } });
