@@ -3,9 +3,10 @@
  * executor. Skips with the reason when the host cannot run the sandbox.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync } from 'node:fs';
+import { basename } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Kindling, RateLimitError } from '@kindling/sdk';
+import { sandboxCgroups } from './helpers/faults.js';
 import { containersOf, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
@@ -35,10 +36,10 @@ interface PoolStats {
 const poolStats = (server: TestServer): Record<string, PoolStats> => (server.handlers.stats() as { pools: Record<string, PoolStats> }).pools;
 const liveSandboxes = (server: TestServer): number => Object.values(poolStats(server)).reduce((sum, pool) => sum + pool.total, 0);
 
-/** Every sandbox cgroup of the server (v2 layout: /sys/fs/cgroup/kindling/<owner>/<sandbox>). */
+/** The sandboxes that have a cgroup, in any hierarchy (v2: /sys/fs/cgroup/kindling/<owner>/<sandbox>; v1: the same
+ *  under each controller). Looking at the v2 path alone found nothing on a v1 host, so every check of it passed. */
 function cgroupsOf(ownerId: string): string[] {
-  const dir = `/sys/fs/cgroup/kindling/${ownerId}`;
-  return existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((entry) => entry.isDirectory()).map((entry) => entry.name) : [];
+  return [...new Set(sandboxCgroups(ownerId).map((dir) => basename(dir)))];
 }
 
 describe('handler functions on warm pools (sandbox executor)', { skip: unavailable ?? false }, () => {
@@ -142,8 +143,9 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     await client.functions.deploy('idle', { runtime: 'python', code: 'def handler(b):\n    return b\n', handler: 'handler' });
     await client.functions.invoke('idle', 'x');
     assert.equal(poolStats(server)['default/idle@1']?.total, 1);
+    assert.ok(cgroupsOf(server.ownerId).length >= 1, 'a live sandbox has a cgroup (or the checks below prove nothing)');
     await waitFor(async () => liveSandboxes(server) === 0, 20_000, 'every warm sandbox to pass its idle TTL');
-    await waitFor(async () => cgroupsOf(server.ownerId).length === 0, 5000, 'the sandbox cgroups to go');
+    await waitFor(async () => cgroupsOf(server.ownerId).length === 0, 20_000, 'the sandbox cgroups to go');
     const again = await client.functions.invoke('idle', 'y');
     assert.deepEqual([again.text(), again.coldStart], ['y', true]);
   });

@@ -10,7 +10,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { retryUntil } from '../../../test/helpers/wait.js';
 import { buildGuestHelper } from './assets.js';
 
 let dir = '';
@@ -40,18 +40,16 @@ function readSome(stream: NodeJS.ReadableStream, bytes: number): Promise<string>
   });
 }
 
-async function connect(file: string): Promise<net.Socket> {
-  for (let i = 0; ; i++) {
-    try {
-      return await new Promise<net.Socket>((resolve, reject) => {
+/** Connects once the helper listens (it creates the socket after it started). */
+function connect(file: string): Promise<net.Socket> {
+  return retryUntil(
+    () =>
+      new Promise<net.Socket>((resolve, reject) => {
         const socket = net.connect(file, () => resolve(socket));
         socket.once('error', reject);
-      });
-    } catch (error) {
-      if (i > 200) throw error;
-      await sleep(10);
-    }
-  }
+      }),
+    { what: `${file} to accept` },
+  );
 }
 
 describe('guest helper', () => {

@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
 import { createCgroupDriver, detectCgroupVersion, type CgroupDriver } from './cgroups.js';
+import { waitFor } from '../../../test/helpers/wait.js';
 
 const isRoot = process.getuid?.() === 0;
 const owner = `test-cg-${process.pid}`;
@@ -45,12 +45,9 @@ function hostProcessesWith(marker: string): number {
   return n;
 }
 
-async function until(check: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error('condition not reached in time');
-    await sleep(10);
-  }
+/** Waits until `check()` holds: the processes' state, with a backstop far above any load (not a margin). */
+function until(check: () => boolean): Promise<void> {
+  return waitFor(check, { what: 'the expected host processes' });
 }
 
 function exercise(label: string, make: () => CgroupDriver | string): void {
@@ -88,6 +85,7 @@ function exercise(label: string, make: () => CgroupDriver | string): void {
         await cg.remove();
       }
       await cg.remove(); // twice is fine
+      assert.ok(cg.dirs.length > 0, 'the cgroup made directories to check');
       for (const d of cg.dirs) assert.equal(existsSync(d), false, `${d} still exists`);
       assert.deepEqual(driver.list(), []);
     });
