@@ -12,6 +12,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { retryUntil } from '../../../test/helpers/wait.js';
 import { buildGuestHelper } from './assets.js';
+import { skipOrFail } from '../test-support.js';
 
 let dir = '';
 let helper = '';
@@ -54,7 +55,7 @@ function connect(file: string): Promise<net.Socket> {
 
 describe('guest helper', () => {
   it('relays between a connection and stdio, one connection at a time, and accepts the next one after a disconnect', async (t) => {
-    if (buildError) return t.skip(buildError);
+    if (buildError) return t.skip(skipOrFail('microvm', buildError));
     const socketPath = path.join(dir, 'bridge.sock');
     const child = spawn(helper, ['unix-bridge', socketPath], { stdio: ['pipe', 'pipe', 'pipe'] }) as ChildProcessWithoutNullStreams;
     try {
@@ -80,8 +81,8 @@ describe('guest helper', () => {
   });
 
   it('reseed: RNDADDENTROPY + RNDRESEEDCRNG with bytes from stdin (root only)', (t) => {
-    if (buildError) return t.skip(buildError);
-    if (process.getuid?.() !== 0) return t.skip('the ioctls need CAP_SYS_ADMIN (root)');
+    if (buildError) return t.skip(skipOrFail('microvm', buildError));
+    if (process.getuid?.() !== 0) return t.skip(skipOrFail('microvm', 'the ioctls need CAP_SYS_ADMIN (root)'));
     if (!existsSync('/dev/urandom')) return t.skip('no /dev/urandom');
     const result = spawnSync(helper, ['reseed'], { input: Buffer.alloc(64, 7) });
     assert.equal(result.status, 0, String(result.stderr));
