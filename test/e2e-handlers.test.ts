@@ -33,6 +33,7 @@ interface PoolStats {
   total: number;
   idle: number;
   busy: number;
+  waiting: number;
 }
 const poolStats = (server: TestServer): Record<string, PoolStats> => (server.handlers.stats() as { pools: Record<string, PoolStats> }).pools;
 const liveSandboxes = (server: TestServer): number => Object.values(poolStats(server)).reduce((sum, pool) => sum + pool.total, 0);
@@ -142,9 +143,13 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
   });
 
   it('beyond maxConcurrency + maxQueued invocations get 429 with Retry-After', async () => {
-    await client.functions.deploy('narrow', { runtime: 'node', code: 'export const handler = async () => { await new Promise((r) => setTimeout(r, 300)); return "ok"; };', handler: 'handler', maxConcurrency: 1, maxQueued: 2 });
+    await client.functions.deploy('narrow', { runtime: 'node', code: 'export const handler = async () => { await new Promise((r) => setTimeout(r, 2000)); return "ok"; };', handler: 'handler', maxConcurrency: 1, maxQueued: 2 });
     await client.functions.invoke('narrow'); // warm it up
-    const outcomes = await Promise.allSettled(Array.from({ length: 8 }, () => client.functions.invoke('narrow')));
+    // One running and two queued, as the pool reports it; then five more while they still are (2 s each): all refused.
+    // (Eight fired at once against a 300 ms handler depended on all eight arriving within its run.)
+    const admitted = Array.from({ length: 3 }, () => client.functions.invoke('narrow'));
+    await waitFor(async () => poolStats(server)['default/narrow@1']?.busy === 1 && poolStats(server)['default/narrow@1']?.waiting === 2, 20_000, 'one running and two queued');
+    const outcomes = await Promise.allSettled([...admitted, ...Array.from({ length: 5 }, () => client.functions.invoke('narrow'))]);
     const ok = outcomes.filter((outcome) => outcome.status === 'fulfilled');
     const rejected = outcomes.filter((outcome): outcome is PromiseRejectedResult => outcome.status === 'rejected');
     assert.equal(ok.length, 3, '1 running + 2 queued');
