@@ -18,12 +18,15 @@ export interface AgentLaunch {
   files: AgentFile[];
 }
 
-let cache: { nodeWrapper: Buffer; protocol: Buffer; pythonWrapper: Buffer } | null = null;
+/** The node agent's compiled modules, copied side by side as they sit in dist/agent: node-wrapper.js imports
+ *  ./protocol.js, which imports ./frame.js. A module added to that chain must be added here. */
+export const NODE_AGENT_MODULES = ['node-wrapper.js', 'protocol.js', 'frame.js'] as const;
+
+let cache: { node: AgentFile[]; pythonWrapper: Buffer } | null = null;
 
 function load(): NonNullable<typeof cache> {
   cache ??= {
-    nodeWrapper: readFileSync(new URL('./node-wrapper.js', import.meta.url)),
-    protocol: readFileSync(new URL('./protocol.js', import.meta.url)),
+    node: NODE_AGENT_MODULES.map((name) => ({ name, content: readFileSync(new URL(`./${name}`, import.meta.url)) })),
     // From dist/agent/ back to the source tree's agent/ (the python file is not compiled).
     pythonWrapper: readFileSync(new URL('../../agent/python_wrapper.py', import.meta.url)),
   };
@@ -57,8 +60,7 @@ export function genericAgentLaunch(runtime: 'node' | 'python'): AgentLaunch {
       command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, '-', '-'],
       files: [
         { name: 'package.json', content: '{"type":"module"}\n' },
-        { name: 'node-wrapper.js', content: files.nodeWrapper },
-        { name: 'protocol.js', content: files.protocol },
+        ...files.node,
       ],
     };
   }
@@ -76,8 +78,7 @@ export function agentLaunch(runtime: 'node' | 'python', code: string, handler: s
       command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, `${CODE_DIR}/${user}`, handler],
       files: [
         { name: 'package.json', content: '{"type":"module"}\n' },
-        { name: 'node-wrapper.js', content: files.nodeWrapper },
-        { name: 'protocol.js', content: files.protocol },
+        ...files.node,
         { name: user, content: code },
       ],
     };

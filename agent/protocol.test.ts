@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
+import { skipOrFail } from '../src/executors/test-support.js';
 import { AGENT_VERSION, FrameDecoder, FrameType, HEADER_BYTES, MAX_CHUNK_BYTES, ProtocolError, encodeBody, encodeFrame, parseCallUsage } from './protocol.js';
 
 const PYTHON_WRAPPER = fileURLToPath(new URL('../../agent/python_wrapper.py', import.meta.url));
@@ -70,7 +71,7 @@ describe('per-call usage (agent version 2)', () => {
   });
 });
 
-describe('agent protocol (python side)', { skip: PYTHON === undefined ? 'no python3 on this host' : false }, () => {
+describe('agent protocol (python side)', { skip: PYTHON === undefined ? skipOrFail('sandbox', 'no python3 on this host (the python handler runtime)') : false }, () => {
   it('python decodes what TypeScript encodes and TypeScript decodes what python encodes', () => {
     const input = Buffer.concat([encodeFrame(FrameType.INVOKE, 42), encodeFrame(FrameType.BODY_CHUNK, 42, Buffer.from([0, 200, 10])), encodeFrame(FrameType.BODY_END, 42)]);
     const script = `

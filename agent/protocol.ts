@@ -1,14 +1,10 @@
 /**
  * The framed protocol between the host and the resident agent (runtime wrapper) inside a warm sandbox, over one unix
- * socket. This module has no dependencies: the node wrapper imports it inside the sandbox (node 18+), the host
- * imports it too; agent/python_wrapper.py implements the same framing.
+ * socket. This module depends on nothing but ./frame.js (shipped beside it): the node wrapper imports it inside the
+ * sandbox (node 18+), the host imports it too; agent/python_wrapper.py implements the same framing.
  *
- * A frame is
- *   u32 big-endian length of everything after this field (>= HEADER_BYTES - 4)
- *   u8  protocol version (PROTOCOL_VERSION)
- *   u8  type (FrameType)
- *   u32 big-endian invocation id (0 for HELLO / PING / PONG)
- *   payload (length - 6 bytes)
+ * Frames are agent/frame.ts's (length, version, type, id, payload): the type is a FrameType, the id the invocation's
+ * (0 for HELLO / PING / PONG).
  *
  * A conversation: the agent connects and sends HELLO (JSON payload {version, runtime, pid}) once the user's code is
  * loaded, or ERROR (load failure, then it exits). The host then sends, per invocation, INVOKE (JSON payload, may be
@@ -26,10 +22,12 @@
  * A generic agent (started ahead of demand with no code, MODULE "-") says HELLO with {generic: true} first and waits
  * for one LOAD; after its second HELLO it serves that function only, exactly like an agent started with the code.
  */
-export const PROTOCOL_VERSION = 1;
+import { FrameDecoder as BaseFrameDecoder, encodeChunks, encodeFrame } from './frame.js';
+
+export { HEADER_BYTES, PROTOCOL_VERSION, ProtocolError, encodeFrame, type Frame } from './frame.js';
+
 /** The agents' feature level, sent as `version` in HELLO: 2 reports per-call usage (see above). */
 export const AGENT_VERSION = 2;
-export const HEADER_BYTES = 10;
 /** Largest frame accepted; bodies travel in chunks of at most MAX_CHUNK_BYTES. */
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 export const MAX_CHUNK_BYTES = 1024 * 1024;
@@ -52,12 +50,6 @@ export const FrameType = {
 } as const;
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 
-export interface Frame {
-  type: number;
-  id: number;
-  payload: Buffer;
-}
-
 /** What an agent reports of one call (RESULT_END's JSON, or a USAGE frame). */
 export interface CallUsage {
   /** User + system CPU time of the agent process during the call (getrusage delta), in ms. */
@@ -79,69 +71,16 @@ export function parseCallUsage(payload: Buffer): CallUsage | null {
   }
 }
 
-export function encodeFrame(type: number, id: number, payload: Buffer | string = EMPTY): Buffer {
-  const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
-  const frame = Buffer.allocUnsafe(HEADER_BYTES + body.length);
-  frame.writeUInt32BE(HEADER_BYTES - 4 + body.length, 0);
-  frame.writeUInt8(PROTOCOL_VERSION, 4);
-  frame.writeUInt8(type, 5);
-  frame.writeUInt32BE(id >>> 0, 6);
-  body.copy(frame, HEADER_BYTES);
-  return frame;
-}
-
 /** Frames for a whole body: chunks of at most MAX_CHUNK_BYTES, then the end frame. */
 export function encodeBody(chunkType: number, endType: number, id: number, body: Buffer, endPayload: Buffer | string = EMPTY): Buffer[] {
-  const frames: Buffer[] = [];
-  for (let at = 0; at < body.length; at += MAX_CHUNK_BYTES) frames.push(encodeFrame(chunkType, id, body.subarray(at, at + MAX_CHUNK_BYTES)));
-  frames.push(encodeFrame(endType, id, endPayload));
-  return frames;
+  return [...encodeChunks(chunkType, id, body, MAX_CHUNK_BYTES), encodeFrame(endType, id, endPayload)];
 }
 
 const EMPTY = Buffer.alloc(0);
 
-export class ProtocolError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ProtocolError';
-  }
-}
-
 /** Reassembles frames from arbitrary stream chunks. Throws ProtocolError on a bad version or an oversized frame. */
-export class FrameDecoder {
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
-
-  push(chunk: Buffer): Frame[] {
-    if (chunk.length > 0) {
-      this.pending.push(chunk);
-      this.pendingBytes += chunk.length;
-    }
-    const frames: Frame[] = [];
-    while (this.pendingBytes >= 4) {
-      const head = this.peek(4);
-      const length = head.readUInt32BE(0);
-      if (length < HEADER_BYTES - 4 || length > MAX_FRAME_BYTES) throw new ProtocolError(`bad frame length ${length}`);
-      if (this.pendingBytes < 4 + length) break;
-      const frame = this.take(4 + length);
-      const version = frame.readUInt8(4);
-      if (version !== PROTOCOL_VERSION) throw new ProtocolError(`protocol version ${version} is not ${PROTOCOL_VERSION}`);
-      frames.push({ type: frame.readUInt8(5), id: frame.readUInt32BE(6), payload: frame.subarray(HEADER_BYTES) });
-    }
-    return frames;
-  }
-
-  private peek(bytes: number): Buffer {
-    if (this.pending[0]!.length < bytes) this.pending = [Buffer.concat(this.pending)];
-    return this.pending[0]!;
-  }
-
-  private take(bytes: number): Buffer {
-    const first = this.peek(bytes);
-    const out = first.subarray(0, bytes);
-    if (first.length === bytes) this.pending.shift();
-    else this.pending[0] = first.subarray(bytes);
-    this.pendingBytes -= bytes;
-    return out;
+export class FrameDecoder extends BaseFrameDecoder {
+  constructor() {
+    super(MAX_FRAME_BYTES);
   }
 }

@@ -176,10 +176,13 @@ describe('retention applies to synchronous invocations', { skip: sandboxMissing 
   it('a recorded sync invocation is swept after the TTL', async () => {
     const server = await startTestServer({ executor: 'sandbox', asyncInvocations: { retentionMs: 300, sweepIntervalMs: 100 } });
     try {
-      await fetch(`${server.url}/v1/functions/short`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: 'kindling/base', command: ['true'] }) });
+      const deployed = await fetch(`${server.url}/v1/functions/short`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: 'kindling/base', command: ['true'] }) });
+      assert.equal(deployed.status, 201, await deployed.text());
       const response = await fetch(`${server.url}/v1/functions/short/invoke`, { method: 'POST' });
       await response.arrayBuffer();
-      const id = response.headers.get('x-kindling-invocation-id')!;
+      assert.equal(response.status, 200);
+      const id = response.headers.get('x-kindling-invocation-id');
+      assert.ok(id, 'the answer names the recorded invocation');
       assert.equal((await fetch(`${server.url}/v1/invocations/${id}`)).status, 200);
       await waitFor(async () => (await fetch(`${server.url}/v1/invocations/${id}`)).status === 404, 30_000, 'the invocation to expire');
     } finally {

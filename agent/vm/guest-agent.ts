@@ -139,7 +139,7 @@ class Agent {
       try {
         this.handle(frame);
       } catch (handleError) {
-        this.error(frame.stream, (handleError as Error).message);
+        this.error(frame.id, (handleError as Error).message);
       }
     }
   }
@@ -151,21 +151,21 @@ class Agent {
   private handle(frame: Frame): void {
     switch (frame.type) {
       case MessageType.PING:
-        this.send(encodeJson(MessageType.PONG, frame.stream, this.pong()));
+        this.send(encodeJson(MessageType.PONG, frame.id, this.pong()));
         return;
       case MessageType.EXEC:
-        this.exec(frame.stream, decodeJson<ExecRequest>(frame));
+        this.exec(frame.id, decodeJson<ExecRequest>(frame));
         return;
       case MessageType.STDIN: {
-        const stdin = this.execs.get(frame.stream)?.child.stdin;
+        const stdin = this.execs.get(frame.id)?.child.stdin;
         if (stdin && !stdin.destroyed) stdin.write(frame.payload);
         return;
       }
       case MessageType.STDIN_END:
-        this.execs.get(frame.stream)?.child.stdin?.end();
+        this.execs.get(frame.id)?.child.stdin?.end();
         return;
       case MessageType.KILL: {
-        const running = this.execs.get(frame.stream);
+        const running = this.execs.get(frame.id);
         if (running) killCgroup(running.cgroup, running.child);
         return;
       }
@@ -174,20 +174,20 @@ class Agent {
         fs.mkdirSync(path.dirname(header.path), { recursive: true });
         fs.writeFileSync(header.path, data, { mode: header.mode ?? 0o644 });
         fs.chmodSync(header.path, header.mode ?? 0o644);
-        this.send(encodeFrame(MessageType.OK, frame.stream));
+        this.send(encodeFrame(MessageType.OK, frame.id));
         return;
       }
       case MessageType.GET_FILE: {
         const header = decodeJson<FileHeader>(frame);
         const data = fs.readFileSync(header.path);
-        this.send(encodeFrame(MessageType.FILE, frame.stream, encodeFileBody({ path: header.path }, data)));
+        this.send(encodeFrame(MessageType.FILE, frame.id, encodeFileBody({ path: header.path }, data)));
         return;
       }
       case MessageType.SEED:
-        this.send(encodeJson(MessageType.OK, frame.stream, reseed(frame.payload)));
+        this.send(encodeJson(MessageType.OK, frame.id, reseed(frame.payload)));
         return;
       default:
-        this.error(frame.stream, `unexpected message type ${frame.type}`);
+        this.error(frame.id, `unexpected message type ${frame.type}`);
     }
   }
 

@@ -40,7 +40,7 @@ describe('microvm agent protocol', () => {
     for (let i = 0; i < wire.length; i++) out.push(...decoder.push(wire.subarray(i, i + 1)));
     assert.equal(out.length, 3);
     assert.deepEqual(decodeJson(out[0]!), { version: PROTOCOL_VERSION });
-    assert.equal(out[1]!.stream, 3);
+    assert.equal(out[1]!.id, 3);
     assert.deepEqual(out[1]!.payload, frames[1]!.subarray(HEADER_BYTES));
     assert.equal(out[2]!.type, MessageType.STDIN_END);
     assert.equal(out[2]!.payload.length, 0);

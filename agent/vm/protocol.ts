@@ -1,14 +1,11 @@
 /**
  * The protocol between the host and the guest agent of a microVM, over one byte stream (virtio-serial with QEMU, vsock
- * with Firecracker). This module has no dependencies and no Node-version-specific APIs: the guest agent imports it
- * (it runs under the node copied onto the agent disk), the host imports it too, and both sides share its tests.
+ * with Firecracker). This module depends on nothing but ../frame.js and uses no Node-version-specific APIs: the guest
+ * agent imports it (it runs under the node copied onto the agent disk, which holds the dist/agent tree: frame.js and
+ * vm/), the host imports it too, and both sides share its tests.
  *
- * A frame is
- *   u32 big-endian length of everything after this field (>= HEADER_BYTES - 4)
- *   u8  protocol version (PROTOCOL_VERSION)
- *   u8  type (MessageType)
- *   u32 big-endian stream id (0 for PING/PONG; the host picks one id per EXEC or file operation)
- *   payload (length - 6 bytes)
+ * Frames are agent/frame.ts's (length, version, type, id, payload): the type is a MessageType, the id the stream's
+ * (0 for PING/PONG; the host picks one id per EXEC or file operation).
  *
  * Conversation (the host always speaks first, so the agent never writes into a channel nobody reads):
  *   host PING {version}                              -> agent PONG {version, agentVersion, uptimeMs, memory}
@@ -23,8 +20,9 @@
  *                                                       state)
  * ERROR {message} ends a stream with a platform failure (never a user failure: those are EXIT with a code).
  */
-export const PROTOCOL_VERSION = 1;
-export const HEADER_BYTES = 10;
+import { FrameDecoder as BaseFrameDecoder, ProtocolError, encodeChunks as encodeAnyChunks, encodeFrame as encodeAnyFrame, type Frame } from '../frame.js';
+
+export { HEADER_BYTES, PROTOCOL_VERSION, ProtocolError, type Frame } from '../frame.js';
 /** Largest frame accepted. Bulk data (stdin, files, output) travels in chunks of at most MAX_CHUNK_BYTES. */
 export const MAX_FRAME_BYTES = 8 * 1024 * 1024;
 export const MAX_CHUNK_BYTES = 64 * 1024;
@@ -51,12 +49,6 @@ export type MessageTypeValue = (typeof MessageType)[keyof typeof MessageType];
 const TYPE_NAMES = new Map<number, string>(Object.entries(MessageType).map(([name, value]) => [value, name]));
 export function messageTypeName(type: number): string {
   return TYPE_NAMES.get(type) ?? `UNKNOWN(${type})`;
-}
-
-export interface Frame {
-  type: number;
-  stream: number;
-  payload: Buffer;
 }
 
 /** Limits the agent applies to the process tree of one EXEC (a cgroup inside the guest). */
@@ -117,18 +109,9 @@ export interface ErrorMessage {
   message: string;
 }
 
-const EMPTY = Buffer.alloc(0);
-
-export function encodeFrame(type: number, stream: number, payload: Buffer | string = EMPTY): Buffer {
-  const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
-  if (HEADER_BYTES - 4 + body.length > MAX_FRAME_BYTES) throw new ProtocolError(`frame of ${body.length} bytes is over the limit`);
-  const frame = Buffer.allocUnsafe(HEADER_BYTES + body.length);
-  frame.writeUInt32BE(HEADER_BYTES - 4 + body.length, 0);
-  frame.writeUInt8(PROTOCOL_VERSION, 4);
-  frame.writeUInt8(type, 5);
-  frame.writeUInt32BE(stream >>> 0, 6);
-  body.copy(frame, HEADER_BYTES);
-  return frame;
+/** One frame; a frame over MAX_FRAME_BYTES throws ProtocolError. */
+export function encodeFrame(type: number, stream: number, payload?: Buffer | string): Buffer {
+  return encodeAnyFrame(type, stream, payload, MAX_FRAME_BYTES);
 }
 
 export function encodeJson(type: number, stream: number, value: unknown): Buffer {
@@ -137,9 +120,7 @@ export function encodeJson(type: number, stream: number, value: unknown): Buffer
 
 /** Bytes as frames of at most MAX_CHUNK_BYTES each (none for an empty buffer). */
 export function encodeChunks(type: number, stream: number, data: Buffer): Buffer[] {
-  const frames: Buffer[] = [];
-  for (let at = 0; at < data.length; at += MAX_CHUNK_BYTES) frames.push(encodeFrame(type, stream, data.subarray(at, at + MAX_CHUNK_BYTES)));
-  return frames;
+  return encodeAnyChunks(type, stream, data, MAX_CHUNK_BYTES);
 }
 
 /** PUT_FILE and FILE payloads: u32 length of a JSON header, the header, then the file's bytes. */
@@ -167,52 +148,9 @@ export function decodeJson<T>(frame: Frame): T {
   }
 }
 
-export class ProtocolError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ProtocolError';
-  }
-}
-
 /** Reassembles frames from arbitrary stream chunks. Throws ProtocolError on a bad version or length. */
-export class FrameDecoder {
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
-
-  push(chunk: Buffer): Frame[] {
-    if (chunk.length > 0) {
-      this.pending.push(chunk);
-      this.pendingBytes += chunk.length;
-    }
-    const frames: Frame[] = [];
-    while (this.pendingBytes >= 4) {
-      const length = this.peek(4).readUInt32BE(0);
-      if (length < HEADER_BYTES - 4 || length > MAX_FRAME_BYTES) throw new ProtocolError(`bad frame length ${length}`);
-      if (this.pendingBytes < 4 + length) break;
-      const frame = this.take(4 + length);
-      const version = frame.readUInt8(4);
-      if (version !== PROTOCOL_VERSION) throw new ProtocolError(`protocol version ${version} is not ${PROTOCOL_VERSION}`);
-      frames.push({ type: frame.readUInt8(5), stream: frame.readUInt32BE(6), payload: frame.subarray(HEADER_BYTES) });
-    }
-    return frames;
-  }
-
-  /** Bytes received that do not form a whole frame yet. */
-  get buffered(): number {
-    return this.pendingBytes;
-  }
-
-  private peek(bytes: number): Buffer {
-    if ((this.pending[0] as Buffer).length < bytes) this.pending = [Buffer.concat(this.pending)];
-    return this.pending[0] as Buffer;
-  }
-
-  private take(bytes: number): Buffer {
-    const first = this.peek(bytes);
-    const out = first.subarray(0, bytes);
-    if (first.length === bytes) this.pending.shift();
-    else this.pending[0] = first.subarray(bytes);
-    this.pendingBytes -= bytes;
-    return out;
+export class FrameDecoder extends BaseFrameDecoder {
+  constructor() {
+    super(MAX_FRAME_BYTES);
   }
 }

@@ -111,6 +111,12 @@ beforeEach(() => {
   handler = (_req, res) => json(res, 500, errorBody('INTERNAL', 'no handler set'));
 });
 
+/** Resolves once the server has the request (the handler runs): a state to wait on, not a delay to guess. A request
+ *  that never comes fails by the suite's timeout. */
+async function arrived(): Promise<void> {
+  while (seen.length === 0) await sleep(1);
+}
+
 function only(): Seen {
   assert.equal(seen.length, 1, `expected one request, saw ${seen.length}`);
   return seen[0] as Seen;
@@ -286,7 +292,7 @@ describe('execute', { timeout: 10_000 }, () => {
     handler = () => {}; // never answers
     const controller = new AbortController();
     const pending = client().execute({ runtime: 'bash', code: 'sleep 100' }, { signal: controller.signal });
-    await sleep(50);
+    await arrived();
     const reason = new Error('user navigated away');
     controller.abort(reason);
     const err = await pending.then(
@@ -437,7 +443,7 @@ describe('streaming', { timeout: 10_000 }, () => {
   it('abort() cancels a stream nobody iterates', async () => {
     handler = (_req, res) => sse(res, [': open\n\n'], false);
     const stream = client().stream({ runtime: 'bash', code: 'sleep 100' });
-    await sleep(50);
+    await arrived();
     stream.abort();
     await assert.rejects(stream.result, AbortError);
     assert.equal(await only().closedEarly, true);

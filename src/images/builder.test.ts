@@ -18,6 +18,7 @@ import {
   type ImageStamp,
 } from './builder.js';
 import { IMAGE_RECIPES, recipeHash } from './recipes.js';
+import { skipOrFail } from '../executors/test-support.js';
 
 const tmpRoots: string[] = [];
 after(async () => {
@@ -251,13 +252,13 @@ test('readInstalledPackages skips removed packages and tolerates a missing statu
 });
 
 test('safeRemove unmounts what is mounted below the target before deleting, never deleting through it', async (t) => {
-  if (process.getuid?.() !== 0) return t.skip('needs root to mount a tmpfs');
+  if (process.getuid?.() !== 0) return t.skip(skipOrFail('sandbox', 'needs root to mount a tmpfs'));
   const d = await tmpDir();
   const target = path.join(d, 'root');
   const mnt = path.join(target, 'proc');
   await fs.mkdir(mnt, { recursive: true });
   const m = spawnSync('mount', ['-t', 'tmpfs', 'tmpfs', mnt]);
-  if (m.status !== 0) return t.skip(`cannot mount tmpfs here: ${m.stderr.toString().trim()}`);
+  if (m.status !== 0) return t.skip(skipOrFail('sandbox', `cannot mount tmpfs here: ${m.stderr.toString().trim()}`));
   await fs.writeFile(path.join(mnt, 'keep'), 'x');
   await safeRemove(target);
   await assert.rejects(fs.stat(target), { code: 'ENOENT' });
@@ -265,7 +266,7 @@ test('safeRemove unmounts what is mounted below the target before deleting, neve
 });
 
 test('ext4: true writes a clean ext4 image of the rootfs, cached on the next run', async (t) => {
-  if (spawnSync('mkfs.ext4', ['-V']).error) return t.skip('mkfs.ext4 not installed (e2fsprogs)');
+  if (spawnSync('mkfs.ext4', ['-V']).error) return t.skip(skipOrFail('microvm', 'mkfs.ext4 not installed (e2fsprogs)'));
   const imagesDir = await tmpDir();
   const first = await buildImages({ imagesDir, names: ['base'], ext4: true, bootstrap: fakeBootstrap() });
   assert.equal(first[0]?.ext4, 'built');

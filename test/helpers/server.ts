@@ -7,6 +7,7 @@ import { pino } from 'pino';
 import { LABEL_OWNER } from '../../src/executors/executor.js';
 import { skipOrFail } from '../../src/executors/test-support.js';
 import { startServer, type RunningServer, type ServerConfig } from '../../src/server.js';
+import { waitFor as waitForCondition } from './wait.js';
 
 export const IMAGES_DIR = '/var/lib/kindling/images';
 export const docker = new Docker({ socketPath: '/var/run/docker.sock' });
@@ -123,13 +124,9 @@ export async function microvmUnavailableReason(): Promise<string | null> {
   }
 }
 
+/** waitFor of ./wait.ts with the e2e tests' argument order (polls every 100 ms: a condition here is a request). */
 export async function waitFor(condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await condition()) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+  await waitForCondition(condition, { timeoutMs, intervalMs: 100, what });
 }
 
 /**

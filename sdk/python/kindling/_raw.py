@@ -68,6 +68,28 @@ def _write(sink: Any, chunk: bytes) -> Any:
     return write(chunk) if callable(write) else sink(chunk)
 
 
+def _take(answer: Answer, event: Any, sink: Any) -> tuple[bool, Any]:
+    """Records one h11 event of the answer in ``answer``: status and headers, body bytes (to ``sink`` unless the answer
+    is an error, whose body is kept to be raised), trailers. Returns whether the answer is over, and what the sink's
+    write returned (an awaitable for an async sink: the asyncio exchange awaits it)."""
+    if isinstance(event, h11.Response):
+        answer.status = event.status_code
+        answer.headers = _headers(event.headers)
+    elif isinstance(event, h11.Data):
+        if sink is not None and answer.status < 400:
+            outcome = _write(sink, bytes(event.data))
+            answer.sent_to_sink += len(event.data)
+            return False, outcome
+        answer.body.append(bytes(event.data))
+    elif isinstance(event, h11.EndOfMessage):
+        answer.trailers = _headers(event.headers)
+        answer.complete = True
+        return True, None
+    elif isinstance(event, h11.ConnectionClosed):
+        return True, None
+    return False, None
+
+
 def _check_complete(answer: Answer, url: str, sink: Any) -> None:
     # An answer cut short (no end of message) carries no result: the server broke it (it had already said 200).
     if answer.status == 0 or (sink is not None and answer.status < 400 and not answer.complete):
@@ -135,20 +157,8 @@ def exchange_sync(
                 with lock:
                     conn.receive_data(data)
                 continue
-            if isinstance(event, h11.Response):
-                answer.status = event.status_code
-                answer.headers = _headers(event.headers)
-            elif isinstance(event, h11.Data):
-                if sink is not None and answer.status < 400:
-                    _write(sink, bytes(event.data))
-                    answer.sent_to_sink += len(event.data)
-                else:
-                    answer.body.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                answer.trailers = _headers(event.headers)
-                answer.complete = True
-                break
-            elif isinstance(event, h11.ConnectionClosed):
+            over, _ = _take(answer, event, sink)
+            if over:
                 break
     except socket.timeout as exc:
         raise _core.timed_out(url, timeout, exc) from exc
@@ -229,22 +239,10 @@ async def exchange_async(
                 read = None
                 conn.receive_data(data)
                 continue
-            if isinstance(event, h11.Response):
-                answer.status = event.status_code
-                answer.headers = _headers(event.headers)
-            elif isinstance(event, h11.Data):
-                if sink is not None and answer.status < 400:
-                    outcome = _write(sink, bytes(event.data))
-                    if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
-                        await outcome
-                    answer.sent_to_sink += len(event.data)
-                else:
-                    answer.body.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                answer.trailers = _headers(event.headers)
-                answer.complete = True
-                break
-            elif isinstance(event, h11.ConnectionClosed):
+            over, outcome = _take(answer, event, sink)
+            if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
+                await outcome
+            if over:
                 break
     except asyncio.TimeoutError as exc:
         raise _core.timed_out(url, timeout, exc) from exc

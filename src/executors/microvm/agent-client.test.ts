@@ -79,7 +79,7 @@ describe('microvm memory buckets', () => {
 describe('microvm agent client', () => {
   it('pings and checks the protocol version', async () => {
     const { client, received } = fakeAgent((frame, reply) => {
-      if (frame.type === MessageType.PING) reply(encodeJson(MessageType.PONG, frame.stream, pong));
+      if (frame.type === MessageType.PING) reply(encodeJson(MessageType.PONG, frame.id, pong));
     });
     assert.equal((await client.ping(1000)).agentVersion, 'test');
     assert.deepEqual(decodeJson(received[0]!), { version: PROTOCOL_VERSION });
@@ -87,7 +87,7 @@ describe('microvm agent client', () => {
   });
 
   it('rejects a pong of another protocol version and a ping nobody answers', async () => {
-    const { client } = fakeAgent((frame, reply) => reply(encodeJson(MessageType.PONG, frame.stream, { ...pong, version: PROTOCOL_VERSION + 1 })));
+    const { client } = fakeAgent((frame, reply) => reply(encodeJson(MessageType.PONG, frame.id, { ...pong, version: PROTOCOL_VERSION + 1 })));
     await assert.rejects(client.ping(1000), /agent speaks protocol/);
     client.close();
     const silent = fakeAgent(() => undefined);
@@ -101,11 +101,11 @@ describe('microvm agent client', () => {
       if (frame.type === MessageType.PUT_FILE) {
         const { header, data } = decodeFileBody(frame.payload);
         files.set(header.path, Buffer.from(data));
-        reply(encodeFrame(MessageType.OK, frame.stream));
+        reply(encodeFrame(MessageType.OK, frame.id));
       } else if (frame.type === MessageType.GET_FILE) {
         const { path } = decodeJson<{ path: string }>(frame);
         const data = files.get(path);
-        reply(data ? encodeFrame(MessageType.FILE, frame.stream, encodeFileBody({ path }, data)) : encodeJson(MessageType.ERROR, frame.stream, { message: `ENOENT ${path}` }));
+        reply(data ? encodeFrame(MessageType.FILE, frame.id, encodeFileBody({ path }, data)) : encodeJson(MessageType.ERROR, frame.id, { message: `ENOENT ${path}` }));
       }
     });
     await client.putFile('/.kindling/a.txt', Buffer.from('hello'), 0o600, 1000);
@@ -116,10 +116,10 @@ describe('microvm agent client', () => {
 
   it('runs an exec: stdin frames and STDIN_END go out, stdout/stderr come back, exit resolves after the streams end', async () => {
     const { client, received } = fakeAgent((frame, reply) => {
-      if (frame.type === MessageType.STDIN) reply(encodeFrame(MessageType.STDOUT, frame.stream, frame.payload));
+      if (frame.type === MessageType.STDIN) reply(encodeFrame(MessageType.STDOUT, frame.id, frame.payload));
       if (frame.type === MessageType.STDIN_END) {
-        reply(encodeFrame(MessageType.STDERR, frame.stream, 'warn\n'));
-        reply(encodeJson(MessageType.EXIT, frame.stream, { exitCode: 3, signal: null, oomKilled: false, usage: { cpuUsec: 1, memoryPeakBytes: null } }));
+        reply(encodeFrame(MessageType.STDERR, frame.id, 'warn\n'));
+        reply(encodeJson(MessageType.EXIT, frame.id, { exitCode: 3, signal: null, oomKilled: false, usage: { cpuUsec: 1, memoryPeakBytes: null } }));
       }
     });
     const exec = client.exec(request);
@@ -136,13 +136,13 @@ describe('microvm agent client', () => {
     assert.ok(exec.stdout.writableEnded && exec.stderr.writableEnded);
     const execFrame = received.find((frame) => frame.type === MessageType.EXEC)!;
     assert.deepEqual(decodeJson(execFrame), request);
-    assert.ok(received.every((frame) => frame.stream === execFrame.stream));
+    assert.ok(received.every((frame) => frame.id === execFrame.id));
     client.close();
   });
 
   it('sends KILL on the exec stream; a platform ERROR rejects exit; two execs get different stream ids', async () => {
     const { client, received } = fakeAgent((frame, reply) => {
-      if (frame.type === MessageType.KILL) reply(encodeJson(MessageType.ERROR, frame.stream, { message: 'spawn failed: boom' }));
+      if (frame.type === MessageType.KILL) reply(encodeJson(MessageType.ERROR, frame.id, { message: 'spawn failed: boom' }));
     });
     const first = client.exec({ ...request, stdin: false });
     const second = client.exec({ ...request, stdin: false });
@@ -150,8 +150,8 @@ describe('microvm agent client', () => {
     first.kill();
     await assert.rejects(first.exit, /spawn failed: boom/);
     const [a, b] = received.filter((frame) => frame.type === MessageType.EXEC);
-    assert.notEqual(a!.stream, b!.stream);
-    assert.equal(received.find((frame) => frame.type === MessageType.KILL)!.stream, a!.stream);
+    assert.notEqual(a!.id, b!.id);
+    assert.equal(received.find((frame) => frame.type === MessageType.KILL)!.id, a!.id);
     // A closed channel fails what is still pending, and the client reports itself closed.
     client.close();
     await assert.rejects(second.exit, /closed/);

@@ -57,7 +57,7 @@ export class AgentClient {
         this.fail(error as Error);
         return;
       }
-      for (const frame of frames) this.pending.get(frame.stream)?.onFrame(frame);
+      for (const frame of frames) this.pending.get(frame.id)?.onFrame(frame);
     });
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new AgentError('the agent channel closed')));

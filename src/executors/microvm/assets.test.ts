@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
+import { readFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
-import { INIT_SCRIPT, moduleDepends } from './assets.js';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type * as VmProtocol from '../../../agent/vm/protocol.js';
+import { missingImports, relativeImports, writeTree } from '../../../test/helpers/shipped-modules.js';
+import { GUEST_AGENT_MODULES, INIT_SCRIPT, moduleDepends } from './assets.js';
 import { writeCpio } from './cpio.js';
 import { kernelCommandLine, qemuArgs } from './qemu.js';
 
@@ -32,6 +38,31 @@ describe('microvm assets', () => {
   it('the init mounts the image read-only and hands over to the agent', () => {
     assert.match(INIT_SCRIPT, /mount -t ext4 -o ro,noload "\$root" \/newroot/);
     assert.match(INIT_SCRIPT, /switch_root \/newroot \/run\/kindling-agent\/bin\/node/);
+  });
+
+  it('the agent disk holds the guest agent and everything it imports, in the tree the init starts it from', async () => {
+    // The init runs /run/kindling-agent/agent/<module>: that module is shipped.
+    const entry = /\/run\/kindling-agent\/agent\/(\S+\.js)/.exec(INIT_SCRIPT)?.[1];
+    assert.equal(entry, 'vm/guest-agent.js');
+    assert.ok((GUEST_AGENT_MODULES as readonly string[]).includes(entry));
+    const distAgent = fileURLToPath(new URL('../../../agent/', import.meta.url));
+    const files = new Map<string, Buffer>();
+    for (const name of GUEST_AGENT_MODULES) files.set(name, await readFile(path.join(distAgent, name)));
+    assert.ok(relativeImports(files.get('vm/protocol.js')!.toString()).includes('../frame.js'), 'the guest protocol uses the shared codec');
+    assert.deepEqual(missingImports(files), []);
+    // And node loads them from a copy of that tree alone (as under /run/kindling-agent/agent, with its package.json).
+    const dir = await mkdtemp(path.join(tmpdir(), 'kindling-agent-disk-'));
+    try {
+      await writeTree(dir, files);
+      await writeFile(path.join(dir, 'package.json'), '{"type":"module"}\n');
+      await import(pathToFileURL(path.join(dir, 'vm/guest-agent.js')).href);
+      const shipped = (await import(pathToFileURL(path.join(dir, 'vm/protocol.js')).href)) as typeof VmProtocol;
+      const [frame] = new shipped.FrameDecoder().push(shipped.encodeJson(shipped.MessageType.PING, 5, { version: shipped.PROTOCOL_VERSION }));
+      assert.equal(frame?.id, 5);
+      assert.deepEqual(shipped.decodeJson(frame!), { version: shipped.PROTOCOL_VERSION });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('builds a microvm qemu command line: TCG or KVM, overlay disk, read-only agent disk, QMP, virtio-serial', () => {

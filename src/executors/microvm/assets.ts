@@ -8,7 +8,7 @@
  *                                 new root plus tmpfs mounts, mount the agent disk, switch_root into the agent
  *   ${assetsDir}/agent.ext4       the agent disk (label kindling-agent), mounted read-only at /run/kindling-agent:
  *                                 node (the host's own binary, see below), the libstdc++/libgcc_s it links, busybox, and
- *                                 the compiled agent/vm/*.js
+ *                                 the compiled agent modules (GUEST_AGENT_MODULES) in their dist/agent tree
  *   ${assetsDir}/assets.json      the stamp (hash of every input), written last
  *
  * Node in the guest: the agent runs under a copy of the host's node binary on the agent disk, so EVERY image (also
@@ -125,7 +125,7 @@ $B mount --move /proc /newroot/proc
 $B mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || fail "no cgroup2"
 $B ip link set lo up 2>/dev/null
 export LD_LIBRARY_PATH=/run/kindling-agent/lib
-exec $B switch_root /newroot /run/kindling-agent/bin/node /run/kindling-agent/agent/guest-agent.js
+exec $B switch_root /newroot /run/kindling-agent/bin/node /run/kindling-agent/agent/vm/guest-agent.js
 `;
 
 /** Builds (or confirms) the assets; idempotent, a matching stamp costs a few reads. */
@@ -139,7 +139,8 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
   const agentFiles = await agentSources();
   const inputsHash = createHash('sha256')
     .update(JSON.stringify({ format: ASSETS_FORMAT, kernelPackage, node: process.version, nodeBinary, init: INIT_SCRIPT, modules: GUEST_MODULES }))
-    .update(Buffer.concat(await Promise.all([...agentFiles, GUEST_HELPER_SOURCE].map((file) => fs.readFile(file)))))
+    .update(JSON.stringify(agentFiles.map(({ name }) => name)))
+    .update(Buffer.concat(await Promise.all([...agentFiles.map(({ file }) => file), GUEST_HELPER_SOURCE].map((file) => fs.readFile(file)))))
     .digest('hex');
   const existing = await readAssets(dir);
   if (!options.force && existing && existing.stamp.inputsHash === inputsHash) {
@@ -174,12 +175,12 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     const stage = path.join(work, 'agent');
     await fs.mkdir(path.join(stage, 'bin'), { recursive: true });
     await fs.mkdir(path.join(stage, 'lib'), { recursive: true });
-    await fs.mkdir(path.join(stage, 'agent'), { recursive: true });
+    await fs.mkdir(path.join(stage, 'agent/vm'), { recursive: true });
     await fs.copyFile(nodeBinary, path.join(stage, 'bin/node'));
     await fs.copyFile(path.join(unpacked, 'bin/busybox'), path.join(stage, 'bin/busybox'));
     await buildGuestHelper(path.join(stage, 'bin/kindling-guest-helper'));
     for (const lib of await cxxLibraries(nodeBinary)) await fs.copyFile(lib, path.join(stage, 'lib', path.basename(lib)));
-    for (const file of agentFiles) await fs.copyFile(file, path.join(stage, 'agent', path.basename(file)));
+    for (const { file, name } of agentFiles) await fs.copyFile(file, path.join(stage, 'agent', name));
     await fs.writeFile(path.join(stage, 'agent/package.json'), '{"type":"module"}\n');
     const stageBytes = await treeBytes(stage);
     const sizeMiB = Math.ceil((stageBytes * 1.2) / (1 << 20)) + 16;
@@ -223,11 +224,16 @@ export async function buildGuestHelper(output: string, compiler = 'cc'): Promise
   });
 }
 
-/** The compiled agent files (dist/agent/vm/*.js next to this module's dist/src/...). */
-async function agentSources(): Promise<string[]> {
-  const agentDir = fileURLToPath(new URL('../../../agent/vm/', import.meta.url));
-  const files = ['protocol.js', 'guest-agent.js'].map((name) => path.join(agentDir, name));
-  for (const file of files) await fs.access(file).catch(() => {
+/** The guest agent's compiled modules, relative to dist/agent, copied onto the agent disk in the same tree (under
+ *  /run/kindling-agent/agent/): vm/guest-agent.js imports ./protocol.js, which imports ../frame.js (the codec shared
+ *  with the resident agents). A module added to that chain must be added here, or the guest fails at boot. */
+export const GUEST_AGENT_MODULES = ['frame.js', 'vm/protocol.js', 'vm/guest-agent.js'] as const;
+
+/** The compiled agent files (dist/agent/... next to this module's dist/src/...), with their path on the agent disk. */
+async function agentSources(): Promise<{ file: string; name: string }[]> {
+  const agentDir = fileURLToPath(new URL('../../../agent/', import.meta.url));
+  const files = GUEST_AGENT_MODULES.map((name) => ({ file: path.join(agentDir, name), name }));
+  for (const { file } of files) await fs.access(file).catch(() => {
     throw new Error(`${file} is missing; run "npx tsc -b" first`);
   });
   return files;

@@ -30,6 +30,7 @@ import {
 } from './firecracker.js';
 import { kvmUsable } from './qemu.js';
 import { reapSnapshots, reapVmDirs } from './reap.js';
+import { skipOrFail } from '../test-support.js';
 
 const repoRoot = fileURLToPath(new URL('../../../../', import.meta.url));
 const FAKE = path.join(repoRoot, 'test/fixtures/fake-firecracker.mjs');
@@ -323,10 +324,10 @@ describe('firecracker with a real binary', () => {
     const missing = firecrackerUnavailable('firecracker', kvmUsable());
     if (missing) return t.skip(`real Firecracker boots need: ${missing}`);
     const assets = await readAssets();
-    if (!assets?.vmlinux) return t.skip('the microvm assets have no vmlinux; run "kindling images build --microvm"');
+    if (!assets?.vmlinux) return t.skip(skipOrFail('microvm', 'the microvm assets have no vmlinux; run "kindling images build --microvm"'));
     const dir = await tempDir('kindling-fc-real-');
     const rootImage = '/var/lib/kindling/images/base/rootfs.ext4';
-    if (!existsSync(rootImage)) return t.skip(`no ${rootImage}`);
+    if (!existsSync(rootImage)) return t.skip(skipOrFail('microvm', `no ${rootImage}; run "kindling images build --microvm"`));
     const vm = await FirecrackerVm.start({
       config: { firecrackerBinary: 'firecracker', kernel: assets.vmlinux, initramfs: assets.initramfs, agentDisk: assets.agentDisk, bootArgs: firecrackerBootArgs() },
       shape: { rootImage, vcpus: 1, memoryMb: 256 },

@@ -10,8 +10,9 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { retryUntil } from '../../../test/helpers/wait.js';
 import { buildGuestHelper } from './assets.js';
+import { skipOrFail } from '../test-support.js';
 
 let dir = '';
 let helper = '';
@@ -40,23 +41,21 @@ function readSome(stream: NodeJS.ReadableStream, bytes: number): Promise<string>
   });
 }
 
-async function connect(file: string): Promise<net.Socket> {
-  for (let i = 0; ; i++) {
-    try {
-      return await new Promise<net.Socket>((resolve, reject) => {
+/** Connects once the helper listens (it creates the socket after it started). */
+function connect(file: string): Promise<net.Socket> {
+  return retryUntil(
+    () =>
+      new Promise<net.Socket>((resolve, reject) => {
         const socket = net.connect(file, () => resolve(socket));
         socket.once('error', reject);
-      });
-    } catch (error) {
-      if (i > 200) throw error;
-      await sleep(10);
-    }
-  }
+      }),
+    { what: `${file} to accept` },
+  );
 }
 
 describe('guest helper', () => {
   it('relays between a connection and stdio, one connection at a time, and accepts the next one after a disconnect', async (t) => {
-    if (buildError) return t.skip(buildError);
+    if (buildError) return t.skip(skipOrFail('microvm', buildError));
     const socketPath = path.join(dir, 'bridge.sock');
     const child = spawn(helper, ['unix-bridge', socketPath], { stdio: ['pipe', 'pipe', 'pipe'] }) as ChildProcessWithoutNullStreams;
     try {
@@ -82,8 +81,8 @@ describe('guest helper', () => {
   });
 
   it('reseed: RNDADDENTROPY + RNDRESEEDCRNG with bytes from stdin (root only)', (t) => {
-    if (buildError) return t.skip(buildError);
-    if (process.getuid?.() !== 0) return t.skip('the ioctls need CAP_SYS_ADMIN (root)');
+    if (buildError) return t.skip(skipOrFail('microvm', buildError));
+    if (process.getuid?.() !== 0) return t.skip(skipOrFail('microvm', 'the ioctls need CAP_SYS_ADMIN (root)'));
     if (!existsSync('/dev/urandom')) return t.skip('no /dev/urandom');
     const result = spawnSync(helper, ['reseed'], { input: Buffer.alloc(64, 7) });
     assert.equal(result.status, 0, String(result.stderr));

@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { bootHeaderPayload, compressionOf, extractVmlinux, isElf } from './vmlinux.js';
+import { skipOrFail } from '../test-support.js';
 
 /** A minimal bzImage: boot sector + setup with the HdrS header (protocol 2.15), then the payload at payload_offset. */
 function fakeBzImage(payload: Buffer, junkAfter = Buffer.alloc(0)): Buffer {
@@ -37,7 +38,7 @@ describe('vmlinux extraction (for Firecracker)', () => {
   });
 
   it('decompresses xz payloads with the xz tool', async (t) => {
-    if (spawnSync('xz', ['--version']).status !== 0) return t.skip('no xz binary (Debian: xz-utils)');
+    if (spawnSync('xz', ['--version']).status !== 0) return t.skip(skipOrFail('microvm', 'no xz binary (Debian: xz-utils)'));
     const xz = spawnSync('xz', ['-c', '--check=crc32'], { input: elf }).stdout;
     const { vmlinux, compression } = await extractVmlinux(fakeBzImage(xz));
     assert.equal(compression, 'xz');
@@ -51,7 +52,7 @@ describe('vmlinux extraction (for Firecracker)', () => {
 
   it("extracts an ELF from the Debian kernel in the microvm assets", async (t) => {
     const vmlinuz = '/var/lib/kindling/microvm/vmlinuz';
-    if (!existsSync(vmlinuz)) return t.skip(`no ${vmlinuz}; run "kindling images build --microvm"`);
+    if (!existsSync(vmlinuz)) return t.skip(skipOrFail('microvm', `no ${vmlinuz}; run "kindling images build --microvm"`));
     const image = readFileSync(vmlinuz);
     const { vmlinux, compression } = await extractVmlinux(image);
     assert.ok(isElf(vmlinux));

@@ -28,6 +28,7 @@ import {
 } from './seccomp.js';
 import { argumentRuleVerdict } from '../shared/syscall-policy.js';
 import { argumentRuleSamples } from '../shared/syscall-policy-samples.js';
+import { skipOrFail } from '../test-support.js';
 
 const AUDIT_ARCH_I386 = 0x40000003;
 const AUDIT_ARCH_AARCH64 = 0xc00000b7;
@@ -177,7 +178,7 @@ describe('sandbox seccomp filter', () => {
     try {
       header = readFileSync('/usr/include/x86_64-linux-gnu/asm/unistd_64.h', 'utf8');
     } catch {
-      t.skip('no /usr/include/x86_64-linux-gnu/asm/unistd_64.h (install linux-libc-dev) to cross-check numbers');
+      t.skip(skipOrFail('sandbox', 'no /usr/include/x86_64-linux-gnu/asm/unistd_64.h (install linux-libc-dev) to cross-check numbers'));
       return;
     }
     const numbers = new Map<string, number>();

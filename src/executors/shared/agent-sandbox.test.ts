@@ -9,6 +9,7 @@ import { AGENT_SOCKET } from '../../../agent/files.js';
 import { testSpec } from '../conformance.js';
 import type { Execution } from '../executor.js';
 import { startAgentSandbox } from './agent-sandbox.js';
+import { skipOrFail } from '../test-support.js';
 
 const execFileAsync = promisify(execFile);
 const SANDBOX_GID = 65533;
@@ -23,7 +24,7 @@ async function connectAs(socketPath: string, uid: number, gid: number): Promise<
 describe('warm sandbox agent socket', () => {
   it('only root and the sandbox gid can connect: another user of the host cannot take the agent\'s place', async (t) => {
     if (process.getuid?.() !== 0) {
-      t.skip('needs root (chown, and setpriv to act as other users)');
+      t.skip(skipOrFail('sandbox', 'needs root (chown, and setpriv to act as other users)'));
       return;
     }
     const base = await mkdtemp(join(tmpdir(), 'kindling-agent-sock-'));

@@ -5,7 +5,8 @@
  * it in (views, no copy), so that bytes the host drops past a limit are never gathered into frames first: a sandbox
  * writing frames at full speed costs the server a constant amount of memory.
  */
-import { HEADER_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError } from '../../../agent/protocol.js';
+import { readFrameHeader } from '../../../agent/frame.js';
+import { HEADER_BYTES, MAX_FRAME_BYTES } from '../../../agent/protocol.js';
 
 export interface FramePiece {
   type: number;
@@ -35,14 +36,11 @@ export class FrameStreamDecoder {
         this.headerBytes += take;
         at += take;
         if (this.headerBytes < HEADER_BYTES) return;
-        const length = this.header.readUInt32BE(0);
-        if (length < HEADER_BYTES - 4 || length > MAX_FRAME_BYTES) throw new ProtocolError(`bad frame length ${length}`);
-        const version = this.header.readUInt8(4);
-        if (version !== PROTOCOL_VERSION) throw new ProtocolError(`protocol version ${version} is not ${PROTOCOL_VERSION}`);
-        this.type = this.header.readUInt8(5);
-        this.id = this.header.readUInt32BE(6);
+        const header = readFrameHeader(this.header, MAX_FRAME_BYTES);
+        this.type = header.type;
+        this.id = header.id;
         this.headerBytes = 0;
-        this.remaining = length - (HEADER_BYTES - 4);
+        this.remaining = header.payloadBytes;
         if (this.remaining === 0) {
           this.remaining = -1;
           onFrame({ type: this.type, id: this.id, payload: Buffer.alloc(0) });
