@@ -1,6 +1,7 @@
 import type { ExecutorName } from '../core/types.js';
-import { DockerExecutor, type Logger } from './docker/index.js';
+import { DockerExecutor } from './docker/index.js';
 import type { Executor } from './executor.js';
+import type { Logger } from './shared/logger.js';
 import { MicroVmExecutor } from './microvm/index.js';
 import { SandboxExecutor } from './sandbox/index.js';
 import type { EgressPolicy } from '../network/policy.js';

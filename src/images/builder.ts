@@ -20,6 +20,7 @@ import { existsSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import type Dockerode from 'dockerode';
+import { processAlive, shellQuote } from '../executors/shared/process.js';
 import {
   BUILDER_VERSION,
   COMMON_CUSTOMIZE,
@@ -366,7 +367,7 @@ export function mmdebstrapArgs(req: Pick<BootstrapRequest, 'recipe' | 'targetDir
   const customize = [
     'set -e',
     ...COMMON_CUSTOMIZE,
-    `chroot "$1" env -i PATH=${recipe.env.PATH ?? '/usr/bin:/bin'} HOME=/root sh -c ${shQuote(recipe.check)}`,
+    `chroot "$1" env -i PATH=${recipe.env.PATH ?? '/usr/bin:/bin'} HOME=/root sh -c ${shellQuote(recipe.check)}`,
     ...SLIMMING.cleanup,
   ].join('\n');
   const args = [
@@ -662,15 +663,6 @@ async function acquireLock(lockFile: string, short: string): Promise<() => Promi
   throw new Error(`could not lock ${lockFile}`);
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Removes `.build-*`, `.old-*` and `*.tmp` left by an interrupted build (called with the lock held). */
 async function removeLeftovers(dir: string, log: ImageLog): Promise<void> {
   for (const name of await fs.readdir(dir)) {
@@ -830,10 +822,6 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) 
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return results;
-}
-
-function shQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 async function exists(p: string): Promise<boolean> {

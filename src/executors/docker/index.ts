@@ -1,4 +1,3 @@
-import { constants as osConstants } from 'node:os';
 import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -11,18 +10,16 @@ import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER } from '../executor.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { buildLaunchScript } from '../shared/launch-script.js';
+import { signalOfExitCode } from '../shared/process.js';
+import { noopLogger, type Logger } from '../shared/logger.js';
 import { SlotCgroup, listSlotCgroups, removeOwnerDirs, type DockerCgroupLayout } from './cgroup-usage.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
 import type { EgressPolicy } from '../../network/policy.js';
 import { CONTAINER_GID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, type SlotShape } from './container-options.js';
 
-export interface Logger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-  debug(obj: object, msg?: string): void;
-}
+/** Kept for importers of the old place: the executors' one logger type lives in shared/logger.ts. */
+export type { Logger } from '../shared/logger.js';
 
 export interface DockerExecutorOptions {
   /** Engine socket path; default /var/run/docker.sock. */
@@ -60,8 +57,6 @@ export interface DockerExecutorOptions {
   logger?: Logger;
 }
 
-const noopLogger: Logger = { info() {}, warn() {}, error() {}, debug() {} };
-
 /** A started container whose shell waits on the launch FIFO: everything but the command is ready. */
 interface Slot {
   readonly container: Container;
@@ -88,12 +83,6 @@ function shapeOf(spec: RunSpec): SlotShape {
 }
 
 const shapeKeyOf = (shape: SlotShape): string => JSON.stringify(shape);
-
-function signalName(exitCode: number): string | null {
-  if (exitCode <= 128 || exitCode > 128 + 64) return null;
-  const entry = Object.entries(osConstants.signals).find(([, number]) => number === exitCode - 128);
-  return entry ? entry[0] : null;
-}
 
 function isEngineUnreachable(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
@@ -504,7 +493,7 @@ export class DockerExecutor implements Executor {
       // The container's parent cgroup keeps the counters after the container's own is gone: the whole run, whatever
       // ended it (exit, timeout, OOM, kill), read on the host.
       const usage = slot.cgroup.usage() ?? { cpuMs: null, memoryPeakBytes: null };
-      return { exitCode, signal: killed || oomKilled ? 'SIGKILL' : signalName(exitCode), oomKilled, usage };
+      return { exitCode, signal: killed || oomKilled ? 'SIGKILL' : signalOfExitCode(exitCode), oomKilled, usage };
     })();
 
     const disposed = waitResult

@@ -21,9 +21,9 @@ import { PassThrough } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import { findRecipe } from '../../images/recipes.js';
-import type { Logger } from '../docker/index.js';
+import { noopLogger, type Logger } from '../shared/logger.js';
 import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions } from '../executor.js';
-import { createCgroupDriver, type Cgroup, type CgroupDriver } from '../sandbox/cgroups.js';
+import { createCgroupDriver, type Cgroup, type CgroupDriver } from '../shared/cgroups.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
 import type { AgentClient } from './agent-client.js';
@@ -73,7 +73,6 @@ export interface MicroVmExecutorOptions {
   logger?: Logger;
 }
 
-const noopLogger: Logger = { info() {}, warn() {}, error() {}, debug() {} };
 const NOBODY = 65534;
 
 interface Shape extends VmShape {

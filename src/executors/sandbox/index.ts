@@ -20,7 +20,6 @@
 import { execFile, spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import * as path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -38,9 +37,10 @@ import type {
 } from '../executor.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
-import { shellQuote } from '../shared/launch-script.js';
+import { noopLogger, type Logger } from '../shared/logger.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
-import { assertSafeName, createCgroupDriver, type Cgroup, type CgroupDriver, type CgroupLimits } from './cgroups.js';
+import { shellQuote, signalName, signalNumber } from '../shared/process.js';
+import { assertSafeName, createCgroupDriver, type Cgroup, type CgroupDriver, type CgroupLimits } from '../shared/cgroups.js';
 import { listBuilt, planWorkdir, readLayout, shortImageName, type RootfsLayout, type WorkdirPlan } from './rootfs.js';
 import { buildSandboxFilter } from './seccomp.js';
 import { PrivateMounts } from './private-mounts.js';
@@ -51,13 +51,8 @@ import type { EgressPolicy } from '../../network/policy.js';
 
 const execFileAsync = promisify(execFile);
 
-/** The subset of pino this executor uses. */
-export interface SandboxLogger {
-  debug(obj: object, msg?: string): void;
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-}
+/** Kept for importers of the old name: the executors' one logger type (shared/logger.ts). */
+export type SandboxLogger = Logger;
 
 export interface SandboxExecutorOptions {
   /** Holds `${short}/rootfs` (+ `recipe.json`) per runtime image, e.g. /var/lib/kindling/images. */
@@ -95,7 +90,7 @@ export interface SandboxExecutorOptions {
    * any caller, without racing the caller's timer. Default 1000.
    */
   timeoutGraceMs?: number;
-  logger?: SandboxLogger;
+  logger?: Logger;
   /**
    * Enables `network: "egress"`: each such execution gets its own network namespace with a veth pair to the host,
    * NAT out, and an iptables filter built from `policy` (see src/network/). Without it egress is UNSUPPORTED_NETWORK.
@@ -160,8 +155,6 @@ interface Launcher {
   readonly closed: Promise<void>;
 }
 
-const noopLogger: SandboxLogger = { debug() {}, info() {}, warn() {}, error() {} };
-
 export class SandboxExecutor implements Executor {
   readonly name = 'sandbox' as const;
   private readonly imagesDir: string;
@@ -176,7 +169,7 @@ export class SandboxExecutor implements Executor {
   private readonly hostname: string;
   private readonly cgroupMount: string;
   private readonly cgroupParent: string;
-  private readonly log: SandboxLogger;
+  private readonly log: Logger;
   private readonly seccomp: Buffer;
   private readonly timeoutGraceMs: number;
   private cgroups: CgroupDriver | null = null;
@@ -957,7 +950,7 @@ class ExecutionImpl implements SandboxExecution {
     readonly coldStart: boolean,
     backstopMs: number,
     signal: AbortSignal | undefined,
-    private readonly log: SandboxLogger,
+    private readonly log: Logger,
     release: () => Promise<void>,
   ) {
     const { child, cgroup, name } = launcher;
@@ -1081,18 +1074,13 @@ function exitInfoFrom(
   timedOut: boolean,
 ): SandboxExitInfo {
   if (sig !== null) {
-    const n = osConstants.signals[sig] ?? 9;
+    const n = signalNumber(sig);
     return { exitCode: 128 + n, signal: sig, oomKilled, timedOut };
   }
   const exitCode = code ?? 1;
   let signal: string | null = null;
   if (exitCode > 128 && exitCode < 128 + 65) signal = signalName(exitCode - 128);
   return { exitCode, signal, oomKilled, timedOut };
-}
-
-function signalName(n: number): string | null {
-  for (const [name, num] of Object.entries(osConstants.signals)) if (num === n) return name;
-  return null;
 }
 
 function validateSpec(spec: RunSpec): void {

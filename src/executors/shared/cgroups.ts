@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { cgroupUsageV1, cgroupUsageV2, removeCgroupDir, type CgroupUsage } from './cgroupfs.js';
 
 export interface CgroupLimits {
   memoryBytes: number;
@@ -28,7 +29,7 @@ export interface Cgroup {
   /** How many processes the kernel's OOM killer killed in this cgroup so far. */
   oomKills(): number;
   /** CPU time and peak memory the kernel accounted to this cgroup so far (null: not available here). */
-  usage(): { cpuMs: number | null; memoryPeakBytes: number | null };
+  usage(): CgroupUsage;
   /** Kills every process in the cgroup, repeating until it is empty (catches forks racing the kill). */
   kill(): Promise<void>;
   /** Sets (or changes) the limits; synchronous, microseconds. */
@@ -126,25 +127,9 @@ function readKeyed(file: string, key: string): number {
   return 0;
 }
 
-/** A file holding one number (cpuacct.usage, memory.peak); null when absent or not a number. */
-function readNumber(file: string): number | null {
-  try {
-    const value = Number(readFile(file).trim());
-    return Number.isFinite(value) ? value : null;
-  } catch {
-    return null;
-  }
-}
-
 /** rmdir each in order, stopping at the first that is busy or not empty (another owner's cgroups, a live one). */
 function rmdirQuiet(...dirs: string[]): void {
-  for (const dir of dirs) {
-    try {
-      fs.rmdirSync(dir);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return;
-    }
-  }
+  for (const dir of dirs) if (!removeCgroupDir(dir)) return;
 }
 
 function killPids(pids: number[]): void {
@@ -334,10 +319,7 @@ class CgroupV1Driver implements CgroupDriver {
       procsFiles: dirs.map((d) => path.join(d, 'cgroup.procs')),
       pids,
       oomKills: () => readKeyed(path.join(memoryDir, 'memory.oom_control'), 'oom_kill'),
-      usage: () => {
-        const cpuNs = readNumber(path.join(cpuacctDir, 'cpuacct.usage'));
-        return { cpuMs: cpuNs === null ? null : cpuNs / 1e6, memoryPeakBytes: readNumber(path.join(memoryDir, 'memory.max_usage_in_bytes')) };
-      },
+      usage: () => cgroupUsageV1(cpuacctDir, memoryDir),
       applyLimits: (limits) => this.applyLimits(name, limits),
       kill,
       remove: () => (removed ??= killAndRemove(dirs, kill)),
@@ -497,16 +479,7 @@ class CgroupV2Driver implements CgroupDriver {
       procsFiles: [procs],
       pids,
       oomKills: () => readKeyed(path.join(dir, 'memory.events'), 'oom_kill'),
-      usage: () => {
-        let cpuUsec: number | null = null;
-        try {
-          const match = /^usage_usec (\d+)$/m.exec(readFile(path.join(dir, 'cpu.stat')));
-          if (match) cpuUsec = Number(match[1]);
-        } catch {
-          // no cpu.stat: unknown
-        }
-        return { cpuMs: cpuUsec === null ? null : cpuUsec / 1000, memoryPeakBytes: readNumber(path.join(dir, 'memory.peak')) };
-      },
+      usage: () => cgroupUsageV2(dir),
       applyLimits: (limits) => this.applyLimits(dir, limits),
       kill,
       remove: () => (removed ??= killAndRemove([dir], kill)),
