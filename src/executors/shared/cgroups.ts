@@ -1,3 +1,4 @@
+// Over 400 lines on purpose: the v1 and v2 drivers implement one interface side by side, and read best together.
 /**
  * One fresh cgroup per execution, on cgroup v1 (one directory per controller: memory, cpu, pids, freezer) or v2 (one
  * unified directory), behind one small interface. Paths: v1 `<mount>/<controller>/<parent>/<owner>/<name>`, v2
