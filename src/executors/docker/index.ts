@@ -12,28 +12,29 @@ import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { buildLaunchScript } from '../shared/launch-script.js';
 import { signalOfExitCode } from '../shared/process.js';
 import { noopLogger, type Logger } from '../shared/logger.js';
+import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
 import { SlotCgroup, listSlotCgroups, removeOwnerDirs, type DockerCgroupLayout } from './cgroup-usage.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
-import type { EgressPolicy } from '../../network/policy.js';
 import { CONTAINER_GID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, type SlotShape } from './container-options.js';
 
 /** Kept for importers of the old place: the executors' one logger type lives in shared/logger.ts. */
 export type { Logger } from '../shared/logger.js';
 
-export interface DockerExecutorOptions {
+/**
+ * The base options (shared/options.ts) hold here as follows. stateDir: per-execution run dirs (code files, FIFOs), which
+ * must be visible to the engine. ownerId/instanceId: labels on every container and network; reaping touches only
+ * containers of the same owner. prewarmPerShape: fresh containers kept started per recently used shape (default 6, at
+ * most `prewarmMaxContainers` in all). egressPolicy: egress containers join a dedicated bridge network of this owner
+ * (labelled, no inter-container traffic) whose traffic DOCKER-USER/INPUT rules built from it filter; the network and
+ * the rules exist while an egress container runs.
+ */
+export interface DockerExecutorOptions extends ExecutorBaseOptions {
   /** Engine socket path; default /var/run/docker.sock. */
   socketPath?: string;
   docker?: Docker;
-  /** Host directory for per-execution run dirs (code files, FIFOs). Must be visible to the engine. */
-  stateDir: string;
-  /** Names this server's data dir: reaping touches only containers of the same owner. */
-  ownerId: string;
-  instanceId: string;
-  /** Fresh containers kept started per recently used shape; 0 turns prewarming off. */
-  prewarmPerShape?: number;
+  /** Prewarmed containers of all shapes together at most. Default 16. */
   prewarmMaxContainers?: number;
-  prewarmIdleTtlMs?: number;
   /** A prewarmed container not created and started after this long (a stuck engine) is given up and replaced. Default 60000. */
   prewarmCreateTimeoutMs?: number;
   /**
@@ -46,15 +47,8 @@ export interface DockerExecutorOptions {
   launchTimeoutMs?: number;
   /** How often the engine is pinged while containers exist, to notice that it died (see watchEngine). Default 1000. */
   engineCheckIntervalMs?: number;
-  /**
-   * Enables `network: "egress"`: such containers join a dedicated bridge network of this owner (labelled, no
-   * inter-container traffic) whose traffic DOCKER-USER/INPUT rules built from `egressPolicy` filter. The network and
-   * the rules exist while an egress container runs. Without it egress is UNSUPPORTED_NETWORK.
-   */
-  egressPolicy?: EgressPolicy;
   /** cgroupfs mount point on this host, where containers' CPU and memory counters are read. Default /sys/fs/cgroup. */
   cgroupMount?: string;
-  logger?: Logger;
 }
 
 /** A started container whose shell waits on the launch FIFO: everything but the command is ready. */
@@ -134,7 +128,7 @@ export class DockerExecutor implements Executor {
       create: (key) => this.createSlot(JSON.parse(key) as SlotShape, key),
       destroy: (slot) => this.destroySlot(slot),
       isAlive: (slot) => !slot.dead,
-      sizePerKey: options.prewarmPerShape ?? 6,
+      sizePerKey: options.prewarmPerShape ?? DEFAULT_PREWARM_PER_SHAPE.docker,
       maxItems: options.prewarmMaxContainers ?? 16,
       idleTtlMs: options.prewarmIdleTtlMs ?? 300_000,
       createTimeoutMs: options.prewarmCreateTimeoutMs ?? 60_000,

@@ -16,7 +16,7 @@ runConformanceSuite('microvm (qemu)', async () => {
   const imagesDir = process.env.KINDLING_IMAGES_DIR ?? '/var/lib/kindling/images';
   stateDir = await mkdtemp(join(tmpdir(), 'kindling-microvm-conformance-'));
   const assetsDir = process.env.KINDLING_MICROVM_ASSETS_DIR; // default: /var/lib/kindling/microvm
-  const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, ...(assetsDir ? { assetsDir } : {}), stateDir, ownerId: `conformance-microvm-${process.pid}`, instanceId: 'test', warmPerShape: 1 });
+  const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, ...(assetsDir ? { assetsDir } : {}), stateDir, ownerId: `conformance-microvm-${process.pid}`, instanceId: 'test', prewarmPerShape: 1 });
   const status = await executor.probe();
   if (!status.ready) {
     await executor.destroy();

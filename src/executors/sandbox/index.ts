@@ -3,7 +3,7 @@
  *
  * The parts, each in its own module:
  *   launcher.ts    a root shell that joins a fresh cgroup, drops privileges and waits for one command; the pool of
- *                  launchers kept ready (`prewarm`, default 2; 0 spawns each on demand, `coldStart: true`)
+ *                  launchers kept ready (`prewarmPerShape`, default 2; 0 spawns each on demand, `coldStart: true`)
  *   bwrap-args.ts  bubblewrap's arguments and the launcher's command line, pure functions of the spec
  *   execution.ts   one execution in a launcher, to its exit status, usage and release
  *   probe.ts       the readiness checks
@@ -17,6 +17,7 @@ import type { RunSpec } from '../../core/types.js';
 import type { Executor, ExecutorStatus, ReapReport, StartOptions, WarmSandbox } from '../executor.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { noopLogger, type Logger } from '../shared/logger.js';
+import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
 import { assertSafeName, createCgroupDriver, type CgroupDriver, type CgroupLimits } from '../shared/cgroups.js';
 import { RootfsCatalog } from './rootfs.js';
 import { RunDirs } from './run-dirs.js';
@@ -27,23 +28,21 @@ import { bwrapVersion, hostProblem, smokeTest, unreachableBy, usernsProblem } fr
 import { buildSandboxFilter } from './seccomp.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
 import { NetnsPool, type EgressNetns } from '../../network/netns.js';
-import type { EgressPolicy } from '../../network/policy.js';
 
 /** Kept for importers of the old name: the executors' one logger type (shared/logger.ts). */
 export type SandboxLogger = Logger;
 
-export interface SandboxExecutorOptions {
+/**
+ * The base options (shared/options.ts) hold here as follows. stateDir: `sandbox/` under it holds the private mounts
+ * with the run dir of each execution (its /.kindling files, bound read-only) and the agent dirs; every ancestor must be
+ * searchable (o+x) by the sandbox uid; all writable space inside sandboxes is tmpfs. ownerId: cgroups live under
+ * `kindling/<ownerId>/`. prewarmPerShape: launchers (a fresh cgroup, privileges dropped, waiting for a command) kept
+ * ready; a launcher takes its shape when it is taken, so every shape shares this many (default 2). egressPolicy: each
+ * egress execution gets its own network namespace with a veth pair to the host, NAT out, and this filter.
+ */
+export interface SandboxExecutorOptions extends ExecutorBaseOptions {
   /** Holds `${short}/rootfs` (+ `recipe.json`) per runtime image, e.g. /var/lib/kindling/images. */
   imagesDir: string;
-  /**
-   * Per-server scratch directory: `sandbox/runs/<execution>/` holds the /.kindling files of each execution while it
-   * runs (bound read-only). Every ancestor must be searchable (o+x) by the sandbox uid. All writable space inside
-   * sandboxes is tmpfs; nothing else is written here.
-   */
-  stateDir: string;
-  /** Names this server's data dir; cgroups live under `kindling/<ownerId>/` and `reap()` only touches those. */
-  ownerId: string;
-  instanceId: string;
   /** Host uid/gid the sandboxed process runs as. Default 65534 (nobody/nogroup). Never 0. */
   sandboxUid?: number;
   sandboxGid?: number;
@@ -58,22 +57,16 @@ export interface SandboxExecutorOptions {
   cgroupParent?: string;
   /** Hostname inside sandboxes. Default `kindling`. */
   hostname?: string;
-  /** Launchers (fresh cgroup, privileges dropped, waiting for a command) kept ready. Default 2; 0 disables. */
-  prewarm?: number;
-  /** Idle launchers are dropped after this long without a start. Default 10 min. */
-  prewarmIdleTtlMs?: number;
   /**
    * The executor's own wall-clock backstop fires at `limits.timeoutMs` plus this. The caller (the orchestrator) is
    * expected to kill() at `timeoutMs` itself and report `timedOut`; the backstop only guarantees the limit holds for
    * any caller, without racing the caller's timer. Default 1000.
    */
   timeoutGraceMs?: number;
-  logger?: Logger;
-  /**
-   * Enables `network: "egress"`: each such execution gets its own network namespace with a veth pair to the host,
-   * NAT out, and an iptables filter built from `policy` (see src/network/). Without it egress is UNSUPPORTED_NETWORK.
-   */
-  egress?: { policy: EgressPolicy; supernet?: string; nsenterPath?: string };
+  /** Egress only: the range the per-execution veth subnets are taken from (see network/netns.ts). */
+  egressSupernet?: string;
+  /** util-linux nsenter, which joins a launcher to its network namespace (egress only). Default /usr/bin/nsenter. */
+  nsenterPath?: string;
 }
 
 export type { SandboxExecution, SandboxExitInfo };
@@ -139,12 +132,12 @@ export class SandboxExecutor implements Executor {
       shPath: this.sh,
       setprivPath: this.setpriv,
       prlimitPath: this.prlimit,
-      nsenterPath: options.egress?.nsenterPath ?? '/usr/bin/nsenter',
+      nsenterPath: options.nsenterPath ?? '/usr/bin/nsenter',
       uid: this.uid,
       gid: this.gid,
       cgroups: () => this.driverOrUnavailable(),
       reserved: this.reserved,
-      prewarm: options.prewarm ?? 2,
+      prewarm: options.prewarmPerShape ?? DEFAULT_PREWARM_PER_SHAPE.sandbox,
       idleTtlMs: options.prewarmIdleTtlMs ?? 10 * 60_000,
       release: (launcher) => this.release(launcher, null),
       log: this.log,
@@ -216,7 +209,7 @@ export class SandboxExecutor implements Executor {
 
   async start(spec: RunSpec, options: StartOptions = {}): Promise<SandboxExecution> {
     if (this.closing) throw new KindlingError('SHUTTING_DOWN', 'the sandbox executor is shutting down');
-    if (spec.network === 'egress' && this.options.egress === undefined) {
+    if (spec.network === 'egress' && this.options.egressPolicy === undefined) {
       throw new KindlingError('UNSUPPORTED_NETWORK', 'network "egress" is not enabled on this server\'s sandbox executor: use network "none"', {
         details: { executor: this.name, network: spec.network },
       });
@@ -316,7 +309,7 @@ export class SandboxExecutor implements Executor {
     }
     // Run dirs, agent dirs and private mounts of a crashed predecessor of this owner (its sandboxes are counted above).
     await this.dirs.reap(this.reserved, new Set([...this.active.values()].map((e) => e.specId)), this.ownerId);
-    if (this.options.egress !== undefined) {
+    if (this.options.egressPolicy !== undefined) {
       const net = this.egress();
       removed += await net.pool.reap();
       if (!net.firewall.inUse && net.pool.inUse === 0) removed += await removeChains(`${ownerChainPrefix(this.ownerId)}-S`);
@@ -327,10 +320,10 @@ export class SandboxExecutor implements Executor {
   /** The egress plumbing of this owner, made on first use. */
   private egress(): { pool: NetnsPool; firewall: EgressFirewall } {
     if (this.egressNet === null) {
-      const egress = this.options.egress!;
-      const pool = new NetnsPool({ ownerId: this.ownerId, ...(egress.supernet === undefined ? {} : { supernet: egress.supernet }) });
+      const { egressPolicy, egressSupernet } = this.options;
+      const pool = new NetnsPool({ ownerId: this.ownerId, ...(egressSupernet === undefined ? {} : { supernet: egressSupernet }) });
       const firewall = new EgressFirewall(
-        { name: `${ownerChainPrefix(this.ownerId)}-S`, iface: pool.ifacePattern, policy: egress.policy },
+        { name: `${ownerChainPrefix(this.ownerId)}-S`, iface: pool.ifacePattern, policy: egressPolicy! },
         undefined,
         () => pool.subnetCidr(),
       );

@@ -396,12 +396,12 @@ print(os.getpid(), os.getppid())
     if (!ex) return;
     const marker = `14${process.pid % 1000}.5`;
     const reapOwner = `${owner}-reap`;
-    const crashed = new SandboxExecutor({ imagesDir, stateDir, ownerId: reapOwner, instanceId: 'crashed', prewarm: 0 });
+    const crashed = new SandboxExecutor({ imagesDir, stateDir, ownerId: reapOwner, instanceId: 'crashed', prewarmPerShape: 0 });
     const execution = await crashed.start(sh(`(setsid sleep ${marker} &); echo ready; sleep ${marker}`));
     execution.stderr.resume();
     await new Promise((resolve) => execution.stdout.once('data', resolve));
     execution.stdout.resume();
-    const restarted = new SandboxExecutor({ imagesDir, stateDir, ownerId: reapOwner, instanceId: 'restarted', prewarm: 0 });
+    const restarted = new SandboxExecutor({ imagesDir, stateDir, ownerId: reapOwner, instanceId: 'restarted', prewarmPerShape: 0 });
     const report = await restarted.reap();
     assert.equal(report.removed, 1);
     const info = await execution.wait();
@@ -461,7 +461,7 @@ print(os.getpid(), os.getppid())
 
   it('says what to fix when it cannot run', async (t) => {
     if (!ready(t)) return;
-    const noImages = new SandboxExecutor({ imagesDir: join(stateDir, 'no-images'), stateDir, ownerId: `${owner}-probe`, instanceId: 'p', prewarm: 0 });
+    const noImages = new SandboxExecutor({ imagesDir: join(stateDir, 'no-images'), stateDir, ownerId: `${owner}-probe`, instanceId: 'p', prewarmPerShape: 0 });
     try {
       const status = await noImages.probe();
       assert.equal(status.ready, false);
@@ -471,7 +471,7 @@ print(os.getpid(), os.getppid())
     }
     const hidden = mkdtempSync(join(tmpdir(), 'kindling-sandbox-hidden-')); // 0700
     try {
-      const unreachable = new SandboxExecutor({ imagesDir, stateDir: join(hidden, 'state'), ownerId: `${owner}-probe`, instanceId: 'p', prewarm: 0 });
+      const unreachable = new SandboxExecutor({ imagesDir, stateDir: join(hidden, 'state'), ownerId: `${owner}-probe`, instanceId: 'p', prewarmPerShape: 0 });
       try {
         const s2 = await unreachable.probe();
         assert.equal(s2.ready, false);
