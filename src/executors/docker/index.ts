@@ -1,3 +1,4 @@
+// Over 400 lines: the executor's slot lifecycle, engine watchdog and reaper share its state; splitting them (egress network, watchdog) is the next step.
 import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { PassThrough } from 'node:stream';

@@ -28,6 +28,12 @@ runConformanceSuite('microvm (qemu)', async () => {
       return `image ${image} has no rootfs.ext4 in ${imagesDir}; run "kindling images build --microvm"`;
     }
   }
+  const dir = stateDir;
+  const create = async (ownerId: string): Promise<MicroVmExecutor> => {
+    const made = new MicroVmExecutor({ driver: 'qemu', imagesDir, ...(assetsDir ? { assetsDir } : {}), stateDir: dir, ownerId, instanceId: 'test', prewarmPerShape: 0 });
+    await made.refreshImages();
+    return made;
+  };
   // Four VMs at once, not 20: under TCG (no KVM) every VM is a full software-emulated machine on 2 cores.
-  return { executor, images: { base: 'kindling/base', python: 'kindling/python' }, parallel: { count: 4, boundMs: 30_000 } };
+  return { executor, images: { base: 'kindling/base', python: 'kindling/python' }, parallel: { count: 4, boundMs: 30_000 }, create };
 });

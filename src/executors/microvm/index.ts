@@ -1,3 +1,4 @@
+// Over 400 lines: the drivers' common lifecycle (snapshots, warm pool, VM cgroups, reaping) shares one state; the drivers themselves are in qemu.ts and firecracker.ts.
 /**
  * The microvm executor: one VM per execution, hardware isolation. Drivers: `qemu` (here: `-M microvm`, TCG without
  * KVM) and `firecracker` (needs /dev/kvm; see firecracker.ts). The VM boots Debian's kernel with the project's

@@ -1,3 +1,4 @@
+// Over 400 lines: integration cases of the sandbox's isolation, each against the real bwrap and cgroups.
 /**
  * Escape and abuse tests of the sandbox executor against real bubblewrap, real cgroups and the project's runtime
  * images (KINDLING_IMAGES_DIR, default /var/lib/kindling/images). Each case asserts containment and that the next
