@@ -45,6 +45,8 @@ export interface BwrapArgs {
  */
 export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, plan: WorkdirPlan, runDir: string | null): BwrapArgs {
   const diskBytes = String(Math.round(spec.limits.diskMb * 1024 * 1024));
+  /** A tmpfs of diskMb at `target`, its root directory with mode `perms`. */
+  const tmpfs = (perms: string, target: string): string[] => ['--perms', perms, '--size', diskBytes, '--tmpfs', target];
   const a: string[] = [
     '--unshare-all',
     // egress: stay in the per-execution network namespace the launcher joined (veth + filtered NAT).
@@ -63,22 +65,12 @@ export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, pl
     '/proc',
     '--dev',
     '/dev',
-    '--perms',
-    '01777',
-    '--size',
-    diskBytes,
-    '--tmpfs',
-    '/dev/shm',
+    ...tmpfs('01777', '/dev/shm'),
     '--remount-ro',
     '/dev',
-    '--perms',
-    '01777',
-    '--size',
-    diskBytes,
-    '--tmpfs',
-    '/tmp',
+    ...tmpfs('01777', '/tmp'),
   ];
-  if (plan.kind === 'tmpfs') a.push('--perms', '0755', '--size', diskBytes, '--tmpfs', spec.workdir);
+  if (plan.kind === 'tmpfs') a.push(...tmpfs('0755', spec.workdir));
   else if (plan.kind === 'in-tmp' && spec.workdir !== '/tmp') a.push('--dir', spec.workdir);
   if (runDir !== null) a.push('--ro-bind', runDir, '/.kindling');
   else a.push('--perms', '0555', '--dir', '/.kindling');

@@ -133,6 +133,17 @@ function rmdirQuiet(...dirs: string[]): void {
   for (const dir of dirs) if (!removeCgroupDir(dir)) return;
 }
 
+/** mkdir of a cgroup; when the reaper of another run (or an admin) removed a parent, the parents are made again once. */
+function mkdirCgroup(dir: string, ensureParents: () => void): void {
+  try {
+    fs.mkdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    ensureParents();
+    fs.mkdirSync(dir);
+  }
+}
+
 function killPids(pids: number[]): void {
   for (const pid of pids) {
     try {
@@ -233,14 +244,7 @@ class CgroupV1Driver implements CgroupDriver {
     const made: string[] = [];
     try {
       for (const dir of cg.dirs) {
-        try {
-          fs.mkdirSync(dir);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-          // The reaper of another run (or an admin) removed a parent: make them again once.
-          this.ensureParents();
-          fs.mkdirSync(dir);
-        }
+        mkdirCgroup(dir, () => this.ensureParents());
         made.push(dir);
       }
       try {
@@ -401,13 +405,7 @@ class CgroupV2Driver implements CgroupDriver {
     if (!this.parentsReady) this.ensureParents();
     const cg = this.open(name);
     const dir = cg.dirs[0]!;
-    try {
-      fs.mkdirSync(dir);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      this.ensureParents();
-      fs.mkdirSync(dir);
-    }
+    mkdirCgroup(dir, () => this.ensureParents());
     try {
       if (this.enabled.has('memory') && fs.existsSync(path.join(dir, 'memory.swap.max'))) {
         writeFile(path.join(dir, 'memory.swap.max'), '0');
