@@ -24,12 +24,12 @@ import { CONTAINER_GID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef,
 export type { Logger } from '../shared/logger.js';
 
 /**
- * The base options (shared/options.ts) hold here as follows. stateDir: per-execution run dirs (code files, FIFOs), which
- * must be visible to the engine. ownerId/instanceId: labels on every container and network; reaping touches only
- * containers of the same owner. prewarmPerShape: fresh containers kept started per recently used shape (default 6, at
- * most `prewarmMaxContainers` in all). egressPolicy: egress containers join a dedicated bridge network of this owner
- * (labelled, no inter-container traffic) whose traffic DOCKER-USER/INPUT rules built from it filter; the network and
- * the rules exist while an egress container runs.
+ * What the base options (shared/options.ts) mean for this executor: stateDir: per-execution run dirs (code files,
+ * FIFOs), which must be visible to the engine. ownerId/instanceId: labels on every container and network; reaping
+ * touches only containers of the same owner. prewarmPerShape: fresh containers kept started per recently used shape
+ * (default 6, at most `prewarmMaxContainers` in all). egressPolicy: egress containers join a dedicated bridge network
+ * of this owner (labelled, no inter-container traffic) whose traffic DOCKER-USER/INPUT rules built from it filter; the
+ * network and the rules exist while an egress container runs.
  */
 export interface DockerExecutorOptions extends ExecutorBaseOptions {
   /** Engine socket path; default /var/run/docker.sock. */

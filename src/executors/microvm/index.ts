@@ -46,7 +46,7 @@ export interface MicroVm {
 }
 
 /**
- * The base options (shared/options.ts) hold here as follows. stateDir: per-VM directories (overlay, sockets) and
+ * What the base options (shared/options.ts) mean for this executor: stateDir: per-VM directories (overlay, sockets) and
  * snapshots live under `${stateDir}/microvm`. prewarmPerShape: VMs restored ahead of demand per recently used shape
  * (default 1, at most `prewarmMaxVms` in all). No egress: the VMs have no NIC, so `egressPolicy` is not taken and
  * network "egress" is UNSUPPORTED_NETWORK.

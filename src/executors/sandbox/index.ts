@@ -33,12 +33,12 @@ import { NetnsPool, type EgressNetns } from '../../network/netns.js';
 export type SandboxLogger = Logger;
 
 /**
- * The base options (shared/options.ts) hold here as follows. stateDir: `sandbox/` under it holds the private mounts
- * with the run dir of each execution (its /.kindling files, bound read-only) and the agent dirs; every ancestor must be
- * searchable (o+x) by the sandbox uid; all writable space inside sandboxes is tmpfs. ownerId: cgroups live under
- * `kindling/<ownerId>/`. prewarmPerShape: launchers (a fresh cgroup, privileges dropped, waiting for a command) kept
- * ready; a launcher takes its shape when it is taken, so every shape shares this many (default 2). egressPolicy: each
- * egress execution gets its own network namespace with a veth pair to the host, NAT out, and this filter.
+ * What the base options (shared/options.ts) mean for this executor: stateDir: `sandbox/` under it holds the private
+ * mounts with the run dir of each execution (its /.kindling files, bound read-only) and the agent dirs; every ancestor
+ * must be searchable (o+x) by the sandbox uid; all writable space inside sandboxes is tmpfs. ownerId: cgroups live
+ * under `kindling/<ownerId>/`. prewarmPerShape: launchers (a fresh cgroup, privileges dropped, waiting for a command)
+ * kept ready; a launcher takes its shape when it is taken, so every shape shares this many (default 2). egressPolicy:
+ * each egress execution gets its own network namespace with a veth pair to the host, NAT out, and this filter.
  */
 export interface SandboxExecutorOptions extends ExecutorBaseOptions {
   /** Holds `${short}/rootfs` (+ `recipe.json`) per runtime image, e.g. /var/lib/kindling/images. */
