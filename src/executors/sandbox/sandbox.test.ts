@@ -414,6 +414,33 @@ print(os.getpid(), os.getppid())
     await restarted.destroy();
   });
 
+  it('prewarmPerShape is the number of launchers kept ready (0: none, every start is cold)', async (t) => {
+    const ex = ready(t);
+    if (!ex) return;
+    const idleOf = async (e: SandboxExecutor): Promise<number | null> => ((await e.probe()).details?.prewarm as { idle: number } | null)?.idle ?? null;
+    const three = new SandboxExecutor({ imagesDir, stateDir, ownerId: `${owner}-pw3`, instanceId: 'pw3', prewarmPerShape: 3 });
+    const none = new SandboxExecutor({ imagesDir, stateDir, ownerId: `${owner}-pw0`, instanceId: 'pw0', prewarmPerShape: 0 });
+    try {
+      // The first start fills the pool (the probe's own test run is one).
+      for (let i = 0; i < 300 && ((await idleOf(three)) ?? 0) < 3; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      assert.equal(await idleOf(three), 3);
+      const warm = await three.start(sh('true'));
+      assert.equal(warm.coldStart, false);
+      warm.stdout.resume();
+      warm.stderr.resume();
+      await warm.wait();
+      // No pool at all: nothing idles, and a start waits for its own launcher.
+      assert.equal(await idleOf(none), null);
+      const cold = await none.start(sh('true'));
+      assert.equal(cold.coldStart, true);
+      cold.stdout.resume();
+      cold.stderr.resume();
+      await cold.wait();
+    } finally {
+      await Promise.all([three.destroy(), none.destroy()]);
+    }
+  });
+
   it('uses a prepared launcher (coldStart false) with a fresh cgroup carrying this run\'s limits', async (t) => {
     const ex = ready(t);
     if (!ex) return;
