@@ -341,7 +341,8 @@ export async function runSandboxGroup(ctx: BenchContext): Promise<GroupResult> {
     server = await launchServer({
       repoRoot: ctx.repoRoot,
       executor: 'sandbox',
-      prewarm: 0,
+      // The default --prewarm: the sandbox keeps its 2 launchers, as these figures always had (a launcher is a fresh,
+      // unshaped sandbox process; "cold start" here means a fresh sandbox per execution, which every one is).
       extraArgs: ['--max-body-bytes', String(256 * MiB)],
     });
   } catch (error) {

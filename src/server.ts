@@ -76,7 +76,8 @@ export interface ServerConfig {
   /** Docker: creating + starting one container may take this long before a retryable 503. Default 60000. */
   dockerCreateTimeoutMs?: number;
   microvm?: MicroVmSettings;
-  prewarmPerShape: number;
+  /** Sandboxes each executor keeps started ahead of demand per shape (`--prewarm`); unset: each executor's default. */
+  prewarmPerShape?: number;
   /** Async invocations: concurrency, retention, callbacks; every field has a default. */
   asyncInvocations?: AsyncInvocationConfig;
   /** CIDRs that `network: "egress"` may reach although private (--egress-allow); loopback, link-local and the host stay denied. */
@@ -361,7 +362,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       dockerSocketPath: config.dockerSocketPath,
       ...(config.dockerCreateTimeoutMs === undefined ? {} : { dockerCreateTimeoutMs: config.dockerCreateTimeoutMs }),
       ...(config.microvm ? { microvm: config.microvm } : {}),
-      prewarmPerShape: config.prewarmPerShape,
+      ...(config.prewarmPerShape === undefined ? {} : { prewarmPerShape: config.prewarmPerShape }),
       egressPolicy,
       logger: logger.child({ executor: name }),
     });

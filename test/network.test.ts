@@ -166,7 +166,7 @@ describe('network egress: test hosts', { skip: EXECUTORS.every((e) => e.unavaila
 describe('network egress: microvm', () => {
   it('is rejected with UNSUPPORTED_NETWORK before any VM starts (its VMs have no NIC)', async () => {
     const { MicroVmExecutor } = await import('../src/executors/microvm/index.js');
-    const ex = new MicroVmExecutor({ imagesDir: '/nonexistent', stateDir: '/nonexistent', ownerId: 'nettest', instanceId: 'nettest', warmPerShape: 0 });
+    const ex = new MicroVmExecutor({ imagesDir: '/nonexistent', stateDir: '/nonexistent', ownerId: 'nettest', instanceId: 'nettest', prewarmPerShape: 0 });
     try {
       await assert.rejects(
         ex.start({ id: 'x', image: 'kindling/base', command: ['true'], env: {}, workdir: '/work', limits: { timeoutMs: 1000, memoryMb: 64, cpus: 1, pids: 16, outputBytes: 1024, diskMb: 1, openFiles: 64 }, network: 'egress', stdin: false, files: [], labels: {} }),

@@ -57,7 +57,7 @@ describe('server lifecycle', { skip: sandboxMissing ?? false }, () => {
       // Requests are served through inject() before (and without) listening.
       const health = await server.app.inject({ method: 'GET', url: '/healthz' });
       assert.equal(health.statusCode, 200);
-      // The executor's prewarmed launchers (bare shells waiting for a spec) exist; no warm sandbox was started.
+      // No warm sandbox was started (this config prewarms nothing: prewarmPerShape 0, the test servers' default).
       const generic = (): { idle: number; creating: number } => server.handlers.stats().generic as { idle: number; creating: number };
       assert.equal(generic().idle + generic().creating, 0, `no generic warm sandbox before listen(): ${JSON.stringify(generic())}`);
       // listen() starts them (for node and python on the default executor).

@@ -298,6 +298,7 @@ function reseed(bytes: Buffer): SeedReply {
   return { reseeded: result.status === 0 };
 }
 
+/** The guest agent is copied alone into the VM (see microvm/assets.ts): it cannot import src/executors/shared/process.ts. */
 function signalOf(number: number): string | null {
   return Object.entries(osConstants.signals).find(([, value]) => value === number)?.[0] ?? null;
 }

@@ -5,6 +5,7 @@ import { parseAllowList } from '../network/policy.js';
 import { parseAllowedHosts } from '../api/host-guard.js';
 import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
 import type { MicroVmSettings } from '../executors/registry.js';
+import { DEFAULT_PREWARM_PER_SHAPE } from '../executors/shared/options.js';
 import type { ResolvedQuotas } from '../orchestrator/tenants.js';
 import { DEFAULT_STORAGE_QUOTAS, DEFAULT_VERSIONS_KEPT } from '../orchestrator/storage-quotas.js';
 
@@ -67,7 +68,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--max-stream-bytes <n>', 'largest raw (application/octet-stream) body, streamed to stdin; beyond it 413', int('--max-stream-bytes'), 1024 * 1024 * 1024)
     .option('--stream-relay <on|off>', 'large raw streams (uploads of 4 MiB+, outputs past 1 MiB) move between the client socket and the sandbox by splice(2), around the node process; off keeps them in node', 'on')
     .option('--shutdown-timeout-ms <ms>', 'how long SIGTERM waits for in-flight executions', int('--shutdown-timeout-ms'), 30_000)
-    .option('--prewarm <n>', 'fresh containers kept started per recently used shape (docker); 0 disables', int('--prewarm'), 6)
+    .option('--prewarm <n>', `sandboxes each executor keeps started ahead of demand, per recently used shape (image + limits): docker containers, sandbox launchers (one pool shared by all shapes), microvm restored VMs (at most 4 in all); 0 disables; default per executor: docker ${DEFAULT_PREWARM_PER_SHAPE.docker}, sandbox ${DEFAULT_PREWARM_PER_SHAPE.sandbox}, microvm ${DEFAULT_PREWARM_PER_SHAPE.microvm}`, int('--prewarm'))
     .option('--docker-create-timeout-ms <ms>', 'creating + starting one container may take this long; past it a retryable 503 (a stuck engine)', int('--docker-create-timeout-ms'), 60_000)
     .option('--function-max-concurrency <n>', 'maxConcurrency of functions that set none', int('--function-max-concurrency'), DEFAULT_FUNCTION_POOLS.defaultMaxConcurrency)
     .option('--function-idle-ttl-ms <ms>', 'idle warm sandboxes (beyond minWarm) go after this long', int('--function-idle-ttl-ms'), DEFAULT_FUNCTION_POOLS.idleTtlMs)
@@ -121,7 +122,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
         ...(defaults.microvm ? { microvm: defaults.microvm } : {}),
-        prewarmPerShape: options.prewarm as number,
+        ...(options.prewarm === undefined ? {} : { prewarmPerShape: options.prewarm as number }),
         dockerCreateTimeoutMs: Math.max(1, options.dockerCreateTimeoutMs as number),
         egressAllow: parseAllowList(options.egressAllow as string),
         allowedHosts,

@@ -1,13 +1,20 @@
+// Over 400 lines: the one suite every executor runs; its cases read best together.
 /**
  * The executor conformance suite: one set of behaviours every executor must show, run against the real technology
  * (Docker engine, bubblewrap, QEMU). Each executor's `conformance.test.ts` calls `runConformanceSuite`.
+ *
+ * Covered: one-shot executions (output, exit codes, stdin, env, files, isolation, limits, kill, parallelism, usage,
+ * reaping), warm sandboxes with a resident agent where the executor offers them (invoke, a timeout as a result,
+ * destroy releasing everything), and the executor's own end: close() drains, destroy() aborts, both idempotent.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { newExecutionId } from '../core/ids.js';
 import type { ResourceLimits, RunSpec } from '../core/types.js';
-import type { Executor, ExitInfo } from './executor.js';
+import { agentLaunch } from '../../agent/files.js';
+import { isKindlingError } from '../core/errors.js';
+import type { Execution, Executor, ExitInfo } from './executor.js';
 import { skipOrFail } from './test-support.js';
 
 export interface CompletedRun extends ExitInfo {
@@ -86,13 +93,53 @@ export interface ConformanceTarget {
    * once on this machine (microVMs under TCG) passes a smaller count; the case title says which count ran.
    */
   parallel?: { count: number };
+  /**
+   * Makes another executor configured like `executor` but owned by `ownerId` (nothing prewarmed, images read). The close/destroy
+   * cases end it; an executor made again with the same owner then reaps, to show that nothing was left behind.
+   */
+  create: (ownerId: string) => Promise<Executor>;
 }
+
+/** Starts a spec and collects its output as it comes; `done` settles with the exit (or the platform error). */
+async function startCollecting(executor: Executor, spec: RunSpec): Promise<{ execution: Execution; stdout: () => string; done: Promise<ExitInfo> }> {
+  const execution = await executor.start(spec);
+  const chunks: Buffer[] = [];
+  execution.stdout.on('data', (chunk: Buffer) => chunks.push(chunk));
+  execution.stderr.resume();
+  const done = execution.wait();
+  done.catch(() => {});
+  return { execution, stdout: () => Buffer.concat(chunks).toString(), done };
+}
+
+/** `promise`, or a rejection saying what did not happen within `ms`. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A python handler for the warm sandbox cases: echoes with a prefix, prints a log line, sleeps when asked. */
+const WARM_HANDLER = ['import time', 'def handler(body):', '    print("log:", body.decode())', '    if body == b"sleep":', '        time.sleep(60)', '    return b"hi " + body', ''].join('\n');
 
 /**
  * Registers the suite. `setUp` returns the executor, or a string saying what is missing, which skips every case with
  * that message (never a silent pass).
  */
 export function runConformanceSuite(name: string, setUp: () => Promise<ConformanceTarget | string>): void {
+  /** Owner ids are cgroup and container label names: short and safe. */
+  const ownerPrefix = (t: ConformanceTarget): string => `conf-${t.executor.name}`;
+  /** An executor of the same owner finds nothing to reap: what `owner` made is gone. */
+  const assertNothingLeft = async (t: ConformanceTarget, owner: string): Promise<void> => {
+    const reaper = await t.create(owner);
+    try {
+      assert.equal((await reaper.reap()).removed, 0, `resources of ${owner} were left behind`);
+    } finally {
+      await reaper.destroy();
+    }
+  };
   describe(`executor conformance: ${name}`, () => {
     let target: ConformanceTarget | null = null;
     let skipReason = '';
@@ -106,13 +153,14 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       await target?.executor.close();
     });
 
-    const test = (title: string, body: (target: ConformanceTarget) => Promise<void>): void => {
+    /** A case; `skip` reports it skipped with a reason (a case that cannot apply never passes silently). */
+    const test = (title: string, body: (target: ConformanceTarget, skip: (reason: string) => void) => Promise<void>): void => {
       it(title, async (t) => {
         if (!target) {
           t.skip(`${name}: ${skipReason}`);
           return;
         }
-        await body(target);
+        await body(target, (reason) => t.skip(`${name}: ${reason}`));
       });
     };
     const base = (t: ConformanceTarget, spec: Partial<RunSpec> & { command: string[] }): RunSpec => testSpec(spec, t.images.base);
@@ -313,6 +361,99 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       await runToCompletion(t.executor, base(t, { command: ['true'] }));
       const report = await t.executor.reap();
       assert.equal(report.removed, 0);
+    });
+
+    /* ---- warm sandboxes (resident agent), where the executor offers them ------------------------------------------ */
+
+    const warmTest = (title: string, body: (target: ConformanceTarget, create: NonNullable<Executor['createWarmSandbox']>) => Promise<void>): void => {
+      test(title, async (t, skip) => {
+        const create = t.executor.createWarmSandbox?.bind(t.executor);
+        if (create === undefined) return skip(`${t.executor.name} offers no warm sandboxes (no createWarmSandbox), so it cannot run handler functions`);
+        if (!t.images.python) return skip('the warm sandbox cases need the python image');
+        await body(t, create);
+      });
+    };
+    const warmSpec = (t: ConformanceTarget): RunSpec => {
+      const launch = agentLaunch('python', WARM_HANDLER, 'handler');
+      return testSpec({ command: launch.command, files: launch.files, workdir: '/tmp', limits: { ...DEFAULT_LIMITS, timeoutMs: 300_000 } }, t.images.python);
+    };
+
+    warmTest('a warm sandbox serves invocations through its resident agent, one after another', async (t, create) => {
+      const sandbox = await create(warmSpec(t));
+      try {
+        assert.equal(sandbox.alive, true);
+        assert.ok(sandbox.startMs > 0);
+        for (const word of ['a', 'b']) {
+          const result = await sandbox.invoke(Buffer.from(word), { timeoutMs: 10_000, outputBytes: 1 << 20 });
+          assert.equal(result.exitCode, 0, result.body.toString());
+          assert.equal(result.body.toString(), `hi ${word}`);
+          assert.equal(result.logs.toString(), `log: ${word}\n`);
+          assert.equal(result.timedOut, false);
+        }
+      } finally {
+        await sandbox.destroy();
+      }
+    });
+
+    warmTest('an invocation past its timeout is a result (timedOut, exit 137), and the sandbox is gone afterwards', async (t, create) => {
+      const sandbox = await create(warmSpec(t));
+      try {
+        const startedAt = performance.now();
+        const result = await sandbox.invoke(Buffer.from('sleep'), { timeoutMs: 500, outputBytes: 1 << 20 });
+        assert.equal(result.timedOut, true);
+        assert.equal(result.exitCode, 137);
+        assert.ok(performance.now() - startedAt < 15_000, 'the timeout ended the call promptly');
+        await within(sandbox.disposed, 15_000, 'the timed-out sandbox released');
+        assert.equal(sandbox.alive, false);
+      } finally {
+        await sandbox.destroy();
+      }
+    });
+
+    warmTest('destroy() releases everything the warm sandbox held, and may be called again', async (t, create) => {
+      const sandbox = await create(warmSpec(t));
+      await Promise.all([sandbox.destroy(), sandbox.destroy()]);
+      await sandbox.destroy();
+      await within(sandbox.disposed, 15_000, 'disposed after destroy()');
+      assert.equal(sandbox.alive, false);
+      // Nothing of it is left for a reaper to find (its cgroup or container, its agent dir).
+      assert.equal((await t.executor.reap()).removed, 0);
+    });
+
+    /* ---- the executor's own end: close() drains, destroy() aborts ------------------------------------------------- */
+
+    test('close() waits for in-flight executions to finish, refuses new ones, may be called again, and leaves nothing', async (t) => {
+      const owner = `${ownerPrefix(t)}-close-${process.pid}`;
+      const executor = await t.create(owner);
+      try {
+        const running = await startCollecting(executor, base(t, { command: ['sh', '-c', 'sleep 1; echo done'] }));
+        await Promise.all([executor.close(), executor.close()]);
+        // Drained, not killed: the execution ran to its end.
+        const info = await within(running.done, 5_000, 'the execution ended by the time close() resolved');
+        assert.equal(info.exitCode, 0);
+        assert.equal(running.stdout(), 'done\n');
+        await executor.close();
+        await assert.rejects(executor.start(base(t, { command: ['true'] })), (error: unknown) => isKindlingError(error) && error.code === 'SHUTTING_DOWN');
+      } finally {
+        await executor.destroy();
+      }
+      await assertNothingLeft(t, owner);
+    });
+
+    test('destroy() kills in-flight executions at once, may be called again (also after close), and leaves nothing', async (t) => {
+      const owner = `${ownerPrefix(t)}-destroy-${process.pid}`;
+      const executor = await t.create(owner);
+      const running = await startCollecting(executor, base(t, { command: ['sh', '-c', 'sleep 100; echo never'] }));
+      const startedAt = performance.now();
+      await within(Promise.all([executor.destroy(), executor.destroy()]), 30_000, 'destroy()');
+      // Ended by the kill (a non-zero exit, or a platform error for an execution whose sandbox vanished), not by `sleep`.
+      const ended = await within(running.done.then((info) => info.exitCode, () => 'failed'), 10_000, 'the killed execution settled');
+      assert.notEqual(ended, 0);
+      assert.equal(running.stdout(), '');
+      assert.ok(performance.now() - startedAt < 30_000);
+      await executor.destroy();
+      await executor.close();
+      await assertNothingLeft(t, owner);
     });
   });
 }

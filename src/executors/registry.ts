@@ -1,6 +1,7 @@
 import type { ExecutorName } from '../core/types.js';
-import { DockerExecutor, type Logger } from './docker/index.js';
+import { DockerExecutor } from './docker/index.js';
 import type { Executor } from './executor.js';
+import type { Logger } from './shared/logger.js';
 import { MicroVmExecutor } from './microvm/index.js';
 import { SandboxExecutor } from './sandbox/index.js';
 import type { EgressPolicy } from '../network/policy.js';
@@ -19,7 +20,8 @@ export interface ExecutorContext {
   instanceId: string;
   dockerSocketPath: string;
   microvm?: MicroVmSettings;
-  prewarmPerShape: number;
+  /** Sandboxes each executor keeps started ahead of demand per shape (see ExecutorBaseOptions); unset: each one's default. */
+  prewarmPerShape?: number;
   /** Docker: creating + starting one container may take this long (see DockerExecutorOptions.createTimeoutMs). */
   dockerCreateTimeoutMs?: number;
   /** The policy of network "egress" (sandbox and docker); without it egress is unsupported. */
@@ -29,6 +31,8 @@ export interface ExecutorContext {
 
 /** Makes the executor of that name, or null when this build does not have it (said in the log). */
 export async function createExecutor(name: ExecutorName, context: ExecutorContext): Promise<Executor | null> {
+  // One meaning for every executor; left out, each keeps its own default (DEFAULT_PREWARM_PER_SHAPE).
+  const prewarm = context.prewarmPerShape === undefined ? {} : { prewarmPerShape: context.prewarmPerShape };
   switch (name) {
     case 'docker':
       return new DockerExecutor({
@@ -36,7 +40,7 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         stateDir: context.stateDir,
         ownerId: context.ownerId,
         instanceId: context.instanceId,
-        prewarmPerShape: context.prewarmPerShape,
+        ...prewarm,
         ...(context.dockerCreateTimeoutMs === undefined ? {} : { createTimeoutMs: context.dockerCreateTimeoutMs }),
         ...(context.egressPolicy === undefined ? {} : { egressPolicy: context.egressPolicy }),
         logger: context.logger,
@@ -47,7 +51,8 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         stateDir: context.stateDir,
         ownerId: context.ownerId,
         instanceId: context.instanceId,
-        ...(context.egressPolicy === undefined ? {} : { egress: { policy: context.egressPolicy } }),
+        ...prewarm,
+        ...(context.egressPolicy === undefined ? {} : { egressPolicy: context.egressPolicy }),
         logger: context.logger,
       });
     case 'microvm':
@@ -59,7 +64,7 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         stateDir: context.stateDir,
         ownerId: context.ownerId,
         instanceId: context.instanceId,
-        warmPerShape: context.prewarmPerShape > 0 ? 1 : 0,
+        ...prewarm,
         logger: context.logger,
       });
     default:

@@ -34,6 +34,8 @@ export function testServerConfig(dataDir: string, overrides: Partial<ServerConfi
     maxStreamBytes: 256 * 1024 * 1024,
     shutdownTimeoutMs: 10_000,
     dockerSocketPath: '/var/run/docker.sock',
+    // Nothing prewarmed by any executor (containers, sandbox launchers, VMs): tests that count resources see only
+    // their own, and every execution takes the on-demand start path. Tests of prewarming set it.
     prewarmPerShape: 0,
     version: 'test',
     logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }),
@@ -103,7 +105,7 @@ async function dockerProblem(): Promise<string | null> {
 /** Why sandbox tests cannot run here, or null when they can (bubblewrap, cgroups, rootfs dirs). */
 export async function sandboxUnavailableReason(): Promise<string | null> {
   const { SandboxExecutor } = await import('../../src/executors/sandbox/index.js');
-  const probe = new SandboxExecutor({ imagesDir: IMAGES_DIR, stateDir: tmpdir(), ownerId: 'probe', instanceId: 'probe', prewarm: 0 });
+  const probe = new SandboxExecutor({ imagesDir: IMAGES_DIR, stateDir: tmpdir(), ownerId: 'probe', instanceId: 'probe', prewarmPerShape: 0 });
   try {
     const status = await probe.probe();
     return status.ready ? null : skipOrFail('sandbox', `the sandbox executor is not usable here: ${status.reason}`);
@@ -115,7 +117,7 @@ export async function sandboxUnavailableReason(): Promise<string | null> {
 /** Why microVM tests cannot run here (QEMU, kernel and agent assets, images), or null when they can. */
 export async function microvmUnavailableReason(): Promise<string | null> {
   const { MicroVmExecutor } = await import('../../src/executors/microvm/index.js');
-  const probe = new MicroVmExecutor({ driver: 'qemu', imagesDir: IMAGES_DIR, stateDir: tmpdir(), ownerId: `probe-${process.pid}`, instanceId: 'probe', warmPerShape: 0 });
+  const probe = new MicroVmExecutor({ driver: 'qemu', imagesDir: IMAGES_DIR, stateDir: tmpdir(), ownerId: `probe-${process.pid}`, instanceId: 'probe', prewarmPerShape: 0 });
   try {
     const status = await probe.probe();
     return status.ready ? null : skipOrFail('microvm', `microvm executor not ready: ${status.reason}`);

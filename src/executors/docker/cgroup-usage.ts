@@ -14,6 +14,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ResourceUsage } from '../executor.js';
+import { cgroupUsageV1, cgroupUsageV2, removeCgroupDir } from '../shared/cgroupfs.js';
 
 export const DOCKER_CGROUP_ROOT = 'kindling-docker';
 
@@ -24,34 +25,13 @@ export interface DockerCgroupLayout {
   driver: 'cgroupfs' | 'systemd';
 }
 
-function readNumber(file: string): number | null {
-  try {
-    const value = Number(fs.readFileSync(file, 'utf8').trim());
-    return Number.isFinite(value) ? value : null;
-  } catch {
-    return null;
-  }
-}
-
-function readUsageUsec(file: string): number | null {
-  try {
-    const match = /^usage_usec (\d+)$/m.exec(fs.readFileSync(file, 'utf8'));
-    return match ? Number(match[1]) : null;
-  } catch {
-    return null;
-  }
-}
-
 /** The counters of one cgroup path (relative to the hierarchy root), v1 or v2; null when it does not exist. */
 export function readCgroupUsage(layout: DockerCgroupLayout, relative: string): ResourceUsage | null {
-  if (layout.version === 1) {
-    const cpuNs = readNumber(path.join(layout.mount, 'cpuacct', relative, 'cpuacct.usage'));
-    if (cpuNs === null) return null;
-    return { cpuMs: cpuNs / 1e6, memoryPeakBytes: readNumber(path.join(layout.mount, 'memory', relative, 'memory.max_usage_in_bytes')) };
-  }
-  const usec = readUsageUsec(path.join(layout.mount, relative, 'cpu.stat'));
-  if (usec === null) return null;
-  return { cpuMs: usec / 1000, memoryPeakBytes: readNumber(path.join(layout.mount, relative, 'memory.peak')) };
+  const usage =
+    layout.version === 1
+      ? cgroupUsageV1(path.join(layout.mount, 'cpuacct', relative), path.join(layout.mount, 'memory', relative))
+      : cgroupUsageV2(path.join(layout.mount, relative));
+  return usage.cpuMs === null ? null : { cpuMs: usage.cpuMs, memoryPeakBytes: usage.memoryPeakBytes };
 }
 
 /** The directories of one cgroup path in every hierarchy (v1: one per mounted controller; v2: one). */
@@ -68,15 +48,6 @@ function dirsOf(layout: DockerCgroupLayout, relative: string): string[] {
 }
 
 /** rmdir, quietly: absent is fine, busy (a container still in it) is left for the next reap. */
-function rmdirQuiet(dir: string): boolean {
-  try {
-    fs.rmdirSync(dir);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'ENOENT';
-  }
-}
-
 /**
  * rmdir of a cgroup and the cgroups below it, deepest first, quietly. The engine makes the container's own cgroup
  * inside the slot; it normally removes it when the container goes, but not when the engine or its shim died under the
@@ -92,7 +63,7 @@ function rmdirTreeQuiet(dir: string, depth = 0): boolean {
     }
     for (const entry of entries) if (entry.isDirectory()) rmdirTreeQuiet(path.join(dir, entry.name), depth + 1);
   }
-  return rmdirQuiet(dir);
+  return removeCgroupDir(dir);
 }
 
 /** The per-container parent cgroup of one slot, or (systemd driver) a live view of the engine's own cgroup. */
@@ -165,7 +136,7 @@ export class SlotCgroup {
 /** The owner's and the shared root's directories, when empty. */
 export function removeOwnerDirs(layout: DockerCgroupLayout, ownerId: string): void {
   if (layout.driver !== 'cgroupfs') return;
-  for (const dir of dirsOf(layout, `${DOCKER_CGROUP_ROOT}/${ownerId}`)) if (rmdirQuiet(dir)) rmdirQuiet(path.dirname(dir));
+  for (const dir of dirsOf(layout, `${DOCKER_CGROUP_ROOT}/${ownerId}`)) if (removeCgroupDir(dir)) removeCgroupDir(path.dirname(dir));
 }
 
 /** Slot parent cgroups of this owner that exist now (for the reaper). */

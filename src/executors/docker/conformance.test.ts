@@ -25,5 +25,11 @@ runConformanceSuite('docker', async () => {
       return `image ${image} is missing; run "kindling images build"`;
     }
   }
-  return { executor, images: { base: 'kindling/base', python: 'kindling/python' } };
+  const dir = stateDir;
+  const create = async (ownerId: string): Promise<DockerExecutor> => {
+    const made = new DockerExecutor({ stateDir: dir, ownerId, instanceId: 'test', prewarmPerShape: 0 });
+    await made.refreshImages();
+    return made;
+  };
+  return { executor, images: { base: 'kindling/base', python: 'kindling/python' }, create };
 });

@@ -1,5 +1,5 @@
 import type { ContainerCreateOptions } from 'dockerode';
-import type { ResourceLimits } from '../../core/types.js';
+import type { ResourceLimits, RunSpec } from '../../core/types.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { LABEL_MANAGED } from '../executor.js';
 import { KINDLING_SECCOMP_OPT } from './seccomp-profile.js';
@@ -92,3 +92,11 @@ export function containerCreateOptions(options: {
     },
   };
 }
+
+/** The shape of a container: what a prewarmed one must match to serve an execution (image, work dir, limits). */
+export function shapeOf(spec: RunSpec): SlotShape {
+  const { memoryMb, cpus, pids, diskMb, openFiles } = spec.limits;
+  return { image: spec.image, workdir: spec.workdir, limits: { memoryMb, cpus, pids, diskMb, openFiles } };
+}
+
+export const shapeKeyOf = (shape: SlotShape): string => JSON.stringify(shape);

@@ -1,4 +1,4 @@
-import { constants as osConstants } from 'node:os';
+// Over 400 lines: the slot lifecycle (create, launch, destroy), the engine watchdog and the reaper all work on the same set of slots.
 import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -11,32 +11,32 @@ import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER } from '../executor.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { buildLaunchScript } from '../shared/launch-script.js';
+import { signalOfExitCode } from '../shared/process.js';
+import { noopLogger, type Logger } from '../shared/logger.js';
+import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
 import { SlotCgroup, listSlotCgroups, removeOwnerDirs, type DockerCgroupLayout } from './cgroup-usage.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
-import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
-import type { EgressPolicy } from '../../network/policy.js';
-import { CONTAINER_GID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, type SlotShape } from './container-options.js';
+import { DockerEgressNetwork } from './egress-network.js';
+import { isEngineUnreachable, toKindlingError } from './engine-errors.js';
+import { CONTAINER_GID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, shapeKeyOf, shapeOf, type SlotShape } from './container-options.js';
 
-export interface Logger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-  debug(obj: object, msg?: string): void;
-}
+/** Kept for importers of the old place: the executors' one logger type lives in shared/logger.ts. */
+export type { Logger } from '../shared/logger.js';
 
-export interface DockerExecutorOptions {
+/**
+ * What the base options (shared/options.ts) mean for this executor: stateDir: per-execution run dirs (code files,
+ * FIFOs), which must be visible to the engine. ownerId/instanceId: labels on every container and network; reaping
+ * touches only containers of the same owner. prewarmPerShape: fresh containers kept started per recently used shape
+ * (default 6, at most `prewarmMaxContainers` in all). egressPolicy: egress containers join a dedicated bridge network
+ * of this owner (labelled, no inter-container traffic) whose traffic DOCKER-USER/INPUT rules built from it filter; the
+ * network and the rules exist while an egress container runs.
+ */
+export interface DockerExecutorOptions extends ExecutorBaseOptions {
   /** Engine socket path; default /var/run/docker.sock. */
   socketPath?: string;
   docker?: Docker;
-  /** Host directory for per-execution run dirs (code files, FIFOs). Must be visible to the engine. */
-  stateDir: string;
-  /** Names this server's data dir: reaping touches only containers of the same owner. */
-  ownerId: string;
-  instanceId: string;
-  /** Fresh containers kept started per recently used shape; 0 turns prewarming off. */
-  prewarmPerShape?: number;
+  /** Prewarmed containers of all shapes together at most. Default 16. */
   prewarmMaxContainers?: number;
-  prewarmIdleTtlMs?: number;
   /** A prewarmed container not created and started after this long (a stuck engine) is given up and replaced. Default 60000. */
   prewarmCreateTimeoutMs?: number;
   /**
@@ -49,18 +49,9 @@ export interface DockerExecutorOptions {
   launchTimeoutMs?: number;
   /** How often the engine is pinged while containers exist, to notice that it died (see watchEngine). Default 1000. */
   engineCheckIntervalMs?: number;
-  /**
-   * Enables `network: "egress"`: such containers join a dedicated bridge network of this owner (labelled, no
-   * inter-container traffic) whose traffic DOCKER-USER/INPUT rules built from `egressPolicy` filter. The network and
-   * the rules exist while an egress container runs. Without it egress is UNSUPPORTED_NETWORK.
-   */
-  egressPolicy?: EgressPolicy;
   /** cgroupfs mount point on this host, where containers' CPU and memory counters are read. Default /sys/fs/cgroup. */
   cgroupMount?: string;
-  logger?: Logger;
 }
-
-const noopLogger: Logger = { info() {}, warn() {}, error() {}, debug() {} };
 
 /** A started container whose shell waits on the launch FIFO: everything but the command is ready. */
 interface Slot {
@@ -82,38 +73,6 @@ interface Slot {
   egress: boolean;
 }
 
-function shapeOf(spec: RunSpec): SlotShape {
-  const { memoryMb, cpus, pids, diskMb, openFiles } = spec.limits;
-  return { image: spec.image, workdir: spec.workdir, limits: { memoryMb, cpus, pids, diskMb, openFiles } };
-}
-
-const shapeKeyOf = (shape: SlotShape): string => JSON.stringify(shape);
-
-function signalName(exitCode: number): string | null {
-  if (exitCode <= 128 || exitCode > 128 + 64) return null;
-  const entry = Object.entries(osConstants.signals).find(([, number]) => number === exitCode - 128);
-  return entry ? entry[0] : null;
-}
-
-function isEngineUnreachable(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'ECONNRESET' || code === 'EPIPE';
-}
-
-/** Converts engine failures into the platform's errors, once, here. */
-function toKindlingError(error: unknown, image: string): KindlingError {
-  if (error instanceof KindlingError) return error;
-  const statusCode = (error as { statusCode?: number }).statusCode;
-  const message = error instanceof Error ? error.message : String(error);
-  if (statusCode === 404 && /image/i.test(message)) {
-    return new KindlingError('UNKNOWN_IMAGE', `image ${image} does not exist; run "kindling images list" to see the images this server has`, { cause: error });
-  }
-  if (isEngineUnreachable(error)) {
-    return new KindlingError('EXECUTOR_UNAVAILABLE', 'the Docker engine is not reachable; start dockerd (scripts/setup.sh does) and retry', { cause: error, retryAfterSeconds: 5 });
-  }
-  return new KindlingError('EXECUTOR_FAILED', `the Docker engine failed: ${message}`, { cause: error, retryAfterSeconds: 1 });
-}
-
 export class DockerExecutor implements Executor {
   readonly name = 'docker' as const;
   private readonly docker: Docker;
@@ -127,9 +86,7 @@ export class DockerExecutor implements Executor {
   private readonly creatingDirs = new Set<string>();
   private images = new Set<string>();
   private closed = false;
-  private egressUsers = 0;
-  private egressQueue: Promise<unknown> = Promise.resolve();
-  private egressFirewall: EgressFirewall | null = null;
+  private readonly egress: DockerEgressNetwork;
   /** Pings the engine while containers exist (see watchEngine). */
   private watchdog: NodeJS.Timeout | null = null;
   private engineLost = false;
@@ -145,12 +102,13 @@ export class DockerExecutor implements Executor {
       create: (key) => this.createSlot(JSON.parse(key) as SlotShape, key),
       destroy: (slot) => this.destroySlot(slot),
       isAlive: (slot) => !slot.dead,
-      sizePerKey: options.prewarmPerShape ?? 6,
+      sizePerKey: options.prewarmPerShape ?? DEFAULT_PREWARM_PER_SHAPE.docker,
       maxItems: options.prewarmMaxContainers ?? 16,
       idleTtlMs: options.prewarmIdleTtlMs ?? 300_000,
       createTimeoutMs: options.prewarmCreateTimeoutMs ?? 60_000,
       onError: (error, key) => this.logger.warn({ err: error, shape: key }, 'prewarming a container failed'),
     });
+    this.egress = new DockerEgressNetwork(this.docker, options.ownerId, options.egressPolicy, () => this.labels());
   }
 
   get prewarmStats(): PrewarmPoolStats {
@@ -189,74 +147,6 @@ export class DockerExecutor implements Executor {
     };
   }
 
-  /** Creates and starts a container that waits for its launch script. Cleans up after itself on failure. */
-  /** `kindling-egress-<owner>` on the bridge `kd<owner>`; its rules are chains `KND-<owner>-D-*`. */
-  private get egressNetworkName(): string {
-    return `kindling-egress-${this.options.ownerId}`;
-  }
-
-  private get egressChains(): string {
-    return `${ownerChainPrefix(this.options.ownerId)}-D`;
-  }
-
-  private egressSerial<T>(work: () => Promise<T>): Promise<T> {
-    const next = this.egressQueue.then(work, work);
-    this.egressQueue = next.catch(() => undefined);
-    return next;
-  }
-
-  /** Makes the egress network and its filter on first use. */
-  private acquireEgress(): Promise<void> {
-    return this.egressSerial(async () => {
-      if (this.egressUsers === 0) {
-        const bridge = `kd${this.options.ownerId.slice(0, 12)}`;
-        await this.removeEgressNetwork();
-        try {
-          await this.docker.createNetwork({
-            Name: this.egressNetworkName,
-            Driver: 'bridge',
-            CheckDuplicate: true,
-            EnableIPv6: false,
-            Internal: false,
-            Labels: this.labels(),
-            Options: {
-              'com.docker.network.bridge.name': bridge,
-              'com.docker.network.bridge.enable_icc': 'false',
-              'com.docker.network.bridge.enable_ip_masquerade': 'true',
-            },
-          });
-          this.egressFirewall = new EgressFirewall({ name: this.egressChains, iface: bridge, policy: this.options.egressPolicy!, forwardParent: 'DOCKER-USER' });
-          await this.egressFirewall.acquire();
-        } catch (error) {
-          await this.removeEgressNetwork().catch(() => undefined);
-          await removeChains(this.egressChains).catch(() => undefined);
-          this.egressFirewall = null;
-          if (error instanceof KindlingError) throw error;
-          throw new KindlingError('EXECUTOR_FAILED', `could not set up the egress network: ${(error as Error).message}`, { cause: error, retryAfterSeconds: 1 });
-        }
-      }
-      this.egressUsers++;
-    });
-  }
-
-  private releaseEgress(): Promise<void> {
-    return this.egressSerial(async () => {
-      this.egressUsers = Math.max(0, this.egressUsers - 1);
-      if (this.egressUsers > 0) return;
-      await this.egressFirewall?.release();
-      this.egressFirewall = null;
-      await this.removeEgressNetwork();
-    });
-  }
-
-  private async removeEgressNetwork(): Promise<number> {
-    const networks = await this.docker.listNetworks({
-      filters: JSON.stringify({ label: [`${LABEL_MANAGED}=true`, `${LABEL_OWNER}=${this.options.ownerId}`] }),
-    });
-    for (const info of networks) await this.docker.getNetwork(info.Id).remove();
-    return networks.length;
-  }
-
   private layout(): Promise<DockerCgroupLayout> {
     this.cgroupLayout ??= this.docker.info().then(
       (info: { CgroupDriver?: string; CgroupVersion?: string }) => ({
@@ -283,7 +173,7 @@ export class DockerExecutor implements Executor {
     let egressHeld = false;
     try {
       if (egress) {
-        await this.acquireEgress();
+        await this.egress.acquire();
         egressHeld = true;
       }
       // Only root (the server, the engine) and the container's gid may enter: the run dir holds the code, the payloads
@@ -307,7 +197,7 @@ export class DockerExecutor implements Executor {
         ...(cgroup.parent === undefined ? {} : { cgroupParent: cgroup.parent }),
         labels: this.labels({ 'dev.kindling.run-dir': runDir }),
         ...(agentDir === undefined ? {} : { agentDir }),
-        ...(egress ? { network: this.egressNetworkName } : {}),
+        ...(egress ? { network: this.egress.name } : {}),
       });
       container = await this.createAndStart(createOptions);
       cgroup.attach(container.id);
@@ -350,7 +240,7 @@ export class DockerExecutor implements Executor {
       cgroup?.remove();
       await rm(runDir, { recursive: true, force: true }).catch(() => undefined);
       this.creatingDirs.delete(runDir);
-      if (egressHeld) await this.releaseEgress().catch(() => undefined);
+      if (egressHeld) await this.egress.release().catch(() => undefined);
       throw toKindlingError(error, shape.image);
     }
   }
@@ -398,7 +288,7 @@ export class DockerExecutor implements Executor {
     this.slots.delete(slot);
     if (slot.egress) {
       slot.egress = false;
-      await this.releaseEgress();
+      await this.egress.release();
     }
   }
 
@@ -504,7 +394,7 @@ export class DockerExecutor implements Executor {
       // The container's parent cgroup keeps the counters after the container's own is gone: the whole run, whatever
       // ended it (exit, timeout, OOM, kill), read on the host.
       const usage = slot.cgroup.usage() ?? { cpuMs: null, memoryPeakBytes: null };
-      return { exitCode, signal: killed || oomKilled ? 'SIGKILL' : signalName(exitCode), oomKilled, usage };
+      return { exitCode, signal: killed || oomKilled ? 'SIGKILL' : signalOfExitCode(exitCode), oomKilled, usage };
     })();
 
     const disposed = waitResult
@@ -650,11 +540,7 @@ export class DockerExecutor implements Executor {
         removedDirs++;
       }
     }
-    let networks = 0;
-    if (this.egressUsers === 0) {
-      networks = await this.egressSerial(async () => (this.egressUsers === 0 ? (await this.removeEgressNetwork()) + (await removeChains(this.egressChains)) : 0));
-    }
-    removedDirs += networks;
+    removedDirs += await this.egress.reap();
     if (orphans.length > 0 || removedDirs > 0) {
       this.logger.info({ containers: orphans.length, runDirs: removedDirs }, 'reaped resources left by an earlier run');
     }

@@ -16,7 +16,7 @@ runConformanceSuite('microvm (qemu)', async () => {
   const imagesDir = process.env.KINDLING_IMAGES_DIR ?? '/var/lib/kindling/images';
   stateDir = await mkdtemp(join(tmpdir(), 'kindling-microvm-conformance-'));
   const assetsDir = process.env.KINDLING_MICROVM_ASSETS_DIR; // default: /var/lib/kindling/microvm
-  const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, ...(assetsDir ? { assetsDir } : {}), stateDir, ownerId: `conformance-microvm-${process.pid}`, instanceId: 'test', warmPerShape: 1 });
+  const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, ...(assetsDir ? { assetsDir } : {}), stateDir, ownerId: `conformance-microvm-${process.pid}`, instanceId: 'test', prewarmPerShape: 1 });
   const status = await executor.probe();
   if (!status.ready) {
     await executor.destroy();
@@ -28,6 +28,12 @@ runConformanceSuite('microvm (qemu)', async () => {
       return `image ${image} has no rootfs.ext4 in ${imagesDir}; run "kindling images build --microvm"`;
     }
   }
+  const dir = stateDir;
+  const create = async (ownerId: string): Promise<MicroVmExecutor> => {
+    const made = new MicroVmExecutor({ driver: 'qemu', imagesDir, ...(assetsDir ? { assetsDir } : {}), stateDir: dir, ownerId, instanceId: 'test', prewarmPerShape: 0 });
+    await made.refreshImages();
+    return made;
+  };
   // Four VMs at once, not 20: under TCG (no KVM) every VM is a full software-emulated machine on 2 cores.
-  return { executor, images: { base: 'kindling/base', python: 'kindling/python' }, parallel: { count: 4 } };
+  return { executor, images: { base: 'kindling/base', python: 'kindling/python' }, parallel: { count: 4 }, create };
 });

@@ -1,3 +1,4 @@
+// Over 400 lines: the drivers' common lifecycle (snapshots, warm pool, VM cgroups, reaping) shares one state; the drivers themselves are in qemu.ts and firecracker.ts.
 /**
  * The microvm executor: one VM per execution, hardware isolation. Drivers: `qemu` (here: `-M microvm`, TCG without
  * KVM) and `firecracker` (needs /dev/kvm; see firecracker.ts). The VM boots Debian's kernel with the project's
@@ -21,9 +22,10 @@ import { PassThrough } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import { findRecipe } from '../../images/recipes.js';
-import type { Logger } from '../docker/index.js';
+import { noopLogger, type Logger } from '../shared/logger.js';
+import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
 import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions } from '../executor.js';
-import { createCgroupDriver, type Cgroup, type CgroupDriver } from '../sandbox/cgroups.js';
+import { createCgroupDriver, type Cgroup, type CgroupDriver } from '../shared/cgroups.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
 import type { AgentClient } from './agent-client.js';
@@ -43,14 +45,16 @@ export interface MicroVm {
   snapshot(file: string): Promise<void>;
 }
 
-export interface MicroVmExecutorOptions {
+/**
+ * What the base options (shared/options.ts) mean for this executor: stateDir: per-VM directories (overlay, sockets) and
+ * snapshots live under `${stateDir}/microvm`. prewarmPerShape: VMs restored ahead of demand per recently used shape
+ * (default 1, at most `prewarmMaxVms` in all). No egress: the VMs have no NIC, so `egressPolicy` is not taken and
+ * network "egress" is UNSUPPORTED_NETWORK.
+ */
+export interface MicroVmExecutorOptions extends Omit<ExecutorBaseOptions, 'egressPolicy'> {
   driver?: 'qemu' | 'firecracker';
   imagesDir: string;
   assetsDir?: string;
-  /** Per-VM directories (overlay, sockets) and snapshots live under `${stateDir}/microvm`. */
-  stateDir: string;
-  ownerId: string;
-  instanceId: string;
   /** 'auto' = KVM when /dev/kvm is usable, else TCG. */
   accel?: Accelerator | 'auto';
   qemuBinary?: string;
@@ -64,16 +68,14 @@ export interface MicroVmExecutorOptions {
   memoryOverheadMb?: number;
   /** Restore from snapshots instead of booting. Default true. */
   snapshots?: boolean;
-  /** VMs restored ahead of demand per recently used shape. Default 1; 0 turns the pool off. */
-  warmPerShape?: number;
+  /** Prewarmed VMs of all shapes together at most (each holds its guest memory). Default 4. */
+  prewarmMaxVms?: number;
   /** Boot (or restore) to agent-ready limit. Default 180 s (TCG on a loaded host is slow). */
   readyTimeoutMs?: number;
   /** Extra time past limits.timeoutMs before the executor kills the VM itself. Default 2 s. */
   timeoutGraceMs?: number;
-  logger?: Logger;
 }
 
-const noopLogger: Logger = { info() {}, warn() {}, error() {}, debug() {} };
 const NOBODY = 65534;
 
 interface Shape extends VmShape {
@@ -110,9 +112,9 @@ export class MicroVmExecutor implements Executor {
       create: (key) => this.createVm(JSON.parse(key) as Shape),
       destroy: (vm) => this.destroyVm(vm),
       isAlive: (vm) => vm.alive && !vm.agent.closed,
-      sizePerKey: options.warmPerShape ?? 1,
-      maxItems: 4,
-      idleTtlMs: 300_000,
+      sizePerKey: options.prewarmPerShape ?? DEFAULT_PREWARM_PER_SHAPE.microvm,
+      maxItems: options.prewarmMaxVms ?? 4,
+      idleTtlMs: options.prewarmIdleTtlMs ?? 300_000,
       onError: (error, key) => this.logger.warn({ err: error, shape: key }, 'warming a microVM failed'),
     });
   }

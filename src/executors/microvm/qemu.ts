@@ -6,7 +6,8 @@
  * file is the image's ext4, so the image is never written), the sockets, the console log, and `vm.json` naming the
  * owner and the qemu pid so that a reaper can find and kill it after a crash.
  */
-import type { Cgroup } from '../sandbox/cgroups.js';
+import type { Cgroup } from '../shared/cgroups.js';
+import { shellQuote } from '../shared/process.js';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
@@ -93,10 +94,6 @@ export function qemuArgs(config: QemuConfig, shape: VmShape, vmDir: string, opti
   ];
   if (options.incoming) args.push('-incoming', `exec:cat ${shellQuote(options.incoming)}`);
   return args;
-}
-
-function shellQuote(value: string): string {
-  return `'${value.replace(/'/g, `'\\''`)}'`;
 }
 
 /** A minimal QMP client: greeting, qmp_capabilities, one command at a time. */

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
+import { processAlive } from '../shared/process.js';
 import type { VmRecord } from './qemu.js';
 
 /**
@@ -66,7 +67,7 @@ export async function reapSnapshots(snapshotsDir: string, maxAgeMs: number, inUs
     const tmp = /\.(\d+)\.tmp(\.mem)?$/.exec(entry);
     let stale: boolean;
     if (tmp) {
-      stale = !pidAlive(Number(tmp[1]));
+      stale = !processAlive(Number(tmp[1]));
     } else {
       const base = file.replace(/\.mem$/, '');
       if (inUse.has(base)) continue;
@@ -80,13 +81,4 @@ export async function reapSnapshots(snapshotsDir: string, maxAgeMs: number, inUs
     }
   }
   return removed;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }

@@ -29,7 +29,7 @@ describe('microvm (qemu) snapshot restores', () => {
     stateDir = await mkdtemp(path.join(tmpdir(), 'kindling-microvm-restore-'));
     const warnings: string[] = [];
     const logger = { info() {}, debug() {}, error() {}, warn: (_: unknown, message?: string) => void warnings.push(String(message)) };
-    const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, assetsDir, stateDir, ownerId: `restore-test-${process.pid}`, instanceId: 'test', warmPerShape: 0, logger });
+    const executor = new MicroVmExecutor({ driver: 'qemu', imagesDir, assetsDir, stateDir, ownerId: `restore-test-${process.pid}`, instanceId: 'test', prewarmPerShape: 0, logger });
     try {
       const status = await executor.probe();
       if (!status.ready) return t.skip(skipOrFail('microvm', `microvm executor not ready: ${status.reason}`));
@@ -52,7 +52,7 @@ describe('microvm (qemu) snapshot restores', () => {
       await executor.close();
       const old = new Date(Date.now() - 3 * 86_400_000);
       await utimes(path.join(snapshots, files[0] as string), old, old);
-      const fresh = new MicroVmExecutor({ driver: 'qemu', imagesDir, assetsDir, stateDir, ownerId: `restore-test-${process.pid}`, instanceId: 'test2', warmPerShape: 0 });
+      const fresh = new MicroVmExecutor({ driver: 'qemu', imagesDir, assetsDir, stateDir, ownerId: `restore-test-${process.pid}`, instanceId: 'test2', prewarmPerShape: 0 });
       const report = await fresh.reap();
       assert.ok(report.removed >= 1);
       assert.deepEqual(readdirSync(snapshots), []);

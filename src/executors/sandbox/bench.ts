@@ -109,7 +109,7 @@ async function compare(
 async function main(): Promise<void> {
   const stateDir = mkdtempSync(join(tmpdir(), 'kindling-sandbox-bench-'));
   chmodSync(stateDir, 0o755);
-  const ex = new SandboxExecutor({ imagesDir, stateDir, ownerId: `bench-${process.pid}`, instanceId: 'bench', prewarm });
+  const ex = new SandboxExecutor({ imagesDir, stateDir, ownerId: `bench-${process.pid}`, instanceId: 'bench', prewarmPerShape: prewarm });
   const status = await ex.probe();
   if (!status.ready) throw new Error(`sandbox not ready: ${status.reason}`);
   const base = readLayout(imagesDir, 'base')!;

@@ -27,5 +27,10 @@ runConformanceSuite('sandbox', async () => {
       return `image ${image} has no rootfs in ${imagesDir}; run "kindling images build"`;
     }
   }
-  return { executor, images: { base: 'kindling/base', python: 'kindling/python' } };
+  const create = async (ownerId: string): Promise<SandboxExecutor> => {
+    const made = new SandboxExecutor({ imagesDir, stateDir: stateDir!, ownerId, instanceId: 'test', prewarmPerShape: 0 });
+    await made.refreshImages();
+    return made;
+  };
+  return { executor, images: { base: 'kindling/base', python: 'kindling/python' }, create };
 });

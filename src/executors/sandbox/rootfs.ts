@@ -9,6 +9,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { KindlingError } from '../../core/errors.js';
+import type { Logger } from '../shared/logger.js';
 
 /** Top-level names the sandbox provides itself and never takes from the image. */
 const PROVIDED = new Set(['proc', 'dev', 'sys', 'tmp', '.kindling', 'lost+found']);
@@ -109,4 +111,74 @@ export function planWorkdir(layout: RootfsLayout, workdir: string): WorkdirPlan 
     }
   }
   return `workdir "${workdir}" does not exist in image ${layout.image} and cannot be created under its read-only /${top}`;
+}
+
+/** The built images of one images dir, read once and refreshed on demand; work dir plans are cached per image. */
+export class RootfsCatalog {
+  private readonly layouts = new Map<string, RootfsLayout>();
+  private readonly workdirPlans = new Map<string, WorkdirPlan | string>();
+
+  constructor(
+    private readonly imagesDir: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Image names (`kindling/<short>`) with a built rootfs. */
+  names(): string[] {
+    return [...this.layouts.keys()].map((s) => `kindling/${s}`);
+  }
+
+  has(image: string): boolean {
+    const short = shortImageName(image);
+    return short !== null && this.layouts.has(short);
+  }
+
+  /** The layout of `image`; UNKNOWN_IMAGE when it has no built rootfs. */
+  layoutFor(image: string): RootfsLayout {
+    const short = shortImageName(image);
+    let layout = short === null ? undefined : this.layouts.get(short);
+    if (layout === undefined && short !== null) {
+      // Built after start-up: pick it up without waiting for a refresh.
+      const fresh = readLayout(this.imagesDir, short);
+      if (fresh !== null) this.layouts.set(short, (layout = fresh));
+    }
+    if (layout === undefined) {
+      throw new KindlingError(
+        'UNKNOWN_IMAGE',
+        `image "${image}" has no sandbox rootfs (${path.join(this.imagesDir, short ?? '?', 'rootfs')}): build it with \`kindling images build\``,
+        { details: { image, executor: 'sandbox' } },
+      );
+    }
+    return layout;
+  }
+
+  /** How the work dir is provided; VALIDATION_FAILED when it cannot be. */
+  workdirPlan(layout: RootfsLayout, workdir: string): WorkdirPlan {
+    const key = `${layout.short}\0${workdir}`;
+    let plan = this.workdirPlans.get(key);
+    if (plan === undefined) {
+      plan = planWorkdir(layout, workdir);
+      if (this.workdirPlans.size > 1000) this.workdirPlans.clear();
+      this.workdirPlans.set(key, plan);
+    }
+    if (typeof plan === 'string') {
+      throw new KindlingError('VALIDATION_FAILED', plan, { details: { field: 'workdir', executor: 'sandbox' } });
+    }
+    return plan;
+  }
+
+  /** Re-reads the images dir: new images appear, removed ones go. */
+  refresh(): void {
+    const built = new Set(listBuilt(this.imagesDir));
+    for (const short of this.layouts.keys()) if (!built.has(short)) this.layouts.delete(short);
+    for (const short of built) {
+      try {
+        const layout = readLayout(this.imagesDir, short);
+        if (layout !== null) this.layouts.set(short, layout);
+      } catch (err) {
+        this.log.warn({ image: short, err }, 'cannot read sandbox rootfs');
+      }
+    }
+    this.workdirPlans.clear();
+  }
 }

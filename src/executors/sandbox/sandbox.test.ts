@@ -1,3 +1,4 @@
+// Over 400 lines: integration cases of the sandbox's isolation, each against the real bwrap and cgroups.
 /**
  * Escape and abuse tests of the sandbox executor against real bubblewrap, real cgroups and the project's runtime
  * images (KINDLING_IMAGES_DIR, default /var/lib/kindling/images). Each case asserts containment and that the next
@@ -409,12 +410,12 @@ print(os.getpid(), os.getppid())
     if (!ex) return;
     const marker = `14${process.pid % 1000}.5`;
     const reapOwner = `${owner}-reap`;
-    const crashed = new SandboxExecutor({ imagesDir, stateDir, ownerId: reapOwner, instanceId: 'crashed', prewarm: 0 });
+    const crashed = new SandboxExecutor({ imagesDir, stateDir, ownerId: reapOwner, instanceId: 'crashed', prewarmPerShape: 0 });
     const execution = await crashed.start(sh(`(setsid sleep ${marker} &); echo ready; sleep ${marker}`));
     execution.stderr.resume();
     await new Promise((resolve) => execution.stdout.once('data', resolve));
     execution.stdout.resume();
-    const restarted = new SandboxExecutor({ imagesDir, stateDir, ownerId: reapOwner, instanceId: 'restarted', prewarm: 0 });
+    const restarted = new SandboxExecutor({ imagesDir, stateDir, ownerId: reapOwner, instanceId: 'restarted', prewarmPerShape: 0 });
     const report = await restarted.reap();
     assert.equal(report.removed, 1);
     const info = await execution.wait();
@@ -424,6 +425,33 @@ print(os.getpid(), os.getppid())
     assert.deepEqual(leftoversOf(execution.id, reapOwner), []);
     await crashed.destroy();
     await restarted.destroy();
+  });
+
+  it('prewarmPerShape is the number of launchers kept ready (0: none, every start is cold)', async (t) => {
+    const ex = ready(t);
+    if (!ex) return;
+    const idleOf = async (e: SandboxExecutor): Promise<number | null> => ((await e.probe()).details?.prewarm as { idle: number } | null)?.idle ?? null;
+    const three = new SandboxExecutor({ imagesDir, stateDir, ownerId: `${owner}-pw3`, instanceId: 'pw3', prewarmPerShape: 3 });
+    const none = new SandboxExecutor({ imagesDir, stateDir, ownerId: `${owner}-pw0`, instanceId: 'pw0', prewarmPerShape: 0 });
+    try {
+      // The first start fills the pool (the probe's own test run is one).
+      for (let i = 0; i < 300 && ((await idleOf(three)) ?? 0) < 3; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      assert.equal(await idleOf(three), 3);
+      const warm = await three.start(sh('true'));
+      assert.equal(warm.coldStart, false);
+      warm.stdout.resume();
+      warm.stderr.resume();
+      await warm.wait();
+      // No pool at all: nothing idles, and a start waits for its own launcher.
+      assert.equal(await idleOf(none), null);
+      const cold = await none.start(sh('true'));
+      assert.equal(cold.coldStart, true);
+      cold.stdout.resume();
+      cold.stderr.resume();
+      await cold.wait();
+    } finally {
+      await Promise.all([three.destroy(), none.destroy()]);
+    }
   });
 
   it('uses a prepared launcher (coldStart false) with a fresh cgroup carrying this run\'s limits', async (t) => {
@@ -477,7 +505,7 @@ print(os.getpid(), os.getppid())
 
   it('says what to fix when it cannot run', async (t) => {
     if (!ready(t)) return;
-    const noImages = new SandboxExecutor({ imagesDir: join(stateDir, 'no-images'), stateDir, ownerId: `${owner}-probe`, instanceId: 'p', prewarm: 0 });
+    const noImages = new SandboxExecutor({ imagesDir: join(stateDir, 'no-images'), stateDir, ownerId: `${owner}-probe`, instanceId: 'p', prewarmPerShape: 0 });
     try {
       const status = await noImages.probe();
       assert.equal(status.ready, false);
@@ -487,7 +515,7 @@ print(os.getpid(), os.getppid())
     }
     const hidden = mkdtempSync(join(tmpdir(), 'kindling-sandbox-hidden-')); // 0700
     try {
-      const unreachable = new SandboxExecutor({ imagesDir, stateDir: join(hidden, 'state'), ownerId: `${owner}-probe`, instanceId: 'p', prewarm: 0 });
+      const unreachable = new SandboxExecutor({ imagesDir, stateDir: join(hidden, 'state'), ownerId: `${owner}-probe`, instanceId: 'p', prewarmPerShape: 0 });
       try {
         const s2 = await unreachable.probe();
         assert.equal(s2.ready, false);

@@ -1,3 +1,4 @@
+// Over 400 lines: the host side of the agent protocol (start handshake, one call at a time, crash and timeout handling) is one state machine.
 /**
  * A warm sandbox on any executor that can bind a host directory into a sandbox (`RunSpec.agentDir`): the host
  * listens on `<agentsDir>/<id>/agent.sock`, starts the sandbox with the resident agent as its main process, and the

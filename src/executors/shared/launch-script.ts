@@ -1,3 +1,5 @@
+import { shellQuote } from './process.js';
+
 /**
  * The POSIX sh script that turns a generic, already started sandbox into the requested process: stdio from the FIFOs,
  * the working directory, exactly the requested environment, then exec of the command. Errors of `cd`/`exec` land on
@@ -13,10 +15,6 @@ export interface LaunchScriptOptions {
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
-export function shellQuote(value: string): string {
-  return `'${value.replace(/'/g, `'\\''`)}'`;
-}
 
 export function buildLaunchScript(options: LaunchScriptOptions): string {
   if (options.command.length === 0) throw new Error('command must not be empty');

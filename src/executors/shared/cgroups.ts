@@ -1,3 +1,4 @@
+// Over 400 lines on purpose: the v1 and v2 drivers implement one interface side by side, and read best together.
 /**
  * One fresh cgroup per execution, on cgroup v1 (one directory per controller: memory, cpu, pids, freezer) or v2 (one
  * unified directory), behind one small interface. Paths: v1 `<mount>/<controller>/<parent>/<owner>/<name>`, v2
@@ -9,6 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { cgroupUsageV1, cgroupUsageV2, removeCgroupDir, type CgroupUsage } from './cgroupfs.js';
 
 export interface CgroupLimits {
   memoryBytes: number;
@@ -28,7 +30,7 @@ export interface Cgroup {
   /** How many processes the kernel's OOM killer killed in this cgroup so far. */
   oomKills(): number;
   /** CPU time and peak memory the kernel accounted to this cgroup so far (null: not available here). */
-  usage(): { cpuMs: number | null; memoryPeakBytes: number | null };
+  usage(): CgroupUsage;
   /** Kills every process in the cgroup, repeating until it is empty (catches forks racing the kill). */
   kill(): Promise<void>;
   /** Sets (or changes) the limits; synchronous, microseconds. */
@@ -126,24 +128,19 @@ function readKeyed(file: string, key: string): number {
   return 0;
 }
 
-/** A file holding one number (cpuacct.usage, memory.peak); null when absent or not a number. */
-function readNumber(file: string): number | null {
-  try {
-    const value = Number(readFile(file).trim());
-    return Number.isFinite(value) ? value : null;
-  } catch {
-    return null;
-  }
-}
-
 /** rmdir each in order, stopping at the first that is busy or not empty (another owner's cgroups, a live one). */
 function rmdirQuiet(...dirs: string[]): void {
-  for (const dir of dirs) {
-    try {
-      fs.rmdirSync(dir);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return;
-    }
+  for (const dir of dirs) if (!removeCgroupDir(dir)) return;
+}
+
+/** mkdir of a cgroup; when the reaper of another run (or an admin) removed a parent, the parents are made again once. */
+function mkdirCgroup(dir: string, ensureParents: () => void): void {
+  try {
+    fs.mkdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    ensureParents();
+    fs.mkdirSync(dir);
   }
 }
 
@@ -247,14 +244,7 @@ class CgroupV1Driver implements CgroupDriver {
     const made: string[] = [];
     try {
       for (const dir of cg.dirs) {
-        try {
-          fs.mkdirSync(dir);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-          // The reaper of another run (or an admin) removed a parent: make them again once.
-          this.ensureParents();
-          fs.mkdirSync(dir);
-        }
+        mkdirCgroup(dir, () => this.ensureParents());
         made.push(dir);
       }
       try {
@@ -334,10 +324,7 @@ class CgroupV1Driver implements CgroupDriver {
       procsFiles: dirs.map((d) => path.join(d, 'cgroup.procs')),
       pids,
       oomKills: () => readKeyed(path.join(memoryDir, 'memory.oom_control'), 'oom_kill'),
-      usage: () => {
-        const cpuNs = readNumber(path.join(cpuacctDir, 'cpuacct.usage'));
-        return { cpuMs: cpuNs === null ? null : cpuNs / 1e6, memoryPeakBytes: readNumber(path.join(memoryDir, 'memory.max_usage_in_bytes')) };
-      },
+      usage: () => cgroupUsageV1(cpuacctDir, memoryDir),
       applyLimits: (limits) => this.applyLimits(name, limits),
       kill,
       remove: () => (removed ??= killAndRemove(dirs, kill)),
@@ -418,13 +405,7 @@ class CgroupV2Driver implements CgroupDriver {
     if (!this.parentsReady) this.ensureParents();
     const cg = this.open(name);
     const dir = cg.dirs[0]!;
-    try {
-      fs.mkdirSync(dir);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      this.ensureParents();
-      fs.mkdirSync(dir);
-    }
+    mkdirCgroup(dir, () => this.ensureParents());
     try {
       if (this.enabled.has('memory') && fs.existsSync(path.join(dir, 'memory.swap.max'))) {
         writeFile(path.join(dir, 'memory.swap.max'), '0');
@@ -497,16 +478,7 @@ class CgroupV2Driver implements CgroupDriver {
       procsFiles: [procs],
       pids,
       oomKills: () => readKeyed(path.join(dir, 'memory.events'), 'oom_kill'),
-      usage: () => {
-        let cpuUsec: number | null = null;
-        try {
-          const match = /^usage_usec (\d+)$/m.exec(readFile(path.join(dir, 'cpu.stat')));
-          if (match) cpuUsec = Number(match[1]);
-        } catch {
-          // no cpu.stat: unknown
-        }
-        return { cpuMs: cpuUsec === null ? null : cpuUsec / 1000, memoryPeakBytes: readNumber(path.join(dir, 'memory.peak')) };
-      },
+      usage: () => cgroupUsageV2(dir),
       applyLimits: (limits) => this.applyLimits(dir, limits),
       kill,
       remove: () => (removed ??= killAndRemove([dir], kill)),

@@ -1,0 +1,87 @@
+/** The sandbox's arguments, asserted as argv: what every kind of execution hands bubblewrap and the launcher. */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { test } from 'node:test';
+import { isKindlingError } from '../../core/errors.js';
+import type { RunSpec } from '../../core/types.js';
+import { AGENT_MOUNT } from '../../../agent/files.js';
+import { testSpec } from '../conformance.js';
+import { EXEC_SHIM, FD_ARGS, bwrapArgs, encodeArgs, launchLine, validateSpec, type ImageBinds } from './bwrap-args.js';
+
+const image: ImageBinds = { bindArgs: ['--ro-bind', '/img/usr', '/usr', '--symlink', 'usr/bin', '/bin'], shell: '/bin/sh' };
+const spec = (overrides: Partial<RunSpec> = {}): RunSpec => {
+  const base = testSpec({ command: ['python3', '-c', 'print(1)'], env: { A: '1', B: 'two words' }, workdir: '/work', ...overrides });
+  return { ...base, limits: { ...base.limits, diskMb: 2, ...overrides.limits } };
+};
+const MIB2 = String(2 * 1024 * 1024);
+
+/** The values that follow each occurrence of `flag` (flag arity `n`). */
+function after(argv: string[], flag: string, n = 1): string[][] {
+  const out: string[][] = [];
+  argv.forEach((a, i) => a === flag && out.push(argv.slice(i + 1, i + 1 + n)));
+  return out;
+}
+
+test('a network-less execution: every namespace unshared, caps dropped, the image binds, size-limited tmpfs, exact env, seccomp and status fds', () => {
+  const { options, command } = bwrapArgs(spec(), 'kindling', image, { kind: 'tmpfs' }, null);
+  assert.deepEqual(options.slice(0, 11), ['--unshare-all', '--unshare-user', '--unshare-cgroup', '--disable-userns', '--die-with-parent', '--new-session', '--cap-drop', 'ALL', '--hostname', 'kindling', '--ro-bind']);
+  assert.ok(!options.includes('--share-net'));
+  assert.deepEqual(options.slice(10, 16), image.bindArgs);
+  // /dev/shm, /tmp and the work dir are tmpfs of diskMb; /dev is read-only after /dev/shm is mounted.
+  assert.deepEqual(after(options, '--tmpfs'), [['/dev/shm'], ['/tmp'], ['/work']]);
+  assert.deepEqual(after(options, '--size'), [[MIB2], [MIB2], [MIB2]]);
+  assert.deepEqual(after(options, '--remount-ro'), [['/dev'], ['/']]);
+  // No run dir: an empty, read-only /.kindling.
+  assert.deepEqual(after(options, '--dir'), [['/.kindling']]);
+  assert.deepEqual(after(options, '--chdir'), [['/work']]);
+  assert.ok(options.indexOf('--clearenv') < options.indexOf('--setenv'));
+  assert.deepEqual(after(options, '--setenv', 2), [...Object.entries(spec().env)]);
+  assert.deepEqual(options.slice(-4), ['--seccomp', '3', '--json-status-fd', '4']);
+  // The image's shell execs the command so that a missing one is exit 127 with sh's message.
+  assert.deepEqual(command, ['/bin/sh', '-c', EXEC_SHIM, 'python3', 'python3', '-c', 'print(1)']);
+});
+
+test('egress shares the launcher\'s network namespace; files and the agent dir are bound read-only', () => {
+  const { options } = bwrapArgs(spec({ network: 'egress', agentDir: '/run/agents/x' }), 'h', image, { kind: 'tmpfs' }, '/run/runs/sbx-1');
+  assert.equal(options[1], '--share-net');
+  assert.deepEqual(after(options, '--ro-bind', 2).slice(-2), [
+    ['/run/runs/sbx-1', '/.kindling'],
+    ['/run/agents/x', AGENT_MOUNT],
+  ]);
+  assert.ok(!after(options, '--dir').some(([d]) => d === '/.kindling'));
+});
+
+test('work dirs: inside /tmp only a --dir, / nothing, /tmp itself nothing; an image without a shell runs the command as is', () => {
+  const inTmp = bwrapArgs(spec({ workdir: '/tmp/job' }), 'h', image, { kind: 'in-tmp' }, null).options;
+  assert.deepEqual(after(inTmp, '--tmpfs'), [['/dev/shm'], ['/tmp']]);
+  assert.deepEqual(after(inTmp, '--dir'), [['/tmp/job'], ['/.kindling']]);
+  const tmp = bwrapArgs(spec({ workdir: '/tmp' }), 'h', image, { kind: 'in-tmp' }, null).options;
+  assert.deepEqual(after(tmp, '--dir'), [['/.kindling']]);
+  const root = bwrapArgs(spec({ workdir: '/' }), 'h', image, { kind: 'root' }, null).options;
+  assert.deepEqual(after(root, '--tmpfs'), [['/dev/shm'], ['/tmp']]);
+  const { command } = bwrapArgs(spec(), 'h', { bindArgs: [], shell: null }, { kind: 'tmpfs' }, null);
+  assert.deepEqual(command, ['python3', '-c', 'print(1)']);
+});
+
+test('encodeArgs ends every argument with a NUL; launchLine sets RLIMIT_NOFILE and takes stdin from fd 6 or /dev/null, as sh reads it', () => {
+  assert.deepEqual([...encodeArgs(['--a', 'b c', ''])], [...Buffer.from('--a\0b c\0\0')]);
+  const withStdin = launchLine('/usr/bin/bwrap', ['echo', "it's"], 64.7, true);
+  assert.equal(withStdin, `ulimit -n 64 || exit 125\nexec '/usr/bin/bwrap' --args ${FD_ARGS} -- 'echo' 'it'\\''s' 0<&6 6<&-\n`);
+  assert.match(launchLine('/b', ['true'], 64, false), / 0<\/dev\/null 6<&-\n$/);
+  // The line is valid sh: with bwrap replaced by printf, the command arrives word for word.
+  const line = launchLine('printf', ['%s|', "it's", '$HOME', 'a b'], 64, false).replace(` --args ${FD_ARGS} --`, '');
+  assert.equal(execFileSync('sh', ['-c', line]).toString(), "it's|$HOME|a b|");
+});
+
+test('validateSpec refuses what the arguments cannot carry: NULs, "=" in env names, odd file names, non-positive limits', () => {
+  const refuses = (overrides: Partial<RunSpec>, field: string): void =>
+    assert.throws(() => validateSpec(spec(overrides)), (err: unknown) => isKindlingError(err) && err.code === 'VALIDATION_FAILED' && (err.details as { field: string }).field === field);
+  validateSpec(spec());
+  refuses({ command: [] }, 'command');
+  refuses({ command: ['a\0b'] }, 'command');
+  refuses({ env: { 'A=B': 'x' } }, 'env');
+  refuses({ env: { A: 'x\0' } }, 'env');
+  refuses({ files: [{ name: '../x', content: Buffer.alloc(0) }] }, 'files');
+  refuses({ files: [{ name: 'x', content: Buffer.alloc(0) }, { name: 'x', content: Buffer.alloc(0) }] }, 'files');
+  refuses({ limits: { ...spec().limits, openFiles: 8 } }, 'limits');
+});

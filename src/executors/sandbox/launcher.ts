@@ -1,0 +1,258 @@
+/**
+ * Launchers and the pool that keeps some ready. A launcher is one process image after another in the same pid:
+ *   node --spawn--> /bin/sh (root: writes its pid into a fresh cgroup's cgroup.procs files, says "R" on fd 4)
+ *        --exec--> prlimit (RLIMIT_CORE) [--exec--> nsenter --net (egress only)]
+ *        --exec--> setpriv (drops to the sandbox uid/gid, no groups, no caps, no-new-privs, parent-death SIGKILL)
+ *        --exec--> /bin/sh -s (unprivileged, reads one command line from fd 5)
+ * An execution then sends it `exec bwrap ...` (see bwrap-args.ts).
+ *
+ * Why a pool: moving a process into a cgroup waits for an RCU grace period whenever no migration happened in the last
+ * few ms (measured here: 0.05 ms back-to-back, 5-15 ms after 20 ms idle), which alone would double a cold start.
+ * Launchers kept ready take that, the node fork and the execs off the request path; every execution still gets its own
+ * fresh cgroup and a fresh sandbox, never a reused one. With the pool empty (or off) a launcher is spawned on demand.
+ *
+ * Descriptors the server inherited without close-on-exec are replaced by /dev/null in launchers, so nothing of the
+ * server leaks into sandboxes; the environment is empty.
+ */
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import type { Readable } from 'node:stream';
+import type { Cgroup, CgroupDriver } from '../shared/cgroups.js';
+import type { Logger } from '../shared/logger.js';
+import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
+import { SANDBOX_CORE_LIMIT } from '../shared/syscall-policy.js';
+import { FD_STATUS } from './bwrap-args.js';
+
+/**
+ * Run by /bin/sh as root: join every cgroup given, report readiness on the status fd, then become the unprivileged
+ * shell that reads the command line from fd 5 (the caller's stdin kept on fd 6).
+ */
+const PREPARE = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; echo R >&4; exec "$@" 6<&0 0<&5 5<&-';
+/** The launcher's exit status when it could not join its cgroup. */
+export const LAUNCHER_CGROUP_FAILED = 125;
+const POOL_KEY = 'launcher';
+const LAUNCHER_READY_TIMEOUT_MS = 10_000;
+
+/** A prepared launcher: in its fresh cgroup, unprivileged, waiting for one command line on fd 5. */
+export interface Launcher {
+  readonly name: string;
+  readonly cgroup: Cgroup;
+  readonly child: ChildProcess;
+  /** Everything bwrap (and the launcher's "R") wrote on the status fd so far. */
+  readonly status: Buffer[];
+  /** Resolves when the launcher has joined its cgroup; rejects when it died first. */
+  readonly ready: Promise<void>;
+  /** The process ended (rejects when it could not be spawned). */
+  readonly exited: Promise<{ code: number | null; sig: NodeJS.Signals | null }>;
+  /** The process ended and all of its pipes closed (node's 'close'). */
+  readonly closed: Promise<void>;
+}
+
+export interface LauncherOptions {
+  shPath: string;
+  setprivPath: string;
+  prlimitPath: string;
+  nsenterPath: string;
+  uid: number;
+  gid: number;
+  /** The cgroup driver (throws when cgroups cannot be used here). */
+  cgroups: () => CgroupDriver;
+  /** Names of cgroups the executor owns right now: a launcher's is added on spawn (the executor removes it). */
+  reserved: Set<string>;
+  /** Launchers kept ready; 0 turns the pool off (every launcher is spawned on demand). */
+  prewarm: number;
+  idleTtlMs: number;
+  /** Removes a launcher's cgroup and forgets it (the executor's bookkeeping). */
+  release: (launcher: Launcher) => Promise<void>;
+  log: Logger;
+}
+
+export class Launchers {
+  private readonly pool: PrewarmPool<Launcher> | null;
+  private leakedFds: number[] = [];
+  private devNull = -1;
+  private closing = false;
+
+  constructor(private readonly options: LauncherOptions) {
+    this.pool =
+      options.prewarm > 0
+        ? new PrewarmPool<Launcher>({
+            create: () => this.prepare(),
+            destroy: (l) => this.discard(l),
+            isAlive: (l) => l.child.exitCode === null && l.child.signalCode === null,
+            sizePerKey: options.prewarm,
+            maxItems: options.prewarm,
+            idleTtlMs: options.idleTtlMs,
+            onError: (err) => options.log.warn({ err }, 'could not prepare a sandbox launcher'),
+          })
+        : null;
+    this.scanLeakedFds();
+  }
+
+  /** A ready launcher from the pool, or null (pool off or empty: the caller spawns one). */
+  take(): Launcher | null {
+    return this.pool?.take(POOL_KEY) ?? null;
+  }
+
+  /** Starts preparing launchers up to the pool's size. */
+  replenish(): void {
+    this.pool?.replenish(POOL_KEY);
+  }
+
+  stats(): PrewarmPoolStats | null {
+    return this.pool?.stats() ?? null;
+  }
+
+  /** Stops preparing and discards the idle launchers. */
+  async close(): Promise<void> {
+    this.closing = true;
+    await this.pool?.close();
+  }
+
+  /** Spawns a launcher; it joins its cgroup on its own (readiness: `ready`). */
+  spawn(netnsPath?: string): Launcher {
+    const o = this.options;
+    const driver = o.cgroups();
+    const name = `sbx-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+    const cgroup = driver.create(name);
+    o.reserved.add(name);
+    let child: ChildProcess;
+    try {
+      // fd 6 is where PREPARE keeps the caller's stdin; FD_ARGS (7) carries bwrap's arguments.
+      const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'ignore', 'pipe'];
+      for (const fd of this.leakedFds) {
+        while (stdio.length < fd) stdio.push('ignore');
+        if (stdio.length === fd) stdio.push(this.devNullFd());
+      }
+      child = spawn(
+        o.shPath,
+        [
+          '-c',
+          PREPARE,
+          'kindling-launch',
+          String(cgroup.procsFiles.length),
+          ...cgroup.procsFiles,
+          // RLIMIT_CORE for the whole tree, soft and hard (the seccomp filter stops any change inside the sandbox).
+          o.prlimitPath,
+          `--core=${SANDBOX_CORE_LIMIT}:${SANDBOX_CORE_LIMIT}`,
+          '--',
+          // As root, before privileges are dropped: join the execution's network namespace (egress only).
+          ...(netnsPath === undefined ? [] : [o.nsenterPath, `--net=${netnsPath}`]),
+          o.setprivPath,
+          `--reuid=${o.uid}`,
+          `--regid=${o.gid}`,
+          '--clear-groups',
+          '--no-new-privs',
+          '--inh-caps=-all',
+          '--bounding-set=-all',
+          '--pdeathsig=KILL',
+          o.shPath,
+          '-s',
+        ],
+        // detached: a terminal's Ctrl-C (SIGINT to the server's process group) must not kill sandboxes that a
+        // graceful shutdown wants to drain.
+        // cwd '/': the server's working directory must not show through /proc/1 of the sandbox (PWD, cwd link).
+        { stdio, env: {}, detached: true, cwd: '/' },
+      );
+    } catch (err) {
+      o.reserved.delete(name);
+      void cgroup.remove().catch(() => {});
+      throw err;
+    }
+    child.on('error', () => {}); // reported through `ready` / the execution's wait()
+    const status: Buffer[] = [];
+    const statusPipe = child.stdio[FD_STATUS] as Readable;
+    statusPipe.on('error', () => {});
+    const ready = new Promise<void>((resolve, reject) => {
+      const onData = (chunk: Buffer): void => {
+        status.push(chunk);
+        if (chunk.includes(0x52 /* R */)) resolve();
+      };
+      statusPipe.on('data', onData);
+      child.once('exit', (code, sig) => reject(new Error(`sandbox launcher exited (${code ?? sig}) before it was ready`)));
+      child.once('error', reject);
+    });
+    ready.catch(() => {});
+    // Listened to from the start: a pooled launcher may die (e.g. killed by an admin) before anyone takes it.
+    const exited = new Promise<{ code: number | null; sig: NodeJS.Signals | null }>((resolve, reject) => {
+      child.once('exit', (code, sig) => resolve({ code, sig }));
+      child.once('error', reject);
+    });
+    exited.catch(() => {});
+    const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    return { name, cgroup, child, status, ready, exited, closed };
+  }
+
+  /** Kills a launcher that will not be used and releases its cgroup. */
+  async discard(launcher: Launcher): Promise<void> {
+    try {
+      launcher.child.kill('SIGKILL');
+    } catch {
+      // gone
+    }
+    for (const s of launcher.child.stdio) s?.destroy();
+    await this.options.release(launcher);
+  }
+
+  /**
+   * Descriptors this process inherited without close-on-exec (e.g. from a supervisor) would pass into every sandbox:
+   * remember them so the launcher gets /dev/null there instead. Node and libuv open everything close-on-exec, so the
+   * set is fixed at start-up; the executor re-reads it when it refreshes its images.
+   */
+  scanLeakedFds(): void {
+    const leaked: number[] = [];
+    try {
+      for (const name of fs.readdirSync('/proc/self/fd')) {
+        const fd = Number(name);
+        if (!(fd > 2)) continue;
+        try {
+          const info = fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+          const flags = /^flags:\s*([0-7]+)/m.exec(info);
+          if (flags !== null && (parseInt(flags[1]!, 8) & 0o2000000) === 0) leaked.push(fd);
+        } catch {
+          // closed meanwhile (readdir's own fd)
+        }
+      }
+    } catch {
+      // no /proc: nothing we can do here; probe() reports the platform
+    }
+    this.leakedFds = leaked.filter((fd) => fd !== this.devNull && fd < 4096).sort((a, b) => a - b);
+  }
+
+  /** Closes the /dev/null descriptor kept for leaked fds (once nothing is spawned any more). */
+  closeDevNull(): void {
+    if (this.devNull >= 0) {
+      fs.closeSync(this.devNull);
+      this.devNull = -1;
+    }
+  }
+
+  /** For the pool: a launcher that has joined its cgroup (so no RCU wait is left on the request path). */
+  private async prepare(): Promise<Launcher> {
+    // Let the execution that triggered the refill get going first.
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    if (this.closing) throw new Error('shutting down');
+    const launcher = this.spawn();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        launcher.ready,
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error('sandbox launcher not ready in time')), LAUNCHER_READY_TIMEOUT_MS);
+        }),
+      ]);
+      return launcher;
+    } catch (err) {
+      await this.discard(launcher);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private devNullFd(): number {
+    if (this.devNull < 0) this.devNull = fs.openSync('/dev/null', 'r+');
+    return this.devNull;
+  }
+}
