@@ -27,6 +27,7 @@ import { SqliteStore } from './store/sqlite.js';
 import { SqliteUsageStore } from './store/usage-sqlite.js';
 import { SqliteTenantStore } from './store/tenants-sqlite.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
+import { processAlive } from './executors/shared/process.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
@@ -241,15 +242,6 @@ function printAdminKeyBanner(key: string): void {
 
 const isLoopback = (host: string): boolean =>
   host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** One server per data dir: a pid file that a dead server's successor may take over. */
 async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
