@@ -31,6 +31,7 @@ import type {
   Executor,
   ExecutorStatus,
   ExitInfo,
+  PersistentSandbox,
   ResourceUsage,
   ReapReport,
   StartOptions,
@@ -38,6 +39,7 @@ import type {
 } from '../executor.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
+import { startPersistentSandbox } from './persistent.js';
 import { shellQuote } from '../shared/launch-script.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { assertSafeName, createCgroupDriver, type Cgroup, type CgroupDriver, type CgroupLimits } from './cgroups.js';
@@ -409,6 +411,13 @@ export class SandboxExecutor implements Executor {
   async createWarmSandbox(spec: RunSpec, options: StartOptions = {}): Promise<WarmSandbox> {
     await this.ensureRunsDir();
     return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir, sandboxGid: this.gid }, options);
+  }
+
+  /** A long-lived sandbox that runs many commands (see persistent.ts); same isolation as `start`. */
+  async createPersistentSandbox(spec: RunSpec, options: StartOptions = {}): Promise<PersistentSandbox> {
+    await this.ensureRunsDir();
+    const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.driver().open(name), agentsDir: this.agentsDir, sandboxGid: this.gid };
+    return startPersistentSandbox({ ...deps, shell: this.layoutFor(spec.image).shell }, spec, options);
   }
 
   async reap(): Promise<ReapReport> {
