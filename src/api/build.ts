@@ -25,6 +25,8 @@ import { registerFunctionRoutes } from './routes/functions.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
+import { registerSandboxRoutes } from './routes/sandboxes.js';
+import type { SandboxService } from '../orchestrator/sandboxes.js';
 import { addExamples } from './openapi-examples.js';
 import { ErrorResponseSchema, PoolsSchema } from './schemas.js';
 import type { UsageStore } from '../store/usage.js';
@@ -62,6 +64,8 @@ export interface ApiOptions {
   version: string;
   logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
   isDraining?: () => boolean;
+  /** Persistent sandboxes (/v1/sandboxes…); without it those routes are absent. */
+  sandboxes?: SandboxService;
   /** Usage records (GET /v1/usage…); without it those routes are absent. */
   usage?: UsageStore;
   /** Warm pool sizes per function version (GET /v1/pools). */
@@ -277,6 +281,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
   registerTenantRoutes(app, { tenants });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });
+  if (options.sandboxes) registerSandboxRoutes(app, { sandboxes: options.sandboxes });
   const pools = options.pools;
   if (pools) {
     app.get(

@@ -355,9 +355,13 @@ class CgroupV1Driver implements CgroupDriver {
       applyLimits: (limits) => this.applyLimits(name, limits),
       kill,
       freeze: async (frozen) => {
-        setFrozen(frozen);
+        // v1 may stay FREEZING while tasks fork during the freeze; writing FROZEN again retries (kernel docs,
+        // cgroup-v1/freezer-subsystem), so each poll writes the wanted state before reading it back.
         const wanted = frozen ? 'FROZEN' : 'THAWED';
-        await untilTrue(() => readFile(freezeState).trim() === wanted, freezeState);
+        await untilTrue(() => {
+          setFrozen(frozen);
+          return readFile(freezeState).trim() === wanted;
+        }, freezeState);
       },
       remove: () => (removed ??= killAndRemove(dirs, kill)),
     };
