@@ -4,7 +4,8 @@
  * the command only, paths never leave the sandbox, tenants are isolated, delete and restart leave nothing behind.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -36,6 +37,20 @@ function processesWith(marker: string): number[] {
     .split('\n')
     .filter((line) => line.includes(marker) && !line.includes('ps -eo'))
     .map((line) => Number(line.trim().split(/\s+/)[0]));
+}
+
+const execFileAsync = promisify(execFile);
+const CLI = new URL('../src/main.js', import.meta.url).pathname;
+
+/** Runs the CLI with a clean environment; resolves with stdout/stderr/exit code. */
+async function cli(args: string[], env: Record<string, string>): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await execFileAsync('node', [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env } });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const failed = error as { stdout: string; stderr: string; code: number };
+    return { stdout: failed.stdout, stderr: failed.stderr, code: failed.code };
+  }
 }
 
 const mountsUnder = (dir: string): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((line) => line.includes(dir));
@@ -234,6 +249,39 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
     } finally {
       await sb.kill();
     }
+  });
+
+  test('the CLI: kindling sandbox create, exec, cp, files, pause, resume, list, rm', async () => {
+    const admin = new Kindling({ url: server.url, apiKey: ADMIN });
+    const env = { KINDLING_URL: server.url, KINDLING_API_KEY: (await admin.tenants.create('sbx-cli')).apiKey };
+    const created = await cli(['sandbox', 'create', '--runtime', 'bash', '-m', 'via=cli'], env);
+    assert.equal(created.code, 0, created.stderr);
+    const id = created.stdout.trim();
+    assert.match(id, /^sb_/);
+    const ran = await cli(['sandbox', 'exec', id, '--', 'sh', '-c', 'echo out; echo err >&2; exit 3'], env);
+    assert.deepEqual([ran.code, ran.stdout, ran.stderr], [3, 'out\n', 'err\n']);
+    const dir = await mkdtemp(join(tmpdir(), 'kindling-cli-cp-'));
+    try {
+      await writeFile(join(dir, 'up.txt'), 'uploaded by cp');
+      const up = await cli(['sandbox', 'cp', join(dir, 'up.txt'), `${id}:/work/up.txt`], env);
+      assert.equal(up.code, 0, up.stderr);
+      const down = await cli(['sandbox', 'cp', `${id}:/work/up.txt`, join(dir, 'down.txt')], env);
+      assert.equal(down.code, 0, down.stderr);
+      assert.equal(readFileSync(join(dir, 'down.txt'), 'utf8'), 'uploaded by cp');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    assert.match((await cli(['sandbox', 'files', id], env)).stdout, /file\s+14 .* up\.txt/);
+    assert.equal((await cli(['sandbox', 'pause', id], env)).stdout, `${id} paused\n`);
+    const refused = await cli(['sandbox', 'exec', '--no-auto-resume', id, '--', 'true'], env);
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /SANDBOX_PAUSED/);
+    assert.match((await cli(['sandbox', 'list', '--state', 'paused'], env)).stdout, new RegExp(`${id}\\s+paused`));
+    assert.equal((await cli(['sandbox', 'resume', id], env)).stdout, `${id} running\n`);
+    assert.equal((await cli(['sandbox', 'rm', id], env)).stdout, `deleted ${id}\n`);
+    const gone = await cli(['sandbox', 'get', id], env);
+    assert.equal(gone.code, 2);
+    assert.match(gone.stderr, /SANDBOX_NOT_FOUND/);
   });
 
   test('delete leaves nothing behind: no process, cgroup, mount or dir', async () => {
