@@ -417,12 +417,16 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const tenantStore = new SqliteTenantStore(join(dataDir, 'kindling.db'));
   rollback.add('tenant store', () => tenantStore.close());
   let functionServiceRef: FunctionService | null = null;
+  let sandboxesRef: SandboxService | null = null;
   const tenants = new TenantService({
     store: tenantStore,
     storageUsage: (tenant) => store.storageUsage(tenant),
     ...(config.tenantQuotas ? { defaults: config.tenantQuotas } : {}),
     ...(config.adminKey ? { envAdminKey: config.adminKey } : {}),
-    onTenantDeleted: (name) => functionServiceRef?.deleteTenant(name),
+    onTenantDeleted: (name) => {
+      void sandboxesRef?.deleteTenant(name).catch((error: unknown) => logger.warn({ err: error, tenant: name }, 'removing the sandboxes of a deleted tenant failed'));
+      return functionServiceRef?.deleteTenant(name);
+    },
   });
   // Live tenants only (a deleted tenant's counts are not shown); each view carries its usage (one row read per tenant).
   storage = () => tenants.list().flatMap((tenant) => (tenant.usage ? [{ tenant: tenant.name, ...tenant.usage }] : []));
@@ -496,6 +500,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     onError: (error, context) => logger.warn({ err: error, ...context }, 'persistent sandboxes'),
   });
   rollback.add('persistent sandboxes', () => sandboxes.close());
+  sandboxesRef = sandboxes;
   const recovered = sandboxes.recover();
   if (recovered > 0) logger.info({ sandboxes: recovered }, 'persistent sandboxes of the previous run marked stopped');
   let draining = false;

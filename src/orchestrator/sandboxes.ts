@@ -377,6 +377,8 @@ export class SandboxService {
         throw fileError(target, code, (await err).text, entry.record.limits.diskMb);
       }
     }
+    // A download given up half-way (the client went away) must not leave `cat` blocked on a full pipe.
+    command.stdout.once('close', () => command.kill());
     return command.stdout;
   }
 
@@ -433,6 +435,12 @@ export class SandboxService {
       const exit = await command.wait();
       if (exit.exitCode !== 0) throw fileError(target, exit.exitCode, (await err).text, entry.record.limits.diskMb);
     });
+  }
+
+  /** A deleted tenant's sandboxes go with it (processes, files and records). */
+  async deleteTenant(tenant: string): Promise<void> {
+    await Promise.allSettled([...this.live.values()].filter((entry) => entry.record.tenant === tenant).map((entry) => this.stop(entry, 'tenant deleted')));
+    for (const record of this.options.store.list(tenant)) this.options.store.delete(record.id);
   }
 
   /** Destroys every live sandbox (their records say stopped). Before the executors close. */
