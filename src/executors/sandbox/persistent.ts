@@ -49,6 +49,7 @@ const SUPERVISOR = [
 ].join('\n');
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const MAX_STATUS_LINE = 256;
 /** After a command's main process exited, output its background children still hold open is not waited for longer. */
 const OUTPUT_GRACE_MS = 100;
 /** Command dirs made per mkfifo run, and the count below which the next batch is made. */
@@ -138,6 +139,9 @@ class BwrapPersistentSandbox implements PersistentSandbox {
         if (kind === 'p') waiting.pid(Number(value));
         else if (kind === 'x') waiting.exit(Number(value));
       }
+      // The supervisor's lines are short; anything else came from a process of the sandbox writing to the
+      // supervisor's stdout (same uid: /proc/PID/fd/1). It can only confuse its own sandbox, and is never buffered.
+      if (this.buffered.length > MAX_STATUS_LINE) this.buffered = '';
     });
     execution.stderr.setEncoding('utf8');
     execution.stderr.on('data', (chunk: string) => (this.tail = (this.tail + chunk).slice(-2000)));
