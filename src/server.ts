@@ -26,6 +26,8 @@ import { LogBus } from './orchestrator/log-bus.js';
 import { SqliteStore } from './store/sqlite.js';
 import { SqliteUsageStore } from './store/usage-sqlite.js';
 import { SqliteTenantStore } from './store/tenants-sqlite.js';
+import { SqliteSandboxStore } from './store/sandboxes-sqlite.js';
+import { SandboxService } from './orchestrator/sandboxes.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
 import { processAlive } from './executors/shared/process.js';
 
@@ -55,6 +57,8 @@ export interface ServerConfig {
    * (DEFAULT_STORAGE_QUOTAS), no cap beyond the server's own limits for the others; null: no cap.
    */
   tenantQuotas?: Partial<ResolvedQuotas>;
+  /** Live (running or paused) persistent sandboxes per tenant (--max-sandboxes-per-tenant). Default 10. */
+  maxSandboxesPerTenant?: number;
   /** Versions kept per function (the newest); older ones go on deploy unless an invocation needs them. Default 10. */
   functionVersionsKept?: number;
   /**
@@ -406,12 +410,16 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const tenantStore = new SqliteTenantStore(join(dataDir, 'kindling.db'));
   rollback.add('tenant store', () => tenantStore.close());
   let functionServiceRef: FunctionService | null = null;
+  let sandboxesRef: SandboxService | null = null;
   const tenants = new TenantService({
     store: tenantStore,
     storageUsage: (tenant) => store.storageUsage(tenant),
     ...(config.tenantQuotas ? { defaults: config.tenantQuotas } : {}),
     ...(config.adminKey ? { envAdminKey: config.adminKey } : {}),
-    onTenantDeleted: (name) => functionServiceRef?.deleteTenant(name),
+    onTenantDeleted: (name) => {
+      void sandboxesRef?.deleteTenant(name).catch((error: unknown) => logger.warn({ err: error, tenant: name }, 'removing the sandboxes of a deleted tenant failed'));
+      return functionServiceRef?.deleteTenant(name);
+    },
   });
   // Live tenants only (a deleted tenant's counts are not shown); each view carries its usage (one row read per tenant).
   storage = () => tenants.list().flatMap((tenant) => (tenant.usage ? [{ tenant: tenant.name, ...tenant.usage }] : []));
@@ -472,8 +480,25 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   invocationsRef = invocations;
   const streamRelay = openStreamRelay(config.streamRelayPath === undefined ? DEFAULT_STREAM_RELAY_PATH : config.streamRelayPath, metrics, logger);
   if (streamRelay) rollback.add('stream relay', () => streamRelay.close());
+  // Persistent sandboxes: none survives a restart (processes and tmpfs ended with the old server; the executors reaped
+  // what was left above), so their records say stopped before any request arrives.
+  const sandboxStore = new SqliteSandboxStore(join(dataDir, 'kindling.db'));
+  rollback.add('sandbox store', () => sandboxStore.close());
+  const sandboxes = new SandboxService({
+    executors: served,
+    defaultExecutor: chosen.name,
+    store: sandboxStore,
+    capsOf: (tenant) => tenants.capsOf(tenant),
+    ...(config.maxSandboxesPerTenant === undefined ? {} : { maxPerTenant: config.maxSandboxesPerTenant }),
+    onError: (error, context) => logger.warn({ err: error, ...context }, 'persistent sandboxes'),
+  });
+  rollback.add('persistent sandboxes', () => sandboxes.close());
+  sandboxesRef = sandboxes;
+  const recovered = sandboxes.recover();
+  if (recovered > 0) logger.info({ sandboxes: recovered }, 'persistent sandboxes of the previous run marked stopped');
   let draining = false;
   const app = await buildApi({
+    sandboxes,
     executionService: service,
     functionService,
     executors: served,
@@ -511,12 +536,15 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     await closed;
     clearTimeout(timer);
     await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
+    // Persistent sandboxes hold executions of their executor: they go before the executors drain.
+    await sandboxes.close().catch((error: unknown) => logger.warn({ err: error }, 'closing persistent sandboxes failed'));
     await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
     // Synchronous invocations answered during the drain are recorded before the store goes.
     invocations.flushRecords();
     store.close();
     usageStore.close();
     tenantStore.close();
+    sandboxStore.close();
     await unlock();
     logger.info('Kindling stopped');
   };

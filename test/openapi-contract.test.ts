@@ -46,6 +46,17 @@ const TS_COVERED: Record<string, string[]> = {
   'POST /v1/tenants/{name}/keys': ['keys.create'],
   'GET /v1/tenants/{name}/keys': ['keys.list'],
   'DELETE /v1/tenants/{name}/keys/{id}': ['keys.revoke'],
+  'POST /v1/sandboxes': ['sandboxes.create'],
+  'GET /v1/sandboxes': ['sandboxes.list'],
+  'GET /v1/sandboxes/{id}': ['sandboxes.get', 'sandboxes.connect'],
+  'DELETE /v1/sandboxes/{id}': ['sandboxes.delete'],
+  'POST /v1/sandboxes/{id}/pause': ['sandboxes.pause'],
+  'POST /v1/sandboxes/{id}/resume': ['sandboxes.resume'],
+  'POST /v1/sandboxes/{id}/commands': ['sandboxes.run'],
+  'PUT /v1/sandboxes/{id}/files': ['sandboxes.writeFile'],
+  'GET /v1/sandboxes/{id}/files': ['sandboxes.readFile'],
+  'DELETE /v1/sandboxes/{id}/files': ['sandboxes.removeFile'],
+  'GET /v1/sandboxes/{id}/files/list': ['sandboxes.listFiles'],
 };
 /** Routes the TypeScript SDK leaves out on purpose, and why. */
 const TS_NOT_COVERED: Record<string, string> = {

@@ -4,6 +4,7 @@ import { type FetchFunction, HttpClient } from './http.js';
 import { InteractiveExecution, type InteractiveOptions } from './interactive.js';
 import { Invocations } from './invocations.js';
 import { Keys, Tenants } from './tenants.js';
+import { Sandboxes } from './sandboxes.js';
 import { checkMs, type RequestOptions } from './resource.js';
 import type { ExecutionStream } from './stream.js';
 import type { ExecuteSpec, ExecutionResult, HealthStatus, ReadyStatus, Runtime } from './types.js';
@@ -57,6 +58,8 @@ export class Kindling {
   readonly invocations: Invocations;
   /** Tenants (admin key): `create`, `list`, `get`, `update`, `delete`; `me()` with any key. */
   readonly tenants: Tenants;
+  /** Persistent sandboxes: `create` (a `Sandbox` handle: commands, files, pause, resume, kill), `connect`, `list`. */
+  readonly sandboxes: Sandboxes;
   /** API keys of tenants (admin key): `create`, `list`, `revoke`. */
   readonly keys: Keys;
 
@@ -77,6 +80,7 @@ export class Kindling {
     this.functions = new Functions(this.#http);
     this.invocations = new Invocations(this.#http);
     this.tenants = new Tenants(this.#http);
+    this.sandboxes = new Sandboxes(this.#http);
     this.keys = new Keys(this.#http);
   }
 

@@ -20,6 +20,8 @@ import { registerFunctionRoutes, type FunctionRouteFunctions, type FunctionRoute
 import { registerHealthRoutes, type HealthRouteOptions } from './routes/health.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
+import { registerSandboxRoutes } from './routes/sandboxes.js';
+import type { SandboxService } from '../orchestrator/sandboxes.js';
 import { addExamples } from './openapi-examples.js';
 import { ErrorResponseSchema, PoolsSchema } from './schemas.js';
 import type { UsageStore } from '../store/usage.js';
@@ -72,6 +74,8 @@ export interface ApiOptions {
   version: string;
   logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
   isDraining?: () => boolean;
+  /** Persistent sandboxes (/v1/sandboxes…); without it those routes are absent. */
+  sandboxes?: SandboxService;
   /** Usage records (GET /v1/usage…); without it those routes are absent. */
   usage?: Pick<UsageStore, 'summarize' | 'recent'>;
   /** Warm pool sizes per function version (GET /v1/pools). */
@@ -291,6 +295,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
   registerTenantRoutes(app, { tenants });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });
+  if (options.sandboxes) registerSandboxRoutes(app, { sandboxes: options.sandboxes });
   const pools = options.pools;
   if (pools) {
     app.get(

@@ -301,3 +301,109 @@ export const UsageSchema = open(
 export const UsageInvocationsSchema = Type.Object({ invocations: Type.Array(open({}, 'A metered invocation')) });
 export const UsageTimeseriesSchema = open({ fromMs: Type.Number(), toMs: Type.Number(), bucketMs: Type.Number(), buckets: Type.Array(open({}, 'One time bucket')) }, 'Usage per time bucket');
 export const PoolsSchema = open({ pools: Type.Array(open({}, 'A warm pool of one function version')) }, "Warm pools of the caller's tenant");
+
+/* Persistent sandboxes (/v1/sandboxes) ------------------------------------------------------------------------------ */
+
+const metadataSchema = Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 1024 }), { maxProperties: 64, description: 'Free key/value labels of yours, listed back as given.' });
+
+export const CreateSandboxRequestSchema = Type.Object(
+  {
+    runtime: Type.Optional(Type.String({ description: `One of ${RUNTIME_NAMES.join(', ')} (its image); or give "image".` })),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 256, pattern: '^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$', description: 'Image, e.g. kindling/base.' })),
+    executor: Type.Optional(Type.String({ description: 'Default: the server\'s. Only "sandbox" hosts persistent sandboxes in this version; others answer 400 SANDBOXES_UNSUPPORTED.' })),
+    limits: Type.Optional(
+      Type.Object(
+        {
+          memoryMb: Type.Optional(Type.Number({ description: 'Memory of the whole sandbox in MiB (its files in /work and /tmp count too); default 256.' })),
+          cpus: Type.Optional(Type.Number({ description: 'CPU quota in cores; default 1.' })),
+          pids: Type.Optional(Type.Integer({ description: 'Processes/threads at once; default 256.' })),
+          diskMb: Type.Optional(Type.Number({ description: 'Size of each writable tmpfs (/work and /tmp) in MiB; default 256.' })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    env: Type.Optional(Type.Record(Type.String({ pattern: envName, maxLength: 256 }), Type.String({ maxLength: 128 * 1024 }), { maxProperties: 1024, description: 'Environment of every command (plus PATH, HOME, LANG).' })),
+    idleTimeoutMs: Type.Optional(Type.Integer({ description: 'After this long without a command or file operation the sandbox is paused (never stopped). Default 600000, at most maxLifetimeMs.' })),
+    maxLifetimeMs: Type.Optional(Type.Integer({ description: 'The sandbox is stopped and its resources removed this long after its creation. Default 3600000, at most 86400000.' })),
+    metadata: Type.Optional(metadataSchema),
+  },
+  { additionalProperties: false, examples: [{ runtime: 'python', limits: { memoryMb: 512, diskMb: 256 }, idleTimeoutMs: 300000, metadata: { owner: 'agent-7' } }] },
+);
+
+export const SandboxSchema = Type.Object(
+  {
+    id: Type.String(),
+    state: Type.Union([Type.Literal('running'), Type.Literal('paused'), Type.Literal('stopped')]),
+    executor: Type.String(),
+    image: Type.String(),
+    runtime: Type.Union([Type.String(), Type.Null()]),
+    limits: Type.Object({ memoryMb: Type.Number(), cpus: Type.Number(), pids: Type.Integer(), diskMb: Type.Number() }),
+    envNames: Type.Array(Type.String(), { description: 'Names of the env given at creation (values are not shown).' }),
+    workdir: Type.String(),
+    idleTimeoutMs: Type.Integer(),
+    maxLifetimeMs: Type.Integer(),
+    metadata: Type.Record(Type.String(), Type.String()),
+    createdAt: Type.String({ format: 'date-time' }),
+    lastActiveAt: Type.String({ format: 'date-time' }),
+    expiresAt: Type.String({ format: 'date-time' }),
+    stoppedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    stopReason: Type.Union([Type.String(), Type.Null()]),
+    usage: Type.Union([Type.Object({ cpuMs: Type.Union([Type.Number(), Type.Null()]), memoryPeakBytes: Type.Union([Type.Number(), Type.Null()]) }), Type.Null()], { description: 'Kernel accounting of the whole sandbox so far (cgroup); null once stopped.' }),
+  },
+  {
+    examples: [
+      {
+        id: 'sb_0mi5k2x7a3f9c2d1e8b7a6',
+        state: 'running',
+        executor: 'sandbox',
+        image: 'kindling/python',
+        runtime: 'python',
+        limits: { memoryMb: 512, cpus: 1, pids: 256, diskMb: 256 },
+        envNames: [],
+        workdir: '/work',
+        idleTimeoutMs: 300000,
+        maxLifetimeMs: 3600000,
+        metadata: { owner: 'agent-7' },
+        createdAt: '2026-12-02T00:00:00.000Z',
+        lastActiveAt: '2026-12-02T00:00:00.000Z',
+        expiresAt: '2026-12-02T01:00:00.000Z',
+        stoppedAt: null,
+        stopReason: null,
+        usage: { cpuMs: 12.5, memoryPeakBytes: 2301952 },
+      },
+    ],
+  },
+);
+
+export const SandboxListSchema = Type.Object({ sandboxes: Type.Array(SandboxSchema) });
+export const SandboxIdParamsSchema = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
+export const SandboxListQuerySchema = Type.Object({ state: Type.Optional(Type.Union([Type.Literal('running'), Type.Literal('paused'), Type.Literal('stopped')])) }, { additionalProperties: false });
+export const SandboxPathQuerySchema = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096, description: 'Path inside the sandbox; relative paths start at /work. ".." is refused.' }) }, { additionalProperties: false });
+
+export const SandboxCommandRequestSchema = Type.Object(
+  {
+    command: Type.Array(Type.String({ maxLength: 128 * 1024 }), { minItems: 1, maxItems: 4096, description: 'argv, e.g. ["sh","-c","echo hi"]; runs in the live sandbox beside what runs there already.' }),
+    stdin: Type.Optional(Type.String({ description: 'Text fed to stdin (UTF-8); without it stdin is /dev/null.' })),
+    env: Type.Optional(Type.Record(Type.String({ pattern: envName, maxLength: 256 }), Type.String({ maxLength: 128 * 1024 }), { maxProperties: 1024, description: 'Added to the sandbox\'s env for this command.' })),
+    workdir: Type.Optional(Type.String({ maxLength: 4096, description: 'Directory the command starts in; default /work.' })),
+    timeoutMs: Type.Optional(Type.Integer({ description: 'Wall-clock limit in ms (default 60000, at most 900000): the command\'s process tree is killed, the sandbox lives on.' })),
+    outputBytes: Type.Optional(Type.Integer({ description: 'Bytes kept per output stream; default 1048576. The rest is dropped and the result says truncated.' })),
+    autoResume: Type.Optional(Type.Boolean({ description: 'Default true: a paused sandbox is resumed first; false: 409 SANDBOX_PAUSED instead.' })),
+  },
+  { additionalProperties: false, examples: [{ command: ['sh', '-c', 'echo hello > note.txt && cat note.txt'], timeoutMs: 10000 }] },
+);
+
+export const SandboxFileWrittenSchema = Type.Object({ path: Type.String(), size: Type.Integer() });
+export const SandboxFileListSchema = Type.Object({
+  path: Type.String(),
+  entries: Type.Array(
+    Type.Object({
+      name: Type.String(),
+      path: Type.String(),
+      type: Type.Union([Type.Literal('file'), Type.Literal('dir'), Type.Literal('symlink'), Type.Literal('other')]),
+      size: Type.Integer(),
+      mode: Type.String({ description: 'Permission bits, octal (e.g. "644").' }),
+      modifiedAt: Type.String({ format: 'date-time' }),
+    }),
+  ),
+});

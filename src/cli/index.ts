@@ -3,6 +3,7 @@ import { registerFunctionCommands } from './functions.js';
 import { registerImagesCommands } from './images.js';
 import { registerInvocationCommands } from './invocations.js';
 import { registerTenantCommands } from './tenants.js';
+import { registerSandboxCommands } from './sandboxes.js';
 import { registerRunCommand, registerStatusCommand, type ClientDefaults } from './run.js';
 import { registerServeCommand, type ServeDefaults } from './serve.js';
 
@@ -24,6 +25,7 @@ export function buildProgram(defaults: CliDefaults): Command {
   registerFunctionCommands(program, defaults.client);
   registerInvocationCommands(program, defaults.client);
   registerTenantCommands(program, defaults.client);
+  registerSandboxCommands(program, defaults.client);
   registerImagesCommands(program, { defaultImagesDir: defaults.serve.imagesDir });
   return program;
 }

@@ -19,6 +19,10 @@ export const ERROR_CODES = {
   UNSUPPORTED_NETWORK: { statusCode: 400, retryable: false },
   /** A handler-style function on an executor of this server that keeps no warm sandboxes: a configuration to change, not to retry. */
   HANDLERS_UNSUPPORTED: { statusCode: 400, retryable: false },
+  /** Persistent sandboxes on an executor that cannot host them (the message names the executor and what it lacks). */
+  SANDBOXES_UNSUPPORTED: { statusCode: 400, retryable: false },
+  /** A file path of a sandbox that is not a clean path inside it (`..`, NUL, too long), or one it cannot write there. */
+  SANDBOX_PATH_INVALID: { statusCode: 400, retryable: false },
   UNAUTHORIZED: { statusCode: 401, retryable: false },
   /** A tenant key asked for an admin-only route (tenants, keys, another tenant's scope). */
   FORBIDDEN: { statusCode: 403, retryable: false },
@@ -46,6 +50,18 @@ export const ERROR_CODES = {
    */
   TENANT_STORAGE_LIMIT: { statusCode: 409, retryable: false },
   NOT_FOUND: { statusCode: 404, retryable: false },
+  /** No persistent sandbox of that id in the caller's tenant (another tenant's id answers the same). */
+  SANDBOX_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** No file or directory at that path inside the sandbox. */
+  SANDBOX_FILE_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** The sandbox is paused and the request asked for no auto-resume (`autoResume: false`): resume it first. */
+  SANDBOX_PAUSED: { statusCode: 409, retryable: false },
+  /** The sandbox has stopped (deleted, max lifetime, died, server restart): its processes and files are gone. */
+  SANDBOX_NOT_RUNNING: { statusCode: 409, retryable: false },
+  /** An upload did not fit in the sandbox's writable space (diskMb); the partial file was removed. */
+  SANDBOX_DISK_FULL: { statusCode: 413, retryable: false },
+  /** The tenant has as many live (running or paused) sandboxes as its cap allows; delete one first. */
+  TENANT_SANDBOX_LIMIT: { statusCode: 429, retryable: true },
   FUNCTION_NOT_FOUND: { statusCode: 404, retryable: false },
   ROUTE_NOT_FOUND: { statusCode: 404, retryable: false },
   METHOD_NOT_ALLOWED: { statusCode: 405, retryable: false },

@@ -137,6 +137,53 @@ export class AgentLoadError extends Error {
   }
 }
 
+/**
+ * A command run inside a live persistent sandbox: in its namespaces, cgroup, seccomp filter and uid, beside whatever
+ * else runs there. Streams are live and must be consumed; `stdin` (when asked for) must be ended by the caller.
+ */
+export interface SandboxCommand {
+  readonly stdin: Writable | null;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  /**
+   * Resolves when the command's main process has exited and its output was read. Processes it left running in the
+   * background stay in the sandbox. Rejects only on platform faults.
+   */
+  wait(): Promise<{ exitCode: number; signal: string | null }>;
+  /** Kills the command's process tree (not the sandbox). Idempotent; `wait()` resolves afterwards with 137. */
+  kill(): void;
+}
+
+export interface SandboxCommandRequest {
+  command: string[];
+  /** Added to the sandbox's environment for this command only. */
+  env: Record<string, string>;
+  /** Absolute directory the command starts in. */
+  workdir: string;
+  /** Whether the command gets a stdin stream (else it reads /dev/null). */
+  stdin: boolean;
+}
+
+/**
+ * A long-lived sandbox that runs many commands (processes and files persist between them), can be frozen and thawed,
+ * and is destroyed explicitly. Made by `Executor.createPersistentSandbox`.
+ */
+export interface PersistentSandbox {
+  readonly id: string;
+  /** False once the sandbox died or was destroyed. */
+  readonly alive: boolean;
+  exec(request: SandboxCommandRequest): Promise<SandboxCommand>;
+  /** Freezes every process (no CPU is used while frozen); resolves once the kernel reports them frozen. */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  /** The kernel's accounting of the whole sandbox so far (its cgroup); null when unknown. */
+  usage(): ResourceUsage | null;
+  /** Resolves when the sandbox has ended (died or destroyed) and every resource of it is gone. */
+  readonly disposed: Promise<void>;
+  /** Kills everything in it and releases every resource. Idempotent. */
+  destroy(): Promise<void>;
+}
+
 export interface ReapReport {
   removed: number;
 }
@@ -158,6 +205,12 @@ export interface Executor {
    * Optional: executors without it cannot run handler-style functions.
    */
   createWarmSandbox?(spec: RunSpec, options?: StartOptions): Promise<WarmSandbox>;
+  /**
+   * Starts a persistent sandbox: `spec.command` is ignored (the executor runs its own supervisor as the sandbox's main
+   * process), `spec.limits.timeoutMs` is the sandbox's whole lifetime (a backstop: the owner destroys it first).
+   * Optional: executors without it cannot host persistent sandboxes (the API says so with SANDBOXES_UNSUPPORTED).
+   */
+  createPersistentSandbox?(spec: RunSpec, options?: StartOptions): Promise<PersistentSandbox>;
   /** Removes resources left by earlier runs of this server (same owner label) that are not in use now. */
   reap(): Promise<ReapReport>;
   /** Waits for in-flight executions to finish. Idempotent. */

@@ -51,5 +51,23 @@ export function instrumentExecutor(executor: Executor, metrics: Pick<Metrics, 'o
       return sandbox;
     };
   }
+  const createPersistent = executor.createPersistentSandbox?.bind(executor);
+  if (createPersistent) {
+    wrapped.createPersistentSandbox = async (spec, options) => {
+      let sandbox;
+      try {
+        sandbox = await createPersistent(spec, options);
+      } catch (error) {
+        metrics.onSandbox(name, 'failed', 'persistent');
+        throw error;
+      }
+      metrics.onSandbox(name, 'created', 'persistent');
+      void sandbox.disposed.then(
+        () => metrics.onSandbox(name, 'destroyed', 'persistent'),
+        () => metrics.onSandbox(name, 'destroyed', 'persistent'),
+      );
+      return sandbox;
+    };
+  }
   return wrapped;
 }

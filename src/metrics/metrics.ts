@@ -250,7 +250,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
   }
 
   /** Sandbox lifecycle, fed by the executor wrapper in instrument.ts. */
-  onSandbox(executor: ExecutorName, event: 'created' | 'destroyed' | 'failed', kind: 'execution' | 'warm'): void {
+  onSandbox(executor: ExecutorName, event: 'created' | 'destroyed' | 'failed', kind: 'execution' | 'warm' | 'persistent'): void {
     this.sandboxes.inc({ executor, event, kind });
     if (event === 'created') this.sandboxesLive.inc({ executor });
     if (event === 'destroyed') this.sandboxesLive.dec({ executor });

@@ -24,6 +24,7 @@ from ._errors import (
     error_from_payload,
 )
 from ._routes import COVERED_ROUTES, NOT_COVERED_ROUTES
+from ._sandboxes import AsyncSandbox, AsyncSandboxes, Sandbox, Sandboxes
 from ._sync import ExecutionStream, Kindling
 from ._types import (
     ApiKeyInfo,
@@ -46,6 +47,10 @@ from ._types import (
 
 # ConnectionError and TimeoutError are importable by name but left out of `import *`: they would shadow the built-ins.
 __all__ = [
+    "Sandbox",
+    "Sandboxes",
+    "AsyncSandbox",
+    "AsyncSandboxes",
     "AbortError",
     "ApiKeyInfo",
     "AsyncExecutionStream",

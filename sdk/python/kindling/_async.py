@@ -14,6 +14,7 @@ import httpx
 
 from . import _core, _raw
 from ._core import Config, StdinSource, seg
+from ._sandboxes import AsyncSandboxes
 from ._errors import AbortError, ConnectionError, KindlingError, TimeoutError, error_from_payload
 from ._sync import Sink, _function_spec, _loads, _map_transport, _replay
 from ._types import (
@@ -464,6 +465,7 @@ class AsyncKindling:
         self.functions = AsyncFunctions(self._http)
         self.invocations = AsyncInvocations(self._http)
         self.tenants = AsyncTenants(self._http)
+        self.sandboxes = AsyncSandboxes(self._http)
         self.keys = AsyncKeys(self._http)
         self.usage = AsyncUsageResource(self._http)
 

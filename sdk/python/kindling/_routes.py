@@ -32,6 +32,17 @@ COVERED_ROUTES: dict[str, tuple[str, ...]] = {
     "GET /v1/usage/invocations": ("usage.invocations",),
     "GET /v1/usage/timeseries": ("usage.timeseries",),
     "GET /v1/pools": ("pools",),
+    "POST /v1/sandboxes": ("sandboxes.create",),
+    "GET /v1/sandboxes": ("sandboxes.list",),
+    "GET /v1/sandboxes/{id}": ("sandboxes.get", "sandboxes.connect"),
+    "DELETE /v1/sandboxes/{id}": ("sandboxes.delete",),
+    "POST /v1/sandboxes/{id}/pause": ("sandboxes.pause",),
+    "POST /v1/sandboxes/{id}/resume": ("sandboxes.resume",),
+    "POST /v1/sandboxes/{id}/commands": ("sandboxes.run",),
+    "PUT /v1/sandboxes/{id}/files": ("sandboxes.write_file",),
+    "GET /v1/sandboxes/{id}/files": ("sandboxes.read_file",),
+    "DELETE /v1/sandboxes/{id}/files": ("sandboxes.remove_file",),
+    "GET /v1/sandboxes/{id}/files/list": ("sandboxes.list_files",),
 }
 
 #: Routes of the document the SDK leaves alone on purpose, and why.

@@ -10,6 +10,7 @@ import httpx
 
 from . import _core, _raw
 from ._core import Config, StdinSource, seg
+from ._sandboxes import Sandboxes
 from ._errors import AbortError, ConnectionError, KindlingError, TimeoutError, error_from_payload
 from ._types import (
     ApiKeyInfo,
@@ -512,6 +513,7 @@ class Kindling:
         self.invocations = Invocations(self._http)
         #: Tenants (admin key): create, list, get, update, delete; ``me()`` with any key.
         self.tenants = Tenants(self._http)
+        self.sandboxes = Sandboxes(self._http)
         #: API keys of tenants (admin key): create, list, revoke.
         self.keys = Keys(self._http)
         #: Metered usage: get, csv, invocations, timeseries.

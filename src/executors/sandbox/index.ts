@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { Executor, ExecutorStatus, ReapReport, StartOptions, WarmSandbox } from '../executor.js';
+import type { Executor, ExecutorStatus, PersistentSandbox, ReapReport, StartOptions, WarmSandbox } from '../executor.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { noopLogger, type Logger } from '../shared/logger.js';
 import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
@@ -22,6 +22,7 @@ import { assertSafeName, createCgroupDriver, type CgroupDriver, type CgroupLimit
 import { RootfsCatalog } from './rootfs.js';
 import { RunDirs } from './run-dirs.js';
 import { bwrapArgs, encodeArgs, launchLine, validateSpec } from './bwrap-args.js';
+import { startPersistentSandbox } from './persistent.js';
 import { ExecutionImpl, type SandboxExecution, type SandboxExitInfo } from './execution.js';
 import { Launchers, type Launcher } from './launcher.js';
 import { bwrapVersion, hostProblem, smokeTest, unreachableBy, usernsProblem } from './probe.js';
@@ -289,6 +290,13 @@ export class SandboxExecutor implements Executor {
   async createWarmSandbox(spec: RunSpec, options: StartOptions = {}): Promise<WarmSandbox> {
     await this.dirs.ensure();
     return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.dirs.agentsDir, sandboxGid: this.gid }, options);
+  }
+
+  /** A long-lived sandbox that runs many commands (see persistent.ts); same isolation as `start`. */
+  async createPersistentSandbox(spec: RunSpec, options: StartOptions = {}): Promise<PersistentSandbox> {
+    await this.dirs.ensure();
+    const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.driver().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid };
+    return startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell }, spec, options);
   }
 
   async reap(): Promise<ReapReport> {

@@ -105,6 +105,36 @@ function exercise(label: string, make: () => CgroupDriver | string, required: bo
       assert.deepEqual(driver.list(), []);
     });
 
+    it('freezes a busy process (no CPU while frozen), thaws it, and removes a frozen cgroup', async (t) => {
+      const driver = make();
+      if (typeof driver === 'string') return t.skip(driver);
+      drivers.push(driver);
+      const cg = driver.create('frozen', { memoryBytes: 32 << 20, cpus: 1, pidsMax: 10 });
+      const joins = cg.procsFiles.map((f) => `echo $$ > '${f}'`).join(' && ');
+      const child = spawn('/bin/sh', ['-c', `${joins} && while :; do :; done`], { stdio: 'ignore', detached: true });
+      child.unref();
+      const ticks = (): number => {
+        const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        return Number(fields[11]) + Number(fields[12]);
+      };
+      try {
+        await until(() => cg.pids().includes(child.pid!) && ticks() > 5);
+        await cg.freeze(true);
+        const frozenAt = ticks();
+        const since = Date.now();
+        // A whole scheduler interval of wall time (observed, not slept blindly): the counter must not move.
+        await until(() => Date.now() - since >= 300);
+        assert.equal(ticks(), frozenAt, 'a frozen process used CPU');
+        await cg.freeze(false);
+        await until(() => ticks() > frozenAt);
+        await cg.freeze(true);
+      } finally {
+        await cg.remove();
+      }
+      assert.deepEqual(driver.list(), []);
+    });
+
     it('reaps a leftover by name with open()', async (t) => {
       const driver = make();
       if (typeof driver === 'string') return t.skip(missing(driver));

@@ -33,6 +33,11 @@ export interface Cgroup {
   usage(): CgroupUsage;
   /** Kills every process in the cgroup, repeating until it is empty (catches forks racing the kill). */
   kill(): Promise<void>;
+  /**
+   * Freezes (true) or thaws (false) every process of the cgroup, resolving once the kernel reports the state reached
+   * (v1 freezer.state FROZEN/THAWED, v2 cgroup.events `frozen`). A frozen cgroup uses no CPU. Persistent sandboxes.
+   */
+  freeze(frozen: boolean): Promise<void>;
   /** Sets (or changes) the limits; synchronous, microseconds. */
   applyLimits(limits: CgroupLimits): void;
   /** Kills what is left and removes the directories. Safe to call twice. */
@@ -187,6 +192,15 @@ async function untilEmpty(once: () => void, empty: () => boolean, what: string):
   if (!empty()) throw new Error(`processes in ${what} survived SIGKILL for 5 s`);
 }
 
+/** Polls a cgroupfs condition (a freeze takes microseconds to a few ms); throws after ~5 s. */
+async function untilTrue(done: () => boolean, what: string): Promise<void> {
+  for (let attempt = 0; attempt < 250; attempt++) {
+    if (done()) return;
+    await sleep(attempt < 20 ? 0 : Math.min(attempt, 25));
+  }
+  if (!done()) throw new Error(`${what} did not reach the wanted freezer state within 5 s`);
+}
+
 /* ---------------------------------------------------------------------------------------------------------------- */
 
 const V1_BASE_CONTROLLERS = ['memory', 'cpu', 'pids', 'freezer'] as const;
@@ -327,6 +341,15 @@ class CgroupV1Driver implements CgroupDriver {
       usage: () => cgroupUsageV1(cpuacctDir, memoryDir),
       applyLimits: (limits) => this.applyLimits(name, limits),
       kill,
+      freeze: async (frozen) => {
+        // v1 may stay FREEZING while tasks fork during the freeze; writing FROZEN again retries (kernel docs,
+        // cgroup-v1/freezer-subsystem), so each poll writes the wanted state before reading it back.
+        const wanted = frozen ? 'FROZEN' : 'THAWED';
+        await untilTrue(() => {
+          setFrozen(frozen);
+          return readFile(freezeState).trim() === wanted;
+        }, freezeState);
+      },
       remove: () => (removed ??= killAndRemove(dirs, kill)),
     };
   }
@@ -481,6 +504,10 @@ class CgroupV2Driver implements CgroupDriver {
       usage: () => cgroupUsageV2(dir),
       applyLimits: (limits) => this.applyLimits(dir, limits),
       kill,
+      freeze: async (frozen) => {
+        writeFile(path.join(dir, 'cgroup.freeze'), frozen ? '1' : '0');
+        await untilTrue(() => readKeyed(path.join(dir, 'cgroup.events'), 'frozen') === (frozen ? 1 : 0), dir);
+      },
       remove: () => (removed ??= killAndRemove([dir], kill)),
     };
   }

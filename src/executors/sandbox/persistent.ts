@@ -1,0 +1,425 @@
+/**
+ * Persistent sandboxes on the sandbox executor (bubblewrap): one long-lived bwrap sandbox per persistent sandbox,
+ * made by the executor's own `start()` (so the same fresh cgroup with memory/cpu/pids limits, seccomp filter, dropped
+ * uid and capabilities, `network: none`, tmpfs /tmp and work dir bounded by `diskMb`, labels and reaping), whose main
+ * process is a tiny supervisor instead of a user command.
+ *
+ * How commands get inside: the supervisor (POSIX sh, the image's own shell) reads one line per command from its stdin
+ * (a pipe held by the server) and starts `sh <dir>/run` in the background with stdin/stdout/stderr redirected to named
+ * pipes in the command's directory; it reports the command's pid and, later, its exit status on its stdout. The
+ * directory lives under the sandbox's agent dir, bound read-only at /.kindling-agent (FIFOs need no write access;
+ * the run script is written by the server, root:sandbox-gid 0440). Every command is thus a descendant of the
+ * supervisor: it inherits the sandbox's namespaces, cgroup, seccomp filter, no-new-privs and uid by construction,
+ * where `nsenter` would have to rebuild each of them (and could not apply the seccomp filter at all). Processes a
+ * command leaves in the background keep running in the sandbox, and files stay in its tmpfs, between commands.
+ *
+ * Killing one command: the supervisor reports the command's pid in the sandbox's pid namespace; the server maps it to
+ * a host pid through /proc/PID/status (NSpid) among the sandbox cgroup's pids and SIGKILLs that process and its
+ * descendants (by parent pid), repeating until none is left. The sandbox and its other processes keep running.
+ *
+ * Pause/resume: the cgroup freezer (v1 freezer.state, v2 cgroup.freeze) of the sandbox's cgroup.
+ */
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { KindlingError } from '../../core/errors.js';
+import type { RunSpec } from '../../core/types.js';
+import type { PersistentSandbox, ResourceUsage, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import { AGENT_MOUNT } from '../../../agent/files.js';
+import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
+import { shellQuote } from '../shared/process.js';
+import type { Cgroup } from '../shared/cgroups.js';
+import type { SandboxExecution } from './execution.js';
+
+/**
+ * The supervisor: "r" once ready; per command line `ID STDIN(0|1)`: "p ID PID" when started, "x ID STATUS" when the
+ * main process exited. The background group's own stdout is the status pipe; the command's are its FIFOs.
+ */
+const SUPERVISOR = [
+  `A=${AGENT_MOUNT}`,
+  'echo r',
+  'while read -r id si; do',
+  '  d="$A/$id"',
+  '  if [ "$si" = 1 ]; then i="$d/in"; else i=/dev/null; fi',
+  '  { "$0" "$d/run" <"$i" >"$d/out" 2>"$d/err"; echo "x $id $?"; } &',
+  '  echo "p $id $!"',
+  'done',
+].join('\n');
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const MAX_STATUS_LINE = 256;
+/** After a command's main process exited, output its background children still hold open is not waited for longer. */
+const OUTPUT_GRACE_MS = 100;
+/** Command dirs made per mkfifo run, and the count below which the next batch is made. */
+const SLOTS_BATCH = 8;
+const SLOTS_LOW = 3;
+
+export interface PersistentDeps {
+  start(spec: RunSpec, options?: StartOptions): Promise<SandboxExecution>;
+  openCgroup(name: string): Cgroup;
+  /** Per-executor directory for the sandboxes' command dirs (root:gid 0710), searchable by the sandbox uid. */
+  agentsDir: string;
+  sandboxGid: number;
+  /** The image's shell (layout.shell); null: the image has none, and cannot host a persistent sandbox. */
+  shell: string | null;
+  readyTimeoutMs?: number;
+}
+
+export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec, options: StartOptions = {}): Promise<PersistentSandbox> {
+  if (deps.shell === null) {
+    throw new KindlingError('VALIDATION_FAILED', `image ${spec.image} has no shell: a persistent sandbox needs /bin/sh in its image`, { details: { field: 'image', executor: 'sandbox' } });
+  }
+  const dir = join(deps.agentsDir, spec.id);
+  await mkdir(deps.agentsDir, { recursive: true, mode: 0o710 });
+  await mkdir(dir, { mode: 0o700 });
+  await chown(dir, 0, deps.sandboxGid);
+  await chmod(dir, 0o710);
+  let execution: SandboxExecution | null = null;
+  try {
+    execution = await deps.start(
+      { ...spec, command: [deps.shell, '-c', SUPERVISOR, deps.shell], stdin: true, files: [], agentDir: dir },
+      options,
+    );
+    const sandbox = new BwrapPersistentSandbox(spec.id, execution, deps.openCgroup(execution.id), dir, deps.sandboxGid);
+    await Promise.all([sandbox.ready(deps.readyTimeoutMs ?? 10_000), sandbox.warm()]);
+    return sandbox;
+  } catch (error) {
+    // A half-made sandbox goes before the error is rethrown (the original error wins).
+    if (execution !== null) {
+      execution.kill();
+      await execution.disposed.catch(() => {});
+    }
+    await rm(dir, { recursive: true, force: true }).catch(() => {});
+    if (error instanceof KindlingError) throw error;
+    throw new KindlingError('EXECUTOR_FAILED', `the persistent sandbox did not start: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+interface PendingCommand {
+  pid: (nsPid: number) => void;
+  exit: (status: number) => void;
+}
+
+class BwrapPersistentSandbox implements PersistentSandbox {
+  readonly disposed: Promise<void>;
+  private ended = false;
+  private readonly control: Writable;
+  private readonly pending = new Map<string, PendingCommand>();
+  private readonly readyLine: Promise<void>;
+  private buffered = '';
+  private tail = '';
+  private seq = 0;
+  private readonly slots: string[] = [];
+  private refilling: Promise<void> | null = null;
+
+  constructor(
+    readonly id: string,
+    private readonly execution: SandboxExecution,
+    private readonly cgroup: Cgroup,
+    private readonly dir: string,
+    private readonly gid: number,
+  ) {
+    this.control = execution.stdin!;
+    this.control.on('error', () => {});
+    let onReady!: () => void;
+    this.readyLine = new Promise((resolve) => (onReady = resolve));
+    execution.stdout.setEncoding('utf8');
+    execution.stdout.on('data', (chunk: string) => {
+      this.buffered += chunk;
+      let at: number;
+      while ((at = this.buffered.indexOf('\n')) >= 0) {
+        const line = this.buffered.slice(0, at);
+        this.buffered = this.buffered.slice(at + 1);
+        if (line === 'r') onReady();
+        const [kind, cid, value] = line.split(' ');
+        const waiting = cid === undefined ? undefined : this.pending.get(cid);
+        if (waiting === undefined) continue;
+        if (kind === 'p') waiting.pid(Number(value));
+        else if (kind === 'x') waiting.exit(Number(value));
+      }
+      // The supervisor's lines are short; anything else came from a process of the sandbox writing to the
+      // supervisor's stdout (same uid: /proc/PID/fd/1). It can only confuse its own sandbox, and is never buffered.
+      if (this.buffered.length > MAX_STATUS_LINE) this.buffered = '';
+    });
+    execution.stderr.setEncoding('utf8');
+    execution.stderr.on('data', (chunk: string) => (this.tail = (this.tail + chunk).slice(-2000)));
+    const exited = execution.wait().then(
+      () => undefined,
+      () => undefined,
+    );
+    this.disposed = exited.then(async () => {
+      this.ended = true;
+      // Commands still waiting end as killed: the sandbox is gone.
+      for (const waiting of this.pending.values()) waiting.exit(137);
+      this.pending.clear();
+      await execution.disposed.catch(() => {});
+      await rm(this.dir, { recursive: true, force: true }).catch(() => {});
+    });
+  }
+
+  get alive(): boolean {
+    return !this.ended;
+  }
+
+  async ready(timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const outcome = await Promise.race([
+      this.readyLine.then(() => 'ready' as const),
+      this.disposed.then(() => 'ended' as const),
+      new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (outcome === 'ready') return;
+    if (outcome === 'timeout') throw new KindlingError('SANDBOX_START_TIMEOUT', `the persistent sandbox's supervisor did not start within ${timeoutMs} ms; retry`, { retryAfterSeconds: 1 });
+    throw new KindlingError('EXECUTOR_FAILED', `the persistent sandbox ended while starting${this.tail ? `: ${this.tail.trim().slice(-500)}` : ''}`);
+  }
+
+  /** The first batch of command dirs, made while the sandbox starts. */
+  warm(): Promise<void> {
+    return this.refill();
+  }
+
+  usage(): ResourceUsage | null {
+    if (this.ended) return null;
+    const usage = this.cgroup.usage();
+    return usage.cpuMs === null && usage.memoryPeakBytes === null ? null : usage;
+  }
+
+  async pause(): Promise<void> {
+    this.assertAlive();
+    await this.cgroup.freeze(true);
+  }
+
+  async resume(): Promise<void> {
+    this.assertAlive();
+    await this.cgroup.freeze(false);
+  }
+
+  async destroy(): Promise<void> {
+    this.execution.kill();
+    await this.disposed;
+  }
+
+  async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
+    this.assertAlive();
+    if (request.command.length === 0 || request.command.some((arg) => arg.includes('\0'))) {
+      throw new KindlingError('VALIDATION_FAILED', 'command must be a non-empty list of arguments without NUL', { details: { field: 'command' } });
+    }
+    for (const [name, value] of Object.entries(request.env)) {
+      if (!ENV_NAME.test(name) || value.includes('\0')) throw new KindlingError('VALIDATION_FAILED', `env name "${name}" must match ${ENV_NAME.source}, values without NUL`, { details: { field: 'env' } });
+    }
+    if (!request.workdir.startsWith('/') || request.workdir.includes('\0')) {
+      throw new KindlingError('VALIDATION_FAILED', 'workdir must be an absolute path', { details: { field: 'workdir' } });
+    }
+    const cid = await this.takeSlot();
+    const cdir = join(this.dir, cid);
+    let out: FifoReader | null = null;
+    let err: FifoReader | null = null;
+    try {
+      const script = [
+        `cd ${shellQuote(request.workdir)} || exit 126`,
+        ...Object.entries(request.env).map(([name, value]) => `export ${name}=${shellQuote(value)}`),
+        `exec ${request.command.map(shellQuote).join(' ')}`,
+        '',
+      ].join('\n');
+      await writeFile(join(cdir, 'run'), script, { mode: 0o440 });
+      await chown(join(cdir, 'run'), 0, this.gid);
+      out = openFifoReader(join(cdir, 'out'));
+      err = openFifoReader(join(cdir, 'err'));
+    } catch (error) {
+      out?.stream.destroy();
+      err?.stream.destroy();
+      await rm(cdir, { recursive: true, force: true });
+      throw new KindlingError('EXECUTOR_FAILED', `could not prepare the command: ${(error as Error).message}`, { cause: error });
+    }
+    const command = new BwrapCommand(this, cid, cdir, out, err);
+    this.pending.set(cid, { pid: (nsPid) => command.started(nsPid), exit: (status) => command.exited(status) });
+    void command.done.finally(() => this.pending.delete(cid));
+    this.control.write(`${cid} ${request.stdin ? 1 : 0}\n`);
+    if (request.stdin) {
+      try {
+        command.stdinStream = await openFifoWriter(join(cdir, 'in'), { timeoutMs: 10_000 });
+        command.stdinStream.on('error', () => {});
+      } catch (error) {
+        command.kill();
+        throw new KindlingError('EXECUTOR_FAILED', `the command did not open its stdin: ${(error as Error).message}`, { cause: error });
+      }
+    }
+    return command;
+  }
+
+  /** SIGKILLs the process `nsPid` (in the sandbox's pid namespace) and all of its descendants; repeats until gone. */
+  async killTree(nsPid: number): Promise<void> {
+    for (let round = 0; round < 50; round++) {
+      const tree = this.treeOf(nsPid);
+      if (tree.length === 0) return;
+      for (const pid of tree) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(1 + round, 20)));
+    }
+  }
+
+  /** Host pids of `nsPid` and its descendants that are alive (not zombies), among this sandbox's cgroup. */
+  private treeOf(nsPid: number): number[] {
+    const parents = new Map<number, number>();
+    let root: number | null = null;
+    for (const pid of this.cgroup.pids()) {
+      try {
+        const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+        if (/^State:\s+Z/m.test(status)) continue;
+        const ppid = Number(/^PPid:\s+(\d+)/m.exec(status)?.[1]);
+        parents.set(pid, ppid);
+        const ns = /^NSpid:\s+([\d\s]+)$/m.exec(status)?.[1]?.trim().split(/\s+/);
+        if (ns !== undefined && Number(ns[ns.length - 1]) === nsPid && ns.length > 1) root = pid;
+      } catch {
+        // exited meanwhile
+      }
+    }
+    if (root === null) return [];
+    const tree = [root];
+    for (let grew = true; grew; ) {
+      grew = false;
+      for (const [pid, ppid] of parents) {
+        if (!tree.includes(pid) && tree.includes(ppid)) {
+          tree.push(pid);
+          grew = true;
+        }
+      }
+    }
+    return tree;
+  }
+
+  /**
+   * A fresh command dir with its FIFOs (never reused: a background process may still hold an old one open). Made in
+   * batches ahead of use, so that the mkfifo process is off the command's path.
+   */
+  private async takeSlot(): Promise<string> {
+    while (this.slots.length === 0) await this.refill();
+    const slot = this.slots.shift()!;
+    if (this.slots.length < SLOTS_LOW) void this.refill().catch(() => {});
+    return slot;
+  }
+
+  private refill(): Promise<void> {
+    this.refilling ??= (async () => {
+      try {
+        const ids = Array.from({ length: SLOTS_BATCH }, () => `c${(this.seq++).toString(36)}${randomBytes(3).toString('hex')}`);
+        await Promise.all(ids.map((cid) => mkdir(join(this.dir, cid), { mode: 0o700 })));
+        await makeFifos(ids.flatMap((cid) => ['in', 'out', 'err'].map((name) => join(this.dir, cid, name))), { mode: 0o660, gid: this.gid });
+        await Promise.all(ids.map(async (cid) => {
+          await chown(join(this.dir, cid), 0, this.gid);
+          await chmod(join(this.dir, cid), 0o710);
+        }));
+        this.slots.push(...ids);
+      } finally {
+        this.refilling = null;
+      }
+    })();
+    return this.refilling;
+  }
+
+  private assertAlive(): void {
+    if (this.ended) throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${this.id} has ended`, { details: { sandbox: this.id } });
+  }
+}
+
+class BwrapCommand implements SandboxCommand {
+  stdinStream: Writable | null = null;
+  readonly stdout: PassThrough;
+  readonly stderr: PassThrough;
+  readonly done: Promise<{ exitCode: number; signal: string | null }>;
+  private nsPid: number | null = null;
+  private killed = false;
+  private finished = false;
+  private resolveExit!: (status: number) => void;
+  private readonly pidKnown: Promise<number>;
+  private resolvePid!: (nsPid: number) => void;
+
+  constructor(
+    private readonly sandbox: BwrapPersistentSandbox,
+    readonly cid: string,
+    private readonly cdir: string,
+    private readonly out: FifoReader,
+    private readonly err: FifoReader,
+  ) {
+    // Pass-throughs: the FIFO sockets are closed by this class once the command ended, whatever the consumer does.
+    this.stdout = out.stream.pipe(new PassThrough());
+    this.stderr = err.stream.pipe(new PassThrough());
+    out.stream.on('error', () => {});
+    err.stream.on('error', () => {});
+    this.pidKnown = new Promise((resolve) => (this.resolvePid = resolve));
+    const exited = new Promise<number>((resolve) => (this.resolveExit = resolve));
+    this.done = exited.then(async (status) => {
+      // The main process has exited: its output is in the pipes. Background children may hold them open for ever, so
+      // their end is awaited only briefly.
+      this.out.releaseKeeper();
+      this.err.releaseKeeper();
+      await Promise.all([this.out.stream, this.err.stream].map((stream) => ended(stream, OUTPUT_GRACE_MS)));
+      for (const [fifo, through] of [[this.out.stream, this.stdout], [this.err.stream, this.stderr]] as const) {
+        fifo.unpipe();
+        fifo.destroy();
+        if (!through.writableEnded) through.end();
+      }
+      this.stdinStream?.destroy();
+      void rm(this.cdir, { recursive: true, force: true }).catch(() => {});
+      this.finished = true;
+      const exitCode = this.killed ? 137 : status;
+      return { exitCode, signal: exitCode === 137 && this.killed ? 'SIGKILL' : exitCode > 128 && exitCode < 160 ? signalOf(exitCode - 128) : null };
+    });
+  }
+
+  get stdin(): Writable | null {
+    return this.stdinStream;
+  }
+
+  started(nsPid: number): void {
+    this.nsPid = nsPid;
+    this.resolvePid(nsPid);
+  }
+
+  exited(status: number): void {
+    this.resolveExit(status);
+  }
+
+  wait(): Promise<{ exitCode: number; signal: string | null }> {
+    return this.done;
+  }
+
+  kill(): void {
+    if (this.killed || this.finished) return;
+    this.killed = true;
+    void (async () => {
+      const nsPid = this.nsPid ?? (await Promise.race([this.pidKnown, this.done.then(() => null)]));
+      if (nsPid !== null) await this.sandbox.killTree(nsPid);
+      // The background group that would have reported the status is gone too.
+      this.resolveExit(137);
+    })();
+  }
+}
+
+function ended(stream: Readable, graceMs: number): Promise<void> {
+  if (stream.readableEnded || stream.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, graceMs);
+    function done(): void {
+      clearTimeout(timer);
+      stream.off('end', done);
+      stream.off('close', done);
+      resolve();
+    }
+    stream.once('end', done);
+    stream.once('close', done);
+  });
+}
+
+function signalOf(n: number): string | null {
+  const names: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 6: 'SIGABRT', 9: 'SIGKILL', 11: 'SIGSEGV', 13: 'SIGPIPE', 15: 'SIGTERM' };
+  return names[n] ?? null;
+}

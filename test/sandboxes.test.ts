@@ -1,0 +1,359 @@
+/**
+ * Persistent sandboxes on the sandbox executor (real bubblewrap), end to end through the TypeScript SDK against a
+ * started server: processes and files persist between commands, pause stops CPU, resume continues, a timeout kills
+ * the command only, paths never leave the sandbox, tenants are isolated, delete and restart leave nothing behind.
+ */
+import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ConflictError, Kindling, NotFoundError, RateLimitError, ValidationError, type Sandbox } from '@kindling/sdk';
+import { leftovers, nothingLeft, startServerProcess, stopProcess, type ServerProcess } from './helpers/faults.js';
+import { docker, dockerUnavailableReason, newDataDir, ownerIdOf, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+
+const unavailable = await sandboxUnavailableReason();
+const dockerMissing = await dockerUnavailableReason();
+const ADMIN = 'admin-key-for-sandboxes-test-0123456789';
+
+/** Cgroup dirs of this data dir's owner (v1: one per controller; v2: one). */
+function cgroupsOf(ownerId: string): string[] {
+  const found: string[] = [];
+  for (const base of ['/sys/fs/cgroup/freezer/kindling', '/sys/fs/cgroup/memory/kindling', '/sys/fs/cgroup/pids/kindling', '/sys/fs/cgroup/kindling']) {
+    const dir = join(base, ownerId);
+    if (!existsSync(dir)) continue;
+    for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) found.push(join(dir, entry.name));
+  }
+  return found;
+}
+
+/** Host pids whose command line names `marker` (processes started in sandboxes by these tests). */
+function processesWith(marker: string): number[] {
+  const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
+  return out
+    .split('\n')
+    .filter((line) => line.includes(marker) && !line.includes('ps -eo'))
+    .map((line) => Number(line.trim().split(/\s+/)[0]));
+}
+
+const execFileAsync = promisify(execFile);
+const CLI = new URL('../src/main.js', import.meta.url).pathname;
+
+/** Runs the CLI with a clean environment; resolves with stdout/stderr/exit code. */
+async function cli(args: string[], env: Record<string, string>): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await execFileAsync('node', [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env } });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const failed = error as { stdout: string; stderr: string; code: number };
+    return { stdout: failed.stdout, stderr: failed.stderr, code: failed.code };
+  }
+}
+
+const mountsUnder = (dir: string): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((line) => line.includes(dir));
+
+describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false }, () => {
+  let server: TestServer;
+  let a: Kindling;
+  let b: Kindling;
+
+  before(async () => {
+    // Docker too (when the engine is there): an executor without persistent sandboxes must answer so, clearly.
+    server = await startTestServer({ executor: 'sandbox', adminKey: ADMIN, maxSandboxesPerTenant: 3, ...(dockerMissing === null ? { enableExecutors: ['docker'] } : {}) });
+    const admin = new Kindling({ url: server.url, apiKey: ADMIN });
+    a = new Kindling({ url: server.url, apiKey: (await admin.tenants.create('sbx-a')).apiKey });
+    b = new Kindling({ url: server.url, apiKey: (await admin.tenants.create('sbx-b')).apiKey });
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  test('a background process and files persist between commands; a timeout kills the command only', async () => {
+    const sb = await a.sandboxes.create({ runtime: 'bash', limits: { memoryMb: 128, diskMb: 16 }, metadata: { purpose: 'test' } });
+    try {
+      assert.equal(sb.state, 'running');
+      assert.equal(sb.info.executor, 'sandbox');
+      assert.deepEqual(sb.info.metadata, { purpose: 'test' });
+      const started = await sb.commands.run(['sh', '-c', 'sleep 600 >/dev/null 2>&1 & echo $!']);
+      assert.equal(started.exitCode, 0, started.stderr);
+      const pid = started.stdout.trim();
+      assert.match(pid, /^\d+$/);
+      const seen = await sb.commands.run(['sh', '-c', `cat /proc/${pid}/cmdline | tr '\\0' ' '`]);
+      assert.equal(seen.stdout.trim(), 'sleep 600', 'the background process of the first command is alive in the second');
+
+      const wrote = await sb.commands.run(['sh', '-c', 'echo "$GREETING" > note.txt'], { env: { GREETING: 'hello there' } });
+      assert.equal(wrote.exitCode, 0, wrote.stderr);
+      assert.equal((await sb.commands.run(['cat', 'note.txt'])).stdout, 'hello there\n');
+      const piped = await sb.commands.run(['sh', '-c', 'cat > /tmp/in.txt; wc -c < /tmp/in.txt'], { stdin: 'abc' });
+      assert.equal(piped.stdout.trim(), '3');
+      const failed = await sb.commands.run(['sh', '-c', 'echo oops >&2; exit 7'], { workdir: '/tmp' });
+      assert.deepEqual([failed.exitCode, failed.stderr, failed.timedOut], [7, 'oops\n', false]);
+      const missing = await sb.commands.run(['no-such-command']);
+      assert.equal(missing.exitCode, 127);
+      const capped = await sb.commands.run(['sh', '-c', 'head -c 5000 /dev/zero | tr "\\0" x'], { outputBytes: 100 });
+      assert.deepEqual([capped.stdout.length, capped.truncated, capped.stdoutTruncated], [100, true, true]);
+
+      // A command that outlives its timeout is killed with its children; the sandbox and the earlier sleep live on.
+      const slow = await sb.commands.run(['sh', '-c', 'sleep 300 & sleep 301; echo never'], { timeoutMs: 500 });
+      assert.equal(slow.timedOut, true);
+      assert.equal(slow.exitCode, 137);
+      assert.equal(slow.stdout, '');
+      const after = await sb.commands.run(['sh', '-c', `ls /proc | grep -E '^[0-9]+$' | while read p; do cat /proc/$p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done`]);
+      assert.match(after.stdout, /sleep 600/);
+      assert.doesNotMatch(after.stdout, /sleep 30[01]/, 'the timed-out command and its child were killed');
+    } finally {
+      await sb.kill();
+    }
+  });
+
+  test('files: write, read, list with sizes and modes, remove; paths never leave the sandbox', async () => {
+    const sb = await a.sandboxes.create({ image: 'kindling/base', limits: { diskMb: 4 } });
+    const hostDir = await mkdtemp(join(tmpdir(), 'kindling-host-secret-'));
+    try {
+      await writeFile(join(hostDir, 'secret.txt'), 'host secret');
+      const written = await sb.files.write('dir/sub/hello.txt', 'hi from the API');
+      assert.deepEqual(written, { path: '/work/dir/sub/hello.txt', size: 15 });
+      assert.equal(await sb.files.read('/work/dir/sub/hello.txt'), 'hi from the API');
+      assert.equal((await sb.commands.run(['cat', 'dir/sub/hello.txt'])).stdout, 'hi from the API', 'the API and commands see the same files');
+      const bytes = new Uint8Array(256).map((_, i) => i);
+      await sb.files.write('/tmp/bin.dat', bytes);
+      assert.deepEqual(await sb.files.readBytes('/tmp/bin.dat'), bytes);
+      await sb.files.write('/work/empty', '');
+      assert.equal(await sb.files.read('/work/empty'), '');
+      await sb.commands.run(['sh', '-c', 'chmod 600 dir/sub/hello.txt && mkdir -p dir/d2 && touch "dir/odd name"']);
+      const listing = await sb.files.list('/work/dir/sub');
+      assert.deepEqual(listing.map((e) => [e.name, e.type, e.size, e.mode]), [['hello.txt', 'file', 15, '600']]);
+      const dir = await sb.files.list('dir');
+      assert.deepEqual(dir.map((e) => `${e.type}:${e.name}`).sort(), ['dir:d2', 'dir:sub', 'file:odd name']);
+
+      await assert.rejects(sb.files.read('/work/nope'), (error: unknown) => error instanceof NotFoundError && error.code === 'SANDBOX_FILE_NOT_FOUND');
+      await assert.rejects(sb.files.read('/work/dir'), (error: unknown) => error instanceof ValidationError && error.code === 'SANDBOX_PATH_INVALID');
+      await assert.rejects(sb.files.read('../../etc/passwd'), (error: unknown) => error instanceof ValidationError && error.code === 'SANDBOX_PATH_INVALID');
+      await assert.rejects(sb.files.write('/work/../etc/x', 'x'), (error: unknown) => error instanceof ValidationError && error.code === 'SANDBOX_PATH_INVALID');
+      await assert.rejects(sb.files.write('/usr/bin/evil', 'x'), (error: unknown) => error instanceof ValidationError && /read-only/.test(error.message));
+
+      // Symlinks planted by the user are followed inside the sandbox: to its own pid 1's root, never the host's.
+      const planted = await sb.commands.run([
+        'sh',
+        '-c',
+        `ln -s /proc/1/root/etc/hostname host-link && ln -s ${hostDir}/secret.txt abs-link && ln -s /proc/1/root${hostDir} dir-link && ln -s / root-link`,
+      ]);
+      assert.equal(planted.exitCode, 0, planted.stderr);
+      const ownHostname = (await sb.commands.run(['cat', '/etc/hostname'])).stdout;
+      assert.equal(await sb.files.read('host-link'), ownHostname, "/proc/1/root is the sandbox's own root: its image's /etc/hostname");
+      await assert.rejects(sb.files.read('abs-link'), NotFoundError, 'an absolute link to a host path finds nothing: the host is not there');
+      await assert.rejects(sb.files.read('dir-link/secret.txt'), NotFoundError);
+      await assert.rejects(sb.files.write('abs-link', 'overwrite'), ValidationError, "writing through a link to a host path fails inside the sandbox (its root is read-only)");
+      assert.equal(readFileSync(join(hostDir, 'secret.txt'), 'utf8'), 'host secret', 'the host file is untouched');
+      await assert.rejects(sb.files.read('root-link/proc/1/root/../../../etc/shadow'), ValidationError);
+
+      // diskMb bounds uploads: 413, and no partial file is left.
+      await assert.rejects(sb.files.write('/work/big', new Uint8Array(6 * 1024 * 1024)), (error: unknown) => error instanceof ValidationError && (error.code === 'SANDBOX_DISK_FULL' || error.code === 'PAYLOAD_TOO_LARGE'));
+      await assert.rejects(sb.files.read('/work/big'), NotFoundError);
+
+      await sb.files.remove('dir');
+      await assert.rejects(sb.files.list('dir'), NotFoundError);
+      await assert.rejects(sb.files.remove('dir'), NotFoundError);
+    } finally {
+      await sb.kill();
+      await rm(hostDir, { recursive: true, force: true });
+    }
+  });
+
+  test('pause freezes every process (no CPU), resume continues them; commands auto-resume unless told not to', async () => {
+    const sb = await a.sandboxes.create({ runtime: 'bash' });
+    try {
+      // The counter file is replaced whole (rename), so a reader never sees it half-written.
+      await sb.commands.run(['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /tmp/c.tmp; mv /tmp/c.tmp /tmp/count; done >/dev/null 2>&1 &']);
+      await waitFor(async () => (await sb.refresh()).usage!.cpuMs! > 100, 10_000, 'the busy loop uses CPU');
+      const counted = async (): Promise<number> => {
+        const read = await sb.commands.run(['cat', '/tmp/count'], { autoResume: false });
+        assert.equal(read.exitCode, 0, read.stderr);
+        return Number(read.stdout);
+      };
+      await waitFor(async () => (await sb.commands.run(['test', '-f', '/tmp/count'])).exitCode === 0, 10_000, 'the loop wrote its counter');
+      const before = await counted();
+      await sb.pause();
+      assert.equal(sb.state, 'paused');
+      const cpu1 = (await sb.refresh()).usage!.cpuMs!;
+      // Paused: a second of wall time passes (observed through the server's own clock), and the CPU counter does not move.
+      const start = Date.now();
+      await waitFor(async () => Date.now() - start > 1000, 5000, 'a second passes');
+      const cpu2 = (await sb.refresh()).usage!.cpuMs!;
+      assert.ok(cpu2 - cpu1 < 5, `a paused sandbox used ${cpu2 - cpu1} ms of CPU`);
+      assert.equal(sb.state, 'paused');
+      await assert.rejects(sb.commands.run(['true'], { autoResume: false }), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_PAUSED');
+      assert.equal((await a.sandboxes.list({ state: 'paused' })).map((s) => s.id).includes(sb.id), true);
+
+      await sb.resume();
+      assert.equal(sb.state, 'running');
+      const after = await counted();
+      assert.ok(after > before, 'the loop went on after resume');
+      await waitFor(async () => (await counted()) > after, 10_000, 'the loop goes on');
+
+      // A command on a paused sandbox resumes it.
+      await sb.pause();
+      const run = await sb.commands.run(['echo', 'auto']);
+      assert.equal(run.stdout, 'auto\n');
+      assert.equal((await sb.refresh()).state, 'running');
+    } finally {
+      await sb.kill();
+    }
+  });
+
+  test('idle timeout pauses; max lifetime stops and removes', async () => {
+    const idle = await a.sandboxes.create({ runtime: 'bash', idleTimeoutMs: 1000 });
+    const short = await a.sandboxes.create({ runtime: 'bash', maxLifetimeMs: 1500 });
+    try {
+      await waitFor(async () => (await idle.refresh()).state === 'paused', 10_000, 'the idle sandbox is paused');
+      assert.equal((await idle.commands.run(['echo', 'back'])).stdout, 'back\n');
+      await waitFor(async () => (await short.refresh()).state === 'stopped', 10_000, 'the short-lived sandbox stopped');
+      assert.match(short.info.stopReason ?? '', /maxLifetimeMs/);
+      assert.equal(short.info.usage, null);
+      await assert.rejects(short.commands.run(['true']), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_NOT_RUNNING');
+    } finally {
+      await idle.kill();
+      await short.kill();
+    }
+  });
+
+  test("tenants: another tenant's sandbox is a 404; the per-tenant cap answers 429; unsupported executors say so", async () => {
+    const sb = await a.sandboxes.create({ runtime: 'bash' });
+    try {
+      await assert.rejects(b.sandboxes.get(sb.id), (error: unknown) => error instanceof NotFoundError && error.code === 'SANDBOX_NOT_FOUND');
+      await assert.rejects(b.sandboxes.run(sb.id, ['true']), NotFoundError);
+      await assert.rejects(b.sandboxes.readFile(sb.id, '/etc/hostname'), NotFoundError);
+      await assert.rejects(b.sandboxes.delete(sb.id), NotFoundError);
+      await assert.rejects(b.sandboxes.pause(sb.id), NotFoundError);
+      assert.deepEqual(await b.sandboxes.list(), []);
+      assert.equal((await a.sandboxes.list()).some((s) => s.id === sb.id), true);
+      await assert.rejects(a.sandboxes.get('sb_nope'), NotFoundError);
+
+      const more = [await a.sandboxes.create({ runtime: 'bash' }), await a.sandboxes.create({ runtime: 'bash' })];
+      await assert.rejects(a.sandboxes.create({ runtime: 'bash' }), (error: unknown) => error instanceof RateLimitError && error.code === 'TENANT_SANDBOX_LIMIT');
+      const other = await b.sandboxes.create({ runtime: 'bash' });
+      await other.kill();
+      for (const extra of more) await extra.kill();
+      if (dockerMissing === null) {
+        assert.ok(server.executors.has('docker'), 'the docker executor is enabled in this server');
+        await assert.rejects(a.sandboxes.create({ runtime: 'bash', executor: 'docker' }), (error: unknown) => error instanceof ValidationError && error.code === 'SANDBOXES_UNSUPPORTED' && /docker executor cannot host persistent sandboxes/.test(error.message));
+      } else {
+        await assert.rejects(a.sandboxes.create({ runtime: 'bash', executor: 'docker' }), (error: unknown) => error instanceof ValidationError && error.code === 'UNKNOWN_EXECUTOR');
+      }
+      await assert.rejects(a.sandboxes.create({ runtime: 'bash', executor: 'microvm' }), ValidationError);
+      await assert.rejects(a.sandboxes.create({ runtime: 'cobol' }), ValidationError);
+      await assert.rejects(a.sandboxes.create({ runtime: 'bash', limits: { memoryMb: 1 } }), ValidationError);
+    } finally {
+      await sb.kill();
+    }
+  });
+
+  test('the CLI: kindling sandbox create, exec, cp, files, pause, resume, list, rm', async () => {
+    const admin = new Kindling({ url: server.url, apiKey: ADMIN });
+    const env = { KINDLING_URL: server.url, KINDLING_API_KEY: (await admin.tenants.create('sbx-cli')).apiKey };
+    const created = await cli(['sandbox', 'create', '--runtime', 'bash', '-m', 'via=cli'], env);
+    assert.equal(created.code, 0, created.stderr);
+    const id = created.stdout.trim();
+    assert.match(id, /^sb_/);
+    const ran = await cli(['sandbox', 'exec', id, '--', 'sh', '-c', 'echo out; echo err >&2; exit 3'], env);
+    assert.deepEqual([ran.code, ran.stdout, ran.stderr], [3, 'out\n', 'err\n']);
+    const dir = await mkdtemp(join(tmpdir(), 'kindling-cli-cp-'));
+    try {
+      await writeFile(join(dir, 'up.txt'), 'uploaded by cp');
+      const up = await cli(['sandbox', 'cp', join(dir, 'up.txt'), `${id}:/work/up.txt`], env);
+      assert.equal(up.code, 0, up.stderr);
+      const down = await cli(['sandbox', 'cp', `${id}:/work/up.txt`, join(dir, 'down.txt')], env);
+      assert.equal(down.code, 0, down.stderr);
+      assert.equal(readFileSync(join(dir, 'down.txt'), 'utf8'), 'uploaded by cp');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    assert.match((await cli(['sandbox', 'files', id], env)).stdout, /file\s+14 .* up\.txt/);
+    assert.equal((await cli(['sandbox', 'pause', id], env)).stdout, `${id} paused\n`);
+    const refused = await cli(['sandbox', 'exec', '--no-auto-resume', id, '--', 'true'], env);
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /SANDBOX_PAUSED/);
+    assert.match((await cli(['sandbox', 'list', '--state', 'paused'], env)).stdout, new RegExp(`${id}\\s+paused`));
+    assert.equal((await cli(['sandbox', 'resume', id], env)).stdout, `${id} running\n`);
+    assert.equal((await cli(['sandbox', 'rm', id], env)).stdout, `deleted ${id}\n`);
+    const gone = await cli(['sandbox', 'get', id], env);
+    assert.equal(gone.code, 2);
+    assert.match(gone.stderr, /SANDBOX_NOT_FOUND/);
+  });
+
+  test("a deleted tenant's sandboxes go with it", async () => {
+    const admin = new Kindling({ url: server.url, apiKey: ADMIN });
+    const c = new Kindling({ url: server.url, apiKey: (await admin.tenants.create('sbx-c')).apiKey });
+    const sb = await c.sandboxes.create({ runtime: 'bash' });
+    const marker = `sleep 9${Math.floor(Math.random() * 1000) + 1000}`;
+    await sb.commands.run(['sh', '-c', `${marker} >/dev/null 2>&1 &`]);
+    assert.equal(processesWith(marker).length, 1);
+    await admin.tenants.delete('sbx-c');
+    await waitFor(async () => processesWith(marker).length === 0, 10_000, "the deleted tenant's sandbox is gone");
+  });
+
+  test('delete leaves nothing behind: no process, cgroup, mount or dir', async () => {
+    const ownerId = ownerIdOf(server.dataDir);
+    const sb: Sandbox = await a.sandboxes.create({ runtime: 'bash' });
+    const marker = `sleep 7${Math.floor(Math.random() * 1000) + 1000}`;
+    await sb.commands.run(['sh', '-c', `${marker} >/dev/null 2>&1 &`]);
+    const [pid] = processesWith(marker);
+    assert.ok(pid !== undefined);
+    // The sandbox's own cgroup (one per v1 controller), read from its process.
+    const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+      .split('\n')
+      .filter((line) => line.includes(`/kindling/${ownerId}/`))
+      .map((line) => line.split(':')[2]!);
+    assert.ok(cgroups.length > 0, 'the command runs in a cgroup of this server');
+    const dirs = cgroupsOf(ownerId).filter((dir) => cgroups.some((path) => dir.endsWith(path)));
+    assert.ok(dirs.length > 0);
+    await sb.kill();
+    await assert.rejects(sb.refresh(), NotFoundError);
+    assert.deepEqual(processesWith(marker), []);
+    assert.deepEqual(dirs.filter((dir) => existsSync(dir)), [], 'the cgroup is removed');
+    const agents = join(server.dataDir, 'run', 'sandbox');
+    const leftovers = execFileSync('find', [agents, '-path', `*${sb.id}*`], { encoding: 'utf8' }).trim();
+    assert.equal(leftovers, '');
+    assert.deepEqual(mountsUnder(sb.id), []);
+  });
+});
+
+describe('persistent sandboxes across a server restart', { skip: unavailable ?? false }, () => {
+  test('after kill -9 of the server, the next start reaps what is left and marks the records stopped', async () => {
+    const dataDir = await newDataDir();
+    const ownerId = ownerIdOf(dataDir);
+    const marker = `sleep 8${Math.floor(Math.random() * 1000) + 1000}`;
+    let first: ServerProcess | null = null;
+    let second: ServerProcess | null = null;
+    try {
+      first = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0']);
+      const client = new Kindling({ url: first.url });
+      const sb = await client.sandboxes.create({ runtime: 'bash' });
+      await sb.commands.run(['sh', '-c', `${marker} >/dev/null 2>&1 &`]);
+      assert.equal(processesWith(marker).length, 1);
+      await stopProcess(first.child, 'SIGKILL');
+      second = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0']);
+      await waitFor(async () => processesWith(marker).length === 0, 10_000, 'the orphan is gone');
+      const again = new Kindling({ url: second.url });
+      const record = await again.sandboxes.get(sb.id);
+      assert.equal(record.state, 'stopped');
+      assert.match(record.stopReason ?? '', /server restarted/);
+      await assert.rejects(again.sandboxes.run(sb.id, ['true']), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_NOT_RUNNING');
+      // No sandbox cgroup is left of the dead server (no prewarmed launchers here: an empty one being made would count).
+      const live = await leftovers(docker, ownerId, dataDir, [second.child.pid!]);
+      assert.deepEqual(live.cgroups, []);
+      assert.deepEqual(live.processes, []);
+      await again.sandboxes.delete(sb.id);
+      await stopProcess(second.child, 'SIGTERM');
+      const left = await leftovers(docker, ownerId, dataDir);
+      assert.ok(nothingLeft(left), JSON.stringify(left));
+    } finally {
+      if (first) await stopProcess(first.child, 'SIGKILL');
+      if (second) await stopProcess(second.child, 'SIGTERM');
+      await rm(dataDir, { recursive: true, force: true }).catch((error: unknown) => console.error('could not remove the data dir', error));
+    }
+  });
+});
