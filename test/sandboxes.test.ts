@@ -336,7 +336,8 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
       assert.equal(processesWith(marker).length, 1);
       await stopProcess(first.child, 'SIGKILL');
       second = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0']);
-      await waitFor(async () => processesWith(marker).length === 0, 10_000, 'the orphan is gone');
+      // Reaping goes on while the new server already answers: wait for its end (the orphan's process and cgroup gone).
+      await waitFor(async () => processesWith(marker).length === 0 && (await leftovers(docker, ownerId, dataDir, [second!.child.pid!])).cgroups.length === 0, 10_000, 'the orphan and its cgroup are gone');
       const again = new Kindling({ url: second.url });
       const record = await again.sandboxes.get(sb.id);
       assert.equal(record.state, 'stopped');
