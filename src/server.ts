@@ -187,6 +187,8 @@ export interface KindlingServer {
   usage: SqliteUsageStore;
   /** Async invocations (stats and whenIdle for tests and the bench). */
   invocations: InvocationService;
+  /** Live logs of running invocations (whether anyone follows: tests wait for a follower instead of sleeping). */
+  logBus: Pick<LogBus, 'followed'>;
   /**
    * Listens on the configured host and port, then starts the work that needs a gateway: the async dispatcher (crash
    * recovery first) and the generic warm sandboxes. Resolves with the URL. A failure (the port is taken) leaves the
@@ -555,6 +557,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     handlers,
     usage: usageStore,
     invocations,
+    logBus,
     async listen() {
       if (listening) throw new Error('the server listens already');
       await app.listen({ host: config.host, port: config.port });

@@ -216,7 +216,8 @@ describe('async invocations through the SDK and the CLI', { skip: unavailable ??
         if (event.type === 'end') return;
       }
     })();
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // The follower is connected before the invocation exists (it would still see a running one, replayed).
+    await waitFor(async () => server.logBus.followed, 10_000, 'the log follower connected');
     const { invocationId, created } = await client.functions.invokeAsync('sdk-echo', 'payload', { idempotencyKey: 'sdk-1' });
     assert.equal(created, true);
     assert.equal((await client.functions.invokeAsync('sdk-echo', 'other', { idempotencyKey: 'sdk-1' })).invocationId, invocationId);

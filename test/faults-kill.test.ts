@@ -120,8 +120,9 @@ describe('kill -9 with microVMs running', { skip: microvmUnavailable ?? false },
       const qemus = (): number => processes().filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(dataDir)).length;
       // The VM running the sleep and the warm one that replaces it.
       await waitFor(async () => qemus() >= 2, 120_000, 'two VMs');
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-      const before = await leftovers(docker, ownerId, dataDir);
+      // Both VMs' dirs exist before the kill (what the restart must then remove).
+      let before = await leftovers(docker, ownerId, dataDir);
+      await waitFor(async () => (before = await leftovers(docker, ownerId, dataDir)).runDirs.length >= 2, 60_000, 'the two VMs\' dirs');
       await stopProcess(first.child, 'SIGKILL');
       await inFlight;
       assert.ok(qemus() >= 2, 'the VMs outlive the killed server (their parent died)');

@@ -13,6 +13,8 @@ import { after, before, describe, it } from 'node:test';
 import { Kindling } from '@kindling/sdk';
 import { docker, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 import { createTestHost, netUnavailableReason, type TestHost } from './helpers/nethost.js';
+import { ownerChainPrefix } from '../src/network/firewall.js';
+import { NetnsPool } from '../src/network/netns.js';
 
 const execFileAsync = promisify(execFile);
 const netUnavailable = await netUnavailableReason();
@@ -53,22 +55,26 @@ function line(stdout: string, target: string): string {
   return found;
 }
 
+/** The owner's egress chains (names from the firewall module itself); a failing iptables read fails the test. */
 async function iptablesChains(ownerId: string): Promise<string[]> {
   const out: string[] = [];
   for (const tool of ['iptables', 'ip6tables']) {
     for (const table of ['filter', 'nat']) {
-      const { stdout } = await execFileAsync(tool, ['-w', '10', '-t', table, '-S']).catch(() => ({ stdout: '' }));
-      out.push(...stdout.split('\n').filter((l) => l.includes(`KND-${ownerId.slice(0, 12)}`)));
+      const { stdout } = await execFileAsync(tool, ['-w', '10', '-t', table, '-S']);
+      out.push(...stdout.split('\n').filter((l) => l.includes(ownerChainPrefix(ownerId))));
     }
   }
   return out;
 }
 
+/** The owner's network namespaces (the sandbox executor's egress), by the pool's own naming. */
 function netnsOf(ownerId: string): string[] {
+  const prefix = new NetnsPool({ ownerId }).nsPrefix;
   try {
-    return readdirSync('/run/netns').filter((n) => n.startsWith(`kindling-${ownerId}`));
-  } catch {
-    return [];
+    return readdirSync('/run/netns').filter((n) => n.startsWith(prefix));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw error;
   }
 }
 
@@ -129,6 +135,20 @@ describe('network egress: test hosts', { skip: EXECUTORS.every((e) => e.unavaila
         assert.ok(gateway && gateway !== 'None', out);
         assert.match(line(out, `${gateway}:${hostServicePort}`), /BLOCKED/);
         // The rules and namespaces exist only while egress executions run (released just after the result).
+        await waitFor(async () => (await iptablesChains(server.ownerId)).length === 0 && netnsOf(server.ownerId).length === 0, 20_000, 'egress resources released');
+      });
+
+      it('while an egress execution runs its firewall chains (and the sandbox its network namespace) exist, and after it none', async () => {
+        const abort = new AbortController();
+        const running = client.execute({ image: 'kindling/base', command: ['sleep', '60'], network: 'egress', timeoutMs: 90_000 }, { signal: abort.signal }).catch((error: unknown) => error);
+        try {
+          // Seen existing first: the checks of their removal (here and after the suite) would pass vacuously otherwise.
+          // The chains come first, then (sandbox executor) the execution's network namespace.
+          await waitFor(async () => (await iptablesChains(server.ownerId)).length > 0 && (executor !== 'sandbox' || netnsOf(server.ownerId).length > 0), 30_000, 'egress chains (and a network namespace) while the execution runs');
+        } finally {
+          abort.abort();
+          await running;
+        }
         await waitFor(async () => (await iptablesChains(server.ownerId)).length === 0 && netnsOf(server.ownerId).length === 0, 20_000, 'egress resources released');
       });
 
