@@ -1,4 +1,8 @@
+import { ConnectionError, errorFromPayload, KindlingError } from './errors.js';
+import { type Call, parseJson } from './http.js';
+import { toBase64 } from './executions.js';
 import { APIResource, type RequestOptions } from './resource.js';
+import { readSse } from './sse.js';
 import type { ExecutionResult, ExecutorName, Runtime } from './types.js';
 
 /** A persistent sandbox as the server describes it (`GET /v1/sandboxes/ID`). */
@@ -40,8 +44,8 @@ export interface CreateSandboxOptions extends RequestOptions {
 }
 
 export interface RunCommandOptions extends RequestOptions {
-  /** Text fed to stdin; without it stdin is /dev/null. */
-  stdin?: string;
+  /** Text or bytes fed to stdin; without it stdin is /dev/null. */
+  stdin?: string | Uint8Array;
   env?: Record<string, string>;
   /** Default /work. */
   workdir?: string;
@@ -51,6 +55,48 @@ export interface RunCommandOptions extends RequestOptions {
   outputBytes?: number;
   /** Default true: a paused sandbox is resumed first; false: `ConflictError` (SANDBOX_PAUSED). */
   autoResume?: boolean;
+  /**
+   * Called with each stdout chunk as it is produced (chunks are not lines): the command's output streams (SSE). For a
+   * background command: its output from the start (what the server kept), then live, until it exits.
+   */
+  onStdout?: (data: string) => void;
+  onStderr?: (data: string) => void;
+}
+
+/** Options of a background command (`commands.run(cmd, {background: true})`, `sandboxes.start`). */
+export interface BackgroundCommandOptions extends RunCommandOptions {
+  background: true;
+}
+
+/** A background command as the server describes it (`GET /v1/sandboxes/ID/commands/CID`). */
+export interface SandboxCommandInfo {
+  id: string;
+  command: string[];
+  /** Its pid inside the sandbox. */
+  pid: number | null;
+  state: 'running' | 'exited';
+  /** Null while running; 137 when killed or timed out. */
+  exitCode: number | null;
+  signal: string | null;
+  killed: boolean;
+  timedOut: boolean;
+  startedAt: string;
+  endedAt: string | null;
+  /** The most output kept for its logs (stdout and stderr together, newest kept). */
+  outputBytes: number;
+  droppedBytes: number;
+}
+
+/** What `CommandHandle.wait()` resolves with: the final state and the output seen by the follower. */
+export interface BackgroundCommandResult extends SandboxCommandInfo {
+  stdout: string;
+  stderr: string;
+}
+
+/** Options of following a background command's logs. */
+export interface CommandLogsOptions extends RequestOptions {
+  onStdout?: (data: string) => void;
+  onStderr?: (data: string) => void;
 }
 
 export interface SandboxFileEntry {
@@ -64,6 +110,23 @@ export interface SandboxFileEntry {
 }
 
 const sandboxPath = (id: string): string => `/v1/sandboxes/${encodeURIComponent(id)}`;
+const commandPath = (id: string, commandId: string): string => `${sandboxPath(id)}/commands/${encodeURIComponent(commandId)}`;
+
+/** The wire body of a command: binary stdin becomes `stdinBase64`. */
+function commandBody(command: string[], options: Omit<RunCommandOptions, 'signal' | 'requestTimeoutMs' | 'onStdout' | 'onStderr'>): Record<string, unknown> {
+  const { stdin, ...rest } = options;
+  if (stdin === undefined || typeof stdin === 'string') return { command, ...rest, ...(stdin === undefined ? {} : { stdin }) };
+  return { command, ...rest, stdinBase64: toBase64(stdin) };
+}
+
+function parseLoose(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
 const filesPath = (id: string, path: string, suffix = ''): string => `${sandboxPath(id)}/files${suffix}?path=${encodeURIComponent(path)}`;
 
 function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {
@@ -117,13 +180,103 @@ export class Sandboxes extends APIResource {
     return this.http.json<SandboxInfo>({ method: 'POST', path: `${sandboxPath(id)}/resume`, body: {}, ...call(options) });
   }
 
-  /** `POST /v1/sandboxes/ID/commands`: a non-zero exit or a timeout is a result, not an error. */
-  run(id: string, command: string[], options: RunCommandOptions = {}): Promise<ExecutionResult> {
-    const { signal, requestTimeoutMs, ...body } = options;
+  /* Commands ---------------------------------------------------------------------------------------------------- */
+
+  /**
+   * `POST /v1/sandboxes/ID/commands`: a non-zero exit or a timeout is a result, not an error. With `onStdout` or
+   * `onStderr` the output streams as it is produced (SSE). With `background: true` see `start()`.
+   */
+  run(id: string, command: string[], options: BackgroundCommandOptions): Promise<CommandHandle>;
+  run(id: string, command: string[], options?: RunCommandOptions & { background?: false }): Promise<ExecutionResult>;
+  run(id: string, command: string[], options: RunCommandOptions & { background?: boolean } = {}): Promise<ExecutionResult | CommandHandle> {
+    if (options.background === true) return this.start(id, command, options);
+    const { signal, requestTimeoutMs, onStdout, onStderr, background: _background, ...rest } = options;
+    const body = commandBody(command, rest);
     // The request outlives the command's own timeout by a little.
-    const timeoutMs = requestTimeoutMs ?? (body.timeoutMs === undefined ? undefined : body.timeoutMs + 30_000);
-    return this.http.json<ExecutionResult>({ method: 'POST', path: `${sandboxPath(id)}/commands`, body: { command, ...body }, ...call({ ...(signal ? { signal } : {}), ...(timeoutMs === undefined ? {} : { requestTimeoutMs: timeoutMs }) }) });
+    const timeoutMs = requestTimeoutMs ?? (rest.timeoutMs === undefined ? undefined : rest.timeoutMs + 30_000);
+    const calling = call({ ...(signal ? { signal } : {}), ...(timeoutMs === undefined ? {} : { requestTimeoutMs: timeoutMs }) });
+    if (onStdout === undefined && onStderr === undefined) {
+      return this.http.json<ExecutionResult>({ method: 'POST', path: `${sandboxPath(id)}/commands`, body, ...calling });
+    }
+    const request = this.http.open(`${sandboxPath(id)}/commands`, calling);
+    return this.#events<ExecutionResult>(request, { method: 'POST', path: `${sandboxPath(id)}/commands`, body }, { onStdout, onStderr }, (result) => {
+      // A server (or proxy) that ignored Accept answered the plain result: replay its output once.
+      if (result.stdout) onStdout?.(result.stdout);
+      if (result.stderr) onStderr?.(result.stderr);
+    });
   }
+
+  /** `POST /v1/sandboxes/ID/commands {background: true}`: starts the command; resolves once it runs, with its handle. */
+  async start(id: string, command: string[], options: RunCommandOptions = {}): Promise<CommandHandle> {
+    const { signal, requestTimeoutMs, onStdout, onStderr, ...rest } = options;
+    const body = { ...commandBody(command, rest), background: true };
+    const info = await this.http.json<SandboxCommandInfo>({ method: 'POST', path: `${sandboxPath(id)}/commands`, body, ...call({ ...(signal ? { signal } : {}), ...(requestTimeoutMs === undefined ? {} : { requestTimeoutMs }) }) });
+    return new CommandHandle(this, id, info, onStdout === undefined && onStderr === undefined ? null : { ...(onStdout ? { onStdout } : {}), ...(onStderr ? { onStderr } : {}) });
+  }
+
+  /** `GET /v1/sandboxes/ID/commands`: running background commands, then the most recently finished ones. */
+  async listCommands(id: string, options: RequestOptions = {}): Promise<SandboxCommandInfo[]> {
+    return (await this.http.json<{ commands: SandboxCommandInfo[] }>({ method: 'GET', path: `${sandboxPath(id)}/commands`, ...call(options) })).commands;
+  }
+
+  /** `GET /v1/sandboxes/ID/commands/CID`. */
+  getCommand(id: string, commandId: string, options: RequestOptions = {}): Promise<SandboxCommandInfo> {
+    return this.http.json<SandboxCommandInfo>({ method: 'GET', path: commandPath(id, commandId), ...call(options) });
+  }
+
+  /** `DELETE /v1/sandboxes/ID/commands/CID`: kills its process tree; resolves with its final state. */
+  killCommand(id: string, commandId: string, options: RequestOptions = {}): Promise<SandboxCommandInfo> {
+    return this.http.json<SandboxCommandInfo>({ method: 'DELETE', path: commandPath(id, commandId), ...call(options) });
+  }
+
+  /**
+   * `GET /v1/sandboxes/ID/commands/CID/logs`: the output kept so far, then live, through the callbacks; resolves
+   * with the command's final state once it exited. No request timeout unless `requestTimeoutMs` is given.
+   */
+  commandLogs(id: string, commandId: string, options: CommandLogsOptions = {}): Promise<SandboxCommandInfo> {
+    const request = this.http.open(`${commandPath(id, commandId)}/logs`, { ...(options.signal ? { signal: options.signal } : {}), timeoutMs: options.requestTimeoutMs ?? 0 });
+    return this.#events<SandboxCommandInfo>(request, { method: 'GET', path: `${commandPath(id, commandId)}/logs` }, options, () => {});
+  }
+
+  /** Reads an SSE answer: `stdout`/`stderr` to the callbacks, the `exit` event's JSON is the result. */
+  async #events<T>(request: Call, send: { method: 'GET' | 'POST'; path: string; body?: unknown }, callbacks: { onStdout?: ((data: string) => void) | undefined; onStderr?: ((data: string) => void) | undefined }, plain: (result: T) => void): Promise<T> {
+    let callbackFailure: { error: unknown } | undefined;
+    const deliver = (callback: ((data: string) => void) | undefined, data: string): void => {
+      if (callback === undefined) return;
+      try {
+        callback(data);
+      } catch (error) {
+        callbackFailure = { error };
+        throw error;
+      }
+    };
+    try {
+      const response = await this.http.send(request, { ...send, accept: 'text/event-stream' });
+      if (!(response.headers.get('content-type') ?? '').toLowerCase().includes('text/event-stream')) {
+        const result = parseJson<T>(await response.text(), response.status, request.url);
+        plain(result);
+        return result;
+      }
+      if (response.body === null) throw new KindlingError({ code: 'INVALID_RESPONSE', message: `Empty event stream from ${request.url}` });
+      for await (const event of readSse(response.body)) {
+        if (event.event === 'stdout') deliver(callbacks.onStdout, event.data);
+        else if (event.event === 'stderr') deliver(callbacks.onStderr, event.data);
+        else if (event.event === 'exit') return parseJson<T>(event.data, response.status, request.url);
+        else if (event.event === 'error') throw errorFromPayload(parseLoose(event.data), { fallbackMessage: event.data });
+      }
+      throw new ConnectionError({ code: 'STREAM_INTERRUPTED', message: `The event stream from ${request.url} ended before the exit event`, retryable: true });
+    } catch (err) {
+      if (callbackFailure !== undefined) {
+        request.cancel(callbackFailure.error);
+        throw callbackFailure.error;
+      }
+      throw request.toError(err);
+    } finally {
+      request.dispose();
+    }
+  }
+
+  /* ---------------------------------------------------------------------------------------------------------------- */
 
   /** `PUT /v1/sandboxes/ID/files?path=`: writes the file (parents made). */
   writeFile(id: string, path: string, data: string | Uint8Array, options: RequestOptions = {}): Promise<{ path: string; size: number }> {
@@ -171,7 +324,7 @@ export class Sandbox {
   readonly id: string;
   /** What the server said last (create, connect, pause, resume, refresh). */
   info: SandboxInfo;
-  readonly commands: { run: (command: string[], options?: RunCommandOptions) => Promise<ExecutionResult> };
+  readonly commands: SandboxCommands;
   readonly files: {
     write: (path: string, data: string | Uint8Array, options?: RequestOptions) => Promise<{ path: string; size: number }>;
     /** The file as UTF-8 text. */
@@ -186,7 +339,7 @@ export class Sandbox {
     this.#api = api;
     this.id = info.id;
     this.info = info;
-    this.commands = { run: (command, options) => api.run(this.id, command, options) };
+    this.commands = new SandboxCommands(api, this.id);
     this.files = {
       write: (path, data, options) => api.writeFile(this.id, path, data, options),
       read: async (path, options) => new TextDecoder().decode(await api.readFile(this.id, path, options)),
@@ -216,5 +369,111 @@ export class Sandbox {
   /** Deletes the sandbox (every process killed, its files gone). */
   kill(options?: RequestOptions): Promise<void> {
     return this.#api.delete(this.id, options);
+  }
+}
+
+/* Commands of one sandbox (E2B's shape) ------------------------------------------------------------------------------ */
+
+/** `sb.commands`: `run` (foreground, streamed with callbacks, or `background: true` for a handle), `list`, `connect`, `kill`. */
+export class SandboxCommands {
+  readonly #api: Sandboxes;
+  readonly #id: string;
+
+  constructor(api: Sandboxes, id: string) {
+    this.#api = api;
+    this.#id = id;
+  }
+
+  run(command: string[], options: BackgroundCommandOptions): Promise<CommandHandle>;
+  run(command: string[], options?: RunCommandOptions & { background?: false }): Promise<ExecutionResult>;
+  run(command: string[], options: RunCommandOptions & { background?: boolean } = {}): Promise<ExecutionResult | CommandHandle> {
+    return options.background === true ? this.#api.start(this.#id, command, options) : this.#api.run(this.#id, command, { ...options, background: false });
+  }
+
+  /** Running background commands, then the most recently finished ones. */
+  list(options?: RequestOptions): Promise<SandboxCommandInfo[]> {
+    return this.#api.listCommands(this.#id, options);
+  }
+
+  /** A handle on a background command by id (to wait for it, follow its output or kill it). */
+  async connect(commandId: string, options: CommandLogsOptions = {}): Promise<CommandHandle> {
+    const { onStdout, onStderr, ...rest } = options;
+    const info = await this.#api.getCommand(this.#id, commandId, rest);
+    return new CommandHandle(this.#api, this.#id, info, onStdout === undefined && onStderr === undefined ? null : { ...(onStdout ? { onStdout } : {}), ...(onStderr ? { onStderr } : {}) });
+  }
+
+  /** Kills a background command's process tree. */
+  kill(commandId: string, options?: RequestOptions): Promise<SandboxCommandInfo> {
+    return this.#api.killCommand(this.#id, commandId, options);
+  }
+}
+
+/**
+ * A background command. Given callbacks, it follows the command's output at once (from the start, as kept by the
+ * server); `wait()` follows it (if not already) until it exits and resolves with its final state and output.
+ */
+export class CommandHandle {
+  readonly id: string;
+  readonly pid: number | null;
+  readonly sandboxId: string;
+  /** What the server said last. */
+  info: SandboxCommandInfo;
+  readonly #api: Sandboxes;
+  #following: Promise<BackgroundCommandResult> | null = null;
+  readonly #callbacks: CommandLogsOptions;
+
+  constructor(api: Sandboxes, sandboxId: string, info: SandboxCommandInfo, callbacks: CommandLogsOptions | null) {
+    this.#api = api;
+    this.sandboxId = sandboxId;
+    this.id = info.id;
+    this.pid = info.pid;
+    this.info = info;
+    this.#callbacks = callbacks ?? {};
+    // Followed at once: the callbacks get the output as it comes. A failure surfaces in wait().
+    if (callbacks !== null) void this.#follow().catch(() => {});
+  }
+
+  /** Resolves once the command exited: its final state, and its output as kept by the server (bounded). */
+  wait(options: RequestOptions = {}): Promise<BackgroundCommandResult> {
+    return this.#follow(options);
+  }
+
+  /** Kills its process tree. */
+  async kill(options?: RequestOptions): Promise<SandboxCommandInfo> {
+    this.info = await this.#api.killCommand(this.sandboxId, this.id, options);
+    return this.info;
+  }
+
+  async refresh(options?: RequestOptions): Promise<SandboxCommandInfo> {
+    this.info = await this.#api.getCommand(this.sandboxId, this.id, options);
+    return this.info;
+  }
+
+  #follow(options: RequestOptions = {}): Promise<BackgroundCommandResult> {
+    this.#following ??= (async () => {
+      let stdout = '';
+      let stderr = '';
+      const { onStdout, onStderr } = this.#callbacks;
+      const info = await this.#api.commandLogs(this.sandboxId, this.id, {
+        ...options,
+        onStdout: (data) => {
+          // Kept as bounded as on the server: the newest outputBytes characters.
+          stdout = (stdout + data).slice(-Math.max(this.info.outputBytes, 1));
+          onStdout?.(data);
+        },
+        onStderr: (data) => {
+          stderr = (stderr + data).slice(-Math.max(this.info.outputBytes, 1));
+          onStderr?.(data);
+        },
+      });
+      this.info = info;
+      return { ...info, stdout, stderr };
+    })();
+    const following = this.#following;
+    // A failed follow may be retried by the next wait().
+    following.catch(() => {
+      if (this.#following === following) this.#following = null;
+    });
+    return following;
   }
 }

@@ -389,9 +389,50 @@ export const SandboxCommandRequestSchema = Type.Object(
     timeoutMs: Type.Optional(Type.Integer({ description: 'Wall-clock limit in ms (default 60000, at most 900000): the command\'s process tree is killed, the sandbox lives on.' })),
     outputBytes: Type.Optional(Type.Integer({ description: 'Bytes kept per output stream; default 1048576. The rest is dropped and the result says truncated.' })),
     autoResume: Type.Optional(Type.Boolean({ description: 'Default true: a paused sandbox is resumed first; false: 409 SANDBOX_PAUSED instead.' })),
+    stdinBase64: Type.Optional(Type.String({ description: 'Bytes fed to stdin, base64 (instead of stdin).', pattern: BASE64_TEXT })),
+    background: Type.Optional(Type.Boolean({ description: 'Start the command and answer 202 with its handle at once (GET/DELETE .../commands/CID, .../logs). No timeout unless timeoutMs is given; outputBytes (default and at most 1048576) bounds the output kept for its logs, stdout and stderr together, newest kept.' })),
   },
   { additionalProperties: false, examples: [{ command: ['sh', '-c', 'echo hello > note.txt && cat note.txt'], timeoutMs: 10000 }] },
 );
+
+/* Background commands of a sandbox ----------------------------------------------------------------------------------- */
+
+export const SandboxCommandParamsSchema = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }), cid: Type.String({ minLength: 1, maxLength: 128 }) });
+export const SandboxCommandSchema = Type.Object(
+  {
+    id: Type.String({ description: 'The command id (cmd_...).' }),
+    command: Type.Array(Type.String()),
+    pid: Type.Union([Type.Integer(), Type.Null()], { description: 'Its pid inside the sandbox; null if it never started.' }),
+    state: Type.Union([Type.Literal('running'), Type.Literal('exited')]),
+    exitCode: Type.Union([Type.Integer(), Type.Null()], { description: 'Null while running; 137 when killed or timed out.' }),
+    signal: Type.Union([Type.String(), Type.Null()]),
+    killed: Type.Boolean({ description: 'Ended by DELETE .../commands/CID.' }),
+    timedOut: Type.Boolean(),
+    startedAt: Type.String({ format: 'date-time' }),
+    endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    outputBytes: Type.Integer({ description: 'The most output kept for its logs (stdout and stderr together); older output is dropped first.' }),
+    droppedBytes: Type.Integer({ description: 'Output dropped from the head of the kept logs so far.' }),
+  },
+  {
+    examples: [
+      {
+        id: 'cmd_0mi5k2x7b1c2d3e4f5a6b7',
+        command: ['python3', '-m', 'http.server', '8000'],
+        pid: 42,
+        state: 'running',
+        exitCode: null,
+        signal: null,
+        killed: false,
+        timedOut: false,
+        startedAt: '2026-12-02T00:00:00.000Z',
+        endedAt: null,
+        outputBytes: 1048576,
+        droppedBytes: 0,
+      },
+    ],
+  },
+);
+export const SandboxCommandListSchema = Type.Object({ commands: Type.Array(SandboxCommandSchema) });
 
 export const SandboxFileWrittenSchema = Type.Object({ path: Type.String(), size: Type.Integer() });
 export const SandboxFileListSchema = Type.Object({

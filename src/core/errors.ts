@@ -54,6 +54,10 @@ export const ERROR_CODES = {
   SANDBOX_NOT_FOUND: { statusCode: 404, retryable: false },
   /** No file or directory at that path inside the sandbox. */
   SANDBOX_FILE_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** No background command of that id in the sandbox (finished ones are kept for a while, then forgotten). */
+  SANDBOX_COMMAND_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** The sandbox runs as many background commands as it may at once; wait for one to end or kill one. */
+  SANDBOX_COMMAND_LIMIT: { statusCode: 429, retryable: true },
   /** The sandbox is paused and the request asked for no auto-resume (`autoResume: false`): resume it first. */
   SANDBOX_PAUSED: { statusCode: 409, retryable: false },
   /** The sandbox has stopped (deleted, max lifetime, died, server restart): its processes and files are gone. */

@@ -152,6 +152,8 @@ export interface SandboxCommand {
   wait(): Promise<{ exitCode: number; signal: string | null }>;
   /** Kills the command's process tree (not the sandbox). Idempotent; `wait()` resolves afterwards with 137. */
   kill(): void;
+  /** The command's pid as seen inside the sandbox (its pid namespace), once known; null when it never started. */
+  pid?(): Promise<number | null>;
 }
 
 export interface SandboxCommandRequest {

@@ -19,6 +19,8 @@ import type { SandboxRecord, SandboxState, SqliteSandboxStore } from '../store/s
 import { BASE_ENV } from './execution-service.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { RUNTIMES } from './runtimes.js';
+import { BackgroundCommand, CommandRegistry, DEFAULT_BACKGROUND_OUTPUT_BYTES, MAX_BACKGROUND_OUTPUT_BYTES, type CommandEvent, type OutputChunk, type SandboxCommandView } from './sandbox-commands.js';
+import { StringDecoder } from 'node:string_decoder';
 
 export interface CreateSandboxRequest {
   runtime?: string;
@@ -43,6 +45,16 @@ export interface SandboxCommandInput {
   outputBytes?: number;
   /** Default true: a command on a paused sandbox resumes it first; false answers 409 SANDBOX_PAUSED. */
   autoResume?: boolean;
+  /** Bytes fed to stdin, base64 (instead of `stdin`). */
+  stdinBase64?: string;
+  /** Start it and answer a handle at once (`start()`); its output is kept bounded for `.../logs`. */
+  background?: boolean;
+}
+
+/** Live output of a foreground command (SSE): called once it started, then per decoded chunk. */
+export interface RunHooks {
+  onStarted?: (commandId: string) => void;
+  onOutput?: (stream: 'stdout' | 'stderr', text: string) => void;
 }
 
 export interface SandboxFileEntry {
@@ -116,6 +128,8 @@ interface Live {
 
 export class SandboxService {
   private readonly live = new Map<string, Live>();
+  /** Background commands per live sandbox (sandbox-commands.ts). */
+  private readonly background = new Map<string, CommandRegistry>();
   private readonly creating = new Map<string, number>();
   private readonly limits: LimitPolicy;
   private readonly maxPerTenant: number;
@@ -273,8 +287,9 @@ export class SandboxService {
    * Runs a command and answers the execute contract's result: a non-zero exit or a timeout is a result. The timeout
    * kills the command's process tree, never the sandbox.
    */
-  async run(tenant: string, id: string, input: SandboxCommandInput): Promise<ExecutionResult> {
+  async run(tenant: string, id: string, input: SandboxCommandInput, hooks: RunHooks = {}): Promise<ExecutionResult> {
     const timeoutMs = this.duration('timeoutMs', input.timeoutMs, DEFAULT_COMMAND_TIMEOUT_MS, 1, this.limits.max.timeoutMs);
+    const stdin = stdinOf(input);
     const outputBytes = input.outputBytes ?? DEFAULT_OUTPUT_BYTES;
     if (!Number.isInteger(outputBytes) || outputBytes < 0 || outputBytes > this.limits.max.outputBytes) {
       throw new KindlingError('LIMIT_OUT_OF_RANGE', `outputBytes must be a whole number from 0 to ${this.limits.max.outputBytes}`, { details: { field: 'outputBytes' } });
@@ -282,8 +297,20 @@ export class SandboxService {
     const workdir = input.workdir === undefined ? WORKDIR : this.cleanPath(input.workdir, 'workdir');
     return this.withCommand(tenant, id, input.autoResume ?? true, async (entry) => {
       const started = performance.now();
-      const command = await entry.sandbox.exec({ command: input.command, env: input.env ?? {}, workdir, stdin: input.stdin !== undefined });
-      if (command.stdin !== null) command.stdin.end(input.stdin ?? '');
+      const command = await entry.sandbox.exec({ command: input.command, env: input.env ?? {}, workdir, stdin: stdin !== undefined });
+      if (command.stdin !== null) command.stdin.end(stdin ?? '');
+      const resultId = newId('cmd');
+      if (hooks.onOutput !== undefined) {
+        for (const name of ['stdout', 'stderr'] as const) {
+          const decoder = new StringDecoder('utf8');
+          const emit = (text: string): void => {
+            if (text !== '') hooks.onOutput!(name, text);
+          };
+          command[name].on('data', (chunk: Buffer) => emit(decoder.write(chunk)));
+          command[name].once('end', () => emit(decoder.end()));
+        }
+      }
+      hooks.onStarted?.(resultId);
       let timedOut = false;
       const timer = setTimeout(() => {
         timedOut = true;
@@ -294,7 +321,7 @@ export class SandboxService {
       const [out, err] = await Promise.all([stdout, stderr]);
       const durationMs = Math.round((performance.now() - started) * 100) / 100;
       return {
-        id: newId('cmd'),
+        id: resultId,
         exitCode: exit.exitCode,
         signal: exit.signal,
         stdout: out.text,
@@ -437,6 +464,84 @@ export class SandboxService {
     });
   }
 
+  /* Background commands (POST .../commands {background: true}, GET/DELETE .../commands/CID, .../logs) ---------------- */
+
+  /**
+   * Starts a command in the background and answers its handle once it runs (its pid known). It runs until it exits,
+   * is killed, reaches `timeoutMs` (none by default) or the sandbox stops; its output is kept bounded for `.../logs`.
+   * A running background command does not keep the sandbox awake: idle auto-pause freezes it with the rest.
+   */
+  async start(tenant: string, id: string, input: SandboxCommandInput): Promise<SandboxCommandView> {
+    const timeoutMs = input.timeoutMs === undefined ? null : this.duration('timeoutMs', input.timeoutMs, 0, 1, this.maxLifetimeCapMs);
+    const outputBytes = input.outputBytes ?? DEFAULT_BACKGROUND_OUTPUT_BYTES;
+    if (!Number.isInteger(outputBytes) || outputBytes < 0 || outputBytes > MAX_BACKGROUND_OUTPUT_BYTES) {
+      throw new KindlingError('LIMIT_OUT_OF_RANGE', `outputBytes of a background command (its kept logs) must be a whole number from 0 to ${MAX_BACKGROUND_OUTPUT_BYTES}`, { details: { field: 'outputBytes' } });
+    }
+    const stdin = stdinOf(input);
+    const workdir = input.workdir === undefined ? WORKDIR : this.cleanPath(input.workdir, 'workdir');
+    return this.withCommand(tenant, id, input.autoResume ?? true, async (entry) => {
+      const registry = this.commandsOf(entry.record.id);
+      registry.assertRoom(entry.record.id);
+      const command = await entry.sandbox.exec({ command: input.command, env: input.env ?? {}, workdir, stdin: stdin !== undefined });
+      if (command.stdin !== null) command.stdin.end(stdin ?? '');
+      const handle = new BackgroundCommand(newId('cmd'), [...input.command], command, outputBytes, timeoutMs);
+      registry.add(handle);
+      handle.pid = (await command.pid?.()) ?? null;
+      return handle.view();
+    });
+  }
+
+  listCommands(tenant: string, id: string): SandboxCommandView[] {
+    const entry = this.entry(tenant, id);
+    return this.commandsOf(entry.record.id).list().map((command) => command.view());
+  }
+
+  getCommand(tenant: string, id: string, commandId: string): SandboxCommandView {
+    const entry = this.entry(tenant, id);
+    return this.commandsOf(entry.record.id).get(id, commandId).view();
+  }
+
+  /**
+   * Follows a background command's output: what was kept so far, then live chunks, then its exit. While followed, the
+   * sandbox counts as busy (no idle pause). Call `release()` when the follower goes.
+   */
+  followCommand(tenant: string, id: string, commandId: string, listener: (event: CommandEvent) => void): { replay: OutputChunk[]; view: SandboxCommandView; release: () => void } {
+    const entry = this.entry(tenant, id);
+    const command = this.commandsOf(entry.record.id).get(id, commandId);
+    const view = command.view();
+    const { replay, unsubscribe } = command.follow(listener);
+    entry.busy++;
+    this.touch(entry);
+    let released = false;
+    return {
+      replay,
+      view,
+      release: () => {
+        if (released) return;
+        released = true;
+        unsubscribe();
+        this.done(entry);
+      },
+    };
+  }
+
+  /** Kills a background command's process tree (the sandbox and its other processes live on); idempotent. */
+  async killCommand(tenant: string, id: string, commandId: string): Promise<SandboxCommandView> {
+    const entry = this.entry(tenant, id);
+    const command = this.commandsOf(entry.record.id).get(id, commandId);
+    if (!command.running) return command.view();
+    // A frozen process dies only once thawed: a paused sandbox is resumed first.
+    return this.withCommand(tenant, id, true, () => command.kill());
+  }
+
+  private commandsOf(sandbox: string): CommandRegistry {
+    let registry = this.background.get(sandbox);
+    if (registry === undefined) this.background.set(sandbox, (registry = new CommandRegistry()));
+    return registry;
+  }
+
+  /* ---------------------------------------------------------------------------------------------------------------- */
+
   /** A deleted tenant's sandboxes go with it (processes, files and records). */
   async deleteTenant(tenant: string): Promise<void> {
     await Promise.allSettled([...this.live.values()].filter((entry) => entry.record.tenant === tenant).map((entry) => this.stop(entry, 'tenant deleted')));
@@ -573,6 +678,8 @@ export class SandboxService {
   private finish(entry: Live, reason: string): void {
     if (this.live.get(entry.record.id) !== entry) return;
     this.live.delete(entry.record.id);
+    // Background commands ended with the sandbox (their waits resolve as killed); their handles go with it.
+    this.background.delete(entry.record.id);
     if (entry.idleTimer !== null) clearTimeout(entry.idleTimer);
     clearTimeout(entry.lifetimeTimer);
     entry.record = { ...entry.record, state: 'stopped', stoppedAtMs: Date.now(), stopReason: reason };
@@ -600,6 +707,14 @@ export class SandboxService {
       usage: sandbox?.usage() ?? null,
     };
   }
+}
+
+/** A command's stdin: `stdin` (text) or `stdinBase64` (bytes), at most one; undefined: /dev/null. */
+function stdinOf(input: SandboxCommandInput): string | Buffer | undefined {
+  if (input.stdin !== undefined && input.stdinBase64 !== undefined) {
+    throw new KindlingError('CONFLICTING_FIELDS', 'give at most one of "stdin" and "stdinBase64"', { details: { fields: ['stdin', 'stdinBase64'] } });
+  }
+  return input.stdinBase64 !== undefined ? Buffer.from(input.stdinBase64, 'base64') : input.stdin;
 }
 
 /** Reads a stream to its end, keeping at most `cap` bytes (the rest is drained and dropped). */

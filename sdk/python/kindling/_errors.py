@@ -113,6 +113,8 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "SANDBOXES_UNSUPPORTED": ValidationError,
     "SANDBOX_PATH_INVALID": ValidationError,
     "SANDBOX_NOT_FOUND": NotFoundError,
+    "SANDBOX_COMMAND_NOT_FOUND": NotFoundError,
+    "SANDBOX_COMMAND_LIMIT": RateLimitError,
     "SANDBOX_FILE_NOT_FOUND": NotFoundError,
     "SANDBOX_PAUSED": ConflictError,
     "SANDBOX_NOT_RUNNING": ConflictError,

@@ -78,3 +78,38 @@ def test_other_tenant_sees_404(k: Kindling, server: Server, name: str) -> None:
         sb.kill()
         other.close()
         k.tenants.delete(name)
+
+
+def test_background_commands(k: Kindling) -> None:
+    sb = k.sandboxes.create(runtime="bash")
+    try:
+        handle = sb.commands.start(["sh", "-c", "echo hi; echo oops >&2; sleep 300 & sleep 300; exit 0"])
+        assert handle.id.startswith("cmd_") and isinstance(handle.pid, int)
+        assert any(c["id"] == handle.id and c["state"] == "running" for c in sb.commands.list())
+        seen: list[str] = []
+        done = sb.commands.start(["sh", "-c", "echo one; echo two >&2; exit 5"], stdin=b"\x00")
+        result = done.wait(on_stdout=seen.append)
+        assert (result["exitCode"], result["stdout"], result["stderr"], seen) == (5, "one\n", "two\n", ["one\n"])
+        killed = handle.kill()
+        assert (killed["state"], killed["killed"], killed["exitCode"]) == ("exited", True, 137)
+        assert sb.commands.connect(handle.id).info["exitCode"] == 137
+        assert sb.commands.run(["echo", "alive"]).stdout == "alive\n"
+        with pytest.raises(kindling.NotFoundError):
+            sb.commands.connect("cmd_nope")
+    finally:
+        sb.kill()
+
+
+def test_async_background_commands(server: Server) -> None:
+    async def main() -> None:
+        async with AsyncKindling(server.url, server.admin_key) as client:
+            sb = await client.sandboxes.create(image="kindling/base")
+            try:
+                handle = await sb.commands.start(["sh", "-c", "echo async; exit 2"])
+                result = await handle.wait()
+                assert (result["exitCode"], result["stdout"]) == (2, "async\n")
+                assert [c["id"] for c in await sb.commands.list()] == [handle.id]
+            finally:
+                await sb.kill()
+
+    asyncio.run(main())

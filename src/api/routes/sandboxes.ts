@@ -3,12 +3,18 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Static } from '@sinclair/typebox';
 import type { SandboxService } from '../../orchestrator/sandboxes.js';
 import { ByteLimit } from '../raw-body.js';
+import { startSse, writeSseEvent } from '../sse.js';
+import { errorBody } from '../errors.js';
+import { KindlingError } from '../../core/errors.js';
 import {
   BinaryBodySchema,
   CreateSandboxRequestSchema,
   ErrorResponseSchema,
   ExecutionResultSchema,
+  SandboxCommandListSchema,
+  SandboxCommandParamsSchema,
   SandboxCommandRequestSchema,
+  SandboxCommandSchema,
   SandboxFileListSchema,
   SandboxFileWrittenSchema,
   SandboxIdParamsSchema,
@@ -22,10 +28,14 @@ const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 const tags = ['sandboxes'];
 type IdParams = Static<typeof SandboxIdParamsSchema>;
 type PathQuery = Static<typeof SandboxPathQuerySchema>;
+type CommandParams = Static<typeof SandboxCommandParamsSchema>;
+/** Quiet commands must not look like a dead connection to proxies and clients. */
+const SSE_KEEPALIVE_MS = 15_000;
 
 /** /v1/sandboxes: persistent sandboxes (src/orchestrator/sandboxes.ts). Thin: HTTP <-> the service. */
-export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes: SandboxService }): void {
+export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes: SandboxService; toError?: (error: unknown) => KindlingError }): void {
   const service = options.sandboxes;
+  const toError = options.toError ?? ((error: unknown) => (error instanceof KindlingError ? error : new KindlingError('INTERNAL', (error as Error).message ?? 'internal error')));
 
   app.post<{ Body: Static<typeof CreateSandboxRequestSchema> }>(
     '/v1/sandboxes',
@@ -72,20 +82,126 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
     async (request) => service.resume(request.principal.tenant, request.params.id),
   );
 
+  /* Commands: foreground (JSON or SSE), background handles, their logs (SSE) and kill ---------------------------- */
+
   app.post<{ Params: IdParams; Body: Static<typeof SandboxCommandRequestSchema> }>(
     '/v1/sandboxes/:id/commands',
     {
       schema: {
         tags,
-        summary: 'Run a command in the live sandbox and answer its result (the execute contract)',
-        description: 'A non-zero exit or a timeout is a 200 result. The timeout kills the command\'s process tree; the sandbox and its other processes live on. Processes the command leaves in the background keep running (redirect their output). A paused sandbox is resumed first unless autoResume is false (409 SANDBOX_PAUSED).',
+        summary: 'Run a command in the live sandbox: its result (the execute contract), streamed as SSE, or started in the background',
+        description: [
+          "A non-zero exit or a timeout is a 200 result. The timeout kills the command's process tree; the sandbox and its other processes live on. Processes the command leaves in the background keep running (redirect their output). A paused sandbox is resumed first unless autoResume is false (409 SANDBOX_PAUSED).",
+          'With `Accept: text/event-stream` the output streams as SSE events `stdout`/`stderr`, then `exit` with the result (as POST /v1/execute).',
+          'With `background: true` the answer is 202 with the command\'s handle `{id, pid, state, ...}` as soon as it runs; follow it with GET .../commands/CID/logs, end it with DELETE .../commands/CID.',
+        ].join(' '),
         params: SandboxIdParamsSchema,
         body: SandboxCommandRequestSchema,
-        response: { 200: ExecutionResultSchema, ...errors },
+        response: { 200: ExecutionResultSchema, 202: SandboxCommandSchema, ...errors },
       },
     },
-    async (request) => service.run(request.principal.tenant, request.params.id, request.body),
+    async (request, reply) => {
+      const tenant = request.principal.tenant;
+      if (request.body.background === true) {
+        const view = await service.start(tenant, request.params.id, request.body);
+        reply.code(202);
+        return view;
+      }
+      if (!(request.headers.accept ?? '').includes('text/event-stream')) return service.run(tenant, request.params.id, request.body);
+      // SSE: errors before the command starts are ordinary HTTP errors; after, they are an `error` event.
+      const raw = reply.raw;
+      let streaming = false;
+      let keepAlive: NodeJS.Timeout | null = null;
+      try {
+        const result = await service.run(tenant, request.params.id, request.body, {
+          onStarted: (id) => {
+            streaming = true;
+            reply.hijack();
+            startSse(raw, { 'x-kindling-command-id': id, 'x-request-id': request.id });
+            keepAlive = setInterval(() => raw.write(': keep-alive\n\n'), SSE_KEEPALIVE_MS);
+          },
+          onOutput: (stream, text) => writeSseEvent(raw, stream, text),
+        });
+        writeSseEvent(raw, 'exit', JSON.stringify(result));
+        raw.end();
+      } catch (error) {
+        if (!streaming) throw error;
+        request.log.error({ err: error }, 'sandbox command failed after the stream started');
+        writeSseEvent(raw, 'error', JSON.stringify(errorBody(toError(error), request.id)));
+        raw.end();
+      } finally {
+        if (keepAlive) clearInterval(keepAlive);
+      }
+      return reply;
+    },
   );
+
+  app.get<{ Params: IdParams }>(
+    '/v1/sandboxes/:id/commands',
+    { schema: { tags, summary: "The sandbox's background commands: running ones, then the most recently finished (at most 16 kept)", params: SandboxIdParamsSchema, response: { 200: SandboxCommandListSchema, ...errors } } },
+    async (request) => ({ commands: service.listCommands(request.principal.tenant, request.params.id) }),
+  );
+
+  app.get<{ Params: CommandParams }>(
+    '/v1/sandboxes/:id/commands/:cid',
+    { schema: { tags, summary: 'One background command: state, pid, exitCode once exited', params: SandboxCommandParamsSchema, response: { 200: SandboxCommandSchema, ...errors } } },
+    async (request) => service.getCommand(request.principal.tenant, request.params.id, request.params.cid),
+  );
+
+  app.delete<{ Params: CommandParams }>(
+    '/v1/sandboxes/:id/commands/:cid',
+    { schema: { tags, summary: "Kill a background command's process tree (the sandbox and its other processes live on); answers its final state. Idempotent", params: SandboxCommandParamsSchema, response: { 200: SandboxCommandSchema, ...errors } } },
+    async (request) => service.killCommand(request.principal.tenant, request.params.id, request.params.cid),
+  );
+
+  app.get<{ Params: CommandParams }>(
+    '/v1/sandboxes/:id/commands/:cid/logs',
+    {
+      schema: {
+        tags,
+        summary: "A background command's output as SSE: what was kept so far, then live, then `exit`",
+        description: 'Events `stdout` and `stderr` (text), then `exit` with the command (as GET .../commands/CID). A follower joining late gets the output kept so far (the newest outputBytes; `droppedBytes` says how much went before). A finished command answers its kept output and `exit` at once.',
+        params: SandboxCommandParamsSchema,
+        response: { 200: { description: 'Server-sent events', content: { 'text/event-stream': { schema: { type: 'string' } } } }, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const raw = reply.raw;
+      const queue: string[] = [];
+      let live = false;
+      let finish: () => void = () => {};
+      const ended = new Promise<void>((resolve) => (finish = resolve));
+      const write = (event: string, data: string): void => {
+        if (live) writeSseEvent(raw, event, data);
+        else queue.push(event, data);
+      };
+      const following = service.followCommand(request.principal.tenant, request.params.id, request.params.cid, (event) => {
+        if (event.type === 'output') write(event.chunk.stream, event.chunk.data);
+        else {
+          write('exit', JSON.stringify(event.view));
+          finish();
+        }
+      });
+      reply.hijack();
+      startSse(raw, { 'x-request-id': request.id });
+      for (const chunk of following.replay) writeSseEvent(raw, chunk.stream, chunk.data);
+      for (let i = 0; i < queue.length; i += 2) writeSseEvent(raw, queue[i]!, queue[i + 1]!);
+      live = true;
+      if (following.view.state === 'exited') {
+        writeSseEvent(raw, 'exit', JSON.stringify(following.view));
+        finish();
+      }
+      const keepAlive = setInterval(() => raw.write(': keep-alive\n\n'), SSE_KEEPALIVE_MS);
+      raw.on('close', finish);
+      await ended;
+      clearInterval(keepAlive);
+      following.release();
+      if (!raw.writableEnded) raw.end();
+      return reply;
+    },
+  );
+
+  /* ---------------------------------------------------------------------------------------------------------------- */
 
   app.get<{ Params: IdParams; Querystring: PathQuery }>(
     '/v1/sandboxes/:id/files/list',

@@ -388,6 +388,10 @@ class BwrapCommand implements SandboxCommand {
     this.resolveExit(status);
   }
 
+  pid(): Promise<number | null> {
+    return this.nsPid !== null ? Promise.resolve(this.nsPid) : Promise.race([this.pidKnown, this.done.then(() => this.nsPid)]);
+  }
+
   wait(): Promise<{ exitCode: number; signal: string | null }> {
     return this.done;
   }
