@@ -61,7 +61,7 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
   let b: Kindling;
 
   before(async () => {
-    // Docker too (when the engine is there): an executor without persistent sandboxes must answer so, clearly.
+    // Docker too (when the engine is there): sandboxes of both executors live side by side.
     server = await startTestServer({ executor: 'sandbox', adminKey: ADMIN, maxSandboxesPerTenant: 3, ...(dockerMissing === null ? { enableExecutors: ['docker'] } : {}) });
     const admin = new Kindling({ url: server.url, apiKey: ADMIN });
     a = new Kindling({ url: server.url, apiKey: (await admin.tenants.create('sbx-a')).apiKey });
@@ -237,10 +237,7 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
       const other = await b.sandboxes.create({ runtime: 'bash' });
       await other.kill();
       for (const extra of more) await extra.kill();
-      if (dockerMissing === null) {
-        assert.ok(server.executors.has('docker'), 'the docker executor is enabled in this server');
-        await assert.rejects(a.sandboxes.create({ runtime: 'bash', executor: 'docker' }), (error: unknown) => error instanceof ValidationError && error.code === 'SANDBOXES_UNSUPPORTED' && /docker executor cannot host persistent sandboxes/.test(error.message));
-      } else {
+      if (dockerMissing !== null) {
         await assert.rejects(a.sandboxes.create({ runtime: 'bash', executor: 'docker' }), (error: unknown) => error instanceof ValidationError && error.code === 'UNKNOWN_EXECUTOR');
       }
       await assert.rejects(a.sandboxes.create({ runtime: 'bash', executor: 'microvm' }), ValidationError);
@@ -318,6 +315,101 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
     const leftovers = execFileSync('find', [agents, '-path', `*${sb.id}*`], { encoding: 'utf8' }).trim();
     assert.equal(leftovers, '');
     assert.deepEqual(mountsUnder(sb.id), []);
+  });
+});
+
+/** Parent cgroups the docker executor of `ownerId` made (one per v1 controller; v2: one). */
+function dockerCgroupsOf(ownerId: string): string[] {
+  const found: string[] = [];
+  const mount = '/sys/fs/cgroup';
+  for (const controller of readdirSync(mount, { withFileTypes: true }).filter((entry) => entry.isDirectory()).map((entry) => entry.name)) {
+    for (const dir of [join(mount, controller, 'kindling-docker', ownerId), join(mount, 'kindling-docker', ownerId)]) if (existsSync(dir)) found.push(dir);
+  }
+  return [...new Set(found)];
+}
+
+describe('persistent sandboxes (docker executor)', { skip: dockerMissing ?? false }, () => {
+  let server: TestServer;
+  let a: Kindling;
+  let b: Kindling;
+
+  before(async () => {
+    server = await startTestServer({ executor: 'docker', adminKey: ADMIN });
+    const admin = new Kindling({ url: server.url, apiKey: ADMIN });
+    a = new Kindling({ url: server.url, apiKey: (await admin.tenants.create('dsbx-a')).apiKey });
+    b = new Kindling({ url: server.url, apiKey: (await admin.tenants.create('dsbx-b')).apiKey });
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  test('create, commands, files, pause/resume, another tenant 404, delete; no container or cgroup is left', async () => {
+    const ownerId = ownerIdOf(server.dataDir);
+    const sb = await a.sandboxes.create({ runtime: 'bash', executor: 'docker', limits: { memoryMb: 128, diskMb: 16 } });
+    let deleted = false;
+    try {
+      assert.equal(sb.state, 'running');
+      assert.equal(sb.info.executor, 'docker');
+      const owned = await docker.listContainers({ filters: JSON.stringify({ label: [`dev.kindling.owner=${ownerId}`] }) });
+      assert.equal(owned.length, 1, 'one container holds the sandbox');
+      assert.equal(owned[0]!.HostConfig.NetworkMode, 'none');
+
+      // Processes and files persist between commands; a timeout kills the command only.
+      const started = await sb.commands.run(['sh', '-c', 'sleep 600 >/dev/null 2>&1 & echo $!']);
+      const pid = started.stdout.trim();
+      assert.match(pid, /^\d+$/, started.stderr);
+      assert.equal((await sb.commands.run(['sh', '-c', `tr '\\0' ' ' < /proc/${pid}/cmdline`])).stdout.trim(), 'sleep 600');
+      assert.equal((await sb.commands.run(['sh', '-c', 'cat > /tmp/in.txt; wc -c < /tmp/in.txt'], { stdin: 'abcd' })).stdout.trim(), '4');
+      const failed = await sb.commands.run(['sh', '-c', 'echo oops >&2; exit 7'], { workdir: '/tmp', env: { X: '1' } });
+      assert.deepEqual([failed.exitCode, failed.stderr, failed.timedOut], [7, 'oops\n', false]);
+      const slow = await sb.commands.run(['sh', '-c', 'sleep 300 & sleep 301; echo never'], { timeoutMs: 500 });
+      assert.deepEqual([slow.timedOut, slow.exitCode, slow.stdout], [true, 137, '']);
+      const seen = await sb.commands.run(['sh', '-c', `for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done`]);
+      assert.match(seen.stdout, /sleep 600/);
+      assert.doesNotMatch(seen.stdout, /sleep 30[01]/, 'the timed-out command and its child were killed');
+
+      // Files, through commands inside the container.
+      assert.deepEqual(await sb.files.write('dir/hello.txt', 'hi from the API'), { path: '/work/dir/hello.txt', size: 15 });
+      assert.equal(await sb.files.read('/work/dir/hello.txt'), 'hi from the API');
+      assert.equal((await sb.commands.run(['cat', 'dir/hello.txt'])).stdout, 'hi from the API');
+      assert.deepEqual((await sb.files.list('dir')).map((e) => [e.name, e.type, e.size]), [['hello.txt', 'file', 15]]);
+      await assert.rejects(sb.files.write('/usr/bin/evil', 'x'), (error: unknown) => error instanceof ValidationError && /read-only/.test(error.message));
+      await sb.files.remove('dir');
+      await assert.rejects(sb.files.read('dir/hello.txt'), NotFoundError);
+
+      // Another tenant sees nothing of it.
+      await assert.rejects(b.sandboxes.get(sb.id), (error: unknown) => error instanceof NotFoundError && error.code === 'SANDBOX_NOT_FOUND');
+      await assert.rejects(b.sandboxes.run(sb.id, ['true']), NotFoundError);
+      await assert.rejects(b.sandboxes.delete(sb.id), NotFoundError);
+
+      // Pause stops CPU; resume continues.
+      await sb.commands.run(['sh', '-c', 'while :; do :; done >/dev/null 2>&1 &']);
+      await waitFor(async () => (await sb.refresh()).usage!.cpuMs! > 100, 30_000, 'the busy loop uses CPU');
+      await sb.pause();
+      assert.equal(sb.state, 'paused');
+      const inspected = await docker.getContainer(owned[0]!.Id).inspect();
+      assert.equal(inspected.State.Paused, true);
+      const cpu1 = (await sb.refresh()).usage!.cpuMs!;
+      const start = Date.now();
+      await waitFor(async () => Date.now() - start > 1000, 5000, 'a second passes');
+      const cpu2 = (await sb.refresh()).usage!.cpuMs!;
+      assert.ok(cpu2 - cpu1 < 5, `a paused sandbox used ${cpu2 - cpu1} ms of CPU`);
+      await assert.rejects(sb.commands.run(['true'], { autoResume: false }), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_PAUSED');
+      await sb.resume();
+      assert.equal(sb.state, 'running');
+      await waitFor(async () => (await sb.refresh()).usage!.cpuMs! > cpu2 + 100, 30_000, 'the loop goes on after resume');
+      await sb.pause();
+      assert.equal((await sb.commands.run(['echo', 'auto'])).stdout, 'auto\n', 'a command resumes a paused sandbox');
+
+      assert.ok(dockerCgroupsOf(ownerId).length > 0, 'the sandbox is metered in a cgroup of this server');
+      await sb.kill();
+      deleted = true;
+      await assert.rejects(sb.refresh(), NotFoundError);
+      assert.deepEqual(await docker.listContainers({ all: true, filters: JSON.stringify({ label: [`dev.kindling.owner=${ownerId}`] }) }), [], 'the container is removed');
+      assert.deepEqual(dockerCgroupsOf(ownerId), [], 'its cgroups are removed');
+    } finally {
+      if (!deleted) await sb.kill();
+    }
   });
 });
 

@@ -5,7 +5,9 @@
  *
  * Covered: one-shot executions (output, exit codes, stdin, env, files, isolation, limits, kill, parallelism, usage,
  * reaping), warm sandboxes with a resident agent where the executor offers them (invoke, a timeout as a result,
- * destroy releasing everything), and the executor's own end: close() drains, destroy() aborts, both idempotent.
+ * destroy releasing everything), persistent sandboxes where the executor offers them (processes and files persist
+ * between commands, a kill ends one command's tree only, pause/resume as its capabilities say, destroy and reaping
+ * after a crash leave nothing), and the executor's own end: close() drains, destroy() aborts, both idempotent.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, createHash } from 'node:crypto';
@@ -14,7 +16,7 @@ import { newExecutionId } from '../core/ids.js';
 import type { ResourceLimits, RunSpec } from '../core/types.js';
 import { agentLaunch } from '../../agent/files.js';
 import { isKindlingError } from '../core/errors.js';
-import type { Execution, Executor, ExitInfo } from './executor.js';
+import type { Execution, Executor, ExitInfo, PersistentSandbox, SandboxCommand } from './executor.js';
 import { skipOrFail } from './test-support.js';
 
 export interface CompletedRun extends ExitInfo {
@@ -119,6 +121,11 @@ async function within<T>(promise: Promise<T>, ms: number, what: string): Promise
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Resolves once `condition` holds, checking it every few milliseconds (callers bound it with `within`). */
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 20));
 }
 
 /** A python handler for the warm sandbox cases: echoes with a prefix, prints a log line, sleeps when asked. */
@@ -418,6 +425,152 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       assert.equal(sandbox.alive, false);
       // Nothing of it is left for a reaper to find (its cgroup or container, its agent dir).
       assert.equal((await t.executor.reap()).removed, 0);
+    });
+
+    /* ---- persistent sandboxes, where the executor offers them ------------------------------------------------------ */
+
+    const sandboxTest = (title: string, body: (target: ConformanceTarget, create: NonNullable<Executor['createPersistentSandbox']>) => Promise<void>): void => {
+      test(`persistent sandbox: ${title}`, async (t, skip) => {
+        const create = t.executor.createPersistentSandbox?.bind(t.executor);
+        if (create === undefined) return skip(`${t.executor.name} offers no persistent sandboxes (no createPersistentSandbox): the API answers SANDBOXES_UNSUPPORTED`);
+        await body(t, create);
+      });
+    };
+    const sandboxSpec = (t: ConformanceTarget): RunSpec => base(t, { command: [], workdir: '/work', limits: { ...DEFAULT_LIMITS, timeoutMs: 300_000 } });
+    /** Runs a command in a persistent sandbox to its end; `onFirstOutput` is called once with the command, at its first stdout bytes. */
+    const runIn = async (
+      sandbox: PersistentSandbox,
+      command: string[],
+      options: { stdin?: string; env?: Record<string, string>; workdir?: string; onFirstOutput?: (running: SandboxCommand) => void } = {},
+    ): Promise<{ exitCode: number; signal: string | null; stdout: string; stderr: string }> => {
+      const running = await sandbox.exec({ command, env: options.env ?? {}, workdir: options.workdir ?? '/work', stdin: options.stdin !== undefined });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      running.stdout.on('data', (chunk: Buffer) => {
+        if (out.length === 0) options.onFirstOutput?.(running);
+        out.push(chunk);
+      });
+      running.stderr.on('data', (chunk: Buffer) => err.push(chunk));
+      running.stdin?.end(options.stdin);
+      const exit = await within(running.wait(), 60_000, `the command ${JSON.stringify(command)} ended`);
+      return { ...exit, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
+    };
+    /** The command lines of every process the sandbox can see (its own pid namespace). */
+    const processList = async (sandbox: PersistentSandbox): Promise<string> =>
+      (await runIn(sandbox, ['sh', '-c', `for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done`])).stdout;
+
+    sandboxTest('reports its capabilities (pause, memory snapshot) as booleans', async (t, create) => {
+      const sandbox = await create(sandboxSpec(t));
+      try {
+        assert.equal(typeof sandbox.capabilities.pause, 'boolean');
+        assert.equal(typeof sandbox.capabilities.memorySnapshot, 'boolean');
+        assert.equal(sandbox.alive, true);
+      } finally {
+        await sandbox.destroy();
+      }
+    });
+
+    sandboxTest('processes and files persist across commands; exit codes, stderr, stdin, env and workdir are per command', async (t, create) => {
+      const sandbox = await create(sandboxSpec(t));
+      try {
+        const started = await runIn(sandbox, ['sh', '-c', 'sleep 600 >/dev/null 2>&1 & echo $!']);
+        assert.equal(started.exitCode, 0, started.stderr);
+        const pid = started.stdout.trim();
+        assert.match(pid, /^\d+$/);
+        const seen = await runIn(sandbox, ['sh', '-c', `tr '\\0' ' ' < /proc/${pid}/cmdline`]);
+        assert.equal(seen.stdout.trim(), 'sleep 600', 'the background process of the first command lives in the second');
+        assert.equal((await runIn(sandbox, ['sh', '-c', 'echo "$GREETING" > note.txt'], { env: { GREETING: 'hello there' } })).exitCode, 0);
+        assert.equal((await runIn(sandbox, ['cat', '/work/note.txt'])).stdout, 'hello there\n');
+        assert.equal((await runIn(sandbox, ['sh', '-c', 'cat > /tmp/in; wc -c < /tmp/in'], { stdin: 'abc' })).stdout.trim(), '3');
+        assert.equal((await runIn(sandbox, ['pwd'], { workdir: '/tmp' })).stdout, '/tmp\n');
+        const failed = await runIn(sandbox, ['sh', '-c', 'echo out; echo oops >&2; exit 7']);
+        assert.deepEqual([failed.exitCode, failed.stdout, failed.stderr], [7, 'out\n', 'oops\n']);
+        assert.equal((await runIn(sandbox, ['no-such-command'])).exitCode, 127);
+        assert.notEqual((await runIn(sandbox, ['true'], { workdir: '/no/such/dir' })).exitCode, 0);
+        // A command that leaves a child holding its output still ends when its main process does.
+        const left = await runIn(sandbox, ['sh', '-c', 'sleep 500 & echo main']);
+        assert.deepEqual([left.exitCode, left.stdout], [0, 'main\n']);
+        assert.notEqual(await runIn(sandbox, ['id', '-u']).then((r) => r.stdout.trim()), '0');
+      } finally {
+        await sandbox.destroy();
+      }
+    });
+
+    sandboxTest("killing a command (its timeout) ends that command's process tree only; the sandbox and its other processes live on", async (t, create) => {
+      const sandbox = await create(sandboxSpec(t));
+      try {
+        assert.equal((await runIn(sandbox, ['sh', '-c', 'sleep 600 >/dev/null 2>&1 &'])).exitCode, 0);
+        // Killed once its tree exists (the child was forked before `started`), not after a guessed delay.
+        const slow = await runIn(sandbox, ['sh', '-c', 'sleep 300 & echo started; sleep 301; echo never'], { onFirstOutput: (running) => running.kill() });
+        assert.equal(slow.exitCode, 137);
+        assert.equal(slow.signal, 'SIGKILL');
+        assert.equal(slow.stdout, 'started\n');
+        const after = await processList(sandbox);
+        assert.match(after, /sleep 600/, 'the other background process lives on');
+        assert.doesNotMatch(after, /sleep 30[01]/, 'the killed command and its child are gone');
+        assert.equal((await runIn(sandbox, ['echo', 'still here'])).stdout, 'still here\n');
+      } finally {
+        await sandbox.destroy();
+      }
+    });
+
+    sandboxTest('pause stops every process (no CPU) and resume continues them, or both are refused as the capabilities say', async (t, create) => {
+      const sandbox = await create(sandboxSpec(t));
+      try {
+        if (!sandbox.capabilities.pause) {
+          await assert.rejects(sandbox.pause(), (error: unknown) => isKindlingError(error));
+          return;
+        }
+        assert.equal((await runIn(sandbox, ['sh', '-c', 'while :; do :; done >/dev/null 2>&1 &'])).exitCode, 0);
+        const cpu = (): number => sandbox.usage()?.cpuMs ?? 0;
+        await within(until(() => cpu() > 100), 30_000, 'the busy loop uses CPU');
+        await sandbox.pause();
+        const frozenAt = cpu();
+        // A second of wall time passes, observed on the clock, while the CPU counter of a frozen sandbox stands still.
+        const since = performance.now();
+        await until(() => performance.now() - since > 1000);
+        assert.ok(cpu() - frozenAt < 5, `a paused sandbox used ${cpu() - frozenAt} ms of CPU`);
+        await sandbox.resume();
+        await within(until(() => cpu() > frozenAt + 100), 30_000, 'the loop goes on after resume');
+        assert.equal((await runIn(sandbox, ['echo', 'awake'])).stdout, 'awake\n');
+      } finally {
+        await sandbox.destroy();
+      }
+    });
+
+    sandboxTest('destroy() ends every process and leaves nothing, may be called again, and later calls say the sandbox ended', async (t, create) => {
+      const sandbox = await create(sandboxSpec(t));
+      assert.equal((await runIn(sandbox, ['sh', '-c', 'sleep 600 >/dev/null 2>&1 & echo x > /work/f'])).exitCode, 0);
+      await Promise.all([sandbox.destroy(), sandbox.destroy()]);
+      await sandbox.destroy();
+      await within(sandbox.disposed, 15_000, 'disposed after destroy()');
+      assert.equal(sandbox.alive, false);
+      assert.equal(sandbox.usage(), null);
+      await assert.rejects(sandbox.exec({ command: ['true'], env: {}, workdir: '/work', stdin: false }), (error: unknown) => isKindlingError(error) && error.code === 'SANDBOX_NOT_RUNNING');
+      assert.equal((await t.executor.reap()).removed, 0, 'nothing of the sandbox is left for a reaper');
+    });
+
+    sandboxTest('a sandbox whose server crashed (never destroyed) is removed by the next reaper of the same owner', async (t) => {
+      const owner = `${ownerPrefix(t)}-crash-${process.pid}`;
+      const crashed = await t.create(owner);
+      let sandbox: PersistentSandbox | null = null;
+      try {
+        sandbox = await crashed.createPersistentSandbox!(sandboxSpec(t));
+        assert.equal((await runIn(sandbox, ['sh', '-c', 'sleep 600 >/dev/null 2>&1 &'])).exitCode, 0);
+        // The crashed server's executor is abandoned as it is; a fresh one of the same owner starts and reaps.
+        const next = await t.create(owner);
+        try {
+          assert.ok((await next.reap()).removed > 0, 'the reaper found the orphaned sandbox');
+        } finally {
+          await next.destroy();
+        }
+        await within(sandbox.disposed, 30_000, 'the orphaned sandbox ended');
+        assert.equal(sandbox.alive, false);
+      } finally {
+        await sandbox?.destroy();
+        await crashed.destroy();
+      }
+      await assertNothingLeft(t, owner);
     });
 
     /* ---- the executor's own end: close() drains, destroy() aborts ------------------------------------------------- */

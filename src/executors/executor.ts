@@ -167,11 +167,23 @@ export interface SandboxCommandRequest {
 }
 
 /**
+ * What a persistent sandbox of an executor can do beyond the common contract (commands, files, usage, destroy), so
+ * that callers and the conformance suite test what is claimed instead of skipping what is not.
+ */
+export interface SandboxCapabilities {
+  /** pause()/resume() freeze and thaw every process (no CPU while paused); false: both reject with a KindlingError saying so. */
+  pause: boolean;
+  /** A snapshot can keep memory and processes (not only files). */
+  memorySnapshot: boolean;
+}
+
+/**
  * A long-lived sandbox that runs many commands (processes and files persist between them), can be frozen and thawed,
  * and is destroyed explicitly. Made by `Executor.createPersistentSandbox`.
  */
 export interface PersistentSandbox {
   readonly id: string;
+  readonly capabilities: SandboxCapabilities;
   /** False once the sandbox died or was destroyed. */
   readonly alive: boolean;
   exec(request: SandboxCommandRequest): Promise<SandboxCommand>;

@@ -163,7 +163,8 @@ export class SandboxService {
       throw new KindlingError('UNKNOWN_EXECUTOR', `executor "${request.executor}" is not enabled on this server (enabled: ${[...this.options.executors.keys()].join(', ')})`, { details: { field: 'executor' } });
     }
     if (executor.createPersistentSandbox === undefined) {
-      throw new KindlingError('SANDBOXES_UNSUPPORTED', `the ${executorName} executor cannot host persistent sandboxes in this version (no long-lived sandbox, exec, files or freezer there yet); use executor "sandbox"`, { details: { executor: executorName, supported: [...this.options.executors.values()].filter((e) => e.createPersistentSandbox !== undefined).map((e) => e.name) } });
+      const supported = [...this.options.executors.values()].filter((e) => e.createPersistentSandbox !== undefined).map((e) => e.name);
+      throw new KindlingError('SANDBOXES_UNSUPPORTED', `the ${executorName} executor cannot host persistent sandboxes in this version (no long-lived sandbox, exec, files or freezer there yet); use executor ${supported.length === 0 ? '"sandbox" or "docker" (neither is enabled on this server)' : supported.map((name) => `"${name}"`).join(' or ')}`, { details: { executor: executorName, supported } });
     }
     if ((request.runtime === undefined) === (request.image === undefined)) {
       throw new KindlingError('CONFLICTING_FIELDS', 'give exactly one of "runtime" or "image"', { details: { fields: ['runtime', 'image'] } });

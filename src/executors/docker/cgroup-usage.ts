@@ -125,6 +125,27 @@ export class SlotCgroup {
     return { cpuMs: Math.round(Math.max(0, now.cpuMs - this.baseCpuMs) * 100) / 100, memoryPeakBytes: now.memoryPeakBytes };
   }
 
+  /**
+   * Host pids of every process in the container (its cgroup and the cgroups below it), for killing a part of it from
+   * the host; empty when the cgroup is gone.
+   */
+  pids(): number[] {
+    const relative = this.relative;
+    if (relative === null) return [];
+    const root = this.layout.version === 1 ? path.join(this.layout.mount, 'pids', relative) : path.join(this.layout.mount, relative);
+    const found: number[] = [];
+    const walk = (dir: string, depth: number): void => {
+      try {
+        for (const line of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n')) if (line !== '') found.push(Number(line));
+        if (depth < 4) for (const entry of fs.readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) walk(path.join(dir, entry.name), depth + 1);
+      } catch {
+        // gone meanwhile
+      }
+    };
+    walk(root, 0);
+    return found;
+  }
+
   /** Removes the parent cgroup (after the container is removed). */
   remove(): void {
     if (this.layout.driver !== 'cgroupfs') return;

@@ -6,7 +6,7 @@ import Docker from 'dockerode';
 import type { Container } from 'dockerode';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions, WarmSandbox } from '../executor.js';
+import type { Execution, Executor, ExecutorStatus, ExitInfo, PersistentSandbox, ReapReport, StartOptions, WarmSandbox } from '../executor.js';
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER } from '../executor.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
@@ -17,6 +17,7 @@ import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/o
 import { SlotCgroup, listSlotCgroups, removeOwnerDirs, type DockerCgroupLayout } from './cgroup-usage.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { DockerEgressNetwork } from './egress-network.js';
+import { startDockerPersistentSandbox } from './persistent.js';
 import { isEngineUnreachable, toKindlingError } from './engine-errors.js';
 import { CONTAINER_GID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, shapeKeyOf, shapeOf, type SlotShape } from './container-options.js';
 
@@ -293,6 +294,11 @@ export class DockerExecutor implements Executor {
   }
 
   async start(spec: RunSpec, options: StartOptions = {}): Promise<Execution> {
+    return (await this.startSlot(spec, options)).execution;
+  }
+
+  /** `start`, also giving the container the execution runs in (persistent sandboxes exec into it). */
+  private async startSlot(spec: RunSpec, options: StartOptions = {}): Promise<{ execution: Execution; slot: Slot }> {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down; retry on another instance');
     const egress = spec.network === 'egress';
     if (egress && this.options.egressPolicy === undefined) {
@@ -309,7 +315,7 @@ export class DockerExecutor implements Executor {
       const execution = await this.launch(slot, spec, options, prewarmed === null);
       // Only a shape that just started successfully is worth keeping warm.
       if (spec.agentDir === undefined && !egress) this.pool.replenish(shapeKey);
-      return execution;
+      return { execution, slot };
     } catch (error) {
       await this.destroySlot(slot).catch(() => undefined);
       throw toKindlingError(error, spec.image);
@@ -422,6 +428,18 @@ export class DockerExecutor implements Executor {
    */
   async createWarmSandbox(spec: RunSpec, options: StartOptions = {}): Promise<WarmSandbox> {
     return startAgentSandbox((s, o) => this.start(s, o), spec, { agentsDir: this.agentsDir, sandboxGid: CONTAINER_GID }, options);
+  }
+
+  /**
+   * A long-lived container that runs many commands through the engine's exec (see persistent.ts); same hardening,
+   * limits, labels and metering as `start`.
+   */
+  async createPersistentSandbox(spec: RunSpec, options: StartOptions = {}): Promise<PersistentSandbox> {
+    const start = async (s: RunSpec, o: StartOptions): Promise<{ execution: Execution; container: Container; cgroup: SlotCgroup }> => {
+      const { execution, slot } = await this.startSlot(s, o);
+      return { execution, container: slot.container, cgroup: slot.cgroup };
+    };
+    return startDockerPersistentSandbox({ docker: this.docker, start }, spec, options);
   }
 
   private get agentsDir(): string {

@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { PersistentSandbox, ResourceUsage, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { PersistentSandbox, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { shellQuote } from '../shared/process.js';
@@ -103,6 +103,7 @@ interface PendingCommand {
 }
 
 class BwrapPersistentSandbox implements PersistentSandbox {
+  readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false };
   readonly disposed: Promise<void>;
   private ended = false;
   private readonly control: Writable;
