@@ -204,7 +204,7 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
     }
   });
 
-  test('idle timeout pauses; max lifetime stops and removes', async () => {
+  test('idle timeout pauses; max lifetime stops the processes and keeps the files', async () => {
     const idle = await a.sandboxes.create({ runtime: 'bash', idleTimeoutMs: 1000 });
     const short = await a.sandboxes.create({ runtime: 'bash', maxLifetimeMs: 1500 });
     try {
@@ -213,7 +213,9 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
       await waitFor(async () => (await short.refresh()).state === 'stopped', 10_000, 'the short-lived sandbox stopped');
       assert.match(short.info.stopReason ?? '', /maxLifetimeMs/);
       assert.equal(short.info.usage, null);
-      await assert.rejects(short.commands.run(['true']), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_NOT_RUNNING');
+      // Its files were kept: the next command starts it again on them, with a new lifetime.
+      assert.equal((await short.commands.run(['echo', 'again'])).stdout, 'again\n');
+      assert.equal((await short.refresh()).state, 'running');
     } finally {
       await idle.kill();
       await short.kill();
