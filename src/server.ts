@@ -59,6 +59,8 @@ export interface ServerConfig {
   tenantQuotas?: Partial<ResolvedQuotas>;
   /** Live (running or paused) persistent sandboxes per tenant (--max-sandboxes-per-tenant). Default 10. */
   maxSandboxesPerTenant?: number;
+  /** Snapshots of persistent sandboxes a tenant may keep (--max-snapshots-per-tenant). Default 20. */
+  maxSnapshotsPerTenant?: number;
   /** Versions kept per function (the newest); older ones go on deploy unless an invocation needs them. Default 10. */
   functionVersionsKept?: number;
   /**
@@ -482,8 +484,9 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   invocationsRef = invocations;
   const streamRelay = openStreamRelay(config.streamRelayPath === undefined ? DEFAULT_STREAM_RELAY_PATH : config.streamRelayPath, metrics, logger);
   if (streamRelay) rollback.add('stream relay', () => streamRelay.close());
-  // Persistent sandboxes: none survives a restart (processes and tmpfs ended with the old server; the executors reaped
-  // what was left above), so their records say stopped before any request arrives.
+  // Persistent sandboxes: no process survives a restart (they ended with the old server; the executors reaped what was
+  // left above), so their records say stopped before any request arrives; their files are kept (the sandbox executor's
+  // disks), and the disks and snapshots whose records are gone are removed.
   const sandboxStore = new SqliteSandboxStore(join(dataDir, 'kindling.db'));
   rollback.add('sandbox store', () => sandboxStore.close());
   const sandboxes = new SandboxService({
@@ -492,12 +495,15 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     store: sandboxStore,
     capsOf: (tenant) => tenants.capsOf(tenant),
     ...(config.maxSandboxesPerTenant === undefined ? {} : { maxPerTenant: config.maxSandboxesPerTenant }),
+    ...(config.maxSnapshotsPerTenant === undefined ? {} : { maxSnapshotsPerTenant: config.maxSnapshotsPerTenant }),
     onError: (error, context) => logger.warn({ err: error, ...context }, 'persistent sandboxes'),
   });
   rollback.add('persistent sandboxes', () => sandboxes.close());
   sandboxesRef = sandboxes;
   const recovered = sandboxes.recover();
   if (recovered > 0) logger.info({ sandboxes: recovered }, 'persistent sandboxes of the previous run marked stopped');
+  const reapedStorage = await sandboxes.reapStorage();
+  if (reapedStorage > 0) logger.info({ removed: reapedStorage }, 'disks and snapshots of deleted sandboxes removed');
   let draining = false;
   const app = await buildApi({
     sandboxes,

@@ -60,6 +60,12 @@ const TS_COVERED: Record<string, string[]> = {
   'PUT /v1/sandboxes/{id}/files': ['sandboxes.writeFile'],
   'GET /v1/sandboxes/{id}/files': ['sandboxes.readFile'],
   'DELETE /v1/sandboxes/{id}/files': ['sandboxes.removeFile'],
+  'POST /v1/sandboxes/{id}/snapshots': ['sandboxes.snapshot'],
+  'GET /v1/sandboxes/{id}/snapshots': ['sandboxes.listSnapshots'],
+  'POST /v1/sandboxes/{id}/fork': ['sandboxes.fork'],
+  'GET /v1/snapshots': ['sandboxes.listSnapshots'],
+  'GET /v1/snapshots/{id}': ['sandboxes.getSnapshot'],
+  'DELETE /v1/snapshots/{id}': ['sandboxes.deleteSnapshot'],
   'GET /v1/sandboxes/{id}/files/list': ['sandboxes.listFiles'],
 };
 /** Routes the TypeScript SDK leaves out on purpose, and why. */

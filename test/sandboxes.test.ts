@@ -204,7 +204,7 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
     }
   });
 
-  test('idle timeout pauses; max lifetime stops and removes', async () => {
+  test('idle timeout pauses; max lifetime stops the processes and keeps the files', async () => {
     const idle = await a.sandboxes.create({ runtime: 'bash', idleTimeoutMs: 1000 });
     const short = await a.sandboxes.create({ runtime: 'bash', maxLifetimeMs: 1500 });
     try {
@@ -213,7 +213,9 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
       await waitFor(async () => (await short.refresh()).state === 'stopped', 10_000, 'the short-lived sandbox stopped');
       assert.match(short.info.stopReason ?? '', /maxLifetimeMs/);
       assert.equal(short.info.usage, null);
-      await assert.rejects(short.commands.run(['true']), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_NOT_RUNNING');
+      // Its files were kept: the next command starts it again on them, with a new lifetime.
+      assert.equal((await short.commands.run(['echo', 'again'])).stdout, 'again\n');
+      assert.equal((await short.refresh()).state, 'running');
     } finally {
       await idle.kill();
       await short.kill();
@@ -315,6 +317,85 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
     const leftovers = execFileSync('find', [agents, '-path', `*${sb.id}*`], { encoding: 'utf8' }).trim();
     assert.equal(leftovers, '');
     assert.deepEqual(mountsUnder(sb.id), []);
+    assert.equal(existsSync(join(server.dataDir, 'run', 'sandbox-storage', ownerId, 'disks', `${sb.id}.ext4`)), false, 'the disk is removed');
+    assert.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(sb.id), false, 'no loop device is left');
+  });
+
+  /* -- snapshots and forks ------------------------------------------------------------------------------------------ */
+
+  test('snapshots are immutable; forks and fromSnapshot start from them and never see each other; caps refuse first', async () => {
+    const ownerId = ownerIdOf(server.dataDir);
+    const storage = join(server.dataDir, 'run', 'sandbox-storage', ownerId);
+    const parent = await a.sandboxes.create({ runtime: 'bash', limits: { diskMb: 16 }, env: { WHO: 'parent' } });
+    const made: Sandbox[] = [];
+    try {
+      assert.deepEqual(parent.info.storage, { persistent: true, fromSnapshot: null });
+      await parent.files.write('state.txt', 'v1');
+      await parent.commands.run(['sh', '-c', 'mkdir -p d && head -c 100000 /dev/urandom > d/blob && ln -s /etc/hostname link']);
+      const snap = await parent.snapshot();
+      assert.match(snap.id, /^snap_/);
+      assert.equal(snap.sandboxId, parent.id);
+      assert.equal(snap.memory, false);
+      assert.match(snap.note, /no memory or processes/);
+      assert.ok(snap.bytes >= 100_000, `bytes ${snap.bytes}`);
+      assert.deepEqual((await a.sandboxes.listSnapshots({ sandboxId: parent.id })).map((s) => s.id), [snap.id]);
+      assert.equal((await a.sandboxes.getSnapshot(snap.id)).bytes, snap.bytes);
+      await assert.rejects(b.sandboxes.getSnapshot(snap.id), (error: unknown) => error instanceof NotFoundError && error.code === 'SNAPSHOT_NOT_FOUND');
+      await assert.rejects(b.sandboxes.create({ fromSnapshot: snap.id }), NotFoundError);
+
+      // Immutable: the parent's later writes do not reach it.
+      await parent.files.write('state.txt', 'v2 parent');
+      const child = await a.sandboxes.create({ fromSnapshot: snap.id });
+      made.push(child);
+      assert.deepEqual([child.info.runtime, child.info.limits.diskMb, child.info.storage.fromSnapshot], ['bash', 16, snap.id]);
+      assert.equal(await child.files.read('state.txt'), 'v1');
+      assert.equal((await child.commands.run(['sh', '-c', 'wc -c < d/blob; readlink link'])).stdout, '100000\n/etc/hostname\n');
+      await child.files.write('state.txt', 'v2 child');
+      assert.equal(await parent.files.read('state.txt'), 'v2 parent');
+      await child.kill();
+      made.pop();
+
+      // A fork count the cap (3 live) cannot take is refused before anything is made.
+      const before = readdirSync(join(storage, 'snapshots')).length;
+      await assert.rejects(parent.fork(3), (error: unknown) => error instanceof RateLimitError && error.code === 'TENANT_SANDBOX_LIMIT');
+      await assert.rejects(parent.fork(4), (error: unknown) => error instanceof ValidationError && error.code === 'LIMIT_OUT_OF_RANGE');
+      assert.equal(readdirSync(join(storage, 'snapshots')).length, before, 'no snapshot was made');
+      assert.equal((await a.sandboxes.list({ state: 'running' })).length, 1);
+
+      const forks = await parent.fork(2);
+      made.push(...forks);
+      assert.equal(forks.length, 2);
+      const [f1, f2] = forks as [Sandbox, Sandbox];
+      assert.deepEqual(await Promise.all(forks.map((f) => f.files.read('state.txt'))), ['v2 parent', 'v2 parent']);
+      assert.equal((await f1.commands.run(['sh', '-c', 'echo $WHO'])).stdout, 'parent\n', 'forks get the parent\'s env');
+      await f1.files.write('state.txt', 'f1');
+      await f2.commands.run(['sh', '-c', 'echo f2 > state.txt; rm d/blob']);
+      await parent.files.write('state.txt', 'v3 parent');
+      assert.deepEqual(await Promise.all([f1, f2, parent].map((s) => s.files.read('state.txt'))), ['f1', 'f2\n', 'v3 parent']);
+      assert.equal((await f1.commands.run(['test', '-f', 'd/blob'])).exitCode, 0, "f2's delete is its own");
+      const forkSnap = forks[0]!.info.storage.fromSnapshot!;
+      await assert.rejects(a.sandboxes.deleteSnapshot(forkSnap), (error: unknown) => error instanceof ConflictError && error.code === 'SNAPSHOT_IN_USE');
+      for (const fork of forks) await fork.kill();
+      made.length = 0;
+      await a.sandboxes.deleteSnapshot(forkSnap);
+      await a.sandboxes.deleteSnapshot(snap.id);
+      await assert.rejects(a.sandboxes.getSnapshot(snap.id), NotFoundError);
+      assert.deepEqual(readdirSync(join(storage, 'snapshots')), [], 'the snapshots\' files are removed');
+    } finally {
+      for (const sb of made) await sb.kill().catch(() => {});
+      await parent.kill();
+    }
+    assert.deepEqual(readdirSync(join(storage, 'disks')), [], 'no disk is left');
+    assert.deepEqual(mountsUnder(parent.id), []);
+    assert.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(storage), false, 'no loop device is left');
+  });
+
+  test('a full disk is ENOSPC inside the sandbox; a snapshot of a deleted sandbox is a 404', async () => {
+    const sb = await a.sandboxes.create({ runtime: 'bash', limits: { diskMb: 8 } });
+    const full = await sb.commands.run(['sh', '-c', 'head -c 20000000 /dev/zero > big; echo $?']);
+    assert.match(full.stderr, /No space left on device/);
+    await sb.kill();
+    await assert.rejects(sb.snapshot(), (error: unknown) => error instanceof NotFoundError && error.code === 'SANDBOX_NOT_FOUND');
   });
 });
 
@@ -414,7 +495,7 @@ describe('persistent sandboxes (docker executor)', { skip: dockerMissing ?? fals
 });
 
 describe('persistent sandboxes across a server restart', { skip: unavailable ?? false }, () => {
-  test('after kill -9 of the server, the next start reaps what is left and marks the records stopped', async () => {
+  test('after kill -9 of the server, the next start reaps the processes, keeps the files, and the next command starts it again', async () => {
     const dataDir = await newDataDir();
     const ownerId = ownerIdOf(dataDir);
     const marker = `sleep 8${Math.floor(Math.random() * 1000) + 1000}`;
@@ -423,8 +504,12 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
     try {
       first = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0']);
       const client = new Kindling({ url: first.url });
-      const sb = await client.sandboxes.create({ runtime: 'bash' });
+      const sb = await client.sandboxes.create({ runtime: 'bash', env: { KEPT: 'yes' } });
+      const gone = await client.sandboxes.create({ runtime: 'bash' });
       await sb.commands.run(['sh', '-c', `${marker} >/dev/null 2>&1 &`]);
+      await sb.files.write('notes/kept.txt', 'survives kill -9');
+      await sb.commands.run(['sh', '-c', 'echo in-tmp > /tmp/t']);
+      const snap = await sb.snapshot();
       assert.equal(processesWith(marker).length, 1);
       await stopProcess(first.child, 'SIGKILL');
       second = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0']);
@@ -434,11 +519,23 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
       const record = await again.sandboxes.get(sb.id);
       assert.equal(record.state, 'stopped');
       assert.match(record.stopReason ?? '', /server restarted/);
-      await assert.rejects(again.sandboxes.run(sb.id, ['true']), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_NOT_RUNNING');
+      assert.equal(record.storage.persistent, true);
       // No sandbox cgroup is left of the dead server (no prewarmed launchers here: an empty one being made would count).
       const live = await leftovers(docker, ownerId, dataDir, [second.child.pid!]);
       assert.deepEqual(live.cgroups, []);
       assert.deepEqual(live.processes, []);
+      assert.equal((await again.sandboxes.getSnapshot(snap.id)).bytes, snap.bytes, 'the snapshot survives too');
+      // The files API starts it again: a new process tree on the same files, with its env.
+      assert.equal(new TextDecoder().decode(await again.sandboxes.readFile(sb.id, 'notes/kept.txt')), 'survives kill -9');
+      assert.equal((await again.sandboxes.get(sb.id)).state, 'running');
+      const ran = await again.sandboxes.run(sb.id, ['sh', '-c', 'cat /tmp/t; echo $KEPT']);
+      assert.equal(ran.stdout, 'in-tmp\nyes\n');
+      await again.sandboxes.delete(gone.id);
+      const fork = await again.sandboxes.create({ fromSnapshot: snap.id });
+      assert.equal(await fork.files.read('notes/kept.txt'), 'survives kill -9');
+      await fork.kill();
+      await again.sandboxes.deleteSnapshot(snap.id);
+      assert.deepEqual(readdirSync(join(dataDir, 'run', 'sandbox-storage', ownerId, 'disks')), [`${sb.id}.ext4`]);
       await again.sandboxes.delete(sb.id);
       await stopProcess(second.child, 'SIGTERM');
       const left = await leftovers(docker, ownerId, dataDir);

@@ -4,7 +4,7 @@ export type { RequestOptions } from './resource.js';
 export { Functions, type InvokeOptions, type InvokeAsyncOptions, type LogsOptions } from './functions.js';
 export { Invocations, type ListInvocationsOptions, type WaitForOptions, type InvocationOutput } from './invocations.js';
 export { Tenants, Keys, type CreateTenantOptions } from './tenants.js';
-export { Sandboxes, Sandbox, SandboxCommands, CommandHandle, type SandboxInfo, type CreateSandboxOptions, type RunCommandOptions, type BackgroundCommandOptions, type SandboxCommandInfo, type BackgroundCommandResult, type CommandLogsOptions, type SandboxFileEntry } from './sandboxes.js';
+export { Sandboxes, Sandbox, SandboxCommands, CommandHandle, type SandboxInfo, type CreateSandboxOptions, type RunCommandOptions, type BackgroundCommandOptions, type SandboxCommandInfo, type BackgroundCommandResult, type CommandLogsOptions, type SandboxFileEntry, type SnapshotInfo } from './sandboxes.js';
 export type { FetchFunction } from './http.js';
 export { ExecutionStream } from './stream.js';
 export { InteractiveExecution, type InteractiveOptions, type InteractiveStart } from './interactive.js';

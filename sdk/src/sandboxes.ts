@@ -26,6 +26,23 @@ export interface SandboxInfo {
   stopReason: string | null;
   /** The kernel's accounting of the whole sandbox so far; null once stopped. */
   usage: { cpuMs: number | null; memoryPeakBytes: number | null } | null;
+  /** `persistent`: the files are on a disk of the sandbox's own, kept while it is stopped until it is deleted. */
+  storage: { persistent: boolean; fromSnapshot: string | null };
+}
+
+/** A snapshot of a sandbox's files (`POST /v1/sandboxes/ID/snapshots`). Immutable; kept until deleted. */
+export interface SnapshotInfo {
+  id: string;
+  sandboxId: string;
+  executor: string;
+  image: string;
+  runtime: string | null;
+  limits: { memoryMb: number; cpus: number; pids: number; diskMb: number };
+  createdAt: string;
+  bytes: number;
+  /** Whether memory and processes are kept (false on the sandbox executor: files only). */
+  memory: boolean;
+  note: string;
 }
 
 export interface CreateSandboxOptions extends RequestOptions {
@@ -41,6 +58,8 @@ export interface CreateSandboxOptions extends RequestOptions {
   /** Milliseconds after creation when the sandbox is stopped and removed. Default 3600000. */
   maxLifetimeMs?: number;
   metadata?: Record<string, string>;
+  /** A snapshot id: /work starts as its files; runtime/image and limits default to the snapshot's. */
+  fromSnapshot?: string;
 }
 
 export interface RunCommandOptions extends RequestOptions {
@@ -144,7 +163,7 @@ export class Sandboxes extends APIResource {
   /** `POST /v1/sandboxes`: resolves once the sandbox runs. */
   async create(options: CreateSandboxOptions = {}): Promise<Sandbox> {
     const { signal, requestTimeoutMs, ...spec } = options;
-    if (spec.runtime === undefined && spec.image === undefined) spec.runtime = 'bash';
+    if (spec.runtime === undefined && spec.image === undefined && spec.fromSnapshot === undefined) spec.runtime = 'bash';
     const info = await this.http.json<SandboxInfo>({ method: 'POST', path: '/v1/sandboxes', body: spec, ...call({ ...(signal ? { signal } : {}), ...(requestTimeoutMs === undefined ? {} : { requestTimeoutMs }) }) });
     return new Sandbox(this, info);
   }
@@ -308,6 +327,37 @@ export class Sandboxes extends APIResource {
     return this.noContent('DELETE', filesPath(id, path), options);
   }
 
+  /* -- snapshots and forks ---------------------------------------------------------------------------------------- */
+
+  /** `POST /v1/sandboxes/ID/snapshots`: an immutable copy of the sandbox's files. */
+  snapshot(id: string, options: RequestOptions = {}): Promise<SnapshotInfo> {
+    return this.http.json<SnapshotInfo>({ method: 'POST', path: `${sandboxPath(id)}/snapshots`, body: {}, ...call(options) });
+  }
+
+  /** `POST /v1/sandboxes/ID/fork`: a snapshot and `count` sandboxes made from it. */
+  async fork(id: string, count: number, options: RequestOptions = {}): Promise<{ snapshot: SnapshotInfo; sandboxes: Sandbox[] }> {
+    const made = await this.http.json<{ snapshot: SnapshotInfo; sandboxes: SandboxInfo[] }>({ method: 'POST', path: `${sandboxPath(id)}/fork`, body: { count }, ...call(options) });
+    return { snapshot: made.snapshot, sandboxes: made.sandboxes.map((info) => new Sandbox(this, info)) };
+  }
+
+  /** `GET /v1/snapshots`: the tenant's snapshots (of one sandbox with `sandboxId`). */
+  async listSnapshots(options: RequestOptions & { sandboxId?: string } = {}): Promise<SnapshotInfo[]> {
+    const query = options.sandboxId === undefined ? '' : `?sandboxId=${encodeURIComponent(options.sandboxId)}`;
+    return (await this.http.json<{ snapshots: SnapshotInfo[] }>({ method: 'GET', path: `/v1/snapshots${query}`, ...call(options) })).snapshots;
+  }
+
+  /** `GET /v1/snapshots/ID`. */
+  getSnapshot(id: string, options: RequestOptions = {}): Promise<SnapshotInfo> {
+    return this.http.json<SnapshotInfo>({ method: 'GET', path: `/v1/snapshots/${encodeURIComponent(id)}`, ...call(options) });
+  }
+
+  /** `DELETE /v1/snapshots/ID` (`ConflictError` SNAPSHOT_IN_USE while sandboxes are made from it). */
+  deleteSnapshot(id: string, options: RequestOptions = {}): Promise<void> {
+    return this.noContent('DELETE', `/v1/snapshots/${encodeURIComponent(id)}`, options);
+  }
+
+  /* ---------------------------------------------------------------------------------------------------------------- */
+
   private async noContent(method: 'DELETE', path: string, options: RequestOptions): Promise<void> {
     const request = this.http.open(path, call(options));
     try {
@@ -364,6 +414,16 @@ export class Sandbox {
   async refresh(options?: RequestOptions): Promise<SandboxInfo> {
     this.info = await this.#api.get(this.id, options);
     return this.info;
+  }
+
+  /** An immutable snapshot of the sandbox's files (processes are not kept on the sandbox executor). */
+  snapshot(options?: RequestOptions): Promise<SnapshotInfo> {
+    return this.#api.snapshot(this.id, options);
+  }
+
+  /** `count` new sandboxes from one snapshot of this one; none sees the others' later writes. */
+  async fork(count: number, options?: RequestOptions): Promise<Sandbox[]> {
+    return (await this.#api.fork(this.id, count, options)).sandboxes;
   }
 
   /** Deletes the sandbox (every process killed, its files gone). */

@@ -317,7 +317,7 @@ export const CreateSandboxRequestSchema = Type.Object(
           memoryMb: Type.Optional(Type.Number({ description: 'Memory of the whole sandbox in MiB (its files in /work and /tmp count too); default 256.' })),
           cpus: Type.Optional(Type.Number({ description: 'CPU quota in cores; default 1.' })),
           pids: Type.Optional(Type.Integer({ description: 'Processes/threads at once; default 256.' })),
-          diskMb: Type.Optional(Type.Number({ description: 'Size of each writable tmpfs (/work and /tmp) in MiB; default 256.' })),
+          diskMb: Type.Optional(Type.Number({ description: 'Size in MiB of the sandbox\'s writable space: on the sandbox executor a disk of its own holding /work and /tmp (kept while the sandbox is stopped, until it is deleted; a full disk is ENOSPC inside); default 256.' })),
         },
         { additionalProperties: false },
       ),
@@ -326,8 +326,9 @@ export const CreateSandboxRequestSchema = Type.Object(
     idleTimeoutMs: Type.Optional(Type.Integer({ description: 'After this long without a command or file operation the sandbox is paused (never stopped). Default 600000, at most maxLifetimeMs.' })),
     maxLifetimeMs: Type.Optional(Type.Integer({ description: 'The sandbox is stopped and its resources removed this long after its creation. Default 3600000, at most 86400000.' })),
     metadata: Type.Optional(metadataSchema),
+    fromSnapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'A snapshot id: /work starts as the snapshot\'s files (a shared read-only layer under a disk of the sandbox\'s own; nothing is copied). Image, runtime and limits default to the snapshot\'s.' })),
   },
-  { additionalProperties: false, examples: [{ runtime: 'python', limits: { memoryMb: 512, diskMb: 256 }, idleTimeoutMs: 300000, metadata: { owner: 'agent-7' } }] },
+  { additionalProperties: false, examples: [{ runtime: 'python', limits: { memoryMb: 512, diskMb: 256 }, idleTimeoutMs: 300000, metadata: { owner: 'agent-7' } }, { fromSnapshot: 'snap_0mi5k2x7b1a2b3c4d5e6f7a8' }] },
 );
 
 export const SandboxSchema = Type.Object(
@@ -349,6 +350,12 @@ export const SandboxSchema = Type.Object(
     stoppedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     stopReason: Type.Union([Type.String(), Type.Null()]),
     usage: Type.Union([Type.Object({ cpuMs: Type.Union([Type.Number(), Type.Null()]), memoryPeakBytes: Type.Union([Type.Number(), Type.Null()]) }), Type.Null()], { description: 'Kernel accounting of the whole sandbox so far (cgroup); null once stopped.' }),
+    storage: Type.Object(
+      {
+        persistent: Type.Boolean({ description: 'True: the files are on a disk of the sandbox\'s own and are kept while it is stopped (server restart, max lifetime) until it is deleted; the next command starts it again. False: tmpfs, gone with the processes.' }),
+        fromSnapshot: Type.Union([Type.String(), Type.Null()], { description: 'The snapshot its files started from.' }),
+      },
+    ),
   },
   {
     examples: [
@@ -370,10 +377,53 @@ export const SandboxSchema = Type.Object(
         stoppedAt: null,
         stopReason: null,
         usage: { cpuMs: 12.5, memoryPeakBytes: 2301952 },
+        storage: { persistent: true, fromSnapshot: null },
       },
     ],
   },
 );
+
+/* -- snapshots and forks ------------------------------------------------------------------------------------------- */
+
+export const SnapshotSchema = Type.Object(
+  {
+    id: Type.String(),
+    sandboxId: Type.String({ description: 'The sandbox it was taken of (which may since have been deleted).' }),
+    executor: Type.String(),
+    image: Type.String(),
+    runtime: Type.Union([Type.String(), Type.Null()]),
+    limits: Type.Object({ memoryMb: Type.Number(), cpus: Type.Number(), pids: Type.Integer(), diskMb: Type.Number() }),
+    createdAt: Type.String({ format: 'date-time' }),
+    bytes: Type.Integer({ description: 'Bytes of files it holds (counted per tenant).' }),
+    memory: Type.Boolean({ description: 'Whether memory and processes are kept: false on the sandbox executor (files only).' }),
+    note: Type.String({ description: 'What the snapshot holds, in words.' }),
+  },
+  {
+    examples: [
+      {
+        id: 'snap_0mi5k2x7b1a2b3c4d5e6f7a8',
+        sandboxId: 'sb_0mi5k2x7a3f9c2d1e8b7a6',
+        executor: 'sandbox',
+        image: 'kindling/python',
+        runtime: 'python',
+        limits: { memoryMb: 512, cpus: 1, pids: 256, diskMb: 256 },
+        createdAt: '2026-12-02T00:05:00.000Z',
+        bytes: 104857600,
+        memory: false,
+        note: 'files of /work only: this executor keeps no memory or processes, so a sandbox made from this snapshot starts a new process tree on its files',
+      },
+    ],
+  },
+);
+export const SnapshotListSchema = Type.Object({ snapshots: Type.Array(SnapshotSchema) });
+export const SnapshotListQuerySchema = Type.Object({ sandboxId: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Only the snapshots of this sandbox.' })) }, { additionalProperties: false });
+export const ForkRequestSchema = Type.Object(
+  { count: Type.Integer({ minimum: 1, maximum: 1000, description: 'How many sandboxes to make from one snapshot of this one; at most what the tenant\'s sandbox cap leaves (else 429 before anything is made).' }) },
+  { additionalProperties: false, examples: [{ count: 3 }] },
+);
+export const ForkResultSchema = Type.Object({ snapshot: SnapshotSchema, sandboxes: Type.Array(SandboxSchema) });
+
+/* ------------------------------------------------------------------------------------------------------------------- */
 
 export const SandboxListSchema = Type.Object({ sandboxes: Type.Array(SandboxSchema) });
 export const SandboxIdParamsSchema = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });

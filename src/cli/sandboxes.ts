@@ -24,7 +24,7 @@ function remote(spec: string): { id: string; path: string } | null {
   return match ? { id: match[1]!, path: match[2]! } : null;
 }
 
-/** `kindling sandbox create|list|get|exec|cp|ls|pause|resume|rm`: persistent sandboxes. */
+/** `kindling sandbox create|list|get|exec|cp|ls|pause|resume|snapshot|fork|rm`: persistent sandboxes. */
 export function registerSandboxCommands(program: Command, defaults: ClientDefaults): void {
   const sandbox = program.command('sandbox').alias('sandboxes').description('persistent sandboxes: create one, run commands in it, copy files, pause, resume, remove');
 
@@ -43,6 +43,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
       .option('--idle-timeout-ms <ms>', 'pause after this long without activity (default 600000)', parseNumber('--idle-timeout-ms'))
       .option('--max-lifetime-ms <ms>', 'stop and remove this long after creation (default 3600000)', parseNumber('--max-lifetime-ms'))
       .option('-m, --metadata <KEY=VALUE>', 'a label of yours (repeatable)', collect, [])
+      .option('--from-snapshot <id>', "start with a snapshot's files (runtime and limits default to its own)")
       .option('--json', 'print JSON'),
     defaults,
   ).action(async (options: Record<string, unknown>) =>
@@ -60,6 +61,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
         ...(Object.keys(metadata).length > 0 ? { metadata } : {}),
         ...(typeof options.idleTimeoutMs === 'number' ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
         ...(typeof options.maxLifetimeMs === 'number' ? { maxLifetimeMs: options.maxLifetimeMs } : {}),
+        ...(typeof options.fromSnapshot === 'string' ? { fromSnapshot: options.fromSnapshot } : {}),
       });
       process.stdout.write(options.json ? `${JSON.stringify(sb.info, null, 2)}\n` : `${sb.id}\n`);
     }),
@@ -158,6 +160,38 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
       }),
     );
   }
+
+  /* -- snapshots and forks ---------------------------------------------------------------------------------------- */
+
+  clientOptions(sandbox.command('snapshot').description("snapshot a sandbox's files (prints the snapshot id); --list: its snapshots; --rm ID: delete one").argument('[id]').option('--list', "list the tenant's snapshots (of the sandbox when given)").option('--rm <snapshot>', 'delete a snapshot').option('--json', 'print JSON'), defaults).action(
+    async (id: string | undefined, options: Record<string, unknown>) =>
+      guarded(async () => {
+        const api = clientFrom(options).sandboxes;
+        if (typeof options.rm === 'string') {
+          await api.deleteSnapshot(options.rm);
+          process.stdout.write(`deleted ${options.rm}\n`);
+        } else if (options.list) {
+          const snapshots = await api.listSnapshots(id === undefined ? {} : { sandboxId: id });
+          if (options.json) process.stdout.write(`${JSON.stringify(snapshots, null, 2)}\n`);
+          else for (const s of snapshots) process.stdout.write(`${s.id}  ${s.sandboxId}  ${String(s.bytes).padStart(12)}  ${s.createdAt}\n`);
+        } else {
+          if (id === undefined) throw new Error('give the sandbox id');
+          const snapshot = await api.snapshot(id);
+          process.stdout.write(options.json ? `${JSON.stringify(snapshot, null, 2)}\n` : `${snapshot.id}\n`);
+        }
+      }),
+  );
+
+  clientOptions(sandbox.command('fork').description('snapshot a sandbox and make N sandboxes from it (prints their ids)').argument('<id>').option('-n, --count <n>', 'how many', '1').option('--json', 'print JSON'), defaults).action(
+    async (id: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        const made = await clientFrom(options).sandboxes.fork(id, Number(options.count));
+        if (options.json) process.stdout.write(`${JSON.stringify({ snapshot: made.snapshot, sandboxes: made.sandboxes.map((s) => s.info) }, null, 2)}\n`);
+        else for (const sb of made.sandboxes) process.stdout.write(`${sb.id}\n`);
+      }),
+  );
+
+  /* ---------------------------------------------------------------------------------------------------------------- */
 
   clientOptions(sandbox.command('rm').alias('kill').description('delete sandboxes: every process killed, their files gone').argument('<ids...>'), defaults).action(
     async (ids: string[], options: Record<string, unknown>) =>

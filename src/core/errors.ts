@@ -60,12 +60,23 @@ export const ERROR_CODES = {
   SANDBOX_COMMAND_LIMIT: { statusCode: 429, retryable: true },
   /** The sandbox is paused and the request asked for no auto-resume (`autoResume: false`): resume it first. */
   SANDBOX_PAUSED: { statusCode: 409, retryable: false },
-  /** The sandbox has stopped (deleted, max lifetime, died, server restart): its processes and files are gone. */
+  /**
+   * The sandbox has stopped (max lifetime, died, server restart) and its executor keeps no files for it, so nothing can
+   * run there again. (On the sandbox executor a stopped sandbox's files are kept and the next command restarts it.)
+   */
   SANDBOX_NOT_RUNNING: { statusCode: 409, retryable: false },
   /** An upload did not fit in the sandbox's writable space (diskMb); the partial file was removed. */
   SANDBOX_DISK_FULL: { statusCode: 413, retryable: false },
   /** The tenant has as many live (running or paused) sandboxes as its cap allows; delete one first. */
   TENANT_SANDBOX_LIMIT: { statusCode: 429, retryable: true },
+  /** No snapshot of that id in the caller's tenant (another tenant's id answers the same). */
+  SNAPSHOT_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** A snapshot that sandboxes were made from (their read-only lower layer) cannot be deleted before them. */
+  SNAPSHOT_IN_USE: { statusCode: 409, retryable: false },
+  /** The tenant keeps as many snapshots as its cap allows (--max-snapshots-per-tenant); delete one first. */
+  TENANT_SNAPSHOT_LIMIT: { statusCode: 429, retryable: false },
+  /** Snapshots (and fromSnapshot, fork) asked of an executor that keeps no sandbox files on disk. */
+  SNAPSHOTS_UNSUPPORTED: { statusCode: 400, retryable: false },
   FUNCTION_NOT_FOUND: { statusCode: 404, retryable: false },
   ROUTE_NOT_FOUND: { statusCode: 404, retryable: false },
   METHOD_NOT_ALLOWED: { statusCode: 405, retryable: false },

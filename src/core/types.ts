@@ -50,6 +50,11 @@ export interface RunSpec {
    * Only warm sandboxes have one.
    */
   agentDir?: string;
+  /**
+   * Host directories bound read-write inside (persistent sandboxes: their disk at the work dir and /tmp), in place of
+   * the tmpfs there would be at those paths.
+   */
+  rwBinds?: { source: string; target: string }[];
 }
 
 export interface ExecutionResult {

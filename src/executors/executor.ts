@@ -196,6 +196,31 @@ export interface PersistentSandbox {
   readonly disposed: Promise<void>;
   /** Kills everything in it and releases every resource. Idempotent. */
   destroy(): Promise<void>;
+  /* -- storage (snapshots) ------------------------------------------------------------------------------------------ */
+  /**
+   * Executors with `sandboxStorage` only: copies the sandbox's work dir into a new immutable snapshot (processes and
+   * memory are not kept), the sandbox frozen meanwhile (a paused one stays paused). Resolves with its size in bytes.
+   */
+  snapshot?(snapshotId: string): Promise<{ bytes: number }>;
+}
+
+/** What a persistent sandbox is made with beyond the start options. */
+export interface PersistentSandboxOptions extends StartOptions {
+  /**
+   * Executors with `sandboxStorage`: the sandbox's files live on a disk of their own that outlives its processes (and
+   * the server) until `sandboxStorage.removeDisk`; the disk of `spec.id` is reused when it exists (a restart: a new
+   * process tree on the same files). `fromSnapshot`: a new disk starts with that snapshot's files (a read-only lower
+   * layer, shared, not copied).
+   */
+  storage?: { fromSnapshot: string | null };
+}
+
+/** Files of persistent sandboxes kept on the host's disk (see sandbox/storage.ts). */
+export interface SandboxStorageOps {
+  removeDisk(sandboxId: string): Promise<void>;
+  removeSnapshot(snapshotId: string): Promise<void>;
+  /** At start-up: removes the disks and snapshots of ids not kept (their records are gone). Returns how many. */
+  reap(keepSandboxes: ReadonlySet<string>, keepSnapshots: ReadonlySet<string>): Promise<number>;
 }
 
 export interface ReapReport {
@@ -224,7 +249,9 @@ export interface Executor {
    * process), `spec.limits.timeoutMs` is the sandbox's whole lifetime (a backstop: the owner destroys it first).
    * Optional: executors without it cannot host persistent sandboxes (the API says so with SANDBOXES_UNSUPPORTED).
    */
-  createPersistentSandbox?(spec: RunSpec, options?: StartOptions): Promise<PersistentSandbox>;
+  createPersistentSandbox?(spec: RunSpec, options?: PersistentSandboxOptions): Promise<PersistentSandbox>;
+  /** Present when persistent sandboxes' files outlive their processes and can be snapshotted. */
+  readonly sandboxStorage?: SandboxStorageOps;
   /** Removes resources left by earlier runs of this server (same owner label) that are not in use now. */
   reap(): Promise<ReapReport>;
   /** Waits for in-flight executions to finish. Idempotent. */

@@ -17,6 +17,7 @@ export function instrumentExecutor(executor: Executor, metrics: Pick<Metrics, 'o
     close: () => executor.close(),
     destroy: () => executor.destroy(),
     start: () => Promise.reject(new Error('replaced below')),
+    ...(executor.sandboxStorage === undefined ? {} : { sandboxStorage: executor.sandboxStorage }),
   };
   wrapped.start = async (spec, options) => {
     let execution;

@@ -6,8 +6,18 @@
  * sandbox (its mount namespace, its uid), so a path is always resolved by the sandbox's own view of its file system:
  * a symlink planted there to /proc/1/root or to a host path leads to the sandbox's own files, never the host's.
  *
- * Not kept across a restart of the server: a sandbox's processes and tmpfs die with it; at start-up the executors
- * reap what is left and `recover()` marks every record that was running or paused as stopped.
+ * Processes are not kept across a restart of the server: they die with it; at start-up the executors reap what is
+ * left and `recover()` marks every record that was running or paused as stopped. Files are kept where the executor
+ * has `sandboxStorage` (the sandbox executor: a disk per sandbox): a stopped sandbox keeps its files until it is
+ * deleted, and the next command, file operation, resume or snapshot starts it again transparently (a new process tree
+ * on the same files, with the env it was created with, its max lifetime counted from then). `reapStorage()` removes
+ * the disks and snapshots whose records are gone.
+ *
+ * Snapshots (executors with `sandboxStorage`): an immutable copy of a sandbox's /work (files only: processes and
+ * memory are not kept, and the answer says so), counted per tenant (`maxSnapshotsPerTenant`), kept until deleted and
+ * across restarts. `create({fromSnapshot})` starts a sandbox on the snapshot's files as a read-only lower layer under
+ * a disk of its own (nothing copied); `fork` = a snapshot + N such creates, refused before anything is made when the
+ * tenant's sandbox cap cannot take N more.
  */
 import { posix } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -15,7 +25,7 @@ import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { RUNTIME_NAMES, type ExecutionResult, type ExecutorName, type ResourceLimits, type RuntimeName } from '../core/types.js';
 import type { Executor, PersistentSandbox, SandboxCommand } from '../executors/executor.js';
-import type { SandboxRecord, SandboxState, SqliteSandboxStore } from '../store/sandboxes-sqlite.js';
+import type { SandboxRecord, SandboxState, SnapshotRecord, SqliteSandboxStore } from '../store/sandboxes-sqlite.js';
 import { BASE_ENV } from './execution-service.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { RUNTIMES } from './runtimes.js';
@@ -34,6 +44,8 @@ export interface CreateSandboxRequest {
   idleTimeoutMs?: number;
   maxLifetimeMs?: number;
   metadata?: Record<string, string>;
+  /** A snapshot id: the sandbox's /work starts as the snapshot's files; image, runtime and limits default to its own. */
+  fromSnapshot?: string;
 }
 
 export interface SandboxCommandInput {
@@ -83,6 +95,8 @@ export interface SandboxesOptions {
   maxLifetimeCapMs?: number;
   /** Stopped records are listed this long, then forgotten. Default 1 h. */
   stoppedRetentionMs?: number;
+  /** Snapshots a tenant may keep (--max-snapshots-per-tenant). Default 20. */
+  maxSnapshotsPerTenant?: number;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
 }
 
@@ -105,7 +119,27 @@ export interface SandboxView {
   stoppedAt: string | null;
   stopReason: string | null;
   usage: { cpuMs: number | null; memoryPeakBytes: number | null } | null;
+  /** Whether the files outlive the processes (kept while stopped, until deleted), and the snapshot they start from. */
+  storage: { persistent: boolean; fromSnapshot: string | null };
 }
+
+/** What the API answers for a snapshot. */
+export interface SnapshotView {
+  id: string;
+  sandboxId: string;
+  executor: string;
+  image: string;
+  runtime: string | null;
+  limits: SandboxRecord['limits'];
+  createdAt: string;
+  /** Bytes of files it holds. */
+  bytes: number;
+  /** Whether memory and processes are kept (false on the sandbox executor: a sandbox made from it starts fresh processes). */
+  memory: boolean;
+  note: string;
+}
+
+const SNAPSHOT_NOTE = 'files of /work only: this executor keeps no memory or processes, so a sandbox made from this snapshot starts a new process tree on its files';
 
 const WORKDIR = '/work';
 const MAX_PATH = 4096;
@@ -137,6 +171,11 @@ export class SandboxService {
   private readonly defaultMaxLifetimeMs: number;
   private readonly maxLifetimeCapMs: number;
   private readonly stoppedRetentionMs: number;
+  private readonly maxSnapshotsPerTenant: number;
+  /** Stopped sandboxes being started again, by id (one restart at a time). */
+  private readonly restarting = new Map<string, Promise<Live>>();
+  /** Snapshots being made, per tenant (counted against the cap). */
+  private readonly snapshotting = new Map<string, number>();
   private closed = false;
 
   constructor(private readonly options: SandboxesOptions) {
@@ -146,17 +185,42 @@ export class SandboxService {
     this.defaultMaxLifetimeMs = options.defaultMaxLifetimeMs ?? 60 * 60_000;
     this.maxLifetimeCapMs = options.maxLifetimeCapMs ?? 24 * 60 * 60_000;
     this.stoppedRetentionMs = options.stoppedRetentionMs ?? 60 * 60_000;
+    this.maxSnapshotsPerTenant = options.maxSnapshotsPerTenant ?? 20;
   }
 
   /** At start-up, after the executors reaped their orphans: records of a previous run's sandboxes say stopped. */
   recover(): number {
     const now = Date.now();
     this.options.store.pruneStopped(now - this.stoppedRetentionMs);
-    return this.options.store.markAllStopped('server restarted: the sandbox ended with the previous server process', now);
+    return this.options.store.markAllStopped('server restarted: its processes ended with the previous server process', now);
+  }
+
+  /** At start-up, after recover(): removes kept disks and snapshots whose records are gone. Returns how many. */
+  async reapStorage(): Promise<number> {
+    const keepSandboxes = new Set(this.options.store.allIds());
+    const keepSnapshots = new Set(this.options.store.listSnapshots(null).map((snapshot) => snapshot.id));
+    let removed = 0;
+    for (const executor of this.options.executors.values()) removed += (await executor.sandboxStorage?.reap(keepSandboxes, keepSnapshots)) ?? 0;
+    return removed;
   }
 
   async create(tenant: string, request: CreateSandboxRequest): Promise<SandboxView> {
+    const entry = await this.createEntry(tenant, request, false);
+    return this.view(entry.record, entry.sandbox);
+  }
+
+  /** `reserved`: the caller (fork) already counted this sandbox against the tenant's cap. */
+  private async createEntry(tenant: string, request: CreateSandboxRequest, reserved: boolean): Promise<Live> {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down');
+    let snapshot: SnapshotRecord | null = null;
+    if (request.fromSnapshot !== undefined) {
+      snapshot = this.snapshotRecord(tenant, request.fromSnapshot);
+      if (request.executor !== undefined && request.executor !== snapshot.executor) {
+        throw new KindlingError('CONFLICTING_FIELDS', `snapshot ${snapshot.id} was made on the ${snapshot.executor} executor; leave "executor" out`, { details: { fields: ['executor', 'fromSnapshot'] } });
+      }
+      if (request.runtime === undefined && request.image === undefined) request = snapshot.runtime === null ? { ...request, image: snapshot.image } : { ...request, runtime: snapshot.runtime };
+      request = { memoryMb: snapshot.limits.memoryMb, cpus: snapshot.limits.cpus, pids: snapshot.limits.pids, diskMb: snapshot.limits.diskMb, executor: snapshot.executor, ...definedOnly(request) };
+    }
     const executorName = (request.executor ?? this.options.defaultExecutor) as ExecutorName;
     const executor = this.options.executors.get(executorName);
     if (executor === undefined) {
@@ -182,10 +246,8 @@ export class SandboxService {
     const maxLifetimeMs = this.duration('maxLifetimeMs', request.maxLifetimeMs, this.defaultMaxLifetimeMs, 1000, this.maxLifetimeCapMs);
     const idleTimeoutMs = this.duration('idleTimeoutMs', request.idleTimeoutMs, Math.min(this.defaultIdleTimeoutMs, maxLifetimeMs), 1000, maxLifetimeMs);
     const env = { ...BASE_ENV, ...request.env };
-    const count = this.liveCount(tenant);
-    if (count >= this.maxPerTenant) {
-      throw new KindlingError('TENANT_SANDBOX_LIMIT', `tenant "${tenant}" has ${count} live sandboxes, its cap (${this.maxPerTenant}); delete one (DELETE /v1/sandboxes/ID) first`, { details: { cap: this.maxPerTenant }, retryAfterSeconds: 5 });
-    }
+    if (snapshot !== null && executor.sandboxStorage === undefined) throw this.noSnapshots(executorName);
+    if (!reserved) this.assertRoom(tenant, 1);
     const id = newId('sb');
     const now = Date.now();
     const record: SandboxRecord = {
@@ -205,35 +267,43 @@ export class SandboxService {
       lastActiveAtMs: now,
       stoppedAtMs: null,
       stopReason: null,
+      storage: executor.sandboxStorage === undefined ? null : { fromSnapshot: snapshot?.id ?? null },
+      env,
+      startedAtMs: now,
     };
-    this.creating.set(tenant, (this.creating.get(tenant) ?? 0) + 1);
-    let sandbox: PersistentSandbox;
+    if (!reserved) this.creating.set(tenant, (this.creating.get(tenant) ?? 0) + 1);
     try {
-      sandbox = await executor.createPersistentSandbox(
-        {
-          id,
-          image,
-          command: [],
-          env,
-          workdir: WORKDIR,
-          limits: { ...limits, timeoutMs: maxLifetimeMs + LIFETIME_BACKSTOP_MS },
-          network: 'none',
-          stdin: false,
-          files: [],
-          labels: { 'dev.kindling.sandbox': id, 'dev.kindling.tenant': tenant },
-        },
-        {},
-      );
+      return await this.launch(record, executor);
     } finally {
-      this.creating.set(tenant, (this.creating.get(tenant) ?? 1) - 1);
+      if (!reserved) this.creating.set(tenant, (this.creating.get(tenant) ?? 1) - 1);
     }
+  }
+
+  /** Starts the record's sandbox (made, or started again on its kept files) and tracks it as live. */
+  private async launch(record: SandboxRecord, executor: Executor): Promise<Live> {
+    const id = record.id;
+    const sandbox = await executor.createPersistentSandbox!(
+      {
+        id,
+        image: record.image,
+        command: [],
+        env: record.env ?? { ...BASE_ENV },
+        workdir: record.workdir,
+        limits: { ...resolveLimits(record.limits, {}, this.limits, {}), timeoutMs: record.maxLifetimeMs + LIFETIME_BACKSTOP_MS },
+        network: 'none',
+        stdin: false,
+        files: [],
+        labels: { 'dev.kindling.sandbox': id, 'dev.kindling.tenant': record.tenant },
+      },
+      (record.storage ?? null) === null ? {} : { storage: { fromSnapshot: record.storage!.fromSnapshot } },
+    );
     this.options.store.put(record);
     const entry: Live = {
       record,
       sandbox,
       busy: 0,
       idleTimer: null,
-      lifetimeTimer: setTimeout(() => void this.stop(entry, 'maxLifetimeMs passed').catch((error: unknown) => this.options.onError?.(error, { sandbox: id })), maxLifetimeMs),
+      lifetimeTimer: setTimeout(() => void this.stop(entry, 'maxLifetimeMs passed').catch((error: unknown) => this.options.onError?.(error, { sandbox: id })), record.maxLifetimeMs),
       chain: Promise.resolve(),
       stopping: null,
     };
@@ -244,7 +314,56 @@ export class SandboxService {
       if (this.live.get(id) === entry) this.finish(entry, entry.stopping ?? 'the sandbox ended on its own (out of memory, or its processes were killed)');
     });
     this.armIdle(entry);
-    return this.view(record, sandbox);
+    return entry;
+  }
+
+  /** A stopped sandbox whose files were kept, started again: a new process tree on the same files. */
+  private restart(record: SandboxRecord): Promise<Live> {
+    let pending = this.restarting.get(record.id);
+    if (pending !== undefined) return pending;
+    pending = (async () => {
+      if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down');
+      const executor = this.options.executors.get(record.executor as ExecutorName);
+      if (executor?.createPersistentSandbox === undefined) {
+        throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${record.id} has stopped and its executor (${record.executor}) is not enabled on this server`, { details: { sandbox: record.id, state: record.state } });
+      }
+      this.assertRoom(record.tenant, 1);
+      this.creating.set(record.tenant, (this.creating.get(record.tenant) ?? 0) + 1);
+      try {
+        const now = Date.now();
+        return await this.launch({ ...record, state: 'running', stoppedAtMs: null, stopReason: null, lastActiveAtMs: now, startedAtMs: now }, executor);
+      } finally {
+        this.creating.set(record.tenant, (this.creating.get(record.tenant) ?? 1) - 1);
+      }
+    })();
+    this.restarting.set(record.id, pending);
+    void pending.then(
+      () => this.restarting.delete(record.id),
+      () => this.restarting.delete(record.id),
+    );
+    return pending;
+  }
+
+  /** The live entry of a sandbox, started again first when it stopped with its files kept. */
+  private async liveEntry(tenant: string, id: string): Promise<Live> {
+    const record = this.record(tenant, id);
+    const entry = this.live.get(id);
+    if (entry !== undefined && entry.sandbox.alive) return entry;
+    const restarting = this.restarting.get(id);
+    if (restarting !== undefined) return restarting;
+    if (entry === undefined && record.state === 'stopped' && (record.storage ?? null) !== null) return this.restart(record);
+    return this.entry(tenant, id);
+  }
+
+  private assertRoom(tenant: string, wanted: number): void {
+    const count = this.liveCount(tenant);
+    if (count + wanted > this.maxPerTenant) {
+      throw new KindlingError('TENANT_SANDBOX_LIMIT', `tenant "${tenant}" has ${count} live sandboxes${wanted > 1 ? ` and asked for ${wanted} more` : ''}, its cap is ${this.maxPerTenant}; delete one (DELETE /v1/sandboxes/ID) first`, { details: { cap: this.maxPerTenant, live: count, wanted }, retryAfterSeconds: 5 });
+    }
+  }
+
+  private noSnapshots(executor: string): KindlingError {
+    return new KindlingError('SNAPSHOTS_UNSUPPORTED', `the ${executor} executor keeps no sandbox files on disk in this version: no snapshots, forks or fromSnapshot there; use executor "sandbox"`, { details: { executor } });
   }
 
   list(tenant: string, state?: SandboxState): SandboxView[] {
@@ -259,13 +378,115 @@ export class SandboxService {
     return this.view(record, this.live.get(id)?.sandbox ?? null);
   }
 
-  /** Destroys the sandbox (if still live) and forgets its record. */
+  /** Destroys the sandbox (if still live), removes its kept files and forgets its record. */
   async delete(tenant: string, id: string): Promise<void> {
-    this.record(tenant, id);
+    const record = this.record(tenant, id);
+    await this.restarting.get(id)?.catch(() => {});
     const entry = this.live.get(id);
     if (entry !== undefined) await this.stop(entry, 'deleted');
+    if ((record.storage ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(id);
     this.options.store.delete(id);
   }
+
+  /* -- snapshots and forks ------------------------------------------------------------------------------------------ */
+
+  /** Copies the sandbox's files into a new immutable snapshot (a stopped sandbox is started again first). */
+  async snapshot(tenant: string, id: string): Promise<SnapshotView> {
+    const record = this.record(tenant, id);
+    if (this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage === undefined || (record.storage ?? null) === null) throw this.noSnapshots(record.executor);
+    const count = this.options.store.listSnapshots(tenant).length + (this.snapshotting.get(tenant) ?? 0);
+    if (count >= this.maxSnapshotsPerTenant) {
+      throw new KindlingError('TENANT_SNAPSHOT_LIMIT', `tenant "${tenant}" keeps ${count} snapshots, its cap (${this.maxSnapshotsPerTenant}); delete one (DELETE /v1/snapshots/ID) first`, { details: { cap: this.maxSnapshotsPerTenant } });
+    }
+    this.snapshotting.set(tenant, (this.snapshotting.get(tenant) ?? 0) + 1);
+    try {
+      const entry = await this.liveEntry(tenant, id);
+      const snapshotId = newId('snap');
+      const { bytes } = await this.serial(entry, () => entry.sandbox.snapshot!(snapshotId));
+      this.touch(entry);
+      const snapshot: SnapshotRecord = {
+        id: snapshotId,
+        tenant,
+        sandboxId: id,
+        executor: entry.record.executor,
+        image: entry.record.image,
+        runtime: entry.record.runtime,
+        limits: entry.record.limits,
+        createdAtMs: Date.now(),
+        bytes,
+      };
+      this.options.store.putSnapshot(snapshot);
+      return snapshotView(snapshot);
+    } finally {
+      this.snapshotting.set(tenant, (this.snapshotting.get(tenant) ?? 1) - 1);
+    }
+  }
+
+  listSnapshots(tenant: string, sandboxId?: string): SnapshotView[] {
+    if (sandboxId !== undefined) this.record(tenant, sandboxId);
+    return this.options.store.listSnapshots(tenant, sandboxId).map(snapshotView);
+  }
+
+  getSnapshot(tenant: string, id: string): SnapshotView {
+    return snapshotView(this.snapshotRecord(tenant, id));
+  }
+
+  /** Removes a snapshot and its files; refused (409) while sandboxes are made from it. */
+  async deleteSnapshot(tenant: string, id: string): Promise<void> {
+    const snapshot = this.snapshotRecord(tenant, id);
+    const users = this.options.store.sandboxesOn(id);
+    if (users.length > 0) {
+      throw new KindlingError('SNAPSHOT_IN_USE', `snapshot ${id} is the read-only layer under ${users.length} sandbox(es) (${users.slice(0, 5).join(', ')}): delete them first`, { details: { snapshot: id, sandboxes: users.slice(0, 100) } });
+    }
+    this.options.store.deleteSnapshot(id);
+    await this.options.executors.get(snapshot.executor as ExecutorName)?.sandboxStorage?.removeSnapshot(id);
+  }
+
+  /**
+   * A snapshot of the sandbox and `count` new sandboxes made from it (its settings, env and metadata), each on its own
+   * disk: they never see each other's later writes. Refused before anything is made when the tenant's cap cannot take
+   * `count` more; a failure half-way removes the forks made and the snapshot.
+   */
+  async fork(tenant: string, id: string, count: number): Promise<{ snapshot: SnapshotView; sandboxes: SandboxView[] }> {
+    const record = this.record(tenant, id);
+    if (!Number.isInteger(count) || count < 1 || count > this.maxPerTenant) {
+      throw new KindlingError('LIMIT_OUT_OF_RANGE', `count must be a whole number from 1 to ${this.maxPerTenant} (the tenant's sandbox cap)`, { details: { field: 'count', min: 1, max: this.maxPerTenant } });
+    }
+    if (this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage === undefined || (record.storage ?? null) === null) throw this.noSnapshots(record.executor);
+    // The parent itself is started again when stopped: it needs room too.
+    const parentRoom = this.live.has(id) ? 0 : 1;
+    this.assertRoom(tenant, count + parentRoom);
+    this.creating.set(tenant, (this.creating.get(tenant) ?? 0) + count);
+    try {
+      const snapshot = await this.snapshot(tenant, id);
+      const parent = this.live.get(id)?.record ?? record;
+      const request: CreateSandboxRequest = {
+        fromSnapshot: snapshot.id,
+        env: Object.fromEntries(Object.entries(parent.env ?? {}).filter(([name]) => parent.envNames.includes(name))),
+        idleTimeoutMs: parent.idleTimeoutMs,
+        maxLifetimeMs: parent.maxLifetimeMs,
+        metadata: parent.metadata,
+      };
+      const made = await Promise.allSettled(Array.from({ length: count }, () => this.createEntry(tenant, { ...request }, true)));
+      const failed = made.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+      if (failed !== undefined) {
+        for (const result of made) if (result.status === 'fulfilled') await this.delete(tenant, result.value.record.id).catch(() => {});
+        await this.deleteSnapshot(tenant, snapshot.id).catch(() => {});
+        throw failed.reason;
+      }
+      return { snapshot, sandboxes: made.map((result) => (result as PromiseFulfilledResult<Live>).value).map((entry) => this.view(entry.record, entry.sandbox)) };
+    } finally {
+      this.creating.set(tenant, (this.creating.get(tenant) ?? count) - count);
+    }
+  }
+
+  private snapshotRecord(tenant: string, id: string): SnapshotRecord {
+    const snapshot = typeof id === 'string' ? this.options.store.getSnapshot(id) : null;
+    if (snapshot === null || snapshot.tenant !== tenant) throw new KindlingError('SNAPSHOT_NOT_FOUND', `no snapshot "${String(id).slice(0, 100)}"`, { details: { snapshot: String(id).slice(0, 100) } });
+    return snapshot;
+  }
+
+  /* ---------------------------------------------------------------------------------------------------------------- */
 
   async pause(tenant: string, id: string): Promise<SandboxView> {
     const entry = this.entry(tenant, id);
@@ -278,7 +499,7 @@ export class SandboxService {
   }
 
   async resume(tenant: string, id: string): Promise<SandboxView> {
-    const entry = this.entry(tenant, id);
+    const entry = await this.liveEntry(tenant, id);
     await this.resumeEntry(entry);
     this.touch(entry);
     return this.view(entry.record, entry.sandbox);
@@ -380,7 +601,7 @@ export class SandboxService {
    */
   async readFile(tenant: string, id: string, path: string): Promise<Readable> {
     const target = this.cleanPath(path, 'path');
-    const entry = this.entry(tenant, id);
+    const entry = await this.liveEntry(tenant, id);
     await this.beforeCommand(entry, true);
     entry.busy++;
     let command: SandboxCommand;
@@ -546,7 +767,14 @@ export class SandboxService {
   /** A deleted tenant's sandboxes go with it (processes, files and records). */
   async deleteTenant(tenant: string): Promise<void> {
     await Promise.allSettled([...this.live.values()].filter((entry) => entry.record.tenant === tenant).map((entry) => this.stop(entry, 'tenant deleted')));
-    for (const record of this.options.store.list(tenant)) this.options.store.delete(record.id);
+    for (const record of this.options.store.list(tenant)) {
+      if ((record.storage ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(record.id).catch(() => {});
+      this.options.store.delete(record.id);
+    }
+    for (const snapshot of this.options.store.listSnapshots(tenant)) {
+      this.options.store.deleteSnapshot(snapshot.id);
+      await this.options.executors.get(snapshot.executor as ExecutorName)?.sandboxStorage?.removeSnapshot(snapshot.id).catch(() => {});
+    }
   }
 
   /** Destroys every live sandbox (their records say stopped). Before the executors close. */
@@ -598,13 +826,13 @@ export class SandboxService {
     const record = this.record(tenant, id);
     const entry = this.live.get(id);
     if (entry === undefined || !entry.sandbox.alive) {
-      throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${id} has stopped (${record.stopReason ?? 'ended'}); its processes and files are gone: create a new one`, { details: { sandbox: id, state: record.state } });
+      throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${id} has stopped (${record.stopReason ?? 'ended'})${(record.storage ?? null) === null ? '; its processes and files are gone: create a new one' : ''}`, { details: { sandbox: id, state: record.state } });
     }
     return entry;
   }
 
   private async withCommand<T>(tenant: string, id: string, autoResume: boolean, work: (entry: Live) => Promise<T>): Promise<T> {
-    const entry = this.entry(tenant, id);
+    const entry = await this.liveEntry(tenant, id);
     await this.beforeCommand(entry, autoResume);
     entry.busy++;
     try {
@@ -702,10 +930,11 @@ export class SandboxService {
       metadata: record.metadata,
       createdAt: new Date(record.createdAtMs).toISOString(),
       lastActiveAt: new Date(record.lastActiveAtMs).toISOString(),
-      expiresAt: new Date(record.createdAtMs + record.maxLifetimeMs).toISOString(),
+      expiresAt: new Date((record.startedAtMs ?? record.createdAtMs) + record.maxLifetimeMs).toISOString(),
       stoppedAt: record.stoppedAtMs === null ? null : new Date(record.stoppedAtMs).toISOString(),
       stopReason: record.stopReason,
       usage: sandbox?.usage() ?? null,
+      storage: { persistent: (record.storage ?? null) !== null, fromSnapshot: record.storage?.fromSnapshot ?? null },
     };
   }
 }
@@ -716,6 +945,26 @@ function stdinOf(input: SandboxCommandInput): string | Buffer | undefined {
     throw new KindlingError('CONFLICTING_FIELDS', 'give at most one of "stdin" and "stdinBase64"', { details: { fields: ['stdin', 'stdinBase64'] } });
   }
   return input.stdinBase64 !== undefined ? Buffer.from(input.stdinBase64, 'base64') : input.stdin;
+}
+
+function snapshotView(record: SnapshotRecord): SnapshotView {
+  return {
+    id: record.id,
+    sandboxId: record.sandboxId,
+    executor: record.executor,
+    image: record.image,
+    runtime: record.runtime,
+    limits: record.limits,
+    createdAt: new Date(record.createdAtMs).toISOString(),
+    bytes: record.bytes,
+    memory: false,
+    note: SNAPSHOT_NOTE,
+  };
+}
+
+/** The fields of `value` that are not undefined (so that spreading it keeps defaults). */
+function definedOnly<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 /** Reads a stream to its end, keeping at most `cap` bytes (the rest is drained and dropped). */

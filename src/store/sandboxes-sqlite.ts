@@ -21,6 +21,29 @@ export interface SandboxRecord {
   lastActiveAtMs: number;
   stoppedAtMs: number | null;
   stopReason: string | null;
+  /**
+   * Files kept on a disk of their own (the sandbox executor): they outlive the processes and the server until the
+   * sandbox is deleted; `fromSnapshot` is the read-only layer under them. Null (and in older records absent): the
+   * files are tmpfs and end with the processes.
+   */
+  storage?: { fromSnapshot: string | null } | null;
+  /** The env the sandbox was created with: a restart (a new process tree on the kept files) gets it again. */
+  env?: Record<string, string>;
+  /** When the current process tree started (create or restart); the max lifetime counts from it. */
+  startedAtMs?: number;
+}
+
+/** A snapshot of a sandbox's files (see src/orchestrator/sandboxes.ts). */
+export interface SnapshotRecord {
+  id: string;
+  tenant: string;
+  sandboxId: string;
+  executor: string;
+  image: string;
+  runtime: string | null;
+  limits: SandboxRecord['limits'];
+  createdAtMs: number;
+  bytes: number;
 }
 
 const SCHEMA = `
@@ -31,6 +54,13 @@ CREATE TABLE IF NOT EXISTS sandboxes (
   record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_tenant ON sandboxes (tenant, state);
+CREATE TABLE IF NOT EXISTS sandbox_snapshots (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  sandbox TEXT NOT NULL,
+  record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sandbox_snapshots_tenant ON sandbox_snapshots (tenant);
 `;
 
 /** Records of persistent sandboxes, in the store's database file (the processes themselves never outlive the server). */
@@ -67,7 +97,7 @@ export class SqliteSandboxStore {
   }
 
   /**
-   * At start-up: every sandbox a previous run of the server left running or paused is gone (its processes and tmpfs
+   * At start-up: every sandbox a previous run of the server left running or paused has no processes any more (they
    * ended with that server, and the executors reaped what was left), so its record says stopped. Returns how many.
    */
   markAllStopped(reason: string, atMs: number): number {
@@ -79,10 +109,45 @@ export class SqliteSandboxStore {
     return rows.length;
   }
 
-  /** Removes stopped records older than `beforeMs`. */
+  /** Removes stopped records older than `beforeMs` whose files ended with them (records with a disk stay until deleted). */
   pruneStopped(beforeMs: number): void {
     const rows = this.db.prepare("SELECT id, record FROM sandboxes WHERE state = 'stopped'").all() as { id: string; record: string }[];
-    for (const row of rows) if (((JSON.parse(row.record) as SandboxRecord).stoppedAtMs ?? 0) < beforeMs) this.delete(row.id);
+    for (const row of rows) {
+      const record = JSON.parse(row.record) as SandboxRecord;
+      if ((record.storage ?? null) === null && (record.stoppedAtMs ?? 0) < beforeMs) this.delete(row.id);
+    }
+  }
+
+  /** Ids of every sandbox record (any tenant): their disks are kept at start-up. */
+  allIds(): string[] {
+    return (this.db.prepare('SELECT id FROM sandboxes').all() as { id: string }[]).map((row) => row.id);
+  }
+
+  /* -- snapshots ----------------------------------------------------------------------------------------------------- */
+
+  putSnapshot(record: SnapshotRecord): void {
+    this.db.prepare('INSERT OR REPLACE INTO sandbox_snapshots (id, tenant, sandbox, record) VALUES (?, ?, ?, ?)').run(record.id, record.tenant, record.sandboxId, JSON.stringify(record));
+  }
+
+  getSnapshot(id: string): SnapshotRecord | null {
+    const row = this.db.prepare('SELECT record FROM sandbox_snapshots WHERE id = ?').get(id) as { record: string } | undefined;
+    return row === undefined ? null : (JSON.parse(row.record) as SnapshotRecord);
+  }
+
+  /** A tenant's snapshots (of one sandbox when given), oldest first; null tenant: every tenant's. */
+  listSnapshots(tenant: string | null, sandboxId?: string): SnapshotRecord[] {
+    const rows = (tenant === null ? this.db.prepare('SELECT record FROM sandbox_snapshots ORDER BY id').all() : this.db.prepare('SELECT record FROM sandbox_snapshots WHERE tenant = ? ORDER BY id').all(tenant)) as { record: string }[];
+    return rows.map((row) => JSON.parse(row.record) as SnapshotRecord).filter((record) => sandboxId === undefined || record.sandboxId === sandboxId);
+  }
+
+  deleteSnapshot(id: string): void {
+    this.db.prepare('DELETE FROM sandbox_snapshots WHERE id = ?').run(id);
+  }
+
+  /** Sandboxes (any state) whose files lie on `snapshotId`'s layer. */
+  sandboxesOn(snapshotId: string): string[] {
+    const rows = this.db.prepare('SELECT record FROM sandboxes').all() as { record: string }[];
+    return rows.map((row) => JSON.parse(row.record) as SandboxRecord).filter((record) => record.storage?.fromSnapshot === snapshotId).map((record) => record.id);
   }
 
   close(): void {

@@ -22,6 +22,11 @@ import {
   SandboxListSchema,
   SandboxPathQuerySchema,
   SandboxSchema,
+  ForkRequestSchema,
+  ForkResultSchema,
+  SnapshotListQuerySchema,
+  SnapshotListSchema,
+  SnapshotSchema,
 } from '../schemas.js';
 
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
@@ -237,6 +242,76 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
       return null;
     },
   );
+
+  /* -- snapshots and forks ---------------------------------------------------------------------------------------- */
+
+  app.post<{ Params: IdParams }>(
+    '/v1/sandboxes/:id/snapshots',
+    {
+      schema: {
+        tags,
+        summary: 'Snapshot the sandbox\'s files (immutable; kept until deleted, across restarts)',
+        description: 'The sandbox is frozen while its /work is copied (a paused one stays paused; a stopped one is started again first). On the sandbox executor a snapshot holds files only (memory: false): processes are not kept. Counted against the tenant\'s --max-snapshots-per-tenant (429 TENANT_SNAPSHOT_LIMIT).',
+        params: SandboxIdParamsSchema,
+        body: { type: 'object', additionalProperties: false, nullable: true, examples: [{}] },
+        response: { 201: SnapshotSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const snapshot = await service.snapshot(request.principal.tenant, request.params.id);
+      reply.code(201);
+      return snapshot;
+    },
+  );
+
+  app.get<{ Params: IdParams }>(
+    '/v1/sandboxes/:id/snapshots',
+    { schema: { tags, summary: 'Snapshots of this sandbox', params: SandboxIdParamsSchema, response: { 200: SnapshotListSchema, ...errors } } },
+    async (request) => ({ snapshots: service.listSnapshots(request.principal.tenant, request.params.id) }),
+  );
+
+  app.post<{ Params: IdParams; Body: Static<typeof ForkRequestSchema> }>(
+    '/v1/sandboxes/:id/fork',
+    {
+      schema: {
+        tags,
+        summary: 'Snapshot the sandbox and make `count` sandboxes from it in one call',
+        description: 'Each fork has a disk of its own over the shared snapshot: forks never see each other\'s (or the parent\'s) later writes. A count the tenant\'s sandbox cap cannot take answers 429 TENANT_SANDBOX_LIMIT (over the cap itself: 400 LIMIT_OUT_OF_RANGE) before anything is made.',
+        params: SandboxIdParamsSchema,
+        body: ForkRequestSchema,
+        response: { 201: ForkResultSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const result = await service.fork(request.principal.tenant, request.params.id, request.body.count);
+      reply.code(201);
+      return result;
+    },
+  );
+
+  app.get<{ Querystring: Static<typeof SnapshotListQuerySchema> }>(
+    '/v1/snapshots',
+    { schema: { tags, summary: "The caller's tenant's snapshots (of one sandbox with ?sandboxId=)", querystring: SnapshotListQuerySchema, response: { 200: SnapshotListSchema, ...errors } } },
+    async (request) => ({ snapshots: service.listSnapshots(request.principal.tenant, request.query.sandboxId) }),
+  );
+
+  app.get<{ Params: IdParams }>(
+    '/v1/snapshots/:id',
+    { schema: { tags, summary: 'One snapshot', params: SandboxIdParamsSchema, response: { 200: SnapshotSchema, ...errors } } },
+    async (request) => service.getSnapshot(request.principal.tenant, request.params.id),
+  );
+
+  app.delete<{ Params: IdParams }>(
+    '/v1/snapshots/:id',
+    { schema: { tags, summary: 'Delete a snapshot and its files (409 SNAPSHOT_IN_USE while sandboxes are made from it)', params: SandboxIdParamsSchema, response: { 204: { type: 'null', description: 'Deleted' }, ...errors } } },
+    async (request, reply) => {
+      await service.deleteSnapshot(request.principal.tenant, request.params.id);
+      reply.code(204);
+      return null;
+    },
+  );
+
+  /* ---------------------------------------------------------------------------------------------------------------- */
 
   // Uploads take any body as raw bytes, streamed into the sandbox (their own scope keeps JSON parsing elsewhere).
   void app.register(async (scope) => {

@@ -68,10 +68,16 @@ export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, pl
     ...tmpfs('01777', '/dev/shm'),
     '--remount-ro',
     '/dev',
-    ...tmpfs('01777', '/tmp'),
   ];
-  if (plan.kind === 'tmpfs') a.push(...tmpfs('0755', spec.workdir));
-  else if (plan.kind === 'in-tmp' && spec.workdir !== '/tmp') a.push('--dir', spec.workdir);
+  const binds = spec.rwBinds ?? [];
+  const bound = (target: string): boolean => binds.some((b) => b.target === target);
+  if (!bound('/tmp')) a.push(...tmpfs('01777', '/tmp'));
+  for (const b of binds) a.push('--bind', b.source, b.target);
+  // A bound work dir (a persistent sandbox's disk) needs neither a tmpfs nor a directory made for it.
+  if (!bound(spec.workdir)) {
+    if (plan.kind === 'tmpfs') a.push(...tmpfs('0755', spec.workdir));
+    else if (plan.kind === 'in-tmp' && spec.workdir !== '/tmp') a.push('--dir', spec.workdir);
+  }
   if (runDir !== null) a.push('--ro-bind', runDir, '/.kindling');
   else a.push('--perms', '0555', '--dir', '/.kindling');
   if (spec.agentDir !== undefined) a.push('--ro-bind', spec.agentDir, AGENT_MOUNT);

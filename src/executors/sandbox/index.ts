@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { Executor, ExecutorStatus, PersistentSandbox, ReapReport, StartOptions, WarmSandbox } from '../executor.js';
+import type { Executor, ExecutorStatus, PersistentSandbox, PersistentSandboxOptions, ReapReport, SandboxStorageOps, StartOptions, WarmSandbox } from '../executor.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { noopLogger, type Logger } from '../shared/logger.js';
 import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
@@ -23,6 +23,7 @@ import { RootfsCatalog } from './rootfs.js';
 import { RunDirs } from './run-dirs.js';
 import { bwrapArgs, encodeArgs, launchLine, validateSpec } from './bwrap-args.js';
 import { startPersistentSandbox } from './persistent.js';
+import { SandboxStorage } from './storage.js';
 import { ExecutionImpl, type SandboxExecution, type SandboxExitInfo } from './execution.js';
 import { Launchers, type Launcher } from './launcher.js';
 import { bwrapVersion, hostProblem, smokeTest, unreachableBy, usernsProblem } from './probe.js';
@@ -105,6 +106,9 @@ export class SandboxExecutor implements Executor {
   private closing = false;
   private smokeOk = false;
   private egressNet: { pool: NetnsPool; firewall: EgressFirewall } | null = null;
+  /** Persistent sandboxes' disks and snapshots: `<stateDir>/sandbox-storage/<ownerId>/` (see storage.ts). */
+  private readonly storage: SandboxStorage;
+  readonly sandboxStorage: SandboxStorageOps;
 
   private readonly options: SandboxExecutorOptions;
 
@@ -129,6 +133,12 @@ export class SandboxExecutor implements Executor {
     this.seccomp = buildSandboxFilter().program;
     this.dirs = new RunDirs({ baseDir: path.join(options.stateDir, 'sandbox'), ownerId: options.ownerId }, this.gid, this.log);
     this.images = new RootfsCatalog(options.imagesDir, this.log);
+    this.storage = new SandboxStorage({ dir: path.join(options.stateDir, 'sandbox-storage', options.ownerId), uid: this.uid, gid: this.gid, log: this.log });
+    this.sandboxStorage = {
+      removeDisk: (id) => this.storage.removeDisk(id),
+      removeSnapshot: (id) => this.storage.removeSnapshot(id),
+      reap: (keepSandboxes, keepSnapshots) => this.storage.reap(keepSandboxes, keepSnapshots),
+    };
     this.launchers = new Launchers({
       shPath: this.sh,
       setprivPath: this.setpriv,
@@ -293,9 +303,13 @@ export class SandboxExecutor implements Executor {
   }
 
   /** A long-lived sandbox that runs many commands (see persistent.ts); same isolation as `start`. */
-  async createPersistentSandbox(spec: RunSpec, options: StartOptions = {}): Promise<PersistentSandbox> {
+  async createPersistentSandbox(spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<PersistentSandbox> {
     await this.dirs.ensure();
-    const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.driver().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid };
+    const storage = {
+      attach: (id: string, diskMb: number, fromSnapshot: string | null) => this.storage.attach(id, diskMb, fromSnapshot, this.dirs.volumesDir),
+      snapshot: (volume: Parameters<SandboxStorage['snapshot']>[0], snapshotId: string) => this.storage.snapshot(volume, snapshotId),
+    };
+    const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.driver().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid, storage };
     return startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell }, spec, options);
   }
 

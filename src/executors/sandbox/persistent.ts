@@ -26,12 +26,13 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { PersistentSandbox, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { PersistentSandbox, PersistentSandboxOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { shellQuote } from '../shared/process.js';
 import type { Cgroup } from '../shared/cgroups.js';
 import type { SandboxExecution } from './execution.js';
+import type { Volume } from './storage.js';
 
 /**
  * The supervisor: "r" once ready; per command line `ID STDIN(0|1)`: "p ID PID" when started, "x ID STATUS" when the
@@ -65,9 +66,14 @@ export interface PersistentDeps {
   /** The image's shell (layout.shell); null: the image has none, and cannot host a persistent sandbox. */
   shell: string | null;
   readyTimeoutMs?: number;
+  /** The sandbox's disk (see storage.ts): mounted before the start, bound at the work dir and /tmp. */
+  storage?: {
+    attach(sandboxId: string, diskMb: number, fromSnapshot: string | null): Promise<Volume>;
+    snapshot(volume: Volume, snapshotId: string): Promise<number>;
+  };
 }
 
-export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec, options: StartOptions = {}): Promise<PersistentSandbox> {
+export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<PersistentSandbox> {
   if (deps.shell === null) {
     throw new KindlingError('VALIDATION_FAILED', `image ${spec.image} has no shell: a persistent sandbox needs /bin/sh in its image`, { details: { field: 'image', executor: 'sandbox' } });
   }
@@ -77,12 +83,19 @@ export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec
   await chown(dir, 0, deps.sandboxGid);
   await chmod(dir, 0o710);
   let execution: SandboxExecution | null = null;
+  let volume: Volume | null = null;
   try {
+    const { storage: wanted, ...startOptions } = options;
+    if (wanted !== undefined && deps.storage !== undefined) {
+      volume = await deps.storage.attach(spec.id, spec.limits.diskMb, wanted.fromSnapshot);
+    }
+    const rwBinds = volume === null ? [] : [{ source: volume.work, target: spec.workdir }, { source: volume.tmp, target: '/tmp' }];
     execution = await deps.start(
-      { ...spec, command: [deps.shell, '-c', SUPERVISOR, deps.shell], stdin: true, files: [], agentDir: dir },
-      options,
+      { ...spec, command: [deps.shell, '-c', SUPERVISOR, deps.shell], stdin: true, files: [], agentDir: dir, rwBinds },
+      startOptions,
     );
-    const sandbox = new BwrapPersistentSandbox(spec.id, execution, deps.openCgroup(execution.id), dir, deps.sandboxGid);
+    const stored = volume === null || deps.storage === undefined ? null : { volume, snapshot: deps.storage.snapshot };
+    const sandbox = new BwrapPersistentSandbox(spec.id, execution, deps.openCgroup(execution.id), dir, deps.sandboxGid, stored);
     await Promise.all([sandbox.ready(deps.readyTimeoutMs ?? 10_000), sandbox.warm()]);
     return sandbox;
   } catch (error) {
@@ -91,6 +104,7 @@ export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec
       execution.kill();
       await execution.disposed.catch(() => {});
     }
+    await volume?.detach().catch(() => {});
     await rm(dir, { recursive: true, force: true }).catch(() => {});
     if (error instanceof KindlingError) throw error;
     throw new KindlingError('EXECUTOR_FAILED', `the persistent sandbox did not start: ${(error as Error).message}`, { cause: error });
@@ -114,6 +128,8 @@ class BwrapPersistentSandbox implements PersistentSandbox {
   private seq = 0;
   private readonly slots: string[] = [];
   private refilling: Promise<void> | null = null;
+  /** Paused by pause() (a snapshot's own freeze is not counted). */
+  private frozen = false;
 
   constructor(
     readonly id: string,
@@ -121,6 +137,7 @@ class BwrapPersistentSandbox implements PersistentSandbox {
     private readonly cgroup: Cgroup,
     private readonly dir: string,
     private readonly gid: number,
+    private readonly stored: { volume: Volume; snapshot: (volume: Volume, snapshotId: string) => Promise<number> } | null = null,
   ) {
     this.control = execution.stdin!;
     this.control.on('error', () => {});
@@ -156,8 +173,25 @@ class BwrapPersistentSandbox implements PersistentSandbox {
       for (const waiting of this.pending.values()) waiting.exit(137);
       this.pending.clear();
       await execution.disposed.catch(() => {});
+      // The disk is unmounted, never removed: its files outlive the processes (removed by removeDisk).
+      await stored?.volume.detach().catch(() => {});
       await rm(this.dir, { recursive: true, force: true }).catch(() => {});
     });
+  }
+
+  /* -- storage: snapshots ------------------------------------------------------------------------------------------ */
+  async snapshot(snapshotId: string): Promise<{ bytes: number }> {
+    this.assertAlive();
+    if (this.stored === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): nothing to snapshot`, { details: { sandbox: this.id } });
+    const { volume, snapshot } = this.stored;
+    // Frozen while copied, so that the copy is one moment of the files; a paused sandbox stays paused.
+    const wasFrozen = this.frozen;
+    if (!wasFrozen) await this.cgroup.freeze(true);
+    try {
+      return { bytes: await snapshot(volume, snapshotId) };
+    } finally {
+      if (!wasFrozen && !this.ended) await this.cgroup.freeze(false).catch(() => {});
+    }
   }
 
   get alive(): boolean {
@@ -191,11 +225,13 @@ class BwrapPersistentSandbox implements PersistentSandbox {
   async pause(): Promise<void> {
     this.assertAlive();
     await this.cgroup.freeze(true);
+    this.frozen = true;
   }
 
   async resume(): Promise<void> {
     this.assertAlive();
     await this.cgroup.freeze(false);
+    this.frozen = false;
   }
 
   async destroy(): Promise<void> {

@@ -16,6 +16,8 @@ import type { RootfsLayout } from './rootfs.js';
 export class RunDirs {
   readonly runsDir: string;
   readonly agentsDir: string;
+  /** Mount points of persistent sandboxes' disks (see storage.ts), root 0711. */
+  readonly volumesDir: string;
   /** tmpfs for run/agent dirs and an overlay per image, so that mountinfo inside names no host path. */
   private readonly mounts: PrivateMounts;
   private ready: Promise<void> | null = null;
@@ -31,6 +33,7 @@ export class RunDirs {
     this.mounts = new PrivateMounts(options, randomBytes(3).toString('hex'));
     this.runsDir = path.join(this.mounts.root, 'runs');
     this.agentsDir = path.join(this.mounts.root, 'agents');
+    this.volumesDir = path.join(this.mounts.root, 'volumes');
   }
 
   /** Mounts and creates the dirs once (again after a failure). */
@@ -51,6 +54,8 @@ export class RunDirs {
         fs.chownSync(dir, 0, this.gid);
         fs.chmodSync(dir, 0o710);
       }
+      fs.mkdirSync(this.volumesDir, { recursive: true, mode: 0o711 });
+      fs.chmodSync(this.volumesDir, 0o711);
     })();
     this.ready.catch(() => (this.ready = null));
     return this.ready;
