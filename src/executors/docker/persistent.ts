@@ -25,7 +25,7 @@ import type { Container, Exec } from 'dockerode';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import type { Execution, PersistentSandbox, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
-import { signalOfExitCode } from '../shared/process.js';
+import { killUntilGone, signalOfExitCode } from '../shared/process.js';
 import type { SlotCgroup } from './cgroup-usage.js';
 
 /** The container's main process: waits on its stdin (held open by the server, never written) without using CPU. */
@@ -183,18 +183,7 @@ class DockerPersistentSandbox implements PersistentSandbox {
 
   /** SIGKILLs the session of `hostPid` (an exec's main process) and its descendants; repeats until none is left. */
   async killTree(hostPid: number): Promise<void> {
-    for (let round = 0; round < 50; round++) {
-      const tree = this.treeOf(hostPid);
-      if (tree.length === 0) return;
-      for (const pid of tree) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // gone
-        }
-      }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(1 + round, 20)));
-    }
+    await killUntilGone(() => this.treeOf(hostPid));
   }
 
   /** Live (not zombie) host pids of the container that are `root`, in its session, or descendants of those. */

@@ -29,7 +29,7 @@ import type { RunSpec } from '../../core/types.js';
 import type { PersistentSandbox, PersistentSandboxOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
-import { shellQuote } from '../shared/process.js';
+import { killUntilGone, shellQuote } from '../shared/process.js';
 import type { Cgroup } from '../shared/cgroups.js';
 import type { SandboxExecution } from './execution.js';
 import type { Volume } from './storage.js';
@@ -289,18 +289,7 @@ class BwrapPersistentSandbox implements PersistentSandbox {
 
   /** SIGKILLs the process `nsPid` (in the sandbox's pid namespace) and all of its descendants; repeats until gone. */
   async killTree(nsPid: number): Promise<void> {
-    for (let round = 0; round < 50; round++) {
-      const tree = this.treeOf(nsPid);
-      if (tree.length === 0) return;
-      for (const pid of tree) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // gone
-        }
-      }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(1 + round, 20)));
-    }
+    await killUntilGone(() => this.treeOf(nsPid));
   }
 
   /** Host pids of `nsPid` and its descendants that are alive (not zombies), among this sandbox's cgroup. */

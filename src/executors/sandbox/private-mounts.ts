@@ -131,13 +131,7 @@ export class PrivateMounts {
   }
 
   private async mount(args: string[], fds: number[] = []): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      const child = spawn(this.options.mountPath ?? '/usr/bin/mount', args, { stdio: ['ignore', 'ignore', 'pipe', ...fds], env: {}, cwd: '/' });
-      let stderr = '';
-      child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on('error', reject);
-      child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`mount ${args.join(' ')} failed: ${stderr.trim()}`))));
-    });
+    await runMount(this.options.mountPath, args, fds);
     this.mounted.push(args[args.length - 1]!);
   }
 
@@ -151,4 +145,18 @@ export class PrivateMounts {
   private detachSync(dir: string): void {
     spawnSync(this.options.umountPath ?? '/usr/bin/umount', ['-l', dir], { stdio: 'ignore', env: {} });
   }
+}
+
+/**
+ * Runs mount(8) with `args`; `fds` become descriptors 3, 4, ... of the child, so that layers can be named as
+ * /proc/self/fd/N (no host path in the mount's options, hence none in mountinfo inside a sandbox).
+ */
+export function runMount(mountPath: string | undefined, args: string[], fds: number[] = []): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const child = spawn(mountPath ?? '/usr/bin/mount', args, { stdio: ['ignore', 'ignore', 'pipe', ...fds], env: {}, cwd: '/' });
+    let stderr = '';
+    child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`mount ${args.join(' ')} failed: ${stderr.trim()}`))));
+  });
 }

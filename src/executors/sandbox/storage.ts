@@ -18,13 +18,14 @@
  * `snapshots/<snapshot id>/layer` (root 0700; links are copied as links, never followed) while the sandbox is frozen,
  * and from then on only ever mounted as a read-only lower layer. /tmp is not part of a snapshot.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { KindlingError } from '../../core/errors.js';
 import type { Logger } from '../shared/logger.js';
+import { runMount } from './private-mounts.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -186,14 +187,8 @@ export class SandboxStorage {
     return removed;
   }
 
-  private async mount(args: string[], fds: number[] = []): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      const child = spawn(this.options.mountPath ?? '/usr/bin/mount', args, { stdio: ['ignore', 'ignore', 'pipe', ...fds], env: {}, cwd: '/' });
-      let stderr = '';
-      child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on('error', reject);
-      child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`mount ${args.join(' ')} failed: ${stderr.trim()}`))));
-    });
+  private mount(args: string[], fds: number[] = []): Promise<void> {
+    return runMount(this.options.mountPath, args, fds);
   }
 
   /** Unmounts (lazily when still busy: the loop device is released once its last user is gone). */

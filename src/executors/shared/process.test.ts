@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { processAlive, shellQuote, signalName, signalNumber, signalOfExitCode } from './process.js';
+import { killUntilGone, processAlive, shellQuote, signalName, signalNumber, signalOfExitCode } from './process.js';
 
 test('signalName maps numbers to names and unknown numbers to null', () => {
   assert.equal(signalName(9), 'SIGKILL');
@@ -43,4 +43,21 @@ test('shellQuote survives quotes, dollars, backticks, newlines and the empty str
     const out = execFileSync('sh', ['-c', `printf %s ${shellQuote(value)}`]).toString();
     assert.equal(out, value);
   }
+});
+
+test('killUntilGone kills what the tree names until it names nothing, also what appears between rounds', async () => {
+  const first = spawn('sleep', ['100'], { stdio: 'ignore' });
+  const late = spawn('sleep', ['100'], { stdio: 'ignore' });
+  const pids = [first.pid!, late.pid!];
+  const exited = pids.map((pid, i) => new Promise<void>((resolve) => [first, late][i]!.once('exit', () => resolve())));
+  let rounds = 0;
+  // The second process only shows up in the second round (as a child forked while its tree was being killed).
+  await killUntilGone(() => {
+    rounds++;
+    return pids.slice(0, rounds).filter((pid) => [first, late].some((child) => child.pid === pid && child.exitCode === null && child.signalCode === null));
+  });
+  await Promise.all(exited);
+  assert.equal(first.signalCode, 'SIGKILL');
+  assert.equal(late.signalCode, 'SIGKILL');
+  assert.ok(rounds >= 2, `rounds ${rounds}`);
 });

@@ -43,3 +43,22 @@ export function processAlive(pid: number): boolean {
 export function shellQuote(value: string): string {
   return `'${value.replace(/'/g, `'\\''`)}'`;
 }
+
+/**
+ * SIGKILLs every pid `tree()` names, again and again (a process may fork while its tree is killed), until it names
+ * none; gives up after ~0.7 s of rounds (50 rounds, the pause growing to 20 ms) when something keeps coming back.
+ */
+export async function killUntilGone(tree: () => number[]): Promise<void> {
+  for (let round = 0; round < 50; round++) {
+    const pids = tree();
+    if (pids.length === 0) return;
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(1 + round, 20)));
+  }
+}
