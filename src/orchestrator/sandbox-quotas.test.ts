@@ -104,6 +104,9 @@ class FakeSandbox implements PersistentSandbox {
     this.alive = false;
     this.end();
   }
+  async snapshot(): Promise<{ bytes: number }> {
+    return { bytes: 600 };
+  }
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'kindling-sandbox-quotas-'));
@@ -160,6 +163,55 @@ describe('SandboxService with tenant quotas', () => {
       assert.deepEqual(events, ['started 512 7', 'paused', 'started 256 7', 'started 4096 7', 'stopped', 'resumed', 'stopped']);
     } finally {
       await service.close();
+      store.close();
+    }
+  });
+});
+
+describe('SandboxService with storage quotas', () => {
+  it('maxSandboxDiskMb counts stopped sandboxes\' disks; maxSnapshotBytes refuses before, and removes a copy that did not fit', async () => {
+    const removedSnapshots: string[] = [];
+    const removedDisks: string[] = [];
+    const executor = {
+      name: 'sandbox',
+      hasImage: () => true,
+      createPersistentSandbox: async (spec: RunSpec) => new FakeSandbox(spec.id),
+      sandboxStorage: {
+        removeDisk: async (id: string) => void removedDisks.push(id),
+        removeSnapshot: async (id: string) => void removedSnapshots.push(id),
+        reap: async () => 0,
+      },
+    } as unknown as Executor;
+    const quotas: SandboxQuotas = { maxSandboxes: null, maxPausedSandboxes: null, maxSandboxMemoryMb: null, maxSandboxDiskMb: 100, maxSnapshotBytes: 1000 };
+    const store = new SqliteSandboxStore(join(dir, 'b.sqlite'));
+    const service = new SandboxService({ executors: new Map([['sandbox', executor]]) as never, defaultExecutor: 'sandbox', store, quotasOf: () => quotas });
+    try {
+      const one = await service.create('t', { image: 'kindling/base', diskMb: 60 });
+      await assert.rejects(service.create('t', { image: 'kindling/base', diskMb: 41 }), refused('TENANT_STORAGE_LIMIT', 'maxSandboxDiskMb', 100));
+      const snap = await service.snapshot('t', one.id);
+      assert.equal(snap.bytes, 600);
+      // 600 + 600 > 1000: the copy is made, found too big, removed; nothing is listed.
+      await assert.rejects(service.snapshot('t', one.id), refused('TENANT_STORAGE_LIMIT', 'maxSnapshotBytes', 1000));
+      assert.equal(removedSnapshots.length, 1);
+      assert.deepEqual(service.listSnapshots('t').map((s) => s.id), [snap.id]);
+      // A stopped sandbox keeps its disk: still counted until deleted.
+      await service.close();
+      const again = new SandboxService({ executors: new Map([['sandbox', executor]]) as never, defaultExecutor: 'sandbox', store, quotasOf: () => quotas });
+      try {
+        again.recover();
+        assert.equal(again.get('t', one.id).state, 'stopped');
+        await assert.rejects(again.create('t', { image: 'kindling/base', diskMb: 41 }), refused('TENANT_STORAGE_LIMIT', 'maxSandboxDiskMb', 100));
+        await again.delete('t', one.id);
+        const two = await again.create('t', { image: 'kindling/base', diskMb: 100 });
+        // No byte of snapshot room left: refused before the copy is made (nothing to remove).
+        quotas.maxSnapshotBytes = 600;
+        await assert.rejects(again.snapshot('t', two.id), refused('TENANT_STORAGE_LIMIT', 'maxSnapshotBytes', 600));
+        assert.equal(removedSnapshots.length, 1);
+      } finally {
+        await again.close();
+      }
+      assert.deepEqual(removedDisks, [one.id]);
+    } finally {
       store.close();
     }
   });
