@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import { SqliteUsageStore } from '../store/usage-sqlite.js';
 import type { UsageRecord } from '../store/usage.js';
 import { SandboxMeter, type StoredSandboxItem } from './sandbox-meter.js';
@@ -97,6 +98,25 @@ describe('SandboxMeter', () => {
         ['t', 'snap_1', 0, 0, 0.5],
       ]);
       assert.deepEqual(store.recent({ limit: 10 }), []);
+    } finally {
+      store.close();
+    }
+  });
+
+  it('a usage table of an older data dir gets the storage column on open; its old rows sum to 0 GB-hours', () => {
+    const file = join(dir, 'old.db');
+    const old = new Database(file);
+    old.exec(`CREATE TABLE usage_records (id TEXT PRIMARY KEY, tenant TEXT NOT NULL DEFAULT 'default', function TEXT NOT NULL, executor TEXT NOT NULL,
+      day TEXT NOT NULL, at_ms INTEGER NOT NULL, status TEXT NOT NULL, cold INTEGER NOT NULL, duration_ms REAL NOT NULL, cpu_ms REAL,
+      memory_peak_bytes INTEGER, memory_mb INTEGER NOT NULL, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, trace_id TEXT)`);
+    old.prepare("INSERT INTO usage_records VALUES ('inv_1', 't', 'f', 'sandbox', '1970-01-01', 5, 'succeeded', 0, 1000, 3, NULL, 1024, 1, 2, NULL)").run();
+    old.close();
+    const store = new SqliteUsageStore(file);
+    try {
+      store.record({ id: 'use_1', tenant: 't', function: 'snap_1', executor: 'sandbox', atMs: 6, status: 'storage', coldStart: false, durationMs: 0, cpuMs: null, memoryPeakBytes: null, memoryMb: 0, bytesIn: 0, bytesOut: 0, traceId: null, storageGbHours: 1.5 });
+      const rows = store.summarize({ fromMs: 0, toMs: 100, groupBy: 'day' });
+      assert.deepEqual(rows.map((r) => [r.key, r.invocations, r.cpuMs, r.gbSeconds, r.storageGbHours]), [['1970-01-01', 1, 3, 1, 1.5]]);
+      assert.deepEqual(store.recent({ limit: 5 }).map((r) => r.id), ['inv_1']);
     } finally {
       store.close();
     }
