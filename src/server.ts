@@ -17,6 +17,7 @@ import { createExecutor, type MicroVmSettings } from './executors/registry.js';
 import { instrumentExecutor } from './metrics/instrument.js';
 import { Metrics, type TenantStorage } from './metrics/metrics.js';
 import { UsageMeter } from './metrics/usage-meter.js';
+import { SandboxMeter } from './metrics/sandbox-meter.js';
 import { EgressPolicy } from './network/policy.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { FunctionService } from './orchestrator/function-service.js';
@@ -61,6 +62,8 @@ export interface ServerConfig {
   maxSandboxesPerTenant?: number;
   /** Snapshots of persistent sandboxes a tenant may keep (--max-snapshots-per-tenant). Default 20. */
   maxSnapshotsPerTenant?: number;
+  /** How often running persistent sandboxes are metered (their cgroups read) and stored GB-hours written; default 60 s. */
+  sandboxMeterIntervalMs?: number;
   /** Versions kept per function (the newest); older ones go on deploy unless an invocation needs them. Default 10. */
   functionVersionsKept?: number;
   /**
@@ -403,6 +406,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     queue: () => service?.queueStats ?? { running: 0, queued: 0 },
     pools: () => handlerPools?.poolSizes() ?? [],
     storage: () => storage?.() ?? [],
+    persistentSandboxes: () => [...(sandboxesRef?.footprints() ?? new Map())].map(([tenant, row]) => ({ tenant, ...row })),
   });
   // Every sandbox handed out is counted (created/destroyed/failed) by a thin wrapper; the executors know no metrics.
   const served = new Map<ExecutorName, Executor>([...executors].map(([name, executor]) => [name, instrumentExecutor(executor, metrics)]));
@@ -418,7 +422,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const tenants = new TenantService({
     store: tenantStore,
     storageUsage: (tenant) => store.storageUsage(tenant),
-    ...(config.tenantQuotas ? { defaults: config.tenantQuotas } : {}),
+    // The server's sandbox caps are the defaults of tenants that set no sandbox quotas of their own.
+    defaults: { maxSandboxes: config.maxSandboxesPerTenant ?? 10, maxPausedSandboxes: config.maxSandboxesPerTenant ?? 10, ...config.tenantQuotas },
     ...(config.adminKey ? { envAdminKey: config.adminKey } : {}),
     onTenantDeleted: (name) => {
       void sandboxesRef?.deleteTenant(name).catch((error: unknown) => logger.warn({ err: error, tenant: name }, 'removing the sandboxes of a deleted tenant failed'));
@@ -489,6 +494,16 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   // disks), and the disks and snapshots whose records are gone are removed.
   const sandboxStore = new SqliteSandboxStore(join(dataDir, 'kindling.db'));
   rollback.add('sandbox store', () => sandboxStore.close());
+  // Usage of persistent sandboxes: running time and CPU (their cgroups, read by the host) and stored GB-hours.
+  const sandboxMeter = new SandboxMeter(usageStore, {
+    ...(config.sandboxMeterIntervalMs === undefined ? {} : { intervalMs: config.sandboxMeterIntervalMs }),
+    storage: () => [
+      ...sandboxStore.allIds().flatMap((id) => sandboxStore.get(id) ?? []).flatMap((record) => ((record.storage ?? null) === null ? [] : [{ tenant: record.tenant, key: record.id, executor: record.executor, mb: record.limits.diskMb }])),
+      ...sandboxStore.listSnapshots(null).map((snapshot) => ({ tenant: snapshot.tenant, key: snapshot.id, executor: snapshot.executor, mb: snapshot.bytes / 1024 ** 2 })),
+    ],
+    onError: (error) => logger.warn({ err: error }, 'metering persistent sandboxes failed'),
+  }).start();
+  rollback.add('sandbox meter', () => sandboxMeter.close());
   const sandboxes = new SandboxService({
     executors: served,
     defaultExecutor: chosen.name,
@@ -496,6 +511,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     capsOf: (tenant) => tenants.capsOf(tenant),
     ...(config.maxSandboxesPerTenant === undefined ? {} : { maxPerTenant: config.maxSandboxesPerTenant }),
     ...(config.maxSnapshotsPerTenant === undefined ? {} : { maxSnapshotsPerTenant: config.maxSnapshotsPerTenant }),
+    quotasOf: (tenant) => tenants.quotasOf(tenant),
+    meter: sandboxMeter,
     onError: (error, context) => logger.warn({ err: error, ...context }, 'persistent sandboxes'),
   });
   rollback.add('persistent sandboxes', () => sandboxes.close());
@@ -546,6 +563,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
     // Persistent sandboxes hold executions of their executor: they go before the executors drain.
     await sandboxes.close().catch((error: unknown) => logger.warn({ err: error }, 'closing persistent sandboxes failed'));
+    sandboxMeter.close();
     await Promise.allSettled([...executors.values()].map((executor) => executor.close()));
     // Synchronous invocations answered during the drain are recorded before the store goes.
     invocations.flushRecords();

@@ -136,7 +136,7 @@ describe('observability: metrics, usage, tracing', { skip: unavailable ?? false 
     const csv = await fetch(`${server.url}/v1/usage?groupBy=function`, { headers: { ...auth, accept: 'text/csv' } });
     assert.match(csv.headers.get('content-type') ?? '', /^text\/csv/);
     const lines = (await csv.text()).trim().split('\n');
-    assert.equal(lines[0], 'tenant,function,invocations,cpuMs,gbSeconds,bytesIn,bytesOut');
+    assert.equal(lines[0], 'tenant,function,invocations,cpuMs,gbSeconds,bytesIn,bytesOut,storageGbHours');
     assert.ok(lines.some((line) => line.startsWith('default,obs-burn,1,')));
     assert.equal((await fetch(`${server.url}/v1/usage?groupBy=week`, { headers: auth })).status, 400);
     assert.equal((await fetch(`${server.url}/v1/usage`)).status, 401);

@@ -273,6 +273,16 @@ export interface TenantQuotas {
   maxCodeBytes?: number;
   /** Storage: bytes of payloads of queued and running async invocations (default 1 GiB); an enqueue beyond: 409 `TENANT_STORAGE_LIMIT`. */
   maxQueuedPayloadBytes?: number;
+  /** Persistent sandboxes running at once. */
+  maxSandboxes?: number;
+  /** Persistent sandboxes paused at once. */
+  maxPausedSandboxes?: number;
+  /** Sum of memoryMb of live (running or paused) sandboxes. */
+  maxSandboxMemoryMb?: number;
+  /** Sum of diskMb of sandboxes keeping a disk (stopped ones included). */
+  maxSandboxDiskMb?: number;
+  /** Bytes of snapshots kept. */
+  maxSnapshotBytes?: number;
 }
 
 /** What a tenant keeps on the server now, next to its storage quotas. */

@@ -183,6 +183,11 @@ export const TenantQuotasSchema = Type.Object(
     maxFunctionVersions: quota('Function versions kept, all functions together (default 1000); a deploy beyond: 409 TENANT_STORAGE_LIMIT.'),
     maxCodeBytes: quota('Bytes of code of the kept versions (default 1 GiB); a deploy beyond: 409 TENANT_STORAGE_LIMIT.'),
     maxQueuedPayloadBytes: quota('Bytes of payloads of queued and running async invocations (default 1 GiB); an enqueue beyond: 409 TENANT_STORAGE_LIMIT.'),
+    maxSandboxes: quota('Persistent sandboxes running at once (default --max-sandboxes-per-tenant); a create, resume or restart beyond: 429 TENANT_SANDBOX_LIMIT.'),
+    maxPausedSandboxes: quota('Persistent sandboxes paused at once (default --max-sandboxes-per-tenant); a pause beyond: 429 TENANT_SANDBOX_LIMIT.'),
+    maxSandboxMemoryMb: quota('Sum of memoryMb of running and paused sandboxes; a create beyond: 429 TENANT_SANDBOX_LIMIT.'),
+    maxSandboxDiskMb: quota('Sum of diskMb of sandboxes that keep a disk (stopped ones included); a create beyond: 409 TENANT_STORAGE_LIMIT.'),
+    maxSnapshotBytes: quota('Bytes of snapshots kept; a snapshot beyond: 409 TENANT_STORAGE_LIMIT (nothing kept).'),
   },
   { additionalProperties: false },
 );
@@ -293,8 +298,8 @@ export const UsageSchema = open(
     from: Type.String({ format: 'date-time' }),
     to: Type.String({ format: 'date-time' }),
     groupBy: Type.String({ description: 'function or day' }),
-    rows: Type.Array(open({ tenant: Type.String(), invocations: Type.Number(), cpuMs: Type.Number(), gbSeconds: Type.Number(), bytesIn: Type.Number(), bytesOut: Type.Number() }, 'One row; the key is named by groupBy')),
-    totals: open({ invocations: Type.Number(), cpuMs: Type.Number(), gbSeconds: Type.Number(), bytesIn: Type.Number(), bytesOut: Type.Number() }, 'Sums of the rows'),
+    rows: Type.Array(open({ tenant: Type.String(), invocations: Type.Number(), cpuMs: Type.Number(), gbSeconds: Type.Number(), storageGbHours: Type.Number({ description: "GB-hours of persistent sandboxes' kept disks and snapshots" }), bytesIn: Type.Number(), bytesOut: Type.Number() }, 'One row; the key is named by groupBy')),
+    totals: open({ invocations: Type.Number(), cpuMs: Type.Number(), gbSeconds: Type.Number(), storageGbHours: Type.Number(), bytesIn: Type.Number(), bytesOut: Type.Number() }, 'Sums of the rows'),
   },
   'Metered usage',
 );

@@ -214,7 +214,7 @@ export async function buildHarness(options: HarnessOptions = {}): Promise<Harnes
     registry: { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics: async () => '# HELP kindling_fake 1\nkindling_fake 1\n' } as ApiMetrics['registry'],
   };
 
-  const usageRows: UsageRow[] = [{ tenant: 'alpha', key: 'fn', invocations: 2, cpuMs: 10, gbSeconds: 0.5, bytesIn: 3, bytesOut: 4 }];
+  const usageRows: UsageRow[] = [{ tenant: 'alpha', key: 'fn', invocations: 2, cpuMs: 10, gbSeconds: 0.5, storageGbHours: 0, bytesIn: 3, bytesOut: 4 }];
   const usage = {
     summarize: (query: UsageQuery): UsageRow[] => usageRows.filter((row) => query.tenant === undefined || row.tenant === query.tenant),
     recent: (): UsageRecord[] => [],

@@ -20,6 +20,11 @@ const QUOTA_FLAGS: [string, keyof TenantQuotas, string][] = [
   ['--max-function-versions <n>', 'maxFunctionVersions', 'function versions kept, all functions together'],
   ['--max-code-bytes <n>', 'maxCodeBytes', 'bytes of code of the kept versions'],
   ['--max-queued-payload-bytes <n>', 'maxQueuedPayloadBytes', 'bytes of queued async payloads'],
+  ['--max-sandboxes <n>', 'maxSandboxes', 'persistent sandboxes running at once'],
+  ['--max-paused-sandboxes <n>', 'maxPausedSandboxes', 'persistent sandboxes paused at once'],
+  ['--max-sandbox-memory-mb <mb>', 'maxSandboxMemoryMb', 'memoryMb of live sandboxes, summed'],
+  ['--max-sandbox-disk-mb <mb>', 'maxSandboxDiskMb', 'diskMb of kept sandbox disks, summed'],
+  ['--max-snapshot-bytes <n>', 'maxSnapshotBytes', 'bytes of snapshots'],
 ];
 
 function withQuotaFlags(command: Command): Command {

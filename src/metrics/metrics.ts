@@ -23,6 +23,8 @@ export interface MetricsSources {
   pools?: () => { function: string; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[];
   /** What each tenant keeps on disk (function versions, code bytes, queued payload bytes). */
   storage?: () => TenantStorage[];
+  /** Persistent sandboxes per tenant: running, paused, and the memoryMb of both (quotas maxSandboxes, ...). */
+  persistentSandboxes?: () => { tenant: string; running: number; paused: number; memoryMb: number }[];
   collectProcess?: boolean;
 }
 
@@ -199,6 +201,31 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     storageGauge('kindling_tenant_function_versions', 'Function versions a tenant keeps (quota maxFunctionVersions)', 'functionVersions');
     storageGauge('kindling_tenant_code_bytes', 'Bytes of code of the function versions a tenant keeps (quota maxCodeBytes)', 'codeBytes');
     storageGauge('kindling_tenant_queued_payload_bytes', "Bytes of payloads of a tenant's queued and running async invocations (quota maxQueuedPayloadBytes)", 'queuedPayloadBytes');
+    // Persistent sandboxes per tenant, against its sandbox quotas (read from the live sandboxes at scrape time).
+    const persistent = sources.persistentSandboxes;
+    new Gauge({
+      name: 'kindling_persistent_sandboxes',
+      help: 'Persistent sandboxes per tenant and state (running|paused; quotas maxSandboxes, maxPausedSandboxes)',
+      labelNames: ['tenant', 'state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const row of persistent?.() ?? []) {
+          this.set({ tenant: row.tenant, state: 'running' }, row.running);
+          this.set({ tenant: row.tenant, state: 'paused' }, row.paused);
+        }
+      },
+    });
+    new Gauge({
+      name: 'kindling_persistent_sandbox_memory_mb',
+      help: 'Sum of memoryMb of a tenant\'s running and paused persistent sandboxes (quota maxSandboxMemoryMb)',
+      labelNames: ['tenant'],
+      registers,
+      collect() {
+        this.reset();
+        for (const row of persistent?.() ?? []) this.set({ tenant: row.tenant }, row.memoryMb);
+      },
+    });
     new Gauge({
       name: 'kindling_warm_sandboxes',
       help: 'Warm sandboxes of handler-style functions by function, executor and state (idle|busy|creating)',

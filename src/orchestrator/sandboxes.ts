@@ -31,6 +31,8 @@ import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.
 import { RUNTIMES } from './runtimes.js';
 import { BackgroundCommand, CommandRegistry, DEFAULT_BACKGROUND_OUTPUT_BYTES, MAX_BACKGROUND_OUTPUT_BYTES, type CommandEvent, type OutputChunk, type SandboxCommandView } from './sandbox-commands.js';
 import { StringDecoder } from 'node:string_decoder';
+import { SandboxAccounting, type SandboxMeterHooks } from './sandbox-accounting.js';
+import type { SandboxQuotas } from './sandbox-quotas.js';
 
 export interface CreateSandboxRequest {
   runtime?: string;
@@ -97,6 +99,10 @@ export interface SandboxesOptions {
   stoppedRetentionMs?: number;
   /** Snapshots a tenant may keep (--max-snapshots-per-tenant). Default 20. */
   maxSnapshotsPerTenant?: number;
+  /** Tenant quotas on sandboxes (sandbox-quotas.ts); default: maxPerTenant running and paused, nothing else capped. */
+  quotasOf?: (tenant: string) => SandboxQuotas;
+  /** Usage metering of running sandboxes (sandbox-accounting.ts). */
+  meter?: SandboxMeterHooks;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
 }
 
@@ -164,7 +170,6 @@ export class SandboxService {
   private readonly live = new Map<string, Live>();
   /** Background commands per live sandbox (sandbox-commands.ts). */
   private readonly background = new Map<string, CommandRegistry>();
-  private readonly creating = new Map<string, number>();
   private readonly limits: LimitPolicy;
   private readonly maxPerTenant: number;
   private readonly defaultIdleTimeoutMs: number;
@@ -177,6 +182,8 @@ export class SandboxService {
   /** Snapshots being made, per tenant (counted against the cap). */
   private readonly snapshotting = new Map<string, number>();
   private closed = false;
+  /** Tenant quotas and metering (sandbox-accounting.ts). */
+  private readonly accounting: SandboxAccounting;
 
   constructor(private readonly options: SandboxesOptions) {
     this.limits = options.limits ?? DEFAULT_LIMIT_POLICY;
@@ -186,6 +193,17 @@ export class SandboxService {
     this.maxLifetimeCapMs = options.maxLifetimeCapMs ?? 24 * 60 * 60_000;
     this.stoppedRetentionMs = options.stoppedRetentionMs ?? 60 * 60_000;
     this.maxSnapshotsPerTenant = options.maxSnapshotsPerTenant ?? 20;
+    this.accounting = new SandboxAccounting({
+      store: options.store,
+      live: () => [...this.live.values()].map((entry) => ({ record: entry.record, sandbox: entry.sandbox })),
+      quotasOf: options.quotasOf ?? (() => ({ maxSandboxes: this.maxPerTenant, maxPausedSandboxes: this.maxPerTenant, maxSandboxMemoryMb: null, maxSandboxDiskMb: null, maxSnapshotBytes: null })),
+      ...(options.meter === undefined ? {} : { meter: options.meter }),
+    });
+  }
+
+  /** What tenants' sandboxes hold now (running, paused, memory, disks, snapshot bytes), for metrics. */
+  footprints(): ReturnType<SandboxAccounting['footprints']> {
+    return this.accounting.footprints();
   }
 
   /** At start-up, after the executors reaped their orphans: records of a previous run's sandboxes say stopped. */
@@ -247,7 +265,9 @@ export class SandboxService {
     const idleTimeoutMs = this.duration('idleTimeoutMs', request.idleTimeoutMs, Math.min(this.defaultIdleTimeoutMs, maxLifetimeMs), 1000, maxLifetimeMs);
     const env = { ...BASE_ENV, ...request.env };
     if (snapshot !== null && executor.sandboxStorage === undefined) throw this.noSnapshots(executorName);
-    if (!reserved) this.assertRoom(tenant, 1);
+    const adding = { running: 1, memoryMb: limits.memoryMb, diskMb: executor.sandboxStorage === undefined ? 0 : limits.diskMb };
+    // A fork reserved the counts of its sandboxes (`reserved`); their memory and disks are checked here, one by one.
+    const release = this.accounting.reserve(tenant, reserved ? { ...adding, running: 0 } : adding);
     const id = newId('sb');
     const now = Date.now();
     const record: SandboxRecord = {
@@ -271,11 +291,10 @@ export class SandboxService {
       env,
       startedAtMs: now,
     };
-    if (!reserved) this.creating.set(tenant, (this.creating.get(tenant) ?? 0) + 1);
     try {
       return await this.launch(record, executor);
     } finally {
-      if (!reserved) this.creating.set(tenant, (this.creating.get(tenant) ?? 1) - 1);
+      release();
     }
   }
 
@@ -309,6 +328,7 @@ export class SandboxService {
     };
     entry.lifetimeTimer.unref();
     this.live.set(id, entry);
+    this.accounting.meterStart(record, sandbox);
     // A sandbox that dies on its own (its supervisor killed, OOM) is stopped.
     void sandbox.disposed.then(() => {
       if (this.live.get(id) === entry) this.finish(entry, entry.stopping ?? 'the sandbox ended on its own (out of memory, or its processes were killed)');
@@ -327,13 +347,13 @@ export class SandboxService {
       if (executor?.createPersistentSandbox === undefined) {
         throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${record.id} has stopped and its executor (${record.executor}) is not enabled on this server`, { details: { sandbox: record.id, state: record.state } });
       }
-      this.assertRoom(record.tenant, 1);
-      this.creating.set(record.tenant, (this.creating.get(record.tenant) ?? 0) + 1);
+      // Its disk is already counted (kept while stopped): it needs a running slot and its memory.
+      const release = this.accounting.reserve(record.tenant, { running: 1, memoryMb: record.limits.memoryMb });
       try {
         const now = Date.now();
         return await this.launch({ ...record, state: 'running', stoppedAtMs: null, stopReason: null, lastActiveAtMs: now, startedAtMs: now }, executor);
       } finally {
-        this.creating.set(record.tenant, (this.creating.get(record.tenant) ?? 1) - 1);
+        release();
       }
     })();
     this.restarting.set(record.id, pending);
@@ -353,13 +373,6 @@ export class SandboxService {
     if (restarting !== undefined) return restarting;
     if (entry === undefined && record.state === 'stopped' && (record.storage ?? null) !== null) return this.restart(record);
     return this.entry(tenant, id);
-  }
-
-  private assertRoom(tenant: string, wanted: number): void {
-    const count = this.liveCount(tenant);
-    if (count + wanted > this.maxPerTenant) {
-      throw new KindlingError('TENANT_SANDBOX_LIMIT', `tenant "${tenant}" has ${count} live sandboxes${wanted > 1 ? ` and asked for ${wanted} more` : ''}, its cap is ${this.maxPerTenant}; delete one (DELETE /v1/sandboxes/ID) first`, { details: { cap: this.maxPerTenant, live: count, wanted }, retryAfterSeconds: 5 });
-    }
   }
 
   private noSnapshots(executor: string): KindlingError {
@@ -398,12 +411,20 @@ export class SandboxService {
     if (count >= this.maxSnapshotsPerTenant) {
       throw new KindlingError('TENANT_SNAPSHOT_LIMIT', `tenant "${tenant}" keeps ${count} snapshots, its cap (${this.maxSnapshotsPerTenant}); delete one (DELETE /v1/snapshots/ID) first`, { details: { cap: this.maxSnapshotsPerTenant } });
     }
+    // maxSnapshotBytes: refused before when no byte is left, and after (the snapshot removed) when it did not fit.
+    this.accounting.checkSnapshot(tenant, 1);
     this.snapshotting.set(tenant, (this.snapshotting.get(tenant) ?? 0) + 1);
     try {
       const entry = await this.liveEntry(tenant, id);
       const snapshotId = newId('snap');
       const { bytes } = await this.serial(entry, () => entry.sandbox.snapshot!(snapshotId));
       this.touch(entry);
+      try {
+        this.accounting.checkSnapshot(tenant, bytes);
+      } catch (error) {
+        await this.options.executors.get(entry.record.executor as ExecutorName)?.sandboxStorage?.removeSnapshot(snapshotId).catch(() => {});
+        throw error;
+      }
       const snapshot: SnapshotRecord = {
         id: snapshotId,
         tenant,
@@ -449,14 +470,17 @@ export class SandboxService {
    */
   async fork(tenant: string, id: string, count: number): Promise<{ snapshot: SnapshotView; sandboxes: SandboxView[] }> {
     const record = this.record(tenant, id);
-    if (!Number.isInteger(count) || count < 1 || count > this.maxPerTenant) {
-      throw new KindlingError('LIMIT_OUT_OF_RANGE', `count must be a whole number from 1 to ${this.maxPerTenant} (the tenant's sandbox cap)`, { details: { field: 'count', min: 1, max: this.maxPerTenant } });
+    const maxCount = this.accounting.quotasOf(tenant).maxSandboxes ?? this.maxPerTenant;
+    if (!Number.isInteger(count) || count < 1 || count > Math.max(1, maxCount)) {
+      throw new KindlingError('LIMIT_OUT_OF_RANGE', `count must be a whole number from 1 to ${Math.max(1, maxCount)} (the tenant's sandbox quota maxSandboxes)`, { details: { field: 'count', min: 1, max: Math.max(1, maxCount) } });
     }
     if (this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage === undefined || (record.storage ?? null) === null) throw this.noSnapshots(record.executor);
     // The parent itself is started again when stopped: it needs room too.
     const parentRoom = this.live.has(id) ? 0 : 1;
-    this.assertRoom(tenant, count + parentRoom);
-    this.creating.set(tenant, (this.creating.get(tenant) ?? 0) + count);
+    const limits = (this.live.get(id)?.record ?? record).limits;
+    // Every fork counts (running, memory, disk) before the snapshot is made; the parent's restart needs a slot too.
+    this.accounting.check(tenant, { running: count + parentRoom, memoryMb: (count + parentRoom) * limits.memoryMb, diskMb: count * limits.diskMb });
+    const release = this.accounting.reserve(tenant, { running: count });
     try {
       const snapshot = await this.snapshot(tenant, id);
       const parent = this.live.get(id)?.record ?? record;
@@ -476,7 +500,7 @@ export class SandboxService {
       }
       return { snapshot, sandboxes: made.map((result) => (result as PromiseFulfilledResult<Live>).value).map((entry) => this.view(entry.record, entry.sandbox)) };
     } finally {
-      this.creating.set(tenant, (this.creating.get(tenant) ?? count) - count);
+      release();
     }
   }
 
@@ -490,8 +514,10 @@ export class SandboxService {
 
   async pause(tenant: string, id: string): Promise<SandboxView> {
     const entry = this.entry(tenant, id);
+    if (entry.record.state === 'running') this.accounting.check(tenant, { paused: 1 });
     await this.serial(entry, async () => {
       if (entry.record.state !== 'running') return;
+      this.accounting.meterPause(entry.record.id);
       await entry.sandbox.pause();
       this.setState(entry, 'paused');
     });
@@ -785,12 +811,6 @@ export class SandboxService {
 
   /* ---------------------------------------------------------------------------------------------------------------- */
 
-  private liveCount(tenant: string): number {
-    let count = this.creating.get(tenant) ?? 0;
-    for (const entry of this.live.values()) if (entry.record.tenant === tenant) count++;
-    return count;
-  }
-
   private duration(field: string, value: number | undefined, fallback: number, min: number, max: number): number {
     if (value === undefined) return fallback;
     if (!Number.isInteger(value) || value < min || value > max) {
@@ -858,8 +878,11 @@ export class SandboxService {
   private resumeEntry(entry: Live): Promise<void> {
     return this.serial(entry, async () => {
       if (entry.record.state !== 'paused') return;
+      // maxSandboxes counts running ones: a paused sandbox needs a slot (its memory is counted already).
+      this.accounting.check(entry.record.tenant, { running: 1 });
       await entry.sandbox.resume();
       this.setState(entry, 'running');
+      this.accounting.meterResume(entry.record.id);
     });
   }
 
@@ -889,6 +912,7 @@ export class SandboxService {
       if (entry.busy > 0 || this.live.get(entry.record.id) !== entry) return;
       void this.serial(entry, async () => {
         if (entry.record.state !== 'running' || entry.busy > 0) return;
+        this.accounting.meterPause(entry.record.id);
         await entry.sandbox.pause();
         this.setState(entry, 'paused');
       }).catch((error: unknown) => this.options.onError?.(error, { sandbox: entry.record.id, during: 'idle pause' }));
@@ -899,6 +923,8 @@ export class SandboxService {
   private async stop(entry: Live, reason: string): Promise<void> {
     entry.stopping ??= reason;
     await this.serial(entry, async () => {
+      // The cgroup's last CPU count is read before it goes.
+      this.accounting.meterStop(entry.record.id);
       await entry.sandbox.destroy();
       this.finish(entry, reason);
     });
@@ -906,6 +932,7 @@ export class SandboxService {
 
   private finish(entry: Live, reason: string): void {
     if (this.live.get(entry.record.id) !== entry) return;
+    this.accounting.meterStop(entry.record.id);
     this.live.delete(entry.record.id);
     // Background commands ended with the sandbox (their waits resolve as killed); their handles go with it.
     this.background.delete(entry.record.id);

@@ -6,6 +6,7 @@ import type { TenantScope } from './execution-service.js';
 import { FUNCTION_NAME_PATTERN, type TenantStorageUsage } from '../store/store.js';
 import type { ApiKeyRecord, SqliteTenantStore, TenantQuotas, TenantRecord } from '../store/tenants-sqlite.js';
 import { DEFAULT_STORAGE_QUOTAS, type StorageQuotas } from './storage-quotas.js';
+import { NO_SANDBOX_QUOTAS, type SandboxQuotas } from './sandbox-quotas.js';
 import { TokenBucket } from './token-bucket.js';
 
 export const DEFAULT_TENANT = 'default';
@@ -22,7 +23,7 @@ export interface Principal {
 }
 
 /** Quotas with the server's defaults filled in; null: no cap beyond the server's own ranges. */
-export interface ResolvedQuotas extends StorageQuotas {
+export interface ResolvedQuotas extends StorageQuotas, SandboxQuotas {
   maxConcurrency: number | null;
   requestsPerSecond: number | null;
   burst: number | null;
@@ -51,6 +52,7 @@ export const UNLIMITED_QUOTAS: ResolvedQuotas = {
   maxFunctionVersions: null,
   maxCodeBytes: null,
   maxQueuedPayloadBytes: null,
+  ...NO_SANDBOX_QUOTAS,
 };
 
 /** Each quota field: its valid range and, for caps, the resource limit it caps. */
@@ -69,6 +71,12 @@ const QUOTA_FIELDS: Record<keyof TenantQuotas, { min: number; max: number; integ
   maxFunctionVersions: { min: 0, max: 10_000_000, integer: true },
   maxCodeBytes: { min: 0, max: 1_099_511_627_776, integer: true },
   maxQueuedPayloadBytes: { min: 0, max: 1_099_511_627_776, integer: true },
+  // Persistent sandboxes (sandbox-quotas.ts).
+  maxSandboxes: { min: 0, max: 100_000, integer: true },
+  maxPausedSandboxes: { min: 0, max: 100_000, integer: true },
+  maxSandboxMemoryMb: { min: 0, max: 1_073_741_824, integer: true },
+  maxSandboxDiskMb: { min: 0, max: 1_073_741_824, integer: true },
+  maxSnapshotBytes: { min: 0, max: 1_125_899_906_842_624, integer: true },
 };
 export const QUOTA_NAMES = Object.keys(QUOTA_FIELDS) as (keyof TenantQuotas)[];
 

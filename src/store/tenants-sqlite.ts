@@ -22,6 +22,12 @@ export interface TenantQuotas {
   maxFunctionVersions?: number;
   maxCodeBytes?: number;
   maxQueuedPayloadBytes?: number;
+  /** Persistent sandboxes: running, paused, memory of live ones, kept disks, snapshot bytes (see sandbox-quotas.ts). */
+  maxSandboxes?: number;
+  maxPausedSandboxes?: number;
+  maxSandboxMemoryMb?: number;
+  maxSandboxDiskMb?: number;
+  maxSnapshotBytes?: number;
 }
 
 export interface TenantRecord {

@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS usage_records (
   memory_mb INTEGER NOT NULL,
   bytes_in INTEGER NOT NULL,
   bytes_out INTEGER NOT NULL,
-  trace_id TEXT
+  trace_id TEXT,
+  storage_gb_hours REAL
 );
 CREATE INDEX IF NOT EXISTS usage_records_tenant_at ON usage_records (tenant, at_ms);
 `;
@@ -80,13 +81,18 @@ export class SqliteUsageStore implements UsageStore {
     file: string,
     private readonly options: SqliteUsageStoreOptions = {},
   ) {
-    this.db = openSqlite(file, (db) => db.exec(SCHEMA));
+    this.db = openSqlite(file, (db) => {
+      db.exec(SCHEMA);
+      // Files made before persistent sandboxes were metered have no storage column yet.
+      const columns = db.prepare('PRAGMA table_info(usage_records)').all() as { name: string }[];
+      if (!columns.some((column) => column.name === 'storage_gb_hours')) db.exec('ALTER TABLE usage_records ADD COLUMN storage_gb_hours REAL');
+    });
     const insert = this.db.prepare(
-      `INSERT OR REPLACE INTO usage_records (id, tenant, function, executor, day, at_ms, status, cold, duration_ms, cpu_ms, memory_peak_bytes, memory_mb, bytes_in, bytes_out, trace_id)
-       VALUES (@id, @tenant, @function, @executor, @day, @atMs, @status, @cold, @durationMs, @cpuMs, @memoryPeakBytes, @memoryMb, @bytesIn, @bytesOut, @traceId)`,
+      `INSERT OR REPLACE INTO usage_records (id, tenant, function, executor, day, at_ms, status, cold, duration_ms, cpu_ms, memory_peak_bytes, memory_mb, bytes_in, bytes_out, trace_id, storage_gb_hours)
+       VALUES (@id, @tenant, @function, @executor, @day, @atMs, @status, @cold, @durationMs, @cpuMs, @memoryPeakBytes, @memoryMb, @bytesIn, @bytesOut, @traceId, @storageGbHours)`,
     );
     this.insertBatch = this.db.transaction((records: UsageRecord[]) => {
-      for (const record of records) insert.run({ ...record, day: utcDay(record.atMs), cold: record.coldStart ? 1 : 0 });
+      for (const record of records) insert.run({ ...record, day: utcDay(record.atMs), cold: record.coldStart ? 1 : 0, storageGbHours: record.storageGbHours ?? null });
     });
   }
 
@@ -126,20 +132,20 @@ export class SqliteUsageStore implements UsageStore {
     const key = query.groupBy === 'day' ? 'day' : 'function';
     const rows = this.db
       .prepare<unknown[], UsageRow>(
-        `SELECT tenant, ${key} AS key, SUM(status != 'idle') AS invocations, COALESCE(SUM(cpu_ms), 0) AS cpuMs,
+        `SELECT tenant, ${key} AS key, SUM(status NOT IN ('idle', 'sandbox', 'storage')) AS invocations, COALESCE(SUM(cpu_ms), 0) AS cpuMs,
                 COALESCE(SUM(memory_mb / 1024.0 * duration_ms / 1000.0), 0) AS gbSeconds,
-                SUM(bytes_in) AS bytesIn, SUM(bytes_out) AS bytesOut
+                COALESCE(SUM(storage_gb_hours), 0) AS storageGbHours, SUM(bytes_in) AS bytesIn, SUM(bytes_out) AS bytesOut
          FROM usage_records
          WHERE at_ms >= ? AND at_ms < ? ${query.tenant === undefined ? '' : 'AND tenant = ?'}
          GROUP BY tenant, ${key} ORDER BY tenant, ${key}`,
       )
       .all(...[query.fromMs, query.toMs, ...(query.tenant === undefined ? [] : [query.tenant])]);
-    return rows.map((row) => ({ ...row, cpuMs: Math.round(row.cpuMs * 1000) / 1000, gbSeconds: Math.round(row.gbSeconds * 1e6) / 1e6 }));
+    return rows.map((row) => ({ ...row, cpuMs: Math.round(row.cpuMs * 1000) / 1000, gbSeconds: Math.round(row.gbSeconds * 1e6) / 1e6, storageGbHours: Math.round(row.storageGbHours * 1e9) / 1e9 }));
   }
 
   recent(options: { tenant?: string; limit: number; sinceMs?: number }): UsageRecord[] {
     this.flush();
-    const where: string[] = ["status != 'idle'"];
+    const where: string[] = ["status NOT IN ('idle', 'sandbox', 'storage')"];
     const params: unknown[] = [];
     if (options.tenant !== undefined) {
       where.push('tenant = ?');

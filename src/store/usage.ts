@@ -17,7 +17,7 @@ export interface UsageRecord {
    * `idle`: not an invocation but CPU a warm sandbox used between invocations (background work a handler left
    * running, its start), billed to the function; such records count in `cpuMs` sums, never as invocations.
    */
-  status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error' | 'idle';
+  status: 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error' | 'idle' | 'sandbox' | 'storage';
   coldStart: boolean;
   /** Wall time of the invocation. */
   durationMs: number;
@@ -30,6 +30,11 @@ export interface UsageRecord {
   bytesOut: number;
   /** W3C trace id of the request, when there was one. */
   traceId: string | null;
+  /**
+   * `storage` records: GB-hours of a persistent sandbox's kept disk or of a snapshot (`function` holds its id).
+   * (`sandbox` records are a running persistent sandbox's wall time and CPU, `function` its id; see sandbox-meter.ts.)
+   */
+  storageGbHours?: number;
 }
 
 export type UsageGroupBy = 'function' | 'day';
@@ -47,11 +52,13 @@ export interface UsageRow {
   tenant: string;
   /** The group: a function name (groupBy=function) or a UTC day YYYY-MM-DD (groupBy=day). */
   key: string;
-  /** Invocations and executions (idle records excluded). */
+  /** Invocations and executions (idle, sandbox and storage records excluded). */
   invocations: number;
   /** All CPU billed to the group: invocations' plus warm sandboxes' idle CPU. */
   cpuMs: number;
   gbSeconds: number;
+  /** GB-hours of persistent sandboxes' kept disks and snapshots. */
+  storageGbHours: number;
   bytesIn: number;
   bytesOut: number;
 }

@@ -419,7 +419,8 @@ class CreatedApiKey:
 @dataclass(frozen=True)
 class Usage:
     """``GET /v1/usage``: rows per function (or day) and their totals. Numbers as the server sends them: CPU in ms,
-    ``gbSeconds`` (memory limit in GB x wall time in s), bytes in/out."""
+    ``gbSeconds`` (memory limit in GB x wall time in s), ``storageGbHours`` (kept disks and snapshots of persistent
+    sandboxes), bytes in/out. Persistent sandboxes have rows of their own, keyed by their id (``sb_...``, ``snap_...``)."""
 
     from_: str
     to: str

@@ -120,7 +120,7 @@ describe('function routes (inject)', () => {
     assert.equal((json.json() as { totals: { invocations: number } }).totals.invocations, 2);
     const csv = await h.app.inject({ method: 'GET', url: '/v1/usage', headers: h.headers(undefined, { accept: 'text/csv' }) });
     assert.match(csv.headers['content-type'] as string, /^text\/csv/);
-    assert.equal(csv.body, 'tenant,function,invocations,cpuMs,gbSeconds,bytesIn,bytesOut\nalpha,fn,2,10,0.5,3,4\n');
+    assert.equal(csv.body, 'tenant,function,invocations,cpuMs,gbSeconds,bytesIn,bytesOut,storageGbHours\nalpha,fn,2,10,0.5,3,4,0\n');
   });
 
   it('serves the OpenAPI document as JSON without a key, with its routes and the raw invoke body', async () => {

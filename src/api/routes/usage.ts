@@ -35,8 +35,8 @@ const csvCell = (value: string | number): string => {
 };
 
 export function usageCsv(rows: UsageRow[], groupBy: UsageGroupBy): string {
-  const lines = [['tenant', groupBy, 'invocations', 'cpuMs', 'gbSeconds', 'bytesIn', 'bytesOut'].join(',')];
-  for (const row of rows) lines.push([row.tenant, row.key, row.invocations, row.cpuMs, row.gbSeconds, row.bytesIn, row.bytesOut].map(csvCell).join(','));
+  const lines = [['tenant', groupBy, 'invocations', 'cpuMs', 'gbSeconds', 'bytesIn', 'bytesOut', 'storageGbHours'].join(',')];
+  for (const row of rows) lines.push([row.tenant, row.key, row.invocations, row.cpuMs, row.gbSeconds, row.bytesIn, row.bytesOut, row.storageGbHours].map(csvCell).join(','));
   return `${lines.join('\n')}\n`;
 }
 
@@ -108,9 +108,9 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Pick
     {
       schema: {
         tags: ['usage'],
-        summary: 'Metered usage per tenant and function or day: invocations, CPU ms (cgroup), GB-seconds, bytes in/out',
+        summary: 'Metered usage per tenant and function (or persistent sandbox) or day: invocations, CPU ms (cgroup), GB-seconds, stored GB-hours, bytes in/out',
         description:
-          '`from`/`to`: UTC dates (YYYY-MM-DD, `to` inclusive) or ISO 8601 times; default the last 30 days. `groupBy`: function (default) or day. With `Accept: text/csv` the rows come as CSV. GB-seconds = memory limit in GB × wall time in s.',
+          '`from`/`to`: UTC dates (YYYY-MM-DD, `to` inclusive) or ISO 8601 times; default the last 30 days. `groupBy`: function (default) or day. With `Accept: text/csv` the rows come as CSV. GB-seconds = memory limit in GB × wall time in s. Persistent sandboxes appear as rows keyed by their id (running time and CPU; disks and snapshots as storageGbHours).',
         querystring: stringQuery(['from', 'to', 'groupBy', 'tenant']),
         response: { 200: { description: 'Usage as JSON, or as CSV with Accept: text/csv', content: { 'application/json': { schema: UsageSchema }, 'text/csv': { schema: { type: 'string' } } } }, ...errors },
       },
@@ -131,8 +131,8 @@ export function registerUsageRoutes(app: FastifyInstance, options: { usage: Pick
         return usageCsv(rows, groupBy);
       }
       const totals = rows.reduce(
-        (sum, row) => ({ invocations: sum.invocations + row.invocations, cpuMs: sum.cpuMs + row.cpuMs, gbSeconds: sum.gbSeconds + row.gbSeconds, bytesIn: sum.bytesIn + row.bytesIn, bytesOut: sum.bytesOut + row.bytesOut }),
-        { invocations: 0, cpuMs: 0, gbSeconds: 0, bytesIn: 0, bytesOut: 0 },
+        (sum, row) => ({ invocations: sum.invocations + row.invocations, cpuMs: sum.cpuMs + row.cpuMs, gbSeconds: sum.gbSeconds + row.gbSeconds, storageGbHours: sum.storageGbHours + row.storageGbHours, bytesIn: sum.bytesIn + row.bytesIn, bytesOut: sum.bytesOut + row.bytesOut }),
+        { invocations: 0, cpuMs: 0, gbSeconds: 0, storageGbHours: 0, bytesIn: 0, bytesOut: 0 },
       );
       reply.type('application/json');
       return {
