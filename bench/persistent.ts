@@ -89,7 +89,7 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     }
     const c = stats(created);
     const pe = stats(plainEcho);
-    rows.push({ group: 'sandboxes', id: ROWS[0].id, scenario: `${ROWS[0].scenario}, n=${n}`, target: ROWS[0].target, kindling: c.text, baseline: `plain bwrap \`echo hi\` (fresh): ${pe.text}`, ratio: fmtRatio(c.p50 / pe.p50), status: c.p50 < 20 && c.p99 < 40 ? 'pass' : 'fail', note: 'two HTTP calls (create, command); each create makes the sandbox its own ext4 disk (mkfs.ext4 of a sparse file, loop mount, overlay for /work) before bwrap and the supervisor start; the delete is outside the clock' });
+    rows.push({ group: 'sandboxes', id: ROWS[0].id, scenario: `${ROWS[0].scenario}, n=${n}`, target: ROWS[0].target, kindling: c.text, baseline: `plain bwrap \`echo hi\` (fresh): ${pe.text}`, ratio: fmtRatio(c.p50 / pe.p50), status: c.p50 < 20 && c.p99 < 40 ? 'pass' : 'fail', note: 'two HTTP calls (create, command); each create gives the sandbox its own ext4 disk (a pre-formatted image from the pool, or mkfs.ext4 when none is ready; loop mount, overlay for /work) before bwrap and the supervisor start; the delete is outside the clock' });
     data[ROWS[0].id] = { api: created, bwrap: plainEcho };
 
     const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', idleTimeoutMs: 3_600_000 })).json.id as string;
