@@ -1,9 +1,12 @@
 /**
  * Persistent sandboxes (issue 16, first slice) on the sandbox executor: create -> first command output, a command's
  * round trip on a live sandbox, pause and resume, each next to plain bubblewrap (a fresh `bwrap` per command, the same
- * rootfs) or the API's own floor (a GET of the sandbox), measured in the same run, alternated.
+ * rootfs) or the API's own floor (a GET of the sandbox), measured in the same run, alternated. Then snapshots of 10 and
+ * 100 MiB of written files (next to `cp -a` of the same data on the same disk), forks of 1 and 10 (next to as many
+ * overlay mounts of a lower dir) and a background command's start -> first log line (next to a plain bwrap echo).
  */
-import { access } from 'node:fs/promises';
+import { access, mkdir, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { CLEAN_ENV, type BenchContext, type GroupResult } from './lib/context.js';
 import { timedSpawnOk } from './lib/proc.js';
@@ -18,6 +21,12 @@ const ROWS = [
   { id: 'sandboxes.command_rtt', scenario: 'Command round trip on a live sandbox (`true`)', target: 'p50 < 5 ms (issue 16)' },
   { id: 'sandboxes.pause', scenario: 'Pause (cgroup freezer) via API', target: 'p50 < 5 ms (issue 16)' },
   { id: 'sandboxes.resume', scenario: 'Resume via API', target: 'p50 < 5 ms (issue 16)' },
+  // -- snapshots, forks, background commands (sbx-parity) --
+  { id: 'sandboxes.snapshot_10mib', scenario: 'Snapshot of a sandbox with 10 MiB of written files (10 x 1 MiB)', target: '< 100 ms for 100 MiB (issue 16)' },
+  { id: 'sandboxes.snapshot_100mib', scenario: 'Snapshot of a sandbox with 100 MiB of written files (100 x 1 MiB)', target: '< 100 ms (issue 16)' },
+  { id: 'sandboxes.fork_1', scenario: 'Fork 1 (POST /fork {count: 1}: snapshot + 1 sandbox, ready)', target: '< 25 ms (issue 16)' },
+  { id: 'sandboxes.fork_10', scenario: 'Fork 10 from one snapshot (POST /fork {count: 10}, all ready)', target: '100 forks < 1 s (issue 16): < 100 ms for 10 pro rata' },
+  { id: 'sandboxes.background_first_log', scenario: 'Background command start -> its first log line (POST {background} + GET .../logs SSE)', target: 'none in issue 16; command round trip p50 < 5 ms as a guide' },
 ] as const;
 
 const bwrap = (command: string[]) =>
@@ -31,7 +40,7 @@ const stats = (samples: number[]): { p50: number; p99: number; text: string } =>
 };
 
 class Api {
-  constructor(private readonly url: string) {}
+  constructor(readonly url: string) {}
   async call(method: string, path: string, body?: unknown): Promise<{ ms: number; status: number; json: Record<string, unknown> }> {
     const started = performance.now();
     const response = await fetch(this.url + path, { method, ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }) });
@@ -52,7 +61,7 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
   }
   let server: BenchServer;
   try {
-    server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--max-sandboxes-per-tenant', '1000'] });
+    server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--max-sandboxes-per-tenant', '1000', '--max-snapshots-per-tenant', '1000'] });
   } catch (error) {
     return skipAll(`server --executor sandbox did not start: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
   }
@@ -80,7 +89,7 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     }
     const c = stats(created);
     const pe = stats(plainEcho);
-    rows.push({ group: 'sandboxes', id: ROWS[0].id, scenario: `${ROWS[0].scenario}, n=${n}`, target: ROWS[0].target, kindling: c.text, baseline: `plain bwrap \`echo hi\` (fresh): ${pe.text}`, ratio: fmtRatio(c.p50 / pe.p50), status: c.p50 < 20 && c.p99 < 40 ? 'pass' : 'fail', note: 'two HTTP calls (create, command); the delete is outside the clock' });
+    rows.push({ group: 'sandboxes', id: ROWS[0].id, scenario: `${ROWS[0].scenario}, n=${n}`, target: ROWS[0].target, kindling: c.text, baseline: `plain bwrap \`echo hi\` (fresh): ${pe.text}`, ratio: fmtRatio(c.p50 / pe.p50), status: c.p50 < 20 && c.p99 < 40 ? 'pass' : 'fail', note: 'two HTTP calls (create, command); each create gives the sandbox its own ext4 disk (a pre-formatted image from the pool, or mkfs.ext4 when none is ready; loop mount, overlay for /work) before bwrap and the supervisor start; the delete is outside the clock' });
     data[ROWS[0].id] = { api: created, bwrap: plainEcho };
 
     const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', idleTimeoutMs: 3_600_000 })).json.id as string;
@@ -118,6 +127,11 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     rows.push({ group: 'sandboxes', id: ROWS[2].id, scenario: `${ROWS[2].scenario}, a busy loop inside, n=${n * 2}`, target: ROWS[2].target, kindling: ps.text, baseline: floor, ratio: fmtRatio(ps.p50 / g.p50), status: ps.p50 < 5 ? 'pass' : 'fail', note: 'resolves once the kernel reports the cgroup frozen' });
     rows.push({ group: 'sandboxes', id: ROWS[3].id, scenario: `${ROWS[3].scenario}, n=${n * 2}`, target: ROWS[3].target, kindling: rs.text, baseline: floor, ratio: fmtRatio(rs.p50 / g.p50), status: rs.p50 < 5 ? 'pass' : 'fail' });
     data['sandboxes.pause_resume'] = { pause: pauses, resume: resumes, get: gets, summary: { pause: summarize(pauses), resume: summarize(resumes), get: summarize(gets) } };
+
+    // -- snapshots, forks, background commands (sbx-parity) -------------------------------------------------------
+    await snapshotRows(ctx, api, server.dataDir, rows, data);
+    await forkRows(ctx, api, server.dataDir, rows, data);
+    await backgroundRow(ctx, api, n, rows, data);
     return { rows, data };
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
@@ -129,5 +143,146 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     return { rows, data: { ...data, error: message } };
   } finally {
     await server.stop();
+  }
+}
+
+/* -- snapshots, forks, background commands (sbx-parity) ------------------------------------------------------------ */
+
+const row = (id: string): (typeof ROWS)[number] => ROWS.find((r) => r.id === id)!;
+
+/** `mib` files of 1 MiB of random bytes under `dir` (the baseline's copy of what the sandbox writes). */
+async function hostFiles(dir: string, mib: number): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  for (let i = 1; i <= mib; i++) await writeFile(join(dir, `f${i}`), randomBytes(1 << 20));
+}
+
+/**
+ * Snapshot of a sandbox holding 10 / 100 MiB of files it wrote itself, each snapshot deleted outside the clock;
+ * alternated with `cp -a` of the same amount of data (written on the host, in the server's data dir: the disk the
+ * snapshots go to) to a fresh directory of that disk.
+ */
+async function snapshotRows(ctx: BenchContext, api: Api, dataDir: string, rows: Row[], data: Record<string, unknown>): Promise<void> {
+  for (const [mib, id, runs] of [[10, 'sandboxes.snapshot_10mib', 10], [100, 'sandboxes.snapshot_100mib', 5]] as const) {
+    const n = ctx.runsOverridden ? Math.min(ctx.runs.sandbox, runs) : runs;
+    ctx.log(`sandboxes: snapshot with ${mib} MiB of files, ${n} runs (cp -a of the same data alternated)`);
+    const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', limits: { diskMb: 512 }, idleTimeoutMs: 3_600_000 })).json.id as string;
+    const baseDir = join(dataDir, `bench-cp-${mib}`);
+    try {
+      const wrote = await api.call('POST', `/v1/sandboxes/${sb}/commands`, { command: ['sh', '-c', `mkdir -p data && for i in $(seq ${mib}); do head -c 1048576 /dev/urandom > data/f$i; done && du -sm data`], timeoutMs: 120_000 });
+      if (wrote.json.exitCode !== 0) throw new Error(`writing ${mib} MiB failed: ${JSON.stringify(wrote.json.stderr)}`);
+      await hostFiles(join(baseDir, 'src'), mib);
+      const snaps: number[] = [];
+      const copies: number[] = [];
+      let bytes = 0;
+      for (let i = 0; i < n; i++) {
+        const snap = await api.call('POST', `/v1/sandboxes/${sb}/snapshots`, {});
+        snaps.push(snap.ms);
+        bytes = snap.json.bytes as number;
+        await api.call('DELETE', `/v1/snapshots/${snap.json.id as string}`);
+        copies.push((await timedSpawnOk('cp', ['-a', join(baseDir, 'src'), join(baseDir, `copy${i}`)], { env: CLEAN_ENV })).ms);
+        await rm(join(baseDir, `copy${i}`), { recursive: true, force: true });
+      }
+      const k = stats(snaps);
+      const b = stats(copies);
+      const r = row(id);
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `plain \`cp -a\` of ${mib} MiB on the same disk: ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < 100 ? 'pass' : 'fail', note: `snapshot ${(bytes / 1048576).toFixed(1)} MiB: the sandbox frozen, its merged /work (ext4 loop disk + overlay) copied with cp -a into the snapshots dir; the delete is outside the clock` });
+      data[id] = { api: snaps, cp: copies, bytes };
+    } finally {
+      await api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined);
+      await rm(baseDir, { recursive: true, force: true });
+    }
+  }
+}
+
+/**
+ * `POST /v1/sandboxes/ID/fork` with count 1 and 10 on a sandbox with one small file (the forks, then the snapshot,
+ * deleted outside the clock); alternated with as many overlay mounts (`mount -t overlay`, a lower dir of 10 files and
+ * a fresh upper each) on the same disk, unmounted outside the clock.
+ */
+async function forkRows(ctx: BenchContext, api: Api, dataDir: string, rows: Row[], data: Record<string, unknown>): Promise<void> {
+  const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', idleTimeoutMs: 3_600_000 })).json.id as string;
+  const dir = join(dataDir, 'bench-overlay');
+  const mounted: string[] = [];
+  try {
+    await api.call('POST', `/v1/sandboxes/${sb}/commands`, { command: ['sh', '-c', 'echo v1 > state.txt'] });
+    await hostFiles(join(dir, 'lower'), 10);
+    let serial = 0;
+    const overlay = async (): Promise<number> => {
+      const at = join(dir, `m${serial++}`);
+      await mkdir(join(at, 'upper'), { recursive: true });
+      await mkdir(join(at, 'work'), { recursive: true });
+      await mkdir(join(at, 'merged'), { recursive: true });
+      const ms = (await timedSpawnOk('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${join(dir, 'lower')},upperdir=${join(at, 'upper')},workdir=${join(at, 'work')}`, join(at, 'merged')], { env: CLEAN_ENV })).ms;
+      mounted.push(join(at, 'merged'));
+      return ms;
+    };
+    const unmountAll = async (): Promise<void> => {
+      while (mounted.length > 0) await timedSpawnOk('umount', [mounted.pop()!], { env: CLEAN_ENV });
+    };
+    for (const [count, id, runs] of [[1, 'sandboxes.fork_1', 10], [10, 'sandboxes.fork_10', 5]] as const) {
+      const n = ctx.runsOverridden ? Math.min(ctx.runs.sandbox, runs) : runs;
+      ctx.log(`sandboxes: fork ${count}, ${n} runs (${count} overlay mount(s) alternated)`);
+      const forks: number[] = [];
+      const mounts: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const made = await api.call('POST', `/v1/sandboxes/${sb}/fork`, { count });
+        forks.push(made.ms);
+        const children = made.json.sandboxes as { id: string; state: string }[];
+        if (children.length !== count || children.some((c) => c.state !== 'running')) throw new Error(`fork ${count} answered ${JSON.stringify(children.map((c) => c.state))}`);
+        for (const child of children) await api.call('DELETE', `/v1/sandboxes/${child.id}`);
+        await api.call('DELETE', `/v1/snapshots/${(made.json.snapshot as { id: string }).id}`);
+        let total = 0;
+        for (let j = 0; j < count; j++) total += await overlay();
+        mounts.push(total);
+        await unmountAll();
+      }
+      const k = stats(forks);
+      const b = stats(mounts);
+      const r = row(id);
+      const limit = count === 1 ? 25 : 100;
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `${count} plain overlay mount(s) of a lower dir (\`mount -t overlay\`, one after another): ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < limit ? 'pass' : 'fail', note: 'one HTTP call: the snapshot (sandbox frozen, cp -a of /work) and the sandboxes made from it (each: a fresh ext4 disk, mounts, bwrap, the supervisor up); deletes outside the clock' });
+      data[id] = { api: forks, overlayMounts: mounts };
+    }
+    await unmountAll();
+  } finally {
+    for (const at of mounted) await timedSpawnOk('umount', [at], { env: CLEAN_ENV }).catch(() => undefined);
+    await api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Starts `sh -c 'echo ready; sleep 30'` in the background, follows its logs (SSE) to the first stdout event. */
+async function backgroundRow(ctx: BenchContext, api: Api, n: number, rows: Row[], data: Record<string, unknown>): Promise<void> {
+  const id = 'sandboxes.background_first_log';
+  ctx.log(`sandboxes: background command start -> first log line, ${n} runs (plain bwrap echo alternated)`);
+  const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', idleTimeoutMs: 3_600_000 })).json.id as string;
+  try {
+    const firsts: number[] = [];
+    const plain: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const started = performance.now();
+      const cmd = (await api.call('POST', `/v1/sandboxes/${sb}/commands`, { command: ['sh', '-c', 'echo ready; sleep 30'], background: true })).json.id as string;
+      const logs = await fetch(`${api.url}/v1/sandboxes/${sb}/commands/${cmd}/logs`, { headers: { accept: 'text/event-stream' } });
+      if (!logs.ok || logs.body === null) throw new Error(`logs answered ${logs.status}`);
+      const reader = logs.body.getReader();
+      const decoder = new TextDecoder();
+      let text = '';
+      while (!/event: stdout\ndata: ready/.test(text)) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`the log stream ended before the first line: ${text.slice(0, 200)}`);
+        text += decoder.decode(value, { stream: true });
+      }
+      firsts.push(performance.now() - started);
+      await reader.cancel();
+      await api.call('DELETE', `/v1/sandboxes/${sb}/commands/${cmd}`);
+      plain.push((await bwrap(['echo', 'ready'])).ms);
+    }
+    const k = stats(firsts);
+    const b = stats(plain);
+    const r = row(id);
+    rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `plain bwrap \`echo ready\` (fresh): ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: 'info', note: 'two HTTP calls (start, then the log stream until its first stdout event); the kill is outside the clock' });
+    data[id] = { api: firsts, bwrap: plain };
+  } finally {
+    await api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined);
   }
 }

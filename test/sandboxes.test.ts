@@ -11,6 +11,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
 import { ConflictError, Kindling, NotFoundError, RateLimitError, ValidationError, type Sandbox } from '@kindling/sdk';
 import { leftovers, nothingLeft, startServerProcess, stopProcess, type ServerProcess } from './helpers/faults.js';
 import { docker, dockerUnavailableReason, newDataDir, ownerIdOf, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
@@ -538,6 +539,63 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
       assert.deepEqual(readdirSync(join(dataDir, 'run', 'sandbox-storage', ownerId, 'disks')), [`${sb.id}.ext4`]);
       await again.sandboxes.delete(sb.id);
       await stopProcess(second.child, 'SIGTERM');
+      const left = await leftovers(docker, ownerId, dataDir);
+      assert.ok(nothingLeft(left), JSON.stringify(left));
+    } finally {
+      if (first) await stopProcess(first.child, 'SIGKILL');
+      if (second) await stopProcess(second.child, 'SIGTERM');
+      await rm(dataDir, { recursive: true, force: true }).catch((error: unknown) => console.error('could not remove the data dir', error));
+    }
+  });
+
+  // -- start-up reaping of disks and snapshots (sbx-parity) --
+  test('start-up reaping removes the disk and snapshot files whose records are gone and keeps those whose records exist', async () => {
+    const dataDir = await newDataDir();
+    const ownerId = ownerIdOf(dataDir);
+    const storage = join(dataDir, 'run', 'sandbox-storage', ownerId);
+    let first: ServerProcess | null = null;
+    let second: ServerProcess | null = null;
+    try {
+      first = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0']);
+      const client = new Kindling({ url: first.url });
+      const kept = await client.sandboxes.create({ runtime: 'bash' });
+      const dropped = await client.sandboxes.create({ runtime: 'bash' });
+      await kept.files.write('kept.txt', 'kept');
+      await dropped.files.write('dropped.txt', 'dropped');
+      const keptSnap = await kept.snapshot();
+      const droppedSnap = await dropped.snapshot();
+      assert.deepEqual(readdirSync(join(storage, 'disks')).sort(), [`${dropped.id}.ext4`, `${kept.id}.ext4`].sort());
+      assert.deepEqual(readdirSync(join(storage, 'snapshots')).sort(), [droppedSnap.id, keptSnap.id].sort());
+      await stopProcess(first.child, 'SIGKILL');
+      first = null;
+      // The records of one sandbox and one snapshot vanish while no server runs (as after a crash between removing a
+      // record and its files); their files stay behind on disk.
+      const db = new Database(join(dataDir, 'kindling.db'));
+      try {
+        assert.equal(db.prepare('DELETE FROM sandboxes WHERE id = ?').run(dropped.id).changes, 1);
+        assert.equal(db.prepare('DELETE FROM sandbox_snapshots WHERE id = ?').run(droppedSnap.id).changes, 1);
+      } finally {
+        db.close();
+      }
+      assert.ok(existsSync(join(storage, 'disks', `${dropped.id}.ext4`)) && existsSync(join(storage, 'snapshots', droppedSnap.id)));
+      // The server answers only once reaping is done.
+      second = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0']);
+      assert.deepEqual(readdirSync(join(storage, 'disks')), [`${kept.id}.ext4`], 'the orphaned disk is removed, the recorded one kept');
+      assert.deepEqual(readdirSync(join(storage, 'snapshots')), [keptSnap.id], 'the orphaned snapshot is removed, the recorded one kept');
+      const again = new Kindling({ url: second.url });
+      await assert.rejects(again.sandboxes.get(dropped.id), NotFoundError);
+      await assert.rejects(again.sandboxes.getSnapshot(droppedSnap.id), NotFoundError);
+      // What was kept still works: the sandbox's files, and a sandbox made from the kept snapshot.
+      assert.equal(new TextDecoder().decode(await again.sandboxes.readFile(kept.id, 'kept.txt')), 'kept');
+      const restored = await again.sandboxes.create({ fromSnapshot: keptSnap.id });
+      assert.equal(await restored.files.read('kept.txt'), 'kept');
+      await restored.kill();
+      await again.sandboxes.delete(kept.id);
+      await again.sandboxes.deleteSnapshot(keptSnap.id);
+      assert.deepEqual(readdirSync(join(storage, 'disks')), []);
+      assert.deepEqual(readdirSync(join(storage, 'snapshots')), []);
+      await stopProcess(second.child, 'SIGTERM');
+      second = null;
       const left = await leftovers(docker, ownerId, dataDir);
       assert.ok(nothingLeft(left), JSON.stringify(left));
     } finally {

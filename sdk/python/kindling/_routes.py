@@ -47,6 +47,12 @@ COVERED_ROUTES: dict[str, tuple[str, ...]] = {
     "GET /v1/sandboxes/{id}/files": ("sandboxes.read_file",),
     "DELETE /v1/sandboxes/{id}/files": ("sandboxes.remove_file",),
     "GET /v1/sandboxes/{id}/files/list": ("sandboxes.list_files",),
+    "POST /v1/sandboxes/{id}/snapshots": ("sandboxes.snapshot",),
+    "GET /v1/sandboxes/{id}/snapshots": ("sandboxes.list_snapshots",),
+    "POST /v1/sandboxes/{id}/fork": ("sandboxes.fork",),
+    "GET /v1/snapshots": ("sandboxes.list_snapshots",),
+    "GET /v1/snapshots/{id}": ("sandboxes.get_snapshot",),
+    "DELETE /v1/snapshots/{id}": ("sandboxes.delete_snapshot",),
 }
 
 #: Routes of the document the SDK leaves alone on purpose, and why.

@@ -3,9 +3,11 @@ handle with ``commands.run``, ``files.write/read/list/remove``, ``pause``, ``res
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Optional, Union
+import threading
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Mapping, Optional, Union
 from urllib.parse import quote
 
 from ._core import SseParser, seg
@@ -30,15 +32,16 @@ def _files(sandbox_id: str, path: str, suffix: str = "") -> str:
 
 
 def _create_body(runtime: Optional[str], image: Optional[str], fields: Mapping[str, Any]) -> JsonDict:
-    """snake_case options to the wire (camelCase); ``limits`` is a dict of memoryMb, cpus, pids, diskMb."""
+    """snake_case options to the wire (camelCase); ``limits`` is a dict of memoryMb, cpus, pids, diskMb. Without
+    runtime, image and from_snapshot the runtime is ``bash``; from a snapshot they default to the snapshot's."""
     body: JsonDict = {}
-    if runtime is None and image is None:
+    if runtime is None and image is None and fields.get("from_snapshot") is None:
         runtime = "bash"
     if runtime is not None:
         body["runtime"] = runtime
     if image is not None:
         body["image"] = image
-    names = {"executor": "executor", "limits": "limits", "env": "env", "idle_timeout_ms": "idleTimeoutMs", "max_lifetime_ms": "maxLifetimeMs", "metadata": "metadata"}
+    names = {"executor": "executor", "limits": "limits", "env": "env", "idle_timeout_ms": "idleTimeoutMs", "max_lifetime_ms": "maxLifetimeMs", "metadata": "metadata", "from_snapshot": "fromSnapshot"}
     for key, value in fields.items():
         if key not in names:
             raise TypeError(f"unknown sandbox option {key!r} (one of {', '.join(names)})")
@@ -75,7 +78,51 @@ def _deliver(event: str, data: str, on_stdout: Callback, on_stderr: Callback) ->
         on_stderr(data)
     elif event == "exit":
         return dict(json.loads(data))
+    elif event == "error":
+        from ._errors import error_from_payload
+
+        try:
+            payload: Any = json.loads(data)
+        except ValueError:
+            payload = {"error": {"code": "STREAM_ERROR", "message": data}}
+        raise error_from_payload(payload)
     return None
+
+
+def _split_callbacks(options: dict[str, Any]) -> tuple[Callback, Callback]:
+    """Takes ``on_stdout``/``on_stderr`` out of a command's options (they are not sent)."""
+    return options.pop("on_stdout", None), options.pop("on_stderr", None)
+
+
+def _run_timeout(config_timeout: Optional[float], body: JsonDict) -> Optional[float]:
+    """The request outlives the command's own timeout by a little."""
+    return None if config_timeout is None else max(config_timeout, body.get("timeoutMs", 60000) / 1000 + 30)
+
+
+def _plain_result(response_content: bytes, status: int, url: str, on_stdout: Callback, on_stderr: Callback) -> ExecutionResult:
+    """A server (or proxy) that ignored ``Accept: text/event-stream`` answered the plain result: replay its output once."""
+    from ._core import parse_json
+
+    result = ExecutionResult.from_wire(parse_json(response_content, status, url))
+    if result.stdout and on_stdout is not None:
+        on_stdout(result.stdout)
+    if result.stderr and on_stderr is not None:
+        on_stderr(result.stderr)
+    return result
+
+
+def _bounded(parts: list[str], limit: Any) -> str:
+    """The output seen by a follower, kept as bounded as on the server: the newest ``outputBytes`` characters."""
+    text = "".join(parts)
+    return text[-max(int(limit), 1):] if isinstance(limit, int) else text
+
+
+def _fork_answer(made: Any) -> tuple[JsonDict, JsonList]:
+    return dict(made["snapshot"]), [dict(item) for item in made.get("sandboxes") or []]
+
+
+def _snapshots_query(sandbox_id: Optional[str]) -> str:
+    return "/v1/snapshots" if sandbox_id is None else f"/v1/snapshots?sandboxId={quote(sandbox_id, safe='')}"
 
 
 def _content(data: Data) -> bytes:
@@ -91,7 +138,8 @@ class Sandboxes:
 
     def create(self, *, runtime: Optional[str] = None, image: Optional[str] = None, **options: Any) -> "Sandbox":
         """``POST /v1/sandboxes``. Options: ``executor``, ``limits`` (memoryMb, cpus, pids, diskMb), ``env``,
-        ``idle_timeout_ms`` (default 600000), ``max_lifetime_ms`` (default 3600000), ``metadata``."""
+        ``idle_timeout_ms`` (default 600000), ``max_lifetime_ms`` (default 3600000), ``metadata``, ``from_snapshot`` (a
+        snapshot id: /work starts as its files; runtime/image and limits default to the snapshot's)."""
         info = self._http.json("POST", "/v1/sandboxes", json_body=_create_body(runtime, image, options))
         return Sandbox(self, info)
 
@@ -116,19 +164,40 @@ class Sandboxes:
 
     def run(self, sandbox_id: str, command: Command, **options: Any) -> ExecutionResult:
         """``POST /v1/sandboxes/ID/commands``: ``stdin``, ``env``, ``workdir``, ``timeout_ms`` (default 60000: the
-        command's process tree is killed, the sandbox lives on), ``output_bytes``, ``auto_resume`` (default True)."""
+        command's process tree is killed, the sandbox lives on), ``output_bytes``, ``auto_resume`` (default True).
+        With ``on_stdout``/``on_stderr`` the output streams to them as it is produced (SSE; chunks, not lines)."""
         if options.get("background"):
             raise TypeError("a background command answers a handle: use start() (commands.start)")
+        on_stdout, on_stderr = _split_callbacks(options)
         body = _command_body(command, options)
-        timeout = None if self._http.config.timeout is None else max(self._http.config.timeout, body.get("timeoutMs", 60000) / 1000 + 30)
-        return ExecutionResult.from_wire(self._http.json("POST", _path(sandbox_id, "/commands"), json_body=body, timeout=timeout))
+        timeout = _run_timeout(self._http.config.timeout, body)
+        path = _path(sandbox_id, "/commands")
+        if on_stdout is None and on_stderr is None:
+            return ExecutionResult.from_wire(self._http.json("POST", path, json_body=body, timeout=timeout))
+        response = self._http.send("POST", path, json_body=body, headers={"accept": "text/event-stream"}, timeout=timeout, idempotent=False, stream=True)
+        try:
+            if "text/event-stream" not in response.headers.get("content-type", "").lower():
+                return _plain_result(response.read(), response.status_code, str(response.url), on_stdout, on_stderr)
+            parser = SseParser()
+            for chunk in response.iter_raw():
+                for event in parser.feed(chunk):
+                    final = _deliver(event.event, event.data, on_stdout, on_stderr)
+                    if final is not None:
+                        return ExecutionResult.from_wire(final)
+        finally:
+            response.close()
+        raise kindling_stream_interrupted(path)
 
     # Background commands ------------------------------------------------------------------------------------------
 
     def start(self, sandbox_id: str, command: Command, **options: Any) -> "CommandHandle":
-        """``POST /v1/sandboxes/ID/commands`` with ``background: true``: answers the command's handle once it runs."""
+        """``POST /v1/sandboxes/ID/commands`` with ``background: true``: answers the command's handle once it runs.
+        With ``on_stdout``/``on_stderr`` its output is followed at once (from the start, as kept by the server) on a
+        thread of the handle's; ``wait()`` then returns what that follower saw."""
+        on_stdout, on_stderr = _split_callbacks(options)
         body = _command_body(command, {**options, "background": True})
-        return CommandHandle(self, sandbox_id, dict(self._http.json("POST", _path(sandbox_id, "/commands"), json_body=body)))
+        info = dict(self._http.json("POST", _path(sandbox_id, "/commands"), json_body=body))
+        return CommandHandle(self, sandbox_id, info, on_stdout=on_stdout, on_stderr=on_stderr)
 
     def list_commands(self, sandbox_id: str) -> JsonList:
         return list(self._http.json("GET", _path(sandbox_id, "/commands")).get("commands") or [])
@@ -169,6 +238,28 @@ class Sandboxes:
     def remove_file(self, sandbox_id: str, path: str) -> None:
         self._http.json("DELETE", _files(sandbox_id, path))
 
+    # Snapshots and forks ------------------------------------------------------------------------------------------
+
+    def snapshot(self, sandbox_id: str) -> JsonDict:
+        """``POST /v1/sandboxes/ID/snapshots``: an immutable copy of the sandbox's files (``id``, ``bytes``, ``memory``...)."""
+        return dict(self._http.json("POST", _path(sandbox_id, "/snapshots"), json_body={}))
+
+    def fork(self, sandbox_id: str, count: int) -> tuple[JsonDict, List["Sandbox"]]:
+        """``POST /v1/sandboxes/ID/fork``: a snapshot and ``count`` sandboxes made from it, as (snapshot, handles)."""
+        snapshot, made = _fork_answer(self._http.json("POST", _path(sandbox_id, "/fork"), json_body={"count": count}))
+        return snapshot, [Sandbox(self, info) for info in made]
+
+    def list_snapshots(self, *, sandbox_id: Optional[str] = None) -> JsonList:
+        """``GET /v1/snapshots``: the tenant's snapshots (of one sandbox with ``sandbox_id``)."""
+        return list(self._http.json("GET", _snapshots_query(sandbox_id)).get("snapshots") or [])
+
+    def get_snapshot(self, snapshot_id: str) -> JsonDict:
+        return dict(self._http.json("GET", f"/v1/snapshots/{seg(snapshot_id)}"))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """``DELETE /v1/snapshots/ID`` (``ConflictError`` SNAPSHOT_IN_USE while sandboxes are made from it)."""
+        self._http.json("DELETE", f"/v1/snapshots/{seg(snapshot_id)}")
+
 
 class _Commands:
     def __init__(self, api: Sandboxes, sandbox_id: str) -> None:
@@ -184,8 +275,9 @@ class _Commands:
     def list(self) -> JsonList:
         return self._api.list_commands(self._id)
 
-    def connect(self, command_id: str) -> "CommandHandle":
-        return CommandHandle(self._api, self._id, self._api.get_command(self._id, command_id))
+    def connect(self, command_id: str, *, on_stdout: Callback = None, on_stderr: Callback = None) -> "CommandHandle":
+        """A handle on a background command by id; with callbacks its output is followed at once (see ``start``)."""
+        return CommandHandle(self._api, self._id, self._api.get_command(self._id, command_id), on_stdout=on_stdout, on_stderr=on_stderr)
 
     def kill(self, command_id: str) -> JsonDict:
         return self._api.kill_command(self._id, command_id)
@@ -235,6 +327,14 @@ class Sandbox:
         self.info = self._api.get(self.id)
         return self.info
 
+    def snapshot(self) -> JsonDict:
+        """An immutable snapshot of the sandbox's files (processes are not kept on the sandbox executor)."""
+        return self._api.snapshot(self.id)
+
+    def fork(self, count: int) -> "list[Sandbox]":
+        """``count`` new sandboxes from one snapshot of this one; none sees the others' later writes."""
+        return self._api.fork(self.id, count)[1]
+
     def kill(self) -> None:
         self._api.delete(self.id)
 
@@ -271,15 +371,34 @@ class AsyncSandboxes:
     async def run(self, sandbox_id: str, command: Command, **options: Any) -> ExecutionResult:
         if options.get("background"):
             raise TypeError("a background command answers a handle: use start() (commands.start)")
+        on_stdout, on_stderr = _split_callbacks(options)
         body = _command_body(command, options)
-        timeout = None if self._http.config.timeout is None else max(self._http.config.timeout, body.get("timeoutMs", 60000) / 1000 + 30)
-        return ExecutionResult.from_wire(await self._http.json("POST", _path(sandbox_id, "/commands"), json_body=body, timeout=timeout))
+        timeout = _run_timeout(self._http.config.timeout, body)
+        path = _path(sandbox_id, "/commands")
+        if on_stdout is None and on_stderr is None:
+            return ExecutionResult.from_wire(await self._http.json("POST", path, json_body=body, timeout=timeout))
+        response = await self._http.send("POST", path, json_body=body, headers={"accept": "text/event-stream"}, timeout=timeout, idempotent=False, stream=True)
+        try:
+            if "text/event-stream" not in response.headers.get("content-type", "").lower():
+                return _plain_result(await response.aread(), response.status_code, str(response.url), on_stdout, on_stderr)
+            parser = SseParser()
+            async for chunk in response.aiter_raw():
+                for event in parser.feed(chunk):
+                    final = _deliver(event.event, event.data, on_stdout, on_stderr)
+                    if final is not None:
+                        return ExecutionResult.from_wire(final)
+        finally:
+            await response.aclose()
+        raise kindling_stream_interrupted(path)
 
     # Background commands ------------------------------------------------------------------------------------------
 
     async def start(self, sandbox_id: str, command: Command, **options: Any) -> "AsyncCommandHandle":
+        """See :meth:`Sandboxes.start`; with callbacks the output is followed at once by a task of the handle's."""
+        on_stdout, on_stderr = _split_callbacks(options)
         body = _command_body(command, {**options, "background": True})
-        return AsyncCommandHandle(self, sandbox_id, dict(await self._http.json("POST", _path(sandbox_id, "/commands"), json_body=body)))
+        info = dict(await self._http.json("POST", _path(sandbox_id, "/commands"), json_body=body))
+        return AsyncCommandHandle(self, sandbox_id, info, on_stdout=on_stdout, on_stderr=on_stderr)
 
     async def list_commands(self, sandbox_id: str) -> JsonList:
         return list((await self._http.json("GET", _path(sandbox_id, "/commands"))).get("commands") or [])
@@ -318,6 +437,24 @@ class AsyncSandboxes:
     async def remove_file(self, sandbox_id: str, path: str) -> None:
         await self._http.json("DELETE", _files(sandbox_id, path))
 
+    # Snapshots and forks ------------------------------------------------------------------------------------------
+
+    async def snapshot(self, sandbox_id: str) -> JsonDict:
+        return dict(await self._http.json("POST", _path(sandbox_id, "/snapshots"), json_body={}))
+
+    async def fork(self, sandbox_id: str, count: int) -> tuple[JsonDict, List["AsyncSandbox"]]:
+        snapshot, made = _fork_answer(await self._http.json("POST", _path(sandbox_id, "/fork"), json_body={"count": count}))
+        return snapshot, [AsyncSandbox(self, info) for info in made]
+
+    async def list_snapshots(self, *, sandbox_id: Optional[str] = None) -> JsonList:
+        return list((await self._http.json("GET", _snapshots_query(sandbox_id))).get("snapshots") or [])
+
+    async def get_snapshot(self, snapshot_id: str) -> JsonDict:
+        return dict(await self._http.json("GET", f"/v1/snapshots/{seg(snapshot_id)}"))
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self._http.json("DELETE", f"/v1/snapshots/{seg(snapshot_id)}")
+
 
 class _AsyncCommands:
     def __init__(self, api: AsyncSandboxes, sandbox_id: str) -> None:
@@ -332,8 +469,8 @@ class _AsyncCommands:
     async def list(self) -> JsonList:
         return await self._api.list_commands(self._id)
 
-    async def connect(self, command_id: str) -> "AsyncCommandHandle":
-        return AsyncCommandHandle(self._api, self._id, await self._api.get_command(self._id, command_id))
+    async def connect(self, command_id: str, *, on_stdout: Callback = None, on_stderr: Callback = None) -> "AsyncCommandHandle":
+        return AsyncCommandHandle(self._api, self._id, await self._api.get_command(self._id, command_id), on_stdout=on_stdout, on_stderr=on_stderr)
 
     async def kill(self, command_id: str) -> JsonDict:
         return await self._api.kill_command(self._id, command_id)
@@ -383,6 +520,12 @@ class AsyncSandbox:
         self.info = await self._api.get(self.id)
         return self.info
 
+    async def snapshot(self) -> JsonDict:
+        return await self._api.snapshot(self.id)
+
+    async def fork(self, count: int) -> "list[AsyncSandbox]":
+        return (await self._api.fork(self.id, count))[1]
+
     async def kill(self) -> None:
         await self._api.delete(self.id)
 
@@ -395,14 +538,28 @@ def kindling_stream_interrupted(path: str) -> Exception:
 
 class CommandHandle:
     """A background command (blocking client): ``wait()`` follows its output (kept bounded by the server) until it
-    exits and returns the command with ``stdout``/``stderr``; ``kill()`` kills its process tree."""
+    exits and returns the command with ``stdout``/``stderr``; ``kill()`` kills its process tree. Given callbacks at
+    ``start``/``connect``, a thread of the handle's follows the output at once and ``wait()`` joins it."""
 
-    def __init__(self, api: Sandboxes, sandbox_id: str, info: JsonDict) -> None:
+    def __init__(self, api: Sandboxes, sandbox_id: str, info: JsonDict, *, on_stdout: Callback = None, on_stderr: Callback = None) -> None:
         self._api, self.sandbox_id, self.info = api, sandbox_id, info
         self.id: str = str(info["id"])
         self.pid: Optional[int] = info.get("pid")
+        self._lock = threading.Lock()
+        self._result: Optional[JsonDict] = None
+        self._failure: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+        if on_stdout is not None or on_stderr is not None:
+            self._thread = threading.Thread(target=self._background, args=(on_stdout, on_stderr), name=f"kindling-{self.id}", daemon=True)
+            self._thread.start()
 
-    def wait(self, *, on_stdout: Callback = None, on_stderr: Callback = None) -> JsonDict:
+    def _background(self, on_stdout: Callback, on_stderr: Callback) -> None:
+        try:
+            self._result = self._follow(on_stdout, on_stderr)
+        except BaseException as exc:  # surfaced by wait()
+            self._failure = exc
+
+    def _follow(self, on_stdout: Callback, on_stderr: Callback) -> JsonDict:
         out: list[str] = []
         err: list[str] = []
 
@@ -416,8 +573,22 @@ class CommandHandle:
             if on_stderr is not None:
                 on_stderr(data)
 
-        self.info = self._api.command_logs(self.sandbox_id, self.id, on_stdout=stdout, on_stderr=stderr)
-        return {**self.info, "stdout": "".join(out), "stderr": "".join(err)}
+        info = self._api.command_logs(self.sandbox_id, self.id, on_stdout=stdout, on_stderr=stderr)
+        self.info = info
+        limit = info.get("outputBytes")
+        return {**info, "stdout": _bounded(out, limit), "stderr": _bounded(err, limit)}
+
+    def wait(self, *, on_stdout: Callback = None, on_stderr: Callback = None) -> JsonDict:
+        """Returns once the command exited. When the handle already follows (callbacks given at start), joins that
+        follower (a failed one is retried here, with these callbacks)."""
+        with self._lock:
+            thread = self._thread
+            if thread is not None:
+                thread.join()
+                if self._result is not None:
+                    return self._result
+                self._thread = None
+            return self._follow(on_stdout, on_stderr)
 
     def kill(self) -> JsonDict:
         self.info = self._api.kill_command(self.sandbox_id, self.id)
@@ -429,14 +600,20 @@ class CommandHandle:
 
 
 class AsyncCommandHandle:
-    """A background command (asyncio client); see :class:`CommandHandle`."""
+    """A background command (asyncio client); see :class:`CommandHandle`. Given callbacks, a task of the handle's
+    follows the output at once (created in the running loop)."""
 
-    def __init__(self, api: AsyncSandboxes, sandbox_id: str, info: JsonDict) -> None:
+    def __init__(self, api: AsyncSandboxes, sandbox_id: str, info: JsonDict, *, on_stdout: Callback = None, on_stderr: Callback = None) -> None:
         self._api, self.sandbox_id, self.info = api, sandbox_id, info
         self.id: str = str(info["id"])
         self.pid: Optional[int] = info.get("pid")
+        self._task: Optional["asyncio.Task[JsonDict]"] = None
+        if on_stdout is not None or on_stderr is not None:
+            self._task = asyncio.get_running_loop().create_task(self._follow(on_stdout, on_stderr))
+            # A failure surfaces in wait(); not "never retrieved" when nobody waits.
+            self._task.add_done_callback(lambda task: None if task.cancelled() else task.exception())
 
-    async def wait(self, *, on_stdout: Callback = None, on_stderr: Callback = None) -> JsonDict:
+    async def _follow(self, on_stdout: Callback, on_stderr: Callback) -> JsonDict:
         out: list[str] = []
         err: list[str] = []
 
@@ -450,8 +627,21 @@ class AsyncCommandHandle:
             if on_stderr is not None:
                 on_stderr(data)
 
-        self.info = await self._api.command_logs(self.sandbox_id, self.id, on_stdout=stdout, on_stderr=stderr)
-        return {**self.info, "stdout": "".join(out), "stderr": "".join(err)}
+        info = await self._api.command_logs(self.sandbox_id, self.id, on_stdout=stdout, on_stderr=stderr)
+        self.info = info
+        limit = info.get("outputBytes")
+        return {**info, "stdout": _bounded(out, limit), "stderr": _bounded(err, limit)}
+
+    async def wait(self, *, on_stdout: Callback = None, on_stderr: Callback = None) -> JsonDict:
+        task = self._task
+        if task is not None:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._task = None  # a failed follow is retried below
+        return await self._follow(on_stdout, on_stderr)
 
     async def kill(self) -> JsonDict:
         self.info = await self._api.kill_command(self.sandbox_id, self.id)

@@ -113,3 +113,98 @@ def test_async_background_commands(server: Server) -> None:
                 await sb.kill()
 
     asyncio.run(main())
+
+
+def test_streamed_command_snapshots_and_forks(k: Kindling) -> None:
+    sb = k.sandboxes.create(runtime="bash", limits={"diskMb": 16})
+    forks: list[kindling.Sandbox] = []
+    made: list[kindling.Sandbox] = []
+    try:
+        chunks: list[tuple[str, str, float]] = []
+        import time
+
+        script = "echo first; sleep 0.5; echo oops >&2; sleep 0.5; echo last; exit 3"
+        result = sb.commands.run(["sh", "-c", script], on_stdout=lambda d: chunks.append(("out", d, time.monotonic())), on_stderr=lambda d: chunks.append(("err", d, time.monotonic())))
+        done = time.monotonic()
+        assert (result.exit_code, result.stdout, result.stderr) == (3, "first\nlast\n", "oops\n")
+        assert [(kind, data) for kind, data, _ in chunks] == [("out", "first\n"), ("err", "oops\n"), ("out", "last\n")]
+        assert done - chunks[0][2] >= 0.8, "the first chunk arrived live, not with the result"
+
+        sb.files.write("state.txt", "v1")
+        snap = sb.snapshot()
+        assert snap["id"] and snap["sandboxId"] == sb.id and snap["memory"] is False
+        assert k.sandboxes.get_snapshot(snap["id"])["id"] == snap["id"]
+        assert [s["id"] for s in k.sandboxes.list_snapshots(sandbox_id=sb.id)] == [snap["id"]]
+        sb.files.write("state.txt", "v2")
+        restored = k.sandboxes.create(from_snapshot=snap["id"])
+        made.append(restored)
+        assert restored.info["storage"]["fromSnapshot"] == snap["id"] and restored.info["runtime"] == "bash"
+        assert restored.files.read("state.txt") == "v1"
+        with pytest.raises(kindling.ConflictError) as in_use:
+            k.sandboxes.delete_snapshot(snap["id"])
+        assert in_use.value.code == "SNAPSHOT_IN_USE"
+
+        forks = sb.fork(2)
+        assert len(forks) == 2 and len({f.id for f in forks}) == 2
+        forks[0].files.write("state.txt", "mine")
+        assert [f.files.read("state.txt") for f in forks] == ["mine", "v2"]
+    finally:
+        snapshots = k.sandboxes.list_snapshots(sandbox_id=sb.id)
+        for handle in [*forks, *made]:
+            handle.kill()
+        sb.kill()
+    # Snapshots outlive their sandbox until deleted (the fork made the second one).
+    assert len(snapshots) == 2
+    for snapshot in snapshots:
+        k.sandboxes.delete_snapshot(snapshot["id"])
+    with pytest.raises(kindling.NotFoundError):
+        k.sandboxes.get_snapshot(snap["id"])
+
+
+def test_background_command_followed_at_start(k: Kindling) -> None:
+    sb = k.sandboxes.create(runtime="bash")
+    try:
+        seen: list[str] = []
+        handle = sb.commands.start(["sh", "-c", "echo a; sleep 0.3; echo b >&2; exit 4"], on_stdout=seen.append, on_stderr=seen.append)
+        result = handle.wait()
+        assert (result["exitCode"], result["stdout"], result["stderr"], seen) == (4, "a\n", "b\n", ["a\n", "b\n"])
+        again: list[str] = []
+        connected = sb.commands.connect(handle.id, on_stdout=again.append)
+        assert connected.wait()["stdout"] == "a\n" and again == ["a\n"]
+    finally:
+        sb.kill()
+
+
+def test_async_streamed_command_snapshots_and_forks(server: Server) -> None:
+    async def main() -> None:
+        async with AsyncKindling(server.url, server.admin_key) as client:
+            sb = await client.sandboxes.create(runtime="bash", limits={"diskMb": 16})
+            others: list[kindling.AsyncSandbox] = []
+            try:
+                chunks: list[str] = []
+                result = await sb.commands.run(["sh", "-c", "echo x; echo y >&2"], on_stdout=chunks.append, on_stderr=chunks.append)
+                assert (result.exit_code, result.stdout, chunks) == (0, "x\n", ["x\n", "y\n"])
+                seen: list[str] = []
+                handle = await sb.commands.start(["sh", "-c", "echo bg; exit 1"], on_stdout=seen.append)
+                assert (await handle.wait())["exitCode"] == 1 and seen == ["bg\n"]
+
+                await sb.files.write("f", "one")
+                snap = await sb.snapshot()
+                assert (await client.sandboxes.get_snapshot(snap["id"]))["bytes"] == snap["bytes"]
+                assert snap["id"] in [s["id"] for s in await client.sandboxes.list_snapshots()]
+                restored = await client.sandboxes.create(from_snapshot=snap["id"])
+                others.append(restored)
+                assert await restored.files.read("f") == "one"
+                forks = await sb.fork(1)
+                others.extend(forks)
+                assert await forks[0].files.read("f") == "one"
+            finally:
+                snapshots = await client.sandboxes.list_snapshots(sandbox_id=sb.id)
+                for other in others:
+                    await other.kill()
+                await sb.kill()
+            for snapshot in snapshots:
+                await client.sandboxes.delete_snapshot(snapshot["id"])
+            assert [s for s in await client.sandboxes.list_snapshots() if s["sandboxId"] == sb.id] == []
+
+    asyncio.run(main())

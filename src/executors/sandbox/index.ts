@@ -358,6 +358,7 @@ export class SandboxExecutor implements Executor {
     this.closing = true;
     await this.launchers.close();
     await Promise.all([...this.active.values()].map((e) => e.disposed.catch(() => {})));
+    await this.storage.closePool().catch(() => {}); // pre-formatted disks (sbx-parity)
     this.releaseAll();
   }
 
@@ -366,6 +367,7 @@ export class SandboxExecutor implements Executor {
     for (const e of this.active.values()) e.abandon();
     await this.launchers.close();
     await Promise.all([...this.active.values()].map((e) => e.disposed.catch(() => {})));
+    await this.storage.closePool().catch(() => {}); // pre-formatted disks (sbx-parity)
     this.releaseAll();
   }
 

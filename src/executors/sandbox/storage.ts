@@ -52,14 +52,111 @@ export interface Volume {
 
 const SAFE_ID = /^[A-Za-z0-9_-]{1,100}$/;
 
+/* -- pre-formatted disks (sbx-parity) -------------------------------------------------------------------------------
+ * mkfs.ext4 is off the create path: `pool/` keeps up to POOL_PER_SIZE freshly formatted, never mounted images per
+ * disk size (of at most POOL_SIZES sizes, the ones asked for most recently); a create takes one with a rename (same
+ * file system) and the pool is refilled in the background. A size not pooled yet is made on the spot as before (and
+ * pooled from then on). The pool is emptied at start-up (`reap`): its images hold nothing but an empty file system. */
+const POOL_PER_SIZE = 2;
+const POOL_SIZES = 4;
+
 export class SandboxStorage {
   readonly disksDir: string;
   readonly snapshotsDir: string;
+  /** Pre-formatted images, per disk size in MiB (sbx-parity). */
+  readonly poolDir: string;
+  private readonly pool = new Map<number, string[]>();
+  private readonly filling = new Set<number>();
+  private readonly fills = new Set<Promise<void>>();
+  private closed = false;
 
   constructor(private readonly options: SandboxStorageOptions) {
     this.disksDir = path.join(options.dir, 'disks');
     this.snapshotsDir = path.join(options.dir, 'snapshots');
+    this.poolDir = path.join(options.dir, 'pool');
   }
+
+  /* -- pre-formatted disks (sbx-parity) ---------------------------------------------------------------------------- */
+
+  /** A sparse image of `diskMb` formatted as the sandbox's ext4 disk, at `file` (made with O_EXCL, 0600). */
+  private async format(file: string, diskMb: number, background = false): Promise<void> {
+    const handle = await fs.promises.open(file, 'wx', 0o600);
+    await handle.truncate(Math.round(diskMb * 1024 * 1024));
+    await handle.close();
+    // Tiny disks (a few MiB) get 1 KiB blocks; root owns the root dir, the sandbox uid owns upper/ and tmp/.
+    const mkfs = [this.options.mkfsPath ?? '/usr/sbin/mkfs.ext4', '-q', '-F', '-m', '0', '-O', '^has_journal', '-E', 'lazy_itable_init=1,root_owner=0:0', '-L', 'kindling-disk', file];
+    // A background format dies with the server (a kill -9 leaves no mkfs running on): setpriv's parent-death signal.
+    const [command, ...args] = background ? ['/usr/bin/setpriv', '--pdeathsig=KILL', '--', ...mkfs] : mkfs;
+    await execFileAsync(command!, args, { env: {} });
+  }
+
+  /** Moves a pooled image of `diskMb` to `disk`; false when none is pooled. */
+  private async takePooled(diskMb: number, disk: string): Promise<boolean> {
+    const images = this.pool.get(diskMb);
+    const image = images?.pop();
+    if (image === undefined) return false;
+    try {
+      await fs.promises.rename(image, disk);
+      return true;
+    } catch (err) {
+      this.options.log.warn({ err, image }, 'a pre-formatted disk could not be taken; formatting one');
+      return false;
+    }
+  }
+
+  /** Tops the pool of `diskMb` up to POOL_PER_SIZE images, one at a time, in the background. */
+  private refill(diskMb: number): void {
+    if (this.closed || this.filling.has(diskMb)) return;
+    if (!this.pool.has(diskMb)) {
+      if (this.pool.size >= POOL_SIZES) {
+        // The size asked for least recently (Map order: insertion; refreshed below) leaves the pool.
+        const [oldest, images] = this.pool.entries().next().value as [number, string[]];
+        this.pool.delete(oldest);
+        for (const image of images) void fs.promises.rm(image, { force: true });
+      }
+      this.pool.set(diskMb, []);
+    } else {
+      const images = this.pool.get(diskMb)!;
+      this.pool.delete(diskMb);
+      this.pool.set(diskMb, images);
+    }
+    this.filling.add(diskMb);
+    const fill = (async () => {
+      try {
+        await fs.promises.mkdir(this.poolDir, { recursive: true, mode: 0o700 });
+        for (;;) {
+          const images = this.pool.get(diskMb);
+          if (this.closed || images === undefined || images.length >= POOL_PER_SIZE) return;
+          const image = path.join(this.poolDir, `${diskMb}-${randomBytes(4).toString('hex')}.ext4`);
+          try {
+            await this.format(image, diskMb, true);
+          } catch (err) {
+            await fs.promises.rm(image, { force: true });
+            this.options.log.warn({ err, diskMb }, 'could not pre-format a sandbox disk');
+            return;
+          }
+          if (this.closed || this.pool.get(diskMb) !== images) await fs.promises.rm(image, { force: true });
+          else images.push(image);
+        }
+      } finally {
+        this.filling.delete(diskMb);
+      }
+    })().catch((err: unknown) => this.options.log.warn({ err, diskMb }, 'could not pre-format a sandbox disk'));
+    this.fills.add(fill);
+    void fill.finally(() => this.fills.delete(fill));
+  }
+
+  /** Stops refilling and removes the pooled images (the executor's close). */
+  async closePool(): Promise<void> {
+    this.closed = true;
+    // A format under way ends (its image removed) before the executor's close resolves: no mkfs outlives it.
+    await Promise.all([...this.fills]);
+    const images = [...this.pool.values()].flat();
+    this.pool.clear();
+    for (const image of images) await fs.promises.rm(image, { force: true });
+  }
+
+  /* ---------------------------------------------------------------------------------------------------------------- */
 
   diskPath(sandboxId: string): string {
     return path.join(this.disksDir, `${safe(sandboxId)}.ext4`);
@@ -84,16 +181,16 @@ export class SandboxStorage {
     if (!fs.existsSync(disk)) {
       const fresh = `${disk}.${randomBytes(3).toString('hex')}.new`;
       try {
-        const handle = await fs.promises.open(fresh, 'wx', 0o600);
-        await handle.truncate(Math.round(diskMb * 1024 * 1024));
-        await handle.close();
-        // Tiny disks (a few MiB) get 1 KiB blocks; root owns the root dir, the sandbox uid owns upper/ and tmp/.
-        await execFileAsync(this.options.mkfsPath ?? '/usr/sbin/mkfs.ext4', ['-q', '-F', '-m', '0', '-O', '^has_journal', '-E', 'lazy_itable_init=1,root_owner=0:0', '-L', 'kindling-disk', fresh], { env: {} });
-        await fs.promises.rename(fresh, disk);
+        if (!(await this.takePooled(diskMb, disk))) {
+          await this.format(fresh, diskMb);
+          await fs.promises.rename(fresh, disk);
+        }
         made = true;
       } catch (err) {
         await fs.promises.rm(fresh, { force: true });
         throw new KindlingError('EXECUTOR_FAILED', `could not make the sandbox's disk: ${(err as Error).message}`, { cause: err });
+      } finally {
+        this.refill(diskMb);
       }
     }
     const base = path.join(mountsDir, `${safe(sandboxId)}-${randomBytes(2).toString('hex')}`);
@@ -171,6 +268,11 @@ export class SandboxStorage {
   /** Removes disks and snapshots whose ids are not kept (their records are gone), and half-made ones. */
   async reap(keepSandboxes: ReadonlySet<string>, keepSnapshots: ReadonlySet<string>): Promise<number> {
     let removed = 0;
+    // Pre-formatted images of a previous run (sbx-parity): not counted, nothing of a sandbox's is in them.
+    const pooled = new Set([...this.pool.values()].flat());
+    for (const name of await readdirOrEmpty(this.poolDir)) {
+      if (!pooled.has(path.join(this.poolDir, name))) await fs.promises.rm(path.join(this.poolDir, name), { force: true });
+    }
     for (const name of await readdirOrEmpty(this.disksDir)) {
       const id = name.endsWith('.ext4') ? name.slice(0, -'.ext4'.length) : null;
       if (id !== null && keepSandboxes.has(id)) continue;
