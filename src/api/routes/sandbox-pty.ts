@@ -81,6 +81,8 @@ export function registerSandboxPtyRoute(app: FastifyInstance, options: { sandbox
           101: { description: 'Switching Protocols: the WebSocket is open', type: 'null' },
           401: { description: 'No or a wrong API key', ...ErrorResponseSchema },
           404: { description: 'No such sandbox in the caller\'s tenant', ...ErrorResponseSchema },
+          '4xx': ErrorResponseSchema,
+          '5xx': ErrorResponseSchema,
         },
       },
     },
