@@ -5,12 +5,22 @@
  * and nothing left running when the socket closes.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { ConflictError, Kindling, NotFoundError, type PtyHandle } from '@kindling/sdk';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
+const CLI = new URL('../src/main.js', import.meta.url).pathname;
+
+/** The CLI as a child process with a clean environment: its output as it comes, `input` for its stdin, `done` its exit. */
+function cli(args: string[], env: Record<string, string>) {
+  const child = spawn('node', [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+  const run = { stdout: '', stderr: '', input: child.stdin, done: new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? -1))) };
+  child.stdout.on('data', (chunk: Buffer) => (run.stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (run.stderr += chunk.toString()));
+  return run;
+}
 const ADMIN = 'admin-key-for-sandbox-pty-test-0123456';
 
 function processesWith(marker: string): number[] {
@@ -105,6 +115,54 @@ describe('sandbox pty (sandbox executor)', { skip: unavailable ?? false }, () =>
       await waitFor(async () => processesWith(sleeper).length === 0, 10_000, 'the sleep was killed with the socket');
       await assert.rejects(t.pty.wait());
       assert.equal((await sb.commands.run(['echo', 'alive'])).stdout, 'alive\n');
+    } finally {
+      await sb.kill();
+    }
+  });
+
+  test('CLI: exec streams output live; exec --background prints the id; ps, logs (--follow), kill; shell relays a terminal and exits with its code', async () => {
+    const admin = new Kindling({ url: server.url, apiKey: ADMIN });
+    const key = (await admin.tenants.create('sbx-pty-cli')).apiKey;
+    const env = { KINDLING_URL: server.url, KINDLING_API_KEY: key };
+    const sb = await new Kindling({ url: server.url, apiKey: key }).sandboxes.create({ runtime: 'python' });
+    try {
+      // exec: "first" is printed while the command still waits for a file the test writes only after seeing it.
+      const streamed = cli(['sandbox', 'exec', sb.id, '--', 'sh', '-c', 'echo first; while [ ! -f /tmp/go ]; do sleep 0.02; done; echo second; exit 4'], env);
+      await waitFor(async () => streamed.stdout === 'first\n', 15_000, 'exec printed its first line while running').catch((error: Error) => {
+        throw new Error(`${error.message}; stdout ${JSON.stringify(streamed.stdout)}, stderr ${JSON.stringify(streamed.stderr)}`);
+      });
+      await sb.commands.run(['touch', '/tmp/go']);
+      assert.equal(await streamed.done, 4);
+      assert.equal(streamed.stdout, 'first\nsecond\n');
+
+      // --background, ps, logs, kill.
+      const sleeper = `sleep 300${Math.floor(Math.random() * 9000) + 1000}`;
+      const started = cli(['sandbox', 'exec', '--background', sb.id, '--', 'sh', '-c', `echo up; ${sleeper}`], env);
+      assert.equal(await started.done, 0, started.stderr);
+      const cid = started.stdout.trim();
+      assert.match(cid, /^cmd_/);
+      const ps = cli(['sandbox', 'ps', sb.id], env);
+      assert.equal(await ps.done, 0, ps.stderr);
+      assert.match(ps.stdout, new RegExp(`${cid}\\s+\\d+\\s+running\\s+sh -c echo up`));
+      const notYet = cli(['sandbox', 'logs', sb.id, cid], env);
+      assert.notEqual(await notYet.done, 0);
+      assert.match(notYet.stderr, /still running: add --follow/);
+      const follow = cli(['sandbox', 'logs', '--follow', sb.id, cid], env);
+      await waitFor(async () => follow.stdout === 'up\n', 15_000, 'logs --follow printed the kept output');
+      const killed = cli(['sandbox', 'kill', sb.id, cid], env);
+      assert.equal(await killed.done, 0, killed.stderr);
+      assert.equal(killed.stdout, `${cid} exit 137\n`);
+      assert.equal(await follow.done, 137);
+      await waitFor(async () => processesWith(sleeper).length === 0, 10_000, 'the killed command is gone');
+      const logs = cli(['sandbox', 'logs', sb.id, cid], env);
+      assert.equal(await logs.done, 137);
+      assert.equal(logs.stdout, 'up\n');
+
+      // shell (stdin not a TTY here: no raw mode, the bytes still go through the sandbox's terminal).
+      const shell = cli(['sandbox', 'shell', sb.id, '--', 'sh', '-c', 'read x; test -t 0 && echo "got $x on a tty"; exit 5'], env);
+      shell.input.write('yes\n');
+      assert.equal(await shell.done, 5, shell.stderr);
+      assert.match(shell.stdout, /got yes on a tty/);
     } finally {
       await sb.kill();
     }
