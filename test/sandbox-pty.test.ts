@@ -31,6 +31,14 @@ function processesWith(marker: string): number[] {
     .map((match) => Number(match![1]));
 }
 
+/** Host pids of terminal relays (python3 -c RELAY ...) still running. */
+function relays(): number[] {
+  return execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
+    .split('\n')
+    .filter((line) => line.includes('python3 -c import os,sys,pty'))
+    .map((line) => Number(line.trim().split(' ')[0]));
+}
+
 /** A terminal whose output is collected as text; `until(re)` waits for it in the output after `from`. */
 function open(create: (options: { cols: number; rows: number; command?: string[]; onData: (data: Uint8Array) => void }) => PtyHandle, cols: number, rows: number, command?: string[]) {
   let text = '';
@@ -59,6 +67,7 @@ describe('sandbox pty (sandbox executor)', { skip: unavailable ?? false }, () =>
   });
   after(async () => {
     await server?.stop();
+    assert.deepEqual(relays(), [], 'no terminal relay outlives the server');
   });
 
   test('a terminal: stty sees the size, resize changes it, echo, Ctrl-C interrupts sleep and the shell goes on, exit 3 is the exit code', async () => {
@@ -113,6 +122,7 @@ describe('sandbox pty (sandbox executor)', { skip: unavailable ?? false }, () =>
       await waitFor(async () => processesWith(sleeper).length > 0, 10_000, 'the sleep runs');
       t.pty.kill();
       await waitFor(async () => processesWith(sleeper).length === 0, 10_000, 'the sleep was killed with the socket');
+      await waitFor(async () => relays().length === 0, 10_000, 'no terminal relay is left');
       await assert.rejects(t.pty.wait());
       assert.equal((await sb.commands.run(['echo', 'alive'])).stdout, 'alive\n');
     } finally {
