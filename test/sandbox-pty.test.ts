@@ -8,9 +8,10 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { ConflictError, Kindling, NotFoundError, type PtyHandle } from '@kindling/sdk';
-import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
+const dockerUnavailable = await dockerUnavailableReason();
 const CLI = new URL('../src/main.js', import.meta.url).pathname;
 
 /** The CLI as a child process with a clean environment: its output as it comes, `input` for its stdin, `done` its exit. */
@@ -192,6 +193,47 @@ describe('sandbox pty (sandbox executor)', { skip: unavailable ?? false }, () =>
       await assert.rejects(wrong.wait(), (error: unknown) => (error as { code?: string }).code === 'VALIDATION_FAILED');
     } finally {
       await Promise.all([sb.kill(), bare.kill()]);
+    }
+  });
+});
+
+describe('sandbox pty (docker executor)', { skip: dockerUnavailable ?? false }, () => {
+  let server: TestServer;
+  let k: Kindling;
+
+  before(async () => {
+    server = await startTestServer({ executor: 'docker', adminKey: ADMIN });
+    const admin = new Kindling({ url: server.url, apiKey: ADMIN });
+    k = new Kindling({ url: server.url, apiKey: (await admin.tenants.create('sbx-pty-docker')).apiKey });
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  test('a terminal in a container: stty sees the size, Ctrl-C interrupts sleep, closing the socket kills the tree, exit 3 is the exit code', async () => {
+    const sb = await k.sandboxes.create({ runtime: 'python', executor: 'docker' });
+    try {
+      const t = open(sb.pty.create, 91, 27);
+      await t.pty.started;
+      await t.pty.write('stty size\r');
+      await t.until(/[\r\n]27 91\r\n/, 0, 'stty size');
+      let mark = t.text.length;
+      await t.pty.write('sleep 100\r');
+      await waitFor(async () => (await sb.commands.run(['sh', '-c', 'ps -eo args= 2>/dev/null || cat /proc/[0-9]*/cmdline | tr "\\0" " "'])).stdout.includes('sleep 100'), 15_000, 'the sleep runs');
+      mark = t.text.length;
+      await t.pty.write('\x03');
+      await t.pty.write('echo back$((40+2))\r');
+      await t.until(/back42/, mark, 'the shell answers after Ctrl-C');
+      await t.pty.write('exit 3\r');
+      assert.deepEqual(await t.pty.wait(), { exitCode: 3 });
+
+      const held = open(sb.pty.create, 80, 24, ['sleep', '201']);
+      await held.pty.started;
+      await waitFor(async () => (await sb.commands.run(['sh', '-c', 'cat /proc/[0-9]*/cmdline | tr "\\0" " "'])).stdout.includes('sleep 201'), 15_000, 'the held sleep runs');
+      held.pty.kill();
+      await waitFor(async () => !(await sb.commands.run(['sh', '-c', 'cat /proc/[0-9]*/cmdline | tr "\\0" " "'])).stdout.includes('sleep 201'), 15_000, 'the sleep died with the socket');
+    } finally {
+      await sb.kill();
     }
   });
 });
