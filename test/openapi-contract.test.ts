@@ -57,6 +57,7 @@ const TS_COVERED: Record<string, string[]> = {
   'GET /v1/sandboxes/{id}/commands/{cid}': ['sandboxes.getCommand'],
   'DELETE /v1/sandboxes/{id}/commands/{cid}': ['sandboxes.killCommand'],
   'GET /v1/sandboxes/{id}/commands/{cid}/logs': ['sandboxes.commandLogs'],
+  'GET /v1/sandboxes/{id}/pty': ['sandboxes.pty'],
   'PUT /v1/sandboxes/{id}/files': ['sandboxes.writeFile'],
   'GET /v1/sandboxes/{id}/files': ['sandboxes.readFile'],
   'DELETE /v1/sandboxes/{id}/files': ['sandboxes.removeFile'],

@@ -81,6 +81,7 @@ export class Kindling {
     this.invocations = new Invocations(this.#http);
     this.tenants = new Tenants(this.#http);
     this.sandboxes = new Sandboxes(this.#http);
+    this.sandboxes.socketAuth = { url: this.url, apiKey: this.#apiKey };
     this.keys = new Keys(this.#http);
   }
 

@@ -5,6 +5,7 @@ export { Functions, type InvokeOptions, type InvokeAsyncOptions, type LogsOption
 export { Invocations, type ListInvocationsOptions, type WaitForOptions, type InvocationOutput } from './invocations.js';
 export { Tenants, Keys, type CreateTenantOptions } from './tenants.js';
 export { Sandboxes, Sandbox, SandboxCommands, CommandHandle, type SandboxInfo, type CreateSandboxOptions, type RunCommandOptions, type BackgroundCommandOptions, type SandboxCommandInfo, type BackgroundCommandResult, type CommandLogsOptions, type SandboxFileEntry, type SnapshotInfo } from './sandboxes.js';
+export { PtyHandle, type PtyCreateOptions } from './pty.js';
 export type { FetchFunction } from './http.js';
 export { ExecutionStream } from './stream.js';
 export { InteractiveExecution, type InteractiveOptions, type InteractiveStart } from './interactive.js';

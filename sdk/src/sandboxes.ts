@@ -4,6 +4,7 @@ import { toBase64 } from './executions.js';
 import { APIResource, type RequestOptions } from './resource.js';
 import { readSse } from './sse.js';
 import type { ExecutionResult, ExecutorName, Runtime } from './types.js';
+import { PtyHandle, type PtyCreateOptions } from './pty.js';
 
 /** A persistent sandbox as the server describes it (`GET /v1/sandboxes/ID`). */
 export interface SandboxInfo {
@@ -160,6 +161,14 @@ function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: numb
  * `sb.commands.run`, `sb.files.write/read/list/remove`, `sb.pause/resume/kill`); the methods here take an id.
  */
 export class Sandboxes extends APIResource {
+  /** @internal The WebSocket endpoint and key (set by the client), for terminals. */
+  socketAuth: { url: string; apiKey: string | undefined } = { url: '', apiKey: undefined };
+
+  /** `GET /v1/sandboxes/ID/pty`: an interactive terminal in the sandbox (WebSocket; the `ws` package in Node). */
+  pty(id: string, options: PtyCreateOptions): PtyHandle {
+    return new PtyHandle(this.socketAuth.url || this.http.baseUrl, this.socketAuth.apiKey, id, options);
+  }
+
   /** `POST /v1/sandboxes`: resolves once the sandbox runs. */
   async create(options: CreateSandboxOptions = {}): Promise<Sandbox> {
     const { signal, requestTimeoutMs, ...spec } = options;
@@ -383,12 +392,15 @@ export class Sandbox {
     list: (path?: string, options?: RequestOptions) => Promise<SandboxFileEntry[]>;
     remove: (path: string, options?: RequestOptions) => Promise<void>;
   };
+  /** Interactive terminals (`GET /v1/sandboxes/ID/pty`): `create({cols, rows, onData})`. */
+  readonly pty: { create: (options: PtyCreateOptions) => PtyHandle };
   readonly #api: Sandboxes;
 
   constructor(api: Sandboxes, info: SandboxInfo) {
     this.#api = api;
     this.id = info.id;
     this.info = info;
+    this.pty = { create: (options) => api.pty(this.id, options) };
     this.commands = new SandboxCommands(api, this.id);
     this.files = {
       write: (path, data, options) => api.writeFile(this.id, path, data, options),

@@ -21,6 +21,7 @@ import { registerHealthRoutes, type HealthRouteOptions } from './routes/health.j
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
+import { registerSandboxPtyRoute } from './routes/sandbox-pty.js';
 import type { SandboxService } from '../orchestrator/sandboxes.js';
 import { addExamples } from './openapi-examples.js';
 import { ErrorResponseSchema, PoolsSchema } from './schemas.js';
@@ -296,6 +297,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerTenantRoutes(app, { tenants });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });
   if (options.sandboxes) registerSandboxRoutes(app, { sandboxes: options.sandboxes, toError });
+  if (options.sandboxes) registerSandboxPtyRoute(app, { sandboxes: options.sandboxes, toError });
   const pools = options.pools;
   if (pools) {
     app.get(

@@ -93,28 +93,122 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
       .option('-t, --timeout-ms <ms>', 'kill the command (not the sandbox) after this long (default 60000)', parseNumber('--timeout-ms'))
       .option('--stdin', "send kindling's stdin to the command")
       .option('--no-auto-resume', 'fail with SANDBOX_PAUSED instead of resuming a paused sandbox')
+      .option('--background', 'start it in the background and print its command id (see `sandbox ps|logs|kill`)')
       .option('--json', 'print the result as JSON'),
     defaults,
   ).action(async (id: string, command: string[], options: Record<string, unknown>) =>
     guarded(async () => {
       const env = envFrom(options.env as string[]);
-      const result = await clientFrom(options).sandboxes.run(id, command, {
+      const common = {
         ...(Object.keys(env).length > 0 ? { env } : {}),
         ...(options.workdir ? { workdir: options.workdir as string } : {}),
         ...(typeof options.timeoutMs === 'number' ? { timeoutMs: options.timeoutMs } : {}),
         ...(options.stdin ? { stdin: (await readAll(process.stdin)).toString('utf8') } : {}),
         ...(options.autoResume === false ? { autoResume: false } : {}),
-      });
+      };
+      const client = clientFrom(options);
+      if (options.background) {
+        const handle = await client.sandboxes.start(id, command, common);
+        process.stdout.write(options.json ? `${JSON.stringify(handle.info, null, 2)}\n` : `${handle.id}\n`);
+        return;
+      }
+      // Without --json the output is printed as it is produced (the SSE foreground stream).
+      const live = options.json ? {} : { onStdout: (text: string) => process.stdout.write(text), onStderr: (text: string) => process.stderr.write(text) };
+      const result = await client.sandboxes.run(id, command, { ...common, ...live });
       if (options.json) {
         process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-      } else {
-        process.stdout.write(result.stdout);
-        process.stderr.write(result.stderr);
-        if (result.timedOut) process.stderr.write(`kindling: the command timed out and was killed\n`);
+      } else if (result.timedOut) {
+        process.stderr.write(`kindling: the command timed out and was killed\n`);
       }
       process.exitCode = result.exitCode;
     }),
   );
+
+  /* -- terminals and background commands (shell, ps, logs, kill) ------------------------------------------------- */
+  clientOptions(
+    sandbox
+      .command('shell')
+      .description("an interactive terminal in the sandbox (needs python3 in its image); the shell's exit code is kindling's")
+      .argument('<id>')
+      .argument('[command...]', 'a command instead of the shell (after --)')
+      .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, []),
+    defaults,
+  ).action(async (id: string, command: string[], options: Record<string, unknown>) =>
+    guarded(async () => {
+      const env = envFrom(options.env as string[]);
+      const tty = process.stdin.isTTY === true;
+      const size = (): { cols: number; rows: number } => ({ cols: process.stdout.columns || 80, rows: process.stdout.rows || 24 });
+      const pty = clientFrom(options).sandboxes.pty(id, {
+        ...size(),
+        ...(command.length > 0 ? { command } : {}),
+        ...(Object.keys(env).length > 0 ? { env } : {}),
+        onData: (data) => process.stdout.write(data),
+      });
+      const onInput = (chunk: Buffer): void => void pty.write(chunk).catch(() => {});
+      const onResize = (): void => void pty.resize(size().cols, size().rows).catch(() => {});
+      try {
+        await pty.started;
+        if (tty) process.stdin.setRawMode(true);
+        process.stdin.on('data', onInput);
+        process.stdout.on('resize', onResize);
+        process.on('SIGWINCH', onResize);
+        const { exitCode } = await pty.wait();
+        process.exitCode = exitCode;
+      } finally {
+        process.stdin.off('data', onInput);
+        process.stdout.off('resize', onResize);
+        process.off('SIGWINCH', onResize);
+        if (tty) process.stdin.setRawMode(false);
+        process.stdin.pause();
+        pty.kill();
+      }
+    }),
+  );
+
+  clientOptions(sandbox.command('ps').description("the sandbox's background commands").argument('<id>').option('--json', 'print JSON'), defaults).action(
+    async (id: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        const commands = await clientFrom(options).sandboxes.listCommands(id);
+        if (options.json) {
+          process.stdout.write(`${JSON.stringify(commands, null, 2)}\n`);
+          return;
+        }
+        for (const c of commands) {
+          const status = c.state === 'running' ? 'running' : `exit ${c.exitCode}${c.killed ? ' (killed)' : c.timedOut ? ' (timed out)' : ''}`;
+          process.stdout.write(`${c.id.padEnd(30)} ${String(c.pid ?? '-').padEnd(7)} ${status.padEnd(18)} ${c.command.join(' ')}\n`);
+        }
+      }),
+  );
+
+  clientOptions(
+    sandbox
+      .command('logs')
+      .description("a background command's output: what was kept of a finished one; with --follow a running one's, live, until it exits")
+      .argument('<id>')
+      .argument('<cid>')
+      .option('-f, --follow', 'follow a running command until it exits (its exit code is kindling\'s)'),
+    defaults,
+  ).action(async (id: string, cid: string, options: Record<string, unknown>) =>
+    guarded(async () => {
+      const client = clientFrom(options);
+      if (!options.follow && (await client.sandboxes.getCommand(id, cid)).state === 'running') {
+        throw new Error(`${cid} is still running: add --follow to print its output so far and then live`);
+      }
+      const info = await client.sandboxes.commandLogs(id, cid, { onStdout: (text) => process.stdout.write(text), onStderr: (text) => process.stderr.write(text) });
+      if (info.exitCode !== null) process.exitCode = info.exitCode;
+    }),
+  );
+
+  // `kill` was an alias of `rm` before; it now kills one command, and says so when given a sandbox alone.
+  clientOptions(sandbox.command('kill').description("kill a background command's process tree (the sandbox lives on; `rm` deletes sandboxes)").argument('<id>').argument('[cid]'), defaults).action(
+    async (id: string, cid: string | undefined, options: Record<string, unknown>) =>
+      guarded(async () => {
+        if (cid === undefined) throw new Error(`kill takes a sandbox and a command id (see \`sandbox ps ${id}\`); to delete the sandbox: kindling sandbox rm ${id}`);
+        const info = await clientFrom(options).sandboxes.killCommand(id, cid);
+        process.stdout.write(`${info.id} exit ${info.exitCode}\n`);
+      }),
+  );
+  /* -- end terminals and background commands ---------------------------------------------------------------------- */
 
   clientOptions(
     sandbox
@@ -193,7 +287,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
 
   /* ---------------------------------------------------------------------------------------------------------------- */
 
-  clientOptions(sandbox.command('rm').alias('kill').description('delete sandboxes: every process killed, their files gone').argument('<ids...>'), defaults).action(
+  clientOptions(sandbox.command('rm').description('delete sandboxes: every process killed, their files gone').argument('<ids...>'), defaults).action(
     async (ids: string[], options: Record<string, unknown>) =>
       guarded(async () => {
         for (const id of ids) {

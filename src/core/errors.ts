@@ -65,6 +65,8 @@ export const ERROR_CODES = {
    * run there again. (On the sandbox executor a stopped sandbox's files are kept and the next command restarts it.)
    */
   SANDBOX_NOT_RUNNING: { statusCode: 409, retryable: false },
+  /** The sandbox's image cannot host a terminal (GET /v1/sandboxes/ID/pty needs python3 in the image). */
+  SANDBOX_PTY_UNSUPPORTED: { statusCode: 409, retryable: false },
   /** An upload did not fit in the sandbox's writable space (diskMb); the partial file was removed. */
   SANDBOX_DISK_FULL: { statusCode: 413, retryable: false },
   /** The tenant has as many live (running or paused) sandboxes as its cap allows; delete one first. */

@@ -33,6 +33,7 @@ import { BackgroundCommand, CommandRegistry, DEFAULT_BACKGROUND_OUTPUT_BYTES, MA
 import { StringDecoder } from 'node:string_decoder';
 import { SandboxAccounting, type SandboxMeterHooks } from './sandbox-accounting.js';
 import type { SandboxQuotas } from './sandbox-quotas.js';
+import { PTY_MAX_DIMENSION, PTY_RELAY, PtySession } from './sandbox-pty.js';
 
 export interface CreateSandboxRequest {
   runtime?: string;
@@ -738,6 +739,46 @@ export class SandboxService {
       return handle.view();
     });
   }
+
+  /* -- pty (interactive terminal; see sandbox-pty.ts) ------------------------------------------------------------ */
+  /**
+   * Opens a terminal in the sandbox running `command` (default: bash, else sh) at cols x rows. The sandbox counts as
+   * busy (no idle auto-pause) while the terminal is open. Needs python3 in the image: SANDBOX_PTY_UNSUPPORTED otherwise.
+   */
+  async openPty(tenant: string, id: string, input: { cols: number; rows: number; command?: string[]; env?: Record<string, string> }): Promise<PtySession> {
+    for (const [field, value] of [['cols', input.cols], ['rows', input.rows]] as const) {
+      if (!Number.isInteger(value) || value < 1 || value > PTY_MAX_DIMENSION) throw new KindlingError('VALIDATION_FAILED', `${field} must be a whole number from 1 to ${PTY_MAX_DIMENSION}`, { details: { field } });
+    }
+    if (input.command !== undefined && input.command.length === 0) throw new KindlingError('VALIDATION_FAILED', 'command must not be empty (leave it out for the shell)', { details: { field: 'command' } });
+    const entry = await this.liveEntry(tenant, id);
+    await this.beforeCommand(entry, true);
+    entry.busy++;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      this.done(entry);
+    };
+    try {
+      const probe = await entry.sandbox.exec({ command: ['sh', '-c', 'command -v python3'], env: {}, workdir: WORKDIR, stdin: false });
+      probe.stdout.resume();
+      probe.stderr.resume();
+      if ((await probe.wait()).exitCode !== 0) {
+        throw new KindlingError('SANDBOX_PTY_UNSUPPORTED', `sandbox ${id} (image ${entry.record.image}) has no python3, which its terminal needs; use a python runtime or an image with python3, or run commands (POST /v1/sandboxes/${id}/commands)`, { details: { sandbox: id, image: entry.record.image } });
+      }
+      const command = await entry.sandbox.exec({
+        command: ['python3', '-c', PTY_RELAY, String(input.cols), String(input.rows), ...(input.command ?? [])],
+        env: { TERM: 'xterm-256color', ...(input.env ?? {}) },
+        workdir: WORKDIR,
+        stdin: true,
+      });
+      return new PtySession(command, release);
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+  /* -- end pty ----------------------------------------------------------------------------------------------------- */
 
   listCommands(tenant: string, id: string): SandboxCommandView[] {
     const entry = this.entry(tenant, id);
