@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
+import { WebSocket } from 'ws';
 import { ConflictError, Kindling, NotFoundError, type PtyHandle } from '@kindling/sdk';
 import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
@@ -60,11 +61,13 @@ function open(create: (options: { cols: number; rows: number; command?: string[]
 describe('sandbox pty (sandbox executor)', { skip: unavailable ?? false }, () => {
   let server: TestServer;
   let k: Kindling;
+  let key = '';
 
   before(async () => {
     server = await startTestServer({ executor: 'sandbox', adminKey: ADMIN });
     const admin = new Kindling({ url: server.url, apiKey: ADMIN });
-    k = new Kindling({ url: server.url, apiKey: (await admin.tenants.create('sbx-pty')).apiKey });
+    key = (await admin.tenants.create('sbx-pty')).apiKey;
+    k = new Kindling({ url: server.url, apiKey: key });
   });
   after(async () => {
     await server?.stop();
@@ -99,6 +102,36 @@ describe('sandbox pty (sandbox executor)', { skip: unavailable ?? false }, () =>
       await t.pty.write('exit 3\r');
       assert.deepEqual(await t.pty.wait(), { exitCode: 3 });
     } finally {
+      await sb.kill();
+    }
+  });
+
+  test('a client that reads nothing holds up the terminal, not the server: the program blocks once ~1 MiB waits for it', async () => {
+    const sb = await k.sandboxes.create({ runtime: 'python' });
+    // Writes 64 KiB blocks to the terminal as fast as it can and records how many bytes it got rid of.
+    const flood = 'import os\nn = 0\nwhile True:\n    os.write(1, b"x" * 65536)\n    n += 65536\n    open("/tmp/flooded", "w").write(str(n))';
+    const socket = new WebSocket(`${server.url.replace(/^http/, 'ws')}/v1/sandboxes/${sb.id}/pty`, { headers: { authorization: `Bearer ${key}` } });
+    try {
+      await new Promise<void>((resolve, reject) => socket.once('open', () => resolve()).once('error', reject));
+      // The client stops reading its socket at once: what the server does not hold back piles up in the server.
+      (socket as unknown as { _socket: { pause(): void } })._socket.pause();
+      socket.send(JSON.stringify({ cols: 80, rows: 24, command: ['python3', '-c', flood] }));
+      const flooded = async (): Promise<number> => Number((await sb.commands.run(['sh', '-c', 'cat /tmp/flooded 2>/dev/null || echo 0'])).stdout.trim());
+      let last = -1;
+      // Blocked: the count stops moving (each check reads it twice, a command round trip apart, and once more later).
+      await waitFor(
+        async () => {
+          const now = await flooded();
+          const still = now > 0 && now === last;
+          last = now;
+          return still;
+        },
+        60_000,
+        'the flooding program to block',
+      );
+      assert.ok(last < 64 * 1024 * 1024, `the program wrote ${last} bytes to a client that read nothing`);
+    } finally {
+      socket.terminate();
       await sb.kill();
     }
   });

@@ -11,6 +11,8 @@ export const SANDBOX_PTY_ROUTE = '/v1/sandboxes/:id/pty';
 const OPEN_TIMEOUT_MS = 30_000;
 /** One message (input or control) at most; a terminal sends keystrokes and pastes, not files. */
 export const PTY_MAX_MESSAGE_BYTES = 64 * 1024;
+/** Terminal output held for a slow client at most (about; one chunk more): then the output is not read until it drains. */
+const OUTPUT_HIGH_WATER_BYTES = 1024 * 1024;
 /** All input one connection may send. */
 export const PTY_MAX_INPUT_BYTES = 64 * 1024 * 1024;
 
@@ -160,8 +162,21 @@ export function registerSandboxPtyRoute(app: FastifyInstance, options: { sandbox
           session = opened;
           phase = 'running';
           send({ type: 'started' });
+          // Backpressure: past OUTPUT_HIGH_WATER_BYTES not yet written to a slow client, the terminal's output is not read
+          // (the relay then blocks on its pipe, and the program in the sandbox on its terminal) until the socket drains.
+          let outputPaused = false;
           opened.output.on('data', (chunk: Buffer) => {
-            if (socket.readyState === socket.OPEN) socket.send(chunk, { binary: true });
+            if (socket.readyState !== socket.OPEN) return;
+            socket.send(chunk, { binary: true }, () => {
+              if (outputPaused && socket.bufferedAmount < OUTPUT_HIGH_WATER_BYTES / 2) {
+                outputPaused = false;
+                opened.output.resume();
+              }
+            });
+            if (!outputPaused && socket.bufferedAmount > OUTPUT_HIGH_WATER_BYTES) {
+              outputPaused = true;
+              opened.output.pause();
+            }
           });
           socket.resume();
           const outputEnded = new Promise<void>((resolve) => {
