@@ -59,6 +59,10 @@ export interface ServerConfig {
   tenantQuotas?: Partial<ResolvedQuotas>;
   /** Live (running or paused) persistent sandboxes per tenant (--max-sandboxes-per-tenant). Default 10. */
   maxSandboxesPerTenant?: number;
+  /** Proxied port connections open at once per persistent sandbox (--max-sandbox-port-connections). Default 64. */
+  maxSandboxPortConnections?: number;
+  /** A proxied port connection without a byte either way for this long ends. Default 300000 (5 min). */
+  sandboxPortIdleTimeoutMs?: number;
   /** Versions kept per function (the newest); older ones go on deploy unless an invocation needs them. Default 10. */
   functionVersionsKept?: number;
   /**
@@ -490,6 +494,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     store: sandboxStore,
     capsOf: (tenant) => tenants.capsOf(tenant),
     ...(config.maxSandboxesPerTenant === undefined ? {} : { maxPerTenant: config.maxSandboxesPerTenant }),
+    ...(config.maxSandboxPortConnections === undefined ? {} : { maxPortConnections: config.maxSandboxPortConnections }),
+    ...(config.sandboxPortIdleTimeoutMs === undefined ? {} : { portIdleTimeoutMs: config.sandboxPortIdleTimeoutMs }),
     onError: (error, context) => logger.warn({ err: error, ...context }, 'persistent sandboxes'),
   });
   rollback.add('persistent sandboxes', () => sandboxes.close());

@@ -1,4 +1,4 @@
-import type { Readable, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import type { ExecutorName, RunSpec } from '../core/types.js';
 
 /** What an executor says about itself in /readyz and in the start-up log. */
@@ -182,6 +182,22 @@ export interface PersistentSandbox {
   readonly disposed: Promise<void>;
   /** Kills everything in it and releases every resource. Idempotent. */
   destroy(): Promise<void>;
+  /* --- ports (optional capability) ------------------------------------------------------------------------------ */
+  /**
+   * Connects to `port` on the sandbox's own loopback, from inside its network namespace, without giving the sandbox
+   * any network: the connection's bytes both ways. Rejects with SANDBOX_PORT_UNREACHABLE when nothing listens there.
+   * Absent: this executor cannot reach a sandbox's ports.
+   */
+  connectPort?(port: number, options: PortConnectOptions): Promise<Duplex>;
+  /** Proxied connections open now. */
+  readonly portConnections?: number;
+}
+
+export interface PortConnectOptions {
+  /** The connection ends after this long without a byte either way. */
+  idleTimeoutMs: number;
+  /** How long the connect may take (a listener whose backlog is full, or a frozen one). */
+  connectTimeoutMs: number;
 }
 
 export interface ReapReport {

@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Static } from '@sinclair/typebox';
 import type { SandboxService } from '../../orchestrator/sandboxes.js';
 import { ByteLimit } from '../raw-body.js';
+import { registerSandboxPortRoutes } from './sandbox-ports.js';
 import {
   BinaryBodySchema,
   CreateSandboxRequestSchema,
@@ -26,6 +27,8 @@ type PathQuery = Static<typeof SandboxPathQuerySchema>;
 /** /v1/sandboxes: persistent sandboxes (src/orchestrator/sandboxes.ts). Thin: HTTP <-> the service. */
 export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes: SandboxService }): void {
   const service = options.sandboxes;
+  // Ports: /v1/sandboxes/ID/ports/PORT/... (sandbox-ports.ts).
+  registerSandboxPortRoutes(app, options);
 
   app.post<{ Body: Static<typeof CreateSandboxRequestSchema> }>(
     '/v1/sandboxes',

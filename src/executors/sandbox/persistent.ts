@@ -26,7 +26,9 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { PersistentSandbox, ResourceUsage, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { PersistentSandbox, PortConnectOptions, ResourceUsage, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { Duplex } from 'node:stream';
+import { SandboxPorts } from './ports.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { shellQuote } from '../shared/process.js';
@@ -84,6 +86,8 @@ export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec
     );
     const sandbox = new BwrapPersistentSandbox(spec.id, execution, deps.openCgroup(execution.id), dir, deps.sandboxGid);
     await Promise.all([sandbox.ready(deps.readyTimeoutMs ?? 10_000), sandbox.warm()]);
+    // Ports: the network namespace is pinned now, before any of the tenant's code ran (see ports.ts).
+    sandbox.ports = SandboxPorts.open(spec.id, deps.openCgroup(execution.id));
     return sandbox;
   } catch (error) {
     // A half-made sandbox goes before the error is rethrown (the original error wins).
@@ -113,6 +117,8 @@ class BwrapPersistentSandbox implements PersistentSandbox {
   private seq = 0;
   private readonly slots: string[] = [];
   private refilling: Promise<void> | null = null;
+  /** Set once the supervisor is ready (ports.ts); null: ports are unavailable for this sandbox. */
+  ports: SandboxPorts | null = null;
 
   constructor(
     readonly id: string,
@@ -154,6 +160,7 @@ class BwrapPersistentSandbox implements PersistentSandbox {
       // Commands still waiting end as killed: the sandbox is gone.
       for (const waiting of this.pending.values()) waiting.exit(137);
       this.pending.clear();
+      this.ports?.close();
       await execution.disposed.catch(() => {});
       await rm(this.dir, { recursive: true, force: true }).catch(() => {});
     });
@@ -200,6 +207,16 @@ class BwrapPersistentSandbox implements PersistentSandbox {
   async destroy(): Promise<void> {
     this.execution.kill();
     await this.disposed;
+  }
+
+  connectPort(port: number, options: PortConnectOptions): Promise<Duplex> {
+    this.assertAlive();
+    if (this.ports === null) return Promise.reject(new KindlingError('EXECUTOR_FAILED', `the network namespace of sandbox ${this.id} could not be opened: its ports are unreachable`));
+    return this.ports.connect(port, options);
+  }
+
+  get portConnections(): number {
+    return this.ports?.connections ?? 0;
   }
 
   async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
