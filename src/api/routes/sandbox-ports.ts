@@ -25,6 +25,11 @@ const PortParamsSchema = Type.Object({
   '*': Type.Optional(Type.String({ description: 'Path passed on to the sandbox\'s server (with the query)', examples: ['index.html'] })),
 });
 type PortParams = Static<typeof PortParamsSchema>;
+const DocParamsSchema = Type.Object({
+  id: PortParamsSchema.properties.id,
+  port: PortParamsSchema.properties.port,
+  path: Type.String({ description: 'Path passed on to the sandbox\'s server, with the query (may be empty: /v1/sandboxes/ID/ports/PORT/)', examples: ['index.html'] }),
+});
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 /** RFC 9110 7.6.1 and the legacy ones; `upgrade` passes on for upgrade requests only. */
@@ -105,7 +110,8 @@ export function registerSandboxPortRoutes(app: FastifyInstance, options: { sandb
           swaggerTransform: ({ schema, url: path, route }) => {
             const method = String(route.method).toUpperCase();
             const withBody = method !== 'GET' && method !== 'HEAD' && method !== 'OPTIONS' && method !== 'DELETE';
-            return { schema: { ...schema, ...(withBody ? { body: binary } : {}) } as typeof schema, url: path };
+            // The document names the rest of the path {path} (fastify's wildcard is "*").
+            return { schema: { ...schema, params: DocParamsSchema, ...(withBody ? { body: binary } : {}) } as typeof schema, url: path.replace(/\*$/, ':path') };
           },
         },
         schema: {
