@@ -18,6 +18,7 @@ const ROWS = [
   { id: 'sandboxes.command_rtt', scenario: 'Command round trip on a live sandbox (`true`)', target: 'p50 < 5 ms (issue 16)' },
   { id: 'sandboxes.pause', scenario: 'Pause (cgroup freezer) via API', target: 'p50 < 5 ms (issue 16)' },
   { id: 'sandboxes.resume', scenario: 'Resume via API', target: 'p50 < 5 ms (issue 16)' },
+  { id: 'sandboxes.port_get', scenario: 'Proxied GET round trip to a port in the sandbox (`python3 -m http.server`, 1 KiB file)', target: 'measured (no target in issue 16)' },
 ] as const;
 
 const bwrap = (command: string[]) =>
@@ -31,7 +32,7 @@ const stats = (samples: number[]): { p50: number; p99: number; text: string } =>
 };
 
 class Api {
-  constructor(private readonly url: string) {}
+  constructor(readonly url: string) {}
   async call(method: string, path: string, body?: unknown): Promise<{ ms: number; status: number; json: Record<string, unknown> }> {
     const started = performance.now();
     const response = await fetch(this.url + path, { method, ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }) });
@@ -39,6 +40,70 @@ class Api {
     const ms = performance.now() - started;
     if (!response.ok) throw new Error(`${method} ${path} answered ${response.status}: ${text.slice(0, 300)}`);
     return { ms, status: response.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+  }
+}
+
+/** A GET's round trip (the body read) in ms; throws unless 200 with `expected` bytes. */
+async function timedGet(url: string, expected: number): Promise<number> {
+  const started = performance.now();
+  const response = await fetch(url);
+  const body = await response.arrayBuffer();
+  const ms = performance.now() - started;
+  if (response.status !== 200 || body.byteLength !== expected) throw new Error(`GET ${url} answered ${response.status} with ${body.byteLength} bytes`);
+  return ms;
+}
+
+async function pollUntil(what: string, probe: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await probe().catch(() => false))) {
+    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * `python3 -m http.server` serving a 1 KiB file inside a kindling/python sandbox, fetched through
+ * /v1/sandboxes/ID/ports/PORT/f; the baseline is the same server program on the host's loopback, fetched directly.
+ */
+async function measurePortGet(api: Api, runs: number, ctx: BenchContext): Promise<{ row: Row; data: unknown }> {
+  const row = ROWS[4];
+  const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { spawn } = await import('node:child_process');
+  const made = await api.call('POST', '/v1/sandboxes', { runtime: 'python', idleTimeoutMs: 3_600_000 });
+  const id = made.json.id as string;
+  const dir = await mkdtemp(join(tmpdir(), 'kindling-bench-port-'));
+  const body = 'x'.repeat(1024);
+  await writeFile(join(dir, 'f'), body);
+  const hostPort = 20_000 + Math.floor(Math.random() * 20_000);
+  const host = spawn('python3', ['-m', 'http.server', String(hostPort), '--bind', '127.0.0.1', '--directory', dir], { stdio: 'ignore', env: CLEAN_ENV });
+  try {
+    await api.call('POST', `/v1/sandboxes/${id}/commands`, { command: ['sh', '-c', `printf %s '${body}' > /work/f && cd /work && python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &`] });
+    const proxied = `${api.url}/v1/sandboxes/${id}/ports/8000/f`;
+    const direct = `http://127.0.0.1:${hostPort}/f`;
+    await pollUntil('the server in the sandbox answers', async () => (await timedGet(proxied, 1024)) >= 0);
+    await pollUntil('the server on the host answers', async () => (await timedGet(direct, 1024)) >= 0);
+    for (let i = 0; i < 5; i++) {
+      await timedGet(proxied, 1024);
+      await timedGet(direct, 1024);
+    }
+    ctx.log(`sandboxes: proxied port GET, ${runs} runs (direct loopback GET alternated)`);
+    const viaProxy: number[] = [];
+    const viaLoopback: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      viaProxy.push(await timedGet(proxied, 1024));
+      viaLoopback.push(await timedGet(direct, 1024));
+    }
+    const p = stats(viaProxy);
+    const d = stats(viaLoopback);
+    return {
+      row: { group: 'sandboxes', id: row.id, scenario: `${row.scenario}, n=${runs}`, target: row.target, kindling: p.text, baseline: `the same server on the host's loopback, fetched directly: ${d.text}`, ratio: fmtRatio(p.p50 / d.p50), status: 'info', note: 'API auth + a kindling-port helper per request (fork+exec, setns, connect) + one more hop each way' },
+      data: { proxied: viaProxy, direct: viaLoopback },
+    };
+  } finally {
+    host.kill('SIGKILL');
+    await api.call('DELETE', `/v1/sandboxes/${id}`).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -118,6 +183,11 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     rows.push({ group: 'sandboxes', id: ROWS[2].id, scenario: `${ROWS[2].scenario}, a busy loop inside, n=${n * 2}`, target: ROWS[2].target, kindling: ps.text, baseline: floor, ratio: fmtRatio(ps.p50 / g.p50), status: ps.p50 < 5 ? 'pass' : 'fail', note: 'resolves once the kernel reports the cgroup frozen' });
     rows.push({ group: 'sandboxes', id: ROWS[3].id, scenario: `${ROWS[3].scenario}, n=${n * 2}`, target: ROWS[3].target, kindling: rs.text, baseline: floor, ratio: fmtRatio(rs.p50 / g.p50), status: rs.p50 < 5 ? 'pass' : 'fail' });
     data['sandboxes.pause_resume'] = { pause: pauses, resume: resumes, get: gets, summary: { pause: summarize(pauses), resume: summarize(resumes), get: summarize(gets) } };
+
+    // --- ports: a proxied GET vs the same server on the host's loopback, alternated -------------------------------
+    const portRow = await measurePortGet(api, n * 2, ctx);
+    rows.push(portRow.row);
+    data[ROWS[4].id] = portRow.data;
     return { rows, data };
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
