@@ -27,6 +27,7 @@ const ROWS = [
   { id: 'sandboxes.fork_1', scenario: 'Fork 1 (POST /fork {count: 1}: snapshot + 1 sandbox, ready)', target: '< 25 ms (issue 16)' },
   { id: 'sandboxes.fork_10', scenario: 'Fork 10 from one snapshot (POST /fork {count: 10}, all ready)', target: '100 forks < 1 s (issue 16): < 100 ms for 10 pro rata' },
   { id: 'sandboxes.background_first_log', scenario: 'Background command start -> its first log line (POST {background} + GET .../logs SSE)', target: 'none in issue 16; command round trip p50 < 5 ms as a guide' },
+  { id: 'sandboxes.port_get', scenario: 'Proxied GET round trip to a port in the sandbox (`python3 -m http.server`, 1 KiB file)', target: 'measured (no target in issue 16)' },
 ] as const;
 
 const bwrap = (command: string[]) =>
@@ -48,6 +49,70 @@ class Api {
     const ms = performance.now() - started;
     if (!response.ok) throw new Error(`${method} ${path} answered ${response.status}: ${text.slice(0, 300)}`);
     return { ms, status: response.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+  }
+}
+
+/** A GET's round trip (the body read) in ms; throws unless 200 with `expected` bytes. */
+async function timedGet(url: string, expected: number): Promise<number> {
+  const started = performance.now();
+  const response = await fetch(url);
+  const body = await response.arrayBuffer();
+  const ms = performance.now() - started;
+  if (response.status !== 200 || body.byteLength !== expected) throw new Error(`GET ${url} answered ${response.status} with ${body.byteLength} bytes`);
+  return ms;
+}
+
+async function pollUntil(what: string, probe: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await probe().catch(() => false))) {
+    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * `python3 -m http.server` serving a 1 KiB file inside a kindling/python sandbox, fetched through
+ * /v1/sandboxes/ID/ports/PORT/f; the baseline is the same server program on the host's loopback, fetched directly.
+ */
+async function measurePortGet(api: Api, runs: number, ctx: BenchContext): Promise<{ row: Row; data: unknown }> {
+  const row = ROWS.find((r) => r.id === 'sandboxes.port_get')!;
+  const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { spawn } = await import('node:child_process');
+  const made = await api.call('POST', '/v1/sandboxes', { runtime: 'python', idleTimeoutMs: 3_600_000 });
+  const id = made.json.id as string;
+  const dir = await mkdtemp(join(tmpdir(), 'kindling-bench-port-'));
+  const body = 'x'.repeat(1024);
+  await writeFile(join(dir, 'f'), body);
+  const hostPort = 20_000 + Math.floor(Math.random() * 20_000);
+  const host = spawn('python3', ['-m', 'http.server', String(hostPort), '--bind', '127.0.0.1', '--directory', dir], { stdio: 'ignore', env: CLEAN_ENV });
+  try {
+    await api.call('POST', `/v1/sandboxes/${id}/commands`, { command: ['sh', '-c', `printf %s '${body}' > /work/f && cd /work && python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &`] });
+    const proxied = `${api.url}/v1/sandboxes/${id}/ports/8000/f`;
+    const direct = `http://127.0.0.1:${hostPort}/f`;
+    await pollUntil('the server in the sandbox answers', async () => (await timedGet(proxied, 1024)) >= 0);
+    await pollUntil('the server on the host answers', async () => (await timedGet(direct, 1024)) >= 0);
+    for (let i = 0; i < 5; i++) {
+      await timedGet(proxied, 1024);
+      await timedGet(direct, 1024);
+    }
+    ctx.log(`sandboxes: proxied port GET, ${runs} runs (direct loopback GET alternated)`);
+    const viaProxy: number[] = [];
+    const viaLoopback: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      viaProxy.push(await timedGet(proxied, 1024));
+      viaLoopback.push(await timedGet(direct, 1024));
+    }
+    const p = stats(viaProxy);
+    const d = stats(viaLoopback);
+    return {
+      row: { group: 'sandboxes', id: row.id, scenario: `${row.scenario}, n=${runs}`, target: row.target, kindling: p.text, baseline: `the same server on the host's loopback, fetched directly: ${d.text}`, ratio: fmtRatio(p.p50 / d.p50), status: 'info', note: 'API auth + a kindling-port helper per request (fork+exec, setns, connect) + one more hop each way' },
+      data: { proxied: viaProxy, direct: viaLoopback },
+    };
+  } finally {
+    host.kill('SIGKILL');
+    await api.call('DELETE', `/v1/sandboxes/${id}`).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -132,6 +197,10 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     await snapshotRows(ctx, api, server.dataDir, rows, data);
     await forkRows(ctx, api, server.dataDir, rows, data);
     await backgroundRow(ctx, api, n, rows, data);
+    // --- ports: a proxied GET vs the same server on the host's loopback, alternated -------------------------------
+    const portRow = await measurePortGet(api, n * 2, ctx);
+    rows.push(portRow.row);
+    data['sandboxes.port_get'] = portRow.data;
     return { rows, data };
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Compiles the native helpers into dist/native (part of `npm run build`). kindling-splice is the data plane of large
 # streams (see src/api/stream-relay.ts); without a C compiler the server runs without it (node streams instead) and
-# says so at start-up. scripts/setup.sh installs gcc.
+# says so at start-up. kindling-port relays one proxied connection into a persistent sandbox's network namespace
+# (src/executors/sandbox/ports.ts); without it, sandbox ports answer SANDBOX_PORTS_UNAVAILABLE. scripts/setup.sh
+# installs gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=dist/native/kindling-splice
-src=native/kindling-splice.c
 mkdir -p dist/native
-if [ -x "$out" ] && [ "$out" -nt "$src" ]; then exit 0; fi
-if ! command -v cc >/dev/null; then
-  echo "build-native: no C compiler (cc); $out is not built and large streams go through node" >&2
-  exit 0
-fi
-cc -O2 -Wall -Wextra -Werror -o "$out.tmp" "$src"
-mv "$out.tmp" "$out"
+for name in kindling-splice kindling-port; do
+  out=dist/native/$name
+  src=native/$name.c
+  if [ -x "$out" ] && [ "$out" -nt "$src" ]; then continue; fi
+  if ! command -v cc >/dev/null; then
+    echo "build-native: no C compiler (cc); $out is not built" >&2
+    continue
+  fi
+  cc -O2 -Wall -Wextra -Werror -o "$out.tmp" "$src"
+  mv "$out.tmp" "$out"
+done

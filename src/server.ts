@@ -64,6 +64,10 @@ export interface ServerConfig {
   maxSnapshotsPerTenant?: number;
   /** How often running persistent sandboxes are metered (their cgroups read) and stored GB-hours written; default 60 s. */
   sandboxMeterIntervalMs?: number;
+  /** Proxied port connections open at once per persistent sandbox (--max-sandbox-port-connections). Default 64. */
+  maxSandboxPortConnections?: number;
+  /** A proxied port connection without a byte either way for this long ends. Default 300000 (5 min). */
+  sandboxPortIdleTimeoutMs?: number;
   /** Versions kept per function (the newest); older ones go on deploy unless an invocation needs them. Default 10. */
   functionVersionsKept?: number;
   /**
@@ -513,6 +517,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     ...(config.maxSnapshotsPerTenant === undefined ? {} : { maxSnapshotsPerTenant: config.maxSnapshotsPerTenant }),
     quotasOf: (tenant) => tenants.quotasOf(tenant),
     meter: sandboxMeter,
+    ...(config.maxSandboxPortConnections === undefined ? {} : { maxPortConnections: config.maxSandboxPortConnections }),
+    ...(config.sandboxPortIdleTimeoutMs === undefined ? {} : { portIdleTimeoutMs: config.sandboxPortIdleTimeoutMs }),
     onError: (error, context) => logger.warn({ err: error, ...context }, 'persistent sandboxes'),
   });
   rollback.add('persistent sandboxes', () => sandboxes.close());

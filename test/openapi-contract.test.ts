@@ -68,6 +68,7 @@ const TS_COVERED: Record<string, string[]> = {
   'GET /v1/snapshots/{id}': ['sandboxes.getSnapshot'],
   'DELETE /v1/snapshots/{id}': ['sandboxes.deleteSnapshot'],
   'GET /v1/sandboxes/{id}/files/list': ['sandboxes.listFiles'],
+  ...Object.fromEntries(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'].map((method) => [`${method} /v1/sandboxes/{id}/ports/{port}/{path}`, ['sandboxes.fetchPort', 'sandboxes.portUrl']])),
 };
 /** Routes the TypeScript SDK leaves out on purpose, and why. */
 const TS_NOT_COVERED: Record<string, string> = {

@@ -177,6 +177,25 @@ export class HttpClient {
     }
   }
 
+  /**
+   * Sends a request whose answer is someone else's (a sandbox's server behind /v1/sandboxes/ID/ports/PORT): any
+   * status of theirs comes back as the Response; only the platform's own refusals (no `x-kindling-port` header on the
+   * answer: unknown sandbox, nothing listening, too many connections) throw a mapped `KindlingError`.
+   */
+  async proxied(call: Call, init: RequestInit): Promise<Response> {
+    const headers = new Headers(init.headers);
+    if (this.#apiKey !== undefined) headers.set('authorization', `Bearer ${this.#apiKey}`);
+    if (this.#tenant !== undefined) headers.set('x-kindling-tenant', this.#tenant);
+    try {
+      const response = await this.#fetch(call.url, { ...init, headers, signal: call.signal, ...(init.body instanceof ReadableStream ? { duplex: 'half' } : {}) } as RequestInit);
+      call.responseStarted();
+      if (!response.ok && !response.headers.has('x-kindling-port')) throw errorFromResponse(response.status, response.headers, await response.text());
+      return response;
+    } catch (err) {
+      throw call.toError(err);
+    }
+  }
+
   /** A whole JSON request: open, send, parse, dispose. */
   async json<T>(options: JsonOptions): Promise<T> {
     const call = this.open(options.path, options);

@@ -366,6 +366,36 @@ export class Sandboxes extends APIResource {
   }
 
   /* ---------------------------------------------------------------------------------------------------------------- */
+  /* --- ports ------------------------------------------------------------------------------------------------------ */
+
+  /**
+   * The URL of `port` inside the sandbox through the API (`/v1/sandboxes/ID/ports/PORT`): append the path; every
+   * request to it needs the API key (`Authorization: Bearer KEY`), which the sandbox's server never sees.
+   */
+  portUrl(id: string, port: number, path = ''): string {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`port must be a whole number from 1 to 65535, got ${port}`);
+    return this.http.url(`${sandboxPath(id)}/ports/${port}${path === '' || path.startsWith('/') ? path : `/${path}`}`);
+  }
+
+  /**
+   * Any HTTP request to a server listening on `port` inside the sandbox (`/v1/sandboxes/ID/ports/PORT/...`), streamed
+   * both ways. Resolves with that server's answer, whatever its status; throws only for the platform's refusals
+   * (`NotFoundError` for an unknown sandbox, `KindlingError` SANDBOX_PORT_UNREACHABLE when nothing listens there).
+   * The response's body must be read or cancelled; `requestTimeoutMs` bounds the wait for the answer's headers.
+   */
+  async fetchPort(id: string, port: number, path = '/', init: RequestInit & RequestOptions = {}): Promise<Response> {
+    const { signal, requestTimeoutMs, ...rest } = init;
+    const url = this.portUrl(id, port, path);
+    const request = this.http.open(url.slice(this.http.baseUrl.length), call({ ...(signal ? { signal } : {}), ...(requestTimeoutMs === undefined ? {} : { requestTimeoutMs }) }));
+    try {
+      return await this.http.proxied(request, rest);
+    } finally {
+      // The timeout covers the wait for the answer's headers; the body is the caller's to read or cancel.
+      request.dispose();
+    }
+  }
+
+  /* --- end of ports ----------------------------------------------------------------------------------------------- */
 
   private async noContent(method: 'DELETE', path: string, options: RequestOptions): Promise<void> {
     const request = this.http.open(path, call(options));
@@ -437,6 +467,23 @@ export class Sandbox {
   async fork(count: number, options?: RequestOptions): Promise<Sandbox[]> {
     return (await this.#api.fork(this.id, count, options)).sandboxes;
   }
+
+  /* --- ports ------------------------------------------------------------------------------------------------------ */
+
+  /**
+   * The URL of `port` inside this sandbox through the API; requests to it need the API key (Authorization: Bearer).
+   * E.g. `${sb.getHost(8000)}/index.html`.
+   */
+  getHost(port: number): string {
+    return this.#api.portUrl(this.id, port);
+  }
+
+  /** An HTTP request to the server listening on `port` in this sandbox: its answer, whatever the status. */
+  fetch(port: number, path = '/', init: RequestInit & RequestOptions = {}): Promise<Response> {
+    return this.#api.fetchPort(this.id, port, path, init);
+  }
+
+  /* --- end of ports ----------------------------------------------------------------------------------------------- */
 
   /** Deletes the sandbox (every process killed, its files gone). */
   kill(options?: RequestOptions): Promise<void> {

@@ -287,6 +287,32 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
 
   /* ---------------------------------------------------------------------------------------------------------------- */
 
+  /* --- ports ------------------------------------------------------------------------------------------------------ */
+  clientOptions(
+    sandbox
+      .command('port')
+      .description("print the URL of a port inside a sandbox (requests need the API key); --forward serves it on a local port that adds the key, for a browser or curl")
+      .argument('<id>')
+      .argument('<port>', 'TCP port inside the sandbox', parseNumber('port'))
+      .option('--forward <localPort>', 'listen on 127.0.0.1:localPort and pass every request (and WebSocket) on to the sandbox port, with the key', parseNumber('--forward')),
+    defaults,
+  ).action(async (id: string, port: number, options: Record<string, unknown>) =>
+    guarded(async () => {
+      const client = clientFrom(options);
+      await client.sandboxes.get(id);
+      const url = client.sandboxes.portUrl(id, port);
+      if (options.forward === undefined) {
+        process.stdout.write(`${url}\n`);
+        return;
+      }
+      const { forwardPort } = await import('./port-forward.js');
+      const local = await forwardPort(url, options.apiKey as string | undefined, options.forward as number);
+      process.stdout.write(`forwarding http://127.0.0.1:${local} -> ${url} (Ctrl-C stops)\n`);
+      await new Promise(() => {});
+    }),
+  );
+  /* --- end of ports ----------------------------------------------------------------------------------------------- */
+
   clientOptions(sandbox.command('rm').description('delete sandboxes: every process killed, their files gone').argument('<ids...>'), defaults).action(
     async (ids: string[], options: Record<string, unknown>) =>
       guarded(async () => {

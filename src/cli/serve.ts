@@ -92,6 +92,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--tenant-max-queued-payload-bytes <n>', "default quota: bytes of a tenant's queued and running async payloads; an enqueue beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)", int('--tenant-max-queued-payload-bytes'), DEFAULT_STORAGE_QUOTAS.maxQueuedPayloadBytes!)
     .option('--max-sandboxes-per-tenant <n>', 'default quotas maxSandboxes and maxPausedSandboxes: persistent sandboxes a tenant may have running, and paused, at once', int('--max-sandboxes-per-tenant'), 10)
     .option('--max-snapshots-per-tenant <n>', 'snapshots of persistent sandboxes a tenant may keep', int('--max-snapshots-per-tenant'), 20)
+    .option('--max-sandbox-port-connections <n>', 'proxied connections (/v1/sandboxes/ID/ports/PORT) open at once per persistent sandbox', int('--max-sandbox-port-connections'), 64)
     .option('--function-versions-kept <n>', 'versions kept per function (the newest); older ones are deleted on deploy, except those a queued or running invocation needs (at least 1)', int('--function-versions-kept'), DEFAULT_VERSIONS_KEPT)
     .option('--allowed-hosts <name[:port],...>', 'host names the server answers to besides IP addresses, localhost and --host (e.g. behind a proxy: kindling.example.com); other Host headers get 421 and pages of other origins may not change state (DNS rebinding, cross-site requests)', '')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
@@ -117,6 +118,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         functionVersionsKept: Math.max(1, options.functionVersionsKept as number),
         maxSandboxesPerTenant: Math.max(0, options.maxSandboxesPerTenant as number),
         maxSnapshotsPerTenant: Math.max(0, options.maxSnapshotsPerTenant as number),
+        maxSandboxPortConnections: Math.max(1, options.maxSandboxPortConnections as number),
         maxConcurrent: options.maxConcurrent as number,
         maxQueued: options.maxQueued as number,
         queueTimeoutMs: options.queueTimeoutMs as number,

@@ -69,6 +69,8 @@ export const ERROR_CODES = {
   SANDBOX_PTY_UNSUPPORTED: { statusCode: 409, retryable: false },
   /** An upload did not fit in the sandbox's writable space (diskMb); the partial file was removed. */
   SANDBOX_DISK_FULL: { statusCode: 413, retryable: false },
+  /** The sandbox has as many proxied port connections open as its cap allows (default 64); close one or retry. */
+  SANDBOX_PORT_LIMIT: { statusCode: 429, retryable: true },
   /** The tenant has as many live (running or paused) sandboxes as its cap allows; delete one first. */
   TENANT_SANDBOX_LIMIT: { statusCode: 429, retryable: true },
   /** No snapshot of that id in the caller's tenant (another tenant's id answers the same). */
@@ -99,6 +101,8 @@ export const ERROR_CODES = {
   /** The file system of the data dir (store, run dirs) is full; nothing was accepted. Retry once space is freed. */
   STORAGE_FULL: { statusCode: 507, retryable: true },
   EXECUTOR_FAILED: { statusCode: 502, retryable: true },
+  /** Nothing listens on that port inside the sandbox (or it did not accept in time): start the server first. */
+  SANDBOX_PORT_UNREACHABLE: { statusCode: 502, retryable: true },
   SHUTTING_DOWN: { statusCode: 503, retryable: true },
   INTERNAL: { statusCode: 500, retryable: false },
 } as const satisfies Record<string, ErrorDefinition>;

@@ -1,4 +1,4 @@
-import type { Readable, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import type { ExecutorName, RunSpec } from '../core/types.js';
 
 /** What an executor says about itself in /readyz and in the start-up log. */
@@ -202,6 +202,15 @@ export interface PersistentSandbox {
    * memory are not kept), the sandbox frozen meanwhile (a paused one stays paused). Resolves with its size in bytes.
    */
   snapshot?(snapshotId: string): Promise<{ bytes: number }>;
+  /* --- ports (optional capability) ------------------------------------------------------------------------------ */
+  /**
+   * Connects to `port` on the sandbox's own loopback, from inside its network namespace, without giving the sandbox
+   * any network: the connection's bytes both ways. Rejects with SANDBOX_PORT_UNREACHABLE when nothing listens there.
+   * Absent: this executor cannot reach a sandbox's ports.
+   */
+  connectPort?(port: number, options: PortConnectOptions): Promise<Duplex>;
+  /** Proxied connections open now. */
+  readonly portConnections?: number;
 }
 
 /** What a persistent sandbox is made with beyond the start options. */
@@ -221,6 +230,13 @@ export interface SandboxStorageOps {
   removeSnapshot(snapshotId: string): Promise<void>;
   /** At start-up: removes the disks and snapshots of ids not kept (their records are gone). Returns how many. */
   reap(keepSandboxes: ReadonlySet<string>, keepSnapshots: ReadonlySet<string>): Promise<number>;
+}
+
+export interface PortConnectOptions {
+  /** The connection ends after this long without a byte either way. */
+  idleTimeoutMs: number;
+  /** How long the connect may take (a listener whose backlog is full, or a frozen one). */
+  connectTimeoutMs: number;
 }
 
 export interface ReapReport {

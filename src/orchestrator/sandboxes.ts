@@ -20,7 +20,7 @@
  * tenant's sandbox cap cannot take N more.
  */
 import { posix } from 'node:path';
-import type { Readable } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { RUNTIME_NAMES, type ExecutionResult, type ExecutorName, type ResourceLimits, type RuntimeName } from '../core/types.js';
@@ -104,6 +104,10 @@ export interface SandboxesOptions {
   quotasOf?: (tenant: string) => SandboxQuotas;
   /** Usage metering of running sandboxes (sandbox-accounting.ts). */
   meter?: SandboxMeterHooks;
+  /** Proxied port connections open at once per sandbox. Default 64. */
+  maxPortConnections?: number;
+  /** A proxied connection ends after this long without a byte either way. Default 5 min. */
+  portIdleTimeoutMs?: number;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
 }
 
@@ -152,6 +156,8 @@ const WORKDIR = '/work';
 const MAX_PATH = 4096;
 const DEFAULT_COMMAND_TIMEOUT_MS = 60_000;
 const DEFAULT_OUTPUT_BYTES = 1024 * 1024;
+/** How long a connect to a sandbox's port may take before it answers SANDBOX_PORT_UNREACHABLE. */
+const PORT_CONNECT_TIMEOUT_MS = 5000;
 /** The executor's own backstop beyond the lifetime the service enforces. */
 const LIFETIME_BACKSTOP_MS = 60_000;
 
@@ -171,6 +177,8 @@ export class SandboxService {
   private readonly live = new Map<string, Live>();
   /** Background commands per live sandbox (sandbox-commands.ts). */
   private readonly background = new Map<string, CommandRegistry>();
+  /** Open proxied port connections per sandbox id. */
+  private readonly portConnections = new Map<string, number>();
   private readonly limits: LimitPolicy;
   private readonly maxPerTenant: number;
   private readonly defaultIdleTimeoutMs: number;
@@ -822,6 +830,64 @@ export class SandboxService {
     // A frozen process dies only once thawed: a paused sandbox is resumed first.
     return this.withCommand(tenant, id, true, () => command.kill());
   }
+
+  /* --- ports ------------------------------------------------------------------------------------------------------ */
+
+  /**
+   * Opens one connection to `port` on the sandbox's loopback (ports.ts of the executor): tenant-checked, a paused
+   * sandbox is resumed first (as a command would be), at most `maxPortConnections` at once. While it is open the
+   * sandbox counts as busy (no idle auto-pause); `release()` (idempotent) must be called once it ended.
+   */
+  async openPort(tenant: string, id: string, port: number): Promise<{ stream: Duplex; release: () => void }> {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new KindlingError('VALIDATION_FAILED', `port must be a whole number from 1 to 65535, got ${String(port).slice(0, 20)}`, { details: { field: 'port' } });
+    }
+    const entry = this.entry(tenant, id);
+    if (entry.sandbox.connectPort === undefined) {
+      throw new KindlingError('SANDBOXES_UNSUPPORTED', `the ${entry.record.executor} executor cannot reach a sandbox's ports in this version`, { details: { executor: entry.record.executor } });
+    }
+    const cap = this.options.maxPortConnections ?? 64;
+    const open = this.portConnections.get(id) ?? 0;
+    if (open >= cap) {
+      throw new KindlingError('SANDBOX_PORT_LIMIT', `sandbox ${id} has ${open} proxied connections open, its cap (${cap}); close one or retry`, { details: { sandbox: id, cap }, retryAfterSeconds: 1 });
+    }
+    this.portConnections.set(id, open + 1);
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      const left = (this.portConnections.get(id) ?? 1) - 1;
+      if (left > 0) this.portConnections.set(id, left);
+      else this.portConnections.delete(id);
+    };
+    try {
+      await this.beforeCommand(entry, true);
+    } catch (error) {
+      release();
+      throw error;
+    }
+    entry.busy++;
+    let stream: Duplex;
+    try {
+      stream = await entry.sandbox.connectPort(port, { idleTimeoutMs: this.options.portIdleTimeoutMs ?? 5 * 60_000, connectTimeoutMs: PORT_CONNECT_TIMEOUT_MS });
+    } catch (error) {
+      release();
+      this.done(entry);
+      throw error;
+    }
+    let finished = false;
+    return {
+      stream,
+      release: () => {
+        if (finished) return;
+        finished = true;
+        release();
+        this.done(entry);
+      },
+    };
+  }
+
+  /* --- end of ports ----------------------------------------------------------------------------------------------- */
 
   private commandsOf(sandbox: string): CommandRegistry {
     let registry = this.background.get(sandbox);

@@ -94,7 +94,7 @@ class AbortError(KindlingError):
 
 # Codes whose failure is transient when no status is known (``error`` events inside a stream).
 _RETRYABLE_CODES = frozenset(
-    {"TOO_MANY_REQUESTS", "EXECUTOR_UNAVAILABLE", "EXECUTOR_FAILED", "SHUTTING_DOWN", "SANDBOX_START_TIMEOUT", "STORAGE_FULL"}
+    {"TOO_MANY_REQUESTS", "SANDBOX_PORT_UNREACHABLE", "SANDBOX_PORT_LIMIT", "EXECUTOR_UNAVAILABLE", "EXECUTOR_FAILED", "SHUTTING_DOWN", "SANDBOX_START_TIMEOUT", "STORAGE_FULL"}
 )
 _RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504, 507})
 
@@ -124,6 +124,7 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "SNAPSHOT_IN_USE": ConflictError,
     "TENANT_SNAPSHOT_LIMIT": RateLimitError,
     "SNAPSHOTS_UNSUPPORTED": ValidationError,
+    "SANDBOX_PORT_LIMIT": RateLimitError,
     "UNAUTHORIZED": AuthenticationError,
     "FORBIDDEN": PermissionDeniedError,
     "FORBIDDEN_ORIGIN": PermissionDeniedError,
@@ -151,6 +152,7 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "SANDBOX_START_TIMEOUT": ServerError,
     "STORAGE_FULL": ServerError,
     "EXECUTOR_FAILED": ServerError,
+    "SANDBOX_PORT_UNREACHABLE": ServerError,
     "SHUTTING_DOWN": ServerError,
     "INTERNAL": ServerError,
 }

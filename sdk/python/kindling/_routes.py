@@ -46,6 +46,7 @@ COVERED_ROUTES: dict[str, tuple[str, ...]] = {
     "PUT /v1/sandboxes/{id}/files": ("sandboxes.write_file",),
     "GET /v1/sandboxes/{id}/files": ("sandboxes.read_file",),
     "DELETE /v1/sandboxes/{id}/files": ("sandboxes.remove_file",),
+    **{f"{method} /v1/sandboxes/{{id}}/ports/{{port}}/{{path}}": ("sandboxes.fetch_port", "sandboxes.port_url") for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")},
     "GET /v1/sandboxes/{id}/files/list": ("sandboxes.list_files",),
     "POST /v1/sandboxes/{id}/snapshots": ("sandboxes.snapshot",),
     "GET /v1/sandboxes/{id}/snapshots": ("sandboxes.list_snapshots",),

@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, 
 from urllib.parse import quote
 
 from ._core import SseParser, seg
+import httpx
+
+from ._core import error_from_response, seg
+from ._errors import KindlingError
 from ._types import ExecutionResult, JsonDict
 
 if TYPE_CHECKING:
@@ -29,6 +33,23 @@ def _path(sandbox_id: str, suffix: str = "") -> str:
 
 def _files(sandbox_id: str, path: str, suffix: str = "") -> str:
     return f"{_path(sandbox_id, '/files' + suffix)}?path={quote(path, safe='')}"
+
+
+def _port_path(sandbox_id: str, port: int, path: str) -> str:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be a whole number from 1 to 65535, got {port!r}")
+    return _path(sandbox_id, f"/ports/{port}") + (path if path == "" or path.startswith("/") else "/" + path)
+
+
+#: Every status is the sandbox server's own answer; the platform's refusals are told apart by the missing header.
+_ANY_STATUS = tuple(range(400, 600))
+
+
+def _proxied_error(response: httpx.Response) -> Optional[KindlingError]:
+    """The platform's refusal (no ``X-Kindling-Port`` on the answer: unknown sandbox, nothing listening, ...)."""
+    if response.status_code < 400 or "x-kindling-port" in response.headers:
+        return None
+    return error_from_response(response.status_code, response.headers, response.content)
 
 
 def _create_body(runtime: Optional[str], image: Optional[str], fields: Mapping[str, Any]) -> JsonDict:
@@ -259,6 +280,25 @@ class Sandboxes:
     def delete_snapshot(self, snapshot_id: str) -> None:
         """``DELETE /v1/snapshots/ID`` (``ConflictError`` SNAPSHOT_IN_USE while sandboxes are made from it)."""
         self._http.json("DELETE", f"/v1/snapshots/{seg(snapshot_id)}")
+    # --- ports ---------------------------------------------------------------------------------------------------
+
+    def port_url(self, sandbox_id: str, port: int, path: str = "") -> str:
+        """The URL of ``port`` inside the sandbox through the API; requests to it need the API key."""
+        return self._http.url(_port_path(sandbox_id, port, path))
+
+    def fetch_port(
+        self, sandbox_id: str, port: int, path: str = "/", *, method: str = "GET", content: Optional[Data] = None, headers: Optional[Mapping[str, str]] = None
+    ) -> httpx.Response:
+        """Any HTTP request to the server listening on ``port`` in the sandbox (``/v1/sandboxes/ID/ports/PORT/...``):
+        its answer (read), whatever the status. Raises only for the platform's refusals (``NotFoundError``,
+        ``ServerError`` with code ``SANDBOX_PORT_UNREACHABLE`` when nothing listens there)."""
+        response = self._http.send(method, _port_path(sandbox_id, port, path), content=content, headers=headers, idempotent=False, accept_statuses=_ANY_STATUS)
+        error = _proxied_error(response)
+        if error is not None:
+            raise error
+        return response
+
+    # --- end of ports --------------------------------------------------------------------------------------------
 
 
 class _Commands:
@@ -337,6 +377,14 @@ class Sandbox:
 
     def kill(self) -> None:
         self._api.delete(self.id)
+
+    def get_host(self, port: int) -> str:
+        """The URL of ``port`` in this sandbox through the API (append the path; send the API key with requests)."""
+        return self._api.port_url(self.id, port)
+
+    def fetch(self, port: int, path: str = "/", **options: Any) -> httpx.Response:
+        """An HTTP request to the server on ``port`` in this sandbox: ``method``, ``content``, ``headers``."""
+        return self._api.fetch_port(self.id, port, path, **options)
 
 
 class AsyncSandboxes:
@@ -433,6 +481,20 @@ class AsyncSandboxes:
 
     async def list_files(self, sandbox_id: str, path: str = "/work") -> JsonList:
         return list((await self._http.json("GET", _files(sandbox_id, path, "/list"))).get("entries") or [])
+
+    def port_url(self, sandbox_id: str, port: int, path: str = "") -> str:
+        """The URL of ``port`` inside the sandbox through the API; requests to it need the API key."""
+        return self._http.url(_port_path(sandbox_id, port, path))
+
+    async def fetch_port(
+        self, sandbox_id: str, port: int, path: str = "/", *, method: str = "GET", content: Optional[Data] = None, headers: Optional[Mapping[str, str]] = None
+    ) -> httpx.Response:
+        """:meth:`Sandboxes.fetch_port`, awaited."""
+        response = await self._http.send(method, _port_path(sandbox_id, port, path), content=content, headers=headers, idempotent=False, accept_statuses=_ANY_STATUS)
+        error = _proxied_error(response)
+        if error is not None:
+            raise error
+        return response
 
     async def remove_file(self, sandbox_id: str, path: str) -> None:
         await self._http.json("DELETE", _files(sandbox_id, path))
@@ -650,3 +712,10 @@ class AsyncCommandHandle:
     async def refresh(self) -> JsonDict:
         self.info = await self._api.get_command(self.sandbox_id, self.id)
         return self.info
+    def get_host(self, port: int) -> str:
+        """The URL of ``port`` in this sandbox through the API."""
+        return self._api.port_url(self.id, port)
+
+    async def fetch(self, port: int, path: str = "/", **options: Any) -> httpx.Response:
+        """An HTTP request to the server on ``port`` in this sandbox: ``method``, ``content``, ``headers``."""
+        return await self._api.fetch_port(self.id, port, path, **options)

@@ -6,6 +6,7 @@ import { ByteLimit } from '../raw-body.js';
 import { startSse, writeSseEvent } from '../sse.js';
 import { errorBody } from '../errors.js';
 import { KindlingError } from '../../core/errors.js';
+import { registerSandboxPortRoutes } from './sandbox-ports.js';
 import {
   BinaryBodySchema,
   CreateSandboxRequestSchema,
@@ -41,6 +42,8 @@ const SSE_KEEPALIVE_MS = 15_000;
 export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes: SandboxService; toError?: (error: unknown) => KindlingError }): void {
   const service = options.sandboxes;
   const toError = options.toError ?? ((error: unknown) => (error instanceof KindlingError ? error : new KindlingError('INTERNAL', (error as Error).message ?? 'internal error')));
+  // Ports: /v1/sandboxes/ID/ports/PORT/... (sandbox-ports.ts).
+  registerSandboxPortRoutes(app, options);
 
   app.post<{ Body: Static<typeof CreateSandboxRequestSchema> }>(
     '/v1/sandboxes',

@@ -26,7 +26,9 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { PersistentSandbox, PersistentSandboxOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { Duplex } from 'node:stream';
+import { SandboxPorts } from './ports.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { killUntilGone, shellQuote } from '../shared/process.js';
@@ -97,6 +99,8 @@ export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec
     const stored = volume === null || deps.storage === undefined ? null : { volume, snapshot: deps.storage.snapshot };
     const sandbox = new BwrapPersistentSandbox(spec.id, execution, deps.openCgroup(execution.id), dir, deps.sandboxGid, stored);
     await Promise.all([sandbox.ready(deps.readyTimeoutMs ?? 10_000), sandbox.warm()]);
+    // Ports: the network namespace is pinned now, before any of the tenant's code ran (see ports.ts).
+    sandbox.ports = SandboxPorts.open(spec.id, deps.openCgroup(execution.id));
     return sandbox;
   } catch (error) {
     // A half-made sandbox goes before the error is rethrown (the original error wins).
@@ -130,6 +134,8 @@ class BwrapPersistentSandbox implements PersistentSandbox {
   private refilling: Promise<void> | null = null;
   /** Paused by pause() (a snapshot's own freeze is not counted). */
   private frozen = false;
+  /** Set once the supervisor is ready (ports.ts); null: ports are unavailable for this sandbox. */
+  ports: SandboxPorts | null = null;
 
   constructor(
     readonly id: string,
@@ -172,6 +178,7 @@ class BwrapPersistentSandbox implements PersistentSandbox {
       // Commands still waiting end as killed: the sandbox is gone.
       for (const waiting of this.pending.values()) waiting.exit(137);
       this.pending.clear();
+      this.ports?.close();
       await execution.disposed.catch(() => {});
       // The disk is unmounted, never removed: its files outlive the processes (removed by removeDisk).
       await stored?.volume.detach().catch(() => {});
@@ -237,6 +244,16 @@ class BwrapPersistentSandbox implements PersistentSandbox {
   async destroy(): Promise<void> {
     this.execution.kill();
     await this.disposed;
+  }
+
+  connectPort(port: number, options: PortConnectOptions): Promise<Duplex> {
+    this.assertAlive();
+    if (this.ports === null) return Promise.reject(new KindlingError('EXECUTOR_FAILED', `the network namespace of sandbox ${this.id} could not be opened: its ports are unreachable`));
+    return this.ports.connect(port, options);
+  }
+
+  get portConnections(): number {
+    return this.ports?.connections ?? 0;
   }
 
   async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
