@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import type { Cgroup, CgroupDriver } from '../shared/cgroups.js';
 import type { Logger } from '../shared/logger.js';
+import { processExited } from '../shared/process.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { SANDBOX_CORE_LIMIT } from '../shared/syscall-policy.js';
 import { FD_STATUS } from './bwrap-args.js';
@@ -80,7 +81,8 @@ export class Launchers {
         ? new PrewarmPool<Launcher>({
             create: () => this.prepare(),
             destroy: (l) => this.discard(l),
-            isAlive: (l) => l.child.exitCode === null && l.child.signalCode === null,
+            // A launcher killed while it waited may not be reaped yet (no exit event): its /proc state says so.
+            isAlive: (l) => l.child.exitCode === null && l.child.signalCode === null && !processExited(l.child.pid),
             sizePerKey: options.prewarm,
             maxItems: options.prewarm,
             idleTtlMs: options.idleTtlMs,

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { killUntilGone, processAlive, shellQuote, signalName, signalNumber, signalOfExitCode } from './process.js';
+import { killUntilGone, processAlive, processExited, shellQuote, signalName, signalNumber, signalOfExitCode } from './process.js';
 
 test('signalName maps numbers to names and unknown numbers to null', () => {
   assert.equal(signalName(9), 'SIGKILL');
@@ -60,4 +60,19 @@ test('killUntilGone kills what the tree names until it names nothing, also what 
   assert.equal(first.signalCode, 'SIGKILL');
   assert.equal(late.signalCode, 'SIGKILL');
   assert.ok(rounds >= 2, `rounds ${rounds}`);
+});
+
+test('processExited sees a killed child that node has not reaped yet (a zombie), and a reaped one', async () => {
+  const child = spawn('sleep', ['100'], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  assert.equal(processExited(child.pid), false);
+  child.kill('SIGKILL');
+  // Synchronous loop: node cannot handle the exit meanwhile, so the child is a zombie when it is seen as exited.
+  const until = Date.now() + 5000;
+  while (!processExited(child.pid) && Date.now() < until);
+  assert.equal(processExited(child.pid), true);
+  assert.equal(child.exitCode, null, 'not reaped yet: only /proc says it exited');
+  await exited;
+  assert.equal(processExited(child.pid), true);
+  assert.equal(processExited(undefined), true);
 });

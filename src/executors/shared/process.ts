@@ -3,6 +3,7 @@
  * quoting for POSIX sh. Each was written several times before; one copy keeps their edge cases (EPERM, codes > 128+64)
  * the same everywhere.
  */
+import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 
 /** The name of signal number `n` (9 -> 'SIGKILL'), or null when this platform has no such signal. */
@@ -61,4 +62,21 @@ export async function killUntilGone(tree: () => number[]): Promise<void> {
     }
     await new Promise((resolve) => setTimeout(resolve, Math.min(1 + round, 20)));
   }
+}
+
+/**
+ * Whether `pid` has exited, also when its parent (this process) has not reaped it yet: a killed child stays a zombie
+ * (state Z in /proc/PID/stat) until node handles its SIGCHLD, and `child.exitCode` says nothing until then.
+ */
+export function processExited(pid: number | undefined): boolean {
+  if (pid === undefined) return true;
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return true;
+  }
+  // "pid (comm) S ...": the state follows the last ')' (comm may hold spaces and parentheses).
+  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  return state === 'Z' || state === 'X';
 }
