@@ -31,7 +31,7 @@ import type { Duplex } from 'node:stream';
 import { SandboxPorts } from './ports.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
-import { killUntilGone, shellQuote } from '../shared/process.js';
+import { killUntilGone, processExited, shellQuote } from '../shared/process.js';
 import type { Cgroup } from '../shared/cgroups.js';
 import type { SandboxExecution } from './execution.js';
 import type { Volume } from './storage.js';
@@ -304,9 +304,34 @@ class BwrapPersistentSandbox implements PersistentSandbox {
     return command;
   }
 
-  /** SIGKILLs the process `nsPid` (in the sandbox's pid namespace) and all of its descendants; repeats until gone. */
+  /**
+   * SIGKILLs the process `nsPid` (in the sandbox's pid namespace) and all of its descendants; repeats until gone. The
+   * tree is read and signalled while the sandbox is frozen: running, a child forked between the read and the kill
+   * would be handed to the supervisor when its parent dies, out of the tree, and survive. Every pid signalled is
+   * followed until it is gone (a frozen process dies once thawed). A paused sandbox stays paused.
+   */
   async killTree(nsPid: number): Promise<void> {
-    await killUntilGone(() => this.treeOf(nsPid));
+    const wasFrozen = this.frozen;
+    const doomed = new Set<number>();
+    const signal = (): number[] => {
+      for (const pid of this.treeOf(nsPid)) doomed.add(pid);
+      // Only pids still in this sandbox's cgroup: a pid that died may be reused by any process of the host.
+      const inSandbox = new Set(this.cgroup.pids());
+      return [...doomed].filter((pid) => inSandbox.has(pid) && !processExited(pid));
+    };
+    if (!wasFrozen) await this.cgroup.freeze(true);
+    try {
+      for (const pid of signal()) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+    } finally {
+      if (!wasFrozen && !this.ended) await this.cgroup.freeze(false).catch(() => {});
+    }
+    await killUntilGone(signal);
   }
 
   /** Host pids of `nsPid` and its descendants that are alive (not zombies), among this sandbox's cgroup. */
