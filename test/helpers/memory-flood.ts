@@ -3,7 +3,7 @@
  * its agent socket as fast as it can, commands that print 4 GiB on stdout and stderr (sync, streamed, async, one-off)
  * and, on docker, a command that writes into the container's I/O directory. The server runs in the test's process
  * (test/helpers/server.ts), so its resident set is that process's: sampled every 50 ms, it must stay below
- * RSS_BOUND_MIB while another tenant's small invocations keep answering. One executor per test file (a process of its
+ * RSS_GROWTH_BOUND_MIB (over its resident set before the floods) while another tenant's small invocations keep answering. One executor per test file (a process of its
  * own: what one suite's floods left in the heap does not count against the next).
  */
 import assert from 'node:assert/strict';
@@ -11,8 +11,12 @@ import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { startTestServer, type TestServer } from './server.js';
 
-/** The documented bound of the server's resident memory under these floods (docs/security.md, item 2). */
-const RSS_BOUND_MIB = 300;
+/**
+ * The documented bound on what these floods add to the server's resident memory (docs/security.md, item 2): 185 MiB
+ * over what it held before them (first stated as 300 MiB in all with 115 MiB before the floods; the server loads more
+ * code now, which is not what this bounds).
+ */
+const RSS_GROWTH_BOUND_MIB = 185;
 const FLOOD_BYTES = 4 * 1024 * 1024 * 1024;
 const OUTPUT_BYTES = 10 * 1024 * 1024;
 /** Another tenant's small invocation must answer within this while a flood runs (generous: 2 shared cores). */
@@ -61,12 +65,12 @@ interface Watch {
 }
 
 /** Samples this process's resident set (the in-process server's) every 50 ms. */
-function watchRss(onOver: () => void): Watch {
+function watchRss(baselineMiB: number, onOver: () => void): Watch {
   let peak = process.memoryUsage.rss();
   const timer = setInterval(() => {
     const rss = process.memoryUsage.rss();
     peak = Math.max(peak, rss);
-    if (rss > RSS_BOUND_MIB * 1024 * 1024) onOver();
+    if (rss > (baselineMiB + RSS_GROWTH_BOUND_MIB) * 1024 * 1024) onOver();
   }, 50);
   return { peakMiB: () => Math.round(peak / 1024 / 1024), stop: () => clearInterval(timer) };
 }
@@ -143,7 +147,7 @@ export function memoryFloodSuite(executor: 'sandbox' | 'docker', unavailable: st
      */
     async function underFlood(what: string, flood: () => Promise<void>): Promise<void> {
       over = false;
-      watch = watchRss(() => {
+      watch = watchRss(baselineMiB, () => {
         if (!over) {
           over = true;
           void server.stop();
@@ -172,7 +176,7 @@ export function memoryFloodSuite(executor: 'sandbox' | 'docker', unavailable: st
       }
       const worst = Math.round(Math.max(0, ...latencies));
       console.log(`${executor} ${what}: peak RSS ${watch.peakMiB()} MiB (${baselineMiB} MiB before the floods); bystander: ${latencies.length} calls, worst ${worst} ms`);
-      assert.equal(over, false, `${what}: the server's resident set passed ${RSS_BOUND_MIB} MiB (peak ${watch.peakMiB()} MiB)`);
+      assert.equal(over, false, `${what}: the server's resident set grew by more than ${RSS_GROWTH_BOUND_MIB} MiB over ${baselineMiB} MiB (peak ${watch.peakMiB()} MiB)`);
       assert.ok(latencies.length > 0, 'the bystander was called during the flood');
       assert.ok(worst < LATENCY_BOUND_MS, `${what}: another tenant's invocation took ${worst} ms during the flood`);
     }
