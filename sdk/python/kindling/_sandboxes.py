@@ -588,6 +588,14 @@ class AsyncSandbox:
     async def fork(self, count: int) -> "list[AsyncSandbox]":
         return (await self._api.fork(self.id, count))[1]
 
+    def get_host(self, port: int) -> str:
+        """The URL of ``port`` in this sandbox through the API."""
+        return self._api.port_url(self.id, port)
+
+    async def fetch(self, port: int, path: str = "/", **options: Any) -> httpx.Response:
+        """An HTTP request to the server on ``port`` in this sandbox: ``method``, ``content``, ``headers``."""
+        return await self._api.fetch_port(self.id, port, path, **options)
+
     async def kill(self) -> None:
         await self._api.delete(self.id)
 
@@ -712,10 +720,3 @@ class AsyncCommandHandle:
     async def refresh(self) -> JsonDict:
         self.info = await self._api.get_command(self.sandbox_id, self.id)
         return self.info
-    def get_host(self, port: int) -> str:
-        """The URL of ``port`` in this sandbox through the API."""
-        return self._api.port_url(self.id, port)
-
-    async def fetch(self, port: int, path: str = "/", **options: Any) -> httpx.Response:
-        """An HTTP request to the server on ``port`` in this sandbox: ``method``, ``content``, ``headers``."""
-        return await self._api.fetch_port(self.id, port, path, **options)
