@@ -27,12 +27,12 @@ import type { RunSpec } from '../../core/types.js';
 import type { Execution, PersistentSandbox, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
 import { killUntilGone, signalOfExitCode } from '../shared/process.js';
 import type { SlotCgroup } from './cgroup-usage.js';
+import { checkCommandRequest } from '../shared/command-request.js';
 
 /** The container's main process: waits on its stdin (held open by the server, never written) without using CPU. */
 const MAIN = ['/bin/sh', '-c', 'read -r _ || true; exit 0'];
 /** Every command starts in its work dir (126 when it does not exist, like the sandbox executor), then becomes the command. */
 const WRAPPER = 'cd -- "$1" || exit 126; shift; exec "$@"';
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** After a command's main process exited, output its background children still hold open is not waited for longer. */
 const OUTPUT_GRACE_MS = 100;
 
@@ -146,15 +146,7 @@ class DockerPersistentSandbox implements PersistentSandbox {
 
   async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
     this.assertAlive();
-    if (request.command.length === 0 || request.command.some((arg) => arg.includes('\0'))) {
-      throw new KindlingError('VALIDATION_FAILED', 'command must be a non-empty list of arguments without NUL', { details: { field: 'command' } });
-    }
-    for (const [name, value] of Object.entries(request.env)) {
-      if (!ENV_NAME.test(name) || value.includes('\0')) throw new KindlingError('VALIDATION_FAILED', `env name "${name}" must match ${ENV_NAME.source}, values without NUL`, { details: { field: 'env' } });
-    }
-    if (!request.workdir.startsWith('/') || request.workdir.includes('\0')) {
-      throw new KindlingError('VALIDATION_FAILED', 'workdir must be an absolute path', { details: { field: 'workdir' } });
-    }
+    checkCommandRequest(request);
     const exec = await this.engine(
       () =>
         this.container.exec({

@@ -35,6 +35,7 @@ import { killUntilGone, processExited, shellQuote } from '../shared/process.js';
 import type { Cgroup } from '../shared/cgroups.js';
 import type { SandboxExecution } from './execution.js';
 import type { Volume } from './storage.js';
+import { checkCommandRequest } from '../shared/command-request.js';
 
 /**
  * The supervisor: "r" once ready; per command line `ID STDIN(0|1)`: "p ID PID" when started, "x ID STATUS" when the
@@ -51,7 +52,6 @@ const SUPERVISOR = [
   'done',
 ].join('\n');
 
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const MAX_STATUS_LINE = 256;
 /** After a command's main process exited, output its background children still hold open is not waited for longer. */
 const OUTPUT_GRACE_MS = 100;
@@ -258,15 +258,7 @@ class BwrapPersistentSandbox implements PersistentSandbox {
 
   async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
     this.assertAlive();
-    if (request.command.length === 0 || request.command.some((arg) => arg.includes('\0'))) {
-      throw new KindlingError('VALIDATION_FAILED', 'command must be a non-empty list of arguments without NUL', { details: { field: 'command' } });
-    }
-    for (const [name, value] of Object.entries(request.env)) {
-      if (!ENV_NAME.test(name) || value.includes('\0')) throw new KindlingError('VALIDATION_FAILED', `env name "${name}" must match ${ENV_NAME.source}, values without NUL`, { details: { field: 'env' } });
-    }
-    if (!request.workdir.startsWith('/') || request.workdir.includes('\0')) {
-      throw new KindlingError('VALIDATION_FAILED', 'workdir must be an absolute path', { details: { field: 'workdir' } });
-    }
+    checkCommandRequest(request);
     const cid = await this.takeSlot();
     const cdir = join(this.dir, cid);
     let out: FifoReader | null = null;
