@@ -65,6 +65,11 @@ export const ERROR_CODES = {
    * run there again. (On the sandbox executor a stopped sandbox's files are kept and the next command restarts it.)
    */
   SANDBOX_NOT_RUNNING: { statusCode: 409, retryable: false },
+  /**
+   * A hibernated sandbox's saved processes could not be brought back (the image is gone or the executor refused it):
+   * its files are kept and the next command starts a new process tree on them (the sandbox is `stopped`).
+   */
+  SANDBOX_STATE_LOST: { statusCode: 409, retryable: false },
   /** The sandbox's image cannot host a terminal (GET /v1/sandboxes/ID/pty needs python3 in the image). */
   SANDBOX_PTY_UNSUPPORTED: { statusCode: 409, retryable: false },
   /** An upload did not fit in the sandbox's writable space (diskMb); the partial file was removed. */

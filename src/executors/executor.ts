@@ -173,8 +173,14 @@ export interface SandboxCommandRequest {
 export interface SandboxCapabilities {
   /** pause()/resume() freeze and thaw every process (no CPU while paused); false: both reject with a KindlingError saying so. */
   pause: boolean;
-  /** A snapshot can keep memory and processes (not only files). */
+  /** A snapshot can keep memory and processes (not only files): `snapshot()` reports `memory: true` then. */
   memorySnapshot: boolean;
+  /**
+   * `hibernate()` saves every process and its memory to disk and releases the sandbox's RAM, and a later
+   * `createPersistentSandbox(spec, { restore: 'hibernated' })` brings the processes back. False: the orchestrator's
+   * hibernation keeps the files only (the processes end, and the next command starts a new process tree).
+   */
+  hibernate: boolean;
 }
 
 /**
@@ -201,7 +207,13 @@ export interface PersistentSandbox {
    * Executors with `sandboxStorage` only: copies the sandbox's work dir into a new immutable snapshot (processes and
    * memory are not kept), the sandbox frozen meanwhile (a paused one stays paused). Resolves with its size in bytes.
    */
-  snapshot?(snapshotId: string): Promise<{ bytes: number }>;
+  snapshot?(snapshotId: string): Promise<{ bytes: number; memory?: boolean }>;
+  /**
+   * Capability `hibernate` only: saves every process with its memory (and the files) to the executor's storage under
+   * the sandbox's id, then ends the sandbox: its RAM is released, `alive` turns false and `disposed` resolves, while
+   * the saved image stays until `sandboxStorage.removeDisk(id)`. Resolves with the image's size in bytes.
+   */
+  hibernate?(): Promise<{ bytes: number }>;
   /* --- ports (optional capability) ------------------------------------------------------------------------------ */
   /**
    * Connects to `port` on the sandbox's own loopback, from inside its network namespace, without giving the sandbox
@@ -222,6 +234,13 @@ export interface PersistentSandboxOptions extends StartOptions {
    * layer, shared, not copied).
    */
   storage?: { fromSnapshot: string | null };
+  /**
+   * `'hibernated'`: bring back the processes `hibernate()` saved for `spec.id` (executors with the `hibernate`
+   * capability); rejects with SANDBOX_STATE_LOST when no saved image is left (the caller then starts a new process
+   * tree on the files). When `storage.fromSnapshot` names a memory snapshot, the processes of the snapshot come back
+   * in the new sandbox the same way.
+   */
+  restore?: 'hibernated';
 }
 
 /** Files of persistent sandboxes kept on the host's disk (see sandbox/storage.ts). */

@@ -83,7 +83,7 @@ describe('SandboxAccounting', () => {
 });
 
 class FakeSandbox implements PersistentSandbox {
-  readonly capabilities = { pause: true, memorySnapshot: false };
+  readonly capabilities = { pause: true, memorySnapshot: false, hibernate: false };
   alive = true;
   constructor(readonly id: string) {}
   private end!: () => void;

@@ -16,7 +16,7 @@ import { SqliteSandboxStore } from '../store/sandboxes-sqlite.js';
 import { SandboxService } from './sandboxes.js';
 
 class FakeSandbox implements PersistentSandbox {
-  readonly capabilities = { pause: true, memorySnapshot: false };
+  readonly capabilities = { pause: true, memorySnapshot: false, hibernate: false };
   alive = true;
   paused = false;
   readonly commands: SandboxCommandRequest[] = [];

@@ -60,7 +60,7 @@ export async function startDockerPersistentSandbox(deps: DockerPersistentDeps, s
 
 class DockerPersistentSandbox implements PersistentSandbox {
   readonly id: string;
-  readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false };
+  readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false, hibernate: false };
   readonly disposed: Promise<void>;
   private ended = false;
   /** Exec id -> what resolves that command's exit (from the exec_die event). */

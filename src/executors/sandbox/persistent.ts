@@ -121,7 +121,7 @@ interface PendingCommand {
 }
 
 class BwrapPersistentSandbox implements PersistentSandbox {
-  readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false };
+  readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false, hibernate: false };
   readonly disposed: Promise<void>;
   private ended = false;
   private readonly control: Writable;
