@@ -106,6 +106,52 @@ describe('sandbox pty (sandbox executor)', { skip: unavailable ?? false }, () =>
     }
   });
 
+  test('a browser-style client offers the key as a subprotocol: the terminal opens, the answer never names the key; a wrong key, another route or a proxied port do not take it', async () => {
+    const sb = await k.sandboxes.create({ runtime: 'python' });
+    const base = server.url.replace(/^http/, 'ws');
+    const keyProtocol = (value: string): string => `kindling.key.${Buffer.from(value).toString('base64url')}`;
+    /** Opens a socket; resolves with its answer: the protocol chosen, or the HTTP status it was refused with. */
+    const connect = (path: string, protocols: string[]): Promise<{ socket: WebSocket; protocol: string } | { status: number }> =>
+      new Promise((resolve, reject) => {
+        const socket = new WebSocket(`${base}${path}`, protocols);
+        socket.once('open', () => resolve({ socket, protocol: socket.protocol }));
+        socket.once('unexpected-response', (_request, response) => {
+          resolve({ status: response.statusCode ?? 0 });
+          response.resume();
+          socket.terminate();
+        });
+        socket.once('error', reject);
+      });
+    try {
+      const opened = await connect(`/v1/sandboxes/${sb.id}/pty`, ['kindling.pty', keyProtocol(key)]);
+      assert.ok('socket' in opened, `refused: ${JSON.stringify(opened)}`);
+      assert.equal(opened.protocol, 'kindling.pty');
+      const messages: string[] = [];
+      const closed = new Promise<void>((resolve) => opened.socket.once('close', () => resolve()));
+      opened.socket.on('message', (data: Buffer, isBinary: boolean) => {
+        if (!isBinary) messages.push(data.toString());
+      });
+      opened.socket.send(JSON.stringify({ cols: 80, rows: 24, command: ['sh', '-c', 'exit 7'] }));
+      await closed;
+      assert.deepEqual(messages.map((m) => JSON.parse(m) as unknown), [{ type: 'started' }, { type: 'exit', exitCode: 7 }]);
+
+      // Offered first, the key is still not the protocol answered (an answer is visible to whatever sits in between).
+      const keyFirst = await connect(`/v1/sandboxes/${sb.id}/pty`, [keyProtocol(key), 'kindling.pty']);
+      assert.ok('socket' in keyFirst, `refused: ${JSON.stringify(keyFirst)}`);
+      assert.equal(keyFirst.protocol, 'kindling.pty');
+      keyFirst.socket.terminate();
+      assert.deepEqual(await connect(`/v1/sandboxes/${sb.id}/pty`, ['kindling.pty', keyProtocol('kdl_wrong')]), { status: 401 });
+      assert.deepEqual(await connect(`/v1/sandboxes/${sb.id}/pty`, ['kindling.pty']), { status: 401 });
+      // The ports route passes subprotocols on to the sandbox's server: it must not take (and so invite) a key there.
+      assert.deepEqual(await connect(`/v1/sandboxes/${sb.id}/ports/8080/`, ['chat', keyProtocol(key)]), { status: 401 });
+      // A plain HTTP request with the header is not a WebSocket: only Authorization counts.
+      const plain = await fetch(`${server.url}/v1/sandboxes/${sb.id}`, { headers: { 'sec-websocket-protocol': `kindling.pty, ${keyProtocol(key)}` } });
+      assert.equal(plain.status, 401);
+    } finally {
+      await sb.kill();
+    }
+  });
+
   test('a client that reads nothing holds up the terminal, not the server: the program blocks once ~1 MiB waits for it', async () => {
     const sb = await k.sandboxes.create({ runtime: 'python' });
     // Writes 64 KiB blocks to the terminal as fast as it can and records how many bytes it got rid of.

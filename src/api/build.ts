@@ -7,7 +7,7 @@ import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { ExecutorName } from '../core/types.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { makeAuthenticator, matchesSecret } from './auth.js';
+import { makeAuthenticator, matchesSecret, selectWebSocketProtocol } from './auth.js';
 import { ByteLimit } from './raw-body.js';
 import { HostGuard, type AllowedHost } from './host-guard.js';
 import type { Principal, TenantService } from '../orchestrator/tenants.js';
@@ -21,7 +21,7 @@ import { registerHealthRoutes, type HealthRouteOptions } from './routes/health.j
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
-import { registerSandboxPtyRoute } from './routes/sandbox-pty.js';
+import { registerSandboxPtyRoute, SANDBOX_PTY_ROUTE } from './routes/sandbox-pty.js';
 import type { SandboxService } from '../orchestrator/sandboxes.js';
 import { addExamples } from './openapi-examples.js';
 import { ErrorResponseSchema, PoolsSchema } from './schemas.js';
@@ -181,7 +181,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   // WebSockets (GET /v1/execute/ws): the upgrade request goes through the hooks below, the auth hook included. One
   // message is at most a JSON body's size; total stdin is bounded by --max-stream-bytes in the route.
-  await app.register(websocket, { options: { maxPayload: options.maxBodyBytes } });
+  // The answered subprotocol is never a key the console offered as one (see protocolKey in auth.ts).
+  await app.register(websocket, { options: { maxPayload: options.maxBodyBytes, handleProtocols: selectWebSocketProtocol } });
 
   // A DELETE (or GET) without a body but with "Content-Type: application/json" (some HTTP clients always send it) is not
   // a malformed JSON body: the header goes, so no parser runs.
@@ -219,7 +220,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   // which may be percent-encoded), and an unmatched URL needs the key too, so probing reveals nothing. Everything
   // here is answered from memory: the key's hash in a map, the tenant's token bucket, a content-length comparison.
   const tenants = options.tenants;
-  const authenticate = makeAuthenticator(tenants);
+  const authenticate = makeAuthenticator(tenants, new Set([SANDBOX_PTY_ROUTE]));
   const metricsToken = options.metricsToken;
   app.decorateRequest('principal', null as unknown as Principal);
   app.decorateRequest('scope', null as unknown as TenantScope);

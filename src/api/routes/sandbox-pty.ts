@@ -73,7 +73,7 @@ export function registerSandboxPtyRoute(app: FastifyInstance, options: { sandbox
         summary: 'Interactive terminal (PTY) in a sandbox over a WebSocket',
         params: SandboxIdParamsSchema,
         description: [
-          'Upgrade with `Authorization: Bearer KEY`; an unknown id or another tenant\'s answers 404 SANDBOX_NOT_FOUND before the upgrade.',
+          'Upgrade with `Authorization: Bearer KEY`, or (a browser cannot set that header) offer the key as the subprotocol `kindling.key.BASE64URL(KEY)` after a real one such as `kindling.pty` (the answer names that one, never the key); an unknown id or another tenant\'s answers 404 SANDBOX_NOT_FOUND before the upgrade.',
           'Client → server: the first message is {"cols","rows","command"?,"env"?} as JSON text (default command: bash, else sh; cols/rows 1..1000), within 30 s; then binary messages are terminal input (Ctrl-C is byte 0x03) and the text {"type":"resize","cols","rows"} resizes. At most 64 KiB per message and 64 MiB in all.',
           'Server → client: {"type":"started"}, then binary messages with the terminal\'s output, then {"type":"exit","exitCode"} and close 1000.',
           'Errors: {"type":"error","status","error":{"code","message"},"requestId"} (status: the HTTP status the code has elsewhere) then close 1008 (the client\'s fault, e.g. 409 SANDBOX_PTY_UNSUPPORTED: the image has no python3), 1009 (message or input too large) or 1011 (the server\'s). Closing the socket kills the terminal\'s process tree.',
