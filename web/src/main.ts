@@ -1,81 +1,15 @@
 /**
  * The Kindling console: plain TypeScript on the DOM. Every API call carries the key from the sign-in form as
- * `Authorization: Bearer` (kept in sessionStorage: this tab only). Lists refresh every few seconds.
+ * `Authorization: Bearer` (kept in sessionStorage: this tab only; see api.ts). Lists refresh every few seconds.
  */
 import './style.css';
+import { api, ApiError, json, rememberKey, session } from './api.js';
+import { $, fill, row } from './dom.js';
+import { loadSandboxes, resetSandboxes } from './sandboxes.js';
 
-const KEY_STORAGE = 'kindling.apiKey';
 const REFRESH_MS = 3000;
 
-const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
-  const element = document.getElementById(id);
-  if (!element) throw new Error(`#${id} is missing`);
-  return element as T;
-};
-
-let apiKey: string | null = sessionStorage.getItem(KEY_STORAGE);
 let timer: number | undefined;
-
-class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-async function api(path: string, init: RequestInit = {}): Promise<Response> {
-  const headers = new Headers(init.headers);
-  if (apiKey) headers.set('authorization', `Bearer ${apiKey}`);
-  const response = await fetch(path, { ...init, headers });
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      const body = (await response.json()) as { error?: { code?: string; message?: string } };
-      if (body.error) message = `${body.error.code}: ${body.error.message}`;
-    } catch {
-      // not JSON
-    }
-    if (response.status === 401) signOut(message);
-    throw new ApiError(response.status, message);
-  }
-  return response;
-}
-
-const json = async <T>(path: string, init?: RequestInit): Promise<T> => (await (await api(path, init)).json()) as T;
-
-/** Builds a table row of text cells (never HTML from data). */
-function row(cells: (string | number | { text: string; className?: string; num?: boolean })[]): HTMLTableRowElement {
-  const tr = document.createElement('tr');
-  for (const cell of cells) {
-    const td = document.createElement('td');
-    if (typeof cell === 'object') {
-      td.textContent = cell.text;
-      if (cell.className) td.className = cell.className;
-      if (cell.num) td.classList.add('num');
-    } else {
-      td.textContent = String(cell);
-      if (typeof cell === 'number') td.className = 'num';
-    }
-    tr.append(td);
-  }
-  return tr;
-}
-
-function fill(tbodyId: string, rows: HTMLTableRowElement[], empty: string, columns: number): void {
-  const body = $(tbodyId);
-  if (rows.length === 0) {
-    const tr = document.createElement('tr');
-    const td = document.createElement('td');
-    td.colSpan = columns;
-    td.className = 'hint';
-    td.textContent = empty;
-    tr.append(td);
-    rows = [tr];
-  }
-  body.replaceChildren(...rows);
-}
 
 const time = (ms: number): string => new Date(ms).toLocaleTimeString();
 const fmt = (n: number | null, digits = 1): string => (n === null ? '—' : n.toFixed(digits));
@@ -382,7 +316,7 @@ $('logs-output').addEventListener('keydown', (event) => {
 });
 
 async function refresh(): Promise<void> {
-  const results = await Promise.allSettled([loadFunctions(), loadInvocations(), loadPools(), loadUsage(), loadCharts()]);
+  const results = await Promise.allSettled([loadFunctions(), loadInvocations(), loadSandboxes(), loadPools(), loadUsage(), loadCharts()]);
   for (const result of results) if (result.status === 'rejected' && !(result.reason instanceof ApiError && result.reason.status === 401)) console.warn(result.reason);
 }
 
@@ -410,13 +344,13 @@ const SESSION_TEXT_IDS = ['whoami', 'deploy-status', 'invoke-meta', 'invoke-outp
 function signOut(message = ''): void {
   stopFollowing();
   shownFunctions = '';
-  apiKey = null;
+  rememberKey(null);
+  resetSandboxes();
   for (const id of SESSION_TEXT_IDS) $(id).textContent = '';
   $<HTMLSelectElement>('inv-function').replaceChildren();
   $<HTMLFormElement>('deploy-form').reset();
   $<HTMLFormElement>('invoke-form').reset();
   for (const id of ['chart-rate', 'chart-latency', 'chart-cold']) $(id).replaceChildren();
-  sessionStorage.removeItem(KEY_STORAGE);
   window.clearInterval(timer);
   $('app').hidden = true;
   $('nav').hidden = true;
@@ -428,7 +362,7 @@ function signOut(message = ''): void {
 $<HTMLFormElement>('login-form').addEventListener('submit', async (event) => {
   event.preventDefault();
   const input = $<HTMLInputElement>('api-key');
-  apiKey = input.value.trim() || null;
+  session.apiKey = input.value.trim() || null;
   $('login-status').textContent = '';
   try {
     await api('/v1/functions');
@@ -436,7 +370,7 @@ $<HTMLFormElement>('login-form').addEventListener('submit', async (event) => {
     $('login-status').textContent = error instanceof Error ? error.message : String(error);
     return;
   }
-  if (apiKey) sessionStorage.setItem(KEY_STORAGE, apiKey);
+  rememberKey(session.apiKey);
   input.value = '';
   showApp();
   $('functions-title').focus();
@@ -546,5 +480,6 @@ $('usage-csv').addEventListener('click', async () => {
 });
 
 $('functions-title').tabIndex = -1;
-if (apiKey !== null) showApp();
+session.onUnauthorized = (message) => signOut(message);
+if (session.apiKey !== null) showApp();
 else $<HTMLInputElement>('api-key').focus();
