@@ -3,13 +3,14 @@
  * server on the sandbox executor (real bubblewrap): the list shows what the API made, with its state; pause, create,
  * fork and delete from the page change what the API reports; a terminal (xterm.js over the PTY WebSocket, the key as
  * a subprotocol) runs a command, Ctrl-C stops a sleep, the exit code shows and Reconnect opens a new session; the file
- * browser lists, opens directories, downloads, uploads and deletes; an error answer shows the API's code. Skips only
- * when /usr/bin/chromium or bubblewrap is missing (scripts/setup.sh installs both); in CI it must run.
+ * browser lists, opens directories, downloads, uploads and deletes; an error answer shows the API's code. Saves
+ * test-results/console-sandboxes.png (the page with a terminal session). Skips only when /usr/bin/chromium or
+ * bubblewrap is missing (scripts/setup.sh installs both); in CI it must run.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -21,6 +22,7 @@ import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } f
 
 const CHROMIUM = '/usr/bin/chromium';
 const KEY = 'console-sandboxes-test-key';
+const RESULTS_DIR = new URL('../../test-results/', import.meta.url).pathname;
 
 function unavailableReason(): string | null {
   if (!existsSync(CHROMIUM)) return skipOrFail('chromium', `${CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh does)`);
@@ -159,11 +161,22 @@ describe('console: the Sandboxes page in headless Chromium', { skip: unavailable
       const screen = page.locator('#terminal .xterm-rows');
       const lines = async (): Promise<string[]> => screen.locator(':scope > div').allTextContents();
 
-      // The keys go to xterm's focused input: typed as a user would.
+      /** Waits for a line of the terminal's screen to match; a timeout shows the screen. */
+      const untilLine = async (test: (line: string) => boolean, what: string): Promise<void> => {
+        let shown: string[] = [];
+        try {
+          await waitFor(async () => (shown = await lines()).some(test), 15_000, what);
+        } catch (error) {
+          throw new Error(`${(error as Error).message}; the terminal shows ${JSON.stringify(shown)}`);
+        }
+      };
+      const prompt = (what: string): Promise<void> => untilLine((line) => /\$\s*$/.test(line), `the shell's prompt ${what}`);
+      // The keys go to xterm's focused input: typed as a user would, once the shell is there.
+      await prompt('at the start');
       await page.locator('#terminal').click();
       await page.keyboard.type('echo $((6*7))');
       await page.keyboard.press('Enter');
-      await waitFor(async () => (await lines()).some((line) => line.trim() === '42'), 15_000, `a line "42" in the terminal: ${JSON.stringify(await lines())}`);
+      await untilLine((line) => line.trim() === '42', 'a line "42"');
 
       const sleeper = `sleep 100${Math.floor(Math.random() * 9000) + 1000}`;
       await page.keyboard.type(sleeper);
@@ -173,7 +186,7 @@ describe('console: the Sandboxes page in headless Chromium', { skip: unavailable
       await waitFor(async () => processesWith(sleeper).length === 0, 15_000, 'Ctrl-C ended the sleep');
       await page.keyboard.type('echo back$((40+2))');
       await page.keyboard.press('Enter');
-      await waitFor(async () => (await lines()).some((line) => line.trim() === 'back42'), 15_000, `the shell answers after Ctrl-C: ${JSON.stringify(await lines())}`);
+      await untilLine((line) => line.trim() === 'back42', 'the shell answers after Ctrl-C');
 
       await page.keyboard.type('exit 3');
       await page.keyboard.press('Enter');
@@ -181,10 +194,13 @@ describe('console: the Sandboxes page in headless Chromium', { skip: unavailable
 
       await page.getByRole('button', { name: 'Reconnect' }).click();
       await textOf('#terminal-status', `Connected to ${sb.id}`, 30_000);
+      await prompt('of the new session');
       await page.locator('#terminal').click();
       await page.keyboard.type('echo again$((1+1))');
       await page.keyboard.press('Enter');
-      await waitFor(async () => (await lines()).some((line) => line.trim() === 'again2'), 15_000, `the new session answers: ${JSON.stringify(await lines())}`);
+      await untilLine((line) => line.trim() === 'again2', 'the new session answers');
+      await mkdir(RESULTS_DIR, { recursive: true });
+      await page.locator('#sandboxes').screenshot({ path: join(RESULTS_DIR, 'console-sandboxes.png') });
       // The sandbox lives on after the sessions.
       assert.equal((await sb.commands.run(['echo', 'alive'])).stdout, 'alive\n');
     } finally {

@@ -101,6 +101,7 @@ async function openSandbox(id: string): Promise<void> {
     filesPath = '/work';
   }
   opened = id;
+  say('sandboxes-status', '');
   $('sandbox-detail').hidden = false;
   $('sandbox-title').textContent = `Sandbox ${id}`;
   say('sandbox-status', '');
