@@ -199,6 +199,10 @@ describe('console: the Sandboxes page in headless Chromium', { skip: unavailable
       await page.keyboard.type('echo again$((1+1))');
       await page.keyboard.press('Enter');
       await untilLine((line) => line.trim() === 'again2', 'the new session answers');
+      // Keyboard users are not trapped: Tab completes in the shell, Escape then Tab moves on to the Reconnect button.
+      await page.keyboard.press('Escape');
+      await page.keyboard.press('Tab');
+      assert.equal(await page.evaluate(() => document.activeElement?.id), 'terminal-connect');
       await mkdir(RESULTS_DIR, { recursive: true });
       await page.locator('#sandboxes').screenshot({ path: join(RESULTS_DIR, 'console-sandboxes.png') });
       // The sandbox lives on after the sessions.

@@ -33,6 +33,18 @@ export class ConsoleTerminal {
     this.term.loadAddon(this.fit);
     this.term.open(container);
     this.fit.fit();
+    // Tab belongs to the shell (completion), so the terminal would trap keyboard users: Escape then Tab leaves it, as in
+    // the code editor (the Escape still reaches the program; the Tab is left to the browser, which moves the focus).
+    let escaped = false;
+    this.term.attachCustomKeyEventHandler((event) => {
+      if (event.type !== 'keydown') return true;
+      if (event.key === 'Tab' && escaped) {
+        escaped = false;
+        return false;
+      }
+      escaped = event.key === 'Escape';
+      return true;
+    });
     this.term.onData((data) => this.send(this.encoder.encode(data)));
     this.term.onResize(({ cols, rows }) => this.send(JSON.stringify({ type: 'resize', cols, rows })));
     // The container follows the page's width: the terminal follows the container (its size reaches the sandbox's pty).
