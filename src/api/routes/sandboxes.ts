@@ -21,6 +21,7 @@ import {
   SandboxIdParamsSchema,
   SandboxListQuerySchema,
   SandboxListSchema,
+  UpdateSandboxRequestSchema,
   SandboxPathQuerySchema,
   SandboxSchema,
   ForkRequestSchema,
@@ -58,8 +59,26 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
 
   app.get<{ Querystring: Static<typeof SandboxListQuerySchema> }>(
     '/v1/sandboxes',
-    { schema: { tags, summary: "The caller's tenant's sandboxes (stopped ones are listed for an hour)", querystring: SandboxListQuerySchema, response: { 200: SandboxListSchema, ...errors } } },
-    async (request) => ({ sandboxes: service.list(request.principal.tenant, request.query.state) }),
+    {
+      schema: {
+        tags,
+        summary: "The caller's tenant's sandboxes (stopped ones are listed for an hour), filtered by state and metadata",
+        description: '`?state=` one state; `?metadata.KEY=VALUE` (repeatable with other keys, at most 16): only sandboxes whose metadata has KEY exactly equal to VALUE; every pair must match.',
+        querystring: SandboxListQuerySchema,
+        response: { 200: SandboxListSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const query = request.query as Record<string, string>;
+      const metadata = Object.fromEntries(Object.entries(query).filter(([key]) => key.startsWith('metadata.')).map(([key, value]) => [key.slice('metadata.'.length), value]));
+      return { sandboxes: service.list(request.principal.tenant, { ...(request.query.state === undefined ? {} : { state: request.query.state }), metadata }) };
+    },
+  );
+
+  app.patch<{ Params: IdParams; Body: Static<typeof UpdateSandboxRequestSchema> }>(
+    '/v1/sandboxes/:id',
+    { schema: { tags, summary: 'Set the time left to live (timeoutMs from now, as E2B\'s setTimeout) or the idle timeout', params: SandboxIdParamsSchema, body: UpdateSandboxRequestSchema, response: { 200: SandboxSchema, ...errors } } },
+    async (request) => service.update(request.principal.tenant, request.params.id, request.body),
   );
 
   app.get<{ Params: IdParams }>(
@@ -88,6 +107,21 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
     '/v1/sandboxes/:id/resume',
     { schema: { tags, summary: 'Thaw a paused sandbox; idempotent', params: SandboxIdParamsSchema, body: { type: 'object', additionalProperties: false, nullable: true, examples: [{}] }, response: { 200: SandboxSchema, ...errors } } },
     async (request) => service.resume(request.principal.tenant, request.params.id),
+  );
+
+  app.post<{ Params: IdParams }>(
+    '/v1/sandboxes/:id/hibernate',
+    {
+      schema: {
+        tags,
+        summary: 'Hibernate the sandbox: it holds no RAM until resumed; idempotent',
+        description: 'Where the executor can save processes and memory (capability hibernate) they come back on resume or the next command (hibernation.processesKept: true); elsewhere the files are kept and the processes end (processesKept: false: a resume starts a new process tree). Not counted against maxPausedSandboxes; the sandbox keeps its disk. A command on it resumes it unless autoResume is false (409 SANDBOX_PAUSED). Executors that keep no files once the processes end answer 400 SANDBOXES_UNSUPPORTED.',
+        params: SandboxIdParamsSchema,
+        body: { type: 'object', additionalProperties: false, nullable: true, examples: [{}] },
+        response: { 200: SandboxSchema, ...errors },
+      },
+    },
+    async (request) => service.hibernate(request.principal.tenant, request.params.id),
   );
 
   /* Commands: foreground (JSON or SSE), background handles, their logs (SSE) and kill ---------------------------- */
