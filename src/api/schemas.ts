@@ -516,6 +516,15 @@ export const SandboxCommandSchema = Type.Object(
 export const SandboxCommandListSchema = Type.Object({ commands: Type.Array(SandboxCommandSchema) });
 
 export const SandboxFileWrittenSchema = Type.Object({ path: Type.String(), size: Type.Integer() });
+export const SandboxMkdirRequestSchema = Type.Object(
+  {
+    path: Type.String({ minLength: 1, maxLength: 4096, description: 'Directory to make; relative paths start at /work. ".." is refused.' }),
+    parents: Type.Optional(Type.Boolean({ description: 'Default true: missing parents are made too (mkdir -p); false: a missing parent is 404 SANDBOX_FILE_NOT_FOUND.' })),
+  },
+  { additionalProperties: false, examples: [{ path: 'data/raw' }] },
+);
+export const SandboxMkdirResultSchema = Type.Object({ path: Type.String(), created: Type.Boolean({ description: 'False when the directory existed already.' }) });
+export const SandboxTarWrittenSchema = Type.Object({ path: Type.String(), entries: Type.Integer({ description: 'Entries extracted (files, directories, links).' }), bytes: Type.Integer({ description: 'Bytes of file contents.' }) });
 export const SandboxFileListSchema = Type.Object({
   path: Type.String(),
   entries: Type.Array(

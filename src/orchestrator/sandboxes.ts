@@ -34,6 +34,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { SandboxAccounting, type SandboxMeterHooks } from './sandbox-accounting.js';
 import type { SandboxQuotas } from './sandbox-quotas.js';
 import { PTY_MAX_DIMENSION, PTY_RELAY, PtySession } from './sandbox-pty.js';
+import { TarGuard } from './tar-guard.js';
 
 export interface CreateSandboxRequest {
   runtime?: string;
@@ -766,12 +767,104 @@ export class SandboxService {
    */
   async readFile(tenant: string, id: string, path: string): Promise<Readable> {
     const target = this.cleanPath(path, 'path');
+    return this.streamOut(tenant, id, target, ['sh', '-c', '[ -d "$1" ] && { echo "is a directory" >&2; exit 4; }; exec cat -- "$1"', 'kindling-read', target]);
+  }
+
+  /**
+   * A tar archive (GNU tar, inside the sandbox) of the directory `path`, streamed: names relative to it, symlinks
+   * kept as symlinks (never followed), numeric owners. Rejects with a 4xx when it is not a directory.
+   */
+  async readTar(tenant: string, id: string, path: string): Promise<Readable> {
+    const target = this.cleanPath(path, 'path');
+    return this.streamOut(tenant, id, target, ['sh', '-c', '[ -d "$1" ] || { [ -e "$1" ] && { echo "not a directory" >&2; exit 4; }; echo "No such file" >&2; exit 1; }; exec tar -C "$1" --numeric-owner -cf - .', 'kindling-tar-read', target]);
+  }
+
+  /**
+   * Makes the directory `path` (with its parents unless `parents` is false: then a missing parent is 404). Answers
+   * whether it was made; an existing directory is fine, an existing file is 400.
+   */
+  async mkdir(tenant: string, id: string, path: string, parents = true): Promise<{ path: string; created: boolean }> {
+    const target = this.cleanPath(path, 'path');
+    return this.withCommand(tenant, id, true, async (entry) => {
+      const command = await entry.sandbox.exec({
+        command: ['sh', '-c', '[ -d "$1" ] && { echo exists; exit 0; }; [ -e "$1" ] || [ -L "$1" ] && { echo "exists and is not a directory" >&2; exit 4; }; if [ "$2" = 1 ]; then mkdir -p -- "$1" || exit 5; else [ -d "${1%/*}/" ] || { echo "No such file: parent" >&2; exit 1; }; mkdir -- "$1" || exit 5; fi', 'kindling-mkdir', target, parents ? '1' : '0'],
+        env: {},
+        workdir: WORKDIR,
+        stdin: false,
+      });
+      const out = collect(command.stdout, 64);
+      const err = collect(command.stderr, 4096);
+      const exit = await command.wait();
+      const [stdout, stderr] = await Promise.all([out, err]);
+      if (exit.exitCode === 4) throw new KindlingError('SANDBOX_PATH_INVALID', `${target} exists and is not a directory`, { details: { path: target } });
+      if (exit.exitCode !== 0) throw fileError(target, exit.exitCode, stderr.text, entry.record.limits.diskMb);
+      return { path: target, created: stdout.text.trim() !== 'exists' };
+    });
+  }
+
+  /**
+   * Extracts a tar archive streamed in `body` into the directory `path` (made when missing), inside the sandbox.
+   * Each entry is checked as it passes (tar-guard.ts: nothing may leave the directory, no devices); the archive is
+   * extracted into a staging directory beside the files and merged in (hard links, no copy) only once all of it was
+   * read and accepted, so a refused or broken archive changes nothing. Bounded by the sandbox's diskMb.
+   */
+  async writeTar(tenant: string, id: string, path: string, body: Readable): Promise<{ path: string; entries: number; bytes: number }> {
+    const target = this.cleanPath(path, 'path');
+    return this.withCommand(tenant, id, true, async (entry) => {
+      const stage = `${target === '/' ? '' : target}/.kindling-upload-${newId('tar')}`;
+      const command = await entry.sandbox.exec({
+        command: [
+          'sh',
+          '-c',
+          '[ -d "$1" ] || { [ -e "$1" ] && { echo "exists and is not a directory" >&2; exit 4; }; mkdir -p -- "$1" || exit 5; }; mkdir -- "$2" || exit 5; ' +
+            'tar -x --no-same-owner --delay-directory-restore -C "$2" -f - || { rm -rf -- "$2"; exit 5; }; ' +
+            'cp -a -l --remove-destination -- "$2"/. "$1"/ || { rm -rf -- "$2"; exit 6; }; rm -rf -- "$2"',
+          'kindling-tar-write',
+          target,
+          stage,
+        ],
+        env: {},
+        workdir: WORKDIR,
+        stdin: true,
+      });
+      const guard = new TarGuard();
+      let refused: unknown = null;
+      const fail = (error: unknown): void => {
+        refused ??= error;
+        // tar must not see the end of a refused archive as a complete one: it is killed (and the staging dir goes).
+        command.kill();
+      };
+      guard.on('error', fail);
+      body.on('error', fail);
+      body.pipe(guard).pipe(command.stdin!);
+      const err = collect(command.stderr, 4096);
+      command.stdout.resume();
+      const exit = await command.wait();
+      const stderr = await err;
+      if (refused !== null) {
+        await this.cleanupPartial(entry, stage);
+        throw refused;
+      }
+      if (exit.exitCode === 4) throw new KindlingError('SANDBOX_PATH_INVALID', `${target} exists and is not a directory`, { details: { path: target } });
+      if (exit.exitCode !== 0) {
+        await this.cleanupPartial(entry, stage);
+        // GNU tar reports a full disk as a short write ("Wrote only N of M bytes") as often as by errno.
+        if (/No space left|Disk quota|Wrote only/i.test(stderr.text)) throw new KindlingError('SANDBOX_DISK_FULL', `the archive does not fit in the sandbox's writable space (diskMb ${entry.record.limits.diskMb}); nothing was kept`, { details: { path: target, diskMb: entry.record.limits.diskMb } });
+        const message = stderr.text.trim().split('\n').pop()?.slice(0, 300) ?? '';
+        throw new KindlingError('SANDBOX_TAR_INVALID', `extracting into ${target} failed: ${message || `tar exited with ${exit.exitCode}`}`, { details: { path: target } });
+      }
+      return { path: target, ...guard.summary };
+    });
+  }
+
+  /** Runs `command` (which writes the content to stdout) and answers its output as a stream once the first byte or the end arrived. */
+  private async streamOut(tenant: string, id: string, target: string, argv: string[]): Promise<Readable> {
     const entry = await this.liveEntry(tenant, id);
     await this.beforeCommand(entry, true);
     entry.busy++;
     let command: SandboxCommand;
     try {
-      command = await entry.sandbox.exec({ command: ['sh', '-c', '[ -d "$1" ] && { echo "is a directory" >&2; exit 4; }; exec cat -- "$1"', 'kindling-read', target], env: {}, workdir: WORKDIR, stdin: false });
+      command = await entry.sandbox.exec({ command: argv, env: {}, workdir: WORKDIR, stdin: false });
     } catch (error) {
       this.done(entry);
       throw error;
@@ -797,7 +890,7 @@ export class SandboxService {
   }
 
   private async cleanupPartial(entry: Live, target: string): Promise<void> {
-    const command = await entry.sandbox.exec({ command: ['rm', '-f', '--', target], env: {}, workdir: WORKDIR, stdin: false });
+    const command = await entry.sandbox.exec({ command: ['rm', '-rf', '--', target], env: {}, workdir: WORKDIR, stdin: false });
     command.stdout.resume();
     command.stderr.resume();
     await command.wait();
