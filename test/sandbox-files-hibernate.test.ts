@@ -3,7 +3,8 @@
  * persistent sandboxes on the sandbox executor (real bubblewrap), through the TypeScript SDK against a started server.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
@@ -23,6 +24,19 @@ function processesWith(marker: string): number[] {
     .split('\n')
     .filter((line) => line.includes(marker) && !line.includes('ps -eo'))
     .map((line) => Number(line.trim().split(/\s+/)[0]));
+}
+
+const CLI = new URL('../src/main.js', import.meta.url).pathname;
+
+/** Runs the CLI with a clean environment; resolves with stdout/stderr/exit code. */
+async function cli(args: string[], env: Record<string, string>): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)('node', [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env } });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const failed = error as { stdout: string; stderr: string; code: number };
+    return { stdout: failed.stdout, stderr: failed.stderr, code: failed.code };
+  }
 }
 
 async function readAll(stream: ReadableStream<Uint8Array>): Promise<Buffer> {
@@ -158,6 +172,42 @@ describe('sandbox files (mkdir, tar, streams), hibernation, timeout and filters 
     } finally {
       await one.kill();
       await two.kill();
+    }
+  });
+
+  test('CLI: cp of directories both ways (tar), mkdir, set-timeout, ls --state --metadata, hibernate', async () => {
+    const env = { KINDLING_URL: server.url, KINDLING_API_KEY: apiKey };
+    const created = await cli(['sandbox', 'create', '--image', 'kindling/base', '-m', 'via=cli-dir'], env);
+    assert.equal(created.code, 0, created.stderr);
+    const id = created.stdout.trim();
+    try {
+      const src = await hostDir();
+      await mkdir(join(src, 'sub'), { recursive: true });
+      await writeFile(join(src, 'sub', 'a.txt'), 'alpha');
+      await writeFile(join(src, 'b.txt'), 'beta');
+      const up = await cli(['sandbox', 'cp', src, `${id}:/work/copied`], env);
+      assert.equal(up.code, 0, up.stderr);
+      assert.match(up.stderr, /9 bytes -> .*:\/work\/copied/);
+      assert.equal((await cli(['sandbox', 'exec', id, '--', 'cat', 'copied/sub/a.txt', 'copied/b.txt'], env)).stdout, 'alphabeta');
+      const dest = join(await hostDir(), 'out');
+      const down = await cli(['sandbox', 'cp', '-r', `${id}:/work/copied`, dest], env);
+      assert.equal(down.code, 0, down.stderr);
+      assert.equal(execFileSync('cat', [join(dest, 'sub', 'a.txt'), join(dest, 'b.txt')], { encoding: 'utf8' }), 'alphabeta');
+      const made = await cli(['sandbox', 'mkdir', id, 'x/y/z'], env);
+      assert.deepEqual([made.code, made.stdout], [0, '/work/x/y/z\n']);
+      const timeout = await cli(['sandbox', 'set-timeout', id, '120000', '--idle-timeout-ms', '60000'], env);
+      assert.equal(timeout.code, 0, timeout.stderr);
+      assert.match(timeout.stdout, /idle timeout 60000 ms/);
+      const nothing = await cli(['sandbox', 'set-timeout', id], env);
+      assert.notEqual(nothing.code, 0);
+      assert.match(nothing.stderr, /give the milliseconds/);
+      assert.match((await cli(['sandbox', 'ls', '--metadata', 'via=cli-dir'], env)).stdout, new RegExp(`^${id} +running`));
+      assert.equal((await cli(['sandbox', 'ls', '--metadata', 'via=other'], env)).stdout, '');
+      const hibernated = await cli(['sandbox', 'hibernate', id], env);
+      assert.equal(hibernated.stdout, `${id} hibernated (files kept; its processes ended)\n`);
+      assert.match((await cli(['sandbox', 'ls', '--state', 'hibernated'], env)).stdout, new RegExp(`^${id} +hibernated`, 'm'));
+    } finally {
+      await cli(['sandbox', 'rm', id], env);
     }
   });
 
