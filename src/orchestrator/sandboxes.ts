@@ -1124,7 +1124,7 @@ export class SandboxService {
   async deleteTenant(tenant: string): Promise<void> {
     await Promise.allSettled([...this.live.values()].filter((entry) => entry.record.tenant === tenant).map((entry) => this.stop(entry, 'tenant deleted')));
     for (const record of this.options.store.list(tenant)) {
-      if ((record.storage ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(record.id).catch(() => {});
+      if ((record.storage ?? null) !== null || (record.hibernation ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(record.id).catch(() => {});
       this.options.store.delete(record.id);
     }
     for (const snapshot of this.options.store.listSnapshots(tenant)) {
