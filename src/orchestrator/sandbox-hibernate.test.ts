@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { Duplex, PassThrough } from 'node:stream';
 import { after, describe, it } from 'node:test';
 import { KindlingError } from '../core/errors.js';
 import type { RunSpec } from '../core/types.js';
@@ -51,6 +51,10 @@ class FakeSandbox implements PersistentSandbox {
     stdout.end(this.restored ? 'restored' : 'fresh');
     stderr.end();
     return { stdin: null, stdout, stderr, wait: async () => ({ exitCode: 0, signal: null }), kill: () => {} };
+  }
+  async connectPort(): Promise<Duplex> {
+    if (!this.alive) throw new Error('connect to a dead sandbox');
+    return new PassThrough();
   }
   async pause(): Promise<void> {
     this.paused = true;
@@ -182,6 +186,25 @@ describe('SandboxService hibernation', () => {
     assert.equal(none.service.get('a', lost.id).state, 'running');
     await h.service.close();
     await none.service.close();
+  });
+
+  it('a port of a sandbox hibernated with its processes wakes it; one hibernated with files only answers not running', async () => {
+    const h = harness('hibernate');
+    const sb = await h.service.create('a', { image: 'kindling/base' });
+    await h.service.hibernate('a', sb.id);
+    const port = await h.service.openPort('a', sb.id, 8000);
+    port.stream.destroy();
+    port.release();
+    assert.equal(h.restores.length, 1);
+    assert.equal(h.service.get('a', sb.id).state, 'running');
+
+    const files = harness('files');
+    const kept = await files.service.create('a', { image: 'kindling/base' });
+    await files.service.hibernate('a', kept.id);
+    await assert.rejects(files.service.openPort('a', kept.id, 8000), code('SANDBOX_NOT_RUNNING'));
+    assert.equal(files.made.length, 1, 'not started again for a port nothing listens on');
+    await h.service.close();
+    await files.service.close();
   });
 
   it('stays hibernated across a server restart', async () => {

@@ -1065,7 +1065,11 @@ export class SandboxService {
     if (!Number.isInteger(port) || port < 1 || port > 65535) {
       throw new KindlingError('VALIDATION_FAILED', `port must be a whole number from 1 to 65535, got ${String(port).slice(0, 20)}`, { details: { field: 'port' } });
     }
-    const entry = this.entry(tenant, id);
+    // A sandbox hibernated with its processes saved gets them back first (its server may be one of them); without
+    // them there is nothing listening to wake it for.
+    const record = this.record(tenant, id);
+    const wake = record.state === 'hibernated' && record.hibernation?.processesKept === true && !this.live.has(id);
+    const entry = wake ? await this.liveEntry(tenant, id) : this.entry(tenant, id);
     if (entry.sandbox.connectPort === undefined) {
       throw new KindlingError('SANDBOXES_UNSUPPORTED', `the ${entry.record.executor} executor cannot reach a sandbox's ports in this version`, { details: { executor: entry.record.executor } });
     }

@@ -145,7 +145,7 @@ def test_async_streams_tar_and_terminal(server: Server) -> None:
     asyncio.run(main())
 
 
-def test_cli_free_tar_from_the_host_tar(k: Kindling, tmp_path: Path) -> None:
+def test_an_archive_of_the_hosts_gnu_tar_goes_in_as_it_is(k: Kindling, tmp_path: Path) -> None:
     """An archive of GNU tar on the host (long names, a symlink inside) goes in as it is."""
     (tmp_path / "src" / ("n" * 120)).mkdir(parents=True)
     (tmp_path / "src" / ("n" * 120) / "f.txt").write_text("deep")
