@@ -78,7 +78,12 @@ class AsyncPty:
             opening["env"] = dict(env)
         await pty._socket.send(json.dumps(opening))
         pty._reader = asyncio.get_running_loop().create_task(pty._read(on_data))
-        await asyncio.shield(pty._started)
+        try:
+            await asyncio.shield(pty._started)
+        except BaseException:
+            # Refused after the upgrade (no python3 in the image, bad size): nothing is left running.
+            await pty.kill()
+            raise
         return pty
 
     async def _read(self, on_data: OnData) -> None:

@@ -74,6 +74,11 @@ def test_streamed_writes_mkdir_tar_hibernate_timeout_filters(k: Kindling) -> Non
         assert [s["id"] for s in k.sandboxes.list(metadata={"suite": "py-files", "n": "1"})] == [sb.id]
         assert k.sandboxes.list(metadata={"suite": "py-files", "n": "2"}) == []
 
+        # The base image has no python3, which the terminal needs: refused over the socket, with the server's code.
+        with pytest.raises(kindling.ConflictError) as no_pty:
+            sb.pty.create(cols=80, rows=24)
+        assert no_pty.value.code == "SANDBOX_PTY_UNSUPPORTED"
+
         info = sb.hibernate()
         assert info["state"] == "hibernated" and info["hibernation"]["processesKept"] is False
         assert [s["id"] for s in k.sandboxes.list(state="hibernated", metadata={"suite": "py-files"})] == [sb.id]
