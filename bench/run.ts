@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox|sandboxes|functions|async|microvm|python] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python] [--runs N]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
@@ -20,9 +20,10 @@ import { runMicroVmGroup } from './microvm.js';
 import { runPythonGroup } from './python.js';
 import { runSandboxGroup } from './sandbox.js';
 import { runPersistentGroup } from './persistent.js';
+import { runSandboxFilesGroup } from './sandbox-files.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, functions: 2000, async: 100, microvm: 5, python: 500 };
-const GROUPS = ['docker', 'sandbox', 'sandboxes', 'functions', 'async', 'microvm', 'python'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500 };
+const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -31,7 +32,7 @@ interface Options {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|functions|async|microvm|python] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -107,6 +108,8 @@ async function main(): Promise<number> {
             ? await runSandboxGroup(ctx)
             : group === 'sandboxes'
               ? await runPersistentGroup(ctx)
+            : group === 'sandbox-files'
+              ? await runSandboxFilesGroup(ctx)
             : group === 'microvm'
               ? await runMicroVmGroup(ctx)
               : group === 'async'
@@ -142,6 +145,7 @@ async function main(): Promise<number> {
       docker: 'Docker executor (issue 2)',
       sandbox: 'Native sandbox executor (issue 3)',
       sandboxes: 'Persistent sandboxes, sandbox executor (issue 16)',
+      'sandbox-files': 'Persistent sandboxes: directory tar transfers and hibernation, sandbox executor (issue 16)',
       functions: 'Deployed functions, warm pools (issue 4)',
       async: 'Payloads and async invocations (issue 5)',
       microvm: 'MicroVM executor (issue 8)',

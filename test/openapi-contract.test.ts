@@ -68,6 +68,11 @@ const TS_COVERED: Record<string, string[]> = {
   'GET /v1/snapshots/{id}': ['sandboxes.getSnapshot'],
   'DELETE /v1/snapshots/{id}': ['sandboxes.deleteSnapshot'],
   'GET /v1/sandboxes/{id}/files/list': ['sandboxes.listFiles'],
+  'PATCH /v1/sandboxes/{id}': ['sandboxes.update', 'sandboxes.setTimeout'],
+  'POST /v1/sandboxes/{id}/hibernate': ['sandboxes.hibernate'],
+  'POST /v1/sandboxes/{id}/files/mkdir': ['sandboxes.mkdir'],
+  'GET /v1/sandboxes/{id}/files/tar': ['sandboxes.readTar'],
+  'PUT /v1/sandboxes/{id}/files/tar': ['sandboxes.writeTar'],
   ...Object.fromEntries(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'].map((method) => [`${method} /v1/sandboxes/{id}/ports/{port}/{path}`, ['sandboxes.fetchPort', 'sandboxes.portUrl']])),
 };
 /** Routes the TypeScript SDK leaves out on purpose, and why. */

@@ -32,7 +32,7 @@ export interface SendOptions {
   /** Sent as JSON when defined. */
   body?: unknown;
   /** Sent as is (bytes or UTF-8 text) when defined, with `contentType` (default application/octet-stream). */
-  rawBody?: Uint8Array | string;
+  rawBody?: Uint8Array | string | Blob | ReadableStream<Uint8Array>;
   contentType?: string;
   /** Extra request headers. */
   headers?: Record<string, string>;
@@ -154,7 +154,7 @@ export class HttpClient {
     const headers: Record<string, string> = { ...options.headers, accept: options.accept ?? 'application/json' };
     if (this.#apiKey !== undefined) headers.authorization = `Bearer ${this.#apiKey}`;
     if (this.#tenant !== undefined) headers['x-kindling-tenant'] = this.#tenant;
-    let body: string | Uint8Array | undefined;
+    let body: string | Uint8Array | Blob | ReadableStream<Uint8Array> | undefined;
     if (options.rawBody !== undefined) {
       body = options.rawBody;
       headers['content-type'] = options.contentType ?? 'application/octet-stream';
@@ -165,6 +165,8 @@ export class HttpClient {
     try {
       const init: RequestInit = { method: options.method, headers, signal: call.signal };
       if (body !== undefined) init.body = body as BodyInit;
+      // A streamed body is sent as it is read (fetch requires saying so).
+      if (body instanceof ReadableStream) (init as RequestInit & { duplex: 'half' }).duplex = 'half';
       const response = await this.#fetch(call.url, init);
       call.responseStarted();
       if (!response.ok && !(options.acceptStatuses ?? []).includes(response.status)) {

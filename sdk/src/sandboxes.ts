@@ -5,12 +5,16 @@ import { APIResource, type RequestOptions } from './resource.js';
 import { readSse } from './sse.js';
 import type { ExecutionResult, ExecutorName, Runtime } from './types.js';
 import { PtyHandle, type PtyCreateOptions } from './pty.js';
+import { uploadBody, type UploadData } from './upload.js';
 
 /** A persistent sandbox as the server describes it (`GET /v1/sandboxes/ID`). */
 export interface SandboxInfo {
   id: string;
-  /** `running`, `paused` (frozen: no CPU) or `stopped` (deleted, max lifetime, died, server restart). */
-  state: 'running' | 'paused' | 'stopped';
+  /**
+   * `running`, `paused` (frozen: no CPU), `hibernated` (no RAM held; see `hibernation`) or `stopped` (max lifetime,
+   * died, server restart).
+   */
+  state: 'running' | 'paused' | 'hibernated' | 'stopped';
   executor: string;
   image: string;
   runtime: string | null;
@@ -29,6 +33,26 @@ export interface SandboxInfo {
   usage: { cpuMs: number | null; memoryPeakBytes: number | null } | null;
   /** `persistent`: the files are on a disk of the sandbox's own, kept while it is stopped until it is deleted. */
   storage: { persistent: boolean; fromSnapshot: string | null };
+  /**
+   * While hibernated: `processesKept` true when the executor saved processes and memory (they come back on resume),
+   * false when only the files were kept (a resume starts a new process tree).
+   */
+  hibernation: { processesKept: boolean; bytes: number | null; at: string } | null;
+}
+
+/** `GET /v1/sandboxes` filters. */
+export interface ListSandboxesOptions extends RequestOptions {
+  state?: SandboxInfo['state'];
+  /** Only sandboxes whose metadata has every one of these pairs (exact values; at most 16 keys). */
+  metadata?: Record<string, string>;
+}
+
+/** `PATCH /v1/sandboxes/ID`. */
+export interface UpdateSandboxOptions extends RequestOptions {
+  /** The sandbox stops this long from now (extends or shortens its lifetime; within the server's cap). */
+  timeoutMs?: number;
+  /** A new idle timeout (auto-pause after this long without activity). */
+  idleTimeoutMs?: number;
 }
 
 /** A snapshot of a sandbox's files (`POST /v1/sandboxes/ID/snapshots`). Immutable; kept until deleted. */
@@ -182,10 +206,32 @@ export class Sandboxes extends APIResource {
     return new Sandbox(this, await this.get(id, options));
   }
 
-  /** `GET /v1/sandboxes`: the caller's tenant's sandboxes, optionally of one state. */
-  async list(options: RequestOptions & { state?: SandboxInfo['state'] } = {}): Promise<SandboxInfo[]> {
-    const query = options.state === undefined ? '' : `?state=${encodeURIComponent(options.state)}`;
-    return (await this.http.json<{ sandboxes: SandboxInfo[] }>({ method: 'GET', path: `/v1/sandboxes${query}`, ...call(options) })).sandboxes;
+  /** `GET /v1/sandboxes`: the caller's tenant's sandboxes, optionally of one state and with given metadata. */
+  async list(options: ListSandboxesOptions = {}): Promise<SandboxInfo[]> {
+    const query = new URLSearchParams();
+    if (options.state !== undefined) query.set('state', options.state);
+    for (const [key, value] of Object.entries(options.metadata ?? {})) query.set(`metadata.${key}`, value);
+    const text = query.toString();
+    return (await this.http.json<{ sandboxes: SandboxInfo[] }>({ method: 'GET', path: `/v1/sandboxes${text === '' ? '' : `?${text}`}`, ...call(options) })).sandboxes;
+  }
+
+  /** `PATCH /v1/sandboxes/ID`: the time left to live (`timeoutMs` from now) and/or the idle timeout. */
+  update(id: string, options: UpdateSandboxOptions): Promise<SandboxInfo> {
+    const { signal, requestTimeoutMs, ...body } = options;
+    return this.http.json<SandboxInfo>({ method: 'PATCH', path: sandboxPath(id), body, ...call({ ...(signal ? { signal } : {}), ...(requestTimeoutMs === undefined ? {} : { requestTimeoutMs }) }) });
+  }
+
+  /** E2B's `setTimeout`: the sandbox stops `timeoutMs` from now (`PATCH /v1/sandboxes/ID {timeoutMs}`). */
+  setTimeout(id: string, timeoutMs: number, options: RequestOptions = {}): Promise<SandboxInfo> {
+    return this.update(id, { ...options, timeoutMs });
+  }
+
+  /**
+   * `POST /v1/sandboxes/ID/hibernate`: releases its RAM. Processes come back on resume where the executor can save
+   * them (`info.hibernation.processesKept`); elsewhere the files are kept and the processes end.
+   */
+  hibernate(id: string, options: RequestOptions = {}): Promise<SandboxInfo> {
+    return this.http.json<SandboxInfo>({ method: 'POST', path: `${sandboxPath(id)}/hibernate`, body: {}, ...call(options) });
   }
 
   /** `GET /v1/sandboxes/ID`. */
@@ -306,9 +352,41 @@ export class Sandboxes extends APIResource {
 
   /* ---------------------------------------------------------------------------------------------------------------- */
 
-  /** `PUT /v1/sandboxes/ID/files?path=`: writes the file (parents made). */
-  writeFile(id: string, path: string, data: string | Uint8Array, options: RequestOptions = {}): Promise<{ path: string; size: number }> {
-    return this.http.json<{ path: string; size: number }>({ method: 'PUT', path: filesPath(id, path), rawBody: data, ...call(options) });
+  /**
+   * `PUT /v1/sandboxes/ID/files?path=`: writes the file (parents made). `data` may be a stream (a Node.js Readable,
+   * a web ReadableStream, any async iterable): it is sent as it is read. A stream cannot be sent twice.
+   */
+  writeFile(id: string, path: string, data: UploadData, options: RequestOptions = {}): Promise<{ path: string; size: number }> {
+    return this.http.json<{ path: string; size: number }>({ method: 'PUT', path: filesPath(id, path), rawBody: uploadBody(data), ...call(options) });
+  }
+
+  /** `POST /v1/sandboxes/ID/files/mkdir`: makes the directory (parents too unless `parents: false`); `created` false when it existed. */
+  mkdir(id: string, path: string, options: RequestOptions & { parents?: boolean } = {}): Promise<{ path: string; created: boolean }> {
+    const { parents, ...rest } = options;
+    return this.http.json<{ path: string; created: boolean }>({ method: 'POST', path: `${sandboxPath(id)}/files/mkdir`, body: { path, ...(parents === undefined ? {} : { parents }) }, ...call(rest) });
+  }
+
+  /**
+   * `PUT /v1/sandboxes/ID/files/tar?path=DIR`: extracts a tar archive (streamed) into the directory, made when
+   * missing. Entries leaving it (absolute, "..", links out) or devices: `ValidationError` SANDBOX_TAR_INVALID, nothing changed.
+   */
+  writeTar(id: string, dir: string, tar: UploadData, options: RequestOptions = {}): Promise<{ path: string; entries: number; bytes: number }> {
+    return this.http.json<{ path: string; entries: number; bytes: number }>({ method: 'PUT', path: filesPath(id, dir, '/tar'), rawBody: uploadBody(tar), contentType: 'application/x-tar', ...call(options) });
+  }
+
+  /**
+   * `GET /v1/sandboxes/ID/files/tar?path=DIR`: the directory as a tar archive, streamed (names relative to it,
+   * symlinks kept as links). Read or cancel the stream; `requestTimeoutMs` bounds the wait for its start.
+   */
+  async readTar(id: string, dir: string, options: RequestOptions = {}): Promise<ReadableStream<Uint8Array>> {
+    const request = this.http.open(filesPath(id, dir, '/tar'), call(options));
+    try {
+      const response = await this.http.send(request, { method: 'GET', path: filesPath(id, dir, '/tar'), accept: 'application/x-tar' });
+      if (response.body === null) throw new KindlingError({ code: 'INVALID_RESPONSE', message: `Empty tar stream from ${request.url}` });
+      return response.body;
+    } finally {
+      request.dispose();
+    }
   }
 
   /** `GET /v1/sandboxes/ID/files?path=`: the file's bytes. */
@@ -415,7 +493,14 @@ export class Sandbox {
   info: SandboxInfo;
   readonly commands: SandboxCommands;
   readonly files: {
-    write: (path: string, data: string | Uint8Array, options?: RequestOptions) => Promise<{ path: string; size: number }>;
+    /** Text, bytes or a stream (Node.js Readable, web ReadableStream, async iterable), sent as it is read. */
+    write: (path: string, data: UploadData, options?: RequestOptions) => Promise<{ path: string; size: number }>;
+    /** Makes a directory (and its parents); false when it existed already (E2B's `makeDir`). */
+    makeDir: (path: string, options?: RequestOptions) => Promise<boolean>;
+    /** Extracts a tar archive (bytes or a stream) into `dir`. */
+    uploadDir: (dir: string, tar: UploadData, options?: RequestOptions) => Promise<{ path: string; entries: number; bytes: number }>;
+    /** `dir` as a tar archive stream. */
+    downloadDir: (dir: string, options?: RequestOptions) => Promise<ReadableStream<Uint8Array>>;
     /** The file as UTF-8 text. */
     read: (path: string, options?: RequestOptions) => Promise<string>;
     readBytes: (path: string, options?: RequestOptions) => Promise<Uint8Array>;
@@ -434,6 +519,9 @@ export class Sandbox {
     this.commands = new SandboxCommands(api, this.id);
     this.files = {
       write: (path, data, options) => api.writeFile(this.id, path, data, options),
+      makeDir: async (path, options) => (await api.mkdir(this.id, path, options)).created,
+      uploadDir: (dir, tar, options) => api.writeTar(this.id, dir, tar, options),
+      downloadDir: (dir, options) => api.readTar(this.id, dir, options),
       read: async (path, options) => new TextDecoder().decode(await api.readFile(this.id, path, options)),
       readBytes: (path, options) => api.readFile(this.id, path, options),
       list: (path = '/work', options) => api.listFiles(this.id, path, options),
@@ -456,6 +544,17 @@ export class Sandbox {
   async refresh(options?: RequestOptions): Promise<SandboxInfo> {
     this.info = await this.#api.get(this.id, options);
     return this.info;
+  }
+
+  /** Releases the sandbox's RAM; `info.hibernation.processesKept` says whether its processes come back on resume. */
+  async hibernate(options?: RequestOptions): Promise<SandboxInfo> {
+    this.info = await this.#api.hibernate(this.id, options);
+    return this.info;
+  }
+
+  /** E2B's `setTimeout`: the sandbox stops `timeoutMs` from now. */
+  async setTimeout(timeoutMs: number, options?: RequestOptions): Promise<void> {
+    this.info = await this.#api.setTimeout(this.id, timeoutMs, options);
   }
 
   /** An immutable snapshot of the sandbox's files (processes are not kept on the sandbox executor). */

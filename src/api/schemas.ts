@@ -339,7 +339,7 @@ export const CreateSandboxRequestSchema = Type.Object(
 export const SandboxSchema = Type.Object(
   {
     id: Type.String(),
-    state: Type.Union([Type.Literal('running'), Type.Literal('paused'), Type.Literal('stopped')]),
+    state: Type.Union([Type.Literal('running'), Type.Literal('paused'), Type.Literal('hibernated'), Type.Literal('stopped')]),
     executor: Type.String(),
     image: Type.String(),
     runtime: Type.Union([Type.String(), Type.Null()]),
@@ -360,6 +360,17 @@ export const SandboxSchema = Type.Object(
         persistent: Type.Boolean({ description: 'True: the files are on a disk of the sandbox\'s own and are kept while it is stopped (server restart, max lifetime) until it is deleted; the next command starts it again. False: tmpfs, gone with the processes.' }),
         fromSnapshot: Type.Union([Type.String(), Type.Null()], { description: 'The snapshot its files started from.' }),
       },
+    ),
+    hibernation: Type.Union(
+      [
+        Type.Object({
+          processesKept: Type.Boolean({ description: 'True: its processes and memory were saved and come back on resume (executors with the hibernate capability). False: only its files were kept; its processes ended and a resume starts a new process tree.' }),
+          bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Size of the saved processes\' image; null when none was saved.' }),
+          at: Type.String({ format: 'date-time' }),
+        }),
+        Type.Null(),
+      ],
+      { description: 'Set while the state is hibernated (POST /v1/sandboxes/ID/hibernate, or idle past the tenant\'s maxPausedSandboxes).' },
     ),
   },
   {
@@ -383,6 +394,7 @@ export const SandboxSchema = Type.Object(
         stopReason: null,
         usage: { cpuMs: 12.5, memoryPeakBytes: 2301952 },
         storage: { persistent: true, fromSnapshot: null },
+        hibernation: null,
       },
     ],
   },
@@ -432,7 +444,21 @@ export const ForkResultSchema = Type.Object({ snapshot: SnapshotSchema, sandboxe
 
 export const SandboxListSchema = Type.Object({ sandboxes: Type.Array(SandboxSchema) });
 export const SandboxIdParamsSchema = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
-export const SandboxListQuerySchema = Type.Object({ state: Type.Optional(Type.Union([Type.Literal('running'), Type.Literal('paused'), Type.Literal('stopped')])) }, { additionalProperties: false });
+export const SandboxListQuerySchema = Type.Object(
+  { state: Type.Optional(Type.Union([Type.Literal('running'), Type.Literal('paused'), Type.Literal('hibernated'), Type.Literal('stopped')])) },
+  {
+    // metadata.KEY=VALUE: only sandboxes whose metadata has KEY equal to VALUE (every pair given must match; at most 16).
+    patternProperties: { '^metadata\\.': Type.String({ maxLength: 1024 }) },
+    additionalProperties: false,
+  },
+);
+export const UpdateSandboxRequestSchema = Type.Object(
+  {
+    timeoutMs: Type.Optional(Type.Integer({ description: "The sandbox stops this long from now (E2B's setTimeout): extends or shortens its max lifetime; its whole lifetime stays within the server's cap (default 86400000). On a stopped or hibernated sandbox: the lifetime of its next run." })),
+    idleTimeoutMs: Type.Optional(Type.Integer({ description: 'New idle timeout (auto-pause after this long without activity); at most its max lifetime.' })),
+  },
+  { additionalProperties: false, minProperties: 1, examples: [{ timeoutMs: 600000 }] },
+);
 export const SandboxPathQuerySchema = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096, description: 'Path inside the sandbox; relative paths start at /work. ".." is refused.' }) }, { additionalProperties: false });
 
 export const SandboxCommandRequestSchema = Type.Object(
@@ -490,6 +516,15 @@ export const SandboxCommandSchema = Type.Object(
 export const SandboxCommandListSchema = Type.Object({ commands: Type.Array(SandboxCommandSchema) });
 
 export const SandboxFileWrittenSchema = Type.Object({ path: Type.String(), size: Type.Integer() });
+export const SandboxMkdirRequestSchema = Type.Object(
+  {
+    path: Type.String({ minLength: 1, maxLength: 4096, description: 'Directory to make; relative paths start at /work. ".." is refused.' }),
+    parents: Type.Optional(Type.Boolean({ description: 'Default true: missing parents are made too (mkdir -p); false: a missing parent is 404 SANDBOX_FILE_NOT_FOUND.' })),
+  },
+  { additionalProperties: false, examples: [{ path: 'data/raw' }] },
+);
+export const SandboxMkdirResultSchema = Type.Object({ path: Type.String(), created: Type.Boolean({ description: 'False when the directory existed already.' }) });
+export const SandboxTarWrittenSchema = Type.Object({ path: Type.String(), entries: Type.Integer({ description: 'Entries extracted (files, directories, links).' }), bytes: Type.Integer({ description: 'Bytes of file contents.' }) });
 export const SandboxFileListSchema = Type.Object({
   path: Type.String(),
   entries: Type.Array(

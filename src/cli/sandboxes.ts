@@ -1,4 +1,8 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import type { SandboxInfo } from '@kindling/sdk';
 import { clientFrom, guarded } from './functions.js';
@@ -67,13 +71,22 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
     }),
   );
 
-  clientOptions(sandbox.command('list').alias('ls').description("list the tenant's sandboxes").option('--state <state>', 'running, paused or stopped').option('--json', 'print JSON'), defaults).action(
-    async (options: Record<string, unknown>) =>
-      guarded(async () => {
-        const list = await clientFrom(options).sandboxes.list(options.state ? { state: options.state as SandboxInfo['state'] } : {});
-        if (options.json) process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
-        else for (const sb of list) process.stdout.write(`${line(sb)}\n`);
-      }),
+  clientOptions(
+    sandbox
+      .command('list')
+      .alias('ls')
+      .description("list the tenant's sandboxes")
+      .option('--state <state>', 'running, paused, hibernated or stopped')
+      .option('-m, --metadata <KEY=VALUE>', 'only sandboxes with this metadata pair (repeatable: all must match)', collect, [])
+      .option('--json', 'print JSON'),
+    defaults,
+  ).action(async (options: Record<string, unknown>) =>
+    guarded(async () => {
+      const metadata = envFrom(options.metadata as string[]);
+      const list = await clientFrom(options).sandboxes.list({ ...(options.state ? { state: options.state as SandboxInfo['state'] } : {}), ...(Object.keys(metadata).length > 0 ? { metadata } : {}) });
+      if (options.json) process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+      else for (const sb of list) process.stdout.write(`${line(sb)}\n`);
+    }),
   );
 
   clientOptions(sandbox.command('get').description('show a sandbox as JSON').argument('<id>'), defaults).action(async (id: string, options: Record<string, unknown>) =>
@@ -213,9 +226,10 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
   clientOptions(
     sandbox
       .command('cp')
-      .description('copy a file into or out of a sandbox: `cp ./local sb_ID:/work/x` or `cp sb_ID:/work/x ./local` (- is stdin/stdout)')
+      .description('copy a file or directory into or out of a sandbox: `cp ./local sb_ID:/work/x` or `cp sb_ID:/work/x ./local` (- is stdin/stdout); streamed both ways')
       .argument('<from>')
-      .argument('<to>'),
+      .argument('<to>')
+      .option('-r, --recursive', 'copy a directory of the sandbox out (as tar, extracted here by tar); a local directory is always copied in whole'),
     defaults,
   ).action(async (from: string, to: string, options: Record<string, unknown>) =>
     guarded(async () => {
@@ -223,15 +237,69 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
       const sandboxes = clientFrom(options).sandboxes;
       if ((source === null) === (target === null)) throw new Error('exactly one side of cp must be SANDBOX_ID:PATH');
       if (target !== null) {
-        const data = from === '-' ? await readAll(process.stdin) : await readFile(from);
-        const written = await sandboxes.writeFile(target.id, target.path, data);
+        if (from !== '-' && (await stat(from)).isDirectory()) {
+          // The directory's contents go in as one tar stream, made by the local tar and checked by the server.
+          const tar = spawn('tar', ['-C', from, '-cf', '-', '.'], { stdio: ['ignore', 'pipe', 'inherit'] });
+          const exited = new Promise<number>((resolve) => tar.once('close', (code) => resolve(code ?? 1)));
+          const written = await sandboxes.writeTar(target.id, target.path, tar.stdout);
+          if ((await exited) !== 0) throw new Error(`tar of ${from} failed; the sandbox may hold part of it`);
+          process.stderr.write(`${written.entries} entries, ${written.bytes} bytes -> ${target.id}:${written.path}\n`);
+          return;
+        }
+        const written = await sandboxes.writeFile(target.id, target.path, from === '-' ? process.stdin : createReadStream(from));
         process.stderr.write(`${written.size} bytes -> ${target.id}:${written.path}\n`);
+      } else if (options.recursive) {
+        if (to === '-') {
+          await pipeline(Readable.fromWeb((await sandboxes.readTar(source!.id, source!.path)) as never), process.stdout);
+          return;
+        }
+        const archive = await sandboxes.readTar(source!.id, source!.path);
+        await mkdir(to, { recursive: true });
+        // GNU tar does not write through links it extracted (absolute or climbing ones are made last), and keeps
+        // no owners: a sandbox's archive cannot reach outside the target directory.
+        const tar = spawn('tar', ['-C', to, '--no-same-owner', '-xf', '-'], { stdio: ['pipe', 'inherit', 'inherit'] });
+        const exited = new Promise<number>((resolve) => tar.once('close', (code) => resolve(code ?? 1)));
+        await pipeline(Readable.fromWeb(archive as never), tar.stdin);
+        if ((await exited) !== 0) throw new Error(`tar failed to extract into ${to}`);
       } else {
         const data = await sandboxes.readFile(source!.id, source!.path);
         if (to === '-') process.stdout.write(data);
-        else await writeFile(to, data);
+        else await pipeline(Readable.from([data]), createWriteStream(to));
       }
     }),
+  );
+
+  clientOptions(sandbox.command('mkdir').description('make a directory in a sandbox (and its parents)').argument('<id>').argument('<path>').option('--no-parents', 'fail when the parent directory is missing'), defaults).action(
+    async (id: string, path: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        const made = await clientFrom(options).sandboxes.mkdir(id, path, { parents: options.parents !== false });
+        process.stdout.write(`${made.path}${made.created ? '' : ' (existed)'}\n`);
+      }),
+  );
+
+  clientOptions(
+    sandbox
+      .command('set-timeout')
+      .alias('timeout')
+      .description('set how long from now the sandbox lives on (extends or shortens its max lifetime), and/or its idle timeout')
+      .argument('<id>')
+      .argument('[ms]', 'milliseconds from now', parseNumber('ms'))
+      .option('--idle-timeout-ms <ms>', 'new idle timeout (auto-pause)', parseNumber('--idle-timeout-ms')),
+    defaults,
+  ).action(async (id: string, ms: number | undefined, options: Record<string, unknown>) =>
+    guarded(async () => {
+      if (ms === undefined && typeof options.idleTimeoutMs !== 'number') throw new Error('give the milliseconds from now, --idle-timeout-ms, or both');
+      const info = await clientFrom(options).sandboxes.update(id, { ...(ms === undefined ? {} : { timeoutMs: ms }), ...(typeof options.idleTimeoutMs === 'number' ? { idleTimeoutMs: options.idleTimeoutMs } : {}) });
+      process.stdout.write(`${info.id} expires ${info.expiresAt}, idle timeout ${info.idleTimeoutMs} ms\n`);
+    }),
+  );
+
+  clientOptions(sandbox.command('hibernate').description('release a sandbox\'s memory: processes come back on resume where the executor can save them, elsewhere the files are kept and the processes end').argument('<id>'), defaults).action(
+    async (id: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        const info = await clientFrom(options).sandboxes.hibernate(id);
+        process.stdout.write(`${info.id} ${info.state}${info.hibernation === null ? '' : info.hibernation.processesKept ? ' (processes and memory saved)' : ' (files kept; its processes ended)'}\n`);
+      }),
   );
 
   clientOptions(sandbox.command('files').description('list a directory of a sandbox').argument('<id>').argument('[path]', 'directory (default /work)', '/work').option('--json', 'print JSON'), defaults).action(

@@ -23,6 +23,8 @@ export const ERROR_CODES = {
   SANDBOXES_UNSUPPORTED: { statusCode: 400, retryable: false },
   /** A file path of a sandbox that is not a clean path inside it (`..`, NUL, too long), or one it cannot write there. */
   SANDBOX_PATH_INVALID: { statusCode: 400, retryable: false },
+  /** An uploaded tar archive has an entry that would leave the target directory (absolute, `..`, a link out), a device or fifo, or is corrupt. */
+  SANDBOX_TAR_INVALID: { statusCode: 400, retryable: false },
   UNAUTHORIZED: { statusCode: 401, retryable: false },
   /** A tenant key asked for an admin-only route (tenants, keys, another tenant's scope). */
   FORBIDDEN: { statusCode: 403, retryable: false },

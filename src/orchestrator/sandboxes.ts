@@ -34,6 +34,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { SandboxAccounting, type SandboxMeterHooks } from './sandbox-accounting.js';
 import type { SandboxQuotas } from './sandbox-quotas.js';
 import { PTY_MAX_DIMENSION, PTY_RELAY, PtySession } from './sandbox-pty.js';
+import { TarGuard } from './tar-guard.js';
 
 export interface CreateSandboxRequest {
   runtime?: string;
@@ -132,7 +133,28 @@ export interface SandboxView {
   usage: { cpuMs: number | null; memoryPeakBytes: number | null } | null;
   /** Whether the files outlive the processes (kept while stopped, until deleted), and the snapshot they start from. */
   storage: { persistent: boolean; fromSnapshot: string | null };
+  /**
+   * While hibernated: whether its processes and memory were saved (they come back on resume) or only its files were
+   * kept (the executor cannot save processes: a resume starts a new process tree), the saved image's bytes and when.
+   */
+  hibernation: { processesKept: boolean; bytes: number | null; at: string } | null;
 }
+
+/** What may be changed on a live sandbox (PATCH /v1/sandboxes/ID). */
+export interface UpdateSandboxRequest {
+  /** The sandbox stops this long from now (E2B's `setTimeout`): extends or shortens its max lifetime. */
+  timeoutMs?: number;
+  idleTimeoutMs?: number;
+}
+
+/** GET /v1/sandboxes filters: a state, and metadata pairs that must all match exactly. */
+export interface SandboxListFilter {
+  state?: SandboxState;
+  metadata?: Record<string, string>;
+}
+
+/** Metadata pairs one list may filter on. */
+export const MAX_METADATA_FILTERS = 16;
 
 /** What the API answers for a snapshot. */
 export interface SnapshotView {
@@ -171,6 +193,8 @@ interface Live {
   chain: Promise<unknown>;
   /** Why it is being stopped (set before the executor destroys it). */
   stopping: string | null;
+  /** Set while it is being hibernated: its end is a hibernation, not a stop. */
+  hibernating: boolean;
 }
 
 export class SandboxService {
@@ -308,7 +332,7 @@ export class SandboxService {
   }
 
   /** Starts the record's sandbox (made, or started again on its kept files) and tracks it as live. */
-  private async launch(record: SandboxRecord, executor: Executor): Promise<Live> {
+  private async launch(record: SandboxRecord, executor: Executor, restore = false): Promise<Live> {
     const id = record.id;
     const sandbox = await executor.createPersistentSandbox!(
       {
@@ -323,7 +347,10 @@ export class SandboxService {
         files: [],
         labels: { 'dev.kindling.sandbox': id, 'dev.kindling.tenant': record.tenant },
       },
-      (record.storage ?? null) === null ? {} : { storage: { fromSnapshot: record.storage!.fromSnapshot } },
+      {
+        ...((record.storage ?? null) === null ? {} : { storage: { fromSnapshot: record.storage!.fromSnapshot } }),
+        ...(restore ? { restore: 'hibernated' as const } : {}),
+      },
     );
     this.options.store.put(record);
     const entry: Live = {
@@ -334,13 +361,14 @@ export class SandboxService {
       lifetimeTimer: setTimeout(() => void this.stop(entry, 'maxLifetimeMs passed').catch((error: unknown) => this.options.onError?.(error, { sandbox: id })), record.maxLifetimeMs),
       chain: Promise.resolve(),
       stopping: null,
+      hibernating: false,
     };
     entry.lifetimeTimer.unref();
     this.live.set(id, entry);
     this.accounting.meterStart(record, sandbox);
     // A sandbox that dies on its own (its supervisor killed, OOM) is stopped.
     void sandbox.disposed.then(() => {
-      if (this.live.get(id) === entry) this.finish(entry, entry.stopping ?? 'the sandbox ended on its own (out of memory, or its processes were killed)');
+      if (this.live.get(id) === entry && !entry.hibernating) this.finish(entry, entry.stopping ?? 'the sandbox ended on its own (out of memory, or its processes were killed)');
     });
     this.armIdle(entry);
     return entry;
@@ -358,9 +386,17 @@ export class SandboxService {
       }
       // Its disk is already counted (kept while stopped): it needs a running slot and its memory.
       const release = this.accounting.reserve(record.tenant, { running: 1, memoryMb: record.limits.memoryMb });
+      // A hibernated sandbox whose processes were saved gets them back; one hibernated with its files only starts anew.
+      const restore = record.state === 'hibernated' && record.hibernation?.processesKept === true;
       try {
         const now = Date.now();
-        return await this.launch({ ...record, state: 'running', stoppedAtMs: null, stopReason: null, lastActiveAtMs: now, startedAtMs: now }, executor);
+        return await this.launch({ ...record, state: 'running', stoppedAtMs: null, stopReason: null, lastActiveAtMs: now, startedAtMs: now, hibernation: null }, executor, restore);
+      } catch (error) {
+        if (restore && error instanceof KindlingError && error.code === 'SANDBOX_STATE_LOST') {
+          // The saved processes are gone for good: the files stay, and the next command starts a new process tree.
+          this.options.store.put({ ...record, state: 'stopped', hibernation: null, stoppedAtMs: Date.now(), stopReason: `its hibernated processes could not be restored (${error.message.slice(0, 300)}); its files are kept and the next command starts a new process tree` });
+        }
+        throw error;
       } finally {
         release();
       }
@@ -373,13 +409,20 @@ export class SandboxService {
     return pending;
   }
 
-  /** The live entry of a sandbox, started again first when it stopped with its files kept. */
-  private async liveEntry(tenant: string, id: string): Promise<Live> {
+  /**
+   * The live entry of a sandbox, started again first when it stopped with its files kept, or woken when hibernated
+   * (unless `autoResume` is false: 409 SANDBOX_PAUSED, as for a paused one).
+   */
+  private async liveEntry(tenant: string, id: string, autoResume = true): Promise<Live> {
     const record = this.record(tenant, id);
     const entry = this.live.get(id);
     if (entry !== undefined && entry.sandbox.alive) return entry;
     const restarting = this.restarting.get(id);
     if (restarting !== undefined) return restarting;
+    if (entry === undefined && record.state === 'hibernated') {
+      if (!autoResume) throw new KindlingError('SANDBOX_PAUSED', `sandbox ${id} is hibernated: resume it (POST /v1/sandboxes/${id}/resume) or send autoResume: true`, { details: { sandbox: id, state: 'hibernated' } });
+      return this.restart(record);
+    }
     if (entry === undefined && record.state === 'stopped' && (record.storage ?? null) !== null) return this.restart(record);
     return this.entry(tenant, id);
   }
@@ -388,11 +431,95 @@ export class SandboxService {
     return new KindlingError('SNAPSHOTS_UNSUPPORTED', `the ${executor} executor keeps no sandbox files on disk in this version: no snapshots, forks or fromSnapshot there; use executor "sandbox"`, { details: { executor } });
   }
 
-  list(tenant: string, state?: SandboxState): SandboxView[] {
+  /** The tenant's sandboxes in `filter.state` (any when absent) whose metadata holds every pair of `filter.metadata`. */
+  list(tenant: string, filter: SandboxListFilter | SandboxState = {}): SandboxView[] {
+    const { state, metadata = {} } = typeof filter === 'string' ? { state: filter } : filter;
+    const pairs = Object.entries(metadata);
+    if (pairs.length > MAX_METADATA_FILTERS) {
+      throw new KindlingError('VALIDATION_FAILED', `filter on at most ${MAX_METADATA_FILTERS} metadata keys at once, got ${pairs.length}`, { details: { field: 'metadata', max: MAX_METADATA_FILTERS } });
+    }
     return this.options.store
       .list(tenant)
-      .filter((record) => state === undefined || record.state === state)
+      .map((record) => this.live.get(record.id)?.record ?? record)
+      .filter((record) => (state === undefined || record.state === state) && pairs.every(([key, value]) => Object.hasOwn(record.metadata, key) && record.metadata[key] === value))
       .map((record) => this.view(record, this.live.get(record.id)?.sandbox ?? null));
+  }
+
+  /**
+   * PATCH: `timeoutMs` makes the sandbox stop that long from now (its max lifetime moved; at most the server's cap
+   * counted from when its processes started), `idleTimeoutMs` replaces its idle timeout (at most its max lifetime). On
+   * a sandbox without processes (stopped or hibernated) `timeoutMs` is the lifetime of its next run.
+   */
+  update(tenant: string, id: string, request: UpdateSandboxRequest): SandboxView {
+    const stored = this.record(tenant, id);
+    const entry = this.live.get(id);
+    const record = entry?.record ?? stored;
+    const now = Date.now();
+    const running = entry !== undefined && entry.sandbox.alive;
+    // Time already lived counts against the cap (a live sandbox); a sandbox without processes starts its clock anew.
+    const lived = running ? now - (record.startedAtMs ?? record.createdAtMs) : 0;
+    let maxLifetimeMs = record.maxLifetimeMs;
+    if (request.timeoutMs !== undefined) maxLifetimeMs = lived + this.duration('timeoutMs', request.timeoutMs, 0, 1000, this.maxLifetimeCapMs - lived);
+    const idleTimeoutMs = this.duration('idleTimeoutMs', request.idleTimeoutMs, Math.min(record.idleTimeoutMs, maxLifetimeMs), 1000, maxLifetimeMs);
+    const next = { ...record, maxLifetimeMs, idleTimeoutMs };
+    if (running) {
+      entry.record = next;
+      clearTimeout(entry.lifetimeTimer);
+      entry.lifetimeTimer = setTimeout(() => void this.stop(entry, 'maxLifetimeMs passed').catch((error: unknown) => this.options.onError?.(error, { sandbox: id })), Math.max(0, maxLifetimeMs - lived));
+      entry.lifetimeTimer.unref();
+      this.armIdle(entry);
+    }
+    this.options.store.put(next);
+    return this.view(next, running ? entry.sandbox : null);
+  }
+
+  /**
+   * Hibernates the sandbox: it holds no RAM afterwards. On an executor with the `hibernate` capability its processes
+   * and memory are saved and come back on resume (or the next command); elsewhere its files are kept and its processes
+   * end (`hibernation.processesKept: false`; a resume starts a new process tree). Idempotent on a hibernated sandbox.
+   * Refused on an executor that would lose the files with the processes (no persistent storage): pause it instead.
+   */
+  async hibernate(tenant: string, id: string): Promise<SandboxView> {
+    await this.restarting.get(id)?.catch(() => {});
+    const record = this.record(tenant, id);
+    if (record.state === 'hibernated') return this.view(record, null);
+    const entry = this.live.get(id);
+    if (entry === undefined || !entry.sandbox.alive) {
+      throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${id} has stopped (${record.stopReason ?? 'ended'}): no process is left to hibernate${(record.storage ?? null) === null ? '' : '; its files are kept and the next command starts it again'}`, { details: { sandbox: id, state: record.state } });
+    }
+    if (!this.canHibernate(entry)) {
+      throw new KindlingError('SANDBOXES_UNSUPPORTED', `the ${record.executor} executor keeps no sandbox files once its processes end, so hibernating would lose them: pause it instead (POST /v1/sandboxes/${id}/pause)`, { details: { executor: record.executor } });
+    }
+    await this.hibernateEntry(entry, false);
+    return this.view(entry.record, null);
+  }
+
+  private canHibernate(entry: Live): boolean {
+    return (entry.sandbox.capabilities.hibernate && entry.sandbox.hibernate !== undefined) || (entry.record.storage ?? null) !== null;
+  }
+
+  /** Saves (or, without the capability, ends) the sandbox's processes; its record says hibernated. `idle`: only if still idle. */
+  private hibernateEntry(entry: Live, idle: boolean): Promise<void> {
+    return this.serial(entry, async () => {
+      if (this.live.get(entry.record.id) !== entry || !entry.sandbox.alive) return;
+      if (idle && (entry.record.state !== 'running' || entry.busy > 0)) return;
+      const withProcesses = entry.sandbox.capabilities.hibernate && entry.sandbox.hibernate !== undefined;
+      entry.hibernating = true;
+      // The cgroup's last CPU count is read before the processes go.
+      this.accounting.meterStop(entry.record.id);
+      let bytes: number | null = null;
+      try {
+        if (withProcesses) bytes = (await entry.sandbox.hibernate!()).bytes;
+        else await entry.sandbox.destroy();
+      } catch (error) {
+        entry.hibernating = false;
+        if (entry.sandbox.alive) this.accounting.meterStart(entry.record, entry.sandbox);
+        else this.finish(entry, `hibernating failed: ${(error as Error).message?.slice(0, 300) ?? 'unknown error'}`);
+        throw error;
+      }
+      const reason = withProcesses ? 'hibernated: its processes and memory were saved and come back on resume' : `hibernated: its files are kept; its processes ended (the ${entry.record.executor} executor cannot save them) and a resume starts a new process tree`;
+      this.finish(entry, reason, { processesKept: withProcesses, bytes, atMs: Date.now() });
+    });
   }
 
   get(tenant: string, id: string): SandboxView {
@@ -406,7 +533,8 @@ export class SandboxService {
     await this.restarting.get(id)?.catch(() => {});
     const entry = this.live.get(id);
     if (entry !== undefined) await this.stop(entry, 'deleted');
-    if ((record.storage ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(id);
+    // A saved hibernation image lives in the executor's storage under the sandbox's id too.
+    if ((record.storage ?? null) !== null || (record.hibernation ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(id);
     this.options.store.delete(id);
   }
 
@@ -522,6 +650,9 @@ export class SandboxService {
   /* ---------------------------------------------------------------------------------------------------------------- */
 
   async pause(tenant: string, id: string): Promise<SandboxView> {
+    // A hibernated sandbox is paused already (and holds less).
+    const hibernated = this.record(tenant, id);
+    if (hibernated.state === 'hibernated' && !this.live.has(id)) return this.view(hibernated, null);
     const entry = this.entry(tenant, id);
     if (entry.record.state === 'running') this.accounting.check(tenant, { paused: 1 });
     await this.serial(entry, async () => {
@@ -636,12 +767,104 @@ export class SandboxService {
    */
   async readFile(tenant: string, id: string, path: string): Promise<Readable> {
     const target = this.cleanPath(path, 'path');
+    return this.streamOut(tenant, id, target, ['sh', '-c', '[ -d "$1" ] && { echo "is a directory" >&2; exit 4; }; exec cat -- "$1"', 'kindling-read', target]);
+  }
+
+  /**
+   * A tar archive (GNU tar, inside the sandbox) of the directory `path`, streamed: names relative to it, symlinks
+   * kept as symlinks (never followed), numeric owners. Rejects with a 4xx when it is not a directory.
+   */
+  async readTar(tenant: string, id: string, path: string): Promise<Readable> {
+    const target = this.cleanPath(path, 'path');
+    return this.streamOut(tenant, id, target, ['sh', '-c', '[ -d "$1" ] || { [ -e "$1" ] && { echo "not a directory" >&2; exit 4; }; echo "No such file" >&2; exit 1; }; exec tar -C "$1" --numeric-owner -cf - .', 'kindling-tar-read', target]);
+  }
+
+  /**
+   * Makes the directory `path` (with its parents unless `parents` is false: then a missing parent is 404). Answers
+   * whether it was made; an existing directory is fine, an existing file is 400.
+   */
+  async mkdir(tenant: string, id: string, path: string, parents = true): Promise<{ path: string; created: boolean }> {
+    const target = this.cleanPath(path, 'path');
+    return this.withCommand(tenant, id, true, async (entry) => {
+      const command = await entry.sandbox.exec({
+        command: ['sh', '-c', '[ -d "$1" ] && { echo exists; exit 0; }; [ -e "$1" ] || [ -L "$1" ] && { echo "exists and is not a directory" >&2; exit 4; }; if [ "$2" = 1 ]; then mkdir -p -- "$1" || exit 5; else [ -d "${1%/*}/" ] || { echo "No such file: parent" >&2; exit 1; }; mkdir -- "$1" || exit 5; fi', 'kindling-mkdir', target, parents ? '1' : '0'],
+        env: {},
+        workdir: WORKDIR,
+        stdin: false,
+      });
+      const out = collect(command.stdout, 64);
+      const err = collect(command.stderr, 4096);
+      const exit = await command.wait();
+      const [stdout, stderr] = await Promise.all([out, err]);
+      if (exit.exitCode === 4) throw new KindlingError('SANDBOX_PATH_INVALID', `${target} exists and is not a directory`, { details: { path: target } });
+      if (exit.exitCode !== 0) throw fileError(target, exit.exitCode, stderr.text, entry.record.limits.diskMb);
+      return { path: target, created: stdout.text.trim() !== 'exists' };
+    });
+  }
+
+  /**
+   * Extracts a tar archive streamed in `body` into the directory `path` (made when missing), inside the sandbox.
+   * Each entry is checked as it passes (tar-guard.ts: nothing may leave the directory, no devices); the archive is
+   * extracted into a staging directory beside the files and merged in (hard links, no copy) only once all of it was
+   * read and accepted, so a refused or broken archive changes nothing. Bounded by the sandbox's diskMb.
+   */
+  async writeTar(tenant: string, id: string, path: string, body: Readable): Promise<{ path: string; entries: number; bytes: number }> {
+    const target = this.cleanPath(path, 'path');
+    return this.withCommand(tenant, id, true, async (entry) => {
+      const stage = `${target === '/' ? '' : target}/.kindling-upload-${newId('tar')}`;
+      const command = await entry.sandbox.exec({
+        command: [
+          'sh',
+          '-c',
+          '[ -d "$1" ] || { [ -e "$1" ] && { echo "exists and is not a directory" >&2; exit 4; }; mkdir -p -- "$1" || exit 5; }; mkdir -- "$2" || exit 5; ' +
+            'tar -x --no-same-owner --delay-directory-restore -C "$2" -f - || { rm -rf -- "$2"; exit 5; }; ' +
+            'cp -a -l --remove-destination -- "$2"/. "$1"/ || { rm -rf -- "$2"; exit 6; }; rm -rf -- "$2"',
+          'kindling-tar-write',
+          target,
+          stage,
+        ],
+        env: {},
+        workdir: WORKDIR,
+        stdin: true,
+      });
+      const guard = new TarGuard();
+      let refused: unknown = null;
+      const fail = (error: unknown): void => {
+        refused ??= error;
+        // tar must not see the end of a refused archive as a complete one: it is killed (and the staging dir goes).
+        command.kill();
+      };
+      guard.on('error', fail);
+      body.on('error', fail);
+      body.pipe(guard).pipe(command.stdin!);
+      const err = collect(command.stderr, 4096);
+      command.stdout.resume();
+      const exit = await command.wait();
+      const stderr = await err;
+      if (refused !== null) {
+        await this.cleanupPartial(entry, stage);
+        throw refused;
+      }
+      if (exit.exitCode === 4) throw new KindlingError('SANDBOX_PATH_INVALID', `${target} exists and is not a directory`, { details: { path: target } });
+      if (exit.exitCode !== 0) {
+        await this.cleanupPartial(entry, stage);
+        // GNU tar reports a full disk as a short write ("Wrote only N of M bytes") as often as by errno.
+        if (/No space left|Disk quota|Wrote only/i.test(stderr.text)) throw new KindlingError('SANDBOX_DISK_FULL', `the archive does not fit in the sandbox's writable space (diskMb ${entry.record.limits.diskMb}); nothing was kept`, { details: { path: target, diskMb: entry.record.limits.diskMb } });
+        const message = stderr.text.trim().split('\n').pop()?.slice(0, 300) ?? '';
+        throw new KindlingError('SANDBOX_TAR_INVALID', `extracting into ${target} failed: ${message || `tar exited with ${exit.exitCode}`}`, { details: { path: target } });
+      }
+      return { path: target, ...guard.summary };
+    });
+  }
+
+  /** Runs `command` (which writes the content to stdout) and answers its output as a stream once the first byte or the end arrived. */
+  private async streamOut(tenant: string, id: string, target: string, argv: string[]): Promise<Readable> {
     const entry = await this.liveEntry(tenant, id);
     await this.beforeCommand(entry, true);
     entry.busy++;
     let command: SandboxCommand;
     try {
-      command = await entry.sandbox.exec({ command: ['sh', '-c', '[ -d "$1" ] && { echo "is a directory" >&2; exit 4; }; exec cat -- "$1"', 'kindling-read', target], env: {}, workdir: WORKDIR, stdin: false });
+      command = await entry.sandbox.exec({ command: argv, env: {}, workdir: WORKDIR, stdin: false });
     } catch (error) {
       this.done(entry);
       throw error;
@@ -667,7 +890,7 @@ export class SandboxService {
   }
 
   private async cleanupPartial(entry: Live, target: string): Promise<void> {
-    const command = await entry.sandbox.exec({ command: ['rm', '-f', '--', target], env: {}, workdir: WORKDIR, stdin: false });
+    const command = await entry.sandbox.exec({ command: ['rm', '-rf', '--', target], env: {}, workdir: WORKDIR, stdin: false });
     command.stdout.resume();
     command.stderr.resume();
     await command.wait();
@@ -842,7 +1065,11 @@ export class SandboxService {
     if (!Number.isInteger(port) || port < 1 || port > 65535) {
       throw new KindlingError('VALIDATION_FAILED', `port must be a whole number from 1 to 65535, got ${String(port).slice(0, 20)}`, { details: { field: 'port' } });
     }
-    const entry = this.entry(tenant, id);
+    // A sandbox hibernated with its processes saved gets them back first (its server may be one of them); without
+    // them there is nothing listening to wake it for.
+    const record = this.record(tenant, id);
+    const wake = record.state === 'hibernated' && record.hibernation?.processesKept === true && !this.live.has(id);
+    const entry = wake ? await this.liveEntry(tenant, id) : this.entry(tenant, id);
     if (entry.sandbox.connectPort === undefined) {
       throw new KindlingError('SANDBOXES_UNSUPPORTED', `the ${entry.record.executor} executor cannot reach a sandbox's ports in this version`, { details: { executor: entry.record.executor } });
     }
@@ -901,7 +1128,7 @@ export class SandboxService {
   async deleteTenant(tenant: string): Promise<void> {
     await Promise.allSettled([...this.live.values()].filter((entry) => entry.record.tenant === tenant).map((entry) => this.stop(entry, 'tenant deleted')));
     for (const record of this.options.store.list(tenant)) {
-      if ((record.storage ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(record.id).catch(() => {});
+      if ((record.storage ?? null) !== null || (record.hibernation ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(record.id).catch(() => {});
       this.options.store.delete(record.id);
     }
     for (const snapshot of this.options.store.listSnapshots(tenant)) {
@@ -959,7 +1186,7 @@ export class SandboxService {
   }
 
   private async withCommand<T>(tenant: string, id: string, autoResume: boolean, work: (entry: Live) => Promise<T>): Promise<T> {
-    const entry = await this.liveEntry(tenant, id);
+    const entry = await this.liveEntry(tenant, id, autoResume);
     await this.beforeCommand(entry, autoResume);
     entry.busy++;
     try {
@@ -1017,6 +1244,13 @@ export class SandboxService {
     entry.idleTimer = setTimeout(() => {
       entry.idleTimer = null;
       if (entry.busy > 0 || this.live.get(entry.record.id) !== entry) return;
+      // Idle auto-pause counts against maxPausedSandboxes too: past it the sandbox is hibernated instead (no RAM held),
+      // where that keeps its files; elsewhere (no persistent storage) it is paused anyway, as files are never lost.
+      const quota = this.accounting.quotasOf(entry.record.tenant).maxPausedSandboxes;
+      if (quota !== null && this.accounting.footprint(entry.record.tenant).paused >= quota && this.canHibernate(entry)) {
+        void this.hibernateEntry(entry, true).catch((error: unknown) => this.options.onError?.(error, { sandbox: entry.record.id, during: 'idle hibernate' }));
+        return;
+      }
       void this.serial(entry, async () => {
         if (entry.record.state !== 'running' || entry.busy > 0) return;
         this.accounting.meterPause(entry.record.id);
@@ -1037,7 +1271,8 @@ export class SandboxService {
     });
   }
 
-  private finish(entry: Live, reason: string): void {
+  /** The sandbox's processes are gone: stopped, or hibernated when `hibernation` is given. */
+  private finish(entry: Live, reason: string, hibernation: SandboxRecord['hibernation'] = null): void {
     if (this.live.get(entry.record.id) !== entry) return;
     this.accounting.meterStop(entry.record.id);
     this.live.delete(entry.record.id);
@@ -1045,7 +1280,7 @@ export class SandboxService {
     this.background.delete(entry.record.id);
     if (entry.idleTimer !== null) clearTimeout(entry.idleTimer);
     clearTimeout(entry.lifetimeTimer);
-    entry.record = { ...entry.record, state: 'stopped', stoppedAtMs: Date.now(), stopReason: reason };
+    entry.record = { ...entry.record, state: hibernation === null ? 'stopped' : 'hibernated', stoppedAtMs: Date.now(), stopReason: reason, hibernation };
     if (this.options.store.get(entry.record.id) !== null) this.options.store.put(entry.record);
   }
 
@@ -1069,6 +1304,7 @@ export class SandboxService {
       stopReason: record.stopReason,
       usage: sandbox?.usage() ?? null,
       storage: { persistent: (record.storage ?? null) !== null, fromSnapshot: record.storage?.fromSnapshot ?? null },
+      hibernation: record.state !== 'hibernated' || (record.hibernation ?? null) === null ? null : { processesKept: record.hibernation!.processesKept, bytes: record.hibernation!.bytes, at: new Date(record.hibernation!.atMs).toISOString() },
     };
   }
 }

@@ -1,7 +1,7 @@
 import type Database from 'better-sqlite3';
 import { openSqlite } from './open-sqlite.js';
 
-export type SandboxState = 'running' | 'paused' | 'stopped';
+export type SandboxState = 'running' | 'paused' | 'hibernated' | 'stopped';
 
 /** A persistent sandbox as the store keeps it (see src/orchestrator/sandboxes.ts for the fields' meaning). */
 export interface SandboxRecord {
@@ -31,6 +31,11 @@ export interface SandboxRecord {
   env?: Record<string, string>;
   /** When the current process tree started (create or restart); the max lifetime counts from it. */
   startedAtMs?: number;
+  /**
+   * Set while `state` is hibernated: whether the executor saved the processes and memory (they come back on resume) or
+   * only the files are kept (a resume starts a new process tree), the saved image's size, and when.
+   */
+  hibernation?: { processesKept: boolean; bytes: number | null; atMs: number } | null;
 }
 
 /** A snapshot of a sandbox's files (see src/orchestrator/sandboxes.ts). */
@@ -99,9 +104,10 @@ export class SqliteSandboxStore {
   /**
    * At start-up: every sandbox a previous run of the server left running or paused has no processes any more (they
    * ended with that server, and the executors reaped what was left), so its record says stopped. Returns how many.
+   * A hibernated sandbox holds no process to lose (its image or files are on disk): it stays hibernated.
    */
   markAllStopped(reason: string, atMs: number): number {
-    const rows = this.db.prepare("SELECT record FROM sandboxes WHERE state != 'stopped'").all() as { record: string }[];
+    const rows = this.db.prepare("SELECT record FROM sandboxes WHERE state NOT IN ('stopped', 'hibernated')").all() as { record: string }[];
     const mark = this.db.transaction(() => {
       for (const row of rows) this.put({ ...(JSON.parse(row.record) as SandboxRecord), state: 'stopped', stoppedAtMs: atMs, stopReason: reason });
     });

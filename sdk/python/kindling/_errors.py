@@ -112,6 +112,7 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "HANDLERS_UNSUPPORTED": ValidationError,
     "SANDBOXES_UNSUPPORTED": ValidationError,
     "SANDBOX_PATH_INVALID": ValidationError,
+    "SANDBOX_TAR_INVALID": ValidationError,
     "SANDBOX_NOT_FOUND": NotFoundError,
     "SANDBOX_COMMAND_NOT_FOUND": NotFoundError,
     "SANDBOX_COMMAND_LIMIT": RateLimitError,

@@ -48,6 +48,12 @@ COVERED_ROUTES: dict[str, tuple[str, ...]] = {
     "DELETE /v1/sandboxes/{id}/files": ("sandboxes.remove_file",),
     **{f"{method} /v1/sandboxes/{{id}}/ports/{{port}}/{{path}}": ("sandboxes.fetch_port", "sandboxes.port_url") for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")},
     "GET /v1/sandboxes/{id}/files/list": ("sandboxes.list_files",),
+    "PATCH /v1/sandboxes/{id}": ("sandboxes.update", "sandboxes.set_timeout"),
+    "POST /v1/sandboxes/{id}/hibernate": ("sandboxes.hibernate",),
+    "GET /v1/sandboxes/{id}/pty": ("sandboxes.pty",),
+    "POST /v1/sandboxes/{id}/files/mkdir": ("sandboxes.mkdir",),
+    "GET /v1/sandboxes/{id}/files/tar": ("sandboxes.read_tar",),
+    "PUT /v1/sandboxes/{id}/files/tar": ("sandboxes.write_tar",),
     "POST /v1/sandboxes/{id}/snapshots": ("sandboxes.snapshot",),
     "GET /v1/sandboxes/{id}/snapshots": ("sandboxes.list_snapshots",),
     "POST /v1/sandboxes/{id}/fork": ("sandboxes.fork",),
@@ -58,5 +64,4 @@ COVERED_ROUTES: dict[str, tuple[str, ...]] = {
 
 #: Routes of the document the SDK leaves alone on purpose, and why.
 NOT_COVERED_ROUTES: dict[str, str] = {
-    "GET /v1/sandboxes/{id}/pty": "an interactive terminal (WebSocket): the TypeScript SDK and `kindling sandbox shell` have it; this SDK has no terminal yet",
 }

@@ -7,13 +7,14 @@ import asyncio
 import base64
 import json
 import threading
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Mapping, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, AsyncIterable, cast, AsyncIterator, Callable, Iterable, Iterator, List, Mapping, Optional, Union
 from urllib.parse import quote
 
 from ._core import SseParser, seg
 import httpx
 
-from ._core import error_from_response, seg
+from ._core import base_headers, error_from_response, seg
+from ._pty import AsyncPty, OnData, Pty
 from ._errors import KindlingError
 from ._types import ExecutionResult, JsonDict
 
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
     from ._sync import _Http
 
 Data = Union[str, bytes]
+#: What an upload may be: text, bytes, a file object (read in chunks, text or binary), or an iterable of chunks; the
+#: asyncio client also takes async iterables. Streams are sent as they are read, never gathered in memory.
+Upload = Union[str, bytes, bytearray, memoryview, IO[bytes], IO[str], Iterable[Union[bytes, str]], AsyncIterable[Union[bytes, str]]]
+#: Bytes read from a file object per chunk of an upload.
+UPLOAD_CHUNK = 256 * 1024
 #: A list of JSON objects (named at module level: the resources' own ``list`` methods shadow the builtin in their bodies).
 JsonList = list[JsonDict]
 Command = list[str]
@@ -150,6 +156,69 @@ def _content(data: Data) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
 
+def _chunk(piece: Union[bytes, str, bytearray, memoryview]) -> bytes:
+    return piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+
+
+def _file_chunks(source: Any) -> Iterator[bytes]:
+    while True:
+        piece = source.read(UPLOAD_CHUNK)
+        if not piece:
+            return
+        yield _chunk(piece)
+
+
+def _upload(data: Upload) -> tuple[Union[bytes, Iterator[bytes]], bool]:
+    """The body of an upload and whether it can be sent again (bytes can; a stream is read once)."""
+    if isinstance(data, (str, bytes, bytearray, memoryview)):
+        return _chunk(data), True
+    if callable(getattr(data, "read", None)):
+        return _file_chunks(data), False
+    if isinstance(data, Iterable):
+        return (_chunk(piece) for piece in cast(Iterable[Union[bytes, str]], data)), False
+    raise TypeError("upload data must be str, bytes, a file object or an iterable of chunks (async iterables on the asyncio client)")
+
+
+async def _async_chunks(data: Any) -> AsyncIterator[bytes]:
+    if hasattr(data, "__aiter__"):
+        async for piece in data:
+            yield _chunk(piece)
+    elif callable(getattr(data, "read", None)):
+        # A blocking file is read off the event loop.
+        while True:
+            piece = await asyncio.to_thread(data.read, UPLOAD_CHUNK)
+            if not piece:
+                return
+            yield _chunk(piece)
+    else:
+        for piece in data:
+            yield _chunk(piece)
+
+
+def _async_upload(data: Upload) -> tuple[Union[bytes, AsyncIterator[bytes]], bool]:
+    if isinstance(data, (str, bytes, bytearray, memoryview)):
+        return _chunk(data), True
+    if hasattr(data, "__aiter__") or callable(getattr(data, "read", None)) or isinstance(data, Iterable):
+        return _async_chunks(data), False
+    raise TypeError("upload data must be str, bytes, a file object, an iterable or an async iterable of chunks")
+
+
+def _list_query(state: Optional[str], metadata: Optional[Mapping[str, str]]) -> str:
+    pairs = ([("state", state)] if state is not None else []) + [(f"metadata.{key}", value) for key, value in (metadata or {}).items()]
+    return "" if not pairs else "?" + "&".join(f"{quote(key, safe='.')}={quote(value, safe='')}" for key, value in pairs)
+
+
+def _update_body(timeout_ms: Optional[int], idle_timeout_ms: Optional[int]) -> JsonDict:
+    body: JsonDict = {}
+    if timeout_ms is not None:
+        body["timeoutMs"] = timeout_ms
+    if idle_timeout_ms is not None:
+        body["idleTimeoutMs"] = idle_timeout_ms
+    if not body:
+        raise TypeError("give timeout_ms, idle_timeout_ms or both")
+    return body
+
+
 class Sandboxes:
     """``/v1/sandboxes`` on the blocking client. ``create``/``connect`` give a :class:`Sandbox`; the other methods
     take an id. Sandbox answers are the server's JSON (``id``, ``state``, ``limits``, ``usage``...) as dicts."""
@@ -167,9 +236,26 @@ class Sandboxes:
     def connect(self, sandbox_id: str) -> "Sandbox":
         return Sandbox(self, self.get(sandbox_id))
 
-    def list(self, *, state: Optional[str] = None) -> JsonList:
-        query = "" if state is None else f"?state={quote(state, safe='')}"
-        return list(self._http.json("GET", f"/v1/sandboxes{query}").get("sandboxes") or [])
+    def list(self, *, state: Optional[str] = None, metadata: Optional[Mapping[str, str]] = None) -> JsonList:
+        """The tenant's sandboxes, of one ``state`` and/or with every ``metadata`` pair given (exact values)."""
+        return list(self._http.json("GET", f"/v1/sandboxes{_list_query(state, metadata)}").get("sandboxes") or [])
+
+    def update(self, sandbox_id: str, *, timeout_ms: Optional[int] = None, idle_timeout_ms: Optional[int] = None) -> JsonDict:
+        """``PATCH /v1/sandboxes/ID``: ``timeout_ms`` from now the sandbox stops (E2B's set_timeout); a new idle timeout."""
+        return dict(self._http.json("PATCH", _path(sandbox_id), json_body=_update_body(timeout_ms, idle_timeout_ms), idempotent=True))
+
+    def set_timeout(self, sandbox_id: str, timeout_ms: int) -> JsonDict:
+        return self.update(sandbox_id, timeout_ms=timeout_ms)
+
+    def pty(self, sandbox_id: str, *, cols: int = 80, rows: int = 24, command: Optional[Command] = None, env: Optional[Mapping[str, str]] = None, on_data: OnData = None) -> Pty:
+        """``GET /v1/sandboxes/ID/pty``: an interactive terminal (WebSocket), running once this returns. ``on_data``
+        gets its output (bytes, on the terminal's own thread); ``write``, ``resize``, ``wait`` (exit code), ``kill``."""
+        return Pty(self._http.config.url, base_headers(self._http.config), sandbox_id, cols=cols, rows=rows, command=command, env=env, on_data=on_data)
+
+    def hibernate(self, sandbox_id: str) -> JsonDict:
+        """``POST /v1/sandboxes/ID/hibernate``: releases its RAM; ``info["hibernation"]["processesKept"]`` says whether
+        its processes come back on resume (else its files are kept and its processes ended)."""
+        return dict(self._http.json("POST", _path(sandbox_id, "/hibernate"), json_body={}, idempotent=True))
 
     def get(self, sandbox_id: str) -> JsonDict:
         return dict(self._http.json("GET", _path(sandbox_id)))
@@ -245,9 +331,33 @@ class Sandboxes:
             response.close()
         raise kindling_stream_interrupted(path)
 
-    def write_file(self, sandbox_id: str, path: str, data: Data) -> JsonDict:
+    def write_file(self, sandbox_id: str, path: str, data: Upload) -> JsonDict:
+        """Writes the file (parents made): text, bytes, a file object or an iterable of chunks, streamed."""
         headers = {"content-type": "application/octet-stream"}
-        return dict(self._http.json("PUT", _files(sandbox_id, path), content=_content(data), headers=headers))
+        body, replayable = _upload(data)
+        return dict(self._http.json("PUT", _files(sandbox_id, path), content=body, headers=headers, replayable=replayable))
+
+    def mkdir(self, sandbox_id: str, path: str, *, parents: bool = True) -> JsonDict:
+        """``POST .../files/mkdir``: ``{"path", "created"}`` (created False when it existed)."""
+        return dict(self._http.json("POST", _path(sandbox_id, "/files/mkdir"), json_body={"path": path, "parents": parents}, idempotent=True))
+
+    def write_tar(self, sandbox_id: str, path: str, tar: Upload) -> JsonDict:
+        """``PUT .../files/tar``: extracts a tar archive (bytes, a file object or chunks; streamed) into the directory
+        ``path``; entries leaving it are refused (``ValidationError`` SANDBOX_TAR_INVALID) and nothing changes."""
+        body, replayable = _upload(tar)
+        return dict(self._http.json("PUT", _files(sandbox_id, path, "/tar"), content=body, headers={"content-type": "application/x-tar"}, replayable=replayable))
+
+    def read_tar(self, sandbox_id: str, path: str) -> Iterator[bytes]:
+        """``GET .../files/tar``: the directory as a tar archive, in chunks as they arrive (close the iterator to stop)."""
+        response = self._http.send("GET", _files(sandbox_id, path, "/tar"), headers={"accept": "application/x-tar"}, idempotent=True, stream=True)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from response.iter_bytes()
+            finally:
+                response.close()
+
+        return chunks()
 
     def read_file(self, sandbox_id: str, path: str) -> bytes:
         response = self._http.send("GET", _files(sandbox_id, path), headers={"accept": "application/octet-stream"}, idempotent=True)
@@ -327,8 +437,21 @@ class _Files:
     def __init__(self, api: Sandboxes, sandbox_id: str) -> None:
         self._api, self._id = api, sandbox_id
 
-    def write(self, path: str, data: Data) -> JsonDict:
+    def write(self, path: str, data: Upload) -> JsonDict:
+        """Text, bytes, a file object or an iterable of chunks (streamed, not read into memory)."""
         return self._api.write_file(self._id, path, data)
+
+    def make_dir(self, path: str) -> bool:
+        """Makes the directory and its parents; False when it existed (E2B's ``make_dir``)."""
+        return bool(self._api.mkdir(self._id, path)["created"])
+
+    def upload_dir(self, path: str, tar: Upload) -> JsonDict:
+        """Extracts a tar archive into the directory ``path``."""
+        return self._api.write_tar(self._id, path, tar)
+
+    def download_dir(self, path: str) -> Iterator[bytes]:
+        """The directory ``path`` as a tar archive, in chunks."""
+        return self._api.read_tar(self._id, path)
 
     def read(self, path: str) -> str:
         return self._api.read_file(self._id, path).decode("utf-8")
@@ -343,6 +466,23 @@ class _Files:
         self._api.remove_file(self._id, path)
 
 
+class _Terminals:
+    def __init__(self, api: Sandboxes, sandbox_id: str) -> None:
+        self._api, self._id = api, sandbox_id
+
+    def create(self, *, cols: int = 80, rows: int = 24, command: Optional[Command] = None, env: Optional[Mapping[str, str]] = None, on_data: OnData = None) -> Pty:
+        """An interactive terminal (the image's shell unless ``command``); needs python3 in the sandbox's image."""
+        return self._api.pty(self._id, cols=cols, rows=rows, command=command, env=env, on_data=on_data)
+
+
+class _AsyncTerminals:
+    def __init__(self, api: "AsyncSandboxes", sandbox_id: str) -> None:
+        self._api, self._id = api, sandbox_id
+
+    async def create(self, *, cols: int = 80, rows: int = 24, command: Optional[Command] = None, env: Optional[Mapping[str, str]] = None, on_data: OnData = None) -> AsyncPty:
+        return await self._api.pty(self._id, cols=cols, rows=rows, command=command, env=env, on_data=on_data)
+
+
 class Sandbox:
     """A handle on one persistent sandbox (blocking client)."""
 
@@ -352,6 +492,7 @@ class Sandbox:
         self.info: JsonDict = dict(info)
         self.commands = _Commands(api, self.id)
         self.files = _Files(api, self.id)
+        self.pty = _Terminals(api, self.id)
 
     @property
     def state(self) -> str:
@@ -366,6 +507,15 @@ class Sandbox:
     def refresh(self) -> JsonDict:
         self.info = self._api.get(self.id)
         return self.info
+
+    def hibernate(self) -> JsonDict:
+        """Releases its RAM; ``info["hibernation"]["processesKept"]`` says whether its processes come back."""
+        self.info = self._api.hibernate(self.id)
+        return self.info
+
+    def set_timeout(self, timeout_ms: int) -> None:
+        """The sandbox stops ``timeout_ms`` from now (E2B's ``set_timeout``)."""
+        self.info = self._api.set_timeout(self.id, timeout_ms)
 
     def snapshot(self) -> JsonDict:
         """An immutable snapshot of the sandbox's files (processes are not kept on the sandbox executor)."""
@@ -400,9 +550,21 @@ class AsyncSandboxes:
     async def connect(self, sandbox_id: str) -> "AsyncSandbox":
         return AsyncSandbox(self, await self.get(sandbox_id))
 
-    async def list(self, *, state: Optional[str] = None) -> JsonList:
-        query = "" if state is None else f"?state={quote(state, safe='')}"
-        return list((await self._http.json("GET", f"/v1/sandboxes{query}")).get("sandboxes") or [])
+    async def list(self, *, state: Optional[str] = None, metadata: Optional[Mapping[str, str]] = None) -> JsonList:
+        return list((await self._http.json("GET", f"/v1/sandboxes{_list_query(state, metadata)}")).get("sandboxes") or [])
+
+    async def update(self, sandbox_id: str, *, timeout_ms: Optional[int] = None, idle_timeout_ms: Optional[int] = None) -> JsonDict:
+        return dict(await self._http.json("PATCH", _path(sandbox_id), json_body=_update_body(timeout_ms, idle_timeout_ms), idempotent=True))
+
+    async def set_timeout(self, sandbox_id: str, timeout_ms: int) -> JsonDict:
+        return await self.update(sandbox_id, timeout_ms=timeout_ms)
+
+    async def pty(self, sandbox_id: str, *, cols: int = 80, rows: int = 24, command: Optional[Command] = None, env: Optional[Mapping[str, str]] = None, on_data: OnData = None) -> AsyncPty:
+        """See :meth:`Sandboxes.pty`; ``on_data`` is called in the event loop."""
+        return await AsyncPty.open(self._http.config.url, base_headers(self._http.config), sandbox_id, cols=cols, rows=rows, command=command, env=env, on_data=on_data)
+
+    async def hibernate(self, sandbox_id: str) -> JsonDict:
+        return dict(await self._http.json("POST", _path(sandbox_id, "/hibernate"), json_body={}, idempotent=True))
 
     async def get(self, sandbox_id: str) -> JsonDict:
         return dict(await self._http.json("GET", _path(sandbox_id)))
@@ -471,9 +633,30 @@ class AsyncSandboxes:
             await response.aclose()
         raise kindling_stream_interrupted(path)
 
-    async def write_file(self, sandbox_id: str, path: str, data: Data) -> JsonDict:
+    async def write_file(self, sandbox_id: str, path: str, data: Upload) -> JsonDict:
         headers = {"content-type": "application/octet-stream"}
-        return dict(await self._http.json("PUT", _files(sandbox_id, path), content=_content(data), headers=headers))
+        body, replayable = _async_upload(data)
+        return dict(await self._http.json("PUT", _files(sandbox_id, path), content=body, headers=headers, replayable=replayable))
+
+    async def mkdir(self, sandbox_id: str, path: str, *, parents: bool = True) -> JsonDict:
+        return dict(await self._http.json("POST", _path(sandbox_id, "/files/mkdir"), json_body={"path": path, "parents": parents}, idempotent=True))
+
+    async def write_tar(self, sandbox_id: str, path: str, tar: Upload) -> JsonDict:
+        body, replayable = _async_upload(tar)
+        return dict(await self._http.json("PUT", _files(sandbox_id, path, "/tar"), content=body, headers={"content-type": "application/x-tar"}, replayable=replayable))
+
+    async def read_tar(self, sandbox_id: str, path: str) -> AsyncIterator[bytes]:
+        """The directory as a tar archive, in chunks as they arrive."""
+        response = await self._http.send("GET", _files(sandbox_id, path, "/tar"), headers={"accept": "application/x-tar"}, idempotent=True, stream=True)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for piece in response.aiter_bytes():
+                    yield piece
+            finally:
+                await response.aclose()
+
+        return chunks()
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
         response = await self._http.send("GET", _files(sandbox_id, path), headers={"accept": "application/octet-stream"}, idempotent=True)
@@ -542,8 +725,17 @@ class _AsyncFiles:
     def __init__(self, api: AsyncSandboxes, sandbox_id: str) -> None:
         self._api, self._id = api, sandbox_id
 
-    async def write(self, path: str, data: Data) -> JsonDict:
+    async def write(self, path: str, data: Upload) -> JsonDict:
         return await self._api.write_file(self._id, path, data)
+
+    async def make_dir(self, path: str) -> bool:
+        return bool((await self._api.mkdir(self._id, path))["created"])
+
+    async def upload_dir(self, path: str, tar: Upload) -> JsonDict:
+        return await self._api.write_tar(self._id, path, tar)
+
+    async def download_dir(self, path: str) -> AsyncIterator[bytes]:
+        return await self._api.read_tar(self._id, path)
 
     async def read(self, path: str) -> str:
         return (await self._api.read_file(self._id, path)).decode("utf-8")
@@ -567,6 +759,7 @@ class AsyncSandbox:
         self.info: JsonDict = dict(info)
         self.commands = _AsyncCommands(api, self.id)
         self.files = _AsyncFiles(api, self.id)
+        self.pty = _AsyncTerminals(api, self.id)
 
     @property
     def state(self) -> str:
@@ -581,6 +774,13 @@ class AsyncSandbox:
     async def refresh(self) -> JsonDict:
         self.info = await self._api.get(self.id)
         return self.info
+
+    async def hibernate(self) -> JsonDict:
+        self.info = await self._api.hibernate(self.id)
+        return self.info
+
+    async def set_timeout(self, timeout_ms: int) -> None:
+        self.info = await self._api.set_timeout(self.id, timeout_ms)
 
     async def snapshot(self) -> JsonDict:
         return await self._api.snapshot(self.id)

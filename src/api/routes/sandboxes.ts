@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { Readable } from 'node:stream';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Static } from '@sinclair/typebox';
 import type { SandboxService } from '../../orchestrator/sandboxes.js';
 import { ByteLimit } from '../raw-body.js';
@@ -18,9 +19,13 @@ import {
   SandboxCommandSchema,
   SandboxFileListSchema,
   SandboxFileWrittenSchema,
+  SandboxMkdirRequestSchema,
+  SandboxMkdirResultSchema,
+  SandboxTarWrittenSchema,
   SandboxIdParamsSchema,
   SandboxListQuerySchema,
   SandboxListSchema,
+  UpdateSandboxRequestSchema,
   SandboxPathQuerySchema,
   SandboxSchema,
   ForkRequestSchema,
@@ -58,8 +63,26 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
 
   app.get<{ Querystring: Static<typeof SandboxListQuerySchema> }>(
     '/v1/sandboxes',
-    { schema: { tags, summary: "The caller's tenant's sandboxes (stopped ones are listed for an hour)", querystring: SandboxListQuerySchema, response: { 200: SandboxListSchema, ...errors } } },
-    async (request) => ({ sandboxes: service.list(request.principal.tenant, request.query.state) }),
+    {
+      schema: {
+        tags,
+        summary: "The caller's tenant's sandboxes (stopped ones are listed for an hour), filtered by state and metadata",
+        description: '`?state=` one state; `?metadata.KEY=VALUE` (repeatable with other keys, at most 16): only sandboxes whose metadata has KEY exactly equal to VALUE; every pair must match.',
+        querystring: SandboxListQuerySchema,
+        response: { 200: SandboxListSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const query = request.query as Record<string, string>;
+      const metadata = Object.fromEntries(Object.entries(query).filter(([key]) => key.startsWith('metadata.')).map(([key, value]) => [key.slice('metadata.'.length), value]));
+      return { sandboxes: service.list(request.principal.tenant, { ...(request.query.state === undefined ? {} : { state: request.query.state }), metadata }) };
+    },
+  );
+
+  app.patch<{ Params: IdParams; Body: Static<typeof UpdateSandboxRequestSchema> }>(
+    '/v1/sandboxes/:id',
+    { schema: { tags, summary: 'Set the time left to live (timeoutMs from now, as E2B\'s setTimeout) or the idle timeout', params: SandboxIdParamsSchema, body: UpdateSandboxRequestSchema, response: { 200: SandboxSchema, ...errors } } },
+    async (request) => service.update(request.principal.tenant, request.params.id, request.body),
   );
 
   app.get<{ Params: IdParams }>(
@@ -88,6 +111,21 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
     '/v1/sandboxes/:id/resume',
     { schema: { tags, summary: 'Thaw a paused sandbox; idempotent', params: SandboxIdParamsSchema, body: { type: 'object', additionalProperties: false, nullable: true, examples: [{}] }, response: { 200: SandboxSchema, ...errors } } },
     async (request) => service.resume(request.principal.tenant, request.params.id),
+  );
+
+  app.post<{ Params: IdParams }>(
+    '/v1/sandboxes/:id/hibernate',
+    {
+      schema: {
+        tags,
+        summary: 'Hibernate the sandbox: it holds no RAM until resumed; idempotent',
+        description: 'Where the executor can save processes and memory (capability hibernate) they come back on resume or the next command (hibernation.processesKept: true); elsewhere the files are kept and the processes end (processesKept: false: a resume starts a new process tree). Not counted against maxPausedSandboxes; the sandbox keeps its disk. A command on it resumes it unless autoResume is false (409 SANDBOX_PAUSED). Executors that keep no files once the processes end answer 400 SANDBOXES_UNSUPPORTED.',
+        params: SandboxIdParamsSchema,
+        body: { type: 'object', additionalProperties: false, nullable: true, examples: [{}] },
+        response: { 200: SandboxSchema, ...errors },
+      },
+    },
+    async (request) => service.hibernate(request.principal.tenant, request.params.id),
   );
 
   /* Commands: foreground (JSON or SSE), background handles, their logs (SSE) and kill ---------------------------- */
@@ -236,6 +274,35 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
     },
   );
 
+  app.post<{ Params: IdParams; Body: Static<typeof SandboxMkdirRequestSchema> }>(
+    '/v1/sandboxes/:id/files/mkdir',
+    { schema: { tags, summary: 'Make a directory in the sandbox (parents too unless parents: false); an existing directory is fine', params: SandboxIdParamsSchema, body: SandboxMkdirRequestSchema, response: { 201: SandboxMkdirResultSchema, ...errors } } },
+    async (request, reply) => {
+      const made = await service.mkdir(request.principal.tenant, request.params.id, request.body.path, request.body.parents ?? true);
+      reply.code(201);
+      return made;
+    },
+  );
+
+  app.get<{ Params: IdParams; Querystring: PathQuery }>(
+    '/v1/sandboxes/:id/files/tar',
+    {
+      schema: {
+        tags,
+        summary: 'Download a directory of the sandbox as a tar archive (streamed)',
+        description: 'Made by tar inside the sandbox: names relative to the directory, symlinks kept as symlinks (never followed), numeric owners.',
+        params: SandboxIdParamsSchema,
+        querystring: SandboxPathQuerySchema,
+        response: { 200: { description: 'A tar archive', content: { 'application/x-tar': { schema: BinaryBodySchema } } }, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const stream = await service.readTar(request.principal.tenant, request.params.id, request.query.path);
+      reply.type('application/x-tar');
+      return reply.send(stream);
+    },
+  );
+
   app.delete<{ Params: IdParams; Querystring: PathQuery }>(
     '/v1/sandboxes/:id/files',
     { schema: { tags, summary: 'Remove a file or a directory (recursively) of the sandbox', params: SandboxIdParamsSchema, querystring: SandboxPathQuerySchema, response: { 204: { type: 'null', description: 'Removed' }, ...errors } } },
@@ -333,24 +400,42 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
           response: { 201: SandboxFileWrittenSchema, ...errors },
         },
       },
-      async (request, reply) => {
-        const tenant = request.principal.tenant;
-        const diskBytes = service.get(tenant, request.params.id).limits.diskMb * 1024 * 1024;
-        const upload = (request.body as IncomingMessage | undefined) ?? request.raw;
-        const body = upload.pipe(new ByteLimit(diskBytes, "the sandbox's diskMb"));
-        try {
-          const written = await service.writeFile(tenant, request.params.id, request.query.path, body);
-          reply.code(201);
-          return written;
-        } finally {
-          // A refused upload (disk full, bad path) is read to its end and dropped, so that the client gets the answer
-          // instead of a connection reset while it still sends.
-          if (!upload.readableEnded) {
-            upload.unpipe();
-            upload.resume();
-          }
-        }
+      async (request, reply) => upload(request, reply, (tenant, body) => service.writeFile(tenant, request.params.id, request.query.path, body)),
+    );
+    scope.put<{ Params: IdParams; Querystring: PathQuery }>(
+      '/v1/sandboxes/:id/files/tar',
+      {
+        config: { swaggerTransform: ({ schema, url }) => ({ schema: { ...schema, body: { content: { 'application/x-tar': { schema: BinaryBodySchema } } } } as typeof schema, url }) },
+        schema: {
+          tags,
+          summary: 'Upload a tar archive and extract it into a directory of the sandbox (streamed; the directory is made when missing)',
+          description: 'Each entry is checked as it streams in: absolute names, ".." segments, symlinks or hard links pointing out of the directory, devices and fifos answer 400 SANDBOX_TAR_INVALID, as does a corrupt or truncated archive. The extraction runs inside the sandbox into a staging directory that is merged in only once the whole archive was accepted, so a refused archive changes nothing. Bounded by diskMb (413 SANDBOX_DISK_FULL).',
+          params: SandboxIdParamsSchema,
+          querystring: SandboxPathQuerySchema,
+          response: { 201: SandboxTarWrittenSchema, ...errors },
+        },
       },
+      async (request, reply) => upload(request, reply, (tenant, body) => service.writeTar(tenant, request.params.id, request.query.path, body)),
     );
   });
+
+  /** A streamed upload (file or tar): bounded by the sandbox's diskMb, and a refused one read to its end. */
+  async function upload<T>(request: FastifyRequest<{ Params: IdParams }>, reply: FastifyReply, write: (tenant: string, body: Readable) => Promise<T>): Promise<T> {
+    const tenant = request.principal.tenant;
+    const diskBytes = service.get(tenant, request.params.id).limits.diskMb * 1024 * 1024;
+    const raw = (request.body as IncomingMessage | undefined) ?? request.raw;
+    const body = raw.pipe(new ByteLimit(diskBytes, "the sandbox's diskMb"));
+    try {
+      const written = await write(tenant, body);
+      reply.code(201);
+      return written;
+    } finally {
+      // A refused upload (disk full, bad path) is read to its end and dropped, so that the client gets the answer
+      // instead of a connection reset while it still sends.
+      if (!raw.readableEnded) {
+        raw.unpipe();
+        raw.resume();
+      }
+    }
+  }
 }
