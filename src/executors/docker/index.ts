@@ -625,6 +625,8 @@ export class DockerExecutor implements Executor {
     let removed = 0;
     for (const entry of await readdir(this.volumesDir).catch(() => [] as string[])) {
       const dir = join(this.volumesDir, entry);
+      // A disk being mounted meanwhile may be this one: left for the next reap.
+      if (this.attaching > 0) break;
       if (this.volumes.has(dir)) continue;
       // Deepest first: the overlay (work) before the disk it lives on.
       for (const point of mountsUnder(dir).sort((a, b) => b.length - a.length)) {
