@@ -7,7 +7,9 @@
  * reaping), warm sandboxes with a resident agent where the executor offers them (invoke, a timeout as a result,
  * destroy releasing everything), persistent sandboxes where the executor offers them (processes and files persist
  * between commands, a kill ends one command's tree only, pause/resume as its capabilities say, destroy and reaping
- * after a crash leave nothing), and the executor's own end: close() drains, destroy() aborts, both idempotent.
+ * after a crash leave nothing; with `sandboxStorage`: files on a disk that outlives the sandbox, diskMb as ENOSPC,
+ * snapshots and sandboxes made from them, storage reaping; with `connectPort`: a port on the sandbox's loopback), and
+ * the executor's own end: close() drains, destroy() aborts, both idempotent.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, createHash } from 'node:crypto';
