@@ -41,7 +41,7 @@ export interface SnapshotInfo {
   limits: { memoryMb: number; cpus: number; pids: number; diskMb: number };
   createdAt: string;
   bytes: number;
-  /** Whether memory and processes are kept (false on the sandbox executor: files only). */
+  /** Whether memory and processes are kept (false on the sandbox and docker executors: files only). */
   memory: boolean;
   note: string;
 }
@@ -458,7 +458,7 @@ export class Sandbox {
     return this.info;
   }
 
-  /** An immutable snapshot of the sandbox's files (processes are not kept on the sandbox executor). */
+  /** An immutable snapshot of the sandbox's files (processes are not kept on the sandbox and docker executors). */
   snapshot(options?: RequestOptions): Promise<SnapshotInfo> {
     return this.#api.snapshot(this.id, options);
   }

@@ -145,7 +145,7 @@ export interface SnapshotView {
   createdAt: string;
   /** Bytes of files it holds. */
   bytes: number;
-  /** Whether memory and processes are kept (false on the sandbox executor: a sandbox made from it starts fresh processes). */
+  /** Whether memory and processes are kept (false on the sandbox and docker executors: a sandbox made from it starts fresh processes). */
   memory: boolean;
   note: string;
 }
