@@ -661,6 +661,30 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       assert.equal((await t.executor.reap()).removed, 0);
     });
 
+    storageTest('commands started while a snapshot is being taken wait for it and run (they never fail because of it)', async (t, create, storage) => {
+      const id = storageId('busy');
+      const snapshotId = storageId('snap');
+      const sandbox = await create(diskSpec(t, id, 256), stored);
+      try {
+        // Enough files that the copy takes a while (the sandbox is frozen meanwhile).
+        const wrote = await runIn(sandbox, ['sh', '-c', 'mkdir data && for i in $(seq 60); do head -c 1048576 /dev/urandom > data/f$i; done']);
+        assert.equal(wrote.exitCode, 0, wrote.stderr);
+        let snapshotDone = false;
+        const snapshotting = sandbox.snapshot!(snapshotId).finally(() => (snapshotDone = true));
+        const results: { exitCode: number; stdout: string }[] = [];
+        // Commands one after another until the snapshot ended: some of them start while it is taken.
+        while (!snapshotDone) results.push(await runIn(sandbox, ['echo', 'ran']));
+        const snap = await snapshotting;
+        assert.ok(snap.bytes >= 60 * 1048576, `bytes ${snap.bytes}`);
+        assert.ok(results.length > 0);
+        for (const result of results) assert.deepEqual([result.exitCode, result.stdout], [0, 'ran\n']);
+      } finally {
+        await sandbox.destroy();
+        await storage.removeDisk(id);
+        await storage.removeSnapshot(snapshotId);
+      }
+    });
+
     storageTest("start-up reaping (sandboxStorage.reap) removes the disks and snapshots not kept, and keeps those kept", async (t, create, storage) => {
       const keep = storageId('keep');
       const gone = storageId('gone');

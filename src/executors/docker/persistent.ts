@@ -105,6 +105,11 @@ class DockerPersistentSandbox implements PersistentSandbox {
   private readonly lifetime: NodeJS.Timeout;
   /** Paused by pause() (a snapshot's own pause is not counted). */
   private paused = false;
+  /**
+   * A snapshot under way: the engine refuses an exec into a paused container, so commands started meanwhile wait for
+   * its end (as they wait for the thaw on the sandbox executor) instead of failing.
+   */
+  private snapshotting: Promise<unknown> | null = null;
 
   constructor(
     spec: RunSpec,
@@ -149,12 +154,20 @@ class DockerPersistentSandbox implements PersistentSandbox {
     const { volume, snapshot } = this.stored;
     // Paused while copied, so that the copy is one moment of the files; a paused sandbox stays paused.
     const wasPaused = this.paused;
-    if (!wasPaused) await this.engine(() => this.container.pause(), 'pause');
-    try {
-      return { bytes: await snapshot(volume, snapshotId), memory: false };
-    } finally {
-      if (!wasPaused && !this.ended) await this.container.unpause().catch(() => {});
-    }
+    const work = (async () => {
+      if (!wasPaused) await this.engine(() => this.container.pause(), 'pause');
+      try {
+        return { bytes: await snapshot(volume, snapshotId), memory: false };
+      } finally {
+        if (!wasPaused && !this.ended) await this.container.unpause().catch(() => {});
+      }
+    })();
+    const running = work.catch(() => {});
+    this.snapshotting = running;
+    void running.then(() => {
+      if (this.snapshotting === running) this.snapshotting = null;
+    });
+    return work;
   }
 
   /* -- ports ------------------------------------------------------------------------------------------------------- */
@@ -218,6 +231,8 @@ class DockerPersistentSandbox implements PersistentSandbox {
   async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
     this.assertAlive();
     checkCommandRequest(request);
+    while (this.snapshotting !== null) await this.snapshotting;
+    this.assertAlive();
     const exec = await this.engine(
       () =>
         this.container.exec({
