@@ -49,6 +49,8 @@ const MAIN = ['/bin/sh', '-c', 'read -r _ || true; exit 0'];
 const WRAPPER = 'cd -- "$1" || exit 126; shift; exec "$@"';
 /** After a command's main process exited, output its background children still hold open is not waited for longer. */
 const OUTPUT_GRACE_MS = 100;
+/** How often a pause that runc gave up on ("unable to freeze": a busy cgroup v1 freezer stuck in FREEZING) is asked again. */
+const PAUSE_ATTEMPTS = 5;
 
 export interface DockerPersistentDeps {
   docker: Docker;
@@ -155,7 +157,7 @@ class DockerPersistentSandbox implements PersistentSandbox {
     // Paused while copied, so that the copy is one moment of the files; a paused sandbox stays paused.
     const wasPaused = this.paused;
     const work = (async () => {
-      if (!wasPaused) await this.engine(() => this.container.pause(), 'pause');
+      if (!wasPaused) await this.engine(() => this.freeze(), 'pause');
       try {
         return { bytes: await snapshot(volume, snapshotId), memory: false };
       } finally {
@@ -213,7 +215,7 @@ class DockerPersistentSandbox implements PersistentSandbox {
 
   async pause(): Promise<void> {
     this.assertAlive();
-    await this.engine(() => this.container.pause(), 'pause');
+    await this.engine(() => this.freeze(), 'pause');
     this.paused = true;
   }
 
@@ -290,6 +292,21 @@ class DockerPersistentSandbox implements PersistentSandbox {
       }
     }
     return [...tree];
+  }
+
+  /**
+   * The engine's pause. runc gives up when the cgroup v1 freezer stays FREEZING for a moment (seen under heavy load)
+   * and thaws the container again, so that answer is asked again a few times before it counts as a failure.
+   */
+  private async freeze(): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.container.pause();
+        return;
+      } catch (error) {
+        if (attempt >= PAUSE_ATTEMPTS || this.ended || !/unable to freeze/i.test((error as Error).message)) throw error;
+      }
+    }
   }
 
   private async engine<T>(work: () => Promise<T>, what: string): Promise<T> {
