@@ -1,5 +1,5 @@
 /**
- * Ports of persistent sandboxes (real bubblewrap, a started server): a server started inside a sandbox answers
+ * Ports of persistent sandboxes (real bubblewrap, and the real Docker engine where it runs; a started server): a server started inside a sandbox answers
  * through /v1/sandboxes/ID/ports/PORT/... (GET and POST with streamed 5 MiB bodies, a WebSocket echo, a raw upgrade),
  * nothing listening is a quick 502, another tenant gets 404, a paused sandbox is resumed, the per-sandbox connection
  * cap and the idle timeout hold, the sandbox still has no network out, and no helper process or descriptor stays.
@@ -14,9 +14,9 @@ import { networkInterfaces } from 'node:os';
 import { after, before, describe, test } from 'node:test';
 import { WebSocket } from 'ws';
 import { Kindling, NotFoundError, RateLimitError, ServerError, type Sandbox } from '@kindling/sdk';
-import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
-const unavailable = await sandboxUnavailableReason();
+const unavailable = { sandbox: await sandboxUnavailableReason(), docker: await dockerUnavailableReason() };
 const ADMIN = 'admin-key-for-sandbox-ports-test-0123456';
 const MIB5 = 5 * 1024 * 1024;
 const MAX_CONNECTIONS = 4;
@@ -161,7 +161,8 @@ function readExactly(socket: Socket, bytes: number, start: Buffer = Buffer.alloc
   });
 }
 
-describe('ports of persistent sandboxes (sandbox executor)', { skip: unavailable ?? false, timeout: 120_000 }, () => {
+// The same cases on each executor that reaches a sandbox's ports through its network namespace (see sandbox/ports.ts).
+for (const executor of ['sandbox', 'docker'] as const) describe(`ports of persistent sandboxes (${executor} executor)`, { skip: unavailable[executor] ?? false, timeout: 120_000 }, () => {
   let server: TestServer;
   let a: Kindling;
   let b: Kindling;
@@ -171,13 +172,14 @@ describe('ports of persistent sandboxes (sandbox executor)', { skip: unavailable
   const fdsBefore = netnsFds();
 
   before(async () => {
-    server = await startTestServer({ executor: 'sandbox', adminKey: ADMIN, maxSandboxPortConnections: MAX_CONNECTIONS, sandboxPortIdleTimeoutMs: IDLE_MS });
+    server = await startTestServer({ executor, adminKey: ADMIN, maxSandboxPortConnections: MAX_CONNECTIONS, sandboxPortIdleTimeoutMs: IDLE_MS });
     const admin = new Kindling({ url: server.url, apiKey: ADMIN });
     keyA = (await admin.tenants.create('ports-a')).apiKey;
     a = new Kindling({ url: server.url, apiKey: keyA });
     keyB = (await admin.tenants.create('ports-b')).apiKey;
     b = new Kindling({ url: server.url, apiKey: keyB });
-    sb = await a.sandboxes.create({ runtime: 'python', limits: { memoryMb: 256 } });
+    sb = await a.sandboxes.create({ runtime: 'python', executor, limits: { memoryMb: 256 } });
+    assert.equal(sb.info.executor, executor);
     await sb.files.write('/work/srv.py', SERVER_PY);
     const started = await sb.commands.run(['sh', '-c', 'python3 /work/srv.py 8000 >/tmp/srv.log 2>&1 &']);
     assert.equal(started.exitCode, 0, started.stderr);

@@ -493,6 +493,79 @@ describe('persistent sandboxes (docker executor)', { skip: dockerMissing ?? fals
       if (!deleted) await sb.kill();
     }
   });
+
+  /* -- files on a disk of their own: snapshots, forks, a full disk, a container that died ---------------------------- */
+
+  test('files live on a disk of their own: snapshots, fromSnapshot and forks never see each other; a full disk is ENOSPC inside; delete leaves no mount, loop device or disk', async () => {
+    const ownerId = ownerIdOf(server.dataDir);
+    const storage = join(server.dataDir, 'run', 'docker-sandbox-storage', ownerId);
+    const parent = await a.sandboxes.create({ runtime: 'bash', executor: 'docker', limits: { diskMb: 16 }, env: { WHO: 'parent' } });
+    const made: Sandbox[] = [];
+    try {
+      assert.deepEqual(parent.info.storage, { persistent: true, fromSnapshot: null });
+      await parent.files.write('state.txt', 'v1');
+      await parent.commands.run(['sh', '-c', 'mkdir -p d && head -c 100000 /dev/urandom > d/blob && ln -s /etc/hostname link && echo t > /tmp/t']);
+      // The disk is the kernel's limit: ENOSPC in the process, the sandbox lives on, the host's disk is untouched.
+      const full = await parent.commands.run(['sh', '-c', 'head -c 40000000 /dev/zero > big; echo $?; rm -f big']);
+      assert.match(full.stderr, /No space left on device/);
+      assert.notEqual(full.stdout.trim(), '0');
+      const snap = await parent.snapshot();
+      assert.equal(snap.memory, false);
+      assert.ok(snap.bytes >= 100_000, `bytes ${snap.bytes}`);
+      assert.deepEqual(readdirSync(join(storage, 'snapshots')), [snap.id]);
+
+      await parent.files.write('state.txt', 'v2 parent');
+      const child = await a.sandboxes.create({ fromSnapshot: snap.id });
+      made.push(child);
+      assert.deepEqual([child.info.executor, child.info.limits.diskMb, child.info.storage.fromSnapshot], ['docker', 16, snap.id]);
+      assert.equal(await child.files.read('state.txt'), 'v1');
+      assert.equal((await child.commands.run(['sh', '-c', 'wc -c < d/blob; readlink link'])).stdout, '100000\n/etc/hostname\n');
+      await child.files.write('state.txt', 'v2 child');
+      assert.equal(await parent.files.read('state.txt'), 'v2 parent');
+
+      const forks = await parent.fork(2);
+      made.push(...forks);
+      const [f1, f2] = forks as [Sandbox, Sandbox];
+      assert.deepEqual([f1.info.executor, (await f1.commands.run(['sh', '-c', 'echo $WHO'])).stdout], ['docker', 'parent\n'], "forks run on docker with the parent's env");
+      await f1.files.write('state.txt', 'f1');
+      await f2.commands.run(['sh', '-c', 'echo f2 > state.txt; rm d/blob']);
+      assert.deepEqual(await Promise.all([f1, f2, parent, child].map((s) => s.files.read('state.txt'))), ['f1', 'f2\n', 'v2 parent', 'v2 child']);
+      assert.equal((await f1.commands.run(['test', '-f', 'd/blob'])).exitCode, 0, "f2's delete is its own");
+      const forkSnap = f1.info.storage.fromSnapshot!;
+      for (const sb of made) await sb.kill();
+      made.length = 0;
+      await a.sandboxes.deleteSnapshot(forkSnap);
+      await a.sandboxes.deleteSnapshot(snap.id);
+      assert.deepEqual(readdirSync(join(storage, 'snapshots')), [], "the snapshots' files are removed");
+    } finally {
+      for (const sb of made) await sb.kill().catch(() => {});
+      await parent.kill();
+    }
+    assert.deepEqual(readdirSync(join(storage, 'disks')), [], 'no disk is left');
+    assert.deepEqual(mountsUnder(server.dataDir).filter((line) => line.includes('docker-volumes')), [], 'no disk is mounted');
+    assert.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(storage), false, 'no loop device is left');
+    assert.deepEqual(await docker.listContainers({ all: true, filters: JSON.stringify({ label: [`dev.kindling.owner=${ownerId}`] }) }), []);
+  });
+
+  test('a sandbox whose container died is stopped with its files, and the next command starts a new container on them', async () => {
+    const ownerId = ownerIdOf(server.dataDir);
+    const sb = await a.sandboxes.create({ runtime: 'bash', executor: 'docker', env: { KEPT: 'yes' } });
+    try {
+      await sb.files.write('notes/kept.txt', 'survives the container');
+      await sb.commands.run(['sh', '-c', 'echo in-tmp > /tmp/t']);
+      const [container] = await docker.listContainers({ filters: JSON.stringify({ label: [`dev.kindling.owner=${ownerId}`] }) });
+      assert.ok(container !== undefined);
+      await docker.getContainer(container.Id).kill({ signal: 'SIGKILL' });
+      await waitFor(async () => (await sb.refresh()).state === 'stopped', 30_000, 'the sandbox is stopped once its container died');
+      // The files API works on the stopped sandbox (it starts it again), and a command sees /work and /tmp as they were.
+      assert.equal(await sb.files.read('notes/kept.txt'), 'survives the container');
+      assert.equal((await sb.commands.run(['sh', '-c', 'cat /tmp/t; echo $KEPT'])).stdout, 'in-tmp\nyes\n');
+      const now = await docker.listContainers({ filters: JSON.stringify({ label: [`dev.kindling.owner=${ownerId}`] }) });
+      assert.deepEqual(now.map((c) => c.Id === container.Id), [false], 'a new container holds it');
+    } finally {
+      await sb.kill();
+    }
+  });
 });
 
 describe('persistent sandboxes across a server restart', { skip: unavailable ?? false }, () => {
@@ -601,6 +674,68 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
     } finally {
       if (first) await stopProcess(first.child, 'SIGKILL');
       if (second) await stopProcess(second.child, 'SIGTERM');
+      await rm(dataDir, { recursive: true, force: true }).catch((error: unknown) => console.error('could not remove the data dir', error));
+    }
+  });
+});
+
+describe('persistent sandboxes on docker across a server restart', { skip: dockerMissing ?? false }, () => {
+  test('after kill -9 of the server, the next start removes the orphaned container and its mounts, lists the sandbox as stopped, and its files are intact', async () => {
+    const dataDir = await newDataDir();
+    const ownerId = ownerIdOf(dataDir);
+    const storage = join(dataDir, 'run', 'docker-sandbox-storage', ownerId);
+    // The containers holding a sandbox's disk (a server also keeps containers of its own, such as generic warm ones).
+    const owned = async (): Promise<string[]> =>
+      (await docker.listContainers({ all: true, filters: JSON.stringify({ label: [`dev.kindling.owner=${ownerId}`] }) }))
+        .filter((c) => c.Mounts.some((mount) => mount.Source.includes('docker-volumes')))
+        .map((c) => c.Id);
+    let first: ServerProcess | null = null;
+    let second: ServerProcess | null = null;
+    try {
+      first = await startServerProcess(dataDir, ['--executor', 'docker', '--prewarm', '0']);
+      const client = new Kindling({ url: first.url });
+      const sb = await client.sandboxes.create({ runtime: 'bash', executor: 'docker', env: { KEPT: 'yes' } });
+      await sb.files.write('notes/kept.txt', 'survives kill -9');
+      await sb.commands.run(['sh', '-c', 'head -c 1000000 /dev/urandom > blob; sha256sum blob > blob.sum; echo in-tmp > /tmp/t']);
+      const sum = (await sb.commands.run(['cat', 'blob.sum'])).stdout;
+      const snap = await sb.snapshot();
+      const orphan = await owned();
+      assert.equal(orphan.length, 1);
+      await stopProcess(first.child, 'SIGKILL');
+      first = null;
+      second = await startServerProcess(dataDir, ['--executor', 'docker', '--prewarm', '0']);
+      // Reaping may go on while the new server already answers: wait for its end (the orphan and its mounts gone).
+      const mounted = (): string[] => mountsUnder(dataDir);
+      await waitFor(async () => (await owned()).length === 0 && mounted().filter((line) => line.includes('docker-volumes')).length === 0, 30_000, 'the orphaned container and its mounts are gone');
+      const again = new Kindling({ url: second.url });
+      const listed = await again.sandboxes.list();
+      assert.deepEqual(listed.map((s) => [s.id, s.state, s.executor]), [[sb.id, 'stopped', 'docker']]);
+      assert.match(listed[0]!.stopReason ?? '', /server restarted/);
+      assert.equal((await again.sandboxes.getSnapshot(snap.id)).bytes, snap.bytes, 'the snapshot survives too');
+      // The files API starts it again: a new container on the same disk, with its env.
+      assert.equal(new TextDecoder().decode(await again.sandboxes.readFile(sb.id, 'notes/kept.txt')), 'survives kill -9');
+      assert.equal((await again.sandboxes.get(sb.id)).state, 'running');
+      const ran = await again.sandboxes.run(sb.id, ['sh', '-c', 'sha256sum -c blob.sum >/dev/null && cat blob.sum /tmp/t; echo $KEPT']);
+      assert.equal(ran.stdout, `${sum}in-tmp\nyes\n`, ran.stderr);
+      assert.notDeepEqual(await owned(), orphan, 'a new container holds it');
+      const fork = await again.sandboxes.create({ fromSnapshot: snap.id });
+      assert.equal(await fork.files.read('notes/kept.txt'), 'survives kill -9');
+      await fork.kill();
+      await again.sandboxes.deleteSnapshot(snap.id);
+      await again.sandboxes.delete(sb.id);
+      assert.deepEqual(readdirSync(join(storage, 'disks')), []);
+      await stopProcess(second.child, 'SIGTERM');
+      second = null;
+      const left = await leftovers(docker, ownerId, dataDir);
+      assert.ok(nothingLeft(left), JSON.stringify(left));
+      assert.deepEqual(await docker.listContainers({ all: true, filters: JSON.stringify({ label: [`dev.kindling.owner=${ownerId}`] }) }), []);
+      assert.deepEqual(mounted(), []);
+      assert.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(dataDir), false, 'no loop device is left');
+    } finally {
+      if (first) await stopProcess(first.child, 'SIGKILL');
+      if (second) await stopProcess(second.child, 'SIGTERM');
+      for (const c of await docker.listContainers({ all: true, filters: JSON.stringify({ label: [`dev.kindling.owner=${ownerId}`] }) })) await docker.getContainer(c.Id).remove({ force: true }).catch(() => {});
+      for (const line of mountsUnder(dataDir).reverse()) execFileSync('umount', ['-l', line.split(' ')[4]!]);
       await rm(dataDir, { recursive: true, force: true }).catch((error: unknown) => console.error('could not remove the data dir', error));
     }
   });

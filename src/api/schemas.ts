@@ -322,7 +322,7 @@ export const CreateSandboxRequestSchema = Type.Object(
           memoryMb: Type.Optional(Type.Number({ description: 'Memory of the whole sandbox in MiB (its files in /work and /tmp count too); default 256.' })),
           cpus: Type.Optional(Type.Number({ description: 'CPU quota in cores; default 1.' })),
           pids: Type.Optional(Type.Integer({ description: 'Processes/threads at once; default 256.' })),
-          diskMb: Type.Optional(Type.Number({ description: 'Size in MiB of the sandbox\'s writable space: on the sandbox executor a disk of its own holding /work and /tmp (kept while the sandbox is stopped, until it is deleted; a full disk is ENOSPC inside); default 256.' })),
+          diskMb: Type.Optional(Type.Number({ description: 'Size in MiB of the sandbox\'s writable space: on the sandbox and docker executors a disk of its own holding /work and /tmp (kept while the sandbox is stopped, until it is deleted; a full disk is ENOSPC inside); default 256.' })),
         },
         { additionalProperties: false },
       ),
@@ -412,7 +412,7 @@ export const SnapshotSchema = Type.Object(
     limits: Type.Object({ memoryMb: Type.Number(), cpus: Type.Number(), pids: Type.Integer(), diskMb: Type.Number() }),
     createdAt: Type.String({ format: 'date-time' }),
     bytes: Type.Integer({ description: 'Bytes of files it holds (counted per tenant).' }),
-    memory: Type.Boolean({ description: 'Whether memory and processes are kept: false on the sandbox executor (files only).' }),
+    memory: Type.Boolean({ description: 'Whether memory and processes are kept: false on the sandbox and docker executors (files only).' }),
     note: Type.String({ description: 'What the snapshot holds, in words.' }),
   },
   {

@@ -7,7 +7,9 @@
  * reaping), warm sandboxes with a resident agent where the executor offers them (invoke, a timeout as a result,
  * destroy releasing everything), persistent sandboxes where the executor offers them (processes and files persist
  * between commands, a kill ends one command's tree only, pause/resume as its capabilities say, destroy and reaping
- * after a crash leave nothing), and the executor's own end: close() drains, destroy() aborts, both idempotent.
+ * after a crash leave nothing; with `sandboxStorage`: files on a disk that outlives the sandbox, diskMb as ENOSPC,
+ * snapshots and sandboxes made from them, storage reaping; with `connectPort`: a port on the sandbox's loopback), and
+ * the executor's own end: close() drains, destroy() aborts, both idempotent.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, createHash } from 'node:crypto';
@@ -16,7 +18,7 @@ import { newExecutionId } from '../core/ids.js';
 import type { ResourceLimits, RunSpec } from '../core/types.js';
 import { agentLaunch } from '../../agent/files.js';
 import { isKindlingError } from '../core/errors.js';
-import type { Execution, Executor, ExitInfo, PersistentSandbox, SandboxCommand } from './executor.js';
+import type { Execution, Executor, ExitInfo, PersistentSandbox, SandboxCommand, SandboxStorageOps } from './executor.js';
 import { skipOrFail } from './test-support.js';
 
 export interface CompletedRun extends ExitInfo {
@@ -571,6 +573,194 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
         await crashed.destroy();
       }
       await assertNothingLeft(t, owner);
+    });
+
+    /* ---- persistent sandboxes' files on disk (sandboxStorage) and ports, where the executor offers them ------------- */
+
+    /** A case for executors whose persistent sandboxes keep their files on a disk of their own (`sandboxStorage`). */
+    const storageTest = (title: string, body: (target: ConformanceTarget, create: NonNullable<Executor['createPersistentSandbox']>, storage: SandboxStorageOps) => Promise<void>): void => {
+      test(`persistent sandbox storage: ${title}`, async (t, skip) => {
+        const create = t.executor.createPersistentSandbox?.bind(t.executor);
+        if (create === undefined) return skip(`${t.executor.name} offers no persistent sandboxes (no createPersistentSandbox)`);
+        if (t.executor.sandboxStorage === undefined) return skip(`${t.executor.name} keeps no sandbox files on disk (no sandboxStorage): the API answers SNAPSHOTS_UNSUPPORTED`);
+        await body(t, create, t.executor.sandboxStorage);
+      });
+    };
+    const stored = { storage: { fromSnapshot: null } };
+    const diskSpec = (t: ConformanceTarget, id: string, diskMb = 64): RunSpec => ({ ...sandboxSpec(t), id, limits: { ...DEFAULT_LIMITS, timeoutMs: 300_000, diskMb } });
+    const storageId = (what: string): string => `conf-${what}-${randomBytes(4).toString('hex')}`;
+
+    storageTest('files outlive the sandbox: a new one of the same id starts on the same disk (new processes); removeDisk ends them', async (t, create, storage) => {
+      const id = storageId('disk');
+      let sandbox = await create(diskSpec(t, id), stored);
+      try {
+        const wrote = await runIn(sandbox, ['sh', '-c', 'echo kept > /work/note && mkdir -p /work/d && echo deep > /work/d/f && sleep 600 >/dev/null 2>&1 &']);
+        assert.equal(wrote.exitCode, 0, wrote.stderr);
+        await sandbox.destroy();
+        assert.equal(sandbox.alive, false);
+        sandbox = await create(diskSpec(t, id), stored);
+        assert.equal((await runIn(sandbox, ['cat', '/work/note', '/work/d/f'])).stdout, 'kept\ndeep\n');
+        assert.doesNotMatch(await processList(sandbox), /sleep 600/, 'the processes of the first start did not come back');
+        await sandbox.destroy();
+        await storage.removeDisk(id);
+        sandbox = await create(diskSpec(t, id), stored);
+        assert.equal((await runIn(sandbox, ['ls', '-A', '/work'])).stdout, '', 'a removed disk starts empty');
+      } finally {
+        await sandbox.destroy();
+        await storage.removeDisk(id);
+      }
+      assert.equal((await t.executor.reap()).removed, 0, 'nothing of the sandbox (container, mount) is left for a reaper');
+    });
+
+    storageTest('diskMb is enforced by the kernel: writing past it is ENOSPC in the process, and the sandbox lives on', async (t, create, storage) => {
+      const id = storageId('full');
+      const sandbox = await create(diskSpec(t, id, 16), stored);
+      try {
+        const full = await runIn(sandbox, ['sh', '-c', 'dd if=/dev/zero of=/work/big bs=1M count=64 2>&1; echo "exit $?"']);
+        assert.match(full.stdout, /No space left on device/, full.stdout);
+        assert.doesNotMatch(full.stdout, /exit 0/);
+        assert.equal((await runIn(sandbox, ['sh', '-c', 'rm /work/big && echo ok > /work/small && cat /work/small'])).stdout, 'ok\n');
+      } finally {
+        await sandbox.destroy();
+        await storage.removeDisk(id);
+      }
+    });
+
+    storageTest("a snapshot keeps one moment of the files; sandboxes made from it start with them and never see each other's or the parent's later writes", async (t, create, storage) => {
+      const parentId = storageId('parent');
+      const snapshotId = storageId('snap');
+      const made: PersistentSandbox[] = [];
+      const ids = [parentId];
+      try {
+        const parent = await create(diskSpec(t, parentId), stored);
+        made.push(parent);
+        assert.equal((await runIn(parent, ['sh', '-c', 'echo one > /work/a && sleep 600 >/dev/null 2>&1 &'])).exitCode, 0);
+        const snap = await parent.snapshot!(snapshotId);
+        assert.ok(snap.bytes >= 4, `a snapshot of 4 bytes of files reports ${snap.bytes} bytes`);
+        assert.notEqual(snap.memory, true, 'a files snapshot says it keeps no memory (capability memorySnapshot is how one that does says so)');
+        assert.match(await processList(parent), /sleep 600/, 'the parent runs on after its snapshot');
+        assert.equal((await runIn(parent, ['sh', '-c', 'echo two > /work/a'])).exitCode, 0);
+        const forks: PersistentSandbox[] = [];
+        for (let i = 0; i < 2; i++) {
+          const id = storageId(`fork${i}`);
+          ids.push(id);
+          const fork = await create(diskSpec(t, id), { storage: { fromSnapshot: snapshotId } });
+          made.push(fork);
+          forks.push(fork);
+        }
+        assert.equal((await runIn(forks[0]!, ['cat', '/work/a'])).stdout, 'one\n', 'a fork has the files of the moment of the snapshot');
+        assert.equal((await runIn(forks[0]!, ['sh', '-c', 'echo mine > /work/a && echo new > /work/b'])).exitCode, 0);
+        assert.equal((await runIn(forks[1]!, ['sh', '-c', 'cat /work/a; ls /work'])).stdout, 'one\na\n', "a fork never sees another's writes");
+        assert.equal((await runIn(parent, ['cat', '/work/a'])).stdout, 'two\n');
+        await assert.rejects(create(diskSpec(t, storageId('nosnap')), { storage: { fromSnapshot: 'conf-no-such-snapshot' } }), (error: unknown) => isKindlingError(error) && error.code === 'SNAPSHOT_NOT_FOUND');
+      } finally {
+        for (const sandbox of made) await sandbox.destroy();
+        for (const id of ids) await storage.removeDisk(id);
+        await storage.removeSnapshot(snapshotId);
+      }
+      assert.equal((await t.executor.reap()).removed, 0);
+    });
+
+    storageTest('commands started while a snapshot is being taken wait for it and run (they never fail because of it)', async (t, create, storage) => {
+      const id = storageId('busy');
+      const snapshotId = storageId('snap');
+      const sandbox = await create(diskSpec(t, id, 256), stored);
+      try {
+        // Enough files that the copy takes a while (the sandbox is frozen meanwhile).
+        const wrote = await runIn(sandbox, ['sh', '-c', 'mkdir data && for i in $(seq 60); do head -c 1048576 /dev/urandom > data/f$i; done']);
+        assert.equal(wrote.exitCode, 0, wrote.stderr);
+        let snapshotDone = false;
+        const snapshotting = sandbox.snapshot!(snapshotId).finally(() => (snapshotDone = true));
+        const results: { exitCode: number; stdout: string }[] = [];
+        // Commands one after another until the snapshot ended: some of them start while it is taken.
+        while (!snapshotDone) results.push(await runIn(sandbox, ['echo', 'ran']));
+        const snap = await snapshotting;
+        assert.ok(snap.bytes >= 60 * 1048576, `bytes ${snap.bytes}`);
+        assert.ok(results.length > 0);
+        for (const result of results) assert.deepEqual([result.exitCode, result.stdout], [0, 'ran\n']);
+      } finally {
+        await sandbox.destroy();
+        await storage.removeDisk(id);
+        await storage.removeSnapshot(snapshotId);
+      }
+    });
+
+    storageTest("start-up reaping (sandboxStorage.reap) removes the disks and snapshots not kept, and keeps those kept", async (t, create, storage) => {
+      const keep = storageId('keep');
+      const gone = storageId('gone');
+      const snapshotId = storageId('snap');
+      try {
+        for (const id of [keep, gone]) {
+          const sandbox = await create(diskSpec(t, id), stored);
+          try {
+            assert.equal((await runIn(sandbox, ['sh', '-c', `echo ${id} > /work/id`])).exitCode, 0);
+            if (id === keep) await sandbox.snapshot!(snapshotId);
+          } finally {
+            await sandbox.destroy();
+          }
+        }
+        assert.ok((await storage.reap(new Set([keep]), new Set())) >= 2, 'the disk of the other sandbox and the snapshot were removed');
+        await assert.rejects(create(diskSpec(t, storageId('late')), { storage: { fromSnapshot: snapshotId } }), (error: unknown) => isKindlingError(error) && error.code === 'SNAPSHOT_NOT_FOUND');
+        for (const [id, expected] of [[keep, `${keep}\n`], [gone, '']] as const) {
+          const sandbox = await create(diskSpec(t, id), stored);
+          try {
+            assert.equal((await runIn(sandbox, ['sh', '-c', 'cat /work/id 2>/dev/null; true'])).stdout, expected, id);
+          } finally {
+            await sandbox.destroy();
+          }
+        }
+      } finally {
+        for (const id of [keep, gone]) await storage.removeDisk(id);
+        await storage.removeSnapshot(snapshotId);
+      }
+    });
+
+    test("persistent sandbox: ports: connectPort reaches a server on the sandbox's own loopback (it has no network); nothing listening is SANDBOX_PORT_UNREACHABLE", async (t, skip) => {
+      const create = t.executor.createPersistentSandbox?.bind(t.executor);
+      if (create === undefined) return skip(`${t.executor.name} offers no persistent sandboxes (no createPersistentSandbox)`);
+      const sandbox = await create({ ...sandboxSpec(t), ...(t.images.python === undefined ? {} : { image: t.images.python }) });
+      try {
+        if (sandbox.connectPort === undefined) return skip(`${t.executor.name} cannot reach a sandbox's ports (no connectPort): the API answers SANDBOXES_UNSUPPORTED`);
+        const options = { idleTimeoutMs: 10_000, connectTimeoutMs: 5_000 };
+        await assert.rejects(sandbox.connectPort(8123, options), (error: unknown) => isKindlingError(error) && error.code === 'SANDBOX_PORT_UNREACHABLE');
+        // A tiny line server: python3 where the image has it, else the shell with busybox nc.
+        const serve = t.images.python === undefined
+          ? ['sh', '-c', 'while :; do echo "pong $(cat /work/name)" | nc -l -p 8123 127.0.0.1; done >/dev/null 2>&1 &']
+          : ['sh', '-c', `python3 -c "import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 8123)); s.listen(8)
+while True:
+    c, _ = s.accept(); c.recv(100); c.sendall(b'pong ' + open('/work/name', 'rb').read()); c.close()" >/dev/null 2>&1 &`];
+        assert.equal((await runIn(sandbox, ['sh', '-c', 'echo inside > /work/name'])).exitCode, 0);
+        assert.equal((await runIn(sandbox, serve)).exitCode, 0);
+        const answer = await within(
+          (async () => {
+            for (;;) {
+              try {
+                const stream = await sandbox.connectPort!(8123, options);
+                const chunks: Buffer[] = [];
+                // Destroying a relay that already ended reports an AbortError; the answer is what counts here.
+                stream.on('error', () => {});
+                stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+                const ended = new Promise((resolve) => stream.once('end', resolve).once('close', resolve));
+                stream.write('ping\n');
+                await ended;
+                stream.destroy();
+                return Buffer.concat(chunks).toString();
+              } catch (error) {
+                // Not listening yet: observed again shortly.
+                if (!(isKindlingError(error) && error.code === 'SANDBOX_PORT_UNREACHABLE')) throw error;
+                await new Promise((resolve) => setTimeout(resolve, 50));
+              }
+            }
+          })(),
+          30_000,
+          'the server in the sandbox answered through connectPort',
+        );
+        assert.equal(answer.trim(), 'pong inside');
+        await within(until(() => sandbox.portConnections === 0), 10_000, 'the ended connection is no longer counted');
+      } finally {
+        await sandbox.destroy();
+      }
     });
 
     /* ---- the executor's own end: close() drains, destroy() aborts ------------------------------------------------- */

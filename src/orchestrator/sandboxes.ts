@@ -8,7 +8,7 @@
  *
  * Processes are not kept across a restart of the server: they die with it; at start-up the executors reap what is
  * left and `recover()` marks every record that was running or paused as stopped. Files are kept where the executor
- * has `sandboxStorage` (the sandbox executor: a disk per sandbox): a stopped sandbox keeps its files until it is
+ * has `sandboxStorage` (the sandbox and docker executors: a disk per sandbox): a stopped sandbox keeps its files until it is
  * deleted, and the next command, file operation, resume or snapshot starts it again transparently (a new process tree
  * on the same files, with the env it was created with, its max lifetime counted from then). `reapStorage()` removes
  * the disks and snapshots whose records are gone.
@@ -167,7 +167,7 @@ export interface SnapshotView {
   createdAt: string;
   /** Bytes of files it holds. */
   bytes: number;
-  /** Whether memory and processes are kept (false on the sandbox executor: a sandbox made from it starts fresh processes). */
+  /** Whether memory and processes are kept (false on the sandbox and docker executors: a sandbox made from it starts fresh processes). */
   memory: boolean;
   note: string;
 }
@@ -428,7 +428,7 @@ export class SandboxService {
   }
 
   private noSnapshots(executor: string): KindlingError {
-    return new KindlingError('SNAPSHOTS_UNSUPPORTED', `the ${executor} executor keeps no sandbox files on disk in this version: no snapshots, forks or fromSnapshot there; use executor "sandbox"`, { details: { executor } });
+    return new KindlingError('SNAPSHOTS_UNSUPPORTED', `the ${executor} executor keeps no sandbox files on disk in this version: no snapshots, forks or fromSnapshot there; use executor "sandbox" or "docker"`, { details: { executor } });
   }
 
   /** The tenant's sandboxes in `filter.state` (any when absent) whose metadata holds every pair of `filter.metadata`. */

@@ -26,8 +26,10 @@ runConformanceSuite('docker', async () => {
     }
   }
   const dir = stateDir;
+  // A state dir per owner, as a server has: an executor's reap removes the run dirs in its state dir that are not its
+  // own, and must not take those of the suite's executor (its prewarmed containers) with them.
   const create = async (ownerId: string): Promise<DockerExecutor> => {
-    const made = new DockerExecutor({ stateDir: dir, ownerId, instanceId: 'test', prewarmPerShape: 0 });
+    const made = new DockerExecutor({ stateDir: join(dir, 'owners', ownerId), ownerId, instanceId: 'test', prewarmPerShape: 0 });
     await made.refreshImages();
     return made;
   };

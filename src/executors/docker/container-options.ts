@@ -39,6 +39,11 @@ export function containerCreateOptions(options: {
   network?: string;
   /** A parent cgroup of this container's own (cgroupfs driver), whose counters outlive the container: see cgroup-usage.ts. */
   cgroupParent?: string;
+  /**
+   * Host dirs bound read-write at these targets instead of a tmpfs there (a persistent sandbox's disk: its /work and
+   * /tmp, see docker/persistent.ts). Their size limit is the disk's, enforced by the kernel.
+   */
+  rwBinds?: { source: string; target: string }[];
 }): ContainerCreateOptions {
   const { shape } = options;
   const memoryBytes = shape.limits.memoryMb * 1024 * 1024;
@@ -49,6 +54,8 @@ export function containerCreateOptions(options: {
   if (shape.workdir !== '/tmp' && !shape.workdir.startsWith('/tmp/')) {
     tmpfs[shape.workdir] = `rw,exec,nosuid,nodev,${size},mode=0755,uid=${uid},gid=${gid}`;
   }
+  const rwBinds = options.rwBinds ?? [];
+  for (const bind of rwBinds) delete tmpfs[bind.target];
   return {
     Image: normalizeImageRef(shape.image),
     Cmd: ['/bin/sh', `${GUEST_IO_DIR}/launch`],
@@ -77,6 +84,7 @@ export function containerCreateOptions(options: {
         `${options.hostRunDir}:${GUEST_RUN_DIR}:ro`,
         // A warm sandbox's agent socket dir (read-only: connecting to a socket needs no write access to the mount).
         ...(options.agentDir === undefined ? [] : [`${options.agentDir}:${AGENT_MOUNT}:ro`]),
+        ...rwBinds.map((bind) => `${bind.source}:${bind.target}:rw`),
       ],
       LogConfig: { Type: 'none', Config: {} },
       // Open files (limits.openFiles): soft and hard, so the process cannot raise it. RLIMIT_CORE: the value at which

@@ -1,12 +1,14 @@
 // Over 400 lines: the slot lifecycle (create, launch, destroy), the engine watchdog and the reaper all work on the same set of slots.
-import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { chmod, chown, mkdir, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { basename, dirname, join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import Docker from 'dockerode';
 import type { Container } from 'dockerode';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { Execution, Executor, ExecutorStatus, ExitInfo, PersistentSandbox, ReapReport, StartOptions, WarmSandbox } from '../executor.js';
+import type { Execution, Executor, ExecutorStatus, ExitInfo, PersistentSandbox, PersistentSandboxOptions, ReapReport, SandboxStorageOps, StartOptions, WarmSandbox } from '../executor.js';
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER } from '../executor.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
@@ -19,7 +21,11 @@ import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { DockerEgressNetwork } from './egress-network.js';
 import { startDockerPersistentSandbox } from './persistent.js';
 import { isEngineUnreachable, toKindlingError } from './engine-errors.js';
-import { CONTAINER_GID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, shapeKeyOf, shapeOf, type SlotShape } from './container-options.js';
+import { SandboxStorage, type Volume } from '../sandbox/storage.js';
+import { mountsUnder } from '../sandbox/private-mounts.js';
+import { CONTAINER_GID, CONTAINER_UID, GUEST_IO_DIR, containerCreateOptions, normalizeImageRef, shapeKeyOf, shapeOf, type SlotShape } from './container-options.js';
+
+const execFileAsync = promisify(execFile);
 
 /** Kept for importers of the old place: the executors' one logger type lives in shared/logger.ts. */
 export type { Logger } from '../shared/logger.js';
@@ -94,6 +100,17 @@ export class DockerExecutor implements Executor {
   private pinging = false;
   /** How this host's engine lays out cgroups, asked once (`docker info`), on the first container. */
   private cgroupLayout: Promise<DockerCgroupLayout> | null = null;
+  /**
+   * Persistent sandboxes' disks and snapshots: `<stateDir>/docker-sandbox-storage/<ownerId>/` (the bwrap executor's
+   * storage module, sandbox/storage.ts: an ext4 image per sandbox, snapshots as read-only lower layers). A disk is
+   * mounted under `volumesDir` while its sandbox runs and bound into the container at its work dir and /tmp.
+   */
+  private readonly storage: SandboxStorage;
+  readonly sandboxStorage: SandboxStorageOps;
+  /** Mounted disks of live persistent sandboxes (the dir of each volume), kept by the reaper. */
+  private readonly volumes = new Set<string>();
+  /** Disks being mounted now: the reaper leaves the volumes dir alone meanwhile (their dir is not known yet). */
+  private attaching = 0;
 
   constructor(options: DockerExecutorOptions) {
     this.options = options;
@@ -110,6 +127,17 @@ export class DockerExecutor implements Executor {
       onError: (error, key) => this.logger.warn({ err: error, shape: key }, 'prewarming a container failed'),
     });
     this.egress = new DockerEgressNetwork(this.docker, options.ownerId, options.egressPolicy, () => this.labels());
+    this.storage = new SandboxStorage({ dir: join(options.stateDir, 'docker-sandbox-storage', options.ownerId), uid: CONTAINER_UID, gid: CONTAINER_GID, log: this.logger });
+    this.sandboxStorage = {
+      removeDisk: (id) => this.storage.removeDisk(id),
+      removeSnapshot: (id) => this.storage.removeSnapshot(id),
+      reap: (keepSandboxes, keepSnapshots) => this.storage.reap(keepSandboxes, keepSnapshots),
+    };
+  }
+
+  /** `<stateDir>/docker-volumes/<ownerId>`: where this owner's sandbox disks are mounted while their container runs. */
+  private get volumesDir(): string {
+    return join(this.options.stateDir, 'docker-volumes', this.options.ownerId);
   }
 
   get prewarmStats(): PrewarmPoolStats {
@@ -163,7 +191,7 @@ export class DockerExecutor implements Executor {
     return this.cgroupLayout;
   }
 
-  private async createSlot(shape: SlotShape, shapeKey: string, agentDir?: string, egress = false): Promise<Slot> {
+  private async createSlot(shape: SlotShape, shapeKey: string, agentDir?: string, egress = false, rwBinds?: RunSpec['rwBinds']): Promise<Slot> {
     const runDir = join(this.options.stateDir, 'docker', `slot-${Math.random().toString(36).slice(2, 12)}${Date.now().toString(36)}`);
     const ioDir = join(runDir, '.io');
     let stdout: FifoReader | null = null;
@@ -199,6 +227,7 @@ export class DockerExecutor implements Executor {
         labels: this.labels({ 'dev.kindling.run-dir': runDir }),
         ...(agentDir === undefined ? {} : { agentDir }),
         ...(egress ? { network: this.egress.name } : {}),
+        ...(rwBinds === undefined ? {} : { rwBinds }),
       });
       container = await this.createAndStart(createOptions);
       cgroup.attach(container.id);
@@ -306,15 +335,17 @@ export class DockerExecutor implements Executor {
     }
     const shape = shapeOf(spec);
     const shapeKey = shapeKeyOf(shape);
-    // A warm sandbox needs its agent dir bound at creation, an egress one its network: never a prewarmed container.
-    const prewarmed = spec.agentDir === undefined && !egress ? this.pool.take(shapeKey) : null;
-    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey, spec.agentDir, egress));
+    // A warm sandbox needs its agent dir bound at creation, an egress one its network, a persistent sandbox with a
+    // disk its binds: never a prewarmed container.
+    const generic = spec.agentDir === undefined && !egress && spec.rwBinds === undefined;
+    const prewarmed = generic ? this.pool.take(shapeKey) : null;
+    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey, spec.agentDir, egress, spec.rwBinds));
     try {
       // A client gone while the container was being made: the slot is destroyed below, not left running.
       options.signal?.throwIfAborted();
       const execution = await this.launch(slot, spec, options, prewarmed === null);
       // Only a shape that just started successfully is worth keeping warm.
-      if (spec.agentDir === undefined && !egress) this.pool.replenish(shapeKey);
+      if (generic) this.pool.replenish(shapeKey);
       return { execution, slot };
     } catch (error) {
       await this.destroySlot(slot).catch(() => undefined);
@@ -434,12 +465,29 @@ export class DockerExecutor implements Executor {
    * A long-lived container that runs many commands through the engine's exec (see persistent.ts); same hardening,
    * limits, labels and metering as `start`.
    */
-  async createPersistentSandbox(spec: RunSpec, options: StartOptions = {}): Promise<PersistentSandbox> {
+  async createPersistentSandbox(spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<PersistentSandbox> {
+    if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down; retry on another instance');
     const start = async (s: RunSpec, o: StartOptions): Promise<{ execution: Execution; container: Container; cgroup: SlotCgroup }> => {
       const { execution, slot } = await this.startSlot(s, o);
       return { execution, container: slot.container, cgroup: slot.cgroup };
     };
-    return startDockerPersistentSandbox({ docker: this.docker, start }, spec, options);
+    const storage = {
+      attach: async (id: string, diskMb: number, fromSnapshot: string | null): Promise<Volume> => {
+        this.attaching++;
+        try {
+          await mkdir(this.volumesDir, { recursive: true, mode: 0o700 });
+          const volume = await this.storage.attach(id, diskMb, fromSnapshot, this.volumesDir);
+          const dir = dirname(volume.work);
+          this.volumes.add(dir);
+          const detach = volume.detach;
+          return { ...volume, detach: () => detach().finally(() => this.volumes.delete(dir)) };
+        } finally {
+          this.attaching--;
+        }
+      },
+      snapshot: (volume: Volume, snapshotId: string) => this.storage.snapshot(volume, snapshotId),
+    };
+    return startDockerPersistentSandbox({ docker: this.docker, start, storage }, spec, options);
   }
 
   private get agentsDir(): string {
@@ -559,14 +607,40 @@ export class DockerExecutor implements Executor {
       }
     }
     removedDirs += await this.egress.reap();
+    removedDirs += await this.reapVolumes();
     if (orphans.length > 0 || removedDirs > 0) {
       this.logger.info({ containers: orphans.length, runDirs: removedDirs }, 'reaped resources left by an earlier run');
     }
     return { removed: orphans.length + removedDirs };
   }
 
+  /**
+   * Disks of persistent sandboxes still mounted by an earlier run (a server killed with -9: its containers were
+   * removed above): unmounted (lazily: a container still using one keeps it until it is gone), never deleted (the
+   * files are the sandbox's; its disk image stays until `sandboxStorage.removeDisk`). Only empty dirs are removed
+   * (rmdir), so a mount that did not go never has its files deleted.
+   */
+  private async reapVolumes(): Promise<number> {
+    if (this.attaching > 0) return 0;
+    let removed = 0;
+    for (const entry of await readdir(this.volumesDir).catch(() => [] as string[])) {
+      const dir = join(this.volumesDir, entry);
+      // A disk being mounted meanwhile may be this one: left for the next reap.
+      if (this.attaching > 0) break;
+      if (this.volumes.has(dir)) continue;
+      // Deepest first: the overlay (work) before the disk it lives on.
+      for (const point of mountsUnder(dir).sort((a, b) => b.length - a.length)) {
+        await execFileAsync('/usr/bin/umount', ['-l', point], { env: {} }).catch(() => {});
+      }
+      for (const sub of ['work', 'disk', '']) await rmdir(join(dir, sub)).catch(() => {});
+      removed++;
+    }
+    return removed;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
+    await this.storage.closePool().catch(() => {});
     await this.pool.close();
     // The watchdog keeps running meanwhile: an engine that dies now must not leave these waits hanging.
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));

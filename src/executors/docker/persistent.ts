@@ -17,6 +17,17 @@
  * the host) are SIGKILLed until none is left. The container and its other processes keep running.
  *
  * Pause/resume: the engine's pause/unpause (the cgroup freezer). Usage: the slot's parent cgroup, read on the host.
+ *
+ * Files (with `storage`): the bwrap executor's storage module (sandbox/storage.ts) mounts the sandbox's own ext4 disk
+ * on the host (its /work an overlay over the snapshot it was made from); the container binds that overlay at its work
+ * dir and the disk's tmp/ at /tmp, read-write, instead of the tmpfs of a one-shot container. The disk outlives the
+ * container and the server: a container that died, or a server killed with -9, leaves the files, and the next start
+ * with the same id binds the same disk. The kernel enforces its size (ENOSPC inside the container). A snapshot is
+ * copied from the overlay with the container paused (the engine's freezer).
+ *
+ * Ports: the container's network namespace (its own, loopback only with `network: none`) is opened once through
+ * /proc/PID/ns/net of a process of its cgroup, right after the start and before any command ran, and connections are
+ * made from inside it by the native helper, exactly as for the bwrap executor (sandbox/ports.ts).
  */
 import * as fs from 'node:fs';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
@@ -24,7 +35,10 @@ import type Docker from 'dockerode';
 import type { Container, Exec } from 'dockerode';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { Execution, PersistentSandbox, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { Duplex } from 'node:stream';
+import type { Execution, PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import { SandboxPorts } from '../sandbox/ports.js';
+import type { Volume } from '../sandbox/storage.js';
 import { killUntilGone, signalOfExitCode } from '../shared/process.js';
 import type { SlotCgroup } from './cgroup-usage.js';
 import { checkCommandRequest } from '../shared/command-request.js';
@@ -35,24 +49,48 @@ const MAIN = ['/bin/sh', '-c', 'read -r _ || true; exit 0'];
 const WRAPPER = 'cd -- "$1" || exit 126; shift; exec "$@"';
 /** After a command's main process exited, output its background children still hold open is not waited for longer. */
 const OUTPUT_GRACE_MS = 100;
+/** How often a pause that runc gave up on ("unable to freeze": a busy cgroup v1 freezer stuck in FREEZING) is asked again. */
+const PAUSE_ATTEMPTS = 5;
 
 export interface DockerPersistentDeps {
   docker: Docker;
   /** The executor's start path, also giving the container and its metering cgroup. */
   start(spec: RunSpec, options: StartOptions): Promise<{ execution: Execution; container: Container; cgroup: SlotCgroup }>;
+  /** The sandbox's disk (see sandbox/storage.ts): mounted before the container starts, bound at its work dir and /tmp. */
+  storage?: {
+    attach(sandboxId: string, diskMb: number, fromSnapshot: string | null): Promise<Volume>;
+    snapshot(volume: Volume, snapshotId: string): Promise<number>;
+  };
+  /** The native port helper (tests); default dist/native/kindling-port. */
+  portHelperPath?: string;
 }
 
-export async function startDockerPersistentSandbox(deps: DockerPersistentDeps, spec: RunSpec, options: StartOptions = {}): Promise<PersistentSandbox> {
-  const { execution, container, cgroup } = await deps.start({ ...spec, command: MAIN, stdin: true, files: [] }, options);
-  let sandbox: DockerPersistentSandbox | null = null;
+export async function startDockerPersistentSandbox(deps: DockerPersistentDeps, spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<PersistentSandbox> {
+  const { storage: wanted, restore, ...startOptions } = options;
+  if (restore !== undefined) {
+    // The contract: no saved processes without the `hibernate` capability (the caller starts a new tree on the files).
+    throw new KindlingError('SANDBOX_STATE_LOST', `the docker executor keeps no processes of a hibernated sandbox (${spec.id}); start it on its files`, { details: { sandbox: spec.id } });
+  }
+  let volume: Volume | null = null;
+  let started: { execution: Execution; container: Container; cgroup: SlotCgroup } | null = null;
   try {
+    if (wanted !== undefined && deps.storage !== undefined) volume = await deps.storage.attach(spec.id, spec.limits.diskMb, wanted.fromSnapshot);
+    const underTmp = spec.workdir === '/tmp' || spec.workdir.startsWith('/tmp/');
+    const rwBinds = volume === null ? undefined : [{ source: volume.work, target: spec.workdir }, ...(underTmp ? [] : [{ source: volume.tmp, target: '/tmp' }])];
+    started = await deps.start({ ...spec, command: MAIN, stdin: true, files: [], ...(rwBinds === undefined ? {} : { rwBinds }) }, startOptions);
+    const { execution, container, cgroup } = started;
+    // Pinned now, before any command (the tenant's code) ran in the container (see sandbox/ports.ts).
+    const ports = SandboxPorts.open(spec.id, cgroup, deps.portHelperPath);
     const events = await deps.docker.getEvents({ filters: JSON.stringify({ container: [container.id], event: ['exec_die'] }) });
-    sandbox = new DockerPersistentSandbox(spec, execution, container, cgroup, events as Readable);
-    return sandbox;
+    const stored = volume === null || deps.storage === undefined ? null : { volume, snapshot: deps.storage.snapshot };
+    return new DockerPersistentSandbox(spec, execution, container, cgroup, events as Readable, stored, ports);
   } catch (error) {
-    // A half-made sandbox goes before the error is rethrown (the original error wins).
-    execution.kill();
-    await execution.disposed.catch(() => {});
+    // A half-made sandbox goes before the error is rethrown (the original error wins); the disk is unmounted, kept.
+    if (started !== null) {
+      started.execution.kill();
+      await started.execution.disposed.catch(() => {});
+    }
+    await volume?.detach().catch(() => {});
     if (error instanceof KindlingError) throw error;
     throw new KindlingError('EXECUTOR_FAILED', `the persistent sandbox did not start: ${(error as Error).message}`, { cause: error });
   }
@@ -67,6 +105,13 @@ class DockerPersistentSandbox implements PersistentSandbox {
   private readonly exits = new Map<string, (exitCode: number) => void>();
   private readonly env: string[];
   private readonly lifetime: NodeJS.Timeout;
+  /** Paused by pause() (a snapshot's own pause is not counted). */
+  private paused = false;
+  /**
+   * A snapshot under way: the engine refuses an exec into a paused container, so commands started meanwhile wait for
+   * its end (as they wait for the thaw on the sandbox executor) instead of failing.
+   */
+  private snapshotting: Promise<unknown> | null = null;
 
   constructor(
     spec: RunSpec,
@@ -74,6 +119,8 @@ class DockerPersistentSandbox implements PersistentSandbox {
     private readonly container: Container,
     private readonly cgroup: SlotCgroup,
     private readonly events: Readable,
+    private readonly stored: { volume: Volume; snapshot: (volume: Volume, snapshotId: string) => Promise<number> } | null = null,
+    private readonly ports: SandboxPorts | null = null,
   ) {
     this.id = spec.id;
     this.env = Object.entries(spec.env).map(([name, value]) => `${name}=${value}`);
@@ -95,8 +142,45 @@ class DockerPersistentSandbox implements PersistentSandbox {
       // Commands still waiting end as killed: the container is gone.
       for (const exit of this.exits.values()) exit(137);
       this.exits.clear();
+      this.ports?.close();
       await execution.disposed.catch(() => {});
+      // The disk is unmounted once the container is gone, never removed: its files outlive it (removeDisk).
+      await stored?.volume.detach().catch(() => {});
     });
+  }
+
+  /* -- storage: snapshots ------------------------------------------------------------------------------------------ */
+  async snapshot(snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
+    this.assertAlive();
+    if (this.stored === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): nothing to snapshot`, { details: { sandbox: this.id } });
+    const { volume, snapshot } = this.stored;
+    // Paused while copied, so that the copy is one moment of the files; a paused sandbox stays paused.
+    const wasPaused = this.paused;
+    const work = (async () => {
+      if (!wasPaused) await this.engine(() => this.freeze(), 'pause');
+      try {
+        return { bytes: await snapshot(volume, snapshotId), memory: false };
+      } finally {
+        if (!wasPaused && !this.ended) await this.container.unpause().catch(() => {});
+      }
+    })();
+    const running = work.catch(() => {});
+    this.snapshotting = running;
+    void running.then(() => {
+      if (this.snapshotting === running) this.snapshotting = null;
+    });
+    return work;
+  }
+
+  /* -- ports ------------------------------------------------------------------------------------------------------- */
+  connectPort(port: number, options: PortConnectOptions): Promise<Duplex> {
+    this.assertAlive();
+    if (this.ports === null) return Promise.reject(new KindlingError('EXECUTOR_FAILED', `the network namespace of sandbox ${this.id} could not be opened: its ports are unreachable`));
+    return this.ports.connect(port, options);
+  }
+
+  get portConnections(): number {
+    return this.ports?.connections ?? 0;
   }
 
   get alive(): boolean {
@@ -131,12 +215,14 @@ class DockerPersistentSandbox implements PersistentSandbox {
 
   async pause(): Promise<void> {
     this.assertAlive();
-    await this.engine(() => this.container.pause(), 'pause');
+    await this.engine(() => this.freeze(), 'pause');
+    this.paused = true;
   }
 
   async resume(): Promise<void> {
     this.assertAlive();
     await this.engine(() => this.container.unpause(), 'resume');
+    this.paused = false;
   }
 
   async destroy(): Promise<void> {
@@ -147,6 +233,8 @@ class DockerPersistentSandbox implements PersistentSandbox {
   async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
     this.assertAlive();
     checkCommandRequest(request);
+    while (this.snapshotting !== null) await this.snapshotting;
+    this.assertAlive();
     const exec = await this.engine(
       () =>
         this.container.exec({
@@ -204,6 +292,21 @@ class DockerPersistentSandbox implements PersistentSandbox {
       }
     }
     return [...tree];
+  }
+
+  /**
+   * The engine's pause. runc gives up when the cgroup v1 freezer stays FREEZING for a moment (seen under heavy load)
+   * and thaws the container again, so that answer is asked again a few times before it counts as a failure.
+   */
+  private async freeze(): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.container.pause();
+        return;
+      } catch (error) {
+        if (attempt >= PAUSE_ATTEMPTS || this.ended || !/unable to freeze/i.test((error as Error).message)) throw error;
+      }
+    }
   }
 
   private async engine<T>(work: () => Promise<T>, what: string): Promise<T> {

@@ -46,7 +46,7 @@ export class SandboxPorts {
    * Opens the namespace of the sandbox's cgroup. Call before the tenant's code ran (right after the supervisor's
    * ready line). Returns null when it cannot be opened (no process with its own namespace: then ports are unavailable).
    */
-  static open(sandboxId: string, cgroup: Cgroup, helperPath = DEFAULT_PORT_HELPER_PATH): SandboxPorts | null {
+  static open(sandboxId: string, cgroup: Pick<Cgroup, 'pids'>, helperPath = DEFAULT_PORT_HELPER_PATH): SandboxPorts | null {
     const host = fs.statSync('/proc/self/ns/net').ino;
     for (const pid of cgroup.pids()) {
       let fd: number | null = null;
