@@ -7,9 +7,10 @@
  * A command runs as the sandbox's uid with no capabilities, in the sandbox's gVisor kernel (same namespaces and
  * cgroup); what it leaves running in the background stays.
  *
- * Files: the sandbox's work dir and /tmp are the disk of the bwrap executor's storage (sandbox/storage.ts: an ext4
+ * Files: with `storage`, the sandbox's work dir and /tmp are the disk of the bwrap executor's storage (sandbox/storage.ts: an ext4
  * image of `diskMb` per sandbox, the work dir an overlay over the snapshot it was made from), bound in through the
- * gofer, so they outlive the sandbox's processes and the server, and snapshots are the same read-only layers.
+ * gofer, so they outlive the sandbox's processes and the server, and snapshots are the same read-only layers. Without
+ * it they are tmpfs in gVisor's memory (saved by a hibernation with the processes).
  *
  * Killing one command: a small shell run by `runsc exec` inside the sandbox stops (SIGSTOP) the command and, round by
  * round, every descendant found through /proc (a stopped process cannot fork), then SIGKILLs them all.
@@ -33,7 +34,7 @@ import type { Logger } from '../shared/logger.js';
 import { signalOfExitCode } from '../shared/process.js';
 import type { Volume } from '../sandbox/storage.js';
 import type { GvisorExecutor } from './index.js';
-import { bindMount } from './oci-spec.js';
+import { bindMount, tmpfsMount } from './oci-spec.js';
 
 export interface GvisorSandboxDeps {
   executor: GvisorExecutor;
@@ -91,8 +92,12 @@ export async function startGvisorSandbox(deps: GvisorSandboxDeps, spec: RunSpec,
   let volume: Volume | null = null;
   let cgroup: Cgroup | null = null;
   try {
-    volume = await deps.attach(spec.id, spec.limits.diskMb, options.storage?.fromSnapshot ?? null);
-    const mounts = [bindMount(volume.work, spec.workdir, false), bindMount(volume.tmp, '/tmp', false)];
+    // Without storage the files live in gVisor's memory (tmpfs): gone with the sandbox, kept by a hibernation.
+    if (options.storage !== undefined) volume = await deps.attach(spec.id, spec.limits.diskMb, options.storage.fromSnapshot);
+    const mounts =
+      volume === null
+        ? [tmpfsMount(spec.workdir, spec.limits.diskMb), tmpfsMount('/tmp', spec.limits.diskMb)]
+        : [bindMount(volume.work, spec.workdir, false), bindMount(volume.tmp, '/tmp', false)];
     cgroup = await executor.prepare(spec, deps.rootfs, [shell, '-c', INIT], '/', mounts);
     const bundle = executor.bundleDir(spec.id);
     const command = restoring ? ['restore', '--detach', `--image-path=${imagePath}`, `--bundle=${bundle}`, spec.id] : ['run', '--detach', `--bundle=${bundle}`, spec.id];
@@ -141,7 +146,7 @@ class GvisorSandbox implements PersistentSandbox {
     private readonly deps: GvisorSandboxDeps,
     private readonly shell: string,
     private readonly cgroup: Cgroup,
-    private readonly volume: Volume,
+    private readonly volume: Volume | null,
     private readonly imagePath: string,
   ) {
     // `runsc wait` returns when the container's init ends: killed, destroyed, checkpointed, or its sandbox crashed.
@@ -155,7 +160,7 @@ class GvisorSandbox implements PersistentSandbox {
       for (const command of this.commands) command.sandboxEnded();
       await deps.executor.release(id, cgroup);
       // The disk is unmounted, never removed: its files outlive the processes (removed by removeDisk).
-      await volume.detach().catch(() => {});
+      await volume?.detach().catch(() => {});
     });
   }
 
@@ -217,11 +222,13 @@ class GvisorSandbox implements PersistentSandbox {
 
   async snapshot(snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
     this.assertAlive();
+    const volume = this.volume;
+    if (volume === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): nothing to snapshot`, { details: { sandbox: this.id } });
     // Paused while copied, so that the copy is one moment of the files; a paused sandbox stays paused.
     const wasPaused = this.paused;
     if (!wasPaused) await this.pause();
     try {
-      return { bytes: await this.deps.snapshotFiles(this.volume, snapshotId), memory: false };
+      return { bytes: await this.deps.snapshotFiles(volume, snapshotId), memory: false };
     } finally {
       if (!wasPaused && !this.ended) await this.resume().catch(() => {});
     }
