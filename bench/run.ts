@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox|sandboxes|functions|async|microvm|python] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * `npm run bench [-- --only docker|sandbox|sandboxes|functions|async|microvm|python|gvisor] [--runs N]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
@@ -20,9 +20,10 @@ import { runMicroVmGroup } from './microvm.js';
 import { runPythonGroup } from './python.js';
 import { runSandboxGroup } from './sandbox.js';
 import { runPersistentGroup } from './persistent.js';
+import { runGvisorGroup } from './gvisor.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, functions: 2000, async: 100, microvm: 5, python: 500 };
-const GROUPS = ['docker', 'sandbox', 'sandboxes', 'functions', 'async', 'microvm', 'python'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10 };
+const GROUPS = ['docker', 'sandbox', 'sandboxes', 'functions', 'async', 'microvm', 'python', 'gvisor'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -31,7 +32,7 @@ interface Options {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|functions|async|microvm|python] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|functions|async|microvm|python|gvisor] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -113,6 +114,8 @@ async function main(): Promise<number> {
                 ? await runAsyncGroup(ctx)
                 : group === 'python'
                   ? await runPythonGroup(ctx)
+                : group === 'gvisor'
+                  ? await runGvisorGroup(ctx)
                 : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
@@ -145,6 +148,7 @@ async function main(): Promise<number> {
       functions: 'Deployed functions, warm pools (issue 4)',
       async: 'Payloads and async invocations (issue 5)',
       microvm: 'MicroVM executor (issue 8)',
+      gvisor: 'gvisor executor: one-offs, hibernate/restore, pause/resume (issue 16)',
       python: 'Python SDK (issue 20)',
     };
     const title = titles[group];
