@@ -257,6 +257,7 @@ export class GvisorExecutor implements Executor {
       gid: this.gid,
       attach: (id, diskMb, fromSnapshot) => this.storage.attach(id, diskMb, fromSnapshot, this.volumesDir),
       snapshotFiles: (volume, snapshotId) => this.storage.snapshot(volume, snapshotId),
+      memoryImage: (snapshotId) => path.join(path.dirname(this.storage.layerPath(snapshotId)), 'memory'),
       track: (sandbox) => {
         this.sandboxes.set(sandbox.id, sandbox);
         void sandbox.disposed.finally(() => {

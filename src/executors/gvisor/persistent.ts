@@ -18,10 +18,11 @@
  * Pause/resume: `runsc pause`/`runsc resume` (gVisor stops every task of its kernel). Hibernation: `runsc checkpoint`
  * writes every process with its memory to `<hibernated>/<id>` and stops the sandbox (its RAM is released: the
  * sentry exits); `runsc restore` from that image, with the same disk attached again, brings the processes back.
- * Memory snapshots are not offered: `runsc checkpoint --leave-running` of Debian's runsc (2022) hung here (the
- * sandbox never resumed), so a snapshot keeps files only.
+ * Memory snapshots (sandboxes with storage): checkpoint, copy the files, restore the source from the same image; a
+ * sandbox made from the snapshot is restored from it too (see memorySnapshot()).
  */
 import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -44,6 +45,8 @@ export interface GvisorSandboxDeps {
   gid: number;
   attach(sandboxId: string, diskMb: number, fromSnapshot: string | null): Promise<Volume>;
   snapshotFiles(volume: Volume, snapshotId: string): Promise<number>;
+  /** Where a snapshot's saved processes live (`<snapshot dir>/memory`), beside its files' layer. */
+  memoryImage(snapshotId: string): string;
   track(sandbox: PersistentSandbox): void;
   log: Logger;
 }
@@ -100,7 +103,11 @@ export async function startGvisorSandbox(deps: GvisorSandboxDeps, spec: RunSpec,
         : [bindMount(volume.work, spec.workdir, false), bindMount(volume.tmp, '/tmp', false)];
     cgroup = await executor.prepare(spec, deps.rootfs, [shell, '-c', INIT], '/', mounts);
     const bundle = executor.bundleDir(spec.id);
-    const command = restoring ? ['restore', '--detach', `--image-path=${imagePath}`, `--bundle=${bundle}`, spec.id] : ['run', '--detach', `--bundle=${bundle}`, spec.id];
+    // A memory snapshot's processes come back in every sandbox made from it (its files are the disk's lower layer).
+    const fromSnapshot = options.storage?.fromSnapshot ?? null;
+    const memory = !restoring && fromSnapshot !== null && fs.existsSync(path.join(deps.memoryImage(fromSnapshot), 'checkpoint.img')) ? deps.memoryImage(fromSnapshot) : null;
+    const image = restoring ? imagePath : memory;
+    const command = image !== null ? ['restore', '--detach', `--image-path=${image}`, `--bundle=${bundle}`, spec.id] : ['run', '--detach', `--bundle=${bundle}`, spec.id];
     await runDetached(executor, command, path.join(bundle, 'start.log'));
     const sandbox = new GvisorSandbox(spec.id, deps, shell, cgroup, volume, imagePath);
     deps.track(sandbox);
@@ -133,11 +140,14 @@ async function runDetached(executor: GvisorExecutor, command: string[], logPath:
 }
 
 class GvisorSandbox implements PersistentSandbox {
-  readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false, hibernate: true };
+  readonly capabilities: SandboxCapabilities;
   readonly disposed: Promise<void>;
   private ended = false;
   private paused = false;
-  private readonly watcher: ChildProcess;
+  private watcher: ChildProcess;
+  /** Set while a memory snapshot stops and restores the sandbox: its init ending then is not its end. */
+  private cycling = false;
+  private endSandbox!: () => void;
   private seq = 0;
   private readonly commands = new Set<GvisorCommand>();
 
@@ -149,12 +159,10 @@ class GvisorSandbox implements PersistentSandbox {
     private readonly volume: Volume | null,
     private readonly imagePath: string,
   ) {
-    // `runsc wait` returns when the container's init ends: killed, destroyed, checkpointed, or its sandbox crashed.
-    this.watcher = deps.executor.runsc.spawn(['wait', id], ['ignore', 'ignore', 'ignore']);
-    const ended = new Promise<void>((resolve) => {
-      this.watcher.once('error', () => resolve());
-      this.watcher.once('exit', () => resolve());
-    });
+    // Memory snapshots need the files' layer beside the saved processes: only with storage.
+    this.capabilities = { pause: true, memorySnapshot: volume !== null, hibernate: true };
+    const ended = new Promise<void>((resolve) => (this.endSandbox = resolve));
+    this.watcher = this.watch();
     this.disposed = ended.then(async () => {
       this.ended = true;
       for (const command of this.commands) command.sandboxEnded();
@@ -162,6 +170,17 @@ class GvisorSandbox implements PersistentSandbox {
       // The disk is unmounted, never removed: its files outlive the processes (removed by removeDisk).
       await volume?.detach().catch(() => {});
     });
+  }
+
+  /** `runsc wait` returns when the container's init ends: killed, destroyed, checkpointed, or its sandbox crashed. */
+  private watch(): ChildProcess {
+    const watcher = this.deps.executor.runsc.spawn(['wait', this.id], ['ignore', 'ignore', 'ignore']);
+    const done = (): void => {
+      if (!this.cycling) this.endSandbox();
+    };
+    watcher.once('error', done);
+    watcher.once('exit', done);
+    return watcher;
   }
 
   get alive(): boolean {
@@ -224,6 +243,7 @@ class GvisorSandbox implements PersistentSandbox {
     this.assertAlive();
     const volume = this.volume;
     if (volume === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): nothing to snapshot`, { details: { sandbox: this.id } });
+    if (this.capabilities.memorySnapshot) return this.memorySnapshot(volume, snapshotId);
     // Paused while copied, so that the copy is one moment of the files; a paused sandbox stays paused.
     const wasPaused = this.paused;
     if (!wasPaused) await this.pause();
@@ -231,6 +251,43 @@ class GvisorSandbox implements PersistentSandbox {
       return { bytes: await this.deps.snapshotFiles(volume, snapshotId), memory: false };
     } finally {
       if (!wasPaused && !this.ended) await this.resume().catch(() => {});
+    }
+  }
+
+  /**
+   * Files and processes: `runsc checkpoint` stops the sandbox with every process saved (its disk stays mounted), the
+   * files are copied as for a files snapshot (nothing runs meanwhile: one moment of both), and the sandbox is restored
+   * from that same image, so it goes on where it was (stopped for the checkpoint, the copy and the restore: about a
+   * second here). `runsc checkpoint --leave-running` would skip the restore, but hung on this runsc build.
+   */
+  private async memorySnapshot(volume: Volume, snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
+    const wasPaused = this.paused;
+    if (wasPaused) await this.resume();
+    const image = this.deps.memoryImage(snapshotId);
+    // Beside the snapshot dir while made (a `.partial` name, removed by the storage's reaper after a crash).
+    const partial = `${path.dirname(image)}.${randomBytes(3).toString('hex')}.partial`;
+    await fs.promises.mkdir(partial, { recursive: true, mode: 0o700 });
+    this.cycling = true;
+    let stopped = false;
+    try {
+      await this.runsc(['checkpoint', `--image-path=${partial}`, this.id]);
+      stopped = true;
+      const bytes = await this.deps.snapshotFiles(volume, snapshotId);
+      await fs.promises.rename(partial, image);
+      await this.deps.executor.runsc.deleteForce(this.id);
+      const bundle = this.deps.executor.bundleDir(this.id);
+      await runDetached(this.deps.executor, ['restore', '--detach', `--image-path=${image}`, `--bundle=${bundle}`, this.id], path.join(bundle, 'start.log'));
+      this.watcher = this.watch();
+      return { bytes: bytes + (await sizeOf(image)), memory: true };
+    } catch (error) {
+      await fs.promises.rm(partial, { recursive: true, force: true });
+      // Stopped and not restored: the sandbox has ended (its files stay on its disk).
+      if (stopped) this.endSandbox();
+      if (error instanceof KindlingError) throw error;
+      throw new KindlingError('EXECUTOR_FAILED', `the memory snapshot failed: ${(error as Error).message}`, { cause: error });
+    } finally {
+      this.cycling = false;
+      if (wasPaused && !this.ended) await this.pause().catch(() => {});
     }
   }
 
@@ -254,6 +311,7 @@ class GvisorSandbox implements PersistentSandbox {
   }
 
   async destroy(): Promise<void> {
+    this.cycling = false;
     if (!this.ended) await this.deps.executor.runsc.deleteForce(this.id);
     // The cgroup kill catches a sandbox whose runsc state was lost.
     if (!this.ended) await this.cgroup.kill().catch(() => {});
