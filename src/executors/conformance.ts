@@ -436,11 +436,14 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
 
     /* ---- persistent sandboxes, where the executor offers them ------------------------------------------------------ */
 
-    const sandboxTest = (title: string, body: (target: ConformanceTarget, create: NonNullable<Executor['createPersistentSandbox']>) => Promise<void>): void => {
+    const sandboxTest = (
+      title: string,
+      body: (target: ConformanceTarget, create: NonNullable<Executor['createPersistentSandbox']>, skip: (reason: string) => void) => Promise<void>,
+    ): void => {
       test(`persistent sandbox: ${title}`, async (t, skip) => {
         const create = t.executor.createPersistentSandbox?.bind(t.executor);
         if (create === undefined) return skip(`${t.executor.name} offers no persistent sandboxes (no createPersistentSandbox): the API answers SANDBOXES_UNSUPPORTED`);
-        await body(t, create);
+        await body(t, create, skip);
       });
     };
     const sandboxSpec = (t: ConformanceTarget): RunSpec => base(t, { command: [], workdir: '/work', limits: { ...DEFAULT_LIMITS, timeoutMs: 300_000 } });
@@ -637,26 +640,26 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       }
     });
 
-    sandboxTest('restoring a hibernation that is not there (never made, or removed with the disk) is SANDBOX_STATE_LOST', async (t, create) => {
+    sandboxTest('restoring a hibernation that is not there (never made, or removed with the disk) is SANDBOX_STATE_LOST', async (t, create, skip) => {
       const probe = await create(sandboxSpec(t));
       const capable = probe.capabilities.hibernate;
       await probe.destroy();
-      if (!capable) return;
+      if (!capable) return skip(`${t.executor.name} does not hibernate (capability false): there is no saved image to lose`);
       const spec = sandboxSpec(t);
       await assert.rejects(create(spec, { storage: { fromSnapshot: null }, restore: 'hibernated' }), (error: unknown) => isKindlingError(error) && error.code === 'SANDBOX_STATE_LOST');
       await t.executor.sandboxStorage?.removeDisk(spec.id);
       assert.equal((await t.executor.reap()).removed, 0, 'the refused restore left something behind');
     });
 
-    sandboxTest('a memory snapshot brings its processes back in every sandbox made from it, or snapshots say they keep files only', async (t, create) => {
-      if (t.executor.sandboxStorage === undefined) return;
+    sandboxTest('a memory snapshot brings its processes back in every sandbox made from it, or snapshots say they keep files only', async (t, create, skip) => {
+      if (t.executor.sandboxStorage === undefined) return skip(`${t.executor.name} keeps no snapshots (no sandboxStorage)`);
       const source = sandboxSpec(t);
       const sandbox = await create(source, { storage: { fromSnapshot: null } });
       const snapshotId = `snap-${source.id}`;
       const forks: PersistentSandbox[] = [];
       const forkSpecs: RunSpec[] = [];
       try {
-        if (sandbox.snapshot === undefined) return;
+        if (sandbox.snapshot === undefined) return skip(`${t.executor.name}'s sandboxes offer no snapshot()`);
         if (!sandbox.capabilities.memorySnapshot) {
           const snap = await sandbox.snapshot(snapshotId);
           assert.notEqual(snap.memory, true, 'memorySnapshot capability false, yet a snapshot reports memory');
