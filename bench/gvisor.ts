@@ -1,7 +1,8 @@
 /**
  * The gvisor executor (issue 16), measured at the executor (real runsc, no server): a one-off `echo` from start to
  * exit next to plain `runsc do echo` in the same run; hibernate and restore of a persistent sandbox holding a running
- * process next to a cold create of the same sandbox (create -> first command output); pause and resume. Runs
+ * process, a memory snapshot of it and a sandbox made from that snapshot, next to a cold create of the same sandbox
+ * (create -> first command output); pause and resume. Runs
  * alternate Kindling and baseline so that the machine's load falls on both alike.
  */
 import { existsSync } from 'node:fs';
@@ -24,6 +25,8 @@ const ROWS = [
   { id: 'gvisor.create_first_output', scenario: 'Cold create of a persistent gvisor sandbox -> first command output (`echo hi`)', target: 'measured (the baseline of the restore rows)' },
   { id: 'gvisor.hibernate', scenario: 'Hibernate a gvisor sandbox holding a running process (runsc checkpoint, sandbox ended)', target: 'measured (issue 16)' },
   { id: 'gvisor.restore_first_output', scenario: 'Restore a hibernated gvisor sandbox -> first command output, the process alive', target: 'restore < cold start (issue 16)' },
+  { id: 'gvisor.memory_snapshot', scenario: 'Memory snapshot of a gvisor sandbox holding a running process (checkpoint, files copied, source restored)', target: 'measured (issue 16: snapshot < 100 ms is for files)' },
+  { id: 'gvisor.fork_first_output', scenario: 'Sandbox from that memory snapshot -> first command output, the process running on in it', target: 'fork < cold start' },
   { id: 'gvisor.pause', scenario: 'Pause a gvisor sandbox (runsc pause)', target: 'measured; issue 16 p50 < 5 ms is for the sandbox executor' },
   { id: 'gvisor.resume', scenario: 'Resume a gvisor sandbox (runsc resume)', target: 'measured' },
 ] as const;
@@ -99,6 +102,8 @@ export async function runGvisorGroup(ctx: BenchContext): Promise<GroupResult> {
     const pause: number[] = [];
     const resume: number[] = [];
     const imageBytes: number[] = [];
+    const memorySnapshot: number[] = [];
+    const fork: number[] = [];
     for (let i = 0; i < n; i++) {
       const sandboxSpec = spec([]);
       let started = performance.now();
@@ -106,14 +111,31 @@ export async function runGvisorGroup(ctx: BenchContext): Promise<GroupResult> {
       try {
         await run(sandbox, ['echo', 'hi']);
         cold.push(performance.now() - started);
-        // A process holding state in memory: the counter of a shell loop.
-        await run(sandbox, ['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /work/c; sleep 0.1; done >/dev/null 2>&1 &']);
+        // A process holding state in memory: the counter of a shell loop (the file replaced whole, never seen half-written).
+        await run(sandbox, ['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /work/c.new && mv /work/c.new /work/c; sleep 0.1; done >/dev/null 2>&1 &']);
         started = performance.now();
         await sandbox.pause();
         pause.push(performance.now() - started);
         started = performance.now();
         await sandbox.resume();
         resume.push(performance.now() - started);
+        const snapshotId = `bench-${sandboxSpec.id}`;
+        started = performance.now();
+        const snap = await sandbox.snapshot!(snapshotId);
+        memorySnapshot.push(performance.now() - started);
+        if (snap.memory !== true) throw new Error('the snapshot kept no memory');
+        const forkSpec = spec([]);
+        started = performance.now();
+        const forked = await executor.createPersistentSandbox(forkSpec, { storage: { fromSnapshot: snapshotId } });
+        try {
+          const counted = Number(await run(forked, ['cat', '/work/c']));
+          fork.push(performance.now() - started);
+          if (!(counted > 0)) throw new Error('the fork has no counter');
+        } finally {
+          await forked.destroy();
+          await executor.sandboxStorage.removeDisk(forkSpec.id);
+          await executor.sandboxStorage.removeSnapshot(snapshotId);
+        }
         const before = Number(await run(sandbox, ['cat', '/work/c']));
         started = performance.now();
         imageBytes.push((await sandbox.hibernate!()).bytes);
@@ -132,9 +154,11 @@ export async function runGvisorGroup(ctx: BenchContext): Promise<GroupResult> {
     rows.push(row(1, stat(cold), '—', Number.NaN));
     rows.push(row(2, stat(hibernate), coldText, p50(hibernate) / p50(cold), `image p50 ${Math.round(p50(imageBytes) / 1024)} KiB`));
     rows.push(row(3, stat(restore), coldText, p50(restore) / p50(cold), p50(restore) < p50(cold) ? undefined : 'restore is not faster than a cold create here'));
-    rows.push(row(4, stat(pause), '—', Number.NaN));
-    rows.push(row(5, stat(resume), '—', Number.NaN));
-    Object.assign(data, { coldMs: cold, hibernateMs: hibernate, restoreMs: restore, pauseMs: pause, resumeMs: resume, imageBytes });
+    rows.push(row(4, stat(memorySnapshot), coldText, p50(memorySnapshot) / p50(cold)));
+    rows.push(row(5, stat(fork), coldText, p50(fork) / p50(cold), p50(fork) < p50(cold) ? undefined : 'not faster than a cold create here'));
+    rows.push(row(6, stat(pause), '—', Number.NaN));
+    rows.push(row(7, stat(resume), '—', Number.NaN));
+    Object.assign(data, { coldMs: cold, hibernateMs: hibernate, restoreMs: restore, memorySnapshotMs: memorySnapshot, forkMs: fork, pauseMs: pause, resumeMs: resume, imageBytes });
     return { rows, data };
   } finally {
     await executor.destroy();
@@ -145,6 +169,7 @@ export async function runGvisorGroup(ctx: BenchContext): Promise<GroupResult> {
 
 function row(index: number, kindling: string, baseline: string, ratio: number, note?: string): Row {
   const def = ROWS[index]!;
-  const status = def.id === 'gvisor.restore_first_output' ? (/restore is not faster/.test(note ?? '') ? 'fail' : 'pass') : 'info';
+  const compared = def.id === 'gvisor.restore_first_output' || def.id === 'gvisor.fork_first_output';
+  const status = compared ? (/not faster/.test(note ?? '') ? 'fail' : 'pass') : 'info';
   return { group: 'gvisor', id: def.id, scenario: def.scenario, kindling, baseline, ratio: fmtRatio(ratio), target: def.target, status, ...(note === undefined ? {} : { note }) };
 }
