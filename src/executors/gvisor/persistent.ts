@@ -257,8 +257,8 @@ class GvisorSandbox implements PersistentSandbox {
   /**
    * Files and processes: `runsc checkpoint` stops the sandbox with every process saved (its disk stays mounted), the
    * files are copied as for a files snapshot (nothing runs meanwhile: one moment of both), and the sandbox is restored
-   * from that same image, so it goes on where it was (stopped for the checkpoint, the copy and the restore: about a
-   * second here). `runsc checkpoint --leave-running` would skip the restore, but hung on this runsc build.
+   * from that same image, so it goes on where it was (stopped for the checkpoint, the copy and the restore: seconds
+   * on a loaded machine, see the bench row gvisor.memory_snapshot). `runsc checkpoint --leave-running` would skip the restore, but hung on this runsc build.
    */
   private async memorySnapshot(volume: Volume, snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
     const wasPaused = this.paused;
