@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor] [--runs N]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
@@ -22,9 +22,10 @@ import { runSandboxGroup } from './sandbox.js';
 import { runPersistentGroup } from './persistent.js';
 import { runSandboxFilesGroup } from './sandbox-files.js';
 import { runDockerSandboxRows } from './persistent-docker.js';
+import { runGvisorGroup } from './gvisor.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500 };
-const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10 };
+const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -38,7 +39,7 @@ function joinGroups(first: GroupResult, second: GroupResult): GroupResult {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -122,6 +123,8 @@ async function main(): Promise<number> {
                 ? await runAsyncGroup(ctx)
                 : group === 'python'
                   ? await runPythonGroup(ctx)
+                : group === 'gvisor'
+                  ? await runGvisorGroup(ctx)
                 : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
@@ -155,6 +158,7 @@ async function main(): Promise<number> {
       functions: 'Deployed functions, warm pools (issue 4)',
       async: 'Payloads and async invocations (issue 5)',
       microvm: 'MicroVM executor (issue 8)',
+      gvisor: 'gvisor executor: one-offs, hibernate/restore, pause/resume (issue 16)',
       python: 'Python SDK (issue 20)',
     };
     const title = titles[group];

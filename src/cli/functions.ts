@@ -29,7 +29,7 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     .option('--cpus <n>', 'CPU quota per sandbox in cores', parseNumber('--cpus'))
     .option('--min-warm <n>', 'warm sandboxes kept ready (handlers)', parseNumber('--min-warm'))
     .option('--max-concurrency <n>', 'invocations running at once', parseNumber('--max-concurrency'))
-    .option('--executor <name>', 'docker | sandbox | microvm')
+    .option('--executor <name>', 'docker | sandbox | microvm | gvisor')
     .option('--json', 'print the deployed function as JSON');
   clientOptions(deploy, defaults).action(async (name: string, args: string[], options: Record<string, unknown>) => {
     const spec: FunctionSpec = {};

@@ -54,7 +54,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     .option('--cpus <n>', 'CPU quota in cores', parseNumber('--cpus'))
     .option('--pids <n>', 'process limit', parseNumber('--pids'))
     .option('--open-files <n>', 'open file descriptors per process (default 1024)', parseNumber('--open-files'))
-    .option('--executor <name>', 'docker | sandbox | microvm')
+    .option('--executor <name>', 'docker | sandbox | microvm | gvisor')
     .option('--stdin', 'send standard input to the program (default: only when stdin is a pipe or a file)')
     .option('--no-stdin', 'never read standard input')
     .option('--json', 'print the whole result as JSON instead of streaming the output');

@@ -1,6 +1,6 @@
 /** Domain types shared by every layer. Units are in the names (`timeoutMs`, `memoryMb`). */
 
-export const EXECUTOR_NAMES = ['docker', 'sandbox', 'microvm'] as const;
+export const EXECUTOR_NAMES = ['docker', 'sandbox', 'microvm', 'gvisor'] as const;
 export type ExecutorName = (typeof EXECUTOR_NAMES)[number];
 
 export const RUNTIME_NAMES = ['bash', 'python', 'node', 'rust'] as const;

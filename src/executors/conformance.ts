@@ -98,6 +98,11 @@ export interface ConformanceTarget {
    */
   parallel?: { count: number };
   /**
+   * Cases this executor's technology cannot pass, each with the reason: the case is reported skipped with it, never
+   * passed. `pidsLimit`: the sandbox's process count cannot be capped at `limits.pids`.
+   */
+  cannot?: { pidsLimit?: string };
+  /**
    * Makes another executor configured like `executor` but owned by `ownerId` (nothing prewarmed, images read). The close/destroy
    * cases end it; an executor made again with the same owner then reaps, to show that nothing was left behind.
    */
@@ -264,10 +269,12 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       assert.equal(run.oomKilled, true, `exit ${run.exitCode} ${run.stderr.toString()}`);
     });
 
-    test('the pids limit holds against a fork bomb', async (t) => {
+    test('the pids limit holds against a fork bomb', async (t, skip) => {
+      if (t.cannot?.pidsLimit !== undefined) return skip(t.cannot.pidsLimit);
+      // Counted with the shell's own glob: `ls` may fail where /proc is not the host kernel's (and count 0).
       const run = await runToCompletion(
         t.executor,
-        base(t, { command: ['sh', '-c', 'n=0; while [ $n -lt 200 ]; do sleep 5 & n=$((n+1)); done 2>/dev/null; echo started; ls /proc | grep -c "^[0-9]"'], limits: { ...DEFAULT_LIMITS, pids: 32 } }),
+        base(t, { command: ['sh', '-c', 'n=0; while [ $n -lt 200 ]; do sleep 5 & n=$((n+1)); done 2>/dev/null; echo started; set -- /proc/[0-9]*; echo $#'], limits: { ...DEFAULT_LIMITS, pids: 32 } }),
         { killAfterMs: 15_000 },
       );
       const processes = Number(run.stdout.toString().trim().split('\n').pop());
@@ -431,11 +438,14 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
 
     /* ---- persistent sandboxes, where the executor offers them ------------------------------------------------------ */
 
-    const sandboxTest = (title: string, body: (target: ConformanceTarget, create: NonNullable<Executor['createPersistentSandbox']>) => Promise<void>): void => {
+    const sandboxTest = (
+      title: string,
+      body: (target: ConformanceTarget, create: NonNullable<Executor['createPersistentSandbox']>, skip: (reason: string) => void) => Promise<void>,
+    ): void => {
       test(`persistent sandbox: ${title}`, async (t, skip) => {
         const create = t.executor.createPersistentSandbox?.bind(t.executor);
         if (create === undefined) return skip(`${t.executor.name} offers no persistent sandboxes (no createPersistentSandbox): the API answers SANDBOXES_UNSUPPORTED`);
-        await body(t, create);
+        await body(t, create, skip);
       });
     };
     const sandboxSpec = (t: ConformanceTarget): RunSpec => base(t, { command: [], workdir: '/work', limits: { ...DEFAULT_LIMITS, timeoutMs: 300_000 } });
@@ -760,6 +770,115 @@ while True:
         await within(until(() => sandbox.portConnections === 0), 10_000, 'the ended connection is no longer counted');
       } finally {
         await sandbox.destroy();
+      }
+    });
+
+    /* ---- hibernation and memory snapshots, as the capabilities say ----------------------------------------------- */
+
+    /**
+     * A process whose state lives in its memory: a shell loop counting in a variable, writing each value to `file`
+     * (only the file is read back). A new process tree would count from 1 again; the same process goes on.
+     */
+    const startCounter = async (sandbox: PersistentSandbox, file: string): Promise<void> => {
+      const started = await runIn(sandbox, ['sh', '-c', `i=0; while :; do i=$((i+1)); echo $i > ${file}.new && mv ${file}.new ${file}; sleep 0.1; done >/dev/null 2>&1 &`]);
+      assert.equal(started.exitCode, 0, started.stderr);
+    };
+    const readCounter = async (sandbox: PersistentSandbox, file: string): Promise<number> => Number((await runIn(sandbox, ['sh', '-c', `cat ${file} 2>/dev/null || echo 0`])).stdout.trim());
+    /** Resolves with the counter once it reached `atLeast` (the loop runs). */
+    const counterReaches = async (sandbox: PersistentSandbox, file: string, atLeast: number): Promise<number> => {
+      let value = 0;
+      await within(
+        (async () => {
+          while ((value = await readCounter(sandbox, file)) < atLeast) await new Promise((resolve) => setTimeout(resolve, 100));
+        })(),
+        60_000,
+        `the counter in ${file} reached ${atLeast}`,
+      );
+      return value;
+    };
+
+    sandboxTest('hibernate saves processes with their memory and ends the sandbox (RAM released); a restore brings them back, or hibernate() is absent as the capabilities say', async (t, create) => {
+      const spec = sandboxSpec(t);
+      const sandbox = await create(spec, { storage: { fromSnapshot: null } });
+      let restored: PersistentSandbox | null = null;
+      try {
+        if (!sandbox.capabilities.hibernate) {
+          assert.equal(sandbox.hibernate, undefined, 'hibernate capability false, yet hibernate() is offered');
+          return;
+        }
+        assert.equal(typeof sandbox.hibernate, 'function', 'hibernate capability true, yet no hibernate()');
+        await startCounter(sandbox, '/work/counter');
+        const before = await counterReaches(sandbox, '/work/counter', 3);
+        const { bytes } = await sandbox.hibernate!();
+        assert.ok(bytes > 0, `the saved image has ${bytes} bytes`);
+        // Ended: no process of it runs (nothing left for a reaper either), no memory is accounted to it.
+        await within(sandbox.disposed, 30_000, 'the hibernated sandbox ended');
+        assert.equal(sandbox.alive, false);
+        assert.equal(sandbox.usage(), null);
+        assert.equal((await t.executor.reap()).removed, 0, 'a process or resource of the hibernated sandbox is still there');
+        await assert.rejects(sandbox.exec({ command: ['true'], env: {}, workdir: '/work', stdin: false }), (error: unknown) => isKindlingError(error) && error.code === 'SANDBOX_NOT_RUNNING');
+        restored = await create(spec, { storage: { fromSnapshot: null }, restore: 'hibernated' });
+        // The same process, with its memory: it counts on from where it was (a new one would restart at 1).
+        const at = await readCounter(restored, '/work/counter');
+        assert.ok(at >= before, `after the restore the counter reads ${at}, before the hibernation ${before}`);
+        await counterReaches(restored, '/work/counter', at + 3);
+        assert.equal((await runIn(restored, ['echo', 'commands work'])).stdout, 'commands work\n');
+      } finally {
+        await sandbox.destroy();
+        await restored?.destroy();
+        await t.executor.sandboxStorage?.removeDisk(spec.id);
+      }
+    });
+
+    sandboxTest('restoring a hibernation that is not there (never made, or removed with the disk) is SANDBOX_STATE_LOST', async (t, create, skip) => {
+      const probe = await create(sandboxSpec(t));
+      const capable = probe.capabilities.hibernate;
+      await probe.destroy();
+      if (!capable) return skip(`${t.executor.name} does not hibernate (capability false): there is no saved image to lose`);
+      const spec = sandboxSpec(t);
+      await assert.rejects(create(spec, { storage: { fromSnapshot: null }, restore: 'hibernated' }), (error: unknown) => isKindlingError(error) && error.code === 'SANDBOX_STATE_LOST');
+      await t.executor.sandboxStorage?.removeDisk(spec.id);
+      assert.equal((await t.executor.reap()).removed, 0, 'the refused restore left something behind');
+    });
+
+    sandboxTest('a memory snapshot brings its processes back in every sandbox made from it, or snapshots say they keep files only', async (t, create, skip) => {
+      if (t.executor.sandboxStorage === undefined) return skip(`${t.executor.name} keeps no snapshots (no sandboxStorage)`);
+      const source = sandboxSpec(t);
+      const sandbox = await create(source, { storage: { fromSnapshot: null } });
+      const snapshotId = `snap-${source.id}`;
+      const forks: PersistentSandbox[] = [];
+      const forkSpecs: RunSpec[] = [];
+      try {
+        if (sandbox.snapshot === undefined) return skip(`${t.executor.name}'s sandboxes offer no snapshot()`);
+        if (!sandbox.capabilities.memorySnapshot) {
+          const snap = await sandbox.snapshot(snapshotId);
+          assert.notEqual(snap.memory, true, 'memorySnapshot capability false, yet a snapshot reports memory');
+          return;
+        }
+        await startCounter(sandbox, '/work/counter');
+        const before = await counterReaches(sandbox, '/work/counter', 3);
+        const snap = await sandbox.snapshot(snapshotId);
+        assert.equal(snap.memory, true, 'memorySnapshot capability true, yet the snapshot kept no memory');
+        // The source goes on after its snapshot.
+        await counterReaches(sandbox, '/work/counter', before + 3);
+        for (let i = 0; i < 2; i++) {
+          const spec = sandboxSpec(t);
+          forkSpecs.push(spec);
+          const fork = await create(spec, { storage: { fromSnapshot: snapshotId } });
+          forks.push(fork);
+          const at = await readCounter(fork, '/work/counter');
+          assert.ok(at >= before, `fork ${i}: the counter reads ${at}, ${before} when snapshotted`);
+          await counterReaches(fork, '/work/counter', at + 3);
+        }
+        // Forks share nothing later: a file written in one is not in the other.
+        assert.equal((await runIn(forks[0]!, ['sh', '-c', 'echo mine > /work/only-here'])).exitCode, 0);
+        assert.notEqual((await runIn(forks[1]!, ['cat', '/work/only-here'])).exitCode, 0);
+      } finally {
+        await sandbox.destroy();
+        for (const fork of forks) await fork.destroy();
+        await t.executor.sandboxStorage.removeDisk(source.id);
+        for (const spec of forkSpecs) await t.executor.sandboxStorage.removeDisk(spec.id);
+        await t.executor.sandboxStorage.removeSnapshot(snapshotId);
       }
     });
 

@@ -4,6 +4,7 @@ import type { Executor } from './executor.js';
 import type { Logger } from './shared/logger.js';
 import { MicroVmExecutor } from './microvm/index.js';
 import { SandboxExecutor } from './sandbox/index.js';
+import { GvisorExecutor } from './gvisor/index.js';
 import type { EgressPolicy } from '../network/policy.js';
 
 /** What every executor may need from the server; each takes the parts it uses. */
@@ -65,6 +66,15 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
         ownerId: context.ownerId,
         instanceId: context.instanceId,
         ...prewarm,
+        logger: context.logger,
+      });
+    case 'gvisor':
+      // runsc (gVisor) on the ptrace platform: no KVM needed; network "none" only.
+      return new GvisorExecutor({
+        imagesDir: context.imagesDir,
+        stateDir: context.stateDir,
+        ownerId: context.ownerId,
+        instanceId: context.instanceId,
         logger: context.logger,
       });
     default:
