@@ -8,7 +8,7 @@
 export type Runtime = 'bash' | 'python' | 'node' | 'rust' | (string & {});
 
 /** An execution backend of the server. Other names are passed through for newer servers. */
-export type ExecutorName = 'docker' | 'sandbox' | 'microvm' | (string & {});
+export type ExecutorName = 'docker' | 'sandbox' | 'microvm' | 'gvisor' | (string & {});
 
 /**
  * What to run, for `POST /v1/execute`. Give either `runtime` + `code`, or `image` + `command`.

@@ -412,7 +412,7 @@ export const SnapshotSchema = Type.Object(
     limits: Type.Object({ memoryMb: Type.Number(), cpus: Type.Number(), pids: Type.Integer(), diskMb: Type.Number() }),
     createdAt: Type.String({ format: 'date-time' }),
     bytes: Type.Integer({ description: 'Bytes of files it holds (counted per tenant).' }),
-    memory: Type.Boolean({ description: 'Whether memory and processes are kept: false on the sandbox and docker executors (files only).' }),
+    memory: Type.Boolean({ description: 'Whether memory and processes are kept: true on gvisor (a sandbox made from it goes on with the processes); false on the sandbox and docker executors (files only).' }),
     note: Type.String({ description: 'What the snapshot holds, in words.' }),
   },
   {

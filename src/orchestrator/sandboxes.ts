@@ -167,12 +167,16 @@ export interface SnapshotView {
   createdAt: string;
   /** Bytes of files it holds. */
   bytes: number;
-  /** Whether memory and processes are kept (false on the sandbox and docker executors: a sandbox made from it starts fresh processes). */
+  /**
+   * Whether memory and processes are kept (gvisor: a sandbox made from it goes on with the processes; false on the
+   * sandbox and docker executors: it starts fresh processes on the files).
+   */
   memory: boolean;
   note: string;
 }
 
 const SNAPSHOT_NOTE = 'files of /work only: this executor keeps no memory or processes, so a sandbox made from this snapshot starts a new process tree on its files';
+const MEMORY_SNAPSHOT_NOTE = 'files of /work, memory and processes: a sandbox made from this snapshot goes on with the processes where they were (commands running at the snapshot keep running but their output streams end)';
 
 const WORKDIR = '/work';
 const MAX_PATH = 4096;
@@ -428,7 +432,7 @@ export class SandboxService {
   }
 
   private noSnapshots(executor: string): KindlingError {
-    return new KindlingError('SNAPSHOTS_UNSUPPORTED', `the ${executor} executor keeps no sandbox files on disk in this version: no snapshots, forks or fromSnapshot there; use executor "sandbox" or "docker"`, { details: { executor } });
+    return new KindlingError('SNAPSHOTS_UNSUPPORTED', `the ${executor} executor keeps no sandbox files on disk in this version: no snapshots, forks or fromSnapshot there; use executor "sandbox", "docker" or "gvisor"`, { details: { executor } });
   }
 
   /** The tenant's sandboxes in `filter.state` (any when absent) whose metadata holds every pair of `filter.metadata`. */
@@ -554,7 +558,7 @@ export class SandboxService {
     try {
       const entry = await this.liveEntry(tenant, id);
       const snapshotId = newId('snap');
-      const { bytes } = await this.serial(entry, () => entry.sandbox.snapshot!(snapshotId));
+      const { bytes, memory } = await this.serial(entry, () => entry.sandbox.snapshot!(snapshotId));
       this.touch(entry);
       try {
         this.accounting.checkSnapshot(tenant, bytes);
@@ -572,6 +576,7 @@ export class SandboxService {
         limits: entry.record.limits,
         createdAtMs: Date.now(),
         bytes,
+        memory: memory === true,
       };
       this.options.store.putSnapshot(snapshot);
       return snapshotView(snapshot);
@@ -899,9 +904,10 @@ export class SandboxService {
   async listFiles(tenant: string, id: string, path: string): Promise<{ path: string; entries: SandboxFileEntry[] }> {
     const target = this.cleanPath(path, 'path');
     return this.withCommand(tenant, id, true, async (entry) => {
-      // One line per entry: "<raw mode hex> <size> <mtime> <name>"; names are NUL-terminated (a name may hold a newline).
+      // One record per entry: "<type letter> <octal mode> <size> <mtime> <name>", NUL-terminated (a name may hold a
+      // newline). find(1) rather than stat(1): gVisor's runsc refuses the statx flags coreutils' stat and ls use.
       const command = await entry.sandbox.exec({
-        command: ['sh', '-c', 'cd -- "$1" || exit 2; for f in .[!.]* ..?* *; do if [ -e "$f" ] || [ -L "$f" ]; then stat --printf "%f %s %Y %n\\0" -- "$f" || exit 6; fi; done', 'kindling-list', target],
+        command: ['sh', '-c', 'cd -- "$1" || exit 2; find . -mindepth 1 -maxdepth 1 -printf "%y %m %s %T@ %f\\0" || exit 6', 'kindling-list', target],
         env: {},
         workdir: WORKDIR,
         stdin: false,
@@ -915,19 +921,19 @@ export class SandboxService {
         .split('\0')
         .filter((line) => line !== '')
         .map((line) => {
-          const [modeHex, size, mtime] = line.split(' ', 3);
-          const name = line.slice(modeHex!.length + size!.length + mtime!.length + 3);
-          const mode = parseInt(modeHex!, 16);
-          const kind = mode & 0o170000;
+          const [kind, mode, size, mtime] = line.split(' ', 4);
+          const name = line.slice(kind!.length + mode!.length + size!.length + mtime!.length + 4);
           return {
             name,
             path: posix.join(target, name),
-            type: kind === 0o100000 ? 'file' : kind === 0o040000 ? 'dir' : kind === 0o120000 ? 'symlink' : 'other',
+            type: kind === 'f' ? 'file' : kind === 'd' ? 'dir' : kind === 'l' ? 'symlink' : 'other',
             size: Number(size),
-            mode: (mode & 0o7777).toString(8).padStart(3, '0'),
-            modifiedAt: new Date(Number(mtime) * 1000).toISOString(),
+            mode: mode!.padStart(3, '0'),
+            modifiedAt: new Date(Math.floor(Number(mtime)) * 1000).toISOString(),
           } satisfies SandboxFileEntry;
-        });
+        })
+        // find lists in directory order; the listing is by name.
+        .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
       return { path: target, entries };
     });
   }
@@ -1327,8 +1333,8 @@ function snapshotView(record: SnapshotRecord): SnapshotView {
     limits: record.limits,
     createdAt: new Date(record.createdAtMs).toISOString(),
     bytes: record.bytes,
-    memory: false,
-    note: SNAPSHOT_NOTE,
+    memory: record.memory === true,
+    note: record.memory === true ? MEMORY_SNAPSHOT_NOTE : SNAPSHOT_NOTE,
   };
 }
 

@@ -49,6 +49,8 @@ export interface SnapshotRecord {
   limits: SandboxRecord['limits'];
   createdAtMs: number;
   bytes: number;
+  /** Memory and processes kept too (an executor with the memorySnapshot capability); absent in older records: false. */
+  memory?: boolean;
 }
 
 const SCHEMA = `
