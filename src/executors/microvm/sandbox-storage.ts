@@ -108,7 +108,7 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
       await fs.promises.mkdir(path.join(stage, 'tmp'));
       await fs.promises.chown(path.join(stage, 'work'), NOBODY, NOBODY);
       await fs.promises.chmod(path.join(stage, 'tmp'), 0o1777);
-      await execFileAsync(this.options.mkfsBinary ?? 'mkfs.ext4', ['-q', '-F', '-m', '0', '-b', '4096', '-L', 'kindling-data', '-E', 'root_owner=0:0', '-d', stage, raw, `${diskMb}M`], { env: {} });
+      await execFileAsync(this.options.mkfsBinary ?? '/usr/sbin/mkfs.ext4', ['-q', '-F', '-m', '0', '-b', '4096', '-L', 'kindling-data', '-E', 'root_owner=0:0', '-d', stage, raw, `${diskMb}M`]);
       await this.qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, file]);
     } finally {
       await fs.promises.rm(stage, { recursive: true, force: true }).catch(() => {});
@@ -189,7 +189,7 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
   }
 
   private async qemuImg(args: string[]): Promise<void> {
-    await execFileAsync(this.options.qemuImgBinary, args, { env: {} });
+    await execFileAsync(this.options.qemuImgBinary, args);
   }
 }
 
