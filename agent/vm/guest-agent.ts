@@ -29,6 +29,7 @@ import {
   type ExitMessage,
   type Frame,
   type FileHeader,
+  type ClockRequest,
   type FreezeRequest,
   type PongMessage,
   type SandboxSetup,
@@ -174,6 +175,13 @@ class Agent {
         this.setUpSandbox(decodeJson<SandboxSetup>(frame));
         this.send(encodeFrame(MessageType.OK, frame.id));
         return;
+      case MessageType.CLOCK: {
+        // busybox date takes whole seconds; a restored VM is off by hours or days before this, by < 1 s after.
+        const seconds = Math.round(decodeJson<ClockRequest>(frame).epochMs / 1000);
+        if (spawnSyncQuiet([BUSYBOX, 'date', '-u', '-s', `@${seconds}`]) !== 0) throw new Error('setting the clock failed');
+        this.send(encodeFrame(MessageType.OK, frame.id));
+        return;
+      }
       case MessageType.FREEZE:
         freezeData(this.sandbox?.disk === true, decodeJson<FreezeRequest>(frame).frozen);
         this.send(encodeFrame(MessageType.OK, frame.id));
@@ -264,15 +272,22 @@ class Agent {
   private sandboxExec(stream: number, request: ExecRequest): void {
     if (this.sandbox === null) throw new Error('no persistent sandbox was set up (SANDBOX) in this VM');
     if (this.execs.has(stream)) throw new Error(`stream ${stream} is already running`);
+    // A work dir that is not a directory is the command's failure (126, like `cd` in a shell), not the platform's.
+    if (!isDirectory(request.workdir)) {
+      this.send(encodeFrame(MessageType.STDERR, stream, `cannot change to ${request.workdir}: no such directory\n`));
+      this.send(encodeJson(MessageType.EXIT, stream, { exitCode: 126, signal: null, oomKilled: false, usage: { cpuUsec: null, memoryPeakBytes: null } } satisfies ExitMessage));
+      return;
+    }
     const cgroup = path.join(SANDBOX_CGROUP, `c${stream}`);
     fs.mkdirSync(cgroup);
+    // Two execs before the command (sh joins the cgroup, setpriv drops to the user), each costly under TCG; the work
+    // dir is set by spawn (as root: it exists, checked above).
     const argv = [
       '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
       SETPRIV, `--reuid=${this.sandbox.uid}`, `--regid=${this.sandbox.gid}`, '--clear-groups', '--',
-      BUSYBOX, 'sh', '-c', 'cd -- "$0" || exit 126; exec "$@"', request.workdir,
       ...request.argv,
     ];
-    const child = spawn(BUSYBOX, argv, { argv0: 'sh', cwd: '/', env: request.env, stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    const child = spawn(BUSYBOX, argv, { argv0: 'sh', cwd: request.workdir, env: request.env, stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
     this.execs.set(stream, { child, cgroup });
     child.stdin?.on('error', () => undefined);
     child.stdout?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDOUT, stream, chunk).forEach((f) => this.send(f)));
@@ -437,6 +452,14 @@ function freezeData(disk: boolean, frozen: boolean): void {
     return;
   }
   if (frozen) spawnSyncQuiet([BUSYBOX, 'sync']);
+}
+
+function isDirectory(dir: string): boolean {
+  try {
+    return fs.statSync(dir).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 function readdirOr(dir: string): string[] {

@@ -26,6 +26,8 @@
  *                                                       own (commands see each other's processes), no fresh tmpfs;
  *                                                       EXIT when the main process exits (background children live on)
  *   host FREEZE {frozen}                             -> agent OK: fsfreeze of the data disk (true) or thaw (false)
+ *   host CLOCK {epochMs}                             -> agent OK: the guest's wall clock set (after a restore, the
+ *                                                       guest's clock is the one it had when it was saved)
  * ERROR {message} ends a stream with a platform failure (never a user failure: those are EXIT with a code).
  */
 import { FrameDecoder as BaseFrameDecoder, ProtocolError, encodeChunks as encodeAnyChunks, encodeFrame as encodeAnyFrame, type Frame } from '../frame.js';
@@ -53,6 +55,7 @@ export const MessageType = {
   SEED: 15,
   SANDBOX: 16,
   FREEZE: 17,
+  CLOCK: 18,
 } as const;
 export type MessageTypeValue = (typeof MessageType)[keyof typeof MessageType];
 
@@ -94,6 +97,11 @@ export interface SandboxSetup {
   disk: boolean;
   uid: number;
   gid: number;
+}
+
+/** CLOCK: the host's wall clock, in ms since the epoch. */
+export interface ClockRequest {
+  epochMs: number;
 }
 
 /** FREEZE: the data disk's file system frozen (writes block, everything written is on the disk) or thawed. */

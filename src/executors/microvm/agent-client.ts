@@ -158,6 +158,11 @@ export class AgentClient {
     return this.nextStream;
   }
 
+  /** Sets the guest's wall clock to the host's (after a restore, the guest has the time it was saved at). */
+  async setClock(timeoutMs = 10_000): Promise<void> {
+    await this.request((stream) => encodeJson(MessageType.CLOCK, stream, { epochMs: Date.now() }), MessageType.OK, timeoutMs);
+  }
+
   /** Makes the VM a persistent sandbox (once): the cgroup and mounts every command shares. */
   async setUpSandbox(setup: SandboxSetup, timeoutMs = 30_000): Promise<void> {
     await this.request((stream) => encodeJson(MessageType.SANDBOX, stream, setup), MessageType.OK, timeoutMs);

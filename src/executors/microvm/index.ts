@@ -106,6 +106,8 @@ export class MicroVmExecutor implements Executor {
   private closed = false;
   private counter = 0;
   private storage: MicroVmSandboxStorage | undefined;
+  /** Live persistent sandboxes: close() ends them through destroy(), which writes their files out first. */
+  private readonly sandboxes = new Set<MicroVmPersistentSandbox>();
 
   constructor(options: MicroVmExecutorOptions) {
     this.options = options;
@@ -310,6 +312,9 @@ export class MicroVmExecutor implements Executor {
           throw error;
         }
       }
+      // The guest has no RTC (rtc=off): booted, its clock starts at 1970; restored, it is the time of the save (hours
+      // ago for a shape snapshot, days for a hibernation). User code sees the host's time from the first command on.
+      await vm.agent.setClock().catch((error: unknown) => this.logger.warn({ err: error, vmDir }, 'the guest clock was not set (agent too old?)'));
       return vm;
     } finally {
       this.creating.delete(vmDir);
@@ -464,7 +469,7 @@ export class MicroVmExecutor implements Executor {
         // The image is in a VM again, and the disk moves on from here: it can never be restored a second time.
         await storage!.dropHibernation(spec.id);
       }
-      return new MicroVmPersistentSandbox({
+      const sandbox = new MicroVmPersistentSandbox({
         id: spec.id,
         vm: vm as QemuVm,
         env: spec.env,
@@ -473,6 +478,9 @@ export class MicroVmExecutor implements Executor {
         release: (ended) => this.destroyVm(ended),
         lifetimeMs: spec.limits.timeoutMs,
       });
+      this.sandboxes.add(sandbox);
+      void sandbox.disposed.finally(() => this.sandboxes.delete(sandbox));
+      return sandbox;
     } catch (error) {
       // A half-made sandbox goes before the error is rethrown (the original error wins); its disk stays (it is the
       // sandbox's files, removed with removeDisk).
@@ -515,6 +523,7 @@ export class MicroVmExecutor implements Executor {
     await this.pool.close();
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
     await Promise.allSettled([...this.snapshots.values()]);
+    await Promise.allSettled([...this.sandboxes].map((sandbox) => sandbox.destroy()));
     await Promise.allSettled([...this.vms].map((vm) => this.destroyVm(vm)));
     this.cgroups?.removeOwnerDirs();
   }

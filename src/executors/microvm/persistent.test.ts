@@ -79,6 +79,9 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
     let fork: PersistentSandbox | null = null;
     try {
       assert.equal((await run(first, 'echo kept > /work/a.txt && echo scratch > /tmp/t && sync')).exitCode, 0);
+      // The VM has no RTC: the host set its clock after the boot (else it would say 1970).
+      const skewS = Number((await run(first, 'date +%s')).stdout.trim()) - Date.now() / 1000;
+      assert.ok(Math.abs(skewS) < 3, `the guest clock is ${skewS.toFixed(1)} s off the host's after a boot`);
       // The VM dies (SIGKILL, no shutdown): what was synced is on the disk.
       const [pid] = qemuPids();
       assert.ok(pid !== undefined, 'the sandbox has a qemu process');
@@ -152,6 +155,9 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
       assert.ok(atRestore >= beforeHibernation, `the counter went on from its value in memory (${beforeHibernation} -> ${atRestore}), it did not start over`);
       while ((await counter()) <= atRestore);
       assert.equal((await run(sandbox, 'echo new command')).stdout, 'new command\n');
+      // The guest's clock is the host's again, not the one it had when it was saved.
+      const skewS = Number((await run(sandbox, 'date +%s')).stdout.trim()) - Date.now() / 1000;
+      assert.ok(Math.abs(skewS) < 3, `the guest clock is ${skewS.toFixed(1)} s off the host's after the restore`);
       t.diagnostic(`memory image ${Math.round(saved.bytes / (1 << 20))} MiB; restore to agent-ready ${Math.round(restoreMs)} ms`);
 
       // The image was consumed: a second restore has nothing to restore.
