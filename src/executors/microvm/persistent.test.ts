@@ -69,6 +69,16 @@ function qemuPids(): number[] {
 const storageDir = (): string => path.join(stateDir, 'microvm', 'sandboxes', `microvm-sandbox-test-${process.pid}`);
 
 describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', () => {
+  it('the firecracker driver has no persistent sandboxes and says so (SANDBOXES_UNSUPPORTED), with no storage', async () => {
+    const firecracker = new MicroVmExecutor({ driver: 'firecracker', imagesDir, assetsDir, stateDir: tmpdir(), ownerId: `microvm-fc-test-${process.pid}`, instanceId: 'test' });
+    try {
+      assert.equal(firecracker.sandboxStorage, undefined);
+      await assert.rejects(firecracker.createPersistentSandbox(spec('sbx-fc')), (error: unknown) => isKindlingError(error) && error.code === 'SANDBOXES_UNSUPPORTED' && /qemu/.test(error.message));
+    } finally {
+      await firecracker.destroy();
+    }
+  });
+
   it('files on the data disk outlive a killed VM; a snapshot is an immutable qcow2 that a fork uses as its backing file', { timeout: 900_000 }, async (t) => {
     if (missing) return t.skip(skipOrFail('microvm', missing));
     const storage = executor!.sandboxStorage!;
