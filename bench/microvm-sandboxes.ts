@@ -160,7 +160,7 @@ export async function microVmSandboxRows(ctx: BenchContext, assets: MicroVmAsset
     {
       group: 'microvm', id: SANDBOX_ROW_IDS[1], scenario: `qemu: command round trip (\`true\`) in a running sandbox, n=${commands.length}`, target: '— (no target set)',
       kindling: fmtSummary(k), baseline: `agent PING (n=${pings.length}): ${fmtSummary(p)}`, ratio: fmtRatio(k.median / p.median), status: 'info',
-      note: 'a new cgroup, sh + setpriv + sh in the guest per command',
+      note: 'per command in the guest: a new cgroup, then sh (joins it) and setpriv (drops to nobody) exec into the command',
     },
     {
       group: 'microvm', id: SANDBOX_ROW_IDS[2], scenario: `qemu: pause + resume (QMP stop/cont), n=${pauses.length}`, target: '— (no target set)',
