@@ -2,7 +2,8 @@
  * MicroVM rows (issue 8), per driver: cold boot to agent-ready, restore-from-snapshot to agent-ready (including the RNG
  * reseed every restored VM gets), both measured on the VM objects directly and alternated in one run; and `echo hi`
  * through the API on `--executor microvm` (VMs restored from the shape's snapshot, kept warm by the executor's pool).
- * Firecracker rows print "skipped: <reason>" where it cannot run (no usable KVM, no firecracker binary).
+ * Firecracker rows print "skipped: <reason>" where it cannot run (no usable KVM, no firecracker binary). QEMU also gets
+ * the persistent sandbox rows of microvm-sandboxes.ts (create, command, pause, hibernate, restore vs a cold boot).
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -18,6 +19,7 @@ import type { BenchContext, GroupResult } from './lib/context.js';
 import { launchServer } from './lib/server.js';
 import { fmtMs, fmtRatio, fmtSummary, summarize } from './lib/stats.js';
 import { skippedRow, type Row } from './lib/table.js';
+import { microVmSandboxRows } from './microvm-sandboxes.js';
 
 type Driver = 'qemu' | 'firecracker';
 const IMAGES_DIR = '/var/lib/kindling/images';
@@ -192,6 +194,11 @@ export async function runMicroVmGroup(ctx: BenchContext): Promise<GroupResult> {
       const echo = await apiEcho(ctx, driver, assetsDir, Math.max(n, 5));
       rows.push(echo.row);
       data[driver] = { direct: direct.data, echo: echo.data };
+      if (driver === 'qemu') {
+        const sandboxes = await microVmSandboxRows(ctx, assets, n);
+        rows.push(...sandboxes.rows);
+        data.qemuSandboxes = sandboxes.data;
+      }
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       ctx.log(`microvm ${driver} failed: ${message}`);

@@ -29,7 +29,10 @@ import {
   type ExitMessage,
   type Frame,
   type FileHeader,
+  type ClockRequest,
+  type FreezeRequest,
   type PongMessage,
+  type SandboxSetup,
   type SeedReply,
 } from './protocol.js';
 
@@ -39,6 +42,14 @@ const BUSYBOX = `${AGENT_DIR}/bin/busybox`;
 /** util-linux's setpriv from the image (Debian's util-linux is essential); busybox's cannot change uids. */
 const SETPRIV = '/usr/bin/setpriv';
 const CGROUP_ROOT = '/sys/fs/cgroup';
+/** The persistent sandbox's cgroup (SANDBOX): its limits cover every command, each command a child cgroup of it. */
+const SANDBOX_CGROUP = `${CGROUP_ROOT}/sandbox`;
+/** Where the persistent sandbox's data disk is mounted; its work/ and tmp/ are bound at the work dir and /tmp. */
+const DATA_MOUNT = '/run/kindling-data';
+const DATA_LABEL = 'kindling-data';
+const FSFREEZE = '/usr/sbin/fsfreeze';
+/** After a sandbox command's main process exited, output its background children still hold open is not awaited longer. */
+const OUTPUT_GRACE_MS = 100;
 const PORT_NAME = 'dev.kindling.agent';
 /** The static helper on the agent disk (agent/vm/guest-helper.c): CRNG reseed, vsock listener. */
 const HELPER = `${AGENT_DIR}/bin/kindling-guest-helper`;
@@ -124,6 +135,7 @@ function readPortLoop(fd: number, onData: (chunk: Buffer) => void): void {
 class Agent {
   private readonly decoder = new FrameDecoder();
   private readonly execs = new Map<number, RunningExec>();
+  private sandbox: SandboxSetup | null = null;
 
   constructor(private readonly send: (frame: Buffer) => void) {}
 
@@ -153,8 +165,26 @@ class Agent {
       case MessageType.PING:
         this.send(encodeJson(MessageType.PONG, frame.id, this.pong()));
         return;
-      case MessageType.EXEC:
-        this.exec(frame.id, decodeJson<ExecRequest>(frame));
+      case MessageType.EXEC: {
+        const request = decodeJson<ExecRequest>(frame);
+        if (request.sandbox === true) this.sandboxExec(frame.id, request);
+        else this.exec(frame.id, request);
+        return;
+      }
+      case MessageType.SANDBOX:
+        this.setUpSandbox(decodeJson<SandboxSetup>(frame));
+        this.send(encodeFrame(MessageType.OK, frame.id));
+        return;
+      case MessageType.CLOCK: {
+        // busybox date takes whole seconds; a restored VM is off by hours or days before this, by < 1 s after.
+        const seconds = Math.round(decodeJson<ClockRequest>(frame).epochMs / 1000);
+        if (spawnSyncQuiet([BUSYBOX, 'date', '-u', '-s', `@${seconds}`]) !== 0) throw new Error('setting the clock failed');
+        this.send(encodeFrame(MessageType.OK, frame.id));
+        return;
+      }
+      case MessageType.FREEZE:
+        freezeData(this.sandbox?.disk === true, decodeJson<FreezeRequest>(frame).frozen);
+        this.send(encodeFrame(MessageType.OK, frame.id));
         return;
       case MessageType.STDIN: {
         const stdin = this.execs.get(frame.id)?.child.stdin;
@@ -200,6 +230,117 @@ class Agent {
       uptimeMs: Date.now() - startedAt,
       memory: { totalBytes: kb('MemTotal'), availableBytes: kb('MemAvailable') },
     };
+  }
+
+  /**
+   * Makes this VM a persistent sandbox: one cgroup with the sandbox's limits (its commands are child cgroups of it),
+   * the work dir and /tmp on the data disk (files outlive the VM) or on tmpfs. Once per VM.
+   */
+  private setUpSandbox(setup: SandboxSetup): void {
+    if (this.sandbox !== null) throw new Error('this VM is a persistent sandbox already');
+    const { limits } = setup;
+    fs.mkdirSync(SANDBOX_CGROUP);
+    writeQuiet(path.join(SANDBOX_CGROUP, 'memory.max'), `${limits.memoryMb * 1024 * 1024}`);
+    writeQuiet(path.join(SANDBOX_CGROUP, 'memory.swap.max'), '0');
+    writeQuiet(path.join(SANDBOX_CGROUP, 'pids.max'), `${limits.pids}`);
+    writeQuiet(path.join(SANDBOX_CGROUP, 'cpu.max'), `${Math.max(1000, Math.round(limits.cpus * 100_000))} 100000`);
+    // The commands' cgroups report their own CPU time and peak memory.
+    writeQuiet(path.join(SANDBOX_CGROUP, 'cgroup.subtree_control'), '+memory +pids +cpu');
+    if (!fs.existsSync(setup.workdir)) throw new Error(`working directory ${setup.workdir} does not exist in the image`);
+    if (setup.disk) {
+      const device = spawnSync(BUSYBOX, ['findfs', `LABEL=${DATA_LABEL}`], { encoding: 'utf8' }).stdout.trim();
+      if (!device) throw new Error(`the data disk (label ${DATA_LABEL}) is not attached`);
+      fs.mkdirSync(DATA_MOUNT, { recursive: true });
+      if (spawnSyncQuiet([BUSYBOX, 'mount', '-t', 'ext4', '-o', 'nosuid,nodev', device, DATA_MOUNT]) !== 0) throw new Error(`cannot mount the data disk ${device}`);
+      for (const [dir, target] of [['work', setup.workdir], ['tmp', '/tmp']] as const) {
+        spawnSyncQuiet([BUSYBOX, 'umount', '-l', target]);
+        if (spawnSyncQuiet([BUSYBOX, 'mount', '--bind', path.join(DATA_MOUNT, dir), target]) !== 0) throw new Error(`cannot bind the data disk's ${dir}/ at ${target}`);
+      }
+    } else {
+      mountTmpfs('/tmp', `mode=1777,size=${limits.diskMb}m`);
+      mountTmpfs(setup.workdir, `mode=0755,uid=${setup.uid},gid=${setup.gid},size=${limits.diskMb}m`);
+    }
+    this.sandbox = setup;
+  }
+
+  /**
+   * A command of the persistent sandbox: in a child cgroup of the sandbox's (KILL = cgroup.kill of that child: the
+   * command's whole tree, nothing else), as the sandbox's user, in the work dir it asks for (exit 126 when it cannot
+   * go there). EXIT is sent once the main process exited and its output was read (briefly: background children may
+   * hold the pipes for ever); what it left running stays, in its cgroup, which goes once empty.
+   */
+  private sandboxExec(stream: number, request: ExecRequest): void {
+    if (this.sandbox === null) throw new Error('no persistent sandbox was set up (SANDBOX) in this VM');
+    if (this.execs.has(stream)) throw new Error(`stream ${stream} is already running`);
+    // A work dir that is not a directory is the command's failure (126, like `cd` in a shell), not the platform's.
+    if (!isDirectory(request.workdir)) {
+      this.send(encodeFrame(MessageType.STDERR, stream, `cannot change to ${request.workdir}: no such directory\n`));
+      this.send(encodeJson(MessageType.EXIT, stream, { exitCode: 126, signal: null, oomKilled: false, usage: { cpuUsec: null, memoryPeakBytes: null } } satisfies ExitMessage));
+      return;
+    }
+    const cgroup = path.join(SANDBOX_CGROUP, `c${stream}`);
+    fs.mkdirSync(cgroup);
+    // Two execs before the command (sh joins the cgroup, setpriv drops to the user), each costly under TCG; the work
+    // dir is set by spawn (as root: it exists, checked above).
+    const argv = [
+      '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
+      SETPRIV, `--reuid=${this.sandbox.uid}`, `--regid=${this.sandbox.gid}`, '--clear-groups', '--',
+      ...request.argv,
+    ];
+    const child = spawn(BUSYBOX, argv, { argv0: 'sh', cwd: request.workdir, env: request.env, stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    this.execs.set(stream, { child, cgroup });
+    child.stdin?.on('error', () => undefined);
+    child.stdout?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDOUT, stream, chunk).forEach((f) => this.send(f)));
+    child.stderr?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDERR, stream, chunk).forEach((f) => this.send(f)));
+    let done = false;
+    child.on('error', (error) => {
+      if (done) return;
+      done = true;
+      this.execs.delete(stream);
+      this.error(stream, `spawn failed: ${error.message}`);
+    });
+    child.on('exit', (code, signal) => {
+      const outputs = [child.stdout, child.stderr].map(
+        (pipe) =>
+          new Promise<void>((resolve) => {
+            if (!pipe || pipe.destroyed || pipe.readableEnded) return resolve();
+            const timer = setTimeout(resolve, OUTPUT_GRACE_MS);
+            pipe.once('close', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+          }),
+      );
+      void Promise.all(outputs).then(() => {
+        if (done) return;
+        done = true;
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+        this.execs.delete(stream);
+        const cpuUsec = /^usage_usec (\d+)/m.exec(readOr(path.join(cgroup, 'cpu.stat'), ''))?.[1];
+        const peak = readOr(path.join(cgroup, 'memory.peak'), '').trim();
+        const exit: ExitMessage = {
+          exitCode: code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0),
+          signal: signal ?? null,
+          oomKilled: Number(/^oom_kill (\d+)/m.exec(readOr(path.join(cgroup, 'memory.events'), ''))?.[1] ?? 0) > 0,
+          usage: { cpuUsec: cpuUsec === undefined ? null : Number(cpuUsec), memoryPeakBytes: peak ? Number(peak) : null },
+        };
+        this.send(encodeJson(MessageType.EXIT, stream, exit));
+        this.removeEmptyCommandCgroups();
+      });
+    });
+  }
+
+  /** Cgroups of ended commands whose background processes are gone too (rmdir fails on a populated one). */
+  private removeEmptyCommandCgroups(): void {
+    const live = new Set([...this.execs.values()].map((running) => running.cgroup));
+    for (const entry of readdirOr(SANDBOX_CGROUP)) {
+      const dir = path.join(SANDBOX_CGROUP, entry);
+      if (!/^c\d+$/.test(entry) || live.has(dir)) continue;
+      try {
+        fs.rmdirSync(dir);
+      } catch {}
+    }
   }
 
   private exec(stream: number, request: ExecRequest): void {
@@ -301,6 +442,32 @@ function reseed(bytes: Buffer): SeedReply {
 /** The guest agent is copied alone into the VM (see microvm/assets.ts): it cannot import src/executors/shared/process.ts. */
 function signalOf(number: number): string | null {
   return Object.entries(osConstants.signals).find(([, value]) => value === number)?.[0] ?? null;
+}
+
+/** FREEZE: fsfreeze of the data disk (writes block until thawed; all written is on the disk), else a sync. */
+function freezeData(disk: boolean, frozen: boolean): void {
+  if (disk && fs.existsSync(FSFREEZE)) {
+    const result = spawnSyncQuiet([FSFREEZE, frozen ? '-f' : '-u', DATA_MOUNT]);
+    if (result !== 0 && frozen) throw new Error(`fsfreeze of ${DATA_MOUNT} failed`);
+    return;
+  }
+  if (frozen) spawnSyncQuiet([BUSYBOX, 'sync']);
+}
+
+function isDirectory(dir: string): boolean {
+  try {
+    return fs.statSync(dir).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function readdirOr(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
 
 function readOr(file: string, fallback: string): string {

@@ -18,6 +18,16 @@
  *                                                       RNG and the kernel CRNG is reseeded when the guest helper can
  *                                                       (sent right after a snapshot restore: clones must not share RNG
  *                                                       state)
+ *   host SANDBOX {workdir, limits, disk, uid, gid}   -> agent OK | ERROR: makes this VM a persistent sandbox (once):
+ *                                                       one cgroup with the limits for every command, the work dir
+ *                                                       and /tmp on the data disk (label kindling-data) or on tmpfs
+ *   host EXEC {..., sandbox: true}                   -> a command of the persistent sandbox: in a child cgroup of the
+ *                                                       sandbox's (KILL kills that tree only), no pid namespace of its
+ *                                                       own (commands see each other's processes), no fresh tmpfs;
+ *                                                       EXIT when the main process exits (background children live on)
+ *   host FREEZE {frozen}                             -> agent OK: fsfreeze of the data disk (true) or thaw (false)
+ *   host CLOCK {epochMs}                             -> agent OK: the guest's wall clock set (after a restore, the
+ *                                                       guest's clock is the one it had when it was saved)
  * ERROR {message} ends a stream with a platform failure (never a user failure: those are EXIT with a code).
  */
 import { FrameDecoder as BaseFrameDecoder, ProtocolError, encodeChunks as encodeAnyChunks, encodeFrame as encodeAnyFrame, type Frame } from '../frame.js';
@@ -43,6 +53,9 @@ export const MessageType = {
   OK: 13,
   ERROR: 14,
   SEED: 15,
+  SANDBOX: 16,
+  FREEZE: 17,
+  CLOCK: 18,
 } as const;
 export type MessageTypeValue = (typeof MessageType)[keyof typeof MessageType];
 
@@ -72,6 +85,28 @@ export interface ExecRequest {
   /** uid/gid the process runs as (65534 = nobody). */
   uid: number;
   gid: number;
+  /** A command of the persistent sandbox set up by SANDBOX (limits and mounts are the sandbox's; `limits` ignored). */
+  sandbox?: boolean;
+}
+
+/** SANDBOX: what the persistent sandbox's commands share. */
+export interface SandboxSetup {
+  workdir: string;
+  limits: Omit<ExecLimits, 'openFiles'>;
+  /** Mount the data disk (ext4 labelled kindling-data, dirs work/ and tmp/) at the work dir and /tmp; else tmpfs. */
+  disk: boolean;
+  uid: number;
+  gid: number;
+}
+
+/** CLOCK: the host's wall clock, in ms since the epoch. */
+export interface ClockRequest {
+  epochMs: number;
+}
+
+/** FREEZE: the data disk's file system frozen (writes block, everything written is on the disk) or thawed. */
+export interface FreezeRequest {
+  frozen: boolean;
 }
 
 export interface ExitMessage {

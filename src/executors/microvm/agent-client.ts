@@ -19,6 +19,7 @@ import {
   type ExitMessage,
   type Frame,
   type PongMessage,
+  type SandboxSetup,
   type SeedReply,
 } from '../../../agent/vm/protocol.js';
 
@@ -45,10 +46,15 @@ export interface AgentExec {
 export class AgentClient {
   private readonly decoder = new FrameDecoder();
   private readonly pending = new Map<number, Pending>();
-  private nextStream = 1;
+  private nextStream: number;
   private closedError: Error | null = null;
 
-  constructor(private readonly channel: Duplex) {
+  /** `firstStream`: after a restore, above every stream the guest may still have running (default 1). */
+  constructor(
+    private readonly channel: Duplex,
+    firstStream = 1,
+  ) {
+    this.nextStream = firstStream;
     channel.on('data', (chunk: Buffer) => {
       let frames: Frame[];
       try {
@@ -145,6 +151,26 @@ export class AgentClient {
   async seed(bytes: Buffer, timeoutMs = 10_000): Promise<SeedReply> {
     const frame = await this.request((stream) => encodeFrame(MessageType.SEED, stream, bytes), MessageType.OK, timeoutMs);
     return frame.payload.length > 0 ? decodeJson<SeedReply>(frame) : { reseeded: false };
+  }
+
+  /** The next stream id this client will use (saved with a hibernated VM: a restored one continues above it). */
+  get streamsUsed(): number {
+    return this.nextStream;
+  }
+
+  /** Sets the guest's wall clock to the host's (after a restore, the guest has the time it was saved at). */
+  async setClock(timeoutMs = 10_000): Promise<void> {
+    await this.request((stream) => encodeJson(MessageType.CLOCK, stream, { epochMs: Date.now() }), MessageType.OK, timeoutMs);
+  }
+
+  /** Makes the VM a persistent sandbox (once): the cgroup and mounts every command shares. */
+  async setUpSandbox(setup: SandboxSetup, timeoutMs = 30_000): Promise<void> {
+    await this.request((stream) => encodeJson(MessageType.SANDBOX, stream, setup), MessageType.OK, timeoutMs);
+  }
+
+  /** Freezes (fsfreeze) or thaws the persistent sandbox's data disk; without one, `true` syncs. */
+  async freeze(frozen: boolean, timeoutMs = 30_000): Promise<void> {
+    await this.request((stream) => encodeJson(MessageType.FREEZE, stream, { frozen }), MessageType.OK, timeoutMs);
   }
 
   /** Starts a process; output streams end before `exit` resolves. Rejects `exit` on a platform failure only. */

@@ -104,11 +104,14 @@ for m in @MODULES@; do
   args=""; [ "$m" = virtio_mmio.ko ] && args=$mmio
   $B insmod "/modules/$m" $args || echo "kindling-init: insmod $m failed"
 done
-agent=""; root=""
+# A persistent sandbox's VM has a third disk, its data (label kindling-data, kernel argument kindling.data=1): the
+# agent mounts it later; it is never the root.
+agent=""; root=""; data=""
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
   agent=$($B findfs LABEL=kindling-agent 2>/dev/null)
-  for d in /dev/vda /dev/vdb; do [ -b "$d" ] && [ "$d" != "$agent" ] && root=$d; done
-  [ -n "$agent" ] && [ -n "$root" ] && break
+  $B grep -q kindling.data=1 /proc/cmdline && data=$($B findfs LABEL=kindling-data 2>/dev/null)
+  for d in /dev/vda /dev/vdb /dev/vdc; do [ -b "$d" ] && [ "$d" != "$agent" ] && [ "$d" != "$data" ] && root=$d; done
+  [ -n "$agent" ] && [ -n "$root" ] && { [ -n "$data" ] || ! $B grep -q kindling.data=1 /proc/cmdline; } && break
   $B usleep 50000
 done
 [ -n "$agent" ] && [ -n "$root" ] || fail "disks not found (agent=$agent root=$root)"

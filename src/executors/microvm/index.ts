@@ -1,4 +1,4 @@
-// Over 400 lines: the drivers' common lifecycle (snapshots, warm pool, VM cgroups, reaping) shares one state; the drivers themselves are in qemu.ts and firecracker.ts.
+// Over 400 lines: the drivers' common lifecycle (snapshots, warm pool, VM cgroups, reaping, persistent sandboxes' VMs) shares one state; the drivers themselves are in qemu.ts and firecracker.ts, the sandbox in persistent.ts.
 /**
  * The microvm executor: one VM per execution, hardware isolation. Drivers: `qemu` (here: `-M microvm`, TCG without
  * KVM) and `firecracker` (needs /dev/kvm; see firecracker.ts). The VM boots Debian's kernel with the project's
@@ -24,7 +24,7 @@ import type { RunSpec } from '../../core/types.js';
 import { findRecipe } from '../../images/recipes.js';
 import { noopLogger, type Logger } from '../shared/logger.js';
 import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
-import type { Execution, Executor, ExecutorStatus, ExitInfo, ReapReport, StartOptions } from '../executor.js';
+import type { Execution, Executor, ExecutorStatus, ExitInfo, PersistentSandbox, PersistentSandboxOptions, ReapReport, StartOptions } from '../executor.js';
 import { createCgroupDriver, type Cgroup, type CgroupDriver } from '../shared/cgroups.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
@@ -32,6 +32,8 @@ import type { AgentClient } from './agent-client.js';
 import { FirecrackerVm, firecrackerBootArgs, firecrackerUnavailable, snapshotFiles, type FirecrackerConfig } from './firecracker.js';
 import { QemuVm, hostTscKhz, kvmUsable, type Accelerator, type QemuConfig, type VmShape } from './qemu.js';
 import { reapSnapshots, reapVmDirs } from './reap.js';
+import { MicroVmPersistentSandbox } from './persistent.js';
+import { MicroVmSandboxStorage, type HibernationRecord } from './sandbox-storage.js';
 
 /** What the executor needs of a VM, whichever driver runs it. */
 export interface MicroVm {
@@ -103,6 +105,9 @@ export class MicroVmExecutor implements Executor {
   private images = new Map<string, string>();
   private closed = false;
   private counter = 0;
+  private storage: MicroVmSandboxStorage | undefined;
+  /** Live persistent sandboxes: close() ends them through destroy(), which writes their files out first. */
+  private readonly sandboxes = new Set<MicroVmPersistentSandbox>();
 
   constructor(options: MicroVmExecutorOptions) {
     this.options = options;
@@ -277,7 +282,7 @@ export class MicroVmExecutor implements Executor {
   }
 
   /** Boots a VM, or restores one from `incoming`; a restored VM gets fresh randomness before anything runs in it. */
-  private async bootVm(shape: Shape, incoming?: string): Promise<MicroVm> {
+  private async bootVm(shape: Shape, incoming?: string, extra: { dataDisk?: string; firstStream?: number } = {}): Promise<MicroVm> {
     const vmDir = this.newVmDir();
     this.creating.add(vmDir);
     try {
@@ -288,6 +293,7 @@ export class MicroVmExecutor implements Executor {
         name: `kindling-${this.options.instanceId}-${path.basename(vmDir)}`.replace(/[^a-zA-Z0-9-]/g, '-').slice(0, 64),
         readyTimeoutMs: this.options.readyTimeoutMs ?? 180_000,
         ...(incoming ? { incoming } : {}),
+        ...extra,
       };
       const vm: MicroVm =
         this.driver === 'firecracker'
@@ -300,12 +306,15 @@ export class MicroVmExecutor implements Executor {
           const seeded = await vm.agent.seed(randomBytes(64));
           if (!seeded.reseeded) this.logger.warn({ vmDir }, 'the guest CRNG was not reseeded after a restore (bytes mixed in only)');
           const now = new Date();
-          await fs.utimes(incoming, now, now).catch(() => undefined); // last use, for reapSnapshots
+          if (extra.dataDisk === undefined) await fs.utimes(incoming, now, now).catch(() => undefined); // last use, for reapSnapshots
         } catch (error) {
           await this.destroyVm(vm);
           throw error;
         }
       }
+      // The guest has no RTC (rtc=off): booted, its clock starts at 1970; restored, it is the time of the save (hours
+      // ago for a shape snapshot, days for a hibernation). User code sees the host's time from the first command on.
+      await vm.agent.setClock().catch((error: unknown) => this.logger.warn({ err: error, vmDir }, 'the guest clock was not set (agent too old?)'));
       return vm;
     } finally {
       this.creating.delete(vmDir);
@@ -406,6 +415,81 @@ export class MicroVmExecutor implements Executor {
     return { stdin: exec.stdin, stdout, stderr, coldStart, wait: () => waitResult, kill, disposed };
   }
 
+  /** Disks, snapshots and hibernation images of persistent sandboxes (QEMU driver; see sandbox-storage.ts). */
+  get sandboxStorage(): MicroVmSandboxStorage | undefined {
+    if (this.driver !== 'qemu') return undefined;
+    this.storage ??= new MicroVmSandboxStorage({
+      dir: path.join(this.baseDir, 'sandboxes', this.options.ownerId),
+      qemuImgBinary: this.options.qemuImgBinary ?? 'qemu-img',
+      log: this.logger,
+    });
+    return this.storage;
+  }
+
+  /**
+   * A persistent sandbox: one VM booted for it (not from a shape snapshot: its device set has the data disk), made a
+   * sandbox by its agent; with `storage`, its files on a data disk that outlives the VM. `restore: 'hibernated'`
+   * starts the VM from its hibernation image instead (every process continues). QEMU driver only.
+   */
+  async createPersistentSandbox(spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<PersistentSandbox> {
+    if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down; retry on another instance');
+    if (this.driver !== 'qemu') {
+      throw new KindlingError('SANDBOXES_UNSUPPORTED', 'persistent sandboxes on the microvm executor need the qemu driver (the firecracker driver has none yet); use driver qemu or another executor', { details: { executor: 'microvm', driver: this.driver } });
+    }
+    if (spec.network !== 'none') throw new KindlingError('UNSUPPORTED_NETWORK', `network "${spec.network}" is not supported by the microvm executor (its VMs have no NIC); use "none"`);
+    if (this.images.size === 0) await this.refreshImages();
+    const storage = options.storage === undefined ? null : this.sandboxStorage!;
+    let shape = this.shapeOf(spec);
+    let hibernated: HibernationRecord | null = null;
+    if (options.restore === 'hibernated') {
+      hibernated = storage === null ? null : await storage.hibernation(spec.id);
+      if (hibernated === null) throw new KindlingError('SANDBOX_STATE_LOST', `sandbox ${spec.id} has no saved memory image left; start it again (its files are kept)`, { details: { sandbox: spec.id } });
+      // The VM must have the shape it was saved with, whatever the spec says now.
+      shape = { ...shape, vcpus: hibernated.vcpus, memoryMb: hibernated.memoryMb };
+    }
+    let disk: string | undefined;
+    let vm: MicroVm | null = null;
+    try {
+      if (storage !== null) disk = await storage.attach(spec.id, spec.limits.diskMb, options.storage?.fromSnapshot ?? null);
+      vm = await this.bootVm(shape, hibernated === null || storage === null ? undefined : storage.memoryPath(spec.id), {
+        ...(disk === undefined ? {} : { dataDisk: disk }),
+        // Streams the guest may still have running were numbered below streamsUsed; leave a margin for in-flight ones.
+        ...(hibernated === null ? {} : { firstStream: hibernated.streamsUsed + 1024 }),
+      });
+      options.signal?.throwIfAborted();
+      if (hibernated === null) {
+        await vm.agent.setUpSandbox({
+          workdir: spec.workdir,
+          limits: { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, cpus: spec.limits.cpus, diskMb: spec.limits.diskMb },
+          disk: disk !== undefined,
+          uid: NOBODY,
+          gid: NOBODY,
+        });
+      } else {
+        // The image is in a VM again, and the disk moves on from here: it can never be restored a second time.
+        await storage!.dropHibernation(spec.id);
+      }
+      const sandbox = new MicroVmPersistentSandbox({
+        id: spec.id,
+        vm: vm as QemuVm,
+        env: spec.env,
+        storage: disk === undefined ? null : { disk, store: storage! },
+        shape: { image: shape.image, vcpus: shape.vcpus, memoryMb: shape.memoryMb },
+        release: (ended) => this.destroyVm(ended),
+        lifetimeMs: spec.limits.timeoutMs,
+      });
+      this.sandboxes.add(sandbox);
+      void sandbox.disposed.finally(() => this.sandboxes.delete(sandbox));
+      return sandbox;
+    } catch (error) {
+      // A half-made sandbox goes before the error is rethrown (the original error wins); its disk stays (it is the
+      // sandbox's files, removed with removeDisk).
+      if (vm !== null) await this.destroyVm(vm).catch(() => undefined);
+      if (error instanceof KindlingError) throw error;
+      throw new KindlingError('EXECUTOR_FAILED', `the persistent microVM sandbox did not start: ${(error as Error).message}`, { cause: error, retryAfterSeconds: 1 });
+    }
+  }
+
   /**
    * Kills VMs and removes VM directories of this owner that no live VM of this process uses, and snapshot files nobody
    * restored from for snapshotMaxAgeMs (their keys change with every kernel, agent, image or shape change).
@@ -439,6 +523,7 @@ export class MicroVmExecutor implements Executor {
     await this.pool.close();
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
     await Promise.allSettled([...this.snapshots.values()]);
+    await Promise.allSettled([...this.sandboxes].map((sandbox) => sandbox.destroy()));
     await Promise.allSettled([...this.vms].map((vm) => this.destroyVm(vm)));
     this.cgroups?.removeOwnerDirs();
   }

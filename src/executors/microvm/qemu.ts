@@ -70,7 +70,7 @@ export function kernelCommandLine(config: Pick<QemuConfig, 'tscKhz'>): string {
 }
 
 /** The qemu argv for a VM (a pure function, unit-tested). `incoming` restores from a migration file instead of booting. */
-export function qemuArgs(config: QemuConfig, shape: VmShape, vmDir: string, options: { incoming?: string; name: string }): string[] {
+export function qemuArgs(config: QemuConfig, shape: VmShape, vmDir: string, options: { incoming?: string; name: string; dataDisk?: string }): string[] {
   const accel = config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max'];
   const args = [
     '-name', options.name,
@@ -82,7 +82,7 @@ export function qemuArgs(config: QemuConfig, shape: VmShape, vmDir: string, opti
     '-serial', `file:${path.join(vmDir, 'console.log')}`,
     '-kernel', config.assets.kernel,
     '-initrd', config.assets.initramfs,
-    '-append', kernelCommandLine(config),
+    '-append', kernelCommandLine(config) + (options.dataDisk ? ' kindling.data=1' : ''),
     '-drive', `id=root,file=${path.join(vmDir, 'root.qcow2')},format=qcow2,if=none,cache=unsafe`,
     '-device', 'virtio-blk-device,drive=root',
     '-drive', `id=agent,file=${config.assets.agentDisk},format=raw,if=none,readonly=on`,
@@ -92,6 +92,8 @@ export function qemuArgs(config: QemuConfig, shape: VmShape, vmDir: string, opti
     '-device', 'virtserialport,chardev=agentport,name=dev.kindling.agent',
     '-qmp', `unix:${path.join(vmDir, 'qmp.sock')},server=on,wait=off`,
   ];
+  // A persistent sandbox's data disk (its files outlive the VM): qcow2, written through QEMU's cache like the root.
+  if (options.dataDisk) args.push('-drive', `id=data,file=${options.dataDisk},format=qcow2,if=none,cache=unsafe,discard=unmap`, '-device', 'virtio-blk-device,drive=data');
   if (options.incoming) args.push('-incoming', `exec:cat ${shellQuote(options.incoming)}`);
   return args;
 }
@@ -179,6 +181,10 @@ export interface QemuVmOptions {
   name: string;
   /** Restore from this migration file instead of booting. */
   incoming?: string;
+  /** A persistent sandbox's data disk (qcow2 with an ext4 labelled kindling-data), attached as a third virtio-blk. */
+  dataDisk?: string;
+  /** The agent client's first stream id (after a hibernation, above every id the guest may still have running). */
+  firstStream?: number;
   /** Limit for booting (or restoring) until the agent answers. */
   readyTimeoutMs: number;
   /** A fresh host cgroup the qemu process is moved into right after spawn (CPU, pids, memory cap); removed with the VM. */
@@ -218,7 +224,7 @@ export class QemuVm {
     let vm: QemuVm | null = null;
     try {
       await run(config.qemuImgBinary, ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', shape.rootImage, path.join(vmDir, 'root.qcow2')]);
-      const args = qemuArgs(config, shape, vmDir, { name: options.name, ...(options.incoming ? { incoming: options.incoming } : {}) });
+      const args = qemuArgs(config, shape, vmDir, { name: options.name, ...(options.incoming ? { incoming: options.incoming } : {}), ...(options.dataDisk ? { dataDisk: options.dataDisk } : {}) });
       const child = spawn(config.qemuBinary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
       // Writing the pid moves every thread qemu has so far; the ones it makes later are born inside.
       if (options.cgroup && child.pid !== undefined) {
@@ -258,7 +264,7 @@ export class QemuVm {
       }
     }
     const socket = await connectUnix(path.join(this.vmDir, 'agent.sock'), deadline, alive);
-    this.agent = new AgentClient(socket);
+    this.agent = new AgentClient(socket, this.options.firstStream);
     await this.vmProcess.handshake(this.agent, deadline, this.options.incoming ? 2000 : 1000);
   }
 
@@ -280,8 +286,29 @@ export class QemuVm {
     }
   }
 
+  /** Hibernation: stops the VM and saves its whole state into `file` (QMP migrate). Kill the VM afterwards. */
+  async saveMemory(file: string, timeoutMs = 120_000): Promise<void> {
+    await this.qmp.execute('stop');
+    await this.snapshot(file, timeoutMs);
+  }
+
   kill(): void {
     this.vmProcess.kill();
+  }
+
+  /**
+   * CPU time of the qemu process (every vCPU and QEMU's own threads: what the VM costs the host) and its peak memory,
+   * from its host cgroup, else from /proc (CPU only, in clock ticks).
+   */
+  usage(): { cpuMs: number | null; memoryPeakBytes: number | null } {
+    if (this.options.cgroup) return this.options.cgroup.usage();
+    try {
+      const fields = readFileSync(`/proc/${this.vmProcess.child.pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+      // utime and stime are fields 14 and 15 of stat (11 and 12 after the command name), in USER_HZ (100) ticks.
+      return { cpuMs: (Number(fields[11]) + Number(fields[12])) * 10, memoryPeakBytes: null };
+    } catch {
+      return { cpuMs: null, memoryPeakBytes: null };
+    }
   }
 
   destroy(): Promise<void> {

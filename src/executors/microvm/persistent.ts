@@ -1,0 +1,224 @@
+/**
+ * Persistent sandboxes on the microvm executor (QEMU driver): one long-lived VM per sandbox. Its guest agent was made
+ * a sandbox once (SANDBOX: one cgroup with the limits, the work dir and /tmp on the data disk); every command is an
+ * EXEC of the agent in a child cgroup of it, as nobody, many at once over the one channel. Processes a command leaves
+ * running and files stay between commands; killing a command kills its cgroup (its whole tree, nothing else).
+ *
+ * Pause/resume: QMP `stop`/`cont` (the vCPUs stop: the qemu process uses no CPU while stopped). usage(): the qemu
+ * process's host cgroup (what the VM costs the host, guest kernel and agent included).
+ *
+ * Snapshot: the data disk's file system frozen (fsfreeze in the guest: everything written is on the disk), the VM
+ * stopped (QEMU flushes its block layer), the disk copied into an immutable qcow2 (see sandbox-storage.ts), then
+ * continued and thawed. Hibernate: the VM stopped and its whole state (memory, devices) migrated into a file, then
+ * qemu ends (its RAM is released); a later start with `-incoming` from that file and the same disk continues every
+ * process where it was.
+ */
+import { rename, rm, stat } from 'node:fs/promises';
+import type { PassThrough, Writable } from 'node:stream';
+import { KindlingError } from '../../core/errors.js';
+import type { PersistentSandbox, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest } from '../executor.js';
+import { checkCommandRequest } from '../shared/command-request.js';
+import type { AgentExec } from './agent-client.js';
+import type { QemuVm } from './qemu.js';
+import type { HibernationRecord, MicroVmSandboxStorage } from './sandbox-storage.js';
+
+/** How long destroy() lets the guest write its file system out before the VM is killed. */
+const FLUSH_TIMEOUT_MS = 10_000;
+const NOBODY = 65534;
+
+export interface MicroVmSandboxParts {
+  id: string;
+  vm: QemuVm;
+  /** The environment every command starts with (the spec's); a command's own env is added to it. */
+  env: Record<string, string>;
+  /** The data disk and where to keep snapshots and hibernation images; null: files on tmpfs, gone with the VM. */
+  storage: { disk: string; store: MicroVmSandboxStorage } | null;
+  /** What a hibernation record says besides the stream ids. */
+  shape: Omit<HibernationRecord, 'streamsUsed' | 'savedAt'>;
+  /** Ends the VM's life on the executor's side (its directory, cgroup, registry entry). */
+  release(vm: QemuVm): Promise<void>;
+  /** The lifetime backstop (spec.limits.timeoutMs): the sandbox is destroyed then. */
+  lifetimeMs: number;
+}
+
+export class MicroVmPersistentSandbox implements PersistentSandbox {
+  readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false, hibernate: true };
+  readonly id: string;
+  readonly disposed: Promise<void>;
+  private readonly vm: QemuVm;
+  private ended = false;
+  private paused = false;
+  private destroying: Promise<void> | null = null;
+  private readonly backstop: NodeJS.Timeout;
+
+  constructor(private readonly parts: MicroVmSandboxParts) {
+    this.id = parts.id;
+    this.vm = parts.vm;
+    this.backstop = setTimeout(() => void this.destroy(), parts.lifetimeMs);
+    this.backstop.unref();
+    this.disposed = this.vm.exited.then(async () => {
+      this.ended = true;
+      clearTimeout(this.backstop);
+      // Commands still running end with the VM (their exit promises reject when the agent channel closes).
+      await parts.release(this.vm).catch(() => {});
+    });
+  }
+
+  get alive(): boolean {
+    return !this.ended && this.vm.alive;
+  }
+
+  async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
+    this.assertAlive();
+    checkCommandRequest(request);
+    let handle: AgentExec;
+    try {
+      handle = this.vm.agent.exec({
+        argv: request.command,
+        env: { ...this.parts.env, ...request.env },
+        workdir: request.workdir,
+        limits: { memoryMb: 0, pids: 0, cpus: 0, diskMb: 0 },
+        stdin: request.stdin,
+        uid: NOBODY,
+        gid: NOBODY,
+        sandbox: true,
+      });
+    } catch (error) {
+      throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${this.id} has ended: ${(error as Error).message}`, { details: { sandbox: this.id } });
+    }
+    return new MicroVmCommand(handle, () => this.ended || this.destroying !== null || !this.vm.alive || this.vm.agent.closed);
+  }
+
+  async pause(): Promise<void> {
+    this.assertAlive();
+    await this.vm.qmp.execute('stop');
+    this.paused = true;
+  }
+
+  async resume(): Promise<void> {
+    this.assertAlive();
+    await this.vm.qmp.execute('cont');
+    this.paused = false;
+  }
+
+  usage(): ResourceUsage | null {
+    if (!this.alive) return null;
+    const usage = this.vm.usage();
+    return usage.cpuMs === null && usage.memoryPeakBytes === null ? null : usage;
+  }
+
+  /** The data disk copied at one moment into an immutable snapshot; a paused sandbox stays paused. */
+  async snapshot(snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
+    this.assertAlive();
+    const storage = this.parts.storage;
+    if (storage === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): nothing to snapshot`, { details: { sandbox: this.id } });
+    const wasPaused = this.paused;
+    // The guest must run to freeze its file system (dirty pages in its page cache are written out by the freeze).
+    if (wasPaused) await this.vm.qmp.execute('cont');
+    await this.vm.agent.freeze(true);
+    try {
+      await this.vm.qmp.execute('stop');
+      try {
+        return { bytes: await storage.store.snapshot(storage.disk, snapshotId), memory: false };
+      } finally {
+        if (this.vm.alive) await this.vm.qmp.execute('cont').catch(() => {});
+      }
+    } finally {
+      if (this.vm.alive) {
+        await this.vm.agent.freeze(false).catch(() => {});
+        if (wasPaused) await this.vm.qmp.execute('stop').catch(() => {});
+      }
+    }
+  }
+
+  /**
+   * Saves the VM (memory, devices, every process) beside its disk and ends it: RAM released, `disposed` resolves.
+   * The image is consumed by the next `createPersistentSandbox(spec, { restore: 'hibernated' })`.
+   */
+  async hibernate(): Promise<{ bytes: number }> {
+    this.assertAlive();
+    const storage = this.parts.storage;
+    if (storage === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): it cannot be hibernated`, { details: { sandbox: this.id } });
+    const file = storage.store.memoryPath(this.id);
+    const partial = `${file}.partial`;
+    try {
+      await this.vm.saveMemory(partial);
+      await rename(partial, file);
+      await storage.store.saveHibernation(this.id, { ...this.parts.shape, streamsUsed: this.vm.agent.streamsUsed, savedAt: new Date().toISOString() });
+    } catch (error) {
+      // Still the running sandbox: continue it as it was.
+      if (this.vm.alive && !this.paused) await this.vm.qmp.execute('cont').catch(() => {});
+      await rm(partial, { force: true }).catch(() => {});
+      throw new KindlingError('EXECUTOR_FAILED', `hibernating sandbox ${this.id} failed: ${(error as Error).message}`, { cause: error });
+    }
+    this.vm.kill();
+    await this.disposed;
+    return { bytes: (await stat(file)).size };
+  }
+
+  /**
+   * Kills the VM. Its data disk stays (removeDisk removes it): the guest's file system is frozen first (written out)
+   * and the VM stopped (QEMU's block layer flushed), so a restart finds every file as the last command left it.
+   */
+  destroy(): Promise<void> {
+    this.destroying ??= (async () => {
+      clearTimeout(this.backstop);
+      if (this.alive && this.parts.storage !== null) {
+        const flush = (async () => {
+          if (this.paused) await this.vm.qmp.execute('cont');
+          await this.vm.agent.freeze(true, FLUSH_TIMEOUT_MS);
+          await this.vm.qmp.execute('stop');
+        })();
+        await Promise.race([flush.catch(() => {}), new Promise((resolve) => setTimeout(resolve, FLUSH_TIMEOUT_MS).unref())]);
+      }
+      this.vm.kill();
+      await this.disposed;
+    })();
+    return this.destroying;
+  }
+
+  private assertAlive(): void {
+    if (!this.alive) throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${this.id} has ended`, { details: { sandbox: this.id } });
+  }
+}
+
+class MicroVmCommand implements SandboxCommand {
+  readonly stdin: Writable | null;
+  readonly stdout: PassThrough;
+  readonly stderr: PassThrough;
+  private readonly done: Promise<{ exitCode: number; signal: string | null }>;
+  private killed = false;
+  private finished = false;
+
+  constructor(
+    private readonly handle: AgentExec,
+    vmGone: () => boolean,
+  ) {
+    this.stdin = handle.stdin;
+    this.stdin?.on('error', () => {});
+    this.stdout = handle.stdout;
+    this.stderr = handle.stderr;
+    this.done = handle.exit.then(
+      (exit) => {
+        this.finished = true;
+        return this.killed ? { exitCode: 137, signal: 'SIGKILL' } : { exitCode: exit.exitCode, signal: exit.signal };
+      },
+      (error: unknown) => {
+        this.finished = true;
+        // The VM ended (destroyed, hibernated, died): the command's processes went with it.
+        if (this.killed || vmGone()) return { exitCode: 137, signal: 'SIGKILL' };
+        throw new KindlingError('EXECUTOR_FAILED', `the microVM agent failed: ${(error as Error).message}`, { cause: error });
+      },
+    );
+  }
+
+  wait(): Promise<{ exitCode: number; signal: string | null }> {
+    return this.done;
+  }
+
+  kill(): void {
+    if (this.killed || this.finished) return;
+    this.killed = true;
+    this.handle.kill();
+  }
+}
