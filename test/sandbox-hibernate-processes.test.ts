@@ -1,0 +1,115 @@
+/**
+ * Hibernation through the API on every executor that hosts persistent sandboxes, with real sandboxes: where the
+ * executor keeps processes (gvisor: runsc checkpoint/restore; microvm: QEMU migration to a file) a process started
+ * before `POST /v1/sandboxes/ID/hibernate` goes on after the wake with the state it held in memory; where it keeps
+ * files only (docker) the answer says so, the files stay and the next command runs on them. Memory snapshots (gvisor):
+ * a fork goes on with the processes of its snapshot.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { Kindling, type Sandbox } from '@kindling/sdk';
+import { dockerUnavailableReason, microvmUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { skipOrFail } from '../src/executors/test-support.js';
+
+const ADMIN = 'admin-key-for-sandbox-hibernate-processes-0123456789';
+
+/** A shell loop counting in a variable (its state is in memory), writing each value to /work/counter. */
+const COUNTER = ['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /work/counter.new && mv /work/counter.new /work/counter; sleep 0.2; done >/dev/null 2>&1 &'];
+
+async function counter(sandbox: Sandbox): Promise<number> {
+  const result = await sandbox.commands.run(['sh', '-c', 'cat /work/counter 2>/dev/null || echo 0']);
+  return Number(result.stdout.trim());
+}
+
+/** Resolves with the counter once it reached `atLeast`. */
+async function counterAtLeast(sandbox: Sandbox, atLeast: number, timeoutMs: number): Promise<number> {
+  let value = 0;
+  await waitFor(async () => (value = await counter(sandbox)) >= atLeast, timeoutMs, `the counter in ${sandbox.id} to reach ${atLeast}`);
+  return value;
+}
+
+async function gvisorUnavailableReason(): Promise<string | null> {
+  if (process.getuid?.() !== 0) return skipOrFail('gvisor', 'the gvisor executor needs root (runsc and its cgroups)');
+  if (!existsSync('/usr/bin/runsc')) return skipOrFail('gvisor', 'runsc is not installed (apt-get install runsc; scripts/setup.sh does)');
+  return null;
+}
+
+const cases = [
+  { executor: 'gvisor' as const, unavailable: await gvisorUnavailableReason(), processesKept: true, timeoutMs: 120_000 },
+  // A boot under TCG takes 5 s on an idle host, much more on a busy one.
+  { executor: 'microvm' as const, unavailable: await microvmUnavailableReason(), processesKept: true, timeoutMs: 300_000 },
+  { executor: 'docker' as const, unavailable: await dockerUnavailableReason(), processesKept: false, timeoutMs: 120_000 },
+];
+
+for (const { executor, unavailable, processesKept, timeoutMs } of cases) {
+  describe(`hibernation through the API (${executor} executor)`, { skip: unavailable ?? false, timeout: timeoutMs * 3 }, () => {
+    let server: TestServer;
+    let client: Kindling;
+
+    before(async () => {
+      server = await startTestServer({ executor, adminKey: ADMIN });
+      const { apiKey } = await new Kindling({ url: server.url, apiKey: ADMIN }).tenants.create(`hibernate-${executor}`);
+      client = new Kindling({ url: server.url, apiKey, timeoutMs });
+    });
+    after(async () => {
+      await server?.stop();
+    });
+
+    test(processesKept ? 'a process started before hibernation goes on after the wake, with its memory' : 'hibernation keeps the files, says the processes ended, and the next command runs on the files', { timeout: timeoutMs }, async () => {
+      const sandbox = await client.sandboxes.create({ image: 'kindling/base', executor, limits: { memoryMb: 256, diskMb: 64 } });
+      try {
+        assert.equal((await sandbox.commands.run(COUNTER)).exitCode, 0);
+        const before = await counterAtLeast(sandbox, 3, timeoutMs / 2);
+
+        const info = await sandbox.hibernate();
+        assert.equal(info.state, 'hibernated');
+        assert.equal(info.hibernation?.processesKept, processesKept);
+        assert.equal((await client.sandboxes.get(sandbox.id)).state, 'hibernated', 'the state is kept');
+        assert.deepEqual((await client.sandboxes.list({ state: 'hibernated' })).map((s) => s.id), [sandbox.id]);
+
+        // The next command wakes it; the file written before hibernation is there either way.
+        const woken = await counter(sandbox);
+        assert.ok(woken >= before, `the counter file survives (${woken} >= ${before})`);
+        assert.equal((await client.sandboxes.get(sandbox.id)).state, 'running');
+        if (processesKept) {
+          // The same loop goes on from its value in memory: a new process tree would have no counter at all.
+          const later = await counterAtLeast(sandbox, woken + 3, timeoutMs / 2);
+          assert.ok(later > woken);
+        } else {
+          const ps = await sandbox.commands.run(['sh', '-c', 'for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr "\\0" " "; echo; done']);
+          assert.doesNotMatch(ps.stdout, /while :/, 'the loop ended with the processes');
+          assert.equal(await counter(sandbox), woken, 'nothing counts any more');
+        }
+      } finally {
+        await sandbox.kill();
+      }
+    });
+
+    if (executor === 'gvisor') {
+      test('a memory snapshot says so, and a fork goes on with the processes of the snapshot', { timeout: timeoutMs }, async () => {
+        const sandbox = await client.sandboxes.create({ image: 'kindling/base', executor, limits: { memoryMb: 256, diskMb: 64 } });
+        const forks: Sandbox[] = [];
+        try {
+          assert.equal((await sandbox.commands.run(COUNTER)).exitCode, 0);
+          const atSnapshot = await counterAtLeast(sandbox, 3, timeoutMs / 2);
+          forks.push(...(await sandbox.fork(1)));
+          const snapshots = await client.sandboxes.listSnapshots({ sandboxId: sandbox.id });
+          assert.equal(snapshots.length, 1);
+          assert.equal(snapshots[0]!.memory, true);
+          const fork = forks[0]!;
+          const inFork = await counterAtLeast(fork, atSnapshot + 3, timeoutMs / 2);
+          assert.ok(inFork > atSnapshot, 'the fork counts on from the snapshot');
+          // The source goes on too, and the two no longer share their files.
+          await counterAtLeast(sandbox, atSnapshot + 3, timeoutMs / 2);
+          assert.equal((await fork.commands.run(['sh', '-c', 'echo fork-only > /work/mine'])).exitCode, 0);
+          assert.notEqual((await sandbox.commands.run(['cat', '/work/mine'])).exitCode, 0);
+        } finally {
+          for (const fork of forks) await fork.kill();
+          await sandbox.kill();
+          for (const snapshot of await client.sandboxes.listSnapshots()) await client.sandboxes.deleteSnapshot(snapshot.id);
+        }
+      });
+    }
+  });
+}
