@@ -225,6 +225,9 @@ describe('sandbox files (mkdir, tar, streams), hibernation, timeout and filters 
       assert.match(info.stopReason ?? '', /processes ended/);
       assert.deepEqual(processesWith(marker), [], 'its processes ended');
       assert.equal((await client.sandboxes.list({ state: 'hibernated' })).some((s) => s.id === sb.id), true);
+      // The operator's gauge counts it (it has no live sandbox any more: the count comes from the records).
+      const metrics = await (await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();
+      assert.match(metrics, /^kindling_persistent_sandboxes\{tenant="sbx-files",state="hibernated"\} [1-9]\d*$/m);
       await assert.rejects(sb.commands.run(['true'], { autoResume: false }), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_PAUSED' && /hibernated/.test(error.message));
 
       // Across a restart of the server it stays hibernated, then wakes for a command on its files.

@@ -24,7 +24,7 @@ export interface MetricsSources {
   /** What each tenant keeps on disk (function versions, code bytes, queued payload bytes). */
   storage?: () => TenantStorage[];
   /** Persistent sandboxes per tenant: running, paused, and the memoryMb of both (quotas maxSandboxes, ...). */
-  persistentSandboxes?: () => { tenant: string; running: number; paused: number; memoryMb: number }[];
+  persistentSandboxes?: () => { tenant: string; running: number; paused: number; memoryMb: number; hibernated?: number }[];
   collectProcess?: boolean;
 }
 
@@ -205,7 +205,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     const persistent = sources.persistentSandboxes;
     new Gauge({
       name: 'kindling_persistent_sandboxes',
-      help: 'Persistent sandboxes per tenant and state (running|paused; quotas maxSandboxes, maxPausedSandboxes)',
+      help: 'Persistent sandboxes per tenant and state (running|paused|hibernated; quotas maxSandboxes, maxPausedSandboxes)',
       labelNames: ['tenant', 'state'],
       registers,
       collect() {
@@ -213,6 +213,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
         for (const row of persistent?.() ?? []) {
           this.set({ tenant: row.tenant, state: 'running' }, row.running);
           this.set({ tenant: row.tenant, state: 'paused' }, row.paused);
+          this.set({ tenant: row.tenant, state: 'hibernated' }, row.hibernated ?? 0);
         }
       },
     });

@@ -239,8 +239,12 @@ export class SandboxService {
   }
 
   /** What tenants' sandboxes hold now (running, paused, memory, disks, snapshot bytes), for metrics. */
-  footprints(): ReturnType<SandboxAccounting['footprints']> {
-    return this.accounting.footprints();
+  /** Per tenant: live sandboxes (running, paused, their memory) and hibernated ones (records only: no process). */
+  footprints(): Map<string, ReturnType<SandboxAccounting['footprints']> extends Map<string, infer Row> ? Row & { hibernated: number } : never> {
+    const hibernated = this.options.store.countByTenant('hibernated');
+    const out = new Map([...this.accounting.footprints()].map(([tenant, row]) => [tenant, { ...row, hibernated: hibernated.get(tenant) ?? 0 }]));
+    for (const [tenant, count] of hibernated) if (!out.has(tenant)) out.set(tenant, { running: 0, paused: 0, memoryMb: 0, hibernated: count });
+    return out;
   }
 
   /** At start-up, after the executors reaped their orphans: records of a previous run's sandboxes say stopped. */

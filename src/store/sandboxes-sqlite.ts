@@ -77,6 +77,7 @@ export class SqliteSandboxStore {
   private readonly getStmt: Database.Statement;
   private readonly listStmt: Database.Statement;
   private readonly deleteStmt: Database.Statement;
+  private readonly countStmt: Database.Statement;
 
   constructor(file: string) {
     this.db = openSqlite(file, (db) => db.exec(SCHEMA));
@@ -84,6 +85,12 @@ export class SqliteSandboxStore {
     this.getStmt = this.db.prepare('SELECT record FROM sandboxes WHERE id = ?');
     this.listStmt = this.db.prepare('SELECT record FROM sandboxes WHERE tenant = ? ORDER BY id');
     this.deleteStmt = this.db.prepare('DELETE FROM sandboxes WHERE id = ?');
+    this.countStmt = this.db.prepare('SELECT tenant, COUNT(*) AS n FROM sandboxes WHERE state = ? GROUP BY tenant');
+  }
+
+  /** Sandboxes in `state` per tenant (for metrics of states no live sandbox has, e.g. hibernated and stopped). */
+  countByTenant(state: SandboxRecord['state']): Map<string, number> {
+    return new Map((this.countStmt.all(state) as { tenant: string; n: number }[]).map((row) => [row.tenant, row.n]));
   }
 
   put(record: SandboxRecord): void {
