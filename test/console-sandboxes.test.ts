@@ -126,6 +126,15 @@ describe('console: the Sandboxes page in headless Chromium', { skip: unavailable
       await page.getByRole('button', { name: 'Resume', exact: true }).click();
       await textOf('#sandbox-status', 'Resumed: running.');
       assert.equal((await k.sandboxes.get(sb.id)).state, 'running');
+
+      // Hibernate (files only on this executor, and the page says so); Resume wakes it.
+      await page.getByRole('button', { name: 'Hibernate', exact: true }).click();
+      await textOf('#sandbox-status', 'Hibernated: hibernated (files kept; its processes ended).');
+      assert.equal((await k.sandboxes.get(sb.id)).state, 'hibernated');
+      await listed.filter({ hasText: 'hibernated' }).waitFor({ timeout: 15_000 });
+      await page.getByRole('button', { name: 'Resume', exact: true }).click();
+      await textOf('#sandbox-status', 'Resumed: running.');
+      assert.equal((await k.sandboxes.get(sb.id)).state, 'running');
     } finally {
       await page.getByRole('button', { name: 'Close', exact: true }).click();
       await sb.kill();

@@ -90,6 +90,7 @@ function showState(sb: SandboxView): void {
   $('sandbox-state').textContent = `${sb.state}${sb.stopReason ? ` (${sb.stopReason})` : ''} · ${sb.executor} · ${sb.runtime ?? sb.image} · ${sb.limits.memoryMb} MiB, ${sb.limits.cpus} CPU, ${sb.limits.diskMb} MiB disk`;
   $<HTMLButtonElement>('sandbox-pause').disabled = sb.state !== 'running';
   $<HTMLButtonElement>('sandbox-resume').disabled = sb.state === 'running';
+  $<HTMLButtonElement>('sandbox-hibernate').disabled = sb.state === 'hibernated' || sb.state === 'stopped';
 }
 
 async function openSandbox(id: string): Promise<void> {
@@ -263,6 +264,12 @@ $<HTMLFormElement>('sandbox-create-form').addEventListener('submit', async (even
 });
 
 $('sandbox-pause').addEventListener('click', () => void act('Pausing', async (id) => `Paused: ${(await ((await post(`${base(id)}/pause`)).json() as Promise<SandboxView>)).state}.`));
+$('sandbox-hibernate').addEventListener('click', () =>
+  void act('Hibernating', async (id) => {
+    const sb = (await (await post(`${base(id)}/hibernate`)).json()) as SandboxView & { hibernation: { processesKept: boolean } | null };
+    return `Hibernated: ${sb.state} (${sb.hibernation?.processesKept === true ? 'processes kept' : 'files kept; its processes ended'}).`;
+  }),
+);
 $('sandbox-resume').addEventListener('click', () => void act('Resuming', async (id) => `Resumed: ${(await ((await post(`${base(id)}/resume`)).json() as Promise<SandboxView>)).state}.`));
 $('sandbox-snapshot').addEventListener('click', () =>
   void act('Taking a snapshot', async (id) => {
