@@ -65,7 +65,7 @@ export interface SnapshotInfo {
   limits: { memoryMb: number; cpus: number; pids: number; diskMb: number };
   createdAt: string;
   bytes: number;
-  /** Whether memory and processes are kept (false on the sandbox and docker executors: files only). */
+  /** Whether memory and processes are kept (true on gvisor; false on the sandbox, docker and microvm executors: files only). */
   memory: boolean;
   note: string;
 }
@@ -557,7 +557,7 @@ export class Sandbox {
     this.info = await this.#api.setTimeout(this.id, timeoutMs, options);
   }
 
-  /** An immutable snapshot of the sandbox's files (processes are not kept on the sandbox and docker executors). */
+  /** An immutable snapshot of the sandbox's files (and of its processes on gvisor: `memory: true`). */
   snapshot(options?: RequestOptions): Promise<SnapshotInfo> {
     return this.#api.snapshot(this.id, options);
   }

@@ -315,7 +315,7 @@ export const CreateSandboxRequestSchema = Type.Object(
   {
     runtime: Type.Optional(Type.String({ description: `One of ${RUNTIME_NAMES.join(', ')} (its image); or give "image".` })),
     image: Type.Optional(Type.String({ minLength: 1, maxLength: 256, pattern: '^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$', description: 'Image, e.g. kindling/base.' })),
-    executor: Type.Optional(Type.String({ description: 'Default: the server\'s. "sandbox" and "docker" host persistent sandboxes in this version; others (microvm) answer 400 SANDBOXES_UNSUPPORTED.' })),
+    executor: Type.Optional(Type.String({ description: 'Default: the server\'s. "sandbox", "docker", "gvisor" and "microvm" (its QEMU driver) host persistent sandboxes; others (microvm on the Firecracker driver) answer 400 SANDBOXES_UNSUPPORTED.' })),
     limits: Type.Optional(
       Type.Object(
         {

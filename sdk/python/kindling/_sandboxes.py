@@ -518,7 +518,7 @@ class Sandbox:
         self.info = self._api.set_timeout(self.id, timeout_ms)
 
     def snapshot(self) -> JsonDict:
-        """An immutable snapshot of the sandbox's files (processes are not kept on the sandbox and docker executors)."""
+        """An immutable snapshot of the sandbox's files (and of its processes on gvisor: ``memory`` is true)."""
         return self._api.snapshot(self.id)
 
     def fork(self, count: int) -> "list[Sandbox]":

@@ -321,7 +321,7 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
       schema: {
         tags,
         summary: 'Snapshot the sandbox\'s files (immutable; kept until deleted, across restarts)',
-        description: 'The sandbox is frozen while its /work is copied (a paused one stays paused; a stopped one is started again first). On the sandbox and docker executors a snapshot holds files only (memory: false): processes are not kept. Counted against the tenant\'s --max-snapshots-per-tenant (429 TENANT_SNAPSHOT_LIMIT).',
+        description: 'The sandbox is frozen while its /work is copied (a paused one stays paused; a stopped one is started again first). On the sandbox, docker and microvm executors a snapshot holds files only (memory: false): processes are not kept; on gvisor it keeps memory and processes too (memory: true), and sandboxes made from it go on with them. Counted against the tenant\'s --max-snapshots-per-tenant (429 TENANT_SNAPSHOT_LIMIT).',
         params: SandboxIdParamsSchema,
         body: { type: 'object', additionalProperties: false, nullable: true, examples: [{}] },
         response: { 201: SnapshotSchema, ...errors },
