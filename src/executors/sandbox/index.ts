@@ -23,7 +23,9 @@ import { RootfsCatalog } from './rootfs.js';
 import { RunDirs } from './run-dirs.js';
 import { bwrapArgs, encodeArgs, launchLine, validateSpec } from './bwrap-args.js';
 import { startPersistentSandbox } from './persistent.js';
-import { SandboxStorage } from './storage.js';
+import { SandboxStorage, type Volume } from './storage.js';
+import { BtrfsSandboxStorage, btrfsStorageProblem } from './storage-btrfs.js';
+import { DEFAULT_BTRFS_HELPER_PATH } from './btrfs-helper.js';
 import { ExecutionImpl, type SandboxExecution, type SandboxExitInfo } from './execution.js';
 import { Launchers, type Launcher } from './launcher.js';
 import { bwrapVersion, hostProblem, smokeTest, unreachableBy, usernsProblem } from './probe.js';
@@ -69,6 +71,12 @@ export interface SandboxExecutorOptions extends ExecutorBaseOptions {
   egressSupernet?: string;
   /** util-linux nsenter, which joins a launcher to its network namespace (egress only). Default /usr/bin/nsenter. */
   nsenterPath?: string;
+  /**
+   * Where persistent sandboxes keep their files: `btrfs` (a subvolume each, snapshots and forks without copying; see
+   * storage-btrfs.ts) or `ext4` (a loop disk each, snapshots copied; storage.ts). Default: btrfs when the host has it
+   * (kernel, mkfs.btrfs, the native helper kindling-btrfs), else ext4.
+   */
+  diskBackend?: 'btrfs' | 'ext4';
 }
 
 export type { SandboxExecution, SandboxExitInfo };
@@ -107,7 +115,7 @@ export class SandboxExecutor implements Executor {
   private smokeOk = false;
   private egressNet: { pool: NetnsPool; firewall: EgressFirewall } | null = null;
   /** Persistent sandboxes' disks and snapshots: `<stateDir>/sandbox-storage/<ownerId>/` (see storage.ts). */
-  private readonly storage: SandboxStorage;
+  private readonly storage: SandboxStorage | BtrfsSandboxStorage;
   readonly sandboxStorage: SandboxStorageOps;
 
   private readonly options: SandboxExecutorOptions;
@@ -133,7 +141,13 @@ export class SandboxExecutor implements Executor {
     this.seccomp = buildSandboxFilter().program;
     this.dirs = new RunDirs({ baseDir: path.join(options.stateDir, 'sandbox'), ownerId: options.ownerId }, this.gid, this.log);
     this.images = new RootfsCatalog(options.imagesDir, this.log);
-    this.storage = new SandboxStorage({ dir: path.join(options.stateDir, 'sandbox-storage', options.ownerId), uid: this.uid, gid: this.gid, log: this.log });
+    const storageDir = path.join(options.stateDir, 'sandbox-storage', options.ownerId);
+    const btrfsProblem = options.diskBackend === 'ext4' ? 'ext4 asked for' : btrfsStorageProblem({ helperPath: DEFAULT_BTRFS_HELPER_PATH });
+    if (btrfsProblem !== null && options.diskBackend === 'btrfs') throw new Error(`persistent sandboxes on btrfs: ${btrfsProblem}`);
+    this.storage =
+      btrfsProblem === null
+        ? new BtrfsSandboxStorage({ dir: storageDir, uid: this.uid, gid: this.gid, log: this.log })
+        : new SandboxStorage({ dir: storageDir, uid: this.uid, gid: this.gid, log: this.log });
     this.sandboxStorage = {
       removeDisk: (id) => this.storage.removeDisk(id),
       removeSnapshot: (id) => this.storage.removeSnapshot(id),
@@ -307,7 +321,7 @@ export class SandboxExecutor implements Executor {
     await this.dirs.ensure();
     const storage = {
       attach: (id: string, diskMb: number, fromSnapshot: string | null) => this.storage.attach(id, diskMb, fromSnapshot, this.dirs.volumesDir),
-      snapshot: (volume: Parameters<SandboxStorage['snapshot']>[0], snapshotId: string) => this.storage.snapshot(volume, snapshotId),
+      snapshot: (volume: Volume, snapshotId: string) => this.storage.snapshot(volume, snapshotId),
     };
     const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.driver().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid, storage };
     return startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell }, spec, options);
