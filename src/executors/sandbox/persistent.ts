@@ -75,7 +75,7 @@ export interface PersistentDeps {
   };
 }
 
-export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<PersistentSandbox> {
+export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<BwrapPersistentSandbox> {
   if (deps.shell === null) {
     throw new KindlingError('VALIDATION_FAILED', `image ${spec.image} has no shell: a persistent sandbox needs /bin/sh in its image`, { details: { field: 'image', executor: 'sandbox' } });
   }
@@ -120,7 +120,7 @@ interface PendingCommand {
   exit: (status: number) => void;
 }
 
-class BwrapPersistentSandbox implements PersistentSandbox {
+export class BwrapPersistentSandbox implements PersistentSandbox {
   readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false, hibernate: false };
   readonly disposed: Promise<void>;
   private ended = false;
@@ -136,14 +136,16 @@ class BwrapPersistentSandbox implements PersistentSandbox {
   private frozen = false;
   /** Set once the supervisor is ready (ports.ts); null: ports are unavailable for this sandbox. */
   ports: SandboxPorts | null = null;
+  /** A pooled sandbox's env (adopt): its supervisor started without one, so every command exports it first. */
+  private baseEnv: Record<string, string> = {};
 
   constructor(
-    readonly id: string,
+    public id: string,
     private readonly execution: SandboxExecution,
     private readonly cgroup: Cgroup,
     private readonly dir: string,
     private readonly gid: number,
-    private readonly stored: { volume: Volume; snapshot: (volume: Volume, snapshotId: string) => Promise<number> } | null = null,
+    private stored: { volume: Volume; snapshot: (volume: Volume, snapshotId: string) => Promise<number> } | null = null,
   ) {
     this.control = execution.stdin!;
     this.control.on('error', () => {});
@@ -184,6 +186,26 @@ class BwrapPersistentSandbox implements PersistentSandbox {
       await stored?.volume.detach().catch(() => {});
       await rm(this.dir, { recursive: true, force: true }).catch(() => {});
     });
+  }
+
+  /**
+   * A sandbox started ahead of demand (persistent-pool.ts), which no tenant's code has run in, becomes `id`'s: its
+   * env (exported by every command's script), its disk under its new name, its wall-clock backstop, and its ports
+   * pinned again under its id (still before any of the tenant's code runs). Its cgroup limits are the caller's.
+   */
+  adopt(id: string, env: Record<string, string>, volume: Volume | null, backstopMs: number): void {
+    this.assertAlive();
+    this.id = id;
+    this.baseEnv = { ...env };
+    if (volume !== null && this.stored !== null) this.stored = { ...this.stored, volume };
+    this.execution.rearm(backstopMs);
+    this.ports?.close();
+    this.ports = SandboxPorts.open(id, this.cgroup);
+  }
+
+  /** The cgroup of the sandbox (a pooled one's limits are set when it is taken). */
+  get sandboxCgroup(): Cgroup {
+    return this.cgroup;
   }
 
   /* -- storage: snapshots ------------------------------------------------------------------------------------------ */
@@ -266,7 +288,7 @@ class BwrapPersistentSandbox implements PersistentSandbox {
     try {
       const script = [
         `cd ${shellQuote(request.workdir)} || exit 126`,
-        ...Object.entries(request.env).map(([name, value]) => `export ${name}=${shellQuote(value)}`),
+        ...Object.entries({ ...this.baseEnv, ...request.env }).map(([name, value]) => `export ${name}=${shellQuote(value)}`),
         `exec ${request.command.map(shellQuote).join(' ')}`,
         '',
       ].join('\n');

@@ -174,6 +174,23 @@ export class BtrfsSandboxStorage {
     return { work: path.join(sub, 'work'), tmp: path.join(sub, 'tmp'), detach: () => Promise.resolve() };
   }
 
+  /**
+   * A pooled sandbox's subvolume (made by `attach` under the pool's id, never used by a tenant) becomes `sandboxId`'s:
+   * renamed (a running sandbox keeps its binds: they follow the directory, not its name) and limited to `diskMb`.
+   */
+  async adopt(poolId: string, sandboxId: string, diskMb: number): Promise<Volume> {
+    const from = this.diskPath(poolId);
+    const to = this.diskPath(sandboxId);
+    if (fs.existsSync(to)) throw new KindlingError('EXECUTOR_FAILED', `sandbox ${sandboxId} has a disk already`);
+    try {
+      await this.helper.limit(from, diskMb * 1024 * 1024);
+      await fs.promises.rename(from, to);
+    } catch (err) {
+      throw new KindlingError('EXECUTOR_FAILED', `could not take a pooled sandbox's disk: ${(err as Error).message}`, { cause: err });
+    }
+    return { work: path.join(to, 'work'), tmp: path.join(to, 'tmp'), detach: () => Promise.resolve() };
+  }
+
   /** A read-only snapshot of the sandbox's subvolume (the sandbox frozen by the caller); resolves with its work dir's size. */
   async snapshot(volume: Volume, snapshotId: string): Promise<number> {
     const sub = path.dirname(volume.work);
