@@ -4,6 +4,9 @@
  * rootfs) or the API's own floor (a GET of the sandbox), measured in the same run, alternated. Then snapshots of 10 and
  * 100 MiB of written files (next to `cp -a` of the same data on the same disk), forks of 1 and 10 (next to as many
  * overlay mounts of a lower dir) and a background command's start -> first log line (next to a plain bwrap echo).
+ * Then 100 creates at once and fork 100 (next to 100 plain bwraps at once), a 100 MiB file written and read through
+ * the API (next to the host's page cache) and paused sandboxes held up to 1,000 with their memory (next to one plain
+ * bwrap holding a sleep).
  */
 import { access, mkdir, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -161,7 +164,7 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     }
     const c = stats(created);
     const pe = stats(plainEcho);
-    rows.push({ group: 'sandboxes', id: ROWS[0].id, scenario: `${ROWS[0].scenario}, n=${n}`, target: ROWS[0].target, kindling: c.text, baseline: `plain bwrap \`echo hi\` (fresh): ${pe.text}`, ratio: fmtRatio(c.p50 / pe.p50), status: c.p50 < 20 && c.p99 < 40 ? 'pass' : 'fail', note: 'two HTTP calls (create, command); each create gives the sandbox its own ext4 disk (a pre-formatted image from the pool, or mkfs.ext4 when none is ready; loop mount, overlay for /work) before bwrap and the supervisor start; the delete is outside the clock' });
+    rows.push({ group: 'sandboxes', id: ROWS[0].id, scenario: `${ROWS[0].scenario}, n=${n}`, target: ROWS[0].target, kindling: c.text, baseline: `plain bwrap \`echo hi\` (fresh): ${pe.text}`, ratio: fmtRatio(c.p50 / pe.p50), status: c.p50 < 20 && c.p99 < 40 ? 'pass' : 'fail', note: 'two HTTP calls (create, command); with btrfs storage and --prewarm (the server default) a create takes a ready sandbox from the pool (refilled between runs while the baseline runs), else it makes a subvolume and starts bwrap and the supervisor (ext4 fallback: a disk image, loop and overlay mounts); the delete is outside the clock' });
     data[ROWS[0].id] = { api: created, bwrap: plainEcho };
 
     const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', idleTimeoutMs: 3_600_000 })).json.id as string;
@@ -266,7 +269,7 @@ async function snapshotRows(ctx: BenchContext, api: Api, dataDir: string, rows: 
       const k = stats(snaps);
       const b = stats(copies);
       const r = row(id);
-      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `plain \`cp -a\` of ${mib} MiB on the same disk: ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < 100 ? 'pass' : 'fail', note: `snapshot ${(bytes / 1048576).toFixed(1)} MiB: the sandbox frozen, its merged /work (ext4 loop disk + overlay) copied with cp -a into the snapshots dir; the delete is outside the clock` });
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `plain \`cp -a\` of ${mib} MiB on the same disk: ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < 100 ? 'pass' : 'fail', note: `snapshot ${(bytes / 1048576).toFixed(1)} MiB: the sandbox frozen, a read-only btrfs snapshot of its subvolume (ext4 fallback: cp -a of /work), its size counted; the delete is outside the clock` });
       data[id] = { api: snaps, cp: copies, bytes };
     } finally {
       await api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined);
@@ -321,7 +324,7 @@ async function forkRows(ctx: BenchContext, api: Api, dataDir: string, rows: Row[
       const b = stats(mounts);
       const r = row(id);
       const limit = count === 1 ? 25 : 100;
-      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `${count} plain overlay mount(s) of a lower dir (\`mount -t overlay\`, one after another): ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < limit ? 'pass' : 'fail', note: 'one HTTP call: the snapshot (sandbox frozen, cp -a of /work) and the sandboxes made from it (each: a fresh ext4 disk, mounts, bwrap, the supervisor up); deletes outside the clock' });
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `${count} plain overlay mount(s) of a lower dir (\`mount -t overlay\`, one after another): ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < limit ? 'pass' : 'fail', note: 'one HTTP call: the snapshot (sandbox frozen, a read-only btrfs snapshot) and the sandboxes made from it (each: a writable snapshot of it, bwrap, the supervisor up; at most 4 starting at once); deletes outside the clock' });
       data[id] = { api: forks, overlayMounts: mounts };
     }
     await unmountAll();
@@ -558,11 +561,15 @@ async function pausedHeldRow(ctx: BenchContext, api: Api, serverPid: number, row
     const cgroups = new Set<string>();
     for (const pid of pids) {
       pss += await procKb(pid, 'smaps_rollup', 'Pss');
-      const line = (await readFile(`/proc/${pid}/cgroup`, 'utf8').catch(() => '')).split('\n').find((l) => l.startsWith('0::') && l.includes('/kindling/'));
-      if (line !== undefined) cgroups.add(line.slice(3));
+      // cgroup v1: the memory controller's line (memory.usage_in_bytes); v2: the unified one (memory.current).
+      const lines = (await readFile(`/proc/${pid}/cgroup`, 'utf8').catch(() => '')).split('\n').filter((l) => l.includes('/kindling/'));
+      const v1 = lines.find((l) => /^\d+:memory:/.test(l));
+      const v2 = lines.find((l) => l.startsWith('0::'));
+      if (v1 !== undefined) cgroups.add(`/sys/fs/cgroup/memory${v1.split(':')[2]!}/memory.usage_in_bytes`);
+      else if (v2 !== undefined) cgroups.add(`/sys/fs/cgroup${v2.slice(3)}/memory.current`);
     }
     let current = 0;
-    for (const cg of cgroups) current += Number((await readFile(`/sys/fs/cgroup${cg}/memory.current`, 'utf8').catch(() => '0')).trim());
+    for (const file of cgroups) current += Number((await readFile(file, 'utf8').catch(() => '0')).trim());
     const rssGrowth = (await procKb(serverPid, 'status', 'VmRSS')) - rssBefore;
     // Baseline: one plain bwrap holding a sleep, its processes' PSS.
     const plain = spawn('bwrap', ['--ro-bind', ROOTFS_BASE, '/', '--proc', '/proc', '--dev', '/dev', '--unshare-all', '--die-with-parent', 'sleep', '60'], { env: CLEAN_ENV, stdio: 'ignore' });
@@ -581,11 +588,11 @@ async function pausedHeldRow(ctx: BenchContext, api: Api, serverPid: number, row
       id,
       scenario: `${r.scenario}, 8 created at a time`,
       target: r.target,
-      kindling: `${count} held paused (made in ${seconds.toFixed(1)} s); per sandbox: PSS ${per(pss)}, cgroup memory.current ${per(current / 1024)}, server RSS growth ${per(rssGrowth)}`,
+      kindling: `${count} held paused (made in ${seconds.toFixed(1)} s); per sandbox: PSS ${per(pss)}, cgroup memory ${per(current / 1024)}, server RSS growth ${per(rssGrowth)}`,
       baseline: `one plain bwrap \`sleep\`: PSS ${(plainPss / 1024).toFixed(2)} MiB`,
       ratio: fmtRatio(pss / Math.max(count, 1) / Math.max(plainPss, 1)),
       status: count >= 1000 ? 'pass' : 'fail',
-      note: `${stoppedBy}; PSS over the server's ${pids.length} descendant processes (supervisors, bwrap, helpers); memory.current over ${cgroups.size} cgroups (page cache of their files included)`,
+      note: `${stoppedBy}; PSS over the server's ${pids.length} descendant processes (supervisors, bwrap, helpers); cgroup memory (v1 memory.usage_in_bytes, v2 memory.current) over ${cgroups.size} cgroups (page cache of their files included)`,
     });
     data[id] = { count, seconds, pssKb: pss, memoryCurrentBytes: current, serverRssGrowthKb: rssGrowth, plainPssKb: plainPss, stoppedBy };
   } finally {
