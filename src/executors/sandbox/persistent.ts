@@ -5,7 +5,7 @@
  * process is a tiny supervisor instead of a user command.
  *
  * How commands get inside: the supervisor (POSIX sh, the image's own shell) reads one line per command from its stdin
- * (a pipe held by the server) and starts `sh <dir>/run` in the background with stdin/stdout/stderr redirected to named
+ * (a pipe held by the server) and sources `<dir>/run` in a background subshell with stdin/stdout/stderr redirected to named
  * pipes in the command's directory; it reports the command's pid and, later, its exit status on its stdout. The
  * directory lives under the sandbox's agent dir, bound read-only at /.kindling-agent (FIFOs need no write access;
  * the run script is written by the server, root:sandbox-gid 0440). Every command is thus a descendant of the
@@ -47,7 +47,9 @@ const SUPERVISOR = [
   'while read -r id si; do',
   '  d="$A/$id"',
   '  if [ "$si" = 1 ]; then i="$d/in"; else i=/dev/null; fi',
-  '  { "$0" "$d/run" <"$i" >"$d/out" 2>"$d/err"; echo "x $id $?"; } &',
+  // The run script is sourced in a subshell (a fork), not run by a new shell (a fork and an exec): one exec less per
+  // command (about 4.5 ms of a command's 20 here). Its variables are not exported: the command's env is the script's.
+  '  { ( . "$d/run" ) <"$i" >"$d/out" 2>"$d/err"; echo "x $id $?"; } &',
   '  echo "p $id $!"',
   'done',
 ].join('\n');
