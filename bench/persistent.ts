@@ -177,7 +177,7 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     }
     const r = stats(rtt);
     const pt = stats(plainTrue);
-    rows.push({ group: 'sandboxes', id: ROWS[1].id, scenario: `${ROWS[1].scenario}, n=${n * 2}`, target: ROWS[1].target, kindling: r.text, baseline: `plain bwrap \`true\` (a fresh sandbox each): ${pt.text}`, ratio: fmtRatio(r.p50 / pt.p50), status: r.p50 < 5 ? 'pass' : 'fail', note: 'HTTP + a FIFO set + the supervisor forking `sh run` + exec' });
+    rows.push({ group: 'sandboxes', id: ROWS[1].id, scenario: `${ROWS[1].scenario}, n=${n * 2}`, target: ROWS[1].target, kindling: r.text, baseline: `plain bwrap \`true\` (a fresh sandbox each): ${pt.text}`, ratio: fmtRatio(r.p50 / pt.p50), status: r.p50 < 5 ? 'pass' : 'fail', note: 'HTTP + a FIFO set + the supervisor forking a subshell that sources the run script + exec' });
     data[ROWS[1].id] = { api: rtt, bwrap: plainTrue };
 
     ctx.log(`sandboxes: pause/resume, ${n * 2} runs each (GET of the sandbox alternated: the HTTP floor)`);
