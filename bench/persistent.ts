@@ -4,6 +4,9 @@
  * rootfs) or the API's own floor (a GET of the sandbox), measured in the same run, alternated. Then snapshots of 10 and
  * 100 MiB of written files (next to `cp -a` of the same data on the same disk), forks of 1 and 10 (next to as many
  * overlay mounts of a lower dir) and a background command's start -> first log line (next to a plain bwrap echo).
+ * Then 100 creates at once and fork 100 (next to 100 plain bwraps at once), a 100 MiB file written and read through
+ * the API (next to the host's page cache) and paused sandboxes held up to 1,000 with their memory (next to one plain
+ * bwrap holding a sleep).
  */
 import { access, mkdir, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -27,6 +30,12 @@ const ROWS = [
   { id: 'sandboxes.fork_1', scenario: 'Fork 1 (POST /fork {count: 1}: snapshot + 1 sandbox, ready)', target: '< 25 ms (issue 16)' },
   { id: 'sandboxes.fork_10', scenario: 'Fork 10 from one snapshot (POST /fork {count: 10}, all ready)', target: '100 forks < 1 s (issue 16): < 100 ms for 10 pro rata' },
   { id: 'sandboxes.background_first_log', scenario: 'Background command start -> its first log line (POST {background} + GET .../logs SSE)', target: 'none in issue 16; command round trip p50 < 5 ms as a guide' },
+  // -- speed and density (sbx-speed) --
+  { id: 'sandboxes.create_100', scenario: '100 creates at once (POST /v1/sandboxes x 100 in parallel, all answered = all ready)', target: '< 1 s wall (issue 16)' },
+  { id: 'sandboxes.file_write_100mib', scenario: 'File write through the API (PUT .../files, 100 MiB)', target: '>= 300 MB/s (issue 16)' },
+  { id: 'sandboxes.file_read_100mib', scenario: 'File read through the API (GET .../files, 100 MiB)', target: '>= 300 MB/s (issue 16)' },
+  { id: 'sandboxes.fork_100', scenario: 'Fork 100 from one snapshot (POST /fork {count: 100}, all ready)', target: '< 1 s (issue 16)' },
+  { id: 'sandboxes.paused_held', scenario: 'Idle paused sandboxes held (created, then paused; memory per paused sandbox)', target: '>= 1,000 (issue 16)' },
   { id: 'sandboxes.port_get', scenario: 'Proxied GET round trip to a port in the sandbox (`python3 -m http.server`, 1 KiB file)', target: 'measured (no target in issue 16)' },
 ] as const;
 
@@ -126,7 +135,8 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
   }
   let server: BenchServer;
   try {
-    server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--max-sandboxes-per-tenant', '1000', '--max-snapshots-per-tenant', '1000'] });
+    // Caps raised for the 100-at-once, fork-100 and paused-held rows (this bench's server only).
+    server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--max-sandboxes-per-tenant', String(HELD_TARGET + 100), '--max-snapshots-per-tenant', '1000'] });
   } catch (error) {
     return skipAll(`server --executor sandbox did not start: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
   }
@@ -154,7 +164,7 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     }
     const c = stats(created);
     const pe = stats(plainEcho);
-    rows.push({ group: 'sandboxes', id: ROWS[0].id, scenario: `${ROWS[0].scenario}, n=${n}`, target: ROWS[0].target, kindling: c.text, baseline: `plain bwrap \`echo hi\` (fresh): ${pe.text}`, ratio: fmtRatio(c.p50 / pe.p50), status: c.p50 < 20 && c.p99 < 40 ? 'pass' : 'fail', note: 'two HTTP calls (create, command); each create gives the sandbox its own ext4 disk (a pre-formatted image from the pool, or mkfs.ext4 when none is ready; loop mount, overlay for /work) before bwrap and the supervisor start; the delete is outside the clock' });
+    rows.push({ group: 'sandboxes', id: ROWS[0].id, scenario: `${ROWS[0].scenario}, n=${n}`, target: ROWS[0].target, kindling: c.text, baseline: `plain bwrap \`echo hi\` (fresh): ${pe.text}`, ratio: fmtRatio(c.p50 / pe.p50), status: c.p50 < 20 && c.p99 < 40 ? 'pass' : 'fail', note: 'two HTTP calls (create, command); with btrfs storage and --prewarm (the server default) a create takes a ready sandbox from the pool (refilled between runs while the baseline runs), else it makes a subvolume and starts bwrap and the supervisor (ext4 fallback: a disk image, loop and overlay mounts); the delete is outside the clock' });
     data[ROWS[0].id] = { api: created, bwrap: plainEcho };
 
     const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', idleTimeoutMs: 3_600_000 })).json.id as string;
@@ -167,7 +177,7 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     }
     const r = stats(rtt);
     const pt = stats(plainTrue);
-    rows.push({ group: 'sandboxes', id: ROWS[1].id, scenario: `${ROWS[1].scenario}, n=${n * 2}`, target: ROWS[1].target, kindling: r.text, baseline: `plain bwrap \`true\` (a fresh sandbox each): ${pt.text}`, ratio: fmtRatio(r.p50 / pt.p50), status: r.p50 < 5 ? 'pass' : 'fail', note: 'HTTP + a FIFO set + the supervisor forking `sh run` + exec' });
+    rows.push({ group: 'sandboxes', id: ROWS[1].id, scenario: `${ROWS[1].scenario}, n=${n * 2}`, target: ROWS[1].target, kindling: r.text, baseline: `plain bwrap \`true\` (a fresh sandbox each): ${pt.text}`, ratio: fmtRatio(r.p50 / pt.p50), status: r.p50 < 5 ? 'pass' : 'fail', note: 'HTTP + a FIFO set + the supervisor forking a subshell that sources the run script + exec' });
     data[ROWS[1].id] = { api: rtt, bwrap: plainTrue };
 
     ctx.log(`sandboxes: pause/resume, ${n * 2} runs each (GET of the sandbox alternated: the HTTP floor)`);
@@ -197,6 +207,11 @@ export async function runPersistentGroup(ctx: BenchContext): Promise<GroupResult
     await snapshotRows(ctx, api, server.dataDir, rows, data);
     await forkRows(ctx, api, server.dataDir, rows, data);
     await backgroundRow(ctx, api, n, rows, data);
+    // -- speed and density (sbx-speed) --
+    await createManyRow(ctx, api, rows, data);
+    await fileRows(ctx, api, server.dataDir, rows, data);
+    await fork100Row(ctx, api, rows, data);
+    await pausedHeldRow(ctx, api, server.pid, rows, data);
     // --- ports: a proxied GET vs the same server on the host's loopback, alternated -------------------------------
     const portRow = await measurePortGet(api, n * 2, ctx);
     rows.push(portRow.row);
@@ -254,7 +269,7 @@ async function snapshotRows(ctx: BenchContext, api: Api, dataDir: string, rows: 
       const k = stats(snaps);
       const b = stats(copies);
       const r = row(id);
-      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `plain \`cp -a\` of ${mib} MiB on the same disk: ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < 100 ? 'pass' : 'fail', note: `snapshot ${(bytes / 1048576).toFixed(1)} MiB: the sandbox frozen, its merged /work (ext4 loop disk + overlay) copied with cp -a into the snapshots dir; the delete is outside the clock` });
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `plain \`cp -a\` of ${mib} MiB on the same disk: ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < 100 ? 'pass' : 'fail', note: `snapshot ${(bytes / 1048576).toFixed(1)} MiB: the sandbox frozen, a read-only btrfs snapshot of its subvolume (ext4 fallback: cp -a of /work), its size counted; the delete is outside the clock` });
       data[id] = { api: snaps, cp: copies, bytes };
     } finally {
       await api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined);
@@ -309,7 +324,7 @@ async function forkRows(ctx: BenchContext, api: Api, dataDir: string, rows: Row[
       const b = stats(mounts);
       const r = row(id);
       const limit = count === 1 ? 25 : 100;
-      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `${count} plain overlay mount(s) of a lower dir (\`mount -t overlay\`, one after another): ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < limit ? 'pass' : 'fail', note: 'one HTTP call: the snapshot (sandbox frozen, cp -a of /work) and the sandboxes made from it (each: a fresh ext4 disk, mounts, bwrap, the supervisor up); deletes outside the clock' });
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `${count} plain overlay mount(s) of a lower dir (\`mount -t overlay\`, one after another): ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < limit ? 'pass' : 'fail', note: 'one HTTP call: the snapshot (sandbox frozen, a read-only btrfs snapshot) and the sandboxes made from it (each: a writable snapshot of it, bwrap, the supervisor up; at most 4 starting at once); deletes outside the clock' });
       data[id] = { api: forks, overlayMounts: mounts };
     }
     await unmountAll();
@@ -353,5 +368,234 @@ async function backgroundRow(ctx: BenchContext, api: Api, n: number, rows: Row[]
     data[id] = { api: firsts, bwrap: plain };
   } finally {
     await api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined);
+  }
+}
+
+/* -- speed and density (sbx-speed) --------------------------------------------------------------------------------- */
+
+/** The paused-held row makes this many sandboxes (issue 16's target), unless something stops it first. */
+const HELD_TARGET = 1000;
+
+/** `count` plain `bwrap true` started at once; the wall time until all exited. */
+async function plainBwrapsAtOnce(count: number): Promise<number> {
+  const started = performance.now();
+  await Promise.all(Array.from({ length: count }, () => bwrap(['true'])));
+  return performance.now() - started;
+}
+
+/** 100 POST /v1/sandboxes at once (each answers once its sandbox is ready); deletes outside the clock. */
+async function createManyRow(ctx: BenchContext, api: Api, rows: Row[], data: Record<string, unknown>): Promise<void> {
+  const id = 'sandboxes.create_100';
+  const n = ctx.runsOverridden ? Math.min(ctx.runs.sandbox, 3) : 3;
+  ctx.log(`sandboxes: 100 creates at once, ${n} runs (100 plain bwrap true at once alternated)`);
+  const walls: number[] = [];
+  const plain: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const started = performance.now();
+    const made = await Promise.allSettled(Array.from({ length: 100 }, () => api.call('POST', '/v1/sandboxes', { image: 'kindling/base' })));
+    walls.push(performance.now() - started);
+    const ids = made.flatMap((m) => (m.status === 'fulfilled' ? [m.value.json.id as string] : []));
+    await Promise.all(ids.map((sb) => api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined)));
+    const failed = made.find((m): m is PromiseRejectedResult => m.status === 'rejected');
+    if (failed !== undefined) throw new Error(`${100 - ids.length} of 100 creates failed: ${String(failed.reason).slice(0, 200)}`);
+    plain.push(await plainBwrapsAtOnce(100));
+  }
+  const k = stats(walls);
+  const b = stats(plain);
+  const r = row(id);
+  rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: k.text, baseline: `100 plain bwrap \`true\` at once: ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < 1000 ? 'pass' : 'fail', note: 'each: a btrfs subvolume with its limit, bwrap, the supervisor up; deletes outside the clock' });
+  data[id] = { api: walls, bwrap: plain };
+}
+
+/**
+ * PUT then GET of a 100 MiB file through the files API, MB/s each way (10^6 bytes per MB); next to writing and
+ * reading the same bytes to and from a file of the server's data dir in this process (the host's page cache).
+ */
+async function fileRows(ctx: BenchContext, api: Api, dataDir: string, rows: Row[], data: Record<string, unknown>): Promise<void> {
+  const { readFile } = await import('node:fs/promises');
+  const size = 100 * 1024 * 1024;
+  const n = ctx.runsOverridden ? Math.min(ctx.runs.sandbox, 5) : 5;
+  ctx.log(`sandboxes: file write + read of 100 MiB, ${n} runs (host file write + read alternated)`);
+  const body = randomBytes(size);
+  const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', limits: { diskMb: 512 }, idleTimeoutMs: 3_600_000 })).json.id as string;
+  const hostFile = join(dataDir, 'bench-file');
+  const mbps = (ms: number): number => size / 1e6 / (ms / 1000);
+  try {
+    const writes: number[] = [];
+    const reads: number[] = [];
+    const hostWrites: number[] = [];
+    const hostReads: number[] = [];
+    for (let i = 0; i < n; i++) {
+      let started = performance.now();
+      const put = await fetch(`${api.url}/v1/sandboxes/${sb}/files?path=big.bin`, { method: 'PUT', body, headers: { 'content-type': 'application/octet-stream' } });
+      await put.text();
+      if (put.status !== 201) throw new Error(`PUT answered ${put.status}`);
+      writes.push(performance.now() - started);
+      started = performance.now();
+      const got = await fetch(`${api.url}/v1/sandboxes/${sb}/files?path=big.bin`);
+      const bytes = await got.arrayBuffer();
+      reads.push(performance.now() - started);
+      if (got.status !== 200 || bytes.byteLength !== size) throw new Error(`GET answered ${got.status} with ${bytes.byteLength} bytes`);
+      started = performance.now();
+      await writeFile(hostFile, body);
+      hostWrites.push(performance.now() - started);
+      started = performance.now();
+      await readFile(hostFile);
+      hostReads.push(performance.now() - started);
+      await rm(hostFile, { force: true });
+    }
+    for (const [id, api_, host, way] of [['sandboxes.file_write_100mib', writes, hostWrites, 'write'], ['sandboxes.file_read_100mib', reads, hostReads, 'read']] as const) {
+      const k = stats(api_);
+      const b = stats(host);
+      const r = row(id);
+      const rate = mbps(k.p50);
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: `${rate.toFixed(0)} MB/s at p50 (${k.text})`, baseline: `fs.${way === 'write' ? 'writeFile' : 'readFile'} of the same 100 MiB on the host: ${mbps(b.p50).toFixed(0)} MB/s (${b.text})`, ratio: fmtRatio(k.p50 / b.p50), status: rate >= 300 ? 'pass' : 'fail', note: way === 'write' ? 'HTTP body -> the stdin FIFO of `cat > file` in the sandbox' : '`cat file` in the sandbox -> its stdout FIFO -> the HTTP response' });
+      data[id] = { api: api_, host };
+    }
+  } finally {
+    await api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined);
+    await rm(hostFile, { force: true });
+  }
+}
+
+/** POST /fork {count: 100}; the forks and the snapshot deleted outside the clock. */
+async function fork100Row(ctx: BenchContext, api: Api, rows: Row[], data: Record<string, unknown>): Promise<void> {
+  const id = 'sandboxes.fork_100';
+  const n = ctx.runsOverridden ? Math.min(ctx.runs.sandbox, 3) : 3;
+  ctx.log(`sandboxes: fork 100, ${n} runs (100 plain bwrap true at once alternated)`);
+  const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', limits: { diskMb: 512 }, idleTimeoutMs: 3_600_000 })).json.id as string;
+  try {
+    await api.call('POST', `/v1/sandboxes/${sb}/commands`, { command: ['sh', '-c', 'mkdir -p data && for i in $(seq 10); do head -c 1048576 /dev/urandom > data/f$i; done'] });
+    const forks: number[] = [];
+    const plain: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const made = await api.call('POST', `/v1/sandboxes/${sb}/fork`, { count: 100 });
+      forks.push(made.ms);
+      const children = made.json.sandboxes as { id: string; state: string }[];
+      if (children.length !== 100 || children.some((c) => c.state !== 'running')) throw new Error(`fork 100 answered ${children.length} sandboxes`);
+      await Promise.all(children.map((child) => api.call('DELETE', `/v1/sandboxes/${child.id}`)));
+      await api.call('DELETE', `/v1/snapshots/${(made.json.snapshot as { id: string }).id}`);
+      plain.push(await plainBwrapsAtOnce(100));
+    }
+    const k = stats(forks);
+    const b = stats(plain);
+    const r = row(id);
+    rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, 10 MiB of files, n=${n}`, target: r.target, kindling: k.text, baseline: `100 plain bwrap \`true\` at once: ${b.text}`, ratio: fmtRatio(k.p50 / b.p50), status: k.p50 < 1000 ? 'pass' : 'fail', note: 'one HTTP call: a read-only btrfs snapshot, then 100 writable snapshots of it (no data copied), each with bwrap and the supervisor up; deletes outside the clock' });
+    data[id] = { api: forks, bwrap: plain };
+  } finally {
+    await api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined);
+  }
+}
+
+/** Pids of the descendants of `root` (not itself), from /proc. */
+async function descendantsOf(root: number): Promise<number[]> {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const parents = new Map<number, number>();
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = await readFile(`/proc/${name}/stat`, 'utf8');
+      parents.set(Number(name), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone
+    }
+  }
+  const found = new Set([root]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const [pid, ppid] of parents) {
+      if (!found.has(pid) && found.has(ppid)) {
+        found.add(pid);
+        grew = true;
+      }
+    }
+  }
+  found.delete(root);
+  return [...found];
+}
+
+/** kB of a /proc/PID/smaps_rollup or /proc/PID/status field; 0 when the process is gone. */
+async function procKb(pid: number, file: 'smaps_rollup' | 'status', field: string): Promise<number> {
+  const { readFile } = await import('node:fs/promises');
+  try {
+    const text = await readFile(`/proc/${pid}/${file}`, 'utf8');
+    return Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Creates sandboxes (8 at a time) and pauses each until HELD_TARGET are held paused or something refuses; then the
+ * memory per paused sandbox: PSS of the server's descendant processes (supervisors, bwrap; smaps_rollup), the
+ * sandboxes' cgroups' memory.current, and the server's own RSS growth, each divided by the count. Baseline: PSS of one
+ * plain `bwrap sleep` (its processes). Deleted afterwards, outside any clock.
+ */
+async function pausedHeldRow(ctx: BenchContext, api: Api, serverPid: number, rows: Row[], data: Record<string, unknown>): Promise<void> {
+  const id = 'sandboxes.paused_held';
+  const { spawn } = await import('node:child_process');
+  const { readFile } = await import('node:fs/promises');
+  ctx.log(`sandboxes: paused sandboxes held, up to ${HELD_TARGET}`);
+  const held: string[] = [];
+  let stoppedBy = `reached the bench's count (${HELD_TARGET})`;
+  const rssBefore = await procKb(serverPid, 'status', 'VmRSS');
+  const started = performance.now();
+  try {
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < HELD_TARGET && stoppedBy.startsWith('reached')) {
+        next++;
+        try {
+          const sb = (await api.call('POST', '/v1/sandboxes', { image: 'kindling/base', idleTimeoutMs: 3_600_000 })).json.id as string;
+          held.push(sb);
+          await api.call('POST', `/v1/sandboxes/${sb}/pause`, {});
+        } catch (error) {
+          stoppedBy = `stopped at ${held.length}: ${(error instanceof Error ? error.message : String(error)).slice(0, 160)}`;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, worker));
+    const seconds = (performance.now() - started) / 1000;
+    const pids = await descendantsOf(serverPid);
+    let pss = 0;
+    const cgroups = new Set<string>();
+    for (const pid of pids) {
+      pss += await procKb(pid, 'smaps_rollup', 'Pss');
+      // cgroup v1: the memory controller's line (memory.usage_in_bytes); v2: the unified one (memory.current).
+      const lines = (await readFile(`/proc/${pid}/cgroup`, 'utf8').catch(() => '')).split('\n').filter((l) => l.includes('/kindling/'));
+      const v1 = lines.find((l) => /^\d+:memory:/.test(l));
+      const v2 = lines.find((l) => l.startsWith('0::'));
+      if (v1 !== undefined) cgroups.add(`/sys/fs/cgroup/memory${v1.split(':')[2]!}/memory.usage_in_bytes`);
+      else if (v2 !== undefined) cgroups.add(`/sys/fs/cgroup${v2.slice(3)}/memory.current`);
+    }
+    let current = 0;
+    for (const file of cgroups) current += Number((await readFile(file, 'utf8').catch(() => '0')).trim());
+    const rssGrowth = (await procKb(serverPid, 'status', 'VmRSS')) - rssBefore;
+    // Baseline: one plain bwrap holding a sleep, its processes' PSS.
+    const plain = spawn('bwrap', ['--ro-bind', ROOTFS_BASE, '/', '--proc', '/proc', '--dev', '/dev', '--unshare-all', '--die-with-parent', 'sleep', '60'], { env: CLEAN_ENV, stdio: 'ignore' });
+    let plainPss = 0;
+    try {
+      await pollUntil('plain bwrap sleep started', async () => (await descendantsOf(plain.pid!)).length > 0);
+      for (const pid of [plain.pid!, ...(await descendantsOf(plain.pid!))]) plainPss += await procKb(pid, 'smaps_rollup', 'Pss');
+    } finally {
+      plain.kill('SIGKILL');
+    }
+    const count = held.length;
+    const per = (kb: number): string => `${(kb / Math.max(count, 1) / 1024).toFixed(2)} MiB`;
+    const r = row(id);
+    rows.push({
+      group: 'sandboxes',
+      id,
+      scenario: `${r.scenario}, 8 created at a time`,
+      target: r.target,
+      kindling: `${count} held paused (made in ${seconds.toFixed(1)} s); per sandbox: PSS ${per(pss)}, cgroup memory ${per(current / 1024)}, server RSS growth ${per(rssGrowth)}`,
+      baseline: `one plain bwrap \`sleep\`: PSS ${(plainPss / 1024).toFixed(2)} MiB`,
+      ratio: fmtRatio(pss / Math.max(count, 1) / Math.max(plainPss, 1)),
+      status: count >= 1000 ? 'pass' : 'fail',
+      note: `${stoppedBy}; PSS over the server's ${pids.length} descendant processes (supervisors, bwrap, helpers); cgroup memory (v1 memory.usage_in_bytes, v2 memory.current) over ${cgroups.size} cgroups (page cache of their files included)`,
+    });
+    data[id] = { count, seconds, pssKb: pss, memoryCurrentBytes: current, serverRssGrowthKb: rssGrowth, plainPssKb: plainPss, stoppedBy };
+  } finally {
+    for (let i = 0; i < held.length; i += 16) await Promise.all(held.slice(i, i + 16).map((sb) => api.call('DELETE', `/v1/sandboxes/${sb}`).catch(() => undefined)));
   }
 }

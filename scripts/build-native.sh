@@ -2,12 +2,13 @@
 # Compiles the native helpers into dist/native (part of `npm run build`). kindling-splice is the data plane of large
 # streams (see src/api/stream-relay.ts); without a C compiler the server runs without it (node streams instead) and
 # says so at start-up. kindling-port relays one proxied connection into a persistent sandbox's network namespace
-# (src/executors/sandbox/ports.ts); without it, sandbox ports answer SANDBOX_PORTS_UNAVAILABLE. scripts/setup.sh
-# installs gcc.
+# (src/executors/sandbox/ports.ts); without it, sandbox ports answer SANDBOX_PORTS_UNAVAILABLE. kindling-btrfs runs
+# the btrfs ioctls of persistent sandboxes' storage (src/executors/sandbox/storage-btrfs.ts); without it, their disks
+# are ext4 images (storage.ts). scripts/setup.sh installs gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p dist/native
-for name in kindling-splice kindling-port; do
+for name in kindling-splice kindling-port kindling-btrfs; do
   out=dist/native/$name
   src=native/$name.c
   if [ -x "$out" ] && [ "$out" -nt "$src" ]; then continue; fi

@@ -18,7 +18,7 @@ if [ -z "${KINDLING_SETUP_LOCKED:-}" ] && command -v flock >/dev/null; then
   exec flock -o "$PWD/.setup.lock" bash "$0" "$@"
 fi
 
-PACKAGES=(docker.io bubblewrap uidmap mmdebstrap e2fsprogs iproute2 util-linux ca-certificates curl tar
+PACKAGES=(docker.io bubblewrap uidmap mmdebstrap e2fsprogs btrfs-progs iproute2 util-linux ca-certificates curl tar
   debian-archive-keyring qemu-system-x86 qemu-utils chromium iptables gcc libc6-dev python3
   python3-httpx python3-h11 python3-pytest python3-websockets mypy runsc)
 DOCKER_SOCK=/var/run/docker.sock

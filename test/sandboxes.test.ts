@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { ConflictError, Kindling, NotFoundError, RateLimitError, ValidationError, type Sandbox } from '@kindling/sdk';
@@ -318,7 +318,7 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
     const leftovers = execFileSync('find', [agents, '-path', `*${sb.id}*`], { encoding: 'utf8' }).trim();
     assert.equal(leftovers, '');
     assert.deepEqual(mountsUnder(sb.id), []);
-    assert.equal(existsSync(join(server.dataDir, 'run', 'sandbox-storage', ownerId, 'disks', `${sb.id}.ext4`)), false, 'the disk is removed');
+    assert.equal(existsSync(diskLayout(join(server.dataDir, 'run', 'sandbox-storage', ownerId)).disk(sb.id)), false, 'the disk is removed');
     assert.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(sb.id), false, 'no loop device is left');
   });
 
@@ -326,8 +326,9 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
 
   test('snapshots are immutable; forks and fromSnapshot start from them and never see each other; caps refuse first', async () => {
     const ownerId = ownerIdOf(server.dataDir);
-    const storage = join(server.dataDir, 'run', 'sandbox-storage', ownerId);
+    const storageDir = join(server.dataDir, 'run', 'sandbox-storage', ownerId);
     const parent = await a.sandboxes.create({ runtime: 'bash', limits: { diskMb: 16 }, env: { WHO: 'parent' } });
+    const storage = diskLayout(storageDir);
     const made: Sandbox[] = [];
     try {
       assert.deepEqual(parent.info.storage, { persistent: true, fromSnapshot: null });
@@ -357,10 +358,10 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
       made.pop();
 
       // A fork count the cap (3 live) cannot take is refused before anything is made.
-      const before = readdirSync(join(storage, 'snapshots')).length;
+      const before = readdirSync(storage.snapshots).length;
       await assert.rejects(parent.fork(3), (error: unknown) => error instanceof RateLimitError && error.code === 'TENANT_SANDBOX_LIMIT');
       await assert.rejects(parent.fork(4), (error: unknown) => error instanceof ValidationError && error.code === 'LIMIT_OUT_OF_RANGE');
-      assert.equal(readdirSync(join(storage, 'snapshots')).length, before, 'no snapshot was made');
+      assert.equal(readdirSync(storage.snapshots).length, before, 'no snapshot was made');
       assert.equal((await a.sandboxes.list({ state: 'running' })).length, 1);
 
       const forks = await parent.fork(2);
@@ -381,24 +382,37 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
       await a.sandboxes.deleteSnapshot(forkSnap);
       await a.sandboxes.deleteSnapshot(snap.id);
       await assert.rejects(a.sandboxes.getSnapshot(snap.id), NotFoundError);
-      assert.deepEqual(readdirSync(join(storage, 'snapshots')), [], 'the snapshots\' files are removed');
+      assert.deepEqual(readdirSync(storage.snapshots), [], 'the snapshots\' files are removed');
     } finally {
       for (const sb of made) await sb.kill().catch(() => {});
       await parent.kill();
     }
-    assert.deepEqual(readdirSync(join(storage, 'disks')), [], 'no disk is left');
+    assert.deepEqual(readdirSync(storage.disks), [], 'no disk is left');
     assert.deepEqual(mountsUnder(parent.id), []);
-    assert.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(storage), false, 'no loop device is left');
+    assert.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(join(storageDir, 'disks')), false, 'no loop device of a sandbox is left');
   });
 
   test('a full disk is ENOSPC inside the sandbox; a snapshot of a deleted sandbox is a 404', async () => {
     const sb = await a.sandboxes.create({ runtime: 'bash', limits: { diskMb: 8 } });
     const full = await sb.commands.run(['sh', '-c', 'head -c 20000000 /dev/zero > big; echo $?']);
-    assert.match(full.stderr, /No space left on device/);
+    // ext4 disks: ENOSPC; btrfs (a qgroup limit per sandbox): EDQUOT. Either way the writing process's own error.
+    assert.match(full.stderr, /No space left on device|Disk quota exceeded/);
     await sb.kill();
     await assert.rejects(sb.snapshot(), (error: unknown) => error instanceof NotFoundError && error.code === 'SANDBOX_NOT_FOUND');
   });
 });
+
+/**
+ * Where the sandbox executor keeps persistent sandboxes' files under `storage` (<dataDir>/run/sandbox-storage/OWNER):
+ * on btrfs (the default where the host has it) subvolumes fs/disks/ID and fs/snapshots/ID; else ext4 images
+ * disks/ID.ext4 and snapshot dirs snapshots/ID.
+ */
+function diskLayout(storage: string): { disks: string; snapshots: string; disk: (id: string) => string } {
+  if (existsSync(join(storage, 'volume.btrfs'))) {
+    return { disks: join(storage, 'fs', 'disks'), snapshots: join(storage, 'fs', 'snapshots'), disk: (id) => join(storage, 'fs', 'disks', id) };
+  }
+  return { disks: join(storage, 'disks'), snapshots: join(storage, 'snapshots'), disk: (id) => join(storage, 'disks', `${id}.ext4`) };
+}
 
 /** Parent cgroups the docker executor of `ownerId` made (one per v1 controller; v2: one). */
 function dockerCgroupsOf(ownerId: string): string[] {
@@ -609,7 +623,8 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
       assert.equal(await fork.files.read('notes/kept.txt'), 'survives kill -9');
       await fork.kill();
       await again.sandboxes.deleteSnapshot(snap.id);
-      assert.deepEqual(readdirSync(join(dataDir, 'run', 'sandbox-storage', ownerId, 'disks')), [`${sb.id}.ext4`]);
+      const layout = diskLayout(join(dataDir, 'run', 'sandbox-storage', ownerId));
+      assert.deepEqual(readdirSync(layout.disks), [basename(layout.disk(sb.id))]);
       await again.sandboxes.delete(sb.id);
       await stopProcess(second.child, 'SIGTERM');
       const left = await leftovers(docker, ownerId, dataDir);
@@ -637,8 +652,9 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
       await dropped.files.write('dropped.txt', 'dropped');
       const keptSnap = await kept.snapshot();
       const droppedSnap = await dropped.snapshot();
-      assert.deepEqual(readdirSync(join(storage, 'disks')).sort(), [`${dropped.id}.ext4`, `${kept.id}.ext4`].sort());
-      assert.deepEqual(readdirSync(join(storage, 'snapshots')).sort(), [droppedSnap.id, keptSnap.id].sort());
+      const layout = diskLayout(storage);
+      assert.deepEqual(readdirSync(layout.disks).sort(), [dropped.id, kept.id].map((id) => basename(layout.disk(id))).sort());
+      assert.deepEqual(readdirSync(layout.snapshots).sort(), [droppedSnap.id, keptSnap.id].sort());
       await stopProcess(first.child, 'SIGKILL');
       first = null;
       // The records of one sandbox and one snapshot vanish while no server runs (as after a crash between removing a
@@ -650,11 +666,11 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
       } finally {
         db.close();
       }
-      assert.ok(existsSync(join(storage, 'disks', `${dropped.id}.ext4`)) && existsSync(join(storage, 'snapshots', droppedSnap.id)));
+      assert.ok(existsSync(layout.disk(dropped.id)) && existsSync(join(layout.snapshots, droppedSnap.id)));
       // The server answers only once reaping is done.
       second = await startServerProcess(dataDir, ['--executor', 'sandbox', '--prewarm', '0']);
-      assert.deepEqual(readdirSync(join(storage, 'disks')), [`${kept.id}.ext4`], 'the orphaned disk is removed, the recorded one kept');
-      assert.deepEqual(readdirSync(join(storage, 'snapshots')), [keptSnap.id], 'the orphaned snapshot is removed, the recorded one kept');
+      assert.deepEqual(readdirSync(layout.disks), [basename(layout.disk(kept.id))], 'the orphaned disk is removed, the recorded one kept');
+      assert.deepEqual(readdirSync(layout.snapshots), [keptSnap.id], 'the orphaned snapshot is removed, the recorded one kept');
       const again = new Kindling({ url: second.url });
       await assert.rejects(again.sandboxes.get(dropped.id), NotFoundError);
       await assert.rejects(again.sandboxes.getSnapshot(droppedSnap.id), NotFoundError);
@@ -665,8 +681,8 @@ describe('persistent sandboxes across a server restart', { skip: unavailable ?? 
       await restored.kill();
       await again.sandboxes.delete(kept.id);
       await again.sandboxes.deleteSnapshot(keptSnap.id);
-      assert.deepEqual(readdirSync(join(storage, 'disks')), []);
-      assert.deepEqual(readdirSync(join(storage, 'snapshots')), []);
+      assert.deepEqual(readdirSync(layout.disks), []);
+      assert.deepEqual(readdirSync(layout.snapshots), []);
       await stopProcess(second.child, 'SIGTERM');
       second = null;
       const left = await leftovers(docker, ownerId, dataDir);

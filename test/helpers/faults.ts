@@ -99,11 +99,12 @@ export async function leftovers(docker: Docker, ownerId: string, dataDir: string
   );
   // A live server's sandbox executor keeps its private mounts (a tmpfs for run dirs, an overlay per image) under
   // run/sandbox/ until it stops; a dead one's are detached by its successor's reaper (checked once no server runs).
-  const privateMounts = join(dataDir, 'run', 'sandbox') + '/';
+  // Likewise the file system of persistent sandboxes on btrfs (run/sandbox-storage/OWNER/fs), unmounted at its stop.
+  const privateMounts = [join(dataDir, 'run', 'sandbox') + '/', join(dataDir, 'run', 'sandbox-storage') + '/'];
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .filter((line) => line.split(' ')[4]?.startsWith(dataDir))
-    .filter((line) => serverPids.length === 0 || !line.split(' ')[4]!.startsWith(privateMounts));
+    .filter((line) => serverPids.length === 0 || !privateMounts.some((dir) => line.split(' ')[4]!.startsWith(dir)));
   const all = processes();
   // A live server's own sandboxes (its children and their descendants) are not leftovers.
   const parentOf = new Map(all.map((p) => [p.pid, p.ppid]));

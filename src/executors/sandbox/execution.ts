@@ -23,6 +23,8 @@ export interface SandboxExecution extends Execution {
   /** Host pid of the launcher/bwrap monitor process. */
   readonly pid: number | undefined;
   wait(): Promise<SandboxExitInfo>;
+  /** Moves the wall-clock backstop to `backstopMs` from now (a pooled persistent sandbox taken: its own lifetime). */
+  rearm(backstopMs: number): void;
 }
 
 export class ExecutionImpl implements SandboxExecution {
@@ -39,7 +41,7 @@ export class ExecutionImpl implements SandboxExecution {
   private exited = false;
   private killed = false;
   private timedOut = false;
-  private readonly timer: NodeJS.Timeout;
+  private timer: NodeJS.Timeout;
 
   constructor(
     launcher: Launcher,
@@ -79,10 +81,7 @@ export class ExecutionImpl implements SandboxExecution {
 
     const { exited, closed } = launcher;
 
-    this.timer = setTimeout(() => {
-      this.timedOut = true;
-      this.kill();
-    }, backstopMs);
+    this.timer = this.backstop(backstopMs);
     const onAbort = (): void => this.kill();
     signal?.addEventListener('abort', onAbort, { once: true });
     const settle = (): void => {
@@ -130,6 +129,19 @@ export class ExecutionImpl implements SandboxExecution {
         this.log.error({ sandbox: name, err }, 'sandbox cleanup failed; reap() will retry');
       });
     if (signal?.aborted) this.kill();
+  }
+
+  rearm(backstopMs: number): void {
+    if (this.exited) return;
+    clearTimeout(this.timer);
+    this.timer = this.backstop(backstopMs);
+  }
+
+  private backstop(ms: number): NodeJS.Timeout {
+    return setTimeout(() => {
+      this.timedOut = true;
+      this.kill();
+    }, ms);
   }
 
   wait(): Promise<SandboxExitInfo> {

@@ -22,8 +22,11 @@ import { assertSafeName, createCgroupDriver, type CgroupDriver, type CgroupLimit
 import { RootfsCatalog } from './rootfs.js';
 import { RunDirs } from './run-dirs.js';
 import { bwrapArgs, encodeArgs, launchLine, validateSpec } from './bwrap-args.js';
-import { startPersistentSandbox } from './persistent.js';
-import { SandboxStorage } from './storage.js';
+import { startPersistentSandbox, type BwrapPersistentSandbox } from './persistent.js';
+import { PersistentPool, type PoolShape } from './persistent-pool.js';
+import { SandboxStorage, type Volume } from './storage.js';
+import { BtrfsSandboxStorage, btrfsStorageProblem } from './storage-btrfs.js';
+import { DEFAULT_BTRFS_HELPER_PATH } from './btrfs-helper.js';
 import { ExecutionImpl, type SandboxExecution, type SandboxExitInfo } from './execution.js';
 import { Launchers, type Launcher } from './launcher.js';
 import { bwrapVersion, hostProblem, smokeTest, unreachableBy, usernsProblem } from './probe.js';
@@ -69,6 +72,12 @@ export interface SandboxExecutorOptions extends ExecutorBaseOptions {
   egressSupernet?: string;
   /** util-linux nsenter, which joins a launcher to its network namespace (egress only). Default /usr/bin/nsenter. */
   nsenterPath?: string;
+  /**
+   * Where persistent sandboxes keep their files: `btrfs` (a subvolume each, snapshots and forks without copying; see
+   * storage-btrfs.ts) or `ext4` (a loop disk each, snapshots copied; storage.ts). Default: btrfs when the host has it
+   * (kernel, mkfs.btrfs, the native helper kindling-btrfs), else ext4.
+   */
+  diskBackend?: 'btrfs' | 'ext4';
 }
 
 export type { SandboxExecution, SandboxExitInfo };
@@ -78,6 +87,14 @@ export type { SandboxExecution, SandboxExitInfo };
  * `limits.pids`, so the sandbox never shows more than `pids` processes in its /proc.
  */
 const PIDS_OVERHEAD = 1;
+/**
+ * Persistent sandboxes started at once (creates, forks, the pool's fills); more wait their turn. Started all together,
+ * 100 on two busy cores each took the time of 100 and every one missed its ready timeout; in turn, each is ready in
+ * the time of a few and the ready timeout counts from its own start.
+ */
+const PERSISTENT_STARTS_AT_ONCE = 4;
+/** Shapes (image + work dir) the pool of persistent sandboxes keeps ready sandboxes for (persistent-pool.ts). */
+const PERSISTENT_POOL_SHAPES = 4;
 
 export class SandboxExecutor implements Executor {
   readonly name = 'sandbox' as const;
@@ -107,7 +124,11 @@ export class SandboxExecutor implements Executor {
   private smokeOk = false;
   private egressNet: { pool: NetnsPool; firewall: EgressFirewall } | null = null;
   /** Persistent sandboxes' disks and snapshots: `<stateDir>/sandbox-storage/<ownerId>/` (see storage.ts). */
-  private readonly storage: SandboxStorage;
+  private readonly storage: SandboxStorage | BtrfsSandboxStorage;
+  /** Ready persistent sandboxes (btrfs storage and prewarm > 0 only; see persistent-pool.ts). */
+  private readonly persistentPool: PersistentPool | null;
+  private persistentStarting = 0;
+  private readonly persistentWaiting: (() => void)[] = [];
   readonly sandboxStorage: SandboxStorageOps;
 
   private readonly options: SandboxExecutorOptions;
@@ -133,7 +154,25 @@ export class SandboxExecutor implements Executor {
     this.seccomp = buildSandboxFilter().program;
     this.dirs = new RunDirs({ baseDir: path.join(options.stateDir, 'sandbox'), ownerId: options.ownerId }, this.gid, this.log);
     this.images = new RootfsCatalog(options.imagesDir, this.log);
-    this.storage = new SandboxStorage({ dir: path.join(options.stateDir, 'sandbox-storage', options.ownerId), uid: this.uid, gid: this.gid, log: this.log });
+    const storageDir = path.join(options.stateDir, 'sandbox-storage', options.ownerId);
+    const btrfsProblem = options.diskBackend === 'ext4' ? 'ext4 asked for' : btrfsStorageProblem({ helperPath: DEFAULT_BTRFS_HELPER_PATH });
+    if (btrfsProblem !== null && options.diskBackend === 'btrfs') throw new Error(`persistent sandboxes on btrfs: ${btrfsProblem}`);
+    this.storage =
+      btrfsProblem === null
+        ? new BtrfsSandboxStorage({ dir: storageDir, uid: this.uid, gid: this.gid, log: this.log })
+        : new SandboxStorage({ dir: storageDir, uid: this.uid, gid: this.gid, log: this.log });
+    const storage = this.storage;
+    const prewarm = options.prewarmPerShape ?? DEFAULT_PREWARM_PER_SHAPE.sandbox;
+    this.persistentPool =
+      storage instanceof BtrfsSandboxStorage && prewarm > 0
+        ? new PersistentPool({
+            perShape: prewarm,
+            maxShapes: PERSISTENT_POOL_SHAPES,
+            start: (shape, poolId) => this.startPooled(shape, poolId, options.prewarmIdleTtlMs ?? 10 * 60_000),
+            removeDisk: (poolId) => storage.removeDisk(poolId),
+            log: this.log,
+          })
+        : null;
     this.sandboxStorage = {
       removeDisk: (id) => this.storage.removeDisk(id),
       removeSnapshot: (id) => this.storage.removeSnapshot(id),
@@ -305,12 +344,76 @@ export class SandboxExecutor implements Executor {
   /** A long-lived sandbox that runs many commands (see persistent.ts); same isolation as `start`. */
   async createPersistentSandbox(spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<PersistentSandbox> {
     await this.dirs.ensure();
-    const storage = {
-      attach: (id: string, diskMb: number, fromSnapshot: string | null) => this.storage.attach(id, diskMb, fromSnapshot, this.dirs.volumesDir),
-      snapshot: (volume: Parameters<SandboxStorage['snapshot']>[0], snapshotId: string) => this.storage.snapshot(volume, snapshotId),
+    const pooled = await this.takePooled(spec, options);
+    if (pooled !== null) return pooled;
+    return this.startPersistent(spec, options);
+  }
+
+  /** The pool of ready persistent sandboxes: creates it served, creates that found none, sandboxes ready; null: off. */
+  get persistentPoolStats(): { hits: number; misses: number; ready: number } | null {
+    return this.persistentPool === null ? null : { ...this.persistentPool.stats, ready: this.persistentPool.ready };
+  }
+
+  /** Starts a persistent sandbox (bwrap, the supervisor), PERSISTENT_STARTS_AT_ONCE at a time. */
+  private async startPersistent(spec: RunSpec, options: PersistentSandboxOptions): Promise<BwrapPersistentSandbox> {
+    if (this.persistentStarting >= PERSISTENT_STARTS_AT_ONCE) await new Promise<void>((resolve) => this.persistentWaiting.push(resolve));
+    this.persistentStarting++;
+    try {
+      const storage = {
+        attach: (id: string, diskMb: number, fromSnapshot: string | null) => this.storage.attach(id, diskMb, fromSnapshot, this.dirs.volumesDir),
+        snapshot: (volume: Volume, snapshotId: string) => this.storage.snapshot(volume, snapshotId),
+      };
+      const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.driver().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid, storage };
+      return await startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell }, spec, options);
+    } finally {
+      this.persistentStarting--;
+      this.persistentWaiting.shift()?.();
+    }
+  }
+
+  /**
+   * A ready sandbox from the pool made `spec`'s (its id, env, limits, disk size, lifetime), or null: the pool is off,
+   * has none of this shape ready, or the create is not a fresh one (a restart on kept files, a fork, egress).
+   */
+  private async takePooled(spec: RunSpec, options: PersistentSandboxOptions): Promise<PersistentSandbox | null> {
+    const storage = this.storage;
+    const fresh = options.restore === undefined && options.storage !== undefined && options.storage.fromSnapshot === null;
+    if (this.persistentPool === null || !(storage instanceof BtrfsSandboxStorage) || !fresh || spec.network !== 'none' || this.closing) return null;
+    if (fs.existsSync(storage.diskPath(spec.id))) return null;
+    // The spec's checks are those of a cold start (the supervisor is the command).
+    validateSpec({ ...spec, command: ['sh'] });
+    const taken = this.persistentPool.take({ image: spec.image, workdir: spec.workdir, limits: spec.limits });
+    if (taken === null) return null;
+    const { poolId, sandbox } = taken;
+    try {
+      sandbox.sandboxCgroup.applyLimits({ memoryBytes: Math.round(spec.limits.memoryMb * 1024 * 1024), cpus: spec.limits.cpus, pidsMax: spec.limits.pids + PIDS_OVERHEAD });
+      const volume = await storage.adopt(poolId, spec.id, spec.limits.diskMb);
+      sandbox.adopt(spec.id, spec.env, volume, spec.limits.timeoutMs + this.timeoutGraceMs);
+      return sandbox;
+    } catch (err) {
+      this.log.warn({ err, sandbox: spec.id }, 'could not take a pooled persistent sandbox; starting one');
+      await sandbox.destroy().catch(() => {});
+      await storage.removeDisk(poolId).catch(() => {});
+      await storage.removeDisk(spec.id).catch(() => {});
+      return null;
+    }
+  }
+
+  /** A pooled sandbox of `shape` (persistent-pool.ts): no env, the shape's last limits, its idle TTL as its lifetime. */
+  private startPooled(shape: PoolShape, poolId: string, idleTtlMs: number): Promise<BwrapPersistentSandbox> {
+    const spec: RunSpec = {
+      id: poolId,
+      image: shape.image,
+      command: [],
+      env: {},
+      workdir: shape.workdir,
+      limits: { ...shape.limits, timeoutMs: idleTtlMs },
+      network: 'none',
+      stdin: false,
+      files: [],
+      labels: { 'dev.kindling.sandbox': poolId },
     };
-    const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.driver().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid, storage };
-    return startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell }, spec, options);
+    return this.startPersistent(spec, { storage: { fromSnapshot: null } });
   }
 
   async reap(): Promise<ReapReport> {
@@ -356,6 +459,7 @@ export class SandboxExecutor implements Executor {
 
   async close(): Promise<void> {
     this.closing = true;
+    await this.persistentPool?.close();
     await this.launchers.close();
     await Promise.all([...this.active.values()].map((e) => e.disposed.catch(() => {})));
     await this.storage.closePool().catch(() => {}); // pre-formatted disks (sbx-parity)
@@ -364,6 +468,7 @@ export class SandboxExecutor implements Executor {
 
   async destroy(): Promise<void> {
     this.closing = true;
+    await this.persistentPool?.close();
     for (const e of this.active.values()) e.abandon();
     await this.launchers.close();
     await Promise.all([...this.active.values()].map((e) => e.disposed.catch(() => {})));

@@ -5,7 +5,7 @@
  * process is a tiny supervisor instead of a user command.
  *
  * How commands get inside: the supervisor (POSIX sh, the image's own shell) reads one line per command from its stdin
- * (a pipe held by the server) and starts `sh <dir>/run` in the background with stdin/stdout/stderr redirected to named
+ * (a pipe held by the server) and sources `<dir>/run` in a background subshell with stdin/stdout/stderr redirected to named
  * pipes in the command's directory; it reports the command's pid and, later, its exit status on its stdout. The
  * directory lives under the sandbox's agent dir, bound read-only at /.kindling-agent (FIFOs need no write access;
  * the run script is written by the server, root:sandbox-gid 0440). Every command is thus a descendant of the
@@ -47,7 +47,9 @@ const SUPERVISOR = [
   'while read -r id si; do',
   '  d="$A/$id"',
   '  if [ "$si" = 1 ]; then i="$d/in"; else i=/dev/null; fi',
-  '  { "$0" "$d/run" <"$i" >"$d/out" 2>"$d/err"; echo "x $id $?"; } &',
+  // The run script is sourced in a subshell (a fork), not run by a new shell (a fork and an exec): one exec less per
+  // command (about 4.5 ms of a command's 20 here). Its variables are not exported: the command's env is the script's.
+  '  { ( . "$d/run" ) <"$i" >"$d/out" 2>"$d/err"; echo "x $id $?"; } &',
   '  echo "p $id $!"',
   'done',
 ].join('\n');
@@ -75,7 +77,7 @@ export interface PersistentDeps {
   };
 }
 
-export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<PersistentSandbox> {
+export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec, options: PersistentSandboxOptions = {}): Promise<BwrapPersistentSandbox> {
   if (deps.shell === null) {
     throw new KindlingError('VALIDATION_FAILED', `image ${spec.image} has no shell: a persistent sandbox needs /bin/sh in its image`, { details: { field: 'image', executor: 'sandbox' } });
   }
@@ -120,7 +122,7 @@ interface PendingCommand {
   exit: (status: number) => void;
 }
 
-class BwrapPersistentSandbox implements PersistentSandbox {
+export class BwrapPersistentSandbox implements PersistentSandbox {
   readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false, hibernate: false };
   readonly disposed: Promise<void>;
   private ended = false;
@@ -136,14 +138,16 @@ class BwrapPersistentSandbox implements PersistentSandbox {
   private frozen = false;
   /** Set once the supervisor is ready (ports.ts); null: ports are unavailable for this sandbox. */
   ports: SandboxPorts | null = null;
+  /** A pooled sandbox's env (adopt): its supervisor started without one, so every command exports it first. */
+  private baseEnv: Record<string, string> = {};
 
   constructor(
-    readonly id: string,
+    public id: string,
     private readonly execution: SandboxExecution,
     private readonly cgroup: Cgroup,
     private readonly dir: string,
     private readonly gid: number,
-    private readonly stored: { volume: Volume; snapshot: (volume: Volume, snapshotId: string) => Promise<number> } | null = null,
+    private stored: { volume: Volume; snapshot: (volume: Volume, snapshotId: string) => Promise<number> } | null = null,
   ) {
     this.control = execution.stdin!;
     this.control.on('error', () => {});
@@ -184,6 +188,26 @@ class BwrapPersistentSandbox implements PersistentSandbox {
       await stored?.volume.detach().catch(() => {});
       await rm(this.dir, { recursive: true, force: true }).catch(() => {});
     });
+  }
+
+  /**
+   * A sandbox started ahead of demand (persistent-pool.ts), which no tenant's code has run in, becomes `id`'s: its
+   * env (exported by every command's script), its disk under its new name, its wall-clock backstop, and its ports
+   * pinned again under its id (still before any of the tenant's code runs). Its cgroup limits are the caller's.
+   */
+  adopt(id: string, env: Record<string, string>, volume: Volume | null, backstopMs: number): void {
+    this.assertAlive();
+    this.id = id;
+    this.baseEnv = { ...env };
+    if (volume !== null && this.stored !== null) this.stored = { ...this.stored, volume };
+    this.execution.rearm(backstopMs);
+    this.ports?.close();
+    this.ports = SandboxPorts.open(id, this.cgroup);
+  }
+
+  /** The cgroup of the sandbox (a pooled one's limits are set when it is taken). */
+  get sandboxCgroup(): Cgroup {
+    return this.cgroup;
   }
 
   /* -- storage: snapshots ------------------------------------------------------------------------------------------ */
@@ -266,7 +290,7 @@ class BwrapPersistentSandbox implements PersistentSandbox {
     try {
       const script = [
         `cd ${shellQuote(request.workdir)} || exit 126`,
-        ...Object.entries(request.env).map(([name, value]) => `export ${name}=${shellQuote(value)}`),
+        ...Object.entries({ ...this.baseEnv, ...request.env }).map(([name, value]) => `export ${name}=${shellQuote(value)}`),
         `exec ${request.command.map(shellQuote).join(' ')}`,
         '',
       ].join('\n');

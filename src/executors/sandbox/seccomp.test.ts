@@ -12,6 +12,7 @@ import {
   BPF_W,
   BpfAssembler,
   CLONE_NAMESPACE_FLAGS,
+  DENIED_IOCTLS,
   DENIED_SYSCALLS_X86_64,
   ENOSYS,
   EPERM,
@@ -152,6 +153,21 @@ describe('sandbox seccomp filter', () => {
       );
     }
     assert.equal(simulate(insns, { nr: SYSCALL_CLONE3, arch: AUDIT_ARCH_X86_64 }), SECCOMP_RET_ERRNO | ENOSYS);
+  });
+
+  it('denies the btrfs ioctls that make subvolumes and snapshots, allows other ioctls (a disk limit must hold)', () => {
+    const SYSCALL_IOCTL = 16;
+    // BTRFS_IOC_SUBVOL_CREATE, _V2, BTRFS_IOC_SNAP_CREATE, _V2 (linux/btrfs.h)
+    assert.deepEqual([...DENIED_IOCTLS].sort(), [0x5000940e, 0x50009418, 0x50009401, 0x50009417].sort());
+    for (const request of DENIED_IOCTLS) {
+      assert.equal(simulate(insns, { nr: SYSCALL_IOCTL, arch: AUDIT_ARCH_X86_64, args: [3, request] }), SECCOMP_RET_ERRNO | EPERM, `ioctl 0x${request.toString(16)}`);
+      // The request is an unsigned int: high bits of the register do not change it.
+      assert.equal(simulate(insns, { nr: SYSCALL_IOCTL, arch: AUDIT_ARCH_X86_64, args: [3, request], argsHigh: [0, 0xffffffff] }), SECCOMP_RET_ERRNO | EPERM);
+    }
+    // TCGETS, FIONREAD, FICLONE (a reflink inside one's own files), BTRFS_IOC_SNAP_DESTROY (root only without user_subvol_rm_allowed)
+    for (const request of [0x5401, 0x541b, 0x40049409, 0x5000940f]) {
+      assert.equal(simulate(insns, { nr: SYSCALL_IOCTL, arch: AUDIT_ARCH_X86_64, args: [3, request] }), SECCOMP_RET_ALLOW, `ioctl 0x${request.toString(16)}`);
+    }
   });
 
   it('applies the argument rules of the shared policy (socket families, personality, RLIMIT_CORE) exactly', () => {

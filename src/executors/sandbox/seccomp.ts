@@ -257,6 +257,14 @@ import {
 } from '../shared/syscall-policy.js';
 export { CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS_X86_64, SYSCALL_CLONE, SYSCALL_CLONE3 };
 
+export const SYSCALL_IOCTL = 16;
+/**
+ * btrfs ioctls that make a subvolume or a snapshot (BTRFS_IOC_SUBVOL_CREATE(_V2), BTRFS_IOC_SNAP_CREATE(_V2)), which
+ * an unprivileged process may call in a directory it can write: a subvolume made inside a persistent sandbox's own
+ * would not count against that sandbox's qgroup limit (storage-btrfs.ts), so its disk limit would not hold.
+ */
+export const DENIED_IOCTLS: readonly number[] = [0x5000940e, 0x50009418, 0x50009401, 0x50009417];
+
 export interface SandboxFilterOptions {
   /** Extra syscall numbers to deny with EPERM. */
   extraDenied?: readonly number[];
@@ -271,7 +279,8 @@ export interface SandboxFilterOptions {
  *  4. the argument rules of shared/syscall-policy.ts: socket/socketpair of a family not allowed -> EAFNOSUPPORT;
  *     personality other than the harmless values -> EPERM; setting RLIMIT_CORE (setrlimit, prlimit64 with a new
  *     limit) -> EPERM;
- *  5. everything else -> allow.
+ *  5. ioctl with a request of DENIED_IOCTLS -> EPERM (the request is an unsigned int: the low 32 bits of args[1]);
+ *  6. everything else -> allow.
  */
 export function buildSandboxFilter(options: SandboxFilterOptions = {}): { insns: Insn[]; program: Buffer } {
   const denied = [...new Set([...Object.values(DENIED_SYSCALLS_X86_64), ...(options.extraDenied ?? [])])].sort(
@@ -290,6 +299,7 @@ export function buildSandboxFilter(options: SandboxFilterOptions = {}): { insns:
   asm.jeq(SYSCALL_SOCKET, 'socket').jeq(SYSCALL_SOCKETPAIR, 'socket');
   asm.jeq(SYSCALL_PERSONALITY, 'personality');
   asm.jeq(SYSCALL_SETRLIMIT, 'setrlimit').jeq(SYSCALL_PRLIMIT64, 'prlimit64');
+  asm.jeq(SYSCALL_IOCTL, 'ioctl');
   asm.jeq(SYSCALL_CLONE3, 'enosys');
   asm.jeq(SYSCALL_CLONE, null, 'allow');
   asm.ldAbs(seccompDataArgLow(0)).jset(CLONE_NAMESPACE_FLAGS, 'eperm', 'allow');
@@ -309,6 +319,11 @@ export function buildSandboxFilter(options: SandboxFilterOptions = {}): { insns:
   asm.label('prlimit64').ldAbs(seccompDataArgLow(1)).jeq(RLIMIT_CORE, null, 'allow');
   asm.ldAbs(seccompDataArgLow(2)).jeq(0, null, 'eperm');
   asm.ldAbs(seccompDataArgHigh(2)).jeq(0, 'allow', 'eperm');
+
+  // ioctl(fd, request, arg)
+  asm.label('ioctl').ldAbs(seccompDataArgLow(1));
+  for (const request of DENIED_IOCTLS) asm.jeq(request, 'eperm');
+  asm.ja('allow');
 
   asm.label('allow').ret(SECCOMP_RET_ALLOW);
   asm.label('eperm').ret(SECCOMP_RET_ERRNO | EPERM);

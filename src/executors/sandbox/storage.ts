@@ -1,5 +1,10 @@
 /**
- * Files of persistent sandboxes that outlive their processes and the server: a disk per sandbox, and snapshots.
+ * Files of persistent sandboxes that outlive their processes and the server: a disk per sandbox, and snapshots. This
+ * is the ext4 design. The sandbox executor uses it where the host has no btrfs (kernel, mkfs.btrfs, the helper
+ * kindling-btrfs) or when asked for (`diskBackend: 'ext4'`); its default is storage-btrfs.ts, whose snapshots and forks
+ * copy nothing and whose creates mount nothing (a subvolume each, on one file system per owner). What both promise: files survive a kill -9 of the
+ * server, the size limit is the kernel's, nothing of the host is reachable, reaping at start-up, immutable snapshots,
+ * snapshot bytes reported for quotas.
  *
  * The disk: a sparse ext4 image of `diskMb` (`<stateDir>/sandbox-storage/<ownerId>/disks/<sandbox id>.ext4`, root
  * 0600), loop-mounted (nosuid, nodev) under the executor's private mounts while the sandbox runs. The kernel enforces
