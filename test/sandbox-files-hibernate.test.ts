@@ -117,9 +117,10 @@ describe('sandbox files (mkdir, tar, streams), hibernation, timeout and filters 
       await assert.rejects(sb.files.uploadDir('target', Buffer.from('definitely not a tar archive'.repeat(40))), (error: unknown) => (error as { code?: string }).code === 'SANDBOX_TAR_INVALID');
       const listing = await sb.commands.run(['ls', '-a', '/work/target']);
       assert.equal(listing.stdout, '.\n..\nkept.txt\n', 'nothing extracted and no staging dir left');
-      // Under the request cap (diskMb) but more than the disk holds once its own overhead is counted: 413, nothing kept.
+      // Under the request cap (diskMb) but more than the disk has left (8 MiB of it already used): 413, nothing kept.
+      await sb.files.write('filler.bin', Buffer.alloc(8 * 1024 * 1024, 2));
       const big = await hostDir();
-      await writeFile(join(big, 'big.bin'), Buffer.alloc(15 * 1024 * 1024, 1));
+      await writeFile(join(big, 'big.bin'), Buffer.alloc(10 * 1024 * 1024, 1));
       await assert.rejects(sb.files.uploadDir('target', execFileSync('tar', ['-C', big, '-cf', '-', 'big.bin'], { maxBuffer: 64 * 1024 * 1024 })), (error: unknown) => (error as { code?: string }).code === 'SANDBOX_DISK_FULL');
       assert.equal((await sb.commands.run(['ls', '-a', '/work/target'])).stdout, '.\n..\nkept.txt\n');
     } finally {
