@@ -53,6 +53,8 @@ export interface GvisorSandboxDeps {
 
 /** After a command's main process exited, output its background children still hold open is not waited for longer. */
 const OUTPUT_GRACE_MS = 100;
+/** How long a memory snapshot waits for commands whose `runsc exec` is still starting. */
+const EXEC_SETTLE_MS = 5_000;
 
 /** The init: sleeps forever, ignores the signals a stray `kill 1` would send, reaps orphans between sleeps. */
 const INIT = 'trap "" HUP INT TERM; while :; do sleep 3600; done';
@@ -150,6 +152,8 @@ class GvisorSandbox implements PersistentSandbox {
   private endSandbox!: () => void;
   private seq = 0;
   private readonly commands = new Set<GvisorCommand>();
+  /** Set while a memory snapshot is taken: new commands wait for it. */
+  private snapshotting: Promise<unknown> | null = null;
 
   constructor(
     readonly id: string,
@@ -199,6 +203,8 @@ class GvisorSandbox implements PersistentSandbox {
   }
 
   async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
+    // A `runsc exec` that starts while a checkpoint is taken makes the restore fail: commands wait for the snapshot.
+    while (this.snapshotting !== null) await this.snapshotting.catch(() => {});
     this.assertAlive();
     checkCommandRequest(request);
     if (this.paused) await this.resume();
@@ -261,6 +267,18 @@ class GvisorSandbox implements PersistentSandbox {
    * on a loaded machine, see the bench row gvisor.memory_snapshot). `runsc checkpoint --leave-running` would skip the restore, but hung on this runsc build.
    */
   private async memorySnapshot(volume: Volume, snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
+    const taking = this.takeMemorySnapshot(volume, snapshotId);
+    this.snapshotting = taking;
+    try {
+      return await taking;
+    } finally {
+      this.snapshotting = null;
+    }
+  }
+
+  private async takeMemorySnapshot(volume: Volume, snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
+    // Commands whose `runsc exec` is still starting are let start first (their pid is known then, or they ended).
+    await Promise.race([Promise.all([...this.commands].map((command) => command.pid())), new Promise((resolve) => setTimeout(resolve, EXEC_SETTLE_MS).unref())]);
     const wasPaused = this.paused;
     if (wasPaused) await this.resume();
     const image = this.deps.memoryImage(snapshotId);
