@@ -20,7 +20,7 @@ import type { RunSpec } from '../../core/types.js';
 import { LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, type Executor, type ExecutorStatus, type PersistentSandbox, type PersistentSandboxOptions, type ReapReport, type SandboxStorageOps, type StartOptions } from '../executor.js';
 import { noopLogger, type Logger } from '../shared/logger.js';
 import type { ExecutorBaseOptions } from '../shared/options.js';
-import { assertSafeName, createCgroupDriver, type Cgroup, type CgroupDriver } from '../shared/cgroups.js';
+import { assertSafeName, LazyCgroupDriver, type Cgroup, type CgroupDriver } from '../shared/cgroups.js';
 import { RootfsCatalog } from '../sandbox/rootfs.js';
 import { SandboxStorage } from '../sandbox/storage.js';
 import { mountsUnder } from '../sandbox/private-mounts.js';
@@ -83,7 +83,7 @@ export class GvisorExecutor implements Executor {
   private readonly storage: SandboxStorage;
   /** Saved processes of hibernated sandboxes: `<stateDir>/gvisor-storage/<ownerId>/hibernated/<sandbox id>`. */
   readonly hibernatedDir: string;
-  private cgroups: CgroupDriver | null = null;
+  private readonly cgroups: LazyCgroupDriver;
   private closing = false;
   private readonly active = new Map<string, GvisorExecution>();
   /** Persistent sandboxes alive in this process (reap() leaves them alone). */
@@ -100,6 +100,7 @@ export class GvisorExecutor implements Executor {
     this.baseDir = path.join(options.stateDir, 'gvisor', options.ownerId);
     this.bundlesDir = path.join(this.baseDir, 'bundles');
     this.volumesDir = path.join(this.baseDir, 'volumes');
+    this.cgroups = new LazyCgroupDriver({ mount: options.cgroupMount ?? '/sys/fs/cgroup', parent: options.cgroupParent ?? 'kindling-gvisor', ownerId: options.ownerId }, 'gvisor');
     this.runsc = new Runsc({ path: options.runscPath ?? '/usr/bin/runsc', root: path.join(this.baseDir, 'runsc'), platform: options.platform ?? 'ptrace' });
     this.images = new RootfsCatalog(options.imagesDir, this.log);
     const storageDir = path.join(options.stateDir, 'gvisor-storage', options.ownerId);
@@ -137,7 +138,7 @@ export class GvisorExecutor implements Executor {
     if (version.code !== 0) return notReady(`runsc --version failed: ${version.stderr.trim()}`);
     details.version = version.stdout.split('\n')[0]?.trim();
     try {
-      details.cgroupVersion = this.driver().version;
+      details.cgroupVersion = this.cgroups.get().version;
     } catch (err) {
       return notReady((err as Error).message);
     }
@@ -204,7 +205,7 @@ export class GvisorExecutor implements Executor {
 
   /** Makes the sandbox's cgroup (limits applied) and writes its bundle; what it made is gone again when it throws. */
   async prepare(spec: RunSpec, rootfs: string, args: string[], cwd: string, mounts: OciMount[]): Promise<Cgroup> {
-    const driver = this.driverOrUnavailable();
+    const driver = this.cgroups.getOrUnavailable();
     const cgroup = driver.create(spec.id, {
       memoryBytes: (spec.limits.memoryMb + SENTRY_MEMORY_MB) * 1024 * 1024,
       cpus: spec.limits.cpus,
@@ -270,7 +271,7 @@ export class GvisorExecutor implements Executor {
   }
 
   async reap(): Promise<ReapReport> {
-    const driver = this.tryDriver();
+    const driver = this.cgroups.tryGet();
     let removed = 0;
     const inUse = new Set([...this.active.keys(), ...this.sandboxes.keys()]);
     for (const container of await this.runsc.list()) {
@@ -333,7 +334,7 @@ export class GvisorExecutor implements Executor {
    */
   private removeOwnerDirs(): void {
     if (this.active.size > 0 || this.sandboxes.size > 0) return;
-    this.cgroups?.removeOwnerDirs();
+    this.cgroups.current?.removeOwnerDirs();
     this.rmdirs(this.options.ownerId);
     this.rmdirs('');
   }
@@ -357,30 +358,8 @@ export class GvisorExecutor implements Executor {
     }
   }
 
-  private driver(): CgroupDriver {
-    if (this.cgroups !== null) return this.cgroups;
-    const driver = createCgroupDriver({ mount: this.options.cgroupMount ?? '/sys/fs/cgroup', parent: this.options.cgroupParent ?? 'kindling-gvisor', ownerId: this.options.ownerId });
-    const problem = driver.check();
-    if (problem !== null) throw new Error(problem);
-    this.cgroups = driver;
-    return driver;
-  }
 
-  private tryDriver(): CgroupDriver | null {
-    try {
-      return this.driver();
-    } catch {
-      return null;
-    }
-  }
 
-  private driverOrUnavailable(): CgroupDriver {
-    try {
-      return this.driver();
-    } catch (err) {
-      throw new KindlingError('EXECUTOR_UNAVAILABLE', `gvisor executor unavailable: ${(err as Error).message}`, { cause: err });
-    }
-  }
 }
 
 /**

@@ -36,6 +36,7 @@ import { signalOfExitCode } from '../shared/process.js';
 import type { Volume } from '../sandbox/storage.js';
 import type { GvisorExecutor } from './index.js';
 import { bindMount, tmpfsMount } from './oci-spec.js';
+import { streamEnded } from '../shared/streams.js';
 
 export interface GvisorSandboxDeps {
   executor: GvisorExecutor;
@@ -361,7 +362,7 @@ class GvisorCommand implements SandboxCommand {
       child.once('error', () => resolve(1));
       child.once('exit', (code: number | null) => resolve(code ?? 137));
     }).then(async (code) => {
-      await Promise.all([ended(this.stdout, OUTPUT_GRACE_MS), ended(this.stderr, OUTPUT_GRACE_MS)]);
+      await Promise.all([streamEnded(this.stdout, OUTPUT_GRACE_MS), streamEnded(this.stderr, OUTPUT_GRACE_MS)]);
       if (!this.stdout.readableEnded) this.stdout.destroy();
       if (!this.stderr.readableEnded) this.stderr.destroy();
       this.finished = true;
@@ -407,21 +408,6 @@ class GvisorCommand implements SandboxCommand {
   }
 }
 
-/** Resolves when `stream` ended, or after `graceMs`. */
-function ended(stream: Readable, graceMs: number): Promise<void> {
-  if (stream.readableEnded || stream.destroyed) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, graceMs);
-    function done(): void {
-      clearTimeout(timer);
-      stream.off('end', done);
-      stream.off('close', done);
-      resolve();
-    }
-    stream.once('end', done);
-    stream.once('close', done);
-  });
-}
 
 async function sizeOf(dir: string): Promise<number> {
   let bytes = 0;

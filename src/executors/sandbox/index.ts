@@ -18,7 +18,7 @@ import type { Executor, ExecutorStatus, PersistentSandbox, PersistentSandboxOpti
 import { startAgentSandbox } from '../shared/agent-sandbox.js';
 import { noopLogger, type Logger } from '../shared/logger.js';
 import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
-import { assertSafeName, createCgroupDriver, type CgroupDriver, type CgroupLimits } from '../shared/cgroups.js';
+import { assertSafeName, LazyCgroupDriver, type CgroupDriver, type CgroupLimits } from '../shared/cgroups.js';
 import { RootfsCatalog } from './rootfs.js';
 import { RunDirs } from './run-dirs.js';
 import { bwrapArgs, encodeArgs, launchLine, validateSpec } from './bwrap-args.js';
@@ -113,7 +113,7 @@ export class SandboxExecutor implements Executor {
   private readonly log: Logger;
   private readonly seccomp: Buffer;
   private readonly timeoutGraceMs: number;
-  private cgroups: CgroupDriver | null = null;
+  private readonly cgroups: LazyCgroupDriver;
   private readonly images: RootfsCatalog;
   private readonly active = new Map<string, ExecutionImpl>();
   /** Names of cgroups this instance owns right now (launchers in the pool or running executions). */
@@ -149,6 +149,7 @@ export class SandboxExecutor implements Executor {
     this.hostname = options.hostname ?? 'kindling';
     this.cgroupMount = options.cgroupMount ?? '/sys/fs/cgroup';
     this.cgroupParent = options.cgroupParent ?? 'kindling';
+    this.cgroups = new LazyCgroupDriver({ mount: this.cgroupMount, parent: this.cgroupParent, ownerId: this.ownerId }, 'sandbox');
     this.log = options.logger ?? noopLogger;
     this.timeoutGraceMs = options.timeoutGraceMs ?? 1000;
     this.seccomp = buildSandboxFilter().program;
@@ -185,7 +186,7 @@ export class SandboxExecutor implements Executor {
       nsenterPath: options.nsenterPath ?? '/usr/bin/nsenter',
       uid: this.uid,
       gid: this.gid,
-      cgroups: () => this.driverOrUnavailable(),
+      cgroups: () => this.cgroups.getOrUnavailable(),
       reserved: this.reserved,
       prewarm: options.prewarmPerShape ?? DEFAULT_PREWARM_PER_SHAPE.sandbox,
       idleTtlMs: options.prewarmIdleTtlMs ?? 10 * 60_000,
@@ -210,7 +211,7 @@ export class SandboxExecutor implements Executor {
     if (userns !== null) return notReady(userns);
     let driver: CgroupDriver;
     try {
-      driver = this.driver();
+      driver = this.cgroups.get();
     } catch (err) {
       return notReady((err as Error).message);
     }
@@ -271,7 +272,7 @@ export class SandboxExecutor implements Executor {
     const imageBinds = await this.dirs.imageBinds(layout).catch((err: unknown) => {
       throw new KindlingError('EXECUTOR_FAILED', `could not prepare the sandbox's run dirs: ${(err as Error).message}`, { cause: err });
     });
-    this.driverOrUnavailable();
+    this.cgroups.getOrUnavailable();
     const limits: CgroupLimits = {
       memoryBytes: Math.round(spec.limits.memoryMb * 1024 * 1024),
       cpus: spec.limits.cpus,
@@ -363,7 +364,7 @@ export class SandboxExecutor implements Executor {
         attach: (id: string, diskMb: number, fromSnapshot: string | null) => this.storage.attach(id, diskMb, fromSnapshot, this.dirs.volumesDir),
         snapshot: (volume: Volume, snapshotId: string) => this.storage.snapshot(volume, snapshotId),
       };
-      const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.driver().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid, storage };
+      const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.cgroups.get().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid, storage };
       return await startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell }, spec, options);
     } finally {
       this.persistentStarting--;
@@ -417,7 +418,7 @@ export class SandboxExecutor implements Executor {
   }
 
   async reap(): Promise<ReapReport> {
-    const driver = this.cgroups ?? this.tryDriver();
+    const driver = this.cgroups.tryGet();
     if (driver === null) return { removed: 0 };
     let removed = 0;
     for (const name of driver.list()) {
@@ -494,36 +495,12 @@ export class SandboxExecutor implements Executor {
     }
   }
 
-  private driver(): CgroupDriver {
-    if (this.cgroups !== null) return this.cgroups;
-    const driver = createCgroupDriver({ mount: this.cgroupMount, parent: this.cgroupParent, ownerId: this.ownerId });
-    const problem = driver.check();
-    if (problem !== null) throw new Error(problem);
-    this.cgroups = driver;
-    return driver;
-  }
 
-  private tryDriver(): CgroupDriver | null {
-    try {
-      return this.driver();
-    } catch {
-      return null;
-    }
-  }
 
-  private driverOrUnavailable(): CgroupDriver {
-    try {
-      return this.driver();
-    } catch (err) {
-      throw new KindlingError('EXECUTOR_UNAVAILABLE', `sandbox executor unavailable: ${(err as Error).message}`, {
-        cause: err,
-      });
-    }
-  }
 
   private releaseAll(): void {
     if (this.active.size > 0 || this.reserved.size > 0) return;
-    this.cgroups?.removeOwnerDirs();
+    this.cgroups.current?.removeOwnerDirs();
     this.dirs.closeSync();
     this.launchers.closeDevNull();
   }

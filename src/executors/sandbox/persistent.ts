@@ -23,7 +23,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { PassThrough, type Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import type { PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
@@ -36,6 +36,7 @@ import type { Cgroup } from '../shared/cgroups.js';
 import type { SandboxExecution } from './execution.js';
 import type { Volume } from './storage.js';
 import { checkCommandRequest } from '../shared/command-request.js';
+import { streamEnded } from '../shared/streams.js';
 
 /**
  * The supervisor: "r" once ready; per command line `ID STDIN(0|1)`: "p ID PID" when started, "x ID STATUS" when the
@@ -445,7 +446,7 @@ class BwrapCommand implements SandboxCommand {
       // their end is awaited only briefly.
       this.out.releaseKeeper();
       this.err.releaseKeeper();
-      await Promise.all([this.out.stream, this.err.stream].map((stream) => ended(stream, OUTPUT_GRACE_MS)));
+      await Promise.all([this.out.stream, this.err.stream].map((stream) => streamEnded(stream, OUTPUT_GRACE_MS)));
       for (const [fifo, through] of [[this.out.stream, this.stdout], [this.err.stream, this.stderr]] as const) {
         fifo.unpipe();
         fifo.destroy();
@@ -492,20 +493,6 @@ class BwrapCommand implements SandboxCommand {
   }
 }
 
-function ended(stream: Readable, graceMs: number): Promise<void> {
-  if (stream.readableEnded || stream.destroyed) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, graceMs);
-    function done(): void {
-      clearTimeout(timer);
-      stream.off('end', done);
-      stream.off('close', done);
-      resolve();
-    }
-    stream.once('end', done);
-    stream.once('close', done);
-  });
-}
 
 function signalOf(n: number): string | null {
   const names: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 6: 'SIGABRT', 9: 'SIGKILL', 11: 'SIGSEGV', 13: 'SIGPIPE', 15: 'SIGTERM' };

@@ -10,6 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { KindlingError } from '../../core/errors.js';
 import { cgroupUsageV1, cgroupUsageV2, removeCgroupDir, type CgroupUsage } from './cgroupfs.js';
 
 export interface CgroupLimits {
@@ -95,6 +96,51 @@ export function createCgroupDriver(options: CgroupOptions): CgroupDriver {
   return version === 2
     ? new CgroupV2Driver(mount, parent, options.ownerId, options.allowMissingControllers ?? false)
     : new CgroupV1Driver(mount, parent, options.ownerId);
+}
+
+/**
+ * An executor's cgroup driver, made and checked on first use rather than in the executor's constructor, so that a host
+ * without usable cgroups makes the executor report itself unavailable instead of failing to construct.
+ */
+export class LazyCgroupDriver {
+  private made: CgroupDriver | null = null;
+
+  constructor(
+    private readonly options: CgroupOptions,
+    private readonly executorName: string,
+  ) {}
+
+  /** The driver once made (nothing is attempted). */
+  get current(): CgroupDriver | null {
+    return this.made;
+  }
+
+  /** The driver; throws the reason when cgroups cannot be used here. */
+  get(): CgroupDriver {
+    if (this.made !== null) return this.made;
+    const driver = createCgroupDriver(this.options);
+    const problem = driver.check();
+    if (problem !== null) throw new Error(problem);
+    this.made = driver;
+    return driver;
+  }
+
+  tryGet(): CgroupDriver | null {
+    try {
+      return this.get();
+    } catch {
+      return null;
+    }
+  }
+
+  /** The driver, or EXECUTOR_UNAVAILABLE naming the executor and the reason. */
+  getOrUnavailable(): CgroupDriver {
+    try {
+      return this.get();
+    } catch (err) {
+      throw new KindlingError('EXECUTOR_UNAVAILABLE', `${this.executorName} executor unavailable: ${(err as Error).message}`, { cause: err });
+    }
+  }
 }
 
 /* ---------------------------------------------------------------------------------------------------------------- */
