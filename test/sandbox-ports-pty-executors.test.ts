@@ -1,7 +1,8 @@
 /**
  * Ports and terminals of persistent sandboxes on the gvisor and microvm executors, through the API with real
  * sandboxes: an HTTP server started in the sandbox (which has no network) answers through
- * /v1/sandboxes/ID/ports/PORT/..., a port nobody listens on is SANDBOX_PORT_UNREACHABLE, and a terminal
+ * /v1/sandboxes/ID/ports/PORT/..., a port nobody listens on is SANDBOX_PORT_UNREACHABLE, no relay outlives its
+ * connection, and a terminal
  * (GET /v1/sandboxes/ID/pty) has the size given, follows a resize, passes Ctrl-C to the foreground process and ends
  * with the shell's exit code. Skipped with the reason where an executor is not available here.
  */
@@ -86,6 +87,14 @@ for (const { executor, unavailable, timeoutMs, portsTodo } of cases) {
         assert.equal(body, 'path=/hello?x=1 file=inside');
         // A second request, a new connection: each one is relayed on its own.
         assert.equal(await (await sandbox.fetch(8000, '/again')).text(), 'path=/again file=inside');
+        // Each connection's relay ends with it: nothing of the proxy stays running in the sandbox.
+        const relays = async (): Promise<string> =>
+          (await sandbox.commands.run(['sh', '-c', 'for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr "\\0" " "; echo; done'])).stdout
+            .split('\n')
+            .filter((line) => line.includes('kindling-port'))
+            .join('\n');
+        let left = '';
+        await waitFor(async () => (left = await relays()) === '', timeoutMs / 4, `no port relay left in the sandbox (${left})`);
       } finally {
         await sandbox.kill();
       }
