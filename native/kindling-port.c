@@ -2,6 +2,11 @@
  * kindling-port: one proxied TCP connection into a persistent sandbox's network namespace.
  *
  *   kindling-port PORT IDLE_MS CONNECT_TIMEOUT_MS      (fd 3: an open /proc/PID/ns/net of the sandbox)
+ *   kindling-port PORT IDLE_MS CONNECT_TIMEOUT_MS --in-sandbox
+ *
+ * The second form is for the gvisor executor: there the sandbox's sockets live in gVisor's own network stack, not in
+ * a host namespace, so this same (statically linked) program is started inside the sandbox by `runsc exec`, as the
+ * sandbox's user, and connects from there; it joins nothing and its stdin/stdout are the server's pipes.
  *
  * Joins the network namespace given as fd 3 (opened by the server when the sandbox started, before any of the
  * tenant's code ran: nothing the sandbox's processes do later changes which namespace this is), closes it, drops to
@@ -119,8 +124,11 @@ static void finish(struct lane *l, int sock) {
 
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
+  int in_sandbox = argc == 5 && strcmp(argv[4], "--in-sandbox") == 0;
+  if (in_sandbox) argc = 4;
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() == 1) return EXIT_FAILED;
+  /* Inside gVisor the parent is no process of the sandbox (runsc exec): the pipes ending tell of the server's end. */
+  if (!in_sandbox && getppid() == 1) return EXIT_FAILED;
   if (argc != 4) {
     report("error usage: kindling-port PORT IDLE_MS CONNECT_TIMEOUT_MS (fd 3: the sandbox's network namespace)\n");
     return EXIT_FAILED;
@@ -130,8 +138,10 @@ int main(int argc, char **argv) {
     report("error bad arguments\n");
     return EXIT_FAILED;
   }
-  if (setns(NETNS_FD, CLONE_NEWNET) != 0) return fail("setns");
-  close(NETNS_FD);
+  if (!in_sandbox) {
+    if (setns(NETNS_FD, CLONE_NEWNET) != 0) return fail("setns");
+    close(NETNS_FD);
+  }
   if (geteuid() == 0) {
     if (setgroups(0, NULL) != 0 || setresgid(NOBODY, NOBODY, NOBODY) != 0 || setresuid(NOBODY, NOBODY, NOBODY) != 0) return fail("dropping privileges");
   }

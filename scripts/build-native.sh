@@ -16,6 +16,9 @@ for name in kindling-splice kindling-port kindling-btrfs; do
     echo "build-native: no C compiler (cc); $out is not built" >&2
     continue
   fi
-  cc -O2 -Wall -Wextra -Werror -o "$out.tmp" "$src"
+  # kindling-port is linked statically: the gvisor executor runs this same file inside a sandbox, whose image may
+  # have another C library or none (src/executors/gvisor/ports.ts).
+  if [ "$name" = kindling-port ] && cc -O2 -Wall -Wextra -Werror -static -o "$out.tmp" "$src" 2>/dev/null; then :
+  else cc -O2 -Wall -Wextra -Werror -o "$out.tmp" "$src"; fi
   mv "$out.tmp" "$out"
 done

@@ -260,6 +260,10 @@ class Agent {
       mountTmpfs('/tmp', `mode=1777,size=${limits.diskMb}m`);
       mountTmpfs(setup.workdir, `mode=0755,uid=${setup.uid},gid=${setup.gid},size=${limits.diskMb}m`);
     }
+    // Terminals (the server's pty relay runs python3's pty module): the guest's devtmpfs has /dev/ptmx but no devpts
+    // behind it. Not fatal: commands work without one, a terminal then fails to open its pty.
+    fs.mkdirSync('/dev/pts', { recursive: true });
+    spawnSyncQuiet([BUSYBOX, 'mount', '-t', 'devpts', '-o', 'nosuid,noexec,mode=0620,ptmxmode=0666', 'devpts', '/dev/pts']);
     this.sandbox = setup;
   }
 

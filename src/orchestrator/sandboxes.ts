@@ -1009,7 +1009,8 @@ export class SandboxService {
       }
       const command = await entry.sandbox.exec({
         command: ['python3', '-c', PTY_RELAY, String(input.cols), String(input.rows), ...(input.command ?? [])],
-        env: { TERM: 'xterm-256color', ...(input.env ?? {}) },
+        // gVisor's line discipline (runsc 2022) sends no signal for Ctrl-C/Ctrl-\ or Ctrl-Z: the relay does (sandbox-pty.ts).
+        env: { TERM: 'xterm-256color', ...(input.env ?? {}), ...(entry.record.executor === 'gvisor' ? { KINDLING_PTY_SIGNALS: '1' } : {}) },
         workdir: WORKDIR,
         stdin: true,
       });

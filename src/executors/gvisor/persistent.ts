@@ -28,7 +28,7 @@ import * as path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { PersistentSandbox, PersistentSandboxOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest } from '../executor.js';
+import type { PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest } from '../executor.js';
 import type { Cgroup } from '../shared/cgroups.js';
 import { checkCommandRequest } from '../shared/command-request.js';
 import type { Logger } from '../shared/logger.js';
@@ -37,6 +37,8 @@ import type { Volume } from '../sandbox/storage.js';
 import type { GvisorExecutor } from './index.js';
 import { bindMount, tmpfsMount } from './oci-spec.js';
 import { streamEnded } from '../shared/streams.js';
+import { GvisorPorts, portHelperMount } from './ports.js';
+import type { Duplex } from 'node:stream';
 
 export interface GvisorSandboxDeps {
   executor: GvisorExecutor;
@@ -104,6 +106,9 @@ export async function startGvisorSandbox(deps: GvisorSandboxDeps, spec: RunSpec,
       volume === null
         ? [tmpfsMount(spec.workdir, spec.limits.diskMb), tmpfsMount('/tmp', spec.limits.diskMb)]
         : [bindMount(volume.work, spec.workdir, false), bindMount(volume.tmp, '/tmp', false)];
+    // The port relay (ports.ts), read-only: bound into every sandbox so that a restored one has it at the same place.
+    const helper = portHelperMount();
+    if (helper !== null) mounts.push(helper);
     cgroup = await executor.prepare(spec, deps.rootfs, [shell, '-c', INIT], '/', mounts);
     const bundle = executor.bundleDir(spec.id);
     // A memory snapshot's processes come back in every sandbox made from it (its files are the disk's lower layer).
@@ -112,7 +117,7 @@ export async function startGvisorSandbox(deps: GvisorSandboxDeps, spec: RunSpec,
     const image = restoring ? imagePath : memory;
     const command = image !== null ? ['restore', '--detach', `--image-path=${image}`, `--bundle=${bundle}`, spec.id] : ['run', '--detach', `--bundle=${bundle}`, spec.id];
     await runDetached(executor, command, path.join(bundle, 'start.log'));
-    const sandbox = new GvisorSandbox(spec.id, deps, shell, cgroup, volume, imagePath);
+    const sandbox = new GvisorSandbox(spec.id, deps, shell, cgroup, volume, imagePath, helper !== null);
     deps.track(sandbox);
     return sandbox;
   } catch (error) {
@@ -155,6 +160,7 @@ class GvisorSandbox implements PersistentSandbox {
   private readonly commands = new Set<GvisorCommand>();
   /** Set while a memory snapshot is taken: new commands wait for it. */
   private snapshotting: Promise<unknown> | null = null;
+  private readonly ports: GvisorPorts;
 
   constructor(
     readonly id: string,
@@ -163,7 +169,9 @@ class GvisorSandbox implements PersistentSandbox {
     private readonly cgroup: Cgroup,
     private readonly volume: Volume | null,
     private readonly imagePath: string,
+    portHelper: boolean,
   ) {
+    this.ports = new GvisorPorts(deps.executor.runsc, id, `${deps.uid}:${deps.gid}`, portHelper);
     // Memory snapshots need the files' layer beside the saved processes: only with storage.
     this.capabilities = { pause: true, memorySnapshot: volume !== null, hibernate: true };
     const ended = new Promise<void>((resolve) => (this.endSandbox = resolve));
@@ -171,6 +179,7 @@ class GvisorSandbox implements PersistentSandbox {
     this.disposed = ended.then(async () => {
       this.ended = true;
       for (const command of this.commands) command.sandboxEnded();
+      this.ports.close();
       await deps.executor.release(id, cgroup);
       // The disk is unmounted, never removed: its files outlive the processes (removed by removeDisk).
       await volume?.detach().catch(() => {});
@@ -219,6 +228,17 @@ class GvisorSandbox implements PersistentSandbox {
     this.commands.add(command);
     void command.wait().finally(() => this.commands.delete(command));
     return command;
+  }
+
+  async connectPort(port: number, options: PortConnectOptions): Promise<Duplex> {
+    this.assertAlive();
+    // As for a command: a paused sandbox runs again (a frozen server would not accept).
+    if (this.paused) await this.resume();
+    return this.ports.connect(port, options);
+  }
+
+  get portConnections(): number {
+    return this.ports.connections;
   }
 
   /** SIGKILLs the process `pid` (in the sandbox's pid namespace) and its descendants, from inside the sandbox. */

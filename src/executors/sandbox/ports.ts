@@ -82,40 +82,7 @@ export class SandboxPorts {
     this.helpers.add(child);
     child.once('exit', () => this.helpers.delete(child));
     child.once('error', () => this.helpers.delete(child));
-    child.stdin!.on('error', () => {});
-    return new Promise((resolve, reject) => {
-      let line = '';
-      let settled = false;
-      const settle = (answer: string | null): void => {
-        if (settled) return;
-        settled = true;
-        child.stderr!.removeAllListeners('data');
-        child.stderr!.resume();
-        if (answer === 'ok') {
-          const stream = Duplex.from({ readable: child.stdout!, writable: child.stdin! });
-          stream.on('close', () => child.kill('SIGKILL'));
-          child.once('exit', () => stream.destroy());
-          resolve(stream);
-          return;
-        }
-        child.kill('SIGKILL');
-        const details = { sandbox: this.sandboxId, port };
-        if (answer === 'refused' || answer === 'timeout') {
-          const why = answer === 'refused' ? 'nothing listens on it' : `it did not accept within ${options.connectTimeoutMs} ms`;
-          reject(new KindlingError('SANDBOX_PORT_UNREACHABLE', `port ${port} of sandbox ${this.sandboxId} is not reachable: ${why} (a server must listen on 127.0.0.1, ::1 or 0.0.0.0 inside the sandbox)`, { details: { ...details, reason: answer } }));
-        } else {
-          reject(new KindlingError('EXECUTOR_FAILED', `could not connect to port ${port} of sandbox ${this.sandboxId}: ${(answer ?? 'the helper ended').slice(0, 300)}`, { details }));
-        }
-      };
-      child.stderr!.setEncoding('utf8');
-      child.stderr!.on('data', (chunk: string) => {
-        line += chunk;
-        const at = line.indexOf('\n');
-        if (at >= 0) settle(line.slice(0, at));
-      });
-      child.once('exit', () => settle(line.trim() || null));
-      child.once('error', (error) => settle(`error ${error.message}`));
-    });
+    return helperConnection(child, this.sandboxId, port, options);
   }
 
   /** Ends every proxied connection and releases the namespace. Idempotent. */
@@ -125,4 +92,47 @@ export class SandboxPorts {
     for (const child of this.helpers) child.kill('SIGKILL');
     fs.closeSync(this.nsFd);
   }
+}
+
+/**
+ * The connection a started kindling-port helper (stdio all pipes) makes: resolves with its stdin/stdout as one byte
+ * stream once its report line says "ok"; rejects with SANDBOX_PORT_UNREACHABLE (refused, timeout) or EXECUTOR_FAILED.
+ * Closing the stream kills the helper. Shared by the executors that run the helper (bwrap: on the host in the
+ * sandbox's namespace; gvisor: inside the sandbox through `runsc exec`).
+ */
+export function helperConnection(child: ChildProcess, sandboxId: string, port: number, options: PortConnectOptions): Promise<Duplex> {
+  child.stdin!.on('error', () => {});
+  return new Promise((resolve, reject) => {
+    let line = '';
+    let settled = false;
+    const settle = (answer: string | null): void => {
+      if (settled) return;
+      settled = true;
+      child.stderr!.removeAllListeners('data');
+      child.stderr!.resume();
+      if (answer === 'ok') {
+        const stream = Duplex.from({ readable: child.stdout!, writable: child.stdin! });
+        stream.on('close', () => child.kill('SIGKILL'));
+        child.once('exit', () => stream.destroy());
+        resolve(stream);
+        return;
+      }
+      child.kill('SIGKILL');
+      const details = { sandbox: sandboxId, port };
+      if (answer === 'refused' || answer === 'timeout') {
+        const why = answer === 'refused' ? 'nothing listens on it' : `it did not accept within ${options.connectTimeoutMs} ms`;
+        reject(new KindlingError('SANDBOX_PORT_UNREACHABLE', `port ${port} of sandbox ${sandboxId} is not reachable: ${why} (a server must listen on 127.0.0.1, ::1 or 0.0.0.0 inside the sandbox)`, { details: { ...details, reason: answer } }));
+      } else {
+        reject(new KindlingError('EXECUTOR_FAILED', `could not connect to port ${port} of sandbox ${sandboxId}: ${(answer ?? 'the helper ended').slice(0, 300)}`, { details }));
+      }
+    };
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => {
+      line += chunk;
+      const at = line.indexOf('\n');
+      if (at >= 0) settle(line.slice(0, at));
+    });
+    child.once('exit', () => settle(line.trim() || null));
+    child.once('error', (error) => settle(`error ${error.message}`));
+  });
 }
