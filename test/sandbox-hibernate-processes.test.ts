@@ -87,6 +87,28 @@ for (const { executor, unavailable, processesKept, timeoutMs } of cases) {
     });
 
     if (executor === 'gvisor') {
+      test('a command whose output streams to the server cannot be saved: hibernate is 409 SANDBOX_COMMANDS_RUNNING and nothing is lost; once it is killed, hibernate works', { timeout: timeoutMs }, async () => {
+        const sandbox = await client.sandboxes.create({ image: 'kindling/base', executor, limits: { memoryMb: 256, diskMb: 64 } });
+        try {
+          const streaming = await sandbox.commands.run(['sh', '-c', 'while :; do date +%s%N > /work/beat; sleep 0.2; done'], { background: true });
+          await waitFor(async () => (await sandbox.commands.run(['cat', '/work/beat'])).exitCode === 0, timeoutMs / 2, 'the streaming command to run');
+          await assert.rejects(sandbox.hibernate(), (error: unknown) => (error as { code?: string }).code === 'SANDBOX_COMMANDS_RUNNING' && /kill them/.test((error as Error).message));
+          await assert.rejects(sandbox.snapshot(), (error: unknown) => (error as { code?: string }).code === 'SANDBOX_COMMANDS_RUNNING');
+          // Nothing was lost: the sandbox runs, the command is listed and still running.
+          assert.equal((await client.sandboxes.get(sandbox.id)).state, 'running');
+          assert.equal((await sandbox.commands.list()).find((c) => c.id === streaming.id)?.state, 'running');
+          const beat = (await sandbox.commands.run(['cat', '/work/beat'])).stdout;
+          await waitFor(async () => (await sandbox.commands.run(['cat', '/work/beat'])).stdout !== beat, timeoutMs / 2, 'the command to go on');
+          assert.equal(await client.sandboxes.listSnapshots({ sandboxId: sandbox.id }).then((list) => list.length), 0, 'no snapshot was recorded');
+          await streaming.kill();
+          const info = await sandbox.hibernate();
+          assert.equal(info.hibernation?.processesKept, true);
+          assert.equal((await sandbox.commands.run(['cat', '/work/beat'])).exitCode, 0, 'it wakes');
+        } finally {
+          await sandbox.kill();
+        }
+      });
+
       test('a memory snapshot says so, and a fork goes on with the processes of the snapshot', { timeout: timeoutMs }, async () => {
         const sandbox = await client.sandboxes.create({ image: 'kindling/base', executor, limits: { memoryMb: 256, diskMb: 64 } });
         const forks: Sandbox[] = [];

@@ -72,6 +72,11 @@ export const ERROR_CODES = {
    * its files are kept and the next command starts a new process tree on them (the sandbox is `stopped`).
    */
   SANDBOX_STATE_LOST: { statusCode: 409, retryable: false },
+  /**
+   * Hibernate or a memory snapshot asked of a sandbox whose executor cannot save a process that streams its output to
+   * the server (gvisor: commands and terminals started through the API): wait for them or kill them first.
+   */
+  SANDBOX_COMMANDS_RUNNING: { statusCode: 409, retryable: false },
   /** The sandbox's image cannot host a terminal (GET /v1/sandboxes/ID/pty needs python3 in the image). */
   SANDBOX_PTY_UNSUPPORTED: { statusCode: 409, retryable: false },
   /** An upload did not fit in the sandbox's writable space (diskMb); the partial file was removed. */

@@ -118,6 +118,7 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "SANDBOX_COMMAND_LIMIT": RateLimitError,
     "SANDBOX_PTY_UNSUPPORTED": ConflictError,
     "SANDBOX_STATE_LOST": ConflictError,
+    "SANDBOX_COMMANDS_RUNNING": ConflictError,
     "SANDBOX_FILE_NOT_FOUND": NotFoundError,
     "SANDBOX_PAUSED": ConflictError,
     "SANDBOX_NOT_RUNNING": ConflictError,

@@ -259,6 +259,7 @@ export class GvisorExecutor implements Executor {
       attach: (id, diskMb, fromSnapshot) => this.storage.attach(id, diskMb, fromSnapshot, this.volumesDir),
       snapshotFiles: (volume, snapshotId) => this.storage.snapshot(volume, snapshotId),
       memoryImage: (snapshotId) => path.join(path.dirname(this.storage.layerPath(snapshotId)), 'memory'),
+      removeSnapshot: (snapshotId) => this.storage.removeSnapshot(snapshotId),
       track: (sandbox) => {
         this.sandboxes.set(sandbox.id, sandbox);
         void sandbox.disposed.finally(() => {

@@ -50,6 +50,8 @@ export interface GvisorSandboxDeps {
   snapshotFiles(volume: Volume, snapshotId: string): Promise<number>;
   /** Where a snapshot's saved processes live (`<snapshot dir>/memory`), beside its files' layer. */
   memoryImage(snapshotId: string): string;
+  /** Removes a snapshot's files and saved processes (a snapshot that failed half-way is never recorded). */
+  removeSnapshot(snapshotId: string): Promise<void>;
   track(sandbox: PersistentSandbox): void;
   log: Logger;
 }
@@ -125,7 +127,12 @@ export async function startGvisorSandbox(deps: GvisorSandboxDeps, spec: RunSpec,
     if (cgroup !== null) await executor.release(spec.id, cgroup);
     await volume?.detach().catch(() => {});
     if (error instanceof KindlingError) throw error;
-    throw new KindlingError('EXECUTOR_FAILED', `the gvisor sandbox did not ${restoring ? 'restore' : 'start'}: ${(error as Error).message}`, { cause: error });
+    if (restoring) {
+      // The saved image cannot come back: the caller starts a new process tree on the files (the image is useless now).
+      await fs.promises.rm(imagePath, { recursive: true, force: true }).catch(() => {});
+      throw new KindlingError('SANDBOX_STATE_LOST', `sandbox ${spec.id}'s saved processes could not be restored (${(error as Error).message}); its files are kept and the next command starts a new process tree on them`, { cause: error, details: { sandbox: spec.id } });
+    }
+    throw new KindlingError('EXECUTOR_FAILED', `the gvisor sandbox did not start: ${(error as Error).message}`, { cause: error });
   }
 }
 
@@ -141,7 +148,7 @@ async function runDetached(executor: GvisorExecutor, command: string[], logPath:
       child.once('error', () => resolve(1));
       child.once('exit', (status) => resolve(status ?? 1));
     });
-    if (code !== 0) throw new Error(`runsc ${command[0]} failed (${code}): ${fs.readFileSync(logPath, 'utf8').trim().slice(-500)}`);
+    if (code !== 0) throw new Error(`runsc ${command[0]} failed (${code}): ${runscReason(fs.readFileSync(logPath, 'utf8'))}`);
   } finally {
     fs.closeSync(log);
   }
@@ -297,9 +304,24 @@ class GvisorSandbox implements PersistentSandbox {
     }
   }
 
+  /**
+   * A process whose stdio are the server's pipes (a command or terminal started through the API, a `runsc exec`) cannot
+   * be saved: runsc checkpoints it but its restore fails, and the whole sandbox with it. Commands still running get
+   * EXEC_SETTLE_MS to end (short ones racing the request do); then `what` is refused with a clear 409.
+   */
+  private async settleCommands(what: string): Promise<void> {
+    if (this.commands.size === 0) return;
+    await Promise.race([Promise.all([...this.commands].map((command) => command.wait())), new Promise((resolve) => setTimeout(resolve, EXEC_SETTLE_MS).unref())]);
+    if (this.commands.size === 0) return;
+    throw new KindlingError(
+      'SANDBOX_COMMANDS_RUNNING',
+      `sandbox ${this.id} has ${this.commands.size} command(s) or terminal(s) started through the API still running, and gVisor cannot save a process whose output streams to the server: wait for them to end or kill them (DELETE /v1/sandboxes/${this.id}/commands/ID), then ${what} again; processes they started in the background with their output redirected (e.g. "cmd >/dev/null 2>&1 &") are kept`,
+      { details: { sandbox: this.id, commands: this.commands.size } },
+    );
+  }
+
   private async takeMemorySnapshot(volume: Volume, snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
-    // Commands whose `runsc exec` is still starting are let start first (their pid is known then, or they ended).
-    await Promise.race([Promise.all([...this.commands].map((command) => command.pid())), new Promise((resolve) => setTimeout(resolve, EXEC_SETTLE_MS).unref())]);
+    await this.settleCommands('take the snapshot');
     const wasPaused = this.paused;
     if (wasPaused) await this.resume();
     const image = this.deps.memoryImage(snapshotId);
@@ -308,9 +330,11 @@ class GvisorSandbox implements PersistentSandbox {
     await fs.promises.mkdir(partial, { recursive: true, mode: 0o700 });
     this.cycling = true;
     let stopped = false;
+    let made = false;
     try {
       await this.runsc(['checkpoint', `--image-path=${partial}`, this.id]);
       stopped = true;
+      made = true;
       const bytes = await this.deps.snapshotFiles(volume, snapshotId);
       await fs.promises.rename(partial, image);
       await this.deps.executor.runsc.deleteForce(this.id);
@@ -320,6 +344,8 @@ class GvisorSandbox implements PersistentSandbox {
       return { bytes: bytes + (await sizeOf(image)), memory: true };
     } catch (error) {
       await fs.promises.rm(partial, { recursive: true, force: true });
+      // The caller records no snapshot: nothing of it may stay on disk.
+      if (made) await this.deps.removeSnapshot(snapshotId).catch(() => {});
       // Stopped and not restored: the sandbox has ended (its files stay on its disk).
       if (stopped) this.endSandbox();
       if (error instanceof KindlingError) throw error;
@@ -332,6 +358,7 @@ class GvisorSandbox implements PersistentSandbox {
 
   async hibernate(): Promise<{ bytes: number }> {
     this.assertAlive();
+    await this.settleCommands('hibernate it');
     if (this.paused) await this.resume();
     const fresh = `${this.imagePath}.new`;
     await fs.promises.rm(fresh, { recursive: true, force: true });
@@ -428,6 +455,13 @@ class GvisorCommand implements SandboxCommand {
   }
 }
 
+
+/** The line of a runsc log that says what went wrong (not the Go stack trace after it), at most 300 characters. */
+export function runscReason(log: string): string {
+  const lines = log.split('\n').map((line) => line.trim()).filter((line) => line !== '');
+  const reason = lines.find((line) => /error|fail|panic|cannot|invalid|denied/i.test(line) && !/^(goroutine|gvisor\.dev|\S+\.go:\d+|created by|reflect\/)/.test(line)) ?? lines[0] ?? 'no output';
+  return reason.length > 300 ? `${reason.slice(0, 300)}…` : reason;
+}
 
 async function sizeOf(dir: string): Promise<number> {
   let bytes = 0;
