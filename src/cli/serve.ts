@@ -36,6 +36,15 @@ const num = (name: string) => (value: string): number => {
   return parsed;
 };
 
+/** --enable-executors: names of EXECUTOR_NAMES, comma-separated (empty: none beside the default). */
+export function parseExecutorList(value: string): ExecutorName[] {
+  const names = value.split(',').map((name) => name.trim()).filter((name) => name !== '');
+  for (const name of names) {
+    if (!(EXECUTOR_NAMES as readonly string[]).includes(name)) throw new Error(`--enable-executors takes names of ${EXECUTOR_NAMES.join(', ')}, got "${name}"`);
+  }
+  return names as ExecutorName[];
+}
+
 /** The --tenant-* flags as default quotas; 0 means no cap. */
 function tenantQuotaDefaults(options: Record<string, unknown>): Partial<ResolvedQuotas> {
   const positive = (value: unknown): number | null => (typeof value === 'number' && value > 0 ? value : null);
@@ -61,6 +70,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--data-dir <dir>', 'where the server keeps its state', defaults.dataDir)
     .option('--images-dir <dir>', 'where runtime images (rootfs dirs) live', defaults.imagesDir)
     .option('--executor <name>', `default executor: auto | ${EXECUTOR_NAMES.join(' | ')}`, 'auto')
+    .option('--enable-executors <names>', 'more executors to enable beside the default, comma-separated (e.g. gvisor,microvm); one that is not ready here is left out with a warning', 'docker')
     .option('--max-concurrent <n>', 'executions running at once', int('--max-concurrent'), 32)
     .option('--max-queued <n>', 'executions waiting for a slot before 429', int('--max-queued'), 256)
     .option('--queue-timeout-ms <ms>', 'longest wait for a slot before 429', int('--queue-timeout-ms'), 30_000)
@@ -112,7 +122,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         dataDir: options.dataDir as string,
         imagesDir: options.imagesDir as string,
         executor: executor as ExecutorChoice,
-        enableExecutors: ['docker'] as ExecutorName[],
+        enableExecutors: parseExecutorList(options.enableExecutors as string),
         ...(defaults.adminKey ? { adminKey: defaults.adminKey } : {}),
         tenantQuotas: tenantQuotaDefaults(options),
         functionVersionsKept: Math.max(1, options.functionVersionsKept as number),

@@ -3,6 +3,13 @@
 export const EXECUTOR_NAMES = ['docker', 'sandbox', 'microvm', 'gvisor'] as const;
 export type ExecutorName = (typeof EXECUTOR_NAMES)[number];
 
+/** Why `name` cannot be used on this server, and how to fix it (the message of UNKNOWN_EXECUTOR). */
+export function unknownExecutorMessage(name: string, enabled: Iterable<string>): string {
+  const list = [...enabled].join(', ');
+  if (!(EXECUTOR_NAMES as readonly string[]).includes(name)) return `"${name}" is not an executor; use one of ${EXECUTOR_NAMES.join(', ')} (enabled on this server: ${list})`;
+  return `executor "${name}" is not enabled on this server (enabled: ${list}); the operator enables it with kindling serve --enable-executors ${name} (or makes it the default with --executor ${name})`;
+}
+
 export const RUNTIME_NAMES = ['bash', 'python', 'node', 'rust'] as const;
 export type RuntimeName = (typeof RUNTIME_NAMES)[number];
 

@@ -3,7 +3,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { KindlingError, storageFullError } from '../core/errors.js';
 import { newExecutionId } from '../core/ids.js';
 import { systemClock, type Clock } from '../core/clock.js';
-import type { ExecuteRequest, ExecutionResult, ExecutorName, InputFile, ResourceLimits, RunSpec } from '../core/types.js';
+import { unknownExecutorMessage, type ExecuteRequest, type ExecutionResult, type ExecutorName, type InputFile, type ResourceLimits, type RunSpec } from '../core/types.js';
 import type { Executor } from '../executors/executor.js';
 import { ConcurrencyLimiter, type ConcurrencyLimiterOptions } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
@@ -179,8 +179,7 @@ export class ExecutionService {
     const name = requested ?? this.options.defaultExecutor;
     const executor = this.options.executors.get(name);
     if (!executor) {
-      const available = [...this.options.executors.keys()].join(', ');
-      throw new KindlingError('UNKNOWN_EXECUTOR', `executor "${name}" is not enabled on this server; available: ${available}`);
+      throw new KindlingError('UNKNOWN_EXECUTOR', unknownExecutorMessage(name, this.options.executors.keys()));
     }
     return executor;
   }

@@ -23,7 +23,7 @@ import { posix } from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import { RUNTIME_NAMES, type ExecutionResult, type ExecutorName, type ResourceLimits, type RuntimeName } from '../core/types.js';
+import { RUNTIME_NAMES, unknownExecutorMessage, type ExecutionResult, type ExecutorName, type ResourceLimits, type RuntimeName } from '../core/types.js';
 import type { Executor, PersistentSandbox, SandboxCommand } from '../executors/executor.js';
 import type { SandboxRecord, SandboxState, SnapshotRecord, SqliteSandboxStore } from '../store/sandboxes-sqlite.js';
 import { BASE_ENV } from './execution-service.js';
@@ -283,7 +283,7 @@ export class SandboxService {
     const executorName = (request.executor ?? this.options.defaultExecutor) as ExecutorName;
     const executor = this.options.executors.get(executorName);
     if (executor === undefined) {
-      throw new KindlingError('UNKNOWN_EXECUTOR', `executor "${request.executor}" is not enabled on this server (enabled: ${[...this.options.executors.keys()].join(', ')})`, { details: { field: 'executor' } });
+      throw new KindlingError('UNKNOWN_EXECUTOR', unknownExecutorMessage(executorName, this.options.executors.keys()), { details: { field: 'executor' } });
     }
     if (executor.createPersistentSandbox === undefined) {
       const supported = [...this.options.executors.values()].filter((e) => e.createPersistentSandbox !== undefined).map((e) => e.name);
