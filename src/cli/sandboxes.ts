@@ -38,7 +38,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
       .description('create a sandbox; prints its id')
       .option('-r, --runtime <name>', 'runtime whose image to use (bash, python, node, rust)')
       .option('-i, --image <image>', 'image, e.g. kindling/base')
-      .option('--executor <name>', "executor hosting it: sandbox, docker or gvisor (default: the server's)")
+      .option('--executor <name>', "executor hosting it: sandbox, docker, gvisor or microvm (QEMU driver) (default: the server's)")
       .option('--memory-mb <mb>', 'memory of the whole sandbox', parseNumber('--memory-mb'))
       .option('--cpus <n>', 'CPU quota in cores', parseNumber('--cpus'))
       .option('--pids <n>', 'processes at once', parseNumber('--pids'))
