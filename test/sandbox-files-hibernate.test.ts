@@ -72,7 +72,11 @@ describe('sandbox files (mkdir, tar, streams), hibernation, timeout and filters 
     try {
       assert.equal(await sb.files.makeDir('a/b/c'), true);
       assert.equal(await sb.files.makeDir('a/b/c'), false, 'an existing directory is fine');
-      await assert.rejects(client.sandboxes.mkdir(sb.id, 'x/y', { parents: false }), (error: unknown) => (error as { code?: string }).code === 'SANDBOX_FILE_NOT_FOUND');
+      await assert.rejects(client.sandboxes.mkdir(sb.id, 'x/y', { parents: false }), (error: unknown) => {
+        const { code, message, details } = error as { code?: string; message: string; details?: Record<string, unknown> };
+        // The missing parent is named, with the way out.
+        return code === 'SANDBOX_FILE_NOT_FOUND' && /parent directory \/work\/x does not exist.*parents: true/.test(message) && details?.parent === '/work/x';
+      });
       await sb.files.write('a/file', 'f');
       await assert.rejects(sb.files.makeDir('a/file'), (error: unknown) => error instanceof ValidationError && /not a directory/.test(error.message));
       assert.equal((await sb.commands.run(['test', '-d', '/work/a/b/c'])).exitCode, 0);
