@@ -72,7 +72,11 @@ describe('sandbox files (mkdir, tar, streams), hibernation, timeout and filters 
     try {
       assert.equal(await sb.files.makeDir('a/b/c'), true);
       assert.equal(await sb.files.makeDir('a/b/c'), false, 'an existing directory is fine');
-      await assert.rejects(client.sandboxes.mkdir(sb.id, 'x/y', { parents: false }), (error: unknown) => (error as { code?: string }).code === 'SANDBOX_FILE_NOT_FOUND');
+      await assert.rejects(client.sandboxes.mkdir(sb.id, 'x/y', { parents: false }), (error: unknown) => {
+        const { code, message, details } = error as { code?: string; message: string; details?: Record<string, unknown> };
+        // The missing parent is named, with the way out.
+        return code === 'SANDBOX_FILE_NOT_FOUND' && /parent directory \/work\/x does not exist.*parents: true/.test(message) && details?.parent === '/work/x';
+      });
       await sb.files.write('a/file', 'f');
       await assert.rejects(sb.files.makeDir('a/file'), (error: unknown) => error instanceof ValidationError && /not a directory/.test(error.message));
       assert.equal((await sb.commands.run(['test', '-d', '/work/a/b/c'])).exitCode, 0);
@@ -194,6 +198,13 @@ describe('sandbox files (mkdir, tar, streams), hibernation, timeout and filters 
       const down = await cli(['sandbox', 'cp', '-r', `${id}:/work/copied`, dest], env);
       assert.equal(down.code, 0, down.stderr);
       assert.equal(execFileSync('cat', [join(dest, 'sub', 'a.txt'), join(dest, 'b.txt')], { encoding: 'utf8' }), 'alphabeta');
+      // A directory copied out without -r: refused, saying to add -r.
+      const noR = await cli(['sandbox', 'cp', `${id}:/work/copied`, join(await hostDir(), 'flat')], env);
+      assert.notEqual(noR.code, 0);
+      assert.match(noR.stderr, /is a directory: copy it out with -r \(kindling sandbox cp -r /);
+      const noParents = await cli(['sandbox', 'mkdir', id, '/work/zz/q', '--no-parents'], env);
+      assert.notEqual(noParents.code, 0);
+      assert.match(noParents.stderr, /parent directory \/work\/zz does not exist.*leave out --no-parents/);
       const made = await cli(['sandbox', 'mkdir', id, 'x/y/z'], env);
       assert.deepEqual([made.code, made.stdout], [0, '/work/x/y/z\n']);
       const timeout = await cli(['sandbox', 'set-timeout', id, '120000', '--idle-timeout-ms', '60000'], env);
@@ -202,7 +213,7 @@ describe('sandbox files (mkdir, tar, streams), hibernation, timeout and filters 
       const nothing = await cli(['sandbox', 'set-timeout', id], env);
       assert.notEqual(nothing.code, 0);
       assert.match(nothing.stderr, /give the milliseconds/);
-      assert.match((await cli(['sandbox', 'ls', '--metadata', 'via=cli-dir'], env)).stdout, new RegExp(`^${id} +running`));
+      assert.match((await cli(['sandbox', 'ls', '--metadata', 'via=cli-dir'], env)).stdout, new RegExp(`^${id} +running +sandbox +kindling/base `));
       assert.equal((await cli(['sandbox', 'ls', '--metadata', 'via=other'], env)).stdout, '');
       const hibernated = await cli(['sandbox', 'hibernate', id], env);
       assert.equal(hibernated.stdout, `${id} hibernated (files kept; its processes ended)\n`);

@@ -11,6 +11,21 @@ const FASTIFY_CODES: Record<string, { code: ErrorCode; message?: string }> = {
   FST_ERR_VALIDATION: { code: 'VALIDATION_FAILED' },
 };
 
+/** Fastify's validationContext, as a user names that part of the request. */
+const VALIDATION_PARTS: Record<string, string> = { body: 'body', querystring: 'query', params: 'path', headers: 'headers' };
+
+/**
+ * The values an enum-like field takes (`enum`, or a union of constants, which ajv reports as one `const` failure per
+ * branch): "must be equal to constant" alone does not say what to send. Undefined when the failure is of another kind.
+ */
+function allowedValues(errors: NonNullable<FastifyError['validation']>, instancePath: string): string[] | undefined {
+  const atField = errors.filter((error) => error.instancePath === instancePath);
+  const enumError = atField.find((error) => error.keyword === 'enum');
+  if (enumError) return ((enumError.params as { allowedValues?: unknown[] }).allowedValues ?? []).map(String);
+  const constants = atField.filter((error) => error.keyword === 'const').map((error) => String((error.params as { allowedValue?: unknown }).allowedValue));
+  return constants.length > 0 ? [...new Set(constants)] : undefined;
+}
+
 /** Converts anything thrown into a KindlingError. Unexpected errors become INTERNAL and hide their details. */
 export function toKindlingError(error: unknown, limits: { maxBodyBytes: number }): KindlingError {
   // A full disk (SQLite or a file write, also wrapped by an executor as its failure) is the operator's to fix, not a
@@ -26,8 +41,13 @@ export function toKindlingError(error: unknown, limits: { maxBodyBytes: number }
     }
     if (mapped?.code === 'VALIDATION_FAILED' && fastifyError.validation) {
       const first = fastifyError.validation[0];
-      const where = first?.instancePath ? first.instancePath.replace(/^\//, '').replace(/\//g, '.') : 'body';
-      const extra = first?.keyword === 'additionalProperties' ? ` "${String((first.params as { additionalProperty?: string }).additionalProperty)}" is not a known field` : ` ${first?.message ?? 'is invalid'}`;
+      // The whole object failing is named by where it came from: an unknown `?x=` is the query's, not the body's.
+      const part = VALIDATION_PARTS[fastifyError.validationContext ?? 'body'] ?? 'body';
+      const where = first?.instancePath ? first.instancePath.replace(/^\//, '').replace(/\//g, '.') : part;
+      const allowed = allowedValues(fastifyError.validation, first?.instancePath ?? '');
+      const extra = first?.keyword === 'additionalProperties'
+        ? ` "${String((first.params as { additionalProperty?: string }).additionalProperty)}" is not a known field`
+        : allowed ? ` must be one of ${allowed.join(', ')}` : ` ${first?.message ?? 'is invalid'}`;
       return new KindlingError('VALIDATION_FAILED', `${where}:${extra}; see GET /openapi.json for the schema`, { details: { field: where } });
     }
     if (mapped) return new KindlingError(mapped.code, mapped.message ?? fastifyError.message, { cause: error });

@@ -435,7 +435,7 @@ export const SnapshotSchema = Type.Object(
 export const SnapshotListSchema = Type.Object({ snapshots: Type.Array(SnapshotSchema) });
 export const SnapshotListQuerySchema = Type.Object({ sandboxId: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Only the snapshots of this sandbox.' })) }, { additionalProperties: false });
 export const ForkRequestSchema = Type.Object(
-  { count: Type.Integer({ minimum: 1, maximum: 1000, description: 'How many sandboxes to make from one snapshot of this one; at most what the tenant\'s sandbox cap leaves (else 429 before anything is made).' }) },
+  { count: Type.Integer({ minimum: 1, description: 'How many sandboxes to make from one snapshot of this one: at most the tenant\'s sandbox cap (maxSandboxes; above it 400 LIMIT_OUT_OF_RANGE naming the range) and at most what the cap leaves (else 429); both before anything is made.' }) },
   { additionalProperties: false, examples: [{ count: 3 }] },
 );
 export const ForkResultSchema = Type.Object({ snapshot: SnapshotSchema, sandboxes: Type.Array(SandboxSchema) });

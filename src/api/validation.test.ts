@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { LightMyRequestResponse } from 'fastify';
 import { buildHarness, type Harness } from './test-support.js';
+import { KindlingError } from '../core/errors.js';
+import type { SandboxService } from '../orchestrator/sandboxes.js';
 
 interface ErrorAnswer {
   error: { code: string; message: string; details?: Record<string, unknown> };
@@ -174,5 +176,49 @@ describe('request validation (inject)', () => {
     }
     const longest = await h.app.inject({ method: 'GET', url: `/v1/functions/${'a'.repeat(100)}`, headers: h.headers() });
     assert.equal(errorOf(longest).code, 'FUNCTION_NOT_FOUND');
+  });
+});
+
+describe('sandbox route validation (inject, a fake sandbox service)', () => {
+  let h: Harness;
+  const forkCounts: number[] = [];
+  before(async () => {
+    // The fake refuses counts like the real service does (its cap check is what the route must reach).
+    const sandboxes = {
+      list: () => [],
+      fork: async (_tenant: string, _id: string, count: number) => {
+        forkCounts.push(count);
+        throw new KindlingError('LIMIT_OUT_OF_RANGE', "count must be a whole number from 1 to 10 (the tenant's sandbox quota maxSandboxes)", { details: { field: 'count', min: 1, max: 10 } });
+      },
+    } as unknown as SandboxService;
+    h = await buildHarness({ api: { sandboxes } });
+  });
+  after(async () => {
+    await h.close();
+  });
+
+  it('names the allowed values of an enum-like query parameter', async () => {
+    const response = await h.app.inject({ method: 'GET', url: '/v1/sandboxes?state=bogus', headers: h.headers() });
+    assert.equal(response.statusCode, 400, response.body);
+    assert.equal(errorOf(response).code, 'VALIDATION_FAILED');
+    assert.match(errorOf(response).message, /^state: must be one of running, paused, hibernated, stopped;/);
+  });
+
+  it('calls an unknown query parameter a query field, not a body field', async () => {
+    const response = await h.app.inject({ method: 'GET', url: '/v1/sandboxes?x=1', headers: h.headers() });
+    assert.equal(response.statusCode, 400, response.body);
+    assert.match(errorOf(response).message, /^query: "x" is not a known field/);
+    assert.equal(errorOf(response).details?.field, 'query');
+  });
+
+  it('lets any fork count above the cap reach the tenant-cap check (one code: LIMIT_OUT_OF_RANGE)', async () => {
+    for (const count of [11, 1000, 10000]) {
+      const response = await h.app.inject({ method: 'POST', url: '/v1/sandboxes/sb_x/fork', headers: h.headers(), payload: { count } });
+      assert.equal(response.statusCode, 400, response.body);
+      assert.equal(errorOf(response).code, 'LIMIT_OUT_OF_RANGE', `count ${count}: ${response.body}`);
+    }
+    assert.deepEqual(forkCounts, [11, 1000, 10000]);
+    const zero = await h.app.inject({ method: 'POST', url: '/v1/sandboxes/sb_x/fork', headers: h.headers(), payload: { count: 0 } });
+    assert.equal(errorOf(zero).code, 'VALIDATION_FAILED');
   });
 });

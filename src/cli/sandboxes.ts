@@ -19,8 +19,19 @@ function envFrom(pairs: string[]): Record<string, string> {
   return env;
 }
 
-const line = (sb: SandboxInfo): string =>
-  `${sb.id.padEnd(30)} ${sb.state.padEnd(8)} ${sb.image.padEnd(18)} ${sb.createdAt}${sb.usage?.cpuMs != null ? `  cpu ${Math.round(sb.usage.cpuMs)} ms` : ''}${sb.stopReason ? `  (${sb.stopReason})` : ''}`;
+/** One row of `kindling sandbox ls`: id, state, executor (which of several enabled hosts it), image, created. */
+export const sandboxLine = (sb: SandboxInfo): string =>
+  `${sb.id.padEnd(30)} ${sb.state.padEnd(10)} ${sb.executor.padEnd(8)} ${sb.image.padEnd(18)} ${sb.createdAt}${sb.usage?.cpuMs != null ? `  cpu ${Math.round(sb.usage.cpuMs)} ms` : ''}${sb.stopReason ? `  (${sb.stopReason})` : ''}`;
+
+/**
+ * A download without -r of a directory: the server says "is a directory"; the CLI says how to copy it (a tree comes
+ * out as tar, which -r extracts). Anything else: undefined (the error is shown as it is).
+ */
+export function directoryHint(error: unknown, from: string, to: string): Error | undefined {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (code !== 'SANDBOX_PATH_INVALID' || typeof message !== 'string' || !/is a directory$/.test(message)) return undefined;
+  return new Error(`${from} is a directory: copy it out with -r (kindling sandbox cp -r ${from} ${to})`);
+}
 
 /** `SANDBOX:PATH` names a file in a sandbox; anything else a local file (`-`: stdin/stdout). */
 function remote(spec: string): { id: string; path: string } | null {
@@ -38,7 +49,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
       .description('create a sandbox; prints its id')
       .option('-r, --runtime <name>', 'runtime whose image to use (bash, python, node, rust)')
       .option('-i, --image <image>', 'image, e.g. kindling/base')
-      .option('--executor <name>', "executor hosting it: sandbox, docker or gvisor (default: the server's)")
+      .option('--executor <name>', "executor hosting it: sandbox, docker, gvisor or microvm (QEMU driver) (default: the server's)")
       .option('--memory-mb <mb>', 'memory of the whole sandbox', parseNumber('--memory-mb'))
       .option('--cpus <n>', 'CPU quota in cores', parseNumber('--cpus'))
       .option('--pids <n>', 'processes at once', parseNumber('--pids'))
@@ -85,7 +96,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
       const metadata = envFrom(options.metadata as string[]);
       const list = await clientFrom(options).sandboxes.list({ ...(options.state ? { state: options.state as SandboxInfo['state'] } : {}), ...(Object.keys(metadata).length > 0 ? { metadata } : {}) });
       if (options.json) process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
-      else for (const sb of list) process.stdout.write(`${line(sb)}\n`);
+      else for (const sb of list) process.stdout.write(`${sandboxLine(sb)}\n`);
     }),
   );
 
@@ -229,7 +240,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
       .description('copy a file or directory into or out of a sandbox: `cp ./local sb_ID:/work/x` or `cp sb_ID:/work/x ./local` (- is stdin/stdout); streamed both ways')
       .argument('<from>')
       .argument('<to>')
-      .option('-r, --recursive', 'copy a directory of the sandbox out (as tar, extracted here by tar); a local directory is always copied in whole'),
+      .option('-r, --recursive', 'copy a directory of the sandbox out (as tar, extracted here by tar; needed for a directory); a local directory is always copied in whole'),
     defaults,
   ).action(async (from: string, to: string, options: Record<string, unknown>) =>
     guarded(async () => {
@@ -262,7 +273,9 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
         await pipeline(Readable.fromWeb(archive as never), tar.stdin);
         if ((await exited) !== 0) throw new Error(`tar failed to extract into ${to}`);
       } else {
-        const data = await sandboxes.readFile(source!.id, source!.path);
+        const data = await sandboxes.readFile(source!.id, source!.path).catch((error: unknown) => {
+          throw directoryHint(error, from, to) ?? error;
+        });
         if (to === '-') process.stdout.write(data);
         else await pipeline(Readable.from([data]), createWriteStream(to));
       }

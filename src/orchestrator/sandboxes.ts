@@ -796,7 +796,7 @@ export class SandboxService {
     const target = this.cleanPath(path, 'path');
     return this.withCommand(tenant, id, true, async (entry) => {
       const command = await entry.sandbox.exec({
-        command: ['sh', '-c', '[ -d "$1" ] && { echo exists; exit 0; }; [ -e "$1" ] || [ -L "$1" ] && { echo "exists and is not a directory" >&2; exit 4; }; if [ "$2" = 1 ]; then mkdir -p -- "$1" || exit 5; else [ -d "${1%/*}/" ] || { echo "No such file: parent" >&2; exit 1; }; mkdir -- "$1" || exit 5; fi', 'kindling-mkdir', target, parents ? '1' : '0'],
+        command: ['sh', '-c', '[ -d "$1" ] && { echo exists; exit 0; }; [ -e "$1" ] || [ -L "$1" ] && { echo "exists and is not a directory" >&2; exit 4; }; if [ "$2" = 1 ]; then mkdir -p -- "$1" || exit 5; else [ -d "${1%/*}/" ] || { echo "No such file: parent" >&2; exit 6; }; mkdir -- "$1" || exit 5; fi', 'kindling-mkdir', target, parents ? '1' : '0'],
         env: {},
         workdir: WORKDIR,
         stdin: false,
@@ -806,6 +806,11 @@ export class SandboxService {
       const exit = await command.wait();
       const [stdout, stderr] = await Promise.all([out, err]);
       if (exit.exitCode === 4) throw new KindlingError('SANDBOX_PATH_INVALID', `${target} exists and is not a directory`, { details: { path: target } });
+      if (exit.exitCode === 6) {
+        // Without parents only the parent can be missing: name it, and the two ways out.
+        const parent = target.replace(/\/[^/]*\/*$/, '') || '/';
+        throw new KindlingError('SANDBOX_FILE_NOT_FOUND', `cannot make ${target}: its parent directory ${parent} does not exist in the sandbox; make it first, or pass parents: true (CLI: leave out --no-parents)`, { details: { path: target, parent } });
+      }
       if (exit.exitCode !== 0) throw fileError(target, exit.exitCode, stderr.text, entry.record.limits.diskMb);
       return { path: target, created: stdout.text.trim() !== 'exists' };
     });

@@ -105,6 +105,21 @@ describe('TarGuard', () => {
     for (const [label, archive, pattern] of cases) await assert.rejects(run(archive), refused(pattern), label);
   });
 
+  it('names the entry in details.entry and a refused link target in details.linkTarget', async () => {
+    const details = async (archive: Buffer): Promise<Record<string, unknown> | undefined> => {
+      try {
+        await run(archive);
+      } catch (error) {
+        return (error as KindlingError).details;
+      }
+      assert.fail('the archive was accepted');
+    };
+    assert.deepEqual(await details(Buffer.concat([header('h', { type: '1', link: '../x' }), END])), { entry: 'h', linkTarget: '../x' });
+    assert.deepEqual(await details(Buffer.concat([header('h2', { type: '1', link: '/etc/passwd' }), END])), { entry: 'h2', linkTarget: '/etc/passwd' });
+    assert.equal((await details(Buffer.concat([header('l', { type: '2', link: '/proc/1/root' }), END])))?.linkTarget, '/proc/1/root');
+    assert.deepEqual(await details(Buffer.concat([header('a/../../x', { size: 1 }), data(1), END])), { entry: 'a/../../x' });
+  });
+
   it('stops checking at the end-of-archive block (tar reads nothing after it)', async () => {
     const archive = Buffer.concat([header('ok', { size: 2 }), data(2), END, header('/after/end', { size: 0 })]);
     assert.equal((await run(archive)).entries, 1);

@@ -117,7 +117,7 @@ export class TarGuard extends Transform {
     this.next = {};
     checkName(name, 'name');
     if (type === '2') checkSymlink(name, link);
-    else if (type === '1') checkName(link, `hard link target of "${clip(name)}"`);
+    else if (type === '1') checkName(link, `hard link target of "${clip(name)}"`, name);
     else if (type !== '5' && !FILE_TYPES.has(type)) {
       throw new KindlingError('SANDBOX_TAR_INVALID', `tar entry "${clip(name)}" is ${describeType(type)}: only files, directories, symlinks and hard links can be uploaded`, { details: { entry: clip(name), type } });
     }
@@ -155,18 +155,23 @@ function invalid(message: string): KindlingError {
 
 const clip = (text: string): string => text.slice(0, 200);
 
-/** A name inside the target directory: relative, no `..` segment, not empty. */
-function checkName(name: string, what: string): void {
-  if (name === '' || name.includes('\0')) throw new KindlingError('SANDBOX_TAR_INVALID', `a tar entry has an empty ${what}`, { details: {} });
-  if (name.startsWith('/')) throw new KindlingError('SANDBOX_TAR_INVALID', `tar entry ${what} "${clip(name)}" is absolute: entries must be relative to the target directory`, { details: { entry: clip(name) } });
-  if (name.split('/').includes('..')) throw new KindlingError('SANDBOX_TAR_INVALID', `tar entry ${what} "${clip(name)}" has a ".." segment: entries must stay inside the target directory`, { details: { entry: clip(name) } });
+/**
+ * A name inside the target directory: relative, no `..` segment, not empty. `entry` is the entry being checked when
+ * `name` is its hard link's target: `details.entry` always names the entry (what the user finds in the archive
+ * listing), `details.linkTarget` the refused target.
+ */
+function checkName(name: string, what: string, entry = name): void {
+  const details = entry === name ? { entry: clip(name) } : { entry: clip(entry), linkTarget: clip(name) };
+  if (name === '' || name.includes('\0')) throw new KindlingError('SANDBOX_TAR_INVALID', `a tar entry has an empty ${what}`, { details: entry === name ? {} : { entry: clip(entry) } });
+  if (name.startsWith('/')) throw new KindlingError('SANDBOX_TAR_INVALID', `tar entry ${what} "${clip(name)}" is absolute: entries must be relative to the target directory`, { details });
+  if (name.split('/').includes('..')) throw new KindlingError('SANDBOX_TAR_INVALID', `tar entry ${what} "${clip(name)}" has a ".." segment: entries must stay inside the target directory`, { details });
 }
 
 /** A symlink's target, resolved from the link's own directory, must stay inside the target directory. */
 function checkSymlink(name: string, target: string): void {
   const resolved = posix.normalize(posix.join(posix.dirname(name.replace(/\/+$/, '')), target));
   if (target === '' || target.startsWith('/') || resolved === '..' || resolved.startsWith('../')) {
-    throw new KindlingError('SANDBOX_TAR_INVALID', `tar entry "${clip(name)}" is a symlink to "${clip(target)}", outside the target directory: links must point inside it`, { details: { entry: clip(name), target: clip(target) } });
+    throw new KindlingError('SANDBOX_TAR_INVALID', `tar entry "${clip(name)}" is a symlink to "${clip(target)}", outside the target directory: links must point inside it`, { details: { entry: clip(name), linkTarget: clip(target), target: clip(target) } });
   }
 }
 
