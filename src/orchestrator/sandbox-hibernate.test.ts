@@ -16,6 +16,7 @@ import type { Executor, PersistentSandbox, PersistentSandboxOptions, SandboxComm
 import { SqliteSandboxStore } from '../store/sandboxes-sqlite.js';
 import { NO_SANDBOX_QUOTAS, type SandboxQuotas } from './sandbox-quotas.js';
 import { SandboxService } from './sandboxes.js';
+import { waitFor } from '../../test/helpers/wait.js';
 
 type Kind = 'hibernate' | 'files' | 'none';
 
@@ -119,10 +120,7 @@ function harness(kind: Kind, quotas: SandboxQuotas = { ...NO_SANDBOX_QUOTAS, max
 
 const code = (expected: string) => (error: unknown) => error instanceof KindlingError && error.code === expected;
 
-async function until(check: () => boolean): Promise<void> {
-  for (let i = 0; i < 500 && !check(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
-  assert.ok(check(), 'condition not reached in 5 s');
-}
+const until = (check: () => boolean): Promise<void> => waitFor(check, { what: 'the sandbox state' });
 
 describe('SandboxService hibernation', () => {
   it('saves the processes where the executor can, and restores them on the next command', async () => {

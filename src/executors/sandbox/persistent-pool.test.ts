@@ -11,6 +11,7 @@ import { DEFAULT_BTRFS_HELPER_PATH } from './btrfs-helper.js';
 import { SandboxExecutor } from './index.js';
 import { btrfsStorageProblem } from './storage-btrfs.js';
 import { skipOrFail } from '../test-support.js';
+import { waitFor } from '../../../test/helpers/wait.js';
 
 const imagesDir = process.env.KINDLING_IMAGES_DIR ?? '/var/lib/kindling/images';
 const stateDir = mkdtempSync(join(tmpdir(), 'kindling-pool-test-'));
@@ -20,13 +21,6 @@ const owner = `pool-${process.pid}`;
 let executor: SandboxExecutor;
 let skipReason = '';
 
-async function waitFor(what: string, probe: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!probe()) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 async function run(sandbox: PersistentSandbox, command: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const running = await sandbox.exec({ command, env: {}, workdir: '/work', stdin: false });
@@ -93,7 +87,7 @@ describe('persistent sandboxes: the pool of ready ones (btrfs storage, prewarm >
       made.push(await executor.createPersistentSandbox(spec('sbx_first', { WHO: 'first' }, 128, 64), { storage: { fromSnapshot: null } }));
       assert.deepEqual(executor.persistentPoolStats, { hits: 0, misses: 1, ready: executor.persistentPoolStats!.ready });
       await run(made[0]!, ['sh', '-c', 'echo used > /work/mine; echo used > /tmp/mine']);
-      await waitFor('a sandbox is ready in the pool', () => executor.persistentPoolStats!.ready === 1);
+      await waitFor(() => executor.persistentPoolStats!.ready === 1, { what: 'a sandbox is ready in the pool' });
 
       const second = await executor.createPersistentSandbox(spec('sbx_second', { WHO: 'second' }, 48, 8), { storage: { fromSnapshot: null } });
       made.push(second);
@@ -105,14 +99,14 @@ describe('persistent sandboxes: the pool of ready ones (btrfs storage, prewarm >
       // Its limits are the taker's: memory (the cgroup) and disk (the qgroup).
       const marker = `sleep 31${Math.floor(Math.random() * 1000) + 1000}`;
       await run(second, ['sh', '-c', `${marker} >/dev/null 2>&1 &`]);
-      await waitFor('the background process is up', () => memoryLimitOf(marker) !== null);
+      await waitFor(() => memoryLimitOf(marker) !== null, { what: 'the background process is up' });
       assert.equal(memoryLimitOf(marker), String(48 * 1024 * 1024));
       const full = await run(second, ['sh', '-c', 'head -c 20000000 /dev/zero > big']);
       assert.notEqual(full.exitCode, 0);
       assert.match(full.stderr, /Disk quota exceeded/);
 
       // The pool refills; the next taker gets a fresh one, not the second's.
-      await waitFor('the pool is refilled', () => executor.persistentPoolStats!.ready === 1);
+      await waitFor(() => executor.persistentPoolStats!.ready === 1, { what: 'the pool is refilled' });
       const third = await executor.createPersistentSandbox(spec('sbx_third', {}, 64, 16), { storage: { fromSnapshot: null } });
       made.push(third);
       assert.equal(executor.persistentPoolStats!.hits, 2);
@@ -130,6 +124,6 @@ describe('persistent sandboxes: the pool of ready ones (btrfs storage, prewarm >
     await executor.close();
     assert.ok(!existsSync(disks) || readdirSync(disks).length === 0, 'the pooled sandboxes\' disks are removed at close');
     // The loop device goes once the file system is unmounted (the kernel releases it asynchronously).
-    await waitFor('the loop device is released', () => !execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(stateDir));
+    await waitFor(() => !execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(stateDir), { what: 'the loop device is released' });
   });
 });
