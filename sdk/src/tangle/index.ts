@@ -3,3 +3,4 @@
  * the main entry point does not load it.
  */
 export * from './jobs.js';
+export * from './abi.js';
