@@ -18,7 +18,8 @@ import { NO_SANDBOX_QUOTAS, type SandboxQuotas } from './sandbox-quotas.js';
 import { SandboxService } from './sandboxes.js';
 import { waitFor } from '../../test/helpers/wait.js';
 
-type Kind = 'hibernate' | 'files' | 'none';
+/** `busy-hibernate`: has the capability but refuses like gvisor does while an API command's pipes are open. */
+type Kind = 'hibernate' | 'busy-hibernate' | 'files' | 'none';
 
 class FakeSandbox implements PersistentSandbox {
   readonly capabilities;
@@ -34,8 +35,11 @@ class FakeSandbox implements PersistentSandbox {
     kind: Kind,
     readonly restored: boolean,
   ) {
-    this.capabilities = { pause: true, memorySnapshot: kind === 'hibernate', hibernate: kind === 'hibernate' };
-    if (kind === 'hibernate') {
+    const saves = kind === 'hibernate' || kind === 'busy-hibernate';
+    this.capabilities = { pause: true, memorySnapshot: saves, hibernate: saves };
+    if (kind === 'busy-hibernate') {
+      this.hibernate = () => Promise.reject(new KindlingError('SANDBOX_COMMANDS_RUNNING', 'a command started through the API still runs'));
+    } else if (kind === 'hibernate') {
       this.hibernate = async () => {
         this.hibernated = true;
         this.alive = false;
@@ -228,6 +232,17 @@ describe('SandboxService hibernation', () => {
     await until(() => h.service.get('a', second.id).state !== 'running');
     assert.equal(h.service.get('a', second.id).state, 'hibernated');
     assert.equal(h.service.get('a', first.id).state, 'paused');
+    await h.service.close();
+  });
+
+  it('idle auto-pause pauses when the executor refuses to hibernate now, instead of leaving the sandbox running', async () => {
+    const h = harness('busy-hibernate', { ...NO_SANDBOX_QUOTAS, maxSandboxes: 10, maxPausedSandboxes: 1 });
+    const first = await h.service.create('a', { image: 'kindling/base', idleTimeoutMs: 1000 });
+    await until(() => h.service.get('a', first.id).state === 'paused');
+    const second = await h.service.create('a', { image: 'kindling/base', idleTimeoutMs: 1000 });
+    await until(() => h.service.get('a', second.id).state !== 'running');
+    assert.equal(h.service.get('a', second.id).state, 'paused');
+    assert.equal(h.made[1]!.paused, true, 'the executor froze it');
     await h.service.close();
   });
 });

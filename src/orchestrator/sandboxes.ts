@@ -1264,17 +1264,27 @@ export class SandboxService {
       // where that keeps its files; elsewhere (no persistent storage) it is paused anyway, as files are never lost.
       const quota = this.accounting.quotasOf(entry.record.tenant).maxPausedSandboxes;
       if (quota !== null && this.accounting.footprint(entry.record.tenant).paused >= quota && this.canHibernate(entry)) {
-        void this.hibernateEntry(entry, true).catch((error: unknown) => this.options.onError?.(error, { sandbox: entry.record.id, during: 'idle hibernate' }));
+        void this.hibernateEntry(entry, true).catch((error: unknown) => {
+          // An executor may refuse to save processes in some states (gvisor, while an API command's pipes are open).
+          // Pausing still stops the CPU and keeps everything; leaving the sandbox running would not.
+          if (error instanceof KindlingError && error.code === 'SANDBOX_COMMANDS_RUNNING') return this.idlePause(entry);
+          this.options.onError?.(error, { sandbox: entry.record.id, during: 'idle hibernate' });
+        });
         return;
       }
-      void this.serial(entry, async () => {
-        if (entry.record.state !== 'running' || entry.busy > 0) return;
-        this.accounting.meterPause(entry.record.id);
-        await entry.sandbox.pause();
-        this.setState(entry, 'paused');
-      }).catch((error: unknown) => this.options.onError?.(error, { sandbox: entry.record.id, during: 'idle pause' }));
+      void this.idlePause(entry);
     }, entry.record.idleTimeoutMs);
     entry.idleTimer.unref();
+  }
+
+  /** Freezes a sandbox that is still idle; failures go to onError (nothing waits on it). */
+  private idlePause(entry: Live): Promise<void> {
+    return this.serial(entry, async () => {
+      if (this.live.get(entry.record.id) !== entry || entry.record.state !== 'running' || entry.busy > 0) return;
+      this.accounting.meterPause(entry.record.id);
+      await entry.sandbox.pause();
+      this.setState(entry, 'paused');
+    }).catch((error: unknown) => this.options.onError?.(error, { sandbox: entry.record.id, during: 'idle pause' }));
   }
 
   private async stop(entry: Live, reason: string): Promise<void> {
