@@ -3,7 +3,8 @@
  * server on the sandbox executor (real bubblewrap): the list shows what the API made, with its state; pause, create,
  * fork and delete from the page change what the API reports; a terminal (xterm.js over the PTY WebSocket, the key as
  * a subprotocol) runs a command, Ctrl-C stops a sleep, the exit code shows and Reconnect opens a new session; the file
- * browser lists, opens directories, downloads, uploads and deletes; an error answer shows the API's code. Saves
+ * browser lists, opens directories, downloads, uploads, deletes, makes folders and downloads one as tar; the
+ * tenant's snapshots are listed, made into a sandbox and deleted; an error answer shows the API's code. Saves
  * test-results/console-sandboxes.png (the page with a terminal session). Skips only when /usr/bin/chromium or
  * bubblewrap is missing (scripts/setup.sh installs both); in CI it must run.
  */
@@ -269,6 +270,57 @@ describe('console: the Sandboxes page in headless Chromium', { skip: unavailable
       await assert.rejects(sb.files.read('/work/data.bin'), NotFoundError);
     } finally {
       await page.getByRole('button', { name: 'Close', exact: true }).click();
+      await sb.kill();
+    }
+  });
+
+  it('folders and snapshots: Make folder makes it, Download folder gives its tar, a snapshot is listed, New sandbox makes one from it, Delete removes it', async () => {
+    const sb = await k.sandboxes.create({ runtime: 'python' });
+    const made: string[] = [];
+    try {
+      await sb.files.write('/work/keep.txt', 'kept in the snapshot\n');
+      await open(sb);
+      await page.locator('#files-body tr').filter({ hasText: 'keep.txt' }).waitFor({ timeout: 15_000 });
+
+      await page.getByLabel('New folder').fill('made-here');
+      await page.getByRole('button', { name: 'Make folder' }).click();
+      await textOf('#files-status', 'Made /work/made-here.');
+      assert.ok((await sb.files.list('/work')).some((entry) => entry.name === 'made-here' && entry.type === 'dir'));
+      await page.getByLabel('New folder').fill('a/b');
+      await page.getByRole('button', { name: 'Make folder' }).click();
+      await textOf('#files-status', 'without "/"');
+
+      // The tar of /work names what is in it (tar(1) lists it).
+      const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download folder (.tar)' }).click()]);
+      const saved = join(await mkdtemp(join(tmpdir(), 'kindling-console-')), 'work.tar');
+      try {
+        await download.saveAs(saved);
+        const names = execFileSync('tar', ['-tf', saved], { encoding: 'utf8' }).split('\n').map((n) => n.replace(/^\.\//, '').replace(/\/$/, ''));
+        assert.ok(names.includes('keep.txt') && names.includes('made-here'), `tar lists ${names.join(', ')}`);
+      } finally {
+        await rm(dirname(saved), { recursive: true, force: true });
+      }
+
+      const snap = await sb.snapshot();
+      const snapRow = page.locator('#snapshots-body tr').filter({ hasText: snap.id });
+      await snapRow.waitFor({ timeout: 15_000 });
+      assert.match((await snapRow.textContent()) ?? '', new RegExp(`${sb.id}.*files`));
+
+      await page.getByRole('button', { name: `New sandbox from snapshot ${snap.id}` }).click();
+      const created = await textOf('#snapshots-status', /Created sb_\S+ from/, 30_000);
+      const id = /sb_[a-z0-9]+/.exec(created)![0];
+      made.push(id);
+      assert.equal(await k.sandboxes.connect(id).then((other) => other.files.read('/work/keep.txt')), 'kept in the snapshot\n');
+      await k.sandboxes.delete(id);
+
+      page.once('dialog', (dialog) => void dialog.accept());
+      await page.getByRole('button', { name: `Delete snapshot ${snap.id}` }).click();
+      await textOf('#snapshots-status', `Deleted ${snap.id}.`);
+      await snapRow.waitFor({ state: 'detached' });
+      assert.equal((await k.sandboxes.listSnapshots()).some((s) => s.id === snap.id), false);
+    } finally {
+      await page.getByRole('button', { name: 'Close', exact: true }).click();
+      for (const id of made) await k.sandboxes.delete(id).catch(() => undefined);
       await sb.kill();
     }
   });

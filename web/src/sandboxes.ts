@@ -1,7 +1,8 @@
 /**
  * The Sandboxes page: the key's persistent sandboxes (refreshed with the other lists), a form to create one, and for
  * the one opened: pause/resume, snapshot, fork, delete, a terminal (terminal.ts, loaded on first use: xterm.js is most
- * of the console's weight) and a file browser. Every failure shows the API's `CODE: message` as it came.
+ * of the console's weight) and a file browser (folders made, downloaded as tar); the tenant's snapshots, each one a
+ * button away from a new sandbox. Every failure shows the API's `CODE: message` as it came.
  */
 import { api, errorText, json, jsonBody, session } from './api.js';
 import { $, button, fill, row, say, setCell, type Cell } from './dom.js';
@@ -17,6 +18,15 @@ interface SandboxView {
   createdAt: string;
   stopReason: string | null;
   usage: { cpuMs: number | null; memoryPeakBytes: number | null } | null;
+}
+
+interface SnapshotView {
+  id: string;
+  sandboxId: string;
+  executor: string;
+  createdAt: string;
+  bytes: number;
+  memory: boolean;
 }
 
 interface FileEntry {
@@ -53,7 +63,7 @@ function cells(sb: SandboxView): Cell[] {
 }
 
 export async function loadSandboxes(): Promise<void> {
-  const { sandboxes } = await json<{ sandboxes: SandboxView[] }>('/v1/sandboxes');
+  const [{ sandboxes }] = await Promise.all([json<{ sandboxes: SandboxView[] }>('/v1/sandboxes'), loadSnapshots()]);
   sandboxes.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
   const body = $('sandboxes-body');
   const seen = new Set<string>();
@@ -223,6 +233,79 @@ async function upload(): Promise<void> {
   await listFiles(filesPath);
 }
 
+async function downloadTar(): Promise<void> {
+  const id = opened;
+  if (id === null) return;
+  try {
+    const blob = await (await api(`${base(id)}/files/tar?path=${encodeURIComponent(filesPath)}`)).blob();
+    const url = URL.createObjectURL(blob);
+    const link = document.createElement('a');
+    link.href = url;
+    link.download = `${id}${filesPath.replace(/\//g, '_')}.tar`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    say('files-status', `Downloaded ${filesPath} as a tar archive (${blob.size} bytes).`, 'ok');
+  } catch (error) {
+    say('files-status', errorText(error), 'error');
+  }
+}
+
+async function makeFolder(name: string): Promise<void> {
+  const id = opened;
+  if (id === null) return;
+  if (name === '' || name.includes('/')) {
+    say('files-status', 'Type a folder name without "/" first.', 'error');
+    return;
+  }
+  const path = joinPath(filesPath, name);
+  try {
+    await post(`${base(id)}/files/mkdir`, { path });
+    say('files-status', `Made ${path}.`, 'ok');
+    $<HTMLInputElement>('files-mkdir-name').value = '';
+  } catch (error) {
+    say('files-status', errorText(error), 'error');
+  }
+  await listFiles(filesPath);
+}
+
+/* -- snapshots -------------------------------------------------------------------------------------------------- */
+
+async function loadSnapshots(): Promise<void> {
+  const { snapshots } = await json<{ snapshots: SnapshotView[] }>('/v1/snapshots');
+  snapshots.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+  const list = snapshots.map((snap) => {
+    const tr = row([snap.id, snap.sandboxId, snap.executor, { text: String(snap.bytes), num: true }, snap.memory ? 'files, memory, processes' : 'files', new Date(snap.createdAt).toLocaleString(), '']);
+    const actions = tr.cells[6]!;
+    actions.append(button('New sandbox', `New sandbox from snapshot ${snap.id}`, () => void fromSnapshot(snap.id)));
+    actions.append(button('Delete', `Delete snapshot ${snap.id}`, () => void removeSnapshot(snap.id)));
+    return tr;
+  });
+  fill('snapshots-body', list, 'No snapshots yet: open a sandbox and press Snapshot.', 7);
+}
+
+async function fromSnapshot(snapshotId: string): Promise<void> {
+  say('snapshots-status', `Creating a sandbox from ${snapshotId}…`);
+  try {
+    const sb = await json<SandboxView>('/v1/sandboxes', { method: 'POST', ...jsonBody({ fromSnapshot: snapshotId }) });
+    await openSandbox(sb.id);
+    await loadSandboxes();
+    say('snapshots-status', `Created ${sb.id} from ${snapshotId}.`, 'ok');
+  } catch (error) {
+    say('snapshots-status', errorText(error), 'error');
+  }
+}
+
+async function removeSnapshot(snapshotId: string): Promise<void> {
+  if (!window.confirm(`Delete snapshot ${snapshotId}? Sandboxes made from it keep their files.`)) return;
+  try {
+    await api(`/v1/snapshots/${encodeURIComponent(snapshotId)}`, { method: 'DELETE' });
+    say('snapshots-status', `Deleted ${snapshotId}.`, 'ok');
+  } catch (error) {
+    say('snapshots-status', errorText(error), 'error');
+  }
+  await loadSnapshots().catch((error: unknown) => say('snapshots-status', errorText(error), 'error'));
+}
+
 /* -- terminal --------------------------------------------------------------------------------------------------- */
 
 async function connectTerminal(): Promise<void> {
@@ -304,6 +387,11 @@ $('terminal-connect').addEventListener('click', () => void connectTerminal());
 $('files-up').addEventListener('click', () => void listFiles(parentOf(filesPath)));
 $('files-refresh').addEventListener('click', () => void listFiles(filesPath));
 $('files-upload-button').addEventListener('click', () => void upload());
+$('files-tar').addEventListener('click', () => void downloadTar());
+$<HTMLFormElement>('files-mkdir-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  void makeFolder($<HTMLInputElement>('files-mkdir-name').value.trim());
+});
 
 /** Forgets what the last key saw (the next key may be another tenant's). */
 export function resetSandboxes(): void {
@@ -311,6 +399,7 @@ export function resetSandboxes(): void {
   rows.clear();
   $('sandboxes-body').replaceChildren();
   $('files-body').replaceChildren();
-  for (const id of ['sandboxes-status', 'sandbox-status', 'sandbox-state', 'files-status', 'files-path', 'terminal-status']) $(id).textContent = '';
+  $('snapshots-body').replaceChildren();
+  for (const id of ['sandboxes-status', 'sandbox-status', 'sandbox-state', 'files-status', 'files-path', 'terminal-status', 'snapshots-status']) $(id).textContent = '';
   $('terminal-connect').textContent = 'Open terminal';
 }
