@@ -37,7 +37,13 @@ kindling_resources | sort >"$before_file"
 if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox,microvm,chromium}"; fi
 
 status=0
-node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || status=$?
+mkdir -p test-results
+node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
+  --test-reporter=./scripts/test-times-reporter.mjs --test-reporter-destination=test-results/test-times.txt \
+  "${files[@]}" || status=$?
+# Where the time went, slowest test files first (the whole list is in test-results/test-times.txt).
+echo "[test] slowest test files:" >&2
+head -n 16 test-results/test-times.txt >&2 || true
 
 # The Python SDK (sdk/python): strict type check, then its tests against a server the session starts. Debian's
 # interpreter on purpose: its packages (httpx, pytest, mypy) are the ones setup.sh installs. pytest's exit code 5
