@@ -3,12 +3,11 @@
  * spec as the first text message; binary messages are stdin; `{"type":"stdin_end"}` closes stdin. The server sends
  * `started`, `stdout`/`stderr` messages, then `exit` (the result) and closes with 1000, or `error` and closes with
  * 1008/1009 (the client's fault) or 1011 (the server's). Closing the socket kills the execution.
- *
- * Node 20 has no global WebSocket that can send an `Authorization` header, so this uses the `ws` package (loaded on
- * first use).
+ * The socket's plumbing is ws-session.ts's.
  */
-import { AbortError, ConnectionError, KindlingError, errorFromPayload } from './errors.js';
+import { AbortError, ConnectionError, type KindlingError } from './errors.js';
 import type { ExecuteSpec, ExecutionResult } from './types.js';
+import { OPEN, openSession, sendBytes, type Socket } from './ws-session.js';
 
 /** Options of `interactive()`. */
 export interface InteractiveOptions {
@@ -26,29 +25,6 @@ export interface InteractiveStart {
   executor: string;
   coldStart: boolean;
 }
-
-/** The subset of the `ws` WebSocket this module uses. */
-interface Socket {
-  readonly readyState: number;
-  readonly bufferedAmount: number;
-  send(data: string | Uint8Array, callback?: (error?: Error) => void): void;
-  close(code?: number, reason?: string): void;
-  terminate(): void;
-  on(event: 'open', listener: () => void): void;
-  on(event: 'message', listener: (data: Buffer, isBinary: boolean) => void): void;
-  on(event: 'close', listener: (code: number, reason: Buffer) => void): void;
-  on(event: 'error', listener: (error: Error) => void): void;
-  on(event: 'unexpected-response', listener: (request: unknown, response: IncomingLike) => void): void;
-}
-interface IncomingLike {
-  readonly statusCode?: number;
-  on(event: 'data', listener: (chunk: Buffer) => void): void;
-  on(event: 'end', listener: () => void): void;
-  resume(): void;
-}
-type SocketConstructor = new (url: string, options: { headers: Record<string, string> }) => Socket;
-
-const OPEN = 1;
 
 /**
  * One interactive execution. `write()` sends stdin (resolves when the bytes went out: await it for backpressure),
@@ -88,24 +64,13 @@ export class InteractiveExecution {
       rejectResult(error);
     };
 
-    this.#socket = loadWebSocket().then((WebSocket) => {
-      const socket = new WebSocket(wsUrl, { headers: apiKey === undefined ? {} : { authorization: `Bearer ${apiKey}` } });
-      const onAbort = (): void => {
-        fail(new AbortError({ code: 'ABORTED', message: 'The interactive execution was aborted; it was killed on the server' }));
-        socket.close(1000);
-      };
-      if (options.signal?.aborted) onAbort();
-      else options.signal?.addEventListener('abort', onAbort, { once: true });
-      let serverError: Record<string, unknown> | null = null;
-      socket.on('open', () => socket.send(JSON.stringify(spec)));
-      socket.on('message', (data, isBinary) => {
-        if (isBinary) return;
-        let message: Record<string, unknown>;
-        try {
-          message = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
-        } catch {
-          return;
-        }
+    let abortListener: (() => void) | null = null;
+    this.#socket = openSession(wsUrl, apiKey, {
+      what: 'the execution',
+      caller: 'interactive()',
+      spec,
+      fail,
+      onMessage: (message) => {
         switch (message.type) {
           case 'started':
             onStarted({ id: String(message.id), executor: String(message.executor), coldStart: message.coldStart === true });
@@ -124,47 +89,31 @@ export class InteractiveExecution {
             }
             break;
           }
-          case 'error':
-            // The close code that follows says whose fault it was (1008/1009 the client's, 1011 the server's).
-            serverError = message;
-            break;
           default:
             break;
         }
-      });
-      socket.on('error', (error) => fail(new ConnectionError({ code: 'CONNECTION_FAILED', message: `WebSocket to ${wsUrl} failed: ${error.message}`, cause: error })));
-      socket.on('unexpected-response', (_request, response) => {
-        // The upgrade was refused (401 without a valid key, 404, 503 while shutting down): an HTTP error answer.
-        const chunks: Buffer[] = [];
-        response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.on('end', () => {
-          let payload: unknown = null;
-          try {
-            payload = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-          } catch {
-            // not JSON: the status decides
-          }
-          fail(errorFromPayload(payload, { status: response.statusCode }));
-          socket.terminate();
-        });
-        response.resume();
-      });
-      socket.on('close', (code, reason) => {
+      },
+      onClose: () => {
         this.#closed = true;
-        options.signal?.removeEventListener('abort', onAbort);
-        if (serverError !== null) fail(errorFromPayload(serverError, { status: code === 1011 ? 500 : code === 1009 ? 413 : 400 }));
-        fail(new ConnectionError({ code: 'CONNECTION_CLOSED', message: `The WebSocket closed (${code}${reason.length > 0 ? `: ${reason.toString('utf8')}` : ''}) before the execution ended` }));
-      });
-      return socket;
+        if (abortListener !== null) options.signal?.removeEventListener('abort', abortListener);
+      },
     });
-    this.#socket.catch((error: unknown) => fail(error instanceof KindlingError ? error : new ConnectionError({ code: 'CONNECTION_FAILED', message: String(error), cause: error })));
+    void this.#socket.then((socket) => {
+      const onAbort = (): void => {
+        fail(new AbortError({ code: 'ABORTED', message: 'The interactive execution was aborted; it was killed on the server' }));
+        socket.close(1000);
+      };
+      if (options.signal?.aborted) onAbort();
+      else if (options.signal !== undefined) {
+        abortListener = onAbort;
+        options.signal.addEventListener('abort', onAbort, { once: true });
+      }
+    }, () => undefined);
   }
 
   /** Sends bytes (a string as UTF-8) to stdin; resolves once they went out. */
   async write(data: Uint8Array | string): Promise<void> {
-    const socket = await this.#ready();
-    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
-    await new Promise<void>((resolve, reject) => socket.send(bytes, (error) => (error ? reject(new ConnectionError({ code: 'CONNECTION_FAILED', message: error.message, cause: error })) : resolve())));
+    await sendBytes(await this.#ready(), data);
   }
 
   /** Closes stdin (end of file for the process). */
@@ -183,14 +132,5 @@ export class InteractiveExecution {
     const socket = await this.#socket;
     if (this.#closed || socket.readyState !== OPEN) throw new ConnectionError({ code: 'CONNECTION_CLOSED', message: 'The interactive execution is over' });
     return socket;
-  }
-}
-
-async function loadWebSocket(): Promise<SocketConstructor> {
-  try {
-    const module = (await import('ws')) as unknown as { WebSocket: SocketConstructor };
-    return module.WebSocket;
-  } catch (error) {
-    throw new KindlingError({ code: 'WEBSOCKET_UNAVAILABLE', message: 'interactive() needs the "ws" package (npm install ws)', cause: error });
   }
 }
