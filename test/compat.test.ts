@@ -168,6 +168,12 @@ describe('the FaaS blueprint gateway routes', { skip: unavailable ?? false }, ()
     assert.equal(timeout.status, 400);
     assert.equal(code(timeout), 'LIMIT_OUT_OF_RANGE');
 
+    for (const [type, status, expected] of [['text/plain', 415, 'UNSUPPORTED_MEDIA_TYPE'], ['application/octet-stream', 400, 'VALIDATION_FAILED']] as const) {
+      const response = await fetch(`${server.url}/api/v1/execute`, { method: 'POST', headers: { authorization: `Bearer ${KEY}`, 'content-type': type }, body: 'echo hi' });
+      assert.equal(response.status, status, type);
+      assert.equal(((await response.json()) as { error: { code: string } }).error.code, expected, type);
+    }
+
     const env = await call('POST', '/api/v1/execute', { command: 'date', env_vars: [['1BAD', 'x']] });
     assert.equal(env.status, 400);
     assert.equal(code(env), 'VALIDATION_FAILED');
