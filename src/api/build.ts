@@ -20,6 +20,7 @@ import { registerFunctionRoutes, type FunctionRouteFunctions, type FunctionRoute
 import { registerHealthRoutes, type HealthRouteOptions } from './routes/health.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
+import { COMPAT_PUBLIC_ROUTES, registerCompatRoutes } from './routes/compat.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
 import { registerSandboxPtyRoute, SANDBOX_PTY_ROUTE } from './routes/sandbox-pty.js';
 import type { SandboxService } from '../orchestrator/sandboxes.js';
@@ -95,8 +96,11 @@ export interface ApiOptions {
 /** Methods a page of another origin must not use here (a GET may be answered: the browser keeps the answer from it). */
 const STATE_CHANGING_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
-/** Routes that answer without an API key: liveness, readiness, metrics scraping, the API description. */
-const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', ...CONSOLE_PUBLIC_ROUTES]);
+/**
+ * Routes that answer without an API key: liveness, readiness, metrics scraping, the API description, and the FaaS
+ * blueprint gateway's health check (its Python SDK sends no key there).
+ */
+const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', ...CONSOLE_PUBLIC_ROUTES, ...COMPAT_PUBLIC_ROUTES]);
 
 /** Builds the HTTP gateway without listening, so tests can use inject() and main decides where to listen. */
 export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
@@ -312,6 +316,13 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       },
     );
   }
+  // The FaaS blueprint gateway's routes, translated (docs/operator.md, "Migrating from the FaaS blueprint").
+  registerCompatRoutes(app, {
+    executionService: options.executionService,
+    ...(options.sandboxes ? { sandboxes: options.sandboxes } : {}),
+    executorNames: [...options.executors.keys()],
+    isDraining: options.isDraining ?? (() => false),
+  });
   if (options.consoleDir) registerConsoleRoutes(app, { dir: options.consoleDir });
 
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {

@@ -116,6 +116,11 @@ export const ERROR_CODES = {
   /** Nothing listens on that port inside the sandbox (or it did not accept in time): start the server first. */
   SANDBOX_PORT_UNREACHABLE: { statusCode: 502, retryable: true },
   SHUTTING_DOWN: { statusCode: 503, retryable: true },
+  /**
+   * A route or mode of the FaaS blueprint's gateway (/api/v1/...) that Kindling does not translate; the message names
+   * the Kindling route that does the job (docs/operator.md, "Migrating from the FaaS blueprint").
+   */
+  COMPAT_UNSUPPORTED: { statusCode: 501, retryable: false },
   INTERNAL: { statusCode: 500, retryable: false },
 } as const satisfies Record<string, ErrorDefinition>;
 

@@ -158,6 +158,7 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "EXECUTOR_FAILED": ServerError,
     "SANDBOX_PORT_UNREACHABLE": ServerError,
     "SHUTTING_DOWN": ServerError,
+    "COMPAT_UNSUPPORTED": ServerError,
     "INTERNAL": ServerError,
 }
 

@@ -1,0 +1,42 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { KindlingError } from '../core/errors.js';
+import { ACCEPTED_IMAGE_NAMES, imageOfAlias, resolveImageAlias } from './image-aliases.js';
+
+test('the base families map to the base image, with or without a tag', () => {
+  for (const name of ['alpine', 'alpine:latest', 'alpine:3.19', 'debian:bookworm-slim', 'ubuntu:22.04', 'busybox']) {
+    assert.deepEqual(resolveImageAlias(name), { image: 'kindling/base' }, name);
+  }
+});
+
+test('language images map to the runtime of that name, whatever the tag', () => {
+  assert.deepEqual(resolveImageAlias('python:3.11-slim'), { runtime: 'python' });
+  assert.deepEqual(resolveImageAlias('python'), { runtime: 'python' });
+  assert.deepEqual(resolveImageAlias('node:20-slim'), { runtime: 'node' });
+  assert.deepEqual(resolveImageAlias('node:18-alpine'), { runtime: 'node' });
+  assert.deepEqual(resolveImageAlias('rust:1.75'), { runtime: 'rust' });
+  assert.equal(imageOfAlias(resolveImageAlias('python:3.11-slim')), 'kindling/python');
+  assert.equal(imageOfAlias(resolveImageAlias('rust:latest')), 'kindling/rust');
+});
+
+test('a kindling/ name is used as is', () => {
+  assert.deepEqual(resolveImageAlias('kindling/python'), { image: 'kindling/python' });
+  assert.deepEqual(resolveImageAlias('kindling/custom:v2'), { image: 'kindling/custom:v2' });
+});
+
+test('anything else is UNKNOWN_IMAGE (400) naming the accepted names', () => {
+  for (const name of ['pytorch/pytorch:latest', 'node:20-with-deps extra', 'golang:1.22', 'kindling/', '', 'ALPINE', 'alpine:', 'x'.repeat(5000)]) {
+    assert.throws(
+      () => resolveImageAlias(name),
+      (error: unknown) =>
+        error instanceof KindlingError &&
+        error.code === 'UNKNOWN_IMAGE' &&
+        error.statusCode === 400 &&
+        error.message.includes('alpine[:tag]') &&
+        error.message.includes('kindling/<name>') &&
+        error.message.length < 600,
+      JSON.stringify(name.slice(0, 40)),
+    );
+  }
+  assert.ok(ACCEPTED_IMAGE_NAMES.includes('python[:tag]'));
+});
