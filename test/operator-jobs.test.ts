@@ -92,6 +92,15 @@ describe('operator job runner (sandbox executor)', { skip: unavailable ?? false 
     assert.equal(server.services.tenants.get(`chain-${caller.toLowerCase()}`).effectiveQuotas.maxMemoryMb, 512, 'the caller got a tenant with the configured quotas');
   });
 
+  test('job 0 keeps stdout within the caller\'s own output quota when it is below the operator\'s maxOutputBytes', async () => {
+    const strict = createJobRunner({ ...server.services, publicUrl: server.url, tenantQuotas: { maxOutputBytes: 5 } });
+    const { result } = await strict.run({ serviceId: 7n, callId: callIds++, jobIndex: 0, caller: newCaller(), inputs: encodeJobInputs(0, ['alpine', ['echo', 'hello world'], [], '0x']) }, new AbortController().signal);
+    const decoded = decodeJobResult(0, result);
+    assert.equal(decoded.kind, 'output', JSON.stringify(decoded));
+    assert.equal(text((decoded as { values: readonly unknown[] }).values[0]), 'hello');
+    assert.throws(() => createJobRunner({ ...server.services, publicUrl: server.url, maxOutputBytes: -1 }), RangeError);
+  });
+
   test('job 0 refuses an env entry without "=" and an unknown image with the orchestrator\'s codes', async () => {
     const caller = newCaller();
     assert.equal((await failure(caller, 0, ['alpine', ['true'], ['NOEQUALS'], '0x'])).code, 'VALIDATION_FAILED');

@@ -8,6 +8,7 @@
 import type { Address, Hex } from 'viem';
 import { decodeJobInputs, encodeJobError, encodeJobOutput, jobDefinition, JOBS } from '@kindling/sdk/tangle';
 import { KindlingError } from '../core/errors.js';
+import { DEFAULT_LIMIT_POLICY } from '../orchestrator/limits.js';
 import { JobError, type JobContext, type JobOutput, type JobServices } from './jobs/context.js';
 import { executeAdvanced, executeOnce } from './jobs/execute.js';
 import { createBranch, createSnapshot, exposePort, pauseInstance, restoreSnapshot, resumeInstance, startInstance, stopInstance, uploadFiles } from './jobs/instances.js';
@@ -89,7 +90,11 @@ const signature = (index: number): string => `${JOBS[index]!.name}(${JOBS[index]
 
 export function createJobRunner(options: JobRunnerOptions): JobRunner {
   const services: JobServices = { executions: options.executions, sandboxes: options.sandboxes, tenants: options.tenants };
-  const settings = { publicUrl: options.publicUrl.replace(/\/+$/, ''), maxOutputBytes: options.maxOutputBytes ?? DEFAULT_JOB_MAX_OUTPUT_BYTES };
+  const maxOutputBytes = options.maxOutputBytes ?? DEFAULT_JOB_MAX_OUTPUT_BYTES;
+  if (!Number.isInteger(maxOutputBytes) || maxOutputBytes < 0 || maxOutputBytes > DEFAULT_LIMIT_POLICY.max.outputBytes) {
+    throw new RangeError(`maxOutputBytes must be a whole number from 0 to ${DEFAULT_LIMIT_POLICY.max.outputBytes}, got ${maxOutputBytes}`);
+  }
+  const settings = { publicUrl: options.publicUrl.replace(/\/+$/, ''), maxOutputBytes };
   const failed = (code: string, message: string): JobRunResult => ({ result: encodeJobError(code, message) });
 
   return {

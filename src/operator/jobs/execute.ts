@@ -56,6 +56,11 @@ function checkPayload(context: JobContext, payload: Uint8Array): void {
   }
 }
 
+/** The stdout kept: the operator's maxOutputBytes, lowered to the tenant's cap (a request above a cap would be refused). */
+function outputBytesOf(context: JobContext): number {
+  return Math.min(context.settings.maxOutputBytes, context.scope.caps.outputBytes ?? Infinity);
+}
+
 function unfinished(result: Pick<ExecutionResult, 'timedOut' | 'oomKilled'>, timeoutMs: number | undefined): void {
   if (result.timedOut) throw new JobError('EXECUTION_TIMED_OUT', `the command ran past its timeout${timeoutMs === undefined ? '' : ` of ${timeoutMs} ms`} and was killed; give it a longer timeoutSecs (job 1) or make it faster`);
   if (result.oomKilled) throw new JobError('EXECUTION_OOM_KILLED', 'the command ran out of memory and was killed; give it more memoryMb (job 1)');
@@ -69,7 +74,7 @@ export async function executeOnce(context: JobContext, spec: CommandSpec): Promi
       image: imageOf(spec.image),
       command: [...spec.command],
       env: parseEnvList(spec.env),
-      outputBytes: context.settings.maxOutputBytes,
+      outputBytes: outputBytesOf(context),
       ...(spec.timeoutMs > 0 ? { timeoutMs: spec.timeoutMs } : {}),
       ...(spec.memoryMb > 0 ? { memoryMb: spec.memoryMb } : {}),
     },
@@ -86,7 +91,7 @@ async function runInSandbox(context: JobContext, sandboxId: string, spec: Comman
     command: [...spec.command],
     env: parseEnvList(spec.env),
     stdinBase64: Buffer.from(spec.payload).toString('base64'),
-    outputBytes: context.settings.maxOutputBytes,
+    outputBytes: outputBytesOf(context),
     ...(spec.timeoutMs > 0 ? { timeoutMs: spec.timeoutMs } : {}),
   });
   unfinished(result, spec.timeoutMs > 0 ? spec.timeoutMs : undefined);
