@@ -138,6 +138,24 @@ describe('operator job runner (sandbox executor)', { skip: unavailable ?? false 
     assert.equal((await failure(caller, 1, advanced('true', 'persistent'))).code, 'VALIDATION_FAILED');
   });
 
+  test('an aborted job rejects with the abort reason and no result: its command is killed, its instance stays', async () => {
+    const caller = newCaller();
+    const tenant = `chain-${caller.toLowerCase()}`;
+    const instance = (await output(caller, 6, ['', '', 0, 0, 0, false])) as string;
+    const abort = new AbortController();
+    const startedAt = performance.now();
+    const running = runner.run({ serviceId: 7n, callId: callIds++, jobIndex: 1, caller, inputs: encodeJobInputs(1, advanced('touch /work/started; sleep 300', 'persistent', { checkpointId: instance })) }, abort.signal);
+    const outcome = running.then(() => 'resolved', (error: unknown) => error);
+    await waitFor(async () => (await server.services.sandboxes.listFiles(tenant, instance, '/work')).entries.some((entry) => entry.name === 'started'), 30_000, 'the command to start');
+    abort.abort(new Error('operator stopping'));
+    assert.equal(((await outcome) as Error).message, 'operator stopping');
+    assert.ok(performance.now() - startedAt < 50_000, 'the command was killed, not left to its 60 s default timeout');
+    assert.equal(server.services.sandboxes.get(tenant, instance).state, 'running');
+    const aborted = new AbortController();
+    aborted.abort(new Error('gone before it started'));
+    await assert.rejects(runner.run({ serviceId: 7n, callId: callIds++, jobIndex: 0, caller, inputs: encodeJobInputs(0, ['alpine', ['echo', 'x'], [], '0x']) }, aborted.signal), /gone before it started/);
+  });
+
   test('jobs 2 -> 3 -> 4: a snapshot of an instance, restored and branched, each with the files of the snapshot', async () => {
     const caller = newCaller();
     const instance = (await output(caller, 6, ['', '', 0, 0, 0, false])) as string;

@@ -30,6 +30,11 @@ export interface JobRunResult {
 }
 
 export interface JobRunner {
+  /**
+   * Runs the job; never rejects for bad input, a failing job or a failure inside the platform (those are error
+   * envelopes). Rejects (with the signal's reason) only when `signal` aborted: the job's commands were killed, and
+   * what they left is no result.
+   */
   run(job: JobCall, signal: AbortSignal): Promise<JobRunResult>;
 }
 
@@ -115,8 +120,11 @@ export function createJobRunner(options: JobRunnerOptions): JobRunner {
         const scope = services.tenants.ensure(tenant, options.tenantQuotas ?? {});
         services.tenants.checkRate(tenant);
         const output = await handler({ services, settings, tenant, scope, serviceId: job.serviceId, callId: job.callId, signal }, args);
+        signal.throwIfAborted();
         return { result: encodeJobOutput(job.jobIndex, output.values), ...(output.outputBytes === undefined ? {} : { outputBytes: output.outputBytes }) };
       } catch (error) {
+        // A cancelled job has no result: the caller (shutdown, a reassigned job) must not submit what a kill left.
+        if (signal.aborted) throw signal.reason ?? error;
         if (error instanceof KindlingError || error instanceof JobError) return failed(error.code, error.message);
         options.logger?.error({ err: error, serviceId: String(job.serviceId), callId: String(job.callId), jobIndex: job.jobIndex }, 'a job failed inside the platform');
         return failed('INTERNAL', `job ${job.jobIndex} (${definition.name}) failed inside the platform; the operator's log has the details (service ${job.serviceId}, call ${job.callId})`);

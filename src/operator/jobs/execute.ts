@@ -93,7 +93,7 @@ async function runInSandbox(context: JobContext, sandboxId: string, spec: Comman
     stdinBase64: Buffer.from(spec.payload).toString('base64'),
     outputBytes: outputBytesOf(context),
     ...(spec.timeoutMs > 0 ? { timeoutMs: spec.timeoutMs } : {}),
-  });
+  }, { signal: context.signal });
   unfinished(result, spec.timeoutMs > 0 ? spec.timeoutMs : undefined);
   const stdout = Buffer.from(result.stdout, 'utf8');
   return { values: [toHex(stdout)], outputBytes: stdout };
