@@ -156,6 +156,21 @@ describe('operator job runner (sandbox executor)', { skip: unavailable ?? false 
     await assert.rejects(runner.run({ serviceId: 7n, callId: callIds++, jobIndex: 0, caller, inputs: encodeJobInputs(0, ['alpine', ['echo', 'x'], [], '0x']) }, aborted.signal), /gone before it started/);
   });
 
+  test('a cancelled checkpointed run leaves neither its sandbox nor a snapshot', async () => {
+    const caller = newCaller();
+    const tenant = `chain-${caller.toLowerCase()}`;
+    const abort = new AbortController();
+    const outcome = runner.run({ serviceId: 7n, callId: callIds++, jobIndex: 1, caller, inputs: encodeJobInputs(1, advanced('touch /work/started; sleep 300', 'checkpointed')) }, abort.signal).then(() => 'resolved', (error: unknown) => error);
+    await waitFor(async () => {
+      const [sandbox] = server.services.sandboxes.list(tenant);
+      return sandbox !== undefined && (await server.services.sandboxes.listFiles(tenant, sandbox.id, '/work')).entries.some((entry) => entry.name === 'started');
+    }, 30_000, 'the checkpointed command to start');
+    abort.abort(new Error('cancelled'));
+    assert.equal(((await outcome) as Error).message, 'cancelled');
+    assert.deepEqual(server.services.sandboxes.list(tenant), []);
+    assert.deepEqual(server.services.sandboxes.listSnapshots(tenant), []);
+  });
+
   test('jobs 2 -> 3 -> 4: a snapshot of an instance, restored and branched, each with the files of the snapshot', async () => {
     const caller = newCaller();
     const instance = (await output(caller, 6, ['', '', 0, 0, 0, false])) as string;

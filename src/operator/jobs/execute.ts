@@ -94,6 +94,8 @@ async function runInSandbox(context: JobContext, sandboxId: string, spec: Comman
     outputBytes: outputBytesOf(context),
     ...(spec.timeoutMs > 0 ? { timeoutMs: spec.timeoutMs } : {}),
   }, { signal: context.signal });
+  // Killed by a cancel: no result, and a `checkpointed` run must not snapshot what the kill left.
+  context.signal.throwIfAborted();
   unfinished(result, spec.timeoutMs > 0 ? spec.timeoutMs : undefined);
   const stdout = Buffer.from(result.stdout, 'utf8');
   return { values: [toHex(stdout)], outputBytes: stdout };

@@ -26,6 +26,7 @@ export async function mergeBranches(context: JobContext, branchIds: readonly str
   const views = branchIds.map((id) => sandboxes.get(context.tenant, id));
   const listings = [];
   for (const id of branchIds) {
+    context.signal.throwIfAborted();
     const result = await sandboxes.run(context.tenant, id, {
       command: ['find', '.', '-mindepth', '1', '-printf', '%T@ %P\\0'],
       workdir: '/work',
@@ -44,7 +45,10 @@ export async function mergeBranches(context: JobContext, branchIds: readonly str
     metadata: { [MERGE_METADATA_KEY]: `${strategy}:${branchIds.join(',')}`.slice(0, 1024) },
   });
   try {
-    for (const id of plan.extract) await sandboxes.writeTar(context.tenant, merged.id, '/work', await sandboxes.readTar(context.tenant, id, '/work'));
+    for (const id of plan.extract) {
+      context.signal.throwIfAborted();
+      await sandboxes.writeTar(context.tenant, merged.id, '/work', await sandboxes.readTar(context.tenant, id, '/work'));
+    }
     if (plan.remove.length > 0) {
       const removed = await sandboxes.run(context.tenant, merged.id, {
         command: ['xargs', '-0', 'rm', '-rf', '--'],
