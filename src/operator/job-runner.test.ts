@@ -69,3 +69,13 @@ test('unknown indices and undecodable inputs answer their codes before any servi
     assert.equal(decoded.code, 'INPUT_UNDECODABLE', inputs);
   }
 });
+
+test('bad settings are refused when the runner is made, not by every job', () => {
+  const services = fakeServices(() => {
+    throw new Error('must not be called');
+  });
+  assert.throws(() => createJobRunner({ ...services, publicUrl: 'http://k', tenantQuotas: { maxMemoryMb: 1 } }), (error: unknown) => error instanceof KindlingError && error.code === 'LIMIT_OUT_OF_RANGE');
+  assert.throws(() => createJobRunner({ ...services, publicUrl: 'http://k', tenantQuotas: { maxWidgets: 3 } }), (error: unknown) => error instanceof KindlingError && error.code === 'VALIDATION_FAILED');
+  assert.throws(() => createJobRunner({ ...services, publicUrl: 'http://k', maxOutputBytes: 1.5 }), RangeError);
+  assert.doesNotThrow(() => createJobRunner({ ...services, publicUrl: 'http://k', tenantQuotas: { maxMemoryMb: 512, maxConcurrency: 4 } }));
+});

@@ -9,6 +9,7 @@ import type { Address, Hex } from 'viem';
 import { decodeJobInputs, encodeJobError, encodeJobOutput, jobDefinition, JOBS } from '@kindling/sdk/tangle';
 import { KindlingError } from '../core/errors.js';
 import { DEFAULT_LIMIT_POLICY } from '../orchestrator/limits.js';
+import { checkQuotas } from '../orchestrator/tenants.js';
 import { JobError, type JobContext, type JobOutput, type JobServices } from './jobs/context.js';
 import { executeAdvanced, executeOnce } from './jobs/execute.js';
 import { createBranch, createSnapshot, exposePort, pauseInstance, restoreSnapshot, resumeInstance, startInstance, stopInstance, uploadFiles } from './jobs/instances.js';
@@ -99,6 +100,8 @@ export function createJobRunner(options: JobRunnerOptions): JobRunner {
   if (!Number.isInteger(maxOutputBytes) || maxOutputBytes < 0 || maxOutputBytes > DEFAULT_LIMIT_POLICY.max.outputBytes) {
     throw new RangeError(`maxOutputBytes must be a whole number from 0 to ${DEFAULT_LIMIT_POLICY.max.outputBytes}, got ${maxOutputBytes}`);
   }
+  // A bad quota is the operator's configuration error: refused here, at start-up, not by every job.
+  if (options.tenantQuotas !== undefined) checkQuotas(options.tenantQuotas);
   const settings = { publicUrl: options.publicUrl.replace(/\/+$/, ''), maxOutputBytes };
   const failed = (code: string, message: string): JobRunResult => ({ result: encodeJobError(code, message) });
 
