@@ -160,5 +160,8 @@ test('a submission to a service without operators fails with exit 2 and the reas
   const deployed = json(await kindling('chain', 'deploy', '--rpc', anvil.rpcUrl, '--key-file', await keyFile(0)));
   const run = await kindling('chain', 'submit', '--rpc', anvil.rpcUrl, '--key-file', await keyFile(2), '--jobs-contract', String(deployed.jobsContract), '--service-id', String(deployed.serviceId), '--job', '7', '--args', '["i-1"]');
   assert.equal(run.code, 2);
-  assert.match(run.stderr, /NoOperators|0x[0-9a-f]{8}|revert/i);
+  assert.match(run.stderr, /the chain refused the submission: NoOperators\(\): no operator is registered for this service/);
+  const unknown = await kindling('chain', 'submit', '--rpc', anvil.rpcUrl, '--key-file', await keyFile(2), '--jobs-contract', String(deployed.jobsContract), '--service-id', '9', '--job', '7', '--args', '["i-1"]');
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.stderr, /UnknownService\(9\)/);
 });

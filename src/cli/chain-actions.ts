@@ -1,9 +1,10 @@
 /** What the `kindling chain` commands do (loaded on demand by chain.ts: this module loads viem). */
-import { createPublicClient, createWalletClient, defineChain, getAddress, http, type Account, type Chain, type Hex, type PublicClient, type Transport, type WalletClient } from 'viem';
+import { BaseError, ContractFunctionRevertedError, createPublicClient, createWalletClient, defineChain, getAddress, http, type Abi, type Account, type Chain, type Hex, type PublicClient, type Transport, type WalletClient } from 'viem';
 import { privateKeyToAccount } from 'viem/accounts';
-import { TangleClient, type JobResultRecord } from '@kindling/sdk/tangle';
+import { TangleClient, encodeJobInputs, type JobResultRecord } from '@kindling/sdk/tangle';
 import { KindlingError } from '@kindling/sdk';
 import { parseJobArgs, toJson } from '../chain/args.js';
+import { kindlingJobsArtifact, serviceManagerArtifact } from '../chain/contracts.js';
 import { deployKindlingChain } from '../chain/deploy.js';
 import { DEFAULT_ASSIGNMENT_TIMEOUT_SECONDS } from '../chain/defaults.js';
 import { registerOperator } from '../chain/register.js';
@@ -73,7 +74,9 @@ export async function submit(options: SubmitCommandOptions): Promise<void> {
   // The arguments are checked before the key is read or the chain is asked anything.
   const args = parseJobArgs(Number(options.job), options.args);
   const { publicClient, walletClient } = await chainClients(options.rpc, readKeyFile(options.keyFile));
-  const client = new TangleClient({ publicClient, walletClient: walletClient!, jobsContract: getAddress(options.jobsContract) });
+  const jobsContract = getAddress(options.jobsContract);
+  await explainRevert(publicClient, walletClient!, jobsContract, options, args);
+  const client = new TangleClient({ publicClient, walletClient: walletClient!, jobsContract });
   const submitted = await client.submitJob(options.serviceId, Number(options.job), args, { valueWei: options.valueWei ?? 0n });
   print({ callId: idJson(submitted.callId), txHash: submitted.txHash, blockNumber: idJson(submitted.blockNumber) });
 }
@@ -105,5 +108,36 @@ export async function result(options: ResultCommandOptions): Promise<void> {
   else {
     print({ ...head, error: { code: outcome.code, message: outcome.message } });
     process.exitCode = EXIT_JOB_ERROR;
+  }
+}
+
+/**
+ * A submission the chain would refuse fails here with the reason by name (`NoOperators()`, `UnknownService(7)`):
+ * the pinned interface the SDK uses does not know the errors of the project's contracts, so a revert would otherwise
+ * show as a bare selector. A revert these ABIs do not know is left to the real submission to report.
+ */
+async function explainRevert(
+  publicClient: PublicClient,
+  walletClient: WalletClient<Transport, Chain, Account>,
+  jobsContract: Hex,
+  options: SubmitCommandOptions,
+  args: unknown[],
+): Promise<void> {
+  const abi = [...kindlingJobsArtifact().abi, ...serviceManagerArtifact().abi.filter((item) => item.type === 'error')] as Abi;
+  try {
+    await publicClient.simulateContract({
+      account: walletClient.account,
+      address: jobsContract,
+      abi,
+      functionName: 'submitJob',
+      args: [options.serviceId, Number(options.job), encodeJobInputs(Number(options.job), args)],
+      value: options.valueWei ?? 0n,
+    });
+  } catch (error) {
+    const reverted = error instanceof BaseError ? error.walk((e) => e instanceof ContractFunctionRevertedError) : undefined;
+    const data = reverted instanceof ContractFunctionRevertedError ? reverted.data : undefined;
+    if (!data) return;
+    const why = data.errorName === 'NoOperators' ? ': no operator is registered for this service (kindling chain register)' : '';
+    throw new Error(`the chain refused the submission: ${data.errorName}(${(data.args ?? []).map(String).join(', ')})${why}`);
   }
 }
