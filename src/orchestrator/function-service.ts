@@ -257,6 +257,11 @@ export class FunctionService {
     const spec = version.spec;
     const executor = spec.executor ?? this.options.defaultExecutor;
     // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
+    // Deployed when another executor was the default (the server's default changed since): refused, never run
+    // without its files on an executor that cannot bind them.
+    if (spec.bundle !== undefined && !BUNDLE_EXECUTORS.includes(executor)) {
+      throw new KindlingError('BUNDLES_UNSUPPORTED', `function "${name}" is a bundle, which the ${executor} executor cannot run; redeploy it with "executor": ${BUNDLE_EXECUTORS.map((e) => `"${e}"`).join(' or ')}`, { details: { executor } });
+    }
     const releaseTenant = options.scope?.acquire?.();
     try {
       if (isHandlerStyle(spec)) {
