@@ -160,9 +160,13 @@ describe('function bundles (sandbox executor)', { skip: sandboxMissing ?? false 
   });
 
   it('refuses a handler file the bundle does not have, and executors that cannot bind bundles', async () => {
-    const tar = tarOf(directory(NODE_APP));
+    // Content of its own (no other function refers to these bytes).
+    const tar = tarOf(directory({ ...NODE_APP, 'unique.txt': 'refused deploys' }));
     const missing = await expectRefused(client.functions.deployBundle('missing', { runtime: 'node', handler: 'src/nope.js:handler' }, tar), 400, 'VALIDATION_FAILED');
     assert.match(missing.message, /src\/nope\.js/);
+    // No version refers to the unpacked bundle of a refused deploy: it goes.
+    const sha = createHash('sha256').update(tar).digest('hex');
+    await waitFor(() => !existsSync(join(server.dataDir, 'bundles', sha)), { what: 'the refused bundle to be removed' });
     await expectRefused(client.functions.deployBundle('escape', { runtime: 'node', handler: '../x.js:handler' }, tar), 400, 'VALIDATION_FAILED');
     const gvisor = await expectRefused(client.functions.deployBundle('gv', { runtime: 'node', handler: 'src/index.js:handler', executor: 'gvisor' }, tar), 400, 'BUNDLES_UNSUPPORTED');
     assert.match(gvisor.message, /sandbox/);

@@ -27,7 +27,7 @@ import {
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 
 /** What the function routes use of each service (tests pass small fakes of these). */
-export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'>;
+export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'> & Partial<Pick<FunctionService, 'collectBundles'>>;
 export type FunctionRouteInvocations = Pick<InvocationService, 'checkQueuedPayload' | 'enqueue'>;
 export type FunctionRouteRunner = Pick<InvocationRunner, 'invoke' | 'recordLogBytes'>;
 
@@ -147,13 +147,17 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           refuseUpload(upload, reply);
           throw limited.error() ?? error;
         }
+        let stored = false;
         try {
           spec.bundle = info;
           const { view, created } = await deploy();
+          stored = true;
           reply.code(created ? 201 : 200);
           return view;
         } finally {
           bundles.release(info.sha256);
+          // A refused deploy (bad handler file, quota) leaves an unpacked bundle no version may refer to.
+          if (!stored) service.collectBundles?.();
         }
       },
     );
