@@ -91,3 +91,20 @@ export function agentLaunch(runtime: 'node' | 'python', code: string, handler: s
     ],
   };
 }
+
+/**
+ * The agent's command and files for a handler defined in a module that is already in the sandbox (a bundle's file,
+ * e.g. /work/src/index.js): nothing of the user's is copied. Node decides ES module or CommonJS itself (the bundle's
+ * package.json "type", the file's extension).
+ */
+export function agentLaunchModule(runtime: 'node' | 'python', modulePath: string, handler: string): AgentLaunch {
+  const files = load();
+  const socket = `${AGENT_MOUNT}/${AGENT_SOCKET}`;
+  if (runtime === 'node') {
+    return {
+      command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, modulePath, handler],
+      files: [{ name: 'package.json', content: '{"type":"module"}\n' }, ...files.node],
+    };
+  }
+  return { command: ['python3', '-u', `${CODE_DIR}/python_wrapper.py`, socket, modulePath, handler], files: [{ name: 'python_wrapper.py', content: files.pythonWrapper }] };
+}

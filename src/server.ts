@@ -20,6 +20,7 @@ import { UsageMeter } from './metrics/usage-meter.js';
 import { SandboxMeter } from './metrics/sandbox-meter.js';
 import { EgressPolicy } from './network/policy.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
+import { BundleStore } from './orchestrator/bundles.js';
 import { FunctionService } from './orchestrator/function-service.js';
 import { HandlerPools, type HandlerPoolsOptions } from './orchestrator/handler-pools.js';
 import { InvocationService, type InvocationServiceOptions } from './orchestrator/invocations.js';
@@ -80,6 +81,8 @@ export interface ServerConfig {
   queueTimeoutMs: number;
   maxBodyBytes: number;
   maxStreamBytes: number;
+  /** Largest function bundle (a tar of a directory, as uploaded) (--max-bundle-bytes). Default 64 MiB. */
+  maxBundleBytes?: number;
   /**
    * The splice relay for large streams (native/kindling-splice.c, built into dist/native): its path, or null to keep
    * every stream in node. Default: the built one when it exists.
@@ -450,7 +453,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs },
     observers: [metrics, usageMeter],
   });
+  // Unpacked function bundles, one read-only directory per content hash, bound into sandboxes at /work.
+  const bundles = new BundleStore({ dir: join(dataDir, 'bundles'), ...(config.maxBundleBytes === undefined ? {} : { maxBytes: config.maxBundleBytes }) });
   const handlers = new HandlerPools({
+    bundlePath: (sha256) => bundles.pathOf(sha256),
     ...DEFAULT_FUNCTION_POOLS,
     ...config.functionPools,
     executors: served,
@@ -477,8 +483,12 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     defaultMaxConcurrency: pools.defaultMaxConcurrency,
     defaultMaxQueued: pools.defaultMaxQueued,
     queueTimeoutMs: pools.queueTimeoutMs,
+    bundles,
+    onError: (error) => logger.warn({ err: error }, 'removing unused function bundles failed'),
   });
   functionServiceRef = functionService;
+  // Bundles of versions deleted while the server was down (or left half-unpacked by a crash) go now.
+  functionService.collectBundles();
   rollback.add('warm pools', () => functionService.close());
   const logBus = new LogBus();
   const invocations = new InvocationService({
@@ -549,6 +559,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     tenants,
     maxBodyBytes: config.maxBodyBytes,
     maxStreamBytes: config.maxStreamBytes,
+    bundles,
     ...(streamRelay ? { streamRelay } : {}),
     version: config.version,
     logger,

@@ -34,6 +34,32 @@ export class Functions extends APIResource {
     return this.http.json<FunctionInfo>({ method: 'PUT', path: path(name), body: spec, ...call(options) });
   }
 
+  /**
+   * `PUT /v1/functions/NAME` with a bundle: `tar` is a tar archive of the function's directory (bytes, a Blob or a
+   * stream), `spec` goes in the Kindling-Function-Spec header. A handler is named `FILE:FUNCTION` (`handler.py:main`,
+   * `src/index.js:handler`); a command runs in the bundle's directory (/work, read-only). Resolves with the function;
+   * its `bundle.sha256` is the archive's content hash. An unsafe entry rejects with a 400 `BUNDLE_INVALID` naming it.
+   */
+  async deployBundle(name: string, spec: Omit<FunctionSpec, 'code'>, tar: Uint8Array | Blob | ReadableStream<Uint8Array>, options: RequestOptions = {}): Promise<FunctionInfo> {
+    const request = this.http.open(path(name), call(options));
+    try {
+      const response = await this.http.send(request, {
+        method: 'PUT',
+        path: path(name),
+        rawBody: tar,
+        contentType: 'application/x-tar',
+        headers: { 'kindling-function-spec': JSON.stringify(spec) },
+      });
+      try {
+        return (await response.json()) as FunctionInfo;
+      } catch (err) {
+        throw request.toError(err);
+      }
+    } finally {
+      request.dispose();
+    }
+  }
+
   /** `GET /v1/functions/NAME`; rejects with `NotFoundError` when there is none. */
   get(name: string, options: RequestOptions = {}): Promise<FunctionInfo> {
     return this.http.json<FunctionInfo>({ method: 'GET', path: path(name), ...call(options) });

@@ -34,6 +34,7 @@ export type {
   ReadyStatus,
   FunctionSpec,
   FunctionInfo,
+  FunctionBundleInfo,
   FunctionVersionInfo,
   InvocationResult,
   Invocation,

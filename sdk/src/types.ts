@@ -166,7 +166,19 @@ export interface FunctionSpec {
 }
 
 /** A deployed function as the server describes it: the latest version's spec plus identity and times. */
+/** What a version deployed from a bundle records of it. */
+export interface FunctionBundleInfo {
+  /** sha256 (hex) of the archive as uploaded: the content hash. */
+  sha256: string;
+  /** Bytes of the archive. */
+  bytes: number;
+  /** Files, directories and links in it. */
+  entries: number;
+}
+
 export interface FunctionInfo extends FunctionSpec {
+  /** Present when the version was deployed from a bundle (`functions.deployBundle`). */
+  bundle?: FunctionBundleInfo;
   name: string;
   /** The latest version: 1 for the first deploy, +1 for each deploy after. */
   version: number;
@@ -177,6 +189,8 @@ export interface FunctionInfo extends FunctionSpec {
 
 /** One kept version of a function (`functions.versions()`): its spec as deployed, flattened. */
 export interface FunctionVersionInfo extends FunctionSpec {
+  /** Present when the version was deployed from a bundle. */
+  bundle?: FunctionBundleInfo;
   name: string;
   version: number;
   style: 'handler' | 'command';

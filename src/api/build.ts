@@ -16,6 +16,7 @@ import { registerTenantRoutes, type TenantRouteTenants } from './routes/tenants.
 import { errorBody, sendError, toKindlingError } from './errors.js';
 import { registerExecuteRoutes, type ExecuteRouteOptions } from './routes/execute.js';
 import { registerExecuteWsRoute, type ExecuteWsRouteOptions } from './routes/execute-ws.js';
+import type { BundleStore } from '../orchestrator/bundles.js';
 import { registerFunctionRoutes, type FunctionRouteFunctions, type FunctionRouteInvocations, type FunctionRouteRunner } from './routes/functions.js';
 import { registerHealthRoutes, type HealthRouteOptions } from './routes/health.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
@@ -73,6 +74,8 @@ export interface ApiOptions {
   maxStreamBytes: number;
   /** The splice data plane for large raw streams (stream-relay.ts); absent: they go through node streams. */
   streamRelay?: StreamRelay;
+  /** Where uploaded function bundles are checked and unpacked; absent: bundle deploys answer 415. */
+  bundles?: Pick<BundleStore, 'ingest' | 'maxBytes' | 'release'>;
   version: string;
   logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
   isDraining?: () => boolean;
@@ -297,6 +300,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     maxBodyBytes: options.maxBodyBytes,
     maxStreamBytes: options.maxStreamBytes,
     ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}),
+    ...(options.bundles ? { bundles: options.bundles } : {}),
   });
   registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
   registerTenantRoutes(app, { tenants });

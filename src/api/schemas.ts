@@ -111,7 +111,7 @@ export const FunctionSpecSchema = Type.Object(
   {
     runtime: Type.Optional(Type.String({ description: `One of ${RUNTIME_NAMES.join(', ')}; needs "code". Handlers: node or python.` })),
     code: Type.Optional(Type.String({ description: 'Source: a program (command style) or a module defining "handler".', maxLength: 4 * 1024 * 1024 })),
-    handler: Type.Optional(Type.String({ description: 'Handler style: the function (node: exported from the ES module; python: defined) that receives the body and returns the response. Without it the code is a program: stdin is the body, stdout the response.', maxLength: 128 })),
+    handler: Type.Optional(Type.String({ description: 'Handler style: the function (node: exported from the ES module; python: defined) that receives the body and returns the response. Without it the code is a program: stdin is the body, stdout the response. A bundle names it FILE:FUNCTION (handler.py:main, src/index.js:handler), FILE relative to the bundle\'s root.', maxLength: 1024 })),
     image: Type.Optional(ExecuteRequestSchema.properties.image),
     command: Type.Optional(ExecuteRequestSchema.properties.command),
     env: Type.Optional(ExecuteRequestSchema.properties.env),
@@ -154,6 +154,16 @@ export const FunctionVersionListSchema = Type.Object(
   },
 );
 
+/** What a version records of its bundle (deployed from a tar of a directory). */
+export const FunctionBundleSchema = Type.Object(
+  {
+    sha256: Type.String({ description: 'sha256 of the archive as uploaded (hex): the content hash' }),
+    bytes: Type.Integer({ description: 'Bytes of the archive (counted against the tenant\'s maxCodeBytes)' }),
+    entries: Type.Integer({ description: 'Files, directories and links in it' }),
+  },
+  { description: 'Present when the version was deployed from a bundle: its files are the sandbox\'s /work (read-only)' },
+);
+
 export const FunctionViewSchema = Type.Object(
   {
     name: Type.String(),
@@ -161,6 +171,7 @@ export const FunctionViewSchema = Type.Object(
     style: Type.String({ description: 'handler or command' }),
     createdAtMs: Type.Number(),
     updatedAtMs: Type.Number(),
+    bundle: Type.Optional(FunctionBundleSchema),
   },
   { additionalProperties: true },
 );

@@ -1,4 +1,7 @@
-import { readFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
 import type { Command } from 'commander';
 import { collect, guarded, parseNumber, readAll } from './options.js';
 
@@ -7,6 +10,37 @@ import { Kindling, type FunctionSpec } from '@kindling/sdk';
 import { clientOptions, type ClientDefaults } from './run.js';
 
 
+
+/**
+ * The directory as a tar stream (GNU tar): entries sorted, owners and times zeroed, so the same content gives the same
+ * bytes and the same hash (the server unpacks it once). `.git` is always left out; DIR/.kindlingignore, when present,
+ * lists more patterns (one per line, tar's --exclude syntax: `*.log`, `build`, `./secret.txt`).
+ */
+export async function tarDirectory(dir: string): Promise<ReadableStream<Uint8Array>> {
+  const found = await stat(dir).catch(() => null);
+  if (found === null || !found.isDirectory()) throw new Error(`--dir ${dir}: not a directory`);
+  const ignore = join(dir, '.kindlingignore');
+  const hasIgnore = await stat(ignore).then(
+    (s) => s.isFile(),
+    () => false,
+  );
+  const child = spawn(
+    'tar',
+    ['-c', '-f', '-', '--sort=name', '--mtime=@0', '--owner=0', '--group=0', '--numeric-owner', '--exclude=.git', ...(hasIgnore ? ['--exclude=./.kindlingignore', `--exclude-from=${ignore}`] : []), '-C', dir, '.'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  const out = new PassThrough();
+  child.stdout.pipe(out, { end: false });
+  child.on('error', (error) => out.destroy(error));
+  child.on('close', (code) => {
+    // A tar that failed half-way must not look like a complete archive to the server.
+    if (code === 0) out.end();
+    else out.destroy(new Error(`tar of ${dir} failed: ${stderr.trim() || `exit ${code}`}`));
+  });
+  return Readable.toWeb(out) as ReadableStream<Uint8Array>;
+}
 
 export const clientFrom = (options: Record<string, unknown>): Kindling =>
   new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined, timeoutMs: 0, ...(typeof options.tenant === 'string' ? { tenant: options.tenant } : {}) });
@@ -21,7 +55,8 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     .option('-r, --runtime <runtime>', 'python | node (handlers) or bash | rust (programs)')
     .option('-f, --file <path>', 'the source file')
     .option('-c, --code <code>', 'the source inline')
-    .option('--handler <name>', 'handler style: the function that takes the body and returns the response')
+    .option('--dir <path>', 'deploy a bundle: this directory as a tar (.git and the patterns of DIR/.kindlingignore left out); with --handler FILE:FUNCTION or a command after --')
+    .option('--handler <name>', 'handler style: the function that takes the body and returns the response (with --dir: FILE:FUNCTION, e.g. src/index.js:handler)')
     .option('-i, --image <image>', 'image of a command function, e.g. kindling/base')
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, [])
     .option('--timeout-ms <ms>', 'wall-clock limit per invocation in milliseconds', parseNumber('--timeout-ms'))
@@ -33,7 +68,14 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     .option('--json', 'print the deployed function as JSON');
   clientOptions(deploy, defaults).action(async (name: string, args: string[], options: Record<string, unknown>) => {
     const spec: FunctionSpec = {};
-    if (options.image !== undefined) {
+    if (options.dir !== undefined) {
+      if (options.file !== undefined || options.code !== undefined) throw new Error('--dir brings the code: drop --file/--code');
+      if (options.image !== undefined) spec.image = options.image as string;
+      else if (options.runtime !== undefined) spec.runtime = options.runtime as string;
+      else throw new Error('--dir needs --runtime (or --image with a command after --)');
+      if (options.handler === undefined && args.length === 0) throw new Error('--dir needs --handler FILE:FUNCTION, or a command after -- (run in the bundle\'s directory)');
+      if (args.length > 0) spec.command = args;
+    } else if (options.image !== undefined) {
       if (args.length === 0) throw new Error('--image needs a command after --, e.g. kindling deploy up --image kindling/base -- tr a-z A-Z');
       spec.image = options.image as string;
       spec.command = args;
@@ -57,9 +99,10 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     }
     if (options.executor !== undefined) spec.executor = options.executor as string;
     await guarded(async () => {
-      const info = await clientFrom(options).functions.deploy(name, spec);
+      const client = clientFrom(options);
+      const info = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string));
       if (options.json) process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
-      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})\n`);
+      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}\n`);
     });
   });
 

@@ -75,6 +75,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--max-queued <n>', 'executions waiting for a slot before 429', int('--max-queued'), 256)
     .option('--queue-timeout-ms <ms>', 'longest wait for a slot before 429', int('--queue-timeout-ms'), 30_000)
     .option('--max-body-bytes <n>', 'largest JSON request body; beyond it 413', int('--max-body-bytes'), 64 * 1024 * 1024)
+    .option('--max-bundle-bytes <n>', 'largest function bundle (a tar of a directory, as uploaded); beyond it 413', int('--max-bundle-bytes'), 64 * 1024 * 1024)
     .option('--max-stream-bytes <n>', 'largest raw (application/octet-stream) body, streamed to stdin; beyond it 413', int('--max-stream-bytes'), 1024 * 1024 * 1024)
     .option('--stream-relay <on|off>', 'large raw streams (uploads of 4 MiB+, outputs past 1 MiB) move between the client socket and the sandbox by splice(2), around the node process; off keeps them in node', 'on')
     .option('--shutdown-timeout-ms <ms>', 'how long SIGTERM waits for in-flight executions', int('--shutdown-timeout-ms'), 30_000)
@@ -134,6 +135,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         queueTimeoutMs: options.queueTimeoutMs as number,
         maxBodyBytes: options.maxBodyBytes as number,
         maxStreamBytes: options.maxStreamBytes as number,
+        maxBundleBytes: options.maxBundleBytes as number,
         ...(relay === 'off' ? { streamRelayPath: null } : {}),
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,

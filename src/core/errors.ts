@@ -25,6 +25,10 @@ export const ERROR_CODES = {
   SANDBOX_PATH_INVALID: { statusCode: 400, retryable: false },
   /** An uploaded tar archive has an entry that would leave the target directory (absolute, `..`, a link out), a device or fifo, or is corrupt. */
   SANDBOX_TAR_INVALID: { statusCode: 400, retryable: false },
+  /** A function bundle with an entry that would leave the bundle (absolute, `..`, a link out), a device or fifo, or a corrupt archive; `details.entry` names it. */
+  BUNDLE_INVALID: { statusCode: 400, retryable: false },
+  /** A bundle deployed to an executor that cannot bind it into its sandboxes (the message names the ones that can). */
+  BUNDLES_UNSUPPORTED: { statusCode: 400, retryable: false },
   UNAUTHORIZED: { statusCode: 401, retryable: false },
   /** A tenant key asked for an admin-only route (tenants, keys, another tenant's scope). */
   FORBIDDEN: { statusCode: 403, retryable: false },

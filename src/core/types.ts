@@ -62,6 +62,11 @@ export interface RunSpec {
    * the tmpfs there would be at those paths.
    */
   rwBinds?: { source: string; target: string }[];
+  /**
+   * Host directories bound read-only inside (a function's bundle at its work dir), in place of the tmpfs there would
+   * be at those paths. Only the sandbox and docker executors bind them; the others refuse a spec that has any.
+   */
+  roBinds?: { source: string; target: string }[];
 }
 
 export interface ExecutionResult {

@@ -26,6 +26,8 @@ export interface ExecuteOptions {
   trace?: TraceContext;
   /** The tenant it runs for: caps on its limits, its concurrency slot, the tenant of its usage record. */
   tenant?: TenantScope;
+  /** Host directories bound read-only inside (a function's bundle at its work dir); never from a request. */
+  roBinds?: { source: string; target: string }[];
 }
 
 /** What an execution needs to know of its tenant. */
@@ -266,6 +268,7 @@ export class ExecutionService {
     const io = options.io ?? DEFAULT_IO;
     if (streamsStdin(io.stdin) || io.stdin.kind === 'bytes') prepared.spec.stdin = true;
     if (options.trace) prepared.spec.env.TRACEPARENT = options.trace.traceparent;
+    if (options.roBinds !== undefined) prepared.spec.roBinds = options.roBinds;
     const { spec, executor } = prepared;
     if (options.tenant) spec.labels['dev.kindling.tenant'] = options.tenant.name;
     // The tenant's quota first (an immediate 429), then the server's queue.

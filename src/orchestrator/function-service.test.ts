@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { KindlingError } from '../core/errors.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { ExecutionService } from './execution-service.js';
+import { BundleStore } from './bundles.js';
 import { FunctionService, type HandlerInvoker } from './function-service.js';
 
 /** Warm pools on the sandbox executor only (as a server whose other executor keeps no warm sandboxes). */
@@ -52,6 +53,30 @@ describe('FunctionService: handler functions on an executor without warm sandbox
       await assert.rejects(after.invoke('default', 'f', Buffer.from('x'), {}), (error: unknown) => error instanceof KindlingError && error.code === 'HANDLERS_UNSUPPORTED' && !error.retryable);
     } finally {
       await after.close();
+      store.close();
+    }
+  });
+});
+
+describe('FunctionService: bundles', () => {
+  it('a bundle function whose default executor became one that cannot bind bundles answers 400 BUNDLES_UNSUPPORTED, without running', async () => {
+    const store = new SqliteStore(':memory:');
+    let ran = 0;
+    const executionService = {
+      prepare: async () => undefined,
+      executeRaw: async () => {
+        ran++;
+        throw new Error('not reached');
+      },
+    } as unknown as ExecutionService;
+    // Stored as a deploy on a sandbox-default server would store it (no executor named).
+    store.putFunction('default', 'b', { runtime: 'bash', command: ['bash', 'run.sh'], bundle: { sha256: 'a'.repeat(64), bytes: 10240, entries: 2 } }, 1);
+    const service = new FunctionService({ store, executionService, defaultExecutor: 'microvm', bundles: new BundleStore({ dir: '/nonexistent/bundles' }) });
+    try {
+      await assert.rejects(service.invoke('default', 'b', Buffer.from('x'), {}), (error: unknown) => error instanceof KindlingError && error.code === 'BUNDLES_UNSUPPORTED' && /microvm/.test(error.message));
+      assert.equal(ran, 0);
+    } finally {
+      await service.close();
       store.close();
     }
   });

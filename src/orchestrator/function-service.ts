@@ -1,3 +1,5 @@
+import { lstat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName, type ResourceLimits } from '../core/types.js';
@@ -7,6 +9,8 @@ import type { ExecutionService, OutputStreamName, TenantScope, TraceContext } fr
 import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
+import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
+import { RUNTIMES } from './runtimes.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -78,6 +82,10 @@ export interface FunctionServiceOptions {
   versionsInUse?: (tenant: string, name: string) => Iterable<number>;
   /** The tenant's storage quotas, checked before a version is stored; absent: no quotas. */
   storageQuotasOf?: (tenant: string) => StorageQuotas;
+  /** Where deployed bundles are unpacked; absent: bundle deploys are refused (BUNDLES_UNSUPPORTED). */
+  bundles?: BundleStore;
+  /** Called when removing unreferenced bundles failed (they are tried again after the next deploy or delete). */
+  onError?: (error: unknown) => void;
 }
 
 /** The public view of a function: its latest version's spec, flattened, plus its identity and times. */
@@ -102,6 +110,21 @@ export interface FunctionVersionView extends FunctionSpec {
 
 export const HANDLER_RUNTIMES = ['node', 'python'] as const;
 const HANDLER_NAME = /^[A-Za-z_$][A-Za-z0-9_$]{0,127}$/;
+/** Executors that bind a bundle's directory into their sandboxes (gvisor and microvm do not: see docs/functions.md). */
+export const BUNDLE_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker'];
+
+/**
+ * A bundle's handler, `FILE:FUNCTION` (`handler.py:main`, `src/index.js:handler`): the file relative to the bundle's
+ * root, the function it exports (node) or defines (python). Null when `handler` is not of that form.
+ */
+export function parseBundleHandler(handler: string): { file: string; fn: string } | null {
+  const colon = handler.lastIndexOf(':');
+  if (colon <= 0) return null;
+  const file = handler.slice(0, colon);
+  const fn = handler.slice(colon + 1);
+  if (!HANDLER_NAME.test(fn) || file.length > 1024 || file.startsWith('/') || file.includes('\0') || file.split('/').some((part) => part === '..' || part === '.' || part === '')) return null;
+  return { file, fn };
+}
 
 export const isHandlerStyle = (spec: FunctionSpec): boolean => spec.handler !== undefined;
 
@@ -124,8 +147,9 @@ export class FunctionService {
     // From here to the write nothing awaits: the quota check and the write see the same usage.
     const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
     this.checkStorageQuotas(tenant, name, spec, retention);
-    const { fn, version, created } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
+    const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
     if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
+    if (pruned.length > 0) this.collectBundles();
     return { view: toView(fn, version), created };
   }
 
@@ -194,12 +218,31 @@ export class FunctionService {
     checkName(name);
     if (!this.store.deleteFunction(tenant, name)) throw notFound(name);
     await this.options.handlers?.deleted(tenant, name);
+    this.collectBundles();
+  }
+
+  /** Removes unpacked bundles no kept version refers to any more (in the background; a failure is retried next time). */
+  collectBundles(): void {
+    const bundles = this.options.bundles;
+    if (bundles === undefined) return;
+    this.collecting = this.collecting.then(() => bundles.collect(this.store.bundleHashes())).then(
+      () => undefined,
+      (error: unknown) => this.options.onError?.(error),
+    );
+  }
+
+  private collecting: Promise<void> = Promise.resolve();
+
+  /** Resolves once the bundle collections started so far are done (tests, shutdown). */
+  bundlesCollected(): Promise<void> {
+    return this.collecting;
   }
 
   /** A deleted tenant's functions go, with their warm sandboxes. */
   async deleteTenant(tenant: string): Promise<void> {
     const names = this.store.deleteTenantFunctions(tenant);
     await Promise.all(names.map((name) => this.options.handlers?.deleted(tenant, name)));
+    this.collectBundles();
   }
 
   /** The version an invocation of `name` runs (the latest unless `version` is given) and its style; 404 if none. */
@@ -214,6 +257,11 @@ export class FunctionService {
     const spec = version.spec;
     const executor = spec.executor ?? this.options.defaultExecutor;
     // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
+    // Deployed when another executor was the default (the server's default changed since): refused, never run
+    // without its files on an executor that cannot bind them.
+    if (spec.bundle !== undefined && !BUNDLE_EXECUTORS.includes(executor)) {
+      throw new KindlingError('BUNDLES_UNSUPPORTED', `function "${name}" is a bundle, which the ${executor} executor cannot run; redeploy it with "executor": ${BUNDLE_EXECUTORS.map((e) => `"${e}"`).join(' or ')}`, { details: { executor } });
+    }
     const releaseTenant = options.scope?.acquire?.();
     try {
       if (isHandlerStyle(spec)) {
@@ -228,6 +276,7 @@ export class FunctionService {
       let raw;
       try {
         raw = await this.options.executionService.executeRaw(commandRequest(spec), {
+          ...(spec.bundle === undefined ? {} : { roBinds: [{ source: this.bundlePath(spec.bundle.sha256), target: BUNDLE_MOUNT }] }),
           io: { stdin: options.io?.stdin ?? { kind: 'bytes', bytes: body }, stdout: options.io?.stdout ?? COLLECT_STDOUT },
           functionName: name,
           tenant: { name: tenant, caps: options.scope?.caps ?? {} },
@@ -264,6 +313,11 @@ export class FunctionService {
 
   private readonly limiters = new Map<string, ConcurrencyLimiter>();
 
+  private bundlePath(sha256: string): string {
+    if (this.options.bundles === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles');
+    return this.options.bundles.pathOf(sha256);
+  }
+
   private limiterFor(version: FunctionVersion): ConcurrencyLimiter {
     const key = `${version.tenant}/${version.name}@${version.version}`;
     let limiter = this.limiters.get(key);
@@ -299,7 +353,9 @@ export class FunctionService {
     if (spec.minWarm !== undefined && !(Number.isInteger(spec.minWarm) && spec.minWarm >= 0 && spec.minWarm <= ceiling)) {
       throw new KindlingError('LIMIT_OUT_OF_RANGE', `minWarm must be a whole number between 0 and maxConcurrency (${ceiling}), got ${spec.minWarm}`, { details: { field: 'minWarm' } });
     }
-    if (spec.handler !== undefined) {
+    if (spec.bundle !== undefined) {
+      await this.validateBundle(spec, executor);
+    } else if (spec.handler !== undefined) {
       if (!HANDLER_NAME.test(spec.handler)) fail('handler', `handler must be a function name like "main" or "handler", got "${spec.handler}"`);
       if (spec.image !== undefined || spec.command !== undefined) {
         throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime" + "code", not with "image" + "command"');
@@ -316,15 +372,59 @@ export class FunctionService {
       }
     }
     // The same checks a one-off execution gets: fields that go together, runtime, image, limits in range.
-    await this.options.executionService.prepare({ ...commandRequest(spec), executor }, caps);
+    // A bundle's handler has no command of its own (the agent is the command): the image and limits are checked.
+    const handlerBundle = spec.bundle !== undefined && spec.handler !== undefined;
+    await this.options.executionService.prepare({ ...commandRequest(spec), ...(handlerBundle ? { command: ['true'] } : {}), executor }, caps);
+  }
+
+  /**
+   * A bundle function: handler style (`runtime` node/python + `handler` FILE:FUNCTION, the file in the bundle) or
+   * command style (`command` run in the bundle's directory, with `runtime`'s image or an `image`). No `code`.
+   */
+  private async validateBundle(spec: FunctionSpec, executor: ExecutorName): Promise<void> {
+    const bundle = spec.bundle!;
+    const bundles = this.options.bundles;
+    if (bundles === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles; deploy the code as JSON ("code")');
+    if (!BUNDLE_EXECUTORS.includes(executor)) {
+      throw new KindlingError('BUNDLES_UNSUPPORTED', `bundles cannot run on the ${executor} executor (it cannot bind the bundle's directory into its sandboxes); deploy with "executor": ${BUNDLE_EXECUTORS.map((e) => `"${e}"`).join(' or ')}`, { details: { executor } });
+    }
+    if (!(await bundles.has(bundle.sha256))) throw new KindlingError('BUNDLE_INVALID', 'the bundle is not in this server\'s bundle store; upload it again');
+    if (spec.code !== undefined) throw new KindlingError('CONFLICTING_FIELDS', 'a bundle brings its own code: drop "code" (the handler names the file, FILE:FUNCTION)');
+    if (spec.handler !== undefined) {
+      const parsed = parseBundleHandler(spec.handler);
+      if (parsed === null) {
+        throw new KindlingError('VALIDATION_FAILED', `a bundle's handler is FILE:FUNCTION with FILE relative to the bundle's root, e.g. "handler.py:main" or "src/index.js:handler"; got "${spec.handler.slice(0, 200)}"`, { details: { field: 'handler' } });
+      }
+      if (spec.image !== undefined || spec.command !== undefined) throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime", not with "image" + "command"');
+      if (spec.runtime === undefined || !(HANDLER_RUNTIMES as readonly string[]).includes(spec.runtime)) {
+        throw new KindlingError('VALIDATION_FAILED', `a handler needs "runtime": ${HANDLER_RUNTIMES.join(' or ')} (other runtimes deploy as commands: give "command" instead of "handler")`, { details: { field: 'runtime' } });
+      }
+      const found = await lstat(join(bundles.pathOf(bundle.sha256), parsed.file)).catch(() => null);
+      if (found === null || found.isDirectory()) {
+        throw new KindlingError('VALIDATION_FAILED', `the handler's file "${parsed.file.slice(0, 200)}" is not a file of the bundle; name a file relative to the bundle's root (FILE:FUNCTION)`, { details: { field: 'handler', file: parsed.file.slice(0, 200) } });
+      }
+      if (this.options.handlers === undefined || !this.options.handlers.supports(executor)) throw handlersUnsupported(executor);
+      return;
+    }
+    if (spec.command === undefined || spec.command.length === 0) {
+      throw new KindlingError('VALIDATION_FAILED', 'a bundle runs as a handler ("runtime" + "handler": "FILE:FUNCTION") or as a command ("runtime" or "image" + "command", e.g. ["python3", "main.py"])', { details: { field: 'handler' } });
+    }
+    if (spec.runtime !== undefined && spec.image !== undefined) throw new KindlingError('CONFLICTING_FIELDS', 'give "runtime" or "image" with a bundle\'s command, not both');
+    if (spec.runtime !== undefined && RUNTIMES[spec.runtime] === undefined) throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${spec.runtime}"; use one of ${Object.keys(RUNTIMES).join(', ')}`);
   }
 }
 
 function commandRequest(spec: FunctionSpec): ExecuteRequest {
   const request: ExecuteRequest = {};
-  if (spec.runtime !== undefined) request.runtime = spec.runtime;
-  if (spec.code !== undefined) request.code = spec.code;
-  if (spec.image !== undefined) request.image = spec.image;
+  if (spec.bundle !== undefined) {
+    // A bundle's command runs in the runtime's image (or the one named), in the bundle's directory.
+    const image = spec.image ?? (spec.runtime === undefined ? undefined : RUNTIMES[spec.runtime]?.image);
+    if (image !== undefined) request.image = image;
+  } else {
+    if (spec.runtime !== undefined) request.runtime = spec.runtime;
+    if (spec.code !== undefined) request.code = spec.code;
+    if (spec.image !== undefined) request.image = spec.image;
+  }
   if (spec.command !== undefined) request.command = spec.command;
   if (spec.env !== undefined) request.env = spec.env;
   if (spec.timeoutMs !== undefined) request.timeoutMs = spec.timeoutMs;

@@ -8,7 +8,8 @@
  * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
  */
 import { StringDecoder } from 'node:string_decoder';
-import { agentLaunch, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
+import { posix } from 'node:path';
+import { agentLaunch, agentLaunchModule, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
 import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
@@ -17,7 +18,8 @@ import type { ExecutorName, ResourceLimits, RunSpec } from '../core/types.js';
 import { AgentLoadError, type Executor, type WarmSandbox } from '../executors/executor.js';
 import type { FunctionVersion } from '../store/store.js';
 import { BASE_ENV } from './execution-service.js';
-import type { HandlerInvoker, InvocationResult, InvokeOptions } from './function-service.js';
+import { parseBundleHandler, type HandlerInvoker, type InvocationResult, type InvokeOptions } from './function-service.js';
+import { BUNDLE_MOUNT } from './bundles.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { WarmCapacity, WarmPool } from './warm-pool.js';
 
@@ -100,6 +102,8 @@ export interface HandlerPoolsOptions {
   onStartFailed?: (executor: ExecutorName) => void;
   /** Shapes warmed by startWarming() (e.g. node and python with the default limits on the default executor). */
   genericWarmAtStart?: { executor: ExecutorName; runtime: 'node' | 'python' }[];
+  /** The host directory of an unpacked bundle (see bundles.ts); needed by functions deployed from a bundle. */
+  bundlePath?: (sha256: string) => string;
 }
 
 interface Entry {
@@ -217,8 +221,9 @@ export class HandlerPools implements HandlerInvoker {
   private async coldSandbox(version: FunctionVersion, executor: Executor, executorName: ExecutorName, limits: ReturnType<typeof resolveLimits>): Promise<WarmSandbox> {
     const runtime = version.spec.runtime as 'node' | 'python';
     const key = genericKey(shapeOf(executorName, runtime, limits));
-    const generic = this.generic.take(key);
-    this.generic.replenish(key);
+    // A bundle is bound into the sandbox when it is made: a generic one (already made) cannot take it.
+    const generic = version.spec.bundle === undefined ? this.generic.take(key) : undefined;
+    if (version.spec.bundle === undefined) this.generic.replenish(key);
     if (generic?.load !== undefined) {
       try {
         const code = version.spec.code ?? '';
@@ -404,13 +409,24 @@ export class HandlerPools implements HandlerInvoker {
 
   private runSpec(version: FunctionVersion, limits: ReturnType<typeof resolveLimits>): RunSpec {
     const spec = version.spec;
-    const launch = agentLaunch(spec.runtime as 'node' | 'python', spec.code ?? '', spec.handler ?? 'handler');
+    const runtime = spec.runtime as 'node' | 'python';
+    const bundled = spec.bundle === undefined ? null : parseBundleHandler(spec.handler ?? '');
+    if (spec.bundle !== undefined && (bundled === null || this.options.bundlePath === undefined)) {
+      throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles');
+    }
+    const launch =
+      bundled === null ? agentLaunch(runtime, spec.code ?? '', spec.handler ?? 'handler') : agentLaunchModule(runtime, posix.join(BUNDLE_MOUNT, bundled.file), bundled.fn);
+    const bundleBinds = spec.bundle === undefined ? {} : { roBinds: [{ source: this.options.bundlePath!(spec.bundle.sha256), target: BUNDLE_MOUNT }] };
+    // Python finds the bundle's top-level modules and packages from any file of it (the agent adds the file's own dir).
+    const bundleEnv: Record<string, string> = spec.bundle !== undefined && runtime === 'python' ? { PYTHONPATH: BUNDLE_MOUNT, PYTHONDONTWRITEBYTECODE: '1' } : {};
     return {
       id: newId('warm'),
       image: `kindling/${spec.runtime}`,
       command: launch.command,
-      env: { ...BASE_ENV, ...spec.env },
-      workdir: '/tmp',
+      env: { ...BASE_ENV, ...bundleEnv, ...spec.env },
+      ...bundleBinds,
+      // A bundle is the work dir (read-only); a single file's handler starts in /tmp.
+      workdir: spec.bundle === undefined ? '/tmp' : BUNDLE_MOUNT,
       // The sandbox's own wall-clock limit is its lifetime; each invocation has its own timeout (see invoke).
       limits: { ...limits, timeoutMs: this.options.maxAgeMs * 2 },
       network: 'none',

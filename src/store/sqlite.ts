@@ -1,5 +1,6 @@
 import type Database from 'better-sqlite3';
 import { openSqlite } from './open-sqlite.js';
+import { specBytes } from './store.js';
 import type {
   CallbackState,
   FunctionRecord,
@@ -355,7 +356,7 @@ export class SqliteStore implements Store {
       if (existing === undefined) this.statements.insertFunction.run(tenant, name, version, nowMs, nowMs);
       else this.statements.bumpFunction.run(version, nowMs, tenant, name);
       const json = JSON.stringify(spec);
-      this.statements.insertVersion.run(tenant, name, version, json, nowMs, Buffer.byteLength(json));
+      this.statements.insertVersion.run(tenant, name, version, json, nowMs, specBytes(spec));
       // The new version is the newest, so it is always kept (keep >= 1): version numbers are never reused.
       const pruned =
         retention === undefined
@@ -431,6 +432,12 @@ export class SqliteStore implements Store {
     const names = this.statements.deleteTenantFunctions.all(tenant).map((row) => row.name);
     for (const name of names) this.latest.delete(cacheKey(tenant, name));
     return names;
+  }
+
+  bundleHashes(): Set<string> {
+    // Rare (after deploys and deletes of bundle functions): a scan is fine, no index on the JSON.
+    const rows = this.db.prepare("SELECT DISTINCT json_extract(spec, '$.bundle.sha256') AS sha FROM function_versions WHERE json_extract(spec, '$.bundle.sha256') IS NOT NULL").all() as { sha: string }[];
+    return new Set(rows.map((row) => row.sha));
   }
 
   insertInvocation(input: NewInvocation): { invocation: InvocationRecord; created: boolean } {

@@ -22,6 +22,18 @@ export interface FunctionSpec {
   /** Invocations that may wait for a sandbox beyond maxConcurrency; more get 429. Default: the server's. */
   maxQueued?: number;
   executor?: ExecutorName;
+  /** Deployed from a bundle (a tar of a directory): its content, seen read-only at the work dir (/work). */
+  bundle?: FunctionBundle;
+}
+
+/** What a version records of its bundle (the unpacked files live in the server's bundle store, by hash). */
+export interface FunctionBundle {
+  /** sha256 of the archive as uploaded, hex: versions with the same bytes share one unpacked copy. */
+  sha256: string;
+  /** Bytes of the archive (counted against the tenant's maxCodeBytes, per version). */
+  bytes: number;
+  /** Entries (files, directories, links) in it. */
+  entries: number;
 }
 
 export interface FunctionVersion {
@@ -35,7 +47,7 @@ export interface FunctionVersion {
 }
 
 /** The bytes a version takes in the store (its spec as stored: JSON, UTF-8): what the tenant's code quota counts. */
-export const specBytes = (spec: FunctionSpec): number => Buffer.byteLength(JSON.stringify(spec));
+export const specBytes = (spec: FunctionSpec): number => Buffer.byteLength(JSON.stringify(spec)) + (spec.bundle?.bytes ?? 0);
 
 /**
  * What a tenant keeps on the server's disk, as the store counts it (in the same transaction as each write, so it is
@@ -90,6 +102,8 @@ export interface Store {
   deleteFunction(tenant: string, name: string): boolean;
   /** Names of every function of a tenant (a deleted tenant's functions go). */
   deleteTenantFunctions(tenant: string): string[];
+  /** The bundle hashes (FunctionBundle.sha256) some kept version of any tenant refers to (bundle garbage collection). */
+  bundleHashes(): Set<string>;
 
   /**
    * Commits a queued invocation (with its payload). With an idempotency key already used for the same function (and

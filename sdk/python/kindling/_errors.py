@@ -113,6 +113,8 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "SANDBOXES_UNSUPPORTED": ValidationError,
     "SANDBOX_PATH_INVALID": ValidationError,
     "SANDBOX_TAR_INVALID": ValidationError,
+    "BUNDLE_INVALID": ValidationError,
+    "BUNDLES_UNSUPPORTED": ValidationError,
     "SANDBOX_NOT_FOUND": NotFoundError,
     "SANDBOX_COMMAND_NOT_FOUND": NotFoundError,
     "SANDBOX_COMMAND_LIMIT": RateLimitError,

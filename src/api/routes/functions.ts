@@ -6,7 +6,9 @@ import type { ExecutorName, RuntimeName } from '../../core/types.js';
 import type { FunctionService, InvocationResult } from '../../orchestrator/function-service.js';
 import type { InvocationService } from '../../orchestrator/invocations.js';
 import type { Invocation, InvocationRunner } from '../../orchestrator/invocation-runner.js';
-import { checkDeclaredLength, readUpload } from '../raw-body.js';
+import { Value } from '@sinclair/typebox/value';
+import { checkDeclaredLength, limitUpload, readUpload } from '../raw-body.js';
+import type { BundleStore } from '../../orchestrator/bundles.js';
 import { beginStreamedAnswer, breakStreamedAnswer, endStreamedAnswer, payloadLimit, streamUpload } from '../raw-io.js';
 import type { StreamRelay } from '../stream-relay.js';
 import type { FunctionSpec } from '../../store/store.js';
@@ -25,7 +27,7 @@ import {
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 
 /** What the function routes use of each service (tests pass small fakes of these). */
-export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'>;
+export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'> & Partial<Pick<FunctionService, 'collectBundles'>>;
 export type FunctionRouteInvocations = Pick<InvocationService, 'checkQueuedPayload' | 'enqueue'>;
 export type FunctionRouteRunner = Pick<InvocationRunner, 'invoke' | 'recordLogBytes'>;
 
@@ -40,32 +42,126 @@ export interface FunctionRouteOptions {
   maxStreamBytes: number;
   /** The splice data plane for large streams; absent: they go through node streams. */
   streamRelay?: StreamRelay;
+  /** Checks and unpacks uploaded bundles; absent: a bundle deploy answers 415. */
+  bundles?: Pick<BundleStore, 'ingest' | 'maxBytes' | 'release'>;
+}
+
+const BUNDLE_TYPES = ['application/x-tar', 'application/tar'];
+const ZIP_TYPES = ['application/zip', 'application/x-zip-compressed'];
+const SPEC_HEADER = 'kindling-function-spec';
+
+/** The spec of a bundle deploy: JSON in the Kindling-Function-Spec header, checked against the same schema as a JSON deploy. */
+function parseSpecHeader(value: string | string[] | undefined): FunctionSpecBody {
+  if (typeof value !== 'string' || value.trim() === '') {
+    throw new KindlingError('VALIDATION_FAILED', 'a bundle deploy needs its spec as JSON in the Kindling-Function-Spec header, e.g. {"runtime":"node","handler":"index.js:handler"}', { details: { field: 'Kindling-Function-Spec' } });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new KindlingError('INVALID_JSON', 'the Kindling-Function-Spec header is not valid JSON; send the spec as one line of JSON', { details: { field: 'Kindling-Function-Spec' } });
+  }
+  const first = Value.Errors(FunctionSpecSchema, parsed).First();
+  if (first !== undefined) {
+    throw new KindlingError('VALIDATION_FAILED', `Kindling-Function-Spec${first.path.replace(/\//g, '.')}: ${first.message}`, { details: { field: `Kindling-Function-Spec${first.path.replace(/\//g, '.')}` } });
+  }
+  if (parsed !== null && typeof parsed === 'object' && 'code' in parsed) {
+    throw new KindlingError('CONFLICTING_FIELDS', 'a bundle brings its own code: drop "code" from Kindling-Function-Spec (the handler names the file, FILE:FUNCTION)');
+  }
+  return parsed as FunctionSpecBody;
+}
+
+/** An upload refused before (or while) it was read: the rest is drained, and the connection closed after the answer. */
+function refuseUpload(upload: IncomingMessage, reply: FastifyReply): void {
+  if (upload.complete) return;
+  upload.unpipe();
+  upload.resume();
+  reply.header('connection', 'close');
 }
 
 export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRouteOptions): void {
   const service = options.functionService;
 
-  app.put<{ Params: FunctionNameParams; Body: FunctionSpecBody }>(
-    '/v1/functions/:name',
-    {
-      schema: {
-        tags: ['functions'],
-        summary: 'Deploy a function: every PUT makes a new immutable version that invocations then run',
-        params: FunctionNameParamsSchema,
-        body: FunctionSpecSchema,
-        response: { 200: FunctionViewSchema, 201: FunctionViewSchema, ...errors },
+  // The deploy route takes JSON (the spec) or a bundle (a tar of a directory, the spec in the Kindling-Function-Spec
+  // header): its own scope hands a tar body over as a stream, checked and unpacked as it arrives, never buffered.
+  void app.register(async (scope) => {
+    const asStream = (_request: FastifyRequest, payload: IncomingMessage, done: (error: Error | null, body?: unknown) => void): void => done(null, payload);
+    scope.addContentTypeParser(BUNDLE_TYPES, asStream);
+    scope.addContentTypeParser(ZIP_TYPES, asStream);
+    scope.put<{ Params: FunctionNameParams; Body: FunctionSpecBody }>(
+      '/v1/functions/:name',
+      {
+        schema: {
+          tags: ['functions'],
+          summary: 'Deploy a function: every PUT makes a new immutable version that invocations then run',
+          description: [
+            'JSON body: the spec. Bundle: a tar of a directory as the body (Content-Type application/x-tar, at most --max-bundle-bytes) with the spec as JSON in the Kindling-Function-Spec header; the handler is FILE:FUNCTION (handler.py:main, src/index.js:handler) or the function runs "command" in the bundle\'s directory.',
+            'The bundle\'s files are the sandbox\'s work dir /work (read-only); its sha256 is the version\'s bundle.sha256. Entries that leave the bundle (absolute names, "..", links out), devices and fifos: 400 BUNDLE_INVALID naming the entry. Zip archives: 415 (send a tar). sandbox and docker executors only (others: 400 BUNDLES_UNSUPPORTED).',
+          ].join('\n\n'),
+          params: FunctionNameParamsSchema,
+          body: {
+            content: {
+              'application/json': { schema: FunctionSpecSchema },
+              // Any bytes (a stream, never validated as JSON): described, not checked.
+              'application/x-tar': { schema: {} },
+            },
+          },
+          headers: { type: 'object', properties: { 'kindling-function-spec': { type: 'string', description: 'The spec (JSON) of a bundle deploy' } } },
+          response: { 200: FunctionViewSchema, 201: FunctionViewSchema, ...errors },
+        },
       },
-    },
-    async (request, reply) => {
-      const body = request.body;
-      const spec: FunctionSpec = { ...body } as FunctionSpec;
-      if (body.runtime !== undefined) spec.runtime = body.runtime as RuntimeName;
-      if (body.executor !== undefined) spec.executor = body.executor as ExecutorName;
-      const { view, created } = await service.deploy(request.principal.tenant, request.params.name, spec, request.scope.caps, request.scope.maxConcurrency === undefined ? {} : { maxWarm: request.scope.maxConcurrency });
-      reply.code(created ? 201 : 200);
-      return view;
-    },
-  );
+      async (request, reply) => {
+        const contentType = (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+        const bundled = BUNDLE_TYPES.includes(contentType) || ZIP_TYPES.includes(contentType);
+        const body = bundled ? parseSpecHeader(request.headers[SPEC_HEADER]) : request.body;
+        const spec: FunctionSpec = { ...body } as FunctionSpec;
+        if (body.runtime !== undefined) spec.runtime = body.runtime as RuntimeName;
+        if (body.executor !== undefined) spec.executor = body.executor as ExecutorName;
+        const deploy = (): ReturnType<FunctionRouteFunctions['deploy']> =>
+          service.deploy(request.principal.tenant, request.params.name, spec, request.scope.caps, request.scope.maxConcurrency === undefined ? {} : { maxWarm: request.scope.maxConcurrency });
+        if (!bundled) {
+          const { view, created } = await deploy();
+          reply.code(created ? 201 : 200);
+          return view;
+        }
+        const upload = request.body as unknown as IncomingMessage;
+        const bundles = options.bundles;
+        if (ZIP_TYPES.includes(contentType) || bundles === undefined) {
+          refuseUpload(upload, reply);
+          throw new KindlingError(
+            'UNSUPPORTED_MEDIA_TYPE',
+            bundles === undefined ? 'this server takes no function bundles; deploy the code as JSON ("code")' : 'zip bundles are not taken: send a tar of the directory (Content-Type application/x-tar, e.g. tar -cf - -C DIR .), or use kindling deploy NAME --dir DIR',
+          );
+        }
+        try {
+          checkDeclaredLength(request.headers, bundles.maxBytes, '--max-bundle-bytes');
+        } catch (error) {
+          refuseUpload(upload, reply);
+          throw error;
+        }
+        const limited = limitUpload(upload, reply, bundles.maxBytes, '--max-bundle-bytes');
+        let info;
+        try {
+          info = await bundles.ingest(limited.stream);
+        } catch (error) {
+          refuseUpload(upload, reply);
+          throw limited.error() ?? error;
+        }
+        let stored = false;
+        try {
+          spec.bundle = info;
+          const { view, created } = await deploy();
+          stored = true;
+          reply.code(created ? 201 : 200);
+          return view;
+        } finally {
+          bundles.release(info.sha256);
+          // A refused deploy (bad handler file, quota) leaves an unpacked bundle no version may refer to.
+          if (!stored) service.collectBundles?.();
+        }
+      },
+    );
+  });
 
   app.get('/v1/functions', { schema: { tags: ['functions'], summary: 'List functions (latest versions)', response: { 200: { type: 'object', properties: { functions: { type: 'array', items: FunctionViewSchema } } }, ...errors } } }, async (request) => ({
     functions: service.list(request.principal.tenant),

@@ -19,3 +19,10 @@ test("rwBinds (a persistent sandbox's disk) replace the tmpfs at their targets, 
   assert.equal(options.HostConfig!.ReadonlyRootfs, true);
   assert.deepEqual(options.HostConfig!.CapDrop, ['ALL']);
 });
+
+test("roBinds (a function's bundle) replace the work dir's tmpfs and are bound read-only; /tmp stays a tmpfs", () => {
+  const roBinds = [{ source: '/data/bundles/abc', target: '/work' }];
+  const options = containerCreateOptions({ shape, hostRunDir: '/state/docker/slot-z', labels: {}, roBinds });
+  assert.deepEqual(Object.keys(options.HostConfig!.Tmpfs!), ['/tmp']);
+  assert.deepEqual(options.HostConfig!.Binds, ['/state/docker/slot-z:/.kindling:ro', '/data/bundles/abc:/work:ro']);
+});

@@ -44,6 +44,8 @@ export function containerCreateOptions(options: {
    * /tmp, see docker/persistent.ts). Their size limit is the disk's, enforced by the kernel.
    */
   rwBinds?: { source: string; target: string }[];
+  /** Host dirs bound read-only at these targets instead of a tmpfs there (a function's bundle at its work dir). */
+  roBinds?: { source: string; target: string }[];
 }): ContainerCreateOptions {
   const { shape } = options;
   const memoryBytes = shape.limits.memoryMb * 1024 * 1024;
@@ -55,7 +57,8 @@ export function containerCreateOptions(options: {
     tmpfs[shape.workdir] = `rw,exec,nosuid,nodev,${size},mode=0755,uid=${uid},gid=${gid}`;
   }
   const rwBinds = options.rwBinds ?? [];
-  for (const bind of rwBinds) delete tmpfs[bind.target];
+  const roBinds = options.roBinds ?? [];
+  for (const bind of [...rwBinds, ...roBinds]) delete tmpfs[bind.target];
   return {
     Image: normalizeImageRef(shape.image),
     Cmd: ['/bin/sh', `${GUEST_IO_DIR}/launch`],
@@ -85,6 +88,7 @@ export function containerCreateOptions(options: {
         // A warm sandbox's agent socket dir (read-only: connecting to a socket needs no write access to the mount).
         ...(options.agentDir === undefined ? [] : [`${options.agentDir}:${AGENT_MOUNT}:ro`]),
         ...rwBinds.map((bind) => `${bind.source}:${bind.target}:rw`),
+        ...roBinds.map((bind) => `${bind.source}:${bind.target}:ro`),
       ],
       LogConfig: { Type: 'none', Config: {} },
       // Open files (limits.openFiles): soft and hard, so the process cannot raise it. RLIMIT_CORE: the value at which

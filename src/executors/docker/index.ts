@@ -191,7 +191,7 @@ export class DockerExecutor implements Executor {
     return this.cgroupLayout;
   }
 
-  private async createSlot(shape: SlotShape, shapeKey: string, agentDir?: string, egress = false, rwBinds?: RunSpec['rwBinds']): Promise<Slot> {
+  private async createSlot(shape: SlotShape, shapeKey: string, agentDir?: string, egress = false, rwBinds?: RunSpec['rwBinds'], roBinds?: RunSpec['roBinds']): Promise<Slot> {
     const runDir = join(this.options.stateDir, 'docker', `slot-${Math.random().toString(36).slice(2, 12)}${Date.now().toString(36)}`);
     const ioDir = join(runDir, '.io');
     let stdout: FifoReader | null = null;
@@ -228,6 +228,7 @@ export class DockerExecutor implements Executor {
         ...(agentDir === undefined ? {} : { agentDir }),
         ...(egress ? { network: this.egress.name } : {}),
         ...(rwBinds === undefined ? {} : { rwBinds }),
+        ...(roBinds === undefined ? {} : { roBinds }),
       });
       container = await this.createAndStart(createOptions);
       cgroup.attach(container.id);
@@ -337,9 +338,9 @@ export class DockerExecutor implements Executor {
     const shapeKey = shapeKeyOf(shape);
     // A warm sandbox needs its agent dir bound at creation, an egress one its network, a persistent sandbox with a
     // disk its binds: never a prewarmed container.
-    const generic = spec.agentDir === undefined && !egress && spec.rwBinds === undefined;
+    const generic = spec.agentDir === undefined && !egress && spec.rwBinds === undefined && spec.roBinds === undefined;
     const prewarmed = generic ? this.pool.take(shapeKey) : null;
-    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey, spec.agentDir, egress, spec.rwBinds));
+    const slot = prewarmed ?? (await this.createSlot(shape, shapeKey, spec.agentDir, egress, spec.rwBinds, spec.roBinds));
     try {
       // A client gone while the container was being made: the slot is destroyed below, not left running.
       options.signal?.throwIfAborted();

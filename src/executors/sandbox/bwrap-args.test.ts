@@ -85,3 +85,11 @@ test('validateSpec refuses what the arguments cannot carry: NULs, "=" in env nam
   refuses({ files: [{ name: 'x', content: Buffer.alloc(0) }, { name: 'x', content: Buffer.alloc(0) }] }, 'files');
   refuses({ limits: { ...spec().limits, openFiles: 8 } }, 'limits');
 });
+
+test("a function's bundle is bound read-only at the work dir instead of its tmpfs; /tmp stays a tmpfs", () => {
+  const { options } = bwrapArgs(spec({ roBinds: [{ source: '/data/bundles/abc', target: '/work' }] }), 'h', image, { kind: 'tmpfs' }, null);
+  assert.deepEqual(after(options, '--tmpfs'), [['/dev/shm'], ['/tmp']]);
+  assert.ok(after(options, '--ro-bind', 2).some(([source, target]) => source === '/data/bundles/abc' && target === '/work'));
+  assert.deepEqual(after(options, '--bind', 2), []);
+  assert.deepEqual(after(options, '--chdir'), [['/work']]);
+});

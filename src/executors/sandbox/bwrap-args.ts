@@ -70,9 +70,12 @@ export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, pl
     '/dev',
   ];
   const binds = spec.rwBinds ?? [];
-  const bound = (target: string): boolean => binds.some((b) => b.target === target);
+  const roBinds = spec.roBinds ?? [];
+  const bound = (target: string): boolean => binds.some((b) => b.target === target) || roBinds.some((b) => b.target === target);
   if (!bound('/tmp')) a.push(...tmpfs('01777', '/tmp'));
   for (const b of binds) a.push('--bind', b.source, b.target);
+  // A function's bundle: shared by every sandbox of its content, never written (bwrap makes the bind read-only).
+  for (const b of roBinds) a.push('--ro-bind', b.source, b.target);
   // A bound work dir (a persistent sandbox's disk) needs neither a tmpfs nor a directory made for it.
   if (!bound(spec.workdir)) {
     if (plan.kind === 'tmpfs') a.push(...tmpfs('0755', spec.workdir));

@@ -1,0 +1,139 @@
+/**
+ * Function bundles on the sandbox executor: the first invocation (cold start) of a node handler whose bundle carries
+ * ~50 MB of node_modules next to that of a dependency-free bundle (same path: the bundle is bound read-only at /work,
+ * nothing is copied per sandbox; target < 2x), alternated, each on a function deployed just before; the deploy
+ * (upload, check, unpack) of the 50 MB bundle; and the disk the bundle store uses for 20 functions deployed from the
+ * same bundle (one unpacked copy per content hash). Build rows (npm ci cold and cached) wait for the build step.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { access, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type BenchContext, type GroupResult } from './lib/context.js';
+import { launchServer, type BenchServer } from './lib/server.js';
+import { fmtMs, fmtRatio, quantile } from './lib/stats.js';
+import { skippedRow, type Row } from './lib/table.js';
+
+const GROUP = 'bundles' as const;
+const PACKAGES = 50;
+const FILES_PER_PACKAGE = 20;
+/** 50 packages x 20 files x 50 KiB = 50 MiB of node_modules. */
+const FILE_BYTES = 50 * 1024;
+const SHARED = 20;
+const ROWS = [
+  { id: 'bundles.cold_start_deps', scenario: `Cold start of a node handler with ${Math.round((PACKAGES * FILES_PER_PACKAGE * FILE_BYTES) / 1048576)} MiB of node_modules (one package loaded) vs a dependency-free bundle`, target: '< 2x (issue 21)' },
+  { id: 'bundles.deploy_50mb', scenario: 'Deploy of that bundle (PUT application/x-tar: upload, check, unpack)', target: 'measured' },
+  { id: 'bundles.disk_shared', scenario: `Disk of the bundle store for ${SHARED} functions deployed from the same bundle`, target: 'one copy (issue 21)' },
+  { id: 'bundles.build_cold', scenario: 'npm ci build, cold', target: 'measured' },
+  { id: 'bundles.build_cached', scenario: 'npm ci build, cached (unchanged lockfile)', target: 'no rebuild' },
+] as const;
+
+const p50 = (samples: number[]): number => quantile([...samples].sort((a, b) => a - b), 0.5);
+
+async function deploy(url: string, name: string, tar: Buffer, spec: Record<string, unknown>): Promise<number> {
+  const started = performance.now();
+  const response = await fetch(`${url}/v1/functions/${name}`, { method: 'PUT', body: new Uint8Array(tar), headers: { 'content-type': 'application/x-tar', 'kindling-function-spec': JSON.stringify(spec) } });
+  const text = await response.text();
+  const ms = performance.now() - started;
+  if (response.status !== 201 && response.status !== 200) throw new Error(`deploy of ${name} answered ${response.status}: ${text.slice(0, 300)}`);
+  return ms;
+}
+
+async function invoke(url: string, name: string): Promise<{ ms: number; cold: boolean; body: string }> {
+  const started = performance.now();
+  const response = await fetch(`${url}/v1/functions/${name}/invoke`, { method: 'POST', body: 'x' });
+  const body = await response.text();
+  const ms = performance.now() - started;
+  if (response.status !== 200 || response.headers.get('x-kindling-exit-code') !== '0') throw new Error(`invoke of ${name} answered ${response.status}: ${body.slice(0, 300)}`);
+  return { ms, cold: response.headers.get('x-kindling-cold-start') === 'true', body };
+}
+
+export async function runBundlesGroup(ctx: BenchContext): Promise<GroupResult> {
+  const n = ctx.runsOverridden ? Math.min(ctx.runs.sandbox, 20) : 15;
+  const skipAll = (reason: string): GroupResult => ({ rows: ROWS.map((row) => skippedRow(GROUP, row.id, row.scenario, row.target, reason)), data: { skipped: reason } });
+  try {
+    await access('/var/lib/kindling/images/node/rootfs');
+  } catch {
+    return skipAll('no rootfs at /var/lib/kindling/images/node/rootfs');
+  }
+  let server: BenchServer;
+  try {
+    server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--max-bundle-bytes', String(128 * 1024 * 1024), '--tenant-max-code-bytes', '0'] });
+  } catch (error) {
+    return skipAll(`server --executor sandbox did not start: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
+  }
+  const rows: Row[] = [];
+  const data: Record<string, unknown> = {};
+  const url = server.url;
+  try {
+    const handler = "export async function handler(body) { return 'ok ' + body; }\n";
+    const withDeps = join(ctx.workDir, 'bundle-deps');
+    const plain = join(ctx.workDir, 'bundle-plain');
+    for (const dir of [withDeps, plain]) await mkdir(join(dir, 'src'), { recursive: true });
+    await writeFile(join(plain, 'src', 'index.mjs'), handler);
+    await writeFile(join(withDeps, 'src', 'index.mjs'), `import { value } from 'pkg0';\n${handler.replace("'ok '", "'ok ' + value + ' '")}`);
+    for (let p = 0; p < PACKAGES; p++) {
+      const pkg = join(withDeps, 'node_modules', `pkg${p}`);
+      await mkdir(pkg, { recursive: true });
+      await writeFile(join(pkg, 'package.json'), JSON.stringify({ name: `pkg${p}`, version: '1.0.0', type: 'module', main: 'index.js' }));
+      await writeFile(join(pkg, 'index.js'), `export const value = ${p};\n`);
+      // Incompressible filler (what a real node_modules has in bytes, not in meaning).
+      for (let f = 0; f < FILES_PER_PACKAGE; f++) await writeFile(join(pkg, `data${f}.bin`), randomBytes(FILE_BYTES));
+    }
+    const tarOf = (dir: string): Buffer => execFileSync('tar', ['-c', '-f', '-', '-C', dir, '.'], { maxBuffer: 256 * 1024 * 1024 });
+    const depsTar = tarOf(withDeps);
+    const plainTar = tarOf(plain);
+    const spec = { runtime: 'node', handler: 'src/index.mjs:handler' };
+    ctx.log(`bundles: cold starts with ${(depsTar.length / 1048576).toFixed(0)} MiB of node_modules vs none, ${n} runs each (alternated)`);
+    const deps: number[] = [];
+    const none: number[] = [];
+    const deploys: number[] = [];
+    // Each sample is a fresh function (a new pool: its first invocation is a cold start); the same bytes each time,
+    // so the deploy after the first finds the bundle unpacked already (the first deploy is timed separately).
+    deploys.push(await deploy(url, 'deps-first', depsTar, spec));
+    for (let i = 0; i < n; i++) {
+      await deploy(url, `deps-${i}`, depsTar, spec);
+      await deploy(url, `none-${i}`, plainTar, spec);
+      const a = await invoke(url, `deps-${i}`);
+      const b = await invoke(url, `none-${i}`);
+      if (!a.cold || !b.cold) throw new Error('a first invocation was not a cold start');
+      if (a.body !== 'ok 0 x' || b.body !== 'ok x') throw new Error(`unexpected answers: ${a.body} / ${b.body}`);
+      deps.push(a.ms);
+      none.push(b.ms);
+      // The pools' sandboxes go with their functions (bounded warm capacity, no interference with the next pair).
+      await fetch(`${url}/v1/functions/deps-${i}`, { method: 'DELETE' });
+      await fetch(`${url}/v1/functions/none-${i}`, { method: 'DELETE' });
+    }
+    ctx.log(`bundles: cold start p50 ${fmtMs(p50(deps))} with node_modules, ${fmtMs(p50(none))} without; deploys next`);
+    const ratio = p50(deps) / p50(none);
+    rows.push({ group: GROUP, id: ROWS[0].id, scenario: ROWS[0].scenario, kindling: `p50 ${fmtMs(p50(deps))}`, baseline: `p50 ${fmtMs(p50(none))} (no dependencies)`, ratio: fmtRatio(ratio), target: ROWS[0].target, status: ratio < 2 ? 'pass' : 'fail' });
+    // A cold deploy of the 50 MB bundle: different bytes each time (one file changed), so each is unpacked.
+    for (let i = 0; i < Math.min(n, 5); i++) {
+      await writeFile(join(withDeps, 'src', 'stamp.txt'), String(i));
+      deploys.push(await deploy(url, `deps-cold-${i}`, tarOf(withDeps), spec));
+      await fetch(`${url}/v1/functions/deps-cold-${i}`, { method: 'DELETE' });
+    }
+    rows.push({ group: GROUP, id: ROWS[1].id, scenario: ROWS[1].scenario, kindling: `p50 ${fmtMs(p50(deploys))} for ${(depsTar.length / 1048576).toFixed(0)} MiB`, baseline: '—', ratio: '—', target: ROWS[1].target, status: 'info' });
+    // 20 functions, one bundle: the store keeps one unpacked copy. (Each version counts the archive's bytes against
+    // the tenant's maxCodeBytes, so the server runs without that cap here.)
+    for (let i = 0; i < SHARED; i++) await deploy(url, `shared-${i}`, depsTar, spec);
+    const du = (path: string): number => Number(execFileSync('du', ['-sb', path], { encoding: 'utf8' }).split('\t')[0]);
+    const storeBytes = du(join(server.dataDir, 'bundles'));
+    const oneCopy = du(join(withDeps));
+    rows.push({
+      group: GROUP,
+      id: ROWS[2].id,
+      scenario: ROWS[2].scenario,
+      kindling: `${(storeBytes / 1048576).toFixed(1)} MiB`,
+      baseline: `${((oneCopy * SHARED) / 1048576).toFixed(1)} MiB (a copy each)`,
+      ratio: fmtRatio(storeBytes / (oneCopy * SHARED)),
+      target: ROWS[2].target,
+      status: storeBytes < oneCopy * 1.5 ? 'pass' : 'fail',
+    });
+    for (const row of ROWS.slice(3)) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, 'no dependency build step yet (issue 21, step 2)'));
+    Object.assign(data, { bundles: { coldDepsMs: deps, coldNoneMs: none, deployMs: deploys, storeBytes, oneCopyBytes: oneCopy, tarBytes: depsTar.length } });
+  } finally {
+    await server.stop();
+  }
+  return { rows, data };
+}
