@@ -32,6 +32,7 @@ import { SqliteSandboxStore } from './store/sandboxes-sqlite.js';
 import { SandboxService } from './orchestrator/sandboxes.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
 import { processAlive } from './executors/shared/process.js';
+import { DEFAULT_FUNCTION_POOLS } from './server-defaults.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
@@ -115,6 +116,8 @@ export interface ServerConfig {
 }
 
 /** dist/native/kindling-splice, built by scripts/build-native.sh (dist/src/server.js -> dist/native). */
+export { DEFAULT_FUNCTION_POOLS };
+
 export const DEFAULT_STREAM_RELAY_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', 'native', 'kindling-splice');
 
 /** Large uploads (a declared length of at least this) bypass node; smaller ones are read before a helper would start. */
@@ -175,18 +178,6 @@ export type AsyncInvocationConfig = Pick<
   'concurrency' | 'retentionMs' | 'syncLogBytes' | 'sweepIntervalMs' | 'callbackAllow' | 'callbackMaxAttempts' | 'callbackBaseDelayMs'
 >;
 
-export const DEFAULT_FUNCTION_POOLS: FunctionPoolConfig = {
-  defaultMaxConcurrency: 10,
-  defaultMaxQueued: 256,
-  queueTimeoutMs: 30_000,
-  idleTtlMs: 10 * 60_000,
-  maxUses: 10_000,
-  maxAgeMs: 30 * 60_000,
-  maxWarmSandboxes: 64,
-  genericPerShape: 1,
-  maxWarmMemoryMb: 16_384,
-  startTimeoutMs: 30_000,
-};
 
 /** A server built by createServer: everything made, nothing listening yet. */
 export interface KindlingServer {

@@ -3,7 +3,7 @@
  * read from the environment; nothing here reads process.env.
  */
 import { Command, InvalidArgumentError } from 'commander';
-import Dockerode from 'dockerode';
+import type Dockerode from 'dockerode';
 import {
   DEFAULT_IMAGES_DIR,
   ImageBuildError,
@@ -15,7 +15,6 @@ import {
   type ImageLog,
 } from '../images/builder.js';
 import { DEBIAN } from '../images/recipes.js';
-import { buildMicroVmAssets } from '../executors/microvm/assets.js';
 
 export interface ImagesCommandsOptions {
   /** Default for --images-dir. Default /var/lib/kindling/images. */
@@ -52,7 +51,8 @@ interface ListFlags {
 export function registerImagesCommands(program: Command, opts: ImagesCommandsOptions = {}): Command {
   const imagesDir = opts.defaultImagesDir ?? DEFAULT_IMAGES_DIR;
   const socket = opts.defaultDockerSocket ?? '/var/run/docker.sock';
-  const createDocker = opts.createDocker ?? ((socketPath: string) => new Dockerode({ socketPath }));
+  // dockerode is loaded on use: `kindling --help` and the other commands need none of it.
+  const createDocker = async (socketPath: string): Promise<Dockerode> => opts.createDocker?.(socketPath) ?? new (await import('dockerode')).default({ socketPath });
   const out = opts.out ?? process.stdout;
   const err = opts.err ?? process.stderr;
 
@@ -86,7 +86,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
           imagesDir: flags.imagesDir,
           names,
           force: flags.force ?? false,
-          ...(flags.docker ? { docker: createDocker(flags.dockerSocket) } : {}),
+          ...(flags.docker ? { docker: await createDocker(flags.dockerSocket) } : {}),
           ext4: (flags.ext4 ?? false) || (flags.microvm ?? false),
           concurrency: flags.concurrency,
           mirror: flags.mirror,
@@ -106,6 +106,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
       out.write(formatBuildResults(results));
       if (flags.microvm) {
         try {
+          const { buildMicroVmAssets } = await import('../executors/microvm/assets.js');
           await buildMicroVmAssets({ log: (m) => err.write(`${stamp()} ${m}\n`) });
         } catch (e) {
           err.write(`error: microvm assets: ${(e as Error).message}\n`);
@@ -126,7 +127,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
     .action(async (flags: ListFlags) => {
       const infos = await listImages({
         imagesDir: flags.imagesDir,
-        ...(flags.docker ? { docker: createDocker(flags.dockerSocket) } : {}),
+        ...(flags.docker ? { docker: await createDocker(flags.dockerSocket) } : {}),
       });
       if (flags.json) {
         out.write(JSON.stringify(infos, null, 2) + '\n');

@@ -1,9 +1,10 @@
 import type { Command } from 'commander';
-import { pino, type Level } from 'pino';
+import type { Level } from 'pino';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { parseAllowList } from '../network/policy.js';
 import { parseAllowedHosts } from '../api/host-guard.js';
-import { DEFAULT_FUNCTION_POOLS, startServer, type ExecutorChoice } from '../server.js';
+import type { ExecutorChoice } from '../server.js';
+import { DEFAULT_FUNCTION_POOLS } from '../server-defaults.js';
 import type { MicroVmSettings } from '../executors/registry.js';
 import { DEFAULT_PREWARM_PER_SHAPE } from '../executors/shared/options.js';
 import type { ResolvedQuotas } from '../orchestrator/tenants.js';
@@ -116,6 +117,8 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
       if (relay !== 'on' && relay !== 'off') throw new Error(`--stream-relay must be on or off, got "${relay}"`);
       const allowedHosts = parseAllowedHosts(options.allowedHosts as string);
       const metricsToken = (options.metricsToken as string | undefined) ?? defaults.metricsToken;
+      // Loaded here, not at the top: the other commands must not pay for loading the whole platform.
+      const [{ pino }, { startServer }] = await Promise.all([import('pino'), import('../server.js')]);
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
       const server = await startServer({
         host: options.host as string,
