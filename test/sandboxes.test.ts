@@ -421,6 +421,12 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
     // The disk quota (diskMb) holds for uploads: 413 SANDBOX_DISK_FULL, and nothing of the file is kept.
     const small = await a.sandboxes.create({ image: 'kindling/base', limits: { diskMb: 8 } });
     try {
+      // A large upload (the splice relay) through a symlink the user planted: written inside the sandbox, through it.
+      assert.equal((await small.commands.run(['sh', '-c', 'mkdir sub && ln -s sub/target.bin link.bin'])).exitCode, 0);
+      const large = new Uint8Array(4.5 * 1024 * 1024).map((_, i) => i % 253);
+      assert.deepEqual(await small.files.write('/work/link.bin', large), { path: '/work/link.bin', size: large.length });
+      assert.deepEqual(await small.files.readBytes('/work/sub/target.bin'), large);
+      await small.files.remove('/work/sub');
       const five = new Uint8Array(5 * 1024 * 1024).fill(1);
       await small.files.write('/work/one.bin', five);
       await assert.rejects(small.files.write('/work/two.bin', five), (error: unknown) => error instanceof ValidationError && error.code === 'SANDBOX_DISK_FULL');

@@ -231,10 +231,17 @@ export interface PersistentSandbox {
    * with SANDBOX_DISK_FULL when the file does not fit (nothing kept), or with `body`'s own error (a partial file may
    * be left for the caller to remove).
    */
-  writeFileDirect?(path: string, body: Readable, diskMb: number): Promise<{ size: number } | null>;
+  writeFileDirect?(path: string, body: Readable | BodyPump, diskMb: number): Promise<{ size: number } | null>;
   /** The content of the sandbox's regular file `path`, or null when not handled that way (the caller uses a command). */
   readFileDirect?(path: string): Promise<Readable | null>;
 }
+
+/**
+ * A request body the caller moves into a given stdin itself (the splice relay from the client's socket, which needs
+ * the descriptor): resolves with the bytes delivered once done or once the reader closed its end; rejects when the
+ * client broke off.
+ */
+export type BodyPump = (stdin: Writable) => Promise<number>;
 
 /** What a persistent sandbox is made with beyond the start options. */
 export interface PersistentSandboxOptions extends StartOptions {

@@ -24,7 +24,7 @@ import type { Duplex, Readable } from 'node:stream';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { RUNTIME_NAMES, unknownExecutorMessage, type ExecutionResult, type ExecutorName, type ResourceLimits, type RuntimeName } from '../core/types.js';
-import type { Executor, PersistentSandbox, SandboxCommand } from '../executors/executor.js';
+import type { BodyPump, Executor, PersistentSandbox, SandboxCommand } from '../executors/executor.js';
 import type { SandboxRecord, SandboxState, SnapshotRecord, SqliteSandboxStore } from '../store/sandboxes-sqlite.js';
 import { BASE_ENV } from './execution-service.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
@@ -737,8 +737,11 @@ export class SandboxService {
     });
   }
 
-  /** Writes `body` to `path` inside the sandbox (parents made); bounded by the sandbox's diskMb. */
-  async writeFile(tenant: string, id: string, path: string, body: Readable): Promise<{ path: string; size: number }> {
+  /**
+   * Writes `body` to `path` inside the sandbox (parents made); bounded by the sandbox's diskMb. `body` is a stream, or
+   * a pump that moves it into a given stdin itself (the splice relay of a large upload).
+   */
+  async writeFile(tenant: string, id: string, path: string, body: Readable | BodyPump): Promise<{ path: string; size: number }> {
     const target = this.cleanPath(path, 'path');
     if (target === '/') throw new KindlingError('SANDBOX_PATH_INVALID', 'path must name a file, not /', { details: { field: 'path' } });
     return this.withCommand(tenant, id, true, async (entry) => {
@@ -762,13 +765,18 @@ export class SandboxService {
         stdin: true,
       });
       let sent = 0;
-      body.on('data', (chunk: Buffer) => (sent += chunk.length));
-      body.pipe(command.stdin!);
       let bodyError: unknown = null;
-      body.on('error', (error) => {
+      const failed = (error: unknown): void => {
         bodyError = error;
         command.kill();
-      });
+      };
+      if (typeof body === 'function') {
+        void body(command.stdin!).then((bytes) => (sent = bytes), failed);
+      } else {
+        body.on('data', (chunk: Buffer) => (sent += chunk.length));
+        body.pipe(command.stdin!);
+        body.on('error', failed);
+      }
       const out = collect(command.stdout, 256);
       const err = collect(command.stderr, 4096);
       const exit = await command.wait();

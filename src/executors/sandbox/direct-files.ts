@@ -20,6 +20,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { constants as osConstants } from 'node:os';
 import { KindlingError } from '../../core/errors.js';
+import type { BodyPump } from '../executor.js';
 
 /** dist/native/kindling-file, built by scripts/build-native.sh (dist/src/executors/sandbox -> dist/native). */
 export const DEFAULT_FILE_HELPER_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'native', 'kindling-file');
@@ -55,29 +56,35 @@ export class DirectFiles {
    * SANDBOX_DISK_FULL (nothing kept); an error of `body` rejects with it, the helper killed (the partial file may
    * be left: the caller removes it).
    */
-  async write(path: string, body: Readable, diskMb: number): Promise<{ size: number } | null> {
+  async write(path: string, body: Readable | BodyPump, diskMb: number): Promise<{ size: number } | null> {
     const where = this.locate(path);
     if (where === null) return null;
     const helper = this.start('write', where);
     let bodyError: unknown = null;
-    const onError = (error: unknown): void => {
+    const fail = (error: unknown): void => {
       bodyError ??= error;
       helper.child.kill('SIGKILL');
     };
-    body.once('error', onError);
+    const readable = typeof body === 'function' ? null : body;
+    readable?.once('error', fail);
     const opened = await helper.next();
     if (bodyError !== null) throw bodyError;
     if (opened.kind !== 'o') {
-      body.off('error', onError);
+      readable?.off('error', fail);
       await helper.exited;
       return null;
     }
+    const stdin = helper.child.stdin!;
     // The helper stops reading when the disk is full: the rest of the body is not its concern (the route drains it).
-    helper.child.stdin!.on('error', () => {});
-    body.pipe(helper.child.stdin!);
-    const [last] = await Promise.all([helper.next(), helper.exited]);
-    body.off('error', onError);
-    body.unpipe(helper.child.stdin!);
+    stdin.on('error', () => {});
+    let moving: Promise<void> = Promise.resolve();
+    if (readable !== null) readable.pipe(stdin);
+    else moving = (body as BodyPump)(stdin).then(() => undefined, fail);
+    const [last] = await Promise.all([helper.next(), helper.exited, moving]);
+    if (readable !== null) {
+      readable.off('error', fail);
+      readable.unpipe(stdin);
+    }
     if (bodyError !== null) throw bodyError;
     if (last.kind === 'd') return { size: last.value };
     if (last.kind === 'e' && (last.errno === 'EDQUOT' || last.errno === 'ENOSPC')) {

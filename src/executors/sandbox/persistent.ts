@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { PassThrough, type Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { BodyPump, PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
 import type { Duplex, Readable } from 'node:stream';
 import { DirectFiles, type HostBind } from './direct-files.js';
 import { SandboxPorts } from './ports.js';
@@ -283,7 +283,7 @@ export class BwrapPersistentSandbox implements PersistentSandbox {
     return this.ports.connect(port, options);
   }
 
-  writeFileDirect(path: string, body: Readable, diskMb: number): Promise<{ size: number } | null> {
+  writeFileDirect(path: string, body: Readable | BodyPump, diskMb: number): Promise<{ size: number } | null> {
     this.assertAlive();
     return this.files === null ? Promise.resolve(null) : this.files.direct.write(path, body, diskMb);
   }
