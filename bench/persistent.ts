@@ -449,7 +449,7 @@ async function fileRows(ctx: BenchContext, api: Api, dataDir: string, rows: Row[
       const b = stats(host);
       const r = row(id);
       const rate = mbps(k.p50);
-      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: `${rate.toFixed(0)} MB/s at p50 (${k.text})`, baseline: `fs.${way === 'write' ? 'writeFile' : 'readFile'} of the same 100 MiB on the host: ${mbps(b.p50).toFixed(0)} MB/s (${b.text})`, ratio: fmtRatio(k.p50 / b.p50), status: rate >= 300 ? 'pass' : 'fail', note: way === 'write' ? 'HTTP body -> the stdin FIFO of `cat > file` in the sandbox' : '`cat file` in the sandbox -> its stdout FIFO -> the HTTP response' });
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: `${rate.toFixed(0)} MB/s at p50 (${k.text})`, baseline: `fs.${way === 'write' ? 'writeFile' : 'readFile'} of the same 100 MiB on the host: ${mbps(b.p50).toFixed(0)} MB/s (${b.text})`, ratio: fmtRatio(k.p50 / b.p50), status: rate >= 300 ? 'pass' : 'fail', note: way === 'write' ? 'HTTP body -> splice relay (kindling-splice) -> kindling-file on the sandbox disk from the host (sandbox uid, openat2 beneath its dir); node fetch as the client' : 'kindling-file on the host -> splice relay -> the HTTP response as chunks; node fetch as the client' });
       data[id] = { api: api_, host };
     }
   } finally {

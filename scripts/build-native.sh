@@ -4,11 +4,13 @@
 # says so at start-up. kindling-port relays one proxied connection into a persistent sandbox's network namespace
 # (src/executors/sandbox/ports.ts); without it, sandbox ports answer SANDBOX_PORTS_UNAVAILABLE. kindling-btrfs runs
 # the btrfs ioctls of persistent sandboxes' storage (src/executors/sandbox/storage-btrfs.ts); without it, their disks
-# are ext4 images (storage.ts). scripts/setup.sh installs gcc.
+# are ext4 images (storage.ts). kindling-file writes and reads a persistent sandbox's files on its disk on the host
+# (src/executors/sandbox/direct-files.ts); without it, those go through a command inside the sandbox. scripts/setup.sh
+# installs gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p dist/native
-for name in kindling-splice kindling-port kindling-btrfs; do
+for name in kindling-splice kindling-port kindling-btrfs kindling-file; do
   out=dist/native/$name
   src=native/$name.c
   if [ -x "$out" ] && [ "$out" -nt "$src" ]; then continue; fi

@@ -54,6 +54,16 @@ async function cli(args: string[], env: Record<string, string>): Promise<{ stdou
   }
 }
 
+/** Whether the pids controller's cgroup `dir` holds as many processes as its pids.max allows. */
+function pidsUsedUp(dir: string): boolean {
+  try {
+    const max = Number(readFileSync(join(dir, 'pids.max'), 'utf8'));
+    return Number.isFinite(max) && Number(readFileSync(join(dir, 'pids.current'), 'utf8')) >= max;
+  } catch {
+    return false;
+  }
+}
+
 const mountsUnder = (dir: string): string[] => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((line) => line.includes(dir));
 
 describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false }, () => {
@@ -390,6 +400,41 @@ describe('persistent sandboxes (sandbox executor)', { skip: unavailable ?? false
     assert.deepEqual(readdirSync(storage.disks), [], 'no disk is left');
     assert.deepEqual(mountsUnder(parent.id), []);
     assert.equal(execFileSync('losetup', ['-a'], { encoding: 'utf8' }).includes(join(storageDir, 'disks')), false, 'no loop device of a sandbox is left');
+  });
+
+  test('file uploads and downloads need no process in the sandbox: they work while its pids are used up; a full disk is 413 and keeps nothing', async () => {
+    const sb = await a.sandboxes.create({ image: 'kindling/base', limits: { diskMb: 8, pids: 16 } });
+    try {
+      const data = new Uint8Array(3 * 1024 * 1024).map((_, i) => (i * 7) % 251);
+      assert.deepEqual(await sb.files.write('/work/keep.bin', data), { path: '/work/keep.bin', size: data.length });
+      // Every pid the sandbox may have is taken (its cgroup's pids.max): a command there could not even fork.
+      await sb.commands.run(['sh', '-c', 'while :; do sleep 600 & done'], { background: true });
+      const ownerId = ownerIdOf(server.dataDir);
+      await waitFor(async () => cgroupsOf(ownerId).some(pidsUsedUp), 30_000, "the sandbox's cgroup to reach its pids.max");
+      const bounded = <T>(work: Promise<T>): Promise<T> => Promise.race([work, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 30 s')), 30_000).unref())]);
+      assert.deepEqual(await bounded(sb.files.write('/work/up/new.bin', data)), { path: '/work/up/new.bin', size: data.length });
+      assert.deepEqual(await bounded(sb.files.readBytes('/work/keep.bin')), data);
+      assert.deepEqual(await bounded(sb.files.readBytes('/work/up/new.bin')), data);
+    } finally {
+      await sb.kill();
+    }
+    // The disk quota (diskMb) holds for uploads: 413 SANDBOX_DISK_FULL, and nothing of the file is kept.
+    const small = await a.sandboxes.create({ image: 'kindling/base', limits: { diskMb: 8 } });
+    try {
+      // A large upload (the splice relay) through a symlink the user planted: written inside the sandbox, through it.
+      assert.equal((await small.commands.run(['sh', '-c', 'mkdir sub && ln -s sub/target.bin link.bin'])).exitCode, 0);
+      const large = new Uint8Array(4.5 * 1024 * 1024).map((_, i) => i % 253);
+      assert.deepEqual(await small.files.write('/work/link.bin', large), { path: '/work/link.bin', size: large.length });
+      assert.deepEqual(await small.files.readBytes('/work/sub/target.bin'), large);
+      await small.files.remove('/work/sub');
+      const five = new Uint8Array(5 * 1024 * 1024).fill(1);
+      await small.files.write('/work/one.bin', five);
+      await assert.rejects(small.files.write('/work/two.bin', five), (error: unknown) => error instanceof ValidationError && error.code === 'SANDBOX_DISK_FULL');
+      await assert.rejects(small.files.read('/work/two.bin'), NotFoundError);
+      assert.equal((await small.files.readBytes('/work/one.bin')).length, five.length, 'the file written before is intact');
+    } finally {
+      await small.kill();
+    }
   });
 
   test('a full disk is ENOSPC inside the sandbox; a snapshot of a deleted sandbox is a 404', async () => {

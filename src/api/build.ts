@@ -305,7 +305,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
   registerTenantRoutes(app, { tenants });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });
-  if (options.sandboxes) registerSandboxRoutes(app, { sandboxes: options.sandboxes, toError });
+  if (options.sandboxes) registerSandboxRoutes(app, { sandboxes: options.sandboxes, toError, ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}) });
   if (options.sandboxes) registerSandboxPtyRoute(app, { sandboxes: options.sandboxes, toError });
   const pools = options.pools;
   if (pools) {

@@ -223,7 +223,25 @@ export interface PersistentSandbox {
   connectPort?(port: number, options: PortConnectOptions): Promise<Duplex>;
   /** Proxied connections open now. */
   readonly portConnections?: number;
+  /* --- files on the host (optional) --------------------------------------------------------------------------------- */
+  /**
+   * Writes `body` to the sandbox's file `path` (absolute, normalized; parents made) without a command inside the
+   * sandbox, with the sandbox user's permissions and disk quota. Resolves with the file's size, or null when this
+   * path is not handled that way (nothing was read from `body`): the caller then writes it with a command. Rejects
+   * with SANDBOX_DISK_FULL when the file does not fit (nothing kept), or with `body`'s own error (a partial file may
+   * be left for the caller to remove).
+   */
+  writeFileDirect?(path: string, body: Readable | BodyPump, diskMb: number): Promise<{ size: number } | null>;
+  /** The content of the sandbox's regular file `path`, or null when not handled that way (the caller uses a command). */
+  readFileDirect?(path: string): Promise<Readable | null>;
 }
+
+/**
+ * A request body the caller moves into a given stdin itself (the splice relay from the client's socket, which needs
+ * the descriptor): resolves with the bytes delivered once done or once the reader closed its end; rejects when the
+ * client broke off.
+ */
+export type BodyPump = (stdin: Writable) => Promise<number>;
 
 /** What a persistent sandbox is made with beyond the start options. */
 export interface PersistentSandboxOptions extends StartOptions {

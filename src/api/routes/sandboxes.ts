@@ -1,5 +1,8 @@
 import type { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
+import type { BodyPump } from '../../executors/executor.js';
+import type { StreamRelay } from '../stream-relay.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Static } from '@sinclair/typebox';
 import type { SandboxService } from '../../orchestrator/sandboxes.js';
@@ -44,8 +47,9 @@ type CommandParams = Static<typeof SandboxCommandParamsSchema>;
 const SSE_KEEPALIVE_MS = 15_000;
 
 /** /v1/sandboxes: persistent sandboxes (src/orchestrator/sandboxes.ts). Thin: HTTP <-> the service. */
-export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes: SandboxService; toError?: (error: unknown) => KindlingError }): void {
+export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes: SandboxService; toError?: (error: unknown) => KindlingError; streamRelay?: StreamRelay }): void {
   const service = options.sandboxes;
+  const relay = options.streamRelay;
   const toError = options.toError ?? ((error: unknown) => (error instanceof KindlingError ? error : new KindlingError('INTERNAL', (error as Error).message ?? 'internal error')));
   // Ports: /v1/sandboxes/ID/ports/PORT/... (sandbox-ports.ts).
   registerSandboxPortRoutes(app, options);
@@ -269,6 +273,22 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
     },
     async (request, reply) => {
       const stream = await service.readFile(request.principal.tenant, request.params.id, request.query.path);
+      // A stream with a descriptor (the file read on the host: direct-files.ts) goes to the client through the splice
+      // relay (stream-relay.ts): the bytes never enter this process. Chunked HTTP/1.1 only; else through node.
+      if (relay !== undefined && stream instanceof Socket && request.raw.httpVersion === '1.1') {
+        reply.hijack();
+        const raw = reply.raw;
+        raw.writeHead(200, { 'content-type': 'application/octet-stream', 'x-request-id': request.id });
+        raw.flushHeaders();
+        if (relay.canTakeOutput(stream, raw)) {
+          await relay.takeOutput(stream, raw, raw);
+          if (!raw.destroyed) raw.end();
+        } else {
+          stream.once('error', (error) => raw.destroy(error));
+          stream.pipe(raw);
+        }
+        return reply;
+      }
       reply.type('application/octet-stream');
       return reply.send(stream);
     },
@@ -400,7 +420,7 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
           response: { 201: SandboxFileWrittenSchema, ...errors },
         },
       },
-      async (request, reply) => upload(request, reply, (tenant, body) => service.writeFile(tenant, request.params.id, request.query.path, body)),
+      async (request, reply) => upload(request, reply, (tenant, body) => service.writeFile(tenant, request.params.id, request.query.path, body), true),
     );
     scope.put<{ Params: IdParams; Querystring: PathQuery }>(
       '/v1/sandboxes/:id/files/tar',
@@ -415,16 +435,23 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
           response: { 201: SandboxTarWrittenSchema, ...errors },
         },
       },
-      async (request, reply) => upload(request, reply, (tenant, body) => service.writeTar(tenant, request.params.id, request.query.path, body)),
+      // Not pumpable: the body is always a stream here (TarGuard reads every header).
+      async (request, reply) => upload(request, reply, (tenant, body) => service.writeTar(tenant, request.params.id, request.query.path, body as Readable)),
     );
   });
 
-  /** A streamed upload (file or tar): bounded by the sandbox's diskMb, and a refused one read to its end. */
-  async function upload<T>(request: FastifyRequest<{ Params: IdParams }>, reply: FastifyReply, write: (tenant: string, body: Readable) => Promise<T>): Promise<T> {
+  /**
+   * A streamed upload (file or tar): bounded by the sandbox's diskMb, and a refused one read to its end. `pumpable`:
+   * a large body with a declared length within diskMb may be handed to the writer as a pump through the splice relay
+   * (stream-relay.ts: the bytes never enter this process).
+   */
+  async function upload<T>(request: FastifyRequest<{ Params: IdParams }>, reply: FastifyReply, write: (tenant: string, body: Readable | BodyPump) => Promise<T>, pumpable = false): Promise<T> {
     const tenant = request.principal.tenant;
     const diskBytes = service.get(tenant, request.params.id).limits.diskMb * 1024 * 1024;
     const raw = (request.body as IncomingMessage | undefined) ?? request.raw;
-    const body = raw.pipe(new ByteLimit(diskBytes, "the sandbox's diskMb"));
+    const limited = (): Readable => raw.pipe(new ByteLimit(diskBytes, "the sandbox's diskMb"));
+    const held = pumpable && relay !== undefined && Number(raw.headers['content-length']) <= diskBytes ? relay.holdUpload(raw, reply.raw, limited) : null;
+    const body = held !== null ? (((stdin) => held.pumpInto(stdin)) satisfies BodyPump) : limited();
     try {
       const written = await write(tenant, body);
       reply.code(201);
@@ -432,7 +459,8 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
     } finally {
       // A refused upload (disk full, bad path) is read to its end and dropped, so that the client gets the answer
       // instead of a connection reset while it still sends.
-      if (!raw.readableEnded) {
+      if (held !== null) held.release();
+      else if (!raw.readableEnded) {
         raw.unpipe();
         raw.resume();
       }

@@ -364,7 +364,7 @@ export class SandboxExecutor implements Executor {
         attach: (id: string, diskMb: number, fromSnapshot: string | null) => this.storage.attach(id, diskMb, fromSnapshot, this.dirs.volumesDir),
         snapshot: (volume: Volume, snapshotId: string) => this.storage.snapshot(volume, snapshotId),
       };
-      const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.cgroups.get().open(name), agentsDir: this.dirs.agentsDir, sandboxGid: this.gid, storage };
+      const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.cgroups.get().open(name), agentsDir: this.dirs.agentsDir, sandboxUid: this.uid, sandboxGid: this.gid, storage };
       return await startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell }, spec, options);
     } finally {
       this.persistentStarting--;

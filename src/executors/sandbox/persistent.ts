@@ -26,8 +26,9 @@ import { join } from 'node:path';
 import { PassThrough, type Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import type { PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
-import type { Duplex } from 'node:stream';
+import type { BodyPump, PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
+import type { Duplex, Readable } from 'node:stream';
+import { DirectFiles, type HostBind } from './direct-files.js';
 import { SandboxPorts } from './ports.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { makeFifos, openFifoReader, openFifoWriter, type FifoReader } from '../shared/fifo.js';
@@ -67,6 +68,7 @@ export interface PersistentDeps {
   openCgroup(name: string): Cgroup;
   /** Per-executor directory for the sandboxes' command dirs (root:gid 0710), searchable by the sandbox uid. */
   agentsDir: string;
+  sandboxUid: number;
   sandboxGid: number;
   /** The image's shell (layout.shell); null: the image has none, and cannot host a persistent sandbox. */
   shell: string | null;
@@ -101,6 +103,7 @@ export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec
     );
     const stored = volume === null || deps.storage === undefined ? null : { volume, snapshot: deps.storage.snapshot };
     const sandbox = new BwrapPersistentSandbox(spec.id, execution, deps.openCgroup(execution.id), dir, deps.sandboxGid, stored);
+    if (volume !== null) sandbox.files = { direct: new DirectFiles(hostBinds(spec.workdir, volume), deps.sandboxUid, deps.sandboxGid), workdir: spec.workdir };
     await Promise.all([sandbox.ready(deps.readyTimeoutMs ?? 10_000), sandbox.warm()]);
     // Ports: the network namespace is pinned now, before any of the tenant's code ran (see ports.ts).
     sandbox.ports = SandboxPorts.open(spec.id, deps.openCgroup(execution.id));
@@ -139,6 +142,8 @@ export class BwrapPersistentSandbox implements PersistentSandbox {
   private frozen = false;
   /** Set once the supervisor is ready (ports.ts); null: ports are unavailable for this sandbox. */
   ports: SandboxPorts | null = null;
+  /** Its files written and read on its disk on the host (direct-files.ts); null: no disk there (tmpfs only). */
+  files: { direct: DirectFiles; workdir: string } | null = null;
   /** A pooled sandbox's env (adopt): its supervisor started without one, so every command exports it first. */
   private baseEnv: Record<string, string> = {};
 
@@ -201,6 +206,7 @@ export class BwrapPersistentSandbox implements PersistentSandbox {
     this.id = id;
     this.baseEnv = { ...env };
     if (volume !== null && this.stored !== null) this.stored = { ...this.stored, volume };
+    if (volume !== null) this.files?.direct.rebind(hostBinds(this.files.workdir, volume));
     this.execution.rearm(backstopMs);
     this.ports?.close();
     this.ports = SandboxPorts.open(id, this.cgroup);
@@ -275,6 +281,16 @@ export class BwrapPersistentSandbox implements PersistentSandbox {
     this.assertAlive();
     if (this.ports === null) return Promise.reject(new KindlingError('EXECUTOR_FAILED', `the network namespace of sandbox ${this.id} could not be opened: its ports are unreachable`));
     return this.ports.connect(port, options);
+  }
+
+  writeFileDirect(path: string, body: Readable | BodyPump, diskMb: number): Promise<{ size: number } | null> {
+    this.assertAlive();
+    return this.files === null ? Promise.resolve(null) : this.files.direct.write(path, body, diskMb);
+  }
+
+  readFileDirect(path: string): Promise<Readable | null> {
+    this.assertAlive();
+    return this.files === null ? Promise.resolve(null) : this.files.direct.read(path);
   }
 
   get portConnections(): number {
@@ -493,6 +509,13 @@ class BwrapCommand implements SandboxCommand {
   }
 }
 
+
+/** The host directories bound into the sandbox (its disk's work dir and /tmp), as direct-files.ts maps paths. */
+function hostBinds(workdir: string, volume: Volume): HostBind[] {
+  // A work dir that overlaps /tmp (one bound over the other): left to commands, which see the mounts as they are.
+  if (workdir === '/' || workdir === '/tmp' || workdir.startsWith('/tmp/') || '/tmp'.startsWith(`${workdir}/`)) return [];
+  return [{ target: workdir, source: volume.work }, { target: '/tmp', source: volume.tmp }];
+}
 
 function signalOf(n: number): string | null {
   const names: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 6: 'SIGABRT', 9: 'SIGKILL', 11: 'SIGSEGV', 13: 'SIGPIPE', 15: 'SIGTERM' };
