@@ -64,6 +64,18 @@ describe('direct file access on the host', { skip }, () => {
     assert.equal(fs.readFileSync(join(tmp, 't'), 'utf8'), 'in tmp');
   });
 
+  test('a small file read while its helper already exited keeps its bytes (node flushes unread child output at exit)', async () => {
+    await files.write('/work/small.txt', Readable.from([Buffer.from('v3 parent')]), 4);
+    const read = async (): Promise<string> => {
+      const stream = await files.read('/work/small.txt');
+      assert.ok(stream !== null);
+      // The consumer comes late, as an HTTP reply does: by then the helper has written its 9 bytes and exited.
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      return text(stream);
+    };
+    for (let round = 0; round < 20; round++) assert.deepEqual(await Promise.all([read(), read(), read()]), ['v3 parent', 'v3 parent', 'v3 parent']);
+  });
+
   test('a symlink anywhere on the path, a directory, a FIFO or a missing file is left to the caller, untouched', async () => {
     fs.symlinkSync(join(outside, 'secret'), join(work, 'abs-link'));
     fs.symlinkSync(outside, join(work, 'dir-link'));

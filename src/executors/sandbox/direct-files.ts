@@ -16,7 +16,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { constants as osConstants } from 'node:os';
 import { KindlingError } from '../../core/errors.js';
@@ -98,18 +98,25 @@ export class DirectFiles {
     const where = this.locate(path);
     if (where === null) return null;
     const helper = this.start('read', where);
+    const stdout = helper.child.stdout!;
+    // Consumed from the start: node discards the unread output of a child that exited with nobody reading it (its
+    // stdio are flushed at exit), and a small file's helper exits before the caller gets the stream. So downloads go
+    // through node (measured: the helper alone still moves them several times faster than the in-sandbox path).
+    const through = new PassThrough();
+    stdout.once('error', (error) => through.destroy(error));
+    stdout.pipe(through);
+    // A download given up half-way: the helper goes (it would otherwise wait on a full pipe).
+    through.once('close', () => {
+      stdout.destroy();
+      if (helper.child.exitCode === null) helper.child.kill('SIGKILL');
+    });
     const opened = await helper.next();
     if (opened.kind !== 'o') {
-      helper.child.stdout!.resume();
+      through.resume();
       await helper.exited;
       return null;
     }
-    const stream = helper.child.stdout!;
-    // A download given up half-way: the helper goes (it would otherwise wait on a full pipe).
-    stream.once('close', () => {
-      if (helper.child.exitCode === null) helper.child.kill('SIGKILL');
-    });
-    return stream;
+    return through;
   }
 
   /** The bind `path` is under and the path relative to it; null: not under one (or the bound directory itself). */

@@ -483,6 +483,8 @@ class BwrapCommand implements SandboxCommand {
   started(nsPid: number): void {
     this.nsPid = nsPid;
     this.resolvePid(nsPid);
+    // Killed before it was known to have started (see kill()): a late start is killed at once.
+    if (this.killed) void this.sandbox.killTree(nsPid);
   }
 
   exited(status: number): void {
@@ -501,7 +503,11 @@ class BwrapCommand implements SandboxCommand {
     if (this.killed || this.finished) return;
     this.killed = true;
     void (async () => {
-      const nsPid = this.nsPid ?? (await Promise.race([this.pidKnown, this.done.then(() => null)]));
+      // The supervisor reports the pid once it forked; one that cannot fork (the sandbox's pids are used up) never
+      // does, and a timeout must still end the command: after a bounded wait it counts as killed, and a start that
+      // comes later is killed by started().
+      const unknown = new Promise<null>((resolve) => setTimeout(resolve, KILL_PID_WAIT_MS, null).unref());
+      const nsPid = this.nsPid ?? (await Promise.race([this.pidKnown, this.done.then(() => null), unknown]));
       if (nsPid !== null) await this.sandbox.killTree(nsPid);
       // The background group that would have reported the status is gone too.
       this.resolveExit(137);
@@ -516,6 +522,9 @@ function hostBinds(workdir: string, volume: Volume): HostBind[] {
   if (workdir === '/' || workdir === '/tmp' || workdir.startsWith('/tmp/') || '/tmp'.startsWith(`${workdir}/`)) return [];
   return [{ target: workdir, source: volume.work }, { target: '/tmp', source: volume.tmp }];
 }
+
+/** How long a kill waits for the pid of a command whose start was not reported yet. */
+const KILL_PID_WAIT_MS = 2000;
 
 function signalOf(n: number): string | null {
   const names: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 6: 'SIGABRT', 9: 'SIGKILL', 11: 'SIGSEGV', 13: 'SIGPIPE', 15: 'SIGTERM' };
