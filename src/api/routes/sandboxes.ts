@@ -273,8 +273,9 @@ export function registerSandboxRoutes(app: FastifyInstance, options: { sandboxes
     },
     async (request, reply) => {
       const stream = await service.readFile(request.principal.tenant, request.params.id, request.query.path);
-      // A stream with a descriptor (the file read on the host: direct-files.ts) goes to the client through the splice
-      // relay (stream-relay.ts): the bytes never enter this process. Chunked HTTP/1.1 only; else through node.
+      // A stream with a descriptor goes to the client through the splice relay (stream-relay.ts): the bytes never enter
+      // this process. Chunked HTTP/1.1 only; else through node. (Files read on the host, direct-files.ts, come as a
+      // node stream: see there why.)
       if (relay !== undefined && stream instanceof Socket && request.raw.httpVersion === '1.1') {
         reply.hijack();
         const raw = reply.raw;
