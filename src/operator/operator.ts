@@ -81,6 +81,8 @@ export class Operator {
   private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; now: () => number };
   private readonly me: string;
   private readonly running = new Map<string, AbortController>();
+  /** Calls holding a slot of `capacity`: from scheduling (the checks on chain come first) until their job ends. */
+  private slots = 0;
   private readonly busy = new Set<string>();
   private readonly notBefore = new Map<string, number>();
   private readonly keeperTried = new Map<string, number>();
@@ -203,10 +205,20 @@ export class Operator {
         continue;
       }
       if (assignment === undefined || assignment.released || assignment.operator !== this.me) continue;
-      if (this.running.size >= this.options.capacity) break;
+      if (this.slots >= this.options.capacity) break;
       if (!this.ready(key)) continue;
       this.busy.add(key);
-      this.track(this.run(call).finally(() => this.busy.delete(key)));
+      this.slots++;
+      let released = false;
+      const release = (): void => {
+        if (released) return;
+        released = true;
+        this.slots--;
+      };
+      this.track(this.run(call, release).finally(() => {
+        release();
+        this.busy.delete(key);
+      }));
     }
   }
 
@@ -219,7 +231,8 @@ export class Operator {
     this.notBefore.set(key, this.options.now() + this.options.retryDelayMs);
   }
 
-  private async run(call: CallRecord): Promise<void> {
+  /** Checks, runs and submits one call; `release` frees its capacity slot once the job itself has ended. */
+  private async run(call: CallRecord, release: () => void): Promise<void> {
     const { store, chain, logger } = this.options;
     const key = call.callId.toString();
     const completed = await chain.jobCompleted(call.callId);
@@ -249,6 +262,7 @@ export class Operator {
     } finally {
       this.running.delete(key);
       this.stats.running = this.running.size;
+      release();
     }
     if (!store.transition(call.callId, ['running'], 'submitted', { blockHash: call.blockHash, result, nowMs: this.options.now() })) return;
     await this.submit({ ...call, state: 'submitted', result });
