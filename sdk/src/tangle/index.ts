@@ -4,3 +4,4 @@
  */
 export * from './jobs.js';
 export * from './abi.js';
+export * from './client.js';

@@ -1,0 +1,299 @@
+/**
+ * The project's contracts (KindlingJobs, FaaSServiceManager) on a real anvil, driven through viem: assignment by
+ * load, who may answer, release on result and on timeout, access control of the manager's hooks, and that the jobs
+ * contract speaks the pinned Tangle interface the operator uses.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  BaseError,
+  ContractFunctionRevertedError,
+  createPublicClient,
+  createWalletClient,
+  encodeAbiParameters,
+  http,
+  parseEventLogs,
+  type Abi,
+  type Address,
+  type Hex,
+  type PublicClient,
+} from 'viem';
+import { privateKeyToAccount } from 'viem/accounts';
+import { foundry } from 'viem/chains';
+import { TANGLE_JOBS_ABI } from '@kindling/sdk/tangle';
+import { kindlingJobsArtifact, serviceManagerArtifact } from '../src/chain/contracts.js';
+import { deployKindlingChain } from '../src/chain/deploy.js';
+import { startAnvil, type Anvil } from './helpers/anvil.js';
+
+const TIMEOUT_S = 60;
+let anvil: Anvil;
+let publicClient: PublicClient;
+
+before(async () => {
+  anvil = await startAnvil();
+  publicClient = createPublicClient({ chain: { ...foundry, id: anvil.chainId }, transport: http(anvil.rpcUrl) });
+});
+after(async () => anvil?.stop());
+
+const jobsAbi = kindlingJobsArtifact().abi;
+const managerAbi = serviceManagerArtifact().abi;
+// A revert in the manager bubbles up through the jobs contract: decode with both contracts' errors.
+const jobsAbiWithManagerErrors = [...jobsAbi, ...managerAbi.filter((item) => item.type === 'error')] as Abi;
+
+function wallet(key: Hex) {
+  return createWalletClient({ account: privateKeyToAccount(key), chain: { ...foundry, id: anvil.chainId }, transport: http(anvil.rpcUrl) });
+}
+
+interface Setup {
+  jobs: Address;
+  manager: Address;
+  serviceId: bigint;
+  /** keys[1..] : operators and customers; keys[0] deployed. */
+  keys: Hex[];
+}
+
+async function deploy(): Promise<Setup> {
+  const deployment = await deployKindlingChain({ walletClient: wallet(anvil.keys[0]!), publicClient, assignmentTimeoutSeconds: TIMEOUT_S });
+  return { jobs: deployment.jobsContract, manager: deployment.serviceManager, serviceId: deployment.serviceId, keys: anvil.keys };
+}
+
+async function send(key: Hex, address: Address, abi: Abi, functionName: string, args: readonly unknown[]) {
+  const client = wallet(key);
+  // Simulating first makes a revert throw here with its decoded custom error.
+  const { request } = await publicClient.simulateContract({ account: client.account, address, abi, functionName, args });
+  const hash = await client.writeContract(request);
+  const receipt = await publicClient.waitForTransactionReceipt({ hash });
+  assert.equal(receipt.status, 'success', `${functionName} transaction ${hash}`);
+  return receipt;
+}
+
+async function register(setup: Setup, key: Hex, capacity = 4, priceWei = 0n): Promise<Address> {
+  const inputs = encodeAbiParameters([{ type: 'uint32' }, { type: 'uint256' }], [capacity, priceWei]);
+  await send(key, setup.jobs, jobsAbiWithManagerErrors, 'registerOperator', [setup.serviceId, inputs]);
+  return privateKeyToAccount(key).address;
+}
+
+async function submit(setup: Setup, customerKey: Hex, jobIndex = 0): Promise<{ callId: bigint; operator: Address }> {
+  const receipt = await send(customerKey, setup.jobs, jobsAbiWithManagerErrors, 'submitJob', [setup.serviceId, jobIndex, '0x1234']);
+  const [submitted] = parseEventLogs({ abi: jobsAbi, logs: receipt.logs, eventName: 'JobSubmitted' });
+  const [assigned] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'JobAssigned' });
+  assert.ok(submitted, 'JobSubmitted in the receipt');
+  assert.ok(assigned, 'JobAssigned in the receipt');
+  const s = submitted.args as unknown as { serviceId: bigint; callId: bigint; jobIndex: number; caller: Address; inputs: Hex };
+  const a = assigned.args as unknown as { serviceId: bigint; callId: bigint; operator: Address; deadline: bigint };
+  assert.deepEqual([s.serviceId, s.jobIndex, s.caller, s.inputs], [setup.serviceId, jobIndex, privateKeyToAccount(customerKey).address, '0x1234']);
+  assert.deepEqual([a.serviceId, a.callId], [setup.serviceId, s.callId]);
+  return { callId: s.callId, operator: a.operator };
+}
+
+async function loadOf(setup: Setup, operator: Address): Promise<number> {
+  const [, , load] = (await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorInfo', args: [operator] })) as [number, bigint, number, boolean, bigint];
+  return load;
+}
+
+async function assignmentOf(setup: Setup, callId: bigint): Promise<{ operator: Address; deadline: bigint; done: boolean }> {
+  const [operator, deadline, done] = (await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'assignmentOf', args: [setup.serviceId, callId] })) as [Address, bigint, boolean];
+  return { operator, deadline, done };
+}
+
+/** Resolves when `action` reverts with the custom error `errorName`; fails with what happened otherwise. */
+async function expectRevert(action: Promise<unknown>, errorName: string): Promise<void> {
+  try {
+    await action;
+  } catch (error) {
+    const reverted = error instanceof BaseError ? error.walk((e) => e instanceof ContractFunctionRevertedError) : undefined;
+    const name = reverted instanceof ContractFunctionRevertedError ? reverted.data?.errorName : undefined;
+    assert.equal(name, errorName, `expected a ${errorName} revert, got: ${(error as Error).message.split('\n')[0]}`);
+    return;
+  }
+  assert.fail(`expected a ${errorName} revert, but the call succeeded`);
+}
+
+function byAddress(list: Address[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const a of list) counts[a.toLowerCase()] = (counts[a.toLowerCase()] ?? 0) + 1;
+  return counts;
+}
+
+test('jobs are assigned to the least-loaded of 3 operators, and a result frees its operator for the next job', async () => {
+  const setup = await deploy();
+  const operators = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!), await register(setup, setup.keys[3]!)];
+  const customer = setup.keys[4]!;
+
+  const first = [];
+  for (let i = 0; i < 6; i++) first.push(await submit(setup, customer));
+  // Equal operators take turns: 6 jobs, 2 each.
+  assert.deepEqual(Object.values(byAddress(first.map((j) => j.operator))).sort(), [2, 2, 2]);
+  for (const op of operators) assert.equal(await loadOf(setup, op), 2);
+
+  // The second operator answers one job: its load drops, and it is the least loaded for the next submission.
+  const answered = first.find((j) => j.operator === operators[1])!;
+  await send(setup.keys[2]!, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, answered.callId, '0x']);
+  assert.equal(await loadOf(setup, operators[1]!), 1);
+  assert.equal((await assignmentOf(setup, answered.callId)).done, true);
+  const next = await submit(setup, customer);
+  assert.equal(next.operator, operators[1]);
+  assert.equal(await loadOf(setup, operators[1]!), 2);
+});
+
+test('an operator with spare capacity is preferred over a full one with less load', async () => {
+  const setup = await deploy();
+  const small = await register(setup, setup.keys[1]!, 1);
+  const big = await register(setup, setup.keys[2]!, 8);
+  const assigned = [];
+  for (let i = 0; i < 4; i++) assigned.push((await submit(setup, setup.keys[4]!)).operator);
+  // small is full after its first job; big takes the rest even with more load.
+  assert.deepEqual(assigned, [small, big, big, big]);
+});
+
+test('only the assigned operator may submit the result, and only once', async () => {
+  const setup = await deploy();
+  const operators = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!), await register(setup, setup.keys[3]!)];
+  const { callId, operator } = await submit(setup, setup.keys[4]!);
+  const assigneeKey = setup.keys[1 + operators.indexOf(operator)]!;
+  const otherKey = setup.keys[1 + ((operators.indexOf(operator) + 1) % 3)]!;
+
+  await expectRevert(send(otherKey, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0xaa']), 'NotAssignedOperator');
+  // A customer who is no operator at all is refused the same way.
+  await expectRevert(send(setup.keys[4]!, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0xaa']), 'NotAssignedOperator');
+
+  const receipt = await send(assigneeKey, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0xbeef']);
+  const [resultEvent] = parseEventLogs({ abi: jobsAbi, logs: receipt.logs, eventName: 'JobResultSubmitted' });
+  const [completed] = parseEventLogs({ abi: jobsAbi, logs: receipt.logs, eventName: 'JobCompleted' });
+  const [released] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'JobReleased' });
+  assert.deepEqual(resultEvent?.args, { serviceId: setup.serviceId, callId, operator, result: '0xbeef' });
+  assert.deepEqual(completed?.args, { serviceId: setup.serviceId, callId });
+  assert.deepEqual(released?.args, { serviceId: setup.serviceId, callId, operator, reason: 0 });
+  assert.equal(await loadOf(setup, operator), 0);
+
+  const call = (await publicClient.readContract({ address: setup.jobs, abi: jobsAbi, functionName: 'getJobCall', args: [setup.serviceId, callId] })) as { resultCount: number; completed: boolean; jobIndex: number };
+  assert.deepEqual([call.jobIndex, call.resultCount, call.completed], [0, 1, true]);
+
+  await expectRevert(send(assigneeKey, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0xbeef']), 'JobAlreadyCompleted');
+  await expectRevert(send(assigneeKey, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId + 1n, '0x']), 'UnknownJobCall');
+});
+
+test('a timed-out assignment can be released by anyone after its deadline, and goes to another operator', async () => {
+  const setup = await deploy();
+  const operators = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!)];
+  const { callId, operator: first } = await submit(setup, setup.keys[4]!);
+  const firstKey = setup.keys[1 + operators.indexOf(first)]!;
+  const bystander = setup.keys[5]!;
+
+  await expectRevert(send(bystander, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, callId]), 'NotTimedOut');
+
+  await publicClient.request({ method: 'evm_increaseTime' as never, params: [TIMEOUT_S + 1] as never });
+  await publicClient.request({ method: 'evm_mine' as never, params: [] as never });
+  const receipt = await send(bystander, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, callId]);
+  const [released] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'JobReleased' });
+  const [reassigned] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'JobAssigned' });
+  assert.deepEqual(released?.args, { serviceId: setup.serviceId, callId, operator: first, reason: 1 });
+  const second = (reassigned?.args as { operator: Address } | undefined)?.operator;
+  assert.ok(second && second !== first, `reassigned to another operator (got ${second})`);
+  assert.equal(await loadOf(setup, first), 0);
+  assert.equal(await loadOf(setup, second), 1);
+  const block = await publicClient.getBlock();
+  assert.equal((await assignmentOf(setup, callId)).deadline, block.timestamp + BigInt(TIMEOUT_S));
+
+  // The old assignee lost the job; the new one answers it; then there is nothing left to release.
+  await expectRevert(send(firstKey, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0x']), 'NotAssignedOperator');
+  await send(setup.keys[1 + operators.indexOf(second)]!, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0x']);
+  assert.equal(await loadOf(setup, second), 0);
+  await expectRevert(send(bystander, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, callId]), 'AssignmentDone');
+  await expectRevert(send(bystander, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, callId + 1n]), 'UnknownAssignment');
+});
+
+test('ties in load go to the operator assigned least recently', async () => {
+  const setup = await deploy();
+  const [a, b] = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!), await register(setup, setup.keys[3]!)];
+  const answer = (key: Hex, callId: bigint) => send(key, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0x']);
+  const job0 = await submit(setup, setup.keys[4]!);
+  const job1 = await submit(setup, setup.keys[4]!);
+  await submit(setup, setup.keys[4]!);
+  assert.deepEqual([job0.operator, job1.operator], [a, b]);
+  await answer(setup.keys[1]!, job0.callId);
+  const job3 = await submit(setup, setup.keys[4]!);
+  assert.equal(job3.operator, a);
+  await answer(setup.keys[1]!, job3.callId);
+  await answer(setup.keys[2]!, job1.callId);
+  // a and b both have no load; b waited longer (a was assigned last), so b gets the next job though a comes first.
+  assert.equal((await submit(setup, setup.keys[4]!)).operator, b);
+});
+
+test('a timed-out job goes to another operator even when that one is more loaded', async () => {
+  const setup = await deploy();
+  const [a, b] = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!)];
+  const jobs = [];
+  for (let i = 0; i < 4; i++) jobs.push(await submit(setup, setup.keys[4]!));
+  assert.deepEqual(jobs.map((j) => j.operator), [a, b, a, b]);
+  await send(setup.keys[1]!, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, jobs[2]!.callId, '0x']);
+  await publicClient.request({ method: 'evm_increaseTime' as never, params: [TIMEOUT_S + 1] as never });
+  await publicClient.request({ method: 'evm_mine' as never, params: [] as never });
+  // a (load 1) is less loaded than b (load 2), but a is the one that let the job time out.
+  await send(setup.keys[5]!, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, jobs[0]!.callId]);
+  assert.equal((await assignmentOf(setup, jobs[0]!.callId)).operator, b);
+  assert.deepEqual([await loadOf(setup, a), await loadOf(setup, b)], [0, 3]);
+});
+
+test('a timed-out job of the only operator goes back to it', async () => {
+  const setup = await deploy();
+  const only = await register(setup, setup.keys[1]!);
+  const { callId } = await submit(setup, setup.keys[4]!);
+  await publicClient.request({ method: 'evm_increaseTime' as never, params: [TIMEOUT_S + 1] as never });
+  await publicClient.request({ method: 'evm_mine' as never, params: [] as never });
+  await send(setup.keys[5]!, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, callId]);
+  assert.equal((await assignmentOf(setup, callId)).operator, only);
+  assert.equal(await loadOf(setup, only), 1);
+});
+
+test('the manager hooks refuse every caller but the jobs contract', async () => {
+  const setup = await deploy();
+  const caller = setup.keys[6]!;
+  const me = privateKeyToAccount(caller).address;
+  const inputs = encodeAbiParameters([{ type: 'uint32' }, { type: 'uint256' }], [4, 0n]);
+  await expectRevert(send(caller, setup.manager, managerAbi, 'onRegister', [me, inputs]), 'OnlyJobsContract');
+  await expectRevert(send(caller, setup.manager, managerAbi, 'onUnregister', [me]), 'OnlyJobsContract');
+  await expectRevert(send(caller, setup.manager, managerAbi, 'onJobCall', [setup.serviceId, 0, 0n, '0x']), 'OnlyJobsContract');
+  await expectRevert(
+    send(caller, setup.manager, managerAbi, 'onJobResult', [setup.serviceId, 0, 0n, me, `0x${'00'.repeat(32)}`, '0x']),
+    'OnlyJobsContract',
+  );
+  // Nothing changed: the caller did not become an operator.
+  assert.deepEqual(await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorList' }), []);
+});
+
+test('a submission with no registered operator reverts NoOperators, and so does one after the last unregisters', async () => {
+  const setup = await deploy();
+  await expectRevert(send(setup.keys[4]!, setup.jobs, jobsAbiWithManagerErrors, 'submitJob', [setup.serviceId, 0, '0x']), 'NoOperators');
+  const op = await register(setup, setup.keys[1]!);
+  await submit(setup, setup.keys[4]!);
+  await send(setup.keys[1]!, setup.jobs, jobsAbiWithManagerErrors, 'unregisterOperator', [setup.serviceId]);
+  const [, , load, active] = (await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorInfo', args: [op] })) as [number, bigint, number, boolean];
+  assert.deepEqual([load, active], [1, false]);
+  await expectRevert(send(setup.keys[4]!, setup.jobs, jobsAbiWithManagerErrors, 'submitJob', [setup.serviceId, 0, '0x']), 'NoOperators');
+  await expectRevert(send(setup.keys[4]!, setup.jobs, jobsAbiWithManagerErrors, 'submitJob', [setup.serviceId + 1n, 0, '0x']), 'UnknownService');
+});
+
+test('registration takes capacity and price (capacity 0 means 4); registering again updates them', async () => {
+  const setup = await deploy();
+  const op = await register(setup, setup.keys[1]!, 0, 5n);
+  const info = async () => publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorInfo', args: [op] });
+  assert.deepEqual(await info(), [4, 5n, 0, true, 0n]);
+  await register(setup, setup.keys[1]!, 7, 9n);
+  assert.deepEqual(await info(), [7, 9n, 0, true, 0n]);
+  assert.deepEqual(await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorList' }), [op]);
+});
+
+test('the compiled KindlingJobs ABI contains every item of the pinned Tangle jobs interface, identically', () => {
+  const normalize = (value: unknown): unknown =>
+    Array.isArray(value)
+      ? value.map(normalize)
+      : value && typeof value === 'object'
+        ? Object.fromEntries(Object.entries(value).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => [k, normalize(v)]))
+        : value;
+  for (const pinned of TANGLE_JOBS_ABI) {
+    const compiled = jobsAbi.find((item) => item.type === pinned.type && 'name' in item && item.name === pinned.name);
+    assert.ok(compiled, `KindlingJobs has the ${pinned.type} ${pinned.name}`);
+    assert.deepEqual(normalize(compiled), normalize(pinned), `${pinned.type} ${pinned.name} matches the pinned interface`);
+  }
+});
