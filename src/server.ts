@@ -198,6 +198,8 @@ export interface KindlingServer {
   invocations: InvocationService;
   /** Live logs of running invocations (whether anyone follows: tests wait for a follower instead of sleeping). */
   logBus: Pick<LogBus, 'followed'>;
+  /** The orchestrator services the gateway uses, for other clients of the orchestrator in this process (the chain operator). */
+  services: { executions: ExecutionService; sandboxes: SandboxService; tenants: TenantService };
   /**
    * Listens on the configured host and port, then starts the work that needs a gateway: the async dispatcher (crash
    * recovery first) and the generic warm sandboxes. Resolves with the URL. A failure (the port is taken) leaves the
@@ -588,6 +590,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     usage: usageStore,
     invocations,
     logBus,
+    services: { executions: executionService, sandboxes, tenants },
     async listen() {
       if (listening) throw new Error('the server listens already');
       await app.listen({ host: config.host, port: config.port });

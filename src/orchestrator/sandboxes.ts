@@ -69,6 +69,8 @@ export interface SandboxCommandInput {
 
 /** Live output of a foreground command (SSE): called once it started, then per decoded chunk. */
 export interface RunHooks {
+  /** Kills the command (never the sandbox) when it aborts: its caller went away. */
+  signal?: AbortSignal;
   onStarted?: (commandId: string) => void;
   onOutput?: (stream: 'stdout' | 'stderr', text: string) => void;
 }
@@ -713,8 +715,14 @@ export class SandboxService {
         timedOut = true;
         command.kill();
       }, timeoutMs);
+      const onAbort = (): void => command.kill();
+      if (hooks.signal?.aborted) command.kill();
+      hooks.signal?.addEventListener('abort', onAbort, { once: true });
       const [stdout, stderr] = [collect(command.stdout, outputBytes), collect(command.stderr, outputBytes)];
-      const exit = await command.wait().finally(() => clearTimeout(timer));
+      const exit = await command.wait().finally(() => {
+        clearTimeout(timer);
+        hooks.signal?.removeEventListener('abort', onAbort);
+      });
       const [out, err] = await Promise.all([stdout, stderr]);
       const durationMs = Math.round((performance.now() - started) * 100) / 100;
       return {

@@ -130,3 +130,19 @@ test('deleting a tenant revokes its keys, calls back, and keeps the name taken; 
   assert.equal(code(() => tenants.create('acme')), 'TENANT_EXISTS');
   await assert.rejects(tenants.delete('default'), /cannot be deleted/);
 });
+
+test('ensure() makes a tenant without keys (auth stays off) with its quotas once; a deleted tenant stays deleted', async () => {
+  const { tenants, store } = service({ defaults: { maxMemoryMb: 1024 } });
+  const scope = tenants.ensure('chain-0xabc', { maxMemoryMb: 512, maxConcurrency: 2 });
+  assert.equal(scope.name, 'chain-0xabc');
+  assert.equal(scope.caps.memoryMb, 512);
+  assert.equal(tenants.authEnabled, false, 'no admin key was made');
+  assert.equal(store.listKeys('chain-0xabc').length, 0);
+  assert.equal(tenants.ensure('chain-0xabc', { maxMemoryMb: 64 }).caps.memoryMb, 512, 'quotas are set on creation only');
+  const release = scope.acquire!();
+  release();
+  assert.equal(code(() => tenants.ensure('Not A Name')), 'VALIDATION_FAILED');
+  assert.equal(code(() => tenants.ensure('chain-0xdef', { maxMemoryMb: 1 })), 'LIMIT_OUT_OF_RANGE');
+  await tenants.delete('chain-0xabc');
+  assert.equal(code(() => tenants.ensure('chain-0xabc')), 'TENANT_NOT_FOUND');
+});

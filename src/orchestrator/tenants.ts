@@ -284,6 +284,24 @@ export class TenantService {
     return { tenant: this.view(name), apiKey, keyId, ...(adminKey === null ? {} : { adminKey }) };
   }
 
+  /**
+   * The tenant `name`, created with `quotas` when it does not exist yet, without any key (callers that are not HTTP
+   * clients, such as the chain operator's callers, act through the server itself). A deleted tenant stays deleted:
+   * TENANT_NOT_FOUND, so an operator can shut a caller out by deleting its tenant.
+   */
+  ensure(name: string, quotas: Record<string, unknown> = {}): TenantScope {
+    const live = this.tenants.get(name);
+    if (live) return live.scope;
+    checkTenantName(name);
+    const existing = this.store.getTenant(name);
+    if (existing !== null && existing.deletedAtMs !== null) {
+      throw new KindlingError('TENANT_NOT_FOUND', `tenant "${name}" was deleted by the operator of this server; its caller can no longer run work here`, { details: { name } });
+    }
+    if (existing === null) this.store.insertTenant(name, dropNulls(checkQuotas(quotas)), this.clock.nowMs());
+    this.cacheTenant(this.store.getTenant(name)!);
+    return this.tenants.get(name)!.scope;
+  }
+
   list(): TenantView[] {
     return [...this.tenants.keys()].sort().map((name) => this.view(name));
   }
