@@ -18,6 +18,7 @@ import { registerExecuteRoutes, type ExecuteRouteOptions } from './routes/execut
 import { registerExecuteWsRoute, type ExecuteWsRouteOptions } from './routes/execute-ws.js';
 import { registerFunctionRoutes, type FunctionRouteFunctions, type FunctionRouteInvocations, type FunctionRouteRunner } from './routes/functions.js';
 import { registerHealthRoutes, type HealthRouteOptions } from './routes/health.js';
+import { OPERATOR_RESULTS_ROUTE, registerOperatorResultsRoute, type OperatorResultsRouteOptions } from './routes/operator-results.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
@@ -90,13 +91,15 @@ export interface ApiOptions {
    * on); requests naming another host get 421, state-changing requests from pages of other origins 403 (host-guard.ts).
    */
   allowedHosts?: readonly AllowedHost[];
+  /** Operator mode's large results (GET /v1/operator/results/:serviceId/:callId, public); without it the route is absent. */
+  operatorResults?: OperatorResultsRouteOptions['results'];
 }
 
 /** Methods a page of another origin must not use here (a GET may be answered: the browser keeps the answer from it). */
 const STATE_CHANGING_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 /** Routes that answer without an API key: liveness, readiness, metrics scraping, the API description. */
-const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', ...CONSOLE_PUBLIC_ROUTES]);
+const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', OPERATOR_RESULTS_ROUTE, ...CONSOLE_PUBLIC_ROUTES]);
 
 /** Builds the HTTP gateway without listening, so tests can use inject() and main decides where to listen. */
 export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
@@ -312,6 +315,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       },
     );
   }
+  if (options.operatorResults) registerOperatorResultsRoute(app, { results: options.operatorResults });
   if (options.consoleDir) registerConsoleRoutes(app, { dir: options.consoleDir });
 
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
