@@ -50,9 +50,12 @@ describe('operator end to end (anvil, the kindling operator CLI, sandboxes)', { 
     operator = await startOperator(setup, 1, { args: ['--max-result-bytes', '4096'] });
   });
   after(async () => {
-    await operator?.stop();
-    await operator?.remove();
-    await anvil?.stop();
+    try {
+      await operator?.stop();
+      await operator?.remove();
+    } finally {
+      await anvil?.stop();
+    }
   });
 
   it('job 0: a command runs in a sandbox and its stdout is the result on chain', async () => {

@@ -249,6 +249,7 @@ export class Operator {
     if (!store.transition(call.callId, ['seen'], 'running', { blockHash: call.blockHash, nowMs: this.options.now() })) return;
     const controller = new AbortController();
     this.running.set(key, controller);
+    logger.info({ callId: key, jobIndex: call.jobIndex, caller: call.caller }, 'running a job');
     this.stats.running = this.running.size;
     let result: Hex;
     try {

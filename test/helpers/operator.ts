@@ -14,7 +14,7 @@ import { TangleClient } from '@kindling/sdk/tangle';
 import { deployKindlingChain, type KindlingChainDeployment } from '../../src/chain/deploy.js';
 import type { Anvil } from './anvil.js';
 import { IMAGES_DIR } from './server.js';
-import { waitFor } from './wait.js';
+import { retryUntil, waitFor } from './wait.js';
 
 const MAIN = fileURLToPath(new URL('../../src/main.js', import.meta.url));
 
@@ -109,7 +109,8 @@ export async function startOperator(setup: ChainSetup, keyIndex: number, options
       await exited;
     },
     async remove() {
-      await rm(dataDir, { recursive: true, force: true });
+      // The sandbox executor's private mounts are detached lazily at exit: the dir may be busy for a moment.
+      await retryUntil(() => rm(dataDir, { recursive: true, force: true }), { timeoutMs: 30_000, intervalMs: 100, what: `removing ${dataDir}` });
     },
   };
   try {
