@@ -3,7 +3,11 @@
  * running jobs in real sandboxes, a customer submitting jobs and reading results back from the chain.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { bytesToHex, stringToHex, toHex, type Hex } from 'viem';
 import { decodeJobResult, type JobResult } from '@kindling/sdk/tangle';
@@ -62,6 +66,35 @@ describe('operator end to end (anvil, the kindling operator CLI, sandboxes)', { 
     const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine:latest', ['sh', '-c', 'echo hello $NAME; cat'], ['NAME=chain'], stringToHex('payload-in')]);
     assert.equal(stdoutOf(await resultOf(setup, 0, callId)), 'hello chain\npayload-in');
     assert.equal(await resultCount(setup, callId), 1n);
+  });
+
+  it('each of the 12 jobs, submitted on chain and answered on chain', async () => {
+    const run = async (jobIndex: number, args: readonly unknown[]): Promise<readonly unknown[]> => {
+      const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, jobIndex, args);
+      const result = await resultOf(setup, jobIndex, callId);
+      assert.equal(result.kind, 'output', `job ${jobIndex}: ${JSON.stringify(result, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
+      return (result as { values: readonly unknown[] }).values;
+    };
+    const dir = await mkdtemp(join(tmpdir(), 'kindling-tar-'));
+    await writeFile(join(dir, 'hello.txt'), 'hello from the chain\n');
+    const tar = execFileSync('tar', ['-cf', '-', '-C', dir, 'hello.txt']);
+    await rm(dir, { recursive: true, force: true });
+    assert.equal(stdoutOf({ kind: 'output', values: await run(0, ['alpine', ['echo', 'zero'], [], '0x']) }), 'zero\n');
+    assert.equal(stdoutOf({ kind: 'output', values: await run(1, ['alpine', ['echo', 'one'], [], '0x', 'ephemeral', '', '', 0n]) }), 'one\n');
+    const [instance] = (await run(6, ['', 'alpine', 0, 0, 0, false])) as [string];
+    const [written] = (await run(11, [instance, '/work', bytesToHex(tar)])) as [bigint];
+    assert.ok(written > 0n);
+    const [snapshot] = (await run(2, [instance, 'snap', 'a snapshot'])) as [string];
+    const [restored] = (await run(3, [snapshot])) as [string];
+    const [branch] = (await run(4, [snapshot, 'b1'])) as [string];
+    const [merged] = (await run(5, [[restored, branch], 'union'])) as [string];
+    assert.ok(merged.length > 0);
+    assert.deepEqual(await run(8, [instance]), ['paused']);
+    assert.deepEqual(await run(9, [instance]), ['running']);
+    const [url] = (await run(10, [instance, 8000, 'http', ''])) as [string];
+    assert.equal(url, `${operator.url}/v1/sandboxes/${instance}/ports/8000/`);
+    // Job 7 ends each instance the jobs made (what each job does inside is checked in operator-jobs.test.ts).
+    for (const id of [instance, restored, branch, merged]) assert.deepEqual(await run(7, [id]), [true]);
   });
 
   it('bad inputs on chain get an error envelope, and the operator keeps serving', async () => {
