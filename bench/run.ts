@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|operator] [--runs N]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
@@ -23,9 +23,10 @@ import { runPersistentGroup } from './persistent.js';
 import { runSandboxFilesGroup } from './sandbox-files.js';
 import { runDockerSandboxRows } from './persistent-docker.js';
 import { runGvisorGroup } from './gvisor.js';
+import { runOperatorGroup } from './operator.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10 };
-const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10, operator: 10 };
+const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor', 'operator'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -39,7 +40,7 @@ function joinGroups(first: GroupResult, second: GroupResult): GroupResult {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|operator] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -125,6 +126,8 @@ async function main(): Promise<number> {
                   ? await runPythonGroup(ctx)
                 : group === 'gvisor'
                   ? await runGvisorGroup(ctx)
+                : group === 'operator'
+                  ? await runOperatorGroup(ctx)
                 : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
@@ -160,6 +163,7 @@ async function main(): Promise<number> {
       microvm: 'MicroVM executor (issue 8)',
       gvisor: 'gvisor executor: one-offs, hibernate/restore, pause/resume (issue 16)',
       python: 'Python SDK (issue 20)',
+      operator: 'Operator mode: jobs from an EVM chain, results back (issue 17)',
     };
     const title = titles[group];
     report.push(`### ${title}`, '', rowsTable(result.rows), '');
