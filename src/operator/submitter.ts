@@ -10,6 +10,11 @@ import type { Abi, Address, Hex } from 'viem';
 import { KindlingError } from '../core/errors.js';
 import type { NonceManager } from './nonce-manager.js';
 
+export interface Fees {
+  maxFeePerGas: bigint;
+  maxPriorityFeePerGas: bigint;
+}
+
 export interface ContractCall {
   address: Address;
   abi: Abi;
@@ -23,7 +28,12 @@ export interface TxChain {
   /** eth_estimateGas of the call from `address`; a revert throws an error whose cause chain carries `data.errorName`. */
   estimateGas(call: ContractCall): Promise<bigint>;
   /** Signs and broadcasts; resolves with the transaction hash. */
-  send(call: ContractCall, tx: { gas: bigint; nonce: number }): Promise<Hex>;
+  send(call: ContractCall, tx: { gas: bigint; nonce: number; fees?: Fees }): Promise<Hex>;
+  /**
+   * EIP-1559 fees for the next transactions (null: let the client decide, e.g. a legacy chain). Read before the nonce
+   * is taken, so that only signing and the broadcast are serialized per account.
+   */
+  fees?(): Promise<Fees | null>;
   waitForReceipt(hash: Hex): Promise<'success' | 'reverted'>;
   balance(): Promise<bigint>;
 }
@@ -151,7 +161,8 @@ export class Submitter {
         // 20 % headroom: the state may change a little between the estimate and the block (a storage slot set first).
         const withHeadroom = (estimate * 12n) / 10n;
         const gas = withHeadroom < this.maxGas ? withHeadroom : this.maxGas;
-        const txHash = await this.nonces.send((nonce) => this.chain.send(call, { gas, nonce }));
+        const fees = (await this.chain.fees?.()) ?? null;
+        const txHash = await this.nonces.send((nonce) => this.chain.send(call, { gas, nonce, ...(fees ? { fees } : {}) }));
         const status = await this.receipt(txHash);
         if (status === 'success') return { kind: 'sent', txHash };
         lastError = new Error(`${call.functionName} transaction ${txHash} reverted`);
@@ -193,6 +204,7 @@ export interface TxClients {
     estimateContractGas(args: never): Promise<bigint>;
     waitForTransactionReceipt(args: { hash: Hex; pollingInterval?: number; timeout?: number }): Promise<{ status: 'success' | 'reverted' }>;
     getBalance(args: { address: Address }): Promise<bigint>;
+    estimateFeesPerGas(): Promise<{ maxFeePerGas?: bigint; maxPriorityFeePerGas?: bigint }>;
   };
   walletClient: { writeContract(args: never): Promise<Hex> };
   account: { address: Address };
@@ -203,10 +215,22 @@ export interface TxClients {
 export function viemTxChain(clients: TxClients): TxChain {
   const estimate = clients.publicClient.estimateContractGas as unknown as (args: object) => Promise<bigint>;
   const write = clients.walletClient.writeContract as unknown as (args: object) => Promise<Hex>;
+  // Fees change per block at most: one estimate serves every transaction of the next second.
+  let cached: { at: number; fees: Promise<Fees | null> } | null = null;
   return {
+    fees() {
+      if (cached === null || Date.now() - cached.at > 1000) {
+        const fees = clients.publicClient.estimateFeesPerGas().then(
+          (estimate) => (estimate.maxFeePerGas !== undefined && estimate.maxPriorityFeePerGas !== undefined ? { maxFeePerGas: estimate.maxFeePerGas, maxPriorityFeePerGas: estimate.maxPriorityFeePerGas } : null),
+          () => null,
+        );
+        cached = { at: Date.now(), fees };
+      }
+      return cached.fees;
+    },
     address: clients.account.address,
     estimateGas: (call) => estimate({ ...call, account: clients.account }),
-    send: (call, tx) => write({ ...call, account: clients.account, gas: tx.gas, nonce: tx.nonce }),
+    send: (call, tx) => write({ ...call, account: clients.account, gas: tx.gas, nonce: tx.nonce, ...(tx.fees ?? {}) }),
     async waitForReceipt(hash) {
       return (await clients.publicClient.waitForTransactionReceipt({ hash, pollingInterval: clients.receiptPollMs ?? 100, timeout: 120_000 })).status;
     },
