@@ -2,8 +2,9 @@
  * Deploys a local Kindling chain set-up: the jobs contract (KindlingJobs), one FaaS service manager bound to it, and
  * a service that uses that manager. Used by `kindling chain deploy` and the tests.
  */
-import { parseEventLogs, type Account, type Address, type Chain, type PublicClient, type Transport, type WalletClient } from 'viem';
+import { getAddress, parseEventLogs, type Account, type Address, type Chain, type PublicClient, type Transport, type WalletClient } from 'viem';
 import { kindlingJobsArtifact, serviceManagerArtifact } from './contracts.js';
+import { DEFAULT_ASSIGNMENT_TIMEOUT_SECONDS } from './defaults.js';
 
 export interface DeployOptions {
   walletClient: WalletClient<Transport, Chain | undefined, Account>;
@@ -18,7 +19,7 @@ export interface KindlingChainDeployment {
   serviceId: bigint;
 }
 
-export const DEFAULT_ASSIGNMENT_TIMEOUT_SECONDS = 300;
+export { DEFAULT_ASSIGNMENT_TIMEOUT_SECONDS };
 
 export async function deployKindlingChain(options: DeployOptions): Promise<KindlingChainDeployment> {
   const { walletClient, publicClient } = options;
@@ -65,5 +66,6 @@ export async function deployKindlingChain(options: DeployOptions): Promise<Kindl
 async function deployed(publicClient: PublicClient, hash: `0x${string}`, name: string): Promise<Address> {
   const receipt = await publicClient.waitForTransactionReceipt({ hash });
   if (receipt.status !== 'success' || !receipt.contractAddress) throw new Error(`deploying ${name} failed in transaction ${hash}`);
-  return receipt.contractAddress;
+  // Checksummed, as users see addresses elsewhere (receipts give them in lower case).
+  return getAddress(receipt.contractAddress);
 }

@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { registerChainCommands } from './chain.js';
 import { registerFunctionCommands } from './functions.js';
 import { registerImagesCommands } from './images.js';
 import { registerInvocationCommands } from './invocations.js';
@@ -29,5 +30,6 @@ export function buildProgram(defaults: CliDefaults): Command {
   registerTenantCommands(program, defaults.client);
   registerSandboxCommands(program, defaults.client);
   registerImagesCommands(program, { defaultImagesDir: defaults.serve.imagesDir });
+  registerChainCommands(program);
   return program;
 }
