@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles] [--runs N]`: Kindling against raw baselines measured in the same run.
+ * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator] [--runs N]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
@@ -24,9 +24,10 @@ import { runSandboxFilesGroup } from './sandbox-files.js';
 import { runDockerSandboxRows } from './persistent-docker.js';
 import { runGvisorGroup } from './gvisor.js';
 import { runBundlesGroup } from './bundles.js';
+import { runOperatorGroup } from './operator.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10, bundles: 15 };
-const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor', 'bundles'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10, bundles: 15, operator: 10 };
+const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor', 'bundles', 'operator'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -40,7 +41,7 @@ function joinGroups(first: GroupResult, second: GroupResult): GroupResult {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles] [--runs N]';
+  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator] [--runs N]';
 }
 
 function parseOptions(argv: string[]): Options {
@@ -128,6 +129,8 @@ async function main(): Promise<number> {
                   ? await runGvisorGroup(ctx)
                 : group === 'bundles'
                   ? await runBundlesGroup(ctx)
+                : group === 'operator'
+                  ? await runOperatorGroup(ctx)
                 : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
@@ -164,6 +167,7 @@ async function main(): Promise<number> {
       gvisor: 'gvisor executor: one-offs, hibernate/restore, pause/resume (issue 16)',
       python: 'Python SDK (issue 20)',
       bundles: 'Function bundles, sandbox executor (issue 21)',
+      operator: 'Operator mode: jobs from an EVM chain, results back (issue 17)',
     };
     const title = titles[group];
     report.push(`### ${title}`, '', rowsTable(result.rows), '');

@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { buildApi } from './api/build.js';
+import { buildApi, type ApiOptions } from './api/build.js';
 import { HostGuard, type AllowedHost } from './api/host-guard.js';
 import { StreamRelay } from './api/stream-relay.js';
 import { newInstanceId } from './core/ids.js';
@@ -113,6 +113,8 @@ export interface ServerConfig {
    * (--allowed-hosts); other Host headers get 421 (DNS rebinding), and pages of their origins may change state.
    */
   allowedHosts?: AllowedHost[];
+  /** Operator mode: the store of large job results, served by GET /v1/operator/results/:serviceId/:callId (public). */
+  operatorResults?: ApiOptions['operatorResults'];
 }
 
 /** dist/native/kindling-splice, built by scripts/build-native.sh (dist/src/server.js -> dist/native). */
@@ -555,6 +557,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     version: config.version,
     logger,
     isDraining: () => draining,
+    ...(config.operatorResults ? { operatorResults: config.operatorResults } : {}),
   });
   rollback.add('gateway', () => app.close());
 

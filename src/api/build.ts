@@ -19,6 +19,7 @@ import { registerExecuteWsRoute, type ExecuteWsRouteOptions } from './routes/exe
 import type { BundleStore } from '../orchestrator/bundles.js';
 import { registerFunctionRoutes, type FunctionRouteFunctions, type FunctionRouteInvocations, type FunctionRouteRunner } from './routes/functions.js';
 import { registerHealthRoutes, type HealthRouteOptions } from './routes/health.js';
+import { OPERATOR_RESULTS_ROUTE, registerOperatorResultsRoute, type OperatorResultsRouteOptions } from './routes/operator-results.js';
 import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.js';
 import { registerUsageRoutes } from './routes/usage.js';
 import { COMPAT_PUBLIC_ROUTES, registerCompatRoutes } from './routes/compat.js';
@@ -94,6 +95,8 @@ export interface ApiOptions {
    * on); requests naming another host get 421, state-changing requests from pages of other origins 403 (host-guard.ts).
    */
   allowedHosts?: readonly AllowedHost[];
+  /** Operator mode's large results (GET /v1/operator/results/:serviceId/:callId, public); without it the route is absent. */
+  operatorResults?: OperatorResultsRouteOptions['results'];
 }
 
 /** Methods a page of another origin must not use here (a GET may be answered: the browser keeps the answer from it). */
@@ -101,9 +104,10 @@ const STATE_CHANGING_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 /**
  * Routes that answer without an API key: liveness, readiness, metrics scraping, the API description, and the FaaS
- * blueprint gateway's health check (its Python SDK sends no key there).
+ * blueprint gateway's health check (its Python SDK sends no key there), and the operator's large results (their
+ * sha256 on chain is the check).
  */
-const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', ...CONSOLE_PUBLIC_ROUTES, ...COMPAT_PUBLIC_ROUTES]);
+const PUBLIC_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/openapi.json', OPERATOR_RESULTS_ROUTE, ...CONSOLE_PUBLIC_ROUTES, ...COMPAT_PUBLIC_ROUTES]);
 
 /** Builds the HTTP gateway without listening, so tests can use inject() and main decides where to listen. */
 export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
@@ -327,6 +331,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     executorNames: [...options.executors.keys()],
     isDraining: options.isDraining ?? (() => false),
   });
+  if (options.operatorResults) registerOperatorResultsRoute(app, { results: options.operatorResults });
   if (options.consoleDir) registerConsoleRoutes(app, { dir: options.consoleDir });
 
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {

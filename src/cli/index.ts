@@ -7,6 +7,7 @@ import { registerTenantCommands } from './tenants.js';
 import { registerSandboxCommands } from './sandboxes.js';
 import { registerRunCommand, registerStatusCommand, type ClientDefaults } from './run.js';
 import { registerServeCommand, type ServeDefaults } from './serve.js';
+import { registerOperatorCommand } from './operator.js';
 
 export interface CliDefaults {
   serve: ServeDefaults;
@@ -21,6 +22,7 @@ export function buildProgram(defaults: CliDefaults): Command {
     .version(defaults.version)
     .showHelpAfterError();
   registerServeCommand(program, defaults.serve);
+  registerOperatorCommand(program, defaults.serve);
   registerRunCommand(program, defaults.client);
   registerStatusCommand(program, defaults.client);
   registerFunctionCommands(program, defaults.client);

@@ -1,9 +1,13 @@
 import type { Command } from 'commander';
-import type { Level } from 'pino';
+import { join } from 'node:path';
+import type { Level, Logger } from 'pino';
+import type { ResultStore } from '../operator/result-store.js';
+import type { OperatorSettings, RunningOperator } from '../operator/service.js';
+import { readOperatorConfig } from './operator.js';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { parseAllowList } from '../network/policy.js';
 import { parseAllowedHosts } from '../api/host-guard.js';
-import type { ExecutorChoice } from '../server.js';
+import type { ExecutorChoice, RunningServer } from '../server.js';
 import { DEFAULT_FUNCTION_POOLS } from '../server-defaults.js';
 import type { MicroVmSettings } from '../executors/registry.js';
 import { DEFAULT_PREWARM_PER_SHAPE } from '../executors/shared/options.js';
@@ -63,9 +67,17 @@ function tenantQuotaDefaults(options: Record<string, unknown>): Partial<Resolved
 
 /** `kindling serve`: the server in the foreground; SIGTERM/SIGINT drain in-flight work, then stop. */
 export function registerServeCommand(program: Command, defaults: ServeDefaults): void {
-  program
-    .command('serve')
-    .description('start the Kindling server')
+  addServeOptions(program.command('serve').description('start the Kindling server'), defaults)
+    .option('--operator-config <file>', 'also run as a chain operator (docs/operator.md): a JSON file with the options of kindling operator (rpcUrl, chainId, keyFile, jobsContract, serviceManager, serviceId, ...)')
+    .action(async (options) => {
+      const file = options.operatorConfig as string | undefined;
+      await runServe(options, defaults, file === undefined ? null : await readOperatorConfig(file));
+    });
+}
+
+/** The options of `kindling serve`, shared with `kindling operator` (the same server, plus the chain). */
+export function addServeOptions(command: Command, defaults: ServeDefaults): Command {
+  return command
     .option('-p, --port <port>', 'TCP port (0 picks a free one)', int('--port'), defaults.port)
     .option('--host <host>', 'address to bind; on a non-loopback address without KINDLING_ADMIN_KEY the first start prints a generated admin key', defaults.host)
     .option('--data-dir <dir>', 'where the server keeps its state', defaults.dataDir)
@@ -107,8 +119,15 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
     .option('--max-sandbox-port-connections <n>', 'proxied connections (/v1/sandboxes/ID/ports/PORT) open at once per persistent sandbox', int('--max-sandbox-port-connections'), 64)
     .option('--function-versions-kept <n>', 'versions kept per function (the newest); older ones are deleted on deploy, except those a queued or running invocation needs (at least 1)', int('--function-versions-kept'), DEFAULT_VERSIONS_KEPT)
     .option('--allowed-hosts <name[:port],...>', 'host names the server answers to besides IP addresses, localhost and --host (e.g. behind a proxy: kindling.example.com); other Host headers get 421 and pages of other origins may not change state (DNS rebinding, cross-site requests)', '')
-    .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel)
-    .action(async (options) => {
+    .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel);
+}
+
+/**
+ * Starts the server from parsed serve options and runs it until SIGTERM/SIGINT; with operator settings it also runs
+ * the chain operator on the same orchestrator (the drain lets running jobs finish and post their results first).
+ */
+export async function runServe(options: Record<string, unknown>, defaults: ServeDefaults, operatorSettings: OperatorSettings | null): Promise<void> {
+  {
       const executor = options.executor as string;
       if (executor !== 'auto' && !(EXECUTOR_NAMES as readonly string[]).includes(executor)) {
         throw new Error(`--executor must be auto or one of ${EXECUTOR_NAMES.join(', ')}, got "${executor}"`);
@@ -120,6 +139,8 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
       // Loaded here, not at the top: the other commands must not pay for loading the whole platform.
       const [{ pino }, { startServer }] = await Promise.all([import('pino'), import('../server.js')]);
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
+      const dataDir = options.dataDir as string;
+      const operatorResults = operatorSettings === null ? null : new (await import('../operator/result-store.js')).ResultStore({ dir: join(dataDir, 'operator-results') });
       const server = await startServer({
         host: options.host as string,
         port: options.port as number,
@@ -165,18 +186,30 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
         version: defaults.version,
         logger,
         ...(metricsToken ? { metricsToken } : {}),
+        ...(operatorResults ? { operatorResults } : {}),
       });
+      let operator: RunningOperator | null = null;
+      if (operatorSettings !== null && operatorResults !== null) {
+        try {
+          operator = await startOperator(server, operatorSettings, operatorResults, { dataDir, logger, publicUrl: operatorSettings.publicUrl ?? server.url });
+        } catch (error) {
+          await server.close();
+          throw error;
+        }
+      }
       let stopping = false;
       const stop = (signal: string): void => {
         if (stopping) {
           // A second signal during the drain: stop now (kill what runs) instead of waiting for the deadline.
           logger.info({ signal }, 'stopping now: killing the executions still running');
+          void operator?.close({ abort: true });
           void server.destroy();
           return;
         }
         stopping = true;
         logger.info({ signal }, 'stopping: draining in-flight executions (a second SIGINT or SIGTERM stops at once)');
-        server.close().then(
+        // The operator drains first: its running jobs finish and their results go on chain while the server still runs.
+        (operator ? operator.close().catch((error: unknown) => logger.error({ err: error }, 'draining the operator failed')) : Promise.resolve()).then(() => server.close()).then(
           () => process.exit(0),
           (error: unknown) => {
             logger.error({ err: error }, 'shutdown failed');
@@ -186,5 +219,13 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
       };
       process.on('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGINT', () => stop('SIGINT'));
-    });
+  }
+}
+
+/** The job runner on the server's orchestrator services, and the operator around it. */
+async function startOperator(server: RunningServer, settings: OperatorSettings, results: ResultStore, context: { dataDir: string; logger: Logger; publicUrl: string }): Promise<RunningOperator> {
+  // Loaded here: only a server that runs the operator needs viem and the operator's modules.
+  const [{ createJobRunner }, { startOperatorService }] = await Promise.all([import('../operator/job-runner.js'), import('../operator/service.js')]);
+  const runner = createJobRunner({ ...server.services, publicUrl: context.publicUrl, logger: context.logger.child({ component: 'jobs' }) });
+  return startOperatorService({ settings, runner, resultStore: results, publicUrl: context.publicUrl, dataDir: context.dataDir, logger: context.logger });
 }

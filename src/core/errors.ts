@@ -126,6 +126,12 @@ export const ERROR_CODES = {
    */
   COMPAT_UNSUPPORTED: { statusCode: 501, retryable: false },
   INTERNAL: { statusCode: 500, retryable: false },
+  /** No large result of that service and call id is kept here (never one, or removed past its age or the size bound). */
+  OPERATOR_RESULT_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** Operator mode: the operator's account cannot pay for its transactions (the message names the address and balance). */
+  OPERATOR_OUT_OF_FUNDS: { statusCode: 503, retryable: true },
+  /** Operator mode: a transaction would need more gas than --max-gas allows. */
+  OPERATOR_GAS_CAP: { statusCode: 503, retryable: false },
 } as const satisfies Record<string, ErrorDefinition>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -1,0 +1,121 @@
+/**
+ * Operator mode (docs/operator.md): a real anvil, the contracts, the real `kindling operator` process (sandbox executor).
+ * Rows: job 0 `echo` from its inclusion block to its result on chain with 1 s blocks; sustained jobs per second through
+ * one operator with instant mining (every result counted); the chain path's overhead over the same execution through
+ * HTTP (`POST /v1/execute` on the operator's own server, measured in the same run).
+ */
+import { createPublicClient, createWalletClient, http, parseEventLogs, type PublicClient } from 'viem';
+import { privateKeyToAccount } from 'viem/accounts';
+import { TANGLE_JOBS_ABI, TangleClient } from '@kindling/sdk/tangle';
+import { startAnvil, type Anvil } from '../test/helpers/anvil.js';
+import { chainOf, deployOn, startOperator, type ChainSetup, type OperatorProcess } from '../test/helpers/operator.js';
+import type { BenchContext, GroupResult } from './lib/context.js';
+import type { Row } from './lib/table.js';
+
+const ECHO = ['alpine', ['echo', 'hi'], [], '0x'] as const;
+
+const percentile = (samples: number[], p: number): number => {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+};
+
+async function until(condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await condition())) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+const completed = async (setup: ChainSetup, callId: bigint): Promise<boolean> => (await setup.customer.getJobCall(setup.deployment.serviceId, callId)).completed;
+
+/** Submit -> result observed, per job, one at a time. */
+async function chainLatencies(setup: ChainSetup, runs: number, fromInclusion: boolean): Promise<number[]> {
+  const samples: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const started = performance.now();
+    const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, 0, ECHO);
+    const included = performance.now();
+    await until(() => completed(setup, callId), 60_000, `the result of call ${callId}`);
+    samples.push(performance.now() - (fromInclusion ? included : started));
+  }
+  return samples;
+}
+
+async function withChain<T>(blockTimeSeconds: number | undefined, args: string[], body: (setup: ChainSetup, operator: OperatorProcess) => Promise<T>): Promise<T> {
+  const anvil: Anvil = await startAnvil(blockTimeSeconds === undefined ? {} : { blockTimeSeconds });
+  let operator: OperatorProcess | null = null;
+  try {
+    const setup = await deployOn(anvil);
+    operator = await startOperator(setup, 1, { args: ['--poll-interval-ms', '50', '--ws', anvil.wsUrl, ...args] });
+    return await body(setup, operator);
+  } finally {
+    await operator?.stop();
+    await operator?.remove();
+    await anvil.stop();
+  }
+}
+
+export async function runOperatorGroup(ctx: BenchContext): Promise<GroupResult> {
+  const runs = ctx.runsOverridden ? ctx.runs.sandbox : 10;
+  ctx.log(`operator: job 0 latency with 1 s blocks (${runs} runs)`);
+  const latency = await withChain(1, [], (setup) => chainLatencies(setup, runs, true));
+
+  const jobs = ctx.runsOverridden ? Math.max(20, ctx.runs.sandbox) : 200;
+  ctx.log(`operator: ${jobs} jobs through one operator, instant mining; then the HTTP baseline`);
+  const sustained = await withChain(undefined, ['--capacity', '32'], async (setup, operator) => {
+    // Five customers submit in parallel (one nonce sequence each).
+    const customers = [4, 5, 6, 7, 8].map((index) => {
+      const chain = chainOf(setup.anvil);
+      const publicClient = createPublicClient({ chain, transport: http(setup.anvil.rpcUrl), pollingInterval: 20 }) as PublicClient;
+      return new TangleClient({ publicClient, walletClient: createWalletClient({ chain, transport: http(setup.anvil.rpcUrl), account: privateKeyToAccount(setup.anvil.keys[index]!) }), jobsContract: setup.deployment.jobsContract });
+    });
+    const startBlock = await setup.publicClient.getBlockNumber();
+    const started = performance.now();
+    await Promise.all(customers.map(async (customer, c) => {
+      for (let i = c; i < jobs; i += customers.length) await customer.submitJob(setup.deployment.serviceId, 0, ECHO);
+    }));
+    const submittedMs = performance.now() - started;
+    const results = async (): Promise<number> => {
+      const logs = await setup.publicClient.getLogs({ address: setup.deployment.jobsContract, fromBlock: startBlock, toBlock: 'latest' });
+      return parseEventLogs({ abi: TANGLE_JOBS_ABI, logs, eventName: 'JobResultSubmitted' }).length;
+    };
+    await until(async () => (await results()) >= jobs, 600_000, `${jobs} results`);
+    const elapsedMs = performance.now() - started;
+    const counted = await results();
+    // The same execution through HTTP on the operator's own server, and through the chain one at a time.
+    const http_: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const t0 = performance.now();
+      const response = await fetch(`${operator.url}/v1/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: 'kindling/base', command: ['echo', 'hi'] }) });
+      if (response.status !== 200) throw new Error(`POST /v1/execute answered ${response.status}: ${await response.text()}`);
+      await response.arrayBuffer();
+      http_.push(performance.now() - t0);
+    }
+    const chainSamples = await chainLatencies(setup, runs, false);
+    return { elapsedMs, submittedMs, counted, http: http_, chain: chainSamples };
+  });
+
+  const perSecond = (sustained.counted / sustained.elapsedMs) * 1000;
+  const p50 = percentile(latency, 50);
+  const httpP50 = percentile(sustained.http, 50);
+  const chainP50 = percentile(sustained.chain, 50);
+  const rows: Row[] = [
+    {
+      group: 'operator', id: 'operator.latency', scenario: 'job 0 echo: inclusion -> result on chain, anvil 1 s blocks',
+      kindling: `p50 ${p50.toFixed(0)} ms, p95 ${percentile(latency, 95).toFixed(0)} ms`, baseline: '1 block = 1000 ms', ratio: '—',
+      target: '< 1 block time + 50 ms', status: p50 < 1050 ? 'pass' : 'fail', note: `${runs} runs; from the submission's receipt arriving to the result seen by a client polling every 5 ms`,
+    },
+    {
+      group: 'operator', id: 'operator.throughput', scenario: `${jobs} jobs 0 through one operator (capacity 32), instant mining`,
+      kindling: `${perSecond.toFixed(1)} jobs/s`, baseline: '—', ratio: '—', target: '>= 50/s, nothing lost',
+      status: perSecond >= 50 && sustained.counted === jobs ? 'pass' : 'fail', note: `${sustained.counted}/${jobs} results on chain; submissions alone took ${(sustained.submittedMs / 1000).toFixed(1)} s`,
+    },
+    {
+      group: 'operator', id: 'operator.overhead', scenario: 'job 0 echo via the chain (submit -> result, instant mining) vs POST /v1/execute',
+      kindling: `p50 ${chainP50.toFixed(1)} ms`, baseline: `p50 ${httpP50.toFixed(1)} ms`, ratio: `${(chainP50 / httpP50).toFixed(1)}x`, target: 'reported', status: 'info',
+      note: `overhead p50 ${(chainP50 - httpP50).toFixed(1)} ms (${runs} runs each)`,
+    },
+  ];
+  return { rows, data: { latencyMs: latency, sustained } };
+}

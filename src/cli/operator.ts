@@ -1,0 +1,128 @@
+/**
+ * `kindling operator`: the server of `kindling serve` (every serve option applies) plus the chain operator, in one
+ * process (docs/operator.md). `kindling serve --operator-config FILE` does the same with the operator's options in a
+ * JSON file (readOperatorConfig).
+ */
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import type { Address } from 'viem';
+import { DEFAULT_OPERATOR_SETTINGS } from '../operator/defaults.js';
+import type { OperatorSettings } from '../operator/service.js';
+import { addServeOptions, runServe, type ServeDefaults } from './serve.js';
+
+const whole = (name: string, min = 0) => (value: string): number => {
+  const parsed = Number(value);
+  if (!Number.isSafeInteger(parsed) || parsed < min) throw new Error(`${name} must be a whole number >= ${min}, got "${value}"`);
+  return parsed;
+};
+
+const address = (name: string) => (value: string): Address => {
+  // The shape viem's isAddress checks without a checksum; viem itself is not loaded for option parsing (CLI start-up).
+  if (!/^0x[0-9a-fA-F]{40}$/.test(value)) throw new Error(`${name} must be a contract address (0x and 40 hex digits), got "${value}"`);
+  return value as Address;
+};
+
+const uint = (name: string) => (value: string): bigint => {
+  if (!/^(0|[1-9][0-9]*)$/.test(value)) throw new Error(`${name} must be a whole number >= 0, got "${value}"`);
+  return BigInt(value);
+};
+
+const url = (name: string, schemes: string[]) => (value: string): string => {
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    throw new Error(`${name} must be a URL (${schemes.join(' or ')}), got "${value}"`);
+  }
+  if (!schemes.includes(parsed.protocol.slice(0, -1))) throw new Error(`${name} must be a ${schemes.join(' or ')} URL, got "${value}"`);
+  return value;
+};
+
+export function registerOperatorCommand(program: Command, defaults: ServeDefaults): void {
+  addServeOptions(program.command('operator').description('run the server and a chain operator of a FaaS blueprint service: jobs from the chain, results back (docs/operator.md)'), defaults)
+    .requiredOption('--rpc <url>', 'the chain node (HTTP JSON-RPC); read by polling', url('--rpc', ['http', 'https']))
+    .option('--ws <url>', 'a WebSocket of the node: new heads wake the operator early (polling goes on without it)', url('--ws', ['ws', 'wss']))
+    .requiredOption('--chain-id <n>', 'the chain id the node must report', whole('--chain-id', 1))
+    .requiredOption('--key-file <path>', "a file with the operator's private key (64 hex digits); keep it 0600")
+    .requiredOption('--jobs-contract <address>', 'the jobs contract (ITangleJobs)', address('--jobs-contract'))
+    .requiredOption('--service-manager <address>', "the service's FaaS service manager", address('--service-manager'))
+    .requiredOption('--service-id <n>', 'the service to operate', uint('--service-id'))
+    .option('--confirmations <n>', 'blocks a job must be under the head before it is read (reorg safety)', whole('--confirmations'), DEFAULT_OPERATOR_SETTINGS.confirmations)
+    .option('--capacity <n>', 'jobs run at once; also the capacity registered on chain', whole('--capacity', 1), DEFAULT_OPERATOR_SETTINGS.capacity)
+    .option('--max-gas <n>', 'gas one transaction may use at most', uint('--max-gas'), DEFAULT_OPERATOR_SETTINGS.maxGas)
+    .option('--max-result-bytes <n>', 'larger results are served by this server and go on chain as a hash + URL', whole('--max-result-bytes', 64), DEFAULT_OPERATOR_SETTINGS.maxResultBytes)
+    .option('--poll-interval-ms <ms>', 'time between reads of the chain', whole('--poll-interval-ms', 10), DEFAULT_OPERATOR_SETTINGS.pollIntervalMs)
+    .option('--start-block <n>', 'first block read on a fresh data dir (e.g. the jobs contract deployment block)', uint('--start-block'))
+    .option('--price-per-job-wei <n>', 'the price registered with the operator', uint('--price-per-job-wei'), 0n)
+    .option('--public-url <url>', "this server's URL as callers reach it (large results' URLs, job 10's URLs); default the listening URL", url('--public-url', ['http', 'https']))
+    .action(async (options: Record<string, unknown>) => {
+      const settings: OperatorSettings = {
+        rpcUrl: options.rpc as string,
+        ...(options.ws ? { wsUrl: options.ws as string } : {}),
+        chainId: options.chainId as number,
+        keyFile: options.keyFile as string,
+        jobsContract: options.jobsContract as Address,
+        serviceManager: options.serviceManager as Address,
+        serviceId: options.serviceId as bigint,
+        confirmations: options.confirmations as number,
+        capacity: options.capacity as number,
+        maxGas: options.maxGas as bigint,
+        maxResultBytes: options.maxResultBytes as number,
+        pollIntervalMs: options.pollIntervalMs as number,
+        pricePerJobWei: options.pricePerJobWei as bigint,
+        ...(options.startBlock === undefined ? {} : { startBlock: options.startBlock as bigint }),
+        ...(options.publicUrl === undefined ? {} : { publicUrl: options.publicUrl as string }),
+      };
+      await runServe(options, defaults, settings);
+    });
+}
+
+/**
+ * `--operator-config FILE`: the operator options as JSON, named like OperatorSettings (rpcUrl, wsUrl, chainId,
+ * keyFile, jobsContract, serviceManager, serviceId, confirmations, capacity, maxGas, maxResultBytes, pollIntervalMs,
+ * startBlock, pricePerJobWei, publicUrl); numbers that may exceed 2^53 may be strings.
+ */
+export async function readOperatorConfig(file: string): Promise<OperatorSettings> {
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+  } catch (error) {
+    throw new Error(`--operator-config ${file}: ${(error as Error).message}`);
+  }
+  const known = ['rpcUrl', 'wsUrl', 'chainId', 'keyFile', 'jobsContract', 'serviceManager', 'serviceId', 'confirmations', 'capacity', 'maxGas', 'maxResultBytes', 'pollIntervalMs', 'startBlock', 'pricePerJobWei', 'publicUrl'];
+  const unknown = Object.keys(raw).filter((key) => !known.includes(key));
+  if (unknown.length > 0) throw new Error(`--operator-config ${file}: unknown field(s) ${unknown.join(', ')}; the fields are ${known.join(', ')}`);
+  const field = <T>(name: string, parse: (value: string) => T, required: boolean): T | undefined => {
+    const value = raw[name];
+    if (value === undefined || value === null) {
+      if (required) throw new Error(`--operator-config ${file}: "${name}" is required`);
+      return undefined;
+    }
+    try {
+      return parse(String(value));
+    } catch (error) {
+      throw new Error(`--operator-config ${file}: ${(error as Error).message.replace(/^--[a-z-]+/, `"${name}"`)}`);
+    }
+  };
+  const optional = <T>(name: string, parse: (value: string) => T): Record<string, T> => {
+    const value = field(name, parse, false);
+    return value === undefined ? {} : { [name]: value };
+  };
+  return {
+    rpcUrl: field('rpcUrl', url('--rpc', ['http', 'https']), true)!,
+    chainId: field('chainId', whole('--chain-id', 1), true)!,
+    keyFile: field('keyFile', (value) => value, true)!,
+    jobsContract: field('jobsContract', address('--jobs-contract'), true)!,
+    serviceManager: field('serviceManager', address('--service-manager'), true)!,
+    serviceId: field('serviceId', uint('--service-id'), true)!,
+    ...optional('wsUrl', url('--ws', ['ws', 'wss'])),
+    ...optional('confirmations', whole('--confirmations')),
+    ...optional('capacity', whole('--capacity', 1)),
+    ...optional('maxGas', uint('--max-gas')),
+    ...optional('maxResultBytes', whole('--max-result-bytes', 64)),
+    ...optional('pollIntervalMs', whole('--poll-interval-ms', 10)),
+    ...optional('startBlock', uint('--start-block')),
+    ...optional('pricePerJobWei', uint('--price-per-job-wei')),
+    ...optional('publicUrl', url('--public-url', ['http', 'https'])),
+  };
+}

@@ -1,0 +1,237 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { destination, pino } from 'pino';
+import type { Address, Hex } from 'viem';
+import { decodeJobResult, encodeJobOutput } from '@kindling/sdk/tangle';
+import { waitFor } from '../../test/helpers/wait.js';
+import { CursorStore } from './cursor-store.js';
+import { NonceManager } from './nonce-manager.js';
+import { Operator, type OperatorChain, type OperatorJob, type OperatorJobRunner } from './operator.js';
+import { ResultStore } from './result-store.js';
+import { Submitter, type ContractCall, type TxChain } from './submitter.js';
+import { Watcher } from './watcher.js';
+import { FakeChain } from './test-support.js';
+
+const ME = '0x00000000000000000000000000000000000000b1' as Address;
+const OTHER = '0x00000000000000000000000000000000000000b2' as Address;
+const JOBS = '0x00000000000000000000000000000000000000a1' as Address;
+const MANAGER = '0x00000000000000000000000000000000000000a2' as Address;
+
+/** The contracts' state as the operator reads and changes it, over a FakeChain of blocks. */
+class World implements OperatorChain, TxChain {
+  readonly address = ME;
+  readonly chain = new FakeChain();
+  completed = new Map<bigint, Hex>();
+  assigned = new Map<bigint, { operator: Address; deadline: bigint }>();
+  submits: { callId: bigint; result: Hex }[] = [];
+  releases: bigint[] = [];
+  private nonce = 0;
+
+  submitJob(callId: bigint, operator: Address, deadline = 10n ** 12n): void {
+    this.assigned.set(callId, { operator, deadline });
+    this.chain.mine([{ callId, inputs: `0x0${callId}` }], [{ callId, kind: 'assigned', operator, deadline, reason: 0 }]);
+  }
+
+  async jobCompleted(callId: bigint): Promise<boolean | null> {
+    if (!this.assigned.has(callId)) return null;
+    return this.completed.has(callId);
+  }
+  async assignmentOf(callId: bigint): Promise<{ operator: Address; deadline: bigint; done: boolean }> {
+    const assignment = this.assigned.get(callId)!;
+    return { ...assignment, done: this.completed.has(callId) };
+  }
+  blockHash(number: bigint): Promise<Hex | null> {
+    return this.chain.blockHash(number);
+  }
+  async estimateGas(call: ContractCall): Promise<bigint> {
+    const callId = call.args[1] as bigint;
+    const revert = (errorName: string): never => {
+      throw Object.assign(new Error(errorName), { data: { errorName } });
+    };
+    if (call.functionName === 'submitResult') {
+      if (!this.assigned.has(callId)) revert('UnknownJobCall');
+      if (this.completed.has(callId)) revert('JobAlreadyCompleted');
+      if (this.assigned.get(callId)!.operator !== ME) revert('NotAssignedOperator');
+    }
+    return 50_000n;
+  }
+  async send(call: ContractCall, tx: { nonce: number }): Promise<Hex> {
+    assert.equal(tx.nonce, this.nonce++);
+    const callId = call.args[1] as bigint;
+    if (call.functionName === 'submitResult') {
+      this.completed.set(callId, call.args[2] as Hex);
+      this.submits.push({ callId, result: call.args[2] as Hex });
+      this.chain.mine([], [{ callId, kind: 'released', operator: ME, deadline: 0n, reason: 0 }]);
+    } else if (call.functionName === 'releaseTimedOut') {
+      this.releases.push(callId);
+      this.assigned.set(callId, { operator: ME, deadline: 10n ** 12n });
+      this.chain.mine([], [
+        { callId, kind: 'released', operator: OTHER, deadline: 0n, reason: 1 },
+        { callId, kind: 'assigned', operator: ME, deadline: 10n ** 12n, reason: 0 },
+      ]);
+    }
+    return '0x01';
+  }
+  async waitForReceipt(): Promise<'success'> {
+    return 'success';
+  }
+  async balance(): Promise<bigint> {
+    return 10n ** 18n;
+  }
+  pendingCount = async (): Promise<number> => this.nonce;
+}
+
+/** Job 0's output: the inputs echoed, or `size` bytes; `gate` holds runs until released. */
+class FakeRunner implements OperatorJobRunner {
+  runs: bigint[] = [];
+  active = 0;
+  maxActive = 0;
+  size = 0;
+  gate: Promise<void> | null = null;
+  async run(job: OperatorJob, signal: AbortSignal): Promise<{ result: Hex; outputBytes?: Uint8Array }> {
+    this.runs.push(job.callId);
+    this.active++;
+    this.maxActive = Math.max(this.maxActive, this.active);
+    try {
+      if (this.gate) await Promise.race([this.gate, new Promise((resolve) => signal.addEventListener('abort', resolve))]);
+      const bytes = this.size > 0 ? new Uint8Array(this.size).fill(120) : new Uint8Array([job.jobIndex]);
+      return { result: encodeJobOutput(0, [`0x${Buffer.from(bytes).toString('hex')}`]), outputBytes: bytes };
+    } finally {
+      this.active--;
+    }
+  }
+}
+
+const dirs: string[] = [];
+after(async () => {
+  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+});
+
+async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; now?: () => number } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
+  const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kindling-operator-')));
+  if (!options.dir) dirs.push(dir);
+  const store = new CursorStore(join(dir, 'operator.db'), 'test');
+  const operator = new Operator({
+    serviceId: 0n,
+    jobsContract: JOBS,
+    serviceManager: MANAGER,
+    watcher: new Watcher({ chain: world.chain, store, confirmations: 0 }),
+    store,
+    submitter: new Submitter({ chain: world, nonces: new NonceManager(world), baseDelayMs: 1 }),
+    chain: world,
+    runner,
+    resultStore: new ResultStore({ dir: join(dir, 'results') }),
+    resultUrl: (serviceId, callId) => `http://op.example/v1/operator/results/${serviceId}/${callId}`,
+    capacity: options.capacity ?? 2,
+    maxResultBytes: 1024,
+    pollIntervalMs: 5,
+    retryDelayMs: 5,
+    logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }, destination(2)),
+    ...(options.now ? { now: options.now } : {}),
+  });
+  return { operator: operator.start(), store, dir };
+}
+
+describe('Operator', () => {
+  it('runs the calls assigned to it, at most capacity at once, posts each result once, and leaves others alone', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    let open!: () => void;
+    runner.gate = new Promise((resolve) => (open = resolve));
+    const { operator, store } = await setup(world, runner, { capacity: 2 });
+    for (let i = 0n; i < 5n; i++) world.submitJob(i, ME);
+    world.submitJob(5n, OTHER);
+    await waitFor(() => runner.active === 2, { what: 'two jobs running' });
+    open();
+    await waitFor(() => world.submits.length === 5, { what: 'five results' });
+    await operator.close();
+    assert.equal(runner.maxActive, 2, 'capacity 2');
+    assert.deepEqual(world.submits.map((s) => s.callId).sort(), [0n, 1n, 2n, 3n, 4n]);
+    assert.deepEqual(runner.runs.sort(), [0n, 1n, 2n, 3n, 4n], "the other operator's call is not run");
+    assert.equal(store.call(0n)?.state, 'done');
+    assert.equal(store.call(5n)?.state, 'seen');
+    store.close();
+  });
+
+  it('puts a result over maxResultBytes in the result store and a KindlingResultRef on chain', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    runner.size = 5000;
+    const { operator, store, dir } = await setup(world, runner);
+    world.submitJob(0n, ME);
+    await waitFor(() => world.submits.length === 1, { what: 'the result' });
+    await operator.close();
+    const decoded = decodeJobResult(0, world.submits[0]!.result);
+    assert.equal(decoded.kind, 'ref');
+    assert.ok(decoded.kind === 'ref');
+    assert.equal(decoded.sizeBytes, 5000n);
+    assert.equal(decoded.url, 'http://op.example/v1/operator/results/0/0');
+    assert.equal((await readFile(join(dir, 'results', '0', '0'))).length, 5000);
+    store.close();
+  });
+
+  it('after a crash mid-job: answers JOB_INTERRUPTED instead of running it again, and never reposts a done call', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    runner.gate = new Promise(() => {});
+    const first = await setup(world, runner);
+    world.submitJob(0n, ME);
+    world.submitJob(1n, ME);
+    await waitFor(() => runner.active === 2, { what: 'both running' });
+    // Call 1 got its result on chain before the "crash" (another process of the same key, say).
+    world.completed.set(1n, '0x');
+    await first.operator.close({ abort: true });
+    first.store.transition(1n, ['submitted'], 'done', { nowMs: 0 });
+    first.store.close();
+    const again = new FakeRunner();
+    const second = await setup(world, again, { dir: first.dir });
+    await waitFor(() => world.submits.length === 1, { what: 'the interrupted job answered' });
+    await second.operator.close();
+    const decoded = decodeJobResult(0, world.submits[0]!.result);
+    assert.equal(decoded.kind === 'error' && decoded.code, 'JOB_INTERRUPTED');
+    assert.deepEqual(again.runs, [], 'nothing runs a second time');
+    second.store.close();
+  });
+
+  it("keeper: releases another operator's assignment past its deadline, then runs the job reassigned to it", async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    let nowMs = 1_000_000;
+    const { operator, store } = await setup(world, runner, { now: () => nowMs });
+    world.submitJob(0n, OTHER, 2000n);
+    await waitFor(() => store.call(0n) !== null, { what: 'the call read' });
+    assert.deepEqual(world.releases, [], 'not before the deadline');
+    nowMs = 2_001_000;
+    await waitFor(() => world.submits.length === 1, { what: 'the reassigned job answered' });
+    await operator.close();
+    assert.deepEqual(world.releases, [0n]);
+    assert.deepEqual(runner.runs, [0n]);
+    store.close();
+  });
+
+  it('a reorg that removes a running job stops it and posts nothing; the job is run when it reappears', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    let open!: () => void;
+    runner.gate = new Promise((resolve) => (open = resolve));
+    const { operator, store } = await setup(world, runner);
+    const before = world.chain.blocks.length - 1;
+    world.submitJob(0n, ME);
+    await waitFor(() => runner.active === 1, { what: 'the job running' });
+    world.chain.reorgTo(BigInt(before));
+    world.assigned.delete(0n);
+    world.chain.mine();
+    await waitFor(() => runner.active === 0, { what: 'the job stopped' });
+    assert.equal(store.call(0n), null);
+    assert.deepEqual(world.submits, []);
+    open();
+    world.submitJob(0n, ME);
+    await waitFor(() => world.submits.length === 1, { what: 'the reappeared job answered' });
+    await operator.close();
+    assert.deepEqual(runner.runs, [0n, 0n]);
+    store.close();
+  });
+});

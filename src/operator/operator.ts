@@ -1,0 +1,333 @@
+/**
+ * The operator loop: reads the chain (Watcher), runs the calls assigned to this operator's address through the job
+ * runner (at most `capacity` at once), posts their results (Submitter), and does keeper duty: an assignment of another
+ * operator past its deadline is released (`releaseTimedOut`), so the job of an operator that died is reassigned.
+ *
+ * Every step is recorded in the CursorStore before it is taken, so a restart resumes: seen calls are run, submitted
+ * results are sent again ("already completed" is success), and a call that was running when the process died is
+ * answered with a JOB_INTERRUPTED error envelope instead of being run a second time (its first run may have had
+ * effects: a sandbox made, files written). Before running and before submitting, the call is checked on chain
+ * (completed? still assigned to us? its block still canonical?), so nothing runs or posts for a job another operator
+ * answered or a reorg removed.
+ */
+import type { Address, Hex } from 'viem';
+import { hexToBytes, size as hexSize } from 'viem';
+import type { Logger } from 'pino';
+import { encodeJobError, encodeResultRef } from '@kindling/sdk/tangle';
+import type { CallRecord, CursorStore } from './cursor-store.js';
+import type { ResultStore } from './result-store.js';
+import type { Submitter } from './submitter.js';
+import type { Watcher } from './watcher.js';
+import { SERVICE_MANAGER_ABI, JOBS_CONTRACT_ABI } from './chain-abi.js';
+
+/** The job runner's contract (src/operator/job-runner.ts): never throws for bad input or a failing job (error envelope). */
+export interface OperatorJob {
+  serviceId: bigint;
+  callId: bigint;
+  jobIndex: number;
+  caller: Address;
+  inputs: Hex;
+}
+export interface OperatorJobRunner {
+  run(job: OperatorJob, signal: AbortSignal): Promise<{ result: Hex; outputBytes?: Uint8Array }>;
+}
+
+/** Reads of contract state the operator checks before running and before submitting. */
+export interface OperatorChain {
+  /** getJobCall(...).completed; null when the chain has no such call (UnknownJobCall: a reorg removed it). */
+  jobCompleted(callId: bigint): Promise<boolean | null>;
+  /** assignmentOf(serviceId, callId) of the service manager. */
+  assignmentOf(callId: bigint): Promise<{ operator: Address; deadline: bigint; done: boolean }>;
+  blockHash(number: bigint): Promise<Hex | null>;
+}
+
+export interface OperatorOptions {
+  serviceId: bigint;
+  jobsContract: Address;
+  serviceManager: Address;
+  watcher: Watcher;
+  store: CursorStore;
+  submitter: Submitter;
+  chain: OperatorChain;
+  runner: OperatorJobRunner;
+  resultStore: ResultStore;
+  /** The public URL of a stored large result (GET /v1/operator/results/:serviceId/:callId on this server). */
+  resultUrl: (serviceId: bigint, callId: bigint) => string;
+  /** Jobs run at once (--capacity; also the capacity registered on chain). */
+  capacity: number;
+  /** Results larger than this go to the result store and on chain as a KindlingResultRef. Default 16 KiB. */
+  maxResultBytes?: number;
+  /** Time between reads of the chain when nothing wakes the loop earlier. Default 500 ms. */
+  pollIntervalMs?: number;
+  /** The least time between two attempts for one call that failed to submit, or one keeper release. Default 1000 ms. */
+  retryDelayMs?: number;
+  /** Keeper duty (release others' timed-out assignments). Default on. */
+  keeper?: boolean;
+  logger: Logger;
+  now?: () => number;
+}
+
+import { DEFAULT_MAX_RESULT_BYTES } from './defaults.js';
+
+export { DEFAULT_MAX_RESULT_BYTES };
+
+export interface OperatorStats {
+  running: number;
+  submitted: number;
+  alreadyCompleted: number;
+  released: number;
+  errors: number;
+}
+
+export class Operator {
+  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; now: () => number };
+  private readonly me: string;
+  private readonly running = new Map<string, AbortController>();
+  /** Calls holding a slot of `capacity`: from scheduling (the checks on chain come first) until their job ends. */
+  private slots = 0;
+  private readonly busy = new Set<string>();
+  private readonly notBefore = new Map<string, number>();
+  private readonly keeperTried = new Map<string, number>();
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private timer: NodeJS.Timeout | null = null;
+  private ticking: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+  readonly stats: OperatorStats = { running: 0, submitted: 0, alreadyCompleted: 0, released: 0, errors: 0 };
+
+  constructor(options: OperatorOptions) {
+    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, now: Date.now, keeper: true, ...options };
+    this.me = options.submitter.address.toLowerCase();
+  }
+
+  /** Recovers what a previous process left (running -> JOB_INTERRUPTED) and starts the loop. */
+  start(): this {
+    for (const call of this.options.store.callsIn('running')) {
+      const result = encodeJobError('JOB_INTERRUPTED', 'the operator stopped while this job ran, so its outcome is unknown; it is not run again (it may have had effects). Submit the job again');
+      this.options.store.transition(call.callId, ['running'], 'submitted', { result, nowMs: this.options.now() });
+      this.options.logger.warn({ callId: call.callId.toString() }, 'a job was running when the operator stopped; answering it with JOB_INTERRUPTED');
+    }
+    this.wake();
+    return this;
+  }
+
+  /** Reads the chain now (a new head arrived), instead of at the next interval. */
+  wake(): void {
+    if (this.stopped) return;
+    if (this.ticking) {
+      this.again = true;
+      return;
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.ticking = this.tick().finally(() => {
+      this.ticking = null;
+      if (this.stopped) return;
+      if (this.again) {
+        this.again = false;
+        this.wake();
+      } else {
+        this.timer = setTimeout(() => this.wake(), this.options.pollIntervalMs);
+      }
+    });
+  }
+
+  /** Resolves once no job is running or being submitted (tests, the drain). */
+  async idle(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+
+  /**
+   * Drain: reads no more calls, lets running jobs finish and their results go on chain, then resolves. `abort`
+   * stops running jobs at once instead (they post nothing; a restart answers them with JOB_INTERRUPTED).
+   */
+  async close(options: { abort?: boolean } = {}): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (options.abort) for (const controller of this.running.values()) controller.abort();
+    await this.ticking;
+    await this.idle();
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      for (let reads = 0; reads < 50; reads++) {
+        const poll = await this.options.watcher.poll();
+        for (const callId of poll.droppedCalls) {
+          const controller = this.running.get(callId.toString());
+          if (controller) {
+            this.options.logger.warn({ callId: callId.toString() }, 'a reorg removed the block of a running job: stopping it, posting nothing');
+            controller.abort();
+          }
+        }
+        if (poll.droppedCalls.length > 0) this.options.logger.info({ dropped: poll.droppedCalls.map(String), cursor: poll.cursor?.number.toString() }, 'reorg: calls of orphaned blocks forgotten');
+        if (poll.caughtUp) break;
+      }
+    } catch (error) {
+      this.options.logger.warn({ err: error }, 'reading the chain failed; trying again');
+    }
+    try {
+      this.schedule();
+      if (this.options.keeper !== false) await this.keep();
+    } catch (error) {
+      this.stats.errors++;
+      this.options.logger.warn({ err: error }, 'an operator step failed; trying again');
+    }
+  }
+
+  private track(promise: Promise<unknown>): void {
+    const tracked = promise.catch((error: unknown) => {
+      this.stats.errors++;
+      this.options.logger.error({ err: error }, 'an operator task failed');
+    });
+    this.inFlight.add(tracked);
+    void tracked.finally(() => this.inFlight.delete(tracked));
+  }
+
+  private ready(key: string): boolean {
+    return !this.busy.has(key) && (this.notBefore.get(key) ?? 0) <= this.options.now();
+  }
+
+  private schedule(): void {
+    const { store } = this.options;
+    for (const call of store.callsIn('submitted')) {
+      const key = call.callId.toString();
+      if (!this.ready(key)) continue;
+      this.busy.add(key);
+      this.track(this.submit(call).finally(() => this.busy.delete(key)));
+    }
+    if (this.stopped) return;
+    const assignments = new Map(store.assignments().map((assignment) => [assignment.callId.toString(), assignment]));
+    for (const call of store.callsIn('seen')) {
+      const key = call.callId.toString();
+      const assignment = assignments.get(key);
+      if (assignment?.done) {
+        store.transition(call.callId, ['seen'], 'done', { nowMs: this.options.now() });
+        continue;
+      }
+      if (assignment === undefined || assignment.released || assignment.operator !== this.me) continue;
+      if (this.slots >= this.options.capacity) break;
+      if (!this.ready(key)) continue;
+      this.busy.add(key);
+      this.slots++;
+      let released = false;
+      const release = (): void => {
+        if (released) return;
+        released = true;
+        this.slots--;
+      };
+      this.track(this.run(call, release).finally(() => {
+        release();
+        this.busy.delete(key);
+      }));
+    }
+  }
+
+  /** Whether the chain still has the block the call was read from (false after a reorg the watcher has not seen yet). */
+  private async canonical(call: CallRecord): Promise<boolean> {
+    return (await this.options.chain.blockHash(call.blockNumber)) === call.blockHash;
+  }
+
+  private later(key: string): void {
+    this.notBefore.set(key, this.options.now() + this.options.retryDelayMs);
+  }
+
+  /** Checks, runs and submits one call; `release` frees its capacity slot once the job itself has ended. */
+  private async run(call: CallRecord, release: () => void): Promise<void> {
+    const { store, chain, logger } = this.options;
+    const key = call.callId.toString();
+    const completed = await chain.jobCompleted(call.callId);
+    if (completed === true) {
+      store.transition(call.callId, ['seen'], 'done', { nowMs: this.options.now() });
+      return;
+    }
+    const assignment = await chain.assignmentOf(call.callId);
+    if (completed === null || assignment.done || assignment.operator.toLowerCase() !== this.me || !(await this.canonical(call))) {
+      // Not (or no longer) ours, or not on the chain as read: the watcher's next reads settle it.
+      this.later(key);
+      return;
+    }
+    if (!store.transition(call.callId, ['seen'], 'running', { blockHash: call.blockHash, nowMs: this.options.now() })) return;
+    const controller = new AbortController();
+    this.running.set(key, controller);
+    logger.info({ callId: key, jobIndex: call.jobIndex, caller: call.caller }, 'running a job');
+    this.stats.running = this.running.size;
+    let result: Hex;
+    try {
+      const job = { serviceId: this.options.serviceId, callId: call.callId, jobIndex: call.jobIndex, caller: call.caller, inputs: call.inputs };
+      const outcome = await this.options.runner.run(job, controller.signal).catch((error: unknown): { result: Hex; outputBytes?: Uint8Array } => {
+        logger.error({ err: error, callId: key }, 'the job runner failed');
+        return { result: encodeJobError('INTERNAL', 'the operator failed to run this job; submit it again') };
+      });
+      if (controller.signal.aborted) return;
+      result = await this.offChainIfLarge(call.callId, outcome);
+    } finally {
+      this.running.delete(key);
+      this.stats.running = this.running.size;
+      release();
+    }
+    if (!store.transition(call.callId, ['running'], 'submitted', { blockHash: call.blockHash, result, nowMs: this.options.now() })) return;
+    await this.submit({ ...call, state: 'submitted', result });
+    // A slot is free: the next queued call of ours starts without waiting for the poll interval.
+    if (!this.stopped) this.wake();
+  }
+
+  /** A result over maxResultBytes goes to the result store; the chain gets its hash, size and URL. */
+  private async offChainIfLarge(callId: bigint, outcome: { result: Hex; outputBytes?: Uint8Array }): Promise<Hex> {
+    if (hexSize(outcome.result) <= this.options.maxResultBytes) return outcome.result;
+    const bytes = outcome.outputBytes ?? hexToBytes(outcome.result);
+    const stored = await this.options.resultStore.put(this.options.serviceId, callId, bytes);
+    return encodeResultRef(stored.sha256, BigInt(stored.sizeBytes), this.options.resultUrl(this.options.serviceId, callId));
+  }
+
+  private async submit(call: CallRecord): Promise<void> {
+    const { store, logger } = this.options;
+    const key = call.callId.toString();
+    if (call.result === null) return;
+    try {
+      if (!(await this.canonical(call))) {
+        this.later(key);
+        return;
+      }
+      const outcome = await this.options.submitter.submitResult(this.options.jobsContract, JOBS_CONTRACT_ABI, this.options.serviceId, call.callId, call.result);
+      if (outcome.kind === 'unknown-call') {
+        // The call is gone (reorg); when its block comes back the watcher reads it again and this result goes then.
+        this.later(key);
+        return;
+      }
+      if (outcome.kind === 'submitted') this.stats.submitted++;
+      if (outcome.kind === 'already-completed') this.stats.alreadyCompleted++;
+      store.transition(call.callId, ['submitted'], 'done', { nowMs: this.options.now() });
+      logger.info({ callId: key, outcome: outcome.kind, ...(outcome.kind === 'submitted' ? { txHash: outcome.txHash } : {}) }, 'job result');
+    } catch (error) {
+      this.stats.errors++;
+      this.later(key);
+      logger.error({ err: error, callId: key, code: (error as { code?: string }).code }, 'submitting a result failed; it is sent again later');
+    }
+  }
+
+  /** Keeper duty: releases assignments of other operators past their deadline (the contract checks the time). */
+  private async keep(): Promise<void> {
+    const nowSeconds = BigInt(Math.floor(this.options.now() / 1000));
+    const { store } = this.options;
+    for (const assignment of store.assignments()) {
+      if (assignment.done || assignment.released || assignment.operator === this.me || assignment.deadline > nowSeconds) continue;
+      const call = store.call(assignment.callId);
+      if (call === null || call.state === 'done') continue;
+      const key = `${assignment.callId}:${assignment.deadline}`;
+      if ((this.keeperTried.get(key) ?? 0) > this.options.now()) continue;
+      this.keeperTried.set(key, this.options.now() + this.options.retryDelayMs * 2);
+      const outcome = await this.options.submitter
+        .write({ address: this.options.serviceManager, abi: SERVICE_MANAGER_ABI, functionName: 'releaseTimedOut', args: [this.options.serviceId, assignment.callId] })
+        .catch((error: unknown) => {
+          this.options.logger.warn({ err: error, callId: assignment.callId.toString() }, 'releasing a timed-out assignment failed');
+          return null;
+        });
+      if (outcome?.kind === 'sent') {
+        this.stats.released++;
+        this.options.logger.info({ callId: assignment.callId.toString(), from: assignment.operator, txHash: outcome.txHash }, 'released a timed-out assignment (keeper)');
+      }
+    }
+  }
+}

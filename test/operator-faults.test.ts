@@ -1,0 +1,107 @@
+/**
+ * Operator mode under faults, on a real anvil with real `kindling operator` processes: load spread over 3 operators,
+ * an operator killed with SIGKILL mid-job (the keeper reassigns after the deadline, the job completes once, the
+ * restarted operator does not resubmit), and a reorg that removes a job while it runs.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import type { Hex } from 'viem';
+import { decodeJobResult } from '@kindling/sdk/tangle';
+import { startAnvil, type Anvil } from './helpers/anvil.js';
+import { deployOn, logged, startOperator, type ChainSetup, type OperatorProcess } from './helpers/operator.js';
+import { sandboxUnavailableReason } from './helpers/server.js';
+import { waitFor } from './helpers/wait.js';
+
+const skip = await sandboxUnavailableReason();
+
+const anvils: Anvil[] = [];
+const operators: OperatorProcess[] = [];
+after(async () => {
+  // SIGTERM (a graceful stop releases the sandbox executor's mounts), then the data dirs; anvils in any case.
+  const stopped = await Promise.allSettled(operators.map(async (operator) => {
+    await operator.stop();
+    await operator.remove();
+  }));
+  for (const anvil of anvils) await anvil.stop();
+  for (const result of stopped) if (result.status === 'rejected') throw result.reason;
+});
+
+async function chain(assignmentTimeoutSeconds = 300): Promise<ChainSetup> {
+  const anvil = await startAnvil();
+  anvils.push(anvil);
+  return deployOn(anvil, assignmentTimeoutSeconds);
+}
+
+async function operator(setup: ChainSetup, keyIndex: number, options: { dataDir?: string; args?: string[] } = {}): Promise<OperatorProcess> {
+  const started = await startOperator(setup, keyIndex, options);
+  operators.push(started);
+  return started;
+}
+
+async function rpc(setup: ChainSetup, method: string, params: unknown[] = []): Promise<unknown> {
+  const response = await fetch(setup.anvil.rpcUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }) });
+  const body = (await response.json()) as { result?: unknown; error?: unknown };
+  if (body.error) throw new Error(`${method}: ${JSON.stringify(body.error)}`);
+  return body.result;
+}
+
+
+describe('operator faults (anvil, 3 operators, kill -9, reorg)', { skip: skip ?? false }, () => {
+  it('3 operators: jobs spread by load; kill -9 one mid-job: reassigned after the deadline, completed once, not resubmitted after its restart', async () => {
+    const setup = await chain(6);
+    const ops = [await operator(setup, 1, { args: ['--capacity', '2'] }), await operator(setup, 2, { args: ['--capacity', '2'] }), await operator(setup, 3, { args: ['--capacity', '2'] })];
+    const calls = [];
+    for (let i = 0; i < 6; i++) calls.push((await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['sh', '-c', 'sleep 1; echo done'], [], '0x'])).callId);
+    const records = await Promise.all(calls.map((callId) => setup.customer.waitForResult(setup.deployment.serviceId, callId, { timeoutMs: 120_000, pollMs: 200 })));
+    const perOperator = new Map<string, number>();
+    for (const record of records) perOperator.set(record.operator.toLowerCase(), (perOperator.get(record.operator.toLowerCase()) ?? 0) + 1);
+    assert.deepEqual([...perOperator.values()], [2, 2, 2], `6 jobs over 3 operators of capacity 2: ${JSON.stringify([...perOperator])}`);
+
+    // A job that runs 8 s; its operator dies 0 s into it.
+    const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['sh', '-c', 'sleep 8; echo finished'], [], '0x']);
+    let victim: OperatorProcess | undefined;
+    await waitFor(() => {
+      victim = ops.find((op) => logged(op, 'running a job').some((line) => line.callId === callId.toString()));
+      return victim !== undefined;
+    }, { timeoutMs: 60_000, what: 'an operator to start the job' });
+    await victim!.kill9();
+    const record = await setup.customer.waitForResult(setup.deployment.serviceId, callId, { timeoutMs: 120_000, pollMs: 200 });
+    assert.notEqual(record.operator.toLowerCase(), victim!.address.toLowerCase(), 'another operator answered');
+    const decoded = decodeJobResult(0, record.raw);
+    assert.equal(decoded.kind === 'output' && Buffer.from((decoded.values[0] as Hex).slice(2), 'hex').toString(), 'finished\n');
+    assert.ok(ops.some((op) => op !== victim && logged(op, 'released a timed-out assignment (keeper)').some((line) => line.callId === callId.toString())), 'a keeper released it');
+
+    // The dead one comes back with its data dir: it finds the job it was running, and posts nothing for it.
+    const nonceBefore = await setup.publicClient.getTransactionCount({ address: victim!.address });
+    const restarted = await operator(setup, ops.indexOf(victim!) + 1, { dataDir: victim!.dataDir, args: ['--capacity', '2'] });
+    await waitFor(() => logged(restarted, 'job result').some((line) => line.callId === callId.toString()), { timeoutMs: 60_000, what: 'the restarted operator to settle the interrupted job' });
+    assert.equal(logged(restarted, 'job result').find((line) => line.callId === callId.toString())?.outcome, 'already-completed');
+    assert.equal(await setup.publicClient.getTransactionCount({ address: victim!.address }), nonceBefore, 'no transaction from the restarted operator');
+    assert.equal(BigInt((await setup.customer.getJobCall(setup.deployment.serviceId, callId)).resultCount), 1n, 'completed once');
+  });
+
+  it('reorg with --confirmations 2: a running job whose block vanishes posts nothing; when it reappears it runs', async () => {
+    const setup = await chain();
+    const op = await operator(setup, 1, { args: ['--confirmations', '2'] });
+    const snapshot = await rpc(setup, 'evm_snapshot');
+    const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['sh', '-c', 'sleep 6; echo first'], [], '0x']);
+    await rpc(setup, 'anvil_mine', ['0x2']);
+    await waitFor(() => logged(op, 'running a job').some((line) => line.callId === callId.toString()), { timeoutMs: 60_000, what: 'the job to start at 2 confirmations' });
+    const nonce = await setup.publicClient.getTransactionCount({ address: op.address });
+    // The job's block and the two above it vanish; the new chain is longer (its blocks have other hashes).
+    await rpc(setup, 'evm_revert', [snapshot]);
+    await rpc(setup, 'evm_setNextBlockTimestamp', [Math.floor(Date.now() / 1000) + 100]);
+    await rpc(setup, 'anvil_mine', ['0x5']);
+    await waitFor(() => logged(op, 'a reorg removed the block of a running job: stopping it, posting nothing').length > 0, { timeoutMs: 60_000, what: 'the operator to notice the reorg' });
+    await assert.rejects(setup.customer.getJobCall(setup.deployment.serviceId, callId), 'the call does not exist on the new chain');
+    assert.equal(await setup.publicClient.getTransactionCount({ address: op.address }), nonce, 'no result was sent for the vanished job');
+    // The same submission again: the call id comes back, and is run and answered once.
+    const again = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['echo', 'second'], [], '0x']);
+    assert.equal(again.callId, callId);
+    await rpc(setup, 'anvil_mine', ['0x2']);
+    const record = await setup.customer.waitForResult(setup.deployment.serviceId, callId, { timeoutMs: 60_000, pollMs: 200 });
+    const decoded = decodeJobResult(0, record.raw);
+    assert.equal(decoded.kind === 'output' && Buffer.from((decoded.values[0] as Hex).slice(2), 'hex').toString(), 'second\n');
+    assert.equal(BigInt((await setup.customer.getJobCall(setup.deployment.serviceId, callId)).resultCount), 1n);
+  });
+});
