@@ -44,6 +44,10 @@ contract FaaSServiceManager {
     /// The one service this manager serves, valid once `bound`.
     uint64 public boundServiceId;
     bool public bound;
+    /// When set by the owner, only approved addresses may register (an allow-list for a public chain, where removing
+    /// operators one by one cannot keep up with fresh addresses).
+    bool public approvalRequired;
+    mapping(address => bool) public approved;
 
     address[] private operators;
     mapping(address => Operator) private info;
@@ -58,6 +62,8 @@ contract FaaSServiceManager {
     event JobReleased(uint64 indexed serviceId, uint64 indexed callId, address indexed operator, uint8 reason);
     event ServiceBound(uint64 indexed serviceId, address indexed owner);
     event OperatorRemoved(address indexed operator);
+    event ApprovalRequired(bool required);
+    event OperatorApproved(address indexed operator, bool approved);
     event PaymentCredited(uint64 indexed serviceId, uint64 indexed callId, address indexed operator, uint256 amountWei);
     event Withdrawn(address indexed operator, uint256 amountWei);
 
@@ -75,12 +81,18 @@ contract FaaSServiceManager {
     error ServiceNotBound();
     error WrongService(uint64 serviceId);
     error OperatorIsRemoved(address operator);
+    error NotApproved(address operator);
     error PaymentTooLow(uint256 required);
     error NothingToWithdraw();
     error WithdrawFailed(address operator, uint256 amountWei);
 
     modifier onlyJobsContract() {
         if (msg.sender != jobsContract) revert OnlyJobsContract(msg.sender);
+        _;
+    }
+
+    modifier onlyOwner() {
+        if (msg.sender != owner) revert NotOwner(msg.sender);
         _;
     }
 
@@ -110,12 +122,25 @@ contract FaaSServiceManager {
     /// The owner's answer to an operator that takes jobs and never answers: it gets no new jobs and may not register
     /// again; the jobs it holds stay its own until it answers or their deadline passes (then anyone may release
     /// them). Works for an address that never registered too, which keeps it out.
-    function removeOperator(address operator) external {
-        if (msg.sender != owner) revert NotOwner(msg.sender);
+    function removeOperator(address operator) external onlyOwner {
         Operator storage op = info[operator];
         op.active = false;
         op.removed = true;
         emit OperatorRemoved(operator);
+    }
+
+    /// Turns the allow-list on or off. Turning it on does not deactivate operators already registered: approve them
+    /// or remove the others.
+    function setApprovalRequired(bool required) external onlyOwner {
+        approvalRequired = required;
+        emit ApprovalRequired(required);
+    }
+
+    /// Approves (or withdraws the approval of) an address for registration while the allow-list is on. Withdrawing
+    /// an approval does not deactivate a registered operator: removeOperator does.
+    function approveOperator(address operator, bool isApproved) external onlyOwner {
+        approved[operator] = isApproved;
+        emit OperatorApproved(operator, isApproved);
     }
 
     /// Pays the caller the payments credited to it for answered jobs (pull, so a result never depends on a transfer).
@@ -135,6 +160,7 @@ contract FaaSServiceManager {
         if (capacity == 0) capacity = DEFAULT_CAPACITY;
         Operator storage op = info[operator];
         if (op.removed) revert OperatorIsRemoved(operator);
+        if (approvalRequired && !approved[operator]) revert NotApproved(operator);
         if (!op.known) {
             op.known = true;
             operators.push(operator);

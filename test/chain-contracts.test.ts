@@ -475,3 +475,22 @@ test('the service owner can remove an operator: no new jobs, no re-registration,
   assert.equal((await assignmentOf(setup, held.callId)).operator, b);
   assert.equal(await loadOf(setup, a), 0);
 });
+
+test('with the allow-list on, only addresses the owner approved may register', async () => {
+  const setup = await deploy();
+  const early = await register(setup, setup.keys[1]!);
+  const stranger = privateKeyToAccount(setup.keys[2]!).address;
+  const invited = privateKeyToAccount(setup.keys[3]!).address;
+  await expectRevert(send(setup.keys[5]!, setup.manager, managerAbi, 'setApprovalRequired', [true]), 'NotOwner');
+  await expectRevert(send(setup.keys[5]!, setup.manager, managerAbi, 'approveOperator', [stranger, true]), 'NotOwner');
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'setApprovalRequired', [true]);
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'approveOperator', [invited, true]);
+  await expectRevert(register(setup, setup.keys[2]!), 'NotApproved');
+  assert.equal(await register(setup, setup.keys[3]!), invited);
+  // Operators registered before the allow-list went on stay until the owner removes them.
+  const [, , , active] = (await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorInfo', args: [early] })) as [number, bigint, number, boolean];
+  assert.equal(active, true);
+  // Off again: registration is open.
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'setApprovalRequired', [false]);
+  assert.equal(await register(setup, setup.keys[2]!), stranger);
+});
