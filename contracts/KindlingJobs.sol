@@ -3,6 +3,8 @@ pragma solidity ^0.8.26;
 
 /// The service-manager hooks KindlingJobs calls (the subset of Tangle's IBlueprintServiceManager it needs).
 interface IKindlingServiceManager {
+    /// Called once by createService: the manager accepts being bound to this service (it reverts otherwise).
+    function onServiceCreated(uint64 serviceId, address creator) external;
     function onRegister(address operator, bytes calldata registrationInputs) external payable;
     function onUnregister(address operator) external;
     function onJobCall(uint64 serviceId, uint8 job, uint64 jobCallId, bytes calldata inputs) external payable;
@@ -33,8 +35,8 @@ library Types {
 /// A minimal Tangle-compatible jobs contract for local chains (anvil, tests, private networks). It implements the
 /// subset of Tangle v2's ITangleJobs that Kindling's operator and clients use, with the same event and function
 /// signatures, so the operator runs unchanged against this contract and against a real Tangle deployment. It keeps
-/// no registry of blueprints, staking or payments: a service is a manager address, and the manager decides who may
-/// answer a call.
+/// no registry of blueprints or staking: a service is a manager address, the manager decides who may answer a call,
+/// and a job's payment is handed to the manager with the call (it pays the operator that answers).
 contract KindlingJobs {
     struct Service {
         address owner;
@@ -63,6 +65,9 @@ contract KindlingJobs {
         serviceId = serviceCount++;
         services[serviceId] = Service({owner: msg.sender, manager: IKindlingServiceManager(manager), nextCallId: 0});
         emit ServiceCreated(serviceId, msg.sender, manager);
+        // The manager refuses a second service and a creator that is not its owner: without that, anyone could point
+        // a service of their own at a real manager and load its operators with jobs.
+        IKindlingServiceManager(manager).onServiceCreated(serviceId, msg.sender);
     }
 
     function serviceManager(uint64 serviceId) external view returns (address) {
@@ -95,7 +100,8 @@ contract KindlingJobs {
         emit JobSubmitted(serviceId, callId, jobIndex, msg.sender, inputs);
         // The manager assigns an operator or reverts (no operator registered): then the whole submission fails and
         // nothing is left waiting for an answer that never comes.
-        service.manager.onJobCall(serviceId, jobIndex, callId, inputs);
+        // The payment goes with the call: the manager holds it for the assigned operator.
+        service.manager.onJobCall{value: msg.value}(serviceId, jobIndex, callId, inputs);
     }
 
     /// The manager decides whether msg.sender may answer (the assigned operator only) by reverting otherwise.
@@ -104,9 +110,11 @@ contract KindlingJobs {
         Types.JobCall storage call = calls[serviceId][callId];
         if (callId >= service.nextCallId) revert UnknownJobCall(serviceId, callId);
         if (call.completed) revert JobAlreadyCompleted(serviceId, callId);
-        service.manager.onJobResult(serviceId, call.jobIndex, callId, msg.sender, inputsHashes[serviceId][callId], result);
+        // Completed before the manager is called: a manager that calls back into submitResult finds the call done
+        // and cannot post a second result (if the manager reverts, so does all of this).
         call.resultCount += 1;
         call.completed = true;
+        service.manager.onJobResult(serviceId, call.jobIndex, callId, msg.sender, inputsHashes[serviceId][callId], result);
         emit JobResultSubmitted(serviceId, callId, msg.sender, result);
         emit JobCompleted(serviceId, callId);
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Compiles contracts/*.sol with solc-js into dist/contracts/<Name>.json ({abi, bytecode}; part of `npm run build`).
-// Each file's contract of the same name is the artifact (its interfaces and libraries are not). Skipped when the
+// Compiles contracts/*.sol with solc-js into dist/contracts/<Name>.json ({abi, bytecode}; part of `npm run build`),
+// and the test-only contracts in contracts/test/*.sol (hostile managers and the like, which the tests deploy) into
+// dist/contracts/test/<Name>.json; nothing outside the tests loads those. Each file's contract of the same name is the artifact (its interfaces and libraries are not). Skipped when the
 // sources and the compiler are those of the last build (a stamp of their hash), since loading solc-js alone takes
 // seconds. A compile error fails the build with solc's messages.
 import { createHash } from 'node:crypto';
@@ -22,7 +23,9 @@ const settings = {
   outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } },
 };
 
-const files = readdirSync(sourceDir).filter((name) => name.endsWith('.sol')).sort();
+const solFiles = (dir) => (existsSync(dir) ? readdirSync(dir).filter((name) => name.endsWith('.sol')).sort() : []);
+// Source names are paths relative to contracts/, so a test contract imports a project one as "../KindlingJobs.sol".
+const files = [...solFiles(sourceDir), ...solFiles(join(sourceDir, 'test')).map((name) => `test/${name}`)];
 const sources = Object.fromEntries(files.map((name) => [name, { content: readFileSync(join(sourceDir, name), 'utf8') }]));
 const stamp = createHash('sha256').update(JSON.stringify({ solcVersion, settings, sources })).digest('hex');
 const artifactsPresent = files.every((name) => existsSync(join(outDir, name.replace(/\.sol$/, '.json'))));
@@ -37,9 +40,11 @@ if (errors.length > 0) {
   process.exit(1);
 }
 
-mkdirSync(outDir, { recursive: true });
+mkdirSync(join(outDir, 'test'), { recursive: true });
 for (const file of files) {
-  const name = file.replace(/\.sol$/, '');
+  // "test/X.sol" -> dist/contracts/test/X.json, contract X.
+  const out = file.replace(/\.sol$/, '');
+  const name = out.split('/').pop();
   const contract = output.contracts?.[file]?.[name];
   if (!contract) {
     process.stderr.write(`build-contracts: ${file} has no contract named ${name}\n`);
@@ -47,8 +52,8 @@ for (const file of files) {
   }
   const artifact = { contractName: name, compiler: `solc ${solcVersion}`, abi: contract.abi, bytecode: `0x${contract.evm.bytecode.object}` };
   // Written then renamed, so an interrupted build never leaves a half-written artifact behind.
-  writeFileSync(join(outDir, `${name}.json.tmp`), JSON.stringify(artifact, null, 2) + '\n');
-  renameSync(join(outDir, `${name}.json.tmp`), join(outDir, `${name}.json`));
+  writeFileSync(join(outDir, `${out}.json.tmp`), JSON.stringify(artifact, null, 2) + '\n');
+  renameSync(join(outDir, `${out}.json.tmp`), join(outDir, `${out}.json`));
 }
 writeFileSync(stampFile, stamp);
 process.stderr.write(`build-contracts: compiled ${files.join(', ')} with solc ${solcVersion}\n`);

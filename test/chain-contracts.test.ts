@@ -20,6 +20,7 @@ import {
 } from 'viem';
 import { privateKeyToAccount } from 'viem/accounts';
 import { foundry } from 'viem/chains';
+import { readFileSync } from 'node:fs';
 import { TANGLE_JOBS_ABI } from '@kindling/sdk/tangle';
 import { kindlingJobsArtifact, serviceManagerArtifact } from '../src/chain/contracts.js';
 import { deployKindlingChain } from '../src/chain/deploy.js';
@@ -57,14 +58,32 @@ async function deploy(): Promise<Setup> {
   return { jobs: deployment.jobsContract, manager: deployment.serviceManager, serviceId: deployment.serviceId, keys: anvil.keys };
 }
 
-async function send(key: Hex, address: Address, abi: Abi, functionName: string, args: readonly unknown[]) {
+async function send(key: Hex, address: Address, abi: Abi, functionName: string, args: readonly unknown[], valueWei = 0n) {
   const client = wallet(key);
   // Simulating first makes a revert throw here with its decoded custom error.
-  const { request } = await publicClient.simulateContract({ account: client.account, address, abi, functionName, args });
+  const { request } = await publicClient.simulateContract({ account: client.account, address, abi, functionName, args, value: valueWei });
   const hash = await client.writeContract(request);
   const receipt = await publicClient.waitForTransactionReceipt({ hash });
   assert.equal(receipt.status, 'success', `${functionName} transaction ${hash}`);
   return receipt;
+}
+
+async function deployContract(key: Hex, abi: Abi, bytecode: Hex, args: readonly unknown[]): Promise<Address> {
+  const client = wallet(key);
+  const hash = await client.deployContract({ abi, bytecode, args });
+  const receipt = await publicClient.waitForTransactionReceipt({ hash });
+  assert.equal(receipt.status, 'success', `deploy transaction ${hash}`);
+  return receipt.contractAddress!;
+}
+
+/** A test-only contract from contracts/test/, compiled by the build into dist/contracts/test/. */
+function testArtifact(name: string): { abi: Abi; bytecode: Hex } {
+  return JSON.parse(readFileSync(new URL(`../contracts/test/${name}.json`, import.meta.url), 'utf8')) as { abi: Abi; bytecode: Hex };
+}
+
+async function timePasses(seconds: number): Promise<void> {
+  await publicClient.request({ method: 'evm_increaseTime' as never, params: [seconds] as never });
+  await publicClient.request({ method: 'evm_mine' as never, params: [] as never });
 }
 
 async function register(setup: Setup, key: Hex, capacity = 4, priceWei = 0n): Promise<Address> {
@@ -73,8 +92,8 @@ async function register(setup: Setup, key: Hex, capacity = 4, priceWei = 0n): Pr
   return privateKeyToAccount(key).address;
 }
 
-async function submit(setup: Setup, customerKey: Hex, jobIndex = 0): Promise<{ callId: bigint; operator: Address }> {
-  const receipt = await send(customerKey, setup.jobs, jobsAbiWithManagerErrors, 'submitJob', [setup.serviceId, jobIndex, '0x1234']);
+async function submit(setup: Setup, customerKey: Hex, jobIndex = 0, valueWei = 0n): Promise<{ callId: bigint; operator: Address }> {
+  const receipt = await send(customerKey, setup.jobs, jobsAbiWithManagerErrors, 'submitJob', [setup.serviceId, jobIndex, '0x1234'], valueWei);
   const [submitted] = parseEventLogs({ abi: jobsAbi, logs: receipt.logs, eventName: 'JobSubmitted' });
   const [assigned] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'JobAssigned' });
   assert.ok(submitted, 'JobSubmitted in the receipt');
@@ -296,4 +315,182 @@ test('the compiled KindlingJobs ABI contains every item of the pinned Tangle job
     assert.ok(compiled, `KindlingJobs has the ${pinned.type} ${pinned.name}`);
     assert.deepEqual(normalize(compiled), normalize(pinned), `${pinned.type} ${pinned.name} matches the pinned interface`);
   }
+});
+
+test('nobody can attach a second service to a manager, nor a service to a manager someone else deployed', async () => {
+  const setup = await deploy();
+  const operator = await register(setup, setup.keys[1]!);
+  const attacker = setup.keys[5]!;
+  // The attack: a service of the attacker's pointing at the real manager, whose jobs would load its operators for free.
+  await expectRevert(send(attacker, setup.jobs, jobsAbiWithManagerErrors, 'createService', [setup.manager]), 'ManagerAlreadyBound');
+  // Even the manager's owner cannot give it a second service.
+  await expectRevert(send(setup.keys[0]!, setup.jobs, jobsAbiWithManagerErrors, 'createService', [setup.manager]), 'ManagerAlreadyBound');
+  assert.equal(await publicClient.readContract({ address: setup.jobs, abi: jobsAbi, functionName: 'serviceCount' }), setup.serviceId + 1n);
+  assert.equal(await loadOf(setup, operator), 0);
+
+  // A fresh manager, not yet bound: only the account that deployed it may create its service.
+  const artifact = serviceManagerArtifact();
+  const fresh = await deployContract(setup.keys[0]!, artifact.abi, artifact.bytecode, [setup.jobs, BigInt(TIMEOUT_S)]);
+  await expectRevert(send(attacker, setup.jobs, jobsAbiWithManagerErrors, 'createService', [fresh]), 'NotManagerOwner');
+  const receipt = await send(setup.keys[0]!, setup.jobs, jobsAbiWithManagerErrors, 'createService', [fresh]);
+  const [bound] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'ServiceBound' });
+  const serviceId = (bound?.args as { serviceId: bigint } | undefined)?.serviceId;
+  assert.equal(serviceId, setup.serviceId + 1n);
+  assert.equal(await publicClient.readContract({ address: fresh, abi: managerAbi, functionName: 'boundServiceId' }), serviceId);
+  assert.equal(await publicClient.readContract({ address: fresh, abi: managerAbi, functionName: 'owner' }), privateKeyToAccount(setup.keys[0]!).address);
+  // Nobody but the jobs contract may bind it either.
+  await expectRevert(send(attacker, fresh, managerAbi, 'onServiceCreated', [99n, privateKeyToAccount(attacker).address]), 'OnlyJobsContract');
+});
+
+test('a bound manager refuses hook calls for any other service id', async () => {
+  // A manager whose "jobs contract" is a plain account, so the test can call its hooks with any service id.
+  const [owner, jobsAccount] = [anvil.keys[0]!, anvil.keys[6]!];
+  const artifact = serviceManagerArtifact();
+  const manager = await deployContract(owner, artifact.abi, artifact.bytecode, [privateKeyToAccount(jobsAccount).address, BigInt(TIMEOUT_S)]);
+  const ownerAddress = privateKeyToAccount(owner).address;
+  await expectRevert(send(jobsAccount, manager, managerAbi, 'onJobCall', [7n, 0, 0n, '0x']), 'ServiceNotBound');
+  await send(jobsAccount, manager, managerAbi, 'onServiceCreated', [7n, ownerAddress]);
+  await expectRevert(send(jobsAccount, manager, managerAbi, 'onServiceCreated', [8n, ownerAddress]), 'ManagerAlreadyBound');
+  await send(jobsAccount, manager, managerAbi, 'onRegister', [privateKeyToAccount(anvil.keys[1]!).address, encodeAbiParameters([{ type: 'uint32' }, { type: 'uint256' }], [4, 0n])]);
+  await expectRevert(send(jobsAccount, manager, managerAbi, 'onJobCall', [8n, 0, 0n, '0x']), 'WrongService');
+  await expectRevert(
+    send(jobsAccount, manager, managerAbi, 'onJobResult', [8n, 0, 0n, privateKeyToAccount(anvil.keys[1]!).address, `0x${'00'.repeat(32)}`, '0x']),
+    'WrongService',
+  );
+  await send(jobsAccount, manager, managerAbi, 'onJobCall', [7n, 0, 0n, '0x']);
+});
+
+test('a manager that re-enters submitResult cannot post a second result for the same call', async () => {
+  const deployer = anvil.keys[0]!;
+  const jobsArtifact = kindlingJobsArtifact();
+  const jobs = await deployContract(deployer, jobsArtifact.abi, jobsArtifact.bytecode, []);
+  const hostile = testArtifact('ReentrantManager');
+  const manager = await deployContract(deployer, hostile.abi, hostile.bytecode, [jobs]);
+  const created = await send(deployer, jobs, jobsAbi, 'createService', [manager]);
+  const [event] = parseEventLogs({ abi: jobsAbi, logs: created.logs, eventName: 'ServiceCreated' });
+  const serviceId = (event!.args as { serviceId: bigint }).serviceId;
+  await send(anvil.keys[4]!, jobs, jobsAbi, 'submitJob', [serviceId, 0, '0x']);
+  // The manager calls submitResult again from inside onJobResult: the call is already completed by then.
+  await expectRevert(send(anvil.keys[1]!, jobs, jobsAbi, 'submitResult', [serviceId, 0n, '0xaa']), 'JobAlreadyCompleted');
+  const call = (await publicClient.readContract({ address: jobs, abi: jobsAbi, functionName: 'getJobCall', args: [serviceId, 0n] })) as { resultCount: number; completed: boolean };
+  assert.deepEqual([call.resultCount, call.completed], [0, false]);
+});
+
+async function balanceOf(address: Address): Promise<bigint> {
+  return publicClient.getBalance({ address });
+}
+
+async function creditOf(setup: Setup, operator: Address): Promise<bigint> {
+  return (await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'pendingWithdrawal', args: [operator] })) as bigint;
+}
+
+test('a job paying less than every operator price reverts PaymentTooLow; one that pays goes to an operator it covers', async () => {
+  const setup = await deploy();
+  const cheap = await register(setup, setup.keys[1]!, 4, 0n);
+  const dear = await register(setup, setup.keys[2]!, 4, 100n);
+  // Free jobs go to the price-0 operator only, even when the priced one is less loaded.
+  const free = [await submit(setup, setup.keys[4]!), await submit(setup, setup.keys[4]!)];
+  assert.deepEqual(free.map((j) => j.operator), [cheap, cheap]);
+  // A payment covering both prices goes by load as before.
+  assert.equal((await submit(setup, setup.keys[4]!, 0, 100n)).operator, dear);
+  assert.equal(await balanceOf(setup.manager), 100n);
+
+  await send(setup.keys[1]!, setup.jobs, jobsAbiWithManagerErrors, 'unregisterOperator', [setup.serviceId]);
+  try {
+    await send(setup.keys[4]!, setup.jobs, jobsAbiWithManagerErrors, 'submitJob', [setup.serviceId, 0, '0x'], 99n);
+    assert.fail('a payment of 99 wei under a price of 100 wei was accepted');
+  } catch (error) {
+    const reverted = error instanceof BaseError ? error.walk((e) => e instanceof ContractFunctionRevertedError) : undefined;
+    assert.ok(reverted instanceof ContractFunctionRevertedError, (error as Error).message);
+    assert.equal(reverted.data?.errorName, 'PaymentTooLow');
+    assert.deepEqual(reverted.data?.args, [100n]);
+  }
+  assert.equal(await balanceOf(setup.manager), 100n);
+});
+
+test('a result credits the job payment to the operator who posted it, who withdraws it', async () => {
+  const setup = await deploy();
+  const op = await register(setup, setup.keys[1]!, 4, 1000n);
+  const jobsBefore = await balanceOf(setup.jobs);
+  // Paying more than the price is allowed: the whole payment goes to the operator.
+  const { callId } = await submit(setup, setup.keys[4]!, 0, 1500n);
+  assert.equal(await balanceOf(setup.manager), 1500n);
+  assert.equal(await balanceOf(setup.jobs), jobsBefore);
+  assert.equal(await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'paymentOf', args: [setup.serviceId, callId] }), 1500n);
+  const call = (await publicClient.readContract({ address: setup.jobs, abi: jobsAbi, functionName: 'getJobCall', args: [setup.serviceId, callId] })) as { payment: bigint };
+  assert.equal(call.payment, 1500n);
+
+  await expectRevert(send(setup.keys[1]!, setup.manager, managerAbi, 'withdraw', []), 'NothingToWithdraw');
+  const receipt = await send(setup.keys[1]!, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0x']);
+  const [credited] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'PaymentCredited' });
+  assert.deepEqual(credited?.args, { serviceId: setup.serviceId, callId, operator: op, amountWei: 1500n });
+  assert.equal(await creditOf(setup, op), 1500n);
+  // Nothing was transferred in the hook: the money is still in the manager until the operator pulls it.
+  assert.equal(await balanceOf(setup.manager), 1500n);
+
+  const before = await balanceOf(op);
+  const withdrawal = await send(setup.keys[1]!, setup.manager, managerAbi, 'withdraw', []);
+  const gas = withdrawal.gasUsed * withdrawal.effectiveGasPrice;
+  assert.equal(await balanceOf(op), before + 1500n - gas);
+  assert.equal(await balanceOf(setup.manager), 0n);
+  assert.equal(await creditOf(setup, op), 0n);
+  await expectRevert(send(setup.keys[1]!, setup.manager, managerAbi, 'withdraw', []), 'NothingToWithdraw');
+});
+
+test('on timeout the payment moves with the job, to an operator it covers, and is paid to the one that answers', async () => {
+  const setup = await deploy();
+  const [a, b] = [await register(setup, setup.keys[1]!, 4, 10n), await register(setup, setup.keys[2]!, 4, 10n)];
+  // c is cheaper to the customer's eye but more expensive than the payment: never a candidate for this job.
+  const c = await register(setup, setup.keys[3]!, 4, 50n);
+  const { callId, operator: first } = await submit(setup, setup.keys[4]!, 0, 10n);
+  assert.equal(first, a);
+  await submit(setup, setup.keys[4]!, 0, 10n); // b now has load 1, c none
+  await timePasses(TIMEOUT_S + 1);
+  await send(setup.keys[5]!, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, callId]);
+  assert.equal((await assignmentOf(setup, callId)).operator, b);
+  assert.equal(await loadOf(setup, c), 0);
+  await send(setup.keys[2]!, setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, callId, '0x']);
+  assert.deepEqual([await creditOf(setup, a), await creditOf(setup, b), await creditOf(setup, c)], [0n, 10n, 0n]);
+  assert.equal(await balanceOf(setup.manager), 20n);
+});
+
+test('the service owner can remove an operator: no new jobs, no re-registration, its open job released at the deadline', async () => {
+  const setup = await deploy();
+  const [a, b] = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!)];
+  const held = await submit(setup, setup.keys[4]!);
+  assert.equal(held.operator, a);
+  await expectRevert(send(setup.keys[5]!, setup.manager, managerAbi, 'removeOperator', [a]), 'NotOwner');
+  const receipt = await send(setup.keys[0]!, setup.manager, managerAbi, 'removeOperator', [a]);
+  const [removed] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'OperatorRemoved' });
+  assert.deepEqual(removed?.args, { operator: a });
+  const [, , load, active] = (await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorInfo', args: [a] })) as [number, bigint, number, boolean];
+  assert.deepEqual([load, active], [1, false]);
+  // a has the lower load after b takes a job, yet gets nothing new; registering again is refused.
+  await submit(setup, setup.keys[4]!);
+  assert.equal((await submit(setup, setup.keys[4]!)).operator, b);
+  await expectRevert(register(setup, setup.keys[1]!), 'OperatorIsRemoved');
+  // Its open assignment goes to another operator once the deadline passes, as for any silent operator.
+  await timePasses(TIMEOUT_S + 1);
+  await send(setup.keys[5]!, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, held.callId]);
+  assert.equal((await assignmentOf(setup, held.callId)).operator, b);
+  assert.equal(await loadOf(setup, a), 0);
+});
+
+test('with the allow-list on, only addresses the owner approved may register', async () => {
+  const setup = await deploy();
+  const early = await register(setup, setup.keys[1]!);
+  const stranger = privateKeyToAccount(setup.keys[2]!).address;
+  const invited = privateKeyToAccount(setup.keys[3]!).address;
+  await expectRevert(send(setup.keys[5]!, setup.manager, managerAbi, 'setApprovalRequired', [true]), 'NotOwner');
+  await expectRevert(send(setup.keys[5]!, setup.manager, managerAbi, 'approveOperator', [stranger, true]), 'NotOwner');
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'setApprovalRequired', [true]);
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'approveOperator', [invited, true]);
+  await expectRevert(register(setup, setup.keys[2]!), 'NotApproved');
+  assert.equal(await register(setup, setup.keys[3]!), invited);
+  // Operators registered before the allow-list went on stay until the owner removes them.
+  const [, , , active] = (await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorInfo', args: [early] })) as [number, bigint, number, boolean];
+  assert.equal(active, true);
+  // Off again: registration is open.
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'setApprovalRequired', [false]);
+  assert.equal(await register(setup, setup.keys[2]!), stranger);
 });

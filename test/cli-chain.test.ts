@@ -51,7 +51,7 @@ function json(run: Run): Record<string, unknown> {
   return JSON.parse(run.stdout) as Record<string, unknown>;
 }
 
-/** Deploys and registers keys[1] as the only operator through the CLI. */
+/** Deploys and registers keys[1] as the only operator through the CLI, at a price of 1000 wei per job. */
 async function deployAndRegister() {
   const deployed = json(await kindling('chain', 'deploy', '--rpc', anvil.rpcUrl, '--key-file', await keyFile(0), '--assignment-timeout-s', '60'));
   assert.match(String(deployed.jobsContract), /^0x[0-9a-fA-F]{40}$/);
@@ -60,7 +60,7 @@ async function deployAndRegister() {
   const common = ['--rpc', anvil.rpcUrl, '--jobs-contract', String(deployed.jobsContract), '--service-id', String(deployed.serviceId)];
   const registered = json(await kindling('chain', 'register', ...common, '--key-file', await keyFile(1), '--capacity', '2', '--price-wei', '1000'));
   assert.equal(registered.operator, privateKeyToAccount(anvil.keys[1]!).address);
-  return { jobsContract: deployed.jobsContract as Address, serviceId: BigInt(deployed.serviceId as number), common };
+  return { jobsContract: deployed.jobsContract as Address, serviceManager: deployed.serviceManager as Address, serviceId: BigInt(deployed.serviceId as number), common };
 }
 
 /** The operator (keys[1]) answers a call directly with viem. */
@@ -74,7 +74,12 @@ async function answer(jobsContract: Address, serviceId: bigint, callId: bigint, 
 test('deploy, register, submit and result: outputs, an error envelope (exit 1), a reference, and no result yet (exit 3)', async () => {
   const { jobsContract, serviceId, common } = await deployAndRegister();
   const customer = await keyFile(2);
-  const submit = (job: string, args: unknown[]) => kindling('chain', 'submit', ...common, '--key-file', customer, '--job', job, '--args', JSON.stringify(args));
+  const submit = (job: string, args: unknown[]) => kindling('chain', 'submit', ...common, '--key-file', customer, '--job', job, '--args', JSON.stringify(args), '--value-wei', '1000');
+
+  // The operator's price is 1000 wei: a job paying less is refused by name, with the fix.
+  const cheap = await kindling('chain', 'submit', ...common, '--key-file', customer, '--job', '0', '--args', JSON.stringify(['alpine:latest', ['echo', 'hi'], [], '0x']), '--value-wei', '999');
+  assert.equal(cheap.code, 2, cheap.stderr);
+  assert.match(cheap.stderr, /the chain refused the submission: PaymentTooLow\(1000\): every active operator asks more than the payment \(--value-wei 999\); pass --value-wei 1000 or more/);
 
   const first = json(await submit('0', ['alpine:latest', ['echo', 'hi'], [], '0x']));
   assert.equal(first.callId, 0);
@@ -113,7 +118,7 @@ test('deploy, register, submit and result: outputs, an error envelope (exit 1), 
 test('submit encodes integers given as numbers or decimal strings by the job ABI', async () => {
   const { jobsContract, serviceId, common } = await deployAndRegister();
   const args = ['alpine:latest', ['sleep', '1'], ['A=1'], '0xff', 'cached', '', '', '18446744073709551615'];
-  const submitted = json(await kindling('chain', 'submit', ...common, '--key-file', await keyFile(2), '--job', '1', '--args', JSON.stringify(args)));
+  const submitted = json(await kindling('chain', 'submit', ...common, '--key-file', await keyFile(2), '--job', '1', '--args', JSON.stringify(args), '--value-wei', '1000'));
   const client = createPublicClient({ chain: { ...foundry, id: anvil.chainId }, transport: http(anvil.rpcUrl) });
   const [log] = await client.getContractEvents({ address: jobsContract, abi: TANGLE_JOBS_ABI, eventName: 'JobSubmitted', args: { serviceId, callId: BigInt(submitted.callId as number) }, fromBlock: 0n });
   assert.deepEqual(decodeJobInputs(1, log!.args.inputs!), [...args.slice(0, 7), 2n ** 64n - 1n, 0]);
@@ -164,4 +169,26 @@ test('a submission to a service without operators fails with exit 2 and the reas
   const unknown = await kindling('chain', 'submit', '--rpc', anvil.rpcUrl, '--key-file', await keyFile(2), '--jobs-contract', String(deployed.jobsContract), '--service-id', '9', '--job', '7', '--args', '["i-1"]');
   assert.equal(unknown.code, 2);
   assert.match(unknown.stderr, /UnknownService\(9\)/);
+});
+
+test('withdraw pays the operator its credited payments; remove-operator is for the manager owner only', async () => {
+  const { jobsContract, serviceManager, serviceId, common } = await deployAndRegister();
+  const manager = ['--rpc', anvil.rpcUrl, '--service-manager', serviceManager];
+  const nothing = await kindling('chain', 'withdraw', ...manager, '--key-file', await keyFile(1));
+  assert.equal(nothing.code, 2);
+  assert.match(nothing.stderr, /the chain refused withdraw: NothingToWithdraw\(\): no payment is credited to this key yet/);
+
+  const paid = json(await kindling('chain', 'submit', ...common, '--key-file', await keyFile(2), '--job', '7', '--args', '["i-1"]', '--value-wei', '1500'));
+  await answer(jobsContract, serviceId, BigInt(paid.callId as number), encodeJobOutput(7, [true]));
+  const operator = privateKeyToAccount(anvil.keys[1]!).address;
+  assert.deepEqual(json(await kindling('chain', 'withdraw', ...manager, '--key-file', await keyFile(1))), { operator, amountWei: '1500' });
+
+  const refused = await kindling('chain', 'remove-operator', ...manager, '--key-file', await keyFile(2), '--operator', operator);
+  assert.equal(refused.code, 2);
+  assert.match(refused.stderr, /NotOwner\(0x[0-9a-fA-F]{40}\): only the account that deployed the service manager/);
+  assert.deepEqual(json(await kindling('chain', 'remove-operator', ...manager, '--key-file', await keyFile(0), '--operator', operator)), { operator, removed: true });
+  // The only operator is gone: the next submission has nobody to go to.
+  const after = await kindling('chain', 'submit', ...common, '--key-file', await keyFile(2), '--job', '7', '--args', '["i-1"]', '--value-wei', '1000');
+  assert.equal(after.code, 2);
+  assert.match(after.stderr, /NoOperators\(\)/);
 });

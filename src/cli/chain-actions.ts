@@ -1,5 +1,5 @@
 /** What the `kindling chain` commands do (loaded on demand by chain.ts: this module loads viem). */
-import { BaseError, ContractFunctionRevertedError, createPublicClient, createWalletClient, defineChain, getAddress, http, type Abi, type Account, type Chain, type Hex, type PublicClient, type Transport, type WalletClient } from 'viem';
+import { BaseError, ContractFunctionRevertedError, createPublicClient, createWalletClient, defineChain, getAddress, http, parseEventLogs, type Abi, type Account, type Address, type Chain, type Hex, type PublicClient, type Transport, type WalletClient } from 'viem';
 import { privateKeyToAccount } from 'viem/accounts';
 import { TangleClient, encodeJobInputs, type JobResultRecord } from '@kindling/sdk/tangle';
 import { KindlingError } from '@kindling/sdk';
@@ -15,8 +15,10 @@ import {
   UsageError,
   type DeployCommandOptions,
   type RegisterCommandOptions,
+  type RemoveOperatorCommandOptions,
   type ResultCommandOptions,
   type SubmitCommandOptions,
+  type WithdrawCommandOptions,
 } from './chain.js';
 
 interface ChainClients {
@@ -81,6 +83,45 @@ export async function submit(options: SubmitCommandOptions): Promise<void> {
   print({ callId: idJson(submitted.callId), txHash: submitted.txHash, blockNumber: idJson(submitted.blockNumber) });
 }
 
+const managerAbi = (): Abi => serviceManagerArtifact().abi;
+
+/** Sends a manager transaction, simulated first so a refusal (NotOwner, NothingToWithdraw) is named, not a selector. */
+async function sendToManager(options: { rpc: string; keyFile: string; serviceManager: Address }, functionName: string, args: readonly unknown[]) {
+  const { publicClient, walletClient } = await chainClients(options.rpc, readKeyFile(options.keyFile));
+  const address = getAddress(options.serviceManager);
+  let request;
+  try {
+    ({ request } = await publicClient.simulateContract({ account: walletClient!.account, address, abi: managerAbi(), functionName, args }));
+  } catch (error) {
+    const reverted = error instanceof BaseError ? error.walk((e) => e instanceof ContractFunctionRevertedError) : undefined;
+    const data = reverted instanceof ContractFunctionRevertedError ? reverted.data : undefined;
+    if (!data) throw error;
+    throw new Error(`the chain refused ${functionName}: ${data.errorName}(${(data.args ?? []).map(String).join(', ')})${MANAGER_HINTS[data.errorName] ?? ''}`);
+  }
+  const hash = await walletClient!.writeContract(request);
+  const receipt = await publicClient.waitForTransactionReceipt({ hash });
+  if (receipt.status !== 'success') throw new Error(`${functionName} failed in transaction ${hash}`);
+  return { receipt, account: walletClient!.account.address };
+}
+
+const MANAGER_HINTS: Record<string, string> = {
+  NotOwner: ': only the account that deployed the service manager (kindling chain deploy) may remove operators',
+  NothingToWithdraw: ': no payment is credited to this key yet (payments are credited when the operator posts a result)',
+};
+
+export async function removeOperator(options: RemoveOperatorCommandOptions): Promise<void> {
+  await sendToManager(options, 'removeOperator', [getAddress(options.operator)]);
+  print({ operator: getAddress(options.operator), removed: true });
+}
+
+export async function withdraw(options: WithdrawCommandOptions): Promise<void> {
+  const { receipt, account } = await sendToManager(options, 'withdraw', []);
+  const [event] = parseEventLogs({ abi: managerAbi(), logs: receipt.logs, eventName: 'Withdrawn' });
+  const amount = (event?.args as { amountWei?: bigint } | undefined)?.amountWei ?? 0n;
+  // Wei amounts outgrow JSON numbers: a decimal string.
+  print({ operator: account, amountWei: amount.toString() });
+}
+
 export async function result(options: ResultCommandOptions): Promise<void> {
   const waitMs = options.waitMs ?? 0n;
   const { publicClient } = await chainClients(options.rpc);
@@ -137,7 +178,12 @@ async function explainRevert(
     const reverted = error instanceof BaseError ? error.walk((e) => e instanceof ContractFunctionRevertedError) : undefined;
     const data = reverted instanceof ContractFunctionRevertedError ? reverted.data : undefined;
     if (!data) return;
-    const why = data.errorName === 'NoOperators' ? ': no operator is registered for this service (kindling chain register)' : '';
+    const why =
+      data.errorName === 'NoOperators'
+        ? ': no operator is registered for this service (kindling chain register)'
+        : data.errorName === 'PaymentTooLow'
+          ? `: every active operator asks more than the payment (--value-wei ${options.valueWei ?? 0n}); pass --value-wei ${String(data.args?.[0])} or more`
+          : '';
     throw new Error(`the chain refused the submission: ${data.errorName}(${(data.args ?? []).map(String).join(', ')})${why}`);
   }
 }

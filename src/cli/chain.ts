@@ -1,5 +1,5 @@
 /**
- * `kindling chain deploy|register|submit|result`: drive a chain with the FaaS blueprint's jobs from a shell. Every
+ * `kindling chain deploy|register|submit|result|remove-operator|withdraw`: drive a chain with the FaaS blueprint's jobs from a shell. Every
  * command prints one JSON object on stdout. Exit codes: 0 done; 1 the job's result is an error envelope (still
  * printed); 2 bad usage or input, or the chain refused (revert, unreachable RPC); 3 no result yet (`result`).
  */
@@ -92,6 +92,17 @@ export interface SubmitCommandOptions {
   args: string;
   valueWei?: bigint;
 }
+export interface RemoveOperatorCommandOptions {
+  rpc: string;
+  keyFile: string;
+  serviceManager: Address;
+  operator: Address;
+}
+export interface WithdrawCommandOptions {
+  rpc: string;
+  keyFile: string;
+  serviceManager: Address;
+}
 export interface ResultCommandOptions {
   rpc: string;
   jobsContract: Address;
@@ -124,7 +135,7 @@ export function registerChainCommands(program: Command): void {
     .requiredOption('--jobs-contract <address>', 'the jobs contract (KindlingJobs)', parseAddress('--jobs-contract'))
     .requiredOption('--service-id <n>', 'the service', parseUint('--service-id'))
     .option('--capacity <n>', 'jobs taken at once before less loaded operators are preferred (default 0: the manager default, 4)', parseUint('--capacity', 0xffffffffn))
-    .option('--price-wei <n>', 'price per job in wei (recorded, not charged by KindlingJobs; default 0)', parseUint('--price-wei', 2n ** 256n - 1n))
+    .option('--price-wei <n>', 'price per job in wei: jobs paying less are not assigned to this operator (default 0)', parseUint('--price-wei', 2n ** 256n - 1n))
     .action((options: RegisterCommandOptions) => run(async () => (await actions()).register(options)));
 
   chain
@@ -136,7 +147,7 @@ export function registerChainCommands(program: Command): void {
     .requiredOption('--service-id <n>', 'the service', parseUint('--service-id'))
     .requiredOption('--job <index>', 'the job index (0-11)', parseUint('--job', 255n))
     .requiredOption('--args <json>', "the job's ABI arguments in order, as a JSON array (bytes as 0x-hex, integers as numbers or decimal strings)")
-    .option('--value-wei <n>', 'payment sent with the job, in wei (default 0)', parseUint('--value-wei', 2n ** 256n - 1n))
+    .option('--value-wei <n>', 'payment sent with the job, in wei: must cover an operator\'s price; paid to the operator that answers (default 0)', parseUint('--value-wei', 2n ** 256n - 1n))
     .action((options: SubmitCommandOptions) => run(async () => (await actions()).submit(options)));
 
   chain
@@ -151,4 +162,21 @@ export function registerChainCommands(program: Command): void {
     .option('--wait-ms <ms>', 'wait up to this long for the result (default 0: look once)', parseUint('--wait-ms', BigInt(Number.MAX_SAFE_INTEGER)))
     .option('--from-block <n>', 'search result events from this block on (the submission block is enough; default 0)', parseUint('--from-block'))
     .action((options: ResultCommandOptions) => run(async () => (await actions()).result(options)));
+
+  chain
+    .command('remove-operator')
+    .description('As the service manager\'s owner (its deployer), stop giving jobs to an operator and refuse its re-registration; prints {"operator","removed"}')
+    .requiredOption('--rpc <url>', 'JSON-RPC URL of the chain')
+    .requiredOption('--key-file <path>', 'file holding the private key that deployed the service manager (0x-hex)')
+    .requiredOption('--service-manager <address>', 'the service manager (FaaSServiceManager)', parseAddress('--service-manager'))
+    .requiredOption('--operator <address>', 'the operator to remove', parseAddress('--operator'))
+    .action((options: RemoveOperatorCommandOptions) => run(async () => (await actions()).removeOperator(options)));
+
+  chain
+    .command('withdraw')
+    .description('Withdraw the payments credited to the key\'s operator for answered jobs; prints {"operator","amountWei"}')
+    .requiredOption('--rpc <url>', 'JSON-RPC URL of the chain')
+    .requiredOption('--key-file <path>', 'file holding the operator private key (0x-hex)')
+    .requiredOption('--service-manager <address>', 'the service manager (FaaSServiceManager)', parseAddress('--service-manager'))
+    .action((options: WithdrawCommandOptions) => run(async () => (await actions()).withdraw(options)));
 }
