@@ -14,11 +14,12 @@
  * process where it was.
  */
 import { rename, rm, stat } from 'node:fs/promises';
-import type { PassThrough, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
-import type { PersistentSandbox, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest } from '../executor.js';
+import type { PersistentSandbox, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest } from '../executor.js';
 import { checkCommandRequest } from '../shared/command-request.js';
 import type { AgentExec } from './agent-client.js';
+import { MicroVmPorts, type PortRelayStats } from './ports.js';
 import type { QemuVm } from './qemu.js';
 import type { HibernationRecord, MicroVmSandboxStorage } from './sandbox-storage.js';
 
@@ -50,10 +51,12 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
   private paused = false;
   private destroying: Promise<void> | null = null;
   private readonly backstop: NodeJS.Timeout;
+  private readonly ports: MicroVmPorts;
 
   constructor(private readonly parts: MicroVmSandboxParts) {
     this.id = parts.id;
     this.vm = parts.vm;
+    this.ports = new MicroVmPorts(() => this.vm.agent, parts.id);
     this.backstop = setTimeout(() => void this.destroy(), parts.lifetimeMs);
     this.backstop.unref();
     this.disposed = this.vm.exited.then(async () => {
@@ -87,6 +90,21 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
       throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${this.id} has ended: ${(error as Error).message}`, { details: { sandbox: this.id } });
     }
     return new MicroVmCommand(handle, () => this.ended || this.destroying !== null || !this.vm.alive || this.vm.agent.closed);
+  }
+
+  /** A connection to `port` on the VM's loopback through the guest's port helper (see ports.ts). */
+  async connectPort(port: number, options: PortConnectOptions): Promise<Duplex> {
+    this.assertAlive();
+    return this.ports.connect(port, options);
+  }
+
+  get portConnections(): number {
+    return this.ports.connections;
+  }
+
+  /** The proxied connections' buffers on this side (bounded by the flow-control window; see ports.ts). */
+  portStats(): PortRelayStats {
+    return this.ports.stats();
   }
 
   async pause(): Promise<void> {
@@ -184,8 +202,8 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
 
 class MicroVmCommand implements SandboxCommand {
   readonly stdin: Writable | null;
-  readonly stdout: PassThrough;
-  readonly stderr: PassThrough;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
   private readonly done: Promise<{ exitCode: number; signal: string | null }>;
   private killed = false;
   private finished = false;
