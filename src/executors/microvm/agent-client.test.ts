@@ -270,4 +270,34 @@ describe('microvm agent client', () => {
     client.close();
     await assert.rejects(exec.exit, /closed/);
   });
+
+  it('detach/adopt: a kept exec stream goes on in the client of the restored VM (output, kill, exit there); others end with the old client', async () => {
+    const old = fakeAgent(() => undefined);
+    const kept = old.client.exec({ ...request, stdin: false }, { keepAcrossRestore: true });
+    const other = old.client.exec({ ...request, stdin: false });
+    let out = '';
+    kept.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    const detached = old.client.detach();
+    assert.equal(detached.size, 1);
+    old.client.close();
+    await assert.rejects(other.exit, /closed/);
+    // The restored VM's client adopts the stream before reading anything: the guest's next frames reach it.
+    const [hostSide, agentSide] = duplexPair();
+    const decoder = new FrameDecoder();
+    const received: Frame[] = [];
+    agentSide.on('data', (chunk: Buffer) => received.push(...decoder.push(chunk)));
+    const restored = new AgentClient(hostSide, 1000, detached);
+    agentSide.write(encodeFrame(MessageType.STDOUT, kept.stream, 'after the restore\n'));
+    kept.kill();
+    await waitFor(() => received.some((frame) => frame.type === MessageType.KILL), { timeoutMs: 5000, what: 'KILL on the new channel' });
+    assert.equal(received.find((frame) => frame.type === MessageType.KILL)!.id, kept.stream);
+    agentSide.write(encodeJson(MessageType.EXIT, kept.stream, { exitCode: 137, signal: 'SIGKILL', oomKilled: false, usage: { cpuUsec: null, memoryPeakBytes: null } }));
+    assert.equal((await kept.exit).exitCode, 137);
+    assert.equal(out, 'after the restore\n');
+    // New streams are numbered above the saved ones.
+    const next = restored.exec({ ...request, stdin: false });
+    assert.ok(next.stream >= 1000);
+    restored.close();
+    await assert.rejects(next.exit, /closed/);
+  });
 });

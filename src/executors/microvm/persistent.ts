@@ -18,7 +18,7 @@ import type { Duplex, Readable, Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { PersistentSandbox, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest } from '../executor.js';
 import { checkCommandRequest } from '../shared/command-request.js';
-import type { AgentExec } from './agent-client.js';
+import type { AgentExec, DetachedStreams } from './agent-client.js';
 import { MicroVmPorts, type PortRelayStats } from './ports.js';
 import type { QemuVm } from './qemu.js';
 import type { HibernationRecord, MicroVmSandboxStorage } from './sandbox-storage.js';
@@ -38,6 +38,8 @@ export interface MicroVmSandboxParts {
   shape: Omit<HibernationRecord, 'streamsUsed' | 'savedAt'>;
   /** Ends the VM's life on the executor's side (its directory, cgroup, registry entry). */
   release(vm: QemuVm): Promise<void>;
+  /** Keeps the streams of background commands saved by hibernate() for the VM restored from the image. */
+  keepStreams(streams: DetachedStreams): void;
   /** The lifetime backstop (spec.limits.timeoutMs): the sandbox is destroyed then. */
   lifetimeMs: number;
 }
@@ -85,7 +87,7 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
         uid: NOBODY,
         gid: NOBODY,
         sandbox: true,
-      });
+      }, { keepAcrossRestore: request.background === true });
     } catch (error) {
       throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${this.id} has ended: ${(error as Error).message}`, { details: { sandbox: this.id } });
     }
@@ -163,6 +165,9 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
       await this.vm.saveMemory(partial);
       await rename(partial, file);
       await storage.store.saveHibernation(this.id, { ...this.parts.shape, streamsUsed: this.vm.agent.streamsUsed, savedAt: new Date().toISOString() });
+      // Background commands run on in the saved guest under their stream ids: their streams wait for the restored VM
+      // (output, exit and kill go on there) instead of ending with this one.
+      this.parts.keepStreams(this.vm.agent.detach());
     } catch (error) {
       // Still the running sandbox: continue it as it was.
       if (this.vm.alive && !this.paused) await this.vm.qmp.execute('cont').catch(() => {});
