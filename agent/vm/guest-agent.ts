@@ -412,6 +412,8 @@ class Agent {
         encodeChunks(type, stream, chunk).forEach((f) => this.send(f));
         flow?.spent(chunk.length);
       });
+      // A flow-controlled stream's host learns of the end of stdout at once (a relay half-closed by its peer).
+      if (flow !== null && type === MessageType.STDOUT) pipe.once('end', () => this.send(encodeFrame(MessageType.STDOUT_END, stream)));
     }
   }
 

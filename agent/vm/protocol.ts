@@ -40,6 +40,9 @@
  *                                                       - input: the host sends at most N bytes of STDIN beyond what
  *                                                         the agent acknowledged; agent WINDOW {bytes} acknowledges
  *                                                         bytes written into the process's stdin.
+ *                                                       - agent STDOUT_END when the process's stdout ended (EOF),
+ *                                                         which can be long before EXIT (a relay whose peer closed
+ *                                                         one direction); the host ends its stdout then.
  *                                                       - the agent sends EXIT after the output ended, without the
  *                                                         grace period of sandbox commands (the host ends a stream
  *                                                         whose output it no longer wants with KILL).
@@ -47,7 +50,7 @@
  *
  * Compatibility: the frame header's version byte (PROTOCOL_VERSION) stays 1 as long as the framing does not change.
  * Message types and JSON fields are added, never changed: the host announces nothing, the agent lists what it can do
- * beyond version 1.0.0 in PONG `features` ("window": WINDOW and EXEC.window; "ports": the port helper
+ * beyond version 1.0.0 in PONG `features` ("window": WINDOW, STDOUT_END and EXEC.window; "ports": the port helper
  * PORT_HELPER_PATH is on its disk), and the host sends an addition only to an agent that lists it (an agent answers
  * a type it does not know with ERROR on that stream). An agent ignores WINDOW for a stream it does not run.
  * ERROR {message} ends a stream with a platform failure (never a user failure: those are EXIT with a code).
@@ -79,6 +82,7 @@ export const MessageType = {
   FREEZE: 17,
   CLOCK: 18,
   WINDOW: 19,
+  STDOUT_END: 20,
 } as const;
 
 /** PONG `features` of an agent that speaks EXEC.window and WINDOW (see the conversation above). */

@@ -300,4 +300,25 @@ describe('microvm agent client', () => {
     restored.close();
     await assert.rejects(next.exit, /closed/);
   });
+
+  it('flow control: STDOUT_END ends stdout before the exit (a relay whose peer closed its side); output after it is dropped', async () => {
+    const { client, agentSide } = fakeAgent((frame, send) => {
+      if (frame.type === MessageType.PING) send(encodeJson(MessageType.PONG, frame.id, { ...pong, features: [FEATURE_WINDOW] }));
+      if (frame.type === MessageType.EXEC) {
+        send(encodeFrame(MessageType.STDOUT, frame.id, 'answer'));
+        send(encodeFrame(MessageType.STDOUT_END, frame.id));
+        send(encodeFrame(MessageType.STDOUT, frame.id, 'late'));
+      }
+    });
+    await client.ping(1000);
+    const exec = client.exec({ ...request, window: 64 * 1024 });
+    let out = '';
+    for await (const piece of exec.stdout) out += (piece as Buffer).toString();
+    assert.equal(out, 'answer');
+    // Still running: stdin is open, no EXIT yet.
+    assert.equal(exec.stdin!.writable, true);
+    agentSide.write(encodeJson(MessageType.EXIT, exec.stream, { exitCode: 0, signal: null, oomKilled: false, usage: { cpuUsec: null, memoryPeakBytes: null } }));
+    assert.equal((await exec.exit).exitCode, 0);
+    client.close();
+  });
 });

@@ -307,7 +307,10 @@ export class AgentClient {
       if (stdinCredit) stdinCredit.resume = null;
       resume?.();
     };
+    let stdoutEnded = false;
     const output = (target: Readable, payload: Buffer): void => {
+      // Output after STDOUT_END is a guest's error: dropped (a push after the end would throw in the reader).
+      if (target === stdout && stdoutEnded) return;
       received += payload.length;
       if (window !== undefined && received > granted + MAX_CHUNK_BYTES) {
         // The guest ignores its credit: the stream is dropped rather than buffered without bound.
@@ -331,6 +334,11 @@ export class AgentClient {
             return;
           case MessageType.STDERR:
             output(stderr, frame.payload);
+            return;
+          case MessageType.STDOUT_END:
+            // The process's stdout ended before its exit (flow-controlled streams; see protocol.ts).
+            stdoutEnded = true;
+            stdout.push(null);
             return;
           case MessageType.WINDOW:
             if (stdinCredit !== null) {
