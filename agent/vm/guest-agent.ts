@@ -341,6 +341,8 @@ class Agent {
       this.send(encodeJson(MessageType.EXIT, stream, { exitCode: 126, signal: null, oomKilled: false, usage: { cpuUsec: null, memoryPeakBytes: null } } satisfies ExitMessage));
       return;
     }
+    // A bad window is refused before anything is made (no process runs untracked).
+    const flow = this.flowOf(stream, request);
     const cgroup = path.join(SANDBOX_CGROUP, `c${stream}`);
     fs.mkdirSync(cgroup);
     // Two execs before the command (sh joins the cgroup, setpriv drops to the user), each costly under TCG; the work
@@ -351,7 +353,6 @@ class Agent {
       ...request.argv,
     ];
     const child = spawn(BUSYBOX, argv, { argv0: 'sh', cwd: request.workdir, env: request.env, stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
-    const flow = this.flowOf(stream, request);
     this.execs.set(stream, { child, cgroup, flow });
     this.pipeOutput(stream, child, flow);
     let done = false;
@@ -432,6 +433,7 @@ class Agent {
   private exec(stream: number, request: ExecRequest): void {
     if (this.execs.has(stream)) throw new Error(`stream ${stream} is already running`);
     const { limits } = request;
+    const flow = this.flowOf(stream, request);
     const cgroup = path.join(CGROUP_ROOT, `exec-${stream}`);
     fs.mkdirSync(cgroup);
     writeQuiet(path.join(cgroup, 'memory.max'), `${limits.memoryMb * 1024 * 1024}`);
@@ -459,7 +461,6 @@ class Agent {
       env: request.env,
       stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
-    const flow = this.flowOf(stream, request);
     this.execs.set(stream, { child, cgroup, flow });
     // Without swap, a process at memory.max can crawl for a long time by evicting and re-reading file pages (its own
     // binary) before the kernel's OOM killer acts; under TCG that is tens of seconds. Like systemd-oomd, the agent
