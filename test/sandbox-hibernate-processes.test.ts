@@ -86,6 +86,37 @@ for (const { executor, unavailable, processesKept, timeoutMs } of cases) {
       }
     });
 
+    if (executor === 'microvm') {
+      test('a background command running at hibernation is still listed after the wake: its logs go on from the restored process and DELETE kills it', { timeout: timeoutMs }, async () => {
+        const sandbox = await client.sandboxes.create({ image: 'kindling/base', executor, limits: { memoryMb: 256, diskMb: 64 } });
+        try {
+          const ticking = await sandbox.commands.run(['sh', '-c', 'i=0; while :; do i=$((i+1)); echo tick $i; echo $i > /work/ticks; sleep 0.2; done'], { background: true });
+          const ticks = async (): Promise<number> => Number((await sandbox.commands.run(['sh', '-c', 'cat /work/ticks 2>/dev/null || echo 0'])).stdout.trim());
+          let before = 0;
+          await waitFor(async () => (before = await ticks()) >= 3, timeoutMs / 2, 'the background command to tick');
+          assert.equal((await sandbox.hibernate()).hibernation?.processesKept, true);
+          // Woken by a command; the background command is still there, running, with the same id.
+          assert.ok((await ticks()) >= before);
+          const listed = (await sandbox.commands.list()).find((command) => command.id === ticking.id);
+          assert.equal(listed?.state, 'running', `the background command is listed as running after the wake: ${JSON.stringify(listed)}`);
+          // Its logs go on: lines the restored process printed after the wake reach a follower.
+          let text = '';
+          const following = client.sandboxes.commandLogs(sandbox.id, ticking.id, { onStdout: (data) => (text += data) });
+          const after = before + 5;
+          await waitFor(async () => new RegExp(`tick ${after}\\n`).test(text), timeoutMs / 2, `tick ${after} in the logs after the wake (got ${JSON.stringify(text.slice(-200))})`);
+          // DELETE kills it in the restored VM: it ends as killed, the follower gets the exit, the loop is gone.
+          const killed = await ticking.kill();
+          assert.equal(killed.state, 'exited');
+          assert.equal(killed.killed, true);
+          assert.equal((await following).state, 'exited');
+          const ps = await sandbox.commands.run(['sh', '-c', 'for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr "\\0" " "; echo; done']);
+          assert.doesNotMatch(ps.stdout, /echo tick/, 'the loop was killed');
+        } finally {
+          await sandbox.kill();
+        }
+      });
+    }
+
     if (executor === 'gvisor') {
       test('a command whose output streams to the server cannot be saved: hibernate is 409 SANDBOX_COMMANDS_RUNNING and nothing is lost; once it is killed, hibernate works', { timeout: timeoutMs }, async () => {
         const sandbox = await client.sandboxes.create({ image: 'kindling/base', executor, limits: { memoryMb: 256, diskMb: 64 } });

@@ -31,24 +31,18 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(('127.0.0.1', 8000), H).serve_forever()`;
 
 const cases = [
-  { executor: 'gvisor' as const, unavailable: await gvisorUnavailableReason(), timeoutMs: 120_000, portsTodo: false as const },
-  // A boot under TCG takes 5 s on an idle host, much more on a busy one. Its ports case runs but is not expected to
-  // pass yet: microvm sandboxes have no connectPort (no agent message for ports yet).
-  {
-    executor: 'microvm' as const,
-    unavailable: await microvmUnavailableReason(),
-    timeoutMs: 300_000,
-    portsTodo: 'microvm: ports answer 400 SANDBOXES_UNSUPPORTED (no agent message for ports yet)',
-  },
+  { executor: 'gvisor' as const, unavailable: await gvisorUnavailableReason(), timeoutMs: 120_000 },
+  // A boot under TCG takes 5 s on an idle host, much more on a busy one.
+  { executor: 'microvm' as const, unavailable: await microvmUnavailableReason(), timeoutMs: 300_000 },
 ];
 
-for (const { executor, unavailable, timeoutMs, portsTodo } of cases) {
+for (const { executor, unavailable, timeoutMs } of cases) {
   describe(`ports and terminals through the API (${executor} executor)`, { skip: unavailable ?? false, timeout: timeoutMs * 3 }, () => {
     let server: TestServer;
     let client: Kindling;
 
     before(async () => {
-      // The microvm tests' assets dir may be a private build (the guest's devpts mount for terminals is in its agent).
+      // The microvm tests' assets dir may be a private build (the guest's port helper and devpts mount are on its agent disk).
       const assetsDir = process.env.KINDLING_MICROVM_ASSETS_DIR;
       server = await startTestServer({ executor, adminKey: ADMIN, ...(executor === 'microvm' && assetsDir ? { microvm: { assetsDir } } : {}) });
       const { apiKey } = await new Kindling({ url: server.url, apiKey: ADMIN }).tenants.create(`ports-pty-${executor}`);
@@ -58,7 +52,7 @@ for (const { executor, unavailable, timeoutMs, portsTodo } of cases) {
       await server?.stop();
     });
 
-    test('a server in the sandbox answers through /v1/sandboxes/ID/ports/PORT/; nothing listening is SANDBOX_PORT_UNREACHABLE', { timeout: timeoutMs, todo: portsTodo }, async () => {
+    test('a server in the sandbox answers through /v1/sandboxes/ID/ports/PORT/; nothing listening is SANDBOX_PORT_UNREACHABLE', { timeout: timeoutMs }, async () => {
       const sandbox = await client.sandboxes.create({ image: 'kindling/python', executor, limits: { memoryMb: 256 } });
       try {
         const idle = await sandbox.fetch(8000, '/').then(

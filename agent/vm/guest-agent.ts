@@ -25,6 +25,9 @@ import {
   encodeFileBody,
   encodeFrame,
   encodeJson,
+  FEATURE_PORTS,
+  FEATURE_WINDOW,
+  PORT_HELPER_PATH,
   type ExecRequest,
   type ExitMessage,
   type Frame,
@@ -34,9 +37,11 @@ import {
   type PongMessage,
   type SandboxSetup,
   type SeedReply,
+  type WindowMessage,
 } from './protocol.js';
 
-export const AGENT_VERSION = '1.0.0';
+/** 1.1.0: EXEC.window and WINDOW (credit-based flow control), the port helper on the disk (see PONG features). */
+export const AGENT_VERSION = '1.1.0';
 const AGENT_DIR = '/run/kindling-agent';
 const BUSYBOX = `${AGENT_DIR}/bin/busybox`;
 /** util-linux's setpriv from the image (Debian's util-linux is essential); busybox's cannot change uids. */
@@ -114,6 +119,50 @@ class PortWriter {
 interface RunningExec {
   child: ChildProcess;
   cgroup: string;
+  /** Flow control of an EXEC with `window` (null: output is sent as it comes, stdin written as it comes). */
+  flow: Flow | null;
+}
+
+/**
+ * Credit-based flow control of one stream (protocol.ts, EXEC.window): output is sent while credit lasts, then the
+ * process's pipes are paused until the host grants more; stdin bytes are acknowledged once written into the process.
+ */
+class Flow {
+  private credit: number;
+  private unacked = 0;
+  private readonly pipes: NodeJS.ReadableStream[] = [];
+
+  constructor(
+    private readonly window: number,
+    private readonly ack: (bytes: number) => void,
+  ) {
+    this.credit = window;
+  }
+
+  /** A pipe of the process whose output counts against the credit. */
+  watch(pipe: NodeJS.ReadableStream): void {
+    this.pipes.push(pipe);
+  }
+
+  /** Called after a chunk of `bytes` was sent: pauses every pipe of the stream when out of credit. */
+  spent(bytes: number): void {
+    this.credit -= bytes;
+    if (this.credit <= 0) for (const each of this.pipes) each.pause();
+  }
+
+  granted(bytes: number): void {
+    this.credit += bytes;
+    if (this.credit > 0) for (const each of this.pipes) each.resume();
+  }
+
+  /** `bytes` of stdin reached the process: acknowledged in batches (a quarter window), or at once when none is left. */
+  written(bytes: number, pending: number): void {
+    this.unacked += bytes;
+    if (this.unacked >= this.window / 4 || pending === 0) {
+      this.ack(this.unacked);
+      this.unacked = 0;
+    }
+  }
 }
 
 /** Reads the virtio-serial port forever. A read of 0 bytes means the host side is not connected (yet, or any more). */
@@ -187,10 +236,19 @@ class Agent {
         this.send(encodeFrame(MessageType.OK, frame.id));
         return;
       case MessageType.STDIN: {
-        const stdin = this.execs.get(frame.id)?.child.stdin;
-        if (stdin && !stdin.destroyed) stdin.write(frame.payload);
+        const running = this.execs.get(frame.id);
+        const stdin = running?.child.stdin;
+        if (!stdin || stdin.destroyed) return;
+        const flow = running.flow;
+        const bytes = frame.payload.length;
+        if (flow === null) stdin.write(frame.payload);
+        else stdin.write(frame.payload, () => flow.written(bytes, stdin.writableLength));
         return;
       }
+      case MessageType.WINDOW:
+        // A stream that ended meanwhile: the grant is moot (never an ERROR: the host may still send one).
+        this.execs.get(frame.id)?.flow?.granted(decodeJson<WindowMessage>(frame).bytes);
+        return;
       case MessageType.STDIN_END:
         this.execs.get(frame.id)?.child.stdin?.end();
         return;
@@ -227,6 +285,7 @@ class Agent {
     return {
       version: PROTOCOL_VERSION,
       agentVersion: AGENT_VERSION,
+      features: [FEATURE_WINDOW, ...(fs.existsSync(PORT_HELPER_PATH) ? [FEATURE_PORTS] : [])],
       uptimeMs: Date.now() - startedAt,
       memory: { totalBytes: kb('MemTotal'), availableBytes: kb('MemAvailable') },
     };
@@ -282,6 +341,8 @@ class Agent {
       this.send(encodeJson(MessageType.EXIT, stream, { exitCode: 126, signal: null, oomKilled: false, usage: { cpuUsec: null, memoryPeakBytes: null } } satisfies ExitMessage));
       return;
     }
+    // A bad window is refused before anything is made (no process runs untracked).
+    const flow = this.flowOf(stream, request);
     const cgroup = path.join(SANDBOX_CGROUP, `c${stream}`);
     fs.mkdirSync(cgroup);
     // Two execs before the command (sh joins the cgroup, setpriv drops to the user), each costly under TCG; the work
@@ -292,10 +353,8 @@ class Agent {
       ...request.argv,
     ];
     const child = spawn(BUSYBOX, argv, { argv0: 'sh', cwd: request.workdir, env: request.env, stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
-    this.execs.set(stream, { child, cgroup });
-    child.stdin?.on('error', () => undefined);
-    child.stdout?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDOUT, stream, chunk).forEach((f) => this.send(f)));
-    child.stderr?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDERR, stream, chunk).forEach((f) => this.send(f)));
+    this.execs.set(stream, { child, cgroup, flow });
+    this.pipeOutput(stream, child, flow);
     let done = false;
     child.on('error', (error) => {
       if (done) return;
@@ -308,7 +367,8 @@ class Agent {
         (pipe) =>
           new Promise<void>((resolve) => {
             if (!pipe || pipe.destroyed || pipe.readableEnded) return resolve();
-            const timer = setTimeout(resolve, OUTPUT_GRACE_MS);
+            // With flow control, output waiting for credit is not cut off: the host ends the stream with KILL.
+            const timer = flow === null ? setTimeout(resolve, OUTPUT_GRACE_MS) : undefined;
             pipe.once('close', () => {
               clearTimeout(timer);
               resolve();
@@ -335,6 +395,29 @@ class Agent {
     });
   }
 
+  /** The flow control an EXEC asked for (its `window`), acknowledging stdin on its stream; null without. */
+  private flowOf(stream: number, request: ExecRequest): Flow | null {
+    const window = request.window;
+    if (window === undefined) return null;
+    if (!Number.isInteger(window) || window < 1) throw new Error(`window must be a positive whole number of bytes, got ${String(window)}`);
+    return new Flow(window, (bytes) => this.send(encodeJson(MessageType.WINDOW, stream, { bytes } satisfies WindowMessage)));
+  }
+
+  /** The process's stdout and stderr as STDOUT/STDERR frames, within the stream's credit when it has flow control. */
+  private pipeOutput(stream: number, child: ChildProcess, flow: Flow | null): void {
+    child.stdin?.on('error', () => undefined);
+    for (const [pipe, type] of [[child.stdout, MessageType.STDOUT], [child.stderr, MessageType.STDERR]] as const) {
+      if (!pipe) continue;
+      flow?.watch(pipe);
+      pipe.on('data', (chunk: Buffer) => {
+        encodeChunks(type, stream, chunk).forEach((f) => this.send(f));
+        flow?.spent(chunk.length);
+      });
+      // A flow-controlled stream's host learns of the end of stdout at once (a relay half-closed by its peer).
+      if (flow !== null && type === MessageType.STDOUT) pipe.once('end', () => this.send(encodeFrame(MessageType.STDOUT_END, stream)));
+    }
+  }
+
   /** Cgroups of ended commands whose background processes are gone too (rmdir fails on a populated one). */
   private removeEmptyCommandCgroups(): void {
     const live = new Set([...this.execs.values()].map((running) => running.cgroup));
@@ -350,6 +433,7 @@ class Agent {
   private exec(stream: number, request: ExecRequest): void {
     if (this.execs.has(stream)) throw new Error(`stream ${stream} is already running`);
     const { limits } = request;
+    const flow = this.flowOf(stream, request);
     const cgroup = path.join(CGROUP_ROOT, `exec-${stream}`);
     fs.mkdirSync(cgroup);
     writeQuiet(path.join(cgroup, 'memory.max'), `${limits.memoryMb * 1024 * 1024}`);
@@ -377,7 +461,7 @@ class Agent {
       env: request.env,
       stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
-    this.execs.set(stream, { child, cgroup });
+    this.execs.set(stream, { child, cgroup, flow });
     // Without swap, a process at memory.max can crawl for a long time by evicting and re-reading file pages (its own
     // binary) before the kernel's OOM killer acts; under TCG that is tens of seconds. Like systemd-oomd, the agent
     // treats the limit being hit on every check for a second as out-of-memory: it kills the tree and reports OOM.
@@ -394,9 +478,7 @@ class Agent {
         killCgroup(cgroup, child);
       }
     }, 250);
-    child.stdin?.on('error', () => undefined);
-    child.stdout?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDOUT, stream, chunk).forEach((f) => this.send(f)));
-    child.stderr?.on('data', (chunk: Buffer) => encodeChunks(MessageType.STDERR, stream, chunk).forEach((f) => this.send(f)));
+    this.pipeOutput(stream, child, flow);
     // The main process gone, nothing of the tree may outlive it (as in a container).
     child.on('exit', () => killCgroup(cgroup, null));
     child.on('error', (error) => {

@@ -28,6 +28,31 @@
  *   host FREEZE {frozen}                             -> agent OK: fsfreeze of the data disk (true) or thaw (false)
  *   host CLOCK {epochMs}                             -> agent OK: the guest's wall clock set (after a restore, the
  *                                                       guest's clock is the one it had when it was saved)
+ *   host EXEC {..., window: N}                       -> the same EXEC with credit-based flow control on its stream, both
+ *                                                       ways (the channel is shared by every stream of the VM, so no
+ *                                                       side may stop reading it to slow one stream down):
+ *                                                       - output: the agent sends STDOUT/STDERR payload only while it
+ *                                                         has credit; it starts with N bytes and pauses the process's
+ *                                                         pipes when out of it (one pipe read, < MAX_CHUNK_BYTES, may
+ *                                                         overshoot). host WINDOW {bytes} grants more (as its reader
+ *                                                         consumed output). A host drops a stream whose agent sends
+ *                                                         more than granted + MAX_CHUNK_BYTES.
+ *                                                       - input: the host sends at most N bytes of STDIN beyond what
+ *                                                         the agent acknowledged; agent WINDOW {bytes} acknowledges
+ *                                                         bytes written into the process's stdin.
+ *                                                       - agent STDOUT_END when the process's stdout ended (EOF),
+ *                                                         which can be long before EXIT (a relay whose peer closed
+ *                                                         one direction); the host ends its stdout then.
+ *                                                       - the agent sends EXIT after the output ended, without the
+ *                                                         grace period of sandbox commands (the host ends a stream
+ *                                                         whose output it no longer wants with KILL).
+ *                                                       Only sent to an agent whose PONG lists the feature "window".
+ *
+ * Compatibility: the frame header's version byte (PROTOCOL_VERSION) stays 1 as long as the framing does not change.
+ * Message types and JSON fields are added, never changed: the host announces nothing, the agent lists what it can do
+ * beyond version 1.0.0 in PONG `features` ("window": WINDOW, STDOUT_END and EXEC.window; "ports": the port helper
+ * PORT_HELPER_PATH is on its disk), and the host sends an addition only to an agent that lists it (an agent answers
+ * a type it does not know with ERROR on that stream). An agent ignores WINDOW for a stream it does not run.
  * ERROR {message} ends a stream with a platform failure (never a user failure: those are EXIT with a code).
  */
 import { FrameDecoder as BaseFrameDecoder, ProtocolError, encodeChunks as encodeAnyChunks, encodeFrame as encodeAnyFrame, type Frame } from '../frame.js';
@@ -56,7 +81,20 @@ export const MessageType = {
   SANDBOX: 16,
   FREEZE: 17,
   CLOCK: 18,
+  WINDOW: 19,
+  STDOUT_END: 20,
 } as const;
+
+/** PONG `features` of an agent that speaks EXEC.window and WINDOW (see the conversation above). */
+export const FEATURE_WINDOW = 'window';
+/** PONG `features` of an agent whose disk holds the port helper (PORT_HELPER_PATH). */
+export const FEATURE_PORTS = 'ports';
+/**
+ * Where the guest's port helper is: native/kindling-port.c, linked statically, on the agent disk (mounted read-only).
+ * Run as a sandbox command with `--in-sandbox`, it connects to 127.0.0.1:PORT inside the VM and relays the
+ * connection over its stdin/stdout (see src/executors/microvm/ports.ts).
+ */
+export const PORT_HELPER_PATH = '/run/kindling-agent/bin/kindling-port';
 export type MessageTypeValue = (typeof MessageType)[keyof typeof MessageType];
 
 const TYPE_NAMES = new Map<number, string>(Object.entries(MessageType).map(([name, value]) => [value, name]));
@@ -87,6 +125,13 @@ export interface ExecRequest {
   gid: number;
   /** A command of the persistent sandbox set up by SANDBOX (limits and mounts are the sandbox's; `limits` ignored). */
   sandbox?: boolean;
+  /** Credit-based flow control on this stream with this initial window in bytes (agents with FEATURE_WINDOW only). */
+  window?: number;
+}
+
+/** WINDOW: `bytes` more of credit (host -> agent: output it may send; agent -> host: stdin bytes written). */
+export interface WindowMessage {
+  bytes: number;
 }
 
 /** SANDBOX: what the persistent sandbox's commands share. */
@@ -124,6 +169,8 @@ export interface PingMessage {
 export interface PongMessage {
   version: number;
   agentVersion: string;
+  /** What the agent can do beyond agent version 1.0.0 (FEATURE_WINDOW, FEATURE_PORTS); absent in 1.0.0. */
+  features?: string[];
   uptimeMs: number;
   memory: { totalBytes: number; availableBytes: number };
 }

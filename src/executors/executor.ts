@@ -164,6 +164,12 @@ export interface SandboxCommandRequest {
   workdir: string;
   /** Whether the command gets a stdin stream (else it reads /dev/null). */
   stdin: boolean;
+  /**
+   * A background command of the API (its output kept for .../logs, no caller waiting on it). An executor that saves
+   * processes across a hibernation may keep such a command's streams too: after the restore its output, exit and
+   * kill() go on; otherwise (and for every other command) the command ends with the sandbox's processes (137).
+   */
+  background?: boolean;
 }
 
 /**

@@ -545,6 +545,8 @@ export class SandboxService {
     if (entry !== undefined) await this.stop(entry, 'deleted');
     // A saved hibernation image lives in the executor's storage under the sandbox's id too.
     if ((record.storage ?? null) !== null || (record.hibernation ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(id);
+    // Background commands kept across a hibernation go with the sandbox.
+    this.background.delete(id);
     this.options.store.delete(id);
   }
 
@@ -1027,7 +1029,7 @@ export class SandboxService {
     return this.withCommand(tenant, id, input.autoResume ?? true, async (entry) => {
       const registry = this.commandsOf(entry.record.id);
       registry.assertRoom(entry.record.id);
-      const command = await entry.sandbox.exec({ command: input.command, env: input.env ?? {}, workdir, stdin: stdin !== undefined });
+      const command = await entry.sandbox.exec({ command: input.command, env: input.env ?? {}, workdir, stdin: stdin !== undefined, background: true });
       if (command.stdin !== null) command.stdin.end(stdin ?? '');
       const handle = new BackgroundCommand(newId('cmd'), [...input.command], command, outputBytes, timeoutMs);
       registry.add(handle);
@@ -1195,6 +1197,7 @@ export class SandboxService {
     await Promise.allSettled([...this.live.values()].filter((entry) => entry.record.tenant === tenant).map((entry) => this.stop(entry, 'tenant deleted')));
     for (const record of this.options.store.list(tenant)) {
       if ((record.storage ?? null) !== null || (record.hibernation ?? null) !== null) await this.options.executors.get(record.executor as ExecutorName)?.sandboxStorage?.removeDisk(record.id).catch(() => {});
+      this.background.delete(record.id);
       this.options.store.delete(record.id);
     }
     for (const snapshot of this.options.store.listSnapshots(tenant)) {
@@ -1352,8 +1355,10 @@ export class SandboxService {
     if (this.live.get(entry.record.id) !== entry) return;
     this.accounting.meterStop(entry.record.id);
     this.live.delete(entry.record.id);
-    // Background commands ended with the sandbox (their waits resolve as killed); their handles go with it.
-    this.background.delete(entry.record.id);
+    // Background commands ended with the sandbox (their waits resolve as killed); their handles go with it. A
+    // hibernation that saved the processes keeps them listed: an executor that keeps their streams too (microvm)
+    // carries them on after the wake (logs, exit, kill); the others' end as killed, which their list then says.
+    if (hibernation?.processesKept !== true) this.background.delete(entry.record.id);
     if (entry.idleTimer !== null) clearTimeout(entry.idleTimer);
     clearTimeout(entry.lifetimeTimer);
     entry.record = { ...entry.record, state: hibernation === null ? 'stopped' : 'hibernated', stoppedAtMs: Date.now(), stopReason: reason, hibernation };

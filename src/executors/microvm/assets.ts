@@ -7,8 +7,9 @@
  *                                 port, and /init (INIT_SCRIPT): load modules, mount the image's ext4 read-only as the
  *                                 new root plus tmpfs mounts, mount the agent disk, switch_root into the agent
  *   ${assetsDir}/agent.ext4       the agent disk (label kindling-agent), mounted read-only at /run/kindling-agent:
- *                                 node (the host's own binary, see below), the libstdc++/libgcc_s it links, busybox, and
- *                                 the compiled agent modules (GUEST_AGENT_MODULES) in their dist/agent tree
+ *                                 node (the host's own binary, see below), the libstdc++/libgcc_s it links, busybox, the
+ *                                 guest helper and the port helper (static C programs, compiled here), and the compiled
+ *                                 agent modules (GUEST_AGENT_MODULES) in their dist/agent tree
  *   ${assetsDir}/assets.json      the stamp (hash of every input), written last
  *
  * Node in the guest: the agent runs under a copy of the host's node binary on the agent disk, so EVERY image (also
@@ -143,7 +144,7 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
   const inputsHash = createHash('sha256')
     .update(JSON.stringify({ format: ASSETS_FORMAT, kernelPackage, node: process.version, nodeBinary, init: INIT_SCRIPT, modules: GUEST_MODULES }))
     .update(JSON.stringify(agentFiles.map(({ name }) => name)))
-    .update(Buffer.concat(await Promise.all([...agentFiles.map(({ file }) => file), GUEST_HELPER_SOURCE].map((file) => fs.readFile(file)))))
+    .update(Buffer.concat(await Promise.all([...agentFiles.map(({ file }) => file), GUEST_HELPER_SOURCE, PORT_HELPER_SOURCE].map((file) => fs.readFile(file)))))
     .digest('hex');
   const existing = await readAssets(dir);
   if (!options.force && existing && existing.stamp.inputsHash === inputsHash) {
@@ -182,6 +183,7 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
     await fs.copyFile(nodeBinary, path.join(stage, 'bin/node'));
     await fs.copyFile(path.join(unpacked, 'bin/busybox'), path.join(stage, 'bin/busybox'));
     await buildGuestHelper(path.join(stage, 'bin/kindling-guest-helper'));
+    await buildStatic(PORT_HELPER_SOURCE, path.join(stage, 'bin/kindling-port'), 'the port helper');
     for (const lib of await cxxLibraries(nodeBinary)) await fs.copyFile(lib, path.join(stage, 'lib', path.basename(lib)));
     for (const { file, name } of agentFiles) await fs.copyFile(file, path.join(stage, 'agent', name));
     await fs.writeFile(path.join(stage, 'agent/package.json'), '{"type":"module"}\n');
@@ -220,10 +222,20 @@ export async function buildMicroVmAssets(options: BuildAssetsOptions = {}): Prom
 /** The guest helper's C source (CRNG reseed, vsock bridge), compiled statically onto the agent disk. */
 export const GUEST_HELPER_SOURCE = fileURLToPath(new URL('../../../../agent/vm/guest-helper.c', import.meta.url));
 
+/**
+ * The port helper's C source (native/kindling-port.c, the same the bwrap and gvisor executors run): on the agent disk
+ * as /run/kindling-agent/bin/kindling-port (protocol.ts PORT_HELPER_PATH), run per proxied connection (ports.ts).
+ */
+export const PORT_HELPER_SOURCE = fileURLToPath(new URL('../../../../native/kindling-port.c', import.meta.url));
+
 /** `cc -static` of the guest helper (the host's compiler: gcc and libc6-dev; static so it runs on every image). */
 export async function buildGuestHelper(output: string, compiler = 'cc'): Promise<void> {
-  await run(compiler, ['-static', '-O2', '-Wall', '-o', output, GUEST_HELPER_SOURCE]).catch((error: Error) => {
-    throw new Error(`cannot build the guest helper (needs a C compiler and static libc: Debian gcc, libc6-dev): ${error.message}`);
+  await buildStatic(GUEST_HELPER_SOURCE, output, 'the guest helper', compiler);
+}
+
+async function buildStatic(source: string, output: string, what: string, compiler = 'cc'): Promise<void> {
+  await run(compiler, ['-static', '-O2', '-Wall', '-o', output, source]).catch((error: Error) => {
+    throw new Error(`cannot build ${what} (needs a C compiler and static libc: Debian gcc, libc6-dev): ${error.message}`);
   });
 }
 

@@ -28,7 +28,7 @@ import type { Execution, Executor, ExecutorStatus, ExitInfo, PersistentSandbox, 
 import { createCgroupDriver, type Cgroup, type CgroupDriver } from '../shared/cgroups.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
 import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
-import type { AgentClient } from './agent-client.js';
+import type { AgentClient, DetachedStreams } from './agent-client.js';
 import { FirecrackerVm, firecrackerBootArgs, firecrackerUnavailable, snapshotFiles, type FirecrackerConfig } from './firecracker.js';
 import { QemuVm, hostTscKhz, kvmUsable, type Accelerator, type QemuConfig, type VmShape } from './qemu.js';
 import { reapSnapshots, reapVmDirs } from './reap.js';
@@ -108,6 +108,11 @@ export class MicroVmExecutor implements Executor {
   private storage: MicroVmSandboxStorage | undefined;
   /** Live persistent sandboxes: close() ends them through destroy(), which writes their files out first. */
   private readonly sandboxes = new Set<MicroVmPersistentSandbox>();
+  /**
+   * Per hibernated sandbox: the streams of its background commands, taken along to the VM restored from its image
+   * (the guest agent runs them on under the same ids). Ended when the restore fails or the image is removed.
+   */
+  private readonly hibernatedStreams = new Map<string, DetachedStreams>();
 
   constructor(options: MicroVmExecutorOptions) {
     this.options = options;
@@ -282,7 +287,7 @@ export class MicroVmExecutor implements Executor {
   }
 
   /** Boots a VM, or restores one from `incoming`; a restored VM gets fresh randomness before anything runs in it. */
-  private async bootVm(shape: Shape, incoming?: string, extra: { dataDisk?: string; firstStream?: number } = {}): Promise<MicroVm> {
+  private async bootVm(shape: Shape, incoming?: string, extra: { dataDisk?: string; firstStream?: number; adopt?: DetachedStreams } = {}): Promise<MicroVm> {
     const vmDir = this.newVmDir();
     this.creating.add(vmDir);
     try {
@@ -422,6 +427,12 @@ export class MicroVmExecutor implements Executor {
       dir: path.join(this.baseDir, 'sandboxes', this.options.ownerId),
       qemuImgBinary: this.options.qemuImgBinary ?? 'qemu-img',
       log: this.logger,
+      // A sandbox deleted while hibernated: its background commands' streams end with its image (they are not coming back).
+      onHibernationDropped: (id) => {
+        const streams = this.hibernatedStreams.get(id);
+        this.hibernatedStreams.delete(id);
+        streams?.fail(new Error('the hibernation image was removed'));
+      },
     });
     return this.storage;
   }
@@ -449,12 +460,16 @@ export class MicroVmExecutor implements Executor {
     }
     let disk: string | undefined;
     let vm: MicroVm | null = null;
+    // Streams of background commands saved with the VM: attached to the restored VM's client before it reads a frame.
+    const adopt = this.hibernatedStreams.get(spec.id);
+    this.hibernatedStreams.delete(spec.id);
+    if (adopt !== undefined && hibernated === null) adopt.fail(new Error('the sandbox was not restored from its hibernation image'));
     try {
       if (storage !== null) disk = await storage.attach(spec.id, spec.limits.diskMb, options.storage?.fromSnapshot ?? null);
       vm = await this.bootVm(shape, hibernated === null || storage === null ? undefined : storage.memoryPath(spec.id), {
         ...(disk === undefined ? {} : { dataDisk: disk }),
         // Streams the guest may still have running were numbered below streamsUsed; leave a margin for in-flight ones.
-        ...(hibernated === null ? {} : { firstStream: hibernated.streamsUsed + 1024 }),
+        ...(hibernated === null ? {} : { firstStream: hibernated.streamsUsed + 1024, ...(adopt === undefined ? {} : { adopt }) }),
       });
       options.signal?.throwIfAborted();
       if (hibernated === null) {
@@ -476,6 +491,10 @@ export class MicroVmExecutor implements Executor {
         storage: disk === undefined ? null : { disk, store: storage! },
         shape: { image: shape.image, vcpus: shape.vcpus, memoryMb: shape.memoryMb },
         release: (ended) => this.destroyVm(ended),
+        keepStreams: (streams) => {
+          this.hibernatedStreams.get(spec.id)?.fail(new Error('superseded'));
+          this.hibernatedStreams.set(spec.id, streams);
+        },
         lifetimeMs: spec.limits.timeoutMs,
       });
       this.sandboxes.add(sandbox);
@@ -485,6 +504,8 @@ export class MicroVmExecutor implements Executor {
       // A half-made sandbox goes before the error is rethrown (the original error wins); its disk stays (it is the
       // sandbox's files, removed with removeDisk).
       if (vm !== null) await this.destroyVm(vm).catch(() => undefined);
+      // Background commands saved with the image end with it (their processes are not coming back).
+      adopt?.fail(error as Error);
       if (error instanceof KindlingError) throw error;
       throw new KindlingError('EXECUTOR_FAILED', `the persistent microVM sandbox did not start: ${(error as Error).message}`, { cause: error, retryAfterSeconds: 1 });
     }

@@ -12,6 +12,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { Duplex } from 'node:stream';
+import { MAX_CHUNK_BYTES } from '../../../agent/vm/protocol.js';
+import { waitFor } from '../../../test/helpers/wait.js';
 import { isKindlingError } from '../../core/errors.js';
 import { newExecutionId } from '../../core/ids.js';
 import type { RunSpec } from '../../core/types.js';
@@ -177,6 +180,78 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
     } finally {
       await sandbox?.destroy();
       await storage.removeDisk(id);
+    }
+  });
+
+  it('ports: a connection whose reader stops reading holds at most the flow-control window on the host while the server in the VM is held back; every byte arrives once read; an idle one ends', { timeout: 900_000 }, async (t) => {
+    if (missing) return t.skip(skipOrFail('microvm', missing));
+    const total = 16 << 20;
+    // Sends `total` bytes to each connection, writing how far it got to /tmp/sent after every 64 KiB.
+    const server = [
+      'import socket',
+      's = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 8200)); s.listen(4)',
+      'while True:',
+      '    c, _ = s.accept(); sent = 0',
+      `    while sent < ${total}:`,
+      '        c.sendall(b"x" * 65536); sent += 65536',
+      '        open("/tmp/sent.new", "w").write(str(sent)); __import__("os").rename("/tmp/sent.new", "/tmp/sent")',
+      '    c.close()',
+    ].join('\n');
+    const sandbox = (await executor!.createPersistentSandbox({ ...spec(`port-${newExecutionId().slice(-12)}`), image: 'kindling/python' })) as PersistentSandbox & { portStats(): { bufferedBytes: number; peakBufferedBytes: number; windowBytes: number; connections: number } };
+    try {
+      assert.equal((await run(sandbox, `python3 -c '${server}' >/tmp/server.log 2>&1 &`)).exitCode, 0);
+      const options = { idleTimeoutMs: 120_000, connectTimeoutMs: 10_000 };
+      let stream: Duplex | null = null;
+      await waitFor(
+        async () => {
+          stream = await sandbox.connectPort!(8200, options).catch((error: unknown) => {
+            if (isKindlingError(error) && error.code === 'SANDBOX_PORT_UNREACHABLE') return null;
+            throw error;
+          });
+          return stream !== null;
+        },
+        { timeoutMs: 300_000, intervalMs: 200, what: 'the server in the VM to listen' },
+      );
+      const connection = stream! as Duplex;
+      const window = sandbox.portStats().windowBytes;
+      // Nobody reads: the host fills up to its window, then the guest is held back.
+      await waitFor(() => sandbox.portStats().bufferedBytes >= window / 2, { timeoutMs: 300_000, what: 'output to reach the host' });
+      const sent = async (): Promise<number> => Number((await run(sandbox, 'cat /tmp/sent')).stdout.trim());
+      let last = -1;
+      // The server stalls (its socket buffers full, the relay paused): two reads of its progress agree.
+      await waitFor(
+        async () => {
+          const now = await sent();
+          const stalled = now === last;
+          last = now;
+          return stalled;
+        },
+        { timeoutMs: 300_000, intervalMs: 1000, what: 'the server in the VM to be held back' },
+      );
+      const stats = sandbox.portStats();
+      t.diagnostic(`held back: the server sent ${last} of ${total} bytes; the host holds ${stats.bufferedBytes} (peak ${stats.peakBufferedBytes}, window ${window})`);
+      assert.ok(last < total, `the server is held back (${last} of ${total} bytes sent)`);
+      assert.ok(stats.peakBufferedBytes <= window + MAX_CHUNK_BYTES, `the host held at most window + one chunk (peak ${stats.peakBufferedBytes})`);
+      // Reading again: every byte arrives, in order, and the bound held all the way.
+      let got = 0;
+      for await (const piece of connection) got += (piece as Buffer).length;
+      assert.equal(got, total);
+      assert.ok(sandbox.portStats().peakBufferedBytes <= window + MAX_CHUNK_BYTES, `peak ${sandbox.portStats().peakBufferedBytes}`);
+      await waitFor(() => sandbox.portStats().connections === 0, { timeoutMs: 60_000, what: 'the relay to end with its connection' });
+
+      // Idle: a connection on which nothing moves ends after idleTimeoutMs (the helper exits, the stream closes).
+      assert.equal((await run(sandbox, `python3 -c 'import socket,time\ns=socket.socket(); s.bind(("127.0.0.1", 8201)); s.listen(1); c=s.accept(); time.sleep(3600)' >/dev/null 2>&1 &`)).exitCode, 0);
+      let idle: Duplex | null = null;
+      await waitFor(
+        async () => (idle = await sandbox.connectPort!(8201, { idleTimeoutMs: 2000, connectTimeoutMs: 10_000 }).catch(() => null)) !== null,
+        { timeoutMs: 300_000, intervalMs: 200, what: 'the idle server to listen' },
+      );
+      const startedAt = performance.now();
+      await new Promise<void>((resolve) => (idle as Duplex).once('close', () => resolve()).resume());
+      t.diagnostic(`the idle connection closed after ${Math.round(performance.now() - startedAt)} ms (idleTimeoutMs 2000)`);
+      await waitFor(() => sandbox.portStats().connections === 0, { timeoutMs: 60_000, what: 'the idle relay to end' });
+    } finally {
+      await sandbox.destroy();
     }
   });
 });

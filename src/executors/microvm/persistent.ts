@@ -14,11 +14,12 @@
  * process where it was.
  */
 import { rename, rm, stat } from 'node:fs/promises';
-import type { PassThrough, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
-import type { PersistentSandbox, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest } from '../executor.js';
+import type { PersistentSandbox, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest } from '../executor.js';
 import { checkCommandRequest } from '../shared/command-request.js';
-import type { AgentExec } from './agent-client.js';
+import type { AgentExec, DetachedStreams } from './agent-client.js';
+import { MicroVmPorts, type PortRelayStats } from './ports.js';
 import type { QemuVm } from './qemu.js';
 import type { HibernationRecord, MicroVmSandboxStorage } from './sandbox-storage.js';
 
@@ -37,6 +38,8 @@ export interface MicroVmSandboxParts {
   shape: Omit<HibernationRecord, 'streamsUsed' | 'savedAt'>;
   /** Ends the VM's life on the executor's side (its directory, cgroup, registry entry). */
   release(vm: QemuVm): Promise<void>;
+  /** Keeps the streams of background commands saved by hibernate() for the VM restored from the image. */
+  keepStreams(streams: DetachedStreams): void;
   /** The lifetime backstop (spec.limits.timeoutMs): the sandbox is destroyed then. */
   lifetimeMs: number;
 }
@@ -50,10 +53,12 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
   private paused = false;
   private destroying: Promise<void> | null = null;
   private readonly backstop: NodeJS.Timeout;
+  private readonly ports: MicroVmPorts;
 
   constructor(private readonly parts: MicroVmSandboxParts) {
     this.id = parts.id;
     this.vm = parts.vm;
+    this.ports = new MicroVmPorts(() => this.vm.agent, parts.id);
     this.backstop = setTimeout(() => void this.destroy(), parts.lifetimeMs);
     this.backstop.unref();
     this.disposed = this.vm.exited.then(async () => {
@@ -82,11 +87,26 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
         uid: NOBODY,
         gid: NOBODY,
         sandbox: true,
-      });
+      }, { keepAcrossRestore: request.background === true });
     } catch (error) {
       throw new KindlingError('SANDBOX_NOT_RUNNING', `sandbox ${this.id} has ended: ${(error as Error).message}`, { details: { sandbox: this.id } });
     }
     return new MicroVmCommand(handle, () => this.ended || this.destroying !== null || !this.vm.alive || this.vm.agent.closed);
+  }
+
+  /** A connection to `port` on the VM's loopback through the guest's port helper (see ports.ts). */
+  async connectPort(port: number, options: PortConnectOptions): Promise<Duplex> {
+    this.assertAlive();
+    return this.ports.connect(port, options);
+  }
+
+  get portConnections(): number {
+    return this.ports.connections;
+  }
+
+  /** The proxied connections' buffers on this side (bounded by the flow-control window; see ports.ts). */
+  portStats(): PortRelayStats {
+    return this.ports.stats();
   }
 
   async pause(): Promise<void> {
@@ -145,6 +165,9 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
       await this.vm.saveMemory(partial);
       await rename(partial, file);
       await storage.store.saveHibernation(this.id, { ...this.parts.shape, streamsUsed: this.vm.agent.streamsUsed, savedAt: new Date().toISOString() });
+      // Background commands run on in the saved guest under their stream ids: their streams wait for the restored VM
+      // (output, exit and kill go on there) instead of ending with this one.
+      this.parts.keepStreams(this.vm.agent.detach());
     } catch (error) {
       // Still the running sandbox: continue it as it was.
       if (this.vm.alive && !this.paused) await this.vm.qmp.execute('cont').catch(() => {});
@@ -184,8 +207,8 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
 
 class MicroVmCommand implements SandboxCommand {
   readonly stdin: Writable | null;
-  readonly stdout: PassThrough;
-  readonly stderr: PassThrough;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
   private readonly done: Promise<{ exitCode: number; signal: string | null }>;
   private killed = false;
   private finished = false;

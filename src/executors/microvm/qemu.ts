@@ -14,7 +14,7 @@ import * as fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AgentClient } from './agent-client.js';
+import { AgentClient, type DetachedStreams } from './agent-client.js';
 import { VmProcess, type VmExit } from './vm-process.js';
 import type { MicroVmAssets } from './assets.js';
 
@@ -185,6 +185,8 @@ export interface QemuVmOptions {
   dataDisk?: string;
   /** The agent client's first stream id (after a hibernation, above every id the guest may still have running). */
   firstStream?: number;
+  /** After a hibernation: the exec streams of the saved VM's client that go on in this one (see AgentClient). */
+  adopt?: DetachedStreams;
   /** Limit for booting (or restoring) until the agent answers. */
   readyTimeoutMs: number;
   /** A fresh host cgroup the qemu process is moved into right after spawn (CPU, pids, memory cap); removed with the VM. */
@@ -264,7 +266,7 @@ export class QemuVm {
       }
     }
     const socket = await connectUnix(path.join(this.vmDir, 'agent.sock'), deadline, alive);
-    this.agent = new AgentClient(socket, this.options.firstStream);
+    this.agent = new AgentClient(socket, this.options.firstStream, this.options.adopt);
     await this.vmProcess.handshake(this.agent, deadline, this.options.incoming ? 2000 : 1000);
   }
 

@@ -36,6 +36,8 @@ export interface MicroVmStorageOptions {
   qemuImgBinary: string;
   mkfsBinary?: string;
   log: Logger;
+  /** Called when a sandbox's hibernation image is removed (restored, or the sandbox deleted). */
+  onHibernationDropped?: (sandboxId: string) => void;
 }
 
 /** What a hibernated VM needs to be started again exactly as it was. */
@@ -154,6 +156,7 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
 
   /** Forgets a hibernated VM (restored: its memory is in a VM again, and the disk has moved on from it). */
   async dropHibernation(sandboxId: string): Promise<void> {
+    this.options.onHibernationDropped?.(sandboxId);
     await fs.promises.rm(this.recordPath(sandboxId), { force: true });
     await fs.promises.rm(this.memoryPath(sandboxId), { force: true });
   }

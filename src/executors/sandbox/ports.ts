@@ -22,7 +22,7 @@
 import * as fs from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
-import { Duplex } from 'node:stream';
+import { Duplex, type Readable, type Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { KindlingError } from '../../core/errors.js';
 import type { PortConnectOptions } from '../executor.js';
@@ -95,29 +95,61 @@ export class SandboxPorts {
 }
 
 /**
+ * A started kindling-port helper, wherever it runs (a host child process; a command inside a microVM): its stdio
+ * and how to end it. `onEnd` calls its listener once when the helper ended (with the error when it did not start).
+ */
+export interface RelayProcess {
+  stdin: Writable;
+  stdout: Readable;
+  stderr: Readable;
+  kill(): void;
+  onEnd(listener: (error?: Error) => void): void;
+}
+
+/**
  * The connection a started kindling-port helper (stdio all pipes) makes: resolves with its stdin/stdout as one byte
  * stream once its report line says "ok"; rejects with SANDBOX_PORT_UNREACHABLE (refused, timeout) or EXECUTOR_FAILED.
  * Closing the stream kills the helper. Shared by the executors that run the helper (bwrap: on the host in the
  * sandbox's namespace; gvisor: inside the sandbox through `runsc exec`).
  */
 export function helperConnection(child: ChildProcess, sandboxId: string, port: number, options: PortConnectOptions): Promise<Duplex> {
-  child.stdin!.on('error', () => {});
+  return relayConnection(
+    {
+      stdin: child.stdin!,
+      stdout: child.stdout!,
+      stderr: child.stderr!,
+      kill: () => child.kill('SIGKILL'),
+      onEnd: (listener) => {
+        child.once('exit', () => listener());
+        child.once('error', (error) => listener(error));
+      },
+    },
+    sandboxId,
+    port,
+    options,
+  );
+}
+
+/** helperConnection for any RelayProcess (the microvm executor runs the helper as a command of the guest agent). */
+export function relayConnection(relay: RelayProcess, sandboxId: string, port: number, options: PortConnectOptions): Promise<Duplex> {
+  relay.stdin.on('error', () => {});
   return new Promise((resolve, reject) => {
     let line = '';
     let settled = false;
+    let connected: Duplex | null = null;
     const settle = (answer: string | null): void => {
       if (settled) return;
       settled = true;
-      child.stderr!.removeAllListeners('data');
-      child.stderr!.resume();
+      relay.stderr.removeAllListeners('data');
+      relay.stderr.resume();
       if (answer === 'ok') {
-        const stream = Duplex.from({ readable: child.stdout!, writable: child.stdin! });
-        stream.on('close', () => child.kill('SIGKILL'));
-        child.once('exit', () => stream.destroy());
+        const stream = Duplex.from({ readable: relay.stdout, writable: relay.stdin });
+        stream.on('close', () => relay.kill());
+        connected = stream;
         resolve(stream);
         return;
       }
-      child.kill('SIGKILL');
+      relay.kill();
       const details = { sandbox: sandboxId, port };
       if (answer === 'refused' || answer === 'timeout') {
         const why = answer === 'refused' ? 'nothing listens on it' : `it did not accept within ${options.connectTimeoutMs} ms`;
@@ -126,13 +158,21 @@ export function helperConnection(child: ChildProcess, sandboxId: string, port: n
         reject(new KindlingError('EXECUTOR_FAILED', `could not connect to port ${port} of sandbox ${sandboxId}: ${(answer ?? 'the helper ended').slice(0, 300)}`, { details }));
       }
     };
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (chunk: string) => {
+    relay.stderr.setEncoding('utf8');
+    relay.stderr.on('data', (chunk: string) => {
       line += chunk;
       const at = line.indexOf('\n');
       if (at >= 0) settle(line.slice(0, at));
     });
-    child.once('exit', () => settle(line.trim() || null));
-    child.once('error', (error) => settle(`error ${error.message}`));
+    relay.onEnd((error) => {
+      if (connected !== null) {
+        // The helper is gone: the connection closes once what it relayed was read (output still buffered is not cut).
+        const stream: Duplex = connected;
+        if (stream.readableEnded) stream.destroy();
+        else stream.once('end', () => stream.destroy());
+        return;
+      }
+      settle(error === undefined ? line.trim() || null : `error ${error.message}`);
+    });
   });
 }
