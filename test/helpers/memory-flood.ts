@@ -139,6 +139,12 @@ export function memoryFloodSuite(executor: 'sandbox' | 'docker', unavailable: st
     after(async () => {
       watch?.stop();
       await server?.stop();
+      // After a run over the bound (the server stopped mid-flood), a flood's socket or a follower may keep this
+      // process alive: the file must end with its failure, not hang the suite. Unreferenced: a clean end is not held.
+      setTimeout(() => {
+        console.error('memory-flood: still running 15 s after the server stopped; ending the test process');
+        process.exit();
+      }, 15_000).unref();
     });
 
     /**
