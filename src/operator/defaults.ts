@@ -12,14 +12,13 @@ export const DEFAULT_OPERATOR_SETTINGS = { confirmations: 1, capacity: 4, maxGas
 
 /**
  * Quotas of a chain caller's tenant (`chain-<address>`), made on its first job. Anyone with gas can call, and a new
- * address costs nothing, so the defaults are small; an operator raises them with --chain-tenant-quotas. maxTimeoutMs
+ * address costs nothing, so the resource caps are small; an operator raises them with --chain-tenant-quotas. No rate
+ * or concurrency cap by default: each job is a paid transaction, and the operator's --capacity bounds how many run
+ * (a refusal there would put an error on chain for a job that could simply have waited). maxTimeoutMs
  * stays well under the service manager's default assignment timeout (300 s): a job that ran past its deadline would be
  * reassigned and run a second time by another operator.
  */
 export const DEFAULT_CHAIN_TENANT_QUOTAS: Readonly<Record<string, number>> = {
-  maxConcurrency: 2,
-  requestsPerSecond: 2,
-  burst: 10,
   maxMemoryMb: 512,
   maxTimeoutMs: 120_000,
   maxCpus: 1,
