@@ -101,13 +101,18 @@ describe('operator end to end (anvil, the kindling operator CLI, sandboxes)', { 
     const undecodable = await submitRaw(setup, 0, '0x1234');
     const unknownJob = await submitRaw(setup, 200, '0x');
     const decoded = await resultOf(setup, 0, undecodable);
-    assert.equal(decoded.kind, 'error');
+    assert.equal(decoded.kind === 'error' && decoded.code, 'INPUT_UNDECODABLE');
     const unknown = await resultOf(setup, 0, unknownJob);
     assert.equal(unknown.kind === 'error' && unknown.code, 'UNKNOWN_JOB');
     // A command that outlives its timeout (job 1, 1 s): a result still goes on chain, and a later job runs.
     const slow = await setup.customer.submitJob(setup.deployment.serviceId, 1, ['alpine', ['sleep', '30'], [], '0x', 'ephemeral', '', '', 1n]);
     const timedOut = await resultOf(setup, 1, slow.callId);
-    assert.ok(timedOut.kind === 'error' || timedOut.kind === 'output', `a result for the timed-out command: ${timedOut.kind}`);
+    assert.equal(timedOut.kind === 'error' && timedOut.code, 'EXECUTION_TIMED_OUT');
+    // Chain callers get small quotas by default (anyone with gas may call): a timeout past 120 s is refused, so a job
+    // cannot outlive its assignment (300 s) and be run again by another operator.
+    const long = await setup.customer.submitJob(setup.deployment.serviceId, 1, ['alpine', ['true'], [], '0x', 'ephemeral', '', '', 600n]);
+    const refused = await resultOf(setup, 1, long.callId);
+    assert.equal(refused.kind === 'error' && refused.code, 'TENANT_LIMIT_EXCEEDED', JSON.stringify(refused));
     const after = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['echo', 'still serving'], [], '0x']);
     assert.equal(stdoutOf(await resultOf(setup, 0, after.callId)), 'still serving\n');
   });

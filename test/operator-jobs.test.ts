@@ -200,6 +200,9 @@ describe('operator job runner (sandbox executor)', { skip: unavailable ?? false 
     assert.equal(await readFile(caller, union, '/work/d/x'), 'b\n', 'a path in both has the later branch\'s version');
     const unionReversed = (await output(caller, 5, [[branchB, branchA], 'union'])) as string;
     assert.equal(await readFile(caller, unionReversed, '/work/common'), 'A\n');
+    // A branch named twice counts once, at its last place.
+    const repeated = (await output(caller, 5, [[branchA, branchB, branchA], 'union'])) as string;
+    assert.equal(await readFile(caller, repeated, '/work/common'), 'A\n');
 
     const intersection = (await output(caller, 5, [[branchA, branchB], 'intersection'])) as string;
     assert.equal(await listing(intersection), './common ./d ./d/x B\n');

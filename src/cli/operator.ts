@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import type { Address } from 'viem';
-import { DEFAULT_OPERATOR_SETTINGS } from '../operator/defaults.js';
+import { DEFAULT_CHAIN_TENANT_QUOTAS, DEFAULT_OPERATOR_SETTINGS } from '../operator/defaults.js';
 import type { OperatorSettings } from '../operator/service.js';
 import { addServeOptions, runServe, type ServeDefaults } from './serve.js';
 
@@ -25,6 +25,20 @@ const address = (name: string) => (value: string): Address => {
 const uint = (name: string) => (value: string): bigint => {
   if (!/^(0|[1-9][0-9]*)$/.test(value)) throw new Error(`${name} must be a whole number >= 0, got "${value}"`);
   return BigInt(value);
+};
+
+/** A JSON object of quota fields (those of PATCH /v1/tenants/NAME); their ranges are checked at start-up. */
+export const quotasJson = (name: string) => (value: string): Record<string, number> => {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new Error(`${name} must be a JSON object of quota fields, e.g. '{"maxConcurrency":4,"maxTimeoutMs":60000}', got "${value}"`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || Object.values(parsed).some((v) => typeof v !== 'number')) {
+    throw new Error(`${name} must be a JSON object of numbers (quota fields of PATCH /v1/tenants/NAME), got "${value}"`);
+  }
+  return parsed as Record<string, number>;
 };
 
 const url = (name: string, schemes: string[]) => (value: string): string => {
@@ -54,6 +68,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
     .option('--poll-interval-ms <ms>', 'time between reads of the chain', whole('--poll-interval-ms', 10), DEFAULT_OPERATOR_SETTINGS.pollIntervalMs)
     .option('--start-block <n>', 'first block read on a fresh data dir (e.g. the jobs contract deployment block)', uint('--start-block'))
     .option('--price-per-job-wei <n>', 'the price registered with the operator', uint('--price-per-job-wei'), 0n)
+    .option('--chain-tenant-quotas <json>', `quotas of each chain caller's tenant (fields of PATCH /v1/tenants/NAME) over the defaults ${JSON.stringify(DEFAULT_CHAIN_TENANT_QUOTAS)}; applied when a caller's tenant is made (its first job)`, quotasJson('--chain-tenant-quotas'))
     .option('--public-url <url>', "this server's URL as callers reach it (large results' URLs, job 10's URLs); default the listening URL", url('--public-url', ['http', 'https']))
     .action(async (options: Record<string, unknown>) => {
       const settings: OperatorSettings = {
@@ -72,6 +87,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
         pricePerJobWei: options.pricePerJobWei as bigint,
         ...(options.startBlock === undefined ? {} : { startBlock: options.startBlock as bigint }),
         ...(options.publicUrl === undefined ? {} : { publicUrl: options.publicUrl as string }),
+        ...(options.chainTenantQuotas === undefined ? {} : { chainTenantQuotas: options.chainTenantQuotas as Record<string, number> }),
       };
       await runServe(options, defaults, settings);
     });
@@ -80,7 +96,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
 /**
  * `--operator-config FILE`: the operator options as JSON, named like OperatorSettings (rpcUrl, wsUrl, chainId,
  * keyFile, jobsContract, serviceManager, serviceId, confirmations, capacity, maxGas, maxResultBytes, pollIntervalMs,
- * startBlock, pricePerJobWei, publicUrl); numbers that may exceed 2^53 may be strings.
+ * startBlock, pricePerJobWei, publicUrl, chainTenantQuotas: an object); numbers that may exceed 2^53 may be strings.
  */
 export async function readOperatorConfig(file: string): Promise<OperatorSettings> {
   let raw: Record<string, unknown>;
@@ -89,7 +105,7 @@ export async function readOperatorConfig(file: string): Promise<OperatorSettings
   } catch (error) {
     throw new Error(`--operator-config ${file}: ${(error as Error).message}`);
   }
-  const known = ['rpcUrl', 'wsUrl', 'chainId', 'keyFile', 'jobsContract', 'serviceManager', 'serviceId', 'confirmations', 'capacity', 'maxGas', 'maxResultBytes', 'pollIntervalMs', 'startBlock', 'pricePerJobWei', 'publicUrl'];
+  const known = ['rpcUrl', 'wsUrl', 'chainId', 'keyFile', 'jobsContract', 'serviceManager', 'serviceId', 'confirmations', 'capacity', 'maxGas', 'maxResultBytes', 'pollIntervalMs', 'startBlock', 'pricePerJobWei', 'publicUrl', 'chainTenantQuotas'];
   const unknown = Object.keys(raw).filter((key) => !known.includes(key));
   if (unknown.length > 0) throw new Error(`--operator-config ${file}: unknown field(s) ${unknown.join(', ')}; the fields are ${known.join(', ')}`);
   const field = <T>(name: string, parse: (value: string) => T, required: boolean): T | undefined => {
@@ -124,5 +140,14 @@ export async function readOperatorConfig(file: string): Promise<OperatorSettings
     ...optional('startBlock', uint('--start-block')),
     ...optional('pricePerJobWei', uint('--price-per-job-wei')),
     ...optional('publicUrl', url('--public-url', ['http', 'https'])),
+    ...(raw.chainTenantQuotas === undefined ? {} : { chainTenantQuotas: quotasJsonField(file, raw.chainTenantQuotas) }),
   };
+}
+
+function quotasJsonField(file: string, value: unknown): Record<string, number> {
+  try {
+    return quotasJson('"chainTenantQuotas"')(JSON.stringify(value));
+  } catch (error) {
+    throw new Error(`--operator-config ${file}: ${(error as Error).message}`);
+  }
 }

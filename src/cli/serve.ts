@@ -9,6 +9,7 @@ import { parseAllowList } from '../network/policy.js';
 import { parseAllowedHosts } from '../api/host-guard.js';
 import type { ExecutorChoice, RunningServer } from '../server.js';
 import { DEFAULT_FUNCTION_POOLS } from '../server-defaults.js';
+import { DEFAULT_CHAIN_TENANT_QUOTAS } from '../operator/defaults.js';
 import type { MicroVmSettings } from '../executors/registry.js';
 import { DEFAULT_PREWARM_PER_SHAPE } from '../executors/shared/options.js';
 import type { ResolvedQuotas } from '../orchestrator/tenants.js';
@@ -226,6 +227,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
 async function startOperator(server: RunningServer, settings: OperatorSettings, results: ResultStore, context: { dataDir: string; logger: Logger; publicUrl: string }): Promise<RunningOperator> {
   // Loaded here: only a server that runs the operator needs viem and the operator's modules.
   const [{ createJobRunner }, { startOperatorService }] = await Promise.all([import('../operator/job-runner.js'), import('../operator/service.js')]);
-  const runner = createJobRunner({ ...server.services, publicUrl: context.publicUrl, logger: context.logger.child({ component: 'jobs' }) });
+  const tenantQuotas = { ...DEFAULT_CHAIN_TENANT_QUOTAS, ...settings.chainTenantQuotas };
+  const runner = createJobRunner({ ...server.services, publicUrl: context.publicUrl, tenantQuotas, logger: context.logger.child({ component: 'jobs' }) });
   return startOperatorService({ settings, runner, resultStore: results, publicUrl: context.publicUrl, dataDir: context.dataDir, logger: context.logger });
 }

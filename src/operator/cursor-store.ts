@@ -105,16 +105,17 @@ export class CursorStore {
   commitRange(to: BlockRef, calls: Omit<CallRecord, 'state' | 'result'>[], events: AssignmentEvent[], nowMs: number): bigint[] {
     const fresh: bigint[] = [];
     this.db.transaction(() => {
-      const existing = this.db.prepare('SELECT block_hash AS h, inputs, state FROM operator_calls WHERE scope = ? AND call_id = ?');
+      const existing = this.db.prepare('SELECT block_hash AS h, job_index AS jobIndex, caller, inputs, state FROM operator_calls WHERE scope = ? AND call_id = ?');
       for (const call of calls) {
-        const row = existing.get(this.scope, call.callId.toString()) as { h: string; inputs: string; state: CallState } | undefined;
+        const row = existing.get(this.scope, call.callId.toString()) as { h: string; jobIndex: number; caller: string; inputs: string; state: CallState } | undefined;
         if (row === undefined) {
           this.db
             .prepare('INSERT INTO operator_calls (scope, call_id, job_index, caller, inputs, block_number, block_hash, state, result, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)')
             .run(this.scope, call.callId.toString(), call.jobIndex, call.caller, call.inputs, num(call.blockNumber), call.blockHash, 'seen', nowMs);
           fresh.push(call.callId);
-        } else if (row.inputs !== call.inputs && row.state !== 'done') {
-          // The id now names another job (the old one was reorged away with our result): start over with this one.
+        } else if ((row.inputs !== call.inputs || row.jobIndex !== call.jobIndex || row.caller.toLowerCase() !== call.caller.toLowerCase()) && row.state !== 'done') {
+          // The id now names another job (the old one was reorged away with our result): start over with this one. The
+          // inputs alone do not tell: jobs 7 and 8 on the same instance, or two callers, have the same encoding.
           this.db.prepare("UPDATE operator_calls SET job_index = ?, caller = ?, inputs = ?, block_number = ?, block_hash = ?, state = 'seen', result = NULL, updated_at_ms = ? WHERE scope = ? AND call_id = ?").run(call.jobIndex, call.caller, call.inputs, num(call.blockNumber), call.blockHash, nowMs, this.scope, call.callId.toString());
           fresh.push(call.callId);
         } else if (row.h !== call.blockHash) {

@@ -3,7 +3,7 @@
  * viem clients (HTTP polling; a WebSocket only to hear of new heads earlier), checks the chain id, registers the key
  * as an operator of the service when it is not one, and starts the Operator with its store, watcher and submitter.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { createPublicClient, createWalletClient, defineChain, encodeAbiParameters, http, webSocket, type Address, type Hex } from 'viem';
@@ -33,6 +33,8 @@ export interface OperatorSettings {
   pollIntervalMs?: number;
   /** Price per job registered with the operator (wei). Default 0. */
   pricePerJobWei?: bigint;
+  /** Quotas of the chain callers' tenants (PATCH /v1/tenants fields) over DEFAULT_CHAIN_TENANT_QUOTAS. */
+  chainTenantQuotas?: Record<string, number>;
   /** First block read on a fresh data dir (the jobs contract's deployment block saves reading older ones). Default 0. */
   startBlock?: bigint;
   /** This server's URL as callers reach it (large results' and job 10's URLs). Default: the URL it listens on. */
@@ -49,12 +51,14 @@ export interface RunningOperator {
 }
 
 /** Reads a private key file: 0x + 64 hex digits, surrounding whitespace ignored. */
-export async function readKeyFile(path: string): Promise<Hex> {
+export async function readKeyFile(path: string, warn: (message: string) => void = () => {}): Promise<Hex> {
   const text = (await readFile(path, 'utf8').catch((error: unknown) => {
     throw new Error(`--key-file ${path} cannot be read: ${(error as Error).message}`);
   })).trim();
   const key = text.startsWith('0x') ? text : `0x${text}`;
   if (!/^0x[0-9a-fA-F]{64}$/.test(key)) throw new Error(`--key-file ${path} must hold one private key: 64 hex digits, optionally with 0x`);
+  // The key spends the operator's funds: other users of the machine must not read it.
+  if (((await stat(path)).mode & 0o077) !== 0) warn(`the key file ${path} is readable by other users; restrict it with chmod 600 ${path}`);
   return key as Hex;
 }
 
@@ -69,7 +73,7 @@ export async function startOperatorService(input: {
 }): Promise<RunningOperator> {
   const settings = { ...DEFAULT_OPERATOR_SETTINGS, ...input.settings };
   const logger = input.logger.child({ component: 'operator' });
-  const account = privateKeyToAccount(await readKeyFile(settings.keyFile));
+  const account = privateKeyToAccount(await readKeyFile(settings.keyFile, (message) => input.logger.warn(message)));
   const chain = defineChain({ id: settings.chainId, name: `chain ${settings.chainId}`, nativeCurrency: { name: 'Ether', symbol: 'ETH', decimals: 18 }, rpcUrls: { default: { http: [settings.rpcUrl] } } });
   const transport = http(settings.rpcUrl, { retryCount: 0, timeout: 30_000 });
   const publicClient = createPublicClient({ chain, transport, pollingInterval: 100 });

@@ -94,6 +94,24 @@ describe('Watcher', () => {
     store.close();
   });
 
+  it('a call id that reappears after a reorg as another job with the same inputs is a new job, not the old result', async () => {
+    const chain = new FakeChain();
+    const store = new CursorStore(await storeFile(), 'test');
+    const watcher = new Watcher({ chain, store, confirmations: 0 });
+    // Job 7 (stop) then, on the other branch, job 8 (pause) of the same instance: the same ABI encoding.
+    const fork = chain.mine([{ callId: 0n, jobIndex: 7, inputs: '0x0abc' }]);
+    await pollUntilCaughtUp(watcher);
+    store.transition(0n, ['seen'], 'submitted', { result: '0xaa', nowMs: 0 });
+    chain.reorgTo(fork - 1n);
+    chain.mine();
+    chain.mine([{ callId: 0n, jobIndex: 8, inputs: '0x0abc' }]);
+    const after = await pollUntilCaughtUp(watcher);
+    assert.deepEqual(after.newCalls, [0n]);
+    assert.equal(store.call(0n)?.jobIndex, 8);
+    assert.equal(store.call(0n)?.state, 'seen', "job 7's result is not posted for job 8");
+    store.close();
+  });
+
   it('a reorg deeper than every kept position reads again from the start block', async () => {
     const chain = new FakeChain();
     const store = new CursorStore(await storeFile(), 'test');

@@ -115,3 +115,19 @@ describe('direct file access on the host', { skip }, () => {
     await assert.rejects(writing, /client went away/);
   });
 });
+
+test('a download whose helper fails after it started is an error, never a short file that looks complete', async () => {
+  // A stand-in helper (the protocol only: the real one's read errors cannot be caused on demand): it announces 100
+  // bytes, sends 10, then reports an I/O error.
+  const dir = await mkdtemp(join(tmpdir(), 'kindling-direct-fake-'));
+  try {
+    const fake = join(dir, 'kindling-file');
+    fs.writeFileSync(fake, "#!/bin/sh\nprintf 'o 100\\n' >&3\nprintf 'abcdefghij'\nprintf 'e 5\\n' >&3\nexit 1\n", { mode: 0o755 });
+    const files = new DirectFiles([{ target: '/work', source: dir }], UID, UID, fake);
+    const stream = await files.read('/work/any.bin');
+    assert.ok(stream !== null);
+    await assert.rejects(text(stream), /reading failed after 100 bytes were announced \(EIO\)/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

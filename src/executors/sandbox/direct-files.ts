@@ -104,7 +104,10 @@ export class DirectFiles {
     // through node (measured: the helper alone still moves them several times faster than the in-sandbox path).
     const through = new PassThrough();
     stdout.once('error', (error) => through.destroy(error));
-    stdout.pipe(through);
+    // The download ends only once the helper said it sent the whole file ("d"): a read error or a killed helper must
+    // not look like a complete (short) file to the client, so those destroy the stream instead.
+    stdout.pipe(through, { end: false });
+    const stdoutEnded = new Promise<void>((resolve) => stdout.once('end', resolve));
     // A download given up half-way: the helper goes (it would otherwise wait on a full pipe).
     through.once('close', () => {
       stdout.destroy();
@@ -116,6 +119,13 @@ export class DirectFiles {
       await helper.exited;
       return null;
     }
+    void stdoutEnded.then(() => {
+      void helper.next().then((last) => {
+        if (through.destroyed) return;
+        if (last.kind === 'd') through.end();
+        else through.destroy(new KindlingError('SANDBOX_PATH_INVALID', `${path}: reading failed after ${opened.value} bytes were announced (${last.errno ?? (helper.stderr().trim().slice(-300) || 'the helper ended')})`, { details: { path } }));
+      });
+    });
     return through;
   }
 

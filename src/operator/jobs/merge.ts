@@ -21,6 +21,8 @@ export async function mergeBranches(context: JobContext, branchIds: readonly str
   if (branchIds.length === 0 || branchIds.length > MAX_MERGE_BRANCHES) {
     throw new KindlingError('VALIDATION_FAILED', `branchIds must name 1 to ${MAX_MERGE_BRANCHES} instances, got ${branchIds.length}`, { details: { field: 'branchIds' } });
   }
+  // A branch named twice is listed once, at its last place (the one that decides for union).
+  branchIds = branchIds.filter((id, at) => branchIds.lastIndexOf(id) === at);
   const sandboxes = context.services.sandboxes;
   // Every branch must be the caller's (SANDBOX_NOT_FOUND otherwise) before anything is made.
   const views = branchIds.map((id) => sandboxes.get(context.tenant, id));
