@@ -54,11 +54,15 @@ async function cli(args: string[], env: Record<string, string>): Promise<{ stdou
   }
 }
 
-/** Whether the pids controller's cgroup `dir` holds as many processes as its pids.max allows. */
+/**
+ * Whether the sandbox's processes are used up in the pids controller's cgroup `dir`: its pids.max holds the sandbox's
+ * `pids` plus one for bwrap's monitor (src/executors/sandbox/index.ts, PIDS_OVERHEAD), and the user's processes stop
+ * at their share (pids.current one short of pids.max as often as at it).
+ */
 function pidsUsedUp(dir: string): boolean {
   try {
     const max = Number(readFileSync(join(dir, 'pids.max'), 'utf8'));
-    return Number.isFinite(max) && Number(readFileSync(join(dir, 'pids.current'), 'utf8')) >= max;
+    return Number.isFinite(max) && Number(readFileSync(join(dir, 'pids.current'), 'utf8')) >= max - 1;
   } catch {
     return false;
   }
