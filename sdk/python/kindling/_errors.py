@@ -161,6 +161,9 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "SANDBOX_PORT_UNREACHABLE": ServerError,
     "SHUTTING_DOWN": ServerError,
     "COMPAT_UNSUPPORTED": ServerError,
+    "OPERATOR_RESULT_NOT_FOUND": NotFoundError,
+    "OPERATOR_OUT_OF_FUNDS": ServerError,
+    "OPERATOR_GAS_CAP": ServerError,
     "INTERNAL": ServerError,
 }
 
