@@ -172,7 +172,16 @@ export function relayConnection(relay: RelayProcess, sandboxId: string, port: nu
         else stream.once('end', () => stream.destroy());
         return;
       }
-      settle(error === undefined ? line.trim() || null : `error ${error.message}`);
+      // A child's exit can be reported before its stderr is read: the report line may still be on its way, so the
+      // answer waits for stderr's end (bounded, for a relay whose stderr never ends).
+      const answer = (): void => settle(error === undefined ? line.trim() || null : `error ${error.message}`);
+      if (error !== undefined || relay.stderr.readableEnded || relay.stderr.destroyed) {
+        answer();
+        return;
+      }
+      const fallback = setTimeout(answer, 1000);
+      relay.stderr.once('close', () => { clearTimeout(fallback); answer(); });
+      relay.stderr.once('end', () => { clearTimeout(fallback); answer(); });
     });
   });
 }
