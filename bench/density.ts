@@ -218,7 +218,6 @@ export async function runDensityGroup(ctx: BenchContext): Promise<GroupResult> {
       yLabel: 'MiB',
       series: [
         { name: 'sandbox cgroups (sum)', points: curve.map((c) => [c.warmed, c.cgroupMiB] as const) },
-        { name: 'MemAvailable drop', points: curve.map((c) => [c.warmed, c.memAvailableDropMiB] as const) },
         { name: 'server RSS', points: curve.map((c) => [c.warmed, c.serverRssMiB] as const) },
       ],
     });

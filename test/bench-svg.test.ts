@@ -71,6 +71,15 @@ describe('bench SVG charts', () => {
     assert.ok((xs[0] as number) < (xs[1] as number) && (xs[1] as number) < (xs[2] as number), 'x grows to the right');
   });
 
+  it('keeps negative values inside the plot too (a memory drop on a shared host can be below zero)', () => {
+    const height = 360;
+    const svg = lineChart({ title: 't', xLabel: 'x', yLabel: 'y', height, series: [{ name: 'a', points: [[1, -50], [2, 10], [3, 100]] }] });
+    const [line] = polylines(svg);
+    for (const [, y] of line ?? []) assert.ok(y >= 0 && y <= height, `y ${y} outside 0..${height}`);
+    const ys = (line ?? []).map(([, y]) => y);
+    assert.ok((ys[0] as number) > (ys[1] as number) && (ys[1] as number) > (ys[2] as number), 'smaller values are drawn lower');
+  });
+
   it('draws nothing outside the chart for non-finite values and an empty series', () => {
     const svg = lineChart({ title: 't', xLabel: 'x', yLabel: 'y', logX: true, series: [{ name: 'a', points: [[0, 1], [1, Number.NaN], [2, 3]] }, { name: 'empty', points: [] }] });
     assertWellFormed(svg);
