@@ -1,6 +1,8 @@
 /**
- * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator] [--runs N]`: Kindling against raw baselines measured in the same run.
- * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/.
+ * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator|density|burst|throughput] [--runs N]
+ *   [--density-n N] [--idle-ms MS] [--burst 100,1000] [--burst-functions N] [--step-ms MS]`: Kindling against raw baselines measured in the same run.
+ * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/ (the density,
+ * burst and throughput groups also write SVG charts there).
  * Exits 0 when targets fail (the table says FAIL); non-zero only when the bench itself breaks.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -10,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { runAsyncGroup } from './async.js';
 import { runDockerGroup } from './docker.js';
-import { BENCH_LABEL, type BenchContext, type GroupResult } from './lib/context.js';
+import { BENCH_LABEL, type BenchContext, type BenchScale, type GroupResult } from './lib/context.js';
 import { machineInfo, machineMarkdown } from './lib/machine.js';
 import { dockerCli } from './lib/proc.js';
 import { onCleanup, runCleanups } from './lib/server.js';
@@ -25,14 +27,19 @@ import { runDockerSandboxRows } from './persistent-docker.js';
 import { runGvisorGroup } from './gvisor.js';
 import { runBundlesGroup } from './bundles.js';
 import { runOperatorGroup } from './operator.js';
+import { runDensityGroup } from './density.js';
+import { runBurstGroup } from './burst.js';
+import { runThroughputGroup } from './throughput.js';
+import { parseScale, SCALE_USAGE } from './lib/scale.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10, bundles: 15, operator: 10 };
-const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor', 'bundles', 'operator'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10, bundles: 15, operator: 10, density: 200, burst: 1, throughput: 1 };
+const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor', 'bundles', 'operator', 'density', 'burst', 'throughput'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
   only: Group[];
   runs: number | null;
+  scale: BenchScale;
 }
 
 /** One group's rows measured by two runners (the sandboxes group: the sandbox executor's rows, then docker's). */
@@ -41,13 +48,22 @@ function joinGroups(first: GroupResult, second: GroupResult): GroupResult {
 }
 
 function usage(): string {
-  return 'usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator] [--runs N]';
+  return `usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator|density|burst|throughput] [--runs N] ${SCALE_USAGE}`;
 }
 
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
-    options: { only: { type: 'string', multiple: true }, runs: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      only: { type: 'string', multiple: true },
+      runs: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+      'density-n': { type: 'string' },
+      'idle-ms': { type: 'string' },
+      burst: { type: 'string' },
+      'burst-functions': { type: 'string' },
+      'step-ms': { type: 'string' },
+    },
     strict: true,
     allowPositionals: false,
   });
@@ -64,7 +80,8 @@ function parseOptions(argv: string[]): Options {
     runs = Number(values.runs);
     if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a whole number >= 1, got "${values.runs}"\n${usage()}`);
   }
-  return { only: only.length > 0 ? (only as Group[]) : [...GROUPS], runs };
+  const scale = parseScale(values, runs, usage());
+  return { only: only.length > 0 ? (only as Group[]) : [...GROUPS], runs, scale };
 }
 
 /** Removes the bench's own baseline containers (labelled) that an interrupted `docker run --rm` left behind. */
@@ -84,6 +101,9 @@ async function main(): Promise<number> {
     process.stderr.write(`[bench ${((Date.now() - startedAt.getTime()) / 1000).toFixed(1).padStart(6)}s] ${message}\n`);
   };
   const workDir = await mkdtemp(join(tmpdir(), 'kindling-bench-work-'));
+  const resultsDir = join(repoRoot, 'bench', 'results');
+  await mkdir(resultsDir, { recursive: true });
+  const stamp = startedAt.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z');
   onCleanup(() => rm(workDir, { recursive: true, force: true }));
   onCleanup(sweepBenchContainers);
 
@@ -98,6 +118,9 @@ async function main(): Promise<number> {
     runsOverridden: options.runs !== null,
     workDir,
     log,
+    resultsDir,
+    stamp,
+    scale: options.scale,
   };
   const below = options.only.filter((group) => options.runs !== null && options.runs < DEFAULT_RUNS[group]);
   if (below.length > 0) {
@@ -131,6 +154,12 @@ async function main(): Promise<number> {
                   ? await runBundlesGroup(ctx)
                 : group === 'operator'
                   ? await runOperatorGroup(ctx)
+                : group === 'density'
+                  ? await runDensityGroup(ctx)
+                : group === 'burst'
+                  ? await runBurstGroup(ctx)
+                : group === 'throughput'
+                  ? await runThroughputGroup(ctx)
                 : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
@@ -168,6 +197,9 @@ async function main(): Promise<number> {
       python: 'Python SDK (issue 20)',
       bundles: 'Function bundles, sandbox executor (issue 21)',
       operator: 'Operator mode: jobs from an EVM chain, results back (issue 17)',
+      density: 'Density: idle warm sandbox cost, warm sandboxes held (issue 19)',
+      burst: 'Bursts: simultaneous one-off executions and cold invocations (issue 19)',
+      throughput: 'Throughput curve: warm invocations per second vs concurrent clients (issue 19)',
     };
     const title = titles[group];
     report.push(`### ${title}`, '', rowsTable(result.rows), '');
@@ -176,9 +208,6 @@ async function main(): Promise<number> {
   report.push(`Summary: ${Object.entries(counts).map(([status, count]) => `${count} ${status}`).join(', ')}; took ${((finishedAt.getTime() - startedAt.getTime()) / 1000).toFixed(0)} s.`);
   process.stdout.write(`${report.join('\n')}\n`);
 
-  const resultsDir = join(repoRoot, 'bench', 'results');
-  await mkdir(resultsDir, { recursive: true });
-  const stamp = startedAt.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z');
   const json = JSON.stringify(
     {
       schema: 1,

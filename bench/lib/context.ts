@@ -10,6 +10,24 @@ export interface BenchContext {
   workDir: string;
   /** Progress goes to stderr; stdout carries only the report. */
   log(message: string): void;
+  /** Where the JSON goes; groups write their SVG charts here too, named `<stamp>-<chart>.svg`. */
+  resultsDir: string;
+  stamp: string;
+  /** Scale knobs of the density, burst and throughput groups (`--density-n`, `--idle-ms`, `--burst`, `--step-ms`). */
+  scale: BenchScale;
+}
+
+export interface BenchScale {
+  /** Distinct python handlers warmed in the density group. */
+  densityN: number;
+  /** Idle window over which a warm sandbox's CPU is read. */
+  idleMs: number;
+  /** Sizes of the simultaneous `echo` bursts. */
+  burstSizes: number[];
+  /** Cold functions the invocation burst is spread over (10 invocations each). */
+  burstFunctions: number;
+  /** Time per concurrency step of the throughput curve. */
+  stepMs: number;
 }
 
 /** Rows for the table, plus the raw data (every sample) for the JSON file. */

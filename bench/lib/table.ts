@@ -2,7 +2,7 @@
 export type RowStatus = 'pass' | 'fail' | 'info' | 'skipped' | 'error';
 
 export interface Row {
-  group: 'docker' | 'sandbox' | 'sandboxes' | 'sandbox-files' | 'functions' | 'async' | 'microvm' | 'python' | 'gvisor' | 'bundles' | 'operator';
+  group: 'docker' | 'sandbox' | 'sandboxes' | 'sandbox-files' | 'functions' | 'async' | 'microvm' | 'python' | 'gvisor' | 'bundles' | 'operator' | 'density' | 'burst' | 'throughput';
   id: string;
   scenario: string;
   kindling: string;

@@ -1,0 +1,231 @@
+/**
+ * Density (issue 19): what one idle warm sandbox costs, and how many a server holds warm.
+ * - Idle warm cost per runtime: a python and a node handler, each invoked once so that one warm sandbox exists, then
+ *   left idle: PSS/USS summed over every process of its cgroup (smaps_rollup), the cgroup's charged memory, and its
+ *   CPU over an idle window. A command function holds no sandbox between invocations; what waits for its next one is
+ *   a prewarmed launcher (a cgroup with a root shell), measured the same way. Baseline: the same interpreter idle in
+ *   plain bwrap on the same rootfs.
+ * - Density: N distinct python handlers on a server with its default limits, each warmed in turn, then each invoked
+ *   again: how many answered warm (x-kindling-cold-start: false), the p99 of that round, the server's RSS growth per
+ *   warm sandbox, the limits that bound the count, and the machine's counts (pids, fds, cgroups) at the end.
+ */
+import { writeFile } from 'node:fs/promises';
+import { Agent } from 'node:http';
+import { join } from 'node:path';
+import { DEFAULT_FUNCTION_POOLS } from '../src/server-defaults.js';
+import { bareIdleMemory, rootfsOf, timedRequest, type Outcome } from './lib/bare.js';
+import { cgroupCpuUsec, cgroupMemoryBytes, cgroupPids, cgroupProcMemory, cmdline, machineCounts, ownerCgroups, statusKiB } from './lib/cgroup-probe.js';
+import type { BenchContext, GroupResult } from './lib/context.js';
+import { sleep } from './lib/proc.js';
+import { launchServer, type BenchServer } from './lib/server.js';
+import { fmtMs, fmtRatio, quantile } from './lib/stats.js';
+import { lineChart } from './lib/svg.js';
+import type { Row } from './lib/table.js';
+
+const MiB = (kib: number): string => `${(kib / 1024).toFixed(1)} MiB`;
+const TIMEOUT_MS = 120_000;
+
+/** The server's cgroups whose processes match `marker` in their command line (the runtime's wrapper, or the launcher's shell). */
+function cgroupsRunning(server: BenchServer, marker: (cmd: string) => boolean): string[] {
+  return ownerCgroups(server.ownerId).filter((name) => cgroupPids(server.ownerId, name).some((pid) => marker(cmdline(pid))));
+}
+
+const MARKERS = {
+  python: (cmd: string): boolean => cmd.includes('python_wrapper'),
+  node: (cmd: string): boolean => cmd.includes('node-wrapper'),
+  launcher: (cmd: string): boolean => cmd === '/bin/sh -s',
+};
+
+interface IdleCost {
+  cgroups: number;
+  pssKiB: number;
+  ussKiB: number;
+  rssKiB: number;
+  pids: number;
+  chargedKiB: number;
+  cpuMsPerMin: number;
+}
+
+/** The mean over `names` of their processes' memory, charged memory, and CPU used over `idleMs`. */
+async function idleCost(server: BenchServer, names: string[], idleMs: number): Promise<IdleCost> {
+  const cpuBefore = names.map((name) => cgroupCpuUsec(server.ownerId, name) ?? Number.NaN);
+  await sleep(idleMs);
+  const cpuAfter = names.map((name) => cgroupCpuUsec(server.ownerId, name) ?? Number.NaN);
+  const procs = names.map((name) => cgroupProcMemory(server.ownerId, name));
+  const charged = names.map((name) => (cgroupMemoryBytes(server.ownerId, name) ?? Number.NaN) / 1024);
+  const n = Math.max(1, names.length);
+  const mean = (values: number[]): number => values.reduce((s, v) => s + v, 0) / n;
+  const cpuUsec = mean(cpuAfter.map((after, i) => after - (cpuBefore[i] as number)));
+  return {
+    cgroups: names.length,
+    pssKiB: mean(procs.map((p) => p.pssKiB)),
+    ussKiB: mean(procs.map((p) => p.ussKiB)),
+    rssKiB: mean(procs.map((p) => p.rssKiB)),
+    pids: mean(procs.map((p) => p.pids)),
+    chargedKiB: mean(charged),
+    cpuMsPerMin: (cpuUsec / 1000) * (60_000 / idleMs),
+  };
+}
+
+export async function runDensityGroup(ctx: BenchContext): Promise<GroupResult> {
+  const rows: Row[] = [];
+  const data: Record<string, unknown> = {};
+  const idleMs = ctx.scale.idleMs;
+  const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+  const deploy = async (server: BenchServer, name: string, spec: Record<string, unknown>): Promise<void> => {
+    const out = await timedRequest(agent, new URL(server.url), 'PUT', `/v1/functions/${name}`, Buffer.from(JSON.stringify(spec)), TIMEOUT_MS, { 'content-type': 'application/json' });
+    if (out.status >= 300) throw new Error(`deploy ${name}: ${out.status} ${out.body.slice(0, 300)}`);
+  };
+  const invoke = async (server: BenchServer, name: string): Promise<Outcome> => {
+    const out = await timedRequest(agent, new URL(server.url), 'POST', `/v1/functions/${name}/invoke`, Buffer.from('ping'), TIMEOUT_MS, { 'content-type': 'application/octet-stream' });
+    if (out.status !== 200 || out.body !== 'ping') throw new Error(`invoke ${name}: ${out.status} ${out.hung ? '(no answer)' : out.body.slice(0, 300)}`);
+    return out;
+  };
+  const HANDLERS = {
+    python: { runtime: 'python', code: 'def handler(body):\n    return body\n', handler: 'handler' },
+    node: { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler' },
+  };
+
+  // Part 1: one warm sandbox per runtime. Generic (code-less) sandboxes are off so that the only runtime processes
+  // are the handlers'; one prewarmed launcher stands in for what a command function's next invocation takes.
+  const costServer = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', prewarm: 1, extraArgs: ['--generic-sandboxes', '0'] });
+  try {
+    const bare = {
+      python: await bareIdleMemory(rootfsOf('python'), ['python3', '-c', 'import time; time.sleep(60)']),
+      node: await bareIdleMemory(rootfsOf('node'), ['node', '-e', 'setTimeout(() => {}, 60000)']),
+      launcher: await bareIdleMemory(rootfsOf('base'), ['sh', '-c', 'sleep 60']),
+    };
+    data['density.bare'] = bare;
+    const costs: Record<string, IdleCost> = {};
+    for (const runtime of ['python', 'node'] as const) {
+      await deploy(costServer, `idle-${runtime}`, HANDLERS[runtime]);
+      const first = await invoke(costServer, `idle-${runtime}`);
+      if (first.headers['x-kindling-cold-start'] !== 'true') throw new Error(`the first invocation of idle-${runtime} was not a cold start`);
+      const names = cgroupsRunning(costServer, MARKERS[runtime]);
+      if (names.length !== 1) throw new Error(`expected one warm ${runtime} sandbox, found ${names.length} cgroups running its wrapper`);
+      ctx.log(`density: idle ${runtime} handler sandbox ${names[0]}: ${idleMs} ms idle window`);
+      costs[runtime] = await idleCost(costServer, names, idleMs);
+    }
+    await deploy(costServer, 'idle-command', { image: 'kindling/base', command: ['cat'] });
+    await invoke(costServer, 'idle-command');
+    // Wait for the launcher pool to refill (it is refilled after a launcher is taken), then read the launchers.
+    let launchers: string[] = [];
+    for (let i = 0; i < 100 && launchers.length === 0; i++) {
+      launchers = cgroupsRunning(costServer, MARKERS.launcher);
+      if (launchers.length === 0) await sleep(100);
+    }
+    const commandHeld = ownerCgroups(costServer.ownerId).filter((name) => !cgroupPids(costServer.ownerId, name).some((pid) => MARKERS.launcher(cmdline(pid)) || MARKERS.python(cmdline(pid)) || MARKERS.node(cmdline(pid)))).length;
+    costs.launcher = await idleCost(costServer, launchers, idleMs);
+    data['density.idle'] = { idleMs, costs, commandFunctionSandboxesHeld: commandHeld };
+
+    const targets: Record<string, string> = { python: 'PSS < 5 MiB', node: 'PSS < 15 MiB', launcher: '—' };
+    const limitsKiB: Record<string, number> = { python: 5 * 1024, node: 15 * 1024 };
+    for (const kind of ['python', 'node', 'launcher'] as const) {
+      const cost = costs[kind] as IdleCost;
+      const base = bare[kind];
+      const limit = limitsKiB[kind];
+      rows.push({
+        group: 'density',
+        id: `density.idle_${kind}`,
+        scenario: kind === 'launcher' ? 'Idle prewarmed launcher (what a command function / one-off takes next): PSS / USS' : `Idle warm ${kind} handler sandbox: PSS / USS (all its processes)`,
+        kindling: `${MiB(cost.pssKiB)} / ${MiB(cost.ussKiB)}; cgroup ${MiB(cost.chargedKiB)}; CPU ${cost.cpuMsPerMin.toFixed(1)} ms/min`,
+        baseline: `${MiB(base.pssKiB)} / ${MiB(base.ussKiB)} (bare bwrap ${kind === 'launcher' ? 'sh -c sleep' : kind === 'python' ? 'python3 sleep' : 'node setTimeout'})`,
+        ratio: fmtRatio(cost.pssKiB / base.pssKiB),
+        target: targets[kind] as string,
+        status: limit === undefined ? 'info' : cost.pssKiB < limit ? 'pass' : 'fail',
+        note: `${cost.pids} processes; idle window ${idleMs} ms${kind === 'launcher' ? `; a command function keeps ${commandHeld} sandboxes between invocations (a fresh one each time)` : ''}`,
+      });
+    }
+  } finally {
+    await costServer.stop();
+  }
+
+  // Part 2: N python handlers on a server with its default limits.
+  const n = ctx.scale.densityN;
+  const server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox' });
+  try {
+    const limits = { maxWarmSandboxes: DEFAULT_FUNCTION_POOLS.maxWarmSandboxes, maxWarmMemoryMb: DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb, idleTtlMs: DEFAULT_FUNCTION_POOLS.idleTtlMs };
+    await sleep(500);
+    const rssStartKiB = statusKiB(server.pid, 'VmRSS');
+    const startCounts = machineCounts(server.pid, server.ownerId);
+    const chargedSum = (): number => ownerCgroups(server.ownerId).reduce((sum, name) => sum + (cgroupMemoryBytes(server.ownerId, name) ?? 0), 0) / 1024;
+    const curve: Array<{ warmed: number; serverRssMiB: number; cgroupMiB: number; memAvailableDropMiB: number }> = [];
+    const checkpoint = Math.max(1, Math.round(n / 10));
+    ctx.log(`density: deploying and warming ${n} python handlers (limits: ${JSON.stringify(limits)})`);
+    let warmedCold = 0;
+    for (let i = 0; i < n; i++) {
+      await deploy(server, `dense-${i}`, HANDLERS.python);
+      const out = await invoke(server, `dense-${i}`);
+      if (out.headers['x-kindling-cold-start'] === 'true') warmedCold++;
+      if ((i + 1) % checkpoint === 0 || i === n - 1) {
+        const counts = machineCounts(server.pid, server.ownerId);
+        curve.push({ warmed: i + 1, serverRssMiB: statusKiB(server.pid, 'VmRSS') / 1024, cgroupMiB: chargedSum() / 1024, memAvailableDropMiB: startCounts.memAvailableMiB - counts.memAvailableMiB });
+      }
+    }
+    const rssAfterKiB = statusKiB(server.pid, 'VmRSS');
+    const heldBefore = cgroupsRunning(server, MARKERS.python).length;
+    ctx.log(`density: ${heldBefore} python sandboxes alive after warming; invoking each function again`);
+    const round: Outcome[] = [];
+    for (let i = 0; i < n; i++) round.push(await invoke(server, `dense-${i}`));
+    const warm = round.filter((out) => out.headers['x-kindling-cold-start'] === 'false').length;
+    const warmMs = round.filter((out) => out.headers['x-kindling-cold-start'] === 'false').map((out) => out.ms).sort((a, b) => a - b);
+    const allMs = round.map((out) => out.ms).sort((a, b) => a - b);
+    const endCounts = machineCounts(server.pid, server.ownerId);
+    // PSS shares pages among the sandboxes that map them (the interpreter, its libraries): with many alive, each one's
+    // share is what the machine pays per extra sandbox; with one alone it equals USS.
+    const alive = cgroupsRunning(server, MARKERS.python);
+    const aliveMemory = alive.map((name) => cgroupProcMemory(server.ownerId, name));
+    const meanPssKiB = aliveMemory.reduce((sum, m) => sum + m.pssKiB, 0) / Math.max(1, alive.length);
+    const meanUssKiB = aliveMemory.reduce((sum, m) => sum + m.ussKiB, 0) / Math.max(1, alive.length);
+    const perSandboxKiB = (rssAfterKiB - rssStartKiB) / n;
+    data['density.held'] = { n, limits, warmedCold, heldAfterWarming: heldBefore, warmInSecondRound: warm, roundMs: round.map((out) => out.ms), curve, aliveAtEnd: alive.length, meanPssKiB, meanUssKiB, startCounts, endCounts, rssStartKiB, rssAfterKiB };
+    rows.push({
+      group: 'density',
+      id: 'density.held_python',
+      scenario: `Idle warm python handlers held: ${n} functions warmed in turn, then each invoked again`,
+      kindling: `${warm}/${n} warm (p99 of the warm ones ${fmtMs(quantile(warmMs, 0.99))}; all ${fmtMs(quantile(allMs, 0.99))})`,
+      baseline: '—',
+      ratio: '—',
+      target: '≥ 2000 held warm with the defaults',
+      status: warm >= 2000 ? 'pass' : n < 2000 && warm === n ? 'info' : 'fail',
+      note: `bounded by --max-warm-sandboxes ${limits.maxWarmSandboxes} and --max-warm-memory-mb ${limits.maxWarmMemoryMb} (defaults); ${heldBefore} python sandboxes alive after warming; at the end: ${endCounts.pids} pids on the machine, ${endCounts.fileHandles} open files, server ${endCounts.serverFds} fds, ${endCounts.cgroups} cgroups of the server, MemAvailable ${endCounts.memAvailableMiB} MiB`,
+    });
+    rows.push({
+      group: 'density',
+      id: 'density.pss_python_many',
+      scenario: `Idle warm python handler sandbox, PSS / USS with ${alive.length} alive (shared pages split among them)`,
+      kindling: `${MiB(meanPssKiB)} / ${MiB(meanUssKiB)} per sandbox`,
+      baseline: '—',
+      ratio: '—',
+      target: 'PSS < 5 MiB',
+      status: alive.length === 0 ? 'error' : meanPssKiB < 5 * 1024 ? 'pass' : 'fail',
+      note: 'mean over every python handler sandbox alive at the end (the generic code-less python sandbox included)',
+    });
+    rows.push({
+      group: 'density',
+      id: 'density.server_rss_per_sandbox',
+      scenario: `Server RSS growth per warmed function (${n} deployed and warmed)`,
+      kindling: `${(perSandboxKiB).toFixed(0)} KiB (${MiB(rssStartKiB)} → ${MiB(rssAfterKiB)})`,
+      baseline: '—',
+      ratio: '—',
+      target: '—',
+      status: 'info',
+      note: `includes the function records and caches of ${n} functions; warm sandboxes alive at the end: ${heldBefore}`,
+    });
+    const svg = lineChart({
+      title: `Memory vs functions warmed (${n} python handlers, default limits)`,
+      xLabel: 'functions warmed in turn',
+      yLabel: 'MiB',
+      series: [
+        { name: 'sandbox cgroups (sum)', points: curve.map((c) => [c.warmed, c.cgroupMiB] as const) },
+        { name: 'server RSS', points: curve.map((c) => [c.warmed, c.serverRssMiB] as const) },
+      ],
+    });
+    await writeFile(join(ctx.resultsDir, `${ctx.stamp}-density.svg`), svg);
+    data['density.svg'] = `${ctx.stamp}-density.svg`;
+  } finally {
+    agent.destroy();
+    await server.stop();
+  }
+  return { rows, data };
+}
