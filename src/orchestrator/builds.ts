@@ -106,7 +106,9 @@ export class DependencyBuilder {
       'set -e',
       'mkdir -p /tmp/build/node_modules && cp /work/package.json /work/package-lock.json /tmp/build/ && cd /tmp/build',
       `${npm} ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=http 1>&2`,
-      'tar -cf - -C /tmp/build/node_modules .',
+      // Records of one block: GNU tar on the host stops reading at the end-of-archive blocks, and padding after them
+      // would then meet a closed pipe.
+      'tar -b 1 -cf - -C /tmp/build/node_modules .',
     ].join('\n');
     // stdout (the tar) goes to a file first and is unpacked once the build succeeded: a failed build leaves nothing
     // half-unpacked, and the unpack reads a complete archive at its own pace. Its size is bounded by the build's disk.
