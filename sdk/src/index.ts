@@ -35,6 +35,7 @@ export type {
   FunctionSpec,
   FunctionInfo,
   FunctionBundleInfo,
+  FunctionLayerInfo,
   FunctionVersionInfo,
   InvocationResult,
   Invocation,

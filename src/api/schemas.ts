@@ -164,6 +164,17 @@ export const FunctionBundleSchema = Type.Object(
   { description: 'Present when the version was deployed from a bundle: its files are the sandbox\'s /work (read-only)' },
 );
 
+/** What a version records of its dependency layer (npm ci of a node bundle's package-lock.json). */
+export const FunctionLayerSchema = Type.Object(
+  {
+    sha256: Type.String({ description: 'sha256 of package-lock.json + runtime image + npm version (hex): versions with the same lockfile share the layer' }),
+    bytes: Type.Integer({ description: 'Bytes of the installed tree (counted against the tenant\'s maxCodeBytes, per version)' }),
+    reused: Type.Boolean({ description: 'true when no build ran for this version (the layer was built before)' }),
+    buildMs: Type.Integer({ description: 'How long this version\'s build took (0 when reused)' }),
+  },
+  { description: 'Present when a node bundle had package.json + package-lock.json: its dependencies, seen read-only at /work/node_modules' },
+);
+
 export const FunctionViewSchema = Type.Object(
   {
     name: Type.String(),
@@ -172,6 +183,7 @@ export const FunctionViewSchema = Type.Object(
     createdAtMs: Type.Number(),
     updatedAtMs: Type.Number(),
     bundle: Type.Optional(FunctionBundleSchema),
+    layer: Type.Optional(FunctionLayerSchema),
   },
   { additionalProperties: true },
 );

@@ -100,9 +100,10 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     if (options.executor !== undefined) spec.executor = options.executor as string;
     await guarded(async () => {
       const client = clientFrom(options);
-      const info = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string));
+      // A bundle deploy answers once its dependency build is done (npm ci can take minutes): no request timeout.
+      const info = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string), { requestTimeoutMs: 0 });
       if (options.json) process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
-      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}\n`);
+      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}${info.layer ? ` dependencies sha256:${info.layer.sha256} (${info.layer.reused ? 'layer reused' : `built in ${info.layer.buildMs} ms`})` : ''}\n`);
     });
   });
 

@@ -11,6 +11,7 @@ import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
 import { RUNTIMES } from './runtimes.js';
+import { LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -84,6 +85,10 @@ export interface FunctionServiceOptions {
   storageQuotasOf?: (tenant: string) => StorageQuotas;
   /** Where deployed bundles are unpacked; absent: bundle deploys are refused (BUNDLES_UNSUPPORTED). */
   bundles?: BundleStore;
+  /** Installs node bundles' npm dependencies into shared layers; absent: package.json is not acted on. */
+  builder?: DependencyBuilder;
+  /** Where layers are kept (collected like bundles). */
+  layers?: BundleStore;
   /** Called when removing unreferenced bundles failed (they are tried again after the next deploy or delete). */
   onError?: (error: unknown) => void;
 }
@@ -144,13 +149,38 @@ export class FunctionService {
     const executor = spec.executor ?? this.options.defaultExecutor;
     await this.validate(spec, executor, caps);
     if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);
-    // From here to the write nothing awaits: the quota check and the write see the same usage.
-    const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
-    this.checkStorageQuotas(tenant, name, spec, retention);
-    const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
-    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
-    if (pruned.length > 0) this.collectBundles();
-    return { view: toView(fn, version), created };
+    // The deploy waits for its build: a failed build throws BUILD_FAILED before anything is stored, so the previous
+    // version keeps serving.
+    const built = await this.buildLayer(tenant, spec, caps);
+    let stored = false;
+    try {
+      // From here to the write nothing awaits: the quota check and the write see the same usage.
+      const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
+      this.checkStorageQuotas(tenant, name, spec, retention);
+      const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
+      stored = true;
+      if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
+      if (pruned.length > 0) this.collectBundles();
+      return { view: toView(fn, version), created };
+    } finally {
+      if (built !== null) {
+        this.options.builder!.release(built.layer.sha256, built);
+        if (!stored) this.collectBundles();
+      }
+    }
+  }
+
+  /** A node bundle with package.json + package-lock.json: its layer (built now, or reused); null for anything else. */
+  private async buildLayer(tenant: string, spec: FunctionSpec, caps: Partial<ResourceLimits>): Promise<BuildResult | null> {
+    // Only a build sets a layer (the gateway's schema refuses one from the client; a caller in-process gets the same).
+    delete spec.layer;
+    const builder = this.options.builder;
+    if (spec.bundle === undefined || builder === undefined || this.options.bundles === undefined || spec.runtime !== 'node') return null;
+    const dir = this.options.bundles.pathOf(spec.bundle.sha256);
+    if (!(await builder.needsBuild(dir))) return null;
+    const built = await builder.layerFor(dir, { name: tenant, caps });
+    spec.layer = built.layer;
+    return built;
   }
 
   /**
@@ -225,7 +255,11 @@ export class FunctionService {
   collectBundles(): void {
     const bundles = this.options.bundles;
     if (bundles === undefined) return;
-    this.collecting = this.collecting.then(() => bundles.collect(this.store.bundleHashes())).then(
+    const layers = this.options.layers;
+    this.collecting = this.collecting.then(async () => {
+      await bundles.collect(this.store.bundleHashes());
+      if (layers !== undefined) await layers.collect(this.store.bundleHashes('layer'));
+    }).then(
       () => undefined,
       (error: unknown) => this.options.onError?.(error),
     );
@@ -276,7 +310,7 @@ export class FunctionService {
       let raw;
       try {
         raw = await this.options.executionService.executeRaw(commandRequest(spec), {
-          ...(spec.bundle === undefined ? {} : { roBinds: [{ source: this.bundlePath(spec.bundle.sha256), target: BUNDLE_MOUNT }] }),
+          ...(spec.bundle === undefined ? {} : { roBinds: this.bundleBinds(spec) }),
           io: { stdin: options.io?.stdin ?? { kind: 'bytes', bytes: body }, stdout: options.io?.stdout ?? COLLECT_STDOUT },
           functionName: name,
           tenant: { name: tenant, caps: options.scope?.caps ?? {} },
@@ -312,6 +346,16 @@ export class FunctionService {
   }
 
   private readonly limiters = new Map<string, ConcurrencyLimiter>();
+
+  /** A bundle at /work, and its dependency layer (if any) at /work/node_modules over it. */
+  bundleBinds(spec: FunctionSpec): { source: string; target: string }[] {
+    const binds = [{ source: this.bundlePath(spec.bundle!.sha256), target: BUNDLE_MOUNT }];
+    if (spec.layer !== undefined) {
+      if (this.options.layers === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
+      binds.push({ source: this.options.layers.pathOf(spec.layer.sha256), target: LAYER_MOUNT });
+    }
+    return binds;
+  }
 
   private bundlePath(sha256: string): string {
     if (this.options.bundles === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles');
