@@ -31,6 +31,7 @@ import { SqliteTenantStore } from './store/tenants-sqlite.js';
 import { SqliteSandboxStore } from './store/sandboxes-sqlite.js';
 import { SandboxService } from './orchestrator/sandboxes.js';
 import { DEFAULT_BUILD_DISK_MB, DependencyBuilder } from './orchestrator/builds.js';
+import { SqliteBuildStore } from './store/builds-sqlite.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
 import { processAlive } from './executors/shared/process.js';
 import { DEFAULT_FUNCTION_POOLS } from './server-defaults.js';
@@ -88,9 +89,10 @@ export interface ServerConfig {
   /**
    * Dependency builds of node bundles (npm ci in a build sandbox): the registry (--build-registry), the budget
    * (--build-timeout-ms, --build-memory-mb, --build-cpus, --build-disk-mb) and the host's npm package directory run by
-   * builds (--build-npm-dir; default: the npm next to the node running the server).
+   * builds (--build-npm-dir; default: the npm next to the node running the server); python builds: pip's index
+   * (--pip-index-url, default https://pypi.org/simple) and the pip wheel they run (--build-pip-wheel).
    */
-  build?: { registry?: string; timeoutMs?: number; memoryMb?: number; cpus?: number; diskMb?: number; npmDir?: string; caFile?: string };
+  build?: { registry?: string; timeoutMs?: number; memoryMb?: number; cpus?: number; diskMb?: number; npmDir?: string; caFile?: string; pipIndexUrl?: string; pipWheel?: string };
   /**
    * The splice relay for large streams (native/kindling-splice.c, built into dist/native): its path, or null to keep
    * every stream in node. Default: the built one when it exists.
@@ -424,6 +426,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   rollback.add('store', () => store.close());
   const usageStore = new SqliteUsageStore(join(dataDir, 'kindling.db'), { onError: (error, records) => logger.warn({ err: error, records }, 'writing usage records failed') });
   rollback.add('usage store', () => usageStore.close());
+  const buildStore = new SqliteBuildStore(join(dataDir, 'kindling.db'));
+  rollback.add('build store', () => buildStore.close());
+  // A build that was running when the server stopped never finishes: its deploy got no answer and stored nothing.
+  buildStore.failInterrupted(Date.now());
   const tenantStore = new SqliteTenantStore(join(dataDir, 'kindling.db'));
   rollback.add('tenant store', () => tenantStore.close());
   let functionServiceRef: FunctionService | null = null;
@@ -468,6 +474,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     ...(config.build?.memoryMb === undefined ? {} : { memoryMb: config.build.memoryMb }),
     ...(config.build?.cpus === undefined ? {} : { cpus: config.build.cpus }),
     ...(config.build?.caFile === undefined ? {} : { caFile: config.build.caFile }),
+    ...(config.build?.pipIndexUrl === undefined ? {} : { pipIndexUrl: config.build.pipIndexUrl }),
+    ...(config.build?.pipWheel === undefined ? {} : { pipWheel: config.build.pipWheel }),
   });
   const handlers = new HandlerPools({
     bundlePath: (sha256) => bundles.pathOf(sha256),
@@ -501,6 +509,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     bundles,
     layers,
     builder,
+    builds: buildStore,
     onError: (error) => logger.warn({ err: error }, 'removing unused function bundles failed'),
   });
   functionServiceRef = functionService;
@@ -606,6 +615,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     invocations.flushRecords();
     store.close();
     usageStore.close();
+    buildStore.close();
     tenantStore.close();
     sandboxStore.close();
     await unlock();

@@ -110,7 +110,11 @@ describe('dependency builds (sandbox executor, npm registry)', { skip: sandboxMi
     const again = await execFileAsync('node', [CLI, 'deploy', 'deps-app', '--dir', dir, '--runtime', 'node', '--handler', 'index.js:handler', ...url]);
     assert.match(again.stdout, new RegExp(`deployed deps-app version 2 \\(handler\\) .* dependencies sha256:${first.layer.sha256} \\(layer reused\\)`));
     const view = await client.functions.get('deps-app');
-    assert.deepEqual(view.layer, { sha256: first.layer.sha256, bytes: first.layer.bytes, reused: true, buildMs: 0 });
+    const { buildId, ...layer } = view.layer ?? {};
+    assert.deepEqual(layer, { sha256: first.layer.sha256, bytes: first.layer.bytes, reused: true, buildMs: 0 });
+    // A reused layer is a build too (one with nothing to install): its own id, ready, its log says why.
+    assert.match(String(buildId), /^bld_/);
+    assert.match((await client.functions.buildLogs('deps-app', String(buildId))).log, /built before: nothing to install/);
     assert.equal(JSON.parse((await client.functions.invoke('deps-app', '1s')).text()).ms, 1001);
   });
 
@@ -135,8 +139,26 @@ describe('dependency builds (sandbox executor, npm registry)', { skip: sandboxMi
     assert.equal(viaSdk.status, 422);
     assert.equal(viaSdk.code, 'BUILD_FAILED');
     assert.match(String((viaSdk.details as { log?: string }).log), /kindling-no-such-package-4f2a9c/);
-    // Still version 1, still answering.
-    assert.equal((await client.functions.get('deps-keep')).version, 1);
+    // The failed build is recorded: its id is in the error, its log (npm's 404) behind the log route and the CLI.
+    const buildId = String((viaSdk.details as { buildId?: string }).buildId);
+    assert.match(buildId, /^bld_/);
+    assert.match(viaSdk.message, new RegExp(buildId));
+    const logs = await client.functions.buildLogs('deps-keep', buildId);
+    assert.equal(logs.status, 'failed');
+    assert.match(logs.log, /E404|404 Not Found/);
+    assert.match(logs.log, /kindling-no-such-package-4f2a9c/);
+    const printed = await execFileAsync('node', [CLI, 'functions', 'build-log', 'deps-keep', buildId, ...url]);
+    assert.match(printed.stdout, /kindling-no-such-package-4f2a9c/);
+    // Still version 1, still answering; the function shows the failed build next to the version that serves.
+    const view = await client.functions.get('deps-keep');
+    assert.equal(view.version, 1);
+    assert.equal(view.lastBuild?.id, buildId);
+    assert.equal(view.lastBuild?.status, 'failed');
+    assert.match(String(view.lastBuild?.error), /npm ci exited/);
+    assert.match(String(view.layer?.buildId), /^bld_/);
+    assert.equal((await client.functions.builds('deps-keep')).find((b) => b.id === view.layer?.buildId)?.status, 'ready');
+    const listed = await execFileAsync('node', [CLI, 'functions', 'list', ...url]);
+    assert.match(listed.stdout, /deps-keep\s+1\s+handler\s+node\s+failed/);
     assert.equal((await client.functions.invoke('deps-keep', '1m')).text(), '60000');
   });
 
@@ -149,5 +171,36 @@ describe('dependency builds (sandbox executor, npm registry)', { skip: sandboxMi
     await client.functions.delete('deps-gone');
     await waitFor(() => !existsSync(layerDir), { what: 'the unused layer to be removed' });
     assert.deepEqual(readdirSync(join(server.dataDir, 'layers')).filter((name) => name.startsWith('.stage-')), []);
+  });
+});
+
+describe('build logs are the tenant\'s own (sandbox executor)', { skip: sandboxMissing ?? false }, () => {
+  it('answers another tenant\'s build id with 404; a failed first deploy\'s build is listed with its log', async () => {
+    const server = await startTestServer({ executor: 'sandbox' });
+    try {
+      const open = new Kindling({ url: server.url });
+      const created = await open.tenants.create('builds-a');
+      const admin = new Kindling({ url: server.url, apiKey: created.adminKey! });
+      const tenantA = new Kindling({ url: server.url, apiKey: created.apiKey });
+      // A lockfile npm cannot read fails the build at once, without the network.
+      const dir = directory({ 'package.json': '{"name":"app","version":"1.0.0","dependencies":{"ms":"2.1.3"}}\n', 'package-lock.json': '{ not json', 'index.js': 'exports.handler = () => "x";\n' });
+      const tar = execFileSync('tar', ['-cf', '-', '-C', dir, '.']);
+      const failed = await tenantA.functions.deployBundle('scoped', { runtime: 'node', handler: 'index.js:handler' }, tar, { requestTimeoutMs: 0 }).then(
+        () => assert.fail('expected BUILD_FAILED'),
+        (error: unknown) => error as KindlingError,
+      );
+      assert.equal(failed.code, 'BUILD_FAILED');
+      const buildId = String((failed.details as { buildId?: string }).buildId);
+      // The first deploy failed: no function, but its build is listed and its log readable by its tenant.
+      await assert.rejects(tenantA.functions.get('scoped'), (error: KindlingError) => error.code === 'FUNCTION_NOT_FOUND');
+      assert.deepEqual((await tenantA.functions.builds('scoped')).map((b) => [b.id, b.status]), [[buildId, 'failed']]);
+      assert.match((await tenantA.functions.buildLogs('scoped', buildId)).log, /EJSONPARSE|JSON|package-lock/i);
+      // The admin's tenant (default) has no function "scoped": the same id is not its build.
+      await assert.rejects(admin.functions.buildLogs('scoped', buildId), (error: KindlingError) => error.status === 404 && error.code === 'BUILD_NOT_FOUND');
+      assert.deepEqual(await admin.functions.builds('scoped'), []);
+      await assert.rejects(tenantA.functions.buildLogs('scoped', 'bld_nope'), (error: KindlingError) => error.code === 'BUILD_NOT_FOUND');
+    } finally {
+      await server.stop();
+    }
   });
 });

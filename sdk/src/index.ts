@@ -36,6 +36,7 @@ export type {
   FunctionInfo,
   FunctionBundleInfo,
   FunctionLayerInfo,
+  FunctionBuildInfo,
   FunctionVersionInfo,
   InvocationResult,
   Invocation,

@@ -189,13 +189,38 @@ export interface FunctionLayerInfo {
   reused: boolean;
   /** How long this version's build took, in ms (0 when reused). */
   buildMs: number;
+  /** `npm` (a node bundle's package-lock.json; absent on layers recorded before pip builds) or `pip` (requirements.txt, at /work/.deps). */
+  kind?: 'npm' | 'pip';
+  /** The build of this version's deploy (`functions.buildLogs(name, buildId)`). */
+  buildId?: string;
+}
+
+/** One dependency build of a deploy (`functions.builds`, `FunctionInfo.lastBuild`). */
+export interface FunctionBuildInfo {
+  id: string;
+  tenant: string;
+  function: string;
+  kind: 'npm' | 'pip';
+  /** `building` while the deploy installs, `ready` once a layer was made or reused, `failed` (see `error`). */
+  status: 'building' | 'ready' | 'failed';
+  /** Why a failed build failed (its BUILD_FAILED message). */
+  error?: string;
+  /** The layer a ready build made or reused. */
+  layerSha256?: string;
+  startedAtMs: number;
+  finishedAtMs?: number;
 }
 
 export interface FunctionInfo extends FunctionSpec {
   /** Present when the version was deployed from a bundle (`functions.deployBundle`). */
   bundle?: FunctionBundleInfo;
-  /** Present when the bundle's npm dependencies were installed (node bundles with a package-lock.json). */
+  /** Present when the bundle's dependencies were installed (node bundles with a package-lock.json, python bundles with a requirements.txt). */
   layer?: FunctionLayerInfo;
+  /**
+   * `functions.get` only: the function's newest dependency build. `building` while a deploy installs, `failed` when the
+   * last deploy's build failed (this version keeps serving), `ready` when it made or reused the layer.
+   */
+  lastBuild?: FunctionBuildInfo;
   name: string;
   /** The latest version: 1 for the first deploy, +1 for each deploy after. */
   version: number;

@@ -35,7 +35,7 @@ export interface BundleStoreOptions {
   unpackGid?: number;
   tarPath?: string;
   setprivPath?: string;
-  /** Make an empty node_modules in every unpacked tree with a package-lock.json (where its dependency layer is bound). */
+  /** Make the mount points of dependency layers: node_modules in a tree with a package-lock.json, .deps with a requirements.txt. */
   nodeModulesMountPoint?: boolean;
 }
 
@@ -163,8 +163,11 @@ export class BundleStore {
       await run('chown', ['-hR', '0:0', stage]);
       await run('chmod', ['-R', 'u+rwX,go+rX,go-w', stage]);
       // The mount point of a dependency layer (bound at /work/node_modules over this read-only tree) must exist.
-      if (this.options.nodeModulesMountPoint === true && (await stat(join(stage, 'package-lock.json')).then((s) => s.isFile(), () => false))) {
-        await mkdir(join(stage, 'node_modules'), { recursive: true, mode: 0o755 }).catch(() => undefined);
+      // Likewise a python layer's, at /work/.deps, in a tree with a requirements.txt.
+      if (this.options.nodeModulesMountPoint === true) {
+        for (const [file, mountPoint] of [['package-lock.json', 'node_modules'], ['requirements.txt', '.deps']] as const) {
+          if (await stat(join(stage, file)).then((s) => s.isFile(), () => false)) await mkdir(join(stage, mountPoint), { recursive: true, mode: 0o755 }).catch(() => undefined);
+        }
       }
       await rename(stage, target);
     })();

@@ -7,7 +7,7 @@
  * State: module-level state and files in /tmp persist between invocations served by the same warm sandbox (as in
  * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
  */
-import { LAYER_MOUNT } from './builds.js';
+import { layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
 import { StringDecoder } from 'node:string_decoder';
 import { posix } from 'node:path';
 import { agentLaunch, agentLaunchModule, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
@@ -420,10 +420,10 @@ export class HandlerPools implements HandlerInvoker {
     const launch =
       bundled === null ? agentLaunch(runtime, spec.code ?? '', spec.handler ?? 'handler') : agentLaunchModule(runtime, posix.join(BUNDLE_MOUNT, bundled.file), bundled.fn);
     if (spec.layer !== undefined && this.options.layerPath === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
-    const layerBinds = spec.layer === undefined ? [] : [{ source: this.options.layerPath!(spec.layer.sha256), target: LAYER_MOUNT }];
+    const layerBinds = spec.layer === undefined ? [] : [{ source: this.options.layerPath!(spec.layer.sha256), target: layerMount(spec.layer) }];
     const bundleBinds = spec.bundle === undefined ? {} : { roBinds: [{ source: this.options.bundlePath!(spec.bundle.sha256), target: BUNDLE_MOUNT }, ...layerBinds] };
     // Python finds the bundle's top-level modules and packages from any file of it (the agent adds the file's own dir).
-    const bundleEnv: Record<string, string> = spec.bundle !== undefined && runtime === 'python' ? { PYTHONPATH: BUNDLE_MOUNT, PYTHONDONTWRITEBYTECODE: '1' } : {};
+    const bundleEnv: Record<string, string> = spec.bundle !== undefined && runtime === 'python' ? { PYTHONPATH: spec.layer?.kind === 'pip' ? `${BUNDLE_MOUNT}:${PYTHON_LAYER_MOUNT}` : BUNDLE_MOUNT, PYTHONDONTWRITEBYTECODE: '1' } : {};
     return {
       id: newId('warm'),
       image: `kindling/${spec.runtime}`,

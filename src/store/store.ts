@@ -24,7 +24,7 @@ export interface FunctionSpec {
   executor?: ExecutorName;
   /** Deployed from a bundle (a tar of a directory): its content, seen read-only at the work dir (/work). */
   bundle?: FunctionBundle;
-  /** A node bundle with package.json + package-lock.json: its installed dependencies, bound read-only at /work/node_modules. */
+  /** A node bundle's npm dependencies (read-only at /work/node_modules) or a python bundle's pip ones (at /work/.deps). */
   layer?: FunctionLayer;
 }
 
@@ -38,6 +38,10 @@ export interface FunctionLayer {
   reused: boolean;
   /** How long this version's build took (0 when reused). */
   buildMs: number;
+  /** What installed it: npm (a node bundle's package-lock.json; absent on layers recorded before pip) or pip. */
+  kind?: 'npm' | 'pip';
+  /** The build of this deploy (GET /v1/functions/NAME/builds/ID/logs); absent on layers recorded before build ids. */
+  buildId?: string;
 }
 
 /** What a version records of its bundle (the unpacked files live in the server's bundle store, by hash). */
