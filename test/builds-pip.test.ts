@@ -62,6 +62,23 @@ function directory(files: Record<string, string>): string {
   return dir;
 }
 
+/**
+ * The index server: the directory's files, except the project "kslow", whose page answers 404 only once the test
+ * made the file /srv/release (so a build waits on it for as long as the test needs to look at its live log).
+ */
+const INDEX_SERVER = [
+  'import functools, http.server, os, time',
+  'class H(http.server.SimpleHTTPRequestHandler):',
+  '    def do_GET(self):',
+  '        if self.path.startswith("/simple/kslow"):',
+  '            while not os.path.exists("/srv/release"):',
+  '                time.sleep(0.05)',
+  '            self.send_error(404)',
+  '            return',
+  '        super().do_GET()',
+  'http.server.ThreadingHTTPServer(("", 8000), functools.partial(H, directory="/srv")).serve_forever()',
+].join('\n');
+
 const tarOf = (dir: string): Buffer => execFileSync('tar', ['-cf', '-', '-C', dir, '.']);
 const HANDLER = 'import kgreet\n\ndef main(body):\n    return kgreet.greet(body.decode())\n';
 
@@ -69,11 +86,12 @@ describe('python dependency builds (sandbox executor, a local package index)', {
   let server: TestServer;
   let client: Kindling;
   let container: ReturnType<typeof docker.getContainer> | null = null;
+  let index: string;
   before(async () => {
-    const index = buildIndex();
+    index = buildIndex();
     const made = await docker.createContainer({
       Image: 'kindling/python',
-      Cmd: ['python3', '-m', 'http.server', '8000', '--directory', '/srv'],
+      Cmd: ['python3', '-c', INDEX_SERVER],
       Labels: { 'dev.kindling.test': 'pip-index' },
       HostConfig: { Binds: [`${index}:/srv:ro`], AutoRemove: false, NetworkMode: 'bridge' },
     });
@@ -128,5 +146,29 @@ describe('python dependency builds (sandbox executor, a local package index)', {
     assert.equal(view.version, 1);
     assert.equal(view.lastBuild?.status, 'failed');
     assert.equal((await client.functions.invoke('py-keep', 'again')).text(), 'hello again');
+  });
+
+  it('serves a running build\'s log so far with status building, and the stored log once it failed', async () => {
+    const dir = directory({ 'handler.py': HANDLER, 'requirements.txt': 'kslow==1.0.0\n' });
+    const deploying = client.functions.deployBundle('py-slow', { runtime: 'python', handler: 'handler.py:main' }, tarOf(dir), { requestTimeoutMs: 0 }).then(
+      () => null,
+      (error: unknown) => error as KindlingError,
+    );
+    try {
+      // The build waits on the index: its record says building, and its log so far names the index it asked.
+      let running: { id: string; status: string } | undefined;
+      await waitFor(async () => (running = (await client.functions.builds('py-slow'))[0]) !== undefined, { what: 'the build to be recorded', timeoutMs: 120_000 });
+      assert.equal(running!.status, 'building');
+      let live: { status: string; log: string } = { status: '', log: '' };
+      await waitFor(async () => /Looking in indexes/.test((live = await client.functions.buildLogs('py-slow', running!.id)).log), { what: 'pip\'s first line in the live build log', timeoutMs: 120_000, intervalMs: 100 });
+      assert.equal(live.status, 'building');
+    } finally {
+      writeFileSync(join(index, 'release'), '');
+    }
+    const failed = await deploying;
+    assert.equal(failed?.code, 'BUILD_FAILED');
+    const stored = await client.functions.buildLogs('py-slow', String((failed?.details as { buildId?: string }).buildId));
+    assert.equal(stored.status, 'failed');
+    assert.match(stored.log, /No matching distribution found for kslow==1\.0\.0/);
   });
 });
