@@ -3,11 +3,14 @@
  * ~50 MB of node_modules next to that of a dependency-free bundle (same path: the bundle is bound read-only at /work,
  * nothing is copied per sandbox; target < 2x), alternated, each on a function deployed just before; the deploy
  * (upload, check, unpack) of the 50 MB bundle; and the disk the bundle store uses for 20 functions deployed from the
- * same bundle (one unpacked copy per content hash). Build rows (npm ci cold and cached) wait for the build step.
+ * same bundle (one unpacked copy per content hash); the deploy of a node bundle with two npm dependencies, whose build
+ * runs npm ci (cold: a new lockfile) or reuses the layer (cached: the same lockfile), next to a deploy without one.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { access, mkdir, writeFile } from 'node:fs/promises';
+import { lookup } from 'node:dns/promises';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { isIPv4 } from 'node:net';
 import { join } from 'node:path';
 import { type BenchContext, type GroupResult } from './lib/context.js';
 import { launchServer, type BenchServer } from './lib/server.js';
@@ -27,6 +30,16 @@ const ROWS = [
   { id: 'bundles.build_cold', scenario: 'npm ci build, cold', target: 'measured' },
   { id: 'bundles.build_cached', scenario: 'npm ci build, cached (unchanged lockfile)', target: 'no rebuild' },
 ] as const;
+
+/** The host's IPv4 resolvers and the registry's addresses, as /32s (the policy ignores what is public anyway). */
+async function egressForRegistry(): Promise<string[]> {
+  const resolvers = (await readFile('/etc/resolv.conf', 'utf8').catch(() => ''))
+    .split('\n')
+    .map((line) => /^nameserver\s+(\S+)/.exec(line.trim())?.[1])
+    .filter((ip): ip is string => ip !== undefined && isIPv4(ip) && !ip.startsWith('127.'));
+  const registry = await lookup('registry.npmjs.org', { all: true, family: 4 }).then((all) => all.map((a) => a.address), () => []);
+  return [...resolvers, ...registry].map((ip) => `${ip}/32`);
+}
 
 const p50 = (samples: number[]): number => quantile([...samples].sort((a, b) => a - b), 0.5);
 
@@ -58,7 +71,10 @@ export async function runBundlesGroup(ctx: BenchContext): Promise<GroupResult> {
   }
   let server: BenchServer;
   try {
-    server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--max-bundle-bytes', String(128 * 1024 * 1024), '--tenant-max-code-bytes', '0'] });
+    // Builds reach the registry through network egress: a resolver or registry mirror on a private or documentation
+    // address (as on these machines) must be opened, as an operator would (docs/security.md section 17).
+    const open = await egressForRegistry();
+    server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--max-bundle-bytes', String(128 * 1024 * 1024), '--tenant-max-code-bytes', '0', ...(open.length > 0 ? ['--egress-allow', open.join(',')] : [])] });
   } catch (error) {
     return skipAll(`server --executor sandbox did not start: ${error instanceof Error ? error.message : String(error)}`.slice(0, 200));
   }
@@ -130,8 +146,36 @@ export async function runBundlesGroup(ctx: BenchContext): Promise<GroupResult> {
       target: ROWS[2].target,
       status: storeBytes < oneCopy * 1.5 ? 'pass' : 'fail',
     });
-    for (const row of ROWS.slice(3)) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, 'no dependency build step yet (issue 21, step 2)'));
-    Object.assign(data, { bundles: { coldDepsMs: deps, coldNoneMs: none, deployMs: deploys, storeBytes, oneCopyBytes: oneCopy, tarBytes: depsTar.length } });
+    // Dependency builds: ms@2.1.3 + kleur@4.1.5 from the registry. Each cold sample has a lockfile of its own (the
+    // project's name differs), so its layer is new; a cached sample changes only the code (same lockfile, no build).
+    const runs = Math.min(n, 3);
+    const cold: number[] = [];
+    const cached: number[] = [];
+    const bare: number[] = [];
+    let reused = true;
+    try {
+      for (let i = 0; i < runs; i++) {
+        const dir = join(ctx.workDir, `build-${i}`);
+        await mkdir(dir, { recursive: true });
+        await writeFile(join(dir, 'package.json'), JSON.stringify({ name: `bench-app-${i}-${Date.now()}`, version: '1.0.0', type: 'module', dependencies: { ms: '2.1.3', kleur: '4.1.5' } }));
+        await writeFile(join(dir, 'index.js'), "import ms from 'ms';\nexport const handler = (b) => String(ms(String(b)));\n");
+        execFileSync('npm', ['install', '--package-lock-only', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: dir, stdio: 'ignore' });
+        const buildSpec = { runtime: 'node', handler: 'index.js:handler' };
+        cold.push(await deploy(url, `build-${i}`, tarOf(dir), buildSpec));
+        await writeFile(join(dir, 'index.js'), "import ms from 'ms';\nexport const handler = (b) => String(ms(String(b))) + '!';\n");
+        cached.push(await deploy(url, `build-${i}`, tarOf(dir), buildSpec));
+        const view = (await (await fetch(`${url}/v1/functions/build-${i}`)).json()) as { layer?: { reused?: boolean } };
+        reused &&= view.layer?.reused === true;
+        // The same bundle without a lockfile: no build (the deploy floor).
+        await rm(join(dir, 'package-lock.json'));
+        bare.push(await deploy(url, `bare-${i}`, tarOf(dir), buildSpec));
+      }
+      rows.push({ group: GROUP, id: ROWS[3].id, scenario: `${ROWS[3].scenario} (ms + kleur from the registry, deploy answered after the build), n=${runs}`, kindling: `p50 ${fmtMs(p50(cold))}`, baseline: `p50 ${fmtMs(p50(bare))} (same bundle, no lockfile)`, ratio: fmtRatio(p50(cold) / p50(bare)), target: ROWS[3].target, status: 'info' });
+      rows.push({ group: GROUP, id: ROWS[4].id, scenario: `${ROWS[4].scenario}, n=${runs}`, kindling: `p50 ${fmtMs(p50(cached))}`, baseline: `p50 ${fmtMs(p50(bare))} (same bundle, no lockfile)`, ratio: fmtRatio(p50(cached) / p50(bare)), target: ROWS[4].target, status: reused ? 'pass' : 'fail' });
+    } catch (error) {
+      for (const row of ROWS.slice(3)) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, `the build failed (registry unreachable?): ${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
+    }
+    Object.assign(data, { bundles: { coldDepsMs: deps, coldNoneMs: none, deployMs: deploys, storeBytes, oneCopyBytes: oneCopy, tarBytes: depsTar.length, buildColdMs: cold, buildCachedMs: cached, deployNoLockMs: bare } });
   } finally {
     await server.stop();
   }

@@ -30,6 +30,8 @@ import { SqliteUsageStore } from './store/usage-sqlite.js';
 import { SqliteTenantStore } from './store/tenants-sqlite.js';
 import { SqliteSandboxStore } from './store/sandboxes-sqlite.js';
 import { SandboxService } from './orchestrator/sandboxes.js';
+import { DEFAULT_BUILD_DISK_MB, DependencyBuilder } from './orchestrator/builds.js';
+import { SqliteBuildStore } from './store/builds-sqlite.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
 import { processAlive } from './executors/shared/process.js';
 import { DEFAULT_FUNCTION_POOLS } from './server-defaults.js';
@@ -84,6 +86,13 @@ export interface ServerConfig {
   maxStreamBytes: number;
   /** Largest function bundle (a tar of a directory, as uploaded) (--max-bundle-bytes). Default 64 MiB. */
   maxBundleBytes?: number;
+  /**
+   * Dependency builds of node bundles (npm ci in a build sandbox): the registry (--build-registry), the budget
+   * (--build-timeout-ms, --build-memory-mb, --build-cpus, --build-disk-mb) and the host's npm package directory run by
+   * builds (--build-npm-dir; default: the npm next to the node running the server); python builds: pip's index
+   * (--pip-index-url, default https://pypi.org/simple) and the pip wheel they run (--build-pip-wheel).
+   */
+  build?: { registry?: string; timeoutMs?: number; memoryMb?: number; cpus?: number; diskMb?: number; npmDir?: string; caFile?: string; pipIndexUrl?: string; pipWheel?: string };
   /**
    * The splice relay for large streams (native/kindling-splice.c, built into dist/native): its path, or null to keep
    * every stream in node. Default: the built one when it exists.
@@ -417,6 +426,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   rollback.add('store', () => store.close());
   const usageStore = new SqliteUsageStore(join(dataDir, 'kindling.db'), { onError: (error, records) => logger.warn({ err: error, records }, 'writing usage records failed') });
   rollback.add('usage store', () => usageStore.close());
+  const buildStore = new SqliteBuildStore(join(dataDir, 'kindling.db'));
+  rollback.add('build store', () => buildStore.close());
+  // A build that was running when the server stopped never finishes: its deploy got no answer and stored nothing.
+  buildStore.failInterrupted(Date.now());
   const tenantStore = new SqliteTenantStore(join(dataDir, 'kindling.db'));
   rollback.add('tenant store', () => tenantStore.close());
   let functionServiceRef: FunctionService | null = null;
@@ -447,9 +460,26 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     observers: [metrics, usageMeter],
   });
   // Unpacked function bundles, one read-only directory per content hash, bound into sandboxes at /work.
-  const bundles = new BundleStore({ dir: join(dataDir, 'bundles'), ...(config.maxBundleBytes === undefined ? {} : { maxBytes: config.maxBundleBytes }) });
+  const bundles = new BundleStore({ dir: join(dataDir, 'bundles'), nodeModulesMountPoint: true, ...(config.maxBundleBytes === undefined ? {} : { maxBytes: config.maxBundleBytes }) });
+  // Installed npm dependencies, one read-only directory per lockfile hash, bound at /work/node_modules.
+  const buildDiskMb = config.build?.diskMb ?? DEFAULT_BUILD_DISK_MB;
+  const layers = new BundleStore({ dir: join(dataDir, 'layers'), maxBytes: buildDiskMb * 1024 * 1024 });
+  const builder = new DependencyBuilder({
+    executionService: service,
+    layers,
+    npmDir: config.build?.npmDir ?? join(dirname(dirname(process.execPath)), 'lib', 'node_modules', 'npm'),
+    diskMb: buildDiskMb,
+    ...(config.build?.registry === undefined ? {} : { registry: config.build.registry }),
+    ...(config.build?.timeoutMs === undefined ? {} : { timeoutMs: config.build.timeoutMs }),
+    ...(config.build?.memoryMb === undefined ? {} : { memoryMb: config.build.memoryMb }),
+    ...(config.build?.cpus === undefined ? {} : { cpus: config.build.cpus }),
+    ...(config.build?.caFile === undefined ? {} : { caFile: config.build.caFile }),
+    ...(config.build?.pipIndexUrl === undefined ? {} : { pipIndexUrl: config.build.pipIndexUrl }),
+    ...(config.build?.pipWheel === undefined ? {} : { pipWheel: config.build.pipWheel }),
+  });
   const handlers = new HandlerPools({
     bundlePath: (sha256) => bundles.pathOf(sha256),
+    layerPath: (sha256) => layers.pathOf(sha256),
     ...DEFAULT_FUNCTION_POOLS,
     ...config.functionPools,
     executors: served,
@@ -477,6 +507,9 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     defaultMaxQueued: pools.defaultMaxQueued,
     queueTimeoutMs: pools.queueTimeoutMs,
     bundles,
+    layers,
+    builder,
+    builds: buildStore,
     onError: (error) => logger.warn({ err: error }, 'removing unused function bundles failed'),
   });
   functionServiceRef = functionService;
@@ -582,6 +615,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     invocations.flushRecords();
     store.close();
     usageStore.close();
+    buildStore.close();
     tenantStore.close();
     sandboxStore.close();
     await unlock();

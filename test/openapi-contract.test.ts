@@ -33,6 +33,8 @@ const TS_COVERED: Record<string, string[]> = {
   'POST /v1/functions/{name}/invoke': ['functions.invoke', 'functions.invokeAsync'],
   'GET /v1/functions/{name}/logs': ['functions.logs'],
   'GET /v1/functions/{name}/versions': ['functions.versions'],
+  'GET /v1/functions/{name}/builds': ['functions.builds'],
+  'GET /v1/functions/{name}/builds/{id}/logs': ['functions.buildLogs'],
   'GET /v1/invocations': ['invocations.list'],
   'GET /v1/invocations/{id}': ['invocations.get', 'invocations.waitFor'],
   'GET /v1/invocations/{id}/output': ['invocations.output'],

@@ -1,7 +1,7 @@
 import { KindlingError } from './errors.js';
 import { APIResource, type RequestOptions } from './resource.js';
 import { sseEvents } from './invocations.js';
-import type { FunctionInfo, FunctionSpec, FunctionVersionInfo, InvocationResult, LogEvent } from './types.js';
+import type { FunctionBuildInfo, FunctionInfo, FunctionSpec, FunctionVersionInfo, InvocationResult, LogEvent } from './types.js';
 
 const path = (name: string): string => `/v1/functions/${encodeURIComponent(name)}`;
 
@@ -73,6 +73,35 @@ export class Functions extends APIResource {
   async versions(name: string, options: RequestOptions = {}): Promise<FunctionVersionInfo[]> {
     const answer = await this.http.json<{ versions: FunctionVersionInfo[] }>({ method: 'GET', path: `${path(name)}/versions`, ...call(options) });
     return answer.versions;
+  }
+
+  /**
+   * `GET /v1/functions/NAME/builds`: the dependency builds of the function's deploys (npm ci, pip install), newest
+   * first, with their status and error; a first deploy's build shows here before the function exists.
+   */
+  async builds(name: string, options: RequestOptions = {}): Promise<FunctionBuildInfo[]> {
+    const answer = await this.http.json<{ builds: FunctionBuildInfo[] }>({ method: 'GET', path: `${path(name)}/builds`, ...call(options) });
+    return answer.builds;
+  }
+
+  /**
+   * `GET /v1/functions/NAME/builds/ID/logs`: a build's log (npm's or pip's output): what it wrote so far while it runs,
+   * its last 64 KiB once it ended. The id is in `BUILD_FAILED`'s `details.buildId`, `layer.buildId` and `lastBuild.id`.
+   * Rejects with `NotFoundError` (`BUILD_NOT_FOUND`) for an id the function does not have.
+   */
+  async buildLogs(name: string, id: string, options: RequestOptions = {}): Promise<{ status: FunctionBuildInfo['status']; log: string }> {
+    const target = `${path(name)}/builds/${encodeURIComponent(id)}/logs`;
+    const request = this.http.open(target, call(options));
+    try {
+      const response = await this.http.send(request, { method: 'GET', path: target });
+      try {
+        return { status: (response.headers.get('x-kindling-build-status') ?? 'ready') as FunctionBuildInfo['status'], log: await response.text() };
+      } catch (err) {
+        throw request.toError(err);
+      }
+    } finally {
+      request.dispose();
+    }
   }
 
   async list(options: RequestOptions = {}): Promise<FunctionInfo[]> {

@@ -35,6 +35,8 @@ export type {
   FunctionSpec,
   FunctionInfo,
   FunctionBundleInfo,
+  FunctionLayerInfo,
+  FunctionBuildInfo,
   FunctionVersionInfo,
   InvocationResult,
   Invocation,

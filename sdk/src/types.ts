@@ -176,9 +176,51 @@ export interface FunctionBundleInfo {
   entries: number;
 }
 
+/**
+ * What a version records of its dependency layer: a node bundle with package.json + package-lock.json had `npm ci` run
+ * by a build when it was deployed (the deploy answers once the build is done); the installed tree is /work/node_modules.
+ */
+export interface FunctionLayerInfo {
+  /** sha256 (hex) of package-lock.json + runtime image + npm version: versions with the same lockfile share the layer. */
+  sha256: string;
+  /** Bytes of the installed tree (counted in the tenant's code bytes, per version). */
+  bytes: number;
+  /** true when no build ran for this version (the layer was built before). */
+  reused: boolean;
+  /** How long this version's build took, in ms (0 when reused). */
+  buildMs: number;
+  /** `npm` (a node bundle's package-lock.json; absent on layers recorded before pip builds) or `pip` (requirements.txt, at /work/.deps). */
+  kind?: 'npm' | 'pip';
+  /** The build of this version's deploy (`functions.buildLogs(name, buildId)`). */
+  buildId?: string;
+}
+
+/** One dependency build of a deploy (`functions.builds`, `FunctionInfo.lastBuild`). */
+export interface FunctionBuildInfo {
+  id: string;
+  tenant: string;
+  function: string;
+  kind: 'npm' | 'pip';
+  /** `building` while the deploy installs, `ready` once a layer was made or reused, `failed` (see `error`). */
+  status: 'building' | 'ready' | 'failed';
+  /** Why a failed build failed (its BUILD_FAILED message). */
+  error?: string;
+  /** The layer a ready build made or reused. */
+  layerSha256?: string;
+  startedAtMs: number;
+  finishedAtMs?: number;
+}
+
 export interface FunctionInfo extends FunctionSpec {
   /** Present when the version was deployed from a bundle (`functions.deployBundle`). */
   bundle?: FunctionBundleInfo;
+  /** Present when the bundle's dependencies were installed (node bundles with a package-lock.json, python bundles with a requirements.txt). */
+  layer?: FunctionLayerInfo;
+  /**
+   * `functions.get` only: the function's newest dependency build. `building` while a deploy installs, `failed` when the
+   * last deploy's build failed (this version keeps serving), `ready` when it made or reused the layer.
+   */
+  lastBuild?: FunctionBuildInfo;
   name: string;
   /** The latest version: 1 for the first deploy, +1 for each deploy after. */
   version: number;
@@ -191,6 +233,8 @@ export interface FunctionInfo extends FunctionSpec {
 export interface FunctionVersionInfo extends FunctionSpec {
   /** Present when the version was deployed from a bundle. */
   bundle?: FunctionBundleInfo;
+  /** Present when the bundle's npm dependencies were installed. */
+  layer?: FunctionLayerInfo;
   name: string;
   version: number;
   style: 'handler' | 'command';

@@ -164,6 +164,43 @@ export const FunctionBundleSchema = Type.Object(
   { description: 'Present when the version was deployed from a bundle: its files are the sandbox\'s /work (read-only)' },
 );
 
+/** What a version records of its dependency layer (npm ci of a node bundle's package-lock.json). */
+export const FunctionLayerSchema = Type.Object(
+  {
+    sha256: Type.String({ description: 'sha256 of package-lock.json + runtime image + npm version (hex): versions with the same lockfile share the layer' }),
+    bytes: Type.Integer({ description: 'Bytes of the installed tree (counted against the tenant\'s maxCodeBytes, per version)' }),
+    reused: Type.Boolean({ description: 'true when no build ran for this version (the layer was built before)' }),
+    buildMs: Type.Integer({ description: 'How long this version\'s build took (0 when reused)' }),
+    kind: Type.Optional(Type.String({ description: 'npm (absent on layers recorded before pip builds) or pip' })),
+    buildId: Type.Optional(Type.String({ description: 'The build of this version\'s deploy (GET /v1/functions/NAME/builds/ID/logs)' })),
+  },
+  { description: 'Present when a node bundle had package.json + package-lock.json (its dependencies, read-only at /work/node_modules) or a python bundle a requirements.txt (read-only at /work/.deps, on PYTHONPATH)' },
+);
+
+/** One dependency build of a function's deploy. */
+export const FunctionBuildSchema = Type.Object(
+  {
+    id: Type.String({ example: 'bld_0mi8x2k1c4f9e2a7b3d10c5e8' }),
+    tenant: Type.String(),
+    function: Type.String(),
+    kind: Type.String({ description: 'npm or pip' }),
+    status: Type.String({ description: 'building, ready or failed', enum: ['building', 'ready', 'failed'] }),
+    error: Type.Optional(Type.String({ description: 'Why a failed build failed (its BUILD_FAILED message)' })),
+    layerSha256: Type.Optional(Type.String({ description: 'The layer a ready build made or reused' })),
+    startedAtMs: Type.Number(),
+    finishedAtMs: Type.Optional(Type.Number()),
+  },
+  { description: 'A dependency build: every deploy of a bundle with dependencies has one (reused layers too)' },
+);
+
+export const FunctionBuildListSchema = Type.Object({ builds: Type.Array(FunctionBuildSchema, { description: 'Newest first; the newest 20 per function are kept' }) });
+
+export const FunctionBuildParamsSchema = Type.Object({
+  name: Type.String({ description: 'Function name: ^[a-z0-9][a-z0-9-]{0,62}$', maxLength: 256 }),
+  id: Type.String({ description: 'Build id (bld_...)', maxLength: 256 }),
+});
+export type FunctionBuildParams = Static<typeof FunctionBuildParamsSchema>;
+
 export const FunctionViewSchema = Type.Object(
   {
     name: Type.String(),
@@ -172,6 +209,8 @@ export const FunctionViewSchema = Type.Object(
     createdAtMs: Type.Number(),
     updatedAtMs: Type.Number(),
     bundle: Type.Optional(FunctionBundleSchema),
+    layer: Type.Optional(FunctionLayerSchema),
+    lastBuild: Type.Optional(Type.Unsafe<Static<typeof FunctionBuildSchema>>({ ...FunctionBuildSchema, description: 'The function\'s newest dependency build: building while a deploy installs, failed when the last deploy\'s build failed (this version keeps serving)' })),
   },
   { additionalProperties: true },
 );

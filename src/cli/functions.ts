@@ -100,9 +100,10 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     if (options.executor !== undefined) spec.executor = options.executor as string;
     await guarded(async () => {
       const client = clientFrom(options);
-      const info = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string));
+      // A bundle deploy answers once its dependency build is done (npm ci can take minutes): no request timeout.
+      const info = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string), { requestTimeoutMs: 0 });
       if (options.json) process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
-      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}\n`);
+      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}${info.layer ? ` dependencies sha256:${info.layer.sha256} (${info.layer.reused ? 'layer reused' : `built in ${info.layer.buildMs} ms`})` : ''}\n`);
     });
   });
 
@@ -149,7 +150,7 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
           process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
           return;
         }
-        const rows = [['NAME', 'VERSION', 'STYLE', 'RUNTIME/IMAGE', 'UPDATED'], ...list.map((f) => [f.name, String(f.version), f.style, f.runtime ?? f.image ?? '-', new Date(f.updatedAtMs).toISOString()])];
+        const rows = [['NAME', 'VERSION', 'STYLE', 'RUNTIME/IMAGE', 'BUILD', 'UPDATED'], ...list.map((f) => [f.name, String(f.version), f.style, f.runtime ?? f.image ?? '-', f.lastBuild?.status ?? '-', new Date(f.updatedAtMs).toISOString()])];
         const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
         process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
       }),
@@ -171,6 +172,27 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
         const rows = [['VERSION', 'STYLE', 'RUNTIME/IMAGE', 'DEPLOYED', ''], ...versions.map((v) => [String(v.version), v.style, v.runtime ?? v.image ?? '-', new Date(v.createdAtMs).toISOString(), v.latest ? 'latest' : ''])];
         const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
         process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
+      }),
+  );
+  clientOptions(functions.command('builds').description('list the dependency builds of a function\'s deploys, newest first').argument('<name>').option('--json', 'print JSON'), defaults).action(
+    async (name: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        const builds = await clientFrom(options).functions.builds(name);
+        if (options.json) {
+          process.stdout.write(`${JSON.stringify(builds, null, 2)}\n`);
+          return;
+        }
+        const rows = [['BUILD', 'KIND', 'STATUS', 'STARTED', 'ERROR'], ...builds.map((b) => [b.id, b.kind, b.status, new Date(b.startedAtMs).toISOString(), (b.error ?? '').split('\n')[0]!.slice(0, 80)])];
+        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+        process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
+      }),
+  );
+  clientOptions(functions.command('build-log').description('print a build\'s log (so far, while it runs)').argument('<name>').argument('<build-id>'), defaults).action(
+    async (name: string, id: string, options: Record<string, unknown>) =>
+      guarded(async () => {
+        const { status, log } = await clientFrom(options).functions.buildLogs(name, id);
+        process.stdout.write(log.endsWith('\n') || log === '' ? log : `${log}\n`);
+        process.stderr.write(`build ${id}: ${status}\n`);
       }),
   );
   clientOptions(functions.command('delete').description('delete a function, all its versions and warm sandboxes').argument('<name>'), defaults).action(

@@ -89,6 +89,15 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--max-queued <n>', 'executions waiting for a slot before 429', int('--max-queued'), 256)
     .option('--queue-timeout-ms <ms>', 'longest wait for a slot before 429', int('--queue-timeout-ms'), 30_000)
     .option('--max-body-bytes <n>', 'largest JSON request body; beyond it 413', int('--max-body-bytes'), 64 * 1024 * 1024)
+    .option('--build-registry <url>', 'npm registry dependency builds install from (network "egress": see docs/security.md section 17)', 'https://registry.npmjs.org/')
+    .option('--build-timeout-ms <n>', 'time budget of one dependency build (npm ci)', int('--build-timeout-ms'), 300_000)
+    .option('--build-memory-mb <n>', 'memory budget of one dependency build', int('--build-memory-mb'), 1024)
+    .option('--build-cpus <n>', 'CPUs of one dependency build', Number, 1)
+    .option('--build-disk-mb <n>', 'scratch disk of one dependency build, and the largest layer it may produce', int('--build-disk-mb'), 1024)
+    .option('--build-ca-file <path>', 'PEM bundle of extra CAs dependency builds trust (a registry mirror or TLS proxy with its own CA); default: $NODE_EXTRA_CA_CERTS if set; "" for none', process.env.NODE_EXTRA_CA_CERTS ?? '')
+    .option('--build-npm-dir <dir>', 'host directory of the npm package builds run (default: the npm installed next to this node)')
+    .option('--pip-index-url <url>', 'package index (PEP 503 simple) python dependency builds install from (network "egress": see docs/security.md section 17)', 'https://pypi.org/simple')
+    .option('--build-pip-wheel <path>', 'host path of the pip wheel python dependency builds run (default: the newest in /usr/share/python-wheels, Debian\'s python3-pip-whl)')
     .option('--max-bundle-bytes <n>', 'largest function bundle (a tar of a directory, as uploaded); beyond it 413', int('--max-bundle-bytes'), 64 * 1024 * 1024)
     .option('--max-stream-bytes <n>', 'largest raw (application/octet-stream) body, streamed to stdin; beyond it 413', int('--max-stream-bytes'), 1024 * 1024 * 1024)
     .option('--stream-relay <on|off>', 'large raw streams (uploads of 4 MiB+, outputs past 1 MiB) move between the client socket and the sandbox by splice(2), around the node process; off keeps them in node', 'on')
@@ -161,6 +170,17 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
         maxBodyBytes: options.maxBodyBytes as number,
         maxStreamBytes: options.maxStreamBytes as number,
         maxBundleBytes: options.maxBundleBytes as number,
+        build: {
+          registry: options.buildRegistry as string,
+          timeoutMs: options.buildTimeoutMs as number,
+          memoryMb: options.buildMemoryMb as number,
+          cpus: options.buildCpus as number,
+          diskMb: options.buildDiskMb as number,
+          ...(options.buildNpmDir === undefined ? {} : { npmDir: options.buildNpmDir as string }),
+          ...(options.buildCaFile === '' ? {} : { caFile: options.buildCaFile as string }),
+          pipIndexUrl: options.pipIndexUrl as string,
+          ...(options.buildPipWheel === undefined ? {} : { pipWheel: options.buildPipWheel as string }),
+        },
         ...(relay === 'off' ? { streamRelayPath: null } : {}),
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,

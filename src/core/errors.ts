@@ -29,6 +29,10 @@ export const ERROR_CODES = {
   BUNDLE_INVALID: { statusCode: 400, retryable: false },
   /** A bundle deployed to an executor that cannot bind it into its sandboxes (the message names the ones that can). */
   BUNDLES_UNSUPPORTED: { statusCode: 400, retryable: false },
+  /** A bundle's dependency build (npm ci, pip install) failed: the message carries the end of its log and the build id, details.log and details.buildId. */
+  BUILD_FAILED: { statusCode: 422, retryable: false },
+  /** A build id the function does not have (or another tenant's build). */
+  BUILD_NOT_FOUND: { statusCode: 404, retryable: false },
   UNAUTHORIZED: { statusCode: 401, retryable: false },
   /** A tenant key asked for an admin-only route (tenants, keys, another tenant's scope). */
   FORBIDDEN: { statusCode: 403, retryable: false },

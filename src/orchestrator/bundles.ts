@@ -35,6 +35,8 @@ export interface BundleStoreOptions {
   unpackGid?: number;
   tarPath?: string;
   setprivPath?: string;
+  /** Make the mount points of dependency layers: node_modules in a tree with a package-lock.json, .deps with a requirements.txt. */
+  nodeModulesMountPoint?: boolean;
 }
 
 const SHA256 = /^[0-9a-f]{64}$/;
@@ -95,7 +97,7 @@ export class BundleStore {
    * Throws PAYLOAD_TOO_LARGE past the limit and BUNDLE_INVALID (naming the entry) for an unsafe or corrupt archive.
    * The bundle stays pinned (kept by collect()) until `release` is called: call it once the version is stored or not.
    */
-  async ingest(upload: Readable): Promise<BundleInfo> {
+  async ingest(upload: Readable, options: { key?: string } = {}): Promise<BundleInfo> {
     await mkdir(this.dir, { recursive: true, mode: 0o711 });
     const stage = join(this.dir, `.stage-${process.pid}-${++this.staged}-${Math.random().toString(36).slice(2, 8)}`);
     await mkdir(stage, { mode: 0o700 });
@@ -135,7 +137,8 @@ export class BundleStore {
       if (code !== 0) {
         throw new KindlingError('BUNDLE_INVALID', `unpacking the bundle failed: ${stderr.trim().split('\n').pop()?.slice(0, 300) || `tar exited with ${code}`}`);
       }
-      const info: BundleInfo = { sha256: hash.digest(), bytes: hash.bytes, entries: guard.summary.entries };
+      // A dependency layer is kept under its lockfile's hash (`key`), not its archive's: the same lockfile, one layer.
+      const info: BundleInfo = { sha256: options.key ?? hash.digest(), bytes: hash.bytes, entries: guard.summary.entries };
       this.pinned.set(info.sha256, (this.pinned.get(info.sha256) ?? 0) + 1);
       try {
         await this.place(stage, info.sha256);
@@ -159,6 +162,13 @@ export class BundleStore {
       // chown/chmod -R do not follow symlinks met during the walk (-h: nor the links themselves).
       await run('chown', ['-hR', '0:0', stage]);
       await run('chmod', ['-R', 'u+rwX,go+rX,go-w', stage]);
+      // The mount point of a dependency layer (bound at /work/node_modules over this read-only tree) must exist.
+      // Likewise a python layer's, at /work/.deps, in a tree with a requirements.txt.
+      if (this.options.nodeModulesMountPoint === true) {
+        for (const [file, mountPoint] of [['package-lock.json', 'node_modules'], ['requirements.txt', '.deps']] as const) {
+          if (await stat(join(stage, file)).then((s) => s.isFile(), () => false)) await mkdir(join(stage, mountPoint), { recursive: true, mode: 0o755 }).catch(() => undefined);
+        }
+      }
       await rename(stage, target);
     })();
     this.unpacking.set(sha256, work);

@@ -11,6 +11,9 @@ import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
 import { RUNTIMES } from './runtimes.js';
+import { layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
+import { newId } from '../core/ids.js';
+import type { BuildRecord, BuildStore } from '../store/builds-sqlite.js';
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -84,6 +87,12 @@ export interface FunctionServiceOptions {
   storageQuotasOf?: (tenant: string) => StorageQuotas;
   /** Where deployed bundles are unpacked; absent: bundle deploys are refused (BUNDLES_UNSUPPORTED). */
   bundles?: BundleStore;
+  /** Installs node bundles' npm dependencies into shared layers; absent: package.json is not acted on. */
+  builder?: DependencyBuilder;
+  /** Where layers are kept (collected like bundles). */
+  layers?: BundleStore;
+  /** Where builds (status, error, log) are recorded; absent: builds run unrecorded (no build ids). */
+  builds?: BuildStore;
   /** Called when removing unreferenced bundles failed (they are tried again after the next deploy or delete). */
   onError?: (error: unknown) => void;
 }
@@ -95,6 +104,11 @@ export interface FunctionView extends FunctionSpec {
   style: 'handler' | 'command';
   createdAtMs: number;
   updatedAtMs: number;
+  /**
+   * The function's newest dependency build: `building` while a deploy installs, `failed` (with its error) when the
+   * last deploy's build failed and the version shown keeps serving, `ready` when it made (or reused) a layer.
+   */
+  lastBuild?: BuildRecord;
 }
 
 /** One version of a function: its spec as deployed, flattened, with when it was deployed and whether invocations run it. */
@@ -144,13 +158,88 @@ export class FunctionService {
     const executor = spec.executor ?? this.options.defaultExecutor;
     await this.validate(spec, executor, caps);
     if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);
-    // From here to the write nothing awaits: the quota check and the write see the same usage.
-    const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
-    this.checkStorageQuotas(tenant, name, spec, retention);
-    const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
-    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
-    if (pruned.length > 0) this.collectBundles();
-    return { view: toView(fn, version), created };
+    // The deploy waits for its build: a failed build throws BUILD_FAILED before anything is stored, so the previous
+    // version keeps serving.
+    const built = await this.buildLayer(tenant, name, spec, caps);
+    let stored = false;
+    try {
+      // From here to the write nothing awaits: the quota check and the write see the same usage.
+      const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
+      this.checkStorageQuotas(tenant, name, spec, retention);
+      const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
+      stored = true;
+      if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
+      if (pruned.length > 0) this.collectBundles();
+      return { view: toView(fn, version), created };
+    } finally {
+      if (built !== null) {
+        this.options.builder!.release(built.layer.sha256, built);
+        if (!stored) this.collectBundles();
+      }
+    }
+  }
+
+  /**
+   * A node bundle with package.json + package-lock.json, or a python bundle with requirements.txt: its layer (built
+   * now, or reused), recorded as a build of the function (status, error, log); null for anything else.
+   */
+  private async buildLayer(tenant: string, name: string, spec: FunctionSpec, caps: Partial<ResourceLimits>): Promise<BuildResult | null> {
+    // Only a build sets a layer (the gateway's schema refuses one from the client; a caller in-process gets the same).
+    delete spec.layer;
+    const builder = this.options.builder;
+    if (spec.bundle === undefined || builder === undefined || this.options.bundles === undefined) return null;
+    const dir = this.options.bundles.pathOf(spec.bundle.sha256);
+    const kind = await builder.needsBuild(dir, spec.runtime);
+    if (kind === null) return null;
+    const records = this.options.builds;
+    const id = newId('bld', this.clock.nowMs());
+    records?.start({ id, tenant, function: name, kind, startedAtMs: this.clock.nowMs() });
+    // The log so far, served by the log route while the build runs (the stored log replaces it when it ends).
+    const live: string[] = [];
+    let liveBytes = 0;
+    this.liveLogs.set(id, live);
+    const onLog = (text: string): void => {
+      if (liveBytes > LIVE_LOG_BYTES) return;
+      live.push(text);
+      liveBytes += text.length;
+    };
+    try {
+      const built = await builder.layerFor(dir, kind, { name: tenant, caps }, onLog);
+      records?.finish(id, { status: 'ready', layerSha256: built.layer.sha256, log: tailOf(built.log === '' ? live.join('') : built.log), finishedAtMs: this.clock.nowMs() });
+      spec.layer = { ...built.layer, ...(records === undefined ? {} : { buildId: id }) };
+      return built;
+    } catch (error) {
+      const failure = error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the dependency build failed inside the platform', { cause: error });
+      const log = typeof (failure.details as { log?: unknown } | undefined)?.log === 'string' ? String((failure.details as { log: string }).log) : live.join('');
+      records?.finish(id, { status: 'failed', error: failure.message, log: tailOf(log), finishedAtMs: this.clock.nowMs() });
+      if (records !== undefined && failure.code === 'BUILD_FAILED') {
+        throw new KindlingError('BUILD_FAILED', `${failure.message}\n(build ${id}: GET /v1/functions/${name}/builds/${id}/logs, kindling functions build-log ${name} ${id})`, {
+          details: { ...(failure.details as Record<string, unknown> | undefined), buildId: id },
+        });
+      }
+      throw error;
+    } finally {
+      this.liveLogs.delete(id);
+    }
+  }
+
+  /** Logs of the builds running now, by build id. */
+  private readonly liveLogs = new Map<string, string[]>();
+
+  /** The function's builds, newest first (the function need not exist: its first deploy may be building or failed). */
+  builds(tenant: string, name: string): BuildRecord[] {
+    checkName(name);
+    return this.options.builds?.list(tenant, name) ?? [];
+  }
+
+  /** A build's log: what it wrote so far while it runs, its stored log (the last 64 KiB) once it ended; 404 if none. */
+  buildLog(tenant: string, name: string, id: string): { build: BuildRecord; log: string } {
+    checkName(name);
+    const build = this.options.builds?.get(tenant, name, id) ?? null;
+    if (build === null) throw new KindlingError('BUILD_NOT_FOUND', `function "${name.slice(0, 80)}" has no build "${id.slice(0, 80)}"; GET /v1/functions/${name.slice(0, 80)}/builds lists its builds`);
+    const live = this.liveLogs.get(id);
+    if (build.status === 'building' && live !== undefined) return { build, log: live.join('') };
+    return { build, log: this.options.builds?.log(tenant, name, id) ?? '' };
   }
 
   /**
@@ -190,7 +279,8 @@ export class FunctionService {
     const fn = FUNCTION_NAME_PATTERN.test(name) ? this.store.getFunction(tenant, name) : null;
     const version = fn === null ? null : this.store.getVersion(tenant, name, fn.latestVersion);
     if (fn === null || version === null) throw notFound(name);
-    return toView(fn, version);
+    const lastBuild = this.options.builds?.list(tenant, name)[0];
+    return { ...toView(fn, version), ...(lastBuild === undefined ? {} : { lastBuild }) };
   }
 
   /** Every version the store keeps of the function (see --function-versions-kept), oldest first. */
@@ -210,13 +300,15 @@ export class FunctionService {
   list(tenant: string): FunctionView[] {
     return this.store.listFunctions(tenant).flatMap((fn) => {
       const version = this.store.getVersion(tenant, fn.name, fn.latestVersion);
-      return version === null ? [] : [toView(fn, version)];
+      const lastBuild = version?.spec.bundle === undefined ? undefined : this.options.builds?.list(tenant, fn.name)[0];
+      return version === null ? [] : [{ ...toView(fn, version), ...(lastBuild === undefined ? {} : { lastBuild }) }];
     });
   }
 
   async delete(tenant: string, name: string): Promise<void> {
     checkName(name);
     if (!this.store.deleteFunction(tenant, name)) throw notFound(name);
+    this.options.builds?.deleteFunction(tenant, name);
     await this.options.handlers?.deleted(tenant, name);
     this.collectBundles();
   }
@@ -225,7 +317,11 @@ export class FunctionService {
   collectBundles(): void {
     const bundles = this.options.bundles;
     if (bundles === undefined) return;
-    this.collecting = this.collecting.then(() => bundles.collect(this.store.bundleHashes())).then(
+    const layers = this.options.layers;
+    this.collecting = this.collecting.then(async () => {
+      await bundles.collect(this.store.bundleHashes());
+      if (layers !== undefined) await layers.collect(this.store.bundleHashes('layer'));
+    }).then(
       () => undefined,
       (error: unknown) => this.options.onError?.(error),
     );
@@ -241,6 +337,7 @@ export class FunctionService {
   /** A deleted tenant's functions go, with their warm sandboxes. */
   async deleteTenant(tenant: string): Promise<void> {
     const names = this.store.deleteTenantFunctions(tenant);
+    this.options.builds?.deleteTenant(tenant);
     await Promise.all(names.map((name) => this.options.handlers?.deleted(tenant, name)));
     this.collectBundles();
   }
@@ -276,7 +373,7 @@ export class FunctionService {
       let raw;
       try {
         raw = await this.options.executionService.executeRaw(commandRequest(spec), {
-          ...(spec.bundle === undefined ? {} : { roBinds: [{ source: this.bundlePath(spec.bundle.sha256), target: BUNDLE_MOUNT }] }),
+          ...(spec.bundle === undefined ? {} : { roBinds: this.bundleBinds(spec) }),
           io: { stdin: options.io?.stdin ?? { kind: 'bytes', bytes: body }, stdout: options.io?.stdout ?? COLLECT_STDOUT },
           functionName: name,
           tenant: { name: tenant, caps: options.scope?.caps ?? {} },
@@ -312,6 +409,16 @@ export class FunctionService {
   }
 
   private readonly limiters = new Map<string, ConcurrencyLimiter>();
+
+  /** A bundle at /work, and its dependency layer (if any) at /work/node_modules over it. */
+  bundleBinds(spec: FunctionSpec): { source: string; target: string }[] {
+    const binds = [{ source: this.bundlePath(spec.bundle!.sha256), target: BUNDLE_MOUNT }];
+    if (spec.layer !== undefined) {
+      if (this.options.layers === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
+      binds.push({ source: this.options.layers.pathOf(spec.layer.sha256), target: layerMount(spec.layer) });
+    }
+    return binds;
+  }
 
   private bundlePath(sha256: string): string {
     if (this.options.bundles === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles');
@@ -426,13 +533,20 @@ function commandRequest(spec: FunctionSpec): ExecuteRequest {
     if (spec.image !== undefined) request.image = spec.image;
   }
   if (spec.command !== undefined) request.command = spec.command;
-  if (spec.env !== undefined) request.env = spec.env;
+  // A python layer is on the import path of a command too (the function's own PYTHONPATH, if any, wins).
+  if (spec.layer?.kind === 'pip') request.env = { PYTHONPATH: PYTHON_LAYER_MOUNT, ...spec.env };
+  else if (spec.env !== undefined) request.env = spec.env;
   if (spec.timeoutMs !== undefined) request.timeoutMs = spec.timeoutMs;
   if (spec.memoryMb !== undefined) request.memoryMb = spec.memoryMb;
   if (spec.cpus !== undefined) request.cpus = spec.cpus;
   if (spec.executor !== undefined) request.executor = spec.executor;
   return request;
 }
+
+/** Bytes of a running build's log kept in memory for the log route (the stored log keeps the last LOG_KEPT_BYTES). */
+const LIVE_LOG_BYTES = 1024 * 1024;
+const LOG_KEPT_BYTES = 64 * 1024;
+const tailOf = (log: string): string => (log.length > LOG_KEPT_BYTES ? log.slice(-LOG_KEPT_BYTES) : log);
 
 function checkName(name: string): void {
   if (!FUNCTION_NAME_PATTERN.test(name)) {

@@ -7,6 +7,7 @@
  * State: module-level state and files in /tmp persist between invocations served by the same warm sandbox (as in
  * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
  */
+import { layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
 import { StringDecoder } from 'node:string_decoder';
 import { posix } from 'node:path';
 import { agentLaunch, agentLaunchModule, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
@@ -104,6 +105,8 @@ export interface HandlerPoolsOptions {
   genericWarmAtStart?: { executor: ExecutorName; runtime: 'node' | 'python' }[];
   /** The host directory of an unpacked bundle (see bundles.ts); needed by functions deployed from a bundle. */
   bundlePath?: (sha256: string) => string;
+  /** Host directory of a dependency layer by hash (bound read-only at /work/node_modules); absent: no layers. */
+  layerPath?: (sha256: string) => string;
 }
 
 interface Entry {
@@ -416,9 +419,11 @@ export class HandlerPools implements HandlerInvoker {
     }
     const launch =
       bundled === null ? agentLaunch(runtime, spec.code ?? '', spec.handler ?? 'handler') : agentLaunchModule(runtime, posix.join(BUNDLE_MOUNT, bundled.file), bundled.fn);
-    const bundleBinds = spec.bundle === undefined ? {} : { roBinds: [{ source: this.options.bundlePath!(spec.bundle.sha256), target: BUNDLE_MOUNT }] };
+    if (spec.layer !== undefined && this.options.layerPath === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
+    const layerBinds = spec.layer === undefined ? [] : [{ source: this.options.layerPath!(spec.layer.sha256), target: layerMount(spec.layer) }];
+    const bundleBinds = spec.bundle === undefined ? {} : { roBinds: [{ source: this.options.bundlePath!(spec.bundle.sha256), target: BUNDLE_MOUNT }, ...layerBinds] };
     // Python finds the bundle's top-level modules and packages from any file of it (the agent adds the file's own dir).
-    const bundleEnv: Record<string, string> = spec.bundle !== undefined && runtime === 'python' ? { PYTHONPATH: BUNDLE_MOUNT, PYTHONDONTWRITEBYTECODE: '1' } : {};
+    const bundleEnv: Record<string, string> = spec.bundle !== undefined && runtime === 'python' ? { PYTHONPATH: spec.layer?.kind === 'pip' ? `${BUNDLE_MOUNT}:${PYTHON_LAYER_MOUNT}` : BUNDLE_MOUNT, PYTHONDONTWRITEBYTECODE: '1' } : {};
     return {
       id: newId('warm'),
       image: `kindling/${spec.runtime}`,

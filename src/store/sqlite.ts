@@ -434,9 +434,10 @@ export class SqliteStore implements Store {
     return names;
   }
 
-  bundleHashes(): Set<string> {
+  bundleHashes(field: 'bundle' | 'layer' = 'bundle'): Set<string> {
     // Rare (after deploys and deletes of bundle functions): a scan is fine, no index on the JSON.
-    const rows = this.db.prepare("SELECT DISTINCT json_extract(spec, '$.bundle.sha256') AS sha FROM function_versions WHERE json_extract(spec, '$.bundle.sha256') IS NOT NULL").all() as { sha: string }[];
+    const path = field === 'layer' ? '$.layer.sha256' : '$.bundle.sha256';
+    const rows = this.db.prepare('SELECT DISTINCT json_extract(spec, ?) AS sha FROM function_versions WHERE json_extract(spec, ?) IS NOT NULL').all(path, path) as { sha: string }[];
     return new Set(rows.map((row) => row.sha));
   }
 

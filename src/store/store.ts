@@ -24,6 +24,24 @@ export interface FunctionSpec {
   executor?: ExecutorName;
   /** Deployed from a bundle (a tar of a directory): its content, seen read-only at the work dir (/work). */
   bundle?: FunctionBundle;
+  /** A node bundle's npm dependencies (read-only at /work/node_modules) or a python bundle's pip ones (at /work/.deps). */
+  layer?: FunctionLayer;
+}
+
+/** What a version records of its dependency layer (the installed files live in the server's layer store, by hash). */
+export interface FunctionLayer {
+  /** sha256 of package-lock.json + runtime image + npm version, hex: every version with the same lockfile shares it. */
+  sha256: string;
+  /** Bytes of the installed tree as archived by the build (counted against the tenant's maxCodeBytes, per version). */
+  bytes: number;
+  /** True when the layer was there already (no build ran for this version). */
+  reused: boolean;
+  /** How long this version's build took (0 when reused). */
+  buildMs: number;
+  /** What installed it: npm (a node bundle's package-lock.json; absent on layers recorded before pip) or pip. */
+  kind?: 'npm' | 'pip';
+  /** The build of this deploy (GET /v1/functions/NAME/builds/ID/logs); absent on layers recorded before build ids. */
+  buildId?: string;
 }
 
 /** What a version records of its bundle (the unpacked files live in the server's bundle store, by hash). */
@@ -47,7 +65,7 @@ export interface FunctionVersion {
 }
 
 /** The bytes a version takes in the store (its spec as stored: JSON, UTF-8): what the tenant's code quota counts. */
-export const specBytes = (spec: FunctionSpec): number => Buffer.byteLength(JSON.stringify(spec)) + (spec.bundle?.bytes ?? 0);
+export const specBytes = (spec: FunctionSpec): number => Buffer.byteLength(JSON.stringify(spec)) + (spec.bundle?.bytes ?? 0) + (spec.layer?.bytes ?? 0);
 
 /**
  * What a tenant keeps on the server's disk, as the store counts it (in the same transaction as each write, so it is
@@ -103,7 +121,7 @@ export interface Store {
   /** Names of every function of a tenant (a deleted tenant's functions go). */
   deleteTenantFunctions(tenant: string): string[];
   /** The bundle hashes (FunctionBundle.sha256) some kept version of any tenant refers to (bundle garbage collection). */
-  bundleHashes(): Set<string>;
+  bundleHashes(field?: 'bundle' | 'layer'): Set<string>;
 
   /**
    * Commits a queued invocation (with its payload). With an idempotency key already used for the same function (and

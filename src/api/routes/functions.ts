@@ -20,6 +20,9 @@ import {
   FunctionSpecSchema,
   FunctionVersionListSchema,
   FunctionViewSchema,
+  FunctionBuildListSchema,
+  FunctionBuildParamsSchema,
+  type FunctionBuildParams,
   type FunctionNameParams,
   type FunctionSpecBody,
 } from '../schemas.js';
@@ -27,7 +30,7 @@ import {
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 
 /** What the function routes use of each service (tests pass small fakes of these). */
-export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'> & Partial<Pick<FunctionService, 'collectBundles'>>;
+export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'> & Partial<Pick<FunctionService, 'collectBundles' | 'builds' | 'buildLog'>>;
 export type FunctionRouteInvocations = Pick<InvocationService, 'checkQueuedPayload' | 'enqueue'>;
 export type FunctionRouteRunner = Pick<InvocationRunner, 'invoke' | 'recordLogBytes'>;
 
@@ -184,6 +187,38 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       },
     },
     async (request) => ({ versions: service.versions(request.principal.tenant, request.params.name) }),
+  );
+
+  app.get<{ Params: FunctionNameParams }>(
+    '/v1/functions/:name/builds',
+    {
+      schema: {
+        tags: ['functions'],
+        summary: 'The dependency builds of a function\'s deploys (npm ci, pip install), newest first: status, error, layer',
+        params: FunctionNameParamsSchema,
+        response: { 200: FunctionBuildListSchema, ...errors },
+      },
+    },
+    async (request) => ({ builds: service.builds?.(request.principal.tenant, request.params.name) ?? [] }),
+  );
+
+  app.get<{ Params: FunctionBuildParams }>(
+    '/v1/functions/:name/builds/:id/logs',
+    {
+      schema: {
+        tags: ['functions'],
+        summary: 'A build\'s log (npm\'s or pip\'s output) as text: what it wrote so far while it runs, the last 64 KiB once it ended',
+        description: 'x-kindling-build-status is building, ready or failed. While the build runs the answer is the log so far (no follow: ask again); another tenant\'s build is 404 BUILD_NOT_FOUND.',
+        params: FunctionBuildParamsSchema,
+        response: { 200: { description: 'The log', content: { 'text/plain': { schema: { type: 'string' } } } }, ...errors },
+      },
+    },
+    async (request, reply) => {
+      if (service.buildLog === undefined) throw new KindlingError('BUILD_NOT_FOUND', 'this server records no builds');
+      const { build, log } = service.buildLog(request.principal.tenant, request.params.name, request.params.id);
+      reply.header('x-kindling-build-status', build.status).type('text/plain; charset=utf-8');
+      return log;
+    },
   );
 
   app.delete<{ Params: FunctionNameParams }>(

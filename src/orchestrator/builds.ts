@@ -1,0 +1,281 @@
+/**
+ * Dependency builds of node bundles: a bundle with package.json + package-lock.json gets `npm ci --omit=dev
+ * --ignore-scripts` run as an ordinary execution (the same executors, limits and accounting as any other) in a build
+ * sandbox that sees the bundle read-only at /work and the operator's npm read-only at NPM_MOUNT. The installed tree
+ * leaves the sandbox as a tar on stdout and goes through the same guard and unprivileged unpack as an uploaded bundle,
+ * into the layer store under the hash of (lockfile, runtime image, npm version): one build per lockfile, shared
+ * read-only at /work/node_modules by every version that has it.
+ *
+ * Install scripts are off: a package's postinstall would run with the build's network and write into a layer that
+ * every function with the same lockfile then runs; packages that need a compiled addon are not supported.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { KindlingError } from '../core/errors.js';
+import type { FunctionLayer } from '../store/store.js';
+import type { BundleStore } from './bundles.js';
+import type { ExecutionService, TenantScope } from './execution-service.js';
+
+/** Where the operator's npm is bound inside the build sandbox (a new top-level directory: nothing of the image hides). */
+export const NPM_MOUNT = '/kindling-npm';
+/** Where a layer is seen by the function: node resolves packages from the bundle's directory upwards. */
+export const LAYER_MOUNT = '/work/node_modules';
+/** Where the operator's extra CA bundle is bound inside the build sandbox. */
+export const CA_MOUNT = '/kindling-ca.pem';
+/** Where a python layer is seen (on PYTHONPATH after /work): a mount point the bundle store makes in the bundle. */
+export const PYTHON_LAYER_MOUNT = '/work/.deps';
+/** Where the operator's pip wheel is bound inside a python build sandbox (python runs pip from the wheel file). */
+export const PIP_MOUNT = '/kindling-pip.whl';
+export const DEFAULT_PIP_INDEX_URL = 'https://pypi.org/simple';
+/** Where Debian's python3-pip-whl puts pip's wheel. */
+const DEFAULT_PIP_WHEEL_DIR = '/usr/share/python-wheels';
+
+export const DEFAULT_BUILD_TIMEOUT_MS = 300_000;
+export const DEFAULT_BUILD_MEMORY_MB = 1024;
+export const DEFAULT_BUILD_CPUS = 1;
+export const DEFAULT_BUILD_DISK_MB = 1024;
+export const DEFAULT_BUILD_REGISTRY = 'https://registry.npmjs.org/';
+/** Bytes of build log kept for the error (the end of it: npm prints its error last). */
+const LOG_KEPT_BYTES = 64 * 1024;
+
+export interface BuilderOptions {
+  executionService: Pick<ExecutionService, 'executeRaw'>;
+  /** Where layers are kept (a BundleStore over <data-dir>/layers, keyed by lockfile hash). */
+  layers: BundleStore;
+  /** Host directory of the npm package run by builds (its bin/npm-cli.js), e.g. /usr/lib/node_modules/npm. */
+  npmDir: string;
+  registry?: string;
+  timeoutMs?: number;
+  memoryMb?: number;
+  cpus?: number;
+  diskMb?: number;
+  /**
+   * A PEM bundle of CAs the build trusts besides node's own (NODE_EXTRA_CA_CERTS), bound read-only at CA_MOUNT: a
+   * registry mirror or a TLS-inspecting proxy with a private CA. Absent: node's built-in roots only.
+   */
+  caFile?: string;
+  /** The image npm builds run in (the node runtime's). */
+  image?: string;
+  /** The image pip builds run in (the python runtime's). */
+  pythonImage?: string;
+  /** pip's index (PEP 503 simple), --pip-index-url. */
+  pipIndexUrl?: string;
+  /** Host path of the pip wheel builds run (--build-pip-wheel); default: the newest in /usr/share/python-wheels. */
+  pipWheel?: string;
+}
+
+export interface BuildResult {
+  layer: FunctionLayer;
+  log: string;
+}
+
+/** The two ecosystems a build installs, by runtime: what file names the dependencies, and where the layer is seen. */
+export const BUILD_KINDS = {
+  npm: { runtime: 'node', image: 'kindling/node', files: ['package.json', 'package-lock.json'], keyFile: 'package-lock.json', mount: LAYER_MOUNT },
+  pip: { runtime: 'python', image: 'kindling/python', files: ['requirements.txt'], keyFile: 'requirements.txt', mount: PYTHON_LAYER_MOUNT },
+} as const;
+export type BuildKind = keyof typeof BUILD_KINDS;
+
+/** The layer's mount point for a version's layer (layers recorded before pip existed have no kind: npm). */
+export const layerMount = (layer: { kind?: BuildKind }): string => BUILD_KINDS[layer.kind ?? 'npm'].mount;
+
+export class DependencyBuilder {
+  private npmVersion: string | null = null;
+  private pipWheel: { path: string; version: string } | null = null;
+  /** Builds in flight by layer hash: two deploys of the same lockfile build once. */
+  private readonly running = new Map<string, Promise<BuildResult>>();
+
+  constructor(private readonly options: BuilderOptions) {}
+
+  /**
+   * What a bundle of this runtime needs built: npm for a node bundle with package.json and package-lock.json at its
+   * root, pip for a python bundle with requirements.txt; null for anything else.
+   */
+  async needsBuild(bundleDir: string, runtime: string | undefined): Promise<BuildKind | null> {
+    for (const kind of Object.keys(BUILD_KINDS) as BuildKind[]) {
+      const spec = BUILD_KINDS[kind];
+      if (spec.runtime !== runtime) continue;
+      const found = await Promise.all(spec.files.map((file) => readFile(join(bundleDir, file)).then(() => true, () => false)));
+      if (found.every(Boolean)) return kind;
+    }
+    return null;
+  }
+
+  /**
+   * The layer of the bundle at `bundleDir`: reused when its lockfile (requirements.txt) was built before, else built
+   * now. `onLog` gets the build's log as it is written (npm's / pip's stderr).
+   */
+  async layerFor(bundleDir: string, kind: BuildKind, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+    const lock = await readFile(join(bundleDir, BUILD_KINDS[kind].keyFile));
+    const image = this.imageOf(kind);
+    // npm: the same key as before pip builds existed (layers on disk stay valid); pip: its own key space.
+    const key =
+      kind === 'npm'
+        ? createHash('sha256').update(lock).update('\0').update(image).update('\0').update(await this.npm()).digest('hex')
+        : createHash('sha256').update('pip\0').update(lock).update('\0').update(image).update('\0').update((await this.pip()).version).update('\0').update(this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL).digest('hex');
+    const inFlight = this.running.get(key);
+    if (inFlight !== undefined) {
+      onLog?.(`waiting for the build of the same ${BUILD_KINDS[kind].keyFile} that another deploy started\n`);
+      return inFlight.then((r) => ({ ...r, layer: { ...r.layer, reused: true, buildMs: 0 } }));
+    }
+    if (await this.options.layers.has(key)) {
+      const bytes = (await readFile(join(this.options.layers.pathOf(key), '..', `.${key}.bytes`), 'utf8').catch(() => '0')).trim();
+      onLog?.(`layer sha256:${key} of this ${BUILD_KINDS[kind].keyFile} was built before: nothing to install\n`);
+      return { layer: { sha256: key, bytes: Number(bytes) || 0, reused: true, buildMs: 0, ...(kind === 'npm' ? {} : { kind }) }, log: '' };
+    }
+    const build = this.build(bundleDir, kind, key, tenant, onLog);
+    this.running.set(key, build);
+    try {
+      return await build;
+    } finally {
+      this.running.delete(key);
+    }
+  }
+
+  /** Unpins a layer `layerFor` built (its version was stored, or the deploy failed). */
+  release(sha256: string, result: BuildResult): void {
+    if (!result.layer.reused) this.options.layers.release(sha256);
+  }
+
+  private imageOf(kind: BuildKind): string {
+    return kind === 'npm' ? (this.options.image ?? BUILD_KINDS.npm.image) : (this.options.pythonImage ?? BUILD_KINDS.pip.image);
+  }
+
+  /** The build's shell script: the install's own output goes to stderr (the build log); stdout carries only the tar. */
+  private async script(kind: BuildKind): Promise<string> {
+    if (kind === 'npm') {
+      return [
+        'set -e',
+        'mkdir -p /tmp/build/node_modules && cp /work/package.json /work/package-lock.json /tmp/build/ && cd /tmp/build',
+        `node ${NPM_MOUNT}/bin/npm-cli.js ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=http 1>&2`,
+        // Records of one block: GNU tar on the host stops reading at the end-of-archive blocks, and padding after them
+        // would then meet a closed pipe.
+        'tar -b 1 -cf - -C /tmp/build/node_modules .',
+      ].join('\n');
+    }
+    // Wheels only (--only-binary): an sdist would run its setup.py with the build's network, the pip analogue of an
+    // npm install script. pip runs from the operator's wheel (pip runs from a wheel file): the image needs no pip.
+    return [
+      'set -e',
+      'mkdir -p /tmp/build/deps',
+      `python3 ${PIP_MOUNT}/pip install --no-cache-dir --disable-pip-version-check --no-input --only-binary=:all: --target /tmp/build/deps --index-url "$KINDLING_PIP_INDEX_URL" -r /work/requirements.txt 1>&2`,
+      'tar -b 1 -cf - -C /tmp/build/deps .',
+    ].join('\n');
+  }
+
+  private async build(bundleDir: string, kind: BuildKind, key: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+    const started = Date.now();
+    const script = await this.script(kind);
+    const tool = kind === 'npm' ? { source: this.options.npmDir, target: NPM_MOUNT } : { source: (await this.pip()).path, target: PIP_MOUNT };
+    // stdout (the tar) goes to a file first and is unpacked once the build succeeded: a failed build leaves nothing
+    // half-unpacked, and the unpack reads a complete archive at its own pace. Its size is bounded by the build's disk.
+    const spool = await mkdtemp(join(tmpdir(), 'kindling-build-'));
+    const archive = join(spool, 'layer.tar');
+    try {
+      const sink = createWriteStream(archive);
+      let raw;
+      try {
+        raw = await this.options.executionService.executeRaw(
+          {
+            image: this.imageOf(kind),
+            command: ['bash', '-c', script],
+            network: 'egress',
+            timeoutMs: this.options.timeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS,
+            memoryMb: this.options.memoryMb ?? DEFAULT_BUILD_MEMORY_MB,
+            cpus: this.options.cpus ?? DEFAULT_BUILD_CPUS,
+            diskMb: this.options.diskMb ?? DEFAULT_BUILD_DISK_MB,
+            outputBytes: LOG_KEPT_BYTES,
+            env:
+              kind === 'npm'
+                ? {
+                    HOME: '/tmp/home',
+                    npm_config_cache: '/tmp/npm-cache',
+                    npm_config_registry: this.options.registry ?? DEFAULT_BUILD_REGISTRY,
+                    npm_config_update_notifier: 'false',
+                    NODE_OPTIONS: '--no-warnings',
+                    ...(this.options.caFile === undefined ? {} : { NODE_EXTRA_CA_CERTS: CA_MOUNT }),
+                  }
+                : {
+                    HOME: '/tmp/home',
+                    KINDLING_PIP_INDEX_URL: this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL,
+                    PYTHONDONTWRITEBYTECODE: '1',
+                    // An http:// index is the operator's own choice (an internal mirror): pip ignores one unless trusted.
+                    ...plainHttpHost(this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL),
+                    // pip's own trust store is its bundled certifi; an operator's CA replaces it (PIP_CERT).
+                    ...(this.options.caFile === undefined ? {} : { PIP_CERT: CA_MOUNT }),
+                  },
+          },
+          {
+            roBinds: [
+              { source: bundleDir, target: '/work' },
+              tool,
+              ...(this.options.caFile === undefined ? [] : [{ source: this.options.caFile, target: CA_MOUNT }]),
+            ],
+            io: { stdin: { kind: 'none' }, stdout: { kind: 'sink', sink, keepBytes: 0 } },
+            tenant,
+            ...(onLog === undefined ? {} : { onOutput: (stream: string, text: string) => (stream === 'stderr' ? onLog(text) : undefined) }),
+          },
+        );
+      } finally {
+        await new Promise<void>((resolve) => sink.end(resolve));
+      }
+      const log = raw.stderr.toString('utf8');
+      if (raw.result.exitCode !== 0) {
+        const installer = kind === 'npm' ? 'npm ci' : 'pip install';
+        const why = raw.result.timedOut ? `the build ran out of time (--build-timeout-ms ${this.options.timeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS})` : raw.result.oomKilled ? `the build ran out of memory (--build-memory-mb ${this.options.memoryMb ?? DEFAULT_BUILD_MEMORY_MB})` : `${installer} exited with ${raw.result.exitCode}`;
+        const fix = kind === 'npm' ? 'fix package.json / package-lock.json (npm install --package-lock-only regenerates the lockfile)' : 'fix requirements.txt (every package needs a wheel on the index: sdists are not built)';
+        const tail = lastLines(log, 8);
+        throw new KindlingError('BUILD_FAILED', `installing the bundle's dependencies failed: ${why}; ${fix} and deploy again. ${kind} said:\n${tail}`, { details: { log: log.slice(-LOG_KEPT_BYTES), exitCode: raw.result.exitCode, timedOut: raw.result.timedOut } });
+      }
+      const info = await this.options.layers.ingest(createReadStream(archive), { key });
+      await writeFile(join(this.options.layers.pathOf(key), '..', `.${key}.bytes`), String(info.bytes)).catch(() => undefined);
+      return { layer: { sha256: key, bytes: info.bytes, reused: false, buildMs: Date.now() - started, ...(kind === 'npm' ? {} : { kind }) }, log };
+    } finally {
+      await rm(spool, { recursive: true, force: true });
+    }
+  }
+
+  private async npm(): Promise<string> {
+    if (this.npmVersion === null) {
+      const pkg = JSON.parse(await readFile(join(this.options.npmDir, 'package.json'), 'utf8')) as { version?: string };
+      this.npmVersion = pkg.version ?? 'unknown';
+    }
+    return this.npmVersion;
+  }
+
+  /** The pip wheel builds run (--build-pip-wheel, else the newest of the host's /usr/share/python-wheels). */
+  private async pip(): Promise<{ path: string; version: string }> {
+    if (this.pipWheel === null) {
+      let path = this.options.pipWheel;
+      if (path === undefined) {
+        const wheels = (await readdir(DEFAULT_PIP_WHEEL_DIR).catch(() => [] as string[])).filter((name) => /^pip-[\d.]+-py3-none-any\.whl$/.test(name));
+        wheels.sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+        const newest = wheels.at(-1);
+        if (newest === undefined) {
+          throw new KindlingError('BUILD_FAILED', `python dependency builds need pip's wheel: none in ${DEFAULT_PIP_WHEEL_DIR} (Debian's python3-pip-whl); the operator installs it or sets --build-pip-wheel`);
+        }
+        path = join(DEFAULT_PIP_WHEEL_DIR, newest);
+      }
+      const version = /pip-([\d.]+)-/.exec(basename(path))?.[1] ?? 'unknown';
+      this.pipWheel = { path, version };
+    }
+    return this.pipWheel;
+  }
+}
+
+/** PIP_TRUSTED_HOST for an index URL on plain http (pip refuses such an index otherwise); nothing for https. */
+function plainHttpHost(indexUrl: string): { PIP_TRUSTED_HOST?: string } {
+  try {
+    const url = new URL(indexUrl);
+    return url.protocol === 'http:' ? { PIP_TRUSTED_HOST: url.hostname } : {};
+  } catch {
+    return {};
+  }
+}
+
+function lastLines(text: string, count: number): string {
+  return text.trimEnd().split('\n').slice(-count).join('\n').slice(-2000);
+}
