@@ -39,7 +39,7 @@ export interface AssignmentEvent {
   operator: `0x${string}`;
   /** Unix seconds (assigned); 0 for released. */
   deadline: bigint;
-  /** Released: 0 result, 1 timeout. */
+  /** Released: 0 result, 1 timeout (reassigned next), 2 holder gone (the manager failed the job on chain). */
   reason: number;
   blockNumber: bigint;
   blockHash: `0x${string}`;
@@ -51,7 +51,7 @@ export interface Assignment {
   callId: bigint;
   operator: `0x${string}`;
   deadline: bigint;
-  /** Released with a result (reason 0): nothing more to do by anyone. */
+  /** Released with a result (reason 0) or failed by the manager (2, INSTANCE_HOLDER_GONE): nothing more to do by anyone. */
   done: boolean;
   /** Released on timeout and not yet reassigned (only between the two events of one transaction). */
   released: boolean;
@@ -196,8 +196,8 @@ export class CursorStore {
       callId: BigInt(row.id),
       operator: row.operator,
       deadline: BigInt(row.deadline),
-      done: row.kind === 'released' && row.reason === 0,
-      released: row.kind === 'released' && row.reason !== 0,
+      done: row.kind === 'released' && row.reason !== 1,
+      released: row.kind === 'released' && row.reason === 1,
     }));
   }
 
