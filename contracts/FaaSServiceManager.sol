@@ -70,7 +70,7 @@ contract FaaSServiceManager {
     /// Released because the holder of the instance the job names did not answer in time: the job failed.
     uint8 public constant RELEASE_HOLDER_GONE = 2;
     uint32 public constant DEFAULT_CAPACITY = 4;
-    /// The most operators registered at once: each job submission scans them all (about 7k gas each), so an unbounded
+    /// The most operators registered at once: each job submission scans them all (four cold storage reads, roughly 8k gas, each), so an unbounded
     /// list would let registrations push submissions past the block gas limit.
     uint256 public constant MAX_OPERATORS = 32;
 
