@@ -18,10 +18,10 @@ import {
   type Hex,
   type PublicClient,
 } from 'viem';
-import { privateKeyToAccount } from 'viem/accounts';
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { foundry } from 'viem/chains';
 import { readFileSync } from 'node:fs';
-import { TANGLE_JOBS_ABI } from '@kindling/sdk/tangle';
+import { TANGLE_JOBS_ABI, decodeJobResult, encodeJobError, encodeJobInputs, encodeJobOutput } from '@kindling/sdk/tangle';
 import { kindlingJobsArtifact, serviceManagerArtifact } from '../src/chain/contracts.js';
 import { deployKindlingChain } from '../src/chain/deploy.js';
 import { startAnvil, type Anvil } from './helpers/anvil.js';
@@ -493,4 +493,169 @@ test('with the allow-list on, only addresses the owner approved may register', a
   // Off again: registration is open.
   await send(setup.keys[0]!, setup.manager, managerAbi, 'setApprovalRequired', [false]);
   assert.equal(await register(setup, setup.keys[2]!), stranger);
+});
+
+/** A fresh funded account (beyond anvil's ten dev keys). */
+async function freshKey(): Promise<Hex> {
+  const key = generatePrivateKey();
+  await publicClient.request({ method: 'anvil_setBalance' as never, params: [privateKeyToAccount(key).address, '0x3635c9adc5dea00000'] as never });
+  return key;
+}
+
+async function operatorList(setup: Setup): Promise<Address[]> {
+  return (await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'operatorList' })) as Address[];
+}
+
+test('registration is capped at MAX_OPERATORS (TooManyOperators); unregistering and removal swap-pop the list, which frees a place', async () => {
+  const setup = await deploy();
+  const max = Number(await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'MAX_OPERATORS' }));
+  assert.equal(max, 32);
+  const keys: Hex[] = [];
+  for (let i = 0; i < max; i++) {
+    keys.push(await freshKey());
+    await register(setup, keys[i]!);
+  }
+  assert.equal((await operatorList(setup)).length, max);
+  const late = await freshKey();
+  await expectRevert(register(setup, late), 'TooManyOperators');
+  // Registering again (an update) is not a new place.
+  await register(setup, keys[3]!, 8);
+  // Only the owner removes; a removal takes the operator off the list and the last one takes its place.
+  const third = privateKeyToAccount(keys[2]!).address;
+  await expectRevert(send(setup.keys[5]!, setup.manager, managerAbi, 'removeOperator', [third]), 'NotOwner');
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'removeOperator', [third]);
+  let list = await operatorList(setup);
+  assert.equal(list.length, max - 1);
+  assert.equal(list.includes(third), false);
+  assert.equal(list[2], privateKeyToAccount(keys[max - 1]!).address, 'the last operator moved into the removed one\'s place');
+  await register(setup, late);
+  await expectRevert(register(setup, await freshKey()), 'TooManyOperators');
+  // Unregistering frees a place too; registering again takes one.
+  await send(keys[0]!, setup.jobs, jobsAbiWithManagerErrors, 'unregisterOperator', [setup.serviceId]);
+  list = await operatorList(setup);
+  assert.equal(list.length, max - 1);
+  assert.equal(list.includes(privateKeyToAccount(keys[0]!).address), false);
+  await register(setup, keys[0]!);
+  assert.equal((await operatorList(setup)).length, max);
+});
+
+test('after a removal swap-pops the list, jobs still go to the least-loaded operator, ties to the one assigned least recently', async () => {
+  const setup = await deploy();
+  const [a, b, c] = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!), await register(setup, setup.keys[3]!)];
+  assert.equal((await submit(setup, setup.keys[4]!)).operator, a);
+  assert.equal((await submit(setup, setup.keys[4]!)).operator, b);
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'removeOperator', [a]);
+  assert.deepEqual(await operatorList(setup), [c, b]);
+  assert.equal((await submit(setup, setup.keys[4]!)).operator, c);
+  // b and c have load 1: b was assigned longer ago.
+  assert.equal((await submit(setup, setup.keys[4]!)).operator, b);
+  assert.equal((await submit(setup, setup.keys[4]!)).operator, c);
+});
+
+/** Submits job `jobIndex` with real inputs; returns the call and its assignee. */
+async function submitJob(setup: Setup, customerKey: Hex, jobIndex: number, args: readonly unknown[], valueWei = 0n): Promise<{ callId: bigint; operator: Address }> {
+  const receipt = await send(customerKey, setup.jobs, jobsAbiWithManagerErrors, 'submitJob', [setup.serviceId, jobIndex, encodeJobInputs(jobIndex, args)], valueWei);
+  const [submitted] = parseEventLogs({ abi: jobsAbi, logs: receipt.logs, eventName: 'JobSubmitted' });
+  const [assigned] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'JobAssigned' });
+  return { callId: (submitted!.args as unknown as { callId: bigint }).callId, operator: (assigned!.args as unknown as { operator: Address }).operator };
+}
+
+const keyOf = (setup: Setup, operators: Address[], operator: Address): Hex => setup.keys[1 + operators.indexOf(operator)]!;
+const advanced = (mode: string, checkpointId: string, branchFrom: string) => ['kindling/base', ['true'], [], '0x', mode, checkpointId, branchFrom, 0n];
+
+test('a job that names an instance goes to the operator that made it, whatever the load; other callers and unknown ids are assigned by load', async () => {
+  const setup = await deploy();
+  const operators = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!), await register(setup, setup.keys[3]!)];
+  const [customer, other] = [setup.keys[4]!, setup.keys[5]!];
+  const customerAddress = privateKeyToAccount(customer).address;
+  const start = await submitJob(setup, customer, 6, ['', 'kindling/base', 0, 0, 0, false]);
+  const holder = start.operator;
+  await send(keyOf(setup, operators, holder), setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, start.callId, encodeJobOutput(6, ['sbx_holder1'])]);
+  assert.equal(await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'holderOf', args: [customerAddress, 'sbx_holder1'] }), holder);
+  // Another operator takes a job: by load alone (ties to the one assigned least recently) the next job would go to the
+  // third operator, and every later one away from the holder, whose load grows.
+  await submit(setup, customer);
+  const pinnedJobs: [number, readonly unknown[]][] = [
+    [2, ['sbx_holder1', 'n', 'd']],
+    [7, ['sbx_holder1']],
+    [8, ['sbx_holder1']],
+    [9, ['sbx_holder1']],
+    [10, ['sbx_holder1', 8080, 'http', '']],
+    [11, ['sbx_holder1', '/work', '0x']],
+    [5, [['sbx_holder1', 'sbx_elsewhere'], 'union']],
+    [1, advanced('persistent', 'sbx_holder1', '')],
+  ];
+  for (const [jobIndex, args] of pinnedJobs) {
+    const { callId, operator } = await submitJob(setup, customer, jobIndex, args);
+    assert.equal(operator, holder, `job ${jobIndex} naming the instance goes to its holder`);
+    assert.equal(await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'isPinned', args: [setup.serviceId, callId] }), true);
+  }
+  assert.equal(await loadOf(setup, holder), pinnedJobs.length);
+  // Another caller's job naming the same id is not pinned (ids are the caller's own), nor is an id nobody recorded.
+  assert.notEqual((await submitJob(setup, other, 8, ['sbx_holder1'])).operator, holder);
+  assert.notEqual((await submitJob(setup, customer, 8, ['sbx_unknown'])).operator, holder);
+  // An error result records nothing (here: a checkpoint that was not made).
+  const failed = await submitJob(setup, customer, 1, advanced('checkpointed', '', ''));
+  await send(keyOf(setup, operators, failed.operator), setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, failed.callId, encodeJobError('EXECUTION_TIMED_OUT', 'x')]);
+  assert.equal(await publicClient.readContract({ address: setup.manager, abi: managerAbi, functionName: 'holderOf', args: [customerAddress, `call:${failed.callId}`] }), '0x0000000000000000000000000000000000000000');
+});
+
+test('snapshots, branches and call:N checkpoints are routed to the operator that made them', async () => {
+  const setup = await deploy();
+  const operators = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!), await register(setup, setup.keys[3]!)];
+  const customer = setup.keys[4]!;
+  const answer = async (job: { callId: bigint; operator: Address }, result: Hex) =>
+    send(keyOf(setup, operators, job.operator), setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, job.callId, result]);
+  // Job 1 checkpointed on some operator makes call:N there.
+  const checkpoint = await submitJob(setup, customer, 1, advanced('checkpointed', '', ''));
+  await answer(checkpoint, encodeJobOutput(1, ['0x']));
+  await submit(setup, customer); // load elsewhere, so the next jobs would go to another operator by load
+  for (const [jobIndex, args] of [
+    [3, [`call:${checkpoint.callId}`]],
+    [4, [`call:${checkpoint.callId}`, 'b']],
+    [6, [`call:${checkpoint.callId}`, '', 0, 0, 0, false]],
+    [1, advanced('branched', '', `call:${checkpoint.callId}`)],
+  ] as [number, unknown[]][]) {
+    assert.equal((await submitJob(setup, customer, jobIndex, args)).operator, checkpoint.operator, `job ${jobIndex} on call:${checkpoint.callId}`);
+  }
+  // A snapshot made by job 2 routes job 3 to the same operator.
+  const start = await submitJob(setup, customer, 6, ['', '', 0, 0, 0, false]);
+  await answer(start, encodeJobOutput(6, ['sbx_2']));
+  const snap = await submitJob(setup, customer, 2, ['sbx_2', '', '']);
+  assert.equal(snap.operator, start.operator);
+  await answer(snap, encodeJobOutput(2, ['snap_2']));
+  assert.equal((await submitJob(setup, customer, 3, ['snap_2'])).operator, start.operator);
+});
+
+test('a job whose holder is gone fails: InstanceHolderGone at submission, INSTANCE_HOLDER_GONE on chain after the deadline (payment refunded)', async () => {
+  const setup = await deploy();
+  const operators = [await register(setup, setup.keys[1]!), await register(setup, setup.keys[2]!)];
+  const customer = setup.keys[4]!;
+  const customerAddress = privateKeyToAccount(customer).address;
+  const start = await submitJob(setup, customer, 6, ['', '', 0, 0, 0, false]);
+  const holder = start.operator;
+  await send(keyOf(setup, operators, holder), setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, start.callId, encodeJobOutput(6, ['sbx_gone'])]);
+  // The holder takes the job, then goes silent: past the deadline the job is not reassigned but fails.
+  const paused = await submitJob(setup, customer, 8, ['sbx_gone'], 7n);
+  assert.equal(paused.operator, holder);
+  await timePasses(TIMEOUT_S + 1);
+  const receipt = await send(setup.keys[6]!, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, paused.callId]);
+  const [released] = parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'JobReleased' });
+  assert.equal((released!.args as unknown as { reason: number }).reason, 2);
+  assert.equal(parseEventLogs({ abi: managerAbi, logs: receipt.logs, eventName: 'JobAssigned' }).length, 0, 'not reassigned');
+  const [posted] = parseEventLogs({ abi: jobsAbi, logs: receipt.logs, eventName: 'JobResultSubmitted' });
+  const outcome = decodeJobResult(8, (posted!.args as unknown as { result: Hex }).result);
+  assert.equal(outcome.kind === 'error' ? outcome.code : outcome.kind, 'INSTANCE_HOLDER_GONE');
+  const call = (await publicClient.readContract({ address: setup.jobs, abi: jobsAbi, functionName: 'getJobCall', args: [setup.serviceId, paused.callId] })) as { completed: boolean };
+  assert.equal(call.completed, true);
+  assert.deepEqual([await loadOf(setup, holder), (await assignmentOf(setup, paused.callId)).done], [0, true]);
+  assert.equal(await creditOf(setup, customerAddress), 7n);
+  // The holder's late answer is refused; so is another release.
+  await expectRevert(send(keyOf(setup, operators, holder), setup.jobs, jobsAbiWithManagerErrors, 'submitResult', [setup.serviceId, paused.callId, encodeJobOutput(8, ['paused'])]), 'JobAlreadyCompleted');
+  await expectRevert(send(setup.keys[6]!, setup.manager, managerAbi, 'releaseTimedOut', [setup.serviceId, paused.callId]), 'AssignmentDone');
+  // Once the owner removes the holder, a job naming its instance is refused at submission.
+  await send(setup.keys[0]!, setup.manager, managerAbi, 'removeOperator', [holder]);
+  await expectRevert(submitJob(setup, customer, 7, ['sbx_gone']), 'InstanceHolderGone');
+  // Jobs that name no instance still go to the operator left.
+  assert.notEqual((await submitJob(setup, customer, 6, ['', '', 0, 0, 0, false])).operator, holder);
 });

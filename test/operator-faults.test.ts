@@ -48,7 +48,8 @@ async function rpc(setup: ChainSetup, method: string, params: unknown[] = []): P
 
 describe('operator faults (anvil, 3 operators, kill -9, reorg)', { skip: skip ?? false }, () => {
   it('3 operators: jobs spread by load; kill -9 one mid-job: reassigned after the deadline, completed once, not resubmitted after its restart', async () => {
-    const setup = await chain(6);
+    // Jobs must end 2 s before the deadline (else they are stopped): 12 s leaves the 4 s job below room on a busy machine.
+    const setup = await chain(12);
     const ops = [await operator(setup, 1, { args: ['--capacity', '2'] }), await operator(setup, 2, { args: ['--capacity', '2'] }), await operator(setup, 3, { args: ['--capacity', '2'] })];
     const calls = [];
     for (let i = 0; i < 6; i++) calls.push((await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['sh', '-c', 'sleep 1; echo done'], [], '0x'])).callId);
@@ -57,8 +58,8 @@ describe('operator faults (anvil, 3 operators, kill -9, reorg)', { skip: skip ??
     for (const record of records) perOperator.set(record.operator.toLowerCase(), (perOperator.get(record.operator.toLowerCase()) ?? 0) + 1);
     assert.deepEqual([...perOperator.values()], [2, 2, 2], `6 jobs over 3 operators of capacity 2: ${JSON.stringify([...perOperator])}`);
 
-    // A job that runs 8 s; its operator dies 0 s into it.
-    const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['sh', '-c', 'sleep 8; echo finished'], [], '0x']);
+    // A job that runs 4 s; its operator dies 0 s into it.
+    const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['sh', '-c', 'sleep 4; echo finished'], [], '0x']);
     let victim: OperatorProcess | undefined;
     await waitFor(() => {
       victim = ops.find((op) => logged(op, 'running a job').some((line) => line.callId === callId.toString()));
@@ -78,6 +79,33 @@ describe('operator faults (anvil, 3 operators, kill -9, reorg)', { skip: skip ??
     assert.equal(logged(restarted, 'job result').find((line) => line.callId === callId.toString())?.outcome, 'already-completed');
     assert.equal(await setup.publicClient.getTransactionCount({ address: victim!.address }), nonceBefore, 'no transaction from the restarted operator');
     assert.equal(BigInt((await setup.customer.getJobCall(setup.deployment.serviceId, callId)).resultCount), 1n, 'completed once');
+  });
+
+  it('2 operators: jobs on an instance go to the operator holding it, whichever is less loaded', async () => {
+    const setup = await chain();
+    const ops = [await operator(setup, 1), await operator(setup, 2)];
+    const id = setup.deployment.serviceId;
+    const result = async (jobIndex: number, callId: bigint) => {
+      const record = await setup.customer.waitForResult(id, callId, { timeoutMs: 120_000, pollMs: 200 });
+      return { operator: record.operator.toLowerCase(), decoded: decodeJobResult(jobIndex, record.raw) };
+    };
+    const started = await result(6, (await setup.customer.submitJob(id, 6, ['', 'alpine', 0, 0, 0, false])).callId);
+    assert.equal(started.decoded.kind, 'output', JSON.stringify(started.decoded));
+    const instance = (started.decoded as { values: readonly unknown[] }).values[0] as string;
+    assert.ok(ops.some((op) => op.address.toLowerCase() === started.operator));
+    // By load, these would alternate between the two operators; each must reach the holder and succeed.
+    const jobs: [number, unknown[]][] = [
+      [1, ['alpine', ['sh', '-c', 'echo kept > /work/f; cat /work/f'], [], '0x', 'persistent', instance, '', 0n]],
+      [8, [instance]],
+      [9, [instance]],
+      [1, ['alpine', ['cat', '/work/f'], [], '0x', 'persistent', instance, '', 0n]],
+      [7, [instance]],
+    ];
+    for (const [jobIndex, args] of jobs) {
+      const answered = await result(jobIndex, (await setup.customer.submitJob(id, jobIndex, args)).callId);
+      assert.equal(answered.decoded.kind, 'output', `job ${jobIndex}: ${JSON.stringify(answered.decoded, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
+      assert.equal(answered.operator, started.operator, `job ${jobIndex} answered by the holder`);
+    }
   });
 
   it('reorg with --confirmations 2: a running job whose block vanishes posts nothing; when it reappears it runs', async () => {

@@ -1,6 +1,6 @@
 /** Registers an account as an operator of a service on a KindlingJobs contract (the manager's onRegister hook). */
 import { encodeAbiParameters, type Account, type Address, type Chain, type Hex, type PublicClient, type Transport, type WalletClient } from 'viem';
-import { kindlingJobsArtifact } from './contracts.js';
+import { kindlingJobsArtifact, serviceManagerArtifact } from './contracts.js';
 
 export interface RegisterOperatorOptions {
   walletClient: WalletClient<Transport, Chain | undefined, Account>;
@@ -22,7 +22,8 @@ export async function registerOperator(options: RegisterOperatorOptions): Promis
   const inputs = encodeAbiParameters([{ type: 'uint32' }, { type: 'uint256' }], [capacity, price]);
   const txHash = await walletClient.writeContract({
     address: options.jobsContract,
-    abi: kindlingJobsArtifact().abi,
+    // The manager's errors too, so its refusals (TooManyOperators, OperatorIsRemoved, NotApproved) are named, not a bare selector.
+    abi: [...kindlingJobsArtifact().abi, ...serviceManagerArtifact().abi.filter((item) => item.type === 'error')],
     functionName: 'registerOperator',
     args: [options.serviceId, inputs],
     chain: walletClient.chain,

@@ -183,7 +183,9 @@ async function explainRevert(
         ? ': no operator is registered for this service (kindling chain register)'
         : data.errorName === 'PaymentTooLow'
           ? `: every active operator asks more than the payment (--value-wei ${options.valueWei ?? 0n}); pass --value-wei ${String(data.args?.[0])} or more`
-          : '';
+          : data.errorName === 'InstanceHolderGone'
+            ? ': the operator that holds the instance, snapshot or branch this job names is no longer registered, so nothing else can run it; start a new instance (job 6)'
+            : '';
     throw new Error(`the chain refused the submission: ${data.errorName}(${(data.args ?? []).map(String).join(', ')})${why}`);
   }
 }

@@ -4,6 +4,11 @@
  * ancestor after a reorg), every job call seen with the state of its handling, and the assignment events of the
  * service manager. One scope per (chain, jobs contract, service manager, service id): a data dir pointed at another
  * chain or service starts from the beginning instead of from a cursor that means nothing there.
+ *
+ * Bounded under a long run: a call that is done and whose block is older than the oldest kept read position (the
+ * deepest reorg the walk back can handle) is deleted with its assignment events. The cursor is past it, so a restart
+ * never reads it again; only a reorg deeper than every kept position (which rereads from the start) would, and then
+ * the operator finds it completed on chain before running it.
  */
 import type Database from 'better-sqlite3';
 import { openSqlite } from '../store/open-sqlite.js';
@@ -39,7 +44,7 @@ export interface AssignmentEvent {
   operator: `0x${string}`;
   /** Unix seconds (assigned); 0 for released. */
   deadline: bigint;
-  /** Released: 0 result, 1 timeout. */
+  /** Released: 0 result, 1 timeout (reassigned next), 2 holder gone (the manager failed the job on chain). */
   reason: number;
   blockNumber: bigint;
   blockHash: `0x${string}`;
@@ -51,13 +56,16 @@ export interface Assignment {
   callId: bigint;
   operator: `0x${string}`;
   deadline: bigint;
-  /** Released with a result (reason 0): nothing more to do by anyone. */
+  /** Released with a result (reason 0) or failed by the manager (2, INSTANCE_HOLDER_GONE): nothing more to do by anyone. */
   done: boolean;
   /** Released on timeout and not yet reassigned (only between the two events of one transaction). */
   released: boolean;
 }
 
-/** Block hashes kept for finding a common ancestor; a reorg deeper than this many read positions rereads from the oldest. */
+/**
+ * Block hashes kept for finding a common ancestor; a reorg deeper than this many read positions rereads from the
+ * start. Done calls older than the oldest kept position are pruned.
+ */
 const KEPT_BLOCKS = 512;
 
 const num = (value: bigint): number => Number(value);
@@ -135,8 +143,24 @@ export class CursorStore {
       for (const block of [...calls, ...events]) insertBlock.run(this.scope, num(block.blockNumber), block.blockHash);
       insertBlock.run(this.scope, num(to.number), to.hash);
       this.db.prepare('DELETE FROM operator_blocks WHERE scope = ? AND block_number < (SELECT MIN(block_number) FROM (SELECT block_number FROM operator_blocks WHERE scope = ? ORDER BY block_number DESC LIMIT ?))').run(this.scope, this.scope, KEPT_BLOCKS);
+      this.prune();
     })();
     return fresh;
+  }
+
+  /**
+   * Deletes done calls from blocks older than the oldest kept read position, and assignment events that old of calls
+   * no longer kept (done and pruned, or never read: older than --start-block). What a restart needs stays: the cursor,
+   * the kept positions, every call not done (seen, running, submitted: their results) and the recent done ones (a
+   * reorg within the kept positions turns them back to submitted).
+   */
+  private prune(): void {
+    const floor = (this.db.prepare('SELECT MIN(block_number) AS n FROM operator_blocks WHERE scope = ?').get(this.scope) as { n: number | null }).n;
+    if (floor === null) return;
+    this.db.prepare("DELETE FROM operator_calls WHERE scope = ? AND state = 'done' AND block_number < ?").run(this.scope, floor);
+    this.db
+      .prepare('DELETE FROM operator_assignment_events WHERE scope = ? AND block_number < ? AND call_id NOT IN (SELECT call_id FROM operator_calls WHERE scope = ?)')
+      .run(this.scope, floor, this.scope);
   }
 
   /**
@@ -196,8 +220,8 @@ export class CursorStore {
       callId: BigInt(row.id),
       operator: row.operator,
       deadline: BigInt(row.deadline),
-      done: row.kind === 'released' && row.reason === 0,
-      released: row.kind === 'released' && row.reason !== 0,
+      done: row.kind === 'released' && row.reason !== 1,
+      released: row.kind === 'released' && row.reason === 1,
     }));
   }
 

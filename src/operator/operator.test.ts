@@ -110,7 +110,7 @@ after(async () => {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; now?: () => number } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
+async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; now?: () => number; deadlineMarginMs?: number } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kindling-operator-')));
   if (!options.dir) dirs.push(dir);
   const store = new CursorStore(join(dir, 'operator.db'), 'test');
@@ -131,6 +131,7 @@ async function setup(world: World, runner: FakeRunner, options: { dir?: string; 
     retryDelayMs: 5,
     logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }, destination(2)),
     ...(options.now ? { now: options.now } : {}),
+    ...(options.deadlineMarginMs === undefined ? {} : { deadlineMarginMs: options.deadlineMarginMs }),
   });
   return { operator: operator.start(), store, dir };
 }
@@ -209,6 +210,63 @@ describe('Operator', () => {
     await operator.close();
     assert.deepEqual(world.releases, [0n]);
     assert.deepEqual(runner.runs, [0n]);
+    store.close();
+  });
+
+  it('a job still running at its assignment deadline (less the margin) is stopped and answered ASSIGNMENT_DEADLINE_EXCEEDED', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    runner.gate = new Promise(() => {}); // runs until aborted
+    let aborted = false;
+    const run = runner.run.bind(runner);
+    runner.run = (job, signal) => {
+      signal.addEventListener('abort', () => (aborted = true));
+      return run(job, signal);
+    };
+    const { operator, store } = await setup(world, runner, { deadlineMarginMs: 1000 });
+    // The deadline is block time; this fake chain's block time is the wall clock.
+    world.submitJob(0n, ME, BigInt(Math.floor(Date.now() / 1000) + 3));
+    await waitFor(() => world.submits.length === 1, { what: 'the deadline answer', timeoutMs: 15_000 });
+    await operator.close();
+    assert.equal(aborted, true, 'the job was aborted');
+    const decoded = decodeJobResult(0, world.submits[0]!.result);
+    assert.equal(decoded.kind === 'error' && decoded.code, 'ASSIGNMENT_DEADLINE_EXCEEDED');
+    assert.equal(store.call(0n)?.state, 'done');
+    store.close();
+  });
+
+  it('a job reassigned while it ran is stopped at its deadline and posts nothing; it waits as seen', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    runner.gate = new Promise(() => {});
+    const { operator, store } = await setup(world, runner, { deadlineMarginMs: 0 });
+    world.submitJob(0n, ME, BigInt(Math.floor(Date.now() / 1000) + 2));
+    await waitFor(() => runner.active === 1, { what: 'the job running' });
+    // Released and given to another operator on chain (the events have not been read yet).
+    world.assigned.set(0n, { operator: OTHER, deadline: 10n ** 12n });
+    await waitFor(() => runner.active === 0, { what: 'the job stopped at its deadline', timeoutMs: 15_000 });
+    await waitFor(() => store.call(0n)?.state === 'seen', { what: 'the call back to seen' });
+    await operator.close();
+    assert.deepEqual(world.submits, [], 'nothing posted');
+    store.close();
+  });
+
+  it('a call of ours not started before its deadline is not run late: the keeper releases it, and it runs once given back', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    let open!: () => void;
+    runner.gate = new Promise((resolve) => (open = resolve));
+    const { operator, store } = await setup(world, runner, { capacity: 1, deadlineMarginMs: 0 });
+    world.submitJob(0n, ME);
+    await waitFor(() => runner.active === 1, { what: 'call 0 running' });
+    // Call 1 waits behind call 0 (capacity 1) until past its deadline.
+    world.submitJob(1n, ME, BigInt(Math.floor(Date.now() / 1000) + 1));
+    await waitFor(() => world.releases.includes(1n), { what: 'call 1 released by our keeper', timeoutMs: 15_000 });
+    open();
+    await waitFor(() => world.submits.length === 2, { what: 'both answered' });
+    await operator.close();
+    assert.deepEqual(world.releases, [1n]);
+    assert.deepEqual(runner.runs, [0n, 1n], 'call 1 ran once, after it came back with a new deadline');
     store.close();
   });
 

@@ -39,6 +39,8 @@ export interface OperatorChain {
   /** assignmentOf(serviceId, callId) of the service manager. */
   assignmentOf(callId: bigint): Promise<{ operator: Address; deadline: bigint; done: boolean }>;
   blockHash(number: bigint): Promise<Hex | null>;
+  /** The latest block's timestamp (unix seconds): deadlines are in block time. Without it, block time is taken as wall time. */
+  latestBlockTime?(): Promise<bigint>;
 }
 
 export interface OperatorOptions {
@@ -61,6 +63,11 @@ export interface OperatorOptions {
   pollIntervalMs?: number;
   /** The least time between two attempts for one call that failed to submit, or one keeper release. Default 1000 ms. */
   retryDelayMs?: number;
+  /**
+   * A running job is aborted this long before its assignment's deadline (converted from block time to wall time):
+   * block timestamps drift by seconds, and past the deadline the job may be given to another operator. Default 2000 ms.
+   */
+  deadlineMarginMs?: number;
   /** Keeper duty (release others' timed-out assignments). Default on. */
   keeper?: boolean;
   logger: Logger;
@@ -71,6 +78,16 @@ import { DEFAULT_MAX_RESULT_BYTES } from './defaults.js';
 
 export { DEFAULT_MAX_RESULT_BYTES };
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** The abort reason of a job stopped at its assignment's deadline. */
+class DeadlineReached extends Error {
+  constructor(callId: bigint) {
+    super(`call ${callId} reached its assignment deadline`);
+    this.name = 'DeadlineReached';
+  }
+}
+
 export interface OperatorStats {
   running: number;
   submitted: number;
@@ -80,7 +97,7 @@ export interface OperatorStats {
 }
 
 export class Operator {
-  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; now: () => number };
+  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; deadlineMarginMs: number; now: () => number };
   private readonly me: string;
   private readonly running = new Map<string, AbortController>();
   /** Calls holding a slot of `capacity`: from scheduling (the checks on chain come first) until their job ends. */
@@ -96,7 +113,7 @@ export class Operator {
   readonly stats: OperatorStats = { running: 0, submitted: 0, alreadyCompleted: 0, released: 0, errors: 0 };
 
   constructor(options: OperatorOptions) {
-    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, now: Date.now, keeper: true, ...options };
+    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, deadlineMarginMs: 2000, now: Date.now, keeper: true, ...options };
     this.me = options.submitter.address.toLowerCase();
   }
 
@@ -248,8 +265,23 @@ export class Operator {
       this.later(key);
       return;
     }
+    // Past (or about to pass) its deadline the job may go to another operator: not started, tried again once the
+    // chain's assignment changes (reassigned to us: a new deadline).
+    const stopAtMs = await this.stopTime(assignment.deadline);
+    if (stopAtMs <= this.options.now()) {
+      this.later(key);
+      return;
+    }
     if (!store.transition(call.callId, ['seen'], 'running', { blockHash: call.blockHash, nowMs: this.options.now() })) return;
     const controller = new AbortController();
+    // setTimeout fires at once for a delay over 2^31-1 ms (about 24.8 days): a far deadline is waited for in steps.
+    let deadlineTimer: NodeJS.Timeout;
+    const armDeadline = (): void => {
+      const left = stopAtMs - this.options.now();
+      if (left <= 0) controller.abort(new DeadlineReached(call.callId));
+      else deadlineTimer = setTimeout(armDeadline, Math.min(left, MAX_TIMER_MS));
+    };
+    armDeadline();
     this.running.set(key, controller);
     logger.info({ callId: key, jobIndex: call.jobIndex, caller: call.caller }, 'running a job');
     this.stats.running = this.running.size;
@@ -260,9 +292,26 @@ export class Operator {
         logger.error({ err: error, callId: key }, 'the job runner failed');
         return { result: encodeJobError('INTERNAL', 'the operator failed to run this job; submit it again') };
       });
-      if (controller.signal.aborted) return;
-      result = await this.offChainIfLarge(call.callId, outcome);
+      const atDeadline = controller.signal.reason instanceof DeadlineReached;
+      if (controller.signal.aborted && !atDeadline) return;
+      // Stopped at (or finished close to) the deadline: another operator may have the job now; then nothing is ours
+      // to post (the chain would refuse it too), and the call waits as `seen` in case it comes back.
+      if (atDeadline || this.options.now() >= stopAtMs) {
+        const current = await chain.assignmentOf(call.callId).catch(() => assignment);
+        if (current.operator.toLowerCase() !== this.me || current.deadline !== assignment.deadline) {
+          this.backToSeen(call, 'the job was reassigned while it ran: posting nothing');
+          return;
+        }
+      }
+      if (atDeadline) {
+        logger.warn({ callId: key }, 'the job reached its assignment deadline: stopped, answering ASSIGNMENT_DEADLINE_EXCEEDED');
+        // An answer, not silence: the same job would run into the same timeout on any operator.
+        result = encodeJobError('ASSIGNMENT_DEADLINE_EXCEEDED', `the job was still running ${this.options.deadlineMarginMs} ms before its assignment deadline (the service's assignment timeout) and was stopped; its output is not returned. Make it shorter (job 1's timeoutSecs) and submit it again`);
+      } else {
+        result = await this.offChainIfLarge(call.callId, outcome);
+      }
     } finally {
+      clearTimeout(deadlineTimer!);
       this.running.delete(key);
       this.stats.running = this.running.size;
       release();
@@ -271,6 +320,26 @@ export class Operator {
     await this.submit({ ...call, state: 'submitted', result });
     // A slot is free: the next queued call of ours starts without waiting for the poll interval.
     if (!this.stopped) this.wake();
+  }
+
+  /**
+   * When to stop a job whose assignment ends at `deadline` (block time, unix seconds), in wall-clock ms: the earlier of
+   * two readings (block time as wall time; the deadline's distance from the latest block), less the margin, so a
+   * chain whose clock runs ahead (or a stale latest block) does not let the job run past it.
+   */
+  private async stopTime(deadline: bigint): Promise<number> {
+    const now = this.options.now();
+    let at = Number(deadline) * 1000;
+    const latest = await this.options.chain.latestBlockTime?.().catch(() => undefined);
+    if (latest !== undefined) at = Math.min(at, now + (Number(deadline) - Number(latest)) * 1000);
+    return at - this.options.deadlineMarginMs;
+  }
+
+  /** A job finished without posting (reassigned meanwhile): `seen` again, run if the chain gives it back. */
+  private backToSeen(call: CallRecord, why: string): void {
+    this.options.store.transition(call.callId, ['running'], 'seen', { blockHash: call.blockHash, nowMs: this.options.now() });
+    this.later(call.callId.toString());
+    this.options.logger.warn({ callId: call.callId.toString() }, why);
   }
 
   /** A result over maxResultBytes goes to the result store; the chain gets its hash, size and URL. */
@@ -307,14 +376,19 @@ export class Operator {
     }
   }
 
-  /** Keeper duty: releases assignments of other operators past their deadline (the contract checks the time). */
+  /**
+   * Keeper duty: releases assignments past their deadline (the contract checks the time): other operators', and our
+   * own calls that were not started in time (queued behind others), which then go to another operator or come back
+   * with a new deadline.
+   */
   private async keep(): Promise<void> {
     const nowSeconds = BigInt(Math.floor(this.options.now() / 1000));
     const { store } = this.options;
     for (const assignment of store.assignments()) {
-      if (assignment.done || assignment.released || assignment.operator === this.me || assignment.deadline > nowSeconds) continue;
+      if (assignment.done || assignment.released || assignment.deadline > nowSeconds) continue;
       const call = store.call(assignment.callId);
       if (call === null || call.state === 'done') continue;
+      if (assignment.operator === this.me && (call.state !== 'seen' || this.busy.has(call.callId.toString()))) continue;
       const key = `${assignment.callId}:${assignment.deadline}`;
       if ((this.keeperTried.get(key) ?? 0) > this.options.now()) continue;
       this.keeperTried.set(key, this.options.now() + this.options.retryDelayMs * 2);

@@ -112,6 +112,9 @@ export async function startOperatorService(input: {
       const [operator, deadline, done] = await publicClient.readContract({ address: settings.serviceManager, abi: SERVICE_MANAGER_ABI, functionName: 'assignmentOf', args: [settings.serviceId, callId] });
       return { operator, deadline, done };
     },
+    async latestBlockTime() {
+      return (await publicClient.getBlock({ blockTag: 'latest' })).timestamp;
+    },
   };
   const base = input.publicUrl.replace(/\/+$/, '');
   const operator = new Operator({
