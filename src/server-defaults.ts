@@ -40,12 +40,13 @@ export const tenantShareOf = (maxWarmSandboxes: number): number => Math.max(1, M
 
 /**
  * The warm capacity's defaults (docs/operations.md, "Warm capacity"), from the machine:
- * - memory budget: 60% of RAM, counted as what warm sandboxes use (measured), not their limits;
- * - count: one warm sandbox per 8 MiB of RAM (an idle python handler uses about 4 MiB, node about 10), at most what
- *   the open-file limit leaves room for (SERVER_FDS_PER_WARM_SANDBOX each after RESERVED_FDS), at least 64;
+ * - memory budget: 75% of RAM, counted as what warm sandboxes use (measured), not their limits (the pressure floor
+ *   below keeps the host's own reserve);
+ * - count: one warm sandbox per 8 MiB of RAM (an idle python handler's cgroup uses about 7 MiB, node about 14), at
+ *   most what the open-file limit leaves room for (SERVER_FDS_PER_WARM_SANDBOX each after RESERVED_FDS), at least 64;
  * - per tenant: three quarters of the count, so one tenant's functions never push out every other tenant's;
  * - pressure floor: idle warm sandboxes are evicted while less than 5% of RAM (at least 256 MiB) is available.
- * 24 GiB and 20,000 open files: 3,013 sandboxes, 14,463 MiB, 2,259 per tenant, evictions below 1,205 MiB available.
+ * 24 GiB and 20,000 open files: 3,013 sandboxes, 18,078 MiB, 2,259 per tenant, evictions below 1,205 MiB available.
  */
 export function warmCapacityDefaults(machine: MachineFacts): WarmCapacityDefaults {
   const byMemory = Math.floor(machine.totalMemoryMb / 8);
@@ -53,7 +54,7 @@ export function warmCapacityDefaults(machine: MachineFacts): WarmCapacityDefault
   const maxWarmSandboxes = Math.max(64, Math.min(byMemory, byFiles));
   return {
     maxWarmSandboxes,
-    maxWarmMemoryMb: Math.floor(machine.totalMemoryMb * 0.6),
+    maxWarmMemoryMb: Math.floor(machine.totalMemoryMb * 0.75),
     maxWarmSandboxesPerTenant: tenantShareOf(maxWarmSandboxes),
     minAvailableMemoryMb: Math.max(256, Math.floor(machine.totalMemoryMb / 20)),
   };
