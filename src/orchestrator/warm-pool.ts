@@ -323,7 +323,7 @@ export class WarmPool<T extends Poolable> {
     item.idleTimer.unref?.();
     this.idle.push(item);
     // A pool waiting for room (a cap reached while every sandbox was busy) can now evict this one.
-    this.options.capacity.idleAvailable(this);
+    this.options.capacity.idleAvailable();
   }
 
   private toIdleAgain(item: Item<T>, index: number): void {
@@ -484,6 +484,12 @@ export class WarmCapacity {
   private count = 0;
   private memoryMb = 0;
   private readonly perTenant = new Map<string, number>();
+  /**
+   * Pools refused room (a cap reached, nothing idle to evict): the only ones told when room may have appeared, so a
+   * warm call's release does not walk every pool of the server.
+   */
+  private readonly starved = new Set<WarmPool<Poolable>>();
+  private wakeQueued = false;
   private readonly evicted: Record<EvictionReason, number> = { count: 0, memory: 0, tenant: 0, pressure: 0 };
 
   constructor(private readonly limits: WarmCapacityLimits) {}
@@ -514,6 +520,7 @@ export class WarmCapacity {
 
   unregister<T extends Poolable>(pool: WarmPool<T>): void {
     this.pools.delete(pool as unknown as WarmPool<Poolable>);
+    this.starved.delete(pool as unknown as WarmPool<Poolable>);
   }
 
   /**
@@ -522,6 +529,12 @@ export class WarmCapacity {
    * room and nothing idle to evict (the caller waits for a release).
    */
   reserve<T extends Poolable>(pool: WarmPool<T>, memoryMb: number): boolean {
+    const granted = this.tryReserve(pool, memoryMb);
+    if (!granted) this.starved.add(pool as unknown as WarmPool<Poolable>);
+    return granted;
+  }
+
+  private tryReserve<T extends Poolable>(pool: WarmPool<T>, memoryMb: number): boolean {
     const tenant = pool.tenant;
     // A tenant cap at or above the total never binds first: the global count (reason "count") does.
     while (this.maxPerTenant < this.limits.maxSandboxes && this.tenantSandboxes(tenant) + 1 > this.maxPerTenant) {
@@ -558,19 +571,28 @@ export class WarmCapacity {
     const left = this.tenantSandboxes(tenant) - 1;
     if (left > 0) this.perTenant.set(tenant, left);
     else this.perTenant.delete(tenant);
-    // Others may be waiting for room; let them grow after the current call stack.
-    queueMicrotask(() => {
-      for (const candidate of this.pools) if (candidate.hasWaiters) candidate.capacityFreed();
-    });
+    this.wakeStarved();
   }
 
   /**
-   * A sandbox of `pool` became idle: pools whose growth was refused (no room, nothing idle to evict) retry now, after
+   * A sandbox became idle: pools whose growth was refused (no room, nothing idle to evict) retry now, after
    * the current call stack.
    */
-  idleAvailable<T extends Poolable>(pool: WarmPool<T>): void {
+  idleAvailable(): void {
+    this.wakeStarved();
+  }
+
+  /** After the current call stack, starved pools try again; one that still finds no room registers again. */
+  private wakeStarved(): void {
+    if (this.starved.size === 0 || this.wakeQueued) return;
+    this.wakeQueued = true;
     queueMicrotask(() => {
-      for (const candidate of this.pools) if (candidate !== (pool as unknown) && candidate.hasWaiters) candidate.capacityFreed();
+      this.wakeQueued = false;
+      const starved = [...this.starved];
+      for (const pool of starved) {
+        this.starved.delete(pool);
+        pool.capacityFreed();
+      }
     });
   }
 
