@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import { networkInterfaces } from 'node:os';
+import { freemem, networkInterfaces, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
@@ -34,7 +34,7 @@ import { DEFAULT_BUILD_DISK_MB, DependencyBuilder } from './orchestrator/builds.
 import { SqliteBuildStore } from './store/builds-sqlite.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
 import { processAlive } from './executors/shared/process.js';
-import { DEFAULT_FUNCTION_POOLS } from './server-defaults.js';
+import { DEFAULT_FUNCTION_POOLS, tenantShareOf, warmCapacityDefaults, type MachineFacts } from './server-defaults.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
@@ -168,20 +168,23 @@ export const DEFAULT_CONSOLE_DIR = join(dirname(fileURLToPath(import.meta.url)),
 
 /** The warm-pool settings an operator sets (see HandlerPoolsOptions for each one's meaning); defaults below. */
 export type FunctionPoolConfig = Required<
-  Pick<
-    HandlerPoolsOptions,
-    | 'defaultMaxConcurrency'
-    | 'defaultMaxQueued'
-    | 'queueTimeoutMs'
-    | 'idleTtlMs'
-    | 'maxUses'
-    | 'maxAgeMs'
-    | 'maxWarmSandboxes'
-    | 'genericPerShape'
-    | 'maxWarmMemoryMb'
-    | 'startTimeoutMs'
-  >
->;
+  Pick<HandlerPoolsOptions, 'defaultMaxConcurrency' | 'defaultMaxQueued' | 'queueTimeoutMs' | 'idleTtlMs' | 'maxUses' | 'maxAgeMs' | 'genericPerShape' | 'startTimeoutMs'>
+> &
+  // Unset: derived from the machine (warmCapacityDefaults in server-defaults.ts).
+  Partial<Pick<HandlerPoolsOptions, 'maxWarmSandboxes' | 'maxWarmMemoryMb' | 'maxWarmSandboxesPerTenant' | 'minAvailableMemoryMb'>>;
+
+/** The machine's memory and this process's open-file limit, for the warm capacity's defaults. */
+export function machineFacts(): MachineFacts {
+  let openFilesLimit = 1024;
+  try {
+    // "Max open files  <soft>  <hard>  files": node raised the soft limit to the hard one at start.
+    const soft = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
+    if (soft !== undefined) openFilesLimit = soft === 'unlimited' ? Number.MAX_SAFE_INTEGER : Number(soft);
+  } catch {
+    // Not Linux: the conservative default stands.
+  }
+  return { totalMemoryMb: Math.floor(totalmem() / 1_048_576), openFilesLimit };
+}
 
 /** Async invocation settings (see InvocationServiceOptions for each one's meaning and default). */
 export type AsyncInvocationConfig = Pick<
@@ -416,6 +419,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const metrics = new Metrics({
     queue: () => service?.queueStats ?? { running: 0, queued: 0 },
     pools: () => handlerPools?.poolSizes() ?? [],
+    warmCapacity: () => handlerPools?.capacity.stats ?? { sandboxes: 0, memoryMb: 0, maxSandboxes: 0, maxMemoryMb: 0 },
     storage: () => storage?.() ?? [],
     persistentSandboxes: () => [...(sandboxesRef?.footprints() ?? new Map())].map(([tenant, row]) => ({ tenant, ...row })),
   });
@@ -481,7 +485,13 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     bundlePath: (sha256) => bundles.pathOf(sha256),
     layerPath: (sha256) => layers.pathOf(sha256),
     ...DEFAULT_FUNCTION_POOLS,
+    ...warmCapacityDefaults(machineFacts()),
+    // A total given without a per-tenant cap: the tenant's share is of that total.
+    ...(config.functionPools?.maxWarmSandboxes === undefined ? {} : { maxWarmSandboxesPerTenant: tenantShareOf(config.functionPools.maxWarmSandboxes) }),
     ...config.functionPools,
+    // MemAvailable on Linux (libuv reads it from /proc/meminfo), read once per warm sandbox start.
+    availableMemoryMb: () => freemem() / 1_048_576,
+    onEvict: (reason) => metrics.onWarmEviction(reason),
     executors: served,
     observers: [metrics, usageMeter],
     // Cold starts of node and python handlers on the default executor take a generic sandbox that is already up.

@@ -8,7 +8,7 @@ import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { parseAllowList } from '../network/policy.js';
 import { parseAllowedHosts } from '../api/host-guard.js';
 import type { ExecutorChoice, RunningServer } from '../server.js';
-import { DEFAULT_FUNCTION_POOLS } from '../server-defaults.js';
+import { DEFAULT_FUNCTION_POOLS, SERVER_FDS_PER_WARM_SANDBOX } from '../server-defaults.js';
 import { DEFAULT_CHAIN_TENANT_QUOTAS } from '../operator/defaults.js';
 import type { MicroVmSettings } from '../executors/registry.js';
 import { DEFAULT_PREWARM_PER_SHAPE } from '../executors/shared/options.js';
@@ -106,9 +106,11 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--docker-create-timeout-ms <ms>', 'creating + starting one container may take this long; past it a retryable 503 (a stuck engine)', int('--docker-create-timeout-ms'), 60_000)
     .option('--function-max-concurrency <n>', 'maxConcurrency of functions that set none', int('--function-max-concurrency'), DEFAULT_FUNCTION_POOLS.defaultMaxConcurrency)
     .option('--function-idle-ttl-ms <ms>', 'idle warm sandboxes (beyond minWarm) go after this long', int('--function-idle-ttl-ms'), DEFAULT_FUNCTION_POOLS.idleTtlMs)
-    .option('--max-warm-sandboxes <n>', 'warm sandboxes of all functions at most (LRU idle ones are evicted)', int('--max-warm-sandboxes'), DEFAULT_FUNCTION_POOLS.maxWarmSandboxes)
+    .option('--max-warm-sandboxes <n>', `warm sandboxes of all functions at most (LRU idle ones are evicted); default one per 8 MiB of RAM, within the open-file limit (${SERVER_FDS_PER_WARM_SANDBOX} per sandbox), at least 64`, int('--max-warm-sandboxes'))
+    .option('--max-warm-sandboxes-per-tenant <n>', "warm sandboxes of one tenant at most (its own LRU idle one is evicted first); default 3/4 of --max-warm-sandboxes", int('--max-warm-sandboxes-per-tenant'))
     .option('--generic-sandboxes <n>', 'code-less node/python sandboxes kept per shape to speed up cold starts of handlers; 0 disables', int('--generic-sandboxes'), DEFAULT_FUNCTION_POOLS.genericPerShape)
-    .option('--max-warm-memory-mb <mb>', 'memory limits of all warm sandboxes together at most', int('--max-warm-memory-mb'), DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb)
+    .option('--max-warm-memory-mb <mb>', 'memory all warm sandboxes use together at most (measured per sandbox after each call, an estimate per runtime before; LRU idle ones are evicted); default 75% of RAM', int('--max-warm-memory-mb'))
+    .option('--min-available-memory-mb <mb>', "idle warm sandboxes are evicted (one per sandbox start) while the host has less memory available; default 5% of RAM, at least 256", int('--min-available-memory-mb'))
     .option('--sandbox-start-timeout-ms <ms>', 'a warm sandbox not started (agent handshake, code loaded) after this long is killed and replaced', int('--sandbox-start-timeout-ms'), DEFAULT_FUNCTION_POOLS.startTimeoutMs)
     .option('--metrics-token <token>', 'a scrape token for GET /metrics ("Authorization: Bearer <token>"; the admin key works too; with auth on and no token only the admin key); env KINDLING_METRICS_TOKEN')
     .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
@@ -192,8 +194,11 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
         functionPools: {
           defaultMaxConcurrency: Math.max(1, options.functionMaxConcurrency as number),
           idleTtlMs: options.functionIdleTtlMs as number,
-          maxWarmSandboxes: options.maxWarmSandboxes as number,
-          maxWarmMemoryMb: options.maxWarmMemoryMb as number,
+          // Unset: derived from the machine (warmCapacityDefaults).
+          ...(options.maxWarmSandboxes === undefined ? {} : { maxWarmSandboxes: Math.max(1, options.maxWarmSandboxes as number) }),
+          ...(options.maxWarmSandboxesPerTenant === undefined ? {} : { maxWarmSandboxesPerTenant: Math.max(1, options.maxWarmSandboxesPerTenant as number) }),
+          ...(options.maxWarmMemoryMb === undefined ? {} : { maxWarmMemoryMb: options.maxWarmMemoryMb as number }),
+          ...(options.minAvailableMemoryMb === undefined ? {} : { minAvailableMemoryMb: options.minAvailableMemoryMb as number }),
           genericPerShape: options.genericSandboxes as number,
           queueTimeoutMs: options.queueTimeoutMs as number,
           startTimeoutMs: Math.max(1, options.sandboxStartTimeoutMs as number),

@@ -23,6 +23,8 @@ export interface MetricsSources {
   pools?: () => { function: string; executor: ExecutorName; idle: number; busy: number; creating: number; waiting: number }[];
   /** What each tenant keeps on disk (function versions, code bytes, queued payload bytes). */
   storage?: () => TenantStorage[];
+  /** The warm capacity: warm sandboxes and the memory they are counted for (used, measured), against the caps. */
+  warmCapacity?: () => { sandboxes: number; memoryMb: number; maxSandboxes: number; maxMemoryMb: number };
   /** Persistent sandboxes per tenant: running, paused, and the memoryMb of both (quotas maxSandboxes, ...). */
   persistentSandboxes?: () => { tenant: string; running: number; paused: number; memoryMb: number; hibernated?: number }[];
   collectProcess?: boolean;
@@ -58,6 +60,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
   private readonly cpuSeconds: Counter<'function' | 'executor'>;
   private readonly relayedBytes: Counter<'direction'>;
   private readonly relayFailures: Counter<'direction'>;
+  private readonly warmEvictions: Counter<'reason'>;
 
   constructor(sources: MetricsSources = {}) {
     const registers = [this.registry];
@@ -124,6 +127,29 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
       help: 'Sandbox lifecycle events by executor: event=created|destroyed|failed (failed: the create itself failed), kind=execution|warm',
       labelNames: ['executor', 'event', 'kind'],
       registers,
+    });
+    this.warmEvictions = new Counter({
+      name: 'kindling_warm_sandbox_evictions_total',
+      help: 'Idle warm sandboxes evicted to make room, by the cap that needed it: reason=count|memory|tenant|pressure (never a busy one)',
+      labelNames: ['reason'],
+      registers,
+    });
+    for (const reason of ['count', 'memory', 'tenant', 'pressure']) this.warmEvictions.inc({ reason }, 0);
+    const warmCapacity = sources.warmCapacity;
+    new Gauge({
+      name: 'kindling_warm_capacity',
+      help: 'Warm sandboxes of all handler functions against their caps: what=sandboxes|max_sandboxes|memory_mb (used, measured)|max_memory_mb',
+      labelNames: ['what'],
+      registers,
+      collect() {
+        this.reset();
+        const stats = warmCapacity?.();
+        if (stats === undefined) return;
+        this.set({ what: 'sandboxes' }, stats.sandboxes);
+        this.set({ what: 'max_sandboxes' }, stats.maxSandboxes);
+        this.set({ what: 'memory_mb' }, stats.memoryMb);
+        this.set({ what: 'max_memory_mb' }, stats.maxMemoryMb);
+      },
     });
     this.sandboxesLive = new Gauge({
       name: 'kindling_sandboxes_live',
@@ -282,6 +308,11 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     this.sandboxes.inc({ executor, event, kind });
     if (event === 'created') this.sandboxesLive.inc({ executor });
     if (event === 'destroyed') this.sandboxesLive.dec({ executor });
+  }
+
+  /** An idle warm sandbox was evicted under one of the warm capacity's caps. */
+  onWarmEviction(reason: 'count' | 'memory' | 'tenant' | 'pressure'): void {
+    this.warmEvictions.inc({ reason });
   }
 
   /** A splice relay ended (stream-relay.ts). */

@@ -22,7 +22,15 @@ import { BASE_ENV } from './execution-service.js';
 import { parseBundleHandler, type HandlerInvoker, type InvocationResult, type InvokeOptions } from './function-service.js';
 import { BUNDLE_MOUNT } from './bundles.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
-import { WarmCapacity, WarmPool } from './warm-pool.js';
+import { WarmCapacity, WarmPool, type EvictionReason } from './warm-pool.js';
+
+/**
+ * What a warm sandbox of each runtime is charged against the memory budget before its first call measured it (then
+ * its cgroup's peak counts): an idle handler sandbox's cgroup memory on the sandbox executor, rounded up
+ * (see docs/configuration.md for the measurement). Never more than the sandbox's limit.
+ */
+export const WARM_MEMORY_ESTIMATE_MB: Readonly<Record<string, number>> = { python: 8, node: 16 };
+const DEFAULT_WARM_MEMORY_ESTIMATE_MB = 16;
 
 export interface InvocationEvent {
   invocationId: string;
@@ -79,7 +87,18 @@ export interface HandlerPoolsOptions {
   /** A sandbox older than this is recycled when released; it is killed at twice this age whatever it does. */
   maxAgeMs: number;
   maxWarmSandboxes: number;
+  /** Memory warm sandboxes use together (measured after each call; an estimate per runtime before), in MiB. */
   maxWarmMemoryMb: number;
+  /** Warm sandboxes one tenant may hold; beyond, its own least recently used idle one goes. Default maxWarmSandboxes. */
+  maxWarmSandboxesPerTenant?: number;
+  /**
+   * The host's available memory (MiB) and the floor below which idle warm sandboxes are evicted, one per sandbox
+   * start (reason "pressure"). Unset: no such check.
+   */
+  availableMemoryMb?: () => number;
+  minAvailableMemoryMb?: number;
+  /** Each eviction of an idle warm sandbox, with the cap it made room under (metrics). */
+  onEvict?: (reason: EvictionReason) => void;
   limits?: LimitPolicy;
   observers?: InvocationObserver[];
   clock?: Clock;
@@ -163,7 +182,14 @@ export class HandlerPools implements HandlerInvoker {
   private readonly generic: PrewarmPool<WarmSandbox>;
 
   constructor(private readonly options: HandlerPoolsOptions) {
-    this.capacity = new WarmCapacity({ maxSandboxes: options.maxWarmSandboxes, maxMemoryMb: options.maxWarmMemoryMb });
+    this.capacity = new WarmCapacity({
+      maxSandboxes: options.maxWarmSandboxes,
+      maxMemoryMb: options.maxWarmMemoryMb,
+      ...(options.maxWarmSandboxesPerTenant === undefined ? {} : { maxPerTenant: options.maxWarmSandboxesPerTenant }),
+      ...(options.availableMemoryMb === undefined ? {} : { availableMemoryMb: options.availableMemoryMb }),
+      ...(options.minAvailableMemoryMb === undefined ? {} : { minAvailableMemoryMb: options.minAvailableMemoryMb }),
+      ...(options.onEvict === undefined ? {} : { onEvict: options.onEvict }),
+    });
     this.limits = options.limits ?? DEFAULT_LIMIT_POLICY;
     const perShape = options.genericPerShape ?? 0;
     this.generic = new PrewarmPool<WarmSandbox>({
@@ -336,7 +362,9 @@ export class HandlerPools implements HandlerInvoker {
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'the warm sandbox failed', { cause: error });
     }
     const healthy = result.exitCode <= 1 && lease.sandbox.alive;
-    lease.release(healthy, result.durationMs);
+    // What the sandbox's cgroup peaked at so far is what it counts against the warm memory budget from now on.
+    const usedMb = result.usage?.memoryPeakBytes ? Math.min(entry.memoryMb, result.usage.memoryPeakBytes / 1_048_576) : undefined;
+    lease.release(healthy, result.durationMs, usedMb);
     const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
     const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
     this.observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length, ...usage });
@@ -397,8 +425,9 @@ export class HandlerPools implements HandlerInvoker {
       idleTtlMs: this.options.idleTtlMs,
       maxUses: this.options.maxUses,
       maxAgeMs: this.options.maxAgeMs,
-      memoryMb: limits.memoryMb,
+      memoryMb: Math.min(limits.memoryMb, WARM_MEMORY_ESTIMATE_MB[spec.runtime ?? ''] ?? DEFAULT_WARM_MEMORY_ESTIMATE_MB),
       capacity: this.capacity,
+      tenant: version.tenant,
       ...(this.options.clock ? { clock: this.options.clock } : {}),
       onError: (error) => this.options.onError?.(error, { function: key }),
       onEmpty: () => {

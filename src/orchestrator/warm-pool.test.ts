@@ -248,3 +248,105 @@ describe('WarmPool', () => {
     await p.close();
   });
 });
+
+describe('WarmCapacity', () => {
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 }));
+  afterEach(() => mock.timers.reset());
+
+  /** Warms one idle sandbox in each pool, in the order given (the first is the least recently used). */
+  async function warmInTurn(...pools: WarmPool<FakeSandbox>[]): Promise<FakeSandbox[]> {
+    const sandboxes: FakeSandbox[] = [];
+    for (const p of pools) {
+      const lease = await within(p.acquire(), 100);
+      lease.release(true, 1);
+      sandboxes.push(lease.sandbox);
+      await advance(2);
+    }
+    return sandboxes;
+  }
+
+  it('a tenant at its cap evicts its own least recently used idle sandbox, not an older one of another tenant', async () => {
+    const reasons: string[] = [];
+    const capacity = new WarmCapacity({ maxSandboxes: 10, maxMemoryMb: 100_000, maxPerTenant: 2, onEvict: (reason) => reasons.push(reason) });
+    const other = pool({ capacity, key: 'b/x@1', tenant: 'b' }).pool;
+    const [a1, a2, a3] = [1, 2, 3].map((n) => pool({ capacity, key: `a/f${n}@1`, tenant: 'a' }).pool) as [WarmPool<FakeSandbox>, WarmPool<FakeSandbox>, WarmPool<FakeSandbox>];
+    const [oldest, first, second] = await warmInTurn(other, a1, a2);
+    const [third] = await warmInTurn(a3);
+    assert.equal(oldest!.alive, true, "the other tenant's sandbox stays although it is the least recently used");
+    assert.equal(first!.alive, false, "the tenant's own least recently used sandbox went");
+    assert.deepEqual([second!.alive, third!.alive], [true, true]);
+    assert.deepEqual(reasons, ['tenant']);
+    assert.deepEqual([capacity.tenantSandboxes('a'), capacity.tenantSandboxes('b'), capacity.stats.sandboxes], [2, 1, 3]);
+    assert.equal(capacity.stats.evictions.tenant, 1);
+    await Promise.all([other, a1, a2, a3].map((p) => p.close()));
+    assert.deepEqual([capacity.tenantSandboxes('a'), capacity.stats.sandboxes], [0, 0]);
+  });
+
+  it('counts the memory a sandbox was measured to use, not its estimate, and evicts the LRU idle one when over budget', async () => {
+    const reasons: string[] = [];
+    const capacity = new WarmCapacity({ maxSandboxes: 100, maxMemoryMb: 100, onEvict: (reason) => reasons.push(reason) });
+    const pools = [1, 2, 3].map((n) => pool({ capacity, key: `f${n}@1`, memoryMb: 10 }).pool);
+    const [s1, s2, s3] = await warmInTurn(...pools);
+    assert.equal(capacity.stats.memoryMb, 30, 'each is charged the estimate until measured');
+    // A call measured 45 MB in the third one's sandbox: 10 + 10 + 45 fit.
+    const lease = await pools[2]!.acquire();
+    lease.release(true, 1, 45);
+    assert.equal(capacity.stats.memoryMb, 65);
+    // Another measured 80 MB: 10 + 10 + 80 = 100 still fits; 90 does not and the LRU idle one (not the measured one) goes.
+    const again = await pools[2]!.acquire();
+    again.release(true, 1, 90);
+    assert.deepEqual([s1!.alive, s2!.alive, s3!.alive], [false, true, true]);
+    assert.equal(capacity.stats.memoryMb, 100);
+    assert.deepEqual(reasons, ['memory']);
+    // Many small ones fit where limits would not have: 10 sandboxes with a 256 MB limit each, measured at 5 MB.
+    const small = new WarmCapacity({ maxSandboxes: 100, maxMemoryMb: 100 });
+    const many = Array.from({ length: 10 }, (_, n) => pool({ capacity: small, key: `s${n}@1`, memoryMb: 8 }).pool);
+    for (const p of many) {
+      const leased = await within(p.acquire(), 100);
+      leased.release(true, 1, 5);
+    }
+    assert.deepEqual([small.stats.sandboxes, small.stats.memoryMb], [10, 50]);
+    await Promise.all([...pools, ...many].map((p) => p.close()));
+    assert.deepEqual([capacity.stats.memoryMb, small.stats.memoryMb], [0, 0]);
+  });
+
+  it('never evicts a busy sandbox: a pool at the cap waits, and gets room once the other call ends', async () => {
+    const reasons: string[] = [];
+    const capacity = new WarmCapacity({ maxSandboxes: 1, maxMemoryMb: 100_000, onEvict: (reason) => reasons.push(reason) });
+    const a = pool({ capacity, key: 'a@1' }).pool;
+    const b = pool({ capacity, key: 'b@1' }).pool;
+    const busy = await within(a.acquire(), 100);
+    let served = false;
+    const waiting = b.acquire().then((lease) => {
+      served = true;
+      return lease;
+    });
+    await advance(200);
+    assert.equal(served, false, 'no room while the only sandbox is busy');
+    assert.equal(busy.sandbox.alive, true, 'the in-flight call keeps its sandbox');
+    assert.deepEqual(reasons, []);
+    busy.release(true, 1);
+    const lease = await within(waiting, 200);
+    assert.equal(lease.coldStart, true);
+    assert.equal(busy.sandbox.alive, false, 'evicted once idle');
+    assert.deepEqual(reasons, ['count']);
+    lease.release(true, 1);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  it('evicts one idle sandbox per start while the host is short of memory (pressure), and still starts', async () => {
+    let availableMb = 10_000;
+    const reasons: string[] = [];
+    const capacity = new WarmCapacity({ maxSandboxes: 100, maxMemoryMb: 100_000, availableMemoryMb: () => availableMb, minAvailableMemoryMb: 500, onEvict: (reason) => reasons.push(reason) });
+    const pools = [1, 2, 3, 4].map((n) => pool({ capacity, key: `f${n}@1` }).pool);
+    const [s1, s2] = await warmInTurn(pools[0]!, pools[1]!);
+    availableMb = 100;
+    const [s3] = await warmInTurn(pools[2]!);
+    assert.deepEqual([s1!.alive, s2!.alive, s3!.alive], [false, true, true]);
+    assert.deepEqual(reasons, ['pressure']);
+    availableMb = 10_000;
+    await warmInTurn(pools[3]!);
+    assert.deepEqual(reasons, ['pressure']);
+    await Promise.all(pools.map((p) => p.close()));
+  });
+});

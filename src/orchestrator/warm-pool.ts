@@ -14,9 +14,15 @@
  * every sandbox creation of this pool, the duration from every invocation. Before any invocation finished, the
  * duration is unknown and counts as infinite (a cold start is started).
  *
- * Global capacity: `WarmCapacity` caps warm sandboxes (count and memory) across all pools. A pool that must grow while
- * the cap is reached evicts the least recently used idle sandbox of any pool; when none is idle it cannot grow and its
- * waiters wait for a release (or their deadline: 429).
+ * Global capacity: `WarmCapacity` caps warm sandboxes across all pools: their count, their count per tenant, and the
+ * memory they use. A pool that must grow while a cap is reached evicts the least recently used idle sandbox (of the
+ * same tenant first when the tenant is at its cap, so one tenant cannot push everybody else's sandboxes out); when
+ * none is idle it cannot grow and its waiters wait for a release (or their deadline: 429). A busy sandbox is never
+ * evicted: only idle ones are candidates.
+ *
+ * Memory counts what a sandbox uses, not its limit: a sandbox is charged an estimate when it is started (the pool's
+ * `memoryMb`) and, after each call, the peak memory its cgroup reported (`release`'s `memoryUsedMb`). An idle python
+ * interpreter uses a few MiB of its 256 MB limit; counting limits capped a 24 GiB machine at 64 warm sandboxes.
  */
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
@@ -46,9 +52,11 @@ export interface WarmPoolOptions<T extends Poolable> {
   maxUses: number;
   /** A sandbox is recycled when it is released after being alive this long. */
   maxAgeMs: number;
-  /** Memory one sandbox counts against the global capacity. */
+  /** Memory one sandbox counts against the global capacity until a call measured what it uses. */
   memoryMb: number;
   capacity: WarmCapacity;
+  /** Whose sandboxes these are, for the per-tenant cap of the capacity. Default ''. */
+  tenant?: string;
   /** First cold start estimate, before one was measured. Default 200. */
   coldStartEstimateMs?: number;
   clock?: Clock;
@@ -64,8 +72,11 @@ export interface Lease<T> {
   coldStart: boolean;
   /** Time spent waiting for a sandbox, in ms. */
   waitedMs: number;
-  /** Gives the sandbox back; `healthy: false` destroys it. `durationMs` feeds the duration estimate. */
-  release(healthy: boolean, durationMs: number): void;
+  /**
+   * Gives the sandbox back; `healthy: false` destroys it. `durationMs` feeds the duration estimate; `memoryUsedMb`
+   * (the sandbox's measured memory, when known) becomes what it counts against the capacity's memory budget.
+   */
+  release(healthy: boolean, durationMs: number, memoryUsedMb?: number): void;
 }
 
 export interface WarmPoolStats {
@@ -88,6 +99,8 @@ interface Item<T> {
   gone: boolean;
   /** Created for a waiter and not used yet: its first use is a cold start. */
   fresh: boolean;
+  /** What it counts against the capacity's memory budget (the estimate, then what it was measured to use). */
+  chargeMb: number;
 }
 
 interface Waiter<T> {
@@ -196,6 +209,10 @@ export class WarmPool<T extends Poolable> {
     return oldest;
   }
 
+  get tenant(): string {
+    return this.options.tenant ?? '';
+  }
+
   /** For WarmCapacity: destroys the least recently used idle sandbox; false when none is idle. */
   evictLru(): boolean {
     let index = -1;
@@ -250,15 +267,21 @@ export class WarmPool<T extends Poolable> {
       sandbox: item.sandbox,
       coldStart,
       waitedMs: Math.round((now - enqueuedAtMs) * 100) / 100,
-      release: (healthy, durationMs) => {
+      release: (healthy, durationMs, memoryUsedMb) => {
         if (released) return;
         released = true;
-        this.release(item, healthy, durationMs);
+        this.release(item, healthy, durationMs, memoryUsedMb);
       },
     };
   }
 
-  private release(item: Item<T>, healthy: boolean, durationMs: number): void {
+  private release(item: Item<T>, healthy: boolean, durationMs: number, memoryUsedMb?: number): void {
+    // Still busy here, so the capacity cannot pick this sandbox if the new charge makes it evict.
+    if (memoryUsedMb !== undefined && Number.isFinite(memoryUsedMb) && memoryUsedMb >= 0 && !item.gone) {
+      const before = item.chargeMb;
+      item.chargeMb = memoryUsedMb;
+      this.options.capacity.recharge(this, before, memoryUsedMb);
+    }
     this.busy.delete(item);
     item.busySinceMs = null;
     item.uses++;
@@ -299,6 +322,8 @@ export class WarmPool<T extends Poolable> {
     }, this.options.idleTtlMs);
     item.idleTimer.unref?.();
     this.idle.push(item);
+    // A pool waiting for room (a cap reached while every sandbox was busy) can now evict this one.
+    this.options.capacity.idleAvailable();
   }
 
   private toIdleAgain(item: Item<T>, index: number): void {
@@ -363,7 +388,7 @@ export class WarmPool<T extends Poolable> {
         this.creating.splice(this.creating.indexOf(slot), 1);
         this.coldStartMs += EWMA_WEIGHT * (sandbox.startMs - this.coldStartMs);
         const now = this.clock.monotonicMs();
-        const item: Item<T> = { sandbox, uses: 0, createdAtMs: now, lastUsedAtMs: now, busySinceMs: null, idleTimer: null, gone: false, fresh: forWaiter };
+        const item: Item<T> = { sandbox, uses: 0, createdAtMs: now, lastUsedAtMs: now, busySinceMs: null, idleTimer: null, gone: false, fresh: forWaiter, chargeMb: this.options.memoryMb };
         void sandbox.disposed.then(() => this.onGone(item));
         if (this.closed) {
           this.destroyItem(item);
@@ -403,7 +428,7 @@ export class WarmPool<T extends Poolable> {
     const index = this.idle.indexOf(item);
     if (index >= 0) this.idle.splice(index, 1);
     this.busy.delete(item);
-    this.options.capacity.release(this, this.options.memoryMb);
+    this.options.capacity.release(this, item.chargeMb);
     const disposal = item.sandbox.destroy().catch((error: unknown) => this.options.onError?.(error));
     this.disposals.add(disposal);
     void disposal.finally(() => {
@@ -430,16 +455,63 @@ export class WarmPool<T extends Poolable> {
   }
 }
 
-/** The global cap on warm sandboxes (count and memory) with LRU eviction of idle ones across pools. */
+/** Why an idle warm sandbox was evicted (a metric label): the cap it made room under. */
+export type EvictionReason = 'count' | 'memory' | 'tenant' | 'pressure';
+
+export interface WarmCapacityLimits {
+  /** Warm sandboxes of all pools at most. */
+  maxSandboxes: number;
+  /** Memory warm sandboxes use (estimated, then measured), in MiB, at most. */
+  maxMemoryMb: number;
+  /** Warm sandboxes of one tenant at most. Default: maxSandboxes (no cap of its own). */
+  maxPerTenant?: number;
+  /**
+   * The host's available memory in MiB (MemAvailable), read whenever a sandbox is to be started. Below
+   * `minAvailableMemoryMb`, one idle sandbox is evicted per start ("pressure"), whatever the budget says.
+   */
+  availableMemoryMb?: () => number;
+  minAvailableMemoryMb?: number;
+  /** Called for each eviction (metrics). */
+  onEvict?: (reason: EvictionReason) => void;
+}
+
+/**
+ * The global caps on warm sandboxes (count, count per tenant, memory used, host memory pressure) with LRU eviction of
+ * idle ones across pools.
+ */
 export class WarmCapacity {
   private readonly pools = new Set<WarmPool<Poolable>>();
   private count = 0;
   private memoryMb = 0;
+  private readonly perTenant = new Map<string, number>();
+  /**
+   * Pools refused room (a cap reached, nothing idle to evict): the only ones told when room may have appeared, so a
+   * warm call's release does not walk every pool of the server.
+   */
+  private readonly starved = new Set<WarmPool<Poolable>>();
+  private wakeQueued = false;
+  private readonly evicted: Record<EvictionReason, number> = { count: 0, memory: 0, tenant: 0, pressure: 0 };
 
-  constructor(private readonly limits: { maxSandboxes: number; maxMemoryMb: number }) {}
+  constructor(private readonly limits: WarmCapacityLimits) {}
 
-  get stats(): { sandboxes: number; memoryMb: number; maxSandboxes: number; maxMemoryMb: number } {
-    return { sandboxes: this.count, memoryMb: this.memoryMb, ...this.limits };
+  get stats(): { sandboxes: number; memoryMb: number; maxSandboxes: number; maxMemoryMb: number; maxPerTenant: number; evictions: Record<EvictionReason, number> } {
+    return {
+      sandboxes: this.count,
+      memoryMb: Math.round(this.memoryMb * 100) / 100,
+      maxSandboxes: this.limits.maxSandboxes,
+      maxMemoryMb: this.limits.maxMemoryMb,
+      maxPerTenant: this.maxPerTenant,
+      evictions: { ...this.evicted },
+    };
+  }
+
+  /** Warm sandboxes a tenant holds now (started, starting). */
+  tenantSandboxes(tenant: string): number {
+    return this.perTenant.get(tenant) ?? 0;
+  }
+
+  private get maxPerTenant(): number {
+    return this.limits.maxPerTenant ?? this.limits.maxSandboxes;
   }
 
   register<T extends Poolable>(pool: WarmPool<T>): void {
@@ -448,33 +520,97 @@ export class WarmCapacity {
 
   unregister<T extends Poolable>(pool: WarmPool<T>): void {
     this.pools.delete(pool as unknown as WarmPool<Poolable>);
+    this.starved.delete(pool as unknown as WarmPool<Poolable>);
   }
 
-  /** Takes room for one sandbox, evicting least recently used idle sandboxes of any pool if needed. */
-  reserve<T extends Poolable>(_pool: WarmPool<T>, memoryMb: number): boolean {
-    while (this.count + 1 > this.limits.maxSandboxes || this.memoryMb + memoryMb > this.limits.maxMemoryMb) {
-      let victim: WarmPool<Poolable> | null = null;
-      let oldest = Infinity;
-      for (const candidate of this.pools) {
-        const at = candidate.lruIdleAtMs();
-        if (at !== null && at < oldest) {
-          oldest = at;
-          victim = candidate;
-        }
-      }
-      if (victim === null || !victim.evictLru()) return false;
+  /**
+   * Takes room for one sandbox of `pool`, charged `memoryMb`, evicting least recently used idle sandboxes if needed:
+   * of the pool's tenant while the tenant is at its cap, of any pool for the global count and memory. False: no
+   * room and nothing idle to evict (the caller waits for a release).
+   */
+  reserve<T extends Poolable>(pool: WarmPool<T>, memoryMb: number): boolean {
+    const granted = this.tryReserve(pool, memoryMb);
+    if (!granted) this.starved.add(pool as unknown as WarmPool<Poolable>);
+    return granted;
+  }
+
+  private tryReserve<T extends Poolable>(pool: WarmPool<T>, memoryMb: number): boolean {
+    const tenant = pool.tenant;
+    // A tenant cap at or above the total never binds first: the global count (reason "count") does.
+    while (this.maxPerTenant < this.limits.maxSandboxes && this.tenantSandboxes(tenant) + 1 > this.maxPerTenant) {
+      if (!this.evictOne('tenant', tenant)) return false;
     }
+    while (this.count + 1 > this.limits.maxSandboxes) {
+      if (!this.evictOne('count')) return false;
+    }
+    while (this.memoryMb + memoryMb > this.limits.maxMemoryMb) {
+      if (!this.evictOne('memory')) return false;
+    }
+    // An eviction frees its memory only once the sandbox is gone (asynchronously): one per start, never a loop on a
+    // reading that cannot have changed yet. With nothing idle the start goes ahead (the sandbox's own limit holds).
+    const available = this.limits.availableMemoryMb;
+    if (available !== undefined && available() < (this.limits.minAvailableMemoryMb ?? 0)) this.evictOne('pressure');
     this.count++;
     this.memoryMb += memoryMb;
+    this.perTenant.set(tenant, this.tenantSandboxes(tenant) + 1);
     return true;
   }
 
-  release<T extends Poolable>(_pool: WarmPool<T>, memoryMb: number): void {
+  /** A sandbox of `pool` was measured: its charge goes from `fromMb` to `toMb`; over the budget, idle ones go. */
+  recharge<T extends Poolable>(_pool: WarmPool<T>, fromMb: number, toMb: number): void {
+    this.memoryMb += toMb - fromMb;
+    while (this.memoryMb > this.limits.maxMemoryMb) {
+      if (!this.evictOne('memory')) break;
+    }
+  }
+
+  release<T extends Poolable>(pool: WarmPool<T>, memoryMb: number): void {
     this.count--;
     this.memoryMb -= memoryMb;
-    // Others may be waiting for room; let them grow after the current call stack.
+    const tenant = pool.tenant;
+    const left = this.tenantSandboxes(tenant) - 1;
+    if (left > 0) this.perTenant.set(tenant, left);
+    else this.perTenant.delete(tenant);
+    this.wakeStarved();
+  }
+
+  /**
+   * A sandbox became idle: pools whose growth was refused (no room, nothing idle to evict) retry now, after
+   * the current call stack.
+   */
+  idleAvailable(): void {
+    this.wakeStarved();
+  }
+
+  /** After the current call stack, starved pools try again; one that still finds no room registers again. */
+  private wakeStarved(): void {
+    if (this.starved.size === 0 || this.wakeQueued) return;
+    this.wakeQueued = true;
     queueMicrotask(() => {
-      for (const pool of this.pools) if (pool.hasWaiters) pool.capacityFreed();
+      this.wakeQueued = false;
+      const starved = [...this.starved];
+      for (const pool of starved) {
+        this.starved.delete(pool);
+        pool.capacityFreed();
+      }
     });
+  }
+
+  /** Evicts the least recently used idle sandbox (of `tenant`'s pools when given); false when none is idle. */
+  private evictOne(reason: EvictionReason, tenant?: string): boolean {
+    let victim: WarmPool<Poolable> | null = null;
+    let oldest = Infinity;
+    for (const candidate of this.pools) {
+      if (tenant !== undefined && candidate.tenant !== tenant) continue;
+      const at = candidate.lruIdleAtMs();
+      if (at !== null && at < oldest) {
+        oldest = at;
+        victim = candidate;
+      }
+    }
+    if (victim === null || !victim.evictLru()) return false;
+    this.evicted[reason]++;
+    this.limits.onEvict?.(reason);
+    return true;
   }
 }
