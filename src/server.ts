@@ -171,7 +171,7 @@ export type FunctionPoolConfig = Required<
   Pick<HandlerPoolsOptions, 'defaultMaxConcurrency' | 'defaultMaxQueued' | 'queueTimeoutMs' | 'idleTtlMs' | 'maxUses' | 'maxAgeMs' | 'genericPerShape' | 'startTimeoutMs'>
 > &
   // Unset: derived from the machine (warmCapacityDefaults in server-defaults.ts).
-  Partial<Pick<HandlerPoolsOptions, 'maxWarmSandboxes' | 'maxWarmMemoryMb' | 'maxWarmSandboxesPerTenant' | 'minAvailableMemoryMb'>>;
+  Partial<Pick<HandlerPoolsOptions, 'maxWarmSandboxes' | 'maxWarmMemoryMb' | 'maxWarmSandboxesPerTenant' | 'minAvailableMemoryMb' | 'maxConcurrentStarts'>>;
 
 /** The machine's memory and this process's open-file limit, for the warm capacity's defaults. */
 export function machineFacts(): MachineFacts {

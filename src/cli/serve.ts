@@ -111,6 +111,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--generic-sandboxes <n>', 'code-less node/python sandboxes kept per shape to speed up cold starts of handlers; 0 disables', int('--generic-sandboxes'), DEFAULT_FUNCTION_POOLS.genericPerShape)
     .option('--max-warm-memory-mb <mb>', 'memory all warm sandboxes use together at most (measured per sandbox after each call, an estimate per runtime before; LRU idle ones are evicted); default 75% of RAM', int('--max-warm-memory-mb'))
     .option('--min-available-memory-mb <mb>', "idle warm sandboxes are evicted (one per sandbox start) while the host has less memory available; default 5% of RAM, at least 256", int('--min-available-memory-mb'))
+    .option('--max-concurrent-warm-starts <n>', 'cold starts of warm sandboxes at once across all functions; the rest wait their turn (default: 2 per CPU core)', int('--max-concurrent-warm-starts'))
     .option('--sandbox-start-timeout-ms <ms>', 'a warm sandbox not started (agent handshake, code loaded) after this long is killed and replaced', int('--sandbox-start-timeout-ms'), DEFAULT_FUNCTION_POOLS.startTimeoutMs)
     .option('--metrics-token <token>', 'a scrape token for GET /metrics ("Authorization: Bearer <token>"; the admin key works too; with auth on and no token only the admin key); env KINDLING_METRICS_TOKEN')
     .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
@@ -202,6 +203,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
           genericPerShape: options.genericSandboxes as number,
           queueTimeoutMs: options.queueTimeoutMs as number,
           startTimeoutMs: Math.max(1, options.sandboxStartTimeoutMs as number),
+          ...(options.maxConcurrentWarmStarts === undefined ? {} : { maxConcurrentStarts: Math.max(1, options.maxConcurrentWarmStarts as number) }),
         },
         asyncInvocations: {
           concurrency: Math.max(1, options.asyncConcurrency as number),

@@ -9,6 +9,7 @@
  */
 import { layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
 import { StringDecoder } from 'node:string_decoder';
+import { availableParallelism } from 'node:os';
 import { posix } from 'node:path';
 import { agentLaunch, agentLaunchModule, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
 import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
@@ -21,6 +22,7 @@ import type { FunctionVersion } from '../store/store.js';
 import { BASE_ENV } from './execution-service.js';
 import { parseBundleHandler, type HandlerInvoker, type InvocationResult, type InvokeOptions } from './function-service.js';
 import { BUNDLE_MOUNT } from './bundles.js';
+import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { WarmCapacity, WarmPool, type EvictionReason } from './warm-pool.js';
 
@@ -116,6 +118,12 @@ export interface HandlerPoolsOptions {
    */
   startTimeoutMs?: number;
   /**
+   * Cold starts of warm sandboxes running at once, across all functions (the rest wait their turn, up to queueTimeoutMs).
+   * Without it a burst over many cold functions starts them all together: each start gets a sliver of the CPU, all
+   * miss startTimeoutMs together and every caller gets an error. Default: 2 per CPU core.
+   */
+  maxConcurrentStarts?: number;
+  /**
    * A generic sandbox that did not finish loading a function's code in time (killed; counted like a failed start).
    * Failed starts of fresh sandboxes are counted by the executor's instrumentation.
    */
@@ -180,8 +188,16 @@ export class HandlerPools implements HandlerInvoker {
   private closing = false;
 
   private readonly generic: PrewarmPool<WarmSandbox>;
+  /** Cold starts of warm sandboxes in progress, across all functions (maxConcurrentStarts). */
+  private readonly starts: ConcurrencyLimiter;
 
   constructor(private readonly options: HandlerPoolsOptions) {
+    this.starts = new ConcurrencyLimiter({
+      maxConcurrent: options.maxConcurrentStarts ?? 2 * availableParallelism(),
+      // Every queued start holds a reserved place in the warm capacity, so the capacity bounds the queue already.
+      maxQueued: Math.max(1, options.maxWarmSandboxes),
+      queueTimeoutMs: options.queueTimeoutMs,
+    });
     this.capacity = new WarmCapacity({
       maxSandboxes: options.maxWarmSandboxes,
       maxMemoryMb: options.maxWarmMemoryMb,
@@ -417,7 +433,14 @@ export class HandlerPools implements HandlerInvoker {
     const maxConcurrency = spec.maxConcurrency ?? this.options.defaultMaxConcurrency;
     const pool: WarmPool<WarmSandbox> = new WarmPool<WarmSandbox>({
       key,
-      create: async () => this.metered(await this.coldSandbox(version, executor, executorName, limits), version, executorName, limits.memoryMb),
+      create: async () => {
+        const release = await this.starts.acquire();
+        try {
+          return this.metered(await this.coldSandbox(version, executor, executorName, limits), version, executorName, limits.memoryMb);
+        } finally {
+          release();
+        }
+      },
       minWarm: spec.minWarm ?? 0,
       maxConcurrency,
       maxQueued: spec.maxQueued ?? this.options.defaultMaxQueued,
