@@ -60,6 +60,7 @@ class World implements OperatorChain, TxChain {
   }
   async send(call: ContractCall, tx: { nonce: number }): Promise<Hex> {
     assert.equal(tx.nonce, this.nonce++);
+    let hash: Hex = '0x01';
     const callId = call.args[1] as bigint;
     if (call.functionName === 'submitResult') {
       this.completed.set(callId, call.args[2] as Hex);
@@ -67,15 +68,19 @@ class World implements OperatorChain, TxChain {
       this.chain.mine([], [{ callId, kind: 'released', operator: ME, deadline: 0n, reason: 0 }]);
     } else if (call.functionName === 'releaseTimedOut') {
       this.releases.push(callId);
+      hash = '0x02';
       this.assigned.set(callId, { operator: ME, deadline: 10n ** 12n });
       this.chain.mine([], [
         { callId, kind: 'released', operator: OTHER, deadline: 0n, reason: 1 },
         { callId, kind: 'assigned', operator: ME, deadline: 10n ** 12n, reason: 0 },
       ]);
     }
-    return '0x01';
+    return hash;
   }
-  async waitForReceipt(): Promise<'success'> {
+  /** Holds the receipts of keeper releases (hash 0x02) until it resolves: a slow node. */
+  releaseReceiptGate: Promise<void> | null = null;
+  async waitForReceipt(hash: Hex): Promise<'success'> {
+    if (hash === '0x02' && this.releaseReceiptGate) await this.releaseReceiptGate;
     return 'success';
   }
   async balance(): Promise<bigint> {
@@ -129,6 +134,7 @@ async function setup(world: World, runner: FakeRunner, options: { dir?: string; 
     maxResultBytes: 1024,
     pollIntervalMs: 5,
     retryDelayMs: 5,
+    keeperIntervalMs: 5,
     logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }, destination(2)),
     ...(options.now ? { now: options.now } : {}),
   });
@@ -209,6 +215,22 @@ describe('Operator', () => {
     await operator.close();
     assert.deepEqual(world.releases, [0n]);
     assert.deepEqual(runner.runs, [0n]);
+    store.close();
+  });
+
+  it('keeper: a release waiting for its receipt does not hold up reading and answering new jobs', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    let open!: () => void;
+    world.releaseReceiptGate = new Promise((resolve) => (open = resolve));
+    const { operator, store } = await setup(world, runner, { now: () => 2_001_000 });
+    world.submitJob(0n, OTHER, 2000n);
+    await waitFor(() => world.releases.length === 1, { what: 'the keeper sending its release' });
+    world.submitJob(1n, ME);
+    await waitFor(() => world.submits.some((submit) => submit.callId === 1n), { what: 'a new job answered while the release waits for its receipt' });
+    open();
+    await operator.close();
+    assert.deepEqual(world.releases, [0n], 'one release, never two at once');
     store.close();
   });
 

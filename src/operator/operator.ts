@@ -63,6 +63,11 @@ export interface OperatorOptions {
   retryDelayMs?: number;
   /** Keeper duty (release others' timed-out assignments). Default on. */
   keeper?: boolean;
+  /**
+   * Time between two keeper rounds. The keeper runs on its own timer, apart from the chain-read/job loop: a release
+   * waits for its receipt, and a slow node must not hold up reading new jobs. Default 1000 ms.
+   */
+  keeperIntervalMs?: number;
   logger: Logger;
   now?: () => number;
 }
@@ -80,7 +85,7 @@ export interface OperatorStats {
 }
 
 export class Operator {
-  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; now: () => number };
+  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; keeperIntervalMs: number; now: () => number };
   private readonly me: string;
   private readonly running = new Map<string, AbortController>();
   /** Calls holding a slot of `capacity`: from scheduling (the checks on chain come first) until their job ends. */
@@ -91,12 +96,15 @@ export class Operator {
   private readonly inFlight = new Set<Promise<unknown>>();
   private timer: NodeJS.Timeout | null = null;
   private ticking: Promise<void> | null = null;
+  private keeperTimer: NodeJS.Timeout | null = null;
+  /** The keeper round under way, if any: rounds never overlap (two would send the same release twice). */
+  private keeping: Promise<void> | null = null;
   private again = false;
   private stopped = false;
   readonly stats: OperatorStats = { running: 0, submitted: 0, alreadyCompleted: 0, released: 0, errors: 0 };
 
   constructor(options: OperatorOptions) {
-    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, now: Date.now, keeper: true, ...options };
+    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, keeperIntervalMs: 1000, now: Date.now, keeper: true, ...options };
     this.me = options.submitter.address.toLowerCase();
   }
 
@@ -108,7 +116,23 @@ export class Operator {
       this.options.logger.warn({ callId: call.callId.toString() }, 'a job was running when the operator stopped; answering it with JOB_INTERRUPTED');
     }
     this.wake();
+    if (this.options.keeper !== false) this.keeperRound();
     return this;
+  }
+
+  /** One keeper round now, then the next after keeperIntervalMs; never two at once. */
+  private keeperRound(): void {
+    if (this.stopped || this.keeping) return;
+    this.keeperTimer = null;
+    this.keeping = this.keep()
+      .catch((error: unknown) => {
+        this.stats.errors++;
+        this.options.logger.warn({ err: error }, 'a keeper round failed; trying again');
+      })
+      .finally(() => {
+        this.keeping = null;
+        if (!this.stopped) this.keeperTimer = setTimeout(() => this.keeperRound(), this.options.keeperIntervalMs);
+      });
   }
 
   /** Reads the chain now (a new head arrived), instead of at the next interval. */
@@ -145,8 +169,11 @@ export class Operator {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    if (this.keeperTimer) clearTimeout(this.keeperTimer);
+    this.keeperTimer = null;
     if (options.abort) for (const controller of this.running.values()) controller.abort();
     await this.ticking;
+    await this.keeping;
     await this.idle();
   }
 
@@ -169,7 +196,6 @@ export class Operator {
     }
     try {
       this.schedule();
-      if (this.options.keeper !== false) await this.keep();
     } catch (error) {
       this.stats.errors++;
       this.options.logger.warn({ err: error }, 'an operator step failed; trying again');
