@@ -11,7 +11,7 @@ import { CursorStore } from './cursor-store.js';
 import { NonceManager } from './nonce-manager.js';
 import { Operator, type OperatorChain, type OperatorJob, type OperatorJobRunner } from './operator.js';
 import { ResultStore } from './result-store.js';
-import { Submitter, type ContractCall, type TxChain } from './submitter.js';
+import { Submitter, type ContractCall, type TxChain, type TxReceipt } from './submitter.js';
 import { Watcher } from './watcher.js';
 import { FakeChain } from './test-support.js';
 
@@ -79,9 +79,10 @@ class World implements OperatorChain, TxChain {
   }
   /** Holds the receipts of keeper releases (hash 0x02) until it resolves: a slow node. */
   releaseReceiptGate: Promise<void> | null = null;
-  async waitForReceipt(hash: Hex): Promise<'success'> {
+  async waitForReceipt(hash: Hex): Promise<TxReceipt> {
     if (hash === '0x02' && this.releaseReceiptGate) await this.releaseReceiptGate;
-    return 'success';
+    const blockNumber = BigInt(this.chain.blocks.length - 1);
+    return { status: 'success', blockNumber, blockHash: this.chain.blocks[Number(blockNumber)]!.hash };
   }
   async balance(): Promise<bigint> {
     return 10n ** 18n;
@@ -115,7 +116,7 @@ after(async () => {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; now?: () => number } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
+async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; confirmations?: number; now?: () => number } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kindling-operator-')));
   if (!options.dir) dirs.push(dir);
   const store = new CursorStore(join(dir, 'operator.db'), 'test');
@@ -123,7 +124,7 @@ async function setup(world: World, runner: FakeRunner, options: { dir?: string; 
     serviceId: 0n,
     jobsContract: JOBS,
     serviceManager: MANAGER,
-    watcher: new Watcher({ chain: world.chain, store, confirmations: 0 }),
+    watcher: new Watcher({ chain: world.chain, store, confirmations: options.confirmations ?? 0 }),
     store,
     submitter: new Submitter({ chain: world, nonces: new NonceManager(world), baseDelayMs: 1 }),
     chain: world,
@@ -153,6 +154,7 @@ describe('Operator', () => {
     await waitFor(() => runner.active === 2, { what: 'two jobs running' });
     open();
     await waitFor(() => world.submits.length === 5, { what: 'five results' });
+    await waitFor(() => [0n, 1n, 2n, 3n, 4n].every((callId) => store.call(callId)?.state === 'done'), { what: 'the results read back from the chain' });
     await operator.close();
     assert.equal(runner.maxActive, 2, 'capacity 2');
     assert.deepEqual(world.submits.map((s) => s.callId).sort(), [0n, 1n, 2n, 3n, 4n]);
@@ -215,6 +217,33 @@ describe('Operator', () => {
     await operator.close();
     assert.deepEqual(world.releases, [0n]);
     assert.deepEqual(runner.runs, [0n]);
+    store.close();
+  });
+
+  it('a result whose block a reorg removes before it is --confirmations deep is sent again; done once deep enough', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    const { operator, store } = await setup(world, runner, { confirmations: 2 });
+    world.submitJob(0n, ME);
+    world.chain.mine();
+    world.chain.mine();
+    await waitFor(() => world.submits.length === 1, { what: 'the result' });
+    const resultBlock = BigInt(world.chain.blocks.length - 1);
+    assert.equal(store.call(0n)?.state, 'submitted', 'not done at depth 0');
+    // The result's block is replaced (the job's block stays): the call is open again on the new chain.
+    world.chain.reorgTo(resultBlock - 1n);
+    world.completed.delete(0n);
+    world.chain.mine();
+    world.chain.mine();
+    world.chain.mine();
+    await waitFor(() => world.submits.length === 2, { what: 'the result sent again' });
+    await waitFor(() => {
+      world.chain.mine();
+      return store.call(0n)?.state === 'done';
+    }, { what: 'the second result confirmed' });
+    await operator.close();
+    assert.deepEqual(world.submits.map((submit) => submit.callId), [0n, 0n]);
+    assert.deepEqual(runner.runs, [0n], 'the job itself ran once');
     store.close();
   });
 

@@ -91,6 +91,8 @@ export class Operator {
   /** Calls holding a slot of `capacity`: from scheduling (the checks on chain come first) until their job ends. */
   private slots = 0;
   private readonly busy = new Set<string>();
+  /** Calls whose result transaction is mined but not yet `confirmations` deep, by call id: the block it is in. */
+  private readonly confirming = new Map<string, { call: CallRecord; blockNumber: bigint; blockHash: Hex }>();
   private readonly notBefore = new Map<string, number>();
   private readonly keeperTried = new Map<string, number>();
   private readonly inFlight = new Set<Promise<unknown>>();
@@ -195,6 +197,7 @@ export class Operator {
       this.options.logger.warn({ err: error }, 'reading the chain failed; trying again');
     }
     try {
+      await this.confirm();
       this.schedule();
     } catch (error) {
       this.stats.errors++;
@@ -219,7 +222,7 @@ export class Operator {
     const { store } = this.options;
     for (const call of store.callsIn('submitted')) {
       const key = call.callId.toString();
-      if (!this.ready(key)) continue;
+      if (!this.ready(key) || this.confirming.has(key)) continue;
       this.busy.add(key);
       this.track(this.submit(call).finally(() => this.busy.delete(key)));
     }
@@ -322,15 +325,47 @@ export class Operator {
         this.later(key);
         return;
       }
-      if (outcome.kind === 'submitted') this.stats.submitted++;
-      if (outcome.kind === 'already-completed') this.stats.alreadyCompleted++;
-      store.transition(call.callId, ['submitted'], 'done', { nowMs: this.options.now() });
+      if (outcome.kind === 'submitted') {
+        this.stats.submitted++;
+        // Done only once its block is deep enough (confirm()); a reorg before that sends it again.
+        this.confirming.set(key, { call, blockNumber: outcome.blockNumber, blockHash: outcome.blockHash });
+      } else {
+        if (outcome.kind === 'already-completed') this.stats.alreadyCompleted++;
+        store.transition(call.callId, ['submitted'], 'done', { nowMs: this.options.now() });
+      }
       logger.info({ callId: key, outcome: outcome.kind, ...(outcome.kind === 'submitted' ? { txHash: outcome.txHash } : {}) }, 'job result');
     } catch (error) {
       this.stats.errors++;
       this.later(key);
       logger.error({ err: error, callId: key, code: (error as { code?: string }).code }, 'submitting a result failed; it is sent again later');
     }
+  }
+
+  /**
+   * Settles mined results: a transaction whose block the watcher has read past (it is `confirmations` under the
+   * head) and which the chain still has makes its call done; one whose block a reorg replaced goes back to the
+   * submit queue (submit() checks the call on chain again, so a job someone completed meanwhile is not posted twice),
+   * and the nonce is read again, since the transactions of that block are no longer counted.
+   */
+  private async confirm(): Promise<void> {
+    if (this.confirming.size === 0) return;
+    const cursor = this.options.store.cursor();
+    if (cursor === null) return;
+    const due = [...this.confirming].filter(([, entry]) => entry.blockNumber <= cursor.number);
+    const hashes = new Map<bigint, Promise<Hex | null>>();
+    for (const [, entry] of due) if (!hashes.has(entry.blockNumber)) hashes.set(entry.blockNumber, this.options.chain.blockHash(entry.blockNumber));
+    let reorged = false;
+    for (const [key, entry] of due) {
+      const hash = await hashes.get(entry.blockNumber)!;
+      this.confirming.delete(key);
+      if (hash === entry.blockHash) {
+        this.options.store.transition(entry.call.callId, ['submitted'], 'done', { nowMs: this.options.now() });
+        continue;
+      }
+      reorged = true;
+      this.options.logger.warn({ callId: key, blockNumber: entry.blockNumber.toString(), blockHash: entry.blockHash }, 'a reorg removed the block of a result transaction; sending the result again');
+    }
+    if (reorged) this.options.submitter.resyncNonce();
   }
 
   /** Keeper duty: releases assignments of other operators past their deadline (the contract checks the time). */
