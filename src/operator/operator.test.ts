@@ -28,6 +28,8 @@ class World implements OperatorChain, TxChain {
   assigned = new Map<bigint, { operator: Address; deadline: bigint }>();
   submits: { callId: bigint; result: Hex }[] = [];
   releases: bigint[] = [];
+  /** Transactions sent (a batch of results is one). */
+  transactions = 0;
   private nonce = 0;
 
   submitJob(callId: bigint, operator: Address, deadline = 10n ** 12n): void {
@@ -51,21 +53,29 @@ class World implements OperatorChain, TxChain {
     const revert = (errorName: string): never => {
       throw Object.assign(new Error(errorName), { data: { errorName } });
     };
-    if (call.functionName === 'submitResult') {
-      if (!this.assigned.has(callId)) revert('UnknownJobCall');
-      if (this.completed.has(callId)) revert('JobAlreadyCompleted');
-      if (this.assigned.get(callId)!.operator !== ME) revert('NotAssignedOperator');
-    }
+    const check = (id: bigint): void => {
+      if (!this.assigned.has(id)) revert('UnknownJobCall');
+      if (this.completed.has(id)) revert('JobAlreadyCompleted');
+      if (this.assigned.get(id)!.operator !== ME) revert('NotAssignedOperator');
+    };
+    if (call.functionName === 'submitResult') check(callId);
+    // All or nothing, as the contract's batch.
+    if (call.functionName === 'submitResults') for (const id of call.args[1] as bigint[]) check(id);
     return 50_000n;
   }
   async send(call: ContractCall, tx: { nonce: number }): Promise<Hex> {
     assert.equal(tx.nonce, this.nonce++);
     let hash: Hex = '0x01';
     const callId = call.args[1] as bigint;
-    if (call.functionName === 'submitResult') {
-      this.completed.set(callId, call.args[2] as Hex);
-      this.submits.push({ callId, result: call.args[2] as Hex });
-      this.chain.mine([], [{ callId, kind: 'released', operator: ME, deadline: 0n, reason: 0 }]);
+    this.transactions++;
+    if (call.functionName === 'submitResult' || call.functionName === 'submitResults') {
+      const ids = call.functionName === 'submitResult' ? [callId] : (call.args[1] as bigint[]);
+      const results = call.functionName === 'submitResult' ? [call.args[2] as Hex] : (call.args[2] as Hex[]);
+      ids.forEach((id, i) => {
+        this.completed.set(id, results[i]!);
+        this.submits.push({ callId: id, result: results[i]! });
+      });
+      this.chain.mine([], ids.map((id) => ({ callId: id, kind: 'released' as const, operator: ME, deadline: 0n, reason: 0 })));
     } else if (call.functionName === 'releaseTimedOut') {
       this.releases.push(callId);
       hash = '0x02';
@@ -161,6 +171,34 @@ describe('Operator', () => {
     assert.deepEqual(runner.runs.sort(), [0n, 1n, 2n, 3n, 4n], "the other operator's call is not run");
     assert.equal(store.call(0n)?.state, 'done');
     assert.equal(store.call(5n)?.state, 'seen');
+    store.close();
+  });
+
+  it('results ready together go in one submitResults transaction; a batch with one call that cannot be posted falls back to one by one', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    let open!: () => void;
+    runner.gate = new Promise((resolve) => (open = resolve));
+    const { operator, store } = await setup(world, runner, { capacity: 8 });
+    for (let i = 0n; i < 8n; i++) world.submitJob(i, ME);
+    await waitFor(() => runner.active === 8, { what: 'eight jobs running' });
+    open();
+    await waitFor(() => world.submits.length === 8, { what: 'eight results' });
+    assert.ok(world.transactions <= 2, `8 results ready at once went in ${world.transactions} transactions`);
+
+    // Four more; one of them is completed on chain by someone else before its result goes.
+    const before = world.transactions;
+    runner.gate = new Promise((resolve) => (open = resolve));
+    for (let i = 8n; i < 12n; i++) world.submitJob(i, ME);
+    await waitFor(() => runner.active === 4, { what: 'four jobs running' });
+    world.completed.set(10n, '0x');
+    open();
+    await waitFor(() => [8n, 9n, 11n].every((callId) => world.submits.some((submit) => submit.callId === callId)), { what: 'the three others posted' });
+    await waitFor(() => [8n, 9n, 10n, 11n].every((callId) => store.call(callId)?.state === 'done'), { what: 'all four settled' });
+    await operator.close();
+    assert.equal(world.submits.filter((submit) => submit.callId === 10n).length, 0, 'nothing posted for the completed call');
+    assert.ok(world.transactions - before <= 4, 'singles after the batch reverted');
+    assert.equal(world.submits.length, 11);
     store.close();
   });
 

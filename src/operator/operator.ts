@@ -57,6 +57,14 @@ export interface OperatorOptions {
   capacity: number;
   /** Results larger than this go to the result store and on chain as a KindlingResultRef. Default 16 KiB. */
   maxResultBytes?: number;
+  /**
+   * Most results one transaction carries (`submitResults`). Results that are ready while an earlier transaction
+   * waits for its receipt go together in the next one, so the chain path costs one estimate, one send and one
+   * receipt per batch instead of per job. Default 32; 1 sends each result alone.
+   */
+  maxBatchResults?: number;
+  /** Most result bytes one batch carries (calldata costs gas per byte; node providers cap transaction size). Default 64 KiB. */
+  maxBatchBytes?: number;
   /** Time between reads of the chain when nothing wakes the loop earlier. Default 500 ms. */
   pollIntervalMs?: number;
   /** The least time between two attempts for one call that failed to submit, or one keeper release. Default 1000 ms. */
@@ -74,6 +82,9 @@ export interface OperatorOptions {
 
 import { DEFAULT_MAX_RESULT_BYTES } from './defaults.js';
 
+export const DEFAULT_MAX_BATCH_RESULTS = 32;
+export const DEFAULT_MAX_BATCH_BYTES = 64 * 1024;
+
 export { DEFAULT_MAX_RESULT_BYTES };
 
 export interface OperatorStats {
@@ -85,13 +96,19 @@ export interface OperatorStats {
 }
 
 export class Operator {
-  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; keeperIntervalMs: number; now: () => number };
+  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; keeperIntervalMs: number; maxBatchResults: number; maxBatchBytes: number; now: () => number };
   private readonly me: string;
   private readonly running = new Map<string, AbortController>();
   /** Calls holding a slot of `capacity`: from scheduling (the checks on chain come first) until their job ends. */
   private slots = 0;
   private readonly busy = new Set<string>();
   /** Calls whose result transaction is mined but not yet `confirmations` deep, by call id: the block it is in. */
+  /** Results waiting for the next transaction, in the order they became ready. */
+  private readonly queued = new Map<string, CallRecord>();
+  /** Calls queued or in the transaction being sent: not queued a second time. */
+  private readonly sending = new Set<string>();
+  /** The one loop sending queued results, if running: one result transaction at a time, the rest batch up behind it. */
+  private flushing: Promise<void> | null = null;
   private readonly confirming = new Map<string, { call: CallRecord; blockNumber: bigint; blockHash: Hex }>();
   private readonly notBefore = new Map<string, number>();
   private readonly keeperTried = new Map<string, number>();
@@ -106,7 +123,7 @@ export class Operator {
   readonly stats: OperatorStats = { running: 0, submitted: 0, alreadyCompleted: 0, released: 0, errors: 0 };
 
   constructor(options: OperatorOptions) {
-    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, keeperIntervalMs: 1000, now: Date.now, keeper: true, ...options };
+    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, keeperIntervalMs: 1000, maxBatchResults: DEFAULT_MAX_BATCH_RESULTS, maxBatchBytes: DEFAULT_MAX_BATCH_BYTES, now: Date.now, keeper: true, ...options };
     this.me = options.submitter.address.toLowerCase();
   }
 
@@ -222,9 +239,8 @@ export class Operator {
     const { store } = this.options;
     for (const call of store.callsIn('submitted')) {
       const key = call.callId.toString();
-      if (!this.ready(key) || this.confirming.has(key)) continue;
-      this.busy.add(key);
-      this.track(this.submit(call).finally(() => this.busy.delete(key)));
+      if (!this.ready(key) || this.sending.has(key) || this.confirming.has(key)) continue;
+      this.enqueue(call);
     }
     if (this.stopped) return;
     const assignments = new Map(store.assignments().map((assignment) => [assignment.callId.toString(), assignment]));
@@ -266,13 +282,13 @@ export class Operator {
   private async run(call: CallRecord, release: () => void): Promise<void> {
     const { store, chain, logger } = this.options;
     const key = call.callId.toString();
-    const completed = await chain.jobCompleted(call.callId);
+    // The three reads are independent: one round trip of the node's time instead of three.
+    const [completed, assignment, canonical] = await Promise.all([chain.jobCompleted(call.callId), chain.assignmentOf(call.callId), this.canonical(call)]);
     if (completed === true) {
       store.transition(call.callId, ['seen'], 'done', { nowMs: this.options.now() });
       return;
     }
-    const assignment = await chain.assignmentOf(call.callId);
-    if (completed === null || assignment.done || assignment.operator.toLowerCase() !== this.me || !(await this.canonical(call))) {
+    if (completed === null || assignment.done || assignment.operator.toLowerCase() !== this.me || !canonical) {
       // Not (or no longer) ours, or not on the chain as read: the watcher's next reads settle it.
       this.later(key);
       return;
@@ -297,7 +313,7 @@ export class Operator {
       release();
     }
     if (!store.transition(call.callId, ['running'], 'submitted', { blockHash: call.blockHash, result, nowMs: this.options.now() })) return;
-    await this.submit({ ...call, state: 'submitted', result });
+    this.enqueue({ ...call, state: 'submitted', result });
     // A slot is free: the next queued call of ours starts without waiting for the poll interval.
     if (!this.stopped) this.wake();
   }
@@ -308,6 +324,87 @@ export class Operator {
     const bytes = outcome.outputBytes ?? hexToBytes(outcome.result);
     const stored = await this.options.resultStore.put(this.options.serviceId, callId, bytes);
     return encodeResultRef(stored.sha256, BigInt(stored.sizeBytes), this.options.resultUrl(this.options.serviceId, callId));
+  }
+
+  /** Queues a computed result for the next result transaction; it is not queued again until it has been tried. */
+  private enqueue(call: CallRecord): void {
+    const key = call.callId.toString();
+    if (this.sending.has(key)) return;
+    this.sending.add(key);
+    this.queued.set(key, call);
+    this.kick();
+  }
+
+  /** Starts the flush loop unless it runs (or nothing waits); a result queued as the loop ends starts the next one. */
+  private kick(): void {
+    if (this.flushing || this.queued.size === 0) return;
+    const flushing = this.flush().finally(() => {
+      this.flushing = null;
+      this.kick();
+    });
+    this.flushing = flushing;
+    this.track(flushing);
+  }
+
+  /** Sends queued results, a batch at a time, until none is left. */
+  private async flush(): Promise<void> {
+    while (this.queued.size > 0) {
+      const batch: CallRecord[] = [];
+      let bytes = 0;
+      for (const [key, call] of this.queued) {
+        const size = call.result === null ? 0 : hexSize(call.result);
+        if (batch.length > 0 && (batch.length >= this.options.maxBatchResults || bytes + size > this.options.maxBatchBytes)) break;
+        batch.push(call);
+        bytes += size;
+        this.queued.delete(key);
+      }
+      try {
+        await this.submitBatch(batch);
+      } finally {
+        for (const call of batch) this.sending.delete(call.callId.toString());
+      }
+    }
+  }
+
+  /**
+   * One `submitResults` transaction for the batch. The contract's batch is all or nothing, so when its estimate
+   * reverts (one call completed by someone else, reassigned, or removed by a reorg) or it cannot be sent, each result
+   * goes on its own (submit()), which sorts out the one that cannot be posted without holding up the others.
+   */
+  private async submitBatch(batch: CallRecord[]): Promise<void> {
+    if (batch.length === 1) return this.submit(batch[0]!);
+    const { logger } = this.options;
+    // One block hash per block, not per call: calls of one block share it.
+    const hashes = new Map<bigint, Promise<Hex | null>>();
+    const canonical: CallRecord[] = [];
+    for (const call of batch) {
+      if (!hashes.has(call.blockNumber)) hashes.set(call.blockNumber, this.options.chain.blockHash(call.blockNumber));
+      const hash = await hashes.get(call.blockNumber)!.catch(() => null);
+      if (hash === call.blockHash && call.result !== null) canonical.push(call);
+      else this.later(call.callId.toString());
+    }
+    if (canonical.length <= 1) {
+      for (const call of canonical) await this.submit(call);
+      return;
+    }
+    const callIds = canonical.map((call) => call.callId);
+    const outcome = await this.options.submitter
+      .write({ address: this.options.jobsContract, abi: JOBS_CONTRACT_ABI, functionName: 'submitResults', args: [this.options.serviceId, callIds, canonical.map((call) => call.result!)] })
+      .catch((error: unknown) => {
+        logger.warn({ err: error, callIds: callIds.map(String), code: (error as { code?: string }).code }, 'a batch of results could not be sent; sending them one by one');
+        return null;
+      });
+    if (outcome?.kind !== 'sent') {
+      if (outcome?.kind === 'reverted') logger.info({ callIds: callIds.map(String), errorName: outcome.errorName }, 'a batch of results reverts; sending them one by one');
+      await Promise.all(canonical.map((call) => this.submit(call)));
+      return;
+    }
+    for (const call of canonical) {
+      const key = call.callId.toString();
+      this.stats.submitted++;
+      this.confirming.set(key, { call, blockNumber: outcome.blockNumber, blockHash: outcome.blockHash });
+      logger.info({ callId: key, outcome: 'submitted', txHash: outcome.txHash, batch: canonical.length }, 'job result');
+    }
   }
 
   private async submit(call: CallRecord): Promise<void> {
