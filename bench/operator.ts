@@ -93,10 +93,24 @@ export async function runOperatorGroup(ctx: BenchContext): Promise<GroupResult> 
       http_.push(performance.now() - t0);
     }
     const chainSamples = await chainLatencies(setup, runs, false);
-    return { elapsedMs, submittedMs, counted, http: http_, chain: chainSamples };
+    // The ceiling: the same number of the same executions through HTTP, 32 at a time (the operator's capacity), on
+    // the same server in the same run. The chain path cannot beat what the machine runs without it.
+    const ceilingStarted = performance.now();
+    let next = 0;
+    await Promise.all(Array.from({ length: 32 }, async () => {
+      while (next < jobs) {
+        next++;
+        const response = await fetch(`${operator.url}/v1/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image: 'kindling/base', command: ['echo', 'hi'] }) });
+        if (response.status !== 200) throw new Error(`POST /v1/execute answered ${response.status}: ${await response.text()}`);
+        await response.arrayBuffer();
+      }
+    }));
+    const ceilingMs = performance.now() - ceilingStarted;
+    return { elapsedMs, submittedMs, counted, http: http_, chain: chainSamples, ceilingMs };
   });
 
   const perSecond = (sustained.counted / sustained.elapsedMs) * 1000;
+  const ceilingPerSecond = (jobs / sustained.ceilingMs) * 1000;
   const p50 = percentile(latency, 50);
   const httpP50 = percentile(sustained.http, 50);
   const chainP50 = percentile(sustained.chain, 50);
@@ -108,8 +122,9 @@ export async function runOperatorGroup(ctx: BenchContext): Promise<GroupResult> 
     },
     {
       group: 'operator', id: 'operator.throughput', scenario: `${jobs} jobs 0 through one operator (capacity 32), instant mining`,
-      kindling: `${perSecond.toFixed(1)} jobs/s`, baseline: '—', ratio: '—', target: '>= 50/s, nothing lost',
-      status: perSecond >= 50 && sustained.counted === jobs ? 'pass' : 'fail', note: `${sustained.counted}/${jobs} results on chain; submissions alone took ${(sustained.submittedMs / 1000).toFixed(1)} s`,
+      kindling: `${perSecond.toFixed(1)} jobs/s`, baseline: `${ceilingPerSecond.toFixed(1)} jobs/s via POST /v1/execute, 32 at a time`, ratio: `${(perSecond / ceilingPerSecond).toFixed(2)}x`, target: '>= 50/s, nothing lost',
+      status: perSecond >= 50 && sustained.counted === jobs ? 'pass' : 'fail',
+      note: `${sustained.counted}/${jobs} results on chain; submissions alone took ${(sustained.submittedMs / 1000).toFixed(1)} s; the baseline is the ceiling (the same echo without the chain). Before results were batched and the keeper moved off the loop: 1.9 jobs/s (2-core machine under other load)`,
     },
     {
       group: 'operator', id: 'operator.overhead', scenario: 'job 0 echo via the chain (submit -> result, instant mining) vs POST /v1/execute',

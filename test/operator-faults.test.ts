@@ -1,7 +1,8 @@
 /**
  * Operator mode under faults, on a real anvil with real `kindling operator` processes: load spread over 3 operators,
  * an operator killed with SIGKILL mid-job (the keeper reassigns after the deadline, the job completes once, the
- * restarted operator does not resubmit), and a reorg that removes a job while it runs.
+ * restarted operator does not resubmit), a reorg that removes a job while it runs, a result transaction dropped from
+ * the node's pool (sent again with the same nonce, no gap) and one whose block a reorg removes (sent again).
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
@@ -130,6 +131,51 @@ describe('operator faults (anvil, 3 operators, kill -9, reorg)', { skip: skip ??
     const record = await setup.customer.waitForResult(setup.deployment.serviceId, callId, { timeoutMs: 60_000, pollMs: 200 });
     const decoded = decodeJobResult(0, record.raw);
     assert.equal(decoded.kind === 'output' && Buffer.from((decoded.values[0] as Hex).slice(2), 'hex').toString(), 'second\n');
+    assert.equal(BigInt((await setup.customer.getJobCall(setup.deployment.serviceId, callId)).resultCount), 1n);
+  });
+
+  it('a result transaction dropped from the pool is sent again within --tx-timeout-ms with the same nonce, leaving no gap', async () => {
+    const setup = await chain();
+    const op = await operator(setup, 1, { args: ['--tx-timeout-ms', '2000'] });
+    const nonce = await setup.publicClient.getTransactionCount({ address: op.address });
+    const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['sh', '-c', 'sleep 2; echo kept'], [], '0x']);
+    await waitFor(() => logged(op, 'running a job').some((line) => line.callId === callId.toString()), { timeoutMs: 60_000, what: 'the job to start' });
+    // Blocks stop; the result transaction waits in the pool, and the node drops it there.
+    await rpc(setup, 'evm_setAutomine', [false]);
+    await waitFor(async () => (await setup.publicClient.getTransactionCount({ address: op.address, blockTag: 'pending' })) > nonce, { timeoutMs: 60_000, what: 'the result transaction in the pool' });
+    await rpc(setup, 'anvil_dropAllTransactions');
+    await rpc(setup, 'evm_setAutomine', [true]);
+    const record = await setup.customer.waitForResult(setup.deployment.serviceId, callId, { timeoutMs: 60_000, pollMs: 200 });
+    const decoded = decodeJobResult(0, record.raw);
+    assert.equal(decoded.kind === 'output' && Buffer.from((decoded.values[0] as Hex).slice(2), 'hex').toString(), 'kept\n');
+    assert.equal(await setup.publicClient.getTransactionCount({ address: op.address }), nonce + 1, 'one result transaction, with the nonce the dropped one had');
+    // The next job goes through at once: no transaction waits behind a gap.
+    const next = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['echo', 'next'], [], '0x']);
+    await setup.customer.waitForResult(setup.deployment.serviceId, next.callId, { timeoutMs: 60_000, pollMs: 200 });
+  });
+
+  it('--confirmations 2: a result whose block a reorg removes is sent again, and completes once', async () => {
+    const setup = await chain();
+    const op = await operator(setup, 1, { args: ['--confirmations', '2'] });
+    const { callId } = await setup.customer.submitJob(setup.deployment.serviceId, 0, ['alpine', ['sh', '-c', 'sleep 3; echo twice'], [], '0x']);
+    await rpc(setup, 'anvil_mine', ['0x2']);
+    await waitFor(() => logged(op, 'running a job').some((line) => line.callId === callId.toString()), { timeoutMs: 60_000, what: 'the job to start at 2 confirmations' });
+    const snapshot = await rpc(setup, 'evm_snapshot');
+    await waitFor(() => logged(op, 'job result').some((line) => line.callId === callId.toString()), { timeoutMs: 60_000, what: 'the result mined' });
+    assert.equal((await setup.customer.getJobCall(setup.deployment.serviceId, callId)).completed, true);
+    // The result's block vanishes (the job's block stays); the new chain is longer, with other hashes.
+    await rpc(setup, 'evm_revert', [snapshot]);
+    assert.equal((await setup.customer.getJobCall(setup.deployment.serviceId, callId)).completed, false, 'the result is gone with its block');
+    await rpc(setup, 'evm_setNextBlockTimestamp', [Math.floor(Date.now() / 1000) + 100]);
+    await rpc(setup, 'anvil_mine', ['0x3']);
+    await waitFor(async () => {
+      await rpc(setup, 'anvil_mine', ['0x1']);
+      return (await setup.customer.getJobCall(setup.deployment.serviceId, callId)).completed;
+    }, { timeoutMs: 60_000, intervalMs: 500, what: 'the result sent again' });
+    assert.ok(logged(op, 'a reorg removed the block of a result transaction; sending the result again').some((line) => line.callId === callId.toString()));
+    const record = await setup.customer.waitForResult(setup.deployment.serviceId, callId, { timeoutMs: 60_000, pollMs: 200 });
+    const decoded = decodeJobResult(0, record.raw);
+    assert.equal(decoded.kind === 'output' && Buffer.from((decoded.values[0] as Hex).slice(2), 'hex').toString(), 'twice\n');
     assert.equal(BigInt((await setup.customer.getJobCall(setup.deployment.serviceId, callId)).resultCount), 1n);
   });
 });

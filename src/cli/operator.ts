@@ -66,6 +66,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
     .option('--max-gas <n>', 'gas one transaction may use at most', uint('--max-gas'), DEFAULT_OPERATOR_SETTINGS.maxGas)
     .option('--max-result-bytes <n>', 'larger results are served by this server and go on chain as a hash + URL', whole('--max-result-bytes', 64), DEFAULT_OPERATOR_SETTINGS.maxResultBytes)
     .option('--poll-interval-ms <ms>', 'time between reads of the chain', whole('--poll-interval-ms', 10), DEFAULT_OPERATOR_SETTINGS.pollIntervalMs)
+    .option('--tx-timeout-ms <ms>', 'a sent transaction not mined within this is taken as dropped or replaced: the nonce is read from the node again and the transaction sent again', whole('--tx-timeout-ms', 1000), DEFAULT_OPERATOR_SETTINGS.txTimeoutMs)
     .option('--start-block <n>', 'first block read on a fresh data dir (e.g. the jobs contract deployment block)', uint('--start-block'))
     .option('--price-per-job-wei <n>', 'the price registered with the operator', uint('--price-per-job-wei'), 0n)
     .option('--chain-tenant-quotas <json>', `quotas of each chain caller's tenant (fields of PATCH /v1/tenants/NAME) over the defaults ${JSON.stringify(DEFAULT_CHAIN_TENANT_QUOTAS)}; applied when a caller's tenant is made (its first job)`, quotasJson('--chain-tenant-quotas'))
@@ -84,6 +85,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
         maxGas: options.maxGas as bigint,
         maxResultBytes: options.maxResultBytes as number,
         pollIntervalMs: options.pollIntervalMs as number,
+        txTimeoutMs: options.txTimeoutMs as number,
         pricePerJobWei: options.pricePerJobWei as bigint,
         ...(options.startBlock === undefined ? {} : { startBlock: options.startBlock as bigint }),
         ...(options.publicUrl === undefined ? {} : { publicUrl: options.publicUrl as string }),
@@ -96,7 +98,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
 /**
  * `--operator-config FILE`: the operator options as JSON, named like OperatorSettings (rpcUrl, wsUrl, chainId,
  * keyFile, jobsContract, serviceManager, serviceId, confirmations, capacity, maxGas, maxResultBytes, pollIntervalMs,
- * startBlock, pricePerJobWei, publicUrl, chainTenantQuotas: an object); numbers that may exceed 2^53 may be strings.
+ * txTimeoutMs, startBlock, pricePerJobWei, publicUrl, chainTenantQuotas: an object); numbers that may exceed 2^53 may be strings.
  */
 export async function readOperatorConfig(file: string): Promise<OperatorSettings> {
   let raw: Record<string, unknown>;
@@ -105,7 +107,7 @@ export async function readOperatorConfig(file: string): Promise<OperatorSettings
   } catch (error) {
     throw new Error(`--operator-config ${file}: ${(error as Error).message}`);
   }
-  const known = ['rpcUrl', 'wsUrl', 'chainId', 'keyFile', 'jobsContract', 'serviceManager', 'serviceId', 'confirmations', 'capacity', 'maxGas', 'maxResultBytes', 'pollIntervalMs', 'startBlock', 'pricePerJobWei', 'publicUrl', 'chainTenantQuotas'];
+  const known = ['rpcUrl', 'wsUrl', 'chainId', 'keyFile', 'jobsContract', 'serviceManager', 'serviceId', 'confirmations', 'capacity', 'maxGas', 'maxResultBytes', 'pollIntervalMs', 'txTimeoutMs', 'startBlock', 'pricePerJobWei', 'publicUrl', 'chainTenantQuotas'];
   const unknown = Object.keys(raw).filter((key) => !known.includes(key));
   if (unknown.length > 0) throw new Error(`--operator-config ${file}: unknown field(s) ${unknown.join(', ')}; the fields are ${known.join(', ')}`);
   const field = <T>(name: string, parse: (value: string) => T, required: boolean): T | undefined => {
@@ -137,6 +139,7 @@ export async function readOperatorConfig(file: string): Promise<OperatorSettings
     ...optional('maxGas', uint('--max-gas')),
     ...optional('maxResultBytes', whole('--max-result-bytes', 64)),
     ...optional('pollIntervalMs', whole('--poll-interval-ms', 10)),
+    ...optional('txTimeoutMs', whole('--tx-timeout-ms', 1000)),
     ...optional('startBlock', uint('--start-block')),
     ...optional('pricePerJobWei', uint('--price-per-job-wei')),
     ...optional('publicUrl', url('--public-url', ['http', 'https'])),

@@ -8,7 +8,10 @@ export const DEFAULT_MAX_RESULT_BYTES = 16 * 1024;
 /** Gas one result transaction may use at most. */
 export const DEFAULT_MAX_GAS = 5_000_000n;
 
-export const DEFAULT_OPERATOR_SETTINGS = { confirmations: 1, capacity: 4, maxGas: DEFAULT_MAX_GAS, maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500 };
+/** A sent transaction not mined within this is taken as dropped or replaced: the nonce is read again, the call resent. */
+export const DEFAULT_TX_TIMEOUT_MS = 60_000;
+
+export const DEFAULT_OPERATOR_SETTINGS = { confirmations: 1, capacity: 4, maxGas: DEFAULT_MAX_GAS, maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, txTimeoutMs: DEFAULT_TX_TIMEOUT_MS };
 
 /**
  * Quotas of a chain caller's tenant (`chain-<address>`), made on its first job. Anyone with gas can call, and a new

@@ -11,7 +11,7 @@ import { CursorStore } from './cursor-store.js';
 import { NonceManager } from './nonce-manager.js';
 import { Operator, type OperatorChain, type OperatorJob, type OperatorJobRunner } from './operator.js';
 import { ResultStore } from './result-store.js';
-import { Submitter, type ContractCall, type TxChain } from './submitter.js';
+import { Submitter, type ContractCall, type TxChain, type TxReceipt } from './submitter.js';
 import { Watcher } from './watcher.js';
 import { FakeChain } from './test-support.js';
 
@@ -28,6 +28,8 @@ class World implements OperatorChain, TxChain {
   assigned = new Map<bigint, { operator: Address; deadline: bigint }>();
   submits: { callId: bigint; result: Hex }[] = [];
   releases: bigint[] = [];
+  /** Transactions sent (a batch of results is one). */
+  transactions = 0;
   private nonce = 0;
 
   submitJob(callId: bigint, operator: Address, deadline = 10n ** 12n): void {
@@ -51,32 +53,46 @@ class World implements OperatorChain, TxChain {
     const revert = (errorName: string): never => {
       throw Object.assign(new Error(errorName), { data: { errorName } });
     };
-    if (call.functionName === 'submitResult') {
-      if (!this.assigned.has(callId)) revert('UnknownJobCall');
-      if (this.completed.has(callId)) revert('JobAlreadyCompleted');
-      if (this.assigned.get(callId)!.operator !== ME) revert('NotAssignedOperator');
-    }
+    const check = (id: bigint): void => {
+      if (!this.assigned.has(id)) revert('UnknownJobCall');
+      if (this.completed.has(id)) revert('JobAlreadyCompleted');
+      if (this.assigned.get(id)!.operator !== ME) revert('NotAssignedOperator');
+    };
+    if (call.functionName === 'submitResult') check(callId);
+    // All or nothing, as the contract's batch.
+    if (call.functionName === 'submitResults') for (const id of call.args[1] as bigint[]) check(id);
     return 50_000n;
   }
   async send(call: ContractCall, tx: { nonce: number }): Promise<Hex> {
     assert.equal(tx.nonce, this.nonce++);
+    let hash: Hex = '0x01';
     const callId = call.args[1] as bigint;
-    if (call.functionName === 'submitResult') {
-      this.completed.set(callId, call.args[2] as Hex);
-      this.submits.push({ callId, result: call.args[2] as Hex });
-      this.chain.mine([], [{ callId, kind: 'released', operator: ME, deadline: 0n, reason: 0 }]);
+    this.transactions++;
+    if (call.functionName === 'submitResult' || call.functionName === 'submitResults') {
+      const ids = call.functionName === 'submitResult' ? [callId] : (call.args[1] as bigint[]);
+      const results = call.functionName === 'submitResult' ? [call.args[2] as Hex] : (call.args[2] as Hex[]);
+      ids.forEach((id, i) => {
+        this.completed.set(id, results[i]!);
+        this.submits.push({ callId: id, result: results[i]! });
+      });
+      this.chain.mine([], ids.map((id) => ({ callId: id, kind: 'released' as const, operator: ME, deadline: 0n, reason: 0 })));
     } else if (call.functionName === 'releaseTimedOut') {
       this.releases.push(callId);
+      hash = '0x02';
       this.assigned.set(callId, { operator: ME, deadline: 10n ** 12n });
       this.chain.mine([], [
         { callId, kind: 'released', operator: OTHER, deadline: 0n, reason: 1 },
         { callId, kind: 'assigned', operator: ME, deadline: 10n ** 12n, reason: 0 },
       ]);
     }
-    return '0x01';
+    return hash;
   }
-  async waitForReceipt(): Promise<'success'> {
-    return 'success';
+  /** Holds the receipts of keeper releases (hash 0x02) until it resolves: a slow node. */
+  releaseReceiptGate: Promise<void> | null = null;
+  async waitForReceipt(hash: Hex): Promise<TxReceipt> {
+    if (hash === '0x02' && this.releaseReceiptGate) await this.releaseReceiptGate;
+    const blockNumber = BigInt(this.chain.blocks.length - 1);
+    return { status: 'success', blockNumber, blockHash: this.chain.blocks[Number(blockNumber)]!.hash };
   }
   async balance(): Promise<bigint> {
     return 10n ** 18n;
@@ -110,7 +126,7 @@ after(async () => {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; now?: () => number; deadlineMarginMs?: number } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
+async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; confirmations?: number; now?: () => number; deadlineMarginMs?: number } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kindling-operator-')));
   if (!options.dir) dirs.push(dir);
   const store = new CursorStore(join(dir, 'operator.db'), 'test');
@@ -118,7 +134,7 @@ async function setup(world: World, runner: FakeRunner, options: { dir?: string; 
     serviceId: 0n,
     jobsContract: JOBS,
     serviceManager: MANAGER,
-    watcher: new Watcher({ chain: world.chain, store, confirmations: 0 }),
+    watcher: new Watcher({ chain: world.chain, store, confirmations: options.confirmations ?? 0 }),
     store,
     submitter: new Submitter({ chain: world, nonces: new NonceManager(world), baseDelayMs: 1 }),
     chain: world,
@@ -129,6 +145,7 @@ async function setup(world: World, runner: FakeRunner, options: { dir?: string; 
     maxResultBytes: 1024,
     pollIntervalMs: 5,
     retryDelayMs: 5,
+    keeperIntervalMs: 5,
     logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }, destination(2)),
     ...(options.now ? { now: options.now } : {}),
     ...(options.deadlineMarginMs === undefined ? {} : { deadlineMarginMs: options.deadlineMarginMs }),
@@ -148,12 +165,41 @@ describe('Operator', () => {
     await waitFor(() => runner.active === 2, { what: 'two jobs running' });
     open();
     await waitFor(() => world.submits.length === 5, { what: 'five results' });
+    await waitFor(() => [0n, 1n, 2n, 3n, 4n].every((callId) => store.call(callId)?.state === 'done'), { what: 'the results read back from the chain' });
     await operator.close();
     assert.equal(runner.maxActive, 2, 'capacity 2');
     assert.deepEqual(world.submits.map((s) => s.callId).sort(), [0n, 1n, 2n, 3n, 4n]);
     assert.deepEqual(runner.runs.sort(), [0n, 1n, 2n, 3n, 4n], "the other operator's call is not run");
     assert.equal(store.call(0n)?.state, 'done');
     assert.equal(store.call(5n)?.state, 'seen');
+    store.close();
+  });
+
+  it('results ready together go in one submitResults transaction; a batch with one call that cannot be posted falls back to one by one', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    let open!: () => void;
+    runner.gate = new Promise((resolve) => (open = resolve));
+    const { operator, store } = await setup(world, runner, { capacity: 8 });
+    for (let i = 0n; i < 8n; i++) world.submitJob(i, ME);
+    await waitFor(() => runner.active === 8, { what: 'eight jobs running' });
+    open();
+    await waitFor(() => world.submits.length === 8, { what: 'eight results' });
+    assert.ok(world.transactions <= 2, `8 results ready at once went in ${world.transactions} transactions`);
+
+    // Four more; one of them is completed on chain by someone else before its result goes.
+    const before = world.transactions;
+    runner.gate = new Promise((resolve) => (open = resolve));
+    for (let i = 8n; i < 12n; i++) world.submitJob(i, ME);
+    await waitFor(() => runner.active === 4, { what: 'four jobs running' });
+    world.completed.set(10n, '0x');
+    open();
+    await waitFor(() => [8n, 9n, 11n].every((callId) => world.submits.some((submit) => submit.callId === callId)), { what: 'the three others posted' });
+    await waitFor(() => [8n, 9n, 10n, 11n].every((callId) => store.call(callId)?.state === 'done'), { what: 'all four settled' });
+    await operator.close();
+    assert.equal(world.submits.filter((submit) => submit.callId === 10n).length, 0, 'nothing posted for the completed call');
+    assert.ok(world.transactions - before <= 4, 'singles after the batch reverted');
+    assert.equal(world.submits.length, 11);
     store.close();
   });
 
@@ -267,6 +313,49 @@ describe('Operator', () => {
     await operator.close();
     assert.deepEqual(world.releases, [1n]);
     assert.deepEqual(runner.runs, [0n, 1n], 'call 1 ran once, after it came back with a new deadline');
+    store.close();
+  });
+
+  it('a result whose block a reorg removes before it is --confirmations deep is sent again; done once deep enough', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    const { operator, store } = await setup(world, runner, { confirmations: 2 });
+    world.submitJob(0n, ME);
+    world.chain.mine();
+    world.chain.mine();
+    await waitFor(() => world.submits.length === 1, { what: 'the result' });
+    const resultBlock = BigInt(world.chain.blocks.length - 1);
+    assert.equal(store.call(0n)?.state, 'submitted', 'not done at depth 0');
+    // The result's block is replaced (the job's block stays): the call is open again on the new chain.
+    world.chain.reorgTo(resultBlock - 1n);
+    world.completed.delete(0n);
+    world.chain.mine();
+    world.chain.mine();
+    world.chain.mine();
+    await waitFor(() => world.submits.length === 2, { what: 'the result sent again' });
+    await waitFor(() => {
+      world.chain.mine();
+      return store.call(0n)?.state === 'done';
+    }, { what: 'the second result confirmed' });
+    await operator.close();
+    assert.deepEqual(world.submits.map((submit) => submit.callId), [0n, 0n]);
+    assert.deepEqual(runner.runs, [0n], 'the job itself ran once');
+    store.close();
+  });
+
+  it('keeper: a release waiting for its receipt does not hold up reading and answering new jobs', async () => {
+    const world = new World();
+    const runner = new FakeRunner();
+    let open!: () => void;
+    world.releaseReceiptGate = new Promise((resolve) => (open = resolve));
+    const { operator, store } = await setup(world, runner, { now: () => 2_001_000 });
+    world.submitJob(0n, OTHER, 2000n);
+    await waitFor(() => world.releases.length === 1, { what: 'the keeper sending its release' });
+    world.submitJob(1n, ME);
+    await waitFor(() => world.submits.some((submit) => submit.callId === 1n), { what: 'a new job answered while the release waits for its receipt' });
+    open();
+    await operator.close();
+    assert.deepEqual(world.releases, [0n], 'one release, never two at once');
     store.close();
   });
 

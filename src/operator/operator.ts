@@ -59,6 +59,14 @@ export interface OperatorOptions {
   capacity: number;
   /** Results larger than this go to the result store and on chain as a KindlingResultRef. Default 16 KiB. */
   maxResultBytes?: number;
+  /**
+   * Most results one transaction carries (`submitResults`). Results that are ready while an earlier transaction
+   * waits for its receipt go together in the next one, so the chain path costs one estimate, one send and one
+   * receipt per batch instead of per job. Default 32; 1 sends each result alone.
+   */
+  maxBatchResults?: number;
+  /** Most result bytes one batch carries (calldata costs gas per byte; node providers cap transaction size). Default 64 KiB. */
+  maxBatchBytes?: number;
   /** Time between reads of the chain when nothing wakes the loop earlier. Default 500 ms. */
   pollIntervalMs?: number;
   /** The least time between two attempts for one call that failed to submit, or one keeper release. Default 1000 ms. */
@@ -70,11 +78,19 @@ export interface OperatorOptions {
   deadlineMarginMs?: number;
   /** Keeper duty (release others' timed-out assignments). Default on. */
   keeper?: boolean;
+  /**
+   * Time between two keeper rounds. The keeper runs on its own timer, apart from the chain-read/job loop: a release
+   * waits for its receipt, and a slow node must not hold up reading new jobs. Default 1000 ms.
+   */
+  keeperIntervalMs?: number;
   logger: Logger;
   now?: () => number;
 }
 
 import { DEFAULT_MAX_RESULT_BYTES } from './defaults.js';
+
+export const DEFAULT_MAX_BATCH_RESULTS = 32;
+export const DEFAULT_MAX_BATCH_BYTES = 64 * 1024;
 
 export { DEFAULT_MAX_RESULT_BYTES };
 
@@ -97,23 +113,34 @@ export interface OperatorStats {
 }
 
 export class Operator {
-  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; deadlineMarginMs: number; now: () => number };
+  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; deadlineMarginMs: number; keeperIntervalMs: number; maxBatchResults: number; maxBatchBytes: number; now: () => number };
   private readonly me: string;
   private readonly running = new Map<string, AbortController>();
   /** Calls holding a slot of `capacity`: from scheduling (the checks on chain come first) until their job ends. */
   private slots = 0;
   private readonly busy = new Set<string>();
+  /** Results waiting for the next transaction, in the order they became ready. */
+  private readonly queued = new Map<string, CallRecord>();
+  /** Calls queued or in the transaction being sent: not queued a second time. */
+  private readonly sending = new Set<string>();
+  /** The one loop sending queued results, if running: one result transaction at a time, the rest batch up behind it. */
+  private flushing: Promise<void> | null = null;
+  /** Calls whose result transaction is mined but not yet `confirmations` deep, by call id: the block it is in. */
+  private readonly confirming = new Map<string, { call: CallRecord; blockNumber: bigint; blockHash: Hex }>();
   private readonly notBefore = new Map<string, number>();
   private readonly keeperTried = new Map<string, number>();
   private readonly inFlight = new Set<Promise<unknown>>();
   private timer: NodeJS.Timeout | null = null;
   private ticking: Promise<void> | null = null;
+  private keeperTimer: NodeJS.Timeout | null = null;
+  /** The keeper round under way, if any: rounds never overlap (two would send the same release twice). */
+  private keeping: Promise<void> | null = null;
   private again = false;
   private stopped = false;
   readonly stats: OperatorStats = { running: 0, submitted: 0, alreadyCompleted: 0, released: 0, errors: 0 };
 
   constructor(options: OperatorOptions) {
-    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, deadlineMarginMs: 2000, now: Date.now, keeper: true, ...options };
+    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, deadlineMarginMs: 2000, keeperIntervalMs: 1000, maxBatchResults: DEFAULT_MAX_BATCH_RESULTS, maxBatchBytes: DEFAULT_MAX_BATCH_BYTES, now: Date.now, keeper: true, ...options };
     this.me = options.submitter.address.toLowerCase();
   }
 
@@ -125,7 +152,23 @@ export class Operator {
       this.options.logger.warn({ callId: call.callId.toString() }, 'a job was running when the operator stopped; answering it with JOB_INTERRUPTED');
     }
     this.wake();
+    if (this.options.keeper !== false) this.keeperRound();
     return this;
+  }
+
+  /** One keeper round now, then the next after keeperIntervalMs; never two at once. */
+  private keeperRound(): void {
+    if (this.stopped || this.keeping) return;
+    this.keeperTimer = null;
+    this.keeping = this.keep()
+      .catch((error: unknown) => {
+        this.stats.errors++;
+        this.options.logger.warn({ err: error }, 'a keeper round failed; trying again');
+      })
+      .finally(() => {
+        this.keeping = null;
+        if (!this.stopped) this.keeperTimer = setTimeout(() => this.keeperRound(), this.options.keeperIntervalMs);
+      });
   }
 
   /** Reads the chain now (a new head arrived), instead of at the next interval. */
@@ -162,8 +205,11 @@ export class Operator {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    if (this.keeperTimer) clearTimeout(this.keeperTimer);
+    this.keeperTimer = null;
     if (options.abort) for (const controller of this.running.values()) controller.abort();
     await this.ticking;
+    await this.keeping;
     await this.idle();
   }
 
@@ -185,8 +231,8 @@ export class Operator {
       this.options.logger.warn({ err: error }, 'reading the chain failed; trying again');
     }
     try {
+      await this.confirm();
       this.schedule();
-      if (this.options.keeper !== false) await this.keep();
     } catch (error) {
       this.stats.errors++;
       this.options.logger.warn({ err: error }, 'an operator step failed; trying again');
@@ -210,9 +256,8 @@ export class Operator {
     const { store } = this.options;
     for (const call of store.callsIn('submitted')) {
       const key = call.callId.toString();
-      if (!this.ready(key)) continue;
-      this.busy.add(key);
-      this.track(this.submit(call).finally(() => this.busy.delete(key)));
+      if (!this.ready(key) || this.sending.has(key) || this.confirming.has(key)) continue;
+      this.enqueue(call);
     }
     if (this.stopped) return;
     const assignments = new Map(store.assignments().map((assignment) => [assignment.callId.toString(), assignment]));
@@ -254,13 +299,13 @@ export class Operator {
   private async run(call: CallRecord, release: () => void): Promise<void> {
     const { store, chain, logger } = this.options;
     const key = call.callId.toString();
-    const completed = await chain.jobCompleted(call.callId);
+    // The three reads are independent: one round trip of the node's time instead of three.
+    const [completed, assignment, canonical] = await Promise.all([chain.jobCompleted(call.callId), chain.assignmentOf(call.callId), this.canonical(call)]);
     if (completed === true) {
       store.transition(call.callId, ['seen'], 'done', { nowMs: this.options.now() });
       return;
     }
-    const assignment = await chain.assignmentOf(call.callId);
-    if (completed === null || assignment.done || assignment.operator.toLowerCase() !== this.me || !(await this.canonical(call))) {
+    if (completed === null || assignment.done || assignment.operator.toLowerCase() !== this.me || !canonical) {
       // Not (or no longer) ours, or not on the chain as read: the watcher's next reads settle it.
       this.later(key);
       return;
@@ -317,7 +362,7 @@ export class Operator {
       release();
     }
     if (!store.transition(call.callId, ['running'], 'submitted', { blockHash: call.blockHash, result, nowMs: this.options.now() })) return;
-    await this.submit({ ...call, state: 'submitted', result });
+    this.enqueue({ ...call, state: 'submitted', result });
     // A slot is free: the next queued call of ours starts without waiting for the poll interval.
     if (!this.stopped) this.wake();
   }
@@ -350,6 +395,87 @@ export class Operator {
     return encodeResultRef(stored.sha256, BigInt(stored.sizeBytes), this.options.resultUrl(this.options.serviceId, callId));
   }
 
+  /** Queues a computed result for the next result transaction; it is not queued again until it has been tried. */
+  private enqueue(call: CallRecord): void {
+    const key = call.callId.toString();
+    if (this.sending.has(key)) return;
+    this.sending.add(key);
+    this.queued.set(key, call);
+    this.kick();
+  }
+
+  /** Starts the flush loop unless it runs (or nothing waits); a result queued as the loop ends starts the next one. */
+  private kick(): void {
+    if (this.flushing || this.queued.size === 0) return;
+    const flushing = this.flush().finally(() => {
+      this.flushing = null;
+      this.kick();
+    });
+    this.flushing = flushing;
+    this.track(flushing);
+  }
+
+  /** Sends queued results, a batch at a time, until none is left. */
+  private async flush(): Promise<void> {
+    while (this.queued.size > 0) {
+      const batch: CallRecord[] = [];
+      let bytes = 0;
+      for (const [key, call] of this.queued) {
+        const size = call.result === null ? 0 : hexSize(call.result);
+        if (batch.length > 0 && (batch.length >= this.options.maxBatchResults || bytes + size > this.options.maxBatchBytes)) break;
+        batch.push(call);
+        bytes += size;
+        this.queued.delete(key);
+      }
+      try {
+        await this.submitBatch(batch);
+      } finally {
+        for (const call of batch) this.sending.delete(call.callId.toString());
+      }
+    }
+  }
+
+  /**
+   * One `submitResults` transaction for the batch. The contract's batch is all or nothing, so when its estimate
+   * reverts (one call completed by someone else, reassigned, or removed by a reorg) or it cannot be sent, each result
+   * goes on its own (submit()), which sorts out the one that cannot be posted without holding up the others.
+   */
+  private async submitBatch(batch: CallRecord[]): Promise<void> {
+    if (batch.length === 1) return this.submit(batch[0]!);
+    const { logger } = this.options;
+    // One block hash per block, not per call: calls of one block share it.
+    const hashes = new Map<bigint, Promise<Hex | null>>();
+    const canonical: CallRecord[] = [];
+    for (const call of batch) {
+      if (!hashes.has(call.blockNumber)) hashes.set(call.blockNumber, this.options.chain.blockHash(call.blockNumber));
+      const hash = await hashes.get(call.blockNumber)!.catch(() => null);
+      if (hash === call.blockHash && call.result !== null) canonical.push(call);
+      else this.later(call.callId.toString());
+    }
+    if (canonical.length <= 1) {
+      for (const call of canonical) await this.submit(call);
+      return;
+    }
+    const callIds = canonical.map((call) => call.callId);
+    const outcome = await this.options.submitter
+      .write({ address: this.options.jobsContract, abi: JOBS_CONTRACT_ABI, functionName: 'submitResults', args: [this.options.serviceId, callIds, canonical.map((call) => call.result!)] })
+      .catch((error: unknown) => {
+        logger.warn({ err: error, callIds: callIds.map(String), code: (error as { code?: string }).code }, 'a batch of results could not be sent; sending them one by one');
+        return null;
+      });
+    if (outcome?.kind !== 'sent') {
+      if (outcome?.kind === 'reverted') logger.info({ callIds: callIds.map(String), errorName: outcome.errorName }, 'a batch of results reverts; sending them one by one');
+      await Promise.all(canonical.map((call) => this.submit(call)));
+      return;
+    }
+    for (const call of canonical) {
+      const key = call.callId.toString();
+      this.stats.submitted++;
+      this.confirming.set(key, { call, blockNumber: outcome.blockNumber, blockHash: outcome.blockHash });
+      logger.info({ callId: key, outcome: 'submitted', txHash: outcome.txHash, batch: canonical.length }, 'job result');
+    }
+  }
+
   private async submit(call: CallRecord): Promise<void> {
     const { store, logger } = this.options;
     const key = call.callId.toString();
@@ -365,15 +491,47 @@ export class Operator {
         this.later(key);
         return;
       }
-      if (outcome.kind === 'submitted') this.stats.submitted++;
-      if (outcome.kind === 'already-completed') this.stats.alreadyCompleted++;
-      store.transition(call.callId, ['submitted'], 'done', { nowMs: this.options.now() });
+      if (outcome.kind === 'submitted') {
+        this.stats.submitted++;
+        // Done only once its block is deep enough (confirm()); a reorg before that sends it again.
+        this.confirming.set(key, { call, blockNumber: outcome.blockNumber, blockHash: outcome.blockHash });
+      } else {
+        if (outcome.kind === 'already-completed') this.stats.alreadyCompleted++;
+        store.transition(call.callId, ['submitted'], 'done', { nowMs: this.options.now() });
+      }
       logger.info({ callId: key, outcome: outcome.kind, ...(outcome.kind === 'submitted' ? { txHash: outcome.txHash } : {}) }, 'job result');
     } catch (error) {
       this.stats.errors++;
       this.later(key);
       logger.error({ err: error, callId: key, code: (error as { code?: string }).code }, 'submitting a result failed; it is sent again later');
     }
+  }
+
+  /**
+   * Settles mined results: a transaction whose block the watcher has read past (it is `confirmations` under the
+   * head) and which the chain still has makes its call done; one whose block a reorg replaced goes back to the
+   * submit queue (submit() checks the call on chain again, so a job someone completed meanwhile is not posted twice),
+   * and the nonce is read again, since the transactions of that block are no longer counted.
+   */
+  private async confirm(): Promise<void> {
+    if (this.confirming.size === 0) return;
+    const cursor = this.options.store.cursor();
+    if (cursor === null) return;
+    const due = [...this.confirming].filter(([, entry]) => entry.blockNumber <= cursor.number);
+    const hashes = new Map<bigint, Promise<Hex | null>>();
+    for (const [, entry] of due) if (!hashes.has(entry.blockNumber)) hashes.set(entry.blockNumber, this.options.chain.blockHash(entry.blockNumber));
+    let reorged = false;
+    for (const [key, entry] of due) {
+      const hash = await hashes.get(entry.blockNumber)!;
+      this.confirming.delete(key);
+      if (hash === entry.blockHash) {
+        this.options.store.transition(entry.call.callId, ['submitted'], 'done', { nowMs: this.options.now() });
+        continue;
+      }
+      reorged = true;
+      this.options.logger.warn({ callId: key, blockNumber: entry.blockNumber.toString(), blockHash: entry.blockHash }, 'a reorg removed the block of a result transaction; sending the result again');
+    }
+    if (reorged) this.options.submitter.resyncNonce();
   }
 
   /**

@@ -31,6 +31,8 @@ export interface OperatorSettings {
   maxGas?: bigint;
   maxResultBytes?: number;
   pollIntervalMs?: number;
+  /** A result or keeper transaction not mined within this is taken as lost: nonce read again, call resent. Default 60 s. */
+  txTimeoutMs?: number;
   /** Price per job registered with the operator (wei). Default 0. */
   pricePerJobWei?: bigint;
   /** Quotas of the chain callers' tenants (PATCH /v1/tenants fields) over DEFAULT_CHAIN_TENANT_QUOTAS. */
@@ -85,6 +87,7 @@ export async function startOperatorService(input: {
     chain: viemTxChain({ publicClient: publicClient as never, walletClient: walletClient as never, account }),
     nonces: new NonceManager({ pendingCount: () => publicClient.getTransactionCount({ address: account.address, blockTag: 'pending' }) }),
     maxGas: settings.maxGas,
+    receiptTimeoutMs: settings.txTimeoutMs,
   });
   const info = await publicClient.readContract({ address: settings.serviceManager, abi: SERVICE_MANAGER_ABI, functionName: 'operatorInfo', args: [account.address] });
   if (!info[3]) {

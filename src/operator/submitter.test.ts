@@ -8,7 +8,7 @@ import type { Hex } from 'viem';
 import { KindlingError } from '../core/errors.js';
 import { NonceManager } from './nonce-manager.js';
 import { ResultStore } from './result-store.js';
-import { Submitter, type ContractCall, type TxChain } from './submitter.js';
+import { Submitter, type ContractCall, type TxChain, type TxReceipt } from './submitter.js';
 
 const revert = (errorName: string): Error => Object.assign(new Error(`reverted: ${errorName}`), { cause: { name: 'ContractFunctionRevertedError', data: { errorName } } });
 const transient = (): Error => Object.assign(new Error('HTTP request failed'), { name: 'HttpRequestError' });
@@ -18,6 +18,8 @@ class FakeTxChain implements TxChain {
   readonly address = '0x00000000000000000000000000000000000000c1';
   nonce = 0;
   sent: { call: ContractCall; nonce: number; gas: bigint }[] = [];
+  /** Every nonce a send carried, accepted or not (a real node queues a nonce beyond a gap without an error). */
+  tried: number[] = [];
   estimate: (call: ContractCall) => Promise<bigint> = async () => 100_000n;
   failSends = 0;
   balanceWei = 7n;
@@ -27,6 +29,7 @@ class FakeTxChain implements TxChain {
   async send(call: ContractCall, tx: { gas: bigint; nonce: number }): Promise<Hex> {
     // Give other sends a chance to interleave, as network I/O would.
     await new Promise((resolve) => setTimeout(resolve, Math.random() * 5));
+    this.tried.push(tx.nonce);
     if (this.failSends > 0) {
       this.failSends--;
       throw transient();
@@ -36,8 +39,8 @@ class FakeTxChain implements TxChain {
     this.sent.push({ call, nonce: tx.nonce, gas: tx.gas });
     return `0x${tx.nonce.toString(16).padStart(64, '0')}`;
   }
-  async waitForReceipt(): Promise<'success' | 'reverted'> {
-    return 'success';
+  async waitForReceipt(): Promise<TxReceipt> {
+    return { status: 'success', blockNumber: 1n, blockHash: '0x01' };
   }
   async balance(): Promise<bigint> {
     return this.balanceWei;
@@ -51,6 +54,22 @@ function submitter(chain: FakeTxChain, maxGas = 5_000_000n): Submitter {
 }
 
 describe('Submitter and NonceManager', () => {
+  it('a transaction not mined in time (dropped from the pool) is sent again with its nonce read from the node: no gap', async () => {
+    const chain = new FakeTxChain();
+    let drops = 1;
+    chain.waitForReceipt = async () => {
+      if (drops-- > 0) {
+        chain.nonce--; // the node dropped it: its nonce is free again
+        throw Object.assign(new Error('Timed out while waiting for transaction'), { name: 'WaitForTransactionReceiptTimeoutError' });
+      }
+      return { status: 'success', blockNumber: 1n, blockHash: '0x01' };
+    };
+    const sub = submitter(chain);
+    assert.equal((await sub.submitResult(JOBS, [], 0n, 0n, '0x01')).kind, 'submitted');
+    assert.equal((await sub.submitResult(JOBS, [], 0n, 1n, '0x01')).kind, 'submitted');
+    assert.deepEqual(chain.tried, [0, 0, 1], 'the lost nonce is used again, never skipped');
+  });
+
   it('keeps one gap-free nonce sequence under 50 concurrent submissions', async () => {
     const chain = new FakeTxChain();
     const sub = submitter(chain);

@@ -1,7 +1,10 @@
 /**
  * Sends the operator's transactions (results, keeper releases, registration): estimates gas (which also tells, by
  * the revert it reports, when the call cannot succeed), caps it at `maxGas`, takes the next nonce from the account's
- * one NonceManager, waits for the receipt, and retries transient RPC failures with backoff. A revert is an outcome,
+ * one NonceManager, waits for the receipt, and retries transient RPC failures with backoff. A transaction the node
+ * refuses for its nonce, or one not mined within `receiptTimeoutMs` (dropped from the pool, replaced behind the
+ * operator's back), makes the NonceManager read the account's nonce from the node again before the call is sent
+ * again: a lost nonce would otherwise leave a gap that holds every later transaction until a restart. A revert is an outcome,
  * not an error: the caller decides what "JobAlreadyCompleted" or "NotAssignedOperator" mean (for a result both mean
  * there is nothing more to do).
  */
@@ -13,6 +16,13 @@ import type { NonceManager } from './nonce-manager.js';
 export interface Fees {
   maxFeePerGas: bigint;
   maxPriorityFeePerGas: bigint;
+}
+
+export interface TxReceipt {
+  status: 'success' | 'reverted';
+  /** The block the transaction is in (to tell later whether a reorg removed it). */
+  blockNumber: bigint;
+  blockHash: Hex;
 }
 
 export interface ContractCall {
@@ -34,7 +44,8 @@ export interface TxChain {
    * is taken, so that only signing and the broadcast are serialized per account.
    */
   fees?(): Promise<Fees | null>;
-  waitForReceipt(hash: Hex): Promise<'success' | 'reverted'>;
+  /** The receipt once mined; rejects (WaitForTransactionReceiptTimeoutError) when it is not mined within timeoutMs. */
+  waitForReceipt(hash: Hex, timeoutMs: number): Promise<TxReceipt>;
   balance(): Promise<bigint>;
 }
 
@@ -47,16 +58,28 @@ export interface SubmitterOptions {
   attempts?: number;
   /** First backoff; doubled per attempt up to 5 s. Default 200 ms. */
   baseDelayMs?: number;
+  /**
+   * A sent transaction not mined within this is taken as lost (dropped or replaced): the nonce is read from the node
+   * again and the call is sent again (--tx-timeout-ms). Default 60 s.
+   */
+  receiptTimeoutMs?: number;
 }
 
-import { DEFAULT_MAX_GAS } from './defaults.js';
+import { DEFAULT_MAX_GAS, DEFAULT_TX_TIMEOUT_MS } from './defaults.js';
 
 export { DEFAULT_MAX_GAS };
 
-export type WriteOutcome = { kind: 'sent'; txHash: Hex } | { kind: 'reverted'; errorName: string };
+/** A transaction on chain: its hash and the block it was mined in. */
+export interface MinedTx {
+  txHash: Hex;
+  blockNumber: bigint;
+  blockHash: Hex;
+}
+
+export type WriteOutcome = ({ kind: 'sent' } & MinedTx) | { kind: 'reverted'; errorName: string };
 
 export type SubmitOutcome =
-  | { kind: 'submitted'; txHash: Hex }
+  | ({ kind: 'submitted' } & MinedTx)
   /** JobAlreadyCompleted: someone's result is on chain (ours, sent before a restart, or another operator's). */
   | { kind: 'already-completed' }
   /** NotAssignedOperator: the call is not (or no longer) ours; post nothing. */
@@ -101,6 +124,13 @@ export function isTransient(error: unknown): boolean {
   return false;
 }
 
+function isReceiptTimeout(error: unknown): boolean {
+  for (let at = error, depth = 0; at !== null && at !== undefined && depth < 10; at = (at as { cause?: unknown }).cause, depth++) {
+    if ((at as { name?: unknown }).name === 'WaitForTransactionReceiptTimeoutError') return true;
+  }
+  return false;
+}
+
 function isOutOfFunds(error: unknown): boolean {
   for (let at = error, depth = 0; at !== null && at !== undefined && depth < 10; at = (at as { cause?: unknown }).cause, depth++) {
     const { name, message } = at as { name?: unknown; message?: unknown };
@@ -116,6 +146,7 @@ export class Submitter {
   private readonly maxGas: bigint;
   private readonly attempts: number;
   private readonly baseDelayMs: number;
+  private readonly receiptTimeoutMs: number;
 
   constructor(options: SubmitterOptions) {
     this.chain = options.chain;
@@ -123,6 +154,12 @@ export class Submitter {
     this.maxGas = options.maxGas ?? DEFAULT_MAX_GAS;
     this.attempts = Math.max(1, options.attempts ?? 6);
     this.baseDelayMs = options.baseDelayMs ?? 200;
+    this.receiptTimeoutMs = options.receiptTimeoutMs ?? DEFAULT_TX_TIMEOUT_MS;
+  }
+
+  /** Forget the local nonce: the next send reads it from the node (after a reorg removed sent transactions). */
+  resyncNonce(): void {
+    this.nonces.reset();
   }
 
   get address(): Address {
@@ -132,7 +169,7 @@ export class Submitter {
   /** submitResult on the jobs contract; see SubmitOutcome for what each revert means. */
   async submitResult(jobsContract: Address, abi: Abi, serviceId: bigint, callId: bigint, result: Hex): Promise<SubmitOutcome> {
     const outcome = await this.write({ address: jobsContract, abi, functionName: 'submitResult', args: [serviceId, callId, result] });
-    if (outcome.kind === 'sent') return { kind: 'submitted', txHash: outcome.txHash };
+    if (outcome.kind === 'sent') return { kind: 'submitted', txHash: outcome.txHash, blockNumber: outcome.blockNumber, blockHash: outcome.blockHash };
     if (outcome.errorName === 'JobAlreadyCompleted') return { kind: 'already-completed' };
     if (outcome.errorName === 'NotAssignedOperator') return { kind: 'not-assigned' };
     if (outcome.errorName === 'UnknownJobCall') return { kind: 'unknown-call' };
@@ -165,8 +202,8 @@ export class Submitter {
         const gas = withHeadroom < this.maxGas ? withHeadroom : this.maxGas;
         const fees = (await this.chain.fees?.()) ?? null;
         const txHash = await this.nonces.send((nonce) => this.chain.send(call, { gas, nonce, ...(fees ? { fees } : {}) }));
-        const status = await this.receipt(txHash);
-        if (status === 'success') return { kind: 'sent', txHash };
+        const receipt = await this.receipt(txHash);
+        if (receipt.status === 'success') return { kind: 'sent', txHash, blockNumber: receipt.blockNumber, blockHash: receipt.blockHash };
         lastError = new Error(`${call.functionName} transaction ${txHash} reverted`);
         // Mined but reverted: the next estimate names the reason (e.g. another operator completed the job first).
       } catch (error) {
@@ -179,11 +216,18 @@ export class Submitter {
     throw lastError instanceof Error ? lastError : new Error(String(lastError));
   }
 
-  private async receipt(txHash: Hex): Promise<'success' | 'reverted'> {
+  private async receipt(txHash: Hex): Promise<TxReceipt> {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.chain.waitForReceipt(txHash);
+        return await this.chain.waitForReceipt(txHash, this.receiptTimeoutMs);
       } catch (error) {
+        if (isReceiptTimeout(error)) {
+          // Not mined in time: dropped or replaced. Its nonce may be free again (a gap for every later transaction)
+          // or taken: either way only the node knows the next one. The caller's retry sends the call again (or learns
+          // from the estimate that the transaction made it after all).
+          this.nonces.reset();
+          throw error;
+        }
         if (!isTransient(error) || attempt + 1 >= this.attempts) throw error;
         await sleep(Math.min(5000, this.baseDelayMs * 2 ** attempt));
       }
@@ -204,7 +248,7 @@ export class Submitter {
 export interface TxClients {
   publicClient: {
     estimateContractGas(args: never): Promise<bigint>;
-    waitForTransactionReceipt(args: { hash: Hex; pollingInterval?: number; timeout?: number }): Promise<{ status: 'success' | 'reverted' }>;
+    waitForTransactionReceipt(args: { hash: Hex; pollingInterval?: number; timeout?: number }): Promise<{ status: 'success' | 'reverted'; blockNumber: bigint; blockHash: Hex }>;
     getBalance(args: { address: Address }): Promise<bigint>;
     estimateFeesPerGas(): Promise<{ maxFeePerGas?: bigint; maxPriorityFeePerGas?: bigint }>;
   };
@@ -233,8 +277,9 @@ export function viemTxChain(clients: TxClients): TxChain {
     address: clients.account.address,
     estimateGas: (call) => estimate({ ...call, account: clients.account }),
     send: (call, tx) => write({ ...call, account: clients.account, gas: tx.gas, nonce: tx.nonce, ...(tx.fees ?? {}) }),
-    async waitForReceipt(hash) {
-      return (await clients.publicClient.waitForTransactionReceipt({ hash, pollingInterval: clients.receiptPollMs ?? 100, timeout: 120_000 })).status;
+    async waitForReceipt(hash, timeoutMs) {
+      const { status, blockNumber, blockHash } = await clients.publicClient.waitForTransactionReceipt({ hash, pollingInterval: clients.receiptPollMs ?? 100, timeout: timeoutMs });
+      return { status, blockNumber, blockHash };
     },
     balance: () => clients.publicClient.getBalance({ address: clients.account.address }),
   };
