@@ -122,11 +122,14 @@ class FakeRunner implements OperatorJobRunner {
 }
 
 const dirs: string[] = [];
+/** Every operator made, closed at the end even when a test failed before its own close (else the process lives on). */
+const operators: Operator[] = [];
 after(async () => {
+  await Promise.all(operators.map((operator) => operator.close({ abort: true })));
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; confirmations?: number; now?: () => number; deadlineMarginMs?: number } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
+async function setup(world: World, runner: FakeRunner, options: { dir?: string; capacity?: number; confirmations?: number; now?: () => number; deadlineMarginMs?: number; keeper?: boolean } = {}): Promise<{ operator: Operator; store: CursorStore; dir: string }> {
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'kindling-operator-')));
   if (!options.dir) dirs.push(dir);
   const store = new CursorStore(join(dir, 'operator.db'), 'test');
@@ -149,7 +152,9 @@ async function setup(world: World, runner: FakeRunner, options: { dir?: string; 
     logger: pino({ level: process.env.KINDLING_TEST_LOG ?? 'silent' }, destination(2)),
     ...(options.now ? { now: options.now } : {}),
     ...(options.deadlineMarginMs === undefined ? {} : { deadlineMarginMs: options.deadlineMarginMs }),
+    ...(options.keeper === undefined ? {} : { keeper: options.keeper }),
   });
+  operators.push(operator);
   return { operator: operator.start(), store, dir };
 }
 
@@ -273,11 +278,15 @@ describe('Operator', () => {
     // The deadline is block time; this fake chain's block time is the wall clock.
     world.submitJob(0n, ME, BigInt(Math.floor(Date.now() / 1000) + 3));
     await waitFor(() => world.submits.length === 1, { what: 'the deadline answer', timeoutMs: 15_000 });
+    // Done once the result's block is read past (confirmed).
+    await waitFor(() => {
+      world.chain.mine();
+      return store.call(0n)?.state === 'done';
+    }, { what: 'the answer confirmed' });
     await operator.close();
     assert.equal(aborted, true, 'the job was aborted');
     const decoded = decodeJobResult(0, world.submits[0]!.result);
     assert.equal(decoded.kind === 'error' && decoded.code, 'ASSIGNMENT_DEADLINE_EXCEEDED');
-    assert.equal(store.call(0n)?.state, 'done');
     store.close();
   });
 
@@ -285,7 +294,9 @@ describe('Operator', () => {
     const world = new World();
     const runner = new FakeRunner();
     runner.gate = new Promise(() => {});
-    const { operator, store } = await setup(world, runner, { deadlineMarginMs: 0 });
+    // No keeper: past the deadline it would release the call (the events still say ours) and this fake chain would
+    // give it back at once with a far deadline, so the job would run again before the check below saw it stop.
+    const { operator, store } = await setup(world, runner, { deadlineMarginMs: 0, keeper: false });
     world.submitJob(0n, ME, BigInt(Math.floor(Date.now() / 1000) + 2));
     await waitFor(() => runner.active === 1, { what: 'the job running' });
     // Released and given to another operator on chain (the events have not been read yet).
