@@ -4,8 +4,8 @@
  * refused with SANDBOX_TAR_INVALID. Fed in odd-sized chunks so that header boundaries fall inside chunks.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -77,7 +77,9 @@ describe('TarGuard', () => {
     for (const format of ['gnu', 'pax']) {
       const archive = execFileSync('tar', ['-C', root, `--format=${format}`, '-cf', '-', '.']);
       const { out, entries, bytes } = await run(archive);
-      assert.ok(out.equals(archive), `${format}: bytes unchanged`);
+      // Unchanged up to the end-of-archive marker (two zero blocks); tar's padding to its record size is not passed on.
+      assert.ok(out.length < archive.length && out.equals(archive.subarray(0, out.length)), `${format}: bytes unchanged up to the end`);
+      assert.ok(out.subarray(-1024).every((byte) => byte === 0) && archive.subarray(out.length).every((byte) => byte === 0), `${format}: ends with the marker, only zeros dropped`);
       assert.equal(bytes, 1005, format);
       assert.ok(entries >= 6, `${format}: ${entries} entries`);
     }
@@ -118,6 +120,22 @@ describe('TarGuard', () => {
     assert.deepEqual(await details(Buffer.concat([header('h2', { type: '1', link: '/etc/passwd' }), END])), { entry: 'h2', linkTarget: '/etc/passwd' });
     assert.equal((await details(Buffer.concat([header('l', { type: '2', link: '/proc/1/root' }), END])))?.linkTarget, '/proc/1/root');
     assert.deepEqual(await details(Buffer.concat([header('a/../../x', { size: 1 }), data(1), END])), { entry: 'a/../../x' });
+  });
+
+  it('passes nothing after the end-of-archive marker, so tar exiting there never fails the upload', async () => {
+    const root = join(dir, 'padded');
+    mkdirSync(join(root, 'in'), { recursive: true });
+    writeFileSync(join(root, 'in', 'a.txt'), 'hello');
+    const target = join(root, 'out');
+    mkdirSync(target);
+    // Much more padding than a pipe holds: GNU tar stops reading at the end blocks and exits; a write after that
+    // met a closed pipe (EPIPE, "Premature close") and the upload was refused.
+    const archive = Buffer.concat([execFileSync('tar', ['-C', join(root, 'in'), '-cf', '-', 'a.txt']), Buffer.alloc(4 << 20)]);
+    const tar = spawn('tar', ['-x', '-C', target, '-f', '-'], { stdio: ['pipe', 'ignore', 'inherit'] });
+    const exited = new Promise<number | null>((resolve) => tar.on('close', resolve));
+    await pipeline(Readable.from([archive]), new TarGuard(), tar.stdin);
+    assert.equal(await exited, 0);
+    assert.equal(readFileSync(join(target, 'a.txt'), 'utf8'), 'hello');
   });
 
   it('stops checking at the end-of-archive block (tar reads nothing after it)', async () => {

@@ -36,13 +36,22 @@ export class TarGuard extends Transform {
   private next: { path?: string; linkpath?: string; size?: number } = {};
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    if (this.phase.kind === 'end') {
+      // Past the end of the archive (a writer's padding to its record size): tar would not read it, and once tar
+      // has exited after the end blocks, writing it fails the upload with EPIPE. It is consumed here instead.
+      done();
+      return;
+    }
+    let endAt: number | null;
     try {
-      this.scan(chunk);
+      endAt = this.scan(chunk);
     } catch (error) {
       done(error as Error);
       return;
     }
-    done(null, chunk);
+    // The archive ends in this chunk: pass on up to its first zero block, and a second one, so tar sees a complete
+    // end-of-archive marker and nothing after it.
+    done(null, endAt === null ? chunk : Buffer.concat([chunk.subarray(0, endAt), Buffer.alloc(BLOCK)]));
   }
 
   override _flush(done: TransformCallback): void {
@@ -53,11 +62,12 @@ export class TarGuard extends Transform {
     done();
   }
 
-  private scan(chunk: Buffer): void {
+  /** Checks the entries that `chunk` holds; returns where the archive's first zero block ends in it, if it does. */
+  private scan(chunk: Buffer): number | null {
     let at = 0;
     while (at < chunk.length) {
       const phase = this.phase;
-      if (phase.kind === 'end') return;
+      if (phase.kind === 'end') return at;
       if (phase.kind === 'data') {
         const take = Math.min(phase.left + phase.pad, chunk.length - at);
         at += take;
@@ -89,6 +99,7 @@ export class TarGuard extends Transform {
         this.onHeader(block);
       }
     }
+    return this.phase.kind === 'end' ? at : null;
   }
 
   private onHeader(block: Buffer): void {
