@@ -7,32 +7,22 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { lookup } from 'node:dns/promises';
 import { isIPv4 } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Kindling, KindlingError } from '@kindling/sdk';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
+import { directoryMaker } from './helpers/directories.js';
 import { waitFor } from './helpers/wait.js';
 
 const execFileAsync = promisify(execFile);
 const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
 const sandboxMissing = await sandboxUnavailableReason();
 
-const work = mkdtempSync(join(tmpdir(), 'kindling-builds-'));
-after(() => rmSync(work, { recursive: true, force: true }));
-
-function directory(files: Record<string, string>): string {
-  const dir = mkdtempSync(join(work, 'dir-'));
-  for (const [name, content] of Object.entries(files)) {
-    mkdirSync(dirname(join(dir, name)), { recursive: true });
-    writeFileSync(join(dir, name), content);
-  }
-  return dir;
-}
+const directory = directoryMaker('kindling-builds-');
 
 /**
  * The host's IPv4 name servers: builds resolve the registry through them, and a resolver on a private address (as on

@@ -7,13 +7,13 @@
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Kindling, KindlingError } from '@kindling/sdk';
 import { containersOf, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
+import { directoryMaker } from './helpers/directories.js';
 import { waitFor } from './helpers/wait.js';
 
 const execFileAsync = promisify(execFile);
@@ -21,18 +21,7 @@ const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
 const sandboxMissing = await sandboxUnavailableReason();
 const dockerMissing = await dockerUnavailableReason();
 
-const work = mkdtempSync(join(tmpdir(), 'kindling-bundles-'));
-after(() => rmSync(work, { recursive: true, force: true }));
-
-/** A directory with these files (paths relative to it), made fresh under the test's temp dir. */
-function directory(files: Record<string, string>): string {
-  const dir = mkdtempSync(join(work, 'dir-'));
-  for (const [name, content] of Object.entries(files)) {
-    mkdirSync(dirname(join(dir, name)), { recursive: true });
-    writeFileSync(join(dir, name), content);
-  }
-  return dir;
-}
+const directory = directoryMaker('kindling-bundles-');
 
 /** The directory as a tar archive (GNU tar). */
 const tarOf = (dir: string): Buffer => execFileSync('tar', ['-c', '-f', '-', '-C', dir, '.'], { maxBuffer: 64 * 1024 * 1024 });

@@ -115,6 +115,8 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "SANDBOX_TAR_INVALID": ValidationError,
     "BUNDLE_INVALID": ValidationError,
     "BUNDLES_UNSUPPORTED": ValidationError,
+    "BUILD_FAILED": ValidationError,
+    "BUILD_NOT_FOUND": NotFoundError,
     "SANDBOX_NOT_FOUND": NotFoundError,
     "SANDBOX_COMMAND_NOT_FOUND": NotFoundError,
     "SANDBOX_COMMAND_LIMIT": RateLimitError,

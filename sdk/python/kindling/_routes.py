@@ -15,6 +15,8 @@ COVERED_ROUTES: dict[str, tuple[str, ...]] = {
     "POST /v1/functions/{name}/invoke": ("functions.invoke", "functions.invoke_async"),
     "GET /v1/functions/{name}/logs": ("functions.logs",),
     "GET /v1/functions/{name}/versions": ("functions.versions",),
+    "GET /v1/functions/{name}/builds": ("functions.builds",),
+    "GET /v1/functions/{name}/builds/{id}/logs": ("functions.build_logs",),
     "GET /v1/invocations": ("invocations.list",),
     "GET /v1/invocations/{id}": ("invocations.get", "invocations.wait"),
     "GET /v1/invocations/{id}/output": ("invocations.output",),

@@ -19,6 +19,8 @@ from ._types import (
     CreatedTenant,
     ExecutionResult,
     FunctionInfo,
+    BuildLog,
+    FunctionBuildInfo,
     FunctionVersionInfo,
     Invocation,
     InvocationOutput,
@@ -266,6 +268,18 @@ class Functions:
         """``GET /v1/functions/NAME/versions``: the versions the server keeps, oldest first (``latest`` marks the one that runs)."""
         answer = expect_dict(self._http.json("GET", f"/v1/functions/{seg(name)}/versions"), "the version list")
         return [FunctionVersionInfo.from_wire(item) for item in answer.get("versions") or []]
+
+    def builds(self, name: str) -> list[FunctionBuildInfo]:
+        """``GET /v1/functions/NAME/builds``: the dependency builds of the function's deploys, newest first (a first
+        deploy's failed build shows here before the function exists)."""
+        answer = expect_dict(self._http.json("GET", f"/v1/functions/{seg(name)}/builds"), "the build list")
+        return [FunctionBuildInfo.from_wire(item) for item in answer.get("builds") or []]
+
+    def build_logs(self, name: str, build_id: str) -> BuildLog:
+        """``GET /v1/functions/NAME/builds/ID/logs``: a build's log and status. The id is in BUILD_FAILED's
+        ``details["buildId"]``; an id the function does not have raises :class:`NotFoundError` (BUILD_NOT_FOUND)."""
+        response = self._http.send("GET", f"/v1/functions/{seg(name)}/builds/{seg(build_id)}/logs", idempotent=True)
+        return BuildLog(status=response.headers.get("x-kindling-build-status", "ready"), log=response.text)
 
     def list(self) -> list[FunctionInfo]:
         """``GET /v1/functions``: the functions of the caller's tenant (latest versions)."""

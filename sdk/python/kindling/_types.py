@@ -175,6 +175,48 @@ class FunctionInfo:
 
 
 @dataclass(frozen=True)
+class FunctionBuildInfo:
+    """One dependency build of a function's deploys (:meth:`Functions.builds`): npm ci or pip install, its status and error."""
+
+    id: str
+    function: str
+    #: ``npm`` or ``pip``.
+    kind: str
+    #: ``building`` while the deploy installs, ``ready`` once a layer was made or reused, ``failed`` (see ``error``).
+    status: str
+    #: Why a failed build failed (its BUILD_FAILED message).
+    error: Optional[str]
+    #: The layer a ready build made or reused.
+    layer_sha256: Optional[str]
+    started_at_ms: float
+    finished_at_ms: Optional[float]
+    raw: JsonDict = field(repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "FunctionBuildInfo":
+        d = expect_dict(data, "a function build")
+        return cls(
+            id=_str(d.get("id")),
+            function=_str(d.get("function")),
+            kind=_str(d.get("kind")),
+            status=_str(d.get("status")),
+            error=_opt_str(d.get("error")),
+            layer_sha256=_opt_str(d.get("layerSha256")),
+            started_at_ms=_float(d.get("startedAtMs")),
+            finished_at_ms=_opt_float(d.get("finishedAtMs")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class BuildLog:
+    """A build's log (:meth:`Functions.build_logs`): what it wrote so far while it runs, its last 64 KiB once it ended."""
+
+    status: str
+    log: str
+
+
+@dataclass(frozen=True)
 class FunctionVersionInfo:
     """One kept version of a function (:meth:`Functions.versions`): identity, style and when it was deployed."""
 
