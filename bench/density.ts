@@ -12,7 +12,8 @@
 import { writeFile } from 'node:fs/promises';
 import { Agent } from 'node:http';
 import { join } from 'node:path';
-import { DEFAULT_FUNCTION_POOLS } from '../src/server-defaults.js';
+import { DEFAULT_FUNCTION_POOLS, warmCapacityDefaults } from '../src/server-defaults.js';
+import { machineFacts } from '../src/server.js';
 import { bareIdleMemory, rootfsOf, timedRequest, type Outcome } from './lib/bare.js';
 import { cgroupCpuUsec, cgroupMemoryBytes, cgroupPids, cgroupProcMemory, cmdline, machineCounts, ownerCgroups, statusKiB } from './lib/cgroup-probe.js';
 import type { BenchContext, GroupResult } from './lib/context.js';
@@ -144,7 +145,9 @@ export async function runDensityGroup(ctx: BenchContext): Promise<GroupResult> {
   const n = ctx.scale.densityN;
   const server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox' });
   try {
-    const limits = { maxWarmSandboxes: DEFAULT_FUNCTION_POOLS.maxWarmSandboxes, maxWarmMemoryMb: DEFAULT_FUNCTION_POOLS.maxWarmMemoryMb, idleTtlMs: DEFAULT_FUNCTION_POOLS.idleTtlMs };
+    // The server derives its warm caps from the machine (the same facts as this process's: memory, open-file limit).
+    const capacity = warmCapacityDefaults(machineFacts());
+    const limits = { maxWarmSandboxes: capacity.maxWarmSandboxes, maxWarmMemoryMb: capacity.maxWarmMemoryMb, idleTtlMs: DEFAULT_FUNCTION_POOLS.idleTtlMs };
     await sleep(500);
     const rssStartKiB = statusKiB(server.pid, 'VmRSS');
     const startCounts = machineCounts(server.pid, server.ownerId);
