@@ -3,7 +3,7 @@
  * owner and the VMM's pid) and snapshot files that nobody has used for a while (their key changes whenever the kernel,
  * agent, image or shape changes, so old ones would otherwise pile up).
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import { processAlive } from '../shared/process.js';
@@ -23,6 +23,15 @@ export async function reapVmDirs(vmsDir: string, owner: string, keep: ReadonlySe
       record = JSON.parse(readFileSync(path.join(dir, 'vm.json'), 'utf8')) as VmRecord & { rootDir?: string };
     } catch {}
     if (record && record.owner !== owner) continue;
+    if (!record) {
+      // A VMM started while the server died before writing vm.json: found by its command line, which names the dir.
+      for (const pid of pidsNaming(dir)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+          await waitGone(pid);
+        } catch {}
+      }
+    }
     if (record) {
       try {
         const cmdline = readFileSync(`/proc/${record.pid}/cmdline`, 'utf8');
@@ -40,6 +49,25 @@ export async function reapVmDirs(vmsDir: string, owner: string, keep: ReadonlySe
     removed++;
   }
   return removed;
+}
+
+/** Processes whose command line holds `dir` as a whole path (`dir` itself or a path under it). */
+function pidsNaming(dir: string): number[] {
+  const found: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return found;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      const args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (args.some((arg) => arg === dir || arg.includes(`${dir}/`) || arg.endsWith(`=${dir}`))) found.push(Number(entry));
+    } catch {}
+  }
+  return found;
 }
 
 async function waitGone(pid: number, timeoutMs = 5000): Promise<void> {
