@@ -19,10 +19,12 @@ if [ -z "${KINDLING_SETUP_LOCKED:-}" ] && command -v flock >/dev/null; then
 fi
 
 # python3-pip-whl: the pip wheel that builds of python bundles with requirements.txt run (the images carry no pip).
+# nats-server: the cluster mode's JetStream (the tests start their own servers); prometheus: its promtool checks the
+# shipped alert rules, and a test scrapes a running server with the real Prometheus. Neither runs as a service here.
 PACKAGES=(docker.io bubblewrap uidmap mmdebstrap e2fsprogs btrfs-progs iproute2 util-linux ca-certificates curl tar
   debian-archive-keyring qemu-system-x86 qemu-utils chromium iptables gcc libc6-dev python3
   python3-httpx python3-h11 python3-pytest python3-websockets mypy runsc
-  python3-pip-whl)
+  python3-pip-whl nats-server prometheus)
 DOCKER_SOCK=/var/run/docker.sock
 DOCKERD_LOG=/var/log/kindling-dockerd.log
 DOCKERD_PIDFILE=/run/kindling-dockerd.pid
