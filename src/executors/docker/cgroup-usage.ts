@@ -132,25 +132,57 @@ export class SlotCgroup {
   pids(): number[] {
     const relative = this.relative;
     if (relative === null) return [];
-    const root = this.layout.version === 1 ? path.join(this.layout.mount, 'pids', relative) : path.join(this.layout.mount, relative);
-    const found: number[] = [];
+    // v1: every process is in every hierarchy; the pids one is read when mounted, else all of them.
+    const roots =
+      this.layout.version === 2
+        ? [path.join(this.layout.mount, relative)]
+        : fs.existsSync(path.join(this.layout.mount, 'pids'))
+          ? [path.join(this.layout.mount, 'pids', relative)]
+          : dirsOf(this.layout, relative);
+    const found = new Set<number>();
     const walk = (dir: string, depth: number): void => {
       try {
-        for (const line of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n')) if (line !== '') found.push(Number(line));
+        for (const line of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n')) if (line !== '') found.add(Number(line));
         if (depth < 4) for (const entry of fs.readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) walk(path.join(dir, entry.name), depth + 1);
       } catch {
         // gone meanwhile
       }
     };
-    walk(root, 0);
-    return found;
+    for (const root of roots) walk(root, 0);
+    return [...found];
   }
 
-  /** Removes the parent cgroup (after the container is removed). */
-  remove(): void {
-    if (this.layout.driver !== 'cgroupfs') return;
-    for (const dir of dirsOf(this.layout, `${DOCKER_CGROUP_ROOT}/${this.ownerId}/${this.slotName}`)) rmdirTreeQuiet(dir);
+  /** Removes the parent cgroup (after the container is removed); false when some of it is still there (busy). */
+  remove(): boolean {
+    if (this.layout.driver !== 'cgroupfs') return true;
+    let removed = true;
+    for (const dir of dirsOf(this.layout, `${DOCKER_CGROUP_ROOT}/${this.ownerId}/${this.slotName}`)) removed = rmdirTreeQuiet(dir) && removed;
     removeOwnerDirs(this.layout, this.ownerId);
+    return removed;
+  }
+
+  /**
+   * Removes the parent cgroup of a container the engine no longer has, killing what is still in it first. Processes
+   * outlive their container when the engine dies at the wrong moment: a `runc init` created but never started (the
+   * engine was killed between create and start) waits on its fifo forever, and a container whose shim died keeps
+   * running with nobody to stop it. Only this slot's cgroups are touched, so nothing else can be hit. A killed process
+   * leaves its cgroup a moment later: removal is retried until `deadlineMs` (never blocking the event loop).
+   */
+  async killAndRemove(deadlineMs = 2_000): Promise<boolean> {
+    if (this.layout.driver !== 'cgroupfs') return true;
+    const until = Date.now() + deadlineMs;
+    for (;;) {
+      for (const pid of this.pids()) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+      if (this.remove()) return true;
+      if (Date.now() >= until) return false;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
   }
 }
 

@@ -268,7 +268,8 @@ export class DockerExecutor implements Executor {
       stderr?.stream.destroy();
       stderr?.releaseKeeper();
       if (container) await container.remove({ force: true }).catch(() => undefined);
-      cgroup?.remove();
+      // An engine that died half-way leaves its `runc init` in the slot: killed here, not left for a later reap.
+      await cgroup?.killAndRemove();
       await rm(runDir, { recursive: true, force: true }).catch(() => undefined);
       this.creatingDirs.delete(runDir);
       if (egressHeld) await this.egress.release().catch(() => undefined);
@@ -314,7 +315,7 @@ export class DockerExecutor implements Executor {
     await slot.container.remove({ force: true }).catch((error: unknown) => {
       if ((error as { statusCode?: number }).statusCode !== 404) throw error;
     });
-    slot.cgroup.remove();
+    await slot.cgroup.killAndRemove();
     await rm(slot.runDir, { recursive: true, force: true });
     this.slots.delete(slot);
     if (slot.egress) {
@@ -603,7 +604,8 @@ export class DockerExecutor implements Executor {
       const ourSlots = new Set([...[...this.slots].map((slot) => slot.runDir), ...this.creatingDirs].map((dir) => basename(dir)));
       for (const name of layout === null ? [] : listSlotCgroups(layout, this.options.ownerId)) {
         if (ourSlots.has(name)) continue;
-        new SlotCgroup(layout!, this.options.ownerId, name).remove();
+        // The slot's container is gone (removed above or earlier): whatever still runs in it is an orphan.
+        await new SlotCgroup(layout!, this.options.ownerId, name).killAndRemove();
         removedDirs++;
       }
     }
