@@ -460,7 +460,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   service = new ExecutionService({
     executors: served,
     defaultExecutor: chosen.name,
-    concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs },
+    concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs, limitName: '--max-concurrent' },
     observers: [metrics, usageMeter],
   });
   // Unpacked function bundles, one read-only directory per content hash, bound into sandboxes at /work.

@@ -36,3 +36,13 @@ test('a queued request gives up after queueTimeoutMs and when its signal aborts'
   release();
   assert.equal(limiter.stats.running, 0);
 });
+
+test('the 429 names the limit that was met and what sets it', async () => {
+  const limiter = new ConcurrencyLimiter({ maxConcurrent: 1, maxQueued: 0, queueTimeoutMs: 30, slotName: 'warm sandbox start', limitName: '--max-concurrent-warm-starts' });
+  const release = await limiter.acquire();
+  await assert.rejects(limiter.acquire(), (error: Error) => {
+    assert.match(error.message, /^the queue for a free warm sandbox start is full \(1 running, set by --max-concurrent-warm-starts, 0 queued at most\)/);
+    return true;
+  });
+  release();
+});

@@ -7,6 +7,13 @@ export interface ConcurrencyLimiterOptions {
   maxQueued: number;
   /** How long a request may wait for a slot before it gets 429. */
   queueTimeoutMs: number;
+  /**
+   * What a slot is, as the 429's message names it (default "execution slot"): the caller is told which limit it met,
+   * so that it knows which option or quota to raise.
+   */
+  slotName?: string;
+  /** Which serve option or spec field sets maxConcurrent, named in the 429's message (optional). */
+  limitName?: string;
 }
 
 interface Waiter {
@@ -35,7 +42,7 @@ export class ConcurrencyLimiter {
       return Promise.resolve(this.releaser());
     }
     if (this.queue.length >= this.options.maxQueued) {
-      return Promise.reject(this.overloaded('the execution queue is full'));
+      return Promise.reject(this.overloaded(`the queue for a free ${this.slotName} is full`));
     }
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
@@ -43,7 +50,7 @@ export class ConcurrencyLimiter {
         reject,
         timer: setTimeout(() => {
           this.remove(waiter);
-          reject(this.overloaded(`no execution slot became free within ${this.options.queueTimeoutMs} ms`));
+          reject(this.overloaded(`no ${this.slotName} became free within ${this.options.queueTimeoutMs} ms`));
         }, this.options.queueTimeoutMs),
       };
       if (signal) {
@@ -58,10 +65,15 @@ export class ConcurrencyLimiter {
     });
   }
 
+  private get slotName(): string {
+    return this.options.slotName ?? 'execution slot';
+  }
+
   private overloaded(why: string): KindlingError {
+    const limit = this.options.limitName === undefined ? '' : `, set by ${this.options.limitName}`;
     return new KindlingError(
       'TOO_MANY_REQUESTS',
-      `${why} (${this.options.maxConcurrent} running, ${this.options.maxQueued} queued at most); retry after the Retry-After delay`,
+      `${why} (${this.options.maxConcurrent} running${limit}, ${this.options.maxQueued} queued at most); retry after the Retry-After delay`,
       { retryAfterSeconds: 1 },
     );
   }

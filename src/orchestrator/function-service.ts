@@ -435,6 +435,8 @@ export class FunctionService {
         maxConcurrent: version.spec.maxConcurrency ?? this.options.defaultMaxConcurrency ?? 10,
         maxQueued: version.spec.maxQueued ?? this.options.defaultMaxQueued ?? 256,
         queueTimeoutMs: this.options.queueTimeoutMs ?? 30_000,
+        slotName: `execution slot of function ${version.name}`,
+        limitName: "the function's maxConcurrency",
       });
       this.limiters.set(key, limiter);
     }

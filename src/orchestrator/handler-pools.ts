@@ -197,6 +197,8 @@ export class HandlerPools implements HandlerInvoker {
       // Every queued start holds a reserved place in the warm capacity, so the capacity bounds the queue already.
       maxQueued: Math.max(1, options.maxWarmSandboxes),
       queueTimeoutMs: options.queueTimeoutMs,
+      slotName: 'warm sandbox start',
+      limitName: '--max-concurrent-warm-starts',
     });
     this.capacity = new WarmCapacity({
       maxSandboxes: options.maxWarmSandboxes,
