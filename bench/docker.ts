@@ -5,7 +5,7 @@ import { BenchClient, type TimedExecute } from './lib/client.js';
 import { BENCH_LABEL, type BenchContext, type GroupResult } from './lib/context.js';
 import { DOCKER, dockerCli, sleep, timedSpawnOk } from './lib/proc.js';
 import { launchServer, onCleanup, type BenchServer } from './lib/server.js';
-import { fmtMs, fmtRatio, fmtSummary, summarize } from './lib/stats.js';
+import { fmtMs, fmtRatio, fmtSummary, inAlternateOrder, summarize } from './lib/stats.js';
 import type { Row } from './lib/table.js';
 
 const BASE = 'kindling/base';
@@ -98,13 +98,7 @@ async function coldStart(ctx: BenchContext, server: BenchServer, client: BenchCl
         expectStdout(run.stdout, 'hi\n', 'docker run echo');
         docker.push(run.ms);
       };
-      if (i % 2 === 0) {
-        await runApi();
-        await runDocker();
-      } else {
-        await runDocker();
-        await runApi();
-      }
+      await inAlternateOrder(i, runApi, runDocker);
     }
     const k = summarize(api.map((sample) => sample.ms));
     const b = summarize(docker);
@@ -289,13 +283,7 @@ async function stdinRoundTrip(ctx: BenchContext, client: BenchClient, n: number)
         if (cat.stdout.equals(payload)) exactDocker++;
         dockerCat.push(cat.ms);
       };
-      if (i % 2 === 0) {
-        await runApi();
-        await runDocker();
-      } else {
-        await runDocker();
-        await runApi();
-      }
+      await inAlternateOrder(i, runApi, runDocker);
     }
     const ke = summarize(apiEcho.map((sample) => sample.ms));
     const kc = summarize(apiCat.map((sample) => sample.ms));

@@ -14,7 +14,7 @@ import type { PersistentSandbox } from '../src/executors/executor.js';
 import { MicroVmExecutor, vmMemoryMb } from '../src/executors/microvm/index.js';
 import { QemuVm, hostTscKhz, kvmUsable } from '../src/executors/microvm/qemu.js';
 import type { BenchContext } from './lib/context.js';
-import { fmtRatio, fmtSummary, summarize } from './lib/stats.js';
+import { fmtRatio, fmtSummary, inAlternateOrder, summarize } from './lib/stats.js';
 import type { Row } from './lib/table.js';
 
 const IMAGES_DIR = '/var/lib/kindling/images';
@@ -101,13 +101,7 @@ export async function microVmSandboxRows(ctx: BenchContext, assets: MicroVmAsset
         }
       };
       ctx.log(`microvm sandboxes: create round ${i + 1}/${n}`);
-      if (i % 2 === 0) {
-        await createOnce();
-        await bootOnce();
-      } else {
-        await bootOnce();
-        await createOnce();
-      }
+      await inAlternateOrder(i, createOnce, bootOnce);
     }
 
     // One sandbox for the rest: commands, pause/resume, hibernate/restore rounds with a live process.

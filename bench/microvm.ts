@@ -17,7 +17,7 @@ import { QemuVm, hostTscKhz, kvmUsable, type VmShape } from '../src/executors/mi
 import { BenchClient, type TimedExecute } from './lib/client.js';
 import type { BenchContext, GroupResult } from './lib/context.js';
 import { launchServer } from './lib/server.js';
-import { fmtMs, fmtRatio, fmtSummary, summarize } from './lib/stats.js';
+import { fmtMs, fmtRatio, fmtSummary, inAlternateOrder, summarize } from './lib/stats.js';
 import { skippedRow, type Row } from './lib/table.js';
 import { microVmSandboxRows } from './microvm-sandboxes.js';
 
@@ -105,13 +105,7 @@ async function bootVsRestore(ctx: BenchContext, driver: Driver, assets: MicroVmA
       }
     };
     ctx.log(`microvm ${driver}: round ${i + 1}/${n}`);
-    if (i % 2 === 0) {
-      await runBoot();
-      await runRestore();
-    } else {
-      await runRestore();
-      await runBoot();
-    }
+    await inAlternateOrder(i, runBoot, runRestore);
   }
   await rm(snapshot, { force: true });
   await rm(snapshotFiles(snapshot).memory, { force: true });

@@ -13,7 +13,7 @@ import Docker from 'dockerode';
 import { BENCH_LABEL, CLEAN_ENV, type BenchContext, type GroupResult } from './lib/context.js';
 import { DOCKER, timedSpawnOk } from './lib/proc.js';
 import { launchServer, type BenchServer } from './lib/server.js';
-import { fmtMs, fmtRatio, quantile } from './lib/stats.js';
+import { fmtMs, fmtRatio, inAlternateOrder, quantile } from './lib/stats.js';
 import { skippedRow, type Row } from './lib/table.js';
 
 const BASE = 'kindling/base:latest';
@@ -51,13 +51,7 @@ async function alternated(n: number, a: () => Promise<number>, b: () => Promise<
   const as: number[] = [];
   const bs: number[] = [];
   for (let i = 0; i < n; i++) {
-    if (i % 2 === 0) {
-      as.push(await a());
-      bs.push(await b());
-    } else {
-      bs.push(await b());
-      as.push(await a());
-    }
+    await inAlternateOrder(i, async () => as.push(await a()), async () => bs.push(await b()));
   }
   return [as, bs];
 }

@@ -6,7 +6,7 @@ import { posixCksum } from './lib/cksum.js';
 import { CLEAN_ENV, type BenchContext, type GroupResult } from './lib/context.js';
 import { execText, sleep, timedSpawnOk } from './lib/proc.js';
 import { launchServer, type BenchServer } from './lib/server.js';
-import { fmtMs, fmtRatio, fmtSummary, summarize } from './lib/stats.js';
+import { fmtMs, fmtRatio, fmtSummary, inAlternateOrder, summarize } from './lib/stats.js';
 import { skippedRow, type Row } from './lib/table.js';
 
 const IMAGES_DIR = '/var/lib/kindling/images';
@@ -97,13 +97,7 @@ async function coldEcho(ctx: BenchContext, client: BenchClient, n: number): Prom
       expectStdout(run.stdout, 'hi\n', 'bwrap echo');
       raw.push(run.ms);
     };
-    if (i % 2 === 0) {
-      await runApi();
-      await runRaw();
-    } else {
-      await runRaw();
-      await runApi();
-    }
+    await inAlternateOrder(i, runApi, runRaw);
   }
   const k = summarize(api.map((sample) => sample.ms));
   const b = summarize(raw);
@@ -145,13 +139,7 @@ async function interpreterStart(
   for (let i = 0; i < n; i++) {
     const runApi = async () => api.push(apiSample(expectSandbox(await client.executeOk(spec))));
     const runHost = async () => direct.push((await timedSpawnOk(host.file, host.args, { env: CLEAN_ENV })).ms);
-    if (i % 2 === 0) {
-      await runApi();
-      await runHost();
-    } else {
-      await runHost();
-      await runApi();
-    }
+    await inAlternateOrder(i, runApi, runHost);
   }
   const k = summarize(api.map((sample) => sample.ms));
   const b = summarize(direct);
@@ -197,13 +185,7 @@ async function stdin1MiB(ctx: BenchContext, client: BenchClient, n: number): Pro
       if (cat.stdout.equals(payload)) exactRaw++;
       rawCat.push(cat.ms);
     };
-    if (i % 2 === 0) {
-      await runApi();
-      await runRaw();
-    } else {
-      await runRaw();
-      await runApi();
-    }
+    await inAlternateOrder(i, runApi, runRaw);
   }
   const ke = summarize(apiEcho.map((sample) => sample.ms));
   const kc = summarize(apiCat.map((sample) => sample.ms));

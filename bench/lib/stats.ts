@@ -47,3 +47,17 @@ export const fmtSummary = (s: Summary): string => `median ${fmtMs(s.median)} / p
 export function fmtRatio(ratio: number): string {
   return Number.isFinite(ratio) ? `${ratio.toFixed(2)}x` : 'n/a';
 }
+
+/**
+ * One round of a paired measurement: both sides once, the order swapped every round, so that neither always runs on
+ * a machine (caches, CPU frequency, page cache) warmed by the other.
+ */
+export async function inAlternateOrder(round: number, first: () => Promise<unknown>, second: () => Promise<unknown>): Promise<void> {
+  if (round % 2 === 0) {
+    await first();
+    await second();
+  } else {
+    await second();
+    await first();
+  }
+}
