@@ -4,7 +4,7 @@
  * JSON file (readOperatorConfig).
  */
 import { readFile } from 'node:fs/promises';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import type { Address } from 'viem';
 import { DEFAULT_CHAIN_TENANT_QUOTAS, DEFAULT_OPERATOR_SETTINGS } from '../operator/defaults.js';
 import type { OperatorSettings } from '../operator/service.js';
@@ -63,12 +63,14 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
     .requiredOption('--service-id <n>', 'the service to operate', uint('--service-id'))
     .option('--confirmations <n>', 'blocks a job must be under the head before it is read (reorg safety)', whole('--confirmations'), DEFAULT_OPERATOR_SETTINGS.confirmations)
     .option('--capacity <n>', 'jobs run at once; also the capacity registered on chain', whole('--capacity', 1), DEFAULT_OPERATOR_SETTINGS.capacity)
-    .option('--max-gas <n>', 'gas one transaction may use at most', uint('--max-gas'), DEFAULT_OPERATOR_SETTINGS.maxGas)
+    // Bigint defaults go through Option#default with a description: commander shows a default with JSON.stringify,
+    // which throws on a bigint (--help crashed).
+    .addOption(new Option('--max-gas <n>', 'gas one transaction may use at most').argParser(uint('--max-gas')).default(DEFAULT_OPERATOR_SETTINGS.maxGas, String(DEFAULT_OPERATOR_SETTINGS.maxGas)))
     .option('--max-result-bytes <n>', 'larger results are served by this server and go on chain as a hash + URL', whole('--max-result-bytes', 64), DEFAULT_OPERATOR_SETTINGS.maxResultBytes)
     .option('--poll-interval-ms <ms>', 'time between reads of the chain', whole('--poll-interval-ms', 10), DEFAULT_OPERATOR_SETTINGS.pollIntervalMs)
     .option('--tx-timeout-ms <ms>', 'a sent transaction not mined within this is taken as dropped or replaced: the nonce is read from the node again and the transaction sent again', whole('--tx-timeout-ms', 1000), DEFAULT_OPERATOR_SETTINGS.txTimeoutMs)
     .option('--start-block <n>', 'first block read on a fresh data dir (e.g. the jobs contract deployment block)', uint('--start-block'))
-    .option('--price-per-job-wei <n>', 'the price registered with the operator', uint('--price-per-job-wei'), 0n)
+    .addOption(new Option('--price-per-job-wei <n>', 'the price registered with the operator').argParser(uint('--price-per-job-wei')).default(0n, '0'))
     .option('--chain-tenant-quotas <json>', `quotas of each chain caller's tenant (fields of PATCH /v1/tenants/NAME) over the defaults ${JSON.stringify(DEFAULT_CHAIN_TENANT_QUOTAS)}; applied when a caller's tenant is made (its first job)`, quotasJson('--chain-tenant-quotas'))
     .option('--public-url <url>', "this server's URL as callers reach it (large results' URLs, job 10's URLs); default the listening URL", url('--public-url', ['http', 'https']))
     .action(async (options: Record<string, unknown>) => {
