@@ -18,6 +18,7 @@ const program = buildProgram({
     metricsToken: env.KINDLING_METRICS_TOKEN || undefined,
     logLevel: env.KINDLING_LOG_LEVEL ?? 'info',
     dockerSocketPath: env.DOCKER_SOCKET ?? '/var/run/docker.sock',
+    buildCaFile: env.NODE_EXTRA_CA_CERTS ?? '',
     microvm: {
       ...(env.KINDLING_MICROVM_ASSETS_DIR ? { assetsDir: env.KINDLING_MICROVM_ASSETS_DIR } : {}),
       ...(env.KINDLING_MICROVM_DRIVER === 'firecracker' || env.KINDLING_MICROVM_DRIVER === 'qemu' ? { driver: env.KINDLING_MICROVM_DRIVER } : {}),

@@ -25,6 +25,8 @@ export interface ServeDefaults {
   metricsToken?: string | undefined;
   logLevel: string;
   dockerSocketPath: string;
+  /** NODE_EXTRA_CA_CERTS when set: the default of --build-ca-file ("" for none). */
+  buildCaFile?: string;
   /** microvm executor: assets dir (kernel, initramfs, agent disk) and driver; defaults in the executor. */
   microvm?: MicroVmSettings;
   version: string;
@@ -94,7 +96,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--build-memory-mb <n>', 'memory budget of one dependency build', int('--build-memory-mb'), 1024)
     .option('--build-cpus <n>', 'CPUs of one dependency build', Number, 1)
     .option('--build-disk-mb <n>', 'scratch disk of one dependency build, and the largest layer it may produce', int('--build-disk-mb'), 1024)
-    .option('--build-ca-file <path>', 'PEM bundle of extra CAs dependency builds trust (a registry mirror or TLS proxy with its own CA); default: $NODE_EXTRA_CA_CERTS if set; "" for none', process.env.NODE_EXTRA_CA_CERTS ?? '')
+    .option('--build-ca-file <path>', 'PEM bundle of extra CAs dependency builds trust (a registry mirror or TLS proxy with its own CA); default: $NODE_EXTRA_CA_CERTS if set; "" for none', defaults.buildCaFile ?? '')
     .option('--build-npm-dir <dir>', 'host directory of the npm package builds run (default: the npm installed next to this node)')
     .option('--pip-index-url <url>', 'package index (PEP 503 simple) python dependency builds install from (network "egress": see docs/security.md section 17)', 'https://pypi.org/simple')
     .option('--build-pip-wheel <path>', 'host path of the pip wheel python dependency builds run (default: the newest in /usr/share/python-wheels, Debian\'s python3-pip-whl)')
