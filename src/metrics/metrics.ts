@@ -27,7 +27,14 @@ export interface MetricsSources {
   warmCapacity?: () => { sandboxes: number; memoryMb: number; maxSandboxes: number; maxMemoryMb: number };
   /** Persistent sandboxes per tenant: running, paused, and the memoryMb of both (quotas maxSandboxes, ...). */
   persistentSandboxes?: () => { tenant: string; running: number; paused: number; memoryMb: number; hibernated?: number }[];
+  /** Free and total bytes of the data dir's filesystem (read at scrape time); null when it cannot be read. */
+  dataDirSpace?: () => Promise<{ freeBytes: number; sizeBytes: number } | null>;
   collectProcess?: boolean;
+  /**
+   * The `node` label of every metric (--node-name): one dashboard and one set of alert rules tell servers apart by it,
+   * whatever the scrape config calls their targets. Unset: no node label.
+   */
+  nodeName?: string;
 }
 
 export interface TenantStorage {
@@ -64,6 +71,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
 
   constructor(sources: MetricsSources = {}) {
     const registers = [this.registry];
+    if (sources.nodeName !== undefined) this.registry.setDefaultLabels({ node: sources.nodeName });
     if (sources.collectProcess !== false) collectDefaultMetrics({ register: this.registry, prefix: 'kindling_' });
     this.invocations = new Counter({
       name: 'kindling_invocations_total',
@@ -175,6 +183,22 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
       labelNames: ['direction'],
       registers,
     });
+    // The data dir holds the database, code, payloads and disks: a full one fails deploys and invocations, so alerts
+    // watch it. Read on scrape (one statfs, cheap); NaN when it cannot be read, which no threshold matches.
+    const dataDirSpace = sources.dataDirSpace;
+    const spaceGauge = (name: string, help: string, field: 'freeBytes' | 'sizeBytes'): void => {
+      if (dataDirSpace === undefined) return;
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          this.set((await dataDirSpace())?.[field] ?? Number.NaN);
+        },
+      });
+    };
+    spaceGauge('kindling_data_dir_free_bytes', "Bytes of the data dir's filesystem still free for the server's files (statfs: blocks available to unprivileged users)", 'freeBytes');
+    spaceGauge('kindling_data_dir_size_bytes', "Total bytes of the data dir's filesystem (statfs)", 'sizeBytes');
     const queue = sources.queue;
     const pools = sources.pools;
     // The execution gauges keep their original, unlabelled form (dashboards and tests read them); warm calls have their own.
