@@ -33,8 +33,9 @@ kindling_resources() {
 before_file=$(mktemp)
 kindling_resources | sort >"$before_file"
 
-# In CI the machine is set up for these executors: their tests must run, never skip.
-if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox,microvm,chromium}"; fi
+# In CI the machine is set up for these executors and tools (prometheus: promtool and the server, Debian's package): their
+# tests must run, never skip.
+if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox,microvm,chromium,prometheus}"; fi
 
 status=0
 mkdir -p test-results

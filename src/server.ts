@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import { freemem, networkInterfaces, totalmem } from 'node:os';
+import { freemem, hostname, networkInterfaces, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
@@ -16,6 +16,7 @@ import type { Executor, ExecutorStatus } from './executors/executor.js';
 import { createExecutor, type MicroVmSettings } from './executors/registry.js';
 import { instrumentExecutor } from './metrics/instrument.js';
 import { Metrics, type TenantStorage } from './metrics/metrics.js';
+import { checkNodeName, filesystemSpace } from './metrics/node.js';
 import { UsageMeter } from './metrics/usage-meter.js';
 import { SandboxMeter } from './metrics/sandbox-meter.js';
 import { EgressPolicy } from './network/policy.js';
@@ -115,6 +116,8 @@ export interface ServerConfig {
   logger: Logger;
   /** When set, GET /metrics needs `Authorization: Bearer <token>` (an API key works too). */
   metricsToken?: string;
+  /** The `node` label of every metric (--node-name). Default: the host name. */
+  nodeName?: string;
   /** The built web console; default web/dist of this checkout. */
   consoleDir?: string;
   /**
@@ -342,6 +345,7 @@ export async function createServer(config: ServerConfig): Promise<KindlingServer
 
 async function buildServer(config: ServerConfig, rollback: Rollback): Promise<KindlingServer> {
   const logger = config.logger;
+  const nodeName = checkNodeName(config.nodeName ?? hostname());
   await mkdir(config.dataDir, { recursive: true });
   const dataDir = await realpath(config.dataDir);
   const unlock = await lockDataDir(dataDir);
@@ -422,6 +426,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     warmCapacity: () => handlerPools?.capacity.stats ?? { sandboxes: 0, memoryMb: 0, maxSandboxes: 0, maxMemoryMb: 0 },
     storage: () => storage?.() ?? [],
     persistentSandboxes: () => [...(sandboxesRef?.footprints() ?? new Map())].map(([tenant, row]) => ({ tenant, ...row })),
+    dataDirSpace: () => filesystemSpace(dataDir),
+    nodeName,
   });
   // Every sandbox handed out is counted (created/destroyed/failed) by a thin wrapper; the executors know no metrics.
   const served = new Map<ExecutorName, Executor>([...executors].map(([name, executor]) => [name, instrumentExecutor(executor, metrics)]));

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Kindling, RateLimitError } from '@kindling/sdk';
+import { sample } from './helpers/prom-text.js';
 import { sandboxCgroups } from './helpers/faults.js';
 import { containersOf, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
@@ -159,7 +160,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
 
   it('counts cold and warm invocations separately in /metrics', async () => {
     const text = await (await fetch(`${server.url}/metrics`)).text();
-    const value = (cold: string): number => Number(text.split('\n').find((line) => line.startsWith(`kindling_invocations_total{function="counter-py",executor="sandbox",status="succeeded",cold="${cold}"}`))?.split(' ').pop() ?? 0);
+    const value = (cold: string): number => sample(text, 'kindling_invocations_total', { function: 'counter-py', executor: 'sandbox', status: 'succeeded', cold });
     assert.equal(value('true'), 1);
     assert.equal(value('false'), 1);
   });

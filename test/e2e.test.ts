@@ -9,6 +9,7 @@ import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Kindling, RateLimitError, ValidationError, AuthenticationError, type ExecutionResult } from '@kindling/sdk';
+import { sample } from './helpers/prom-text.js';
 import { containersOf, dockerUnavailableReason, sandboxDirs, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const execFileAsync = promisify(execFile);
@@ -137,7 +138,7 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
   });
 
   it('a client that disconnects mid-upload cancels the execution and frees the sandbox', async () => {
-    const inFlight = async (): Promise<number> => Number(/kindling_executions_in_flight (\d+)/.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1]);
+    const inFlight = async (): Promise<number> => sample(await (await fetch(`${server.url}/metrics`)).text(), 'kindling_executions_in_flight');
     const url = new URL(`${server.url}/v1/execute`);
     const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { 'content-type': 'application/octet-stream', 'x-kindling-spec': JSON.stringify({ runtime: 'bash', code: 'exec cat', timeoutMs: 60_000 }) } });
     req.on('error', () => undefined);
@@ -190,7 +191,7 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
   });
 
   it('streams the first chunk over SSE before the process ends', async () => {
-    const inFlight = async (): Promise<number> => Number(/kindling_executions_in_flight (\d+)/.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1]);
+    const inFlight = async (): Promise<number> => sample(await (await fetch(`${server.url}/metrics`)).text(), 'kindling_executions_in_flight');
     const events: string[] = [];
     let runningAtFirst: number | null = null;
     const stream = client.stream({ image: 'kindling/base', command: ['sh', '-c', 'echo first; sleep 5; echo second'] });
@@ -248,10 +249,7 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
   it('counts executions in /metrics', async () => {
     const scrape = async (): Promise<number> => {
       const text = await (await fetch(`${server.url}/metrics`)).text();
-      return text
-        .split('\n')
-        .filter((candidate) => candidate.startsWith(`kindling_invocations_total{function="_execute",executor="${executorName}",status="failed",`))
-        .reduce((sum, line) => sum + Number(line.split(' ').pop()), 0);
+      return sample(text, 'kindling_invocations_total', { function: '_execute', executor: executorName, status: 'failed' });
     };
     const before = await scrape();
     await client.runCommand('kindling/base', ['false']);

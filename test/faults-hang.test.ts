@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { sample } from './helpers/prom-text.js';
 import { processes } from './helpers/faults.js';
 import { sandboxDirs, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
@@ -15,8 +16,7 @@ const START_TIMEOUT_MS = 2500;
 
 async function failedWarmStarts(url: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith('kindling_sandboxes_total{') && l.includes('executor="sandbox"') && l.includes('event="failed"') && l.includes('kind="warm"'));
-  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+  return sample(text, 'kindling_sandboxes_total', { executor: 'sandbox', event: 'failed', kind: 'warm' });
 }
 
 describe('a sandbox that hangs during start-up', { skip: unavailable ?? false }, () => {

@@ -3,26 +3,15 @@
  * what the kernel accounts CPU time to).
  */
 import assert from 'node:assert/strict';
+import { hostname } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
+import { sample, series } from './helpers/prom-text.js';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
 const KEY = 'test-admin-key-observability';
 const SCRAPE = 'test-scrape-token';
-
-/** The value of one sample in Prometheus text, summed over every series whose labels include `labels`. */
-export function sample(text: string, name: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    const brace = line.indexOf('{');
-    const labelText = brace >= 0 && line.startsWith(`${name}{`) ? line.slice(brace + 1, line.lastIndexOf('}')) : '';
-    const have = Object.fromEntries([...labelText.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], m[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
 
 describe('observability: metrics, usage, tracing', { skip: unavailable ?? false }, () => {
   let server: TestServer;
@@ -76,6 +65,8 @@ describe('observability: metrics, usage, tracing', { skip: unavailable ?? false 
     assert.ok(sample(afterText, 'kindling_sandboxes_total', { executor: 'sandbox', event: 'created', kind: 'warm' }) >= 1);
     assert.ok(sample(afterText, 'kindling_payload_bytes_total', { direction: 'in' }) >= 6);
     assert.ok(afterText.includes('kindling_process_resident_memory_bytes'));
+    // Every series carries the node label, the host name when --node-name is not given.
+    assert.deepEqual(series(afterText, 'kindling_queue_depth', { node: hostname() }), [0]);
 
     // Each invocation id is in the store, with what the console lists.
     const list = (await (await fetch(`${server.url}/v1/usage/invocations?limit=10`, { headers: auth })).json()) as { invocations: { id: string; function: string; coldStart: boolean; executor: string }[] };

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { ConflictError, Kindling, ValidationError } from '@kindling/sdk';
+import { series } from './helpers/prom-text.js';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
@@ -239,7 +240,8 @@ describe('sandbox files (mkdir, tar, streams), hibernation, timeout and filters 
       assert.equal((await client.sandboxes.list({ state: 'hibernated' })).some((s) => s.id === sb.id), true);
       // The operator's gauge counts it (it has no live sandbox any more: the count comes from the records).
       const metrics = await (await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();
-      assert.match(metrics, /^kindling_persistent_sandboxes\{tenant="sbx-files",state="hibernated"\} [1-9]\d*$/m);
+      const hibernated = series(metrics, 'kindling_persistent_sandboxes', { tenant: 'sbx-files', state: 'hibernated' });
+      assert.ok(hibernated.length === 1 && hibernated[0]! >= 1, `hibernated: ${hibernated.join(', ')}`);
       await assert.rejects(sb.commands.run(['true'], { autoResume: false }), (error: unknown) => error instanceof ConflictError && error.code === 'SANDBOX_PAUSED' && /hibernated/.test(error.message));
 
       // Across a restart of the server it stays hibernated, then wakes for a command on its files.

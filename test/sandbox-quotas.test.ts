@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Kindling, RateLimitError } from '@kindling/sdk';
+import { series } from './helpers/prom-text.js';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
@@ -73,9 +74,9 @@ describe('tenant quotas and metering of persistent sandboxes', { skip: unavailab
       await kept.pause();
       // The operator's gauges: the paused sandbox and its memory, per tenant.
       const metrics = await (await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();
-      assert.match(metrics, /^kindling_persistent_sandboxes\{tenant="sbq",state="paused"\} 1$/m);
-      assert.match(metrics, /^kindling_persistent_sandboxes\{tenant="sbq",state="running"\} 0$/m);
-      assert.match(metrics, /^kindling_persistent_sandbox_memory_mb\{tenant="sbq"\} 256$/m);
+      assert.deepEqual(series(metrics, 'kindling_persistent_sandboxes', { tenant: 'sbq', state: 'paused' }), [1]);
+      assert.deepEqual(series(metrics, 'kindling_persistent_sandboxes', { tenant: 'sbq', state: 'running' }), [0]);
+      assert.deepEqual(series(metrics, 'kindling_persistent_sandbox_memory_mb', { tenant: 'sbq' }), [256]);
       const before = (await tenant.sandboxes.list()).length;
       await assert.rejects(tenant.sandboxes.create({ runtime: 'bash', limits: { memoryMb: 256 } }), quotaError('maxSandboxMemoryMb', 384));
       assert.equal((await tenant.sandboxes.list()).length, before, 'nothing was made');

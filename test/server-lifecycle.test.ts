@@ -10,6 +10,7 @@ import { createServer as createNetServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { createServer, startServer } from '../src/server.js';
+import { sample } from './helpers/prom-text.js';
 import { leftovers, nothingLeft } from './helpers/faults.js';
 import { docker, newDataDir, ownerIdOf, sandboxUnavailableReason, testServerConfig, waitFor } from './helpers/server.js';
 
@@ -85,7 +86,7 @@ describe('server lifecycle', { skip: sandboxMissing ?? false }, () => {
         async (response) => ({ status: response.status, body: await response.text() }),
         (error: Error) => ({ status: 0, body: error.message }),
       );
-      const inFlight = async (): Promise<number> => Number(/kindling_executions_in_flight (\d+)/.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1]);
+      const inFlight = async (): Promise<number> => sample(await (await fetch(`${server.url}/metrics`)).text(), 'kindling_executions_in_flight');
       await waitFor(async () => (await inFlight()) === 1, 20_000, 'the execution to run');
       const startedMs = Date.now();
       await server.destroy();

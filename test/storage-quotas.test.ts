@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { ConflictError, Kindling } from '@kindling/sdk';
+import { series } from './helpers/prom-text.js';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const sandboxMissing = await sandboxUnavailableReason();
@@ -70,8 +71,8 @@ describe('tenant storage quotas (sandbox executor)', { skip: sandboxMissing ?? f
   };
   const metric = async (name: string, tenant: string): Promise<number | null> => {
     const text = (await call(null, 'GET', '/metrics')).text;
-    const line = text.split('\n').find((candidate) => candidate.startsWith(`${name}{tenant="${tenant}"} `));
-    return line === undefined ? null : Number(line.split(' ')[1]);
+    const values = series(text, name, { tenant });
+    return values.length === 1 ? values[0]! : null;
   };
   const refusedFor = (answer: Answer, quota: string): void => {
     assert.equal(answer.status, 409, answer.text);

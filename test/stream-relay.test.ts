@@ -13,6 +13,7 @@ import { Agent, request } from 'node:http';
 import { createServer, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { DEFAULT_STREAM_RELAY_PATH } from '../src/server.js';
+import { sample } from './helpers/prom-text.js';
 import { streamRandom } from './helpers/stream-client.js';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
@@ -36,7 +37,7 @@ async function deploy(url: string, name: string, body: object): Promise<void> {
 /** kindling_stream_relay_bytes_total by direction. */
 async function relayed(url: string): Promise<{ in: number; out: number }> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const value = (direction: string): number => Number(new RegExp(`kindling_stream_relay_bytes_total\\{direction="${direction}"\\} (\\d+)`).exec(text)?.[1] ?? 0);
+  const value = (direction: string): number => sample(text, 'kindling_stream_relay_bytes_total', { direction });
   return { in: value('in'), out: value('out') };
 }
 

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Kindling } from '@kindling/sdk';
+import { series } from './helpers/prom-text.js';
 import { sandboxCgroups } from './helpers/faults.js';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
@@ -25,7 +26,6 @@ async function eachFunction(work: (name: string) => Promise<void>): Promise<void
   await Promise.all(Array.from({ length: WORKERS }, worker));
 }
 
-const metric = (text: string, prefix: string): number => Number(text.split('\n').find((line) => line.startsWith(prefix))?.split(' ').pop() ?? NaN);
 
 describe('warm capacity defaults hold many idle handler sandboxes (sandbox executor)', { skip: unavailable ?? false, timeout: 20 * 60_000 }, () => {
   let server: TestServer;
@@ -62,8 +62,8 @@ describe('warm capacity defaults hold many idle handler sandboxes (sandbox execu
     assert.ok(capacity.memoryMb < FUNCTIONS * 64, `memory counted: ${capacity.memoryMb} MB`);
     const text = await (await fetch(`${server.url}/metrics`)).text();
     for (const reason of ['count', 'memory', 'tenant', 'pressure']) {
-      assert.equal(metric(text, `kindling_warm_sandbox_evictions_total{reason="${reason}"}`), 0, `evictions (${reason})`);
+      assert.equal(series(text, 'kindling_warm_sandbox_evictions_total', { reason })[0], 0, `evictions (${reason})`);
     }
-    assert.equal(metric(text, 'kindling_warm_capacity{what="sandboxes"}'), FUNCTIONS);
+    assert.equal(series(text, 'kindling_warm_capacity', { what: 'sandboxes' })[0], FUNCTIONS);
   });
 });

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { AuthenticationError, ConnectionError, Kindling, ValidationError } from '@kindling/sdk';
+import { sample } from './helpers/prom-text.js';
 import { sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const sandboxMissing = await sandboxUnavailableReason();
@@ -85,7 +86,7 @@ describe('WebSocket executions (sandbox executor)', { skip: sandboxMissing ?? fa
     await server?.stop();
   });
 
-  const inFlight = async (): Promise<number> => Number(/kindling_executions_in_flight (\d+)/.exec(await (await fetch(`${server.url}/metrics`, { headers: auth })).text())?.[1]);
+  const inFlight = async (): Promise<number> => sample(await (await fetch(`${server.url}/metrics`, { headers: auth })).text(), 'kindling_executions_in_flight');
 
   it('an interactive program answers a line before stdin ends, then exits 0 after stdin_end', { timeout: 60_000 }, async () => {
     const client = await Client.open(server.url, auth);

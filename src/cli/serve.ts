@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { checkNodeName } from '../metrics/node.js';
 import type { Level, Logger } from 'pino';
 import type { ResultStore } from '../operator/result-store.js';
 import type { OperatorSettings, RunningOperator } from '../operator/service.js';
@@ -115,6 +117,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--min-available-memory-mb <mb>', "idle warm sandboxes are evicted (one per sandbox start) while the host has less memory available; default 5% of RAM, at least 256", int('--min-available-memory-mb'))
     .option('--max-concurrent-warm-starts <n>', 'cold starts of warm sandboxes at once across all functions; the rest wait their turn (default: 2 per CPU core)', int('--max-concurrent-warm-starts'))
     .option('--sandbox-start-timeout-ms <ms>', 'a warm sandbox not started (agent handshake, code loaded) after this long is killed and replaced', int('--sandbox-start-timeout-ms'), DEFAULT_FUNCTION_POOLS.startTimeoutMs)
+    .option('--node-name <name>', 'the node label of every metric in GET /metrics (tells servers apart in one Prometheus); default: the host name', checkNodeName, hostname())
     .option('--metrics-token <token>', 'a scrape token for GET /metrics ("Authorization: Bearer <token>"; the admin key works too; with auth on and no token only the admin key); env KINDLING_METRICS_TOKEN')
     .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
     .option('--invocation-retention-ms <ms>', 'finished invocations (output, logs, idempotency keys) are kept this long', int('--invocation-retention-ms'), 7 * 24 * 3600_000)
@@ -216,6 +219,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
         version: defaults.version,
         logger,
         ...(metricsToken ? { metricsToken } : {}),
+        nodeName: options.nodeName as string,
         ...(operatorResults ? { operatorResults } : {}),
       });
       let operator: RunningOperator | null = null;

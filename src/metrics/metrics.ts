@@ -3,6 +3,7 @@ import type { KindlingError } from '../core/errors.js';
 import type { ExecutionResult, ExecutorName } from '../core/types.js';
 import type { ExecutionContext, ExecutionObserver } from '../orchestrator/execution-service.js';
 import type { IdleUsageEvent, InvocationEvent, InvocationObserver } from '../orchestrator/handler-pools.js';
+import { DEFAULT_TENANT } from '../store/usage.js';
 
 /** One-off executions are counted under this function label, so one metric covers them and deployed functions. */
 export const EXECUTE_FUNCTION_LABEL = '_execute';
@@ -27,7 +28,14 @@ export interface MetricsSources {
   warmCapacity?: () => { sandboxes: number; memoryMb: number; maxSandboxes: number; maxMemoryMb: number };
   /** Persistent sandboxes per tenant: running, paused, and the memoryMb of both (quotas maxSandboxes, ...). */
   persistentSandboxes?: () => { tenant: string; running: number; paused: number; memoryMb: number; hibernated?: number }[];
+  /** Free and total bytes of the data dir's filesystem (read at scrape time); null when it cannot be read. */
+  dataDirSpace?: () => Promise<{ freeBytes: number; sizeBytes: number } | null>;
   collectProcess?: boolean;
+  /**
+   * The `node` label of every metric (--node-name): one dashboard and one set of alert rules tell servers apart by it,
+   * whatever the scrape config calls their targets. Unset: no node label.
+   */
+  nodeName?: string;
 }
 
 export interface TenantStorage {
@@ -46,7 +54,7 @@ const START_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
  */
 export class Metrics implements ExecutionObserver, InvocationObserver {
   readonly registry = new Registry();
-  private readonly invocations: Counter<'function' | 'executor' | 'status' | 'cold'>;
+  private readonly invocations: Counter<'tenant' | 'function' | 'executor' | 'status' | 'cold'>;
   private readonly duration: Histogram<'function' | 'executor'>;
   private readonly startDuration: Histogram<'executor' | 'cold'>;
   private readonly queueWait: Histogram<'kind'>;
@@ -57,18 +65,19 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
   private readonly timeouts: Counter<'function' | 'executor'>;
   private readonly sandboxes: Counter<'executor' | 'event' | 'kind'>;
   private readonly sandboxesLive: Gauge<'executor'>;
-  private readonly cpuSeconds: Counter<'function' | 'executor'>;
+  private readonly cpuSeconds: Counter<'tenant' | 'function' | 'executor'>;
   private readonly relayedBytes: Counter<'direction'>;
   private readonly relayFailures: Counter<'direction'>;
   private readonly warmEvictions: Counter<'reason'>;
 
   constructor(sources: MetricsSources = {}) {
     const registers = [this.registry];
+    if (sources.nodeName !== undefined) this.registry.setDefaultLabels({ node: sources.nodeName });
     if (sources.collectProcess !== false) collectDefaultMetrics({ register: this.registry, prefix: 'kindling_' });
     this.invocations = new Counter({
       name: 'kindling_invocations_total',
-      help: 'Finished invocations and executions by function, executor, status (succeeded|failed|timeout|oom|error) and cold start',
-      labelNames: ['function', 'executor', 'status', 'cold'],
+      help: 'Finished invocations and executions by tenant, function, executor, status (succeeded|failed|timeout|oom|error) and cold start',
+      labelNames: ['tenant', 'function', 'executor', 'status', 'cold'],
       registers,
     });
     this.duration = new Histogram({
@@ -159,8 +168,8 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     });
     this.cpuSeconds = new Counter({
       name: 'kindling_cpu_seconds_total',
-      help: 'CPU time the kernel accounted to sandboxes (their cgroups, read by the server): executions, warm handler calls and warm sandboxes between calls (idle)',
-      labelNames: ['function', 'executor'],
+      help: 'CPU time the kernel accounted to sandboxes (their cgroups, read by the server) by tenant and function: executions, warm handler calls and warm sandboxes between calls (idle)',
+      labelNames: ['tenant', 'function', 'executor'],
       registers,
     });
     this.relayedBytes = new Counter({
@@ -175,6 +184,22 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
       labelNames: ['direction'],
       registers,
     });
+    // The data dir holds the database, code, payloads and disks: a full one fails deploys and invocations, so alerts
+    // watch it. Read on scrape (one statfs, cheap); NaN when it cannot be read, which no threshold matches.
+    const dataDirSpace = sources.dataDirSpace;
+    const spaceGauge = (name: string, help: string, field: 'freeBytes' | 'sizeBytes'): void => {
+      if (dataDirSpace === undefined) return;
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          this.set((await dataDirSpace())?.[field] ?? Number.NaN);
+        },
+      });
+    };
+    spaceGauge('kindling_data_dir_free_bytes', "Bytes of the data dir's filesystem still free for the server's files (statfs: blocks available to unprivileged users)", 'freeBytes');
+    spaceGauge('kindling_data_dir_size_bytes', "Total bytes of the data dir's filesystem (statfs)", 'sizeBytes');
     const queue = sources.queue;
     const pools = sources.pools;
     // The execution gauges keep their original, unlabelled form (dashboards and tests read them); warm calls have their own.
@@ -272,35 +297,37 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
   onExecutionFinished(result: ExecutionResult, context: ExecutionContext): void {
     const fn = context.functionName ?? EXECUTE_FUNCTION_LABEL;
     const status = statusOf(result);
-    this.invocations.inc({ function: fn, executor: result.executor, status, cold: String(result.coldStart) });
+    // Work run without a tenant is counted for the default one, as its usage record is.
+    const tenant = context.tenant ?? DEFAULT_TENANT;
+    this.invocations.inc({ tenant, function: fn, executor: result.executor, status, cold: String(result.coldStart) });
     this.duration.observe({ function: fn, executor: result.executor }, result.durationMs / 1000);
     this.startDuration.observe({ executor: result.executor, cold: String(result.coldStart) }, result.timings.startMs / 1000);
     this.queueWait.observe({ kind: 'execution' }, result.timings.queuedMs / 1000);
     this.countOutcome(status, fn, result.executor);
-    if (result.usage?.cpuMs != null) this.cpuSeconds.inc({ function: fn, executor: result.executor }, result.usage.cpuMs / 1000);
+    if (result.usage?.cpuMs != null) this.cpuSeconds.inc({ tenant, function: fn, executor: result.executor }, result.usage.cpuMs / 1000);
     this.payloadBytes.inc({ direction: 'in' }, context.stdinBytes);
     this.payloadBytes.inc({ direction: 'out' }, context.outputBytes);
   }
 
-  onExecutionFailed(error: KindlingError, context: { executor: ExecutorName; functionName?: string }): void {
-    this.invocations.inc({ function: context.functionName ?? EXECUTE_FUNCTION_LABEL, executor: context.executor, status: 'error', cold: 'true' });
+  onExecutionFailed(error: KindlingError, context: { executor: ExecutorName; functionName?: string; tenant?: string }): void {
+    this.invocations.inc({ tenant: context.tenant ?? DEFAULT_TENANT, function: context.functionName ?? EXECUTE_FUNCTION_LABEL, executor: context.executor, status: 'error', cold: 'true' });
   }
 
   /** A handler-style invocation (warm pools); command functions are counted through onExecutionFinished. */
   onInvocation(event: InvocationEvent): void {
-    this.invocations.inc({ function: event.functionName, executor: event.executor, status: event.status, cold: String(event.coldStart) });
+    this.invocations.inc({ tenant: event.tenant, function: event.functionName, executor: event.executor, status: event.status, cold: String(event.coldStart) });
     if (event.status !== 'error') this.duration.observe({ function: event.functionName, executor: event.executor }, event.durationMs / 1000);
     if (event.sandboxStartMs !== undefined) this.startDuration.observe({ executor: event.executor, cold: 'true' }, event.sandboxStartMs / 1000);
     this.queueWait.observe({ kind: 'handler' }, event.queuedMs / 1000);
     this.countOutcome(event.status, event.functionName, event.executor);
-    if (event.cpuMs !== undefined) this.cpuSeconds.inc({ function: event.functionName, executor: event.executor }, event.cpuMs / 1000);
+    if (event.cpuMs !== undefined) this.cpuSeconds.inc({ tenant: event.tenant, function: event.functionName, executor: event.executor }, event.cpuMs / 1000);
     this.payloadBytes.inc({ direction: 'in' }, event.inBytes);
     this.payloadBytes.inc({ direction: 'out' }, event.outBytes);
   }
 
   /** CPU a warm sandbox used between invocations: billed, so counted with the rest of the CPU. */
   onIdleUsage(event: IdleUsageEvent): void {
-    this.cpuSeconds.inc({ function: event.functionName, executor: event.executor }, event.cpuMs / 1000);
+    this.cpuSeconds.inc({ tenant: event.tenant, function: event.functionName, executor: event.executor }, event.cpuMs / 1000);
   }
 
   /** Sandbox lifecycle, fed by the executor wrapper in instrument.ts. */
