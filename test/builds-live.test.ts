@@ -85,7 +85,7 @@ describe('deploys that do not wait, and build logs followed live (sandbox execut
 
   before(async () => {
     index = mkdtempSync(join(work, 'index-'));
-    for (const [name, greeting] of [['kgreet', 'hello'], ['kgateone', 'gated'], ['kgatecli', 'cli']] as const) addProject(index, name, greeting);
+    for (const [name, greeting] of [['kgreet', 'hello'], ['kgateone', 'gated'], ['kgatecli', 'cli'], ['kgatedel', 'deleted']] as const) addProject(index, name, greeting);
     writeFileSync(join(index, 'simple', 'index.html'), '<!DOCTYPE html><html><body></body></html>\n');
     execFileSync('chmod', ['-R', 'a+rX', index]);
     const made = await docker.createContainer({
@@ -106,7 +106,7 @@ describe('deploys that do not wait, and build logs followed live (sandbox execut
   });
   after(async () => {
     // Every gate opens, so that no build (nor the index's threads) waits on one.
-    if (index !== undefined) for (const project of ['kgateone', 'kgatecli', 'kgatestop']) release(project);
+    if (index !== undefined) for (const project of ['kgateone', 'kgatecli', 'kgatedel', 'kgatestop']) release(project);
     await server?.stop();
     await container?.remove({ force: true }).catch(() => undefined);
   });
@@ -245,6 +245,38 @@ describe('deploys that do not wait, and build logs followed live (sandbox execut
     assert.equal(failed.stdout, '');
     assert.match(failed.stderr, /kindling: BUILD_FAILED: .*No matching distribution found for kgreet==9\.9\.9/s);
     assert.equal((await client.functions.invoke('live-cli', 'x')).text(), 'cli x');
+  });
+
+  it('a delete during a build wins: the build stores no version, and the name can be deployed again at once', async () => {
+    const dir = directory({ 'handler.py': handler('kgatedel'), 'requirements.txt': 'kgatedel==1.0.0\n' });
+    const answer = await client.functions.deployBundle('live-del', SPEC, tarOf(dir), { requestTimeoutMs: 0, wait: false });
+    assert.ok(isAccepted(answer), JSON.stringify(answer));
+    const events: BuildLogEvent[] = [];
+    let subscribed: () => void = () => undefined;
+    const firstEvent = new Promise<void>((resolve) => (subscribed = resolve));
+    const following = (async () => {
+      for await (const event of client.functions.followBuildLog('live-del', answer.build.id)) {
+        events.push(event);
+        subscribed();
+      }
+    })();
+    try {
+      // Following before the delete (the delete takes the build's records with it).
+      await Promise.race([firstEvent, following]);
+      // No version yet (a first deploy): the delete still answers, since the function is being deployed.
+      await client.functions.delete('live-del');
+      const json = await client.functions.deploy('live-del', { runtime: 'python', code: 'def main(body):\n    return "json"\n', handler: 'main' });
+      assert.equal(json.version, 1);
+    } finally {
+      release('kgatedel');
+    }
+    await following;
+    const end = events.at(-1);
+    assert.equal(end?.type, 'end');
+    assert.equal(end.build.status, 'failed');
+    // The build ended without storing its version: the deploy after the delete is what serves.
+    assert.equal((await client.functions.get('live-del')).version, 1);
+    assert.equal((await client.functions.invoke('live-del', 'x')).text(), 'json');
   });
 
   it('follows only the tenant\'s own builds: another tenant\'s build id is 404', async () => {

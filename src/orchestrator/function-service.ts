@@ -258,7 +258,7 @@ export class FunctionService {
       if (building.deleted) throw new KindlingError('FUNCTION_NOT_FOUND', `function "${name}" was deleted while its build ran; deploy it again`);
       spec.layer = { ...built.layer, ...(records === undefined ? {} : { buildId: id }) };
       // The build's own reservation is not a reason to refuse its version.
-      this.building.delete(functionKey(tenant, name));
+      if (this.building.get(functionKey(tenant, name)) === building) this.building.delete(functionKey(tenant, name));
       const result = this.storeVersion(tenant, name, spec, executor, caps);
       stored = true;
       records?.finish(id, { status: 'ready', layerSha256: built.layer.sha256, version: result.view.version, log: tailOf(built.log === '' ? logSoFar() : built.log), finishedAtMs: this.clock.nowMs() });
@@ -395,7 +395,11 @@ export class FunctionService {
     checkName(name);
     // A build running for the function stores no version when it ends (the delete wins, also over a first deploy).
     const building = this.building.get(functionKey(tenant, name));
-    if (building !== undefined) building.deleted = true;
+    if (building !== undefined) {
+      building.deleted = true;
+      // A deploy after the delete is a new function's: the old build no longer holds it.
+      this.building.delete(functionKey(tenant, name));
+    }
     if (!this.store.deleteFunction(tenant, name) && building === undefined) throw notFound(name);
     this.options.builds?.deleteFunction(tenant, name);
     await this.options.handlers?.deleted(tenant, name);
@@ -426,7 +430,11 @@ export class FunctionService {
   /** A deleted tenant's functions go, with their warm sandboxes. */
   async deleteTenant(tenant: string): Promise<void> {
     const names = this.store.deleteTenantFunctions(tenant);
-    for (const [key, building] of this.building) if (key.startsWith(`${tenant}/`)) building.deleted = true;
+    for (const [key, building] of this.building) {
+      if (!key.startsWith(`${tenant}/`)) continue;
+      building.deleted = true;
+      this.building.delete(key);
+    }
     this.options.builds?.deleteTenant(tenant);
     await Promise.all(names.map((name) => this.options.handlers?.deleted(tenant, name)));
     this.collectBundles();
