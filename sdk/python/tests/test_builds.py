@@ -110,6 +110,10 @@ def test_deploy_bundle_from_a_directory_leaves_out_ignored_files_and_refuses_lin
     with pytest.raises(ValueError, match="passwd: a symlink to /etc/passwd leaves the bundle"):
         k.functions.deploy_bundle(name, str(tmp_path), runtime="python", handler="handler.py:main")
     assert k.functions.get(name).version == 1
+    os.remove(tmp_path / "passwd")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="pipe: a device, fifo or socket cannot be in a bundle"):
+        kindling.tar_directory(str(tmp_path))
 
 
 def test_deploy_bundle_without_waiting_answers_the_build_and_its_log_is_followed(k: Kindling, name: str, tmp_path: Path) -> None:
