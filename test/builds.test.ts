@@ -7,9 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { lookup } from 'node:dns/promises';
-import { isIPv4 } from 'node:net';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -17,6 +15,7 @@ import { Kindling, KindlingError } from '@kindling/sdk';
 import { sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 import { directoryMaker } from './helpers/directories.js';
 import { waitFor } from './helpers/wait.js';
+import { brokenLock, npmProject, registryReach } from './helpers/npm-builds.js';
 
 const execFileAsync = promisify(execFile);
 const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
@@ -24,60 +23,17 @@ const sandboxMissing = await sandboxUnavailableReason();
 
 const directory = directoryMaker('kindling-builds-');
 
-/**
- * The host's IPv4 name servers: builds resolve the registry through them, and a resolver on a private address (as on
- * these machines) is denied to egress sandboxes unless the operator opens it, as docs/security.md section 17 says.
- */
-const resolvers = (): string[] =>
-  readFileSync('/etc/resolv.conf', 'utf8')
-    .split('\n')
-    .map((line) => /^nameserver\s+(\S+)/.exec(line.trim())?.[1])
-    .filter((ip): ip is string => ip !== undefined && isIPv4(ip) && !ip.startsWith('127.'))
-    .map((ip) => `${ip}/32`);
-
-/**
- * The registry's addresses: on these machines registry.npmjs.org resolves to a documentation range (a mirror), which
- * the egress policy denies unless opened; public addresses need nothing, opening them changes nothing.
- */
-const registryAddresses = async (): Promise<string[]> => (await lookup('registry.npmjs.org', { all: true, family: 4 })).map((a) => `${a.address}/32`);
-
-/** The CA bundle this host's own npm trusts (a TLS-inspecting proxy's CA on these machines): builds need it too. */
-const extraCa = (): { build?: { caFile: string } } => (process.env.NODE_EXTRA_CA_CERTS ? { build: { caFile: process.env.NODE_EXTRA_CA_CERTS } } : {});
-
 /** A package.json with these dependencies and its lockfile, made by npm itself (resolved against the real registry). */
-function project(dependencies: Record<string, string>, extra: Record<string, string> = {}): string {
-  const dir = directory({ 'package.json': `${JSON.stringify({ name: 'app', version: '1.0.0', type: 'module', dependencies }, null, 2)}\n`, ...extra });
-  execFileSync('npm', ['install', '--package-lock-only', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: dir, stdio: 'ignore' });
-  return dir;
-}
+const project = (dependencies: Record<string, string>, extra: Record<string, string> = {}): string => npmProject(directory(extra), dependencies);
 
 const HANDLER = "import ms from 'ms';\nimport kleur from 'kleur';\nkleur.enabled = true;\nexport async function handler(body) {\n  return JSON.stringify({ ms: ms(body.toString('utf8')), red: kleur.red('x') });\n}\n";
-
-/** A lockfile that names a package the registry does not have (npm ci fails with E404). */
-function brokenLock(dir: string): void {
-  const name = 'kindling-no-such-package-4f2a9c';
-  writeFileSync(join(dir, 'package.json'), `${JSON.stringify({ name: 'app', version: '1.0.0', type: 'module', dependencies: { [name]: '1.0.0' } })}\n`);
-  writeFileSync(
-    join(dir, 'package-lock.json'),
-    `${JSON.stringify({
-      name: 'app',
-      version: '1.0.0',
-      lockfileVersion: 3,
-      requires: true,
-      packages: {
-        '': { name: 'app', version: '1.0.0', dependencies: { [name]: '1.0.0' } },
-        [`node_modules/${name}`]: { version: '1.0.0', resolved: `https://registry.npmjs.org/${name}/-/${name}-1.0.0.tgz` },
-      },
-    })}\n`,
-  );
-}
 
 describe('dependency builds (sandbox executor, npm registry)', { skip: sandboxMissing ?? false }, () => {
   let server: TestServer;
   let client: Kindling;
   let url: string[];
   before(async () => {
-    server = await startTestServer({ executor: 'sandbox', egressAllow: [...resolvers(), ...(await registryAddresses())], ...extraCa() });
+    server = await startTestServer({ executor: 'sandbox', ...(await registryReach()) });
     client = new Kindling({ url: server.url });
     url = ['--url', server.url];
   });
@@ -87,6 +43,9 @@ describe('dependency builds (sandbox executor, npm registry)', { skip: sandboxMi
     const dir = project({ ms: '2.1.3', kleur: '4.1.5' }, { 'index.js': HANDLER });
     const deployed = await execFileAsync('node', [CLI, 'deploy', 'deps-app', '--dir', dir, '--runtime', 'node', '--handler', 'index.js:handler', '--json', ...url]);
     const first = JSON.parse(deployed.stdout) as { layer?: { sha256: string; reused: boolean; buildMs: number; bytes: number } };
+    // The deploy printed npm's log as the build ran (on stderr: stdout is the JSON).
+    assert.match(deployed.stderr, /building deps-app: build bld_\w+/);
+    assert.match(deployed.stderr, /http fetch GET 200 https?:\/\/\S+/);
     assert.ok(first.layer, deployed.stdout);
     assert.equal(first.layer.reused, false);
     assert.ok(first.layer.bytes > 0);

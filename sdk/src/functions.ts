@@ -1,7 +1,8 @@
 import { KindlingError } from './errors.js';
 import { APIResource, type RequestOptions } from './resource.js';
 import { sseEvents } from './invocations.js';
-import type { FunctionBuildInfo, FunctionInfo, FunctionSpec, FunctionVersionInfo, InvocationResult, LogEvent } from './types.js';
+import { SseParser } from './sse.js';
+import type { BuildLogEvent, DeployAccepted, FunctionBuildInfo, FunctionInfo, FunctionSpec, FunctionVersionInfo, InvocationResult, LogEvent } from './types.js';
 
 const path = (name: string): string => `/v1/functions/${encodeURIComponent(name)}`;
 
@@ -27,6 +28,16 @@ export interface LogsOptions extends RequestOptions {
   tail?: number;
 }
 
+/** Options of `functions.deployBundle()`. */
+export interface DeployBundleOptions extends RequestOptions {
+  /**
+   * false: when the bundle needs a dependency build, resolve with `DeployAccepted` (202, the build id, status
+   * `building`) as soon as the build started instead of when it ended (sent as `Prefer: respond-async`). A bundle
+   * without dependencies is stored at once either way and resolves with the function. Default true.
+   */
+  wait?: boolean;
+}
+
 /** `/v1/functions`: deploy, inspect, delete and invoke deployed functions. */
 export class Functions extends APIResource {
   /** `PUT /v1/functions/NAME`: deploys a new version; resolves with the function (its `version` is the new one). */
@@ -40,24 +51,77 @@ export class Functions extends APIResource {
    * `src/index.js:handler`); a command runs in the bundle's directory (/work, read-only). Resolves with the function;
    * its `bundle.sha256` is the archive's content hash. An unsafe entry rejects with a 400 `BUNDLE_INVALID` naming it.
    */
-  async deployBundle(name: string, spec: Omit<FunctionSpec, 'code'>, tar: Uint8Array | Blob | ReadableStream<Uint8Array>, options: RequestOptions = {}): Promise<FunctionInfo> {
-    const request = this.http.open(path(name), call(options));
+  deployBundle(name: string, spec: Omit<FunctionSpec, 'code'>, tar: Uint8Array | Blob | ReadableStream<Uint8Array>, options: DeployBundleOptions & { wait: false }): Promise<FunctionInfo | DeployAccepted>;
+  deployBundle(name: string, spec: Omit<FunctionSpec, 'code'>, tar: Uint8Array | Blob | ReadableStream<Uint8Array>, options?: DeployBundleOptions & { wait?: true }): Promise<FunctionInfo>;
+  async deployBundle(name: string, spec: Omit<FunctionSpec, 'code'>, tar: Uint8Array | Blob | ReadableStream<Uint8Array>, options: DeployBundleOptions = {}): Promise<FunctionInfo | DeployAccepted> {
+    const { wait, ...rest } = options;
+    const request = this.http.open(path(name), call(rest));
     try {
       const response = await this.http.send(request, {
         method: 'PUT',
         path: path(name),
         rawBody: tar,
         contentType: 'application/x-tar',
-        headers: { 'kindling-function-spec': JSON.stringify(spec) },
+        headers: { 'kindling-function-spec': JSON.stringify(spec), ...(wait === false ? { prefer: 'respond-async' } : {}) },
       });
       try {
-        return (await response.json()) as FunctionInfo;
+        return (await response.json()) as FunctionInfo | DeployAccepted;
       } catch (err) {
         throw request.toError(err);
       }
     } finally {
       request.dispose();
     }
+  }
+
+  /** `GET /v1/functions/NAME/builds/ID`: one build's record (status, error, and the version a ready build stored). */
+  build(name: string, id: string, options: RequestOptions = {}): Promise<FunctionBuildInfo> {
+    return this.http.json<FunctionBuildInfo>({ method: 'GET', path: `${path(name)}/builds/${encodeURIComponent(id)}`, ...call(options) });
+  }
+
+  /**
+   * `GET /v1/functions/NAME/builds/ID/logs?follow=true`: a build's log as it is written (first what it wrote so far),
+   * ending with `{ type: 'end', build }` once the build ended (at once for a build that already ended). Breaking out of
+   * the loop cancels the request. No request timeout unless `requestTimeoutMs` is given (a build may take minutes).
+   */
+  followBuildLog(name: string, id: string, options: RequestOptions = {}): AsyncIterable<BuildLogEvent> {
+    const target = `${path(name)}/builds/${encodeURIComponent(id)}/logs?follow=true`;
+    const http = this.http;
+    const callOptions = { ...call(options), timeoutMs: options.requestTimeoutMs ?? 0 };
+    return {
+      async *[Symbol.asyncIterator]() {
+        const request = http.open(target, callOptions);
+        try {
+          const response = await http.send(request, { method: 'GET', path: target, accept: 'text/event-stream' });
+          const parser = new SseParser();
+          const reader = response.body!.getReader();
+          try {
+            for (;;) {
+              let chunk: ReadableStreamReadResult<Uint8Array>;
+              try {
+                chunk = await reader.read();
+              } catch (err) {
+                throw request.toError(err);
+              }
+              for (const event of chunk.done ? parser.end() : parser.push(chunk.value)) {
+                const data = JSON.parse(event.data) as Record<string, unknown>;
+                if (event.event === 'log') yield { type: 'log', text: String(data.text ?? '') };
+                else if (event.event === 'skipped') yield { type: 'skipped', bytes: Number(data.bytes ?? 0) };
+                else if (event.event === 'end') {
+                  yield { type: 'end', build: data as unknown as FunctionBuildInfo };
+                  return;
+                }
+              }
+              if (chunk.done) return;
+            }
+          } finally {
+            await reader.cancel().catch(() => undefined);
+          }
+        } finally {
+          request.dispose();
+        }
+      },
+    };
   }
 
   /** `GET /v1/functions/NAME`; rejects with `NotFoundError` when there is none. */

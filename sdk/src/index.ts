@@ -1,7 +1,7 @@
 export { Kindling, DEFAULT_URL, DEFAULT_TIMEOUT_MS, type KindlingOptions, type KindlingEnv } from './client.js';
 export { EXECUTION_GRACE_MS, type ExecuteOptions, type StreamOptions, type RunOptions } from './executions.js';
 export type { RequestOptions } from './resource.js';
-export { Functions, type InvokeOptions, type InvokeAsyncOptions, type LogsOptions } from './functions.js';
+export { Functions, type InvokeOptions, type InvokeAsyncOptions, type LogsOptions, type DeployBundleOptions } from './functions.js';
 export { Invocations, type ListInvocationsOptions, type WaitForOptions, type InvocationOutput } from './invocations.js';
 export { Tenants, Keys, type CreateTenantOptions } from './tenants.js';
 export { Sandboxes, Sandbox, SandboxCommands, CommandHandle, type SandboxInfo, type CreateSandboxOptions, type RunCommandOptions, type BackgroundCommandOptions, type SandboxCommandInfo, type BackgroundCommandResult, type CommandLogsOptions, type SandboxFileEntry, type SnapshotInfo, type ListSandboxesOptions, type UpdateSandboxOptions } from './sandboxes.js';
@@ -37,6 +37,8 @@ export type {
   FunctionBundleInfo,
   FunctionLayerInfo,
   FunctionBuildInfo,
+  DeployAccepted,
+  BuildLogEvent,
   FunctionVersionInfo,
   InvocationResult,
   Invocation,

@@ -207,9 +207,29 @@ export interface FunctionBuildInfo {
   error?: string;
   /** The layer a ready build made or reused. */
   layerSha256?: string;
+  /** The function version a ready build's deploy stored. */
+  version?: number;
   startedAtMs: number;
   finishedAtMs?: number;
 }
+
+/**
+ * The 202 of `functions.deployBundle(..., { wait: false })` when the bundle needs a build: the build runs on, the
+ * version is stored once it is ready (until then the previous version serves). Follow it with
+ * `functions.followBuildLog(name, build.id)` or poll `functions.build(name, build.id)`.
+ */
+export interface DeployAccepted {
+  name: string;
+  status: 'building';
+  build: FunctionBuildInfo;
+}
+
+/**
+ * What `functions.followBuildLog()` yields: `log` text as npm/pip write it; `skipped` when the server left log text
+ * out (the reader was slower than the build, or joined after the head of a long log was dropped); `end` last, with the
+ * build's final record (`status` ready with its `version`, or failed with its `error`).
+ */
+export type BuildLogEvent = { type: 'log'; text: string } | { type: 'skipped'; bytes: number } | { type: 'end'; build: FunctionBuildInfo };
 
 export interface FunctionInfo extends FunctionSpec {
   /** Present when the version was deployed from a bundle (`functions.deployBundle`). */

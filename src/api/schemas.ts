@@ -187,11 +187,32 @@ export const FunctionBuildSchema = Type.Object(
     status: Type.String({ description: 'building, ready or failed', enum: ['building', 'ready', 'failed'] }),
     error: Type.Optional(Type.String({ description: 'Why a failed build failed (its BUILD_FAILED message)' })),
     layerSha256: Type.Optional(Type.String({ description: 'The layer a ready build made or reused' })),
+    version: Type.Optional(Type.Integer({ description: 'The function version a ready build\'s deploy stored' })),
     startedAtMs: Type.Number(),
     finishedAtMs: Type.Optional(Type.Number()),
   },
   { description: 'A dependency build: every deploy of a bundle with dependencies has one (reused layers too)' },
 );
+
+/** The 202 of a deploy that asked not to wait for its build (Prefer: respond-async, ?wait=false). */
+export const DeployAcceptedSchema = Type.Object(
+  {
+    name: Type.String(),
+    status: Type.String({ description: 'building: the version is stored once the build is ready; until then the previous version serves', enum: ['building'] }),
+    build: FunctionBuildSchema,
+  },
+  { description: 'The deploy\'s build runs on: follow GET /v1/functions/NAME/builds/ID/logs?follow=true or poll GET /v1/functions/NAME/builds/ID' },
+);
+
+export const DeployQuerySchema = Type.Object({
+  wait: Type.Optional(Type.String({ description: 'false: answer 202 once the dependency build started instead of when it ended (as Prefer: respond-async)', enum: ['true', 'false'] })),
+});
+export type DeployQuery = Static<typeof DeployQuerySchema>;
+
+export const BuildLogQuerySchema = Type.Object({
+  follow: Type.Optional(Type.String({ description: 'true: an SSE stream of the log as it is written, ending with the build\'s end event', enum: ['true', 'false'] })),
+});
+export type BuildLogQuery = Static<typeof BuildLogQuerySchema>;
 
 export const FunctionBuildListSchema = Type.Object({ builds: Type.Array(FunctionBuildSchema, { description: 'Newest first; the newest 20 per function are kept' }) });
 

@@ -63,6 +63,8 @@ export interface HarnessOptions {
   api?: Partial<ApiOptions>;
   /** The fake execution service's behaviour (default: a run that prints `out` and exits 0). */
   execute?: (request: ExecuteRequest, options: ExecuteOptions) => Promise<ExecutionResult>;
+  /** Methods added to (or replacing) the fake function service's (builds, build logs). */
+  functions?: Partial<ApiFunctionService>;
   /** The fake function service's invoke (default: echoes the body as a handler would). */
   invoke?: (tenant: string, name: string, body: Buffer, options: InvokeOptions) => Promise<InvocationResult>;
 }
@@ -175,6 +177,7 @@ export async function buildHarness(options: HarnessOptions = {}): Promise<Harnes
       invokeOptions.onStarted?.('inv_fake', { coldStart: false, executor: 'sandbox' });
       return { invocationId: 'inv_fake', tenant, functionName: name, version: fn.version, exitCode: 0, body: Buffer.concat([Buffer.from('echo:'), body]), stderr: Buffer.alloc(0), durationMs: 2, coldStart: false, timedOut: false, executor: 'sandbox' };
     },
+    ...options.functions,
   };
 
   const logBus = new LogBus();

@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { collect, guarded, parseNumber, readAll } from './options.js';
 
 export { guarded };
-import { Kindling, type FunctionSpec } from '@kindling/sdk';
+import { Kindling, KindlingError as SdkError, type FunctionBuildInfo, type FunctionInfo, type FunctionSpec } from '@kindling/sdk';
 import { clientOptions, type ClientDefaults } from './run.js';
 
 
@@ -44,6 +44,43 @@ export async function tarDirectory(dir: string): Promise<ReadableStream<Uint8Arr
 
 export const clientFrom = (options: Record<string, unknown>): Kindling =>
   new Kindling({ url: options.url as string, apiKey: options.apiKey as string | undefined, timeoutMs: 0, ...(typeof options.tenant === 'string' ? { tenant: options.tenant } : {}) });
+
+/**
+ * Prints a build's log to `out` as it is written until the build ends; resolves with the build's final record. A stream
+ * that ends without the build's end (the connection broke) is an error naming where to look.
+ */
+async function printBuildLog(client: Kindling, name: string, id: string, out: NodeJS.WritableStream): Promise<FunctionBuildInfo> {
+  let last = '';
+  for await (const event of client.functions.followBuildLog(name, id)) {
+    if (event.type === 'log') {
+      out.write(event.text);
+      last = event.text;
+    } else if (event.type === 'skipped') out.write(`\n[${event.bytes} bytes of the build log skipped]\n`);
+    else {
+      if (last !== '' && !last.endsWith('\n')) out.write('\n');
+      return event.build;
+    }
+  }
+  throw new Error(`the build log of ${id} ended before the build did; kindling functions builds ${name} shows its status`);
+}
+
+/**
+ * The rest of a deploy that answered 202: the build's log live on stderr, then the version it stored, or the build's
+ * error (exit 2, as for a deploy that waited).
+ */
+async function followDeploy(client: Kindling, name: string, id: string): Promise<FunctionInfo> {
+  process.stderr.write(`building ${name}: build ${id}\n`);
+  const build = await printBuildLog(client, name, id, process.stderr);
+  if (build.status !== 'ready') {
+    const message = `${build.error ?? 'the build failed'}\n(build ${id}: kindling functions build-log ${name} ${id})`;
+    throw new SdkError({ code: 'BUILD_FAILED', message, status: 422, details: { buildId: id } });
+  }
+  const latest = await client.functions.get(name);
+  if (build.version === undefined || latest.version === build.version) return latest;
+  // Another deploy came after this one's build: show the version this deploy made.
+  const version = (await client.functions.versions(name)).find((v) => v.version === build.version);
+  return version === undefined ? latest : { ...latest, ...version };
+}
 
 /** `kindling deploy`, `kindling invoke`, `kindling functions list|get|delete`. */
 export function registerFunctionCommands(program: Command, defaults: ClientDefaults): void {
@@ -100,8 +137,10 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     if (options.executor !== undefined) spec.executor = options.executor as string;
     await guarded(async () => {
       const client = clientFrom(options);
-      // A bundle deploy answers once its dependency build is done (npm ci can take minutes): no request timeout.
-      const info = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string), { requestTimeoutMs: 0 });
+      // A bundle deploy does not wait for its dependency build (npm ci can take minutes): the build's log is followed
+      // live (on stderr, so that --json's stdout stays JSON) and the deploy ends with it.
+      const answer = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string), { requestTimeoutMs: 0, wait: false });
+      const info = 'build' in answer && answer.status === 'building' ? await followDeploy(client, name, answer.build.id) : (answer as FunctionInfo);
       if (options.json) process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
       else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}${info.layer ? ` dependencies sha256:${info.layer.sha256} (${info.layer.reused ? 'layer reused' : `built in ${info.layer.buildMs} ms`})` : ''}\n`);
     });
@@ -187,9 +226,15 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
         process.stdout.write(rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n');
       }),
   );
-  clientOptions(functions.command('build-log').description('print a build\'s log (so far, while it runs)').argument('<name>').argument('<build-id>'), defaults).action(
+  clientOptions(functions.command('build-log').description('print a build\'s log (so far, while it runs; with --follow as it is written, until the build ends)').argument('<name>').argument('<build-id>').option('-f, --follow', 'follow a running build: print its log live and exit when it ends (1 if it failed)'), defaults).action(
     async (name: string, id: string, options: Record<string, unknown>) =>
       guarded(async () => {
+        if (options.follow) {
+          const build = await printBuildLog(clientFrom(options), name, id, process.stdout);
+          process.stderr.write(`build ${id}: ${build.status}${build.error === undefined ? '' : `: ${build.error.split('\n')[0]!}`}\n`);
+          if (build.status !== 'ready') process.exitCode = 1;
+          return;
+        }
         const { status, log } = await clientFrom(options).functions.buildLogs(name, id);
         process.stdout.write(log.endsWith('\n') || log === '' ? log : `${log}\n`);
         process.stderr.write(`build ${id}: ${status}\n`);

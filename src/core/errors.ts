@@ -33,6 +33,8 @@ export const ERROR_CODES = {
   BUILD_FAILED: { statusCode: 422, retryable: false },
   /** A build id the function does not have (or another tenant's build). */
   BUILD_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** A deploy of a function while an earlier deploy of it still builds (details.buildId names that build): wait for it, then deploy again. */
+  BUILD_IN_PROGRESS: { statusCode: 409, retryable: false },
   UNAUTHORIZED: { statusCode: 401, retryable: false },
   /** A tenant key asked for an admin-only route (tenants, keys, another tenant's scope). */
   FORBIDDEN: { statusCode: 403, retryable: false },

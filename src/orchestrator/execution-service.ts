@@ -177,6 +177,11 @@ export class ExecutionService {
     this.draining = true;
   }
 
+  /** Whether the server is shutting down (executions that end now may have been killed by it). */
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
   private pickExecutor(requested: ExecutorName | undefined): Executor {
     const name = requested ?? this.options.defaultExecutor;
     const executor = this.options.executors.get(name);

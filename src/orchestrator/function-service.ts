@@ -13,7 +13,16 @@ import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
 import { RUNTIMES } from './runtimes.js';
 import { layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 import { newId } from '../core/ids.js';
-import type { BuildRecord, BuildStore } from '../store/builds-sqlite.js';
+import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
+import { BuildLogs, type BuildLogMessage } from './build-logs.js';
+
+/** A deploy whose build runs: its build id, and whether the function was deleted meanwhile (its version is then not stored). */
+interface Building {
+  id: string;
+  deleted: boolean;
+}
+
+const functionKey = (tenant: string, name: string): string => `${tenant}/${name}`;
 
 /** What one invocation produced: the raw response body plus the facts the `x-kindling-*` headers carry. */
 export interface InvocationResult {
@@ -152,79 +161,138 @@ export class FunctionService {
     this.clock = options.clock ?? systemClock;
   }
 
-  /** Deploys a new version of the tenant's function; `caps` (the tenant's quotas) bound its limits. */
+  /**
+   * Deploys a new version of the tenant's function; `caps` (the tenant's quotas) bound its limits. A bundle with
+   * dependencies is built first (the call waits for it): a failed build throws BUILD_FAILED before anything is stored,
+   * so the previous version keeps serving.
+   */
   async deploy(tenant: string, name: string, spec: FunctionSpec, caps: Partial<ResourceLimits> = {}, quota: { maxWarm?: number } = {}): Promise<{ view: FunctionView; created: boolean }> {
+    const started = await this.startDeploy(tenant, name, spec, caps, quota);
+    return 'building' in started ? started.done : started;
+  }
+
+  /**
+   * Deploys like `deploy`, but a deploy that needs a build answers once the build started: `building` is its record
+   * (status `building`) and `done` settles when the version is stored (or rejects with why not; the record says it
+   * too). Until then the function keeps serving its previous version, and another deploy of it is refused with 409
+   * BUILD_IN_PROGRESS. A deploy that needs no build is stored before this resolves, as with `deploy`.
+   */
+  async startDeploy(
+    tenant: string,
+    name: string,
+    spec: FunctionSpec,
+    caps: Partial<ResourceLimits> = {},
+    quota: { maxWarm?: number } = {},
+  ): Promise<{ view: FunctionView; created: boolean } | { building: BuildRecord; done: Promise<{ view: FunctionView; created: boolean }> }> {
     checkName(name);
     const executor = spec.executor ?? this.options.defaultExecutor;
     await this.validate(spec, executor, caps);
     if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);
-    // The deploy waits for its build: a failed build throws BUILD_FAILED before anything is stored, so the previous
-    // version keeps serving.
-    const built = await this.buildLayer(tenant, name, spec, caps);
-    let stored = false;
-    try {
-      // From here to the write nothing awaits: the quota check and the write see the same usage.
-      const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
-      this.checkStorageQuotas(tenant, name, spec, retention);
-      const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
-      stored = true;
-      if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
-      if (pruned.length > 0) this.collectBundles();
-      return { view: toView(fn, version), created };
-    } finally {
-      if (built !== null) {
-        this.options.builder!.release(built.layer.sha256, built);
-        if (!stored) this.collectBundles();
-      }
-    }
+    // Only a build sets a layer (the gateway's schema refuses one from the client; a caller in-process gets the same).
+    delete spec.layer;
+    const kind = await this.buildKind(spec);
+    if (kind === null) return this.storeVersion(tenant, name, spec, executor, caps);
+    // From the check to the reservation nothing awaits: of two deploys racing here, the second gets the 409.
+    this.checkNotBuilding(tenant, name);
+    const id = newId('bld', this.clock.nowMs());
+    const building: Building = { id, deleted: false };
+    const key = functionKey(tenant, name);
+    this.building.set(key, building);
+    const record: BuildRecord = { id, tenant, function: name, kind, status: 'building', startedAtMs: this.clock.nowMs() };
+    this.options.builds?.start(record);
+    this.buildLogs.open(id);
+    const done = this.buildAndStore(tenant, name, spec, executor, caps, kind, building).finally(() => {
+      if (this.building.get(key) === building) this.building.delete(key);
+      // After the record is final: a follower that gets `end` reads the outcome from the store.
+      this.buildLogs.end(id);
+    });
+    // Tracked until settled, so that close() waits for the version (or the failure) to be written before the stores go.
+    const settled = done.then(() => undefined, () => undefined);
+    this.deploying.add(settled);
+    void settled.then(() => this.deploying.delete(settled));
+    return { building: record, done };
+  }
+
+  /** What a bundle needs built: npm for a node bundle with package.json + package-lock.json, pip for a python bundle with requirements.txt; null for anything else. */
+  private async buildKind(spec: FunctionSpec): Promise<BuildKind | null> {
+    const builder = this.options.builder;
+    if (spec.bundle === undefined || builder === undefined || this.options.bundles === undefined) return null;
+    return builder.needsBuild(this.options.bundles.pathOf(spec.bundle.sha256), spec.runtime);
+  }
+
+  /** 409 BUILD_IN_PROGRESS while a deploy of the function builds: the build would replace whatever is deployed meanwhile. */
+  private checkNotBuilding(tenant: string, name: string): void {
+    const running = this.building.get(functionKey(tenant, name));
+    if (running === undefined) return;
+    throw new KindlingError(
+      'BUILD_IN_PROGRESS',
+      `function "${name}" is being deployed: build ${running.id} runs; wait until it ends (GET /v1/functions/${name}/builds/${running.id}, or follow GET /v1/functions/${name}/builds/${running.id}/logs?follow=true) and deploy again`,
+      { details: { buildId: running.id } },
+    );
+  }
+
+  /** Stores the version (no await from the checks to the write: the quota check and the write see the same usage). */
+  private storeVersion(tenant: string, name: string, spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>): { view: FunctionView; created: boolean } {
+    this.checkNotBuilding(tenant, name);
+    const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
+    this.checkStorageQuotas(tenant, name, spec, retention);
+    const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
+    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
+    if (pruned.length > 0) this.collectBundles();
+    return { view: toView(fn, version), created };
   }
 
   /**
-   * A node bundle with package.json + package-lock.json, or a python bundle with requirements.txt: its layer (built
-   * now, or reused), recorded as a build of the function (status, error, log); null for anything else.
+   * The build of a deploy, then its version: the layer (built now, or reused), recorded as a build of the function
+   * (status, error, log, the version it made). Throws BUILD_FAILED (or why the version could not be stored).
    */
-  private async buildLayer(tenant: string, name: string, spec: FunctionSpec, caps: Partial<ResourceLimits>): Promise<BuildResult | null> {
-    // Only a build sets a layer (the gateway's schema refuses one from the client; a caller in-process gets the same).
-    delete spec.layer;
-    const builder = this.options.builder;
-    if (spec.bundle === undefined || builder === undefined || this.options.bundles === undefined) return null;
-    const dir = this.options.bundles.pathOf(spec.bundle.sha256);
-    const kind = await builder.needsBuild(dir, spec.runtime);
-    if (kind === null) return null;
+  private async buildAndStore(tenant: string, name: string, spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>, kind: BuildKind, building: Building): Promise<{ view: FunctionView; created: boolean }> {
+    const builder = this.options.builder!;
     const records = this.options.builds;
-    const id = newId('bld', this.clock.nowMs());
-    records?.start({ id, tenant, function: name, kind, startedAtMs: this.clock.nowMs() });
-    // The log so far, served by the log route while the build runs (the stored log replaces it when it ends).
-    const live: string[] = [];
-    let liveBytes = 0;
-    this.liveLogs.set(id, live);
-    const onLog = (text: string): void => {
-      if (liveBytes > LIVE_LOG_BYTES) return;
-      live.push(text);
-      liveBytes += text.length;
-    };
+    const id = building.id;
+    const logSoFar = (): string => this.buildLogs.text(id)?.text ?? '';
+    let built: BuildResult | null = null;
+    let stored = false;
     try {
-      const built = await builder.layerFor(dir, kind, { name: tenant, caps }, onLog);
-      records?.finish(id, { status: 'ready', layerSha256: built.layer.sha256, log: tailOf(built.log === '' ? live.join('') : built.log), finishedAtMs: this.clock.nowMs() });
+      built = await builder.layerFor(this.options.bundles!.pathOf(spec.bundle!.sha256), kind, { name: tenant, caps }, (text) => this.buildLogs.append(id, text));
+      if (building.deleted) throw new KindlingError('FUNCTION_NOT_FOUND', `function "${name}" was deleted while its build ran; deploy it again`);
       spec.layer = { ...built.layer, ...(records === undefined ? {} : { buildId: id }) };
-      return built;
+      // The build's own reservation is not a reason to refuse its version.
+      if (this.building.get(functionKey(tenant, name)) === building) this.building.delete(functionKey(tenant, name));
+      const result = this.storeVersion(tenant, name, spec, executor, caps);
+      stored = true;
+      records?.finish(id, { status: 'ready', layerSha256: built.layer.sha256, version: result.view.version, log: tailOf(built.log === '' ? logSoFar() : built.log), finishedAtMs: this.clock.nowMs() });
+      return result;
     } catch (error) {
-      const failure = error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the dependency build failed inside the platform', { cause: error });
-      const log = typeof (failure.details as { log?: unknown } | undefined)?.log === 'string' ? String((failure.details as { log: string }).log) : live.join('');
-      records?.finish(id, { status: 'failed', error: failure.message, log: tailOf(log), finishedAtMs: this.clock.nowMs() });
+      let failure = error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the dependency build failed inside the platform', { cause: error });
+      // A build killed by the server's shutdown did not fail on its own: say so (it is not the lockfile's fault).
+      if (this.options.executionService.isDraining) failure = new KindlingError('BUILD_FAILED', `the server stopped during the build; deploy again (${failure.message.split('\n')[0]!.slice(0, 300)})`);
+      const log = typeof (failure.details as { log?: unknown } | undefined)?.log === 'string' ? String((failure.details as { log: string }).log) : logSoFar();
+      try {
+        records?.finish(id, { status: 'failed', error: failure.message, log: tailOf(log), finishedAtMs: this.clock.nowMs() });
+      } catch (recordError) {
+        this.options.onError?.(recordError);
+      }
       if (records !== undefined && failure.code === 'BUILD_FAILED') {
         throw new KindlingError('BUILD_FAILED', `${failure.message}\n(build ${id}: GET /v1/functions/${name}/builds/${id}/logs, kindling functions build-log ${name} ${id})`, {
           details: { ...(failure.details as Record<string, unknown> | undefined), buildId: id },
         });
       }
-      throw error;
+      throw failure === error ? error : failure;
     } finally {
-      this.liveLogs.delete(id);
+      if (built !== null) {
+        builder.release(built.layer.sha256, built);
+        if (!stored) this.collectBundles();
+      }
     }
   }
 
-  /** Logs of the builds running now, by build id. */
-  private readonly liveLogs = new Map<string, string[]>();
+  /** Deploys building now, by tenant/function: one at a time per function. */
+  private readonly building = new Map<string, Building>();
+  /** Deploys whose build runs (settled promises): close() waits for them. */
+  private readonly deploying = new Set<Promise<void>>();
+  /** Logs of the builds running now. */
+  readonly buildLogs = new BuildLogs();
 
   /** The function's builds, newest first (the function need not exist: its first deploy may be building or failed). */
   builds(tenant: string, name: string): BuildRecord[] {
@@ -232,14 +300,32 @@ export class FunctionService {
     return this.options.builds?.list(tenant, name) ?? [];
   }
 
-  /** A build's log: what it wrote so far while it runs, its stored log (the last 64 KiB) once it ended; 404 if none. */
-  buildLog(tenant: string, name: string, id: string): { build: BuildRecord; log: string } {
+  /** One build of the tenant's function; 404 BUILD_NOT_FOUND if it has none with this id (another tenant's too). */
+  build(tenant: string, name: string, id: string): BuildRecord {
     checkName(name);
     const build = this.options.builds?.get(tenant, name, id) ?? null;
     if (build === null) throw new KindlingError('BUILD_NOT_FOUND', `function "${name.slice(0, 80)}" has no build "${id.slice(0, 80)}"; GET /v1/functions/${name.slice(0, 80)}/builds lists its builds`);
-    const live = this.liveLogs.get(id);
-    if (build.status === 'building' && live !== undefined) return { build, log: live.join('') };
+    return build;
+  }
+
+  /** A build's log: what it wrote so far while it runs (the newest 1 MiB), its stored log (the last 64 KiB) once it ended; 404 if none. */
+  buildLog(tenant: string, name: string, id: string): { build: BuildRecord; log: string } {
+    const build = this.build(tenant, name, id);
+    const live = this.buildLogs.text(id);
+    if (build.status === 'building' && live !== undefined) return { build, log: live.text };
     return { build, log: this.options.builds?.log(tenant, name, id) ?? '' };
+  }
+
+  /**
+   * Follows a build's log: the log so far and then, while it runs, each chunk as it is written and `end` (the record
+   * is final then); a build that ended gives its stored log and `end` at once. 404 as `build`. All in one tick: a build
+   * cannot end between the record read and the subscription.
+   */
+  followBuildLog(tenant: string, name: string, id: string, listener: (message: BuildLogMessage) => void): { build: BuildRecord; replay: string; droppedBytes: number; running: boolean; stop: () => void } {
+    const build = this.build(tenant, name, id);
+    const following = build.status === 'building' ? this.buildLogs.follow(id, listener) : undefined;
+    if (following === undefined) return { build, replay: this.options.builds?.log(tenant, name, id) ?? '', droppedBytes: 0, running: false, stop: () => undefined };
+    return { build, replay: following.replay, droppedBytes: following.droppedBytes, running: true, stop: following.stop };
   }
 
   /**
@@ -307,7 +393,14 @@ export class FunctionService {
 
   async delete(tenant: string, name: string): Promise<void> {
     checkName(name);
-    if (!this.store.deleteFunction(tenant, name)) throw notFound(name);
+    // A build running for the function stores no version when it ends (the delete wins, also over a first deploy).
+    const building = this.building.get(functionKey(tenant, name));
+    if (building !== undefined) {
+      building.deleted = true;
+      // A deploy after the delete is a new function's: the old build no longer holds it.
+      this.building.delete(functionKey(tenant, name));
+    }
+    if (!this.store.deleteFunction(tenant, name) && building === undefined) throw notFound(name);
     this.options.builds?.deleteFunction(tenant, name);
     await this.options.handlers?.deleted(tenant, name);
     this.collectBundles();
@@ -337,6 +430,11 @@ export class FunctionService {
   /** A deleted tenant's functions go, with their warm sandboxes. */
   async deleteTenant(tenant: string): Promise<void> {
     const names = this.store.deleteTenantFunctions(tenant);
+    for (const [key, building] of this.building) {
+      if (!key.startsWith(`${tenant}/`)) continue;
+      building.deleted = true;
+      this.building.delete(key);
+    }
     this.options.builds?.deleteTenant(tenant);
     await Promise.all(names.map((name) => this.options.handlers?.deleted(tenant, name)));
     this.collectBundles();
@@ -405,6 +503,9 @@ export class FunctionService {
   }
 
   async close(): Promise<void> {
+    // Deploys still building end once the executions are drained or killed (the server's close does that first):
+    // their versions or failures are written before the stores close.
+    await Promise.all(this.deploying);
     await this.options.handlers?.close();
   }
 
@@ -545,8 +646,7 @@ function commandRequest(spec: FunctionSpec): ExecuteRequest {
   return request;
 }
 
-/** Bytes of a running build's log kept in memory for the log route (the stored log keeps the last LOG_KEPT_BYTES). */
-const LIVE_LOG_BYTES = 1024 * 1024;
+/** Bytes of a build's log stored when it ends (npm and pip print their errors last). */
 const LOG_KEPT_BYTES = 64 * 1024;
 const tailOf = (log: string): string => (log.length > LOG_KEPT_BYTES ? log.slice(-LOG_KEPT_BYTES) : log);
 

@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS function_builds (
 CREATE INDEX IF NOT EXISTS function_builds_fn ON function_builds (tenant, function, started_at_ms);
 `;
 
+/** Columns added after the table first shipped: added to an older file when it is opened. */
+const ADDED_COLUMNS: Record<string, string> = { version: 'INTEGER' };
+
 export type BuildStatus = 'building' | 'ready' | 'failed';
 /** What a build installs: a node bundle's npm lockfile, or a python bundle's requirements.txt. */
 export type BuildKind = 'npm' | 'pip';
@@ -36,6 +39,8 @@ export interface BuildRecord {
   error?: string;
   /** The layer a ready build made or reused. */
   layerSha256?: string;
+  /** The function version a ready build's deploy stored (the version that runs its layer). */
+  version?: number;
   startedAtMs: number;
   finishedAtMs?: number;
 }
@@ -48,6 +53,7 @@ interface Row {
   status: string;
   error: string | null;
   layer_sha256: string | null;
+  version: number | null;
   started_at_ms: number;
   finished_at_ms: number | null;
 }
@@ -60,13 +66,24 @@ const toRecord = (row: Row): BuildRecord => ({
   status: row.status as BuildStatus,
   ...(row.error === null ? {} : { error: row.error }),
   ...(row.layer_sha256 === null ? {} : { layerSha256: row.layer_sha256 }),
+  ...(row.version === null || row.version === undefined ? {} : { version: row.version }),
   startedAtMs: row.started_at_ms,
   ...(row.finished_at_ms === null ? {} : { finishedAtMs: row.finished_at_ms }),
 });
 
+/** How a build ended: ready with the layer and the version its deploy stored, or failed with why. */
+export interface BuildOutcome {
+  status: 'ready' | 'failed';
+  error?: string;
+  layerSha256?: string;
+  version?: number;
+  log: string;
+  finishedAtMs: number;
+}
+
 export interface BuildStore {
   start(record: Pick<BuildRecord, 'id' | 'tenant' | 'function' | 'kind' | 'startedAtMs'>): void;
-  finish(id: string, outcome: { status: 'ready' | 'failed'; error?: string; layerSha256?: string; log: string; finishedAtMs: number }): void;
+  finish(id: string, outcome: BuildOutcome): void;
   /** The tenant's build of the function, or null (another tenant's build is null too). */
   get(tenant: string, fn: string, id: string): BuildRecord | null;
   /** The stored log of a finished build ('' while it runs). */
@@ -88,7 +105,11 @@ export class SqliteBuildStore implements BuildStore {
   private readonly db: Database.Database;
 
   constructor(file: string) {
-    this.db = openSqlite(file, (db) => db.exec(SCHEMA));
+    this.db = openSqlite(file, (db) => {
+      db.exec(SCHEMA);
+      const have = new Set((db.prepare('PRAGMA table_info(function_builds)').all() as { name: string }[]).map((c) => c.name));
+      for (const [column, type] of Object.entries(ADDED_COLUMNS)) if (!have.has(column)) db.exec(`ALTER TABLE function_builds ADD COLUMN ${column} ${type}`);
+    });
   }
 
   start(record: Pick<BuildRecord, 'id' | 'tenant' | 'function' | 'kind' | 'startedAtMs'>): void {
@@ -102,10 +123,10 @@ export class SqliteBuildStore implements BuildStore {
     })();
   }
 
-  finish(id: string, outcome: { status: 'ready' | 'failed'; error?: string; layerSha256?: string; log: string; finishedAtMs: number }): void {
+  finish(id: string, outcome: BuildOutcome): void {
     this.db
-      .prepare('UPDATE function_builds SET status = ?, error = ?, layer_sha256 = ?, log = ?, finished_at_ms = ? WHERE id = ?')
-      .run(outcome.status, outcome.error ?? null, outcome.layerSha256 ?? null, outcome.log, outcome.finishedAtMs, id);
+      .prepare('UPDATE function_builds SET status = ?, error = ?, layer_sha256 = ?, version = ?, log = ?, finished_at_ms = ? WHERE id = ?')
+      .run(outcome.status, outcome.error ?? null, outcome.layerSha256 ?? null, outcome.version ?? null, outcome.log, outcome.finishedAtMs, id);
   }
 
   get(tenant: string, fn: string, id: string): BuildRecord | null {

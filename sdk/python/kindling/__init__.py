@@ -23,6 +23,7 @@ from ._errors import (
     ValidationError,
     error_from_payload,
 )
+from ._bundle import tar_directory
 from ._routes import COVERED_ROUTES, NOT_COVERED_ROUTES
 from ._sandboxes import AsyncSandbox, AsyncSandboxes, Sandbox, Sandboxes
 from ._sync import ExecutionStream, Kindling
@@ -34,6 +35,8 @@ from ._types import (
     ExecutionResult,
     FunctionInfo,
     BuildLog,
+    BuildLogEvent,
+    DeployAccepted,
     FunctionBuildInfo,
     FunctionVersionInfo,
     Invocation,
@@ -72,6 +75,8 @@ __all__ = [
     "ExecutionStream",
     "FunctionInfo",
     "BuildLog",
+    "BuildLogEvent",
+    "DeployAccepted",
     "FunctionBuildInfo",
     "FunctionVersionInfo",
     "Invocation",
@@ -93,4 +98,5 @@ __all__ = [
     "ValidationError",
     "__version__",
     "error_from_payload",
+    "tar_directory",
 ]

@@ -16,7 +16,7 @@ from . import _core, _raw
 from ._core import Config, StdinSource, seg
 from ._sandboxes import AsyncSandboxes
 from ._errors import AbortError, ConnectionError, KindlingError, TimeoutError, error_from_payload
-from ._sync import Sink, _function_spec, _loads, _map_transport, _replay
+from ._sync import Sink, _build_log_path, _bundle_request, _deploy_answer, _function_spec, _loads, _map_transport, _replay
 from ._types import (
     ApiKeyInfo,
     AsyncInvocation,
@@ -25,6 +25,8 @@ from ._types import (
     ExecutionResult,
     FunctionInfo,
     BuildLog,
+    BuildLogEvent,
+    DeployAccepted,
     FunctionBuildInfo,
     FunctionVersionInfo,
     Invocation,
@@ -194,6 +196,23 @@ class AsyncExecutionStream:
             await self.aclose()
 
 
+async def _sse_build_log(http: _AsyncHttp, path: str, timeout: Timeout) -> AsyncIterator[BuildLogEvent]:
+    response = await http.send("GET", path, headers={"accept": "text/event-stream"}, timeout=timeout, idempotent=True, stream=True)
+    try:
+        parser = _core.SseParser()
+        async for chunk in response.aiter_raw():
+            for event in parser.feed(chunk):
+                if event.event in ("log", "skipped", "end"):
+                    yield BuildLogEvent.from_sse(event.event, event.data)
+                if event.event == "end":
+                    return
+    except httpx.HTTPError as exc:
+        raise _map_transport(exc, http.url(path), timeout, sent=True) from exc
+    finally:
+        await response.aclose()
+    raise ConnectionError("STREAM_INTERRUPTED", f"The build log from {http.url(path)} ended before the build did", retryable=True)
+
+
 async def _sse_logs(http: _AsyncHttp, path: str, timeout: Timeout) -> AsyncIterator[LogEvent]:
     response = await http.send("GET", path, headers={"accept": "text/event-stream"}, timeout=timeout, idempotent=True, stream=True)
     try:
@@ -243,6 +262,34 @@ class AsyncFunctions:
                 code = handle.read()
         spec = _function_spec(runtime=runtime, code=code, handler=handler, image=image, command=command, **fields)
         return FunctionInfo.from_wire(await self._http.json("PUT", f"/v1/functions/{seg(name)}", json_body=spec))
+
+    async def deploy_bundle(
+        self,
+        name: str,
+        directory: Optional[str] = None,
+        *,
+        tar: Optional[bytes] = None,
+        runtime: Optional[str] = None,
+        handler: Optional[str] = None,
+        image: Optional[str] = None,
+        command: Optional[list[str]] = None,
+        wait: bool = True,
+        timeout: Timeout = None,
+        **fields: Any,
+    ) -> Union[FunctionInfo, DeployAccepted]:
+        """``PUT /v1/functions/NAME`` with a bundle (see :meth:`kindling._sync.Functions.deploy_bundle`). The directory is
+        tarred in a worker thread."""
+        body, headers = await asyncio.to_thread(_bundle_request, directory, tar, wait, dict(fields, runtime=runtime, handler=handler, image=image, command=command))
+        response = await self._http.send("PUT", f"/v1/functions/{seg(name)}", content=body, headers=headers, timeout=timeout, idempotent=True)
+        return _deploy_answer(response)
+
+    async def build(self, name: str, build_id: str) -> FunctionBuildInfo:
+        """``GET /v1/functions/NAME/builds/ID``: one build's record."""
+        return FunctionBuildInfo.from_wire(await self._http.json("GET", f"/v1/functions/{seg(name)}/builds/{seg(build_id)}"))
+
+    def follow_build_log(self, name: str, build_id: str, *, timeout: Timeout = None) -> AsyncIterator[BuildLogEvent]:
+        """``GET /v1/functions/NAME/builds/ID/logs?follow=true`` (see :meth:`kindling._sync.Functions.follow_build_log`)."""
+        return _sse_build_log(self._http, _build_log_path(name, build_id), timeout)
 
     async def get(self, name: str) -> FunctionInfo:
         """``GET /v1/functions/NAME``."""

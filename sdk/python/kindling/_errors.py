@@ -117,6 +117,7 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "BUNDLES_UNSUPPORTED": ValidationError,
     "BUILD_FAILED": ValidationError,
     "BUILD_NOT_FOUND": NotFoundError,
+    "BUILD_IN_PROGRESS": ConflictError,
     "SANDBOX_NOT_FOUND": NotFoundError,
     "SANDBOX_COMMAND_NOT_FOUND": NotFoundError,
     "SANDBOX_COMMAND_LIMIT": RateLimitError,

@@ -12,6 +12,7 @@ from . import _core, _raw
 from ._core import Config, StdinSource, seg
 from ._sandboxes import Sandboxes
 from ._errors import AbortError, ConnectionError, KindlingError, TimeoutError, error_from_payload
+from ._bundle import tar_directory
 from ._types import (
     ApiKeyInfo,
     AsyncInvocation,
@@ -20,6 +21,8 @@ from ._types import (
     ExecutionResult,
     FunctionInfo,
     BuildLog,
+    BuildLogEvent,
+    DeployAccepted,
     FunctionBuildInfo,
     FunctionVersionInfo,
     Invocation,
@@ -217,6 +220,45 @@ def _loads(text: str) -> Any:
         return None
 
 
+def _bundle_request(directory: Optional[str], tar: Optional[bytes], wait: bool, fields: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a bundle deploy: the tar (made from ``directory``, or given) and the spec header."""
+    if (directory is None) == (tar is None):
+        raise ValueError("give directory (tarred here) or tar (the archive's bytes), one of them")
+    if fields.get("code") is not None:
+        raise ValueError("a bundle brings its own code: drop code (the handler names the file, FILE:FUNCTION)")
+    body = tar_directory(directory) if directory is not None else bytes(tar or b"")
+    headers = {"content-type": "application/x-tar", "kindling-function-spec": json.dumps(_function_spec(**fields), separators=(",", ":"))}
+    if not wait:
+        headers["prefer"] = "respond-async"
+    return body, headers
+
+
+def _deploy_answer(response: httpx.Response) -> Union[FunctionInfo, DeployAccepted]:
+    data = _core.parse_json(response.content, response.status_code, str(response.url))
+    return DeployAccepted.from_wire(data) if response.status_code == 202 else FunctionInfo.from_wire(data)
+
+
+def _build_log_path(name: str, build_id: str) -> str:
+    return f"/v1/functions/{seg(name)}/builds/{seg(build_id)}/logs?follow=true"
+
+
+def _sse_build_log(http: _Http, path: str, timeout: Timeout) -> Iterator[BuildLogEvent]:
+    response = http.send("GET", path, headers={"accept": "text/event-stream"}, timeout=timeout, idempotent=True, stream=True)
+    try:
+        parser = _core.SseParser()
+        for chunk in response.iter_raw():
+            for event in parser.feed(chunk):
+                if event.event in ("log", "skipped", "end"):
+                    yield BuildLogEvent.from_sse(event.event, event.data)
+                if event.event == "end":
+                    return
+    except httpx.HTTPError as exc:
+        raise _map_transport(exc, http.url(path), timeout, sent=True) from exc
+    finally:
+        response.close()
+    raise ConnectionError("STREAM_INTERRUPTED", f"The build log from {http.url(path)} ended before the build did", retryable=True)
+
+
 def _sse_logs(http: _Http, path: str, timeout: Timeout) -> Iterator[LogEvent]:
     response = http.send("GET", path, headers={"accept": "text/event-stream"}, timeout=timeout, idempotent=True, stream=True)
     try:
@@ -259,6 +301,45 @@ class Functions:
                 code = handle.read()
         spec = _function_spec(runtime=runtime, code=code, handler=handler, image=image, command=command, **fields)
         return FunctionInfo.from_wire(self._http.json("PUT", f"/v1/functions/{seg(name)}", json_body=spec))
+
+    def deploy_bundle(
+        self,
+        name: str,
+        directory: Optional[str] = None,
+        *,
+        tar: Optional[bytes] = None,
+        runtime: Optional[str] = None,
+        handler: Optional[str] = None,
+        image: Optional[str] = None,
+        command: Optional[list[str]] = None,
+        wait: bool = True,
+        timeout: Timeout = None,
+        **fields: Any,
+    ) -> Union[FunctionInfo, DeployAccepted]:
+        """``PUT /v1/functions/NAME`` with a bundle: ``directory`` tarred here (see :func:`kindling.tar_directory`:
+        ``.git`` and ``.kindlingignore``'s patterns left out; an entry the server would refuse raises
+        :class:`ValueError` naming it before anything is sent), or ``tar``, an archive's bytes. ``handler`` is
+        ``FILE:FUNCTION`` (``handler.py:main``) with ``runtime``; or ``command`` with ``runtime``/``image``.
+
+        A bundle with dependencies (requirements.txt, package.json + package-lock.json) is built first. ``wait=True``
+        returns the :class:`FunctionInfo` once the build is done (a failed build raises ``ValidationError``
+        BUILD_FAILED; the previous version keeps serving); ``timeout`` defaults to none, since a build may take minutes.
+        ``wait=False`` returns :class:`DeployAccepted` (the build's id, status ``building``) as soon as the build
+        started (a bundle without dependencies is stored at once and returns :class:`FunctionInfo`). While a deploy of
+        the function builds, another raises ``ConflictError`` BUILD_IN_PROGRESS."""
+        body, headers = _bundle_request(directory, tar, wait, dict(fields, runtime=runtime, handler=handler, image=image, command=command))
+        response = self._http.send("PUT", f"/v1/functions/{seg(name)}", content=body, headers=headers, timeout=timeout, idempotent=True)
+        return _deploy_answer(response)
+
+    def build(self, name: str, build_id: str) -> FunctionBuildInfo:
+        """``GET /v1/functions/NAME/builds/ID``: one build's record (``version`` is the one a ready build stored)."""
+        return FunctionBuildInfo.from_wire(self._http.json("GET", f"/v1/functions/{seg(name)}/builds/{seg(build_id)}"))
+
+    def follow_build_log(self, name: str, build_id: str, *, timeout: Timeout = None) -> Iterator[BuildLogEvent]:
+        """``GET /v1/functions/NAME/builds/ID/logs?follow=true``: the build's log as it is written (first what it wrote
+        so far), ending with an ``end`` event carrying the final record (at once for a build that ended). No read
+        timeout by default (a build may be quiet for a while); another tenant's build raises NotFoundError."""
+        return _sse_build_log(self._http, _build_log_path(name, build_id), timeout)
 
     def get(self, name: str) -> FunctionInfo:
         """``GET /v1/functions/NAME``: the function and its latest version; :class:`NotFoundError` when there is none."""

@@ -191,6 +191,8 @@ class FunctionBuildInfo:
     started_at_ms: float
     finished_at_ms: Optional[float]
     raw: JsonDict = field(repr=False, compare=False)
+    #: The function version a ready build's deploy stored.
+    version: Optional[int] = None
 
     @classmethod
     def from_wire(cls, data: Any) -> "FunctionBuildInfo":
@@ -205,6 +207,7 @@ class FunctionBuildInfo:
             started_at_ms=_float(d.get("startedAtMs")),
             finished_at_ms=_opt_float(d.get("finishedAtMs")),
             raw=d,
+            version=d["version"] if isinstance(d.get("version"), int) else None,
         )
 
 
@@ -214,6 +217,49 @@ class BuildLog:
 
     status: str
     log: str
+
+
+@dataclass(frozen=True)
+class DeployAccepted:
+    """The 202 of a bundle deploy that did not wait (:meth:`Functions.deploy_bundle` with ``wait=False``): the build
+    runs on and the version is stored once it is ready; until then the previous version serves. Follow it with
+    :meth:`Functions.follow_build_log` or poll :meth:`Functions.build`."""
+
+    name: str
+    #: ``building``.
+    status: str
+    build: FunctionBuildInfo
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "DeployAccepted":
+        d = expect_dict(data, "a deploy accepted")
+        return cls(name=_str(d.get("name")), status=_str(d.get("status")), build=FunctionBuildInfo.from_wire(d.get("build")))
+
+
+@dataclass(frozen=True)
+class BuildLogEvent:
+    """One event of a followed build log (:meth:`Functions.follow_build_log`): ``log`` (``text`` as npm/pip wrote it),
+    ``skipped`` (``bytes`` of log the server left out: the reader was slower than the build, or joined after the head of
+    a long log was dropped), ``end`` last (``build``: the final record, ``ready`` with its ``version`` or ``failed``)."""
+
+    type: str
+    text: Optional[str] = None
+    bytes: Optional[int] = None
+    build: Optional[FunctionBuildInfo] = None
+
+    @classmethod
+    def from_sse(cls, event: str, data: str) -> "BuildLogEvent":
+        try:
+            d = json.loads(data)
+        except ValueError:
+            d = {}
+        if not isinstance(d, dict):
+            d = {}
+        if event == "end":
+            return cls(type=event, build=FunctionBuildInfo.from_wire(d))
+        if event == "skipped":
+            return cls(type=event, bytes=d["bytes"] if isinstance(d.get("bytes"), int) else 0)
+        return cls(type=event, text=_opt_str(d.get("text")))
 
 
 @dataclass(frozen=True)

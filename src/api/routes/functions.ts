@@ -7,6 +7,8 @@ import type { FunctionService, InvocationResult } from '../../orchestrator/funct
 import type { InvocationService } from '../../orchestrator/invocations.js';
 import type { Invocation, InvocationRunner } from '../../orchestrator/invocation-runner.js';
 import { Value } from '@sinclair/typebox/value';
+import { startSse, writeSseEvent } from '../sse.js';
+import type { BuildLogMessage } from '../../orchestrator/build-logs.js';
 import { checkDeclaredLength, limitUpload, readUpload } from '../raw-body.js';
 import type { BundleStore } from '../../orchestrator/bundles.js';
 import { beginStreamedAnswer, breakStreamedAnswer, endStreamedAnswer, payloadLimit, streamUpload } from '../raw-io.js';
@@ -22,6 +24,13 @@ import {
   FunctionViewSchema,
   FunctionBuildListSchema,
   FunctionBuildParamsSchema,
+  FunctionBuildSchema,
+  DeployAcceptedSchema,
+  DeployQuerySchema,
+  BuildLogQuerySchema,
+  EventStreamSchema,
+  type BuildLogQuery,
+  type DeployQuery,
   type FunctionBuildParams,
   type FunctionNameParams,
   type FunctionSpecBody,
@@ -30,7 +39,7 @@ import {
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 
 /** What the function routes use of each service (tests pass small fakes of these). */
-export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'> & Partial<Pick<FunctionService, 'collectBundles' | 'builds' | 'buildLog'>>;
+export type FunctionRouteFunctions = Pick<FunctionService, 'deploy' | 'list' | 'get' | 'versions' | 'delete' | 'resolve'> & Partial<Pick<FunctionService, 'collectBundles' | 'builds' | 'buildLog' | 'build' | 'followBuildLog' | 'startDeploy'>>;
 export type FunctionRouteInvocations = Pick<InvocationService, 'checkQueuedPayload' | 'enqueue'>;
 export type FunctionRouteRunner = Pick<InvocationRunner, 'invoke' | 'recordLogBytes'>;
 
@@ -91,7 +100,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     const asStream = (_request: FastifyRequest, payload: IncomingMessage, done: (error: Error | null, body?: unknown) => void): void => done(null, payload);
     scope.addContentTypeParser(BUNDLE_TYPES, asStream);
     scope.addContentTypeParser(ZIP_TYPES, asStream);
-    scope.put<{ Params: FunctionNameParams; Body: FunctionSpecBody }>(
+    scope.put<{ Params: FunctionNameParams; Body: FunctionSpecBody; Querystring: DeployQuery }>(
       '/v1/functions/:name',
       {
         schema: {
@@ -100,8 +109,10 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           description: [
             'JSON body: the spec. Bundle: a tar of a directory as the body (Content-Type application/x-tar, at most --max-bundle-bytes) with the spec as JSON in the Kindling-Function-Spec header; the handler is FILE:FUNCTION (handler.py:main, src/index.js:handler) or the function runs "command" in the bundle\'s directory.',
             'The bundle\'s files are the sandbox\'s work dir /work (read-only); its sha256 is the version\'s bundle.sha256. Entries that leave the bundle (absolute names, "..", links out), devices and fifos: 400 BUNDLE_INVALID naming the entry. Zip archives: 415 (send a tar). sandbox and docker executors only (others: 400 BUNDLES_UNSUPPORTED).',
+            'A bundle with dependencies is built before its version is stored: the answer waits for the build (a failed build: 422 BUILD_FAILED, the previous version keeps serving). With Prefer: respond-async or ?wait=false the answer is 202 {name, status: building, build} once the build started (Location: the build); the version is stored when the build is ready. While a deploy of the function builds, another deploy of it answers 409 BUILD_IN_PROGRESS.',
           ].join('\n\n'),
           params: FunctionNameParamsSchema,
+          querystring: DeployQuerySchema,
           body: {
             content: {
               'application/json': { schema: FunctionSpecSchema },
@@ -110,10 +121,12 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
             },
           },
           headers: { type: 'object', properties: { 'kindling-function-spec': { type: 'string', description: 'The spec (JSON) of a bundle deploy' } } },
-          response: { 200: FunctionViewSchema, 201: FunctionViewSchema, ...errors },
+          response: { 200: FunctionViewSchema, 201: FunctionViewSchema, 202: DeployAcceptedSchema, ...errors },
         },
       },
       async (request, reply) => {
+        // RFC 7240: the client prefers an answer before the work is done (a deploy without a build has none to wait for).
+        const respondAsync = request.query.wait === 'false' || String(request.headers.prefer ?? '').split(',').some((p) => p.split(';')[0]!.trim().toLowerCase() === 'respond-async');
         const contentType = (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
         const bundled = BUNDLE_TYPES.includes(contentType) || ZIP_TYPES.includes(contentType);
         const body = bundled ? parseSpecHeader(request.headers[SPEC_HEADER]) : request.body;
@@ -151,16 +164,38 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           throw limited.error() ?? error;
         }
         let stored = false;
+        // The uploaded bundle stays pinned until its version is stored or the deploy failed (after the answer, when a
+        // deploy that did not wait builds on).
+        const settle = (): void => {
+          bundles.release(info.sha256);
+          // A refused deploy (bad handler file, quota, failed build) leaves an unpacked bundle no version refers to.
+          if (!stored) service.collectBundles?.();
+        };
+        let building = false;
         try {
           spec.bundle = info;
+          if (respondAsync && service.startDeploy !== undefined) {
+            const started = await service.startDeploy(request.principal.tenant, request.params.name, spec, request.scope.caps, request.scope.maxConcurrency === undefined ? {} : { maxWarm: request.scope.maxConcurrency });
+            if ('building' in started) {
+              building = true;
+              started.done.then(
+                () => (stored = true),
+                (error: unknown) => request.log.info({ err: error, buildId: started.building.id }, 'a deploy that did not wait failed'),
+              ).finally(settle);
+              const location = `/v1/functions/${request.params.name}/builds/${started.building.id}`;
+              reply.code(202).header('location', location).header('x-kindling-build-id', started.building.id).header('preference-applied', 'respond-async');
+              return { name: request.params.name, status: 'building', build: started.building };
+            }
+            stored = true;
+            reply.code(started.created ? 201 : 200);
+            return started.view;
+          }
           const { view, created } = await deploy();
           stored = true;
           reply.code(created ? 201 : 200);
           return view;
         } finally {
-          bundles.release(info.sha256);
-          // A refused deploy (bad handler file, quota) leaves an unpacked bundle no version may refer to.
-          if (!stored) service.collectBundles?.();
+          if (!building) settle();
         }
       },
     );
@@ -203,23 +238,113 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
   );
 
   app.get<{ Params: FunctionBuildParams }>(
+    '/v1/functions/:name/builds/:id',
+    {
+      schema: {
+        tags: ['functions'],
+        summary: 'One build of a function: building, ready (with the version it stored) or failed (with its error)',
+        description: 'Another tenant\'s build, or an id the function does not have: 404 BUILD_NOT_FOUND.',
+        params: FunctionBuildParamsSchema,
+        response: { 200: FunctionBuildSchema, ...errors },
+      },
+    },
+    async (request) => {
+      if (service.build === undefined) throw new KindlingError('BUILD_NOT_FOUND', 'this server records no builds');
+      return service.build(request.principal.tenant, request.params.name, request.params.id);
+    },
+  );
+
+  app.get<{ Params: FunctionBuildParams; Querystring: BuildLogQuery }>(
     '/v1/functions/:name/builds/:id/logs',
     {
       schema: {
         tags: ['functions'],
-        summary: 'A build\'s log (npm\'s or pip\'s output) as text: what it wrote so far while it runs, the last 64 KiB once it ended',
-        description: 'x-kindling-build-status is building, ready or failed. While the build runs the answer is the log so far (no follow: ask again); another tenant\'s build is 404 BUILD_NOT_FOUND.',
+        summary: 'A build\'s log (npm\'s or pip\'s output): as text, what it wrote so far while it runs and the last 64 KiB once it ended; with ?follow=true as SSE while it runs',
+        description: [
+          'Text (no follow): x-kindling-build-status is building, ready or failed.',
+          `?follow=true: text/event-stream. Events: log {"text"} as npm/pip write it (first what it wrote so far); skipped {"bytes"} when log text was left out (the client read more slowly than the build wrote: at most ${FOLLOWER_BACKLOG_BYTES} bytes wait for one follower, the rest is dropped and counted; or the head of a log longer than 1 MiB was gone when the client joined); end: the build record (status ready or failed, error, version) as the last event, then the stream ends. A build that ended answers its stored log and end at once.`,
+          'Another tenant\'s build, or an id the function does not have: 404 BUILD_NOT_FOUND.',
+        ].join(' '),
         params: FunctionBuildParamsSchema,
-        response: { 200: { description: 'The log', content: { 'text/plain': { schema: { type: 'string' } } } }, ...errors },
+        querystring: BuildLogQuerySchema,
+        response: { 200: { description: 'The log', content: { 'text/plain': { schema: { type: 'string' } }, 'text/event-stream': { schema: EventStreamSchema } } }, ...errors },
       },
     },
     async (request, reply) => {
       if (service.buildLog === undefined) throw new KindlingError('BUILD_NOT_FOUND', 'this server records no builds');
-      const { build, log } = service.buildLog(request.principal.tenant, request.params.name, request.params.id);
+      const { name, id } = request.params;
+      const tenant = request.principal.tenant;
+      if (request.query.follow === 'true' && service.followBuildLog !== undefined && service.build !== undefined) {
+        followBuild(reply, tenant, name, id);
+        return reply;
+      }
+      const { build, log } = service.buildLog(tenant, name, id);
       reply.header('x-kindling-build-status', build.status).type('text/plain; charset=utf-8');
       return log;
     },
   );
+
+  /**
+   * Streams a build's log as SSE until it ends. The build's writer calls in synchronously and is never held: what one
+   * follower has not read stays in its socket's buffer up to FOLLOWER_BACKLOG_BYTES, text beyond that is dropped
+   * and reported as `skipped` once the follower catches up, and `end` (small) is always written.
+   */
+  function followBuild(reply: FastifyReply, tenant: string, name: string, id: string): void {
+    const raw = reply.raw;
+    let skipped = 0;
+    // Set once the stream follows a running build.
+    const live: { keepAlive?: NodeJS.Timeout; stop?: () => void } = {};
+    const flushSkipped = (): void => {
+      if (skipped === 0) return;
+      writeSseEvent(raw, 'skipped', JSON.stringify({ bytes: skipped }));
+      skipped = 0;
+    };
+    const sendLog = (text: string): void => {
+      if (raw.destroyed || text === '') return;
+      if (raw.writableLength > FOLLOWER_BACKLOG_BYTES) {
+        skipped += Buffer.byteLength(text);
+        return;
+      }
+      flushSkipped();
+      writeSseEvent(raw, 'log', JSON.stringify({ text }));
+    };
+    const finish = (): void => {
+      clearInterval(live.keepAlive);
+      if (raw.destroyed) return;
+      flushSkipped();
+      // The record is final when `end` comes (a function deleted meanwhile took its builds with it).
+      let record: unknown;
+      try {
+        record = service.build!(tenant, name, id);
+      } catch {
+        record = { id, status: 'failed', error: `function "${name}" was deleted while its build ran` };
+      }
+      writeSseEvent(raw, 'end', JSON.stringify(record));
+      raw.end();
+    };
+    // The record read, the replay and the subscription happen in one tick: nothing the build writes is lost between them.
+    const following = service.followBuildLog!(tenant, name, id, (message: BuildLogMessage) => {
+      if (message.kind === 'log') sendLog(message.text);
+      else {
+        live.stop?.();
+        finish();
+      }
+    });
+    live.stop = following.stop;
+    reply.hijack();
+    startSse(raw, { 'x-request-id': reply.request.id, 'x-kindling-build-id': id });
+    if (following.droppedBytes > 0) skipped += following.droppedBytes;
+    sendLog(following.replay);
+    if (!following.running) {
+      finish();
+      return;
+    }
+    live.keepAlive = setInterval(() => raw.write(': keep-alive\n\n'), SSE_KEEPALIVE_MS);
+    raw.on('close', () => {
+      clearInterval(live.keepAlive);
+      following.stop();
+    });
+  }
 
   app.delete<{ Params: FunctionNameParams }>(
     '/v1/functions/:name',
@@ -388,6 +513,10 @@ function logFinished(request: FastifyRequest, result: InvocationResult): void {
     'invocation finished',
   );
 }
+
+/** Bytes of SSE one build-log follower may have unread before further log text is dropped (and counted as skipped). */
+export const FOLLOWER_BACKLOG_BYTES = 256 * 1024;
+const SSE_KEEPALIVE_MS = 15_000;
 
 /** Outputs up to this size are answered with all the headers; larger ones stream with trailers. */
 export const STREAM_THRESHOLD_BYTES = 1024 * 1024;
