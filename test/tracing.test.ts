@@ -261,6 +261,33 @@ describe('tracing: OTLP/HTTP spans of requests and invocation phases', { skip: u
     assert.deepEqual(spans.filter((span) => span.parentSpanId === request.spanId).map((span) => span.name).sort(), ['queue', 'run', 'start']);
   });
 
+  it('a streamed execution (SSE) is mode stream, and its request span ends with the stream', async () => {
+    const traceId = newTraceId();
+    const response = await fetch(`${server.url}/v1/execute`, {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/json', accept: 'text/event-stream', traceparent: `00-${traceId}-${newSpanId()}-01` },
+      body: JSON.stringify({ runtime: 'bash', code: 'echo one; echo two' }),
+    });
+    assert.match(await response.text(), /event: exit/);
+    const spans = await receiver.trace(traceId, ['POST /v1/execute', 'queue', 'start', 'run'], 'SSE execute');
+    const request = spans.find((span) => span.name === 'POST /v1/execute')!;
+    assert.equal(request.attrs['kindling.mode'], 'stream');
+    assert.equal(request.attrs['kindling.outcome'], 'succeeded');
+  });
+
+  it("a caller's decision not to sample is kept: a new span id with flags 00, nothing exported", async () => {
+    const traceId = newTraceId();
+    const response = await invoke('tr-env', `00-${traceId}-${newSpanId()}-00`);
+    const echoed = response.headers.get('traceparent') ?? '';
+    assert.match(echoed, new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`));
+    assert.equal(await response.text(), echoed, 'the sandbox is told too');
+    // A later sampled request's spans arrive; by then the unsampled one's would have too (one exporter, in order).
+    const later = newTraceId();
+    await (await invoke('tr-env', `00-${later}-${newSpanId()}-01`)).text();
+    await receiver.trace(later, ['POST /v1/functions/:name/invoke', 'record'], 'the sampled request after it');
+    assert.deepEqual(receiver.spans.filter((span) => span.traceId === traceId), []);
+  });
+
   it('probes are not traced; an untraced caller starts a new trace', async () => {
     const before = receiver.spans.length;
     const health = await fetch(`${server.url}/healthz`);
@@ -339,6 +366,27 @@ describe('tracing: across a restart', { skip: unavailable ?? false }, () => {
     } finally {
       await rm(dataDir, { recursive: true, force: true });
       await receiver.stop();
+    }
+  });
+});
+
+describe('tracing: without --otlp-endpoint', { skip: unavailable ?? false }, () => {
+  it("an async invocation's sandbox still runs under the accepting request's traceparent", async () => {
+    const server = await startTestServer({ executor: 'sandbox', adminKey: KEY });
+    try {
+      const put = await fetch(`${server.url}/v1/functions/tr-plain`, { method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'bash', code: 'printf "%s" "$TRACEPARENT"' }) });
+      assert.equal(put.status, 201, await put.text());
+      const traceId = newTraceId();
+      const response = await fetch(`${server.url}/v1/functions/tr-plain/invoke`, { method: 'POST', headers: { ...auth, 'x-kindling-async': 'true', traceparent: `00-${traceId}-${newSpanId()}-01` }, body: 'x' });
+      assert.equal(response.status, 202);
+      const accepted = response.headers.get('traceparent') ?? '';
+      assert.match(accepted, new RegExp(`^00-${traceId}-`));
+      const { invocationId } = (await response.json()) as { invocationId: string };
+      await waitFor(async () => ((await (await fetch(`${server.url}/v1/invocations/${invocationId}`, { headers: auth })).json()) as { status: string }).status === 'succeeded', 30_000, 'the async run');
+      const output = await fetch(`${server.url}/v1/invocations/${invocationId}/output`, { headers: auth });
+      assert.equal(await output.text(), accepted);
+    } finally {
+      await server.stop();
     }
   });
 });
