@@ -73,7 +73,7 @@ export type RunReport = (
   | { kind: 'finished'; result: InvocationResult; outcome: InvocationOutcome; started: StartedRun | null }
   | { kind: 'failed'; error: unknown; outcome: InvocationOutcome; started: StartedRun | null; version: number }
 ) & {
-  /** Its phases when traced: `record` is under way; the caller ends it once the outcome is stored (or not). */
+  /** Its phases when traced (`record` under way for a finished run); the caller ends them once the outcome is stored (or not). */
   phases?: InvocationPhases;
 };
 
@@ -172,8 +172,8 @@ export class InvocationRunner {
         const known = knownFailure(error);
         const code = known?.code ?? 'INTERNAL';
         phases.fail(code, known?.message ?? 'the platform failed');
+        // Whether its failure is recorded is the caller's to say (a sync invocation that never started is not).
         span!.setAttributes({ [ATTR.outcome]: 'error', [ATTR.errorCode]: code });
-        phases.enter('record');
       }
       const outcome: InvocationOutcome = {
         status: 'failed',
@@ -226,6 +226,7 @@ export class InvocationRunner {
     }
     const started = report.started;
     if (started !== null) {
+      report.phases?.enter('record');
       this.end(started.id, invocation.tenant, invocation.functionName, 'failed');
       this.options.record({
         id: started.id,

@@ -600,6 +600,7 @@ export class InvocationService {
       span?.fail(failure?.code ?? 'INTERNAL', failure?.message ?? 'the platform failed');
     }
     const outcome = report.outcome;
+    report.phases?.enter('record');
     // Stored with this turn's other writes (commitTurn), which also frees the slot.
     const stored = await new Promise<boolean>((resolve) => {
       this.unfinished.push({ record, outcome, slot, stored: resolve });
