@@ -172,13 +172,17 @@ describe('tracing: OTLP/HTTP spans of requests and invocation phases', { skip: u
     assert.equal(typeof request.resource['service.instance.id'], 'string');
   });
 
-  it('a handler: warm and cold starts are told apart on the start phase', async () => {
-    await deploy('tr-handler', { runtime: 'python', handler: 'handler', code: 'def handler(body):\n    return b"ok"\n' });
+  it("a handler: warm and cold starts are told apart on the start phase; each call's TRACEPARENT names its request span", async () => {
+    await deploy('tr-handler', { runtime: 'python', handler: 'handler', code: 'import os\ndef handler(body):\n    return os.environ.get("TRACEPARENT", "none")\n' });
+    await deploy('tr-handler-node', { runtime: 'node', handler: 'handler', code: 'export const handler = () => process.env.TRACEPARENT ?? "none";' });
+    const node = await invoke('tr-handler-node', `00-${newTraceId()}-${newSpanId()}-01`);
+    assert.equal(await node.text(), node.headers.get('traceparent'), 'node: the call sees its own traceparent');
     const colds: unknown[] = [];
     for (let i = 0; i < 2; i++) {
       const traceId = newTraceId();
       const response = await invoke('tr-handler', `00-${traceId}-${newSpanId()}-01`);
-      assert.equal(await response.text(), 'ok');
+      // The same warm sandbox serves the second call: it sees that call's traceparent, not the first's.
+      assert.equal(await response.text(), response.headers.get('traceparent'), `python call ${i}: the call sees its own traceparent`);
       const spans = await receiver.trace(traceId, ['POST /v1/functions/:name/invoke', ...PHASES], `handler call ${i}`);
       const request = spans.find((span) => span.name === 'POST /v1/functions/:name/invoke')!;
       const [, start] = phasesOf(spans, request);

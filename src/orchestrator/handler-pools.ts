@@ -378,7 +378,7 @@ export class HandlerPools implements HandlerInvoker {
       : undefined;
     let result;
     try {
-      result = await lease.sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}) });
+      result = await lease.sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}), ...(options.trace ? { traceparent: options.trace.traceparent } : {}) });
       const rest = decoder?.end();
       if (rest) onText!('stderr', rest);
     } catch (error) {
