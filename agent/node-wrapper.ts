@@ -105,6 +105,7 @@ async function main(): Promise<void> {
       switch (frame.type) {
         case FrameType.INVOKE:
           body = [];
+          setTraceparent(frame.payload);
           break;
         case FrameType.BODY_CHUNK:
           body.push(frame.payload);
@@ -121,6 +122,21 @@ async function main(): Promise<void> {
       }
     }
   });
+}
+
+/**
+ * INVOKE's optional JSON payload names the call's trace ({traceparent}): the handler sees it as process.env.TRACEPARENT
+ * for this call (a warm sandbox serves many calls, so it changes per call; absent: unset).
+ */
+function setTraceparent(payload: Buffer): void {
+  let traceparent: unknown;
+  try {
+    traceparent = payload.length === 0 ? undefined : (JSON.parse(payload.toString('utf8')) as { traceparent?: unknown }).traceparent;
+  } catch {
+    traceparent = undefined;
+  }
+  if (typeof traceparent === 'string') process.env.TRACEPARENT = traceparent;
+  else delete process.env.TRACEPARENT;
 }
 
 interface LoadRequest {

@@ -8,7 +8,7 @@
  *
  * A conversation: the agent connects and sends HELLO (JSON payload {version, runtime, pid}) once the user's code is
  * loaded, or ERROR (load failure, then it exits). The host then sends, per invocation, INVOKE (JSON payload, may be
- * empty), BODY_CHUNK* and BODY_END; the agent answers with STDERR* (what the handler printed), RESULT_CHUNK* and
+ * empty; `{traceparent}` becomes the handler's env TRACEPARENT for that call), BODY_CHUNK* and BODY_END; the agent answers with STDERR* (what the handler printed), RESULT_CHUNK* and
  * RESULT_END (JSON {durationMs, rssBytes, cpuMs, maxRssBytes}), or USAGE then ERROR (UTF-8 text of the exception; the
  * invocation failed with exit code 1). One invocation at a time per connection. PING/PONG check liveness.
  *

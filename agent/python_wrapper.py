@@ -27,6 +27,21 @@ MAX_FRAME = 16 * 1024 * 1024
 MAX_CHUNK = 1024 * 1024
 
 
+def set_traceparent(payload):
+    # INVOKE's optional JSON payload names the call's trace ({traceparent}): the handler sees it as
+    # os.environ["TRACEPARENT"] for this call (a warm sandbox serves many calls); absent: unset.
+    traceparent = None
+    if payload:
+        try:
+            traceparent = json.loads(payload.decode("utf-8")).get("traceparent")
+        except (ValueError, AttributeError):
+            traceparent = None
+    if isinstance(traceparent, str):
+        os.environ["TRACEPARENT"] = traceparent
+    else:
+        os.environ.pop("TRACEPARENT", None)
+
+
 def frame(kind, ident, payload=b""):
     if isinstance(payload, str):
         payload = payload.encode("utf-8", "replace")
@@ -143,6 +158,7 @@ def main():
             return
         if kind == INVOKE:
             body = []
+            set_traceparent(payload)
         elif kind == BODY_CHUNK:
             body.append(payload)
         elif kind == BODY_END:

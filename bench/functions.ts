@@ -5,7 +5,8 @@
  * (`POST /v1/execute` running `node -e 0`), alternated in the same run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { Agent } from 'node:http';
+import { Agent, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { BenchClient } from './lib/client.js';
@@ -185,6 +186,21 @@ export async function runFunctionsGroup(ctx: BenchContext): Promise<GroupResult>
       note: `n=${coldRuns}; the cold start specialises a generic (code-less) node sandbox that was already up (--generic-sandboxes 1, the default); with --generic-sandboxes 0 it starts node itself (~1.25x)`,
     });
 
+    ctx.log(`functions: warm node handler on a server exporting spans (--otlp-endpoint to a local receiver), ${n} sequential invocations`);
+    const traced = await tracedWarmNode(ctx, agent, n, okInvoke);
+    data['functions.warm_node_traced'] = { samples: traced.samples, spans: traced.spans };
+    rows.push({
+      group: 'functions',
+      id: 'functions.warm_node_traced',
+      scenario: 'Warm node handler invoke with --otlp-endpoint: request + queue/start/run/record spans exported (p50 / p99)',
+      kindling: `${fmtMs(p(traced.samples, 0.5))} / ${fmtMs(p(traced.samples, 0.99))}`,
+      baseline: `${fmtMs(p(warmNodeOpen, 0.5))} / ${fmtMs(p(warmNodeOpen, 0.99))} (no --otlp-endpoint)`,
+      ratio: `${p(traced.samples, 0.5) - p(warmNodeOpen, 0.5) >= 0 ? '+' : ''}${fmtMs(p(traced.samples, 0.5) - p(warmNodeOpen, 0.5))} p50`,
+      target: '— (measured)',
+      status: 'info',
+      note: `n=${n}; a second server, same machine; ${traced.spans} spans received (OTLP/HTTP JSON, batches every 5 s)`,
+    });
+
     // Last, because it turns auth on for this server: the same warm invoke with a tenant's key, so that the auth hook
     // (key hash lookup), the tenant's token bucket and its concurrency slot are on the path.
     ctx.log(`functions: warm node handler as a tenant (API key, rate and concurrency quotas), ${n} sequential invocations`);
@@ -215,3 +231,41 @@ export async function runFunctionsGroup(ctx: BenchContext): Promise<GroupResult>
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * The warm node invoke on a server started with --otlp-endpoint pointing at a receiver in this process (it counts the
+ * spans it is sent; the SDK's exporter posts JSON): what tracing every request costs on the request path.
+ */
+async function tracedWarmNode(ctx: BenchContext, agent: Agent, n: number, check: (raw: Raw) => void): Promise<{ samples: number[]; spans: number }> {
+  let spans = 0;
+  const receiver = createServer((request, response) => {
+    const chunks: Buffer[] = [];
+    request.on('data', (chunk: Buffer) => chunks.push(chunk));
+    request.on('end', () => {
+      try {
+        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { resourceSpans: { scopeSpans: { spans: unknown[] }[] }[] };
+        for (const resource of body.resourceSpans) for (const scope of resource.scopeSpans) spans += scope.spans.length;
+      } catch {
+        /* not JSON: counted as nothing */
+      }
+      response.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+  const stopReceiver = (): Promise<void> => new Promise((resolve) => receiver.close(() => resolve()));
+  onCleanup(stopReceiver);
+  const server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--otlp-endpoint', `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`] });
+  try {
+    const base = new URL(server.url);
+    const deployed = await send(agent, base, 'PUT', '/v1/functions/bench-node', Buffer.from(JSON.stringify({ runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 1, maxConcurrency: 2 })), 'application/json');
+    if (deployed.status >= 300) throw new Error(`deploy on the traced server: ${deployed.status} ${deployed.body.toString().slice(0, 300)}`);
+    const samples = await latency(agent, base, '/v1/functions/bench-node/invoke', n, check);
+    // Stopping the server sends what it still buffers: the count is taken after.
+    await server.stop();
+    return { samples, spans };
+  } finally {
+    await server.stop();
+    receiver.closeAllConnections();
+    await stopReceiver();
+  }
+}

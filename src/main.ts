@@ -16,6 +16,7 @@ const program = buildProgram({
     imagesDir: env.KINDLING_IMAGES_DIR ?? '/var/lib/kindling/images',
     adminKey: env.KINDLING_ADMIN_KEY || undefined,
     metricsToken: env.KINDLING_METRICS_TOKEN || undefined,
+    otlpHeaders: env.KINDLING_OTLP_HEADERS || undefined,
     logLevel: env.KINDLING_LOG_LEVEL ?? 'info',
     dockerSocketPath: env.DOCKER_SOCKET ?? '/var/run/docker.sock',
     buildCaFile: env.NODE_EXTRA_CA_CERTS ?? '',

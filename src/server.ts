@@ -36,6 +36,8 @@ import { SqliteBuildStore } from './store/builds-sqlite.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
 import { processAlive } from './executors/shared/process.js';
 import { DEFAULT_FUNCTION_POOLS, tenantShareOf, warmCapacityDefaults, type MachineFacts } from './server-defaults.js';
+import type { OtlpTracingConfig } from './tracing/options.js';
+import type { Tracer } from './core/tracing.js';
 
 export type ExecutorChoice = ExecutorName | 'auto';
 
@@ -127,6 +129,11 @@ export interface ServerConfig {
   allowedHosts?: AllowedHost[];
   /** Operator mode: the store of large job results, served by GET /v1/operator/results/:serviceId/:callId (public). */
   operatorResults?: ApiOptions['operatorResults'];
+  /**
+   * Export spans of requests and invocation phases over OTLP/HTTP (--otlp-endpoint and the --otlp-* options); absent:
+   * no span is made and the OpenTelemetry SDK is not loaded.
+   */
+  otlp?: OtlpTracingConfig;
 }
 
 /** dist/native/kindling-splice, built by scripts/build-native.sh (dist/src/server.js -> dist/native). */
@@ -364,6 +371,16 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   }
   await restrictDatabaseFiles(join(dataDir, 'kindling.db'));
 
+  // Tracing: the SDK is loaded only when spans are exported.
+  let tracer: Tracer | undefined;
+  if (config.otlp !== undefined) {
+    const { createOtlpTracer } = await import('./tracing/otlp.js');
+    const made = createOtlpTracer({ ...config.otlp, serviceVersion: config.version, instanceId });
+    tracer = made;
+    rollback.add('tracer', () => made.shutdown());
+    logger.info({ url: config.otlp.url, samplingRatio: config.otlp.samplingRatio ?? 1 }, 'exporting spans over OTLP/HTTP');
+  }
+
   const egressPolicy = new EgressPolicy({ allow: config.egressAllow ?? [], hostAddresses: hostAddresses() });
   const wanted = new Set<ExecutorName>(config.enableExecutors);
   if (config.executor === 'auto') {
@@ -542,6 +559,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     onInfo: (message, context) => logger.info(context, message),
     scopeOf: (tenant) => tenants.scopeOf(tenant),
     storageQuotasOf: (tenant) => tenants.quotasOf(tenant),
+    ...(tracer ? { tracer } : {}),
   });
   rollback.add('async invocations', () => invocations.close(0));
   invocationsRef = invocations;
@@ -607,6 +625,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     logger,
     isDraining: () => draining,
     ...(config.operatorResults ? { operatorResults: config.operatorResults } : {}),
+    ...(tracer ? { tracer } : {}),
   });
   rollback.add('gateway', () => app.close());
 
@@ -634,6 +653,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     buildStore.close();
     tenantStore.close();
     sandboxStore.close();
+    // The last spans (the drain's, the records written just above) go out before the process may end.
+    await tracer?.shutdown().catch((error: unknown) => logger.warn({ err: error }, 'exporting the last spans failed'));
     await unlock();
     logger.info('Kindling stopped');
   };

@@ -30,6 +30,7 @@ import { addExamples } from './openapi-examples.js';
 import { ErrorResponseSchema, PoolsSchema } from './schemas.js';
 import type { UsageStore } from '../store/usage.js';
 import { startRequestTrace, type RequestTrace } from './trace.js';
+import { ATTR, HTTP_ATTR, type Tracer } from '../core/tracing.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -97,6 +98,18 @@ export interface ApiOptions {
   allowedHosts?: readonly AllowedHost[];
   /** Operator mode's large results (GET /v1/operator/results/:serviceId/:callId, public); without it the route is absent. */
   operatorResults?: OperatorResultsRouteOptions['results'];
+  /** Exports a span per request (--otlp-endpoint); absent: trace ids are made here and nothing is exported. */
+  tracer?: Tracer;
+}
+
+/** Probes, scrapes and the console's files: answered from memory, many a minute, not worth a span each. */
+const UNTRACED_GETS = new Set(['/healthz', '/readyz', '/metrics', '/health', '/openapi.json', '/', '/favicon.ico']);
+
+/** Whether a request gets an exported span: every one but the GETs above (and the console's assets). */
+function traced(method: string | undefined, url: string | undefined): boolean {
+  if (method !== 'GET' && method !== 'HEAD') return true;
+  const path = (url ?? '/').split('?')[0]!;
+  return !UNTRACED_GETS.has(path) && !path.startsWith('/assets/');
 }
 
 /** Methods a page of another origin must not use here (a GET may be answered: the browser keeps the answer from it). */
@@ -118,11 +131,17 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   // Each request's trace is started where fastify makes its logger (below), so that one child logger carries both
   // the request id and the trace id: a child of that child (pino) cost ~12 µs a request, one child with both ~1 µs.
   const traces = new WeakMap<IncomingMessage, RequestTrace>();
+  const tracer = options.tracer;
   const traceOf = (raw: IncomingMessage): RequestTrace => {
     let trace = traces.get(raw);
     if (trace === undefined) {
       const header = raw.headers.traceparent;
-      trace = startRequestTrace(Array.isArray(header) ? header[0] : header);
+      const incoming = Array.isArray(header) ? header[0] : header;
+      // The route is not known yet: the span is named after it once it is (see the onRequest hook below).
+      trace =
+        tracer !== undefined && traced(raw.method, raw.url)
+          ? startRequestTrace(incoming, { tracer, name: raw.method ?? 'HTTP', attributes: { [HTTP_ATTR.method]: raw.method ?? '', [HTTP_ATTR.path]: (raw.url ?? '/').split('?')[0]! } })
+          : startRequestTrace(incoming);
       traces.set(raw, trace);
     }
     return trace;
@@ -205,8 +224,23 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   // Tracing first (the request's logger already carries the trace id: see childLoggerFactory above).
   app.decorateRequest('trace', null as unknown as RequestTrace);
-  app.addHook('onRequest', async (request) => {
+  app.addHook('onRequest', async (request, reply) => {
     request.trace = traceOf(request.raw);
+    const span = request.trace.span;
+    if (span === undefined) return;
+    const route = request.routeOptions.url;
+    if (route !== undefined) {
+      span.updateName(`${request.method} ${route}`);
+      span.setAttributes({ [HTTP_ATTR.route]: route });
+    }
+    // Ended when the exchange is over, however it ends (answered, streamed, hijacked, cut off); a WebSocket's when
+    // its connection closes.
+    const end = (): void => {
+      if (request.headers.upgrade === undefined) span.setAttributes({ [HTTP_ATTR.statusCode]: reply.raw.statusCode });
+      span.end();
+    };
+    if (request.headers.upgrade !== undefined) request.raw.socket.once('close', end);
+    else reply.raw.once('close', end);
   });
 
   // Before anything else reads the request (auth included, so also in open local mode): which host it names and,
@@ -275,6 +309,9 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   app.setErrorHandler((error, request, reply) => {
     const failure = toError(error);
     options.metrics.onHttpError(failure.code, failure.statusCode);
+    // A client's mistake (4xx) is named but is no error of the server's span (OpenTelemetry's HTTP conventions).
+    if (failure.statusCode >= 500) request.trace?.span?.fail(failure.code, failure.message);
+    else request.trace?.span?.setAttributes({ [ATTR.errorCode]: failure.code });
     if (failure.code === 'CLIENT_DISCONNECTED') request.log.info({ code: failure.code }, failure.message);
     else if (failure.statusCode >= 500) request.log.error({ err: error, code: failure.code }, failure.message);
     else request.log.info({ code: failure.code, msg: failure.message }, 'request rejected');

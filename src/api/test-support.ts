@@ -188,7 +188,7 @@ export async function buildHarness(options: HarnessOptions = {}): Promise<Harnes
     async enqueue(request: EnqueueRequest) {
       record('enqueue', request);
       const id = `inv_${records.size + 1}`;
-      const created: InvocationRecord = { id, tenant: request.tenant ?? 'default', functionName: request.functionName, version: 1, mode: 'async', status: 'queued', idempotencyKey: request.idempotencyKey ?? null, callbackUrl: request.callbackUrl ?? null, callbackState: null, callbackAttempts: 0, attempts: 0, exitCode: null, durationMs: null, coldStart: null, timedOut: null, error: null, payloadBytes: request.payload.length, stdoutBytes: null, createdAtMs: 1, startedAtMs: null, finishedAtMs: null };
+      const created: InvocationRecord = { id, tenant: request.tenant ?? 'default', functionName: request.functionName, version: 1, mode: 'async', status: 'queued', idempotencyKey: request.idempotencyKey ?? null, callbackUrl: request.callbackUrl ?? null, callbackState: null, callbackAttempts: 0, attempts: 0, exitCode: null, durationMs: null, coldStart: null, timedOut: null, error: null, payloadBytes: request.payload.length, stdoutBytes: null, createdAtMs: 1, startedAtMs: null, finishedAtMs: null, traceparent: request.traceparent ?? null };
       records.set(id, created);
       return { view: toInvocationView(created), created: true };
     },

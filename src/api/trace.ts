@@ -1,9 +1,14 @@
 import { randomHex } from '../core/ids.js';
+import { parseTraceparent, type Tracer, type TraceSpan } from '../core/tracing.js';
+
+export { parseTraceparent };
 
 /**
  * W3C Trace Context (https://www.w3.org/TR/trace-context/): `traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex
  * flags>`. A valid incoming header is continued (same trace id, flags kept); anything else starts a new trace. Each
  * request is one span of this server: its new span id is what responses echo and what sandboxes see as their parent.
+ * With a tracer (--otlp-endpoint) that span is a real one, exported: its ids are the SDK's, so what the response echoes
+ * and what a sandbox's own spans name as their parent is the span the trace backend shows.
  */
 export interface RequestTrace {
   traceId: string;
@@ -14,20 +19,8 @@ export interface RequestTrace {
   flags: string;
   /** `00-traceId-spanId-flags`: echoed in the response and passed to sandboxes as env TRACEPARENT. */
   traceparent: string;
-}
-
-const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
-
-/** The parts of a valid traceparent, or null (wrong shape, version ff, all-zero ids, extra fields on version 00). */
-export function parseTraceparent(header: string | undefined): { traceId: string; parentSpanId: string; flags: string } | null {
-  if (typeof header !== 'string') return null;
-  const match = TRACEPARENT.exec(header.trim());
-  if (!match) return null;
-  const [, version, traceId, parentSpanId, flags, rest] = match as unknown as [string, string, string, string, string, string | undefined];
-  if (version === 'ff') return null;
-  if (version === '00' && rest !== undefined) return null;
-  if (/^0+$/.test(traceId) || /^0+$/.test(parentSpanId)) return null;
-  return { traceId, parentSpanId, flags };
+  /** The exported span of the request (a tracer is configured and the request is traced); ended when it is answered. */
+  span?: TraceSpan;
 }
 
 const nonZeroHex = (bytes: number): string => {
@@ -37,8 +30,13 @@ const nonZeroHex = (bytes: number): string => {
   }
 };
 
-export function startRequestTrace(header: string | undefined): RequestTrace {
+export function startRequestTrace(header: string | undefined, traced?: { tracer: Tracer; name: string; attributes: Record<string, string> }): RequestTrace {
   const incoming = parseTraceparent(header);
+  if (traced !== undefined) {
+    const parent = incoming === null ? null : `00-${incoming.traceId}-${incoming.parentSpanId}-${incoming.flags}`;
+    const span = traced.tracer.startSpan(traced.name, parent, { kind: 'server', attributes: traced.attributes });
+    return { traceId: span.traceId, spanId: span.spanId, parentSpanId: incoming?.parentSpanId ?? null, flags: span.traceparent.slice(-2), traceparent: span.traceparent, span };
+  }
   const traceId = incoming?.traceId ?? nonZeroHex(16);
   const spanId = nonZeroHex(8);
   // Sampled by default when we start the trace; an incoming decision is kept.

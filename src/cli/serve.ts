@@ -9,6 +9,7 @@ import { readOperatorConfig } from './operator.js';
 import { EXECUTOR_NAMES, type ExecutorName } from '../core/types.js';
 import { parseAllowList } from '../network/policy.js';
 import { parseAllowedHosts } from '../api/host-guard.js';
+import { parseOtlpHeaders, parseSamplingRatio, tracesUrl, type OtlpTracingConfig } from '../tracing/options.js';
 import type { ExecutorChoice, RunningServer } from '../server.js';
 import { DEFAULT_FUNCTION_POOLS, SERVER_FDS_PER_WARM_SANDBOX } from '../server-defaults.js';
 import { DEFAULT_CHAIN_TENANT_QUOTAS } from '../operator/defaults.js';
@@ -25,6 +26,8 @@ export interface ServeDefaults {
   adminKey: string | undefined;
   /** KINDLING_METRICS_TOKEN: the scrape token (also --metrics-token). */
   metricsToken?: string | undefined;
+  /** KINDLING_OTLP_HEADERS: headers of span exports, `name=value,...` (also --otlp-headers; kept out of `ps`). */
+  otlpHeaders?: string | undefined;
   logLevel: string;
   dockerSocketPath: string;
   /** NODE_EXTRA_CA_CERTS when set: the default of --build-ca-file ("" for none). */
@@ -137,7 +140,28 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--max-sandbox-port-connections <n>', 'proxied connections (/v1/sandboxes/ID/ports/PORT) open at once per persistent sandbox', int('--max-sandbox-port-connections'), 64)
     .option('--function-versions-kept <n>', 'versions kept per function (the newest); older ones are deleted on deploy, except those a queued or running invocation needs (at least 1)', int('--function-versions-kept'), DEFAULT_VERSIONS_KEPT)
     .option('--allowed-hosts <name[:port],...>', 'host names the server answers to besides IP addresses, localhost and --host (e.g. behind a proxy: kindling.example.com); other Host headers get 421 and pages of other origins may not change state (DNS rebinding, cross-site requests)', '')
+    .option('--otlp-endpoint <url>', 'export spans of API requests and invocation phases (queue, start, run, record) over OTLP/HTTP to this receiver (an OpenTelemetry Collector, Jaeger, Tempo: e.g. http://127.0.0.1:4318; spans go to its /v1/traces); unset: no tracing')
+    .option('--otlp-sampling-ratio <ratio>', "share of new traces exported, 0 to 1 (a caller's traceparent decides for the traces it continues)", parseSamplingRatio, 1)
+    .option('--otlp-export-timeout-ms <ms>', 'one span export may take this long; then its spans are dropped', int('--otlp-export-timeout-ms'), 10_000)
+    .option('--otlp-batch-delay-ms <ms>', 'ended spans are sent in batches at least this often', int('--otlp-batch-delay-ms'), 5000)
+    .option('--otlp-max-queue-spans <n>', 'ended spans held for export at most (a receiver that is down costs no more memory; beyond, spans are dropped)', int('--otlp-max-queue-spans'), 2048)
+    .option('--otlp-headers <name=value,...>', 'headers of each span export (e.g. an API key of a hosted backend); env KINDLING_OTLP_HEADERS')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel);
+}
+
+/** The --otlp-* options, checked (a bad URL stops the start with a message saying how to fix it); null without --otlp-endpoint. */
+export function otlpConfig(options: Record<string, unknown>, defaults: Pick<ServeDefaults, 'otlpHeaders'>): OtlpTracingConfig | null {
+  const endpoint = options.otlpEndpoint as string | undefined;
+  if (endpoint === undefined || endpoint === '') return null;
+  const headers = (options.otlpHeaders as string | undefined) ?? defaults.otlpHeaders;
+  return {
+    url: tracesUrl(endpoint),
+    samplingRatio: options.otlpSamplingRatio as number,
+    exportTimeoutMs: Math.max(1, options.otlpExportTimeoutMs as number),
+    batchDelayMs: Math.max(1, options.otlpBatchDelayMs as number),
+    maxQueueSpans: Math.max(1, options.otlpMaxQueueSpans as number),
+    ...(headers ? { headers: parseOtlpHeaders(headers) } : {}),
+  };
 }
 
 /**
@@ -154,6 +178,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
       if (relay !== 'on' && relay !== 'off') throw new Error(`--stream-relay must be on or off, got "${relay}"`);
       const allowedHosts = parseAllowedHosts(options.allowedHosts as string);
       const metricsToken = (options.metricsToken as string | undefined) ?? defaults.metricsToken;
+      const otlp = otlpConfig(options, defaults);
       // Loaded here, not at the top: the other commands must not pay for loading the whole platform.
       const [{ pino }, { startServer }] = await Promise.all([import('pino'), import('../server.js')]);
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
@@ -221,6 +246,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
         ...(metricsToken ? { metricsToken } : {}),
         nodeName: options.nodeName as string,
         ...(operatorResults ? { operatorResults } : {}),
+        ...(otlp ? { otlp } : {}),
       });
       let operator: RunningOperator | null = null;
       if (operatorSettings !== null && operatorResults !== null) {

@@ -118,6 +118,8 @@ export interface InvokeCallOptions {
   outputBytes: number;
   /** Called with each piece of the handler's console/print output as it arrives (it is also in `logs` at the end). */
   onLog?: (chunk: Buffer) => void;
+  /** The call's W3C traceparent: the handler's env TRACEPARENT during this call. */
+  traceparent?: string;
 }
 
 /** The code a generic warm sandbox is specialised with. */

@@ -9,6 +9,8 @@ import { ConcurrencyLimiter, type ConcurrencyLimiterOptions } from './concurrenc
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { RUNTIMES } from './runtimes.js';
 import { DEFAULT_IO, streamsStdin, type IoPlan } from './io-plan.js';
+import { ATTR, type TraceSpan } from '../core/tracing.js';
+import { InvocationPhases, resultAttributes } from './phases.js';
 
 export type OutputStreamName = 'stdout' | 'stderr';
 
@@ -48,6 +50,10 @@ export interface TraceContext {
   traceId: string;
   /** The `traceparent` value the sandbox sees (this server's span as the parent). */
   traceparent: string;
+  /** The exported span the execution runs under (tracing on); its phases become its children. */
+  span?: TraceSpan;
+  /** The phases of the invocation this execution serves, when its runner tracks them (else made here from `span`). */
+  phases?: InvocationPhases;
 }
 
 /** What observers learn about a finished execution besides its result. */
@@ -276,17 +282,32 @@ export class ExecutionService {
     if (options.roBinds !== undefined) prepared.spec.roBinds = options.roBinds;
     const { spec, executor } = prepared;
     if (options.tenant) spec.labels['dev.kindling.tenant'] = options.tenant.name;
+    // A one-off execution's phases are its own (children of the request's span); a function's are its runner's.
+    const given = options.trace?.phases;
+    const phases = given ?? (options.trace?.span ? new InvocationPhases(options.trace.span) : undefined);
+    phases?.enter('queue');
     // The tenant's quota first (an immediate 429), then the server's queue.
-    const releaseTenant = options.tenant?.acquire?.();
+    let releaseTenant: (() => void) | undefined;
+    try {
+      releaseTenant = options.tenant?.acquire?.();
+    } catch (error) {
+      // Refused before it queued (the tenant's quota): not a failed execution for the observers.
+      if (error instanceof KindlingError) phases?.fail(error.code, error.message);
+      if (phases !== given) phases?.end();
+      throw error;
+    }
     const queuedAt = this.clock.monotonicMs();
     let release: (() => void) | undefined;
     try {
       release = await this.limiter.acquire(options.signal);
       const stdin = io.stdin.kind === 'none' && prepared.stdin !== null ? { kind: 'bytes' as const, bytes: prepared.stdin } : io.stdin;
-      return await this.run(spec, executor, { stdin, stdout: io.stdout }, outputEncoding, options, this.clock.monotonicMs() - queuedAt);
+      const raw = await this.run(spec, executor, { stdin, stdout: io.stdout }, outputEncoding, phases === given ? options : { ...options, trace: { ...options.trace!, phases } }, this.clock.monotonicMs() - queuedAt);
+      if (phases !== given) options.trace?.span?.setAttributes({ [ATTR.executionId]: spec.id, [ATTR.executor]: executor.name, ...resultAttributes(raw.result) });
+      return raw;
     } catch (error) {
       const full = storageFullError(error);
       const failure = full ?? (error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the execution failed inside the platform', { cause: error }));
+      phases?.fail(failure.code, failure.message);
       const context = {
         executor: executor.name,
         ...(options.functionName === undefined ? {} : { functionName: options.functionName }),
@@ -297,6 +318,7 @@ export class ExecutionService {
     } finally {
       release?.();
       releaseTenant?.();
+      if (phases !== given) phases?.end();
     }
   }
 
@@ -308,9 +330,13 @@ export class ExecutionService {
     options: ExecuteOptions,
     queuedMs: number,
   ): Promise<RawExecution> {
+    const phases = options.trace?.phases;
+    phases?.enter('start', { [ATTR.executor]: executor.name });
     const startedAt = this.clock.monotonicMs();
     const execution = await executor.start(spec, options.signal ? { signal: options.signal } : {});
     const runningAt = this.clock.monotonicMs();
+    phases?.annotate({ [ATTR.coldStart]: execution.coldStart });
+    phases?.enter('run');
     options.onStarted?.(spec.id, { coldStart: execution.coldStart, executor: executor.name });
 
     // Whoever asked may go away (client disconnect, shutdown): the sandbox goes with it, whatever the executor does.
@@ -444,6 +470,7 @@ export class ExecutionService {
         ...(options.tenant ? { tenant: options.tenant.name } : {}),
         ...(options.trace ? { traceId: options.trace.traceId } : {}),
       };
+      phases?.annotate(resultAttributes(result));
       for (const observer of this.observers) observer.onExecutionFinished(result, context);
       return { result, stdout: stdoutKept, stderr: stderrBytes };
     } finally {

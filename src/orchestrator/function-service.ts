@@ -37,6 +37,8 @@ export interface InvocationResult {
   durationMs: number;
   coldStart: boolean;
   timedOut: boolean;
+  /** The kernel killed it at its memory limit (when the executor can tell). */
+  oomKilled?: boolean;
   /** The body or stderr was cut at the execution's `outputBytes` (the rest was dropped). */
   truncated?: boolean;
   executor: ExecutorName;
@@ -494,6 +496,7 @@ export class FunctionService {
         durationMs: raw.result.durationMs,
         coldStart: raw.result.coldStart,
         timedOut: raw.result.timedOut,
+        oomKilled: raw.result.oomKilled,
         truncated: raw.result.truncated,
         executor: raw.result.executor,
       };

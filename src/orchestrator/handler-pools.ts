@@ -16,6 +16,7 @@ import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
+import { ATTR, spanClockMs } from '../core/tracing.js';
 import type { ExecutorName, ResourceLimits, RunSpec } from '../core/types.js';
 import { AgentLoadError, type Executor, type WarmSandbox } from '../executors/executor.js';
 import type { FunctionVersion } from '../store/store.js';
@@ -359,6 +360,14 @@ export class HandlerPools implements HandlerInvoker {
       throw failure;
     }
     const started = { coldStart: lease.coldStart, queuedMs: lease.waitedMs, ...(lease.coldStart ? { sandboxStartMs: lease.sandbox.startMs } : {}) };
+    const phases = options.trace?.phases;
+    if (phases) {
+      // The pool times the wait and the sandbox's start as one: a cold start's last startMs were the sandbox starting,
+      // the rest was waiting (for a slot of the function, a start slot of the server).
+      const leasedAtMs = spanClockMs();
+      phases.enter('start', { [ATTR.executor]: executorName, [ATTR.coldStart]: lease.coldStart }, lease.coldStart ? leasedAtMs - lease.sandbox.startMs : leasedAtMs);
+      phases.enter('run', undefined, leasedAtMs);
+    }
     options.onStarted?.(invocationId, { coldStart: lease.coldStart, executor: executorName });
     // The handler's console/print output, live (log followers); the whole of it also comes back in `result.logs`.
     const onText = options.onOutput;
@@ -371,7 +380,7 @@ export class HandlerPools implements HandlerInvoker {
       : undefined;
     let result;
     try {
-      result = await lease.sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}) });
+      result = await lease.sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}), ...(options.trace ? { traceparent: options.trace.traceparent } : {}) });
       const rest = decoder?.end();
       if (rest) onText!('stderr', rest);
     } catch (error) {
@@ -386,7 +395,7 @@ export class HandlerPools implements HandlerInvoker {
     const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
     const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
     this.observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length, ...usage });
-    return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut, truncated: result.truncated };
+    return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut, oomKilled: result.oomKilled, truncated: result.truncated };
   }
 
   async close(): Promise<void> {

@@ -13,6 +13,8 @@ import type { TenantScope, TraceContext } from './execution-service.js';
 import type { FunctionService, InvocationResult } from './function-service.js';
 import type { IoPlan } from './io-plan.js';
 import type { LogBus } from './log-bus.js';
+import { ATTR } from '../core/tracing.js';
+import { InvocationPhases, resultAttributes } from './phases.js';
 
 export type InvocationStatus = InvocationOutcome['status'];
 
@@ -46,7 +48,12 @@ export interface Invocation {
   payload: Buffer;
   io?: Partial<IoPlan>;
   scope?: TenantScope;
+  /** Its trace; with a span (tracing on) the runner records the phases under it and the outcome on it. */
   trace?: TraceContext;
+  /** How the caller gets the answer (the `kindling.mode` attribute of its span). Default sync. */
+  mode?: 'sync' | 'async' | 'stream';
+  /** When it started waiting (epoch ms): an async invocation's enqueue; default when run() is called. */
+  queuedSinceMs?: number;
   signal?: AbortSignal;
   /** Called once it runs (a sandbox started or a warm one was leased), before any output. */
   onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
@@ -62,15 +69,19 @@ export interface StartedRun {
 }
 
 /** What one run came to. `failed` is a platform failure (no result); a failing function is `finished` with its outcome. */
-export type RunReport =
+export type RunReport = (
   | { kind: 'finished'; result: InvocationResult; outcome: InvocationOutcome; started: StartedRun | null }
-  | { kind: 'failed'; error: unknown; outcome: InvocationOutcome; started: StartedRun | null; version: number };
+  | { kind: 'failed'; error: unknown; outcome: InvocationOutcome; started: StartedRun | null; version: number }
+) & {
+  /** Its phases when traced (`record` under way for a finished run); the caller ends them once the outcome is stored (or not). */
+  phases?: InvocationPhases;
+};
 
 export interface InvocationRunnerOptions {
   functions: Pick<FunctionService, 'invoke' | 'resolve'>;
   logBus: LogBus;
-  /** Where finished synchronous invocations are kept (batched by the invocation store). */
-  record: (finished: FinishedInvocation) => void;
+  /** Where finished synchronous invocations are kept (batched by the invocation store); `done` once written (or refused). */
+  record: (finished: FinishedInvocation, done?: () => void) => void;
   /** Bytes of stdout and of stderr a sync invocation's record keeps. */
   recordLogBytes: number;
   clock?: Clock;
@@ -100,18 +111,26 @@ export class InvocationRunner {
     let started: StartedRun | null = null;
     const streamed = { stdout: false, stderr: false };
     let version = invocation.version ?? 0;
+    const span = invocation.trace?.span;
+    const phases = span ? new InvocationPhases(span) : undefined;
+    if (span) {
+      phases!.enter('queue', undefined, invocation.queuedSinceMs);
+      span.setAttributes({ [ATTR.tenant]: tenant, [ATTR.function]: functionName, [ATTR.mode]: invocation.mode ?? 'sync', ...(busId === null ? {} : { [ATTR.invocationId]: busId }) });
+    }
     try {
       // Pinned once: a redeploy during the run does not change which version this invocation runs and is recorded as.
       if (invocation.version === undefined) version = this.options.functions.resolve(tenant, functionName).version.version;
+      span?.setAttributes({ [ATTR.version]: version });
       const stdout = invocation.io?.stdout;
       const result = await this.options.functions.invoke(tenant, functionName, invocation.payload, {
         version,
         ...(invocation.io ? { io: stdout?.kind === 'sink' ? { ...invocation.io, stdout: { textWanted: () => bus.followed, ...stdout } } : invocation.io } : {}),
         ...(invocation.scope ? { scope: invocation.scope } : {}),
-        ...(invocation.trace ? { trace: invocation.trace } : {}),
+        ...(invocation.trace ? { trace: phases ? { ...invocation.trace, phases } : invocation.trace } : {}),
         ...(invocation.signal ? { signal: invocation.signal } : {}),
         onStarted: (id, info) => {
           started = { id, ...info, startedAtMs: this.clock.nowMs() };
+          span?.setAttributes({ [ATTR.invocationId]: busId ?? id, [ATTR.executor]: info.executor, [ATTR.coldStart]: info.coldStart });
           // Always on the bus (two map operations): a follower who joins mid-run sees it start and end.
           if (busId === null) {
             busId = id;
@@ -131,6 +150,10 @@ export class InvocationRunner {
         if (!streamed.stdout && result.body.length > 0) bus.output(busId, tenant, functionName, 'stdout', result.body.toString('utf8'));
       }
       const { status, error } = outcomeOf(result);
+      if (phases) {
+        span!.setAttributes({ [ATTR.invocationId]: busId ?? result.invocationId, [ATTR.executor]: result.executor, ...resultAttributes(result) });
+        phases.enter('record');
+      }
       const outcome: InvocationOutcome = {
         status,
         exitCode: result.exitCode,
@@ -142,9 +165,16 @@ export class InvocationRunner {
         stderr: result.stderr,
         finishedAtMs: this.clock.nowMs(),
       };
-      return { kind: 'finished', result, outcome, started };
+      return { kind: 'finished', result, outcome, started, ...(phases ? { phases } : {}) };
     } catch (thrown) {
       const error = invocation.inputError?.() ?? thrown;
+      if (phases) {
+        const known = knownFailure(error);
+        const code = known?.code ?? 'INTERNAL';
+        phases.fail(code, known?.message ?? 'the platform failed');
+        // Whether its failure is recorded is the caller's to say (a sync invocation that never started is not).
+        span!.setAttributes({ [ATTR.outcome]: 'error', [ATTR.errorCode]: code });
+      }
       const outcome: InvocationOutcome = {
         status: 'failed',
         exitCode: null,
@@ -156,7 +186,7 @@ export class InvocationRunner {
         stderr: Buffer.alloc(0),
         finishedAtMs: this.clock.nowMs(),
       };
-      return { kind: 'failed', error, outcome, started, version };
+      return { kind: 'failed', error, outcome, started, version, ...(phases ? { phases } : {}) };
     }
   }
 
@@ -175,6 +205,7 @@ export class InvocationRunner {
     const report = await this.run(invocation);
     const payloadBytes = measured.payloadBytes?.() ?? invocation.payload.length;
     const cap = this.options.recordLogBytes;
+    const recorded = report.phases ? () => report.phases!.end() : undefined;
     if (report.kind === 'finished') {
       const { result, outcome } = report;
       this.end(result.invocationId, invocation.tenant, invocation.functionName, outcome.status);
@@ -190,11 +221,12 @@ export class InvocationRunner {
         stdoutBytes: measured.stdoutBytes?.() ?? result.body.length,
         createdAtMs,
         startedAtMs: report.started?.startedAtMs ?? createdAtMs,
-      });
+      }, recorded);
       return result;
     }
     const started = report.started;
     if (started !== null) {
+      report.phases?.enter('record');
       this.end(started.id, invocation.tenant, invocation.functionName, 'failed');
       this.options.record({
         id: started.id,
@@ -206,7 +238,10 @@ export class InvocationRunner {
         stdoutBytes: measured.stdoutBytes?.() ?? 0,
         createdAtMs,
         startedAtMs: started.startedAtMs,
-      });
+      }, recorded);
+    } else {
+      // Never started: nothing to record.
+      report.phases?.end();
     }
     throw report.error;
   }

@@ -23,6 +23,7 @@ import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
 import { InvocationRunner, knownFailure } from './invocation-runner.js';
 import { checkStorageQuota, type StorageQuotas } from './storage-quotas.js';
+import { ATTR, parseTraceparent, type Tracer, type TraceSpan } from '../core/tracing.js';
 
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
 /** How long a tenant at its concurrency quota is passed over by the dispatcher before its invocations are tried again. */
@@ -62,6 +63,8 @@ export interface InvocationServiceOptions {
   scopeOf?: (tenant: string) => TenantScope | undefined;
   /** The tenant's quota on bytes of queued payloads, checked before an enqueue is stored; absent: no quota. */
   storageQuotasOf?: (tenant: string) => Pick<StorageQuotas, 'maxQueuedPayloadBytes'>;
+  /** Exports each run as a span continuing its accepting request's trace, with its phases (--otlp-endpoint); absent: none. */
+  tracer?: Tracer;
 }
 
 export interface EnqueueRequest {
@@ -70,6 +73,8 @@ export interface EnqueueRequest {
   idempotencyKey?: string | undefined;
   callbackUrl?: string | undefined;
   tenant?: string;
+  /** W3C traceparent of the accepting request, stored with the invocation: its run continues that trace. */
+  traceparent?: string;
 }
 
 /** The public view of an invocation (GET /v1/invocations/ID). */
@@ -156,6 +161,8 @@ export class InvocationService {
   private readonly idle: (() => void)[] = [];
   /** Finished synchronous invocations not yet written: one transaction per event-loop turn, not one per call. */
   private unrecorded: FinishedInvocation[] = [];
+  /** Called once `unrecorded` is written (traced invocations end their `record` phase). */
+  private unrecordedDone: (() => void)[] = [];
   private recordTimer: NodeJS.Timeout | null = null;
   /** Enqueues of this event-loop turn, committed together at its end (see commitTurn). */
   private uncommitted: PendingInsert[] = [];
@@ -176,7 +183,7 @@ export class InvocationService {
     this.runner = new InvocationRunner({
       functions: options.functionService,
       logBus: options.logBus,
-      record: (finished) => this.recordFinished(finished),
+      record: (finished, done) => this.recordFinished(finished, done),
       recordLogBytes: this.syncLogBytes,
       clock: this.clock,
     });
@@ -244,6 +251,7 @@ export class InvocationService {
           idempotencyKey: key ?? null,
           callbackUrl,
           createdAtMs: nowMs,
+          traceparent: request.traceparent ?? null,
         },
         resolve,
         reject,
@@ -336,8 +344,9 @@ export class InvocationService {
    * to the call's latency. Reads flush first, so a record is never missing from the API; close() flushes what is
    * left (a kill -9 loses at most the last RECORD_FLUSH_MS of records, never a call's answer).
    */
-  recordFinished(record: Omit<FinishedInvocation, 'tenant'> & { tenant?: string }): void {
+  recordFinished(record: Omit<FinishedInvocation, 'tenant'> & { tenant?: string }, done?: () => void): void {
     this.unrecorded.push({ ...record, tenant: record.tenant ?? DEFAULT_TENANT });
+    if (done !== undefined) this.unrecordedDone.push(done);
     if (this.unrecorded.length >= RECORD_BATCH_MAX) {
       this.flushRecords();
       return;
@@ -353,13 +362,16 @@ export class InvocationService {
     this.recordTimer = null;
     if (this.unrecorded.length === 0) return;
     const batch = this.unrecorded;
+    const done = this.unrecordedDone;
     this.unrecorded = [];
+    this.unrecordedDone = [];
     try {
       this.store.insertFinishedInvocations(batch);
     } catch (error) {
       // The store refused (disk full, closed): the calls themselves were answered; say so rather than crash.
       this.options.onError?.(error, { phase: 'record', invocations: batch.length });
     }
+    for (const callback of done) callback();
   }
 
   get(id: string, tenant = DEFAULT_TENANT): InvocationRecord {
@@ -544,13 +556,32 @@ export class InvocationService {
     const end = (status: Parameters<InvocationRunner['end']>[3]): void => this.runner.end(record.id, record.tenant, record.functionName, status);
     // The outcome is worked out first and stored after: a store write that fails (a full disk) must never be taken
     // for a failure of the function, which would run it again or mark it failed although it succeeded.
-    const report = await this.runner.run({ id: record.id, tenant: record.tenant, functionName: record.functionName, version: record.version, payload, ...(scope ? { scope } : {}) });
+    const span = this.startSpan(record);
+    const trace = span ? { traceId: span.traceId, traceparent: span.traceparent, span } : this.storedTrace(record);
+    const report = await this.runner.run({
+      id: record.id,
+      tenant: record.tenant,
+      functionName: record.functionName,
+      version: record.version,
+      payload,
+      mode: 'async',
+      queuedSinceMs: record.createdAtMs,
+      ...(scope ? { scope } : {}),
+      ...(trace ? { trace } : {}),
+    });
+    // The run's span ends with its outcome stored (or given back to the queue).
+    const finish = (outcome: string | null): void => {
+      report.phases?.end();
+      if (outcome !== null) span?.setAttributes({ [ATTR.outcome]: outcome });
+      span?.end();
+    };
     if (report.kind === 'failed') {
       const failure = knownFailure(report.error);
       if (failure?.code === 'TENANT_CONCURRENCY_LIMIT') {
         // Its tenant runs all it may: back in the queue in its place; the tenant's invocations are passed over for a
         // moment while other tenants' run (one tenant's backlog never holds up the others).
         await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
+        finish('requeued');
         end('queued');
         this.blockTenant(record.tenant, TENANT_RETRY_MS);
         return;
@@ -560,13 +591,16 @@ export class InvocationService {
         // the sandbox could not be prepared): back in the queue, in its place (it runs after the next start when
         // stopping), and the dispatcher waits a little before it claims again.
         await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
+        finish('requeued');
         end('queued');
         this.pause(failure.code === 'STORAGE_FULL' ? 1000 : 200);
         return;
       }
       if (!failure) this.options.onError?.(report.error, { invocationId: record.id });
+      span?.fail(failure?.code ?? 'INTERNAL', failure?.message ?? 'the platform failed');
     }
     const outcome = report.outcome;
+    report.phases?.enter('record');
     // Stored with this turn's other writes (commitTurn), which also frees the slot.
     const stored = await new Promise<boolean>((resolve) => {
       this.unfinished.push({ record, outcome, slot, stored: resolve });
@@ -574,14 +608,37 @@ export class InvocationService {
     });
     if (!stored) {
       // Stays `running` in the store: the next start marks it failed (the crash policy above); nothing runs it twice.
+      report.phases?.fail('STORAGE_FULL', 'the outcome could not be stored');
+      finish(null);
       end('failed');
       return;
     }
+    finish(null);
     end(outcome.status);
     if (record.callbackUrl !== null) {
       const finished = this.store.getInvocation(record.id);
       if (finished) this.deliverCallback(finished, 0);
     }
+  }
+
+  /**
+   * The span of an async run (tracing on): a consumer span continuing the trace of the request that accepted it (its
+   * traceparent was stored with the invocation), from the enqueue, so that its `queue` phase shows the time queued.
+   */
+  private startSpan(record: InvocationRecord): TraceSpan | null {
+    const tracer = this.options.tracer;
+    if (tracer === undefined) return null;
+    return tracer.startSpan(`invoke ${record.functionName}`, record.traceparent, {
+      kind: 'consumer',
+      startMs: record.createdAtMs,
+      attributes: { [ATTR.tenant]: record.tenant, [ATTR.function]: record.functionName, [ATTR.version]: record.version, [ATTR.invocationId]: record.id, [ATTR.mode]: 'async' },
+    });
+  }
+
+  /** Without a tracer: the accepting request's trace (the sandbox's TRACEPARENT, the usage record's trace id). */
+  private storedTrace(record: InvocationRecord): { traceId: string; traceparent: string } | null {
+    const parsed = parseTraceparent(record.traceparent);
+    return parsed === null ? null : { traceId: parsed.traceId, traceparent: record.traceparent! };
   }
 
   private deliverCallback(record: InvocationRecord, attemptsSoFar: number): void {

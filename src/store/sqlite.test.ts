@@ -121,6 +121,42 @@ describe('SqliteStore', () => {
     }
   });
 
+  it("keeps an async invocation's traceparent across a reopen; rows of an older schema have none", () => {
+    const file = join(dir, 'trace.db');
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    const base = { tenant: T, functionName: 'f', version: 1, callbackUrl: null, idempotencyKey: null, payload: Buffer.from('x') };
+    const store = new SqliteStore(file);
+    assert.equal(store.insertInvocation({ ...base, id: 'inv_t1', createdAtMs: 1, traceparent }).invocation.traceparent, traceparent);
+    store.insertInvocation({ ...base, id: 'inv_t2', createdAtMs: 2 });
+    store.close();
+    const again = new SqliteStore(file);
+    assert.equal(again.getInvocation('inv_t1')?.traceparent, traceparent, 'kept across a reopen (a restart of the server)');
+    assert.equal(again.getInvocation('inv_t2')?.traceparent, null);
+    again.close();
+    // Back to the schema before the column (version 5), with a row as that release wrote it.
+    const old = new Database(file);
+    old.exec(`DELETE FROM invocations WHERE id = 'inv_t2'; ALTER TABLE invocations DROP COLUMN traceparent;
+      INSERT INTO invocations (id, tenant, function, version, status, payload, payload_bytes, created_at_ms) VALUES ('inv_t0', 'default', 'f', 1, 'queued', X'00', 1, 0);`);
+    old.pragma('user_version = 5');
+    old.close();
+    const reopened = new SqliteStore(file);
+    try {
+      // inv_t1 lost its column with the downgrade; written again the way the server writes it.
+      reopened.insertInvocation({ ...base, id: 'inv_t3', createdAtMs: 3, traceparent });
+      assert.deepEqual(
+        [reopened.claimNextInvocation(10), reopened.claimNextInvocation(11), reopened.claimNextInvocation(12)].map((r) => [r?.id, r?.traceparent]),
+        [
+          ['inv_t1', null],
+          ['inv_t0', null],
+          ['inv_t3', traceparent],
+        ],
+      );
+      assert.equal(reopened.getInvocation('inv_t3')?.traceparent, traceparent);
+    } finally {
+      reopened.close();
+    }
+  });
+
   it('queues invocations FIFO, claims each once, dedupes idempotency keys, recovers and expires', () => {
     const store = new SqliteStore(':memory:');
     try {

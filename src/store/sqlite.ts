@@ -132,6 +132,9 @@ const MIGRATIONS: string[] = [
    CREATE TRIGGER invocations_storage_delete AFTER DELETE ON invocations WHEN OLD.status IN ('queued', 'running') BEGIN
      UPDATE tenant_storage SET queued_payload_bytes = queued_payload_bytes - OLD.payload_bytes WHERE tenant = OLD.tenant;
    END;`,
+  // Tracing (issue 18): an async invocation's run continues the trace of the request that accepted it, also when a
+  // restart lies between them. Older rows have none (their runs start a new trace).
+  `ALTER TABLE invocations ADD COLUMN traceparent TEXT;`,
 ];
 
 /** Brings a database to the newest schema, one migration per transaction (`user_version` counts the ones applied). */
@@ -147,7 +150,7 @@ function migrate(db: Database.Database): void {
 
 /** The columns of an invocation's record (everything but the payload and the output blobs). */
 const INVOCATION_COLUMNS =
-  'id, tenant, function, version, mode, status, payload_bytes, idempotency_key, callback_url, callback_state, callback_attempts, attempts, exit_code, duration_ms, cold_start, timed_out, error, stdout_bytes, created_at_ms, started_at_ms, finished_at_ms';
+  'id, tenant, function, version, mode, status, payload_bytes, idempotency_key, callback_url, callback_state, callback_attempts, attempts, exit_code, duration_ms, cold_start, timed_out, error, stdout_bytes, created_at_ms, started_at_ms, finished_at_ms, traceparent';
 
 interface InvocationRow {
   id: string;
@@ -171,6 +174,7 @@ interface InvocationRow {
   created_at_ms: number;
   started_at_ms: number | null;
   finished_at_ms: number | null;
+  traceparent: string | null;
 }
 
 const bool = (value: number | null): boolean | null => (value === null ? null : value !== 0);
@@ -197,6 +201,7 @@ const toInvocation = (row: InvocationRow): InvocationRecord => ({
   createdAtMs: row.created_at_ms,
   startedAtMs: row.started_at_ms,
   finishedAtMs: row.finished_at_ms,
+  traceparent: row.traceparent,
 });
 
 /** The record of an invocation just inserted (what the insert statement stores, with the columns' defaults). */
@@ -222,6 +227,7 @@ const queuedRecord = (input: NewInvocation): InvocationRecord => ({
   createdAtMs: input.createdAtMs,
   startedAtMs: null,
   finishedAtMs: null,
+  traceparent: input.traceparent ?? null,
 });
 
 interface FunctionRow {
@@ -308,8 +314,8 @@ export class SqliteStore implements Store {
       deleteFunction: this.db.prepare('DELETE FROM functions WHERE tenant = ? AND name = ?'),
       deleteTenantFunctions: this.db.prepare<[string], { name: string }>('DELETE FROM functions WHERE tenant = ? RETURNING name'),
       insertInvocation: this.db.prepare(
-        `INSERT INTO invocations (id, tenant, function, version, status, payload, payload_bytes, idempotency_key, callback_url, callback_state, created_at_ms)
-         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+        `INSERT INTO invocations (id, tenant, function, version, status, payload, payload_bytes, idempotency_key, callback_url, callback_state, created_at_ms, traceparent)
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
       ),
       byIdempotencyKey: this.db.prepare<[string, string, string], InvocationRow>(`SELECT ${INVOCATION_COLUMNS} FROM invocations WHERE tenant = ? AND function = ? AND idempotency_key = ?`),
       getInvocation: this.db.prepare<[string], InvocationRow>(`SELECT ${INVOCATION_COLUMNS} FROM invocations WHERE id = ?`),
@@ -455,6 +461,7 @@ export class SqliteStore implements Store {
       input.callbackUrl,
       input.callbackUrl === null ? null : 'pending',
       input.createdAtMs,
+      input.traceparent ?? null,
     );
     if (inserted.changes > 0) return { invocation: queuedRecord(input), created: true };
     // The only constraint that can conflict besides the (random) id is the idempotency key.

@@ -138,7 +138,8 @@ describe('SqliteStore storage accounting', () => {
     db.exec(`DROP TABLE tenant_storage;
       DROP TRIGGER function_versions_storage_insert; DROP TRIGGER function_versions_storage_delete;
       DROP TRIGGER invocations_storage_insert; DROP TRIGGER invocations_storage_update; DROP TRIGGER invocations_storage_delete;
-      ALTER TABLE function_versions DROP COLUMN spec_bytes;`);
+      ALTER TABLE function_versions DROP COLUMN spec_bytes;
+      ALTER TABLE invocations DROP COLUMN traceparent;`);
     db.pragma('user_version = 4');
     db.close();
     const reopened = new SqliteStore(file);

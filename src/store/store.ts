@@ -174,6 +174,8 @@ export interface NewInvocation {
   idempotencyKey: string | null;
   callbackUrl: string | null;
   createdAtMs: number;
+  /** W3C traceparent of the request that accepted it: its run continues that trace (also after a restart). */
+  traceparent?: string | null;
 }
 
 export interface InvocationRecord {
@@ -199,6 +201,8 @@ export interface InvocationRecord {
   createdAtMs: number;
   startedAtMs: number | null;
   finishedAtMs: number | null;
+  /** W3C traceparent of the request that accepted an async invocation; null for sync ones and older records. */
+  traceparent: string | null;
 }
 
 export interface InvocationOutcome {

@@ -3,6 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
 import { KindlingError } from '../../core/errors.js';
+import { ATTR } from '../../core/tracing.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
 import { errorBody } from '../errors.js';
@@ -159,6 +160,7 @@ export function registerExecuteWsRoute(app: FastifyInstance, options: ExecuteWsR
 
       async function run(spec: ExecuteRequest): Promise<void> {
         try {
+          request.trace.span?.setAttributes({ [ATTR.mode]: 'stream' });
           const result: ExecutionResult = await service.execute(spec, {
             signal: abort.signal,
             trace: request.trace,

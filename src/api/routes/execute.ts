@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
+import { ATTR } from '../../core/tracing.js';
 import type { ExecuteRequest, ExecutionResult } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
 import { COLLECT_STDOUT } from '../../orchestrator/io-plan.js';
@@ -93,6 +94,8 @@ export function registerExecuteRoutes(app: FastifyInstance, options: ExecuteRout
       });
       const accept = request.headers.accept ?? '';
       const isRaw = (request.headers['content-type'] ?? '').startsWith(RAW_CONTENT_TYPE);
+      // Output as it is produced (SSE, raw stdout) or one answer at the end.
+      request.trace.span?.setAttributes({ [ATTR.mode]: accept.includes('text/event-stream') || accept.includes(RAW_CONTENT_TYPE) ? 'stream' : 'sync' });
       if (isRaw) {
         if (accept.includes('text/event-stream')) {
           throw new KindlingError('NOT_ACCEPTABLE', `a raw body answers JSON or, with Accept: ${RAW_CONTENT_TYPE}, raw stdout; for SSE send the spec as application/json`);

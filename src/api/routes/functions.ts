@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Writable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
+import { ATTR } from '../../core/tracing.js';
 import type { ExecutorName, RuntimeName } from '../../core/types.js';
 import type { FunctionService, InvocationResult } from '../../orchestrator/function-service.js';
 import type { InvocationService } from '../../orchestrator/invocations.js';
@@ -402,7 +403,10 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
             payload,
             idempotencyKey: header(request, 'idempotency-key'),
             callbackUrl: header(request, 'x-kindling-callback'),
+            // Its run continues this request's trace (this span as the parent), also after a restart.
+            traceparent: request.trace.traceparent,
           });
+          request.trace.span?.setAttributes({ [ATTR.tenant]: tenant, [ATTR.function]: name, [ATTR.version]: view.version, [ATTR.invocationId]: view.id, [ATTR.mode]: 'async' });
           reply.code(202).header('location', `/v1/invocations/${view.id}`).header('x-kindling-invocation-id', view.id);
           if (!created) reply.header('x-kindling-idempotent-replay', 'true');
           return { invocationId: view.id, status: view.status, function: view.function, version: view.version, created };
@@ -418,7 +422,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           version: resolved.version,
           signal: abort.signal,
           scope: request.scope,
-          trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent },
+          trace: { traceId: request.trace.traceId, traceparent: request.trace.traceparent, ...(request.trace.span ? { span: request.trace.span } : {}) },
         };
         if (style === 'handler') {
           checkDeclaredLength(request.headers, body.maxBytes, body.flag);
@@ -484,6 +488,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
       input.release();
     }
     logFinished(request, result);
+    if (sink.streaming) request.trace.span?.setAttributes({ [ATTR.mode]: 'stream' });
     // What the sink still holds (its writes wait for the client) goes out before the end of the response.
     await new Promise<void>((resolve) => sink.end(() => resolve()));
     const uploadError = input.error();

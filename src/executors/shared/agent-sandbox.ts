@@ -321,7 +321,7 @@ class AgentSandbox implements WarmSandbox {
         }, options.timeoutMs),
       };
       this.socket.cork();
-      this.socket.write(encodeFrame(FrameType.INVOKE, id));
+      this.socket.write(encodeFrame(FrameType.INVOKE, id, options.traceparent === undefined ? undefined : JSON.stringify({ traceparent: options.traceparent })));
       for (const frame of encodeBody(FrameType.BODY_CHUNK, FrameType.BODY_END, id, body)) this.socket.write(frame);
       this.socket.uncork();
     });
