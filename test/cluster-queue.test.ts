@@ -13,8 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { AsyncQueue, type QueueWorker, type RecordedOutcome } from '../src/cluster/async-queue.js';
 import { connectCluster, type ClusterConnection } from '../src/cluster/connection.js';
 import { uniqueQueueNames } from './helpers/cluster-names.js';
-import { startNatsCluster, type NatsCluster } from './helpers/nats-cluster.js';
-import { waitFor } from './helpers/wait.js';
+import { lifo, startNatsCluster, type NatsCluster } from './helpers/nats-cluster.js';
+import { retryUntil, waitFor } from './helpers/wait.js';
 
 const CHILD = fileURLToPath(new URL('./helpers/cluster-worker-child.js', import.meta.url));
 
@@ -38,7 +38,8 @@ function closing(t: Owner, worker: QueueWorker): QueueWorker {
 }
 
 describe('async queue on one NATS server', () => {
-  it('stores a retried enqueue once, runs it once and records its outcome once', async (t) => {
+  it('stores a retried enqueue once, runs it once and records its outcome once', async (context) => {
+    const t = lifo(context);
     const { conn } = await oneServer(t);
     const queue = await AsyncQueue.open(conn.nc, { names: uniqueQueueNames() });
     assert.equal(queue.replicas, 1);
@@ -58,7 +59,8 @@ describe('async queue on one NATS server', () => {
     assert.equal(worker.stats().acked, 1);
   });
 
-  it('keeps the first outcome: a second record of the same invocation is dropped', async (t) => {
+  it('keeps the first outcome: a second record of the same invocation is dropped', async (context) => {
+    const t = lifo(context);
     const { conn } = await oneServer(t);
     const queue = await AsyncQueue.open(conn.nc, { names: uniqueQueueNames() });
     const base = { id: 'inv-2', tenant: 't', deliveries: 1, finishedAt: new Date().toISOString() };
@@ -67,14 +69,16 @@ describe('async queue on one NATS server', () => {
     assert.equal((await queue.outcome('inv-2'))?.node, 'a');
   });
 
-  it('refuses ids and tenants that are not subject tokens', async (t) => {
+  it('refuses ids and tenants that are not subject tokens', async (context) => {
+    const t = lifo(context);
     const { conn } = await oneServer(t);
     const queue = await AsyncQueue.open(conn.nc, { names: uniqueQueueNames() });
     await assert.rejects(queue.enqueue('a.b', 't', null), /invocation id "a.b" must be/);
     await assert.rejects(queue.enqueue('ok', 'x.>', null), /tenant "x.>" must be/);
   });
 
-  it('redelivers the run of a worker killed with SIGKILL after the ack wait and records its outcome once', async (t) => {
+  it('redelivers the run of a worker killed with SIGKILL after the ack wait and records its outcome once', async (context) => {
+    const t = lifo(context);
     const { cluster, conn } = await oneServer(t);
     const names = uniqueQueueNames();
     const ackWaitMs = 1_500;
@@ -106,7 +110,8 @@ describe('async queue on one NATS server', () => {
     await waitFor(async () => (await queue.status()).messages === 0, { what: 'the work queue to empty' });
   });
 
-  it('progress signals keep a run three times the ack wait from being redelivered', async (t) => {
+  it('progress signals keep a run three times the ack wait from being redelivered', async (context) => {
+    const t = lifo(context);
     const { conn } = await oneServer(t);
     const ackWaitMs = 1_000;
     const queue = await AsyncQueue.open(conn.nc, { names: uniqueQueueNames(), ackWaitMs });
@@ -126,7 +131,8 @@ describe('async queue on one NATS server', () => {
     assert.equal((await queue.status()).redelivered, 0);
   });
 
-  it('records failed with the reason when every allowed delivery dies without an outcome', async (t) => {
+  it('records failed with the reason when every allowed delivery dies without an outcome', async (context) => {
+    const t = lifo(context);
     const { conn } = await oneServer(t);
     const queue = await AsyncQueue.open(conn.nc, { names: uniqueQueueNames(), ackWaitMs: 500, maxDeliveries: 2 });
     const starts: number[] = [];
@@ -152,7 +158,8 @@ describe('async queue on one NATS server', () => {
     await waitFor(async () => (await queue.status()).messages === 0, { what: 'the work queue to empty' });
   });
 
-  it('records failed with the last error when the handler cannot run it maxDeliveries times', async (t) => {
+  it('records failed with the last error when the handler cannot run it maxDeliveries times', async (context) => {
+    const t = lifo(context);
     const { conn } = await oneServer(t);
     const queue = await AsyncQueue.open(conn.nc, { names: uniqueQueueNames(), maxDeliveries: 3 });
     let calls = 0;
@@ -176,7 +183,8 @@ describe('async queue on one NATS server', () => {
 });
 
 describe('async queue on a 3-node cluster', () => {
-  it('loses nothing and stores nothing twice when the stream leader is killed with SIGKILL during 500 enqueues', async (t) => {
+  it('loses nothing and stores nothing twice when the stream leader is killed with SIGKILL during 500 enqueues', async (context) => {
+    const t = lifo(context);
     const cluster = await startNatsCluster(t, { nodes: 3 });
     const conn = await connected(t, cluster);
     const names = uniqueQueueNames();
@@ -204,20 +212,21 @@ describe('async queue on a 3-node cluster', () => {
       }
     };
     await Promise.all(Array.from({ length: 16 }, producer));
+    // Reads below retry: JetStream API calls time out while the streams elect leaders; that is not what is tested.
     assert.equal(accepted.size, total);
     const newLeader = await cluster.streamLeader(names.stream, 60_000);
     assert.notEqual(newLeader, leader);
     // A retried publish whose first ack was lost shows as a duplicate, never as a second message.
-    assert.equal((await queue.status()).messages, total, `duplicates acknowledged: ${duplicates.length}`);
+    assert.equal((await retryUntil(() => queue.status())).messages, total, `duplicates acknowledged: ${duplicates.length}`);
 
     const runs = new Map<string, number>();
     const worker = closing(t, await queue.work(async (job) => (runs.set(job.id, (runs.get(job.id) ?? 0) + 1), { status: 'succeeded' }), { node: 'w', maxInFlight: 64 }));
-    await waitFor(async () => (await queue.status()).messages === 0, { what: 'every invocation to be acked', timeoutMs: 120_000 });
+    await waitFor(async () => (await queue.status().catch(() => null))?.messages === 0, { what: 'every invocation to be acked', timeoutMs: 120_000 });
     assert.equal(runs.size, total);
     const twice = [...runs].filter(([, count]) => count !== 1);
-    assert.equal(twice.length, 0, `${twice.length} ran more than once, e.g. ${twice.slice(0, 3).join(' ')}; stats ${JSON.stringify(worker.stats())}, status ${JSON.stringify(await queue.status())}; warnings: ${warnings.slice(0, 5).join('\n')}`);
-    for (const id of accepted) assert.equal((await queue.outcome(id))?.status, 'succeeded', id);
+    assert.equal(twice.length, 0, `${twice.length} ran more than once, e.g. ${twice.slice(0, 3).join(' ')}; stats ${JSON.stringify(worker.stats())}, status ${JSON.stringify(await queue.status().catch(String))}; warnings: ${warnings.slice(0, 5).join('\n')}`);
+    for (const id of accepted) assert.equal((await retryUntil(() => queue.outcome(id)))?.status, 'succeeded', id);
     assert.equal(worker.stats().acked, total);
-    assert.equal((await queue.status()).redelivered, 0);
+    assert.equal((await retryUntil(() => queue.status())).redelivered, 0);
   });
 });

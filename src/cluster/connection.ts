@@ -127,7 +127,9 @@ export async function connectCluster(urls: string[], options: ClusterConnectOpti
     reconnects: () => reconnects,
     async close() {
       if (nc.isClosed()) return;
-      await nc.drain().catch(() => nc.close());
+      // Draining needs a server; without one (or when it stalls) close at once rather than wait for a reconnect.
+      if (status === 'connected') await Promise.race([nc.drain().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
+      if (!nc.isClosed()) await nc.close();
       await nc.closed();
     },
   };

@@ -61,6 +61,18 @@ export interface NatsClusterOptions {
   startTimeoutMs?: number;
 }
 
+/**
+ * An owner whose hooks run last-registered first, in one hook of `t`: node:test runs a test's own after hooks in the
+ * order they were registered, which would stop the servers before the connections made to them are closed.
+ */
+export function lifo(t: CleanupOwner): CleanupOwner {
+  const hooks: Array<() => Promise<void>> = [];
+  t.after(async () => {
+    for (const hook of hooks.reverse()) await hook();
+  });
+  return { after: (fn) => void hooks.push(fn) };
+}
+
 const alive = new Set<ChildProcess>();
 process.on('exit', () => {
   for (const child of alive) child.kill('SIGKILL');
