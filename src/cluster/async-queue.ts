@@ -289,6 +289,16 @@ export class AsyncQueue {
     }
   }
 
+  /** The queue's counts without creating anything: null when its stream or consumer does not exist. */
+  static async inspect(nc: NatsConnection, names: Partial<QueueNames> = {}): Promise<QueueStatus | null> {
+    const { stream, consumer } = { ...DEFAULT_QUEUE_NAMES, ...names };
+    const jsm = await jetstreamManager(nc);
+    const info = await jsm.streams.info(stream).catch(() => null);
+    const consumerInfo = info === null ? null : await jsm.consumers.info(stream, consumer).catch(() => null);
+    if (info === null || consumerInfo === null) return null;
+    return { stream, replicas: info.config.num_replicas, messages: info.state.messages, pending: consumerInfo.num_pending, ackPending: consumerInfo.num_ack_pending, redelivered: consumerInfo.num_redelivered };
+  }
+
   async status(): Promise<QueueStatus> {
     const [stream, consumer] = await Promise.all([this.jsm.streams.info(this.names.stream), this.jsm.consumers.info(this.names.stream, this.names.consumer)]);
     return {

@@ -4,7 +4,7 @@
  * disappears within the TTL. Gateways watch the bucket into an in-memory view and place work from it. A worker that
  * drains deletes its own key at once.
  */
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 
@@ -72,6 +72,14 @@ export class Registry {
     // An existing bucket keeps its own max age: the view prunes with that, not with what was asked.
     const status = await kv.status();
     return new Registry(kv, status.ttl > 0 ? status.ttl : ttlMs);
+  }
+
+  /** The registry of an existing bucket without creating it: null when there is none. */
+  static async inspect(nc: NatsConnection, bucket = DEFAULT_REGISTRY_BUCKET): Promise<Registry | null> {
+    const jsm = await jetstreamManager(nc);
+    if ((await jsm.streams.info(`KV_${bucket}`).catch(() => null)) === null) return null;
+    const kv = await new Kvm(jetstream(nc)).open(bucket);
+    return new Registry(kv, (await kv.status()).ttl);
   }
 
   /** Starts heartbeating `state()` every ttl/3 (the first beat is written before this resolves). */
