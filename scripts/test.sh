@@ -29,6 +29,8 @@ kindling_resources() {
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const c of JSON.parse(s||"[]"))console.log("container "+c.Id)})'
   find /sys/fs/cgroup -mindepth 2 -maxdepth 5 -type d -path '*/kindling*/*' 2>/dev/null | sed 's/^/cgroup /'
   pgrep -f 'qemu-system' 2>/dev/null | sed 's/^/qemu pid /' || true
+  # The cluster tests start their own nats-server processes and must stop them.
+  pgrep -x nats-server 2>/dev/null | sed 's/^/nats-server pid /' || true
 }
 before_file=$(mktemp)
 kindling_resources | sort >"$before_file"
