@@ -385,6 +385,11 @@ class Worker implements QueueWorker {
         const batch = await this.consumer.fetch({ max_messages: free, expires: this.fetchExpiresMs });
         this.batch = batch;
         for await (const msg of batch) {
+          if (this.closing) {
+            // Pulled just as the worker began to close: hand it back at once instead of running it.
+            msg.nak();
+            continue;
+          }
           const run = this.handle(msg);
           this.running.add(run);
           void run.finally(() => this.running.delete(run));
