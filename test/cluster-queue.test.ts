@@ -131,6 +131,41 @@ describe('async queue on one NATS server', () => {
     assert.equal((await queue.status()).redelivered, 0);
   });
 
+  it('close() lets the run in flight finish and ack, and runs nothing that arrives while it closes', async (context) => {
+    const t = lifo(context);
+    const { conn } = await oneServer(t);
+    const queue = await AsyncQueue.open(conn.nc, { names: uniqueQueueNames() });
+    const started: string[] = [];
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const worker = closing(
+      t,
+      await queue.work(
+        async (job) => {
+          started.push(job.id);
+          await gate;
+          return { status: 'succeeded' };
+        },
+        { node: 'draining', maxInFlight: 4, fetchExpiresMs: 5_000 },
+      ),
+    );
+    await queue.enqueue('inv-a', 't', {});
+    await waitFor(() => started.includes('inv-a'), { what: 'the first run' });
+    const closed = worker.close();
+    await queue.enqueue('inv-b', 't', {});
+    release();
+    await closed;
+    assert.equal((await queue.outcome('inv-a'))?.status, 'succeeded');
+    assert.deepEqual(started, ['inv-a']);
+    assert.equal(worker.stats().acked, 1);
+    // inv-b waits for another worker: undelivered, or handed back by the closing one.
+    await waitFor(async () => {
+      const status = await queue.status();
+      return status.messages === 1 && status.ackPending === 0;
+    }, { what: 'inv-b to be left pending' });
+    assert.equal(await queue.outcome('inv-b'), null);
+  });
+
   it('records failed with the reason when every allowed delivery dies without an outcome', async (context) => {
     const t = lifo(context);
     const { conn } = await oneServer(t);
