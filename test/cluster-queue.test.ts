@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { jetstream } from '@nats-io/jetstream';
 import { AsyncQueue, type QueueWorker, type RecordedOutcome } from '../src/cluster/async-queue.js';
 import { connectCluster, type ClusterConnection } from '../src/cluster/connection.js';
 import { uniqueQueueNames } from './helpers/cluster-names.js';
@@ -164,6 +165,25 @@ describe('async queue on one NATS server', () => {
       return status.messages === 1 && status.ackPending === 0;
     }, { what: 'inv-b to be left pending' });
     assert.equal(await queue.outcome('inv-b'), null);
+  });
+
+  it('records an outcome over the size limit as failed, saying so, and drops a message that is not an invocation', async (context) => {
+    const t = lifo(context);
+    const { conn } = await oneServer(t);
+    const names = uniqueQueueNames();
+    const queue = await AsyncQueue.open(conn.nc, { names, maxMessageBytes: 4_096 });
+    const runs: string[] = [];
+    closing(t, await queue.work(async (job) => (runs.push(job.id), { status: 'succeeded', result: 'x'.repeat(10_000) }), { node: 'w' }));
+    // Someone else's message on the queue's subject: it must not be redelivered forever.
+    await jetstream(conn.nc).publish(`${names.subjectPrefix}.tenant-a`, JSON.stringify({ hello: 'world' }));
+    await queue.enqueue('inv-big', 'tenant-a', {});
+    await waitFor(async () => (await queue.outcome('inv-big')) !== null, { what: 'the outcome' });
+    const outcome = (await queue.outcome('inv-big')) as RecordedOutcome;
+    assert.equal(outcome.status, 'failed');
+    assert.match(outcome.reason ?? '', /over the record's limit of 4096 bytes/);
+    assert.equal(outcome.result, undefined);
+    await waitFor(async () => (await queue.status()).messages === 0, { what: 'both messages to leave the work queue' });
+    assert.deepEqual(runs, ['inv-big']);
   });
 
   it('records failed with the reason when every allowed delivery dies without an outcome', async (context) => {

@@ -278,10 +278,19 @@ export class AsyncQueue {
     return decode<RecordedOutcome>(entry.value);
   }
 
-  /** Records an outcome unless one exists; returns whether this call was the first writer. */
+  /**
+   * Records an outcome unless one exists; returns whether this call was the first writer. An outcome larger than
+   * maxMessageBytes is recorded as `failed` saying so (large results belong in an object store, not in the record).
+   */
   async record(outcome: RecordedOutcome): Promise<boolean> {
+    const limit = this.options.maxMessageBytes ?? ASYNC_QUEUE_DEFAULTS.maxMessageBytes;
+    let bytes = encode(outcome);
+    if (bytes.length > limit) {
+      const { result: _result, ...rest } = outcome;
+      bytes = encode({ ...rest, status: 'failed', reason: `the outcome is ${bytes.length} bytes, over the record's limit of ${limit} bytes (maxMessageBytes); return a smaller result` } satisfies RecordedOutcome);
+    }
     try {
-      await this.kv().create(outcome.id, encode(outcome));
+      await this.kv().create(outcome.id, bytes);
       return true;
     } catch (error) {
       if ((await this.outcome(outcome.id)) !== null) return false;
@@ -413,10 +422,12 @@ class Worker implements QueueWorker {
     let job: QueuedInvocation;
     try {
       job = msg.json<QueuedInvocation>();
+      if (typeof job.id !== 'string' || !ID_TOKEN.test(job.id) || typeof job.tenant !== 'string') throw new Error('not an invocation');
     } catch {
-      // Nothing of ours publishes this: drop it for good rather than redeliver it forever.
-      this.logger?.warn({ seq: msg.seq, node: this.options.node }, 'queue worker: a message that is not an invocation; terminated');
-      msg.term('not an invocation');
+      // Nothing of ours publishes this: drop it for good rather than redeliver it. Acked, not terminated: a work-queue
+      // stream removes a message only when it is acked and would keep a terminated one forever.
+      this.logger?.warn({ seq: msg.seq, node: this.options.node }, 'queue worker: a message that is not an invocation; dropped');
+      await this.ack(msg).catch(() => undefined);
       this.release();
       return;
     }
