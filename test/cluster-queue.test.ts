@@ -132,6 +132,40 @@ describe('async queue on one NATS server', () => {
     assert.equal((await queue.status()).redelivered, 0);
   });
 
+  it('runs at most maxInFlight invocations at once per worker', async (context) => {
+    const t = lifo(context);
+    const { conn } = await oneServer(t);
+    const queue = await AsyncQueue.open(conn.nc, { names: uniqueQueueNames() });
+    let running = 0;
+    let peak = 0;
+    const gates: Array<() => void> = [];
+    const worker = closing(
+      t,
+      await queue.work(
+        async (_job, { signal }) => {
+          peak = Math.max(peak, ++running);
+          await new Promise<void>((resolve) => (gates.push(resolve), signal.addEventListener('abort', () => resolve())));
+          running--;
+          return { status: 'succeeded' };
+        },
+        { node: 'w', maxInFlight: 2 },
+      ),
+    );
+    for (let i = 0; i < 6; i++) await queue.enqueue(`inv-${i}`, 't', {});
+    for (let done = 0; done < 6; done++) {
+      await waitFor(() => gates.length > 0, { what: `run ${done + 1}` });
+      // While two run, the other messages stay undelivered (pending), not buffered in the worker.
+      if (done === 0) {
+        await waitFor(() => running === 2, { what: 'two runs' });
+        const status = await queue.status();
+        assert.deepEqual([status.ackPending, status.pending], [2, 4]);
+      }
+      gates.shift()?.();
+    }
+    await waitFor(() => worker.stats().acked === 6, { what: 'six acks' });
+    assert.equal(peak, 2);
+  });
+
   it('close() lets the run in flight finish and ack, and runs nothing that arrives while it closes', async (context) => {
     const t = lifo(context);
     const { conn } = await oneServer(t);
@@ -142,9 +176,9 @@ describe('async queue on one NATS server', () => {
     const worker = closing(
       t,
       await queue.work(
-        async (job) => {
+        async (job, { signal }) => {
           started.push(job.id);
-          await gate;
+          await Promise.race([gate, new Promise((resolve) => signal.addEventListener('abort', resolve))]);
           return { status: 'succeeded' };
         },
         { node: 'draining', maxInFlight: 4, fetchExpiresMs: 5_000 },

@@ -143,7 +143,10 @@ export interface QueueWorker {
   stats(): WorkerStats;
   /** Stops pulling and waits for the runs in flight to finish and be acked. Idempotent. */
   close(): Promise<void>;
-  /** Stops pulling, aborts the runs in flight (their signal) and hands their deliveries back at once (nak). */
+  /**
+   * Stops pulling and aborts the runs in flight (their signal); a run that ends on the abort hands its delivery back
+   * at once (nak). Resolves without waiting for runs that ignore the signal: their deliveries come back after ackWait.
+   */
   destroy(): Promise<void>;
 }
 
@@ -378,7 +381,10 @@ class Worker implements QueueWorker {
 
   async destroy(): Promise<void> {
     this.abort.abort(new Error('the worker was destroyed'));
-    await this.close();
+    this.closing = true;
+    this.batch?.stop();
+    this.slotFreed?.();
+    await this.loop;
   }
 
   private async pull(): Promise<void> {
