@@ -82,7 +82,7 @@ export function backoffDelayMs(attempt: number, baseMs: number, maxMs: number, r
   return Math.floor(random() * ceiling);
 }
 
-/** Connects to the first reachable URL, then reconnects forever (to any server of the cluster) when it is lost. */
+/** Connects to a reachable URL of the list (in random order), then reconnects forever (to any server of the cluster) when it is lost. */
 export async function connectCluster(urls: string[], options: ClusterConnectOptions = {}): Promise<ClusterConnection> {
   const baseMs = options.reconnectBaseMs ?? CLUSTER_CONNECT_DEFAULTS.reconnectBaseMs;
   const maxMs = options.reconnectMaxMs ?? CLUSTER_CONNECT_DEFAULTS.reconnectMaxMs;
