@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator|density|burst|throughput] [--runs N]
+ * `npm run bench [-- --only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator|density|burst|throughput|cluster] [--runs N]
  *   [--density-n N] [--idle-ms MS] [--burst 100,1000] [--burst-functions N] [--step-ms MS]`: Kindling against raw baselines measured in the same run.
  * Prints markdown tables to stdout (progress goes to stderr) and writes every sample to bench/results/ (the density,
  * burst and throughput groups also write SVG charts there).
@@ -30,10 +30,11 @@ import { runOperatorGroup } from './operator.js';
 import { runDensityGroup } from './density.js';
 import { runBurstGroup } from './burst.js';
 import { runThroughputGroup } from './throughput.js';
+import { runClusterGroup } from './cluster.js';
 import { parseScale, SCALE_USAGE } from './lib/scale.js';
 
-const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10, bundles: 15, operator: 10, density: 200, burst: 1, throughput: 1 };
-const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor', 'bundles', 'operator', 'density', 'burst', 'throughput'] as const;
+const DEFAULT_RUNS = { docker: 20, sandbox: 50, sandboxes: 30, 'sandbox-files': 7, functions: 2000, async: 100, microvm: 5, python: 500, gvisor: 10, bundles: 15, operator: 10, density: 200, burst: 1, throughput: 1, cluster: 1 };
+const GROUPS = ['docker', 'sandbox', 'sandboxes', 'sandbox-files', 'functions', 'async', 'microvm', 'python', 'gvisor', 'bundles', 'operator', 'density', 'burst', 'throughput', 'cluster'] as const;
 type Group = (typeof GROUPS)[number];
 
 interface Options {
@@ -48,7 +49,7 @@ function joinGroups(first: GroupResult, second: GroupResult): GroupResult {
 }
 
 function usage(): string {
-  return `usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator|density|burst|throughput] [--runs N] ${SCALE_USAGE}`;
+  return `usage: npm run bench -- [--only docker|sandbox|sandboxes|sandbox-files|functions|async|microvm|python|gvisor|bundles|operator|density|burst|throughput|cluster] [--runs N] ${SCALE_USAGE}`;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -160,6 +161,8 @@ async function main(): Promise<number> {
                   ? await runBurstGroup(ctx)
                 : group === 'throughput'
                   ? await runThroughputGroup(ctx)
+                : group === 'cluster'
+                  ? await runClusterGroup(ctx)
                 : await runFunctionsGroup(ctx);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
@@ -200,6 +203,7 @@ async function main(): Promise<number> {
       density: 'Density: idle warm sandbox cost, warm sandboxes held (issue 19)',
       burst: 'Bursts: simultaneous one-off executions and cold invocations (issue 19)',
       throughput: 'Throughput curve: warm invocations per second vs concurrent clients (issue 19)',
+      cluster: 'Cluster foundation: async enqueue on JetStream (issue 18)',
     };
     const title = titles[group];
     report.push(`### ${title}`, '', rowsTable(result.rows), '');

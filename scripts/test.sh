@@ -29,13 +29,15 @@ kindling_resources() {
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const c of JSON.parse(s||"[]"))console.log("container "+c.Id)})'
   find /sys/fs/cgroup -mindepth 2 -maxdepth 5 -type d -path '*/kindling*/*' 2>/dev/null | sed 's/^/cgroup /'
   pgrep -f 'qemu-system' 2>/dev/null | sed 's/^/qemu pid /' || true
+  # The cluster tests start their own nats-server processes and must stop them.
+  pgrep -x nats-server 2>/dev/null | sed 's/^/nats-server pid /' || true
 }
 before_file=$(mktemp)
 kindling_resources | sort >"$before_file"
 
 # In CI the machine is set up for these executors and tools (prometheus: promtool and the server, Debian's package): their
 # tests must run, never skip.
-if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox,microvm,chromium,prometheus}"; fi
+if [ "${CI:-}" = true ]; then export KINDLING_TEST_REQUIRE="${KINDLING_TEST_REQUIRE:-docker,sandbox,microvm,chromium,prometheus,nats}"; fi
 
 status=0
 mkdir -p test-results

@@ -2,7 +2,7 @@
 export type RowStatus = 'pass' | 'fail' | 'info' | 'skipped' | 'error';
 
 export interface Row {
-  group: 'docker' | 'sandbox' | 'sandboxes' | 'sandbox-files' | 'functions' | 'async' | 'microvm' | 'python' | 'gvisor' | 'bundles' | 'operator' | 'density' | 'burst' | 'throughput';
+  group: 'docker' | 'sandbox' | 'sandboxes' | 'sandbox-files' | 'functions' | 'async' | 'microvm' | 'python' | 'gvisor' | 'bundles' | 'operator' | 'density' | 'burst' | 'throughput' | 'cluster';
   id: string;
   scenario: string;
   kindling: string;

@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { registerChainCommands } from './chain.js';
+import { registerClusterCommands } from './cluster.js';
 import { registerFunctionCommands } from './functions.js';
 import { registerImagesCommands } from './images.js';
 import { registerInvocationCommands } from './invocations.js';
@@ -31,5 +32,6 @@ export function buildProgram(defaults: CliDefaults): Command {
   registerSandboxCommands(program, defaults.client);
   registerImagesCommands(program, { defaultImagesDir: defaults.serve.imagesDir });
   registerChainCommands(program);
+  registerClusterCommands(program);
   return program;
 }

@@ -1,0 +1,136 @@
+/**
+ * The cluster's connection to NATS: parsing `--cluster nats://h1:4222,nats://h2:4222` with errors that say how to fix
+ * the value, and one connection that reconnects forever with jittered exponential backoff (so that a whole fleet of
+ * workers does not hammer a restarted NATS node in lockstep) and reports its status for /readyz.
+ */
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+
+export const DEFAULT_NATS_PORT = 4222;
+/** More seed URLs than this is a mistake: clients learn the rest of the cluster from the servers they reach. */
+export const MAX_CLUSTER_URLS = 16;
+
+export class ClusterUrlError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ClusterUrlError';
+  }
+}
+
+/**
+ * Parses a comma-separated list of nats://host[:port] URLs (port defaults to 4222). Returns normalised URLs; throws a
+ * ClusterUrlError naming the bad entry and what is allowed.
+ */
+export function parseClusterUrls(text: string, maxUrls = MAX_CLUSTER_URLS): string[] {
+  const entries = text
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== '');
+  if (entries.length === 0) throw new ClusterUrlError('--cluster needs at least one NATS URL, e.g. --cluster nats://10.0.0.1:4222,nats://10.0.0.2:4222');
+  if (entries.length > maxUrls) throw new ClusterUrlError(`--cluster takes at most ${maxUrls} URLs, got ${entries.length}; list a few seed servers, the client learns the others from them`);
+  const seen = new Set<string>();
+  return entries.map((entry) => {
+    const portText = /^[a-z]+:\/\/[^/]*:(\d+)\/?$/i.exec(entry)?.[1];
+    if (portText !== undefined && (Number(portText) < 1 || Number(portText) > 65_535)) throw new ClusterUrlError(`--cluster: "${entry}" has the port ${portText}; use 1-65535 (NATS listens on 4222 by default)`);
+    let url: URL;
+    try {
+      url = new URL(entry);
+    } catch {
+      throw new ClusterUrlError(`--cluster: "${entry}" is not a URL; write nats://host:port, e.g. nats://10.0.0.1:4222`);
+    }
+    if (url.protocol !== 'nats:') throw new ClusterUrlError(`--cluster: "${entry}" has the scheme "${url.protocol.replace(/:$/, '')}"; only nats:// is supported (TLS is not wired yet)`);
+    if (url.username !== '' || url.password !== '') throw new ClusterUrlError(`--cluster: "${entry}" carries credentials; credentials in URLs are not supported (they would show in process lists)`);
+    if ((url.pathname !== '' && url.pathname !== '/') || url.search !== '' || url.hash !== '') throw new ClusterUrlError(`--cluster: "${entry}" has a path, query or fragment; write only nats://host:port`);
+    if (url.hostname === '') throw new ClusterUrlError(`--cluster: "${entry}" has no host; write nats://host:port`);
+    // nats: is not a special scheme for URL, so an explicit port is kept as written; the range was checked above.
+    const port = url.port === '' ? DEFAULT_NATS_PORT : Number(url.port);
+    const normalised = `nats://${url.hostname}:${port}`;
+    if (seen.has(normalised)) throw new ClusterUrlError(`--cluster: ${normalised} is listed twice`);
+    seen.add(normalised);
+    return normalised;
+  });
+}
+
+export type ClusterConnectionStatus = 'connected' | 'reconnecting' | 'closed';
+
+export interface ClusterConnectOptions {
+  /** Shown by the NATS server's monitoring for this client (e.g. the node id). */
+  name?: string;
+  /** First reconnect delay; it doubles per failed attempt up to reconnectMaxMs, each delay drawn uniformly below it. */
+  reconnectBaseMs?: number;
+  reconnectMaxMs?: number;
+  /** Time allowed for the first connection; connecting fails with an error naming the URLs after it. */
+  connectTimeoutMs?: number;
+  /** Status changes, for logs. */
+  onStatus?: (status: ClusterConnectionStatus, detail: string) => void;
+}
+
+export interface ClusterConnection {
+  readonly nc: NatsConnection;
+  readonly urls: string[];
+  status(): ClusterConnectionStatus;
+  /** Number of reconnects since the connection was made. */
+  reconnects(): number;
+  /** Drains subscriptions and closes; idempotent. */
+  close(): Promise<void>;
+}
+
+export const CLUSTER_CONNECT_DEFAULTS = { reconnectBaseMs: 250, reconnectMaxMs: 10_000, connectTimeoutMs: 10_000 } as const;
+
+/** "Full jitter" backoff: a delay drawn uniformly in [0, min(max, base * 2^attempt)]. */
+export function backoffDelayMs(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+/** Connects to a reachable URL of the list (in random order), then reconnects forever (to any server of the cluster) when it is lost. */
+export async function connectCluster(urls: string[], options: ClusterConnectOptions = {}): Promise<ClusterConnection> {
+  const baseMs = options.reconnectBaseMs ?? CLUSTER_CONNECT_DEFAULTS.reconnectBaseMs;
+  const maxMs = options.reconnectMaxMs ?? CLUSTER_CONNECT_DEFAULTS.reconnectMaxMs;
+  let attempt = 0;
+  let nc: NatsConnection;
+  try {
+    nc = await connect({
+      servers: urls,
+      name: options.name,
+      timeout: options.connectTimeoutMs ?? CLUSTER_CONNECT_DEFAULTS.connectTimeoutMs,
+      reconnect: true,
+      maxReconnectAttempts: -1,
+      // The handler replaces reconnectTimeWait + reconnectJitter: exponential, jittered, reset once reconnected.
+      reconnectDelayHandler: () => backoffDelayMs(attempt++, baseMs, maxMs),
+    });
+  } catch (error) {
+    throw new Error(`could not connect to NATS at ${urls.join(', ')}: ${error instanceof Error ? error.message : String(error)}; check that nats-server runs there with JetStream (-js)`, { cause: error });
+  }
+  let status: ClusterConnectionStatus = 'connected';
+  let reconnects = 0;
+  const set = (next: ClusterConnectionStatus, detail: string): void => {
+    if (status === 'closed') return;
+    status = next;
+    options.onStatus?.(next, detail);
+  };
+  void (async () => {
+    for await (const event of nc.status()) {
+      if (event.type === 'disconnect') set('reconnecting', `lost ${event.server}`);
+      else if (event.type === 'reconnecting') set('reconnecting', 'reconnecting');
+      else if (event.type === 'reconnect') {
+        attempt = 0;
+        reconnects++;
+        set('connected', `reconnected to ${event.server}`);
+      }
+    }
+  })();
+  void nc.closed().then((error) => set('closed', error instanceof Error ? error.message : 'closed'));
+  return {
+    nc,
+    urls,
+    status: () => status,
+    reconnects: () => reconnects,
+    async close() {
+      if (nc.isClosed()) return;
+      // Draining needs a server; without one (or when it stalls) close at once rather than wait for a reconnect.
+      if (status === 'connected') await Promise.race([nc.drain().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
+      if (!nc.isClosed()) await nc.close();
+      await nc.closed();
+    },
+  };
+}

@@ -1,0 +1,149 @@
+/**
+ * The worker registry: every worker heartbeats its capacity, load and warm function versions into a KV bucket whose
+ * entries expire (the bucket's max age: nats-server 2.9 has no per-key TTL), so a worker that dies without a word
+ * disappears within the TTL. Gateways watch the bucket into an in-memory view and place work from it. A worker that
+ * drains deletes its own key at once.
+ */
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+
+export const DEFAULT_REGISTRY_BUCKET = 'KINDLING_WORKERS';
+export const REGISTRY_DEFAULTS = { ttlMs: 15_000 } as const;
+
+export type NodeRole = 'worker' | 'all';
+
+/** What a worker says about itself in each heartbeat. */
+export interface WorkerState {
+  nodeId: string;
+  role: NodeRole;
+  /** Executions it will run at once. */
+  capacity: number;
+  inFlight: number;
+  /** Function versions with a warm sandbox ready (`<functionId>@<version>`). */
+  warm: string[];
+  startedAt: string;
+}
+
+export interface WorkerEntry extends WorkerState {
+  heartbeatAt: string;
+}
+
+export interface RegistryOptions {
+  bucket?: string;
+  /** A worker that has not heartbeaten for this long is gone. Default 15 s. */
+  ttlMs?: number;
+  replicas?: number;
+}
+
+export interface Heartbeat {
+  /** Writes one heartbeat now (also done every ttl/3). */
+  beat(): Promise<void>;
+  /** Stops heartbeating; `deregister` (a drain) deletes the key at once, otherwise it expires after the TTL. */
+  stop(options?: { deregister?: boolean }): Promise<void>;
+}
+
+export interface RegistryView {
+  /** Workers heard from within the TTL, by node id. */
+  workers(): WorkerEntry[];
+  close(): void;
+}
+
+const NODE_ID = /^[A-Za-z0-9_-]{1,128}$/;
+
+export class Registry {
+  private constructor(
+    private readonly kv: KV,
+    readonly ttlMs: number,
+  ) {}
+
+  static async open(nc: NatsConnection, options: RegistryOptions = {}): Promise<Registry> {
+    const ttlMs = options.ttlMs ?? REGISTRY_DEFAULTS.ttlMs;
+    if (!Number.isInteger(ttlMs) || ttlMs < 1_000) throw new Error(`the registry's ttlMs must be a whole number >= 1000, got ${ttlMs}`);
+    const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
+    const kv = await new Kvm(jetstream(nc)).create(options.bucket ?? DEFAULT_REGISTRY_BUCKET, {
+      ttl: ttlMs,
+      history: 1,
+      replicas: options.replicas ?? (servers >= 3 ? 3 : 1),
+      // A few hundred bytes per worker; the bound stops a runaway writer, not a fleet.
+      max_bytes: 64 * 1024 * 1024,
+      maxValueSize: 256 * 1024,
+    });
+    // An existing bucket keeps its own max age: the view prunes with that, not with what was asked.
+    const status = await kv.status();
+    return new Registry(kv, status.ttl > 0 ? status.ttl : ttlMs);
+  }
+
+  /** The registry of an existing bucket without creating it: null when there is none. */
+  static async inspect(nc: NatsConnection, bucket = DEFAULT_REGISTRY_BUCKET): Promise<Registry | null> {
+    const jsm = await jetstreamManager(nc);
+    if ((await jsm.streams.info(`KV_${bucket}`).catch(() => null)) === null) return null;
+    const kv = await new Kvm(jetstream(nc)).open(bucket);
+    return new Registry(kv, (await kv.status()).ttl);
+  }
+
+  /** Starts heartbeating `state()` every ttl/3 (the first beat is written before this resolves). */
+  async heartbeat(state: () => WorkerState, options: { intervalMs?: number; onError?: (error: unknown) => void } = {}): Promise<Heartbeat> {
+    const first = state();
+    if (!NODE_ID.test(first.nodeId)) throw new Error(`node id "${first.nodeId}" must be 1-128 of A-Z a-z 0-9 _ -`);
+    const beat = async (): Promise<void> => {
+      const current = state();
+      await this.kv.put(current.nodeId, JSON.stringify({ ...current, heartbeatAt: new Date().toISOString() } satisfies WorkerEntry));
+    };
+    await beat();
+    let stopped = false;
+    let pending: Promise<void> = Promise.resolve();
+    const timer = setInterval(() => {
+      // One beat at a time: a slow NATS must not pile them up.
+      pending = pending.then(() => (stopped ? undefined : beat().catch((error: unknown) => options.onError?.(error))));
+    }, options.intervalMs ?? Math.floor(this.ttlMs / 3));
+    return {
+      beat,
+      stop: async ({ deregister = false } = {}) => {
+        stopped = true;
+        clearInterval(timer);
+        await pending;
+        if (deregister) await this.kv.delete(first.nodeId);
+      },
+    };
+  }
+
+  /** Every live entry, read once (for `kindling cluster status`). */
+  async list(): Promise<WorkerEntry[]> {
+    const keys: string[] = [];
+    for await (const key of await this.kv.keys()) keys.push(key);
+    const entries = await Promise.all(keys.map((key) => this.kv.get(key)));
+    return entries.flatMap((entry) => (entry !== null && entry.operation === 'PUT' ? [entry.json<WorkerEntry>()] : [])).sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+  }
+
+  /**
+   * A watcher that keeps an in-memory view. Expiry by max age sends no event, so the view also drops entries not
+   * heard from within the TTL; it counts from the time an update arrived here (no clock skew between machines), or,
+   * for the entries present when the watch starts, from when the server stored them.
+   */
+  async watch(now: () => number = Date.now): Promise<RegistryView> {
+    const seen = new Map<string, { entry: WorkerEntry; at: number }>();
+    const iterator = await this.kv.watch();
+    void (async () => {
+      for await (const entry of iterator) {
+        if (entry.operation !== 'PUT') {
+          seen.delete(entry.key);
+          continue;
+        }
+        try {
+          seen.set(entry.key, { entry: entry.json<WorkerEntry>(), at: entry.isUpdate ? now() : Math.min(now(), entry.created.getTime()) });
+        } catch {
+          // Not a worker entry (someone else's write): leave it out of the view.
+        }
+      }
+    })();
+    return {
+      workers: () => {
+        const cutoff = now() - this.ttlMs;
+        for (const [key, value] of seen) if (value.at < cutoff) seen.delete(key);
+        return [...seen.values()].map((value) => value.entry).sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+      },
+      close: () => iterator.stop(),
+    };
+  }
+}

@@ -1,0 +1,61 @@
+/** The worker registry against a real nats-server: heartbeats, expiry after the TTL, deregistration on drain. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { connectCluster } from '../src/cluster/connection.js';
+import { Registry, type WorkerState } from '../src/cluster/registry.js';
+import { lifo, startNatsCluster, natsUnavailable } from './helpers/nats-cluster.js';
+import { waitFor } from './helpers/wait.js';
+
+const state = (nodeId: string, inFlight = 0): WorkerState => ({ nodeId, role: 'worker', capacity: 8, inFlight, warm: ['fn@1'], startedAt: new Date().toISOString() });
+
+async function setUp(owner: { after(fn: () => Promise<void>): void }, ttlMs: number) {
+  const t = lifo(owner);
+  const cluster = await startNatsCluster(t, { nodes: 1 });
+  const conn = await connectCluster(cluster.urls);
+  t.after(() => conn.close());
+  const bucket = `T_REG_${Math.random().toString(36).slice(2, 10)}`;
+  const registry = await Registry.open(conn.nc, { bucket, ttlMs });
+  const view = await registry.watch();
+  t.after(async () => view.close());
+  return { registry, view, t };
+}
+
+describe('worker registry', { skip: natsUnavailable }, () => {
+  it('an entry appears with a heartbeat, follows updates, and disappears after the TTL once heartbeats stop', async (t) => {
+    const ttlMs = 2_000;
+    const { registry, view, t: owner } = await setUp(t, ttlMs);
+    let inFlight = 0;
+    const heartbeat = await registry.heartbeat(() => state('w1', inFlight), { intervalMs: 200 });
+    owner.after(() => heartbeat.stop());
+    await waitFor(() => view.workers().some((w) => w.nodeId === 'w1'), { what: 'the heartbeat in the view' });
+    assert.deepEqual((await registry.list()).map((w) => [w.nodeId, w.capacity, w.warm]), [['w1', 8, ['fn@1']]]);
+    inFlight = 3;
+    await waitFor(() => view.workers()[0]?.inFlight === 3, { what: 'a later heartbeat with the new load' });
+    // Heartbeats that keep coming keep it there past the TTL.
+    const alive = performance.now();
+    await waitFor(() => performance.now() - alive > 2 * ttlMs, { what: 'two TTLs' });
+    assert.equal(view.workers().length, 1);
+    // A worker that dies says nothing: its entry must go by itself.
+    await heartbeat.stop({ deregister: false });
+    const stoppedAt = performance.now();
+    await waitFor(() => view.workers().length === 0, { what: 'the entry to leave the view', timeoutMs: 30_000 });
+    await waitFor(async () => (await registry.list()).length === 0, { what: 'the server to expire the key', timeoutMs: 30_000 });
+    const goneAfterMs = performance.now() - stoppedAt;
+    assert.ok(goneAfterMs >= ttlMs - 500, `gone after ${goneAfterMs.toFixed(0)} ms, before the TTL`);
+  });
+
+  it('a drained worker deletes its key: it leaves the view at once', async (t) => {
+    const { registry, view, t: owner } = await setUp(t, 60_000);
+    const heartbeat = await registry.heartbeat(() => state('w2'));
+    await registry.heartbeat(() => state('w3')).then((other) => owner.after(() => other.stop()));
+    await waitFor(() => view.workers().length === 2, { what: 'two workers in the view' });
+    await heartbeat.stop({ deregister: true });
+    await waitFor(() => view.workers().length === 1, { what: 'the drained worker to leave the view', timeoutMs: 5_000 });
+    assert.deepEqual((await registry.list()).map((w) => w.nodeId), ['w3']);
+  });
+
+  it('refuses a node id that is not a key token', async (t) => {
+    const { registry } = await setUp(t, 5_000);
+    await assert.rejects(registry.heartbeat(() => state('a.b')), /node id "a.b" must be/);
+  });
+});
