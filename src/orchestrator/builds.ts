@@ -18,6 +18,7 @@ import { KindlingError } from '../core/errors.js';
 import type { FunctionLayer } from '../store/store.js';
 import type { BundleStore } from './bundles.js';
 import type { ExecutionService, TenantScope } from './execution-service.js';
+import { buildFailureAdvice } from './build-advice.js';
 
 /** Where the operator's npm is bound inside the build sandbox (a new top-level directory: nothing of the image hides). */
 export const NPM_MOUNT = '/kindling-npm';
@@ -226,9 +227,9 @@ export class DependencyBuilder {
       if (raw.result.exitCode !== 0) {
         const installer = kind === 'npm' ? 'npm ci' : 'pip install';
         const why = raw.result.timedOut ? `the build ran out of time (--build-timeout-ms ${this.options.timeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS})` : raw.result.oomKilled ? `the build ran out of memory (--build-memory-mb ${this.options.memoryMb ?? DEFAULT_BUILD_MEMORY_MB})` : `${installer} exited with ${raw.result.exitCode}`;
-        const fix = kind === 'npm' ? 'fix package.json / package-lock.json (npm install --package-lock-only regenerates the lockfile)' : 'fix requirements.txt (every package needs a wheel on the index: sdists are not built)';
+        const fix = buildFailureAdvice(kind, log, kind === 'npm' ? (this.options.registry ?? DEFAULT_BUILD_REGISTRY) : (this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL));
         const tail = lastLines(log, 8);
-        throw new KindlingError('BUILD_FAILED', `installing the bundle's dependencies failed: ${why}; ${fix} and deploy again. ${kind} said:\n${tail}`, { details: { log: log.slice(-LOG_KEPT_BYTES), exitCode: raw.result.exitCode, timedOut: raw.result.timedOut } });
+        throw new KindlingError('BUILD_FAILED', `installing the bundle's dependencies failed: ${why}; ${fix}. ${kind} said:\n${tail}`, { details: { log: log.slice(-LOG_KEPT_BYTES), exitCode: raw.result.exitCode, timedOut: raw.result.timedOut } });
       }
       const info = await this.options.layers.ingest(createReadStream(archive), { key });
       await writeFile(join(this.options.layers.pathOf(key), '..', `.${key}.bytes`), String(info.bytes)).catch(() => undefined);
