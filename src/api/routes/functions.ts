@@ -335,7 +335,15 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     reply.hijack();
     startSse(raw, { 'x-request-id': reply.request.id, 'x-kindling-build-id': id });
     if (following.droppedBytes > 0) skipped += following.droppedBytes;
-    sendLog(following.replay);
+    // A client gone before the stream started never sees 'close' again: nothing is kept for it.
+    if (raw.destroyed) {
+      following.stop();
+      return;
+    }
+    // The replay (up to the build's kept log) obeys the follower's bound too: only its newest part is sent.
+    const replay = newestBytes(following.replay, FOLLOWER_BACKLOG_BYTES / 2);
+    skipped += replay.skippedBytes;
+    sendLog(replay.text);
     if (!following.running) {
       finish();
       return;
@@ -597,4 +605,13 @@ class OutputSink extends Writable {
       this.response.on('close', done);
     }
   }
+}
+
+/** The newest `maxBytes` of `text` (UTF-8, cut at a character boundary) and how many bytes were left out before it. */
+export function newestBytes(text: string, maxBytes: number): { text: string; skippedBytes: number } {
+  const bytes = Buffer.from(text, 'utf8');
+  if (bytes.length <= maxBytes) return { text, skippedBytes: 0 };
+  let start = bytes.length - maxBytes;
+  while (start < bytes.length && (bytes[start]! & 0xc0) === 0x80) start++;
+  return { text: bytes.subarray(start).toString('utf8'), skippedBytes: start };
 }
