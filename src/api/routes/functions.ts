@@ -263,7 +263,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         summary: 'A build\'s log (npm\'s or pip\'s output): as text, what it wrote so far while it runs and the last 64 KiB once it ended; with ?follow=true as SSE while it runs',
         description: [
           'Text (no follow): x-kindling-build-status is building, ready or failed.',
-          `?follow=true: text/event-stream. Events: log {"text"} as npm/pip write it (first what it wrote so far); skipped {"bytes"} when log text was left out (the client read more slowly than the build wrote: at most ${FOLLOWER_BACKLOG_BYTES} bytes wait for one follower, the rest is dropped and counted; or the head of a log longer than 1 MiB was gone when the client joined); end: the build record (status ready or failed, error, version) as the last event, then the stream ends. A build that ended answers its stored log and end at once.`,
+          `?follow=true: text/event-stream. Events: log {"text"} as npm/pip write it (first what it wrote so far); skipped {"bytes"} when log text was left out (the client read more slowly than the build wrote: at most ${FOLLOWER_BACKLOG_BYTES} bytes wait for one follower, the rest is dropped and counted; or the client joined late: it gets the newest 128 KiB of what the build wrote so far); end: the build record (status ready or failed, error, version) as the last event, then the stream ends. A build that ended answers its stored log and end at once.`,
           'Another tenant\'s build, or an id the function does not have: 404 BUILD_NOT_FOUND.',
         ].join(' '),
         params: FunctionBuildParamsSchema,
