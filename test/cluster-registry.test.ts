@@ -1,6 +1,8 @@
 /** The worker registry against a real nats-server: heartbeats, expiry after the TTL, deregistration on drain. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { jetstream } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { connectCluster } from '../src/cluster/connection.js';
 import { Registry, type WorkerState } from '../src/cluster/registry.js';
 import { lifo, startNatsCluster, natsUnavailable } from './helpers/nats-cluster.js';
@@ -17,7 +19,7 @@ async function setUp(owner: { after(fn: () => Promise<void>): void }, ttlMs: num
   const registry = await Registry.open(conn.nc, { bucket, ttlMs });
   const view = await registry.watch();
   t.after(async () => view.close());
-  return { registry, view, t };
+  return { registry, view, t, conn, bucket };
 }
 
 describe('worker registry', { skip: natsUnavailable }, () => {
@@ -52,6 +54,17 @@ describe('worker registry', { skip: natsUnavailable }, () => {
     await heartbeat.stop({ deregister: true });
     await waitFor(() => view.workers().length === 1, { what: 'the drained worker to leave the view', timeoutMs: 5_000 });
     assert.deepEqual((await registry.list()).map((w) => w.nodeId), ['w3']);
+  });
+
+  it('a foreign entry in the bucket (not a worker) is left out of the list and the view', async (t) => {
+    const { registry, view, t: owner, conn, bucket } = await setUp(t, 60_000);
+    const heartbeat = await registry.heartbeat(() => state('w4'));
+    owner.after(() => heartbeat.stop());
+    const kv = await new Kvm(jetstream(conn.nc)).open(bucket);
+    await kv.put('junk', 'not json');
+    await waitFor(() => view.workers().some((w) => w.nodeId === 'w4'), { what: 'the worker in the view' });
+    assert.deepEqual((await registry.list()).map((w) => w.nodeId), ['w4']);
+    assert.deepEqual(view.workers().map((w) => w.nodeId), ['w4']);
   });
 
   it('refuses a node id that is not a key token', async (t) => {

@@ -4,7 +4,7 @@
  * encoding, ids in hex, times as strings of nanoseconds).
  */
 import assert from 'node:assert/strict';
-import { createServer as createHttpServer, type Server } from 'node:http';
+import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest, type IncomingMessage, type Server } from 'node:http';
 import { rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { gunzipSync } from 'node:zlib';
@@ -301,6 +301,32 @@ describe('tracing: OTLP/HTTP spans of requests and invocation phases', { skip: u
     const spans = await receiver.trace(listTrace, ['GET /v1/functions'], 'list');
     assert.equal(spans[0]!.parentSpanId ?? '', '', 'a new trace: no parent');
     assert.ok(receiver.spans.slice(before).every((span) => span.traceId !== healthTrace), '/healthz made no span');
+  });
+
+  it("a request with an Upgrade header but no upgrade is an ordinary exchange: its span ends with the response, not with the kept-alive connection", async () => {
+    // Ending such spans on the socket's close kept every request of a keep-alive client (and its span) in memory.
+    const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const traceparents: string[] = [];
+      for (let i = 0; i < 2; i++) {
+        const { headers } = await new Promise<IncomingMessage>((resolve, reject) => {
+          const request = httpRequest(`${server.url}/v1/functions`, { agent, headers: { ...auth, upgrade: 'not-a-protocol' } }, (response) => {
+            response.resume();
+            response.once('end', () => resolve(response));
+          });
+          request.once('error', reject);
+          request.end();
+        });
+        traceparents.push(String(headers.traceparent));
+      }
+      // The connection is still open (the agent keeps it): the spans must be exported all the same.
+      for (const traceparent of traceparents) {
+        const spans = await receiver.trace(traceparent.split('-')[1]!, ['GET /v1/functions'], 'a request with an Upgrade header');
+        assert.equal(spans.find((span) => span.name === 'GET /v1/functions')!.attrs['http.response.status_code'], 200);
+      }
+    } finally {
+      agent.destroy();
+    }
   });
 });
 

@@ -1,7 +1,6 @@
 import { KindlingError } from './errors.js';
 import { APIResource, type RequestOptions } from './resource.js';
-import { sseEvents } from './invocations.js';
-import { SseParser } from './sse.js';
+import { sseEvents, sseStream } from './invocations.js';
 import type { BuildLogEvent, DeployAccepted, FunctionBuildInfo, FunctionInfo, FunctionSpec, FunctionVersionInfo, InvocationResult, LogEvent } from './types.js';
 
 const path = (name: string): string => `/v1/functions/${encodeURIComponent(name)}`;
@@ -86,42 +85,13 @@ export class Functions extends APIResource {
    */
   followBuildLog(name: string, id: string, options: RequestOptions = {}): AsyncIterable<BuildLogEvent> {
     const target = `${path(name)}/builds/${encodeURIComponent(id)}/logs?follow=true`;
-    const http = this.http;
-    const callOptions = { ...call(options), timeoutMs: options.requestTimeoutMs ?? 0 };
-    return {
-      async *[Symbol.asyncIterator]() {
-        const request = http.open(target, callOptions);
-        try {
-          const response = await http.send(request, { method: 'GET', path: target, accept: 'text/event-stream' });
-          const parser = new SseParser();
-          const reader = response.body!.getReader();
-          try {
-            for (;;) {
-              let chunk: ReadableStreamReadResult<Uint8Array>;
-              try {
-                chunk = await reader.read();
-              } catch (err) {
-                throw request.toError(err);
-              }
-              for (const event of chunk.done ? parser.end() : parser.push(chunk.value)) {
-                const data = JSON.parse(event.data) as Record<string, unknown>;
-                if (event.event === 'log') yield { type: 'log', text: String(data.text ?? '') };
-                else if (event.event === 'skipped') yield { type: 'skipped', bytes: Number(data.bytes ?? 0) };
-                else if (event.event === 'end') {
-                  yield { type: 'end', build: data as unknown as FunctionBuildInfo };
-                  return;
-                }
-              }
-              if (chunk.done) return;
-            }
-          } finally {
-            await reader.cancel().catch(() => undefined);
-          }
-        } finally {
-          request.dispose();
-        }
-      },
-    };
+    return sseStream<BuildLogEvent>(this.http, target, { ...call(options), timeoutMs: options.requestTimeoutMs ?? 0 }, (event) => {
+      const data = JSON.parse(event.data) as Record<string, unknown>;
+      if (event.event === 'log') return { item: { type: 'log', text: String(data.text ?? '') } };
+      if (event.event === 'skipped') return { item: { type: 'skipped', bytes: Number(data.bytes ?? 0) } };
+      if (event.event === 'end') return { item: { type: 'end', build: data as unknown as FunctionBuildInfo }, last: true };
+      return {};
+    });
   }
 
   /** `GET /v1/functions/NAME`; rejects with `NotFoundError` when there is none. */

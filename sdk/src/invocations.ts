@@ -98,8 +98,17 @@ export class Invocations extends APIResource {
   }
 }
 
-/** Reads a log SSE stream as LogEvents; breaking out of the loop cancels the request. */
-export function sseEvents(http: HttpClient, urlPath: string, options: CallOptions): AsyncIterable<LogEvent> {
+/** What one SSE event becomes for the caller: an item to yield (or none), and whether it ends the stream. */
+export interface SseStep<T> {
+  item?: T;
+  last?: boolean;
+}
+
+/**
+ * Reads an SSE stream and yields what `step` makes of each event (the stream ends where the server ends it, or at
+ * an event `step` says is the last); breaking out of the loop cancels the request.
+ */
+export function sseStream<T>(http: HttpClient, urlPath: string, options: CallOptions, step: (event: { event: string; data: string }) => SseStep<T>): AsyncIterable<T> {
   return {
     async *[Symbol.asyncIterator]() {
       const request = http.open(urlPath, options);
@@ -115,10 +124,10 @@ export function sseEvents(http: HttpClient, urlPath: string, options: CallOption
             } catch (err) {
               throw request.toError(err);
             }
-            const events = chunk.done ? parser.end() : parser.push(chunk.value);
-            for (const event of events) {
-              const data = JSON.parse(event.data) as Omit<LogEvent, 'type'>;
-              yield { type: event.event as LogEvent['type'], ...data };
+            for (const event of chunk.done ? parser.end() : parser.push(chunk.value)) {
+              const { item, last } = step(event);
+              if (item !== undefined) yield item;
+              if (last === true) return;
             }
             if (chunk.done) return;
           }
@@ -130,6 +139,11 @@ export function sseEvents(http: HttpClient, urlPath: string, options: CallOption
       }
     },
   };
+}
+
+/** Reads a log SSE stream as LogEvents; breaking out of the loop cancels the request. */
+export function sseEvents(http: HttpClient, urlPath: string, options: CallOptions): AsyncIterable<LogEvent> {
+  return sseStream(http, urlPath, options, (event) => ({ item: { type: event.event as LogEvent['type'], ...(JSON.parse(event.data) as Omit<LogEvent, 'type'>) } }));
 }
 
 function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {

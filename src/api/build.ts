@@ -48,6 +48,9 @@ import { registerInvocationRoutes, type InvocationRouteInvocations, type Invocat
  * What the gateway needs of each service: the union of what its routes use (each route module names its own narrow
  * type) and what the hooks below use. The real services satisfy these; tests pass small fakes (see test-support.ts).
  */
+/** A traced request's path attribute is cut here (the request line may be up to the server's header limit). */
+const MAX_TRACED_PATH_CHARS = 512;
+
 export type ApiExecutionService = ExecuteRouteOptions['executionService'] & ExecuteWsRouteOptions['executionService'];
 export type ApiFunctionService = FunctionRouteFunctions & InvocationRouteOptions['functionService'];
 export type ApiInvocations = FunctionRouteInvocations & InvocationRouteInvocations;
@@ -140,7 +143,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       // The route is not known yet: the span is named after it once it is (see the onRequest hook below).
       trace =
         tracer !== undefined && traced(raw.method, raw.url)
-          ? startRequestTrace(incoming, { tracer, name: raw.method ?? 'HTTP', attributes: { [HTTP_ATTR.method]: raw.method ?? '', [HTTP_ATTR.path]: (raw.url ?? '/').split('?')[0]! } })
+          ? startRequestTrace(incoming, { tracer, name: raw.method ?? 'HTTP', attributes: { [HTTP_ATTR.method]: raw.method ?? '', [HTTP_ATTR.path]: (raw.url ?? '/').split('?')[0]!.slice(0, MAX_TRACED_PATH_CHARS) } })
           : startRequestTrace(incoming);
       traces.set(raw, trace);
     }
@@ -234,12 +237,15 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       span.setAttributes({ [HTTP_ATTR.route]: route });
     }
     // Ended when the exchange is over, however it ends (answered, streamed, hijacked, cut off); a WebSocket's when
-    // its connection closes.
+    // its connection closes. Only a real upgrade (node's parser saw `Connection: upgrade`) counts as one: an `Upgrade`
+    // header alone is an ordinary request on a keep-alive socket, and ending its span on the socket's close would keep
+    // every such request (and its span) in memory for as long as a client keeps the connection.
+    const upgraded = (request.raw as { upgrade?: boolean }).upgrade === true;
     const end = (): void => {
-      if (request.headers.upgrade === undefined) span.setAttributes({ [HTTP_ATTR.statusCode]: reply.raw.statusCode });
+      if (!upgraded) span.setAttributes({ [HTTP_ATTR.statusCode]: reply.raw.statusCode });
       span.end();
     };
-    if (request.headers.upgrade !== undefined) request.raw.socket.once('close', end);
+    if (upgraded) request.raw.socket.once('close', end);
     else reply.raw.once('close', end);
   });
 

@@ -267,7 +267,8 @@ export class AsyncQueue {
         return { seq: ack.seq, duplicate: ack.duplicate };
       } catch (error) {
         // A full stream or a too large message will not get better by retrying.
-        const message = error instanceof Error ? error.message : String(error);
+        // Cut: the reason goes into the record, which has a size limit of its own.
+        const message = (error instanceof Error ? error.message : String(error)).slice(0, 2_000);
         if (/maximum (messages|bytes)|message size exceeds/i.test(message) || performance.now() > deadline) throw error;
         await sleep(Math.min(1_000, 50 * 2 ** attempt));
       }
@@ -289,7 +290,7 @@ export class AsyncQueue {
     const limit = this.options.maxMessageBytes ?? ASYNC_QUEUE_DEFAULTS.maxMessageBytes;
     let bytes = encode(outcome);
     if (bytes.length > limit) {
-      const { result: _result, ...rest } = outcome;
+      const { result: _result, reason: _reason, ...rest } = outcome;
       bytes = encode({ ...rest, status: 'failed', reason: `the outcome is ${bytes.length} bytes, over the record's limit of ${limit} bytes (maxMessageBytes); return a smaller result` } satisfies RecordedOutcome);
     }
     try {
@@ -465,7 +466,8 @@ class Worker implements QueueWorker {
           msg.nak();
           return;
         }
-        const message = error instanceof Error ? error.message : String(error);
+        // Cut: the reason goes into the record, which has a size limit of its own.
+        const message = (error instanceof Error ? error.message : String(error)).slice(0, 2_000);
         if (deliveries >= this.maxDeliveries) {
           outcome = { status: 'failed', reason: `could not run after ${deliveries} deliveries; last error: ${message}` };
         } else {

@@ -113,7 +113,16 @@ export class Registry {
     const keys: string[] = [];
     for await (const key of await this.kv.keys()) keys.push(key);
     const entries = await Promise.all(keys.map((key) => this.kv.get(key)));
-    return entries.flatMap((entry) => (entry !== null && entry.operation === 'PUT' ? [entry.json<WorkerEntry>()] : [])).sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+    return entries
+      .flatMap((entry) => {
+        if (entry === null || entry.operation !== 'PUT') return [];
+        try {
+          return [entry.json<WorkerEntry>()];
+        } catch {
+          return []; // not a worker entry (someone else's write): left out, as the watcher does
+        }
+      })
+      .sort((a, b) => a.nodeId.localeCompare(b.nodeId));
   }
 
   /**
@@ -121,9 +130,11 @@ export class Registry {
    * heard from within the TTL; it counts from the time an update arrived here (no clock skew between machines), or,
    * for the entries present when the watch starts, from when the server stored them.
    */
-  async watch(now: () => number = Date.now): Promise<RegistryView> {
+  async watch(now: () => number = Date.now, onError: (error: unknown) => void = () => {}): Promise<RegistryView> {
     const seen = new Map<string, { entry: WorkerEntry; at: number }>();
     const iterator = await this.kv.watch();
+    // A watch that fails ends the updates (the view then empties as entries age past the TTL); it must not become an
+    // unhandled rejection that takes the process down.
     void (async () => {
       for await (const entry of iterator) {
         if (entry.operation !== 'PUT') {
@@ -136,7 +147,7 @@ export class Registry {
           // Not a worker entry (someone else's write): leave it out of the view.
         }
       }
-    })();
+    })().catch(onError);
     return {
       workers: () => {
         const cutoff = now() - this.ttlMs;

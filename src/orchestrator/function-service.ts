@@ -211,8 +211,15 @@ export class FunctionService {
     const key = functionKey(tenant, name);
     this.building.set(key, building);
     const record: BuildRecord = { id, tenant, function: name, kind, status: 'building', startedAtMs: this.clock.nowMs() };
-    this.options.builds?.start(record);
-    this.buildLogs.open(id);
+    try {
+      this.options.builds?.start(record);
+      this.buildLogs.open(id);
+    } catch (error) {
+      // The record could not be written (a full disk): no build runs, and the reservation must not outlive it (every
+      // later deploy of the function would be refused as BUILD_IN_PROGRESS until a restart).
+      if (this.building.get(key) === building) this.building.delete(key);
+      throw error;
+    }
     this.buildsByTenant.set(tenant, (this.buildsByTenant.get(tenant) ?? 0) + 1);
     const done = this.buildAndStore(tenant, name, spec, executor, caps, kind, building).finally(() => {
       if (this.building.get(key) === building) this.building.delete(key);

@@ -209,7 +209,8 @@ export async function startNatsCluster(owner: CleanupOwner, options: NatsCluster
     const running = nodes.filter((node) => node.process !== null).map((node) => node.url);
     const nc = await connect({ servers: running, reconnect: false });
     try {
-      const jsm = await jetstreamManager(nc);
+      // No API check: it is one request that times out while the cluster elects a leader; the wait below retries.
+      const jsm = await jetstreamManager(nc, { checkAPI: false });
       let leader = -1;
       await waitUntil(
         async () => {

@@ -280,7 +280,8 @@ class AsyncFunctions:
         """``PUT /v1/functions/NAME`` with a bundle (see :meth:`kindling._sync.Functions.deploy_bundle`). The directory is
         tarred in a worker thread."""
         body, headers = await asyncio.to_thread(_bundle_request, directory, tar, wait, dict(fields, runtime=runtime, handler=handler, image=image, command=command))
-        response = await self._http.send("PUT", f"/v1/functions/{seg(name)}", content=body, headers=headers, timeout=timeout, idempotent=True)
+        # Not retried: sent again while its build runs, the same deploy would be refused as BUILD_IN_PROGRESS.
+        response = await self._http.send("PUT", f"/v1/functions/{seg(name)}", content=body, headers=headers, timeout=timeout, idempotent=False)
         return _deploy_answer(response)
 
     async def build(self, name: str, build_id: str) -> FunctionBuildInfo:

@@ -328,7 +328,8 @@ class Functions:
         started (a bundle without dependencies is stored at once and returns :class:`FunctionInfo`). While a deploy of
         the function builds, another raises ``ConflictError`` BUILD_IN_PROGRESS."""
         body, headers = _bundle_request(directory, tar, wait, dict(fields, runtime=runtime, handler=handler, image=image, command=command))
-        response = self._http.send("PUT", f"/v1/functions/{seg(name)}", content=body, headers=headers, timeout=timeout, idempotent=True)
+        # Not retried: sent again while its build runs, the same deploy would be refused as BUILD_IN_PROGRESS.
+        response = self._http.send("PUT", f"/v1/functions/{seg(name)}", content=body, headers=headers, timeout=timeout, idempotent=False)
         return _deploy_answer(response)
 
     def build(self, name: str, build_id: str) -> FunctionBuildInfo:

@@ -11,7 +11,7 @@ import { KindlingError } from '../../core/errors.js';
 import { BuildLogs } from '../../orchestrator/build-logs.js';
 import type { BuildRecord } from '../../store/builds-sqlite.js';
 import { buildHarness, type Harness } from '../test-support.js';
-import { FOLLOWER_BACKLOG_BYTES } from './functions.js';
+import { FOLLOWER_BACKLOG_BYTES, newestBytes } from './functions.js';
 
 interface SseEvent {
   event: string;
@@ -125,6 +125,33 @@ describe('following a build log (real socket, fake build store)', () => {
     assert.deepEqual(JSON.parse(end.data), { id, tenant: 'default', function: 'slow', kind: 'npm', status: 'ready', version: 4, startedAtMs: 1, finishedAtMs: 2 });
     assert.ok(appendMs < 10_000, `appending took ${appendMs} ms`);
     socket.destroy();
+  });
+
+  it("sends a late joiner only the newest part of what the build wrote so far, and counts the rest as skipped", async () => {
+    const id = 'bld_late';
+    records.set(id, { id, tenant: 'default', function: 'late', kind: 'npm', status: 'building', startedAtMs: 1 });
+    hub.open(id);
+    const line = `${'é'.repeat(511)}\n`; // 1 KiB of two-byte characters: the cut must not split one
+    const lines = 900;
+    for (let i = 0; i < lines; i++) hub.append(id, line);
+    const response = await fetch(`${url.origin}/v1/functions/late/builds/${id}/logs?follow=true`);
+    // The headers arrived: the follower is subscribed and its replay written (both come before the stream opens).
+    const text = response.text();
+    records.set(id, { ...records.get(id)!, status: 'ready', version: 1, finishedAtMs: 2 });
+    hub.end(id);
+    const events = parseSse(await text);
+    const logged = events.filter((e) => e.event === 'log').map((e) => (JSON.parse(e.data) as { text: string }).text).join('');
+    const skipped = events.filter((e) => e.event === 'skipped').reduce((sum, e) => sum + (JSON.parse(e.data) as { bytes: number }).bytes, 0);
+    assert.ok(Buffer.byteLength(logged) <= FOLLOWER_BACKLOG_BYTES / 2, `${Buffer.byteLength(logged)} bytes replayed`);
+    assert.ok(logged.endsWith(line) && !logged.includes('\ufffd'), 'the newest lines, whole characters');
+    assert.equal(Buffer.byteLength(logged) + skipped, lines * Buffer.byteLength(line));
+    assert.equal(events.at(-1)?.event, 'end');
+  });
+
+  it('newestBytes cuts at a character boundary', () => {
+    assert.deepEqual(newestBytes('abc', 10), { text: 'abc', skippedBytes: 0 });
+    assert.deepEqual(newestBytes('aéé', 3), { text: 'é', skippedBytes: 3 });
+    assert.deepEqual(newestBytes('aéé', 4), { text: 'éé', skippedBytes: 1 });
   });
 
   it('answers another tenant\'s (or an unknown) build with 404 before opening a stream', async () => {

@@ -264,7 +264,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         summary: 'A build\'s log (npm\'s or pip\'s output): as text, what it wrote so far while it runs and the last 64 KiB once it ended; with ?follow=true as SSE while it runs',
         description: [
           'Text (no follow): x-kindling-build-status is building, ready or failed.',
-          `?follow=true: text/event-stream. Events: log {"text"} as npm/pip write it (first what it wrote so far); skipped {"bytes"} when log text was left out (the client read more slowly than the build wrote: at most ${FOLLOWER_BACKLOG_BYTES} bytes wait for one follower, the rest is dropped and counted; or the head of a log longer than 1 MiB was gone when the client joined); end: the build record (status ready or failed, error, version) as the last event, then the stream ends. A build that ended answers its stored log and end at once.`,
+          `?follow=true: text/event-stream. Events: log {"text"} as npm/pip write it (first what it wrote so far); skipped {"bytes"} when log text was left out (the client read more slowly than the build wrote: at most ${FOLLOWER_BACKLOG_BYTES} bytes wait for one follower, the rest is dropped and counted; or the client joined late: it gets the newest 128 KiB of what the build wrote so far); end: the build record (status ready or failed, error, version) as the last event, then the stream ends. A build that ended answers its stored log and end at once.`,
           'Another tenant\'s build, or an id the function does not have: 404 BUILD_NOT_FOUND.',
         ].join(' '),
         params: FunctionBuildParamsSchema,
@@ -336,7 +336,15 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
     reply.hijack();
     startSse(raw, { 'x-request-id': reply.request.id, 'x-kindling-build-id': id });
     if (following.droppedBytes > 0) skipped += following.droppedBytes;
-    sendLog(following.replay);
+    // A client gone before the stream started never sees 'close' again: nothing is kept for it.
+    if (raw.destroyed) {
+      following.stop();
+      return;
+    }
+    // The replay (up to the build's kept log) obeys the follower's bound too: only its newest part is sent.
+    const replay = newestBytes(following.replay, FOLLOWER_BACKLOG_BYTES / 2);
+    skipped += replay.skippedBytes;
+    sendLog(replay.text);
     if (!following.running) {
       finish();
       return;
@@ -606,4 +614,13 @@ function deployQuota(scope: TenantScope): DeployQuota {
     ...(scope.maxConcurrency === undefined ? {} : { maxWarm: scope.maxConcurrency }),
     ...(scope.maxConcurrentBuilds === undefined ? {} : { maxBuilds: scope.maxConcurrentBuilds }),
   };
+}
+
+/** The newest `maxBytes` of `text` (UTF-8, cut at a character boundary) and how many bytes were left out before it. */
+export function newestBytes(text: string, maxBytes: number): { text: string; skippedBytes: number } {
+  const bytes = Buffer.from(text, 'utf8');
+  if (bytes.length <= maxBytes) return { text, skippedBytes: 0 };
+  let start = bytes.length - maxBytes;
+  while (start < bytes.length && (bytes[start]! & 0xc0) === 0x80) start++;
+  return { text: bytes.subarray(start).toString('utf8'), skippedBytes: start };
 }

@@ -142,7 +142,12 @@ export class SlotCgroup {
     const found = new Set<number>();
     const walk = (dir: string, depth: number): void => {
       try {
-        for (const line of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n')) if (line !== '') found.add(Number(line));
+        for (const line of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n')) {
+          // A process outside this server's pid namespace (the server in a container, the engine's containers not)
+          // reads as 0: never signalled (kill(0) would hit the server's own process group), nor pid 1 or the server.
+          const pid = Number(line);
+          if (Number.isInteger(pid) && pid > 1 && pid !== process.pid) found.add(pid);
+        }
         if (depth < 4) for (const entry of fs.readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) walk(path.join(dir, entry.name), depth + 1);
       } catch {
         // gone meanwhile

@@ -162,7 +162,8 @@ function readPids(file: string): number[] {
     throw err;
   }
   const out: number[] = [];
-  for (const line of text.split('\n')) if (line !== '') out.push(Number(line));
+  // A process outside this server's pid namespace reads as 0: never a pid to signal (kill(0) is the own group).
+  for (const line of text.split('\n')) if (line !== '' && Number(line) > 0) out.push(Number(line));
   return out;
 }
 
