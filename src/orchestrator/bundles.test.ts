@@ -49,6 +49,37 @@ describe('BundleStore', { skip: process.getuid?.() === 0 ? false : 'needs root (
     assert.equal(existsSync(file), false);
   });
 
+  it('takes an archive that ends on a tar record boundary even when the upload ends after tar has exited', async () => {
+    // Two headers (./ and f.bin) and 16 data blocks, then the two end blocks: 20 blocks, exactly one record of GNU tar's reads, so
+    // tar exits at the end blocks without waiting for end of file. The upload ends 100 ms later (a request's end that
+    // comes after its last bytes): tar has exited by then, and its stdin with it. This failed with "Premature close".
+    const tar = tarOf({ 'f.bin': 'y'.repeat(16 * 512) }, ['-b', '1']);
+    assert.equal(tar.length, 20 * 512);
+    const store = new BundleStore({ dir: join(root, 'store-c') });
+    const slowEnd = (bytes: Buffer): Readable =>
+      Readable.from(
+        (async function* (): AsyncGenerator<Buffer> {
+          yield bytes;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        })(),
+      );
+    const info = await store.ingest(slowEnd(tar));
+    assert.equal(info.sha256, createHash('sha256').update(tar).digest('hex'));
+    assert.equal(statSync(join(store.pathOf(info.sha256), 'f.bin')).size, 16 * 512);
+    // A record-padded archive (tar's default -b 20) with bytes after its end blocks: read to the end for the hash.
+    const padded = tarOf({ 'g.txt': 'z' });
+    const more = await store.ingest(slowEnd(padded));
+    assert.equal(more.sha256, createHash('sha256').update(padded).digest('hex'));
+    assert.equal(more.bytes, padded.length);
+  });
+
+  it('still refuses an archive tar cannot read to its end (cut in the middle of an entry)', async () => {
+    const store = new BundleStore({ dir: join(root, 'store-d') });
+    const tar = tarOf({ 'h.bin': 'w'.repeat(40 * 1024) });
+    await assert.rejects(store.ingest(Readable.from([tar.subarray(0, 20 * 512)])), (error: unknown) => error instanceof KindlingError && error.code === 'BUNDLE_INVALID');
+    assert.deepEqual(readdirSync(join(root, 'store-d')), []);
+  });
+
   it('refuses a link chain out of the bundle and a file over the limit, leaving no staging directory', async () => {
     const store = new BundleStore({ dir: join(root, 'store-b'), maxBytes: 64 * 1024 });
     const chain = execFileSync('python3', ['-c', [

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chown, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { Transform, Writable, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { KindlingError } from '../core/errors.js';
 import type { FunctionBundle } from '../store/store.js';
@@ -127,7 +127,7 @@ export class BundleStore {
         tar.on('close', (code) => resolve(code ?? 128));
       });
       try {
-        await pipeline(upload, hash, guard, tar.stdin);
+        await pipeline(upload, hash, guard, intoTar(tar.stdin));
       } catch (error) {
         tar.kill('SIGKILL');
         await exited.catch(() => undefined);
@@ -198,6 +198,51 @@ export class BundleStore {
     }
     return removed;
   }
+}
+
+/**
+ * A writable that passes the archive on to tar's stdin and, once tar has exited, takes what is left without it.
+ * GNU tar reads a pipe in whole records (20 blocks) and exits at the end-of-archive blocks without waiting for end of
+ * file: when the archive ends on a record boundary, tar can exit before this side has ended its stdin, and Node
+ * destroys the stdin of an exited child. Piped straight into tar.stdin, that failed a good bundle with "Premature
+ * close" (1 in 20 sizes, when the end of the upload came late). Whether the archive was complete is tar's exit code;
+ * the upload is still read to its end, so its hash and size are the whole file's.
+ */
+function intoTar(stdin: Writable): Writable {
+  let exited = false;
+  /** The callback of the chunk in flight (one at a time), called once tar's pipe took it or tar is gone. */
+  let pending: (() => void) | null = null;
+  const release = (): void => {
+    const done = pending;
+    pending = null;
+    done?.();
+  };
+  const gone = (): void => {
+    exited = true;
+    release();
+  };
+  stdin.on('close', gone);
+  // EPIPE when tar exits during a write: tar's exit code says what went wrong.
+  stdin.on('error', gone);
+  return new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      if (exited) {
+        done();
+        return;
+      }
+      pending = () => done();
+      stdin.write(chunk, release);
+    },
+    final(done) {
+      if (exited) {
+        done();
+        return;
+      }
+      pending = () => done();
+      stdin.once('finish', release);
+      stdin.end();
+    },
+  });
 }
 
 function asBundleError(error: unknown): unknown {
