@@ -90,13 +90,14 @@ describe('bounded builds: per-tenant cap, server queue, their own metrics label 
     const builtA = await tenantA.functions.build('quota-one', first.build.id);
     assert.equal(builtA.status, 'ready', `${JSON.stringify(builtA)}\n${(await tenantA.functions.buildLogs('quota-one', first.build.id)).log}`);
     assert.equal((await tenantA.functions.invoke('quota-one', 'a')).text(), 'first a');
+    // A's cap is free again: its next deploy with dependencies is taken.
+    const again = await tenantA.functions.deployBundle('quota-two', SPEC, bundleOf('kgreetq'), { requestTimeoutMs: 0 });
+    assert.ok(!isAccepted(again) && again.version === 1, JSON.stringify(again));
+
     await waitFor(async () => (await tenantB.functions.build('quota-other', other.build.id)).status !== 'building', { what: "B's build to end", timeoutMs: 120_000 });
     const builtB = await tenantB.functions.build('quota-other', other.build.id);
     assert.equal(builtB.status, 'ready', JSON.stringify(builtB));
     assert.equal((await tenantB.functions.invoke('quota-other', 'b')).text(), 'second b');
-    // A's cap is free again: its next deploy with dependencies is taken.
-    const again = await tenantA.functions.deployBundle('quota-two', SPEC, bundleOf('kgreetq'), { requestTimeoutMs: 0 });
-    assert.ok(!isAccepted(again) && again.version === 1, JSON.stringify(again));
 
     // Builds are counted under their own label, not as one-off executions.
     const metrics = await (await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${createdA.adminKey!}` } })).text();
