@@ -90,12 +90,12 @@ export interface ServerConfig {
   /** Largest function bundle (a tar of a directory, as uploaded) (--max-bundle-bytes). Default 64 MiB. */
   maxBundleBytes?: number;
   /**
-   * Dependency builds of node bundles (npm ci in a build sandbox): the registry (--build-registry), the budget
+   * Dependency builds of node bundles (npm ci in a build sandbox): how many run at once (--max-concurrent-builds), the registry (--build-registry), the budget
    * (--build-timeout-ms, --build-memory-mb, --build-cpus, --build-disk-mb) and the host's npm package directory run by
    * builds (--build-npm-dir; default: the npm next to the node running the server); python builds: pip's index
    * (--pip-index-url, default https://pypi.org/simple) and the pip wheel they run (--build-pip-wheel).
    */
-  build?: { registry?: string; timeoutMs?: number; memoryMb?: number; cpus?: number; diskMb?: number; npmDir?: string; caFile?: string; pipIndexUrl?: string; pipWheel?: string };
+  build?: { maxConcurrent?: number; registry?: string; timeoutMs?: number; memoryMb?: number; cpus?: number; diskMb?: number; npmDir?: string; caFile?: string; pipIndexUrl?: string; pipWheel?: string };
   /**
    * The splice relay for large streams (native/kindling-splice.c, built into dist/native): its path, or null to keep
    * every stream in node. Default: the built one when it exists.
@@ -496,6 +496,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     layers,
     npmDir: config.build?.npmDir ?? join(dirname(dirname(process.execPath)), 'lib', 'node_modules', 'npm'),
     diskMb: buildDiskMb,
+    ...(config.build?.maxConcurrent === undefined ? {} : { maxConcurrent: config.build.maxConcurrent }),
     ...(config.build?.registry === undefined ? {} : { registry: config.build.registry }),
     ...(config.build?.timeoutMs === undefined ? {} : { timeoutMs: config.build.timeoutMs }),
     ...(config.build?.memoryMb === undefined ? {} : { memoryMb: config.build.memoryMb }),

@@ -10,8 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -19,6 +18,7 @@ import { promisify } from 'node:util';
 import { Kindling, KindlingError, type BuildLogEvent, type DeployAccepted, type FunctionInfo } from '@kindling/sdk';
 import { docker, dockerUnavailableReason, newDataDir, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 import { waitFor } from './helpers/wait.js';
+import { addProject, INDEX_SERVER } from './helpers/gated-index.js';
 import { SqliteBuildStore } from '../src/store/builds-sqlite.js';
 
 const execFileAsync = promisify(execFile);
@@ -28,40 +28,6 @@ const missing = (await sandboxUnavailableReason()) ?? (await dockerUnavailableRe
 const work = mkdtempSync(join(tmpdir(), 'kindling-live-builds-'));
 chmodSync(work, 0o755);
 after(() => rmSync(work, { recursive: true, force: true }));
-
-const b64 = (data: Buffer): string => data.toString('base64url');
-
-/** A pure-python wheel of `name` whose module greets with `greeting`, and its PEP 503 page, under `root/simple/name`. */
-function addProject(root: string, name: string, greeting: string): void {
-  const dir = join(root, 'simple', name);
-  mkdirSync(dir, { recursive: true });
-  const distInfo = `${name}-1.0.0.dist-info`;
-  const files: Record<string, string> = {
-    [`${name}/__init__.py`]: `def greet(who):\n    return "${greeting} " + who\n`,
-    [`${distInfo}/METADATA`]: `Metadata-Version: 2.1\nName: ${name}\nVersion: 1.0.0\n`,
-    [`${distInfo}/WHEEL`]: 'Wheel-Version: 1.0\nGenerator: kindling-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
-  };
-  const record = Object.entries(files).map(([path, content]) => `${path},sha256=${b64(createHash('sha256').update(content).digest())},${Buffer.byteLength(content)}`);
-  files[`${distInfo}/RECORD`] = `${record.join('\n')}\n${distInfo}/RECORD,,\n`;
-  const wheel = `${name}-1.0.0-py3-none-any.whl`;
-  const script = 'import json, sys, zipfile\nfiles = json.load(sys.stdin)\nwith zipfile.ZipFile(sys.argv[1], "w") as z:\n    for path, content in files.items():\n        z.writestr(path, content)\n';
-  execFileSync('python3', ['-c', script, join(dir, wheel)], { input: JSON.stringify(files) });
-  const digest = createHash('sha256').update(execFileSync('cat', [join(dir, wheel)])).digest('hex');
-  writeFileSync(join(dir, 'index.html'), `<!DOCTYPE html><html><body><a href="${wheel}#sha256=${digest}">${wheel}</a></body></html>\n`);
-}
-
-/** The index server: a `kgate*` project's page waits for /srv/release-<project>, then is served (404 if absent). */
-const INDEX_SERVER = [
-  'import functools, http.server, os, time',
-  'class H(http.server.SimpleHTTPRequestHandler):',
-  '    def do_GET(self):',
-  '        parts = self.path.split("/")',
-  '        if len(parts) > 2 and parts[2].startswith("kgate"):',
-  '            while not os.path.exists("/srv/release-" + parts[2]):',
-  '                time.sleep(0.05)',
-  '        super().do_GET()',
-  'http.server.ThreadingHTTPServer(("", 8000), functools.partial(H, directory="/srv")).serve_forever()',
-].join('\n');
 
 function directory(files: Record<string, string>): string {
   const dir = mkdtempSync(join(work, 'dir-'));

@@ -331,6 +331,8 @@ export interface LogEvent {
 export interface TenantQuotas {
   /** Executions running at once (one-off, invocations, WebSocket); beyond: 429 `TENANT_CONCURRENCY_LIMIT`. */
   maxConcurrency?: number;
+  /** Dependency builds running at once (default 2); a deploy that needs a build beyond: 429 `TENANT_BUILD_LIMIT`. */
+  maxConcurrentBuilds?: number;
   /** Token bucket: /v1 requests a second (refill rate); beyond: 429 `TENANT_RATE_LIMITED` with Retry-After. */
   requestsPerSecond?: number;
   /** Token bucket size. Default: requestsPerSecond rounded up. */

@@ -241,6 +241,7 @@ const quota = (description: string) => Type.Optional(Type.Union([Type.Number(), 
 export const TenantQuotasSchema = Type.Object(
   {
     maxConcurrency: quota('Executions running at once (one-off, invocations, WebSocket); beyond: 429 TENANT_CONCURRENCY_LIMIT.'),
+    maxConcurrentBuilds: quota('Dependency builds (npm ci, pip install of deploys) running at once (default 2); a deploy that needs a build beyond: 429 TENANT_BUILD_LIMIT, nothing stored.'),
     requestsPerSecond: quota('Token bucket refill rate for /v1 requests; beyond: 429 TENANT_RATE_LIMITED with Retry-After.'),
     burst: quota('Token bucket size (default: requestsPerSecond rounded up).'),
     maxMemoryMb: quota('Cap on memoryMb per sandbox.'),

@@ -51,17 +51,27 @@ export const clientFrom = (options: Record<string, unknown>): Kindling =>
  */
 async function printBuildLog(client: Kindling, name: string, id: string, out: NodeJS.WritableStream): Promise<FunctionBuildInfo> {
   let last = '';
-  for await (const event of client.functions.followBuildLog(name, id)) {
-    if (event.type === 'log') {
-      out.write(event.text);
-      last = event.text;
-    } else if (event.type === 'skipped') out.write(`\n[${event.bytes} bytes of the build log skipped]\n`);
-    else {
-      if (last !== '' && !last.endsWith('\n')) out.write('\n');
-      return event.build;
+  // The connection may break mid-build (the server stopped): say so in one line (guarded prints SDK errors), not a stack.
+  const lost = (why: string): SdkError =>
+    new SdkError({ code: 'STREAM_INTERRUPTED', message: `the build log of ${id} ended before the build did (${why}); kindling functions builds ${name} shows its status` });
+  try {
+    for await (const event of client.functions.followBuildLog(name, id)) {
+      if (event.type === 'log') {
+        out.write(event.text);
+        last = event.text;
+      } else if (event.type === 'skipped') out.write(`\n[${event.bytes} bytes of the build log skipped]\n`);
+      else {
+        if (last !== '' && !last.endsWith('\n')) out.write('\n');
+        return event.build;
+      }
     }
+  } catch (error) {
+    if (last !== '' && !last.endsWith('\n')) out.write('\n');
+    if (error instanceof SdkError) throw error;
+    throw lost(error instanceof Error ? error.message : String(error));
   }
-  throw new Error(`the build log of ${id} ended before the build did; kindling functions builds ${name} shows its status`);
+  if (last !== '' && !last.endsWith('\n')) out.write('\n');
+  throw lost('the connection closed');
 }
 
 /**

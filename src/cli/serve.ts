@@ -1,3 +1,4 @@
+import { DEFAULT_MAX_CONCURRENT_BUILDS } from '../orchestrator/builds.js';
 import type { Command } from 'commander';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -101,6 +102,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--build-memory-mb <n>', 'memory budget of one dependency build', int('--build-memory-mb'), 1024)
     .option('--build-cpus <n>', 'CPUs of one dependency build', Number, 1)
     .option('--build-disk-mb <n>', 'scratch disk of one dependency build, and the largest layer it may produce', int('--build-disk-mb'), 1024)
+    .option('--max-concurrent-builds <n>', 'dependency builds running at once on this server (default: half the cores, at least 1); more wait in a bounded queue (64), then 429; a tenant runs at most its quota maxConcurrentBuilds (default 2)', int('--max-concurrent-builds'), DEFAULT_MAX_CONCURRENT_BUILDS)
     .option('--build-ca-file <path>', 'PEM bundle of extra CAs dependency builds trust (a registry mirror or TLS proxy with its own CA); default: $NODE_EXTRA_CA_CERTS if set; "" for none', defaults.buildCaFile ?? '')
     .option('--build-npm-dir <dir>', 'host directory of the npm package builds run (default: the npm installed next to this node)')
     .option('--pip-index-url <url>', 'package index (PEP 503 simple) python dependency builds install from (network "egress": see docs/security.md section 17)', 'https://pypi.org/simple')
@@ -209,6 +211,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
           memoryMb: options.buildMemoryMb as number,
           cpus: options.buildCpus as number,
           diskMb: options.buildDiskMb as number,
+          maxConcurrent: Math.max(1, options.maxConcurrentBuilds as number),
           ...(options.buildNpmDir === undefined ? {} : { npmDir: options.buildNpmDir as string }),
           ...(options.buildCaFile === '' ? {} : { caFile: options.buildCaFile as string }),
           pipIndexUrl: options.pipIndexUrl as string,

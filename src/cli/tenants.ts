@@ -7,6 +7,7 @@ import { clientOptions, type ClientDefaults } from './run.js';
 /** Quota flags shared by `tenants create` and `tenants update`: flag, quota field, what it means. */
 const QUOTA_FLAGS: [string, keyof TenantQuotas, string][] = [
   ['--max-concurrency <n>', 'maxConcurrency', 'executions running at once'],
+  ['--max-concurrent-builds <n>', 'maxConcurrentBuilds', 'dependency builds running at once'],
   ['--rps <n>', 'requestsPerSecond', 'requests a second (token bucket refill rate)'],
   ['--burst <n>', 'burst', 'token bucket size'],
   ['--max-memory-mb <mb>', 'maxMemoryMb', 'cap on memoryMb'],

@@ -55,6 +55,8 @@ export const ERROR_CODES = {
   TENANT_RATE_LIMITED: { statusCode: 429, retryable: true },
   /** The tenant runs as many executions as its quota allows. */
   TENANT_CONCURRENCY_LIMIT: { statusCode: 429, retryable: true },
+  /** The tenant has as many dependency builds running as its quota maxConcurrentBuilds allows; nothing was stored. */
+  TENANT_BUILD_LIMIT: { statusCode: 429, retryable: true },
   /**
    * A deploy or an async enqueue would take the tenant past a storage quota (maxFunctionVersions, maxCodeBytes,
    * maxQueuedPayloadBytes); nothing was stored. 409: it conflicts with what the tenant keeps, and sending it again

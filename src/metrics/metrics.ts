@@ -7,6 +7,8 @@ import { DEFAULT_TENANT } from '../store/usage.js';
 
 /** One-off executions are counted under this function label, so one metric covers them and deployed functions. */
 export const EXECUTE_FUNCTION_LABEL = '_execute';
+/** The function label of dependency builds' executions (no function name starts with `_`, so none collides). */
+export const BUILD_FUNCTION_LABEL = '_build';
 
 export type InvocationStatus = 'succeeded' | 'failed' | 'timeout' | 'oom' | 'error';
 

@@ -12,13 +12,15 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { KindlingError } from '../core/errors.js';
 import type { FunctionLayer } from '../store/store.js';
 import type { BundleStore } from './bundles.js';
 import type { ExecutionService, TenantScope } from './execution-service.js';
 import { buildFailureAdvice } from './build-advice.js';
+import { ConcurrencyLimiter } from './concurrency-limiter.js';
+import { BUILD_FUNCTION_LABEL } from '../metrics/metrics.js';
 
 /** Where the operator's npm is bound inside the build sandbox (a new top-level directory: nothing of the image hides). */
 export const NPM_MOUNT = '/kindling-npm';
@@ -39,6 +41,10 @@ export const DEFAULT_BUILD_MEMORY_MB = 1024;
 export const DEFAULT_BUILD_CPUS = 1;
 export const DEFAULT_BUILD_DISK_MB = 1024;
 export const DEFAULT_BUILD_REGISTRY = 'https://registry.npmjs.org/';
+/** Half the cores: builds (npm ci, pip install) are CPU-heavy, and invocations must keep the other half. */
+export const DEFAULT_MAX_CONCURRENT_BUILDS = Math.max(1, Math.floor(availableParallelism() / 2));
+/** Builds waiting for a slot: enough for bursts of deploys, small enough that a flood gets 429s, not a pile. */
+export const MAX_QUEUED_BUILDS = 64;
 /** Bytes of build log kept for the error (the end of it: npm prints its error last). */
 const LOG_KEPT_BYTES = 64 * 1024;
 
@@ -66,6 +72,10 @@ export interface BuilderOptions {
   pipIndexUrl?: string;
   /** Host path of the pip wheel builds run (--build-pip-wheel); default: the newest in /usr/share/python-wheels. */
   pipWheel?: string;
+  /** Builds running at once on this server (--max-concurrent-builds); more wait in a bounded FIFO. Default DEFAULT_MAX_CONCURRENT_BUILDS. */
+  maxConcurrent?: number;
+  /** Builds that may wait for a slot; beyond, a deploy gets 429 at once. Default MAX_QUEUED_BUILDS. */
+  maxQueued?: number;
 }
 
 export interface BuildResult {
@@ -89,7 +99,30 @@ export class DependencyBuilder {
   /** Builds in flight by layer hash: two deploys of the same lockfile build once. */
   private readonly running = new Map<string, Promise<BuildResult>>();
 
-  constructor(private readonly options: BuilderOptions) {}
+  /** The server's build slots: a build waits here (FIFO, bounded) before it takes an execution slot. */
+  private readonly slots: ConcurrencyLimiter;
+
+  constructor(private readonly options: BuilderOptions) {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS;
+    this.slots = new ConcurrencyLimiter({
+      maxConcurrent: Math.max(1, options.maxConcurrent ?? DEFAULT_MAX_CONCURRENT_BUILDS),
+      maxQueued: Math.max(0, options.maxQueued ?? MAX_QUEUED_BUILDS),
+      // A queued build waits at most for a full queue ahead of it, each build as long as its budget allows.
+      queueTimeoutMs: timeoutMs * Math.max(1, Math.ceil((options.maxQueued ?? MAX_QUEUED_BUILDS) / Math.max(1, options.maxConcurrent ?? DEFAULT_MAX_CONCURRENT_BUILDS))),
+      slotName: 'build slot',
+      limitName: '--max-concurrent-builds',
+    });
+  }
+
+  /** Builds running and waiting now, and the bounds. */
+  get stats(): { running: number; queued: number; maxConcurrent: number; maxQueued: number } {
+    return this.slots.stats;
+  }
+
+  /** 429 TOO_MANY_REQUESTS if a build now would find every build slot taken and the queue full: checked before a deploy commits. */
+  checkRoom(): void {
+    this.slots.checkRoom();
+  }
 
   /**
    * What a bundle of this runtime needs built: npm for a node bundle with package.json and package-lock.json at its
@@ -173,7 +206,13 @@ export class DependencyBuilder {
     const tool = kind === 'npm' ? { source: this.options.npmDir, target: NPM_MOUNT } : { source: (await this.pip()).path, target: PIP_MOUNT };
     // stdout (the tar) goes to a file first and is unpacked once the build succeeded: a failed build leaves nothing
     // half-unpacked, and the unpack reads a complete archive at its own pace. Its size is bounded by the build's disk.
-    const spool = await mkdtemp(join(tmpdir(), 'kindling-build-'));
+    const { running, maxConcurrent } = this.slots.stats;
+    if (running >= maxConcurrent) onLog?.(`waiting for a build slot (${running} builds running, --max-concurrent-builds ${maxConcurrent})\n`);
+    const releaseSlot = await this.slots.acquire();
+    const spool = await mkdtemp(join(tmpdir(), 'kindling-build-')).catch((error: unknown) => {
+      releaseSlot();
+      throw error;
+    });
     const archive = join(spool, 'layer.tar');
     try {
       const sink = createWriteStream(archive);
@@ -217,6 +256,8 @@ export class DependencyBuilder {
             ],
             io: { stdin: { kind: 'none' }, stdout: { kind: 'sink', sink, keepBytes: 0 } },
             tenant,
+            // Its own label in metrics and usage records: a failed build is not a failed one-off execution.
+            functionName: BUILD_FUNCTION_LABEL,
             ...(onLog === undefined ? {} : { onOutput: (stream: string, text: string) => (stream === 'stderr' ? onLog(text) : undefined) }),
           },
         );
@@ -235,6 +276,7 @@ export class DependencyBuilder {
       await writeFile(join(this.options.layers.pathOf(key), '..', `.${key}.bytes`), String(info.bytes)).catch(() => undefined);
       return { layer: { sha256: key, bytes: info.bytes, reused: false, buildMs: Date.now() - started, ...(kind === 'npm' ? {} : { kind }) }, log };
     } finally {
+      releaseSlot();
       await rm(spool, { recursive: true, force: true });
     }
   }

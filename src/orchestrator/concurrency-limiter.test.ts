@@ -46,3 +46,17 @@ test('the 429 names the limit that was met and what sets it', async () => {
   });
   release();
 });
+
+test('checkRoom throws the 429 acquire would give at once, and takes nothing', async () => {
+  const limiter = new ConcurrencyLimiter({ maxConcurrent: 1, maxQueued: 1, queueTimeoutMs: 10_000, slotName: 'build slot', limitName: '--max-concurrent-builds' });
+  limiter.checkRoom(); // a free slot
+  const release = await limiter.acquire();
+  limiter.checkRoom(); // no slot, but room in the queue
+  const queued = limiter.acquire();
+  assert.throws(() => limiter.checkRoom(), (error: unknown) => error instanceof KindlingError && error.code === 'TOO_MANY_REQUESTS' && /queue for a free build slot is full.*--max-concurrent-builds/.test(error.message));
+  assert.deepEqual(limiter.stats, { running: 1, queued: 1, maxConcurrent: 1, maxQueued: 1 });
+  release();
+  (await queued)();
+  limiter.checkRoom();
+  assert.equal(limiter.stats.running, 0);
+});

@@ -35,6 +35,15 @@ export class ConcurrencyLimiter {
     return { running: this.running, queued: this.queue.length, maxConcurrent: this.options.maxConcurrent, maxQueued: this.options.maxQueued };
   }
 
+  /**
+   * Throws the 429 that acquire() would give at once (no free slot and a full queue), without taking anything: lets a
+   * caller refuse work before it commits to it (a deploy answered 202 must not learn of a full queue afterwards).
+   */
+  checkRoom(): void {
+    if (this.running < this.options.maxConcurrent && this.queue.length === 0) return;
+    if (this.queue.length >= this.options.maxQueued) throw this.overloaded(`the queue for a free ${this.slotName} is full`);
+  }
+
   /** Resolves with a release function once a slot is free. Call release exactly once (extra calls are ignored). */
   acquire(signal?: AbortSignal): Promise<() => void> {
     if (this.running < this.options.maxConcurrent && this.queue.length === 0) {

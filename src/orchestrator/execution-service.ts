@@ -43,6 +43,8 @@ export interface TenantScope {
   maxPayloadBytes?: number;
   /** The tenant's concurrency quota; it also bounds the warm sandboxes its functions keep (minWarm summed). */
   maxConcurrency?: number;
+  /** Dependency builds the tenant may run at once (quota maxConcurrentBuilds); absent: no cap but the server's. */
+  maxConcurrentBuilds?: number;
 }
 
 /** The W3C trace context an execution runs under (see src/api/trace.ts). */

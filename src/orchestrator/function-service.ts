@@ -16,6 +16,12 @@ import { newId } from '../core/ids.js';
 import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
 import { BuildLogs, type BuildLogMessage } from './build-logs.js';
 
+/** The tenant's quotas a deploy is checked against: warm sandboxes (maxConcurrency) and builds running at once (maxConcurrentBuilds). */
+export interface DeployQuota {
+  maxWarm?: number;
+  maxBuilds?: number;
+}
+
 /** A deploy whose build runs: its build id, and whether the function was deleted meanwhile (its version is then not stored). */
 interface Building {
   id: string;
@@ -168,7 +174,7 @@ export class FunctionService {
    * dependencies is built first (the call waits for it): a failed build throws BUILD_FAILED before anything is stored,
    * so the previous version keeps serving.
    */
-  async deploy(tenant: string, name: string, spec: FunctionSpec, caps: Partial<ResourceLimits> = {}, quota: { maxWarm?: number } = {}): Promise<{ view: FunctionView; created: boolean }> {
+  async deploy(tenant: string, name: string, spec: FunctionSpec, caps: Partial<ResourceLimits> = {}, quota: DeployQuota = {}): Promise<{ view: FunctionView; created: boolean }> {
     const started = await this.startDeploy(tenant, name, spec, caps, quota);
     return 'building' in started ? started.done : started;
   }
@@ -184,7 +190,7 @@ export class FunctionService {
     name: string,
     spec: FunctionSpec,
     caps: Partial<ResourceLimits> = {},
-    quota: { maxWarm?: number } = {},
+    quota: DeployQuota = {},
   ): Promise<{ view: FunctionView; created: boolean } | { building: BuildRecord; done: Promise<{ view: FunctionView; created: boolean }> }> {
     checkName(name);
     const executor = spec.executor ?? this.options.defaultExecutor;
@@ -196,6 +202,10 @@ export class FunctionService {
     if (kind === null) return this.storeVersion(tenant, name, spec, executor, caps);
     // From the check to the reservation nothing awaits: of two deploys racing here, the second gets the 409.
     this.checkNotBuilding(tenant, name);
+    // Refused before anything is stored or reserved: the tenant's own cap first (it is the one the tenant can act on),
+    // then the server's build queue (a 202 must not be followed by "the queue was full").
+    if (quota.maxBuilds !== undefined) this.checkBuildQuota(tenant, quota.maxBuilds);
+    this.options.builder!.checkRoom();
     const id = newId('bld', this.clock.nowMs());
     const building: Building = { id, deleted: false };
     const key = functionKey(tenant, name);
@@ -210,8 +220,12 @@ export class FunctionService {
       if (this.building.get(key) === building) this.building.delete(key);
       throw error;
     }
+    this.buildsByTenant.set(tenant, (this.buildsByTenant.get(tenant) ?? 0) + 1);
     const done = this.buildAndStore(tenant, name, spec, executor, caps, kind, building).finally(() => {
       if (this.building.get(key) === building) this.building.delete(key);
+      const left = (this.buildsByTenant.get(tenant) ?? 1) - 1;
+      if (left > 0) this.buildsByTenant.set(tenant, left);
+      else this.buildsByTenant.delete(tenant);
       // After the record is final: a follower that gets `end` reads the outcome from the store.
       this.buildLogs.end(id);
     });
@@ -229,7 +243,18 @@ export class FunctionService {
     return builder.needsBuild(this.options.bundles.pathOf(spec.bundle.sha256), spec.runtime);
   }
 
-  /** 409 BUILD_IN_PROGRESS while a deploy of the function builds: the build would replace whatever is deployed meanwhile. */
+  /** 429 TENANT_BUILD_LIMIT when the tenant has `max` builds running (quota maxConcurrentBuilds). */
+  private checkBuildQuota(tenant: string, max: number): void {
+    const running = this.buildsByTenant.get(tenant) ?? 0;
+    if (running < max) return;
+    throw new KindlingError(
+      'TENANT_BUILD_LIMIT',
+      `tenant "${tenant}" already has ${running} dependency builds running (quota maxConcurrentBuilds ${max}); wait until one ends (GET /v1/functions/NAME/builds) and deploy again, or ask an admin to raise the quota`,
+      { retryAfterSeconds: 5, details: { maxConcurrentBuilds: max, running } },
+    );
+  }
+
+    /** 409 BUILD_IN_PROGRESS while a deploy of the function builds: the build would replace whatever is deployed meanwhile. */
   private checkNotBuilding(tenant: string, name: string): void {
     const running = this.building.get(functionKey(tenant, name));
     if (running === undefined) return;
@@ -296,7 +321,9 @@ export class FunctionService {
     }
   }
 
-  /** Deploys building now, by tenant/function: one at a time per function. */
+  /** Deploys building now, by tenant (until their build settled, also when the function was deleted meanwhile). */
+  private readonly buildsByTenant = new Map<string, number>();
+    /** Deploys building now, by tenant/function: one at a time per function. */
   private readonly building = new Map<string, Building>();
   /** Deploys whose build runs (settled promises): close() waits for them. */
   private readonly deploying = new Set<Promise<void>>();

@@ -25,6 +25,7 @@ export interface Principal {
 /** Quotas with the server's defaults filled in; null: no cap beyond the server's own ranges. */
 export interface ResolvedQuotas extends StorageQuotas, SandboxQuotas {
   maxConcurrency: number | null;
+  maxConcurrentBuilds: number | null;
   requestsPerSecond: number | null;
   burst: number | null;
   maxMemoryMb: number | null;
@@ -37,8 +38,13 @@ export interface ResolvedQuotas extends StorageQuotas, SandboxQuotas {
   maxPayloadBytes: number | null;
 }
 
+/** Dependency builds a tenant runs at once unless its quota says otherwise: each may take --build-cpus for minutes. */
+export const DEFAULT_TENANT_MAX_CONCURRENT_BUILDS = 2;
+
 export const UNLIMITED_QUOTAS: ResolvedQuotas = {
   maxConcurrency: null,
+  // Not unlimited: without a per-tenant cap one tenant with many functions fills every build slot of the server.
+  maxConcurrentBuilds: DEFAULT_TENANT_MAX_CONCURRENT_BUILDS,
   requestsPerSecond: null,
   burst: null,
   maxMemoryMb: null,
@@ -58,6 +64,7 @@ export const UNLIMITED_QUOTAS: ResolvedQuotas = {
 /** Each quota field: its valid range and, for caps, the resource limit it caps. */
 const QUOTA_FIELDS: Record<keyof TenantQuotas, { min: number; max: number; integer: boolean; limit?: keyof ResourceLimits }> = {
   maxConcurrency: { min: 1, max: 100_000, integer: true },
+  maxConcurrentBuilds: { min: 1, max: 10_000, integer: true },
   requestsPerSecond: { min: 0.001, max: 1_000_000, integer: false },
   burst: { min: 1, max: 10_000_000, integer: true },
   maxMemoryMb: { min: 16, max: 1_048_576, integer: true, limit: 'memoryMb' },
@@ -396,6 +403,7 @@ export class TenantService {
       acquire: () => this.acquireSlot(name),
       ...(quotas.maxPayloadBytes === null ? {} : { maxPayloadBytes: quotas.maxPayloadBytes }),
       ...(quotas.maxConcurrency === null ? {} : { maxConcurrency: quotas.maxConcurrency }),
+      ...(quotas.maxConcurrentBuilds === null ? {} : { maxConcurrentBuilds: quotas.maxConcurrentBuilds }),
     };
     if (previous) {
       // Mutated in place: release functions of running executions hold this object.

@@ -5,6 +5,8 @@ import { openSqlite } from './open-sqlite.js';
 export interface TenantQuotas {
   /** Executions (one-off, invocations, WebSocket runs) running at once. */
   maxConcurrency?: number;
+  /** Dependency builds (npm ci, pip install of a deploy) running at once; beyond: 429 TENANT_BUILD_LIMIT. */
+  maxConcurrentBuilds?: number;
   /** Token bucket: /v1 requests a second (refill rate) and the burst (bucket size). */
   requestsPerSecond?: number;
   burst?: number;

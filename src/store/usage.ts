@@ -8,7 +8,7 @@ export interface UsageRecord {
   /** Invocation or execution id (`inv_…`, `ex_…`): the same id the response headers, logs and console show. */
   id: string;
   tenant: string;
-  /** Function name, or `_execute` for one-off executions. */
+  /** Function name, `_execute` for one-off executions, `_build` for dependency builds. */
   function: string;
   executor: ExecutorName;
   /** Epoch ms when the invocation finished. */

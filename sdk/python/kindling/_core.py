@@ -36,7 +36,7 @@ MAX_RETRY_WAIT_S = 10.0
 CHUNK_BYTES = 256 * 1024
 
 #: Codes of requests the server refused before doing any work: a POST that got one may be sent again.
-_NOT_STARTED_CODES = frozenset({"TOO_MANY_REQUESTS", "TENANT_RATE_LIMITED", "TENANT_CONCURRENCY_LIMIT"})
+_NOT_STARTED_CODES = frozenset({"TOO_MANY_REQUESTS", "TENANT_RATE_LIMITED", "TENANT_CONCURRENCY_LIMIT", "TENANT_BUILD_LIMIT"})
 
 StdinSource = Union[bytes, bytearray, memoryview, str, IO[bytes], Iterable[bytes], None]
 

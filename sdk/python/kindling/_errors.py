@@ -145,6 +145,7 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "TENANT_LIMIT_EXCEEDED": ValidationError,
     "TENANT_RATE_LIMITED": RateLimitError,
     "TENANT_CONCURRENCY_LIMIT": RateLimitError,
+    "TENANT_BUILD_LIMIT": RateLimitError,
     "NOT_FOUND": NotFoundError,
     "FUNCTION_NOT_FOUND": NotFoundError,
     "ROUTE_NOT_FOUND": NotFoundError,

@@ -4,7 +4,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
 import { ATTR } from '../../core/tracing.js';
 import type { ExecutorName, RuntimeName } from '../../core/types.js';
-import type { FunctionService, InvocationResult } from '../../orchestrator/function-service.js';
+import type { DeployQuota, FunctionService, InvocationResult } from '../../orchestrator/function-service.js';
+import type { TenantScope } from '../../orchestrator/execution-service.js';
 import type { InvocationService } from '../../orchestrator/invocations.js';
 import type { Invocation, InvocationRunner } from '../../orchestrator/invocation-runner.js';
 import { Value } from '@sinclair/typebox/value';
@@ -135,7 +136,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         if (body.runtime !== undefined) spec.runtime = body.runtime as RuntimeName;
         if (body.executor !== undefined) spec.executor = body.executor as ExecutorName;
         const deploy = (): ReturnType<FunctionRouteFunctions['deploy']> =>
-          service.deploy(request.principal.tenant, request.params.name, spec, request.scope.caps, request.scope.maxConcurrency === undefined ? {} : { maxWarm: request.scope.maxConcurrency });
+          service.deploy(request.principal.tenant, request.params.name, spec, request.scope.caps, deployQuota(request.scope));
         if (!bundled) {
           const { view, created } = await deploy();
           reply.code(created ? 201 : 200);
@@ -176,7 +177,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         try {
           spec.bundle = info;
           if (respondAsync && service.startDeploy !== undefined) {
-            const started = await service.startDeploy(request.principal.tenant, request.params.name, spec, request.scope.caps, request.scope.maxConcurrency === undefined ? {} : { maxWarm: request.scope.maxConcurrency });
+            const started = await service.startDeploy(request.principal.tenant, request.params.name, spec, request.scope.caps, deployQuota(request.scope));
             if ('building' in started) {
               building = true;
               started.done.then(
@@ -605,6 +606,14 @@ class OutputSink extends Writable {
       this.response.on('close', done);
     }
   }
+}
+
+/** The tenant's quotas a deploy is checked against (warm sandboxes, builds running at once). */
+function deployQuota(scope: TenantScope): DeployQuota {
+  return {
+    ...(scope.maxConcurrency === undefined ? {} : { maxWarm: scope.maxConcurrency }),
+    ...(scope.maxConcurrentBuilds === undefined ? {} : { maxBuilds: scope.maxConcurrentBuilds }),
+  };
 }
 
 /** The newest `maxBytes` of `text` (UTF-8, cut at a character boundary) and how many bytes were left out before it. */
