@@ -5,9 +5,10 @@
  *   CPU over an idle window. A command function holds no sandbox between invocations; what waits for its next one is
  *   a prewarmed launcher (a cgroup with a root shell), measured the same way. Baseline: the same interpreter idle in
  *   plain bwrap on the same rootfs.
- * - Density: N distinct python handlers on a server with its default limits, each warmed in turn, then each invoked
- *   again: how many answered warm (x-kindling-cold-start: false), the p99 of that round, the server's RSS growth per
- *   warm sandbox, the limits that bound the count, and the machine's counts (pids, fds, cgroups) at the end.
+ * - Density: N distinct python handlers, then N/2 node handlers, each on a server with its default limits, each
+ *   warmed in turn, then each invoked again: how many answered warm (x-kindling-cold-start: false), the p99 of that
+ *   round, what one idle sandbox costs with all of them alive, the server's RSS growth per warm sandbox, the limits
+ *   that bound the count, and the machine's counts (pids, fds, cgroups) at the end.
  */
 import { writeFile } from 'node:fs/promises';
 import { Agent } from 'node:http';
@@ -141,8 +142,38 @@ export async function runDensityGroup(ctx: BenchContext): Promise<GroupResult> {
     await costServer.stop();
   }
 
-  // Part 2: N python handlers on a server with its default limits.
+  // Part 2: N python handlers, then N/2 node handlers (the targets: 2,000 and 1,000), each on a fresh server with its
+  // default limits.
   const n = ctx.scale.densityN;
+  try {
+    for (const [runtime, count] of [
+      ['python', n],
+      ['node', Math.max(1, Math.round(n / 2))],
+    ] as const) {
+      rows.push(...(await heldWarm(ctx, runtime, count, { deploy: (server, name) => deploy(server, name, HANDLERS[runtime]), invoke }, data)));
+    }
+  } finally {
+    agent.destroy();
+  }
+  return { rows, data };
+}
+
+const HELD_TARGETS = { python: { held: 2000, pssMiB: 5 }, node: { held: 1000, pssMiB: 15 } } as const;
+
+/**
+ * `count` distinct handlers of `runtime` on a fresh server with its default limits, each warmed in turn, then each
+ * invoked again: how many answered warm, what one idle sandbox costs with all of them alive (PSS splits the shared
+ * pages of the interpreter among them), the server's RSS per warmed function, and the machine's counts at the end.
+ */
+async function heldWarm(
+  ctx: BenchContext,
+  runtime: 'python' | 'node',
+  count: number,
+  calls: { deploy(server: BenchServer, name: string): Promise<void>; invoke(server: BenchServer, name: string): Promise<Outcome> },
+  data: Record<string, unknown>,
+): Promise<Row[]> {
+  const rows: Row[] = [];
+  const target = HELD_TARGETS[runtime];
   const server = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox' });
   try {
     // The server derives its warm caps from the machine (the same facts as this process's: memory, open-file limit).
@@ -153,82 +184,86 @@ export async function runDensityGroup(ctx: BenchContext): Promise<GroupResult> {
     const startCounts = machineCounts(server.pid, server.ownerId);
     const chargedSum = (): number => ownerCgroups(server.ownerId).reduce((sum, name) => sum + (cgroupMemoryBytes(server.ownerId, name) ?? 0), 0) / 1024;
     const curve: Array<{ warmed: number; serverRssMiB: number; cgroupMiB: number; memAvailableDropMiB: number }> = [];
-    const checkpoint = Math.max(1, Math.round(n / 10));
-    ctx.log(`density: deploying and warming ${n} python handlers (limits: ${JSON.stringify(limits)})`);
+    const checkpoint = Math.max(1, Math.round(count / 10));
+    ctx.log(`density: deploying and warming ${count} ${runtime} handlers (limits: ${JSON.stringify(limits)})`);
     let warmedCold = 0;
-    for (let i = 0; i < n; i++) {
-      await deploy(server, `dense-${i}`, HANDLERS.python);
-      const out = await invoke(server, `dense-${i}`);
+    const started = Date.now();
+    for (let i = 0; i < count; i++) {
+      await calls.deploy(server, `dense-${i}`);
+      const out = await calls.invoke(server, `dense-${i}`);
       if (out.headers['x-kindling-cold-start'] === 'true') warmedCold++;
-      if ((i + 1) % checkpoint === 0 || i === n - 1) {
+      if ((i + 1) % checkpoint === 0 || i === count - 1) {
         const counts = machineCounts(server.pid, server.ownerId);
         curve.push({ warmed: i + 1, serverRssMiB: statusKiB(server.pid, 'VmRSS') / 1024, cgroupMiB: chargedSum() / 1024, memAvailableDropMiB: startCounts.memAvailableMiB - counts.memAvailableMiB });
+        ctx.log(`density: ${runtime} ${i + 1}/${count} warmed (${Math.round((Date.now() - started) / 1000)} s), MemAvailable ${counts.memAvailableMiB} MiB`);
       }
     }
     const rssAfterKiB = statusKiB(server.pid, 'VmRSS');
-    const heldBefore = cgroupsRunning(server, MARKERS.python).length;
-    ctx.log(`density: ${heldBefore} python sandboxes alive after warming; invoking each function again`);
+    const heldBefore = cgroupsRunning(server, MARKERS[runtime]).length;
+    ctx.log(`density: ${heldBefore} ${runtime} sandboxes alive after warming; invoking each function again`);
     const round: Outcome[] = [];
-    for (let i = 0; i < n; i++) round.push(await invoke(server, `dense-${i}`));
+    for (let i = 0; i < count; i++) round.push(await calls.invoke(server, `dense-${i}`));
     const warm = round.filter((out) => out.headers['x-kindling-cold-start'] === 'false').length;
     const warmMs = round.filter((out) => out.headers['x-kindling-cold-start'] === 'false').map((out) => out.ms).sort((a, b) => a - b);
     const allMs = round.map((out) => out.ms).sort((a, b) => a - b);
     const endCounts = machineCounts(server.pid, server.ownerId);
     // PSS shares pages among the sandboxes that map them (the interpreter, its libraries): with many alive, each one's
     // share is what the machine pays per extra sandbox; with one alone it equals USS.
-    const alive = cgroupsRunning(server, MARKERS.python);
+    const alive = cgroupsRunning(server, MARKERS[runtime]);
     const aliveMemory = alive.map((name) => cgroupProcMemory(server.ownerId, name));
     const meanPssKiB = aliveMemory.reduce((sum, m) => sum + m.pssKiB, 0) / Math.max(1, alive.length);
     const meanUssKiB = aliveMemory.reduce((sum, m) => sum + m.ussKiB, 0) / Math.max(1, alive.length);
-    const perSandboxKiB = (rssAfterKiB - rssStartKiB) / n;
-    data['density.held'] = { n, limits, warmedCold, heldAfterWarming: heldBefore, warmInSecondRound: warm, roundMs: round.map((out) => out.ms), curve, aliveAtEnd: alive.length, meanPssKiB, meanUssKiB, startCounts, endCounts, rssStartKiB, rssAfterKiB };
+    const perSandboxKiB = (rssAfterKiB - rssStartKiB) / count;
+    const key = runtime === 'python' ? 'density.held' : `density.held_${runtime}`;
+    data[key] = { runtime, n: count, limits, warmedCold, heldAfterWarming: heldBefore, warmInSecondRound: warm, roundMs: round.map((out) => out.ms), curve, aliveAtEnd: alive.length, meanPssKiB, meanUssKiB, startCounts, endCounts, rssStartKiB, rssAfterKiB };
     rows.push({
       group: 'density',
-      id: 'density.held_python',
-      scenario: `Idle warm python handlers held: ${n} functions warmed in turn, then each invoked again`,
-      kindling: `${warm}/${n} warm (p99 of the warm ones ${fmtMs(quantile(warmMs, 0.99))}; all ${fmtMs(quantile(allMs, 0.99))})`,
+      id: `density.held_${runtime}`,
+      scenario: `Idle warm ${runtime} handlers held: ${count} functions warmed in turn, then each invoked again`,
+      kindling: `${warm}/${count} warm (p99 of the warm ones ${fmtMs(quantile(warmMs, 0.99))}; all ${fmtMs(quantile(allMs, 0.99))})`,
       baseline: '—',
       ratio: '—',
-      target: '≥ 2000 held warm with the defaults',
-      status: warm >= 2000 ? 'pass' : n < 2000 && warm === n ? 'info' : 'fail',
-      note: `bounded by --max-warm-sandboxes ${limits.maxWarmSandboxes} and --max-warm-memory-mb ${limits.maxWarmMemoryMb} (defaults); ${heldBefore} python sandboxes alive after warming; at the end: ${endCounts.pids} pids on the machine, ${endCounts.fileHandles} open files, server ${endCounts.serverFds} fds, ${endCounts.cgroups} cgroups of the server, MemAvailable ${endCounts.memAvailableMiB} MiB`,
+      target: `≥ ${target.held} held warm with the defaults`,
+      status: warm >= target.held ? 'pass' : count < target.held && warm === count ? 'info' : 'fail',
+      note: `bounded by --max-warm-sandboxes ${limits.maxWarmSandboxes} and --max-warm-memory-mb ${limits.maxWarmMemoryMb} (defaults); ${heldBefore} ${runtime} sandboxes alive after warming; at the end: ${endCounts.pids} pids on the machine, ${endCounts.fileHandles} open files, server ${endCounts.serverFds} fds, ${endCounts.cgroups} cgroups of the server, MemAvailable ${endCounts.memAvailableMiB} MiB (${startCounts.memAvailableMiB - endCounts.memAvailableMiB} MiB less than before)`,
     });
     rows.push({
       group: 'density',
-      id: 'density.pss_python_many',
-      scenario: `Idle warm python handler sandbox, PSS / USS with ${alive.length} alive (shared pages split among them)`,
+      id: `density.pss_${runtime}_many`,
+      scenario: `Idle warm ${runtime} handler sandbox, PSS / USS with ${alive.length} alive (shared pages split among them)`,
       kindling: `${MiB(meanPssKiB)} / ${MiB(meanUssKiB)} per sandbox`,
       baseline: '—',
       ratio: '—',
-      target: 'PSS < 5 MiB',
-      status: alive.length === 0 ? 'error' : meanPssKiB < 5 * 1024 ? 'pass' : 'fail',
-      note: 'mean over every python handler sandbox alive at the end (the generic code-less python sandbox included)',
+      target: `PSS < ${target.pssMiB} MiB`,
+      status: alive.length === 0 ? 'error' : meanPssKiB < target.pssMiB * 1024 ? 'pass' : 'fail',
+      note: `mean over every ${runtime} handler sandbox alive at the end (the generic code-less ${runtime} sandbox included)`,
     });
     rows.push({
       group: 'density',
-      id: 'density.server_rss_per_sandbox',
-      scenario: `Server RSS growth per warmed function (${n} deployed and warmed)`,
-      kindling: `${(perSandboxKiB).toFixed(0)} KiB (${MiB(rssStartKiB)} → ${MiB(rssAfterKiB)})`,
+      id: runtime === 'python' ? 'density.server_rss_per_sandbox' : `density.server_rss_per_sandbox_${runtime}`,
+      scenario: `Server RSS growth per warmed ${runtime} function (${count} deployed and warmed)`,
+      kindling: `${perSandboxKiB.toFixed(0)} KiB (${MiB(rssStartKiB)} → ${MiB(rssAfterKiB)})`,
       baseline: '—',
       ratio: '—',
       target: '—',
       status: 'info',
-      note: `includes the function records and caches of ${n} functions; warm sandboxes alive at the end: ${heldBefore}`,
+      note: `includes the function records and caches of ${count} functions; warm sandboxes alive at the end: ${heldBefore}`,
     });
     const svg = lineChart({
-      title: `Memory vs functions warmed (${n} python handlers, default limits)`,
+      title: `Memory vs functions warmed (${count} ${runtime} handlers, default limits)`,
       xLabel: 'functions warmed in turn',
       yLabel: 'MiB',
       series: [
         { name: 'sandbox cgroups (sum)', points: curve.map((c) => [c.warmed, c.cgroupMiB] as const) },
         { name: 'server RSS', points: curve.map((c) => [c.warmed, c.serverRssMiB] as const) },
+        { name: 'MemAvailable drop', points: curve.map((c) => [c.warmed, c.memAvailableDropMiB] as const) },
       ],
     });
-    await writeFile(join(ctx.resultsDir, `${ctx.stamp}-density.svg`), svg);
-    data['density.svg'] = `${ctx.stamp}-density.svg`;
+    const file = runtime === 'python' ? `${ctx.stamp}-density.svg` : `${ctx.stamp}-density-${runtime}.svg`;
+    await writeFile(join(ctx.resultsDir, file), svg);
+    data[runtime === 'python' ? 'density.svg' : `density.svg_${runtime}`] = file;
   } finally {
-    agent.destroy();
     await server.stop();
   }
-  return { rows, data };
+  return rows;
 }
