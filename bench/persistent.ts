@@ -10,6 +10,7 @@
  */
 import { access, mkdir, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { CLEAN_ENV, type BenchContext, type GroupResult } from './lib/context.js';
 import { timedSpawnOk } from './lib/proc.js';
@@ -408,6 +409,24 @@ async function createManyRow(ctx: BenchContext, api: Api, rows: Row[], data: Rec
 }
 
 /**
+ * One request on a connection of its own with node:http: the body sent as it is, the answer's bytes counted and
+ * dropped. fetch was the bottleneck of these rows (its arrayBuffer of 100 MiB alone ran at ~45 MB/s here, where curl
+ * moved the same download at 200+ MB/s), so they measured the client more than the server.
+ */
+function rawTransfer(url: string, method: 'PUT' | 'GET', body?: Buffer): Promise<{ status: number; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method, agent: false, headers: body === undefined ? {} : { 'content-type': 'application/octet-stream', 'content-length': String(body.length) } }, (res) => {
+      let bytes = 0;
+      res.on('data', (chunk: Buffer) => (bytes += chunk.length));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/**
  * PUT then GET of a 100 MiB file through the files API, MB/s each way (10^6 bytes per MB); next to writing and
  * reading the same bytes to and from a file of the server's data dir in this process (the host's page cache).
  */
@@ -427,15 +446,13 @@ async function fileRows(ctx: BenchContext, api: Api, dataDir: string, rows: Row[
     const hostReads: number[] = [];
     for (let i = 0; i < n; i++) {
       let started = performance.now();
-      const put = await fetch(`${api.url}/v1/sandboxes/${sb}/files?path=big.bin`, { method: 'PUT', body, headers: { 'content-type': 'application/octet-stream' } });
-      await put.text();
+      const put = await rawTransfer(`${api.url}/v1/sandboxes/${sb}/files?path=big.bin`, 'PUT', body);
       if (put.status !== 201) throw new Error(`PUT answered ${put.status}`);
       writes.push(performance.now() - started);
       started = performance.now();
-      const got = await fetch(`${api.url}/v1/sandboxes/${sb}/files?path=big.bin`);
-      const bytes = await got.arrayBuffer();
+      const got = await rawTransfer(`${api.url}/v1/sandboxes/${sb}/files?path=big.bin`, 'GET');
       reads.push(performance.now() - started);
-      if (got.status !== 200 || bytes.byteLength !== size) throw new Error(`GET answered ${got.status} with ${bytes.byteLength} bytes`);
+      if (got.status !== 200 || got.bytes !== size) throw new Error(`GET answered ${got.status} with ${got.bytes} bytes`);
       started = performance.now();
       await writeFile(hostFile, body);
       hostWrites.push(performance.now() - started);
@@ -449,7 +466,7 @@ async function fileRows(ctx: BenchContext, api: Api, dataDir: string, rows: Row[
       const b = stats(host);
       const r = row(id);
       const rate = mbps(k.p50);
-      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: `${rate.toFixed(0)} MB/s at p50 (${k.text})`, baseline: `fs.${way === 'write' ? 'writeFile' : 'readFile'} of the same 100 MiB on the host: ${mbps(b.p50).toFixed(0)} MB/s (${b.text})`, ratio: fmtRatio(k.p50 / b.p50), status: rate >= 300 ? 'pass' : 'fail', note: way === 'write' ? 'HTTP body -> splice relay (kindling-splice) -> kindling-file on the sandbox disk from the host (sandbox uid, openat2 beneath its dir); node fetch as the client' : 'kindling-file on the host -> splice relay -> the HTTP response as chunks; node fetch as the client' });
+      rows.push({ group: 'sandboxes', id, scenario: `${r.scenario}, n=${n}`, target: r.target, kindling: `${rate.toFixed(0)} MB/s at p50 (${k.text})`, baseline: `fs.${way === 'write' ? 'writeFile' : 'readFile'} of the same 100 MiB on the host: ${mbps(b.p50).toFixed(0)} MB/s (${b.text})`, ratio: fmtRatio(k.p50 / b.p50), status: rate >= 300 ? 'pass' : 'fail', note: way === 'write' ? 'HTTP body -> splice relay (kindling-splice) -> kindling-file on the sandbox disk from the host (sandbox uid, openat2 beneath its dir); node:http as the client' : 'kindling-file on the host -> splice relay -> the HTTP response as chunks; node:http as the client, bytes counted, not kept' });
       data[id] = { api: api_, host };
     }
   } finally {
