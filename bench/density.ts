@@ -74,12 +74,13 @@ export async function runDensityGroup(ctx: BenchContext): Promise<GroupResult> {
   const data: Record<string, unknown> = {};
   const idleMs = ctx.scale.idleMs;
   const agent = new Agent({ keepAlive: true, maxSockets: 8 });
-  const deploy = async (server: BenchServer, name: string, spec: Record<string, unknown>): Promise<void> => {
-    const out = await timedRequest(agent, new URL(server.url), 'PUT', `/v1/functions/${name}`, Buffer.from(JSON.stringify(spec)), TIMEOUT_MS, { 'content-type': 'application/json' });
+  const auth = (key?: string): Record<string, string> => (key === undefined ? {} : { authorization: `Bearer ${key}` });
+  const deploy = async (server: BenchServer, name: string, spec: Record<string, unknown>, key?: string): Promise<void> => {
+    const out = await timedRequest(agent, new URL(server.url), 'PUT', `/v1/functions/${name}`, Buffer.from(JSON.stringify(spec)), TIMEOUT_MS, { 'content-type': 'application/json', ...auth(key) });
     if (out.status >= 300) throw new Error(`deploy ${name}: ${out.status} ${out.body.slice(0, 300)}`);
   };
-  const invoke = async (server: BenchServer, name: string): Promise<Outcome> => {
-    const out = await timedRequest(agent, new URL(server.url), 'POST', `/v1/functions/${name}/invoke`, Buffer.from('ping'), TIMEOUT_MS, { 'content-type': 'application/octet-stream' });
+  const invoke = async (server: BenchServer, name: string, key?: string): Promise<Outcome> => {
+    const out = await timedRequest(agent, new URL(server.url), 'POST', `/v1/functions/${name}/invoke`, Buffer.from('ping'), TIMEOUT_MS, { 'content-type': 'application/octet-stream', ...auth(key) });
     if (out.status !== 200 || out.body !== 'ping') throw new Error(`invoke ${name}: ${out.status} ${out.hung ? '(no answer)' : out.body.slice(0, 300)}`);
     return out;
   };
@@ -150,7 +151,19 @@ export async function runDensityGroup(ctx: BenchContext): Promise<GroupResult> {
       ['python', n],
       ['node', Math.max(1, Math.round(n / 2))],
     ] as const) {
-      rows.push(...(await heldWarm(ctx, runtime, count, { deploy: (server, name) => deploy(server, name, HANDLERS[runtime]), invoke }, data)));
+      const tenantKeys = async (server: BenchServer, tenants: number): Promise<string[]> => {
+        const keys: string[] = [];
+        let admin: string | undefined;
+        for (let t = 0; t < tenants; t++) {
+          const out = await timedRequest(agent, new URL(server.url), 'POST', '/v1/tenants', Buffer.from(JSON.stringify({ name: `dense-${t}` })), TIMEOUT_MS, { 'content-type': 'application/json', ...auth(admin) });
+          if (out.status !== 201) throw new Error(`tenant dense-${t}: ${out.status} ${out.body.slice(0, 300)}`);
+          const created = JSON.parse(out.body) as { apiKey: string; adminKey?: string };
+          admin ??= created.adminKey;
+          keys.push(created.apiKey);
+        }
+        return keys;
+      };
+      rows.push(...(await heldWarm(ctx, runtime, count, { tenantKeys, deploy: (server, name, key) => deploy(server, name, HANDLERS[runtime], key), invoke }, data)));
     }
   } finally {
     agent.destroy();
@@ -158,6 +171,7 @@ export async function runDensityGroup(ctx: BenchContext): Promise<GroupResult> {
   return { rows, data };
 }
 
+const FUNCTIONS_PER_TENANT = 500;
 const HELD_TARGETS = { python: { held: 2000, pssMiB: 5 }, node: { held: 1000, pssMiB: 15 } } as const;
 
 /**
@@ -169,7 +183,11 @@ async function heldWarm(
   ctx: BenchContext,
   runtime: 'python' | 'node',
   count: number,
-  calls: { deploy(server: BenchServer, name: string): Promise<void>; invoke(server: BenchServer, name: string): Promise<Outcome> },
+  calls: {
+    tenantKeys(server: BenchServer, tenants: number): Promise<string[]>;
+    deploy(server: BenchServer, name: string, key: string): Promise<void>;
+    invoke(server: BenchServer, name: string, key: string): Promise<Outcome>;
+  },
   data: Record<string, unknown>,
 ): Promise<Row[]> {
   const rows: Row[] = [];
@@ -185,12 +203,16 @@ async function heldWarm(
     const chargedSum = (): number => ownerCgroups(server.ownerId).reduce((sum, name) => sum + (cgroupMemoryBytes(server.ownerId, name) ?? 0), 0) / 1024;
     const curve: Array<{ warmed: number; serverRssMiB: number; cgroupMiB: number; memAvailableDropMiB: number }> = [];
     const checkpoint = Math.max(1, Math.round(count / 10));
-    ctx.log(`density: deploying and warming ${count} ${runtime} handlers (limits: ${JSON.stringify(limits)})`);
+    // Spread over tenants of FUNCTIONS_PER_TENANT functions each: one tenant keeps at most maxFunctionVersions (1,000
+    // by default) versions, and a machine that holds thousands of warm functions serves many tenants.
+    const keys = await calls.tenantKeys(server, Math.ceil(count / FUNCTIONS_PER_TENANT));
+    const keyOf = (i: number): string => keys[Math.floor(i / FUNCTIONS_PER_TENANT)] as string;
+    ctx.log(`density: deploying and warming ${count} ${runtime} handlers of ${keys.length} tenants (limits: ${JSON.stringify(limits)})`);
     let warmedCold = 0;
     const started = Date.now();
     for (let i = 0; i < count; i++) {
-      await calls.deploy(server, `dense-${i}`);
-      const out = await calls.invoke(server, `dense-${i}`);
+      await calls.deploy(server, `dense-${i}`, keyOf(i));
+      const out = await calls.invoke(server, `dense-${i}`, keyOf(i));
       if (out.headers['x-kindling-cold-start'] === 'true') warmedCold++;
       if ((i + 1) % checkpoint === 0 || i === count - 1) {
         const counts = machineCounts(server.pid, server.ownerId);
@@ -202,7 +224,7 @@ async function heldWarm(
     const heldBefore = cgroupsRunning(server, MARKERS[runtime]).length;
     ctx.log(`density: ${heldBefore} ${runtime} sandboxes alive after warming; invoking each function again`);
     const round: Outcome[] = [];
-    for (let i = 0; i < count; i++) round.push(await calls.invoke(server, `dense-${i}`));
+    for (let i = 0; i < count; i++) round.push(await calls.invoke(server, `dense-${i}`, keyOf(i)));
     const warm = round.filter((out) => out.headers['x-kindling-cold-start'] === 'false').length;
     const warmMs = round.filter((out) => out.headers['x-kindling-cold-start'] === 'false').map((out) => out.ms).sort((a, b) => a - b);
     const allMs = round.map((out) => out.ms).sort((a, b) => a - b);
@@ -219,7 +241,7 @@ async function heldWarm(
     rows.push({
       group: 'density',
       id: `density.held_${runtime}`,
-      scenario: `Idle warm ${runtime} handlers held: ${count} functions warmed in turn, then each invoked again`,
+      scenario: `Idle warm ${runtime} handlers held: ${count} functions of ${keys.length} tenant${keys.length > 1 ? 's' : ''} warmed in turn, then each invoked again`,
       kindling: `${warm}/${count} warm (p99 of the warm ones ${fmtMs(quantile(warmMs, 0.99))}; all ${fmtMs(quantile(allMs, 0.99))})`,
       baseline: '—',
       ratio: '—',
