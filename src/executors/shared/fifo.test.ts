@@ -48,4 +48,25 @@ describe('FifoMaker', () => {
     assert.ok(maker.pid !== null && maker.pid !== first, 'a new maker runs');
     assert.ok(statSync(join(root, 'm4')).isFIFO());
   });
+
+  it('replaces a maker that does not answer (stopped) and still makes the FIFOs', async () => {
+    const maker = new FifoMaker(300);
+    await maker.make([join(root, 's1')]);
+    const stopped = maker.pid!;
+    process.kill(stopped, 'SIGSTOP');
+    try {
+      const started = performance.now();
+      await maker.make([join(root, 's2')]);
+      assert.ok(performance.now() - started >= 250, 'the request waited for the answer first');
+      assert.ok(statSync(join(root, 's2')).isFIFO());
+      await maker.make([join(root, 's3')]);
+      assert.ok(maker.pid !== null && maker.pid !== stopped, 'a new maker runs');
+    } finally {
+      try {
+        process.kill(stopped, 'SIGKILL');
+      } catch {
+        // replaced and killed already
+      }
+    }
+  });
 });

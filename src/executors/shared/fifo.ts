@@ -42,10 +42,15 @@ const MAKER_SCRIPT = [
  * Requests go one at a time. A maker that died is started again at the next request, which then falls back to a
  * mkfifo of its own if the new one fails too.
  */
+/** How long the maker may take to answer one request before it is replaced. */
+const MAKER_ANSWER_TIMEOUT_MS = 10_000;
+
 export class FifoMaker {
   private child: ChildProcessWithoutNullStreams | null = null;
   private lines: AsyncIterator<string> | null = null;
   private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly answerTimeoutMs = MAKER_ANSWER_TIMEOUT_MS) {}
 
   make(paths: string[]): Promise<void> {
     const run = this.queue.then(() => this.request(paths));
@@ -64,7 +69,11 @@ export class FifoMaker {
       stdout = this.child!.stdout as Socket;
       stdout.ref();
       this.child!.stdin.write(`${paths.join('\n')}\n\n`);
-      answer = (await lines.next()).value as string | undefined;
+      // Every execution's FIFOs wait behind this request: a maker that does not answer (a hung file system) is
+      // replaced, and the request made on its own, instead of holding them all.
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, this.answerTimeoutMs, undefined)));
+      answer = await Promise.race([lines.next().then((line) => line.value as string | undefined), late]).finally(() => clearTimeout(timer));
     } catch {
       answer = undefined;
     } finally {
