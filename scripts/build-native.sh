@@ -5,12 +5,13 @@
 # (src/executors/sandbox/ports.ts); without it, sandbox ports answer SANDBOX_PORTS_UNAVAILABLE. kindling-btrfs runs
 # the btrfs ioctls of persistent sandboxes' storage (src/executors/sandbox/storage-btrfs.ts); without it, their disks
 # are ext4 images (storage.ts). kindling-file writes and reads a persistent sandbox's files on its disk on the host
-# (src/executors/sandbox/direct-files.ts); without it, those go through a command inside the sandbox. scripts/setup.sh
-# installs gcc.
+# (src/executors/sandbox/direct-files.ts); without it, those go through a command inside the sandbox. kindling-launch is
+# the sandbox executor's launcher (src/executors/sandbox/launcher.ts); without it, a chain of sh, prlimit and setpriv
+# does the same with four more execs per sandbox. scripts/setup.sh installs gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p dist/native
-for name in kindling-splice kindling-port kindling-btrfs kindling-file; do
+for name in kindling-splice kindling-port kindling-btrfs kindling-file kindling-launch; do
   out=dist/native/$name
   src=native/$name.c
   if [ -x "$out" ] && [ "$out" -nt "$src" ]; then continue; fi

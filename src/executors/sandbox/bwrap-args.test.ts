@@ -6,7 +6,7 @@ import { isKindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { testSpec } from '../conformance.js';
-import { EXEC_SHIM, FD_ARGS, bwrapArgs, encodeArgs, launchLine, validateSpec, type ImageBinds } from './bwrap-args.js';
+import { EXEC_SHIM, FD_ARGS, bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec, type ImageBinds } from './bwrap-args.js';
 
 const image: ImageBinds = { bindArgs: ['--ro-bind', '/img/usr', '/usr', '--symlink', 'usr/bin', '/bin'], shell: '/bin/sh' };
 const spec = (overrides: Partial<RunSpec> = {}): RunSpec => {
@@ -61,6 +61,11 @@ test('work dirs: inside /tmp only a --dir, / nothing, /tmp itself nothing; an im
   assert.deepEqual(after(root, '--tmpfs'), [['/dev/shm'], ['/tmp']]);
   const { command } = bwrapArgs(spec(), 'h', { bindArgs: [], shell: null }, { kind: 'tmpfs' }, null);
   assert.deepEqual(command, ['python3', '-c', 'print(1)']);
+  // A command that is the image's shell itself (a persistent sandbox's supervisor) needs no shim.
+  const shell = bwrapArgs(spec({ command: ['/bin/sh', '-c', 'echo r'] }), 'h', image, { kind: 'tmpfs' }, null).command;
+  assert.deepEqual(shell, ['/bin/sh', '-c', 'echo r']);
+  // Another shell, or the same by another name, keeps it.
+  assert.deepEqual(bwrapArgs(spec({ command: ['sh', '-c', 'echo r'] }), 'h', image, { kind: 'tmpfs' }, null).command.slice(0, 4), ['/bin/sh', '-c', EXEC_SHIM, 'sh']);
 });
 
 test('encodeArgs ends every argument with a NUL; launchLine sets RLIMIT_NOFILE and takes stdin from fd 6 or /dev/null, as sh reads it', () => {
@@ -71,6 +76,11 @@ test('encodeArgs ends every argument with a NUL; launchLine sets RLIMIT_NOFILE a
   // The line is valid sh: with bwrap replaced by printf, the command arrives word for word.
   const line = launchLine('printf', ['%s|', "it's", '$HOME', 'a b'], 64, false).replace(` --args ${FD_ARGS} --`, '');
   assert.equal(execFileSync('sh', ['-c', line]).toString(), "it's|$HOME|a b|");
+});
+
+test('launchRecord: the native launcher\'s fields (open files, stdin, argc, bwrap and its command), each ending with a NUL', () => {
+  assert.equal(launchRecord('/usr/bin/bwrap', ['echo', "it's", ''], 64.7, true), `64\x001\x007\x00/usr/bin/bwrap\x00--args\x00${FD_ARGS}\x00--\x00echo\x00it's\x00\x00`);
+  assert.ok(launchRecord('/b', ['true'], 64, false).startsWith('64\x000\x005\x00/b\x00'));
 });
 
 test('validateSpec refuses what the arguments cannot carry: NULs, "=" in env names, odd file names, non-positive limits', () => {

@@ -88,7 +88,8 @@ export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, pl
   for (const [k, v] of Object.entries(spec.env)) a.push('--setenv', k, v);
   a.push('--seccomp', String(FD_SECCOMP), '--json-status-fd', String(FD_STATUS));
   const command: string[] = [];
-  if (image.shell !== null) command.push(image.shell, '-c', EXEC_SHIM, spec.command[0]!);
+  // A command that is the image's shell itself (a persistent sandbox's supervisor) exists: no shim, one exec less.
+  if (image.shell !== null && spec.command[0] !== image.shell) command.push(image.shell, '-c', EXEC_SHIM, spec.command[0]!);
   command.push(...spec.command);
   return { options: a, command };
 }
@@ -105,6 +106,16 @@ export function encodeArgs(options: readonly string[]): Buffer {
  */
 export function launchLine(bwrapPath: string, command: readonly string[], openFiles: number, stdin: boolean): string {
   return `ulimit -n ${Math.floor(openFiles)} || exit 125\nexec ${shellQuote(bwrapPath)} --args ${FD_ARGS} -- ${command.map(shellQuote).join(' ')} ${stdin ? '0<&6' : '0</dev/null'} 6<&-\n`;
+}
+
+/**
+ * The same for the native launcher (native/kindling-launch.c), which reads fields instead of a shell line:
+ * `OPEN_FILES\0STDIN(0|1)\0ARGC\0ARG0\0...ARGN\0`, ARG0 bwrap with its arguments on FD_ARGS. The spec's checks
+ * (validateSpec) keep NULs out of every argument.
+ */
+export function launchRecord(bwrapPath: string, command: readonly string[], openFiles: number, stdin: boolean): string {
+  const argv = [bwrapPath, '--args', String(FD_ARGS), '--', ...command];
+  return [String(Math.floor(openFiles)), stdin ? '1' : '0', String(argv.length), ...argv].map((field) => `${field}\0`).join('');
 }
 
 /** The checks the arguments above rely on (no NUL in argv or env, plain file names, positive limits). */

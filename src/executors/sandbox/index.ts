@@ -21,14 +21,14 @@ import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/o
 import { assertSafeName, LazyCgroupDriver, type CgroupDriver, type CgroupLimits } from '../shared/cgroups.js';
 import { RootfsCatalog } from './rootfs.js';
 import { RunDirs } from './run-dirs.js';
-import { bwrapArgs, encodeArgs, launchLine, validateSpec } from './bwrap-args.js';
+import { bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec } from './bwrap-args.js';
 import { startPersistentSandbox, type BwrapPersistentSandbox } from './persistent.js';
 import { PersistentPool, type PoolShape } from './persistent-pool.js';
 import { SandboxStorage, type Volume } from './storage.js';
 import { BtrfsSandboxStorage, btrfsStorageProblem } from './storage-btrfs.js';
 import { DEFAULT_BTRFS_HELPER_PATH } from './btrfs-helper.js';
 import { ExecutionImpl, type SandboxExecution, type SandboxExitInfo } from './execution.js';
-import { Launchers, type Launcher } from './launcher.js';
+import { DEFAULT_LAUNCH_HELPER_PATH, Launchers, type Launcher } from './launcher.js';
 import { bwrapVersion, hostProblem, smokeTest, unreachableBy, usernsProblem } from './probe.js';
 import { buildSandboxFilter } from './seccomp.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
@@ -72,6 +72,11 @@ export interface SandboxExecutorOptions extends ExecutorBaseOptions {
   egressSupernet?: string;
   /** util-linux nsenter, which joins a launcher to its network namespace (egress only). Default /usr/bin/nsenter. */
   nsenterPath?: string;
+  /**
+   * native/kindling-launch (launcher.ts): the launcher in one exec instead of sh, prlimit, setpriv and sh. Default:
+   * dist/native/kindling-launch when it is built; null, or a path that does not exist: the shell chain.
+   */
+  launchHelperPath?: string | null;
   /**
    * Where persistent sandboxes keep their files: `btrfs` (a subvolume each, snapshots and forks without copying; see
    * storage-btrfs.ts) or `ext4` (a loop disk each, snapshots copied; storage.ts). Default: btrfs when the host has it
@@ -184,6 +189,7 @@ export class SandboxExecutor implements Executor {
       setprivPath: this.setpriv,
       prlimitPath: this.prlimit,
       nsenterPath: options.nsenterPath ?? '/usr/bin/nsenter',
+      launchHelperPath: options.launchHelperPath === undefined ? DEFAULT_LAUNCH_HELPER_PATH : options.launchHelperPath,
       uid: this.uid,
       gid: this.gid,
       cgroups: () => this.cgroups.getOrUnavailable(),
@@ -312,7 +318,7 @@ export class SandboxExecutor implements Executor {
       const execution = new ExecutionImpl(
         launcher,
         spec,
-        launchLine(this.bwrap, command, spec.limits.openFiles, spec.stdin),
+        (launcher.native ? launchRecord : launchLine)(this.bwrap, command, spec.limits.openFiles, spec.stdin),
         encodeArgs(bwrapOptions),
         this.seccomp,
         coldStart,
