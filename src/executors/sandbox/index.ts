@@ -25,7 +25,7 @@ import { bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec } from '.
 import { startPersistentSandbox, type BwrapPersistentSandbox } from './persistent.js';
 import { PersistentPool, type PoolShape } from './persistent-pool.js';
 import { SandboxStorage, type Volume } from './storage.js';
-import { BtrfsSandboxStorage, btrfsStorageProblem } from './storage-btrfs.js';
+import { BtrfsSandboxStorage, btrfsStorageProblem, exists } from './storage-btrfs.js';
 import { DEFAULT_BTRFS_HELPER_PATH } from './btrfs-helper.js';
 import { ExecutionImpl, type SandboxExecution, type SandboxExitInfo } from './execution.js';
 import { DEFAULT_LAUNCH_HELPER_PATH, Launchers, type Launcher } from './launcher.js';
@@ -386,7 +386,7 @@ export class SandboxExecutor implements Executor {
     const storage = this.storage;
     const fresh = options.restore === undefined && options.storage !== undefined && options.storage.fromSnapshot === null;
     if (this.persistentPool === null || !(storage instanceof BtrfsSandboxStorage) || !fresh || spec.network !== 'none' || this.closing) return null;
-    if (fs.existsSync(storage.diskPath(spec.id))) return null;
+    if (await exists(storage.diskPath(spec.id))) return null;
     // The spec's checks are those of a cold start (the supervisor is the command).
     validateSpec({ ...spec, command: ['sh'] });
     const taken = this.persistentPool.take({ image: spec.image, workdir: spec.workdir, limits: spec.limits });
