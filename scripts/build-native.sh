@@ -7,11 +7,12 @@
 # are ext4 images (storage.ts). kindling-file writes and reads a persistent sandbox's files on its disk on the host
 # (src/executors/sandbox/direct-files.ts); without it, those go through a command inside the sandbox. kindling-launch is
 # the sandbox executor's launcher (src/executors/sandbox/launcher.ts); without it, a chain of sh, prlimit and setpriv
-# does the same with four more execs per sandbox. scripts/setup.sh installs gcc.
+# does the same with four more execs per sandbox. kindling-supervisor is a persistent sandbox's main process
+# (src/executors/sandbox/persistent.ts); without it, a supervisor written in sh. scripts/setup.sh installs gcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p dist/native
-for name in kindling-splice kindling-port kindling-btrfs kindling-file kindling-launch; do
+for name in kindling-splice kindling-port kindling-btrfs kindling-file kindling-launch kindling-supervisor; do
   out=dist/native/$name
   src=native/$name.c
   if [ -x "$out" ] && [ "$out" -nt "$src" ]; then continue; fi
@@ -19,9 +20,10 @@ for name in kindling-splice kindling-port kindling-btrfs kindling-file kindling-
     echo "build-native: no C compiler (cc); $out is not built" >&2
     continue
   fi
-  # kindling-port is linked statically: the gvisor executor runs this same file inside a sandbox, whose image may
-  # have another C library or none (src/executors/gvisor/ports.ts).
-  if [ "$name" = kindling-port ] && cc -O2 -Wall -Wextra -Werror -static -o "$out.tmp" "$src" 2>/dev/null; then :
+  # kindling-port and kindling-supervisor are linked statically: they run inside sandboxes (the gvisor executor's
+  # port relay, src/executors/gvisor/ports.ts; every persistent sandbox's supervisor, src/executors/sandbox/
+  # persistent.ts), whose image may have another C library or none.
+  if { [ "$name" = kindling-port ] || [ "$name" = kindling-supervisor ]; } && cc -O2 -Wall -Wextra -Werror -static -o "$out.tmp" "$src" 2>/dev/null; then :
   else cc -O2 -Wall -Wextra -Werror -o "$out.tmp" "$src"; fi
   mv "$out.tmp" "$out"
 done

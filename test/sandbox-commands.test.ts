@@ -163,4 +163,25 @@ describe('sandbox commands (sandbox executor)', { skip: unavailable ?? false }, 
       await sb.kill();
     }
   });
+  test('a command starts with no signal ignored or blocked: SIGINT from another command ends it (130), as SIGQUIT would', async () => {
+    const sb = await k.sandboxes.create({ runtime: 'bash' });
+    try {
+      // A background job of sh runs with SIGINT and SIGQUIT ignored, which its program would inherit.
+      const status = (await sb.commands.run(['grep', '-E', '^Sig(Ign|Blk):', '/proc/self/status'])).stdout;
+      assert.match(status, /^SigIgn:\s+0+$/m, status);
+      assert.match(status, /^SigBlk:\s+0+$/m, status);
+      const sleeper = await sb.commands.run(['sleep', '30'], { background: true });
+      assert.equal((await sb.commands.run(['sh', '-c', `kill -INT ${sleeper.pid}`])).exitCode, 0);
+      const ended = await sleeper.wait();
+      assert.deepEqual([ended.exitCode, ended.killed], [130, false]);
+      // The environment and work dir a command gets: the sandbox's, its own on top, the work dir asked.
+      const env = await sb.commands.run(['sh', '-c', 'echo "$A|$B|$(pwd)|$PWD"'], { env: { B: 'two words', A: "it's" }, workdir: '/tmp' });
+      assert.equal(env.stdout, "it's|two words|/tmp|/tmp\n");
+      const missing = await sb.commands.run(['no-such-program-here']);
+      assert.equal(missing.exitCode, 127);
+      assert.match(missing.stderr, /no-such-program-here/);
+    } finally {
+      await sb.kill();
+    }
+  });
 });

@@ -64,6 +64,9 @@ test('work dirs: inside /tmp only a --dir, / nothing, /tmp itself nothing; an im
   // A command that is the image's shell itself (a persistent sandbox's supervisor) needs no shim.
   const shell = bwrapArgs(spec({ command: ['/bin/sh', '-c', 'echo r'] }), 'h', image, { kind: 'tmpfs' }, null).command;
   assert.deepEqual(shell, ['/bin/sh', '-c', 'echo r']);
+  // So does a program the executor bound in itself (the native supervisor).
+  const bound = bwrapArgs(spec({ command: ['/.sup', '/a'], roBinds: [{ source: '/host/sup', target: '/.sup' }] }), 'h', image, { kind: 'tmpfs' }, null);
+  assert.deepEqual(bound.command, ['/.sup', '/a']);
   // Another shell, or the same by another name, keeps it.
   assert.deepEqual(bwrapArgs(spec({ command: ['sh', '-c', 'echo r'] }), 'h', image, { kind: 'tmpfs' }, null).command.slice(0, 4), ['/bin/sh', '-c', EXEC_SHIM, 'sh']);
 });

@@ -88,8 +88,10 @@ export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, pl
   for (const [k, v] of Object.entries(spec.env)) a.push('--setenv', k, v);
   a.push('--seccomp', String(FD_SECCOMP), '--json-status-fd', String(FD_STATUS));
   const command: string[] = [];
-  // A command that is the image's shell itself (a persistent sandbox's supervisor) exists: no shim, one exec less.
-  if (image.shell !== null && spec.command[0] !== image.shell) command.push(image.shell, '-c', EXEC_SHIM, spec.command[0]!);
+  // A command that is the image's shell itself, or a file the executor bound in (a persistent sandbox's supervisor),
+  // exists: no shim, one exec less.
+  const known = spec.command[0] === image.shell || roBinds.some((b) => b.target === spec.command[0]);
+  if (image.shell !== null && !known) command.push(image.shell, '-c', EXEC_SHIM, spec.command[0]!);
   command.push(...spec.command);
   return { options: a, command };
 }

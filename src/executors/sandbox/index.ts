@@ -22,7 +22,7 @@ import { assertSafeName, LazyCgroupDriver, type CgroupDriver, type CgroupLimits 
 import { RootfsCatalog } from './rootfs.js';
 import { RunDirs } from './run-dirs.js';
 import { bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec } from './bwrap-args.js';
-import { startPersistentSandbox, type BwrapPersistentSandbox } from './persistent.js';
+import { DEFAULT_SUPERVISOR_PATH, startPersistentSandbox, type BwrapPersistentSandbox } from './persistent.js';
 import { PersistentPool, type PoolShape } from './persistent-pool.js';
 import { SandboxStorage, type Volume } from './storage.js';
 import { BtrfsSandboxStorage, btrfsStorageProblem, exists } from './storage-btrfs.js';
@@ -78,6 +78,11 @@ export interface SandboxExecutorOptions extends ExecutorBaseOptions {
    */
   launchHelperPath?: string | null;
   /**
+   * native/kindling-supervisor (persistent.ts): a persistent sandbox's supervisor. Default:
+   * dist/native/kindling-supervisor when it is built; null, or a path that does not exist: a supervisor in sh.
+   */
+  supervisorPath?: string | null;
+  /**
    * Where persistent sandboxes keep their files: `btrfs` (a subvolume each, snapshots and forks without copying; see
    * storage-btrfs.ts) or `ext4` (a loop disk each, snapshots copied; storage.ts). Default: btrfs when the host has it
    * (kernel, mkfs.btrfs, the native helper kindling-btrfs), else ext4.
@@ -132,6 +137,8 @@ export class SandboxExecutor implements Executor {
   private readonly storage: SandboxStorage | BtrfsSandboxStorage;
   /** Ready persistent sandboxes (btrfs storage and prewarm > 0 only; see persistent-pool.ts). */
   private readonly persistentPool: PersistentPool | null;
+  /** native/kindling-supervisor when built (persistent.ts); null: the sh supervisor. */
+  private readonly supervisorPath: string | null;
   private persistentStarting = 0;
   private readonly persistentWaiting: (() => void)[] = [];
   readonly sandboxStorage: SandboxStorageOps;
@@ -148,6 +155,8 @@ export class SandboxExecutor implements Executor {
     this.gid = options.sandboxGid ?? this.uid;
     if (this.uid === 0 || this.gid === 0) throw new Error('the sandbox uid/gid must not be 0 (root)');
     this.bwrap = options.bwrapPath ?? '/usr/bin/bwrap';
+    const supervisorPath = options.supervisorPath === undefined ? DEFAULT_SUPERVISOR_PATH : options.supervisorPath;
+    this.supervisorPath = supervisorPath !== null && fs.existsSync(supervisorPath) ? supervisorPath : null;
     this.setpriv = options.setprivPath ?? '/usr/bin/setpriv';
     this.prlimit = options.prlimitPath ?? '/usr/bin/prlimit';
     this.sh = options.shPath ?? '/bin/sh';
@@ -371,7 +380,7 @@ export class SandboxExecutor implements Executor {
         snapshot: (volume: Volume, snapshotId: string) => this.storage.snapshot(volume, snapshotId),
       };
       const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.cgroups.get().open(name), agentsDir: this.dirs.agentsDir, sandboxUid: this.uid, sandboxGid: this.gid, storage };
-      return await startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell }, spec, options);
+      return await startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell, supervisorPath: this.supervisorPath }, spec, options);
     } finally {
       this.persistentStarting--;
       this.persistentWaiting.shift()?.();

@@ -17,12 +17,19 @@
  * a host pid through /proc/PID/status (NSpid) among the sandbox cgroup's pids and SIGKILLs that process and its
  * descendants (by parent pid), repeating until none is left. The sandbox and its other processes keep running.
  *
+ * Where native/kindling-supervisor is built (the default), the supervisor is that program instead (bound read-only at
+ * SUPERVISOR_MOUNT, statically linked), with the same line protocol: it forks the command itself, puts every signal
+ * back to its default first (a background job of sh runs with SIGINT and SIGQUIT ignored, which its program inherits:
+ * no KeyboardInterrupt in Python, no `kill -INT`), and reads the command from `<dir>/run` as NUL-separated fields
+ * (runRecord) rather than sourcing a script: no sh forked and no script parsed per command.
+ *
  * Pause/resume: the cgroup freezer (v1 freezer.state, v2 cgroup.freeze) of the sandbox's cgroup.
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { chmod, chown, mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { PassThrough, type Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
@@ -56,6 +63,17 @@ const SUPERVISOR = [
   'done',
 ].join('\n');
 
+/** dist/native/kindling-supervisor, built by scripts/build-native.sh (dist/src/executors/sandbox -> dist/native). */
+export const DEFAULT_SUPERVISOR_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'native', 'kindling-supervisor');
+/** Where native/kindling-supervisor is bound inside the sandbox (read-only). */
+export const SUPERVISOR_MOUNT = '/.kindling-supervisor';
+
+/** A command for kindling-supervisor: `WORKDIR ENVC NAME=VALUE... ARGC ARG...`, each field ending with a NUL. */
+export function runRecord(workdir: string, env: Record<string, string>, command: readonly string[]): string {
+  const entries = Object.entries(env).map(([name, value]) => `${name}=${value}`);
+  return [workdir, String(entries.length), ...entries, String(command.length), ...command].map((field) => `${field}\0`).join('');
+}
+
 const MAX_STATUS_LINE = 256;
 /** After a command's main process exited, output its background children still hold open is not waited for longer. */
 const OUTPUT_GRACE_MS = 100;
@@ -72,6 +90,8 @@ export interface PersistentDeps {
   sandboxGid: number;
   /** The image's shell (layout.shell); null: the image has none, and cannot host a persistent sandbox. */
   shell: string | null;
+  /** native/kindling-supervisor on the host; null: the supervisor is the sh script SUPERVISOR. */
+  supervisorPath: string | null;
   readyTimeoutMs?: number;
   /** The sandbox's disk (see storage.ts): mounted before the start, bound at the work dir and /tmp. */
   storage?: {
@@ -97,12 +117,13 @@ export async function startPersistentSandbox(deps: PersistentDeps, spec: RunSpec
       volume = await deps.storage.attach(spec.id, spec.limits.diskMb, wanted.fromSnapshot);
     }
     const rwBinds = volume === null ? [] : [{ source: volume.work, target: spec.workdir }, { source: volume.tmp, target: '/tmp' }];
-    execution = await deps.start(
-      { ...spec, command: [deps.shell, '-c', SUPERVISOR, deps.shell], stdin: true, files: [], agentDir: dir, rwBinds },
-      startOptions,
-    );
+    const supervisor =
+      deps.supervisorPath === null
+        ? { command: [deps.shell, '-c', SUPERVISOR, deps.shell], roBinds: spec.roBinds ?? [] }
+        : { command: [SUPERVISOR_MOUNT, AGENT_MOUNT], roBinds: [...(spec.roBinds ?? []), { source: deps.supervisorPath, target: SUPERVISOR_MOUNT }] };
+    execution = await deps.start({ ...spec, ...supervisor, stdin: true, files: [], agentDir: dir, rwBinds }, startOptions);
     const stored = volume === null || deps.storage === undefined ? null : { volume, snapshot: deps.storage.snapshot };
-    const sandbox = new BwrapPersistentSandbox(spec.id, execution, deps.openCgroup(execution.id), dir, deps.sandboxGid, stored);
+    const sandbox = new BwrapPersistentSandbox(spec.id, execution, deps.openCgroup(execution.id), dir, deps.sandboxGid, stored, deps.supervisorPath !== null);
     if (volume !== null) sandbox.files = { direct: new DirectFiles(hostBinds(spec.workdir, volume), deps.sandboxUid, deps.sandboxGid), workdir: spec.workdir };
     await Promise.all([sandbox.ready(deps.readyTimeoutMs ?? 10_000), sandbox.warm()]);
     // Ports: the network namespace is pinned now, before any of the tenant's code ran (see ports.ts).
@@ -154,6 +175,8 @@ export class BwrapPersistentSandbox implements PersistentSandbox {
     private readonly dir: string,
     private readonly gid: number,
     private stored: { volume: Volume; snapshot: (volume: Volume, snapshotId: string) => Promise<number> } | null = null,
+    /** The supervisor is native/kindling-supervisor: a command's run file is a runRecord, not a script. */
+    private readonly nativeSupervisor = false,
   ) {
     this.control = execution.stdin!;
     this.control.on('error', () => {});
@@ -305,12 +328,15 @@ export class BwrapPersistentSandbox implements PersistentSandbox {
     let out: FifoReader | null = null;
     let err: FifoReader | null = null;
     try {
-      const script = [
-        `cd ${shellQuote(request.workdir)} || exit 126`,
-        ...Object.entries({ ...this.baseEnv, ...request.env }).map(([name, value]) => `export ${name}=${shellQuote(value)}`),
-        `exec ${request.command.map(shellQuote).join(' ')}`,
-        '',
-      ].join('\n');
+      const env = { ...this.baseEnv, ...request.env };
+      const script = this.nativeSupervisor
+        ? runRecord(request.workdir, env, request.command)
+        : [
+            `cd ${shellQuote(request.workdir)} || exit 126`,
+            ...Object.entries(env).map(([name, value]) => `export ${name}=${shellQuote(value)}`),
+            `exec ${request.command.map(shellQuote).join(' ')}`,
+            '',
+          ].join('\n');
       // Synchronous: a few bytes on the run dir's tmpfs (microseconds), where two trips through libuv's thread pool
       // cost a command 1 to 3 ms of its round trip here.
       fs.writeFileSync(join(cdir, 'run'), script, { mode: 0o440 });
