@@ -139,6 +139,8 @@ export class SandboxExecutor implements Executor {
   private readonly persistentPool: PersistentPool | null;
   /** native/kindling-supervisor when built (persistent.ts); null: the sh supervisor. */
   private readonly supervisorPath: string | null;
+  /** Its copy in the run dirs (see supervisor()), made once. */
+  private supervisorCopy: Promise<string | null> | null = null;
   private persistentStarting = 0;
   private readonly persistentWaiting: (() => void)[] = [];
   readonly sandboxStorage: SandboxStorageOps;
@@ -370,6 +372,30 @@ export class SandboxExecutor implements Executor {
     return this.persistentPool === null ? null : { ...this.persistentPool.stats, ready: this.persistentPool.ready };
   }
 
+  /**
+   * The native supervisor where bwrap, running as the sandbox uid, can bind it from: a copy in the run dirs (root
+   * 0755 in a 0711 dir). The build's own file may sit below a directory that uid cannot search (a checkout in /root,
+   * a 0700 temp dir). Null: not built, or the copy failed (the sh supervisor then).
+   */
+  private supervisor(): Promise<string | null> {
+    const source = this.supervisorPath;
+    if (source === null) return Promise.resolve(null);
+    this.supervisorCopy ??= (async () => {
+      await this.dirs.ensure();
+      const target = path.join(this.dirs.binDir, 'kindling-supervisor');
+      try {
+        await fs.promises.copyFile(source, `${target}.tmp`);
+        await fs.promises.chmod(`${target}.tmp`, 0o755);
+        await fs.promises.rename(`${target}.tmp`, target);
+        return target;
+      } catch (err) {
+        this.log.warn({ err }, 'could not copy kindling-supervisor into the run dirs: persistent sandboxes use the sh supervisor');
+        return null;
+      }
+    })();
+    return this.supervisorCopy;
+  }
+
   /** Starts a persistent sandbox (bwrap, the supervisor), PERSISTENT_STARTS_AT_ONCE at a time. */
   private async startPersistent(spec: RunSpec, options: PersistentSandboxOptions): Promise<BwrapPersistentSandbox> {
     if (this.persistentStarting >= PERSISTENT_STARTS_AT_ONCE) await new Promise<void>((resolve) => this.persistentWaiting.push(resolve));
@@ -380,7 +406,7 @@ export class SandboxExecutor implements Executor {
         snapshot: (volume: Volume, snapshotId: string) => this.storage.snapshot(volume, snapshotId),
       };
       const deps = { start: (s: RunSpec, o?: StartOptions) => this.start(s, o), openCgroup: (name: string) => this.cgroups.get().open(name), agentsDir: this.dirs.agentsDir, sandboxUid: this.uid, sandboxGid: this.gid, storage };
-      return await startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell, supervisorPath: this.supervisorPath }, spec, options);
+      return await startPersistentSandbox({ ...deps, shell: this.images.layoutFor(spec.image).shell, supervisorPath: await this.supervisor() }, spec, options);
     } finally {
       this.persistentStarting--;
       this.persistentWaiting.shift()?.();

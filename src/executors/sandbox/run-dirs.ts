@@ -18,6 +18,11 @@ export class RunDirs {
   readonly agentsDir: string;
   /** Mount points of persistent sandboxes' disks (see storage.ts), root 0711. */
   readonly volumesDir: string;
+  /**
+   * Programs bound into sandboxes (the native supervisor, see SandboxExecutor.supervisor()), root 0711: bwrap runs as
+   * the sandbox uid and must reach a bind's source, which the server's own install dir may not allow (/root is 0700).
+   */
+  readonly binDir: string;
   /** tmpfs for run/agent dirs and an overlay per image, so that mountinfo inside names no host path. */
   private readonly mounts: PrivateMounts;
   private ready: Promise<void> | null = null;
@@ -34,6 +39,7 @@ export class RunDirs {
     this.runsDir = path.join(this.mounts.root, 'runs');
     this.agentsDir = path.join(this.mounts.root, 'agents');
     this.volumesDir = path.join(this.mounts.root, 'volumes');
+    this.binDir = path.join(this.mounts.root, 'bin');
   }
 
   /** Mounts and creates the dirs once (again after a failure). */
@@ -54,8 +60,10 @@ export class RunDirs {
         fs.chownSync(dir, 0, this.gid);
         fs.chmodSync(dir, 0o710);
       }
-      fs.mkdirSync(this.volumesDir, { recursive: true, mode: 0o711 });
-      fs.chmodSync(this.volumesDir, 0o711);
+      for (const dir of [this.volumesDir, this.binDir]) {
+        fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
+        fs.chmodSync(dir, 0o711);
+      }
     })();
     this.ready.catch(() => (this.ready = null));
     return this.ready;
