@@ -39,8 +39,11 @@
 
 enum { FD_STATUS = 4, FD_COMMAND = 5, FD_OLD_STDIN = 6 };
 enum { EXIT_SETUP = 125, EXIT_EXEC = 127, EXIT_USAGE = 64 };
-/* The command record: bwrap's path, "--args", "7", "--" and the user's command (bwrap's options come on fd 7). */
-#define MAX_COMMAND_BYTES (1 << 20)
+/*
+ * The command record: bwrap's path, "--args", "7", "--" and the user's command (bwrap's options come on fd 7). Read
+ * into a buffer that grows up to this; execve refuses more than the kernel's argument space anyway (E2BIG: 127).
+ */
+#define MAX_COMMAND_BYTES (64 << 20)
 #define MAX_ARGS 65536
 
 static void fail(const char *what) {
@@ -80,7 +83,7 @@ static void join_cgroups(char **files, int count) {
   }
 }
 
-static void drop_privileges(uid_t uid, gid_t gid) {
+static void drop_privileges(uid_t uid, gid_t gid, pid_t parent) {
   /* The bounding set first: dropping from it needs CAP_SETPCAP, gone once the uid changes. */
   for (int cap = 0; cap <= 63; cap++) {
     if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) < 0) break; /* EINVAL: past the kernel's last capability */
@@ -102,24 +105,31 @@ static void drop_privileges(uid_t uid, gid_t gid) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail("PR_SET_NO_NEW_PRIVS");
   /* After the uid change, which resets it. The parent may already be gone: then nobody waits for this sandbox. */
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) fail("PR_SET_PDEATHSIG");
-  if (getppid() == 1) _exit(EXIT_SETUP);
+  if (getppid() != parent) _exit(EXIT_SETUP);
 }
 
 /* Reads fd 5 to its end (the server writes one record and closes it). */
 static char *read_command(size_t *len) {
-  char *buf = malloc(MAX_COMMAND_BYTES);
+  size_t size = 1 << 16;
+  char *buf = malloc(size);
   if (buf == NULL) fail("malloc");
   size_t used = 0;
   for (;;) {
-    ssize_t n = read(FD_COMMAND, buf + used, MAX_COMMAND_BYTES - used);
+    if (used == size) {
+      if (size == MAX_COMMAND_BYTES) {
+        errno = E2BIG;
+        fail("reading the command");
+      }
+      size *= 2;
+      char *bigger = realloc(buf, size);
+      if (bigger == NULL) fail("realloc");
+      buf = bigger;
+    }
+    ssize_t n = read(FD_COMMAND, buf + used, size - used);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) fail("reading the command");
     if (n == 0) break;
     used += (size_t)n;
-    if (used == MAX_COMMAND_BYTES) {
-      errno = E2BIG;
-      fail("reading the command");
-    }
   }
   close(FD_COMMAND);
   *len = used;
@@ -150,6 +160,9 @@ int main(int argc, char **argv) {
     return EXIT_USAGE;
   }
 
+  /* Compared after PR_SET_PDEATHSIG: a parent gone before it was set left no one to kill this process. (Not
+   * getppid() == 1: the server may itself be pid 1, in a container.) */
+  pid_t parent = getppid();
   join_cgroups(argv + 5, argc - 5);
   if (write_all(FD_STATUS, "R\n", 2) < 0) fail("writing the status fd");
 
@@ -161,7 +174,7 @@ int main(int argc, char **argv) {
     if (setns(fd, CLONE_NEWNET) < 0) fail("setns");
     close(fd);
   }
-  drop_privileges(uid, gid);
+  drop_privileges(uid, gid, parent);
 
   size_t len = 0;
   char *record = read_command(&len);

@@ -79,7 +79,7 @@ static void open_onto(const char *path, int flags, int fd) {
   int opened;
   do opened = open(path, flags);
   while (opened < 0 && errno == EINTR);
-  if (opened < 0) _exit(125);
+  if (opened < 0) _exit(125); /* no stderr to say it on yet */
   if (opened != fd) {
     if (dup2(opened, fd) < 0) _exit(125);
     close(opened);
@@ -138,6 +138,8 @@ static void run_command(const char *id, int with_stdin) {
   size_t at = 0;
   char *workdir = next_field(buf, len, &at);
   if (workdir == NULL) die(125, "run", "malformed");
+  /* As sh's `cd` did: PWD names the work dir (bwrap set it to the sandbox's); an env entry of the request wins. */
+  if (setenv("PWD", workdir, 1) < 0) die(125, "PWD", strerror(errno));
   unsigned long envc = count_field(buf, len, &at);
   /* On top of the sandbox's own environment (bwrap's), as the sh supervisor's `export NAME=VALUE` lines did. */
   for (unsigned long i = 0; i < envc; i++) {
@@ -152,8 +154,6 @@ static void run_command(const char *id, int with_stdin) {
     if ((argv[i] = next_field(buf, len, &at)) == NULL) die(125, "run", "malformed");
 
   if (chdir(workdir) < 0) die(126, workdir, strerror(errno));
-  /* As sh's `cd` did: PWD names the work dir (bwrap set it to the sandbox's). */
-  if (setenv("PWD", workdir, 1) < 0) die(125, "PWD", strerror(errno));
   /* execvp looks the name up in the command's PATH (or the default path without one), as sh does. */
   execvp(argv[0], argv);
   int code = errno == ENOENT || errno == ENOTDIR ? 127 : 126;
@@ -244,6 +244,7 @@ int main(int argc, char **argv) {
       }
       reap();
     }
+    if (fds[0].revents & POLLNVAL) break; /* no stdin at all: as its end */
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
       ssize_t n = read(0, buf + used, sizeof buf - used);
       if (n < 0 && errno == EINTR) continue;

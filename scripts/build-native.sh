@@ -22,8 +22,12 @@ for name in kindling-splice kindling-port kindling-btrfs kindling-file kindling-
   fi
   # kindling-port and kindling-supervisor are linked statically: they run inside sandboxes (the gvisor executor's
   # port relay, src/executors/gvisor/ports.ts; every persistent sandbox's supervisor, src/executors/sandbox/
-  # persistent.ts), whose image may have another C library or none.
+  # persistent.ts), whose image may have another C library or none. Without a static C library the supervisor is
+  # not built at all (the sh supervisor is used): a dynamic one would fail in an image of another libc.
   if { [ "$name" = kindling-port ] || [ "$name" = kindling-supervisor ]; } && cc -O2 -Wall -Wextra -Werror -static -o "$out.tmp" "$src" 2>/dev/null; then :
+  elif [ "$name" = kindling-supervisor ]; then
+    echo "build-native: no static C library; $out is not built (persistent sandboxes use the sh supervisor)" >&2
+    continue
   else cc -O2 -Wall -Wextra -Werror -o "$out.tmp" "$src"; fi
   mv "$out.tmp" "$out"
 done

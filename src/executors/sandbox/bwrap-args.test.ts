@@ -6,7 +6,7 @@ import { isKindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { testSpec } from '../conformance.js';
-import { EXEC_SHIM, FD_ARGS, bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec, type ImageBinds } from './bwrap-args.js';
+import { EXEC_SHIM, FD_ARGS, SUPERVISOR_MOUNT, bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec, type ImageBinds } from './bwrap-args.js';
 
 const image: ImageBinds = { bindArgs: ['--ro-bind', '/img/usr', '/usr', '--symlink', 'usr/bin', '/bin'], shell: '/bin/sh' };
 const spec = (overrides: Partial<RunSpec> = {}): RunSpec => {
@@ -64,9 +64,11 @@ test('work dirs: inside /tmp only a --dir, / nothing, /tmp itself nothing; an im
   // A command that is the image's shell itself (a persistent sandbox's supervisor) needs no shim.
   const shell = bwrapArgs(spec({ command: ['/bin/sh', '-c', 'echo r'] }), 'h', image, { kind: 'tmpfs' }, null).command;
   assert.deepEqual(shell, ['/bin/sh', '-c', 'echo r']);
-  // So does a program the executor bound in itself (the native supervisor).
-  const bound = bwrapArgs(spec({ command: ['/.sup', '/a'], roBinds: [{ source: '/host/sup', target: '/.sup' }] }), 'h', image, { kind: 'tmpfs' }, null);
-  assert.deepEqual(bound.command, ['/.sup', '/a']);
+  // So does the supervisor the executor bound in itself; any other bound file (a function's bundle) keeps it.
+  const bound = bwrapArgs(spec({ command: [SUPERVISOR_MOUNT, '/a'], roBinds: [{ source: '/host/sup', target: SUPERVISOR_MOUNT }] }), 'h', image, { kind: 'tmpfs' }, null);
+  assert.deepEqual(bound.command, [SUPERVISOR_MOUNT, '/a']);
+  const bundle = bwrapArgs(spec({ command: ['/work/run'], roBinds: [{ source: '/host/bundle', target: '/work/run' }] }), 'h', image, { kind: 'tmpfs' }, null);
+  assert.deepEqual(bundle.command.slice(0, 4), ['/bin/sh', '-c', EXEC_SHIM, '/work/run']);
   // Another shell, or the same by another name, keeps it.
   assert.deepEqual(bwrapArgs(spec({ command: ['sh', '-c', 'echo r'] }), 'h', image, { kind: 'tmpfs' }, null).command.slice(0, 4), ['/bin/sh', '-c', EXEC_SHIM, 'sh']);
 });

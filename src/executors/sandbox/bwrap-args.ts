@@ -25,6 +25,8 @@ export const FD_ARGS = 7;
  * shell's message on stderr, as in Docker, instead of bwrap's exit 1.
  */
 export const EXEC_SHIM = 'exec "$@"';
+/** Where native/kindling-supervisor is bound inside a persistent sandbox (read-only; see persistent.ts). */
+export const SUPERVISOR_MOUNT = '/.kindling-supervisor';
 
 /** The image's side of the arguments: its read-only binds and its shell (null: the image has none, no shim). */
 export interface ImageBinds {
@@ -88,9 +90,8 @@ export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, pl
   for (const [k, v] of Object.entries(spec.env)) a.push('--setenv', k, v);
   a.push('--seccomp', String(FD_SECCOMP), '--json-status-fd', String(FD_STATUS));
   const command: string[] = [];
-  // A command that is the image's shell itself, or a file the executor bound in (a persistent sandbox's supervisor),
-  // exists: no shim, one exec less.
-  const known = spec.command[0] === image.shell || roBinds.some((b) => b.target === spec.command[0]);
+  // A command that is the image's shell itself, or the supervisor the executor bound in, exists: no shim, one exec less.
+  const known = spec.command[0] === image.shell || (spec.command[0] === SUPERVISOR_MOUNT && roBinds.some((b) => b.target === SUPERVISOR_MOUNT));
   if (image.shell !== null && !known) command.push(image.shell, '-c', EXEC_SHIM, spec.command[0]!);
   command.push(...spec.command);
   return { options: a, command };

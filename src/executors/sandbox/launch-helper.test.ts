@@ -29,13 +29,15 @@ async function text(stream: Readable): Promise<string> {
 
 /** Runs the helper as the executor does (fds 0-5 and 7 pipes, 6 unset). */
 function launch(args: string[], command: string, stdinText: string) {
-  const child = spawn(DEFAULT_LAUNCH_HELPER_PATH, args, { stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'ignore', 'pipe'], env: {}, cwd: '/' });
+  // fd 6 is a pipe too, where the executor leaves nothing: the helper must close it either way.
+  const child = spawn(DEFAULT_LAUNCH_HELPER_PATH, args, { stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'], env: {}, cwd: '/' });
   const pipes = child.stdio as unknown as (Writable & Readable)[];
   const status = text(pipes[4]!);
   const stdout = text(child.stdout!);
   const stderr = text(child.stderr!);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  for (const fd of [0, 3, 5, 7]) pipes[fd]!.on('error', () => {});
+  for (const fd of [0, 3, 5, 6, 7]) pipes[fd]!.on('error', () => {});
+  pipes[6]!.end();
   child.stdin!.end(stdinText);
   pipes[3]!.end();
   pipes[7]!.end();

@@ -35,6 +35,7 @@ import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import type { BodyPump, PersistentSandbox, PersistentSandboxOptions, PortConnectOptions, ResourceUsage, SandboxCapabilities, SandboxCommand, SandboxCommandRequest, StartOptions } from '../executor.js';
 import type { Duplex, Readable } from 'node:stream';
+import { SUPERVISOR_MOUNT } from './bwrap-args.js';
 import { DirectFiles, type HostBind } from './direct-files.js';
 import { SandboxPorts } from './ports.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
@@ -65,8 +66,6 @@ const SUPERVISOR = [
 
 /** dist/native/kindling-supervisor, built by scripts/build-native.sh (dist/src/executors/sandbox -> dist/native). */
 export const DEFAULT_SUPERVISOR_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'native', 'kindling-supervisor');
-/** Where native/kindling-supervisor is bound inside the sandbox (read-only). */
-export const SUPERVISOR_MOUNT = '/.kindling-supervisor';
 
 /** A command for kindling-supervisor: `WORKDIR ENVC NAME=VALUE... ARGC ARG...`, each field ending with a NUL. */
 export function runRecord(workdir: string, env: Record<string, string>, command: readonly string[]): string {
