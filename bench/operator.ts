@@ -4,9 +4,9 @@
  * one operator with instant mining (every result counted); the chain path's overhead over the same execution through
  * HTTP (`POST /v1/execute` on the operator's own server, measured in the same run).
  */
-import { createPublicClient, createWalletClient, http, parseEventLogs, type PublicClient } from 'viem';
+import { createWalletClient, encodeFunctionData, http, parseEventLogs, type Hex } from 'viem';
 import { privateKeyToAccount } from 'viem/accounts';
-import { TANGLE_JOBS_ABI, TangleClient } from '@kindling/sdk/tangle';
+import { TANGLE_JOBS_ABI, encodeJobInputs } from '@kindling/sdk/tangle';
 import { startAnvil, type Anvil } from '../test/helpers/anvil.js';
 import { chainOf, deployOn, startOperator, type ChainSetup, type OperatorProcess } from '../test/helpers/operator.js';
 import type { BenchContext, GroupResult } from './lib/context.js';
@@ -19,11 +19,11 @@ const percentile = (samples: number[], p: number): number => {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 };
 
-async function until(condition: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+async function until(condition: () => Promise<boolean>, timeoutMs: number, what: string, intervalMs = 5): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!(await condition())) {
     if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
 }
 
@@ -64,25 +64,40 @@ export async function runOperatorGroup(ctx: BenchContext): Promise<GroupResult> 
   const jobs = ctx.runsOverridden ? Math.max(20, ctx.runs.sandbox) : 200;
   ctx.log(`operator: ${jobs} jobs through one operator, instant mining; then the HTTP baseline`);
   const sustained = await withChain(undefined, ['--capacity', '32'], async (setup, operator) => {
-    // Five customers submit in parallel (one nonce sequence each).
-    const customers = [4, 5, 6, 7, 8].map((index) => {
-      const chain = chainOf(setup.anvil);
-      const publicClient = createPublicClient({ chain, transport: http(setup.anvil.rpcUrl), pollingInterval: 20 }) as PublicClient;
-      return new TangleClient({ publicClient, walletClient: createWalletClient({ chain, transport: http(setup.anvil.rpcUrl), account: privateKeyToAccount(setup.anvil.keys[index]!) }), jobsContract: setup.deployment.jobsContract });
-    });
+    // Five customers, their transactions signed before the clock starts (nonces in order, gas from one estimate), then
+    // sent as fast as the node takes them: the customers are other machines in real use, and signing and receipt
+    // polling here would take the 2 cores the operator is measured on.
+    const chain = chainOf(setup.anvil);
+    const data = encodeFunctionData({ abi: TANGLE_JOBS_ABI, functionName: 'submitJob', args: [setup.deployment.serviceId, 0, encodeJobInputs(0, ECHO)] });
+    const signed: Hex[][] = await Promise.all([4, 5, 6, 7, 8].map(async (index, c) => {
+      const account = privateKeyToAccount(setup.anvil.keys[index]!);
+      const wallet = createWalletClient({ chain, transport: http(setup.anvil.rpcUrl), account });
+      const gas = ((await setup.publicClient.estimateGas({ account, to: setup.deployment.jobsContract, data })) * 3n) / 2n;
+      const fees = await setup.publicClient.estimateFeesPerGas();
+      let nonce = await setup.publicClient.getTransactionCount({ address: account.address, blockTag: 'pending' });
+      const txs: Hex[] = [];
+      for (let i = c; i < jobs; i += 5) txs.push(await wallet.signTransaction({ account, chain, to: setup.deployment.jobsContract, data, gas, nonce: nonce++, maxFeePerGas: fees.maxFeePerGas * 2n, maxPriorityFeePerGas: fees.maxPriorityFeePerGas }));
+      return txs;
+    }));
     const startBlock = await setup.publicClient.getBlockNumber();
+    let scanned = startBlock;
+    let counted = 0;
+    // Results counted from the logs of blocks not read before: a poll reads only what is new.
+    const results = async (): Promise<number> => {
+      const head = await setup.publicClient.getBlockNumber({ cacheTime: 0 });
+      if (head <= scanned) return counted;
+      const logs = await setup.publicClient.getLogs({ address: setup.deployment.jobsContract, fromBlock: scanned + 1n, toBlock: head });
+      counted += parseEventLogs({ abi: TANGLE_JOBS_ABI, logs, eventName: 'JobResultSubmitted' }).length;
+      scanned = head;
+      return counted;
+    };
     const started = performance.now();
-    await Promise.all(customers.map(async (customer, c) => {
-      for (let i = c; i < jobs; i += customers.length) await customer.submitJob(setup.deployment.serviceId, 0, ECHO);
+    await Promise.all(signed.map(async (txs) => {
+      for (const serializedTransaction of txs) await setup.publicClient.sendRawTransaction({ serializedTransaction });
     }));
     const submittedMs = performance.now() - started;
-    const results = async (): Promise<number> => {
-      const logs = await setup.publicClient.getLogs({ address: setup.deployment.jobsContract, fromBlock: startBlock, toBlock: 'latest' });
-      return parseEventLogs({ abi: TANGLE_JOBS_ABI, logs, eventName: 'JobResultSubmitted' }).length;
-    };
-    await until(async () => (await results()) >= jobs, 600_000, `${jobs} results`);
+    await until(async () => (await results()) >= jobs, 600_000, `${jobs} results`, 20);
     const elapsedMs = performance.now() - started;
-    const counted = await results();
     // The same execution through HTTP on the operator's own server, and through the chain one at a time.
     const http_: number[] = [];
     for (let i = 0; i < runs; i++) {
@@ -124,7 +139,7 @@ export async function runOperatorGroup(ctx: BenchContext): Promise<GroupResult> 
       group: 'operator', id: 'operator.throughput', scenario: `${jobs} jobs 0 through one operator (capacity 32), instant mining`,
       kindling: `${perSecond.toFixed(1)} jobs/s`, baseline: `${ceilingPerSecond.toFixed(1)} jobs/s via POST /v1/execute, 32 at a time`, ratio: `${(perSecond / ceilingPerSecond).toFixed(2)}x`, target: '>= 50/s, nothing lost',
       status: perSecond >= 50 && sustained.counted === jobs ? 'pass' : 'fail',
-      note: `${sustained.counted}/${jobs} results on chain; submissions alone took ${(sustained.submittedMs / 1000).toFixed(1)} s; the baseline is the ceiling (the same echo without the chain). Before results were batched and the keeper moved off the loop: 1.9 jobs/s (2-core machine under other load)`,
+      note: `${sustained.counted}/${jobs} results on chain; the submissions (signed beforehand, sent by 5 customers) took ${(sustained.submittedMs / 1000).toFixed(1)} s; the baseline is the ceiling (the same echo without the chain). Before results were batched and the keeper moved off the loop: 1.9 jobs/s (2-core machine under other load)`,
     },
     {
       group: 'operator', id: 'operator.overhead', scenario: 'job 0 echo via the chain (submit -> result, instant mining) vs POST /v1/execute',

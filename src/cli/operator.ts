@@ -68,6 +68,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
     .addOption(new Option('--max-gas <n>', 'gas one transaction may use at most').argParser(uint('--max-gas')).default(DEFAULT_OPERATOR_SETTINGS.maxGas, String(DEFAULT_OPERATOR_SETTINGS.maxGas)))
     .option('--max-result-bytes <n>', 'larger results are served by this server and go on chain as a hash + URL', whole('--max-result-bytes', 64), DEFAULT_OPERATOR_SETTINGS.maxResultBytes)
     .option('--poll-interval-ms <ms>', 'time between reads of the chain', whole('--poll-interval-ms', 10), DEFAULT_OPERATOR_SETTINGS.pollIntervalMs)
+    .option('--rpc-batch-size <n>', 'most JSON-RPC requests sent to the node in one HTTP request (those asked at the same moment go together); 0 sends each alone, for a node that refuses batches', whole('--rpc-batch-size'), DEFAULT_OPERATOR_SETTINGS.rpcBatchSize)
     .option('--tx-timeout-ms <ms>', 'a sent transaction not mined within this is taken as dropped or replaced: the nonce is read from the node again and the transaction sent again', whole('--tx-timeout-ms', 1000), DEFAULT_OPERATOR_SETTINGS.txTimeoutMs)
     .option('--start-block <n>', 'first block read on a fresh data dir (e.g. the jobs contract deployment block)', uint('--start-block'))
     .addOption(new Option('--price-per-job-wei <n>', 'the price registered with the operator').argParser(uint('--price-per-job-wei')).default(0n, '0'))
@@ -88,6 +89,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
         maxResultBytes: options.maxResultBytes as number,
         pollIntervalMs: options.pollIntervalMs as number,
         txTimeoutMs: options.txTimeoutMs as number,
+        rpcBatchSize: options.rpcBatchSize as number,
         pricePerJobWei: options.pricePerJobWei as bigint,
         ...(options.startBlock === undefined ? {} : { startBlock: options.startBlock as bigint }),
         ...(options.publicUrl === undefined ? {} : { publicUrl: options.publicUrl as string }),
@@ -100,7 +102,7 @@ export function registerOperatorCommand(program: Command, defaults: ServeDefault
 /**
  * `--operator-config FILE`: the operator options as JSON, named like OperatorSettings (rpcUrl, wsUrl, chainId,
  * keyFile, jobsContract, serviceManager, serviceId, confirmations, capacity, maxGas, maxResultBytes, pollIntervalMs,
- * txTimeoutMs, startBlock, pricePerJobWei, publicUrl, chainTenantQuotas: an object); numbers that may exceed 2^53 may be strings.
+ * txTimeoutMs, rpcBatchSize, startBlock, pricePerJobWei, publicUrl, chainTenantQuotas: an object); numbers that may exceed 2^53 may be strings.
  */
 export async function readOperatorConfig(file: string): Promise<OperatorSettings> {
   let raw: Record<string, unknown>;
@@ -109,7 +111,7 @@ export async function readOperatorConfig(file: string): Promise<OperatorSettings
   } catch (error) {
     throw new Error(`--operator-config ${file}: ${(error as Error).message}`);
   }
-  const known = ['rpcUrl', 'wsUrl', 'chainId', 'keyFile', 'jobsContract', 'serviceManager', 'serviceId', 'confirmations', 'capacity', 'maxGas', 'maxResultBytes', 'pollIntervalMs', 'txTimeoutMs', 'startBlock', 'pricePerJobWei', 'publicUrl', 'chainTenantQuotas'];
+  const known = ['rpcUrl', 'wsUrl', 'chainId', 'keyFile', 'jobsContract', 'serviceManager', 'serviceId', 'confirmations', 'capacity', 'maxGas', 'maxResultBytes', 'pollIntervalMs', 'txTimeoutMs', 'rpcBatchSize', 'startBlock', 'pricePerJobWei', 'publicUrl', 'chainTenantQuotas'];
   const unknown = Object.keys(raw).filter((key) => !known.includes(key));
   if (unknown.length > 0) throw new Error(`--operator-config ${file}: unknown field(s) ${unknown.join(', ')}; the fields are ${known.join(', ')}`);
   const field = <T>(name: string, parse: (value: string) => T, required: boolean): T | undefined => {
@@ -142,6 +144,7 @@ export async function readOperatorConfig(file: string): Promise<OperatorSettings
     ...optional('maxResultBytes', whole('--max-result-bytes', 64)),
     ...optional('pollIntervalMs', whole('--poll-interval-ms', 10)),
     ...optional('txTimeoutMs', whole('--tx-timeout-ms', 1000)),
+    ...optional('rpcBatchSize', whole('--rpc-batch-size')),
     ...optional('startBlock', uint('--start-block')),
     ...optional('pricePerJobWei', uint('--price-per-job-wei')),
     ...optional('publicUrl', url('--public-url', ['http', 'https'])),

@@ -11,7 +11,7 @@ export const DEFAULT_MAX_GAS = 5_000_000n;
 /** A sent transaction not mined within this is taken as dropped or replaced: the nonce is read again, the call resent. */
 export const DEFAULT_TX_TIMEOUT_MS = 60_000;
 
-export const DEFAULT_OPERATOR_SETTINGS = { confirmations: 1, capacity: 4, maxGas: DEFAULT_MAX_GAS, maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, txTimeoutMs: DEFAULT_TX_TIMEOUT_MS };
+export const DEFAULT_OPERATOR_SETTINGS = { confirmations: 1, capacity: 4, maxGas: DEFAULT_MAX_GAS, maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, txTimeoutMs: DEFAULT_TX_TIMEOUT_MS, rpcBatchSize: 64 };
 
 /**
  * Quotas of a chain caller's tenant (`chain-<address>`), made on its first job. Anyone with gas can call, and a new

@@ -299,7 +299,9 @@ export class Operator {
   private async run(call: CallRecord, release: () => void): Promise<void> {
     const { store, chain, logger } = this.options;
     const key = call.callId.toString();
-    // The three reads are independent: one round trip of the node's time instead of three.
+    // The reads are independent: asked together they are one round trip (one JSON-RPC batch with those of every job
+    // scheduled in the same turn) instead of four. The latest block's time is only needed when the job runs.
+    const latest = this.latestBlockTime();
     const [completed, assignment, canonical] = await Promise.all([chain.jobCompleted(call.callId), chain.assignmentOf(call.callId), this.canonical(call)]);
     if (completed === true) {
       store.transition(call.callId, ['seen'], 'done', { nowMs: this.options.now() });
@@ -312,7 +314,7 @@ export class Operator {
     }
     // Past (or about to pass) its deadline the job may go to another operator: not started, tried again once the
     // chain's assignment changes (reassigned to us: a new deadline).
-    const stopAtMs = await this.stopTime(assignment.deadline);
+    const stopAtMs = this.stopTime(assignment.deadline, await latest);
     if (stopAtMs <= this.options.now()) {
       this.later(key);
       return;
@@ -372,12 +374,16 @@ export class Operator {
    * two readings (block time as wall time; the deadline's distance from the latest block), less the margin, so a
    * chain whose clock runs ahead (or a stale latest block) does not let the job run past it.
    */
-  private async stopTime(deadline: bigint): Promise<number> {
+  private stopTime(deadline: bigint, latest: bigint | undefined): number {
     const now = this.options.now();
     let at = Number(deadline) * 1000;
-    const latest = await this.options.chain.latestBlockTime?.().catch(() => undefined);
     if (latest !== undefined) at = Math.min(at, now + (Number(deadline) - Number(latest)) * 1000);
     return at - this.options.deadlineMarginMs;
+  }
+
+  /** The latest block's timestamp, or undefined when the chain cannot tell (then block time is taken as wall time). */
+  private latestBlockTime(): Promise<bigint | undefined> {
+    return this.options.chain.latestBlockTime?.().catch(() => undefined) ?? Promise.resolve(undefined);
   }
 
   /** A job finished without posting (reassigned meanwhile): `seen` again, run if the chain gives it back. */
@@ -443,12 +449,12 @@ export class Operator {
   private async submitBatch(batch: CallRecord[]): Promise<void> {
     if (batch.length === 1) return this.submit(batch[0]!);
     const { logger } = this.options;
-    // One block hash per block, not per call: calls of one block share it.
+    // One block hash per block, not per call (calls of one block share it), all asked at once: one round trip.
     const hashes = new Map<bigint, Promise<Hex | null>>();
+    for (const call of batch) if (!hashes.has(call.blockNumber)) hashes.set(call.blockNumber, this.options.chain.blockHash(call.blockNumber).catch(() => null));
     const canonical: CallRecord[] = [];
     for (const call of batch) {
-      if (!hashes.has(call.blockNumber)) hashes.set(call.blockNumber, this.options.chain.blockHash(call.blockNumber));
-      const hash = await hashes.get(call.blockNumber)!.catch(() => null);
+      const hash = await hashes.get(call.blockNumber)!;
       if (hash === call.blockHash && call.result !== null) canonical.push(call);
       else this.later(call.callId.toString());
     }

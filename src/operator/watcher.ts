@@ -17,6 +17,9 @@ export const SERVICE_MANAGER_EVENTS_ABI = parseAbi([
   'event JobReleased(uint64 indexed serviceId, uint64 indexed callId, address indexed operator, uint8 reason)',
 ]);
 
+/** Block hashes asked of the node at once while checking a range's logs. */
+const HASH_READS_AT_ONCE = 64;
+
 export type NewCall = Omit<CallRecord, 'state' | 'result'>;
 
 /** What the watcher asks of the chain; `viemWatcherChain` is the real one, tests pass a fake. */
@@ -83,11 +86,17 @@ export class Watcher {
     // Every log must come from the block the cursor will vouch for (or an ancestor of it on the same chain): a reorg
     // between the reads shows as a log whose block hash is not the chain's now; read the range again next time.
     if (toHash === null) return { newCalls: [], droppedCalls, cursor, caughtUp: false };
+    // The hashes of the logs' blocks, asked up to HASH_READS_AT_ONCE at a time (a round trip each, not one per block:
+    // with a block per transaction a range holds hundreds).
+    const logs = [...calls, ...events];
+    const numbers = [...new Set(logs.map((log) => log.blockNumber))].filter((number) => number !== to);
     const blockHashes = new Map<bigint, Hex | null>([[to, toHash]]);
-    for (const log of [...calls, ...events]) {
-      if (!blockHashes.has(log.blockNumber)) blockHashes.set(log.blockNumber, await chain.blockHash(log.blockNumber));
-      if (blockHashes.get(log.blockNumber) !== log.blockHash) return { newCalls: [], droppedCalls, cursor, caughtUp: false };
+    for (let at = 0; at < numbers.length; at += HASH_READS_AT_ONCE) {
+      const part = numbers.slice(at, at + HASH_READS_AT_ONCE);
+      const hashes = await Promise.all(part.map((number) => chain.blockHash(number)));
+      part.forEach((number, i) => blockHashes.set(number, hashes[i]!));
     }
+    if (logs.some((log) => blockHashes.get(log.blockNumber) !== log.blockHash)) return { newCalls: [], droppedCalls, cursor, caughtUp: false };
     const next = { number: to, hash: toHash };
     const newCalls = store.commitRange(next, calls, events, this.options.now());
     return { newCalls, droppedCalls, cursor: next, caughtUp: to === safe };
