@@ -20,7 +20,8 @@
  * /dev/null there (STDIN 0), closes fd 6 and execs ARG0 with ARG1... and an empty environment. fds 3, 4 and 7 (seccomp
  * filter, status, bwrap's arguments) pass through as they are.
  *
- * Exit 125: a step above failed (the message on stderr); 127: the command could not be exec'd; 64: usage.
+ * Exit 125: a step above failed; 127: the command could not be exec'd (the message of either on stderr and on fd 4);
+ * 64: usage.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,8 +47,12 @@ enum { EXIT_SETUP = 125, EXIT_EXEC = 127, EXIT_USAGE = 64 };
 #define MAX_COMMAND_BYTES (64 << 20)
 #define MAX_ARGS 65536
 
+/* The reason goes on stderr and on the status fd, where the executor reads it (a sandbox that never started returns no
+ * stderr to anyone: the server logs the reason instead). */
 static void fail(const char *what) {
-  dprintf(2, "kindling-launch: %s: %s\n", what, strerror(errno));
+  int saved = errno;
+  dprintf(2, "kindling-launch: %s: %s\n", what, strerror(saved));
+  dprintf(FD_STATUS, "kindling-launch: %s: %s\n", what, strerror(saved));
   _exit(EXIT_SETUP);
 }
 
@@ -105,7 +110,10 @@ static void drop_privileges(uid_t uid, gid_t gid, pid_t parent) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail("PR_SET_NO_NEW_PRIVS");
   /* After the uid change, which resets it. The parent may already be gone: then nobody waits for this sandbox. */
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) fail("PR_SET_PDEATHSIG");
-  if (getppid() != parent) _exit(EXIT_SETUP);
+  if (getppid() != parent) {
+    errno = ESRCH;
+    fail("the server exited before the parent-death signal was set");
+  }
 }
 
 /* Reads fd 5 to its end (the server writes one record and closes it). */
@@ -213,6 +221,8 @@ int main(int argc, char **argv) {
 
   char *empty_env[] = {NULL};
   execve(args[0], args, empty_env);
-  dprintf(2, "kindling-launch: %s: %s\n", args[0], strerror(errno));
+  int saved = errno;
+  dprintf(2, "kindling-launch: %s: %s\n", args[0], strerror(saved));
+  dprintf(FD_STATUS, "kindling-launch: %s: %s\n", args[0], strerror(saved));
   return EXIT_EXEC;
 }

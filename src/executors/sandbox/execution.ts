@@ -99,18 +99,19 @@ export class ExecutionImpl implements SandboxExecution {
       // The kernel's accounting of the whole tree, read while the cgroup still exists (it is removed on release).
       const usage = cgroup.usage();
       await closed;
-      const started = Buffer.concat(launcher.status).toString('utf8').includes('"child-pid"');
-      return { code, sig, oomKilled, started, usage };
+      const status = Buffer.concat(launcher.status).toString('utf8');
+      return { code, sig, oomKilled, started: status.includes('"child-pid"'), setupError: launcherSetupError(status), usage };
     });
 
-    this.result = exitInfo.then(({ code, sig, oomKilled, started, usage }) => {
+    this.result = exitInfo.then(({ code, sig, oomKilled, started, setupError, usage }) => {
       if (!started && !this.killed) {
+        // The client gets what failed, the log also why (a syscall and its errno: the host's business).
         const why =
-          code === LAUNCHER_CGROUP_FAILED
-            ? 'the launcher could not join its cgroup'
+          setupError !== null || code === LAUNCHER_CGROUP_FAILED
+            ? 'the launcher failed while setting it up (its cgroup, limits or privileges)'
             : `the launcher or bwrap exited with ${code ?? sig} before creating the sandbox`;
-        this.log.error({ sandbox: name, executionId: spec.id, code, sig }, `sandbox failed to start: ${why}`);
-        throw new KindlingError('EXECUTOR_FAILED', `the sandbox did not start: ${why}`, {
+        this.log.error({ sandbox: name, executionId: spec.id, code, sig, reason: setupError }, `sandbox failed to start: ${why}`);
+        throw new KindlingError('EXECUTOR_FAILED', `the sandbox did not start: ${why}; the server's log has the reason`, {
           details: { executor: 'sandbox' },
         });
       }
@@ -188,4 +189,12 @@ function exitInfoFrom(
   if (sig !== null) return { exitCode: 128 + signalNumber(sig), signal: sig, oomKilled, timedOut };
   const exitCode = code ?? 1;
   return { exitCode, signal: signalOfExitCode(exitCode), oomKilled, timedOut };
+}
+
+/**
+ * The reason native/kindling-launch gave on the status fd for a failed setup step or exec ("kindling-launch: WHAT:
+ * ERRNO"), or null (it did not fail there, or the shell chain ran, which gives none).
+ */
+export function launcherSetupError(status: string): string | null {
+  return /^kindling-launch: (.+)$/m.exec(status)?.[1] ?? null;
 }

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import { launcherSetupError } from './execution.js';
 import { DEFAULT_LAUNCH_HELPER_PATH } from './launcher.js';
 
 const UID = 65534;
@@ -86,20 +87,31 @@ describe('the native launcher (kindling-launch)', { skip }, () => {
     assert.equal(await run.stdout, '[]\n');
   });
 
-  test('a procs file it cannot write: exit 125 before ready, nothing runs', async () => {
+  test('a procs file it cannot write: exit 125 before ready, nothing runs, the reason on stderr and the status fd', async () => {
     const marker = join(dir, 'ran');
     const run = launch([String(UID), String(UID), '0', '-', join(dir, 'missing', 'cgroup.procs')], record(64, false, ['/usr/bin/touch', marker]), '');
     assert.equal(await run.exited, 125);
-    assert.equal(await run.status, '');
+    const status = await run.status;
+    assert.doesNotMatch(status, /^R$/m);
+    assert.match(launcherSetupError(status) ?? '', /missing\/cgroup\.procs: No such file or directory/);
     assert.match(await run.stderr, /missing\/cgroup\.procs/);
     assert.equal(fs.existsSync(marker), false);
   });
 
-  test('refuses uid 0 and a command that cannot be exec\'d ends 127', async () => {
+  test('refuses uid 0 and a command that cannot be exec\'d ends 127, the reason on the status fd', async () => {
     const root = launch(['0', String(UID), '0', '-'], record(64, false, ['/bin/true']), '');
     assert.equal(await root.exited, 64);
     const missing = launch([String(UID), String(UID), '0', '-'], record(64, false, ['/no/such/program']), '');
     assert.equal(await missing.exited, 127);
     assert.match(await missing.stderr, /\/no\/such\/program/);
+    assert.equal(launcherSetupError(await missing.status), '/no/such/program: No such file or directory');
+  });
+
+  test('a network namespace it cannot join: exit 125 after ready, the reason on the status fd', async () => {
+    const run = launch([String(UID), String(UID), '0', join(dir, 'no-such-netns')], record(64, false, ['/bin/true']), '');
+    assert.equal(await run.exited, 125);
+    const status = await run.status;
+    assert.match(status, /^R$/m);
+    assert.match(launcherSetupError(status) ?? '', /no-such-netns: No such file or directory/);
   });
 });

@@ -35,7 +35,7 @@ import { FD_STATUS } from './bwrap-args.js';
  * shell that reads the command line from fd 5 (the caller's stdin kept on fd 6).
  */
 const PREPARE = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; echo R >&4; exec "$@" 6<&0 0<&5 5<&-';
-/** The launcher's exit status when it could not join its cgroup. */
+/** The launcher's exit status when a setup step failed (its cgroup; with the native helper also limits, netns, privileges). */
 export const LAUNCHER_CGROUP_FAILED = 125;
 const POOL_KEY = 'launcher';
 /** dist/native/kindling-launch, built by scripts/build-native.sh (dist/src/executors/sandbox -> dist/native). */
