@@ -35,3 +35,13 @@ test('the operator config file carries chainTenantQuotas, and an unknown field n
   writeFileSync(file, JSON.stringify({ ...BASE, tenantQuota: 1 }));
   await assert.rejects(readOperatorConfig(file), /unknown field\(s\) tenantQuota; the fields are .*chainTenantQuotas/);
 });
+
+test('the operator config file takes rpcBatchSize (0 turns batching off); a negative one is refused', async () => {
+  const file = join(dir, 'batch.json');
+  writeFileSync(file, JSON.stringify({ ...BASE, rpcBatchSize: 0 }));
+  assert.equal((await readOperatorConfig(file)).rpcBatchSize, 0);
+  writeFileSync(file, JSON.stringify({ ...BASE, rpcBatchSize: 16 }));
+  assert.equal((await readOperatorConfig(file)).rpcBatchSize, 16);
+  writeFileSync(file, JSON.stringify({ ...BASE, rpcBatchSize: -1 }));
+  await assert.rejects(readOperatorConfig(file), /rpcBatchSize/);
+});

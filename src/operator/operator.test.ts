@@ -9,7 +9,7 @@ import { decodeJobResult, encodeJobOutput } from '@kindling/sdk/tangle';
 import { waitFor } from '../../test/helpers/wait.js';
 import { CursorStore } from './cursor-store.js';
 import { NonceManager } from './nonce-manager.js';
-import { Operator, type OperatorChain, type OperatorJob, type OperatorJobRunner } from './operator.js';
+import { Operator, rpcBatchRefused, type OperatorChain, type OperatorJob, type OperatorJobRunner } from './operator.js';
 import { ResultStore } from './result-store.js';
 import { Submitter, type ContractCall, type TxChain, type TxReceipt } from './submitter.js';
 import { Watcher } from './watcher.js';
@@ -392,4 +392,12 @@ describe('Operator', () => {
     assert.deepEqual(runner.runs, [0n, 0n]);
     store.close();
   });
+});
+
+it('rpcBatchRefused tells a node refusing a JSON-RPC batch from other failures', () => {
+  assert.equal(rpcBatchRefused(Object.assign(new Error('request failed'), { cause: { name: 'InvalidRequestRpcError', code: -32600 } })), true);
+  assert.equal(rpcBatchRefused(Object.assign(new Error('RPC Request failed.'), { details: 'batch too large' })), true);
+  assert.equal(rpcBatchRefused(new Error('batch limit exceeded')), true);
+  assert.equal(rpcBatchRefused(Object.assign(new Error('fetch failed'), { cause: { code: 'ECONNREFUSED' } })), false);
+  assert.equal(rpcBatchRefused(Object.assign(new Error('reverted'), { data: { errorName: 'UnknownJobCall' } })), false);
 });

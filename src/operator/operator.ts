@@ -76,6 +76,8 @@ export interface OperatorOptions {
    * block timestamps drift by seconds, and past the deadline the job may be given to another operator. Default 2000 ms.
    */
   deadlineMarginMs?: number;
+  /** Block hashes asked of the node at once (the JSON-RPC batch size, or a few without batching). Default 64. */
+  readsAtOnce?: number;
   /** Keeper duty (release others' timed-out assignments). Default on. */
   keeper?: boolean;
   /**
@@ -104,6 +106,21 @@ class DeadlineReached extends Error {
   }
 }
 
+const RPC_BATCH_HINT = 'the node refused a JSON-RPC batch (too large, or batches not supported): lower --rpc-batch-size, or 0 to send each request alone';
+
+/**
+ * Whether a failure looks like the node refusing a JSON-RPC batch as a whole: geth-style "batch too large" /
+ * "batch limit exceeded", or an invalid-request error (-32600) for every call of it.
+ */
+export function rpcBatchRefused(error: unknown): boolean {
+  for (let at = error, depth = 0; at !== null && at !== undefined && depth < 10; at = (at as { cause?: unknown }).cause, depth++) {
+    const { name, code, message, details } = at as { name?: unknown; code?: unknown; message?: unknown; details?: unknown };
+    if (name === 'InvalidRequestRpcError' || code === -32600) return true;
+    if ([message, details].some((text) => typeof text === 'string' && /\bbatch\b/i.test(text))) return true;
+  }
+  return false;
+}
+
 export interface OperatorStats {
   running: number;
   submitted: number;
@@ -113,7 +130,7 @@ export interface OperatorStats {
 }
 
 export class Operator {
-  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; deadlineMarginMs: number; keeperIntervalMs: number; maxBatchResults: number; maxBatchBytes: number; now: () => number };
+  private readonly options: OperatorOptions & { maxResultBytes: number; pollIntervalMs: number; retryDelayMs: number; deadlineMarginMs: number; readsAtOnce: number; keeperIntervalMs: number; maxBatchResults: number; maxBatchBytes: number; now: () => number };
   private readonly me: string;
   private readonly running = new Map<string, AbortController>();
   /** Calls holding a slot of `capacity`: from scheduling (the checks on chain come first) until their job ends. */
@@ -140,7 +157,7 @@ export class Operator {
   readonly stats: OperatorStats = { running: 0, submitted: 0, alreadyCompleted: 0, released: 0, errors: 0 };
 
   constructor(options: OperatorOptions) {
-    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, deadlineMarginMs: 2000, keeperIntervalMs: 1000, maxBatchResults: DEFAULT_MAX_BATCH_RESULTS, maxBatchBytes: DEFAULT_MAX_BATCH_BYTES, now: Date.now, keeper: true, ...options };
+    this.options = { maxResultBytes: DEFAULT_MAX_RESULT_BYTES, pollIntervalMs: 500, retryDelayMs: 1000, deadlineMarginMs: 2000, readsAtOnce: 64, keeperIntervalMs: 1000, maxBatchResults: DEFAULT_MAX_BATCH_RESULTS, maxBatchBytes: DEFAULT_MAX_BATCH_BYTES, now: Date.now, keeper: true, ...options };
     this.me = options.submitter.address.toLowerCase();
   }
 
@@ -228,14 +245,14 @@ export class Operator {
         if (poll.caughtUp) break;
       }
     } catch (error) {
-      this.options.logger.warn({ err: error }, 'reading the chain failed; trying again');
+      this.options.logger.warn({ err: error, ...(rpcBatchRefused(error) ? { hint: RPC_BATCH_HINT } : {}) }, 'reading the chain failed; trying again');
     }
     try {
       await this.confirm();
       this.schedule();
     } catch (error) {
       this.stats.errors++;
-      this.options.logger.warn({ err: error }, 'an operator step failed; trying again');
+      this.options.logger.warn({ err: error, ...(rpcBatchRefused(error) ? { hint: RPC_BATCH_HINT } : {}) }, 'an operator step failed; trying again');
     }
   }
 
@@ -301,6 +318,7 @@ export class Operator {
     const key = call.callId.toString();
     // The reads are independent: asked together they are one round trip (one JSON-RPC batch with those of every job
     // scheduled in the same turn) instead of four. The latest block's time is only needed when the job runs.
+    const askedAtMs = this.options.now();
     const latest = this.latestBlockTime();
     const [completed, assignment, canonical] = await Promise.all([chain.jobCompleted(call.callId), chain.assignmentOf(call.callId), this.canonical(call)]);
     if (completed === true) {
@@ -314,7 +332,7 @@ export class Operator {
     }
     // Past (or about to pass) its deadline the job may go to another operator: not started, tried again once the
     // chain's assignment changes (reassigned to us: a new deadline).
-    const stopAtMs = this.stopTime(assignment.deadline, await latest);
+    const stopAtMs = this.stopTime(assignment.deadline, await latest, askedAtMs);
     if (stopAtMs <= this.options.now()) {
       this.later(key);
       return;
@@ -374,11 +392,27 @@ export class Operator {
    * two readings (block time as wall time; the deadline's distance from the latest block), less the margin, so a
    * chain whose clock runs ahead (or a stale latest block) does not let the job run past it.
    */
-  private stopTime(deadline: bigint, latest: bigint | undefined): number {
-    const now = this.options.now();
+  private stopTime(deadline: bigint, latest: bigint | undefined, askedAtMs: number): number {
+    // The latest block was read at or after askedAtMs: measuring from then errs early, never late.
+    const now = askedAtMs;
     let at = Number(deadline) * 1000;
     if (latest !== undefined) at = Math.min(at, now + (Number(deadline) - Number(latest)) * 1000);
     return at - this.options.deadlineMarginMs;
+  }
+
+  /**
+   * The hashes of these blocks (each asked once), `readsAtOnce` at a time: with JSON-RPC batching those go in one
+   * request; without, a provider is not sent dozens of requests at once. Rejects when a read fails.
+   */
+  private async blockHashes(numbers: readonly bigint[]): Promise<Map<bigint, Hex | null>> {
+    const distinct = [...new Set(numbers)];
+    const hashes = new Map<bigint, Hex | null>();
+    for (let at = 0; at < distinct.length; at += this.options.readsAtOnce) {
+      const part = distinct.slice(at, at + this.options.readsAtOnce);
+      const read = await Promise.all(part.map((number) => this.options.chain.blockHash(number)));
+      part.forEach((number, i) => hashes.set(number, read[i]!));
+    }
+    return hashes;
   }
 
   /** The latest block's timestamp, or undefined when the chain cannot tell (then block time is taken as wall time). */
@@ -449,12 +483,12 @@ export class Operator {
   private async submitBatch(batch: CallRecord[]): Promise<void> {
     if (batch.length === 1) return this.submit(batch[0]!);
     const { logger } = this.options;
-    // One block hash per block, not per call (calls of one block share it), all asked at once: one round trip.
-    const hashes = new Map<bigint, Promise<Hex | null>>();
-    for (const call of batch) if (!hashes.has(call.blockNumber)) hashes.set(call.blockNumber, this.options.chain.blockHash(call.blockNumber).catch(() => null));
+    // One block hash per block, not per call (calls of one block share it), asked together. A failed read leaves the
+    // batch's calls for later, as a block no longer on the chain would.
+    const hashes = await this.blockHashes(batch.map((call) => call.blockNumber)).catch(() => new Map<bigint, Hex | null>());
     const canonical: CallRecord[] = [];
     for (const call of batch) {
-      const hash = await hashes.get(call.blockNumber)!;
+      const hash = hashes.get(call.blockNumber);
       if (hash === call.blockHash && call.result !== null) canonical.push(call);
       else this.later(call.callId.toString());
     }
@@ -509,7 +543,7 @@ export class Operator {
     } catch (error) {
       this.stats.errors++;
       this.later(key);
-      logger.error({ err: error, callId: key, code: (error as { code?: string }).code }, 'submitting a result failed; it is sent again later');
+      logger.error({ err: error, callId: key, code: (error as { code?: string }).code, ...(rpcBatchRefused(error) ? { hint: RPC_BATCH_HINT } : {}) }, 'submitting a result failed; it is sent again later');
     }
   }
 
@@ -524,11 +558,12 @@ export class Operator {
     const cursor = this.options.store.cursor();
     if (cursor === null) return;
     const due = [...this.confirming].filter(([, entry]) => entry.blockNumber <= cursor.number);
-    const hashes = new Map<bigint, Promise<Hex | null>>();
-    for (const [, entry] of due) if (!hashes.has(entry.blockNumber)) hashes.set(entry.blockNumber, this.options.chain.blockHash(entry.blockNumber));
+    // All read before any is settled: a failed read fails the round as a whole (tried again next tick), and no read is
+    // left without a handler (an unhandled rejection would end the process).
+    const hashes = await this.blockHashes(due.map(([, entry]) => entry.blockNumber));
     let reorged = false;
     for (const [key, entry] of due) {
-      const hash = await hashes.get(entry.blockNumber)!;
+      const hash = hashes.get(entry.blockNumber) ?? null;
       this.confirming.delete(key);
       if (hash === entry.blockHash) {
         this.options.store.transition(entry.call.callId, ['submitted'], 'done', { nowMs: this.options.now() });

@@ -127,11 +127,13 @@ export async function startOperatorService(input: {
     },
   };
   const base = input.publicUrl.replace(/\/+$/, '');
+  // Reads asked together: one JSON-RPC batch's worth, or a few at a time for a node that takes no batches.
+  const readsAtOnce = settings.rpcBatchSize > 0 ? settings.rpcBatchSize : 4;
   const operator = new Operator({
     serviceId: settings.serviceId,
     jobsContract: settings.jobsContract,
     serviceManager: settings.serviceManager,
-    watcher: new Watcher({ chain: watcherChain, store, confirmations: settings.confirmations, ...(settings.startBlock === undefined ? {} : { startBlock: settings.startBlock }) }),
+    watcher: new Watcher({ chain: watcherChain, store, confirmations: settings.confirmations, readsAtOnce, ...(settings.startBlock === undefined ? {} : { startBlock: settings.startBlock }) }),
     store,
     submitter,
     chain: operatorChain,
@@ -141,6 +143,7 @@ export async function startOperatorService(input: {
     capacity: settings.capacity,
     maxResultBytes: settings.maxResultBytes,
     pollIntervalMs: settings.pollIntervalMs,
+    readsAtOnce,
     logger,
   }).start();
 

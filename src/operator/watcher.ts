@@ -17,9 +17,6 @@ export const SERVICE_MANAGER_EVENTS_ABI = parseAbi([
   'event JobReleased(uint64 indexed serviceId, uint64 indexed callId, address indexed operator, uint8 reason)',
 ]);
 
-/** Block hashes asked of the node at once while checking a range's logs. */
-const HASH_READS_AT_ONCE = 64;
-
 export type NewCall = Omit<CallRecord, 'state' | 'result'>;
 
 /** What the watcher asks of the chain; `viemWatcherChain` is the real one, tests pass a fake. */
@@ -42,6 +39,8 @@ export interface WatcherOptions {
   startBlock?: bigint;
   /** Most blocks one eth_getLogs covers (RPC providers cap it). Default 2000. */
   maxBlockRange?: bigint;
+  /** Block hashes asked at once while checking a range's logs (the JSON-RPC batch size, or a few without). Default 64. */
+  readsAtOnce?: number;
   now?: () => number;
 }
 
@@ -60,7 +59,7 @@ export class Watcher {
   private readonly options: Required<Omit<WatcherOptions, 'now'>> & { now: () => number };
 
   constructor(options: WatcherOptions) {
-    this.options = { startBlock: 0n, maxBlockRange: 2000n, now: Date.now, ...options };
+    this.options = { startBlock: 0n, maxBlockRange: 2000n, readsAtOnce: 64, now: Date.now, ...options };
   }
 
   /** One step: checks the cursor for a reorg, then reads at most one range. Never runs two at once (the caller's loop). */
@@ -86,13 +85,13 @@ export class Watcher {
     // Every log must come from the block the cursor will vouch for (or an ancestor of it on the same chain): a reorg
     // between the reads shows as a log whose block hash is not the chain's now; read the range again next time.
     if (toHash === null) return { newCalls: [], droppedCalls, cursor, caughtUp: false };
-    // The hashes of the logs' blocks, asked up to HASH_READS_AT_ONCE at a time (a round trip each, not one per block:
-    // with a block per transaction a range holds hundreds).
+    // The hashes of the logs' blocks, asked readsAtOnce at a time (one round trip each with JSON-RPC batching, not one
+    // per block: with a block per transaction a range holds hundreds).
     const logs = [...calls, ...events];
     const numbers = [...new Set(logs.map((log) => log.blockNumber))].filter((number) => number !== to);
     const blockHashes = new Map<bigint, Hex | null>([[to, toHash]]);
-    for (let at = 0; at < numbers.length; at += HASH_READS_AT_ONCE) {
-      const part = numbers.slice(at, at + HASH_READS_AT_ONCE);
+    for (let at = 0; at < numbers.length; at += this.options.readsAtOnce) {
+      const part = numbers.slice(at, at + this.options.readsAtOnce);
       const hashes = await Promise.all(part.map((number) => chain.blockHash(number)));
       part.forEach((number, i) => blockHashes.set(number, hashes[i]!));
     }
