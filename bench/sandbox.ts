@@ -50,6 +50,8 @@ const ALL_ROWS: { id: string; scenario: string; target: string }[] = [
   { id: 'sandbox.cold_echo_vs_bwrap', scenario: 'Sandbox cold start vs plain bwrap', target: '≤ 2.0x plain bwrap' },
   { id: 'sandbox.python_pass', scenario: 'Sandbox `python3 -c pass` via API', target: '— (no target set)' },
   { id: 'sandbox.node_e0', scenario: 'Sandbox `node -e 0` via API', target: '— (no target set)' },
+  { id: 'sandbox.python313_pass', scenario: 'Sandbox `python3 -c pass` via API, python3.13 (trixie)', target: '— (no target set)' },
+  { id: 'sandbox.node20_e0', scenario: 'Sandbox `node -e 0` via API, node20 (trixie)', target: '— (no target set)' },
   { id: 'sandbox.stdin_1mib', scenario: 'Sandbox 1 MiB stdin round trip through `cat`', target: 'adds < 100 ms to echo' },
   { id: 'sandbox.stdin_100mib_in', scenario: `Sandbox ${BIG_MIB} MiB stdin into \`cksum\``, target: '≥ 300 MB/s' },
   { id: 'sandbox.stdin_100mib_cat', scenario: `Sandbox ${BIG_MIB} MiB round trip through \`cat\``, target: '≥ 300 MB/s' },
@@ -365,6 +367,15 @@ export async function runSandboxGroup(ctx: BenchContext): Promise<GroupResult> {
     await attempt(['sandbox.node_e0'], () => interpreterStart(ctx, client, n, 'sandbox.node_e0', 'kindling/node', ['node', '-e', '0'], { file: process.execPath, args: ['-e', '0'] }), (value) => {
       rows.push(value.row);
       data['sandbox.node_e0'] = value.data;
+    });
+    // The current runtimes (Debian trixie's images) against the same host interpreters.
+    await attempt(['sandbox.python313_pass'], () => interpreterStart(ctx, client, n, 'sandbox.python313_pass', 'kindling/python3.13', ['python3', '-c', 'pass'], { file: HOST_PYTHON, args: ['-c', 'pass'] }), (value) => {
+      rows.push(value.row);
+      data['sandbox.python313_pass'] = value.data;
+    });
+    await attempt(['sandbox.node20_e0'], () => interpreterStart(ctx, client, n, 'sandbox.node20_e0', 'kindling/node20', ['node', '-e', '0'], { file: process.execPath, args: ['-e', '0'] }), (value) => {
+      rows.push(value.row);
+      data['sandbox.node20_e0'] = value.data;
     });
     await attempt(['sandbox.stdin_1mib'], () => stdin1MiB(ctx, client, n), (value) => {
       rows.push(value.row);

@@ -128,6 +128,18 @@ describe('python dependency builds (sandbox executor, a local package index)', {
     assert.equal((await client.functions.invoke('py-cmd', 'there')).text(), 'hello there');
   });
 
+  it('a python3.13 bundle is built in its own image with that image\'s pip (bookworm\'s pip 23 does not run on 3.13)', async () => {
+    const dir = directory({ 'handler.py': 'import sys, kgreet\n\ndef main(body):\n    return "%d.%d %s" % (sys.version_info[0], sys.version_info[1], kgreet.greet(body.decode()))\n', 'requirements.txt': 'kgreet==1.0.0\n' });
+    const bookworm = await client.functions.deployBundle('py311-deps', { runtime: 'python', handler: 'handler.py:main' }, tarOf(dir), { requestTimeoutMs: 0 });
+    const trixie = await client.functions.deployBundle('py313-deps', { runtime: 'python3.13', handler: 'handler.py:main' }, tarOf(dir), { requestTimeoutMs: 0 });
+    // The same requirements, another image: a layer of its own, built (the image is part of the layer's key).
+    assert.notEqual(trixie.layer?.sha256, bookworm.layer?.sha256);
+    assert.equal(trixie.layer?.reused, false);
+    assert.equal((await client.functions.invoke('py313-deps', 'world')).text(), '3.13 hello world');
+    assert.equal((await client.functions.invoke('py311-deps', 'world')).text(), '3.11 hello world');
+    assert.match((await client.functions.buildLogs('py313-deps', trixie.layer!.buildId!)).log, /Successfully installed kgreet-1\.0\.0/);
+  });
+
   it('fails a build on a requirement the index does not have, with pip\'s error; the previous version keeps serving', async () => {
     const dir = directory({ 'handler.py': HANDLER, 'requirements.txt': 'kgreet==1.0.0\n' });
     await client.functions.deployBundle('py-keep', { runtime: 'python', handler: 'handler.py:main' }, tarOf(dir), { requestTimeoutMs: 0 });

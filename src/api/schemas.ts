@@ -109,7 +109,7 @@ export type FunctionNameParams = Static<typeof FunctionNameParamsSchema>;
 
 export const FunctionSpecSchema = Type.Object(
   {
-    runtime: Type.Optional(Type.String({ description: `One of ${RUNTIME_NAMES.join(', ')}; needs "code". Handlers: node or python.` })),
+    runtime: Type.Optional(Type.String({ description: `One of ${RUNTIME_NAMES.join(', ')}; needs "code". Handlers: the node and python ones.` })),
     code: Type.Optional(Type.String({ description: 'Source: a program (command style) or a module defining "handler".', maxLength: 4 * 1024 * 1024 })),
     handler: Type.Optional(Type.String({ description: 'Handler style: the function (node: exported from the ES module; python: defined) that receives the body and returns the response. Without it the code is a program: stdin is the body, stdout the response. A bundle names it FILE:FUNCTION (handler.py:main, src/index.js:handler), FILE relative to the bundle\'s root.', maxLength: 1024 })),
     image: Type.Optional(ExecuteRequestSchema.properties.image),

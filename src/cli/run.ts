@@ -43,7 +43,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     .command('run')
     .description('run code or a command once in a fresh sandbox; stdin is piped through, the exit code is passed on')
     .argument('[command...]', 'with --image: the command and its arguments (after --)')
-    .option('-r, --runtime <runtime>', 'bash | python | node | rust')
+    .option('-r, --runtime <runtime>', 'bash | python | node | rust | python3.11 | python3.13 | node18 | node20')
     .option('-c, --code <code>', 'source code to run with --runtime')
     .option('-f, --file <path>', 'read the source code from a file')
     .option('-i, --image <image>', 'image to run the command in, e.g. kindling/base')

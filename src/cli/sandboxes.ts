@@ -47,7 +47,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
     sandbox
       .command('create')
       .description('create a sandbox; prints its id')
-      .option('-r, --runtime <name>', 'runtime whose image to use (bash, python, node, rust)')
+      .option('-r, --runtime <name>', 'runtime whose image to use (bash, python, node, rust, python3.11, python3.13, node18, node20)')
       .option('-i, --image <image>', 'image, e.g. kindling/base')
       .option('--executor <name>', "executor hosting it: sandbox, docker, gvisor or microvm (QEMU driver) (default: the server's)")
       .option('--memory-mb <mb>', 'memory of the whole sandbox', parseNumber('--memory-mb'))

@@ -10,8 +10,14 @@ export function unknownExecutorMessage(name: string, enabled: Iterable<string>):
   return `executor "${name}" is not enabled on this server (enabled: ${list}); the operator enables it with kindling serve --enable-executors ${name} (or makes it the default with --executor ${name})`;
 }
 
-export const RUNTIME_NAMES = ['bash', 'python', 'node', 'rust'] as const;
+/**
+ * `python` and `node` are Debian bookworm's (3.11, 18); `python3.13` and `node20` are trixie's; `python3.11` and `node18`
+ * name bookworm's explicitly.
+ */
+export const RUNTIME_NAMES = ['bash', 'python', 'node', 'rust', 'python3.11', 'python3.13', 'node18', 'node20'] as const;
 export type RuntimeName = (typeof RUNTIME_NAMES)[number];
+/** The language of a runtime: what its code files are and which handler agent serves it. */
+export type RuntimeFamily = 'bash' | 'python' | 'node' | 'rust';
 
 export type NetworkMode = 'none' | 'egress';
 

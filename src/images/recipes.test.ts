@@ -63,10 +63,10 @@ test('the description does not change the hash (it does not shape the image)', (
   assert.equal(recipeHash({ ...python, description: 'something else' }), recipeHash(python));
 });
 
-test('the four recipes are distinct, named kindling/<short> and hash differently', () => {
-  assert.deepEqual([...IMAGE_SHORT_NAMES], ['base', 'python', 'node', 'rust']);
+test('the six recipes are distinct, named kindling/<short> and hash differently', () => {
+  assert.deepEqual([...IMAGE_SHORT_NAMES], ['base', 'python', 'node', 'rust', 'python3.13', 'node20']);
   const hashes = new Set(IMAGE_SHORT_NAMES.map((s) => recipeHash(IMAGE_RECIPES[s])));
-  assert.equal(hashes.size, 4);
+  assert.equal(hashes.size, 6);
   for (const s of IMAGE_SHORT_NAMES) {
     assert.equal(IMAGE_RECIPES[s].short, s);
     assert.equal(IMAGE_RECIPES[s].name, `kindling/${s}`);
@@ -76,6 +76,12 @@ test('the four recipes are distinct, named kindling/<short> and hash differently
   assert.deepEqual([...IMAGE_RECIPES.rust.packages].sort(), ['gcc', 'libc6-dev', 'rustc']);
   assert.ok(IMAGE_RECIPES.python.packages.includes('python3'));
   assert.ok(IMAGE_RECIPES.node.packages.includes('nodejs'));
+  // The current runtimes come from trixie, the others from bookworm; the suite is part of the hash.
+  assert.equal(IMAGE_RECIPES.node20.suite, 'trixie');
+  assert.equal(IMAGE_RECIPES['python3.13'].suite, 'trixie');
+  assert.equal(IMAGE_RECIPES.node.suite, undefined);
+  assert.equal(recipeFingerprint(IMAGE_RECIPES.node20).suite, 'trixie');
+  assert.deepEqual(recipeFingerprint(IMAGE_RECIPES.node20).suites, ['trixie', 'trixie-updates', 'trixie-security']);
 });
 
 test('the fingerprint names the Debian sources but not the mirror', () => {
@@ -97,13 +103,15 @@ test('recipes are frozen', () => {
 test('resolveImageNames accepts short, Docker and runtime names, dedupes and keeps a stable order', () => {
   assert.deepEqual(
     resolveImageNames([]).map((r) => r.short),
-    ['base', 'python', 'node', 'rust'],
+    ['base', 'python', 'node', 'rust', 'python3.13', 'node20'],
   );
   assert.deepEqual(
     resolveImageNames(['rust', 'kindling/python:latest', 'bash', 'python']).map((r) => r.short),
     ['base', 'python', 'rust'],
   );
   assert.equal(findRecipe('kindling/node')?.short, 'node');
+  assert.equal(findRecipe('node20')?.short, 'node20');
+  assert.equal(findRecipe('kindling/python3.13:latest')?.short, 'python3.13');
   assert.equal(findRecipe('nope'), undefined);
   assert.throws(
     () => resolveImageNames(['python', 'ruby']),

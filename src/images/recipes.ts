@@ -14,11 +14,11 @@ import type { RuntimeName } from '../core/types.js';
 /** Bump when the builder's logic changes in a way the fields below do not capture. */
 export const BUILDER_VERSION = 1;
 
-export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust'] as const;
+export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust', 'python3.13', 'node20'] as const;
 export type ImageShortName = (typeof IMAGE_SHORT_NAMES)[number];
 
 export interface ImageRecipe {
-  /** Directory name under imagesDir and the CLI name: base | python | node | rust. */
+  /** Directory name under imagesDir and the CLI name (IMAGE_SHORT_NAMES). */
   readonly short: ImageShortName;
   /** Docker repository, e.g. `kindling/python` (what RunSpec.image and the runtimes table use). */
   readonly name: string;
@@ -26,6 +26,8 @@ export interface ImageRecipe {
   /** The runtime this image serves. */
   readonly runtime: RuntimeName;
   readonly description: string;
+  /** The Debian release it is built from; default DEBIAN.suite (bookworm). */
+  readonly suite?: string;
   /** Packages passed to `mmdebstrap --include` on top of the minbase variant. */
   readonly packages: readonly string[];
   /**
@@ -119,6 +121,32 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     check: 'node -e "process.exit(process.versions.node.split(\'.\')[0] === \'18\' ? 0 : 1)"',
     env: BASE_ENV,
   }),
+  // The current releases beside bookworm's (Debian trixie, through the same mirror): selectable by runtime name.
+  'python3.13': recipe({
+    short: 'python3.13',
+    name: 'kindling/python3.13',
+    tag: 'latest',
+    runtime: 'python3.13',
+    description: "Debian trixie's python3 (3.13) with the full standard library",
+    suite: 'trixie',
+    // python3-pip-whl: trixie's pip wheel (1.5 MB), which dependency builds run; the host's bookworm pip 23 fails on 3.13.
+    packages: ['python3', 'python3-pip-whl'],
+    check:
+      'python3 -c "import sys, sqlite3, ssl, ctypes, decimal, lzma, bz2, zlib, hashlib, json, zoneinfo; ' +
+      "zoneinfo.ZoneInfo('Europe/Paris'); sys.exit(0 if sys.version_info[:2] == (3, 13) else 1)\"",
+    env: { ...BASE_ENV, PYTHONDONTWRITEBYTECODE: '1' },
+  }),
+  node20: recipe({
+    short: 'node20',
+    name: 'kindling/node20',
+    tag: 'latest',
+    runtime: 'node20',
+    description: "Debian trixie's nodejs 20.x",
+    suite: 'trixie',
+    packages: ['nodejs'],
+    check: 'node -e "process.exit(process.versions.node.split(\'.\')[0] === \'20\' ? 0 : 1)"',
+    env: BASE_ENV,
+  }),
   rust: recipe({
     short: 'rust',
     name: 'kindling/rust',
@@ -144,7 +172,7 @@ export interface RecipeHashInputs {
 
 /** The canonical object hashed for a recipe. Exported for tests and for `images list --json` diagnostics. */
 export function recipeFingerprint(r: ImageRecipe, inputs: RecipeHashInputs = {}): Record<string, unknown> {
-  const suite = inputs.suite ?? DEBIAN.suite;
+  const suite = inputs.suite ?? r.suite ?? DEBIAN.suite;
   return {
     builderVersion: BUILDER_VERSION,
     short: r.short,

@@ -53,7 +53,7 @@ export async function buildRootfs(ctx: RootfsBuildContext, recipe: ImageRecipe, 
     await ctx.bootstrap({
       recipe,
       targetDir: buildDir,
-      suite: DEBIAN.suite,
+      suite: recipe.suite ?? DEBIAN.suite,
       mirror: ctx.mirror,
       securityMirror: ctx.securityMirror,
       log: ctx.log,

@@ -21,6 +21,7 @@ import type { ExecutionService, TenantScope } from './execution-service.js';
 import { buildFailureAdvice } from './build-advice.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import { BUILD_FUNCTION_LABEL } from '../metrics/metrics.js';
+import { handlerFamily, runtimeImage } from './runtimes.js';
 
 /** Where the operator's npm is bound inside the build sandbox (a new top-level directory: nothing of the image hides). */
 export const NPM_MOUNT = '/kindling-npm';
@@ -33,6 +34,8 @@ export const PYTHON_LAYER_MOUNT = '/work/.deps';
 /** Where the operator's pip wheel is bound inside a python build sandbox (python runs pip from the wheel file). */
 export const PIP_MOUNT = '/kindling-pip.whl';
 export const DEFAULT_PIP_INDEX_URL = 'https://pypi.org/simple';
+/** pip wheels an image brings (Debian's python3-pip-whl): a pip build runs the newest of them rather than the operator's. */
+const IMAGE_PIP_WHEELS = '/usr/share/python-wheels/pip-*.whl';
 /** Where Debian's python3-pip-whl puts pip's wheel. */
 const DEFAULT_PIP_WHEEL_DIR = '/usr/share/python-wheels';
 
@@ -131,7 +134,7 @@ export class DependencyBuilder {
   async needsBuild(bundleDir: string, runtime: string | undefined): Promise<BuildKind | null> {
     for (const kind of Object.keys(BUILD_KINDS) as BuildKind[]) {
       const spec = BUILD_KINDS[kind];
-      if (spec.runtime !== runtime) continue;
+      if (spec.runtime !== handlerFamily(runtime)) continue;
       const found = await Promise.all(spec.files.map((file) => readFile(join(bundleDir, file)).then(() => true, () => false)));
       if (found.every(Boolean)) return kind;
     }
@@ -142,9 +145,9 @@ export class DependencyBuilder {
    * The layer of the bundle at `bundleDir`: reused when its lockfile (requirements.txt) was built before, else built
    * now. `onLog` gets the build's log as it is written (npm's / pip's stderr).
    */
-  async layerFor(bundleDir: string, kind: BuildKind, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+  async layerFor(bundleDir: string, kind: BuildKind, tenant: TenantScope, onLog?: (text: string) => void, runtime?: string): Promise<BuildResult> {
     const lock = await readFile(join(bundleDir, BUILD_KINDS[kind].keyFile));
-    const image = this.imageOf(kind);
+    const image = this.imageOf(kind, runtime);
     // npm: the same key as before pip builds existed (layers on disk stay valid); pip: its own key space.
     const key =
       kind === 'npm'
@@ -160,7 +163,7 @@ export class DependencyBuilder {
       onLog?.(`layer sha256:${key} of this ${BUILD_KINDS[kind].keyFile} was built before: nothing to install\n`);
       return { layer: { sha256: key, bytes: Number(bytes) || 0, reused: true, buildMs: 0, ...(kind === 'npm' ? {} : { kind }) }, log: '' };
     }
-    const build = this.build(bundleDir, kind, key, tenant, onLog);
+    const build = this.build(bundleDir, kind, image, key, tenant, onLog);
     this.running.set(key, build);
     try {
       return await build;
@@ -174,8 +177,15 @@ export class DependencyBuilder {
     if (!result.layer.reused) this.options.layers.release(sha256);
   }
 
-  private imageOf(kind: BuildKind): string {
-    return kind === 'npm' ? (this.options.image ?? BUILD_KINDS.npm.image) : (this.options.pythonImage ?? BUILD_KINDS.pip.image);
+  /**
+   * The image a build runs in: the function's runtime's (node20 builds in kindling/node20: the layer is built for the
+   * interpreter that loads it), or for the family's default runtime the configured one.
+   */
+  private imageOf(kind: BuildKind, runtime?: string): string {
+    const configured = kind === 'npm' ? (this.options.image ?? BUILD_KINDS.npm.image) : (this.options.pythonImage ?? BUILD_KINDS.pip.image);
+    if (runtime === undefined) return configured;
+    const image = runtimeImage(runtime);
+    return image === BUILD_KINDS[kind].image ? configured : image;
   }
 
   /** The build's shell script: the install's own output goes to stderr (the build log); stdout carries only the tar. */
@@ -191,16 +201,18 @@ export class DependencyBuilder {
       ].join('\n');
     }
     // Wheels only (--only-binary): an sdist would run its setup.py with the build's network, the pip analogue of an
-    // npm install script. pip runs from the operator's wheel (pip runs from a wheel file): the image needs no pip.
+    // npm install script. pip runs from a wheel file: the image's own (python3.13's image carries trixie's: bookworm's
+    // pip 23 does not run on Python 3.12+), else the operator's, so bookworm's python image needs no pip.
     return [
       'set -e',
       'mkdir -p /tmp/build/deps',
-      `python3 ${PIP_MOUNT}/pip install --no-cache-dir --disable-pip-version-check --no-input --only-binary=:all: --target /tmp/build/deps --index-url "$KINDLING_PIP_INDEX_URL" -r /work/requirements.txt 1>&2`,
+      `pip=$(ls ${IMAGE_PIP_WHEELS} 2>/dev/null | tail -n 1); [ -n "$pip" ] || pip=${PIP_MOUNT}`,
+      `python3 "$pip/pip" install --no-cache-dir --disable-pip-version-check --no-input --only-binary=:all: --target /tmp/build/deps --index-url "$KINDLING_PIP_INDEX_URL" -r /work/requirements.txt 1>&2`,
       'tar -b 1 -cf - -C /tmp/build/deps .',
     ].join('\n');
   }
 
-  private async build(bundleDir: string, kind: BuildKind, key: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+  private async build(bundleDir: string, kind: BuildKind, image: string, key: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
     const started = Date.now();
     const script = await this.script(kind);
     const tool = kind === 'npm' ? { source: this.options.npmDir, target: NPM_MOUNT } : { source: (await this.pip()).path, target: PIP_MOUNT };
@@ -220,7 +232,7 @@ export class DependencyBuilder {
       try {
         raw = await this.options.executionService.executeRaw(
           {
-            image: this.imageOf(kind),
+            image,
             command: ['bash', '-c', script],
             network: 'egress',
             timeoutMs: this.options.timeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS,

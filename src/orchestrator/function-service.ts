@@ -10,7 +10,7 @@ import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
-import { RUNTIMES } from './runtimes.js';
+import { RUNTIMES, handlerFamily } from './runtimes.js';
 import { layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 import { newId } from '../core/ids.js';
 import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
@@ -139,7 +139,8 @@ export interface FunctionVersionView extends FunctionSpec {
   createdAtMs: number;
 }
 
-export const HANDLER_RUNTIMES = ['node', 'python'] as const;
+/** Runtimes with a handler agent: the node and python ones (node, node18, node20, python, python3.11, python3.13). */
+export const HANDLER_RUNTIMES: readonly string[] = RUNTIME_NAMES.filter((runtime) => handlerFamily(runtime) !== null);
 const HANDLER_NAME = /^[A-Za-z_$][A-Za-z0-9_$]{0,127}$/;
 /** Executors that bind a bundle's directory into their sandboxes (gvisor and microvm do not: see docs/functions.md). */
 export const BUNDLE_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker'];
@@ -288,7 +289,7 @@ export class FunctionService {
     let built: BuildResult | null = null;
     let stored = false;
     try {
-      built = await builder.layerFor(this.options.bundles!.pathOf(spec.bundle!.sha256), kind, { name: tenant, caps }, (text) => this.buildLogs.append(id, text));
+      built = await builder.layerFor(this.options.bundles!.pathOf(spec.bundle!.sha256), kind, { name: tenant, caps }, (text) => this.buildLogs.append(id, text), spec.runtime);
       if (building.deleted) throw new KindlingError('FUNCTION_NOT_FOUND', `function "${name}" was deleted while its build ran; deploy it again`);
       spec.layer = { ...built.layer, ...(records === undefined ? {} : { buildId: id }) };
       // The build's own reservation is not a reason to refuse its version.
@@ -607,11 +608,11 @@ export class FunctionService {
       if (spec.image !== undefined || spec.command !== undefined) {
         throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime" + "code", not with "image" + "command"');
       }
-      if (spec.runtime === undefined || !(HANDLER_RUNTIMES as readonly string[]).includes(spec.runtime)) {
+      if (spec.runtime === undefined || !HANDLER_RUNTIMES.includes(spec.runtime)) {
         if (spec.runtime !== undefined && !(RUNTIME_NAMES as readonly string[]).includes(spec.runtime)) {
-          throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${spec.runtime}"; handlers run on ${HANDLER_RUNTIMES.join(' or ')}`);
+          throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${spec.runtime}"; handlers run on ${HANDLER_RUNTIMES.join(', ')}`);
         }
-        fail('runtime', `a handler needs "runtime": ${HANDLER_RUNTIMES.join(' or ')} (other runtimes deploy as commands: drop "handler")`);
+        fail('runtime', `a handler needs "runtime": one of ${HANDLER_RUNTIMES.join(', ')} (other runtimes deploy as commands: drop "handler")`);
       }
       if (spec.code === undefined) fail('code', `a handler needs "code": the ${spec.runtime} source that defines "${spec.handler}"`);
       if (this.options.handlers === undefined || !this.options.handlers.supports(executor)) {
@@ -643,8 +644,8 @@ export class FunctionService {
         throw new KindlingError('VALIDATION_FAILED', `a bundle's handler is FILE:FUNCTION with FILE relative to the bundle's root, e.g. "handler.py:main" or "src/index.js:handler"; got "${spec.handler.slice(0, 200)}"`, { details: { field: 'handler' } });
       }
       if (spec.image !== undefined || spec.command !== undefined) throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime", not with "image" + "command"');
-      if (spec.runtime === undefined || !(HANDLER_RUNTIMES as readonly string[]).includes(spec.runtime)) {
-        throw new KindlingError('VALIDATION_FAILED', `a handler needs "runtime": ${HANDLER_RUNTIMES.join(' or ')} (other runtimes deploy as commands: give "command" instead of "handler")`, { details: { field: 'runtime' } });
+      if (spec.runtime === undefined || !HANDLER_RUNTIMES.includes(spec.runtime)) {
+        throw new KindlingError('VALIDATION_FAILED', `a handler needs "runtime": one of ${HANDLER_RUNTIMES.join(', ')} (other runtimes deploy as commands: give "command" instead of "handler")`, { details: { field: 'runtime' } });
       }
       const found = await lstat(join(bundles.pathOf(bundle.sha256), parsed.file)).catch(() => null);
       if (found === null || found.isDirectory()) {

@@ -17,7 +17,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ATTR, spanClockMs } from '../core/tracing.js';
-import type { ExecutorName, ResourceLimits, RunSpec } from '../core/types.js';
+import type { ExecutorName, ResourceLimits, RunSpec, RuntimeName } from '../core/types.js';
 import { AgentLoadError, type Executor, type WarmSandbox } from '../executors/executor.js';
 import type { FunctionVersion } from '../store/store.js';
 import { BASE_ENV } from './execution-service.js';
@@ -26,6 +26,7 @@ import { BUNDLE_MOUNT } from './bundles.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { WarmCapacity, WarmPool, type EvictionReason } from './warm-pool.js';
+import { handlerFamily, runtimeImage, type HandlerFamily } from './runtimes.js';
 
 /**
  * What a warm sandbox of each runtime is charged against the memory budget before its first call measured it (then
@@ -130,7 +131,7 @@ export interface HandlerPoolsOptions {
    */
   onStartFailed?: (executor: ExecutorName) => void;
   /** Shapes warmed by startWarming() (e.g. node and python with the default limits on the default executor). */
-  genericWarmAtStart?: { executor: ExecutorName; runtime: 'node' | 'python' }[];
+  genericWarmAtStart?: { executor: ExecutorName; runtime: RuntimeName }[];
   /** The host directory of an unpacked bundle (see bundles.ts); needed by functions deployed from a bundle. */
   bundlePath?: (sha256: string) => string;
   /** Host directory of a dependency layer by hash (bound read-only at /work/node_modules); absent: no layers. */
@@ -146,13 +147,22 @@ interface Entry {
   outputBytes: number;
 }
 
+/** The handler agent of a deployed handler's runtime (validated at deploy: always node or python). */
+function handlerFamilyOf(runtime: string | undefined): HandlerFamily {
+  const family = handlerFamily(runtime);
+  if (family === null) throw new Error(`runtime ${runtime} has no handler agent`);
+  return family;
+}
+
 /** Pools are keyed by tenant, function and version: two tenants' `hello` never share a sandbox. */
 const keyOf = (tenant: string, name: string, version: number): string => `${tenant}/${name}@${version}`;
 
 /** A generic sandbox serves only functions whose sandbox limits are exactly its own (tenant caps may lower them). */
 interface GenericShape {
   executor: ExecutorName;
-  runtime: 'node' | 'python';
+  /** The handler agent it runs and the image (node and node18 share one shape: the same image). */
+  family: HandlerFamily;
+  image: string;
   memoryMb: number;
   cpus: number;
   pids: number;
@@ -160,10 +170,11 @@ interface GenericShape {
   openFiles: number;
 }
 const genericKey = (shape: GenericShape): string =>
-  JSON.stringify({ executor: shape.executor, runtime: shape.runtime, memoryMb: shape.memoryMb, cpus: shape.cpus, pids: shape.pids, diskMb: shape.diskMb, openFiles: shape.openFiles });
-const shapeOf = (executor: ExecutorName, runtime: 'node' | 'python', limits: ResourceLimits): GenericShape => ({
+  JSON.stringify({ executor: shape.executor, family: shape.family, image: shape.image, memoryMb: shape.memoryMb, cpus: shape.cpus, pids: shape.pids, diskMb: shape.diskMb, openFiles: shape.openFiles });
+const shapeOf = (executor: ExecutorName, runtime: string, limits: ResourceLimits): GenericShape => ({
   executor,
-  runtime,
+  family: handlerFamilyOf(runtime),
+  image: runtimeImage(runtime),
   memoryMb: limits.memoryMb,
   cpus: limits.cpus,
   pids: limits.pids,
@@ -239,12 +250,12 @@ export class HandlerPools implements HandlerInvoker {
   private createGeneric(shape: GenericShape): Promise<WarmSandbox> {
     const executor = this.options.executors.get(shape.executor);
     if (executor?.createWarmSandbox === undefined) return Promise.reject(new Error(`no warm sandboxes on ${shape.executor}`));
-    const launch = genericAgentLaunch(shape.runtime);
+    const launch = genericAgentLaunch(shape.family);
     const limits = resolveLimits({ memoryMb: shape.memoryMb, cpus: shape.cpus, pids: shape.pids, diskMb: shape.diskMb, openFiles: shape.openFiles }, {}, this.limits);
     return executor.createWarmSandbox(
       {
         id: newId('warm'),
-        image: `kindling/${shape.runtime}`,
+        image: shape.image,
         command: launch.command,
         env: { ...BASE_ENV },
         workdir: '/tmp',
@@ -252,7 +263,7 @@ export class HandlerPools implements HandlerInvoker {
         network: 'none',
         stdin: false,
         files: launch.files,
-        labels: { 'dev.kindling.generic': shape.runtime },
+        labels: { 'dev.kindling.generic': shape.family },
       },
       { readyTimeoutMs: this.startTimeoutMs },
     );
@@ -267,8 +278,7 @@ export class HandlerPools implements HandlerInvoker {
    * else a new one started with the code. Either way the shape is kept warm for the next cold start.
    */
   private async coldSandbox(version: FunctionVersion, executor: Executor, executorName: ExecutorName, limits: ReturnType<typeof resolveLimits>): Promise<WarmSandbox> {
-    const runtime = version.spec.runtime as 'node' | 'python';
-    const key = genericKey(shapeOf(executorName, runtime, limits));
+    const key = genericKey(shapeOf(executorName, version.spec.runtime ?? '', limits));
     // A bundle is bound into the sandbox when it is made: a generic one (already made) cannot take it.
     const generic = version.spec.bundle === undefined ? this.generic.take(key) : undefined;
     if (version.spec.bundle === undefined) this.generic.replenish(key);
@@ -459,7 +469,7 @@ export class HandlerPools implements HandlerInvoker {
       idleTtlMs: this.options.idleTtlMs,
       maxUses: this.options.maxUses,
       maxAgeMs: this.options.maxAgeMs,
-      memoryMb: Math.min(limits.memoryMb, WARM_MEMORY_ESTIMATE_MB[spec.runtime ?? ''] ?? DEFAULT_WARM_MEMORY_ESTIMATE_MB),
+      memoryMb: Math.min(limits.memoryMb, WARM_MEMORY_ESTIMATE_MB[handlerFamily(spec.runtime) ?? ''] ?? DEFAULT_WARM_MEMORY_ESTIMATE_MB),
       capacity: this.capacity,
       tenant: version.tenant,
       ...(this.options.clock ? { clock: this.options.clock } : {}),
@@ -475,7 +485,7 @@ export class HandlerPools implements HandlerInvoker {
 
   private runSpec(version: FunctionVersion, limits: ReturnType<typeof resolveLimits>): RunSpec {
     const spec = version.spec;
-    const runtime = spec.runtime as 'node' | 'python';
+    const runtime = handlerFamilyOf(spec.runtime);
     const bundled = spec.bundle === undefined ? null : parseBundleHandler(spec.handler ?? '');
     if (spec.bundle !== undefined && (bundled === null || this.options.bundlePath === undefined)) {
       throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles');
@@ -489,7 +499,7 @@ export class HandlerPools implements HandlerInvoker {
     const bundleEnv: Record<string, string> = spec.bundle !== undefined && runtime === 'python' ? { PYTHONPATH: spec.layer?.kind === 'pip' ? `${BUNDLE_MOUNT}:${PYTHON_LAYER_MOUNT}` : BUNDLE_MOUNT, PYTHONDONTWRITEBYTECODE: '1' } : {};
     return {
       id: newId('warm'),
-      image: `kindling/${spec.runtime}`,
+      image: runtimeImage(spec.runtime ?? ''),
       command: launch.command,
       env: { ...BASE_ENV, ...bundleEnv, ...spec.env },
       ...bundleBinds,

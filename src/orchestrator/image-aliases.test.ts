@@ -9,11 +9,17 @@ test('the base families map to the base image, with or without a tag', () => {
   }
 });
 
-test('language images map to the runtime of that name, whatever the tag', () => {
+test('language images map to the runtime of that name; a tag of node 20 or python 3.13 picks that runtime', () => {
   assert.deepEqual(resolveImageAlias('python:3.11-slim'), { runtime: 'python' });
   assert.deepEqual(resolveImageAlias('python'), { runtime: 'python' });
-  assert.deepEqual(resolveImageAlias('node:20-slim'), { runtime: 'node' });
+  assert.deepEqual(resolveImageAlias('python:3.13-slim'), { runtime: 'python3.13' });
+  assert.deepEqual(resolveImageAlias('python:3.13'), { runtime: 'python3.13' });
+  assert.deepEqual(resolveImageAlias('python:3.130'), { runtime: 'python' });
+  assert.deepEqual(resolveImageAlias('node:20-slim'), { runtime: 'node20' });
+  assert.deepEqual(resolveImageAlias('node:20.11.1'), { runtime: 'node20' });
+  assert.deepEqual(resolveImageAlias('node:200'), { runtime: 'node' });
   assert.deepEqual(resolveImageAlias('node:18-alpine'), { runtime: 'node' });
+  assert.equal(imageOfAlias(resolveImageAlias('node:20')), 'kindling/node20');
   assert.deepEqual(resolveImageAlias('rust:1.75'), { runtime: 'rust' });
   assert.equal(imageOfAlias(resolveImageAlias('python:3.11-slim')), 'kindling/python');
   assert.equal(imageOfAlias(resolveImageAlias('rust:latest')), 'kindling/rust');

@@ -14,6 +14,11 @@ export type ImageAlias = { runtime: RuntimeName } | { image: string };
 const BASE_FAMILIES = ['alpine', 'debian', 'ubuntu', 'busybox'] as const;
 /** Names whose image is a language runtime: the runtime of that name (its image, its defaults). */
 const RUNTIME_FAMILIES: Record<string, RuntimeName> = { python: 'python', node: 'node', rust: 'rust' };
+/** Tags that name a newer runtime of the family than its default (`node:20-slim`, `python:3.13`). */
+const VERSIONED_TAGS: readonly { family: string; tag: RegExp; runtime: RuntimeName }[] = [
+  { family: 'node', tag: /^20(?![0-9])/, runtime: 'node20' },
+  { family: 'python', tag: /^3\.13(?![0-9])/, runtime: 'python3.13' },
+];
 const PROJECT_PREFIX = 'kindling/';
 /** Longest name echoed back in an error (a name is short; the message must not carry an arbitrary blob). */
 const MAX_ECHOED_CHARS = 100;
@@ -24,14 +29,18 @@ export const ACCEPTED_IMAGE_NAMES: readonly string[] = [...BASE_FAMILIES.map((fa
 /**
  * `alpine`, `debian`, `ubuntu`, `busybox` (any tag) -> the base image; `python:*`, `node:*`, `rust:*` -> that runtime;
  * a `kindling/...` name as is (the executor then says whether it exists). Anything else: UNKNOWN_IMAGE (400) listing
- * the accepted names. The tag is not matched to a version: Kindling has one image per family (see docs/operator.md).
+ * the accepted names. A tag picks a version only where Kindling has that one beside the default: `node:20*` -> node20,
+ * `python:3.13*` -> python3.13; other tags get the family's default (see docs/operator.md).
  */
 export function resolveImageAlias(name: string): ImageAlias {
   if (name.startsWith(PROJECT_PREFIX) && name.length > PROJECT_PREFIX.length) return { image: name };
-  const match = /^([a-z0-9]+)(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$/.exec(name);
+  const match = /^([a-z0-9]+)(?::([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?$/.exec(name);
   const family = match?.[1];
   if (family !== undefined) {
     if ((BASE_FAMILIES as readonly string[]).includes(family)) return { image: RUNTIMES.bash.image };
+    const tag = match?.[2] ?? '';
+    const versioned = VERSIONED_TAGS.find((entry) => entry.family === family && entry.tag.test(tag));
+    if (versioned !== undefined) return { runtime: versioned.runtime };
     const runtime = RUNTIME_FAMILIES[family];
     if (runtime !== undefined) return { runtime };
   }

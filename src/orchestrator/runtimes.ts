@@ -1,9 +1,10 @@
 import { hasEsModuleSyntax } from '../../agent/files.js';
-import type { InputFile, RuntimeName } from '../core/types.js';
+import type { InputFile, RuntimeFamily, RuntimeName } from '../core/types.js';
 
 /** How a code snippet of each runtime becomes a command in its image. The code travels as a file, never as argv. */
 export interface RuntimeDefinition {
   name: RuntimeName;
+  family: RuntimeFamily;
   image: string;
   /** Defaults that differ from the global ones (a compiler needs more memory and time). */
   defaults: { memoryMb?: number; timeoutMs?: number; pids?: number };
@@ -15,30 +16,46 @@ const CODE_DIR = '/.kindling';
 /** Node runs CommonJS unless the snippet uses ES module syntax at the top level (the agent's test, linear in time). */
 export const looksLikeEsModule = hasEsModuleSyntax;
 
+function python(name: RuntimeName, image: string): RuntimeDefinition {
+  return {
+    name,
+    family: 'python',
+    image,
+    defaults: {},
+    prepare: (code) => ({ command: ['python3', '-u', `${CODE_DIR}/main.py`], files: [{ name: 'main.py', content: code }] }),
+  };
+}
+
+function node(name: RuntimeName, image: string): RuntimeDefinition {
+  return {
+    name,
+    family: 'node',
+    image,
+    defaults: {},
+    prepare: (code) => {
+      const file = looksLikeEsModule(code) ? 'main.mjs' : 'main.cjs';
+      return { command: ['node', `${CODE_DIR}/${file}`], files: [{ name: file, content: code }] };
+    },
+  };
+}
+
 export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
   bash: {
     name: 'bash',
+    family: 'bash',
     image: 'kindling/base',
     defaults: {},
     prepare: (code) => ({ command: ['bash', `${CODE_DIR}/main.sh`], files: [{ name: 'main.sh', content: code }] }),
   },
-  python: {
-    name: 'python',
-    image: 'kindling/python',
-    defaults: {},
-    prepare: (code) => ({ command: ['python3', '-u', `${CODE_DIR}/main.py`], files: [{ name: 'main.py', content: code }] }),
-  },
-  node: {
-    name: 'node',
-    image: 'kindling/node',
-    defaults: {},
-    prepare: (code) => {
-      const name = looksLikeEsModule(code) ? 'main.mjs' : 'main.cjs';
-      return { command: ['node', `${CODE_DIR}/${name}`], files: [{ name, content: code }] };
-    },
-  },
+  python: python('python', 'kindling/python'),
+  'python3.11': python('python3.11', 'kindling/python'),
+  'python3.13': python('python3.13', 'kindling/python3.13'),
+  node: node('node', 'kindling/node'),
+  node18: node('node18', 'kindling/node'),
+  node20: node('node20', 'kindling/node20'),
   rust: {
     name: 'rust',
+    family: 'rust',
     image: 'kindling/rust',
     // rustc alone needs a few hundred MiB; 256 MiB would OOM-kill the compiler, not the user's program.
     defaults: { memoryMb: 1024, timeoutMs: 60_000 },
@@ -48,3 +65,19 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
     }),
   },
 };
+
+/** The handler agents' languages: a handler function runs on a runtime of one of these families. */
+export type HandlerFamily = 'node' | 'python';
+
+/** The family of a handler runtime (node20 -> node), or null for a runtime without a handler agent (or no runtime). */
+export function handlerFamily(runtime: string | undefined): HandlerFamily | null {
+  const family = runtime === undefined ? undefined : (RUNTIMES as Record<string, RuntimeDefinition | undefined>)[runtime]?.family;
+  return family === 'node' || family === 'python' ? family : null;
+}
+
+/** The image of a runtime (`kindling/node20` for node20); throws for a name that is not a runtime. */
+export function runtimeImage(runtime: string): string {
+  const definition = (RUNTIMES as Record<string, RuntimeDefinition | undefined>)[runtime];
+  if (definition === undefined) throw new Error(`unknown runtime ${runtime}`);
+  return definition.image;
+}

@@ -4,6 +4,7 @@ import { KindlingError } from '../../core/errors.js';
 import type { ExecuteRequest, ExecutionResult, ExecutorName } from '../../core/types.js';
 import type { ExecutionService } from '../../orchestrator/execution-service.js';
 import { imageOfAlias, resolveImageAlias } from '../../orchestrator/image-aliases.js';
+import { RUNTIMES } from '../../orchestrator/runtimes.js';
 import type { SandboxService } from '../../orchestrator/sandboxes.js';
 
 /*
@@ -91,7 +92,7 @@ export function translateExecute(body: CompatExecute): ExecuteRequest {
     throw new KindlingError('COMPAT_UNSUPPORTED', 'mode "branched" (fork_execution) is not translated: an execution here keeps no state to branch from; fork a persistent sandbox with POST /v1/sandboxes/ID/fork and run commands in the forks');
   }
   const alias = resolveImageAlias(body.image ?? DEFAULT_IMAGE);
-  const prelude = 'runtime' in alias && alias.runtime === 'python' ? PYTHON_PRELUDE : '';
+  const prelude = 'runtime' in alias && RUNTIMES[alias.runtime].family === 'python' ? PYTHON_PRELUDE : '';
   const request: ExecuteRequest = { image: imageOfAlias(alias), command: ['sh', '-c', prelude + body.command] };
   if (body.env_vars) {
     // As the original's HashMap collect: a name given twice keeps its last value.

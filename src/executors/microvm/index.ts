@@ -21,7 +21,7 @@ import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
-import { findRecipe } from '../../images/recipes.js';
+import { IMAGE_SHORT_NAMES, findRecipe } from '../../images/recipes.js';
 import { noopLogger, type Logger } from '../shared/logger.js';
 import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
 import type { Execution, Executor, ExecutorStatus, ExitInfo, PersistentSandbox, PersistentSandboxOptions, ReapReport, StartOptions } from '../executor.js';
@@ -202,7 +202,7 @@ export class MicroVmExecutor implements Executor {
 
   async refreshImages(): Promise<string[]> {
     const found = new Map<string, string>();
-    for (const short of ['base', 'python', 'node', 'rust']) {
+    for (const short of IMAGE_SHORT_NAMES) {
       const recipe = findRecipe(short);
       const file = path.join(this.options.imagesDir, short, 'rootfs.ext4');
       if (recipe && existsSync(file)) found.set(recipe.name, file);
