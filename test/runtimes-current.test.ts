@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
-import { Kindling } from '@kindling/sdk';
+import { Kindling, KindlingError } from '@kindling/sdk';
 import { directoryMaker } from './helpers/directories.js';
 import { npmProject, registryReach } from './helpers/npm-builds.js';
 import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
@@ -42,6 +42,16 @@ for (const executor of ['sandbox', 'docker'] as const) {
         const result = await client.run(runtime, code);
         assert.equal(result.exitCode, 0, `${runtime}: ${result.stderr}`);
         assert.equal(result.stdout.trim(), version, runtime);
+      }
+      // A name that is a property of every object is no runtime: a 400 naming the runtimes, not a 500.
+      for (const name of ['constructor', '__proto__', 'toString']) {
+        const refused = await client.run(name, 'x').then(
+          () => assert.fail(`${name} ran`),
+          (error: unknown) => error as KindlingError,
+        );
+        assert.equal(refused.status, 400, `${name}: ${refused.message}`);
+        assert.equal(refused.code, 'UNKNOWN_RUNTIME');
+        assert.match(refused.message, /node20/);
       }
     });
 

@@ -111,6 +111,8 @@ test('resolveImageNames accepts short, Docker and runtime names, dedupes and kee
   );
   assert.equal(findRecipe('kindling/node')?.short, 'node');
   assert.equal(findRecipe('node20')?.short, 'node20');
+  assert.equal(findRecipe('node18')?.short, 'node');
+  assert.equal(findRecipe('python3.11')?.short, 'python');
   assert.equal(findRecipe('kindling/python3.13:latest')?.short, 'python3.13');
   assert.equal(findRecipe('nope'), undefined);
   assert.throws(

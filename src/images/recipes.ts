@@ -25,6 +25,8 @@ export interface ImageRecipe {
   readonly tag: string;
   /** The runtime this image serves. */
   readonly runtime: RuntimeName;
+  /** Other runtime names served by this image (`node18` for `node`), accepted where an image is named. */
+  readonly aliases?: readonly RuntimeName[];
   readonly description: string;
   /** The Debian release it is built from; default DEBIAN.suite (bookworm). */
   readonly suite?: string;
@@ -83,7 +85,7 @@ const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const BASE_ENV = { PATH, LANG: 'C.UTF-8' } as const;
 
 function recipe(r: ImageRecipe): ImageRecipe {
-  return Object.freeze({ ...r, packages: Object.freeze([...r.packages]), env: Object.freeze({ ...r.env }) });
+  return Object.freeze({ ...r, packages: Object.freeze([...r.packages]), env: Object.freeze({ ...r.env }), ...(r.aliases ? { aliases: Object.freeze([...r.aliases]) } : {}) });
 }
 
 export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Object.freeze({
@@ -102,6 +104,7 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     name: 'kindling/python',
     tag: 'latest',
     runtime: 'python',
+    aliases: ['python3.11'],
     description: "Debian's python3 (3.11) with the full standard library",
     // python3 pulls libpython3.11-stdlib; distutils (and lib2to3) are split out by Debian.
     packages: ['python3', 'python3-distutils'],
@@ -115,6 +118,7 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     name: 'kindling/node',
     tag: 'latest',
     runtime: 'node',
+    aliases: ['node18'],
     description: "Debian bookworm's nodejs 18.x",
     packages: ['nodejs'],
     // Sources are Debian's only (never the host's, which may carry nodesource); assert the major to stay deterministic.
@@ -232,7 +236,7 @@ export function findRecipe(nameOrShort: string): ImageRecipe | undefined {
   const n = nameOrShort.trim();
   for (const s of IMAGE_SHORT_NAMES) {
     const r = IMAGE_RECIPES[s];
-    if (n === r.short || n === r.name || n === imageRef(r) || n === r.runtime) return r;
+    if (n === r.short || n === r.name || n === imageRef(r) || n === r.runtime || (r.aliases as readonly string[] | undefined)?.includes(n)) return r;
   }
   return undefined;
 }

@@ -21,7 +21,7 @@ import type { ExecutionService, TenantScope } from './execution-service.js';
 import { buildFailureAdvice } from './build-advice.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import { BUILD_FUNCTION_LABEL } from '../metrics/metrics.js';
-import { handlerFamily, runtimeImage } from './runtimes.js';
+import { handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
 
 /** Where the operator's npm is bound inside the build sandbox (a new top-level directory: nothing of the image hides). */
 export const NPM_MOUNT = '/kindling-npm';
@@ -148,11 +148,13 @@ export class DependencyBuilder {
   async layerFor(bundleDir: string, kind: BuildKind, tenant: TenantScope, onLog?: (text: string) => void, runtime?: string): Promise<BuildResult> {
     const lock = await readFile(join(bundleDir, BUILD_KINDS[kind].keyFile));
     const image = this.imageOf(kind, runtime);
-    // npm: the same key as before pip builds existed (layers on disk stay valid); pip: its own key space.
+    const imagePip = kind === 'pip' && runtime !== undefined && runtimeDefinition(runtime)?.pipInImage === true;
+    // npm: the same key as before pip builds existed (layers on disk stay valid); pip: its own key space, with the pip
+    // that runs (the operator's wheel by version, or the image's own: the image names it).
     const key =
       kind === 'npm'
         ? createHash('sha256').update(lock).update('\0').update(image).update('\0').update(await this.npm()).digest('hex')
-        : createHash('sha256').update('pip\0').update(lock).update('\0').update(image).update('\0').update((await this.pip()).version).update('\0').update(this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL).digest('hex');
+        : createHash('sha256').update('pip\0').update(lock).update('\0').update(image).update('\0').update(imagePip ? 'image-pip' : (await this.pip()).version).update('\0').update(this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL).digest('hex');
     const inFlight = this.running.get(key);
     if (inFlight !== undefined) {
       onLog?.(`waiting for the build of the same ${BUILD_KINDS[kind].keyFile} that another deploy started\n`);
@@ -163,7 +165,7 @@ export class DependencyBuilder {
       onLog?.(`layer sha256:${key} of this ${BUILD_KINDS[kind].keyFile} was built before: nothing to install\n`);
       return { layer: { sha256: key, bytes: Number(bytes) || 0, reused: true, buildMs: 0, ...(kind === 'npm' ? {} : { kind }) }, log: '' };
     }
-    const build = this.build(bundleDir, kind, image, key, tenant, onLog);
+    const build = this.build(bundleDir, kind, image, imagePip, key, tenant, onLog);
     this.running.set(key, build);
     try {
       return await build;
@@ -189,7 +191,7 @@ export class DependencyBuilder {
   }
 
   /** The build's shell script: the install's own output goes to stderr (the build log); stdout carries only the tar. */
-  private async script(kind: BuildKind): Promise<string> {
+  private async script(kind: BuildKind, imagePip: boolean): Promise<string> {
     if (kind === 'npm') {
       return [
         'set -e',
@@ -201,21 +203,22 @@ export class DependencyBuilder {
       ].join('\n');
     }
     // Wheels only (--only-binary): an sdist would run its setup.py with the build's network, the pip analogue of an
-    // npm install script. pip runs from a wheel file: the image's own (python3.13's image carries trixie's: bookworm's
-    // pip 23 does not run on Python 3.12+), else the operator's, so bookworm's python image needs no pip.
+    // npm install script. pip runs from a wheel file: the image's own where the runtime says it has one (python3.13's
+    // carries trixie's: bookworm's pip 23 does not run on Python 3.12+), else the operator's (bookworm's python image
+    // has no pip).
     return [
       'set -e',
       'mkdir -p /tmp/build/deps',
-      `pip=$(ls ${IMAGE_PIP_WHEELS} 2>/dev/null | tail -n 1); [ -n "$pip" ] || pip=${PIP_MOUNT}`,
+      imagePip ? `pip=$(ls ${IMAGE_PIP_WHEELS} | tail -n 1); [ -n "$pip" ] || { echo "the image has no pip wheel in /usr/share/python-wheels" >&2; exit 1; }` : `pip=${PIP_MOUNT}`,
       `python3 "$pip/pip" install --no-cache-dir --disable-pip-version-check --no-input --only-binary=:all: --target /tmp/build/deps --index-url "$KINDLING_PIP_INDEX_URL" -r /work/requirements.txt 1>&2`,
       'tar -b 1 -cf - -C /tmp/build/deps .',
     ].join('\n');
   }
 
-  private async build(bundleDir: string, kind: BuildKind, image: string, key: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+  private async build(bundleDir: string, kind: BuildKind, image: string, imagePip: boolean, key: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
     const started = Date.now();
-    const script = await this.script(kind);
-    const tool = kind === 'npm' ? { source: this.options.npmDir, target: NPM_MOUNT } : { source: (await this.pip()).path, target: PIP_MOUNT };
+    const script = await this.script(kind, imagePip);
+    const tools = kind === 'npm' ? [{ source: this.options.npmDir, target: NPM_MOUNT }] : imagePip ? [] : [{ source: (await this.pip()).path, target: PIP_MOUNT }];
     // stdout (the tar) goes to a file first and is unpacked once the build succeeded: a failed build leaves nothing
     // half-unpacked, and the unpack reads a complete archive at its own pace. Its size is bounded by the build's disk.
     const { running, maxConcurrent } = this.slots.stats;
@@ -263,7 +266,7 @@ export class DependencyBuilder {
           {
             roBinds: [
               { source: bundleDir, target: '/work' },
-              tool,
+              ...tools,
               ...(this.options.caFile === undefined ? [] : [{ source: this.options.caFile, target: CA_MOUNT }]),
             ],
             io: { stdin: { kind: 'none' }, stdout: { kind: 'sink', sink, keepBytes: 0 } },

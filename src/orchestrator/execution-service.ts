@@ -7,7 +7,7 @@ import { unknownExecutorMessage, type ExecuteRequest, type ExecutionResult, type
 import type { Executor } from '../executors/executor.js';
 import { ConcurrencyLimiter, type ConcurrencyLimiterOptions } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
-import { RUNTIMES } from './runtimes.js';
+import { RUNTIMES, runtimeDefinition } from './runtimes.js';
 import { DEFAULT_IO, streamsStdin, type IoPlan } from './io-plan.js';
 import { ATTR, type TraceSpan } from '../core/tracing.js';
 import { InvocationPhases, resultAttributes } from './phases.js';
@@ -215,9 +215,9 @@ export class ExecutionService {
     let files: InputFile[] = [];
     let runtimeDefaults = {};
     if (hasCode) {
-      if (request.runtime === undefined) throw new KindlingError('VALIDATION_FAILED', '"code" needs a "runtime" (bash, python, node or rust)');
+      if (request.runtime === undefined) throw new KindlingError('VALIDATION_FAILED', `"code" needs a "runtime" (${Object.keys(RUNTIMES).join(', ')})`);
       if (request.code === undefined) throw new KindlingError('VALIDATION_FAILED', `"runtime" needs "code": the ${request.runtime} source to run`);
-      const runtime = RUNTIMES[request.runtime];
+      const runtime = runtimeDefinition(request.runtime);
       if (!runtime) throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${String(request.runtime)}"; use one of ${Object.keys(RUNTIMES).join(', ')}`);
       ({ command, files } = runtime.prepare(request.code));
       image = runtime.image;

@@ -10,7 +10,7 @@ import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
-import { RUNTIMES, handlerFamily } from './runtimes.js';
+import { RUNTIMES, handlerFamily, runtimeDefinition } from './runtimes.js';
 import { layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 import { newId } from '../core/ids.js';
 import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
@@ -658,7 +658,7 @@ export class FunctionService {
       throw new KindlingError('VALIDATION_FAILED', 'a bundle runs as a handler ("runtime" + "handler": "FILE:FUNCTION") or as a command ("runtime" or "image" + "command", e.g. ["python3", "main.py"])', { details: { field: 'handler' } });
     }
     if (spec.runtime !== undefined && spec.image !== undefined) throw new KindlingError('CONFLICTING_FIELDS', 'give "runtime" or "image" with a bundle\'s command, not both');
-    if (spec.runtime !== undefined && RUNTIMES[spec.runtime] === undefined) throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${spec.runtime}"; use one of ${Object.keys(RUNTIMES).join(', ')}`);
+    if (spec.runtime !== undefined && runtimeDefinition(spec.runtime) === undefined) throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${spec.runtime}"; use one of ${Object.keys(RUNTIMES).join(', ')}`);
   }
 }
 
@@ -666,7 +666,7 @@ function commandRequest(spec: FunctionSpec): ExecuteRequest {
   const request: ExecuteRequest = {};
   if (spec.bundle !== undefined) {
     // A bundle's command runs in the runtime's image (or the one named), in the bundle's directory.
-    const image = spec.image ?? (spec.runtime === undefined ? undefined : RUNTIMES[spec.runtime]?.image);
+    const image = spec.image ?? (spec.runtime === undefined ? undefined : runtimeDefinition(spec.runtime)?.image);
     if (image !== undefined) request.image = image;
   } else {
     if (spec.runtime !== undefined) request.runtime = spec.runtime;

@@ -6,6 +6,8 @@ export interface RuntimeDefinition {
   name: RuntimeName;
   family: RuntimeFamily;
   image: string;
+  /** The image carries its own pip wheel (Debian's python3-pip-whl), which dependency builds run instead of the host's. */
+  pipInImage?: boolean;
   /** Defaults that differ from the global ones (a compiler needs more memory and time). */
   defaults: { memoryMb?: number; timeoutMs?: number; pids?: number };
   prepare(code: string): { command: string[]; files: InputFile[] };
@@ -16,11 +18,12 @@ const CODE_DIR = '/.kindling';
 /** Node runs CommonJS unless the snippet uses ES module syntax at the top level (the agent's test, linear in time). */
 export const looksLikeEsModule = hasEsModuleSyntax;
 
-function python(name: RuntimeName, image: string): RuntimeDefinition {
+function python(name: RuntimeName, image: string, pipInImage = false): RuntimeDefinition {
   return {
     name,
     family: 'python',
     image,
+    ...(pipInImage ? { pipInImage } : {}),
     defaults: {},
     prepare: (code) => ({ command: ['python3', '-u', `${CODE_DIR}/main.py`], files: [{ name: 'main.py', content: code }] }),
   };
@@ -49,7 +52,8 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
   },
   python: python('python', 'kindling/python'),
   'python3.11': python('python3.11', 'kindling/python'),
-  'python3.13': python('python3.13', 'kindling/python3.13'),
+  // trixie's pip: bookworm's pip 23 (the host's wheel) fails on Python 3.12+ (pkgutil.ImpImporter is gone).
+  'python3.13': python('python3.13', 'kindling/python3.13', true),
   node: node('node', 'kindling/node'),
   node18: node('node18', 'kindling/node'),
   node20: node('node20', 'kindling/node20'),
@@ -71,13 +75,18 @@ export type HandlerFamily = 'node' | 'python';
 
 /** The family of a handler runtime (node20 -> node), or null for a runtime without a handler agent (or no runtime). */
 export function handlerFamily(runtime: string | undefined): HandlerFamily | null {
-  const family = runtime === undefined ? undefined : (RUNTIMES as Record<string, RuntimeDefinition | undefined>)[runtime]?.family;
+  const family = runtime === undefined ? undefined : runtimeDefinition(runtime)?.family;
   return family === 'node' || family === 'python' ? family : null;
 }
 
 /** The image of a runtime (`kindling/node20` for node20); throws for a name that is not a runtime. */
 export function runtimeImage(runtime: string): string {
-  const definition = (RUNTIMES as Record<string, RuntimeDefinition | undefined>)[runtime];
+  const definition = runtimeDefinition(runtime);
   if (definition === undefined) throw new Error(`unknown runtime ${runtime}`);
   return definition.image;
+}
+
+/** The runtime of this name, or undefined (an own key only: "constructor" or "__proto__" is no runtime). */
+export function runtimeDefinition(name: string): RuntimeDefinition | undefined {
+  return Object.hasOwn(RUNTIMES, name) ? RUNTIMES[name as RuntimeName] : undefined;
 }
