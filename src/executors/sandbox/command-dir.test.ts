@@ -33,3 +33,20 @@ test('a finished command\'s dir goes: its FIFOs and run file, or whatever else i
   removeCommandDir(odd);
   await waitFor(() => !existsSync(odd), { timeoutMs: 10_000, what: 'the dir with unexpected contents to go' });
 });
+
+test('a run dir of files goes at once; one with a subdirectory goes by the recursive removal; a missing one is no error', async () => {
+  const { removeFlatDir } = await import('./run-dirs.js');
+  const flat = join(root, 'r1');
+  mkdirSync(flat);
+  writeFileSync(join(flat, 'main.py'), 'print(1)');
+  writeFileSync(join(flat, 'data'), 'x');
+  const removed = removeFlatDir(flat);
+  assert.equal(existsSync(flat), false, 'removed before the promise settles');
+  await removed;
+  const nested = join(root, 'r2');
+  mkdirSync(join(nested, 'sub'), { recursive: true });
+  writeFileSync(join(nested, 'sub', 'f'), 'x');
+  await removeFlatDir(nested);
+  assert.equal(existsSync(nested), false);
+  await removeFlatDir(join(root, 'never-made'));
+});

@@ -20,7 +20,7 @@ import { noopLogger, type Logger } from '../shared/logger.js';
 import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/options.js';
 import { assertSafeName, LazyCgroupDriver, type CgroupDriver, type CgroupLimits } from '../shared/cgroups.js';
 import { RootfsCatalog } from './rootfs.js';
-import { RunDirs } from './run-dirs.js';
+import { RunDirs, removeFlatDir } from './run-dirs.js';
 import { bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec } from './bwrap-args.js';
 import { DEFAULT_SUPERVISOR_PATH, startPersistentSandbox, type BwrapPersistentSandbox } from './persistent.js';
 import { PersistentPool, type PoolShape } from './persistent-pool.js';
@@ -524,7 +524,7 @@ export class SandboxExecutor implements Executor {
   private async release(launcher: Launcher, runDir: string | null, releaseNet?: () => Promise<void>): Promise<void> {
     try {
       await launcher.cgroup.remove();
-      if (runDir !== null) await fs.promises.rm(runDir, { recursive: true, force: true });
+      if (runDir !== null) await removeFlatDir(runDir);
     } finally {
       try {
         // Still listed as active meanwhile: close() waits for the network namespace and the filter to go too.
