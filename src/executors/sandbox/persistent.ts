@@ -44,6 +44,7 @@ import { killUntilGone, processExited, shellQuote } from '../shared/process.js';
 import type { Cgroup } from '../shared/cgroups.js';
 import type { SandboxExecution } from './execution.js';
 import type { Volume } from './storage.js';
+import { removeFlatDir } from './run-dirs.js';
 import { checkCommandRequest } from '../shared/command-request.js';
 import { streamEnded } from '../shared/streams.js';
 
@@ -458,30 +459,6 @@ export class BwrapPersistentSandbox implements PersistentSandbox {
   }
 }
 
-/** What a command dir holds: its FIFOs and its run file. */
-const COMMAND_DIR_FILES = ['in', 'out', 'err', 'run'] as const;
-
-/**
- * Removes a finished command's dir. Its four names are known and it lives on the run dirs' tmpfs, so five synchronous
- * calls (microseconds) do what a recursive rm does through about a dozen thread-pool trips and their callbacks, which
- * held the event loop about 1 ms per command, right when the next command of a client arrives. Anything unexpected
- * (a name left by a background process, an error) falls back to the recursive rm.
- */
-export function removeCommandDir(dir: string): void {
-  try {
-    for (const name of COMMAND_DIR_FILES) {
-      try {
-        fs.unlinkSync(join(dir, name));
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-      }
-    }
-    fs.rmdirSync(dir);
-  } catch {
-    void rm(dir, { recursive: true, force: true }).catch(() => {});
-  }
-}
-
 class BwrapCommand implements SandboxCommand {
   stdinStream: Writable | null = null;
   readonly stdout: PassThrough;
@@ -520,7 +497,9 @@ class BwrapCommand implements SandboxCommand {
         if (!through.writableEnded) through.end();
       }
       this.stdinStream?.destroy();
-      removeCommandDir(this.cdir);
+      // Its three FIFOs and run file, synchronously on the run dirs' tmpfs: a recursive rm held the event loop about
+      // 1 ms per command through its thread-pool trips, just as a client's next command arrives.
+      void removeFlatDir(this.cdir);
       this.finished = true;
       const exitCode = this.killed ? 137 : status;
       return { exitCode, signal: exitCode === 137 && this.killed ? 'SIGKILL' : exitCode > 128 && exitCode < 160 ? signalOf(exitCode - 128) : null };
