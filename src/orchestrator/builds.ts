@@ -34,7 +34,7 @@ export const PYTHON_LAYER_MOUNT = '/work/.deps';
 /** Where the operator's pip wheel is bound inside a python build sandbox (python runs pip from the wheel file). */
 export const PIP_MOUNT = '/kindling-pip.whl';
 export const DEFAULT_PIP_INDEX_URL = 'https://pypi.org/simple';
-/** pip wheels an image brings (Debian's python3-pip-whl): a pip build runs the newest of them rather than the operator's. */
+/** pip wheels an image brings (Debian's python3-pip-whl, one wheel): a pip build of such a runtime runs it rather than the operator's. */
 const IMAGE_PIP_WHEELS = '/usr/share/python-wheels/pip-*.whl';
 /** Where Debian's python3-pip-whl puts pip's wheel. */
 const DEFAULT_PIP_WHEEL_DIR = '/usr/share/python-wheels';
