@@ -18,6 +18,27 @@ export interface AgentLaunch {
   files: AgentFile[];
 }
 
+/** The runtimes with a resident agent: deno and bun run the node agent (their node compatibility) with a TypeScript
+ *  handler. */
+export type AgentFamily = 'node' | 'python' | 'deno' | 'bun';
+export type JsAgentFamily = Exclude<AgentFamily, 'python'>;
+
+/**
+ * How each JavaScript runtime runs a module. Deno and Bun take `.ts` as it is: types are stripped, not checked (a type
+ * check belongs in the user's own build). Deno gets every permission: the sandbox is the boundary, not Deno's prompts.
+ */
+export const JS_RUNNERS: Readonly<Record<JsAgentFamily, readonly string[]>> = {
+  node: ['node'],
+  deno: ['deno', 'run', '--allow-all', '--quiet'],
+  bun: ['bun'],
+};
+
+/** The file a handler's code is written to: TypeScript for deno and bun, an ES module or CommonJS file for node. */
+export function handlerFileName(family: JsAgentFamily, code: string): string {
+  if (family !== 'node') return 'handler.ts';
+  return isNodeEsModule(code) ? 'handler.mjs' : 'handler.cjs';
+}
+
 /** The node agent's compiled modules, copied side by side as they sit in dist/agent: node-wrapper.js imports
  *  ./protocol.js, which imports ./frame.js. A module added to that chain must be added here. */
 export const NODE_AGENT_MODULES = ['node-wrapper.js', 'protocol.js', 'frame.js'] as const;
@@ -52,12 +73,12 @@ export function isNodeEsModule(code: string): boolean {
 }
 
 /** A generic agent: started ahead of demand with no code; it waits for one LOAD (see agent/protocol.ts). */
-export function genericAgentLaunch(runtime: 'node' | 'python'): AgentLaunch {
+export function genericAgentLaunch(runtime: AgentFamily): AgentLaunch {
   const files = load();
   const socket = `${AGENT_MOUNT}/${AGENT_SOCKET}`;
-  if (runtime === 'node') {
+  if (runtime !== 'python') {
     return {
-      command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, '-', '-'],
+      command: [...JS_RUNNERS[runtime], `${CODE_DIR}/node-wrapper.js`, socket, '-', '-'],
       files: [
         { name: 'package.json', content: '{"type":"module"}\n' },
         ...files.node,
@@ -67,15 +88,15 @@ export function genericAgentLaunch(runtime: 'node' | 'python'): AgentLaunch {
   return { command: ['python3', '-u', `${CODE_DIR}/python_wrapper.py`, socket, '-', '-'], files: [{ name: 'python_wrapper.py', content: files.pythonWrapper }] };
 }
 
-/** The agent's command and files for a handler of `runtime` (node or python) defined in `code`. */
-export function agentLaunch(runtime: 'node' | 'python', code: string, handler: string): AgentLaunch {
+/** The agent's command and files for a handler of `runtime` defined in `code`. */
+export function agentLaunch(runtime: AgentFamily, code: string, handler: string): AgentLaunch {
   const files = load();
   const socket = `${AGENT_MOUNT}/${AGENT_SOCKET}`;
-  if (runtime === 'node') {
-    // ES module by default (the contract); a CommonJS module (module.exports / exports.x) works as well.
-    const user = isNodeEsModule(code) ? 'handler.mjs' : 'handler.cjs';
+  if (runtime !== 'python') {
+    // node: an ES module by default (the contract); a CommonJS module (module.exports / exports.x) works as well.
+    const user = handlerFileName(runtime, code);
     return {
-      command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, `${CODE_DIR}/${user}`, handler],
+      command: [...JS_RUNNERS[runtime], `${CODE_DIR}/node-wrapper.js`, socket, `${CODE_DIR}/${user}`, handler],
       files: [
         { name: 'package.json', content: '{"type":"module"}\n' },
         ...files.node,
@@ -97,12 +118,12 @@ export function agentLaunch(runtime: 'node' | 'python', code: string, handler: s
  * e.g. /work/src/index.js): nothing of the user's is copied. Node decides ES module or CommonJS itself (the bundle's
  * package.json "type", the file's extension).
  */
-export function agentLaunchModule(runtime: 'node' | 'python', modulePath: string, handler: string): AgentLaunch {
+export function agentLaunchModule(runtime: AgentFamily, modulePath: string, handler: string): AgentLaunch {
   const files = load();
   const socket = `${AGENT_MOUNT}/${AGENT_SOCKET}`;
-  if (runtime === 'node') {
+  if (runtime !== 'python') {
     return {
-      command: ['node', `${CODE_DIR}/node-wrapper.js`, socket, modulePath, handler],
+      command: [...JS_RUNNERS[runtime], `${CODE_DIR}/node-wrapper.js`, socket, modulePath, handler],
       files: [{ name: 'package.json', content: '{"type":"module"}\n' }, ...files.node],
     };
   }

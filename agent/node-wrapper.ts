@@ -49,7 +49,9 @@ async function main(): Promise<void> {
     for (const key of Object.keys(process.env)) delete process.env[key];
     Object.assign(process.env, load.env);
     const dir = mkdtempSync(join(tmpdir(), 'kindling-fn-'));
-    const file = join(dir, load.esModule ? 'handler.mjs' : 'handler.cjs');
+    // A TypeScript runtime names its file (handler.ts); a plain name only, never a path.
+    const name = typeof load.file === 'string' && /^handler\.[a-z]{1,4}$/.test(load.file) ? load.file : load.esModule ? 'handler.mjs' : 'handler.cjs';
+    const file = join(dir, name);
     writeFileSync(file, load.code);
     target = { modulePath: file, handlerName: load.handler };
   }
@@ -144,6 +146,7 @@ interface LoadRequest {
   handler: string;
   env: Record<string, string>;
   esModule: boolean;
+  file?: string;
 }
 
 /** Waits for the LOAD frame of a generic agent. */

@@ -52,6 +52,8 @@ const ALL_ROWS: { id: string; scenario: string; target: string }[] = [
   { id: 'sandbox.node_e0', scenario: 'Sandbox `node -e 0` via API', target: '— (no target set)' },
   { id: 'sandbox.python313_pass', scenario: 'Sandbox `python3 -c pass` via API, python3.13 (trixie)', target: '— (no target set)' },
   { id: 'sandbox.node20_e0', scenario: 'Sandbox `node -e 0` via API, node20 (trixie)', target: '— (no target set)' },
+  { id: 'sandbox.deno_eval0', scenario: 'Sandbox `deno eval 0` via API, deno (its npm build)', target: '— (no target set)' },
+  { id: 'sandbox.bun_e0', scenario: 'Sandbox `bun -e 0` via API, bun (its npm build)', target: '— (no target set)' },
   { id: 'sandbox.stdin_1mib', scenario: 'Sandbox 1 MiB stdin round trip through `cat`', target: 'adds < 100 ms to echo' },
   { id: 'sandbox.stdin_100mib_in', scenario: `Sandbox ${BIG_MIB} MiB stdin into \`cksum\``, target: '≥ 300 MB/s' },
   { id: 'sandbox.stdin_100mib_cat', scenario: `Sandbox ${BIG_MIB} MiB round trip through \`cat\``, target: '≥ 300 MB/s' },
@@ -377,6 +379,13 @@ export async function runSandboxGroup(ctx: BenchContext): Promise<GroupResult> {
       rows.push(value.row);
       data['sandbox.node20_e0'] = value.data;
     });
+    // The TypeScript runtimes against the same binaries run on the host (they are not Debian packages: the image's own).
+    for (const [id, runtime, args] of [['sandbox.deno_eval0', 'deno', ['eval', '0']], ['sandbox.bun_e0', 'bun', ['-e', '0']]] as const) {
+      await attempt([id], () => interpreterStart(ctx, client, n, id, `kindling/${runtime}`, [runtime, ...args], { file: join(IMAGES_DIR, runtime, 'rootfs/usr/local/bin', runtime), args: [...args] }), (value) => {
+        rows.push(value.row);
+        data[id] = value.data;
+      });
+    }
     await attempt(['sandbox.stdin_1mib'], () => stdin1MiB(ctx, client, n), (value) => {
       rows.push(value.row);
       data['sandbox.stdin_1mib'] = value.data;

@@ -14,7 +14,8 @@ import {
   type ImageInfo,
   type ImageLog,
 } from '../images/builder.js';
-import { DEBIAN } from '../images/recipes.js';
+import { DEFAULT_NPM_REGISTRY } from '../images/npm-binaries.js';
+import { DEBIAN, IMAGE_SHORT_NAMES } from '../images/recipes.js';
 
 export interface ImagesCommandsOptions {
   /** Default for --images-dir. Default /var/lib/kindling/images. */
@@ -38,6 +39,7 @@ interface BuildFlags {
   concurrency: number;
   mirror: string;
   securityMirror: string;
+  npmRegistry: string;
   verbose?: boolean;
 }
 
@@ -61,7 +63,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
   images
     .command('build')
     .description('build runtime images from their Debian recipes (skips images whose recipe hash is unchanged)')
-    .argument('[names...]', 'images to build: base, python, node, rust (default: all)')
+    .argument('[names...]', `images to build: ${IMAGE_SHORT_NAMES.join(', ')} (default: all)`)
     .option('-f, --force', 'rebuild even when the rootfs stamp and Docker label match the recipe')
     .option('--images-dir <dir>', 'where rootfs directories and stamps live', imagesDir)
     .option('--no-docker', 'build rootfs directories only, do not touch the Docker engine')
@@ -71,6 +73,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
     .option('-j, --concurrency <n>', 'images built at the same time', parsePositiveInt, 2)
     .option('--mirror <url>', 'Debian mirror', DEBIAN.defaultMirror)
     .option('--security-mirror <url>', 'Debian security mirror', DEBIAN.defaultSecurityMirror)
+    .option('--npm-registry <url>', 'npm registry of the deno and bun images (their pinned Linux builds)', DEFAULT_NPM_REGISTRY)
     .option('-v, --verbose', "show mmdebstrap's output")
     .action(async (names: string[], flags: BuildFlags) => {
       const t0 = Date.now();
@@ -91,6 +94,7 @@ export function registerImagesCommands(program: Command, opts: ImagesCommandsOpt
           concurrency: flags.concurrency,
           mirror: flags.mirror,
           securityMirror: flags.securityMirror,
+          npmRegistry: flags.npmRegistry,
           log,
         });
       } catch (e) {

@@ -1,6 +1,7 @@
 import { fstatSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import { RUNTIME_NAMES } from '../core/types.js';
 import { collect, guarded, parseNumber, readAll } from './options.js';
 import { Kindling, type ExecuteSpec } from '@kindling/sdk';
 
@@ -43,7 +44,7 @@ export function registerRunCommand(program: Command, defaults: ClientDefaults): 
     .command('run')
     .description('run code or a command once in a fresh sandbox; stdin is piped through, the exit code is passed on')
     .argument('[command...]', 'with --image: the command and its arguments (after --)')
-    .option('-r, --runtime <runtime>', 'bash | python | node | rust | python3.11 | python3.13 | node18 | node20')
+    .option('-r, --runtime <runtime>', RUNTIME_NAMES.join(' | '))
     .option('-c, --code <code>', 'source code to run with --runtime')
     .option('-f, --file <path>', 'read the source code from a file')
     .option('-i, --image <image>', 'image to run the command in, e.g. kindling/base')

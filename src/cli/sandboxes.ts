@@ -6,6 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import type { SandboxInfo } from '@kindling/sdk';
 import { clientFrom, guarded } from './functions.js';
+import { RUNTIME_NAMES } from '../core/types.js';
 import { collect, parseNumber, readAll } from './options.js';
 import { clientOptions, type ClientDefaults } from './run.js';
 
@@ -47,7 +48,7 @@ export function registerSandboxCommands(program: Command, defaults: ClientDefaul
     sandbox
       .command('create')
       .description('create a sandbox; prints its id')
-      .option('-r, --runtime <name>', 'runtime whose image to use (bash, python, node, rust, python3.11, python3.13, node18, node20)')
+      .option('-r, --runtime <name>', `runtime whose image to use (${RUNTIME_NAMES.join(', ')})`)
       .option('-i, --image <image>', 'image, e.g. kindling/base')
       .option('--executor <name>', "executor hosting it: sandbox, docker, gvisor or microvm (QEMU driver) (default: the server's)")
       .option('--memory-mb <mb>', 'memory of the whole sandbox', parseNumber('--memory-mb'))

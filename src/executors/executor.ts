@@ -129,6 +129,8 @@ export interface LoadRequest {
   env: Record<string, string>;
   /** node: load as an ES module (else CommonJS). */
   esModule: boolean;
+  /** The file name the code is written to (`handler.ts` for deno and bun); without it, node's by `esModule`. */
+  file?: string;
 }
 
 /** The user's code could not be loaded (syntax error, missing handler): a user failure, reported like a throw. */

@@ -240,6 +240,17 @@ test('mmdebstrap gets Debian sources only (never the host sources), the packages
   assert.ok(!base.some((a) => a.startsWith('--include=')), 'an empty include list is omitted');
 });
 
+test("an npm binary is extracted from its verified tarball into the root before the recipe's check runs it", () => {
+  const binary = IMAGE_RECIPES.deno.npmBinaries?.[0];
+  assert.ok(binary !== undefined);
+  const args = mmdebstrapArgs({ recipe: IMAGE_RECIPES.deno, targetDir: '/t', suite: 'bookworm', mirror: 'm', securityMirror: 's', binaries: [{ binary, tarball: "/images/.downloads/ab'c.tgz" }] });
+  const hook = args.find((a) => a.startsWith('--customize-hook=')) ?? '';
+  const extract = hook.indexOf(`tar -xzOf '/images/.downloads/ab'\\''c.tgz' 'package/deno' > "$1"'/usr/local/bin/deno'`);
+  assert.ok(extract > 0, hook);
+  assert.ok(hook.indexOf(`chmod 0755 "$1"'/usr/local/bin/deno'`) > extract);
+  assert.ok(hook.indexOf('chroot "$1"') > extract, 'the check runs after the extraction');
+});
+
 test('readInstalledPackages skips removed packages and tolerates a missing status file', async () => {
   const d = await tmpDir();
   assert.deepEqual(await readInstalledPackages(d), {});

@@ -24,6 +24,7 @@ import { DEBIAN, imageRef, recipeHash, resolveImageNames, type ImageRecipe, type
 import { mapLimit, fmtBytes, fmtMs, fileSize, isDir, silentLog, type ImageLog } from './files.js';
 import { importRootfs, inspectImage, pingDocker, removeOldImage } from './docker-import.js';
 import { acquireLock, imagePaths, readStamp, removeLeftovers, writeStamp } from './store.js';
+import { DEFAULT_NPM_REGISTRY } from './npm-binaries.js';
 import { EXT4_FORMAT, buildExt4, buildRootfs, mmdebstrap, type Bootstrapper, type RootfsBuildContext } from './rootfs.js';
 
 // The builder's parts keep their names available here, for the importers of this module.
@@ -48,6 +49,8 @@ export interface BuildImagesOptions {
   mirror?: string;
   /** Debian security mirror. Default http://deb.debian.org/debian-security. */
   securityMirror?: string;
+  /** The npm registry of images with npmBinaries (deno, bun). Default https://registry.npmjs.org. */
+  npmRegistry?: string;
   /** Per-image limit for the bootstrap step. Default 20 minutes. */
   bootstrapTimeoutMs?: number;
   log?: ImageLog;
@@ -116,6 +119,8 @@ export async function buildImages(opts: BuildImagesOptions): Promise<ImageBuildR
     ext4: opts.ext4 ?? false,
     mirror: opts.mirror ?? DEBIAN.defaultMirror,
     securityMirror: opts.securityMirror ?? DEBIAN.defaultSecurityMirror,
+    npmRegistry: opts.npmRegistry ?? DEFAULT_NPM_REGISTRY,
+    downloadsDir: path.join(imagesDir, '.downloads'),
     bootstrapTimeoutMs: opts.bootstrapTimeoutMs ?? 20 * 60_000,
     log,
     signal: opts.signal ?? new AbortController().signal,

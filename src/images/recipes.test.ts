@@ -63,10 +63,10 @@ test('the description does not change the hash (it does not shape the image)', (
   assert.equal(recipeHash({ ...python, description: 'something else' }), recipeHash(python));
 });
 
-test('the six recipes are distinct, named kindling/<short> and hash differently', () => {
-  assert.deepEqual([...IMAGE_SHORT_NAMES], ['base', 'python', 'node', 'rust', 'python3.13', 'node20']);
+test('the eight recipes are distinct, named kindling/<short> and hash differently', () => {
+  assert.deepEqual([...IMAGE_SHORT_NAMES], ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun']);
   const hashes = new Set(IMAGE_SHORT_NAMES.map((s) => recipeHash(IMAGE_RECIPES[s])));
-  assert.equal(hashes.size, 6);
+  assert.equal(hashes.size, 8);
   for (const s of IMAGE_SHORT_NAMES) {
     assert.equal(IMAGE_RECIPES[s].short, s);
     assert.equal(IMAGE_RECIPES[s].name, `kindling/${s}`);
@@ -103,7 +103,7 @@ test('recipes are frozen', () => {
 test('resolveImageNames accepts short, Docker and runtime names, dedupes and keeps a stable order', () => {
   assert.deepEqual(
     resolveImageNames([]).map((r) => r.short),
-    ['base', 'python', 'node', 'rust', 'python3.13', 'node20'],
+    ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun'],
   );
   assert.deepEqual(
     resolveImageNames(['rust', 'kindling/python:latest', 'bash', 'python']).map((r) => r.short),
@@ -119,4 +119,20 @@ test('resolveImageNames accepts short, Docker and runtime names, dedupes and kee
     () => resolveImageNames(['python', 'ruby']),
     (e: unknown) => e instanceof KindlingError && e.code === 'UNKNOWN_IMAGE' && /ruby/.test(e.message),
   );
+});
+
+test("an npm binary's version, integrity, entry and target are part of the hash; deno and bun pin theirs", () => {
+  const deno = IMAGE_RECIPES.deno;
+  const binary = deno.npmBinaries?.[0];
+  assert.ok(binary !== undefined, 'deno takes its binary from npm');
+  assert.equal(binary.target, '/usr/local/bin/deno');
+  assert.match(binary.integrity, /^sha512-/);
+  assert.equal(IMAGE_RECIPES.bun.npmBinaries?.[0]?.target, '/usr/local/bin/bun');
+  const h = recipeHash(deno);
+  for (const change of [{ version: '2.0.0' }, { integrity: 'sha512-other' }, { entry: 'package/bin/deno' }, { target: '/usr/bin/deno' }]) {
+    assert.notEqual(recipeHash({ ...deno, npmBinaries: [{ ...binary, ...change }] }), h, JSON.stringify(change));
+  }
+  // Key order inside a binary does not matter.
+  const reordered = Object.fromEntries(Object.entries(binary).reverse()) as unknown as typeof binary;
+  assert.equal(recipeHash({ ...deno, npmBinaries: [reordered] }), h);
 });

@@ -14,7 +14,7 @@ import type { RuntimeName } from '../core/types.js';
 /** Bump when the builder's logic changes in a way the fields below do not capture. */
 export const BUILDER_VERSION = 1;
 
-export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust', 'python3.13', 'node20'] as const;
+export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun'] as const;
 export type ImageShortName = (typeof IMAGE_SHORT_NAMES)[number];
 
 export interface ImageRecipe {
@@ -39,6 +39,24 @@ export interface ImageRecipe {
   readonly check: string;
   /** Environment baked into the Docker image (ENV). Sandbox executors should use the same values. */
   readonly env: Readonly<Record<string, string>>;
+  /** Programs Debian does not package, taken from the npm registry (pinned version and integrity) into the root. */
+  readonly npmBinaries?: readonly NpmBinary[];
+}
+
+/**
+ * One executable inside an npm package's tarball (Deno's and Bun's Linux builds ship as npm packages). The version and
+ * the tarball's sha512 integrity are pinned here: a different download fails the build instead of changing the image.
+ */
+export interface NpmBinary {
+  /** The package, e.g. `@deno/linux-x64-glibc`. */
+  readonly package: string;
+  readonly version: string;
+  /** The registry's `dist.integrity` of that version (`sha512-<base64>`). */
+  readonly integrity: string;
+  /** The file inside the tarball, e.g. `package/deno`. */
+  readonly entry: string;
+  /** Where it goes in the root, mode 0755, e.g. `/usr/local/bin/deno`. */
+  readonly target: string;
 }
 
 /** Debian parameters shared by every image. */
@@ -85,7 +103,13 @@ const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const BASE_ENV = { PATH, LANG: 'C.UTF-8' } as const;
 
 function recipe(r: ImageRecipe): ImageRecipe {
-  return Object.freeze({ ...r, packages: Object.freeze([...r.packages]), env: Object.freeze({ ...r.env }), ...(r.aliases ? { aliases: Object.freeze([...r.aliases]) } : {}) });
+  return Object.freeze({
+    ...r,
+    packages: Object.freeze([...r.packages]),
+    env: Object.freeze({ ...r.env }),
+    ...(r.aliases ? { aliases: Object.freeze([...r.aliases]) } : {}),
+    ...(r.npmBinaries ? { npmBinaries: Object.freeze(r.npmBinaries.map((b) => Object.freeze({ ...b }))) } : {}),
+  });
 }
 
 export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Object.freeze({
@@ -151,6 +175,46 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     check: 'node -e "process.exit(process.versions.node.split(\'.\')[0] === \'20\' ? 0 : 1)"',
     env: BASE_ENV,
   }),
+  // TypeScript runtimes: Deno's and Bun's own Linux builds (Debian packages neither), on bookworm's glibc.
+  deno: recipe({
+    short: 'deno',
+    name: 'kindling/deno',
+    tag: 'latest',
+    runtime: 'deno',
+    description: 'Deno 2.x (TypeScript and JavaScript; types stripped, not checked)',
+    // libgcc-s1 is in minbase already; ca-certificates lets code that is given egress verify TLS.
+    packages: ['ca-certificates'],
+    npmBinaries: [
+      {
+        package: '@deno/linux-x64-glibc',
+        version: '2.9.6',
+        integrity: 'sha512-3md4TKLCuzsLDmfOoC5KN7NAZaxSVkMgm64vg6foD00JBADCpYS2/5QqXfzgnP5ZQz3iLP9vBQJtEgc116OAoQ==',
+        entry: 'package/deno',
+        target: '/usr/local/bin/deno',
+      },
+    ],
+    check: 'd=$(mktemp -d) && printf "const n: number = 41; console.log(n + 1)" > "$d/k.ts" && test "$(DENO_DIR=$d/cache deno run --quiet "$d/k.ts")" = 42 && rm -rf "$d"',
+    env: { ...BASE_ENV, DENO_NO_UPDATE_CHECK: '1', DENO_NO_PROMPT: '1' },
+  }),
+  bun: recipe({
+    short: 'bun',
+    name: 'kindling/bun',
+    tag: 'latest',
+    runtime: 'bun',
+    description: 'Bun 1.x (TypeScript and JavaScript; types stripped, not checked)',
+    packages: ['ca-certificates'],
+    npmBinaries: [
+      {
+        package: '@oven/bun-linux-x64',
+        version: '1.4.5',
+        integrity: 'sha512-IWX9BELoGHAUtMonkeSaNaZwXzRk+oDw6Mk+HBFXd3KHYIBNBsIGRupMZPcgNoDbJpLu6gAJjIoIVPZtt1aJ1g==',
+        entry: 'package/bin/bun',
+        target: '/usr/local/bin/bun',
+      },
+    ],
+    check: 'd=$(mktemp -d) && printf "const n: number = 41; console.log(n + 1)" > "$d/k.ts" && test "$(bun "$d/k.ts")" = 42 && rm -rf "$d"',
+    env: BASE_ENV,
+  }),
   rust: recipe({
     short: 'rust',
     name: 'kindling/rust',
@@ -188,6 +252,7 @@ export function recipeFingerprint(r: ImageRecipe, inputs: RecipeHashInputs = {})
     suites: DEBIAN.suites.map((s) => s.replace('{suite}', suite)).concat(DEBIAN.securitySuite.replace('{suite}', suite)),
     // Order of --include does not matter to apt; sort so reordering a list does not force a rebuild.
     packages: [...new Set(r.packages)].sort(),
+    ...(r.npmBinaries ? { npmBinaries: r.npmBinaries.map((b) => sortedObject({ ...b })) } : {}),
     check: r.check,
     env: sortedObject(r.env),
     slimming: SLIMMING,

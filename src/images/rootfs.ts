@@ -7,7 +7,8 @@ import { existsSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import { shellQuote } from '../executors/shared/process.js';
-import { BUILDER_VERSION, COMMON_CUSTOMIZE, DEBIAN, SLIMMING, type ImageRecipe } from './recipes.js';
+import { BUILDER_VERSION, COMMON_CUSTOMIZE, DEBIAN, SLIMMING, type ImageRecipe, type NpmBinary } from './recipes.js';
+import { fetchNpmTarball } from './npm-binaries.js';
 import { exists, isDir, measureDisk, measureTree, readInstalledPackages, runLogged, safeRemove, type ImageLog } from './files.js';
 import { writeStamp, type ImagePaths, type ImageStamp } from './store.js';
 
@@ -22,8 +23,15 @@ export interface BootstrapRequest {
   suite: string;
   mirror: string;
   securityMirror: string;
+  /** The recipe's npmBinaries, each with its verified tarball on the host (same order); none when it has none. */
+  binaries?: readonly FetchedBinary[];
   log: ImageLog;
   signal: AbortSignal;
+}
+/** A recipe's npm binary and the path of its verified tarball on the host. */
+export interface FetchedBinary {
+  binary: NpmBinary;
+  tarball: string;
 }
 /** Produces a complete root filesystem in targetDir (mmdebstrap by default; a fake in unit tests). */
 export type Bootstrapper = (req: BootstrapRequest) => Promise<void>;
@@ -32,6 +40,9 @@ export type Bootstrapper = (req: BootstrapRequest) => Promise<void>;
 export interface RootfsBuildContext {
   mirror: string;
   securityMirror: string;
+  /** The npm registry npmBinaries come from, and where their verified tarballs are kept. */
+  npmRegistry: string;
+  downloadsDir: string;
   bootstrapTimeoutMs: number;
   log: ImageLog;
   signal: AbortSignal;
@@ -50,8 +61,14 @@ export async function buildRootfs(ctx: RootfsBuildContext, recipe: ImageRecipe, 
   ctx.signal.addEventListener('abort', onAbort, { once: true });
   let oldDir: string | undefined;
   try {
+    const binaries: FetchedBinary[] = [];
+    for (const binary of recipe.npmBinaries ?? []) {
+      ctx.log.info(`[${recipe.short}] fetching ${binary.package}@${binary.version}`);
+      binaries.push({ binary, tarball: await fetchNpmTarball(binary, { registry: ctx.npmRegistry, cacheDir: ctx.downloadsDir, signal: ac.signal }) });
+    }
     await ctx.bootstrap({
       recipe,
+      binaries,
       targetDir: buildDir,
       suite: recipe.suite ?? DEBIAN.suite,
       mirror: ctx.mirror,
@@ -104,7 +121,7 @@ async function verifyRootfs(dir: string): Promise<void> {
 }
 
 /** The mmdebstrap command line for a recipe (exported for tests and for humans debugging a build). */
-export function mmdebstrapArgs(req: Pick<BootstrapRequest, 'recipe' | 'targetDir' | 'suite' | 'mirror' | 'securityMirror'>): string[] {
+export function mmdebstrapArgs(req: Pick<BootstrapRequest, 'recipe' | 'targetDir' | 'suite' | 'mirror' | 'securityMirror' | 'binaries'>): string[] {
   const { recipe, suite } = req;
   const comps = DEBIAN.components.join(' ');
   const sources = [
@@ -114,6 +131,12 @@ export function mmdebstrapArgs(req: Pick<BootstrapRequest, 'recipe' | 'targetDir
   const customize = [
     'set -e',
     ...COMMON_CUSTOMIZE,
+    // Before the check, which runs them: the one file of each tarball, extracted by the host's tar.
+    ...(req.binaries ?? []).flatMap(({ binary, tarball }) => [
+      `mkdir -p "$1"${shellQuote(path.posix.dirname(binary.target))}`,
+      `tar -xzOf ${shellQuote(tarball)} ${shellQuote(binary.entry)} > "$1"${shellQuote(binary.target)}`,
+      `chmod 0755 "$1"${shellQuote(binary.target)}`,
+    ]),
     `chroot "$1" env -i PATH=${recipe.env.PATH ?? '/usr/bin:/bin'} HOME=/root sh -c ${shellQuote(recipe.check)}`,
     ...SLIMMING.cleanup,
   ].join('\n');

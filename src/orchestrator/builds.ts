@@ -88,10 +88,13 @@ export interface BuildResult {
 
 /** The two ecosystems a build installs, by runtime: what file names the dependencies, and where the layer is seen. */
 export const BUILD_KINDS = {
-  npm: { runtime: 'node', image: 'kindling/node', files: ['package.json', 'package-lock.json'], keyFile: 'package-lock.json', mount: LAYER_MOUNT },
-  pip: { runtime: 'python', image: 'kindling/python', files: ['requirements.txt'], keyFile: 'requirements.txt', mount: PYTHON_LAYER_MOUNT },
+  // deno and bun load a bundle's node_modules too (Deno through its package.json, Bun as node does).
+  npm: { families: ['node', 'deno', 'bun'], image: 'kindling/node', files: ['package.json', 'package-lock.json'], keyFile: 'package-lock.json', mount: LAYER_MOUNT },
+  pip: { families: ['python'], image: 'kindling/python', files: ['requirements.txt'], keyFile: 'requirements.txt', mount: PYTHON_LAYER_MOUNT },
 } as const;
 export type BuildKind = keyof typeof BUILD_KINDS;
+/** The runtime whose image installs the npm dependencies of a deno or bun bundle. */
+const NPM_RUNTIME_OF_TYPESCRIPT = 'node20';
 
 /** The layer's mount point for a version's layer (layers recorded before pip existed have no kind: npm). */
 export const layerMount = (layer: { kind?: BuildKind }): string => BUILD_KINDS[layer.kind ?? 'npm'].mount;
@@ -128,13 +131,14 @@ export class DependencyBuilder {
   }
 
   /**
-   * What a bundle of this runtime needs built: npm for a node bundle with package.json and package-lock.json at its
-   * root, pip for a python bundle with requirements.txt; null for anything else.
+   * What a bundle of this runtime needs built: npm for a node, deno or bun bundle with package.json and
+   * package-lock.json at its root, pip for a python bundle with requirements.txt; null for anything else.
    */
   async needsBuild(bundleDir: string, runtime: string | undefined): Promise<BuildKind | null> {
     for (const kind of Object.keys(BUILD_KINDS) as BuildKind[]) {
       const spec = BUILD_KINDS[kind];
-      if (spec.runtime !== handlerFamily(runtime)) continue;
+      const family = handlerFamily(runtime);
+      if (family === null || !(spec.families as readonly string[]).includes(family)) continue;
       const found = await Promise.all(spec.files.map((file) => readFile(join(bundleDir, file)).then(() => true, () => false)));
       if (found.every(Boolean)) return kind;
     }
@@ -186,7 +190,9 @@ export class DependencyBuilder {
   private imageOf(kind: BuildKind, runtime?: string): string {
     const configured = kind === 'npm' ? (this.options.image ?? BUILD_KINDS.npm.image) : (this.options.pythonImage ?? BUILD_KINDS.pip.image);
     if (runtime === undefined) return configured;
-    const image = runtimeImage(runtime);
+    // Deno and Bun bring no node to run npm: their node_modules (JavaScript) are installed by the current node's npm.
+    const family = handlerFamily(runtime);
+    const image = runtimeImage(family === 'deno' || family === 'bun' ? NPM_RUNTIME_OF_TYPESCRIPT : runtime);
     return image === BUILD_KINDS[kind].image ? configured : image;
   }
 

@@ -139,7 +139,7 @@ export interface FunctionVersionView extends FunctionSpec {
   createdAtMs: number;
 }
 
-/** Runtimes with a handler agent: the node and python ones (node, node18, node20, python, python3.11, python3.13). */
+/** Runtimes with a handler agent: the node and python ones (node, node18, node20, python, python3.11, python3.13), deno and bun. */
 export const HANDLER_RUNTIMES: readonly string[] = RUNTIME_NAMES.filter((runtime) => handlerFamily(runtime) !== null);
 const HANDLER_NAME = /^[A-Za-z_$][A-Za-z0-9_$]{0,127}$/;
 /** Executors that bind a bundle's directory into their sandboxes (gvisor and microvm do not: see docs/functions.md). */

@@ -11,7 +11,7 @@ import { layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
 import { StringDecoder } from 'node:string_decoder';
 import { availableParallelism } from 'node:os';
 import { posix } from 'node:path';
-import { agentLaunch, agentLaunchModule, genericAgentLaunch, isNodeEsModule } from '../../agent/files.js';
+import { agentLaunch, agentLaunchModule, genericAgentLaunch, handlerFileName, isNodeEsModule } from '../../agent/files.js';
 import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
@@ -33,8 +33,14 @@ import { handlerFamily, runtimeImage, type HandlerFamily } from './runtimes.js';
  * its cgroup's peak counts): an idle handler sandbox's cgroup memory on the sandbox executor, rounded up
  * (see docs/configuration.md for the measurement). Never more than the sandbox's limit.
  */
-export const WARM_MEMORY_ESTIMATE_MB: Readonly<Record<string, number>> = { python: 8, node: 16 };
+export const WARM_MEMORY_ESTIMATE_MB: Readonly<Record<string, number>> = { python: 8, node: 16, deno: 32, bun: 24 };
 const DEFAULT_WARM_MEMORY_ESTIMATE_MB = 16;
+
+/** The file name a generic agent writes a TypeScript runtime's code to (LOAD's `file`); node and python need none. */
+function loadFile(runtime: string | undefined, code: string): { file?: string } {
+  const family = handlerFamily(runtime);
+  return family === 'deno' || family === 'bun' ? { file: handlerFileName(family, code) } : {};
+}
 
 export interface InvocationEvent {
   invocationId: string;
@@ -286,7 +292,7 @@ export class HandlerPools implements HandlerInvoker {
       try {
         const code = version.spec.code ?? '';
         await generic.load(
-          { code, handler: version.spec.handler ?? 'handler', env: { ...BASE_ENV, ...version.spec.env }, esModule: isNodeEsModule(code) },
+          { code, handler: version.spec.handler ?? 'handler', env: { ...BASE_ENV, ...version.spec.env }, esModule: isNodeEsModule(code), ...loadFile(version.spec.runtime, code) },
           { timeoutMs: this.startTimeoutMs },
         );
         return generic;

@@ -21,6 +21,11 @@ test('language images map to the runtime of that name; a tag of node 20 or pytho
   assert.deepEqual(resolveImageAlias('node:18-alpine'), { runtime: 'node' });
   assert.equal(imageOfAlias(resolveImageAlias('node:20')), 'kindling/node20');
   assert.deepEqual(resolveImageAlias('rust:1.75'), { runtime: 'rust' });
+  assert.deepEqual(resolveImageAlias('denoland/deno:2.1.4'), { runtime: 'deno' });
+  assert.deepEqual(resolveImageAlias('oven/bun'), { runtime: 'bun' });
+  assert.deepEqual(resolveImageAlias('oven/bun:1-slim'), { runtime: 'bun' });
+  assert.throws(() => resolveImageAlias('oven/other:1'), /has no equivalent here/);
+  assert.throws(() => resolveImageAlias('denoland/constructor'), /has no equivalent here/);
   assert.equal(imageOfAlias(resolveImageAlias('python:3.11-slim')), 'kindling/python');
   assert.equal(imageOfAlias(resolveImageAlias('rust:latest')), 'kindling/rust');
 });

@@ -19,21 +19,30 @@ const VERSIONED_TAGS: readonly { family: string; tag: RegExp; runtime: RuntimeNa
   { family: 'node', tag: /^20(?![0-9])/, runtime: 'node20' },
   { family: 'python', tag: /^3\.13(?![0-9])/, runtime: 'python3.13' },
 ];
+/** The official images of the TypeScript runtimes (`denoland/deno:2`, `oven/bun:1-slim`): those runtimes. */
+const NAMESPACED_RUNTIMES: Record<string, RuntimeName> = { 'denoland/deno': 'deno', 'oven/bun': 'bun' };
 const PROJECT_PREFIX = 'kindling/';
 /** Longest name echoed back in an error (a name is short; the message must not carry an arbitrary blob). */
 const MAX_ECHOED_CHARS = 100;
 
 /** The accepted names, for messages and docs. */
-export const ACCEPTED_IMAGE_NAMES: readonly string[] = [...BASE_FAMILIES.map((family) => `${family}[:tag]`), ...Object.keys(RUNTIME_FAMILIES).map((family) => `${family}[:tag]`), 'kindling/<name>'];
+export const ACCEPTED_IMAGE_NAMES: readonly string[] = [
+  ...BASE_FAMILIES.map((family) => `${family}[:tag]`),
+  ...[...Object.keys(RUNTIME_FAMILIES), ...Object.keys(NAMESPACED_RUNTIMES)].map((family) => `${family}[:tag]`),
+  'kindling/<name>',
+];
 
 /**
  * `alpine`, `debian`, `ubuntu`, `busybox` (any tag) -> the base image; `python:*`, `node:*`, `rust:*` -> that runtime;
+ * `denoland/deno:*`, `oven/bun:*` -> deno, bun;
  * a `kindling/...` name as is (the executor then says whether it exists). Anything else: UNKNOWN_IMAGE (400) listing
  * the accepted names. A tag picks a version only where Kindling has that one beside the default: `node:20*` -> node20,
  * `python:3.13*` -> python3.13; other tags get the family's default (see docs/operator.md).
  */
 export function resolveImageAlias(name: string): ImageAlias {
   if (name.startsWith(PROJECT_PREFIX) && name.length > PROJECT_PREFIX.length) return { image: name };
+  const namespaced = /^([a-z0-9]+\/[a-z0-9]+)(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$/.exec(name)?.[1];
+  if (namespaced !== undefined && Object.hasOwn(NAMESPACED_RUNTIMES, namespaced)) return { runtime: NAMESPACED_RUNTIMES[namespaced] as RuntimeName };
   const match = /^([a-z0-9]+)(?::([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?$/.exec(name);
   const family = match?.[1];
   if (family !== undefined) {

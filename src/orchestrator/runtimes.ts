@@ -1,5 +1,6 @@
-import { hasEsModuleSyntax } from '../../agent/files.js';
+import { JS_RUNNERS, hasEsModuleSyntax } from '../../agent/files.js';
 import type { InputFile, RuntimeFamily, RuntimeName } from '../core/types.js';
+import type { AgentFamily } from '../../agent/files.js';
 
 /** How a code snippet of each runtime becomes a command in its image. The code travels as a file, never as argv. */
 export interface RuntimeDefinition {
@@ -42,6 +43,17 @@ function node(name: RuntimeName, image: string): RuntimeDefinition {
   };
 }
 
+/** Deno and Bun run a `.ts` file as it is, types stripped, not checked (see JS_RUNNERS). */
+function typescript(name: 'deno' | 'bun'): RuntimeDefinition {
+  return {
+    name,
+    family: name,
+    image: `kindling/${name}`,
+    defaults: {},
+    prepare: (code) => ({ command: [...JS_RUNNERS[name], `${CODE_DIR}/main.ts`], files: [{ name: 'main.ts', content: code }] }),
+  };
+}
+
 export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
   bash: {
     name: 'bash',
@@ -57,6 +69,8 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
   node: node('node', 'kindling/node'),
   node18: node('node18', 'kindling/node'),
   node20: node('node20', 'kindling/node20'),
+  deno: typescript('deno'),
+  bun: typescript('bun'),
   rust: {
     name: 'rust',
     family: 'rust',
@@ -70,13 +84,15 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
   },
 };
 
-/** The handler agents' languages: a handler function runs on a runtime of one of these families. */
-export type HandlerFamily = 'node' | 'python';
+/** The handler agents' languages: a handler function runs on a runtime of one of these families (deno and bun run
+ *  the node agent, with a TypeScript handler). */
+export type HandlerFamily = AgentFamily;
+const HANDLER_FAMILIES: readonly RuntimeFamily[] = ['node', 'python', 'deno', 'bun'];
 
 /** The family of a handler runtime (node20 -> node), or null for a runtime without a handler agent (or no runtime). */
 export function handlerFamily(runtime: string | undefined): HandlerFamily | null {
   const family = runtime === undefined ? undefined : runtimeDefinition(runtime)?.family;
-  return family === 'node' || family === 'python' ? family : null;
+  return family !== undefined && HANDLER_FAMILIES.includes(family) ? (family as HandlerFamily) : null;
 }
 
 /** The image of a runtime (`kindling/node20` for node20); throws for a name that is not a runtime. */
