@@ -5,7 +5,7 @@
  */
 
 /** A built-in runtime. Other names are passed through so newer servers can add runtimes without an SDK release. */
-export type Runtime = 'bash' | 'python' | 'node' | 'rust' | 'python3.11' | 'python3.13' | 'node18' | 'node20' | 'deno' | 'bun' | (string & {});
+export type Runtime = 'bash' | 'python' | 'node' | 'rust' | 'python3.11' | 'python3.13' | 'node18' | 'node20' | 'deno' | 'bun' | 'go' | (string & {});
 
 /** An execution backend of the server. Other names are passed through for newer servers. */
 export type ExecutorName = 'docker' | 'sandbox' | 'microvm' | 'gvisor' | (string & {});

@@ -14,7 +14,7 @@ import type { RuntimeName } from '../core/types.js';
 /** Bump when the builder's logic changes in a way the fields below do not capture. */
 export const BUILDER_VERSION = 1;
 
-export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun'] as const;
+export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun', 'go'] as const;
 export type ImageShortName = (typeof IMAGE_SHORT_NAMES)[number];
 
 export interface ImageRecipe {
@@ -32,6 +32,11 @@ export interface ImageRecipe {
   readonly suite?: string;
   /** Packages passed to `mmdebstrap --include` on top of the minbase variant. */
   readonly packages: readonly string[];
+  /**
+   * A shell command run inside the root (chroot, /proc mounted) after the packages are installed and before the check:
+   * configuration the packages do not ship, caches the runtime would otherwise rebuild in every sandbox.
+   */
+  readonly setup?: string;
   /**
    * A shell command run inside the finished root (chroot, during the build, /proc mounted); a non-zero exit fails the
    * build so a broken image is never stamped as done.
@@ -215,6 +220,29 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     check: 'd=$(mktemp -d) && printf "const n: number = 41; console.log(n + 1)" > "$d/k.ts" && test "$(bun "$d/k.ts")" = 42 && rm -rf "$d"',
     env: BASE_ENV,
   }),
+  go: recipe({
+    short: 'go',
+    name: 'kindling/go',
+    tag: 'latest',
+    runtime: 'go',
+    description: "Debian trixie's Go toolchain (1.24), its standard library compiled into the image's build cache",
+    suite: 'trixie',
+    // gcc + libc6-dev: cgo (net, os/user) links with them; without, CGO_ENABLED=0 builds still work.
+    packages: ['golang-go', 'gcc', 'libc6-dev', 'ca-certificates'],
+    // Go 1.20+ ships no compiled standard library: every fresh sandbox would compile fmt's dependencies (about 6 s
+    // here). It is compiled once into a cache in the image, which go.env names; go only reads a cache it cannot write
+    // (the sandbox executor's root is read-only), so a program's own packages are compiled each run, the library not.
+    // GOTOOLCHAIN=local: a go.mod asking for a newer Go fails plainly instead of trying to download one.
+    setup:
+      // go.env's first setting of a name wins: GOTOOLCHAIN=auto is replaced in place, not overridden below it.
+      'set -e; env="$(go env GOROOT)/go.env"; sed -i "s/^GOTOOLCHAIN=.*/GOTOOLCHAIN=local/" "$env"; grep -qx GOTOOLCHAIN=local "$env"; ' +
+      'printf "\\nGOCACHE=/var/cache/go-build\\n" >> "$env"; ' +
+      'go build std && CGO_ENABLED=0 go build std && chmod -R a+rX /var/cache/go-build',
+    check:
+      'd=$(mktemp -d) && printf "package main\\nimport \\"fmt\\"\\nfunc main() { fmt.Println(6 * 7) }\\n" > "$d/m.go" && ' +
+      'test "$(cd "$d" && GOCACHE=$d/c GOPATH=$d/p go run m.go)" = 42 && rm -rf "$d"',
+    env: { ...BASE_ENV },
+  }),
   rust: recipe({
     short: 'rust',
     name: 'kindling/rust',
@@ -253,6 +281,7 @@ export function recipeFingerprint(r: ImageRecipe, inputs: RecipeHashInputs = {})
     // Order of --include does not matter to apt; sort so reordering a list does not force a rebuild.
     packages: [...new Set(r.packages)].sort(),
     ...(r.npmBinaries ? { npmBinaries: r.npmBinaries.map((b) => sortedObject({ ...b })) } : {}),
+    ...(r.setup !== undefined ? { setup: r.setup } : {}),
     check: r.check,
     env: sortedObject(r.env),
     slimming: SLIMMING,

@@ -137,6 +137,7 @@ export function mmdebstrapArgs(req: Pick<BootstrapRequest, 'recipe' | 'targetDir
       `tar -xzOf ${shellQuote(tarball)} ${shellQuote(binary.entry)} > "$1"${shellQuote(binary.target)}`,
       `chmod 0755 "$1"${shellQuote(binary.target)}`,
     ]),
+    ...(recipe.setup !== undefined ? [`chroot "$1" env -i PATH=${recipe.env.PATH ?? '/usr/bin:/bin'} HOME=/root sh -c ${shellQuote(recipe.setup)}`] : []),
     `chroot "$1" env -i PATH=${recipe.env.PATH ?? '/usr/bin:/bin'} HOME=/root sh -c ${shellQuote(recipe.check)}`,
     ...SLIMMING.cleanup,
   ].join('\n');

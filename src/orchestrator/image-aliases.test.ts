@@ -21,6 +21,7 @@ test('language images map to the runtime of that name; a tag of node 20 or pytho
   assert.deepEqual(resolveImageAlias('node:18-alpine'), { runtime: 'node' });
   assert.equal(imageOfAlias(resolveImageAlias('node:20')), 'kindling/node20');
   assert.deepEqual(resolveImageAlias('rust:1.75'), { runtime: 'rust' });
+  assert.deepEqual(resolveImageAlias('golang:1.24-bookworm'), { runtime: 'go' });
   assert.deepEqual(resolveImageAlias('denoland/deno:2.1.4'), { runtime: 'deno' });
   assert.deepEqual(resolveImageAlias('oven/bun'), { runtime: 'bun' });
   assert.deepEqual(resolveImageAlias('oven/bun:1-slim'), { runtime: 'bun' });
@@ -36,7 +37,7 @@ test('a kindling/ name is used as is', () => {
 });
 
 test('anything else is UNKNOWN_IMAGE (400) naming the accepted names', () => {
-  for (const name of ['pytorch/pytorch:latest', 'node:20-with-deps extra', 'golang:1.22', 'kindling/', '', 'ALPINE', 'alpine:', 'x'.repeat(5000)]) {
+  for (const name of ['pytorch/pytorch:latest', 'openjdk:21', 'node:20-with-deps extra', 'kindling/', '', 'ALPINE', 'alpine:', 'x'.repeat(5000)]) {
     assert.throws(
       () => resolveImageAlias(name),
       (error: unknown) =>

@@ -13,7 +13,7 @@ export type ImageAlias = { runtime: RuntimeName } | { image: string };
 /** Names whose image is a plain userland with a POSIX shell: the project's base image. */
 const BASE_FAMILIES = ['alpine', 'debian', 'ubuntu', 'busybox'] as const;
 /** Names whose image is a language runtime: the runtime of that name (its image, its defaults). */
-const RUNTIME_FAMILIES: Record<string, RuntimeName> = { python: 'python', node: 'node', rust: 'rust' };
+const RUNTIME_FAMILIES: Record<string, RuntimeName> = { python: 'python', node: 'node', rust: 'rust', golang: 'go' };
 /** Tags that name a newer runtime of the family than its default (`node:20-slim`, `python:3.13`). */
 const VERSIONED_TAGS: readonly { family: string; tag: RegExp; runtime: RuntimeName }[] = [
   { family: 'node', tag: /^20(?![0-9])/, runtime: 'node20' },
@@ -34,7 +34,7 @@ export const ACCEPTED_IMAGE_NAMES: readonly string[] = [
 
 /**
  * `alpine`, `debian`, `ubuntu`, `busybox` (any tag) -> the base image; `python:*`, `node:*`, `rust:*` -> that runtime;
- * `denoland/deno:*`, `oven/bun:*` -> deno, bun;
+ * `golang:*` -> go; `denoland/deno:*`, `oven/bun:*` -> deno, bun;
  * a `kindling/...` name as is (the executor then says whether it exists). Anything else: UNKNOWN_IMAGE (400) listing
  * the accepted names. A tag picks a version only where Kindling has that one beside the default: `node:20*` -> node20,
  * `python:3.13*` -> python3.13; other tags get the family's default (see docs/operator.md).

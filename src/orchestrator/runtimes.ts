@@ -71,6 +71,14 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
   node20: node('node20', 'kindling/node20'),
   deno: typescript('deno'),
   bun: typescript('bun'),
+  go: {
+    name: 'go',
+    family: 'go',
+    image: 'kindling/go',
+    defaults: { memoryMb: 1024, timeoutMs: 60_000 },
+    // Built, then exec'd: `go run` reports a program's non-zero exit as its own exit code 1.
+    prepare: (code) => ({ command: ['sh', '-c', `go build -o /tmp/main ${CODE_DIR}/main.go && exec /tmp/main`], files: [{ name: 'main.go', content: code }] }),
+  },
   rust: {
     name: 'rust',
     family: 'rust',
