@@ -31,6 +31,7 @@ import { SqliteUsageStore } from './store/usage-sqlite.js';
 import { SqliteTenantStore } from './store/tenants-sqlite.js';
 import { SqliteSandboxStore } from './store/sandboxes-sqlite.js';
 import { SandboxService } from './orchestrator/sandboxes.js';
+import { CustomImageService } from './orchestrator/custom-images.js';
 import { DEFAULT_BUILD_DISK_MB, DependencyBuilder } from './orchestrator/builds.js';
 import { SqliteBuildStore } from './store/builds-sqlite.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
@@ -67,6 +68,8 @@ export interface ServerConfig {
   tenantQuotas?: Partial<ResolvedQuotas>;
   /** Live (running or paused) persistent sandboxes per tenant (--max-sandboxes-per-tenant). Default 10. */
   maxSandboxesPerTenant?: number;
+  /** Custom images a tenant may keep (and the shared ones); default 10. */
+  maxCustomImagesPerTenant?: number;
   /** Snapshots of persistent sandboxes a tenant may keep (--max-snapshots-per-tenant). Default 20. */
   maxSnapshotsPerTenant?: number;
   /** How often running persistent sandboxes are metered (their cgroups read) and stored GB-hours written; default 60 s. */
@@ -480,7 +483,21 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     if (generated !== null) (config.announceAdminKey ?? printAdminKeyBanner)(generated);
   }
   const usageMeter = new UsageMeter(usageStore, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
+  // Custom images, built with the images' own builder into the same images dir: imported into Docker when the docker
+  // executor serves, written as ext4 when the microvm one does.
+  const customImages = new CustomImageService({
+    imagesDir: config.imagesDir,
+    ...(served.has('docker') ? { docker: new (await import('dockerode')).default({ socketPath: config.dockerSocketPath }) } : {}),
+    ext4: served.has('microvm'),
+    ...(config.maxCustomImagesPerTenant === undefined ? {} : { maxPerTenant: config.maxCustomImagesPerTenant }),
+    onImagesChanged: async () => {
+      for (const executor of served.values()) await executor.refreshImages().catch(() => undefined);
+    },
+    log: logger.child({ component: 'custom-images' }),
+  });
+  await customImages.start();
   service = new ExecutionService({
+    images: customImages,
     executors: served,
     defaultExecutor: chosen.name,
     concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs, limitName: '--max-concurrent' },
@@ -582,6 +599,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   }).start();
   rollback.add('sandbox meter', () => sandboxMeter.close());
   const sandboxes = new SandboxService({
+    images: customImages,
     executors: served,
     defaultExecutor: chosen.name,
     store: sandboxStore,
@@ -603,6 +621,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   let draining = false;
   const app = await buildApi({
     sandboxes,
+    customImages,
     executionService: service,
     functionService,
     executors: served,

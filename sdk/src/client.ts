@@ -2,6 +2,7 @@ import { Executions, type ExecuteOptions, type RunOptions, type StreamOptions } 
 import { Functions } from './functions.js';
 import { type FetchFunction, HttpClient } from './http.js';
 import { InteractiveExecution, type InteractiveOptions } from './interactive.js';
+import { Images } from './images.js';
 import { Invocations } from './invocations.js';
 import { Keys, Tenants } from './tenants.js';
 import { Sandboxes } from './sandboxes.js';
@@ -62,6 +63,8 @@ export class Kindling {
   readonly sandboxes: Sandboxes;
   /** API keys of tenants (admin key): `create`, `list`, `revoke`. */
   readonly keys: Keys;
+  /** Custom images (a built-in image plus Debian packages and files): `create`, `get`, `list`, `delete`. */
+  readonly images: Images;
 
   constructor(options: KindlingOptions = {}) {
     this.url = normalizeUrl(options.url ?? DEFAULT_URL);
@@ -83,6 +86,7 @@ export class Kindling {
     this.sandboxes = new Sandboxes(this.#http);
     this.sandboxes.socketAuth = { url: this.url, apiKey: this.#apiKey };
     this.keys = new Keys(this.#http);
+    this.images = new Images(this.#http);
   }
 
   /**

@@ -4,6 +4,7 @@ export type { RequestOptions } from './resource.js';
 export { Functions, type InvokeOptions, type InvokeAsyncOptions, type LogsOptions, type DeployBundleOptions } from './functions.js';
 export { Invocations, type ListInvocationsOptions, type WaitForOptions, type InvocationOutput } from './invocations.js';
 export { Tenants, Keys, type CreateTenantOptions } from './tenants.js';
+export { Images, ImageBuildFailedError, type CreateImageOptions } from './images.js';
 export { Sandboxes, Sandbox, SandboxCommands, CommandHandle, type SandboxInfo, type CreateSandboxOptions, type RunCommandOptions, type BackgroundCommandOptions, type SandboxCommandInfo, type BackgroundCommandResult, type CommandLogsOptions, type SandboxFileEntry, type SnapshotInfo, type ListSandboxesOptions, type UpdateSandboxOptions } from './sandboxes.js';
 export type { UploadData } from './upload.js';
 export { PtyHandle, type PtyCreateOptions } from './pty.js';
@@ -24,6 +25,8 @@ export {
   type KindlingErrorOptions,
 } from './errors.js';
 export type {
+  CustomImageSpec,
+  CustomImageInfo,
   Runtime,
   ExecutorName,
   ExecuteSpec,

@@ -416,3 +416,34 @@ export interface CreatedApiKey extends ApiKeyInfo {
   /** The key: shown only in this answer. */
   apiKey: string;
 }
+
+/** What `images.create()` takes: a built-in image plus Debian packages (and, with `files`, a tar of files). */
+export interface CustomImageSpec {
+  /** base, python, node, rust, python3.13, node20, deno, bun or go (or a runtime name). */
+  from: string;
+  /** Debian packages from the server's mirror, e.g. ["python3-numpy"]. */
+  apt?: string[];
+  /** Where the files go: a directory under /opt, /srv or /usr/local; default /opt/NAME. */
+  filesDest?: string;
+  /** The admin key only: an image every tenant may use. */
+  shared?: boolean;
+}
+
+/** A custom image (`GET /v1/images/NAME`). */
+export interface CustomImageInfo {
+  name: string;
+  /** What requests name as `image`: `kindling/NAME`. */
+  image: string;
+  shared: boolean;
+  from: string;
+  apt: string[];
+  files: { sha256: string; bytes: number; entries: number; dest: string } | null;
+  status: 'building' | 'ready' | 'failed';
+  error: string | null;
+  sizeBytes: number | null;
+  recipeHash: string;
+  createdAt: string;
+  finishedAt: string | null;
+  /** The end of the build log (a GET of one image). */
+  log?: string;
+}

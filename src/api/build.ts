@@ -24,6 +24,8 @@ import { CONSOLE_PUBLIC_ROUTES, registerConsoleRoutes } from './routes/console.j
 import { registerUsageRoutes } from './routes/usage.js';
 import { COMPAT_PUBLIC_ROUTES, registerCompatRoutes } from './routes/compat.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
+import { registerImageRoutes } from './routes/images.js';
+import type { CustomImageService } from '../orchestrator/custom-images.js';
 import { registerSandboxPtyRoute, SANDBOX_PTY_ROUTE } from './routes/sandbox-pty.js';
 import type { SandboxService } from '../orchestrator/sandboxes.js';
 import { addExamples } from './openapi-examples.js';
@@ -86,6 +88,8 @@ export interface ApiOptions {
   isDraining?: () => boolean;
   /** Persistent sandboxes (/v1/sandboxes…); without it those routes are absent. */
   sandboxes?: SandboxService;
+  /** Custom images (/v1/images…); without it those routes are absent. */
+  customImages?: CustomImageService;
   /** Usage records (GET /v1/usage…); without it those routes are absent. */
   usage?: Pick<UsageStore, 'summarize' | 'recent'>;
   /** Warm pool sizes per function version (GET /v1/pools). */
@@ -352,6 +356,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
   registerTenantRoutes(app, { tenants });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });
+  if (options.customImages) registerImageRoutes(app, { images: options.customImages });
   if (options.sandboxes) registerSandboxRoutes(app, { sandboxes: options.sandboxes, toError, ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}) });
   if (options.sandboxes) registerSandboxPtyRoute(app, { sandboxes: options.sandboxes, toError });
   const pools = options.pools;

@@ -3,6 +3,7 @@ import { registerChainCommands } from './chain.js';
 import { registerClusterCommands } from './cluster.js';
 import { registerFunctionCommands } from './functions.js';
 import { registerImagesCommands } from './images.js';
+import { registerCustomImageCommands } from './custom-images.js';
 import { registerInvocationCommands } from './invocations.js';
 import { registerTenantCommands } from './tenants.js';
 import { registerSandboxCommands } from './sandboxes.js';
@@ -31,6 +32,7 @@ export function buildProgram(defaults: CliDefaults): Command {
   registerTenantCommands(program, defaults.client);
   registerSandboxCommands(program, defaults.client);
   registerImagesCommands(program, { defaultImagesDir: defaults.serve.imagesDir });
+  registerCustomImageCommands(program, defaults.client);
   registerChainCommands(program);
   registerClusterCommands(program);
   return program;

@@ -138,6 +138,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--tenant-max-code-bytes <n>', 'default quota: bytes of code of the versions a tenant keeps; a deploy beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)', int('--tenant-max-code-bytes'), DEFAULT_STORAGE_QUOTAS.maxCodeBytes!)
     .option('--tenant-max-queued-payload-bytes <n>', "default quota: bytes of a tenant's queued and running async payloads; an enqueue beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)", int('--tenant-max-queued-payload-bytes'), DEFAULT_STORAGE_QUOTAS.maxQueuedPayloadBytes!)
     .option('--max-sandboxes-per-tenant <n>', 'default quotas maxSandboxes and maxPausedSandboxes: persistent sandboxes a tenant may have running, and paused, at once', int('--max-sandboxes-per-tenant'), 10)
+    .option('--max-custom-images-per-tenant <n>', 'custom images (PUT /v1/images/NAME) a tenant may keep; the shared ones count apart, with the same limit', int('--max-custom-images-per-tenant'), 10)
     .option('--max-snapshots-per-tenant <n>', 'snapshots of persistent sandboxes a tenant may keep', int('--max-snapshots-per-tenant'), 20)
     .option('--max-sandbox-port-connections <n>', 'proxied connections (/v1/sandboxes/ID/ports/PORT) open at once per persistent sandbox', int('--max-sandbox-port-connections'), 64)
     .option('--function-versions-kept <n>', 'versions kept per function (the newest); older ones are deleted on deploy, except those a queued or running invocation needs (at least 1)', int('--function-versions-kept'), DEFAULT_VERSIONS_KEPT)
@@ -197,6 +198,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
         tenantQuotas: tenantQuotaDefaults(options),
         functionVersionsKept: Math.max(1, options.functionVersionsKept as number),
         maxSandboxesPerTenant: Math.max(0, options.maxSandboxesPerTenant as number),
+        maxCustomImagesPerTenant: Math.max(0, options.maxCustomImagesPerTenant as number),
         maxSnapshotsPerTenant: Math.max(0, options.maxSnapshotsPerTenant as number),
         maxSandboxPortConnections: Math.max(1, options.maxSandboxPortConnections as number),
         maxConcurrent: options.maxConcurrent as number,

@@ -64,6 +64,14 @@ export const ERROR_CODES = {
    */
   TENANT_STORAGE_LIMIT: { statusCode: 409, retryable: false },
   NOT_FOUND: { statusCode: 404, retryable: false },
+  /** No custom image of that name for the caller's tenant (nor a shared one). */
+  IMAGE_NOT_FOUND: { statusCode: 404, retryable: false },
+  /** A custom image being built is changed or deleted, or one not built (building, failed) is used: wait for `ready`. */
+  IMAGE_NOT_READY: { statusCode: 409, retryable: false },
+  /** The tenant keeps as many custom images as the server allows (--max-custom-images-per-tenant); delete one first. */
+  IMAGE_LIMIT: { statusCode: 409, retryable: false },
+  /** The uploaded files of a custom image: an entry that would leave its directory, a device or fifo, or a corrupt tar. */
+  IMAGE_FILES_INVALID: { statusCode: 400, retryable: false },
   /** No persistent sandbox of that id in the caller's tenant (another tenant's id answers the same). */
   SANDBOX_NOT_FOUND: { statusCode: 404, retryable: false },
   /** No file or directory at that path inside the sandbox. */

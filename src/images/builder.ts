@@ -20,7 +20,7 @@
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import type Dockerode from 'dockerode';
-import { DEBIAN, imageRef, recipeHash, resolveImageNames, type ImageRecipe, type ImageShortName } from './recipes.js';
+import { DEBIAN, imageRef, recipeHash, resolveImageNames, type ImageRecipe } from './recipes.js';
 import { mapLimit, fmtBytes, fmtMs, fileSize, isDir, silentLog, type ImageLog } from './files.js';
 import { importRootfs, inspectImage, pingDocker, removeOldImage } from './docker-import.js';
 import { acquireLock, imagePaths, readStamp, removeLeftovers, writeStamp } from './store.js';
@@ -37,6 +37,8 @@ export interface BuildImagesOptions {
   imagesDir: string;
   /** Short names, Docker names or runtime names; all images when empty/absent. */
   names?: readonly string[];
+  /** Recipes to build instead of `names` (custom images, see custom.ts). */
+  recipes?: readonly ImageRecipe[];
   /** Rebuild the rootfs and re-import the Docker image even when the stamps match. */
   force?: boolean;
   /** Without a client (or when the engine does not answer) only the rootfs directories are built. */
@@ -65,7 +67,7 @@ export type Ext4Status = 'built' | 'cached' | 'skipped' | 'failed';
 
 export interface ImageBuildResult {
   name: string;
-  short: ImageShortName;
+  short: string;
   ref: string;
   recipeHash: string;
   rootfsDir: string;
@@ -96,7 +98,7 @@ export class ImageBuildError extends Error {
  */
 export async function buildImages(opts: BuildImagesOptions): Promise<ImageBuildResult[]> {
   const log = opts.log ?? silentLog;
-  const recipes = resolveImageNames(opts.names ?? []);
+  const recipes = opts.recipes ?? resolveImageNames(opts.names ?? []);
   const imagesDir = path.resolve(opts.imagesDir);
   await fs.mkdir(imagesDir, { recursive: true, mode: 0o755 });
 

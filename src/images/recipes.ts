@@ -18,8 +18,8 @@ export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust', 'python3.13'
 export type ImageShortName = (typeof IMAGE_SHORT_NAMES)[number];
 
 export interface ImageRecipe {
-  /** Directory name under imagesDir and the CLI name (IMAGE_SHORT_NAMES). */
-  readonly short: ImageShortName;
+  /** Directory name under imagesDir and the CLI name (IMAGE_SHORT_NAMES; a custom image's own, see custom.ts). */
+  readonly short: string;
   /** Docker repository, e.g. `kindling/python` (what RunSpec.image and the runtimes table use). */
   readonly name: string;
   readonly tag: string;
@@ -46,6 +46,16 @@ export interface ImageRecipe {
   readonly env: Readonly<Record<string, string>>;
   /** Programs Debian does not package, taken from the npm registry (pinned version and integrity) into the root. */
   readonly npmBinaries?: readonly NpmBinary[];
+  /** A custom image's files: a checked tar on the host, unpacked at `dest` in the root before the check. */
+  readonly files?: ImageFiles;
+}
+
+/** Files a custom image carries. Only `sha256` and `dest` shape the image (the hash); `tarball` is where it is kept. */
+export interface ImageFiles {
+  readonly tarball: string;
+  readonly sha256: string;
+  /** Absolute directory in the root, e.g. `/opt/app`. */
+  readonly dest: string;
 }
 
 /**
@@ -282,6 +292,7 @@ export function recipeFingerprint(r: ImageRecipe, inputs: RecipeHashInputs = {})
     packages: [...new Set(r.packages)].sort(),
     ...(r.npmBinaries ? { npmBinaries: r.npmBinaries.map((b) => sortedObject({ ...b })) } : {}),
     ...(r.setup !== undefined ? { setup: r.setup } : {}),
+    ...(r.files !== undefined ? { files: { sha256: r.files.sha256, dest: r.files.dest } } : {}),
     check: r.check,
     env: sortedObject(r.env),
     slimming: SLIMMING,
@@ -321,7 +332,7 @@ export function resolveImageNames(names: readonly string[] = []): ImageRecipe[] 
         details: { image: raw, known: [...IMAGE_SHORT_NAMES] },
       });
     }
-    wanted.add(r.short);
+    wanted.add(r.short as ImageShortName);
   }
   return IMAGE_SHORT_NAMES.filter((s) => wanted.has(s)).map((s) => IMAGE_RECIPES[s]);
 }

@@ -137,6 +137,15 @@ export function mmdebstrapArgs(req: Pick<BootstrapRequest, 'recipe' | 'targetDir
       `tar -xzOf ${shellQuote(tarball)} ${shellQuote(binary.entry)} > "$1"${shellQuote(binary.target)}`,
       `chmod 0755 "$1"${shellQuote(binary.target)}`,
     ]),
+    // A custom image's files: a tar checked when it was uploaded (no links out, no devices, no ..), owned by root.
+    ...(recipe.files !== undefined
+      ? [
+          `mkdir -p "$1"${shellQuote(recipe.files.dest)}`,
+          // Unpacked by the root's own tar inside it: every path, link included, resolves in the root, never the host's.
+          `chroot "$1" tar -xf - -C ${shellQuote(recipe.files.dest)} --no-same-owner < ${shellQuote(recipe.files.tarball)}`,
+          `chmod -R a+rX "$1"${shellQuote(recipe.files.dest)}`,
+        ]
+      : []),
     ...(recipe.setup !== undefined ? [`chroot "$1" env -i PATH=${recipe.env.PATH ?? '/usr/bin:/bin'} HOME=/root sh -c ${shellQuote(recipe.setup)}`] : []),
     `chroot "$1" env -i PATH=${recipe.env.PATH ?? '/usr/bin:/bin'} HOME=/root sh -c ${shellQuote(recipe.check)}`,
     ...SLIMMING.cleanup,

@@ -21,7 +21,7 @@ export interface ImagePaths {
   lockFile: string;
 }
 
-export function imagePaths(imagesDir: string, short: ImageShortName): ImagePaths {
+export function imagePaths(imagesDir: string, short: string): ImagePaths {
   const dir = path.join(path.resolve(imagesDir), short);
   return {
     dir,
@@ -37,7 +37,7 @@ export interface ImageStamp {
   recipeHash: string;
   builderVersion: number;
   name: string;
-  short: ImageShortName;
+  short: string;
   /** ISO time the rootfs finished. */
   builtAt: string;
   buildMs: number;

@@ -86,7 +86,14 @@ export interface ExecutionObserver {
   onExecutionFailed?(error: KindlingError, context: { executor: ExecutorName; functionName?: string; tenant?: string }): void;
 }
 
+/** Turns the image a tenant names into the one an executor runs (custom images, see custom-images.ts). */
+export interface ImageResolver {
+  resolve(image: string, tenant: string | null): string;
+}
+
 export interface ExecutionServiceOptions {
+  /** Custom images: a tenant's `kindling/<name>` becomes its own image; absent: names go to the executor as they are. */
+  images?: ImageResolver;
   executors: ReadonlyMap<ExecutorName, Executor>;
   defaultExecutor: ExecutorName;
   concurrency: ConcurrencyLimiterOptions;
@@ -200,7 +207,7 @@ export class ExecutionService {
   }
 
   /** Turns a request into a RunSpec, or throws a 4xx KindlingError that says how to fix it. */
-  async prepare(request: ExecuteRequest, caps: Partial<ResourceLimits> = {}): Promise<{ spec: RunSpec; executor: Executor; stdin: Buffer | null }> {
+  async prepare(request: ExecuteRequest, caps: Partial<ResourceLimits> = {}, tenant: string | null = null): Promise<{ spec: RunSpec; executor: Executor; stdin: Buffer | null }> {
     const hasCode = request.runtime !== undefined || request.code !== undefined;
     const hasImage = request.image !== undefined || request.command !== undefined;
     if (hasCode && hasImage) {
@@ -227,7 +234,7 @@ export class ExecutionService {
       if (request.command === undefined || request.command.length === 0) {
         throw new KindlingError('VALIDATION_FAILED', '"image" needs a non-empty "command" array, e.g. ["sh","-c","echo hi"]');
       }
-      image = request.image;
+      image = this.options.images?.resolve(request.image, tenant) ?? request.image;
       command = request.command;
     } else {
       throw new KindlingError('VALIDATION_FAILED', 'nothing to run: give "runtime" + "code" or "image" + "command"');
@@ -277,7 +284,7 @@ export class ExecutionService {
 
   private async executeWith(request: ExecuteRequest, outputEncoding: 'utf8' | 'base64' | null, options: ExecuteOptions): Promise<RawExecution> {
     if (this.draining) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down and takes no new work; retry shortly', { retryAfterSeconds: 5 });
-    const prepared = await this.prepare(request, options.tenant?.caps);
+    const prepared = await this.prepare(request, options.tenant?.caps, options.tenant?.name ?? null);
     const io = options.io ?? DEFAULT_IO;
     if (streamsStdin(io.stdin) || io.stdin.kind === 'bytes') prepared.spec.stdin = true;
     if (options.trace) prepared.spec.env.TRACEPARENT = options.trace.traceparent;

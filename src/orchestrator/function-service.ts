@@ -195,7 +195,7 @@ export class FunctionService {
   ): Promise<{ view: FunctionView; created: boolean } | { building: BuildRecord; done: Promise<{ view: FunctionView; created: boolean }> }> {
     checkName(name);
     const executor = spec.executor ?? this.options.defaultExecutor;
-    await this.validate(spec, executor, caps);
+    await this.validate(spec, executor, caps, tenant);
     if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);
     // Only a build sets a layer (the gateway's schema refuses one from the client; a caller in-process gets the same).
     delete spec.layer;
@@ -583,7 +583,7 @@ export class FunctionService {
   }
 
   /** Semantic checks; the shapes were checked by the gateway's schema. Throws 4xx KindlingErrors. */
-  private async validate(spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>): Promise<void> {
+  private async validate(spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>, tenant: string): Promise<void> {
     const fail = (field: string, message: string): never => {
       throw new KindlingError('VALIDATION_FAILED', message, { details: { field } });
     };
@@ -622,7 +622,7 @@ export class FunctionService {
     // The same checks a one-off execution gets: fields that go together, runtime, image, limits in range.
     // A bundle's handler has no command of its own (the agent is the command): the image and limits are checked.
     const handlerBundle = spec.bundle !== undefined && spec.handler !== undefined;
-    await this.options.executionService.prepare({ ...commandRequest(spec), ...(handlerBundle ? { command: ['true'] } : {}), executor }, caps);
+    await this.options.executionService.prepare({ ...commandRequest(spec), ...(handlerBundle ? { command: ['true'] } : {}), executor }, caps, tenant);
   }
 
   /**

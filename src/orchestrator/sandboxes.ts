@@ -26,7 +26,7 @@ import { newId } from '../core/ids.js';
 import { RUNTIME_NAMES, unknownExecutorMessage, type ExecutionResult, type ExecutorName, type ResourceLimits, type RuntimeName } from '../core/types.js';
 import type { BodyPump, Executor, PersistentSandbox, SandboxCommand } from '../executors/executor.js';
 import type { SandboxRecord, SandboxState, SnapshotRecord, SqliteSandboxStore } from '../store/sandboxes-sqlite.js';
-import { BASE_ENV } from './execution-service.js';
+import { BASE_ENV, type ImageResolver } from './execution-service.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { RUNTIMES } from './runtimes.js';
 import { BackgroundCommand, CommandRegistry, DEFAULT_BACKGROUND_OUTPUT_BYTES, MAX_BACKGROUND_OUTPUT_BYTES, type CommandEvent, type OutputChunk, type SandboxCommandView } from './sandbox-commands.js';
@@ -87,6 +87,8 @@ export interface SandboxFileEntry {
 
 export interface SandboxesOptions {
   executors: ReadonlyMap<ExecutorName, Executor>;
+  /** Custom images: a tenant's `kindling/<name>` becomes its own image (custom-images.ts). */
+  images?: ImageResolver;
   defaultExecutor: ExecutorName;
   store: SqliteSandboxStore;
   limits?: LimitPolicy;
@@ -299,7 +301,7 @@ export class SandboxService {
       if (!(RUNTIME_NAMES as readonly string[]).includes(request.runtime)) throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${request.runtime}" (one of ${RUNTIME_NAMES.join(', ')})`, { details: { field: 'runtime' } });
       image = RUNTIMES[request.runtime as RuntimeName].image;
     } else {
-      image = request.image!;
+      image = this.options.images?.resolve(request.image!, tenant) ?? request.image!;
     }
     if (!executor.hasImage(image)) throw new KindlingError('UNKNOWN_IMAGE', `image "${image}" is not available on the ${executorName} executor`, { details: { field: 'image', executor: executorName } });
     const caps = this.options.capsOf?.(tenant) ?? {};

@@ -24,6 +24,7 @@ from ._errors import (
     error_from_payload,
 )
 from ._bundle import tar_directory
+from ._images import AsyncImages, CustomImage, ImageBuildFailedError, Images
 from ._routes import COVERED_ROUTES, NOT_COVERED_ROUTES
 from ._sandboxes import AsyncSandbox, AsyncSandboxes, Sandbox, Sandboxes
 from ._sync import ExecutionStream, Kindling
@@ -52,6 +53,10 @@ from ._types import (
 
 # ConnectionError and TimeoutError are importable by name but left out of `import *`: they would shadow the built-ins.
 __all__ = [
+    "AsyncImages",
+    "CustomImage",
+    "ImageBuildFailedError",
+    "Images",
     "Sandbox",
     "Sandboxes",
     "AsyncSandbox",

@@ -15,6 +15,7 @@ import httpx
 from . import _core, _raw
 from ._core import Config, StdinSource, seg
 from ._sandboxes import AsyncSandboxes
+from ._images import AsyncImages
 from ._errors import AbortError, ConnectionError, KindlingError, TimeoutError, error_from_payload
 from ._sync import Sink, _build_log_path, _bundle_request, _deploy_answer, _function_spec, _loads, _map_transport, _replay
 from ._types import (
@@ -529,6 +530,7 @@ class AsyncKindling:
         self.tenants = AsyncTenants(self._http)
         self.sandboxes = AsyncSandboxes(self._http)
         self.keys = AsyncKeys(self._http)
+        self.images = AsyncImages(self._http)
         self.usage = AsyncUsageResource(self._http)
 
     @property

@@ -63,6 +63,10 @@ COVERED_ROUTES: dict[str, tuple[str, ...]] = {
     "GET /v1/snapshots": ("sandboxes.list_snapshots",),
     "GET /v1/snapshots/{id}": ("sandboxes.get_snapshot",),
     "DELETE /v1/snapshots/{id}": ("sandboxes.delete_snapshot",),
+    "PUT /v1/images/{name}": ("images.create",),
+    "GET /v1/images": ("images.list",),
+    "GET /v1/images/{name}": ("images.get", "images.wait_ready"),
+    "DELETE /v1/images/{name}": ("images.delete",),
 }
 
 #: Routes of the document the SDK leaves alone on purpose, and why.

@@ -11,6 +11,7 @@ import httpx
 from . import _core, _raw
 from ._core import Config, StdinSource, seg
 from ._sandboxes import Sandboxes
+from ._images import Images
 from ._errors import AbortError, ConnectionError, KindlingError, TimeoutError, error_from_payload
 from ._bundle import tar_directory
 from ._types import (
@@ -612,6 +613,7 @@ class Kindling:
         self.sandboxes = Sandboxes(self._http)
         #: API keys of tenants (admin key): create, list, revoke.
         self.keys = Keys(self._http)
+        self.images = Images(self._http)
         #: Metered usage: get, csv, invocations, timeseries.
         self.usage = UsageResource(self._http)
 

@@ -1,0 +1,310 @@
+/**
+ * Custom images (see src/images/custom.ts for their definition and layout on disk): created through the API, built in
+ * the background one at a time by the images' own builder (rootfs; Docker image when the docker executor is on; ext4
+ * when the microvm executor is on), listed per tenant, deleted, and resolved when a request names one.
+ *
+ * Naming: a tenant says `kindling/<name>` (or `<name>` in the images routes); `resolve` turns it into the owner-scoped
+ * image (`kindling/u.<tenant>.<name>`, else the shared `kindling/s.<name>`) before an executor sees it, and refuses a
+ * scoped name of another tenant. Nothing a tenant sends is run during the build: the packages come from the operator's
+ * Debian mirror (their maintainer scripts are Debian's), and the files are unpacked by the root's own tar.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type Dockerode from 'dockerode';
+import { KindlingError } from '../core/errors.js';
+import { buildImages, ImageBuildError, imagePaths, safeRemove, type ImageLog } from '../images/builder.js';
+import {
+  CUSTOM_FILES_TAR,
+  customRecipe,
+  customShort,
+  readCustomRecords,
+  validateCustomSpec,
+  writeCustomRecord,
+  type CustomImageRecord,
+  type CustomImageSpec,
+} from '../images/custom.js';
+import { IMAGE_SHORT_NAMES, recipeHash, type ImageShortName } from '../images/recipes.js';
+import { TarGuard } from './tar-guard.js';
+
+export const DEFAULT_MAX_CUSTOM_IMAGES_PER_TENANT = 10;
+export const DEFAULT_MAX_IMAGE_FILES_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_IMAGE_BUILD_TIMEOUT_MS = 20 * 60_000;
+/** Bytes of build log kept with the record (the end: mmdebstrap and apt print their errors last). */
+const LOG_KEPT_BYTES = 32 * 1024;
+const ORPHAN_AGE_MS = 60 * 60_000;
+
+export interface CustomImageServiceOptions {
+  imagesDir: string;
+  /** The engine to import into (the docker executor is enabled); absent: rootfs only. */
+  docker?: Dockerode;
+  /** Also write rootfs.ext4 (the microvm executor is enabled). */
+  ext4?: boolean;
+  mirror?: string;
+  securityMirror?: string;
+  npmRegistry?: string;
+  maxPerTenant?: number;
+  maxFilesBytes?: number;
+  buildTimeoutMs?: number;
+  /** Told when an image was built or removed, so the executors re-read their image lists. */
+  onImagesChanged?: () => Promise<void> | void;
+  log?: { info(obj: object, msg?: string): void; warn(obj: object, msg?: string): void };
+}
+
+export interface Principal {
+  tenant: string;
+  isAdmin: boolean;
+}
+
+/** What the API shows of an image. */
+export interface CustomImageView {
+  name: string;
+  /** What requests name: `kindling/<name>`. */
+  image: string;
+  shared: boolean;
+  from: string;
+  apt: string[];
+  files: CustomImageRecord['files'];
+  status: CustomImageRecord['status'];
+  error: string | null;
+  sizeBytes: number | null;
+  recipeHash: string;
+  createdAt: string;
+  finishedAt: string | null;
+  log?: string;
+}
+
+export class CustomImageService {
+  private readonly records = new Map<string, CustomImageRecord>();
+  /** Builds run one after another: each is mostly single-threaded dpkg work and disk I/O. */
+  private queue: Promise<void> = Promise.resolve();
+  private readonly building = new Set<string>();
+
+  constructor(private readonly options: CustomImageServiceOptions) {}
+
+  /** Loads the records; a build the server did not finish (it stopped) is marked failed. */
+  async start(): Promise<void> {
+    await this.removeOrphans();
+    for (const record of await readCustomRecords(this.options.imagesDir)) {
+      if (record.status === 'building') {
+        record.status = 'failed';
+        record.error = 'the server stopped during the build; create the image again';
+        record.finishedAtMs = Date.now();
+        await writeCustomRecord(this.options.imagesDir, record).catch(() => undefined);
+      }
+      this.records.set(record.short, record);
+    }
+  }
+
+  /**
+   * A custom image's directory without its record is what a create that crashed before writing it left: removed once
+   * it is an hour old (a younger one may be another server's create in progress on the same images dir).
+   */
+  private async removeOrphans(): Promise<void> {
+    const names = await fs.readdir(this.options.imagesDir).catch(() => [] as string[]);
+    const recorded = new Set((await readCustomRecords(this.options.imagesDir)).map((record) => record.short));
+    for (const short of names.filter((name) => (name.startsWith('u.') || name.startsWith('s.')) && !recorded.has(name))) {
+      const dir = imagePaths(this.options.imagesDir, short).dir;
+      const stat = await fs.stat(dir).catch(() => null);
+      if (stat === null || Date.now() - stat.mtimeMs < ORPHAN_AGE_MS) continue;
+      this.options.log?.warn({ dir }, 'removing the directory of a custom image that has no record (an interrupted create)');
+      await safeRemove(dir).catch(() => undefined);
+    }
+  }
+
+  /** Waits for the builds queued so far (shutdown, tests). */
+  async idle(): Promise<void> {
+    await this.queue;
+  }
+
+  list(principal: Principal): CustomImageView[] {
+    return [...this.records.values()].filter((r) => r.tenant === null || r.tenant === principal.tenant).map((r) => view(r, false));
+  }
+
+  get(principal: Principal, name: string): CustomImageView {
+    return view(this.find(principal, name), true);
+  }
+
+  /**
+   * Creates (or replaces) the image `name` of the caller's tenant, or a shared one (`shared`, the admin only), and
+   * queues its build. `files` is a tar stream of the files to add (checked as it is stored).
+   */
+  async create(principal: Principal, name: string, spec: CustomImageSpec & { shared?: boolean }, files?: Readable): Promise<CustomImageView> {
+    const { base, apt, dest } = validateCustomSpec(name, spec);
+    if (spec.shared === true && !principal.isAdmin) throw new KindlingError('FORBIDDEN', 'only the admin key may create a shared image ("shared": true)');
+    const tenant = spec.shared === true ? null : principal.tenant;
+    const short = customShort(tenant, name);
+    const existing = this.records.get(short);
+    if (existing?.status === 'building' || this.building.has(short)) throw notReady(name, 'is being built; wait until its status is ready or failed, then create it again');
+    const max = this.options.maxPerTenant ?? DEFAULT_MAX_CUSTOM_IMAGES_PER_TENANT;
+    const owned = [...this.records.values()].filter((r) => r.tenant === tenant).length;
+    if (existing === undefined && owned >= max) {
+      throw new KindlingError('IMAGE_LIMIT', `${tenant === null ? 'the shared images' : `tenant "${tenant}"`} already keep${tenant === null ? '' : 's'} ${owned} custom images, the most allowed (${max}); delete one first`, { details: { limit: max } });
+    }
+    this.building.add(short);
+    try {
+      const dir = imagePaths(this.options.imagesDir, short).dir;
+      await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+      const stored = files === undefined ? null : await this.storeFiles(dir, files);
+      if (stored === null) await fs.rm(path.join(dir, CUSTOM_FILES_TAR), { force: true });
+      const recipe = customRecipe(short, name, base, apt, stored === null ? null : { tarball: path.join(dir, CUSTOM_FILES_TAR), sha256: stored.sha256, dest });
+      const record: CustomImageRecord = {
+        name,
+        tenant,
+        short,
+        image: `kindling/${short}`,
+        from: base.short as ImageShortName,
+        apt,
+        files: stored === null ? null : { ...stored, dest },
+        status: 'building',
+        error: null,
+        recipeHash: recipeHash(recipe),
+        sizeBytes: null,
+        createdAtMs: Date.now(),
+        finishedAtMs: null,
+        log: '',
+      };
+      await writeCustomRecord(this.options.imagesDir, record);
+      this.records.set(short, record);
+      this.queue = this.queue.then(() => this.build(record, recipe)).finally(() => this.building.delete(short));
+      return view(record, false);
+    } catch (error) {
+      this.building.delete(short);
+      // A refused first create (bad files) leaves nothing; a refused replacement keeps the image it would replace.
+      if (existing === undefined) await safeRemove(imagePaths(this.options.imagesDir, short).dir).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async delete(principal: Principal, name: string): Promise<void> {
+    const record = this.find(principal, name);
+    if (record.tenant === null && !principal.isAdmin) throw new KindlingError('FORBIDDEN', `"${name}" is a shared image: only the admin key may delete it`);
+    if (record.status === 'building' || this.building.has(record.short)) throw notReady(name, 'is being built; delete it once its status is ready or failed');
+    this.records.delete(record.short);
+    await this.options.onImagesChanged?.();
+    if (this.options.docker !== undefined) {
+      await this.options.docker.getImage(`${record.image}:latest`).remove({ force: true }).catch(() => undefined);
+    }
+    await safeRemove(imagePaths(this.options.imagesDir, record.short).dir);
+    await this.options.onImagesChanged?.();
+  }
+
+  /**
+   * The image an executor is given for `image` as named by `tenant` (null: an internal caller, no tenant's images):
+   * a tenant's own custom image first, then a shared one; built-in and other names unchanged. A scoped name of another
+   * tenant, or of an image not built yet, is refused.
+   */
+  resolve(image: string, tenant: string | null): string {
+    const match = /^kindling\/([a-z0-9][a-z0-9.-]*)(?::latest)?$/.exec(image);
+    const short = match?.[1];
+    if (short === undefined || (IMAGE_SHORT_NAMES as readonly string[]).includes(short)) return image;
+    if (short.startsWith('u.') || short.startsWith('s.')) {
+      const own = short.startsWith('s.') || (tenant !== null && short.startsWith(`u.${tenant}.`));
+      if (!own) throw new KindlingError('UNKNOWN_IMAGE', `image "${image}" is not one of this tenant's images; see GET /v1/images`, { details: { field: 'image' } });
+      const record = this.records.get(short);
+      if (record !== undefined && record.status !== 'ready') throw notReady(record.name, `is ${record.status}`);
+      return image;
+    }
+    const record = (tenant === null ? undefined : this.records.get(customShort(tenant, short))) ?? this.records.get(customShort(null, short));
+    if (record === undefined) return image;
+    if (record.status !== 'ready') throw notReady(record.name, record.status === 'failed' ? `failed to build (${(record.error ?? '').slice(0, 200)}); see GET /v1/images/${record.name}` : 'is still being built');
+    return record.image;
+  }
+
+  private find(principal: Principal, name: string): CustomImageRecord {
+    const record = this.records.get(customShort(principal.tenant, name)) ?? this.records.get(customShort(null, name));
+    if (record === undefined) throw new KindlingError('IMAGE_NOT_FOUND', `no custom image "${name.slice(0, 80)}" for tenant "${principal.tenant}" (nor a shared one); see GET /v1/images`);
+    return record;
+  }
+
+  /** Stores the uploaded tar as files.tar once it passed the guard and the size limit; its sha256 names its content. */
+  private async storeFiles(dir: string, files: Readable): Promise<{ sha256: string; bytes: number; entries: number }> {
+    const max = this.options.maxFilesBytes ?? DEFAULT_MAX_IMAGE_FILES_BYTES;
+    const hash = createHash('sha256');
+    let bytes = 0;
+    const meter = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        bytes += chunk.length;
+        if (bytes > max) return done(new KindlingError('PAYLOAD_TOO_LARGE', `the image's files are larger than ${max} bytes (--max-image-files-bytes)`));
+        hash.update(chunk);
+        done(null, chunk);
+      },
+    });
+    const guard = new TarGuard();
+    const partial = path.join(dir, `${CUSTOM_FILES_TAR}.${randomBytes(4).toString('hex')}.tmp`);
+    try {
+      await pipeline(files, meter, guard, createWriteStream(partial, { mode: 0o600 }));
+      await fs.rename(partial, path.join(dir, CUSTOM_FILES_TAR));
+    } catch (error) {
+      await fs.rm(partial, { force: true });
+      if (error instanceof KindlingError && error.code !== 'BUNDLE_INVALID' && error.code !== 'SANDBOX_TAR_INVALID') throw error;
+      throw new KindlingError('IMAGE_FILES_INVALID', `the image's files: ${(error as Error).message}`, { details: { field: 'files' } });
+    }
+    return { sha256: hash.digest('hex'), bytes, entries: guard.summary.entries };
+  }
+
+  private async build(record: CustomImageRecord, recipe: ReturnType<typeof customRecipe>): Promise<void> {
+    let log = '';
+    const keep = (line: string): void => {
+      log += `${line}\n`;
+      if (log.length > LOG_KEPT_BYTES * 2) log = log.slice(-LOG_KEPT_BYTES);
+    };
+    const imageLog: ImageLog = { info: keep, warn: (line) => keep(`warning: ${line}`), debug: keep };
+    const abort = AbortSignal.timeout(this.options.buildTimeoutMs ?? DEFAULT_IMAGE_BUILD_TIMEOUT_MS);
+    try {
+      const [result] = await buildImages({
+        imagesDir: this.options.imagesDir,
+        recipes: [recipe],
+        force: true,
+        ...(this.options.docker !== undefined ? { docker: this.options.docker } : {}),
+        ext4: this.options.ext4 ?? false,
+        concurrency: 1,
+        ...(this.options.mirror !== undefined ? { mirror: this.options.mirror } : {}),
+        ...(this.options.securityMirror !== undefined ? { securityMirror: this.options.securityMirror } : {}),
+        ...(this.options.npmRegistry !== undefined ? { npmRegistry: this.options.npmRegistry } : {}),
+        log: imageLog,
+        signal: abort,
+      });
+      record.status = 'ready';
+      record.sizeBytes = result?.sizeBytes ?? null;
+      this.options.log?.info({ image: record.image, ms: result?.durationMs }, 'custom image built');
+    } catch (error) {
+      record.status = 'failed';
+      const cause = error instanceof ImageBuildError ? error.results[0]?.error : error;
+      record.error = (cause instanceof Error ? cause.message : String(cause)).slice(0, 2000);
+      this.options.log?.warn({ image: record.image, error: record.error }, 'custom image build failed');
+    }
+    record.finishedAtMs = Date.now();
+    record.log = log.slice(-LOG_KEPT_BYTES);
+    // Deleted while it was queued: nothing to record.
+    if (this.records.get(record.short) !== record) return;
+    await writeCustomRecord(this.options.imagesDir, record).catch(() => undefined);
+    await this.options.onImagesChanged?.();
+  }
+}
+
+function notReady(name: string, why: string): KindlingError {
+  return new KindlingError('IMAGE_NOT_READY', `custom image "${name}" ${why}`, { details: { image: name } });
+}
+
+function view(record: CustomImageRecord, withLog: boolean): CustomImageView {
+  return {
+    name: record.name,
+    image: `kindling/${record.name}`,
+    shared: record.tenant === null,
+    from: record.from,
+    apt: record.apt,
+    files: record.files,
+    status: record.status,
+    error: record.error,
+    sizeBytes: record.sizeBytes,
+    recipeHash: record.recipeHash,
+    createdAt: new Date(record.createdAtMs).toISOString(),
+    finishedAt: record.finishedAtMs === null ? null : new Date(record.finishedAtMs).toISOString(),
+    ...(withLog ? { log: record.log } : {}),
+  };
+}
+

@@ -1,0 +1,158 @@
+/**
+ * Custom images end to end on a real server with the sandbox and docker executors: an image made of `base` plus a
+ * Debian package (jq, from the real mirror) and a directory of files is built by the server (mmdebstrap, the Docker
+ * import), then used by one-off executions on both executors, a command function and a persistent sandbox; another
+ * tenant can neither see nor name it; bad requests get 400s that say what to change; a package that does not exist
+ * fails the build with apt's message; delete removes the rootfs and the Docker image.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ImageBuildFailedError, Kindling, KindlingError } from '@kindling/sdk';
+import { directoryMaker } from './helpers/directories.js';
+import { IMAGES_DIR, docker, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
+
+const directory = directoryMaker('kindling-image-files-');
+const tar = (dir: string): Buffer => execFileSync('tar', ['-cf', '-', '-C', dir, '.']);
+/** Unique per run: the images dir is the machine's, shared with any other server on it. */
+const NAME = `jq-${process.pid}`;
+const BROKEN = `broken-${process.pid}`;
+const refused = async (promise: Promise<unknown>): Promise<KindlingError> =>
+  promise.then(
+    () => assert.fail('the request was accepted'),
+    (error: unknown) => error as KindlingError,
+  );
+
+const unavailable = (await sandboxUnavailableReason()) ?? (await dockerUnavailableReason());
+describe('custom images (sandbox and docker executors)', { skip: unavailable ?? false }, () => {
+  let server: TestServer;
+  let client: Kindling;
+  before(async () => {
+    server = await startTestServer({ executor: 'sandbox', enableExecutors: ['docker'] });
+    client = new Kindling({ url: server.url });
+    const files = directory({ 'bin/hello': '#!/bin/sh\necho "hello from $0 $1"\n', 'data/answer.json': '{"answer": [40, 2]}\n' });
+    execFileSync('chmod', ['0755', join(files, 'bin/hello')]);
+    const built = await client.images.create(NAME, { from: 'base', apt: ['jq'] }, { files: tar(files), pollIntervalMs: 500, requestTimeoutMs: 0 });
+    assert.equal(built.status, 'ready', built.error ?? '');
+  });
+  after(async () => {
+    await client?.images.delete(NAME).catch(() => undefined);
+    await client?.images.delete(BROKEN).catch(() => undefined);
+    await server?.stop();
+    for (const short of [`u.default.${NAME}`, `u.default.${BROKEN}`]) {
+      await rm(join(IMAGES_DIR, short), { recursive: true, force: true });
+      await docker.getImage(`kindling/${short}:latest`).remove({ force: true }).catch(() => undefined);
+    }
+  });
+
+  it('is listed with its packages, files and size, and its build log', async () => {
+    const listed = (await client.images.list()).find((image) => image.name === NAME);
+    assert.ok(listed, 'the image is listed');
+    assert.equal(listed.image, `kindling/${NAME}`);
+    assert.deepEqual(listed.apt, ['jq']);
+    assert.equal(listed.files?.dest, `/opt/${NAME}`);
+    assert.ok((listed.sizeBytes ?? 0) > 10 * 1024 * 1024, `size ${listed.sizeBytes}`);
+    const shown = await client.images.get(NAME);
+    assert.match(shown.log ?? '', /building rootfs \(jq\)/);
+  });
+
+  it('runs on the sandbox and the docker executor: the package and the files are there', async () => {
+    for (const executor of ['sandbox', 'docker']) {
+      const result = await client.execute({
+        image: `kindling/${NAME}`,
+        command: ['sh', '-c', `jq -c '.answer | add' /opt/${NAME}/data/answer.json && /opt/${NAME}/bin/hello x`],
+        executor,
+      });
+      assert.equal(result.exitCode, 0, `${executor}: ${result.stderr}`);
+      assert.equal(result.stdout, `42\nhello from /opt/${NAME}/bin/hello x\n`, executor);
+    }
+  });
+
+  it('serves a command function and a persistent sandbox', async () => {
+    await client.functions.deploy(`fn-${NAME}`, { image: `kindling/${NAME}`, command: ['jq', '-c', '.n * 2'] });
+    assert.equal((await client.functions.invoke(`fn-${NAME}`, '{"n": 21}')).text(), '42\n');
+    const sandbox = await client.sandboxes.create({ image: `kindling/${NAME}` });
+    try {
+      const result = await sandbox.commands.run(['jq', '--version']);
+      assert.match(result.stdout, /^jq-1\./);
+    } finally {
+      await sandbox.kill();
+    }
+  });
+
+  it('bad requests get 400s that say what to change', async () => {
+    const cases: [Promise<unknown>, string, RegExp][] = [
+      [client.images.create('Bad_Name', { from: 'base' }, { wait: false }), 'VALIDATION_FAILED', /image name/],
+      [client.images.create('python', { from: 'base' }, { wait: false }), 'VALIDATION_FAILED', /built-in/],
+      [client.images.create('x1', { from: 'nope' }, { wait: false }), 'UNKNOWN_IMAGE', /built-in image/],
+      [client.images.create('x1', { from: 'base', apt: ['jq; rm -rf /'] }, { wait: false }), 'VALIDATION_FAILED', /Debian package name/],
+      [client.images.create('x1', { from: 'base', apt: ['-oAPT::x=1'] }, { wait: false }), 'VALIDATION_FAILED', /Debian package name/],
+      [client.images.create('x1', { from: 'base', filesDest: '/etc' }, { wait: false }), 'VALIDATION_FAILED', /filesDest/],
+      [client.images.create('x1', { from: 'base', filesDest: '/opt/../etc' }, { wait: false }), 'VALIDATION_FAILED', /filesDest/],
+      [client.execute({ image: `kindling/u.someone-else.${NAME}`, command: ['true'] }), 'UNKNOWN_IMAGE', /not one of this tenant's images/],
+    ];
+    for (const [promise, code, message] of cases) {
+      const error = await refused(promise);
+      assert.equal(error.status, 400, error.message);
+      assert.equal(error.code, code, error.message);
+      assert.match(error.message, message);
+    }
+    // A tar with an entry that climbs out of its directory: refused before anything is built.
+    const climbing = directory({ 'inner/file': 'x' });
+    const evil = execFileSync('tar', ['-cf', '-', '-C', join(climbing, 'inner'), '--transform', 's,^,../../,', 'file']);
+    const error = await refused(client.images.create('x2', { from: 'base' }, { files: evil, wait: false }));
+    assert.equal(error.code, 'IMAGE_FILES_INVALID', error.message);
+    assert.equal((await client.images.list()).some((image) => image.name === 'x1' || image.name === 'x2'), false);
+    assert.equal(existsSync(join(IMAGES_DIR, 'u.default.x2')), false, 'a refused create left its directory behind');
+  });
+
+  it("another tenant neither lists nor runs this tenant's image", async () => {
+    const made = await client.tenants.create('image-other');
+    const admin = new Kindling({ url: server.url, apiKey: made.adminKey! });
+    const other = new Kindling({ url: server.url, apiKey: made.apiKey });
+    try {
+      assert.deepEqual((await other.images.list()).map((image) => image.name), []);
+      assert.equal((await refused(other.images.get(NAME))).status, 404);
+      const error = await refused(other.execute({ image: `kindling/${NAME}`, command: ['true'] }));
+      assert.equal(error.code, 'UNKNOWN_IMAGE');
+      assert.equal((await refused(other.execute({ image: `kindling/u.default.${NAME}`, command: ['true'] }))).code, 'UNKNOWN_IMAGE');
+      // Its owner (the default tenant, through the admin key) still runs it.
+      assert.equal((await admin.execute({ image: `kindling/${NAME}`, command: ['jq', '-n', '1'] })).stdout, '1\n');
+    } finally {
+      // Back to the open local mode for the next tests: remove the keys by deleting the tenant, then the admin key.
+      await admin.tenants.delete('image-other').catch(() => undefined);
+      client = admin;
+    }
+  });
+
+  it("a package that does not exist fails the build with apt's message; the image cannot be used", async () => {
+    const error = await client.images.create(BROKEN, { from: 'base', apt: ['kindling-no-such-package-4f2a9c'] }, { pollIntervalMs: 500, requestTimeoutMs: 0 }).then(
+      () => assert.fail('the build succeeded'),
+      (caught: unknown) => caught as ImageBuildFailedError,
+    );
+    assert.ok(error instanceof ImageBuildFailedError, String(error));
+    assert.equal(error.image.status, 'failed');
+    assert.match(`${error.image.error ?? ''}\n${error.image.log ?? ''}`, /kindling-no-such-package-4f2a9c/);
+    const used = await refused(client.execute({ image: `kindling/${BROKEN}`, command: ['true'] }));
+    assert.equal(used.code, 'IMAGE_NOT_READY');
+    assert.equal(used.status, 409);
+  });
+
+  it('delete removes the rootfs and the Docker image; the name is unknown afterwards', async () => {
+    const name = `gone-${process.pid}`;
+    const built = await client.images.create(name, { from: 'base' }, { pollIntervalMs: 500, requestTimeoutMs: 0 });
+    assert.equal(built.status, 'ready');
+    const short = `u.default.${name}`;
+    assert.ok(existsSync(join(IMAGES_DIR, short, 'rootfs', 'usr')));
+    assert.ok(await docker.getImage(`kindling/${short}:latest`).inspect());
+    await client.images.delete(name);
+    assert.equal(existsSync(join(IMAGES_DIR, short)), false);
+    await assert.rejects(docker.getImage(`kindling/${short}:latest`).inspect());
+    assert.equal((await refused(client.images.get(name))).status, 404);
+    const error = await refused(client.execute({ image: `kindling/${name}`, command: ['true'] }));
+    assert.equal(error.code, 'UNKNOWN_IMAGE');
+  });
+});
