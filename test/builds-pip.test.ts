@@ -129,8 +129,9 @@ describe('python dependency builds (sandbox executor, a local package index)', {
   });
 
   it('a python3.13 bundle is built in its own image with that image\'s pip (bookworm\'s pip 23 does not run on 3.13)', async () => {
-    const dir = directory({ 'handler.py': 'import sys, kgreet\n\ndef main(body):\n    return "%d.%d %s" % (sys.version_info[0], sys.version_info[1], kgreet.greet(body.decode()))\n', 'requirements.txt': 'kgreet==1.0.0\n' });
-    const bookworm = await client.functions.deployBundle('py311-deps', { runtime: 'python', handler: 'handler.py:main' }, tarOf(dir), { requestTimeoutMs: 0 });
+    // Requirements of their own (a comment changes the lockfile's hash): both layers are built here, whatever ran before.
+    const dir = directory({ 'handler.py': 'import sys, kgreet\n\ndef main(body):\n    return "%d.%d %s" % (sys.version_info[0], sys.version_info[1], kgreet.greet(body.decode()))\n', 'requirements.txt': 'kgreet==1.0.0\n# per image\n' });
+    const bookworm = await client.functions.deployBundle('py311-deps', { runtime: 'python3.11', handler: 'handler.py:main' }, tarOf(dir), { requestTimeoutMs: 0 });
     const trixie = await client.functions.deployBundle('py313-deps', { runtime: 'python3.13', handler: 'handler.py:main' }, tarOf(dir), { requestTimeoutMs: 0 });
     // The same requirements, another image: a layer of its own, built (the image is part of the layer's key).
     assert.notEqual(trixie.layer?.sha256, bookworm.layer?.sha256);

@@ -107,7 +107,7 @@ describe('dependency builds (sandbox executor, npm registry)', { skip: sandboxMi
     assert.match(String(view.layer?.buildId), /^bld_/);
     assert.equal((await client.functions.builds('deps-keep')).find((b) => b.id === view.layer?.buildId)?.status, 'ready');
     const listed = await execFileAsync('node', [CLI, 'functions', 'list', ...url]);
-    assert.match(listed.stdout, /deps-keep\s+1\s+handler\s+node\s+failed/);
+    assert.match(listed.stdout, /deps-keep\s+1\s+handler\s+node20\s+failed/);
     assert.equal((await client.functions.invoke('deps-keep', '1m')).text(), '60000');
   });
 

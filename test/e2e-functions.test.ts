@@ -56,15 +56,16 @@ describe('functions end to end (sandbox executor)', { skip: unavailable ?? false
       versions.map((v) => [v.version, v.style, v.latest, v.runtime ?? v.image]),
       [
         [1, 'command', false, 'kindling/base'],
-        [2, 'command', false, 'python'],
-        [3, 'handler', true, 'node'],
+        // Deployed as python and node: a version stores the concrete runtime.
+        [2, 'command', false, 'python3.13'],
+        [3, 'handler', true, 'node20'],
       ],
     );
     assert.deepEqual(versions[0]!.command, ['echo', 'one'], 'each version carries its own spec');
     assert.ok(versions.every((v, i) => i === 0 || v.createdAtMs >= versions[i - 1]!.createdAtMs));
     const printed = (await execFileAsync('node', [CLI, 'functions', 'versions', 'versioned', '--url', server.url])).stdout;
     assert.match(printed, /^1\s+command\s+kindling\/base/m);
-    assert.match(printed, /^3\s+handler\s+node\s+\S+\s+latest$/m);
+    assert.match(printed, /^3\s+handler\s+node20\s+\S+\s+latest$/m);
     await assert.rejects(client.functions.versions('nope'), (e: unknown) => e instanceof NotFoundError && e.code === 'FUNCTION_NOT_FOUND' && e.status === 404);
   });
 

@@ -221,7 +221,7 @@ describe('operator job runner (sandbox executor)', { skip: unavailable ?? false 
     const tenant = `chain-${caller.toLowerCase()}`;
     const instance = (await output(caller, 6, ['', 'python:3.12', 1, 128, 1, false])) as string;
     const view = server.services.sandboxes.get(tenant, instance);
-    assert.deepEqual([view.image, view.limits.memoryMb, view.limits.cpus, view.limits.diskMb, view.state], ['kindling/python', 128, 1, 1024, 'running']);
+    assert.deepEqual([view.image, view.limits.memoryMb, view.limits.cpus, view.limits.diskMb, view.state], ['kindling/python3.13', 128, 1, 1024, 'running']);
     assert.equal(await output(caller, 8, [instance]), 'paused');
     assert.equal(server.services.sandboxes.get(tenant, instance).state, 'paused');
     assert.equal(await output(caller, 9, [instance]), 'running');

@@ -1,7 +1,8 @@
 /**
  * The runtimes of Debian trixie beside bookworm's, end to end on a real server: `node20` and `python3.13` run code,
  * handler functions and persistent sandboxes in their own images (kindling/node20, kindling/python3.13), `node18` and
- * `python3.11` name bookworm's, `node` and `python` stay bookworm's; a node20 bundle's npm dependencies are built in the
+ * `python3.11` name bookworm's, `node` and `python` mean the newest and a deployed version or a sandbox stores the
+ * concrete runtime; a node20 bundle's npm dependencies are built in the
  * node20 image (the real registry); the original's image names `node:20*` / `python:3.13*` pick them. On the sandbox
  * executor, and on docker where the engine is reachable.
  */
@@ -29,14 +30,14 @@ for (const executor of ['sandbox', 'docker'] as const) {
     });
     after(() => server?.stop());
 
-    it('runs code on node20 and python3.13, and on bookworm\'s node18/node and python3.11/python', async () => {
+    it('runs code on node20/node and python3.13/python, and on bookworm\'s node18 and python3.11', async () => {
       const expected: [string, string, string][] = [
         ['node20', NODE_VERSION, '20'],
         ['node18', NODE_VERSION, '18'],
-        ['node', NODE_VERSION, '18'],
+        ['node', NODE_VERSION, '20'],
         ['python3.13', PYTHON_VERSION, '3.13'],
         ['python3.11', PYTHON_VERSION, '3.11'],
-        ['python', PYTHON_VERSION, '3.11'],
+        ['python', PYTHON_VERSION, '3.13'],
       ];
       for (const [runtime, code, version] of expected) {
         const result = await client.run(runtime, code);
@@ -78,6 +79,22 @@ for (const executor of ['sandbox', 'docker'] as const) {
       }
     });
 
+    it('a function deployed as node or python stores node20 or python3.13; a sandbox of python stores python3.13', async () => {
+      const node = await client.functions.deploy(`newest-node-${executor}`, { runtime: 'node', handler: 'handler', code: 'export const handler = () => process.versions.node.split(".")[0];\n' });
+      assert.equal(node.runtime, 'node20');
+      assert.equal((await client.functions.invoke(`newest-node-${executor}`, '')).text(), '20');
+      const python = await client.functions.deploy(`newest-py-${executor}`, { runtime: 'python', code: PYTHON_VERSION });
+      assert.equal(python.runtime, 'python3.13');
+      assert.equal((await client.functions.invoke(`newest-py-${executor}`, '')).text().trim(), '3.13');
+      const sandbox = await client.sandboxes.create({ runtime: 'python' });
+      try {
+        assert.equal(sandbox.info.runtime, 'python3.13');
+        assert.equal((await sandbox.commands.run(['python3', '-c', PYTHON_VERSION])).stdout.trim(), '3.13');
+      } finally {
+        await sandbox.kill();
+      }
+    });
+
     it('a persistent sandbox of node20 keeps its runtime across commands', async () => {
       const sandbox = await client.sandboxes.create({ runtime: 'node20' });
       try {
@@ -94,7 +111,7 @@ for (const executor of ['sandbox', 'docker'] as const) {
       assert.equal(deployed.layer?.reused, false, 'a dependency layer was built');
       assert.equal((await client.functions.invoke('n20-deps', '2s')).text(), '20:2000');
       // The same lockfile on node 18 is another layer (the image is part of its key), built in node 18's image.
-      const node18 = await client.functions.deployBundle('n18-deps', { runtime: 'node', handler: 'index.js:handler' }, execFileSync('tar', ['-cf', '-', '-C', dir, '.']), { requestTimeoutMs: 0 });
+      const node18 = await client.functions.deployBundle('n18-deps', { runtime: 'node18', handler: 'index.js:handler' }, execFileSync('tar', ['-cf', '-', '-C', dir, '.']), { requestTimeoutMs: 0 });
       assert.notEqual(node18.layer?.sha256, deployed.layer?.sha256);
       assert.equal((await client.functions.invoke('n18-deps', '1s')).text(), '18:1000');
     });

@@ -11,8 +11,8 @@ export function unknownExecutorMessage(name: string, enabled: Iterable<string>):
 }
 
 /**
- * `python` and `node` are Debian bookworm's (3.11, 18); `python3.13` and `node20` are trixie's; `python3.11` and `node18`
- * name bookworm's explicitly. `deno` and `bun` run TypeScript (and JavaScript) as it is, types stripped.
+ * `python` and `node` mean the newest: Debian trixie's `python3.13` and `node20` (stored as those names); `python3.11`
+ * and `node18` are bookworm's. `deno` and `bun` run TypeScript (and JavaScript) as it is, types stripped.
  */
 export const RUNTIME_NAMES = ['bash', 'python', 'node', 'rust', 'python3.11', 'python3.13', 'node18', 'node20', 'deno', 'bun', 'go'] as const;
 export type RuntimeName = (typeof RUNTIME_NAMES)[number];

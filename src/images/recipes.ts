@@ -142,8 +142,7 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     short: 'python',
     name: 'kindling/python',
     tag: 'latest',
-    runtime: 'python',
-    aliases: ['python3.11'],
+    runtime: 'python3.11',
     description: "Debian's python3 (3.11) with the full standard library",
     // python3 pulls libpython3.11-stdlib; distutils (and lib2to3) are split out by Debian.
     packages: ['python3', 'python3-distutils'],
@@ -156,8 +155,7 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     short: 'node',
     name: 'kindling/node',
     tag: 'latest',
-    runtime: 'node',
-    aliases: ['node18'],
+    runtime: 'node18',
     description: "Debian bookworm's nodejs 18.x",
     packages: ['nodejs'],
     // Sources are Debian's only (never the host's, which may carry nodesource); assert the major to stay deterministic.
@@ -170,6 +168,8 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     name: 'kindling/python3.13',
     tag: 'latest',
     runtime: 'python3.13',
+    // `python` (the runtime) means the newest: this image.
+    aliases: ['python'],
     description: "Debian trixie's python3 (3.13) with the full standard library",
     suite: 'trixie',
     // python3-pip-whl: trixie's pip wheel (1.5 MB), which dependency builds run; the host's bookworm pip 23 fails on 3.13.
@@ -184,6 +184,7 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     name: 'kindling/node20',
     tag: 'latest',
     runtime: 'node20',
+    aliases: ['node'],
     description: "Debian trixie's nodejs 20.x",
     suite: 'trixie',
     packages: ['nodejs'],

@@ -10,7 +10,7 @@ import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
-import { RUNTIMES, handlerFamily, runtimeDefinition } from './runtimes.js';
+import { RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition } from './runtimes.js';
 import { layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 import { newId } from '../core/ids.js';
 import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
@@ -194,6 +194,8 @@ export class FunctionService {
     quota: DeployQuota = {},
   ): Promise<{ view: FunctionView; created: boolean } | { building: BuildRecord; done: Promise<{ view: FunctionView; created: boolean }> }> {
     checkName(name);
+    // A version stores the concrete runtime (`node` -> `node20`): what it runs never moves with the newest.
+    if (spec.runtime !== undefined) spec = { ...spec, runtime: concreteRuntime(spec.runtime) };
     const executor = spec.executor ?? this.options.defaultExecutor;
     await this.validate(spec, executor, caps, tenant);
     if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);

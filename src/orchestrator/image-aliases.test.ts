@@ -9,8 +9,8 @@ test('the base families map to the base image, with or without a tag', () => {
   }
 });
 
-test('language images map to the runtime of that name; a tag of node 20 or python 3.13 picks that runtime', () => {
-  assert.deepEqual(resolveImageAlias('python:3.11-slim'), { runtime: 'python' });
+test('language images map to the runtime of that name (the newest); a tag of a version Kindling has picks it', () => {
+  assert.deepEqual(resolveImageAlias('python:3.11-slim'), { runtime: 'python3.11' });
   assert.deepEqual(resolveImageAlias('python'), { runtime: 'python' });
   assert.deepEqual(resolveImageAlias('python:3.13-slim'), { runtime: 'python3.13' });
   assert.deepEqual(resolveImageAlias('python:3.13'), { runtime: 'python3.13' });
@@ -18,8 +18,11 @@ test('language images map to the runtime of that name; a tag of node 20 or pytho
   assert.deepEqual(resolveImageAlias('node:20-slim'), { runtime: 'node20' });
   assert.deepEqual(resolveImageAlias('node:20.11.1'), { runtime: 'node20' });
   assert.deepEqual(resolveImageAlias('node:200'), { runtime: 'node' });
-  assert.deepEqual(resolveImageAlias('node:18-alpine'), { runtime: 'node' });
+  assert.deepEqual(resolveImageAlias('node:18-alpine'), { runtime: 'node18' });
   assert.equal(imageOfAlias(resolveImageAlias('node:20')), 'kindling/node20');
+  // An untagged or other-version name gets the newest.
+  assert.equal(imageOfAlias(resolveImageAlias('node')), 'kindling/node20');
+  assert.equal(imageOfAlias(resolveImageAlias('python:3')), 'kindling/python3.13');
   assert.deepEqual(resolveImageAlias('rust:1.75'), { runtime: 'rust' });
   assert.deepEqual(resolveImageAlias('golang:1.24-bookworm'), { runtime: 'go' });
   assert.deepEqual(resolveImageAlias('denoland/deno:2.1.4'), { runtime: 'deno' });

@@ -14,10 +14,12 @@ export type ImageAlias = { runtime: RuntimeName } | { image: string };
 const BASE_FAMILIES = ['alpine', 'debian', 'ubuntu', 'busybox'] as const;
 /** Names whose image is a language runtime: the runtime of that name (its image, its defaults). */
 const RUNTIME_FAMILIES: Record<string, RuntimeName> = { python: 'python', node: 'node', rust: 'rust', golang: 'go' };
-/** Tags that name a newer runtime of the family than its default (`node:20-slim`, `python:3.13`). */
+/** Tags that name a version Kindling has (`node:18-slim`, `python:3.11`); other tags get the family's newest. */
 const VERSIONED_TAGS: readonly { family: string; tag: RegExp; runtime: RuntimeName }[] = [
   { family: 'node', tag: /^20(?![0-9])/, runtime: 'node20' },
+  { family: 'node', tag: /^18(?![0-9])/, runtime: 'node18' },
   { family: 'python', tag: /^3\.13(?![0-9])/, runtime: 'python3.13' },
+  { family: 'python', tag: /^3\.11(?![0-9])/, runtime: 'python3.11' },
 ];
 /** The official images of the TypeScript runtimes (`denoland/deno:2`, `oven/bun:1-slim`): those runtimes. */
 const NAMESPACED_RUNTIMES: Record<string, RuntimeName> = { 'denoland/deno': 'deno', 'oven/bun': 'bun' };
@@ -36,8 +38,8 @@ export const ACCEPTED_IMAGE_NAMES: readonly string[] = [
  * `alpine`, `debian`, `ubuntu`, `busybox` (any tag) -> the base image; `python:*`, `node:*`, `rust:*` -> that runtime;
  * `golang:*` -> go; `denoland/deno:*`, `oven/bun:*` -> deno, bun;
  * a `kindling/...` name as is (the executor then says whether it exists). Anything else: UNKNOWN_IMAGE (400) listing
- * the accepted names. A tag picks a version only where Kindling has that one beside the default: `node:20*` -> node20,
- * `python:3.13*` -> python3.13; other tags get the family's default (see docs/operator.md).
+ * the accepted names. A tag picks a version Kindling has: `node:20*` -> node20, `node:18*` -> node18, `python:3.13*` ->
+ * python3.13, `python:3.11*` -> python3.11; other tags get the family's newest (see docs/operator.md).
  */
 export function resolveImageAlias(name: string): ImageAlias {
   if (name.startsWith(PROJECT_PREFIX) && name.length > PROJECT_PREFIX.length) return { image: name };

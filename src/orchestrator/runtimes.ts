@@ -62,11 +62,12 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
     defaults: {},
     prepare: (code) => ({ command: ['bash', `${CODE_DIR}/main.sh`], files: [{ name: 'main.sh', content: code }] }),
   },
-  python: python('python', 'kindling/python'),
+  // `python` and `node` name the newest (see RUNTIME_ALIASES); python3.11 and node18 stay selectable.
+  python: python('python', 'kindling/python3.13', true),
   'python3.11': python('python3.11', 'kindling/python'),
   // trixie's pip: bookworm's pip 23 (the host's wheel) fails on Python 3.12+ (pkgutil.ImpImporter is gone).
   'python3.13': python('python3.13', 'kindling/python3.13', true),
-  node: node('node', 'kindling/node'),
+  node: node('node', 'kindling/node20'),
   node18: node('node18', 'kindling/node'),
   node20: node('node20', 'kindling/node20'),
   deno: typescript('deno'),
@@ -91,6 +92,20 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
     }),
   },
 };
+
+/**
+ * Runtime names that mean "the newest of the family" and the runtime they mean today. What is stored (a function
+ * version, a sandbox) names the concrete runtime, so a later change of the newest never changes what a deployed
+ * version runs; versions stored before `node` and `python` meant Node 20 and Python 3.13 were migrated to node18 and
+ * python3.11 (store/sqlite.ts, store/sandboxes-sqlite.ts).
+ */
+export const RUNTIME_ALIASES: Readonly<Partial<Record<RuntimeName, RuntimeName>>> = { node: 'node20', python: 'python3.13' };
+
+/** The concrete runtime a name means now (`node` -> `node20`); other names, and no name, unchanged. */
+export function concreteRuntime<T extends string | undefined | null>(runtime: T): T {
+  if (typeof runtime !== 'string' || !Object.hasOwn(RUNTIME_ALIASES, runtime)) return runtime;
+  return RUNTIME_ALIASES[runtime as RuntimeName] as T;
+}
 
 /** The handler agents' languages: a handler function runs on a runtime of one of these families (deno and bun run
  *  the node agent, with a TypeScript handler). */

@@ -28,7 +28,7 @@ import type { BodyPump, Executor, PersistentSandbox, SandboxCommand } from '../e
 import type { SandboxRecord, SandboxState, SnapshotRecord, SqliteSandboxStore } from '../store/sandboxes-sqlite.js';
 import { BASE_ENV, type ImageResolver } from './execution-service.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
-import { RUNTIMES } from './runtimes.js';
+import { RUNTIMES, concreteRuntime } from './runtimes.js';
 import { BackgroundCommand, CommandRegistry, DEFAULT_BACKGROUND_OUTPUT_BYTES, MAX_BACKGROUND_OUTPUT_BYTES, type CommandEvent, type OutputChunk, type SandboxCommandView } from './sandbox-commands.js';
 import { StringDecoder } from 'node:string_decoder';
 import { SandboxAccounting, type SandboxMeterHooks } from './sandbox-accounting.js';
@@ -321,7 +321,8 @@ export class SandboxService {
       state: 'running',
       executor: executorName,
       image,
-      runtime: request.runtime ?? null,
+      // The concrete runtime (`python` -> `python3.13`): a restart or a fork gets the same image however `python` moves.
+      runtime: concreteRuntime(request.runtime ?? null),
       limits: { memoryMb: limits.memoryMb, cpus: limits.cpus, pids: limits.pids, diskMb: limits.diskMb },
       envNames: Object.keys(request.env ?? {}),
       workdir: WORKDIR,

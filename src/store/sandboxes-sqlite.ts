@@ -70,6 +70,18 @@ CREATE TABLE IF NOT EXISTS sandbox_snapshots (
 CREATE INDEX IF NOT EXISTS sandbox_snapshots_tenant ON sandbox_snapshots (tenant);
 `;
 
+/**
+ * Records made while `node` and `python` meant bookworm's Node 18 and Python 3.11 name those runtimes; they are renamed
+ * to node18 and python3.11 so a restart, fork or snapshot keeps its image. Records made since store the concrete
+ * runtime (never `node` or `python`), so running this at every start changes nothing twice.
+ */
+const PIN_LEGACY_RUNTIMES = ['sandboxes', 'sandbox_snapshots']
+  .flatMap((table) => [
+    `UPDATE ${table} SET record = json_set(record, '$.runtime', 'node18') WHERE json_extract(record, '$.runtime') = 'node';`,
+    `UPDATE ${table} SET record = json_set(record, '$.runtime', 'python3.11') WHERE json_extract(record, '$.runtime') = 'python';`,
+  ])
+  .join('\n');
+
 /** Records of persistent sandboxes, in the store's database file (the processes themselves never outlive the server). */
 export class SqliteSandboxStore {
   private readonly db: Database.Database;
@@ -80,7 +92,7 @@ export class SqliteSandboxStore {
   private readonly countStmt: Database.Statement;
 
   constructor(file: string) {
-    this.db = openSqlite(file, (db) => db.exec(SCHEMA));
+    this.db = openSqlite(file, (db) => db.exec(SCHEMA + PIN_LEGACY_RUNTIMES));
     this.putStmt = this.db.prepare('INSERT OR REPLACE INTO sandboxes (id, tenant, state, record) VALUES (?, ?, ?, ?)');
     this.getStmt = this.db.prepare('SELECT record FROM sandboxes WHERE id = ?');
     this.listStmt = this.db.prepare('SELECT record FROM sandboxes WHERE tenant = ? ORDER BY id');

@@ -121,6 +121,31 @@ describe('SqliteStore', () => {
     }
   });
 
+  it('pins the versions stored while node and python meant Node 18 and Python 3.11 to node18 and python3.11', () => {
+    const file = join(dir, 'runtimes.db');
+    const store = new SqliteStore(file);
+    store.putFunction(T, 'old-node', { runtime: 'node', code: 'x', handler: 'h' }, 1);
+    store.putFunction(T, 'old-py', { runtime: 'python', code: 'x' }, 1);
+    store.putFunction(T, 'pinned', { runtime: 'node20', code: 'x' }, 1);
+    store.putFunction(T, 'cmd', { image: 'kindling/base', command: ['true'] }, 1);
+    store.close();
+    // Back to the version before the migration, as that release left the rows.
+    const old = new Database(file);
+    const current = old.pragma('user_version', { simple: true }) as number;
+    old.pragma(`user_version = ${current - 1}`);
+    old.close();
+    const reopened = new SqliteStore(file);
+    try {
+      assert.equal(reopened.getVersion(T, 'old-node')?.spec.runtime, 'node18');
+      assert.equal(reopened.getVersion(T, 'old-py')?.spec.runtime, 'python3.11');
+      assert.equal(reopened.getVersion(T, 'pinned')?.spec.runtime, 'node20');
+      assert.equal(reopened.getVersion(T, 'cmd')?.spec.runtime, undefined);
+      assert.equal(reopened.getVersion(T, 'old-node')?.spec.handler, 'h', 'the rest of the spec is kept');
+    } finally {
+      reopened.close();
+    }
+  });
+
   it("keeps an async invocation's traceparent across a reopen; rows of an older schema have none", () => {
     const file = join(dir, 'trace.db');
     const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';

@@ -135,6 +135,11 @@ const MIGRATIONS: string[] = [
   // Tracing (issue 18): an async invocation's run continues the trace of the request that accepted it, also when a
   // restart lies between them. Older rows have none (their runs start a new trace).
   `ALTER TABLE invocations ADD COLUMN traceparent TEXT;`,
+  // Issue 21: `node` and `python` now mean Node 20 and Python 3.13, and a version stores the concrete runtime. The
+  // versions stored before keep what they ran: bookworm's Node 18 and Python 3.11, named explicitly. (spec_bytes is
+  // left as it was: the storage triggers subtract what was added.)
+  `UPDATE function_versions SET spec = json_set(spec, '$.runtime', 'node18') WHERE json_extract(spec, '$.runtime') = 'node';
+   UPDATE function_versions SET spec = json_set(spec, '$.runtime', 'python3.11') WHERE json_extract(spec, '$.runtime') = 'python';`,
 ];
 
 /** Brings a database to the newest schema, one migration per transaction (`user_version` counts the ones applied). */
