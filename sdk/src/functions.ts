@@ -1,5 +1,5 @@
 import { KindlingError } from './errors.js';
-import { APIResource, type RequestOptions } from './resource.js';
+import { APIResource, call, type RequestOptions } from './resource.js';
 import { sseEvents, sseStream } from './invocations.js';
 import type { BuildLogEvent, DeployAccepted, FunctionBuildInfo, FunctionInfo, FunctionSpec, FunctionVersionInfo, InvocationResult, LogEvent } from './types.js';
 
@@ -258,9 +258,3 @@ export class Functions extends APIResource {
   }
 }
 
-function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {
-  const out: { signal?: AbortSignal; timeoutMs?: number } = {};
-  if (options.signal !== undefined) out.signal = options.signal;
-  if (options.requestTimeoutMs !== undefined) out.timeoutMs = options.requestTimeoutMs;
-  return out;
-}

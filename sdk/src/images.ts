@@ -1,15 +1,7 @@
-import type { HttpClient } from './http.js';
-import { APIResource, type RequestOptions } from './resource.js';
+import { APIResource, call, sendDelete, type RequestOptions } from './resource.js';
 import type { CustomImageInfo, CustomImageSpec } from './types.js';
 
 const imagePath = (name: string): string => `/v1/images/${encodeURIComponent(name)}`;
-
-function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {
-  const out: { signal?: AbortSignal; timeoutMs?: number } = {};
-  if (options.signal !== undefined) out.signal = options.signal;
-  if (options.requestTimeoutMs !== undefined) out.timeoutMs = options.requestTimeoutMs;
-  return out;
-}
 
 /** Options of `images.create()`. */
 export interface CreateImageOptions extends RequestOptions {
@@ -79,16 +71,6 @@ export class Images extends APIResource {
 
   /** `DELETE /v1/images/NAME`. */
   async delete(name: string, options: RequestOptions = {}): Promise<void> {
-    await deleteImage(this.http, imagePath(name), options);
-  }
-}
-
-async function deleteImage(http: HttpClient, path: string, options: RequestOptions): Promise<void> {
-  const request = http.open(path, call(options));
-  try {
-    const response = await http.send(request, { method: 'DELETE', path });
-    await response.arrayBuffer().catch(() => undefined);
-  } finally {
-    request.dispose();
+    await sendDelete(this.http, imagePath(name), options);
   }
 }

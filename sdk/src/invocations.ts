@@ -1,6 +1,6 @@
 import { KindlingError } from './errors.js';
 import type { CallOptions, HttpClient } from './http.js';
-import { APIResource, checkMs, type RequestOptions } from './resource.js';
+import { APIResource, call, checkMs, type RequestOptions } from './resource.js';
 import { SseParser } from './sse.js';
 import type { Invocation, InvocationStatus, LogEvent } from './types.js';
 
@@ -146,9 +146,3 @@ export function sseEvents(http: HttpClient, urlPath: string, options: CallOption
   return sseStream(http, urlPath, options, (event) => ({ item: { type: event.event as LogEvent['type'], ...(JSON.parse(event.data) as Omit<LogEvent, 'type'>) } }));
 }
 
-function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {
-  const out: { signal?: AbortSignal; timeoutMs?: number } = {};
-  if (options.signal !== undefined) out.signal = options.signal;
-  if (options.requestTimeoutMs !== undefined) out.timeoutMs = options.requestTimeoutMs;
-  return out;
-}

@@ -30,3 +30,22 @@ export function checkMs(name: string, value: number | undefined): void {
     throw new RangeError(`${name} must be a finite number of milliseconds >= 0 (0 disables it), got ${String(value)}`);
   }
 }
+
+/** A call's options as the transport takes them: the signal and the timeout, only those given. */
+export function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {
+  const out: { signal?: AbortSignal; timeoutMs?: number } = {};
+  if (options.signal !== undefined) out.signal = options.signal;
+  if (options.requestTimeoutMs !== undefined) out.timeoutMs = options.requestTimeoutMs;
+  return out;
+}
+
+/** A DELETE answered 204 (no body); errors are thrown by `send`. */
+export async function sendDelete(http: HttpClient, path: string, options: RequestOptions): Promise<void> {
+  const request = http.open(path, call(options));
+  try {
+    const response = await http.send(request, { method: 'DELETE', path });
+    await response.arrayBuffer().catch(() => undefined);
+  } finally {
+    request.dispose();
+  }
+}

@@ -1,7 +1,7 @@
 import { ConnectionError, errorFromPayload, KindlingError } from './errors.js';
 import { type Call, parseJson } from './http.js';
 import { toBase64 } from './executions.js';
-import { APIResource, type RequestOptions } from './resource.js';
+import { APIResource, call, type RequestOptions } from './resource.js';
 import { readSse } from './sse.js';
 import type { ExecutionResult, ExecutorName, Runtime } from './types.js';
 import { PtyHandle, type PtyCreateOptions } from './pty.js';
@@ -172,13 +172,6 @@ function parseLoose(text: string): unknown {
 }
 
 const filesPath = (id: string, path: string, suffix = ''): string => `${sandboxPath(id)}/files${suffix}?path=${encodeURIComponent(path)}`;
-
-function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {
-  const out: { signal?: AbortSignal; timeoutMs?: number } = {};
-  if (options.signal !== undefined) out.signal = options.signal;
-  if (options.requestTimeoutMs !== undefined) out.timeoutMs = options.requestTimeoutMs;
-  return out;
-}
 
 /**
  * `/v1/sandboxes`: persistent sandboxes. `create()` and `connect()` give a `Sandbox` handle (E2B's shape:

@@ -1,15 +1,7 @@
-import type { HttpClient } from './http.js';
-import { APIResource, type RequestOptions } from './resource.js';
+import { APIResource, call, sendDelete, type RequestOptions } from './resource.js';
 import type { ApiKeyInfo, CreatedApiKey, CreatedTenant, TenantInfo, TenantQuotas, TenantSelf } from './types.js';
 
 const tenantPath = (name: string): string => `/v1/tenants/${encodeURIComponent(name)}`;
-
-function call(options: RequestOptions): { signal?: AbortSignal; timeoutMs?: number } {
-  const out: { signal?: AbortSignal; timeoutMs?: number } = {};
-  if (options.signal !== undefined) out.signal = options.signal;
-  if (options.requestTimeoutMs !== undefined) out.timeoutMs = options.requestTimeoutMs;
-  return out;
-}
 
 /** Options of `tenants.create()`. */
 export interface CreateTenantOptions extends RequestOptions {
@@ -72,16 +64,5 @@ export class Keys extends APIResource {
   /** `DELETE /v1/tenants/NAME/keys/ID`: the key stops working with the next request. */
   revoke(tenant: string, id: string, options: RequestOptions = {}): Promise<void> {
     return sendDelete(this.http, `${tenantPath(tenant)}/keys/${encodeURIComponent(id)}`, options);
-  }
-}
-
-/** A DELETE answered 204 (no body); errors are thrown by `send`. */
-async function sendDelete(http: HttpClient, path: string, options: RequestOptions): Promise<void> {
-  const request = http.open(path, call(options));
-  try {
-    const response = await http.send(request, { method: 'DELETE', path });
-    await response.arrayBuffer().catch(() => undefined);
-  } finally {
-    request.dispose();
   }
 }

@@ -5,7 +5,7 @@
  */
 
 /** A built-in runtime. Other names are passed through so newer servers can add runtimes without an SDK release. */
-export type Runtime = 'bash' | 'python' | 'node' | 'rust' | 'python3.11' | 'python3.13' | 'node18' | 'node20' | 'deno' | 'bun' | 'go' | (string & {});
+export type Runtime = 'bash' | 'python' | 'node' | 'rust' | 'python3.11' | 'python3.13' | 'node18' | 'node20' | 'deno' | 'bun' | 'go' | 'java' | (string & {});
 
 /** An execution backend of the server. Other names are passed through for newer servers. */
 export type ExecutorName = 'docker' | 'sandbox' | 'microvm' | 'gvisor' | (string & {});
@@ -419,7 +419,7 @@ export interface CreatedApiKey extends ApiKeyInfo {
 
 /** What `images.create()` takes: a built-in image plus Debian packages (and, with `files`, a tar of files). */
 export interface CustomImageSpec {
-  /** base, python, node, rust, python3.13, node20, deno, bun or go (or a runtime name). */
+  /** base, python, node, rust, python3.13, node20, deno, bun, go or java (or a runtime name). */
   from: string;
   /** Debian packages from the server's mirror, e.g. ["python3-numpy"]. */
   apt?: string[];

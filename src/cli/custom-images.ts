@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import type { CustomImageInfo } from '@kindling/sdk';
 import { ImageBuildFailedError } from '@kindling/sdk';
+import { IMAGE_SHORT_NAMES } from '../images/recipes.js';
 import { clientFrom, guarded, tarDirectory } from './functions.js';
 import { collect } from './options.js';
 import { clientOptions, type ClientDefaults } from './run.js';
@@ -20,7 +21,7 @@ export function registerCustomImageCommands(program: Command, defaults: ClientDe
       .command('create')
       .description('create (or replace) a custom image on the server: a built-in image plus Debian packages and files; waits for the build')
       .argument('<name>', 'image name: lower-case letters, digits, dashes; requests then name it kindling/NAME')
-      .requiredOption('--from <image>', 'the built-in image it starts from: base, python, node, rust, python3.13, node20, deno, bun, go')
+      .requiredOption('--from <image>', `the built-in image it starts from: ${IMAGE_SHORT_NAMES.join(', ')}`)
       .option('--apt <package>', 'a Debian package to install (repeatable, or comma-separated)', collect, [])
       .option('--files <dir>', 'a directory whose files the image carries (at --files-dest)')
       .option('--files-dest <path>', 'where the files go: under /opt, /srv or /usr/local (default /opt/NAME)')

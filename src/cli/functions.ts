@@ -99,7 +99,7 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     .description('deploy a function (each deploy is a new version): a handler (--handler) or a program/command')
     .argument('<name>', 'function name: lower-case letters, digits, dashes')
     .argument('[command...]', 'with --image: the command and its arguments (after --)')
-    .option('-r, --runtime <runtime>', 'python | node | deno | bun (handlers; also python3.11, python3.13, node18, node20) or bash | rust | go (programs)')
+    .option('-r, --runtime <runtime>', 'python | node | deno | bun (handlers; also python3.11, python3.13, node18, node20) or bash | rust | go | java (programs)')
     .option('-f, --file <path>', 'the source file')
     .option('-c, --code <code>', 'the source inline')
     .option('--dir <path>', 'deploy a bundle: this directory as a tar (.git and the patterns of DIR/.kindlingignore left out); with --handler FILE:FUNCTION or a command after --')

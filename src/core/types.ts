@@ -14,10 +14,10 @@ export function unknownExecutorMessage(name: string, enabled: Iterable<string>):
  * `python` and `node` mean the newest: Debian trixie's `python3.13` and `node20` (stored as those names); `python3.11`
  * and `node18` are bookworm's. `deno` and `bun` run TypeScript (and JavaScript) as it is, types stripped.
  */
-export const RUNTIME_NAMES = ['bash', 'python', 'node', 'rust', 'python3.11', 'python3.13', 'node18', 'node20', 'deno', 'bun', 'go'] as const;
+export const RUNTIME_NAMES = ['bash', 'python', 'node', 'rust', 'python3.11', 'python3.13', 'node18', 'node20', 'deno', 'bun', 'go', 'java'] as const;
 export type RuntimeName = (typeof RUNTIME_NAMES)[number];
 /** The language of a runtime: what its code files are and which handler agent serves it. */
-export type RuntimeFamily = 'bash' | 'python' | 'node' | 'rust' | 'deno' | 'bun' | 'go';
+export type RuntimeFamily = 'bash' | 'python' | 'node' | 'rust' | 'deno' | 'bun' | 'go' | 'java';
 
 export type NetworkMode = 'none' | 'egress';
 

@@ -63,10 +63,10 @@ test('the description does not change the hash (it does not shape the image)', (
   assert.equal(recipeHash({ ...python, description: 'something else' }), recipeHash(python));
 });
 
-test('the nine recipes are distinct, named kindling/<short> and hash differently', () => {
-  assert.deepEqual([...IMAGE_SHORT_NAMES], ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun', 'go']);
+test('the ten recipes are distinct, named kindling/<short> and hash differently', () => {
+  assert.deepEqual([...IMAGE_SHORT_NAMES], ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun', 'go', 'java']);
   const hashes = new Set(IMAGE_SHORT_NAMES.map((s) => recipeHash(IMAGE_RECIPES[s])));
-  assert.equal(hashes.size, 9);
+  assert.equal(hashes.size, 10);
   for (const s of IMAGE_SHORT_NAMES) {
     assert.equal(IMAGE_RECIPES[s].short, s);
     assert.equal(IMAGE_RECIPES[s].name, `kindling/${s}`);
@@ -103,7 +103,7 @@ test('recipes are frozen', () => {
 test('resolveImageNames accepts short, Docker and runtime names, dedupes and keeps a stable order', () => {
   assert.deepEqual(
     resolveImageNames([]).map((r) => r.short),
-    ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun', 'go'],
+    ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun', 'go', 'java'],
   );
   assert.deepEqual(
     resolveImageNames(['rust', 'kindling/python:latest', 'bash', 'python']).map((r) => r.short),

@@ -14,7 +14,7 @@ import type { RuntimeName } from '../core/types.js';
 /** Bump when the builder's logic changes in a way the fields below do not capture. */
 export const BUILDER_VERSION = 1;
 
-export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun', 'go'] as const;
+export const IMAGE_SHORT_NAMES = ['base', 'python', 'node', 'rust', 'python3.13', 'node20', 'deno', 'bun', 'go', 'java'] as const;
 export type ImageShortName = (typeof IMAGE_SHORT_NAMES)[number];
 
 export interface ImageRecipe {
@@ -253,6 +253,17 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
       'd=$(mktemp -d) && printf "package main\\nimport \\"fmt\\"\\nfunc main() { fmt.Println(6 * 7) }\\n" > "$d/m.go" && ' +
       'test "$(cd "$d" && GOCACHE=$d/c GOPATH=$d/p go run m.go)" = 42 && rm -rf "$d"',
     env: { ...BASE_ENV },
+  }),
+  java: recipe({
+    short: 'java',
+    name: 'kindling/java',
+    tag: 'latest',
+    runtime: 'java',
+    description: "Debian trixie's OpenJDK 21 (headless JDK: java, javac, jar)",
+    suite: 'trixie',
+    packages: ['openjdk-21-jdk-headless'],
+    check: 'd=$(mktemp -d) && printf "class M { public static void main(String[] a) { System.out.println(6 * 7); } }" > "$d/M.java" && test "$(java "$d/M.java")" = 42 && rm -rf "$d"',
+    env: BASE_ENV,
   }),
   rust: recipe({
     short: 'rust',

@@ -157,6 +157,10 @@ export function mmdebstrapArgs(req: Pick<BootstrapRequest, 'recipe' | 'targetDir
     `--hook-dir=${MERGED_USR_HOOK_DIR}`,
     ...SLIMMING.dpkgPathExclude.map((x) => `--dpkgopt=path-exclude=${x}`),
     ...SLIMMING.dpkgPathInclude.map((x) => `--dpkgopt=path-include=${x}`),
+    // dpkg leaves /usr/share/man out (SLIMMING), but some maintainer scripts register man pages with update-alternatives,
+    // which fails when the directory is missing (OpenJDK's). An empty directory: not part of the recipe hash, since
+    // images built without it are the same.
+    '--essential-hook=mkdir -p "$1/usr/share/man/man1"',
     `--customize-hook=${customize}`,
   ];
   if (recipe.packages.length > 0) args.push(`--include=${recipe.packages.join(',')}`);

@@ -25,6 +25,8 @@ test('language images map to the runtime of that name (the newest); a tag of a v
   assert.equal(imageOfAlias(resolveImageAlias('python:3')), 'kindling/python3.13');
   assert.deepEqual(resolveImageAlias('rust:1.75'), { runtime: 'rust' });
   assert.deepEqual(resolveImageAlias('golang:1.24-bookworm'), { runtime: 'go' });
+  assert.deepEqual(resolveImageAlias('openjdk:21-slim'), { runtime: 'java' });
+  assert.deepEqual(resolveImageAlias('amazoncorretto:21'), { runtime: 'java' });
   assert.deepEqual(resolveImageAlias('denoland/deno:2.1.4'), { runtime: 'deno' });
   assert.deepEqual(resolveImageAlias('oven/bun'), { runtime: 'bun' });
   assert.deepEqual(resolveImageAlias('oven/bun:1-slim'), { runtime: 'bun' });
@@ -40,7 +42,7 @@ test('a kindling/ name is used as is', () => {
 });
 
 test('anything else is UNKNOWN_IMAGE (400) naming the accepted names', () => {
-  for (const name of ['pytorch/pytorch:latest', 'openjdk:21', 'node:20-with-deps extra', 'kindling/', '', 'ALPINE', 'alpine:', 'x'.repeat(5000)]) {
+  for (const name of ['pytorch/pytorch:latest', 'ruby:3.3', 'node:20-with-deps extra', 'kindling/', '', 'ALPINE', 'alpine:', 'x'.repeat(5000)]) {
     assert.throws(
       () => resolveImageAlias(name),
       (error: unknown) =>

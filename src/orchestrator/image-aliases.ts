@@ -13,7 +13,7 @@ export type ImageAlias = { runtime: RuntimeName } | { image: string };
 /** Names whose image is a plain userland with a POSIX shell: the project's base image. */
 const BASE_FAMILIES = ['alpine', 'debian', 'ubuntu', 'busybox'] as const;
 /** Names whose image is a language runtime: the runtime of that name (its image, its defaults). */
-const RUNTIME_FAMILIES: Record<string, RuntimeName> = { python: 'python', node: 'node', rust: 'rust', golang: 'go' };
+const RUNTIME_FAMILIES: Record<string, RuntimeName> = { python: 'python', node: 'node', rust: 'rust', golang: 'go', openjdk: 'java', amazoncorretto: 'java' };
 /** Tags that name a version Kindling has (`node:18-slim`, `python:3.11`); other tags get the family's newest. */
 const VERSIONED_TAGS: readonly { family: string; tag: RegExp; runtime: RuntimeName }[] = [
   { family: 'node', tag: /^20(?![0-9])/, runtime: 'node20' },
@@ -36,7 +36,7 @@ export const ACCEPTED_IMAGE_NAMES: readonly string[] = [
 
 /**
  * `alpine`, `debian`, `ubuntu`, `busybox` (any tag) -> the base image; `python:*`, `node:*`, `rust:*` -> that runtime;
- * `golang:*` -> go; `denoland/deno:*`, `oven/bun:*` -> deno, bun;
+ * `golang:*` -> go; `openjdk:*`, `amazoncorretto:*` -> java; `denoland/deno:*`, `oven/bun:*` -> deno, bun;
  * a `kindling/...` name as is (the executor then says whether it exists). Anything else: UNKNOWN_IMAGE (400) listing
  * the accepted names. A tag picks a version Kindling has: `node:20*` -> node20, `node:18*` -> node18, `python:3.13*` ->
  * python3.13, `python:3.11*` -> python3.11; other tags get the family's newest (see docs/operator.md).

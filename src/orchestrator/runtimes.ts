@@ -80,6 +80,16 @@ export const RUNTIMES: Record<RuntimeName, RuntimeDefinition> = {
     // Built, then exec'd: `go run` reports a program's non-zero exit as its own exit code 1.
     prepare: (code) => ({ command: ['sh', '-c', `go build -o /tmp/main ${CODE_DIR}/main.go && exec /tmp/main`], files: [{ name: 'main.go', content: code }] }),
   },
+  java: {
+    name: 'java',
+    family: 'java',
+    image: 'kindling/java',
+    // The JVM and, in source-file mode, javac run in one process: 256 MiB is too tight for both.
+    defaults: { memoryMb: 1024, timeoutMs: 60_000 },
+    // Source-file mode (JEP 330): the first class of Main.java is compiled in memory and its main() run; nothing is
+    // written, and the program's exit code is the result's.
+    prepare: (code) => ({ command: ['java', `${CODE_DIR}/Main.java`], files: [{ name: 'Main.java', content: code }] }),
+  },
   rust: {
     name: 'rust',
     family: 'rust',

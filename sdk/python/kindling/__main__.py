@@ -17,7 +17,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--api-key", help="API key (default: KINDLING_API_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run code (-c or a file) or a command in a fresh sandbox")
-    run.add_argument("--runtime", help="bash, python, node, rust, python3.11, python3.13, node18, node20, deno, bun or go (with -c or FILE)")
+    run.add_argument("--runtime", help="bash, python, node, rust, python3.11, python3.13, node18, node20, deno, bun, go or java (with -c or FILE)")
     run.add_argument("-c", "--code", help="source code to run")
     run.add_argument("--image", help="image of a command, e.g. kindling/base (with the command after --)")
     run.add_argument("--timeout", type=float, help="wall-clock limit of the program in seconds")

@@ -8,8 +8,8 @@ import type { DeployQuota, FunctionService, InvocationResult } from '../../orche
 import type { TenantScope } from '../../orchestrator/execution-service.js';
 import type { InvocationService } from '../../orchestrator/invocations.js';
 import type { Invocation, InvocationRunner } from '../../orchestrator/invocation-runner.js';
-import { Value } from '@sinclair/typebox/value';
 import { startSse, writeSseEvent } from '../sse.js';
+import { parseSpecHeader } from '../spec-header.js';
 import type { BuildLogMessage } from '../../orchestrator/build-logs.js';
 import { checkDeclaredLength, limitUpload, readUpload } from '../raw-body.js';
 import type { BundleStore } from '../../orchestrator/bundles.js';
@@ -65,20 +65,8 @@ const ZIP_TYPES = ['application/zip', 'application/x-zip-compressed'];
 const SPEC_HEADER = 'kindling-function-spec';
 
 /** The spec of a bundle deploy: JSON in the Kindling-Function-Spec header, checked against the same schema as a JSON deploy. */
-function parseSpecHeader(value: string | string[] | undefined): FunctionSpecBody {
-  if (typeof value !== 'string' || value.trim() === '') {
-    throw new KindlingError('VALIDATION_FAILED', 'a bundle deploy needs its spec as JSON in the Kindling-Function-Spec header, e.g. {"runtime":"node","handler":"index.js:handler"}', { details: { field: 'Kindling-Function-Spec' } });
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(value);
-  } catch {
-    throw new KindlingError('INVALID_JSON', 'the Kindling-Function-Spec header is not valid JSON; send the spec as one line of JSON', { details: { field: 'Kindling-Function-Spec' } });
-  }
-  const first = Value.Errors(FunctionSpecSchema, parsed).First();
-  if (first !== undefined) {
-    throw new KindlingError('VALIDATION_FAILED', `Kindling-Function-Spec${first.path.replace(/\//g, '.')}: ${first.message}`, { details: { field: `Kindling-Function-Spec${first.path.replace(/\//g, '.')}` } });
-  }
+function parseFunctionSpecHeader(value: string | string[] | undefined): FunctionSpecBody {
+  const parsed = parseSpecHeader(value, FunctionSpecSchema, 'Kindling-Function-Spec', 'a bundle deploy needs its spec as JSON in the Kindling-Function-Spec header, e.g. {"runtime":"node","handler":"index.js:handler"}');
   if (parsed !== null && typeof parsed === 'object' && 'code' in parsed) {
     throw new KindlingError('CONFLICTING_FIELDS', 'a bundle brings its own code: drop "code" from Kindling-Function-Spec (the handler names the file, FILE:FUNCTION)');
   }
@@ -131,7 +119,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         const respondAsync = request.query.wait === 'false' || String(request.headers.prefer ?? '').split(',').some((p) => p.split(';')[0]!.trim().toLowerCase() === 'respond-async');
         const contentType = (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
         const bundled = BUNDLE_TYPES.includes(contentType) || ZIP_TYPES.includes(contentType);
-        const body = bundled ? parseSpecHeader(request.headers[SPEC_HEADER]) : request.body;
+        const body = bundled ? parseFunctionSpecHeader(request.headers[SPEC_HEADER]) : request.body;
         const spec: FunctionSpec = { ...body } as FunctionSpec;
         if (body.runtime !== undefined) spec.runtime = body.runtime as RuntimeName;
         if (body.executor !== undefined) spec.executor = body.executor as ExecutorName;

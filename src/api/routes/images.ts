@@ -6,10 +6,10 @@
 import type { IncomingMessage } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type, type Static } from '@sinclair/typebox';
-import { Value } from '@sinclair/typebox/value';
-import { KindlingError } from '../../core/errors.js';
 import type { CustomImageService } from '../../orchestrator/custom-images.js';
 import { ErrorResponseSchema } from '../schemas.js';
+import { parseSpecHeader } from '../spec-header.js';
+import { IMAGE_SHORT_NAMES } from '../../images/recipes.js';
 
 const errors = { '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema };
 const tags = ['images'];
@@ -18,7 +18,7 @@ const SPEC_HEADER = 'kindling-image-spec';
 
 export const ImageSpecSchema = Type.Object(
   {
-    from: Type.String({ description: 'The built-in image it starts from: base, python, node, rust, python3.13, node20, deno, bun, go (or a runtime name)', examples: ['python'] }),
+    from: Type.String({ description: `The built-in image it starts from: ${IMAGE_SHORT_NAMES.join(', ')} (or a runtime name)`, examples: ['python'] }),
     apt: Type.Optional(Type.Array(Type.String({ maxLength: 100 }), { maxItems: 64, description: "Debian packages installed on top of the base image's (from the server's Debian mirror)", examples: [['python3-numpy']] })),
     filesDest: Type.Optional(Type.String({ maxLength: 200, description: 'With a tar body: the directory its files go to, under /opt, /srv or /usr/local; default /opt/NAME' })),
     shared: Type.Optional(Type.Boolean({ description: 'The admin key only: an image every tenant may use' })),
@@ -47,22 +47,6 @@ const ImageListSchema = Type.Object({ images: Type.Array(ImageSchema) });
 const NameParams = Type.Object({ name: Type.String({ maxLength: 100 }) });
 type NameParamsT = Static<typeof NameParams>;
 
-function parseSpecHeader(value: string | string[] | undefined): ImageSpec {
-  if (typeof value !== 'string' || value.trim() === '') {
-    throw new KindlingError('VALIDATION_FAILED', 'an image with files needs its spec as JSON in the Kindling-Image-Spec header, e.g. {"from":"python","apt":["python3-numpy"]}', { details: { field: 'Kindling-Image-Spec' } });
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(value);
-  } catch {
-    throw new KindlingError('INVALID_JSON', 'the Kindling-Image-Spec header is not valid JSON; send the spec as one line of JSON', { details: { field: 'Kindling-Image-Spec' } });
-  }
-  const first = Value.Errors(ImageSpecSchema, parsed).First();
-  if (first !== undefined) {
-    throw new KindlingError('VALIDATION_FAILED', `Kindling-Image-Spec${first.path.replace(/\//g, '.')}: ${first.message}`, { details: { field: `Kindling-Image-Spec${first.path.replace(/\//g, '.')}` } });
-  }
-  return parsed as ImageSpec;
-}
 
 export function registerImageRoutes(app: FastifyInstance, options: { images: CustomImageService }): void {
   const images = options.images;
@@ -109,7 +93,9 @@ export function registerImageRoutes(app: FastifyInstance, options: { images: Cus
         const contentType = (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
         const withFiles = TAR_TYPES.includes(contentType);
         try {
-          const spec = withFiles ? parseSpecHeader(request.headers[SPEC_HEADER]) : request.body;
+          const spec = withFiles
+            ? parseSpecHeader(request.headers[SPEC_HEADER], ImageSpecSchema, 'Kindling-Image-Spec', 'an image with files needs its spec as JSON in the Kindling-Image-Spec header, e.g. {"from":"python","apt":["python3-numpy"]}')
+            : request.body;
           const created = await images.create(request.principal, request.params.name, spec, withFiles ? (request.body as unknown as IncomingMessage) : undefined);
           reply.code(202).header('location', `/v1/images/${created.name}`);
           return created;
