@@ -86,8 +86,10 @@ describe('runtime images: rootfs directories', () => {
       }
       const passwd = await fs.readFile(path.join(rootfs(short), 'etc/passwd'), 'utf8');
       assert.match(passwd, /^nobody:x:65534:65534:/m, `${short} has nobody`);
-      // Slimmed: no man pages, no apt lists.
-      await assert.rejects(fs.stat(path.join(rootfs(short), 'usr/share/man/man1')), { code: 'ENOENT' });
+      // Slimmed: no man pages (the build makes an empty man1 for update-alternatives, whose links there point at
+      // pages dpkg left out), no apt lists.
+      const man1 = await fs.readdir(path.join(rootfs(short), 'usr/share/man/man1'), { withFileTypes: true }).catch(() => []);
+      assert.deepEqual(man1.filter((entry) => !entry.isSymbolicLink()).map((entry) => entry.name), [], `${short} has no man pages`);
       const lists = await fs.readdir(path.join(rootfs(short), 'var/lib/apt/lists')).catch(() => []);
       assert.deepEqual(
         lists.filter((n) => n !== 'partial' && n !== 'lock'),
