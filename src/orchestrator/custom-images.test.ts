@@ -52,6 +52,8 @@ test("resolve: a scoped name is the owner's only; an image not built is refused 
   const { service } = await serviceWith([record('acme', 'ml'), record('acme', 'wip', 'building'), record('acme', 'bad', 'failed')]);
   assert.equal(service.resolve('kindling/u.acme.ml', 'acme'), 'kindling/u.acme.ml');
   assert.equal(code(() => service.resolve('kindling/u.acme.ml', 'other')), 'UNKNOWN_IMAGE');
+  // A tag does not hide it (executors that read a rootfs drop the tag).
+  assert.equal(code(() => service.resolve('kindling/u.acme.ml:v2', 'other')), 'UNKNOWN_IMAGE');
   // A tenant named like a prefix of another cannot reach it either (the dot ends the tenant name).
   assert.equal(code(() => service.resolve('kindling/u.acme.ml', 'acm')), 'UNKNOWN_IMAGE');
   assert.equal(code(() => service.resolve('kindling/u.acme.ml', null)), 'UNKNOWN_IMAGE');

@@ -198,7 +198,8 @@ export class CustomImageService {
    * tenant, or of an image not built yet, is refused.
    */
   resolve(image: string, tenant: string | null): string {
-    const match = /^kindling\/([a-z0-9][a-z0-9.-]*)(?::latest)?$/.exec(image);
+    // Any tag: the sandbox and gvisor executors drop it and take the short name, so a tag must not hide a scoped name.
+    const match = /^kindling\/([a-z0-9][a-z0-9_.-]*)(?::[A-Za-z0-9_.-]+)?$/.exec(image);
     const short = match?.[1];
     if (short === undefined || (IMAGE_SHORT_NAMES as readonly string[]).includes(short)) return image;
     if (short.startsWith('u.') || short.startsWith('s.')) {
