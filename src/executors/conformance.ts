@@ -604,7 +604,9 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       const id = storageId('disk');
       let sandbox = await create(diskSpec(t, id), stored);
       try {
-        const wrote = await runIn(sandbox, ['sh', '-c', 'echo kept > /work/note && mkdir -p /work/d && echo deep > /work/d/f && sleep 600 >/dev/null 2>&1 &']);
+        // Only the sleep goes to the background: `a && b && sleep &` would background the whole list, and the files
+        // could still be unwritten when destroy() runs (seen on a loaded CI machine).
+        const wrote = await runIn(sandbox, ['sh', '-c', 'echo kept > /work/note && mkdir -p /work/d && echo deep > /work/d/f && { sleep 600 >/dev/null 2>&1 & }']);
         assert.equal(wrote.exitCode, 0, wrote.stderr);
         await sandbox.destroy();
         assert.equal(sandbox.alive, false);
@@ -646,7 +648,7 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
       try {
         const parent = await create(diskSpec(t, parentId), stored);
         made.push(parent);
-        assert.equal((await runIn(parent, ['sh', '-c', 'echo one > /work/a && sleep 600 >/dev/null 2>&1 &'])).exitCode, 0);
+        assert.equal((await runIn(parent, ['sh', '-c', 'echo one > /work/a && { sleep 600 >/dev/null 2>&1 & }'])).exitCode, 0);
         const snap = await parent.snapshot!(snapshotId);
         assert.ok(snap.bytes >= 4, `a snapshot of 4 bytes of files reports ${snap.bytes} bytes`);
         assert.equal(snap.memory === true, parent.capabilities.memorySnapshot, 'a snapshot keeps memory exactly where the capability memorySnapshot says so');
