@@ -4,7 +4,9 @@
  * nothing is copied per sandbox; target < 2x), alternated, each on a function deployed just before; the deploy
  * (upload, check, unpack) of the 50 MB bundle; and the disk the bundle store uses for 20 functions deployed from the
  * same bundle (one unpacked copy per content hash); the deploy of a node bundle with two npm dependencies, whose build
- * runs npm ci (cold: a new lockfile) or reuses the layer (cached: the same lockfile), next to a deploy without one.
+ * runs npm ci (cold: a new lockfile) or reuses the layer (cached: the same lockfile), next to a deploy without one;
+ * the deploy of a go function, compiled then (cold) or reused (the same code), and its calls, which exec the program,
+ * next to a one-off run of the same code, which compiles it each time.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -29,7 +31,11 @@ const ROWS = [
   { id: 'bundles.disk_shared', scenario: `Disk of the bundle store for ${SHARED} functions deployed from the same bundle`, target: 'one copy (issue 21)' },
   { id: 'bundles.build_cold', scenario: 'npm ci build, cold', target: 'measured' },
   { id: 'bundles.build_cached', scenario: 'npm ci build, cached (unchanged lockfile)', target: 'no rebuild' },
+  { id: 'bundles.layer_shared', scenario: `Disk of the layer store for ${SHARED} functions with different code and the same lockfile`, target: 'one layer (issue 21)' },
+  { id: 'bundles.go_deploy_compile', scenario: 'Deploy of a go code function: compiled at deploy (new code) vs the same code again', target: 'cached: no compile' },
+  { id: 'bundles.go_call_compiled', scenario: 'Call of a go function compiled at deploy (cold start) vs a one-off run of the same code (go build + run)', target: 'faster than compiling' },
 ] as const;
+const GO_ROWS = ROWS.slice(6);
 
 /** The host's IPv4 resolvers and the registry's addresses, as /32s (the policy ignores what is public anyway). */
 async function egressForRegistry(): Promise<string[]> {
@@ -172,12 +178,84 @@ export async function runBundlesGroup(ctx: BenchContext): Promise<GroupResult> {
       }
       rows.push({ group: GROUP, id: ROWS[3].id, scenario: `${ROWS[3].scenario} (ms + kleur from the registry, deploy answered after the build), n=${runs}`, kindling: `p50 ${fmtMs(p50(cold))}`, baseline: `p50 ${fmtMs(p50(bare))} (same bundle, no lockfile)`, ratio: fmtRatio(p50(cold) / p50(bare)), target: ROWS[3].target, status: 'info' });
       rows.push({ group: GROUP, id: ROWS[4].id, scenario: `${ROWS[4].scenario}, n=${runs}`, kindling: `p50 ${fmtMs(p50(cached))}`, baseline: `p50 ${fmtMs(p50(bare))} (same bundle, no lockfile)`, ratio: fmtRatio(p50(cached) / p50(bare)), target: ROWS[4].target, status: reused ? 'pass' : 'fail' });
+      // Layer sharing: SHARED functions, each with code of its own and the same lockfile, install it once.
+      const sharedDir = join(ctx.workDir, 'layer-shared');
+      await mkdir(sharedDir, { recursive: true });
+      await writeFile(join(sharedDir, 'package.json'), JSON.stringify({ name: `bench-shared-${Date.now()}`, version: '1.0.0', type: 'module', dependencies: { ms: '2.1.3', kleur: '4.1.5' } }));
+      execFileSync('npm', ['install', '--package-lock-only', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: sharedDir, stdio: 'ignore' });
+      const layersBefore = du(join(server.dataDir, 'layers'));
+      let layerBytes = 0;
+      for (let i = 0; i < SHARED; i++) {
+        await writeFile(join(sharedDir, 'index.js'), `import ms from 'ms';\nexport const handler = (b) => String(ms(String(b))) + ' ${i}';\n`);
+        await deploy(url, `layer-shared-${i}`, tarOf(sharedDir), { runtime: 'node', handler: 'index.js:handler' });
+        if (i === 0) layerBytes = du(join(server.dataDir, 'layers')) - layersBefore;
+      }
+      const sharedBytes = du(join(server.dataDir, 'layers')) - layersBefore;
+      rows.push({
+        group: GROUP,
+        id: ROWS[5].id,
+        scenario: ROWS[5].scenario,
+        kindling: `${(sharedBytes / 1048576).toFixed(2)} MiB`,
+        baseline: `${((layerBytes * SHARED) / 1048576).toFixed(2)} MiB (a layer each)`,
+        ratio: fmtRatio(sharedBytes / (layerBytes * SHARED)),
+        target: ROWS[5].target,
+        status: sharedBytes <= layerBytes * 1.1 ? 'pass' : 'fail',
+      });
+      Object.assign(data, { layerShared: { functions: SHARED, layerBytes, sharedBytes } });
     } catch (error) {
-      for (const row of ROWS.slice(3)) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, `the build failed (registry unreachable?): ${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
+      for (const row of ROWS.slice(3, 6)) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, `the build failed (registry unreachable?): ${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
+    }
+    try {
+      Object.assign(data, { go: await goRows(ctx, url, n, rows) });
+    } catch (error) {
+      for (const row of GO_ROWS) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, `${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
     }
     Object.assign(data, { bundles: { coldDepsMs: deps, coldNoneMs: none, deployMs: deploys, storeBytes, oneCopyBytes: oneCopy, tarBytes: depsTar.length, buildColdMs: cold, buildCachedMs: cached, deployNoLockMs: bare } });
   } finally {
     await server.stop();
   }
   return { rows, data };
+}
+
+/** Go compiled at deploy: deploys cold (new code) and cached (the same code), then calls against one-off runs. */
+async function goRows(ctx: BenchContext, url: string, n: number, rows: Row[]): Promise<Record<string, unknown>> {
+  const runs = Math.min(n, 5);
+  const program = (i: number): string => `package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("go", ${i}) }\n// ${Date.now()}\n`;
+  const put = async (name: string, code: string): Promise<{ ms: number; reused: boolean }> => {
+    const started = performance.now();
+    const response = await fetch(`${url}/v1/functions/${name}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'go', code }) });
+    const view = (await response.json()) as { layer?: { kind?: string; reused?: boolean } };
+    const ms = performance.now() - started;
+    if (response.status !== 201 && response.status !== 200) throw new Error(`deploy of ${name} answered ${response.status}: ${JSON.stringify(view).slice(0, 300)}`);
+    if (view.layer?.kind !== 'compile') throw new Error(`deploy of ${name} compiled nothing`);
+    return { ms, reused: view.layer.reused === true };
+  };
+  ctx.log(`bundles: go compiled at deploy, ${runs} runs`);
+  const cold: number[] = [];
+  const cached: number[] = [];
+  const calls: number[] = [];
+  const oneOff: number[] = [];
+  let reused = true;
+  for (let i = 0; i < runs; i++) {
+    const code = program(i);
+    const first = await put(`go-${i}`, code);
+    if (first.reused) throw new Error('a new program was found compiled already');
+    cold.push(first.ms);
+    const again = await put(`go-again-${i}`, code);
+    reused &&= again.reused;
+    cached.push(again.ms);
+    const call = await invoke(url, `go-${i}`);
+    if (call.body !== `go ${i}\n`) throw new Error(`unexpected answer ${call.body}`);
+    calls.push(call.ms);
+    const started = performance.now();
+    const response = await fetch(`${url}/v1/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'go', code }) });
+    const result = (await response.json()) as { stdout?: string };
+    oneOff.push(performance.now() - started);
+    if (result.stdout !== `go ${i}\n`) throw new Error(`unexpected one-off answer ${JSON.stringify(result).slice(0, 200)}`);
+    for (const name of [`go-${i}`, `go-again-${i}`]) await fetch(`${url}/v1/functions/${name}`, { method: 'DELETE' });
+  }
+  rows.push({ group: GROUP, id: GO_ROWS[0]!.id, scenario: `${GO_ROWS[0]!.scenario}, n=${runs}`, kindling: `p50 ${fmtMs(p50(cached))} cached`, baseline: `p50 ${fmtMs(p50(cold))} compiled`, ratio: fmtRatio(p50(cached) / p50(cold)), target: GO_ROWS[0]!.target, status: reused ? 'pass' : 'fail' });
+  const ratio = p50(calls) / p50(oneOff);
+  rows.push({ group: GROUP, id: GO_ROWS[1]!.id, scenario: `${GO_ROWS[1]!.scenario}, n=${runs}`, kindling: `p50 ${fmtMs(p50(calls))}`, baseline: `p50 ${fmtMs(p50(oneOff))} (one-off run, compiled per call)`, ratio: fmtRatio(ratio), target: GO_ROWS[1]!.target, status: ratio < 1 ? 'pass' : 'fail' });
+  return { deployColdMs: cold, deployCachedMs: cached, callMs: calls, oneOffMs: oneOff };
 }

@@ -96,9 +96,10 @@ export interface ServerConfig {
    * Dependency builds of node bundles (npm ci in a build sandbox): how many run at once (--max-concurrent-builds), the registry (--build-registry), the budget
    * (--build-timeout-ms, --build-memory-mb, --build-cpus, --build-disk-mb) and the host's npm package directory run by
    * builds (--build-npm-dir; default: the npm next to the node running the server); python builds: pip's index
-   * (--pip-index-url, default https://pypi.org/simple) and the pip wheel they run (--build-pip-wheel).
+   * (--pip-index-url, default https://pypi.org/simple) and the pip wheel they run (--build-pip-wheel); Go bundles'
+   * GOPROXY (--build-go-proxy, default off).
    */
-  build?: { maxConcurrent?: number; registry?: string; timeoutMs?: number; memoryMb?: number; cpus?: number; diskMb?: number; npmDir?: string; caFile?: string; pipIndexUrl?: string; pipWheel?: string };
+  build?: { maxConcurrent?: number; registry?: string; timeoutMs?: number; memoryMb?: number; cpus?: number; diskMb?: number; npmDir?: string; caFile?: string; pipIndexUrl?: string; pipWheel?: string; goProxy?: string };
   /**
    * The splice relay for large streams (native/kindling-splice.c, built into dist/native): its path, or null to keep
    * every stream in node. Default: the built one when it exists.
@@ -521,8 +522,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     ...(config.build?.caFile === undefined ? {} : { caFile: config.build.caFile }),
     ...(config.build?.pipIndexUrl === undefined ? {} : { pipIndexUrl: config.build.pipIndexUrl }),
     ...(config.build?.pipWheel === undefined ? {} : { pipWheel: config.build.pipWheel }),
+    ...(config.build?.goProxy === undefined ? {} : { goProxy: config.build.goProxy }),
   });
   const handlers = new HandlerPools({
+    resolveImage: (image, tenant) => customImages.resolve(image, tenant),
     bundlePath: (sha256) => bundles.pathOf(sha256),
     layerPath: (sha256) => layers.pathOf(sha256),
     ...DEFAULT_FUNCTION_POOLS,
@@ -551,6 +554,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     versionsInUse: (tenant, name) => invocationsRef?.uncommittedVersions(tenant, name) ?? [],
     storageQuotasOf: (tenant) => tenants.quotasOf(tenant),
     store,
+    images: customImages,
     executionService: service,
     defaultExecutor: chosen.name,
     handlers,

@@ -3,7 +3,8 @@
  * Debian package (jq, from the real mirror) and a directory of files is built by the server (mmdebstrap, the Docker
  * import), then used by one-off executions on both executors, a command function and a persistent sandbox; another
  * tenant can neither see nor name it; bad requests get 400s that say what to change; a package that does not exist
- * fails the build with apt's message; delete removes the rootfs and the Docker image.
+ * fails the build with apt's message; delete removes the rootfs and the Docker image. A python handler function runs
+ * on an image built from its runtime's with a Debian package its code imports.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -12,14 +13,16 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ImageBuildFailedError, Kindling, KindlingError } from '@kindling/sdk';
+import { CustomImageService } from '../src/orchestrator/custom-images.js';
 import { directoryMaker } from './helpers/directories.js';
-import { IMAGES_DIR, docker, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
+import { IMAGES_DIR, docker, dockerUnavailableReason, gvisorUnavailableReason, microvmUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const directory = directoryMaker('kindling-image-files-');
 const tar = (dir: string): Buffer => execFileSync('tar', ['-cf', '-', '-C', dir, '.']);
 /** Unique per run: the images dir is the machine's, shared with any other server on it. */
 const NAME = `jq-${process.pid}`;
 const BROKEN = `broken-${process.pid}`;
+const PYTHON = `pyyaml-${process.pid}`;
 const refused = async (promise: Promise<unknown>): Promise<KindlingError> =>
   promise.then(
     () => assert.fail('the request was accepted'),
@@ -41,8 +44,9 @@ describe('custom images (sandbox and docker executors)', { skip: unavailable ?? 
   after(async () => {
     await client?.images.delete(NAME).catch(() => undefined);
     await client?.images.delete(BROKEN).catch(() => undefined);
+    await client?.images.delete(PYTHON).catch(() => undefined);
     await server?.stop();
-    for (const short of [`u.default.${NAME}`, `u.default.${BROKEN}`]) {
+    for (const short of [`u.default.${NAME}`, `u.default.${BROKEN}`, `u.default.${PYTHON}`]) {
       await rm(join(IMAGES_DIR, short), { recursive: true, force: true });
       await docker.getImage(`kindling/${short}:latest`).remove({ force: true }).catch(() => undefined);
     }
@@ -81,6 +85,30 @@ describe('custom images (sandbox and docker executors)', { skip: unavailable ?? 
     } finally {
       await sandbox.kill();
     }
+  });
+
+  it("a handler function runs on a custom image built from its runtime's: its code imports the image's Debian package", async () => {
+    const built = await client.images.create(PYTHON, { from: 'python3.13', apt: ['python3-yaml'] }, { pollIntervalMs: 500, requestTimeoutMs: 0 });
+    assert.equal(built.status, 'ready', built.error ?? '');
+    const code = 'import yaml\n\ndef main(body):\n    return yaml.safe_dump(yaml.safe_load(body))\n';
+    for (const executor of ['sandbox', 'docker']) {
+      const name = `yaml-${executor}`;
+      await client.functions.deploy(name, { runtime: 'python', image: `kindling/${PYTHON}`, code, handler: 'main', executor });
+      assert.equal((await client.functions.invoke(name, '{"a": [1, 2]}')).text(), 'a:\n- 1\n- 2\n', executor);
+      assert.equal((await client.functions.get(name)).image, `kindling/${PYTHON}`);
+    }
+    // The runtime's own image has no yaml: the package came with the custom one.
+    await client.functions.deploy('yaml-plain', { runtime: 'python', code, handler: 'main' });
+    const plain = await client.functions.invoke('yaml-plain', '{}');
+    assert.equal(plain.exitCode, 1);
+    assert.match(plain.text(), /No module named 'yaml'/);
+    // Another runtime's handler, or an image that is not built from the runtime's, is refused with what fits.
+    const mismatch = await refused(client.functions.deploy('yaml-node', { runtime: 'node', image: `kindling/${PYTHON}`, code: 'export const main = (b) => b;', handler: 'main' }));
+    assert.equal(mismatch.status, 400);
+    assert.match(mismatch.message, /built from kindling\/python3\.13.*"runtime": "python3\.13"/);
+    const notCustom = await refused(client.functions.deploy('yaml-base', { runtime: 'python', image: 'kindling/base', code, handler: 'main' }));
+    assert.equal(notCustom.status, 400);
+    assert.match(notCustom.message, /custom image built from it/);
   });
 
   it('bad requests get 400s that say what to change', async () => {
@@ -141,6 +169,17 @@ describe('custom images (sandbox and docker executors)', { skip: unavailable ?? 
     assert.equal(used.status, 409);
   });
 
+  it('at start, a Docker image of a custom image without a record (an interrupted delete) is removed; built-in ones stay', async () => {
+    const orphan = `kindling/u.default.orphan-${process.pid}`;
+    await docker.getImage('kindling/base:latest').tag({ repo: orphan, tag: 'latest' });
+    assert.ok(await docker.getImage(`${orphan}:latest`).inspect());
+    await new CustomImageService({ imagesDir: IMAGES_DIR, docker }).start();
+    await assert.rejects(docker.getImage(`${orphan}:latest`).inspect());
+    assert.ok(await docker.getImage('kindling/base:latest').inspect());
+    // This test's own image has its record: it stays.
+    assert.ok(await docker.getImage(`kindling/u.default.${NAME}:latest`).inspect());
+  });
+
   it('delete removes the rootfs and the Docker image; the name is unknown afterwards', async () => {
     const name = `gone-${process.pid}`;
     const built = await client.images.create(name, { from: 'base' }, { pollIntervalMs: 500, requestTimeoutMs: 0 });
@@ -156,3 +195,41 @@ describe('custom images (sandbox and docker executors)', { skip: unavailable ?? 
     assert.equal(error.code, 'UNKNOWN_IMAGE');
   });
 });
+
+// The other executors take a custom image the same way: gvisor its rootfs, microvm the ext4 disk the build makes when
+// the server serves microvm.
+for (const { executor, unavailable, timeoutMs } of [
+  { executor: 'gvisor' as const, unavailable: await gvisorUnavailableReason(), timeoutMs: 600_000 },
+  // A boot under TCG takes 5 s on an idle host, much more on a busy one.
+  { executor: 'microvm' as const, unavailable: await microvmUnavailableReason(), timeoutMs: 900_000 },
+]) {
+  describe(`custom images (${executor} executor)`, { skip: unavailable ?? false, timeout: timeoutMs }, () => {
+    const name = `jq-${executor}-${process.pid}`;
+    let server: TestServer;
+    let client: Kindling;
+    before(async () => {
+      const assetsDir = process.env.KINDLING_MICROVM_ASSETS_DIR;
+      server = await startTestServer({ executor, ...(executor === 'microvm' && assetsDir ? { microvm: { assetsDir } } : {}) });
+      client = new Kindling({ url: server.url, timeoutMs: 300_000 });
+    });
+    after(async () => {
+      await client?.images.delete(name).catch(() => undefined);
+      await server?.stop();
+      await rm(join(IMAGES_DIR, `u.default.${name}`), { recursive: true, force: true });
+    });
+
+    it('an image with an extra Debian package is built for the executor and runs there; delete removes it', async () => {
+      const built = await client.images.create(name, { from: 'base', apt: ['jq'] }, { pollIntervalMs: 500, requestTimeoutMs: 0 });
+      assert.equal(built.status, 'ready', built.error ?? '');
+      if (executor === 'microvm') assert.ok(existsSync(join(IMAGES_DIR, `u.default.${name}`, 'rootfs.ext4')), 'the build made the microVM disk');
+      const result = await client.execute({ image: `kindling/${name}`, command: ['sh', '-c', 'echo \'{"n": [40, 2]}\' | jq -c ".n | add"'], executor });
+      assert.equal(result.exitCode, 0, result.stderr);
+      assert.equal(result.stdout, '42\n');
+      assert.equal(result.executor, executor);
+      await client.images.delete(name);
+      assert.equal(existsSync(join(IMAGES_DIR, `u.default.${name}`)), false);
+      const gone = await refused(client.execute({ image: `kindling/${name}`, command: ['true'], executor }));
+      assert.equal(gone.code, 'UNKNOWN_IMAGE');
+    });
+  });
+}

@@ -109,6 +109,14 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
     });
   }
 
+  it('a rust function is compiled at deploy: a call execs the program, which reads the body on stdin', async () => {
+    const code = 'use std::io::Read;\nfn main() { let mut s = String::new(); std::io::stdin().read_to_string(&mut s).unwrap(); println!("{} {}", std::env::args().next().unwrap(), s.len()); }\n';
+    const info = await client.functions.deploy(`rust-compiled-${executorName}`, { runtime: 'rust', code: `${code}// ${Date.now()}\n` });
+    assert.equal(info.layer?.kind, 'compile');
+    assert.equal(info.layer?.reused, false);
+    assert.equal((await client.functions.invoke(`rust-compiled-${executorName}`, 'four')).text(), '/kindling-bin/main 4\n');
+  });
+
   it('round-trips 1 MiB of random bytes through stdin and stdout byte-exact', async () => {
     const input = randomBytes(1 << 20);
     const { status, json } = await postJson(server.url, {

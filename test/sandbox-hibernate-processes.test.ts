@@ -6,11 +6,9 @@
  * a fork goes on with the processes of its snapshot.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { Kindling, type Sandbox } from '@kindling/sdk';
-import { dockerUnavailableReason, microvmUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
-import { skipOrFail } from '../src/executors/test-support.js';
+import { dockerUnavailableReason, gvisorUnavailableReason, microvmUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const ADMIN = 'admin-key-for-sandbox-hibernate-processes-0123456789';
 
@@ -27,12 +25,6 @@ async function counterAtLeast(sandbox: Sandbox, atLeast: number, timeoutMs: numb
   let value = 0;
   await waitFor(async () => (value = await counter(sandbox)) >= atLeast, timeoutMs, `the counter in ${sandbox.id} to reach ${atLeast}`);
   return value;
-}
-
-async function gvisorUnavailableReason(): Promise<string | null> {
-  if (process.getuid?.() !== 0) return skipOrFail('gvisor', 'the gvisor executor needs root (runsc and its cgroups)');
-  if (!existsSync('/usr/bin/runsc')) return skipOrFail('gvisor', 'runsc is not installed (apt-get install runsc; scripts/setup.sh does)');
-  return null;
 }
 
 const cases = [

@@ -7,19 +7,11 @@
  * with the shell's exit code. Skipped with the reason where an executor is not available here.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { Kindling, type PtyHandle } from '@kindling/sdk';
-import { microvmUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
-import { skipOrFail } from '../src/executors/test-support.js';
+import { gvisorUnavailableReason, microvmUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const ADMIN = 'admin-key-for-sandbox-ports-pty-executors-0123456789';
-
-async function gvisorUnavailableReason(): Promise<string | null> {
-  if (process.getuid?.() !== 0) return skipOrFail('gvisor', 'the gvisor executor needs root (runsc and its cgroups)');
-  if (!existsSync('/usr/bin/runsc')) return skipOrFail('gvisor', 'runsc is not installed (apt-get install runsc; scripts/setup.sh does)');
-  return null;
-}
 
 /** An HTTP server on 127.0.0.1:8000 in the sandbox, answering every GET with the path and a file's content. */
 const SERVER = `import http.server

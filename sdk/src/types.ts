@@ -189,8 +189,11 @@ export interface FunctionLayerInfo {
   reused: boolean;
   /** How long this version's build took, in ms (0 when reused). */
   buildMs: number;
-  /** `npm` (a node bundle's package-lock.json; absent on layers recorded before pip builds) or `pip` (requirements.txt, at /work/.deps). */
-  kind?: 'npm' | 'pip';
+  /**
+   * `npm` (a node bundle's package-lock.json; absent on layers recorded before pip builds), `pip` (requirements.txt, at
+   * /work/.deps) or `compile` (go or rust code, or a go bundle without a command: the program compiled at deploy).
+   */
+  kind?: 'npm' | 'pip' | 'compile';
   /** The build of this version's deploy (`functions.buildLogs(name, buildId)`). */
   buildId?: string;
 }
@@ -200,7 +203,7 @@ export interface FunctionBuildInfo {
   id: string;
   tenant: string;
   function: string;
-  kind: 'npm' | 'pip';
+  kind: 'npm' | 'pip' | 'compile';
   /** `building` while the deploy installs, `ready` once a layer was made or reused, `failed` (see `error`). */
   status: 'building' | 'ready' | 'failed';
   /** Why a failed build failed (its BUILD_FAILED message). */

@@ -171,10 +171,10 @@ export const FunctionLayerSchema = Type.Object(
     bytes: Type.Integer({ description: 'Bytes of the installed tree (counted against the tenant\'s maxCodeBytes, per version)' }),
     reused: Type.Boolean({ description: 'true when no build ran for this version (the layer was built before)' }),
     buildMs: Type.Integer({ description: 'How long this version\'s build took (0 when reused)' }),
-    kind: Type.Optional(Type.String({ description: 'npm (absent on layers recorded before pip builds) or pip' })),
+    kind: Type.Optional(Type.String({ description: 'npm (absent on layers recorded before pip builds), pip, or compile (the program of go or rust code, or of a go bundle, at /kindling-bin/main)' })),
     buildId: Type.Optional(Type.String({ description: 'The build of this version\'s deploy (GET /v1/functions/NAME/builds/ID/logs)' })),
   },
-  { description: 'Present when a node bundle had package.json + package-lock.json (its dependencies, read-only at /work/node_modules) or a python bundle a requirements.txt (read-only at /work/.deps, on PYTHONPATH)' },
+  { description: 'Present when a node bundle had package.json + package-lock.json (its dependencies, read-only at /work/node_modules), a python bundle a requirements.txt (read-only at /work/.deps, on PYTHONPATH), or the function is go or rust code or a go bundle without a command (compiled at deploy; the program runs from /kindling-bin/main, on the sandbox and docker executors)' },
 );
 
 /** One dependency build of a function's deploy. */
@@ -183,7 +183,7 @@ export const FunctionBuildSchema = Type.Object(
     id: Type.String({ example: 'bld_0mi8x2k1c4f9e2a7b3d10c5e8' }),
     tenant: Type.String(),
     function: Type.String(),
-    kind: Type.String({ description: 'npm or pip' }),
+    kind: Type.String({ description: 'npm, pip or compile' }),
     status: Type.String({ description: 'building, ready or failed', enum: ['building', 'ready', 'failed'] }),
     error: Type.Optional(Type.String({ description: 'Why a failed build failed (its BUILD_FAILED message)' })),
     layerSha256: Type.Optional(Type.String({ description: 'The layer a ready build made or reused' })),

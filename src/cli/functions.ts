@@ -104,7 +104,7 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     .option('-c, --code <code>', 'the source inline')
     .option('--dir <path>', 'deploy a bundle: this directory as a tar (.git and the patterns of DIR/.kindlingignore left out); with --handler FILE:FUNCTION or a command after --')
     .option('--handler <name>', 'handler style: the function that takes the body and returns the response (with --dir: FILE:FUNCTION, e.g. src/index.js:handler)')
-    .option('-i, --image <image>', 'image of a command function, e.g. kindling/base')
+    .option('-i, --image <image>', 'image of a command function, e.g. kindling/base; with --runtime and --handler: a custom image built from the runtime\'s (kindling images create)')
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, [])
     .option('--timeout-ms <ms>', 'wall-clock limit per invocation in milliseconds', parseNumber('--timeout-ms'))
     .option('--memory-mb <mb>', 'memory limit per sandbox in MiB', parseNumber('--memory-mb'))
@@ -117,12 +117,14 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     const spec: FunctionSpec = {};
     if (options.dir !== undefined) {
       if (options.file !== undefined || options.code !== undefined) throw new Error('--dir brings the code: drop --file/--code');
+      // A handler may name a custom image built from its runtime's (--runtime and --image together).
       if (options.image !== undefined) spec.image = options.image as string;
-      else if (options.runtime !== undefined) spec.runtime = options.runtime as string;
-      else throw new Error('--dir needs --runtime (or --image with a command after --)');
-      if (options.handler === undefined && args.length === 0) throw new Error('--dir needs --handler FILE:FUNCTION, or a command after -- (run in the bundle\'s directory)');
+      if (options.runtime !== undefined && (options.image === undefined || options.handler !== undefined)) spec.runtime = options.runtime as string;
+      if (spec.image === undefined && spec.runtime === undefined) throw new Error('--dir needs --runtime (or --image with a command after --)');
+      // A go bundle without a command is compiled at deploy and its program is the command.
+      if (options.handler === undefined && args.length === 0 && !/^go/.test(String(options.runtime))) throw new Error('--dir needs --handler FILE:FUNCTION, or a command after -- (run in the bundle\'s directory); a go bundle without one is compiled at deploy');
       if (args.length > 0) spec.command = args;
-    } else if (options.image !== undefined) {
+    } else if (options.image !== undefined && options.handler === undefined) {
       if (args.length === 0) throw new Error('--image needs a command after --, e.g. kindling deploy up --image kindling/base -- tr a-z A-Z');
       spec.image = options.image as string;
       spec.command = args;
@@ -132,6 +134,8 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
       if (options.file !== undefined) spec.code = await readFile(options.file as string, 'utf8');
       else if (options.code !== undefined) spec.code = options.code as string;
       else throw new Error('--runtime needs code: --file PATH or --code CODE');
+      // A handler on a custom image built from the runtime's (kindling images create NAME --from RUNTIME --apt PKG).
+      if (options.image !== undefined) spec.image = options.image as string;
     }
     if (options.handler !== undefined) spec.handler = options.handler as string;
     const env: Record<string, string> = {};
@@ -152,9 +156,16 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
       const answer = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string), { requestTimeoutMs: 0, wait: false });
       const info = 'build' in answer && answer.status === 'building' ? await followDeploy(client, name, answer.build.id) : (answer as FunctionInfo);
       if (options.json) process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
-      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}${info.layer ? ` dependencies sha256:${info.layer.sha256} (${info.layer.reused ? 'layer reused' : `built in ${info.layer.buildMs} ms`})` : ''}\n`);
+      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}${layerSummary(info.layer)}\n`);
     });
   });
+
+  /** What the deploy's layer is, in the deploy's one line. */
+  const layerSummary = (layer: FunctionInfo['layer']): string => {
+    if (layer === undefined) return '';
+    if (layer.kind === 'compile') return ` program sha256:${layer.sha256} (${layer.reused ? 'compiled before' : `compiled in ${layer.buildMs} ms`})`;
+    return ` dependencies sha256:${layer.sha256} (${layer.reused ? 'layer reused' : `built in ${layer.buildMs} ms`})`;
+  };
 
   const invoke = program
     .command('invoke')

@@ -107,6 +107,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--build-npm-dir <dir>', 'host directory of the npm package builds run (default: the npm installed next to this node)')
     .option('--pip-index-url <url>', 'package index (PEP 503 simple) python dependency builds install from (network "egress": see docs/security.md section 17)', 'https://pypi.org/simple')
     .option('--build-pip-wheel <path>', 'host path of the pip wheel python dependency builds run (default: the newest in /usr/share/python-wheels, Debian\'s python3-pip-whl)')
+    .option('--build-go-proxy <url>', 'GOPROXY of Go bundle builds (go code and bundles are compiled at deploy); "off": a bundle carries its modules (go mod vendor); a proxy gives the build network "egress"', 'off')
     .option('--max-bundle-bytes <n>', 'largest function bundle (a tar of a directory, as uploaded); beyond it 413', int('--max-bundle-bytes'), 64 * 1024 * 1024)
     .option('--max-stream-bytes <n>', 'largest raw (application/octet-stream) body, streamed to stdin; beyond it 413', int('--max-stream-bytes'), 1024 * 1024 * 1024)
     .option('--stream-relay <on|off>', 'large raw streams (uploads of 4 MiB+, outputs past 1 MiB) move between the client socket and the sandbox by splice(2), around the node process; off keeps them in node', 'on')
@@ -218,6 +219,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
           ...(options.buildCaFile === '' ? {} : { caFile: options.buildCaFile as string }),
           pipIndexUrl: options.pipIndexUrl as string,
           ...(options.buildPipWheel === undefined ? {} : { pipWheel: options.buildPipWheel as string }),
+          goProxy: options.buildGoProxy as string,
         },
         ...(relay === 'off' ? { streamRelayPath: null } : {}),
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,

@@ -11,6 +11,7 @@
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import { KindlingError } from '../core/errors.js';
+import { RUNTIME_ALIASES, runtimeImage } from '../orchestrator/runtimes.js';
 import { IMAGE_RECIPES, IMAGE_SHORT_NAMES, findRecipe, type ImageRecipe, type ImageShortName } from './recipes.js';
 
 export const CUSTOM_IMAGE_NAME = /^[a-z0-9][a-z0-9-]{0,39}$/;
@@ -68,7 +69,10 @@ export function validateCustomSpec(name: string, spec: CustomImageSpec): { base:
   if ((IMAGE_SHORT_NAMES as readonly string[]).includes(name) || findRecipe(name) !== undefined) {
     throw new KindlingError('VALIDATION_FAILED', `"${name}" names a built-in image or runtime; choose another name`, { details: { field: 'name' } });
   }
-  const base = typeof spec.from === 'string' ? findRecipe(spec.from) : undefined;
+  // `python` and `node` mean what they mean as runtimes, the newest (kindling/python3.13, kindling/node20): a handler
+  // of runtime `python` runs on an image --from python. `kindling/python` names bookworm's image.
+  const from = typeof spec.from === 'string' && Object.hasOwn(RUNTIME_ALIASES, spec.from) ? runtimeImage(spec.from) : spec.from;
+  const base = typeof from === 'string' ? findRecipe(from) : undefined;
   if (base === undefined) {
     throw new KindlingError('UNKNOWN_IMAGE', `"from" must name a built-in image: ${IMAGE_SHORT_NAMES.join(', ')}`, { details: { field: 'from', known: [...IMAGE_SHORT_NAMES] } });
   }

@@ -17,3 +17,10 @@ test('any other failure points at the manifest', () => {
   assert.match(buildFailureAdvice('npm', 'npm error code E404\nnpm error 404 Not Found - GET https://registry.npmjs.org/nope\n', 'r'), /fix package\.json/);
   assert.match(buildFailureAdvice('pip', 'ERROR: No matching distribution found for nope\n', 'i'), /fix requirements\.txt/);
 });
+
+test('a compile build: missing Go modules point at vendoring (or the proxy), anything else at the code', () => {
+  const missing = 'main.go:3:8: missing go.sum entry for module providing package example.org/x (imported by app); to add:\n';
+  assert.match(buildFailureAdvice('compile', missing, 'off'), /go mod vendor.*--build-go-proxy/);
+  assert.match(buildFailureAdvice('compile', 'go: example.org/x@v1.0.0: dial tcp: lookup proxy.example: Temporary failure in name resolution\n', 'https://proxy.example'), /could not reach the Go module proxy https:\/\/proxy\.example/);
+  assert.match(buildFailureAdvice('compile', './main.go:3:14: undefined: x\n', 'off'), /fix the compile errors/);
+});

@@ -4,13 +4,26 @@
  * by default; a private DNS resolver or registry mirror needs --egress-allow). The installer's own log says which.
  */
 /** The installers builds run (BuildKind of builds.ts). */
-export type BuildKind = 'npm' | 'pip';
+export type BuildKind = 'npm' | 'pip' | 'compile';
 
 /** Lines of npm's and pip's logs that mean the registry or index was not reached (names, refusals, timeouts). */
 const UNREACHABLE =
   /\b(EAI_AGAIN|ENOTFOUND|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH)\b|Temporary failure in name resolution|Name or service not known|Failed to establish a new connection|NewConnectionError|ConnectTimeoutError|Network is unreachable/;
 
+/** go's words when the bundle needs a module it does not carry (checked by go.sum first, then looked up). */
+const GO_MODULE_MISSING = /module lookup disabled by GOPROXY=off|missing go\.sum entry|cannot find module providing package|no required module provides package/;
+
 export function buildFailureAdvice(kind: BuildKind, log: string, source: string): string {
+  if (kind === 'compile') {
+    if (GO_MODULE_MISSING.test(log) && source === 'off') {
+      return "the bundle needs Go modules it does not carry and this server's builds fetch none (--build-go-proxy off): vendor them (go mod tidy && go mod vendor, then deploy the directory with go.sum and vendor/), or ask the operator for --build-go-proxy";
+    }
+    if (GO_MODULE_MISSING.test(log)) return 'the bundle\'s go.mod / go.sum do not name every module it imports: run go mod tidy and deploy with go.sum (or vendor them: go mod vendor)';
+    if (UNREACHABLE.test(log)) {
+      return `the build could not reach the Go module proxy ${source}: ask the operator (--build-go-proxy, --egress-allow), or vendor the modules (go mod vendor)`;
+    }
+    return 'fix the compile errors above and deploy again';
+  }
   if (UNREACHABLE.test(log)) {
     const option = kind === 'npm' ? '--build-registry' : '--pip-index-url';
     return (

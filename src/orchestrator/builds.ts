@@ -1,4 +1,8 @@
 /**
+ * Builds at deploy time. Compiled runtimes (go, rust): the function's source (its code, or a Go bundle) is compiled
+ * once in a build sandbox without network (unless the operator names a Go module proxy), and the program is kept as a
+ * layer keyed by (source, runtime, image), seen read-only at COMPILED_MOUNT; invocations exec it instead of compiling.
+ *
  * Dependency builds of node bundles: a bundle with package.json + package-lock.json gets `npm ci --omit=dev
  * --ignore-scripts` run as an ordinary execution (the same executors, limits and accounting as any other) in a build
  * sandbox that sees the bundle read-only at /work and the operator's npm read-only at NPM_MOUNT. The installed tree
@@ -10,10 +14,11 @@
  * every function with the same lockfile then runs; packages that need a compiled addon are not supported.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { KindlingError } from '../core/errors.js';
 import type { FunctionLayer } from '../store/store.js';
 import type { BundleStore } from './bundles.js';
@@ -34,6 +39,11 @@ export const PYTHON_LAYER_MOUNT = '/work/.deps';
 /** Where the operator's pip wheel is bound inside a python build sandbox (python runs pip from the wheel file). */
 export const PIP_MOUNT = '/kindling-pip.whl';
 export const DEFAULT_PIP_INDEX_URL = 'https://pypi.org/simple';
+/** Where a compiled function's program is seen (a new top-level directory: nothing of the image hides): COMPILED_PROGRAM. */
+export const COMPILED_MOUNT = '/kindling-bin';
+export const COMPILED_PROGRAM = `${COMPILED_MOUNT}/main`;
+/** GOPROXY of Go bundle builds: off, so a bundle's modules are its own or vendored (go mod vendor); --build-go-proxy names one. */
+export const DEFAULT_GO_PROXY = 'off';
 /** pip wheels an image brings (Debian's python3-pip-whl, one wheel): a pip build of such a runtime runs it rather than the operator's. */
 const IMAGE_PIP_WHEELS = '/usr/share/python-wheels/pip-*.whl';
 /** Where Debian's python3-pip-whl puts pip's wheel. */
@@ -79,6 +89,8 @@ export interface BuilderOptions {
   maxConcurrent?: number;
   /** Builds that may wait for a slot; beyond, a deploy gets 429 at once. Default MAX_QUEUED_BUILDS. */
   maxQueued?: number;
+  /** GOPROXY of Go bundle builds (--build-go-proxy); not `off`: the build has network "egress". Default DEFAULT_GO_PROXY. */
+  goProxy?: string;
 }
 
 export interface BuildResult {
@@ -91,10 +103,36 @@ export const BUILD_KINDS = {
   // deno and bun load a bundle's node_modules too (Deno through its package.json, Bun as node does).
   npm: { families: ['node', 'deno', 'bun'], image: 'kindling/node', files: ['package.json', 'package-lock.json'], keyFile: 'package-lock.json', mount: LAYER_MOUNT },
   pip: { families: ['python'], image: 'kindling/python', files: ['requirements.txt'], keyFile: 'requirements.txt', mount: PYTHON_LAYER_MOUNT },
+  // Not found by needsBuild (no file says it): a function of these runtimes is compiled (see compiledFor).
+  compile: { families: ['go', 'rust'], image: 'kindling/go', files: [], keyFile: 'source', mount: COMPILED_MOUNT },
 } as const;
 export type BuildKind = keyof typeof BUILD_KINDS;
 /** The runtime whose image installs the npm dependencies of a deno or bun bundle. */
 const NPM_RUNTIME_OF_TYPESCRIPT = 'node20';
+
+/** The runtimes whose functions are compiled at deploy time. */
+export const COMPILED_RUNTIME_FAMILIES: readonly string[] = BUILD_KINDS.compile.families;
+
+/** What one build runs and what its layer is keyed by. */
+interface BuildPlan {
+  kind: BuildKind;
+  key: string;
+  /** What the layer is keyed by, for the log ("package-lock.json", "source"). */
+  keyedBy: string;
+  image: string;
+  script: string;
+  env: Record<string, string>;
+  binds: { source: string; target: string }[];
+  network: 'egress' | 'none';
+  /** Bytes on the build's stdin (a code function's source). */
+  stdin?: Buffer;
+  /** What the failure says ran: "npm ci", "pip install", "go build", "rustc". */
+  tool: string;
+  /** What the failure says failed: "installing the bundle's dependencies". */
+  doing: string;
+  /** The registry or index the advice names when it was not reached. */
+  registry: string;
+}
 
 /** The layer's mount point for a version's layer (layers recorded before pip existed have no kind: npm). */
 export const layerMount = (layer: { kind?: BuildKind }): string => BUILD_KINDS[layer.kind ?? 'npm'].mount;
@@ -134,8 +172,8 @@ export class DependencyBuilder {
    * What a bundle of this runtime needs built: npm for a node, deno or bun bundle with package.json and
    * package-lock.json at its root, pip for a python bundle with requirements.txt; null for anything else.
    */
-  async needsBuild(bundleDir: string, runtime: string | undefined): Promise<BuildKind | null> {
-    for (const kind of Object.keys(BUILD_KINDS) as BuildKind[]) {
+  async needsBuild(bundleDir: string, runtime: string | undefined): Promise<'npm' | 'pip' | null> {
+    for (const kind of ['npm', 'pip'] as const) {
       const spec = BUILD_KINDS[kind];
       const family = handlerFamily(runtime);
       if (family === null || !(spec.families as readonly string[]).includes(family)) continue;
@@ -149,7 +187,7 @@ export class DependencyBuilder {
    * The layer of the bundle at `bundleDir`: reused when its lockfile (requirements.txt) was built before, else built
    * now. `onLog` gets the build's log as it is written (npm's / pip's stderr).
    */
-  async layerFor(bundleDir: string, kind: BuildKind, tenant: TenantScope, onLog?: (text: string) => void, runtime?: string): Promise<BuildResult> {
+  async layerFor(bundleDir: string, kind: 'npm' | 'pip', tenant: TenantScope, onLog?: (text: string) => void, runtime?: string): Promise<BuildResult> {
     const lock = await readFile(join(bundleDir, BUILD_KINDS[kind].keyFile));
     const image = this.imageOf(kind, runtime);
     const imagePip = kind === 'pip' && runtime !== undefined && runtimeDefinition(runtime)?.pipInImage === true;
@@ -159,23 +197,138 @@ export class DependencyBuilder {
       kind === 'npm'
         ? createHash('sha256').update(lock).update('\0').update(image).update('\0').update(await this.npm()).digest('hex')
         : createHash('sha256').update('pip\0').update(lock).update('\0').update(image).update('\0').update(imagePip ? 'image-pip' : (await this.pip()).version).update('\0').update(this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL).digest('hex');
+    const registry = kind === 'npm' ? (this.options.registry ?? DEFAULT_BUILD_REGISTRY) : (this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL);
+    return this.layer(
+      {
+        kind,
+        key,
+        keyedBy: BUILD_KINDS[kind].keyFile,
+        image,
+        // Resolved lazily: a reused layer needs neither the script nor the pip wheel.
+        script: '',
+        env: kind === 'npm' ? this.npmEnv() : this.pipEnv(),
+        binds: [{ source: bundleDir, target: '/work' }, ...(this.options.caFile === undefined ? [] : [{ source: this.options.caFile, target: CA_MOUNT }])],
+        network: 'egress',
+        tool: kind === 'npm' ? 'npm ci' : 'pip install',
+        doing: "installing the bundle's dependencies",
+        registry,
+      },
+      tenant,
+      onLog,
+      async (plan) => ({
+        ...plan,
+        script: await this.script(kind, imagePip),
+        binds: [...plan.binds, ...(kind === 'npm' ? [{ source: this.options.npmDir, target: NPM_MOUNT }] : imagePip ? [] : [{ source: (await this.pip()).path, target: PIP_MOUNT }])],
+      }),
+    );
+  }
+
+  /**
+   * The compiled program of a go or rust function: reused when the same source was compiled before for the runtime's
+   * image, else compiled now in a build sandbox. `source` is a code function's code, or a Go bundle (its directory and
+   * content hash): `go build` of its module (or of its *.go files without go.mod), with GOPROXY --build-go-proxy.
+   */
+  async compiledFor(source: { code: string; handler?: string } | { bundleDir: string; bundleSha256: string }, runtime: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+    const definition = runtimeDefinition(runtime);
+    const family = definition?.family;
+    if (definition === undefined || (family !== 'go' && family !== 'rust')) throw new Error(`runtime ${runtime} is not compiled at deploy time`);
+    const bundle = 'bundleDir' in source;
+    if (bundle && family !== 'go') throw new Error('only go bundles are compiled at deploy time');
+    // A go handler: the code is compiled with the resident agent (agent/go/agent.go) and a file naming the handler.
+    const handler = !bundle && source.handler !== undefined ? source.handler : null;
+    if (handler !== null && (family !== 'go' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(handler))) throw new Error(`no ${family} handler agent for ${handler}`);
+    const agent = handler === null ? null : goAgentSource();
+    const goProxy = this.options.goProxy ?? DEFAULT_GO_PROXY;
+    const key = createHash('sha256')
+      .update('compile\0')
+      .update(definition.name)
+      .update('\0')
+      .update(definition.image)
+      .update('\0')
+      .update(bundle ? `bundle\0${source.bundleSha256}\0${goProxy}` : `code\0${source.code}`)
+      .update(handler === null ? '' : `\0handler\0${handler}\0${createHash('sha256').update(agent!).digest('hex')}`)
+      .digest('hex');
+    const out = '/tmp/out';
+    const compile =
+      family === 'rust'
+        ? // The flags of a one-off rust run (runtimes.ts): the same program either way.
+          `rustc -O -C strip=symbols -o ${out}/main /tmp/src/main.rs 1>&2`
+        : bundle
+          ? // A module builds as a module (vendor/ is used when present); loose files build as one package.
+            `cd /work && if [ -f go.mod ]; then go build -trimpath -o ${out}/main . 1>&2; else go build -trimpath -o ${out}/main ./*.go 1>&2; fi`
+          : handler !== null
+            ? `cd /tmp/src && cp ${GO_AGENT_MOUNT} kindling_agent.go && printf 'package main\\n\\nvar kindlingHandler any = ${handler}\\n' > kindling_handler.go && go build -trimpath -o ${out}/main handler.go kindling_agent.go kindling_handler.go 1>&2`
+            : `cd /tmp/src && go build -trimpath -o ${out}/main main.go 1>&2`;
+    const sourceFile = family === 'rust' ? 'main.rs' : handler !== null ? 'handler.go' : 'main.go';
+    const script = ['set -e', `mkdir -p /tmp/src ${out}`, ...(bundle ? [] : [`cat > /tmp/src/${sourceFile}`]), compile, `tar -b 1 -cf - -C ${out} .`].join('\n');
+    const network = bundle && goProxy !== 'off' ? 'egress' : 'none';
+    return this.layer(
+      {
+        kind: 'compile',
+        key,
+        keyedBy: 'source',
+        image: definition.image,
+        script,
+        env: { HOME: '/tmp/home', ...(family === 'go' ? { GOPROXY: goProxy, GOPATH: '/tmp/gopath', GOFLAGS: '-buildvcs=false' } : {}) },
+        binds: bundle
+          ? [{ source: source.bundleDir, target: '/work' }, ...(network === 'egress' && this.options.caFile !== undefined ? [{ source: this.options.caFile, target: CA_MOUNT }] : [])]
+          : handler !== null
+            ? [{ source: GO_AGENT_PATH, target: GO_AGENT_MOUNT }]
+            : [],
+        network,
+        ...(bundle ? {} : { stdin: Buffer.from(source.code) }),
+        tool: family === 'go' ? 'go build' : 'rustc',
+        doing: `compiling the ${family === 'go' ? 'Go' : 'Rust'} ${bundle ? 'bundle' : 'code'}`,
+        registry: goProxy,
+      },
+      tenant,
+      onLog,
+    );
+  }
+
+  /** A plan's layer: the one being built for the same key, or the one built before, or a build now. */
+  private async layer(plan: BuildPlan, tenant: TenantScope, onLog?: (text: string) => void, complete?: (plan: BuildPlan) => Promise<BuildPlan>): Promise<BuildResult> {
+    const { key, kind } = plan;
     const inFlight = this.running.get(key);
     if (inFlight !== undefined) {
-      onLog?.(`waiting for the build of the same ${BUILD_KINDS[kind].keyFile} that another deploy started\n`);
+      onLog?.(`waiting for the build of the same ${plan.keyedBy} that another deploy started\n`);
       return inFlight.then((r) => ({ ...r, layer: { ...r.layer, reused: true, buildMs: 0 } }));
     }
     if (await this.options.layers.has(key)) {
       const bytes = (await readFile(join(this.options.layers.pathOf(key), '..', `.${key}.bytes`), 'utf8').catch(() => '0')).trim();
-      onLog?.(`layer sha256:${key} of this ${BUILD_KINDS[kind].keyFile} was built before: nothing to install\n`);
+      onLog?.(`layer sha256:${key} of this ${plan.keyedBy} was built before: nothing to ${kind === 'compile' ? 'compile' : 'install'}\n`);
       return { layer: { sha256: key, bytes: Number(bytes) || 0, reused: true, buildMs: 0, ...(kind === 'npm' ? {} : { kind }) }, log: '' };
     }
-    const build = this.build(bundleDir, kind, image, imagePip, key, tenant, onLog);
+    const build = (complete === undefined ? Promise.resolve(plan) : complete(plan)).then((ready) => this.build(ready, tenant, onLog));
     this.running.set(key, build);
     try {
       return await build;
     } finally {
       this.running.delete(key);
     }
+  }
+
+  private npmEnv(): Record<string, string> {
+    return {
+      HOME: '/tmp/home',
+      npm_config_cache: '/tmp/npm-cache',
+      npm_config_registry: this.options.registry ?? DEFAULT_BUILD_REGISTRY,
+      npm_config_update_notifier: 'false',
+      NODE_OPTIONS: '--no-warnings',
+      ...(this.options.caFile === undefined ? {} : { NODE_EXTRA_CA_CERTS: CA_MOUNT }),
+    };
+  }
+
+  private pipEnv(): Record<string, string> {
+    return {
+      HOME: '/tmp/home',
+      KINDLING_PIP_INDEX_URL: this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL,
+      PYTHONDONTWRITEBYTECODE: '1',
+      // An http:// index is the operator's own choice (an internal mirror): pip ignores one unless trusted.
+      ...plainHttpHost(this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL),
+      // pip's own trust store is its bundled certifi; an operator's CA replaces it (PIP_CERT).
+      ...(this.options.caFile === undefined ? {} : { PIP_CERT: CA_MOUNT }),
+    };
   }
 
   /** Unpins a layer `layerFor` built (its version was stored, or the deploy failed). */
@@ -187,7 +340,7 @@ export class DependencyBuilder {
    * The image a build runs in: the function's runtime's (node20 builds in kindling/node20: the layer is built for the
    * interpreter that loads it), or for the family's default runtime the configured one.
    */
-  private imageOf(kind: BuildKind, runtime?: string): string {
+  private imageOf(kind: 'npm' | 'pip', runtime?: string): string {
     const configured = kind === 'npm' ? (this.options.image ?? BUILD_KINDS.npm.image) : (this.options.pythonImage ?? BUILD_KINDS.pip.image);
     if (runtime === undefined) return configured;
     // Deno and Bun bring no node to run npm: their node_modules (JavaScript) are installed by the current node's npm.
@@ -197,7 +350,7 @@ export class DependencyBuilder {
   }
 
   /** The build's shell script: the install's own output goes to stderr (the build log); stdout carries only the tar. */
-  private async script(kind: BuildKind, imagePip: boolean): Promise<string> {
+  private async script(kind: 'npm' | 'pip', imagePip: boolean): Promise<string> {
     if (kind === 'npm') {
       return [
         'set -e',
@@ -221,10 +374,9 @@ export class DependencyBuilder {
     ].join('\n');
   }
 
-  private async build(bundleDir: string, kind: BuildKind, image: string, imagePip: boolean, key: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+  private async build(plan: BuildPlan, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
     const started = Date.now();
-    const script = await this.script(kind, imagePip);
-    const tools = kind === 'npm' ? [{ source: this.options.npmDir, target: NPM_MOUNT }] : imagePip ? [] : [{ source: (await this.pip()).path, target: PIP_MOUNT }];
+    const { kind, key } = plan;
     // stdout (the tar) goes to a file first and is unpacked once the build succeeded: a failed build leaves nothing
     // half-unpacked, and the unpack reads a complete archive at its own pace. Its size is bounded by the build's disk.
     const { running, maxConcurrent } = this.slots.stats;
@@ -241,41 +393,19 @@ export class DependencyBuilder {
       try {
         raw = await this.options.executionService.executeRaw(
           {
-            image,
-            command: ['bash', '-c', script],
-            network: 'egress',
+            image: plan.image,
+            command: ['bash', '-c', plan.script],
+            network: plan.network,
             timeoutMs: this.options.timeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS,
             memoryMb: this.options.memoryMb ?? DEFAULT_BUILD_MEMORY_MB,
             cpus: this.options.cpus ?? DEFAULT_BUILD_CPUS,
             diskMb: this.options.diskMb ?? DEFAULT_BUILD_DISK_MB,
             outputBytes: LOG_KEPT_BYTES,
-            env:
-              kind === 'npm'
-                ? {
-                    HOME: '/tmp/home',
-                    npm_config_cache: '/tmp/npm-cache',
-                    npm_config_registry: this.options.registry ?? DEFAULT_BUILD_REGISTRY,
-                    npm_config_update_notifier: 'false',
-                    NODE_OPTIONS: '--no-warnings',
-                    ...(this.options.caFile === undefined ? {} : { NODE_EXTRA_CA_CERTS: CA_MOUNT }),
-                  }
-                : {
-                    HOME: '/tmp/home',
-                    KINDLING_PIP_INDEX_URL: this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL,
-                    PYTHONDONTWRITEBYTECODE: '1',
-                    // An http:// index is the operator's own choice (an internal mirror): pip ignores one unless trusted.
-                    ...plainHttpHost(this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL),
-                    // pip's own trust store is its bundled certifi; an operator's CA replaces it (PIP_CERT).
-                    ...(this.options.caFile === undefined ? {} : { PIP_CERT: CA_MOUNT }),
-                  },
+            env: plan.env,
           },
           {
-            roBinds: [
-              { source: bundleDir, target: '/work' },
-              ...tools,
-              ...(this.options.caFile === undefined ? [] : [{ source: this.options.caFile, target: CA_MOUNT }]),
-            ],
-            io: { stdin: { kind: 'none' }, stdout: { kind: 'sink', sink, keepBytes: 0 } },
+            ...(plan.binds.length === 0 ? {} : { roBinds: plan.binds }),
+            io: { stdin: plan.stdin === undefined ? { kind: 'none' } : { kind: 'bytes', bytes: plan.stdin }, stdout: { kind: 'sink', sink, keepBytes: 0 } },
             tenant,
             // Its own label in metrics and usage records: a failed build is not a failed one-off execution.
             functionName: BUILD_FUNCTION_LABEL,
@@ -287,11 +417,10 @@ export class DependencyBuilder {
       }
       const log = raw.stderr.toString('utf8');
       if (raw.result.exitCode !== 0) {
-        const installer = kind === 'npm' ? 'npm ci' : 'pip install';
-        const why = raw.result.timedOut ? `the build ran out of time (--build-timeout-ms ${this.options.timeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS})` : raw.result.oomKilled ? `the build ran out of memory (--build-memory-mb ${this.options.memoryMb ?? DEFAULT_BUILD_MEMORY_MB})` : `${installer} exited with ${raw.result.exitCode}`;
-        const fix = buildFailureAdvice(kind, log, kind === 'npm' ? (this.options.registry ?? DEFAULT_BUILD_REGISTRY) : (this.options.pipIndexUrl ?? DEFAULT_PIP_INDEX_URL));
+        const why = raw.result.timedOut ? `the build ran out of time (--build-timeout-ms ${this.options.timeoutMs ?? DEFAULT_BUILD_TIMEOUT_MS})` : raw.result.oomKilled ? `the build ran out of memory (--build-memory-mb ${this.options.memoryMb ?? DEFAULT_BUILD_MEMORY_MB})` : `${plan.tool} exited with ${raw.result.exitCode}`;
+        const fix = buildFailureAdvice(kind, log, plan.registry);
         const tail = lastLines(log, 8);
-        throw new KindlingError('BUILD_FAILED', `installing the bundle's dependencies failed: ${why}; ${fix}. ${kind} said:\n${tail}`, { details: { log: log.slice(-LOG_KEPT_BYTES), exitCode: raw.result.exitCode, timedOut: raw.result.timedOut } });
+        throw new KindlingError('BUILD_FAILED', `${plan.doing} failed: ${why}; ${fix}. ${plan.tool} said:\n${tail}`, { details: { log: log.slice(-LOG_KEPT_BYTES), exitCode: raw.result.exitCode, timedOut: raw.result.timedOut } });
       }
       const info = await this.options.layers.ingest(createReadStream(archive), { key });
       await writeFile(join(this.options.layers.pathOf(key), '..', `.${key}.bytes`), String(info.bytes)).catch(() => undefined);
@@ -328,6 +457,15 @@ export class DependencyBuilder {
     }
     return this.pipWheel;
   }
+}
+
+/** The go handler agent's source, in the source tree (not compiled by tsc), bound into go handler builds. */
+const GO_AGENT_PATH = fileURLToPath(new URL('../../../agent/go/agent.go', import.meta.url));
+const GO_AGENT_MOUNT = '/kindling-go-agent.go';
+let goAgent: Buffer | null = null;
+function goAgentSource(): Buffer {
+  goAgent ??= readFileSync(GO_AGENT_PATH);
+  return goAgent;
 }
 
 /** PIP_TRUSTED_HOST for an index URL on plain http (pip refuses such an index otherwise); nothing for https. */

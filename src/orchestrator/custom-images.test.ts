@@ -91,3 +91,17 @@ test("a directory without its record is removed at start once it is an hour old,
   await new CustomImageService({ imagesDir }).start();
   assert.deepEqual((await readdir(imagesDir)).sort(), ['python', 'u.acme.new']);
 });
+
+test('delete takes the record first, so an interrupted delete is finished at the next start, whatever its age', async () => {
+  const { service, imagesDir } = await serviceWith([record('acme', 'ml'), record('acme', 'kept')]);
+  await service.delete({ tenant: 'acme', isAdmin: false }, 'ml');
+  assert.deepEqual((await readdir(imagesDir)).sort(), ['u.acme.kept']);
+  // As a delete cut off after renaming the record: the directory is young, and still removed at start.
+  await mkdir(join(imagesDir, 'u.acme.cut'));
+  await writeFile(join(imagesDir, 'u.acme.cut', 'custom.json.deleted'), '{}');
+  await writeFile(join(imagesDir, 'u.acme.cut', 'files.tar'), 'x');
+  const restarted = new CustomImageService({ imagesDir });
+  await restarted.start();
+  assert.deepEqual((await readdir(imagesDir)).sort(), ['u.acme.kept']);
+  assert.deepEqual(restarted.list({ tenant: 'acme', isAdmin: false }).map((image) => image.name), ['kept']);
+});

@@ -18,7 +18,9 @@ import type Dockerode from 'dockerode';
 import { KindlingError } from '../core/errors.js';
 import { buildImages, ImageBuildError, imagePaths, safeRemove, type ImageLog } from '../images/builder.js';
 import {
+  baseRecipe,
   CUSTOM_FILES_TAR,
+  CUSTOM_RECORD_FILE,
   customRecipe,
   customShort,
   readCustomRecords,
@@ -31,6 +33,8 @@ import { IMAGE_SHORT_NAMES, recipeHash, type ImageShortName } from '../images/re
 import { TarGuard } from './tar-guard.js';
 
 export const DEFAULT_MAX_CUSTOM_IMAGES_PER_TENANT = 10;
+/** What delete renames an image's record to before it removes anything else. */
+const DELETED_MARK = 'custom.json.deleted';
 export const DEFAULT_MAX_IMAGE_FILES_BYTES = 256 * 1024 * 1024;
 export const DEFAULT_IMAGE_BUILD_TIMEOUT_MS = 20 * 60_000;
 /** Bytes of build log kept with the record (the end: mmdebstrap and apt print their errors last). */
@@ -88,6 +92,7 @@ export class CustomImageService {
   /** Loads the records; a build the server did not finish (it stopped) is marked failed. */
   async start(): Promise<void> {
     await this.removeOrphans();
+    await this.removeOrphanDockerImages();
     for (const record of await readCustomRecords(this.options.imagesDir)) {
       if (record.status === 'building') {
         record.status = 'failed';
@@ -101,17 +106,36 @@ export class CustomImageService {
 
   /**
    * A custom image's directory without its record is what a create that crashed before writing it left: removed once
-   * it is an hour old (a younger one may be another server's create in progress on the same images dir).
+   * it is an hour old (a younger one may be another server's create in progress on the same images dir). One whose
+   * record was renamed to DELETED_MARK is what an interrupted delete left: removed at once.
    */
   private async removeOrphans(): Promise<void> {
     const names = await fs.readdir(this.options.imagesDir).catch(() => [] as string[]);
     const recorded = new Set((await readCustomRecords(this.options.imagesDir)).map((record) => record.short));
     for (const short of names.filter((name) => (name.startsWith('u.') || name.startsWith('s.')) && !recorded.has(name))) {
       const dir = imagePaths(this.options.imagesDir, short).dir;
+      const deleted = await fs.stat(path.join(dir, DELETED_MARK)).then(() => true, () => false);
       const stat = await fs.stat(dir).catch(() => null);
-      if (stat === null || Date.now() - stat.mtimeMs < ORPHAN_AGE_MS) continue;
+      if (stat === null || (!deleted && Date.now() - stat.mtimeMs < ORPHAN_AGE_MS)) continue;
       this.options.log?.warn({ dir }, 'removing the directory of a custom image that has no record (an interrupted create)');
       await safeRemove(dir).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Docker images of custom images that have no record: what a delete interrupted between removing the record and
+   * removing the Docker image left (a create writes its record before it builds, so none of these is being built).
+   */
+  private async removeOrphanDockerImages(): Promise<void> {
+    const docker = this.options.docker;
+    if (docker === undefined) return;
+    const recorded = new Set((await readCustomRecords(this.options.imagesDir)).map((record) => record.short));
+    const images = await docker.listImages({ filters: JSON.stringify({ reference: ['kindling/u.*', 'kindling/s.*'] }) }).catch(() => []);
+    for (const tag of images.flatMap((image) => image.RepoTags ?? [])) {
+      const short = /^kindling\/([us]\.[a-z0-9][a-z0-9.-]*):[A-Za-z0-9_.-]+$/.exec(tag)?.[1];
+      if (short === undefined || recorded.has(short)) continue;
+      this.options.log?.warn({ image: tag }, 'removing the Docker image of a custom image that has no record (an interrupted delete)');
+      await docker.getImage(tag).remove({ force: true }).catch(() => undefined);
     }
   }
 
@@ -184,6 +208,10 @@ export class CustomImageService {
     if (record.tenant === null && !principal.isAdmin) throw new KindlingError('FORBIDDEN', `"${name}" is a shared image: only the admin key may delete it`);
     if (record.status === 'building' || this.building.has(record.short)) throw notReady(name, 'is being built; delete it once its status is ready or failed');
     this.records.delete(record.short);
+    // The record goes first: a delete interrupted after it is finished at the next start (the directory by
+    // removeOrphans, the Docker image by removeOrphanDockerImages), never undone.
+    const dir = imagePaths(this.options.imagesDir, record.short).dir;
+    await fs.rename(path.join(dir, CUSTOM_RECORD_FILE), path.join(dir, DELETED_MARK)).catch(() => undefined);
     await this.options.onImagesChanged?.();
     if (this.options.docker !== undefined) {
       await this.options.docker.getImage(`${record.image}:latest`).remove({ force: true }).catch(() => undefined);
@@ -213,6 +241,13 @@ export class CustomImageService {
     if (record === undefined) return image;
     if (record.status !== 'ready') throw notReady(record.name, record.status === 'failed' ? `failed to build (${(record.error ?? '').slice(0, 200)}); see GET /v1/images/${record.name}` : 'is still being built');
     return record.image;
+  }
+
+  /** The built-in image a custom image (as resolve() returned it) was built from; null for any other name. */
+  baseOf(image: string): string | null {
+    const short = /^kindling\/([a-z0-9][a-z0-9_.-]*)(?::[A-Za-z0-9_.-]+)?$/.exec(image)?.[1];
+    const record = short === undefined ? undefined : this.records.get(short);
+    return record === undefined ? null : baseRecipe(record.from).name;
   }
 
   private find(principal: Principal, name: string): CustomImageRecord {

@@ -89,6 +89,8 @@ export interface ExecutionObserver {
 /** Turns the image a tenant names into the one an executor runs (custom images, see custom-images.ts). */
 export interface ImageResolver {
   resolve(image: string, tenant: string | null): string;
+  /** The built-in image a resolved custom image was built from (`kindling/python3.13`); null for any other image. */
+  baseOf?(image: string): string | null;
 }
 
 export interface ExecutionServiceOptions {

@@ -5,6 +5,7 @@ import { SqliteStore } from '../store/sqlite.js';
 import type { ExecutionService } from './execution-service.js';
 import { BundleStore } from './bundles.js';
 import { FunctionService, type HandlerInvoker } from './function-service.js';
+import type { DependencyBuilder } from './builds.js';
 
 /** Warm pools on the sandbox executor only (as a server whose other executor keeps no warm sandboxes). */
 const sandboxOnlyHandlers = {
@@ -75,6 +76,76 @@ describe('FunctionService: bundles', () => {
     try {
       await assert.rejects(service.invoke('default', 'b', Buffer.from('x'), {}), (error: unknown) => error instanceof KindlingError && error.code === 'BUNDLES_UNSUPPORTED' && /microvm/.test(error.message));
       assert.equal(ran, 0);
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+});
+
+describe('FunctionService: go and rust code compiled at deploy', () => {
+  const LAYER = { sha256: 'c'.repeat(64), bytes: 2_000_000, reused: false, buildMs: 900, kind: 'compile' as const };
+  const setUp = (defaultExecutor: 'sandbox' | 'gvisor') => {
+    const store = new SqliteStore(':memory:');
+    const requests: { request: Record<string, unknown>; roBinds?: { source: string; target: string }[] }[] = [];
+    const executionService = {
+      prepare: async () => undefined,
+      isDraining: false,
+      executeRaw: async (request: Record<string, unknown>, options: { roBinds?: { source: string; target: string }[] }) => {
+        requests.push({ request, ...(options.roBinds ? { roBinds: options.roBinds } : {}) });
+        return { result: { id: 'exe_1', exitCode: 0, durationMs: 1, coldStart: true, timedOut: false, oomKilled: false, truncated: false, executor: defaultExecutor }, stdout: Buffer.from('ok'), stderr: Buffer.alloc(0) };
+      },
+    } as unknown as ExecutionService;
+    const compiled: { source: unknown; runtime: string }[] = [];
+    const builder = {
+      checkRoom: () => undefined,
+      needsBuild: async () => null,
+      release: () => undefined,
+      compiledFor: async (source: unknown, runtime: string) => {
+        compiled.push({ source, runtime });
+        return { layer: LAYER, log: '' };
+      },
+    } as unknown as DependencyBuilder;
+    const layers = new BundleStore({ dir: '/nonexistent/layers' });
+    const service = new FunctionService({ store, executionService, defaultExecutor, builder, layers });
+    return { store, service, requests, compiled, layers };
+  };
+
+  it('on an executor that binds files the program is compiled once at deploy and a call execs it from /kindling-bin', async () => {
+    const { store, service, requests, compiled, layers } = setUp('sandbox');
+    try {
+      const { view } = await service.deploy('default', 'g', { runtime: 'go', code: 'package main\nfunc main() {}\n' });
+      assert.deepEqual(view.layer, LAYER);
+      assert.deepEqual(compiled, [{ source: { code: 'package main\nfunc main() {}\n' }, runtime: 'go' }]);
+      await service.invoke('default', 'g', Buffer.from('x'));
+      assert.deepEqual(requests[0]!.request.command, ['/kindling-bin/main']);
+      assert.equal(requests[0]!.request.image, 'kindling/go');
+      assert.equal(requests[0]!.request.code, undefined, 'no code to compile per call');
+      assert.deepEqual(requests[0]!.roBinds, [{ source: layers.pathOf(LAYER.sha256), target: '/kindling-bin' }]);
+      // Rust the same way; bash (interpreted) is not compiled.
+      await service.deploy('default', 'r', { runtime: 'rust', code: 'fn main() {}' });
+      await service.deploy('default', 'b', { runtime: 'bash', code: 'echo' });
+      assert.deepEqual(compiled.map((c) => c.runtime), ['go', 'rust']);
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+
+  it('on gvisor (no binds) nothing is compiled at deploy, and a compiled version moved there compiles per call', async () => {
+    const { store, service, requests, compiled } = setUp('gvisor');
+    try {
+      const { view } = await service.deploy('default', 'g', { runtime: 'go', code: 'package main\nfunc main() {}\n' });
+      assert.equal(view.layer, undefined);
+      assert.deepEqual(compiled, []);
+      // A version compiled on a server whose default executor was the sandbox, invoked where gvisor is the default.
+      const { version } = store.putFunction('default', 'moved', { runtime: 'go', code: 'package main\nfunc main() {}\n', layer: LAYER }, 1, { keep: 3, alsoKeep: [] });
+      assert.equal(version.spec.layer?.kind, 'compile');
+      await service.invoke('default', 'moved', Buffer.from('x'));
+      assert.equal(requests[0]!.request.runtime, 'go');
+      assert.equal(typeof requests[0]!.request.code, 'string');
+      assert.equal(requests[0]!.request.command, undefined);
+      assert.equal(requests[0]!.roBinds, undefined);
     } finally {
       await service.close();
       store.close();

@@ -5,13 +5,13 @@ import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName, type ResourceLimits } from '../core/types.js';
 import { FUNCTION_NAME_PATTERN, specBytes, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
-import type { ExecutionService, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
+import type { ExecutionService, ImageResolver, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
 import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
-import { RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition } from './runtimes.js';
-import { layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
+import { RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
+import { COMPILED_PROGRAM, COMPILED_RUNTIME_FAMILIES, layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 import { newId } from '../core/ids.js';
 import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
 import { BuildLogs, type BuildLogMessage } from './build-logs.js';
@@ -87,6 +87,8 @@ export interface HandlerInvoker {
 export interface FunctionServiceOptions {
   store: Store;
   executionService: ExecutionService;
+  /** Custom images: a handler function may run on one built from its runtime's image (custom-images.ts). */
+  images?: ImageResolver;
   defaultExecutor: ExecutorName;
   handlers?: HandlerInvoker;
   clock?: Clock;
@@ -201,7 +203,7 @@ export class FunctionService {
     if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);
     // Only a build sets a layer (the gateway's schema refuses one from the client; a caller in-process gets the same).
     delete spec.layer;
-    const kind = await this.buildKind(spec);
+    const kind = await this.buildKind(spec, executor);
     if (kind === null) return this.storeVersion(tenant, name, spec, executor, caps);
     // From the check to the reservation nothing awaits: of two deploys racing here, the second gets the 409.
     this.checkNotBuilding(tenant, name);
@@ -239,10 +241,16 @@ export class FunctionService {
     return { building: record, done };
   }
 
-  /** What a bundle needs built: npm for a node bundle with package.json + package-lock.json, pip for a python bundle with requirements.txt; null for anything else. */
-  private async buildKind(spec: FunctionSpec): Promise<BuildKind | null> {
+  /**
+   * What a deploy needs built: npm for a node bundle with package.json + package-lock.json, pip for a python bundle
+   * with requirements.txt, compile for go or rust code (and a go bundle without a command) on an executor that binds
+   * the program in; null for anything else.
+   */
+  private async buildKind(spec: FunctionSpec, executor: ExecutorName): Promise<BuildKind | null> {
     const builder = this.options.builder;
-    if (spec.bundle === undefined || builder === undefined || this.options.bundles === undefined) return null;
+    if (builder === undefined || this.options.layers === undefined) return null;
+    if (compiledAtDeploy(spec, executor)) return 'compile';
+    if (spec.bundle === undefined || this.options.bundles === undefined) return null;
     return builder.needsBuild(this.options.bundles.pathOf(spec.bundle.sha256), spec.runtime);
   }
 
@@ -291,7 +299,14 @@ export class FunctionService {
     let built: BuildResult | null = null;
     let stored = false;
     try {
-      built = await builder.layerFor(this.options.bundles!.pathOf(spec.bundle!.sha256), kind, { name: tenant, caps }, (text) => this.buildLogs.append(id, text), spec.runtime);
+      const onLog = (text: string): void => this.buildLogs.append(id, text);
+      const scope = { name: tenant, caps };
+      if (kind === 'compile') {
+        const source = spec.bundle === undefined ? { code: spec.code!, ...(spec.handler === undefined ? {} : { handler: spec.handler }) } : { bundleDir: this.options.bundles!.pathOf(spec.bundle.sha256), bundleSha256: spec.bundle.sha256 };
+        built = await builder.compiledFor(source, spec.runtime!, scope, onLog);
+      } else {
+        built = await builder.layerFor(this.options.bundles!.pathOf(spec.bundle!.sha256), kind, scope, onLog, spec.runtime);
+      }
       if (building.deleted) throw new KindlingError('FUNCTION_NOT_FOUND', `function "${name}" was deleted while its build ran; deploy it again`);
       spec.layer = { ...built.layer, ...(records === undefined ? {} : { buildId: id }) };
       // The build's own reservation is not a reason to refuse its version.
@@ -509,8 +524,9 @@ export class FunctionService {
       const release = await this.limiterFor(version).acquire(options.signal);
       let raw;
       try {
-        raw = await this.options.executionService.executeRaw(commandRequest(spec), {
-          ...(spec.bundle === undefined ? {} : { roBinds: this.bundleBinds(spec) }),
+        const binds = this.bindsOf(spec, executor);
+        raw = await this.options.executionService.executeRaw(commandRequest(spec, executor), {
+          ...(binds.length === 0 ? {} : { roBinds: binds }),
           io: { stdin: options.io?.stdin ?? { kind: 'bytes', bytes: body }, stdout: options.io?.stdout ?? COLLECT_STDOUT },
           functionName: name,
           tenant: { name: tenant, caps: options.scope?.caps ?? {} },
@@ -551,10 +567,14 @@ export class FunctionService {
 
   private readonly limiters = new Map<string, ConcurrencyLimiter>();
 
-  /** A bundle at /work, and its dependency layer (if any) at /work/node_modules over it. */
-  bundleBinds(spec: FunctionSpec): { source: string; target: string }[] {
-    const binds = [{ source: this.bundlePath(spec.bundle!.sha256), target: BUNDLE_MOUNT }];
-    if (spec.layer !== undefined) {
+  /**
+   * A bundle at /work, and its layer (if any): dependencies at /work/node_modules over it (or /work/.deps), a compiled
+   * program at /kindling-bin. A compiled layer is left out where the executor cannot bind it (the code is compiled
+   * per call there, see commandRequest).
+   */
+  bindsOf(spec: FunctionSpec, executor: ExecutorName): { source: string; target: string }[] {
+    const binds = spec.bundle === undefined ? [] : [{ source: this.bundlePath(spec.bundle.sha256), target: BUNDLE_MOUNT }];
+    if (spec.layer !== undefined && (spec.layer.kind !== 'compile' || BUNDLE_EXECUTORS.includes(executor))) {
       if (this.options.layers === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
       binds.push({ source: this.options.layers.pathOf(spec.layer.sha256), target: layerMount(spec.layer) });
     }
@@ -607,8 +627,8 @@ export class FunctionService {
       await this.validateBundle(spec, executor);
     } else if (spec.handler !== undefined) {
       if (!HANDLER_NAME.test(spec.handler)) fail('handler', `handler must be a function name like "main" or "handler", got "${spec.handler}"`);
-      if (spec.image !== undefined || spec.command !== undefined) {
-        throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime" + "code", not with "image" + "command"');
+      if (spec.command !== undefined) {
+        throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime" + "code" (and optionally an "image" built from the runtime\'s), not with "command"');
       }
       if (spec.runtime === undefined || !HANDLER_RUNTIMES.includes(spec.runtime)) {
         if (spec.runtime !== undefined && !(RUNTIME_NAMES as readonly string[]).includes(spec.runtime)) {
@@ -621,10 +641,45 @@ export class FunctionService {
         throw handlersUnsupported(executor);
       }
     }
+    if (spec.handler !== undefined && spec.runtime !== undefined && runtimeDefinition(spec.runtime)?.family === 'go') {
+      // Its agent is compiled with the code at deploy and bound in: code only, on an executor that binds files.
+      if (spec.bundle !== undefined) throw new KindlingError('VALIDATION_FAILED', 'a go handler is deployed as code ("code" + "handler"); a go bundle runs as its program: drop "handler" (it is compiled at deploy)', { details: { field: 'handler' } });
+      if (spec.image !== undefined) throw new KindlingError('CONFLICTING_FIELDS', 'a go handler runs on kindling/go: drop "image"', { details: { field: 'image' } });
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(spec.handler)) fail('handler', `a go handler is a Go function name like "Handle", got "${spec.handler.slice(0, 130)}"`);
+      if (!BUNDLE_EXECUTORS.includes(executor) || this.options.builder === undefined || this.options.layers === undefined) {
+        throw new KindlingError('HANDLERS_UNSUPPORTED', `go handlers are compiled at deploy and run on the ${BUNDLE_EXECUTORS.join(' or ')} executor, not ${executor}; deploy with another "executor", or as a command (no "handler")`, { details: { executor } });
+      }
+    }
+    if (spec.handler !== undefined && spec.image !== undefined) {
+      this.checkHandlerImage(spec.image, spec.runtime!, tenant);
+      // The agent is the command; the image and limits are what a one-off execution would have checked.
+      const { runtime: _runtime, code: _code, ...rest } = commandRequest(spec);
+      await this.options.executionService.prepare({ ...rest, command: ['true'], executor }, caps, tenant);
+      return;
+    }
     // The same checks a one-off execution gets: fields that go together, runtime, image, limits in range.
     // A bundle's handler has no command of its own (the agent is the command): the image and limits are checked.
-    const handlerBundle = spec.bundle !== undefined && spec.handler !== undefined;
-    await this.options.executionService.prepare({ ...commandRequest(spec), ...(handlerBundle ? { command: ['true'] } : {}), executor }, caps, tenant);
+    // So has a go bundle compiled at deploy (its program is the command).
+    const noCommand = spec.bundle !== undefined && (spec.handler !== undefined || compiledAtDeploy(spec, executor));
+    await this.options.executionService.prepare({ ...commandRequest(spec), ...(noCommand ? { command: ['true'] } : {}), executor }, caps, tenant);
+  }
+
+  /**
+   * A handler's `image`: its runtime's own, or a custom image built from it (the agent runs on the runtime's
+   * interpreter, which the image must have). Throws a 4xx that says which runtime the image is for.
+   */
+  private checkHandlerImage(image: string, runtime: string, tenant: string): void {
+    const own = runtimeImage(runtime);
+    const resolved = this.options.images?.resolve(image, tenant) ?? image;
+    if (resolved === own) return;
+    const base = this.options.images?.baseOf?.(resolved) ?? null;
+    if (base === null) {
+      throw new KindlingError('VALIDATION_FAILED', `a ${runtime} handler runs on ${own} or on a custom image built from it (kindling images create NAME --from ${runtime} --apt PKG); "${image.slice(0, 120)}" is neither`, { details: { field: 'image' } });
+    }
+    if (base !== own) {
+      const fits = Object.values(RUNTIMES).find((r) => r.image === base && r.name !== 'node' && r.name !== 'python');
+      throw new KindlingError('VALIDATION_FAILED', `custom image "${image.slice(0, 120)}" is built from ${base}, and runtime ${runtime} runs on ${own}: deploy with ${fits === undefined ? `a runtime of ${base}` : `"runtime": "${fits.name}"`}, or build the image --from ${runtime}`, { details: { field: 'image', base } });
+    }
   }
 
   /**
@@ -645,7 +700,7 @@ export class FunctionService {
       if (parsed === null) {
         throw new KindlingError('VALIDATION_FAILED', `a bundle's handler is FILE:FUNCTION with FILE relative to the bundle's root, e.g. "handler.py:main" or "src/index.js:handler"; got "${spec.handler.slice(0, 200)}"`, { details: { field: 'handler' } });
       }
-      if (spec.image !== undefined || spec.command !== undefined) throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime", not with "image" + "command"');
+      if (spec.command !== undefined) throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime" (and optionally an "image" built from the runtime\'s), not with "command"');
       if (spec.runtime === undefined || !HANDLER_RUNTIMES.includes(spec.runtime)) {
         throw new KindlingError('VALIDATION_FAILED', `a handler needs "runtime": one of ${HANDLER_RUNTIMES.join(', ')} (other runtimes deploy as commands: give "command" instead of "handler")`, { details: { field: 'runtime' } });
       }
@@ -656,6 +711,7 @@ export class FunctionService {
       if (this.options.handlers === undefined || !this.options.handlers.supports(executor)) throw handlersUnsupported(executor);
       return;
     }
+    if (spec.runtime !== undefined && runtimeDefinition(spec.runtime)?.family === 'go' && spec.command === undefined && spec.image === undefined) return;
     if (spec.command === undefined || spec.command.length === 0) {
       throw new KindlingError('VALIDATION_FAILED', 'a bundle runs as a handler ("runtime" + "handler": "FILE:FUNCTION") or as a command ("runtime" or "image" + "command", e.g. ["python3", "main.py"])', { details: { field: 'handler' } });
     }
@@ -664,9 +720,26 @@ export class FunctionService {
   }
 }
 
-function commandRequest(spec: FunctionSpec): ExecuteRequest {
+/**
+ * Whether the deploy of this version compiles its program: go or rust code, or a go bundle without a command, on an
+ * executor that binds the program into its sandboxes (elsewhere the code is compiled at each call, as a one-off run).
+ */
+function compiledAtDeploy(spec: FunctionSpec, executor: ExecutorName): boolean {
+  if (!BUNDLE_EXECUTORS.includes(executor) || spec.runtime === undefined) return false;
+  const family = runtimeDefinition(spec.runtime)?.family;
+  if (family === undefined || !COMPILED_RUNTIME_FAMILIES.includes(family)) return false;
+  if (spec.bundle !== undefined) return family === 'go' && spec.command === undefined && spec.handler === undefined;
+  return spec.code !== undefined && spec.command === undefined && spec.image === undefined;
+}
+
+function commandRequest(spec: FunctionSpec, executor?: ExecutorName): ExecuteRequest {
   const request: ExecuteRequest = {};
-  if (spec.bundle !== undefined) {
+  const compiled = spec.layer?.kind === 'compile' && executor !== undefined && BUNDLE_EXECUTORS.includes(executor);
+  if (compiled) {
+    // The program compiled at deploy (bindsOf binds it), in the runtime's image: nothing is compiled per call.
+    request.image = runtimeImage(spec.runtime!);
+    request.command = [COMPILED_PROGRAM];
+  } else if (spec.bundle !== undefined) {
     // A bundle's command runs in the runtime's image (or the one named), in the bundle's directory.
     const image = spec.image ?? (spec.runtime === undefined ? undefined : runtimeDefinition(spec.runtime)?.image);
     if (image !== undefined) request.image = image;
@@ -675,7 +748,7 @@ function commandRequest(spec: FunctionSpec): ExecuteRequest {
     if (spec.code !== undefined) request.code = spec.code;
     if (spec.image !== undefined) request.image = spec.image;
   }
-  if (spec.command !== undefined) request.command = spec.command;
+  if (spec.command !== undefined && !compiled) request.command = spec.command;
   // A python layer is on the import path of a command too (the function's own PYTHONPATH, if any, wins).
   if (spec.layer?.kind === 'pip') request.env = { PYTHONPATH: PYTHON_LAYER_MOUNT, ...spec.env };
   else if (spec.env !== undefined) request.env = spec.env;

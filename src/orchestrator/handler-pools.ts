@@ -7,11 +7,11 @@
  * State: module-level state and files in /tmp persist between invocations served by the same warm sandbox (as in
  * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
  */
-import { layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
+import { COMPILED_PROGRAM, layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
 import { StringDecoder } from 'node:string_decoder';
 import { availableParallelism } from 'node:os';
 import { posix } from 'node:path';
-import { agentLaunch, agentLaunchModule, genericAgentLaunch, handlerFileName, isNodeEsModule } from '../../agent/files.js';
+import { AGENT_MOUNT, AGENT_SOCKET, agentLaunch, agentLaunchModule, genericAgentLaunch, handlerFileName, isNodeEsModule, type AgentLaunch } from '../../agent/files.js';
 import { PrewarmPool } from '../executors/shared/prewarm-pool.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
@@ -87,6 +87,11 @@ export interface InvocationObserver {
 
 export interface HandlerPoolsOptions {
   executors: ReadonlyMap<ExecutorName, Executor>;
+  /**
+   * The image an executor is given for a function's `image` (a custom image built from its runtime's, named as the
+   * tenant names it: custom-images.ts); absent: the name as it is.
+   */
+  resolveImage?: (image: string, tenant: string) => string;
   /** Used when a function does not set maxConcurrency. */
   defaultMaxConcurrency: number;
   /** Waiters per function version when the function does not set maxQueued. */
@@ -256,6 +261,8 @@ export class HandlerPools implements HandlerInvoker {
   private createGeneric(shape: GenericShape): Promise<WarmSandbox> {
     const executor = this.options.executors.get(shape.executor);
     if (executor?.createWarmSandbox === undefined) return Promise.reject(new Error(`no warm sandboxes on ${shape.executor}`));
+    // A go agent is compiled with its function's code: there is no generic one (coldSandbox never asks for it).
+    if (shape.family === 'go') return Promise.reject(new Error('no generic go agent'));
     const launch = genericAgentLaunch(shape.family);
     const limits = resolveLimits({ memoryMb: shape.memoryMb, cpus: shape.cpus, pids: shape.pids, diskMb: shape.diskMb, openFiles: shape.openFiles }, {}, this.limits);
     return executor.createWarmSandbox(
@@ -285,9 +292,11 @@ export class HandlerPools implements HandlerInvoker {
    */
   private async coldSandbox(version: FunctionVersion, executor: Executor, executorName: ExecutorName, limits: ReturnType<typeof resolveLimits>): Promise<WarmSandbox> {
     const key = genericKey(shapeOf(executorName, version.spec.runtime ?? '', limits));
-    // A bundle is bound into the sandbox when it is made: a generic one (already made) cannot take it.
-    const generic = version.spec.bundle === undefined ? this.generic.take(key) : undefined;
-    if (version.spec.bundle === undefined) this.generic.replenish(key);
+    // A bundle is bound into the sandbox when it is made: a generic one (already made) cannot take it. Nor has one the
+    // packages of a function's own image (none is kept for such images: they are one tenant's).
+    const fromGeneric = version.spec.bundle === undefined && version.spec.image === undefined && handlerFamilyOf(version.spec.runtime) !== 'go';
+    const generic = fromGeneric ? this.generic.take(key) : undefined;
+    if (fromGeneric) this.generic.replenish(key);
     if (generic?.load !== undefined) {
       try {
         const code = version.spec.code ?? '';
@@ -496,16 +505,23 @@ export class HandlerPools implements HandlerInvoker {
     if (spec.bundle !== undefined && (bundled === null || this.options.bundlePath === undefined)) {
       throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles');
     }
-    const launch =
-      bundled === null ? agentLaunch(runtime, spec.code ?? '', spec.handler ?? 'handler') : agentLaunchModule(runtime, posix.join(BUNDLE_MOUNT, bundled.file), bundled.fn);
     if (spec.layer !== undefined && this.options.layerPath === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
     const layerBinds = spec.layer === undefined ? [] : [{ source: this.options.layerPath!(spec.layer.sha256), target: layerMount(spec.layer) }];
-    const bundleBinds = spec.bundle === undefined ? {} : { roBinds: [{ source: this.options.bundlePath!(spec.bundle.sha256), target: BUNDLE_MOUNT }, ...layerBinds] };
+    let launch: AgentLaunch;
+    if (runtime === 'go') {
+      // The program compiled at deploy is the agent (the function's code with agent/go/agent.go), bound at /kindling-bin.
+      if (spec.layer?.kind !== 'compile') throw new KindlingError('HANDLERS_UNSUPPORTED', `go handler "${version.name}" has no compiled program: deploy it again on the sandbox or docker executor`);
+      launch = { command: [COMPILED_PROGRAM, `${AGENT_MOUNT}/${AGENT_SOCKET}`], files: [] };
+    } else {
+      launch = bundled === null ? agentLaunch(runtime, spec.code ?? '', spec.handler ?? 'handler') : agentLaunchModule(runtime, posix.join(BUNDLE_MOUNT, bundled.file), bundled.fn);
+    }
+    const binds = [...(spec.bundle === undefined ? [] : [{ source: this.options.bundlePath!(spec.bundle.sha256), target: BUNDLE_MOUNT }]), ...layerBinds];
+    const bundleBinds = binds.length === 0 ? {} : { roBinds: binds };
     // Python finds the bundle's top-level modules and packages from any file of it (the agent adds the file's own dir).
     const bundleEnv: Record<string, string> = spec.bundle !== undefined && runtime === 'python' ? { PYTHONPATH: spec.layer?.kind === 'pip' ? `${BUNDLE_MOUNT}:${PYTHON_LAYER_MOUNT}` : BUNDLE_MOUNT, PYTHONDONTWRITEBYTECODE: '1' } : {};
     return {
       id: newId('warm'),
-      image: runtimeImage(spec.runtime ?? ''),
+      image: spec.image === undefined ? runtimeImage(spec.runtime ?? '') : (this.options.resolveImage?.(spec.image, version.tenant) ?? spec.image),
       command: launch.command,
       env: { ...BASE_ENV, ...bundleEnv, ...spec.env },
       ...bundleBinds,

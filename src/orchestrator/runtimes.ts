@@ -118,9 +118,9 @@ export function concreteRuntime<T extends string | undefined | null>(runtime: T)
 }
 
 /** The handler agents' languages: a handler function runs on a runtime of one of these families (deno and bun run
- *  the node agent, with a TypeScript handler). */
-export type HandlerFamily = AgentFamily;
-const HANDLER_FAMILIES: readonly RuntimeFamily[] = ['node', 'python', 'deno', 'bun'];
+ *  the node agent, with a TypeScript handler; go's agent is compiled with the function's code at deploy). */
+export type HandlerFamily = AgentFamily | 'go';
+const HANDLER_FAMILIES: readonly RuntimeFamily[] = ['node', 'python', 'deno', 'bun', 'go'];
 
 /** The family of a handler runtime (node20 -> node), or null for a runtime without a handler agent (or no runtime). */
 export function handlerFamily(runtime: string | undefined): HandlerFamily | null {

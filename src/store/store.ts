@@ -38,8 +38,8 @@ export interface FunctionLayer {
   reused: boolean;
   /** How long this version's build took (0 when reused). */
   buildMs: number;
-  /** What installed it: npm (a node bundle's package-lock.json; absent on layers recorded before pip) or pip. */
-  kind?: 'npm' | 'pip';
+  /** What made it: npm (a node bundle's package-lock.json; absent on layers recorded before pip), pip, or compile (a go or rust program). */
+  kind?: 'npm' | 'pip' | 'compile';
   /** The build of this deploy (GET /v1/functions/NAME/builds/ID/logs); absent on layers recorded before build ids. */
   buildId?: string;
 }

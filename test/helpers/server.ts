@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { chmod, mkdtemp, readdir, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -112,6 +113,13 @@ export async function sandboxUnavailableReason(): Promise<string | null> {
   } finally {
     await probe.destroy();
   }
+}
+
+/** Why gvisor tests cannot run here (root, Debian's runsc), or null when they can. */
+export async function gvisorUnavailableReason(): Promise<string | null> {
+  if (process.getuid?.() !== 0) return skipOrFail('gvisor', 'the gvisor executor needs root (runsc and its cgroups)');
+  if (!existsSync('/usr/bin/runsc')) return skipOrFail('gvisor', 'runsc is not installed (apt-get install runsc; scripts/setup.sh does)');
+  return null;
 }
 
 /** Why microVM tests cannot run here (QEMU, kernel and agent assets, images), or null when they can. */

@@ -14,7 +14,7 @@
  * directory are tmpfs of diskMb; the timeout backstop (timeoutMs + grace) and kill() kill the whole VM.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, type Dirent } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -197,7 +197,8 @@ export class MicroVmExecutor implements Executor {
   }
 
   hasImage(image: string): boolean {
-    return this.images.has(findRecipe(image.replace(/:latest$/, ''))?.name ?? image);
+    const untagged = image.replace(/:latest$/, '');
+    return this.images.has(findRecipe(untagged)?.name ?? untagged);
   }
 
   async refreshImages(): Promise<string[]> {
@@ -207,12 +208,24 @@ export class MicroVmExecutor implements Executor {
       const file = path.join(this.options.imagesDir, short, 'rootfs.ext4');
       if (recipe && existsSync(file)) found.set(recipe.name, file);
     }
+    // Custom images (images/custom.ts): `u.<tenant>.<name>` and `s.<name>` beside the built-in ones, by their own name.
+    let entries: Dirent[] = [];
+    try {
+      entries = readdirSync(this.options.imagesDir, { withFileTypes: true });
+    } catch {
+      // No images dir yet: no custom images either.
+    }
+    for (const short of entries.filter((e) => e.isDirectory() && /^[us]\.[a-z0-9][a-z0-9.-]*$/.test(e.name)).map((e) => e.name)) {
+      const file = path.join(this.options.imagesDir, short, 'rootfs.ext4');
+      if (existsSync(file)) found.set(`kindling/${short}`, file);
+    }
     this.images = found;
     return [...found.keys()].sort();
   }
 
   private shapeOf(spec: RunSpec): Shape {
-    const name = findRecipe(spec.image.replace(/:latest$/, ''))?.name ?? spec.image;
+    const untagged = spec.image.replace(/:latest$/, '');
+    const name = findRecipe(untagged)?.name ?? untagged;
     const rootImage = this.images.get(name);
     if (!rootImage) {
       throw new KindlingError('UNKNOWN_IMAGE', `image ${spec.image} has no ext4 for microVMs; run "kindling images build --microvm"`);
