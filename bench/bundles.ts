@@ -32,7 +32,7 @@ const ROWS = [
   { id: 'bundles.build_cold', scenario: 'npm ci build, cold', target: 'measured' },
   { id: 'bundles.build_cached', scenario: 'npm ci build, cached (unchanged lockfile)', target: 'no rebuild' },
   { id: 'bundles.layer_shared', scenario: `Disk of the layer store for ${SHARED} functions with different code and the same lockfile`, target: 'one layer (issue 21)' },
-  { id: 'bundles.go_deploy_compile', scenario: 'Deploy of a go code function: compiled at deploy (new code) vs the same code again', target: 'cached: no compile' },
+  { id: 'bundles.go_deploy_compile', scenario: 'Deploy of a go code function: compiled at deploy (new code), and the same code again (cached)', target: 'compile < 3x a one-off run; cached: none' },
   { id: 'bundles.go_call_compiled', scenario: 'Call of a go function compiled at deploy (cold start) vs a one-off run of the same code (go build + run)', target: 'faster than compiling' },
 ] as const;
 const GO_ROWS = ROWS.slice(6);
@@ -254,7 +254,18 @@ async function goRows(ctx: BenchContext, url: string, n: number, rows: Row[]): P
     if (result.stdout !== `go ${i}\n`) throw new Error(`unexpected one-off answer ${JSON.stringify(result).slice(0, 200)}`);
     for (const name of [`go-${i}`, `go-again-${i}`]) await fetch(`${url}/v1/functions/${name}`, { method: 'DELETE' });
   }
-  rows.push({ group: GROUP, id: GO_ROWS[0]!.id, scenario: `${GO_ROWS[0]!.scenario}, n=${runs}`, kindling: `p50 ${fmtMs(p50(cached))} cached`, baseline: `p50 ${fmtMs(p50(cold))} compiled`, ratio: fmtRatio(p50(cached) / p50(cold)), target: GO_ROWS[0]!.target, status: reused ? 'pass' : 'fail' });
+  // A deploy that compiles pays the build sandbox, the archive and the store on top of the compile a one-off run does.
+  const compileRatio = p50(cold) / p50(oneOff);
+  rows.push({
+    group: GROUP,
+    id: GO_ROWS[0]!.id,
+    scenario: `${GO_ROWS[0]!.scenario}, n=${runs}`,
+    kindling: `p50 ${fmtMs(p50(cold))} compiled, ${fmtMs(p50(cached))} cached`,
+    baseline: `p50 ${fmtMs(p50(oneOff))} (one-off run: go build + run)`,
+    ratio: fmtRatio(compileRatio),
+    target: GO_ROWS[0]!.target,
+    status: reused && compileRatio < 3 ? 'pass' : 'fail',
+  });
   const ratio = p50(calls) / p50(oneOff);
   rows.push({ group: GROUP, id: GO_ROWS[1]!.id, scenario: `${GO_ROWS[1]!.scenario}, n=${runs}`, kindling: `p50 ${fmtMs(p50(calls))}`, baseline: `p50 ${fmtMs(p50(oneOff))} (one-off run, compiled per call)`, ratio: fmtRatio(ratio), target: GO_ROWS[1]!.target, status: ratio < 1 ? 'pass' : 'fail' });
   return { deployColdMs: cold, deployCachedMs: cached, callMs: calls, oneOffMs: oneOff };

@@ -249,16 +249,17 @@ export class DependencyBuilder {
       .update(handler === null ? '' : `\0handler\0${handler}\0${createHash('sha256').update(agent!).digest('hex')}`)
       .digest('hex');
     const out = '/tmp/out';
+    // No -trimpath: the image's standard library was compiled without it, and go would compile it all again (12 s).
     const compile =
       family === 'rust'
         ? // The flags of a one-off rust run (runtimes.ts): the same program either way.
           `rustc -O -C strip=symbols -o ${out}/main /tmp/src/main.rs 1>&2`
         : bundle
           ? // A module builds as a module (vendor/ is used when present); loose files build as one package.
-            `cd /work && if [ -f go.mod ]; then go build -trimpath -o ${out}/main . 1>&2; else go build -trimpath -o ${out}/main ./*.go 1>&2; fi`
+            `cd /work && if [ -f go.mod ]; then go build -o ${out}/main . 1>&2; else go build -o ${out}/main ./*.go 1>&2; fi`
           : handler !== null
-            ? `cd /tmp/src && cp ${GO_AGENT_MOUNT} kindling_agent.go && printf 'package main\\n\\nvar kindlingHandler any = ${handler}\\n' > kindling_handler.go && go build -trimpath -o ${out}/main handler.go kindling_agent.go kindling_handler.go 1>&2`
-            : `cd /tmp/src && go build -trimpath -o ${out}/main main.go 1>&2`;
+            ? `cd /tmp/src && cp ${GO_AGENT_MOUNT} kindling_agent.go && printf 'package main\\n\\nvar kindlingHandler any = ${handler}\\n' > kindling_handler.go && go build -o ${out}/main handler.go kindling_agent.go kindling_handler.go 1>&2`
+            : `cd /tmp/src && go build -o ${out}/main main.go 1>&2`;
     const sourceFile = family === 'rust' ? 'main.rs' : handler !== null ? 'handler.go' : 'main.go';
     const script = ['set -e', `mkdir -p /tmp/src ${out}`, ...(bundle ? [] : [`cat > /tmp/src/${sourceFile}`]), compile, `tar -b 1 -cf - -C ${out} .`].join('\n');
     const network = bundle && goProxy !== 'off' ? 'egress' : 'none';
