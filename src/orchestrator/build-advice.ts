@@ -22,7 +22,7 @@ export function buildFailureAdvice(kind: BuildKind, log: string, source: string)
     if (UNREACHABLE.test(log)) {
       return `the build could not reach the Go module proxy ${source}: ask the operator (--build-go-proxy, --egress-allow), or vendor the modules (go mod vendor)`;
     }
-    return 'fix the compile errors above and deploy again';
+    return 'fix the compile errors the compiler reports (below) and deploy again';
   }
   if (UNREACHABLE.test(log)) {
     const option = kind === 'npm' ? '--build-registry' : '--pip-index-url';
