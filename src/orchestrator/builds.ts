@@ -224,8 +224,8 @@ export class DependencyBuilder {
   }
 
   /**
-   * The compiled program of a go or rust function: reused when the same source was compiled before for the runtime's
-   * image, else compiled now in a build sandbox. `source` is a code function's code, or a Go bundle (its directory and
+   * The compiled program of a go or rust function: reused when the tenant's same source was compiled before for the
+   * runtime's image, else compiled now in a build sandbox. `source` is a code function's code, or a Go bundle (its directory and
    * content hash): `go build` of its module (or of its *.go files without go.mod), with GOPROXY --build-go-proxy.
    */
   async compiledFor(source: { code: string; handler?: string } | { bundleDir: string; bundleSha256: string }, runtime: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
@@ -239,8 +239,11 @@ export class DependencyBuilder {
     if (handler !== null && (family !== 'go' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(handler))) throw new Error(`no ${family} handler agent for ${handler}`);
     const agent = handler === null ? null : goAgentSource();
     const goProxy = this.options.goProxy ?? DEFAULT_GO_PROXY;
+    // Per tenant: a `reused: true` across tenants would tell one tenant that another deployed exactly this code.
     const key = createHash('sha256')
       .update('compile\0')
+      .update(tenant.name)
+      .update('\0')
       .update(definition.name)
       .update('\0')
       .update(definition.image)
