@@ -185,4 +185,39 @@ describe('web console in headless Chromium', { skip: unavailable ?? false }, () 
     for (const other of ['console-hello', 'console-tail']) assert.ok(!text.includes(other), `${other} is another tenant's and must not show`);
     await page.getByRole('button', { name: 'Sign out' }).click();
   });
+
+  it("lists the tenant's custom images: building, then failed with the build's error", async () => {
+    const name = `console-img-${process.pid}`;
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const created = await fetch(`${server.url}/v1/images/${name}`, { method: 'PUT', headers, body: JSON.stringify({ from: 'base', apt: ['kindling-console-no-such-package'] }) });
+    assert.equal(created.status, 202);
+    try {
+      await page.goto(server.url);
+      await page.getByLabel('API key').fill(KEY);
+      await page.keyboard.press('Enter');
+      await page.getByRole('heading', { name: 'Custom images' }).waitFor();
+      const imageRow = page.locator('#images-body tr').filter({ hasText: `kindling/${name}` });
+      await imageRow.waitFor({ timeout: 15_000 });
+      assert.match((await imageRow.textContent()) ?? '', /kindling-console-no-such-package/);
+      // The build fails (the package does not exist) and the row says so with the build's error, refreshed by the page.
+      await imageRow.filter({ hasText: /failed: \S/ }).waitFor({ timeout: 300_000 });
+      const shown = (await imageRow.textContent()) ?? '';
+      const stored = (await (await fetch(`${server.url}/v1/images/${name}`, { headers })).json()) as { error: string };
+      assert.ok(shown.includes(`failed: ${stored.error.slice(0, 60)}`), shown);
+      await page.getByRole('button', { name: 'Sign out' }).click();
+    } finally {
+      await waitForStatus(server.url, name, headers);
+      await fetch(`${server.url}/v1/images/${name}`, { method: 'DELETE', headers });
+    }
+  });
 });
+
+/** Waits until the image's build has ended (a delete is refused while it builds). */
+async function waitForStatus(url: string, name: string, headers: Record<string, string>): Promise<void> {
+  const deadline = Date.now() + 300_000;
+  while (Date.now() < deadline) {
+    const image = (await (await fetch(`${url}/v1/images/${name}`, { headers })).json()) as { status?: string };
+    if (image.status !== 'building') return;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}

@@ -109,6 +109,31 @@ async function loadPools(): Promise<void> {
   fill('pools-body', view.pools.map((p) => row([p.function, p.version, p.executor, p.idle, p.busy, p.creating, p.waiting])), 'No warm pools (handler-style functions get one on first use).', 7);
 }
 
+interface ImagesView {
+  images: { name: string; image: string; shared: boolean; from: string; apt: string[]; files: { dest: string; bytes: number } | null; status: string; error: string | null; sizeBytes: number | null; finishedAt: string | null }[];
+}
+
+async function loadImages(): Promise<void> {
+  const view = await json<ImagesView>('/v1/images');
+  fill(
+    'images-body',
+    view.images.map((i) =>
+      row([
+        `${i.image}${i.shared ? ' (shared)' : ''}`,
+        i.from,
+        i.apt.join(' ') || '—',
+        i.files === null ? '—' : `${i.files.dest} (${i.files.bytes} bytes)`,
+        // A failed build says why here; the whole log is GET /v1/images/NAME (kindling images show NAME).
+        i.status === 'failed' ? `failed: ${(i.error ?? '').slice(0, 200)}` : i.status,
+        { text: i.sizeBytes === null ? '—' : `${(i.sizeBytes / 1048576).toFixed(1)} MiB`, num: true },
+        i.finishedAt === null ? '—' : new Date(i.finishedAt).toLocaleString(),
+      ]),
+    ),
+    'No custom images (kindling images create).',
+    7,
+  );
+}
+
 interface UsageView {
   rows: { tenant: string; function: string; invocations: number; cpuMs: number; gbSeconds: number; bytesIn: number; bytesOut: number }[];
 }
@@ -316,7 +341,7 @@ $('logs-output').addEventListener('keydown', (event) => {
 });
 
 async function refresh(): Promise<void> {
-  const results = await Promise.allSettled([loadFunctions(), loadInvocations(), loadSandboxes(), loadPools(), loadUsage(), loadCharts()]);
+  const results = await Promise.allSettled([loadFunctions(), loadInvocations(), loadSandboxes(), loadPools(), loadImages(), loadUsage(), loadCharts()]);
   for (const result of results) if (result.status === 'rejected' && !(result.reason instanceof ApiError && result.reason.status === 401)) console.warn(result.reason);
 }
 
@@ -339,7 +364,7 @@ function showApp(): void {
 }
 
 /** What the last key saw stays nowhere on the page: the next key may be another tenant's. */
-const SESSION_TEXT_IDS = ['whoami', 'deploy-status', 'invoke-meta', 'invoke-output', 'logs-status', 'logs-output', 'functions-body', 'invocations-body', 'pools-body', 'pools-capacity', 'usage-body'];
+const SESSION_TEXT_IDS = ['whoami', 'deploy-status', 'invoke-meta', 'invoke-output', 'logs-status', 'logs-output', 'functions-body', 'invocations-body', 'pools-body', 'pools-capacity', 'images-body', 'usage-body'];
 
 function signOut(message = ''): void {
   stopFollowing();
