@@ -152,3 +152,16 @@ describe('FunctionService: go and rust code compiled at deploy', () => {
     }
   });
 });
+
+it('a go handler compiled for the sandbox executor, invoked where gvisor became the default, is refused with 400 (its program cannot be bound there)', async () => {
+  const store = new SqliteStore(':memory:');
+  const everywhere = { ...sandboxOnlyHandlers, supports: () => true } as unknown as HandlerInvoker;
+  const service = new FunctionService({ store, executionService: { prepare: async () => undefined } as unknown as ExecutionService, defaultExecutor: 'gvisor', handlers: everywhere });
+  try {
+    store.putFunction('default', 'h', { runtime: 'go', code: 'package main\n', handler: 'Handle', layer: { sha256: 'd'.repeat(64), bytes: 1, reused: false, buildMs: 1, kind: 'compile' } }, 1, { keep: 3, alsoKeep: [] });
+    await assert.rejects(service.invoke('default', 'h', Buffer.from('x')), (error: unknown) => error instanceof KindlingError && error.code === 'HANDLERS_UNSUPPORTED' && error.statusCode === 400 && /redeploy/.test(error.message));
+  } finally {
+    await service.close();
+    store.close();
+  }
+});

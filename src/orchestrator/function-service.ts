@@ -518,6 +518,11 @@ export class FunctionService {
         if (handlers === undefined || !handlers.supports(executor)) {
           throw handlersUnsupported(executor);
         }
+        // A go handler's agent is its compiled program, which only executors that bind files can run (the server's
+        // default executor may have changed since the deploy).
+        if (handlerFamily(spec.runtime) === 'go' && !BUNDLE_EXECUTORS.includes(executor)) {
+          throw new KindlingError('HANDLERS_UNSUPPORTED', `go handler "${name}" runs on the ${BUNDLE_EXECUTORS.join(' or ')} executor, not ${executor}; redeploy it with "executor": "sandbox"`, { details: { executor } });
+        }
         return await handlers.invoke(version, executor, body, options);
       }
       // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
