@@ -21,11 +21,11 @@ test('a compiled program is reused for the same tenant and source, never across 
   await chmod(work, 0o755);
   await writeFile(join(work, 'main'), '#!/bin/sh\necho hi\n', { mode: 0o755 });
   const program = execFileSync('tar', ['-cf', '-', '-C', work, 'main']);
-  const builds: { network: unknown; stdin: unknown; command: unknown }[] = [];
+  const builds: { network: unknown; stdin: unknown; command: unknown; roBinds: unknown }[] = [];
   // The build sandbox, faked: what a real one prints on stdout is the tar of /tmp/out.
   const executionService = {
-    executeRaw: async (request: { network?: string; command?: string[] }, options: { io: { stdin: unknown; stdout: { sink: Writable } } }) => {
-      builds.push({ network: request.network, stdin: options.io.stdin, command: request.command });
+    executeRaw: async (request: { network?: string; command?: string[] }, options: { roBinds?: unknown; io: { stdin: unknown; stdout: { sink: Writable } } }) => {
+      builds.push({ network: request.network, stdin: options.io.stdin, command: request.command, roBinds: options.roBinds });
       await new Promise<void>((resolve) => options.io.stdout.sink.write(program, () => resolve()));
       return { result: { exitCode: 0, timedOut: false, oomKilled: false }, stdout: Buffer.alloc(0), stderr: Buffer.from('') };
     },
@@ -48,4 +48,8 @@ test('a compiled program is reused for the same tenant and source, never across 
   const handler = await builder.compiledFor({ code: 'package main\nfunc Handle(b []byte) []byte { return b }\n', handler: 'Handle' }, 'go', { name: 'acme', caps: {} });
   assert.equal(handler.layer.reused, false);
   assert.match(String((builds[2]!.command as string[])[2]), /kindlingHandler any = Handle/);
+  // Nothing of the host is bound into a code build: the agent travels in the script (the sandbox's uid may not reach
+  // the server's checkout).
+  assert.deepEqual(builds.map((b) => b.roBinds), [undefined, undefined, undefined]);
+  assert.match(String((builds[2]!.command as string[])[2]), /base64 -d > kindling_agent\.go/);
 });

@@ -261,7 +261,9 @@ export class DependencyBuilder {
           ? // A module builds as a module (vendor/ is used when present); loose files build as one package.
             `cd /work && if [ -f go.mod ]; then go build -o ${out}/main . 1>&2; else go build -o ${out}/main ./*.go 1>&2; fi`
           : handler !== null
-            ? `cd /tmp/src && cp ${GO_AGENT_MOUNT} kindling_agent.go && printf 'package main\\n\\nvar kindlingHandler any = ${handler}\\n' > kindling_handler.go && go build -o ${out}/main handler.go kindling_agent.go kindling_handler.go 1>&2`
+            ? // The agent travels in the script (base64), not as a bind: the sandbox's uid may not reach the server's
+              // checkout (a bind source under a 0700 directory fails in bwrap).
+              `cd /tmp/src && printf %s ${agent!.toString('base64')} | base64 -d > kindling_agent.go && printf 'package main\\n\\nvar kindlingHandler any = ${handler}\\n' > kindling_handler.go && go build -o ${out}/main handler.go kindling_agent.go kindling_handler.go 1>&2`
             : `cd /tmp/src && go build -o ${out}/main main.go 1>&2`;
     const sourceFile = family === 'rust' ? 'main.rs' : handler !== null ? 'handler.go' : 'main.go';
     const script = ['set -e', `mkdir -p /tmp/src ${out}`, ...(bundle ? [] : [`cat > /tmp/src/${sourceFile}`]), compile, `tar -b 1 -cf - -C ${out} .`].join('\n');
@@ -274,11 +276,7 @@ export class DependencyBuilder {
         image: definition.image,
         script,
         env: { HOME: '/tmp/home', ...(family === 'go' ? { GOPROXY: goProxy, GOPATH: '/tmp/gopath', GOFLAGS: '-buildvcs=false' } : {}) },
-        binds: bundle
-          ? [{ source: source.bundleDir, target: '/work' }, ...(network === 'egress' && this.options.caFile !== undefined ? [{ source: this.options.caFile, target: CA_MOUNT }] : [])]
-          : handler !== null
-            ? [{ source: GO_AGENT_PATH, target: GO_AGENT_MOUNT }]
-            : [],
+        binds: bundle ? [{ source: source.bundleDir, target: '/work' }, ...(network === 'egress' && this.options.caFile !== undefined ? [{ source: this.options.caFile, target: CA_MOUNT }] : [])] : [],
         network,
         ...(bundle ? {} : { stdin: Buffer.from(source.code) }),
         tool: family === 'go' ? 'go build' : 'rustc',
@@ -463,9 +461,8 @@ export class DependencyBuilder {
   }
 }
 
-/** The go handler agent's source, in the source tree (not compiled by tsc), bound into go handler builds. */
+/** The go handler agent's source, in the source tree (not compiled by tsc), written into go handler builds. */
 const GO_AGENT_PATH = fileURLToPath(new URL('../../../agent/go/agent.go', import.meta.url));
-const GO_AGENT_MOUNT = '/kindling-go-agent.go';
 let goAgent: Buffer | null = null;
 function goAgentSource(): Buffer {
   goAgent ??= readFileSync(GO_AGENT_PATH);
