@@ -92,8 +92,12 @@ describe('a generic sandbox that hangs while loading a function', { skip: unavai
     await server?.stop();
   });
 
+  /** Failed starts of generic sandboxes (the pool's refill runs beside the test and may miss the short start timeout under load). */
+  const genericFailures = (): number => (server.handlers.stats() as { generic: { failed: number } }).generic.failed;
+
   it('the load is bounded too: killed, counted, then fresh sandboxes, then a retryable 503', { timeout: 60_000 }, async () => {
     const failedBefore = await failedWarmStarts(server.url);
+    const genericFailedBefore = genericFailures();
     const put = await fetch(`${server.url}/v1/functions/hangs`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'python', handler: 'handler', code: 'import time\nwhile True:\n    time.sleep(1)\n\ndef handler(body):\n    return body\n' }) });
     assert.ok(put.ok);
     const started = Date.now();
@@ -103,6 +107,9 @@ describe('a generic sandbox that hangs while loading a function', { skip: unavai
     assert.equal(((await response.json()) as { error: { code: string } }).error.code, 'SANDBOX_START_TIMEOUT');
     // The generic sandbox's load, then a fresh sandbox and one retry: three bounded starts.
     assert.ok(ms >= 3 * START_TIMEOUT_MS && ms < 8 * START_TIMEOUT_MS, `answered after ${ms} ms`);
-    assert.equal((await failedWarmStarts(server.url)) - failedBefore, 3, 'the hung load and both hung starts are counted');
+    // A refill of the generic pool that missed the start timeout on a loaded machine is counted too, and is not this
+    // function's: it is taken out of the count.
+    const refillFailures = genericFailures() - genericFailedBefore;
+    assert.equal((await failedWarmStarts(server.url)) - failedBefore - refillFailures, 3, 'the hung load and both hung starts are counted');
   });
 });

@@ -37,7 +37,7 @@ test('a shape warms only after replenish (a successful start); then takes hit, e
   assert.equal(pool.stats().creating, 0);
   pool.replenish('a');
   await until(() => pool.stats().idle === 2, 'two warm items');
-  assert.deepEqual(pool.stats(), { idle: 2, creating: 0, keys: 1, hits: 0, misses: 1 });
+  assert.deepEqual(pool.stats(), { idle: 2, creating: 0, keys: 1, hits: 0, misses: 1, failed: 0 });
   const first = pool.take('a');
   const second = pool.take('a');
   assert.ok(first && second && first !== second);
@@ -110,10 +110,32 @@ test('a creation that hangs past createTimeoutMs is given up, reported and repla
   assert.equal(errors.length, 1);
   assert.match(errors[0]!, /over 30 ms/);
   assert.equal(pool.stats().idle, 1, 'a replacement was made');
+  assert.equal(pool.stats().failed, 1, 'the given-up creation is counted as failed');
   assert.equal(pool.take('a'), 'a#2');
   // close() does not wait for the hung creation; when it finishes late, its item is destroyed, not pooled.
   await pool.close();
   hung[0]!('a#1');
   await until(() => destroyed.length === 1, 'the late item destroyed');
   assert.deepEqual(destroyed, ['a#1']);
+});
+
+test('counts creations that fail; a failed one is not retried until the shape is used again', async () => {
+  let created = 0;
+  const pool = new PrewarmPool<string>({
+    create: async (key) => {
+      if (++created === 1) throw new Error('engine hiccup');
+      return `${key}#${created}`;
+    },
+    destroy: async () => undefined,
+    sizePerKey: 1,
+    maxItems: 4,
+    idleTtlMs: 60_000,
+  });
+  pool.replenish('a');
+  await until(() => pool.stats().failed === 1, 'the failure counted');
+  assert.equal(pool.stats().idle, 0);
+  pool.replenish('a');
+  await until(() => pool.stats().idle === 1, 'the next creation');
+  assert.equal(pool.stats().failed, 1);
+  await pool.close();
 });

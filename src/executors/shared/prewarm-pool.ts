@@ -35,6 +35,8 @@ export interface PrewarmPoolStats {
   keys: number;
   hits: number;
   misses: number;
+  /** Creations that failed or were given up (createTimeoutMs) since the pool was made. */
+  failed: number;
 }
 
 export class PrewarmPool<T> {
@@ -45,6 +47,7 @@ export class PrewarmPool<T> {
   private readonly inFlight = new Set<Promise<void>>();
   private hits = 0;
   private misses = 0;
+  private failed = 0;
   private readonly sweepTimer: NodeJS.Timeout | null;
 
   constructor(options: PrewarmPoolOptions<T>) {
@@ -114,7 +117,7 @@ export class PrewarmPool<T> {
       idle += state.idle.length;
       creating += state.creating;
     }
-    return { idle, creating, keys: this.keys.size, hits: this.hits, misses: this.misses };
+    return { idle, creating, keys: this.keys.size, hits: this.hits, misses: this.misses, failed: this.failed };
   }
 
   private totalItems(): number {
@@ -146,6 +149,7 @@ export class PrewarmPool<T> {
           clearTimeout(timer);
           if (abandoned) return;
           state.creating--;
+          this.failed++;
           // No retry loop: the next take() of this shape tries again.
           this.options.onError?.(error, key);
         },
@@ -158,6 +162,7 @@ export class PrewarmPool<T> {
           if (settled) return;
           abandoned = true;
           state.creating--;
+          this.failed++;
           this.inFlight.delete(creation);
           this.options.onError?.(new Error(`creating a prewarmed item took over ${timeoutMs} ms; given up and replaced`), key);
           // Its place is free again: start a replacement (a shape dropped meanwhile is not refilled).
