@@ -34,8 +34,10 @@ const ROWS = [
   { id: 'bundles.layer_shared', scenario: `Disk of the layer store for ${SHARED} functions with different code and the same lockfile`, target: 'one layer (issue 21)' },
   { id: 'bundles.go_deploy_compile', scenario: 'Deploy of a go code function: compiled at deploy (new code), and the same code again (cached)', target: 'compile < 3x a one-off run; cached: none' },
   { id: 'bundles.go_call_compiled', scenario: 'Call of a go function compiled at deploy (cold start) vs a one-off run of the same code (go build + run)', target: 'faster than compiling' },
+  { id: 'bundles.apt_deploy', scenario: 'Deploy of a python handler with a Debian package (apt: python3-six): the image built (first deploy), then reused (another function, same package)', target: 'build ~ kindling images create; reused < 1 s' },
 ] as const;
-const GO_ROWS = ROWS.slice(6);
+const GO_ROWS = ROWS.slice(6, 8);
+const APT_ROW = ROWS[8];
 
 /** The host's IPv4 resolvers and the registry's addresses, as /32s (the policy ignores what is public anyway). */
 async function egressForRegistry(): Promise<string[]> {
@@ -210,6 +212,11 @@ export async function runBundlesGroup(ctx: BenchContext): Promise<GroupResult> {
     } catch (error) {
       for (const row of GO_ROWS) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, `${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
     }
+    try {
+      Object.assign(data, { apt: await aptRow(ctx, url, rows) });
+    } catch (error) {
+      rows.push(skippedRow(GROUP, APT_ROW.id, APT_ROW.scenario, APT_ROW.target, `${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
+    }
     Object.assign(data, { bundles: { coldDepsMs: deps, coldNoneMs: none, deployMs: deploys, storeBytes, oneCopyBytes: oneCopy, tarBytes: depsTar.length, buildColdMs: cold, buildCachedMs: cached, deployNoLockMs: bare } });
   } finally {
     await server.stop();
@@ -269,4 +276,50 @@ async function goRows(ctx: BenchContext, url: string, n: number, rows: Row[]): P
   const ratio = p50(calls) / p50(oneOff);
   rows.push({ group: GROUP, id: GO_ROWS[1]!.id, scenario: `${GO_ROWS[1]!.scenario}, n=${runs}`, kindling: `p50 ${fmtMs(p50(calls))}`, baseline: `p50 ${fmtMs(p50(oneOff))} (one-off run, compiled per call)`, ratio: fmtRatio(ratio), target: GO_ROWS[1]!.target, status: ratio < 1 ? 'pass' : 'fail' });
   return { deployColdMs: cold, deployCachedMs: cached, callMs: calls, oneOffMs: oneOff };
+}
+
+/**
+ * Debian packages for a function: the first deploy builds the image (runtime's + the package), a second function with
+ * the same package reuses it. Baseline: the same image made the two-step way (PUT /v1/images, polled until ready).
+ * One run each: a build takes tens of seconds.
+ */
+async function aptRow(ctx: BenchContext, url: string, rows: Row[]): Promise<Record<string, unknown>> {
+  const code = 'import six\n\ndef handler(body):\n    return six.ensure_binary(six.__name__)\n';
+  const put = async (name: string): Promise<{ ms: number; image: string }> => {
+    const started = performance.now();
+    const response = await fetch(`${url}/v1/functions/${name}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'python', handler: 'handler', code, apt: ['python3-six'] }) });
+    const view = (await response.json()) as { aptImage?: string };
+    const ms = performance.now() - started;
+    if (response.status !== 201 && response.status !== 200) throw new Error(`deploy of ${name} answered ${response.status}: ${JSON.stringify(view).slice(0, 300)}`);
+    return { ms, image: view.aptImage ?? '' };
+  };
+  ctx.log('bundles: a python handler with a Debian package, built then reused');
+  const built = await put('apt-first');
+  const reused = await put('apt-second');
+  const call = await invoke(url, 'apt-second');
+  if (call.body !== 'six') throw new Error(`unexpected answer ${call.body}`);
+  const image = `bench-six-${process.pid}`;
+  const started = performance.now();
+  const created = await fetch(`${url}/v1/images/${image}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ from: 'python', apt: ['python3-six'] }) });
+  if (created.status !== 202) throw new Error(`image create answered ${created.status}: ${(await created.text()).slice(0, 300)}`);
+  let status = 'building';
+  while (status === 'building') {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    status = ((await (await fetch(`${url}/v1/images/${image}`)).json()) as { status: string }).status;
+  }
+  const createMs = performance.now() - started;
+  await fetch(`${url}/v1/images/${image}`, { method: 'DELETE' });
+  for (const name of ['apt-first', 'apt-second']) await fetch(`${url}/v1/functions/${name}`, { method: 'DELETE' });
+  const ratio = built.ms / createMs;
+  rows.push({
+    group: GROUP,
+    id: APT_ROW.id,
+    scenario: APT_ROW.scenario,
+    kindling: `built ${fmtMs(built.ms)}, reused ${fmtMs(reused.ms)}`,
+    baseline: `${fmtMs(createMs)} (kindling images create of the same image)`,
+    ratio: fmtRatio(ratio),
+    target: APT_ROW.target,
+    status: status === 'ready' && built.image === reused.image && ratio < 1.5 && reused.ms < 1000 ? 'pass' : 'fail',
+  });
+  return { builtMs: built.ms, reusedMs: reused.ms, imagesCreateMs: createMs };
 }

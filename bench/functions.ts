@@ -19,6 +19,7 @@ import type { Row } from './lib/table.js';
 const CLIENTS = 32;
 /** An echo handler in Go (compiled with the Go agent at deploy). */
 const GO_ECHO = 'package main\n\nfunc Handle(body []byte) ([]byte, error) { return body, nil }\n';
+const JAVA_ECHO = 'public class Echo {\n    public static byte[] handle(byte[] body) { return body; }\n}\n';
 /** An echo handler in TypeScript (deno, bun). */
 const TS_ECHO = 'export const handler = (body: Uint8Array): Uint8Array => body;';
 const THROUGHPUT_MS = 5000;
@@ -121,8 +122,10 @@ export async function runFunctionsGroup(ctx: BenchContext): Promise<GroupResult>
     for (const runtime of ['deno', 'bun'] as const) await deploy(`bench-${runtime}`, { runtime, code: TS_ECHO, handler: 'handler', minWarm: 1, maxConcurrency: 2 });
     // Go: the handler compiled with the Go agent at deploy (the deploy answers after the compile).
     await deploy('bench-go', { runtime: 'go', code: GO_ECHO, handler: 'Handle', minWarm: 1, maxConcurrency: 2 });
+    // Java: the handler class compiled with the Java agent at deploy; one JVM per warm sandbox.
+    await deploy('bench-java', { runtime: 'java', code: JAVA_ECHO, handler: 'Echo.handle', minWarm: 1, maxConcurrency: 2 });
     let warmNodeOpen: number[] = [];
-    for (const runtime of ['node', 'python', 'deno', 'bun', 'go'] as const) {
+    for (const runtime of ['node', 'python', 'deno', 'bun', 'go', 'java'] as const) {
       ctx.log(`functions: warm ${runtime} handler, ${n} sequential invocations`);
       const samples = await latency(agent, base, `/v1/functions/bench-${runtime}/invoke`, n, okInvoke);
       if (runtime === 'node') warmNodeOpen = samples;

@@ -491,12 +491,17 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     ...(served.has('docker') ? { docker: new (await import('dockerode')).default({ socketPath: config.dockerSocketPath }) } : {}),
     ext4: served.has('microvm'),
     ...(config.maxCustomImagesPerTenant === undefined ? {} : { maxPerTenant: config.maxCustomImagesPerTenant }),
+    // Images for functions' packages are this data dir's, like its functions (the images dir may be shared).
+    ownerId,
+    imageReferences: () => store.imageReferences(),
     onImagesChanged: async () => {
       for (const executor of served.values()) await executor.refreshImages().catch(() => undefined);
     },
     log: logger.child({ component: 'custom-images' }),
   });
   await customImages.start();
+  // Images made for functions' packages that no kept version names (a crash between a delete and its collection).
+  void customImages.collectFunctionImages();
   service = new ExecutionService({
     images: customImages,
     executors: served,
@@ -555,6 +560,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     storageQuotasOf: (tenant) => tenants.quotasOf(tenant),
     store,
     images: customImages,
+    packageImages: customImages,
     executionService: service,
     defaultExecutor: chosen.name,
     handlers,

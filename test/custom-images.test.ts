@@ -109,6 +109,19 @@ describe('custom images (sandbox and docker executors)', { skip: unavailable ?? 
     const notCustom = await refused(client.functions.deploy('yaml-base', { runtime: 'python', image: 'kindling/base', code, handler: 'main' }));
     assert.equal(notCustom.status, 400);
     assert.match(notCustom.message, /custom image built from it/);
+    // Code of the runtime runs on it too, as a one-off execution and as a command function (no handler).
+    const once = await client.execute({ runtime: 'python', code: 'import yaml\nprint(yaml.safe_dump({"b": 2}), end="")', image: `kindling/${PYTHON}` });
+    assert.equal(once.stdout, 'b: 2\n', once.stderr);
+    await client.functions.deploy('yaml-program', { runtime: 'python', image: `kindling/${PYTHON}`, code: 'import sys, yaml\nprint(yaml.safe_dump(yaml.safe_load(sys.stdin.read())), end="")' });
+    assert.equal((await client.functions.invoke('yaml-program', '{"c": 3}')).text(), 'c: 3\n');
+    // While kept versions run on it, the image cannot be deleted; the answer names them. Once they are gone it can.
+    const inUse = await refused(client.images.delete(PYTHON));
+    assert.equal(inUse.status, 409);
+    assert.equal(inUse.code, 'IMAGE_IN_USE');
+    assert.match(inUse.message, /"yaml-sandbox"/);
+    for (const name of ['yaml-sandbox', 'yaml-docker', 'yaml-program']) await client.functions.delete(name);
+    await client.images.delete(PYTHON);
+    assert.equal(existsSync(join(IMAGES_DIR, `u.default.${PYTHON}`)), false);
   });
 
   it('bad requests get 400s that say what to change', async () => {

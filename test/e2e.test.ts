@@ -227,7 +227,9 @@ for (const { name: executorName, unavailable: skipReason } of EXECUTORS) describ
       [{ runtime: 'cobol', code: 'x' }, 400, 'UNKNOWN_RUNTIME'],
       [{ image: 'kindling/nope', command: ['true'] }, 400, 'UNKNOWN_IMAGE'],
       [{ runtime: 'python', code: '1', stdin: 'a', stdinBase64: 'YQ==' }, 400, 'CONFLICTING_FIELDS'],
-      [{ runtime: 'python', code: '1', image: 'kindling/base' }, 400, 'CONFLICTING_FIELDS'],
+      // runtime + code may name a custom image built from the runtime's; kindling/base is not one.
+      [{ runtime: 'python', code: '1', image: 'kindling/base' }, 400, 'VALIDATION_FAILED'],
+      [{ runtime: 'python', code: '1', image: 'kindling/base', command: ['true'] }, 400, 'CONFLICTING_FIELDS'],
       [{ runtime: 'python', code: '1', timeoutMs: -1 }, 400, 'LIMIT_OUT_OF_RANGE'],
       [{ runtime: 'python', code: '1', memoryMb: 1e9 }, 400, 'LIMIT_OUT_OF_RANGE'],
       [{ runtime: 'python', code: '1', pids: 'many' }, 400, 'VALIDATION_FAILED'],

@@ -1,12 +1,14 @@
 /**
  * The `java` runtime end to end on a real server: a Main.java runs in source-file mode on Debian trixie's OpenJDK 21
  * in kindling/java (stdout, stderr, the exit code of System.exit, a compile error as a failed result); a command
- * function reads stdin; a persistent sandbox compiles and runs with javac and java. On the sandbox executor, and on
- * docker where the engine is reachable.
+ * function reads stdin; a persistent sandbox compiles and runs with javac and java. A java handler (`Class.method`) is
+ * compiled with the resident agent at deploy: static state lives across warm calls, System.out goes to the invocation's
+ * log, an exception fails the call with its stack trace, a compile error fails the deploy. On the sandbox executor, and
+ * on docker where the engine is reachable.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Kindling } from '@kindling/sdk';
+import { Kindling, type KindlingError, type LogEvent } from '@kindling/sdk';
 import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const PROGRAM = `import java.util.List;
@@ -19,6 +21,25 @@ public class Main {
         System.out.println(pairs.stream().mapToInt(Pair::value).sum() + " on " + Runtime.version().feature());
         System.err.println("to stderr");
         System.exit(3);
+    }
+}
+`;
+
+const HANDLER = `import java.nio.charset.StandardCharsets;
+
+public class Greeter {
+    static int calls = 0;
+    static final int GREETING = Runtime.version().feature();
+
+    public static String greet(String body) {
+        calls++;
+        System.out.println("call " + calls);
+        if (body.equals("fail")) throw new IllegalStateException("refused: " + body);
+        return calls + ":" + body.toUpperCase() + " on " + GREETING;
+    }
+
+    public byte[] echo(byte[] body) {
+        return new String(body, StandardCharsets.UTF_8).repeat(2).getBytes(StandardCharsets.UTF_8);
     }
 }
 `;
@@ -57,6 +78,50 @@ for (const executor of ['sandbox', 'docker'] as const) {
     it('a java command function reads its input on stdin and answers on stdout', async () => {
       await client.functions.deploy(`java-upper-${executor}`, { runtime: 'java', code: UPPER });
       assert.equal((await client.functions.invoke(`java-upper-${executor}`, 'hello\njava\n')).text(), 'HELLO\nJAVA\n');
+    });
+
+    it('a java handler is compiled with its agent at deploy: state lives across warm calls, output goes to the log, an exception fails the call', async () => {
+      const name = `java-handler-${executor}`;
+      const info = await client.functions.deploy(name, { runtime: 'java', code: HANDLER, handler: 'Greeter.greet' });
+      assert.equal(info.style, 'handler');
+      assert.equal(info.layer?.kind, 'compile');
+      const first = await client.functions.invoke(name, 'a');
+      assert.deepEqual([first.text(), first.exitCode, first.coldStart], ['1:A on 21', 0, true]);
+      const second = await client.functions.invoke(name, 'b');
+      assert.deepEqual([second.text(), second.coldStart], ['2:B on 21', false]);
+      const failed = await client.functions.invoke(name, 'fail');
+      assert.equal(failed.exitCode, 1);
+      assert.match(failed.text(), /IllegalStateException: refused: fail\n\s+at Greeter\.greet/);
+      // The sandbox lives on; what the handler printed is in its invocation's log.
+      const accepted = await client.functions.invokeAsync(name, 'c');
+      assert.equal((await client.invocations.waitFor(accepted.invocationId, { timeoutMs: 60_000 })).status, 'succeeded');
+      assert.equal((await client.invocations.output(accepted.invocationId)).text(), '4:C on 21');
+      const logs: LogEvent[] = [];
+      for await (const event of client.invocations.logs(accepted.invocationId)) logs.push(event);
+      assert.equal(logs.filter((event) => event.type === 'stderr').map((event) => event.text).join(''), 'call 4\n');
+      // An instance method taking and returning bytes; the same code is compiled once.
+      const echo = await client.functions.deploy(`${name}-echo`, { runtime: 'java', code: HANDLER, handler: 'Greeter.echo' });
+      assert.equal(echo.layer?.kind, 'compile');
+      assert.equal((await client.functions.invoke(`${name}-echo`, 'ab')).text(), 'abab');
+    });
+
+    it('a java handler that does not compile, or names no such method, or is no Class.method, is refused', async () => {
+      const broken = await client.functions.deploy(`java-broken-${executor}`, { runtime: 'java', code: 'public class H { public static String h(String b) { return undefinedThing(); } }\n', handler: 'H.h' }).then(
+        () => assert.fail('expected BUILD_FAILED'),
+        (error: KindlingError) => error,
+      );
+      assert.equal(broken.code, 'BUILD_FAILED');
+      assert.match(broken.message, /cannot find symbol/);
+      await client.functions.deploy(`java-nomethod-${executor}`, { runtime: 'java', code: 'public class H { public static int h(int n) { return n; } }\n', handler: 'H.h' });
+      const call = await client.functions.invoke(`java-nomethod-${executor}`, 'x');
+      assert.equal(call.exitCode, 1);
+      assert.match(call.text(), /no public method h\(byte\[\] body\) or h\(String body\)/);
+      const shape = await client.functions.deploy(`java-shape-${executor}`, { runtime: 'java', code: 'public class H {}\n', handler: 'handle' }).then(
+        () => assert.fail('expected a refusal'),
+        (error: KindlingError) => error,
+      );
+      assert.equal(shape.status, 400);
+      assert.match(shape.message, /Class\.method/);
     });
 
     it('a persistent sandbox of java compiles with javac and runs the classes across commands', async () => {

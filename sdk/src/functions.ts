@@ -39,9 +39,16 @@ export interface DeployBundleOptions extends RequestOptions {
 
 /** `/v1/functions`: deploy, inspect, delete and invoke deployed functions. */
 export class Functions extends APIResource {
-  /** `PUT /v1/functions/NAME`: deploys a new version; resolves with the function (its `version` is the new one). */
-  deploy(name: string, spec: FunctionSpec, options: RequestOptions = {}): Promise<FunctionInfo> {
-    return this.http.json<FunctionInfo>({ method: 'PUT', path: path(name), body: spec, ...call(options) });
+  /**
+   * `PUT /v1/functions/NAME`: deploys a new version; resolves with the function (its `version` is the new one). A
+   * deploy that builds (go and rust code is compiled; `apt` packages get an image made once per package set) waits
+   * for its build, or with `wait: false` resolves with `DeployAccepted` once the build started.
+   */
+  deploy(name: string, spec: FunctionSpec, options: DeployBundleOptions & { wait: false }): Promise<FunctionInfo | DeployAccepted>;
+  deploy(name: string, spec: FunctionSpec, options?: DeployBundleOptions & { wait?: true }): Promise<FunctionInfo>;
+  deploy(name: string, spec: FunctionSpec, options: DeployBundleOptions = {}): Promise<FunctionInfo | DeployAccepted> {
+    const { wait, ...rest } = options;
+    return this.http.json<FunctionInfo | DeployAccepted>({ method: 'PUT', path: path(name), body: spec, ...(wait === false ? { headers: { prefer: 'respond-async' } } : {}), ...call(rest) });
   }
 
   /**

@@ -163,6 +163,12 @@ export interface FunctionSpec {
   maxQueued?: number;
   /** Executor to run on. Default: the server's. */
   executor?: ExecutorName;
+  /**
+   * Debian packages the function needs on top of its runtime's image (with `runtime`; a bundle may list them in its
+   * kindling.json, `{"apt": [...]}`). The deploy builds an image of the runtime's plus these once per package set and
+   * the function runs on it; apt's failure is a `BuildFailedError`.
+   */
+  apt?: string[];
 }
 
 /** A deployed function as the server describes it: the latest version's spec plus identity and times. */
@@ -239,6 +245,8 @@ export interface FunctionInfo extends FunctionSpec {
   bundle?: FunctionBundleInfo;
   /** Present when the bundle's dependencies were installed (node bundles with a package-lock.json, python bundles with a requirements.txt). */
   layer?: FunctionLayerInfo;
+  /** With `apt`: the image the deploy made (or reused) for the packages, which the function runs on. */
+  aptImage?: string;
   /**
    * `functions.get` only: the function's newest dependency build. `building` while a deploy installs, `failed` when the
    * last deploy's build failed (this version keeps serving), `ready` when it made or reused the layer.
@@ -441,6 +449,8 @@ export interface CustomImageInfo {
   from: string;
   apt: string[];
   files: { sha256: string; bytes: number; entries: number; dest: string } | null;
+  /** Made by a deploy for functions' Debian packages (`apt`): the server removes it once no kept function version uses it. */
+  forFunctions: boolean;
   status: 'building' | 'ready' | 'failed';
   error: string | null;
   sizeBytes: number | null;

@@ -18,7 +18,7 @@ export const ExecuteRequestSchema = Type.Object(
   {
     runtime: Type.Optional(Type.String({ description: `One of ${RUNTIME_NAMES.join(', ')}; needs "code".`, examples: ['python'] })),
     code: Type.Optional(Type.String({ description: 'Source code for the runtime.', maxLength: 4 * 1024 * 1024 })),
-    image: Type.Optional(Type.String({ description: 'Image to run "command" in, e.g. kindling/base.', minLength: 1, maxLength: 256, pattern: '^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$' })),
+    image: Type.Optional(Type.String({ description: 'Image to run "command" in, e.g. kindling/base; with "runtime" + "code": a custom image built from the runtime\'s (kindling images create NAME --from RUNTIME --apt PKG).', minLength: 1, maxLength: 256, pattern: '^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$' })),
     command: Type.Optional(Type.Array(Type.String({ maxLength: 128 * 1024 }), { minItems: 1, maxItems: 4096, description: 'argv, e.g. ["sh","-c","echo hi"].' })),
     stdin: Type.Optional(Type.String({ description: 'Text fed to stdin (UTF-8).' })),
     stdinBase64: Type.Optional(Type.String({ description: 'Bytes fed to stdin, base64 (line breaks allowed).', pattern: BASE64_TEXT })),
@@ -122,6 +122,12 @@ export const FunctionSpecSchema = Type.Object(
     maxConcurrency: Type.Optional(Type.Integer({ description: 'Invocations of this function running at once; more wait in a bounded queue, then get 429. Default: the server\'s.' })),
     maxQueued: Type.Optional(Type.Integer({ description: 'Handler style: invocations that may wait for a sandbox beyond maxConcurrency; more get 429 at once. Default: the server\'s (256).' })),
     executor: Type.Optional(Type.String({ description: `One of ${EXECUTOR_NAMES.join(', ')}; default: the server's.` })),
+    apt: Type.Optional(
+      Type.Array(Type.String({ maxLength: 100 }), {
+        maxItems: 64,
+        description: 'Debian packages the function needs on top of its runtime\'s image (with "runtime"; a bundle may list them in kindling.json instead: {"apt": [...]}). The deploy builds an image of the runtime\'s plus these once per package set (reused by every function and version that lists the same set; 422 BUILD_FAILED when apt fails) and the function runs on it.',
+      }),
+    ),
   },
   { additionalProperties: false, examples: [{ runtime: 'python', handler: 'handler', code: 'def handler(body):\n    return b"hello " + body\n', minWarm: 1 }] },
 );
@@ -183,7 +189,7 @@ export const FunctionBuildSchema = Type.Object(
     id: Type.String({ example: 'bld_0mi8x2k1c4f9e2a7b3d10c5e8' }),
     tenant: Type.String(),
     function: Type.String(),
-    kind: Type.String({ description: 'npm, pip or compile' }),
+    kind: Type.String({ description: 'npm, pip, compile or apt (the image for the function\'s Debian packages; a deploy with packages and npm or pip dependencies records npm or pip, and its log has both)' }),
     status: Type.String({ description: 'building, ready or failed', enum: ['building', 'ready', 'failed'] }),
     error: Type.Optional(Type.String({ description: 'Why a failed build failed (its BUILD_FAILED message)' })),
     layerSha256: Type.Optional(Type.String({ description: 'The layer a ready build made or reused' })),

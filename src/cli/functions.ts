@@ -99,12 +99,13 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     .description('deploy a function (each deploy is a new version): a handler (--handler) or a program/command')
     .argument('<name>', 'function name: lower-case letters, digits, dashes')
     .argument('[command...]', 'with --image: the command and its arguments (after --)')
-    .option('-r, --runtime <runtime>', 'python | node | deno | bun (handlers; also python3.11, python3.13, node18, node20) or bash | rust | go | java (programs)')
+    .option('-r, --runtime <runtime>', 'python | node | deno | bun | go | java (handlers or programs; also python3.11, python3.13, node18, node20) or bash | rust (programs)')
     .option('-f, --file <path>', 'the source file')
     .option('-c, --code <code>', 'the source inline')
     .option('--dir <path>', 'deploy a bundle: this directory as a tar (.git and the patterns of DIR/.kindlingignore left out); with --handler FILE:FUNCTION or a command after --')
-    .option('--handler <name>', 'handler style: the function that takes the body and returns the response (with --dir: FILE:FUNCTION, e.g. src/index.js:handler)')
+    .option('--handler <name>', 'handler style: the function that takes the body and returns the response (with --dir: FILE:FUNCTION, e.g. src/index.js:handler; java: Class.method)')
     .option('-i, --image <image>', 'image of a command function, e.g. kindling/base; with --runtime and --handler: a custom image built from the runtime\'s (kindling images create)')
+    .option('--apt <package>', 'a Debian package the function needs on top of its runtime\'s image (repeatable; a bundle may list them in kindling.json instead)', collect, [])
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, [])
     .option('--timeout-ms <ms>', 'wall-clock limit per invocation in milliseconds', parseNumber('--timeout-ms'))
     .option('--memory-mb <mb>', 'memory limit per sandbox in MiB', parseNumber('--memory-mb'))
@@ -149,14 +150,19 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
       if (options[key] !== undefined) spec[key] = options[key] as number;
     }
     if (options.executor !== undefined) spec.executor = options.executor as string;
+    if ((options.apt as string[]).length > 0) spec.apt = options.apt as string[];
     await guarded(async () => {
       const client = clientFrom(options);
       // A bundle deploy does not wait for its dependency build (npm ci can take minutes): the build's log is followed
       // live (on stderr, so that --json's stdout stays JSON) and the deploy ends with it.
-      const answer = options.dir === undefined ? await client.functions.deploy(name, spec) : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string), { requestTimeoutMs: 0, wait: false });
+      // So does one that builds an image for its Debian packages (minutes for a large set) or compiles its program.
+      const answer =
+        options.dir === undefined
+          ? await client.functions.deploy(name, spec, { requestTimeoutMs: 0, wait: false })
+          : await client.functions.deployBundle(name, spec, await tarDirectory(options.dir as string), { requestTimeoutMs: 0, wait: false });
       const info = 'build' in answer && answer.status === 'building' ? await followDeploy(client, name, answer.build.id) : (answer as FunctionInfo);
       if (options.json) process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
-      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}${layerSummary(info.layer)}\n`);
+      else process.stdout.write(`deployed ${info.name} version ${info.version} (${info.style})${info.bundle ? ` bundle sha256:${info.bundle.sha256} ${info.bundle.bytes} bytes` : ''}${layerSummary(info.layer)}${info.apt === undefined ? '' : ` on ${info.aptImage ?? '?'} (+ ${info.apt.join(' ')})`}\n`);
     });
   });
 

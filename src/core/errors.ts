@@ -70,6 +70,7 @@ export const ERROR_CODES = {
   IMAGE_NOT_READY: { statusCode: 409, retryable: false },
   /** The tenant keeps as many custom images as the server allows (--max-custom-images-per-tenant); delete one first. */
   IMAGE_LIMIT: { statusCode: 409, retryable: false },
+  IMAGE_IN_USE: { statusCode: 409, retryable: false },
   /** The uploaded files of a custom image: an entry that would leave its directory, a device or fifo, or a corrupt tar. */
   IMAGE_FILES_INVALID: { statusCode: 400, retryable: false },
   /** No persistent sandbox of that id in the caller's tenant (another tenant's id answers the same). */

@@ -21,6 +21,11 @@ export const MAX_CUSTOM_PACKAGES = 64;
 /** Where a custom image's files may go: fresh directories under these, made by the build (no link of the image's). */
 export const FILES_ROOTS = ['/opt/', '/srv/', '/usr/local/'] as const;
 const FILES_DEST = /^\/(?:opt|srv|usr\/local)(?:\/[A-Za-z0-9._-]+)+$/;
+/**
+ * Names of the images a deploy makes for a function's Debian packages (`"apt"` in its spec or its bundle's
+ * kindling.json): `pkgs-` + a hash of the base and the packages. Users cannot create names with this prefix.
+ */
+export const FUNCTION_IMAGE_PREFIX = 'pkgs-';
 export const CUSTOM_RECORD_FILE = 'custom.json';
 export const CUSTOM_FILES_TAR = 'files.tar';
 
@@ -55,6 +60,11 @@ export interface CustomImageRecord {
   finishedAtMs: number | null;
   /** The end of the build's log (mmdebstrap's errors come last). */
   log: string;
+  /**
+   * Made by a deploy for functions' Debian packages (not by `kindling images create`): removed once no kept function
+   * version uses it, and counted apart from the tenant's own images.
+   */
+  forFunctions?: boolean;
 }
 
 export function customShort(tenant: string | null, name: string): string {
@@ -69,6 +79,9 @@ export function validateCustomSpec(name: string, spec: CustomImageSpec): { base:
   if ((IMAGE_SHORT_NAMES as readonly string[]).includes(name) || findRecipe(name) !== undefined) {
     throw new KindlingError('VALIDATION_FAILED', `"${name}" names a built-in image or runtime; choose another name`, { details: { field: 'name' } });
   }
+  if (name.startsWith(FUNCTION_IMAGE_PREFIX)) {
+    throw new KindlingError('VALIDATION_FAILED', `image names starting with "${FUNCTION_IMAGE_PREFIX}" are those the server makes for functions' Debian packages; choose another name`, { details: { field: 'name' } });
+  }
   // `python` and `node` mean what they mean as runtimes, the newest (kindling/python3.13, kindling/node20): a handler
   // of runtime `python` runs on an image --from python. `kindling/python` names bookworm's image.
   const from = typeof spec.from === 'string' && Object.hasOwn(RUNTIME_ALIASES, spec.from) ? runtimeImage(spec.from) : spec.from;
@@ -76,20 +89,25 @@ export function validateCustomSpec(name: string, spec: CustomImageSpec): { base:
   if (base === undefined) {
     throw new KindlingError('UNKNOWN_IMAGE', `"from" must name a built-in image: ${IMAGE_SHORT_NAMES.join(', ')}`, { details: { field: 'from', known: [...IMAGE_SHORT_NAMES] } });
   }
-  const apt = spec.apt ?? [];
-  if (!Array.isArray(apt) || apt.length > MAX_CUSTOM_PACKAGES) {
-    throw new KindlingError('VALIDATION_FAILED', `"apt" is a list of at most ${MAX_CUSTOM_PACKAGES} Debian package names`, { details: { field: 'apt' } });
-  }
-  for (const pkg of apt) {
-    if (typeof pkg !== 'string' || !DEBIAN_PACKAGE_NAME.test(pkg)) {
-      throw new KindlingError('VALIDATION_FAILED', `"${String(pkg).slice(0, 80)}" is not a Debian package name (lower-case letters, digits, + - .; no versions or options)`, { details: { field: 'apt' } });
-    }
-  }
+  const apt = validatePackages(spec.apt ?? [], 'apt');
   const dest = spec.filesDest ?? `/opt/${name}`;
   if (typeof dest !== 'string' || !FILES_DEST.test(dest) || dest.split('/').some((part) => part === '.' || part === '..')) {
     throw new KindlingError('VALIDATION_FAILED', `"filesDest" must be a directory under ${FILES_ROOTS.join(', ')} (e.g. /opt/${name}), without . or .. segments`, { details: { field: 'filesDest' } });
   }
-  return { base, apt: [...new Set(apt)], dest };
+  return { base, apt, dest };
+}
+
+/** Checks a list of Debian package names (`field` names it in the 400); returns it without duplicates, in its order. */
+export function validatePackages(apt: unknown, field: string): string[] {
+  if (!Array.isArray(apt) || apt.length > MAX_CUSTOM_PACKAGES) {
+    throw new KindlingError('VALIDATION_FAILED', `"${field}" is a list of at most ${MAX_CUSTOM_PACKAGES} Debian package names`, { details: { field } });
+  }
+  for (const pkg of apt) {
+    if (typeof pkg !== 'string' || !DEBIAN_PACKAGE_NAME.test(pkg)) {
+      throw new KindlingError('VALIDATION_FAILED', `"${String(pkg).slice(0, 80)}" is not a Debian package name (lower-case letters, digits, + - .; no versions or options)`, { details: { field } });
+    }
+  }
+  return [...new Set(apt as string[])];
 }
 
 /** The recipe of a custom image: its base's, with more packages and its files. */

@@ -26,7 +26,7 @@ import type { ExecutionService, TenantScope } from './execution-service.js';
 import { buildFailureAdvice } from './build-advice.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import { BUILD_FUNCTION_LABEL } from '../metrics/metrics.js';
-import { handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
+import { handlerFamily, JAVA_HANDLER, runtimeDefinition, runtimeImage, type RuntimeDefinition } from './runtimes.js';
 
 /** Where the operator's npm is bound inside the build sandbox (a new top-level directory: nothing of the image hides). */
 export const NPM_MOUNT = '/kindling-npm';
@@ -231,11 +231,16 @@ export class DependencyBuilder {
   async compiledFor(source: { code: string; handler?: string } | { bundleDir: string; bundleSha256: string }, runtime: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
     const definition = runtimeDefinition(runtime);
     const family = definition?.family;
-    if (definition === undefined || (family !== 'go' && family !== 'rust')) throw new Error(`runtime ${runtime} is not compiled at deploy time`);
+    if (definition === undefined || (family !== 'go' && family !== 'rust' && family !== 'java')) throw new Error(`runtime ${runtime} is not compiled at deploy time`);
     const bundle = 'bundleDir' in source;
     if (bundle && family !== 'go') throw new Error('only go bundles are compiled at deploy time');
     // A go handler: the code is compiled with the resident agent (agent/go/agent.go) and a file naming the handler.
+    // A java handler: the code (its class) is compiled with agent/java/KindlingAgent.java.
     const handler = !bundle && source.handler !== undefined ? source.handler : null;
+    if (family === 'java') {
+      if (bundle || handler === null) throw new Error('only java handlers are compiled at deploy time');
+      return this.compiledJavaHandler(source.code, handler, definition, tenant, onLog);
+    }
     if (handler !== null && (family !== 'go' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(handler))) throw new Error(`no ${family} handler agent for ${handler}`);
     const agent = handler === null ? null : goAgentSource();
     const goProxy = this.options.goProxy ?? DEFAULT_GO_PROXY;
@@ -283,6 +288,36 @@ export class DependencyBuilder {
         doing: `compiling the ${family === 'go' ? 'Go' : 'Rust'} ${bundle ? 'bundle' : 'code'}`,
         registry: goProxy,
       },
+      tenant,
+      onLog,
+    );
+  }
+
+  /**
+   * A java handler's classes: its code (the public class the handler names, as CLASS.java) and the agent
+   * (agent/java/KindlingAgent.java), compiled together by javac in the java image with no network; reused per tenant
+   * for the same code, handler and agent.
+   */
+  private compiledJavaHandler(code: string, handler: string, definition: RuntimeDefinition, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+    const className = JAVA_HANDLER.exec(handler)?.[1];
+    if (className === undefined) throw new Error(`a java handler is Class.method, got ${handler}`);
+    const agent = javaAgentSource();
+    const key = createHash('sha256')
+      .update(`compile\0${tenant.name}\0${definition.name}\0${definition.image}\0code\0${code}\0handler\0${className}\0`)
+      .update(createHash('sha256').update(agent).digest('hex'))
+      .digest('hex');
+    const out = '/tmp/out';
+    const script = [
+      'set -e',
+      `mkdir -p /tmp/src ${out}`,
+      `cat > /tmp/src/${className}.java`,
+      // The agent travels in the script (base64), as the go agent does: a bind of the checkout may be unreachable.
+      `printf %s ${agent.toString('base64')} | base64 -d > /tmp/src/KindlingAgent.java`,
+      `javac -J-XX:+UseSerialGC -encoding UTF-8 -d ${out} /tmp/src/${className}.java /tmp/src/KindlingAgent.java 1>&2`,
+      `tar -b 1 -cf - -C ${out} .`,
+    ].join('\n');
+    return this.layer(
+      { kind: 'compile', key, keyedBy: 'source', image: definition.image, script, env: { HOME: '/tmp/home' }, binds: [], network: 'none', stdin: Buffer.from(code), tool: 'javac', doing: 'compiling the Java handler', registry: 'none' },
       tenant,
       onLog,
     );
@@ -467,6 +502,14 @@ let goAgent: Buffer | null = null;
 function goAgentSource(): Buffer {
   goAgent ??= readFileSync(GO_AGENT_PATH);
   return goAgent;
+}
+
+/** The java handler agent's source (agent/java/KindlingAgent.java), written into java handler builds. */
+const JAVA_AGENT_PATH = fileURLToPath(new URL('../../../agent/java/KindlingAgent.java', import.meta.url));
+let javaAgent: Buffer | null = null;
+function javaAgentSource(): Buffer {
+  javaAgent ??= readFileSync(JAVA_AGENT_PATH);
+  return javaAgent;
 }
 
 /** PIP_TRUSTED_HOST for an index URL on plain http (pip refuses such an index otherwise); nothing for https. */

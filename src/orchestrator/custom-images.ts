@@ -23,16 +23,19 @@ import {
   CUSTOM_RECORD_FILE,
   customRecipe,
   customShort,
+  FUNCTION_IMAGE_PREFIX,
   readCustomRecords,
   validateCustomSpec,
   writeCustomRecord,
   type CustomImageRecord,
   type CustomImageSpec,
 } from '../images/custom.js';
-import { IMAGE_SHORT_NAMES, recipeHash, type ImageShortName } from '../images/recipes.js';
+import { IMAGE_SHORT_NAMES, findRecipe, recipeHash, type ImageShortName } from '../images/recipes.js';
 import { TarGuard } from './tar-guard.js';
 
 export const DEFAULT_MAX_CUSTOM_IMAGES_PER_TENANT = 10;
+/** Images made for functions' Debian packages a tenant may keep (one per distinct base + package set in use). */
+export const DEFAULT_MAX_FUNCTION_IMAGES_PER_TENANT = 20;
 /** What delete renames an image's record to before it removes anything else. */
 const DELETED_MARK = 'custom.json.deleted';
 export const DEFAULT_MAX_IMAGE_FILES_BYTES = 256 * 1024 * 1024;
@@ -51,11 +54,40 @@ export interface CustomImageServiceOptions {
   securityMirror?: string;
   npmRegistry?: string;
   maxPerTenant?: number;
+  /** Images made for functions' packages a tenant may keep; default DEFAULT_MAX_FUNCTION_IMAGES_PER_TENANT. */
+  maxFunctionImagesPerTenant?: number;
+  /**
+   * The data dir's identity: images made for functions' packages are this server's (their names include it, and only
+   * their owner removes them), as its functions are. Default: none (one server per images dir).
+   */
+  ownerId?: string;
+  /**
+   * The images the kept function versions name, with their tenant and function (the store's): an image in use is not
+   * deleted (409 IMAGE_IN_USE), and one made for functions' packages is removed once nothing uses it.
+   */
+  imageReferences?: () => ImageReference[];
   maxFilesBytes?: number;
   buildTimeoutMs?: number;
   /** Told when an image was built or removed, so the executors re-read their image lists. */
   onImagesChanged?: () => Promise<void> | void;
   log?: { info(obj: object, msg?: string): void; warn(obj: object, msg?: string): void };
+}
+
+/** A function version's image as its tenant named it. */
+export interface ImageReference {
+  tenant: string;
+  function: string;
+  image: string;
+}
+
+/** The image a deploy got for its function's packages; release() once the version that names it is stored (or not). */
+export interface PackagesImage {
+  /** What the function's runs are given: `kindling/u.<tenant>.pkgs-<hash>`. */
+  image: string;
+  reused: boolean;
+  buildMs: number;
+  sizeBytes: number | null;
+  release(): void;
 }
 
 export interface Principal {
@@ -72,6 +104,8 @@ export interface CustomImageView {
   from: string;
   apt: string[];
   files: CustomImageRecord['files'];
+  /** Made by a deploy for functions' Debian packages ("apt"); removed once no kept function version uses it. */
+  forFunctions: boolean;
   status: CustomImageRecord['status'];
   error: string | null;
   sizeBytes: number | null;
@@ -86,6 +120,11 @@ export class CustomImageService {
   /** Builds run one after another: each is mostly single-threaded dpkg work and disk I/O. */
   private queue: Promise<void> = Promise.resolve();
   private readonly building = new Set<string>();
+  /** The build of each image being built (a deploy that needs one waits for it). */
+  private readonly builds = new Map<string, Promise<void>>();
+  /** Images made for packages that a deploy holds until its version is stored: not collected meanwhile. */
+  private readonly pinned = new Map<string, number>();
+  private collecting: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: CustomImageServiceOptions) {}
 
@@ -145,7 +184,17 @@ export class CustomImageService {
   }
 
   list(principal: Principal): CustomImageView[] {
-    return [...this.records.values()].filter((r) => r.tenant === null || r.tenant === principal.tenant).map((r) => view(r, false));
+    return [...this.records.values()].filter((r) => (r.tenant === null || r.tenant === principal.tenant) && this.visible(r)).map((r) => view(r, false));
+  }
+
+  /** Images made for another server's functions (a shared images dir) are not this server's to show. */
+  private visible(record: CustomImageRecord): boolean {
+    return record.forFunctions !== true || record.short.startsWith(`u.${record.tenant}.${FUNCTION_IMAGE_PREFIX}${this.ownerTag}`);
+  }
+
+  /** What the names of this server's images for functions' packages start with after the prefix. */
+  private get ownerTag(): string {
+    return this.options.ownerId === undefined ? '' : `${this.options.ownerId.slice(0, 8)}-`;
   }
 
   get(principal: Principal, name: string): CustomImageView {
@@ -164,7 +213,7 @@ export class CustomImageService {
     const existing = this.records.get(short);
     if (existing?.status === 'building' || this.building.has(short)) throw notReady(name, 'is being built; wait until its status is ready or failed, then create it again');
     const max = this.options.maxPerTenant ?? DEFAULT_MAX_CUSTOM_IMAGES_PER_TENANT;
-    const owned = [...this.records.values()].filter((r) => r.tenant === tenant).length;
+    const owned = [...this.records.values()].filter((r) => r.tenant === tenant && r.forFunctions !== true).length;
     if (existing === undefined && owned >= max) {
       throw new KindlingError('IMAGE_LIMIT', `${tenant === null ? 'the shared images' : `tenant "${tenant}"`} already keep${tenant === null ? '' : 's'} ${owned} custom images, the most allowed (${max}); delete one first`, { details: { limit: max } });
     }
@@ -175,25 +224,10 @@ export class CustomImageService {
       const stored = files === undefined ? null : await this.storeFiles(dir, files);
       if (stored === null) await fs.rm(path.join(dir, CUSTOM_FILES_TAR), { force: true });
       const recipe = customRecipe(short, name, base, apt, stored === null ? null : { tarball: path.join(dir, CUSTOM_FILES_TAR), sha256: stored.sha256, dest });
-      const record: CustomImageRecord = {
-        name,
-        tenant,
-        short,
-        image: `kindling/${short}`,
-        from: base.short as ImageShortName,
-        apt,
-        files: stored === null ? null : { ...stored, dest },
-        status: 'building',
-        error: null,
-        recipeHash: recipeHash(recipe),
-        sizeBytes: null,
-        createdAtMs: Date.now(),
-        finishedAtMs: null,
-        log: '',
-      };
+      const record = newRecord(name, tenant, short, base.short as ImageShortName, apt, stored === null ? null : { ...stored, dest }, recipeHash(recipe));
       await writeCustomRecord(this.options.imagesDir, record);
       this.records.set(short, record);
-      this.queue = this.queue.then(() => this.build(record, recipe)).finally(() => this.building.delete(short));
+      this.queueBuild(record, recipe);
       return view(record, false);
     } catch (error) {
       this.building.delete(short);
@@ -203,10 +237,133 @@ export class CustomImageService {
     }
   }
 
+  /** Queues the build of a record just written; the promise of its build is kept until it ends. */
+  private queueBuild(record: CustomImageRecord, recipe: ReturnType<typeof customRecipe>, onLog?: (text: string) => void): Promise<void> {
+    const short = record.short;
+    const done = this.queue.then(() => this.build(record, recipe, onLog)).finally(() => {
+      this.building.delete(short);
+      if (this.builds.get(short) === done) this.builds.delete(short);
+    });
+    this.builds.set(short, done);
+    this.queue = done;
+    return done;
+  }
+
+  /**
+   * The image for a function of `tenant` whose runs need Debian `packages` on top of the built-in image `from` (its
+   * runtime's): made once per (server, tenant, base, package set) by the images' own builder, then reused by every
+   * function and version that asks for the same set. Waits for the build; its log goes to `onLog`. A failed build
+   * throws 422 BUILD_FAILED with apt's words. The image stays pinned (never collected) until release().
+   */
+  async imageForPackages(tenant: string, from: string, packages: readonly string[], onLog: (text: string) => void): Promise<PackagesImage> {
+    const base = findRecipe(from);
+    if (base === undefined) throw new KindlingError('UNKNOWN_IMAGE', `no built-in image "${from.slice(0, 120)}" to install packages on`);
+    const apt = [...new Set(packages)].sort();
+    const hash = createHash('sha256').update(`${base.short}\n${apt.join('\n')}`).digest('hex').slice(0, 16);
+    const name = `${FUNCTION_IMAGE_PREFIX}${this.ownerTag}${hash}`;
+    const short = customShort(tenant, name);
+    const what = `${base.name} + ${apt.join(' ')}`;
+    this.pinned.set(short, (this.pinned.get(short) ?? 0) + 1);
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      const left = (this.pinned.get(short) ?? 1) - 1;
+      if (left > 0) this.pinned.set(short, left);
+      else this.pinned.delete(short);
+    };
+    try {
+      const running = this.builds.get(short);
+      if (running !== undefined) {
+        onLog(`another deploy is building the image for ${what}; waiting for it\n`);
+        await running;
+      }
+      const existing = this.records.get(short);
+      if (existing?.status === 'ready') {
+        if (running === undefined) onLog(`the image for ${what} is built already (kindling/${name}): reused\n`);
+        return { image: existing.image, reused: true, buildMs: 0, sizeBytes: existing.sizeBytes, release };
+      }
+      if (running !== undefined || this.builds.has(short)) throw packagesFailed(what, existing);
+      const max = this.options.maxFunctionImagesPerTenant ?? DEFAULT_MAX_FUNCTION_IMAGES_PER_TENANT;
+      const owned = [...this.records.values()].filter((r) => r.tenant === tenant && r.forFunctions === true && r.short !== short).length;
+      if (owned >= max) {
+        throw new KindlingError('IMAGE_LIMIT', `tenant "${tenant}" already keeps ${owned} images for its functions' Debian packages, the most allowed (${max}); use the same "apt" list in more functions, or delete functions that use other lists`, { details: { limit: max } });
+      }
+      const started = Date.now();
+      const recipe = customRecipe(short, name, base, apt, null);
+      const record = { ...newRecord(name, tenant, short, base.short as ImageShortName, apt, null, recipeHash(recipe)), forFunctions: true };
+      this.building.add(short);
+      try {
+        await fs.mkdir(imagePaths(this.options.imagesDir, short).dir, { recursive: true, mode: 0o755 });
+        await writeCustomRecord(this.options.imagesDir, record);
+      } catch (error) {
+        this.building.delete(short);
+        throw error;
+      }
+      this.records.set(short, record);
+      onLog(`building the image for ${what} (kindling/${name})\n`);
+      await this.queueBuild(record, recipe, onLog);
+      if (record.status !== 'ready') throw packagesFailed(what, record);
+      return { image: record.image, reused: false, buildMs: Date.now() - started, sizeBytes: record.sizeBytes, release };
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  /** The kept function versions that run on the image `short` (at most `max`), as "tenant/function" for the shared ones. */
+  private usersOf(short: string, max = 5): string[] {
+    const users = new Set<string>();
+    for (const reference of this.options.imageReferences?.() ?? []) {
+      if (this.shortOf(reference.image, reference.tenant) !== short) continue;
+      users.add(short.startsWith('s.') ? `${reference.tenant}/${reference.function}` : reference.function);
+      if (users.size >= max) break;
+    }
+    return [...users];
+  }
+
+  /** The custom image a tenant's name refers to (as resolve() would pick it), or null for a built-in or unknown one. */
+  private shortOf(image: string, tenant: string): string | null {
+    const short = /^kindling\/([a-z0-9][a-z0-9_.-]*)(?::[A-Za-z0-9_.-]+)?$/.exec(image)?.[1];
+    if (short === undefined || (IMAGE_SHORT_NAMES as readonly string[]).includes(short)) return null;
+    if (short.startsWith('u.') || short.startsWith('s.')) return short;
+    return (this.records.get(customShort(tenant, short)) ?? this.records.get(customShort(null, short)))?.short ?? null;
+  }
+
+  /**
+   * Removes this server's images made for functions' packages that no kept function version uses any more (after
+   * deploys and deletes, in the background; serialised).
+   */
+  collectFunctionImages(): Promise<void> {
+    this.collecting = this.collecting.then(async () => {
+      const used = new Set<string>();
+      for (const reference of this.options.imageReferences?.() ?? []) {
+        const short = this.shortOf(reference.image, reference.tenant);
+        if (short !== null) used.add(short);
+      }
+      for (const record of [...this.records.values()]) {
+        if (record.forFunctions !== true || !this.visible(record) || used.has(record.short) || this.pinned.has(record.short) || this.building.has(record.short)) continue;
+        this.options.log?.info({ image: record.image }, 'removing an image made for functions\' packages that no function uses any more');
+        await this.remove(record);
+      }
+    }).catch((error: unknown) => this.options.log?.warn({ err: error }, 'removing unused images of functions\' packages failed; tried again after the next deploy'));
+    return this.collecting;
+  }
+
   async delete(principal: Principal, name: string): Promise<void> {
     const record = this.find(principal, name);
     if (record.tenant === null && !principal.isAdmin) throw new KindlingError('FORBIDDEN', `"${name}" is a shared image: only the admin key may delete it`);
     if (record.status === 'building' || this.building.has(record.short)) throw notReady(name, 'is being built; delete it once its status is ready or failed');
+    const users = this.usersOf(record.short);
+    if (users.length > 0) {
+      const fix = record.forFunctions === true ? 'it was made for their "apt" packages and goes by itself once none of them uses it' : 'deploy them on another image or delete them first';
+      throw new KindlingError('IMAGE_IN_USE', `image "${name}" is used by function${users.length > 1 ? 's' : ''} ${users.map((u) => `"${u}"`).join(', ')}${users.length >= 5 ? ' (and maybe more)' : ''} (a kept version names it): ${fix}`, { details: { image: name, functions: users } });
+    }
+    if (this.pinned.has(record.short)) throw notReady(name, 'is being given to a function by a deploy; try again once it ended');
+    await this.remove(record);
+  }
+
+  private async remove(record: CustomImageRecord): Promise<void> {
     this.records.delete(record.short);
     // The record goes first: a delete interrupted after it is finished at the next start (the directory by
     // removeOrphans, the Docker image by removeOrphanDockerImages), never undone.
@@ -282,9 +439,10 @@ export class CustomImageService {
     return { sha256: hash.digest('hex'), bytes, entries: guard.summary.entries };
   }
 
-  private async build(record: CustomImageRecord, recipe: ReturnType<typeof customRecipe>): Promise<void> {
+  private async build(record: CustomImageRecord, recipe: ReturnType<typeof customRecipe>, onLog?: (text: string) => void): Promise<void> {
     let log = '';
     const keep = (line: string): void => {
+      onLog?.(`${line}\n`);
       log += `${line}\n`;
       if (log.length > LOG_KEPT_BYTES * 2) log = log.slice(-LOG_KEPT_BYTES);
     };
@@ -322,6 +480,17 @@ export class CustomImageService {
   }
 }
 
+function newRecord(name: string, tenant: string | null, short: string, from: ImageShortName, apt: string[], files: CustomImageRecord['files'], hash: string): CustomImageRecord {
+  return { name, tenant, short, image: `kindling/${short}`, from, apt, files, status: 'building', error: null, recipeHash: hash, sizeBytes: null, createdAtMs: Date.now(), finishedAtMs: null, log: '' };
+}
+
+/** A failed build of the image for a function's packages, as a deploy reports it (apt says why at the end of the log). */
+function packagesFailed(what: string, record: CustomImageRecord | undefined): KindlingError {
+  return new KindlingError('BUILD_FAILED', `installing the Debian packages (${what}) failed: ${(record?.error ?? 'the build did not finish').slice(0, 1000)}\nThe build's log is below; check the package names (apt-cache search, packages.debian.org).`, {
+    details: { log: record?.log ?? '' },
+  });
+}
+
 function notReady(name: string, why: string): KindlingError {
   return new KindlingError('IMAGE_NOT_READY', `custom image "${name}" ${why}`, { details: { image: name } });
 }
@@ -334,6 +503,7 @@ function view(record: CustomImageRecord, withLog: boolean): CustomImageView {
     from: record.from,
     apt: record.apt,
     files: record.files,
+    forFunctions: record.forFunctions === true,
     status: record.status,
     error: record.error,
     sizeBytes: record.sizeBytes,

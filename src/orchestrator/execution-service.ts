@@ -208,12 +208,28 @@ export class ExecutionService {
     return executor;
   }
 
+  /**
+   * The image `runtime` code runs on when the request names one: the runtime's own, or a custom image built from it
+   * (the runtime's interpreter or compiler is there, plus its packages); else 400.
+   */
+  private codeImage(requested: string, runtime: string, own: string, tenant: string | null): string {
+    const resolved = this.options.images?.resolve(requested, tenant) ?? requested;
+    if (resolved === own) return resolved;
+    const base = this.options.images?.baseOf?.(resolved) ?? null;
+    if (base !== own) {
+      throw new KindlingError('VALIDATION_FAILED', `${runtime} code runs on ${own} or on a custom image built from it (kindling images create NAME --from ${runtime} --apt PKG); "${requested.slice(0, 120)}" is ${base === null ? 'neither' : `built from ${base}`}`, { details: { field: 'image' } });
+    }
+    return resolved;
+  }
+
   /** Turns a request into a RunSpec, or throws a 4xx KindlingError that says how to fix it. */
   async prepare(request: ExecuteRequest, caps: Partial<ResourceLimits> = {}, tenant: string | null = null): Promise<{ spec: RunSpec; executor: Executor; stdin: Buffer | null }> {
     const hasCode = request.runtime !== undefined || request.code !== undefined;
-    const hasImage = request.image !== undefined || request.command !== undefined;
+    // runtime + code may name an image too: a custom image built from the runtime's (its packages, its files).
+    const codeImage = hasCode && request.command === undefined ? request.image : undefined;
+    const hasImage = (request.image !== undefined && codeImage === undefined) || request.command !== undefined;
     if (hasCode && hasImage) {
-      throw new KindlingError('CONFLICTING_FIELDS', 'give either "runtime" + "code" or "image" + "command", not both');
+      throw new KindlingError('CONFLICTING_FIELDS', 'give either "runtime" + "code" (with an "image" built from the runtime\'s, if any) or "image" + "command", not both');
     }
     if (request.stdin !== undefined && request.stdinBase64 !== undefined) {
       throw new KindlingError('CONFLICTING_FIELDS', 'give at most one of "stdin" and "stdinBase64"');
@@ -229,7 +245,7 @@ export class ExecutionService {
       const runtime = runtimeDefinition(request.runtime);
       if (!runtime) throw new KindlingError('UNKNOWN_RUNTIME', `unknown runtime "${String(request.runtime)}"; use one of ${Object.keys(RUNTIMES).join(', ')}`);
       ({ command, files } = runtime.prepare(request.code));
-      image = runtime.image;
+      image = codeImage === undefined ? runtime.image : this.codeImage(codeImage, runtime.name, runtime.image, tenant);
       runtimeDefaults = runtime.defaults;
     } else if (hasImage) {
       if (request.image === undefined) throw new KindlingError('VALIDATION_FAILED', '"command" needs an "image", e.g. "kindling/base"');

@@ -4,8 +4,9 @@ import { KindlingError } from '../core/errors.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { ExecutionService } from './execution-service.js';
 import { BundleStore } from './bundles.js';
-import { FunctionService, type HandlerInvoker } from './function-service.js';
+import { FunctionService, type HandlerInvoker, type PackageImages } from './function-service.js';
 import type { DependencyBuilder } from './builds.js';
+import { SqliteBuildStore } from '../store/builds-sqlite.js';
 
 /** Warm pools on the sandbox executor only (as a server whose other executor keeps no warm sandboxes). */
 const sandboxOnlyHandlers = {
@@ -164,4 +165,94 @@ it('a go handler compiled for the sandbox executor, invoked where gvisor became 
     await service.close();
     store.close();
   }
+});
+
+describe('FunctionService: Debian packages (apt)', () => {
+  const setUp = (failWith?: KindlingError) => {
+    const store = new SqliteStore(':memory:');
+    const requests: Record<string, unknown>[] = [];
+    const executionService = {
+      prepare: async () => undefined,
+      isDraining: false,
+      executeRaw: async (request: Record<string, unknown>) => {
+        requests.push(request);
+        return { result: { id: 'exe_1', exitCode: 0, durationMs: 1, coldStart: true, timedOut: false, oomKilled: false, truncated: false, executor: 'sandbox' }, stdout: Buffer.from('ok'), stderr: Buffer.alloc(0) };
+      },
+    } as unknown as ExecutionService;
+    const asked: { tenant: string; from: string; packages: readonly string[] }[] = [];
+    let pinned = 0;
+    let collected = 0;
+    const packageImages: PackageImages = {
+      imageForPackages: async (tenant, from, packages, onLog) => {
+        asked.push({ tenant, from, packages });
+        onLog('installing\n');
+        if (failWith !== undefined) throw failWith;
+        pinned++;
+        return { image: `kindling/u.${tenant}.pkgs-x`, reused: false, buildMs: 5, sizeBytes: 1, release: () => void pinned-- };
+      },
+      collectFunctionImages: async () => void collected++,
+    };
+    const builds = new SqliteBuildStore(':memory:');
+    const service = new FunctionService({ store, executionService, defaultExecutor: 'sandbox', packageImages, builds });
+    return { store, service, requests, asked, pinned: () => pinned, collected: () => collected };
+  };
+
+  it('a deploy gets the image for its packages (built from its runtime\'s) before its version is stored, and its calls run there', async () => {
+    const { store, service, requests, asked, pinned } = setUp();
+    try {
+      const { view } = await service.deploy('acme', 'p', { runtime: 'python', code: 'import six', apt: ['python3-six', 'python3-six'] });
+      assert.deepEqual(view.apt, ['python3-six'], 'duplicates dropped');
+      assert.equal(view.aptImage, 'kindling/u.acme.pkgs-x');
+      assert.deepEqual(asked, [{ tenant: 'acme', from: 'kindling/python3.13', packages: ['python3-six'] }]);
+      assert.equal(pinned(), 0, 'released once the version is stored');
+      assert.equal(service.builds('acme', 'p')[0]?.kind, 'apt');
+      await service.invoke('acme', 'p', Buffer.from('x'));
+      assert.equal(requests[0]!.image, 'kindling/u.acme.pkgs-x');
+      assert.equal(requests[0]!.runtime, 'python3.13');
+      // A client cannot name the image itself: only the build sets it.
+      const { view: plain } = await service.deploy('acme', 'q', { runtime: 'python', code: '1', aptImage: 'kindling/u.other.pkgs-y' });
+      assert.equal(plain.aptImage, undefined);
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+
+  it('a failed image build stores nothing: 422 BUILD_FAILED, the previous version serves, the image is released and unused images collected', async () => {
+    const { store, service, pinned, collected } = setUp(new KindlingError('BUILD_FAILED', 'E: Unable to locate package nope'));
+    try {
+      await service.deploy('acme', 'p', { runtime: 'python', code: 'print(1)' });
+      await assert.rejects(service.deploy('acme', 'p', { runtime: 'python', code: 'print(2)', apt: ['nope'] }), (error: unknown) => error instanceof KindlingError && error.code === 'BUILD_FAILED' && /Unable to locate package nope/.test(error.message));
+      assert.equal(store.getFunction('acme', 'p')?.latestVersion, 1);
+      assert.equal(service.builds('acme', 'p')[0]?.status, 'failed');
+      assert.equal(pinned(), 0);
+      await service.bundlesCollected();
+      assert.ok(collected() >= 1, 'unused images collected after the failed build');
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+
+  it('apt needs a runtime and no image of the caller\'s, and a server that builds such images; each refused with a 400 before any build', async () => {
+    const { store, service, asked } = setUp();
+    const bare = new FunctionService({ store, executionService: { prepare: async () => undefined } as unknown as ExecutionService, defaultExecutor: 'sandbox' });
+    try {
+      const code = (error: unknown): string => (error instanceof KindlingError ? `${error.statusCode} ${error.code}` : String(error));
+      assert.equal(await service.deploy('a', 'f', { image: 'kindling/base', command: ['true'], apt: ['jq'] }).then(() => 'ok', code), '400 VALIDATION_FAILED');
+      assert.equal(await service.deploy('a', 'f', { runtime: 'python', code: '1', image: 'kindling/python3.13', apt: ['jq'] }).then(() => 'ok', code), '400 CONFLICTING_FIELDS');
+      assert.equal(await service.deploy('a', 'f', { runtime: 'python', code: '1', apt: ['--allow-unauthenticated'] }).then(() => 'ok', code), '400 VALIDATION_FAILED');
+      assert.equal(await service.deploy('a', 'f', { runtime: 'python', code: '1', apt: 'jq' as unknown as string[] }).then(() => 'ok', code), '400 VALIDATION_FAILED');
+      assert.equal(await bare.deploy('a', 'f', { runtime: 'python', code: '1', apt: ['jq'] }).then(() => 'ok', code), '400 VALIDATION_FAILED');
+      assert.deepEqual(asked, []);
+      // An empty list is no packages: no build.
+      const { view } = await service.deploy('a', 'f', { runtime: 'python', code: '1', apt: [] });
+      assert.equal(view.apt, undefined);
+      assert.deepEqual(asked, []);
+    } finally {
+      await bare.close();
+      await service.close();
+      store.close();
+    }
+  });
 });

@@ -1,4 +1,4 @@
-import { lstat } from 'node:fs/promises';
+import { lstat, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
@@ -10,11 +10,23 @@ import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
-import { RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
+import { JAVA_HANDLER, RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
 import { COMPILED_PROGRAM, COMPILED_RUNTIME_FAMILIES, layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 import { newId } from '../core/ids.js';
 import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
 import { BuildLogs, type BuildLogMessage } from './build-logs.js';
+import { validatePackages } from '../images/custom.js';
+import type { PackagesImage } from './custom-images.js';
+
+/** Makes (or reuses) the image for a function's Debian packages (custom-images.ts), and removes those no longer used. */
+export interface PackageImages {
+  imageForPackages(tenant: string, from: string, packages: readonly string[], onLog: (text: string) => void): Promise<PackagesImage>;
+  collectFunctionImages(): Promise<void>;
+}
+
+/** A bundle's own settings file at its root: `{"apt": ["PKG", ...]}` (Debian packages its runs need). */
+export const BUNDLE_SETTINGS_FILE = 'kindling.json';
+const BUNDLE_SETTINGS_MAX_BYTES = 64 * 1024;
 
 /** The tenant's quotas a deploy is checked against: warm sandboxes (maxConcurrency) and builds running at once (maxConcurrentBuilds). */
 export interface DeployQuota {
@@ -110,6 +122,8 @@ export interface FunctionServiceOptions {
   builder?: DependencyBuilder;
   /** Where layers are kept (collected like bundles). */
   layers?: BundleStore;
+  /** Builds the images for functions' Debian packages ("apt"); absent: a deploy with packages is refused. */
+  packageImages?: PackageImages;
   /** Where builds (status, error, log) are recorded; absent: builds run unrecorded (no build ids). */
   builds?: BuildStore;
   /** Called when removing unreferenced bundles failed (they are tried again after the next deploy or delete). */
@@ -199,7 +213,10 @@ export class FunctionService {
     // A version stores the concrete runtime (`node` -> `node20`): what it runs never moves with the newest.
     if (spec.runtime !== undefined) spec = { ...spec, runtime: concreteRuntime(spec.runtime) };
     const executor = spec.executor ?? this.options.defaultExecutor;
+    // A version's image for its packages is made by its build (from the client it is refused by the schema).
+    delete spec.aptImage;
     await this.validate(spec, executor, caps, tenant);
+    spec = await this.withPackages(spec);
     if (quota.maxWarm !== undefined) this.checkWarmQuota(tenant, name, spec.minWarm ?? 0, quota.maxWarm);
     // Only a build sets a layer (the gateway's schema refuses one from the client; a caller in-process gets the same).
     delete spec.layer;
@@ -210,7 +227,7 @@ export class FunctionService {
     // Refused before anything is stored or reserved: the tenant's own cap first (it is the one the tenant can act on),
     // then the server's build queue (a 202 must not be followed by "the queue was full").
     if (quota.maxBuilds !== undefined) this.checkBuildQuota(tenant, quota.maxBuilds);
-    this.options.builder!.checkRoom();
+    if (kind !== 'apt') this.options.builder!.checkRoom();
     const id = newId('bld', this.clock.nowMs());
     const building: Building = { id, deleted: false };
     const key = functionKey(tenant, name);
@@ -247,6 +264,12 @@ export class FunctionService {
    * the program in; null for anything else.
    */
   private async buildKind(spec: FunctionSpec, executor: ExecutorName): Promise<BuildKind | null> {
+    const layer = await this.layerKind(spec, executor);
+    // The image for Debian packages is made first, in the same build (its log, then npm's or pip's).
+    return layer ?? (spec.apt === undefined ? null : 'apt');
+  }
+
+  private async layerKind(spec: FunctionSpec, executor: ExecutorName): Promise<BuildKind | null> {
     const builder = this.options.builder;
     if (builder === undefined || this.options.layers === undefined) return null;
     if (compiledAtDeploy(spec, executor)) return 'compile';
@@ -297,23 +320,28 @@ export class FunctionService {
     const id = building.id;
     const logSoFar = (): string => this.buildLogs.text(id)?.text ?? '';
     let built: BuildResult | null = null;
+    let packages: PackagesImage | null = null;
     let stored = false;
     try {
       const onLog = (text: string): void => this.buildLogs.append(id, text);
       const scope = { name: tenant, caps };
+      if (spec.apt !== undefined) {
+        packages = await this.options.packageImages!.imageForPackages(tenant, runtimeImage(spec.runtime!), spec.apt, onLog);
+        spec.aptImage = packages.image;
+      }
       if (kind === 'compile') {
         const source = spec.bundle === undefined ? { code: spec.code!, ...(spec.handler === undefined ? {} : { handler: spec.handler }) } : { bundleDir: this.options.bundles!.pathOf(spec.bundle.sha256), bundleSha256: spec.bundle.sha256 };
         built = await builder.compiledFor(source, spec.runtime!, scope, onLog);
-      } else {
+      } else if (kind === 'npm' || kind === 'pip') {
         built = await builder.layerFor(this.options.bundles!.pathOf(spec.bundle!.sha256), kind, scope, onLog, spec.runtime);
       }
       if (building.deleted) throw new KindlingError('FUNCTION_NOT_FOUND', `function "${name}" was deleted while its build ran; deploy it again`);
-      spec.layer = { ...built.layer, ...(records === undefined ? {} : { buildId: id }) };
+      if (built !== null) spec.layer = { ...built.layer, ...(records === undefined ? {} : { buildId: id }) };
       // The build's own reservation is not a reason to refuse its version.
       if (this.building.get(functionKey(tenant, name)) === building) this.building.delete(functionKey(tenant, name));
       const result = this.storeVersion(tenant, name, spec, executor, caps);
       stored = true;
-      records?.finish(id, { status: 'ready', layerSha256: built.layer.sha256, version: result.view.version, log: tailOf(built.log === '' ? logSoFar() : built.log), finishedAtMs: this.clock.nowMs() });
+      records?.finish(id, { status: 'ready', ...(built === null ? {} : { layerSha256: built.layer.sha256 }), version: result.view.version, log: tailOf(built === null || built.log === '' ? logSoFar() : built.log), finishedAtMs: this.clock.nowMs() });
       return result;
     } catch (error) {
       let failure = error instanceof KindlingError ? error : new KindlingError('INTERNAL', 'the dependency build failed inside the platform', { cause: error });
@@ -332,10 +360,10 @@ export class FunctionService {
       }
       throw failure === error ? error : failure;
     } finally {
-      if (built !== null) {
-        builder.release(built.layer.sha256, built);
-        if (!stored) this.collectBundles();
-      }
+      if (built !== null) builder.release(built.layer.sha256, built);
+      packages?.release();
+      // A layer or image no version took (also a failed image: its error stays in this build's record and log).
+      if (!stored && (built !== null || spec.apt !== undefined)) this.collectBundles();
     }
   }
 
@@ -460,14 +488,17 @@ export class FunctionService {
     this.collectBundles();
   }
 
-  /** Removes unpacked bundles no kept version refers to any more (in the background; a failure is retried next time). */
+  /**
+   * Removes unpacked bundles, layers and images made for packages that no kept version refers to any more (in the
+   * background; a failure is retried next time).
+   */
   collectBundles(): void {
     const bundles = this.options.bundles;
-    if (bundles === undefined) return;
     const layers = this.options.layers;
     this.collecting = this.collecting.then(async () => {
-      await bundles.collect(this.store.bundleHashes());
+      await bundles?.collect(this.store.bundleHashes());
       if (layers !== undefined) await layers.collect(this.store.bundleHashes('layer'));
+      await this.options.packageImages?.collectFunctionImages();
     }).then(
       () => undefined,
       (error: unknown) => this.options.onError?.(error),
@@ -520,8 +551,9 @@ export class FunctionService {
         }
         // A go handler's agent is its compiled program, which only executors that bind files can run (the server's
         // default executor may have changed since the deploy).
-        if (handlerFamily(spec.runtime) === 'go' && !BUNDLE_EXECUTORS.includes(executor)) {
-          throw new KindlingError('HANDLERS_UNSUPPORTED', `go handler "${name}" runs on the ${BUNDLE_EXECUTORS.join(' or ')} executor, not ${executor}; redeploy it with "executor": "sandbox"`, { details: { executor } });
+        const family = handlerFamily(spec.runtime);
+        if ((family === 'go' || family === 'java') && !BUNDLE_EXECUTORS.includes(executor)) {
+          throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handler "${name}" runs on the ${BUNDLE_EXECUTORS.join(' or ')} executor, not ${executor}; redeploy it with "executor": "sandbox"`, { details: { executor } });
         }
         return await handlers.invoke(version, executor, body, options);
       }
@@ -631,7 +663,11 @@ export class FunctionService {
     if (spec.bundle !== undefined) {
       await this.validateBundle(spec, executor);
     } else if (spec.handler !== undefined) {
-      if (!HANDLER_NAME.test(spec.handler)) fail('handler', `handler must be a function name like "main" or "handler", got "${spec.handler}"`);
+      if (handlerFamily(spec.runtime) === 'java') {
+        if (!JAVA_HANDLER.test(spec.handler)) fail('handler', `a java handler is Class.method, the public class the code defines and its method, like "Handler.handle"; got "${spec.handler.slice(0, 130)}"`);
+      } else if (!HANDLER_NAME.test(spec.handler)) {
+        fail('handler', `handler must be a function name like "main" or "handler", got "${spec.handler}"`);
+      }
       if (spec.command !== undefined) {
         throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime" + "code" (and optionally an "image" built from the runtime\'s), not with "command"');
       }
@@ -646,13 +682,17 @@ export class FunctionService {
         throw handlersUnsupported(executor);
       }
     }
-    if (spec.handler !== undefined && spec.runtime !== undefined && runtimeDefinition(spec.runtime)?.family === 'go') {
+    const compiledHandler = spec.handler !== undefined ? handlerFamily(spec.runtime) : null;
+    if (spec.handler !== undefined && (compiledHandler === 'go' || compiledHandler === 'java')) {
       // Its agent is compiled with the code at deploy and bound in: code only, on an executor that binds files.
-      if (spec.bundle !== undefined) throw new KindlingError('VALIDATION_FAILED', 'a go handler is deployed as code ("code" + "handler"); a go bundle runs as its program: drop "handler" (it is compiled at deploy)', { details: { field: 'handler' } });
-      if (spec.image !== undefined) throw new KindlingError('CONFLICTING_FIELDS', 'a go handler runs on kindling/go: drop "image"', { details: { field: 'image' } });
-      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(spec.handler)) fail('handler', `a go handler is a Go function name like "Handle", got "${spec.handler.slice(0, 130)}"`);
+      const family = compiledHandler;
+      if (spec.bundle !== undefined) {
+        throw new KindlingError('VALIDATION_FAILED', family === 'go' ? 'a go handler is deployed as code ("code" + "handler"); a go bundle runs as its program: drop "handler" (it is compiled at deploy)' : 'a java handler is deployed as code ("code" + "handler": "Class.method"); a java bundle runs as a command', { details: { field: 'handler' } });
+      }
+      if (spec.image !== undefined) throw new KindlingError('CONFLICTING_FIELDS', `a ${family} handler runs on kindling/${family}: drop "image"`, { details: { field: 'image' } });
+      if (family === 'go' && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(spec.handler)) fail('handler', `a go handler is a Go function name like "Handle", got "${spec.handler.slice(0, 130)}"`);
       if (!BUNDLE_EXECUTORS.includes(executor) || this.options.builder === undefined || this.options.layers === undefined) {
-        throw new KindlingError('HANDLERS_UNSUPPORTED', `go handlers are compiled at deploy and run on the ${BUNDLE_EXECUTORS.join(' or ')} executor, not ${executor}; deploy with another "executor", or as a command (no "handler")`, { details: { executor } });
+        throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handlers are compiled at deploy and run on the ${BUNDLE_EXECUTORS.join(' or ')} executor, not ${executor}; deploy with another "executor", or as a command (no "handler")`, { details: { executor } });
       }
     }
     if (spec.handler !== undefined && spec.image !== undefined) {
@@ -667,6 +707,33 @@ export class FunctionService {
     // So has a go bundle compiled at deploy (its program is the command).
     const noCommand = spec.bundle !== undefined && (spec.handler !== undefined || compiledAtDeploy(spec, executor));
     await this.options.executionService.prepare({ ...commandRequest(spec), ...(noCommand ? { command: ['true'] } : {}), executor }, caps, tenant);
+  }
+
+  /**
+   * The spec with its Debian packages settled: `apt` as given, or from its bundle's kindling.json (both: they must
+   * agree), checked, without duplicates; no `apt` when there are none. Throws a 400 that says what to change.
+   */
+  private async withPackages(spec: FunctionSpec): Promise<FunctionSpec> {
+    let apt = spec.apt === undefined ? undefined : validatePackages(spec.apt, 'apt');
+    if (spec.bundle !== undefined && this.options.bundles !== undefined) {
+      const fromFile = await readBundleSettings(this.options.bundles.pathOf(spec.bundle.sha256));
+      if (fromFile !== undefined && apt !== undefined && [...fromFile].sort().join(' ') !== [...apt].sort().join(' ')) {
+        throw new KindlingError('CONFLICTING_FIELDS', `the spec's "apt" (${apt.join(' ')}) and the bundle's ${BUNDLE_SETTINGS_FILE} (${fromFile.join(' ')}) list different packages: keep one of them`, { details: { field: 'apt' } });
+      }
+      apt ??= fromFile;
+    }
+    const { apt: _given, ...rest } = spec;
+    if (apt === undefined || apt.length === 0) return rest;
+    if (spec.runtime === undefined || runtimeDefinition(spec.runtime) === undefined) {
+      throw new KindlingError('VALIDATION_FAILED', '"apt" adds Debian packages to a runtime\'s image: give "runtime" (with an "image" + "command", build your own image with the packages: kindling images create NAME --from IMAGE --apt PKG)', { details: { field: 'apt' } });
+    }
+    if (spec.image !== undefined) {
+      throw new KindlingError('CONFLICTING_FIELDS', '"apt" adds packages to the runtime\'s image, and "image" names another: drop "apt" and put the packages in that image (kindling images create NAME --from IMAGE --apt PKG), or drop "image"', { details: { field: 'apt' } });
+    }
+    if (this.options.packageImages === undefined) {
+      throw new KindlingError('VALIDATION_FAILED', 'this server builds no images for functions\' Debian packages; deploy without "apt"', { details: { field: 'apt' } });
+    }
+    return { ...rest, apt };
   }
 
   /**
@@ -729,7 +796,7 @@ export class FunctionService {
  * Whether the deploy of this version compiles its program: go or rust code, or a go bundle without a command, on an
  * executor that binds the program into its sandboxes (elsewhere the code is compiled at each call, as a one-off run).
  */
-function compiledAtDeploy(spec: FunctionSpec, executor: ExecutorName): boolean {
+function compiledCode(spec: FunctionSpec, executor: ExecutorName): boolean {
   if (!BUNDLE_EXECUTORS.includes(executor) || spec.runtime === undefined) return false;
   const family = runtimeDefinition(spec.runtime)?.family;
   if (family === undefined || !COMPILED_RUNTIME_FAMILIES.includes(family)) return false;
@@ -737,21 +804,53 @@ function compiledAtDeploy(spec: FunctionSpec, executor: ExecutorName): boolean {
   return spec.code !== undefined && spec.command === undefined && spec.image === undefined;
 }
 
+/** Whether the deploy compiles its program: go and rust code (compiledCode), and java handlers (with their agent). */
+function compiledAtDeploy(spec: FunctionSpec, executor: ExecutorName): boolean {
+  if (BUNDLE_EXECUTORS.includes(executor) && spec.bundle === undefined && spec.handler !== undefined && spec.code !== undefined && handlerFamily(spec.runtime) === 'java') return true;
+  return compiledCode(spec, executor);
+}
+
+/**
+ * The Debian packages a bundle's kindling.json lists (`{"apt": [...]}`), or undefined when it has none. A file that is
+ * not JSON, not an object, has unknown fields or is not a plain file: 400 naming the file.
+ */
+async function readBundleSettings(bundleDir: string): Promise<string[] | undefined> {
+  const file = join(bundleDir, BUNDLE_SETTINGS_FILE);
+  const found = await lstat(file).catch(() => null);
+  if (found === null) return undefined;
+  const invalid = (why: string): KindlingError => new KindlingError('BUNDLE_INVALID', `the bundle's ${BUNDLE_SETTINGS_FILE} ${why}; it is JSON like {"apt": ["python3-numpy"]}`, { details: { file: BUNDLE_SETTINGS_FILE } });
+  if (!found.isFile()) throw invalid('is not a plain file');
+  if (found.size > BUNDLE_SETTINGS_MAX_BYTES) throw invalid(`is larger than ${BUNDLE_SETTINGS_MAX_BYTES} bytes`);
+  let settings: unknown;
+  try {
+    settings = JSON.parse(await readFile(file, 'utf8'));
+  } catch (error) {
+    throw invalid(`is not JSON (${(error as Error).message.slice(0, 200)})`);
+  }
+  if (settings === null || typeof settings !== 'object' || Array.isArray(settings)) throw invalid('is not a JSON object');
+  const unknown = Object.keys(settings).filter((key) => key !== 'apt');
+  if (unknown.length > 0) throw invalid(`has fields this server does not know (${unknown.slice(0, 5).join(', ').slice(0, 200)}); the one it reads is "apt"`);
+  const apt = (settings as { apt?: unknown }).apt;
+  return apt === undefined ? undefined : validatePackages(apt, `${BUNDLE_SETTINGS_FILE}: apt`);
+}
+
 function commandRequest(spec: FunctionSpec, executor?: ExecutorName): ExecuteRequest {
   const request: ExecuteRequest = {};
   const compiled = spec.layer?.kind === 'compile' && executor !== undefined && BUNDLE_EXECUTORS.includes(executor);
   if (compiled) {
     // The program compiled at deploy (bindsOf binds it), in the runtime's image: nothing is compiled per call.
-    request.image = runtimeImage(spec.runtime!);
+    request.image = spec.aptImage ?? runtimeImage(spec.runtime!);
     request.command = [COMPILED_PROGRAM];
   } else if (spec.bundle !== undefined) {
     // A bundle's command runs in the runtime's image (or the one named), in the bundle's directory.
-    const image = spec.image ?? (spec.runtime === undefined ? undefined : runtimeDefinition(spec.runtime)?.image);
+    const image = spec.aptImage ?? spec.image ?? (spec.runtime === undefined ? undefined : runtimeDefinition(spec.runtime)?.image);
     if (image !== undefined) request.image = image;
   } else {
     if (spec.runtime !== undefined) request.runtime = spec.runtime;
     if (spec.code !== undefined) request.code = spec.code;
-    if (spec.image !== undefined) request.image = spec.image;
+    // The image made for its Debian packages (built from the runtime's: ExecutionService.prepare allows it).
+    const image = spec.aptImage ?? spec.image;
+    if (image !== undefined) request.image = image;
   }
   if (spec.command !== undefined && !compiled) request.command = spec.command;
   // A python layer is on the import path of a command too (the function's own PYTHONPATH, if any, wins).

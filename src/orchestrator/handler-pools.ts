@@ -7,7 +7,7 @@
  * State: module-level state and files in /tmp persist between invocations served by the same warm sandbox (as in
  * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
  */
-import { COMPILED_PROGRAM, layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
+import { COMPILED_MOUNT, COMPILED_PROGRAM, layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
 import { StringDecoder } from 'node:string_decoder';
 import { availableParallelism } from 'node:os';
 import { posix } from 'node:path';
@@ -26,14 +26,14 @@ import { BUNDLE_MOUNT } from './bundles.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { WarmCapacity, WarmPool, type EvictionReason } from './warm-pool.js';
-import { handlerFamily, runtimeImage, type HandlerFamily } from './runtimes.js';
+import { COMPILED_HANDLER_FAMILIES, handlerFamily, JAVA_HANDLER, runtimeImage, type HandlerFamily } from './runtimes.js';
 
 /**
  * What a warm sandbox of each runtime is charged against the memory budget before its first call measured it (then
  * its cgroup's peak counts): an idle handler sandbox's cgroup memory on the sandbox executor, rounded up
  * (see docs/configuration.md for the measurement). Never more than the sandbox's limit.
  */
-export const WARM_MEMORY_ESTIMATE_MB: Readonly<Record<string, number>> = { python: 8, node: 16, deno: 32, bun: 24 };
+export const WARM_MEMORY_ESTIMATE_MB: Readonly<Record<string, number>> = { python: 8, node: 16, deno: 32, bun: 24, java: 48 };
 const DEFAULT_WARM_MEMORY_ESTIMATE_MB = 16;
 
 /** The file name a generic agent writes a TypeScript runtime's code to (LOAD's `file`); node and python need none. */
@@ -261,9 +261,10 @@ export class HandlerPools implements HandlerInvoker {
   private createGeneric(shape: GenericShape): Promise<WarmSandbox> {
     const executor = this.options.executors.get(shape.executor);
     if (executor?.createWarmSandbox === undefined) return Promise.reject(new Error(`no warm sandboxes on ${shape.executor}`));
-    // A go agent is compiled with its function's code: there is no generic one (coldSandbox never asks for it).
-    if (shape.family === 'go') return Promise.reject(new Error('no generic go agent'));
-    const launch = genericAgentLaunch(shape.family);
+    // A go or java agent is compiled with its function's code: there is no generic one (coldSandbox never asks for it).
+    const family = shape.family;
+    if (family === 'go' || family === 'java') return Promise.reject(new Error(`no generic ${family} agent`));
+    const launch = genericAgentLaunch(family);
     const limits = resolveLimits({ memoryMb: shape.memoryMb, cpus: shape.cpus, pids: shape.pids, diskMb: shape.diskMb, openFiles: shape.openFiles }, {}, this.limits);
     return executor.createWarmSandbox(
       {
@@ -293,8 +294,8 @@ export class HandlerPools implements HandlerInvoker {
   private async coldSandbox(version: FunctionVersion, executor: Executor, executorName: ExecutorName, limits: ReturnType<typeof resolveLimits>): Promise<WarmSandbox> {
     const key = genericKey(shapeOf(executorName, version.spec.runtime ?? '', limits));
     // A bundle is bound into the sandbox when it is made: a generic one (already made) cannot take it. Nor has one the
-    // packages of a function's own image (none is kept for such images: they are one tenant's).
-    const fromGeneric = version.spec.bundle === undefined && version.spec.image === undefined && handlerFamilyOf(version.spec.runtime) !== 'go';
+    // packages of a function's own image or of its "apt" (none is kept for such images: they are one tenant's).
+    const fromGeneric = version.spec.bundle === undefined && version.spec.image === undefined && version.spec.aptImage === undefined && !COMPILED_HANDLER_FAMILIES.includes(handlerFamilyOf(version.spec.runtime));
     const generic = fromGeneric ? this.generic.take(key) : undefined;
     if (fromGeneric) this.generic.replenish(key);
     if (generic?.load !== undefined) {
@@ -508,20 +509,23 @@ export class HandlerPools implements HandlerInvoker {
     if (spec.layer !== undefined && this.options.layerPath === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
     const layerBinds = spec.layer === undefined ? [] : [{ source: this.options.layerPath!(spec.layer.sha256), target: layerMount(spec.layer) }];
     let launch: AgentLaunch;
-    if (runtime === 'go') {
-      // The program compiled at deploy is the agent (the function's code with agent/go/agent.go), bound at /kindling-bin.
-      if (spec.layer?.kind !== 'compile') throw new KindlingError('HANDLERS_UNSUPPORTED', `go handler "${version.name}" has no compiled program: deploy it again on the sandbox or docker executor`);
-      launch = { command: [COMPILED_PROGRAM, `${AGENT_MOUNT}/${AGENT_SOCKET}`], files: [] };
+    if (runtime === 'go' || runtime === 'java') {
+      // The program compiled at deploy is the agent (the function's code with agent/go/agent.go or
+      // agent/java/KindlingAgent.java), bound at /kindling-bin.
+      if (spec.layer?.kind !== 'compile') throw new KindlingError('HANDLERS_UNSUPPORTED', `${runtime} handler "${version.name}" has no compiled program: deploy it again on the sandbox or docker executor`);
+      launch = runtime === 'go' ? { command: [COMPILED_PROGRAM, `${AGENT_MOUNT}/${AGENT_SOCKET}`], files: [] } : javaAgentLaunch(spec.handler ?? '', limits.memoryMb);
     } else {
       launch = bundled === null ? agentLaunch(runtime, spec.code ?? '', spec.handler ?? 'handler') : agentLaunchModule(runtime, posix.join(BUNDLE_MOUNT, bundled.file), bundled.fn);
     }
     const binds = [...(spec.bundle === undefined ? [] : [{ source: this.options.bundlePath!(spec.bundle.sha256), target: BUNDLE_MOUNT }]), ...layerBinds];
+    // The image made for the function's Debian packages, else its own, else its runtime's.
+    const image = spec.aptImage ?? spec.image;
     const bundleBinds = binds.length === 0 ? {} : { roBinds: binds };
     // Python finds the bundle's top-level modules and packages from any file of it (the agent adds the file's own dir).
     const bundleEnv: Record<string, string> = spec.bundle !== undefined && runtime === 'python' ? { PYTHONPATH: spec.layer?.kind === 'pip' ? `${BUNDLE_MOUNT}:${PYTHON_LAYER_MOUNT}` : BUNDLE_MOUNT, PYTHONDONTWRITEBYTECODE: '1' } : {};
     return {
       id: newId('warm'),
-      image: spec.image === undefined ? runtimeImage(spec.runtime ?? '') : (this.options.resolveImage?.(spec.image, version.tenant) ?? spec.image),
+      image: image === undefined ? runtimeImage(spec.runtime ?? '') : (this.options.resolveImage?.(image, version.tenant) ?? image),
       command: launch.command,
       env: { ...BASE_ENV, ...bundleEnv, ...spec.env },
       ...bundleBinds,
@@ -535,4 +539,18 @@ export class HandlerPools implements HandlerInvoker {
       labels: { 'dev.kindling.tenant': version.tenant, 'dev.kindling.function': version.name, 'dev.kindling.function-version': String(version.version) },
     };
   }
+}
+
+/**
+ * The JVM of a java handler: the agent's and the function's classes (compiled at deploy) at /kindling-bin. The JVM is
+ * told the sandbox's memory limit (it cannot always read the cgroup's from inside the sandbox) and sizes its heap to
+ * 60% of it; the serial collector, since a warm sandbox serves one call at a time.
+ */
+function javaAgentLaunch(handler: string, memoryMb: number): AgentLaunch {
+  const [, className, method] = JAVA_HANDLER.exec(handler) ?? [];
+  if (className === undefined || method === undefined) throw new KindlingError('VALIDATION_FAILED', `a java handler is Class.method, got "${handler.slice(0, 130)}"`);
+  return {
+    command: ['java', '-XX:+UseSerialGC', `-XX:MaxRAM=${memoryMb}m`, '-XX:MaxRAMPercentage=60', '-Xss1m', '-cp', COMPILED_MOUNT, 'KindlingAgent', `${AGENT_MOUNT}/${AGENT_SOCKET}`, className, method],
+    files: [],
+  };
 }

@@ -118,9 +118,13 @@ export function concreteRuntime<T extends string | undefined | null>(runtime: T)
 }
 
 /** The handler agents' languages: a handler function runs on a runtime of one of these families (deno and bun run
- *  the node agent, with a TypeScript handler; go's agent is compiled with the function's code at deploy). */
-export type HandlerFamily = AgentFamily | 'go';
-const HANDLER_FAMILIES: readonly RuntimeFamily[] = ['node', 'python', 'deno', 'bun', 'go'];
+ *  the node agent, with a TypeScript handler; go's and java's agents are compiled with the function's code at deploy). */
+export type HandlerFamily = AgentFamily | 'go' | 'java';
+const HANDLER_FAMILIES: readonly RuntimeFamily[] = ['node', 'python', 'deno', 'bun', 'go', 'java'];
+/** Handler families whose agent is compiled with the function's code at deploy (no generic agent; bind executors only). */
+export const COMPILED_HANDLER_FAMILIES: readonly HandlerFamily[] = ['go', 'java'];
+/** A java handler: `Class.method` (the code defines the public class `Class`, in the default package). */
+export const JAVA_HANDLER = /^([A-Za-z_$][A-Za-z0-9_$]{0,127})\.([A-Za-z_$][A-Za-z0-9_$]{0,127})$/;
 
 /** The family of a handler runtime (node20 -> node), or null for a runtime without a handler agent (or no runtime). */
 export function handlerFamily(runtime: string | undefined): HandlerFamily | null {

@@ -27,7 +27,7 @@ const ADDED_COLUMNS: Record<string, string> = { version: 'INTEGER' };
 
 export type BuildStatus = 'building' | 'ready' | 'failed';
 /** What a build installs: a node bundle's npm lockfile, or a python bundle's requirements.txt. */
-export type BuildKind = 'npm' | 'pip' | 'compile';
+export type BuildKind = 'npm' | 'pip' | 'compile' | 'apt';
 
 export interface BuildRecord {
   id: string;

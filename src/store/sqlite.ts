@@ -452,6 +452,18 @@ export class SqliteStore implements Store {
     return new Set(rows.map((row) => row.sha));
   }
 
+  imageReferences(): { tenant: string; function: string; image: string }[] {
+    // Rare (custom image deletes, and after deploys and deletes of functions with packages): a scan is fine.
+    return this.db
+      .prepare(
+        `SELECT DISTINCT tenant, name AS function, image FROM (
+           SELECT tenant, name, json_extract(spec, '$.image') AS image FROM function_versions
+           UNION ALL SELECT tenant, name, json_extract(spec, '$.aptImage') AS image FROM function_versions
+         ) WHERE image IS NOT NULL`,
+      )
+      .all() as { tenant: string; function: string; image: string }[];
+  }
+
   insertInvocation(input: NewInvocation): { invocation: InvocationRecord; created: boolean } {
     // One statement, atomic on its own; the record is made from what was inserted instead of read back. Only a
     // conflict reads (the synchronous API keeps the insert and that read together within this process).

@@ -26,6 +26,13 @@ export interface FunctionSpec {
   bundle?: FunctionBundle;
   /** A node bundle's npm dependencies (read-only at /work/node_modules) or a python bundle's pip ones (at /work/.deps). */
   layer?: FunctionLayer;
+  /**
+   * Debian packages its runs need on top of its runtime's image (the spec's `apt`, or its bundle's kindling.json):
+   * the deploy builds (or reuses) an image of the runtime's plus these, named by `aptImage`.
+   */
+  apt?: string[];
+  /** The image a deploy made (or reused) for `apt`; set by the build only (`kindling/u.<tenant>.pkgs-...`). */
+  aptImage?: string;
 }
 
 /** What a version records of its dependency layer (the installed files live in the server's layer store, by hash). */
@@ -122,6 +129,8 @@ export interface Store {
   deleteTenantFunctions(tenant: string): string[];
   /** The bundle hashes (FunctionBundle.sha256) some kept version of any tenant refers to (bundle garbage collection). */
   bundleHashes(field?: 'bundle' | 'layer'): Set<string>;
+  /** The images kept versions name (`image`, and `aptImage` made for their packages), one row per tenant, function and image. */
+  imageReferences(): { tenant: string; function: string; image: string }[];
 
   /**
    * Commits a queued invocation (with its payload). With an idempotency key already used for the same function (and

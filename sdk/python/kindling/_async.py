@@ -253,6 +253,7 @@ class AsyncFunctions:
         handler: Optional[str] = None,
         image: Optional[str] = None,
         command: Optional[list[str]] = None,
+        timeout: Timeout = _UNSET,
         **fields: Any,
     ) -> FunctionInfo:
         """``PUT /v1/functions/NAME``: deploys a new version (see :meth:`kindling._sync.Functions.deploy`)."""
@@ -262,7 +263,8 @@ class AsyncFunctions:
             with open(file, encoding="utf-8") as handle:
                 code = handle.read()
         spec = _function_spec(runtime=runtime, code=code, handler=handler, image=image, command=command, **fields)
-        return FunctionInfo.from_wire(await self._http.json("PUT", f"/v1/functions/{seg(name)}", json_body=spec))
+        # Waits for its build, if any (a go or rust program, the image for ``apt`` packages): give a timeout that allows it.
+        return FunctionInfo.from_wire(await self._http.json("PUT", f"/v1/functions/{seg(name)}", json_body=spec, timeout=timeout))
 
     async def deploy_bundle(
         self,

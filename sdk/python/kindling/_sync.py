@@ -289,19 +289,24 @@ class Functions:
         handler: Optional[str] = None,
         image: Optional[str] = None,
         command: Optional[list[str]] = None,
+        timeout: Timeout = _UNSET,
         **fields: Any,
     ) -> FunctionInfo:
         """``PUT /v1/functions/NAME``: deploys a new immutable version and returns the function (``version`` is the
         new one). Give ``runtime`` + ``code`` (or ``file``: a path whose text is the code), with ``handler`` for the
         handler style; or ``image`` + ``command``. Other fields: ``env``, ``timeout_ms``, ``memory_mb``, ``cpus``,
-        ``min_warm``, ``max_concurrency``, ``max_queued``, ``executor`` (snake_case or the wire's camelCase)."""
+        ``min_warm``, ``max_concurrency``, ``max_queued``, ``executor``, ``apt`` (Debian packages on top of the runtime's
+        image: the deploy builds an image with them once per package set and waits for it; ``timeout`` bounds the wait, None:
+        no bound)
+        (snake_case or the wire's camelCase)."""
         if file is not None:
             if code is not None:
                 raise ValueError("give code or file, not both")
             with open(file, encoding="utf-8") as handle:
                 code = handle.read()
         spec = _function_spec(runtime=runtime, code=code, handler=handler, image=image, command=command, **fields)
-        return FunctionInfo.from_wire(self._http.json("PUT", f"/v1/functions/{seg(name)}", json_body=spec))
+        # Waits for its build, if any (a go or rust program, the image for ``apt`` packages): give a timeout that allows it.
+        return FunctionInfo.from_wire(self._http.json("PUT", f"/v1/functions/{seg(name)}", json_body=spec, timeout=timeout))
 
     def deploy_bundle(
         self,

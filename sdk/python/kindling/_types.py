@@ -158,10 +158,14 @@ class FunctionInfo:
     created_at_ms: float
     updated_at_ms: float
     raw: JsonDict = field(repr=False, compare=False)
+    #: Debian packages it runs with (``apt``), and the image the deploy made (or reused) for them.
+    apt: Optional[list[str]] = None
+    apt_image: Optional[str] = None
 
     @classmethod
     def from_wire(cls, data: Any) -> "FunctionInfo":
         d = expect_dict(data, "a function")
+        apt = d.get("apt")
         return cls(
             name=_str(d.get("name")),
             version=_int(d.get("version")),
@@ -171,6 +175,8 @@ class FunctionInfo:
             created_at_ms=_float(d.get("createdAtMs")),
             updated_at_ms=_float(d.get("updatedAtMs")),
             raw=d,
+            apt=[_str(p) for p in apt] if isinstance(apt, list) else None,
+            apt_image=_opt_str(d.get("aptImage")),
         )
 
 
@@ -180,7 +186,7 @@ class FunctionBuildInfo:
 
     id: str
     function: str
-    #: ``npm`` or ``pip``.
+    #: ``npm``, ``pip``, ``compile`` (a go or rust program) or ``apt`` (the image for the function's Debian packages).
     kind: str
     #: ``building`` while the deploy installs, ``ready`` once a layer was made or reused, ``failed`` (see ``error``).
     status: str

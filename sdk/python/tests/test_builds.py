@@ -149,3 +149,14 @@ def test_the_async_client_deploys_bundles_and_follows_builds(server: Server, nam
     assert accepted.status == "building"
     assert events[-1].type == "end" and events[-1].build is not None and events[-1].build.status == "failed"
     assert build.status == "failed"
+
+
+def test_apt_packages_are_sent_and_checked_by_the_server(k: Kindling, name: str) -> None:
+    """``apt`` goes to the server as given: a name that is not a Debian package is a 400 that says so, before any build;
+    an empty list is no packages (the deploy needs no build)."""
+    with pytest.raises(kindling.ValidationError) as refused:
+        k.functions.deploy(name, runtime="python", code="print(1)", apt=["Not A Package"])
+    assert "not a Debian package name" in str(refused.value)
+    assert k.functions.builds(name) == []
+    info = k.functions.deploy(name, runtime="python", code="print(1)", apt=[], timeout=60)
+    assert info.apt is None and info.apt_image is None

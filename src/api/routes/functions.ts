@@ -99,7 +99,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
           description: [
             'JSON body: the spec. Bundle: a tar of a directory as the body (Content-Type application/x-tar, at most --max-bundle-bytes) with the spec as JSON in the Kindling-Function-Spec header; the handler is FILE:FUNCTION (handler.py:main, src/index.js:handler) or the function runs "command" in the bundle\'s directory.',
             'The bundle\'s files are the sandbox\'s work dir /work (read-only); its sha256 is the version\'s bundle.sha256. Entries that leave the bundle (absolute names, "..", links out), devices and fifos: 400 BUNDLE_INVALID naming the entry. Zip archives: 415 (send a tar). sandbox and docker executors only (others: 400 BUNDLES_UNSUPPORTED).',
-            'A bundle with dependencies is built before its version is stored: the answer waits for the build (a failed build: 422 BUILD_FAILED, the previous version keeps serving). With Prefer: respond-async or ?wait=false the answer is 202 {name, status: building, build} once the build started (Location: the build); the version is stored when the build is ready. While a deploy of the function builds, another deploy of it answers 409 BUILD_IN_PROGRESS.',
+            'A bundle with dependencies, go and rust code (compiled) and a function with Debian packages ("apt", or a bundle\'s kindling.json {"apt": [...]}: an image of its runtime\'s plus those, made once per package set) are built before the version is stored: the answer waits for the build (a failed build: 422 BUILD_FAILED, the previous version keeps serving). With Prefer: respond-async or ?wait=false the answer is 202 {name, status: building, build} once the build started (Location: the build); the version is stored when the build is ready. While a deploy of the function builds, another deploy of it answers 409 BUILD_IN_PROGRESS.',
           ].join('\n\n'),
           params: FunctionNameParamsSchema,
           querystring: DeployQuerySchema,
@@ -125,7 +125,23 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
         if (body.executor !== undefined) spec.executor = body.executor as ExecutorName;
         const deploy = (): ReturnType<FunctionRouteFunctions['deploy']> =>
           service.deploy(request.principal.tenant, request.params.name, spec, request.scope.caps, deployQuota(request.scope));
+        /** The 202 of a deploy whose build runs on (the version is stored when it is ready). */
+        const accepted = (building: { id: string }): { name: string; status: 'building'; build: typeof building } => {
+          const location = `/v1/functions/${request.params.name}/builds/${building.id}`;
+          reply.code(202).header('location', location).header('x-kindling-build-id', building.id).header('preference-applied', 'respond-async');
+          return { name: request.params.name, status: 'building', build: building };
+        };
         if (!bundled) {
+          // A JSON deploy builds too (go and rust programs, the image for "apt" packages): it may answer early as well.
+          if (respondAsync && service.startDeploy !== undefined) {
+            const started = await service.startDeploy(request.principal.tenant, request.params.name, spec, request.scope.caps, deployQuota(request.scope));
+            if (!('building' in started)) {
+              reply.code(started.created ? 201 : 200);
+              return started.view;
+            }
+            started.done.catch((error: unknown) => request.log.info({ err: error, buildId: started.building.id }, 'a deploy that did not wait failed'));
+            return accepted(started.building);
+          }
           const { view, created } = await deploy();
           reply.code(created ? 201 : 200);
           return view;
@@ -172,9 +188,7 @@ export function registerFunctionRoutes(app: FastifyInstance, options: FunctionRo
                 () => (stored = true),
                 (error: unknown) => request.log.info({ err: error, buildId: started.building.id }, 'a deploy that did not wait failed'),
               ).finally(settle);
-              const location = `/v1/functions/${request.params.name}/builds/${started.building.id}`;
-              reply.code(202).header('location', location).header('x-kindling-build-id', started.building.id).header('preference-applied', 'respond-async');
-              return { name: request.params.name, status: 'building', build: started.building };
+              return accepted(started.building);
             }
             stored = true;
             reply.code(started.created ? 201 : 200);

@@ -35,6 +35,7 @@ export const ImageSchema = Type.Object({
   from: Type.String(),
   apt: Type.Array(Type.String()),
   files: FilesSchema,
+  forFunctions: Type.Boolean({ description: 'Made by a deploy for functions\' Debian packages ("apt"): removed by the server once no kept function version uses it' }),
   status: Type.Union([Type.Literal('building'), Type.Literal('ready'), Type.Literal('failed')]),
   error: Type.Union([Type.String(), Type.Null()]),
   sizeBytes: Type.Union([Type.Integer(), Type.Null()]),
@@ -63,7 +64,7 @@ export function registerImageRoutes(app: FastifyInstance, options: { images: Cus
 
   app.delete<{ Params: NameParamsT }>(
     '/v1/images/:name',
-    { schema: { tags, summary: 'Delete a custom image (its rootfs, Docker image and ext4 file)', params: NameParams, response: { 204: Type.Null(), ...errors } } },
+    { schema: { tags, summary: 'Delete a custom image (its rootfs, Docker image and ext4 file); 409 IMAGE_IN_USE while a kept function version runs on it', params: NameParams, response: { 204: Type.Null(), ...errors } } },
     async (request, reply) => {
       await images.delete(request.principal, request.params.name);
       reply.code(204);
