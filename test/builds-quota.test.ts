@@ -70,7 +70,7 @@ describe('bounded builds: per-tenant cap, server queue, their own metrics label 
         (answer) => assert.fail(`a deploy over the build quota was taken: ${JSON.stringify(answer)}`),
         (error: unknown) => error as KindlingError,
       );
-      assert.equal(refused.status, 429);
+      assert.equal(refused.status, 429, `${refused.code}: ${refused.message}`);
       assert.equal(refused.code, 'TENANT_BUILD_LIMIT');
       assert.match(refused.message, /maxConcurrentBuilds 1/);
       assert.ok(refused.retryAfterMs !== undefined && refused.retryAfterMs > 0, 'the 429 carries Retry-After');

@@ -70,6 +70,8 @@ export class BundleStore {
   private readonly dir: string;
   /** Unpacks in flight by hash: a second upload of the same bytes waits for the first. */
   private readonly unpacking = new Map<string, Promise<void>>();
+  /** Bundles collect() is removing: an ingest of the same content waits for the removal, then unpacks it afresh. */
+  private readonly removing = new Map<string, Promise<void>>();
   private staged = 0;
   /** Bundles uploaded but not yet referenced by a stored version: collect() leaves them (see release). */
   private readonly pinned = new Map<string, number>();
@@ -157,6 +159,9 @@ export class BundleStore {
     const target = this.pathOf(sha256);
     const running = this.unpacking.get(sha256);
     if (running !== undefined) await running.catch(() => undefined);
+    // Pinned already (by ingest): no removal starts from here on, but one that started before may still run.
+    const removal = this.removing.get(sha256);
+    if (removal !== undefined) await removal.catch(() => undefined);
     if (await this.has(sha256)) return;
     const work = (async () => {
       // chown/chmod -R do not follow symlinks met during the walk (-h: nor the links themselves).
@@ -191,9 +196,17 @@ export class BundleStore {
     const names = await readdir(this.dir).catch(() => [] as string[]);
     const removed: string[] = [];
     for (const name of names) {
-      if (this.unpacking.has(name) || this.pinned.has(name)) continue;
+      if (this.unpacking.has(name) || this.pinned.has(name) || this.removing.has(name)) continue;
       if (SHA256.test(name) ? referenced.has(name) : !name.startsWith('.stage-') || name.startsWith(`.stage-${process.pid}-`)) continue;
-      await rm(join(this.dir, name), { recursive: true, force: true });
+      // Marked before the first await: an ingest of this content that pins it from now on waits for the removal
+      // instead of taking the directory that is going away.
+      const removal = rm(join(this.dir, name), { recursive: true, force: true });
+      this.removing.set(name, removal);
+      try {
+        await removal;
+      } finally {
+        this.removing.delete(name);
+      }
       if (SHA256.test(name)) removed.push(name);
     }
     return removed;
