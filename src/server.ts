@@ -516,6 +516,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const layers = new BundleStore({ dir: join(dataDir, 'layers'), maxBytes: buildDiskMb * 1024 * 1024 });
   const builder = new DependencyBuilder({
     executionService: service,
+    // Builds need egress (registries) and binds: the sandbox executor when it serves, else docker, else the default.
+    ...(served.has('sandbox') ? { executor: 'sandbox' as const } : served.has('docker') ? { executor: 'docker' as const } : {}),
     layers,
     npmDir: config.build?.npmDir ?? join(dirname(dirname(process.execPath)), 'lib', 'node_modules', 'npm'),
     diskMb: buildDiskMb,

@@ -21,6 +21,7 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KindlingError } from '../core/errors.js';
 import type { FunctionLayer } from '../store/store.js';
+import type { ExecutorName } from '../core/types.js';
 import type { BundleStore } from './bundles.js';
 import type { ExecutionService, TenantScope } from './execution-service.js';
 import { buildFailureAdvice } from './build-advice.js';
@@ -63,6 +64,11 @@ const LOG_KEPT_BYTES = 64 * 1024;
 
 export interface BuilderOptions {
   executionService: Pick<ExecutionService, 'executeRaw'>;
+  /**
+   * The executor builds run on (one with network egress and binds: sandbox or docker); default: the server's. A
+   * function on gvisor or microvm still gets its layers built, by this one.
+   */
+  executor?: ExecutorName;
   /** Where layers are kept (a BundleStore over <data-dir>/layers, keyed by lockfile hash). */
   layers: BundleStore;
   /** Host directory of the npm package run by builds (its bin/npm-cli.js), e.g. /usr/lib/node_modules/npm. */
@@ -439,6 +445,7 @@ export class DependencyBuilder {
             diskMb: this.options.diskMb ?? DEFAULT_BUILD_DISK_MB,
             outputBytes: LOG_KEPT_BYTES,
             env: plan.env,
+            ...(this.options.executor === undefined ? {} : { executor: this.options.executor }),
           },
           {
             ...(plan.binds.length === 0 ? {} : { roBinds: plan.binds }),

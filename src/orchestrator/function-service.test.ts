@@ -86,7 +86,7 @@ describe('FunctionService: bundles', () => {
 
 describe('FunctionService: go and rust code compiled at deploy', () => {
   const LAYER = { sha256: 'c'.repeat(64), bytes: 2_000_000, reused: false, buildMs: 900, kind: 'compile' as const };
-  const setUp = (defaultExecutor: 'sandbox' | 'gvisor') => {
+  const setUp = (defaultExecutor: 'sandbox' | 'gvisor' | 'microvm') => {
     const store = new SqliteStore(':memory:');
     const requests: { request: Record<string, unknown>; roBinds?: { source: string; target: string }[] }[] = [];
     const executionService = {
@@ -133,13 +133,28 @@ describe('FunctionService: go and rust code compiled at deploy', () => {
     }
   });
 
-  it('on gvisor (no binds) nothing is compiled at deploy, and a compiled version moved there compiles per call', async () => {
-    const { store, service, requests, compiled } = setUp('gvisor');
+  it('on gvisor the program is bound in as on the sandbox executor', async () => {
+    const { store, service, requests, compiled, layers } = setUp('gvisor');
+    try {
+      const { view } = await service.deploy('default', 'g', { runtime: 'go', code: 'package main\nfunc main() {}\n' });
+      assert.deepEqual(view.layer, LAYER);
+      assert.equal(compiled.length, 1);
+      await service.invoke('default', 'g', Buffer.from('x'));
+      assert.deepEqual(requests[0]!.request.command, ['/kindling-bin/main']);
+      assert.deepEqual(requests[0]!.roBinds, [{ source: layers.pathOf(LAYER.sha256), target: '/kindling-bin' }]);
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+
+  it('on microvm (no binds) nothing is compiled at deploy, and a compiled version moved there compiles per call', async () => {
+    const { store, service, requests, compiled } = setUp('microvm');
     try {
       const { view } = await service.deploy('default', 'g', { runtime: 'go', code: 'package main\nfunc main() {}\n' });
       assert.equal(view.layer, undefined);
       assert.deepEqual(compiled, []);
-      // A version compiled on a server whose default executor was the sandbox, invoked where gvisor is the default.
+      // A version compiled on a server whose default executor was the sandbox, invoked where microvm is the default.
       const { version } = store.putFunction('default', 'moved', { runtime: 'go', code: 'package main\nfunc main() {}\n', layer: LAYER }, 1, { keep: 3, alsoKeep: [] });
       assert.equal(version.spec.layer?.kind, 'compile');
       await service.invoke('default', 'moved', Buffer.from('x'));

@@ -158,8 +158,13 @@ export interface FunctionVersionView extends FunctionSpec {
 /** Runtimes with a handler agent: the node and python ones (node, node18, node20, python, python3.11, python3.13), deno and bun. */
 export const HANDLER_RUNTIMES: readonly string[] = RUNTIME_NAMES.filter((runtime) => handlerFamily(runtime) !== null);
 const HANDLER_NAME = /^[A-Za-z_$][A-Za-z0-9_$]{0,127}$/;
-/** Executors that bind a bundle's directory into their sandboxes (gvisor and microvm do not: see docs/functions.md). */
-export const BUNDLE_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker'];
+/**
+ * Executors that bind a bundle's directory (and layers, compiled programs) into their sandboxes; microvm does not (its
+ * guest sees only its disks). Handlers need warm sandboxes too, which gvisor does not keep.
+ */
+export const BUNDLE_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker', 'gvisor'];
+/** Executors that keep warm sandboxes and bind a go or java handler's compiled agent into them. */
+const COMPILED_HANDLER_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker'];
 
 /**
  * A bundle's handler, `FILE:FUNCTION` (`handler.py:main`, `src/index.js:handler`): the file relative to the bundle's
@@ -552,8 +557,8 @@ export class FunctionService {
         // A go handler's agent is its compiled program, which only executors that bind files can run (the server's
         // default executor may have changed since the deploy).
         const family = handlerFamily(spec.runtime);
-        if ((family === 'go' || family === 'java') && !BUNDLE_EXECUTORS.includes(executor)) {
-          throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handler "${name}" runs on the ${BUNDLE_EXECUTORS.join(' or ')} executor, not ${executor}; redeploy it with "executor": "sandbox"`, { details: { executor } });
+        if ((family === 'go' || family === 'java') && !COMPILED_HANDLER_EXECUTORS.includes(executor)) {
+          throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handler "${name}" runs on the ${COMPILED_HANDLER_EXECUTORS.join(' or ')} executor, not ${executor}; redeploy it with "executor": "sandbox"`, { details: { executor } });
         }
         return await handlers.invoke(version, executor, body, options);
       }
@@ -691,8 +696,8 @@ export class FunctionService {
       }
       if (spec.image !== undefined) throw new KindlingError('CONFLICTING_FIELDS', `a ${family} handler runs on kindling/${family}: drop "image"`, { details: { field: 'image' } });
       if (family === 'go' && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(spec.handler)) fail('handler', `a go handler is a Go function name like "Handle", got "${spec.handler.slice(0, 130)}"`);
-      if (!BUNDLE_EXECUTORS.includes(executor) || this.options.builder === undefined || this.options.layers === undefined) {
-        throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handlers are compiled at deploy and run on the ${BUNDLE_EXECUTORS.join(' or ')} executor, not ${executor}; deploy with another "executor", or as a command (no "handler")`, { details: { executor } });
+      if (!COMPILED_HANDLER_EXECUTORS.includes(executor) || this.options.builder === undefined || this.options.layers === undefined) {
+        throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handlers are compiled at deploy and run on the ${COMPILED_HANDLER_EXECUTORS.join(' or ')} executor, not ${executor}; deploy with another "executor", or as a command (no "handler")`, { details: { executor } });
       }
     }
     if (spec.handler !== undefined && spec.image !== undefined) {
@@ -806,7 +811,7 @@ function compiledCode(spec: FunctionSpec, executor: ExecutorName): boolean {
 
 /** Whether the deploy compiles its program: go and rust code (compiledCode), and java handlers (with their agent). */
 function compiledAtDeploy(spec: FunctionSpec, executor: ExecutorName): boolean {
-  if (BUNDLE_EXECUTORS.includes(executor) && spec.bundle === undefined && spec.handler !== undefined && spec.code !== undefined && handlerFamily(spec.runtime) === 'java') return true;
+  if (COMPILED_HANDLER_EXECUTORS.includes(executor) && spec.bundle === undefined && spec.handler !== undefined && spec.code !== undefined && handlerFamily(spec.runtime) === 'java') return true;
   return compiledCode(spec, executor);
 }
 

@@ -173,8 +173,13 @@ export class GvisorExecutor implements Executor {
     const rootfs = this.check(spec);
     options.signal?.throwIfAborted();
     const runDir = path.join(this.baseDir, 'runs', spec.id);
+    const roBinds = spec.roBinds ?? [];
     const mounts: OciMount[] = [tmpfsMount('/tmp', spec.limits.diskMb)];
-    if (spec.workdir !== '/tmp' && !spec.workdir.startsWith('/tmp/')) mounts.push(tmpfsMount(spec.workdir, spec.limits.diskMb));
+    // A bound work dir (a function's bundle) needs no tmpfs of its own.
+    if (spec.workdir !== '/tmp' && !spec.workdir.startsWith('/tmp/') && !roBinds.some((bind) => bind.target === spec.workdir)) mounts.push(tmpfsMount(spec.workdir, spec.limits.diskMb));
+    // A function's bundle, its dependency layer, its compiled program: read-only, shared by every sandbox of the same
+    // content (the gofer serves them from the host; nothing is copied). Outer directories first, nested ones after.
+    for (const bind of [...roBinds].sort((a, b) => a.target.length - b.target.length)) mounts.push(bindMount(bind.source, bind.target, true));
     let cgroup: Cgroup | null = null;
     try {
       if (spec.files.length > 0) {
