@@ -201,6 +201,27 @@ for (const executor of ['sandbox', 'docker'] as const) {
       assert.equal(logs.filter((event) => event.type === 'stderr').map((event) => event.text).join(''), 'call 5\n');
     });
 
+    it("a go handler bundle (FILE:FUNCTION) is its package main compiled with the agent: several files, its data read from /work at init", async () => {
+      const bundle = directory({
+        'go.mod': 'module example.com/greeter\n\ngo 1.22\n',
+        'main.go': 'package main\n\nimport "strings"\n\nfunc Handle(body []byte) (string, error) {\n\treturn greeting + " " + strings.ToUpper(string(body)), nil\n}\n',
+        'greeting.go': 'package main\n\nimport (\n\t"os"\n\t"strings"\n)\n\nvar greeting = load()\n\nfunc load() string {\n\tdata, err := os.ReadFile("greeting.txt")\n\tif err != nil {\n\t\tpanic(err)\n\t}\n\treturn strings.TrimSpace(string(data))\n}\n',
+        'greeting.txt': 'hello from the bundle\n',
+      });
+      const name = `go-handler-bundle-${executor}`;
+      const info = await client.functions.deployBundle(name, { runtime: 'go', handler: 'main.go:Handle' }, tar(bundle));
+      assert.equal(info.style, 'handler');
+      assert.equal(info.layer?.kind, 'compile');
+      assert.equal((await client.functions.invoke(name, 'go')).text(), 'hello from the bundle GO');
+      assert.equal((await client.functions.invoke(name, 'again')).coldStart, false);
+      // A FUNCTION that is not a Go identifier is refused before any build.
+      const bad = await client.functions.deployBundle(`${name}-bad`, { runtime: 'go', handler: 'main.go:not-go' }, tar(bundle)).then(
+        () => assert.fail('expected a refusal'),
+        (error: KindlingError) => error,
+      );
+      assert.equal(bad.status, 400);
+    });
+
     it('a go handler that is not a handler shape, or a go handler on an executor that cannot bind its program, is refused at deploy', async () => {
       const wrongShape = await client.functions.deploy(`go-shape-${executor}`, { runtime: 'go', code: 'package main\n\nfunc Handle(n int) int { return n }\n', handler: 'Handle' });
       const call = await client.functions.invoke(wrongShape.name, 'x');

@@ -234,17 +234,17 @@ export class DependencyBuilder {
    * runtime's image, else compiled now in a build sandbox. `source` is a code function's code, or a Go bundle (its directory and
    * content hash): `go build` of its module (or of its *.go files without go.mod), with GOPROXY --build-go-proxy.
    */
-  async compiledFor(source: { code: string; handler?: string } | { bundleDir: string; bundleSha256: string }, runtime: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+  async compiledFor(source: { code: string; handler?: string } | { bundleDir: string; bundleSha256: string; handler?: string }, runtime: string, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
     const definition = runtimeDefinition(runtime);
     const family = definition?.family;
     if (definition === undefined || (family !== 'go' && family !== 'rust' && family !== 'java')) throw new Error(`runtime ${runtime} is not compiled at deploy time`);
     const bundle = 'bundleDir' in source;
     if (bundle && family !== 'go') throw new Error('only go bundles are compiled at deploy time');
-    // A go handler: the code is compiled with the resident agent (agent/go/agent.go) and a file naming the handler.
-    // A java handler: the code (its class) is compiled with agent/java/KindlingAgent.java.
-    const handler = !bundle && source.handler !== undefined ? source.handler : null;
+    // A go handler: the code (or a bundle's package main) is compiled with the resident agent (agent/go/agent.go) and
+    // a file naming the handler. A java handler: the code (its class) is compiled with agent/java/KindlingAgent.java.
+    const handler = source.handler ?? null;
     if (family === 'java') {
-      if (bundle || handler === null) throw new Error('only java handlers are compiled at deploy time');
+      if ('bundleDir' in source || handler === null) throw new Error('only java handlers are compiled at deploy time');
       return this.compiledJavaHandler(source.code, handler, definition, tenant, onLog);
     }
     if (handler !== null && (family !== 'go' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(handler))) throw new Error(`no ${family} handler agent for ${handler}`);
@@ -268,7 +268,16 @@ export class DependencyBuilder {
       family === 'rust'
         ? // The flags of a one-off rust run (runtimes.ts): the same program either way.
           `rustc -O -C strip=symbols -o ${out}/main /tmp/src/main.rs 1>&2`
-        : bundle
+        : bundle && handler !== null
+          ? // A handler bundle: its package main, copied out of the read-only bundle, with the agent and the file naming
+            // the handler added beside its files; built as a module when it is one.
+            [
+              'cp -R /work/. /tmp/src/',
+              `printf %s ${agent!.toString('base64')} | base64 -d > /tmp/src/kindling_agent.go`,
+              `printf 'package main\\n\\nvar kindlingHandler any = ${handler}\\n' > /tmp/src/kindling_handler.go`,
+              `cd /tmp/src && if [ -f go.mod ]; then go build -o ${out}/main . 1>&2; else go build -o ${out}/main ./*.go 1>&2; fi`,
+            ].join('\n')
+          : bundle
           ? // A module builds as a module (vendor/ is used when present); loose files build as one package.
             `cd /work && if [ -f go.mod ]; then go build -o ${out}/main . 1>&2; else go build -o ${out}/main ./*.go 1>&2; fi`
           : handler !== null

@@ -335,7 +335,12 @@ export class FunctionService {
         spec.aptImage = packages.image;
       }
       if (kind === 'compile') {
-        const source = spec.bundle === undefined ? { code: spec.code!, ...(spec.handler === undefined ? {} : { handler: spec.handler }) } : { bundleDir: this.options.bundles!.pathOf(spec.bundle.sha256), bundleSha256: spec.bundle.sha256 };
+        // A bundle's handler is FILE:FUNCTION: the program is its package main with the agent; FUNCTION is the handler.
+        const bundleHandler = spec.bundle === undefined || spec.handler === undefined ? undefined : parseBundleHandler(spec.handler)?.fn;
+        const source =
+          spec.bundle === undefined
+            ? { code: spec.code!, ...(spec.handler === undefined ? {} : { handler: spec.handler }) }
+            : { bundleDir: this.options.bundles!.pathOf(spec.bundle.sha256), bundleSha256: spec.bundle.sha256, ...(bundleHandler === undefined ? {} : { handler: bundleHandler }) };
         built = await builder.compiledFor(source, spec.runtime!, scope, onLog);
       } else if (kind === 'npm' || kind === 'pip') {
         built = await builder.layerFor(this.options.bundles!.pathOf(spec.bundle!.sha256), kind, scope, onLog, spec.runtime);
@@ -691,11 +696,12 @@ export class FunctionService {
     if (spec.handler !== undefined && (compiledHandler === 'go' || compiledHandler === 'java')) {
       // Its agent is compiled with the code at deploy and bound in: code only, on an executor that binds files.
       const family = compiledHandler;
-      if (spec.bundle !== undefined) {
-        throw new KindlingError('VALIDATION_FAILED', family === 'go' ? 'a go handler is deployed as code ("code" + "handler"); a go bundle runs as its program: drop "handler" (it is compiled at deploy)' : 'a java handler is deployed as code ("code" + "handler": "Class.method"); a java bundle runs as a command', { details: { field: 'handler' } });
+      if (spec.bundle !== undefined && family === 'java') {
+        throw new KindlingError('VALIDATION_FAILED', 'a java handler is deployed as code ("code" + "handler": "Class.method"); a java bundle runs as a command', { details: { field: 'handler' } });
       }
       if (spec.image !== undefined) throw new KindlingError('CONFLICTING_FIELDS', `a ${family} handler runs on kindling/${family}: drop "image"`, { details: { field: 'image' } });
-      if (family === 'go' && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(spec.handler)) fail('handler', `a go handler is a Go function name like "Handle", got "${spec.handler.slice(0, 130)}"`);
+      const goFunction = spec.bundle === undefined ? spec.handler : (parseBundleHandler(spec.handler)?.fn ?? '');
+      if (family === 'go' && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(goFunction)) fail('handler', `a go handler is a Go function name like "Handle" (in a bundle FILE:FUNCTION, e.g. "main.go:Handle"), got "${spec.handler.slice(0, 130)}"`);
       if (!COMPILED_HANDLER_EXECUTORS.includes(executor) || this.options.builder === undefined || this.options.layers === undefined) {
         throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handlers are compiled at deploy and run on the ${COMPILED_HANDLER_EXECUTORS.join(' or ')} executor, not ${executor}; deploy with another "executor", or as a command (no "handler")`, { details: { executor } });
       }
@@ -805,7 +811,8 @@ function compiledCode(spec: FunctionSpec, executor: ExecutorName): boolean {
   if (!BUNDLE_EXECUTORS.includes(executor) || spec.runtime === undefined) return false;
   const family = runtimeDefinition(spec.runtime)?.family;
   if (family === undefined || !COMPILED_RUNTIME_FAMILIES.includes(family)) return false;
-  if (spec.bundle !== undefined) return family === 'go' && spec.command === undefined && spec.handler === undefined;
+  // A go bundle without a command is its program; with a handler, its package main is compiled with the agent.
+  if (spec.bundle !== undefined) return family === 'go' && spec.command === undefined;
   return spec.code !== undefined && spec.command === undefined && spec.image === undefined;
 }
 
