@@ -134,6 +134,7 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "IMAGE_NOT_FOUND": NotFoundError,
     "IMAGE_NOT_READY": ConflictError,
     "IMAGE_LIMIT": ConflictError,
+    "IMAGE_IN_USE": ConflictError,
     "IMAGE_FILES_INVALID": ValidationError,
     "TENANT_SNAPSHOT_LIMIT": RateLimitError,
     "SNAPSHOTS_UNSUPPORTED": ValidationError,
