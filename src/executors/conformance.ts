@@ -538,10 +538,12 @@ export function runConformanceSuite(name: string, setUp: () => Promise<Conforman
         await within(until(() => cpu() > 100), 30_000, 'the busy loop uses CPU');
         await sandbox.pause();
         const frozenAt = cpu();
-        // A second of wall time passes, observed on the clock, while the CPU counter of a frozen sandbox stands still.
+        // A second of wall time passes, observed on the clock, while the CPU counter of a frozen sandbox stands still:
+        // the loop's ~1000 ms stop. Under a loaded CI machine gvisor's sentry (in the sandbox's cgroup, its user
+        // processes stopped) was seen to account 7.7 ms in that second for its own housekeeping: 25 ms of slack.
         const since = performance.now();
         await until(() => performance.now() - since > 1000);
-        assert.ok(cpu() - frozenAt < 5, `a paused sandbox used ${cpu() - frozenAt} ms of CPU`);
+        assert.ok(cpu() - frozenAt < 25, `a paused sandbox used ${cpu() - frozenAt} ms of CPU`);
         await sandbox.resume();
         await within(until(() => cpu() > frozenAt + 100), 30_000, 'the loop goes on after resume');
         assert.equal((await runIn(sandbox, ['echo', 'awake'])).stdout, 'awake\n');

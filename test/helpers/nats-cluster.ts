@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -134,8 +134,21 @@ async function waitUntil(condition: () => Promise<boolean>, timeoutMs: number, w
   }
 }
 
-/** Starts the cluster; on any failure whatever was started is stopped before the error is rethrown. */
+/**
+ * Starts the cluster; on any failure whatever was started is stopped before the error is rethrown, with the end of
+ * each node's log in the message. A start that failed is tried once more on fresh ports: a port found free can be
+ * taken by another test before nats-server binds it (the node then exits at once, and the cluster never forms).
+ */
 export async function startNatsCluster(owner: CleanupOwner, options: NatsClusterOptions = {}): Promise<NatsCluster> {
+  try {
+    return await startOnce(owner, options);
+  } catch (error) {
+    process.stderr.write(`# the NATS cluster did not start; trying once more on fresh ports: ${error instanceof Error ? error.message : String(error)}\n`);
+    return startOnce(owner, options);
+  }
+}
+
+async function startOnce(owner: CleanupOwner, options: NatsClusterOptions): Promise<NatsCluster> {
   const count = options.nodes ?? 3;
   const startTimeoutMs = options.startTimeoutMs ?? 60_000;
   const dir = await mkdtemp(join(tmpdir(), 'kindling-nats-'));
@@ -238,11 +251,19 @@ export async function startNatsCluster(owner: CleanupOwner, options: NatsCluster
 
   try {
     for (const node of nodes) launch(node);
-    await waitHealthy();
+    await waitUntil(
+      async () => {
+        const dead = nodes.find((node) => node.process !== null && (node.process.exitCode !== null || node.process.signalCode !== null));
+        if (dead !== undefined) throw new Error(`node ${dead.name} exited during start-up`);
+        return (await Promise.all(nodes.map(healthy))).every(Boolean);
+      },
+      startTimeoutMs,
+      `JetStream on ${clusterName} to be healthy`,
+    );
   } catch (error) {
-    const logs = nodes.map((node) => node.logFile).join(', ');
+    const tails = await Promise.all(nodes.map(async (node) => `${node.name}: ${(await readFile(node.logFile, 'utf8').catch(() => '')).trimEnd().split('\n').slice(-5).join(' | ')}`));
     await stop();
-    throw new Error(`the NATS cluster did not start (logs were in ${logs}): ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    throw new Error(`the NATS cluster did not start: ${error instanceof Error ? error.message : String(error)}; the ends of the logs: ${tails.join(' ;; ')}`, { cause: error });
   }
   return { nodes, urls: nodes.map((node) => node.url), clusterName, kill, restart, streamLeader, waitHealthy, stop };
 }
