@@ -172,6 +172,29 @@ describe('tracing: OTLP/HTTP spans of requests and invocation phases', { skip: u
     assert.equal(typeof request.resource['service.instance.id'], 'string');
   });
 
+  it('every span is timed on one clock: a wall clock that has drifted from the monotonic one puts no phase outside its parent', async (t) => {
+    // A long-lived process sees Date.now() and the monotonic clock drift apart (NTP slews only the first); here the
+    // drift is made: the wall clock runs 50 ms ahead, then 50 ms behind, for a sync and an async invocation each.
+    await deploy('tr-drift', { runtime: 'bash', code: 'true' });
+    const realNow = Date.now.bind(Date);
+    for (const skewMs of [50, -50]) {
+      t.mock.method(Date, 'now', () => realNow() + skewMs);
+      try {
+        for (const async of [false, true]) {
+          const traceId = newTraceId();
+          const response = await invoke('tr-drift', `00-${traceId}-${newSpanId()}-01`, async ? { 'x-kindling-async': 'true' } : {});
+          assert.equal(response.status, async ? 202 : 200, await response.text());
+          const names = ['POST /v1/functions/:name/invoke', ...(async ? ['invoke tr-drift'] : []), ...PHASES];
+          const spans = await receiver.trace(traceId, names, `skew ${skewMs} ms, ${async ? 'async' : 'sync'}`);
+          const parent = spans.find((span) => span.name === (async ? 'invoke tr-drift' : 'POST /v1/functions/:name/invoke'))!;
+          phasesOf(spans, parent);
+        }
+      } finally {
+        t.mock.restoreAll();
+      }
+    }
+  });
+
   it("a handler: warm and cold starts are told apart on the start phase; each call's TRACEPARENT names its request span", async () => {
     await deploy('tr-handler', { runtime: 'python', handler: 'handler', code: 'import os\ndef handler(body):\n    return os.environ.get("TRACEPARENT", "none")\n' });
     await deploy('tr-handler-node', { runtime: 'node', handler: 'handler', code: 'export const handler = () => process.env.TRACEPARENT ?? "none";' });

@@ -59,6 +59,16 @@ export function parseTraceparent(header: string | null | undefined): { traceId: 
 /** Epoch milliseconds with sub-millisecond precision, on the clock the OpenTelemetry SDK times spans with. */
 export const spanClockMs = (): number => performance.timeOrigin + performance.now();
 
+/**
+ * A wall-clock time (Date.now(), e.g. a stored createdAtMs) on the span clock, never later than now. The two clocks
+ * drift apart over a long-lived process (the monotonic clock is not slewed by NTP), so a span that starts at a stored
+ * time and has children timed on the span clock must be converted, or a child may seem to start before its parent.
+ */
+export function wallToSpanClockMs(wallMs: number): number {
+  const nowMs = spanClockMs();
+  return Math.min(nowMs, wallMs + (nowMs - Date.now()));
+}
+
 /** The attribute names of Kindling's spans (documented in docs/operations.md, "Tracing"). */
 export const ATTR = {
   tenant: 'kindling.tenant',

@@ -52,7 +52,7 @@ export interface Invocation {
   trace?: TraceContext;
   /** How the caller gets the answer (the `kindling.mode` attribute of its span). Default sync. */
   mode?: 'sync' | 'async' | 'stream';
-  /** When it started waiting (epoch ms): an async invocation's enqueue; default when run() is called. */
+  /** When it started waiting (epoch ms on the span clock, spanClockMs): an async invocation's enqueue; default when run() is called. */
   queuedSinceMs?: number;
   signal?: AbortSignal;
   /** Called once it runs (a sandbox started or a warm one was leased), before any output. */

@@ -23,7 +23,7 @@ import type { FunctionService } from './function-service.js';
 import type { LogBus } from './log-bus.js';
 import { InvocationRunner, knownFailure } from './invocation-runner.js';
 import { checkStorageQuota, type StorageQuotas } from './storage-quotas.js';
-import { ATTR, parseTraceparent, type Tracer, type TraceSpan } from '../core/tracing.js';
+import { ATTR, parseTraceparent, wallToSpanClockMs, type Tracer, type TraceSpan } from '../core/tracing.js';
 
 export const SERVER_STOPPED_REASON = 'server stopped during the run';
 /** How long a tenant at its concurrency quota is passed over by the dispatcher before its invocations are tried again. */
@@ -556,7 +556,8 @@ export class InvocationService {
     const end = (status: Parameters<InvocationRunner['end']>[3]): void => this.runner.end(record.id, record.tenant, record.functionName, status);
     // The outcome is worked out first and stored after: a store write that fails (a full disk) must never be taken
     // for a failure of the function, which would run it again or mark it failed although it succeeded.
-    const span = this.startSpan(record);
+    const queuedSinceMs = wallToSpanClockMs(record.createdAtMs);
+    const span = this.startSpan(record, queuedSinceMs);
     const trace = span ? { traceId: span.traceId, traceparent: span.traceparent, span } : this.storedTrace(record);
     const report = await this.runner.run({
       id: record.id,
@@ -565,7 +566,7 @@ export class InvocationService {
       version: record.version,
       payload,
       mode: 'async',
-      queuedSinceMs: record.createdAtMs,
+      queuedSinceMs,
       ...(scope ? { scope } : {}),
       ...(trace ? { trace } : {}),
     });
@@ -625,12 +626,12 @@ export class InvocationService {
    * The span of an async run (tracing on): a consumer span continuing the trace of the request that accepted it (its
    * traceparent was stored with the invocation), from the enqueue, so that its `queue` phase shows the time queued.
    */
-  private startSpan(record: InvocationRecord): TraceSpan | null {
+  private startSpan(record: InvocationRecord, queuedSinceMs: number): TraceSpan | null {
     const tracer = this.options.tracer;
     if (tracer === undefined) return null;
     return tracer.startSpan(`invoke ${record.functionName}`, record.traceparent, {
       kind: 'consumer',
-      startMs: record.createdAtMs,
+      startMs: queuedSinceMs,
       attributes: { [ATTR.tenant]: record.tenant, [ATTR.function]: record.functionName, [ATTR.version]: record.version, [ATTR.invocationId]: record.id, [ATTR.mode]: 'async' },
     });
   }

@@ -9,7 +9,7 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { detectResources, hostDetector, osDetector, processDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
-import { ATTR, parseTraceparent, type SpanAttributes, type SpanKindName, type SpanOptions, type Tracer, type TraceSpan } from '../core/tracing.js';
+import { ATTR, parseTraceparent, spanClockMs, type SpanAttributes, type SpanKindName, type SpanOptions, type Tracer, type TraceSpan } from '../core/tracing.js';
 import { OTLP_MAX_BATCH_SPANS, type OtlpTracingConfig } from './options.js';
 
 const KINDS: Record<SpanKindName, SpanKind> = { server: SpanKind.SERVER, consumer: SpanKind.CONSUMER, internal: SpanKind.INTERNAL };
@@ -50,7 +50,7 @@ class OtelSpan implements TraceSpan {
   end(atMs?: number): void {
     if (this.ended) return;
     this.ended = true;
-    this.span.end(atMs);
+    this.span.end(atMs ?? spanClockMs());
   }
 }
 
@@ -60,7 +60,9 @@ function start(tracer: OtelTracer, name: string, context: Context, options: Span
     {
       kind: KINDS[options.kind ?? 'internal'],
       ...(options.attributes ? { attributes: options.attributes } : {}),
-      ...(options.startMs === undefined ? {} : { startTime: options.startMs }),
+      // Every span is timed on one clock (the SDK's default mixes Date.now() for a start with the monotonic clock for
+      // given times, so a phase could seem to start before its request when the two have drifted apart).
+      startTime: options.startMs ?? spanClockMs(),
     },
     context,
   );
