@@ -508,6 +508,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     defaultExecutor: chosen.name,
     concurrency: { maxConcurrent: config.maxConcurrent, maxQueued: config.maxQueued, queueTimeoutMs: config.queueTimeoutMs, limitName: '--max-concurrent' },
     observers: [metrics, usageMeter],
+    startTimeoutMs: config.functionPools?.startTimeoutMs ?? DEFAULT_FUNCTION_POOLS.startTimeoutMs,
   });
   // Unpacked function bundles, one read-only directory per content hash, bound into sandboxes at /work.
   const bundles = new BundleStore({ dir: join(dataDir, 'bundles'), nodeModulesMountPoint: true, ...(config.maxBundleBytes === undefined ? {} : { maxBytes: config.maxBundleBytes }) });

@@ -122,7 +122,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--max-warm-memory-mb <mb>', 'memory all warm sandboxes use together at most (measured per sandbox after each call, an estimate per runtime before; LRU idle ones are evicted); default 75% of RAM', int('--max-warm-memory-mb'))
     .option('--min-available-memory-mb <mb>', "idle warm sandboxes are evicted (one per sandbox start) while the host has less memory available; default 5% of RAM, at least 256", int('--min-available-memory-mb'))
     .option('--max-concurrent-warm-starts <n>', 'cold starts of warm sandboxes at once across all functions; the rest wait their turn (default: 2 per CPU core)', int('--max-concurrent-warm-starts'))
-    .option('--sandbox-start-timeout-ms <ms>', 'a warm sandbox not started (agent handshake, code loaded) after this long is killed and replaced', int('--sandbox-start-timeout-ms'), DEFAULT_FUNCTION_POOLS.startTimeoutMs)
+    .option('--sandbox-start-timeout-ms <ms>', 'a sandbox not started after this long (a warm one: agent handshake, code loaded) is killed; the call fails with 503 SANDBOX_START_TIMEOUT (retryable), a warm sandbox is replaced', int('--sandbox-start-timeout-ms'), DEFAULT_FUNCTION_POOLS.startTimeoutMs)
     .option('--node-name <name>', 'the node label of every metric in GET /metrics (tells servers apart in one Prometheus); default: the host name', checkNodeName, hostname())
     .option('--metrics-token <token>', 'a scrape token for GET /metrics ("Authorization: Bearer <token>"; the admin key works too; with auth on and no token only the admin key); env KINDLING_METRICS_TOKEN')
     .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)

@@ -302,6 +302,11 @@ export interface Executor {
   refreshImages(): Promise<string[]>;
   start(spec: RunSpec, options?: StartOptions): Promise<Execution>;
   /**
+   * The longest a healthy start() may take on this executor (a VM booting under emulation), when that is more than the
+   * server's sandbox start timeout; the server abandons a start that takes longer than the larger of the two.
+   */
+  readonly maxStartMs?: number;
+  /**
    * Starts a warm sandbox: `spec.command` runs the resident agent (see agent/files.ts), which connects back to a unix
    * socket in a directory bound at /.kindling-agent. Rejects with AgentLoadError when the user's code does not load.
    * Optional: executors without it cannot run handler-style functions.

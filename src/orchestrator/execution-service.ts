@@ -4,7 +4,7 @@ import { KindlingError, storageFullError } from '../core/errors.js';
 import { newExecutionId } from '../core/ids.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { unknownExecutorMessage, type ExecuteRequest, type ExecutionResult, type ExecutorName, type InputFile, type ResourceLimits, type RunSpec } from '../core/types.js';
-import type { Executor } from '../executors/executor.js';
+import type { Execution, Executor } from '../executors/executor.js';
 import { ConcurrencyLimiter, type ConcurrencyLimiterOptions } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { RUNTIMES, runtimeDefinition } from './runtimes.js';
@@ -102,6 +102,12 @@ export interface ExecutionServiceOptions {
   limits?: LimitPolicy;
   observers?: ExecutionObserver[];
   clock?: Clock;
+  /**
+   * A sandbox start (executor.start()) not done after this long (or the executor's own maxStartMs, if larger) fails
+   * with SANDBOX_START_TIMEOUT (503, retryable) and what it made is killed when it appears: a hung engine call never
+   * holds a request, a concurrency slot or an async invocation for longer. Default 30000.
+   */
+  startTimeoutMs?: number;
 }
 
 export const BASE_ENV: Record<string, string> = {
@@ -349,6 +355,37 @@ export class ExecutionService {
     }
   }
 
+  /** executor.start() with a deadline; a start given up on is aborted, and killed should it still complete. */
+  private async startWithin(executor: Executor, spec: RunSpec, signal: AbortSignal | undefined): Promise<Execution> {
+    const deadlineMs = Math.max(this.options.startTimeoutMs ?? 30_000, executor.maxStartMs ?? 0);
+    const giveUp = new AbortController();
+    const started = executor.start(spec, { signal: signal ? AbortSignal.any([signal, giveUp.signal]) : giveUp.signal });
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        giveUp.abort();
+        reject(new KindlingError('SANDBOX_START_TIMEOUT', `the ${executor.name} sandbox did not start within ${deadlineMs} ms (the executor did not answer); it was abandoned and is removed when it appears; retry`, { retryAfterSeconds: 1 }));
+      }, deadlineMs);
+    });
+    try {
+      return await Promise.race([started, deadline]);
+    } catch (error) {
+      if (giveUp.signal.aborted) {
+        // The start may still complete: what it made is killed then, and its end awaited so nothing is left running.
+        started.then(
+          (late) => {
+            late.kill();
+            late.wait().catch(() => undefined);
+          },
+          () => undefined,
+        );
+      }
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   private async run(
     spec: RunSpec,
     executor: Executor,
@@ -360,7 +397,7 @@ export class ExecutionService {
     const phases = options.trace?.phases;
     phases?.enter('start', { [ATTR.executor]: executor.name });
     const startedAt = this.clock.monotonicMs();
-    const execution = await executor.start(spec, options.signal ? { signal: options.signal } : {});
+    const execution = await this.startWithin(executor, spec, options.signal);
     const runningAt = this.clock.monotonicMs();
     phases?.annotate({ [ATTR.coldStart]: execution.coldStart });
     phases?.enter('run');

@@ -91,6 +91,11 @@ export function vmMemoryMb(requestMb: number, overheadMb: number): number {
 
 export class MicroVmExecutor implements Executor {
   readonly name = 'microvm' as const;
+
+  /** A VM booting under emulation (QEMU without KVM) may take minutes on a loaded machine: its own ready timeout bounds it. */
+  get maxStartMs(): number {
+    return (this.options.readyTimeoutMs ?? 180_000) + 30_000;
+  }
   private readonly options: MicroVmExecutorOptions;
   private readonly logger: Logger;
   private readonly baseDir: string;
