@@ -465,9 +465,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   rollback.add('tenant store', () => tenantStore.close());
   let functionServiceRef: FunctionService | null = null;
   let sandboxesRef: SandboxService | null = null;
+  let customImagesRef: CustomImageService | null = null;
   const tenants = new TenantService({
     store: tenantStore,
-    storageUsage: (tenant) => store.storageUsage(tenant),
+    storageUsage: (tenant) => ({ ...store.storageUsage(tenant), ...(customImagesRef ? { imageBytes: customImagesRef.bytesOf(tenant) } : {}) }),
     // The server's sandbox caps are the defaults of tenants that set no sandbox quotas of their own.
     defaults: { maxSandboxes: config.maxSandboxesPerTenant ?? 10, maxPausedSandboxes: config.maxSandboxesPerTenant ?? 10, ...config.tenantQuotas },
     ...(config.adminKey ? { envAdminKey: config.adminKey } : {}),
@@ -494,11 +495,13 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     // Images for functions' packages are this data dir's, like its functions (the images dir may be shared).
     ownerId,
     imageReferences: () => store.imageReferences(),
+    imageBytesQuotaOf: (tenant) => tenants.quotasOf(tenant).maxImageBytes,
     onImagesChanged: async () => {
       for (const executor of served.values()) await executor.refreshImages().catch(() => undefined);
     },
     log: logger.child({ component: 'custom-images' }),
   });
+  customImagesRef = customImages;
   await customImages.start();
   // Images made for functions' packages that no kept version names (a crash between a delete and its collection).
   void customImages.collectFunctionImages();

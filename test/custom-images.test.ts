@@ -209,6 +209,36 @@ describe('custom images (sandbox and docker executors)', { skip: unavailable ?? 
   });
 });
 
+describe("custom images: the tenant's maxImageBytes", { skip: unavailable ?? false }, () => {
+  it("an image that ends past its tenant's quota is failed with the quota's words; its files go and nothing of it counts", async () => {
+    const server = await startTestServer({ executor: 'sandbox', enableExecutors: ['docker'] });
+    // A tenant of its own: no other test's images count against it.
+    const tenant = `imgq-${process.pid}`;
+    const name = `toobig-${process.pid}`;
+    const short = `u.${tenant}.${name}`;
+    try {
+      const created = await new Kindling({ url: server.url }).tenants.create(tenant, { quotas: { maxImageBytes: 1_000_000 } });
+      const admin = new Kindling({ url: server.url, apiKey: created.adminKey! });
+      const client = new Kindling({ url: server.url, apiKey: created.apiKey });
+      const error = await client.images.create(name, { from: 'base' }, { pollIntervalMs: 500, requestTimeoutMs: 0 }).then(
+        () => assert.fail('the build was kept'),
+        (caught: unknown) => caught as ImageBuildFailedError,
+      );
+      assert.ok(error instanceof ImageBuildFailedError, String(error));
+      assert.match(error.image.error ?? '', /TENANT_STORAGE_LIMIT|maxImageBytes \(1000000\)/);
+      assert.equal(error.image.sizeBytes, null);
+      assert.equal(existsSync(join(IMAGES_DIR, short, 'rootfs')), false, 'its root file system is removed');
+      await assert.rejects(docker.getImage(`kindling/${short}:latest`).inspect(), 'its Docker image is removed');
+      assert.equal((await admin.tenants.get(tenant)).usage?.imageBytes, 0);
+      assert.equal((await refused(client.execute({ image: `kindling/${name}`, command: ['true'] }))).code, 'IMAGE_NOT_READY');
+    } finally {
+      await server.stop();
+      await rm(join(IMAGES_DIR, short), { recursive: true, force: true });
+      await docker.getImage(`kindling/${short}:latest`).remove({ force: true }).catch(() => undefined);
+    }
+  });
+});
+
 // The other executors take a custom image the same way: gvisor its rootfs, microvm the ext4 disk the build makes when
 // the server serves microvm.
 for (const { executor, unavailable, timeoutMs } of [

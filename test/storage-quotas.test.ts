@@ -177,12 +177,13 @@ describe('tenant storage quotas (sandbox executor)', { skip: sandboxMissing ?? f
 
   it('CLI and SDK: the storage quota flags, the usage in `tenants list`, ConflictError TENANT_STORAGE_LIMIT', async () => {
     const env = { KINDLING_URL: server.url, KINDLING_API_KEY: adminKey };
-    const created = await cli(['tenants', 'create', 'cli-storage', '--max-function-versions', '1', '--max-code-bytes', '100000', '--max-queued-payload-bytes', '5000', '--json'], env);
+    const created = await cli(['tenants', 'create', 'cli-storage', '--max-function-versions', '1', '--max-code-bytes', '100000', '--max-queued-payload-bytes', '5000', '--max-image-bytes', '7000000', '--json'], env);
     assert.equal(created.code, 0, created.stderr);
     const made = JSON.parse(created.stdout) as { apiKey: string; effectiveQuotas: Record<string, number | null> };
     assert.equal(made.effectiveQuotas.maxFunctionVersions, 1);
     assert.equal(made.effectiveQuotas.maxCodeBytes, 100000);
     assert.equal(made.effectiveQuotas.maxQueuedPayloadBytes, 5000);
+    assert.equal(made.effectiveQuotas.maxImageBytes, 7000000);
     const sdk = new Kindling({ url: server.url, apiKey: made.apiKey });
     await sdk.functions.deploy('a', CAT);
     const refused = await sdk.functions.deploy('b', CAT).then(() => null, (error: unknown) => error);
@@ -195,6 +196,6 @@ describe('tenant storage quotas (sandbox executor)', { skip: sandboxMissing ?? f
     await sdk.functions.deploy('b', CAT);
     const listed = await cli(['tenants', 'list'], env);
     assert.equal(listed.code, 0, listed.stderr);
-    assert.match(listed.stdout, /^cli-storage .* versions 2\/2 code \d+\/100000 B queued 0\/5000 B$/m);
+    assert.match(listed.stdout, /^cli-storage .* versions 2\/2 code \d+\/100000 B queued 0\/5000 B images 0\/7000000 B$/m);
   });
 });

@@ -364,6 +364,8 @@ export interface TenantQuotas {
   maxCodeBytes?: number;
   /** Storage: bytes of payloads of queued and running async invocations (default 1 GiB); an enqueue beyond: 409 `TENANT_STORAGE_LIMIT`. */
   maxQueuedPayloadBytes?: number;
+  /** Bytes of custom images' root file systems (its own and those for its functions' packages). */
+  maxImageBytes?: number;
   /** Persistent sandboxes running at once. */
   maxSandboxes?: number;
   /** Persistent sandboxes paused at once. */
@@ -381,6 +383,8 @@ export interface TenantStorageUsage {
   functionVersions: number;
   codeBytes: number;
   queuedPayloadBytes: number;
+  /** Bytes of its custom images' root file systems (against maxImageBytes). */
+  imageBytes?: number;
 }
 
 export interface TenantInfo {

@@ -71,6 +71,7 @@ function tenantQuotaDefaults(options: Record<string, unknown>): Partial<Resolved
     maxFunctionVersions: positive(options.tenantMaxFunctionVersions),
     maxCodeBytes: positive(options.tenantMaxCodeBytes),
     maxQueuedPayloadBytes: positive(options.tenantMaxQueuedPayloadBytes),
+    maxImageBytes: positive(options.tenantMaxImageBytes),
   };
 }
 
@@ -138,6 +139,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--tenant-max-function-versions <n>', 'default quota: function versions a tenant keeps, all its functions together; a deploy beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)', int('--tenant-max-function-versions'), DEFAULT_STORAGE_QUOTAS.maxFunctionVersions!)
     .option('--tenant-max-code-bytes <n>', 'default quota: bytes of code of the versions a tenant keeps; a deploy beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)', int('--tenant-max-code-bytes'), DEFAULT_STORAGE_QUOTAS.maxCodeBytes!)
     .option('--tenant-max-queued-payload-bytes <n>', "default quota: bytes of a tenant's queued and running async payloads; an enqueue beyond gets 409 TENANT_STORAGE_LIMIT (0: no cap)", int('--tenant-max-queued-payload-bytes'), DEFAULT_STORAGE_QUOTAS.maxQueuedPayloadBytes!)
+    .option('--tenant-max-image-bytes <n>', "default quota: bytes of a tenant's custom images (its own and those for its functions' packages); a build beyond is refused with 409 TENANT_STORAGE_LIMIT (0: no cap)", int('--tenant-max-image-bytes'), DEFAULT_STORAGE_QUOTAS.maxImageBytes!)
     .option('--max-sandboxes-per-tenant <n>', 'default quotas maxSandboxes and maxPausedSandboxes: persistent sandboxes a tenant may have running, and paused, at once', int('--max-sandboxes-per-tenant'), 10)
     .option('--max-custom-images-per-tenant <n>', 'custom images (PUT /v1/images/NAME) a tenant may keep; the shared ones count apart, with the same limit', int('--max-custom-images-per-tenant'), 10)
     .option('--max-snapshots-per-tenant <n>', 'snapshots of persistent sandboxes a tenant may keep', int('--max-snapshots-per-tenant'), 20)

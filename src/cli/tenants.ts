@@ -21,6 +21,7 @@ const QUOTA_FLAGS: [string, keyof TenantQuotas, string][] = [
   ['--max-function-versions <n>', 'maxFunctionVersions', 'function versions kept, all functions together'],
   ['--max-code-bytes <n>', 'maxCodeBytes', 'bytes of code of the kept versions'],
   ['--max-queued-payload-bytes <n>', 'maxQueuedPayloadBytes', 'bytes of queued async payloads'],
+  ['--max-image-bytes <n>', 'maxImageBytes', 'bytes of custom images'],
   ['--max-sandboxes <n>', 'maxSandboxes', 'persistent sandboxes running at once'],
   ['--max-paused-sandboxes <n>', 'maxPausedSandboxes', 'persistent sandboxes paused at once'],
   ['--max-sandbox-memory-mb <mb>', 'maxSandboxMemoryMb', 'memoryMb of live sandboxes, summed'],
@@ -56,7 +57,7 @@ const usageText = (tenant: TenantInfo): string => {
   if (usage === undefined) return '';
   const quotas = tenant.effectiveQuotas as Record<string, number | null>;
   const of = (used: number, quota: string): string => `${used}/${quotas[quota] ?? 'no cap'}`;
-  return `  versions ${of(usage.functionVersions, 'maxFunctionVersions')} code ${of(usage.codeBytes, 'maxCodeBytes')} B queued ${of(usage.queuedPayloadBytes, 'maxQueuedPayloadBytes')} B`;
+  return `  versions ${of(usage.functionVersions, 'maxFunctionVersions')} code ${of(usage.codeBytes, 'maxCodeBytes')} B queued ${of(usage.queuedPayloadBytes, 'maxQueuedPayloadBytes')} B${usage.imageBytes === undefined ? '' : ` images ${of(usage.imageBytes, 'maxImageBytes')} B`}`;
 };
 
 /** `kindling tenants create|list|get|update|delete|me`, `kindling keys create|list|revoke` (admin key). */

@@ -45,6 +45,7 @@ export interface TenantStorage {
   functionVersions: number;
   codeBytes: number;
   queuedPayloadBytes: number;
+  imageBytes?: number;
 }
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
@@ -239,7 +240,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     });
     // Per tenant, against its storage quotas; read from the store's counts at scrape time (one row per tenant).
     const storage = sources.storage;
-    const storageGauge = (name: string, help: string, field: 'functionVersions' | 'codeBytes' | 'queuedPayloadBytes'): void => {
+    const storageGauge = (name: string, help: string, field: 'functionVersions' | 'codeBytes' | 'queuedPayloadBytes' | 'imageBytes'): void => {
       new Gauge({
         name,
         help,
@@ -247,13 +248,14 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
         registers,
         collect() {
           this.reset();
-          for (const row of storage?.() ?? []) this.set({ tenant: row.tenant }, row[field]);
+          for (const row of storage?.() ?? []) this.set({ tenant: row.tenant }, row[field] ?? 0);
         },
       });
     };
     storageGauge('kindling_tenant_function_versions', 'Function versions a tenant keeps (quota maxFunctionVersions)', 'functionVersions');
     storageGauge('kindling_tenant_code_bytes', 'Bytes of code of the function versions a tenant keeps (quota maxCodeBytes)', 'codeBytes');
     storageGauge('kindling_tenant_queued_payload_bytes', "Bytes of payloads of a tenant's queued and running async invocations (quota maxQueuedPayloadBytes)", 'queuedPayloadBytes');
+    storageGauge('kindling_tenant_image_bytes', "Bytes of a tenant's custom images' root file systems (quota maxImageBytes)", 'imageBytes');
     // Persistent sandboxes per tenant, against its sandbox quotas (read from the live sandboxes at scrape time).
     const persistent = sources.persistentSandboxes;
     new Gauge({

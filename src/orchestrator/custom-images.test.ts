@@ -80,6 +80,28 @@ test('the per-tenant limit refuses one more image before anything is written', a
   assert.equal((await readdir(imagesDir)).includes('u.acme.c'), false);
 });
 
+test("a tenant's maxImageBytes: its images' bytes are counted; with no room left a new image or one for packages is refused before anything is written", async () => {
+  const sized = (name: string, sizeBytes: number, tenant = 'acme'): CustomImageRecord => ({ ...record(tenant, name), sizeBytes });
+  const { imagesDir } = await serviceWith([sized('a', 600), sized('b', 400), sized('c', 5000, 'other'), { ...record(null, 'shared'), sizeBytes: 7000 }]);
+  const quotas: Record<string, number | null> = { acme: 1000, other: null };
+  const limited = new CustomImageService({ imagesDir, imageBytesQuotaOf: (tenant) => quotas[tenant] ?? null });
+  await limited.start();
+  assert.equal(limited.bytesOf('acme'), 1000, "a tenant's images only; shared ones are nobody's");
+  assert.equal(limited.bytesOf('other'), 5000);
+  const acme = { tenant: 'acme', isAdmin: false };
+  const refusal = (error: KindlingError): boolean => {
+    assert.equal(error.code, 'TENANT_STORAGE_LIMIT');
+    assert.equal(error.statusCode, 409);
+    assert.deepEqual(error.details, { quota: 'maxImageBytes', limit: 1000, used: 1000, requested: 0 });
+    assert.match(error.message, /kindling images delete/);
+    return true;
+  };
+  await assert.rejects(limited.create(acme, 'd', { from: 'base' }), refusal);
+  assert.equal((await readdir(imagesDir)).includes('u.acme.d'), false);
+  await assert.rejects(limited.imageForPackages('acme', 'kindling/python', ['python3-yaml'], () => undefined), refusal);
+  assert.equal((await readdir(imagesDir)).some((name) => name.startsWith('u.acme.pkgs-')), false);
+});
+
 test("a directory without its record is removed at start once it is an hour old, a recent one is left", async () => {
   const imagesDir = await mkdtemp(join(tmpdir(), 'kindling-custom-images-'));
   dirs.push(imagesDir);

@@ -31,6 +31,7 @@ import {
   type CustomImageSpec,
 } from '../images/custom.js';
 import { IMAGE_SHORT_NAMES, findRecipe, recipeHash, type ImageShortName } from '../images/recipes.js';
+import { checkStorageQuota, checkStorageRoom } from './storage-quotas.js';
 import { TarGuard } from './tar-guard.js';
 
 export const DEFAULT_MAX_CUSTOM_IMAGES_PER_TENANT = 10;
@@ -68,6 +69,8 @@ export interface CustomImageServiceOptions {
   imageReferences?: () => ImageReference[];
   maxFilesBytes?: number;
   buildTimeoutMs?: number;
+  /** A tenant's maxImageBytes (null: no cap): the root file systems of its images, checked before and after a build. */
+  imageBytesQuotaOf?: (tenant: string) => number | null;
   /** Told when an image was built or removed, so the executors re-read their image lists. */
   onImagesChanged?: () => Promise<void> | void;
   log?: { info(obj: object, msg?: string): void; warn(obj: object, msg?: string): void };
@@ -125,6 +128,8 @@ export class CustomImageService {
   /** Images made for packages that a deploy holds until its version is stored: not collected meanwhile. */
   private readonly pinned = new Map<string, number>();
   private collecting: Promise<void> = Promise.resolve();
+  /** Builds refused once their size was known (the tenant's maxImageBytes): a deploy answers with this error. */
+  private readonly overQuota = new WeakMap<CustomImageRecord, KindlingError>();
 
   constructor(private readonly options: CustomImageServiceOptions) {}
 
@@ -197,6 +202,18 @@ export class CustomImageService {
     return this.options.ownerId === undefined ? '' : `${this.options.ownerId.slice(0, 8)}-`;
   }
 
+  /** Bytes of the root file systems of `tenant`'s built images (its own and those for its functions' packages). */
+  bytesOf(tenant: string): number {
+    let bytes = 0;
+    // Images made for another server's functions (a shared images dir) are that server's tenants'.
+    for (const record of this.records.values()) if (record.tenant === tenant && this.visible(record)) bytes += record.sizeBytes ?? 0;
+    return bytes;
+  }
+
+  private imageQuotaOf(tenant: string | null): number | null {
+    return tenant === null ? null : (this.options.imageBytesQuotaOf?.(tenant) ?? null);
+  }
+
   get(principal: Principal, name: string): CustomImageView {
     return view(this.find(principal, name), true);
   }
@@ -217,6 +234,8 @@ export class CustomImageService {
     if (existing === undefined && owned >= max) {
       throw new KindlingError('IMAGE_LIMIT', `${tenant === null ? 'the shared images' : `tenant "${tenant}"`} already keep${tenant === null ? '' : 's'} ${owned} custom images, the most allowed (${max}); delete one first`, { details: { limit: max } });
     }
+    // The image it replaces is rebuilt in place: its bytes are not the tenant's once the new build starts.
+    if (tenant !== null) checkStorageRoom(tenant, 'maxImageBytes', this.imageQuotaOf(tenant), this.bytesOf(tenant) - (existing?.sizeBytes ?? 0));
     this.building.add(short);
     try {
       const dir = imagePaths(this.options.imagesDir, short).dir;
@@ -289,6 +308,7 @@ export class CustomImageService {
       if (owned >= max) {
         throw new KindlingError('IMAGE_LIMIT', `tenant "${tenant}" already keeps ${owned} images for its functions' Debian packages, the most allowed (${max}); use the same "apt" list in more functions, or delete functions that use other lists`, { details: { limit: max } });
       }
+      checkStorageRoom(tenant, 'maxImageBytes', this.imageQuotaOf(tenant), this.bytesOf(tenant) - (existing?.sizeBytes ?? 0));
       const started = Date.now();
       const recipe = customRecipe(short, name, base, apt, null);
       const record = { ...newRecord(name, tenant, short, base.short as ImageShortName, apt, null, recipeHash(recipe)), forFunctions: true };
@@ -303,7 +323,7 @@ export class CustomImageService {
       this.records.set(short, record);
       onLog(`building the image for ${what} (kindling/${name})\n`);
       await this.queueBuild(record, recipe, onLog);
-      if (record.status !== 'ready') throw packagesFailed(what, record);
+      if (record.status !== 'ready') throw this.overQuota.get(record) ?? packagesFailed(what, record);
       return { image: record.image, reused: false, buildMs: Date.now() - started, sizeBytes: record.sizeBytes, release };
     } catch (error) {
       release();
@@ -448,6 +468,9 @@ export class CustomImageService {
     };
     const imageLog: ImageLog = { info: keep, warn: (line) => keep(`warning: ${line}`), debug: keep };
     const abort = AbortSignal.timeout(this.options.buildTimeoutMs ?? DEFAULT_IMAGE_BUILD_TIMEOUT_MS);
+    // The record shows the outcome only once it is final (written, the files of a refused image gone): whoever sees
+    // "ready" may use the image, and whoever sees "failed" may remove its directory.
+    let outcome: Pick<CustomImageRecord, 'status' | 'error' | 'sizeBytes'>;
     try {
       const [result] = await buildImages({
         imagesDir: this.options.imagesDir,
@@ -462,21 +485,55 @@ export class CustomImageService {
         log: imageLog,
         signal: abort,
       });
-      record.status = 'ready';
-      record.sizeBytes = result?.sizeBytes ?? null;
-      this.options.log?.info({ image: record.image, ms: result?.durationMs }, 'custom image built');
+      const sizeBytes = result?.sizeBytes ?? null;
+      const refusal = this.imageQuotaRefusal(record, sizeBytes);
+      if (refusal === null) {
+        outcome = { status: 'ready', error: null, sizeBytes };
+        this.options.log?.info({ image: record.image, ms: result?.durationMs }, 'custom image built');
+      } else {
+        keep(`the image is ${sizeBytes} bytes: ${refusal.message}`);
+        this.overQuota.set(record, refusal);
+        await this.removeBuilt(record);
+        outcome = { status: 'failed', error: refusal.message, sizeBytes: null };
+        this.options.log?.warn({ image: record.image, sizeBytes }, 'custom image refused: past its tenant\'s maxImageBytes');
+      }
     } catch (error) {
-      record.status = 'failed';
       const cause = error instanceof ImageBuildError ? error.results[0]?.error : error;
-      record.error = (cause instanceof Error ? cause.message : String(cause)).slice(0, 2000);
-      this.options.log?.warn({ image: record.image, error: record.error }, 'custom image build failed');
+      outcome = { status: 'failed', error: (cause instanceof Error ? cause.message : String(cause)).slice(0, 2000), sizeBytes: null };
+      this.options.log?.warn({ image: record.image, error: outcome.error }, 'custom image build failed');
     }
-    record.finishedAtMs = Date.now();
-    record.log = log.slice(-LOG_KEPT_BYTES);
+    const final = { ...outcome, finishedAtMs: Date.now(), log: log.slice(-LOG_KEPT_BYTES) };
     // Deleted while it was queued: nothing to record.
-    if (this.records.get(record.short) !== record) return;
-    await writeCustomRecord(this.options.imagesDir, record).catch(() => undefined);
-    await this.options.onImagesChanged?.();
+    if (this.records.get(record.short) === record) await writeCustomRecord(this.options.imagesDir, { ...record, ...final }).catch(() => undefined);
+    Object.assign(record, final);
+    if (this.records.get(record.short) === record) await this.options.onImagesChanged?.();
+  }
+
+  /**
+   * The refusal of a build that ended past its tenant's maxImageBytes (builds run one at a time, so the others' bytes
+   * are settled), or null.
+   */
+  private imageQuotaRefusal(record: CustomImageRecord, sizeBytes: number | null): KindlingError | null {
+    const tenant = record.tenant;
+    const limit = this.imageQuotaOf(tenant);
+    if (tenant === null || limit === null || sizeBytes === null) return null;
+    try {
+      // The record is still "building": its own bytes are not counted yet.
+      checkStorageQuota(tenant, 'maxImageBytes', limit, this.bytesOf(tenant), sizeBytes);
+      return null;
+    } catch (error) {
+      if (error instanceof KindlingError) return error;
+      throw error;
+    }
+  }
+
+  /** What a build made (root file system, ext4 disk, Docker image, stamp); the record and the files' tar stay. */
+  private async removeBuilt(record: CustomImageRecord): Promise<void> {
+    const paths = imagePaths(this.options.imagesDir, record.short);
+    if (this.options.docker !== undefined) await this.options.docker.getImage(`${record.image}:latest`).remove({ force: true }).catch(() => undefined);
+    await safeRemove(paths.rootfsDir).catch(() => undefined);
+    await fs.rm(paths.ext4File, { force: true });
+    await fs.rm(paths.stampFile, { force: true });
   }
 }
 

@@ -11,7 +11,7 @@ import { LogBus } from './log-bus.js';
 import { DEFAULT_STORAGE_QUOTAS, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { TenantService } from './tenants.js';
 
-const UNLIMITED: StorageQuotas = { maxFunctionVersions: null, maxCodeBytes: null, maxQueuedPayloadBytes: null };
+const UNLIMITED: StorageQuotas = { maxFunctionVersions: null, maxCodeBytes: null, maxQueuedPayloadBytes: null, maxImageBytes: null };
 
 /** A function service over a real SQLite store; deploys skip the executors (prepare accepts every spec). */
 function setup(quotas: Record<string, StorageQuotas>, options: { versionsKept?: number } = {}) {
@@ -45,7 +45,7 @@ const spec = (code: string): FunctionSpec => ({ runtime: 'python', code });
 describe('storage quotas', () => {
   it('defaults a normal user never reaches, and an error code in the 4xx range', () => {
     assert.equal(DEFAULT_VERSIONS_KEPT, 10);
-    assert.deepEqual(DEFAULT_STORAGE_QUOTAS, { maxFunctionVersions: 1000, maxCodeBytes: 1024 ** 3, maxQueuedPayloadBytes: 1024 ** 3 });
+    assert.deepEqual(DEFAULT_STORAGE_QUOTAS, { maxFunctionVersions: 1000, maxCodeBytes: 1024 ** 3, maxQueuedPayloadBytes: 1024 ** 3, maxImageBytes: 8 * 1024 ** 3 });
     const error = new KindlingError('TENANT_STORAGE_LIMIT', 'x');
     assert.ok(error.statusCode >= 400 && error.statusCode < 500);
   });

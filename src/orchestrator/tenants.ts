@@ -58,6 +58,7 @@ export const UNLIMITED_QUOTAS: ResolvedQuotas = {
   maxFunctionVersions: null,
   maxCodeBytes: null,
   maxQueuedPayloadBytes: null,
+  maxImageBytes: null,
   ...NO_SANDBOX_QUOTAS,
 };
 
@@ -78,6 +79,7 @@ const QUOTA_FIELDS: Record<keyof TenantQuotas, { min: number; max: number; integ
   maxFunctionVersions: { min: 0, max: 10_000_000, integer: true },
   maxCodeBytes: { min: 0, max: 1_099_511_627_776, integer: true },
   maxQueuedPayloadBytes: { min: 0, max: 1_099_511_627_776, integer: true },
+  maxImageBytes: { min: 0, max: 1_125_899_906_842_624, integer: true },
   // Persistent sandboxes (sandbox-quotas.ts).
   maxSandboxes: { min: 0, max: 100_000, integer: true },
   maxPausedSandboxes: { min: 0, max: 100_000, integer: true },

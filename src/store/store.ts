@@ -85,6 +85,8 @@ export interface TenantStorageUsage {
   codeBytes: number;
   /** Bytes of the payloads of its async invocations still queued or running (dropped when one finishes). */
   queuedPayloadBytes: number;
+  /** Bytes of its custom images' root file systems (kept by the images service, not this store; absent there). */
+  imageBytes?: number;
 }
 
 /** Old versions a deploy deletes: all but the newest `keep` (the new one included) and the versions in `alsoKeep`. */

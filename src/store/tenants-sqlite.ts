@@ -24,6 +24,7 @@ export interface TenantQuotas {
   maxFunctionVersions?: number;
   maxCodeBytes?: number;
   maxQueuedPayloadBytes?: number;
+  maxImageBytes?: number;
   /** Persistent sandboxes: running, paused, memory of live ones, kept disks, snapshot bytes (see sandbox-quotas.ts). */
   maxSandboxes?: number;
   maxPausedSandboxes?: number;
