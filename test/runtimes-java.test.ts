@@ -7,8 +7,10 @@
  * on docker where the engine is reachable.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { Kindling, type KindlingError, type LogEvent } from '@kindling/sdk';
+import { directoryMaker } from './helpers/directories.js';
 import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, type TestServer } from './helpers/server.js';
 
 const PROGRAM = `import java.util.List;
@@ -50,6 +52,47 @@ public class Main {
     public static void main(String[] args) throws IOException {
         var in = new BufferedReader(new InputStreamReader(System.in));
         for (String line; (line = in.readLine()) != null; ) System.out.println(line.toUpperCase());
+    }
+}
+`;
+
+const directory = directoryMaker('kindling-java-');
+const tar = (dir: string): Buffer => execFileSync('tar', ['-cf', '-', '-C', dir, '.']);
+
+/** A dependency as users vendor it (builds reach no Maven repository): the source of a jar the test makes. */
+const SHOUT = `package shout;
+
+public final class Shout {
+    public static String shout(String text) {
+        return text.toUpperCase() + "!";
+    }
+}
+`;
+
+/** A handler bundle: two packages of its own, the vendored jar, a resource at its root. */
+const BUNDLE_API = `package com.acme;
+
+import com.acme.text.Words;
+import java.nio.charset.StandardCharsets;
+import shout.Shout;
+
+public class Api {
+    static int calls = 0;
+
+    public static String handle(String body) throws Exception {
+        calls++;
+        try (var in = Api.class.getResourceAsStream("/greeting.txt")) {
+            String greeting = new String(in.readAllBytes(), StandardCharsets.UTF_8).trim();
+            return calls + " " + Shout.shout(Words.join(greeting, body));
+        }
+    }
+}
+`;
+const BUNDLE_WORDS = `package com.acme.text;
+
+public final class Words {
+    public static String join(String a, String b) {
+        return a + ", " + b;
     }
 }
 `;
@@ -122,6 +165,39 @@ for (const executor of ['sandbox', 'docker'] as const) {
       );
       assert.equal(shape.status, 400);
       assert.match(shape.message, /Class\.method/);
+    });
+
+    it('a java handler bundle (FILE:[package.]Class.method) compiles every .java file with the jars it carries; its resources are on the class path', async () => {
+      const made = await client.execute({ image: 'kindling/java', command: ['sh', '-c', 'mkdir -p /tmp/s /tmp/c && cat > /tmp/s/Shout.java && javac -d /tmp/c /tmp/s/Shout.java 1>&2 && jar cf /tmp/shout.jar -C /tmp/c . && base64 -w0 /tmp/shout.jar'], stdin: SHOUT });
+      assert.equal(made.exitCode, 0, made.stderr);
+      const bundle = directory({
+        'src/com/acme/Api.java': BUNDLE_API,
+        'src/com/acme/text/Words.java': BUNDLE_WORDS,
+        'lib/shout.jar': Buffer.from(made.stdout, 'base64'),
+        'greeting.txt': 'hello\n',
+      });
+      const name = `java-bundle-${executor}`;
+      const info = await client.functions.deployBundle(name, { runtime: 'java', handler: 'src/com/acme/Api.java:com.acme.Api.handle' }, tar(bundle));
+      assert.equal(info.style, 'handler');
+      assert.equal(info.layer?.kind, 'compile');
+      const first = await client.functions.invoke(name, 'java');
+      assert.deepEqual([first.text(), first.exitCode, first.coldStart], ['1 HELLO, JAVA!', 0, true]);
+      const second = await client.functions.invoke(name, 'again');
+      assert.deepEqual([second.text(), second.coldStart], ['2 HELLO, AGAIN!', false]);
+      // FUNCTION must be [package.]Class.method; a bundle whose sources do not compile fails its deploy with javac's words.
+      const shape = await client.functions.deployBundle(`${name}-shape`, { runtime: 'java', handler: 'src/com/acme/Api.java:handle' }, tar(bundle)).then(
+        () => assert.fail('expected a refusal'),
+        (error: KindlingError) => error,
+      );
+      assert.equal(shape.status, 400);
+      assert.match(shape.message, /Class\.method/);
+      const withoutJar = directory({ 'src/com/acme/Api.java': BUNDLE_API, 'src/com/acme/text/Words.java': BUNDLE_WORDS, 'greeting.txt': 'hello\n' });
+      const broken = await client.functions.deployBundle(`${name}-nojar`, { runtime: 'java', handler: 'src/com/acme/Api.java:com.acme.Api.handle' }, tar(withoutJar)).then(
+        () => assert.fail('expected BUILD_FAILED'),
+        (error: KindlingError) => error,
+      );
+      assert.equal(broken.code, 'BUILD_FAILED');
+      assert.match(broken.message, /symbol: +variable Shout/);
     });
 
     it('a persistent sandbox of java compiles with javac and runs the classes across commands', async () => {

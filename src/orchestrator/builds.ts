@@ -43,6 +43,8 @@ export const DEFAULT_PIP_INDEX_URL = 'https://pypi.org/simple';
 /** Where a compiled function's program is seen (a new top-level directory: nothing of the image hides): COMPILED_PROGRAM. */
 export const COMPILED_MOUNT = '/kindling-bin';
 export const COMPILED_PROGRAM = `${COMPILED_MOUNT}/main`;
+/** In a java bundle's compiled layer: the JVM's options (its class path), given to the java launcher as @argfile. */
+export const JAVA_ARGS_FILE = 'kindling-java.args';
 /** GOPROXY of Go bundle builds: off, so a bundle's modules are its own or vendored (go mod vendor); --build-go-proxy names one. */
 export const DEFAULT_GO_PROXY = 'off';
 /** pip wheels an image brings (Debian's python3-pip-whl, one wheel): a pip build of such a runtime runs it rather than the operator's. */
@@ -239,13 +241,13 @@ export class DependencyBuilder {
     const family = definition?.family;
     if (definition === undefined || (family !== 'go' && family !== 'rust' && family !== 'java')) throw new Error(`runtime ${runtime} is not compiled at deploy time`);
     const bundle = 'bundleDir' in source;
-    if (bundle && family !== 'go') throw new Error('only go bundles are compiled at deploy time');
+    if (bundle && family !== 'go' && !(family === 'java' && source.handler !== undefined)) throw new Error('only go bundles and java handler bundles are compiled at deploy time');
     // A go handler: the code (or a bundle's package main) is compiled with the resident agent (agent/go/agent.go) and
     // a file naming the handler. A java handler: the code (its class) is compiled with agent/java/KindlingAgent.java.
     const handler = source.handler ?? null;
     if (family === 'java') {
-      if ('bundleDir' in source || handler === null) throw new Error('only java handlers are compiled at deploy time');
-      return this.compiledJavaHandler(source.code, handler, definition, tenant, onLog);
+      if (handler === null) throw new Error('only java handlers are compiled at deploy time');
+      return 'bundleDir' in source ? this.compiledJavaBundle(source.bundleDir, source.bundleSha256, definition, tenant, onLog) : this.compiledJavaHandler(source.code, handler, definition, tenant, onLog);
     }
     if (handler !== null && (family !== 'go' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(handler))) throw new Error(`no ${family} handler agent for ${handler}`);
     const agent = handler === null ? null : goAgentSource();
@@ -333,6 +335,42 @@ export class DependencyBuilder {
     ].join('\n');
     return this.layer(
       { kind: 'compile', key, keyedBy: 'source', image: definition.image, script, env: { HOME: '/tmp/home' }, binds: [], network: 'none', stdin: Buffer.from(code), tool: 'javac', doing: 'compiling the Java handler', registry: 'none' },
+      tenant,
+      onLog,
+    );
+  }
+
+  /**
+   * A java handler bundle's classes: every .java file of the bundle and the agent, compiled together by javac with the
+   * bundle's jars (any *.jar in it: vendored dependencies, since builds reach no Maven repository) on the class path;
+   * no network. The layer also holds JAVA_ARGS_FILE, the JVM's class path at run time (the classes, the bundle's root
+   * for its resources, its jars), read by the java launcher as an @argfile. The handler is not part of the key: the
+   * same bundle compiles once for all its handlers.
+   */
+  private compiledJavaBundle(bundleDir: string, bundleSha256: string, definition: RuntimeDefinition, tenant: TenantScope, onLog?: (text: string) => void): Promise<BuildResult> {
+    const agent = javaAgentSource();
+    const key = createHash('sha256')
+      .update(`compile\0${tenant.name}\0${definition.name}\0${definition.image}\0bundle\0${bundleSha256}\0java\0`)
+      .update(createHash('sha256').update(agent).digest('hex'))
+      .digest('hex');
+    const out = '/tmp/out';
+    const script = [
+      'set -e',
+      `mkdir -p /tmp/agent ${out}`,
+      `printf %s ${agent.toString('base64')} | base64 -d > /tmp/agent/KindlingAgent.java`,
+      'cd /work',
+      // Arguments in argfiles are quoted, so that a path with a space stays one argument.
+      `find . -type f -name '*.java' | sort | sed 's|^\\./|/work/|; s|.*|"&"|' > /tmp/sources.txt`,
+      `if [ ! -s /tmp/sources.txt ]; then echo 'the bundle has no .java file to compile' >&2; exit 1; fi`,
+      `jars=$(find . -type f -name '*.jar' | sort | sed 's|^\\./|/work/|' | paste -sd: -)`,
+      'set --',
+      'if [ -n "$jars" ]; then set -- -cp "$jars"; fi',
+      `javac -J-XX:+UseSerialGC -encoding UTF-8 -d ${out} "$@" @/tmp/sources.txt /tmp/agent/KindlingAgent.java 1>&2`,
+      `printf -- '-cp\\n"%s"\\n' "${COMPILED_MOUNT}:/work\${jars:+:$jars}" > ${out}/${JAVA_ARGS_FILE}`,
+      `tar -b 1 -cf - -C ${out} .`,
+    ].join('\n');
+    return this.layer(
+      { kind: 'compile', key, keyedBy: 'source', image: definition.image, script, env: { HOME: '/tmp/home' }, binds: [{ source: bundleDir, target: '/work' }], network: 'none', tool: 'javac', doing: 'compiling the Java bundle', registry: 'none' },
       tenant,
       onLog,
     );

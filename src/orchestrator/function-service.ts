@@ -10,7 +10,7 @@ import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
-import { JAVA_HANDLER, RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
+import { JAVA_HANDLER, JAVA_QUALIFIED_HANDLER, RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
 import { COMPILED_PROGRAM, COMPILED_RUNTIME_FAMILIES, layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 import { newId } from '../core/ids.js';
 import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
@@ -170,12 +170,14 @@ const COMPILED_HANDLER_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker'
  * A bundle's handler, `FILE:FUNCTION` (`handler.py:main`, `src/index.js:handler`): the file relative to the bundle's
  * root, the function it exports (node) or defines (python). Null when `handler` is not of that form.
  */
-export function parseBundleHandler(handler: string): { file: string; fn: string } | null {
+export function parseBundleHandler(handler: string, runtime?: string): { file: string; fn: string } | null {
   const colon = handler.lastIndexOf(':');
   if (colon <= 0) return null;
   const file = handler.slice(0, colon);
   const fn = handler.slice(colon + 1);
-  if (!HANDLER_NAME.test(fn) || file.length > 1024 || file.startsWith('/') || file.includes('\0') || file.split('/').some((part) => part === '..' || part === '.' || part === '')) return null;
+  // A java bundle's FUNCTION is [package.]Class.method; the other runtimes' is one name.
+  const name = handlerFamily(runtime) === 'java' ? JAVA_QUALIFIED_HANDLER : HANDLER_NAME;
+  if (!name.test(fn) || file.length > 1024 || file.startsWith('/') || file.includes('\0') || file.split('/').some((part) => part === '..' || part === '.' || part === '')) return null;
   return { file, fn };
 }
 
@@ -336,7 +338,7 @@ export class FunctionService {
       }
       if (kind === 'compile') {
         // A bundle's handler is FILE:FUNCTION: the program is its package main with the agent; FUNCTION is the handler.
-        const bundleHandler = spec.bundle === undefined || spec.handler === undefined ? undefined : parseBundleHandler(spec.handler)?.fn;
+        const bundleHandler = spec.bundle === undefined || spec.handler === undefined ? undefined : parseBundleHandler(spec.handler, spec.runtime)?.fn;
         const source =
           spec.bundle === undefined
             ? { code: spec.code!, ...(spec.handler === undefined ? {} : { handler: spec.handler }) }
@@ -696,11 +698,8 @@ export class FunctionService {
     if (spec.handler !== undefined && (compiledHandler === 'go' || compiledHandler === 'java')) {
       // Its agent is compiled with the code at deploy and bound in: code only, on an executor that binds files.
       const family = compiledHandler;
-      if (spec.bundle !== undefined && family === 'java') {
-        throw new KindlingError('VALIDATION_FAILED', 'a java handler is deployed as code ("code" + "handler": "Class.method"); a java bundle runs as a command', { details: { field: 'handler' } });
-      }
       if (spec.image !== undefined) throw new KindlingError('CONFLICTING_FIELDS', `a ${family} handler runs on kindling/${family}: drop "image"`, { details: { field: 'image' } });
-      const goFunction = spec.bundle === undefined ? spec.handler : (parseBundleHandler(spec.handler)?.fn ?? '');
+      const goFunction = spec.bundle === undefined ? spec.handler : (parseBundleHandler(spec.handler, spec.runtime)?.fn ?? '');
       if (family === 'go' && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(goFunction)) fail('handler', `a go handler is a Go function name like "Handle" (in a bundle FILE:FUNCTION, e.g. "main.go:Handle"), got "${spec.handler.slice(0, 130)}"`);
       if (!COMPILED_HANDLER_EXECUTORS.includes(executor) || this.options.builder === undefined || this.options.layers === undefined) {
         throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handlers are compiled at deploy and run on the ${COMPILED_HANDLER_EXECUTORS.join(' or ')} executor, not ${executor}; deploy with another "executor", or as a command (no "handler")`, { details: { executor } });
@@ -779,9 +778,10 @@ export class FunctionService {
     if (!(await bundles.has(bundle.sha256))) throw new KindlingError('BUNDLE_INVALID', 'the bundle is not in this server\'s bundle store; upload it again');
     if (spec.code !== undefined) throw new KindlingError('CONFLICTING_FIELDS', 'a bundle brings its own code: drop "code" (the handler names the file, FILE:FUNCTION)');
     if (spec.handler !== undefined) {
-      const parsed = parseBundleHandler(spec.handler);
+      const parsed = parseBundleHandler(spec.handler, spec.runtime);
       if (parsed === null) {
-        throw new KindlingError('VALIDATION_FAILED', `a bundle's handler is FILE:FUNCTION with FILE relative to the bundle's root, e.g. "handler.py:main" or "src/index.js:handler"; got "${spec.handler.slice(0, 200)}"`, { details: { field: 'handler' } });
+        const example = handlerFamily(spec.runtime) === 'java' ? '"src/com/acme/Api.java:com.acme.Api.handle" (FUNCTION is [package.]Class.method)' : '"handler.py:main" or "src/index.js:handler"';
+        throw new KindlingError('VALIDATION_FAILED', `a bundle's handler is FILE:FUNCTION with FILE relative to the bundle's root, e.g. ${example}; got "${spec.handler.slice(0, 200)}"`, { details: { field: 'handler' } });
       }
       if (spec.command !== undefined) throw new KindlingError('CONFLICTING_FIELDS', '"handler" goes with "runtime" (and optionally an "image" built from the runtime\'s), not with "command"');
       if (spec.runtime === undefined || !HANDLER_RUNTIMES.includes(spec.runtime)) {
@@ -818,7 +818,8 @@ function compiledCode(spec: FunctionSpec, executor: ExecutorName): boolean {
 
 /** Whether the deploy compiles its program: go and rust code (compiledCode), and java handlers (with their agent). */
 function compiledAtDeploy(spec: FunctionSpec, executor: ExecutorName): boolean {
-  if (COMPILED_HANDLER_EXECUTORS.includes(executor) && spec.bundle === undefined && spec.handler !== undefined && spec.code !== undefined && handlerFamily(spec.runtime) === 'java') return true;
+  // A java handler: its code, or its bundle's sources (with the bundle's jars on the class path), with the agent.
+  if (COMPILED_HANDLER_EXECUTORS.includes(executor) && spec.handler !== undefined && (spec.code !== undefined || spec.bundle !== undefined) && handlerFamily(spec.runtime) === 'java') return true;
   return compiledCode(spec, executor);
 }
 

@@ -7,7 +7,7 @@
  * State: module-level state and files in /tmp persist between invocations served by the same warm sandbox (as in
  * AWS Lambda); each sandbox has its own /tmp (tmpfs), never shared with another sandbox, and gone with it.
  */
-import { COMPILED_MOUNT, COMPILED_PROGRAM, layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
+import { COMPILED_MOUNT, COMPILED_PROGRAM, JAVA_ARGS_FILE, layerMount, PYTHON_LAYER_MOUNT } from './builds.js';
 import { StringDecoder } from 'node:string_decoder';
 import { availableParallelism } from 'node:os';
 import { posix } from 'node:path';
@@ -26,7 +26,7 @@ import { BUNDLE_MOUNT } from './bundles.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import { DEFAULT_LIMIT_POLICY, resolveLimits, type LimitPolicy } from './limits.js';
 import { WarmCapacity, WarmPool, type EvictionReason } from './warm-pool.js';
-import { COMPILED_HANDLER_FAMILIES, handlerFamily, JAVA_HANDLER, runtimeImage, type HandlerFamily } from './runtimes.js';
+import { COMPILED_HANDLER_FAMILIES, handlerFamily, JAVA_HANDLER, JAVA_QUALIFIED_HANDLER, runtimeImage, type HandlerFamily } from './runtimes.js';
 
 /**
  * What a warm sandbox of each runtime is charged against the memory budget before its first call measured it (then
@@ -502,7 +502,7 @@ export class HandlerPools implements HandlerInvoker {
   private runSpec(version: FunctionVersion, limits: ReturnType<typeof resolveLimits>): RunSpec {
     const spec = version.spec;
     const runtime = handlerFamilyOf(spec.runtime);
-    const bundled = spec.bundle === undefined ? null : parseBundleHandler(spec.handler ?? '');
+    const bundled = spec.bundle === undefined ? null : parseBundleHandler(spec.handler ?? '', spec.runtime);
     if (spec.bundle !== undefined && (bundled === null || this.options.bundlePath === undefined)) {
       throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles');
     }
@@ -513,7 +513,7 @@ export class HandlerPools implements HandlerInvoker {
       // The program compiled at deploy is the agent (the function's code with agent/go/agent.go or
       // agent/java/KindlingAgent.java), bound at /kindling-bin.
       if (spec.layer?.kind !== 'compile') throw new KindlingError('HANDLERS_UNSUPPORTED', `${runtime} handler "${version.name}" has no compiled program: deploy it again on the sandbox or docker executor`);
-      launch = runtime === 'go' ? { command: [COMPILED_PROGRAM, `${AGENT_MOUNT}/${AGENT_SOCKET}`], files: [] } : javaAgentLaunch(spec.handler ?? '', limits.memoryMb);
+      launch = runtime === 'go' ? { command: [COMPILED_PROGRAM, `${AGENT_MOUNT}/${AGENT_SOCKET}`], files: [] } : javaAgentLaunch(bundled?.fn ?? spec.handler ?? '', limits.memoryMb, bundled !== null);
     } else {
       launch = bundled === null ? agentLaunch(runtime, spec.code ?? '', spec.handler ?? 'handler') : agentLaunchModule(runtime, posix.join(BUNDLE_MOUNT, bundled.file), bundled.fn);
     }
@@ -546,11 +546,13 @@ export class HandlerPools implements HandlerInvoker {
  * told the sandbox's memory limit (it cannot always read the cgroup's from inside the sandbox) and sizes its heap to
  * 60% of it; the serial collector, since a warm sandbox serves one call at a time.
  */
-function javaAgentLaunch(handler: string, memoryMb: number): AgentLaunch {
-  const [, className, method] = JAVA_HANDLER.exec(handler) ?? [];
+function javaAgentLaunch(handler: string, memoryMb: number, bundle: boolean): AgentLaunch {
+  const [, className, method] = (bundle ? JAVA_QUALIFIED_HANDLER : JAVA_HANDLER).exec(handler) ?? [];
   if (className === undefined || method === undefined) throw new KindlingError('VALIDATION_FAILED', `a java handler is Class.method, got "${handler.slice(0, 130)}"`);
+  // A bundle's class path (its classes, its root for resources, its jars) was written by its build as an @argfile.
+  const classPath = bundle ? [`@${COMPILED_MOUNT}/${JAVA_ARGS_FILE}`] : ['-cp', COMPILED_MOUNT];
   return {
-    command: ['java', '-XX:+UseSerialGC', `-XX:MaxRAM=${memoryMb}m`, '-XX:MaxRAMPercentage=60', '-Xss1m', '-cp', COMPILED_MOUNT, 'KindlingAgent', `${AGENT_MOUNT}/${AGENT_SOCKET}`, className, method],
+    command: ['java', '-XX:+UseSerialGC', `-XX:MaxRAM=${memoryMb}m`, '-XX:MaxRAMPercentage=60', '-Xss1m', ...classPath, 'KindlingAgent', `${AGENT_MOUNT}/${AGENT_SOCKET}`, className, method],
     files: [],
   };
 }

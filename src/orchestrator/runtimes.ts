@@ -125,6 +125,8 @@ const HANDLER_FAMILIES: readonly RuntimeFamily[] = ['node', 'python', 'deno', 'b
 export const COMPILED_HANDLER_FAMILIES: readonly HandlerFamily[] = ['go', 'java'];
 /** A java handler: `Class.method` (the code defines the public class `Class`, in the default package). */
 export const JAVA_HANDLER = /^([A-Za-z_$][A-Za-z0-9_$]{0,127})\.([A-Za-z_$][A-Za-z0-9_$]{0,127})$/;
+/** A java bundle's handler function: `[package.]Class.method` (a class of the bundle, in any package). */
+export const JAVA_QUALIFIED_HANDLER = /^((?:[A-Za-z_$][A-Za-z0-9_$]{0,127}\.){0,31}[A-Za-z_$][A-Za-z0-9_$]{0,127})\.([A-Za-z_$][A-Za-z0-9_$]{0,127})$/;
 
 /** The family of a handler runtime (node20 -> node), or null for a runtime without a handler agent (or no runtime). */
 export function handlerFamily(runtime: string | undefined): HandlerFamily | null {

@@ -8,7 +8,7 @@ import { after } from 'node:test';
  * A maker of fresh directories under one temp dir named `prefix...`, removed when the test file ends: each call
  * writes `files` (paths relative to the new directory, parents made) and returns the directory.
  */
-export function directoryMaker(prefix: string): (files: Record<string, string>) => string {
+export function directoryMaker(prefix: string): (files: Record<string, string | Buffer>) => string {
   const work = mkdtempSync(join(tmpdir(), prefix));
   after(() => rmSync(work, { recursive: true, force: true }));
   return (files) => {
