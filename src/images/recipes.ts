@@ -270,11 +270,11 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     name: 'kindling/rust',
     tag: 'latest',
     runtime: 'rust',
-    description: "Debian's rustc with gcc and libc6-dev to link",
-    packages: ['rustc', 'gcc', 'libc6-dev'],
+    description: "Debian's rustc and cargo (bundles build offline, with vendored crates) with gcc and libc6-dev to link",
+    packages: ['rustc', 'cargo', 'gcc', 'libc6-dev'],
     check:
       'd=$(mktemp -d) && printf "fn main(){println!(\\"hi\\")}" > "$d/k.rs" && rustc -o "$d/k" "$d/k.rs" && ' +
-      'test "$("$d/k")" = hi && rm -rf "$d"',
+      'test "$("$d/k")" = hi && cargo --version && rm -rf "$d"',
     env: BASE_ENV,
   }),
 });

@@ -24,3 +24,9 @@ test('a compile build: missing Go modules point at vendoring (or the proxy), any
   assert.match(buildFailureAdvice('compile', 'go: example.org/x@v1.0.0: dial tcp: lookup proxy.example: Temporary failure in name resolution\n', 'https://proxy.example'), /could not reach the Go module proxy https:\/\/proxy\.example/);
   assert.match(buildFailureAdvice('compile', './main.go:3:14: undefined: x\n', 'off'), /fix the compile errors/);
 });
+
+test('a compile build: a crate that is not vendored points at cargo vendor; a rust compile error at the code', () => {
+  const offline = 'error: no matching package named `serde` found\nlocation searched: registry `crates-io`\nAs a reminder, you\'re using offline mode (--offline) which can sometimes cause surprising resolution failures\n';
+  assert.match(buildFailureAdvice('compile', offline, 'offline'), /cargo vendor/);
+  assert.match(buildFailureAdvice('compile', 'error[E0425]: cannot find value `x` in this scope\n', 'offline'), /fix the compile errors/);
+});

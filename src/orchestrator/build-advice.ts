@@ -13,8 +13,14 @@ const UNREACHABLE =
 /** go's words when the bundle needs a module it does not carry (checked by go.sum first, then looked up). */
 const GO_MODULE_MISSING = /module lookup disabled by GOPROXY=off|missing go\.sum entry|cannot find module providing package|no required module provides package/;
 
+/** cargo's words when a crate is neither vendored nor a path dependency (rust bundles build with --offline). */
+const CRATE_MISSING = /--offline|offline mode|no matching package named|failed to get `[^`]+` as a dependency/;
+
 export function buildFailureAdvice(kind: BuildKind, log: string, source: string): string {
   if (kind === 'compile') {
+    if (CRATE_MISSING.test(log)) {
+      return 'the bundle needs crates it does not carry, and builds fetch none: vendor them (cargo vendor, add the .cargo/config.toml it prints, then deploy the directory with Cargo.lock and vendor/), or use path dependencies';
+    }
     if (GO_MODULE_MISSING.test(log) && source === 'off') {
       return "the bundle needs Go modules it does not carry and this server's builds fetch none (--build-go-proxy off): vendor them (go mod tidy && go mod vendor, then deploy the directory with go.sum and vendor/), or ask the operator for --build-go-proxy";
     }

@@ -241,7 +241,7 @@ export class DependencyBuilder {
     const family = definition?.family;
     if (definition === undefined || (family !== 'go' && family !== 'rust' && family !== 'java')) throw new Error(`runtime ${runtime} is not compiled at deploy time`);
     const bundle = 'bundleDir' in source;
-    if (bundle && family !== 'go' && !(family === 'java' && source.handler !== undefined)) throw new Error('only go bundles and java handler bundles are compiled at deploy time');
+    if (bundle && family !== 'go' && family !== 'rust' && !(family === 'java' && source.handler !== undefined)) throw new Error('only go and rust bundles and java handler bundles are compiled at deploy time');
     // A go handler: the code (or a bundle's package main) is compiled with the resident agent (agent/go/agent.go) and
     // a file naming the handler. A java handler: the code (its class) is compiled with agent/java/KindlingAgent.java.
     const handler = source.handler ?? null;
@@ -261,13 +261,25 @@ export class DependencyBuilder {
       .update('\0')
       .update(definition.image)
       .update('\0')
-      .update(bundle ? `bundle\0${source.bundleSha256}\0${goProxy}` : `code\0${source.code}`)
+      .update(bundle ? `bundle\0${source.bundleSha256}\0${family === 'go' ? goProxy : 'offline'}` : `code\0${source.code}`)
       .update(handler === null ? '' : `\0handler\0${handler}\0${createHash('sha256').update(agent!).digest('hex')}`)
       .digest('hex');
     const out = '/tmp/out';
     // No -trimpath: the image's standard library was compiled without it, and go would compile it all again (12 s).
     const compile =
-      family === 'rust'
+      family === 'rust' && bundle
+        ? // A cargo package, built offline (dependencies are vendored: `cargo vendor` and its .cargo/config.toml, or
+          // path dependencies) from a copy (cargo may write Cargo.lock); its one binary is the program.
+          [
+            'cp -R /work/. /tmp/src/',
+            'cd /tmp/src',
+            '[ -f Cargo.toml ] || { echo "a rust bundle is a cargo package: Cargo.toml at its root" >&2; exit 1; }',
+            'cargo build --release --offline --target-dir /tmp/target 1>&2',
+            'set -- $(find /tmp/target/release -maxdepth 1 -type f -perm -u+x)',
+            'if [ "$#" -ne 1 ]; then echo "the package builds $# binaries ($*); a rust bundle runs one: keep one [[bin]], or deploy with a command" >&2; exit 1; fi',
+            `cp "$1" ${out}/main`,
+          ].join('\n')
+        : family === 'rust'
         ? // The flags of a one-off rust run (runtimes.ts): the same program either way.
           `rustc -O -C strip=symbols -o ${out}/main /tmp/src/main.rs 1>&2`
         : bundle && handler !== null
@@ -289,7 +301,7 @@ export class DependencyBuilder {
             : `cd /tmp/src && go build -o ${out}/main main.go 1>&2`;
     const sourceFile = family === 'rust' ? 'main.rs' : handler !== null ? 'handler.go' : 'main.go';
     const script = ['set -e', `mkdir -p /tmp/src ${out}`, ...(bundle ? [] : [`cat > /tmp/src/${sourceFile}`]), compile, `tar -b 1 -cf - -C ${out} .`].join('\n');
-    const network = bundle && goProxy !== 'off' ? 'egress' : 'none';
+    const network = bundle && family === 'go' && goProxy !== 'off' ? 'egress' : 'none';
     return this.layer(
       {
         kind: 'compile',
@@ -297,13 +309,13 @@ export class DependencyBuilder {
         keyedBy: 'source',
         image: definition.image,
         script,
-        env: { HOME: '/tmp/home', ...(family === 'go' ? { GOPROXY: goProxy, GOPATH: '/tmp/gopath', GOFLAGS: '-buildvcs=false' } : {}) },
+        env: { HOME: '/tmp/home', ...(family === 'go' ? { GOPROXY: goProxy, GOPATH: '/tmp/gopath', GOFLAGS: '-buildvcs=false' } : { CARGO_HOME: '/tmp/cargo-home' }) },
         binds: bundle ? [{ source: source.bundleDir, target: '/work' }, ...(network === 'egress' && this.options.caFile !== undefined ? [{ source: this.options.caFile, target: CA_MOUNT }] : [])] : [],
         network,
         ...(bundle ? {} : { stdin: Buffer.from(source.code) }),
-        tool: family === 'go' ? 'go build' : 'rustc',
+        tool: family === 'go' ? 'go build' : bundle ? 'cargo build' : 'rustc',
         doing: `compiling the ${family === 'go' ? 'Go' : 'Rust'} ${bundle ? 'bundle' : 'code'}`,
-        registry: goProxy,
+        registry: family === 'go' ? goProxy : 'offline',
       },
       tenant,
       onLog,

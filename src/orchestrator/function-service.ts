@@ -794,7 +794,8 @@ export class FunctionService {
       if (this.options.handlers === undefined || !this.options.handlers.supports(executor)) throw handlersUnsupported(executor);
       return;
     }
-    if (spec.runtime !== undefined && runtimeDefinition(spec.runtime)?.family === 'go' && spec.command === undefined && spec.image === undefined) return;
+    const family = spec.runtime === undefined ? undefined : runtimeDefinition(spec.runtime)?.family;
+    if ((family === 'go' || family === 'rust') && spec.command === undefined && spec.image === undefined) return;
     if (spec.command === undefined || spec.command.length === 0) {
       throw new KindlingError('VALIDATION_FAILED', 'a bundle runs as a handler ("runtime" + "handler": "FILE:FUNCTION") or as a command ("runtime" or "image" + "command", e.g. ["python3", "main.py"])', { details: { field: 'handler' } });
     }
@@ -811,8 +812,8 @@ function compiledCode(spec: FunctionSpec, executor: ExecutorName): boolean {
   if (!BUNDLE_EXECUTORS.includes(executor) || spec.runtime === undefined) return false;
   const family = runtimeDefinition(spec.runtime)?.family;
   if (family === undefined || !COMPILED_RUNTIME_FAMILIES.includes(family)) return false;
-  // A go bundle without a command is its program; with a handler, its package main is compiled with the agent.
-  if (spec.bundle !== undefined) return family === 'go' && spec.command === undefined;
+  // A go or rust bundle without a command is its program (a go one with a handler: its package main with the agent).
+  if (spec.bundle !== undefined) return (family === 'go' || family === 'rust') && spec.command === undefined;
   return spec.code !== undefined && spec.command === undefined && spec.image === undefined;
 }
 
