@@ -73,7 +73,7 @@ test('the ten recipes are distinct, named kindling/<short> and hash differently'
     assert.equal(imageRef(IMAGE_RECIPES[s]), `kindling/${s}:latest`);
     assert.ok(IMAGE_RECIPES[s].env.PATH?.includes('/usr/bin'));
   }
-  assert.deepEqual([...IMAGE_RECIPES.rust.packages].sort(), ['gcc', 'libc6-dev', 'rustc']);
+  assert.deepEqual([...IMAGE_RECIPES.rust.packages].sort(), ['cargo', 'gcc', 'libc6-dev', 'rustc']);
   assert.ok(IMAGE_RECIPES.python.packages.includes('python3'));
   assert.ok(IMAGE_RECIPES.node.packages.includes('nodejs'));
   // The current runtimes come from trixie, the others from bookworm; the suite is part of the hash.
