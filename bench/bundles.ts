@@ -6,7 +6,8 @@
  * same bundle (one unpacked copy per content hash); the deploy of a node bundle with two npm dependencies, whose build
  * runs npm ci (cold: a new lockfile) or reuses the layer (cached: the same lockfile), next to a deploy without one;
  * the deploy of a go function, compiled then (cold) or reused (the same code), and its calls, which exec the program,
- * next to a one-off run of the same code, which compiles it each time.
+ * next to a one-off run of the same code, which compiles it each time; the deploy of a rust bundle (cargo) and of a
+ * java handler bundle, each built at deploy, next to the same build as a one-off execution.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -35,9 +36,12 @@ const ROWS = [
   { id: 'bundles.go_deploy_compile', scenario: 'Deploy of a go code function: compiled at deploy (new code), and the same code again (cached)', target: 'compile < 3x a one-off run; cached: none' },
   { id: 'bundles.go_call_compiled', scenario: 'Call of a go function compiled at deploy (cold start) vs a one-off run of the same code (go build + run)', target: 'faster than compiling' },
   { id: 'bundles.apt_deploy', scenario: 'Deploy of a python handler with a Debian package (apt: python3-six): the image built (first deploy), then reused (another function, same package)', target: 'build ~ kindling images create; reused < 1 s' },
+  { id: 'bundles.rust_deploy_compile', scenario: 'Deploy of a rust bundle (cargo package: a module, a path dependency) built at deploy (new code)', target: 'build < 3x a one-off cargo build' },
+  { id: 'bundles.java_deploy_compile', scenario: 'Deploy of a java handler bundle (two packages) compiled at deploy with the agent (new code)', target: 'build < 3x a one-off javac' },
 ] as const;
 const GO_ROWS = ROWS.slice(6, 8);
 const APT_ROW = ROWS[8];
+const COMPILED_BUNDLE_ROWS = ROWS.slice(9, 11);
 
 /** The host's IPv4 resolvers and the registry's addresses, as /32s (the policy ignores what is public anyway). */
 async function egressForRegistry(): Promise<string[]> {
@@ -213,6 +217,11 @@ export async function runBundlesGroup(ctx: BenchContext): Promise<GroupResult> {
       for (const row of GO_ROWS) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, `${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
     }
     try {
+      Object.assign(data, { compiledBundles: await compiledBundleRows(ctx, url, rows) });
+    } catch (error) {
+      for (const row of COMPILED_BUNDLE_ROWS) rows.push(skippedRow(GROUP, row.id, row.scenario, row.target, `${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
+    }
+    try {
       Object.assign(data, { apt: await aptRow(ctx, url, rows) });
     } catch (error) {
       rows.push(skippedRow(GROUP, APT_ROW.id, APT_ROW.scenario, APT_ROW.target, `${error instanceof Error ? error.message : String(error)}`.slice(0, 200)));
@@ -276,6 +285,76 @@ async function goRows(ctx: BenchContext, url: string, n: number, rows: Row[]): P
   const ratio = p50(calls) / p50(oneOff);
   rows.push({ group: GROUP, id: GO_ROWS[1]!.id, scenario: `${GO_ROWS[1]!.scenario}, n=${runs}`, kindling: `p50 ${fmtMs(p50(calls))}`, baseline: `p50 ${fmtMs(p50(oneOff))} (one-off run, compiled per call)`, ratio: fmtRatio(ratio), target: GO_ROWS[1]!.target, status: ratio < 1 ? 'pass' : 'fail' });
   return { deployColdMs: cold, deployCachedMs: cached, callMs: calls, oneOffMs: oneOff };
+}
+
+/**
+ * Rust and java bundles compiled at deploy: each deploy has new code (a comment with the run's number), so every one
+ * builds. Baseline: the same build as a one-off execution of the runtime's image, the bundle's tar on stdin (cargo
+ * build --release --offline and run; javac of the same sources), what a user without deploy-time builds would pay.
+ */
+async function compiledBundleRows(ctx: BenchContext, url: string, rows: Row[]): Promise<Record<string, unknown>> {
+  const runs = 3;
+  const dir = join(ctx.workDir, 'compiled-bundles');
+  const tarOf = (files: Record<string, string>): Buffer => {
+    execFileSync('rm', ['-rf', dir]);
+    for (const [name, content] of Object.entries(files)) {
+      execFileSync('mkdir', ['-p', join(dir, name, '..')]);
+      execFileSync('tee', [join(dir, name)], { input: content, stdio: ['pipe', 'ignore', 'inherit'] });
+    }
+    return execFileSync('tar', ['-c', '-f', '-', '-C', dir, '.']);
+  };
+  const rust = (i: number): Record<string, string> => ({
+    'Cargo.toml': '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\nshout = { path = "shout" }\n',
+    'shout/Cargo.toml': '[package]\nname = "shout"\nversion = "0.1.0"\nedition = "2021"\n',
+    'shout/src/lib.rs': 'pub fn shout(s: &str) -> String { s.to_uppercase() }\n',
+    'src/greet.rs': 'pub fn hello() -> &\'static str { "hello" }\n',
+    'src/main.rs': `mod greet;\n// run ${i} ${Date.now()}\nfn main() { println!("{} ${i}", shout::shout(greet::hello())); }\n`,
+  });
+  const java = (i: number): Record<string, string> => ({
+    'src/app/Api.java': `package app;\n// run ${i} ${Date.now()}\npublic class Api { public static String handle(String body) { return util.Words.shout(body) + " ${i}"; } }\n`,
+    'src/util/Words.java': 'package util;\npublic final class Words { public static String shout(String s) { return s.toUpperCase(); } }\n',
+  });
+  const oneOff = async (image: string, script: string, tar: Buffer, expect: string): Promise<number> => {
+    const started = performance.now();
+    const response = await fetch(`${url}/v1/execute`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ image, command: ['sh', '-c', `mkdir -p /tmp/p && tar -x -C /tmp/p && cd /tmp/p && ${script}`], stdinBase64: tar.toString('base64'), timeoutMs: 300_000, memoryMb: 1024 }) });
+    const result = (await response.json()) as { stdout?: string; stderr?: string; exitCode?: number };
+    const ms = performance.now() - started;
+    if (result.exitCode !== 0 || !(result.stdout ?? '').includes(expect)) throw new Error(`the one-off build failed: ${JSON.stringify(result).slice(0, 300)}`);
+    return ms;
+  };
+  const results: Record<string, { deployMs: number[]; oneOffMs: number[] }> = {};
+  for (const [k, kind] of (['rust', 'java'] as const).entries()) {
+    ctx.log(`bundles: ${kind} bundles compiled at deploy, ${runs} runs`);
+    const deploys: number[] = [];
+    const oneOffs: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const name = `${kind}-bundle-${i}`;
+      const tar = kind === 'rust' ? tarOf(rust(i)) : tarOf(java(i));
+      deploys.push(await deploy(url, name, tar, kind === 'rust' ? { runtime: 'rust' } : { runtime: 'java', handler: 'src/app/Api.java:app.Api.handle' }));
+      const call = await invoke(url, name);
+      if (call.body !== (kind === 'rust' ? `HELLO ${i}\n` : `X ${i}`)) throw new Error(`unexpected answer of ${name}: ${call.body}`);
+      oneOffs.push(
+        kind === 'rust'
+          ? await oneOff('kindling/rust', 'CARGO_HOME=/tmp/cargo cargo build -q --release --offline && ./target/release/app', tar, `HELLO ${i}`)
+          : await oneOff('kindling/java', "javac -J-XX:+UseSerialGC -d /tmp/c $(find . -name '*.java') && echo compiled", tar, 'compiled'),
+      );
+      await fetch(`${url}/v1/functions/${name}`, { method: 'DELETE' });
+    }
+    const ratio = p50(deploys) / p50(oneOffs);
+    const row = COMPILED_BUNDLE_ROWS[k]!;
+    rows.push({
+      group: GROUP,
+      id: row.id,
+      scenario: `${row.scenario}, n=${runs}`,
+      kindling: `p50 ${fmtMs(p50(deploys))}`,
+      baseline: `p50 ${fmtMs(p50(oneOffs))} (one-off ${kind === 'rust' ? 'cargo build + run' : 'javac'} of the same files)`,
+      ratio: fmtRatio(ratio),
+      target: row.target,
+      status: ratio < 3 ? 'pass' : 'fail',
+    });
+    results[kind] = { deployMs: deploys, oneOffMs: oneOffs };
+  }
+  return results;
 }
 
 /**
