@@ -5,7 +5,8 @@
  * the deploy with how to vendor it. On the sandbox executor, and on docker where the engine is reachable.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { Kindling, type KindlingError } from '@kindling/sdk';
 import { directoryMaker } from './helpers/directories.js';
@@ -13,6 +14,8 @@ import { dockerUnavailableReason, sandboxUnavailableReason, startTestServer, typ
 
 const directory = directoryMaker('kindling-rust-');
 const tar = (dir: string): Buffer => execFileSync('tar', ['-cf', '-', '-C', dir, '.']);
+
+const CLI = new URL('../src/main.js', import.meta.url).pathname;
 
 const PACKAGE = {
   'Cargo.toml': '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\nshout = { path = "crates/shout" }\n',
@@ -45,6 +48,13 @@ for (const executor of ['sandbox', 'docker'] as const) {
       const again = await client.functions.deployBundle(`${name}-again`, { runtime: 'rust' }, tar(directory(PACKAGE)));
       assert.equal(again.layer?.sha256, info.layer?.sha256);
       assert.equal(again.layer?.reused, true);
+    });
+
+    it('the CLI deploys a rust bundle from a directory without a command (kindling deploy NAME --dir DIR --runtime rust)', async () => {
+      const name = `rust-cli-${executor}`;
+      const deployed = await promisify(execFile)('node', [CLI, 'deploy', name, '--dir', directory(PACKAGE), '--runtime', 'rust', '--url', server.url], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+      assert.match(deployed.stdout + deployed.stderr, new RegExp(`deployed ${name} version 1`));
+      assert.equal((await client.functions.invoke(name, 'cli')).text(), 'HELLO BUNDLE! cli\n');
     });
 
     it('a crate that is not vendored fails the deploy with how to vendor it; a package with no Cargo.toml says what a rust bundle is', async () => {

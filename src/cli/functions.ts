@@ -103,7 +103,7 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
     .option('-f, --file <path>', 'the source file')
     .option('-c, --code <code>', 'the source inline')
     .option('--dir <path>', 'deploy a bundle: this directory as a tar (.git and the patterns of DIR/.kindlingignore left out); with --handler FILE:FUNCTION or a command after --')
-    .option('--handler <name>', 'handler style: the function that takes the body and returns the response (with --dir: FILE:FUNCTION, e.g. src/index.js:handler; java: Class.method)')
+    .option('--handler <name>', 'handler style: the function that takes the body and returns the response (with --dir: FILE:FUNCTION, e.g. src/index.js:handler; java: Class.method, in a bundle FILE:[package.]Class.method)')
     .option('-i, --image <image>', 'image of a command function, e.g. kindling/base; with --runtime and --handler: a custom image built from the runtime\'s (kindling images create)')
     .option('--apt <package>', 'a Debian package the function needs on top of its runtime\'s image (repeatable; a bundle may list them in kindling.json instead)', collect, [])
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect, [])
@@ -123,7 +123,7 @@ export function registerFunctionCommands(program: Command, defaults: ClientDefau
       if (options.runtime !== undefined && (options.image === undefined || options.handler !== undefined)) spec.runtime = options.runtime as string;
       if (spec.image === undefined && spec.runtime === undefined) throw new Error('--dir needs --runtime (or --image with a command after --)');
       // A go bundle without a command is compiled at deploy and its program is the command.
-      if (options.handler === undefined && args.length === 0 && !/^go/.test(String(options.runtime))) throw new Error('--dir needs --handler FILE:FUNCTION, or a command after -- (run in the bundle\'s directory); a go bundle without one is compiled at deploy');
+      if (options.handler === undefined && args.length === 0 && !/^(go|rust)/.test(String(options.runtime))) throw new Error('--dir needs --handler FILE:FUNCTION, or a command after -- (run in the bundle\'s directory); a go or rust bundle without one is compiled at deploy');
       if (args.length > 0) spec.command = args;
     } else if (options.image !== undefined && options.handler === undefined) {
       if (args.length === 0) throw new Error('--image needs a command after --, e.g. kindling deploy up --image kindling/base -- tr a-z A-Z');
