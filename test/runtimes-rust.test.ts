@@ -41,11 +41,12 @@ for (const executor of ['sandbox', 'docker'] as const) {
 
     it('a cargo package without a command is built at deploy (offline, path dependencies) and its binary runs in the bundle\'s directory', async () => {
       const name = `rust-bundle-${executor}`;
-      const info = await client.functions.deployBundle(name, { runtime: 'rust' }, tar(directory(PACKAGE)));
+      const bundle = tar(directory(PACKAGE));
+      const info = await client.functions.deployBundle(name, { runtime: 'rust' }, bundle);
       assert.equal(info.layer?.kind, 'compile');
       assert.equal((await client.functions.invoke(name, 'in')).text(), 'HELLO BUNDLE! in\n');
-      // The same bundle again: nothing is compiled.
-      const again = await client.functions.deployBundle(`${name}-again`, { runtime: 'rust' }, tar(directory(PACKAGE)));
+      // The same bundle again (the same bytes: same content hash), by another function: nothing is compiled.
+      const again = await client.functions.deployBundle(`${name}-again`, { runtime: 'rust' }, bundle);
       assert.equal(again.layer?.sha256, info.layer?.sha256);
       assert.equal(again.layer?.reused, true);
     });
