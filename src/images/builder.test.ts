@@ -223,7 +223,7 @@ test('mmdebstrap gets Debian sources only (never the host sources), the packages
     securityMirror: 'http://m/debian-security',
   });
   assert.ok(args.includes('--variant=minbase'));
-  assert.ok(args.includes('--include=rustc,gcc,libc6-dev'));
+  assert.ok(args.includes('--include=rustc,cargo,gcc,libc6-dev'));
   assert.ok(args.includes('--dpkgopt=path-exclude=/usr/share/doc/*'));
   const tail = args.slice(-5);
   assert.deepEqual(tail, [
