@@ -56,7 +56,7 @@ export function parseTraceparent(header: string | null | undefined): { traceId: 
   return { traceId, parentSpanId, flags };
 }
 
-/** Epoch milliseconds with sub-millisecond precision, on the clock the OpenTelemetry SDK times spans with. */
+/** Epoch milliseconds with sub-millisecond precision: the clock Kindling gives the OpenTelemetry SDK for every span's start and end. */
 export const spanClockMs = (): number => performance.timeOrigin + performance.now();
 
 /**

@@ -76,7 +76,8 @@ describe('ExecutionService: the sandbox start deadline', () => {
   });
 
   it("an executor's own maxStartMs extends the deadline (a VM booting under emulation)", async () => {
-    const executor = controlledExecutor({ maxStartMs: 400 });
+    // The executor's bound is far past the wait below, so a stalled test machine cannot make it expire first.
+    const executor = controlledExecutor({ maxStartMs: 60_000 });
     const service = serviceWith(executor, 20);
     const running = service.execute({ runtime: 'bash', code: 'true' });
     // Past the server's deadline, within the executor's: the start completes and the execution runs to its end.
