@@ -444,6 +444,7 @@ class Agent {
     mountTmpfs('/tmp', `mode=1777,size=${limits.diskMb}m`);
     if (!fs.existsSync(request.workdir)) throw new Error(`working directory ${request.workdir} does not exist in the image`);
     mountTmpfs(request.workdir, `mode=0755,uid=${request.uid},gid=${request.gid},size=${limits.diskMb}m`);
+    for (const bind of [...(request.binds ?? [])].sort((a, b) => a.target.length - b.target.length)) mountBindDisk(bind.label, bind.target);
 
     if (!fs.existsSync(SETPRIV)) throw new Error(`the image has no ${SETPRIV} (util-linux); the microvm executor needs it`);
     // sh (root) joins the cgroup, unshare gives new PID + mount namespaces and a private /proc, setpriv drops to the
@@ -570,6 +571,17 @@ function writeQuiet(file: string, value: string): void {
   } catch (error) {
     log(`cannot write ${file}: ${(error as Error).message}`);
   }
+}
+
+/**
+ * A host directory's disk (bind-disks.ts on the host) read-only at `target`, over whatever is there: the target must
+ * exist (a directory of the image, of a tmpfs mounted before, or an empty one the host made in an outer bind's disk).
+ */
+function mountBindDisk(label: string, target: string): void {
+  const device = spawnSync(BUSYBOX, ['findfs', `LABEL=${label}`], { encoding: 'utf8' }).stdout.trim();
+  if (!device) throw new Error(`the disk of ${target} (label ${label}) is not attached`);
+  if (!isDirectory(target)) throw new Error(`cannot mount a disk at ${target}: no such directory in the image`);
+  if (spawnSyncQuiet([BUSYBOX, 'mount', '-t', 'ext4', '-o', 'ro,noload,nosuid,nodev', device, target]) !== 0) throw new Error(`cannot mount the disk ${device} at ${target}`);
 }
 
 function mountTmpfs(target: string, options: string): void {

@@ -127,6 +127,8 @@ export interface ExecRequest {
   sandbox?: boolean;
   /** Credit-based flow control on this stream with this initial window in bytes (agents with FEATURE_WINDOW only). */
   window?: number;
+  /** Read-only disks to mount (ext4, found by label) at these paths, after the scratch tmpfs; outer paths first. */
+  binds?: { label: string; target: string }[];
 }
 
 /** WINDOW: `bytes` more of credit (host -> agent: output it may send; agent -> host: stdin bytes written). */

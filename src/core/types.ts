@@ -70,7 +70,8 @@ export interface RunSpec {
   rwBinds?: { source: string; target: string }[];
   /**
    * Host directories bound read-only inside (a function's bundle at its work dir), in place of the tmpfs there would
-   * be at those paths. Only the sandbox and docker executors bind them; the others refuse a spec that has any.
+   * be at those paths. Every executor binds them (microvm as read-only disks of the VM, so the sources must never
+   * change: the bundle and layer stores name them by content hash).
    */
   roBinds?: { source: string; target: string }[];
 }

@@ -61,24 +61,30 @@ describe('FunctionService: handler functions on an executor without warm sandbox
 });
 
 describe('FunctionService: bundles', () => {
-  it('a bundle function whose default executor became one that cannot bind bundles answers 400 BUNDLES_UNSUPPORTED, without running', async () => {
+  it('binds a bundle and its layer on every executor, a program compiled at deploy only where /kindling-bin can be made', () => {
     const store = new SqliteStore(':memory:');
-    let ran = 0;
-    const executionService = {
-      prepare: async () => undefined,
-      executeRaw: async () => {
-        ran++;
-        throw new Error('not reached');
-      },
-    } as unknown as ExecutionService;
-    // Stored as a deploy on a sandbox-default server would store it (no executor named).
-    store.putFunction('default', 'b', { runtime: 'bash', command: ['bash', 'run.sh'], bundle: { sha256: 'a'.repeat(64), bytes: 10240, entries: 2 } }, 1);
-    const service = new FunctionService({ store, executionService, defaultExecutor: 'microvm', bundles: new BundleStore({ dir: '/nonexistent/bundles' }) });
+    const service = new FunctionService({
+      store,
+      executionService: {} as ExecutionService,
+      defaultExecutor: 'sandbox',
+      bundles: new BundleStore({ dir: '/srv/bundles' }),
+      layers: new BundleStore({ dir: '/srv/layers' }),
+    });
     try {
-      await assert.rejects(service.invoke('default', 'b', Buffer.from('x'), {}), (error: unknown) => error instanceof KindlingError && error.code === 'BUNDLES_UNSUPPORTED' && /microvm/.test(error.message));
-      assert.equal(ran, 0);
+      const bundle = { sha256: 'a'.repeat(64), bytes: 10240, entries: 2 };
+      const npm = { runtime: 'node' as const, command: ['node', 'index.js'], bundle, layer: { sha256: 'b'.repeat(64), bytes: 1, reused: false, buildMs: 1 } };
+      for (const executor of ['sandbox', 'docker', 'gvisor', 'microvm'] as const) {
+        assert.deepEqual(
+          service.bindsOf(npm, executor).map((bind) => bind.target),
+          ['/work', '/work/node_modules'],
+          executor,
+        );
+      }
+      const go = { runtime: 'go' as const, bundle, layer: { sha256: 'c'.repeat(64), kind: 'compile' as const, bytes: 1, reused: false, buildMs: 1 } };
+      assert.deepEqual(service.bindsOf(go, 'sandbox').map((bind) => bind.target), ['/work', '/kindling-bin']);
+      // A microVM's root is its image's read-only disk: the program is compiled at each call there.
+      assert.deepEqual(service.bindsOf(go, 'microvm').map((bind) => bind.target), ['/work']);
     } finally {
-      await service.close();
       store.close();
     }
   });

@@ -159,10 +159,12 @@ export interface FunctionVersionView extends FunctionSpec {
 export const HANDLER_RUNTIMES: readonly string[] = RUNTIME_NAMES.filter((runtime) => handlerFamily(runtime) !== null);
 const HANDLER_NAME = /^[A-Za-z_$][A-Za-z0-9_$]{0,127}$/;
 /**
- * Executors that bind a bundle's directory (and layers, compiled programs) into their sandboxes; microvm does not (its
- * guest sees only its disks). Handlers need warm sandboxes too, which gvisor does not keep.
+ * Every executor binds a bundle's directory and its dependency layer into its sandboxes (microvm as read-only disks of
+ * the VM); handlers need warm sandboxes too, which gvisor and microvm do not keep. These executors also bind a program
+ * compiled at deploy at /kindling-bin; a microVM's root is its image's read-only disk, which has no such directory, so
+ * go and rust code is compiled at each call there (a bundle of them brings a command).
  */
-export const BUNDLE_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker', 'gvisor'];
+const COMPILED_LAYER_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker', 'gvisor'];
 /** Executors that keep warm sandboxes and bind a go or java handler's compiled agent into them. */
 const COMPILED_HANDLER_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker'];
 
@@ -549,11 +551,6 @@ export class FunctionService {
     const spec = version.spec;
     const executor = spec.executor ?? this.options.defaultExecutor;
     // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
-    // Deployed when another executor was the default (the server's default changed since): refused, never run
-    // without its files on an executor that cannot bind them.
-    if (spec.bundle !== undefined && !BUNDLE_EXECUTORS.includes(executor)) {
-      throw new KindlingError('BUNDLES_UNSUPPORTED', `function "${name}" is a bundle, which the ${executor} executor cannot run; redeploy it with "executor": ${BUNDLE_EXECUTORS.map((e) => `"${e}"`).join(' or ')}`, { details: { executor } });
-    }
     const releaseTenant = options.scope?.acquire?.();
     try {
       if (isHandlerStyle(spec)) {
@@ -623,7 +620,7 @@ export class FunctionService {
    */
   bindsOf(spec: FunctionSpec, executor: ExecutorName): { source: string; target: string }[] {
     const binds = spec.bundle === undefined ? [] : [{ source: this.bundlePath(spec.bundle.sha256), target: BUNDLE_MOUNT }];
-    if (spec.layer !== undefined && (spec.layer.kind !== 'compile' || BUNDLE_EXECUTORS.includes(executor))) {
+    if (spec.layer !== undefined && (spec.layer.kind !== 'compile' || COMPILED_LAYER_EXECUTORS.includes(executor))) {
       if (this.options.layers === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
       binds.push({ source: this.options.layers.pathOf(spec.layer.sha256), target: layerMount(spec.layer) });
     }
@@ -772,9 +769,6 @@ export class FunctionService {
     const bundle = spec.bundle!;
     const bundles = this.options.bundles;
     if (bundles === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles; deploy the code as JSON ("code")');
-    if (!BUNDLE_EXECUTORS.includes(executor)) {
-      throw new KindlingError('BUNDLES_UNSUPPORTED', `bundles cannot run on the ${executor} executor (it cannot bind the bundle's directory into its sandboxes); deploy with "executor": ${BUNDLE_EXECUTORS.map((e) => `"${e}"`).join(' or ')}`, { details: { executor } });
-    }
     if (!(await bundles.has(bundle.sha256))) throw new KindlingError('BUNDLE_INVALID', 'the bundle is not in this server\'s bundle store; upload it again');
     if (spec.code !== undefined) throw new KindlingError('CONFLICTING_FIELDS', 'a bundle brings its own code: drop "code" (the handler names the file, FILE:FUNCTION)');
     if (spec.handler !== undefined) {
@@ -795,7 +789,11 @@ export class FunctionService {
       return;
     }
     const family = spec.runtime === undefined ? undefined : runtimeDefinition(spec.runtime)?.family;
-    if ((family === 'go' || family === 'rust') && spec.command === undefined && spec.image === undefined) return;
+    if ((family === 'go' || family === 'rust') && spec.command === undefined && spec.image === undefined) {
+      if (COMPILED_LAYER_EXECUTORS.includes(executor)) return;
+      const example = family === 'go' ? '["go", "run", "."]' : '["cargo", "run", "--release", "--offline"]';
+      throw new KindlingError('VALIDATION_FAILED', `a ${family} bundle without a command is compiled at deploy, and the ${executor} executor cannot mount the program: give a "command" (e.g. ${example}, compiled at each call), or deploy with "executor": ${COMPILED_LAYER_EXECUTORS.map((e) => `"${e}"`).join(', ')}`, { details: { field: 'command', executor } });
+    }
     if (spec.command === undefined || spec.command.length === 0) {
       throw new KindlingError('VALIDATION_FAILED', 'a bundle runs as a handler ("runtime" + "handler": "FILE:FUNCTION") or as a command ("runtime" or "image" + "command", e.g. ["python3", "main.py"])', { details: { field: 'handler' } });
     }
@@ -809,7 +807,7 @@ export class FunctionService {
  * executor that binds the program into its sandboxes (elsewhere the code is compiled at each call, as a one-off run).
  */
 function compiledCode(spec: FunctionSpec, executor: ExecutorName): boolean {
-  if (!BUNDLE_EXECUTORS.includes(executor) || spec.runtime === undefined) return false;
+  if (!COMPILED_LAYER_EXECUTORS.includes(executor) || spec.runtime === undefined) return false;
   const family = runtimeDefinition(spec.runtime)?.family;
   if (family === undefined || !COMPILED_RUNTIME_FAMILIES.includes(family)) return false;
   // A go or rust bundle without a command is its program (a go one with a handler: its package main with the agent).
@@ -850,7 +848,7 @@ async function readBundleSettings(bundleDir: string): Promise<string[] | undefin
 
 function commandRequest(spec: FunctionSpec, executor?: ExecutorName): ExecuteRequest {
   const request: ExecuteRequest = {};
-  const compiled = spec.layer?.kind === 'compile' && executor !== undefined && BUNDLE_EXECUTORS.includes(executor);
+  const compiled = spec.layer?.kind === 'compile' && executor !== undefined && COMPILED_LAYER_EXECUTORS.includes(executor);
   if (compiled) {
     // The program compiled at deploy (bindsOf binds it), in the runtime's image: nothing is compiled per call.
     request.image = spec.aptImage ?? runtimeImage(spec.runtime!);

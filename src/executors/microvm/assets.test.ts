@@ -89,4 +89,26 @@ describe('microvm assets', () => {
     assert.match(kernelCommandLine(config), /tsc_early_khz=2096000 tsc=reliable no_timer_check/);
     assert.doesNotMatch(kernelCommandLine({ tscKhz: null }), /tsc_early_khz/);
   });
+
+  it("attaches bound directories' disks read-only after the others and names their labels on the kernel command line", () => {
+    const config = {
+      qemuBinary: 'qemu-system-x86_64',
+      qemuImgBinary: 'qemu-img',
+      assets: { dir: '/a', kernel: '/a/vmlinuz', vmlinux: null, initramfs: '/a/initramfs.cpio', agentDisk: '/a/agent.ext4', stamp: {} as never },
+      accel: 'tcg' as const,
+      tscKhz: null,
+    };
+    const binds = [
+      { file: '/b/one.ext4', label: 'kb-one', target: '/work' },
+      { file: '/b/two.ext4', label: 'kb-two', target: '/work/node_modules' },
+    ];
+    const args = qemuArgs(config, { rootImage: '/img/base.ext4', vcpus: 1, memoryMb: 256, binds }, '/vm', { name: 'n' });
+    const joined = args.join(' ');
+    assert.match(joined, /-drive id=bind0,file=\/b\/one.ext4,format=raw,if=none,readonly=on -device virtio-blk-device,drive=bind0/);
+    assert.match(joined, /-drive id=bind1,file=\/b\/two.ext4,format=raw,if=none,readonly=on -device virtio-blk-device,drive=bind1/);
+    assert.ok(joined.indexOf('drive=bind0') > joined.indexOf('drive=agent'), 'after the root and agent disks');
+    assert.match(args[args.indexOf('-append') + 1]!, / kindling\.binds=kb-one,kb-two$/);
+    const plain = qemuArgs(config, { rootImage: '/img/base.ext4', vcpus: 1, memoryMb: 256 }, '/vm', { name: 'n' });
+    assert.doesNotMatch(plain.join(' '), /bind0|kindling\.binds/);
+  });
 });

@@ -105,14 +105,20 @@ for m in @MODULES@; do
   args=""; [ "$m" = virtio_mmio.ko ] && args=$mmio
   $B insmod "/modules/$m" $args || echo "kindling-init: insmod $m failed"
 done
-# A persistent sandbox's VM has a third disk, its data (label kindling-data, kernel argument kindling.data=1): the
-# agent mounts it later; it is never the root.
+# A persistent sandbox's VM has a disk for its data (label kindling-data, kernel argument kindling.data=1), and a
+# function's VM a disk per bound directory (its labels in kindling.binds=L1,L2): the agent mounts them later; they are
+# never the root, which is the one disk left.
+binds=$($B tr ' ' '\\n' < /proc/cmdline | $B sed -n 's/^kindling\\.binds=//p' | $B tr ',' ' ')
+wanted=0; for l in $binds; do wanted=$((wanted + 1)); done
 agent=""; root=""; data=""
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
   agent=$($B findfs LABEL=kindling-agent 2>/dev/null)
   $B grep -q kindling.data=1 /proc/cmdline && data=$($B findfs LABEL=kindling-data 2>/dev/null)
-  for d in /dev/vda /dev/vdb /dev/vdc; do [ -b "$d" ] && [ "$d" != "$agent" ] && [ "$d" != "$data" ] && root=$d; done
-  [ -n "$agent" ] && [ -n "$root" ] && { [ -n "$data" ] || ! $B grep -q kindling.data=1 /proc/cmdline; } && break
+  others=" $agent $data "; found=0
+  for l in $binds; do d=$($B findfs "LABEL=$l" 2>/dev/null) && [ -n "$d" ] && { others="$others$d "; found=$((found + 1)); }; done
+  root=""
+  for d in /dev/vd?; do [ -b "$d" ] || continue; case "$others" in *" $d "*) ;; *) root=$d ;; esac; done
+  [ -n "$agent" ] && [ -n "$root" ] && [ "$found" = "$wanted" ] && { [ -n "$data" ] || ! $B grep -q kindling.data=1 /proc/cmdline; } && break
   $B usleep 50000
 done
 [ -n "$agent" ] && [ -n "$root" ] || fail "disks not found (agent=$agent root=$root)"

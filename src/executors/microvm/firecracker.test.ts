@@ -118,6 +118,17 @@ describe('firecracker API requests (against the published schema)', () => {
     assert.equal(boot[4]?.body?.uds_path, 'vsock.sock', 'relative to the VM dir, so restored clones get their own socket');
   });
 
+  it("bound directories' disks are read-only drives after the agent's, their labels in the boot arguments", () => {
+    const withBinds = { ...shape, binds: [{ file: '/b/one.ext4', label: 'kb-one', target: '/work' }] };
+    const boot = bootRequests(config, withBinds);
+    for (const req of boot) assert.deepEqual(validateRequest(req), [], JSON.stringify(req));
+    assert.deepEqual(boot.map((req) => `${req.method} ${req.path}`), [
+      'PUT /machine-config', 'PUT /boot-source', 'PUT /drives/root', 'PUT /drives/agent', 'PUT /drives/bind0', 'PUT /vsock', 'PUT /actions',
+    ]);
+    assert.deepEqual(boot[4]?.body, { drive_id: 'bind0', path_on_host: '/b/one.ext4', is_root_device: false, is_read_only: true });
+    assert.match(String(boot[1]?.body?.boot_args), / kindling\.binds=kb-one$/);
+  });
+
   it('the validator itself catches wrong bodies (so the test above means something)', () => {
     assert.match(validateRequest({ method: 'PUT', path: '/machine-config', body: { vcpu_count: 0, mem_size_mib: 128 } }).join(), /0 < 1/);
     assert.match(validateRequest({ method: 'PUT', path: '/machine-config', body: { vcpus: 1, mem_size_mib: 128 } }).join(), /unknown property vcpus/);

@@ -24,7 +24,7 @@ import type net from 'node:net';
 import path from 'node:path';
 import { AgentClient } from './agent-client.js';
 import { VmProcess, type VmExit } from './vm-process.js';
-import { connectUnix, type VmRecord, type VmShape } from './qemu.js';
+import { bindsArgument, connectUnix, type VmRecord, type VmShape } from './qemu.js';
 
 /** The guest vsock port the agent's bridge listens on. */
 export const AGENT_VSOCK_PORT = 1024;
@@ -60,9 +60,10 @@ export interface ApiRequest {
 export function bootRequests(config: Pick<FirecrackerConfig, 'kernel' | 'initramfs' | 'agentDisk' | 'bootArgs'>, shape: VmShape): ApiRequest[] {
   return [
     { method: 'PUT', path: '/machine-config', body: { vcpu_count: shape.vcpus, mem_size_mib: shape.memoryMb, smt: false } },
-    { method: 'PUT', path: '/boot-source', body: { kernel_image_path: config.kernel, initrd_path: config.initramfs, boot_args: config.bootArgs } },
+    { method: 'PUT', path: '/boot-source', body: { kernel_image_path: config.kernel, initrd_path: config.initramfs, boot_args: config.bootArgs + bindsArgument(shape) } },
     { method: 'PUT', path: '/drives/root', body: { drive_id: 'root', path_on_host: shape.rootImage, is_root_device: false, is_read_only: true } },
     { method: 'PUT', path: '/drives/agent', body: { drive_id: 'agent', path_on_host: config.agentDisk, is_root_device: false, is_read_only: true } },
+    ...(shape.binds ?? []).map((bind, i): ApiRequest => ({ method: 'PUT', path: `/drives/bind${i}`, body: { drive_id: `bind${i}`, path_on_host: bind.file, is_root_device: false, is_read_only: true } })),
     { method: 'PUT', path: '/vsock', body: { guest_cid: GUEST_CID, uds_path: VSOCK_UDS } },
     { method: 'PUT', path: '/actions', body: { action_type: 'InstanceStart' } },
   ];
@@ -327,7 +328,7 @@ export class FirecrackerVm {
   /** With the jailer, the files the API names must be inside the chroot: hard-link them (same filesystem expected). */
   private async stageJail(): Promise<void> {
     const { config, shape } = this.options;
-    for (const file of [config.kernel, config.initramfs, config.agentDisk, shape.rootImage]) {
+    for (const file of [config.kernel, config.initramfs, config.agentDisk, shape.rootImage, ...(shape.binds ?? []).map((bind) => bind.file)]) {
       const target = path.join(this.rootDir, file);
       await fs.mkdir(path.dirname(target), { recursive: true });
       await fs.link(file, target).catch(async (error: NodeJS.ErrnoException) => {

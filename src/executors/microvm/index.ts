@@ -34,6 +34,7 @@ import { QemuVm, hostTscKhz, kvmUsable, type Accelerator, type QemuConfig, type 
 import { reapSnapshots, reapVmDirs } from './reap.js';
 import { MicroVmPersistentSandbox } from './persistent.js';
 import { MicroVmSandboxStorage, type HibernationRecord } from './sandbox-storage.js';
+import { BindDisks } from './bind-disks.js';
 
 /** What the executor needs of a VM, whichever driver runs it. */
 export interface MicroVm {
@@ -118,11 +119,15 @@ export class MicroVmExecutor implements Executor {
    * (the guest agent runs them on under the same ids). Ended when the restore fails or the image is removed.
    */
   private readonly hibernatedStreams = new Map<string, DetachedStreams>();
+  /** Disks of the host directories a run binds (bundles, dependency layers), and those live VMs have attached. */
+  private readonly bindDisks: BindDisks;
+  private readonly vmBindFiles = new Map<MicroVm, string[]>();
 
   constructor(options: MicroVmExecutorOptions) {
     this.options = options;
     this.logger = options.logger ?? noopLogger;
     this.baseDir = path.join(options.stateDir, 'microvm');
+    this.bindDisks = new BindDisks({ dir: path.join(this.baseDir, 'binds') });
     this.pool = new PrewarmPool<MicroVm>({
       create: (key) => this.createVm(JSON.parse(key) as Shape),
       destroy: (vm) => this.destroyVm(vm),
@@ -248,7 +253,7 @@ export class MicroVmExecutor implements Executor {
     if (this.options.snapshots === false || (this.driver === 'firecracker' && this.options.jailer)) return Promise.resolve(null);
     const image = statSync(shape.rootImage);
     const key = createHash('sha256')
-      .update(JSON.stringify([this.driver, shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, config.accel, config.assets.stamp.inputsHash]))
+      .update(JSON.stringify([this.driver, shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, config.accel, config.assets.stamp.inputsHash, shape.binds ?? []]))
       .digest('hex')
       .slice(0, 16);
     let pending = this.snapshots.get(key);
@@ -323,6 +328,7 @@ export class MicroVmExecutor implements Executor {
           ? await FirecrackerVm.start({ ...common, config: await this.firecrackerConfig() })
           : await QemuVm.start({ ...common, config: await this.config(), ...this.vmCgroup(path.basename(vmDir), shape) });
       this.vms.add(vm);
+      if (shape.binds !== undefined) this.vmBindFiles.set(vm, shape.binds.map((bind) => bind.file));
       if (incoming) {
         try {
           // Every clone of a snapshot starts with the same kernel RNG state: reseed it before user code runs.
@@ -354,16 +360,21 @@ export class MicroVmExecutor implements Executor {
   private async destroyVm(vm: MicroVm): Promise<void> {
     await vm.destroy();
     this.vms.delete(vm);
+    this.vmBindFiles.delete(vm);
   }
 
   async start(spec: RunSpec, options: StartOptions = {}): Promise<Execution> {
     if (this.closed) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down; retry on another instance');
     if (spec.network !== 'none') throw new KindlingError('UNSUPPORTED_NETWORK', `network "${spec.network}" is not supported by the microvm executor (its VMs have no NIC); use "none", or the sandbox or docker executor for egress`);
     if (this.images.size === 0) await this.refreshImages();
-    const shape = this.shapeOf(spec);
-    const warm = this.pool.take(JSON.stringify(shape));
+    let shape = this.shapeOf(spec);
     let vm: MicroVm;
+    let warm: MicroVm | null = null;
     try {
+      // Bound directories (a bundle, its dependencies) are read-only disks of the VM, so part of its shape: VMs and
+      // snapshots of one bundle are made for it.
+      if (spec.roBinds !== undefined && spec.roBinds.length > 0) shape = { ...shape, binds: await this.bindDisks.disksFor(spec.roBinds) };
+      warm = this.pool.take(JSON.stringify(shape));
       vm = warm ?? (await this.createVm(shape));
     } catch (error) {
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', `starting a microVM failed: ${(error as Error).message}`, { cause: error, retryAfterSeconds: 1 });
@@ -373,7 +384,7 @@ export class MicroVmExecutor implements Executor {
       for (const file of spec.files) {
         await vm.agent.putFile(`/.kindling/${file.name}`, Buffer.isBuffer(file.content) ? file.content : Buffer.from(file.content), 0o644);
       }
-      const execution = this.launch(vm, spec, options, warm === null);
+      const execution = this.launch(vm, spec, shape, options, warm === null);
       // The shape is in use: restore the next VM for it ahead of demand (the pool was never filled before).
       this.pool.replenish(JSON.stringify(shape));
       return execution;
@@ -383,8 +394,9 @@ export class MicroVmExecutor implements Executor {
     }
   }
 
-  private launch(vm: MicroVm, spec: RunSpec, options: StartOptions, coldStart: boolean): Execution {
+  private launch(vm: MicroVm, spec: RunSpec, shape: Shape, options: StartOptions, coldStart: boolean): Execution {
     const exec = vm.agent.exec({
+      ...(shape.binds === undefined ? {} : { binds: shape.binds.map(({ label, target }) => ({ label, target })) }),
       argv: spec.command,
       env: spec.env,
       workdir: spec.workdir,
@@ -553,8 +565,10 @@ export class MicroVmExecutor implements Executor {
       if (file) inUse.add(file);
     }
     const snapshots = await reapSnapshots(path.join(this.baseDir, 'snapshots'), this.options.snapshotMaxAgeMs ?? 86_400_000, inUse);
-    if (removed > 0 || snapshots > 0) this.logger.info({ vms: removed, snapshotFiles: snapshots }, 'reaped microVMs and snapshots left by an earlier run');
-    return { removed: removed + snapshots + removedCgroups };
+    // Disks of bound directories age out the same way (a function not called for a day, or deleted).
+    const bindDisks = await reapSnapshots(path.join(this.baseDir, 'binds'), this.options.snapshotMaxAgeMs ?? 86_400_000, new Set([...this.vmBindFiles.values()].flat()));
+    if (removed > 0 || snapshots > 0 || bindDisks > 0) this.logger.info({ vms: removed, snapshotFiles: snapshots, bindDisks }, 'reaped microVMs, snapshots and disks left by an earlier run');
+    return { removed: removed + snapshots + bindDisks + removedCgroups };
   }
 
   async close(): Promise<void> {

@@ -17,6 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient, type DetachedStreams } from './agent-client.js';
 import { VmProcess, type VmExit } from './vm-process.js';
 import type { MicroVmAssets } from './assets.js';
+import type { BindDisk } from './bind-disks.js';
 
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -34,6 +35,13 @@ export interface VmShape {
   rootImage: string;
   vcpus: number;
   memoryMb: number;
+  /** Read-only disks of host directories (bind-disks.ts), attached after the others; part of the shape (snapshots). */
+  binds?: readonly BindDisk[];
+}
+
+/** The kernel argument naming the bind disks' labels (the init tells the image's disk from them), or ''. */
+export function bindsArgument(shape: Pick<VmShape, 'binds'>): string {
+  return shape.binds === undefined || shape.binds.length === 0 ? '' : ` kindling.binds=${shape.binds.map((bind) => bind.label).join(',')}`;
 }
 
 export interface VmRecord {
@@ -82,7 +90,7 @@ export function qemuArgs(config: QemuConfig, shape: VmShape, vmDir: string, opti
     '-serial', `file:${path.join(vmDir, 'console.log')}`,
     '-kernel', config.assets.kernel,
     '-initrd', config.assets.initramfs,
-    '-append', kernelCommandLine(config) + (options.dataDisk ? ' kindling.data=1' : ''),
+    '-append', kernelCommandLine(config) + (options.dataDisk ? ' kindling.data=1' : '') + bindsArgument(shape),
     '-drive', `id=root,file=${path.join(vmDir, 'root.qcow2')},format=qcow2,if=none,cache=unsafe`,
     '-device', 'virtio-blk-device,drive=root',
     '-drive', `id=agent,file=${config.assets.agentDisk},format=raw,if=none,readonly=on`,
@@ -94,6 +102,7 @@ export function qemuArgs(config: QemuConfig, shape: VmShape, vmDir: string, opti
   ];
   // A persistent sandbox's data disk (its files outlive the VM): qcow2, written through QEMU's cache like the root.
   if (options.dataDisk) args.push('-drive', `id=data,file=${options.dataDisk},format=qcow2,if=none,cache=unsafe,discard=unmap`, '-device', 'virtio-blk-device,drive=data');
+  (shape.binds ?? []).forEach((bind, i) => args.push('-drive', `id=bind${i},file=${bind.file},format=raw,if=none,readonly=on`, '-device', `virtio-blk-device,drive=bind${i}`));
   if (options.incoming) args.push('-incoming', `exec:cat ${shellQuote(options.incoming)}`);
   return args;
 }
