@@ -16,6 +16,7 @@ import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
 import { join } from 'node:path';
 import { type BenchContext, type GroupResult } from './lib/context.js';
+import { deploy, invoke } from './lib/functions.js';
 import { launchServer, type BenchServer } from './lib/server.js';
 import { fmtMs, fmtRatio, quantile } from './lib/stats.js';
 import { skippedRow, type Row } from './lib/table.js';
@@ -55,23 +56,6 @@ async function egressForRegistry(): Promise<string[]> {
 
 const p50 = (samples: number[]): number => quantile([...samples].sort((a, b) => a - b), 0.5);
 
-async function deploy(url: string, name: string, tar: Buffer, spec: Record<string, unknown>): Promise<number> {
-  const started = performance.now();
-  const response = await fetch(`${url}/v1/functions/${name}`, { method: 'PUT', body: new Uint8Array(tar), headers: { 'content-type': 'application/x-tar', 'kindling-function-spec': JSON.stringify(spec) } });
-  const text = await response.text();
-  const ms = performance.now() - started;
-  if (response.status !== 201 && response.status !== 200) throw new Error(`deploy of ${name} answered ${response.status}: ${text.slice(0, 300)}`);
-  return ms;
-}
-
-async function invoke(url: string, name: string): Promise<{ ms: number; cold: boolean; body: string }> {
-  const started = performance.now();
-  const response = await fetch(`${url}/v1/functions/${name}/invoke`, { method: 'POST', body: 'x' });
-  const body = await response.text();
-  const ms = performance.now() - started;
-  if (response.status !== 200 || response.headers.get('x-kindling-exit-code') !== '0') throw new Error(`invoke of ${name} answered ${response.status}: ${body.slice(0, 300)}`);
-  return { ms, cold: response.headers.get('x-kindling-cold-start') === 'true', body };
-}
 
 export async function runBundlesGroup(ctx: BenchContext): Promise<GroupResult> {
   const n = ctx.runsOverridden ? Math.min(ctx.runs.sandbox, 20) : 15;

@@ -7,7 +7,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from '../src/executors/microvm/assets.js';
 import { FirecrackerVm, firecrackerBootArgs, firecrackerUnavailable, snapshotFiles } from '../src/executors/microvm/firecracker.js';
@@ -16,6 +18,7 @@ import { vmMemoryMb } from '../src/executors/microvm/index.js';
 import { QemuVm, hostTscKhz, kvmUsable, type VmShape } from '../src/executors/microvm/qemu.js';
 import { BenchClient, type TimedExecute } from './lib/client.js';
 import type { BenchContext, GroupResult } from './lib/context.js';
+import { deploy, invoke } from './lib/functions.js';
 import { launchServer } from './lib/server.js';
 import { fmtMs, fmtRatio, fmtSummary, inAlternateOrder, summarize } from './lib/stats.js';
 import { skippedRow, type Row } from './lib/table.js';
@@ -29,6 +32,11 @@ const rowMeta = (driver: Driver) => ({
   boot: { id: `microvm.${driver}_boot`, scenario: `${driver}: cold boot to agent-ready`, target: '— (baseline for restore)' },
   restore: { id: `microvm.${driver}_restore`, scenario: `${driver}: restore from snapshot to agent-ready (+ RNG reseed)`, target: '≥ 5x faster than cold boot' },
   echo: { id: `microvm.${driver}_api_echo`, scenario: `${driver}: \`echo hi\` via API, --executor microvm (restored VM)`, target: '— (no target set)' },
+  bundle: {
+    id: `microvm.${driver}_bundle_call`,
+    scenario: `${driver}: call of a python command bundle (its files a read-only disk of the VM, restored from the function's snapshot)`,
+    target: '< 2x the `echo hi` execution (issue 21)',
+  },
 });
 
 function skipDriver(driver: Driver, reason: string): Row[] {
@@ -127,7 +135,45 @@ async function bootVsRestore(ctx: BenchContext, driver: Driver, assets: MicroVmA
   };
 }
 
-async function apiEcho(ctx: BenchContext, driver: Driver, assetsDir: string, n: number): Promise<{ row: Row; data: unknown }> {
+/**
+ * A python bundle of two modules and a data file, deployed as a command on microvm: its first call makes the bundle's
+ * disk and the function's snapshot; then n calls, each in a fresh VM, against the `echo` execution's p50 (`echoMs`).
+ */
+async function bundleCalls(ctx: BenchContext, driver: Driver, url: string, n: number, echoMs: number): Promise<{ row: Row; data: unknown }> {
+  const meta = rowMeta(driver).bundle;
+  const dir = await mkdtemp(join(tmpdir(), 'kindling-bench-vm-bundle-'));
+  try {
+    await mkdir(join(dir, 'lib'));
+    await writeFile(join(dir, 'main.py'), 'import sys\nfrom lib.words import count\nprint(sys.stdin.read(), count())\n');
+    await writeFile(join(dir, 'lib', '__init__.py'), '');
+    await writeFile(join(dir, 'lib', 'words.py'), 'import pathlib\n\ndef count():\n    return len(pathlib.Path("words.txt").read_text().split())\n');
+    await writeFile(join(dir, 'words.txt'), 'one two three\n');
+    const tar = execFileSync('tar', ['-cf', '-', '-C', dir, '.']);
+    await deploy(url, 'vm-bundle', tar, { runtime: 'python', command: ['python3', 'main.py'], executor: 'microvm', timeoutMs: 120_000 });
+    ctx.log(`microvm ${driver}: bundle warm-up (first call makes its disk, boots its template and writes its snapshot)`);
+    const first = await invoke(url, 'vm-bundle');
+    if (first.body !== 'x 3\n') throw new Error(`the bundle answered ${JSON.stringify(first.body.slice(0, 200))}`);
+    const samples: number[] = [];
+    for (let i = 0; i < n; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      samples.push((await invoke(url, 'vm-bundle')).ms);
+    }
+    const k = summarize(samples);
+    const ratio = k.median / echoMs;
+    return {
+      row: {
+        group: 'microvm', id: meta.id, scenario: `${meta.scenario}, n=${n}`, target: meta.target, kindling: fmtSummary(k),
+        baseline: `p50 ${fmtMs(echoMs)} (\`echo hi\` execution, same server)`, ratio: fmtRatio(ratio), status: ratio < 2 ? 'pass' : 'fail',
+        note: `first call (disk + template boot + snapshot + restore) ${fmtMs(first.ms)}`,
+      },
+      data: { firstMs: first.ms, samples, summary: k, echoMs },
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function apiEcho(ctx: BenchContext, driver: Driver, assetsDir: string, n: number): Promise<{ row: Row; rows: Row[]; data: unknown; bundle: unknown }> {
   const meta = rowMeta(driver).echo;
   const server = await launchServer({
     repoRoot: ctx.repoRoot,
@@ -151,7 +197,10 @@ async function apiEcho(ctx: BenchContext, driver: Driver, assetsDir: string, n: 
     }
     const k = summarize(samples.map((sample) => sample.ms));
     const cold = samples.filter((sample) => sample.result.coldStart).length;
+    const bundle = await bundleCalls(ctx, driver, server.url, n, k.median);
     return {
+      rows: [bundle.row],
+      bundle: bundle.data,
       row: {
         group: 'microvm', id: meta.id, scenario: `${meta.scenario}, n=${n}`, target: meta.target, kindling: fmtSummary(k), baseline: '—', ratio: '—', status: 'info',
         note: `restored on demand (not from the warm pool) in ${cold}/${n}; first call (template boot + snapshot + restore) ${fmtMs(warmup.ms)}`,
@@ -186,8 +235,8 @@ export async function runMicroVmGroup(ctx: BenchContext): Promise<GroupResult> {
       const direct = await bootVsRestore(ctx, driver, assets, n);
       rows.push(...direct.rows);
       const echo = await apiEcho(ctx, driver, assetsDir, Math.max(n, 5));
-      rows.push(echo.row);
-      data[driver] = { direct: direct.data, echo: echo.data };
+      rows.push(echo.row, ...echo.rows);
+      data[driver] = { direct: direct.data, echo: echo.data, bundle: echo.bundle };
       if (driver === 'qemu') {
         const sandboxes = await microVmSandboxRows(ctx, assets, n);
         rows.push(...sandboxes.rows);

@@ -1,9 +1,9 @@
 /**
  * Bundles on the microvm executor (real QEMU VMs): a bundle's directory and its npm dependencies (a layer) become
  * read-only ext4 disks, made once per directory and attached to every VM that runs the function; the guest agent mounts
- * them at /work and /work/node_modules. Two functions with the same lockfile share one dependency disk. Go and rust
- * programs are compiled per call there (a microVM's root has no /kindling-bin), and handlers stay on executors with
- * warm sandboxes.
+ * them at /work and /work/node_modules. Two functions with the same lockfile share one dependency disk. A program
+ * compiled at deploy is a disk too, at /run/kindling-bin (a microVM's root has no /kindling-bin). Handlers stay on
+ * executors with warm sandboxes.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -94,14 +94,15 @@ describe('bundles on the microvm executor', { skip: unavailable ?? false, timeou
     assert.equal(refused.code, 'HANDLERS_UNSUPPORTED');
   });
 
-  it('a go bundle without a command is refused with what to give: its program cannot be mounted in a VM', async () => {
-    const bundle = directory({ 'go.mod': 'module app\n\ngo 1.19\n', 'main.go': 'package main\n\nfunc main() {}\n' });
-    const refused = await client.functions.deployBundle('vm-go', { runtime: 'go', executor: 'microvm' }, tarOf(bundle)).then(
-      () => assert.fail('the deploy was accepted'),
-      (error: KindlingError) => error,
-    );
-    assert.equal(refused.status, 400);
-    assert.equal(refused.code, 'VALIDATION_FAILED');
-    assert.match(refused.message, /"command".*\["go", "run", "\."\]/);
+  it('a go bundle is compiled at deploy and its calls run the program from its disk, at /run/kindling-bin', async () => {
+    const bundle = directory({
+      'go.mod': 'module app\n\ngo 1.19\n',
+      'main.go': 'package main\n\nimport (\n\t"fmt"\n\t"io"\n\t"os"\n)\n\nfunc main() {\n\tbody, _ := io.ReadAll(os.Stdin)\n\texe, _ := os.Executable()\n\tfmt.Printf("go %s from %s\\n", body, exe)\n}\n',
+    });
+    const info = await client.functions.deployBundle('vm-go', { runtime: 'go', executor: 'microvm' }, tarOf(bundle), { requestTimeoutMs: 600_000 });
+    assert.equal(info.layer?.kind, 'compile');
+    const answer = await client.functions.invoke('vm-go', 'hi');
+    assert.equal(answer.exitCode, 0, answer.text());
+    assert.equal(answer.text(), 'go hi from /run/kindling-bin/main\n');
   });
 });

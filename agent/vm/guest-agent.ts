@@ -574,13 +574,19 @@ function writeQuiet(file: string, value: string): void {
 }
 
 /**
- * A host directory's disk (bind-disks.ts on the host) read-only at `target`, over whatever is there: the target must
- * exist (a directory of the image, of a tmpfs mounted before, or an empty one the host made in an outer bind's disk).
+ * A host directory's disk (bind-disks.ts on the host) read-only at `target`, over whatever is there: a directory of
+ * the image, an empty one the host made in an outer bind's disk, or one made here on a tmpfs (/run, /tmp).
  */
 function mountBindDisk(label: string, target: string): void {
   const device = spawnSync(BUSYBOX, ['findfs', `LABEL=${label}`], { encoding: 'utf8' }).stdout.trim();
   if (!device) throw new Error(`the disk of ${target} (label ${label}) is not attached`);
-  if (!isDirectory(target)) throw new Error(`cannot mount a disk at ${target}: no such directory in the image`);
+  if (!isDirectory(target)) {
+    try {
+      fs.mkdirSync(target, { recursive: true, mode: 0o755 });
+    } catch (error) {
+      throw new Error(`cannot mount a disk at ${target}: ${(error as Error).message}`);
+    }
+  }
   if (spawnSyncQuiet([BUSYBOX, 'mount', '-t', 'ext4', '-o', 'ro,noload,nosuid,nodev', device, target]) !== 0) throw new Error(`cannot mount the disk ${device} at ${target}`);
 }
 

@@ -61,7 +61,7 @@ describe('FunctionService: handler functions on an executor without warm sandbox
 });
 
 describe('FunctionService: bundles', () => {
-  it('binds a bundle and its layer on every executor, a program compiled at deploy only where /kindling-bin can be made', () => {
+  it('binds a bundle, its layer and a program compiled at deploy on every executor (the program under /run in a microVM)', () => {
     const store = new SqliteStore(':memory:');
     const service = new FunctionService({
       store,
@@ -82,8 +82,8 @@ describe('FunctionService: bundles', () => {
       }
       const go = { runtime: 'go' as const, bundle, layer: { sha256: 'c'.repeat(64), kind: 'compile' as const, bytes: 1, reused: false, buildMs: 1 } };
       assert.deepEqual(service.bindsOf(go, 'sandbox').map((bind) => bind.target), ['/work', '/kindling-bin']);
-      // A microVM's root is its image's read-only disk: the program is compiled at each call there.
-      assert.deepEqual(service.bindsOf(go, 'microvm').map((bind) => bind.target), ['/work']);
+      // A microVM's root is its image's read-only disk: the program is mounted on the guest's /run tmpfs there.
+      assert.deepEqual(service.bindsOf(go, 'microvm').map((bind) => bind.target), ['/work', '/run/kindling-bin']);
     } finally {
       store.close();
     }
@@ -154,20 +154,16 @@ describe('FunctionService: go and rust code compiled at deploy', () => {
     }
   });
 
-  it('on microvm (no binds) nothing is compiled at deploy, and a compiled version moved there compiles per call', async () => {
-    const { store, service, requests, compiled } = setUp('microvm');
+  it("on microvm the program is compiled at deploy and bound as a disk at /run/kindling-bin (the VM's root is read-only)", async () => {
+    const { store, service, requests, compiled, layers } = setUp('microvm');
     try {
       const { view } = await service.deploy('default', 'g', { runtime: 'go', code: 'package main\nfunc main() {}\n' });
-      assert.equal(view.layer, undefined);
-      assert.deepEqual(compiled, []);
-      // A version compiled on a server whose default executor was the sandbox, invoked where microvm is the default.
-      const { version } = store.putFunction('default', 'moved', { runtime: 'go', code: 'package main\nfunc main() {}\n', layer: LAYER }, 1, { keep: 3, alsoKeep: [] });
-      assert.equal(version.spec.layer?.kind, 'compile');
-      await service.invoke('default', 'moved', Buffer.from('x'));
-      assert.equal(requests[0]!.request.runtime, 'go');
-      assert.equal(typeof requests[0]!.request.code, 'string');
-      assert.equal(requests[0]!.request.command, undefined);
-      assert.equal(requests[0]!.roBinds, undefined);
+      assert.deepEqual(view.layer, LAYER);
+      assert.equal(compiled.length, 1);
+      await service.invoke('default', 'g', Buffer.from('x'));
+      assert.deepEqual(requests[0]!.request.command, ['/run/kindling-bin/main']);
+      assert.equal(requests[0]!.request.code, undefined, 'no code to compile per call');
+      assert.deepEqual(requests[0]!.roBinds, [{ source: layers.pathOf(LAYER.sha256), target: '/run/kindling-bin' }]);
     } finally {
       await service.close();
       store.close();

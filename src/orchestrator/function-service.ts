@@ -11,7 +11,7 @@ import { handlersUnsupported } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
 import { JAVA_HANDLER, JAVA_QUALIFIED_HANDLER, RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
-import { COMPILED_PROGRAM, COMPILED_RUNTIME_FAMILIES, layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
+import { COMPILED_MOUNT, COMPILED_RUNTIME_FAMILIES, layerMount, PYTHON_LAYER_MOUNT, type BuildResult, type DependencyBuilder } from './builds.js';
 import { newId } from '../core/ids.js';
 import type { BuildKind, BuildRecord, BuildStore } from '../store/builds-sqlite.js';
 import { BuildLogs, type BuildLogMessage } from './build-logs.js';
@@ -159,12 +159,13 @@ export interface FunctionVersionView extends FunctionSpec {
 export const HANDLER_RUNTIMES: readonly string[] = RUNTIME_NAMES.filter((runtime) => handlerFamily(runtime) !== null);
 const HANDLER_NAME = /^[A-Za-z_$][A-Za-z0-9_$]{0,127}$/;
 /**
- * Every executor binds a bundle's directory and its dependency layer into its sandboxes (microvm as read-only disks of
- * the VM); handlers need warm sandboxes too, which gvisor and microvm do not keep. These executors also bind a program
- * compiled at deploy at /kindling-bin; a microVM's root is its image's read-only disk, which has no such directory, so
- * go and rust code is compiled at each call there (a bundle of them brings a command).
+ * Every executor binds a bundle's directory, its dependency layer and a program compiled at deploy into its sandboxes
+ * (microvm as read-only disks of the VM); handlers need warm sandboxes too, which gvisor and microvm do not keep.
+ * Where the program is seen: COMPILED_MOUNT, a new top-level directory; a microVM's root is its image's read-only disk,
+ * where none can be made, so there it is under the guest's /run (a tmpfs the guest's init mounts).
  */
-const COMPILED_LAYER_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker', 'gvisor'];
+const compiledMountOn = (executor: ExecutorName | undefined): string => (executor === 'microvm' ? MICROVM_COMPILED_MOUNT : COMPILED_MOUNT);
+export const MICROVM_COMPILED_MOUNT = '/run/kindling-bin';
 /** Executors that keep warm sandboxes and bind a go or java handler's compiled agent into them. */
 const COMPILED_HANDLER_EXECUTORS: readonly ExecutorName[] = ['sandbox', 'docker'];
 
@@ -615,14 +616,13 @@ export class FunctionService {
 
   /**
    * A bundle at /work, and its layer (if any): dependencies at /work/node_modules over it (or /work/.deps), a compiled
-   * program at /kindling-bin. A compiled layer is left out where the executor cannot bind it (the code is compiled
-   * per call there, see commandRequest).
+   * program at /kindling-bin (compiledMountOn).
    */
   bindsOf(spec: FunctionSpec, executor: ExecutorName): { source: string; target: string }[] {
     const binds = spec.bundle === undefined ? [] : [{ source: this.bundlePath(spec.bundle.sha256), target: BUNDLE_MOUNT }];
-    if (spec.layer !== undefined && (spec.layer.kind !== 'compile' || COMPILED_LAYER_EXECUTORS.includes(executor))) {
+    if (spec.layer !== undefined) {
       if (this.options.layers === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no dependency layers');
-      binds.push({ source: this.options.layers.pathOf(spec.layer.sha256), target: layerMount(spec.layer) });
+      binds.push({ source: this.options.layers.pathOf(spec.layer.sha256), target: spec.layer.kind === 'compile' ? compiledMountOn(executor) : layerMount(spec.layer) });
     }
     return binds;
   }
@@ -789,11 +789,7 @@ export class FunctionService {
       return;
     }
     const family = spec.runtime === undefined ? undefined : runtimeDefinition(spec.runtime)?.family;
-    if ((family === 'go' || family === 'rust') && spec.command === undefined && spec.image === undefined) {
-      if (COMPILED_LAYER_EXECUTORS.includes(executor)) return;
-      const example = family === 'go' ? '["go", "run", "."]' : '["cargo", "run", "--release", "--offline"]';
-      throw new KindlingError('VALIDATION_FAILED', `a ${family} bundle without a command is compiled at deploy, and the ${executor} executor cannot mount the program: give a "command" (e.g. ${example}, compiled at each call), or deploy with "executor": ${COMPILED_LAYER_EXECUTORS.map((e) => `"${e}"`).join(', ')}`, { details: { field: 'command', executor } });
-    }
+    if ((family === 'go' || family === 'rust') && spec.command === undefined && spec.image === undefined) return;
     if (spec.command === undefined || spec.command.length === 0) {
       throw new KindlingError('VALIDATION_FAILED', 'a bundle runs as a handler ("runtime" + "handler": "FILE:FUNCTION") or as a command ("runtime" or "image" + "command", e.g. ["python3", "main.py"])', { details: { field: 'handler' } });
     }
@@ -803,11 +799,11 @@ export class FunctionService {
 }
 
 /**
- * Whether the deploy of this version compiles its program: go or rust code, or a go bundle without a command, on an
- * executor that binds the program into its sandboxes (elsewhere the code is compiled at each call, as a one-off run).
+ * Whether the deploy of this version compiles its program: go or rust code, or a go or rust bundle without a command
+ * (every executor binds the program into its sandboxes).
  */
-function compiledCode(spec: FunctionSpec, executor: ExecutorName): boolean {
-  if (!COMPILED_LAYER_EXECUTORS.includes(executor) || spec.runtime === undefined) return false;
+function compiledCode(spec: FunctionSpec): boolean {
+  if (spec.runtime === undefined) return false;
   const family = runtimeDefinition(spec.runtime)?.family;
   if (family === undefined || !COMPILED_RUNTIME_FAMILIES.includes(family)) return false;
   // A go or rust bundle without a command is its program (a go one with a handler: its package main with the agent).
@@ -819,7 +815,7 @@ function compiledCode(spec: FunctionSpec, executor: ExecutorName): boolean {
 function compiledAtDeploy(spec: FunctionSpec, executor: ExecutorName): boolean {
   // A java handler: its code, or its bundle's sources (with the bundle's jars on the class path), with the agent.
   if (COMPILED_HANDLER_EXECUTORS.includes(executor) && spec.handler !== undefined && (spec.code !== undefined || spec.bundle !== undefined) && handlerFamily(spec.runtime) === 'java') return true;
-  return compiledCode(spec, executor);
+  return compiledCode(spec);
 }
 
 /**
@@ -848,11 +844,11 @@ async function readBundleSettings(bundleDir: string): Promise<string[] | undefin
 
 function commandRequest(spec: FunctionSpec, executor?: ExecutorName): ExecuteRequest {
   const request: ExecuteRequest = {};
-  const compiled = spec.layer?.kind === 'compile' && executor !== undefined && COMPILED_LAYER_EXECUTORS.includes(executor);
+  const compiled = spec.layer?.kind === 'compile' && executor !== undefined;
   if (compiled) {
     // The program compiled at deploy (bindsOf binds it), in the runtime's image: nothing is compiled per call.
     request.image = spec.aptImage ?? runtimeImage(spec.runtime!);
-    request.command = [COMPILED_PROGRAM];
+    request.command = [`${compiledMountOn(executor)}/main`];
   } else if (spec.bundle !== undefined) {
     // A bundle's command runs in the runtime's image (or the one named), in the bundle's directory.
     const image = spec.aptImage ?? spec.image ?? (spec.runtime === undefined ? undefined : runtimeDefinition(spec.runtime)?.image);
