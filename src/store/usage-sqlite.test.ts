@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setImmediate as nextTurn } from 'node:timers/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { SqliteUsageStore } from './usage-sqlite.js';
@@ -10,6 +10,15 @@ import type { UsageRecord } from './usage.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kindling-usage-test-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Polls `done` until it holds (the store writes within its flush window), failing after 5 s. */
+async function until(done: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!done()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await sleep(2);
+  }
+}
 
 const record = (id: string, atMs: number): UsageRecord => ({
   id,
@@ -29,7 +38,7 @@ const record = (id: string, atMs: number): UsageRecord => ({
 });
 
 describe('SqliteUsageStore', () => {
-  it('writes the records of one event-loop turn in one transaction; reads and close() write what waits first', async () => {
+  it('writes the records of a short window in one transaction, a full batch at once; reads and close() write what waits first', async () => {
     const file = join(dir, 'a.db');
     const store = new SqliteUsageStore(file);
     const other = new Database(file, { readonly: true });
@@ -37,8 +46,7 @@ describe('SqliteUsageStore', () => {
     try {
       for (let i = 0; i < 5; i++) store.record(record(`inv_${i}`, 1000 + i));
       assert.equal(stored(), 0, 'not yet written');
-      await nextTurn();
-      assert.equal(stored(), 5, 'written at the end of the turn');
+      await until(() => stored() === 5, 'the five records to be written');
       store.record(record('inv_5', 2000));
       assert.deepEqual(
         store.recent({ limit: 2 }).map((r) => r.id),
@@ -47,9 +55,12 @@ describe('SqliteUsageStore', () => {
       );
       store.record(record('inv_6', 3000));
       assert.equal(store.summarize({ fromMs: 0, toMs: 10_000, groupBy: 'function' })[0]?.invocations, 7);
+      // A full batch (256) is written at once, without waiting for the window.
+      for (let i = 0; i < 256; i++) store.record(record(`batch_${i}`, 3500));
+      assert.equal(stored(), 7 + 256, 'a full batch is written at once');
       store.record(record('inv_7', 4000));
       store.close();
-      assert.equal(stored(), 8, 'close() wrote the last one');
+      assert.equal(stored(), 8 + 256, 'close() wrote the last one');
     } finally {
       other.close();
       store.close();
@@ -63,7 +74,7 @@ describe('SqliteUsageStore', () => {
       store.record(record('inv_1', 1));
       store.record({ ...record('inv_2', 2), function: null as unknown as string });
       store.record(record('inv_3', 3));
-      await nextTurn();
+      await until(() => errors.length > 0, 'the bad record to be reported');
       assert.equal(errors.length, 1);
       assert.match(errors[0]![0], /NOT NULL/);
       assert.equal(errors[0]![1], 1);

@@ -70,12 +70,19 @@ export interface SqliteUsageStoreOptions {
   onError?: (error: unknown, records: number) => void;
 }
 
+/**
+ * Records are written in batches at most this old: one commit for a few hundred calls costs a few µs a row, one per
+ * event-loop turn (a handful of calls under load) cost ~46 µs a row, a tenth of the server's time per warm call.
+ */
+const FLUSH_MS = 10;
+const FLUSH_RECORDS = 256;
+
 export class SqliteUsageStore implements UsageStore {
   private readonly db: Database.Database;
   private readonly insertBatch: Database.Transaction<(records: UsageRecord[]) => void>;
-  /** Records of this event-loop turn, written together at its end: one commit (~50 µs) for all instead of one each. */
+  /** Records not written yet: at most FLUSH_MS old or FLUSH_RECORDS many; every read (and close) writes them first. */
   private pending: UsageRecord[] = [];
-  private flushImmediate: NodeJS.Immediate | null = null;
+  private flushTimer: NodeJS.Timeout | null = null;
 
   constructor(
     file: string,
@@ -96,16 +103,24 @@ export class SqliteUsageStore implements UsageStore {
     });
   }
 
-  /** Written at the end of this event-loop turn, with the others of the turn; every read (and close) writes first. */
+  /** Written within FLUSH_MS, with the others of that time; every read (and close) writes first. */
   record(record: UsageRecord): void {
     this.pending.push(record);
-    this.flushImmediate ??= setImmediate(() => this.flush());
+    if (this.pending.length >= FLUSH_RECORDS) {
+      this.flush();
+      return;
+    }
+    if (this.flushTimer === null) {
+      this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
+      // A kill -9 loses at most FLUSH_MS of records (as before, the turn's); the timer never keeps the process up.
+      this.flushTimer.unref();
+    }
   }
 
   /** Writes the records waiting, now. */
   flush(): void {
-    if (this.flushImmediate !== null) clearImmediate(this.flushImmediate);
-    this.flushImmediate = null;
+    if (this.flushTimer !== null) clearTimeout(this.flushTimer);
+    this.flushTimer = null;
     if (this.pending.length === 0) return;
     const records = this.pending;
     this.pending = [];

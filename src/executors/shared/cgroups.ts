@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KindlingError } from '../../core/errors.js';
-import { cgroupUsageV1, cgroupUsageV2, removeCgroupDir, type CgroupUsage } from './cgroupfs.js';
+import { openUsageV1, openUsageV2, removeCgroupDir, type CgroupUsage } from './cgroupfs.js';
 
 export interface CgroupLimits {
   memoryBytes: number;
@@ -378,6 +378,8 @@ class CgroupV1Driver implements CgroupDriver {
         freezer,
       );
     };
+    // Read per invocation of a warm sandbox: kept open (see CounterFiles), closed by remove().
+    const counters = openUsageV1(cpuacctDir, memoryDir);
     let removed: Promise<void> | undefined;
     return {
       name,
@@ -385,7 +387,7 @@ class CgroupV1Driver implements CgroupDriver {
       procsFiles: dirs.map((d) => path.join(d, 'cgroup.procs')),
       pids,
       oomKills: () => readKeyed(path.join(memoryDir, 'memory.oom_control'), 'oom_kill'),
-      usage: () => cgroupUsageV1(cpuacctDir, memoryDir),
+      usage: () => counters.read(),
       applyLimits: (limits) => this.applyLimits(name, limits),
       kill,
       freeze: async (frozen) => {
@@ -397,7 +399,10 @@ class CgroupV1Driver implements CgroupDriver {
           return readFile(freezeState).trim() === wanted;
         }, freezeState);
       },
-      remove: () => (removed ??= killAndRemove(dirs, kill)),
+      remove: () => {
+        counters.close();
+        return (removed ??= killAndRemove(dirs, kill));
+      },
     };
   }
 
@@ -541,6 +546,8 @@ class CgroupV2Driver implements CgroupDriver {
         dir,
       );
     };
+    // Read per invocation of a warm sandbox: kept open (see CounterFiles), closed by remove().
+    const counters = openUsageV2(dir);
     let removed: Promise<void> | undefined;
     return {
       name,
@@ -548,14 +555,17 @@ class CgroupV2Driver implements CgroupDriver {
       procsFiles: [procs],
       pids,
       oomKills: () => readKeyed(path.join(dir, 'memory.events'), 'oom_kill'),
-      usage: () => cgroupUsageV2(dir),
+      usage: () => counters.read(),
       applyLimits: (limits) => this.applyLimits(dir, limits),
       kill,
       freeze: async (frozen) => {
         writeFile(path.join(dir, 'cgroup.freeze'), frozen ? '1' : '0');
         await untilTrue(() => readKeyed(path.join(dir, 'cgroup.events'), 'frozen') === (frozen ? 1 : 0), dir);
       },
-      remove: () => (removed ??= killAndRemove([dir], kill)),
+      remove: () => {
+        counters.close();
+        return (removed ??= killAndRemove([dir], kill));
+      },
     };
   }
 
