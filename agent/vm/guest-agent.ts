@@ -25,6 +25,7 @@ import {
   encodeFileBody,
   encodeFrame,
   encodeJson,
+  FEATURE_BINDS,
   FEATURE_PORTS,
   FEATURE_WINDOW,
   PORT_HELPER_PATH,
@@ -285,7 +286,7 @@ class Agent {
     return {
       version: PROTOCOL_VERSION,
       agentVersion: AGENT_VERSION,
-      features: [FEATURE_WINDOW, ...(fs.existsSync(PORT_HELPER_PATH) ? [FEATURE_PORTS] : [])],
+      features: [FEATURE_WINDOW, FEATURE_BINDS, ...(fs.existsSync(PORT_HELPER_PATH) ? [FEATURE_PORTS] : [])],
       uptimeMs: Date.now() - startedAt,
       memory: { totalBytes: kb('MemTotal'), availableBytes: kb('MemAvailable') },
     };

@@ -89,6 +89,8 @@ export const MessageType = {
 export const FEATURE_WINDOW = 'window';
 /** PONG `features` of an agent whose disk holds the port helper (PORT_HELPER_PATH). */
 export const FEATURE_PORTS = 'ports';
+/** PONG `features` of an agent that mounts EXEC.binds (the read-only disks of a function's bundle and dependencies). */
+export const FEATURE_BINDS = 'binds';
 /**
  * Where the guest's port helper is: native/kindling-port.c, linked statically, on the agent disk (mounted read-only).
  * Run as a sandbox command with `--in-sandbox`, it connects to 127.0.0.1:PORT inside the VM and relays the
@@ -171,7 +173,7 @@ export interface PingMessage {
 export interface PongMessage {
   version: number;
   agentVersion: string;
-  /** What the agent can do beyond agent version 1.0.0 (FEATURE_WINDOW, FEATURE_PORTS); absent in 1.0.0. */
+  /** What the agent can do beyond agent version 1.0.0 (FEATURE_WINDOW, FEATURE_PORTS, FEATURE_BINDS); absent in 1.0.0. */
   features?: string[];
   uptimeMs: number;
   memory: { totalBytes: number; availableBytes: number };

@@ -117,6 +117,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--docker-create-timeout-ms <ms>', 'creating + starting one container may take this long; past it a retryable 503 (a stuck engine)', int('--docker-create-timeout-ms'), 60_000)
     .option('--function-max-concurrency <n>', 'maxConcurrency of functions that set none', int('--function-max-concurrency'), DEFAULT_FUNCTION_POOLS.defaultMaxConcurrency)
     .option('--function-idle-ttl-ms <ms>', 'idle warm sandboxes (beyond minWarm) go after this long', int('--function-idle-ttl-ms'), DEFAULT_FUNCTION_POOLS.idleTtlMs)
+    .option('--microvm-max-snapshots <n>', 'microvm executor: shape snapshots kept on disk at most (one per image, memory size and bundle; each the memory of a booted VM); beyond it the least recently restored are removed, as are those not restored from for 24 h', int('--microvm-max-snapshots'), 64)
     .option('--max-warm-sandboxes <n>', `warm sandboxes of all functions at most (LRU idle ones are evicted); default one per 8 MiB of RAM, within the open-file limit (${SERVER_FDS_PER_WARM_SANDBOX} per sandbox), at least 64`, int('--max-warm-sandboxes'))
     .option('--max-warm-sandboxes-per-tenant <n>', "warm sandboxes of one tenant at most (its own LRU idle one is evicted first); default 3/4 of --max-warm-sandboxes", int('--max-warm-sandboxes-per-tenant'))
     .option('--generic-sandboxes <n>', 'code-less node/python sandboxes kept per shape to speed up cold starts of handlers; 0 disables', int('--generic-sandboxes'), DEFAULT_FUNCTION_POOLS.genericPerShape)
@@ -226,7 +227,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
         ...(relay === 'off' ? { streamRelayPath: null } : {}),
         shutdownTimeoutMs: options.shutdownTimeoutMs as number,
         dockerSocketPath: defaults.dockerSocketPath,
-        ...(defaults.microvm ? { microvm: defaults.microvm } : {}),
+        microvm: { ...defaults.microvm, maxSnapshots: Math.max(1, options.microvmMaxSnapshots as number) },
         ...(options.prewarm === undefined ? {} : { prewarmPerShape: options.prewarm as number }),
         dockerCreateTimeoutMs: Math.max(1, options.dockerCreateTimeoutMs as number),
         egressAllow: parseAllowList(options.egressAllow as string),

@@ -12,6 +12,8 @@ import type { EgressPolicy } from '../network/policy.js';
 export interface MicroVmSettings {
   assetsDir?: string;
   driver?: 'qemu' | 'firecracker';
+  /** Shape snapshots kept at most (the executor's snapshotMaxCount). */
+  maxSnapshots?: number;
 }
 
 export interface ExecutorContext {
@@ -61,6 +63,7 @@ export async function createExecutor(name: ExecutorName, context: ExecutorContex
       return new MicroVmExecutor({
         driver: context.microvm?.driver ?? 'qemu',
         ...(context.microvm?.assetsDir ? { assetsDir: context.microvm.assetsDir } : {}),
+        ...(context.microvm?.maxSnapshots === undefined ? {} : { snapshotMaxCount: context.microvm.maxSnapshots }),
         imagesDir: context.imagesDir,
         stateDir: context.stateDir,
         ownerId: context.ownerId,

@@ -29,7 +29,9 @@ import { extractVmlinux } from './vmlinux.js';
 
 export const DEFAULT_MICROVM_ASSETS_DIR = '/var/lib/kindling/microvm';
 /** Bump when the layout or the init script changes in a way the stamp inputs do not capture. */
-const ASSETS_FORMAT = 1;
+// 2: the init leaves bind disks (kindling.binds=) out of its choice of the root disk; assets of format 1 would take one as
+// the root, so they are refused until rebuilt (`kindling images build --microvm`).
+const ASSETS_FORMAT = 2;
 
 /** Kernel modules the init loads, in dependency order (dependencies are resolved from each module's modinfo too). */
 export const GUEST_MODULES = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'vmw_vsock_virtio_transport', 'crc32c_generic', 'ext4'] as const;
@@ -110,18 +112,26 @@ done
 # never the root, which is the one disk left.
 binds=$($B tr ' ' '\\n' < /proc/cmdline | $B sed -n 's/^kindling\\.binds=//p' | $B tr ',' ' ')
 wanted=0; for l in $binds; do wanted=$((wanted + 1)); done
-agent=""; root=""; data=""
-for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+agent=""; root=""; data=""; roots=0
+# Until every disk named is there and exactly one is left for the root (a bind disk that is late must not be taken for
+# it); 5 s at most, usually the first pass.
+dataWanted=0; $B grep -q kindling.data=1 /proc/cmdline && dataWanted=1
+i=0
+while [ "$i" -lt 100 ]; do
+  i=$((i + 1))
   agent=$($B findfs LABEL=kindling-agent 2>/dev/null)
-  $B grep -q kindling.data=1 /proc/cmdline && data=$($B findfs LABEL=kindling-data 2>/dev/null)
+  [ "$dataWanted" = 1 ] && data=$($B findfs LABEL=kindling-data 2>/dev/null)
   others=" $agent $data "; found=0
   for l in $binds; do d=$($B findfs "LABEL=$l" 2>/dev/null) && [ -n "$d" ] && { others="$others$d "; found=$((found + 1)); }; done
-  root=""
-  for d in /dev/vd?; do [ -b "$d" ] || continue; case "$others" in *" $d "*) ;; *) root=$d ;; esac; done
-  [ -n "$agent" ] && [ -n "$root" ] && [ "$found" = "$wanted" ] && { [ -n "$data" ] || ! $B grep -q kindling.data=1 /proc/cmdline; } && break
+  root=""; roots=0
+  for d in /dev/vd?; do [ -b "$d" ] || continue; case "$others" in *" $d "*) ;; *) root=$d; roots=$((roots + 1)) ;; esac; done
+  [ -n "$agent" ] && [ "$roots" = 1 ] && [ "$found" = "$wanted" ] && { [ -n "$data" ] || [ "$dataWanted" = 0 ]; } && break
   $B usleep 50000
 done
-[ -n "$agent" ] && [ -n "$root" ] || fail "disks not found (agent=$agent root=$root)"
+[ -n "$agent" ] || fail "the agent disk was not found"
+[ "$found" = "$wanted" ] || fail "bind disks not found ($found of $wanted)"
+[ -n "$data" ] || [ "$dataWanted" = 0 ] || fail "the data disk was not found"
+[ "$roots" = 1 ] || fail "no single disk left for the root ($roots candidates)"
 $B mkdir -p /newroot
 $B mount -t ext4 -o ro,noload "$root" /newroot || fail "cannot mount the image from $root"
 $B mount -t tmpfs -o mode=0755,size=16m run /newroot/run || fail "the image has no /run"

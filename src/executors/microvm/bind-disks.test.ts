@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -57,6 +57,24 @@ describe('BindDisks: read-only ext4 disks of host directories for microVMs', () 
     const [alone] = await disks.disksFor([{ source: bundle, target: '/work' }]);
     assert.notEqual(alone?.file, outer.file);
     assert.doesNotMatch(listing(alone!.file, '/'), /node_modules/);
+  });
+
+  it('asking for a disk marks it used (mtime); a disk removed since is made anew', async () => {
+    const dir = path.join(work, 'reuse');
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, 'a.txt'), 'a\n');
+    const disks = new BindDisks({ dir: path.join(work, 'disks-3') });
+    const [first] = await disks.disksFor([{ source: dir, target: '/work' }]);
+    assert.ok(first);
+    const old = new Date(Date.now() - 3 * 86_400_000);
+    utimesSync(first.file, old, old);
+    const [again] = await disks.disksFor([{ source: dir, target: '/work' }]);
+    assert.equal(again?.file, first.file);
+    assert.ok(Date.now() - statSync(first.file).mtimeMs < 60_000, 'touched as used');
+    rmSync(first.file, { force: true });
+    const [remade] = await disks.disksFor([{ source: dir, target: '/work' }]);
+    assert.equal(remade?.file, first.file);
+    assert.match(listing(first.file, '/'), / a\.txt\n/);
   });
 
   it('a directory that cannot be read fails with its path', async () => {

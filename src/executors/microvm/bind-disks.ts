@@ -8,11 +8,11 @@
  * The directories given are immutable (the bundle and layer stores name them by content hash), so a disk made from one
  * stays true, and two functions with the same dependencies share one disk as they share one layer. A directory with a
  * nested bind (node_modules under the bundle) gets an empty directory for it in its disk: the disk is read-only, so the
- * mount point must exist in it. Disks nobody used for a while are removed by the executor's reap (as its snapshots).
+ * mount point must exist in it. Disks nobody asked for in a while are removed by the executor's ageOut() (as its
+ * snapshots).
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -64,12 +64,17 @@ export class BindDisks {
   }
 
   private async make(file: string, label: string, source: string, mountPoints: string[]): Promise<string> {
-    if (existsSync(file)) {
-      // Last use, for the reaper (as with snapshots).
-      const now = new Date();
-      await fs.utimes(file, now, now).catch(() => undefined);
-      return file;
-    }
+    // Touched as its last use, for the executor's ageOut(): a disk touched is kept for another snapshotMaxAgeMs; one
+    // removed before the touch (ENOENT) is made anew.
+    const now = new Date();
+    const exists = await fs.utimes(file, now, now).then(
+      () => true,
+      (error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') return false;
+        throw error;
+      },
+    );
+    if (exists) return file;
     await fs.mkdir(this.options.dir, { recursive: true, mode: 0o700 });
     const tmp = `${file}.${process.pid}.tmp`;
     try {

@@ -29,7 +29,7 @@ import {
   type FirecrackerConfig,
 } from './firecracker.js';
 import { kvmUsable } from './qemu.js';
-import { reapSnapshots, reapVmDirs } from './reap.js';
+import { reapSnapshots, reapVmDirs, trimSnapshots } from './reap.js';
 import { skipOrFail } from '../test-support.js';
 
 const repoRoot = fileURLToPath(new URL('../../../../', import.meta.url));
@@ -325,8 +325,53 @@ describe('microvm snapshot reaping', () => {
     await make(`a.vmstate.${process.pid}.tmp`, 10_000); // our own writer is alive
     await make('b.vmstate.999999999.tmp', 0); // no such pid
     const removed = await reapSnapshots(dir, 5000, new Set([path.join(dir, 'inuse.vmstate')]), now);
-    assert.equal(removed, 3);
+    assert.equal(removed.length, 3);
     assert.deepEqual((await readdir(dir)).sort(), [`a.vmstate.${process.pid}.tmp`, 'fresh.vmstate', 'inuse.vmstate', 'inuse.vmstate.mem']);
+  });
+
+  it('asks whether a file is in use at the moment it would go; a memory file ages with its state file; leftovers of a removal go', async () => {
+    const dir = await tempDir('kindling-snap-reap-');
+    const now = Date.now();
+    const { utimes } = await import('node:fs/promises');
+    const make = async (name: string, ageMs: number): Promise<void> => {
+      await writeFile(path.join(dir, name), 'x');
+      const when = new Date(now - ageMs);
+      await utimes(path.join(dir, name), when, when);
+    };
+    await make('claimed.ext4', 10_000);
+    await make('old.ext4', 10_000);
+    await make('restored.vmstate', 10); // restored from lately: its old memory file stays
+    await make('restored.vmstate.mem', 10_000);
+    await make('half.ext4.reaped', 0); // a removal cut short by a crash
+    const asked: string[] = [];
+    const removed = await reapSnapshots(dir, 5000, (file) => {
+      asked.push(path.basename(file));
+      return file.endsWith('claimed.ext4');
+    }, now);
+    assert.deepEqual(removed.map((file) => path.basename(file)), ['old.ext4']);
+    assert.deepEqual(asked.sort(), ['claimed.ext4', 'old.ext4'], 'only stale files are asked about');
+    assert.deepEqual((await readdir(dir)).sort(), ['claimed.ext4', 'restored.vmstate', 'restored.vmstate.mem']);
+  });
+
+  it('keeps at most N snapshots: the least recently restored go with their memory files, those in use stay', async () => {
+    const dir = await tempDir('kindling-snap-trim-');
+    const now = Date.now();
+    const { utimes } = await import('node:fs/promises');
+    const make = async (name: string, ageMs: number): Promise<void> => {
+      await writeFile(path.join(dir, name), 'x');
+      const when = new Date(now - ageMs);
+      await utimes(path.join(dir, name), when, when);
+    };
+    await make('a.vmstate', 1000);
+    await make('b.vmstate', 2000);
+    await make('c.vmstate', 3000);
+    await make('c.vmstate.mem', 3000);
+    await make('d.vmstate', 4000); // oldest, but a VM is starting from it
+    await make('e.vmstate', 5000);
+    const removed = await trimSnapshots(dir, 2, (file) => file.endsWith('d.vmstate'));
+    assert.deepEqual(removed.map((file) => path.basename(file)).sort(), ['c.vmstate', 'e.vmstate']);
+    assert.deepEqual((await readdir(dir)).sort(), ['a.vmstate', 'b.vmstate', 'd.vmstate']);
+    assert.deepEqual(await trimSnapshots(dir, 5, () => false), [], 'under the bound nothing goes');
   });
 });
 

@@ -31,10 +31,11 @@ import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './as
 import type { AgentClient, DetachedStreams } from './agent-client.js';
 import { FirecrackerVm, firecrackerBootArgs, firecrackerUnavailable, snapshotFiles, type FirecrackerConfig } from './firecracker.js';
 import { QemuVm, hostTscKhz, kvmUsable, type Accelerator, type QemuConfig, type VmShape } from './qemu.js';
-import { reapSnapshots, reapVmDirs } from './reap.js';
+import { reapSnapshots, reapVmDirs, trimSnapshots } from './reap.js';
 import { MicroVmPersistentSandbox } from './persistent.js';
 import { MicroVmSandboxStorage, type HibernationRecord } from './sandbox-storage.js';
-import { BindDisks } from './bind-disks.js';
+import { BindDisks, type BindDisk } from './bind-disks.js';
+import { FEATURE_BINDS } from '../../../agent/vm/protocol.js';
 
 /** What the executor needs of a VM, whichever driver runs it. */
 export interface MicroVm {
@@ -65,8 +66,13 @@ export interface MicroVmExecutorOptions extends Omit<ExecutorBaseOptions, 'egres
   firecrackerBinary?: string;
   /** Run Firecracker under the jailer (chroot, uid/gid); snapshots are not used then. Default: no jailer. */
   jailer?: FirecrackerConfig['jailer'];
-  /** Snapshot files not restored from for this long are removed by reap(). Default 24 h. */
+  /**
+   * Shape snapshots not restored from and bind disks not asked for in this long are removed: by reap() at start-up,
+   * then every quarter of it (at most hourly) while the server runs. Default 24 h.
+   */
   snapshotMaxAgeMs?: number;
+  /** Shape snapshots kept at most (each one a VM's memory); beyond it the least recently restored go. Default 64. */
+  snapshotMaxCount?: number;
   /** Guest memory on top of the (bucketed) request: kernel, agent, page cache. Default 160 MiB. */
   memoryOverheadMb?: number;
   /** Restore from snapshots instead of booting. Default true. */
@@ -122,6 +128,10 @@ export class MicroVmExecutor implements Executor {
   /** Disks of the host directories a run binds (bundles, dependency layers), and those live VMs have attached. */
   private readonly bindDisks: BindDisks;
   private readonly vmBindFiles = new Map<MicroVm, string[]>();
+  /** Snapshot files and bind disks a VM is being started from, with how many starts use each (kept from ageOut()). */
+  private readonly filesStarting = new Map<string, number>();
+  private ageOutTimer: NodeJS.Timeout | undefined;
+  private ageOutRunning: Promise<number> | undefined;
 
   constructor(options: MicroVmExecutorOptions) {
     this.options = options;
@@ -270,6 +280,8 @@ export class MicroVmExecutor implements Executor {
           if (this.driver === 'firecracker') await fs.rename(snapshotFiles(tmp).memory, snapshotFiles(file).memory);
           await fs.rename(tmp, file);
           this.logger.info({ image: shape.image, memoryMb: shape.memoryMb, bootMs: Math.round(vm.readyMs), snapshotMs: Math.round(performance.now() - startedAt) }, 'microVM snapshot written');
+          // One more snapshot: keep their number bounded (snapshotMaxCount) now, not at the next hourly pass.
+          this.ageOut().catch((error: unknown) => this.logger.warn({ err: error }, 'removing unused microVM snapshots failed'));
           return file;
         } finally {
           await this.destroyVm(vm);
@@ -313,6 +325,9 @@ export class MicroVmExecutor implements Executor {
   private async bootVm(shape: Shape, incoming?: string, extra: { dataDisk?: string; firstStream?: number; adopt?: DetachedStreams } = {}): Promise<MicroVm> {
     const vmDir = this.newVmDir();
     this.creating.add(vmDir);
+    // Claimed before the first await: ageOut() leaves them alone from here until the VM is up (then it is in vmBindFiles).
+    const files = [...(incoming === undefined || extra.dataDisk !== undefined ? [] : [incoming]), ...(shape.binds ?? []).map((bind) => bind.file)];
+    for (const file of files) this.filesStarting.set(file, (this.filesStarting.get(file) ?? 0) + 1);
     try {
       const common = {
         shape,
@@ -347,6 +362,11 @@ export class MicroVmExecutor implements Executor {
       return vm;
     } finally {
       this.creating.delete(vmDir);
+      for (const file of files) {
+        const uses = (this.filesStarting.get(file) ?? 1) - 1;
+        if (uses > 0) this.filesStarting.set(file, uses);
+        else this.filesStarting.delete(file);
+      }
     }
   }
 
@@ -373,9 +393,13 @@ export class MicroVmExecutor implements Executor {
     try {
       // Bound directories (a bundle, its dependencies) are read-only disks of the VM, so part of its shape: VMs and
       // snapshots of one bundle are made for it.
-      if (spec.roBinds !== undefined && spec.roBinds.length > 0) shape = { ...shape, binds: await this.bindDisks.disksFor(spec.roBinds) };
+      if (spec.roBinds !== undefined && spec.roBinds.length > 0) shape = { ...shape, binds: await this.bindDisksOf(spec) };
       warm = this.pool.take(JSON.stringify(shape));
       vm = warm ?? (await this.createVm(shape));
+      if (shape.binds !== undefined && !vm.agent.supports(FEATURE_BINDS)) {
+        await this.destroyVm(vm).catch(() => undefined);
+        throw new KindlingError('EXECUTOR_UNAVAILABLE', 'the microVM guest agent cannot mount bundles (older microvm assets); rebuild them with `kindling images build --microvm`');
+      }
     } catch (error) {
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', `starting a microVM failed: ${(error as Error).message}`, { cause: error, retryAfterSeconds: 1 });
     }
@@ -391,6 +415,16 @@ export class MicroVmExecutor implements Executor {
     } catch (error) {
       await this.destroyVm(vm).catch(() => undefined);
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', `the microVM agent failed: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  /** The disks of a run's read-only binds; a failure is logged with its cause (host paths, mkfs's words) and answered without them. */
+  private async bindDisksOf(spec: RunSpec): Promise<BindDisk[]> {
+    try {
+      return await this.bindDisks.disksFor(spec.roBinds ?? []);
+    } catch (error) {
+      this.logger.error({ err: error, executionId: spec.id }, 'making the disk of a bound directory failed');
+      throw new KindlingError('EXECUTOR_FAILED', "the function's files could not be attached to a microVM (the server's log has the cause)", { cause: error });
     }
   }
 
@@ -559,20 +593,51 @@ export class MicroVmExecutor implements Executor {
         removedCgroups++;
       }
     }
-    const inUse = new Set<string>();
-    for (const pending of this.snapshots.values()) {
-      const file = await Promise.race([pending, Promise.resolve(undefined)]);
-      if (file) inUse.add(file);
+    const aged = await this.ageOut();
+    if (removed > 0) this.logger.info({ vms: removed }, 'reaped microVMs left by an earlier run');
+    // From now on while the server runs: a long-running server must not keep every bundle's disk and snapshot forever.
+    const maxAgeMs = this.options.snapshotMaxAgeMs ?? 86_400_000;
+    if (this.ageOutTimer === undefined && !this.closed) {
+      this.ageOutTimer = setInterval(() => {
+        this.ageOut().catch((error: unknown) => this.logger.warn({ err: error }, 'removing unused microVM snapshots and disks failed'));
+      }, Math.min(3_600_000, Math.max(1000, maxAgeMs / 4)));
+      this.ageOutTimer.unref();
     }
-    const snapshots = await reapSnapshots(path.join(this.baseDir, 'snapshots'), this.options.snapshotMaxAgeMs ?? 86_400_000, inUse);
-    // Disks of bound directories age out the same way (a function not called for a day, or deleted).
-    const bindDisks = await reapSnapshots(path.join(this.baseDir, 'binds'), this.options.snapshotMaxAgeMs ?? 86_400_000, new Set([...this.vmBindFiles.values()].flat()));
-    if (removed > 0 || snapshots > 0 || bindDisks > 0) this.logger.info({ vms: removed, snapshotFiles: snapshots, bindDisks }, 'reaped microVMs, snapshots and disks left by an earlier run');
-    return { removed: removed + snapshots + bindDisks + removedCgroups };
+    return { removed: removed + aged + removedCgroups };
+  }
+
+  /**
+   * Removes shape snapshots nobody restored from and bind disks nobody asked for in snapshotMaxAgeMs (a function not
+   * called for a day, deleted, or a snapshot whose key changed with the kernel, agent or image), and the least recently
+   * restored snapshots beyond snapshotMaxCount, except those a live or starting VM uses. Returns how many files went.
+   */
+  ageOut(): Promise<number> {
+    // One at a time: a snapshot written while the timer's pass runs asks again, and gets that pass.
+    this.ageOutRunning ??= this.ageOutPass().finally(() => (this.ageOutRunning = undefined));
+    return this.ageOutRunning;
+  }
+
+  private async ageOutPass(): Promise<number> {
+    const maxAgeMs = this.options.snapshotMaxAgeMs ?? 86_400_000;
+    const snapshotsDir = path.join(this.baseDir, 'snapshots');
+    const snapshotInUse = (file: string): boolean => {
+      if (this.filesStarting.has(file)) return true;
+      // Going: later starts of its shape must make it anew, not take the cached name of a file that is gone.
+      this.snapshots.delete(path.basename(file, '.vmstate'));
+      return false;
+    };
+    const snapshots = [
+      ...(await reapSnapshots(snapshotsDir, maxAgeMs, snapshotInUse)),
+      ...(await trimSnapshots(snapshotsDir, this.options.snapshotMaxCount ?? 64, snapshotInUse)),
+    ];
+    const bindDisks = await reapSnapshots(path.join(this.baseDir, 'binds'), maxAgeMs, (file) => this.filesStarting.has(file) || [...this.vmBindFiles.values()].some((files) => files.includes(file)));
+    if (snapshots.length > 0 || bindDisks.length > 0) this.logger.info({ snapshotFiles: snapshots.length, bindDisks: bindDisks.length }, 'removed microVM snapshots and disks not used lately');
+    return snapshots.length + bindDisks.length;
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    clearInterval(this.ageOutTimer);
     await this.pool.close();
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
     await Promise.allSettled([...this.snapshots.values()]);

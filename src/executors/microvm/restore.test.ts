@@ -1,7 +1,7 @@
 /**
  * Snapshot restores on QEMU (TCG here): every VM restored from one snapshot gets fresh randomness from the host before
- * user code runs, so two clones never print the same `head -c16 /dev/urandom`; reap() removes VM dirs and stale
- * snapshots. Uses the assets in $KINDLING_MICROVM_ASSETS_DIR (default /var/lib/kindling/microvm), which must be built
+ * user code runs, so two clones never print the same `head -c16 /dev/urandom`; ageOut() removes a stale snapshot
+ * while the executor runs (the next run makes it anew); reap() removes VM dirs and stale snapshots. Uses the assets in $KINDLING_MICROVM_ASSETS_DIR (default /var/lib/kindling/microvm), which must be built
  * from this tree (the agent must know the SEED message).
  */
 import assert from 'node:assert/strict';
@@ -45,10 +45,22 @@ describe('microvm (qemu) snapshot restores', () => {
       assert.deepEqual(warnings, [], 'the guest helper reseeded the CRNG (RNDRESEEDCRNG), not just mixed bytes in');
       t.diagnostic(`clone 1: ${a}, clone 2: ${b}; restore+run ${Math.round(second.wallMs)} ms`);
 
-      // reap(): nothing of ours is left in vms/; a snapshot unused for longer than the max age goes.
+      // While the server runs: a snapshot not restored from for longer than the max age goes, and the next run of its
+      // shape makes it anew instead of restoring from a file that is gone.
       const snapshots = path.join(stateDir, 'microvm', 'snapshots');
+      const [written] = readdirSync(snapshots);
+      assert.ok(written);
+      const longAgo = new Date(Date.now() - 3 * 86_400_000);
+      await utimes(path.join(snapshots, written), longAgo, longAgo);
+      assert.equal(await executor.ageOut(), 1);
+      assert.deepEqual(readdirSync(snapshots), []);
+      const third = await runToCompletion(executor, spec());
+      assert.equal(third.exitCode, 0, third.stderr.toString());
+      assert.match(third.stdout.toString(), /^[0-9a-f]{32}$/);
+
+      // reap(): nothing of ours is left in vms/; a snapshot unused for longer than the max age goes.
       const files = readdirSync(snapshots);
-      assert.equal(files.length, 1);
+      assert.equal(files.length, 1, 'the snapshot was written again');
       await executor.close();
       const old = new Date(Date.now() - 3 * 86_400_000);
       await utimes(path.join(snapshots, files[0] as string), old, old);
