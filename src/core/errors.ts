@@ -27,7 +27,7 @@ export const ERROR_CODES = {
   SANDBOX_TAR_INVALID: { statusCode: 400, retryable: false },
   /** A function bundle with an entry that would leave the bundle (absolute, `..`, a link out), a device or fifo, or a corrupt archive; `details.entry` names it. */
   BUNDLE_INVALID: { statusCode: 400, retryable: false },
-  /** A bundle deployed to an executor that cannot bind it into its sandboxes (the message names the ones that can). */
+  /** A bundle deployed to a server that keeps no bundles or dependency layers (every executor binds them). */
   BUNDLES_UNSUPPORTED: { statusCode: 400, retryable: false },
   /** A bundle's dependency build (npm ci, pip install) failed: the message carries the end of its log and the build id, details.log and details.buildId. */
   BUILD_FAILED: { statusCode: 422, retryable: false },
