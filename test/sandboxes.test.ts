@@ -26,7 +26,8 @@ function cgroupsOf(ownerId: string): string[] {
   for (const base of ['/sys/fs/cgroup/freezer/kindling', '/sys/fs/cgroup/memory/kindling', '/sys/fs/cgroup/pids/kindling', '/sys/fs/cgroup/kindling']) {
     const dir = join(base, ownerId);
     if (!existsSync(dir)) continue;
-    for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) found.push(join(dir, entry.name));
+    // Not `.freeze-pin`: the driver's always-empty frozen cgroup, no sandbox's.
+    for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory() && !entry.name.startsWith('.')) found.push(join(dir, entry.name));
   }
   return found;
 }

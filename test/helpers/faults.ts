@@ -75,7 +75,8 @@ export function sandboxCgroups(ownerId: string): string[] {
   for (const root of roots) {
     const dir = join(root, 'kindling', ownerId);
     if (!existsSync(dir)) continue;
-    for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) found.push(join(dir, entry.name));
+    // Not `.freeze-pin`: the driver's always-empty frozen cgroup (src/executors/shared/cgroups.ts), no sandbox's.
+    for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory() && !entry.name.startsWith('.')) found.push(join(dir, entry.name));
   }
   return found;
 }

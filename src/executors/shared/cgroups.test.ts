@@ -94,6 +94,23 @@ function exercise(label: string, make: () => CgroupDriver | string, required: bo
       assert.deepEqual(driver.list(), []);
     });
 
+    it('v1: keeps an empty cgroup of the owner frozen while its directories exist, so freezes do not flip the kernel\'s freezer key; never listed', (t) => {
+      const driver = make();
+      if (typeof driver === 'string') return t.skip(missing(driver));
+      if (driver.version !== 1) return t.skip('the freezer pin is a v1 matter (v2 freezes without a global key)');
+      drivers.push(driver);
+      const pin = `${driver.ownerDirs.find((d) => d.includes('/freezer/'))}/.freeze-pin`;
+      const cg = driver.create('pinned');
+      assert.equal(readFileSync(`${pin}/freezer.state`, 'utf8').trim(), 'FROZEN');
+      assert.equal(readFileSync(`${pin}/cgroup.procs`, 'utf8'), '', 'the pin holds no process');
+      assert.deepEqual(driver.list(), ['pinned']);
+      return cg.remove().then(() => {
+        driver.removeOwnerDirs();
+        assert.equal(existsSync(pin), false, 'removed with the owner directories');
+        for (const d of driver.ownerDirs) assert.equal(existsSync(d), false, `${d} still exists`);
+      });
+    });
+
     it('removes what it made when a limit cannot be written (the original error wins)', (t) => {
       const driver = make();
       if (typeof driver === 'string') return t.skip(missing(driver));
