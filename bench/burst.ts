@@ -3,9 +3,12 @@
  * each on its own connection, and 1,000 simultaneous invocations spread over 100 freshly deployed (cold) node
  * handlers. Every answer is sorted: ok, 429 with / without Retry-After, 5xx, other, hung (no answer within the
  * client timeout). Meanwhile a prober GETs /healthz in a loop and the server's RSS is sampled. Baseline: 100 plain
- * `bwrap ... echo` spawned at once from node (the raw tool's creates per second).
+ * `bwrap ... echo` spawned at once from node (the raw tool's creates per second). The machine's CPU time over each burst
+ * (every core, from /proc/stat) divided by the executions is what one costs the machine: with nothing else running,
+ * creates per second on N cores is about N seconds over it.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { Agent } from 'node:http';
 import { join } from 'node:path';
@@ -20,6 +23,13 @@ import type { Row } from './lib/table.js';
 
 const CLIENT_TIMEOUT_MS = 120_000;
 
+/** CPU time the whole machine spent so far (all cores: user, nice, system, irq, softirq), in ms. */
+function machineBusyMs(): number {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0] = fields;
+  return ((user + nice + system + irq + softirq) * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
 interface BurstFigures {
   size: number;
   ok: number;
@@ -29,6 +39,8 @@ interface BurstFigures {
   other: number;
   hung: number;
   wallMs: number;
+  /** The machine's CPU time over the burst (every process, the server's included) per answer, in ms. */
+  machineCpuMsPerAnswer: number;
   createsPerSecond: number;
   p50Ms: number;
   p99Ms: number;
@@ -60,6 +72,7 @@ async function burst(server: BenchServer, requests: Array<{ path: string; body: 
     }
   })();
   const started = performance.now();
+  const busyAtStart = machineBusyMs();
   const finishedAt: number[] = [];
   const outcomes = await Promise.all(
     requests.map(async (r) => {
@@ -69,6 +82,7 @@ async function burst(server: BenchServer, requests: Array<{ path: string; body: 
     }),
   );
   const wallMs = performance.now() - started;
+  const busyMs = machineBusyMs() - busyAtStart;
   bursting = false;
   await prober;
   const memory = rss.stop();
@@ -105,6 +119,7 @@ async function burst(server: BenchServer, requests: Array<{ path: string; body: 
     other: outcomes.filter((o) => !o.ok && o.out.status !== 429 && o.out.status < 500 && !o.out.hung).length,
     hung: outcomes.filter((o) => o.out.hung).length,
     wallMs,
+    machineCpuMsPerAnswer: busyMs / requests.length,
     createsPerSecond: okMs.length / (wallMs / 1000),
     p50Ms: quantile(okMs, 0.5),
     p99Ms: quantile(okMs, 0.99),
@@ -117,8 +132,9 @@ async function burst(server: BenchServer, requests: Array<{ path: string; body: 
 }
 
 /** `count` plain bwrap echo processes spawned at once: wall time until the last has exited. */
-async function bareBurst(count: number): Promise<{ wallMs: number; perSecond: number; failed: number }> {
+async function bareBurst(count: number): Promise<{ wallMs: number; perSecond: number; failed: number; machineCpuMsEach: number }> {
   const started = performance.now();
+  const busyAtStart = machineBusyMs();
   const codes = await Promise.all(
     Array.from({ length: count }, () =>
       new Promise<number | null>((resolve) => {
@@ -129,7 +145,7 @@ async function bareBurst(count: number): Promise<{ wallMs: number; perSecond: nu
     ),
   );
   const wallMs = performance.now() - started;
-  return { wallMs, perSecond: count / (wallMs / 1000), failed: codes.filter((code) => code !== 0).length };
+  return { wallMs, perSecond: count / (wallMs / 1000), failed: codes.filter((code) => code !== 0).length, machineCpuMsEach: (machineBusyMs() - busyAtStart) / count };
 }
 
 const why = (f: BurstFigures): string => Object.entries(f.refusals).map(([code, r]) => `${code} x${r.count} ("${r.message.slice(0, 120)}")`).join('; ');
@@ -141,7 +157,7 @@ export async function runBurstGroup(ctx: BenchContext): Promise<GroupResult> {
   ctx.log('burst: baseline, 100 plain bwrap echo spawned at once');
   const bare = await bareBurst(100);
   data['burst.bwrap'] = bare;
-  const bareText = `${bare.perSecond.toFixed(0)}/s (100 x bwrap echo at once: ${fmtMs(bare.wallMs)}${bare.failed ? `, ${bare.failed} failed` : ''})`;
+  const bareText = `${bare.perSecond.toFixed(0)}/s (100 x bwrap echo at once: ${fmtMs(bare.wallMs)}${bare.failed ? `, ${bare.failed} failed` : ''}; machine CPU ${fmtMs(bare.machineCpuMsEach)} each)`;
   const echo = Buffer.from(JSON.stringify({ image: 'kindling/base', command: ['echo', 'hi'] }));
   const echoOk = (out: Outcome): boolean => out.status === 200 && (JSON.parse(out.body) as { exitCode?: number; stdout?: string }).exitCode === 0;
   const charts: Array<{ name: string; points: Array<readonly [number, number]> }> = [];
@@ -159,7 +175,7 @@ export async function runBurstGroup(ctx: BenchContext): Promise<GroupResult> {
         group: 'burst',
         id: `burst.echo_${size}`,
         scenario: `${size} simultaneous \`echo\` executions (POST /v1/execute, one connection each)`,
-        kindling: `${fmtMs(f.wallMs)}: ${sorted(f)}; ${f.createsPerSecond.toFixed(0)} creates/s; p50 ${fmtMs(f.p50Ms)}, p99 ${fmtMs(f.p99Ms)}`,
+        kindling: `${fmtMs(f.wallMs)}: ${sorted(f)}; ${f.createsPerSecond.toFixed(0)} creates/s; p50 ${fmtMs(f.p50Ms)}, p99 ${fmtMs(f.p99Ms)}; machine CPU ${fmtMs(f.machineCpuMsPerAnswer)} per execution`,
         baseline: bareText,
         ratio: `${(f.createsPerSecond / bare.perSecond).toFixed(2)}x creates/s`,
         target: size >= 1000 ? 'all done < 6 s, zero 5xx, /healthz p99 < 100 ms, RSS < 400 MiB, ≥ 250 creates/s' : 'zero 5xx, no hang, 429s with Retry-After',
