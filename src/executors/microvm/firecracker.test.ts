@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -307,16 +307,21 @@ describe('firecracker driver lifecycle with a STAND-IN binary (fake-firecracker.
   });
 });
 
+/** A temporary directory and a maker of files in it whose mtime is `ageMs` before `now`. */
+async function fileAges(prefix: string): Promise<{ dir: string; now: number; make: (name: string, ageMs: number) => Promise<void> }> {
+  const dir = await tempDir(prefix);
+  const now = Date.now();
+  const make = async (name: string, ageMs: number): Promise<void> => {
+    await writeFile(path.join(dir, name), 'x');
+    const when = new Date(now - ageMs);
+    await utimes(path.join(dir, name), when, when);
+  };
+  return { dir, now, make };
+}
+
 describe('microvm snapshot reaping', () => {
   it('removes snapshots unused for longer than the max age and tmp files of dead writers, keeps those in use', async () => {
-    const dir = await tempDir('kindling-snap-reap-');
-    const now = Date.now();
-    const { utimes } = await import('node:fs/promises');
-    const make = async (name: string, ageMs: number): Promise<void> => {
-      await writeFile(path.join(dir, name), 'x');
-      const when = new Date(now - ageMs);
-      await utimes(path.join(dir, name), when, when);
-    };
+    const { dir, now, make } = await fileAges('kindling-snap-reap-');
     await make('old.vmstate', 10_000);
     await make('old.vmstate.mem', 10_000);
     await make('fresh.vmstate', 10);
@@ -330,14 +335,7 @@ describe('microvm snapshot reaping', () => {
   });
 
   it('asks whether a file is in use at the moment it would go; a memory file ages with its state file; leftovers of a removal go', async () => {
-    const dir = await tempDir('kindling-snap-reap-');
-    const now = Date.now();
-    const { utimes } = await import('node:fs/promises');
-    const make = async (name: string, ageMs: number): Promise<void> => {
-      await writeFile(path.join(dir, name), 'x');
-      const when = new Date(now - ageMs);
-      await utimes(path.join(dir, name), when, when);
-    };
+    const { dir, now, make } = await fileAges('kindling-snap-reap-');
     await make('claimed.ext4', 10_000);
     await make('old.ext4', 10_000);
     await make('restored.vmstate', 10); // restored from lately: its old memory file stays
@@ -354,14 +352,7 @@ describe('microvm snapshot reaping', () => {
   });
 
   it('keeps at most N snapshots: the least recently restored go with their memory files, those in use stay', async () => {
-    const dir = await tempDir('kindling-snap-trim-');
-    const now = Date.now();
-    const { utimes } = await import('node:fs/promises');
-    const make = async (name: string, ageMs: number): Promise<void> => {
-      await writeFile(path.join(dir, name), 'x');
-      const when = new Date(now - ageMs);
-      await utimes(path.join(dir, name), when, when);
-    };
+    const { dir, make } = await fileAges('kindling-snap-trim-');
     await make('a.vmstate', 1000);
     await make('b.vmstate', 2000);
     await make('c.vmstate', 3000);
