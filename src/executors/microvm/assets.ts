@@ -77,6 +77,17 @@ export function assetPaths(dir: string): { kernel: string; vmlinux: string; init
   };
 }
 
+/** Why assets that exist in `dir` are refused (built by an older Kindling), or null. */
+export async function outdatedAssets(dir = DEFAULT_MICROVM_ASSETS_DIR): Promise<string | null> {
+  try {
+    const stamp = JSON.parse(await fs.readFile(assetPaths(dir).stamp, 'utf8')) as AssetsStamp;
+    if (stamp.format === ASSETS_FORMAT) return null;
+    return `the microvm assets in ${dir} were built for format ${String(stamp.format)} and this server needs format ${ASSETS_FORMAT} (an upgrade); rebuild them with "kindling images build --microvm"`;
+  } catch {
+    return null;
+  }
+}
+
 /** The assets when they exist and are complete (stamp present), else null. Cheap: one file read. */
 export async function readAssets(dir = DEFAULT_MICROVM_ASSETS_DIR): Promise<MicroVmAssets | null> {
   const paths = assetPaths(dir);

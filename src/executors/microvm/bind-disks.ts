@@ -13,6 +13,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { utimesSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -66,14 +67,16 @@ export class BindDisks {
   private async make(file: string, label: string, source: string, mountPoints: string[]): Promise<string> {
     // Touched as its last use, for the executor's ageOut(): a disk touched is kept for another snapshotMaxAgeMs; one
     // removed before the touch (ENOENT) is made anew.
-    const now = new Date();
-    const exists = await fs.utimes(file, now, now).then(
-      () => true,
-      (error: NodeJS.ErrnoException) => {
-        if (error.code === 'ENOENT') return false;
-        throw error;
-      },
-    );
+    // Synchronous: on the event loop it cannot land between ageOut()'s last look and its rename (a thread-pool utimes
+    // could); a few µs.
+    let exists = true;
+    try {
+      const now = new Date();
+      utimesSync(file, now, now);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      exists = false;
+    }
     if (exists) return file;
     await fs.mkdir(this.options.dir, { recursive: true, mode: 0o700 });
     const tmp = `${file}.${process.pid}.tmp`;

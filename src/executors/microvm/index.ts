@@ -27,7 +27,7 @@ import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/o
 import type { Execution, Executor, ExecutorStatus, ExitInfo, PersistentSandbox, PersistentSandboxOptions, ReapReport, StartOptions } from '../executor.js';
 import { createCgroupDriver, type Cgroup, type CgroupDriver } from '../shared/cgroups.js';
 import { PrewarmPool } from '../shared/prewarm-pool.js';
-import { readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
+import { outdatedAssets, readAssets, DEFAULT_MICROVM_ASSETS_DIR, type MicroVmAssets } from './assets.js';
 import type { AgentClient, DetachedStreams } from './agent-client.js';
 import { FirecrackerVm, firecrackerBootArgs, firecrackerUnavailable, snapshotFiles, type FirecrackerConfig } from './firecracker.js';
 import { QemuVm, hostTscKhz, kvmUsable, type Accelerator, type QemuConfig, type VmShape } from './qemu.js';
@@ -157,7 +157,8 @@ export class MicroVmExecutor implements Executor {
   private async config(): Promise<QemuConfig> {
     this.assets ??= await readAssets(this.options.assetsDir ?? DEFAULT_MICROVM_ASSETS_DIR);
     if (!this.assets) {
-      throw new KindlingError('EXECUTOR_UNAVAILABLE', 'the microvm kernel/initramfs/agent disk are missing; run "kindling images build --microvm"');
+      const dir = this.options.assetsDir ?? DEFAULT_MICROVM_ASSETS_DIR;
+      throw new KindlingError('EXECUTOR_UNAVAILABLE', (await outdatedAssets(dir)) ?? 'the microvm kernel/initramfs/agent disk are missing; run "kindling images build --microvm"');
     }
     return {
       qemuBinary: this.options.qemuBinary ?? 'qemu-system-x86_64',
@@ -262,8 +263,14 @@ export class MicroVmExecutor implements Executor {
   private snapshotFor(shape: Shape, config: QemuConfig): Promise<string | null> {
     if (this.options.snapshots === false || (this.driver === 'firecracker' && this.options.jailer)) return Promise.resolve(null);
     const image = statSync(shape.rootImage);
+    // Each bind disk as made (inode, birth): one removed by ageOut() and made again is another file system (mkfs picks a
+    // new UUID), and a guest restored from a snapshot of the old one has its first blocks cached from the init's findfs.
+    const binds = (shape.binds ?? []).map((bind) => {
+      const disk = statSync(bind.file);
+      return [bind.file, bind.label, bind.target, disk.ino, disk.birthtimeMs, disk.size];
+    });
     const key = createHash('sha256')
-      .update(JSON.stringify([this.driver, shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, config.accel, config.assets.stamp.inputsHash, shape.binds ?? []]))
+      .update(JSON.stringify([this.driver, shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, config.accel, config.assets.stamp.inputsHash, binds]))
       .digest('hex')
       .slice(0, 16);
     let pending = this.snapshots.get(key);
@@ -372,8 +379,15 @@ export class MicroVmExecutor implements Executor {
 
   /** A fresh agent-ready VM: restored from the shape's snapshot, or booted. */
   private async createVm(shape: Shape): Promise<MicroVm> {
+    this.startAgeOut();
     const config = await this.config();
     const snapshot = await this.snapshotFor(shape, config);
+    // Checked in the same synchronous step as bootVm's claim on it: a snapshot ageOut() removed since it was cached
+    // (a small --microvm-max-snapshots, or the hourly pass) is not restored from; this VM boots, the next makes it again.
+    if (snapshot !== null && !this.snapshotComplete(snapshot)) {
+      this.snapshots.delete(path.basename(snapshot, '.vmstate'));
+      return this.bootVm(shape);
+    }
     return this.bootVm(shape, snapshot ?? undefined);
   }
 
@@ -595,15 +609,21 @@ export class MicroVmExecutor implements Executor {
     }
     const aged = await this.ageOut();
     if (removed > 0) this.logger.info({ vms: removed }, 'reaped microVMs left by an earlier run');
-    // From now on while the server runs: a long-running server must not keep every bundle's disk and snapshot forever.
-    const maxAgeMs = this.options.snapshotMaxAgeMs ?? 86_400_000;
-    if (this.ageOutTimer === undefined && !this.closed) {
-      this.ageOutTimer = setInterval(() => {
-        this.ageOut().catch((error: unknown) => this.logger.warn({ err: error }, 'removing unused microVM snapshots and disks failed'));
-      }, Math.min(3_600_000, Math.max(1000, maxAgeMs / 4)));
-      this.ageOutTimer.unref();
-    }
+    this.startAgeOut();
     return { removed: removed + aged + removedCgroups };
+  }
+
+  /**
+   * From the start-up reap or the first VM on, while the executor lives: a long-running server must not keep every
+   * bundle's disk and snapshot forever (ageOut() every quarter of the max age, at most hourly).
+   */
+  private startAgeOut(): void {
+    if (this.ageOutTimer !== undefined || this.closed) return;
+    const maxAgeMs = this.options.snapshotMaxAgeMs ?? 86_400_000;
+    this.ageOutTimer = setInterval(() => {
+      this.ageOut().catch((error: unknown) => this.logger.warn({ err: error }, 'removing unused microVM snapshots and disks failed'));
+    }, Math.min(3_600_000, Math.max(1000, maxAgeMs / 4)));
+    this.ageOutTimer.unref();
   }
 
   /**
@@ -638,6 +658,7 @@ export class MicroVmExecutor implements Executor {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.ageOutTimer);
+    await this.ageOutRunning?.catch(() => undefined);
     await this.pool.close();
     await Promise.allSettled([...this.live.values()].map((entry) => entry.done));
     await Promise.allSettled([...this.snapshots.values()]);
