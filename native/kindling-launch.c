@@ -22,6 +22,22 @@
  *
  * Exit 125: a step above failed; 127: the command could not be exec'd (the message of either on stderr and on fd 4);
  * 64: usage.
+ *
+ *   kindling-launch --serve SOCKET
+ *
+ * The spawner (src/executors/sandbox/launch-service.ts): one long-lived root process that forks launchers for the
+ * server, so that the server's own (large) process is not forked and its event loop not held for each sandbox (a
+ * spawn from node forks the whole server and waits for the exec: 5 to 10 ms each here). Requests on stdin, each a
+ * list of NUL-terminated fields ended by an empty field:
+ *   "S" TOKEN UID GID CORE_LIMIT NETNS|- PROCS_FILE...   fork a launcher (the arguments above)
+ *   "K" TOKEN SIGNAL                                    signal a launcher not reaped yet
+ * The forked launcher starts a session of its own (setsid), connects to SOCKET (the server's listening unix socket)
+ * once for each of its fds 0, 1, 2, 3, 4, 5 and 7, sends TOKEN (16 bytes) and the fd's digit on each, and then goes on
+ * as the launcher above. Answers on stdout, one line each:
+ *   "P TOKEN PID"           forked
+ *   "X TOKEN c CODE"        exited with CODE;  "X TOKEN s SIGNAL": killed by SIGNAL
+ * At end of input it exits; its launchers then get SIGKILL (their parent-death signal), and it gets one itself when
+ * the server dies.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,9 +49,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 enum { FD_STATUS = 4, FD_COMMAND = 5, FD_OLD_STDIN = 6 };
@@ -154,7 +175,7 @@ static char *next_field(char *buf, size_t len, size_t *at) {
   return field;
 }
 
-int main(int argc, char **argv) {
+static int launch(int argc, char **argv) {
   if (argc < 5) {
     dprintf(2, "usage: kindling-launch UID GID CORE_LIMIT NETNS|- PROCS_FILE...\n");
     return EXIT_USAGE;
@@ -225,4 +246,200 @@ int main(int argc, char **argv) {
   dprintf(2, "kindling-launch: %s: %s\n", args[0], strerror(saved));
   dprintf(FD_STATUS, "kindling-launch: %s: %s\n", args[0], strerror(saved));
   return EXIT_EXEC;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------- */
+/* The spawner (--serve). */
+
+enum { TOKEN_BYTES = 16, MAX_REQUEST_BYTES = 1 << 16, MAX_REQUEST_FIELDS = 64 };
+static const int STDIO_SLOTS[] = {0, 1, 2, 3, FD_STATUS, FD_COMMAND, 7};
+#define SLOT_COUNT ((int)(sizeof STDIO_SLOTS / sizeof STDIO_SLOTS[0]))
+
+struct child {
+  pid_t pid;
+  char token[TOKEN_BYTES + 1];
+};
+static struct child *children = NULL;
+static size_t child_count = 0, child_capacity = 0;
+
+static void serve_fail(const char *what) {
+  dprintf(2, "kindling-launch --serve: %s: %s\n", what, strerror(errno));
+  _exit(EXIT_SETUP);
+}
+
+static void answer(const char *line) {
+  if (write_all(1, line, strlen(line)) < 0) _exit(0); /* the server is gone */
+}
+
+/* In the forked child: fds 0-5 and 7 become connections to the server's socket, each announced by token and fd. */
+static void connect_stdio(const char *socket_path, const char *token) {
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  if (strlen(socket_path) >= sizeof addr.sun_path) {
+    errno = ENAMETOOLONG;
+    fail(socket_path);
+  }
+  strcpy(addr.sun_path, socket_path);
+  int high[SLOT_COUNT];
+  for (int i = 0; i < SLOT_COUNT; i++) {
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) fail("socket");
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) fail("connecting to the server");
+    char hello[TOKEN_BYTES + 1];
+    memcpy(hello, token, TOKEN_BYTES);
+    hello[TOKEN_BYTES] = (char)('0' + STDIO_SLOTS[i]);
+    if (write_all(s, hello, sizeof hello) < 0) fail("greeting the server");
+    /* Out of the way of the slots, which the loop below fills. */
+    high[i] = fcntl(s, F_DUPFD_CLOEXEC, 64);
+    if (high[i] < 0) fail("F_DUPFD_CLOEXEC");
+    close(s);
+  }
+  for (int i = 0; i < SLOT_COUNT; i++) {
+    if (dup2(high[i], STDIO_SLOTS[i]) < 0) fail("dup2"); /* dup2 clears close-on-exec on the slot */
+    close(high[i]);
+  }
+  close(FD_OLD_STDIN);
+}
+
+static void spawn_launcher(const char *socket_path, char **fields, int count, int sigfd) {
+  /* S TOKEN UID GID CORE NETNS PROCS... */
+  if (count < 6 || strlen(fields[1]) != TOKEN_BYTES) {
+    dprintf(2, "kindling-launch --serve: a malformed spawn request\n");
+    return;
+  }
+  if (child_count == child_capacity) {
+    size_t capacity = child_capacity == 0 ? 64 : child_capacity * 2;
+    struct child *bigger = realloc(children, capacity * sizeof *bigger);
+    if (bigger == NULL) serve_fail("realloc");
+    children = bigger;
+    child_capacity = capacity;
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    char line[64];
+    snprintf(line, sizeof line, "X %s c %d\n", fields[1], EXIT_SETUP);
+    dprintf(2, "kindling-launch --serve: fork: %s\n", strerror(errno));
+    answer(line);
+    return;
+  }
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL); /* an ignored signal would stay ignored across exec, in the sandbox too */
+    close(sigfd);
+    /* Detached from the server's session: a terminal's Ctrl-C must not reach sandboxes a graceful stop drains. */
+    if (setsid() < 0) fail("setsid");
+    connect_stdio(socket_path, fields[1]);
+    /* launch() reads argv[1..]: fields[1] (the token) stands where the program's name would. */
+    _exit(launch(count - 1, fields + 1));
+  }
+  struct child *c = &children[child_count++];
+  c->pid = pid;
+  memcpy(c->token, fields[1], TOKEN_BYTES + 1);
+  char line[64];
+  snprintf(line, sizeof line, "P %s %ld\n", fields[1], (long)pid);
+  answer(line);
+}
+
+static void signal_launcher(char **fields, int count) {
+  if (count != 3) return;
+  int sig = atoi(fields[2]);
+  for (size_t i = 0; i < child_count; i++) {
+    /* Not reaped yet, so the pid cannot belong to another process. */
+    if (strcmp(children[i].token, fields[1]) == 0) kill(children[i].pid, sig);
+  }
+}
+
+static void reap(void) {
+  for (;;) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    for (size_t i = 0; i < child_count; i++) {
+      if (children[i].pid != pid) continue;
+      char line[64];
+      if (WIFSIGNALED(status)) snprintf(line, sizeof line, "X %s s %d\n", children[i].token, WTERMSIG(status));
+      else snprintf(line, sizeof line, "X %s c %d\n", children[i].token, WEXITSTATUS(status));
+      children[i] = children[--child_count];
+      answer(line);
+      break;
+    }
+  }
+}
+
+static int serve(const char *socket_path) {
+  pid_t parent = getppid();
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent) serve_fail("PR_SET_PDEATHSIG");
+  /* Nothing the server inherited passes on to sandboxes. */
+  if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) {
+    for (int fd = 3; fd < 1024; fd++) close(fd);
+  }
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0) serve_fail("sigprocmask");
+  int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sigfd < 0) serve_fail("signalfd");
+  signal(SIGPIPE, SIG_IGN);
+
+  static char buf[MAX_REQUEST_BYTES];
+  size_t used = 0;
+  for (;;) {
+    struct pollfd fds[2] = {{.fd = 0, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      serve_fail("poll");
+    }
+    if (fds[1].revents & POLLIN) {
+      struct signalfd_siginfo info;
+      while (read(sigfd, &info, sizeof info) > 0) {
+      }
+      reap();
+    }
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t n = read(0, buf + used, sizeof buf - used);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return 0; /* the server closed its end: launchers follow by their parent-death signal */
+      used += (size_t)n;
+      /* Every complete request: fields up to an empty one. */
+      for (;;) {
+        char *fields[MAX_REQUEST_FIELDS];
+        int count = 0;
+        size_t at = 0;
+        int complete = 0;
+        while (at < used) {
+          char *nul = memchr(buf + at, '\0', used - at);
+          if (nul == NULL) break;
+          if (nul == buf + at) {
+            complete = 1;
+            at++;
+            break;
+          }
+          if (count == MAX_REQUEST_FIELDS) {
+            errno = E2BIG;
+            serve_fail("a request with too many fields");
+          }
+          fields[count++] = buf + at;
+          at = (size_t)(nul - buf) + 1;
+        }
+        if (!complete) {
+          if (used == sizeof buf) {
+            errno = E2BIG;
+            serve_fail("a request too long");
+          }
+          break;
+        }
+        if (count > 0 && strcmp(fields[0], "S") == 0) spawn_launcher(socket_path, fields, count, sigfd);
+        else if (count > 0 && strcmp(fields[0], "K") == 0) signal_launcher(fields, count);
+        else dprintf(2, "kindling-launch --serve: an unknown request\n");
+        memmove(buf, buf + at, used - at);
+        used -= at;
+      }
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--serve") == 0) return serve(argv[2]);
+  return launch(argc, argv);
 }

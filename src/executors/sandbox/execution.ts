@@ -2,8 +2,7 @@
  * One execution in a launcher: hands it the seccomp program, bwrap's arguments and the command line, then watches it
  * to the end (exit status, OOM kills and usage from its cgroup, the wall-clock backstop) and releases what it held.
  */
-import type { ChildProcess } from 'node:child_process';
-import type { Readable, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import { KindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import type { Execution, ExitInfo, ResourceUsage } from '../executor.js';
@@ -11,6 +10,7 @@ import type { Cgroup } from '../shared/cgroups.js';
 import type { Logger } from '../shared/logger.js';
 import { signalNumber, signalOfExitCode } from '../shared/process.js';
 import { FD_ARGS, FD_SCRIPT, FD_SECCOMP } from './bwrap-args.js';
+import type { LauncherProcess } from './launch-service.js';
 import { LAUNCHER_CGROUP_FAILED, type Launcher } from './launcher.js';
 
 /** `ExitInfo` plus whether the executor's own wall-clock backstop (limits.timeoutMs + grace) killed the tree. */
@@ -35,7 +35,7 @@ export class ExecutionImpl implements SandboxExecution {
   readonly stderr: Readable;
   readonly disposed: Promise<void>;
   readonly pid: number | undefined;
-  private readonly child: ChildProcess;
+  private readonly child: LauncherProcess;
   private readonly cgroup: Cgroup;
   private readonly result: Promise<SandboxExitInfo>;
   private exited = false;
@@ -55,22 +55,23 @@ export class ExecutionImpl implements SandboxExecution {
     private readonly log: Logger,
     release: () => Promise<void>,
   ) {
-    const { child, cgroup, name } = launcher;
+    const { process: child, cgroup, name } = launcher;
     this.id = name;
     this.specId = spec.id;
     this.child = child;
     this.cgroup = cgroup;
     this.pid = child.pid;
-    this.stdout = child.stdout!;
-    this.stderr = child.stderr!;
+    const [stdin, stdout, stderr] = child.stdio as readonly [Duplex, Duplex, Duplex];
+    this.stdout = stdout;
+    this.stderr = stderr;
     // A process that exits without reading its stdin makes writes fail with EPIPE: that is the user's business, and
     // must never become an unhandled 'error' that takes the server down.
-    child.stdin!.on('error', () => {});
+    stdin.on('error', () => {});
     if (spec.stdin) {
-      this.stdin = child.stdin;
+      this.stdin = stdin;
     } else {
       this.stdin = null;
-      child.stdin!.destroy();
+      stdin.destroy();
     }
 
     const pipes = child.stdio as unknown as (Writable | null)[];

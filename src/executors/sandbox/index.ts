@@ -201,6 +201,8 @@ export class SandboxExecutor implements Executor {
       prlimitPath: this.prlimit,
       nsenterPath: options.nsenterPath ?? '/usr/bin/nsenter',
       launchHelperPath: options.launchHelperPath === undefined ? DEFAULT_LAUNCH_HELPER_PATH : options.launchHelperPath,
+      launchSocketPath: this.dirs.launchSocketPath,
+      prepareLaunchSocketDir: () => this.dirs.ensure(),
       uid: this.uid,
       gid: this.gid,
       cgroups: () => this.cgroups.getOrUnavailable(),
@@ -322,7 +324,7 @@ export class SandboxExecutor implements Executor {
         firewallHeld = true;
         netns = await net.pool.create();
       }
-      if (launcher === null) launcher = this.launchers.spawn(netns?.path);
+      if (launcher === null) launcher = await this.launchers.spawn(netns?.path);
       launcher.cgroup.applyLimits(limits);
       if (spec.files.length > 0) runDir = await this.dirs.writeFiles(launcher.name, spec);
       const { options: bwrapOptions, command } = bwrapArgs(spec, this.hostname, imageBinds, plan, runDir);
@@ -341,7 +343,7 @@ export class SandboxExecutor implements Executor {
       this.active.set(launcher.name, execution);
       this.launchers.replenish();
       this.log.debug(
-        { executionId: spec.id, sandbox: launcher.name, pid: launcher.child.pid, image: layout.short, coldStart, instance: this.instanceId },
+        { executionId: spec.id, sandbox: launcher.name, pid: launcher.process.pid, image: layout.short, coldStart, instance: this.instanceId },
         'sandbox started',
       );
       return execution;
@@ -504,6 +506,7 @@ export class SandboxExecutor implements Executor {
     await this.persistentPool?.close();
     await this.launchers.close();
     await Promise.all([...this.active.values()].map((e) => e.disposed.catch(() => {})));
+    await this.launchers.closeService();
     await this.storage.closePool().catch(() => {}); // pre-formatted disks (sbx-parity)
     this.releaseAll();
   }
@@ -514,6 +517,7 @@ export class SandboxExecutor implements Executor {
     for (const e of this.active.values()) e.abandon();
     await this.launchers.close();
     await Promise.all([...this.active.values()].map((e) => e.disposed.catch(() => {})));
+    await this.launchers.closeService();
     await this.storage.closePool().catch(() => {}); // pre-formatted disks (sbx-parity)
     this.releaseAll();
   }

@@ -7,7 +7,9 @@
  * An execution then sends it `exec bwrap ...` (see bwrap-args.ts).
  * Where native/kindling-launch is built (the default), one exec of it does all of the above (launchRecord instead of
  * launchLine): four execs of dynamically linked programs less per sandbox, a fifth of the machine's CPU in a burst of
- * creates. The shell chain stays for hosts without a C compiler.
+ * creates. The shell chain stays for hosts without a C compiler. And the server does not fork itself for it either:
+ * its launch service (launch-service.ts) asks one long-lived kindling-launch (the spawner) to fork the launcher, whose
+ * streams connect back to the server over a unix socket.
  *
  * Why a pool: moving a process into a cgroup waits for an RCU grace period whenever no migration happened in the last
  * few ms (measured here: 0.05 ms back-to-back, 5-15 ms after 20 ms idle), which alone would double a cold start.
@@ -17,7 +19,7 @@
  * Descriptors the server inherited without close-on-exec are replaced by /dev/null in launchers, so nothing of the
  * server leaks into sandboxes; the environment is empty.
  */
-import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { spawn, type StdioOptions } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
@@ -29,6 +31,7 @@ import { processExited } from '../shared/process.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { SANDBOX_CORE_LIMIT } from '../shared/syscall-policy.js';
 import { FD_STATUS } from './bwrap-args.js';
+import { fromChildProcess, LaunchService, launchSocketUsable, type ExitStatus, type LauncherProcess } from './launch-service.js';
 
 /**
  * Run by /bin/sh as root: join every cgroup given, report readiness on the status fd, then become the unprivileged
@@ -46,7 +49,7 @@ const LAUNCHER_READY_TIMEOUT_MS = 10_000;
 export interface Launcher {
   readonly name: string;
   readonly cgroup: Cgroup;
-  readonly child: ChildProcess;
+  readonly process: LauncherProcess;
   /** Spawned as native/kindling-launch (its command is a launchRecord) rather than the shell chain (a launchLine). */
   readonly native: boolean;
   /** Everything bwrap (and the launcher's "R") wrote on the status fd so far. */
@@ -54,7 +57,7 @@ export interface Launcher {
   /** Resolves when the launcher has joined its cgroup; rejects when it died first. */
   readonly ready: Promise<void>;
   /** The process ended (rejects when it could not be spawned). */
-  readonly exited: Promise<{ code: number | null; sig: NodeJS.Signals | null }>;
+  readonly exited: Promise<ExitStatus>;
   /** The process ended and all of its pipes closed (node's 'close'). */
   readonly closed: Promise<void>;
 }
@@ -66,6 +69,13 @@ export interface LauncherOptions {
   nsenterPath: string;
   /** native/kindling-launch; null (or a path that does not exist): the shell chain. */
   launchHelperPath: string | null;
+  /**
+   * Where the server listens for the native launchers' streams (see launch-service.ts); null, or a path too long for
+   * a unix socket: launchers are spawned from the server's process instead.
+   */
+  launchSocketPath: string | null;
+  /** Makes the launch socket's directory (see LaunchServiceOptions.prepareDir). */
+  prepareLaunchSocketDir: () => Promise<void>;
   uid: number;
   gid: number;
   /** The cgroup driver (throws when cgroups cannot be used here). */
@@ -86,16 +96,27 @@ export class Launchers {
   private devNull = -1;
   private closing = false;
   private readonly nativeHelper: string | null;
+  /** Forks native launchers outside the server's process (null: they are spawned from it). */
+  private readonly service: LaunchService | null;
 
   constructor(private readonly options: LauncherOptions) {
     this.nativeHelper = options.launchHelperPath !== null && fs.existsSync(options.launchHelperPath) ? options.launchHelperPath : null;
+    this.service =
+      this.nativeHelper !== null && options.launchSocketPath !== null && launchSocketUsable(options.launchSocketPath)
+        ? new LaunchService({
+            helperPath: this.nativeHelper,
+            socketPath: options.launchSocketPath,
+            prepareDir: options.prepareLaunchSocketDir,
+            log: options.log,
+          })
+        : null;
     this.pool =
       options.prewarm > 0
         ? new PrewarmPool<Launcher>({
             create: () => this.prepare(),
             destroy: (l) => this.discard(l),
             // A launcher killed while it waited may not be reaped yet (no exit event): its /proc state says so.
-            isAlive: (l) => l.child.exitCode === null && l.child.signalCode === null && !processExited(l.child.pid),
+            isAlive: (l) => l.process.exitStatus === null && !processExited(l.process.pid),
             sizePerKey: options.prewarm,
             maxItems: options.prewarm,
             idleTtlMs: options.idleTtlMs,
@@ -119,43 +140,35 @@ export class Launchers {
     return this.pool?.stats() ?? null;
   }
 
-  /** Stops preparing and discards the idle launchers. */
+  /** Stops preparing and discards the idle launchers; then stops the launch service (once nothing runs). */
   async close(): Promise<void> {
     this.closing = true;
     await this.pool?.close();
   }
 
+  /** Stops the launch service: call once no execution runs (its launchers would be killed). */
+  async closeService(): Promise<void> {
+    await this.service?.close();
+  }
+
   /** Spawns a launcher; it joins its cgroup on its own (readiness: `ready`). */
-  spawn(netnsPath?: string): Launcher {
+  async spawn(netnsPath?: string): Promise<Launcher> {
     const o = this.options;
     const driver = o.cgroups();
     const name = `sbx-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
     const cgroup = driver.create(name);
     o.reserved.add(name);
-    let child: ChildProcess;
+    let proc: LauncherProcess;
     try {
-      // fd 6 is where PREPARE keeps the caller's stdin; FD_ARGS (7) carries bwrap's arguments.
-      const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'ignore', 'pipe'];
-      for (const fd of this.leakedFds) {
-        while (stdio.length < fd) stdio.push('ignore');
-        if (stdio.length === fd) stdio.push(this.devNullFd());
-      }
-      // detached: a terminal's Ctrl-C (SIGINT to the server's process group) must not kill sandboxes that a graceful
-      // shutdown wants to drain. cwd '/': the server's working directory must not show through /proc/1 of the
-      // sandbox (PWD, cwd link).
-      const spawnOptions = { stdio, env: {}, detached: true, cwd: '/' };
-      child =
-        this.nativeHelper !== null
-          ? spawn(this.nativeHelper, [String(o.uid), String(o.gid), String(SANDBOX_CORE_LIMIT), netnsPath ?? '-', ...cgroup.procsFiles], spawnOptions)
-          : spawn(o.shPath, this.shellChain(cgroup.procsFiles, netnsPath), spawnOptions);
+      const args = [String(o.uid), String(o.gid), String(SANDBOX_CORE_LIMIT), netnsPath ?? '-', ...cgroup.procsFiles];
+      proc = this.service !== null ? await this.service.spawn(args) : this.spawnHere(args, cgroup.procsFiles, netnsPath);
     } catch (err) {
       o.reserved.delete(name);
       void cgroup.remove().catch(() => {});
       throw err;
     }
-    child.on('error', () => {}); // reported through `ready` / the execution's wait()
     const status: Buffer[] = [];
-    const statusPipe = child.stdio[FD_STATUS] as Readable;
+    const statusPipe = proc.stdio[FD_STATUS] as Readable;
     statusPipe.on('error', () => {});
     const ready = new Promise<void>((resolve, reject) => {
       const onData = (chunk: Buffer): void => {
@@ -163,18 +176,33 @@ export class Launchers {
         if (chunk.includes(0x52 /* R */)) resolve();
       };
       statusPipe.on('data', onData);
-      child.once('exit', (code, sig) => reject(new Error(`sandbox launcher exited (${code ?? sig}) before it was ready`)));
-      child.once('error', reject);
+      proc.exited.then(
+        ({ code, sig }) => reject(new Error(`sandbox launcher exited (${code ?? sig}) before it was ready`)),
+        reject,
+      );
     });
     ready.catch(() => {});
-    // Listened to from the start: a pooled launcher may die (e.g. killed by an admin) before anyone takes it.
-    const exited = new Promise<{ code: number | null; sig: NodeJS.Signals | null }>((resolve, reject) => {
-      child.once('exit', (code, sig) => resolve({ code, sig }));
-      child.once('error', reject);
-    });
-    exited.catch(() => {});
-    const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
-    return { name, cgroup, child, native: this.nativeHelper !== null, status, ready, exited, closed };
+    return { name, cgroup, process: proc, native: this.nativeHelper !== null, status, ready, exited: proc.exited, closed: proc.closed };
+  }
+
+  /** A launcher spawned from the server's own process (no launch service here). */
+  private spawnHere(args: string[], procsFiles: readonly string[], netnsPath: string | undefined): LauncherProcess {
+    // fd 6 is where PREPARE keeps the caller's stdin; FD_ARGS (7) carries bwrap's arguments.
+    const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'ignore', 'pipe'];
+    for (const fd of this.leakedFds) {
+      while (stdio.length < fd) stdio.push('ignore');
+      if (stdio.length === fd) stdio.push(this.devNullFd());
+    }
+    // detached: a terminal's Ctrl-C (SIGINT to the server's process group) must not kill sandboxes that a graceful
+    // shutdown wants to drain. cwd '/': the server's working directory must not show through /proc/1 of the
+    // sandbox (PWD, cwd link).
+    const spawnOptions = { stdio, env: {}, detached: true, cwd: '/' };
+    const child =
+      this.nativeHelper !== null
+        ? spawn(this.nativeHelper, args, spawnOptions)
+        : spawn(this.options.shPath, this.shellChain(procsFiles, netnsPath), spawnOptions);
+    child.on('error', () => {}); // reported through `ready` / the execution's wait()
+    return fromChildProcess(child);
   }
 
   /** The arguments of /bin/sh running PREPARE: the launcher without the native helper. */
@@ -208,11 +236,11 @@ export class Launchers {
   /** Kills a launcher that will not be used and releases its cgroup. */
   async discard(launcher: Launcher): Promise<void> {
     try {
-      launcher.child.kill('SIGKILL');
+      launcher.process.kill('SIGKILL');
     } catch {
       // gone
     }
-    for (const s of launcher.child.stdio) s?.destroy();
+    for (const s of launcher.process.stdio) s?.destroy();
     await this.options.release(launcher);
   }
 
@@ -254,7 +282,7 @@ export class Launchers {
     // Let the execution that triggered the refill get going first.
     await new Promise((resolve) => setTimeout(resolve, 1));
     if (this.closing) throw new Error('shutting down');
-    const launcher = this.spawn();
+    const launcher = await this.spawn();
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([

@@ -23,6 +23,8 @@ export class RunDirs {
    * the sandbox uid and must reach a bind's source, which the server's own install dir may not allow (/root is 0700).
    */
   readonly binDir: string;
+  /** Where the server listens for its launchers' streams (see launch-service.ts): root's, no one else may connect. */
+  readonly launchSocketPath: string;
   /** tmpfs for run/agent dirs and an overlay per image, so that mountinfo inside names no host path. */
   private readonly mounts: PrivateMounts;
   private ready: Promise<void> | null = null;
@@ -40,6 +42,7 @@ export class RunDirs {
     this.agentsDir = path.join(this.mounts.root, 'agents');
     this.volumesDir = path.join(this.mounts.root, 'volumes');
     this.binDir = path.join(this.mounts.root, 'bin');
+    this.launchSocketPath = path.join(this.mounts.root, 'launch.sock');
   }
 
   /** Mounts and creates the dirs once (again after a failure). */
