@@ -40,6 +40,7 @@
  * the server dies.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -304,6 +305,11 @@ static void spawn_launcher(const char *socket_path, char **fields, int count, in
   /* S TOKEN UID GID CORE NETNS PROCS... */
   if (count < 6 || strlen(fields[1]) != TOKEN_BYTES) {
     dprintf(2, "kindling-launch --serve: a malformed spawn request\n");
+    if (count >= 2 && strlen(fields[1]) == TOKEN_BYTES) {
+      char line[64];
+      snprintf(line, sizeof line, "X %s c %d\n", fields[1], EXIT_USAGE);
+      answer(line);
+    }
     return;
   }
   if (child_count == child_capacity) {
@@ -313,6 +319,7 @@ static void spawn_launcher(const char *socket_path, char **fields, int count, in
     children = bigger;
     child_capacity = capacity;
   }
+  pid_t spawner = getpid();
   pid_t pid = fork();
   if (pid < 0) {
     char line[64];
@@ -322,6 +329,13 @@ static void spawn_launcher(const char *socket_path, char **fields, int count, in
     return;
   }
   if (pid == 0) {
+    /* At once, not only after the uid change (launch() sets it again there): a spawner that dies from here on takes
+     * this launcher with it, and one that died before the prctl shows as a changed parent. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) fail("PR_SET_PDEATHSIG");
+    if (getppid() != spawner) {
+      errno = ESRCH;
+      fail("the launch helper exited before the parent-death signal was set");
+    }
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -330,6 +344,10 @@ static void spawn_launcher(const char *socket_path, char **fields, int count, in
     /* Detached from the server's session: a terminal's Ctrl-C must not reach sandboxes a graceful stop drains. */
     if (setsid() < 0) fail("setsid");
     connect_stdio(socket_path, fields[1]);
+    /* The launcher only reads fds 0, 3 and 5 (and bwrap 7): nothing it or the sandbox writes there reaches the server. */
+    for (int fd = 0; fd <= 7; fd++) {
+      if (fd == 0 || fd == 3 || fd == FD_COMMAND || fd == 7) shutdown(fd, SHUT_WR);
+    }
     /* launch() reads argv[1..]: fields[1] (the token) stands where the program's name would. */
     _exit(launch(count - 1, fields + 1));
   }
@@ -367,13 +385,26 @@ static void reap(void) {
   }
 }
 
+/* Without close_range (kernels before 5.9): every descriptor /proc lists above 2. */
+static void close_inherited_fds(void) {
+  DIR *dir = opendir("/proc/self/fd");
+  if (dir == NULL) serve_fail("/proc/self/fd");
+  int fds[4096];
+  int count = 0;
+  struct dirent *entry;
+  while ((entry = readdir(dir)) != NULL && count < (int)(sizeof fds / sizeof fds[0])) {
+    int fd = atoi(entry->d_name);
+    if (fd > 2 && fd != dirfd(dir)) fds[count++] = fd;
+  }
+  closedir(dir);
+  for (int i = 0; i < count; i++) close(fds[i]);
+}
+
 static int serve(const char *socket_path) {
   pid_t parent = getppid();
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent) serve_fail("PR_SET_PDEATHSIG");
   /* Nothing the server inherited passes on to sandboxes. */
-  if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) {
-    for (int fd = 3; fd < 1024; fd++) close(fd);
-  }
+  if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) close_inherited_fds();
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);

@@ -1,8 +1,9 @@
 /**
  * The launch service with the real native helper (native/kindling-launch --serve), as root: launchers are forked by
  * the spawner, not by this process; their fds 0-5 and 7 are the streams the service hands out; exit codes, signals
- * and kills go through the spawner; a spawner that dies takes its launchers with it and is replaced at the next spawn;
- * a connection that names no launcher is dropped.
+ * and kills go through the spawner; the launched process cannot write back through its stdin; a spawner that dies
+ * takes its launchers with it and is replaced at the next spawn; a helper that cannot run fails spawns at once with a
+ * code the caller falls back on; a connection that names no launcher is dropped.
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -14,7 +15,7 @@ import type { Readable, Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { waitFor } from '../../../test/helpers/wait.js';
 import { noopLogger } from '../shared/logger.js';
-import { LaunchService, type LauncherProcess } from './launch-service.js';
+import { LAUNCH_SERVICE_UNAVAILABLE, LaunchService, type LauncherProcess } from './launch-service.js';
 import { DEFAULT_LAUNCH_HELPER_PATH } from './launcher.js';
 
 const UID = 65534;
@@ -95,6 +96,28 @@ describe('the launch service (kindling-launch --serve)', { skip }, () => {
     const status = text(launcher.stdio[4] as Readable);
     assert.deepEqual(await launcher.exited, { code: 125, sig: null });
     assert.match(await status, /missing\/cgroup\.procs: No such file or directory/);
+  });
+
+  test('what the launched process writes into its stdin goes nowhere: the write fails (EPIPE)', async () => {
+    const launcher = await service.spawn([String(UID), String(UID), '0', '-']);
+    const stdout = text(launcher.stdio[1] as Readable);
+    run(launcher, ['/bin/sh', '-c', 'trap "" PIPE; echo into-stdin >&0 2>/dev/null; echo "write status $?"'], '');
+    assert.deepEqual(await launcher.exited, { code: 0, sig: null });
+    assert.match(await stdout, /^write status [1-9]/);
+  });
+
+  test('a helper that cannot run: spawn fails at once with LAUNCH_SERVICE_UNAVAILABLE (the caller spawns launchers itself)', async () => {
+    const notExecutable = join(dir, 'not-executable');
+    fs.writeFileSync(notExecutable, '#!/bin/sh\n', { mode: 0o644 });
+    const broken = new LaunchService({ helperPath: notExecutable, socketPath: join(dir, 'broken.sock'), prepareDir: async () => {}, log: noopLogger });
+    try {
+      const started = performance.now();
+      await assert.rejects(broken.spawn([String(UID), String(UID), '0', '-']), (err: Error & { code?: string }) => err.code === LAUNCH_SERVICE_UNAVAILABLE);
+      await assert.rejects(broken.spawn([String(UID), String(UID), '0', '-']), (err: Error & { code?: string }) => err.code === LAUNCH_SERVICE_UNAVAILABLE);
+      assert.ok(performance.now() - started < 5_000, 'not after the connect timeout');
+    } finally {
+      await broken.close();
+    }
   });
 
   test('a connection that names no launcher is dropped', async () => {

@@ -21,6 +21,7 @@ import { constants as osConstants } from 'node:os';
 import { createInterface } from 'node:readline';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../shared/logger.js';
+import { processExited } from '../shared/process.js';
 
 export interface ExitStatus {
   code: number | null;
@@ -52,7 +53,11 @@ const GREETING_TIMEOUT_MS = 10_000;
 /** A launcher must connect all of its fds within this time after the request. */
 const CONNECT_TIMEOUT_MS = 10_000;
 /** How long connections of a launcher that already exited may still arrive (they were queued before it ended). */
-const LATE_CONNECT_GRACE_MS = 1_000;
+const LATE_CONNECT_GRACE_MS = 3_000;
+/** How long a launcher orphaned by the spawner's death is waited for before it is reported ended anyway. */
+const ORPHAN_WAIT_MS = 10_000;
+/** The error code of spawn() when the helper cannot run here (the caller spawns launchers itself). */
+export const LAUNCH_SERVICE_UNAVAILABLE = 'LAUNCH_SERVICE_UNAVAILABLE';
 /** unix(7): sun_path holds 108 bytes with the NUL. */
 const MAX_SOCKET_PATH_BYTES = 107;
 
@@ -157,6 +162,9 @@ class ServedLauncher implements LauncherProcess {
     this.abandoned = true;
     this.rejectConnected(err);
     if (this.exitStatus !== null) this.abandon();
+    // Never forked as far as the server knows (a helper that does not answer): nothing will report an exit. A kill
+    // sent after this reaches it if it is forked later (requests are handled in order).
+    else if (this.pid === undefined) this.onExit({ code: null, sig: 'SIGKILL' });
   }
 
   private abandon(): void {
@@ -201,6 +209,10 @@ export class LaunchService {
   private server: Server | null = null;
   private listening: Promise<void> | null = null;
   private readonly launchers = new Map<string, ServedLauncher>();
+  /** Accepted connections, destroyed at close (net.Server.close waits for every one). */
+  private readonly sockets = new Set<Socket>();
+  /** The helper could not be started here (not executable, noexec mount): the caller spawns launchers itself. */
+  private unavailable: Error | null = null;
   private closing = false;
 
   constructor(private readonly options: LaunchServiceOptions) {}
@@ -208,6 +220,7 @@ export class LaunchService {
   /** Forks a launcher with these arguments (UID GID CORE_LIMIT NETNS|- PROCS_FILE...); resolves once its fds connected. */
   async spawn(args: readonly string[]): Promise<LauncherProcess> {
     if (this.closing) throw new Error('the launch service is closed');
+    if (this.unavailable !== null) throw this.unavailable;
     await this.listen();
     const spawner = this.startSpawner();
     const token = randomBytes(TOKEN_BYTES / 2).toString('hex');
@@ -215,8 +228,8 @@ export class LaunchService {
     this.track(token, launcher);
     spawner.stdin.write(record(['S', token, ...args]));
     const timer = setTimeout(() => {
-      launcher.failConnecting(new Error(`the sandbox launcher did not connect within ${CONNECT_TIMEOUT_MS} ms`));
       launcher.kill('SIGKILL');
+      launcher.failConnecting(new Error(`the sandbox launcher did not connect within ${CONNECT_TIMEOUT_MS} ms`));
     }, CONNECT_TIMEOUT_MS);
     try {
       await launcher.connected;
@@ -253,6 +266,7 @@ export class LaunchService {
     const server = this.server;
     this.server = null;
     this.listening = null;
+    for (const socket of this.sockets) socket.destroy();
     if (server !== null) await new Promise<void>((resolve) => server.close(() => resolve()));
     fs.rmSync(this.options.socketPath, { force: true });
   }
@@ -293,6 +307,8 @@ export class LaunchService {
 
   private accept(socket: Socket): void {
     socket.on('error', () => {});
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
     socket.setTimeout(GREETING_TIMEOUT_MS, () => socket.destroy());
     const onReadable = (): void => {
       const greeting = socket.read(TOKEN_BYTES + 1) as Buffer | null;
@@ -319,20 +335,24 @@ export class LaunchService {
     // detached: a terminal's Ctrl-C (SIGINT to the server's process group) must not take the launchers with it.
     const child = spawn(this.options.helperPath, ['--serve', this.options.socketPath], { stdio: ['pipe', 'pipe', 'pipe'], env: {}, cwd: '/', detached: true });
     this.spawner = child;
-    child.on('error', (err) => this.options.log.error({ err }, 'the sandbox launch helper could not start'));
+    child.on('error', (err) => {
+      // Not started at all (not executable, a noexec mount): no 'close' follows. Launchers are spawned by the server
+      // from now on (the caller falls back), and those asked for meanwhile fail now instead of at their timeout.
+      if (child.pid === undefined) {
+        this.unavailable = Object.assign(new Error(`the launch helper could not start: ${err.message}`), { code: LAUNCH_SERVICE_UNAVAILABLE });
+        this.options.log.error({ err }, 'the sandbox launch helper could not start; launchers are spawned by the server');
+        this.spawnerGone(child);
+      }
+    });
     child.stdin.on('error', () => {});
     createInterface({ input: child.stdout, crlfDelay: Infinity }).on('line', (line) => this.onAnswer(line));
     createInterface({ input: child.stderr, crlfDelay: Infinity }).on('line', (line) =>
       this.options.log.warn({ helper: 'kindling-launch' }, line),
     );
-    child.once('exit', (code, sig) => {
-      if (this.spawner === child) this.spawner = null;
+    // 'close', not 'exit': every answer it wrote before it ended has been read by then.
+    child.once('close', (code, sig) => {
       if (!this.closing) this.options.log.warn({ code, sig }, 'the sandbox launch helper exited; its launchers are gone');
-      // Its launchers died with it (their parent-death signal), or will before they can run anything.
-      for (const launcher of [...this.launchers.values()]) {
-        if (launcher.exitStatus === null && launcher.pid !== undefined) void this.whenGone(launcher);
-        else launcher.onExit({ code: null, sig: 'SIGKILL' });
-      }
+      this.spawnerGone(child);
     });
     // Not what keeps the server's process alive: it ends by itself once the server's end of its stdin closes.
     child.unref();
@@ -340,9 +360,20 @@ export class LaunchService {
     return child;
   }
 
-  /** A launcher orphaned by the spawner's death: reported ended once its pid is gone (reaped by init). */
+  /** The spawner ended: its launchers died with it (their parent-death signal), or will before they run anything. */
+  private spawnerGone(child: ChildProcessWithoutNullStreams): void {
+    if (this.spawner === child) this.spawner = null;
+    for (const launcher of [...this.launchers.values()]) {
+      if (launcher.exitStatus !== null) continue;
+      if (launcher.pid !== undefined) void this.whenGone(launcher);
+      else launcher.failConnecting(this.unavailable ?? new Error('the launch helper exited before it forked the launcher'));
+    }
+  }
+
+  /** A launcher orphaned by the spawner's death: reported ended once its pid is gone or a zombie (bounded wait). */
   private async whenGone(launcher: ServedLauncher): Promise<void> {
-    while (launcher.exitStatus === null && fs.existsSync(`/proc/${launcher.pid}`)) {
+    const deadline = Date.now() + ORPHAN_WAIT_MS;
+    while (launcher.exitStatus === null && !processExited(launcher.pid) && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     launcher.onExit({ code: null, sig: 'SIGKILL' });

@@ -31,7 +31,7 @@ import { processExited } from '../shared/process.js';
 import { PrewarmPool, type PrewarmPoolStats } from '../shared/prewarm-pool.js';
 import { SANDBOX_CORE_LIMIT } from '../shared/syscall-policy.js';
 import { FD_STATUS } from './bwrap-args.js';
-import { fromChildProcess, LaunchService, launchSocketUsable, type ExitStatus, type LauncherProcess } from './launch-service.js';
+import { fromChildProcess, LAUNCH_SERVICE_UNAVAILABLE, LaunchService, launchSocketUsable, type ExitStatus, type LauncherProcess } from './launch-service.js';
 
 /**
  * Run by /bin/sh as root: join every cgroup given, report readiness on the status fd, then become the unprivileged
@@ -95,9 +95,11 @@ export class Launchers {
   private leakedFds: number[] = [];
   private devNull = -1;
   private closing = false;
-  private readonly nativeHelper: string | null;
+  private nativeHelper: string | null;
   /** Forks native launchers outside the server's process (null: they are spawned from it). */
-  private readonly service: LaunchService | null;
+  private service: LaunchService | null;
+  /** The service made at construction, closed at the end even if it was given up on. */
+  private readonly ownedService: LaunchService | null;
 
   constructor(private readonly options: LauncherOptions) {
     this.nativeHelper = options.launchHelperPath !== null && fs.existsSync(options.launchHelperPath) ? options.launchHelperPath : null;
@@ -110,6 +112,7 @@ export class Launchers {
             log: options.log,
           })
         : null;
+    this.ownedService = this.service;
     this.pool =
       options.prewarm > 0
         ? new PrewarmPool<Launcher>({
@@ -148,7 +151,7 @@ export class Launchers {
 
   /** Stops the launch service: call once no execution runs (its launchers would be killed). */
   async closeService(): Promise<void> {
-    await this.service?.close();
+    await this.ownedService?.close();
   }
 
   /** Spawns a launcher; it joins its cgroup on its own (readiness: `ready`). */
@@ -159,9 +162,12 @@ export class Launchers {
     const cgroup = driver.create(name);
     o.reserved.add(name);
     let proc: LauncherProcess;
+    let native: boolean;
     try {
       const args = [String(o.uid), String(o.gid), String(SANDBOX_CORE_LIMIT), netnsPath ?? '-', ...cgroup.procsFiles];
-      proc = this.service !== null ? await this.service.spawn(args) : this.spawnHere(args, cgroup.procsFiles, netnsPath);
+      proc = this.service !== null ? await this.spawnServed(args, cgroup.procsFiles, netnsPath) : this.spawnHere(args, cgroup.procsFiles, netnsPath);
+      // After the spawn: a fallback to the shell chain (its command is a launchLine) happens inside it.
+      native = this.nativeHelper !== null;
     } catch (err) {
       o.reserved.delete(name);
       void cgroup.remove().catch(() => {});
@@ -182,7 +188,20 @@ export class Launchers {
       );
     });
     ready.catch(() => {});
-    return { name, cgroup, process: proc, native: this.nativeHelper !== null, status, ready, exited: proc.exited, closed: proc.closed };
+    return { name, cgroup, process: proc, native, status, ready, exited: proc.exited, closed: proc.closed };
+  }
+
+  /** Through the launch service; from the server's own process once the service's helper proved unable to run. */
+  private async spawnServed(args: string[], procsFiles: readonly string[], netnsPath: string | undefined): Promise<LauncherProcess> {
+    try {
+      return await this.service!.spawn(args);
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== LAUNCH_SERVICE_UNAVAILABLE) throw err;
+      // The helper exists but cannot be executed here (mode, a noexec mount): the shell chain from now on.
+      this.nativeHelper = null;
+      this.service = null;
+      return this.spawnHere(args, procsFiles, netnsPath);
+    }
   }
 
   /** A launcher spawned from the server's own process (no launch service here). */

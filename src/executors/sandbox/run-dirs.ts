@@ -42,7 +42,7 @@ export class RunDirs {
     this.agentsDir = path.join(this.mounts.root, 'agents');
     this.volumesDir = path.join(this.mounts.root, 'volumes');
     this.binDir = path.join(this.mounts.root, 'bin');
-    this.launchSocketPath = path.join(this.mounts.root, 'launch.sock');
+    this.launchSocketPath = path.join(this.mounts.root, 'launch', 'launch.sock');
   }
 
   /** Mounts and creates the dirs once (again after a failure). */
@@ -67,6 +67,10 @@ export class RunDirs {
         fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
         fs.chmodSync(dir, 0o711);
       }
+      // Root's only: whatever mode the socket file gets (the process's umask), nobody else can reach it.
+      const launchDir = path.dirname(this.launchSocketPath);
+      fs.mkdirSync(launchDir, { recursive: true, mode: 0o700 });
+      fs.chmodSync(launchDir, 0o700);
     })();
     this.ready.catch(() => (this.ready = null));
     return this.ready;

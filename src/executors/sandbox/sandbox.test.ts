@@ -15,6 +15,7 @@ import type { RunSpec } from '../../core/types.js';
 import { testSpec, type CompletedRun } from '../conformance.js';
 import { DENIED_SYSCALLS_X86_64 } from './seccomp.js';
 import { SandboxExecutor } from './index.js';
+import { DEFAULT_LAUNCH_HELPER_PATH } from './launcher.js';
 import { skipOrFail } from '../test-support.js';
 import { waitFor } from '../../../test/helpers/wait.js';
 
@@ -451,6 +452,24 @@ print(os.getpid(), os.getppid())
       await cold.wait();
     } finally {
       await Promise.all([three.destroy(), none.destroy()]);
+    }
+  });
+
+  it('a native launcher that cannot be executed here: executions run on the shell chain instead', async (t) => {
+    const ex = ready(t);
+    if (!ex) return;
+    const copy = join(stateDir, `not-executable-launch-${process.pid}`);
+    writeFileSync(copy, readFileSync(DEFAULT_LAUNCH_HELPER_PATH), { mode: 0o644 });
+    const fallback = new SandboxExecutor({ imagesDir, stateDir, ownerId: `${owner}-nx`, instanceId: 'nx', prewarmPerShape: 0, launchHelperPath: copy });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const r = await run(fallback, sh('echo "from the shell chain $(id -u)"'));
+        assert.equal(r.exitCode, 0, r.stderr.toString());
+        assert.equal(r.stdout.toString(), 'from the shell chain 65534\n');
+      }
+    } finally {
+      await fallback.destroy();
+      rmSync(copy, { force: true });
     }
   });
 
