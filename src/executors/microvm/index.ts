@@ -96,6 +96,25 @@ export function vmMemoryMb(requestMb: number, overheadMb: number): number {
   return Math.max(256, Math.ceil(requestMb / 256) * 256) + overheadMb;
 }
 
+/**
+ * The name of a shape's snapshot: everything the restored guest depends on. The root image as written (size, mtime),
+ * and each bind disk as made (inode, birth, size): one removed by ageOut() and made again is another file system (mkfs
+ * picks a new UUID), and a guest restored from a snapshot of the old one has its first blocks cached from the init's
+ * findfs.
+ */
+export function snapshotKey(input: { driver: string; shape: VmShape; accel: string; assetsHash: string }): string {
+  const { shape } = input;
+  const image = statSync(shape.rootImage);
+  const binds = (shape.binds ?? []).map((bind) => {
+    const disk = statSync(bind.file);
+    return [bind.file, bind.label, bind.target, disk.ino, disk.birthtimeMs, disk.size];
+  });
+  return createHash('sha256')
+    .update(JSON.stringify([input.driver, shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, input.accel, input.assetsHash, binds]))
+    .digest('hex')
+    .slice(0, 16);
+}
+
 export class MicroVmExecutor implements Executor {
   readonly name = 'microvm' as const;
 
@@ -262,17 +281,7 @@ export class MicroVmExecutor implements Executor {
   /** The snapshot of a shape, made once by booting a template VM; null when snapshots are off or failed. */
   private snapshotFor(shape: Shape, config: QemuConfig): Promise<string | null> {
     if (this.options.snapshots === false || (this.driver === 'firecracker' && this.options.jailer)) return Promise.resolve(null);
-    const image = statSync(shape.rootImage);
-    // Each bind disk as made (inode, birth): one removed by ageOut() and made again is another file system (mkfs picks a
-    // new UUID), and a guest restored from a snapshot of the old one has its first blocks cached from the init's findfs.
-    const binds = (shape.binds ?? []).map((bind) => {
-      const disk = statSync(bind.file);
-      return [bind.file, bind.label, bind.target, disk.ino, disk.birthtimeMs, disk.size];
-    });
-    const key = createHash('sha256')
-      .update(JSON.stringify([this.driver, shape.rootImage, image.size, image.mtimeMs, shape.vcpus, shape.memoryMb, config.accel, config.assets.stamp.inputsHash, binds]))
-      .digest('hex')
-      .slice(0, 16);
+    const key = snapshotKey({ driver: this.driver, shape, accel: config.accel, assetsHash: config.assets.stamp.inputsHash });
     let pending = this.snapshots.get(key);
     if (!pending) {
       pending = (async () => {
