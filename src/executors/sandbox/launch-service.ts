@@ -195,8 +195,8 @@ export interface LaunchServiceOptions {
   /** native/kindling-launch. */
   helperPath: string;
   /**
-   * Where the server listens for launchers' connections: in a directory of root's that only root can write (the
-   * socket file is made without write permission for anyone else, so no other user can connect).
+   * Where the server listens for launchers' connections: in a directory only root can enter (0700), so that no other
+   * user can connect whatever mode the socket file gets.
    */
   socketPath: string;
   /** Makes the socket's directory (awaited before the first listen). */
