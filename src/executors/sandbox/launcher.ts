@@ -143,7 +143,7 @@ export class Launchers {
     return this.pool?.stats() ?? null;
   }
 
-  /** Stops preparing and discards the idle launchers; then stops the launch service (once nothing runs). */
+  /** Stops preparing and discards the idle launchers (the launch service stays for running ones: closeService). */
   async close(): Promise<void> {
     this.closing = true;
     await this.pool?.close();
