@@ -253,9 +253,18 @@ export class LaunchService {
   }
 
   private holdProcess(): void {
-    const answers = this.spawner?.stdout as Socket | undefined;
-    if (this.launchers.size > 0) answers?.ref();
-    else answers?.unref();
+    const spawner = this.spawner;
+    if (spawner === null) return;
+    const answers = spawner.stdout as Socket;
+    // Both the answers and the process itself: a spawner that dies closes its stdout before its exit is reaped, and
+    // its launchers are reported ended only on 'close' (which needs both).
+    if (this.launchers.size > 0) {
+      answers.ref();
+      spawner.ref();
+    } else {
+      answers.unref();
+      spawner.unref();
+    }
   }
 
   /** Stops the spawner (its launchers get SIGKILL) and the listening socket. */
