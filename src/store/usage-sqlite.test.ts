@@ -104,4 +104,35 @@ describe('SqliteUsageStore', () => {
       store.close();
     }
   });
+
+  it('keeps every field of a record, and its UTC day, also across midnight', () => {
+    const file = join(dir, 'fields.db');
+    const store = new SqliteUsageStore(file);
+    const beforeMidnight = Date.UTC(2026, 11, 4, 23, 59, 59, 999);
+    const full: UsageRecord = {
+      id: 'inv_full',
+      tenant: 'acme',
+      function: 'resize',
+      executor: 'docker',
+      atMs: beforeMidnight,
+      status: 'timeout',
+      coldStart: true,
+      durationMs: 12.5,
+      cpuMs: 3.25,
+      memoryPeakBytes: 7_340_032,
+      memoryMb: 512,
+      bytesIn: 11,
+      bytesOut: 22,
+      traceId: '4bf92f3577b34da6a3ce929d0e0e4736',
+    };
+    try {
+      store.record(full);
+      store.record({ ...record('inv_next_day', beforeMidnight + 1), tenant: 'acme', storageGbHours: 0.5 });
+      assert.deepEqual(store.recent({ tenant: 'acme', limit: 2 }).reverse(), [full, { ...record('inv_next_day', beforeMidnight + 1), tenant: 'acme' }]);
+      const days = store.summarize({ fromMs: 0, toMs: beforeMidnight + 10, tenant: 'acme', groupBy: 'day' });
+      assert.deepEqual(days.map((row) => [row.key, row.invocations, row.storageGbHours]), [['2026-12-04', 1, 0], ['2026-12-05', 1, 0.5]]);
+    } finally {
+      store.close();
+    }
+  });
 });
