@@ -4,15 +4,15 @@
  * It imports MODULE once (module-level code runs once per sandbox), connects to the host's unix SOCKET, says HELLO and
  * then serves invocations one at a time: the body arrives as a Buffer, the handler returns a string, a Buffer (or
  * Uint8Array) or a Promise of one. A throw becomes an ERROR frame (the invocation's exit code is 1). console output of
- * the handler travels as STDERR frames. No process is spawned per invocation. Each answer reports the call's CPU time
- * (process.cpuUsage() delta: getrusage of the whole process, every thread) and the process's peak RSS.
+ * the handler travels as STDERR frames. No process is spawned per invocation. Answers carry no usage report (agent
+ * version 3, see protocol.ts): the host meters calls from the sandbox's cgroup.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { AGENT_VERSION, FrameDecoder, FrameType, encodeBody, encodeFrame, type CallUsage, type Frame } from './protocol.js';
+import { AGENT_VERSION, FrameDecoder, FrameType, encodeBody, encodeFrame, type Frame } from './protocol.js';
 
 const [socketPath, modulePath, handlerName] = process.argv.slice(2);
 
@@ -77,20 +77,13 @@ async function main(): Promise<void> {
     socket.uncork();
   };
   const run = async (id: number, input: Buffer): Promise<void> => {
-    const started = performance.now();
-    const cpuStart = process.cpuUsage();
-    const usage = (): CallUsage => {
-      const cpu = process.cpuUsage(cpuStart);
-      return { cpuMs: (cpu.user + cpu.system) / 1000, maxRssBytes: process.resourceUsage().maxRSS * 1024 };
-    };
     current = id;
     try {
       const value = await handler(input);
       const out = typeof value === 'string' ? Buffer.from(value, 'utf8') : value instanceof Uint8Array ? Buffer.from(value.buffer, value.byteOffset, value.byteLength) : value === undefined || value === null ? Buffer.alloc(0) : Buffer.from(String(value), 'utf8');
-      const end = JSON.stringify({ durationMs: performance.now() - started, rssBytes: process.memoryUsage.rss(), ...usage() });
-      writeAll(encodeBody(FrameType.RESULT_CHUNK, FrameType.RESULT_END, id, out, end));
+      writeAll(encodeBody(FrameType.RESULT_CHUNK, FrameType.RESULT_END, id, out));
     } catch (error) {
-      writeAll([encodeFrame(FrameType.USAGE, id, JSON.stringify(usage())), encodeFrame(FrameType.ERROR, id, describe(error))]);
+      writeAll([encodeFrame(FrameType.ERROR, id, describe(error))]);
     } finally {
       current = 0;
     }

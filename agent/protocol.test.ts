@@ -3,14 +3,18 @@
  * wrapper's codec (agent/python_wrapper.py) run by the host's python3 on frames made here, and vice versa.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { skipOrFail } from '../src/executors/test-support.js';
-import { AGENT_VERSION, FrameDecoder, FrameType, HEADER_BYTES, MAX_CHUNK_BYTES, ProtocolError, encodeBody, encodeFrame, parseCallUsage } from './protocol.js';
+import { AGENT_VERSION, FrameDecoder, FrameType, HEADER_BYTES, MAX_CHUNK_BYTES, ProtocolError, encodeBody, encodeFrame, type Frame } from './protocol.js';
 
 const PYTHON_WRAPPER = fileURLToPath(new URL('../../agent/python_wrapper.py', import.meta.url));
+const NODE_WRAPPER = fileURLToPath(new URL('./node-wrapper.js', import.meta.url));
 const PYTHON = ['/usr/bin/python3', '/usr/local/bin/python3'].find((candidate) => existsSync(candidate));
 
 describe('agent protocol (TypeScript side)', () => {
@@ -59,15 +63,86 @@ describe('agent protocol (TypeScript side)', () => {
   });
 });
 
-describe('per-call usage (agent version 2)', () => {
-  it('reads cpuMs and maxRssBytes from RESULT_END / USAGE JSON; an older agent\'s payload has none', () => {
-    assert.equal(AGENT_VERSION, 2);
-    assert.deepEqual(parseCallUsage(Buffer.from('{"durationMs":3,"rssBytes":9,"cpuMs":12.5,"maxRssBytes":4096}')), { cpuMs: 12.5, maxRssBytes: 4096 });
-    assert.deepEqual(parseCallUsage(Buffer.from('{"cpuMs":0}')), { cpuMs: 0, maxRssBytes: 0 });
-    assert.equal(parseCallUsage(Buffer.from('{"durationMs":3,"rssBytes":9}')), null);
-    assert.equal(parseCallUsage(Buffer.alloc(0)), null);
-    assert.equal(parseCallUsage(Buffer.from('not json')), null);
-    assert.equal(parseCallUsage(Buffer.from('{"cpuMs":-1}')), null);
+/**
+ * Runs an agent as the sandbox would (its own process, connecting to the host's socket), calls its handler once with
+ * `ok` and once with `fail`, and returns every frame it sent, in order.
+ */
+async function converse(command: string, args: (socketPath: string) => string[]): Promise<Frame[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'kindling-agent-test-'));
+  const socketPath = join(dir, 'agent.sock');
+  const frames: Frame[] = [];
+  let socket: Socket | undefined;
+  const server = createServer((s) => (socket = s));
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  const child = spawn(command, args(socketPath), { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+  try {
+    const decoder = new FrameDecoder();
+    let waiting: (() => void) | null = null;
+    const until = async (done: () => boolean): Promise<void> => {
+      const deadline = Date.now() + 10_000;
+      while (!done()) {
+        if (Date.now() > deadline) assert.fail(`the agent did not answer (stderr: ${stderr})`);
+        await new Promise<void>((resolve) => {
+          waiting = resolve;
+          setTimeout(resolve, 100);
+        });
+      }
+    };
+    await until(() => socket !== undefined);
+    socket!.on('data', (chunk: Buffer) => {
+      frames.push(...decoder.push(chunk));
+      waiting?.();
+    });
+    await until(() => frames.some((f) => f.type === FrameType.HELLO));
+    for (const [id, body] of [[1, 'ok'], [2, 'fail']] as const) {
+      socket!.write(Buffer.concat([encodeFrame(FrameType.INVOKE, id), ...encodeBody(FrameType.BODY_CHUNK, FrameType.BODY_END, id, Buffer.from(body))]));
+      await until(() => frames.some((f) => f.id === id && (f.type === FrameType.RESULT_END || f.type === FrameType.ERROR)));
+    }
+    return frames;
+  } finally {
+    child.kill('SIGKILL');
+    socket?.destroy();
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** What a version-3 agent answers: HELLO with its version, the result and an empty RESULT_END, an ERROR alone. */
+function assertVersion3Answers(frames: Frame[], runtime: string): void {
+  const hello = frames.find((f) => f.type === FrameType.HELLO)!;
+  assert.deepEqual({ ...JSON.parse(hello.payload.toString('utf8')), pid: 0 }, { version: AGENT_VERSION, runtime, pid: 0 });
+  const calls = frames.filter((f) => f.id !== 0).map((f) => [f.id, f.type, f.type === FrameType.ERROR ? /boom/.test(f.payload.toString('utf8')) : f.payload.toString('utf8')]);
+  assert.deepEqual(calls, [
+    [1, FrameType.RESULT_CHUNK, 'echo:ok'],
+    [1, FrameType.RESULT_END, ''],
+    [2, FrameType.ERROR, true],
+  ]);
+}
+
+describe('agents send no per-call usage report (agent version 3)', () => {
+  it('the node agent answers with the result and an empty RESULT_END, and a throw with ERROR alone (no USAGE frame)', async () => {
+    assert.equal(AGENT_VERSION, 3);
+    const dir = mkdtempSync(join(tmpdir(), 'kindling-agent-module-'));
+    try {
+      const module = join(dir, 'handler.mjs');
+      writeFileSync(module, "export const handler = (body) => { if (String(body) === 'fail') throw new Error('boom'); return 'echo:' + body; };\n");
+      assertVersion3Answers(await converse(process.execPath, (socketPath) => [NODE_WRAPPER, socketPath, module, 'handler']), 'node');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the python agent does the same', { skip: PYTHON === undefined ? skipOrFail('sandbox', 'no python3 on this host (the python handler runtime)') : false }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kindling-agent-module-'));
+    try {
+      const module = join(dir, 'handler.py');
+      writeFileSync(module, "def handler(body):\n    if body == b'fail':\n        raise RuntimeError('boom')\n    return 'echo:' + body.decode()\n");
+      assertVersion3Answers(await converse(PYTHON!, (socketPath) => ['-u', PYTHON_WRAPPER, socketPath, module, 'handler']), 'python');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -89,8 +164,6 @@ assert [(k, i) for k, i, _ in got] == [(w.INVOKE, 42), (w.BODY_CHUNK, 42), (w.BO
 assert got[1][2] == bytes([0, 200, 10])
 sys.stdout.buffer.write(w.frame(w.RESULT_CHUNK, 42, b"\\x00ok") + w.frame(w.RESULT_END, 42, '{"durationMs":1}') + w.frame(w.STDERR, 42, "log ✓"))
 assert (w.USAGE, w.AGENT_VERSION) == (${FrameType.USAGE}, ${AGENT_VERSION})
-u = w.call_usage(w.cpu_seconds())
-assert u["cpuMs"] >= 0 and u["maxRssBytes"] > 1000000, u
 `;
     const output = execFileSync(PYTHON!, ['-c', script], { input });
     const frames = new FrameDecoder().push(output);

@@ -6,21 +6,18 @@ Loads MODULE once (module-level code runs once per sandbox), connects to the hos
 serves invocations one at a time with the framing of agent/protocol.ts: the handler receives the body as bytes and
 returns str or bytes (None: empty). An exception becomes an ERROR frame with the traceback (exit code 1 for the
 invocation). print() output during an invocation travels as STDERR frames. No process is spawned per invocation.
-Each answer reports the call's CPU time (getrusage(RUSAGE_SELF) ru_utime + ru_stime delta) and the process's peak RSS
-(ru_maxrss): in RESULT_END's JSON, or in a USAGE frame right before an ERROR (agent version 2, see agent/protocol.ts).
+Answers carry no usage report (agent version 3, see agent/protocol.ts): the host meters calls from the sandbox's cgroup.
 """
 import json
 import os
-import resource
 import socket
 import struct
 import sys
 import tempfile
-import time
 import traceback
 
 VERSION = 1  # the frame header's version byte
-AGENT_VERSION = 2  # announced in HELLO: 2 reports per-call usage
+AGENT_VERSION = 3  # announced in HELLO: 3 sends no per-call usage report
 HELLO, INVOKE, BODY_CHUNK, BODY_END, RESULT_CHUNK, RESULT_END, ERROR, STDERR, PING, PONG, LOAD, USAGE = range(1, 13)
 HEADER = struct.Struct(">IBBI")
 MAX_FRAME = 16 * 1024 * 1024
@@ -72,17 +69,6 @@ class Reader:
         payload = bytes(self.buf[10:4 + length])
         del self.buf[:4 + length]
         return kind, ident, payload
-
-
-def cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def call_usage(cpu_start):
-    """The call's CPU time (ms) and the process's peak RSS (bytes; ru_maxrss is in KiB on Linux)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpuMs": max(0.0, (usage.ru_utime + usage.ru_stime - cpu_start) * 1000), "maxRssBytes": usage.ru_maxrss * 1024}
 
 
 class FrameStream:
@@ -162,8 +148,6 @@ def main():
         elif kind == BODY_CHUNK:
             body.append(payload)
         elif kind == BODY_END:
-            started = time.perf_counter()
-            cpu_start = cpu_seconds()
             agent.current = ident
             try:
                 value = handler(b"".join(body))
@@ -176,13 +160,11 @@ def main():
                 else:
                     out = str(value).encode("utf-8")
                 frames = [frame(RESULT_CHUNK, ident, out[i:i + MAX_CHUNK]) for i in range(0, len(out), MAX_CHUNK)]
-                end = {"durationMs": (time.perf_counter() - started) * 1000}
-                end.update(call_usage(cpu_start))
-                frames.append(frame(RESULT_END, ident, json.dumps(end)))
+                frames.append(frame(RESULT_END, ident))
                 agent.send(b"".join(frames))
             except Exception:
                 text = traceback.format_exc()
-                agent.send(frame(USAGE, ident, json.dumps(call_usage(cpu_start))) + frame(ERROR, ident, text))
+                agent.send(frame(ERROR, ident, text))
             finally:
                 agent.current = 0
                 body = []

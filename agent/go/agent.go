@@ -8,7 +8,7 @@
 // handler gets the body as []byte and returns []byte or string, with or without an error. A returned error or a
 // panic becomes an ERROR frame (exit code 1 for the invocation). What the handler writes to os.Stdout and os.Stderr
 // travels as STDERR frames of the invocation. Each answer reports the call's CPU time and the process's peak RSS
-// (getrusage), as the other agents do (agent version 2).
+// (getrusage; agent version 2), which hosts ignore: calls are metered from the sandbox's cgroup (agent/protocol.ts).
 package main
 
 import (

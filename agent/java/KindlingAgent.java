@@ -9,8 +9,8 @@
 // and returning byte[] or String (the response; void or null: empty). What it throws becomes an ERROR frame with the
 // stack trace (exit code 1 for the invocation). What it prints on System.out and System.err travels as STDERR frames of
 // the invocation. The W3C trace context of a call is the system property kindling.traceparent (Java cannot change its
-// own environment). Each answer reports the call's CPU time and the process's peak RSS, as the other agents do
-// (agent version 2).
+// own environment). Each answer reports the call's CPU time and the process's peak RSS (agent version 2), which hosts
+// ignore: calls are metered from the sandbox's cgroup (agent/protocol.ts).
 
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
