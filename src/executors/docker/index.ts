@@ -80,6 +80,11 @@ interface Slot {
   egress: boolean;
 }
 
+/** How long an exit by SIGKILL that Kindling did not send waits for the engine's late "oom" event. */
+const OOM_EVENT_GRACE_MS = 250;
+/** pastEvents' answer when the engine did not answer. */
+const ENGINE_UNREACHABLE = 'engine-unreachable';
+
 export class DockerExecutor implements Executor {
   readonly name = 'docker' as const;
   private readonly docker: Docker;
@@ -423,6 +428,9 @@ export class DockerExecutor implements Executor {
       if (exitCode === 137) {
         const info = await slot.container.inspect().catch(() => null);
         oomKilled = info?.State.OOMKilled === true;
+        // containerd's exit and OOM events race: the engine may record the exit first and then never set OOMKilled.
+        // Its "oom" event is logged whenever it comes, so a SIGKILL Kindling did not send is checked against it.
+        if (!oomKilled && !killed) oomKilled = (await this.pastEvents(slot, ['oom'], Date.now() + OOM_EVENT_GRACE_MS)).has('oom');
       }
       // Killed by a signal that Kindling did not send: a stopping engine (systemctl restart docker) or an operator's
       // `docker stop` ended the run, not the user's code. That is the platform failing, with a retryable error.
@@ -548,19 +556,29 @@ export class DockerExecutor implements Executor {
    * shutting down: that counts too.
    */
   private async stoppedByEngine(slot: Slot): Promise<boolean> {
+    const seen = await this.pastEvents(slot, ['kill']);
+    return seen.has('kill') || seen.has(ENGINE_UNREACHABLE);
+  }
+
+  /**
+   * Which of `events` the engine logged for the slot's container since its creation, read once up to `untilMs` (now by
+   * default; a time ahead holds the answer until then, for an event that may still come). An engine that does not
+   * answer is reported as ENGINE_UNREACHABLE.
+   */
+  private async pastEvents(slot: Slot, events: string[], untilMs = Date.now()): Promise<Set<string>> {
     try {
       const stream = await this.docker.getEvents({
         since: Math.floor(slot.createdAtMs / 1000) - 1,
-        // Now, to the nanosecond (the engine accepts fractions): a whole second in the future would hold the answer
-        // back until then.
-        until: (Date.now() / 1000).toFixed(9) as unknown as number,
-        filters: JSON.stringify({ container: [slot.container.id], event: ['kill'] }),
+        // To the nanosecond (the engine accepts fractions): a whole second ahead would hold the answer back until then.
+        until: (untilMs / 1000).toFixed(9) as unknown as number,
+        filters: JSON.stringify({ container: [slot.container.id], event: events }),
       });
       const chunks: Buffer[] = [];
       for await (const chunk of stream) chunks.push(Buffer.from(chunk as Buffer));
-      return Buffer.concat(chunks).toString('utf8').includes('"kill"');
+      const text = Buffer.concat(chunks).toString('utf8');
+      return new Set(events.filter((event) => text.includes(`"${event}"`)));
     } catch (error) {
-      return isEngineUnreachable(error);
+      return new Set(isEngineUnreachable(error) ? [ENGINE_UNREACHABLE] : []);
     }
   }
 
