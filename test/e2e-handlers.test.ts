@@ -143,6 +143,20 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     assert.ok(cgroupsOf(server.ownerId).length <= 4 + liveSandboxes(server) + 2);
   });
 
+  it('a client that goes away mid-call frees the sandbox at once instead of at the handler timeout', async () => {
+    await client.functions.deploy('stuck', { runtime: 'node', code: 'export const handler = () => new Promise(() => {});', handler: 'handler', timeoutMs: 120_000 });
+    const abort = new AbortController();
+    const call = fetch(`${server.url}/v1/functions/stuck/invoke`, { method: 'POST', body: 'x', signal: abort.signal }).catch((error: unknown) => error);
+    await waitFor(async () => poolStats(server)['default/stuck@1']?.busy === 1, 20_000, 'the call to run');
+    abort.abort();
+    assert.ok((await call) instanceof Error, 'the client gave up');
+    // The sandbox was killed with the call: none is left busy or alive, long before the 120 s timeout.
+    await waitFor(async () => poolStats(server)['default/stuck@1']?.busy === 0 && poolStats(server)['default/stuck@1']?.total === 0, 20_000, 'the sandbox to go');
+    // The function still answers (a new sandbox) once the stuck call is gone.
+    await client.functions.deploy('stuck', { runtime: 'node', code: 'export const handler = () => "back";', handler: 'handler' });
+    assert.equal((await client.functions.invoke('stuck')).text(), 'back');
+  });
+
   it('beyond maxConcurrency + maxQueued invocations get 429 with Retry-After', async () => {
     await client.functions.deploy('narrow', { runtime: 'node', code: 'export const handler = async () => { await new Promise((r) => setTimeout(r, 2000)); return "ok"; };', handler: 'handler', maxConcurrency: 1, maxQueued: 2 });
     await client.functions.invoke('narrow'); // warm it up

@@ -372,10 +372,17 @@ export class HandlerPools implements HandlerInvoker {
     };
     const clock = this.options.clock ?? systemClock;
     const queuedFrom = clock.monotonicMs();
+    options.signal?.throwIfAborted();
     let lease;
     try {
       lease = await entry.pool.acquire();
+      if (options.signal?.aborted) {
+        // Cancelled while it waited: the sandbox goes back unused (NaN: no duration for the estimate).
+        lease.release(true, NaN);
+        throw options.signal.reason;
+      }
     } catch (error) {
+      if (options.signal?.aborted && error === options.signal.reason) throw error;
       if (error instanceof AgentLoadError) {
         // The user's module does not load: like a program that fails, a result with exit code 1 and the error text.
         this.observe({ ...event, status: 'failed', coldStart: true, durationMs: 0, outBytes: error.text.length, queuedMs: clock.monotonicMs() - queuedFrom });
@@ -405,14 +412,28 @@ export class HandlerPools implements HandlerInvoker {
         }
       : undefined;
     let result;
+    // Cancelled while it runs (the client went away, a cluster worker was fenced): a handler cannot be interrupted
+    // inside its sandbox, so the sandbox goes, and with it the call.
+    const sandbox = lease.sandbox;
+    const cancel = (): void => void sandbox.destroy();
+    options.signal?.addEventListener('abort', cancel, { once: true });
     try {
-      result = await lease.sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}), ...(options.trace ? { traceparent: options.trace.traceparent } : {}) });
+      result = await sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}), ...(options.trace ? { traceparent: options.trace.traceparent } : {}) });
       const rest = decoder?.end();
       if (rest) onText!('stderr', rest);
     } catch (error) {
       lease.release(false, NaN);
       this.observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });
+      if (options.signal?.aborted) throw options.signal.reason;
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'the warm sandbox failed', { cause: error });
+    } finally {
+      options.signal?.removeEventListener('abort', cancel);
+    }
+    if (options.signal?.aborted) {
+      // It ended as its sandbox was killed (a crash as far as the agent could tell): the caller's reason is the answer.
+      lease.release(false, NaN);
+      this.observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });
+      throw options.signal.reason;
     }
     const healthy = result.exitCode <= 1 && lease.sandbox.alive;
     // What the sandbox's cgroup peaked at so far is what it counts against the warm memory budget from now on.
