@@ -5,7 +5,9 @@
  * stream on the same cluster in the same run (the baseline: no replication). All three NATS servers and this process
  * share this machine's cores, so the figure is a floor for servers on separate machines, not a model of them.
  * Also: the time from SIGKILL of a worker process in the middle of a run to that invocation running on another worker
- * (the issue's target: < ack wait + 1 s).
+ * (the issue's target: < ack wait + 1 s); and sync invocations of a warm node handler sent to a gateway that runs them
+ * on a worker (`serve --cluster`), against the same calls sent to the worker's own API, alternated in the same run:
+ * what the gateway hop and NATS cost per call. Gateway, worker and NATS share this machine's two cores.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -16,7 +18,11 @@ import { AsyncQueue } from '../src/cluster/async-queue.js';
 import { connectCluster } from '../src/cluster/connection.js';
 import { startNatsCluster } from '../test/helpers/nats-cluster.js';
 import type { BenchContext, GroupResult } from './lib/context.js';
-import { onCleanup } from './lib/server.js';
+import { Agent } from 'node:http';
+import { timedRequest } from './lib/bare.js';
+import { runCurveStep, type CurveStep } from './lib/load-curve.js';
+import { launchServer, onCleanup, type BenchServer } from './lib/server.js';
+import { fmtMs, quantile } from './lib/stats.js';
 import type { Row } from './lib/table.js';
 
 const TARGET_PER_SECOND = 3_000;
@@ -116,5 +122,73 @@ export async function runClusterGroup(ctx: BenchContext): Promise<GroupResult> {
     status: worst < ACK_WAIT_MS + 1_000 ? 'pass' : 'fail',
     note: `all: ${samples.map((ms) => ms.toFixed(0)).join(', ')} ms; the dead worker's last progress signal was up to ackWait/3 before the kill`,
   });
+  rows.push(...(await gatewayHop(ctx, cluster.urls, data)));
   return { rows, data };
+}
+
+/** A warm handler deployed to `server`, answered 50 times before measuring; the node of the last answer. */
+async function deployWarm(server: BenchServer, name: string): Promise<string | null> {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const base = new URL(server.url);
+  const spec = { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 2, maxConcurrency: 2, maxQueued: 1000 };
+  const deployed = await timedRequest(agent, base, 'PUT', `/v1/functions/${name}`, Buffer.from(JSON.stringify(spec)), 60_000, { 'content-type': 'application/json' });
+  if (deployed.status >= 300) throw new Error(`deploy: ${deployed.status} ${deployed.body.slice(0, 300)}`);
+  let node: string | null = null;
+  for (let i = 0; i < 50; i++) {
+    const out = await timedRequest(agent, base, 'POST', `/v1/functions/${name}/invoke`, Buffer.from('ping'), 60_000, { 'content-type': 'application/octet-stream' });
+    if (out.status !== 200 || out.body !== 'ping') throw new Error(`warm-up invoke: ${out.status} ${out.body.slice(0, 300)}`);
+    node = (out.headers?.['x-kindling-node'] as string | undefined) ?? null;
+  }
+  agent.destroy();
+  return node;
+}
+
+async function gatewayHop(ctx: BenchContext, urls: string[], data: Record<string, unknown>): Promise<Row[]> {
+  const natsUrls = urls.join(',');
+  const worker = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--cluster', natsUrls, '--role', 'worker', '--node-name', 'bench-worker', '--generic-sandboxes', '0'] });
+  onCleanup(() => worker.stop());
+  const gateway = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', prewarm: 0, extraArgs: ['--cluster', natsUrls, '--role', 'gateway', '--node-name', 'bench-gateway', '--generic-sandboxes', '0'] });
+  onCleanup(() => gateway.stop());
+  // The gateway sees the worker once its registry watch has the first heartbeat.
+  for (let i = 0; ; i++) {
+    if ((await fetch(`${gateway.url}/readyz`)).status === 200) break;
+    if (i > 300) throw new Error('the gateway did not see the worker within 30 s');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  const node = await deployWarm(gateway, 'hop');
+  if (node !== 'bench-worker') throw new Error(`the gateway's calls ran on ${node ?? 'the gateway'}, not on the worker`);
+  await deployWarm(worker, 'direct');
+  const rows: Row[] = [];
+  for (const connections of [1, 8]) {
+    const step = (server: BenchServer, name: string): Promise<CurveStep> =>
+      runCurveStep({ url: new URL(server.url), method: 'POST', path: `/v1/functions/${name}/invoke`, headers: { 'content-type': 'application/octet-stream' }, body: Buffer.from('ping'), connections, durationMs: ctx.scale.stepMs, status: 200 });
+    // Alternated twice, so drift on this shared machine hits both paths alike.
+    const hop: CurveStep[] = [];
+    const direct: CurveStep[] = [];
+    for (let round = 0; round < 2; round++) {
+      hop.push(await step(gateway, 'hop'));
+      direct.push(await step(worker, 'direct'));
+    }
+    const merge = (steps: CurveStep[]) => {
+      const samples = steps.flatMap((one) => one.samples).sort((a, b) => a - b);
+      const seconds = steps.reduce((sum, one) => sum + one.seconds, 0);
+      return { perSecond: samples.length / seconds, p50Ms: quantile(samples, 0.5), p99Ms: quantile(samples, 0.99), errors: steps.reduce((sum, one) => sum + one.errors, 0) };
+    };
+    const viaGateway = merge(hop);
+    const straight = merge(direct);
+    ctx.log(`cluster: ${connections} clients: via gateway ${viaGateway.perSecond.toFixed(0)}/s p50 ${fmtMs(viaGateway.p50Ms)}; worker direct ${straight.perSecond.toFixed(0)}/s p50 ${fmtMs(straight.p50Ms)}`);
+    data[`cluster.gateway-hop.${connections}`] = { connections, viaGateway, direct: straight };
+    rows.push({
+      group: 'cluster',
+      id: `cluster.gateway-hop.${connections}`,
+      scenario: `warm node handler, sync, ${connections} client(s): gateway -> NATS -> worker`,
+      kindling: `${viaGateway.perSecond.toFixed(0)}/s, p50 ${fmtMs(viaGateway.p50Ms)}, p99 ${fmtMs(viaGateway.p99Ms)}`,
+      baseline: `the worker's own API: ${straight.perSecond.toFixed(0)}/s, p50 ${fmtMs(straight.p50Ms)}, p99 ${fmtMs(straight.p99Ms)}`,
+      ratio: `+${fmtMs(viaGateway.p50Ms - straight.p50Ms)} p50`,
+      target: '— (measured: the cost of the hop)',
+      status: viaGateway.errors === 0 ? 'pass' : 'fail',
+      note: `errors: ${viaGateway.errors} via gateway, ${straight.errors} direct; gateway, worker and 3 NATS servers share 2 cores`,
+    });
+  }
+  return rows;
 }

@@ -47,10 +47,12 @@ mkdir -p test-results
 # process, so the lanes never share one). Measured on 2026-12-04: the first lane took 39 minutes with all of them in
 # it (custom images 6.7 minutes, function packages 2.5), which left CI too close to its 45. Suites that assert the
 # machine's state as a whole (all cgroups, all VMs) stay in the first lane. The other microVM suites (their VMs are
-# scoped to their own data dirs) joined on 2026-12-04 when the first lane took 33 of CI's 39 minutes.
+# scoped to their own data dirs) joined on 2026-12-04 when the first lane took 33 of CI's 39 minutes, and the cluster
+# servers' suite (its servers have their own data dirs and nats-servers) when it was written.
 side_files=()
 for f in dist/src/executors/microvm/conformance.test.js dist/test/custom-images.test.js dist/test/function-packages.test.js \
-  dist/src/executors/microvm/persistent.test.js dist/test/e2e-microvm.test.js dist/test/microvm-bundles.test.js; do
+  dist/src/executors/microvm/persistent.test.js dist/test/e2e-microvm.test.js dist/test/microvm-bundles.test.js \
+  dist/test/cluster-serve.test.js; do
   [ -f "$f" ] && side_files+=("$f")
 done
 side_pid=""

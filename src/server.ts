@@ -23,6 +23,8 @@ import { EgressPolicy } from './network/policy.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { BundleStore } from './orchestrator/bundles.js';
 import { FunctionService } from './orchestrator/function-service.js';
+import type { ClusterNode } from './cluster/node.js';
+import type { ClusterConfig } from './cluster/roles.js';
 import { HandlerPools, type HandlerPoolsOptions } from './orchestrator/handler-pools.js';
 import { InvocationService, type InvocationServiceOptions } from './orchestrator/invocations.js';
 import { LogBus } from './orchestrator/log-bus.js';
@@ -124,6 +126,8 @@ export interface ServerConfig {
   metricsToken?: string;
   /** The `node` label of every metric (--node-name). Default: the host name. */
   nodeName?: string;
+  /** Cluster mode (`serve --cluster URLS --role ...`): absent, the server is a cluster of one, as always. */
+  cluster?: ClusterConfig;
   /** The built web console; default web/dist of this checkout. */
   consoleDir?: string;
   /**
@@ -560,7 +564,12 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
   let invocationsRef: InvocationService | null = null;
+  // Cluster mode: joined before the function service, which sends invocations through the node's router.
+  // Loaded only then: a server on its own does not load the NATS client.
+  const clusterNode = config.cluster ? await (await import('./cluster/node.js')).ClusterNode.connect(config.cluster, logger.child({ component: 'cluster' })) : null;
+  if (clusterNode) rollback.add('cluster', () => clusterNode.close());
   const functionService = new FunctionService({
+    ...(clusterNode?.router ? { remote: clusterNode.router } : {}),
     ...(config.functionVersionsKept === undefined ? {} : { versionsKept: config.functionVersionsKept }),
     versionsInUse: (tenant, name) => invocationsRef?.uncommittedVersions(tenant, name) ?? [],
     storageQuotasOf: (tenant) => tenants.quotasOf(tenant),
@@ -660,6 +669,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     version: config.version,
     logger,
     isDraining: () => draining,
+    ...(clusterNode ? { clusterReasons: () => clusterReasonsOf(clusterNode) } : {}),
     ...(config.operatorResults ? { operatorResults: config.operatorResults } : {}),
     ...(tracer ? { tracer } : {}),
   });
@@ -673,6 +683,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const release = async (): Promise<void> => {
     // Connections still open now (an abandoned upload, an idle keep-alive) must not hold the process.
     streamRelay?.close();
+    // Runs for gateways have ended (drained or killed) by now: this node leaves the cluster.
+    await clusterNode?.close().catch((error: unknown) => logger.warn({ err: error }, 'leaving the cluster failed'));
     const closed = app.close();
     const timer = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
     await closed;
@@ -713,6 +725,12 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
       invocations.start();
       handlers.startWarming();
+      // A worker takes runs from gateways once it answers here too.
+      await clusterNode?.serve({
+        run: (version, body, options) => functionService.invokeVersion(version, body, options, { remote: false }),
+        capacity: config.maxConcurrent,
+        warm: () => handlers.poolSizes().flatMap((pool) => (pool.idle > 0 ? [`${pool.tenant}/${pool.function}@${pool.version}`] : [])),
+      });
       logger.info({ url, dataDir, instanceId, auth: tenants.authEnabled }, 'Kindling is listening');
       if (!process.execArgv.some((arg) => arg.startsWith('--initial-old-space-size'))) {
         // Not an environment read: the V8 flags this process was started with (bin/kindling.js sets them; see there why).
@@ -727,6 +745,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
           // Keep listening while draining: new work gets 503 SHUTTING_DOWN (and /readyz 503), so load balancers and
           // clients learn what is happening instead of seeing refused connections.
           draining = true;
+          // Gateways stop placing here at once; runs already sent here finish within the drain.
+          await clusterNode?.stopAccepting();
           // Async invocations still queued stay queued in the store and run after the next start.
           const invocationsDone = invocations.close(config.shutdownTimeoutMs);
           executionService.stopAccepting();
@@ -758,4 +778,12 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       return destroying;
     },
   };
+}
+
+/** Why a cluster node is not ready: its NATS connection is down, or (a gateway) it sees no worker to send work to. */
+function clusterReasonsOf(node: ClusterNode): string[] {
+  const reasons: string[] = [];
+  if (node.status() !== 'connected') reasons.push(`the cluster connection (NATS) is ${node.status()}`);
+  if (node.config.role === 'gateway' && node.workers().length === 0) reasons.push('no worker is registered in the cluster');
+  return reasons;
 }

@@ -210,6 +210,7 @@ export class Functions extends APIResource {
         durationMs,
         coldStart: header('x-kindling-cold-start') === 'true',
         streamed,
+        ...(response.headers.get('x-kindling-node') === null ? {} : { node: response.headers.get('x-kindling-node')! }),
       };
     } finally {
       request.dispose();

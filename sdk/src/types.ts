@@ -297,6 +297,8 @@ export interface InvocationResult {
   coldStart: boolean;
   /** True when the output (over 1 MiB) was streamed with the exit code and duration in trailers. */
   streamed: boolean;
+  /** Cluster mode: the worker that ran it (absent when the server that answered ran it). */
+  node?: string;
 }
 
 export type InvocationStatus = 'queued' | 'running' | 'succeeded' | 'failed';

@@ -86,6 +86,8 @@ export interface ApiOptions {
   version: string;
   logger?: FastifyServerOptions['logger'] | FastifyServerOptions['loggerInstance'];
   isDraining?: () => boolean;
+  /** Cluster mode: why this node is not ready in the cluster (see HealthRouteOptions). */
+  clusterReasons?: () => string[];
   /** Persistent sandboxes (/v1/sandboxes…); without it those routes are absent. */
   sandboxes?: SandboxService;
   /** Custom images (/v1/images…); without it those routes are absent. */
@@ -341,6 +343,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     defaultExecutor: options.defaultExecutor,
     defaultExecutorReason: options.defaultExecutorReason,
     isDraining: options.isDraining ?? (() => false),
+    ...(options.clusterReasons ? { clusterReasons: options.clusterReasons } : {}),
   });
   registerExecuteRoutes(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes, ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}) });
   registerExecuteWsRoute(app, { executionService: options.executionService, toError, maxStreamBytes: options.maxStreamBytes });

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { checkNodeName } from '../metrics/node.js';
+import { CLUSTER_ROLES, nodeIdOf, type ClusterConfig, type ClusterRole } from '../cluster/roles.js';
 import type { Level, Logger } from 'pino';
 import type { ResultStore } from '../operator/result-store.js';
 import type { OperatorSettings, RunningOperator } from '../operator/service.js';
@@ -153,6 +154,8 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--otlp-batch-delay-ms <ms>', 'ended spans are sent in batches at least this often', int('--otlp-batch-delay-ms'), 5000)
     .option('--otlp-max-queue-spans <n>', 'ended spans held for export at most (a receiver that is down costs no more memory; beyond, spans are dropped)', int('--otlp-max-queue-spans'), 2048)
     .option('--otlp-headers <name=value,...>', 'headers of each span export (e.g. an API key of a hosted backend); env KINDLING_OTLP_HEADERS')
+    .option('--cluster <urls>', 'join a cluster through NATS JetStream (docs/cluster.md): nats://h1:4222,nats://h2:4222; unset: a server on its own, as always')
+    .option('--role <role>', 'with --cluster: gateway (serves the API, sends invocations to workers), worker (runs what gateways send) or all (both)', 'all')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel);
 }
 
@@ -171,6 +174,20 @@ export function otlpConfig(options: Record<string, unknown>, defaults: Pick<Serv
   };
 }
 
+/** The --cluster and --role options, checked; null without --cluster. The node id is the node name made subject-safe. */
+export async function clusterConfig(options: Record<string, unknown>): Promise<ClusterConfig | null> {
+  const role = options.role as string;
+  if (!(CLUSTER_ROLES as readonly string[]).includes(role)) throw new Error(`--role must be one of ${CLUSTER_ROLES.join(', ')}, got "${role}"`);
+  const urls = options.cluster as string | undefined;
+  if (urls === undefined || urls === '') {
+    if (role !== 'all') throw new Error(`--role ${role} needs --cluster nats://host:4222,... (a server on its own is always both)`);
+    return null;
+  }
+  // Loaded here: only a cluster node needs the NATS client.
+  const { parseClusterUrls } = await import('../cluster/connection.js');
+  return { urls: parseClusterUrls(urls), role: role as ClusterRole, nodeId: nodeIdOf(options.nodeName as string) };
+}
+
 /**
  * Starts the server from parsed serve options and runs it until SIGTERM/SIGINT; with operator settings it also runs
  * the chain operator on the same orchestrator (the drain lets running jobs finish and post their results first).
@@ -186,6 +203,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
       const allowedHosts = parseAllowedHosts(options.allowedHosts as string);
       const metricsToken = (options.metricsToken as string | undefined) ?? defaults.metricsToken;
       const otlp = otlpConfig(options, defaults);
+      const cluster = await clusterConfig(options);
       // Loaded here, not at the top: the other commands must not pay for loading the whole platform.
       const [{ pino }, { startServer }] = await Promise.all([import('pino'), import('../server.js')]);
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
@@ -257,6 +275,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
         nodeName: options.nodeName as string,
         ...(operatorResults ? { operatorResults } : {}),
         ...(otlp ? { otlp } : {}),
+        ...(cluster ? { cluster } : {}),
       });
       let operator: RunningOperator | null = null;
       if (operatorSettings !== null && operatorResults !== null) {

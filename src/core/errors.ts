@@ -137,6 +137,13 @@ export const ERROR_CODES = {
   /** Nothing listens on that port inside the sandbox (or it did not accept in time): start the server first. */
   SANDBOX_PORT_UNREACHABLE: { statusCode: 502, retryable: true },
   SHUTTING_DOWN: { statusCode: 503, retryable: true },
+  /** Cluster mode: no worker is registered with a free slot for this invocation (a gateway runs no functions itself). */
+  NO_WORKERS: { statusCode: 503, retryable: true },
+  /**
+   * Cluster mode: the worker running a sync invocation stopped answering (it died or lost NATS) before the result came;
+   * the invocation may have run: retry it only if it is safe to run twice.
+   */
+  WORKER_LOST: { statusCode: 502, retryable: true },
   /**
    * A route or mode of the FaaS blueprint's gateway (/api/v1/...) that Kindling does not translate; the message names
    * the Kindling route that does the job (docs/operator.md, "Migrating from the FaaS blueprint").

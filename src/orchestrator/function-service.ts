@@ -60,6 +60,8 @@ export interface InvocationResult {
   /** The body or stderr was cut at the execution's `outputBytes` (the rest was dropped). */
   truncated?: boolean;
   executor: ExecutorName;
+  /** Cluster mode: the worker that ran it (absent when it ran on the server that answers). */
+  node?: string;
 }
 
 export interface InvokeOptions {
@@ -82,6 +84,12 @@ export interface InvokeOptions {
   onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
   /** The tenant's caps and concurrency slot (taken once here, for handler and command functions alike). */
   scope?: TenantScope;
+}
+
+/** Cluster mode: where an invocation runs when it is not here. */
+export interface RemoteRouter {
+  /** The run on a worker, or null when it runs here (a function whose files only this server keeps, no worker fits). */
+  route(version: FunctionVersion, executor: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult> | null;
 }
 
 /** Runs handler-style invocations (warm pools); absent on servers without an executor that keeps sandboxes warm. */
@@ -126,6 +134,8 @@ export interface FunctionServiceOptions {
   packageImages?: PackageImages;
   /** Where builds (status, error, log) are recorded; absent: builds run unrecorded (no build ids). */
   builds?: BuildStore;
+  /** Cluster mode: sends invocations it can to a worker (src/cluster/remote-runs.ts); absent: everything runs here. */
+  remote?: RemoteRouter;
   /** Called when removing unreferenced bundles failed (they are tried again after the next deploy or delete). */
   onError?: (error: unknown) => void;
 }
@@ -549,11 +559,22 @@ export class FunctionService {
 
   async invoke(tenant: string, name: string, body: Buffer, options: InvokeOptions = {}): Promise<InvocationResult> {
     const { version } = this.resolve(tenant, name, options.version);
-    const spec = version.spec;
+    return this.invokeVersion(version, body, options, { remote: true });
+  }
+
+  /**
+   * Runs a version already resolved: `invoke` after its lookup, and a cluster worker with the version a gateway sent
+   * (`remote: false`: it runs here, never forwarded again).
+   */
+  async invokeVersion(version: FunctionVersion, body: Buffer, options: InvokeOptions, route: { remote: boolean }): Promise<InvocationResult> {
+    const { tenant, name, spec } = version;
     const executor = spec.executor ?? this.options.defaultExecutor;
     // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
     const releaseTenant = options.scope?.acquire?.();
     try {
+      // Cluster mode: a worker runs it when the router takes it (null: it runs here).
+      const forwarded = route.remote ? this.options.remote?.route(version, executor, body, options) : undefined;
+      if (forwarded) return await forwarded;
       if (isHandlerStyle(spec)) {
         const handlers = this.options.handlers;
         if (handlers === undefined || !handlers.supports(executor)) {

@@ -361,6 +361,7 @@ class AsyncFunctions:
             duration_ms=duration_ms,
             cold_start=headers.get("x-kindling-cold-start") == "true",
             streamed=streamed,
+            node=headers.get("x-kindling-node"),
         )
 
     async def invoke_async(

@@ -421,6 +421,7 @@ class Functions:
             duration_ms=duration_ms,
             cold_start=headers.get("x-kindling-cold-start") == "true",
             streamed=streamed,
+            node=headers.get("x-kindling-node"),
         )
 
     def invoke_async(

@@ -317,6 +317,8 @@ class InvocationResult:
     cold_start: bool
     #: True when the output (over 1 MiB) was streamed and the facts came from the invocation's record.
     streamed: bool
+    #: Cluster mode: the worker that ran it (None when the server that answered ran it).
+    node: Optional[str] = None
 
     @property
     def text(self) -> str:

@@ -24,6 +24,7 @@ def test_deploy_invoke_list_get_delete(k: Kindling, name: str) -> None:
     assert first.exit_code == 0
     assert isinstance(first.cold_start, bool)
     assert first.version == 1 and first.invocation_id
+    assert first.node is None  # a server on its own ran it (cluster mode names the worker)
     warm = k.functions.invoke(name, "pong")
     assert warm.text == "echo:pong" and warm.cold_start is False
     assert name in [f.name for f in k.functions.list()]

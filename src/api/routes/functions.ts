@@ -553,6 +553,7 @@ function resultHeaders(result: InvocationResult): Record<string, string> {
     'x-kindling-executor': result.executor,
     ...(result.timedOut ? { 'x-kindling-timed-out': 'true' } : {}),
     ...(result.truncated ? { 'x-kindling-truncated': 'true' } : {}),
+    ...(result.node === undefined ? {} : { 'x-kindling-node': result.node }),
   };
 }
 

@@ -12,6 +12,8 @@ export interface HealthRouteOptions {
   /** Why the default executor was chosen (auto-detection explains itself here and in the log). */
   defaultExecutorReason: string;
   isDraining: () => boolean;
+  /** Cluster mode: why this node cannot serve (NATS lost, a gateway that sees no worker); empty when it can. */
+  clusterReasons?: () => string[];
   /**
    * Whether the request may see each executor's findings (reasons and details name host paths, cgroups, the sandbox
    * uid and versions): the admin's, or everyone's in open local mode. Others get ready/not ready and why, in words of
@@ -36,10 +38,12 @@ export function registerHealthRoutes(app: FastifyInstance, options: HealthRouteO
     const executors = await probeAll();
     const defaultReady = executors.find((status) => status.name === options.defaultExecutor)?.ready === true;
     const draining = options.isDraining();
-    const ready = defaultReady && !draining;
+    const clusterReasons = options.clusterReasons?.() ?? [];
+    const ready = defaultReady && !draining && clusterReasons.length === 0;
     const reasons: string[] = [];
     if (draining) reasons.push('the server is shutting down (draining)');
     if (!defaultReady) reasons.push(`the default executor (${options.defaultExecutor}) is not ready`);
+    reasons.push(...clusterReasons);
     reply.code(ready ? 200 : 503);
     const status = ready ? 'ready' : 'not_ready';
     if (options.showDetails(request)) {

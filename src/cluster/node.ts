@@ -1,0 +1,137 @@
+/**
+ * A server's part in a cluster (`kindling serve --cluster URLS --role ...`): its NATS connection, the registry, and
+ * per role what it does there. A `worker` heartbeats and answers runs; a `gateway` watches the registry and sends the
+ * invocations workers can take to them; `all` does both (and runs here what is placed on itself).
+ */
+import type { Logger } from 'pino';
+import { connectCluster, type ClusterConnection, type ClusterConnectionStatus } from './connection.js';
+import { Registry, type Heartbeat, type RegistryView, type WorkerEntry } from './registry.js';
+import { KindlingError } from '../core/errors.js';
+import { REMOTE_RUNS_DEFAULTS, RemoteRuns } from './remote-runs.js';
+import type { ClusterConfig } from './roles.js';
+import { WorkerRuns, type RunVersion } from './worker-runs.js';
+
+export interface WorkerSide {
+  run: RunVersion;
+  /** Executions this node runs at once. */
+  capacity: number;
+  /** Versions with an idle warm sandbox here, as `tenant/name@version`. */
+  warm: () => string[];
+}
+
+export class ClusterNode {
+  private heartbeat: Heartbeat | null = null;
+  private workerRuns: WorkerRuns | null = null;
+  private closing: Promise<void> | null = null;
+  private fence: NodeJS.Timeout | null = null;
+
+  private constructor(
+    readonly config: ClusterConfig,
+    private readonly connection: ClusterConnection,
+    private readonly registry: Registry,
+    private readonly view: RegistryView | null,
+    /** Gateways and `all`: where invocations go. */
+    readonly router: RemoteRuns | null,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Connects and, for gateways, starts watching the registry; a worker starts answering with serve(). */
+  static async connect(config: ClusterConfig, logger: Logger): Promise<ClusterNode> {
+    let node: ClusterNode | null = null;
+    const connection = await connectCluster(config.urls, {
+      name: `kindling-${config.role}-${config.nodeId}`,
+      onStatus: (status, detail) => {
+        logger[status === 'connected' ? 'info' : 'warn']({ nats: status, detail }, 'cluster connection');
+        node?.connectionChanged(status);
+      },
+    });
+    try {
+      const registry = await Registry.open(connection.nc, config.registryTtlMs === undefined ? {} : { ttlMs: config.registryTtlMs });
+      const view = config.role === 'worker' ? null : await registry.watch(Date.now, (error) => logger.warn({ err: error }, 'watching the worker registry failed'));
+      const router = view
+        ? new RemoteRuns(connection.nc, {
+            nodeId: config.nodeId,
+            runsHere: config.role === 'all',
+            workers: () => view.workers(),
+            ...(config.silenceTimeoutMs === undefined ? {} : { silenceTimeoutMs: config.silenceTimeoutMs }),
+          })
+        : null;
+      logger.info({ role: config.role, nodeId: config.nodeId, urls: config.urls }, 'joined the cluster');
+      node = new ClusterNode(config, connection, registry, view, router, logger);
+      return node;
+    } catch (error) {
+      await connection.close();
+      throw error;
+    }
+  }
+
+  /** Workers and `all`: answers runs and heartbeats into the registry (from now on gateways may place work here). */
+  async serve(side: WorkerSide): Promise<void> {
+    if (this.config.role === 'gateway' || this.workerRuns !== null) return;
+    const startedAt = new Date().toISOString();
+    const runs = new WorkerRuns(this.connection.nc, {
+      nodeId: this.config.nodeId,
+      run: side.run,
+      onError: (error, context) => this.logger.warn({ err: error, ...context }, 'cluster run'),
+    });
+    this.workerRuns = runs;
+    this.heartbeat = await this.registry.heartbeat(
+      () => ({ nodeId: this.config.nodeId, role: this.config.role === 'all' ? 'all' : 'worker', capacity: side.capacity, inFlight: runs.inFlight, warm: side.warm(), startedAt }),
+      { onError: (error) => this.logger.warn({ err: error }, 'cluster heartbeat failed') },
+    );
+  }
+
+  /**
+   * Fencing: a worker cut off from NATS as long as a gateway waits for word of a run (the silence timeout) aborts its
+   * runs: their gateways have answered WORKER_LOST by then, and nothing it computes could reach them.
+   */
+  private connectionChanged(status: ClusterConnectionStatus): void {
+    if (status === 'connected' || status === 'closed') {
+      if (this.fence) clearTimeout(this.fence);
+      this.fence = null;
+      return;
+    }
+    if (this.fence !== null || this.workerRuns === null) return;
+    const silenceMs = this.config.silenceTimeoutMs ?? REMOTE_RUNS_DEFAULTS.silenceTimeoutMs;
+    this.fence = setTimeout(() => {
+      this.fence = null;
+      if (this.connection.status() === 'connected') return;
+      const aborted = this.workerRuns?.abortAll(new KindlingError('WORKER_LOST', `worker ${this.config.nodeId} lost NATS for ${silenceMs} ms; its gateways gave up on this run`)) ?? 0;
+      if (aborted > 0) this.logger.warn({ runs: aborted, silenceMs }, 'cut off from NATS: the runs of gateways were aborted');
+    }, silenceMs);
+    this.fence.unref();
+  }
+
+  /** The workers this gateway sees (empty on a worker). */
+  workers(): WorkerEntry[] {
+    return this.view?.workers() ?? [];
+  }
+
+  status(): ClusterConnectionStatus {
+    return this.connection.status();
+  }
+
+  /**
+   * A drain's first step: leave the registry at once (gateways stop placing here) and refuse new runs; runs in flight
+   * go on and end with the server's drain.
+   */
+  async stopAccepting(): Promise<void> {
+    this.workerRuns?.stopAccepting();
+    const heartbeat = this.heartbeat;
+    this.heartbeat = null;
+    await heartbeat?.stop({ deregister: true }).catch((error: unknown) => this.logger.warn({ err: error }, 'leaving the worker registry failed'));
+  }
+
+  /** Leaves the cluster: runs still in flight are aborted, the connection drained and closed. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.stopAccepting();
+      if (this.fence) clearTimeout(this.fence);
+      this.workerRuns?.close();
+      this.router?.close();
+      this.view?.close();
+      await this.connection.close();
+    })();
+    return this.closing;
+  }
+}

@@ -1,0 +1,59 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { KindlingError } from '../core/errors.js';
+import type { FunctionVersion } from '../store/store.js';
+import { remotable, versionKey } from './remote-runs.js';
+import { nodeIdOf } from './roles.js';
+import { chunks, decodeFrame, encodeFrame, fromWireError, toWireError } from './run-protocol.js';
+import { clusterConfig } from '../cli/serve.js';
+
+const version = (spec: FunctionVersion['spec']): FunctionVersion => ({ tenant: 'acme', name: 'fn', version: 3, spec, createdAtMs: 0 });
+
+describe('cluster run protocol', () => {
+  it('a frame carries its metadata and raw bytes unchanged, and a cut frame is refused', () => {
+    const body = Buffer.from([0, 1, 2, 255]);
+    const stderr = Buffer.from('oops');
+    const frame = encodeFrame({ ok: true, bodyBytes: body.length }, body, stderr);
+    const { meta, rest } = decodeFrame<{ ok: boolean; bodyBytes: number }>(frame);
+    assert.deepEqual(meta, { ok: true, bodyBytes: 4 });
+    assert.deepEqual([...rest.subarray(0, 4)], [0, 1, 2, 255]);
+    assert.equal(rest.subarray(4).toString(), 'oops');
+    assert.throws(() => decodeFrame(frame.subarray(0, 10)), /runs past its end/);
+    assert.throws(() => decodeFrame(new Uint8Array(2)), /shorter than its length prefix/);
+  });
+
+  it('chunks cover the frame in order, none larger than asked', () => {
+    const frame = Buffer.alloc(2500, 7);
+    const pieces = chunks(frame, 1000);
+    assert.deepEqual(pieces.map((piece) => piece.length), [1000, 1000, 500]);
+    assert.deepEqual(Buffer.concat(pieces), frame);
+  });
+
+  it('errors keep their code, details and Retry-After across the wire; others become EXECUTOR_FAILED', () => {
+    const wire = toWireError(new KindlingError('TENANT_CONCURRENCY_LIMIT', 'busy', { details: { limit: 2 }, retryAfterSeconds: 3 }));
+    const back = fromWireError(JSON.parse(JSON.stringify(wire)), 'wk-a');
+    assert.deepEqual([back.code, back.statusCode, back.message, back.retryAfterSeconds, back.details], ['TENANT_CONCURRENCY_LIMIT', 429, 'busy', 3, { limit: 2, node: 'wk-a' }]);
+    assert.equal(toWireError(new Error('disk gone')).code, 'EXECUTOR_FAILED');
+    assert.equal(fromWireError({ code: 'SOMETHING_NEWER', message: 'x' }, 'wk-a').code, 'EXECUTOR_FAILED');
+  });
+
+  it('only handler functions without files of their own server go to workers', () => {
+    const handler = { runtime: 'node' as const, handler: 'handler', code: 'exports.handler = () => 1' };
+    assert.equal(remotable(version(handler), {}), true);
+    assert.equal(remotable(version({ image: 'kindling/base', command: ['cat'] }), {}), false, 'command functions stream through the gateway');
+    assert.equal(remotable(version({ ...handler, bundle: { sha256: 'a', bytes: 1, entries: 1 } }), {}), false);
+    assert.equal(remotable(version({ ...handler, layer: { sha256: 'a', bytes: 1, reused: false, buildMs: 0 } }), {}), false);
+    assert.equal(remotable(version({ ...handler, image: 'mine' }), {}), false);
+    assert.equal(remotable(version(handler), { io: {} }), false);
+    assert.equal(versionKey(version(handler)), 'acme/fn@3');
+  });
+
+  it('--cluster and --role are checked; the node id is the node name made subject-safe', async () => {
+    assert.equal(await clusterConfig({ role: 'all' }), null);
+    await assert.rejects(clusterConfig({ role: 'worker' }), /--role worker needs --cluster/);
+    await assert.rejects(clusterConfig({ role: 'boss', cluster: 'nats://a:1' }), /--role must be one of gateway, worker, all/);
+    await assert.rejects(clusterConfig({ role: 'all', cluster: 'http://a:1' }), /nats:\/\//);
+    assert.deepEqual(await clusterConfig({ role: 'gateway', cluster: 'nats://h1,nats://h2:4223', nodeName: 'gw.example.com' }), { urls: ['nats://h1:4222', 'nats://h2:4223'], role: 'gateway', nodeId: 'gw-example-com' });
+    assert.equal(nodeIdOf('a b/c_d-e'), 'a-b-c_d-e');
+  });
+});

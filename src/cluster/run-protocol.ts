@@ -1,0 +1,107 @@
+/**
+ * How a gateway asks a worker to run one invocation over NATS, and how the worker answers (cluster mode, issue 18).
+ *
+ * The gateway subscribes to a fresh run subject, then publishes the request to the worker's invoke subject with the run
+ * subject as its reply. Everything the worker says about that run goes to the run subject, told apart by the header
+ * `k`: `started` (a sandbox started or a warm one was leased), `alive` (every second while it runs, so a gateway notices
+ * a dead worker within seconds instead of waiting for the function's timeout), `out` (live output text), `chunk` (a
+ * piece of a result larger than one NATS message) and `result` (the end). A cancel goes to the worker's cancel subject.
+ *
+ * A frame is binary: a 4-byte big-endian length, that many bytes of JSON metadata, then the raw bytes (payload, or body
+ * then stderr). Payloads and bodies are bytes, never base64.
+ */
+import { KindlingError, ERROR_CODES, type ErrorCode } from '../core/errors.js';
+import type { ExecutorName, ResourceLimits } from '../core/types.js';
+import type { FunctionVersion } from '../store/store.js';
+
+export const invokeSubject = (nodeId: string): string => `kindling.workers.${nodeId}.invoke`;
+export const cancelSubject = (nodeId: string): string => `kindling.workers.${nodeId}.cancel`;
+export const RUN_SUBJECT_PREFIX = 'kindling.runs.';
+
+/** The header that says what a message on a run subject is. */
+export const KIND_HEADER = 'k';
+export type RunMessageKind = 'started' | 'alive' | 'out' | 'chunk' | 'result';
+
+/** What a worker needs to run one invocation: the whole version (workers read no store), the tenant's caps, the trace. */
+export interface RunRequest {
+  runId: string;
+  /** The version to run; the worker picks the executor as a server does (the spec's, else the worker's default). */
+  version: FunctionVersion;
+  caps: Partial<ResourceLimits>;
+  traceparent?: string;
+  /** Whether the gateway wants live output (`out` messages): only when someone follows it. */
+  output: boolean;
+}
+
+/** A finished run: what InvocationResult says besides its body and stderr (carried as raw bytes after the metadata). */
+export interface RunResultMeta {
+  invocationId: string;
+  exitCode: number;
+  durationMs: number;
+  coldStart: boolean;
+  timedOut: boolean;
+  oomKilled?: boolean;
+  truncated?: boolean;
+  executor: ExecutorName;
+  bodyBytes: number;
+}
+
+/** The end of a run: a result, or the error the worker's platform raised (user code failing is a result, not this). */
+export type RunAnswer = { ok: true; result: RunResultMeta } | { ok: false; error: WireError };
+
+export interface WireError {
+  code: string;
+  message: string;
+  details?: Record<string, unknown>;
+  retryAfterSeconds?: number;
+}
+
+export function encodeFrame(meta: unknown, ...parts: Uint8Array[]): Uint8Array {
+  const json = Buffer.from(JSON.stringify(meta));
+  const out = Buffer.allocUnsafe(4 + json.length + parts.reduce((sum, part) => sum + part.length, 0));
+  out.writeUInt32BE(json.length, 0);
+  json.copy(out, 4);
+  let at = 4 + json.length;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+/** The metadata and the bytes after it (a view, not a copy). Throws on a frame that is cut short or not JSON. */
+export function decodeFrame<T>(frame: Uint8Array): { meta: T; rest: Buffer } {
+  const buffer = Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength);
+  if (buffer.length < 4) throw new Error('a run frame shorter than its length prefix');
+  const length = buffer.readUInt32BE(0);
+  if (4 + length > buffer.length) throw new Error(`a run frame whose metadata (${length} bytes) runs past its end (${buffer.length})`);
+  return { meta: JSON.parse(buffer.subarray(4, 4 + length).toString('utf8')) as T, rest: buffer.subarray(4 + length) };
+}
+
+/** An error as it crosses to the gateway: a KindlingError keeps its code (and so its status); anything else is INTERNAL. */
+export function toWireError(error: unknown): WireError {
+  if (error instanceof KindlingError) {
+    return {
+      code: error.code,
+      message: error.message,
+      ...(error.details === undefined ? {} : { details: error.details }),
+      ...(error.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: error.retryAfterSeconds }),
+    };
+  }
+  return { code: 'EXECUTOR_FAILED', message: `the worker failed to run it: ${error instanceof Error ? error.message : String(error)}` };
+}
+
+export function fromWireError(wire: WireError, nodeId: string): KindlingError {
+  const code: ErrorCode = Object.hasOwn(ERROR_CODES, wire.code) ? (wire.code as ErrorCode) : 'EXECUTOR_FAILED';
+  return new KindlingError(code, String(wire.message), {
+    details: { ...(wire.details ?? {}), node: nodeId },
+    ...(typeof wire.retryAfterSeconds === 'number' ? { retryAfterSeconds: wire.retryAfterSeconds } : {}),
+  });
+}
+
+/** Splits a frame into pieces of at most `maxBytes` (views, not copies). */
+export function chunks(frame: Uint8Array, maxBytes: number): Uint8Array[] {
+  const pieces: Uint8Array[] = [];
+  for (let at = 0; at < frame.length; at += maxBytes) pieces.push(frame.subarray(at, Math.min(frame.length, at + maxBytes)));
+  return pieces;
+}

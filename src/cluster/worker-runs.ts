@@ -1,0 +1,167 @@
+/**
+ * The worker side of cluster runs: answers `kindling.workers.<nodeId>.invoke` by running the version the gateway sent
+ * on this server's executors and warm pools, and `...cancel` by aborting a run. See run-protocol.ts for the messages.
+ */
+import { headers, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { KindlingError } from '../core/errors.js';
+import { parseTraceparent } from '../core/tracing.js';
+import type { InvocationResult, InvokeOptions } from '../orchestrator/function-service.js';
+import type { FunctionVersion } from '../store/store.js';
+import {
+  KIND_HEADER,
+  RUN_SUBJECT_PREFIX,
+  cancelSubject,
+  chunks,
+  decodeFrame,
+  encodeFrame,
+  invokeSubject,
+  toWireError,
+  type RunAnswer,
+  type RunMessageKind,
+  type RunRequest,
+} from './run-protocol.js';
+
+/** What runs a version here: the function service's invokeVersion without forwarding. */
+export type RunVersion = (version: FunctionVersion, body: Buffer, options: InvokeOptions) => Promise<InvocationResult>;
+
+export interface WorkerRunsOptions {
+  nodeId: string;
+  run: RunVersion;
+  /** How often a running invocation tells its gateway it is alive. Default 1000 ms. */
+  aliveIntervalMs?: number;
+  onError?: (error: unknown, context: Record<string, unknown>) => void;
+}
+
+export const WORKER_RUNS_DEFAULTS = { aliveIntervalMs: 1000 } as const;
+
+export class WorkerRuns {
+  private readonly running = new Map<string, AbortController>();
+  private readonly subscriptions: Subscription[];
+  private accepting = true;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly options: WorkerRunsOptions,
+  ) {
+    this.subscriptions = [
+      nc.subscribe(invokeSubject(options.nodeId), { callback: (error, msg) => (error ? this.report(error, {}) : this.onInvoke(msg)) }),
+      nc.subscribe(cancelSubject(options.nodeId), {
+        callback: (error, msg) => {
+          if (error) return this.report(error, {});
+          this.running.get(msg.string())?.abort(new KindlingError('CLIENT_DISCONNECTED', 'the gateway cancelled the invocation (its client went away)'));
+        },
+      }),
+    ];
+  }
+
+  /** Runs in flight here for gateways (the heartbeat's `inFlight`). */
+  get inFlight(): number {
+    return this.running.size;
+  }
+
+  /** Stops taking runs (a drain): new requests are answered SHUTTING_DOWN; runs in flight go on. */
+  stopAccepting(): void {
+    this.accepting = false;
+  }
+
+  /** Aborts every run in flight with `reason` (fencing: their gateways have given up on them). */
+  abortAll(reason: KindlingError): number {
+    for (const controller of this.running.values()) controller.abort(reason);
+    return this.running.size;
+  }
+
+  /** Aborts every run in flight and stops listening. */
+  close(): void {
+    this.accepting = false;
+    for (const subscription of this.subscriptions) subscription.unsubscribe();
+    for (const controller of this.running.values()) controller.abort(new KindlingError('SHUTTING_DOWN', 'the worker is stopping'));
+  }
+
+  private report(error: unknown, context: Record<string, unknown>): void {
+    this.options.onError?.(error, context);
+  }
+
+  private onInvoke(msg: Msg): void {
+    const reply = msg.reply;
+    // Only a reply to a run subject is answered: anything else on this subject is not a gateway's request.
+    if (reply === undefined || !reply.startsWith(RUN_SUBJECT_PREFIX)) return;
+    let request: RunRequest;
+    let payload: Buffer;
+    try {
+      const frame = decodeFrame<RunRequest>(msg.data);
+      request = frame.meta;
+      payload = frame.rest;
+      if (typeof request.runId !== 'string' || typeof request.version?.spec !== 'object') throw new Error('not a run request');
+    } catch (error) {
+      this.report(error, { subject: msg.subject });
+      this.finish(reply, { ok: false, error: { code: 'VALIDATION_FAILED', message: `the worker could not read the run request: ${(error as Error).message}` } });
+      return;
+    }
+    if (!this.accepting) {
+      this.finish(reply, { ok: false, error: { code: 'SHUTTING_DOWN', message: `worker ${this.options.nodeId} is stopping`, retryAfterSeconds: 1 } });
+      return;
+    }
+    void this.execute(request, payload, reply);
+  }
+
+  private async execute(request: RunRequest, payload: Buffer, reply: string): Promise<void> {
+    const controller = new AbortController();
+    this.running.set(request.runId, controller);
+    const alive = setInterval(() => this.send(reply, 'alive'), this.options.aliveIntervalMs ?? WORKER_RUNS_DEFAULTS.aliveIntervalMs);
+    try {
+      const parsed = request.traceparent ? parseTraceparent(request.traceparent) : null;
+      const result = await this.options.run(request.version, payload, {
+        signal: controller.signal,
+        scope: { name: request.version.tenant, caps: request.caps ?? {} },
+        ...(parsed && request.traceparent ? { trace: { traceId: parsed.traceId, traceparent: request.traceparent } } : {}),
+        onStarted: (id, info) => this.send(reply, 'started', Buffer.from(JSON.stringify({ id, ...info }))),
+        ...(request.output ? { onOutput: (stream: string, text: string) => this.send(reply, 'out', Buffer.from(text), { s: stream }) } : {}),
+      });
+      this.finish(reply, {
+        ok: true,
+        result: {
+          invocationId: result.invocationId,
+          exitCode: result.exitCode,
+          durationMs: result.durationMs,
+          coldStart: result.coldStart,
+          timedOut: result.timedOut,
+          ...(result.oomKilled === undefined ? {} : { oomKilled: result.oomKilled }),
+          ...(result.truncated === undefined ? {} : { truncated: result.truncated }),
+          executor: result.executor,
+          bodyBytes: result.body.length,
+        },
+      }, result.body, result.stderr);
+    } catch (error) {
+      this.finish(reply, { ok: false, error: toWireError(error) });
+    } finally {
+      clearInterval(alive);
+      this.running.delete(request.runId);
+    }
+  }
+
+  private send(subject: string, kind: RunMessageKind, data: Uint8Array = new Uint8Array(0), extra: Record<string, string> = {}): void {
+    const h = headers();
+    h.set(KIND_HEADER, kind);
+    for (const [key, value] of Object.entries(extra)) h.set(key, value);
+    try {
+      this.nc.publish(subject, data, { headers: h });
+    } catch (error) {
+      // A closed connection: the gateway learns it from the missing `alive` messages.
+      this.report(error, { subject, kind });
+    }
+  }
+
+  /** The answer, in pieces first when it is larger than one message may be. */
+  private finish(reply: string, answer: RunAnswer, ...parts: Buffer[]): void {
+    const frame = encodeFrame(answer, ...parts);
+    // Headers and the protocol line take a little of max_payload.
+    const maxBytes = Math.max(1024, (this.nc.info?.max_payload ?? 1024 * 1024) - 4096);
+    if (frame.length <= maxBytes) {
+      this.send(reply, 'result', frame);
+      return;
+    }
+    const pieces = chunks(frame, maxBytes);
+    for (const piece of pieces) this.send(reply, 'chunk', piece);
+    this.send(reply, 'result', new Uint8Array(0), { chunks: String(pieces.length) });
+  }
+}

@@ -1,0 +1,215 @@
+/**
+ * `kindling serve --cluster`: a gateway and workers as separate server processes on a real nats-server. Handler
+ * invocations sent to the gateway run on a worker (x-kindling-node says which), a worker that dies mid-run is reported
+ * within seconds, a draining worker's share moves to another, and what workers cannot run (command functions) runs on
+ * the gateway.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { Kindling } from '@kindling/sdk';
+import { lifo, natsUnavailable, startNatsCluster, type CleanupOwner } from './helpers/nats-cluster.js';
+import { IMAGES_DIR, sandboxUnavailableReason } from './helpers/server.js';
+import { waitFor } from './helpers/wait.js';
+
+const CLI = new URL('../../bin/kindling.js', import.meta.url).pathname;
+const PYTHON_SDK = new URL('../../sdk/python', import.meta.url).pathname;
+const execFileAsync = promisify(execFile);
+const unavailable = natsUnavailable || ((await sandboxUnavailableReason()) ?? false);
+
+interface Node {
+  child: ChildProcess;
+  url: string;
+  name: string;
+  dataDir: string;
+}
+
+/**
+ * A server process in the cluster (a new data dir unless one is given, a free port), stopped gracefully and its dir
+ * removed by the owner's cleanup.
+ */
+async function startNode(t: CleanupOwner, natsUrl: string, role: string, name: string, existingDataDir?: string): Promise<Node> {
+  const dataDir = existingDataDir ?? (await realpath(await mkdtemp(join(tmpdir(), `kindling-cluster-${name}-`))));
+  if (existingDataDir === undefined) t.after(() => rm(dataDir, { recursive: true, force: true }));
+  const child = spawn(
+    process.execPath,
+    [CLI, 'serve', '--cluster', natsUrl, '--role', role, '--node-name', name, '--port', '0', '--data-dir', dataDir, '--images-dir', IMAGES_DIR, '--executor', 'sandbox', '--enable-executors', '', '--prewarm', '0', '--generic-sandboxes', '0', '--log-level', 'info'],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  // SIGTERM: a graceful stop removes the server's sandboxes, mounts and cgroups before it exits.
+  t.after(() => stop(child, 'SIGTERM'));
+  const url = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        const entry = JSON.parse(line) as { msg?: string; url?: string };
+        if (entry.msg === 'Kindling is listening' && entry.url) resolve(entry.url);
+      } catch {
+        // not a log line
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`${name} exited with ${code} before listening`)));
+  });
+  return { child, url, name, dataDir };
+}
+
+async function stop(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill(signal);
+  await exited;
+}
+
+async function deploy(gateway: Node, name: string, spec: Record<string, unknown>): Promise<void> {
+  const response = await fetch(`${gateway.url}/v1/functions/${name}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(spec) });
+  assert.equal(response.status, 201, await response.text());
+}
+
+async function invoke(gateway: Node, name: string, body: string): Promise<{ status: number; node: string | null; coldStart: string | null; retryAfter: string | null; text: string }> {
+  const response = await fetch(`${gateway.url}/v1/functions/${name}/invoke`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body });
+  return { status: response.status, node: response.headers.get('x-kindling-node'), coldStart: response.headers.get('x-kindling-cold-start'), retryAfter: response.headers.get('retry-after'), text: await response.text() };
+}
+
+const ECHO = { runtime: 'node', handler: 'handler', code: 'exports.handler = async (event) => "got " + event' };
+
+describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
+  it('a gateway sends handler invocations to a worker, sync and async; command functions run on the gateway', { timeout: 120_000 }, async (context) => {
+    const t = lifo(context);
+    const nats = await startNatsCluster(t, { nodes: 1 });
+    const natsUrl = nats.urls[0] as string;
+    const gateway = await startNode(t, natsUrl, 'gateway', 'gw-1');
+    // No worker yet: the gateway is up but not ready, and says why; a handler invocation is refused, retryable.
+    const before = await fetch(`${gateway.url}/readyz`);
+    assert.equal(before.status, 503);
+    assert.match(JSON.stringify(await before.json()), /no worker is registered in the cluster/);
+    await deploy(gateway, 'echo', ECHO);
+    const refused = await invoke(gateway, 'echo', 'x');
+    assert.equal(refused.status, 503, refused.text);
+    assert.equal((JSON.parse(refused.text) as { error: { code: string } }).error.code, 'NO_WORKERS');
+    assert.ok(refused.retryAfter !== null, 'a Retry-After header');
+
+    const worker = await startNode(t, natsUrl, 'worker', 'wk-a');
+    await waitFor(async () => (await fetch(`${gateway.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
+    const first = await invoke(gateway, 'echo', 'one');
+    assert.equal(first.status, 200, first.text);
+    assert.equal(first.text, 'got one');
+    assert.equal(first.node, 'wk-a');
+    assert.equal(first.coldStart, 'true');
+    const second = await invoke(gateway, 'echo', 'two');
+    assert.deepEqual([second.status, second.text, second.node, second.coldStart], [200, 'got two', 'wk-a', 'false'], 'the warm sandbox on the worker answers');
+
+    // The SDKs say which worker ran it.
+    assert.equal((await new Kindling({ url: gateway.url }).functions.invoke('echo', 'ts')).node, 'wk-a');
+    const python = await execFileAsync('/usr/bin/python3', ['-c', `import kindling; r = kindling.Kindling(${JSON.stringify(gateway.url)}).functions.invoke("echo", "py"); print(r.node, r.text)`], { env: { PATH: '/usr/bin:/bin', PYTHONPATH: PYTHON_SDK } });
+    assert.equal(python.stdout.trim(), 'wk-a got py');
+
+    // Async: queued on the gateway, run on the worker, recorded on the gateway.
+    const accepted = await fetch(`${gateway.url}/v1/functions/echo/invoke`, { method: 'POST', headers: { 'content-type': 'text/plain', 'x-kindling-async': 'true' }, body: 'later' });
+    assert.equal(accepted.status, 202);
+    const location = accepted.headers.get('location')!;
+    await waitFor(async () => ((await (await fetch(`${gateway.url}${location}`)).json()) as { status: string }).status === 'succeeded', { timeoutMs: 30_000, what: 'the async invocation to succeed' });
+    assert.equal(await (await fetch(`${gateway.url}${location}/output`)).text(), 'got later');
+
+    // An answer larger than one NATS message (1 MiB here) comes in pieces, whole; a body larger than one is refused
+    // with the bound (a gateway runs no handler itself).
+    await deploy(gateway, 'big', { runtime: 'node', handler: 'handler', code: 'exports.handler = async (event) => "y".repeat(3 * 1024 * 1024) + event' });
+    const big = await invoke(gateway, 'big', 'end');
+    assert.deepEqual([big.status, big.node, big.text.length, big.text.slice(-4)], [200, 'wk-a', 3 * 1024 * 1024 + 3, 'yend']);
+    const tooLarge = await invoke(gateway, 'big', 'z'.repeat(1024 * 1024));
+    assert.equal(tooLarge.status, 413, tooLarge.text);
+    assert.match(tooLarge.text, /PAYLOAD_TOO_LARGE.*max_payload/);
+
+    // A client that goes away cancels the run on the worker (its sandbox goes), not only its wait at the gateway.
+    await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 120_000, code: 'exports.handler = () => new Promise(() => {})' });
+    const inFlight = async (): Promise<number> => Number(/^kindling_handler_invocations_in_flight(?:\{[^}]*\})? (\d+)$/m.exec(await (await fetch(`${worker.url}/metrics`)).text())?.[1] ?? NaN);
+    const abort = new AbortController();
+    const call = fetch(`${gateway.url}/v1/functions/hang/invoke`, { method: 'POST', body: 'x', signal: abort.signal }).catch((error: unknown) => error);
+    await waitFor(async () => (await inFlight()) === 1, { timeoutMs: 30_000, intervalMs: 100, what: 'the run to start on the worker' });
+    abort.abort();
+    assert.ok((await call) instanceof Error);
+    await waitFor(async () => (await inFlight()) === 0, { timeoutMs: 30_000, intervalMs: 100, what: 'the worker to end the cancelled run' });
+
+    // A command function streams through the gateway: it runs there (no node header), as on a single server.
+    await deploy(gateway, 'upper', { image: 'kindling/base', command: ['tr', 'a-z', 'A-Z'] });
+    const command = await invoke(gateway, 'upper', 'shout');
+    assert.deepEqual([command.status, command.text, command.node], [200, 'SHOUT', null]);
+    await stop(worker.child, 'SIGTERM');
+  });
+
+  it('a worker killed mid-run is reported as WORKER_LOST within seconds; with none left, NO_WORKERS', { timeout: 120_000 }, async (context) => {
+    const t = lifo(context);
+    const nats = await startNatsCluster(t, { nodes: 1 });
+    const natsUrl = nats.urls[0] as string;
+    const gateway = await startNode(t, natsUrl, 'gateway', 'gw-1');
+    const worker = await startNode(t, natsUrl, 'worker', 'wk-a');
+    await waitFor(async () => (await fetch(`${gateway.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
+    await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 60_000, code: 'exports.handler = () => new Promise(() => {})' });
+    const started = Date.now();
+    const pending = invoke(gateway, 'hang', 'x');
+    // Killed once the run is under way on the worker (its metrics count it in flight).
+    await waitFor(async () => /^kindling_handler_invocations_in_flight(\{[^}]*\})? 1$/m.test(await (await fetch(`${worker.url}/metrics`)).text()), { timeoutMs: 30_000, intervalMs: 100, what: 'the run to start on the worker' });
+    await stop(worker.child, 'SIGKILL');
+    const lost = await pending;
+    const elapsedMs = Date.now() - started;
+    assert.equal(lost.status, 502, lost.text);
+    assert.equal((JSON.parse(lost.text) as { error: { code: string } }).error.code, 'WORKER_LOST');
+    assert.ok(elapsedMs < 20_000, `reported after ${elapsedMs} ms, not at the function's 60 s timeout`);
+    // Its registry entry outlives it (until the TTL), but nothing answers on its subject: refused at once, retryable.
+    const refused = await invoke(gateway, 'hang', 'x');
+    assert.equal(refused.status, 503, refused.text);
+    assert.equal((JSON.parse(refused.text) as { error: { code: string } }).error.code, 'NO_WORKERS');
+    // What the killed worker left (its sandboxes' mounts) is reaped by the next start on its data dir.
+    const mountsUnder = async (dir: string): Promise<string[]> => (await readFile('/proc/mounts', 'utf8')).split('\n').flatMap((line) => line.split(' ')[1]?.startsWith(`${dir}/`) ? [line.split(' ')[1] as string] : []);
+    const left = await mountsUnder(worker.dataDir);
+    assert.ok(left.length > 0, 'the killed worker left mounts (else this check proves nothing)');
+    const restarted = await startNode(t, natsUrl, 'worker', 'wk-a', worker.dataDir);
+    const stillThere = (await mountsUnder(worker.dataDir)).filter((mount) => left.includes(mount));
+    assert.deepEqual(stillThere, [], 'no mount of the killed worker is left');
+    await stop(restarted.child, 'SIGTERM');
+  });
+
+  it('a worker cut off from NATS aborts the runs gateways sent it (fencing), and the gateway answers WORKER_LOST', { timeout: 120_000 }, async (context) => {
+    const t = lifo(context);
+    const nats = await startNatsCluster(t, { nodes: 1 });
+    const natsUrl = nats.urls[0] as string;
+    const gateway = await startNode(t, natsUrl, 'gateway', 'gw-1');
+    const worker = await startNode(t, natsUrl, 'worker', 'wk-a');
+    await waitFor(async () => (await fetch(`${gateway.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
+    await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 120_000, code: 'exports.handler = () => new Promise(() => {})' });
+    const pending = invoke(gateway, 'hang', 'x');
+    const inFlight = async (): Promise<number> => Number(/^kindling_handler_invocations_in_flight(?:\{[^}]*\})? (\d+)$/m.exec(await (await fetch(`${worker.url}/metrics`)).text())?.[1] ?? NaN);
+    await waitFor(async () => (await inFlight()) === 1, { timeoutMs: 30_000, intervalMs: 100, what: 'the run to start on the worker' });
+    await nats.kill(0, 'SIGKILL');
+    const lost = await pending;
+    assert.equal(lost.status, 502, lost.text);
+    assert.equal((JSON.parse(lost.text) as { error: { code: string } }).error.code, 'WORKER_LOST');
+    // The worker, still without NATS, ends the run itself instead of letting it run to its 120 s timeout.
+    await waitFor(async () => (await inFlight()) === 0, { timeoutMs: 30_000, intervalMs: 100, what: 'the worker to abort the run' });
+  });
+
+  it("a draining worker leaves the registry at once and its functions' calls move to another worker", { timeout: 120_000 }, async (context) => {
+    const t = lifo(context);
+    const nats = await startNatsCluster(t, { nodes: 1 });
+    const natsUrl = nats.urls[0] as string;
+    const gateway = await startNode(t, natsUrl, 'gateway', 'gw-1');
+    const workers = await Promise.all([startNode(t, natsUrl, 'worker', 'wk-a'), startNode(t, natsUrl, 'worker', 'wk-b')]);
+    // Both registered (each heartbeats once before it says it listens); the gateway's watch sees them shortly.
+    const listed = async (): Promise<string> => (await (await fetch(`${gateway.url}/readyz`)).text());
+    await waitFor(async () => JSON.parse(await listed()).status === 'ready', { timeoutMs: 30_000, what: 'the gateway to see a worker' });
+    await deploy(gateway, 'echo', ECHO);
+    // Calls one after another stay on one worker (its warm sandbox), whichever it is.
+    const nodes = new Set<string | null>();
+    for (let i = 0; i < 5; i++) nodes.add((await invoke(gateway, 'echo', `${i}`)).node);
+    assert.equal(nodes.size, 1, `one worker answered them all: ${[...nodes].join(', ')}`);
+    const holder = [...nodes][0] as string;
+    const drained = workers.find((worker) => worker.name === holder)!;
+    const other = workers.find((worker) => worker.name !== holder)!;
+    await stop(drained.child, 'SIGTERM');
+    const after = await invoke(gateway, 'echo', 'moved');
+    assert.deepEqual([after.status, after.text, after.node], [200, 'got moved', other.name], 'the other worker answers at once');
+  });
+});
