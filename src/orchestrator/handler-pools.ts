@@ -66,6 +66,8 @@ export interface InvocationEvent {
   /** Peak memory of the warm sandbox's cgroup so far, when known. */
   memoryPeakBytes?: number;
   traceId?: string;
+  /** A cluster worker's run for a gateway: the gateway meters it (this server's usage meter skips it). */
+  meteredElsewhere?: boolean;
 }
 
 /**
@@ -370,12 +372,21 @@ export class HandlerPools implements HandlerInvoker {
       memoryMb: entry.memoryMb,
       ...(options.trace ? { traceId: options.trace.traceId } : {}),
     };
+    // A cluster worker hands the facts to the gateway, which meters the call; its own observers still see it.
+    const observe = (facts: InvocationEvent): void => {
+      if (options.onMetered) {
+        options.onMetered(facts);
+        this.observe({ ...facts, meteredElsewhere: true });
+      } else {
+        this.observe(facts);
+      }
+    };
     const clock = this.options.clock ?? systemClock;
     const queuedFrom = clock.monotonicMs();
     options.signal?.throwIfAborted();
     let lease;
     try {
-      lease = await entry.pool.acquire();
+      lease = await entry.pool.acquire(options.signal);
       if (options.signal?.aborted) {
         // Cancelled while it waited: the sandbox goes back unused (NaN: no duration for the estimate).
         lease.release(true, NaN);
@@ -385,11 +396,11 @@ export class HandlerPools implements HandlerInvoker {
       if (options.signal?.aborted && error === options.signal.reason) throw error;
       if (error instanceof AgentLoadError) {
         // The user's module does not load: like a program that fails, a result with exit code 1 and the error text.
-        this.observe({ ...event, status: 'failed', coldStart: true, durationMs: 0, outBytes: error.text.length, queuedMs: clock.monotonicMs() - queuedFrom });
+        observe({ ...event, status: 'failed', coldStart: true, durationMs: 0, outBytes: error.text.length, queuedMs: clock.monotonicMs() - queuedFrom });
         return { ...base, exitCode: 1, body: Buffer.from(`${error.text}\n`), stderr: Buffer.alloc(0), durationMs: 0, coldStart: true, timedOut: false };
       }
       const failure = error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'could not get a warm sandbox', { cause: error });
-      if (failure.code !== 'TOO_MANY_REQUESTS') this.observe({ ...event, status: 'error', coldStart: true, durationMs: 0, outBytes: 0, queuedMs: clock.monotonicMs() - queuedFrom });
+      if (failure.code !== 'TOO_MANY_REQUESTS') observe({ ...event, status: 'error', coldStart: true, durationMs: 0, outBytes: 0, queuedMs: clock.monotonicMs() - queuedFrom });
       throw failure;
     }
     const started = { coldStart: lease.coldStart, queuedMs: lease.waitedMs, ...(lease.coldStart ? { sandboxStartMs: lease.sandbox.startMs } : {}) };
@@ -423,7 +434,7 @@ export class HandlerPools implements HandlerInvoker {
       if (rest) onText!('stderr', rest);
     } catch (error) {
       lease.release(false, NaN);
-      this.observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });
+      observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });
       if (options.signal?.aborted) throw options.signal.reason;
       throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'the warm sandbox failed', { cause: error });
     } finally {
@@ -431,8 +442,10 @@ export class HandlerPools implements HandlerInvoker {
     }
     if (options.signal?.aborted) {
       // It ended as its sandbox was killed (a crash as far as the agent could tell): the caller's reason is the answer.
+      // It ran until then: its time and CPU are billed (as a failed call), or cancelling would be a way to run free.
       lease.release(false, NaN);
-      this.observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });
+      const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
+      observe({ ...event, ...started, status: 'failed', durationMs: result.durationMs, outBytes: 0, ...usage });
       throw options.signal.reason;
     }
     const healthy = result.exitCode <= 1 && lease.sandbox.alive;
@@ -441,7 +454,7 @@ export class HandlerPools implements HandlerInvoker {
     lease.release(healthy, result.durationMs, usedMb);
     const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
     const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
-    this.observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length, ...usage });
+    observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length, ...usage });
     return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut, oomKilled: result.oomKilled, truncated: result.truncated };
   }
 
@@ -481,7 +494,12 @@ export class HandlerPools implements HandlerInvoker {
     if (this.closing) throw new KindlingError('SHUTTING_DOWN', 'the server is shutting down', { retryAfterSeconds: 5 });
     const key = keyOf(version.tenant, version.name, version.version);
     const existing = this.pools.get(key);
-    if (existing !== undefined) return existing;
+    if (existing !== undefined) {
+      if (existing.version.createdAtMs === version.createdAtMs) return existing;
+      // The same name and number from another deploy (the function was deleted and deployed again; a cluster worker
+      // learns of it only with its next call): the pool's sandboxes hold the old code. Calls in them finish there.
+      this.retire(key, existing);
+    }
     const executor = this.options.executors.get(executorName);
     if (executor?.createWarmSandbox === undefined) {
       throw handlersUnsupported(executorName);

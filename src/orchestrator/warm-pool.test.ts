@@ -168,6 +168,24 @@ describe('WarmPool', () => {
     await p.close();
   });
 
+  it('a caller that gives up while it waits leaves the queue at once and frees its place', async () => {
+    const { pool: p } = pool({ maxConcurrency: 1, maxQueued: 1, queueTimeoutMs: 10_000 });
+    const held = await within(p.acquire(), 100);
+    const gaveUp = new AbortController();
+    const waiting = p.acquire(gaveUp.signal);
+    await settle();
+    assert.equal(p.stats.waiting, 1);
+    gaveUp.abort(new KindlingError('CLIENT_DISCONNECTED', 'gone'));
+    await assert.rejects(waiting, (error: KindlingError) => error.code === 'CLIENT_DISCONNECTED');
+    assert.equal(p.stats.waiting, 0, 'its place in the queue is free');
+    // The place is there for the next caller, who gets the sandbox when it is released.
+    const next = p.acquire();
+    held.release(true, 1);
+    (await within(next, 100)).release(true, 1);
+    await assert.rejects(p.acquire(AbortSignal.abort(new Error('before'))), /before/);
+    await p.close();
+  });
+
   it('destroys idle sandboxes after the idle TTL (not before), down to minWarm, and recycles after maxUses', async () => {
     const { pool: p, created } = pool({ idleTtlMs: 30, maxUses: 2 });
     const a = await within(p.acquire(), 100);

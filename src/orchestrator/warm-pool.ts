@@ -149,7 +149,9 @@ export class WarmPool<T extends Poolable> {
     return this.idle.length + this.busy.size + this.creating.length;
   }
 
-  acquire(): Promise<Lease<T>> {
+  /** A sandbox for one call; `signal` takes a waiting call out of the queue when its caller gives up. */
+  acquire(signal?: AbortSignal): Promise<Lease<T>> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.closed || this.retired) {
       return Promise.reject(new KindlingError('SHUTTING_DOWN', `the warm pool of ${this.options.key} is closed; retry`, { retryAfterSeconds: 1 }));
     }
@@ -162,16 +164,32 @@ export class WarmPool<T extends Poolable> {
       return Promise.reject(this.overloaded(`${this.waiters.length} invocations are already waiting`));
     }
     return new Promise<Lease<T>>((resolve, reject) => {
+      const leave = (): void => {
+        const index = this.waiters.indexOf(waiter);
+        if (index >= 0) this.waiters.splice(index, 1);
+      };
+      const onAbort = (): void => {
+        leave();
+        clearTimeout(waiter.timer);
+        reject(signal!.reason);
+      };
       const waiter: Waiter<T> = {
-        resolve,
-        reject,
+        resolve: (lease) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(lease);
+        },
+        reject: (error) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(error);
+        },
         enqueuedAtMs: now,
         timer: setTimeout(() => {
-          const index = this.waiters.indexOf(waiter);
-          if (index >= 0) this.waiters.splice(index, 1);
+          leave();
+          signal?.removeEventListener('abort', onAbort);
           reject(this.overloaded(`no sandbox became free within ${this.options.queueTimeoutMs} ms`));
         }, this.options.queueTimeoutMs),
       };
+      signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(waiter);
       this.schedule();
     });
