@@ -48,11 +48,12 @@ mkdir -p test-results
 # it (custom images 6.7 minutes, function packages 2.5), which left CI too close to its 45. Suites that assert the
 # machine's state as a whole (all cgroups, all VMs) stay in the first lane. The other microVM suites (their VMs are
 # scoped to their own data dirs) joined on 2026-12-04 when the first lane took 33 of CI's 39 minutes, and the cluster
-# servers' suite (its servers have their own data dirs and nats-servers) when it was written.
+# servers' suites (their servers have their own data dirs and nats-servers) when they were written. The console suite
+# (its own server and browser, 105 s) joined on 2026-12-04 when the first lane took 2,037 s and the second 1,811 s.
 side_files=()
 for f in dist/src/executors/microvm/conformance.test.js dist/test/custom-images.test.js dist/test/function-packages.test.js \
   dist/src/executors/microvm/persistent.test.js dist/test/e2e-microvm.test.js dist/test/microvm-bundles.test.js \
-  dist/test/cluster-serve.test.js; do
+  dist/test/cluster-serve.test.js dist/test/console-cluster.test.js dist/test/console.test.js; do
   [ -f "$f" ] && side_files+=("$f")
 done
 side_pid=""

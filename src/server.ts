@@ -554,19 +554,30 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     executors: served,
     observers: [metrics, usageMeter],
     // Cold starts of node and python handlers on the default executor take a generic sandbox that is already up.
-    genericWarmAtStart: [
-      { executor: chosen.name, runtime: 'node' },
-      { executor: chosen.name, runtime: 'python' },
-    ],
+    // Not on a cluster gateway: its node and python handlers run on workers.
+    genericWarmAtStart:
+      config.cluster?.role === 'gateway'
+        ? []
+        : [
+            { executor: chosen.name, runtime: 'node' },
+            { executor: chosen.name, runtime: 'python' },
+          ],
     onError: (error, context) => logger.warn({ err: error, ...context }, 'a warm sandbox could not be started'),
     onStartFailed: (executor) => metrics.onSandbox(executor, 'failed', 'warm'),
   });
   handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
   let invocationsRef: InvocationService | null = null;
+  let logBusRef: LogBus | null = null;
   // Cluster mode: joined before the function service, which sends invocations through the node's router.
   // Loaded only then: a server on its own does not load the NATS client.
-  const clusterNode = config.cluster ? await (await import('./cluster/node.js')).ClusterNode.connect(config.cluster, logger.child({ component: 'cluster' })) : null;
+  const clusterNode = config.cluster ? await (await import('./cluster/node.js')).ClusterNode.connect(config.cluster, logger.child({ component: 'cluster' }), {
+        // Calls run on workers are the tenant's usage here, where its records are kept.
+        onMetered: (facts) => usageMeter.onInvocation(facts),
+        // Workers send live output only while someone follows logs here.
+        wantsOutput: () => logBusRef?.followed ?? true,
+      })
+    : null;
   if (clusterNode) rollback.add('cluster', () => clusterNode.close());
   const functionService = new FunctionService({
     ...(clusterNode?.router ? { remote: clusterNode.router } : {}),
@@ -593,6 +604,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   functionService.collectBundles();
   rollback.add('warm pools', () => functionService.close());
   const logBus = new LogBus();
+  logBusRef = logBus;
   const invocations = new InvocationService({
     store,
     functionService,
@@ -669,7 +681,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     version: config.version,
     logger,
     isDraining: () => draining,
-    ...(clusterNode ? { clusterReasons: () => clusterReasonsOf(clusterNode) } : {}),
+    ...(clusterNode ? { clusterReasons: () => clusterReasonsOf(clusterNode), cluster: () => ({ mode: 'cluster' as const, role: clusterNode.config.role, nodeId: clusterNode.config.nodeId, nats: clusterNode.status(), workers: clusterNode.workers() }) } : {}),
     ...(config.operatorResults ? { operatorResults: config.operatorResults } : {}),
     ...(tracer ? { tracer } : {}),
   });
@@ -683,12 +695,12 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const release = async (): Promise<void> => {
     // Connections still open now (an abandoned upload, an idle keep-alive) must not hold the process.
     streamRelay?.close();
-    // Runs for gateways have ended (drained or killed) by now: this node leaves the cluster.
-    await clusterNode?.close().catch((error: unknown) => logger.warn({ err: error }, 'leaving the cluster failed'));
     const closed = app.close();
     const timer = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
     await closed;
     clearTimeout(timer);
+    // Requests answered and runs for gateways ended (drained or killed) by now: this node leaves the cluster.
+    await clusterNode?.close().catch((error: unknown) => logger.warn({ err: error }, 'leaving the cluster failed'));
     await functionService.close().catch((error: unknown) => logger.warn({ err: error }, 'closing warm pools failed'));
     // Persistent sandboxes hold executions of their executor: they go before the executors drain.
     await sandboxes.close().catch((error: unknown) => logger.warn({ err: error }, 'closing persistent sandboxes failed'));
@@ -726,8 +738,27 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       invocations.start();
       handlers.startWarming();
       // A worker takes runs from gateways once it answers here too.
+      // The newest version of each function a worker has run (its number and its deploy's time), per function.
+      const newestSeen = new Map<string, { version: number; createdAtMs: number }>();
       await clusterNode?.serve({
-        run: (version, body, options) => functionService.invokeVersion(version, body, options, { remote: false }),
+        run: (version, body, options) => {
+          // A worker learns of a deploy with its first call: as on a single server, the older versions' warm sandboxes
+          // retire and the new one's minWarm start. A function deleted and deployed again starts from version 1 with a
+          // newer deploy time: its earlier generation's sandboxes all go.
+          const key = `${version.tenant}/${version.name}`;
+          const executor = version.spec.executor ?? chosen.name;
+          const seen = newestSeen.get(key);
+          const newer = seen === undefined || version.version > seen.version || (version.version < seen.version && version.createdAtMs > seen.createdAtMs) || (version.version === seen.version && version.createdAtMs !== seen.createdAtMs);
+          if (newer && version.spec.handler !== undefined && handlers.supports(executor)) {
+            handlers.deployed(version, executor, options.scope?.caps ?? {});
+            newestSeen.set(key, { version: version.version, createdAtMs: version.createdAtMs });
+          }
+          return functionService.invokeVersion(version, body, options, { remote: false });
+        },
+        deleted: (tenant, name) => {
+          newestSeen.delete(`${tenant}/${name}`);
+          void handlers.deleted(tenant, name).catch((error: unknown) => logger.warn({ err: error, tenant, function: name }, 'closing the warm pools of a deleted function failed'));
+        },
         capacity: config.maxConcurrent,
         warm: () => handlers.poolSizes().flatMap((pool) => (pool.idle > 0 ? [`${pool.tenant}/${pool.function}@${pool.version}`] : [])),
       });
@@ -750,8 +781,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
           // Async invocations still queued stay queued in the store and run after the next start.
           const invocationsDone = invocations.close(config.shutdownTimeoutMs);
           executionService.stopAccepting();
+          const clusterRunsDone = clusterNode?.drain(config.shutdownTimeoutMs);
           const drained = await executionService.drain(config.shutdownTimeoutMs);
           await invocationsDone;
+          await clusterRunsDone;
           if (!drained) {
             logger.warn({ deadlineMs: config.shutdownTimeoutMs }, 'shutdown deadline passed; killing the executions still running');
             await Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
@@ -763,6 +796,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     destroy() {
       draining = true;
       executionService.stopAccepting();
+      void clusterNode?.stopAccepting();
       // Everything running is killed now, also during a graceful close (which then ends without waiting for its deadline).
       const killed = Promise.allSettled([...executors.values()].map((executor) => executor.destroy()));
       destroying ??=

@@ -24,6 +24,7 @@ type Document = { openapi: string; paths: Record<string, Record<string, Operatio
 const TS_COVERED: Record<string, string[]> = {
   'GET /healthz': ['health'],
   'GET /readyz': ['ready'],
+  'GET /v1/cluster': ['cluster'],
   'POST /v1/execute': ['execute', 'run', 'runCommand', 'stream'],
   'GET /v1/execute/ws': ['interactive'],
   'PUT /v1/functions/{name}': ['functions.deploy'],

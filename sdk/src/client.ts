@@ -8,7 +8,7 @@ import { Keys, Tenants } from './tenants.js';
 import { Sandboxes } from './sandboxes.js';
 import { checkMs, type RequestOptions } from './resource.js';
 import type { ExecutionStream } from './stream.js';
-import type { ExecuteSpec, ExecutionResult, HealthStatus, ReadyStatus, Runtime } from './types.js';
+import type { ExecuteSpec, ExecutionResult, ClusterStatus, HealthStatus, ReadyStatus, Runtime } from './types.js';
 
 /** Where a client talks to when no `url` is given. */
 export const DEFAULT_URL = 'http://127.0.0.1:8080';
@@ -118,6 +118,14 @@ export class Kindling {
       acceptBody: (body) => typeof body === 'object' && body !== null && 'status' in body && 'executors' in body,
       ...callOptions(options),
     });
+  }
+
+  /**
+   * `GET /v1/cluster` (admin key): `{mode: 'single'}` on a server on its own; in cluster mode this node's role, id and
+   * NATS connection and the workers it sees (capacity, in flight, warm function versions, last heartbeat).
+   */
+  cluster(options: RequestOptions = {}): Promise<ClusterStatus> {
+    return this.#http.json<ClusterStatus>({ method: 'GET', path: '/v1/cluster', ...callOptions(options) });
   }
 
   /**

@@ -35,6 +35,7 @@ export type {
   HealthStatus,
   ExecutorStatus,
   ReadyStatus,
+  ClusterStatus,
   FunctionSpec,
   FunctionInfo,
   FunctionBundleInfo,

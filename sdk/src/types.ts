@@ -128,6 +128,18 @@ export interface ReadyStatus {
   executors: ExecutorStatus[];
 }
 
+/** `GET /v1/cluster`: a server on its own, or a node of a cluster and the workers it sees. */
+export type ClusterStatus =
+  | { mode: 'single' }
+  | {
+      mode: 'cluster';
+      role: 'gateway' | 'worker' | 'all';
+      nodeId: string;
+      nats: 'connected' | 'reconnecting' | 'closed';
+      /** As each worker's last heartbeat says; empty on a worker (it does not watch the others). */
+      workers: { nodeId: string; role: string; capacity: number; inFlight: number; warm: string[]; startedAt: string; heartbeatAt: string }[];
+    };
+
 /**
  * A function to deploy with `functions.deploy(name, spec)`. Give `runtime` + `code` (+ `handler` for handler style) or
  * `image` + `command`. Every deploy makes a new immutable version.

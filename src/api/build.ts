@@ -7,7 +7,8 @@ import { KindlingError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { ExecutorName } from '../core/types.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { makeAuthenticator, matchesSecret, selectWebSocketProtocol } from './auth.js';
+import { makeAuthenticator, matchesSecret, requireAdmin, selectWebSocketProtocol } from './auth.js';
+import type { ClusterView } from '../cluster/roles.js';
 import { ByteLimit } from './raw-body.js';
 import { HostGuard, type AllowedHost } from './host-guard.js';
 import type { Principal, TenantService } from '../orchestrator/tenants.js';
@@ -29,7 +30,7 @@ import type { CustomImageService } from '../orchestrator/custom-images.js';
 import { registerSandboxPtyRoute, SANDBOX_PTY_ROUTE } from './routes/sandbox-pty.js';
 import type { SandboxService } from '../orchestrator/sandboxes.js';
 import { addExamples } from './openapi-examples.js';
-import { ErrorResponseSchema, PoolsSchema } from './schemas.js';
+import { ClusterSchema, ErrorResponseSchema, PoolsSchema } from './schemas.js';
 import type { UsageStore } from '../store/usage.js';
 import { startRequestTrace, type RequestTrace } from './trace.js';
 import { ATTR, HTTP_ATTR, type Tracer } from '../core/tracing.js';
@@ -88,6 +89,8 @@ export interface ApiOptions {
   isDraining?: () => boolean;
   /** Cluster mode: why this node is not ready in the cluster (see HealthRouteOptions). */
   clusterReasons?: () => string[];
+  /** Cluster mode: this node and the workers it sees (GET /v1/cluster); absent: a server on its own. */
+  cluster?: () => ClusterView;
   /** Persistent sandboxes (/v1/sandboxes…); without it those routes are absent. */
   sandboxes?: SandboxService;
   /** Custom images (/v1/images…); without it those routes are absent. */
@@ -375,6 +378,15 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       },
     );
   }
+  app.get(
+    '/v1/cluster',
+    { schema: { tags: ['health'], summary: 'Cluster mode (admin): this node (role, id, NATS connection) and the workers it sees (capacity, in flight, warm versions, last heartbeat); `{mode: "single"}` on a server on its own', response: { 200: ClusterSchema, '4xx': ErrorResponseSchema, '5xx': ErrorResponseSchema } } },
+    async (request) => {
+      // Workers' load and warm functions tell about every tenant: the operator's view.
+      requireAdmin(request);
+      return options.cluster?.() ?? { mode: 'single' };
+    },
+  );
   // The FaaS blueprint gateway's routes, translated (docs/operator.md, "Migrating from the FaaS blueprint").
   registerCompatRoutes(app, {
     executionService: options.executionService,

@@ -385,6 +385,16 @@ export const UsageSchema = open(
 );
 export const UsageInvocationsSchema = Type.Object({ invocations: Type.Array(open({}, 'A metered invocation')) });
 export const UsageTimeseriesSchema = open({ fromMs: Type.Number(), toMs: Type.Number(), bucketMs: Type.Number(), buckets: Type.Array(open({}, 'One time bucket')) }, 'Usage per time bucket');
+export const ClusterSchema = open(
+  {
+    mode: Type.String({ description: 'single (a server on its own) or cluster' }),
+    role: loose(Type.String({ description: 'gateway, worker or all' })),
+    nodeId: loose(Type.String()),
+    nats: loose(Type.String({ description: 'connected, reconnecting or closed' })),
+    workers: loose(Type.Array(open({ nodeId: Type.String(), capacity: Type.Number(), inFlight: Type.Number(), warm: Type.Array(Type.String()) }, 'A worker as its last heartbeat says'), { description: 'The workers this node sees (a gateway or all; empty on a worker)' })),
+  },
+  'This node in its cluster',
+);
 export const PoolsSchema = open({ pools: Type.Array(open({}, 'A warm pool of one function version')) }, "Warm pools of the caller's tenant");
 
 /* Persistent sandboxes (/v1/sandboxes) ------------------------------------------------------------------------------ */

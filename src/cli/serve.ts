@@ -155,7 +155,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--otlp-max-queue-spans <n>', 'ended spans held for export at most (a receiver that is down costs no more memory; beyond, spans are dropped)', int('--otlp-max-queue-spans'), 2048)
     .option('--otlp-headers <name=value,...>', 'headers of each span export (e.g. an API key of a hosted backend); env KINDLING_OTLP_HEADERS')
     .option('--cluster <urls>', 'join a cluster through NATS JetStream (docs/cluster.md): nats://h1:4222,nats://h2:4222; unset: a server on its own, as always')
-    .option('--role <role>', 'with --cluster: gateway (serves the API, sends invocations to workers), worker (runs what gateways send) or all (both)', 'all')
+    .option('--role <role>', 'with --cluster, required: gateway (serves the API, sends invocations to workers), worker (runs what gateways send) or all (both)')
     .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel);
 }
 
@@ -176,13 +176,15 @@ export function otlpConfig(options: Record<string, unknown>, defaults: Pick<Serv
 
 /** The --cluster and --role options, checked; null without --cluster. The node id is the node name made subject-safe. */
 export async function clusterConfig(options: Record<string, unknown>): Promise<ClusterConfig | null> {
-  const role = options.role as string;
-  if (!(CLUSTER_ROLES as readonly string[]).includes(role)) throw new Error(`--role must be one of ${CLUSTER_ROLES.join(', ')}, got "${role}"`);
+  const role = options.role as string | undefined;
+  if (role !== undefined && !(CLUSTER_ROLES as readonly string[]).includes(role)) throw new Error(`--role must be one of ${CLUSTER_ROLES.join(', ')}, got "${role}"`);
   const urls = options.cluster as string | undefined;
   if (urls === undefined || urls === '') {
-    if (role !== 'all') throw new Error(`--role ${role} needs --cluster nats://host:4222,... (a server on its own is always both)`);
+    if (role !== undefined) throw new Error(`--role ${role} needs --cluster nats://host:4222,... (a server on its own is always both)`);
     return null;
   }
+  // No default: two servers started with --cluster alone would both be gateways, each with its own functions.
+  if (role === undefined) throw new Error(`--cluster needs --role: ${CLUSTER_ROLES.join(', ')} (one gateway keeps the state; see docs/cluster.md)`);
   // Loaded here: only a cluster node needs the NATS client.
   const { parseClusterUrls } = await import('../cluster/connection.js');
   return { urls: parseClusterUrls(urls), role: role as ClusterRole, nodeId: nodeIdOf(options.nodeName as string) };

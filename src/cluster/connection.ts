@@ -60,6 +60,8 @@ export interface ClusterConnectOptions {
   reconnectMaxMs?: number;
   /** Time allowed for the first connection; connecting fails with an error naming the URLs after it. */
   connectTimeoutMs?: number;
+  /** How often the client pings the server; two pings unanswered mean the connection is lost. Default nats.js's (2 min). */
+  pingIntervalMs?: number;
   /** Status changes, for logs. */
   onStatus?: (status: ClusterConnectionStatus, detail: string) => void;
 }
@@ -95,6 +97,7 @@ export async function connectCluster(urls: string[], options: ClusterConnectOpti
       timeout: options.connectTimeoutMs ?? CLUSTER_CONNECT_DEFAULTS.connectTimeoutMs,
       reconnect: true,
       maxReconnectAttempts: -1,
+      ...(options.pingIntervalMs === undefined ? {} : { pingInterval: options.pingIntervalMs, maxPingOut: 2 }),
       // The handler replaces reconnectTimeWait + reconnectJitter: exponential, jittered, reset once reconnected.
       reconnectDelayHandler: () => backoffDelayMs(attempt++, baseMs, maxMs),
     });

@@ -8,6 +8,7 @@ import { connectCluster, type ClusterConnection, type ClusterConnectionStatus } 
 import { Registry, type Heartbeat, type RegistryView, type WorkerEntry } from './registry.js';
 import { KindlingError } from '../core/errors.js';
 import { REMOTE_RUNS_DEFAULTS, RemoteRuns } from './remote-runs.js';
+import type { InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
 
@@ -17,6 +18,8 @@ export interface WorkerSide {
   capacity: number;
   /** Versions with an idle warm sandbox here, as `tenant/name@version`. */
   warm: () => string[];
+  /** A gateway deleted a function: close its warm pools here. */
+  deleted: (tenant: string, name: string) => void;
 }
 
 export class ClusterNode {
@@ -36,10 +39,12 @@ export class ClusterNode {
   ) {}
 
   /** Connects and, for gateways, starts watching the registry; a worker starts answering with serve(). */
-  static async connect(config: ClusterConfig, logger: Logger): Promise<ClusterNode> {
+  static async connect(config: ClusterConfig, logger: Logger, hooks: { onMetered?: (facts: InvocationEvent) => void; wantsOutput?: () => boolean } = {}): Promise<ClusterNode> {
     let node: ClusterNode | null = null;
     const connection = await connectCluster(config.urls, {
       name: `kindling-${config.role}-${config.nodeId}`,
+      // A silent partition (no TCP reset) is noticed within seconds, so fencing starts (nats.js: 2 min by default).
+      pingIntervalMs: 3_000,
       onStatus: (status, detail) => {
         logger[status === 'connected' ? 'info' : 'warn']({ nats: status, detail }, 'cluster connection');
         node?.connectionChanged(status);
@@ -54,6 +59,8 @@ export class ClusterNode {
             runsHere: config.role === 'all',
             workers: () => view.workers(),
             ...(config.silenceTimeoutMs === undefined ? {} : { silenceTimeoutMs: config.silenceTimeoutMs }),
+            ...(hooks.onMetered ? { onMetered: hooks.onMetered } : {}),
+            ...(hooks.wantsOutput ? { wantsOutput: hooks.wantsOutput } : {}),
           })
         : null;
       logger.info({ role: config.role, nodeId: config.nodeId, urls: config.urls }, 'joined the cluster');
@@ -72,6 +79,7 @@ export class ClusterNode {
     const runs = new WorkerRuns(this.connection.nc, {
       nodeId: this.config.nodeId,
       run: side.run,
+      onDeleted: side.deleted,
       onError: (error, context) => this.logger.warn({ err: error, ...context }, 'cluster run'),
     });
     this.workerRuns = runs;
@@ -122,12 +130,19 @@ export class ClusterNode {
     await heartbeat?.stop({ deregister: true }).catch((error: unknown) => this.logger.warn({ err: error }, 'leaving the worker registry failed'));
   }
 
+  /** A drain's wait: until the runs gateways sent here have ended, at most `deadlineMs`; false when some still run. */
+  drain(deadlineMs: number): Promise<boolean> {
+    return this.workerRuns?.idle(deadlineMs) ?? Promise.resolve(true);
+  }
+
   /** Leaves the cluster: runs still in flight are aborted, the connection drained and closed. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
       await this.stopAccepting();
       if (this.fence) clearTimeout(this.fence);
       this.workerRuns?.close();
+      // The aborted runs' answers (their sandboxes are being killed) go out before the connection drains.
+      await this.workerRuns?.idle(2_000);
       this.router?.close();
       this.view?.close();
       await this.connection.close();

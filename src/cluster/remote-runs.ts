@@ -11,10 +11,11 @@ import { nuid, type Msg, type NatsConnection, type Subscription } from '@nats-io
 import { KindlingError } from '../core/errors.js';
 import type { ExecutorName } from '../core/types.js';
 import { isHandlerStyle, type InvocationResult, type InvokeOptions, type RemoteRouter } from '../orchestrator/function-service.js';
+import type { InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { FunctionVersion } from '../store/store.js';
 import { placeInvocation, type PlacementCandidate } from './placement.js';
 import type { WorkerEntry } from './registry.js';
-import { KIND_HEADER, RUN_SUBJECT_PREFIX, cancelSubject, decodeFrame, encodeFrame, fromWireError, invokeSubject, type RunAnswer, type RunRequest } from './run-protocol.js';
+import { DELETED_SUBJECT, KIND_HEADER, RUN_SUBJECT_PREFIX, cancelSubject, decodeFrame, encodeFrame, fromWireError, invokeSubject, type RunAnswer, type RunRequest } from './run-protocol.js';
 
 export interface RemoteRunsOptions {
   /** This node's id; with `runsHere` a placement on it runs locally. */
@@ -27,9 +28,21 @@ export interface RemoteRunsOptions {
   spread?: number;
   /** A run whose worker has said nothing (no `alive`) for this long is failed with WORKER_LOST. Default 5000 ms. */
   silenceTimeoutMs?: number;
+  /** A finished run's metering facts as the worker measured them: the gateway's usage records. */
+  onMetered?: (facts: InvocationEvent) => void;
+  /** Whether anyone follows live output now (the log bus): workers send it only then. Default: always. */
+  wantsOutput?: () => boolean;
 }
 
-export const REMOTE_RUNS_DEFAULTS = { silenceTimeoutMs: 5000 } as const;
+export const REMOTE_RUNS_DEFAULTS = {
+  silenceTimeoutMs: 5000,
+  /** A version without its own timeoutMs: the longest a server allows (its default is shorter). */
+  unsetTimeoutMs: 15 * 60_000,
+  /** Past the function's timeout: time to start its sandbox and to queue for it. */
+  deadlineMarginMs: 120_000,
+  /** The largest answer a gateway takes in pieces: the body and logs of a call are each capped by outputBytes. */
+  maxAnswerBytes: 256 * 1024 * 1024,
+} as const;
 
 /** The key of a version in the registry's `warm` lists. */
 export const versionKey = (version: Pick<FunctionVersion, 'tenant' | 'name' | 'version'>): string => `${version.tenant}/${version.name}@${version.version}`;
@@ -48,7 +61,7 @@ export class RemoteRuns implements RemoteRouter {
    * subscription per run would cost a SUB and an UNSUB each and wait for its interest to spread over a NATS cluster.
    */
   private readonly prefix = `${RUN_SUBJECT_PREFIX}${nuid.next()}`;
-  private readonly waiting = new Map<string, (msg: Msg) => void>();
+  private readonly waiting = new Map<string, { onMessage: (msg: Msg) => void; fail: (error: unknown) => void }>();
   private readonly subscription: Subscription;
 
   constructor(
@@ -58,31 +71,58 @@ export class RemoteRuns implements RemoteRouter {
     this.subscription = nc.subscribe(`${this.prefix}.*`, {
       callback: (error, msg) => {
         if (error) return;
-        this.waiting.get(msg.subject.slice(this.prefix.length + 1))?.(msg);
+        const run = this.waiting.get(msg.subject.slice(this.prefix.length + 1));
+        if (run === undefined) return;
+        // A callback that throws would end the connection's reader (nats.js does not catch it): a message that cannot
+        // be read fails its run only.
+        try {
+          run.onMessage(msg);
+        } catch (failure) {
+          run.fail(new KindlingError('EXECUTOR_FAILED', `the worker's answer could not be read: ${failure instanceof Error ? failure.message : String(failure)}`));
+        }
       },
     });
   }
 
-  /** Stops listening for replies (runs still waiting end at their silence timeout). */
+  /** Stops listening for replies; runs still waiting fail now (their workers are told to stop). */
   close(): void {
     this.subscription.unsubscribe();
+    for (const run of [...this.waiting.values()]) run.fail(new KindlingError('SHUTTING_DOWN', 'the gateway stopped before the worker answered; the invocation may have run', { retryAfterSeconds: 1 }));
   }
 
-  route(version: FunctionVersion, _executor: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult> | null {
+  /** Tells every worker a function is gone, so its warm sandboxes there go too (workers hear of deploys with calls). */
+  deleted(tenant: string, name: string): void {
+    try {
+      this.nc.publish(DELETED_SUBJECT, JSON.stringify({ tenant, name }));
+    } catch {
+      // NATS is down: the workers' sandboxes of it go at their idle TTL (minWarm ones with the worker's restart).
+    }
+  }
+
+  runsHere(version: FunctionVersion): boolean {
+    return this.options.runsHere || !remotable(version, {});
+  }
+
+  route(version: FunctionVersion, _executor: ExecutorName, body: Buffer, options: InvokeOptions, runHere: () => Promise<InvocationResult>): Promise<InvocationResult> | null {
     if (!remotable(version, options)) return null;
-    // Headers and the request's metadata take a little of max_payload; a larger body runs here (or is refused).
-    const maxBytes = (this.nc.info?.max_payload ?? 1024 * 1024) - 64 * 1024;
-    const tooLarge = body.length > maxBytes;
-    const nodeId = tooLarge ? null : this.place(version, new Set());
+    const request: RunRequest = {
+      runId: nuid.next(),
+      version,
+      caps: options.scope?.caps ?? {},
+      ...(options.trace ? { traceparent: options.trace.traceparent } : {}),
+      output: options.onOutput !== undefined && (this.options.wantsOutput?.() ?? true),
+    };
+    const frame = encodeFrame(request, body);
+    // The request's headers and protocol line take a little of max_payload. A version whose code and body do not fit
+    // in one message runs here: the gateway holds its files too.
+    const maxBytes = (this.nc.info?.max_payload ?? 1024 * 1024) - 4096;
+    if (frame.length > maxBytes) return null;
+    const nodeId = this.place(version, new Set());
     if (nodeId === null || nodeId === this.options.nodeId) {
       if (this.options.runsHere) return null;
-      return Promise.reject(
-        tooLarge
-          ? new KindlingError('PAYLOAD_TOO_LARGE', `a body of ${body.length} bytes is larger than one NATS message may carry to a worker (${maxBytes} bytes with this server's max_payload); raise max_payload in nats-server's configuration or send less`)
-          : new KindlingError('NO_WORKERS', 'no worker with a free slot is registered in the cluster; start a worker (kindling serve --cluster ... --role worker) or retry shortly', { retryAfterSeconds: 1 }),
-      );
+      return Promise.reject(noWorkers('no worker with a free slot is registered in the cluster; start a worker (kindling serve --cluster ... --role worker) or retry shortly'));
     }
-    return this.runOn(nodeId, version, body, options, new Set([nodeId]));
+    return this.runOn(nodeId, version, request, frame, options, new Set([nodeId]), runHere);
   }
 
   private place(version: FunctionVersion, exclude: ReadonlySet<string>): string | null {
@@ -92,16 +132,18 @@ export class RemoteRuns implements RemoteRouter {
     return placeInvocation(candidates, versionKey(version), { spread: this.options.spread ?? 2 });
   }
 
-  private async runOn(nodeId: string, version: FunctionVersion, body: Buffer, options: InvokeOptions, tried: Set<string>): Promise<InvocationResult> {
+  private async runOn(nodeId: string, version: FunctionVersion, request: RunRequest, frame: Uint8Array, options: InvokeOptions, tried: Set<string>, runHere: () => Promise<InvocationResult>): Promise<InvocationResult> {
     this.sent.set(nodeId, (this.sent.get(nodeId) ?? 0) + 1);
     try {
-      return await this.send(nodeId, version, body, options);
+      return await this.send(nodeId, version, request, frame, options);
     } catch (error) {
-      // Nobody listened (the worker left since its last heartbeat): nothing ran; one other worker is tried.
-      if (error instanceof NoResponders) {
+      // Nothing ran: nobody listened (the worker left since its last heartbeat) or it refused (it is draining). One
+      // other worker is tried, or this node when it is a worker too.
+      if (error instanceof NoResponders || (error instanceof KindlingError && error.code === 'SHUTTING_DOWN' && error.details?.refused === true)) {
         const next = this.place(version, tried);
-        if (next !== null && next !== this.options.nodeId) return this.runOn(next, version, body, options, tried.add(next));
-        throw new KindlingError('NO_WORKERS', `worker ${nodeId} left the cluster and no other worker has a free slot; retry shortly`, { retryAfterSeconds: 1 });
+        if (next !== null && next !== this.options.nodeId) return this.runOn(next, version, request, frame, options, tried.add(next), runHere);
+        if (this.options.runsHere) return runHere();
+        throw noWorkers(`worker ${nodeId} ${error instanceof NoResponders ? 'left the cluster' : 'is draining'} and no other worker has a free slot; retry shortly`);
       }
       throw error;
     } finally {
@@ -111,60 +153,80 @@ export class RemoteRuns implements RemoteRouter {
     }
   }
 
-  private send(nodeId: string, version: FunctionVersion, body: Buffer, options: InvokeOptions): Promise<InvocationResult> {
-    const runId = nuid.next();
+  private send(nodeId: string, version: FunctionVersion, request: RunRequest, frame: Uint8Array, options: InvokeOptions): Promise<InvocationResult> {
+    const runId = request.runId;
     const subject = `${this.prefix}.${runId}`;
     const silenceMs = this.options.silenceTimeoutMs ?? REMOTE_RUNS_DEFAULTS.silenceTimeoutMs;
+    // A worker that keeps saying `alive` but never answers (a bug, a sandbox kill that hangs) is given up on too.
+    const deadlineMs = (version.spec.timeoutMs ?? REMOTE_RUNS_DEFAULTS.unsetTimeoutMs) + REMOTE_RUNS_DEFAULTS.deadlineMarginMs;
     return new Promise<InvocationResult>((resolve, reject) => {
       const pieces: Uint8Array[] = [];
+      let pieceBytes = 0;
       let silence: NodeJS.Timeout | null = null;
-      const end = (): void => {
-        this.waiting.delete(runId);
-        if (silence) clearTimeout(silence);
-        options.signal?.removeEventListener('abort', onAbort);
-      };
-      const fail = (error: unknown): void => {
-        end();
-        reject(error);
-      };
-      const heard = (): void => {
-        if (silence) clearTimeout(silence);
-        silence = setTimeout(
-          () => fail(new KindlingError('WORKER_LOST', `worker ${nodeId} stopped answering for ${silenceMs} ms during the run; the invocation may have run: retry it only if it is safe to run twice`, { details: { node: nodeId } })),
-          silenceMs,
-        );
-      };
-      const onAbort = (): void => {
+      let settled = false;
+      const cancel = (): void => {
         try {
           this.nc.publish(cancelSubject(nodeId), runId);
         } catch {
-          // The connection is gone: the worker's run ends at its timeout.
+          // The connection is gone: a worker cut off from NATS aborts its runs itself (fencing).
         }
-        fail(options.signal?.reason ?? new KindlingError('CLIENT_DISCONNECTED', 'the invocation was cancelled'));
       };
+      const end = (): void => {
+        settled = true;
+        this.waiting.delete(runId);
+        if (silence) clearTimeout(silence);
+        clearTimeout(deadline);
+        options.signal?.removeEventListener('abort', onAbort);
+      };
+      const fail = (error: unknown): void => {
+        if (settled) return;
+        end();
+        reject(error);
+      };
+      // Given up on: the worker stops the run (its sandbox goes) rather than finish it for nobody.
+      const giveUp = (error: unknown): void => {
+        if (settled) return;
+        cancel();
+        fail(error);
+      };
+      const lost = (why: string): KindlingError => new KindlingError('WORKER_LOST', `worker ${nodeId} ${why}; the invocation may have run: retry it only if it is safe to run twice`, { details: { node: nodeId } });
+      const heard = (): void => {
+        if (silence) clearTimeout(silence);
+        silence = setTimeout(() => giveUp(lost(`stopped answering for ${silenceMs} ms during the run`)), silenceMs);
+      };
+      const deadline = setTimeout(() => giveUp(lost(`sent no result within the function's timeout and ${REMOTE_RUNS_DEFAULTS.deadlineMarginMs} ms`)), deadlineMs);
+      const onAbort = (): void => giveUp(options.signal?.reason ?? new KindlingError('CLIENT_DISCONNECTED', 'the invocation was cancelled'));
       const onMessage = (msg: Msg): void => {
+        // No responders: the server's status answer (no data) to a request nobody subscribed to.
+        if (msg.data.length === 0 && msg.headers?.code === 503) return fail(new NoResponders());
         heard();
-        // No responders: the server's status answer to a request nobody subscribed to.
-        if (msg.headers?.code === 503) return fail(new NoResponders());
         switch (msg.headers?.get(KIND_HEADER)) {
           case 'started': {
             const info = JSON.parse(Buffer.from(msg.data).toString('utf8')) as { id: string; coldStart: boolean; executor: ExecutorName };
-            options.onStarted?.(info.id, { coldStart: info.coldStart, executor: info.executor });
+            options.onStarted?.(String(info.id), { coldStart: info.coldStart === true, executor: info.executor });
             return;
           }
           case 'out':
             options.onOutput?.(msg.headers.get('s') === 'stdout' ? 'stdout' : 'stderr', Buffer.from(msg.data).toString('utf8'));
             return;
           case 'chunk':
+            pieceBytes += msg.data.length;
+            // An answer is bounded by the function's output caps; pieces beyond any answer's size are not kept.
+            if (pieceBytes > REMOTE_RUNS_DEFAULTS.maxAnswerBytes) return giveUp(new KindlingError('EXECUTOR_FAILED', `worker ${nodeId} sent an answer over ${REMOTE_RUNS_DEFAULTS.maxAnswerBytes} bytes`));
             pieces.push(msg.data);
             return;
           case 'result': {
-            end();
+            const expected = Number(msg.headers.get('chunks') || '0');
+            if (expected !== pieces.length) return giveUp(new KindlingError('EXECUTOR_FAILED', `worker ${nodeId} sent ${pieces.length} of the ${expected} pieces of its answer (a NATS message was lost)`));
+            let result: InvocationResult;
             try {
-              resolve(this.toResult(nodeId, version, pieces.length > 0 ? Buffer.concat(pieces) : msg.data));
+              result = this.toResult(nodeId, version, expected > 0 ? Buffer.concat(pieces) : msg.data);
             } catch (error) {
-              reject(error);
+              // The worker's platform error (or an answer that does not add up): the run is over either way.
+              return fail(error);
             }
+            end();
+            resolve(result);
             return;
           }
           default:
@@ -173,19 +235,12 @@ export class RemoteRuns implements RemoteRouter {
       };
       if (options.signal?.aborted) return onAbort();
       options.signal?.addEventListener('abort', onAbort, { once: true });
-      this.waiting.set(runId, onMessage);
-      const request: RunRequest = {
-        runId,
-        version,
-        caps: options.scope?.caps ?? {},
-        ...(options.trace ? { traceparent: options.trace.traceparent } : {}),
-        output: options.onOutput !== undefined,
-      };
+      this.waiting.set(runId, { onMessage, fail: giveUp });
       heard();
       try {
-        this.nc.publish(invokeSubject(nodeId), encodeFrame(request, body), { reply: subject });
+        this.nc.publish(invokeSubject(nodeId), frame, { reply: subject });
       } catch (error) {
-        fail(new KindlingError('NO_WORKERS', `the gateway could not reach NATS to send the invocation: ${(error as Error).message}`, { retryAfterSeconds: 1 }));
+        fail(noWorkers(`the gateway could not reach NATS to send the invocation: ${(error as Error).message}`));
       }
     });
   }
@@ -194,6 +249,10 @@ export class RemoteRuns implements RemoteRouter {
     const { meta, rest } = decodeFrame<RunAnswer>(frame);
     if (!meta.ok) throw fromWireError(meta.error, nodeId);
     const result = meta.result;
+    if (rest.length !== result.bodyBytes + result.stderrBytes) {
+      throw new KindlingError('EXECUTOR_FAILED', `worker ${nodeId} sent an answer of ${rest.length} bytes that says it holds ${result.bodyBytes} + ${result.stderrBytes}`);
+    }
+    if (result.metered) this.options.onMetered?.({ ...result.metered, meteredElsewhere: false });
     return {
       invocationId: result.invocationId,
       tenant: version.tenant,
@@ -212,6 +271,8 @@ export class RemoteRuns implements RemoteRouter {
     };
   }
 }
+
+const noWorkers = (message: string): KindlingError => new KindlingError('NO_WORKERS', message, { retryAfterSeconds: 1 });
 
 class NoResponders extends Error {
   constructor() {

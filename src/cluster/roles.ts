@@ -17,3 +17,14 @@ export interface ClusterConfig {
 export function nodeIdOf(name: string): string {
   return name.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 128);
 }
+
+/** What GET /v1/cluster answers: a server on its own, or this node and the workers it sees. */
+export type ClusterView =
+  | { mode: 'single' }
+  | {
+      mode: 'cluster';
+      role: ClusterRole;
+      nodeId: string;
+      nats: 'connected' | 'reconnecting' | 'closed';
+      workers: { nodeId: string; role: string; capacity: number; inFlight: number; warm: string[]; startedAt: string; heartbeatAt: string }[];
+    };

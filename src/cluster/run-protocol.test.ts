@@ -49,8 +49,9 @@ describe('cluster run protocol', () => {
   });
 
   it('--cluster and --role are checked; the node id is the node name made subject-safe', async () => {
-    assert.equal(await clusterConfig({ role: 'all' }), null);
+    assert.equal(await clusterConfig({}), null);
     await assert.rejects(clusterConfig({ role: 'worker' }), /--role worker needs --cluster/);
+    await assert.rejects(clusterConfig({ cluster: 'nats://a:1' }), /--cluster needs --role: gateway, worker, all/);
     await assert.rejects(clusterConfig({ role: 'boss', cluster: 'nats://a:1' }), /--role must be one of gateway, worker, all/);
     await assert.rejects(clusterConfig({ role: 'all', cluster: 'http://a:1' }), /nats:\/\//);
     assert.deepEqual(await clusterConfig({ role: 'gateway', cluster: 'nats://h1,nats://h2:4223', nodeName: 'gw.example.com' }), { urls: ['nats://h1:4222', 'nats://h2:4223'], role: 'gateway', nodeId: 'gw-example-com' });

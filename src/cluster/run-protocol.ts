@@ -12,11 +12,14 @@
  */
 import { KindlingError, ERROR_CODES, type ErrorCode } from '../core/errors.js';
 import type { ExecutorName, ResourceLimits } from '../core/types.js';
+import type { InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { FunctionVersion } from '../store/store.js';
 
 export const invokeSubject = (nodeId: string): string => `kindling.workers.${nodeId}.invoke`;
 export const cancelSubject = (nodeId: string): string => `kindling.workers.${nodeId}.cancel`;
 export const RUN_SUBJECT_PREFIX = 'kindling.runs.';
+/** Gateways tell every worker a function was deleted (`{tenant, name}`): its warm sandboxes there go. */
+export const DELETED_SUBJECT = 'kindling.functions.deleted';
 
 /** The header that says what a message on a run subject is. */
 export const KIND_HEADER = 'k';
@@ -44,6 +47,10 @@ export interface RunResultMeta {
   truncated?: boolean;
   executor: ExecutorName;
   bodyBytes: number;
+  /** The bytes of stderr after the body: the gateway checks that the answer adds up. */
+  stderrBytes: number;
+  /** The call's metering facts (handler functions), for the gateway's usage records. */
+  metered?: InvocationEvent;
 }
 
 /** The end of a run: a result, or the error the worker's platform raised (user code failing is a result, not this). */

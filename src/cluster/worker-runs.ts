@@ -6,8 +6,10 @@ import { headers, type Msg, type NatsConnection, type Subscription } from '@nats
 import { KindlingError } from '../core/errors.js';
 import { parseTraceparent } from '../core/tracing.js';
 import type { InvocationResult, InvokeOptions } from '../orchestrator/function-service.js';
+import type { InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { FunctionVersion } from '../store/store.js';
 import {
+  DELETED_SUBJECT,
   KIND_HEADER,
   RUN_SUBJECT_PREFIX,
   cancelSubject,
@@ -27,6 +29,8 @@ export type RunVersion = (version: FunctionVersion, body: Buffer, options: Invok
 export interface WorkerRunsOptions {
   nodeId: string;
   run: RunVersion;
+  /** A gateway deleted a function: its warm sandboxes here go. */
+  onDeleted?: (tenant: string, name: string) => void;
   /** How often a running invocation tells its gateway it is alive. Default 1000 ms. */
   aliveIntervalMs?: number;
   onError?: (error: unknown, context: Record<string, unknown>) => void;
@@ -43,13 +47,25 @@ export class WorkerRuns {
     private readonly nc: NatsConnection,
     private readonly options: WorkerRunsOptions,
   ) {
+    // A callback that throws would end the connection's reader (nats.js does not catch it): each one catches.
+    const guarded = (handle: (msg: Msg) => void) => (error: Error | null, msg: Msg) => {
+      try {
+        if (error) this.report(error, {});
+        else handle(msg);
+      } catch (failure) {
+        this.report(failure, { subject: msg.subject });
+      }
+    };
     this.subscriptions = [
-      nc.subscribe(invokeSubject(options.nodeId), { callback: (error, msg) => (error ? this.report(error, {}) : this.onInvoke(msg)) }),
+      nc.subscribe(invokeSubject(options.nodeId), { callback: guarded((msg) => this.onInvoke(msg)) }),
       nc.subscribe(cancelSubject(options.nodeId), {
-        callback: (error, msg) => {
-          if (error) return this.report(error, {});
-          this.running.get(msg.string())?.abort(new KindlingError('CLIENT_DISCONNECTED', 'the gateway cancelled the invocation (its client went away)'));
-        },
+        callback: guarded((msg) => this.running.get(msg.string())?.abort(new KindlingError('CLIENT_DISCONNECTED', 'the gateway cancelled the invocation (its client went away, or it gave up on the run)'))),
+      }),
+      nc.subscribe(DELETED_SUBJECT, {
+        callback: guarded((msg) => {
+          const { tenant, name } = JSON.parse(msg.string()) as { tenant?: unknown; name?: unknown };
+          if (typeof tenant === 'string' && typeof name === 'string') options.onDeleted?.(tenant, name);
+        }),
       }),
     ];
   }
@@ -57,6 +73,16 @@ export class WorkerRuns {
   /** Runs in flight here for gateways (the heartbeat's `inFlight`). */
   get inFlight(): number {
     return this.running.size;
+  }
+
+  /** Resolves once no run is in flight, or after `deadlineMs` (false then). */
+  async idle(deadlineMs: number): Promise<boolean> {
+    const until = Date.now() + deadlineMs;
+    while (this.running.size > 0) {
+      if (Date.now() >= until) return false;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    return true;
   }
 
   /** Stops taking runs (a drain): new requests are answered SHUTTING_DOWN; runs in flight go on. */
@@ -70,11 +96,12 @@ export class WorkerRuns {
     return this.running.size;
   }
 
-  /** Aborts every run in flight and stops listening. */
+  /** Aborts every run in flight (their answers say so) and stops listening for new ones. */
   close(): void {
     this.accepting = false;
     for (const subscription of this.subscriptions) subscription.unsubscribe();
-    for (const controller of this.running.values()) controller.abort(new KindlingError('SHUTTING_DOWN', 'the worker is stopping'));
+    // Not SHUTTING_DOWN, which tells a gateway that nothing ran (it places the call elsewhere): these had started.
+    for (const controller of this.running.values()) controller.abort(new KindlingError('WORKER_LOST', `worker ${this.options.nodeId} stopped during the run (its shutdown deadline passed); the invocation may have run`));
   }
 
   private report(error: unknown, context: Record<string, unknown>): void {
@@ -98,7 +125,8 @@ export class WorkerRuns {
       return;
     }
     if (!this.accepting) {
-      this.finish(reply, { ok: false, error: { code: 'SHUTTING_DOWN', message: `worker ${this.options.nodeId} is stopping`, retryAfterSeconds: 1 } });
+      // `refused`: nothing ran, so the gateway places the call on another worker.
+      this.finish(reply, { ok: false, error: { code: 'SHUTTING_DOWN', message: `worker ${this.options.nodeId} is stopping`, retryAfterSeconds: 1, details: { refused: true } } });
       return;
     }
     void this.execute(request, payload, reply);
@@ -110,7 +138,9 @@ export class WorkerRuns {
     const alive = setInterval(() => this.send(reply, 'alive'), this.options.aliveIntervalMs ?? WORKER_RUNS_DEFAULTS.aliveIntervalMs);
     try {
       const parsed = request.traceparent ? parseTraceparent(request.traceparent) : null;
+      let metered: InvocationEvent | undefined;
       const result = await this.options.run(request.version, payload, {
+        onMetered: (facts) => (metered = facts),
         signal: controller.signal,
         scope: { name: request.version.tenant, caps: request.caps ?? {} },
         ...(parsed && request.traceparent ? { trace: { traceId: parsed.traceId, traceparent: request.traceparent } } : {}),
@@ -129,6 +159,8 @@ export class WorkerRuns {
           ...(result.truncated === undefined ? {} : { truncated: result.truncated }),
           executor: result.executor,
           bodyBytes: result.body.length,
+          stderrBytes: result.stderr.length,
+          ...(metered ? { metered } : {}),
         },
       }, result.body, result.stderr);
     } catch (error) {

@@ -43,7 +43,8 @@ export class UsageMeter implements ExecutionObserver, InvocationObserver {
   }
 
   onInvocation(event: InvocationEvent): void {
-    if (event.status === 'error') return;
+    // A platform error is not billed; a cluster worker's run for a gateway is metered by the gateway.
+    if (event.status === 'error' || event.meteredElsewhere === true) return;
     this.write({
       id: event.invocationId,
       tenant: event.tenant ?? this.options.tenant ?? DEFAULT_TENANT,

@@ -7,7 +7,7 @@ import { FUNCTION_NAME_PATTERN, specBytes, type FunctionRecord, type FunctionSpe
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import type { ExecutionService, ImageResolver, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
 import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
-import { handlersUnsupported } from './handler-pools.js';
+import { handlersUnsupported, type InvocationEvent } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
 import { BUNDLE_MOUNT, type BundleStore } from './bundles.js';
 import { JAVA_HANDLER, JAVA_QUALIFIED_HANDLER, RUNTIMES, concreteRuntime, handlerFamily, runtimeDefinition, runtimeImage } from './runtimes.js';
@@ -84,12 +84,24 @@ export interface InvokeOptions {
   onStarted?: (id: string, info: { coldStart: boolean; executor: ExecutorName }) => void;
   /** The tenant's caps and concurrency slot (taken once here, for handler and command functions alike). */
   scope?: TenantScope;
+  /**
+   * A cluster worker's run for a gateway (handler functions): the call's metering facts go here, for the gateway's
+   * usage records, instead of to this server's usage meter.
+   */
+  onMetered?: (facts: InvocationEvent) => void;
 }
 
 /** Cluster mode: where an invocation runs when it is not here. */
 export interface RemoteRouter {
-  /** The run on a worker, or null when it runs here (a function whose files only this server keeps, no worker fits). */
-  route(version: FunctionVersion, executor: ExecutorName, body: Buffer, options: InvokeOptions): Promise<InvocationResult> | null;
+  /**
+   * The run on a worker, or null when it runs here. `runHere` runs it here after all (a node that is a worker too, when
+   * the worker it chose turned out to be gone).
+   */
+  route(version: FunctionVersion, executor: ExecutorName, body: Buffer, options: InvokeOptions, runHere: () => Promise<InvocationResult>): Promise<InvocationResult> | null;
+  /** False when this server never runs the version itself (a gateway sends all its calls to workers). */
+  runsHere(version: FunctionVersion): boolean;
+  /** A function was deleted: the workers' warm sandboxes of it go too. */
+  deleted(tenant: string, name: string): void;
 }
 
 /** Runs handler-style invocations (warm pools); absent on servers without an executor that keeps sandboxes warm. */
@@ -325,7 +337,8 @@ export class FunctionService {
     const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
     this.checkStorageQuotas(tenant, name, spec, retention);
     const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
-    if (isHandlerStyle(spec)) this.options.handlers?.deployed(version, executor, caps);
+    // Warm sandboxes form where the version runs: not on a cluster gateway that sends it to workers.
+    if (isHandlerStyle(spec) && this.options.remote?.runsHere(version) !== false) this.options.handlers?.deployed(version, executor, caps);
     if (pruned.length > 0) this.collectBundles();
     return { view: toView(fn, version), created };
   }
@@ -509,6 +522,7 @@ export class FunctionService {
     }
     if (!this.store.deleteFunction(tenant, name) && building === undefined) throw notFound(name);
     this.options.builds?.deleteFunction(tenant, name);
+    this.options.remote?.deleted(tenant, name);
     await this.options.handlers?.deleted(tenant, name);
     this.collectBundles();
   }
@@ -546,6 +560,7 @@ export class FunctionService {
       this.building.delete(key);
     }
     this.options.builds?.deleteTenant(tenant);
+    for (const name of names) this.options.remote?.deleted(tenant, name);
     await Promise.all(names.map((name) => this.options.handlers?.deleted(tenant, name)));
     this.collectBundles();
   }
@@ -573,7 +588,8 @@ export class FunctionService {
     const releaseTenant = options.scope?.acquire?.();
     try {
       // Cluster mode: a worker runs it when the router takes it (null: it runs here).
-      const forwarded = route.remote ? this.options.remote?.route(version, executor, body, options) : undefined;
+      // (Optional chaining: on a server on its own no argument, not even the closure, is made.)
+      const forwarded = route.remote ? this.options.remote?.route(version, executor, body, options, () => this.invokeHere(version, body, options)) : undefined;
       if (forwarded) return await forwarded;
       if (isHandlerStyle(spec)) {
         const handlers = this.options.handlers;
@@ -624,6 +640,12 @@ export class FunctionService {
     } finally {
       releaseTenant?.();
     }
+  }
+
+  /** Runs it here after all (a cluster node that is a worker too), without taking the tenant's slot again. */
+  private invokeHere(version: FunctionVersion, body: Buffer, options: InvokeOptions): Promise<InvocationResult> {
+    const { acquire: _taken, ...scope } = options.scope ?? { name: version.tenant, caps: {} };
+    return this.invokeVersion(version, body, { ...options, scope }, { remote: false });
   }
 
   async close(): Promise<void> {

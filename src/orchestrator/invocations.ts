@@ -587,14 +587,14 @@ export class InvocationService {
         this.blockTenant(record.tenant, TENANT_RETRY_MS);
         return;
       }
-      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL')) {
-        // It never started (the function is at its concurrency limit, the server is stopping, or the disk is full so
-        // the sandbox could not be prepared): back in the queue, in its place (it runs after the next start when
-        // stopping), and the dispatcher waits a little before it claims again.
+      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS')) {
+        // It never started (the function is at its concurrency limit, the server is stopping, the disk is full so
+        // the sandbox could not be prepared, or no cluster worker has a free slot): back in the queue, in its place
+        // (it runs after the next start when stopping), and the dispatcher waits a little before it claims again.
         await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
         finish('requeued');
         end('queued');
-        this.pause(failure.code === 'STORAGE_FULL' ? 1000 : 200);
+        this.pause(failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS' ? 1000 : 200);
         return;
       }
       if (!failure) this.options.onError?.(report.error, { invocationId: record.id });

@@ -109,6 +109,29 @@ async function loadPools(): Promise<void> {
   fill('pools-body', view.pools.map((p) => row([p.function, p.version, p.executor, p.idle, p.busy, p.creating, p.waiting])), 'No warm pools (handler-style functions get one on first use).', 7);
 }
 
+type ClusterView =
+  | { mode: 'single' }
+  | { mode: 'cluster'; role: string; nodeId: string; nats: string; workers: { nodeId: string; role: string; capacity: number; inFlight: number; warm: string[]; heartbeatAt: string }[] };
+
+/** The admin's view of the cluster (hidden for tenant keys and on a server on its own). */
+let clusterVisible = false;
+
+async function loadCluster(): Promise<void> {
+  if (!clusterVisible) return;
+  const view = await json<ClusterView>('/v1/cluster');
+  const inCluster = view.mode === 'cluster';
+  $('cluster').hidden = !inCluster;
+  $('cluster-link').hidden = !inCluster;
+  if (view.mode !== 'cluster') return;
+  $('cluster-node').textContent = `This node: ${view.nodeId} (${view.role}), NATS ${view.nats}.`;
+  fill(
+    'cluster-body',
+    view.workers.map((w) => row([w.nodeId, w.role, { text: String(w.capacity), num: true }, { text: String(w.inFlight), num: true }, w.warm.join(', ') || '—', new Date(w.heartbeatAt).toLocaleTimeString()])),
+    view.role === 'worker' ? 'A worker does not watch the other workers: open the console of a gateway.' : 'No worker is registered (start one: kindling serve --cluster URLS --role worker).',
+    6,
+  );
+}
+
 interface ImagesView {
   images: { name: string; image: string; shared: boolean; from: string; apt: string[]; files: { dest: string; bytes: number } | null; status: string; error: string | null; sizeBytes: number | null; finishedAt: string | null }[];
 }
@@ -341,7 +364,7 @@ $('logs-output').addEventListener('keydown', (event) => {
 });
 
 async function refresh(): Promise<void> {
-  const results = await Promise.allSettled([loadFunctions(), loadInvocations(), loadSandboxes(), loadPools(), loadImages(), loadUsage(), loadCharts()]);
+  const results = await Promise.allSettled([loadFunctions(), loadInvocations(), loadSandboxes(), loadPools(), loadCluster(), loadImages(), loadUsage(), loadCharts()]);
   for (const result of results) if (result.status === 'rejected' && !(result.reason instanceof ApiError && result.reason.status === 401)) console.warn(result.reason);
 }
 
@@ -351,6 +374,8 @@ async function refresh(): Promise<void> {
 async function loadWhoami(): Promise<void> {
   const me = await json<{ name: string; admin: boolean }>('/v1/tenant');
   $('whoami').textContent = `Tenant ${me.name}${me.admin ? ' (admin)' : ''}`;
+  clusterVisible = me.admin;
+  await loadCluster();
 }
 
 function showApp(): void {
@@ -364,13 +389,16 @@ function showApp(): void {
 }
 
 /** What the last key saw stays nowhere on the page: the next key may be another tenant's. */
-const SESSION_TEXT_IDS = ['whoami', 'deploy-status', 'invoke-meta', 'invoke-output', 'logs-status', 'logs-output', 'functions-body', 'invocations-body', 'pools-body', 'pools-capacity', 'images-body', 'usage-body'];
+const SESSION_TEXT_IDS = ['whoami', 'deploy-status', 'invoke-meta', 'invoke-output', 'logs-status', 'logs-output', 'functions-body', 'invocations-body', 'pools-body', 'pools-capacity', 'cluster-node', 'cluster-body', 'images-body', 'usage-body'];
 
 function signOut(message = ''): void {
   stopFollowing();
   shownFunctions = '';
   rememberKey(null);
   resetSandboxes();
+  clusterVisible = false;
+  $('cluster').hidden = true;
+  $('cluster-link').hidden = true;
   for (const id of SESSION_TEXT_IDS) $(id).textContent = '';
   $<HTMLSelectElement>('inv-function').replaceChildren();
   $<HTMLFormElement>('deploy-form').reset();

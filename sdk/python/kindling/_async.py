@@ -562,6 +562,10 @@ class AsyncKindling:
         """``GET /v1/pools``."""
         return expect_dict(await self._http.json("GET", "/v1/pools"), "pools")
 
+    async def cluster(self) -> JsonDict:
+        """``GET /v1/cluster``."""
+        return expect_dict(await self._http.json("GET", "/v1/cluster"), "cluster")
+
     async def openapi(self) -> JsonDict:
         """``GET /openapi.json``."""
         return expect_dict(await self._http.json("GET", "/openapi.json"), "the OpenAPI document")

@@ -36,7 +36,8 @@ MAX_RETRY_WAIT_S = 10.0
 CHUNK_BYTES = 256 * 1024
 
 #: Codes of requests the server refused before doing any work: a POST that got one may be sent again.
-_NOT_STARTED_CODES = frozenset({"TOO_MANY_REQUESTS", "TENANT_RATE_LIMITED", "TENANT_CONCURRENCY_LIMIT", "TENANT_BUILD_LIMIT"})
+# NO_WORKERS: a cluster gateway placed the call nowhere, so nothing ran (WORKER_LOST may have run: not here).
+_NOT_STARTED_CODES = frozenset({"TOO_MANY_REQUESTS", "TENANT_RATE_LIMITED", "TENANT_CONCURRENCY_LIMIT", "TENANT_BUILD_LIMIT", "NO_WORKERS"})
 
 StdinSource = Union[bytes, bytearray, memoryview, str, IO[bytes], Iterable[bytes], None]
 

@@ -94,7 +94,7 @@ class AbortError(KindlingError):
 
 # Codes whose failure is transient when no status is known (``error`` events inside a stream).
 _RETRYABLE_CODES = frozenset(
-    {"TOO_MANY_REQUESTS", "SANDBOX_PORT_UNREACHABLE", "SANDBOX_PORT_LIMIT", "EXECUTOR_UNAVAILABLE", "EXECUTOR_FAILED", "SHUTTING_DOWN", "SANDBOX_START_TIMEOUT", "STORAGE_FULL"}
+    {"TOO_MANY_REQUESTS", "SANDBOX_PORT_UNREACHABLE", "SANDBOX_PORT_LIMIT", "EXECUTOR_UNAVAILABLE", "EXECUTOR_FAILED", "SHUTTING_DOWN", "SANDBOX_START_TIMEOUT", "STORAGE_FULL", "NO_WORKERS", "WORKER_LOST"}
 )
 _RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504, 507})
 
@@ -169,6 +169,8 @@ ERROR_CODE_CLASSES: dict[str, type[KindlingError]] = {
     "EXECUTOR_FAILED": ServerError,
     "SANDBOX_PORT_UNREACHABLE": ServerError,
     "SHUTTING_DOWN": ServerError,
+    "NO_WORKERS": ServerError,
+    "WORKER_LOST": ServerError,
     "COMPAT_UNSUPPORTED": ServerError,
     "OPERATOR_RESULT_NOT_FOUND": NotFoundError,
     "OPERATOR_OUT_OF_FUNDS": ServerError,

@@ -35,6 +35,7 @@ COVERED_ROUTES: dict[str, tuple[str, ...]] = {
     "GET /v1/usage/invocations": ("usage.invocations",),
     "GET /v1/usage/timeseries": ("usage.timeseries",),
     "GET /v1/pools": ("pools",),
+    "GET /v1/cluster": ("cluster",),
     "POST /v1/sandboxes": ("sandboxes.create",),
     "GET /v1/sandboxes": ("sandboxes.list",),
     "GET /v1/sandboxes/{id}": ("sandboxes.get", "sandboxes.connect"),

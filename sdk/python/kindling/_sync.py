@@ -650,6 +650,11 @@ class Kindling:
         """``GET /v1/pools``: the warm pools of the caller's tenant (idle, busy, creating, waiting sandboxes)."""
         return expect_dict(self._http.json("GET", "/v1/pools"), "pools")
 
+    def cluster(self) -> JsonDict:
+        """``GET /v1/cluster`` (admin key): ``{"mode": "single"}`` on a server on its own; in cluster mode this node's
+        role, id and NATS connection and the workers it sees (capacity, in flight, warm versions, last heartbeat)."""
+        return expect_dict(self._http.json("GET", "/v1/cluster"), "cluster")
+
     def openapi(self) -> JsonDict:
         """``GET /openapi.json``: the server's OpenAPI 3 document."""
         return expect_dict(self._http.json("GET", "/openapi.json"), "the OpenAPI document")

@@ -107,6 +107,7 @@ def test_async_functions_invocations_tenants(server: Server, name: str) -> None:
             await k.tenants.delete(name)
             assert (await k.health())["status"] == "ok"
             assert (await k.ready())["status"] == "ready"
+            assert (await k.cluster()) == {"mode": "single"}
             assert "paths" in await k.openapi()
 
     asyncio.run(main())

@@ -57,6 +57,8 @@ def test_usage(k: Kindling, server: Server, name: str) -> None:
         by_day = tenant.usage.get(group_by="day")
         assert by_day.group_by == "day" and by_day.totals["invocations"] == 1
         assert "pools" in tenant.pools()
+        with pytest.raises(kindling.PermissionDeniedError):
+            tenant.cluster()  # the workers' load tells about every tenant: admin only
     assert k.usage.get(tenant=name).totals["invocations"] == 1
     k.tenants.delete(name)
 
@@ -64,6 +66,7 @@ def test_usage(k: Kindling, server: Server, name: str) -> None:
 def test_health_ready_openapi(k: Kindling) -> None:
     assert k.health() == {"status": "ok"}
     assert k.ready()["status"] == "ready"
+    assert k.cluster() == {"mode": "single"}
     assert k.openapi()["openapi"].startswith("3.")
 
 

@@ -1,0 +1,53 @@
+/** Kindling server processes in a cluster (`serve --cluster`), for the tests that start a gateway and workers. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, realpath, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { CleanupOwner } from './nats-cluster.js';
+import { IMAGES_DIR } from './server.js';
+
+const CLI = new URL('../../../bin/kindling.js', import.meta.url).pathname;
+
+export interface Node {
+  child: ChildProcess;
+  url: string;
+  name: string;
+  dataDir: string;
+}
+
+/**
+ * A server process in the cluster (a new data dir unless one is given, a free port), stopped gracefully and its dir
+ * removed by the owner's cleanup.
+ */
+export async function startNode(t: CleanupOwner, natsUrl: string, role: string, name: string, existingDataDir?: string, env: NodeJS.ProcessEnv = {}): Promise<Node> {
+  const dataDir = existingDataDir ?? (await realpath(await mkdtemp(join(tmpdir(), `kindling-cluster-${name}-`))));
+  if (existingDataDir === undefined) t.after(() => rm(dataDir, { recursive: true, force: true }));
+  const child = spawn(
+    process.execPath,
+    [CLI, 'serve', '--cluster', natsUrl, '--role', role, '--node-name', name, '--port', '0', '--data-dir', dataDir, '--images-dir', IMAGES_DIR, '--executor', 'sandbox', '--enable-executors', '', '--prewarm', '0', '--generic-sandboxes', '0', '--log-level', 'info'],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } },
+  );
+  // SIGTERM: a graceful stop removes the server's sandboxes, mounts and cgroups before it exits.
+  t.after(() => stop(child, 'SIGTERM'));
+  const url = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        const entry = JSON.parse(line) as { msg?: string; url?: string };
+        if (entry.msg === 'Kindling is listening' && entry.url) resolve(entry.url);
+      } catch {
+        // not a log line
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`${name} exited with ${code} before listening`)));
+  });
+  return { child, url, name, dataDir };
+}
+
+export async function stop(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill(signal);
+  await exited;
+}
+
