@@ -11,7 +11,7 @@ import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Kindling } from '@kindling/sdk';
 import { startNode, stop, type Node } from './helpers/cluster-node.js';
-import { lifo, natsUnavailable, startNatsCluster } from './helpers/nats-cluster.js';
+import { lifo, natsUnavailable, startNatsCluster, type CleanupOwner } from './helpers/nats-cluster.js';
 import { sandboxUnavailableReason } from './helpers/server.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -27,6 +27,17 @@ async function deploy(gateway: Node, name: string, spec: Record<string, unknown>
 async function invoke(gateway: Node, name: string, body: string): Promise<{ status: number; node: string | null; coldStart: string | null; retryAfter: string | null; text: string }> {
   const response = await fetch(`${gateway.url}/v1/functions/${name}/invoke`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body });
   return { status: response.status, node: response.headers.get('x-kindling-node'), coldStart: response.headers.get('x-kindling-cold-start'), retryAfter: response.headers.get('retry-after'), text: await response.text() };
+}
+
+/** A nats-server, a gateway and a worker it sees, all stopped by the test's cleanup. */
+async function gatewayWithWorker(context: CleanupOwner) {
+  const t = lifo(context);
+  const nats = await startNatsCluster(t, { nodes: 1 });
+  const natsUrl = nats.urls[0] as string;
+  const gateway = await startNode(t, natsUrl, 'gateway', 'gw-1');
+  const worker = await startNode(t, natsUrl, 'worker', 'wk-a');
+  await waitFor(async () => (await fetch(`${gateway.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
+  return { t, nats, natsUrl, gateway, worker };
 }
 
 const ECHO = { runtime: 'node', handler: 'handler', code: 'exports.handler = async (event) => "got " + event' };
@@ -121,12 +132,7 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
   });
 
   it('a worker killed mid-run is reported as WORKER_LOST within seconds; with none left, NO_WORKERS', { timeout: 120_000 }, async (context) => {
-    const t = lifo(context);
-    const nats = await startNatsCluster(t, { nodes: 1 });
-    const natsUrl = nats.urls[0] as string;
-    const gateway = await startNode(t, natsUrl, 'gateway', 'gw-1');
-    const worker = await startNode(t, natsUrl, 'worker', 'wk-a');
-    await waitFor(async () => (await fetch(`${gateway.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
+    const { t, natsUrl, gateway, worker } = await gatewayWithWorker(context);
     await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 60_000, code: 'exports.handler = () => new Promise(() => {})' });
     const started = Date.now();
     const pending = invoke(gateway, 'hang', 'x');
@@ -153,12 +159,7 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
   });
 
   it('a worker cut off from NATS aborts the runs gateways sent it (fencing), and the gateway answers WORKER_LOST', { timeout: 120_000 }, async (context) => {
-    const t = lifo(context);
-    const nats = await startNatsCluster(t, { nodes: 1 });
-    const natsUrl = nats.urls[0] as string;
-    const gateway = await startNode(t, natsUrl, 'gateway', 'gw-1');
-    const worker = await startNode(t, natsUrl, 'worker', 'wk-a');
-    await waitFor(async () => (await fetch(`${gateway.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
+    const { nats, gateway, worker } = await gatewayWithWorker(context);
     await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 120_000, code: 'exports.handler = () => new Promise(() => {})' });
     const pending = invoke(gateway, 'hang', 'x');
     const inFlight = async (): Promise<number> => Number(/^kindling_handler_invocations_in_flight(?:\{[^}]*\})? (\d+)$/m.exec(await (await fetch(`${worker.url}/metrics`)).text())?.[1] ?? NaN);

@@ -15,7 +15,7 @@ import type { InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { FunctionVersion } from '../store/store.js';
 import { placeInvocation, type PlacementCandidate } from './placement.js';
 import type { WorkerEntry } from './registry.js';
-import { DELETED_SUBJECT, KIND_HEADER, RUN_SUBJECT_PREFIX, cancelSubject, decodeFrame, encodeFrame, fromWireError, invokeSubject, type RunAnswer, type RunRequest } from './run-protocol.js';
+import { DELETED_SUBJECT, KIND_HEADER, RUN_SUBJECT_PREFIX, cancelSubject, decodeFrame, encodeFrame, fromWireError, invokeSubject, runFactsOf, type RunAnswer, type RunRequest } from './run-protocol.js';
 
 export interface RemoteRunsOptions {
   /** This node's id; with `runsHere` a placement on it runs locally. */
@@ -254,19 +254,12 @@ export class RemoteRuns implements RemoteRouter {
     }
     if (result.metered) this.options.onMetered?.({ ...result.metered, meteredElsewhere: false });
     return {
-      invocationId: result.invocationId,
+      ...runFactsOf(result),
       tenant: version.tenant,
       functionName: version.name,
       version: version.version,
-      exitCode: result.exitCode,
       body: Buffer.from(rest.subarray(0, result.bodyBytes)),
       stderr: Buffer.from(rest.subarray(result.bodyBytes)),
-      durationMs: result.durationMs,
-      coldStart: result.coldStart,
-      timedOut: result.timedOut,
-      ...(result.oomKilled === undefined ? {} : { oomKilled: result.oomKilled }),
-      ...(result.truncated === undefined ? {} : { truncated: result.truncated }),
-      executor: result.executor,
       node: nodeId,
     };
   }

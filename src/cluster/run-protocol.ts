@@ -11,7 +11,8 @@
  * then stderr). Payloads and bodies are bytes, never base64.
  */
 import { KindlingError, ERROR_CODES, type ErrorCode } from '../core/errors.js';
-import type { ExecutorName, ResourceLimits } from '../core/types.js';
+import type { ResourceLimits } from '../core/types.js';
+import type { InvocationResult } from '../orchestrator/function-service.js';
 import type { InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { FunctionVersion } from '../store/store.js';
 
@@ -36,16 +37,25 @@ export interface RunRequest {
   output: boolean;
 }
 
-/** A finished run: what InvocationResult says besides its body and stderr (carried as raw bytes after the metadata). */
-export interface RunResultMeta {
-  invocationId: string;
-  exitCode: number;
-  durationMs: number;
-  coldStart: boolean;
-  timedOut: boolean;
-  oomKilled?: boolean;
-  truncated?: boolean;
-  executor: ExecutorName;
+/** What a run's result says besides its body, stderr and whose it is: the facts that cross from worker to gateway. */
+export type RunFacts = Pick<InvocationResult, 'invocationId' | 'exitCode' | 'durationMs' | 'coldStart' | 'timedOut' | 'oomKilled' | 'truncated' | 'executor'>;
+
+/** The facts of a result, and no more (the optional ones only when set). */
+export function runFactsOf(result: RunFacts): RunFacts {
+  return {
+    invocationId: result.invocationId,
+    exitCode: result.exitCode,
+    durationMs: result.durationMs,
+    coldStart: result.coldStart,
+    timedOut: result.timedOut,
+    ...(result.oomKilled === undefined ? {} : { oomKilled: result.oomKilled }),
+    ...(result.truncated === undefined ? {} : { truncated: result.truncated }),
+    executor: result.executor,
+  };
+}
+
+/** A finished run: its facts; its body and stderr are carried as raw bytes after the metadata. */
+export interface RunResultMeta extends RunFacts {
   bodyBytes: number;
   /** The bytes of stderr after the body: the gateway checks that the answer adds up. */
   stderrBytes: number;

@@ -17,6 +17,7 @@ import {
   decodeFrame,
   encodeFrame,
   invokeSubject,
+  runFactsOf,
   toWireError,
   type RunAnswer,
   type RunMessageKind,
@@ -150,14 +151,7 @@ export class WorkerRuns {
       this.finish(reply, {
         ok: true,
         result: {
-          invocationId: result.invocationId,
-          exitCode: result.exitCode,
-          durationMs: result.durationMs,
-          coldStart: result.coldStart,
-          timedOut: result.timedOut,
-          ...(result.oomKilled === undefined ? {} : { oomKilled: result.oomKilled }),
-          ...(result.truncated === undefined ? {} : { truncated: result.truncated }),
-          executor: result.executor,
+          ...runFactsOf(result),
           bodyBytes: result.body.length,
           stderrBytes: result.stderr.length,
           ...(metered ? { metered } : {}),
