@@ -760,7 +760,9 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
           void handlers.deleted(tenant, name).catch((error: unknown) => logger.warn({ err: error, tenant, function: name }, 'closing the warm pools of a deleted function failed'));
         },
         capacity: config.maxConcurrent,
-        warm: () => handlers.poolSizes().flatMap((pool) => (pool.idle > 0 ? [`${pool.tenant}/${pool.function}@${pool.version}`] : [])),
+        // Busy sandboxes count: a version whose only sandbox ran a call at heartbeat time is still warm here, and the
+        // next calls belong here (queued for it or started beside it) rather than cold on another worker.
+        warm: () => handlers.poolSizes().flatMap((pool) => (pool.idle + pool.busy > 0 ? [`${pool.tenant}/${pool.function}@${pool.version}`] : [])),
       });
       logger.info({ url, dataDir, instanceId, auth: tenants.authEnabled }, 'Kindling is listening');
       if (!process.execArgv.some((arg) => arg.startsWith('--initial-old-space-size'))) {

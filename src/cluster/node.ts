@@ -16,7 +16,7 @@ export interface WorkerSide {
   run: RunVersion;
   /** Executions this node runs at once. */
   capacity: number;
-  /** Versions with an idle warm sandbox here, as `tenant/name@version`. */
+  /** Versions with a warm sandbox here (idle or busy), as `tenant/name@version`. */
   warm: () => string[];
   /** A gateway deleted a function: close its warm pools here. */
   deleted: (tenant: string, name: string) => void;

@@ -20,7 +20,7 @@ export interface WorkerState {
   /** Executions it will run at once. */
   capacity: number;
   inFlight: number;
-  /** Function versions with a warm sandbox ready (`<functionId>@<version>`). */
+  /** Function versions with a warm sandbox, idle or busy (`<functionId>@<version>`). */
   warm: string[];
   startedAt: string;
 }
