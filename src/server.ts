@@ -821,5 +821,7 @@ function clusterReasonsOf(node: ClusterNode): string[] {
   const reasons: string[] = [];
   if (node.status() !== 'connected') reasons.push(`the cluster connection (NATS) is ${node.status()}`);
   if (node.config.role === 'gateway' && node.workers().length === 0) reasons.push('no worker is registered in the cluster');
+  const displaced = node.displaced();
+  if (displaced !== null) reasons.push(displaced);
   return reasons;
 }

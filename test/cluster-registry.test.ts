@@ -67,6 +67,29 @@ describe('worker registry', { skip: natsUnavailable }, () => {
     assert.deepEqual(view.workers().map((w) => w.nodeId), ['w4']);
   });
 
+  it('two processes heartbeating one node id: the one overwritten stops and is told; an entry deleted under a worker is written again', async (t) => {
+    const { registry, view, t: owner, conn, bucket } = await setUp(t, 60_000);
+    const conflicts: { instance?: string }[] = [];
+    const first = await registry.heartbeat(() => state('twin'), { intervalMs: 100, onConflict: (other) => conflicts.push(other) });
+    owner.after(() => first.stop());
+    // Before the second writes, the first's own beats (compare-and-set on its last revision) are not conflicts.
+    const kv = await new Kvm(jetstream(conn.nc)).open(bucket);
+    await waitFor(async () => ((await kv.get('twin'))?.revision ?? 0) >= 3, { what: 'three beats of the first instance' });
+    assert.equal(conflicts.length, 0);
+    const second = await registry.heartbeat(() => ({ ...state('twin'), capacity: 2 }), { intervalMs: 100 });
+    owner.after(() => second.stop());
+    await waitFor(() => conflicts.length === 1, { what: 'the first heartbeat to notice the other instance' });
+    assert.equal(conflicts[0]?.instance, second.instance);
+    assert.notEqual(first.instance, second.instance);
+    // The first stopped: the second keeps the entry, and the first's drain does not delete it.
+    await first.stop({ deregister: true });
+    await waitFor(() => view.workers().find((w) => w.nodeId === 'twin')?.capacity === 2, { what: 'the second instance in the view' });
+    assert.deepEqual((await registry.list()).map((w) => [w.nodeId, w.instance]), [['twin', second.instance]]);
+    // An entry removed under a live worker (expired while it was cut off) is simply written again: not a conflict.
+    await kv.delete('twin');
+    await waitFor(async () => (await registry.list()).some((w) => w.instance === second.instance), { what: 'the second instance to write its entry again' });
+  });
+
   it('refuses a node id that is not a key token', async (t) => {
     const { registry } = await setUp(t, 5_000);
     await assert.rejects(registry.heartbeat(() => state('a.b')), /node id "a.b" must be/);

@@ -5,14 +5,16 @@
  * the gateway.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Kindling } from '@kindling/sdk';
-import { startNode, stop, type Node } from './helpers/cluster-node.js';
+import { KINDLING_CLI, startNode, stop, type Node } from './helpers/cluster-node.js';
 import { lifo, natsUnavailable, startNatsCluster, type CleanupOwner } from './helpers/nats-cluster.js';
-import { sandboxUnavailableReason } from './helpers/server.js';
+import { IMAGES_DIR, sandboxUnavailableReason } from './helpers/server.js';
 import { waitFor } from './helpers/wait.js';
 
 const PYTHON_SDK = new URL('../../sdk/python', import.meta.url).pathname;
@@ -170,6 +172,37 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     assert.equal((JSON.parse(lost.text) as { error: { code: string } }).error.code, 'WORKER_LOST');
     // The worker, still without NATS, ends the run itself instead of letting it run to its 120 s timeout.
     await waitFor(async () => (await inFlight()) === 0, { timeoutMs: 30_000, intervalMs: 100, what: 'the worker to abort the run' });
+  });
+
+  it("a node id in use is refused at start; a function's maxConcurrency holds across workers", { timeout: 120_000 }, async (context) => {
+    const { t, natsUrl, gateway } = await gatewayWithWorker(context);
+    // A second process with the id of a live worker would split its calls: it exits before it listens, saying why.
+    const twinDir = await mkdtemp(join(tmpdir(), 'kindling-cluster-twin-'));
+    t.after(() => rm(twinDir, { recursive: true, force: true }));
+    const twin = await new Promise<{ code: number | null; output: string }>((resolve) => {
+      const child = spawn(process.execPath, [KINDLING_CLI, 'serve', '--cluster', natsUrl, '--role', 'worker', '--node-name', 'wk-a', '--port', '0', '--data-dir', twinDir, '--images-dir', IMAGES_DIR, '--prewarm', '0', '--generic-sandboxes', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      t.after(() => stop(child, 'SIGKILL'));
+      let output = '';
+      child.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
+      child.stderr.on('data', (chunk: Buffer) => (output += String(chunk)));
+      child.once('exit', (code) => resolve({ code, output }));
+    });
+    assert.notEqual(twin.code, 0);
+    assert.match(twin.output, /node id "wk-a" is in use by a live node/);
+    assert.doesNotMatch(twin.output, /Kindling is listening/);
+
+    // Two workers: a cold function's first calls would go one to each. Its maxConcurrency of 1 (no queue) is counted
+    // by the gateway, so a second call at the same time is refused, whichever worker is free.
+    await startNode(t, natsUrl, 'worker', 'wk-b');
+    await waitFor(async () => JSON.stringify(await new Kindling({ url: gateway.url }).cluster()).includes('"wk-b"'), { timeoutMs: 30_000, what: 'the gateway to see both workers' });
+    await deploy(gateway, 'single', { ...ECHO, maxConcurrency: 1, maxQueued: 0, code: 'exports.handler = async (event) => { await new Promise((r) => setTimeout(r, 1500)); return "got " + event; }' });
+    const calls = await Promise.all([invoke(gateway, 'single', 'a'), invoke(gateway, 'single', 'b')]);
+    assert.deepEqual(calls.map((call) => call.status).sort(), [200, 429], calls.map((call) => `${call.status} ${call.node} ${call.text}`).join('; '));
+    const refusedCall = calls.find((call) => call.status === 429)!;
+    assert.equal((JSON.parse(refusedCall.text) as { error: { code: string } }).error.code, 'TOO_MANY_REQUESTS');
+    assert.ok(refusedCall.retryAfter !== null);
+    // The slot is given back when the run ends: the next call runs.
+    assert.equal((await invoke(gateway, 'single', 'c')).status, 200);
   });
 
   it("a draining worker leaves the registry at once and its functions' calls move to another worker", { timeout: 120_000 }, async (context) => {

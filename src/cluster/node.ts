@@ -3,11 +3,13 @@
  * per role what it does there. A `worker` heartbeats and answers runs; a `gateway` watches the registry and sends the
  * invocations workers can take to them; `all` does both (and runs here what is placed on itself).
  */
+import { errors, nuid } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { connectCluster, type ClusterConnection, type ClusterConnectionStatus } from './connection.js';
 import { Registry, type Heartbeat, type RegistryView, type WorkerEntry } from './registry.js';
 import { KindlingError } from '../core/errors.js';
 import { REMOTE_RUNS_DEFAULTS, RemoteRuns } from './remote-runs.js';
+import { pingSubject } from './run-protocol.js';
 import type { InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
@@ -27,6 +29,8 @@ export class ClusterNode {
   private workerRuns: WorkerRuns | null = null;
   private closing: Promise<void> | null = null;
   private fence: NodeJS.Timeout | null = null;
+  /** Set when another process took this node's id: why it is not ready. */
+  private displacedBy: string | null = null;
 
   private constructor(
     readonly config: ClusterConfig,
@@ -63,30 +67,75 @@ export class ClusterNode {
             ...(hooks.wantsOutput ? { wantsOutput: hooks.wantsOutput } : {}),
           })
         : null;
-      logger.info({ role: config.role, nodeId: config.nodeId, urls: config.urls }, 'joined the cluster');
       node = new ClusterNode(config, connection, registry, view, router, logger);
+      // Two processes with one id would split its calls and overwrite each other's heartbeats: refused before this
+      // server starts.
+      if (config.role !== 'gateway') await node.claimNodeId();
+      logger.info({ role: config.role, nodeId: config.nodeId, urls: config.urls }, 'joined the cluster');
       return node;
     } catch (error) {
+      node?.view?.close();
+      node?.router?.close();
       await connection.close();
       throw error;
     }
   }
 
-  /** Workers and `all`: answers runs and heartbeats into the registry (from now on gateways may place work here). */
+  /**
+   * Workers and `all`: answers runs and heartbeats into the registry (from now on gateways may place work here).
+   */
   async serve(side: WorkerSide): Promise<void> {
     if (this.config.role === 'gateway' || this.workerRuns !== null) return;
-    const startedAt = new Date().toISOString();
+    const identity = { instance: nuid.next(), startedAt: new Date().toISOString() };
     const runs = new WorkerRuns(this.connection.nc, {
       nodeId: this.config.nodeId,
+      identity,
       run: side.run,
       onDeleted: side.deleted,
       onError: (error, context) => this.logger.warn({ err: error, ...context }, 'cluster run'),
     });
     this.workerRuns = runs;
     this.heartbeat = await this.registry.heartbeat(
-      () => ({ nodeId: this.config.nodeId, role: this.config.role === 'all' ? 'all' : 'worker', capacity: side.capacity, inFlight: runs.inFlight, warm: side.warm(), startedAt }),
-      { onError: (error) => this.logger.warn({ err: error }, 'cluster heartbeat failed') },
+      () => ({ nodeId: this.config.nodeId, role: this.config.role === 'all' ? 'all' : 'worker', capacity: side.capacity, inFlight: runs.inFlight, warm: side.warm(), startedAt: identity.startedAt }),
+      {
+        instance: identity.instance,
+        onError: (error) => this.logger.warn({ err: error }, 'cluster heartbeat failed'),
+        // Two processes started with one id in the same instant, both before the other answered: the later writer
+        // keeps the id, this one stops taking calls and says why on /readyz.
+        onConflict: (other) => {
+          this.displacedBy = `node id ${this.config.nodeId} was taken by another process (started ${other.startedAt}); give each node its own --node-name and restart this one`;
+          runs.leave();
+          this.logger.error({ nodeId: this.config.nodeId, other: other.instance, otherStartedAt: other.startedAt }, 'another process heartbeats this node id: this node takes no more calls');
+        },
+      },
     );
+  }
+
+  /** Refuses an id a live node answers to; an id whose last holder is gone (no responders) is free at once. */
+  private async claimNodeId(): Promise<void> {
+    const id = this.config.nodeId;
+    let answer: string;
+    try {
+      answer = (await this.connection.nc.request(pingSubject(id), '', { timeout: 2_000 })).string();
+    } catch (error) {
+      if (error instanceof errors.NoRespondersError || (error instanceof errors.RequestError && error.isNoResponders())) return;
+      if (error instanceof errors.TimeoutError) {
+        throw new Error(`node id "${id}" is in use: something in the cluster listens on its subject but did not answer within 2 s; give this node another --node-name`);
+      }
+      throw error;
+    }
+    let startedAt = 'at an unknown time';
+    try {
+      startedAt = `at ${String((JSON.parse(answer) as { startedAt?: unknown }).startedAt)}`;
+    } catch {
+      // an answer that is not ours: the id is taken all the same
+    }
+    throw new Error(`node id "${id}" is in use by a live node (started ${startedAt}); give each node its own --node-name (default: the host name)`);
+  }
+
+  /** Why this node cannot take calls although it is connected: another process took its id. */
+  displaced(): string | null {
+    return this.displacedBy;
   }
 
   /**

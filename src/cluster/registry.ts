@@ -4,9 +4,9 @@
  * disappears within the TTL. Gateways watch the bucket into an in-memory view and place work from it. A worker that
  * drains deletes its own key at once.
  */
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { nuid, type NatsConnection } from '@nats-io/transport-node';
 
 export const DEFAULT_REGISTRY_BUCKET = 'KINDLING_WORKERS';
 export const REGISTRY_DEFAULTS = { ttlMs: 15_000 } as const;
@@ -27,6 +27,8 @@ export interface WorkerState {
 
 export interface WorkerEntry extends WorkerState {
   heartbeatAt: string;
+  /** Which process wrote it: two processes heartbeating one node id are told apart by it. */
+  instance?: string;
 }
 
 export interface RegistryOptions {
@@ -37,6 +39,8 @@ export interface RegistryOptions {
 }
 
 export interface Heartbeat {
+  /** This process's instance id, written with each beat. */
+  readonly instance: string;
   /** Writes one heartbeat now (also done every ttl/3). */
   beat(): Promise<void>;
   /** Stops heartbeating; `deregister` (a drain) deletes the key at once, otherwise it expires after the TTL. */
@@ -54,6 +58,8 @@ const NODE_ID = /^[A-Za-z0-9_-]{1,128}$/;
 export class Registry {
   private constructor(
     private readonly kv: KV,
+    private readonly jsm: JetStreamManager,
+    private readonly bucket: string,
     readonly ttlMs: number,
   ) {}
 
@@ -61,7 +67,8 @@ export class Registry {
     const ttlMs = options.ttlMs ?? REGISTRY_DEFAULTS.ttlMs;
     if (!Number.isInteger(ttlMs) || ttlMs < 1_000) throw new Error(`the registry's ttlMs must be a whole number >= 1000, got ${ttlMs}`);
     const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
-    const kv = await new Kvm(jetstream(nc)).create(options.bucket ?? DEFAULT_REGISTRY_BUCKET, {
+    const bucket = options.bucket ?? DEFAULT_REGISTRY_BUCKET;
+    const kv = await new Kvm(jetstream(nc)).create(bucket, {
       ttl: ttlMs,
       history: 1,
       replicas: options.replicas ?? (servers >= 3 ? 3 : 1),
@@ -71,7 +78,7 @@ export class Registry {
     });
     // An existing bucket keeps its own max age: the view prunes with that, not with what was asked.
     const status = await kv.status();
-    return new Registry(kv, status.ttl > 0 ? status.ttl : ttlMs);
+    return new Registry(kv, await jetstreamManager(nc), bucket, status.ttl > 0 ? status.ttl : ttlMs);
   }
 
   /** The registry of an existing bucket without creating it: null when there is none. */
@@ -79,39 +86,88 @@ export class Registry {
     const jsm = await jetstreamManager(nc);
     if ((await jsm.streams.info(`KV_${bucket}`).catch(() => null)) === null) return null;
     const kv = await new Kvm(jetstream(nc)).open(bucket);
-    return new Registry(kv, (await kv.status()).ttl);
+    return new Registry(kv, jsm, bucket, (await kv.status()).ttl);
   }
 
-  /** Starts heartbeating `state()` every ttl/3 (the first beat is written before this resolves). */
-  async heartbeat(state: () => WorkerState, options: { intervalMs?: number; onError?: (error: unknown) => void } = {}): Promise<Heartbeat> {
+  /**
+   * Starts heartbeating `state()` every ttl/3 (the first beat is written before this resolves).
+   *
+   * Each beat after the first is a compare-and-set on the revision of the one before, so two processes that heartbeat
+   * one node id notice it: the one whose write was overwritten by another instance stops beating and is told through
+   * `onConflict` (an entry that expired or was deleted while this one was cut off is simply written again).
+   */
+  async heartbeat(
+    state: () => WorkerState,
+    options: { intervalMs?: number; instance?: string; onError?: (error: unknown) => void; onConflict?: (other: WorkerEntry) => void } = {},
+  ): Promise<Heartbeat> {
     const first = state();
     if (!NODE_ID.test(first.nodeId)) throw new Error(`node id "${first.nodeId}" must be 1-128 of A-Z a-z 0-9 _ -`);
+    const instance = options.instance ?? nuid.next();
+    let revision = 0;
+    let stopped = false;
+    let conflicted = false;
     const beat = async (): Promise<void> => {
-      const current = state();
-      await this.kv.put(current.nodeId, JSON.stringify({ ...current, heartbeatAt: new Date().toISOString() } satisfies WorkerEntry));
+      if (conflicted) return;
+      const value = JSON.stringify({ ...state(), heartbeatAt: new Date().toISOString(), instance } satisfies WorkerEntry);
+      if (revision === 0) {
+        revision = await this.kv.put(first.nodeId, value);
+        return;
+      }
+      try {
+        revision = await this.kv.update(first.nodeId, value, revision);
+        return;
+      } catch (error) {
+        const current = await this.kv.get(first.nodeId);
+        if (current === null || current.operation !== 'PUT') {
+          // Expired (max age) or deleted while this worker could not write: it is this worker's again.
+          revision = await this.kv.put(first.nodeId, value);
+          return;
+        }
+        let other: WorkerEntry | null = null;
+        try {
+          other = current.json<WorkerEntry>();
+        } catch {
+          // not a worker entry: someone else's write, treated as a conflict below
+        }
+        if (other?.instance === instance) {
+          // This worker's own write whose acknowledgement was lost: carry on from its revision.
+          revision = await this.kv.update(first.nodeId, value, current.revision);
+          return;
+        }
+        if (conflicted) return;
+        conflicted = true;
+        stopped = true;
+        clearInterval(timer);
+        options.onConflict?.(other ?? { ...first, heartbeatAt: current.created.toISOString() });
+        if (options.onConflict === undefined) throw error;
+      }
     };
     await beat();
-    let stopped = false;
     let pending: Promise<void> = Promise.resolve();
     const timer = setInterval(() => {
       // One beat at a time: a slow NATS must not pile them up.
       pending = pending.then(() => (stopped ? undefined : beat().catch((error: unknown) => options.onError?.(error))));
     }, options.intervalMs ?? Math.floor(this.ttlMs / 3));
     return {
+      instance,
       beat,
       stop: async ({ deregister = false } = {}) => {
         stopped = true;
         clearInterval(timer);
         await pending;
-        if (deregister) await this.kv.delete(first.nodeId);
+        // A worker that lost its id to another process leaves that one's entry alone.
+        if (deregister && !conflicted) await this.kv.delete(first.nodeId);
       },
     };
   }
 
   /** Every live entry, read once (for `kindling cluster status`). */
   async list(): Promise<WorkerEntry[]> {
-    const keys: string[] = [];
-    for await (const key of await this.kv.keys()) keys.push(key);
+    // The keys from the stream's subjects, not kv.keys(): that one iterates a consumer, and while workers heartbeat it
+    // can yield a key twice.
+    const prefix = `$KV.${this.bucket}.`;
+    const info = await this.jsm.streams.info(`KV_${this.bucket}`, { subjects_filter: `${prefix}>` });
+    const keys = Object.keys(info.state.subjects ?? {}).map((subject) => subject.slice(prefix.length));
     const entries = await Promise.all(keys.map((key) => this.kv.get(key)));
     return entries
       .flatMap((entry) => {

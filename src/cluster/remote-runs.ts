@@ -103,7 +103,7 @@ export class RemoteRuns implements RemoteRouter {
     return this.options.runsHere || !remotable(version, {});
   }
 
-  route(version: FunctionVersion, _executor: ExecutorName, body: Buffer, options: InvokeOptions, runHere: () => Promise<InvocationResult>): Promise<InvocationResult> | null {
+  route(version: FunctionVersion, _executor: ExecutorName, body: Buffer, options: InvokeOptions, runHere: () => Promise<InvocationResult>, admit: () => Promise<() => void>): Promise<InvocationResult> | null {
     if (!remotable(version, options)) return null;
     const request: RunRequest = {
       runId: nuid.next(),
@@ -117,12 +117,23 @@ export class RemoteRuns implements RemoteRouter {
     // in one message runs here: the gateway holds its files too.
     const maxBytes = (this.nc.info?.max_payload ?? 1024 * 1024) - 4096;
     if (frame.length > maxBytes) return null;
-    const nodeId = this.place(version, new Set());
-    if (nodeId === null || nodeId === this.options.nodeId) {
-      if (this.options.runsHere) return null;
-      return Promise.reject(noWorkers('no worker with a free slot is registered in the cluster; start a worker (kindling serve --cluster ... --role worker) or retry shortly'));
+    return this.admitted(version, request, frame, options, runHere, admit);
+  }
+
+  /** Within a slot of the function's maxConcurrency (this gateway is the one place that counts its calls): placed, sent. */
+  private async admitted(version: FunctionVersion, request: RunRequest, frame: Uint8Array, options: InvokeOptions, runHere: () => Promise<InvocationResult>, admit: () => Promise<() => void>): Promise<InvocationResult> {
+    const release = await admit();
+    try {
+      // Placed once admitted: the registry as it is now, not as it was when the call began to wait.
+      const nodeId = this.place(version, new Set());
+      if (nodeId === null || nodeId === this.options.nodeId) {
+        if (this.options.runsHere) return await runHere();
+        throw noWorkers('no worker with a free slot is registered in the cluster; start a worker (kindling serve --cluster ... --role worker) or retry shortly');
+      }
+      return await this.runOn(nodeId, version, request, frame, options, new Set([nodeId]), runHere);
+    } finally {
+      release();
     }
-    return this.runOn(nodeId, version, request, frame, options, new Set([nodeId]), runHere);
   }
 
   private place(version: FunctionVersion, exclude: ReadonlySet<string>): string | null {

@@ -18,6 +18,8 @@ import type { FunctionVersion } from '../store/store.js';
 
 export const invokeSubject = (nodeId: string): string => `kindling.workers.${nodeId}.invoke`;
 export const cancelSubject = (nodeId: string): string => `kindling.workers.${nodeId}.cancel`;
+/** A starting node asks whether its id is taken: a live node with that id answers `{nodeId, instance, startedAt}`. */
+export const pingSubject = (nodeId: string): string => `kindling.workers.${nodeId}.ping`;
 export const RUN_SUBJECT_PREFIX = 'kindling.runs.';
 /** Gateways tell every worker a function was deleted (`{tenant, name}`): its warm sandboxes there go. */
 export const DELETED_SUBJECT = 'kindling.functions.deleted';

@@ -14,6 +14,7 @@ import {
   RUN_SUBJECT_PREFIX,
   cancelSubject,
   chunks,
+  pingSubject,
   decodeFrame,
   encodeFrame,
   invokeSubject,
@@ -29,6 +30,8 @@ export type RunVersion = (version: FunctionVersion, body: Buffer, options: Invok
 
 export interface WorkerRunsOptions {
   nodeId: string;
+  /** What this node answers a ping on its id with (another process starting with the same id refuses to). */
+  identity: { instance: string; startedAt: string };
   run: RunVersion;
   /** A gateway deleted a function: its warm sandboxes here go. */
   onDeleted?: (tenant: string, name: string) => void;
@@ -42,6 +45,8 @@ export const WORKER_RUNS_DEFAULTS = { aliveIntervalMs: 1000 } as const;
 export class WorkerRuns {
   private readonly running = new Map<string, AbortController>();
   private readonly subscriptions: Subscription[];
+  /** The subscriptions by which gateways reach this node as a place to run: dropped when another process takes the id. */
+  private readonly placeable: Subscription[];
   private accepting = true;
 
   constructor(
@@ -57,8 +62,14 @@ export class WorkerRuns {
         this.report(failure, { subject: msg.subject });
       }
     };
+    this.placeable = [
+      // A queue group: should two processes share one id after all (both started in the same instant, before either
+      // heartbeat), each call still reaches one of them, never both.
+      nc.subscribe(invokeSubject(options.nodeId), { queue: 'kindling-worker', callback: guarded((msg) => this.onInvoke(msg)) }),
+      nc.subscribe(pingSubject(options.nodeId), { callback: guarded((msg) => msg.respond(JSON.stringify({ nodeId: options.nodeId, ...options.identity }))) }),
+    ];
     this.subscriptions = [
-      nc.subscribe(invokeSubject(options.nodeId), { callback: guarded((msg) => this.onInvoke(msg)) }),
+      ...this.placeable,
       nc.subscribe(cancelSubject(options.nodeId), {
         callback: guarded((msg) => this.running.get(msg.string())?.abort(new KindlingError('CLIENT_DISCONNECTED', 'the gateway cancelled the invocation (its client went away, or it gave up on the run)'))),
       }),
@@ -89,6 +100,12 @@ export class WorkerRuns {
   /** Stops taking runs (a drain): new requests are answered SHUTTING_DOWN; runs in flight go on. */
   stopAccepting(): void {
     this.accepting = false;
+  }
+
+  /** Another process took this node's id: gateways' calls reach it no more (runs in flight go on and answer). */
+  leave(): void {
+    this.accepting = false;
+    for (const subscription of this.placeable) subscription.unsubscribe();
   }
 
   /** Aborts every run in flight with `reason` (fencing: their gateways have given up on them). */

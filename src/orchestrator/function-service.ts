@@ -95,9 +95,11 @@ export interface InvokeOptions {
 export interface RemoteRouter {
   /**
    * The run on a worker, or null when it runs here. `runHere` runs it here after all (a node that is a worker too, when
-   * the worker it chose turned out to be gone).
+   * the worker it chose turned out to be gone, or chose itself). `admit` takes a slot of the function's
+   * `maxConcurrency` (waiting in its `maxQueued` queue) before a worker is chosen: the limit holds across all workers,
+   * not per worker; the slot is released when the run ends.
    */
-  route(version: FunctionVersion, executor: ExecutorName, body: Buffer, options: InvokeOptions, runHere: () => Promise<InvocationResult>): Promise<InvocationResult> | null;
+  route(version: FunctionVersion, executor: ExecutorName, body: Buffer, options: InvokeOptions, runHere: () => Promise<InvocationResult>, admit: () => Promise<() => void>): Promise<InvocationResult> | null;
   /** False when this server never runs the version itself (a gateway sends all its calls to workers). */
   runsHere(version: FunctionVersion): boolean;
   /** A function was deleted: the workers' warm sandboxes of it go too. */
@@ -589,7 +591,9 @@ export class FunctionService {
     try {
       // Cluster mode: a worker runs it when the router takes it (null: it runs here).
       // (Optional chaining: on a server on its own no argument, not even the closure, is made.)
-      const forwarded = route.remote ? this.options.remote?.route(version, executor, body, options, () => this.invokeHere(version, body, options)) : undefined;
+      const forwarded = route.remote
+        ? this.options.remote?.route(version, executor, body, options, () => this.invokeHere(version, body, options), () => this.limiterFor(version).acquire(options.signal))
+        : undefined;
       if (forwarded) return await forwarded;
       if (isHandlerStyle(spec)) {
         const handlers = this.options.handlers;

@@ -168,6 +168,18 @@ describe('WarmPool', () => {
     await p.close();
   });
 
+  it('maxQueued 0: a call that a free slot serves starts cold; one more while the slot is taken is refused at once', async () => {
+    const { pool: p, created } = pool({ maxConcurrency: 1, maxQueued: 0 });
+    const first = p.acquire();
+    await assert.rejects(p.acquire(), (error: KindlingError) => error.code === 'TOO_MANY_REQUESTS');
+    const lease = await within(first, 100);
+    assert.equal(created.length, 1);
+    await assert.rejects(p.acquire(), (error: KindlingError) => error.code === 'TOO_MANY_REQUESTS' && /0 invocations are already waiting/.test(error.message));
+    lease.release(true, 1);
+    (await within(p.acquire(), 100)).release(true, 1);
+    await p.close();
+  });
+
   it('a caller that gives up while it waits leaves the queue at once and frees its place', async () => {
     const { pool: p } = pool({ maxConcurrency: 1, maxQueued: 1, queueTimeoutMs: 10_000 });
     const held = await within(p.acquire(), 100);

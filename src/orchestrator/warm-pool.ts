@@ -160,8 +160,11 @@ export class WarmPool<T extends Poolable> {
       const item = this.takeIdle();
       if (item !== null) return Promise.resolve(this.lease(item, now, now));
     }
-    if (this.waiters.length >= this.options.maxQueued) {
-      return Promise.reject(this.overloaded(`${this.waiters.length} invocations are already waiting`));
+    // Queued means waiting for a slot of maxConcurrency: callers that a slot not yet busy will serve (a sandbox
+    // starting, or one that can start) are not counted, or a function with maxQueued 0 could never start cold.
+    const queued = this.waiters.length - Math.max(0, this.options.maxConcurrency - this.busy.size);
+    if (queued >= this.options.maxQueued) {
+      return Promise.reject(this.overloaded(`${Math.max(0, queued)} invocations are already waiting`));
     }
     return new Promise<Lease<T>>((resolve, reject) => {
       const leave = (): void => {

@@ -7,7 +7,7 @@ import { createInterface } from 'node:readline';
 import type { CleanupOwner } from './nats-cluster.js';
 import { IMAGES_DIR } from './server.js';
 
-const CLI = new URL('../../../bin/kindling.js', import.meta.url).pathname;
+export const KINDLING_CLI = new URL('../../../bin/kindling.js', import.meta.url).pathname;
 
 export interface Node {
   child: ChildProcess;
@@ -20,12 +20,12 @@ export interface Node {
  * A server process in the cluster (a new data dir unless one is given, a free port), stopped gracefully and its dir
  * removed by the owner's cleanup.
  */
-export async function startNode(t: CleanupOwner, natsUrl: string, role: string, name: string, existingDataDir?: string, env: NodeJS.ProcessEnv = {}): Promise<Node> {
+export async function startNode(t: CleanupOwner, natsUrl: string, role: string, name: string, existingDataDir?: string, env: NodeJS.ProcessEnv = {}, extraArgs: string[] = []): Promise<Node> {
   const dataDir = existingDataDir ?? (await realpath(await mkdtemp(join(tmpdir(), `kindling-cluster-${name}-`))));
   if (existingDataDir === undefined) t.after(() => rm(dataDir, { recursive: true, force: true }));
   const child = spawn(
     process.execPath,
-    [CLI, 'serve', '--cluster', natsUrl, '--role', role, '--node-name', name, '--port', '0', '--data-dir', dataDir, '--images-dir', IMAGES_DIR, '--executor', 'sandbox', '--enable-executors', '', '--prewarm', '0', '--generic-sandboxes', '0', '--log-level', 'info'],
+    [KINDLING_CLI, 'serve', '--cluster', natsUrl, '--role', role, '--node-name', name, '--port', '0', '--data-dir', dataDir, '--images-dir', IMAGES_DIR, '--executor', 'sandbox', '--enable-executors', '', '--prewarm', '0', '--generic-sandboxes', '0', '--log-level', 'info', ...extraArgs],
     { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } },
   );
   // SIGTERM: a graceful stop removes the server's sandboxes, mounts and cgroups before it exits.
