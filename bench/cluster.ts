@@ -123,7 +123,67 @@ export async function runClusterGroup(ctx: BenchContext): Promise<GroupResult> {
     note: `all: ${samples.map((ms) => ms.toFixed(0)).join(', ')} ms; the dead worker's last progress signal was up to ackWait/3 before the kill`,
   });
   rows.push(...(await gatewayHop(ctx, cluster.urls, data)));
+  rows.push(...(await workerScaling(ctx, cluster.urls, data)));
   return { rows, data };
+}
+
+const SCALING_FUNCTIONS = 6;
+const SCALING_CLIENTS_PER_FUNCTION = 2;
+
+/**
+ * One gateway with 1, then 2, then 3 workers (all on this machine's cores): warm handlers of 6 functions called by 12
+ * clients at once. Each step deploys functions of its own, so rendezvous placement spreads them over the workers
+ * present (the warm pools of the previous step stay where they formed).
+ */
+async function workerScaling(ctx: BenchContext, urls: string[], data: Record<string, unknown>): Promise<Row[]> {
+  const natsUrls = urls.join(',');
+  const gateway = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', prewarm: 0, extraArgs: ['--cluster', natsUrls, '--role', 'gateway', '--node-name', 'scale-gateway', '--generic-sandboxes', '0'] });
+  onCleanup(() => gateway.stop());
+  const workers: BenchServer[] = [];
+  const rows: Row[] = [];
+  let single: number | null = null;
+  for (const count of [1, 2, 3]) {
+    const worker = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', prewarm: 0, extraArgs: ['--cluster', natsUrls, '--role', 'worker', '--node-name', `scale-worker-${count}`, '--generic-sandboxes', '0'] });
+    onCleanup(() => worker.stop());
+    workers.push(worker);
+    for (let i = 0; ; i++) {
+      const view = (await (await fetch(`${gateway.url}/v1/cluster`)).json()) as { workers?: unknown[] };
+      if ((view.workers?.length ?? 0) === count) break;
+      if (i > 300) throw new Error(`the gateway did not see ${count} workers within 30 s`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const names = Array.from({ length: SCALING_FUNCTIONS }, (_, i) => `scale-${count}-${i}`);
+    const placed = new Map<string, number>();
+    for (const name of names) {
+      const node = (await deployWarm(gateway, name)) ?? 'gateway';
+      placed.set(node, (placed.get(node) ?? 0) + 1);
+    }
+    const steps = await Promise.all(
+      names.map((name) =>
+        runCurveStep({ url: new URL(gateway.url), method: 'POST', path: `/v1/functions/${name}/invoke`, headers: { 'content-type': 'application/octet-stream' }, body: Buffer.from('ping'), connections: SCALING_CLIENTS_PER_FUNCTION, durationMs: ctx.scale.stepMs * 2, status: 200 }),
+      ),
+    );
+    const samples = steps.flatMap((one) => one.samples).sort((a, b) => a - b);
+    const seconds = Math.max(...steps.map((one) => one.seconds));
+    const perSecond = samples.length / seconds;
+    const errors = steps.reduce((sum, one) => sum + one.errors, 0);
+    single ??= perSecond;
+    const spread = [...placed.entries()].sort().map(([node, functions]) => `${node} ${functions}`).join(', ');
+    ctx.log(`cluster: ${count} worker(s): ${perSecond.toFixed(0)}/s p50 ${fmtMs(quantile(samples, 0.5))}; warm pools: ${spread}`);
+    data[`cluster.workers.${count}`] = { workers: count, functions: SCALING_FUNCTIONS, clients: SCALING_FUNCTIONS * SCALING_CLIENTS_PER_FUNCTION, perSecond, p50Ms: quantile(samples, 0.5), p99Ms: quantile(samples, 0.99), errors, warmPoolsByNode: Object.fromEntries(placed) };
+    rows.push({
+      group: 'cluster',
+      id: `cluster.workers.${count}`,
+      scenario: `${SCALING_FUNCTIONS} warm node handlers, ${SCALING_FUNCTIONS * SCALING_CLIENTS_PER_FUNCTION} clients, through one gateway to ${count} worker(s)`,
+      kindling: `${perSecond.toFixed(0)}/s, p50 ${fmtMs(quantile(samples, 0.5))}, p99 ${fmtMs(quantile(samples, 0.99))}`,
+      baseline: `1 worker, same run: ${single.toFixed(0)}/s`,
+      ratio: `${(perSecond / single).toFixed(2)}x`,
+      target: '— (measured: workers share the same 2 cores here)',
+      status: errors === 0 ? 'pass' : 'fail',
+      note: `functions per worker: ${spread}; errors ${errors}; the gateway, ${count} worker(s) and 3 NATS servers share 2 cores, so more workers cannot add CPU here`,
+    });
+  }
+  return rows;
 }
 
 /** A warm handler deployed to `server`, answered 50 times before measuring; the node of the last answer. */

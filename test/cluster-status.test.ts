@@ -61,7 +61,7 @@ describe('kindling cluster status', { skip: natsUnavailable }, () => {
   });
 
   it('fails with exit code 2 and a message saying how to fix a bad URL or an unreachable server', async () => {
-    await assert.rejects(kindling(['cluster', 'status', '--cluster', 'http://h:1']), (error: { code: number; stderr: string }) => error.code === 2 && /only nats:\/\/ is supported/.test(error.stderr));
+    await assert.rejects(kindling(['cluster', 'status', '--cluster', 'http://h:1']), (error: { code: number; stderr: string }) => error.code === 2 && /use nats:\/\/ \(or tls:\/\/ to require TLS\)/.test(error.stderr));
     await assert.rejects(kindling(['cluster', 'status', '--cluster', 'nats://127.0.0.1:1']), (error: { code: number; stderr: string }) => error.code === 2 && /could not connect to NATS at nats:\/\/127\.0\.0\.1:1/.test(error.stderr));
   });
 });

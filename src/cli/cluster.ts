@@ -4,7 +4,8 @@
  */
 import type { Command } from 'commander';
 import { AsyncQueue, type QueueStatus } from '../cluster/async-queue.js';
-import { ClusterUrlError, connectCluster, parseClusterUrls } from '../cluster/connection.js';
+import { connectCluster, parseClusterUrls, type ClusterSecurity } from '../cluster/connection.js';
+import { addClusterSecurityOptions, clusterSecurity } from './cluster-security.js';
 import { Registry, type WorkerEntry } from '../cluster/registry.js';
 
 export interface ClusterStatus {
@@ -39,24 +40,26 @@ export function formatClusterStatus(status: ClusterStatus, now = Date.now()): st
 
 export function registerClusterCommands(program: Command): void {
   const cluster = program.command('cluster').description('inspect a Kindling cluster through its NATS servers');
-  cluster
-    .command('status')
-    .description('workers (roles, capacity, load, warm functions) and the async queue (pending, ack pending)')
-    .requiredOption('--cluster <urls>', 'NATS URLs, comma-separated (nats://host:port,...)')
-    .option('--json', 'print JSON')
-    .action(async (options: { cluster: string; json?: boolean }) => {
+  addClusterSecurityOptions(
+    cluster
+      .command('status')
+      .description('workers (roles, capacity, load, warm functions) and the async queue (pending, ack pending)')
+      .requiredOption('--cluster <urls>', 'NATS URLs, comma-separated (nats://host:port,... or tls://host:port,...)')
+      .option('--json', 'print JSON'),
+  ).action(async (options: { cluster: string; json?: boolean }) => {
       let urls: string[];
+      let security: ClusterSecurity | undefined;
       try {
         urls = parseClusterUrls(options.cluster);
+        security = clusterSecurity(options);
       } catch (error) {
-        if (!(error instanceof ClusterUrlError)) throw error;
-        process.stderr.write(`kindling: ${error.message}\n`);
+        process.stderr.write(`kindling: ${error instanceof Error ? error.message : String(error)}\n`);
         process.exitCode = 2;
         return;
       }
       let conn;
       try {
-        conn = await connectCluster(urls, { name: 'kindling cluster status', connectTimeoutMs: 5_000 });
+        conn = await connectCluster(urls, { name: 'kindling cluster status', connectTimeoutMs: 5_000, ...(security ? { security } : {}) });
       } catch (error) {
         process.stderr.write(`kindling: ${error instanceof Error ? error.message : String(error)}\n`);
         process.exitCode = 2;

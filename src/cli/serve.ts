@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { checkNodeName } from '../metrics/node.js';
 import { CLUSTER_ROLES, nodeIdOf, type ClusterConfig, type ClusterRole } from '../cluster/roles.js';
+import { addClusterSecurityOptions, clusterSecurity } from './cluster-security.js';
 import type { Level, Logger } from 'pino';
 import type { ResultStore } from '../operator/result-store.js';
 import type { OperatorSettings, RunningOperator } from '../operator/service.js';
@@ -88,7 +89,7 @@ export function registerServeCommand(program: Command, defaults: ServeDefaults):
 
 /** The options of `kindling serve`, shared with `kindling operator` (the same server, plus the chain). */
 export function addServeOptions(command: Command, defaults: ServeDefaults): Command {
-  return command
+  command
     .option('-p, --port <port>', 'TCP port (0 picks a free one)', int('--port'), defaults.port)
     .option('--host <host>', 'address to bind; on a non-loopback address without KINDLING_ADMIN_KEY the first start prints a generated admin key', defaults.host)
     .option('--data-dir <dir>', 'where the server keeps its state', defaults.dataDir)
@@ -155,8 +156,8 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--otlp-max-queue-spans <n>', 'ended spans held for export at most (a receiver that is down costs no more memory; beyond, spans are dropped)', int('--otlp-max-queue-spans'), 2048)
     .option('--otlp-headers <name=value,...>', 'headers of each span export (e.g. an API key of a hosted backend); env KINDLING_OTLP_HEADERS')
     .option('--cluster <urls>', 'join a cluster through NATS JetStream (docs/cluster.md): nats://h1:4222,nats://h2:4222; unset: a server on its own, as always')
-    .option('--role <role>', 'with --cluster, required: gateway (serves the API, sends invocations to workers), worker (runs what gateways send) or all (both)')
-    .option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel);
+    .option('--role <role>', 'with --cluster, required: gateway (serves the API, sends invocations to workers), worker (runs what gateways send) or all (both)');
+  return addClusterSecurityOptions(command).option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel);
 }
 
 /** The --otlp-* options, checked (a bad URL stops the start with a message saying how to fix it); null without --otlp-endpoint. */
@@ -181,13 +182,15 @@ export async function clusterConfig(options: Record<string, unknown>): Promise<C
   const urls = options.cluster as string | undefined;
   if (urls === undefined || urls === '') {
     if (role !== undefined) throw new Error(`--role ${role} needs --cluster nats://host:4222,... (a server on its own is always both)`);
+    if (clusterSecurity(options) !== undefined) throw new Error('the --cluster-tls-*, --cluster-user, --cluster-*-file and --cluster-creds options need --cluster');
     return null;
   }
   // No default: two servers started with --cluster alone would both be gateways, each with its own functions.
   if (role === undefined) throw new Error(`--cluster needs --role: ${CLUSTER_ROLES.join(', ')} (one gateway keeps the state; see docs/cluster.md)`);
   // Loaded here: only a cluster node needs the NATS client.
   const { parseClusterUrls } = await import('../cluster/connection.js');
-  return { urls: parseClusterUrls(urls), role: role as ClusterRole, nodeId: nodeIdOf(options.nodeName as string) };
+  const security = clusterSecurity(options);
+  return { urls: parseClusterUrls(urls), role: role as ClusterRole, nodeId: nodeIdOf(options.nodeName as string), ...(security ? { security } : {}) };
 }
 
 /**

@@ -3,7 +3,7 @@
  * the value, and one connection that reconnects forever with jittered exponential backoff (so that a whole fleet of
  * workers does not hammer a restarted NATS node in lockstep) and reports its status for /readyz.
  */
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 
 export const DEFAULT_NATS_PORT = 4222;
 /** More seed URLs than this is a mistake: clients learn the rest of the cluster from the servers they reach. */
@@ -17,8 +17,9 @@ export class ClusterUrlError extends Error {
 }
 
 /**
- * Parses a comma-separated list of nats://host[:port] URLs (port defaults to 4222). Returns normalised URLs; throws a
- * ClusterUrlError naming the bad entry and what is allowed.
+ * Parses a comma-separated list of nats://host[:port] or tls://host[:port] URLs (port defaults to 4222; `tls://`
+ * requires TLS, and all URLs of a list use one scheme). Returns normalised URLs; throws a ClusterUrlError naming the
+ * bad entry and what is allowed.
  */
 export function parseClusterUrls(text: string, maxUrls = MAX_CLUSTER_URLS): string[] {
   const entries = text
@@ -37,17 +38,42 @@ export function parseClusterUrls(text: string, maxUrls = MAX_CLUSTER_URLS): stri
     } catch {
       throw new ClusterUrlError(`--cluster: "${entry}" is not a URL; write nats://host:port, e.g. nats://10.0.0.1:4222`);
     }
-    if (url.protocol !== 'nats:') throw new ClusterUrlError(`--cluster: "${entry}" has the scheme "${url.protocol.replace(/:$/, '')}"; only nats:// is supported (TLS is not wired yet)`);
-    if (url.username !== '' || url.password !== '') throw new ClusterUrlError(`--cluster: "${entry}" carries credentials; credentials in URLs are not supported (they would show in process lists)`);
+    if (url.protocol !== 'nats:' && url.protocol !== 'tls:') throw new ClusterUrlError(`--cluster: "${entry}" has the scheme "${url.protocol.replace(/:$/, '')}"; use nats:// (or tls:// to require TLS)`);
+    if (url.username !== '' || url.password !== '') throw new ClusterUrlError(`--cluster: "${entry}" carries credentials; they would show in process lists: use --cluster-user with --cluster-password-file, --cluster-token-file or --cluster-creds`);
     if ((url.pathname !== '' && url.pathname !== '/') || url.search !== '' || url.hash !== '') throw new ClusterUrlError(`--cluster: "${entry}" has a path, query or fragment; write only nats://host:port`);
     if (url.hostname === '') throw new ClusterUrlError(`--cluster: "${entry}" has no host; write nats://host:port`);
     // nats: is not a special scheme for URL, so an explicit port is kept as written; the range was checked above.
     const port = url.port === '' ? DEFAULT_NATS_PORT : Number(url.port);
-    const normalised = `nats://${url.hostname}:${port}`;
+    const normalised = `${url.protocol}//${url.hostname}:${port}`;
     if (seen.has(normalised)) throw new ClusterUrlError(`--cluster: ${normalised} is listed twice`);
+    if (seen.size > 0 && ![...seen].every((other) => other.startsWith(url.protocol))) throw new ClusterUrlError(`--cluster: "${entry}" mixes nats:// and tls://; use tls:// for all (TLS is for the whole connection)`);
     seen.add(normalised);
     return normalised;
   });
+}
+
+/**
+ * How a node proves itself to NATS and checks the servers (docs/cluster.md, "Securing NATS"). Secrets are values, not
+ * paths: the CLI reads them from files so that they never show in process lists.
+ */
+export interface ClusterSecurity {
+  /** TLS to the servers, required when set (also by tls:// URLs): PEM contents of the CA that signed them (else the
+   * system's CAs) and of a client certificate and key (mutual TLS). */
+  tls?: { ca?: string; cert?: string; key?: string };
+  /** One way to authenticate: a user and password, a token, or a NATS credentials file (JWT and nkey seed). */
+  auth?: { user: string; password: string } | { token: string } | { creds: string };
+}
+
+/** The nats.js options for a security setting and the URLs' scheme. */
+export function securityOptions(urls: readonly string[], security: ClusterSecurity = {}): Pick<ConnectionOptions, 'servers' | 'tls' | 'user' | 'pass' | 'token' | 'authenticator'> {
+  const tls = security.tls ?? (urls.some((url) => url.startsWith('tls://')) ? {} : undefined);
+  const auth = security.auth;
+  return {
+    // nats.js takes host:port lists; whether TLS is used is the `tls` option (a tls:// URL only said it is required).
+    servers: urls.map((url) => url.replace(/^tls:\/\//, 'nats://')),
+    ...(tls === undefined ? {} : { tls: { ...(tls.ca === undefined ? {} : { ca: tls.ca }), ...(tls.cert === undefined ? {} : { cert: tls.cert }), ...(tls.key === undefined ? {} : { key: tls.key }) } }),
+    ...(auth === undefined ? {} : 'creds' in auth ? { authenticator: credsAuthenticator(new TextEncoder().encode(auth.creds)) } : 'token' in auth ? { token: auth.token } : { user: auth.user, pass: auth.password }),
+  };
 }
 
 export type ClusterConnectionStatus = 'connected' | 'reconnecting' | 'closed';
@@ -64,6 +90,8 @@ export interface ClusterConnectOptions {
   pingIntervalMs?: number;
   /** Status changes, for logs. */
   onStatus?: (status: ClusterConnectionStatus, detail: string) => void;
+  /** TLS and credentials; none by default (a private network). */
+  security?: ClusterSecurity;
 }
 
 export interface ClusterConnection {
@@ -92,7 +120,7 @@ export async function connectCluster(urls: string[], options: ClusterConnectOpti
   let nc: NatsConnection;
   try {
     nc = await connect({
-      servers: urls,
+      ...securityOptions(urls, options.security),
       name: options.name,
       timeout: options.connectTimeoutMs ?? CLUSTER_CONNECT_DEFAULTS.connectTimeoutMs,
       reconnect: true,

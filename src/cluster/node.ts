@@ -49,6 +49,7 @@ export class ClusterNode {
       name: `kindling-${config.role}-${config.nodeId}`,
       // A silent partition (no TCP reset) is noticed within seconds, so fencing starts (nats.js: 2 min by default).
       pingIntervalMs: 3_000,
+      ...(config.security ? { security: config.security } : {}),
       onStatus: (status, detail) => {
         logger[status === 'connected' ? 'info' : 'warn']({ nats: status, detail }, 'cluster connection');
         node?.connectionChanged(status);

@@ -1,4 +1,6 @@
 /** The settings of a server in a cluster (no NATS code here: the CLI reads them without loading the client). */
+import type { ClusterSecurity } from './connection.js';
+
 export const CLUSTER_ROLES = ['gateway', 'worker', 'all'] as const;
 export type ClusterRole = (typeof CLUSTER_ROLES)[number];
 
@@ -11,6 +13,8 @@ export interface ClusterConfig {
   registryTtlMs?: number;
   /** A run whose worker has been silent this long fails with WORKER_LOST. Default 5 s. */
   silenceTimeoutMs?: number;
+  /** TLS and credentials for NATS; unset: none (a private network). */
+  security?: ClusterSecurity;
 }
 
 /** A node id from a node name (host names carry dots, which NATS subjects use as separators). */

@@ -67,6 +67,8 @@ export interface NatsClusterOptions {
   nodes?: number;
   /** Time allowed for the cluster to become healthy. Default 60 s (elections on a loaded 2-core machine are slow). */
   startTimeoutMs?: number;
+  /** Lines added to each node's configuration (TLS, authorization). */
+  extraConfig?: string;
 }
 
 /**
@@ -98,7 +100,7 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-function configOf(node: NatsNode, all: NatsNode[], clusterName: string): string {
+function configOf(node: NatsNode, all: NatsNode[], clusterName: string, extraConfig = ''): string {
   const lines = [
     `server_name: "${node.name}"`,
     `listen: "127.0.0.1:${node.clientPort}"`,
@@ -113,7 +115,7 @@ function configOf(node: NatsNode, all: NatsNode[], clusterName: string): string 
     const routes = all.filter((other) => other !== node).map((other) => `"nats-route://127.0.0.1:${other.routePort}"`);
     lines.push('cluster {', `  name: "${clusterName}"`, `  listen: "127.0.0.1:${node.routePort}"`, `  routes: [${routes.join(', ')}]`, '}');
   }
-  return `${lines.join('\n')}\n`;
+  return `${lines.join('\n')}\n${extraConfig}`;
 }
 
 async function healthy(node: NatsNode): Promise<boolean> {
@@ -171,7 +173,7 @@ async function startOnce(owner: CleanupOwner, options: NatsClusterOptions): Prom
       process: null,
     });
   }
-  for (const node of nodes) await writeFile(node.configFile, configOf(node, nodes, clusterName));
+  for (const node of nodes) await writeFile(node.configFile, configOf(node, nodes, clusterName, options.extraConfig));
 
   const launch = (node: NatsNode): void => {
     const log = createWriteStream(node.logFile, { flags: 'a' });

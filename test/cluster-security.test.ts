@@ -1,0 +1,113 @@
+/**
+ * A cluster on a NATS server that requires TLS (with client certificates) and passwords, with the users and
+ * permissions of deploy/nats/authorization.conf: a gateway and a worker started with the --cluster-tls-* and
+ * --cluster-user options run calls as on an open server; a node without the password or without the CA is refused;
+ * a worker's credentials cannot send runs to workers.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { connectCluster } from '../src/cluster/connection.js';
+import { skipOrFail } from '../src/executors/test-support.js';
+import { KINDLING_CLI, startNode } from './helpers/cluster-node.js';
+import { lifo, natsUnavailable, startNatsCluster } from './helpers/nats-cluster.js';
+import { sandboxUnavailableReason } from './helpers/server.js';
+import { waitFor } from './helpers/wait.js';
+
+const execFileAsync = promisify(execFile);
+const OPENSSL = '/usr/bin/openssl';
+const unavailable = natsUnavailable || ((await sandboxUnavailableReason()) ?? false);
+const opensslMissing: string | false = existsSync(OPENSSL) ? false : skipOrFail('openssl', `${OPENSSL} is missing (Debian: openssl; scripts/setup.sh installs it)`);
+const AUTHORIZATION = new URL('../../deploy/nats/authorization.conf', import.meta.url).pathname;
+
+/** A CA, a server certificate for 127.0.0.1 and a client certificate it signed, in `dir`. */
+async function certificates(dir: string): Promise<void> {
+  const ssl = (...args: string[]) => execFileAsync(OPENSSL, args, { cwd: dir });
+  await ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=kindling test CA', '-keyout', 'ca.key', '-out', 'ca.pem');
+  for (const [name, extension] of [
+    ['server', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth'],
+    ['client', 'extendedKeyUsage=clientAuth'],
+  ] as const) {
+    await writeFile(join(dir, `${name}.ext`), `${extension}\n`);
+    await ssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=kindling ${name}`, '-keyout', `${name}.key`, '-out', `${name}.csr`);
+    await ssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', `${name}.ext`, '-out', `${name}.pem`);
+  }
+}
+
+/** Runs the CLI to its end (bounded), with its output. */
+function cli(args: string[]): Promise<{ code: number; output: string }> {
+  return execFileAsync(process.execPath, [KINDLING_CLI, ...args], { timeout: 60_000 }).then(
+    (done) => ({ code: 0, output: done.stdout + done.stderr }),
+    (error: { code?: number; stdout?: string; stderr?: string }) => ({ code: typeof error.code === 'number' ? error.code : -1, output: `${error.stdout ?? ''}${error.stderr ?? ''}` }),
+  );
+}
+
+describe('a cluster on a NATS server that requires TLS and passwords', { skip: unavailable || opensslMissing }, () => {
+  it('nodes with the right certificates and users work; without them they are refused; a worker cannot send runs', { timeout: 180_000 }, async (context) => {
+    const t = lifo(context);
+    const dir = await mkdtemp(join(tmpdir(), 'kindling-nats-tls-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    await certificates(dir);
+    await writeFile(join(dir, 'gateway.pass'), 'gateway-secret\n', { mode: 0o600 });
+    await writeFile(join(dir, 'worker.pass'), 'worker-secret\n', { mode: 0o600 });
+    await writeFile(join(dir, 'wrong.pass'), 'not-it\n', { mode: 0o600 });
+    const nats = await startNatsCluster(t, {
+      nodes: 1,
+      extraConfig: [
+        `tls { cert_file: "${dir}/server.pem", key_file: "${dir}/server.key", ca_file: "${dir}/ca.pem", verify: true, timeout: 5 }`,
+        'KINDLING_GATEWAY_PASSWORD: "gateway-secret"',
+        'KINDLING_WORKER_PASSWORD: "worker-secret"',
+        await readFile(AUTHORIZATION, 'utf8'),
+      ].join('\n'),
+    });
+    const url = (nats.urls[0] as string).replace('nats://', 'tls://');
+    const tlsArgs = ['--cluster-tls-ca', `${dir}/ca.pem`, '--cluster-tls-cert', `${dir}/client.pem`, '--cluster-tls-key', `${dir}/client.key`];
+    const gatewayArgs = [...tlsArgs, '--cluster-user', 'kindling-gateway', '--cluster-password-file', `${dir}/gateway.pass`];
+    const workerArgs = [...tlsArgs, '--cluster-user', 'kindling-worker', '--cluster-password-file', `${dir}/worker.pass`];
+
+    const gateway = await startNode(t, url, 'gateway', 'gw-tls', undefined, {}, gatewayArgs);
+    const worker = await startNode(t, url, 'worker', 'wk-tls', undefined, {}, workerArgs);
+    await waitFor(async () => (await fetch(`${gateway.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
+    const deployed = await fetch(`${gateway.url}/v1/functions/echo`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'node', handler: 'handler', code: 'exports.handler = async (event) => "got " + event' }) });
+    assert.equal(deployed.status, 201, await deployed.text());
+    const call = await fetch(`${gateway.url}/v1/functions/echo/invoke`, { method: 'POST', body: 'secure' });
+    assert.deepEqual([call.status, await call.text(), call.headers.get('x-kindling-node')], [200, 'got secure', worker.name], 'the call went through NATS over TLS to the worker');
+
+    // `kindling cluster status` with the same options sees the worker.
+    const status = await cli(['cluster', 'status', '--cluster', url, '--json', ...gatewayArgs]);
+    assert.equal(status.code, 0, status.output);
+    assert.deepEqual((JSON.parse(status.output) as { workers: { nodeId: string }[] }).workers.map((w) => w.nodeId), ['wk-tls']);
+
+    // Refused: a wrong password, no client certificate, no CA (the server's certificate is not trusted), plain nats://.
+    const refusals: [string, string[], RegExp][] = [
+      ['a wrong password', [...tlsArgs, '--cluster-user', 'kindling-worker', '--cluster-password-file', `${dir}/wrong.pass`], /authorization violation/i],
+      ['no credentials', tlsArgs, /authorization violation/i],
+      ['no CA', ['--cluster-user', 'kindling-worker', '--cluster-password-file', `${dir}/worker.pass`], /certificate|self.signed|TLS/i],
+    ];
+    for (const [what, args, expected] of refusals) {
+      const refused = await cli(['cluster', 'status', '--cluster', url, '--json', ...args]);
+      assert.equal(refused.code, 2, `${what}: ${refused.output}`);
+      assert.match(refused.output, expected, what);
+    }
+    const plain = await cli(['cluster', 'status', '--cluster', nats.urls[0] as string, '--json', ...gatewayArgs.slice(tlsArgs.length)]);
+    assert.equal(plain.code, 2, `plain nats:// without TLS options: ${plain.output}`);
+
+    // A worker's credentials cannot send runs to workers (only gateways may).
+    const asWorker = await connectCluster([url], {
+      security: { tls: { ca: await readFile(`${dir}/ca.pem`, 'utf8'), cert: await readFile(`${dir}/client.pem`, 'utf8'), key: await readFile(`${dir}/client.key`, 'utf8') }, auth: { user: 'kindling-worker', password: 'worker-secret' } },
+    });
+    t.after(() => asWorker.close());
+    const errors: string[] = [];
+    void (async () => {
+      for await (const event of asWorker.nc.status()) if (event.type === 'error') errors.push(String(event.error));
+    })();
+    asWorker.nc.publish('kindling.workers.wk-tls.invoke', 'x');
+    await asWorker.nc.flush();
+    await waitFor(() => errors.some((error) => /permissions violation for publish to "kindling\.workers\.wk-tls\.invoke"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the publish' });
+  });
+});
