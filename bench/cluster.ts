@@ -147,8 +147,8 @@ async function workerScaling(ctx: BenchContext, urls: string[], data: Record<str
     onCleanup(() => worker.stop());
     workers.push(worker);
     for (let i = 0; ; i++) {
-      const view = (await (await fetch(`${gateway.url}/v1/cluster`)).json()) as { workers?: unknown[] };
-      if ((view.workers?.length ?? 0) === count) break;
+      const view = (await (await fetch(`${gateway.url}/v1/cluster`)).json()) as { workers?: { nodeId: string }[] };
+      if ((view.workers ?? []).filter((one) => one.nodeId.startsWith('scale-worker-')).length === count) break;
       if (i > 300) throw new Error(`the gateway did not see ${count} workers within 30 s`);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
@@ -250,5 +250,8 @@ async function gatewayHop(ctx: BenchContext, urls: string[], data: Record<string
       note: `errors: ${viaGateway.errors} via gateway, ${straight.errors} direct; gateway, worker and 3 NATS servers share 2 cores`,
     });
   }
+  // Gone before the next rows: a worker still registered would take part of their calls.
+  await gateway.stop();
+  await worker.stop();
   return rows;
 }

@@ -40,6 +40,13 @@ describe('placeInvocation', () => {
     assert.ok(chosen.size >= 6, `50 versions landed on only ${chosen.size} of 10 workers`);
   });
 
+  it('on idle workers, cold versions go to the first of their pair by rank, not always to the same worker', () => {
+    const pair = [worker('wa', 0), worker('wb', 0)];
+    const chosen = Array.from({ length: 40 }, (_, i) => placeInvocation(pair, `fn${i}@1`));
+    const onA = chosen.filter((node) => node === 'wa').length;
+    assert.ok(onA >= 10 && onA <= 30, `${onA} of 40 cold versions on wa`);
+  });
+
   it('moves only what the leaving worker ranked first for (rendezvous)', () => {
     const all = Array.from({ length: 5 }, (_, i) => worker(`w${i}`, 0));
     const without = all.filter((w) => w.nodeId !== 'w2');

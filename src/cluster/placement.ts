@@ -42,6 +42,8 @@ export function placeInvocation(workers: readonly PlacementCandidate[], versionK
     .sort((a, b) => (a.score === b.score ? 0 : a.score > b.score ? -1 : 1))
     .slice(0, spread)
     .map((entry) => entry.worker)
-    .sort(fewestInFlight);
+    // Equal loads keep the rendezvous order (the sort is stable): a tie broken by node id would send every cold
+    // function of an idle cluster to the same worker of its pair.
+    .sort((a, b) => a.inFlight - b.inFlight);
   return ranked[0]?.nodeId ?? null;
 }
