@@ -45,7 +45,7 @@ async function gatewayWithWorker(context: CleanupOwner) {
 const ECHO = { runtime: 'node', handler: 'handler', code: 'exports.handler = async (event) => "got " + event' };
 
 describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
-  it('a gateway sends handler invocations to a worker, sync and async; command functions run on the gateway', { timeout: 120_000 }, async (context) => {
+  it('a gateway sends handler invocations to a worker, sync and async, and async command invocations; streamed ones run on the gateway', { timeout: 120_000 }, async (context) => {
     const t = lifo(context);
     const nats = await startNatsCluster(t, { nodes: 1 });
     const natsUrl = nats.urls[0] as string;
@@ -126,10 +126,22 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     assert.ok((await call) instanceof Error);
     await waitFor(async () => (await inFlight()) === 0, { timeoutMs: 30_000, intervalMs: 100, what: 'the worker to end the cancelled run' });
 
-    // A command function streams through the gateway: it runs there (no node header), as on a single server.
+    // A command function's sync call streams stdin and stdout through the gateway: it runs there (no node header), as
+    // on a single server. Its async calls (a stored body in, stdout out) run on a worker, metered once, by the gateway.
     await deploy(gateway, 'upper', { image: 'kindling/base', command: ['tr', 'a-z', 'A-Z'] });
     const command = await invoke(gateway, 'upper', 'shout');
     assert.deepEqual([command.status, command.text, command.node], [200, 'SHOUT', null]);
+    const upperOnWorker = async (): Promise<number> => Number(/^kindling_invocations_total\{[^}]*function="upper"[^}]*status="succeeded"[^}]*\} (\d+)$/m.exec(await (await fetch(`${worker.url}/metrics`)).text())?.[1] ?? 0);
+    const queuedCommand = await fetch(`${gateway.url}/v1/functions/upper/invoke`, { method: 'POST', headers: { 'content-type': 'text/plain', 'x-kindling-async': 'true' }, body: 'quiet' });
+    assert.equal(queuedCommand.status, 202);
+    const commandLocation = queuedCommand.headers.get('location')!;
+    await waitFor(async () => ((await (await fetch(`${gateway.url}${commandLocation}`)).json()) as { status: string }).status === 'succeeded', { timeoutMs: 30_000, what: 'the async command invocation to succeed' });
+    assert.equal(await (await fetch(`${gateway.url}${commandLocation}/output`)).text(), 'QUIET');
+    assert.equal(await upperOnWorker(), 1, 'the worker ran it');
+    const upperRecords = async (node: Node) => ((await (await fetch(`${node.url}/v1/usage/invocations?limit=1000`)).json()) as Metered).invocations.filter((record) => record.function === 'upper');
+    await waitFor(async () => (await upperRecords(gateway)).length === 2, { timeoutMs: 10_000, what: 'both calls of the command function in the usage records of the gateway' });
+    assert.ok((await upperRecords(gateway)).every((record) => record.status === 'succeeded' && typeof record.cpuMs === 'number'));
+    assert.deepEqual(await upperRecords(worker), [], 'the worker does not meter it again');
     await stop(worker.child, 'SIGTERM');
   });
 

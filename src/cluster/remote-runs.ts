@@ -2,13 +2,14 @@
  * The gateway side of cluster runs: places an invocation on a worker from the registry view (placement.ts), sends it,
  * and turns the worker's messages back into what a local run gives (started, live output, the result or its error).
  *
- * What goes to workers: handler-style functions (a body in, a body out) whose files no other server needs: not those
- * deployed from a bundle, with a dependency layer, Debian packages or a custom image (their files live on the server
- * that took the deploy until bundles move to the object store), and not command functions, whose stdin and stdout
- * stream through the gateway. Those run on the gateway itself, as on a single server.
+ * What goes to workers: calls of handler and command functions (a body in, a body out) whose files no other server
+ * needs: not those deployed from a bundle, with a dependency layer, Debian packages or a custom image (their files live
+ * on the server that took the deploy until bundles move to the object store), and not raw streams, whose stdin and
+ * stdout pass through the gateway as they flow (remotable()). Those run on the gateway itself, as on a single server.
  */
 import { nuid, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { KindlingError } from '../core/errors.js';
+import { IMAGE_SHORT_NAMES } from '../images/recipes.js';
 import type { ExecutorName } from '../core/types.js';
 import { isHandlerStyle, type InvocationResult, type InvokeOptions, type RemoteRouter } from '../orchestrator/function-service.js';
 import type { InvocationEvent } from '../orchestrator/handler-pools.js';
@@ -47,11 +48,24 @@ export const REMOTE_RUNS_DEFAULTS = {
 /** The key of a version in the registry's `warm` lists. */
 export const versionKey = (version: Pick<FunctionVersion, 'tenant' | 'name' | 'version'>): string => `${version.tenant}/${version.name}@${version.version}`;
 
-/** Whether a worker can run this version with what the gateway sends (no files kept only by the server that took the deploy). */
+/**
+ * Whether a worker can run this version with what the gateway sends: no files kept only by the server that took the
+ * deploy (a bundle, a dependency layer, an image built for its packages, a tenant's custom image), and not a raw stream
+ * (its stdin and stdout pass through the gateway). Handler and command functions alike; a command function's image
+ * must be a built-in one, which every server has.
+ */
 export function remotable(version: FunctionVersion, options: Pick<InvokeOptions, 'io'>): boolean {
   const spec = version.spec;
-  return isHandlerStyle(spec) && spec.bundle === undefined && spec.layer === undefined && spec.aptImage === undefined && spec.image === undefined && options.io === undefined;
+  if (options.io !== undefined || spec.bundle !== undefined || spec.layer !== undefined || spec.aptImage !== undefined) return false;
+  if (spec.image === undefined) return true;
+  // A handler names no image; a command function's may be a tenant's custom image (a short name resolves to one).
+  return !isHandlerStyle(spec) && isBuiltInImage(spec.image);
 }
+
+const isBuiltInImage = (image: string): boolean => {
+  const short = /^kindling\/([a-z0-9][a-z0-9_.-]*)(?::latest)?$/.exec(image)?.[1];
+  return short !== undefined && (IMAGE_SHORT_NAMES as readonly string[]).includes(short);
+};
 
 export class RemoteRuns implements RemoteRouter {
   /** Runs this gateway has sent to each worker and not seen end: added to the worker's last heartbeat, which lags. */

@@ -37,10 +37,16 @@ describe('cluster run protocol', () => {
     assert.equal(fromWireError({ code: 'SOMETHING_NEWER', message: 'x' }, 'wk-a').code, 'EXECUTOR_FAILED');
   });
 
-  it('only handler functions without files of their own server go to workers', () => {
+  it('handler and command functions without files of their own server go to workers; raw streams do not', () => {
     const handler = { runtime: 'node' as const, handler: 'handler', code: 'exports.handler = () => 1' };
     assert.equal(remotable(version(handler), {}), true);
-    assert.equal(remotable(version({ image: 'kindling/base', command: ['cat'] }), {}), false, 'command functions stream through the gateway');
+    assert.equal(remotable(version({ image: 'kindling/base', command: ['cat'] }), {}), true, 'a command function on a built-in image');
+    assert.equal(remotable(version({ image: 'kindling/python:latest', command: ['python3'] }), {}), true);
+    assert.equal(remotable(version({ runtime: 'python', code: 'print(1)' }), {}), true, 'runtime code, run as a command');
+    assert.equal(remotable(version({ image: 'kindling/mytools', command: ['cat'] }), {}), false, "a short name that may be a tenant's custom image");
+    assert.equal(remotable(version({ image: 'kindling/u.acme.tools', command: ['cat'] }), {}), false);
+    assert.equal(remotable(version({ image: 'kindling/base', command: ['cat'], aptImage: 'kindling/u.acme.pkgs-1' }), {}), false, 'an image built for its packages');
+    assert.equal(remotable(version({ image: 'kindling/base', command: ['cat'] }), { io: {} }), false, 'a raw stream passes through the gateway');
     assert.equal(remotable(version({ ...handler, bundle: { sha256: 'a', bytes: 1, entries: 1 } }), {}), false);
     assert.equal(remotable(version({ ...handler, layer: { sha256: 'a', bytes: 1, reused: false, buildMs: 0 } }), {}), false);
     assert.equal(remotable(version({ ...handler, image: 'mine' }), {}), false);

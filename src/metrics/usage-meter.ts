@@ -20,6 +20,8 @@ export class UsageMeter implements ExecutionObserver, InvocationObserver {
   ) {}
 
   onExecutionFinished(result: ExecutionResult, context: ExecutionContext): void {
+    // A cluster worker's run for a gateway is metered by the gateway.
+    if (context.meteredElsewhere === true) return;
     this.write({
       id: result.id,
       tenant: context.tenant ?? this.options.tenant ?? DEFAULT_TENANT,

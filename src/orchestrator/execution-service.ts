@@ -30,6 +30,11 @@ export interface ExecuteOptions {
   tenant?: TenantScope;
   /** Host directories bound read-only inside (a function's bundle at its work dir); never from a request. */
   roBinds?: { source: string; target: string }[];
+  /**
+   * A cluster worker's run for a gateway: the finished execution's usage goes here (the gateway meters it), and this
+   * server's observers see it marked `meteredElsewhere` (counted in its metrics, not in its usage records).
+   */
+  onMetered?: (result: ExecutionResult, context: ExecutionContext) => void;
 }
 
 /** What an execution needs to know of its tenant. */
@@ -71,6 +76,8 @@ export interface ExecutionContext {
   /** The memory limit the sandbox ran with (for GB-seconds). */
   memoryMb: number;
   traceId?: string;
+  /** A cluster worker's run for a gateway: the gateway meters it, not this server. */
+  meteredElsewhere?: boolean;
 }
 
 /** A finished execution with its output as bytes (the raw invoke path: no text decoding, no base64). */
@@ -533,9 +540,11 @@ export class ExecutionService {
         ...(options.functionName === undefined ? {} : { functionName: options.functionName }),
         ...(options.tenant ? { tenant: options.tenant.name } : {}),
         ...(options.trace ? { traceId: options.trace.traceId } : {}),
+        ...(options.onMetered ? { meteredElsewhere: true } : {}),
       };
       phases?.annotate(resultAttributes(result));
       for (const observer of this.observers) observer.onExecutionFinished(result, context);
+      options.onMetered?.(result, context);
       return { result, stdout: stdoutKept, stderr: stderrBytes };
     } finally {
       clearTimeout(timer);

@@ -2,10 +2,11 @@ import { lstat, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { systemClock, type Clock } from '../core/clock.js';
 import { KindlingError } from '../core/errors.js';
-import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutorName, type ResourceLimits } from '../core/types.js';
+import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutionResult, type ExecutorName, type ResourceLimits } from '../core/types.js';
+import { statusOf } from '../metrics/metrics.js';
 import { FUNCTION_NAME_PATTERN, specBytes, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
-import type { ExecutionService, ImageResolver, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
+import type { ExecutionContext, ExecutionService, ImageResolver, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
 import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
 import { handlersUnsupported, type InvocationEvent } from './handler-pools.js';
 import { checkStorageQuota, DEFAULT_VERSIONS_KEPT, type StorageQuotas } from './storage-quotas.js';
@@ -85,8 +86,8 @@ export interface InvokeOptions {
   /** The tenant's caps and concurrency slot (taken once here, for handler and command functions alike). */
   scope?: TenantScope;
   /**
-   * A cluster worker's run for a gateway (handler functions): the call's metering facts go here, for the gateway's
-   * usage records, instead of to this server's usage meter.
+   * A cluster worker's run for a gateway: the call's metering facts go here, for the gateway's usage records, instead
+   * of to this server's usage meter.
    */
   onMetered?: (facts: InvocationEvent) => void;
 }
@@ -622,6 +623,7 @@ export class FunctionService {
           ...(options.trace ? { trace: options.trace } : {}),
           ...(options.onOutput ? { onOutput: options.onOutput } : {}),
           ...(options.onStarted ? { onStarted: options.onStarted } : {}),
+          ...(options.onMetered ? { onMetered: (result: ExecutionResult, context: ExecutionContext) => options.onMetered?.(commandFacts(result, context, tenant, name)) } : {}),
         });
       } finally {
         release();
@@ -887,6 +889,26 @@ async function readBundleSettings(bundleDir: string): Promise<string[] | undefin
   if (unknown.length > 0) throw invalid(`has fields this server does not know (${unknown.slice(0, 5).join(', ').slice(0, 200)}); the one it reads is "apt"`);
   const apt = (settings as { apt?: unknown }).apt;
   return apt === undefined ? undefined : validatePackages(apt, `${BUNDLE_SETTINGS_FILE}: apt`);
+}
+
+/** A command function's run as the metering facts a handler call gives (a cluster gateway meters both alike). */
+function commandFacts(result: ExecutionResult, context: ExecutionContext, tenant: string, functionName: string): InvocationEvent {
+  return {
+    invocationId: result.id,
+    tenant,
+    functionName,
+    executor: result.executor,
+    status: statusOf(result),
+    coldStart: result.coldStart,
+    durationMs: result.durationMs,
+    inBytes: context.stdinBytes,
+    outBytes: context.outputBytes,
+    queuedMs: result.timings?.queuedMs ?? 0,
+    memoryMb: context.memoryMb,
+    ...(typeof result.usage?.cpuMs === 'number' ? { cpuMs: result.usage.cpuMs } : {}),
+    ...(typeof result.usage?.memoryPeakBytes === 'number' ? { memoryPeakBytes: result.usage.memoryPeakBytes } : {}),
+    ...(context.traceId === undefined ? {} : { traceId: context.traceId }),
+  };
 }
 
 function commandRequest(spec: FunctionSpec, executor?: ExecutorName): ExecuteRequest {
