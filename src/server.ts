@@ -25,7 +25,7 @@ import { BundleStore } from './orchestrator/bundles.js';
 import { FunctionService } from './orchestrator/function-service.js';
 import type { ClusterNode } from './cluster/node.js';
 import type { ClusterConfig } from './cluster/roles.js';
-import { HandlerPools, type HandlerPoolsOptions } from './orchestrator/handler-pools.js';
+import { HandlerPools, type HandlerPoolsOptions, type IdleUsageEvent, type InvocationObserver } from './orchestrator/handler-pools.js';
 import { InvocationService, type InvocationServiceOptions } from './orchestrator/invocations.js';
 import { LogBus } from './orchestrator/log-bus.js';
 import { SqliteStore } from './store/sqlite.js';
@@ -489,6 +489,15 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     if (generated !== null) (config.announceAdminKey ?? printAdminKeyBanner)(generated);
   }
   const usageMeter = new UsageMeter(usageStore, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
+  // A cluster worker sends the idle usage of the sandboxes it keeps for gateways' functions to the gateways, which
+  // meter those functions (set once the worker serves); everything else is recorded here.
+  let idleUsageElsewhere: ((event: IdleUsageEvent) => boolean) | null = null;
+  const usageObserver: InvocationObserver = {
+    onInvocation: (event) => usageMeter.onInvocation(event),
+    onIdleUsage: (event) => {
+      if (idleUsageElsewhere?.(event) !== true) usageMeter.onIdleUsage(event);
+    },
+  };
   // Custom images, built with the images' own builder into the same images dir: imported into Docker when the docker
   // executor serves, written as ext4 when the microvm one does.
   const customImages = new CustomImageService({
@@ -552,7 +561,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     availableMemoryMb: () => freemem() / 1_048_576,
     onEvict: (reason) => metrics.onWarmEviction(reason),
     executors: served,
-    observers: [metrics, usageMeter],
+    observers: [metrics, usageObserver],
     // Cold starts of node and python handlers on the default executor take a generic sandbox that is already up.
     // Not on a cluster gateway: its node and python handlers run on workers.
     genericWarmAtStart:
@@ -574,6 +583,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const clusterNode = config.cluster ? await (await import('./cluster/node.js')).ClusterNode.connect(config.cluster, logger.child({ component: 'cluster' }), {
         // Calls run on workers are the tenant's usage here, where its records are kept.
         onMetered: (facts) => usageMeter.onInvocation(facts),
+        onIdleUsage: (event) => usageMeter.onIdleUsage(event),
         // Workers send live output only while someone follows logs here.
         wantsOutput: () => logBusRef?.followed ?? true,
       })
@@ -740,12 +750,16 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       // A worker takes runs from gateways once it answers here too.
       // The newest version of each function a worker has run (its number and its deploy's time), per function.
       const newestSeen = new Map<string, { version: number; createdAtMs: number }>();
+      // Functions a gateway sent here whose sandboxes may still run (until their pools closed after a delete).
+      const gatewayFunctions = new Set<string>();
+      if (clusterNode) idleUsageElsewhere = (event) => gatewayFunctions.has(`${event.tenant}/${event.functionName}`) && clusterNode.sendIdleUsage(event);
       await clusterNode?.serve({
         run: (version, body, options) => {
           // A worker learns of a deploy with its first call: as on a single server, the older versions' warm sandboxes
           // retire and the new one's minWarm start. A function deleted and deployed again starts from version 1 with a
           // newer deploy time: its earlier generation's sandboxes all go.
           const key = `${version.tenant}/${version.name}`;
+          gatewayFunctions.add(key);
           const executor = version.spec.executor ?? chosen.name;
           const seen = newestSeen.get(key);
           const newer = seen === undefined || version.version > seen.version || (version.version < seen.version && version.createdAtMs > seen.createdAtMs) || (version.version === seen.version && version.createdAtMs !== seen.createdAtMs);
@@ -756,8 +770,15 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
           return functionService.invokeVersion(version, body, options, { remote: false });
         },
         deleted: (tenant, name) => {
-          newestSeen.delete(`${tenant}/${name}`);
-          void handlers.deleted(tenant, name).catch((error: unknown) => logger.warn({ err: error, tenant, function: name }, 'closing the warm pools of a deleted function failed'));
+          const key = `${tenant}/${name}`;
+          newestSeen.delete(key);
+          void handlers
+            .deleted(tenant, name)
+            .catch((error: unknown) => logger.warn({ err: error, tenant, function: name }, 'closing the warm pools of a deleted function failed'))
+            // Its sandboxes' last idle usage has gone to the gateways by now (unless it was deployed and called again).
+            .finally(() => {
+              if (!newestSeen.has(key)) gatewayFunctions.delete(key);
+            });
         },
         capacity: config.maxConcurrent,
         // Busy sandboxes count: a version whose only sandbox ran a call at heartbeat time is still warm here, and the

@@ -109,12 +109,23 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     assert.deepEqual([largeBody.status, largeBody.node, largeBody.text.slice(-8)], [200, null, 'y1048576']);
 
     // A function deleted on the gateway loses its warm sandboxes on the worker too (minWarm ones included).
-    await deploy(gateway, 'keep', { ...ECHO, minWarm: 1 });
+    // Its handler leaves 300 ms of CPU burning after it returned: idle usage of the function.
+    await deploy(gateway, 'keep', { ...ECHO, minWarm: 1, code: 'exports.handler = async () => { setTimeout(() => { const end = Date.now() + 300; while (Date.now() < end); }, 20); return "kept"; }' });
     assert.equal((await invoke(gateway, 'keep', 'k')).node, 'wk-a');
+    // The CPU its sandbox burns after a call returned is the tenant's too (idle usage, billed at the next call's start
+    // at the latest): the worker sends it to the gateway, which records it; the worker does not.
+    type UsageRows = { rows: { function: string; cpuMs: number }[] };
+    const cpuOf = async (node: Node, name: string): Promise<number> => ((await (await fetch(`${node.url}/v1/usage?groupBy=function`)).json()) as UsageRows).rows.find((row) => row.function === name)?.cpuMs ?? 0;
+    await waitFor(async () => {
+      await invoke(gateway, 'keep', 'k');
+      return (await cpuOf(gateway, 'keep')) >= 100;
+    }, { timeoutMs: 20_000, intervalMs: 100, what: "the idle CPU of the function's sandbox in the gateway's usage" });
+    assert.equal(await cpuOf(worker, 'keep'), 0, 'the worker does not record it');
     const workerPools = async (): Promise<string[]> => ((await (await fetch(`${worker.url}/v1/pools`)).json()) as { pools: { function: string }[] }).pools.map((pool) => pool.function);
     assert.ok((await workerPools()).includes('keep'));
     assert.equal((await fetch(`${gateway.url}/v1/functions/keep`, { method: 'DELETE' })).status, 204);
     await waitFor(async () => !(await workerPools()).includes('keep'), { timeoutMs: 10_000, what: "the worker to close the deleted function's pool" });
+
 
     // A client that goes away cancels the run on the worker (its sandbox goes), not only its wait at the gateway.
     await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 120_000, code: 'exports.handler = () => new Promise(() => {})' });

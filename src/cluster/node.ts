@@ -10,7 +10,7 @@ import { Registry, type Heartbeat, type RegistryView, type WorkerEntry } from '.
 import { KindlingError } from '../core/errors.js';
 import { REMOTE_RUNS_DEFAULTS, RemoteRuns } from './remote-runs.js';
 import { pingSubject } from './run-protocol.js';
-import type { InvocationEvent } from '../orchestrator/handler-pools.js';
+import type { IdleUsageEvent, InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
 
@@ -43,7 +43,11 @@ export class ClusterNode {
   ) {}
 
   /** Connects and, for gateways, starts watching the registry; a worker starts answering with serve(). */
-  static async connect(config: ClusterConfig, logger: Logger, hooks: { onMetered?: (facts: InvocationEvent) => void; wantsOutput?: () => boolean } = {}): Promise<ClusterNode> {
+  static async connect(
+    config: ClusterConfig,
+    logger: Logger,
+    hooks: { onMetered?: (facts: InvocationEvent) => void; onIdleUsage?: (event: IdleUsageEvent) => void; wantsOutput?: () => boolean } = {},
+  ): Promise<ClusterNode> {
     let node: ClusterNode | null = null;
     const connection = await connectCluster(config.urls, {
       name: `kindling-${config.role}-${config.nodeId}`,
@@ -65,6 +69,7 @@ export class ClusterNode {
             workers: () => view.workers(),
             ...(config.silenceTimeoutMs === undefined ? {} : { silenceTimeoutMs: config.silenceTimeoutMs }),
             ...(hooks.onMetered ? { onMetered: hooks.onMetered } : {}),
+            ...(hooks.onIdleUsage ? { onIdleUsage: hooks.onIdleUsage } : {}),
             ...(hooks.wantsOutput ? { wantsOutput: hooks.wantsOutput } : {}),
           })
         : null;
@@ -132,6 +137,14 @@ export class ClusterNode {
       // an answer that is not ours: the id is taken all the same
     }
     throw new Error(`node id "${id}" is in use by a live node (started ${startedAt}); give each node its own --node-name (default: the host name)`);
+  }
+
+  /**
+   * A worker's idle usage of a sandbox it keeps for a gateway's function: sent to the gateways, which meter it. False
+   * when it could not be sent (this node is no worker, or NATS refused it): the caller records it here instead.
+   */
+  sendIdleUsage(event: IdleUsageEvent): boolean {
+    return this.config.role === 'worker' && (this.workerRuns?.idleUsage(event) ?? false);
   }
 
   /** Why this node cannot take calls although it is connected: another process took its id. */

@@ -12,11 +12,11 @@ import { KindlingError } from '../core/errors.js';
 import { IMAGE_SHORT_NAMES } from '../images/recipes.js';
 import type { ExecutorName } from '../core/types.js';
 import { isHandlerStyle, type InvocationResult, type InvokeOptions, type RemoteRouter } from '../orchestrator/function-service.js';
-import type { InvocationEvent } from '../orchestrator/handler-pools.js';
+import type { IdleUsageEvent, InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { FunctionVersion } from '../store/store.js';
 import { placeInvocation, type PlacementCandidate } from './placement.js';
 import type { WorkerEntry } from './registry.js';
-import { DELETED_SUBJECT, KIND_HEADER, RUN_SUBJECT_PREFIX, cancelSubject, decodeFrame, encodeFrame, fromWireError, invokeSubject, runFactsOf, type RunAnswer, type RunRequest } from './run-protocol.js';
+import { DELETED_SUBJECT, IDLE_USAGE_SUBJECT, KIND_HEADER, RUN_SUBJECT_PREFIX, cancelSubject, decodeFrame, encodeFrame, fromWireError, invokeSubject, parseIdleUsage, runFactsOf, type RunAnswer, type RunRequest } from './run-protocol.js';
 
 export interface RemoteRunsOptions {
   /** This node's id; with `runsHere` a placement on it runs locally. */
@@ -33,6 +33,8 @@ export interface RemoteRunsOptions {
   onMetered?: (facts: InvocationEvent) => void;
   /** Whether anyone follows live output now (the log bus): workers send it only then. Default: always. */
   wantsOutput?: () => boolean;
+  /** The idle usage workers send for the warm sandboxes they keep for this cluster's functions. */
+  onIdleUsage?: (event: IdleUsageEvent) => void;
 }
 
 export const REMOTE_RUNS_DEFAULTS = {
@@ -77,6 +79,7 @@ export class RemoteRuns implements RemoteRouter {
   private readonly prefix = `${RUN_SUBJECT_PREFIX}${nuid.next()}`;
   private readonly waiting = new Map<string, { onMessage: (msg: Msg) => void; fail: (error: unknown) => void }>();
   private readonly subscription: Subscription;
+  private readonly idleSubscription: Subscription | null;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -96,11 +99,27 @@ export class RemoteRuns implements RemoteRouter {
         }
       },
     });
+    const onIdleUsage = options.onIdleUsage;
+    // One gateway of the group records each message (several gateways will share the subject).
+    this.idleSubscription = onIdleUsage
+      ? nc.subscribe(IDLE_USAGE_SUBJECT, {
+          queue: 'kindling-gateways',
+          callback: (error, msg) => {
+            const event = error ? null : parseIdleUsage(msg.data);
+            try {
+              if (event !== null) onIdleUsage(event);
+            } catch {
+              // A record that cannot be written is the meter's to report; it must not end the connection's reader.
+            }
+          },
+        })
+      : null;
   }
 
   /** Stops listening for replies; runs still waiting fail now (their workers are told to stop). */
   close(): void {
     this.subscription.unsubscribe();
+    this.idleSubscription?.unsubscribe();
     for (const run of [...this.waiting.values()]) run.fail(new KindlingError('SHUTTING_DOWN', 'the gateway stopped before the worker answered; the invocation may have run', { retryAfterSeconds: 1 }));
   }
 

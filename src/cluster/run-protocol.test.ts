@@ -4,7 +4,7 @@ import { KindlingError } from '../core/errors.js';
 import type { FunctionVersion } from '../store/store.js';
 import { remotable, versionKey } from './remote-runs.js';
 import { nodeIdOf } from './roles.js';
-import { chunks, decodeFrame, encodeFrame, fromWireError, toWireError } from './run-protocol.js';
+import { chunks, decodeFrame, encodeFrame, fromWireError, parseIdleUsage, toWireError } from './run-protocol.js';
 import { clusterConfig } from '../cli/serve.js';
 
 const version = (spec: FunctionVersion['spec']): FunctionVersion => ({ tenant: 'acme', name: 'fn', version: 3, spec, createdAtMs: 0 });
@@ -52,6 +52,18 @@ describe('cluster run protocol', () => {
     assert.equal(remotable(version({ ...handler, image: 'mine' }), {}), false);
     assert.equal(remotable(version(handler), { io: {} }), false);
     assert.equal(versionKey(version(handler)), 'acme/fn@3');
+  });
+
+  it('an idle usage message is checked field by field; anything else is dropped', () => {
+    const event = { tenant: 'acme', functionName: 'fn', executor: 'sandbox', cpuMs: 12.5, memoryMb: 256 };
+    const bytes = (value: unknown): Uint8Array => Buffer.from(JSON.stringify(value));
+    assert.deepEqual(parseIdleUsage(bytes({ ...event, extra: 'dropped' })), event);
+    assert.equal(parseIdleUsage(Buffer.from('not json')), null);
+    assert.equal(parseIdleUsage(bytes(null)), null);
+    assert.equal(parseIdleUsage(bytes({ ...event, executor: 'mainframe' })), null);
+    assert.equal(parseIdleUsage(bytes({ ...event, cpuMs: -1 })), null);
+    assert.equal(parseIdleUsage(bytes({ ...event, cpuMs: '5' })), null);
+    assert.equal(parseIdleUsage(bytes({ ...event, tenant: 7 })), null);
   });
 
   it('--cluster and --role are checked; the node id is the node name made subject-safe', async () => {

@@ -11,9 +11,9 @@
  * then stderr). Payloads and bodies are bytes, never base64.
  */
 import { KindlingError, ERROR_CODES, type ErrorCode } from '../core/errors.js';
-import type { ResourceLimits } from '../core/types.js';
+import { EXECUTOR_NAMES, type ResourceLimits } from '../core/types.js';
 import type { InvocationResult } from '../orchestrator/function-service.js';
-import type { InvocationEvent } from '../orchestrator/handler-pools.js';
+import type { IdleUsageEvent, InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { FunctionVersion } from '../store/store.js';
 
 export const invokeSubject = (nodeId: string): string => `kindling.workers.${nodeId}.invoke`;
@@ -21,6 +21,11 @@ export const cancelSubject = (nodeId: string): string => `kindling.workers.${nod
 /** A starting node asks whether its id is taken: a live node with that id answers `{nodeId, instance, startedAt}`. */
 export const pingSubject = (nodeId: string): string => `kindling.workers.${nodeId}.ping`;
 export const RUN_SUBJECT_PREFIX = 'kindling.runs.';
+/**
+ * Workers send the idle usage of the warm sandboxes they keep for gateways' functions (CPU between calls: an
+ * IdleUsageEvent as JSON); one gateway of the queue group records it.
+ */
+export const IDLE_USAGE_SUBJECT = 'kindling.usage.idle';
 /** Gateways tell every worker a function was deleted (`{tenant, name}`): its warm sandboxes there go. */
 export const DELETED_SUBJECT = 'kindling.functions.deleted';
 
@@ -116,6 +121,22 @@ export function fromWireError(wire: WireError, nodeId: string): KindlingError {
     details: { ...(wire.details ?? {}), node: nodeId },
     ...(typeof wire.retryAfterSeconds === 'number' ? { retryAfterSeconds: wire.retryAfterSeconds } : {}),
   });
+}
+
+/** An idle usage message as a worker sent it, checked (a malformed one is null: dropped, never recorded). */
+export function parseIdleUsage(data: Uint8Array): IdleUsageEvent | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(data).toString('utf8'));
+  } catch {
+    return null;
+  }
+  const event = value as Partial<IdleUsageEvent> | null;
+  if (event === null || typeof event !== 'object') return null;
+  const { tenant, functionName, executor, cpuMs, memoryMb } = event;
+  if (typeof tenant !== 'string' || typeof functionName !== 'string' || typeof executor !== 'string' || !(EXECUTOR_NAMES as readonly string[]).includes(executor)) return null;
+  if (typeof cpuMs !== 'number' || !Number.isFinite(cpuMs) || cpuMs < 0 || typeof memoryMb !== 'number' || !Number.isFinite(memoryMb) || memoryMb < 0) return null;
+  return { tenant, functionName, executor, cpuMs, memoryMb };
 }
 
 /** Splits a frame into pieces of at most `maxBytes` (views, not copies). */

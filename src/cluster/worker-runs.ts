@@ -6,10 +6,11 @@ import { headers, type Msg, type NatsConnection, type Subscription } from '@nats
 import { KindlingError } from '../core/errors.js';
 import { parseTraceparent } from '../core/tracing.js';
 import type { InvocationResult, InvokeOptions } from '../orchestrator/function-service.js';
-import type { InvocationEvent } from '../orchestrator/handler-pools.js';
+import type { IdleUsageEvent, InvocationEvent } from '../orchestrator/handler-pools.js';
 import type { FunctionVersion } from '../store/store.js';
 import {
   DELETED_SUBJECT,
+  IDLE_USAGE_SUBJECT,
   KIND_HEADER,
   RUN_SUBJECT_PREFIX,
   cancelSubject,
@@ -100,6 +101,17 @@ export class WorkerRuns {
   /** Stops taking runs (a drain): new requests are answered SHUTTING_DOWN; runs in flight go on. */
   stopAccepting(): void {
     this.accepting = false;
+  }
+
+  /** Sends the idle usage of a sandbox kept for a gateway's function to the gateways; false when NATS refused it. */
+  idleUsage(event: IdleUsageEvent): boolean {
+    try {
+      this.nc.publish(IDLE_USAGE_SUBJECT, JSON.stringify(event));
+      return true;
+    } catch (error) {
+      this.report(error, { subject: IDLE_USAGE_SUBJECT });
+      return false;
+    }
   }
 
   /** Another process took this node's id: gateways' calls reach it no more (runs in flight go on and answer). */
