@@ -24,7 +24,7 @@ fi
 PACKAGES=(docker.io bubblewrap uidmap mmdebstrap e2fsprogs btrfs-progs iproute2 util-linux ca-certificates curl tar
   debian-archive-keyring qemu-system-x86 qemu-utils chromium iptables gcc libc6-dev python3
   python3-httpx python3-h11 python3-pytest python3-websockets mypy runsc
-  python3-pip-whl nats-server prometheus openssl)
+  python3-pip-whl nats-server prometheus openssl systemd)
 DOCKER_SOCK=/var/run/docker.sock
 DOCKERD_LOG=/var/log/kindling-dockerd.log
 DOCKERD_PIDFILE=/run/kindling-dockerd.pid
