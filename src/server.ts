@@ -445,6 +445,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   let service: ExecutionService | null = null;
   let handlerPools: HandlerPools | null = null;
   let storage: (() => TenantStorage[]) | null = null;
+  let clusterNodeRef: ClusterNode | null = null;
   const metrics = new Metrics({
     queue: () => service?.queueStats ?? { running: 0, queued: 0 },
     pools: () => handlerPools?.poolSizes() ?? [],
@@ -452,6 +453,14 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     storage: () => storage?.() ?? [],
     persistentSandboxes: () => [...(sandboxesRef?.footprints() ?? new Map())].map(([tenant, row]) => ({ tenant, ...row })),
     dataDirSpace: () => filesystemSpace(dataDir),
+    ...(config.cluster
+      ? {
+          cluster: () => ({
+            connected: clusterNodeRef?.status() === 'connected',
+            workers: clusterNodeRef === null || config.cluster?.role === 'worker' ? null : clusterNodeRef.workers().length,
+          }),
+        }
+      : {}),
     nodeName,
   });
   // Every sandbox handed out is counted (created/destroyed/failed) by a thin wrapper; the executors know no metrics.
@@ -584,10 +593,12 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
         // Calls run on workers are the tenant's usage here, where its records are kept.
         onMetered: (facts) => usageMeter.onInvocation(facts),
         onIdleUsage: (event) => usageMeter.onIdleUsage(event),
+        onOutcome: (outcome) => metrics.onClusterRun(outcome),
         // Workers send live output only while someone follows logs here.
         wantsOutput: () => logBusRef?.followed ?? true,
       })
     : null;
+  clusterNodeRef = clusterNode;
   if (clusterNode) rollback.add('cluster', () => clusterNode.close());
   const functionService = new FunctionService({
     ...(clusterNode?.router ? { remote: clusterNode.router } : {}),

@@ -173,6 +173,11 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     const refused = await invoke(gateway, 'hang', 'x');
     assert.equal(refused.status, 503, refused.text);
     assert.equal((JSON.parse(refused.text) as { error: { code: string } }).error.code, 'NO_WORKERS');
+    // The gateway's metrics say so (the alerts KindlingWorkerLost and KindlingNoWorkers read them).
+    const gatewayMetric = async (pattern: RegExp): Promise<number> => Number(pattern.exec(await (await fetch(`${gateway.url}/metrics`)).text())?.[1] ?? NaN);
+    assert.equal(await gatewayMetric(/^kindling_cluster_runs_total\{[^}]*outcome="worker_lost"[^}]*\} (\d+)$/m), 1);
+    assert.equal(await gatewayMetric(/^kindling_cluster_runs_total\{[^}]*outcome="no_workers"[^}]*\} (\d+)$/m), 1);
+    assert.equal(await gatewayMetric(/^kindling_cluster_connected(?:\{[^}]*\})? (\d+)$/m), 1);
     // What the killed worker left (its sandboxes' mounts) is reaped by the next start on its data dir.
     const mountsUnder = async (dir: string): Promise<string[]> => (await readFile('/proc/mounts', 'utf8')).split('\n').flatMap((line) => line.split(' ')[1]?.startsWith(`${dir}/`) ? [line.split(' ')[1] as string] : []);
     const left = await mountsUnder(worker.dataDir);

@@ -8,9 +8,9 @@ import type { Logger } from 'pino';
 import { connectCluster, type ClusterConnection, type ClusterConnectionStatus } from './connection.js';
 import { Registry, type Heartbeat, type RegistryView, type WorkerEntry } from './registry.js';
 import { KindlingError } from '../core/errors.js';
-import { REMOTE_RUNS_DEFAULTS, RemoteRuns } from './remote-runs.js';
+import { REMOTE_RUNS_DEFAULTS, RemoteRuns, type RemoteRunsOptions } from './remote-runs.js';
 import { pingSubject } from './run-protocol.js';
-import type { IdleUsageEvent, InvocationEvent } from '../orchestrator/handler-pools.js';
+import type { IdleUsageEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
 
@@ -46,7 +46,7 @@ export class ClusterNode {
   static async connect(
     config: ClusterConfig,
     logger: Logger,
-    hooks: { onMetered?: (facts: InvocationEvent) => void; onIdleUsage?: (event: IdleUsageEvent) => void; wantsOutput?: () => boolean } = {},
+    hooks: Pick<RemoteRunsOptions, 'onMetered' | 'onIdleUsage' | 'onOutcome' | 'wantsOutput'> = {},
   ): Promise<ClusterNode> {
     let node: ClusterNode | null = null;
     const connection = await connectCluster(config.urls, {
@@ -70,6 +70,7 @@ export class ClusterNode {
             ...(config.silenceTimeoutMs === undefined ? {} : { silenceTimeoutMs: config.silenceTimeoutMs }),
             ...(hooks.onMetered ? { onMetered: hooks.onMetered } : {}),
             ...(hooks.onIdleUsage ? { onIdleUsage: hooks.onIdleUsage } : {}),
+            ...(hooks.onOutcome ? { onOutcome: hooks.onOutcome } : {}),
             ...(hooks.wantsOutput ? { wantsOutput: hooks.wantsOutput } : {}),
           })
         : null;

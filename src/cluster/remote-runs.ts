@@ -33,6 +33,8 @@ export interface RemoteRunsOptions {
   onMetered?: (facts: InvocationEvent) => void;
   /** Whether anyone follows live output now (the log bus): workers send it only then. Default: always. */
   wantsOutput?: () => boolean;
+  /** How each call sent to workers ended (metrics). */
+  onOutcome?: (outcome: 'answered' | 'worker_lost' | 'no_workers' | 'cancelled') => void;
   /** The idle usage workers send for the warm sandboxes they keep for this cluster's functions. */
   onIdleUsage?: (event: IdleUsageEvent) => void;
 }
@@ -161,9 +163,16 @@ export class RemoteRuns implements RemoteRouter {
       const nodeId = this.place(version, new Set());
       if (nodeId === null || nodeId === this.options.nodeId) {
         if (this.options.runsHere) return await runHere();
+        this.options.onOutcome?.('no_workers');
         throw noWorkers('no worker with a free slot is registered in the cluster; start a worker (kindling serve --cluster ... --role worker) or retry shortly');
       }
-      return await this.runOn(nodeId, version, request, frame, options, new Set([nodeId]), runHere);
+      const result = await this.runOn(nodeId, version, request, frame, options, new Set([nodeId]), runHere).catch((error: unknown) => {
+        const code = error instanceof KindlingError ? error.code : null;
+        this.options.onOutcome?.(code === 'WORKER_LOST' ? 'worker_lost' : code === 'NO_WORKERS' ? 'no_workers' : code === 'CLIENT_DISCONNECTED' ? 'cancelled' : 'answered');
+        throw error;
+      });
+      this.options.onOutcome?.('answered');
+      return result;
     } finally {
       release();
     }

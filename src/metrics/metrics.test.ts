@@ -6,13 +6,22 @@ import { Metrics } from './metrics.js';
 describe('metrics', () => {
   it('documents every metric it defines in docs/metrics.md', async () => {
     const doc = readFileSync(new URL('../../../docs/metrics.md', import.meta.url), 'utf8');
-    const metrics = new Metrics({ collectProcess: false, queue: () => ({ running: 1, queued: 2 }), pools: () => [], dataDirSpace: async () => ({ freeBytes: 1, sizeBytes: 2 }) });
+    const metrics = new Metrics({ collectProcess: false, queue: () => ({ running: 1, queued: 2 }), pools: () => [], dataDirSpace: async () => ({ freeBytes: 1, sizeBytes: 2 }), cluster: () => ({ connected: true, workers: 3 }) });
     const names = (await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name);
     assert.ok(names.length >= 15);
     for (const name of names) assert.ok(doc.includes(`| \`${name}\` |`), `${name} is not in the table of docs/metrics.md`);
     const text = await metrics.registry.metrics();
     assert.match(text, /^kindling_executions_in_flight 1$/m);
     assert.match(text, /^kindling_queue_depth 2$/m);
+    assert.match(text, /^kindling_cluster_connected 1$/m);
+    assert.match(text, /^kindling_cluster_workers 3$/m);
+    metrics.onClusterRun('worker_lost');
+    assert.match(await metrics.registry.metrics(), /^kindling_cluster_runs_total\{outcome="worker_lost"\} 1$/m);
+  });
+
+  it('a server on its own has no cluster gauges (no alert on a NATS connection it never had)', async () => {
+    const text = await new Metrics({ collectProcess: false }).registry.metrics();
+    assert.doesNotMatch(text, /^kindling_cluster_(connected|workers) /m);
   });
 });
 

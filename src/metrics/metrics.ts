@@ -33,6 +33,8 @@ export interface MetricsSources {
   /** Free and total bytes of the data dir's filesystem (read at scrape time); null when it cannot be read. */
   dataDirSpace?: () => Promise<{ freeBytes: number; sizeBytes: number } | null>;
   collectProcess?: boolean;
+  /** Cluster mode: whether the NATS connection is up and (gateways) how many workers this node sees; absent on a server on its own. */
+  cluster?: () => { connected: boolean; workers: number | null };
   /**
    * The `node` label of every metric (--node-name): one dashboard and one set of alert rules tell servers apart by it,
    * whatever the scrape config calls their targets. Unset: no node label.
@@ -47,6 +49,9 @@ export interface TenantStorage {
   queuedPayloadBytes: number;
   imageBytes?: number;
 }
+
+export const CLUSTER_RUN_OUTCOMES = ['answered', 'worker_lost', 'no_workers', 'cancelled'] as const;
+export type ClusterRunOutcome = (typeof CLUSTER_RUN_OUTCOMES)[number];
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 const START_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -72,6 +77,7 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
   private readonly relayedBytes: Counter<'direction'>;
   private readonly relayFailures: Counter<'direction'>;
   private readonly warmEvictions: Counter<'reason'>;
+  private readonly clusterRuns: Counter<'outcome'>;
 
   constructor(sources: MetricsSources = {}) {
     const registers = [this.registry];
@@ -147,6 +153,34 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
       registers,
     });
     for (const reason of ['count', 'memory', 'tenant', 'pressure']) this.warmEvictions.inc({ reason }, 0);
+    this.clusterRuns = new Counter({
+      name: 'kindling_cluster_runs_total',
+      help: 'Calls a cluster gateway sent to workers, by how they ended: outcome=answered (a result, or the platform error the worker raised)|worker_lost (the worker went silent mid-run)|no_workers (none had a free slot)|cancelled (the caller went away)',
+      labelNames: ['outcome'],
+      registers,
+    });
+    const cluster = sources.cluster;
+    if (cluster !== undefined) {
+      for (const outcome of CLUSTER_RUN_OUTCOMES) this.clusterRuns.inc({ outcome }, 0);
+      new Gauge({
+        name: 'kindling_cluster_connected',
+        help: "1 while this cluster node's NATS connection is up, 0 while it is down (reconnecting or closed)",
+        registers,
+        collect() {
+          this.set(cluster().connected ? 1 : 0);
+        },
+      });
+      new Gauge({
+        name: 'kindling_cluster_workers',
+        help: 'Workers this cluster gateway sees in the registry (heard from within the TTL); not set on a worker',
+        registers,
+        collect() {
+          this.reset();
+          const workers = cluster().workers;
+          if (workers !== null) this.set(workers);
+        },
+      });
+    }
     const warmCapacity = sources.warmCapacity;
     new Gauge({
       name: 'kindling_warm_capacity',
@@ -339,6 +373,11 @@ export class Metrics implements ExecutionObserver, InvocationObserver {
     this.sandboxes.inc({ executor, event, kind });
     if (event === 'created') this.sandboxesLive.inc({ executor });
     if (event === 'destroyed') this.sandboxesLive.dec({ executor });
+  }
+
+  /** A call a cluster gateway sent to a worker ended. */
+  onClusterRun(outcome: ClusterRunOutcome): void {
+    this.clusterRuns.inc({ outcome });
   }
 
   /** An idle warm sandbox was evicted under one of the warm capacity's caps. */
