@@ -500,11 +500,14 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const usageMeter = new UsageMeter(usageStore, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
   // A cluster worker sends the idle usage of the sandboxes it keeps for gateways' functions to the gateways, which
   // meter those functions (set once the worker serves); everything else is recorded here.
-  let idleUsageElsewhere: ((event: IdleUsageEvent) => boolean) | null = null;
+  let idleUsageElsewhere: ((event: IdleUsageEvent) => Promise<boolean> | null) | null = null;
   const usageObserver: InvocationObserver = {
     onInvocation: (event) => usageMeter.onInvocation(event),
     onIdleUsage: (event) => {
-      if (idleUsageElsewhere?.(event) !== true) usageMeter.onIdleUsage(event);
+      const sent = idleUsageElsewhere?.(event) ?? null;
+      if (sent === null) usageMeter.onIdleUsage(event);
+      // No gateway recorded it (none up, NATS down): kept here rather than lost.
+      else void sent.then((recorded) => recorded || usageMeter.onIdleUsage(event));
     },
   };
   // Custom images, built with the images' own builder into the same images dir: imported into Docker when the docker
@@ -763,7 +766,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       const newestSeen = new Map<string, { version: number; createdAtMs: number }>();
       // Functions a gateway sent here whose sandboxes may still run (until their pools closed after a delete).
       const gatewayFunctions = new Set<string>();
-      if (clusterNode) idleUsageElsewhere = (event) => gatewayFunctions.has(`${event.tenant}/${event.functionName}`) && clusterNode.sendIdleUsage(event);
+      if (clusterNode) idleUsageElsewhere = (event) => (gatewayFunctions.has(`${event.tenant}/${event.functionName}`) ? clusterNode.sendIdleUsage(event) : null);
       await clusterNode?.serve({
         run: (version, body, options) => {
           // A worker learns of a deploy with its first call: as on a single server, the older versions' warm sandboxes

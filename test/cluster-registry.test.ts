@@ -90,6 +90,20 @@ describe('worker registry', { skip: natsUnavailable }, () => {
     await waitFor(async () => (await registry.list()).some((w) => w.instance === second.instance), { what: 'the second instance to write its entry again' });
   });
 
+  it('an entry that expired under a worker cut off for longer than the TTL is written again, not taken for a conflict', async (t) => {
+    const { registry, t: owner } = await setUp(t, 2_000);
+    const conflicts: unknown[] = [];
+    // Beats only when told: as a worker whose NATS was gone for longer than the TTL.
+    const heartbeat = await registry.heartbeat(() => state('sleeper'), { intervalMs: 600_000, onConflict: (other) => conflicts.push(other) });
+    owner.after(() => heartbeat.stop());
+    await heartbeat.beat();
+    await waitFor(async () => (await registry.list()).length === 0, { what: 'the entry to expire', timeoutMs: 30_000 });
+    await heartbeat.beat();
+    assert.deepEqual((await registry.list()).map((w) => [w.nodeId, w.instance]), [['sleeper', heartbeat.instance]]);
+    await heartbeat.beat();
+    assert.deepEqual(conflicts, []);
+  });
+
   it('refuses a node id that is not a key token', async (t) => {
     const { registry } = await setUp(t, 5_000);
     await assert.rejects(registry.heartbeat(() => state('a.b')), /node id "a.b" must be/);

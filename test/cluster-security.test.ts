@@ -62,6 +62,7 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
         `tls { cert_file: "${dir}/server.pem", key_file: "${dir}/server.key", ca_file: "${dir}/ca.pem", verify: true, timeout: 5 }`,
         'KINDLING_GATEWAY_PASSWORD: "gateway-secret"',
         'KINDLING_WORKER_PASSWORD: "worker-secret"',
+        'KINDLING_ALL_PASSWORD: "all-secret"',
         await readFile(AUTHORIZATION, 'utf8'),
       ].join('\n'),
     });

@@ -29,7 +29,7 @@ describe('deploy/ files', () => {
   it('nats-server accepts deploy/nats/nats-server.conf with the authorization it includes; without the passwords it names the missing one', { skip: natsUnavailable }, async (t) => {
     const dir = await scratch(t);
     for (const name of ['nats-server.conf', 'authorization.conf']) await copyFile(join(DEPLOY, 'nats', name), join(dir, name));
-    const passwords = { KINDLING_GATEWAY_PASSWORD: 'gw', KINDLING_WORKER_PASSWORD: 'wk' };
+    const passwords = { KINDLING_GATEWAY_PASSWORD: 'gw', KINDLING_WORKER_PASSWORD: 'wk', KINDLING_ALL_PASSWORD: 'all' };
     const valid = await run(NATS_SERVER, ['-t', '-c', join(dir, 'nats-server.conf')], { env: { PATH: process.env.PATH, ...passwords } });
     assert.match(valid.stdout + valid.stderr, /is valid/);
     await assert.rejects(run(NATS_SERVER, ['-t', '-c', join(dir, 'nats-server.conf')], { env: { PATH: process.env.PATH } }), (error: { stderr: string }) => /KINDLING_GATEWAY_PASSWORD/.test(error.stderr));

@@ -127,7 +127,7 @@ export class ClusterNode {
     } catch (error) {
       if (error instanceof errors.NoRespondersError || (error instanceof errors.RequestError && error.isNoResponders())) return;
       if (error instanceof errors.TimeoutError) {
-        throw new Error(`node id "${id}" is in use: something in the cluster listens on its subject but did not answer within 2 s; give this node another --node-name`);
+        throw new Error(`node id "${id}" may be in use: the question whether a live node holds it got no answer within 2 s (a node with that id that is stuck, or NATS not ready yet); retry, or give this node another --node-name`);
       }
       throw error;
     }
@@ -141,11 +141,11 @@ export class ClusterNode {
   }
 
   /**
-   * A worker's idle usage of a sandbox it keeps for a gateway's function: sent to the gateways, which meter it. False
-   * when it could not be sent (this node is no worker, or NATS refused it): the caller records it here instead.
+   * A worker's idle usage of a sandbox it keeps for a gateway's function: sent to the gateways, which meter it. Null
+   * when this node is no worker; resolves false when no gateway recorded it (the caller records it here instead).
    */
-  sendIdleUsage(event: IdleUsageEvent): boolean {
-    return this.config.role === 'worker' && (this.workerRuns?.idleUsage(event) ?? false);
+  sendIdleUsage(event: IdleUsageEvent): Promise<boolean> | null {
+    return this.config.role === 'worker' && this.workerRuns !== null ? this.workerRuns.idleUsage(event) : null;
   }
 
   /** Why this node cannot take calls although it is connected: another process took its id. */

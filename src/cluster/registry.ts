@@ -4,7 +4,7 @@
  * disappears within the TTL. Gateways watch the bucket into an in-memory view and place work from it. A worker that
  * drains deletes its own key at once.
  */
-import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 
@@ -117,28 +117,34 @@ export class Registry {
         revision = await this.kv.update(first.nodeId, value, revision);
         return;
       } catch (error) {
-        const current = await this.kv.get(first.nodeId);
-        if (current === null || current.operation !== 'PUT') {
+        // Only a wrong last sequence means another writer; anything else (a timeout, a leader election) is retried by
+        // the next beat with the same revision.
+        if (!(error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamWrongLastSequence)) throw error;
+        // Read from the stream's leader: a direct get may be answered by a follower that has not seen the last write.
+        const latest = await this.jsm.streams.getMessage(`KV_${this.bucket}`, { last_by_subj: `$KV.${this.bucket}.${first.nodeId}` });
+        const operation = latest?.header?.get('KV-Operation') ?? '';
+        if (latest === null || operation === 'DEL' || operation === 'PURGE') {
           // Expired (max age) or deleted while this worker could not write: it is this worker's again.
           revision = await this.kv.put(first.nodeId, value);
           return;
         }
         let other: WorkerEntry | null = null;
         try {
-          other = current.json<WorkerEntry>();
+          other = latest.json<WorkerEntry>();
         } catch {
           // not a worker entry: someone else's write, treated as a conflict below
         }
         if (other?.instance === instance) {
           // This worker's own write whose acknowledgement was lost: carry on from its revision.
-          revision = await this.kv.update(first.nodeId, value, current.revision);
+          revision = await this.kv.update(first.nodeId, value, latest.seq);
           return;
         }
-        if (conflicted) return;
+        // Written by another process after this one's last beat: two processes share the id.
+        if (latest.seq <= revision || conflicted) return;
         conflicted = true;
         stopped = true;
         clearInterval(timer);
-        options.onConflict?.(other ?? { ...first, heartbeatAt: current.created.toISOString() });
+        options.onConflict?.(other ?? { ...first, heartbeatAt: latest.time.toISOString() });
         if (options.onConflict === undefined) throw error;
       }
     };

@@ -108,8 +108,11 @@ export class RemoteRuns implements RemoteRouter {
           queue: 'kindling-gateways',
           callback: (error, msg) => {
             const event = error ? null : parseIdleUsage(msg.data);
+            if (event === null) return;
             try {
-              if (event !== null) onIdleUsage(event);
+              onIdleUsage(event);
+              // Recorded: the worker does not keep it too.
+              msg.respond();
             } catch {
               // A record that cannot be written is the meter's to report; it must not end the connection's reader.
             }

@@ -103,13 +103,15 @@ export class WorkerRuns {
     this.accepting = false;
   }
 
-  /** Sends the idle usage of a sandbox kept for a gateway's function to the gateways; false when NATS refused it. */
-  idleUsage(event: IdleUsageEvent): boolean {
+  /**
+   * Sends the idle usage of a sandbox kept for a gateway's function to the gateways; true once one of them recorded it
+   * (it answers), false when none did (none listens, NATS is down, no answer within 5 s): the caller records it here.
+   */
+  async idleUsage(event: IdleUsageEvent): Promise<boolean> {
     try {
-      this.nc.publish(IDLE_USAGE_SUBJECT, JSON.stringify(event));
+      await this.nc.request(IDLE_USAGE_SUBJECT, JSON.stringify(event), { timeout: 5_000 });
       return true;
-    } catch (error) {
-      this.report(error, { subject: IDLE_USAGE_SUBJECT });
+    } catch {
       return false;
     }
   }

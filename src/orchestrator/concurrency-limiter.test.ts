@@ -60,3 +60,12 @@ test('checkRoom throws the 429 acquire would give at once, and takes nothing', a
   limiter.checkRoom();
   assert.equal(limiter.stats.running, 0);
 });
+
+test('a caller whose signal was aborted before it asked takes neither a slot nor a queue place', async () => {
+  const limiter = new ConcurrencyLimiter({ maxConcurrent: 1, maxQueued: 1, queueTimeoutMs: 10_000 });
+  const release = await limiter.acquire();
+  await assert.rejects(limiter.acquire(AbortSignal.abort(new Error('gone'))), /gone/);
+  assert.deepEqual(limiter.stats, { running: 1, queued: 0, maxConcurrent: 1, maxQueued: 1 });
+  release();
+  await assert.rejects(new ConcurrencyLimiter({ maxConcurrent: 1, maxQueued: 0, queueTimeoutMs: 10 }).acquire(AbortSignal.abort(new Error('early'))), /early/);
+});

@@ -46,6 +46,8 @@ export class ConcurrencyLimiter {
 
   /** Resolves with a release function once a slot is free. Call release exactly once (extra calls are ignored). */
   acquire(signal?: AbortSignal): Promise<() => void> {
+    // A caller already gone takes nothing (its abort listener would never fire: it would hold a queue place).
+    if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.running < this.options.maxConcurrent && this.queue.length === 0) {
       this.running++;
       return Promise.resolve(this.releaser());

@@ -273,3 +273,41 @@ describe('FunctionService: Debian packages (apt)', () => {
     }
   });
 });
+
+describe('FunctionService: a cluster node that runs a call itself after its router admitted it', () => {
+  it("does not take the function's maxConcurrency slot twice (a command function with maxConcurrency 1 runs)", async () => {
+    const store = new SqliteStore(':memory:');
+    const ran: string[] = [];
+    const executionService = {
+      prepare: async () => undefined,
+      executeRaw: async () => {
+        ran.push('here');
+        return { result: { id: 'x1', exitCode: 0, durationMs: 1, coldStart: false, timedOut: false, oomKilled: false, truncated: false, executor: 'sandbox' }, stdout: Buffer.from('ok'), stderr: Buffer.alloc(0) };
+      },
+    } as unknown as ExecutionService;
+    // The router of an `all` node that placed the call on itself: it takes the slot, then runs it here.
+    const remote = {
+      route: (_v: unknown, _e: unknown, _b: unknown, _o: unknown, runHere: () => Promise<unknown>, admit: () => Promise<() => void>) =>
+        (async () => {
+          const release = await admit();
+          try {
+            return await runHere();
+          } finally {
+            release();
+          }
+        })(),
+      runsHere: () => true,
+      deleted: () => undefined,
+    } as unknown as ConstructorParameters<typeof FunctionService>[0]['remote'];
+    const service = new FunctionService({ store, executionService, defaultExecutor: 'sandbox', ...(remote ? { remote } : {}) });
+    try {
+      await service.deploy('default', 'single', { image: 'kindling/base', command: ['cat'], maxConcurrency: 1, maxQueued: 0 });
+      const result = await service.invoke('default', 'single', Buffer.from('in'));
+      assert.equal(result.body.toString(), 'ok');
+      assert.deepEqual(ran, ['here']);
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+});

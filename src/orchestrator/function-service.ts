@@ -584,7 +584,7 @@ export class FunctionService {
    * Runs a version already resolved: `invoke` after its lookup, and a cluster worker with the version a gateway sent
    * (`remote: false`: it runs here, never forwarded again).
    */
-  async invokeVersion(version: FunctionVersion, body: Buffer, options: InvokeOptions, route: { remote: boolean }): Promise<InvocationResult> {
+  async invokeVersion(version: FunctionVersion, body: Buffer, options: InvokeOptions, route: { remote: boolean; admitted?: boolean }): Promise<InvocationResult> {
     const { tenant, name, spec } = version;
     const executor = spec.executor ?? this.options.defaultExecutor;
     // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
@@ -610,7 +610,8 @@ export class FunctionService {
         return await handlers.invoke(version, executor, body, options);
       }
       // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
-      const release = await this.limiterFor(version).acquire(options.signal);
+      // (A cluster node running it here after all holds the slot the router took already: not taken twice.)
+      const release = route.admitted === true ? () => undefined : await this.limiterFor(version).acquire(options.signal);
       let raw;
       try {
         const binds = this.bindsOf(spec, executor);
@@ -648,10 +649,13 @@ export class FunctionService {
     }
   }
 
-  /** Runs it here after all (a cluster node that is a worker too), without taking the tenant's slot again. */
+  /**
+   * Runs it here after all (a cluster node that is a worker too), without taking the tenant's slot or the function's
+   * maxConcurrency slot again: the router holds the latter while it runs.
+   */
   private invokeHere(version: FunctionVersion, body: Buffer, options: InvokeOptions): Promise<InvocationResult> {
     const { acquire: _taken, ...scope } = options.scope ?? { name: version.tenant, caps: {} };
-    return this.invokeVersion(version, body, { ...options, scope }, { remote: false });
+    return this.invokeVersion(version, body, { ...options, scope }, { remote: false, admitted: true });
   }
 
   async close(): Promise<void> {

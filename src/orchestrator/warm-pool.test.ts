@@ -180,6 +180,20 @@ describe('WarmPool', () => {
     await p.close();
   });
 
+  it('maxQueued 0 with no room in the warm capacity: one caller waits for room, the next is refused at once', async () => {
+    const capacity = new WarmCapacity({ maxSandboxes: 1, maxMemoryMb: 100_000 });
+    const { pool: other } = pool({ capacity });
+    const held = await within(other.acquire(), 100);
+    const { pool: p } = pool({ capacity, maxConcurrency: 10, maxQueued: 0, queueTimeoutMs: 10_000 });
+    const waiting = p.acquire();
+    await assert.rejects(p.acquire(), (error: KindlingError) => error.code === 'TOO_MANY_REQUESTS' && /1 invocations are already waiting/.test(error.message));
+    // The room comes back when the other pool's sandbox goes: the waiting caller is served.
+    held.release(false, 1);
+    (await within(waiting, 200)).release(true, 1);
+    await p.close();
+    await other.close();
+  });
+
   it('a caller that gives up while it waits leaves the queue at once and frees its place', async () => {
     const { pool: p } = pool({ maxConcurrency: 1, maxQueued: 1, queueTimeoutMs: 10_000 });
     const held = await within(p.acquire(), 100);

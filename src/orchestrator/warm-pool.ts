@@ -160,11 +160,12 @@ export class WarmPool<T extends Poolable> {
       const item = this.takeIdle();
       if (item !== null) return Promise.resolve(this.lease(item, now, now));
     }
-    // Queued means waiting for a slot of maxConcurrency: callers that a slot not yet busy will serve (a sandbox
-    // starting, or one that can start) are not counted, or a function with maxQueued 0 could never start cold.
-    const queued = this.waiters.length - Math.max(0, this.options.maxConcurrency - this.busy.size);
+    // Queued means waiting for a slot of maxConcurrency: the callers that sandboxes starting now will serve, and one
+    // more while the pool may still grow, are not counted, or a function with maxQueued 0 could never start cold.
+    // (One, not every free slot: whether the warm capacity lets a start happen is known only when it is tried.)
+    const queued = this.waiters.length - this.creating.length - (this.total < this.options.maxConcurrency ? 1 : 0);
     if (queued >= this.options.maxQueued) {
-      return Promise.reject(this.overloaded(`${Math.max(0, queued)} invocations are already waiting`));
+      return Promise.reject(this.overloaded(`${this.waiters.length} invocations are already waiting`));
     }
     return new Promise<Lease<T>>((resolve, reject) => {
       const leave = (): void => {
