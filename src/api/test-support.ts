@@ -140,7 +140,7 @@ export async function buildHarness(options: HarnessOptions = {}): Promise<Harnes
   const httpErrors: string[] = [];
   const store = new SqliteTenantStore(':memory:');
   const tenants = new TenantService({ store, ...(options.auth === false ? {} : { envAdminKey: ADMIN_KEY }) });
-  const alphaKey = options.auth === false ? '' : tenants.create('alpha', options.alphaQuotas ?? {}).apiKey;
+  const alphaKey = options.auth === false ? '' : (await tenants.create('alpha', options.alphaQuotas ?? {})).apiKey;
 
   const find = (tenant: string, name: string): FakeFunction => {
     const fn = functions.get(`${tenant}/${name}`);

@@ -14,7 +14,7 @@ function fakeServices(fail: () => never, ensured: string[] = []): Pick<JobRunner
     executions: { executeRaw: fail },
     sandboxes,
     tenants: {
-      ensure: (name) => {
+      ensure: async (name) => {
         ensured.push(name);
         return { name, caps: {} };
       },

@@ -120,7 +120,7 @@ export function createJobRunner(options: JobRunnerOptions): JobRunner {
       }
       try {
         const tenant = chainTenantOf(job.caller);
-        const scope = services.tenants.ensure(tenant, options.tenantQuotas ?? {});
+        const scope = await services.tenants.ensure(tenant, options.tenantQuotas ?? {});
         services.tenants.checkRate(tenant);
         const output = await handler({ services, settings, tenant, scope, serviceId: job.serviceId, callId: job.callId, signal }, args);
         signal.throwIfAborted();

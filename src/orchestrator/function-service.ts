@@ -5,6 +5,7 @@ import { KindlingError } from '../core/errors.js';
 import { EXECUTOR_NAMES, RUNTIME_NAMES, type ExecuteRequest, type ExecutionResult, type ExecutorName, type ResourceLimits } from '../core/types.js';
 import { statusOf } from '../metrics/metrics.js';
 import { FUNCTION_NAME_PATTERN, specBytes, type FunctionRecord, type FunctionSpec, type FunctionVersion, type Store } from '../store/store.js';
+import { localFunctionWrites, type FunctionWrites } from '../store/writes.js';
 import { ConcurrencyLimiter } from './concurrency-limiter.js';
 import type { ExecutionContext, ExecutionService, ImageResolver, OutputStreamName, TenantScope, TraceContext } from './execution-service.js';
 import { COLLECT_STDOUT, type IoPlan } from './io-plan.js';
@@ -120,7 +121,10 @@ export interface HandlerInvoker {
 }
 
 export interface FunctionServiceOptions {
+  /** Where functions are read from (and written to, unless `writes` is given). */
   store: Store;
+  /** Where deploys and deletes go: a cluster gateway's shared state (which applies them to `store`); default `store`. */
+  writes?: FunctionWrites;
   executionService: ExecutionService;
   /** Custom images: a handler function may run on one built from its runtime's image (custom-images.ts). */
   images?: ImageResolver;
@@ -214,10 +218,12 @@ export const isHandlerStyle = (spec: FunctionSpec): boolean => spec.handler !== 
 /** Deploys, lists, deletes and invokes functions. Command functions run as one-off executions (stdin -> stdout). */
 export class FunctionService {
   private readonly store: Store;
+  private readonly writes: FunctionWrites;
   private readonly clock: Clock;
 
   constructor(private readonly options: FunctionServiceOptions) {
     this.store = options.store;
+    this.writes = options.writes ?? localFunctionWrites(options.store);
     this.clock = options.clock ?? systemClock;
   }
 
@@ -334,12 +340,15 @@ export class FunctionService {
     );
   }
 
-  /** Stores the version (no await from the checks to the write: the quota check and the write see the same usage). */
-  private storeVersion(tenant: string, name: string, spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>): { view: FunctionView; created: boolean } {
+  /**
+   * Stores the version. On one server nothing awaits from the checks to the write (the quota check and the write see
+   * the same usage); across gateways two deploys of one tenant at the same moment may both pass the storage quota check.
+   */
+  private async storeVersion(tenant: string, name: string, spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>): Promise<{ view: FunctionView; created: boolean }> {
     this.checkNotBuilding(tenant, name);
     const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
     this.checkStorageQuotas(tenant, name, spec, retention);
-    const { fn, version, created, pruned } = this.store.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
+    const { fn, version, created, pruned } = await this.writes.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
     // Warm sandboxes form where the version runs: not on a cluster gateway that sends it to workers.
     if (isHandlerStyle(spec) && this.options.remote?.runsHere(version) !== false) this.options.handlers?.deployed(version, executor, caps);
     if (pruned.length > 0) this.collectBundles();
@@ -380,7 +389,7 @@ export class FunctionService {
       if (built !== null) spec.layer = { ...built.layer, ...(records === undefined ? {} : { buildId: id }) };
       // The build's own reservation is not a reason to refuse its version.
       if (this.building.get(functionKey(tenant, name)) === building) this.building.delete(functionKey(tenant, name));
-      const result = this.storeVersion(tenant, name, spec, executor, caps);
+      const result = await this.storeVersion(tenant, name, spec, executor, caps);
       stored = true;
       records?.finish(id, { status: 'ready', ...(built === null ? {} : { layerSha256: built.layer.sha256 }), version: result.view.version, log: tailOf(built === null || built.log === '' ? logSoFar() : built.log), finishedAtMs: this.clock.nowMs() });
       return result;
@@ -523,10 +532,21 @@ export class FunctionService {
       // A deploy after the delete is a new function's: the old build no longer holds it.
       this.building.delete(functionKey(tenant, name));
     }
-    if (!this.store.deleteFunction(tenant, name) && building === undefined) throw notFound(name);
+    if (!(await this.writes.deleteFunction(tenant, name)) && building === undefined) throw notFound(name);
     this.options.builds?.deleteFunction(tenant, name);
     this.options.remote?.deleted(tenant, name);
     await this.options.handlers?.deleted(tenant, name);
+    this.collectBundles();
+  }
+
+  /**
+   * Another gateway of the cluster deleted the function (its records here are gone already): its warm sandboxes here
+   * close, and what only it referred to is collected.
+   */
+  deletedElsewhere(tenant: string, name: string): void {
+    const building = this.building.get(functionKey(tenant, name));
+    if (building !== undefined) building.deleted = true;
+    void this.options.handlers?.deleted(tenant, name)?.catch((error: unknown) => this.options.onError?.(error));
     this.collectBundles();
   }
 
@@ -556,7 +576,7 @@ export class FunctionService {
 
   /** A deleted tenant's functions go, with their warm sandboxes. */
   async deleteTenant(tenant: string): Promise<void> {
-    const names = this.store.deleteTenantFunctions(tenant);
+    const names = await this.writes.deleteTenantFunctions(tenant);
     for (const [key, building] of this.building) {
       if (!key.startsWith(`${tenant}/`)) continue;
       building.deleted = true;

@@ -129,19 +129,19 @@ describe('storage quotas', () => {
     await invocations.close(0);
   });
 
-  it('the tenant service resolves the storage quotas (defaults, server flags, per-tenant overrides) and shows the usage', () => {
+  it('the tenant service resolves the storage quotas (defaults, server flags, per-tenant overrides) and shows the usage', async () => {
     const store = new SqliteTenantStore(':memory:');
     try {
       const tenants = new TenantService({ store, defaults: { maxCodeBytes: 5000 }, storageUsage: (tenant) => ({ functionVersions: tenant.length, codeBytes: 7, queuedPayloadBytes: 9 }) });
-      const made = tenants.create('acme', { maxFunctionVersions: 3, maxQueuedPayloadBytes: 0 });
+      const made = await tenants.create('acme', { maxFunctionVersions: 3, maxQueuedPayloadBytes: 0 });
       assert.equal(made.tenant.effectiveQuotas.maxFunctionVersions, 3);
       assert.equal(made.tenant.effectiveQuotas.maxCodeBytes, 5000);
       assert.equal(made.tenant.effectiveQuotas.maxQueuedPayloadBytes, 0);
       assert.deepEqual(made.tenant.usage, { functionVersions: 4, codeBytes: 7, queuedPayloadBytes: 9 });
       assert.equal(tenants.get('default').effectiveQuotas.maxQueuedPayloadBytes, DEFAULT_STORAGE_QUOTAS.maxQueuedPayloadBytes);
-      assert.equal(tenants.update('acme', { maxFunctionVersions: null }).effectiveQuotas.maxFunctionVersions, DEFAULT_STORAGE_QUOTAS.maxFunctionVersions);
-      assert.throws(() => tenants.update('acme', { maxCodeBytes: -1 }), { code: 'LIMIT_OUT_OF_RANGE' } as object);
-      assert.throws(() => tenants.update('acme', { maxFunctionVersions: 1.5 }), { code: 'LIMIT_OUT_OF_RANGE' } as object);
+      assert.equal((await tenants.update('acme', { maxFunctionVersions: null })).effectiveQuotas.maxFunctionVersions, DEFAULT_STORAGE_QUOTAS.maxFunctionVersions);
+      await assert.rejects(tenants.update('acme', { maxCodeBytes: -1 }), { code: 'LIMIT_OUT_OF_RANGE' } as object);
+      await assert.rejects(tenants.update('acme', { maxFunctionVersions: 1.5 }), { code: 'LIMIT_OUT_OF_RANGE' } as object);
       const open = new TenantService({ store, defaults: { maxCodeBytes: null } });
       assert.equal(open.quotasOf('acme').maxCodeBytes, null, 'null (flag 0): no cap');
     } finally {

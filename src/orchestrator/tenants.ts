@@ -5,6 +5,7 @@ import type { ResourceLimits } from '../core/types.js';
 import type { TenantScope } from './execution-service.js';
 import { FUNCTION_NAME_PATTERN, type TenantStorageUsage } from '../store/store.js';
 import type { ApiKeyRecord, SqliteTenantStore, TenantQuotas, TenantRecord } from '../store/tenants-sqlite.js';
+import { localTenantWrites, type TenantWrites } from '../store/writes.js';
 import { DEFAULT_STORAGE_QUOTAS, type StorageQuotas } from './storage-quotas.js';
 import { NO_SANDBOX_QUOTAS, type SandboxQuotas } from './sandbox-quotas.js';
 import { TokenBucket } from './token-bucket.js';
@@ -145,7 +146,10 @@ const keyView = (key: ApiKeyRecord): KeyView => ({
 });
 
 export interface TenantServiceOptions {
+  /** Where tenants and keys are read from (and written to, unless `writes` is given). */
   store: SqliteTenantStore;
+  /** Where changes go: a cluster gateway's shared state (which applies them to `store`); default `store` itself. */
+  writes?: TenantWrites;
   /** Quotas of tenants that set none (server flags). */
   defaults?: Partial<ResolvedQuotas>;
   /** KINDLING_ADMIN_KEY: an admin key that is never stored (only its hash is kept, in memory). */
@@ -176,6 +180,7 @@ interface TenantState {
  */
 export class TenantService {
   private readonly store: SqliteTenantStore;
+  private readonly writes: TenantWrites;
   private readonly clock: Clock;
   private readonly defaults: ResolvedQuotas;
   private readonly keys = new Map<string, ActiveKey>();
@@ -185,14 +190,32 @@ export class TenantService {
 
   constructor(private readonly options: TenantServiceOptions) {
     this.store = options.store;
+    this.writes = options.writes ?? localTenantWrites(options.store);
     this.clock = options.clock ?? systemClock;
     // Storage quotas have non-zero defaults (a tenant must never fill the shared disk); the others are off by default.
     this.defaults = { ...UNLIMITED_QUOTAS, ...DEFAULT_STORAGE_QUOTAS, ...options.defaults };
     this.envAdminHash = options.envAdminKey ? hashKey(options.envAdminKey) : null;
+    // A cluster's shared state has the default tenant from its first gateway on (src/cluster/shared-state.ts).
     if (!this.store.getTenant(DEFAULT_TENANT)) this.store.insertTenant(DEFAULT_TENANT, {}, this.clock.nowMs());
-    for (const record of this.store.listTenants()) if (record.deletedAtMs === null) this.cacheTenant(record);
+    this.hasStoredKeys = false;
+    this.reload();
+  }
+
+  /**
+   * Reads tenants and keys from the store again: what another gateway of the cluster changed is in force from here on
+   * (a revoked key is refused from the next request). Running counts and rate buckets of live tenants are kept.
+   */
+  reload(): void {
+    const live = new Set<string>([DEFAULT_TENANT]);
+    for (const record of this.store.listTenants()) {
+      if (record.deletedAtMs !== null) continue;
+      live.add(record.name);
+      this.cacheTenant(record);
+    }
+    for (const name of this.tenants.keys()) if (!live.has(name)) this.tenants.delete(name);
+    this.keys.clear();
     for (const key of this.store.activeKeys()) this.keys.set(key.hash, { principal: { tenant: key.tenant, isAdmin: key.isAdmin, keyId: key.id } });
-    this.hasStoredKeys = this.store.keyCount() > 0;
+    this.hasStoredKeys = this.hasStoredKeys || this.store.keyCount() > 0;
   }
 
   /** Auth is on once the server has keys: the env admin key, or any key it ever created (revoked ones count). */
@@ -201,7 +224,7 @@ export class TenantService {
   }
 
   /** Generates and stores the admin key when auth is off; returns it (to be shown once) or null when auth is on. */
-  bootstrapAdminKey(): string | null {
+  async bootstrapAdminKey(): Promise<string | null> {
     if (this.authEnabled) return null;
     return this.insertKey(DEFAULT_TENANT, true);
   }
@@ -277,7 +300,7 @@ export class TenantService {
   /* --------------------------------------------------- admin -------------------------------------------------- */
 
   /** Creates a tenant with its first key. In open mode (no keys yet) the admin key is made too and returned once. */
-  create(name: string, quotas: Record<string, unknown> = {}): { tenant: TenantView; apiKey: string; keyId: string; adminKey?: string } {
+  async create(name: string, quotas: Record<string, unknown> = {}): Promise<{ tenant: TenantView; apiKey: string; keyId: string; adminKey?: string }> {
     checkTenantName(name);
     const checked = dropNulls(checkQuotas(quotas));
     // Every check before the admin key is made: a refused creation must not turn auth on with a key nobody saw.
@@ -285,10 +308,10 @@ export class TenantService {
     if (existing !== null) {
       throw new KindlingError('TENANT_EXISTS', existing.deletedAtMs === null ? `tenant "${name}" exists already` : `tenant "${name}" was deleted; names are not reused (its old invocations stay unreachable): pick another name`, { details: { name } });
     }
-    if (!this.store.insertTenant(name, checked, this.clock.nowMs())) throw new KindlingError('TENANT_EXISTS', `tenant "${name}" exists already`, { details: { name } });
+    if (!(await this.writes.insertTenant(name, checked, this.clock.nowMs()))) throw new KindlingError('TENANT_EXISTS', `tenant "${name}" exists already`, { details: { name } });
     this.cacheTenant(this.store.getTenant(name)!);
-    const adminKey = this.bootstrapAdminKey();
-    const apiKey = this.insertKey(name, false);
+    const adminKey = await this.bootstrapAdminKey();
+    const apiKey = await this.insertKey(name, false);
     const keyId = this.keyIdOf(apiKey);
     return { tenant: this.view(name), apiKey, keyId, ...(adminKey === null ? {} : { adminKey }) };
   }
@@ -298,7 +321,7 @@ export class TenantService {
    * clients, such as the chain operator's callers, act through the server itself). A deleted tenant stays deleted:
    * TENANT_NOT_FOUND, so an operator can shut a caller out by deleting its tenant.
    */
-  ensure(name: string, quotas: Record<string, unknown> = {}): TenantScope {
+  async ensure(name: string, quotas: Record<string, unknown> = {}): Promise<TenantScope> {
     const live = this.tenants.get(name);
     if (live) return live.scope;
     checkTenantName(name);
@@ -306,8 +329,11 @@ export class TenantService {
     if (existing !== null && existing.deletedAtMs !== null) {
       throw new KindlingError('TENANT_NOT_FOUND', `tenant "${name}" was deleted by the operator of this server; its caller can no longer run work here`, { details: { name } });
     }
-    if (existing === null) this.store.insertTenant(name, dropNulls(checkQuotas(quotas)), this.clock.nowMs());
-    this.cacheTenant(this.store.getTenant(name)!);
+    // Two callers racing here (or two gateways): one inserts, the other finds it inserted; either way it exists now.
+    if (existing === null) await this.writes.insertTenant(name, dropNulls(checkQuotas(quotas)), this.clock.nowMs());
+    const record = this.store.getTenant(name)!;
+    if (record.deletedAtMs !== null) throw new KindlingError('TENANT_NOT_FOUND', `tenant "${name}" was deleted by the operator of this server; its caller can no longer run work here`, { details: { name } });
+    this.cacheTenant(record);
     return this.tenants.get(name)!.scope;
   }
 
@@ -321,27 +347,27 @@ export class TenantService {
   }
 
   /** Merges quota fields (null removes one: back to the server default). */
-  update(name: string, quotas: Record<string, unknown>): TenantView {
+  async update(name: string, quotas: Record<string, unknown>): Promise<TenantView> {
     const state = this.require(name);
     const merged: Record<string, number | null> = { ...state.record.quotas, ...checkQuotas(quotas) };
     const next = dropNulls(merged);
-    this.store.setQuotas(name, next);
-    this.cacheTenant({ ...state.record, quotas: next });
+    if (!(await this.writes.setQuotas(name, next))) throw new KindlingError('TENANT_NOT_FOUND', `no tenant named "${name.slice(0, 80)}"; see GET /v1/tenants`, { details: { name: name.slice(0, 80) } });
+    this.cacheTenant(this.store.getTenant(name) ?? { ...state.record, quotas: next });
     return this.view(name);
   }
 
   async delete(name: string): Promise<void> {
     if (name === DEFAULT_TENANT) throw new KindlingError('VALIDATION_FAILED', 'the tenant "default" cannot be deleted (the admin key acts as it)', { details: { field: 'name' } });
     this.require(name);
-    this.store.deleteTenant(name, this.clock.nowMs());
+    await this.writes.deleteTenant(name, this.clock.nowMs());
     this.tenants.delete(name);
     for (const [hash, key] of this.keys) if (key.principal.tenant === name) this.keys.delete(hash);
     await this.options.onTenantDeleted?.(name);
   }
 
-  createKey(tenant: string): { key: KeyView; apiKey: string } {
+  async createKey(tenant: string): Promise<{ key: KeyView; apiKey: string }> {
     this.require(tenant);
-    const apiKey = this.insertKey(tenant, false);
+    const apiKey = await this.insertKey(tenant, false);
     const id = this.keyIdOf(apiKey);
     return { key: keyView(this.store.listKeys(tenant).find((key) => key.id === id)!), apiKey };
   }
@@ -352,14 +378,14 @@ export class TenantService {
   }
 
   /** Revokes a key; effective for the next request (the in-memory entry goes in the same call). */
-  revokeKey(tenant: string, id: string): void {
+  async revokeKey(tenant: string, id: string): Promise<void> {
     this.require(tenant);
     const key = this.store.listKeys(tenant).find((candidate) => candidate.id === id && candidate.revokedAtMs === null);
     if (key?.isAdmin && this.envAdminHash === null && !this.store.listKeys(tenant).some((other) => other.isAdmin && other.revokedAtMs === null && other.id !== id)) {
       // Without another admin key nobody could manage tenants again (none can be made through the API).
       throw new KindlingError('LAST_ADMIN_KEY', 'this is the last admin key: revoking it would lock administration out for good; to replace it, restart the server with KINDLING_ADMIN_KEY set (that key is always an admin key), then revoke this one', { details: { keyId: id } });
     }
-    if (!key || !this.store.revokeKey(tenant, id, this.clock.nowMs())) {
+    if (!key || !(await this.writes.revokeKey(tenant, id, this.clock.nowMs()))) {
       throw new KindlingError('NOT_FOUND', `tenant "${tenant}" has no active key "${id.slice(0, 80)}"; see GET /v1/tenants/${tenant}/keys`);
     }
     this.keys.delete(key.hash);
@@ -367,9 +393,9 @@ export class TenantService {
 
   /* ------------------------------------------------------------------------------------------------------------ */
 
-  private insertKey(tenant: string, isAdmin: boolean): string {
+  private async insertKey(tenant: string, isAdmin: boolean): Promise<string> {
     const made = newApiKey();
-    this.store.insertKey({ id: made.id, tenant, hash: made.hash, prefix: made.prefix, isAdmin, createdAtMs: this.clock.nowMs() });
+    await this.writes.insertKey({ id: made.id, tenant, hash: made.hash, prefix: made.prefix, isAdmin, createdAtMs: this.clock.nowMs() });
     this.keys.set(made.hash, { principal: { tenant, isAdmin, keyId: made.id } });
     this.hasStoredKeys = true;
     return made.key;

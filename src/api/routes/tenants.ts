@@ -39,7 +39,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
     },
     async (request, reply) => {
       requireAdmin(request);
-      const made = tenants.create(request.body.name, request.body.quotas ?? {});
+      const made = await tenants.create(request.body.name, request.body.quotas ?? {});
       reply.code(201);
       return { ...made.tenant, apiKey: made.apiKey, keyId: made.keyId, ...(made.adminKey ? { adminKey: made.adminKey } : {}) };
     },
@@ -64,7 +64,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
     { schema: { tags: ['tenants'], summary: "Change a tenant's quotas (admin): fields merge, null goes back to the server default", params: TenantNameParamsSchema, body: UpdateTenantSchema, response: { 200: TenantViewSchema, ...errors } } },
     async (request) => {
       requireAdmin(request);
-      return tenants.update(request.params.name, request.body.quotas);
+      return await tenants.update(request.params.name, request.body.quotas);
     },
   );
 
@@ -84,7 +84,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
     { schema: { tags: ['tenants'], summary: 'A new API key for a tenant (admin): 201 {id, prefix, apiKey, ...} — the key is shown only here', params: TenantNameParamsSchema, response: { 201: CreatedApiKeySchema, ...errors } } },
     async (request, reply) => {
       requireAdmin(request);
-      const { key, apiKey } = tenants.createKey(request.params.name);
+      const { key, apiKey } = await tenants.createKey(request.params.name);
       reply.code(201);
       return { ...key, apiKey };
     },
@@ -104,7 +104,7 @@ export function registerTenantRoutes(app: FastifyInstance, options: { tenants: T
     { schema: { tags: ['tenants'], summary: 'Revoke a key (admin); effective for the very next request', params: KeyParamsSchema, response: { 204: { type: 'null' }, ...errors } } },
     async (request, reply) => {
       requireAdmin(request);
-      tenants.revokeKey(request.params.name, request.params.id);
+      await tenants.revokeKey(request.params.name, request.params.id);
       reply.code(204);
       return null;
     },
