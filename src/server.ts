@@ -479,8 +479,44 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   let functionServiceRef: FunctionService | null = null;
   let sandboxesRef: SandboxService | null = null;
   let customImagesRef: CustomImageService | null = null;
+  let tenantsRef: TenantService | null = null;
+  let logBusRef: LogBus | null = null;
+  const usageMeter = new UsageMeter(usageStore, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
+  // Cluster mode: joined before tenants and functions are read (a gateway's are the cluster's shared ones) and before
+  // the function service, which sends invocations through the node's router.
+  // Loaded only then: a server on its own does not load the NATS client.
+  const clusterNode = config.cluster ? await (await import('./cluster/node.js')).ClusterNode.connect(config.cluster, logger.child({ component: 'cluster' }), {
+        // Calls run on workers are the tenant's usage here, where its records are kept.
+        onMetered: (facts) => usageMeter.onInvocation(facts),
+        onIdleUsage: (event) => usageMeter.onIdleUsage(event),
+        onOutcome: (outcome) => metrics.onClusterRun(outcome),
+        // Workers send live output only while someone follows logs here.
+        wantsOutput: () => logBusRef?.followed ?? true,
+      })
+    : null;
+  clusterNodeRef = clusterNode;
+  if (clusterNode) rollback.add('cluster', () => clusterNode.close());
+  // Gateways share tenants, keys and functions through JetStream; each keeps a copy in its own stores, read as always.
+  const shared = clusterNode && clusterNode.config.role !== 'worker'
+    ? await clusterNode.shareState(
+        { tenants: tenantStore, functions: store },
+        {
+          // What another gateway changed: caches here follow (a revoked key is refused from the next request).
+          onChange: (change) => {
+            if (change.kind !== 'function') tenantsRef?.reload();
+            if (change.kind === 'tenant' && change.deleted) {
+              void sandboxesRef?.deleteTenant(change.tenant).catch((error: unknown) => logger.warn({ err: error, tenant: change.tenant }, 'removing the sandboxes of a deleted tenant failed'));
+            }
+            if (change.kind === 'function' && change.deleted) functionServiceRef?.deletedElsewhere(change.tenant, change.name);
+          },
+          onError: (error) => logger.warn({ err: error }, "applying a change of the cluster's shared state failed"),
+        },
+      )
+    : null;
+  if (shared) logger.info(shared.report, shared.report.seeded ? "this gateway's tenants, keys and functions became the cluster's shared state" : "tenants, keys and functions are the cluster's shared state");
   const tenants = new TenantService({
     store: tenantStore,
+    ...(shared ? { writes: shared.state } : {}),
     storageUsage: (tenant) => ({ ...store.storageUsage(tenant), ...(customImagesRef ? { imageBytes: customImagesRef.bytesOf(tenant) } : {}) }),
     // The server's sandbox caps are the defaults of tenants that set no sandbox quotas of their own.
     defaults: { maxSandboxes: config.maxSandboxesPerTenant ?? 10, maxPausedSandboxes: config.maxSandboxesPerTenant ?? 10, ...config.tenantQuotas },
@@ -490,14 +526,14 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       return functionServiceRef?.deleteTenant(name);
     },
   });
+  tenantsRef = tenants;
   // Live tenants only (a deleted tenant's counts are not shown); each view carries its usage (one row read per tenant).
   storage = () => tenants.list().flatMap((tenant) => (tenant.usage ? [{ tenant: tenant.name, ...tenant.usage }] : []));
   // Never open to the network without keys: a first start on a non-loopback address makes the admin key (shown once).
   if (!isLoopback(config.host)) {
-    const generated = tenants.bootstrapAdminKey();
+    const generated = await tenants.bootstrapAdminKey();
     if (generated !== null) (config.announceAdminKey ?? printAdminKeyBanner)(generated);
   }
-  const usageMeter = new UsageMeter(usageStore, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
   // A cluster worker sends the idle usage of the sandboxes it keeps for gateways' functions to the gateways, which
   // meter those functions (set once the worker serves); everything else is recorded here.
   let idleUsageElsewhere: ((event: IdleUsageEvent) => Promise<boolean> | null) | null = null;
@@ -589,22 +625,9 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
   let invocationsRef: InvocationService | null = null;
-  let logBusRef: LogBus | null = null;
-  // Cluster mode: joined before the function service, which sends invocations through the node's router.
-  // Loaded only then: a server on its own does not load the NATS client.
-  const clusterNode = config.cluster ? await (await import('./cluster/node.js')).ClusterNode.connect(config.cluster, logger.child({ component: 'cluster' }), {
-        // Calls run on workers are the tenant's usage here, where its records are kept.
-        onMetered: (facts) => usageMeter.onInvocation(facts),
-        onIdleUsage: (event) => usageMeter.onIdleUsage(event),
-        onOutcome: (outcome) => metrics.onClusterRun(outcome),
-        // Workers send live output only while someone follows logs here.
-        wantsOutput: () => logBusRef?.followed ?? true,
-      })
-    : null;
-  clusterNodeRef = clusterNode;
-  if (clusterNode) rollback.add('cluster', () => clusterNode.close());
   const functionService = new FunctionService({
     ...(clusterNode?.router ? { remote: clusterNode.router } : {}),
+    ...(shared ? { writes: shared.state } : {}),
     ...(config.functionVersionsKept === undefined ? {} : { versionsKept: config.functionVersionsKept }),
     versionsInUse: (tenant, name) => invocationsRef?.uncommittedVersions(tenant, name) ?? [],
     storageQuotasOf: (tenant) => tenants.quotasOf(tenant),

@@ -110,5 +110,9 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     asWorker.nc.publish('kindling.workers.wk-tls.invoke', 'x');
     await asWorker.nc.flush();
     await waitFor(() => errors.some((error) => /permissions violation for publish to "kindling\.workers\.wk-tls\.invoke"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the publish' });
+    // Nor write the gateways' shared tenants and keys (a key of its own making would let it in through any gateway).
+    asWorker.nc.publish('$KV.KINDLING_STATE.k.default.key_forged', '{}');
+    await asWorker.nc.flush();
+    await waitFor(() => errors.some((error) => /permissions violation for publish to "\$KV\.KINDLING_STATE\.k\.default\.key_forged"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the write' });
   });
 });

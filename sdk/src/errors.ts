@@ -124,7 +124,7 @@ export class AbortError extends KindlingError {
 }
 
 /** Codes whose failure is transient when the status is unknown (stream `error` events). */
-const RETRYABLE_CODES = new Set(['TOO_MANY_REQUESTS', 'SANDBOX_PORT_UNREACHABLE', 'SANDBOX_PORT_LIMIT', 'EXECUTOR_UNAVAILABLE', 'EXECUTOR_FAILED', 'SHUTTING_DOWN', 'SANDBOX_START_TIMEOUT', 'STORAGE_FULL', 'NO_WORKERS', 'WORKER_LOST']);
+const RETRYABLE_CODES = new Set(['TOO_MANY_REQUESTS', 'SANDBOX_PORT_UNREACHABLE', 'SANDBOX_PORT_LIMIT', 'EXECUTOR_UNAVAILABLE', 'EXECUTOR_FAILED', 'SHUTTING_DOWN', 'SANDBOX_START_TIMEOUT', 'STORAGE_FULL', 'NO_WORKERS', 'WORKER_LOST', 'CLUSTER_UNAVAILABLE']);
 // 507: the server's disk is full (STORAGE_FULL); nothing was stored, so the same request can be sent again later.
 const RETRYABLE_STATUSES = new Set([408, 429, 502, 503, 504, 507]);
 

@@ -13,6 +13,9 @@ import { pingSubject } from './run-protocol.js';
 import type { IdleUsageEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
+import { SharedState, type JoinReport, type SharedStateOptions } from './shared-state.js';
+import type { SqliteStore } from '../store/sqlite.js';
+import type { SqliteTenantStore } from '../store/tenants-sqlite.js';
 
 export interface WorkerSide {
   run: RunVersion;
@@ -31,6 +34,7 @@ export class ClusterNode {
   private fence: NodeJS.Timeout | null = null;
   /** Set when another process took this node's id: why it is not ready. */
   private displacedBy: string | null = null;
+  private sharedState: SharedState | null = null;
 
   private constructor(
     readonly config: ClusterConfig,
@@ -86,6 +90,17 @@ export class ClusterNode {
       await connection.close();
       throw error;
     }
+  }
+
+  /**
+   * Gateways and `all`: makes `stores` a copy of the cluster's shared tenants, keys and functions (the first gateway's
+   * own are copied into it) and keeps them so; the state returned is where this server's changes to them go.
+   */
+  async shareState(stores: { tenants: SqliteTenantStore; functions: SqliteStore }, options: SharedStateOptions = {}): Promise<{ state: SharedState; report: JoinReport }> {
+    if (this.config.role === 'worker') throw new Error('a worker keeps no shared state');
+    const joined = await SharedState.join(this.connection.nc, stores, options);
+    this.sharedState = joined.state;
+    return joined;
   }
 
   /**
@@ -209,6 +224,7 @@ export class ClusterNode {
       await this.workerRuns?.idle(2_000);
       this.router?.close();
       this.view?.close();
+      this.sharedState?.close();
       await this.connection.close();
     })();
     return this.closing;

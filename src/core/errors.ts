@@ -140,6 +140,11 @@ export const ERROR_CODES = {
   /** Cluster mode: no worker is registered with a free slot for this invocation (a gateway runs no functions itself). */
   NO_WORKERS: { statusCode: 503, retryable: true },
   /**
+   * Cluster mode: a change to tenants, keys or functions could not be written to the cluster's shared state (NATS
+   * JetStream unreachable or without a quorum), or was not seen back in time: retry shortly.
+   */
+  CLUSTER_UNAVAILABLE: { statusCode: 503, retryable: true },
+  /**
    * Cluster mode: the worker running a sync invocation stopped answering (it died or lost NATS) before the result came;
    * the invocation may have run: retry it only if it is safe to run twice.
    */

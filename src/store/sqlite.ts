@@ -318,6 +318,15 @@ export class SqliteStore implements Store {
       listVersions: this.db.prepare<[string, string], VersionRow>('SELECT * FROM function_versions WHERE tenant = ? AND name = ? ORDER BY version'),
       deleteFunction: this.db.prepare('DELETE FROM functions WHERE tenant = ? AND name = ?'),
       deleteTenantFunctions: this.db.prepare<[string], { name: string }>('DELETE FROM functions WHERE tenant = ? RETURNING name'),
+      upsertFunction: this.db.prepare(
+        `INSERT INTO functions (tenant, name, latest_version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (tenant, name) DO UPDATE SET latest_version = excluded.latest_version, created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms`,
+      ),
+      insertFunctionIfAbsent: this.db.prepare('INSERT INTO functions (tenant, name, latest_version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING'),
+      insertVersionIfAbsent: this.db.prepare('INSERT INTO function_versions (tenant, name, version, spec, created_at_ms, spec_bytes) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING'),
+      deleteVersion: this.db.prepare('DELETE FROM function_versions WHERE tenant = ? AND name = ? AND version = ?'),
+      deleteAllFunctions: this.db.prepare('DELETE FROM functions'),
+      allFunctions: this.db.prepare<[], FunctionRow>('SELECT * FROM functions'),
       insertInvocation: this.db.prepare(
         `INSERT INTO invocations (id, tenant, function, version, status, payload, payload_bytes, idempotency_key, callback_url, callback_state, created_at_ms, traceparent)
          VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
@@ -589,6 +598,58 @@ export class SqliteStore implements Store {
 
   deleteInvocationsFinishedBefore(beforeMs: number): number {
     return this.statements.deleteFinishedBefore.run(beforeMs).changes;
+  }
+
+  /* A cluster gateway's copy of the shared state (src/cluster/shared-state.ts) is written only through these. */
+
+  /** The highest version number of the function here (0 when it has none). */
+  maxVersion(tenant: string, name: string): number {
+    return this.statements.maxVersion.get(tenant, name)?.v ?? 0;
+  }
+
+  /** Every function of every tenant. */
+  allFunctions(): FunctionRecord[] {
+    return this.statements.allFunctions.all().map(toFunction);
+  }
+
+  /** Makes the functions tables hold exactly these records (a gateway joining the cluster), in one transaction. */
+  replaceFunctions(functions: readonly FunctionRecord[], versions: readonly FunctionVersion[]): void {
+    this.inTransaction.immediate(() => {
+      this.statements.deleteAllFunctions.run();
+      for (const version of versions) this.applyVersionRow(version);
+      for (const fn of functions) this.applyFunctionRow(fn);
+    });
+    this.latest.clear();
+  }
+
+  /** Writes the function's record as it is now (its versions arrive apart). */
+  applyFunction(record: FunctionRecord): void {
+    this.applyFunctionRow(record);
+    this.latest.delete(cacheKey(record.tenant, record.name));
+  }
+
+  /**
+   * Adds a version (immutable: one already here stays). A version whose function is not here yet creates it with this
+   * version as its latest: the version is written before its function's record, so a deploy's function is never seen
+   * without the code it points to.
+   */
+  applyVersion(version: FunctionVersion): void {
+    this.inTransaction.immediate(() => this.applyVersionRow(version));
+    this.latest.delete(cacheKey(version.tenant, version.name));
+  }
+
+  removeVersion(tenant: string, name: string, version: number): void {
+    this.statements.deleteVersion.run(tenant, name, version);
+    this.latest.delete(cacheKey(tenant, name));
+  }
+
+  private applyFunctionRow(record: FunctionRecord): void {
+    this.statements.upsertFunction.run(record.tenant, record.name, record.latestVersion, record.createdAtMs, record.updatedAtMs);
+  }
+
+  private applyVersionRow(version: FunctionVersion): void {
+    this.statements.insertFunctionIfAbsent.run(version.tenant, version.name, version.version, version.createdAtMs, version.createdAtMs);
+    this.statements.insertVersionIfAbsent.run(version.tenant, version.name, version.version, JSON.stringify(version.spec), version.createdAtMs, specBytes(version.spec));
   }
 
   transaction<T>(fn: () => T): T {

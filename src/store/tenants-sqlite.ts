@@ -119,6 +119,15 @@ export class SqliteTenantStore {
       countKeys: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM api_keys'),
       revokeKey: this.db.prepare('UPDATE api_keys SET revoked_at_ms = ? WHERE id = ? AND tenant = ? AND revoked_at_ms IS NULL'),
       revokeTenantKeys: this.db.prepare('UPDATE api_keys SET revoked_at_ms = ? WHERE tenant = ? AND revoked_at_ms IS NULL'),
+      upsertTenant: this.db.prepare(
+        'INSERT INTO tenants (name, quotas, created_at_ms, deleted_at_ms) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET quotas = excluded.quotas, created_at_ms = excluded.created_at_ms, deleted_at_ms = excluded.deleted_at_ms',
+      ),
+      upsertKey: this.db.prepare(
+        `INSERT INTO api_keys (id, tenant, hash, prefix, is_admin, created_at_ms, revoked_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET revoked_at_ms = excluded.revoked_at_ms`,
+      ),
+      deleteAllTenants: this.db.prepare('DELETE FROM tenants'),
+      deleteAllKeys: this.db.prepare('DELETE FROM api_keys'),
     };
   }
 
@@ -168,6 +177,39 @@ export class SqliteTenantStore {
 
   revokeKey(tenant: string, id: string, nowMs: number): boolean {
     return this.statements.revokeKey.run(nowMs, id, tenant).changes > 0;
+  }
+
+  /* A cluster gateway's copy of the shared state (src/cluster/shared-state.ts) is written only through these. */
+
+  /** Makes the tables hold exactly these records (a gateway joining the cluster), in one transaction. */
+  replaceAll(tenants: readonly TenantRecord[], keys: readonly ApiKeyRecord[]): void {
+    this.db.transaction(() => {
+      this.statements.deleteAllKeys.run();
+      this.statements.deleteAllTenants.run();
+      for (const tenant of tenants) this.applyTenantRow(tenant);
+      for (const key of keys) this.applyKeyRow(key);
+    }).immediate();
+  }
+
+  /** Writes the tenant as it is now; a deleted one's keys are revoked with it. */
+  applyTenant(record: TenantRecord): void {
+    this.db.transaction(() => this.applyTenantRow(record)).immediate();
+  }
+
+  /** Writes the key as it is now (revoked, too, when its tenant is deleted). */
+  applyKey(record: ApiKeyRecord): void {
+    this.applyKeyRow(record);
+  }
+
+  private applyTenantRow(record: TenantRecord): void {
+    this.statements.upsertTenant.run(record.name, JSON.stringify(record.quotas), record.createdAtMs, record.deletedAtMs);
+    if (record.deletedAtMs !== null) this.statements.revokeTenantKeys.run(record.deletedAtMs, record.name);
+  }
+
+  private applyKeyRow(record: ApiKeyRecord): void {
+    const deletedAtMs = this.getTenant(record.tenant)?.deletedAtMs ?? null;
+    const revokedAtMs = record.revokedAtMs ?? deletedAtMs;
+    this.statements.upsertKey.run(record.id, record.tenant, record.hash, record.prefix, record.isAdmin ? 1 : 0, record.createdAtMs, revokedAtMs);
   }
 
   close(): void {

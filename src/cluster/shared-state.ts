@@ -1,0 +1,461 @@
+/**
+ * The control state every gateway of a cluster shares: tenants, API keys (their hashes) and functions with their
+ * versions, in one JetStream KV bucket (`KINDLING_STATE`, replicated R3 on a 3-node NATS cluster).
+ *
+ * Each gateway watches the bucket and applies every entry, in the stream's order, to its own SQLite stores, which stay
+ * what it reads: auth and function lookups remain local and synchronous, and since all gateways apply the same entries
+ * in the same order they hold the same state. A write goes to the bucket first (compare-and-set where two gateways
+ * could race) and resolves once this gateway has applied it, so a caller reads its own writes; the other gateways apply
+ * it as their watch delivers it (within milliseconds on a healthy cluster).
+ *
+ * Keys: `t.<tenant>`, `k.<tenant>.<keyId>`, `f.<tenant>.<function>`, `v.<tenant>.<function>.<version>`, and `s.<id>`
+ * (barriers: a write whose revision follows deletes, which return none).
+ */
+import { JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
+import { nuid, type NatsConnection } from '@nats-io/transport-node';
+import { KindlingError } from '../core/errors.js';
+import type { FunctionRecord, FunctionSpec, FunctionVersion, VersionRetention } from '../store/store.js';
+import type { SqliteStore } from '../store/sqlite.js';
+import type { ApiKeyRecord, SqliteTenantStore, TenantQuotas, TenantRecord } from '../store/tenants-sqlite.js';
+import type { FunctionWrites, TenantWrites } from '../store/writes.js';
+
+export const DEFAULT_STATE_BUCKET = 'KINDLING_STATE';
+
+export interface SharedStateOptions {
+  bucket?: string;
+  replicas?: number;
+  /** The bucket's bound on disk (each replica). Default 1 GiB: versions' code, tenants and key hashes. */
+  maxBytes?: number;
+  /** How long a write waits for this gateway to apply it, and a start for the bucket's contents. Default 15 s. */
+  applyTimeoutMs?: number;
+  /**
+   * Called after each entry another process wrote was applied here (caches to refresh, pools to close); an entry of
+   * this process that arrives before its write's answer is told too, so handlers must be idempotent.
+   */
+  onChange?: (change: SharedStateChange) => void;
+  onError?: (error: unknown) => void;
+}
+
+export type SharedStateChange =
+  | { kind: 'tenant'; tenant: string; deleted: boolean }
+  | { kind: 'key'; tenant: string }
+  | { kind: 'function'; tenant: string; name: string; deleted: boolean };
+
+/** What the bucket held when this gateway joined, and what it did with its own state. */
+export interface JoinReport {
+  /** This gateway's stores were the first in the cluster: they were copied into the bucket. */
+  seeded: boolean;
+  tenants: number;
+  keys: number;
+  functions: number;
+  versions: number;
+}
+
+const SEED_KEY = 's.seeded';
+
+export class SharedState implements TenantWrites, FunctionWrites {
+  private applied = 0;
+  private readonly waiters = new Set<{ revision: number; resolve: () => void }>();
+  /** Revisions this process wrote: their changes are already handled by the writer (no onChange). */
+  private readonly own = new Set<number>();
+  private readonly instance = nuid.next();
+  private stopWatch: (() => void) | null = null;
+
+  private constructor(
+    private readonly kv: KV,
+    private readonly jsm: JetStreamManager,
+    private readonly bucket: string,
+    private readonly tenants: SqliteTenantStore,
+    private readonly functions: SqliteStore,
+    /** The largest value NATS takes in one message (its max_payload less room for headers). */
+    private readonly maxValueBytes: number,
+    private readonly options: SharedStateOptions,
+  ) {}
+
+  /**
+   * Opens (or creates) the bucket and makes the local stores a copy of it before resolving. The first gateway of a
+   * cluster (an empty bucket) copies its own tenants, keys and functions into it, so a single server turned gateway
+   * keeps its state; any later gateway's own state is replaced by the cluster's.
+   */
+  static async join(nc: NatsConnection, stores: { tenants: SqliteTenantStore; functions: SqliteStore }, options: SharedStateOptions = {}): Promise<{ state: SharedState; report: JoinReport }> {
+    const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
+    const bucket = options.bucket ?? DEFAULT_STATE_BUCKET;
+    const maxValueBytes = (nc.info?.max_payload ?? 1024 * 1024) - 4 * 1024;
+    const kv = await new Kvm(jetstream(nc)).create(bucket, {
+      history: 1,
+      replicas: options.replicas ?? (servers >= 3 ? 3 : 1),
+      // Functions' code is in their versions (inline code up to the deploy limit; bundles are files on the gateway).
+      max_bytes: options.maxBytes ?? 1024 ** 3,
+      maxValueSize: maxValueBytes,
+    });
+    const state = new SharedState(kv, await jetstreamManager(nc), bucket, stores.tenants, stores.functions, maxValueBytes, options);
+    const seeded = await state.seedIfFirst();
+    // Every server has the default tenant (the admin key acts as it): the first gateway's copy may lack it.
+    await state.createOrNull('t.default', { name: 'default', quotas: {}, createdAtMs: Date.now(), deletedAtMs: null } satisfies TenantRecord);
+    const report = await state.follow();
+    return { state, report: { ...report, seeded } };
+  }
+
+  /** Stops following the bucket (the stores keep what they have). */
+  close(): void {
+    this.stopWatch?.();
+    this.stopWatch = null;
+    for (const waiter of this.waiters) waiter.resolve();
+    this.waiters.clear();
+  }
+
+  /* ---------------------------------------------------- tenants ------------------------------------------------- */
+
+  async insertTenant(name: string, quotas: TenantQuotas, nowMs: number): Promise<boolean> {
+    return this.write(async () => {
+      const record: TenantRecord = { name, quotas, createdAtMs: nowMs, deletedAtMs: null };
+      const revision = await this.createOrNull(`t.${name}`, record);
+      return revision === null ? { result: false } : { result: true, revision };
+    });
+  }
+
+  async setQuotas(name: string, quotas: TenantQuotas): Promise<boolean> {
+    return this.updateRecord<TenantRecord>(`t.${name}`, (record) => (record.deletedAtMs === null ? { ...record, quotas } : null));
+  }
+
+  async deleteTenant(name: string, nowMs: number): Promise<boolean> {
+    return this.updateRecord<TenantRecord>(`t.${name}`, (record) => (record.deletedAtMs === null ? { ...record, deletedAtMs: nowMs } : null));
+  }
+
+  async insertKey(key: Omit<ApiKeyRecord, 'revokedAtMs'>): Promise<void> {
+    await this.write(async () => {
+      const revision = await this.createOrNull(`k.${key.tenant}.${key.id}`, { ...key, revokedAtMs: null } satisfies ApiKeyRecord);
+      if (revision === null) throw new Error(`key id ${key.id} exists already`);
+      return { result: undefined, revision };
+    });
+  }
+
+  async revokeKey(tenant: string, id: string, nowMs: number): Promise<boolean> {
+    if (!/^[A-Za-z0-9_-]+$/.test(id)) return false;
+    return this.updateRecord<ApiKeyRecord>(`k.${tenant}.${id}`, (record) => (record.revokedAtMs === null ? { ...record, revokedAtMs: nowMs } : null));
+  }
+
+  /* --------------------------------------------------- functions ------------------------------------------------ */
+
+  async putFunction(tenant: string, name: string, spec: FunctionSpec, nowMs: number, retention?: VersionRetention): Promise<{ fn: FunctionRecord; version: FunctionVersion; created: boolean; pruned: number[] }> {
+    return this.write(async () => {
+      const fnKey = `f.${tenant}.${name}`;
+      const before = live(await this.kv.get(fnKey));
+      // The number: a version key is created, never overwritten, so of two deploys racing for a number one gets it and
+      // the other takes the next. Numbers are never reused while the function exists.
+      let number = Math.max(before?.json<FunctionRecord>().latestVersion ?? 0, this.functions.maxVersion(tenant, name)) + 1;
+      const version: FunctionVersion = { tenant, name, version: number, spec, createdAtMs: nowMs };
+      const bytes = Buffer.byteLength(JSON.stringify(version));
+      if (bytes > this.maxValueBytes) {
+        throw new KindlingError('PAYLOAD_TOO_LARGE', `the function's version is ${bytes} bytes, more than one NATS message takes (${this.maxValueBytes}); deploy its code as a bundle, or raise max_payload in nats-server's configuration`, {
+          details: { bytes, maxBytes: this.maxValueBytes },
+        });
+      }
+      for (;;) {
+        version.version = number;
+        if ((await this.createOrNull(`v.${tenant}.${name}.${number}`, version)) !== null) break;
+        number++;
+      }
+      // Then the function's record (compare-and-set): the latest is the highest number stored, whoever stored it.
+      let revision = 0;
+      let created = false;
+      for (;;) {
+        const current = await this.kv.get(fnKey);
+        const record = live(current)?.json<FunctionRecord>() ?? null;
+        created = record === null;
+        const next: FunctionRecord = {
+          tenant,
+          name,
+          latestVersion: Math.max(number, record?.latestVersion ?? 0),
+          createdAtMs: record?.createdAtMs ?? nowMs,
+          updatedAtMs: nowMs,
+        };
+        const written = await this.casOrNull(fnKey, next, current);
+        if (written !== null) {
+          revision = written;
+          break;
+        }
+      }
+      this.markOwn(revision);
+      await this.appliedUpTo(revision);
+      const pruned = retention === undefined ? [] : await this.prune(tenant, name, number, retention);
+      return { result: { fn: this.functions.getFunction(tenant, name) ?? { tenant, name, latestVersion: number, createdAtMs: nowMs, updatedAtMs: nowMs }, version, created, pruned } };
+    });
+  }
+
+  async deleteFunction(tenant: string, name: string): Promise<boolean> {
+    return this.write(async () => {
+      const existed = live(await this.kv.get(`f.${tenant}.${name}`)) !== null;
+      await this.removeFunctionKeys(tenant, name);
+      return { result: existed, revision: await this.barrier() };
+    });
+  }
+
+  async deleteTenantFunctions(tenant: string): Promise<string[]> {
+    return this.write(async () => {
+      const names = new Set<string>();
+      for await (const key of await this.kv.keys(`f.${tenant}.*`)) names.add(key.split('.')[2]!);
+      const deleted: string[] = [];
+      for (const name of names) {
+        if (live(await this.kv.get(`f.${tenant}.${name}`)) === null) continue;
+        await this.removeFunctionKeys(tenant, name);
+        deleted.push(name);
+      }
+      return { result: deleted.sort(), revision: await this.barrier() };
+    });
+  }
+
+  /* ---------------------------------------------------- inside -------------------------------------------------- */
+
+  /**
+   * Versions beyond the retention, as putFunction does: not among the newest `keep`, not in `alsoKeep`, not one a
+   * queued or running invocation of this gateway refers to.
+   */
+  private async prune(tenant: string, name: string, number: number, retention: VersionRetention): Promise<number[]> {
+    // prunableVersions answers "before a deploy": one more than `keep` keeps the newest `keep` of those stored now.
+    const doomed = this.functions
+      .prunableVersions(tenant, name, Math.max(1, retention.keep) + 1, [number, ...(retention.alsoKeep ?? [])])
+      .map((row) => row.version);
+    for (const v of doomed) await this.kv.delete(`v.${tenant}.${name}.${v}`);
+    if (doomed.length > 0) await this.appliedUpTo(await this.barrier());
+    return doomed.sort((a, b) => a - b);
+  }
+
+  /** The versions first (a function is not seen without its code), then the record. */
+  private async removeFunctionKeys(tenant: string, name: string): Promise<void> {
+    const versionKeys: string[] = [];
+    for await (const key of await this.kv.keys(`v.${tenant}.${name}.*`)) versionKeys.push(key);
+    for (const key of versionKeys) await this.kv.delete(key);
+    await this.kv.delete(`f.${tenant}.${name}`);
+  }
+
+  /** A write whose revision follows the deletes before it (a delete returns none): wait for it to know they applied. */
+  private async barrier(): Promise<number> {
+    const revision = await this.kv.put(`s.${this.instance}`, JSON.stringify({ atMs: Date.now() }));
+    this.markOwn(revision);
+    return revision;
+  }
+
+  private async updateRecord<T>(key: string, change: (record: T) => T | null): Promise<boolean> {
+    return this.write(async () => {
+      for (;;) {
+        const current = await this.kv.get(key);
+        const record = live(current)?.json<T>() ?? null;
+        const next = record === null ? null : change(record);
+        if (next === null) return { result: false };
+        const revision = await this.casOrNull(key, next, current);
+        if (revision !== null) return { result: true, revision };
+      }
+    });
+  }
+
+  /**
+   * Runs a write against the bucket, then waits until this gateway applied its revision (if it made one). NATS
+   * failures become 503 CLUSTER_UNAVAILABLE: the write may or may not have been stored, as with any lost answer.
+   */
+  private async write<T>(body: () => Promise<{ result: T; revision?: number }>): Promise<T> {
+    try {
+      const { result, revision } = await body();
+      if (revision !== undefined) {
+        this.markOwn(revision);
+        await this.appliedUpTo(revision);
+      }
+      return result;
+    } catch (error) {
+      if (error instanceof KindlingError) throw error;
+      throw new KindlingError('CLUSTER_UNAVAILABLE', `the cluster's shared state (NATS JetStream) did not take the change: ${error instanceof Error ? error.message : String(error)}; retry shortly`, { retryAfterSeconds: 1 });
+    }
+  }
+
+  private async createOrNull(key: string, value: unknown): Promise<number | null> {
+    try {
+      return await this.kv.create(key, JSON.stringify(value));
+    } catch (error) {
+      if (isWrongLastSequence(error)) return null;
+      throw error;
+    }
+  }
+
+  /** Compare-and-set against `current` (absent or deleted: create); null when another write came first. */
+  private async casOrNull(key: string, value: unknown, current: KvEntry | null): Promise<number | null> {
+    try {
+      return current === null ? await this.kv.create(key, JSON.stringify(value)) : await this.kv.update(key, JSON.stringify(value), current.revision);
+    } catch (error) {
+      if (isWrongLastSequence(error)) return null;
+      throw error;
+    }
+  }
+
+  /** The watch may deliver a write before its ack arrives: then it was told as another's change, which is harmless. */
+  private markOwn(revision: number): void {
+    if (revision > this.applied) this.own.add(revision);
+  }
+
+  private appliedUpTo(revision: number): Promise<void> {
+    if (this.applied >= revision) return Promise.resolve();
+    const timeoutMs = this.options.applyTimeoutMs ?? 15_000;
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        revision,
+        resolve: () => {
+          clearTimeout(timer);
+          this.waiters.delete(waiter);
+          resolve();
+        },
+      };
+      const timer = setTimeout(() => {
+        this.waiters.delete(waiter);
+        reject(new Error(`the change (revision ${revision}) was stored but not seen back within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiters.add(waiter);
+    });
+  }
+
+  /** The first gateway of a cluster copies its stores into an empty bucket (a marker key decides who is first). */
+  private async seedIfFirst(): Promise<boolean> {
+    const info = await this.jsm.streams.info(`KV_${this.bucket}`);
+    if (info.state.messages > 0) return false;
+    if ((await this.createOrNull(SEED_KEY, { atMs: Date.now() })) === null) return false;
+    for (const tenant of this.tenants.listTenants()) {
+      await this.kv.put(`t.${tenant.name}`, JSON.stringify(tenant));
+      for (const key of this.tenants.listKeys(tenant.name)) await this.kv.put(`k.${key.tenant}.${key.id}`, JSON.stringify(key));
+    }
+    for (const fn of this.functions.allFunctions()) {
+      for (const version of this.functions.listVersions(fn.tenant, fn.name)) await this.kv.put(`v.${fn.tenant}.${fn.name}.${version.version}`, JSON.stringify(version));
+      await this.kv.put(`f.${fn.tenant}.${fn.name}`, JSON.stringify(fn));
+    }
+    return true;
+  }
+
+  /**
+   * Reads the bucket's contents into the stores (replacing what they held), then applies each later entry as it comes.
+   * Resolves once the contents are applied.
+   */
+  private async follow(): Promise<Omit<JoinReport, 'seeded'>> {
+    const lastAtStart = (await this.jsm.streams.info(`KV_${this.bucket}`)).state.last_seq;
+    const iterator = await this.kv.watch();
+    const initial: KvEntry[] = [];
+    let caughtUp: () => void = () => {};
+    const ready = new Promise<void>((resolve) => (caughtUp = resolve));
+    let report: Omit<JoinReport, 'seeded'> = { tenants: 0, keys: 0, functions: 0, versions: 0 };
+    let started = lastAtStart === 0;
+    if (started) {
+      report = this.replaceAll([]);
+      caughtUp();
+    }
+    this.stopWatch = () => iterator.stop();
+    void (async () => {
+      try {
+        for await (const entry of iterator) {
+          if (!started) {
+            initial.push(entry);
+            if (entry.revision < lastAtStart) continue;
+            started = true;
+            report = this.replaceAll(initial);
+            this.advance(entry.revision);
+            caughtUp();
+            continue;
+          }
+          try {
+            this.apply(entry);
+          } catch (error) {
+            this.options.onError?.(error);
+          }
+          this.advance(entry.revision);
+        }
+      } catch (error) {
+        this.options.onError?.(error);
+      }
+    })();
+    const timeoutMs = this.options.applyTimeoutMs ?? 15_000;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      ready,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`the cluster's shared state (${this.bucket}) was not read within ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    return report;
+  }
+
+  private advance(revision: number): void {
+    this.applied = Math.max(this.applied, revision);
+    for (const waiter of [...this.waiters]) if (waiter.revision <= this.applied) waiter.resolve();
+  }
+
+  private replaceAll(entries: readonly KvEntry[]): Omit<JoinReport, 'seeded'> {
+    const tenants: TenantRecord[] = [];
+    const keys: ApiKeyRecord[] = [];
+    const functions: FunctionRecord[] = [];
+    const versions: FunctionVersion[] = [];
+    for (const entry of entries) {
+      if (entry.operation !== 'PUT') continue;
+      const kind = entry.key.split('.')[0];
+      if (kind === 't') tenants.push(entry.json<TenantRecord>());
+      else if (kind === 'k') keys.push(entry.json<ApiKeyRecord>());
+      else if (kind === 'f') functions.push(entry.json<FunctionRecord>());
+      else if (kind === 'v') versions.push(entry.json<FunctionVersion>());
+    }
+    this.tenants.replaceAll(tenants, keys);
+    this.functions.replaceFunctions(functions, versions);
+    return { tenants: tenants.length, keys: keys.length, functions: functions.length, versions: versions.length };
+  }
+
+  /** One entry, as the stream ordered it. */
+  private apply(entry: KvEntry): void {
+    const parts = entry.key.split('.');
+    const removed = entry.operation !== 'PUT';
+    const mine = this.own.delete(entry.revision);
+    const tell = (change: SharedStateChange): void => {
+      if (!mine) this.options.onChange?.(change);
+    };
+    switch (parts[0]) {
+      case 't': {
+        if (removed) return; // tenants are marked deleted, never removed
+        const record = entry.json<TenantRecord>();
+        this.tenants.applyTenant(record);
+        tell({ kind: 'tenant', tenant: record.name, deleted: record.deletedAtMs !== null });
+        return;
+      }
+      case 'k': {
+        if (removed) return;
+        const record = entry.json<ApiKeyRecord>();
+        this.tenants.applyKey(record);
+        tell({ kind: 'key', tenant: record.tenant });
+        return;
+      }
+      case 'f': {
+        const [, tenant = '', name = ''] = parts;
+        if (removed) {
+          // Its versions went before it; deleting the row removes any a racing deploy left.
+          this.functions.deleteFunction(tenant, name);
+          tell({ kind: 'function', tenant, name, deleted: true });
+          return;
+        }
+        this.functions.applyFunction(entry.json<FunctionRecord>());
+        tell({ kind: 'function', tenant, name, deleted: false });
+        return;
+      }
+      case 'v': {
+        const [, tenant = '', name = '', version = '0'] = parts;
+        if (removed) this.functions.removeVersion(tenant, name, Number(version));
+        else this.functions.applyVersion(entry.json<FunctionVersion>());
+        return;
+      }
+      default:
+        return; // barriers and the seed marker
+    }
+  }
+}
+
+/** The entry when it holds a value (not absent, deleted or purged). */
+function live(entry: KvEntry | null): KvEntry | null {
+  return entry !== null && entry.operation === 'PUT' ? entry : null;
+}
+
+function isWrongLastSequence(error: unknown): boolean {
+  if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamWrongLastSequence) return true;
+  // kv.create reports an existing key as its own error (it retries an update against a deleted entry first).
+  return error instanceof Error && /wrong last sequence|key exists/i.test(error.message);
+}

@@ -1,0 +1,148 @@
+/**
+ * The cluster's shared control state (src/cluster/shared-state.ts) against a real nats-server: the writes'
+ * conformance suite that the single server's SQLite passes too, then what only several gateways have: a change made
+ * through one gateway's copy reaches the other's, racing deploys through two gateways get distinct numbers and leave
+ * both copies the same, a gateway that joins takes the cluster's state (the first one gives it its own), and a write
+ * NATS cannot take is refused with a retryable error, not lost.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { connectCluster, type ClusterConnection } from '../src/cluster/connection.js';
+import { SharedState, type SharedStateChange } from '../src/cluster/shared-state.js';
+import { KindlingError } from '../src/core/errors.js';
+import { SqliteStore } from '../src/store/sqlite.js';
+import type { FunctionSpec } from '../src/store/store.js';
+import { SqliteTenantStore } from '../src/store/tenants-sqlite.js';
+import { writesConformance } from '../src/store/writes-conformance.js';
+import { lifo, natsUnavailable, startNatsCluster, type CleanupOwner, type NatsCluster } from './helpers/nats-cluster.js';
+import { waitFor } from './helpers/wait.js';
+
+const spec = (n: number): FunctionSpec => ({ runtime: 'node20', handler: 'handler', code: `exports.handler = async () => ${n}` });
+const uniqueBucket = (): string => `T_STATE_${Math.random().toString(36).slice(2, 10)}`;
+
+interface Gateway {
+  state: SharedState;
+  tenants: SqliteTenantStore;
+  functions: SqliteStore;
+  changes: SharedStateChange[];
+  seeded: boolean;
+}
+
+/** One gateway's copy: its own (in-memory) stores and connection, on the shared bucket. */
+async function gateway(t: CleanupOwner, urls: string[], bucket: string, prepare: (stores: { tenants: SqliteTenantStore; functions: SqliteStore }) => void = () => {}): Promise<Gateway> {
+  const connection: ClusterConnection = await connectCluster(urls);
+  t.after(() => connection.close());
+  const tenants = new SqliteTenantStore(':memory:');
+  const functions = new SqliteStore(':memory:');
+  t.after(async () => {
+    tenants.close();
+    functions.close();
+  });
+  prepare({ tenants, functions });
+  const changes: SharedStateChange[] = [];
+  const { state, report } = await SharedState.join(connection.nc, { tenants, functions }, { bucket, maxBytes: 64 * 1024 ** 2, onChange: (change) => changes.push(change), applyTimeoutMs: 10_000 });
+  t.after(async () => state.close());
+  return { state, tenants, functions, changes, seeded: report.seeded };
+}
+
+describe('cluster shared state', { skip: natsUnavailable }, () => {
+  let nats: NatsCluster;
+  const hooks: Array<() => Promise<void>> = [];
+  before(async () => {
+    nats = await startNatsCluster(lifo({ after: async (fn) => void hooks.push(fn) }), { nodes: 1 });
+  });
+  after(async () => {
+    for (const hook of hooks.reverse()) await hook();
+  });
+
+  describe('conformance (the suite the single server passes)', () => {
+    writesConformance(async () => {
+      const cleanups: Array<() => Promise<void>> = [];
+      const g = await gateway({ after: async (fn) => void cleanups.push(fn) }, nats.urls, uniqueBucket());
+      return {
+        writes: g.state,
+        tenants: g.tenants,
+        functions: g.functions,
+        close: async () => {
+          for (const cleanup of cleanups.reverse()) await cleanup();
+        },
+      };
+    });
+  });
+
+  it("a change through one gateway reaches the other's copy, which is told (so it can refresh its caches)", { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const bucket = uniqueBucket();
+    const a = await gateway(t, nats.urls, bucket);
+    const b = await gateway(t, nats.urls, bucket);
+    await a.state.insertTenant('acme', { maxConcurrency: 4 }, 1_000);
+    await a.state.insertKey({ id: 'key_1', tenant: 'acme', hash: 'h1', prefix: 'kdl_1', isAdmin: false, createdAtMs: 1_000 });
+    await a.state.putFunction('acme', 'echo', spec(1), 1_000);
+    await waitFor(() => b.functions.getFunction('acme', 'echo') !== null && b.tenants.activeKeys().some((key) => key.id === 'key_1'), { what: "A's tenant, key and function at B" });
+    assert.deepEqual(b.functions.getVersion('acme', 'echo')?.spec, spec(1));
+    assert.equal(b.tenants.getTenant('acme')?.quotas.maxConcurrency, 4);
+    assert.ok(b.changes.some((change) => change.kind === 'key' && change.tenant === 'acme'), 'B was told of the key');
+    // B revokes, A follows; B deletes the function, A follows.
+    assert.equal(await b.state.revokeKey('acme', 'key_1', 2_000), true);
+    await waitFor(() => a.tenants.activeKeys().length === 0, { what: "B's revocation at A" });
+    assert.equal(await b.state.deleteFunction('acme', 'echo'), true);
+    await waitFor(() => a.functions.getFunction('acme', 'echo') === null, { what: "B's delete at A" });
+    assert.ok(a.changes.some((change) => change.kind === 'function' && change.deleted && change.name === 'echo'));
+    assert.deepEqual(a.functions.listVersions('acme', 'echo'), []);
+    // A version larger than one NATS message is refused as too large (not as an outage), and nothing is stored.
+    await assert.rejects(a.state.putFunction('acme', 'big', { ...spec(1), code: 'x'.repeat(1_100_000) }, 3_000), (error: unknown) => error instanceof KindlingError && error.code === 'PAYLOAD_TOO_LARGE');
+    assert.equal(a.functions.getFunction('acme', 'big'), null);
+  });
+
+  it('deploys racing through two gateways get distinct numbers, and both copies end the same', { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const bucket = uniqueBucket();
+    const a = await gateway(t, nats.urls, bucket);
+    const b = await gateway(t, nats.urls, bucket);
+    const results = await Promise.all(Array.from({ length: 16 }, (_, i) => (i % 2 === 0 ? a : b).state.putFunction('acme', 'race', spec(i), 1_000 + i)));
+    const numbers = results.map((result) => result.version.version).sort((x, y) => x - y);
+    assert.deepEqual(numbers, Array.from({ length: 16 }, (_, i) => i + 1), 'every deploy got its own number');
+    assert.equal(results.filter((result) => result.created).length >= 1, true);
+    await waitFor(() => a.functions.listVersions('acme', 'race').length === 16 && b.functions.listVersions('acme', 'race').length === 16, { what: 'all 16 versions in both copies' });
+    await waitFor(() => a.functions.getFunction('acme', 'race')?.latestVersion === 16 && b.functions.getFunction('acme', 'race')?.latestVersion === 16, { what: 'the latest version 16 in both copies' });
+    const codeOf = (g: Gateway) => g.functions.listVersions('acme', 'race').map((version) => [version.version, version.spec.code]);
+    assert.deepEqual(codeOf(a), codeOf(b), 'each number holds the same code in both copies');
+  });
+
+  it("the first gateway gives the cluster its own state; a later one's own state is replaced by the cluster's", { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const bucket = uniqueBucket();
+    const first = await gateway(t, nats.urls, bucket, ({ tenants, functions }) => {
+      tenants.insertTenant('old-tenant', { maxMemoryMb: 256 }, 500);
+      tenants.insertKey({ id: 'key_old', tenant: 'old-tenant', hash: 'h-old', prefix: 'kdl_o', isAdmin: false, createdAtMs: 500 });
+      functions.putFunction('old-tenant', 'kept', spec(1), 500);
+      functions.putFunction('old-tenant', 'kept', spec(2), 600);
+    });
+    assert.equal(first.seeded, true);
+    const later = await gateway(t, nats.urls, bucket, ({ tenants, functions }) => {
+      tenants.insertTenant('stray', {}, 700);
+      functions.putFunction('stray', 'gone', spec(1), 700);
+    });
+    assert.equal(later.seeded, false);
+    assert.equal(later.tenants.getTenant('stray'), null, "the later gateway's own tenant is not the cluster's");
+    assert.equal(later.functions.getFunction('stray', 'gone'), null);
+    assert.equal(later.functions.storageUsage('stray').functionVersions, 0, 'its storage counts follow');
+    assert.deepEqual(later.tenants.getTenant('old-tenant')?.quotas, { maxMemoryMb: 256 });
+    assert.deepEqual(later.tenants.activeKeys().map((key) => key.id), ['key_old']);
+    assert.deepEqual(later.functions.listVersions('old-tenant', 'kept').map((version) => version.version), [1, 2]);
+    assert.equal(later.functions.getFunction('old-tenant', 'kept')?.latestVersion, 2);
+    assert.ok(later.tenants.getTenant('default'), 'every copy has the default tenant');
+    // The next deploy continues the numbering the first gateway had.
+    assert.equal((await later.state.putFunction('old-tenant', 'kept', spec(3), 800)).version.version, 3);
+  });
+
+  it('a write NATS cannot take is refused with 503 CLUSTER_UNAVAILABLE; the copy keeps answering reads', { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const own = await startNatsCluster(t, { nodes: 1 });
+    const a = await gateway(t, own.urls, uniqueBucket());
+    await a.state.putFunction('acme', 'echo', spec(1), 1_000);
+    await own.kill(0);
+    await assert.rejects(a.state.putFunction('acme', 'echo', spec(2), 2_000), (error: unknown) => error instanceof KindlingError && error.code === 'CLUSTER_UNAVAILABLE' && error.statusCode === 503);
+    assert.equal(a.functions.getFunction('acme', 'echo')?.latestVersion, 1, 'reads answer from the copy');
+  });
+});
