@@ -11,10 +11,11 @@
  * Keys: `t.<tenant>`, `k.<tenant>.<keyId>`, `f.<tenant>.<function>`, `v.<tenant>.<function>.<version>`, and `s.<id>`
  * (barriers: a write whose revision follows deletes, which return none).
  */
-import { JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { KindlingError } from '../core/errors.js';
+import { isWrongLastSequence } from './kv-errors.js';
 import type { FunctionRecord, FunctionSpec, FunctionVersion, VersionRetention } from '../store/store.js';
 import type { SqliteStore } from '../store/sqlite.js';
 import type { ApiKeyRecord, SqliteTenantStore, TenantQuotas, TenantRecord } from '../store/tenants-sqlite.js';
@@ -452,10 +453,4 @@ export class SharedState implements TenantWrites, FunctionWrites {
 /** The entry when it holds a value (not absent, deleted or purged). */
 function live(entry: KvEntry | null): KvEntry | null {
   return entry !== null && entry.operation === 'PUT' ? entry : null;
-}
-
-function isWrongLastSequence(error: unknown): boolean {
-  if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamWrongLastSequence) return true;
-  // kv.create reports an existing key as its own error (it retries an update against a deleted entry first).
-  return error instanceof Error && /wrong last sequence|key exists/i.test(error.message);
 }

@@ -42,8 +42,11 @@ export interface TenantScope {
   name: string;
   /** Caps on resource limits (the tenant's quotas): defaults are lowered to them, requests above get 400. */
   caps: Partial<ResourceLimits>;
-  /** Takes a slot of the tenant's concurrency quota (or throws 429); absent when the caller already holds one. */
-  acquire?: () => () => void;
+  /**
+   * Takes a slot of the tenant's concurrency quota (or throws 429); absent when the caller already holds one. Async
+   * in a cluster of several gateways, where the slots are shared (src/cluster/tenant-slots.ts).
+   */
+  acquire?: () => (() => void) | Promise<() => void>;
   /** The tenant's cap on request bodies (quota maxPayloadBytes); absent: the server's limits. */
   maxPayloadBytes?: number;
   /** The tenant's concurrency quota; it also bounds the warm sandboxes its functions keep (minWarm summed). */
@@ -329,7 +332,7 @@ export class ExecutionService {
     // The tenant's quota first (an immediate 429), then the server's queue.
     let releaseTenant: (() => void) | undefined;
     try {
-      releaseTenant = options.tenant?.acquire?.();
+      releaseTenant = await options.tenant?.acquire?.();
     } catch (error) {
       // Refused before it queued (the tenant's quota): not a failed execution for the observers.
       if (error instanceof KindlingError) phases?.fail(error.code, error.message);

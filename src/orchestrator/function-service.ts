@@ -608,7 +608,7 @@ export class FunctionService {
     const { tenant, name, spec } = version;
     const executor = spec.executor ?? this.options.defaultExecutor;
     // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
-    const releaseTenant = options.scope?.acquire?.();
+    const releaseTenant = await options.scope?.acquire?.();
     try {
       // Cluster mode: a worker runs it when the router takes it (null: it runs here).
       // (Optional chaining: on a server on its own no argument, not even the closure, is made.)

@@ -54,7 +54,8 @@ function world(rand: () => number) {
     resolve: (tenant: string, name: string) => ({ version: { tenant, name, version: 1, spec: {}, createdAtMs: 0 }, style: 'handler' }),
     invoke: (tenant: string, _name: string, payload: Buffer, options: InvokeOptions): Promise<InvocationResult> => {
       // As FunctionService.invoke: the tenant's slot first, then the function's own limit (sometimes full).
-      const release = options.scope?.acquire?.() ?? (() => violations.push('invoked without a tenant scope'));
+      // The scopes made above take their slots synchronously (one server).
+      const release = (options.scope?.acquire?.() as (() => void) | undefined) ?? (() => violations.push('invoked without a tenant scope'));
       if (rand() < 0.1) {
         release();
         return Promise.reject(new KindlingError('TOO_MANY_REQUESTS', 'the function is at its concurrency limit'));

@@ -88,12 +88,12 @@ test('quotas: defaults from the server, per-tenant overrides, null removes one; 
 test('the concurrency slot: at most maxConcurrency, released once, quota changes keep the running count', async () => {
   const { tenants } = service();
   await tenants.create('acme', { maxConcurrency: 2 });
-  const a = tenants.acquireSlot('acme');
-  const b = tenants.acquireSlot('acme');
+  const a = await tenants.acquireSlot('acme');
+  const b = await tenants.acquireSlot('acme');
   assert.equal(await code(() => tenants.acquireSlot('acme')), 'TENANT_CONCURRENCY_LIMIT');
   await tenants.update('acme', { maxConcurrency: 3 });
   assert.equal(tenants.running('acme'), 2);
-  const c = tenants.acquireSlot('acme');
+  const c = await tenants.acquireSlot('acme');
   a();
   a();
   assert.equal(tenants.running('acme'), 2, 'a second release is ignored');
@@ -139,7 +139,7 @@ test('ensure() makes a tenant without keys (auth stays off) with its quotas once
   assert.equal(tenants.authEnabled, false, 'no admin key was made');
   assert.equal(store.listKeys('chain-0xabc').length, 0);
   assert.equal((await tenants.ensure('chain-0xabc', { maxMemoryMb: 64 })).caps.memoryMb, 512, 'quotas are set on creation only');
-  const release = scope.acquire!();
+  const release = await scope.acquire!();
   release();
   assert.equal(await code(() => tenants.ensure('Not A Name')), 'VALIDATION_FAILED');
   assert.equal(await code(() => tenants.ensure('chain-0xdef', { maxMemoryMb: 1 })), 'LIMIT_OUT_OF_RANGE');
@@ -150,7 +150,7 @@ test('ensure() makes a tenant without keys (auth stays off) with its quotas once
 test("reload: what another gateway wrote to the store is in force, running counts of live tenants are kept", async () => {
   const { tenants, store } = service();
   await tenants.create('acme', { maxConcurrency: 2 });
-  const release = tenants.acquireSlot('acme');
+  const release = await tenants.acquireSlot('acme');
   // Written past the service, as a cluster gateway's copy of the shared state is.
   store.insertTenant('beta', { maxMemoryMb: 64 }, 1);
   store.insertKey({ id: 'key_b', tenant: 'beta', hash: hashKey('kdl_beta'), prefix: 'kdl_b', isAdmin: false, createdAtMs: 1 });

@@ -157,6 +157,11 @@ export interface TenantServiceOptions {
   clock?: Clock;
   /** What a tenant keeps on disk (the function store's counts), shown in the tenant's view. */
   storageUsage?: (tenant: string) => TenantStorageUsage;
+  /**
+   * Cluster mode with several gateways: where the slots of tenants' concurrency quotas are shared, so the quota holds
+   * across gateways. Absent: counted here (a single server, or one gateway).
+   */
+  sharedSlots?: { acquire(tenant: string, max: number): Promise<() => void> };
   /** Called after a tenant is deleted (its functions and warm sandboxes go). */
   onTenantDeleted?: (name: string) => Promise<void> | void;
 }
@@ -273,8 +278,11 @@ export class TenantService {
     });
   }
 
-  /** A slot of the tenant's concurrency quota (release it exactly once), or 429 TENANT_CONCURRENCY_LIMIT at once. */
-  acquireSlot(tenant: string): () => void {
+  /**
+   * A slot of the tenant's concurrency quota (release it exactly once), or 429 TENANT_CONCURRENCY_LIMIT at once.
+   * With shared slots (a cluster's gateways) a tenant with a quota also takes one of the cluster's: then a promise.
+   */
+  acquireSlot(tenant: string): (() => void) | Promise<() => void> {
     const state = this.tenants.get(tenant);
     if (!state) throw new KindlingError('TENANT_NOT_FOUND', `tenant "${tenant.slice(0, 80)}" does not exist (it was deleted)`);
     const max = state.quotas.maxConcurrency;
@@ -286,11 +294,23 @@ export class TenantService {
     }
     state.running++;
     let released = false;
-    return () => {
+    const release = (): void => {
       if (released) return;
       released = true;
       state.running--;
     };
+    const shared = this.options.sharedSlots;
+    if (shared === undefined || max === null) return release;
+    return shared.acquire(tenant, max).then(
+      (releaseShared) => () => {
+        releaseShared();
+        release();
+      },
+      (error: unknown) => {
+        release();
+        throw error;
+      },
+    );
   }
 
   running(tenant: string): number {

@@ -1,0 +1,165 @@
+/**
+ * Tenant concurrency quotas across gateways: a tenant with `maxConcurrency: N` has N slots, `<tenant>.0` ..
+ * `<tenant>.N-1`, as keys of the KV bucket `KINDLING_SLOTS`. A gateway takes a slot by creating its key (create-if-
+ * absent: of two gateways racing for one slot, one gets it) and gives it back by deleting it (compare-and-set on its own
+ * revision, so it never frees a slot another holder has since taken). So however many gateways take a tenant's
+ * requests, no more than N of its executions run at once.
+ *
+ * A slot is a lease: the bucket's max age removes a key not written for `leaseMs`, and a holder rewrites its slots
+ * every leaseMs/3 while their runs last, so the slots of a gateway that died come free within `leaseMs`. Each gateway
+ * watches the bucket to try first the slots it believes free (one round trip when a slot is free, none to refuse).
+ */
+import { jetstream } from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import { nuid, type NatsConnection } from '@nats-io/transport-node';
+import { KindlingError } from '../core/errors.js';
+import { isWrongLastSequence } from './kv-errors.js';
+
+export const DEFAULT_SLOTS_BUCKET = 'KINDLING_SLOTS';
+export const TENANT_SLOTS_DEFAULTS = { leaseMs: 30_000 } as const;
+
+export interface TenantSlotsOptions {
+  bucket?: string;
+  replicas?: number;
+  /** A slot not rewritten for this long comes free (its holder died or lost NATS). Default 30 s. */
+  leaseMs?: number;
+  onError?: (error: unknown) => void;
+  now?: () => number;
+}
+
+interface Held {
+  key: string;
+  revision: number;
+}
+
+export class TenantSlots {
+  /** Slots seen taken (key -> when last written, as seen here), from the watch. */
+  private readonly seen = new Map<string, number>();
+  private readonly held = new Set<Held>();
+  private readonly holder = nuid.next();
+  private readonly refresher: NodeJS.Timeout;
+  private stopWatch: () => void = () => {};
+
+  private constructor(
+    private readonly kv: KV,
+    private readonly leaseMs: number,
+    private readonly options: TenantSlotsOptions,
+  ) {
+    this.refresher = setInterval(() => void this.refresh(), Math.max(100, Math.floor(leaseMs / 3)));
+    this.refresher.unref();
+  }
+
+  static async open(nc: NatsConnection, options: TenantSlotsOptions = {}): Promise<TenantSlots> {
+    const leaseMs = options.leaseMs ?? TENANT_SLOTS_DEFAULTS.leaseMs;
+    if (!Number.isInteger(leaseMs) || leaseMs < 1_000) throw new Error(`the slots' leaseMs must be a whole number >= 1000, got ${leaseMs}`);
+    const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
+    const kv = await new Kvm(jetstream(nc)).create(options.bucket ?? DEFAULT_SLOTS_BUCKET, {
+      ttl: leaseMs,
+      history: 1,
+      replicas: options.replicas ?? (servers >= 3 ? 3 : 1),
+      // A few dozen bytes per running execution of a tenant with a quota.
+      max_bytes: 256 * 1024 * 1024,
+      maxValueSize: 1024,
+    });
+    const slots = new TenantSlots(kv, leaseMs, options);
+    await slots.watch();
+    return slots;
+  }
+
+  /**
+   * Takes one of the tenant's `max` slots, or throws 429 TENANT_CONCURRENCY_LIMIT (all taken, somewhere in the
+   * cluster) or 503 CLUSTER_UNAVAILABLE (NATS could not answer). The function returned gives the slot back (once).
+   */
+  async acquire(tenant: string, max: number): Promise<() => void> {
+    const now = this.now();
+    const free: number[] = [];
+    const taken: number[] = [];
+    for (let index = 0; index < max; index++) {
+      const at = this.seen.get(`${tenant}.${index}`);
+      (at !== undefined && now - at < this.leaseMs ? taken : free).push(index);
+    }
+    // Free ones first, from a random start (gateways racing spread over them); then the ones seen taken, in case the
+    // view is behind (a slot freed a moment ago).
+    const offset = free.length === 0 ? 0 : Math.floor(Math.random() * free.length);
+    const order = [...free.slice(offset), ...free.slice(0, offset), ...taken];
+    try {
+      for (const [tried, index] of order.entries()) {
+        // Every slot seen taken and the free ones tried: refused without more round trips.
+        if (tried >= free.length && tried > 0) break;
+        const key = `${tenant}.${index}`;
+        const revision = await this.createOrNull(key);
+        if (revision === null) continue;
+        const held: Held = { key, revision };
+        this.held.add(held);
+        this.seen.set(key, this.now());
+        let released = false;
+        return () => {
+          if (released) return;
+          released = true;
+          this.held.delete(held);
+          this.kv.delete(held.key, { previousSeq: held.revision }).catch((error: unknown) => {
+            // Already expired and taken by someone else (wrong last sequence), or NATS down: it expires by itself.
+            if (!isWrongLastSequence(error)) this.options.onError?.(error);
+          });
+        };
+      }
+    } catch (error) {
+      throw new KindlingError('CLUSTER_UNAVAILABLE', `the tenant's concurrency quota is kept in the cluster (NATS JetStream), which did not answer: ${error instanceof Error ? error.message : String(error)}; retry shortly`, { retryAfterSeconds: 1 });
+    }
+    throw new KindlingError('TENANT_CONCURRENCY_LIMIT', `tenant "${tenant}" already runs ${max} executions at once across the cluster (quota maxConcurrency); retry when one finished`, {
+      retryAfterSeconds: 1,
+      details: { maxConcurrency: max },
+    });
+  }
+
+  /** Slots held by this gateway now. */
+  get heldCount(): number {
+    return this.held.size;
+  }
+
+  /** Stops refreshing and watching; slots still held expire after the lease. */
+  close(): void {
+    clearInterval(this.refresher);
+    this.stopWatch();
+  }
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
+  }
+
+  private async createOrNull(key: string): Promise<number | null> {
+    try {
+      return await this.kv.create(key, JSON.stringify({ holder: this.holder, atMs: this.now() }));
+    } catch (error) {
+      if (isWrongLastSequence(error)) return null;
+      throw error;
+    }
+  }
+
+  /** Rewrites each slot held (compare-and-set), so the lease does not end while its run lasts. */
+  private async refresh(): Promise<void> {
+    // Keys removed by the bucket's max age send no event: forget them here.
+    const cutoff = this.now() - this.leaseMs;
+    for (const [key, at] of this.seen) if (at < cutoff) this.seen.delete(key);
+    for (const held of [...this.held]) {
+      try {
+        held.revision = await this.kv.update(held.key, JSON.stringify({ holder: this.holder, atMs: this.now() }), held.revision);
+      } catch (error) {
+        // Lost (cut off past the lease, and someone took it): the run goes on, but the quota may be exceeded by one.
+        this.options.onError?.(error);
+        if (isWrongLastSequence(error)) this.held.delete(held);
+      }
+    }
+  }
+
+  private async watch(): Promise<void> {
+    const iterator = await this.kv.watch();
+    this.stopWatch = () => iterator.stop();
+    void (async () => {
+      for await (const entry of iterator) {
+        if (entry.operation !== 'PUT') this.seen.delete(entry.key);
+        else this.seen.set(entry.key, entry.isUpdate ? this.now() : Math.min(this.now(), entry.created.getTime()));
+      }
+    })().catch((error: unknown) => this.options.onError?.(error));
+  }
+}
