@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS usage_records (
   storage_gb_hours REAL
 );
 CREATE INDEX IF NOT EXISTS usage_records_tenant_at ON usage_records (tenant, at_ms);
+CREATE TABLE IF NOT EXISTS usage_shared_cursor (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 `;
 
 interface RecordRow {
@@ -96,6 +97,8 @@ const FLUSH_RECORDS = 256;
 export class SqliteUsageStore implements UsageStore {
   private readonly db: Database.Database;
   private readonly insertBatch: Database.Transaction<(records: UsageRecord[]) => void>;
+  private readonly applyBatch: Database.Transaction<(stream: string, records: readonly UsageRecord[], seq: number) => void>;
+  private readonly getCursor: Database.Statement<[string], { seq: number }>;
   /** Records not written yet: at most FLUSH_MS old or FLUSH_RECORDS many; every read (and close) writes them first. */
   private pending: UsageRecord[] = [];
   private flushTimer: NodeJS.Timeout | null = null;
@@ -117,11 +120,18 @@ export class SqliteUsageStore implements UsageStore {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     const dayOf = dayCache();
-    this.insertBatch = this.db.transaction((records: UsageRecord[]) => {
+    const insertAll = (records: readonly UsageRecord[]): void => {
       for (const r of records) {
         insert.run(r.id, r.tenant, r.function, r.executor, dayOf(r.atMs), r.atMs, r.status, r.coldStart ? 1 : 0, r.durationMs, r.cpuMs, r.memoryPeakBytes, r.memoryMb, r.bytesIn, r.bytesOut, r.traceId, r.storageGbHours ?? null);
       }
+    };
+    this.insertBatch = this.db.transaction(insertAll);
+    const setCursor = this.db.prepare('INSERT INTO usage_shared_cursor (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq');
+    this.applyBatch = this.db.transaction((stream: string, records: readonly UsageRecord[], seq: number) => {
+      insertAll(records);
+      setCursor.run(stream, seq);
     });
+    this.getCursor = this.db.prepare<[string], { seq: number }>('SELECT seq FROM usage_shared_cursor WHERE stream = ?');
   }
 
   /** Written within FLUSH_MS, with the others of that time; every read (and close) writes first. */
@@ -161,6 +171,20 @@ export class SqliteUsageStore implements UsageStore {
         }
       }
     }
+  }
+
+  /**
+   * A cluster's usage stream (src/cluster/shared-usage.ts): records every gateway metered (this one's too: ids are
+   * unique, so a record seen twice is stored once) and the stream position they came from, in one transaction.
+   */
+  applyShared(stream: string, records: readonly UsageRecord[], seq: number): void {
+    this.flush();
+    this.applyBatch.immediate(stream, records, seq);
+  }
+
+  /** The last position of the usage stream applied here (0: none yet). */
+  sharedPosition(stream: string): number {
+    return this.getCursor.get(stream)?.seq ?? 0;
   }
 
   summarize(query: UsageQuery): UsageRow[] {
