@@ -91,6 +91,8 @@ export interface ApiOptions {
   clusterReasons?: () => string[];
   /** Cluster mode: this node and the workers it sees (GET /v1/cluster); absent: a server on its own. */
   cluster?: () => ClusterView;
+  /** Cluster mode with several gateways: reads of invocations held by another gateway (see InvocationRouteOptions). */
+  invocationsElsewhere?: InvocationRouteOptions['elsewhere'];
   /** Persistent sandboxes (/v1/sandboxes…); without it those routes are absent. */
   sandboxes?: SandboxService;
   /** Custom images (/v1/images…); without it those routes are absent. */
@@ -359,7 +361,12 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     ...(options.streamRelay ? { streamRelay: options.streamRelay } : {}),
     ...(options.bundles ? { bundles: options.bundles } : {}),
   });
-  registerInvocationRoutes(app, { invocations: options.invocations, functionService: options.functionService, logBus: options.logBus });
+  registerInvocationRoutes(app, {
+    invocations: options.invocations,
+    functionService: options.functionService,
+    logBus: options.logBus,
+    ...(options.invocationsElsewhere ? { elsewhere: options.invocationsElsewhere } : {}),
+  });
   registerTenantRoutes(app, { tenants });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });
   if (options.customImages) registerImageRoutes(app, { images: options.customImages });

@@ -156,7 +156,8 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--otlp-max-queue-spans <n>', 'ended spans held for export at most (a receiver that is down costs no more memory; beyond, spans are dropped)', int('--otlp-max-queue-spans'), 2048)
     .option('--otlp-headers <name=value,...>', 'headers of each span export (e.g. an API key of a hosted backend); env KINDLING_OTLP_HEADERS')
     .option('--cluster <urls>', 'join a cluster through NATS JetStream (docs/cluster.md): nats://h1:4222,nats://h2:4222; unset: a server on its own, as always')
-    .option('--role <role>', 'with --cluster, required: gateway (serves the API, sends invocations to workers), worker (runs what gateways send) or all (both)');
+    .option('--role <role>', 'with --cluster, required: gateway (serves the API, sends invocations to workers), worker (runs what gateways send) or all (both)')
+    .option('--cluster-advertise-url <url>', "with --cluster: where the other gateways reach this one's API (they forward reads of invocations it holds here); default: its listening address, with the host name when it listens on every address");
   return addClusterSecurityOptions(command).option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel);
 }
 
@@ -190,7 +191,15 @@ export async function clusterConfig(options: Record<string, unknown>): Promise<C
   // Loaded here: only a cluster node needs the NATS client.
   const { parseClusterUrls } = await import('../cluster/connection.js');
   const security = clusterSecurity(options);
-  return { urls: parseClusterUrls(urls), role: role as ClusterRole, nodeId: nodeIdOf(options.nodeName as string), ...(security ? { security } : {}) };
+  const advertiseUrl = options.clusterAdvertiseUrl as string | undefined;
+  if (advertiseUrl !== undefined && !/^https?:\/\/[^/\s]+\/?$/.test(advertiseUrl)) throw new Error(`--cluster-advertise-url must be http(s)://host:port, got "${advertiseUrl.slice(0, 120)}"`);
+  return {
+    urls: parseClusterUrls(urls),
+    role: role as ClusterRole,
+    nodeId: nodeIdOf(options.nodeName as string),
+    ...(security ? { security } : {}),
+    ...(advertiseUrl === undefined ? {} : { advertiseUrl: advertiseUrl.replace(/\/$/, '') }),
+  };
 }
 
 /**

@@ -15,6 +15,8 @@ export interface ClusterConfig {
   silenceTimeoutMs?: number;
   /** TLS and credentials for NATS; unset: none (a private network). */
   security?: ClusterSecurity;
+  /** Where the other gateways reach this one's API (http://host:port); unset: its listening address. */
+  advertiseUrl?: string;
 }
 
 /** A node id from a node name (host names carry dots, which NATS subjects use as separators). */

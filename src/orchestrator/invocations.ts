@@ -65,6 +65,16 @@ export interface InvocationServiceOptions {
   storageQuotasOf?: (tenant: string) => Pick<StorageQuotas, 'maxQueuedPayloadBytes'>;
   /** Exports each run as a span continuing its accepting request's trace, with its phases (--otlp-endpoint); absent: none. */
   tracer?: Tracer;
+  /**
+   * Cluster mode with several gateways: an Idempotency-Key holds across gateways. `claim` answers the id of the
+   * invocation that holds the tenant's key for the function (`id` when this claim won), `release` gives up a claim whose
+   * invocation was not stored, `viewElsewhere` reads an invocation another gateway holds (null: none answered).
+   */
+  idempotency?: {
+    claim(tenant: string, functionName: string, key: string, id: string): Promise<string>;
+    release(tenant: string, functionName: string, key: string, id: string): Promise<void>;
+    viewElsewhere(id: string, tenant: string): Promise<InvocationView | null>;
+  };
 }
 
 export interface EnqueueRequest {
@@ -238,12 +248,32 @@ export class InvocationService {
     }
     const callbackUrl = request.callbackUrl === undefined ? null : this.checkCallback(request.callbackUrl);
     this.checkQueuedPayload(tenant, request.payload.length);
+    let nowMs = this.clock.nowMs();
+    const id = newId('inv', nowMs);
+    const claims = key === undefined ? undefined : this.options.idempotency;
+    if (claims !== undefined && key !== undefined) {
+      // Across gateways: the key is claimed first; an invocation another gateway holds for it is the answer.
+      const holder = await claims.claim(tenant, version.name, key, id);
+      const here = (): boolean => this.uncommitted.some((entry) => entry.input.id === holder) || this.has(holder, tenant);
+      if (holder !== id && !here()) {
+        // The gateway that won the claim stores its invocation a moment later: asked again for up to a second. (One
+        // this gateway holds, or is storing, is answered by the insert below: the store returns it for the key.)
+        for (let attempt = 0; attempt < 10 && !here(); attempt++) {
+          const view = await claims.viewElsewhere(holder, tenant);
+          if (view !== null) return { view, created: false };
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        if (!here()) {
+          throw new KindlingError('CLUSTER_UNAVAILABLE', `this Idempotency-Key names invocation ${holder}, held by a gateway that does not answer now; retry shortly (it never runs twice)`, { retryAfterSeconds: 1 });
+        }
+      }
+      nowMs = this.clock.nowMs();
+    }
     this.uncommittedBytes.set(tenant, (this.uncommittedBytes.get(tenant) ?? 0) + request.payload.length);
-    const nowMs = this.clock.nowMs();
-    const { invocation, created } = await new Promise<{ invocation: InvocationRecord; created: boolean }>((resolve, reject) => {
+    const stored = new Promise<{ invocation: InvocationRecord; created: boolean }>((resolve, reject) => {
       this.uncommitted.push({
         input: {
-          id: newId('inv', nowMs),
+          id,
           tenant,
           functionName: version.name,
           version: version.version,
@@ -258,7 +288,15 @@ export class InvocationService {
       });
       this.scheduleCommit();
     });
-    return { view: toInvocationView(invocation), created };
+    let outcome: { invocation: InvocationRecord; created: boolean };
+    try {
+      outcome = await stored;
+    } catch (error) {
+      // Not stored: the key must not name an invocation that does not exist.
+      if (claims !== undefined && key !== undefined) await claims.release(tenant, version.name, key, id).catch(() => undefined);
+      throw error;
+    }
+    return { view: toInvocationView(outcome.invocation), created: outcome.created };
   }
 
   /**
@@ -379,6 +417,12 @@ export class InvocationService {
     const record = this.store.getInvocation(id, tenant);
     if (record === null) throw new KindlingError('NOT_FOUND', `no invocation "${id.slice(0, 80)}" (finished invocations are kept for the retention period only)`);
     return record;
+  }
+
+  /** Whether the tenant's invocation is held here (queued, running or finished and kept). */
+  has(id: string, tenant: string): boolean {
+    this.flushRecords();
+    return this.store.getInvocation(id, tenant) !== null;
   }
 
   output(id: string, tenant = DEFAULT_TENANT): { record: InvocationRecord; stdout: Buffer; stderr: Buffer } {

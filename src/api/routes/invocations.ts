@@ -22,6 +22,11 @@ export type InvocationRouteLogBus = Pick<LogBus, 'replay' | 'running' | 'subscri
 
 export interface InvocationRouteOptions {
   invocations: InvocationRouteInvocations;
+  /**
+   * Cluster mode with several gateways: an id unknown here may be another gateway's. Answers the request from there
+   * (the reply sent) or resolves null when no gateway has it.
+   */
+  elsewhere?: (request: FastifyRequest<{ Params: IdParams }>, reply: FastifyReply) => Promise<FastifyReply | null>;
   functionService: Pick<FunctionService, 'get'>;
   logBus: InvocationRouteLogBus;
 }
@@ -50,6 +55,17 @@ function parseTime(field: string, value: string | undefined): number | undefined
 export function registerInvocationRoutes(app: FastifyInstance, options: InvocationRouteOptions): void {
   const service = options.invocations;
   const bus = options.logBus;
+  /** Runs the local answer; an id this gateway does not have is looked for at the others (cluster mode). */
+  const here = async (request: FastifyRequest<{ Params: IdParams }>, reply: FastifyReply, answer: () => unknown): Promise<unknown> => {
+    try {
+      return await answer();
+    } catch (error) {
+      if (!(error instanceof KindlingError && error.code === 'NOT_FOUND') || options.elsewhere === undefined) throw error;
+      const forwarded = await options.elsewhere(request, reply);
+      if (forwarded === null) throw error;
+      return forwarded;
+    }
+  };
 
   app.get<{ Querystring: ListQuery }>(
     '/v1/invocations',
@@ -84,13 +100,13 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
   app.get<{ Params: IdParams }>(
     '/v1/invocations/:id',
     { schema: { tags: ['invocations'], summary: 'An invocation: {id, function, version, status, exitCode, durationMs, createdAt, startedAt, finishedAt, error?}', params: IdParamsSchema, response: { 200: InvocationViewSchema, ...errors } } },
-    async (request) => toInvocationView(service.get(request.params.id, request.principal.tenant)),
+    async (request, reply) => here(request, reply, () => toInvocationView(service.get(request.params.id, request.principal.tenant))),
   );
 
   app.get<{ Params: IdParams }>(
     '/v1/invocations/:id/output',
     { schema: { tags: ['invocations'], summary: 'The raw stdout of a finished invocation (409 while it is queued or running)', params: IdParamsSchema, response: binary } },
-    async (request, reply) => {
+    async (request, reply) => here(request, reply, () => {
       const { record, stdout } = service.output(request.params.id, request.principal.tenant);
       if (record.status === 'queued' || record.status === 'running') {
         throw new KindlingError('INVOCATION_NOT_FINISHED', `invocation ${record.id} is ${record.status}; its output is there once it finished (GET /v1/invocations/${record.id})`, { retryAfterSeconds: 1 });
@@ -104,7 +120,7 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
       });
       reply.type('application/octet-stream');
       return reply.send(stdout);
-    },
+    }),
   );
 
   app.get<{ Params: IdParams }>(
@@ -119,7 +135,14 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
     },
     async (request, reply) => {
       const tenant = request.principal.tenant;
-      const record = service.get(request.params.id, tenant);
+      let record: InvocationRecord;
+      try {
+        record = service.get(request.params.id, tenant);
+      } catch (error) {
+        return here(request, reply, () => {
+          throw error;
+        });
+      }
       const raw = open(request, reply);
       if (record.status === 'succeeded' || record.status === 'failed') {
         writeStored(raw, record, service);
