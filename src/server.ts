@@ -5,7 +5,7 @@ import { isIP } from 'node:net';
 import { freemem, hostname, networkInterfaces, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { buildApi, type ApiOptions } from './api/build.js';
 import { HostGuard, type AllowedHost } from './api/host-guard.js';
@@ -26,15 +26,19 @@ import { FunctionService } from './orchestrator/function-service.js';
 import type { ClusterNode } from './cluster/node.js';
 import type { ClusterConfig } from './cluster/roles.js';
 import { HandlerPools, type HandlerPoolsOptions, type IdleUsageEvent, type InvocationObserver } from './orchestrator/handler-pools.js';
-import { InvocationService, type InvocationServiceOptions } from './orchestrator/invocations.js';
+import { InvocationService, toInvocationView, type InvocationServiceOptions, type InvocationView } from './orchestrator/invocations.js';
+import type { InvocationOwners } from './cluster/invocation-owners.js';
 import { LogBus } from './orchestrator/log-bus.js';
 import { SqliteStore } from './store/sqlite.js';
 import { SqliteUsageStore } from './store/usage-sqlite.js';
+import type { UsageStore } from './store/usage.js';
+import type { SharedUsage } from './cluster/shared-usage.js';
 import { SqliteTenantStore } from './store/tenants-sqlite.js';
 import { SqliteSandboxStore } from './store/sandboxes-sqlite.js';
 import { SandboxService } from './orchestrator/sandboxes.js';
 import { CustomImageService } from './orchestrator/custom-images.js';
 import { DEFAULT_BUILD_DISK_MB, DependencyBuilder } from './orchestrator/builds.js';
+import { forwardRead, wasForwarded } from './api/forward.js';
 import { SqliteBuildStore } from './store/builds-sqlite.js';
 import { TenantService, type ResolvedQuotas } from './orchestrator/tenants.js';
 import { processAlive } from './executors/shared/process.js';
@@ -481,7 +485,18 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   let customImagesRef: CustomImageService | null = null;
   let tenantsRef: TenantService | null = null;
   let logBusRef: LogBus | null = null;
-  const usageMeter = new UsageMeter(usageStore, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
+  // What the meters write to: this server's store and, on a cluster gateway, the cluster's usage stream.
+  let sharedUsage: SharedUsage | null = null;
+  const meteredUsage: UsageStore = {
+    record: (record) => {
+      usageStore.record(record);
+      sharedUsage?.publish(record);
+    },
+    summarize: (query) => usageStore.summarize(query),
+    recent: (options) => usageStore.recent(options),
+    close: () => usageStore.close(),
+  };
+  const usageMeter = new UsageMeter(meteredUsage, { onError: (error) => logger.warn({ err: error }, 'writing a usage record failed') });
   // Cluster mode: joined before tenants and functions are read (a gateway's are the cluster's shared ones) and before
   // the function service, which sends invocations through the node's router.
   // Loaded only then: a server on its own does not load the NATS client.
@@ -513,10 +528,17 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
         },
       )
     : null;
+  // Every gateway's usage records reach every gateway: GET /v1/usage anywhere shows the cluster's.
+  if (shared) {
+    sharedUsage = await clusterNode!.shareUsage(usageStore, { onError: (error, context) => logger.warn({ err: error, ...context }, "the cluster's usage stream") });
+  }
+  // Tenants' concurrency quotas hold across gateways: their slots are shared too.
+  const tenantSlots = shared ? await clusterNode!.shareTenantSlots({ onError: (error) => logger.warn({ err: error }, "a tenant slot's lease") }) : null;
   if (shared) logger.info(shared.report, shared.report.seeded ? "this gateway's tenants, keys and functions became the cluster's shared state" : "tenants, keys and functions are the cluster's shared state");
   const tenants = new TenantService({
     store: tenantStore,
     ...(shared ? { writes: shared.state } : {}),
+    ...(tenantSlots ? { sharedSlots: tenantSlots } : {}),
     storageUsage: (tenant) => ({ ...store.storageUsage(tenant), ...(customImagesRef ? { imageBytes: customImagesRef.bytesOf(tenant) } : {}) }),
     // The server's sandbox caps are the defaults of tenants that set no sandbox quotas of their own.
     defaults: { maxSandboxes: config.maxSandboxesPerTenant ?? 10, maxPausedSandboxes: config.maxSandboxesPerTenant ?? 10, ...config.tenantQuotas },
@@ -652,11 +674,23 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   rollback.add('warm pools', () => functionService.close());
   const logBus = new LogBus();
   logBusRef = logBus;
+  // Several gateways: an Idempotency-Key holds across them (claimed in JetStream before the invocation is stored).
+  const claims = shared ? await clusterNode!.idempotencyClaims({ ttlMs: config.asyncInvocations?.retentionMs ?? 7 * 24 * 3600_000 }) : null;
+  let ownersRef: InvocationOwners | null = null;
   const invocations = new InvocationService({
     store,
     functionService,
     logBus,
     ...config.asyncInvocations,
+    ...(claims
+      ? {
+          idempotency: {
+            claim: (tenant, functionName, key, id) => claims.claim(tenant, functionName, key, id),
+            release: (tenant, functionName, key, id) => claims.release(tenant, functionName, key, id),
+            viewElsewhere: async (id, tenant) => ((await ownersRef?.find(id, tenant))?.view as InvocationView | undefined) ?? null,
+          },
+        }
+      : {}),
     onError: (error, context) => logger.warn({ err: error, ...context }, 'async invocations'),
     onInfo: (message, context) => logger.info(context, message),
     scopeOf: (tenant) => tenants.scopeOf(tenant),
@@ -665,6 +699,17 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   });
   rollback.add('async invocations', () => invocations.close(0));
   invocationsRef = invocations;
+  // Several gateways: a read of an invocation another gateway holds is forwarded there (records stay where accepted).
+  let advertiseUrl: string | null = null;
+  const owners =
+    clusterNode && clusterNode.config.role !== 'worker'
+      ? clusterNode.invocationOwners({
+          advertiseUrl: () => advertiseUrl,
+          view: (id, tenant) => (invocations.has(id, tenant) ? toInvocationView(invocations.get(id, tenant)) : null),
+          onError: (error) => logger.warn({ err: error }, 'finding the gateway of an invocation'),
+        })
+      : null;
+  ownersRef = owners;
   const streamRelay = openStreamRelay(config.streamRelayPath === undefined ? DEFAULT_STREAM_RELAY_PATH : config.streamRelayPath, metrics, logger);
   if (streamRelay) rollback.add('stream relay', () => streamRelay.close());
   // Persistent sandboxes: no process survives a restart (they ended with the old server; the executors reaped what was
@@ -673,7 +718,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   const sandboxStore = new SqliteSandboxStore(join(dataDir, 'kindling.db'));
   rollback.add('sandbox store', () => sandboxStore.close());
   // Usage of persistent sandboxes: running time and CPU (their cgroups, read by the host) and stored GB-hours.
-  const sandboxMeter = new SandboxMeter(usageStore, {
+  const sandboxMeter = new SandboxMeter(meteredUsage, {
     ...(config.sandboxMeterIntervalMs === undefined ? {} : { intervalMs: config.sandboxMeterIntervalMs }),
     storage: () => [
       ...sandboxStore.allIds().flatMap((id) => sandboxStore.get(id) ?? []).flatMap((record) => ((record.storage ?? null) === null ? [] : [{ tenant: record.tenant, key: record.id, executor: record.executor, mb: record.limits.diskMb }])),
@@ -728,6 +773,15 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     version: config.version,
     logger,
     isDraining: () => draining,
+    ...(owners
+      ? {
+          invocationsElsewhere: async (request: FastifyRequest<{ Params: { id: string } }>, reply: FastifyReply) => {
+            if (wasForwarded(request)) return null;
+            const owner = await owners.find(request.params.id, request.principal.tenant);
+            return owner === null ? null : forwardRead(request, reply, owner, nodeName);
+          },
+        }
+      : {}),
     ...(clusterNode ? { clusterReasons: () => clusterReasonsOf(clusterNode), cluster: () => ({ mode: 'cluster' as const, role: clusterNode.config.role, nodeId: clusterNode.config.nodeId, nats: clusterNode.status(), workers: clusterNode.workers() }) } : {}),
     ...(config.operatorResults ? { operatorResults: config.operatorResults } : {}),
     ...(tracer ? { tracer } : {}),
@@ -781,6 +835,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       const address = app.server.address();
       const port = typeof address === 'object' && address ? address.port : config.port;
       const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+      advertiseUrl = config.cluster?.advertiseUrl ?? (config.host === '0.0.0.0' || config.host === '::' ? `http://${hostname()}:${port}` : url);
+      owners?.serve();
       // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
       invocations.start();
       handlers.startWarming();

@@ -35,7 +35,7 @@ describe('serve --cluster: several gateways', { skip: unavailable }, () => {
     const t = lifo(context);
     const nats = await startNatsCluster(t, { nodes: 1 });
     const natsUrl = nats.urls[0] as string;
-    const a = await startNode(t, natsUrl, 'gateway', 'gw-a');
+    let a = await startNode(t, natsUrl, 'gateway', 'gw-a');
     let b = await startNode(t, natsUrl, 'gateway', 'gw-b');
     const worker = await startNode(t, natsUrl, 'worker', 'wk-1');
     await waitFor(async () => (await fetch(`${a.url}/readyz`)).status === 200 && (await fetch(`${b.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'both gateways to see the worker' });
@@ -66,6 +66,56 @@ describe('serve --cluster: several gateways', { skip: unavailable }, () => {
     assert.equal(other.status, 201, other.text);
     assert.equal((await call(a, 'POST', '/v1/functions/echo/invoke', String(other.json.apiKey), 'x')).status, 404);
 
+    // An async invocation accepted by A is read through B (forwarded to A, which holds its record): status, output, logs.
+    const accepted = await fetch(`${a.url}/v1/functions/echo/invoke`, { method: 'POST', headers: { authorization: `Bearer ${acmeKey}`, 'x-kindling-async': 'true', 'content-type': 'text/plain' }, body: 'later' });
+    assert.equal(accepted.status, 202);
+    const invocationId = String(((await accepted.json()) as { invocationId: string }).invocationId);
+    await waitFor(async () => (await call(b, 'GET', `/v1/invocations/${invocationId}`, acmeKey)).json.status === 'succeeded', { timeoutMs: 20_000, what: 'the invocation read through B' });
+    const viaB = await call(b, 'GET', `/v1/invocations/${invocationId}`, acmeKey);
+    assert.equal(viaB.status, 200);
+    assert.equal(viaB.json.id, invocationId);
+    const output = await fetch(`${b.url}/v1/invocations/${invocationId}/output`, { headers: { authorization: `Bearer ${acmeKey}` } });
+    assert.equal(output.status, 200);
+    assert.equal(output.headers.get('x-kindling-answered-by'), 'gw-a');
+    assert.equal(output.headers.get('x-kindling-status'), 'succeeded');
+    assert.equal(await output.text(), 'v2 later');
+    const logs = await call(b, 'GET', `/v1/invocations/${invocationId}/logs`, acmeKey);
+    assert.equal(logs.status, 200);
+    assert.match(logs.text, /event: end/);
+    // Not for another tenant, and an unknown id is a 404 from both, soon.
+    assert.equal((await call(b, 'GET', `/v1/invocations/${invocationId}`, String(other.json.apiKey))).status, 404);
+    const asked = performance.now();
+    const unknown = await call(b, 'GET', '/v1/invocations/inv_unknown', acmeKey);
+    assert.equal(unknown.status, 404);
+    assert.equal((unknown.json.error as { code: string }).code, 'NOT_FOUND');
+    assert.ok(performance.now() - asked < 1_500, `an unknown id answered in ${Math.round(performance.now() - asked)} ms`);
+
+    // An Idempotency-Key holds across gateways: the same key through B (and through both at once) is the first invocation.
+    const enqueue = async (gateway: Node, key: string): Promise<{ status: number; id: string; replay: string | null }> => {
+      const response = await fetch(`${gateway.url}/v1/functions/echo/invoke`, { method: 'POST', headers: { authorization: `Bearer ${acmeKey}`, 'x-kindling-async': 'true', 'idempotency-key': key, 'content-type': 'text/plain' }, body: 'once' });
+      return { status: response.status, id: String(((await response.json()) as { invocationId: string }).invocationId), replay: response.headers.get('x-kindling-idempotent-replay') };
+    };
+    const first = await enqueue(a, 'order-1');
+    assert.equal(first.status, 202);
+    const again = await enqueue(b, 'order-1');
+    assert.equal(again.status, 202);
+    assert.equal(again.id, first.id, 'the same key through the other gateway names the first invocation');
+    assert.equal(again.replay, 'true');
+    assert.notEqual((await enqueue(b, 'order-2')).id, first.id, 'another key is another invocation');
+    const racing = await Promise.all(Array.from({ length: 8 }, (_, i) => enqueue(i % 2 === 0 ? a : b, 'order-3')));
+    assert.equal(new Set(racing.map((one) => one.id)).size, 1, `one invocation for 8 racing requests: ${racing.map((one) => one.id).join(', ')}`);
+    assert.equal(racing.filter((one) => one.replay === null).length, 1, 'exactly one of them created it');
+
+    // Usage metered by either gateway is seen at both (the usage stream): the same totals through A and B.
+    const usageAt = async (gateway: Node): Promise<{ invocations: number; cpuMs: number }> => {
+      const rows = (await call(gateway, 'GET', '/v1/usage?groupBy=function', acmeKey)).json.rows as { function: string; invocations: number; cpuMs: number }[];
+      return rows.find((row) => row.function === 'echo') ?? { invocations: 0, cpuMs: 0 };
+    };
+    await waitFor(async () => {
+      const [atA, atB] = [await usageAt(a), await usageAt(b)];
+      return atA.invocations >= 3 && atA.invocations === atB.invocations && atA.cpuMs === atB.cpuMs;
+    }, { timeoutMs: 10_000, what: 'the same usage of echo at both gateways' });
+
     // A key revoked through A is refused by B within moments.
     const second = await call(b, 'POST', '/v1/tenants/acme/keys', adminKey);
     assert.equal(second.status, 201, second.text);
@@ -86,8 +136,70 @@ describe('serve --cluster: several gateways', { skip: unavailable }, () => {
     const listed = await call(b, 'GET', '/v1/functions', secondKey);
     assert.deepEqual((listed.json.functions as { name: string }[]).map((fn) => fn.name).sort(), ['echo', 'later']);
 
+    // Every gateway restarted (both down at once): the cluster still has it all.
+    await stop(a.child, 'SIGTERM');
+    await stop(b.child, 'SIGTERM');
+    a = await startNode(t, natsUrl, 'gateway', 'gw-a', a.dataDir);
+    b = await startNode(t, natsUrl, 'gateway', 'gw-b', b.dataDir);
+    for (const gateway of [a, b]) {
+      assert.equal((await call(gateway, 'GET', '/v1/tenant', acmeKey)).status, 401, `${gateway.name}: the revoked key stays refused`);
+      assert.equal((await call(gateway, 'GET', '/v1/tenant', secondKey)).status, 200, `${gateway.name}: the live key works`);
+      assert.equal((await call(gateway, 'GET', '/v1/tenants', adminKey)).status, 200, `${gateway.name}: the admin key works`);
+    }
+    await waitFor(async () => (await fetch(`${a.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'A to see the worker again' });
+    assert.equal((await call(a, 'POST', '/v1/functions/later/invoke', secondKey, 'z')).text, 'got z');
+
     // Deleted through B: a 404 at A.
     assert.equal((await call(b, 'DELETE', '/v1/functions/echo', secondKey)).status, 204);
     await waitFor(async () => (await call(a, 'POST', '/v1/functions/echo/invoke', secondKey, 'x')).status === 404, { timeoutMs: 5_000, what: "B's delete at A" });
+  });
+
+  it("a tenant's concurrency quota of 4 holds across two gateways under 40 concurrent requests", { timeout: 180_000 }, async (context) => {
+    const t = lifo(context);
+    const nats = await startNatsCluster(t, { nodes: 1 });
+    const natsUrl = nats.urls[0] as string;
+    const a = await startNode(t, natsUrl, 'gateway', 'gw-a');
+    const b = await startNode(t, natsUrl, 'gateway', 'gw-b');
+    await startNode(t, natsUrl, 'worker', 'wk-1');
+    await waitFor(async () => (await fetch(`${a.url}/readyz`)).status === 200 && (await fetch(`${b.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'both gateways to see the worker' });
+    const made = await call(a, 'POST', '/v1/tenants', null, { name: 'busy', quotas: { maxConcurrency: 4 } });
+    assert.equal(made.status, 201, made.text);
+    const key = String(made.json.apiKey);
+    // Each call says when it ran (the host's clock: sandboxes share it), so overlaps can be counted afterwards.
+    const deployed = await call(a, 'PUT', '/v1/functions/slow', key, {
+      runtime: 'node',
+      handler: 'handler',
+      maxConcurrency: 16,
+      code: 'exports.handler = async () => { const start = Date.now(); await new Promise((r) => setTimeout(r, 300)); return JSON.stringify({ start, end: Date.now() }); }',
+    });
+    assert.equal(deployed.status, 201, deployed.text);
+    await waitFor(async () => (await call(b, 'GET', '/v1/functions/slow', key)).status === 200, { timeoutMs: 10_000, what: 'the function at B' });
+    const intervals: { start: number; end: number }[] = [];
+    let refused = 0;
+    await Promise.all(
+      Array.from({ length: 40 }, async (_, i) => {
+        // Half the clients at each gateway; each retries its call until it ran (429 is the quota saying no).
+        for (;;) {
+          const response = await call(i % 2 === 0 ? a : b, 'POST', '/v1/functions/slow/invoke', key, 'x');
+          if (response.status === 429) {
+            assert.equal((response.json.error as { code: string }).code, 'TENANT_CONCURRENCY_LIMIT');
+            refused++;
+            await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 40));
+            continue;
+          }
+          assert.equal(response.status, 200, response.text);
+          intervals.push(JSON.parse(response.text) as { start: number; end: number });
+          return;
+        }
+      }),
+    );
+    const edges = intervals.flatMap((run) => [{ at: run.start, d: 1 }, { at: run.end, d: -1 }]).sort((x, y) => x.at - y.at || x.d - y.d);
+    let running = 0;
+    let most = 0;
+    for (const edge of edges) most = Math.max(most, (running += edge.d));
+    assert.equal(intervals.length, 40);
+    assert.ok(most <= 4, `at most 4 ran at once across both gateways, saw ${most}`);
+    assert.ok(most >= 2, `calls did run side by side (${most})`);
+    assert.ok(refused > 0, 'the quota refused calls beyond it');
   });
 });

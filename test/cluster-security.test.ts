@@ -114,5 +114,9 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     asWorker.nc.publish('$KV.KINDLING_STATE.k.default.key_forged', '{}');
     await asWorker.nc.flush();
     await waitFor(() => errors.some((error) => /permissions violation for publish to "\$KV\.KINDLING_STATE\.k\.default\.key_forged"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the write' });
+    // Nor forge usage records (what tenants are billed).
+    asWorker.nc.publish('kindling.usage.records.gw-tls', '[]');
+    await asWorker.nc.flush();
+    await waitFor(() => errors.some((error) => /permissions violation for publish to "kindling\.usage\.records\.gw-tls"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the usage records' });
   });
 });

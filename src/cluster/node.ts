@@ -14,6 +14,10 @@ import type { IdleUsageEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
 import { SharedState, type JoinReport, type SharedStateOptions } from './shared-state.js';
+import { TenantSlots, type TenantSlotsOptions } from './tenant-slots.js';
+import { InvocationOwners, type InvocationOwnersOptions } from './invocation-owners.js';
+import { SharedUsage, type SharedUsageOptions, type UsageSink } from './shared-usage.js';
+import { IdempotencyClaims, type IdempotencyClaimsOptions } from './idempotency-claims.js';
 import type { SqliteStore } from '../store/sqlite.js';
 import type { SqliteTenantStore } from '../store/tenants-sqlite.js';
 
@@ -35,6 +39,9 @@ export class ClusterNode {
   /** Set when another process took this node's id: why it is not ready. */
   private displacedBy: string | null = null;
   private sharedState: SharedState | null = null;
+  private tenantSlots: TenantSlots | null = null;
+  private owners: InvocationOwners | null = null;
+  private sharedUsage: SharedUsage | null = null;
 
   private constructor(
     readonly config: ClusterConfig,
@@ -101,6 +108,33 @@ export class ClusterNode {
     const joined = await SharedState.join(this.connection.nc, stores, options);
     this.sharedState = joined.state;
     return joined;
+  }
+
+  /** Gateways and `all`: the slots of tenants' concurrency quotas, shared by every gateway. */
+  async shareTenantSlots(options: TenantSlotsOptions = {}): Promise<TenantSlots> {
+    if (this.config.role === 'worker') throw new Error('a worker takes no tenant slots');
+    this.tenantSlots ??= await TenantSlots.open(this.connection.nc, options);
+    return this.tenantSlots;
+  }
+
+  /** Gateways and `all`: Idempotency-Keys claimed across gateways. */
+  async idempotencyClaims(options: IdempotencyClaimsOptions = {}): Promise<IdempotencyClaims> {
+    if (this.config.role === 'worker') throw new Error('a worker takes no invocations');
+    return IdempotencyClaims.open(this.connection.nc, options);
+  }
+
+  /** Gateways and `all`: the usage every gateway meters, followed into `sink` (see shared-usage.ts). */
+  async shareUsage(sink: UsageSink, options: Omit<SharedUsageOptions, 'nodeId'> = {}): Promise<SharedUsage> {
+    if (this.config.role === 'worker') throw new Error('a worker meters for its gateways');
+    this.sharedUsage ??= await SharedUsage.join(this.connection.nc, sink, { ...options, nodeId: this.config.nodeId });
+    return this.sharedUsage;
+  }
+
+  /** Gateways and `all`: tells other gateways which invocations are held here, and finds those held elsewhere. */
+  invocationOwners(options: Omit<InvocationOwnersOptions, 'nodeId'>): InvocationOwners {
+    if (this.config.role === 'worker') throw new Error('a worker holds no invocations');
+    this.owners ??= new InvocationOwners(this.connection.nc, { ...options, nodeId: this.config.nodeId });
+    return this.owners;
   }
 
   /**
@@ -224,7 +258,11 @@ export class ClusterNode {
       await this.workerRuns?.idle(2_000);
       this.router?.close();
       this.view?.close();
+      // The records metered up to the drain reach the stream before the connection goes.
+      await this.sharedUsage?.close().catch((error: unknown) => this.logger.warn({ err: error }, 'publishing the last usage records failed'));
       this.sharedState?.close();
+      this.tenantSlots?.close();
+      this.owners?.close();
       await this.connection.close();
     })();
     return this.closing;
