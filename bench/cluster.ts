@@ -12,6 +12,7 @@
  * shared across gateways adds to a warm call.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
@@ -124,7 +125,8 @@ export async function runClusterGroup(ctx: BenchContext): Promise<GroupResult> {
     status: worst < ACK_WAIT_MS + 1_000 ? 'pass' : 'fail',
     note: `all: ${samples.map((ms) => ms.toFixed(0)).join(', ')} ms; the dead worker's last progress signal was up to ackWait/3 before the kill`,
   });
-  rows.push(...(await gatewayHop(ctx, cluster.urls, data)));
+  const natsPids = cluster.nodes.flatMap((node) => (node.process?.pid === undefined ? [] : [node.process.pid]));
+  rows.push(...(await gatewayHop(ctx, cluster.urls, data, natsPids)));
   rows.push(...(await workerScaling(ctx, cluster.urls, data)));
   rows.push(...(await sharedGateways(ctx, cluster.urls, data)));
   return { rows, data };
@@ -207,7 +209,23 @@ async function deployWarm(server: BenchServer, name: string, apiKey?: string): P
   return node;
 }
 
-async function gatewayHop(ctx: BenchContext, urls: string[], data: Record<string, unknown>): Promise<Row[]> {
+/** CPU time a process has used so far (user + system, from /proc; USER_HZ is 100 on Linux), in ms. */
+function processCpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces: count the fields after its closing parenthesis.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/** CPU ms each process used while `body` ran. */
+async function cpuDuring<T>(pids: Record<string, number[]>, body: () => Promise<T>): Promise<{ result: T; cpuMs: Record<string, number> }> {
+  const total = (list: number[]): number => list.reduce((sum, pid) => sum + processCpuMs(pid), 0);
+  const before = Object.fromEntries(Object.entries(pids).map(([name, list]) => [name, total(list)]));
+  const result = await body();
+  return { result, cpuMs: Object.fromEntries(Object.entries(pids).map(([name, list]) => [name, total(list) - before[name]!])) };
+}
+
+async function gatewayHop(ctx: BenchContext, urls: string[], data: Record<string, unknown>, natsPids: number[]): Promise<Row[]> {
   const natsUrls = urls.join(',');
   const worker = await launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', extraArgs: ['--cluster', natsUrls, '--role', 'worker', '--node-name', 'bench-worker', '--generic-sandboxes', '0'] });
   onCleanup(() => worker.stop());
@@ -229,8 +247,12 @@ async function gatewayHop(ctx: BenchContext, urls: string[], data: Record<string
     // Alternated twice, so drift on this shared machine hits both paths alike.
     const hop: CurveStep[] = [];
     const direct: CurveStep[] = [];
+    // CPU of each process during the calls through the gateway (the sandboxes' own time is not the worker's).
+    const spent: Record<string, number> = { gateway: 0, worker: 0, nats: 0 };
     for (let round = 0; round < 2; round++) {
-      hop.push(await step(gateway, 'hop'));
+      const measured = await cpuDuring({ gateway: [gateway.pid], worker: [worker.pid], nats: natsPids }, () => step(gateway, 'hop'));
+      hop.push(measured.result);
+      for (const [name, ms] of Object.entries(measured.cpuMs)) spent[name] = (spent[name] ?? 0) + ms;
       direct.push(await step(worker, 'direct'));
     }
     const merge = (steps: CurveStep[]) => {
@@ -240,8 +262,11 @@ async function gatewayHop(ctx: BenchContext, urls: string[], data: Record<string
     };
     const viaGateway = merge(hop);
     const straight = merge(direct);
+    const calls = hop.reduce((sum, one) => sum + one.samples.length, 0);
+    const cpuPerCallUs = Object.fromEntries(Object.entries(spent).map(([name, ms]) => [name, calls === 0 ? null : Math.round((ms * 1000) / calls)]));
     ctx.log(`cluster: ${connections} clients: via gateway ${viaGateway.perSecond.toFixed(0)}/s p50 ${fmtMs(viaGateway.p50Ms)}; worker direct ${straight.perSecond.toFixed(0)}/s p50 ${fmtMs(straight.p50Ms)}`);
-    data[`cluster.gateway-hop.${connections}`] = { connections, viaGateway, direct: straight };
+    data[`cluster.gateway-hop.${connections}`] = { connections, viaGateway, direct: straight, cpuPerCallUs };
+    ctx.log(`cluster: CPU per call through the gateway (${connections} clients): gateway ${cpuPerCallUs.gateway} µs, worker ${cpuPerCallUs.worker} µs, 3 NATS servers ${cpuPerCallUs.nats} µs`);
     rows.push({
       group: 'cluster',
       id: `cluster.gateway-hop.${connections}`,
@@ -251,7 +276,7 @@ async function gatewayHop(ctx: BenchContext, urls: string[], data: Record<string
       ratio: `+${fmtMs(viaGateway.p50Ms - straight.p50Ms)} p50`,
       target: '— (measured: the cost of the hop)',
       status: viaGateway.errors === 0 ? 'pass' : 'fail',
-      note: `errors: ${viaGateway.errors} via gateway, ${straight.errors} direct; gateway, worker and 3 NATS servers share 2 cores`,
+      note: `errors: ${viaGateway.errors} via gateway, ${straight.errors} direct; CPU per call through the gateway: gateway ${cpuPerCallUs.gateway} µs, worker process ${cpuPerCallUs.worker} µs (its sandbox apart), 3 NATS servers ${cpuPerCallUs.nats} µs; all share 2 cores`,
     });
   }
   // Gone before the next rows: a worker still registered would take part of their calls.
