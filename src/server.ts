@@ -705,6 +705,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     clusterNode && clusterNode.config.role !== 'worker'
       ? clusterNode.invocationOwners({
           advertiseUrl: () => advertiseUrl,
+          trusted: (nodeId, url) => shared?.state.gatewayUrl(nodeId) === url,
           view: (id, tenant) => (invocations.has(id, tenant) ? toInvocationView(invocations.get(id, tenant)) : null),
           onError: (error) => logger.warn({ err: error }, 'finding the gateway of an invocation'),
         })
@@ -778,7 +779,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
           invocationsElsewhere: async (request: FastifyRequest<{ Params: { id: string } }>, reply: FastifyReply) => {
             if (wasForwarded(request)) return null;
             const owner = await owners.find(request.params.id, request.principal.tenant);
-            return owner === null ? null : forwardRead(request, reply, owner, nodeName);
+            if (owner === null) return null;
+            // The path from the route's own pattern and the checked id: never the raw target, which may name any host.
+            const path = (request.routeOptions.url ?? '/v1/invocations/:id').replace(':id', encodeURIComponent(request.params.id));
+            return forwardRead(request, reply, owner, path, nodeName);
           },
         }
       : {}),
@@ -835,8 +839,13 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       const address = app.server.address();
       const port = typeof address === 'object' && address ? address.port : config.port;
       const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
-      advertiseUrl = config.cluster?.advertiseUrl ?? (config.host === '0.0.0.0' || config.host === '::' ? `http://${hostname()}:${port}` : url);
-      owners?.serve();
+      // On every address: the first external IPv4 address (the other gateways' requests pass the host guard, which
+      // takes IP addresses but names only from --allowed-hosts).
+      advertiseUrl = config.cluster?.advertiseUrl ?? (config.host === '0.0.0.0' || config.host === '::' ? `http://${externalAddress() ?? hostname()}:${port}` : url);
+      if (owners && shared) {
+        await shared.state.registerGateway(clusterNode!.config.nodeId, advertiseUrl);
+        owners.serve();
+      }
       // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
       invocations.start();
       handlers.startWarming();
@@ -928,6 +937,14 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       return destroying;
     },
   };
+}
+
+/** The first IPv4 address of this machine that is not a loopback one, if any. */
+function externalAddress(): string | null {
+  for (const addresses of Object.values(networkInterfaces())) {
+    for (const address of addresses ?? []) if (address.family === 'IPv4' && !address.internal) return address.address;
+  }
+  return null;
 }
 
 /** Why a cluster node is not ready: its NATS connection is down, or (a gateway) it sees no worker to send work to. */

@@ -7,6 +7,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { jetstream } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { connectCluster, type ClusterConnection } from '../src/cluster/connection.js';
 import { SharedState, type SharedStateChange } from '../src/cluster/shared-state.js';
 import { KindlingError } from '../src/core/errors.js';
@@ -29,7 +31,7 @@ interface Gateway {
 }
 
 /** One gateway's copy: its own (in-memory) stores and connection, on the shared bucket. */
-async function gateway(t: CleanupOwner, urls: string[], bucket: string, prepare: (stores: { tenants: SqliteTenantStore; functions: SqliteStore }) => void = () => {}): Promise<Gateway> {
+async function gateway(t: CleanupOwner, urls: string[], bucket: string, prepare: (stores: { tenants: SqliteTenantStore; functions: SqliteStore }) => void = () => {}, nodeId?: string): Promise<Gateway> {
   const connection: ClusterConnection = await connectCluster(urls);
   t.after(() => connection.close());
   const tenants = new SqliteTenantStore(':memory:');
@@ -40,7 +42,7 @@ async function gateway(t: CleanupOwner, urls: string[], bucket: string, prepare:
   });
   prepare({ tenants, functions });
   const changes: SharedStateChange[] = [];
-  const { state, report } = await SharedState.join(connection.nc, { tenants, functions }, { bucket, maxBytes: 64 * 1024 ** 2, onChange: (change) => changes.push(change), applyTimeoutMs: 10_000 });
+  const { state, report } = await SharedState.join(connection.nc, { tenants, functions }, { bucket, maxBytes: 64 * 1024 ** 2, ...(nodeId === undefined ? {} : { nodeId }), onChange: (change) => changes.push(change), applyTimeoutMs: 10_000 });
   t.after(async () => state.close());
   return { state, tenants, functions, changes, seeded: report.seeded };
 }
@@ -134,6 +136,36 @@ describe('cluster shared state', { skip: natsUnavailable }, () => {
     assert.ok(later.tenants.getTenant('default'), 'every copy has the default tenant');
     // The next deploy continues the numbering the first gateway had.
     assert.equal((await later.state.putFunction('old-tenant', 'kept', spec(3), 800)).version.version, 3);
+  });
+
+  it('a first copy that stopped half-way is made again by the same node; another gateway waits for it, never takes half', { timeout: 90_000 }, async (context) => {
+    const t = lifo(context);
+    const bucket = uniqueBucket();
+    // What a first gateway's start that failed in the middle of its copy leaves: the marker, not complete, and part.
+    const connection = await connectCluster(nats.urls);
+    t.after(() => connection.close());
+    const kv = await new Kvm(jetstream(connection.nc)).create(bucket, { history: 1, max_bytes: 64 * 1024 ** 2 });
+    await kv.put('s.seeded', JSON.stringify({ complete: false, nodeId: 'gw-first', atMs: Date.now() }));
+    await kv.put('t.half', JSON.stringify({ name: 'half', quotas: {}, createdAtMs: 1, deletedAtMs: null }));
+    // Another gateway starting now waits for the copy to complete instead of taking half of it.
+    let joinedAtMs = 0;
+    const waiting = gateway(t, nats.urls, bucket, () => {}, 'gw-later').then((joined) => {
+      joinedAtMs = Date.now();
+      return joined;
+    });
+    const first = await gateway(t, nats.urls, bucket, ({ tenants, functions }) => {
+      tenants.insertTenant('half', {}, 1);
+      tenants.insertTenant('rest', { maxMemoryMb: 128 }, 2);
+      functions.putFunction('rest', 'fn', spec(1), 2);
+    }, 'gw-first');
+    assert.equal(first.seeded, true, 'the same node copies again');
+    const later = await waiting;
+    const marker = await kv.get('s.seeded');
+    assert.equal(marker?.json<{ complete: boolean }>().complete, true);
+    assert.ok(joinedAtMs >= marker!.created.getTime(), 'the later gateway joined only once the copy was complete');
+    assert.equal(later.seeded, false);
+    assert.deepEqual(later.tenants.getTenant('rest')?.quotas, { maxMemoryMb: 128 });
+    assert.equal(later.functions.getFunction('rest', 'fn')?.latestVersion, 1, 'it holds the whole copy');
   });
 
   it('a write NATS cannot take is refused with 503 CLUSTER_UNAVAILABLE; the copy keeps answering reads', { timeout: 60_000 }, async (context) => {

@@ -157,7 +157,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--otlp-headers <name=value,...>', 'headers of each span export (e.g. an API key of a hosted backend); env KINDLING_OTLP_HEADERS')
     .option('--cluster <urls>', 'join a cluster through NATS JetStream (docs/cluster.md): nats://h1:4222,nats://h2:4222; unset: a server on its own, as always')
     .option('--role <role>', 'with --cluster, required: gateway (serves the API, sends invocations to workers), worker (runs what gateways send) or all (both)')
-    .option('--cluster-advertise-url <url>', "with --cluster: where the other gateways reach this one's API (they forward reads of invocations it holds here); default: its listening address, with the host name when it listens on every address");
+    .option('--cluster-advertise-url <url>', "with --cluster: where the other gateways reach this one's API (they forward reads of invocations it holds here); default: its listening address, with the machine's first external IPv4 address when it listens on every address (a host name given here must be in the other gateways' --allowed-hosts)");
   return addClusterSecurityOptions(command).option('--log-level <level>', 'trace | debug | info | warn | error', defaults.logLevel);
 }
 

@@ -14,6 +14,12 @@ export interface InvocationOwnersOptions {
   advertiseUrl: () => string | null;
   /** The tenant's invocation as GET /v1/invocations/ID shows it, when this gateway holds it (else null). */
   view: (id: string, tenant: string) => unknown;
+  /**
+   * Whether `url` is the address gateway `nodeId` registered (in the shared state, which only gateways may write): an
+   * answer from anyone else (a compromised worker publishing to a gateway's inbox) is ignored, so a caller's key is
+   * never forwarded to an address no gateway registered.
+   */
+  trusted: (nodeId: string, url: string) => boolean;
   onError?: (error: unknown) => void;
   /** How long to wait for the gateways' answers in all (default 1 s) and after the last one (default 50 ms). */
   maxWaitMs?: number;
@@ -50,23 +56,19 @@ export class InvocationOwners {
   serve(): void {
     if (this.subscription !== null) return;
     this.subscription = this.nc.subscribe(WHERE_SUBJECT, {
+      // Whatever fails here is reported, never thrown: a throw would end the connection's reader.
       callback: (error, msg) => {
-        if (error) {
-          this.options.onError?.(error);
-          return;
-        }
-        let question: Question;
         try {
-          question = msg.json<Question>();
+          if (error) throw error;
+          const question = msg.json<Question>();
           if (typeof question.id !== 'string' || typeof question.tenant !== 'string') throw new Error('not a question');
-        } catch (parseError) {
-          this.options.onError?.(parseError);
-          return;
+          const url = this.options.advertiseUrl();
+          const view = url === null ? null : this.options.view(question.id, question.tenant);
+          const answer: Answer = view === null ? { nodeId: this.options.nodeId, url: null } : { nodeId: this.options.nodeId, url, view };
+          msg.respond(JSON.stringify(answer));
+        } catch (failure) {
+          this.options.onError?.(failure);
         }
-        const url = this.options.advertiseUrl();
-        const view = url === null ? null : this.options.view(question.id, question.tenant);
-        const answer: Answer = view === null ? { nodeId: this.options.nodeId, url: null } : { nodeId: this.options.nodeId, url, view };
-        msg.respond(JSON.stringify(answer));
       },
     });
   }
@@ -81,7 +83,12 @@ export class InvocationOwners {
     for await (const msg of answers) {
       try {
         const answer = msg.json<Answer>();
-        if (answer.url !== null && answer.nodeId !== this.options.nodeId) return { nodeId: answer.nodeId, url: answer.url, view: answer.view ?? null };
+        if (answer.url === null || answer.nodeId === this.options.nodeId) continue;
+        if (!this.options.trusted(answer.nodeId, answer.url)) {
+          this.options.onError?.(new Error(`an answer names ${answer.url} for gateway ${answer.nodeId}, which is not the address that gateway registered: ignored`));
+          continue;
+        }
+        return { nodeId: answer.nodeId, url: answer.url, view: answer.view ?? null };
       } catch (error) {
         this.options.onError?.(error);
       }

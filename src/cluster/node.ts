@@ -105,7 +105,7 @@ export class ClusterNode {
    */
   async shareState(stores: { tenants: SqliteTenantStore; functions: SqliteStore }, options: SharedStateOptions = {}): Promise<{ state: SharedState; report: JoinReport }> {
     if (this.config.role === 'worker') throw new Error('a worker keeps no shared state');
-    const joined = await SharedState.join(this.connection.nc, stores, options);
+    const joined = await SharedState.join(this.connection.nc, stores, { nodeId: this.config.nodeId, ...options });
     this.sharedState = joined.state;
     return joined;
   }

@@ -8,8 +8,9 @@
  * could race) and resolves once this gateway has applied it, so a caller reads its own writes; the other gateways apply
  * it as their watch delivers it (within milliseconds on a healthy cluster).
  *
- * Keys: `t.<tenant>`, `k.<tenant>.<keyId>`, `f.<tenant>.<function>`, `v.<tenant>.<function>.<version>`, and `s.<id>`
- * (barriers: a write whose revision follows deletes, which return none).
+ * Keys: `t.<tenant>`, `k.<tenant>.<keyId>`, `f.<tenant>.<function>`, `v.<tenant>.<function>.<version>`, `g.<node>`
+ * (a gateway's HTTP address, which other gateways forward reads to), and `s.<id>` (the seed marker, and barriers: a
+ * write whose revision follows deletes, which return none).
  */
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
@@ -24,6 +25,8 @@ import type { FunctionWrites, TenantWrites } from '../store/writes.js';
 export const DEFAULT_STATE_BUCKET = 'KINDLING_STATE';
 
 export interface SharedStateOptions {
+  /** This gateway's node id (the first gateway's marks the copy of its state it makes). */
+  nodeId?: string;
   bucket?: string;
   replicas?: number;
   /** The bucket's bound on disk (each replica). Default 1 GiB: versions' code, tenants and key hashes. */
@@ -57,7 +60,9 @@ const SEED_KEY = 's.seeded';
 
 export class SharedState implements TenantWrites, FunctionWrites {
   private applied = 0;
-  private readonly waiters = new Set<{ revision: number; resolve: () => void }>();
+  private readonly waiters = new Set<{ revision: number; resolve: () => void; reject: (error: Error) => void }>();
+  /** Gateways' HTTP addresses by node id, as they registered them. */
+  private readonly gateways = new Map<string, string>();
   /** Revisions this process wrote: their changes are already handled by the writer (no onChange). */
   private readonly own = new Set<number>();
   private readonly instance = nuid.next();
@@ -98,12 +103,22 @@ export class SharedState implements TenantWrites, FunctionWrites {
     return { state, report: { ...report, seeded } };
   }
 
-  /** Stops following the bucket (the stores keep what they have). */
+  /** Stops following the bucket (the stores keep what they have); writes still waiting to be seen back fail. */
   close(): void {
     this.stopWatch?.();
     this.stopWatch = null;
-    for (const waiter of this.waiters) waiter.resolve();
+    for (const waiter of [...this.waiters]) waiter.reject(new Error('the shared state was closed before the change was seen back'));
     this.waiters.clear();
+  }
+
+  /** Records where this gateway's API is reached (other gateways forward reads of invocations it holds there). */
+  async registerGateway(nodeId: string, url: string): Promise<void> {
+    await this.write(async () => ({ result: undefined, revision: await this.kv.put(`g.${nodeId}`, JSON.stringify({ url })) }));
+  }
+
+  /** The HTTP address a gateway registered, or undefined. */
+  gatewayUrl(nodeId: string): string | undefined {
+    return this.gateways.get(nodeId);
   }
 
   /* ---------------------------------------------------- tenants ------------------------------------------------- */
@@ -112,7 +127,10 @@ export class SharedState implements TenantWrites, FunctionWrites {
     return this.write(async () => {
       const record: TenantRecord = { name, quotas, createdAtMs: nowMs, deletedAtMs: null };
       const revision = await this.createOrNull(`t.${name}`, record);
-      return revision === null ? { result: false } : { result: true, revision };
+      if (revision !== null) return { result: true, revision };
+      // Taken (maybe a moment ago through another gateway): the caller reads it once this copy has it.
+      const existing = await this.kv.get(`t.${name}`);
+      return existing === null ? { result: false } : { result: false, revision: existing.revision };
     });
   }
 
@@ -304,6 +322,11 @@ export class SharedState implements TenantWrites, FunctionWrites {
           this.waiters.delete(waiter);
           resolve();
         },
+        reject: (error: Error) => {
+          clearTimeout(timer);
+          this.waiters.delete(waiter);
+          reject(error);
+        },
       };
       const timer = setTimeout(() => {
         this.waiters.delete(waiter);
@@ -313,20 +336,61 @@ export class SharedState implements TenantWrites, FunctionWrites {
     });
   }
 
-  /** The first gateway of a cluster copies its stores into an empty bucket (a marker key decides who is first). */
+  /**
+   * The first gateway of a cluster copies its stores into an empty bucket. A marker key decides who is first and says
+   * whether the copy is complete: a copy that failed half-way is done again by the same node's next start, and other
+   * gateways wait for it (a gateway must never take a half-copied state as the cluster's, which would drop the rest).
+   */
   private async seedIfFirst(): Promise<boolean> {
-    const info = await this.jsm.streams.info(`KV_${this.bucket}`);
-    if (info.state.messages > 0) return false;
-    if ((await this.createOrNull(SEED_KEY, { atMs: Date.now() })) === null) return false;
+    const nodeId = this.options.nodeId ?? '';
+    const marker = await this.kv.get(SEED_KEY);
+    if (marker !== null && marker.operation === 'PUT') {
+      const seed = marker.json<{ complete?: boolean; nodeId?: string }>();
+      if (seed.complete !== false) return false;
+      if (seed.nodeId === nodeId && nodeId !== '') return this.seed(marker.revision);
+      await this.seeded();
+      return false;
+    }
+    if ((await this.jsm.streams.info(`KV_${this.bucket}`)).state.messages > 0) return false;
+    const revision = await this.createOrNull(SEED_KEY, { complete: false, nodeId, atMs: Date.now() });
+    if (revision === null) {
+      await this.seeded();
+      return false;
+    }
+    return this.seed(revision);
+  }
+
+  private async seed(markerRevision: number): Promise<boolean> {
+    const put = async (key: string, value: unknown): Promise<void> => {
+      try {
+        await this.kv.put(key, JSON.stringify(value));
+      } catch (error) {
+        throw new Error(`copying this server's tenants, keys and functions into the cluster failed at ${key} (${error instanceof Error ? error.message : String(error)}); fix that and start it again: the copy starts over`, { cause: error });
+      }
+    };
     for (const tenant of this.tenants.listTenants()) {
-      await this.kv.put(`t.${tenant.name}`, JSON.stringify(tenant));
-      for (const key of this.tenants.listKeys(tenant.name)) await this.kv.put(`k.${key.tenant}.${key.id}`, JSON.stringify(key));
+      await put(`t.${tenant.name}`, tenant);
+      for (const key of this.tenants.listKeys(tenant.name)) await put(`k.${key.tenant}.${key.id}`, key);
     }
     for (const fn of this.functions.allFunctions()) {
-      for (const version of this.functions.listVersions(fn.tenant, fn.name)) await this.kv.put(`v.${fn.tenant}.${fn.name}.${version.version}`, JSON.stringify(version));
-      await this.kv.put(`f.${fn.tenant}.${fn.name}`, JSON.stringify(fn));
+      for (const version of this.functions.listVersions(fn.tenant, fn.name)) await put(`v.${fn.tenant}.${fn.name}.${version.version}`, version);
+      await put(`f.${fn.tenant}.${fn.name}`, fn);
     }
+    await this.kv.update(SEED_KEY, JSON.stringify({ complete: true, nodeId: this.options.nodeId ?? '', atMs: Date.now() }), markerRevision);
     return true;
+  }
+
+  /** Waits (up to a minute) until the first gateway's copy is complete. */
+  private async seeded(): Promise<void> {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const marker = await this.kv.get(SEED_KEY);
+      if (marker === null || marker.operation !== 'PUT' || marker.json<{ complete?: boolean }>().complete !== false) return;
+      if (Date.now() > deadline) {
+        throw new Error(`the first gateway (${marker.json<{ nodeId?: string }>().nodeId ?? 'unknown'}) has not finished copying its state into the cluster; start it again (it resumes), then this one`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
   }
 
   /**
@@ -345,10 +409,14 @@ export class SharedState implements TenantWrites, FunctionWrites {
       report = this.replaceAll([]);
       caughtUp();
     }
-    this.stopWatch = () => iterator.stop();
-    void (async () => {
+    let stopped = false;
+    this.stopWatch = () => {
+      stopped = true;
+      iterator.stop();
+    };
+    const pump = async (entries: AsyncIterable<KvEntry>): Promise<void> => {
       try {
-        for await (const entry of iterator) {
+        for await (const entry of entries) {
           if (!started) {
             initial.push(entry);
             if (entry.revision < lastAtStart) continue;
@@ -368,15 +436,40 @@ export class SharedState implements TenantWrites, FunctionWrites {
       } catch (error) {
         this.options.onError?.(error);
       }
-    })();
+      // A watch that ended by itself (not closed here) would leave this copy stale for good, revoked keys included:
+      // it starts again after the last revision applied, until it holds.
+      while (!stopped && started) {
+        this.options.onError?.(new Error(`the watch of ${this.bucket} ended; following it again from revision ${this.applied + 1}`));
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        if (stopped) return;
+        try {
+          const next = await this.kv.watch({ resumeFromRevision: this.applied + 1 });
+          this.stopWatch = () => {
+            stopped = true;
+            next.stop();
+          };
+          return await pump(next);
+        } catch (error) {
+          this.options.onError?.(error);
+        }
+      }
+    };
+    void pump(iterator);
     const timeoutMs = this.options.applyTimeoutMs ?? 15_000;
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      ready,
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`the cluster's shared state (${this.bucket}) was not read within ${timeoutMs} ms`)), timeoutMs);
-      }),
-    ]).finally(() => clearTimeout(timer));
+    try {
+      await Promise.race([
+        ready,
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the cluster's shared state (${this.bucket}) was not read within ${timeoutMs} ms`)), timeoutMs);
+        }),
+      ]);
+    } catch (error) {
+      this.close();
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
     return report;
   }
 
@@ -393,7 +486,8 @@ export class SharedState implements TenantWrites, FunctionWrites {
     for (const entry of entries) {
       if (entry.operation !== 'PUT') continue;
       const kind = entry.key.split('.')[0];
-      if (kind === 't') tenants.push(entry.json<TenantRecord>());
+      if (kind === 'g') this.gateways.set(entry.key.slice(2), entry.json<{ url: string }>().url);
+      else if (kind === 't') tenants.push(entry.json<TenantRecord>());
       else if (kind === 'k') keys.push(entry.json<ApiKeyRecord>());
       else if (kind === 'f') functions.push(entry.json<FunctionRecord>());
       else if (kind === 'v') versions.push(entry.json<FunctionVersion>());
@@ -442,6 +536,12 @@ export class SharedState implements TenantWrites, FunctionWrites {
         const [, tenant = '', name = '', version = '0'] = parts;
         if (removed) this.functions.removeVersion(tenant, name, Number(version));
         else this.functions.applyVersion(entry.json<FunctionVersion>());
+        return;
+      }
+      case 'g': {
+        const nodeId = entry.key.slice(2);
+        if (removed) this.gateways.delete(nodeId);
+        else this.gateways.set(nodeId, entry.json<{ url: string }>().url);
         return;
       }
       default:

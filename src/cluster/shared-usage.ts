@@ -37,6 +37,8 @@ export interface SharedUsageOptions {
 
 export class SharedUsage {
   private buffered: UsageRecord[] = [];
+  /** The first records of `buffered` being published now: a trim never drops them (they are removed once acked). */
+  private sending = 0;
   private timer: NodeJS.Timeout | null = null;
   private publishing: Promise<void> = Promise.resolve();
   private stopFollowing: () => void = () => {};
@@ -86,8 +88,9 @@ export class SharedUsage {
     this.buffered.push(record);
     const max = this.options.maxBuffered ?? SHARED_USAGE_DEFAULTS.maxBuffered;
     if (this.buffered.length > max) {
-      const over = this.buffered.length - max;
-      this.buffered.splice(0, over);
+      // The oldest records not being published go.
+      const over = Math.min(this.buffered.length - max, this.buffered.length - this.sending);
+      this.buffered.splice(this.sending, over);
       this.droppedRecords += over;
     }
     if (this.timer === null) {
@@ -123,9 +126,11 @@ export class SharedUsage {
     const batchSize = SHARED_USAGE_DEFAULTS.maxBatchRecords;
     while (this.buffered.length > 0) {
       const batch = this.buffered.slice(0, batchSize);
+      this.sending = batch.length;
       try {
         await this.js.publish(subject, JSON.stringify(batch));
       } catch (error) {
+        this.sending = 0;
         this.options.onError?.(error, { phase: 'publish', records: batch.length });
         if (this.closed) return;
         // Kept (up to maxBuffered) and tried again by the next flush, a second from now.
@@ -135,8 +140,9 @@ export class SharedUsage {
         }
         return;
       }
-      // The buffer may have been trimmed meanwhile: drop what was published (still its first records, or fewer).
-      this.buffered.splice(0, Math.min(batch.length, this.buffered.length));
+      // Trims meanwhile left the records being published in place: they are still the first ones.
+      this.buffered.splice(0, batch.length);
+      this.sending = 0;
     }
   }
 

@@ -30,6 +30,8 @@ export interface TenantSlotsOptions {
 interface Held {
   key: string;
   revision: number;
+  /** A rewrite of its lease under way: a release waits for it (its delete needs the new revision). */
+  refreshing: Promise<void> | null;
 }
 
 export class TenantSlots {
@@ -39,6 +41,8 @@ export class TenantSlots {
   private readonly holder = nuid.next();
   private readonly refresher: NodeJS.Timeout;
   private stopWatch: () => void = () => {};
+  /** One refresh pass at a time (a pass may take long while NATS is slow; two would race for the same revisions). */
+  private refreshing = false;
 
   private constructor(
     private readonly kv: KV,
@@ -89,7 +93,7 @@ export class TenantSlots {
         const key = `${tenant}.${index}`;
         const revision = await this.createOrNull(key);
         if (revision === null) continue;
-        const held: Held = { key, revision };
+        const held: Held = { key, revision, refreshing: null };
         this.held.add(held);
         this.seen.set(key, this.now());
         let released = false;
@@ -97,10 +101,12 @@ export class TenantSlots {
           if (released) return;
           released = true;
           this.held.delete(held);
-          this.kv.delete(held.key, { previousSeq: held.revision }).catch((error: unknown) => {
-            // Already expired and taken by someone else (wrong last sequence), or NATS down: it expires by itself.
-            if (!isWrongLastSequence(error)) this.options.onError?.(error);
-          });
+          void (held.refreshing ?? Promise.resolve())
+            .then(() => this.kv.delete(held.key, { previousSeq: held.revision }))
+            .catch((error: unknown) => {
+              // Already expired and taken by someone else (wrong last sequence), or NATS down: it expires by itself.
+              if (!isWrongLastSequence(error)) this.options.onError?.(error);
+            });
         };
       }
     } catch (error) {
@@ -138,17 +144,28 @@ export class TenantSlots {
 
   /** Rewrites each slot held (compare-and-set), so the lease does not end while its run lasts. */
   private async refresh(): Promise<void> {
-    // Keys removed by the bucket's max age send no event: forget them here.
-    const cutoff = this.now() - this.leaseMs;
-    for (const [key, at] of this.seen) if (at < cutoff) this.seen.delete(key);
-    for (const held of [...this.held]) {
-      try {
-        held.revision = await this.kv.update(held.key, JSON.stringify({ holder: this.holder, atMs: this.now() }), held.revision);
-      } catch (error) {
-        // Lost (cut off past the lease, and someone took it): the run goes on, but the quota may be exceeded by one.
-        this.options.onError?.(error);
-        if (isWrongLastSequence(error)) this.held.delete(held);
+    if (this.refreshing) return;
+    this.refreshing = true;
+    try {
+      // Keys removed by the bucket's max age send no event: forget them here.
+      const cutoff = this.now() - this.leaseMs;
+      for (const [key, at] of this.seen) if (at < cutoff) this.seen.delete(key);
+      for (const held of [...this.held]) {
+        held.refreshing = this.kv.update(held.key, JSON.stringify({ holder: this.holder, atMs: this.now() }), held.revision).then(
+          (revision) => {
+            held.revision = revision;
+          },
+          (error: unknown) => {
+            // Lost (cut off past the lease, and someone took it): the run goes on, but the quota may be exceeded by one.
+            this.options.onError?.(error);
+            if (isWrongLastSequence(error)) this.held.delete(held);
+          },
+        );
+        await held.refreshing;
+        held.refreshing = null;
       }
+    } finally {
+      this.refreshing = false;
     }
   }
 

@@ -631,9 +631,10 @@ export class InvocationService {
         this.blockTenant(record.tenant, TENANT_RETRY_MS);
         return;
       }
-      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS')) {
+      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS' || failure.code === 'CLUSTER_UNAVAILABLE')) {
         // It never started (the function is at its concurrency limit, the server is stopping, the disk is full so
-        // the sandbox could not be prepared, or no cluster worker has a free slot): back in the queue, in its place
+        // the sandbox could not be prepared, no cluster worker has a free slot, or the cluster could not give the
+        // tenant a slot of its quota): back in the queue, in its place
         // (it runs after the next start when stopping), and the dispatcher waits a little before it claims again.
         await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
         finish('requeued');
