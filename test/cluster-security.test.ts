@@ -114,6 +114,14 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     asWorker.nc.publish('$KV.KINDLING_STATE.k.default.key_forged', '{}');
     await asWorker.nc.flush();
     await waitFor(() => errors.some((error) => /permissions violation for publish to "\$KV\.KINDLING_STATE\.k\.default\.key_forged"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the write' });
+    // Nor call JetStream's API for any stream but the registry's: the shared state (key hashes, code) can be neither
+    // read nor deleted with a worker's credentials.
+    for (const subject of ['$JS.API.STREAM.DELETE.KV_KINDLING_STATE', '$JS.API.STREAM.MSG.GET.KV_KINDLING_STATE', '$JS.API.STREAM.PURGE.KV_KINDLING_USAGE']) {
+      asWorker.nc.publish(subject, '{}');
+      await asWorker.nc.flush();
+      const escaped = subject.replace(/[$.]/g, (char) => `\\${char}`);
+      await waitFor(() => errors.some((error) => new RegExp(`permissions violation for publish to "${escaped}"`, 'i').test(error)), { timeoutMs: 10_000, what: `the server to refuse ${subject}` });
+    }
     // Nor forge usage records (what tenants are billed).
     asWorker.nc.publish('kindling.usage.records.gw-tls', '[]');
     await asWorker.nc.flush();
