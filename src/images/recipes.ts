@@ -244,11 +244,15 @@ export const IMAGE_RECIPES: Readonly<Record<ImageShortName, ImageRecipe>> = Obje
     // here). It is compiled once into a cache in the image, which go.env names; go only reads a cache it cannot write
     // (the sandbox executor's root is read-only), so a program's own packages are compiled each run, the library not.
     // GOTOOLCHAIN=local: a go.mod asking for a newer Go fails plainly instead of trying to download one.
+    // trim.txt: every go build trims the cache once its last trim is a day old, and a trim that cannot write trim.txt
+    // fails the build ("go: failed to trim cache"), so a day after the image was made every compile failed. It links
+    // to a file in the sandbox's own writable /tmp: the trim's removals fail quietly in the read-only cache, its
+    // timestamp is written there.
     setup:
       // go.env's first setting of a name wins: GOTOOLCHAIN=auto is replaced in place, not overridden below it.
       'set -e; env="$(go env GOROOT)/go.env"; sed -i "s/^GOTOOLCHAIN=.*/GOTOOLCHAIN=local/" "$env"; grep -qx GOTOOLCHAIN=local "$env"; ' +
       'printf "\\nGOCACHE=/var/cache/go-build\\n" >> "$env"; ' +
-      'go build std && CGO_ENABLED=0 go build std && chmod -R a+rX /var/cache/go-build',
+      'go build std && CGO_ENABLED=0 go build std && chmod -R a+rX /var/cache/go-build && ln -sfn /tmp/go-cache-trim.txt /var/cache/go-build/trim.txt',
     check:
       'd=$(mktemp -d) && printf "package main\\nimport \\"fmt\\"\\nfunc main() { fmt.Println(6 * 7) }\\n" > "$d/m.go" && ' +
       'test "$(cd "$d" && GOCACHE=$d/c GOPATH=$d/p go run m.go)" = 42 && rm -rf "$d"',
