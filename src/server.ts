@@ -27,7 +27,8 @@ import type { ClusterNode } from './cluster/node.js';
 import type { ClusterConfig } from './cluster/roles.js';
 import { HandlerPools, type HandlerPoolsOptions, type IdleUsageEvent, type InvocationObserver } from './orchestrator/handler-pools.js';
 import { InvocationService, toInvocationView, type InvocationServiceOptions, type InvocationView } from './orchestrator/invocations.js';
-import type { InvocationOwners } from './cluster/invocation-owners.js';
+import type { InvocationListFilter, InvocationOwners } from './cluster/invocation-owners.js';
+import { INVOCATION_STATUSES, type InvocationFilter, type InvocationStatus } from './store/store.js';
 import { LogBus } from './orchestrator/log-bus.js';
 import { SqliteStore } from './store/sqlite.js';
 import { SqliteUsageStore } from './store/usage-sqlite.js';
@@ -659,6 +660,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     executionService: service,
     defaultExecutor: chosen.name,
     handlers,
+    // A function's own maxConcurrency holds across gateways (its slots beside the tenants' in KINDLING_SLOTS).
+    ...(tenantSlots ? { sharedFunctionSlots: (version, max, wait) => tenantSlots.acquireWaiting(`fn.${version.tenant}.${version.name}`, max, wait) } : {}),
     defaultMaxConcurrency: pools.defaultMaxConcurrency,
     defaultMaxQueued: pools.defaultMaxQueued,
     queueTimeoutMs: pools.queueTimeoutMs,
@@ -685,9 +688,15 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     ...(claims
       ? {
           idempotency: {
+            nodeId: clusterNode!.config.nodeId,
             claim: (tenant, functionName, key, id) => claims.claim(tenant, functionName, key, id),
+            takeOver: (tenant, functionName, key, id, holder) => claims.takeOver(tenant, functionName, key, id, holder),
+            repoint: (tenant, functionName, key, from, to) => claims.repoint(tenant, functionName, key, from, to),
             release: (tenant, functionName, key, id) => claims.release(tenant, functionName, key, id),
-            viewElsewhere: async (id, tenant) => ((await ownersRef?.find(id, tenant))?.view as InvocationView | undefined) ?? null,
+            locate: async (id, tenant) => {
+              const where = await ownersRef?.locate(id, tenant);
+              return { view: (where?.owner?.view as InvocationView | undefined) ?? null, absentAt: where?.absentAt ?? [] };
+            },
           },
         }
       : {}),
@@ -707,6 +716,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
           advertiseUrl: () => advertiseUrl,
           trusted: (nodeId, url) => shared?.state.gatewayUrl(nodeId) === url,
           view: (id, tenant) => (invocations.has(id, tenant) ? toInvocationView(invocations.get(id, tenant)) : null),
+          pending: (id) => invocations.storing(id),
+          list: (filter, tenant) => invocations.list(listFilterOf(filter), tenant).map(toInvocationView),
           onError: (error) => logger.warn({ err: error }, 'finding the gateway of an invocation'),
         })
       : null;
@@ -784,6 +795,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
             const path = (request.routeOptions.url ?? '/v1/invocations/:id').replace(':id', encodeURIComponent(request.params.id));
             return forwardRead(request, reply, owner, path, nodeName);
           },
+          invocationsListedElsewhere: (filter, tenant) => owners.listElsewhere<InvocationView>(filter, tenant),
         }
       : {}),
     ...(clusterNode ? { clusterReasons: () => clusterReasonsOf(clusterNode), cluster: () => ({ mode: 'cluster' as const, role: clusterNode.config.role, nodeId: clusterNode.config.nodeId, nats: clusterNode.status(), workers: clusterNode.workers() }) } : {}),
@@ -955,4 +967,18 @@ function clusterReasonsOf(node: ClusterNode): string[] {
   const displaced = node.displaced();
   if (displaced !== null) reasons.push(displaced);
   return reasons;
+}
+
+/** A list filter another gateway sent (over NATS): only its well-formed fields are used. */
+function listFilterOf(filter: InvocationListFilter): Omit<InvocationFilter, 'tenant'> {
+  const time = (value: unknown): number | undefined => (typeof value === 'number' && Number.isFinite(value) ? value : undefined);
+  const sinceMs = time(filter.sinceMs);
+  const untilMs = time(filter.untilMs);
+  return {
+    limit: filter.limit,
+    ...(typeof filter.functionName === 'string' ? { functionName: filter.functionName } : {}),
+    ...(typeof filter.status === 'string' && (INVOCATION_STATUSES as readonly string[]).includes(filter.status) ? { status: filter.status as InvocationStatus } : {}),
+    ...(sinceMs === undefined ? {} : { sinceMs }),
+    ...(untilMs === undefined ? {} : { untilMs }),
+  };
 }

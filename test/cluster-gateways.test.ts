@@ -5,10 +5,13 @@
  * of it (it is the cluster's, not the gateway's).
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { describe, it } from 'node:test';
+import { jetstream } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { connectCluster } from '../src/cluster/connection.js';
 import { WHERE_SUBJECT } from '../src/cluster/invocation-owners.js';
 import { rawRequest } from './helpers/raw-request.js';
@@ -138,6 +141,48 @@ describe('serve --cluster: several gateways', { skip: unavailable }, () => {
     assert.equal(new Set(racing.map((one) => one.id)).size, 1, `one invocation for 8 racing requests: ${racing.map((one) => one.id).join(', ')}`);
     assert.equal(racing.filter((one) => one.replay === null).length, 1, 'exactly one of them created it');
 
+    // A claim whose gateway stopped between claiming the key and storing the invocation (written here as it would
+    // be left) is taken over once that gateway answers that it has no such invocation; one by a gateway that does not
+    // answer is a retryable 503 (it may hold the invocation).
+    const claimsBucket = await new Kvm(jetstream(forger.nc)).open('KINDLING_IDEMPOTENCY');
+    const claimKey = (key: string): string => `acme.echo.${createHash('sha256').update(key).digest('hex').slice(0, 40)}`;
+    const claimOf = async (key: string): Promise<{ id: string; nodeId?: string } | undefined> => (await claimsBucket.get(claimKey(key)))?.json<{ id: string; nodeId?: string }>();
+    await claimsBucket.put(claimKey('order-4'), JSON.stringify({ id: 'inv_never_stored_a', nodeId: 'gw-a' }));
+    const overB = await enqueue(b, 'order-4');
+    assert.equal(overB.status, 202);
+    assert.equal(overB.replay, null, 'a new invocation, not a replay of one that does not exist');
+    assert.equal((await claimOf('order-4'))?.id, overB.id, 'the claim now names it');
+    assert.equal((await enqueue(a, 'order-4')).id, overB.id, 'and the key names it at every gateway');
+    await claimsBucket.put(claimKey('order-5'), JSON.stringify({ id: 'inv_never_stored_b', nodeId: 'gw-b' }));
+    const ownOrphan = await enqueue(b, 'order-5');
+    assert.equal(ownOrphan.replay, null, "the gateway's own orphaned claim is taken over at once");
+    assert.equal((await claimOf('order-5'))?.id, ownOrphan.id);
+    await claimsBucket.put(claimKey('order-6'), JSON.stringify({ id: 'inv_somewhere', nodeId: 'gw-silent' }));
+    const silent = await fetch(`${a.url}/v1/functions/echo/invoke`, { method: 'POST', headers: { authorization: `Bearer ${acmeKey}`, 'x-kindling-async': 'true', 'idempotency-key': 'order-6' }, body: 'x' });
+    assert.equal(silent.status, 503);
+    assert.equal(((await silent.json()) as { error: { code: string } }).error.code, 'CLUSTER_UNAVAILABLE');
+    // A claim that names another id while this gateway's store has the key (an invocation stored before the claim):
+    // the store's invocation is the answer, and the claim is made to name it for the other gateways.
+    await claimsBucket.put(claimKey('order-1'), JSON.stringify({ id: 'inv_stale', nodeId: 'gw-a' }));
+    assert.equal((await enqueue(a, 'order-1')).id, first.id, "the store's invocation for the key");
+    assert.equal((await claimOf('order-1'))?.id, first.id, 'the claim names it again');
+    assert.equal((await enqueue(b, 'order-1')).id, first.id);
+
+    // GET /v1/invocations at either gateway lists both gateways' invocations, merged newest first, the same at both.
+    const listAt = async (gateway: Node, query = '', key = acmeKey): Promise<string[]> => {
+      const listed = await call(gateway, 'GET', `/v1/invocations${query}`, key);
+      assert.equal(listed.status, 200, listed.text);
+      return (listed.json.invocations as { id: string }[]).map((view) => view.id);
+    };
+    const atA = await listAt(a);
+    const atB = await listAt(b);
+    assert.deepEqual(atA, atB, 'both gateways list the same invocations in the same order');
+    for (const id of [first.id, overB.id, ownOrphan.id]) assert.ok(atA.includes(id), `${id} (accepted by ${id === first.id ? 'A' : 'B'}) is listed`);
+    assert.deepEqual(await listAt(b, '?limit=2'), atA.slice(0, 2), 'a limit takes the newest of all gateways');
+    assert.deepEqual(await listAt(b, '?function=echo&limit=1000'), atA, "the filter (acme's only function) passes to every gateway");
+    assert.deepEqual(await listAt(b, '?function=nothing'), [], 'and is applied by each');
+    assert.deepEqual(await listAt(a, '', String(other.json.apiKey)), [], "another tenant's list holds none of them");
+
     // Usage metered by either gateway is seen at both (the usage stream): the same totals through A and B.
     const usageAt = async (gateway: Node): Promise<{ invocations: number; cpuMs: number }> => {
       const rows = (await call(gateway, 'GET', '/v1/usage?groupBy=function', acmeKey)).json.rows as { function: string; invocations: number; cpuMs: number }[];
@@ -207,7 +252,7 @@ describe('serve --cluster: several gateways', { skip: unavailable }, () => {
     assert.equal(await output.text(), 'got far');
   });
 
-  it("a tenant's concurrency quota of 4 holds across two gateways under 40 concurrent requests", { timeout: 180_000 }, async (context) => {
+  it("a tenant's concurrency quota of 4 and a function's maxConcurrency hold across two gateways", { timeout: 180_000 }, async (context) => {
     const t = lifo(context);
     const nats = await startNatsCluster(t, { nodes: 1 });
     const natsUrl = nats.urls[0] as string;
@@ -254,5 +299,25 @@ describe('serve --cluster: several gateways', { skip: unavailable }, () => {
     assert.ok(most <= 4, `at most 4 ran at once across both gateways, saw ${most}`);
     assert.ok(most >= 2, `calls did run side by side (${most})`);
     assert.ok(refused > 0, 'the quota refused calls beyond it');
+
+    // A function's own maxConcurrency holds across the gateways too: with no queue, of two calls at once (one at each)
+    // one runs and the other is refused; with a queue, calls wait for the slot whichever gateway holds it.
+    const timed = (ms: number): string => `exports.handler = async () => { const start = Date.now(); await new Promise((r) => setTimeout(r, ${ms})); return JSON.stringify({ start, end: Date.now() }); }`;
+    for (const [name, spec] of [
+      ['single', { runtime: 'node', handler: 'handler', maxConcurrency: 1, maxQueued: 0, code: timed(1_000) }],
+      ['serial', { runtime: 'node', handler: 'handler', maxConcurrency: 1, maxQueued: 4, code: timed(200) }],
+    ] as const) {
+      assert.equal((await call(a, 'PUT', `/v1/functions/${name}`, key, spec)).status, 201);
+      await waitFor(async () => (await call(b, 'GET', `/v1/functions/${name}`, key)).status === 200, { timeoutMs: 10_000, what: `${name} at B` });
+    }
+    const pair = await Promise.all([a, b].map((gateway) => call(gateway, 'POST', '/v1/functions/single/invoke', key, 'x')));
+    assert.deepEqual(pair.map((response) => response.status).sort(), [200, 429], pair.map((response) => response.text).join(' | '));
+    const refusal = pair.find((response) => response.status === 429)!;
+    assert.equal((refusal.json.error as { code: string }).code, 'TOO_MANY_REQUESTS');
+    assert.match((refusal.json.error as { message: string }).message, /across the cluster's gateways/);
+    const serial = await Promise.all(Array.from({ length: 4 }, (_, i) => call(i % 2 === 0 ? a : b, 'POST', '/v1/functions/serial/invoke', key, 'x')));
+    assert.deepEqual(serial.map((response) => response.status), [200, 200, 200, 200], serial.map((response) => response.text).join(' | '));
+    const runs = serial.map((response) => JSON.parse(response.text) as { start: number; end: number }).sort((x, y) => x.start - y.start);
+    for (let i = 1; i < runs.length; i++) assert.ok(runs[i]!.start >= runs[i - 1]!.end, `the calls of a function with maxConcurrency 1 never overlap: ${JSON.stringify(runs)}`);
   });
 });

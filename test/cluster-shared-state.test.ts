@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { jetstream } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { connectCluster, type ClusterConnection } from '../src/cluster/connection.js';
-import { SharedState, type SharedStateChange } from '../src/cluster/shared-state.js';
+import { SharedState, type SharedStateChange, type SharedStateOptions } from '../src/cluster/shared-state.js';
 import { KindlingError } from '../src/core/errors.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import type { FunctionSpec } from '../src/store/store.js';
@@ -31,7 +31,14 @@ interface Gateway {
 }
 
 /** One gateway's copy: its own (in-memory) stores and connection, on the shared bucket. */
-async function gateway(t: CleanupOwner, urls: string[], bucket: string, prepare: (stores: { tenants: SqliteTenantStore; functions: SqliteStore }) => void = () => {}, nodeId?: string): Promise<Gateway> {
+async function gateway(
+  t: CleanupOwner,
+  urls: string[],
+  bucket: string,
+  prepare: (stores: { tenants: SqliteTenantStore; functions: SqliteStore }) => void = () => {},
+  nodeId?: string,
+  options: Pick<SharedStateOptions, 'retainedCheckMs'> = {},
+): Promise<Gateway> {
   const connection: ClusterConnection = await connectCluster(urls);
   t.after(() => connection.close());
   const tenants = new SqliteTenantStore(':memory:');
@@ -42,7 +49,7 @@ async function gateway(t: CleanupOwner, urls: string[], bucket: string, prepare:
   });
   prepare({ tenants, functions });
   const changes: SharedStateChange[] = [];
-  const { state, report } = await SharedState.join(connection.nc, { tenants, functions }, { bucket, maxBytes: 64 * 1024 ** 2, ...(nodeId === undefined ? {} : { nodeId }), onChange: (change) => changes.push(change), applyTimeoutMs: 10_000 });
+  const { state, report } = await SharedState.join(connection.nc, { tenants, functions }, { bucket, maxBytes: 64 * 1024 ** 2, ...(nodeId === undefined ? {} : { nodeId }), onChange: (change) => changes.push(change), applyTimeoutMs: 10_000, ...options });
   t.after(async () => state.close());
   return { state, tenants, functions, changes, seeded: report.seeded };
 }
@@ -109,6 +116,61 @@ describe('cluster shared state', { skip: natsUnavailable }, () => {
     await waitFor(() => a.functions.getFunction('acme', 'race')?.latestVersion === 16 && b.functions.getFunction('acme', 'race')?.latestVersion === 16, { what: 'the latest version 16 in both copies' });
     const codeOf = (g: Gateway) => g.functions.listVersions('acme', 'race').map((version) => [version.version, version.spec.code]);
     assert.deepEqual(codeOf(a), codeOf(b), 'each number holds the same code in both copies');
+  });
+
+  it('quota updates racing through two gateways are merged, none lost', { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const bucket = uniqueBucket();
+    const a = await gateway(t, nats.urls, bucket);
+    const b = await gateway(t, nats.urls, bucket);
+    await a.state.insertTenant('acme', { maxMemoryMb: 256 }, 1_000);
+    await waitFor(() => b.tenants.getTenant('acme') !== null, { what: 'acme at B' });
+    // Each update adds one to the quota it reads: a merge made outside the compare-and-set would lose some.
+    const bump = (g: Gateway) => g.state.updateQuotas('acme', (current) => ({ ...current, maxConcurrency: (current.maxConcurrency ?? 0) + 1 }));
+    await Promise.all(Array.from({ length: 20 }, (_, i) => bump(i % 2 === 0 ? a : b)));
+    await waitFor(() => a.tenants.getTenant('acme')?.quotas.maxConcurrency === 20 && b.tenants.getTenant('acme')?.quotas.maxConcurrency === 20, { what: 'all 20 updates in both copies' });
+    assert.equal(b.tenants.getTenant('acme')?.quotas.maxMemoryMb, 256, 'the other field is kept');
+  });
+
+  it('a deploy through one gateway racing a delete through another leaves both copies with the deployed version', { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const bucket = uniqueBucket();
+    const a = await gateway(t, nats.urls, bucket);
+    const b = await gateway(t, nats.urls, bucket);
+    await a.state.putFunction('acme', 'race', spec(1), 1_000);
+    await waitFor(() => b.functions.getVersion('acme', 'race')?.version === 1, { what: 'version 1 at B' });
+    // The interleaving, written to the bucket step by step: B's deploy creates version 2; A's delete removes the
+    // record (its versions listed before version 2 existed); B's deploy then writes the record naming version 2.
+    const connection = await connectCluster(nats.urls);
+    t.after(() => connection.close());
+    const kv = await new Kvm(jetstream(connection.nc)).open(bucket);
+    await kv.create('v.acme.race.2', JSON.stringify({ tenant: 'acme', name: 'race', version: 2, spec: spec(2), createdAtMs: 2_000 }));
+    await kv.delete('v.acme.race.1');
+    await kv.delete('f.acme.race');
+    await kv.put('f.acme.race', JSON.stringify({ tenant: 'acme', name: 'race', latestVersion: 2, createdAtMs: 2_000, updatedAtMs: 2_000 }));
+    for (const g of [a, b]) {
+      await waitFor(() => g.functions.getVersion('acme', 'race')?.spec.code === spec(2).code, { what: 'version 2 served by each copy' });
+    }
+    assert.deepEqual(a.functions.listVersions('acme', 'race').map((version) => version.version), [2]);
+  });
+
+  it("a version pruned through one gateway stays at another while that gateway's queued invocation needs it", { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const bucket = uniqueBucket();
+    const a = await gateway(t, nats.urls, bucket);
+    const b = await gateway(t, nats.urls, bucket, () => {}, undefined, { retainedCheckMs: 100 });
+    await a.state.putFunction('acme', 'f', spec(1), 1_000);
+    await waitFor(() => b.functions.getVersion('acme', 'f', 1) !== null, { what: 'version 1 at B' });
+    b.functions.insertInvocation({ id: 'inv_b1', tenant: 'acme', functionName: 'f', version: 1, payload: Buffer.from('x'), idempotencyKey: null, callbackUrl: null, createdAtMs: 1_500, traceparent: null });
+    // A deploys version 2 keeping one version: it prunes version 1 (A has no invocation of it).
+    const { pruned } = await a.state.putFunction('acme', 'f', spec(2), 2_000, { keep: 1 });
+    assert.deepEqual(pruned, [1]);
+    assert.equal(a.functions.getVersion('acme', 'f', 1), null);
+    await waitFor(() => b.functions.getFunction('acme', 'f')?.latestVersion === 2, { what: 'version 2 at B' });
+    assert.notEqual(b.functions.getVersion('acme', 'f', 1), null, "B keeps version 1 for its queued invocation");
+    b.functions.claimNextInvocation(2_100);
+    b.functions.finishInvocation('inv_b1', { status: 'succeeded', exitCode: 0, stdout: Buffer.from('ok'), stderr: Buffer.alloc(0), durationMs: 1, coldStart: false, timedOut: false, error: null, finishedAtMs: 2_200 });
+    await waitFor(() => b.functions.getVersion('acme', 'f', 1) === null, { what: 'version 1 to go from B once its invocation is done' });
   });
 
   it("the first gateway gives the cluster its own state; a later one's own state is replaced by the cluster's", { timeout: 60_000 }, async (context) => {

@@ -51,6 +51,32 @@ describe('tenant slots shared by gateways', { skip: natsUnavailable }, () => {
     await waitFor(() => a.heldCount + b.heldCount === 0, { what: 'every slot given back' });
   });
 
+  it("a wait for a function's slot is woken when another gateway gives one back; a wait of 0 or an abort ends it", { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const nats = await startNatsCluster(t, { nodes: 1 });
+    const bucket = bucketName();
+    const a = await slotsOn(t, nats.urls, bucket);
+    const b = await slotsOn(t, nats.urls, bucket);
+    const held = await a.acquireWaiting('fn.acme.single', 1, { waitMs: 0 });
+    assert.ok(held, 'a free slot is taken at once');
+    assert.equal(await b.acquireWaiting('fn.acme.single', 1, { waitMs: 0 }), null, 'no wait: refused at once');
+    const aborted = new AbortController();
+    const abortedWait = b.acquireWaiting('fn.acme.single', 1, { waitMs: 20_000, signal: aborted.signal });
+    aborted.abort();
+    assert.equal(await abortedWait, null, 'an aborted wait ends without a slot');
+    // A wait at B, then the slot given back at A: B has it long before its 20 s are up.
+    const startedMs = Date.now();
+    const waiting = b.acquireWaiting('fn.acme.single', 1, { waitMs: 20_000 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    held();
+    const taken = await waiting;
+    assert.ok(taken, 'B took the slot given back');
+    assert.ok(Date.now() - startedMs < 5_000, `woken when the slot came free (${Date.now() - startedMs} ms)`);
+    assert.equal(await a.acquireWaiting('fn.acme.single', 1, { waitMs: 0 }), null, 'and holds it');
+    assert.ok(await a.acquireWaiting('fn.acme.other', 1, { waitMs: 0 }), "another function's slots are its own");
+    taken();
+  });
+
   it("a live holder keeps its slots past the lease; a dead one's come free after it", { timeout: 60_000 }, async (context) => {
     const t = lifo(context);
     const nats = await startNatsCluster(t, { nodes: 1 });

@@ -93,6 +93,7 @@ export interface ApiOptions {
   cluster?: () => ClusterView;
   /** Cluster mode with several gateways: reads of invocations held by another gateway (see InvocationRouteOptions). */
   invocationsElsewhere?: InvocationRouteOptions['elsewhere'];
+  invocationsListedElsewhere?: InvocationRouteOptions['listElsewhere'];
   /** Persistent sandboxes (/v1/sandboxes…); without it those routes are absent. */
   sandboxes?: SandboxService;
   /** Custom images (/v1/images…); without it those routes are absent. */
@@ -366,6 +367,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     functionService: options.functionService,
     logBus: options.logBus,
     ...(options.invocationsElsewhere ? { elsewhere: options.invocationsElsewhere } : {}),
+    ...(options.invocationsListedElsewhere ? { listElsewhere: options.invocationsListedElsewhere } : {}),
   });
   registerTenantRoutes(app, { tenants });
   if (options.usage) registerUsageRoutes(app, { usage: options.usage });

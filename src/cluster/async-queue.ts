@@ -17,6 +17,7 @@ import { AckPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy,
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { defaultReplicas } from './connection.js';
 
 const MS = 1_000_000; // JetStream durations are in nanoseconds
 
@@ -206,8 +207,7 @@ export class AsyncQueue {
   private async ensure(nc: NatsConnection): Promise<void> {
     const requested = this.options.replicas ?? 'auto';
     // Every server of a cluster gossips its client URL; a lone server has none.
-    const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
-    this.replicaCount = requested === 'auto' ? (servers >= 3 ? 3 : 1) : requested;
+    this.replicaCount = requested === 'auto' ? defaultReplicas(nc) : requested;
     const { stream, subjectPrefix, consumer, outcomesBucket } = this.names;
     const existing = await this.jsm.streams.info(stream).catch(() => null);
     if (existing === null) {

@@ -106,6 +106,15 @@ export interface ClusterConnection {
 
 export const CLUSTER_CONNECT_DEFAULTS = { reconnectBaseMs: 250, reconnectMaxMs: 10_000, connectTimeoutMs: 10_000 } as const;
 
+/**
+ * Replicas for a stream or bucket the cluster creates: 3 when the servers gossip 3 or more client URLs (a cluster of 3
+ * or more), else 1 (a lone server cannot hold more). With `no_advertise` the others are hidden: pass replicas then.
+ */
+export function defaultReplicas(nc: NatsConnection): number {
+  const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
+  return servers >= 3 ? 3 : 1;
+}
+
 /** "Full jitter" backoff: a delay drawn uniformly in [0, min(max, base * 2^attempt)]. */
 export function backoffDelayMs(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
   const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30));

@@ -7,6 +7,8 @@
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 
 export const WHERE_SUBJECT = 'kindling.gateways.invocations.where';
+/** Every gateway answers with its newest invocations of the tenant that match a filter (GET /v1/invocations anywhere). */
+export const LIST_SUBJECT = 'kindling.gateways.invocations.list';
 
 export interface InvocationOwnersOptions {
   nodeId: string;
@@ -14,6 +16,10 @@ export interface InvocationOwnersOptions {
   advertiseUrl: () => string | null;
   /** The tenant's invocation as GET /v1/invocations/ID shows it, when this gateway holds it (else null). */
   view: (id: string, tenant: string) => unknown;
+  /** This gateway's invocations of the tenant matching the filter, newest first, as GET /v1/invocations shows them. */
+  list?: (filter: InvocationListFilter, tenant: string) => ListedInvocation[];
+  /** Whether this gateway is storing that invocation right now (claimed its Idempotency-Key, not stored yet). */
+  pending?: (id: string) => boolean;
   /**
    * Whether `url` is the address gateway `nodeId` registered (in the shared state, which only gateways may write): an
    * answer from anyone else (a compromised worker publishing to a gateway's inbox) is ignored, so a caller's key is
@@ -33,6 +39,40 @@ export interface InvocationOwner {
   view: unknown;
 }
 
+/** GET /v1/invocations's filter. */
+export interface InvocationListFilter {
+  functionName?: string;
+  status?: string;
+  sinceMs?: number;
+  untilMs?: number;
+  limit: number;
+}
+
+/** What a list needs of an invocation's view to merge the gateways' lists: newest first by createdAt (ISO), then id. */
+export interface ListedInvocation {
+  id: string;
+  createdAt: string;
+}
+
+interface ListQuestion {
+  tenant: string;
+  filter: InvocationListFilter;
+}
+
+interface ListAnswer {
+  nodeId: string;
+  url: string | null;
+  views: ListedInvocation[];
+  /** False when the views were cut to fit one NATS message: older ones of that gateway may be missing. */
+  complete: boolean;
+}
+
+/** The other gateways' lists merged: their views, and the createdAt below which they may be incomplete (null: none). */
+export interface ListedElsewhere<V extends ListedInvocation> {
+  views: V[];
+  incompleteBefore: string | null;
+}
+
 interface Question {
   id: string;
   tenant: string;
@@ -42,10 +82,19 @@ interface Answer {
   nodeId: string;
   url: string | null;
   view?: unknown;
+  /** Not stored yet, but being stored (absent: older gateways, read as false). */
+  pending?: boolean;
+}
+
+/** What the gateways answered: the one that holds the invocation, else which gateways said they do not (nor are storing it). */
+export interface InvocationWhereabouts {
+  owner: InvocationOwner | null;
+  absentAt: string[];
 }
 
 export class InvocationOwners {
   private subscription: Subscription | null = null;
+  private listSubscription: Subscription | null = null;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -54,6 +103,7 @@ export class InvocationOwners {
 
   /** Starts answering the other gateways. */
   serve(): void {
+    this.serveLists();
     if (this.subscription !== null) return;
     this.subscription = this.nc.subscribe(WHERE_SUBJECT, {
       // Whatever fails here is reported, never thrown: a throw would end the connection's reader.
@@ -64,7 +114,8 @@ export class InvocationOwners {
           if (typeof question.id !== 'string' || typeof question.tenant !== 'string') throw new Error('not a question');
           const url = this.options.advertiseUrl();
           const view = url === null ? null : this.options.view(question.id, question.tenant);
-          const answer: Answer = view === null ? { nodeId: this.options.nodeId, url: null } : { nodeId: this.options.nodeId, url, view };
+          const answer: Answer =
+            view !== null ? { nodeId: this.options.nodeId, url, view } : { nodeId: this.options.nodeId, url: null, ...(this.options.pending?.(question.id) ? { pending: true } : {}) };
           msg.respond(JSON.stringify(answer));
         } catch (failure) {
           this.options.onError?.(failure);
@@ -73,31 +124,102 @@ export class InvocationOwners {
     });
   }
 
+  /** Starts answering the other gateways' lists (GET /v1/invocations at any gateway shows every gateway's). */
+  private serveLists(): void {
+    const list = this.options.list;
+    if (list === undefined || this.listSubscription !== null) return;
+    this.listSubscription = this.nc.subscribe(LIST_SUBJECT, {
+      callback: (error, msg) => {
+        try {
+          if (error) throw error;
+          const question = msg.json<ListQuestion>();
+          if (typeof question.tenant !== 'string' || typeof question.filter !== 'object' || question.filter === null) throw new Error('not a list question');
+          const limit = Math.min(1000, Math.max(1, Math.floor(Number(question.filter.limit)) || 100));
+          const url = this.options.advertiseUrl();
+          const views = url === null ? [] : list({ ...question.filter, limit }, question.tenant);
+          // One NATS message holds the answer: views past its size are left out (and the answer says so).
+          const maxBytes = (this.nc.info?.max_payload ?? 1024 * 1024) - 4096;
+          let answer: ListAnswer = { nodeId: this.options.nodeId, url, views, complete: true };
+          let text = JSON.stringify(answer);
+          while (Buffer.byteLength(text) > maxBytes && answer.views.length > 0) {
+            answer = { ...answer, views: answer.views.slice(0, Math.floor(answer.views.length / 2)), complete: false };
+            text = JSON.stringify(answer);
+          }
+          msg.respond(text);
+        } catch (failure) {
+          this.options.onError?.(failure);
+        }
+      },
+    });
+  }
+
+  /**
+   * The other gateways' invocations of the tenant matching the filter, newest first, at most `limit` of each. Answers
+   * from addresses no gateway registered are ignored, as for `locate`.
+   */
+  async listElsewhere<V extends ListedInvocation>(filter: InvocationListFilter, tenant: string): Promise<ListedElsewhere<V>> {
+    const answers = await this.nc.requestMany(LIST_SUBJECT, JSON.stringify({ tenant, filter } satisfies ListQuestion), {
+      strategy: 'stall',
+      maxWait: this.options.maxWaitMs ?? 1_000,
+      stall: this.options.stallMs ?? 50,
+    });
+    const views: V[] = [];
+    let incompleteBefore: string | null = null;
+    for await (const msg of answers) {
+      try {
+        const answer = msg.json<ListAnswer>();
+        if (answer.nodeId === this.options.nodeId || answer.url === null || !Array.isArray(answer.views)) continue;
+        if (!this.options.trusted(answer.nodeId, answer.url)) {
+          this.options.onError?.(new Error(`a list answer names ${answer.url} for gateway ${answer.nodeId}, which is not the address that gateway registered: ignored`));
+          continue;
+        }
+        views.push(...(answer.views as V[]));
+        const oldest = answer.views.at(-1)?.createdAt;
+        if (!answer.complete && oldest !== undefined && (incompleteBefore === null || oldest > incompleteBefore)) incompleteBefore = oldest;
+      } catch (error) {
+        this.options.onError?.(error);
+      }
+    }
+    return { views, incompleteBefore };
+  }
+
   /** The other gateway that holds the tenant's invocation, or null when none answered that it does. */
   async find(id: string, tenant: string): Promise<InvocationOwner | null> {
+    return (await this.locate(id, tenant)).owner;
+  }
+
+  /** As find, and which gateways answered that they neither hold nor are storing it. */
+  async locate(id: string, tenant: string): Promise<InvocationWhereabouts> {
     const answers = await this.nc.requestMany(WHERE_SUBJECT, JSON.stringify({ id, tenant } satisfies Question), {
       strategy: 'stall',
       maxWait: this.options.maxWaitMs ?? 1_000,
       stall: this.options.stallMs ?? 50,
     });
+    const absentAt: string[] = [];
     for await (const msg of answers) {
       try {
         const answer = msg.json<Answer>();
-        if (answer.url === null || answer.nodeId === this.options.nodeId) continue;
+        if (answer.nodeId === this.options.nodeId) continue;
+        if (answer.url === null) {
+          if (answer.pending !== true) absentAt.push(answer.nodeId);
+          continue;
+        }
         if (!this.options.trusted(answer.nodeId, answer.url)) {
           this.options.onError?.(new Error(`an answer names ${answer.url} for gateway ${answer.nodeId}, which is not the address that gateway registered: ignored`));
           continue;
         }
-        return { nodeId: answer.nodeId, url: answer.url, view: answer.view ?? null };
+        return { owner: { nodeId: answer.nodeId, url: answer.url, view: answer.view ?? null }, absentAt };
       } catch (error) {
         this.options.onError?.(error);
       }
     }
-    return null;
+    return { owner: null, absentAt };
   }
 
   close(): void {
     this.subscription?.unsubscribe();
     this.subscription = null;
+    this.listSubscription?.unsubscribe();
+    this.listSubscription = null;
   }
 }

@@ -120,7 +120,7 @@ export class ClusterNode {
   /** Gateways and `all`: Idempotency-Keys claimed across gateways. */
   async idempotencyClaims(options: IdempotencyClaimsOptions = {}): Promise<IdempotencyClaims> {
     if (this.config.role === 'worker') throw new Error('a worker takes no invocations');
-    return IdempotencyClaims.open(this.connection.nc, options);
+    return IdempotencyClaims.open(this.connection.nc, { nodeId: this.config.nodeId, ...options });
   }
 
   /** Gateways and `all`: the usage every gateway meters, followed into `sink` (see shared-usage.ts). */

@@ -4,9 +4,11 @@
  * disappears within the TTL. Gateways watch the bucket into an in-memory view and place work from it. A worker that
  * drains deletes its own key at once.
  */
-import { JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
+import { defaultReplicas } from './connection.js';
+import { isWrongLastSequence } from './kv-errors.js';
 
 export const DEFAULT_REGISTRY_BUCKET = 'KINDLING_WORKERS';
 export const REGISTRY_DEFAULTS = { ttlMs: 15_000 } as const;
@@ -66,12 +68,11 @@ export class Registry {
   static async open(nc: NatsConnection, options: RegistryOptions = {}): Promise<Registry> {
     const ttlMs = options.ttlMs ?? REGISTRY_DEFAULTS.ttlMs;
     if (!Number.isInteger(ttlMs) || ttlMs < 1_000) throw new Error(`the registry's ttlMs must be a whole number >= 1000, got ${ttlMs}`);
-    const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
     const bucket = options.bucket ?? DEFAULT_REGISTRY_BUCKET;
     const kv = await new Kvm(jetstream(nc)).create(bucket, {
       ttl: ttlMs,
       history: 1,
-      replicas: options.replicas ?? (servers >= 3 ? 3 : 1),
+      replicas: options.replicas ?? defaultReplicas(nc),
       // A few hundred bytes per worker; the bound stops a runaway writer, not a fleet.
       max_bytes: 64 * 1024 * 1024,
       maxValueSize: 256 * 1024,
@@ -119,7 +120,7 @@ export class Registry {
       } catch (error) {
         // Only a wrong last sequence means another writer; anything else (a timeout, a leader election) is retried by
         // the next beat with the same revision.
-        if (!(error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamWrongLastSequence)) throw error;
+        if (!isWrongLastSequence(error)) throw error;
         // Read from the stream's leader: a direct get may be answered by a follower that has not seen the last write.
         const latest = await this.jsm.streams.getMessage(`KV_${this.bucket}`, { last_by_subj: `$KV.${this.bucket}.${first.nodeId}` });
         const operation = latest?.header?.get('KV-Operation') ?? '';

@@ -21,6 +21,7 @@ import type { FunctionRecord, FunctionSpec, FunctionVersion, VersionRetention } 
 import type { SqliteStore } from '../store/sqlite.js';
 import type { ApiKeyRecord, SqliteTenantStore, TenantQuotas, TenantRecord } from '../store/tenants-sqlite.js';
 import type { FunctionWrites, TenantWrites } from '../store/writes.js';
+import { defaultReplicas } from './connection.js';
 
 export const DEFAULT_STATE_BUCKET = 'KINDLING_STATE';
 
@@ -39,6 +40,8 @@ export interface SharedStateOptions {
    */
   onChange?: (change: SharedStateChange) => void;
   onError?: (error: unknown) => void;
+  /** How often versions kept past their deletion (see `retained`) are checked again. Default 10 s. */
+  retainedCheckMs?: number;
 }
 
 export type SharedStateChange =
@@ -67,6 +70,14 @@ export class SharedState implements TenantWrites, FunctionWrites {
   private readonly own = new Set<number>();
   private readonly instance = nuid.next();
   private stopWatch: (() => void) | null = null;
+  /**
+   * Versions another gateway deleted (its deploy pruned them) that this gateway's queued or running invocations still
+   * need: kept in this copy until they are done, then removed (each gateway knows only its own invocations).
+   */
+  private readonly retained = new Map<string, { tenant: string; name: string; version: number }>();
+  private retainedTimer: NodeJS.Timeout | null = null;
+  /** Functions whose versions are being read again from the bucket (see repair), with the newest record revision applied meanwhile. */
+  private readonly repairing = new Map<string, number>();
 
   private constructor(
     private readonly kv: KV,
@@ -85,12 +96,11 @@ export class SharedState implements TenantWrites, FunctionWrites {
    * keeps its state; any later gateway's own state is replaced by the cluster's.
    */
   static async join(nc: NatsConnection, stores: { tenants: SqliteTenantStore; functions: SqliteStore }, options: SharedStateOptions = {}): Promise<{ state: SharedState; report: JoinReport }> {
-    const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
     const bucket = options.bucket ?? DEFAULT_STATE_BUCKET;
     const maxValueBytes = (nc.info?.max_payload ?? 1024 * 1024) - 4 * 1024;
     const kv = await new Kvm(jetstream(nc)).create(bucket, {
       history: 1,
-      replicas: options.replicas ?? (servers >= 3 ? 3 : 1),
+      replicas: options.replicas ?? defaultReplicas(nc),
       // Functions' code is in their versions (inline code up to the deploy limit; bundles are files on the gateway).
       max_bytes: options.maxBytes ?? 1024 ** 3,
       maxValueSize: maxValueBytes,
@@ -107,6 +117,8 @@ export class SharedState implements TenantWrites, FunctionWrites {
   close(): void {
     this.stopWatch?.();
     this.stopWatch = null;
+    if (this.retainedTimer !== null) clearInterval(this.retainedTimer);
+    this.retainedTimer = null;
     for (const waiter of [...this.waiters]) waiter.reject(new Error('the shared state was closed before the change was seen back'));
     this.waiters.clear();
   }
@@ -134,8 +146,15 @@ export class SharedState implements TenantWrites, FunctionWrites {
     });
   }
 
-  async setQuotas(name: string, quotas: TenantQuotas): Promise<boolean> {
-    return this.updateRecord<TenantRecord>(`t.${name}`, (record) => (record.deletedAtMs === null ? { ...record, quotas } : null));
+  async updateQuotas(name: string, change: (current: TenantQuotas) => TenantQuotas): Promise<TenantQuotas | null> {
+    let written: TenantQuotas | null = null;
+    // `change` runs inside the compare-and-set loop, on the record read each time: a conflicting update is merged, not lost.
+    const updated = await this.updateRecord<TenantRecord>(`t.${name}`, (record) => {
+      if (record.deletedAtMs !== null) return null;
+      written = change(record.quotas);
+      return { ...record, quotas: written };
+    });
+    return updated ? written : null;
   }
 
   async deleteTenant(name: string, nowMs: number): Promise<boolean> {
@@ -497,6 +516,49 @@ export class SharedState implements TenantWrites, FunctionWrites {
     return { tenants: tenants.length, keys: keys.length, functions: functions.length, versions: versions.length };
   }
 
+  /** Removes the retained versions no invocation of this gateway needs any more. */
+  private removeRetained(): void {
+    try {
+      for (const [key, kept] of this.retained) {
+        if (this.functions.versionInUse(kept.tenant, kept.name, kept.version)) continue;
+        this.functions.removeVersion(kept.tenant, kept.name, kept.version);
+        this.retained.delete(key);
+      }
+    } catch (error) {
+      this.options.onError?.(error);
+    }
+    if (this.retained.size === 0 && this.retainedTimer !== null) {
+      clearInterval(this.retainedTimer);
+      this.retainedTimer = null;
+    }
+  }
+
+  /**
+   * Reads a function's versions and record again from the bucket (see the `f` case of apply). A record written to the
+   * stream while this reads (`repairing` holds its revision) is newer than what this read: then the record read is
+   * not applied, the stream's stands.
+   */
+  private repair(tenant: string, name: string, revision: number): void {
+    const functionKey = `${tenant}.${name}`;
+    if (this.repairing.has(functionKey)) return;
+    this.repairing.set(functionKey, revision);
+    void (async () => {
+      try {
+        for await (const key of await this.kv.keys(`v.${tenant}.${name}.*`)) {
+          const entry = live(await this.kv.get(key));
+          if (entry !== null) this.functions.applyVersion(entry.json<FunctionVersion>());
+        }
+        const record = live(await this.kv.get(`f.${tenant}.${name}`));
+        if (record !== null && record.revision >= this.repairing.get(functionKey)!) this.functions.applyFunction(record.json<FunctionRecord>());
+        this.options.onChange?.({ kind: 'function', tenant, name, deleted: this.functions.getVersion(tenant, name) === null });
+      } catch (error) {
+        this.options.onError?.(error);
+      } finally {
+        this.repairing.delete(functionKey);
+      }
+    })();
+  }
+
   /** One entry, as the stream ordered it. */
   private apply(entry: KvEntry): void {
     const parts = entry.key.split('.');
@@ -522,20 +584,37 @@ export class SharedState implements TenantWrites, FunctionWrites {
       }
       case 'f': {
         const [, tenant = '', name = ''] = parts;
+        const functionKey = `${tenant}.${name}`;
+        if (this.repairing.has(functionKey)) this.repairing.set(functionKey, entry.revision);
         if (removed) {
           // Its versions went before it; deleting the row removes any a racing deploy left.
           this.functions.deleteFunction(tenant, name);
+          for (const [key, kept] of this.retained) if (kept.tenant === tenant && kept.name === name) this.retained.delete(key);
           tell({ kind: 'function', tenant, name, deleted: true });
           return;
         }
         this.functions.applyFunction(entry.json<FunctionRecord>());
+        // A deploy through one gateway racing a delete through another: the delete's removal of the record took this
+        // copy's rows of the deploy's version with it, then the deploy's record came. The bucket still has the version.
+        if (this.functions.getVersion(tenant, name) === null) this.repair(tenant, name, entry.revision);
         tell({ kind: 'function', tenant, name, deleted: false });
         return;
       }
       case 'v': {
         const [, tenant = '', name = '', version = '0'] = parts;
-        if (removed) this.functions.removeVersion(tenant, name, Number(version));
-        else this.functions.applyVersion(entry.json<FunctionVersion>());
+        const number = Number(version);
+        const key = `${tenant}.${name}.${number}`;
+        if (!removed) {
+          this.retained.delete(key);
+          this.functions.applyVersion(entry.json<FunctionVersion>());
+        } else if (this.functions.versionInUse(tenant, name, number)) {
+          // Pruned by a deploy elsewhere, but an invocation queued or running here needs it: removed once it is done.
+          this.retained.set(key, { tenant, name, version: number });
+          this.retainedTimer ??= setInterval(() => this.removeRetained(), this.options.retainedCheckMs ?? 10_000);
+          this.retainedTimer.unref();
+        } else {
+          this.functions.removeVersion(tenant, name, number);
+        }
         return;
       }
       case 'g': {

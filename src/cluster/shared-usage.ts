@@ -11,6 +11,7 @@
 import { DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { UsageRecord } from '../store/usage.js';
+import { defaultReplicas } from './connection.js';
 
 const MS = 1_000_000; // JetStream durations are in nanoseconds
 export const DEFAULT_USAGE_STREAM = 'KINDLING_USAGE';
@@ -57,7 +58,6 @@ export class SharedUsage {
   static async join(nc: NatsConnection, sink: UsageSink, options: SharedUsageOptions): Promise<SharedUsage> {
     const stream = options.stream ?? DEFAULT_USAGE_STREAM;
     const jsm = await jetstreamManager(nc);
-    const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
     const existing = await jsm.streams.info(stream).catch(() => null);
     if (existing === null) {
       await jsm.streams
@@ -66,7 +66,7 @@ export class SharedUsage {
           subjects: [`kindling.usage.records.*`],
           retention: RetentionPolicy.Limits,
           storage: StorageType.File,
-          num_replicas: options.replicas ?? (servers >= 3 ? 3 : 1),
+          num_replicas: options.replicas ?? defaultReplicas(nc),
           max_age: (options.maxAgeMs ?? SHARED_USAGE_DEFAULTS.maxAgeMs) * MS,
           max_bytes: options.maxBytes ?? SHARED_USAGE_DEFAULTS.maxBytes,
           // Full: the oldest records go (every gateway has applied them long since), never a gateway's new ones.

@@ -14,6 +14,7 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { KindlingError } from '../core/errors.js';
 import { isWrongLastSequence } from './kv-errors.js';
+import { defaultReplicas } from './connection.js';
 
 export const DEFAULT_SLOTS_BUCKET = 'KINDLING_SLOTS';
 export const TENANT_SLOTS_DEFAULTS = { leaseMs: 30_000 } as const;
@@ -41,6 +42,8 @@ export class TenantSlots {
   private readonly holder = nuid.next();
   private readonly refresher: NodeJS.Timeout;
   private stopWatch: () => void = () => {};
+  /** Waits for a slot of a scope (see acquireWaiting), woken when the watch sees one of its slots given back. */
+  private readonly wakers = new Map<string, Set<() => void>>();
   /** One refresh pass at a time (a pass may take long while NATS is slow; two would race for the same revisions). */
   private refreshing = false;
 
@@ -56,11 +59,10 @@ export class TenantSlots {
   static async open(nc: NatsConnection, options: TenantSlotsOptions = {}): Promise<TenantSlots> {
     const leaseMs = options.leaseMs ?? TENANT_SLOTS_DEFAULTS.leaseMs;
     if (!Number.isInteger(leaseMs) || leaseMs < 1_000) throw new Error(`the slots' leaseMs must be a whole number >= 1000, got ${leaseMs}`);
-    const servers = Math.max(1, nc.info?.connect_urls?.length ?? 1);
     const kv = await new Kvm(jetstream(nc)).create(options.bucket ?? DEFAULT_SLOTS_BUCKET, {
       ttl: leaseMs,
       history: 1,
-      replicas: options.replicas ?? (servers >= 3 ? 3 : 1),
+      replicas: options.replicas ?? defaultReplicas(nc),
       // A few dozen bytes per running execution of a tenant with a quota.
       max_bytes: 256 * 1024 * 1024,
       maxValueSize: 1024,
@@ -75,47 +77,80 @@ export class TenantSlots {
    * cluster) or 503 CLUSTER_UNAVAILABLE (NATS could not answer). The function returned gives the slot back (once).
    */
   async acquire(tenant: string, max: number): Promise<() => void> {
+    const release = await unavailableOnFailure("the tenant's concurrency quota", () => this.tryAcquire(tenant, max));
+    if (release !== null) return release;
+    throw new KindlingError('TENANT_CONCURRENCY_LIMIT', `tenant "${tenant}" already runs ${max} executions at once across the cluster (quota maxConcurrency); retry when one finished`, {
+      retryAfterSeconds: 1,
+      details: { maxConcurrency: max },
+    });
+  }
+
+  /**
+   * Takes one of `max` slots of `scope` (a function's: `fn.<tenant>.<name>`), waiting up to `waitMs` for one to be
+   * given back anywhere in the cluster (the watch wakes the wait; it also looks again every 250 ms, for slots whose
+   * lease ran out, which sends no event). Null when none came free in time or `signal` aborted; 503
+   * CLUSTER_UNAVAILABLE when NATS could not answer.
+   */
+  async acquireWaiting(scope: string, max: number, options: { waitMs: number; signal?: AbortSignal }): Promise<(() => void) | null> {
+    const deadline = this.now() + options.waitMs;
+    for (;;) {
+      const release = await unavailableOnFailure("a function's maxConcurrency", () => this.tryAcquire(scope, max));
+      if (release !== null) return release;
+      const leftMs = deadline - this.now();
+      if (leftMs <= 0 || options.signal?.aborted === true) return null;
+      await new Promise<void>((resolve) => {
+        const wake = (): void => {
+          clearTimeout(timer);
+          options.signal?.removeEventListener('abort', wake);
+          this.wakers.get(scope)?.delete(wake);
+          resolve();
+        };
+        const timer = setTimeout(wake, Math.min(leftMs, 250));
+        options.signal?.addEventListener('abort', wake, { once: true });
+        let set = this.wakers.get(scope);
+        if (set === undefined) this.wakers.set(scope, (set = new Set()));
+        set.add(wake);
+      });
+      if (this.wakers.get(scope)?.size === 0) this.wakers.delete(scope);
+    }
+  }
+
+  /** One of `max` slots of `scope` (`<scope>.0` .. `<scope>.max-1`): its release, or null when all are taken. */
+  private async tryAcquire(scope: string, max: number): Promise<(() => void) | null> {
     const now = this.now();
     const free: number[] = [];
     const taken: number[] = [];
     for (let index = 0; index < max; index++) {
-      const at = this.seen.get(`${tenant}.${index}`);
+      const at = this.seen.get(`${scope}.${index}`);
       (at !== undefined && now - at < this.leaseMs ? taken : free).push(index);
     }
     // Free ones first, from a random start (gateways racing spread over them); then the ones seen taken, in case the
     // view is behind (a slot freed a moment ago).
     const offset = free.length === 0 ? 0 : Math.floor(Math.random() * free.length);
     const order = [...free.slice(offset), ...free.slice(0, offset), ...taken];
-    try {
-      for (const [tried, index] of order.entries()) {
-        // Every slot seen taken and the free ones tried: refused without more round trips.
-        if (tried >= free.length && tried > 0) break;
-        const key = `${tenant}.${index}`;
-        const revision = await this.createOrNull(key);
-        if (revision === null) continue;
-        const held: Held = { key, revision, refreshing: null };
-        this.held.add(held);
-        this.seen.set(key, this.now());
-        let released = false;
-        return () => {
-          if (released) return;
-          released = true;
-          this.held.delete(held);
-          void (held.refreshing ?? Promise.resolve())
-            .then(() => this.kv.delete(held.key, { previousSeq: held.revision }))
-            .catch((error: unknown) => {
-              // Already expired and taken by someone else (wrong last sequence), or NATS down: it expires by itself.
-              if (!isWrongLastSequence(error)) this.options.onError?.(error);
-            });
-        };
-      }
-    } catch (error) {
-      throw new KindlingError('CLUSTER_UNAVAILABLE', `the tenant's concurrency quota is kept in the cluster (NATS JetStream), which did not answer: ${error instanceof Error ? error.message : String(error)}; retry shortly`, { retryAfterSeconds: 1 });
+    for (const [tried, index] of order.entries()) {
+      // Every slot seen taken and the free ones tried: refused without more round trips.
+      if (tried >= free.length && tried > 0) break;
+      const key = `${scope}.${index}`;
+      const revision = await this.createOrNull(key);
+      if (revision === null) continue;
+      const held: Held = { key, revision, refreshing: null };
+      this.held.add(held);
+      this.seen.set(key, this.now());
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        this.held.delete(held);
+        void (held.refreshing ?? Promise.resolve())
+          .then(() => this.kv.delete(held.key, { previousSeq: held.revision }))
+          .catch((error: unknown) => {
+            // Already expired and taken by someone else (wrong last sequence), or NATS down: it expires by itself.
+            if (!isWrongLastSequence(error)) this.options.onError?.(error);
+          });
+      };
     }
-    throw new KindlingError('TENANT_CONCURRENCY_LIMIT', `tenant "${tenant}" already runs ${max} executions at once across the cluster (quota maxConcurrency); retry when one finished`, {
-      retryAfterSeconds: 1,
-      details: { maxConcurrency: max },
-    });
+    return null;
   }
 
   /** Slots held by this gateway now. */
@@ -174,9 +209,20 @@ export class TenantSlots {
     this.stopWatch = () => iterator.stop();
     void (async () => {
       for await (const entry of iterator) {
-        if (entry.operation !== 'PUT') this.seen.delete(entry.key);
-        else this.seen.set(entry.key, entry.isUpdate ? this.now() : Math.min(this.now(), entry.created.getTime()));
+        if (entry.operation !== 'PUT') {
+          this.seen.delete(entry.key);
+          const waiting = this.wakers.get(entry.key.slice(0, entry.key.lastIndexOf('.')));
+          if (waiting !== undefined) for (const wake of [...waiting]) wake();
+        } else this.seen.set(entry.key, entry.isUpdate ? this.now() : Math.min(this.now(), entry.created.getTime()));
       }
     })().catch((error: unknown) => this.options.onError?.(error));
+  }
+}
+
+async function unavailableOnFailure<T>(what: string, body: () => Promise<T>): Promise<T> {
+  try {
+    return await body();
+  } catch (error) {
+    throw new KindlingError('CLUSTER_UNAVAILABLE', `${what} is kept in the cluster (NATS JetStream), which did not answer: ${error instanceof Error ? error.message : String(error)}; retry shortly`, { retryAfterSeconds: 1 });
   }
 }

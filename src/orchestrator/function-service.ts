@@ -137,6 +137,12 @@ export interface FunctionServiceOptions {
   defaultMaxConcurrency?: number;
   defaultMaxQueued?: number;
   queueTimeoutMs?: number;
+  /**
+   * Several gateways: a slot of a function's explicit `maxConcurrency` shared by them (taken after this server's own,
+   * waiting up to `waitMs` for one given back anywhere), so the limit holds across gateways. Null when none came free.
+   * Absent: each server counts its own calls.
+   */
+  sharedFunctionSlots?: (version: FunctionVersion, max: number, options: { waitMs: number; signal?: AbortSignal }) => Promise<(() => void) | null>;
   /** Versions kept per function (the newest); older ones are deleted on deploy unless an invocation needs them. Default 10. */
   versionsKept?: number;
   /** Versions something outside the store still needs (async enqueues not committed yet); retention keeps them. */
@@ -613,7 +619,7 @@ export class FunctionService {
       // Cluster mode: a worker runs it when the router takes it (null: it runs here).
       // (Optional chaining: on a server on its own no argument, not even the closure, is made.)
       const forwarded = route.remote
-        ? this.options.remote?.route(version, executor, body, options, () => this.invokeHere(version, body, options), () => this.limiterFor(version).acquire(options.signal))
+        ? this.options.remote?.route(version, executor, body, options, () => this.invokeHere(version, body, options), () => this.admit(version, options.signal))
         : undefined;
       if (forwarded) return await forwarded;
       if (isHandlerStyle(spec)) {
@@ -631,7 +637,7 @@ export class FunctionService {
       }
       // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
       // (A cluster node running it here after all holds the slot the router took already: not taken twice.)
-      const release = route.admitted === true ? () => undefined : await this.limiterFor(version).acquire(options.signal);
+      const release = route.admitted === true ? () => undefined : await this.admit(version, options.signal);
       let raw;
       try {
         const binds = this.bindsOf(spec, executor);
@@ -703,6 +709,38 @@ export class FunctionService {
   private bundlePath(sha256: string): string {
     if (this.options.bundles === undefined) throw new KindlingError('BUNDLES_UNSUPPORTED', 'this server keeps no function bundles');
     return this.options.bundles.pathOf(sha256);
+  }
+
+  /**
+   * A slot of the function's maxConcurrency: this server's (queued up to maxQueued), then, with several gateways and a
+   * maxConcurrency the function sets itself, the cluster's (the default limit stays per gateway: a shared slot costs
+   * two replicated writes per call).
+   */
+  private async admit(version: FunctionVersion, signal: AbortSignal | undefined): Promise<() => void> {
+    const startedMs = this.clock.nowMs();
+    const release = await this.limiterFor(version).acquire(signal);
+    const shared = this.options.sharedFunctionSlots;
+    const max = version.spec.maxConcurrency;
+    if (shared === undefined || max === undefined) return release;
+    const maxQueued = version.spec.maxQueued ?? this.options.defaultMaxQueued ?? 256;
+    const waitMs = maxQueued === 0 ? 0 : Math.max(0, (this.options.queueTimeoutMs ?? 30_000) - (this.clock.nowMs() - startedMs));
+    let releaseShared: (() => void) | null;
+    try {
+      releaseShared = await shared(version, max, { waitMs, ...(signal ? { signal } : {}) });
+    } catch (error) {
+      release();
+      throw error;
+    }
+    if (releaseShared === null) {
+      release();
+      throw new KindlingError('TOO_MANY_REQUESTS', `function ${version.name} already runs ${max} calls at once across the cluster's gateways (its maxConcurrency)${waitMs > 0 ? `, and none finished within ${waitMs} ms` : ''}; retry after the Retry-After delay`, {
+        retryAfterSeconds: 1,
+      });
+    }
+    return () => {
+      releaseShared();
+      release();
+    };
   }
 
   private limiterFor(version: FunctionVersion): ConcurrencyLimiter {

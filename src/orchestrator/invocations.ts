@@ -66,15 +66,28 @@ export interface InvocationServiceOptions {
   /** Exports each run as a span continuing its accepting request's trace, with its phases (--otlp-endpoint); absent: none. */
   tracer?: Tracer;
   /**
-   * Cluster mode with several gateways: an Idempotency-Key holds across gateways. `claim` answers the id of the
-   * invocation that holds the tenant's key for the function (`id` when this claim won), `release` gives up a claim whose
-   * invocation was not stored, `viewElsewhere` reads an invocation another gateway holds (null: none answered).
+   * Cluster mode with several gateways: an Idempotency-Key holds across gateways. `claim` answers which invocation
+   * holds the tenant's key for the function (`id` when this claim won) and which gateway claimed it; `takeOver` takes a
+   * claim whose invocation was never stored (compare-and-set: false when it changed meanwhile); `repoint` makes a claim
+   * name an older invocation this gateway's store answered the key with; `release` gives up a claim whose invocation
+   * was not stored; `locate` reads an invocation another gateway holds (view null: none answered that it does) and
+   * says which gateways answered that they neither hold nor are storing it.
    */
   idempotency?: {
-    claim(tenant: string, functionName: string, key: string, id: string): Promise<string>;
+    nodeId: string;
+    claim(tenant: string, functionName: string, key: string, id: string): Promise<IdempotencyHolder>;
+    takeOver(tenant: string, functionName: string, key: string, id: string, holder: IdempotencyHolder): Promise<boolean>;
+    repoint(tenant: string, functionName: string, key: string, from: string, to: string): Promise<void>;
     release(tenant: string, functionName: string, key: string, id: string): Promise<void>;
-    viewElsewhere(id: string, tenant: string): Promise<InvocationView | null>;
+    locate(id: string, tenant: string): Promise<{ view: InvocationView | null; absentAt: readonly string[] }>;
   };
+}
+
+/** The claim of an Idempotency-Key across gateways: its invocation, the gateway that claimed it (null: not known), its revision. */
+export interface IdempotencyHolder {
+  id: string;
+  nodeId: string | null;
+  revision: number;
 }
 
 export interface EnqueueRequest {
@@ -174,6 +187,8 @@ export class InvocationService {
   /** Called once `unrecorded` is written (traced invocations end their `record` phase). */
   private unrecordedDone: (() => void)[] = [];
   private recordTimer: NodeJS.Timeout | null = null;
+  /** Invocations whose Idempotency-Key is being claimed across gateways (not in `uncommitted` yet). */
+  private readonly claiming = new Set<string>();
   /** Enqueues of this event-loop turn, committed together at its end (see commitTurn). */
   private uncommitted: PendingInsert[] = [];
   /** Payload bytes of `uncommitted` per tenant: the store does not count them yet, the quota check must. */
@@ -251,21 +266,20 @@ export class InvocationService {
     let nowMs = this.clock.nowMs();
     const id = newId('inv', nowMs);
     const claims = key === undefined ? undefined : this.options.idempotency;
+    let claimed = false;
     if (claims !== undefined && key !== undefined) {
       // Across gateways: the key is claimed first; an invocation another gateway holds for it is the answer.
-      const holder = await claims.claim(tenant, version.name, key, id);
-      const here = (): boolean => this.uncommitted.some((entry) => entry.input.id === holder) || this.has(holder, tenant);
-      if (holder !== id && !here()) {
-        // The gateway that won the claim stores its invocation a moment later: asked again for up to a second. (One
-        // this gateway holds, or is storing, is answered by the insert below: the store returns it for the key.)
-        for (let attempt = 0; attempt < 10 && !here(); attempt++) {
-          const view = await claims.viewElsewhere(holder, tenant);
-          if (view !== null) return { view, created: false };
-          await new Promise((resolve) => setTimeout(resolve, 100));
+      this.claiming.add(id);
+      try {
+        const found = await this.claimKey(claims, tenant, version.name, key, id);
+        if (found !== null) {
+          this.claiming.delete(id);
+          return { view: found, created: false };
         }
-        if (!here()) {
-          throw new KindlingError('CLUSTER_UNAVAILABLE', `this Idempotency-Key names invocation ${holder}, held by a gateway that does not answer now; retry shortly (it never runs twice)`, { retryAfterSeconds: 1 });
-        }
+        claimed = true;
+      } catch (error) {
+        this.claiming.delete(id);
+        throw error;
       }
       nowMs = this.clock.nowMs();
     }
@@ -288,15 +302,56 @@ export class InvocationService {
       });
       this.scheduleCommit();
     });
+    this.claiming.delete(id);
     let outcome: { invocation: InvocationRecord; created: boolean };
     try {
       outcome = await stored;
     } catch (error) {
       // Not stored: the key must not name an invocation that does not exist.
-      if (claims !== undefined && key !== undefined) await claims.release(tenant, version.name, key, id).catch(() => undefined);
+      if (claimed) await claims!.release(tenant, version.name, key!, id).catch(() => undefined);
       throw error;
     }
+    if (claimed && !outcome.created && outcome.invocation.id !== id) {
+      // This store had the key already (an invocation older than the claim): the claim must name that one.
+      await claims!.repoint(tenant, version.name, key!, id, outcome.invocation.id).catch((error: unknown) => this.options.onError?.(error, { invocationId: outcome.invocation.id, phase: 'idempotency' }));
+    }
     return { view: toInvocationView(outcome.invocation), created: outcome.created };
+  }
+
+  /** Whether this service is storing that invocation now (its Idempotency-Key claimed, or its insert not committed yet). */
+  storing(id: string): boolean {
+    return this.claiming.has(id) || this.uncommitted.some((entry) => entry.input.id === id);
+  }
+
+  /**
+   * Claims the key for `id` across gateways. Null when `id` holds the claim (or an invocation of this service does, which
+   * the insert answers: the store returns it for the key); else the view of the invocation that holds it elsewhere.
+   */
+  private async claimKey(claims: NonNullable<InvocationServiceOptions['idempotency']>, tenant: string, functionName: string, key: string, id: string): Promise<InvocationView | null> {
+    const here = (holder: string): boolean => this.storing(holder) || this.has(holder, tenant);
+    for (let round = 0; round < 3; round++) {
+      const holder = await claims.claim(tenant, functionName, key, id);
+      if (holder.id === id || here(holder.id)) return null;
+      // A claim of this gateway whose invocation it neither holds nor is storing: it stopped between the two (a
+      // crash). Another gateway's: the gateway that won the claim stores its invocation a moment later, so it is asked
+      // for up to a second; if it answers that it neither holds nor is storing it, the same happened there.
+      let orphaned = holder.nodeId === claims.nodeId;
+      for (let attempt = 0; attempt < 10 && !orphaned; attempt++) {
+        if (here(holder.id)) return null;
+        const where = await claims.locate(holder.id, tenant);
+        if (where.view !== null) return where.view;
+        orphaned = holder.nodeId !== null && where.absentAt.includes(holder.nodeId);
+        if (!orphaned) await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      if (here(holder.id)) return null;
+      if (!orphaned) {
+        throw new KindlingError('CLUSTER_UNAVAILABLE', `this Idempotency-Key names invocation ${holder.id}, held by a gateway that does not answer now; retry shortly (it never runs twice)`, { retryAfterSeconds: 1 });
+      }
+      this.options.onInfo?.('an Idempotency-Key claimed by a gateway that never stored its invocation is taken over', { invocationId: id, claimedFor: holder.id, claimedBy: holder.nodeId });
+      if (await claims.takeOver(tenant, functionName, key, id, holder)) return null;
+      // Another gateway took it over first: whose it is now is read again.
+    }
+    throw new KindlingError('CLUSTER_UNAVAILABLE', 'this Idempotency-Key is being claimed by several gateways at once; retry shortly (it never runs twice)', { retryAfterSeconds: 1 });
   }
 
   /**

@@ -369,9 +369,10 @@ export class TenantService {
   /** Merges quota fields (null removes one: back to the server default). */
   async update(name: string, quotas: Record<string, unknown>): Promise<TenantView> {
     const state = this.require(name);
-    const merged: Record<string, number | null> = { ...state.record.quotas, ...checkQuotas(quotas) };
-    const next = dropNulls(merged);
-    if (!(await this.writes.setQuotas(name, next))) throw new KindlingError('TENANT_NOT_FOUND', `no tenant named "${name.slice(0, 80)}"; see GET /v1/tenants`, { details: { name: name.slice(0, 80) } });
+    const patch = checkQuotas(quotas);
+    // Merged with the quotas as stored when written (not as read here): an update made meanwhile elsewhere is kept.
+    const next = await this.writes.updateQuotas(name, (current) => dropNulls({ ...current, ...patch }));
+    if (next === null) throw new KindlingError('TENANT_NOT_FOUND', `no tenant named "${name.slice(0, 80)}"; see GET /v1/tenants`, { details: { name: name.slice(0, 80) } });
     this.cacheTenant(this.store.getTenant(name) ?? { ...state.record, quotas: next });
     return this.view(name);
   }

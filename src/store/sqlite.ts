@@ -325,6 +325,10 @@ export class SqliteStore implements Store {
       insertFunctionIfAbsent: this.db.prepare('INSERT INTO functions (tenant, name, latest_version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING'),
       insertVersionIfAbsent: this.db.prepare('INSERT INTO function_versions (tenant, name, version, spec, created_at_ms, spec_bytes) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING'),
       deleteVersion: this.db.prepare('DELETE FROM function_versions WHERE tenant = ? AND name = ? AND version = ?'),
+      versionInUse: this.db.prepare<[string, string, number], { one: number }>(
+        // The unary + keeps the (tenant, function) index out: a function's sync records are many, its queued ones few.
+        "SELECT 1 AS one FROM invocations WHERE status IN ('queued', 'running') AND +tenant = ? AND +function = ? AND version = ? LIMIT 1",
+      ),
       deleteAllFunctions: this.db.prepare('DELETE FROM functions'),
       allFunctions: this.db.prepare<[], FunctionRow>('SELECT * FROM functions'),
       insertInvocation: this.db.prepare(
@@ -636,6 +640,11 @@ export class SqliteStore implements Store {
   applyVersion(version: FunctionVersion): void {
     this.inTransaction.immediate(() => this.applyVersionRow(version));
     this.latest.delete(cacheKey(version.tenant, version.name));
+  }
+
+  /** Whether an invocation queued or running here refers to that version (a cluster copy keeps it while one does). */
+  versionInUse(tenant: string, name: string, version: number): boolean {
+    return this.statements.versionInUse.get(tenant, name, version) !== undefined;
   }
 
   removeVersion(tenant: string, name: string, version: number): void {

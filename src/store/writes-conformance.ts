@@ -36,16 +36,16 @@ export function writesConformance(open: () => Promise<WritesFixture>, options: {
       assert.equal(await writes.insertTenant('acme', { maxConcurrency: 2 }, 1_000), true);
       assert.equal(await writes.insertTenant('acme', {}, 2_000), false, 'the name is taken');
       assert.deepEqual(tenants.getTenant('acme'), { name: 'acme', quotas: { maxConcurrency: 2 }, createdAtMs: 1_000, deletedAtMs: null });
-      assert.equal(await writes.setQuotas('acme', { maxConcurrency: 5, maxMemoryMb: 128 }), true);
+      assert.deepEqual(await writes.updateQuotas('acme', (current) => ({ ...current, maxConcurrency: 5, maxMemoryMb: 128 })), { maxConcurrency: 5, maxMemoryMb: 128 });
       assert.deepEqual(tenants.getTenant('acme')?.quotas, { maxConcurrency: 5, maxMemoryMb: 128 });
-      assert.equal(await writes.setQuotas('nobody', { maxConcurrency: 1 }), false);
+      assert.equal(await writes.updateQuotas('nobody', () => ({ maxConcurrency: 1 })), null);
       await writes.insertKey({ id: 'key_a', tenant: 'acme', hash: 'h-a', prefix: 'kdl_a', isAdmin: false, createdAtMs: 1_500 });
       assert.deepEqual(tenants.activeKeys().map((key) => key.id), ['key_a']);
       assert.equal(await writes.deleteTenant('acme', 3_000), true);
       assert.equal(await writes.deleteTenant('acme', 4_000), false, 'deleted once');
       assert.equal(tenants.getTenant('acme')?.deletedAtMs, 3_000);
       assert.deepEqual(tenants.activeKeys(), [], "the deleted tenant's key is revoked");
-      assert.equal(await writes.setQuotas('acme', {}), false, 'a deleted tenant takes no quotas');
+      assert.equal(await writes.updateQuotas('acme', () => ({})), null, 'a deleted tenant takes no quotas');
       assert.equal(await writes.insertTenant('acme', {}, 5_000), false, "a deleted tenant's name is not reused");
     }));
 

@@ -12,8 +12,12 @@ import type { ApiKeyRecord, SqliteTenantStore, TenantQuotas } from './tenants-sq
 export interface TenantWrites {
   /** False when the name is taken (now or before: a deleted tenant's name stays taken). */
   insertTenant(name: string, quotas: TenantQuotas, nowMs: number): Promise<boolean>;
-  /** False when there is no live tenant of that name. */
-  setQuotas(name: string, quotas: TenantQuotas): Promise<boolean>;
+  /**
+   * Replaces the tenant's quotas with `change(current)`, the read and the write as one step (with several gateways a
+   * compare-and-set that calls `change` again on a conflict: two updates of different fields both hold). The quotas
+   * written, or null when there is no live tenant of that name.
+   */
+  updateQuotas(name: string, change: (current: TenantQuotas) => TenantQuotas): Promise<TenantQuotas | null>;
   /** Marks the tenant deleted and revokes its keys; false when there was no live tenant. */
   deleteTenant(name: string, nowMs: number): Promise<boolean>;
   insertKey(key: Omit<ApiKeyRecord, 'revokedAtMs'>): Promise<void>;
@@ -34,7 +38,13 @@ export interface FunctionWrites {
 export function localTenantWrites(store: SqliteTenantStore): TenantWrites {
   return {
     insertTenant: async (name, quotas, nowMs) => store.insertTenant(name, quotas, nowMs),
-    setQuotas: async (name, quotas) => store.setQuotas(name, quotas),
+    updateQuotas: async (name, change) => {
+      // Nothing awaits between the read and the write: no other update comes between them.
+      const record = store.getTenant(name);
+      if (record === null || record.deletedAtMs !== null) return null;
+      const next = change(record.quotas);
+      return store.setQuotas(name, next) ? next : null;
+    },
     deleteTenant: async (name, nowMs) => store.deleteTenant(name, nowMs),
     insertKey: async (key) => store.insertKey(key),
     revokeKey: async (tenant, id, nowMs) => store.revokeKey(tenant, id, nowMs),

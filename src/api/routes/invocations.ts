@@ -2,7 +2,7 @@ import type { ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KindlingError } from '../../core/errors.js';
 import type { FunctionService } from '../../orchestrator/function-service.js';
-import { toInvocationView, type InvocationService } from '../../orchestrator/invocations.js';
+import { toInvocationView, type InvocationService, type InvocationView } from '../../orchestrator/invocations.js';
 import type { LogBus, LogMessage } from '../../orchestrator/log-bus.js';
 import { INVOCATION_STATUSES, type InvocationRecord, type InvocationStatus } from '../../store/store.js';
 import { BinaryBodySchema, ErrorResponseSchema, EventStreamSchema, FunctionNameParamsSchema, InvocationListSchema, InvocationViewSchema, type FunctionNameParams } from '../schemas.js';
@@ -27,8 +27,27 @@ export interface InvocationRouteOptions {
    * (the reply sent) or resolves null when no gateway has it.
    */
   elsewhere?: (request: FastifyRequest<{ Params: IdParams }>, reply: FastifyReply) => Promise<FastifyReply | null>;
+  /**
+   * Cluster mode with several gateways: the other gateways' invocations of the tenant matching a list's filter (at
+   * most `limit` of each, newest first), and the createdAt below which they may be incomplete (null: none).
+   */
+  listElsewhere?: (filter: InvocationListFilter, tenant: string) => Promise<{ views: InvocationView[]; incompleteBefore: string | null }>;
   functionService: Pick<FunctionService, 'get'>;
   logBus: InvocationRouteLogBus;
+}
+
+/** GET /v1/invocations's filter. */
+export interface InvocationListFilter {
+  functionName?: string;
+  status?: InvocationStatus;
+  sinceMs?: number;
+  untilMs?: number;
+  limit: number;
+}
+
+/** Newest first; equal times by id, so that merged lists have one order. */
+function newestFirst(a: InvocationView, b: InvocationView): number {
+  return a.createdAt === b.createdAt ? (a.id < b.id ? 1 : a.id > b.id ? -1 : 0) : a.createdAt < b.createdAt ? 1 : -1;
 }
 
 interface IdParams {
@@ -86,14 +105,22 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new KindlingError('LIMIT_OUT_OF_RANGE', 'limit must be a whole number from 1 to 1000', { details: { field: 'limit' } });
       const sinceMs = parseTime('since', query.since);
       const untilMs = parseTime('until', query.until);
-      const records = service.list({
+      const filter: InvocationListFilter = {
         limit,
         ...(query.function ? { functionName: query.function } : {}),
         ...(query.status ? { status: query.status as InvocationStatus } : {}),
         ...(sinceMs === undefined ? {} : { sinceMs }),
         ...(untilMs === undefined ? {} : { untilMs }),
-      }, request.principal.tenant);
-      return { invocations: records.map(toInvocationView) };
+      };
+      const views = service.list(filter, request.principal.tenant).map(toInvocationView);
+      if (options.listElsewhere === undefined) return { invocations: views };
+      // Several gateways: each holds the invocations it accepted; the list is theirs merged, newest first. Below the
+      // oldest view of a gateway whose answer was cut (one NATS message) the merge may miss some: it stops there.
+      const elsewhere = await options.listElsewhere(filter, request.principal.tenant);
+      const seen = new Set(views.map((view) => view.id));
+      let merged = [...views, ...elsewhere.views.filter((view) => !seen.has(view.id))].sort(newestFirst);
+      if (elsewhere.incompleteBefore !== null) merged = merged.filter((view) => view.createdAt >= elsewhere.incompleteBefore!);
+      return { invocations: merged.slice(0, limit) };
     },
   );
 
