@@ -192,11 +192,11 @@ async function workerScaling(ctx: BenchContext, urls: string[], data: Record<str
 }
 
 /** A warm handler deployed to `server`, answered 50 times before measuring; the node of the last answer. */
-async function deployWarm(server: BenchServer, name: string, apiKey?: string): Promise<string | null> {
+async function deployWarm(server: BenchServer, name: string, apiKey?: string, limits: { maxConcurrency?: number } = { maxConcurrency: 2 }): Promise<string | null> {
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   const base = new URL(server.url);
   const auth: Record<string, string> = apiKey === undefined ? {} : { authorization: `Bearer ${apiKey}` };
-  const spec = { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 2, maxConcurrency: 2, maxQueued: 1000 };
+  const spec = { runtime: 'node', code: 'export const handler = (body) => body;', handler: 'handler', minWarm: 2, ...limits, maxQueued: 1000 };
   const deployed = await timedRequest(agent, base, 'PUT', `/v1/functions/${name}`, Buffer.from(JSON.stringify(spec)), 60_000, { 'content-type': 'application/json', ...auth });
   if (deployed.status >= 300) throw new Error(`deploy: ${deployed.status} ${deployed.body.slice(0, 300)}`);
   let node: string | null = null;
@@ -364,8 +364,9 @@ async function sharedGateways(ctx: BenchContext, urls: string[], data: Record<st
   // A warm call of a tenant with a concurrency quota (a shared slot per call) against one without, alternated.
   const quotaKey = String(quota.json.apiKey);
   const freeKey = String(free.json.apiKey);
-  await deployWarm(a, 'slot', quotaKey);
-  await deployWarm(a, 'slot', freeKey);
+  // Without their own maxConcurrency: the row prices the tenant's quota alone (see cluster.function-limit.1).
+  await deployWarm(a, 'slot', quotaKey, {});
+  await deployWarm(a, 'slot', freeKey, {});
   const step = (apiKey: string): Promise<CurveStep> =>
     runCurveStep({ url: new URL(a.url), method: 'POST', path: '/v1/functions/slot/invoke', headers: { 'content-type': 'application/octet-stream', authorization: `Bearer ${apiKey}` }, body: Buffer.from('ping'), connections: 1, durationMs: ctx.scale.stepMs, status: 200 });
   const withQuota: CurveStep[] = [];
@@ -392,6 +393,64 @@ async function sharedGateways(ctx: BenchContext, urls: string[], data: Record<st
     target: '— (measured: the cost of a cluster-wide quota)',
     status: slotted.errors === 0 && plain.errors === 0 ? 'pass' : 'fail',
     note: `errors: ${slotted.errors} with the quota, ${plain.errors} without; the release is not awaited by the call`,
+  });
+
+  // A function's own maxConcurrency shared by the two gateways (a slot per call in NATS) against one that sets none
+  // (counted by each gateway itself), same tenant, alternated.
+  await deployWarm(a, 'limited', freeKey, { maxConcurrency: 8 });
+  await deployWarm(a, 'unlimited', freeKey, {});
+  const callStep = (name: string): Promise<CurveStep> =>
+    runCurveStep({ url: new URL(a.url), method: 'POST', path: `/v1/functions/${name}/invoke`, headers: { 'content-type': 'application/octet-stream', authorization: `Bearer ${freeKey}` }, body: Buffer.from('ping'), connections: 1, durationMs: ctx.scale.stepMs, status: 200 });
+  const limitedSteps: CurveStep[] = [];
+  const unlimitedSteps: CurveStep[] = [];
+  for (let round = 0; round < 2; round++) {
+    limitedSteps.push(await callStep('limited'));
+    unlimitedSteps.push(await callStep('unlimited'));
+  }
+  const limited = merge(limitedSteps);
+  const unlimited = merge(unlimitedSteps);
+  ctx.log(`cluster: function limit shared: p50 ${fmtMs(limited.p50Ms)} against ${fmtMs(unlimited.p50Ms)} without`);
+  data['cluster.function-limit.1'] = { withLimit: limited, withoutLimit: unlimited };
+  rows.push({
+    group: 'cluster',
+    id: 'cluster.function-limit.1',
+    scenario: "warm node handler through gateway A (B up too), 1 client, function with its own maxConcurrency (a slot of the cluster's per call)",
+    kindling: `${limited.perSecond.toFixed(0)}/s, p50 ${fmtMs(limited.p50Ms)}, p99 ${fmtMs(limited.p99Ms)}`,
+    baseline: `function without its own maxConcurrency (per gateway), same run: ${unlimited.perSecond.toFixed(0)}/s, p50 ${fmtMs(unlimited.p50Ms)}, p99 ${fmtMs(unlimited.p99Ms)}`,
+    ratio: `+${fmtMs(limited.p50Ms - unlimited.p50Ms)} p50`,
+    target: "— (measured: the cost of a function limit held across gateways; a gateway alone pays nothing)",
+    status: limited.errors === 0 && unlimited.errors === 0 ? 'pass' : 'fail',
+    note: `errors: ${limited.errors} with the shared limit, ${unlimited.errors} without`,
+  });
+
+  // GET /v1/invocations at B, which asks A for its list and merges it, against a request B answers alone.
+  const listAgent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const listMs: number[] = [];
+  const floorMs: number[] = [];
+  const auth = { authorization: `Bearer ${freeKey}` };
+  for (let i = 0; i < 60; i++) {
+    const listed = await timedRequest(listAgent, new URL(b.url), 'GET', '/v1/invocations?limit=100', Buffer.alloc(0), 10_000, auth);
+    if (listed.status !== 200) throw new Error(`list: ${listed.status} ${listed.body.slice(0, 200)}`);
+    const tenant = await timedRequest(listAgent, new URL(b.url), 'GET', '/v1/tenant', Buffer.alloc(0), 10_000, auth);
+    if (i >= 10) {
+      listMs.push(listed.ms);
+      floorMs.push(tenant.ms);
+    }
+  }
+  listAgent.destroy();
+  listMs.sort((x, y) => x - y);
+  floorMs.sort((x, y) => x - y);
+  data['cluster.invocations.list'] = { listMs, floorMs };
+  rows.push({
+    group: 'cluster',
+    id: 'cluster.invocations.list',
+    scenario: 'GET /v1/invocations?limit=100 at gateway B, merged with gateway A\'s list over NATS (n=50)',
+    kindling: `p50 ${fmtMs(quantile(listMs, 0.5))}, p99 ${fmtMs(quantile(listMs, 0.99))}`,
+    baseline: `GET /v1/tenant at B (no NATS): p50 ${fmtMs(quantile(floorMs, 0.5))}, p99 ${fmtMs(quantile(floorMs, 0.99))}`,
+    ratio: `${(quantile(listMs, 0.5) / quantile(floorMs, 0.5)).toFixed(2)}x`,
+    target: '— (measured: a list waits for every other gateway up, at most 1 s)',
+    status: quantile(listMs, 0.99) < 1_000 ? 'pass' : 'fail',
+    note: 'each list holds up to 100 invocations of each gateway (the warm calls above)',
   });
   await a.stop();
   await b.stop();

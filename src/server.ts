@@ -512,6 +512,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     : null;
   clusterNodeRef = clusterNode;
   if (clusterNode) rollback.add('cluster', () => clusterNode.close());
+  // Set once the invocation service exists (the shared state's watch may ask about versions in use before that).
+  let invocationsRef: InvocationService | null = null;
   // Gateways share tenants, keys and functions through JetStream; each keeps a copy in its own stores, read as always.
   const shared = clusterNode && clusterNode.config.role !== 'worker'
     ? await clusterNode.shareState(
@@ -526,6 +528,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
             if (change.kind === 'function' && change.deleted) functionServiceRef?.deletedElsewhere(change.tenant, change.name);
           },
           onError: (error) => logger.warn({ err: error }, "applying a change of the cluster's shared state failed"),
+          inUse: (tenant, name, version) => invocationsRef?.uncommittedVersions(tenant, name).includes(version) ?? false,
         },
       )
     : null;
@@ -647,7 +650,6 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   });
   handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
-  let invocationsRef: InvocationService | null = null;
   const functionService = new FunctionService({
     ...(clusterNode?.router ? { remote: clusterNode.router } : {}),
     ...(shared ? { writes: shared.state } : {}),
@@ -660,8 +662,11 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     executionService: service,
     defaultExecutor: chosen.name,
     handlers,
-    // A function's own maxConcurrency holds across gateways (its slots beside the tenants' in KINDLING_SLOTS).
-    ...(tenantSlots ? { sharedFunctionSlots: (version, max, wait) => tenantSlots.acquireWaiting(`fn.${version.tenant}.${version.name}`, max, wait) } : {}),
+    // A function's own maxConcurrency holds across gateways (its slots beside the tenants' in KINDLING_SLOTS); a
+    // gateway alone counts its calls itself, as a single server does.
+    ...(tenantSlots
+      ? { sharedFunctionSlots: async (version, max, wait) => (tenantSlots.othersPresent() ? tenantSlots.acquireWaiting(`fn.${version.tenant}.${version.name}`, max, wait) : () => undefined) }
+      : {}),
     defaultMaxConcurrency: pools.defaultMaxConcurrency,
     defaultMaxQueued: pools.defaultMaxQueued,
     queueTimeoutMs: pools.queueTimeoutMs,
@@ -695,7 +700,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
             release: (tenant, functionName, key, id) => claims.release(tenant, functionName, key, id),
             locate: async (id, tenant) => {
               const where = await ownersRef?.locate(id, tenant);
-              return { view: (where?.owner?.view as InvocationView | undefined) ?? null, absentAt: where?.absentAt ?? [] };
+              return { view: (where?.owner?.view as InvocationView | undefined) ?? null, absentAt: where?.absentAt ?? [], answeredBy: where?.answeredBy ?? [] };
             },
           },
         }
@@ -717,6 +722,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
           trusted: (nodeId, url) => shared?.state.gatewayUrl(nodeId) === url,
           view: (id, tenant) => (invocations.has(id, tenant) ? toInvocationView(invocations.get(id, tenant)) : null),
           pending: (id) => invocations.storing(id),
+          // The other gateways that are up: questions wait for their answers, and a lone gateway asks none.
+          ...(tenantSlots ? { peers: () => tenantSlots.othersCount(), registered: (nodeId: string) => shared?.state.gatewayUrl(nodeId) !== undefined } : {}),
           list: (filter, tenant) => invocations.list(listFilterOf(filter), tenant).map(toInvocationView),
           onError: (error) => logger.warn({ err: error }, 'finding the gateway of an invocation'),
         })

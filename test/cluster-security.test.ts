@@ -79,6 +79,20 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     const call = await fetch(`${gateway.url}/v1/functions/echo/invoke`, { method: 'POST', body: 'secure' });
     assert.deepEqual([call.status, await call.text(), call.headers.get('x-kindling-node')], [200, 'got secure', worker.name], 'the call went through NATS over TLS to the worker');
 
+    // A second gateway with the gateways' user: it reads, lists and replays (Idempotency-Key) an async invocation the
+    // first one holds, so the gateways' questions and answers pass the permissions (their inboxes are their own).
+    const second = await startNode(t, url, 'gateway', 'gw-tls-2', undefined, {}, gatewayArgs);
+    await waitFor(async () => (await fetch(`${second.url}/v1/functions/echo`)).status === 200, { timeoutMs: 20_000, what: 'the function at the second gateway' });
+    const enqueue = (at: string) => fetch(`${at}/v1/functions/echo/invoke`, { method: 'POST', headers: { 'x-kindling-async': 'true', 'idempotency-key': 'tls-1' }, body: 'later' });
+    const accepted = await enqueue(gateway.url);
+    assert.equal(accepted.status, 202);
+    const invocationId = String(((await accepted.json()) as { invocationId: string }).invocationId);
+    await waitFor(async () => ((await (await fetch(`${second.url}/v1/invocations/${invocationId}`)).json()) as { status?: string }).status === 'succeeded', { timeoutMs: 20_000, what: 'the invocation read through the second gateway' });
+    const listed = (await (await fetch(`${second.url}/v1/invocations`)).json()) as { invocations: { id: string }[] };
+    assert.ok(listed.invocations.some((view) => view.id === invocationId), 'listed through the second gateway');
+    const replay = await enqueue(second.url);
+    assert.equal(((await replay.json()) as { invocationId: string }).invocationId, invocationId, 'the same key through the second gateway names it');
+
     // `kindling cluster status` with the same options sees the worker.
     const status = await cli(['cluster', 'status', '--cluster', url, '--json', ...gatewayArgs]);
     assert.equal(status.code, 0, status.output);
@@ -126,5 +140,13 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     asWorker.nc.publish('kindling.usage.records.gw-tls', '[]');
     await asWorker.nc.flush();
     await waitFor(() => errors.some((error) => /permissions violation for publish to "kindling\.usage\.records\.gw-tls"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the usage records' });
+    // Nor answer a gateway's questions in a gateway's name (which gateway holds an invocation, their lists), nor read
+    // the gateways' answers: request inboxes are per role.
+    asWorker.nc.publish('_INBOX_GATEWAYS.forged.1', JSON.stringify({ nodeId: 'gw-tls', url: null }));
+    await asWorker.nc.flush();
+    await waitFor(() => errors.some((error) => /permissions violation for publish to "_INBOX_GATEWAYS\.forged\.1"/i.test(error)), { timeoutMs: 10_000, what: "the server to refuse an answer in a gateway's inbox" });
+    asWorker.nc.subscribe('_INBOX_GATEWAYS.>');
+    await asWorker.nc.flush().catch(() => undefined);
+    await waitFor(() => errors.some((error) => /permissions violation for subscription to "_INBOX_GATEWAYS\.>"/i.test(error)), { timeoutMs: 10_000, what: "the server to refuse reading the gateways' inboxes" });
   });
 });

@@ -173,6 +173,29 @@ describe('cluster shared state', { skip: natsUnavailable }, () => {
     await waitFor(() => b.functions.getVersion('acme', 'f', 1) === null, { what: 'version 1 to go from B once its invocation is done' });
   });
 
+  it("a gateway that was down while another pruned a version its queued invocation needs keeps that version", { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const bucket = uniqueBucket();
+    const a = await gateway(t, nats.urls, bucket);
+    const b = await gateway(t, nats.urls, bucket, () => {}, 'gw-b', { retainedCheckMs: 100 });
+    await a.state.putFunction('acme', 'f', spec(1), 1_000);
+    await waitFor(() => b.functions.getVersion('acme', 'f', 1) !== null, { what: 'version 1 at B' });
+    b.functions.insertInvocation({ id: 'inv_b2', tenant: 'acme', functionName: 'f', version: 1, payload: Buffer.from('x'), idempotencyKey: null, callbackUrl: null, createdAtMs: 1_500, traceparent: null });
+    b.state.close();
+    // While B is away, A deploys version 2 keeping one: version 1 leaves the bucket.
+    assert.deepEqual((await a.state.putFunction('acme', 'f', spec(2), 2_000, { keep: 1 })).pruned, [1]);
+    // B joins again on its stores: it takes the cluster's functions, but keeps version 1 for its queued invocation.
+    const connection = await connectCluster(nats.urls);
+    t.after(() => connection.close());
+    const { state } = await SharedState.join(connection.nc, { tenants: b.tenants, functions: b.functions }, { bucket, maxBytes: 64 * 1024 ** 2, nodeId: 'gw-b', retainedCheckMs: 100 });
+    t.after(async () => state.close());
+    assert.equal(b.functions.getFunction('acme', 'f')?.latestVersion, 2);
+    assert.notEqual(b.functions.getVersion('acme', 'f', 1), null, 'version 1 kept for the queued invocation');
+    b.functions.claimNextInvocation(2_100);
+    b.functions.finishInvocation('inv_b2', { status: 'succeeded', exitCode: 0, stdout: Buffer.from('ok'), stderr: Buffer.alloc(0), durationMs: 1, coldStart: false, timedOut: false, error: null, finishedAtMs: 2_200 });
+    await waitFor(() => b.functions.getVersion('acme', 'f', 1) === null, { what: 'version 1 to go once its invocation is done' });
+  });
+
   it("the first gateway gives the cluster its own state; a later one's own state is replaced by the cluster's", { timeout: 60_000 }, async (context) => {
     const t = lifo(context);
     const bucket = uniqueBucket();

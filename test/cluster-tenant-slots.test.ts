@@ -14,10 +14,10 @@ import { waitFor } from './helpers/wait.js';
 
 const codeOf = (error: unknown): string => (error instanceof KindlingError ? error.code : String(error));
 
-async function slotsOn(t: CleanupOwner, urls: string[], bucket: string, leaseMs = 30_000): Promise<TenantSlots> {
+async function slotsOn(t: CleanupOwner, urls: string[], bucket: string, leaseMs = 30_000, nodeId?: string): Promise<TenantSlots> {
   const connection = await connectCluster(urls);
   t.after(() => connection.close());
-  const slots = await TenantSlots.open(connection.nc, { bucket, leaseMs });
+  const slots = await TenantSlots.open(connection.nc, { bucket, leaseMs, ...(nodeId === undefined ? {} : { nodeId }) });
   t.after(async () => slots.close());
   return slots;
 }
@@ -75,6 +75,18 @@ describe('tenant slots shared by gateways', { skip: natsUnavailable }, () => {
     assert.equal(await a.acquireWaiting('fn.acme.single', 1, { waitMs: 0 }), null, 'and holds it');
     assert.ok(await a.acquireWaiting('fn.acme.other', 1, { waitMs: 0 }), "another function's slots are its own");
     taken();
+  });
+
+  it('a gateway knows whether other gateways are there (a lone one shares no function limits)', { timeout: 60_000 }, async (context) => {
+    const t = lifo(context);
+    const nats = await startNatsCluster(t, { nodes: 1 });
+    const bucket = bucketName();
+    const a = await slotsOn(t, nats.urls, bucket, 30_000, 'gw-a');
+    assert.equal(a.othersPresent(), false, 'alone');
+    const b = await slotsOn(t, nats.urls, bucket, 30_000, 'gw-b');
+    await waitFor(() => a.othersPresent() && b.othersPresent(), { what: 'each to see the other' });
+    b.close();
+    await waitFor(() => !a.othersPresent(), { what: 'A to see B gone once it closed' });
   });
 
   it("a live holder keeps its slots past the lease; a dead one's come free after it", { timeout: 60_000 }, async (context) => {

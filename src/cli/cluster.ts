@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { AsyncQueue, type QueueStatus } from '../cluster/async-queue.js';
-import { connectCluster, parseClusterUrls, type ClusterSecurity } from '../cluster/connection.js';
+import { GATEWAY_INBOX_PREFIX, connectCluster, parseClusterUrls, type ClusterSecurity } from '../cluster/connection.js';
 import { addClusterSecurityOptions, clusterSecurity } from './cluster-security.js';
 import { Registry, type WorkerEntry } from '../cluster/registry.js';
 
@@ -59,7 +59,8 @@ export function registerClusterCommands(program: Command): void {
       }
       let conn;
       try {
-        conn = await connectCluster(urls, { name: 'kindling cluster status', connectTimeoutMs: 5_000, ...(security ? { security } : {}) });
+        // With the gateways' credentials (authorization.conf): their inboxes.
+        conn = await connectCluster(urls, { name: 'kindling cluster status', connectTimeoutMs: 5_000, inboxPrefix: GATEWAY_INBOX_PREFIX, ...(security ? { security } : {}) });
       } catch (error) {
         process.stderr.write(`kindling: ${error instanceof Error ? error.message : String(error)}\n`);
         process.exitCode = 2;

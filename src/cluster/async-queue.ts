@@ -13,11 +13,11 @@
  *   records `failed` with the reason and is acked, so a poison message neither runs forever nor sits in the work queue
  *   (an unacked message past the server's own limit would stay in a work-queue stream with nobody told).
  */
-import { AckPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type Consumer, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DiscardPolicy, RetentionPolicy, StorageType, type Consumer, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { defaultReplicas } from './connection.js';
+import { defaultReplicas, clusterJetStream, clusterJetStreamManager } from './connection.js';
 
 const MS = 1_000_000; // JetStream durations are in nanoseconds
 
@@ -185,13 +185,13 @@ export class AsyncQueue {
   private constructor(nc: NatsConnection, jsm: JetStreamManager, options: AsyncQueueOptions) {
     this.names = { ...DEFAULT_QUEUE_NAMES, ...options.names };
     this.options = options;
-    this.js = jetstream(nc);
+    this.js = clusterJetStream(nc);
     this.jsm = jsm;
   }
 
   /** Creates the stream, the consumer and the outcomes bucket when missing (idempotent), and returns the queue. */
   static async open(nc: NatsConnection, options: AsyncQueueOptions = {}): Promise<AsyncQueue> {
-    const queue = new AsyncQueue(nc, await jetstreamManager(nc), options);
+    const queue = new AsyncQueue(nc, await clusterJetStreamManager(nc), options);
     await queue.ensure(nc);
     return queue;
   }
@@ -305,7 +305,7 @@ export class AsyncQueue {
   /** The queue's counts without creating anything: null when its stream or consumer does not exist. */
   static async inspect(nc: NatsConnection, names: Partial<QueueNames> = {}): Promise<QueueStatus | null> {
     const { stream, consumer } = { ...DEFAULT_QUEUE_NAMES, ...names };
-    const jsm = await jetstreamManager(nc);
+    const jsm = await clusterJetStreamManager(nc);
     const info = await jsm.streams.info(stream).catch(() => null);
     const consumerInfo = info === null ? null : await jsm.consumers.info(stream, consumer).catch(() => null);
     if (info === null || consumerInfo === null) return null;

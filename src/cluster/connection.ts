@@ -3,6 +3,7 @@
  * the value, and one connection that reconnects forever with jittered exponential backoff (so that a whole fleet of
  * workers does not hammer a restarted NATS node in lockstep) and reports its status for /readyz.
  */
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 
 export const DEFAULT_NATS_PORT = 4222;
@@ -92,6 +93,8 @@ export interface ClusterConnectOptions {
   onStatus?: (status: ClusterConnectionStatus, detail: string) => void;
   /** TLS and credentials; none by default (a private network). */
   security?: ClusterSecurity;
+  /** Where answers to this connection's requests (and its JetStream watches) arrive; default nats.js's `_INBOX`. */
+  inboxPrefix?: string;
 }
 
 export interface ClusterConnection {
@@ -121,6 +124,27 @@ export function backoffDelayMs(attempt: number, baseMs: number, maxMs: number, r
   return Math.floor(random() * ceiling);
 }
 
+/**
+ * Request inboxes per role. deploy/nats/authorization.conf lets a gateway subscribe to `_INBOX_GATEWAYS.>` only and a
+ * worker to `_INBOX_WORKERS.>` only, and lets workers publish to the workers' inboxes alone: so a worker's credentials
+ * cannot answer a gateway's question (which gateway holds an invocation, its list) in a gateway's name.
+ */
+export const GATEWAY_INBOX_PREFIX = '_INBOX_GATEWAYS';
+export const WORKER_INBOX_PREFIX = '_INBOX_WORKERS';
+
+const inboxPrefixes = new WeakMap<NatsConnection, string>();
+
+/** JetStream on a cluster connection: its watches (ordered consumers) deliver to the connection's own inboxes too. */
+export function clusterJetStream(nc: NatsConnection): JetStreamClient {
+  const watcherPrefix = inboxPrefixes.get(nc);
+  return jetstream(nc, watcherPrefix === undefined ? {} : { watcherPrefix });
+}
+
+export function clusterJetStreamManager(nc: NatsConnection): Promise<JetStreamManager> {
+  const watcherPrefix = inboxPrefixes.get(nc);
+  return jetstreamManager(nc, watcherPrefix === undefined ? {} : { watcherPrefix });
+}
+
 /** Connects to a reachable URL of the list (in random order), then reconnects forever (to any server of the cluster) when it is lost. */
 export async function connectCluster(urls: string[], options: ClusterConnectOptions = {}): Promise<ClusterConnection> {
   const baseMs = options.reconnectBaseMs ?? CLUSTER_CONNECT_DEFAULTS.reconnectBaseMs;
@@ -131,6 +155,7 @@ export async function connectCluster(urls: string[], options: ClusterConnectOpti
     nc = await connect({
       ...securityOptions(urls, options.security),
       name: options.name,
+      ...(options.inboxPrefix === undefined ? {} : { inboxPrefix: options.inboxPrefix }),
       timeout: options.connectTimeoutMs ?? CLUSTER_CONNECT_DEFAULTS.connectTimeoutMs,
       reconnect: true,
       maxReconnectAttempts: -1,
@@ -160,6 +185,7 @@ export async function connectCluster(urls: string[], options: ClusterConnectOpti
     }
   })();
   void nc.closed().then((error) => set('closed', error instanceof Error ? error.message : 'closed'));
+  if (options.inboxPrefix !== undefined) inboxPrefixes.set(nc, options.inboxPrefix);
   return {
     nc,
     urls,

@@ -6,12 +6,11 @@
  * answers with the winner's invocation. Claims expire with the invocations they name (the invocation retention).
  */
 import { createHash } from 'node:crypto';
-import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { KindlingError } from '../core/errors.js';
 import { isWrongLastSequence } from './kv-errors.js';
-import { defaultReplicas } from './connection.js';
+import { defaultReplicas, clusterJetStream } from './connection.js';
 
 export const DEFAULT_IDEMPOTENCY_BUCKET = 'KINDLING_IDEMPOTENCY';
 
@@ -38,7 +37,7 @@ export class IdempotencyClaims {
   ) {}
 
   static async open(nc: NatsConnection, options: IdempotencyClaimsOptions = {}): Promise<IdempotencyClaims> {
-    const kv = await new Kvm(jetstream(nc)).create(options.bucket ?? DEFAULT_IDEMPOTENCY_BUCKET, {
+    const kv = await new Kvm(clusterJetStream(nc)).create(options.bucket ?? DEFAULT_IDEMPOTENCY_BUCKET, {
       ttl: options.ttlMs ?? 7 * 24 * 3600_000,
       history: 1,
       replicas: options.replicas ?? defaultReplicas(nc),

@@ -4,7 +4,8 @@
  * on any of them. A gateway that does not have the id asks the others over NATS (`kindling.gateways.invocations.where`,
  * which every gateway answers: yes with its HTTP address, or no), then forwards the request to the one that has it.
  */
-import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { nuid, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { KindlingError } from '../core/errors.js';
 
 export const WHERE_SUBJECT = 'kindling.gateways.invocations.where';
 /** Every gateway answers with its newest invocations of the tenant that match a filter (GET /v1/invocations anywhere). */
@@ -27,6 +28,14 @@ export interface InvocationOwnersOptions {
    */
   trusted: (nodeId: string, url: string) => boolean;
   onError?: (error: unknown) => void;
+  /**
+   * How many other gateways are up (their presence, see TenantSlots.othersPresent): a question waits for that many
+   * answers (at most maxWaitMs), and is not asked at all when there are none. Absent: unknown, the answers are awaited
+   * until none came for stallMs.
+   */
+  peers?: () => number;
+  /** Whether `nodeId` is a gateway that registered its address: only their answers count towards `peers`. */
+  registered?: (nodeId: string) => boolean;
   /** How long to wait for the gateways' answers in all (default 1 s) and after the last one (default 50 ms). */
   maxWaitMs?: number;
   stallMs?: number;
@@ -57,10 +66,13 @@ export interface ListedInvocation {
 interface ListQuestion {
   tenant: string;
   filter: InvocationListFilter;
+  /** The asking process: it does not answer itself. */
+  from?: string;
 }
 
 interface ListAnswer {
   nodeId: string;
+  instance?: string;
   url: string | null;
   views: ListedInvocation[];
   /** False when the views were cut to fit one NATS message: older ones of that gateway may be missing. */
@@ -76,10 +88,13 @@ export interface ListedElsewhere<V extends ListedInvocation> {
 interface Question {
   id: string;
   tenant: string;
+  from?: string;
 }
 
 interface Answer {
   nodeId: string;
+  /** The answering process (two processes may share a node id by mistake). */
+  instance?: string;
   url: string | null;
   view?: unknown;
   /** Not stored yet, but being stored (absent: older gateways, read as false). */
@@ -90,11 +105,15 @@ interface Answer {
 export interface InvocationWhereabouts {
   owner: InvocationOwner | null;
   absentAt: string[];
+  /** The node ids of every other process that answered (whatever it said). */
+  answeredBy: string[];
 }
 
 export class InvocationOwners {
   private subscription: Subscription | null = null;
   private listSubscription: Subscription | null = null;
+  /** This process, told apart from another that was given the same node id. */
+  private readonly instance = nuid.next();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -112,10 +131,11 @@ export class InvocationOwners {
           if (error) throw error;
           const question = msg.json<Question>();
           if (typeof question.id !== 'string' || typeof question.tenant !== 'string') throw new Error('not a question');
+          if (question.from === this.instance) return;
           const url = this.options.advertiseUrl();
           const view = url === null ? null : this.options.view(question.id, question.tenant);
-          const answer: Answer =
-            view !== null ? { nodeId: this.options.nodeId, url, view } : { nodeId: this.options.nodeId, url: null, ...(this.options.pending?.(question.id) ? { pending: true } : {}) };
+          const me = { nodeId: this.options.nodeId, instance: this.instance };
+          const answer: Answer = view !== null ? { ...me, url, view } : { ...me, url: null, ...(this.options.pending?.(question.id) ? { pending: true } : {}) };
           msg.respond(JSON.stringify(answer));
         } catch (failure) {
           this.options.onError?.(failure);
@@ -134,12 +154,13 @@ export class InvocationOwners {
           if (error) throw error;
           const question = msg.json<ListQuestion>();
           if (typeof question.tenant !== 'string' || typeof question.filter !== 'object' || question.filter === null) throw new Error('not a list question');
+          if (question.from === this.instance) return;
           const limit = Math.min(1000, Math.max(1, Math.floor(Number(question.filter.limit)) || 100));
           const url = this.options.advertiseUrl();
           const views = url === null ? [] : list({ ...question.filter, limit }, question.tenant);
           // One NATS message holds the answer: views past its size are left out (and the answer says so).
           const maxBytes = (this.nc.info?.max_payload ?? 1024 * 1024) - 4096;
-          let answer: ListAnswer = { nodeId: this.options.nodeId, url, views, complete: true };
+          let answer: ListAnswer = { nodeId: this.options.nodeId, instance: this.instance, url, views, complete: true };
           let text = JSON.stringify(answer);
           while (Buffer.byteLength(text) > maxBytes && answer.views.length > 0) {
             answer = { ...answer, views: answer.views.slice(0, Math.floor(answer.views.length / 2)), complete: false };
@@ -158,17 +179,14 @@ export class InvocationOwners {
    * from addresses no gateway registered are ignored, as for `locate`.
    */
   async listElsewhere<V extends ListedInvocation>(filter: InvocationListFilter, tenant: string): Promise<ListedElsewhere<V>> {
-    const answers = await this.nc.requestMany(LIST_SUBJECT, JSON.stringify({ tenant, filter } satisfies ListQuestion), {
-      strategy: 'stall',
-      maxWait: this.options.maxWaitMs ?? 1_000,
-      stall: this.options.stallMs ?? 50,
-    });
+    const answers = await this.ask(LIST_SUBJECT, JSON.stringify({ tenant, filter, from: this.instance } satisfies ListQuestion));
     const views: V[] = [];
+    const answered = new Set<string>();
     let incompleteBefore: string | null = null;
     for await (const msg of answers) {
       try {
         const answer = msg.json<ListAnswer>();
-        if (answer.nodeId === this.options.nodeId || answer.url === null || !Array.isArray(answer.views)) continue;
+        if (this.isMine(answer) || answer.url === null || !Array.isArray(answer.views)) continue;
         if (!this.options.trusted(answer.nodeId, answer.url)) {
           this.options.onError?.(new Error(`a list answer names ${answer.url} for gateway ${answer.nodeId}, which is not the address that gateway registered: ignored`));
           continue;
@@ -176,6 +194,8 @@ export class InvocationOwners {
         views.push(...(answer.views as V[]));
         const oldest = answer.views.at(-1)?.createdAt;
         if (!answer.complete && oldest !== undefined && (incompleteBefore === null || oldest > incompleteBefore)) incompleteBefore = oldest;
+        answered.add(answer.nodeId);
+        if (this.enough(answered)) break;
       } catch (error) {
         this.options.onError?.(error);
       }
@@ -190,30 +210,69 @@ export class InvocationOwners {
 
   /** As find, and which gateways answered that they neither hold nor are storing it. */
   async locate(id: string, tenant: string): Promise<InvocationWhereabouts> {
-    const answers = await this.nc.requestMany(WHERE_SUBJECT, JSON.stringify({ id, tenant } satisfies Question), {
-      strategy: 'stall',
-      maxWait: this.options.maxWaitMs ?? 1_000,
-      stall: this.options.stallMs ?? 50,
-    });
+    const answers = await this.ask(WHERE_SUBJECT, JSON.stringify({ id, tenant, from: this.instance } satisfies Question));
     const absentAt: string[] = [];
+    const answeredBy: string[] = [];
     for await (const msg of answers) {
       try {
         const answer = msg.json<Answer>();
-        if (answer.nodeId === this.options.nodeId) continue;
+        if (this.isMine(answer)) continue;
+        answeredBy.push(answer.nodeId);
         if (answer.url === null) {
           if (answer.pending !== true) absentAt.push(answer.nodeId);
+          if (this.enough(new Set(answeredBy))) break;
           continue;
         }
         if (!this.options.trusted(answer.nodeId, answer.url)) {
           this.options.onError?.(new Error(`an answer names ${answer.url} for gateway ${answer.nodeId}, which is not the address that gateway registered: ignored`));
           continue;
         }
-        return { owner: { nodeId: answer.nodeId, url: answer.url, view: answer.view ?? null }, absentAt };
+        return { owner: { nodeId: answer.nodeId, url: answer.url, view: answer.view ?? null }, absentAt, answeredBy };
       } catch (error) {
         this.options.onError?.(error);
       }
     }
-    return { owner: null, absentAt };
+    return { owner: null, absentAt, answeredBy };
+  }
+
+  /** Whether every other gateway up has answered: the gateways (registered ones) in `answered` are as many. */
+  private enough(answered: ReadonlySet<string>): boolean {
+    const peers = this.options.peers?.();
+    if (peers === undefined) return false;
+    let registered = 0;
+    for (const nodeId of answered) if (this.options.registered?.(nodeId) ?? true) registered++;
+    return registered >= peers;
+  }
+
+  /** An answer of this process (gateways that predate `from` answer their own questions too). */
+  private isMine(answer: { nodeId: string; instance?: string }): boolean {
+    return answer.instance === undefined ? answer.nodeId === this.options.nodeId : answer.instance === this.instance;
+  }
+
+  /**
+   * Asks every other gateway: not at all when none is up; else the answers until maxWaitMs (the caller stops at the
+   * last gateway's, see enough) or, the number of gateways unknown, until none came for stallMs. NATS failing is 503
+   * CLUSTER_UNAVAILABLE.
+   */
+  private async ask(subject: string, question: string): Promise<AsyncIterable<Msg>> {
+    const peers = this.options.peers?.();
+    if (peers === 0) return (async function* (): AsyncGenerator<Msg> {})();
+    const maxWait = this.options.maxWaitMs ?? 1_000;
+    try {
+      // With the number known the caller stops once that many gateways answered (answers from anyone else, e.g. a
+      // forger, must not count), else the iteration ends at maxWait.
+      const answers = await this.nc.requestMany(subject, question, peers === undefined ? { strategy: 'stall', maxWait, stall: this.options.stallMs ?? 50 } : { strategy: 'timer', maxWait });
+      // Errors while the answers arrive (the connection lost) end the iteration as a failure too.
+      return (async function* () {
+        try {
+          yield* answers;
+        } catch (error) {
+          throw unavailable(error);
+        }
+      })();
+    } catch (error) {
+      throw unavailable(error);
+    }
   }
 
   close(): void {
@@ -222,4 +281,9 @@ export class InvocationOwners {
     this.listSubscription?.unsubscribe();
     this.listSubscription = null;
   }
+}
+
+function unavailable(error: unknown): KindlingError {
+  if (error instanceof KindlingError) return error;
+  return new KindlingError('CLUSTER_UNAVAILABLE', `the other gateways could not be asked over NATS: ${error instanceof Error ? error.message : String(error)}; retry shortly`, { retryAfterSeconds: 1 });
 }

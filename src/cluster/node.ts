@@ -3,9 +3,9 @@
  * per role what it does there. A `worker` heartbeats and answers runs; a `gateway` watches the registry and sends the
  * invocations workers can take to them; `all` does both (and runs here what is placed on itself).
  */
-import { errors, nuid } from '@nats-io/transport-node';
+import { createInbox, errors, nuid } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
-import { connectCluster, type ClusterConnection, type ClusterConnectionStatus } from './connection.js';
+import { GATEWAY_INBOX_PREFIX, WORKER_INBOX_PREFIX, connectCluster, type ClusterConnection, type ClusterConnectionStatus } from './connection.js';
 import { Registry, type Heartbeat, type RegistryView, type WorkerEntry } from './registry.js';
 import { KindlingError } from '../core/errors.js';
 import { REMOTE_RUNS_DEFAULTS, RemoteRuns, type RemoteRunsOptions } from './remote-runs.js';
@@ -64,6 +64,8 @@ export class ClusterNode {
       name: `kindling-${config.role}-${config.nodeId}`,
       // A silent partition (no TCP reset) is noticed within seconds, so fencing starts (nats.js: 2 min by default).
       pingIntervalMs: 3_000,
+      // Answers to a gateway's questions come to the gateways' inboxes, where no worker may publish (authorization.conf).
+      inboxPrefix: config.role === 'worker' ? WORKER_INBOX_PREFIX : GATEWAY_INBOX_PREFIX,
       ...(config.security ? { security: config.security } : {}),
       onStatus: (status, detail) => {
         logger[status === 'connected' ? 'info' : 'warn']({ nats: status, detail }, 'cluster connection');
@@ -113,7 +115,7 @@ export class ClusterNode {
   /** Gateways and `all`: the slots of tenants' concurrency quotas, shared by every gateway. */
   async shareTenantSlots(options: TenantSlotsOptions = {}): Promise<TenantSlots> {
     if (this.config.role === 'worker') throw new Error('a worker takes no tenant slots');
-    this.tenantSlots ??= await TenantSlots.open(this.connection.nc, options);
+    this.tenantSlots ??= await TenantSlots.open(this.connection.nc, { nodeId: this.config.nodeId, ...options });
     return this.tenantSlots;
   }
 
@@ -172,7 +174,8 @@ export class ClusterNode {
     const id = this.config.nodeId;
     let answer: string;
     try {
-      answer = (await this.connection.nc.request(pingSubject(id), '', { timeout: 2_000 })).string();
+      // Answered by workers (and `all` nodes), which may publish only to the workers' inboxes.
+      answer = (await this.connection.nc.request(pingSubject(id), '', { timeout: 2_000, noMux: true, reply: createInbox(WORKER_INBOX_PREFIX) })).string();
     } catch (error) {
       if (error instanceof errors.NoRespondersError || (error instanceof errors.RequestError && error.isNoResponders())) return;
       if (error instanceof errors.TimeoutError) {

@@ -4,10 +4,10 @@
  * disappears within the TTL. Gateways watch the bucket into an in-memory view and place work from it. A worker that
  * drains deletes its own key at once.
  */
-import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
-import { defaultReplicas } from './connection.js';
+import { defaultReplicas, clusterJetStream, clusterJetStreamManager } from './connection.js';
 import { isWrongLastSequence } from './kv-errors.js';
 
 export const DEFAULT_REGISTRY_BUCKET = 'KINDLING_WORKERS';
@@ -69,7 +69,7 @@ export class Registry {
     const ttlMs = options.ttlMs ?? REGISTRY_DEFAULTS.ttlMs;
     if (!Number.isInteger(ttlMs) || ttlMs < 1_000) throw new Error(`the registry's ttlMs must be a whole number >= 1000, got ${ttlMs}`);
     const bucket = options.bucket ?? DEFAULT_REGISTRY_BUCKET;
-    const kv = await new Kvm(jetstream(nc)).create(bucket, {
+    const kv = await new Kvm(clusterJetStream(nc)).create(bucket, {
       ttl: ttlMs,
       history: 1,
       replicas: options.replicas ?? defaultReplicas(nc),
@@ -79,14 +79,14 @@ export class Registry {
     });
     // An existing bucket keeps its own max age: the view prunes with that, not with what was asked.
     const status = await kv.status();
-    return new Registry(kv, await jetstreamManager(nc), bucket, status.ttl > 0 ? status.ttl : ttlMs);
+    return new Registry(kv, await clusterJetStreamManager(nc), bucket, status.ttl > 0 ? status.ttl : ttlMs);
   }
 
   /** The registry of an existing bucket without creating it: null when there is none. */
   static async inspect(nc: NatsConnection, bucket = DEFAULT_REGISTRY_BUCKET): Promise<Registry | null> {
-    const jsm = await jetstreamManager(nc);
+    const jsm = await clusterJetStreamManager(nc);
     if ((await jsm.streams.info(`KV_${bucket}`).catch(() => null)) === null) return null;
-    const kv = await new Kvm(jetstream(nc)).open(bucket);
+    const kv = await new Kvm(clusterJetStream(nc)).open(bucket);
     return new Registry(kv, jsm, bucket, (await kv.status()).ttl);
   }
 

@@ -12,7 +12,7 @@
  * (a gateway's HTTP address, which other gateways forward reads to), and `s.<id>` (the seed marker, and barriers: a
  * write whose revision follows deletes, which return none).
  */
-import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { KindlingError } from '../core/errors.js';
@@ -21,7 +21,7 @@ import type { FunctionRecord, FunctionSpec, FunctionVersion, VersionRetention } 
 import type { SqliteStore } from '../store/sqlite.js';
 import type { ApiKeyRecord, SqliteTenantStore, TenantQuotas, TenantRecord } from '../store/tenants-sqlite.js';
 import type { FunctionWrites, TenantWrites } from '../store/writes.js';
-import { defaultReplicas } from './connection.js';
+import { defaultReplicas, clusterJetStream, clusterJetStreamManager } from './connection.js';
 
 export const DEFAULT_STATE_BUCKET = 'KINDLING_STATE';
 
@@ -42,6 +42,8 @@ export interface SharedStateOptions {
   onError?: (error: unknown) => void;
   /** How often versions kept past their deletion (see `retained`) are checked again. Default 10 s. */
   retainedCheckMs?: number;
+  /** Versions this gateway's invocations being accepted now (not stored yet) refer to: kept like stored ones. */
+  inUse?: (tenant: string, name: string, version: number) => boolean;
 }
 
 export type SharedStateChange =
@@ -76,8 +78,11 @@ export class SharedState implements TenantWrites, FunctionWrites {
    */
   private readonly retained = new Map<string, { tenant: string; name: string; version: number }>();
   private retainedTimer: NodeJS.Timeout | null = null;
-  /** Functions whose versions are being read again from the bucket (see repair), with the newest record revision applied meanwhile. */
-  private readonly repairing = new Map<string, number>();
+  /**
+   * Functions whose versions are being read again from the bucket (see repair), with the revisions the stream applied
+   * meanwhile: of the record, and of each version's key.
+   */
+  private readonly repairing = new Map<string, { record: number; versions: Map<number, number>; attempt: number }>();
 
   private constructor(
     private readonly kv: KV,
@@ -98,14 +103,14 @@ export class SharedState implements TenantWrites, FunctionWrites {
   static async join(nc: NatsConnection, stores: { tenants: SqliteTenantStore; functions: SqliteStore }, options: SharedStateOptions = {}): Promise<{ state: SharedState; report: JoinReport }> {
     const bucket = options.bucket ?? DEFAULT_STATE_BUCKET;
     const maxValueBytes = (nc.info?.max_payload ?? 1024 * 1024) - 4 * 1024;
-    const kv = await new Kvm(jetstream(nc)).create(bucket, {
+    const kv = await new Kvm(clusterJetStream(nc)).create(bucket, {
       history: 1,
       replicas: options.replicas ?? defaultReplicas(nc),
       // Functions' code is in their versions (inline code up to the deploy limit; bundles are files on the gateway).
       max_bytes: options.maxBytes ?? 1024 ** 3,
       maxValueSize: maxValueBytes,
     });
-    const state = new SharedState(kv, await jetstreamManager(nc), bucket, stores.tenants, stores.functions, maxValueBytes, options);
+    const state = new SharedState(kv, await clusterJetStreamManager(nc), bucket, stores.tenants, stores.functions, maxValueBytes, options);
     const seeded = await state.seedIfFirst();
     // Every server has the default tenant (the admin key acts as it): the first gateway's copy may lack it.
     await state.createOrNull('t.default', { name: 'default', quotas: {}, createdAtMs: Date.now(), deletedAtMs: null } satisfies TenantRecord);
@@ -512,15 +517,26 @@ export class SharedState implements TenantWrites, FunctionWrites {
       else if (kind === 'v') versions.push(entry.json<FunctionVersion>());
     }
     this.tenants.replaceAll(tenants, keys);
-    this.functions.replaceFunctions(functions, versions);
+    // Versions the cluster pruned while this gateway's queued invocations need them stay until those are done.
+    for (const version of this.functions.replaceFunctions(functions, versions)) this.retain(version.tenant, version.name, version.version);
     return { tenants: tenants.length, keys: keys.length, functions: functions.length, versions: versions.length };
+  }
+
+  private inUse(tenant: string, name: string, version: number): boolean {
+    return this.functions.versionInUse(tenant, name, version) || (this.options.inUse?.(tenant, name, version) ?? false);
+  }
+
+  private retain(tenant: string, name: string, version: number): void {
+    this.retained.set(`${tenant}.${name}.${version}`, { tenant, name, version });
+    this.retainedTimer ??= setInterval(() => this.removeRetained(), this.options.retainedCheckMs ?? 10_000);
+    this.retainedTimer.unref();
   }
 
   /** Removes the retained versions no invocation of this gateway needs any more. */
   private removeRetained(): void {
     try {
       for (const [key, kept] of this.retained) {
-        if (this.functions.versionInUse(kept.tenant, kept.name, kept.version)) continue;
+        if (this.inUse(kept.tenant, kept.name, kept.version)) continue;
         this.functions.removeVersion(kept.tenant, kept.name, kept.version);
         this.retained.delete(key);
       }
@@ -534,29 +550,54 @@ export class SharedState implements TenantWrites, FunctionWrites {
   }
 
   /**
-   * Reads a function's versions and record again from the bucket (see the `f` case of apply). A record written to the
-   * stream while this reads (`repairing` holds its revision) is newer than what this read: then the record read is
-   * not applied, the stream's stands.
+   * Reads a function's record and versions again from the bucket's stream leader (a replica may be behind), then
+   * applies them in one step, leaving out what the stream changed meanwhile (a record or version written or deleted
+   * after the read is newer: the stream's stands). Tried again (up to 5 times, backing off) while the copy still has
+   * the record without its version.
    */
-  private repair(tenant: string, name: string, revision: number): void {
+  private repair(tenant: string, name: string, revision: number, attempt = 0): void {
     const functionKey = `${tenant}.${name}`;
-    if (this.repairing.has(functionKey)) return;
-    this.repairing.set(functionKey, revision);
+    if (this.repairing.has(functionKey) || this.stopWatch === null) return;
+    const state = { record: revision, versions: new Map<number, number>(), attempt };
+    this.repairing.set(functionKey, state);
     void (async () => {
       try {
-        for await (const key of await this.kv.keys(`v.${tenant}.${name}.*`)) {
-          const entry = live(await this.kv.get(key));
-          if (entry !== null) this.functions.applyVersion(entry.json<FunctionVersion>());
+        const record = await this.leaderGet(`f.${tenant}.${name}`);
+        const versions: { revision: number; version: FunctionVersion }[] = [];
+        if (record !== null) {
+          for await (const key of await this.kv.keys(`v.${tenant}.${name}.*`)) {
+            const entry = await this.leaderGet(key);
+            if (entry !== null) versions.push({ revision: entry.revision, version: entry.json<FunctionVersion>() });
+          }
         }
-        const record = live(await this.kv.get(`f.${tenant}.${name}`));
-        if (record !== null && record.revision >= this.repairing.get(functionKey)!) this.functions.applyFunction(record.json<FunctionRecord>());
+        // No await from here on: what the stream applied meanwhile is in `state`.
+        if (record !== null && record.revision >= state.record) {
+          for (const { revision: at, version } of versions) if (at >= (state.versions.get(version.version) ?? 0)) this.functions.applyVersion(version);
+          this.functions.applyFunction(record.json<FunctionRecord>());
+        }
         this.options.onChange?.({ kind: 'function', tenant, name, deleted: this.functions.getVersion(tenant, name) === null });
       } catch (error) {
         this.options.onError?.(error);
       } finally {
         this.repairing.delete(functionKey);
       }
+      // Still a record without its version here (a failure, or the stream moved on while this read): again, later.
+      if (this.functions.getFunction(tenant, name) !== null && this.functions.getVersion(tenant, name) === null && attempt < 4) {
+        setTimeout(() => this.repair(tenant, name, state.record, attempt + 1), 250 * 2 ** attempt).unref();
+      }
     })();
+  }
+
+  /** A key's last entry as the stream's leader has it (null: absent, deleted or purged). */
+  private async leaderGet(key: string): Promise<{ revision: number; json: <T>() => T } | null> {
+    const message = await this.jsm.streams.getMessage(`KV_${this.bucket}`, { last_by_subj: `$KV.${this.bucket}.${key}` }).catch((error: unknown) => {
+      if (error instanceof Error && /no message found/i.test(error.message)) return null;
+      throw error;
+    });
+    if (message === null) return null;
+    const operation = message.header?.get('KV-Operation') ?? '';
+    if (operation === 'DEL' || operation === 'PURGE') return null;
+    return { revision: message.seq, json: <T>() => message.json<T>() };
   }
 
   /** One entry, as the stream ordered it. */
@@ -584,8 +625,8 @@ export class SharedState implements TenantWrites, FunctionWrites {
       }
       case 'f': {
         const [, tenant = '', name = ''] = parts;
-        const functionKey = `${tenant}.${name}`;
-        if (this.repairing.has(functionKey)) this.repairing.set(functionKey, entry.revision);
+        const repairing = this.repairing.get(`${tenant}.${name}`);
+        if (repairing !== undefined) repairing.record = entry.revision;
         if (removed) {
           // Its versions went before it; deleting the row removes any a racing deploy left.
           this.functions.deleteFunction(tenant, name);
@@ -604,14 +645,13 @@ export class SharedState implements TenantWrites, FunctionWrites {
         const [, tenant = '', name = '', version = '0'] = parts;
         const number = Number(version);
         const key = `${tenant}.${name}.${number}`;
+        this.repairing.get(`${tenant}.${name}`)?.versions.set(number, entry.revision);
         if (!removed) {
           this.retained.delete(key);
           this.functions.applyVersion(entry.json<FunctionVersion>());
-        } else if (this.functions.versionInUse(tenant, name, number)) {
+        } else if (this.inUse(tenant, name, number)) {
           // Pruned by a deploy elsewhere, but an invocation queued or running here needs it: removed once it is done.
-          this.retained.set(key, { tenant, name, version: number });
-          this.retainedTimer ??= setInterval(() => this.removeRetained(), this.options.retainedCheckMs ?? 10_000);
-          this.retainedTimer.unref();
+          this.retain(tenant, name, number);
         } else {
           this.functions.removeVersion(tenant, name, number);
         }

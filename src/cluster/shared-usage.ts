@@ -8,10 +8,10 @@
  * The position each gateway applied is kept beside the records, in one transaction, so a restart resumes there. The
  * stream keeps records for `maxAgeMs` (default 7 days) within `maxBytes`: a gateway down longer misses what aged out.
  */
-import { DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient } from '@nats-io/jetstream';
+import { DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, type JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { UsageRecord } from '../store/usage.js';
-import { defaultReplicas } from './connection.js';
+import { defaultReplicas, clusterJetStream, clusterJetStreamManager } from './connection.js';
 
 const MS = 1_000_000; // JetStream durations are in nanoseconds
 export const DEFAULT_USAGE_STREAM = 'KINDLING_USAGE';
@@ -57,7 +57,7 @@ export class SharedUsage {
   /** Creates the stream if needed, then follows it into `sink` from the position the sink applied last. */
   static async join(nc: NatsConnection, sink: UsageSink, options: SharedUsageOptions): Promise<SharedUsage> {
     const stream = options.stream ?? DEFAULT_USAGE_STREAM;
-    const jsm = await jetstreamManager(nc);
+    const jsm = await clusterJetStreamManager(nc);
     const existing = await jsm.streams.info(stream).catch(() => null);
     if (existing === null) {
       await jsm.streams
@@ -77,7 +77,7 @@ export class SharedUsage {
           if ((await jsm.streams.info(stream).catch(() => null)) === null) throw error;
         });
     }
-    const usage = new SharedUsage(jetstream(nc), stream, sink, options);
+    const usage = new SharedUsage(clusterJetStream(nc), stream, sink, options);
     await usage.follow((await jsm.streams.info(stream)).state.last_seq);
     return usage;
   }

@@ -9,12 +9,11 @@
  * every leaseMs/3 while their runs last, so the slots of a gateway that died come free within `leaseMs`. Each gateway
  * watches the bucket to try first the slots it believes free (one round trip when a slot is free, none to refuse).
  */
-import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { KindlingError } from '../core/errors.js';
 import { isWrongLastSequence } from './kv-errors.js';
-import { defaultReplicas } from './connection.js';
+import { defaultReplicas, clusterJetStream } from './connection.js';
 
 export const DEFAULT_SLOTS_BUCKET = 'KINDLING_SLOTS';
 export const TENANT_SLOTS_DEFAULTS = { leaseMs: 30_000 } as const;
@@ -26,7 +25,15 @@ export interface TenantSlotsOptions {
   leaseMs?: number;
   onError?: (error: unknown) => void;
   now?: () => number;
+  /**
+   * This gateway's node id: it says it is there with a key `_presence.<nodeId>` (a lease like the slots'), so each
+   * gateway knows whether others share its functions' limits (see othersPresent). Absent: no presence is written.
+   */
+  nodeId?: string;
 }
+
+/** Presence keys of gateways (tenant names are lower-case letters, digits and dashes: no slot key starts so). */
+const PRESENCE = '_presence';
 
 interface Held {
   key: string;
@@ -59,7 +66,7 @@ export class TenantSlots {
   static async open(nc: NatsConnection, options: TenantSlotsOptions = {}): Promise<TenantSlots> {
     const leaseMs = options.leaseMs ?? TENANT_SLOTS_DEFAULTS.leaseMs;
     if (!Number.isInteger(leaseMs) || leaseMs < 1_000) throw new Error(`the slots' leaseMs must be a whole number >= 1000, got ${leaseMs}`);
-    const kv = await new Kvm(jetstream(nc)).create(options.bucket ?? DEFAULT_SLOTS_BUCKET, {
+    const kv = await new Kvm(clusterJetStream(nc)).create(options.bucket ?? DEFAULT_SLOTS_BUCKET, {
       ttl: leaseMs,
       history: 1,
       replicas: options.replicas ?? defaultReplicas(nc),
@@ -69,6 +76,7 @@ export class TenantSlots {
     });
     const slots = new TenantSlots(kv, leaseMs, options);
     await slots.watch();
+    if (options.nodeId !== undefined) await slots.announce();
     return slots;
   }
 
@@ -94,10 +102,12 @@ export class TenantSlots {
   async acquireWaiting(scope: string, max: number, options: { waitMs: number; signal?: AbortSignal }): Promise<(() => void) | null> {
     const deadline = this.now() + options.waitMs;
     for (;;) {
+      // A caller gone (its client disconnected) takes no slot.
+      if (options.signal?.aborted === true) return null;
       const release = await unavailableOnFailure("a function's maxConcurrency", () => this.tryAcquire(scope, max));
       if (release !== null) return release;
       const leftMs = deadline - this.now();
-      if (leftMs <= 0 || options.signal?.aborted === true) return null;
+      if (leftMs <= 0) return null;
       await new Promise<void>((resolve) => {
         const wake = (): void => {
           clearTimeout(timer);
@@ -153,6 +163,28 @@ export class TenantSlots {
     return null;
   }
 
+  /**
+   * Whether another gateway said it is there within the lease: a function's limit is shared only then (a lone gateway's
+   * own count is exact and costs no NATS round trip per call).
+   */
+  othersPresent(): boolean {
+    return this.othersCount() > 0;
+  }
+
+  /** How many other gateways said they are there within the lease. */
+  othersCount(): number {
+    const cutoff = this.now() - this.leaseMs;
+    let count = 0;
+    for (const [key, at] of this.seen) if (key.startsWith(`${PRESENCE}.`) && key !== `${PRESENCE}.${this.options.nodeId ?? ''}` && at >= cutoff) count++;
+    return count;
+  }
+
+  /** Writes this gateway's presence (at the start, then with every refresh of the slots' leases). */
+  private async announce(): Promise<void> {
+    if (this.options.nodeId === undefined) return;
+    await this.kv.put(`${PRESENCE}.${this.options.nodeId}`, JSON.stringify({ atMs: this.now() }));
+  }
+
   /** Slots held by this gateway now. */
   get heldCount(): number {
     return this.held.size;
@@ -162,6 +194,8 @@ export class TenantSlots {
   close(): void {
     clearInterval(this.refresher);
     this.stopWatch();
+    // Gone at once for the others (else after the lease): a gateway left alone stops paying for shared limits.
+    if (this.options.nodeId !== undefined) void this.kv.delete(`${PRESENCE}.${this.options.nodeId}`).catch(() => undefined);
   }
 
   private now(): number {
@@ -185,6 +219,7 @@ export class TenantSlots {
       // Keys removed by the bucket's max age send no event: forget them here.
       const cutoff = this.now() - this.leaseMs;
       for (const [key, at] of this.seen) if (at < cutoff) this.seen.delete(key);
+      await this.announce().catch((error: unknown) => this.options.onError?.(error));
       for (const held of [...this.held]) {
         held.refreshing = this.kv.update(held.key, JSON.stringify({ holder: this.holder, atMs: this.now() }), held.revision).then(
           (revision) => {

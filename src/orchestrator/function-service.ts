@@ -733,6 +733,8 @@ export class FunctionService {
     }
     if (releaseShared === null) {
       release();
+      // The wait ended because the caller went away: its own reason (as the local queue gives), not a refusal.
+      if (signal?.aborted === true) throw signal.reason;
       throw new KindlingError('TOO_MANY_REQUESTS', `function ${version.name} already runs ${max} calls at once across the cluster's gateways (its maxConcurrency)${waitMs > 0 ? `, and none finished within ${waitMs} ms` : ''}; retry after the Retry-After delay`, {
         retryAfterSeconds: 1,
       });

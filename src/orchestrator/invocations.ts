@@ -79,7 +79,7 @@ export interface InvocationServiceOptions {
     takeOver(tenant: string, functionName: string, key: string, id: string, holder: IdempotencyHolder): Promise<boolean>;
     repoint(tenant: string, functionName: string, key: string, from: string, to: string): Promise<void>;
     release(tenant: string, functionName: string, key: string, id: string): Promise<void>;
-    locate(id: string, tenant: string): Promise<{ view: InvocationView | null; absentAt: readonly string[] }>;
+    locate(id: string, tenant: string): Promise<{ view: InvocationView | null; absentAt: readonly string[]; answeredBy: readonly string[] }>;
   };
 }
 
@@ -188,7 +188,7 @@ export class InvocationService {
   private unrecordedDone: (() => void)[] = [];
   private recordTimer: NodeJS.Timeout | null = null;
   /** Invocations whose Idempotency-Key is being claimed across gateways (not in `uncommitted` yet). */
-  private readonly claiming = new Set<string>();
+  private readonly claiming = new Map<string, { tenant: string; functionName: string; version: number }>();
   /** Enqueues of this event-loop turn, committed together at its end (see commitTurn). */
   private uncommitted: PendingInsert[] = [];
   /** Payload bytes of `uncommitted` per tenant: the store does not count them yet, the quota check must. */
@@ -269,7 +269,7 @@ export class InvocationService {
     let claimed = false;
     if (claims !== undefined && key !== undefined) {
       // Across gateways: the key is claimed first; an invocation another gateway holds for it is the answer.
-      this.claiming.add(id);
+      this.claiming.set(id, { tenant, functionName: version.name, version: version.version });
       try {
         const found = await this.claimKey(claims, tenant, version.name, key, id);
         if (found !== null) {
@@ -302,18 +302,22 @@ export class InvocationService {
       });
       this.scheduleCommit();
     });
-    this.claiming.delete(id);
     let outcome: { invocation: InvocationRecord; created: boolean };
     try {
-      outcome = await stored;
-    } catch (error) {
-      // Not stored: the key must not name an invocation that does not exist.
-      if (claimed) await claims!.release(tenant, version.name, key!, id).catch(() => undefined);
-      throw error;
-    }
-    if (claimed && !outcome.created && outcome.invocation.id !== id) {
-      // This store had the key already (an invocation older than the claim): the claim must name that one.
-      await claims!.repoint(tenant, version.name, key!, id, outcome.invocation.id).catch((error: unknown) => this.options.onError?.(error, { invocationId: outcome.invocation.id, phase: 'idempotency' }));
+      try {
+        outcome = await stored;
+      } catch (error) {
+        // Not stored: the key must not name an invocation that does not exist.
+        if (claimed) await claims!.release(tenant, version.name, key!, id).catch(() => undefined);
+        throw error;
+      }
+      if (claimed && !outcome.created && outcome.invocation.id !== id) {
+        // This store had the key already (an invocation older than the claim): the claim must name that one. Until it
+        // does, `id` stays "being stored" for other gateways, which would otherwise take the claim over.
+        await claims!.repoint(tenant, version.name, key!, id, outcome.invocation.id).catch((error: unknown) => this.options.onError?.(error, { invocationId: outcome.invocation.id, phase: 'idempotency' }));
+      }
+    } finally {
+      this.claiming.delete(id);
     }
     return { view: toInvocationView(outcome.invocation), created: outcome.created };
   }
@@ -332,15 +336,16 @@ export class InvocationService {
     for (let round = 0; round < 3; round++) {
       const holder = await claims.claim(tenant, functionName, key, id);
       if (holder.id === id || here(holder.id)) return null;
-      // A claim of this gateway whose invocation it neither holds nor is storing: it stopped between the two (a
-      // crash). Another gateway's: the gateway that won the claim stores its invocation a moment later, so it is asked
-      // for up to a second; if it answers that it neither holds nor is storing it, the same happened there.
-      let orphaned = holder.nodeId === claims.nodeId;
+      // The gateway that won the claim stores its invocation a moment later, so it is asked for up to a second. If it
+      // answers that it neither holds nor is storing it, it stopped between the two (a crash). A claim in this
+      // gateway's own name that no process of that name answers for was made by an earlier run of this gateway.
+      const mine = holder.nodeId !== null && holder.nodeId === claims.nodeId;
+      let orphaned = false;
       for (let attempt = 0; attempt < 10 && !orphaned; attempt++) {
         if (here(holder.id)) return null;
         const where = await claims.locate(holder.id, tenant);
         if (where.view !== null) return where.view;
-        orphaned = holder.nodeId !== null && where.absentAt.includes(holder.nodeId);
+        orphaned = holder.nodeId !== null && (where.absentAt.includes(holder.nodeId) || (mine && !where.answeredBy.includes(holder.nodeId)));
         if (!orphaned) await new Promise((resolve) => setTimeout(resolve, 100));
       }
       if (here(holder.id)) return null;
@@ -365,9 +370,10 @@ export class InvocationService {
     checkStorageQuota(tenant, 'maxQueuedPayloadBytes', limit, this.store.storageUsage(tenant).queuedPayloadBytes + (this.uncommittedBytes.get(tenant) ?? 0), bytes);
   }
 
-  /** Versions of the function that enqueues of this turn (not committed yet) refer to: deploys must keep them. */
+  /** Versions of the function that enqueues not committed yet (or claiming their Idempotency-Key) refer to: deploys must keep them. */
   uncommittedVersions(tenant: string, name: string): number[] {
-    return this.uncommitted.filter((entry) => entry.input.tenant === tenant && entry.input.functionName === name).map((entry) => entry.input.version);
+    const claiming = [...this.claiming.values()].filter((entry) => entry.tenant === tenant && entry.functionName === name).map((entry) => entry.version);
+    return [...claiming, ...this.uncommitted.filter((entry) => entry.input.tenant === tenant && entry.input.functionName === name).map((entry) => entry.input.version)];
   }
 
   private scheduleCommit(): void {

@@ -616,14 +616,35 @@ export class SqliteStore implements Store {
     return this.statements.allFunctions.all().map(toFunction);
   }
 
-  /** Makes the functions tables hold exactly these records (a gateway joining the cluster), in one transaction. */
-  replaceFunctions(functions: readonly FunctionRecord[], versions: readonly FunctionVersion[]): void {
+  /**
+   * Makes the functions tables hold exactly these records (a gateway joining the cluster), in one transaction, but for
+   * versions of these functions that invocations queued or running here still need, which stay (another gateway's
+   * deploy pruned them). Returns those kept.
+   */
+  replaceFunctions(functions: readonly FunctionRecord[], versions: readonly FunctionVersion[]): FunctionVersion[] {
+    const kept: FunctionVersion[] = [];
     this.inTransaction.immediate(() => {
+      const needed = this.db
+        .prepare<[], VersionRow>(
+          `SELECT DISTINCT v.* FROM function_versions v JOIN invocations i ON i.tenant = v.tenant AND i.function = v.name AND i.version = v.version
+           WHERE i.status IN ('queued', 'running')`,
+        )
+        .all()
+        .map(toVersion);
       this.statements.deleteAllFunctions.run();
       for (const version of versions) this.applyVersionRow(version);
+      const live = new Set(functions.map((fn) => `${fn.tenant}\0${fn.name}`));
+      const stored = new Set(versions.map((version) => `${version.tenant}\0${version.name}\0${version.version}`));
+      for (const version of needed) {
+        // Only for a function that still exists: a deleted function's invocations fail, as on a single server.
+        if (!live.has(`${version.tenant}\0${version.name}`) || stored.has(`${version.tenant}\0${version.name}\0${version.version}`)) continue;
+        this.applyVersionRow(version);
+        kept.push(version);
+      }
       for (const fn of functions) this.applyFunctionRow(fn);
     });
     this.latest.clear();
+    return kept;
   }
 
   /** Writes the function's record as it is now (its versions arrive apart). */

@@ -96,7 +96,7 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
         response: { 200: InvocationListSchema, ...errors },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const query = request.query;
       if (query.status !== undefined && !(INVOCATION_STATUSES as readonly string[]).includes(query.status)) {
         throw new KindlingError('VALIDATION_FAILED', `status must be one of ${INVOCATION_STATUSES.join(', ')}`, { details: { field: 'status' } });
@@ -116,7 +116,15 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
       if (options.listElsewhere === undefined) return { invocations: views };
       // Several gateways: each holds the invocations it accepted; the list is theirs merged, newest first. Below the
       // oldest view of a gateway whose answer was cut (one NATS message) the merge may miss some: it stops there.
-      const elsewhere = await options.listElsewhere(filter, request.principal.tenant);
+      let elsewhere: { views: InvocationView[]; incompleteBefore: string | null };
+      try {
+        elsewhere = await options.listElsewhere(filter, request.principal.tenant);
+      } catch (error) {
+        // NATS down: this gateway's own invocations, marked as a part of the list (reads go on without NATS).
+        if (!(error instanceof KindlingError && error.code === 'CLUSTER_UNAVAILABLE')) throw error;
+        reply.header('x-kindling-list-partial', 'true');
+        return { invocations: views };
+      }
       const seen = new Set(views.map((view) => view.id));
       let merged = [...views, ...elsewhere.views.filter((view) => !seen.has(view.id))].sort(newestFirst);
       if (elsewhere.incompleteBefore !== null) merged = merged.filter((view) => view.createdAt >= elsewhere.incompleteBefore!);
