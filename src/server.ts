@@ -864,6 +864,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       if (owners && shared) {
         await shared.state.registerGateway(clusterNode!.config.nodeId, advertiseUrl);
         owners.serve();
+        // Only now that it answers: the others count it (their questions wait for its answer, limits are shared).
+        await tenantSlots?.announce().catch((error: unknown) => logger.warn({ err: error }, "this gateway's presence could not be written; the others will not count it until its next write"));
       }
       // Crash recovery (running -> failed, queued run again) and the dispatcher, once the gateway answers.
       invocations.start();

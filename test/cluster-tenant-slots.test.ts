@@ -82,9 +82,18 @@ describe('tenant slots shared by gateways', { skip: natsUnavailable }, () => {
     const nats = await startNatsCluster(t, { nodes: 1 });
     const bucket = bucketName();
     const a = await slotsOn(t, nats.urls, bucket, 30_000, 'gw-a');
+    await a.announce();
     assert.equal(a.othersPresent(), false, 'alone');
     const b = await slotsOn(t, nats.urls, bucket, 30_000, 'gw-b');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(a.othersPresent(), false, 'a gateway is counted only once it announces itself (it answers questions)');
+    await b.announce();
     await waitFor(() => a.othersPresent() && b.othersPresent(), { what: 'each to see the other' });
+    // Two processes given one node id by mistake count as two.
+    const twin = await slotsOn(t, nats.urls, bucket, 30_000, 'gw-b');
+    await twin.announce();
+    await waitFor(() => a.othersCount() === 2 && b.othersCount() === 2, { what: 'the twin counted as another gateway' });
+    twin.close();
     b.close();
     await waitFor(() => !a.othersPresent(), { what: 'A to see B gone once it closed' });
   });

@@ -34,6 +34,8 @@ export interface InvocationOwnersOptions {
    * until none came for stallMs.
    */
   peers?: () => number;
+  /** Whether this node's NATS connection is up now (a question asked while it reconnects would hear nobody). */
+  connected?: () => boolean;
   /** Whether `nodeId` is a gateway that registered its address: only their answers count towards `peers`. */
   registered?: (nodeId: string) => boolean;
   /** How long to wait for the gateways' answers in all (default 1 s) and after the last one (default 50 ms). */
@@ -83,6 +85,8 @@ interface ListAnswer {
 export interface ListedElsewhere<V extends ListedInvocation> {
   views: V[];
   incompleteBefore: string | null;
+  /** False when fewer gateways answered than are up (the list may miss theirs). */
+  complete: boolean;
 }
 
 interface Question {
@@ -107,6 +111,8 @@ export interface InvocationWhereabouts {
   absentAt: string[];
   /** The node ids of every other process that answered (whatever it said). */
   answeredBy: string[];
+  /** Whether every other gateway up answered (unknown number: true). */
+  complete: boolean;
 }
 
 export class InvocationOwners {
@@ -194,18 +200,23 @@ export class InvocationOwners {
         views.push(...(answer.views as V[]));
         const oldest = answer.views.at(-1)?.createdAt;
         if (!answer.complete && oldest !== undefined && (incompleteBefore === null || oldest > incompleteBefore)) incompleteBefore = oldest;
-        answered.add(answer.nodeId);
+        answered.add(`${answer.nodeId}/${answer.instance ?? ''}`);
         if (this.enough(answered)) break;
       } catch (error) {
         this.options.onError?.(error);
       }
     }
-    return { views, incompleteBefore };
+    return { views, incompleteBefore, complete: this.options.peers === undefined || this.enough(answered) };
   }
 
-  /** The other gateway that holds the tenant's invocation, or null when none answered that it does. */
+  /**
+   * The other gateway that holds the tenant's invocation, or null when every gateway up answered that it does not.
+   * 503 CLUSTER_UNAVAILABLE when one that may hold it did not answer (a 404 then could be false).
+   */
   async find(id: string, tenant: string): Promise<InvocationOwner | null> {
-    return (await this.locate(id, tenant)).owner;
+    const where = await this.locate(id, tenant);
+    if (where.owner === null && !where.complete) throw unavailable(new Error(`not every gateway answered within ${this.options.maxWaitMs ?? 1_000} ms`));
+    return where.owner;
   }
 
   /** As find, and which gateways answered that they neither hold nor are storing it. */
@@ -213,34 +224,36 @@ export class InvocationOwners {
     const answers = await this.ask(WHERE_SUBJECT, JSON.stringify({ id, tenant, from: this.instance } satisfies Question));
     const absentAt: string[] = [];
     const answeredBy: string[] = [];
+    const answered = new Set<string>();
     for await (const msg of answers) {
       try {
         const answer = msg.json<Answer>();
         if (this.isMine(answer)) continue;
         answeredBy.push(answer.nodeId);
+        answered.add(`${answer.nodeId}/${answer.instance ?? ''}`);
         if (answer.url === null) {
           if (answer.pending !== true) absentAt.push(answer.nodeId);
-          if (this.enough(new Set(answeredBy))) break;
+          if (this.enough(answered)) break;
           continue;
         }
         if (!this.options.trusted(answer.nodeId, answer.url)) {
           this.options.onError?.(new Error(`an answer names ${answer.url} for gateway ${answer.nodeId}, which is not the address that gateway registered: ignored`));
           continue;
         }
-        return { owner: { nodeId: answer.nodeId, url: answer.url, view: answer.view ?? null }, absentAt, answeredBy };
+        return { owner: { nodeId: answer.nodeId, url: answer.url, view: answer.view ?? null }, absentAt, answeredBy, complete: true };
       } catch (error) {
         this.options.onError?.(error);
       }
     }
-    return { owner: null, absentAt, answeredBy };
+    return { owner: null, absentAt, answeredBy, complete: this.options.peers === undefined || this.enough(answered) };
   }
 
-  /** Whether every other gateway up has answered: the gateways (registered ones) in `answered` are as many. */
+  /** Whether every other gateway up has answered: the processes (`node/instance`) of registered gateways in `answered` are as many. */
   private enough(answered: ReadonlySet<string>): boolean {
     const peers = this.options.peers?.();
     if (peers === undefined) return false;
     let registered = 0;
-    for (const nodeId of answered) if (this.options.registered?.(nodeId) ?? true) registered++;
+    for (const process of answered) if (this.options.registered?.(process.slice(0, process.lastIndexOf('/'))) ?? true) registered++;
     return registered >= peers;
   }
 
@@ -255,6 +268,7 @@ export class InvocationOwners {
    * CLUSTER_UNAVAILABLE.
    */
   private async ask(subject: string, question: string): Promise<AsyncIterable<Msg>> {
+    if (this.options.connected?.() === false) throw unavailable(new Error('the connection to NATS is down (reconnecting)'));
     const peers = this.options.peers?.();
     if (peers === 0) return (async function* (): AsyncGenerator<Msg> {})();
     const maxWait = this.options.maxWaitMs ?? 1_000;

@@ -135,7 +135,7 @@ export class ClusterNode {
   /** Gateways and `all`: tells other gateways which invocations are held here, and finds those held elsewhere. */
   invocationOwners(options: Omit<InvocationOwnersOptions, 'nodeId'>): InvocationOwners {
     if (this.config.role === 'worker') throw new Error('a worker holds no invocations');
-    this.owners ??= new InvocationOwners(this.connection.nc, { ...options, nodeId: this.config.nodeId });
+    this.owners ??= new InvocationOwners(this.connection.nc, { connected: () => this.connection.status() === 'connected', ...options, nodeId: this.config.nodeId });
     return this.owners;
   }
 

@@ -26,8 +26,9 @@ export interface TenantSlotsOptions {
   onError?: (error: unknown) => void;
   now?: () => number;
   /**
-   * This gateway's node id: it says it is there with a key `_presence.<nodeId>` (a lease like the slots'), so each
-   * gateway knows whether others share its functions' limits (see othersPresent). Absent: no presence is written.
+   * This gateway's node id: once it answers other gateways (announce), it says it is there with a key
+   * `_presence.<nodeId>.<process>` (a lease like the slots'), so each gateway knows how many others share its
+   * functions' limits and answer its questions (see othersCount). Absent: no presence is written.
    */
   nodeId?: string;
 }
@@ -51,6 +52,8 @@ export class TenantSlots {
   private stopWatch: () => void = () => {};
   /** Waits for a slot of a scope (see acquireWaiting), woken when the watch sees one of its slots given back. */
   private readonly wakers = new Map<string, Set<() => void>>();
+  private presenceTimer: NodeJS.Timeout | null = null;
+  private closed = false;
   /** One refresh pass at a time (a pass may take long while NATS is slow; two would race for the same revisions). */
   private refreshing = false;
 
@@ -76,7 +79,6 @@ export class TenantSlots {
     });
     const slots = new TenantSlots(kv, leaseMs, options);
     await slots.watch();
-    if (options.nodeId !== undefined) await slots.announce();
     return slots;
   }
 
@@ -171,18 +173,30 @@ export class TenantSlots {
     return this.othersCount() > 0;
   }
 
-  /** How many other gateways said they are there within the lease. */
+  /** How many other gateway processes said they are there within the lease (two given one node id count as two). */
   othersCount(): number {
     const cutoff = this.now() - this.leaseMs;
     let count = 0;
-    for (const [key, at] of this.seen) if (key.startsWith(`${PRESENCE}.`) && key !== `${PRESENCE}.${this.options.nodeId ?? ''}` && at >= cutoff) count++;
+    for (const [key, at] of this.seen) if (key.startsWith(`${PRESENCE}.`) && key !== this.presenceKey && at >= cutoff) count++;
     return count;
   }
 
-  /** Writes this gateway's presence (at the start, then with every refresh of the slots' leases). */
-  private async announce(): Promise<void> {
-    if (this.options.nodeId === undefined) return;
-    await this.kv.put(`${PRESENCE}.${this.options.nodeId}`, JSON.stringify({ atMs: this.now() }));
+  /**
+   * Says this gateway is there, now and every leaseMs/3 on its own timer until close: call it once the gateway answers
+   * the others' questions (a presence that cannot answer would make every question wait for it).
+   */
+  async announce(): Promise<void> {
+    if (this.presenceKey === null || this.closed) return;
+    // The timer first: a first write that fails is made again by it.
+    this.presenceTimer ??= setInterval(() => {
+      if (this.presenceKey !== null) void this.kv.put(this.presenceKey, JSON.stringify({ atMs: this.now() })).catch((error: unknown) => this.options.onError?.(error));
+    }, Math.max(100, Math.floor(this.leaseMs / 3)));
+    this.presenceTimer.unref();
+    await this.kv.put(this.presenceKey, JSON.stringify({ atMs: this.now() }));
+  }
+
+  private get presenceKey(): string | null {
+    return this.options.nodeId === undefined ? null : `${PRESENCE}.${this.options.nodeId}.${this.holder}`;
   }
 
   /** Slots held by this gateway now. */
@@ -192,10 +206,12 @@ export class TenantSlots {
 
   /** Stops refreshing and watching; slots still held expire after the lease. */
   close(): void {
+    this.closed = true;
     clearInterval(this.refresher);
+    if (this.presenceTimer !== null) clearInterval(this.presenceTimer);
     this.stopWatch();
     // Gone at once for the others (else after the lease): a gateway left alone stops paying for shared limits.
-    if (this.options.nodeId !== undefined) void this.kv.delete(`${PRESENCE}.${this.options.nodeId}`).catch(() => undefined);
+    if (this.presenceKey !== null) void this.kv.delete(this.presenceKey).catch(() => undefined);
   }
 
   private now(): number {
@@ -219,7 +235,6 @@ export class TenantSlots {
       // Keys removed by the bucket's max age send no event: forget them here.
       const cutoff = this.now() - this.leaseMs;
       for (const [key, at] of this.seen) if (at < cutoff) this.seen.delete(key);
-      await this.announce().catch((error: unknown) => this.options.onError?.(error));
       for (const held of [...this.held]) {
         held.refreshing = this.kv.update(held.key, JSON.stringify({ holder: this.holder, atMs: this.now() }), held.revision).then(
           (revision) => {

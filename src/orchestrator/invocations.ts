@@ -341,12 +341,15 @@ export class InvocationService {
       // gateway's own name that no process of that name answers for was made by an earlier run of this gateway.
       const mine = holder.nodeId !== null && holder.nodeId === claims.nodeId;
       let orphaned = false;
-      for (let attempt = 0; attempt < 10 && !orphaned; attempt++) {
+      // About a second in all, however long each question takes (one waits up to 1 s for a gateway that is silent).
+      const untilMs = this.clock.nowMs() + 1_000;
+      for (;;) {
         if (here(holder.id)) return null;
         const where = await claims.locate(holder.id, tenant);
         if (where.view !== null) return where.view;
         orphaned = holder.nodeId !== null && (where.absentAt.includes(holder.nodeId) || (mine && !where.answeredBy.includes(holder.nodeId)));
-        if (!orphaned) await new Promise((resolve) => setTimeout(resolve, 100));
+        if (orphaned || this.clock.nowMs() >= untilMs) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
       }
       if (here(holder.id)) return null;
       if (!orphaned) {

@@ -30,6 +30,26 @@ describe('SqliteStore', () => {
     }
   });
 
+  it("replaceFunctions keeps a version a queued invocation needs, of the same function only (not one made again after a delete)", () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      store.putFunction(T, 'f', { runtime: 'python', code: 'old' }, 1000);
+      store.insertInvocation({ id: 'inv_q', tenant: T, functionName: 'f', version: 1, payload: Buffer.alloc(0), idempotencyKey: null, callbackUrl: null, createdAtMs: 1100 });
+      const v2 = { tenant: T, name: 'f', version: 2, spec: { runtime: 'python' as const, code: 'new' }, createdAtMs: 2000 };
+      // The cluster's state: the same function (made at 1000), its version 1 pruned. Version 1 stays for the invocation.
+      const kept = store.replaceFunctions([{ tenant: T, name: 'f', latestVersion: 2, createdAtMs: 1000, updatedAtMs: 2000 }], [v2]);
+      assert.deepEqual(kept.map((version) => version.version), [1]);
+      assert.equal(store.getVersion(T, 'f', 1)?.spec.code, 'old');
+      assert.equal(store.getFunction(T, 'f')?.latestVersion, 2);
+      // The function deleted and made again (at 3000, numbered from 1): the old version 1 is not put under it.
+      const fresh = { tenant: T, name: 'f', version: 1, spec: { runtime: 'python' as const, code: 'fresh' }, createdAtMs: 3000 };
+      assert.deepEqual(store.replaceFunctions([{ tenant: T, name: 'f', latestVersion: 1, createdAtMs: 3000, updatedAtMs: 3000 }], [fresh]), []);
+      assert.equal(store.getVersion(T, 'f', 1)?.spec.code, 'fresh');
+    } finally {
+      store.close();
+    }
+  });
+
   it('lists, deletes with versions, and survives a reopen (WAL)', () => {
     const file = join(dir, 'b.db');
     const store = new SqliteStore(file);

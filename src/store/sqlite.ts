@@ -633,11 +633,14 @@ export class SqliteStore implements Store {
         .map(toVersion);
       this.statements.deleteAllFunctions.run();
       for (const version of versions) this.applyVersionRow(version);
-      const live = new Set(functions.map((fn) => `${fn.tenant}\0${fn.name}`));
+      const live = new Map(functions.map((fn) => [`${fn.tenant}\0${fn.name}`, fn]));
       const stored = new Set(versions.map((version) => `${version.tenant}\0${version.name}\0${version.version}`));
       for (const version of needed) {
-        // Only for a function that still exists: a deleted function's invocations fail, as on a single server.
-        if (!live.has(`${version.tenant}\0${version.name}`) || stored.has(`${version.tenant}\0${version.name}\0${version.version}`)) continue;
+        // Only for the function that still exists, not one of the same name made again after a delete (numbered from 1
+        // again: its own version of that number would be shadowed): a deleted function's invocations fail, as on a
+        // single server.
+        const fn = live.get(`${version.tenant}\0${version.name}`);
+        if (fn === undefined || version.createdAtMs < fn.createdAtMs || stored.has(`${version.tenant}\0${version.name}\0${version.version}`)) continue;
         this.applyVersionRow(version);
         kept.push(version);
       }

@@ -31,7 +31,7 @@ export interface InvocationRouteOptions {
    * Cluster mode with several gateways: the other gateways' invocations of the tenant matching a list's filter (at
    * most `limit` of each, newest first), and the createdAt below which they may be incomplete (null: none).
    */
-  listElsewhere?: (filter: InvocationListFilter, tenant: string) => Promise<{ views: InvocationView[]; incompleteBefore: string | null }>;
+  listElsewhere?: (filter: InvocationListFilter, tenant: string) => Promise<{ views: InvocationView[]; incompleteBefore: string | null; complete: boolean }>;
   functionService: Pick<FunctionService, 'get'>;
   logBus: InvocationRouteLogBus;
 }
@@ -116,7 +116,7 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
       if (options.listElsewhere === undefined) return { invocations: views };
       // Several gateways: each holds the invocations it accepted; the list is theirs merged, newest first. Below the
       // oldest view of a gateway whose answer was cut (one NATS message) the merge may miss some: it stops there.
-      let elsewhere: { views: InvocationView[]; incompleteBefore: string | null };
+      let elsewhere: { views: InvocationView[]; incompleteBefore: string | null; complete: boolean };
       try {
         elsewhere = await options.listElsewhere(filter, request.principal.tenant);
       } catch (error) {
@@ -125,6 +125,8 @@ export function registerInvocationRoutes(app: FastifyInstance, options: Invocati
         reply.header('x-kindling-list-partial', 'true');
         return { invocations: views };
       }
+      // A gateway that is up but did not answer in time: the list may miss its invocations.
+      if (!elsewhere.complete) reply.header('x-kindling-list-partial', 'true');
       const seen = new Set(views.map((view) => view.id));
       let merged = [...views, ...elsewhere.views.filter((view) => !seen.has(view.id))].sort(newestFirst);
       if (elsewhere.incompleteBefore !== null) merged = merged.filter((view) => view.createdAt >= elsewhere.incompleteBefore!);
