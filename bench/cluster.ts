@@ -255,13 +255,8 @@ async function gatewayHop(ctx: BenchContext, urls: string[], data: Record<string
       for (const [name, ms] of Object.entries(measured.cpuMs)) spent[name] = (spent[name] ?? 0) + ms;
       direct.push(await step(worker, 'direct'));
     }
-    const merge = (steps: CurveStep[]) => {
-      const samples = steps.flatMap((one) => one.samples).sort((a, b) => a - b);
-      const seconds = steps.reduce((sum, one) => sum + one.seconds, 0);
-      return { perSecond: samples.length / seconds, p50Ms: quantile(samples, 0.5), p99Ms: quantile(samples, 0.99), errors: steps.reduce((sum, one) => sum + one.errors, 0) };
-    };
-    const viaGateway = merge(hop);
-    const straight = merge(direct);
+    const viaGateway = mergeSteps(hop);
+    const straight = mergeSteps(direct);
     const calls = hop.reduce((sum, one) => sum + one.samples.length, 0);
     const cpuPerCallUs = Object.fromEntries(Object.entries(spent).map(([name, ms]) => [name, calls === 0 ? null : Math.round((ms * 1000) / calls)]));
     ctx.log(`cluster: ${connections} clients: via gateway ${viaGateway.perSecond.toFixed(0)}/s p50 ${fmtMs(viaGateway.p50Ms)}; worker direct ${straight.perSecond.toFixed(0)}/s p50 ${fmtMs(straight.p50Ms)}`);
@@ -304,6 +299,45 @@ async function until(check: () => Promise<boolean>, since: number, what: string)
     if (await check()) return performance.now() - since;
     if (performance.now() - since > 30_000) throw new Error(`${what}: not within 30 s`);
   }
+}
+
+interface MergedSteps {
+  perSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+}
+
+/** Two load steps measured in turn, twice each (so drift hits both alike), each pair of runs merged. */
+async function alternated(first: () => Promise<CurveStep>, second: () => Promise<CurveStep>): Promise<[MergedSteps, MergedSteps]> {
+  const firsts: CurveStep[] = [];
+  const seconds: CurveStep[] = [];
+  for (let round = 0; round < 2; round++) {
+    firsts.push(await first());
+    seconds.push(await second());
+  }
+  return [mergeSteps(firsts), mergeSteps(seconds)];
+}
+
+/** A row that prices a feature: the calls with it against the same calls without it, measured in turn. */
+function costRow(id: string, scenario: string, withIt: MergedSteps, without: MergedSteps, text: { baseline: string; target: string; note: string }): Row {
+  return {
+    group: 'cluster',
+    id,
+    scenario,
+    kindling: `${withIt.perSecond.toFixed(0)}/s, p50 ${fmtMs(withIt.p50Ms)}, p99 ${fmtMs(withIt.p99Ms)}`,
+    baseline: `${text.baseline}: ${without.perSecond.toFixed(0)}/s, p50 ${fmtMs(without.p50Ms)}, p99 ${fmtMs(without.p99Ms)}`,
+    ratio: `+${fmtMs(withIt.p50Ms - without.p50Ms)} p50`,
+    target: text.target,
+    status: withIt.errors === 0 && without.errors === 0 ? 'pass' : 'fail',
+    note: text.note,
+  };
+}
+
+/** Load steps of one kind as one: calls per second over their time, latency quantiles over all their samples. */
+function mergeSteps(steps: CurveStep[]): MergedSteps {
+  const samples = steps.flatMap((one) => one.samples).sort((x, y) => x - y);
+  return { perSecond: samples.length / steps.reduce((sum, one) => sum + one.seconds, 0), p50Ms: quantile(samples, 0.5), p99Ms: quantile(samples, 0.99), errors: steps.reduce((sum, one) => sum + one.errors, 0) };
 }
 
 /**
@@ -369,31 +403,16 @@ async function sharedGateways(ctx: BenchContext, urls: string[], data: Record<st
   await deployWarm(a, 'slot', freeKey, {});
   const step = (apiKey: string): Promise<CurveStep> =>
     runCurveStep({ url: new URL(a.url), method: 'POST', path: '/v1/functions/slot/invoke', headers: { 'content-type': 'application/octet-stream', authorization: `Bearer ${apiKey}` }, body: Buffer.from('ping'), connections: 1, durationMs: ctx.scale.stepMs, status: 200 });
-  const withQuota: CurveStep[] = [];
-  const without: CurveStep[] = [];
-  for (let round = 0; round < 2; round++) {
-    withQuota.push(await step(quotaKey));
-    without.push(await step(freeKey));
-  }
-  const merge = (steps: CurveStep[]) => {
-    const samples = steps.flatMap((one) => one.samples).sort((x, y) => x - y);
-    return { perSecond: samples.length / steps.reduce((sum, one) => sum + one.seconds, 0), p50Ms: quantile(samples, 0.5), p99Ms: quantile(samples, 0.99), errors: steps.reduce((sum, one) => sum + one.errors, 0) };
-  };
-  const slotted = merge(withQuota);
-  const plain = merge(without);
+  const [slotted, plain] = await alternated(() => step(quotaKey), () => step(freeKey));
   ctx.log(`cluster: tenant quota shared: p50 ${fmtMs(slotted.p50Ms)} against ${fmtMs(plain.p50Ms)} without`);
   data['cluster.tenant-quota.1'] = { withQuota: slotted, withoutQuota: plain };
-  rows.push({
-    group: 'cluster',
-    id: 'cluster.tenant-quota.1',
-    scenario: 'warm node handler through a gateway, 1 client, tenant with maxConcurrency (a slot taken and given back in NATS per call)',
-    kindling: `${slotted.perSecond.toFixed(0)}/s, p50 ${fmtMs(slotted.p50Ms)}, p99 ${fmtMs(slotted.p99Ms)}`,
-    baseline: `tenant without the quota, same run: ${plain.perSecond.toFixed(0)}/s, p50 ${fmtMs(plain.p50Ms)}, p99 ${fmtMs(plain.p99Ms)}`,
-    ratio: `+${fmtMs(slotted.p50Ms - plain.p50Ms)} p50`,
-    target: '— (measured: the cost of a cluster-wide quota)',
-    status: slotted.errors === 0 && plain.errors === 0 ? 'pass' : 'fail',
-    note: `errors: ${slotted.errors} with the quota, ${plain.errors} without; the release is not awaited by the call`,
-  });
+  rows.push(
+    costRow('cluster.tenant-quota.1', 'warm node handler through a gateway, 1 client, tenant with maxConcurrency (a slot taken and given back in NATS per call)', slotted, plain, {
+      baseline: 'tenant without the quota, same run',
+      target: '— (measured: the cost of a cluster-wide quota)',
+      note: `errors: ${slotted.errors} with the quota, ${plain.errors} without; the release is not awaited by the call`,
+    }),
+  );
 
   // A function's own maxConcurrency shared by the two gateways (a slot per call in NATS) against one that sets none
   // (counted by each gateway itself), same tenant, alternated.
@@ -401,27 +420,16 @@ async function sharedGateways(ctx: BenchContext, urls: string[], data: Record<st
   await deployWarm(a, 'unlimited', freeKey, {});
   const callStep = (name: string): Promise<CurveStep> =>
     runCurveStep({ url: new URL(a.url), method: 'POST', path: `/v1/functions/${name}/invoke`, headers: { 'content-type': 'application/octet-stream', authorization: `Bearer ${freeKey}` }, body: Buffer.from('ping'), connections: 1, durationMs: ctx.scale.stepMs, status: 200 });
-  const limitedSteps: CurveStep[] = [];
-  const unlimitedSteps: CurveStep[] = [];
-  for (let round = 0; round < 2; round++) {
-    limitedSteps.push(await callStep('limited'));
-    unlimitedSteps.push(await callStep('unlimited'));
-  }
-  const limited = merge(limitedSteps);
-  const unlimited = merge(unlimitedSteps);
+  const [limited, unlimited] = await alternated(() => callStep('limited'), () => callStep('unlimited'));
   ctx.log(`cluster: function limit shared: p50 ${fmtMs(limited.p50Ms)} against ${fmtMs(unlimited.p50Ms)} without`);
   data['cluster.function-limit.1'] = { withLimit: limited, withoutLimit: unlimited };
-  rows.push({
-    group: 'cluster',
-    id: 'cluster.function-limit.1',
-    scenario: "warm node handler through gateway A (B up too), 1 client, function with its own maxConcurrency (a slot of the cluster's per call)",
-    kindling: `${limited.perSecond.toFixed(0)}/s, p50 ${fmtMs(limited.p50Ms)}, p99 ${fmtMs(limited.p99Ms)}`,
-    baseline: `function without its own maxConcurrency (per gateway), same run: ${unlimited.perSecond.toFixed(0)}/s, p50 ${fmtMs(unlimited.p50Ms)}, p99 ${fmtMs(unlimited.p99Ms)}`,
-    ratio: `+${fmtMs(limited.p50Ms - unlimited.p50Ms)} p50`,
-    target: "— (measured: the cost of a function limit held across gateways; a gateway alone pays nothing)",
-    status: limited.errors === 0 && unlimited.errors === 0 ? 'pass' : 'fail',
-    note: `errors: ${limited.errors} with the shared limit, ${unlimited.errors} without`,
-  });
+  rows.push(
+    costRow('cluster.function-limit.1', "warm node handler through gateway A (B up too), 1 client, function with its own maxConcurrency (a slot of the cluster's per call)", limited, unlimited, {
+      baseline: 'function without its own maxConcurrency (per gateway), same run',
+      target: '— (measured: the cost of a function limit held across gateways; a gateway alone pays nothing)',
+      note: `errors: ${limited.errors} with the shared limit, ${unlimited.errors} without`,
+    }),
+  );
 
   // GET /v1/invocations at B, which asks A for its list and merges it, against a request B answers alone.
   const listAgent = new Agent({ keepAlive: true, maxSockets: 1 });
