@@ -22,6 +22,7 @@ import { SandboxMeter } from './metrics/sandbox-meter.js';
 import { EgressPolicy } from './network/policy.js';
 import { ExecutionService } from './orchestrator/execution-service.js';
 import { BundleStore } from './orchestrator/bundles.js';
+import { ArtifactUse } from './cluster/artifact-use.js';
 import { FunctionService } from './orchestrator/function-service.js';
 import type { ClusterNode } from './cluster/node.js';
 import type { ClusterConfig } from './cluster/roles.js';
@@ -650,7 +651,21 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
   });
   handlerPools = handlers;
   const pools = { ...DEFAULT_FUNCTION_POOLS, ...config.functionPools };
+  // Several gateways: bundles and layers go through the cluster's object store (a deploy through one, a call through any).
+  const artifacts = shared
+    ? await clusterNode!.shareArtifacts(
+        { stores: { bundle: bundles, layer: layers }, referenced: (kind) => store.bundleHashes(kind) },
+        { onError: (error, context) => logger.warn({ err: error, ...context }, "the cluster's bundles and layers") },
+      )
+    : null;
+  // A worker fetches them for the versions gateways send it, and keeps those of the functions it ran (until deleted).
+  const artifactUse = clusterNode?.config.role === 'worker' ? new ArtifactUse() : null;
+  const workerArtifacts = artifactUse
+    ? clusterNode!.artifactsReader({ stores: { bundle: bundles, layer: layers } }, { onError: (error, context) => logger.warn({ err: error, ...context }, "fetching a function's bundle or layer from the cluster") })
+    : null;
   const functionService = new FunctionService({
+    ...(artifacts ? { artifacts } : {}),
+    ...(workerArtifacts && artifactUse ? { artifacts: workerArtifacts, referencedFiles: (kind: 'bundle' | 'layer') => artifactUse.referenced(kind) } : {}),
     ...(clusterNode?.router ? { remote: clusterNode.router } : {}),
     ...(shared ? { writes: shared.state } : {}),
     ...(config.functionVersionsKept === undefined ? {} : { versionsKept: config.functionVersionsKept }),
@@ -877,7 +892,10 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       const gatewayFunctions = new Set<string>();
       if (clusterNode) idleUsageElsewhere = (event) => (gatewayFunctions.has(`${event.tenant}/${event.functionName}`) ? clusterNode.sendIdleUsage(event) : null);
       await clusterNode?.serve({
-        run: (version, body, options) => {
+        run: async (version, body, options) => {
+          // Its bundle and layer first (fetched from the cluster unless they are here): minWarm sandboxes bind them.
+          artifactUse?.use(`${version.tenant}/${version.name}`, version.spec);
+          await functionService.fetchFiles(version.spec);
           // A worker learns of a deploy with its first call: as on a single server, the older versions' warm sandboxes
           // retire and the new one's minWarm start. A function deleted and deployed again starts from version 1 with a
           // newer deploy time: its earlier generation's sandboxes all go.
@@ -900,7 +918,11 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
             .catch((error: unknown) => logger.warn({ err: error, tenant, function: name }, 'closing the warm pools of a deleted function failed'))
             // Its sandboxes' last idle usage has gone to the gateways by now (unless it was deployed and called again).
             .finally(() => {
-              if (!newestSeen.has(key)) gatewayFunctions.delete(key);
+              if (newestSeen.has(key)) return;
+              gatewayFunctions.delete(key);
+              // Its sandboxes here are gone: the bundles and layers only it used go too.
+              artifactUse?.forget(key);
+              functionService.collectBundles();
             });
         },
         capacity: config.maxConcurrent,

@@ -5,9 +5,9 @@
  * a worker's credentials cannot send runs to workers.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -78,6 +78,18 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     assert.equal(deployed.status, 201, await deployed.text());
     const call = await fetch(`${gateway.url}/v1/functions/echo/invoke`, { method: 'POST', body: 'secure' });
     assert.deepEqual([call.status, await call.text(), call.headers.get('x-kindling-node')], [200, 'got secure', worker.name], 'the call went through NATS over TLS to the worker');
+    // A bundle: the gateway puts it in the cluster's object store, the worker reads it from there (its user may).
+    const app = join(dir, 'app');
+    await mkdir(app);
+    await writeFile(join(app, 'handler.py'), 'def main(body):\n    return b"bundled " + body\n');
+    const bundled = await fetch(`${gateway.url}/v1/functions/bundled`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/x-tar', 'kindling-function-spec': JSON.stringify({ runtime: 'python', handler: 'handler.py:main' }) },
+      body: new Uint8Array(execFileSync('tar', ['-c', '-f', '-', '-C', app, '.'])),
+    });
+    assert.equal(bundled.status, 201, await bundled.text());
+    const bundledCall = await fetch(`${gateway.url}/v1/functions/bundled/invoke`, { method: 'POST', body: 'x' });
+    assert.deepEqual([bundledCall.status, await bundledCall.text(), bundledCall.headers.get('x-kindling-node')], [200, 'bundled x', worker.name], "the worker fetched the bundle with its user's permissions");
 
     // A second gateway with the gateways' user: it reads, lists and replays (Idempotency-Key) an async invocation the
     // first one holds, so the gateways' questions and answers pass the permissions (their inboxes are their own).
@@ -136,6 +148,10 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
       const escaped = subject.replace(/[$.]/g, (char) => `\\${char}`);
       await waitFor(() => errors.some((error) => new RegExp(`permissions violation for publish to "${escaped}"`, 'i').test(error)), { timeoutMs: 10_000, what: `the server to refuse ${subject}` });
     }
+    // Nor put a bundle of its own making in the object store (gateways and workers would run it).
+    asWorker.nc.publish('$O.KINDLING_ARTIFACTS.M.forged', '{}');
+    await asWorker.nc.flush();
+    await waitFor(() => errors.some((error) => /permissions violation for publish to "\$O\.KINDLING_ARTIFACTS\.M\.forged"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the object' });
     // Nor forge usage records (what tenants are billed).
     asWorker.nc.publish('kindling.usage.records.gw-tls', '[]');
     await asWorker.nc.flush();

@@ -18,6 +18,7 @@ import { TenantSlots, type TenantSlotsOptions } from './tenant-slots.js';
 import { InvocationOwners, type InvocationOwnersOptions } from './invocation-owners.js';
 import { SharedUsage, type SharedUsageOptions, type UsageSink } from './shared-usage.js';
 import { IdempotencyClaims, type IdempotencyClaimsOptions } from './idempotency-claims.js';
+import { SharedArtifacts, type LocalArtifacts, type SharedArtifactsOptions } from './shared-artifacts.js';
 import type { SqliteStore } from '../store/sqlite.js';
 import type { SqliteTenantStore } from '../store/tenants-sqlite.js';
 
@@ -42,6 +43,7 @@ export class ClusterNode {
   private tenantSlots: TenantSlots | null = null;
   private owners: InvocationOwners | null = null;
   private sharedUsage: SharedUsage | null = null;
+  private sharedArtifacts: SharedArtifacts | null = null;
 
   private constructor(
     readonly config: ClusterConfig,
@@ -130,6 +132,18 @@ export class ClusterNode {
     if (this.config.role === 'worker') throw new Error('a worker meters for its gateways');
     this.sharedUsage ??= await SharedUsage.join(this.connection.nc, sink, { ...options, nodeId: this.config.nodeId });
     return this.sharedUsage;
+  }
+
+  /** Gateways and `all`: function bundles and dependency layers in the cluster's object store (see shared-artifacts.ts). */
+  async shareArtifacts(local: LocalArtifacts, options: SharedArtifactsOptions = {}): Promise<SharedArtifacts> {
+    if (this.config.role === 'worker') throw new Error('a worker runs no bundle functions');
+    this.sharedArtifacts ??= await SharedArtifacts.open(this.connection.nc, local, options);
+    return this.sharedArtifacts;
+  }
+
+  /** A worker: fetches the bundles and layers of the versions gateways send it (see shared-artifacts.ts). */
+  artifactsReader(local: Pick<LocalArtifacts, 'stores'>, options: Pick<SharedArtifactsOptions, 'onError'> = {}): SharedArtifacts {
+    return SharedArtifacts.reader(this.connection.nc, local, options);
   }
 
   /** Gateways and `all`: tells other gateways which invocations are held here, and finds those held elsewhere. */
@@ -264,6 +278,7 @@ export class ClusterNode {
       // The records metered up to the drain reach the stream before the connection goes.
       await this.sharedUsage?.close().catch((error: unknown) => this.logger.warn({ err: error }, 'publishing the last usage records failed'));
       this.sharedState?.close();
+      this.sharedArtifacts?.close();
       this.tenantSlots?.close();
       this.owners?.close();
       await this.connection.close();

@@ -2,10 +2,10 @@
  * The gateway side of cluster runs: places an invocation on a worker from the registry view (placement.ts), sends it,
  * and turns the worker's messages back into what a local run gives (started, live output, the result or its error).
  *
- * What goes to workers: calls of handler and command functions (a body in, a body out) whose files no other server
- * needs: not those deployed from a bundle, with a dependency layer, Debian packages or a custom image (their files live
- * on the server that took the deploy until bundles move to the object store), and not raw streams, whose stdin and
- * stdout pass through the gateway as they flow (remotable()). Those run on the gateway itself, as on a single server.
+ * What goes to workers: calls of handler and command functions (a body in, a body out), bundles and dependency layers
+ * included (a worker fetches them from the cluster's object store: shared-artifacts.ts); not those with Debian packages
+ * or a custom image (their images live on the server that took the deploy), and not raw streams, whose stdin and stdout
+ * pass through the gateway as they flow (remotable()). Those run on the gateway itself, as on a single server.
  */
 import { nuid, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { KindlingError } from '../core/errors.js';
@@ -53,14 +53,15 @@ export const REMOTE_RUNS_DEFAULTS = {
 export const versionKey = (version: Pick<FunctionVersion, 'tenant' | 'name' | 'version'>): string => `${version.tenant}/${version.name}@${version.version}`;
 
 /**
- * Whether a worker can run this version with what the gateway sends: no files kept only by the server that took the
- * deploy (a bundle, a dependency layer, an image built for its packages, a tenant's custom image), and not a raw stream
+ * Whether a worker can run this version with what the gateway sends and the cluster's object store holds (its bundle
+ * and layer): no image kept only by the server that took the deploy (one built for its packages, a tenant's custom
+ * image), and not a raw stream
  * (its stdin and stdout pass through the gateway). Handler and command functions alike; a command function's image
  * must be a built-in one, which every server has.
  */
 export function remotable(version: FunctionVersion, options: Pick<InvokeOptions, 'io'>): boolean {
   const spec = version.spec;
-  if (options.io !== undefined || spec.bundle !== undefined || spec.layer !== undefined || spec.aptImage !== undefined) return false;
+  if (options.io !== undefined || spec.aptImage !== undefined) return false;
   if (spec.image === undefined) return true;
   // A handler names no image; a command function's may be a tenant's custom image (a short name resolves to one).
   return !isHandlerStyle(spec) && isBuiltInImage(spec.image);

@@ -47,8 +47,9 @@ describe('cluster run protocol', () => {
     assert.equal(remotable(version({ image: 'kindling/u.acme.tools', command: ['cat'] }), {}), false);
     assert.equal(remotable(version({ image: 'kindling/base', command: ['cat'], aptImage: 'kindling/u.acme.pkgs-1' }), {}), false, 'an image built for its packages');
     assert.equal(remotable(version({ image: 'kindling/base', command: ['cat'] }), { io: {} }), false, 'a raw stream passes through the gateway');
-    assert.equal(remotable(version({ ...handler, bundle: { sha256: 'a', bytes: 1, entries: 1 } }), {}), false);
-    assert.equal(remotable(version({ ...handler, layer: { sha256: 'a', bytes: 1, reused: false, buildMs: 0 } }), {}), false);
+    // A bundle and a layer: the worker fetches them from the cluster's object store.
+    assert.equal(remotable(version({ ...handler, bundle: { sha256: 'a', bytes: 1, entries: 1 } }), {}), true);
+    assert.equal(remotable(version({ ...handler, layer: { sha256: 'a', bytes: 1, reused: false, buildMs: 0 } }), {}), true);
     assert.equal(remotable(version({ ...handler, image: 'mine' }), {}), false);
     assert.equal(remotable(version(handler), { io: {} }), false);
     assert.equal(versionKey(version(handler)), 'acme/fn@3');

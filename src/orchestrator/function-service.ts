@@ -161,6 +161,16 @@ export interface FunctionServiceOptions {
   builds?: BuildStore;
   /** Cluster mode: sends invocations it can to a worker (src/cluster/remote-runs.ts); absent: everything runs here. */
   remote?: RemoteRouter;
+  /**
+   * Cluster gateways: a version's bundle and layer go to the cluster's object store before the version is stored, and
+   * come from it when this server lacks them (src/cluster/shared-artifacts.ts); absent: they are this server's alone.
+   */
+  artifacts?: {
+    publish(kind: 'bundle' | 'layer', sha256: string): Promise<void>;
+    ensure(kind: 'bundle' | 'layer', sha256: string): Promise<void>;
+  };
+  /** The bundles and layers a collection keeps; default what the store's versions refer to (a worker stores none). */
+  referencedFiles?: (kind: 'bundle' | 'layer') => ReadonlySet<string>;
   /** Called when removing unreferenced bundles failed (they are tried again after the next deploy or delete). */
   onError?: (error: unknown) => void;
 }
@@ -351,6 +361,8 @@ export class FunctionService {
    * the same usage); across gateways two deploys of one tenant at the same moment may both pass the storage quota check.
    */
   private async storeVersion(tenant: string, name: string, spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>): Promise<{ view: FunctionView; created: boolean }> {
+    // Across gateways: the files first, so that no gateway learns of a version whose files it cannot get.
+    await this.withArtifacts(spec, 'publish');
     this.checkNotBuilding(tenant, name);
     const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
     this.checkStorageQuotas(tenant, name, spec, retention);
@@ -564,8 +576,9 @@ export class FunctionService {
     const bundles = this.options.bundles;
     const layers = this.options.layers;
     this.collecting = this.collecting.then(async () => {
-      await bundles?.collect(this.store.bundleHashes());
-      if (layers !== undefined) await layers.collect(this.store.bundleHashes('layer'));
+      const referenced = this.options.referencedFiles ?? ((kind: 'bundle' | 'layer') => this.store.bundleHashes(kind));
+      await bundles?.collect(referenced('bundle'));
+      if (layers !== undefined) await layers.collect(referenced('layer'));
       await this.options.packageImages?.collectFunctionImages();
     }).then(
       () => undefined,
@@ -613,6 +626,9 @@ export class FunctionService {
   async invokeVersion(version: FunctionVersion, body: Buffer, options: InvokeOptions, route: { remote: boolean; admitted?: boolean }): Promise<InvocationResult> {
     const { tenant, name, spec } = version;
     const executor = spec.executor ?? this.options.defaultExecutor;
+    // A version deployed through another gateway: its bundle and layer come from the cluster the first time.
+    // (Checked here, not awaited for every call: the warm path stays free of an extra turn.)
+    if (this.options.artifacts !== undefined && (spec.bundle !== undefined || spec.layer !== undefined)) await this.withArtifacts(spec, 'ensure');
     // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
     const releaseTenant = await options.scope?.acquire?.();
     try {
@@ -704,6 +720,19 @@ export class FunctionService {
       binds.push({ source: this.options.layers.pathOf(spec.layer.sha256), target: spec.layer.kind === 'compile' ? compiledMountOn(executor) : layerMount(spec.layer) });
     }
     return binds;
+  }
+
+  /** A cluster worker, before it warms a version up: its bundle and layer, fetched unless they are here. */
+  fetchFiles(spec: FunctionSpec): Promise<void> {
+    return this.withArtifacts(spec, 'ensure');
+  }
+
+  /** Publishes (before the store) or fetches (before a run) a version's bundle and layer; nothing without a cluster. */
+  private async withArtifacts(spec: FunctionSpec, step: 'publish' | 'ensure'): Promise<void> {
+    const artifacts = this.options.artifacts;
+    if (artifacts === undefined) return;
+    if (spec.bundle !== undefined) await artifacts[step]('bundle', spec.bundle.sha256);
+    if (spec.layer !== undefined) await artifacts[step]('layer', spec.layer.sha256);
   }
 
   private bundlePath(sha256: string): string {

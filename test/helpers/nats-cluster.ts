@@ -108,7 +108,8 @@ function configOf(node: NatsNode, all: NatsNode[], clusterName: string, extraCon
     'jetstream {',
     `  store_dir: "${node.storeDir}"`,
     '  max_memory_store: 268435456',
-    '  max_file_store: 4294967296',
+    // Room for what the buckets of a gateway reserve (their max_bytes: some 7 GiB), not disk used.
+    '  max_file_store: 12884901888',
     '}',
   ];
   if (all.length > 1) {
