@@ -11,8 +11,10 @@
  * gateways: how soon a key made or revoked through one is in force at the other, and what a tenant's concurrency quota
  * shared across gateways adds to a warm call.
  */
-import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
@@ -460,8 +462,61 @@ async function sharedGateways(ctx: BenchContext, urls: string[], data: Record<st
     status: quantile(listMs, 0.99) < 1_000 ? 'pass' : 'fail',
     note: 'each list holds up to 100 invocations of each gateway (the warm calls above)',
   });
+  rows.push(await bundleFetch(ctx, a, b, freeKey, data));
   await a.stop();
   await b.stop();
   await worker.stop();
   return rows;
+}
+
+const BUNDLE_FETCH_ROUNDS = 5;
+const BIG_BUNDLE_BYTES = 16 * 1024 * 1024;
+
+/**
+ * A bundle deployed through gateway A, first called through gateway B: the worker fetches it from the cluster's object
+ * store before the cold start. Against the same handler in a bundle of 1 KiB, alternated, each round with new content
+ * (so nothing is fetched before).
+ */
+async function bundleFetch(ctx: BenchContext, a: BenchServer, b: BenchServer, apiKey: string, data: Record<string, unknown>): Promise<Row> {
+  const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-bundle-'));
+  onCleanup(async () => rmSync(dir, { recursive: true, force: true }));
+  const firstCall = async (name: string, bytes: number): Promise<number> => {
+    rmSync(join(dir, 'data.bin'), { force: true });
+    writeFileSync(join(dir, 'handler.py'), 'def main(body):\n    return b"ok"\n');
+    writeFileSync(join(dir, 'data.bin'), randomBytes(bytes));
+    const deployed = await fetch(`${a.url}/v1/functions/${name}`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/x-tar', 'kindling-function-spec': JSON.stringify({ runtime: 'python', handler: 'handler.py:main' }) },
+      body: new Uint8Array(execFileSync('tar', ['-c', '-f', '-', '-C', dir, '.'], { maxBuffer: 64 * 1024 * 1024 })),
+    });
+    if (deployed.status !== 201) throw new Error(`bundle deploy: ${deployed.status} ${await deployed.text()}`);
+    await until(async () => (await jsonRequest(b, 'GET', `/v1/functions/${name}`, apiKey)).status === 200, performance.now(), 'the bundle function at B');
+    const started = performance.now();
+    const called = await fetch(`${b.url}/v1/functions/${name}/invoke`, { method: 'POST', headers: { authorization: `Bearer ${apiKey}` }, body: 'x' });
+    const text = await called.text();
+    const ms = performance.now() - started;
+    if (called.status !== 200 || text !== 'ok') throw new Error(`bundle call: ${called.status} ${text.slice(0, 200)}`);
+    return ms;
+  };
+  const bigMs: number[] = [];
+  const smallMs: number[] = [];
+  for (let round = 0; round < BUNDLE_FETCH_ROUNDS; round++) {
+    bigMs.push(await firstCall(`big-${round}`, BIG_BUNDLE_BYTES));
+    smallMs.push(await firstCall(`small-${round}`, 1024));
+  }
+  bigMs.sort((x, y) => x - y);
+  smallMs.sort((x, y) => x - y);
+  ctx.log(`cluster: first call of a 16 MiB bundle through the other gateway p50 ${fmtMs(quantile(bigMs, 0.5))}, 1 KiB ${fmtMs(quantile(smallMs, 0.5))}`);
+  data['cluster.bundle.first-call'] = { bundleBytes: BIG_BUNDLE_BYTES, bigMs, smallMs };
+  return {
+    group: 'cluster',
+    id: 'cluster.bundle.first-call',
+    scenario: `first (cold) call through gateway B of a python bundle of 16 MiB deployed through A: the worker fetches it from the object store (n=${BUNDLE_FETCH_ROUNDS})`,
+    kindling: `p50 ${fmtMs(quantile(bigMs, 0.5))}, worst ${fmtMs(bigMs[bigMs.length - 1]!)}`,
+    baseline: `the same first call with a 1 KiB bundle: p50 ${fmtMs(quantile(smallMs, 0.5))}, worst ${fmtMs(smallMs[smallMs.length - 1]!)}`,
+    ratio: `${(quantile(bigMs, 0.5) / quantile(smallMs, 0.5)).toFixed(2)}x`,
+    target: '— (measured: what fetching a bundle adds to a first call; later calls fetch nothing)',
+    status: 'info',
+    note: 'random (incompressible) content, new each round; gateways, the worker and 3 NATS servers (R3) share 2 cores',
+  };
 }

@@ -665,7 +665,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     : null;
   const functionService = new FunctionService({
     ...(artifacts ? { artifacts } : {}),
-    ...(workerArtifacts && artifactUse ? { artifacts: workerArtifacts, referencedFiles: (kind: 'bundle' | 'layer') => artifactUse.referenced(kind) } : {}),
+    ...(workerArtifacts && artifactUse ? { artifacts: workerArtifacts, referencesFile: (kind: 'bundle' | 'layer', sha256: string) => artifactUse.uses(kind, sha256) } : {}),
     ...(clusterNode?.router ? { remote: clusterNode.router } : {}),
     ...(shared ? { writes: shared.state } : {}),
     ...(config.functionVersionsKept === undefined ? {} : { versionsKept: config.functionVersionsKept }),
@@ -891,6 +891,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       // Functions a gateway sent here whose sandboxes may still run (until their pools closed after a delete).
       const gatewayFunctions = new Set<string>();
       if (clusterNode) idleUsageElsewhere = (event) => (gatewayFunctions.has(`${event.tenant}/${event.functionName}`) ? clusterNode.sendIdleUsage(event) : null);
+      // A worker's start removes the bundles and layers a previous run left: done before it takes runs.
+      if (artifactUse) await functionService.bundlesCollected();
       await clusterNode?.serve({
         run: async (version, body, options) => {
           // Its bundle and layer first (fetched from the cluster unless they are here): minWarm sandboxes bind them.
@@ -913,16 +915,15 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
         deleted: (tenant, name) => {
           const key = `${tenant}/${name}`;
           newestSeen.delete(key);
+          const mark = artifactUse?.mark(key) ?? 0;
           void handlers
             .deleted(tenant, name)
             .catch((error: unknown) => logger.warn({ err: error, tenant, function: name }, 'closing the warm pools of a deleted function failed'))
             // Its sandboxes' last idle usage has gone to the gateways by now (unless it was deployed and called again).
             .finally(() => {
-              if (newestSeen.has(key)) return;
-              gatewayFunctions.delete(key);
-              // Its sandboxes here are gone: the bundles and layers only it used go too.
-              artifactUse?.forget(key);
-              functionService.collectBundles();
+              // Its sandboxes here are gone: the bundles and layers only it used go too (unless it ran again since).
+              if (artifactUse?.forget(key, mark) === true) functionService.collectBundles();
+              if (!newestSeen.has(key)) gatewayFunctions.delete(key);
             });
         },
         capacity: config.maxConcurrent,

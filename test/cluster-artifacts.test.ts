@@ -12,7 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
-import { Objm } from '@nats-io/obj';
+import { createHash } from 'node:crypto';
+import { jetstream } from '@nats-io/jetstream';
+import { Base64UrlPaddedCodec, Objm } from '@nats-io/obj';
 import { connectCluster } from '../src/cluster/connection.js';
 import { SharedArtifacts, type ArtifactKind } from '../src/cluster/shared-artifacts.js';
 import { KindlingError } from '../src/core/errors.js';
@@ -87,7 +89,7 @@ describe('bundles and layers shared by gateways', { skip: natsUnavailable || not
     await assert.rejects(b.artifacts.ensure('bundle', 'cd'.repeat(32)), (error: unknown) => isUnavailable(error) && /deploy the function again/.test((error as Error).message));
   });
 
-  it('an object whose archive would leave the tree is refused and writes nothing outside it', { timeout: 60_000 }, async (context) => {
+  it('an object whose archive would leave the tree, or whose bytes do not match its record, is refused and leaves nothing', { timeout: 60_000 }, async (context) => {
     const t = lifo(context);
     const nats = await startNatsCluster(t, { nodes: 1 });
     const bucket = bucketName();
@@ -111,6 +113,15 @@ describe('bundles and layers shared by gateways', { skip: natsUnavailable || not
     });
     assert.equal(await b.stores.bundle.has(sha256), false);
     assert.equal(await lstat(join(b.dir, 'escaped.txt')).catch(() => null), null);
+    // An object whose bytes do not match its record's SHA-256 (written around the client): refused at the end.
+    const js = jetstream(b.nc);
+    const good = tarOf(await bundleDir(t));
+    const nuid = `forged${Math.random().toString(36).slice(2, 10)}`;
+    const other = 'fe'.repeat(32);
+    await js.publish(`$O.${bucket}.C.${nuid}`, new Uint8Array(good));
+    await js.publish(`$O.${bucket}.M.${Base64UrlPaddedCodec.encode(`bundle.${other}`)}`, JSON.stringify({ name: `bundle.${other}`, bucket, nuid, size: good.length, chunks: 1, digest: `SHA-256=${createHash('sha256').update('something else').digest('base64url')}=`, mtime: new Date().toISOString(), deleted: false }));
+    await assert.rejects(b.artifacts.ensure('bundle', other), (error: unknown) => isUnavailable(error) && /does not match its record/.test((error as Error).message));
+    assert.equal(await b.stores.bundle.has(other), false, 'nothing kept of it');
     assert.equal(await lstat(join(b.dir, 'bundles', '..', 'escaped.txt')).catch(() => null), null);
   });
 

@@ -46,6 +46,8 @@ interface Held {
 export class TenantSlots {
   /** Slots seen taken (key -> when last written, as seen here), from the watch. */
   private readonly seen = new Map<string, number>();
+  /** The presence keys of `seen` (other gateways' and this one's): counted per call without a scan of every slot. */
+  private readonly presences = new Map<string, number>();
   private readonly held = new Set<Held>();
   private readonly holder = nuid.next();
   private readonly refresher: NodeJS.Timeout;
@@ -177,7 +179,7 @@ export class TenantSlots {
   othersCount(): number {
     const cutoff = this.now() - this.leaseMs;
     let count = 0;
-    for (const [key, at] of this.seen) if (key.startsWith(`${PRESENCE}.`) && key !== this.presenceKey && at >= cutoff) count++;
+    for (const [key, at] of this.presences) if (key !== this.presenceKey && at >= cutoff) count++;
     return count;
   }
 
@@ -235,6 +237,7 @@ export class TenantSlots {
       // Keys removed by the bucket's max age send no event: forget them here.
       const cutoff = this.now() - this.leaseMs;
       for (const [key, at] of this.seen) if (at < cutoff) this.seen.delete(key);
+      for (const [key, at] of this.presences) if (at < cutoff) this.presences.delete(key);
       for (const held of [...this.held]) {
         held.refreshing = this.kv.update(held.key, JSON.stringify({ holder: this.holder, atMs: this.now() }), held.revision).then(
           (revision) => {
@@ -259,11 +262,17 @@ export class TenantSlots {
     this.stopWatch = () => iterator.stop();
     void (async () => {
       for await (const entry of iterator) {
+        const presence = entry.key.startsWith(`${PRESENCE}.`);
         if (entry.operation !== 'PUT') {
           this.seen.delete(entry.key);
+          if (presence) this.presences.delete(entry.key);
           const waiting = this.wakers.get(entry.key.slice(0, entry.key.lastIndexOf('.')));
           if (waiting !== undefined) for (const wake of [...waiting]) wake();
-        } else this.seen.set(entry.key, entry.isUpdate ? this.now() : Math.min(this.now(), entry.created.getTime()));
+        } else {
+          const at = entry.isUpdate ? this.now() : Math.min(this.now(), entry.created.getTime());
+          this.seen.set(entry.key, at);
+          if (presence) this.presences.set(entry.key, at);
+        }
       }
     })().catch((error: unknown) => this.options.onError?.(error));
   }

@@ -87,7 +87,9 @@ export class BundleStore {
     return join(this.dir, sha256);
   }
 
+  /** Whether it is unpacked here (one being removed is not: a caller unpacks it again, after the removal). */
   async has(sha256: string): Promise<boolean> {
+    if (this.removing.has(sha256)) return false;
     return stat(this.pathOf(sha256)).then(
       (s) => s.isDirectory(),
       () => false,
@@ -191,13 +193,17 @@ export class BundleStore {
     else this.pinned.delete(sha256);
   }
 
-  /** Removes unpacked bundles no version refers to (and stale staging dirs). Returns the hashes removed. */
-  async collect(referenced: ReadonlySet<string>): Promise<string[]> {
+  /**
+   * Removes unpacked bundles no version refers to (and stale staging dirs). `referenced` is a set taken before, or a
+   * question asked of each bundle just before it goes. Returns the hashes removed.
+   */
+  async collect(referenced: ReadonlySet<string> | ((sha256: string) => boolean)): Promise<string[]> {
+    const kept = typeof referenced === 'function' ? referenced : (sha256: string) => referenced.has(sha256);
     const names = await readdir(this.dir).catch(() => [] as string[]);
     const removed: string[] = [];
     for (const name of names) {
       if (this.unpacking.has(name) || this.pinned.has(name) || this.removing.has(name)) continue;
-      if (SHA256.test(name) ? referenced.has(name) : !name.startsWith('.stage-') || name.startsWith(`.stage-${process.pid}-`)) continue;
+      if (SHA256.test(name) ? kept(name) : !name.startsWith('.stage-') || name.startsWith(`.stage-${process.pid}-`)) continue;
       // Marked before the first await: an ingest of this content that pins it from now on waits for the removal
       // instead of taking the directory that is going away.
       const removal = rm(join(this.dir, name), { recursive: true, force: true });

@@ -169,8 +169,8 @@ export interface FunctionServiceOptions {
     publish(kind: 'bundle' | 'layer', sha256: string): Promise<void>;
     ensure(kind: 'bundle' | 'layer', sha256: string): Promise<void>;
   };
-  /** The bundles and layers a collection keeps; default what the store's versions refer to (a worker stores none). */
-  referencedFiles?: (kind: 'bundle' | 'layer') => ReadonlySet<string>;
+  /** Whether a collection keeps a bundle or layer; default: the store's versions refer to it (a worker stores none). */
+  referencesFile?: (kind: 'bundle' | 'layer', sha256: string) => boolean;
   /** Called when removing unreferenced bundles failed (they are tried again after the next deploy or delete). */
   onError?: (error: unknown) => void;
 }
@@ -361,11 +361,17 @@ export class FunctionService {
    * the same usage); across gateways two deploys of one tenant at the same moment may both pass the storage quota check.
    */
   private async storeVersion(tenant: string, name: string, spec: FunctionSpec, executor: ExecutorName, caps: Partial<ResourceLimits>): Promise<{ view: FunctionView; created: boolean }> {
-    // Across gateways: the files first, so that no gateway learns of a version whose files it cannot get.
-    await this.withArtifacts(spec, 'publish');
     this.checkNotBuilding(tenant, name);
-    const retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
+    let retention = { keep: Math.max(1, this.options.versionsKept ?? DEFAULT_VERSIONS_KEPT), alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
     this.checkStorageQuotas(tenant, name, spec, retention);
+    if (this.options.artifacts !== undefined && (spec.bundle !== undefined || spec.layer !== undefined)) {
+      // Across gateways: the files before the version (no gateway learns of a version whose files it cannot get), and
+      // after the checks (a refused deploy puts nothing); the checks again, as the put awaited.
+      await this.withArtifacts(spec, 'publish');
+      this.checkNotBuilding(tenant, name);
+      retention = { ...retention, alsoKeep: [...(this.options.versionsInUse?.(tenant, name) ?? [])] };
+      this.checkStorageQuotas(tenant, name, spec, retention);
+    }
     const { fn, version, created, pruned } = await this.writes.putFunction(tenant, name, spec, this.clock.nowMs(), retention);
     // Warm sandboxes form where the version runs: not on a cluster gateway that sends it to workers.
     if (isHandlerStyle(spec) && this.options.remote?.runsHere(version) !== false) this.options.handlers?.deployed(version, executor, caps);
@@ -576,9 +582,10 @@ export class FunctionService {
     const bundles = this.options.bundles;
     const layers = this.options.layers;
     this.collecting = this.collecting.then(async () => {
-      const referenced = this.options.referencedFiles ?? ((kind: 'bundle' | 'layer') => this.store.bundleHashes(kind));
-      await bundles?.collect(referenced('bundle'));
-      if (layers !== undefined) await layers.collect(referenced('layer'));
+      // A worker's own account is asked per directory, just before it goes (a run may have started using one since).
+      const referenced = this.options.referencesFile;
+      await bundles?.collect(referenced === undefined ? this.store.bundleHashes() : (sha256) => referenced('bundle', sha256));
+      if (layers !== undefined) await layers.collect(referenced === undefined ? this.store.bundleHashes('layer') : (sha256) => referenced('layer', sha256));
       await this.options.packageImages?.collectFunctionImages();
     }).then(
       () => undefined,
@@ -626,9 +633,6 @@ export class FunctionService {
   async invokeVersion(version: FunctionVersion, body: Buffer, options: InvokeOptions, route: { remote: boolean; admitted?: boolean }): Promise<InvocationResult> {
     const { tenant, name, spec } = version;
     const executor = spec.executor ?? this.options.defaultExecutor;
-    // A version deployed through another gateway: its bundle and layer come from the cluster the first time.
-    // (Checked here, not awaited for every call: the warm path stays free of an extra turn.)
-    if (this.options.artifacts !== undefined && (spec.bundle !== undefined || spec.layer !== undefined)) await this.withArtifacts(spec, 'ensure');
     // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
     const releaseTenant = await options.scope?.acquire?.();
     try {
@@ -638,6 +642,9 @@ export class FunctionService {
         ? this.options.remote?.route(version, executor, body, options, () => this.invokeHere(version, body, options), () => this.admit(version, options.signal))
         : undefined;
       if (forwarded) return await forwarded;
+      // It runs here. A version deployed through another gateway: its bundle and layer come from the cluster the first
+      // time (later, a stat each; functions without files await nothing more).
+      if (this.options.artifacts !== undefined && (spec.bundle !== undefined || spec.layer !== undefined)) await this.withArtifacts(spec, 'ensure');
       if (isHandlerStyle(spec)) {
         const handlers = this.options.handlers;
         if (handlers === undefined || !handlers.supports(executor)) {
