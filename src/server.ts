@@ -896,7 +896,7 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       await clusterNode?.serve({
         run: async (version, body, options) => {
           // Its bundle and layer first (fetched from the cluster unless they are here): minWarm sandboxes bind them.
-          artifactUse?.use(`${version.tenant}/${version.name}`, version.spec);
+          artifactUse?.use(`${version.tenant}/${version.name}`, version);
           await functionService.fetchFiles(version.spec);
           // A worker learns of a deploy with its first call: as on a single server, the older versions' warm sandboxes
           // retire and the new one's minWarm start. A function deleted and deployed again starts from version 1 with a
@@ -915,14 +915,14 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
         deleted: (tenant, name) => {
           const key = `${tenant}/${name}`;
           newestSeen.delete(key);
-          const mark = artifactUse?.mark(key) ?? 0;
+          const noticeAtMs = Date.now();
           void handlers
             .deleted(tenant, name)
             .catch((error: unknown) => logger.warn({ err: error, tenant, function: name }, 'closing the warm pools of a deleted function failed'))
             // Its sandboxes' last idle usage has gone to the gateways by now (unless it was deployed and called again).
             .finally(() => {
-              // Its sandboxes here are gone: the bundles and layers only it used go too (unless it ran again since).
-              if (artifactUse?.forget(key, mark) === true) functionService.collectBundles();
+              // Its sandboxes here are gone: the bundles and layers only its versions deployed before the delete used go.
+              if (artifactUse?.forget(key, noticeAtMs) === true) functionService.collectBundles();
               if (!newestSeen.has(key)) gatewayFunctions.delete(key);
             });
         },

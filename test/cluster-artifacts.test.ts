@@ -38,7 +38,7 @@ async function gateway(t: CleanupOwner, urls: string[], bucket: string, options:
   const referenced: Record<ArtifactKind, Set<string>> = { bundle: new Set(), layer: new Set() };
   const connection = await connectCluster(urls);
   t.after(() => connection.close());
-  const artifacts = await SharedArtifacts.open(connection.nc, { stores, referenced: (kind) => referenced[kind] }, { bucket, reconcileIntervalMs: 0, graceMs: options.graceMs ?? 0 });
+  const artifacts = await SharedArtifacts.open(connection.nc, { stores, referenced: (kind) => referenced[kind] }, { bucket, reconcileIntervalMs: 0, graceMs: options.graceMs ?? 0, confirmMs: 0 });
   t.after(async () => artifacts.close());
   // The pass that opening starts is over (with a grace of 0 it would delete what the test publishes meanwhile).
   await artifacts.reconcile();
@@ -142,8 +142,9 @@ describe('bundles and layers shared by gateways', { skip: natsUnavailable || not
     // Referenced: kept.
     a.referenced.bundle.add(info.sha256);
     assert.deepEqual((await a.artifacts.reconcile()).deleted, []);
-    // No version refers to it and the grace is over: deleted.
+    // No version refers to it and the grace is over: the first pass marks it, the next one (confirmMs later) deletes it.
     a.referenced.bundle.delete(info.sha256);
+    assert.deepEqual((await a.artifacts.reconcile()).deleted, []);
     assert.deepEqual((await a.artifacts.reconcile()).deleted, [`bundle.${info.sha256}`]);
     assert.equal((await store.info(`bundle.${info.sha256}`))?.deleted ?? true, true);
     // A version refers to it again and this gateway has it on disk: put back, and another gateway can fetch it.

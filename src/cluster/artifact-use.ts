@@ -4,39 +4,40 @@
  * gateway says the function was deleted (and its warm pools here closed), or the worker restarts (its start removes
  * them all, as it reaps everything else). Every version of a function run here counts until then.
  */
-import type { FunctionSpec } from '../store/store.js';
+import type { FunctionVersion } from '../store/store.js';
 import type { ArtifactKind } from './shared-artifacts.js';
 
 export class ArtifactUse {
-  /** Per function (`tenant/name`): the `<kind>.<sha256>` of every version of it run here. */
-  private readonly byFunction = new Map<string, Set<string>>();
-  /** Per function: how many runs used it, so a delete notice does not forget a function run again since. */
-  private readonly runs = new Map<string, number>();
+  /** Per function (`tenant/name`): `<kind>.<sha256>` -> the newest deploy time (createdAtMs) of a version run here using it. */
+  private readonly byFunction = new Map<string, Map<string, number>>();
 
   /** Called before the run fetches them: from then on a collection keeps them. */
-  use(functionKey: string, spec: Pick<FunctionSpec, 'bundle' | 'layer'>): void {
-    this.runs.set(functionKey, (this.runs.get(functionKey) ?? 0) + 1);
-    if (spec.bundle === undefined && spec.layer === undefined) return;
+  use(functionKey: string, version: Pick<FunctionVersion, 'spec' | 'createdAtMs'>): void {
+    const { bundle, layer } = version.spec;
+    if (bundle === undefined && layer === undefined) return;
     let used = this.byFunction.get(functionKey);
-    if (used === undefined) this.byFunction.set(functionKey, (used = new Set()));
-    if (spec.bundle !== undefined) used.add(`bundle.${spec.bundle.sha256}`);
-    if (spec.layer !== undefined) used.add(`layer.${spec.layer.sha256}`);
-  }
-
-  /** The mark to give `forget`: taken when the delete notice arrives. */
-  mark(functionKey: string): number {
-    return this.runs.get(functionKey) ?? 0;
+    if (used === undefined) this.byFunction.set(functionKey, (used = new Map()));
+    for (const entry of [bundle === undefined ? null : `bundle.${bundle.sha256}`, layer === undefined ? null : `layer.${layer.sha256}`]) {
+      if (entry !== null) used.set(entry, Math.max(used.get(entry) ?? 0, version.createdAtMs));
+    }
   }
 
   /**
-   * The function was deleted and its sandboxes here are gone: what only it used may be removed, unless a run of it
-   * (deployed again) came after `mark`.
+   * The function was deleted (the notice came at `deletedAtMs`) and its sandboxes here are gone: what only its versions
+   * deployed before then used may be removed. A version deployed after (the function made again through another
+   * gateway, whose run may reach this worker before the notice) keeps its files. True when something was let go.
    */
-  forget(functionKey: string, mark: number): boolean {
-    if ((this.runs.get(functionKey) ?? 0) !== mark) return false;
-    this.byFunction.delete(functionKey);
-    this.runs.delete(functionKey);
-    return true;
+  forget(functionKey: string, deletedAtMs: number): boolean {
+    const used = this.byFunction.get(functionKey);
+    if (used === undefined) return false;
+    let forgotten = false;
+    for (const [entry, createdAtMs] of used) {
+      if (createdAtMs >= deletedAtMs) continue;
+      used.delete(entry);
+      forgotten = true;
+    }
+    if (used.size === 0) this.byFunction.delete(functionKey);
+    return forgotten;
   }
 
   uses(kind: ArtifactKind, sha256: string): boolean {

@@ -8,15 +8,16 @@
  * an upload is checked (the same TarGuard and unprivileged tar), and keeps them under the same hash.
  *
  * Objects no version refers to are deleted by `reconcile` once they are older than `graceMs` (a deploy puts its files
- * before its version reaches the other gateways' copies: the grace covers that lag). The same pass puts again what a
- * gateway has on disk and a version refers to but the store lacks (a deploy made before this existed, or an object
- * another gateway deleted in the instant a deploy of the same content put it again).
+ * before its version reaches the other gateways' copies: the grace covers that lag) and two passes `confirmMs` apart
+ * found them so (a deploy that reuses content already there does not put it again, so its age says nothing then). The
+ * same pass puts again what a gateway has on disk and a version refers to but the store lacks (a deploy made before
+ * this existed, or an object a gateway whose copy lagged deleted).
  */
 import { spawn } from 'node:child_process';
 import { Readable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { createHash } from 'node:crypto';
-import type { JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamManager, MsgRequest } from '@nats-io/jetstream';
 import { Base64UrlPaddedCodec, Objm, StorageType, setSha256Backend, type ObjectStore } from '@nats-io/obj';
 import { KindlingError } from '../core/errors.js';
 import type { BundleStore } from '../orchestrator/bundles.js';
@@ -38,6 +39,7 @@ export const SHARED_ARTIFACTS_DEFAULTS = {
   maxBytes: 2 * 1024 ** 3,
   graceMs: 10 * 60_000,
   reconcileIntervalMs: 5 * 60_000,
+  confirmMs: 4 * 60_000,
 } as const;
 
 /** The local side: where this server keeps unpacked bundles and layers, and which of them its versions refer to. */
@@ -51,6 +53,8 @@ export interface SharedArtifactsOptions {
   replicas?: number;
   maxBytes?: number;
   graceMs?: number;
+  /** An unreferenced object is deleted by a pass at least this long after the pass that first found it so. */
+  confirmMs?: number;
   /** How often `reconcile` runs; 0: only when called. */
   reconcileIntervalMs?: number;
   tarPath?: string;
@@ -82,6 +86,8 @@ export class SharedArtifacts {
   private readonly inFlight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | null = null;
   private reconciling: Promise<ReconcileReport> | null = null;
+  /** Objects a pass found no version referring to (name -> when first found so): deleted by a pass confirmMs later. */
+  private readonly unreferencedSince = new Map<string, number>();
   private closed = false;
 
   private opened: Promise<ObjectStore> | null = null;
@@ -183,10 +189,9 @@ export class SharedArtifacts {
     return this.once(`put ${name}`, async () => {
       try {
         const there = await (await this.bucket()).info(name);
-        // Put again when it is old: a pass of another gateway whose copy lacks this deploy's version yet must see it
-        // within the grace, or it could delete content no version had referred to for a while (a redeploy of it).
-        const graceMs = this.options.graceMs ?? SHARED_ARTIFACTS_DEFAULTS.graceMs;
-        if (there !== null && !there.deleted && this.now - mtimeMs(there.mtime, this.now) < graceMs / 2) return;
+        // There already (the same content deployed before): kept as it is. A put again would purge the chunks readers
+        // are reading; a gateway's pass deletes it only after two passes found no version referring to it (reconcile).
+        if (there !== null && !there.deleted) return;
         await this.put(kind, sha256);
       } catch (error) {
         this.options.onError?.(error, { phase: 'publish', name });
@@ -226,15 +231,17 @@ export class SharedArtifacts {
   }
 
   /**
-   * The object's bytes, a chunk at a time as the reader asks, by direct gets (a request per chunk, each with the
-   * client's timeout): no consumer is made, so a worker's NATS user needs no right to make one (a push consumer's
-   * delivery subject is not checked against its creator's permissions), and a slow unpack holds one chunk in memory,
-   * not the object. The SHA-256 and size the object's record gives are checked at the end. Null: no such object.
+   * The object's bytes, a chunk at a time as the reader asks, by message gets from the stream's leader (a request per
+   * chunk, each with the client's timeout; the leader, not any replica as a direct get would, so a read right after a
+   * put sees it whole): no consumer is made, so a worker's NATS user needs no right to make one (a push consumer's
+   * delivery subject is not checked against its maker's permissions), and a slow unpack holds one chunk in memory, not
+   * the object. The SHA-256 and size the object's record gives are checked at the end. Null: no such object. An
+   * object put again meanwhile (its chunks purged) fails the read: the caller's next call reads the new one.
    */
   private async readObject(name: string): Promise<AsyncGenerator<Uint8Array> | null> {
     const jsm = await this.manager();
     const stream = `OBJ_${this.bucketName}`;
-    const meta = await jsm.direct.getMessage(stream, { last_by_subj: `$O.${this.bucketName}.M.${Base64UrlPaddedCodec.encode(name)}` });
+    const meta = await jsm.streams.getMessage(stream, { last_by_subj: `$O.${this.bucketName}.M.${Base64UrlPaddedCodec.encode(name)}` });
     if (meta === null) return null;
     const info = JSON.parse(new TextDecoder().decode(meta.data)) as { nuid?: string; size?: number; chunks?: number; digest?: string; deleted?: boolean };
     if (info.deleted === true || typeof info.nuid !== 'string' || typeof info.chunks !== 'number' || typeof info.digest !== 'string') return null;
@@ -245,7 +252,8 @@ export class SharedArtifacts {
       let seq = 0;
       let bytes = 0;
       for (let index = 0; index < chunks; index++) {
-        const chunk = await jsm.direct.getMessage(stream, { next_by_subj: `$O.${bucket}.C.${nuid}`, seq: seq + 1 });
+        // (The server takes next_by_subj in a message get; the client's type names only seq and last_by_subj.)
+        const chunk = await jsm.streams.getMessage(stream, { next_by_subj: `$O.${bucket}.C.${nuid}`, seq: seq + 1 } as unknown as MsgRequest);
         if (chunk === null) throw new Error(`the object ${name} ends after ${index} of its ${chunks} chunks (replaced or deleted meanwhile)`);
         seq = chunk.seq;
         bytes += chunk.data.length;
@@ -325,6 +333,7 @@ export class SharedArtifacts {
   private async reconcileOnce(): Promise<ReconcileReport> {
     const report: ReconcileReport = { deleted: [], published: [] };
     const graceMs = this.options.graceMs ?? SHARED_ARTIFACTS_DEFAULTS.graceMs;
+    const confirmMs = this.options.confirmMs ?? SHARED_ARTIFACTS_DEFAULTS.confirmMs;
     const referenced = { bundle: this.local.referenced('bundle'), layer: this.local.referenced('layer') };
     const present = new Set<string>();
     const store = await this.bucket();
@@ -333,15 +342,26 @@ export class SharedArtifacts {
       const parsed = parseName(object.name);
       if (parsed === null) continue;
       present.add(object.name);
-      if (referenced[parsed.kind].has(parsed.sha256) || this.now - mtimeMs(object.mtime, this.now) < graceMs) continue;
+      if (referenced[parsed.kind].has(parsed.sha256) || this.now - mtimeMs(object.mtime, this.now) < graceMs) {
+        this.unreferencedSince.delete(object.name);
+        continue;
+      }
+      // Found unreferenced by an earlier pass too, long enough ago: a copy lagging behind a deploy that reuses this
+      // content (kept as it was, not put again) would have to lag that long to make this delete it.
+      const since = this.unreferencedSince.get(object.name);
+      if (since === undefined) this.unreferencedSince.set(object.name, this.now);
+      if (since === undefined || this.now - since < confirmMs) continue;
       // Read again just before: a deploy of the same content may have put it anew since the list.
       const latest = await store.info(object.name);
       if (latest === null || latest.deleted || this.now - mtimeMs(latest.mtime, this.now) < graceMs) continue;
       // And this copy's versions again: a deploy may have stored one since the pass began.
       if (this.local.referenced(parsed.kind).has(parsed.sha256)) continue;
       await store.delete(object.name);
+      this.unreferencedSince.delete(object.name);
       report.deleted.push(object.name);
     }
+    // Objects gone since (deleted by another gateway): forgotten.
+    for (const name of this.unreferencedSince.keys()) if (!present.has(name)) this.unreferencedSince.delete(name);
     for (const kind of KINDS) {
       for (const sha256 of referenced[kind]) {
         const name = objectName(kind, sha256);

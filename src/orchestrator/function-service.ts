@@ -582,10 +582,17 @@ export class FunctionService {
     const bundles = this.options.bundles;
     const layers = this.options.layers;
     this.collecting = this.collecting.then(async () => {
-      // A worker's own account is asked per directory, just before it goes (a run may have started using one since).
-      const referenced = this.options.referencesFile;
-      await bundles?.collect(referenced === undefined ? this.store.bundleHashes() : (sha256) => referenced('bundle', sha256));
-      if (layers !== undefined) await layers.collect(referenced === undefined ? this.store.bundleHashes('layer') : (sha256) => referenced('layer', sha256));
+      // Asked per directory just before it goes: a version that refers to it may have arrived since the collection began
+      // (another gateway's deploy), or a worker may have started a run that uses it. The store is asked only of those
+      // the snapshot did not name.
+      const keeps = (kind: 'bundle' | 'layer'): ((sha256: string) => boolean) => {
+        const asked = this.options.referencesFile;
+        if (asked !== undefined) return (sha256) => asked(kind, sha256);
+        const snapshot = this.store.bundleHashes(kind);
+        return (sha256) => snapshot.has(sha256) || this.store.refersTo(kind, sha256);
+      };
+      await bundles?.collect(keeps('bundle'));
+      if (layers !== undefined) await layers.collect(keeps('layer'));
       await this.options.packageImages?.collectFunctionImages();
     }).then(
       () => undefined,

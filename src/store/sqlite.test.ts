@@ -74,6 +74,22 @@ describe('SqliteStore', () => {
     }
   });
 
+  it('names the bundle and layer hashes kept versions refer to, as a set and one by one', () => {
+    const store = new SqliteStore(':memory:');
+    try {
+      const a = 'a'.repeat(64);
+      const b = 'b'.repeat(64);
+      store.putFunction(T, 'bundled', { runtime: 'python', handler: 'h.py:main', bundle: { sha256: a, bytes: 1, entries: 1 }, layer: { kind: 'pip', sha256: b, bytes: 1, reused: false, buildMs: 0 } as never }, 1000);
+      assert.deepEqual([...store.bundleHashes()], [a]);
+      assert.deepEqual([...store.bundleHashes('layer')], [b]);
+      assert.deepEqual([store.refersTo('bundle', a), store.refersTo('layer', b), store.refersTo('bundle', b), store.refersTo('layer', a)], [true, true, false, false]);
+      store.deleteFunction(T, 'bundled');
+      assert.equal(store.refersTo('bundle', a), false);
+    } finally {
+      store.close();
+    }
+  });
+
   it('works in memory', () => {
     const store = new SqliteStore(':memory:');
     assert.equal(store.getFunction(T, 'x'), null);

@@ -465,6 +465,11 @@ export class SqliteStore implements Store {
     return new Set(rows.map((row) => row.sha));
   }
 
+  refersTo(field: 'bundle' | 'layer', sha256: string): boolean {
+    const path = field === 'layer' ? '$.layer.sha256' : '$.bundle.sha256';
+    return this.db.prepare('SELECT 1 FROM function_versions WHERE json_extract(spec, ?) = ? LIMIT 1').get(path, sha256) !== undefined;
+  }
+
   imageReferences(): { tenant: string; function: string; image: string }[] {
     // Rare (custom image deletes, and after deploys and deletes of functions with packages): a scan is fine.
     return this.db

@@ -131,6 +131,8 @@ export interface Store {
   deleteTenantFunctions(tenant: string): string[];
   /** The bundle hashes (FunctionBundle.sha256) some kept version of any tenant refers to (bundle garbage collection). */
   bundleHashes(field?: 'bundle' | 'layer'): Set<string>;
+  /** Whether some kept version refers to this bundle (or layer) hash: asked of one just before it is removed. */
+  refersTo(field: 'bundle' | 'layer', sha256: string): boolean;
   /** The images kept versions name (`image`, and `aptImage` made for their packages), one row per tenant, function and image. */
   imageReferences(): { tenant: string; function: string; image: string }[];
 
