@@ -67,9 +67,20 @@ if [ "${#side_files[@]}" -gt 0 ]; then
     [ "$keep" -eq 1 ] && rest+=("$f")
   done
   files=("${rest[@]}")
-  node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
-    --test-reporter=./scripts/test-times-reporter.mjs --test-reporter-destination=test-results/test-times-side.txt \
-    "${side_files[@]}" >test-results/side.log 2>&1 &
+  # Then the end-to-end suites of functions, handlers and async invocations again, each server of theirs a cluster
+  # gateway in front of a worker process and a nats-server (KINDLING_TEST_TARGET=cluster): the same client, the same
+  # results (tests that watch the in-process server's warm pools say why they skip).
+  (
+    lane=0
+    node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
+      --test-reporter=./scripts/test-times-reporter.mjs --test-reporter-destination=test-results/test-times-side.txt \
+      "${side_files[@]}" || lane=1
+    echo "[test] the end-to-end suites against a cluster gateway:"
+    KINDLING_TEST_TARGET=cluster node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
+      --test-reporter=./scripts/test-times-reporter.mjs --test-reporter-destination=test-results/test-times-cluster-e2e.txt \
+      dist/test/e2e-functions.test.js dist/test/e2e-handlers.test.js dist/test/e2e-invocations.test.js || lane=1
+    exit "$lane"
+  ) >test-results/side.log 2>&1 &
   side_pid=$!
 fi
 node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destination=stdout \
@@ -78,10 +89,10 @@ node --test --test-concurrency=1 --test-reporter=spec --test-reporter-destinatio
 if [ -n "$side_pid" ]; then
   side_status=0
   wait "$side_pid" || side_status=$?
-  echo "[test] the second lane (${side_files[*]}):" >&2
+  echo "[test] the second lane (${side_files[*]}, then the end-to-end suites against a cluster gateway):" >&2
   cat test-results/side.log
   [ "$side_status" -eq 0 ] || { echo "[test] FAIL: the second lane" >&2; status=1; }
-  cat test-results/test-times-side.txt >>test-results/test-times.txt 2>/dev/null || true
+  cat test-results/test-times-side.txt test-results/test-times-cluster-e2e.txt >>test-results/test-times.txt 2>/dev/null || true
 fi
 # Where the time went, slowest test files first (the whole list is in test-results/test-times.txt).
 echo "[test] slowest test files:" >&2

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { Kindling, RateLimitError } from '@kindling/sdk';
 import { sample } from './helpers/prom-text.js';
 import { sandboxCgroups } from './helpers/faults.js';
-import { containersOf, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
+import { TEST_TARGET, containersOf, dockerUnavailableReason, sandboxUnavailableReason, startTestServer, waitFor, type TestServer } from './helpers/server.js';
 
 const unavailable = await sandboxUnavailableReason();
 
@@ -36,6 +36,8 @@ interface PoolStats {
   busy: number;
   waiting: number;
 }
+/** Tests that watch the warm pools, sandboxes and metrics of the server in this process: in a cluster they are the worker's. */
+const onWorker: string | false = TEST_TARGET === 'cluster' ? "watches the warm pools of the server in this process; against a cluster gateway they are on the worker" : false;
 const poolStats = (server: TestServer): Record<string, PoolStats> => (server.handlers.stats() as { pools: Record<string, PoolStats> }).pools;
 const liveSandboxes = (server: TestServer): number => Object.values(poolStats(server)).reduce((sum, pool) => sum + pool.total, 0);
 
@@ -128,7 +130,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     assert.match(exited.text(), /SystemExit|ended the process while loading/);
   });
 
-  it('50 concurrent invocations with maxConcurrency 4 all succeed with at most 4 sandboxes alive', async () => {
+  it('50 concurrent invocations with maxConcurrency 4 all succeed with at most 4 sandboxes alive', { skip: onWorker }, async () => {
     await client.functions.deploy('busy', { runtime: 'node', code: 'export const handler = async (b) => { await new Promise((r) => setTimeout(r, 20)); return b; };', handler: 'handler', maxConcurrency: 4 });
     let peak = 0;
     const sampler = setInterval(() => (peak = Math.max(peak, poolStats(server)['default/busy@1']?.total ?? 0)), 2);
@@ -143,7 +145,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     assert.ok(cgroupsOf(server.ownerId).length <= 4 + liveSandboxes(server) + 2);
   });
 
-  it('a client that goes away mid-call frees the sandbox at once instead of at the handler timeout', async () => {
+  it('a client that goes away mid-call frees the sandbox at once instead of at the handler timeout', { skip: onWorker }, async () => {
     await client.functions.deploy('stuck', { runtime: 'node', code: 'export const handler = () => new Promise(() => {});', handler: 'handler', timeoutMs: 120_000 });
     const abort = new AbortController();
     const call = fetch(`${server.url}/v1/functions/stuck/invoke`, { method: 'POST', body: 'x', signal: abort.signal }).catch((error: unknown) => error);
@@ -157,7 +159,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     assert.equal((await client.functions.invoke('stuck')).text(), 'back');
   });
 
-  it('beyond maxConcurrency + maxQueued invocations get 429 with Retry-After', async () => {
+  it('beyond maxConcurrency + maxQueued invocations get 429 with Retry-After', { skip: onWorker }, async () => {
     await client.functions.deploy('narrow', { runtime: 'node', code: 'export const handler = async () => { await new Promise((r) => setTimeout(r, 2000)); return "ok"; };', handler: 'handler', maxConcurrency: 1, maxQueued: 2 });
     await client.functions.invoke('narrow'); // warm it up
     // One running and two queued, as the pool reports it; then five more while they still are (2 s each): all refused.
@@ -172,14 +174,14 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     for (const outcome of rejected) assert.ok(outcome.reason instanceof RateLimitError, String(outcome.reason));
   });
 
-  it('counts cold and warm invocations separately in /metrics', async () => {
+  it('counts cold and warm invocations separately in /metrics', { skip: onWorker }, async () => {
     const text = await (await fetch(`${server.url}/metrics`)).text();
     const value = (cold: string): number => sample(text, 'kindling_invocations_total', { function: 'counter-py', executor: 'sandbox', status: 'succeeded', cold });
     assert.equal(value('true'), 1);
     assert.equal(value('false'), 1);
   });
 
-  it('idle sandboxes scale to zero after the idle TTL, and their cgroups go', async () => {
+  it('idle sandboxes scale to zero after the idle TTL, and their cgroups go', { skip: onWorker }, async () => {
     await client.functions.deploy('idle', { runtime: 'python', code: 'def handler(b):\n    return b\n', handler: 'handler' });
     await client.functions.invoke('idle', 'x');
     assert.equal(poolStats(server)['default/idle@1']?.total, 1);
@@ -191,7 +193,7 @@ describe('handler functions on warm pools (sandbox executor)', { skip: unavailab
     assert.deepEqual([again.text(), again.coldStart], ['y', true]);
   });
 
-  it('minWarm sandboxes start at deploy, so the first invocation is warm', async () => {
+  it('minWarm sandboxes start at deploy, so the first invocation is warm', { skip: onWorker }, async () => {
     await client.functions.deploy('prewarmed', { runtime: 'node', code: 'export const handler = () => "hot";', handler: 'handler', minWarm: 1 });
     await waitFor(async () => poolStats(server)['default/prewarmed@1']?.idle === 1, 20_000, 'the minWarm sandbox');
     const result = await client.functions.invoke('prewarmed');
@@ -223,7 +225,7 @@ describe('handler functions on the docker executor', { skip: dockerUnavailable ?
   });
 });
 
-describe('generic sandboxes take the runtime start-up off cold starts (sandbox executor)', { skip: unavailable ?? false }, () => {
+describe('generic sandboxes take the runtime start-up off cold starts (sandbox executor)', { skip: unavailable ?? onWorker }, () => {
   const genericStats = (server: TestServer): { idle: number; hits: number } => (server.handlers.stats() as { generic: { idle: number; hits: number } }).generic;
 
   it('a cold start specialises a waiting generic sandbox: env, module state, load errors, isolation, replenished', async () => {

@@ -57,8 +57,17 @@ export async function newDataDir(): Promise<string> {
 /** The id a server labels its resources with: derived from its data dir. */
 export const ownerIdOf = (dataDir: string): string => createHash('sha256').update(dataDir).digest('hex').slice(0, 16);
 
+/**
+ * The servers the end-to-end suites run against: one server (the default), or, with KINDLING_TEST_TARGET=cluster, a
+ * cluster gateway (this process) in front of a worker process and a nats-server, so the same suites check that a
+ * gateway answers as a single server does (scripts/test.sh runs them both ways).
+ */
+export const TEST_TARGET = process.env.KINDLING_TEST_TARGET === 'cluster' ? 'cluster' : 'single';
+
 /** Starts a real server in-process on a free loopback port with its own data dir. */
 export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
+  // (The worker runs the sandbox executor: suites of other executors keep a server of their own.)
+  if (TEST_TARGET === 'cluster' && overrides.cluster === undefined && overrides.executor === 'sandbox') return startClusterGateway(overrides);
   // A given data dir is reused (restart tests); otherwise a fresh one is made.
   const dataDir = overrides.dataDir ?? (await newDataDir());
   if (overrides.dataDir !== undefined) await chmod(dataDir, 0o755);
@@ -148,4 +157,49 @@ export async function sandboxDirs(dataDir: string, kind: 'runs' | 'agents'): Pro
   const instances = await readdir(base).catch(() => [] as string[]);
   const lists = await Promise.all(instances.map((instance) => readdir(join(base, instance, kind)).catch(() => [] as string[])));
   return lists.flat().sort();
+}
+
+/**
+ * A gateway in this process, a worker in its own process and a one-node nats-server (KINDLING_TEST_TARGET=cluster): the
+ * gateway answers once it sees the worker. stop() ends all three and removes their data dirs.
+ */
+async function startClusterGateway(overrides: Partial<ServerConfig>): Promise<TestServer> {
+  const { startNatsCluster } = await import('./nats-cluster.js');
+  const { startNode } = await import('./cluster-node.js');
+  const cleanups: (() => Promise<void>)[] = [];
+  const owner = { after: (fn: () => Promise<void>) => void cleanups.push(fn) };
+  // The worker and nats-server go with the gateway, whether it is closed (its data dir kept for a restart) or stopped.
+  let stopping: Promise<void> | null = null;
+  const stopOthers = (): Promise<void> =>
+    (stopping ??= (async () => {
+      for (const fn of cleanups.reverse()) await fn().catch(() => undefined);
+    })());
+  try {
+    const nats = await startNatsCluster(owner, { nodes: 1 });
+    const natsUrl = nats.urls[0] as string;
+    const tag = Math.random().toString(36).slice(2, 8);
+    // A short name: the worker's data dir (named after it) holds its sandboxes' unix sockets (107 bytes at most).
+    await startNode(owner, natsUrl, 'worker', `w${tag}`);
+    const server = await startTestServer({ ...overrides, cluster: { urls: [natsUrl], role: 'gateway', nodeId: `e2e-gateway-${tag}` } });
+    try {
+      await waitForCondition(async () => (await fetch(`${server.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
+    } catch (error) {
+      await server.stop();
+      throw error;
+    }
+    return {
+      ...server,
+      async close() {
+        await server.close();
+        await stopOthers();
+      },
+      async stop() {
+        await server.stop();
+        await stopOthers();
+      },
+    };
+  } catch (error) {
+    await stopOthers();
+    throw error;
+  }
 }
