@@ -17,7 +17,7 @@ import { spawn } from 'node:child_process';
 import { Readable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { createHash } from 'node:crypto';
-import type { JetStreamManager, StoredMsg } from '@nats-io/jetstream';
+import type { JetStreamManager, MsgRequest, StoredMsg } from '@nats-io/jetstream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Base64UrlPaddedCodec, Objm, StorageType, setSha256Backend, type ObjectStore } from '@nats-io/obj';
 import { KindlingError } from '../core/errors.js';
@@ -81,14 +81,20 @@ function mtimeMs(mtime: string, now: number): number {
 /** How long a chunk the leader's record names may be missing at the replica a direct get reached. */
 const REPLICA_LAG_MS = 3_000;
 
-/** The first message on `subject` after `seq`, by direct get; asked again (with backoff) while the replica lacks it. */
+/**
+ * The first message on `subject` after `seq`, by direct get; asked again (with backoff) while the replica lacks it,
+ * then of the stream's leader (a replica far behind, e.g. catching up after a restart, keeps answering a client
+ * connected to its server).
+ */
 async function chunkAfter(jsm: JetStreamManager, stream: string, subject: string, seq: number): Promise<StoredMsg | null> {
   const startedMs = Date.now();
-  for (let attempt = 0; ; attempt++) {
+  for (let attempt = 0; Date.now() - startedMs <= REPLICA_LAG_MS; attempt++) {
     const chunk = await jsm.direct.getMessage(stream, { next_by_subj: subject, seq: seq + 1 });
-    if (chunk !== null || Date.now() - startedMs > REPLICA_LAG_MS) return chunk;
+    if (chunk !== null) return chunk;
     await sleep(Math.min(500, 20 * 2 ** attempt));
   }
+  // (The server takes next_by_subj in a message get; the client's type names only seq and last_by_subj.)
+  return jsm.streams.getMessage(stream, { next_by_subj: subject, seq: seq + 1 } as unknown as MsgRequest);
 }
 
 function parseName(name: string): { kind: ArtifactKind; sha256: string } | null {
@@ -117,8 +123,8 @@ export class SharedArtifacts {
   ) {}
 
   /**
-   * A worker's side: fetches what the versions gateways send it need, by direct gets alone (see readObject), and
-   * neither puts nor deletes.
+   * A worker's side: fetches what the versions gateways send it need, by message and direct gets alone (see
+   * readObject), and neither puts nor deletes.
    */
   static reader(nc: NatsConnection, local: Pick<LocalArtifacts, 'stores'>, options: Pick<SharedArtifactsOptions, 'bucket' | 'onError'> = {}): SharedArtifacts {
     return new SharedArtifacts(nc, () => Promise.reject(new Error('a worker does not write the object store')), { ...local, referenced: () => new Set() }, options, true);

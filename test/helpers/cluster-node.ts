@@ -28,18 +28,32 @@ export async function startNode(t: CleanupOwner, natsUrl: string, role: string, 
     [KINDLING_CLI, 'serve', '--cluster', natsUrl, '--role', role, '--node-name', name, '--port', '0', '--data-dir', dataDir, '--images-dir', IMAGES_DIR, '--executor', 'sandbox', '--enable-executors', '', '--prewarm', '0', '--generic-sandboxes', '0', '--log-level', 'info', ...extraArgs],
     { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } },
   );
+  alive.add(child);
+  child.once('exit', () => alive.delete(child));
   // SIGTERM: a graceful stop removes the server's sandboxes, mounts and cgroups before it exits.
   t.after(() => stop(child, 'SIGTERM'));
   const url = await new Promise<string>((resolve, reject) => {
+    // A node that neither listens nor exits must not hang the suite: killed, and the start fails.
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${name} did not listen within ${START_TIMEOUT_MS} ms`));
+    }, START_TIMEOUT_MS);
+    timer.unref();
     createInterface({ input: child.stdout! }).on('line', (line) => {
       try {
         const entry = JSON.parse(line) as { msg?: string; url?: string };
-        if (entry.msg === 'Kindling is listening' && entry.url) resolve(entry.url);
+        if (entry.msg === 'Kindling is listening' && entry.url) {
+          clearTimeout(timer);
+          resolve(entry.url);
+        }
       } catch {
         // not a log line
       }
     });
-    child.once('exit', (code) => reject(new Error(`${name} exited with ${code} before listening`)));
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited with ${code} before listening`));
+    });
   });
   return { child, url, name, dataDir };
 }
@@ -48,6 +62,17 @@ export async function stop(child: ChildProcess, signal: NodeJS.Signals): Promise
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill(signal);
+  // A graceful stop drains for up to --shutdown-timeout-ms (10 s by default): past that and more, it is killed.
+  const timer = signal === 'SIGKILL' ? null : setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
   await exited;
+  if (timer !== null) clearTimeout(timer);
 }
+
+const START_TIMEOUT_MS = 60_000;
+const STOP_TIMEOUT_MS = 35_000;
+/** Nodes still running when the test process exits (a test that failed before its cleanup) are killed with it. */
+const alive = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of alive) child.kill('SIGKILL');
+});
 

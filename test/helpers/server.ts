@@ -16,6 +16,8 @@ export const docker = new Docker({ socketPath: '/var/run/docker.sock' });
 export interface TestServer extends RunningServer {
   dataDir: string;
   ownerId: string;
+  /** Against a cluster gateway (KINDLING_TEST_TARGET=cluster): the worker's owner id, which labels the sandboxes. */
+  otherOwnerIds?: string[];
   /** Closes the server and removes its data dir. */
   stop(): Promise<void>;
 }
@@ -164,7 +166,8 @@ export async function sandboxDirs(dataDir: string, kind: 'runs' | 'agents'): Pro
  * gateway answers once it sees the worker. stop() ends all three and removes their data dirs.
  */
 async function startClusterGateway(overrides: Partial<ServerConfig>): Promise<TestServer> {
-  const { startNatsCluster } = await import('./nats-cluster.js');
+  const { natsUnavailable, startNatsCluster } = await import('./nats-cluster.js');
+  if (natsUnavailable) throw new Error(`KINDLING_TEST_TARGET=cluster needs nats-server: ${natsUnavailable}`);
   const { startNode } = await import('./cluster-node.js');
   const cleanups: (() => Promise<void>)[] = [];
   const owner = { after: (fn: () => Promise<void>) => void cleanups.push(fn) };
@@ -179,7 +182,7 @@ async function startClusterGateway(overrides: Partial<ServerConfig>): Promise<Te
     const natsUrl = nats.urls[0] as string;
     const tag = Math.random().toString(36).slice(2, 8);
     // A short name: the worker's data dir (named after it) holds its sandboxes' unix sockets (107 bytes at most).
-    await startNode(owner, natsUrl, 'worker', `w${tag}`);
+    const worker = await startNode(owner, natsUrl, 'worker', `w${tag}`);
     const server = await startTestServer({ ...overrides, cluster: { urls: [natsUrl], role: 'gateway', nodeId: `e2e-gateway-${tag}` } });
     try {
       await waitForCondition(async () => (await fetch(`${server.url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'the gateway to see the worker' });
@@ -189,6 +192,7 @@ async function startClusterGateway(overrides: Partial<ServerConfig>): Promise<Te
     }
     return {
       ...server,
+      otherOwnerIds: [ownerIdOf(worker.dataDir)],
       async close() {
         await server.close();
         await stopOthers();
