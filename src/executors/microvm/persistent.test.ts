@@ -147,8 +147,9 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
     let sandbox: PersistentSandbox | null = await executor!.createPersistentSandbox(spec(id), { storage: { fromSnapshot: null } });
     try {
       assert.equal(sandbox.capabilities.hibernate, true);
-      // A shell loop whose counter lives only in its memory (a variable), written out on every step.
-      const started = await run(sandbox, 'i=0; (while :; do i=$((i+1)); echo $i > /work/counter; sleep 0.1; done) >/dev/null 2>&1 & echo $!');
+      // A shell loop whose counter lives only in its memory (a variable), written out on every step: to a new file
+      // renamed over the old one, so a read never meets the moment `>` has emptied it (read as 0: a flake in CI).
+      const started = await run(sandbox, 'i=0; (while :; do i=$((i+1)); echo $i > /work/counter.new && mv /work/counter.new /work/counter; sleep 0.1; done) >/dev/null 2>&1 & echo $!');
       const loopPid = started.stdout.trim();
       assert.match(loopPid, /^\d+$/);
       const counter = async (): Promise<number> => Number((await run(sandbox!, 'cat /work/counter')).stdout.trim());
