@@ -896,8 +896,11 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
       await clusterNode?.serve({
         run: async (version, body, options) => {
           // Its bundle and layer first (fetched from the cluster unless they are here): minWarm sandboxes bind them.
-          artifactUse?.use(`${version.tenant}/${version.name}`, version);
-          await functionService.fetchFiles(version.spec);
+          // (Only for versions that have files: every other call goes on without an extra turn.)
+          if (version.spec.bundle !== undefined || version.spec.layer !== undefined) {
+            artifactUse?.use(`${version.tenant}/${version.name}`, version);
+            await functionService.fetchFiles(version.spec);
+          }
           // A worker learns of a deploy with its first call: as on a single server, the older versions' warm sandboxes
           // retire and the new one's minWarm start. A function deleted and deployed again starts from version 1 with a
           // newer deploy time: its earlier generation's sandboxes all go.
