@@ -213,7 +213,7 @@ export function machineFacts(): MachineFacts {
 /** Async invocation settings (see InvocationServiceOptions for each one's meaning and default). */
 export type AsyncInvocationConfig = Pick<
   InvocationServiceOptions,
-  'concurrency' | 'retentionMs' | 'syncLogBytes' | 'sweepIntervalMs' | 'callbackAllow' | 'callbackMaxAttempts' | 'callbackBaseDelayMs'
+  'concurrency' | 'maxDeliveries' | 'retentionMs' | 'syncLogBytes' | 'sweepIntervalMs' | 'callbackAllow' | 'callbackMaxAttempts' | 'callbackBaseDelayMs'
 >;
 
 

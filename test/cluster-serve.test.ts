@@ -188,6 +188,30 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     await stop(restarted.child, 'SIGTERM');
   });
 
+  it('an async invocation whose worker is killed mid-run is delivered again to another worker, and its record counts the attempts', { timeout: 120_000 }, async (context) => {
+    const { t, natsUrl, gateway, worker } = await gatewayWithWorker(context);
+    // Long enough that the kill below lands mid-run on the first worker; short enough for the second to finish it.
+    await deploy(gateway, 'slow', { runtime: 'node', handler: 'handler', timeoutMs: 60_000, code: 'exports.handler = async (event) => { await new Promise((r) => setTimeout(r, 4000)); return "slept " + event; }' });
+    const accepted = await fetch(`${gateway.url}/v1/functions/slow/invoke`, { method: 'POST', headers: { 'content-type': 'text/plain', 'x-kindling-async': 'true' }, body: 'once' });
+    assert.equal(accepted.status, 202);
+    const location = accepted.headers.get('location')!;
+    await waitFor(async () => /^kindling_handler_invocations_in_flight(\{[^}]*\})? 1$/m.test(await (await fetch(`${worker.url}/metrics`)).text()), { timeoutMs: 30_000, intervalMs: 100, what: 'the run to start on the first worker' });
+    const second = await startNode(t, natsUrl, 'worker', 'wk-b');
+    await waitFor(async () => JSON.stringify(await new Kindling({ url: gateway.url }).cluster()).includes('"wk-b"'), { timeoutMs: 30_000, what: 'the gateway to see the second worker' });
+    await stop(worker.child, 'SIGKILL');
+    type View = { status: string; attempts: number; error?: string };
+    const view = async (): Promise<View> => (await (await fetch(`${gateway.url}${location}`)).json()) as View;
+    await waitFor(async () => (await view()).status !== 'running' && (await view()).status !== 'queued', { timeoutMs: 60_000, intervalMs: 200, what: 'the invocation to finish' });
+    const done = await view();
+    assert.deepEqual([done.status, done.attempts], ['succeeded', 2], JSON.stringify(done));
+    assert.equal(await (await fetch(`${gateway.url}${location}/output`)).text(), 'slept once');
+    const secondRan = Number(/^kindling_invocations_total\{[^}]*function="slow"[^}]*status="succeeded"[^}]*\} (\d+)$/m.exec(await (await fetch(`${second.url}/metrics`)).text())?.[1] ?? 0);
+    assert.equal(secondRan, 1, 'the second worker ran it');
+    // The killed worker's mounts are reaped by a start on its data dir (the cleanup could not remove them otherwise).
+    const reaper = await startNode(t, natsUrl, 'worker', 'wk-a', worker.dataDir);
+    await stop(reaper.child, 'SIGTERM');
+  });
+
   it('a worker cut off from NATS aborts the runs gateways sent it (fencing), and the gateway answers WORKER_LOST', { timeout: 120_000 }, async (context) => {
     const { nats, gateway, worker } = await gatewayWithWorker(context);
     await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 120_000, code: 'exports.handler = () => new Promise(() => {})' });

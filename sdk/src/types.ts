@@ -337,6 +337,11 @@ export interface Invocation {
   callback?: { url: string; state: 'pending' | 'delivered' | 'failed' | null; attempts: number };
   payloadBytes: number;
   outputBytes: number | null;
+  /**
+   * Times it was started: more than 1 when its cluster worker was lost mid-run and it was delivered again (at most
+   * `--async-max-deliveries`). Absent from older servers.
+   */
+  attempts?: number;
   createdAt: string;
   startedAt: string | null;
   finishedAt: string | null;

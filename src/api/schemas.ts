@@ -355,6 +355,7 @@ export const InvocationViewSchema = open(
     idempotencyKey: loose(Type.String()),
     payloadBytes: loose(Type.Integer()),
     outputBytes: loose(nullable(Type.Integer())),
+    attempts: loose(Type.Integer({ description: 'Times it was started: more than 1 when its cluster worker was lost mid-run and it was delivered again' })),
     createdAt: Type.String({ format: 'date-time' }),
     startedAt: loose(nullable(Type.String({ format: 'date-time' }))),
     finishedAt: loose(nullable(Type.String({ format: 'date-time' }))),

@@ -130,6 +130,7 @@ export function addServeOptions(command: Command, defaults: ServeDefaults): Comm
     .option('--node-name <name>', 'the node label of every metric in GET /metrics (tells servers apart in one Prometheus); default: the host name', checkNodeName, hostname())
     .option('--metrics-token <token>', 'a scrape token for GET /metrics ("Authorization: Bearer <token>"; the admin key works too; with auth on and no token only the admin key); env KINDLING_METRICS_TOKEN')
     .option('--async-concurrency <n>', 'async invocations running at once', int('--async-concurrency'), 8)
+    .option('--async-max-deliveries <n>', 'cluster: an async invocation whose worker was lost mid-run is started again, up to this many times in all; then it is failed with the reason', int('--async-max-deliveries'), 3)
     .option('--invocation-retention-ms <ms>', 'finished invocations (output, logs, idempotency keys) are kept this long', int('--invocation-retention-ms'), 7 * 24 * 3600_000)
     .option('--sync-log-bytes <n>', 'synchronous invocations are recorded with the first this many bytes of stdout and of stderr', int('--sync-log-bytes'), 64 * 1024)
     .option('--callback-allow <host:port,...>', 'destinations async callbacks may be POSTed to (none by default)', '')
@@ -279,6 +280,7 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
         },
         asyncInvocations: {
           concurrency: Math.max(1, options.asyncConcurrency as number),
+          maxDeliveries: Math.max(1, options.asyncMaxDeliveries as number),
           retentionMs: options.invocationRetentionMs as number,
           syncLogBytes: options.syncLogBytes as number,
           callbackAllow: (options.callbackAllow as string).split(',').map((entry) => entry.trim()).filter((entry) => entry.length > 0),

@@ -246,3 +246,53 @@ describe('InvocationService dispatcher', () => {
     store.close();
   });
 });
+
+describe('InvocationService: a run lost with its cluster worker', () => {
+  /** `f` fails with WORKER_LOST while `lost` says so, then echoes its payload; `starts` counts its runs. */
+  function lossy(maxDeliveries?: number) {
+    const store = new SqliteStore(':memory:');
+    const state = { lostRuns: 0, starts: 0 };
+    const functionService = {
+      resolve: (tenant: string, name: string) => ({ version: { tenant, name, version: 1, spec: {}, createdAtMs: 0 }, style: 'handler' }),
+      invoke: async (tenant: string, name: string, payload: Buffer): Promise<InvocationResult> => {
+        state.starts++;
+        if (state.lostRuns > 0) {
+          state.lostRuns--;
+          throw new KindlingError('WORKER_LOST', 'worker wk-a said nothing for 5000 ms; the invocation may have run');
+        }
+        return { invocationId: 'x', tenant, functionName: name, version: 1, exitCode: 0, body: payload, stderr: Buffer.alloc(0), durationMs: 1, coldStart: false, timedOut: false, executor: 'sandbox' };
+      },
+    } as unknown as FunctionService;
+    const service = new InvocationService({ store, functionService, logBus: new LogBus(), ...(maxDeliveries === undefined ? {} : { maxDeliveries }) });
+    return { store, state, service };
+  }
+
+  it('is delivered again, and its view counts the attempts', async () => {
+    const { store, state, service } = lossy();
+    state.lostRuns = 2;
+    service.start();
+    const { view } = await service.enqueue({ functionName: 'f', payload: Buffer.from('again') });
+    await until(() => store.getInvocation(view.id)?.status === 'succeeded');
+    const done = service.get(view.id);
+    assert.deepEqual([done.attempts, state.starts, service.output(view.id).stdout.toString()], [3, 3, 'again']);
+    assert.equal((await service.enqueue({ functionName: 'f', payload: Buffer.from('once') })).view.attempts, 0);
+    await service.close();
+    store.close();
+  });
+
+  it('is failed with the reason once it was started maxDeliveries times, and is not started again', async () => {
+    const { store, state, service } = lossy(2);
+    state.lostRuns = 5;
+    service.start();
+    const { view } = await service.enqueue({ functionName: 'f', payload: Buffer.from('x') });
+    await until(() => store.getInvocation(view.id)?.status === 'failed');
+    const failed = service.get(view.id);
+    assert.equal(failed.attempts, 2);
+    assert.match(failed.error ?? '', /WORKER_LOST|worker wk-a said nothing/);
+    assert.match(failed.error ?? '', /started 2 times, the most --async-max-deliveries allows/);
+    for (let i = 0; i < 20; i++) await nextTurn();
+    assert.equal(state.starts, 2);
+    await service.close();
+    store.close();
+  });
+});

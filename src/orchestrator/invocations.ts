@@ -42,6 +42,12 @@ export interface InvocationServiceOptions {
   logBus: LogBus;
   /** Async invocations running at once. Default 8. */
   concurrency?: number;
+  /**
+   * Times an async invocation is started at most when its run is lost with its cluster worker (WORKER_LOST: the worker
+   * died or was cut off mid-run, so it may have run): it is queued again until then, and recorded `failed` with the
+   * reason after. Default 3. (A single server loses no worker: its crash policy is `start`'s.)
+   */
+  maxDeliveries?: number;
   /** Finished invocations (with their output and logs) are deleted after this long. Default 7 days. */
   retentionMs?: number;
   /** Synchronous invocations are recorded with at most this many bytes of stdout and of stderr. Default 64 KiB. */
@@ -117,6 +123,8 @@ export interface InvocationView {
   callback?: { url: string; state: string | null; attempts: number };
   payloadBytes: number;
   outputBytes: number | null;
+  /** Times it was started: more than 1 when its cluster worker was lost mid-run and it was delivered again. */
+  attempts: number;
   createdAt: string;
   startedAt: string | null;
   finishedAt: string | null;
@@ -140,6 +148,7 @@ export function toInvocationView(record: InvocationRecord): InvocationView {
     ...(record.callbackUrl === null ? {} : { callback: { url: record.callbackUrl, state: record.callbackState, attempts: record.callbackAttempts } }),
     payloadBytes: record.payloadBytes,
     outputBytes: record.stdoutBytes,
+    attempts: record.attempts,
     createdAt: iso(record.createdAtMs)!,
     startedAt: iso(record.startedAtMs),
     finishedAt: iso(record.finishedAtMs),
@@ -199,10 +208,13 @@ export class InvocationService {
   private claimWanted = false;
   private commitImmediate: NodeJS.Immediate | null = null;
 
+  private readonly maxDeliveries: number;
+
   constructor(private readonly options: InvocationServiceOptions) {
     this.store = options.store;
     this.clock = options.clock ?? systemClock;
     this.concurrency = Math.max(1, options.concurrency ?? 8);
+    this.maxDeliveries = Math.max(1, options.maxDeliveries ?? 3);
     this.retentionMs = options.retentionMs ?? 7 * 24 * 3600_000;
     this.allow = new Set((options.callbackAllow ?? []).map((entry) => entry.toLowerCase()));
     this.runner = new InvocationRunner({
@@ -705,6 +717,18 @@ export class InvocationService {
         end('queued');
         this.pause(failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS' ? 1000 : 200);
         return;
+      }
+      if (failure?.code === 'WORKER_LOST') {
+        if (record.attempts < this.maxDeliveries) {
+          // Its worker died or was cut off mid-run: it may have run, but no outcome came. Delivered again (to a live
+          // worker: the lost one answers nothing now), in its place; the attempt stays counted.
+          this.options.onInfo?.('invocation queued again: its worker was lost mid-run', { invocationId: record.id, attempts: record.attempts, maxDeliveries: this.maxDeliveries });
+          await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id, { countAttempt: true }));
+          finish('redelivered');
+          end('queued');
+          return;
+        }
+        report.outcome.error = `${report.outcome.error ?? failure.message} (started ${record.attempts} times, the most --async-max-deliveries allows)`;
       }
       if (!failure) this.options.onError?.(report.error, { invocationId: record.id });
       span?.fail(failure?.code ?? 'INTERNAL', failure?.message ?? 'the platform failed');

@@ -350,6 +350,7 @@ export class SqliteStore implements Store {
          RETURNING ${INVOCATION_COLUMNS}`,
       ),
       requeue: this.db.prepare("UPDATE invocations SET status = 'queued', started_at_ms = NULL, attempts = attempts - 1 WHERE id = ? AND status = 'running'"),
+      redeliver: this.db.prepare("UPDATE invocations SET status = 'queued', started_at_ms = NULL WHERE id = ? AND status = 'running'"),
       finish: this.db.prepare(
         `UPDATE invocations SET status = ?, exit_code = ?, duration_ms = ?, cold_start = ?, timed_out = ?, error = ?, stdout = ?, stderr = ?,
            stdout_bytes = ?, finished_at_ms = ?, payload = NULL WHERE id = ?`,
@@ -543,8 +544,8 @@ export class SqliteStore implements Store {
     return row === undefined ? null : toInvocation(row);
   }
 
-  requeueInvocation(id: string): void {
-    this.statements.requeue.run(id);
+  requeueInvocation(id: string, options: { countAttempt?: boolean } = {}): void {
+    (options.countAttempt === true ? this.statements.redeliver : this.statements.requeue).run(id);
   }
 
   finishInvocation(id: string, outcome: InvocationOutcome): void {

@@ -152,8 +152,12 @@ export interface Store {
    * `skipTenants` (tenants at their concurrency quota) are passed over, so they do not hold up other tenants.
    */
   claimNextInvocation(nowMs: number, skipTenants?: readonly string[]): InvocationRecord | null;
-  /** Puts a claimed invocation back in the queue (it never started: e.g. the function was at its limit). */
-  requeueInvocation(id: string): void;
+  /**
+   * Puts a claimed invocation back in the queue. It never started (e.g. the function was at its limit): its claim is
+   * not counted as an attempt. With `countAttempt` it may have run (its cluster worker was lost mid-run): the attempt
+   * stays counted, so that redeliveries are bounded.
+   */
+  requeueInvocation(id: string, options?: { countAttempt?: boolean }): void;
   finishInvocation(id: string, outcome: InvocationOutcome): void;
   /** Records synchronous invocations that already finished (in one transaction); an id already stored is skipped. */
   insertFinishedInvocations(records: FinishedInvocation[]): void;

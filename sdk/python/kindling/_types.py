@@ -357,6 +357,9 @@ class Invocation:
     error: Optional[str]
     payload_bytes: int
     output_bytes: Optional[int]
+    #: Times it was started: more than 1 when its cluster worker was lost mid-run and it was delivered again (None from
+    #: older servers).
+    attempts: Optional[int]
     created_at: str
     started_at: Optional[str]
     finished_at: Optional[str]
@@ -383,6 +386,7 @@ class Invocation:
             error=_opt_str(d.get("error")),
             payload_bytes=_int(d.get("payloadBytes")),
             output_bytes=_opt_int(d.get("outputBytes")),
+            attempts=_opt_int(d.get("attempts")),
             created_at=_str(d.get("createdAt")),
             started_at=_opt_str(d.get("startedAt")),
             finished_at=_opt_str(d.get("finishedAt")),
