@@ -396,6 +396,24 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     await slow2;
   });
 
+  it("calls waiting for a slot of their function hold none of the tenant's quota: its other functions still run", async () => {
+    const { key } = await newTenant('iota', { maxConcurrency: 2 });
+    // A handler function that runs one call at a time; each call waits the milliseconds its body names.
+    const single = { runtime: 'node', handler: 'handler', maxConcurrency: 1, code: 'exports.handler = async (ms) => { await new Promise((r) => setTimeout(r, Number(ms))); return "slept " + ms; };' };
+    assert.equal((await call(server.url, key, 'PUT', '/v1/functions/single', single)).status, 201);
+    assert.equal((await call(server.url, key, 'PUT', '/v1/functions/other', ECHO('other'))).status, 201);
+    const first = call(server.url, key, 'POST', '/v1/functions/single/invoke', '3000');
+    await waitFor(async () => ((await call(server.url, key, 'GET', '/v1/tenant')).body.running as number) === 1, 30_000, 'the first call to run');
+    const second = call(server.url, key, 'POST', '/v1/functions/single/invoke', '10');
+    type Pools = { pools: { function: string; waiting: number }[] };
+    await waitFor(async () => ((await call(server.url, key, 'GET', '/v1/pools')).body as unknown as Pools).pools.find((pool) => pool.function === 'single')?.waiting === 1, 30_000, 'the second call to wait for the function');
+    assert.equal((await call(server.url, key, 'GET', '/v1/tenant')).body.running, 1, 'the waiting call holds no slot of the tenant');
+    // Its second slot is free for another function (a 429 TENANT_CONCURRENCY_LIMIT when the waiting call held it).
+    const other = await call(server.url, key, 'POST', '/v1/functions/other/invoke', 'x');
+    assert.equal(other.status, 200, other.text);
+    assert.deepEqual([(await first).text, (await second).text], ['slept 3000', 'slept 10']);
+  });
+
   it('async invocations of a tenant at its concurrency quota wait without holding up other tenants\' invocations', async () => {
     const made = await call(server.url, ADMIN, 'POST', '/v1/tenants', { name: 'eta', quotas: { maxConcurrency: 1 } });
     const key = made.body.apiKey as string;

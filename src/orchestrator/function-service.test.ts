@@ -311,3 +311,90 @@ describe('FunctionService: a cluster node that runs a call itself after its rout
     }
   });
 });
+
+describe("FunctionService: the tenant's concurrency slot is taken after the function's", () => {
+  /** Command runs that wait at a gate the test opens; a tenant scope with a quota of `quota` slots. */
+  function setup(quota: number) {
+    const store = new SqliteStore(':memory:');
+    const gates: { name: string; open: () => void }[] = [];
+    const executionService = {
+      prepare: async () => undefined,
+      executeRaw: (_request: unknown, context: { functionName: string }) =>
+        new Promise((resolve) => {
+          gates.push({ name: context.functionName, open: () => resolve({ result: { id: 'x', exitCode: 0, durationMs: 1, coldStart: false, timedOut: false, oomKilled: false, truncated: false, executor: 'sandbox' }, stdout: Buffer.from(context.functionName), stderr: Buffer.alloc(0) }) });
+        }),
+    } as unknown as ExecutionService;
+    const tenant = { running: 0, peak: 0 };
+    const scope = {
+      name: 'default',
+      caps: {},
+      acquire: () => {
+        if (tenant.running >= quota) throw new KindlingError('TENANT_CONCURRENCY_LIMIT', 'the tenant runs all it may');
+        tenant.running++;
+        tenant.peak = Math.max(tenant.peak, tenant.running);
+        let released = false;
+        return () => {
+          if (!released) tenant.running--;
+          released = true;
+        };
+      },
+    };
+    const service = new FunctionService({ store, executionService, defaultExecutor: 'sandbox' });
+    const until = async (done: () => boolean): Promise<void> => {
+      for (let i = 0; i < 200 && !done(); i++) await new Promise((resolve) => setImmediate(resolve));
+      assert.ok(done(), 'never happened');
+    };
+    return { store, gates, tenant, scope, service, until };
+  }
+
+  it("a call waiting for a slot of its function holds none of the tenant's quota: the tenant's other functions run", async () => {
+    const { store, gates, tenant, scope, service, until } = setup(2);
+    try {
+      await service.deploy('default', 'single', { image: 'kindling/base', command: ['cat'], maxConcurrency: 1 });
+      await service.deploy('default', 'other', { image: 'kindling/base', command: ['cat'] });
+      const first = service.invoke('default', 'single', Buffer.from('a'), { scope });
+      await until(() => gates.length === 1);
+      const second = service.invoke('default', 'single', Buffer.from('b'), { scope });
+      // The second waits in the function's queue without a slot of the tenant's quota of 2...
+      for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual([gates.length, tenant.running], [1, 1]);
+      // ...so another function of the tenant runs (before, the waiting call held the tenant's second slot: a 429).
+      const other = service.invoke('default', 'other', Buffer.from('c'), { scope });
+      await until(() => gates.length === 2);
+      assert.equal(gates[1]!.name, 'other');
+      gates[0]!.open();
+      // The first ends, the second gets the function's slot, then the tenant's (freed by the first).
+      await until(() => gates.length === 3);
+      gates[1]!.open();
+      gates[2]!.open();
+      const bodies = (await Promise.all([first, second, other])).map((result) => result.body.toString());
+      assert.deepEqual(bodies, ['single', 'single', 'other']);
+      assert.deepEqual([tenant.running, tenant.peak], [0, 2]);
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+
+  it("a call refused by the tenant's quota gives its function's slot back", async () => {
+    const { store, gates, tenant, scope, service, until } = setup(1);
+    try {
+      await service.deploy('default', 'single', { image: 'kindling/base', command: ['cat'], maxConcurrency: 1, maxQueued: 0 });
+      await service.deploy('default', 'other', { image: 'kindling/base', command: ['cat'] });
+      const other = service.invoke('default', 'other', Buffer.from('c'), { scope });
+      await until(() => gates.length === 1);
+      await assert.rejects(service.invoke('default', 'single', Buffer.from('a'), { scope }), (error: KindlingError) => error.code === 'TENANT_CONCURRENCY_LIMIT');
+      gates[0]!.open();
+      await other;
+      // Had the refused call kept the function's only slot (no queue), this one would be a 429 TOO_MANY_REQUESTS.
+      const single = service.invoke('default', 'single', Buffer.from('a'), { scope });
+      await until(() => gates.length === 2);
+      gates[1]!.open();
+      assert.equal((await single).body.toString(), 'single');
+      assert.equal(tenant.running, 0);
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+});

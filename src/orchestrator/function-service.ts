@@ -640,69 +640,66 @@ export class FunctionService {
   async invokeVersion(version: FunctionVersion, body: Buffer, options: InvokeOptions, route: { remote: boolean; admitted?: boolean }): Promise<InvocationResult> {
     const { tenant, name, spec } = version;
     const executor = spec.executor ?? this.options.defaultExecutor;
-    // The tenant's concurrency quota covers handler and command functions alike: taken once, here.
-    const releaseTenant = await options.scope?.acquire?.();
-    try {
-      // Cluster mode: a worker runs it when the router takes it (null: it runs here).
-      // (Optional chaining: on a server on its own no argument, not even the closure, is made.)
-      const forwarded = route.remote
-        ? this.options.remote?.route(version, executor, body, options, () => this.invokeHere(version, body, options), () => this.admit(version, options.signal))
-        : undefined;
-      if (forwarded) return await forwarded;
-      // It runs here. A version deployed through another gateway: its bundle and layer come from the cluster the first
-      // time (later, a stat each; functions without files await nothing more).
-      if (this.options.artifacts !== undefined && (spec.bundle !== undefined || spec.layer !== undefined)) await this.withArtifacts(spec, 'ensure');
-      if (isHandlerStyle(spec)) {
-        const handlers = this.options.handlers;
-        if (handlers === undefined || !handlers.supports(executor)) {
-          throw handlersUnsupported(executor);
-        }
-        // A go handler's agent is its compiled program, which only executors that bind files can run (the server's
-        // default executor may have changed since the deploy).
-        const family = handlerFamily(spec.runtime);
-        if ((family === 'go' || family === 'java') && !COMPILED_HANDLER_EXECUTORS.includes(executor)) {
-          throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handler "${name}" runs on the ${COMPILED_HANDLER_EXECUTORS.join(' or ')} executor, not ${executor}; redeploy it with "executor": "sandbox"`, { details: { executor } });
-        }
-        return await handlers.invoke(version, executor, body, options);
+    // The tenant's concurrency quota covers handler and command functions alike. Its slot is taken once the function's
+    // own slot is held (by admit, by the warm pool for handlers): a call waiting in a function's queue holds none of
+    // its tenant's quota, which counts what runs, so it cannot starve the tenant's other functions.
+    // Cluster mode: a worker runs it when the router takes it (null: it runs here).
+    // (Optional chaining: on a server on its own no argument, not even the closure, is made.)
+    const forwarded = route.remote
+      ? this.options.remote?.route(version, executor, body, options, () => this.invokeHere(version, body, options), () => this.admit(version, options.signal, options.scope))
+      : undefined;
+    if (forwarded) return await forwarded;
+    // It runs here. A version deployed through another gateway: its bundle and layer come from the cluster the first
+    // time (later, a stat each; functions without files await nothing more).
+    if (this.options.artifacts !== undefined && (spec.bundle !== undefined || spec.layer !== undefined)) await this.withArtifacts(spec, 'ensure');
+    if (isHandlerStyle(spec)) {
+      const handlers = this.options.handlers;
+      if (handlers === undefined || !handlers.supports(executor)) {
+        throw handlersUnsupported(executor);
       }
-      // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
-      // (A cluster node running it here after all holds the slot the router took already: not taken twice.)
-      const release = route.admitted === true ? () => undefined : await this.admit(version, options.signal);
-      let raw;
-      try {
-        const binds = this.bindsOf(spec, executor);
-        raw = await this.options.executionService.executeRaw(commandRequest(spec, executor), {
-          ...(binds.length === 0 ? {} : { roBinds: binds }),
-          io: { stdin: options.io?.stdin ?? { kind: 'bytes', bytes: body }, stdout: options.io?.stdout ?? COLLECT_STDOUT },
-          functionName: name,
-          tenant: { name: tenant, caps: options.scope?.caps ?? {} },
-          ...(options.signal ? { signal: options.signal } : {}),
-          ...(options.trace ? { trace: options.trace } : {}),
-          ...(options.onOutput ? { onOutput: options.onOutput } : {}),
-          ...(options.onStarted ? { onStarted: options.onStarted } : {}),
-          ...(options.onMetered ? { onMetered: (result: ExecutionResult, context: ExecutionContext) => options.onMetered?.(commandFacts(result, context, tenant, name)) } : {}),
-        });
-      } finally {
-        release();
+      // A go handler's agent is its compiled program, which only executors that bind files can run (the server's
+      // default executor may have changed since the deploy).
+      const family = handlerFamily(spec.runtime);
+      if ((family === 'go' || family === 'java') && !COMPILED_HANDLER_EXECUTORS.includes(executor)) {
+        throw new KindlingError('HANDLERS_UNSUPPORTED', `${family} handler "${name}" runs on the ${COMPILED_HANDLER_EXECUTORS.join(' or ')} executor, not ${executor}; redeploy it with "executor": "sandbox"`, { details: { executor } });
       }
-      return {
-        invocationId: raw.result.id,
-        tenant,
-        functionName: name,
-        version: version.version,
-        exitCode: raw.result.exitCode,
-        body: raw.stdout,
-        stderr: raw.stderr,
-        durationMs: raw.result.durationMs,
-        coldStart: raw.result.coldStart,
-        timedOut: raw.result.timedOut,
-        oomKilled: raw.result.oomKilled,
-        truncated: raw.result.truncated,
-        executor: raw.result.executor,
-      };
-    } finally {
-      releaseTenant?.();
+      return await handlers.invoke(version, executor, body, options);
     }
+    // Per function version: maxConcurrency running, maxQueued waiting (then 429), as for handler functions.
+    // (A cluster node running it here after all holds the slot the router took already: not taken twice.)
+    const release = route.admitted === true ? () => undefined : await this.admit(version, options.signal, options.scope);
+    let raw;
+    try {
+      const binds = this.bindsOf(spec, executor);
+      raw = await this.options.executionService.executeRaw(commandRequest(spec, executor), {
+        ...(binds.length === 0 ? {} : { roBinds: binds }),
+        io: { stdin: options.io?.stdin ?? { kind: 'bytes', bytes: body }, stdout: options.io?.stdout ?? COLLECT_STDOUT },
+        functionName: name,
+        tenant: { name: tenant, caps: options.scope?.caps ?? {} },
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.trace ? { trace: options.trace } : {}),
+        ...(options.onOutput ? { onOutput: options.onOutput } : {}),
+        ...(options.onStarted ? { onStarted: options.onStarted } : {}),
+        ...(options.onMetered ? { onMetered: (result: ExecutionResult, context: ExecutionContext) => options.onMetered?.(commandFacts(result, context, tenant, name)) } : {}),
+      });
+    } finally {
+      release();
+    }
+    return {
+      invocationId: raw.result.id,
+      tenant,
+      functionName: name,
+      version: version.version,
+      exitCode: raw.result.exitCode,
+      body: raw.stdout,
+      stderr: raw.stderr,
+      durationMs: raw.result.durationMs,
+      coldStart: raw.result.coldStart,
+      timedOut: raw.result.timedOut,
+      oomKilled: raw.result.oomKilled,
+      truncated: raw.result.truncated,
+      executor: raw.result.executor,
+    };
   }
 
   /**
@@ -759,7 +756,25 @@ export class FunctionService {
    * maxConcurrency the function sets itself, the cluster's (the default limit stays per gateway: a shared slot costs
    * two replicated writes per call).
    */
-  private async admit(version: FunctionVersion, signal: AbortSignal | undefined): Promise<() => void> {
+  private async admit(version: FunctionVersion, signal: AbortSignal | undefined, scope: TenantScope | undefined): Promise<() => void> {
+    const release = await this.admitFunction(version, signal);
+    // Then the tenant's slot (a 429 at its quota gives the function's slot back).
+    let releaseTenant: (() => void) | undefined;
+    try {
+      releaseTenant = await scope?.acquire?.();
+    } catch (error) {
+      release();
+      throw error;
+    }
+    return releaseTenant === undefined
+      ? release
+      : () => {
+          releaseTenant();
+          release();
+        };
+  }
+
+  private async admitFunction(version: FunctionVersion, signal: AbortSignal | undefined): Promise<() => void> {
     const startedMs = this.clock.nowMs();
     const release = await this.limiterFor(version).acquire(signal);
     const shared = this.options.sharedFunctionSlots;

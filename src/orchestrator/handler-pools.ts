@@ -403,59 +403,72 @@ export class HandlerPools implements HandlerInvoker {
       if (failure.code !== 'TOO_MANY_REQUESTS') observe({ ...event, status: 'error', coldStart: true, durationMs: 0, outBytes: 0, queuedMs: clock.monotonicMs() - queuedFrom });
       throw failure;
     }
-    const started = { coldStart: lease.coldStart, queuedMs: lease.waitedMs, ...(lease.coldStart ? { sandboxStartMs: lease.sandbox.startMs } : {}) };
-    const phases = options.trace?.phases;
-    if (phases) {
-      // The pool times the wait and the sandbox's start as one: a cold start's last startMs were the sandbox starting,
-      // the rest was waiting (for a slot of the function, a start slot of the server).
-      const leasedAtMs = spanClockMs();
-      phases.enter('start', { [ATTR.executor]: executorName, [ATTR.coldStart]: lease.coldStart }, lease.coldStart ? leasedAtMs - lease.sandbox.startMs : leasedAtMs);
-      phases.enter('run', undefined, leasedAtMs);
-    }
-    options.onStarted?.(invocationId, { coldStart: lease.coldStart, executor: executorName });
-    // The handler's console/print output, live (log followers); the whole of it also comes back in `result.logs`.
-    const onText = options.onOutput;
-    const decoder = onText ? new StringDecoder('utf8') : null;
-    const onLog = decoder
-      ? (chunk: Buffer): void => {
-          const text = decoder.write(chunk);
-          if (text.length > 0) onText!('stderr', text);
-        }
-      : undefined;
-    let result;
-    // Cancelled while it runs (the client went away, a cluster worker was fenced): a handler cannot be interrupted
-    // inside its sandbox, so the sandbox goes, and with it the call.
-    const sandbox = lease.sandbox;
-    const cancel = (): void => void sandbox.destroy();
-    options.signal?.addEventListener('abort', cancel, { once: true });
+    // The tenant's concurrency slot, once the function's is held: a call waiting for a slot (or a sandbox) of the
+    // function holds none of its tenant's quota, which counts what runs. Refused: the sandbox goes back unused.
+    let releaseTenant: (() => void) | undefined;
     try {
-      result = await sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}), ...(options.trace ? { traceparent: options.trace.traceparent } : {}) });
-      const rest = decoder?.end();
-      if (rest) onText!('stderr', rest);
+      releaseTenant = await options.scope?.acquire?.();
     } catch (error) {
-      lease.release(false, NaN);
-      observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });
-      if (options.signal?.aborted) throw options.signal.reason;
-      throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'the warm sandbox failed', { cause: error });
-    } finally {
-      options.signal?.removeEventListener('abort', cancel);
+      lease.release(true, NaN);
+      throw error;
     }
-    if (options.signal?.aborted) {
-      // It ended as its sandbox was killed (a crash as far as the agent could tell): the caller's reason is the answer.
-      // It ran until then: its time and CPU are billed (as a failed call), or cancelling would be a way to run free.
-      lease.release(false, NaN);
+    try {
+      const started = { coldStart: lease.coldStart, queuedMs: lease.waitedMs, ...(lease.coldStart ? { sandboxStartMs: lease.sandbox.startMs } : {}) };
+      const phases = options.trace?.phases;
+      if (phases) {
+        // The pool times the wait and the sandbox's start as one: a cold start's last startMs were the sandbox starting,
+        // the rest was waiting (for a slot of the function, a start slot of the server).
+        const leasedAtMs = spanClockMs();
+        phases.enter('start', { [ATTR.executor]: executorName, [ATTR.coldStart]: lease.coldStart }, lease.coldStart ? leasedAtMs - lease.sandbox.startMs : leasedAtMs);
+        phases.enter('run', undefined, leasedAtMs);
+      }
+      options.onStarted?.(invocationId, { coldStart: lease.coldStart, executor: executorName });
+      // The handler's console/print output, live (log followers); the whole of it also comes back in `result.logs`.
+      const onText = options.onOutput;
+      const decoder = onText ? new StringDecoder('utf8') : null;
+      const onLog = decoder
+        ? (chunk: Buffer): void => {
+            const text = decoder.write(chunk);
+            if (text.length > 0) onText!('stderr', text);
+          }
+        : undefined;
+      let result;
+      // Cancelled while it runs (the client went away, a cluster worker was fenced): a handler cannot be interrupted
+      // inside its sandbox, so the sandbox goes, and with it the call.
+      const sandbox = lease.sandbox;
+      const cancel = (): void => void sandbox.destroy();
+      options.signal?.addEventListener('abort', cancel, { once: true });
+      try {
+        result = await sandbox.invoke(body, { timeoutMs, outputBytes: entry.outputBytes, ...(onLog ? { onLog } : {}), ...(options.trace ? { traceparent: options.trace.traceparent } : {}) });
+        const rest = decoder?.end();
+        if (rest) onText!('stderr', rest);
+      } catch (error) {
+        lease.release(false, NaN);
+        observe({ ...event, ...started, status: 'error', durationMs: 0, outBytes: 0 });
+        if (options.signal?.aborted) throw options.signal.reason;
+        throw error instanceof KindlingError ? error : new KindlingError('EXECUTOR_FAILED', 'the warm sandbox failed', { cause: error });
+      } finally {
+        options.signal?.removeEventListener('abort', cancel);
+      }
+      if (options.signal?.aborted) {
+        // It ended as its sandbox was killed (a crash as far as the agent could tell): the caller's reason is the answer.
+        // It ran until then: its time and CPU are billed (as a failed call), or cancelling would be a way to run free.
+        lease.release(false, NaN);
+        const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
+        observe({ ...event, ...started, status: 'failed', durationMs: result.durationMs, outBytes: 0, ...usage });
+        throw options.signal.reason;
+      }
+      const healthy = result.exitCode <= 1 && lease.sandbox.alive;
+      // What the sandbox's cgroup peaked at so far is what it counts against the warm memory budget from now on.
+      const usedMb = result.usage?.memoryPeakBytes ? Math.min(entry.memoryMb, result.usage.memoryPeakBytes / 1_048_576) : undefined;
+      lease.release(healthy, result.durationMs, usedMb);
+      const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
       const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
-      observe({ ...event, ...started, status: 'failed', durationMs: result.durationMs, outBytes: 0, ...usage });
-      throw options.signal.reason;
+      observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length, ...usage });
+      return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut, oomKilled: result.oomKilled, truncated: result.truncated };
+    } finally {
+      releaseTenant?.();
     }
-    const healthy = result.exitCode <= 1 && lease.sandbox.alive;
-    // What the sandbox's cgroup peaked at so far is what it counts against the warm memory budget from now on.
-    const usedMb = result.usage?.memoryPeakBytes ? Math.min(entry.memoryMb, result.usage.memoryPeakBytes / 1_048_576) : undefined;
-    lease.release(healthy, result.durationMs, usedMb);
-    const status = result.timedOut ? 'timeout' : result.oomKilled ? 'oom' : result.exitCode === 0 ? 'succeeded' : 'failed';
-    const usage = result.usage ? { cpuMs: result.usage.cpuMs, memoryPeakBytes: result.usage.memoryPeakBytes } : {};
-    observe({ ...event, ...started, status, durationMs: result.durationMs, outBytes: result.body.length, ...usage });
-    return { ...base, exitCode: result.exitCode, body: result.body, stderr: result.logs, durationMs: result.durationMs, coldStart: lease.coldStart, timedOut: result.timedOut, oomKilled: result.oomKilled, truncated: result.truncated };
   }
 
   async close(): Promise<void> {
