@@ -105,6 +105,12 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     const replay = await enqueue(second.url);
     assert.equal(((await replay.json()) as { invocationId: string }).invocationId, invocationId, 'the same key through the second gateway names it');
 
+    // A third gateway started with the first one's id is refused: the first answers the question whether the id is in
+    // use (its user may subscribe to the gateways' ping subjects and answer in their inboxes).
+    const twin = await cli(['serve', '--cluster', url, '--role', 'gateway', '--node-name', 'gw-tls', '--port', '0', '--data-dir', join(dir, 'twin'), '--prewarm', '0', '--generic-sandboxes', '0', ...gatewayArgs]);
+    assert.equal(twin.code, 2, twin.output);
+    assert.match(twin.output, /node id "gw-tls" is in use by a live node/);
+
     // `kindling cluster status` with the same options sees the worker.
     const status = await cli(['cluster', 'status', '--cluster', url, '--json', ...gatewayArgs]);
     assert.equal(status.code, 0, status.output);

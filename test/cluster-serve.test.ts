@@ -226,22 +226,35 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     await waitFor(async () => (await inFlight()) === 0, { timeoutMs: 30_000, intervalMs: 100, what: 'the worker to abort the run' });
   });
 
-  it("a node id in use is refused at start; a function's maxConcurrency holds across workers", { timeout: 120_000 }, async (context) => {
+  it("a node id in use (a worker's, a gateway's) is refused at start; a function's maxConcurrency holds across workers", { timeout: 120_000 }, async (context) => {
     const { t, natsUrl, gateway } = await gatewayWithWorker(context);
     // A second process with the id of a live worker would split its calls: it exits before it listens, saying why.
     const twinDir = await mkdtemp(join(tmpdir(), 'kindling-cluster-twin-'));
     t.after(() => rm(twinDir, { recursive: true, force: true }));
-    const twin = await new Promise<{ code: number | null; output: string }>((resolve) => {
-      const child = spawn(process.execPath, [KINDLING_CLI, 'serve', '--cluster', natsUrl, '--role', 'worker', '--node-name', 'wk-a', '--port', '0', '--data-dir', twinDir, '--images-dir', IMAGES_DIR, '--prewarm', '0', '--generic-sandboxes', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      t.after(() => stop(child, 'SIGKILL'));
-      let output = '';
-      child.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
-      child.stderr.on('data', (chunk: Buffer) => (output += String(chunk)));
-      child.once('exit', (code) => resolve({ code, output }));
-    });
+    // A process started with an id that is in use: its exit code and what it printed.
+    const startTwin = (role: string, nodeId: string): Promise<{ code: number | null; output: string }> =>
+      new Promise((resolve) => {
+        const child = spawn(process.execPath, [KINDLING_CLI, 'serve', '--cluster', natsUrl, '--role', role, '--node-name', nodeId, '--port', '0', '--data-dir', twinDir, '--images-dir', IMAGES_DIR, '--prewarm', '0', '--generic-sandboxes', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+        t.after(() => stop(child, 'SIGKILL'));
+        let output = '';
+        const read = (chunk: Buffer): void => {
+          output += String(chunk);
+          // Started after all (the check failed): stopped here, so the test fails at once rather than at its timeout.
+          if (output.includes('Kindling is listening')) child.kill('SIGKILL');
+        };
+        child.stdout.on('data', read);
+        child.stderr.on('data', read);
+        child.once('exit', (code) => resolve({ code, output }));
+      });
+    const twin = await startTwin('worker', 'wk-a');
     assert.notEqual(twin.code, 0);
     assert.match(twin.output, /node id "wk-a" is in use by a live node/);
     assert.doesNotMatch(twin.output, /Kindling is listening/);
+    // So does a second gateway with the id of a live gateway (it would take over its registered address).
+    const gatewayTwin = await startTwin('gateway', 'gw-1');
+    assert.notEqual(gatewayTwin.code, 0);
+    assert.match(gatewayTwin.output, /node id "gw-1" is in use by a live node/);
+    assert.doesNotMatch(gatewayTwin.output, /Kindling is listening/);
 
     // Two workers: a cold function's first calls would go one to each. Its maxConcurrency of 1 (no queue) is counted
     // by the gateway, so a second call at the same time is refused, whichever worker is free.

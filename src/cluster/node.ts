@@ -3,13 +3,13 @@
  * per role what it does there. A `worker` heartbeats and answers runs; a `gateway` watches the registry and sends the
  * invocations workers can take to them; `all` does both (and runs here what is placed on itself).
  */
-import { createInbox, errors, nuid } from '@nats-io/transport-node';
+import { createInbox, errors, nuid, type Subscription } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { GATEWAY_INBOX_PREFIX, WORKER_INBOX_PREFIX, connectCluster, type ClusterConnection, type ClusterConnectionStatus } from './connection.js';
 import { Registry, type Heartbeat, type RegistryView, type WorkerEntry } from './registry.js';
 import { KindlingError } from '../core/errors.js';
 import { REMOTE_RUNS_DEFAULTS, RemoteRuns, type RemoteRunsOptions } from './remote-runs.js';
-import { pingSubject } from './run-protocol.js';
+import { gatewayPingSubject, pingSubject } from './run-protocol.js';
 import type { IdleUsageEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
@@ -44,6 +44,8 @@ export class ClusterNode {
   private owners: InvocationOwners | null = null;
   private sharedUsage: SharedUsage | null = null;
   private sharedArtifacts: SharedArtifacts | null = null;
+  /** Gateways and `all`: answers whether a live gateway holds this node's id. */
+  private gatewayPing: Subscription | null = null;
 
   private constructor(
     readonly config: ClusterConfig,
@@ -90,9 +92,14 @@ export class ClusterNode {
           })
         : null;
       node = new ClusterNode(config, connection, registry, view, router, logger);
-      // Two processes with one id would split its calls and overwrite each other's heartbeats: refused before this
-      // server starts.
-      if (config.role !== 'gateway') await node.claimNodeId();
+      // Two processes with one id would split its calls and overwrite each other's heartbeats (workers), or each other's
+      // registered address and presence (gateways): refused before this server starts.
+      if (config.role !== 'gateway') await node.claimNodeId(pingSubject(config.nodeId), WORKER_INBOX_PREFIX);
+      if (config.role !== 'worker') {
+        await node.claimNodeId(gatewayPingSubject(config.nodeId), GATEWAY_INBOX_PREFIX);
+        const identity = JSON.stringify({ nodeId: config.nodeId, instance: nuid.next(), startedAt: new Date().toISOString() });
+        node.gatewayPing = connection.nc.subscribe(gatewayPingSubject(config.nodeId), { callback: (error, msg) => void (error === null && msg.respond(identity)) });
+      }
       logger.info({ role: config.role, nodeId: config.nodeId, urls: config.urls }, 'joined the cluster');
       return node;
     } catch (error) {
@@ -183,13 +190,15 @@ export class ClusterNode {
     );
   }
 
-  /** Refuses an id a live node answers to; an id whose last holder is gone (no responders) is free at once. */
-  private async claimNodeId(): Promise<void> {
+  /**
+   * Refuses an id a live node answers to on `subject` (workers' or gateways' question, each answered to its role's
+   * inboxes only, so no worker can answer for a gateway); an id whose last holder is gone (no responders) is free at once.
+   */
+  private async claimNodeId(subject: string, inboxPrefix: string): Promise<void> {
     const id = this.config.nodeId;
     let answer: string;
     try {
-      // Answered by workers (and `all` nodes), which may publish only to the workers' inboxes.
-      answer = (await this.connection.nc.request(pingSubject(id), '', { timeout: 2_000, noMux: true, reply: createInbox(WORKER_INBOX_PREFIX) })).string();
+      answer = (await this.connection.nc.request(subject, '', { timeout: 2_000, noMux: true, reply: createInbox(inboxPrefix) })).string();
     } catch (error) {
       if (error instanceof errors.NoRespondersError || (error instanceof errors.RequestError && error.isNoResponders())) return;
       if (error instanceof errors.TimeoutError) {
@@ -281,6 +290,7 @@ export class ClusterNode {
       this.sharedArtifacts?.close();
       this.tenantSlots?.close();
       this.owners?.close();
+      this.gatewayPing?.unsubscribe();
       await this.connection.close();
     })();
     return this.closing;

@@ -20,6 +20,8 @@ export const invokeSubject = (nodeId: string): string => `kindling.workers.${nod
 export const cancelSubject = (nodeId: string): string => `kindling.workers.${nodeId}.cancel`;
 /** A starting node asks whether its id is taken: a live node with that id answers `{nodeId, instance, startedAt}`. */
 export const pingSubject = (nodeId: string): string => `kindling.workers.${nodeId}.ping`;
+/** The same question among gateways (and `all` nodes), answered to the gateways' inboxes only. */
+export const gatewayPingSubject = (nodeId: string): string => `kindling.gateways.${nodeId}.ping`;
 export const RUN_SUBJECT_PREFIX = 'kindling.runs.';
 /**
  * Workers send the idle usage of the warm sandboxes they keep for gateways' functions (CPU between calls: an
