@@ -56,6 +56,11 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     await writeFile(join(dir, 'gateway.pass'), 'gateway-secret\n', { mode: 0o600 });
     await writeFile(join(dir, 'worker.pass'), 'worker-secret\n', { mode: 0o600 });
     await writeFile(join(dir, 'wrong.pass'), 'not-it\n', { mode: 0o600 });
+    await writeFile(join(dir, 'wk-tls.pass'), 'wk-tls-secret\n', { mode: 0o600 });
+    // The worker has a NATS user of its own, as `kindling cluster nats-user` prints it, added to the shipped users.
+    const ownUser = await cli(['cluster', 'nats-user', 'wk-tls']);
+    assert.equal(ownUser.code, 0, ownUser.output);
+    const ownEntry = ownUser.output.split('\n').filter((line) => line.startsWith('{')).join('\n');
     const nats = await startNatsCluster(t, {
       nodes: 1,
       extraConfig: [
@@ -63,13 +68,14 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
         'KINDLING_GATEWAY_PASSWORD: "gateway-secret"',
         'KINDLING_WORKER_PASSWORD: "worker-secret"',
         'KINDLING_ALL_PASSWORD: "all-secret"',
-        await readFile(AUTHORIZATION, 'utf8'),
+        'KINDLING_WORKER_WK_TLS_PASSWORD: "wk-tls-secret"',
+        (await readFile(AUTHORIZATION, 'utf8')).replace('users = [', `users = [\n    ${ownEntry}`),
       ].join('\n'),
     });
     const url = (nats.urls[0] as string).replace('nats://', 'tls://');
     const tlsArgs = ['--cluster-tls-ca', `${dir}/ca.pem`, '--cluster-tls-cert', `${dir}/client.pem`, '--cluster-tls-key', `${dir}/client.key`];
     const gatewayArgs = [...tlsArgs, '--cluster-user', 'kindling-gateway', '--cluster-password-file', `${dir}/gateway.pass`];
-    const workerArgs = [...tlsArgs, '--cluster-user', 'kindling-worker', '--cluster-password-file', `${dir}/worker.pass`];
+    const workerArgs = [...tlsArgs, '--cluster-user', 'kindling-worker-wk-tls', '--cluster-password-file', `${dir}/wk-tls.pass`];
 
     const gateway = await startNode(t, url, 'gateway', 'gw-tls', undefined, {}, gatewayArgs);
     const worker = await startNode(t, url, 'worker', 'wk-tls', undefined, {}, workerArgs);
@@ -170,5 +176,22 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     asWorker.nc.subscribe('_INBOX_GATEWAYS.>');
     await asWorker.nc.flush().catch(() => undefined);
     await waitFor(() => errors.some((error) => /permissions violation for subscription to "_INBOX_GATEWAYS\.>"/i.test(error)), { timeoutMs: 10_000, what: "the server to refuse reading the gateways' inboxes" });
+
+    // A worker's own user (the one wk-tls ran every call above with) may not take the runs sent to another worker,
+    // nor read the answers to another worker's requests (the bundle chunks it fetched).
+    const asOwnWorker = await connectCluster([url], {
+      security: { tls: { ca: await readFile(`${dir}/ca.pem`, 'utf8'), cert: await readFile(`${dir}/client.pem`, 'utf8'), key: await readFile(`${dir}/client.key`, 'utf8') }, auth: { user: 'kindling-worker-wk-tls', password: 'wk-tls-secret' } },
+    });
+    t.after(() => asOwnWorker.close());
+    const ownErrors: string[] = [];
+    void (async () => {
+      for await (const event of asOwnWorker.nc.status()) if (event.type === 'error') ownErrors.push(String(event.error));
+    })();
+    for (const subject of ['kindling.workers.wk-other.invoke', 'kindling.workers.*.invoke', '_INBOX_WORKERS.wk-other.>', '_INBOX_WORKERS.>']) {
+      asOwnWorker.nc.subscribe(subject);
+      await asOwnWorker.nc.flush().catch(() => undefined);
+      const escaped = subject.replace(/[.*>]/g, (char) => `\\${char}`);
+      await waitFor(() => ownErrors.some((error) => new RegExp(`permissions violation for subscription to "${escaped}"`, 'i').test(error)), { timeoutMs: 10_000, what: `the server to refuse ${subject} to a worker's own user` });
+    }
   });
 });

@@ -1,12 +1,14 @@
 /**
  * `kindling cluster status --cluster URLS [--json]`: what the cluster's NATS holds about it, read without creating
  * anything: the workers that heartbeat (role, capacity, load, warm function versions) and the async queue's counts.
+ * `kindling cluster nats-user ID...`: the NATS users of workers of their own, for deploy/nats/authorization.conf.
  */
 import type { Command } from 'commander';
 import { AsyncQueue, type QueueStatus } from '../cluster/async-queue.js';
 import { GATEWAY_INBOX_PREFIX, connectCluster, parseClusterUrls, type ClusterSecurity } from '../cluster/connection.js';
 import { addClusterSecurityOptions, clusterSecurity } from './cluster-security.js';
 import { Registry, type WorkerEntry } from '../cluster/registry.js';
+import { workerPasswordVariable, workerUserEntry } from '../cluster/nats-users.js';
 
 export interface ClusterStatus {
   nats: { urls: string[]; connectedTo: string; cluster: string | null; servers: number };
@@ -76,6 +78,20 @@ export function registerClusterCommands(program: Command): void {
         process.stdout.write(options.json ? `${JSON.stringify(status, null, 2)}\n` : formatClusterStatus(status));
       } finally {
         await conn.close();
+      }
+    });
+  cluster
+    .command('nats-user')
+    .description("print a NATS user of its own for each worker (an entry of deploy/nats/authorization.conf's users): it may take only the runs sent to that worker")
+    .argument('<node-ids...>', "the workers' --node-name")
+    .action((nodeIds: string[]) => {
+      try {
+        const entries = nodeIds.map((id) => workerUserEntry(id));
+        const variables = nodeIds.map((id) => workerPasswordVariable(id)).join(', ');
+        process.stdout.write(`# Add to the users of authorization.conf; passwords from nats-server's environment: ${variables}.\n# Each worker then starts with --cluster-user kindling-worker-<id> and its --node-name <id>.\n${entries.join('\n')}\n`);
+      } catch (error) {
+        process.stderr.write(`kindling: ${error instanceof Error ? error.message : String(error)}\n`);
+        process.exitCode = 2;
       }
     });
 }

@@ -10,6 +10,7 @@ import { Registry, type Heartbeat, type RegistryView, type WorkerEntry } from '.
 import { KindlingError } from '../core/errors.js';
 import { REMOTE_RUNS_DEFAULTS, RemoteRuns, type RemoteRunsOptions } from './remote-runs.js';
 import { gatewayPingSubject, pingSubject } from './run-protocol.js';
+import { workerInboxPrefix } from './nats-users.js';
 import type { IdleUsageEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
@@ -69,7 +70,8 @@ export class ClusterNode {
       // A silent partition (no TCP reset) is noticed within seconds, so fencing starts (nats.js: 2 min by default).
       pingIntervalMs: 3_000,
       // Answers to a gateway's questions come to the gateways' inboxes, where no worker may publish (authorization.conf).
-      inboxPrefix: config.role === 'worker' ? WORKER_INBOX_PREFIX : GATEWAY_INBOX_PREFIX,
+      // A worker's own (under the workers'): with a NATS user of its own, no other worker reads them (nats-users.ts).
+      inboxPrefix: config.role === 'worker' ? workerInboxPrefix(config.nodeId) : GATEWAY_INBOX_PREFIX,
       ...(config.security ? { security: config.security } : {}),
       onStatus: (status, detail) => {
         logger[status === 'connected' ? 'info' : 'warn']({ nats: status, detail }, 'cluster connection');
@@ -94,7 +96,8 @@ export class ClusterNode {
       node = new ClusterNode(config, connection, registry, view, router, logger);
       // Two processes with one id would split its calls and overwrite each other's heartbeats (workers), or each other's
       // registered address and presence (gateways): refused before this server starts.
-      if (config.role !== 'gateway') await node.claimNodeId(pingSubject(config.nodeId), WORKER_INBOX_PREFIX);
+      // (The answer to the workers' question comes from a worker, which may publish to the workers' inboxes only.)
+      if (config.role !== 'gateway') await node.claimNodeId(pingSubject(config.nodeId), config.role === 'worker' ? workerInboxPrefix(config.nodeId) : WORKER_INBOX_PREFIX);
       if (config.role !== 'worker') {
         await node.claimNodeId(gatewayPingSubject(config.nodeId), GATEWAY_INBOX_PREFIX);
         const identity = JSON.stringify({ nodeId: config.nodeId, instance: nuid.next(), startedAt: new Date().toISOString() });
