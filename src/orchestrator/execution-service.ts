@@ -47,6 +47,13 @@ export interface TenantScope {
    * in a cluster of several gateways, where the slots are shared (src/cluster/tenant-slots.ts).
    */
   acquire?: () => (() => void) | Promise<() => void>;
+  /**
+   * Throws the 429 `acquire` would throw now, reserving nothing. A function's call takes the tenant's slot only once
+   * it holds the function's own, and checks this first: a tenant that runs all it may is refused at once, so it
+   * neither waits in a function's queue nor makes a sandbox start, for a call that would be refused. Absent with
+   * `acquire`.
+   */
+  checkSlot?: () => void;
   /** The tenant's cap on request bodies (quota maxPayloadBytes); absent: the server's limits. */
   maxPayloadBytes?: number;
   /** The tenant's concurrency quota; it also bounds the warm sandboxes its functions keep (minWarm summed). */

@@ -328,6 +328,9 @@ describe("FunctionService: the tenant's concurrency slot is taken after the func
     const scope = {
       name: 'default',
       caps: {},
+      checkSlot: () => {
+        if (tenant.running >= quota) throw new KindlingError('TENANT_CONCURRENCY_LIMIT', 'the tenant runs all it may');
+      },
       acquire: () => {
         if (tenant.running >= quota) throw new KindlingError('TENANT_CONCURRENCY_LIMIT', 'the tenant runs all it may');
         tenant.running++;
@@ -376,6 +379,22 @@ describe("FunctionService: the tenant's concurrency slot is taken after the func
     }
   });
 
+  it('a tenant that runs all it may is refused at once: its call does not wait in the function\'s queue first', async () => {
+    const { store, gates, scope, service, until } = setup(1);
+    try {
+      await service.deploy('default', 'single', { image: 'kindling/base', command: ['cat'], maxConcurrency: 1 });
+      const first = service.invoke('default', 'single', Buffer.from('a'), { scope });
+      await until(() => gates.length === 1);
+      // Without the check it would queue for the function (up to 30 s), then be refused by the tenant's quota.
+      await assert.rejects(service.invoke('default', 'single', Buffer.from('b'), { scope }), (error: KindlingError) => error.code === 'TENANT_CONCURRENCY_LIMIT');
+      gates[0]!.open();
+      await first;
+    } finally {
+      await service.close();
+      store.close();
+    }
+  });
+
   it("a call refused by the tenant's quota gives its function's slot back", async () => {
     const { store, gates, tenant, scope, service, until } = setup(1);
     try {
@@ -383,7 +402,9 @@ describe("FunctionService: the tenant's concurrency slot is taken after the func
       await service.deploy('default', 'other', { image: 'kindling/base', command: ['cat'] });
       const other = service.invoke('default', 'other', Buffer.from('c'), { scope });
       await until(() => gates.length === 1);
-      await assert.rejects(service.invoke('default', 'single', Buffer.from('a'), { scope }), (error: KindlingError) => error.code === 'TENANT_CONCURRENCY_LIMIT');
+      // (A slot taken between the check and the acquire, as by a call on another gateway: here, no check.)
+      const { checkSlot: _unchecked, ...racing } = scope;
+      await assert.rejects(service.invoke('default', 'single', Buffer.from('a'), { scope: racing }), (error: KindlingError) => error.code === 'TENANT_CONCURRENCY_LIMIT');
       gates[0]!.open();
       await other;
       // Had the refused call kept the function's only slot (no queue), this one would be a 429 TOO_MANY_REQUESTS.

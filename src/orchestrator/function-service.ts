@@ -642,7 +642,9 @@ export class FunctionService {
     const executor = spec.executor ?? this.options.defaultExecutor;
     // The tenant's concurrency quota covers handler and command functions alike. Its slot is taken once the function's
     // own slot is held (by admit, by the warm pool for handlers): a call waiting in a function's queue holds none of
-    // its tenant's quota, which counts what runs, so it cannot starve the tenant's other functions.
+    // its tenant's quota, which counts what runs, so it cannot starve the tenant's other functions. A tenant that runs
+    // all it may is refused at once all the same (checkSlot reserves nothing).
+    options.scope?.checkSlot?.();
     // Cluster mode: a worker runs it when the router takes it (null: it runs here).
     // (Optional chaining: on a server on its own no argument, not even the closure, is made.)
     const forwarded = route.remote
@@ -707,7 +709,7 @@ export class FunctionService {
    * maxConcurrency slot again: the router holds the latter while it runs.
    */
   private invokeHere(version: FunctionVersion, body: Buffer, options: InvokeOptions): Promise<InvocationResult> {
-    const { acquire: _taken, ...scope } = options.scope ?? { name: version.tenant, caps: {} };
+    const { acquire: _taken, checkSlot: _checked, ...scope } = options.scope ?? { name: version.tenant, caps: {} };
     return this.invokeVersion(version, body, { ...options, scope }, { remote: false, admitted: true });
   }
 

@@ -408,7 +408,10 @@ export class HandlerPools implements HandlerInvoker {
     let releaseTenant: (() => void) | undefined;
     try {
       releaseTenant = await options.scope?.acquire?.();
+      // Cancelled while the slot was taken (a cluster's shared slot is a round trip): nothing runs.
+      options.signal?.throwIfAborted();
     } catch (error) {
+      releaseTenant?.();
       lease.release(true, NaN);
       throw error;
     }

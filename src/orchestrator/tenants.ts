@@ -283,15 +283,8 @@ export class TenantService {
    * With shared slots (a cluster's gateways) a tenant with a quota also takes one of the cluster's: then a promise.
    */
   acquireSlot(tenant: string): (() => void) | Promise<() => void> {
-    const state = this.tenants.get(tenant);
-    if (!state) throw new KindlingError('TENANT_NOT_FOUND', `tenant "${tenant.slice(0, 80)}" does not exist (it was deleted)`);
+    const state = this.stateWithFreeSlot(tenant);
     const max = state.quotas.maxConcurrency;
-    if (max !== null && state.running >= max) {
-      throw new KindlingError('TENANT_CONCURRENCY_LIMIT', `tenant "${tenant}" already runs ${max} executions at once (quota maxConcurrency); retry when one finished`, {
-        retryAfterSeconds: 1,
-        details: { maxConcurrency: max },
-      });
-    }
     state.running++;
     let released = false;
     const release = (): void => {
@@ -311,6 +304,24 @@ export class TenantService {
         throw error;
       },
     );
+  }
+
+  /** Throws what acquireSlot would throw now (this server's count; in a cluster the shared count is acquireSlot's). */
+  checkSlot(tenant: string): void {
+    this.stateWithFreeSlot(tenant);
+  }
+
+  private stateWithFreeSlot(tenant: string): TenantState {
+    const state = this.tenants.get(tenant);
+    if (!state) throw new KindlingError('TENANT_NOT_FOUND', `tenant "${tenant.slice(0, 80)}" does not exist (it was deleted)`);
+    const max = state.quotas.maxConcurrency;
+    if (max !== null && state.running >= max) {
+      throw new KindlingError('TENANT_CONCURRENCY_LIMIT', `tenant "${tenant}" already runs ${max} executions at once (quota maxConcurrency); retry when one finished`, {
+        retryAfterSeconds: 1,
+        details: { maxConcurrency: max },
+      });
+    }
+    return state;
   }
 
   running(tenant: string): number {
@@ -450,6 +461,7 @@ export class TenantService {
       name,
       caps: capsFrom(quotas),
       acquire: () => this.acquireSlot(name),
+      checkSlot: () => this.checkSlot(name),
       ...(quotas.maxPayloadBytes === null ? {} : { maxPayloadBytes: quotas.maxPayloadBytes }),
       ...(quotas.maxConcurrency === null ? {} : { maxConcurrency: quotas.maxConcurrency }),
       ...(quotas.maxConcurrentBuilds === null ? {} : { maxConcurrentBuilds: quotas.maxConcurrentBuilds }),
