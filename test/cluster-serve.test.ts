@@ -212,6 +212,27 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     await stop(reaper.child, 'SIGTERM');
   });
 
+  it('an async invocation whose worker stalls mid-run (SIGSTOP: still subscribed, still in the registry, warm) is delivered to another worker, not back to it', { timeout: 120_000 }, async (context) => {
+    const { t, natsUrl, gateway, worker } = await gatewayWithWorker(context);
+    await deploy(gateway, 'slow', { runtime: 'node', handler: 'handler', timeoutMs: 60_000, code: 'exports.handler = async (event) => { if (event !== "warm") await new Promise((r) => setTimeout(r, 4000)); return "slept " + event; }' });
+    // Warm on the first worker only, so placement prefers it.
+    assert.equal((await invoke(gateway, 'slow', 'warm')).node, 'wk-a');
+    const second = await startNode(t, natsUrl, 'worker', 'wk-b');
+    await waitFor(async () => JSON.stringify(await new Kindling({ url: gateway.url }).cluster()).includes('"wk-b"'), { timeoutMs: 30_000, what: 'the gateway to see the second worker' });
+    const accepted = await fetch(`${gateway.url}/v1/functions/slow/invoke`, { method: 'POST', headers: { 'content-type': 'text/plain', 'x-kindling-async': 'true' }, body: 'stalled' });
+    const location = accepted.headers.get('location')!;
+    await waitFor(async () => /^kindling_handler_invocations_in_flight(\{[^}]*\})? 1$/m.test(await (await fetch(`${worker.url}/metrics`)).text()), { timeoutMs: 30_000, intervalMs: 100, what: 'the run to start on the first worker' });
+    worker.child.kill('SIGSTOP');
+    t.after(async () => void worker.child.kill('SIGCONT'));
+    type View = { status: string; attempts: number };
+    const view = async (): Promise<View> => (await (await fetch(`${gateway.url}${location}`)).json()) as View;
+    await waitFor(async () => !['queued', 'running'].includes((await view()).status), { timeoutMs: 60_000, intervalMs: 200, what: 'the invocation to finish' });
+    assert.deepEqual([(await view()).status, (await view()).attempts], ['succeeded', 2], JSON.stringify(await view()));
+    const secondRan = Number(/^kindling_invocations_total\{[^}]*function="slow"[^}]*status="succeeded"[^}]*\} (\d+)$/m.exec(await (await fetch(`${second.url}/metrics`)).text())?.[1] ?? 0);
+    assert.equal(secondRan, 1, 'the second worker ran it');
+    worker.child.kill('SIGCONT');
+  });
+
   it('a worker cut off from NATS aborts the runs gateways sent it (fencing), and the gateway answers WORKER_LOST', { timeout: 120_000 }, async (context) => {
     const { nats, gateway, worker } = await gatewayWithWorker(context);
     await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 120_000, code: 'exports.handler = () => new Promise(() => {})' });

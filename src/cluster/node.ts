@@ -85,6 +85,7 @@ export class ClusterNode {
         ? new RemoteRuns(connection.nc, {
             nodeId: config.nodeId,
             runsHere: config.role === 'all',
+            connected: () => connection.status() === 'connected',
             workers: () => view.workers(),
             ...(config.silenceTimeoutMs === undefined ? {} : { silenceTimeoutMs: config.silenceTimeoutMs }),
             ...(hooks.onMetered ? { onMetered: hooks.onMetered } : {}),

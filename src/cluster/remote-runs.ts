@@ -37,6 +37,11 @@ export interface RemoteRunsOptions {
   onOutcome?: (outcome: 'answered' | 'worker_lost' | 'no_workers' | 'cancelled') => void;
   /** The idle usage workers send for the warm sandboxes they keep for this cluster's functions. */
   onIdleUsage?: (event: IdleUsageEvent) => void;
+  /**
+   * Whether this node's own NATS connection is up: a run that goes silent while it is down failed on this side
+   * (CLUSTER_UNAVAILABLE), not its worker's, which is then not taken for lost. Default: always up.
+   */
+  connected?: () => boolean;
 }
 
 export const REMOTE_RUNS_DEFAULTS = {
@@ -75,6 +80,13 @@ const isBuiltInImage = (image: string): boolean => {
 export class RemoteRuns implements RemoteRouter {
   /** Runs this gateway has sent to each worker and not seen end: added to the worker's last heartbeat, which lags. */
   private readonly sent = new Map<string, number>();
+  /**
+   * Workers given up on mid-run (WORKER_LOST), with the heartbeat they had then: not placed on again until a newer
+   * heartbeat says they are back. Their registry entries outlive them (the TTL), and a worker cut off from NATS, or
+   * stalled, still has interest in its subject for a while, so without this an invocation delivered again could go
+   * back to the worker that lost it, time after time.
+   */
+  private readonly lost = new Map<string, string>();
   /**
    * One wildcard subscription for the replies of every run (`<prefix>.<runId>`), as nats.js muxes its requests: a
    * subscription per run would cost a SUB and an UNSUB each and wait for its interest to spread over a NATS cluster.
@@ -126,7 +138,8 @@ export class RemoteRuns implements RemoteRouter {
   close(): void {
     this.subscription.unsubscribe();
     this.idleSubscription?.unsubscribe();
-    for (const run of [...this.waiting.values()]) run.fail(new KindlingError('SHUTTING_DOWN', 'the gateway stopped before the worker answered; the invocation may have run', { retryAfterSeconds: 1 }));
+    // `sent`: unlike a SHUTTING_DOWN refusal, the run may have happened (an async invocation counts it as an attempt).
+    for (const run of [...this.waiting.values()]) run.fail(new KindlingError('SHUTTING_DOWN', 'the gateway stopped before the worker answered; the invocation may have run', { retryAfterSeconds: 1, details: { sent: true } }));
   }
 
   /** Tells every worker a function is gone, so its warm sandboxes there go too (workers hear of deploys with calls). */
@@ -183,8 +196,13 @@ export class RemoteRuns implements RemoteRouter {
   }
 
   private place(version: FunctionVersion, exclude: ReadonlySet<string>): string | null {
-    const candidates: PlacementCandidate[] = this.options.workers()
-      .filter((worker) => !exclude.has(worker.nodeId) && (worker.nodeId !== this.options.nodeId || this.options.runsHere))
+    const workers = this.options.workers();
+    if (this.lost.size > 0) {
+      // Forgotten once it left the view or heartbeated again.
+      for (const [nodeId, heartbeatAt] of this.lost) if (!workers.some((worker) => worker.nodeId === nodeId && worker.heartbeatAt === heartbeatAt)) this.lost.delete(nodeId);
+    }
+    const candidates: PlacementCandidate[] = workers
+      .filter((worker) => !exclude.has(worker.nodeId) && !this.lost.has(worker.nodeId) && (worker.nodeId !== this.options.nodeId || this.options.runsHere))
       .map((worker) => ({ nodeId: worker.nodeId, capacity: worker.capacity, warm: worker.warm, inFlight: Math.max(worker.inFlight, this.sent.get(worker.nodeId) ?? 0) }));
     return placeInvocation(candidates, versionKey(version), { spread: this.options.spread ?? 2 });
   }
@@ -247,11 +265,22 @@ export class RemoteRuns implements RemoteRouter {
         fail(error);
       };
       const lost = (why: string): KindlingError => new KindlingError('WORKER_LOST', `worker ${nodeId} ${why}; the invocation may have run: retry it only if it is safe to run twice`, { details: { node: nodeId } });
+      const silent = (): void => {
+        if (this.options.connected?.() === false) {
+          giveUp(new KindlingError('CLUSTER_UNAVAILABLE', `this gateway lost its NATS connection during the run on worker ${nodeId}; the invocation may have run: retry it only if it is safe to run twice`, { retryAfterSeconds: 1 }));
+          return;
+        }
+        this.markLost(nodeId);
+        giveUp(lost(`stopped answering for ${silenceMs} ms during the run`));
+      };
       const heard = (): void => {
         if (silence) clearTimeout(silence);
-        silence = setTimeout(() => giveUp(lost(`stopped answering for ${silenceMs} ms during the run`)), silenceMs);
+        silence = setTimeout(silent, silenceMs);
       };
-      const deadline = setTimeout(() => giveUp(lost(`sent no result within the function's timeout and ${REMOTE_RUNS_DEFAULTS.deadlineMarginMs} ms`)), deadlineMs);
+      const deadline = setTimeout(() => {
+        this.markLost(nodeId);
+        giveUp(lost(`sent no result within the function's timeout and ${REMOTE_RUNS_DEFAULTS.deadlineMarginMs} ms`));
+      }, deadlineMs);
       const onAbort = (): void => giveUp(options.signal?.reason ?? new KindlingError('CLIENT_DISCONNECTED', 'the invocation was cancelled'));
       const onMessage = (msg: Msg): void => {
         // No responders: the server's status answer (no data) to a request nobody subscribed to.
@@ -300,6 +329,10 @@ export class RemoteRuns implements RemoteRouter {
         fail(noWorkers(`the gateway could not reach NATS to send the invocation: ${(error as Error).message}`));
       }
     });
+  }
+
+  private markLost(nodeId: string): void {
+    this.lost.set(nodeId, this.options.workers().find((worker) => worker.nodeId === nodeId)?.heartbeatAt ?? '');
   }
 
   private toResult(nodeId: string, version: FunctionVersion, frame: Uint8Array): InvocationResult {

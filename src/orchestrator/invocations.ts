@@ -718,11 +718,13 @@ export class InvocationService {
         this.pause(failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS' ? 1000 : 200);
         return;
       }
-      if (failure?.code === 'WORKER_LOST') {
+      // Sent to a cluster worker and not answered (it was lost, or this gateway stopped first): it may have run.
+      if (failure?.code === 'WORKER_LOST' || (failure?.code === 'SHUTTING_DOWN' && failure.details?.sent === true)) {
         if (record.attempts < this.maxDeliveries) {
-          // Its worker died or was cut off mid-run: it may have run, but no outcome came. Delivered again (to a live
-          // worker: the lost one answers nothing now), in its place; the attempt stays counted.
-          this.options.onInfo?.('invocation queued again: its worker was lost mid-run', { invocationId: record.id, attempts: record.attempts, maxDeliveries: this.maxDeliveries });
+          // Its worker died or was cut off mid-run (or this gateway stopped first): it may have run, but no outcome
+          // came. Delivered again (to another worker: the router places nothing on a lost one until it heartbeats
+          // again; after a restart, for a stopping gateway), in its place; the attempt stays counted.
+          this.options.onInfo?.('invocation queued again: its run was lost mid-way', { invocationId: record.id, attempts: record.attempts, maxDeliveries: this.maxDeliveries });
           await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id, { countAttempt: true }));
           finish('redelivered');
           end('queued');
