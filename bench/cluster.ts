@@ -19,6 +19,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { REMOTE_RUNS_DEFAULTS } from '../src/cluster/remote-runs.js';
 import { AsyncQueue } from '../src/cluster/async-queue.js';
 import { connectCluster } from '../src/cluster/connection.js';
 import { startNatsCluster } from '../test/helpers/nats-cluster.js';
@@ -128,10 +129,75 @@ export async function runClusterGroup(ctx: BenchContext): Promise<GroupResult> {
     note: `all: ${samples.map((ms) => ms.toFixed(0)).join(', ')} ms; the dead worker's last progress signal was up to ackWait/3 before the kill`,
   });
   const natsPids = cluster.nodes.flatMap((node) => (node.process?.pid === undefined ? [] : [node.process.pid]));
+  // First of the sections with server processes: the workers they start stay registered until the bench ends, and
+  // the invocation must be placed on this section's first worker.
+  rows.push(await servedWorkerKill(ctx, cluster.urls, data));
   rows.push(...(await gatewayHop(ctx, cluster.urls, data, natsPids)));
   rows.push(...(await workerScaling(ctx, cluster.urls, data)));
   rows.push(...(await sharedGateways(ctx, cluster.urls, data)));
   return { rows, data };
+}
+
+/** The value of a gauge or counter (no labels, or the first series) in a server's GET /metrics; 0 when absent. */
+async function metricOf(server: BenchServer, name: string): Promise<number> {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  return Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+}
+
+/**
+ * The server roles' redelivery: an async invocation runs on worker A, A is killed with SIGKILL, and the gateway (which
+ * hears nothing from A for its silence timeout, 5 s) queues it again and places it on worker B. Measured: from the
+ * kill to the run starting on B (its cold start included), and the invocation's record at the end (succeeded, 2
+ * attempts). A's leftovers are reaped by a start on its data dir, as an operator's restart would.
+ */
+async function servedWorkerKill(ctx: BenchContext, urls: string[], data: Record<string, unknown>): Promise<Row> {
+  const natsUrls = urls.join(',');
+  const role = (name: string, dataDir?: string) =>
+    launchServer({ repoRoot: ctx.repoRoot, executor: 'sandbox', prewarm: 0, ...(dataDir === undefined ? {} : { dataDir }), extraArgs: ['--cluster', natsUrls, '--role', name.includes('gateway') ? 'gateway' : 'worker', '--node-name', name, '--generic-sandboxes', '0'] });
+  const sees = async (gateway: BenchServer, nodeId: string, present: boolean): Promise<void> => {
+    await until(async () => ((await (await fetch(`${gateway.url}/v1/cluster`)).json()) as { workers?: { nodeId: string }[] }).workers?.some((one) => one.nodeId === nodeId) === present, performance.now(), `the gateway to see ${nodeId}`);
+  };
+  const gateway = await role('kill-gateway');
+  const first = await role('kill-worker-a');
+  await sees(gateway, 'kill-worker-a', true);
+  const deployed = await jsonRequest(gateway, 'PUT', '/v1/functions/kill-sleep', null, { runtime: 'node', handler: 'handler', timeoutMs: 60_000, code: 'exports.handler = async (event) => { await new Promise((r) => setTimeout(r, 3000)); return "slept " + event; }' });
+  if (deployed.status !== 201) throw new Error(`deploy failed: ${deployed.status} ${JSON.stringify(deployed.json)}`);
+  const accepted = await fetch(`${gateway.url}/v1/functions/kill-sleep/invoke`, { method: 'POST', headers: { 'x-kindling-async': 'true' }, body: 'x' });
+  const location = accepted.headers.get('location');
+  if (accepted.status !== 202 || location === null) throw new Error(`async invoke: ${accepted.status}`);
+  await until(async () => (await metricOf(first, 'kindling_handler_invocations_in_flight')) === 1, performance.now(), 'the run to start on worker A');
+  const second = await role('kill-worker-b');
+  await sees(gateway, 'kill-worker-b', true);
+  const killedAt = performance.now();
+  process.kill(first.pid, 'SIGKILL');
+  await until(async () => (await metricOf(second, 'kindling_handler_invocations_in_flight')) === 1, performance.now(), 'the run to start on worker B');
+  const elapsedMs = performance.now() - killedAt;
+  let view: { status?: string; attempts?: number } = {};
+  await until(async () => {
+    view = (await (await fetch(`${gateway.url}${location}`)).json()) as typeof view;
+    return view.status === 'succeeded' || view.status === 'failed';
+  }, performance.now(), 'the invocation to finish');
+  // A's mounts and cgroups: reaped by a start on its data dir (then removed with it).
+  const reaper = await role('kill-worker-a', first.dataDir);
+  await reaper.stop();
+  await first.stop();
+  await second.stop();
+  await gateway.stop();
+  const silenceMs = REMOTE_RUNS_DEFAULTS.silenceTimeoutMs;
+  const ok = view.status === 'succeeded' && view.attempts === 2;
+  ctx.log(`cluster: SIGKILL of a worker mid-run -> its async invocation started on another worker after ${elapsedMs.toFixed(0)} ms (${view.status}, ${view.attempts} attempts)`);
+  data['cluster.async.worker-kill'] = { silenceTimeoutMs: silenceMs, elapsedMs, status: view.status, attempts: view.attempts };
+  return {
+    group: 'cluster',
+    id: 'cluster.async.worker-kill',
+    scenario: 'serve --cluster: SIGKILL of a worker mid-run of an async invocation -> it starts on another worker (cold)',
+    kindling: `${elapsedMs.toFixed(0)} ms`,
+    baseline: `silence timeout ${silenceMs} ms`,
+    ratio: '—',
+    target: `< silence timeout + 1 s (${silenceMs + 1_000} ms), recorded once`,
+    status: ok && elapsedMs < silenceMs + 1_000 ? 'pass' : 'fail',
+    note: `record at the end: ${view.status}, attempts ${view.attempts}; the gateway gives a worker up after the silence timeout (it sends "alive" every second while a run lasts), then places the invocation again`,
+  };
 }
 
 const SCALING_FUNCTIONS = 6;

@@ -29,6 +29,8 @@ export interface LaunchOptions {
   prewarm?: number;
   extraArgs?: string[];
   startTimeoutMs?: number;
+  /** Start on this data dir (a killed server's: the start reaps what it left) instead of a new one; removed at stop. */
+  dataDir?: string;
 }
 
 /** Everything the bench must undo, also when it fails or is interrupted. Run in reverse order of registration. */
@@ -65,7 +67,7 @@ function exited(child: ChildProcess): Promise<void> {
 }
 
 export async function launchServer(options: LaunchOptions): Promise<BenchServer> {
-  const dataDir = await realpath(await mkdtemp(join(tmpdir(), 'kindling-bench-')));
+  const dataDir = options.dataDir ?? (await realpath(await mkdtemp(join(tmpdir(), 'kindling-bench-'))));
   // The sandbox executor's unprivileged uid must reach run dirs below it (mkdtemp makes 0700).
   await chmod(dataDir, 0o755);
   // The server labels its containers with this id (sha256 of the data dir's real path): the safety net below uses it.
