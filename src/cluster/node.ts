@@ -86,6 +86,7 @@ export class ClusterNode {
             nodeId: config.nodeId,
             runsHere: config.role === 'all',
             connected: () => connection.status() === 'connected',
+            reconnects: () => connection.reconnects(),
             workers: () => view.workers(),
             ...(config.silenceTimeoutMs === undefined ? {} : { silenceTimeoutMs: config.silenceTimeoutMs }),
             ...(hooks.onMetered ? { onMetered: hooks.onMetered } : {}),

@@ -42,6 +42,8 @@ export interface RemoteRunsOptions {
    * (CLUSTER_UNAVAILABLE), not its worker's, which is then not taken for lost. Default: always up.
    */
   connected?: () => boolean;
+  /** Reconnects of this node's NATS connection so far: a run across one may have lost its worker's messages. */
+  reconnects?: () => number;
 }
 
 export const REMOTE_RUNS_DEFAULTS = {
@@ -176,6 +178,11 @@ export class RemoteRuns implements RemoteRouter {
   private async admitted(version: FunctionVersion, request: RunRequest, frame: Uint8Array, options: InvokeOptions, runHere: () => Promise<InvocationResult>, admit: () => Promise<() => void>): Promise<InvocationResult> {
     const release = await admit();
     try {
+      // Without NATS now nothing is sent (nats.js would buffer it until a reconnect and deliver it late, maybe twice).
+      if (this.options.connected?.() === false) {
+        if (this.options.runsHere) return await runHere();
+        throw new KindlingError('CLUSTER_UNAVAILABLE', 'this gateway has no NATS connection now (it is reconnecting); nothing was sent: retry shortly', { retryAfterSeconds: 1 });
+      }
       // Placed once admitted: the registry as it is now, not as it was when the call began to wait.
       const nodeId = this.place(version, new Set());
       if (nodeId === null || nodeId === this.options.nodeId) {
@@ -265,15 +272,25 @@ export class RemoteRuns implements RemoteRouter {
         fail(error);
       };
       const lost = (why: string): KindlingError => new KindlingError('WORKER_LOST', `worker ${nodeId} ${why}; the invocation may have run: retry it only if it is safe to run twice`, { details: { node: nodeId } });
+      const epoch = this.options.reconnects?.() ?? 0;
+      let heardCount = 0;
+      // Silence: the worker is lost, unless this gateway's own link is what failed (down, reconnected since the send,
+      // or a server that does not answer a ping: a partition nats.js has not noticed yet). Then the worker is not
+      // taken for lost, and the caller hears CLUSTER_UNAVAILABLE (the run may have happened all the same).
       const silent = (): void => {
-        if (this.options.connected?.() === false) {
-          giveUp(new KindlingError('CLUSTER_UNAVAILABLE', `this gateway lost its NATS connection during the run on worker ${nodeId}; the invocation may have run: retry it only if it is safe to run twice`, { retryAfterSeconds: 1 }));
-          return;
-        }
-        this.markLost(nodeId);
-        giveUp(lost(`stopped answering for ${silenceMs} ms during the run`));
+        const at = heardCount;
+        void this.linkHeld(epoch).then((held) => {
+          if (settled || heardCount !== at) return;
+          if (!held) {
+            giveUp(new KindlingError('CLUSTER_UNAVAILABLE', `this gateway lost its NATS connection during the run on worker ${nodeId}; the invocation may have run: retry it only if it is safe to run twice`, { retryAfterSeconds: 1, details: { sent: true } }));
+            return;
+          }
+          this.markLost(nodeId);
+          giveUp(lost(`stopped answering for ${silenceMs} ms during the run`));
+        });
       };
       const heard = (): void => {
+        heardCount++;
         if (silence) clearTimeout(silence);
         silence = setTimeout(silent, silenceMs);
       };
@@ -329,6 +346,21 @@ export class RemoteRuns implements RemoteRouter {
         fail(noWorkers(`the gateway could not reach NATS to send the invocation: ${(error as Error).message}`));
       }
     });
+  }
+
+  /** Whether this node's NATS link held since `epoch`: connected, not reconnected, and the server answers a ping within 1 s. */
+  private async linkHeld(epoch: number): Promise<boolean> {
+    const same = (): boolean => this.options.connected?.() !== false && (this.options.reconnects?.() ?? 0) === epoch;
+    if (!same()) return false;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const answered = await Promise.race([this.nc.flush().then(() => true), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 1_000)))]);
+      return answered && same();
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private markLost(nodeId: string): void {

@@ -249,7 +249,7 @@ describe('InvocationService dispatcher', () => {
 
 describe('InvocationService: a run lost with its cluster worker', () => {
   /** `f` fails with WORKER_LOST while `lost` says so, then echoes its payload; `starts` counts its runs. */
-  function lossy(maxDeliveries?: number) {
+  function lossy(maxDeliveries?: number, lostError: () => Error = () => new KindlingError('WORKER_LOST', 'worker wk-a said nothing for 5000 ms; the invocation may have run')) {
     const store = new SqliteStore(':memory:');
     const state = { lostRuns: 0, starts: 0 };
     const functionService = {
@@ -258,7 +258,7 @@ describe('InvocationService: a run lost with its cluster worker', () => {
         state.starts++;
         if (state.lostRuns > 0) {
           state.lostRuns--;
-          throw new KindlingError('WORKER_LOST', 'worker wk-a said nothing for 5000 ms; the invocation may have run');
+          throw lostError();
         }
         return { invocationId: 'x', tenant, functionName: name, version: 1, exitCode: 0, body: payload, stderr: Buffer.alloc(0), durationMs: 1, coldStart: false, timedOut: false, executor: 'sandbox' };
       },
@@ -295,4 +295,32 @@ describe('InvocationService: a run lost with its cluster worker', () => {
     await service.close();
     store.close();
   });
+
+  it('a run cut by the gateway (its stop, its lost NATS link) after it was sent counts too; one never sent does not', async () => {
+    for (const code of ['SHUTTING_DOWN', 'CLUSTER_UNAVAILABLE'] as const) {
+      const sent = lossy(2, () => new KindlingError(code, 'the gateway stopped before the worker answered', { details: { sent: true } }));
+      sent.state.lostRuns = 5;
+      sent.service.start();
+      const { view } = await sent.service.enqueue({ functionName: 'f', payload: Buffer.from('x') });
+      await until(() => sent.store.getInvocation(view.id)?.status === 'failed');
+      assert.deepEqual([sent.service.get(view.id).attempts, sent.state.starts], [2, 2], code);
+      await sent.service.close();
+      sent.store.close();
+    }
+    // Refused before it was sent (no NATS link now): not an attempt, run again until it succeeds.
+    const unsent = lossy(2, () => new KindlingError('CLUSTER_UNAVAILABLE', 'this gateway has no NATS connection now'));
+    unsent.state.lostRuns = 3;
+    unsent.service.start();
+    const { view } = await unsent.service.enqueue({ functionName: 'f', payload: Buffer.from('y') });
+    await waitUntil(() => unsent.store.getInvocation(view.id)?.status === 'succeeded');
+    assert.deepEqual([unsent.service.get(view.id).attempts, unsent.state.starts], [1, 4]);
+    await unsent.service.close();
+    unsent.store.close();
+  });
 });
+
+/** Waits (real time, for the dispatcher's pauses) until `done()` holds. */
+async function waitUntil(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.ok(done(), 'never happened');
+}

@@ -698,28 +698,9 @@ export class InvocationService {
     };
     if (report.kind === 'failed') {
       const failure = knownFailure(report.error);
-      if (failure?.code === 'TENANT_CONCURRENCY_LIMIT') {
-        // Its tenant runs all it may: back in the queue in its place; the tenant's invocations are passed over for a
-        // moment while other tenants' run (one tenant's backlog never holds up the others).
-        await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
-        finish('requeued');
-        end('queued');
-        this.blockTenant(record.tenant, TENANT_RETRY_MS);
-        return;
-      }
-      if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS' || failure.code === 'CLUSTER_UNAVAILABLE')) {
-        // It never started (the function is at its concurrency limit, the server is stopping, the disk is full so
-        // the sandbox could not be prepared, no cluster worker has a free slot, or the cluster could not give the
-        // tenant a slot of its quota): back in the queue, in its place
-        // (it runs after the next start when stopping), and the dispatcher waits a little before it claims again.
-        await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
-        finish('requeued');
-        end('queued');
-        this.pause(failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS' ? 1000 : 200);
-        return;
-      }
-      // Sent to a cluster worker and not answered (it was lost, or this gateway stopped first): it may have run.
-      if (failure?.code === 'WORKER_LOST' || (failure?.code === 'SHUTTING_DOWN' && failure.details?.sent === true)) {
+      // Sent to a cluster worker and not answered (it was lost, this gateway lost NATS or stopped first): it may have
+      // run, so it counts as an attempt (before the branches below, which requeue what never started).
+      if (failure?.code === 'WORKER_LOST' || ((failure?.code === 'SHUTTING_DOWN' || failure?.code === 'CLUSTER_UNAVAILABLE') && failure.details?.sent === true)) {
         if (record.attempts < this.maxDeliveries) {
           // Its worker died or was cut off mid-run (or this gateway stopped first): it may have run, but no outcome
           // came. Delivered again (to another worker: the router places nothing on a lost one until it heartbeats
@@ -730,7 +711,26 @@ export class InvocationService {
           end('queued');
           return;
         }
+        // The last attempt: recorded failed below (not requeued by the branches that follow).
         report.outcome.error = `${report.outcome.error ?? failure.message} (started ${record.attempts} times, the most --async-max-deliveries allows)`;
+      } else if (failure?.code === 'TENANT_CONCURRENCY_LIMIT') {
+        // Its tenant runs all it may: back in the queue in its place; the tenant's invocations are passed over for a
+        // moment while other tenants' run (one tenant's backlog never holds up the others).
+        await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
+        finish('requeued');
+        end('queued');
+        this.blockTenant(record.tenant, TENANT_RETRY_MS);
+        return;
+      } else if (failure && (failure.code === 'TOO_MANY_REQUESTS' || failure.code === 'SHUTTING_DOWN' || failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS' || failure.code === 'CLUSTER_UNAVAILABLE')) {
+        // It never started (the function is at its concurrency limit, the server is stopping, the disk is full so
+        // the sandbox could not be prepared, no cluster worker has a free slot, or the cluster could not give the
+        // tenant a slot of its quota): back in the queue, in its place
+        // (it runs after the next start when stopping), and the dispatcher waits a little before it claims again.
+        await this.storeDurably(record.id, () => this.store.requeueInvocation(record.id));
+        finish('requeued');
+        end('queued');
+        this.pause(failure.code === 'STORAGE_FULL' || failure.code === 'NO_WORKERS' ? 1000 : 200);
+        return;
       }
       if (!failure) this.options.onError?.(report.error, { invocationId: record.id });
       span?.fail(failure?.code ?? 'INTERNAL', failure?.message ?? 'the platform failed');
