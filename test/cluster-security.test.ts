@@ -68,7 +68,7 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
         'KINDLING_GATEWAY_PASSWORD: "gateway-secret"',
         'KINDLING_WORKER_PASSWORD: "worker-secret"',
         'KINDLING_ALL_PASSWORD: "all-secret"',
-        'KINDLING_WORKER_WK_TLS_PASSWORD: "wk-tls-secret"',
+        'KINDLING_WORKER_wk_2Dtls_PASSWORD: "wk-tls-secret"',
         (await readFile(AUTHORIZATION, 'utf8')).replace('users = [', `users = [\n    ${ownEntry}`),
       ].join('\n'),
     });

@@ -9,6 +9,7 @@ import { GATEWAY_INBOX_PREFIX, connectCluster, parseClusterUrls, type ClusterSec
 import { addClusterSecurityOptions, clusterSecurity } from './cluster-security.js';
 import { Registry, type WorkerEntry } from '../cluster/registry.js';
 import { workerPasswordVariable, workerUserEntry } from '../cluster/nats-users.js';
+import { nodeIdOf } from '../cluster/roles.js';
 
 export interface ClusterStatus {
   nats: { urls: string[]; connectedTo: string; cluster: string | null; servers: number };
@@ -83,12 +84,13 @@ export function registerClusterCommands(program: Command): void {
   cluster
     .command('nats-user')
     .description("print a NATS user of its own for each worker (an entry of deploy/nats/authorization.conf's users): it may take only the runs sent to that worker")
-    .argument('<node-ids...>', "the workers' --node-name")
-    .action((nodeIds: string[]) => {
+    .argument('<node-names...>', "the workers' --node-name (made node ids as serve makes them: other characters than letters, digits, - and _ become -)")
+    .action((names: string[]) => {
       try {
+        const nodeIds = names.map((name) => nodeIdOf(name));
         const entries = nodeIds.map((id) => workerUserEntry(id));
         const variables = nodeIds.map((id) => workerPasswordVariable(id)).join(', ');
-        process.stdout.write(`# Add to the users of authorization.conf; passwords from nats-server's environment: ${variables}.\n# Each worker then starts with --cluster-user kindling-worker-<id> and its --node-name <id>.\n${entries.join('\n')}\n`);
+        process.stdout.write(`# Add to the users of authorization.conf; passwords from nats-server's environment: ${variables}.\n# Each worker then starts with --cluster-user kindling-worker-<id> (ids: ${nodeIds.join(', ')}).\n${entries.join('\n')}\n`);
       } catch (error) {
         process.stderr.write(`kindling: ${error instanceof Error ? error.message : String(error)}\n`);
         process.exitCode = 2;

@@ -11,8 +11,11 @@ describe('a NATS user per worker', () => {
 
   it('is an entry of authorization.conf with its password from the environment; an id that is no subject token is refused', () => {
     const entry = workerUserEntry('gpu_1');
-    assert.match(entry, /^\{ user: "kindling-worker-gpu_1", password: \$KINDLING_WORKER_GPU_1_PASSWORD, permissions: \{ publish: \$KINDLING_WORKER_PUBLISH, subscribe: \[/);
-    assert.equal(workerPasswordVariable('wk-a'), 'KINDLING_WORKER_WK_A_PASSWORD');
+    assert.match(entry, /^\{ user: "kindling-worker-gpu_1", password: \$KINDLING_WORKER_gpu_5F1_PASSWORD, permissions: \{ publish: \$KINDLING_WORKER_PUBLISH, subscribe: \[/);
+    // Ids that differ by case, "-" or "_" get variables of their own (one password each).
+    const variables = ['wk-a', 'wk_a', 'WK-A', 'wk_2Da'].map(workerPasswordVariable);
+    assert.equal(new Set(variables).size, 4, variables.join(' '));
+    assert.equal(workerPasswordVariable('wk-a'), 'KINDLING_WORKER_wk_2Da_PASSWORD');
     for (const bad of ['', 'a.b', 'a*', 'a>', 'with space', 'x'.repeat(129)]) assert.throws(() => workerUserEntry(bad), /is not a node id/, bad);
   });
 });

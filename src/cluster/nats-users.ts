@@ -2,9 +2,9 @@
  * A NATS user of its own for one worker (deploy/nats/authorization.conf, "Securing NATS" in docs/cluster.md). The
  * shared `kindling-worker` user may subscribe to every worker's runs; a worker's own user only to the runs, cancels and
  * id questions addressed to it, and to its own request inboxes (`_INBOX_WORKERS.<id>.>`, the prefix a worker sets),
- * so the credentials of one worker host read no other worker's calls (other tenants' code and payloads) nor the
- * answers to another worker's requests (bundle chunks it fetched). What it may publish is every worker's
- * (`$KINDLING_WORKER_PUBLISH`).
+ * so the credentials of one worker host read no other worker's calls (other tenants' inline code and payloads) nor
+ * the answers to another worker's requests. What it may publish is every worker's (`$KINDLING_WORKER_PUBLISH`), which
+ * includes reading any object of the bundle store by subject: bundles and layers stay readable by every worker.
  */
 import { WORKER_INBOX_PREFIX } from './connection.js';
 import { cancelSubject, invokeSubject, pingSubject, DELETED_SUBJECT } from './run-protocol.js';
@@ -21,9 +21,12 @@ export function workerSubscribeSubjects(nodeId: string): string[] {
   return [invokeSubject(nodeId), cancelSubject(nodeId), pingSubject(nodeId), DELETED_SUBJECT, `${workerInboxPrefix(nodeId)}.>`];
 }
 
-/** The environment variable nats-server reads this worker's password from: KINDLING_WORKER_<ID>_PASSWORD. */
+/**
+ * The environment variable nats-server reads this worker's password from: KINDLING_WORKER_<ID>_PASSWORD, the id's
+ * letters and digits kept as they are (case too) and `-`, `_` written `_2D`, `_5F`, so no two ids share one.
+ */
 export function workerPasswordVariable(nodeId: string): string {
-  return `KINDLING_WORKER_${nodeId.toUpperCase().replace(/-/g, '_')}_PASSWORD`;
+  return `KINDLING_WORKER_${nodeId.replace(/[-_]/g, (char) => (char === '-' ? '_2D' : '_5F'))}_PASSWORD`;
 }
 
 /**
