@@ -136,15 +136,21 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
     const plain = await cli(['cluster', 'status', '--cluster', nats.urls[0] as string, '--json', ...gatewayArgs.slice(tlsArgs.length)]);
     assert.equal(plain.code, 2, `plain nats:// without TLS options: ${plain.output}`);
 
+    /** A connection as `user` (over TLS with the client certificate), and the errors the server sends it. */
+    const connectAs = async (user: string, password: string) => {
+      const connection = await connectCluster([url], {
+        security: { tls: { ca: await readFile(`${dir}/ca.pem`, 'utf8'), cert: await readFile(`${dir}/client.pem`, 'utf8'), key: await readFile(`${dir}/client.key`, 'utf8') }, auth: { user, password } },
+      });
+      t.after(() => connection.close());
+      const refusals: string[] = [];
+      void (async () => {
+        for await (const event of connection.nc.status()) if (event.type === 'error') refusals.push(String(event.error));
+      })();
+      return { nc: connection.nc, errors: refusals };
+    };
     // A worker's credentials cannot send runs to workers (only gateways may).
-    const asWorker = await connectCluster([url], {
-      security: { tls: { ca: await readFile(`${dir}/ca.pem`, 'utf8'), cert: await readFile(`${dir}/client.pem`, 'utf8'), key: await readFile(`${dir}/client.key`, 'utf8') }, auth: { user: 'kindling-worker', password: 'worker-secret' } },
-    });
-    t.after(() => asWorker.close());
-    const errors: string[] = [];
-    void (async () => {
-      for await (const event of asWorker.nc.status()) if (event.type === 'error') errors.push(String(event.error));
-    })();
+    const asWorker = await connectAs('kindling-worker', 'worker-secret');
+    const errors = asWorker.errors;
     asWorker.nc.publish('kindling.workers.wk-tls.invoke', 'x');
     await asWorker.nc.flush();
     await waitFor(() => errors.some((error) => /permissions violation for publish to "kindling\.workers\.wk-tls\.invoke"/i.test(error)), { timeoutMs: 10_000, what: 'the server to refuse the publish' });
@@ -179,14 +185,8 @@ describe('a cluster on a NATS server that requires TLS and passwords', { skip: u
 
     // A worker's own user (the one wk-tls ran every call above with) may not take the runs sent to another worker,
     // nor read the answers to another worker's requests (the bundle chunks it fetched).
-    const asOwnWorker = await connectCluster([url], {
-      security: { tls: { ca: await readFile(`${dir}/ca.pem`, 'utf8'), cert: await readFile(`${dir}/client.pem`, 'utf8'), key: await readFile(`${dir}/client.key`, 'utf8') }, auth: { user: 'kindling-worker-wk-tls', password: 'wk-tls-secret' } },
-    });
-    t.after(() => asOwnWorker.close());
-    const ownErrors: string[] = [];
-    void (async () => {
-      for await (const event of asOwnWorker.nc.status()) if (event.type === 'error') ownErrors.push(String(event.error));
-    })();
+    const asOwnWorker = await connectAs('kindling-worker-wk-tls', 'wk-tls-secret');
+    const ownErrors = asOwnWorker.errors;
     for (const subject of ['kindling.workers.wk-other.invoke', 'kindling.workers.*.invoke', '_INBOX_WORKERS.wk-other.>', '_INBOX_WORKERS.>']) {
       asOwnWorker.nc.subscribe(subject);
       await asOwnWorker.nc.flush().catch(() => undefined);

@@ -233,16 +233,19 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     worker.child.kill('SIGCONT');
   });
 
-  it('a worker cut off from NATS aborts the runs gateways sent it (fencing), and the gateway answers WORKER_LOST', { timeout: 120_000 }, async (context) => {
+  it('a worker cut off from NATS aborts the runs gateways sent it (fencing); the gateway, cut off too, answers CLUSTER_UNAVAILABLE', { timeout: 120_000 }, async (context) => {
     const { nats, gateway, worker } = await gatewayWithWorker(context);
     await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 120_000, code: 'exports.handler = () => new Promise(() => {})' });
     const pending = invoke(gateway, 'hang', 'x');
     const inFlight = async (): Promise<number> => Number(/^kindling_handler_invocations_in_flight(?:\{[^}]*\})? (\d+)$/m.exec(await (await fetch(`${worker.url}/metrics`)).text())?.[1] ?? NaN);
     await waitFor(async () => (await inFlight()) === 1, { timeoutMs: 30_000, intervalMs: 100, what: 'the run to start on the worker' });
+    // The only NATS server goes: the worker and the gateway are both cut off. The gateway knows its own link failed,
+    // so it does not blame the worker: 503 CLUSTER_UNAVAILABLE, retryable (the run may have happened).
     await nats.kill(0, 'SIGKILL');
     const lost = await pending;
-    assert.equal(lost.status, 502, lost.text);
-    assert.equal((JSON.parse(lost.text) as { error: { code: string } }).error.code, 'WORKER_LOST');
+    assert.equal(lost.status, 503, lost.text);
+    const error = (JSON.parse(lost.text) as { error: { code: string; details?: { sent?: boolean } } }).error;
+    assert.deepEqual([error.code, error.details?.sent], ['CLUSTER_UNAVAILABLE', true]);
     // The worker, still without NATS, ends the run itself instead of letting it run to its 120 s timeout.
     await waitFor(async () => (await inFlight()) === 0, { timeoutMs: 30_000, intervalMs: 100, what: 'the worker to abort the run' });
   });

@@ -764,7 +764,10 @@ export class FunctionService {
     let releaseTenant: (() => void) | undefined;
     try {
       releaseTenant = await scope?.acquire?.();
+      // Cancelled while the slot was taken (a cluster's shared slot is a round trip): nothing starts.
+      signal?.throwIfAborted();
     } catch (error) {
+      releaseTenant?.();
       release();
       throw error;
     }
