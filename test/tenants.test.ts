@@ -402,7 +402,7 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     const single = { runtime: 'node', handler: 'handler', maxConcurrency: 1, code: 'exports.handler = async (ms) => { await new Promise((r) => setTimeout(r, Number(ms))); return "slept " + ms; };' };
     assert.equal((await call(server.url, key, 'PUT', '/v1/functions/single', single)).status, 201);
     assert.equal((await call(server.url, key, 'PUT', '/v1/functions/other', ECHO('other'))).status, 201);
-    const first = call(server.url, key, 'POST', '/v1/functions/single/invoke', '3000');
+    const first = call(server.url, key, 'POST', '/v1/functions/single/invoke', '8000');
     await waitFor(async () => ((await call(server.url, key, 'GET', '/v1/tenant')).body.running as number) === 1, 30_000, 'the first call to run');
     const second = call(server.url, key, 'POST', '/v1/functions/single/invoke', '10');
     type Pools = { pools: { function: string; waiting: number }[] };
@@ -411,7 +411,7 @@ describe('tenants: admin routes, keys, isolation, quotas (sandbox executor)', { 
     // Its second slot is free for another function (a 429 TENANT_CONCURRENCY_LIMIT when the waiting call held it).
     const other = await call(server.url, key, 'POST', '/v1/functions/other/invoke', 'x');
     assert.equal(other.status, 200, other.text);
-    assert.deepEqual([(await first).text, (await second).text], ['slept 3000', 'slept 10']);
+    assert.deepEqual([(await first).text, (await second).text], ['slept 8000', 'slept 10']);
   });
 
   it('async invocations of a tenant at its concurrency quota wait without holding up other tenants\' invocations', async () => {

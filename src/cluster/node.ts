@@ -201,15 +201,19 @@ export class ClusterNode {
    */
   private async claimNodeId(subject: string, inboxPrefix: string): Promise<void> {
     const id = this.config.nodeId;
-    let answer: string;
-    try {
-      answer = (await this.connection.nc.request(subject, '', { timeout: 2_000, noMux: true, reply: createInbox(inboxPrefix) })).string();
-    } catch (error) {
-      if (error instanceof errors.NoRespondersError || (error instanceof errors.RequestError && error.isNoResponders())) return;
-      if (error instanceof errors.TimeoutError) {
-        throw new Error(`node id "${id}" may be in use: the question whether a live node holds it got no answer within 2 s (a node with that id that is stuck, or NATS not ready yet); retry, or give this node another --node-name`);
+    let answer: string | null = null;
+    // Asked twice (2 s, then 4 s): a live holder on a loaded machine may be slow to answer.
+    for (const timeoutMs of [2_000, 4_000]) {
+      try {
+        answer = (await this.connection.nc.request(subject, '', { timeout: timeoutMs, noMux: true, reply: createInbox(inboxPrefix) })).string();
+        break;
+      } catch (error) {
+        if (error instanceof errors.NoRespondersError || (error instanceof errors.RequestError && error.isNoResponders())) return;
+        if (!(error instanceof errors.TimeoutError)) throw error;
       }
-      throw error;
+    }
+    if (answer === null) {
+      throw new Error(`node id "${id}" may be in use: the question whether a live node holds it got no answer within 6 s (a node with that id that is stuck, or NATS not ready yet); retry, or give this node another --node-name`);
     }
     let startedAt = 'at an unknown time';
     try {
