@@ -705,6 +705,8 @@ async function buildServer(config: ServerConfig, rollback: Rollback): Promise<Ki
     functionService,
     logBus,
     ...config.asyncInvocations,
+    // A gateway's async runs were on workers: delivered again after its crash, as after a lost worker.
+    ...(clusterNode && clusterNode.config.role !== 'worker' ? { redeliverInterrupted: true } : {}),
     ...(claims
       ? {
           idempotency: {

@@ -223,6 +223,23 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     assert.equal(otherRan, 1, `the other worker (${other.name}) ran it`);
   });
 
+  it('an async invocation whose gateway is killed mid-run is delivered again when the gateway starts again', { timeout: 120_000 }, async (context) => {
+    const { t, natsUrl, gateway, worker } = await gatewayWithWorker(context);
+    await deploy(gateway, 'slow', { runtime: 'node', handler: 'handler', timeoutMs: 60_000, code: 'exports.handler = async (event) => { await new Promise((r) => setTimeout(r, 3000)); return "slept " + event; }' });
+    const accepted = await fetch(`${gateway.url}/v1/functions/slow/invoke`, { method: 'POST', headers: { 'content-type': 'text/plain', 'x-kindling-async': 'true' }, body: 'again' });
+    const location = accepted.headers.get('location')!;
+    await waitFor(async () => /^kindling_handler_invocations_in_flight(\{[^}]*\})? 1$/m.test(await (await fetch(`${worker.url}/metrics`)).text()), { timeoutMs: 30_000, intervalMs: 100, what: 'the run to start on the worker' });
+    // The gateway dies with the run under way on the worker (whose answer then reaches nobody); it starts again on
+    // its data dir, where the invocation is still `running`.
+    await stop(gateway.child, 'SIGKILL');
+    const restarted = await startNode(t, natsUrl, 'gateway', 'gw-1', gateway.dataDir);
+    type View = { status: string; attempts: number; error?: string };
+    const view = async (): Promise<View> => (await (await fetch(`${restarted.url}${location}`)).json()) as View;
+    await waitFor(async () => !['queued', 'running'].includes((await view()).status), { timeoutMs: 60_000, intervalMs: 200, what: 'the invocation to finish' });
+    assert.deepEqual([(await view()).status, (await view()).attempts], ['succeeded', 2], JSON.stringify(await view()));
+    assert.equal(await (await fetch(`${restarted.url}${location}/output`)).text(), 'slept again');
+  });
+
   it('an async invocation whose worker stalls mid-run (SIGSTOP: still subscribed, still in the registry, warm) is delivered to another worker, not back to it', { timeout: 120_000 }, async (context) => {
     const { t, natsUrl, gateway, worker } = await gatewayWithWorker(context);
     await deploy(gateway, 'slow', { runtime: 'node', handler: 'handler', timeoutMs: 60_000, code: 'exports.handler = async (event) => { if (event !== "warm") await new Promise((r) => setTimeout(r, 4000)); return "slept " + event; }' });

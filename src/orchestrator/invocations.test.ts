@@ -264,7 +264,7 @@ describe('InvocationService: a run lost with its cluster worker', () => {
       },
     } as unknown as FunctionService;
     const service = new InvocationService({ store, functionService, logBus: new LogBus(), ...(maxDeliveries === undefined ? {} : { maxDeliveries }) });
-    return { store, state, service };
+    return { store, state, service, functionService };
   }
 
   it('is delivered again, and its view counts the attempts', async () => {
@@ -316,6 +316,34 @@ describe('InvocationService: a run lost with its cluster worker', () => {
     assert.deepEqual([unsent.service.get(view.id).attempts, unsent.state.starts], [1, 4]);
     await unsent.service.close();
     unsent.store.close();
+  });
+
+  it('left running by a stopped cluster gateway: queued again at its start (their attempt counted) below maxDeliveries, failed at it; a single server fails them all', async () => {
+    for (const redeliverInterrupted of [true, false]) {
+      const { store, state, service: before, functionService } = lossy(2);
+      // Two invocations accepted, then claimed (running) when the gateway died: one on its first start, one on its last.
+      const first = (await before.enqueue({ functionName: 'f', payload: Buffer.from('first') })).view;
+      const last = (await before.enqueue({ functionName: 'f', payload: Buffer.from('last') })).view;
+      await before.close();
+      store.claimNextInvocation(1);
+      store.claimNextInvocation(1);
+      store.requeueInvocation(last.id, { countAttempt: true });
+      store.claimNextInvocation(1);
+      assert.deepEqual([store.getInvocation(first.id)?.attempts, store.getInvocation(last.id)?.attempts], [1, 2]);
+      const after = new InvocationService({ store, functionService, logBus: new LogBus(), maxDeliveries: 2, redeliverInterrupted });
+      after.start();
+      if (redeliverInterrupted) {
+        await until(() => store.getInvocation(first.id)?.status === 'succeeded');
+        assert.equal(after.get(first.id).attempts, 2);
+        assert.equal(after.output(first.id).stdout.toString(), 'first');
+      } else {
+        assert.equal(store.getInvocation(first.id)?.status, 'failed');
+      }
+      assert.deepEqual([store.getInvocation(last.id)?.status, store.getInvocation(last.id)?.error], ['failed', 'server stopped during the run']);
+      assert.equal(state.starts, redeliverInterrupted ? 1 : 0, 'the first service never ran them; the second ran the one it queued again');
+      await after.close();
+      store.close();
+    }
   });
 });
 

@@ -48,6 +48,12 @@ export interface InvocationServiceOptions {
    * reason after. Default 3. (A single server loses no worker: its crash policy is `start`'s.)
    */
   maxDeliveries?: number;
+  /**
+   * Cluster gateways: invocations a stopped gateway left running (their runs were on workers, whose answers it never
+   * got) are queued again at its start, as a lost worker's are, while they were started fewer than maxDeliveries
+   * times; the rest are failed. Default false: a single server fails them all (they may have had side effects).
+   */
+  redeliverInterrupted?: boolean;
   /** Finished invocations (with their output and logs) are deleted after this long. Default 7 days. */
   retentionMs?: number;
   /** Synchronous invocations are recorded with at most this many bytes of stdout and of stderr. Default 64 KiB. */
@@ -245,6 +251,8 @@ export class InvocationService {
   start(): { failed: number } {
     if (this.started) return { failed: 0 };
     this.started = true;
+    const requeued = this.options.redeliverInterrupted === true ? this.store.requeueRunningInvocations(this.maxDeliveries) : 0;
+    if (requeued > 0) this.options.onInfo?.('invocations left running by a stopped gateway were queued again', { requeued });
     const failed = this.store.failRunningInvocations(SERVER_STOPPED_REASON, this.clock.nowMs());
     if (failed > 0) this.options.onInfo?.('invocations left running by a stopped server were marked failed', { failed });
     for (const record of this.store.pendingCallbacks()) this.deliverCallback(record, record.callbackAttempts);

@@ -361,6 +361,7 @@ export class SqliteStore implements Store {
          VALUES (?, ?, ?, ?, 'sync', ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
       ),
       failRunning: this.db.prepare("UPDATE invocations SET status = 'failed', error = ?, finished_at_ms = ?, payload = NULL WHERE status = 'running'"),
+      requeueRunning: this.db.prepare("UPDATE invocations SET status = 'queued', started_at_ms = NULL WHERE status = 'running' AND attempts < ?"),
       setCallback: this.db.prepare('UPDATE invocations SET callback_state = ?, callback_attempts = ? WHERE id = ?'),
       pendingCallbacks: this.db.prepare<[], InvocationRow>(`SELECT ${INVOCATION_COLUMNS} FROM invocations WHERE callback_state = 'pending' AND finished_at_ms IS NOT NULL ORDER BY seq`),
       deleteFinishedBefore: this.db.prepare('DELETE FROM invocations WHERE finished_at_ms IS NOT NULL AND finished_at_ms < ?'),
@@ -596,6 +597,10 @@ export class SqliteStore implements Store {
 
   failRunningInvocations(reason: string, nowMs: number): number {
     return this.statements.failRunning.run(reason, nowMs).changes;
+  }
+
+  requeueRunningInvocations(maxAttempts: number): number {
+    return this.statements.requeueRunning.run(maxAttempts).changes;
   }
 
   setCallbackState(id: string, state: CallbackState, attempts: number): void {

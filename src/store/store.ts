@@ -163,6 +163,12 @@ export interface Store {
   insertFinishedInvocations(records: FinishedInvocation[]): void;
   /** Crash recovery: every `running` invocation becomes `failed` with `reason`; returns how many. */
   failRunningInvocations(reason: string, nowMs: number): number;
+  /**
+   * Crash recovery of a cluster gateway: every `running` invocation started fewer than `maxAttempts` times goes back
+   * to the queue, in its place, its attempt still counted (it may have run); returns how many. The rest are failed by
+   * failRunningInvocations.
+   */
+  requeueRunningInvocations(maxAttempts: number): number;
   setCallbackState(id: string, state: CallbackState, attempts: number): void;
   /** Finished invocations whose callback is still to be delivered (after a restart). */
   pendingCallbacks(): InvocationRecord[];
