@@ -3,7 +3,9 @@
  * for the sandbox, its data disk made and mounted) to the first output of a command, against a plain cold boot to the
  * agent's first PONG measured alternately in the same run; one command's round trip in a running sandbox against the
  * agent's PING round trip (the channel's floor); pause + resume (QMP stop/cont); hibernate (memory to a file, the VM
- * ended) and the restore of a sandbox with a live process (a shell loop) to its next command, against the cold boot.
+ * ended) and the restore of a sandbox with a live process (a shell loop) to its next command, against the cold boot;
+ * a memory snapshot of that sandbox (disk + memory, the source going on) and a new sandbox made from it to its next
+ * command with the loop running on in it, against the cold boot.
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -19,7 +21,15 @@ import type { Row } from './lib/table.js';
 
 const IMAGES_DIR = '/var/lib/kindling/images';
 
-export const SANDBOX_ROW_IDS = ['microvm.qemu_sandbox_create', 'microvm.qemu_sandbox_command', 'microvm.qemu_sandbox_pause', 'microvm.qemu_sandbox_hibernate', 'microvm.qemu_sandbox_restore'] as const;
+export const SANDBOX_ROW_IDS = [
+  'microvm.qemu_sandbox_create',
+  'microvm.qemu_sandbox_command',
+  'microvm.qemu_sandbox_pause',
+  'microvm.qemu_sandbox_hibernate',
+  'microvm.qemu_sandbox_restore',
+  'microvm.qemu_sandbox_memory_snapshot',
+  'microvm.qemu_sandbox_fork',
+] as const;
 
 function spec(): RunSpec {
   return {
@@ -66,7 +76,10 @@ export async function microVmSandboxRows(ctx: BenchContext, assets: MicroVmAsset
   const pauses: number[] = [];
   const hibernates: number[] = [];
   const restores: number[] = [];
+  const memorySnapshots: number[] = [];
+  const forks: number[] = [];
   let imageBytes = 0;
+  let snapshotBytes = 0;
   let vmCounter = 0;
   try {
     // Create -> first output, alternated with a plain boot (the raw baseline: qemu to the agent's first PONG).
@@ -129,6 +142,27 @@ export async function microVmSandboxRows(ctx: BenchContext, assets: MicroVmAsset
         restores.push(performance.now() - restoredAt);
         if (alive.stdout !== 'alive\n') throw new Error('the process started before hibernation is gone after the restore');
       }
+      for (let i = 0; i < n; i++) {
+        ctx.log(`microvm sandboxes: memory snapshot + fork round ${i + 1}/${n}`);
+        const snapshotId = `bench-snap-${i}-${process.pid}`;
+        const snappedAt = performance.now();
+        const snap = await sandbox.snapshot!(snapshotId);
+        memorySnapshots.push(performance.now() - snappedAt);
+        snapshotBytes = snap.bytes;
+        if (snap.memory !== true) throw new Error('the snapshot kept no memory');
+        const forkSpec = spec();
+        const forkedAt = performance.now();
+        const fork = await executor.createPersistentSandbox(forkSpec, { storage: { fromSnapshot: snapshotId } });
+        try {
+          const alive = await timed(fork, `kill -0 ${loopPid} && echo alive`);
+          forks.push(performance.now() - forkedAt);
+          if (alive.stdout !== 'alive\n') throw new Error('the process of the snapshot is not running in the sandbox made from it');
+        } finally {
+          await fork.destroy();
+          await executor.sandboxStorage!.removeDisk(forkSpec.id);
+          await executor.sandboxStorage!.removeSnapshot(snapshotId);
+        }
+      }
     } finally {
       await sandbox.destroy();
       await executor.sandboxStorage!.removeDisk(first.id);
@@ -144,6 +178,8 @@ export async function microVmSandboxRows(ctx: BenchContext, assets: MicroVmAsset
   const z = summarize(pauses);
   const h = summarize(hibernates);
   const r = summarize(restores);
+  const m = summarize(memorySnapshots);
+  const f = summarize(forks);
   const label = accel === 'kvm' ? 'KVM' : 'TCG, no KVM';
   const rows: Row[] = [
     {
@@ -169,6 +205,18 @@ export async function microVmSandboxRows(ctx: BenchContext, assets: MicroVmAsset
       kindling: fmtSummary(r), baseline: `plain boot to agent: ${fmtSummary(b)}`, ratio: `${fmtRatio(b.median / r.median)} faster`, status: 'info',
       note: 'the shell loop started before the first hibernation is alive after every restore',
     },
+    {
+      group: 'microvm', id: SANDBOX_ROW_IDS[5], scenario: `qemu: memory snapshot of a sandbox with a live process (disk copied + memory migrated to a file, the source going on), n=${n}`, target: 'measured (issue 16)',
+      kindling: fmtSummary(m), baseline: '—', ratio: '—', status: 'info', note: `snapshot ${Math.round(snapshotBytes / (1 << 20))} MiB (disk and memory, ${shape.memoryMb} MiB VM)`,
+    },
+    {
+      group: 'microvm', id: SANDBOX_ROW_IDS[6], scenario: `qemu: sandbox from that memory snapshot -> next command done, the process running on in it (${label}), n=${n}`, target: 'fork < cold start (issue 16)',
+      kindling: fmtSummary(f), baseline: `plain boot to agent: ${fmtSummary(b)}`, ratio: `${fmtRatio(b.median / f.median)} faster`, status: f.median < b.median ? 'pass' : 'fail',
+      note: 'an overlay of the snapshot\'s disk + qemu -incoming from its memory file (shared by every sandbox made from it), RNG reseeded, clock set',
+    },
   ];
-  return { rows, data: { creates, boots, commands, pings, pauses, hibernates, restores, imageBytes, summary: { create: c, boot: b, command: k, ping: p, pause: z, hibernate: h, restore: r } } };
+  return {
+    rows,
+    data: { creates, boots, commands, pings, pauses, hibernates, restores, memorySnapshots, forks, imageBytes, snapshotBytes, summary: { create: c, boot: b, command: k, ping: p, pause: z, hibernate: h, restore: r, memorySnapshot: m, fork: f } },
+  };
 }

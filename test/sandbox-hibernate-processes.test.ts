@@ -2,8 +2,8 @@
  * Hibernation through the API on every executor that hosts persistent sandboxes, with real sandboxes: where the
  * executor keeps processes (gvisor: runsc checkpoint/restore; microvm: QEMU migration to a file) a process started
  * before `POST /v1/sandboxes/ID/hibernate` goes on after the wake with the state it held in memory; where it keeps
- * files only (docker) the answer says so, the files stay and the next command runs on them. Memory snapshots (gvisor):
- * a fork goes on with the processes of its snapshot.
+ * files only (docker) the answer says so, the files stay and the next command runs on them. Memory snapshots (gvisor,
+ * microvm): a fork goes on with the processes of its snapshot.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -131,7 +131,9 @@ for (const { executor, unavailable, processesKept, timeoutMs } of cases) {
           await sandbox.kill();
         }
       });
+    }
 
+    if (processesKept) {
       test('a memory snapshot says so, and a fork goes on with the processes of the snapshot', { timeout: timeoutMs }, async () => {
         const sandbox = await client.sandboxes.create({ image: 'kindling/base', executor, limits: { memoryMb: 256, diskMb: 64 } });
         const forks: Sandbox[] = [];
@@ -149,6 +151,13 @@ for (const { executor, unavailable, processesKept, timeoutMs } of cases) {
           await counterAtLeast(sandbox, atSnapshot + 3, timeoutMs / 2);
           assert.equal((await fork.commands.run(['sh', '-c', 'echo fork-only > /work/mine'])).exitCode, 0);
           assert.notEqual((await sandbox.commands.run(['cat', '/work/mine'])).exitCode, 0);
+          if (executor === 'microvm') {
+            // A microvm fork is the snapshot's VM going on: it cannot be given another memory size.
+            await assert.rejects(
+              client.sandboxes.create({ fromSnapshot: snapshots[0]!.id, limits: { memoryMb: 512 } }),
+              (error: unknown) => (error as { code?: string }).code === 'CONFLICTING_FIELDS' && (error as { status?: number }).status === 400 && /memoryMb/.test((error as Error).message),
+            );
+          }
         } finally {
           for (const fork of forks) await fork.kill();
           await sandbox.kill();

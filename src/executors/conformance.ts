@@ -879,6 +879,13 @@ while True:
         // Forks share nothing later: a file written in one is not in the other.
         assert.equal((await runIn(forks[0]!, ['sh', '-c', 'echo mine > /work/only-here'])).exitCode, 0);
         assert.notEqual((await runIn(forks[1]!, ['cat', '/work/only-here'])).exitCode, 0);
+        // A fork started again (its processes ended: a server's crash, a hibernation whose image is gone) is a new
+        // process tree on its own files, which moved on from the snapshot's: the snapshot's processes come back once.
+        await forks[0]!.destroy();
+        const again = await create(forkSpecs[0]!, { storage: { fromSnapshot: snapshotId } });
+        forks.push(again);
+        assert.equal((await runIn(again, ['cat', '/work/only-here'])).stdout, 'mine\n', "the restarted fork's own files");
+        assert.doesNotMatch(await processList(again), /\/work\/counter/, "a restart brought the snapshot's processes back over files that moved on");
       } finally {
         await sandbox.destroy();
         for (const fork of forks) await fork.destroy();

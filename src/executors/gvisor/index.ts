@@ -262,6 +262,7 @@ export class GvisorExecutor implements Executor {
       uid: this.uid,
       gid: this.gid,
       attach: (id, diskMb, fromSnapshot) => this.storage.attach(id, diskMb, fromSnapshot, this.volumesDir),
+      hasDisk: (id) => fs.existsSync(this.storage.diskPath(id)),
       snapshotFiles: (volume, snapshotId) => this.storage.snapshot(volume, snapshotId),
       memoryImage: (snapshotId) => path.join(path.dirname(this.storage.layerPath(snapshotId)), 'memory'),
       removeSnapshot: (snapshotId) => this.storage.removeSnapshot(snapshotId),

@@ -47,6 +47,8 @@ export interface GvisorSandboxDeps {
   uid: number;
   gid: number;
   attach(sandboxId: string, diskMb: number, fromSnapshot: string | null): Promise<Volume>;
+  /** Whether the sandbox's disk exists already (a restart: its files moved on from any snapshot it was made from). */
+  hasDisk(sandboxId: string): boolean;
   snapshotFiles(volume: Volume, snapshotId: string): Promise<number>;
   /** Where a snapshot's saved processes live (`<snapshot dir>/memory`), beside its files' layer. */
   memoryImage(snapshotId: string): string;
@@ -101,6 +103,8 @@ export async function startGvisorSandbox(deps: GvisorSandboxDeps, spec: RunSpec,
   }
   let volume: Volume | null = null;
   let cgroup: Cgroup | null = null;
+  // Read before attach() makes the disk: only a new sandbox starts from a memory snapshot's processes.
+  const newDisk = options.storage !== undefined && !deps.hasDisk(spec.id);
   try {
     // Without storage the files live in gVisor's memory (tmpfs): gone with the sandbox, kept by a hibernation.
     if (options.storage !== undefined) volume = await deps.attach(spec.id, spec.limits.diskMb, options.storage.fromSnapshot);
@@ -113,9 +117,11 @@ export async function startGvisorSandbox(deps: GvisorSandboxDeps, spec: RunSpec,
     if (helper !== null) mounts.push(helper);
     cgroup = await executor.prepare(spec, deps.rootfs, [shell, '-c', INIT], '/', mounts);
     const bundle = executor.bundleDir(spec.id);
-    // A memory snapshot's processes come back in every sandbox made from it (its files are the disk's lower layer).
+    // A memory snapshot's processes come back in every sandbox made from it (its files are the disk's lower layer); a
+    // restart of one (after a server's crash, or a hibernation whose image is gone) starts a new process tree on its
+    // files, which moved on from the snapshot's.
     const fromSnapshot = options.storage?.fromSnapshot ?? null;
-    const memory = !restoring && fromSnapshot !== null && fs.existsSync(path.join(deps.memoryImage(fromSnapshot), 'checkpoint.img')) ? deps.memoryImage(fromSnapshot) : null;
+    const memory = !restoring && newDisk && fromSnapshot !== null && fs.existsSync(path.join(deps.memoryImage(fromSnapshot), 'checkpoint.img')) ? deps.memoryImage(fromSnapshot) : null;
     const image = restoring ? imagePath : memory;
     const command = image !== null ? ['restore', '--detach', `--image-path=${image}`, `--bundle=${bundle}`, spec.id] : ['run', '--detach', `--bundle=${bundle}`, spec.id];
     await runDetached(executor, command, path.join(bundle, 'start.log'));

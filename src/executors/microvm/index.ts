@@ -545,6 +545,19 @@ export class MicroVmExecutor implements Executor {
       // The VM must have the shape it was saved with, whatever the spec says now.
       shape = { ...shape, vcpus: hibernated.vcpus, memoryMb: hibernated.memoryMb };
     }
+    // A new sandbox from a memory snapshot: the VM of the snapshot's moment, on an overlay of the disk of that moment.
+    // A restart of such a sandbox (its disk made already, and moved on since) boots on its files as any restart does.
+    const fromSnapshot = options.storage?.fromSnapshot ?? null;
+    let fromMemory: HibernationRecord | null = null;
+    if (hibernated === null && storage !== null && fromSnapshot !== null && !existsSync(storage.diskPath(spec.id))) {
+      fromMemory = await storage.snapshotMemory(fromSnapshot);
+      if (fromMemory !== null) {
+        checkForkOfMemorySnapshot(spec, shape.image, fromSnapshot, fromMemory);
+        shape = { ...shape, vcpus: fromMemory.vcpus, memoryMb: fromMemory.memoryMb };
+      }
+    }
+    const saved = hibernated ?? fromMemory;
+    const incoming = storage === null ? undefined : hibernated !== null ? storage.memoryPath(spec.id) : fromMemory !== null ? storage.snapshotMemoryPath(fromSnapshot!) : undefined;
     let disk: string | undefined;
     let vm: MicroVm | null = null;
     // Streams of background commands saved with the VM: attached to the restored VM's client before it reads a frame.
@@ -553,13 +566,14 @@ export class MicroVmExecutor implements Executor {
     if (adopt !== undefined && hibernated === null) adopt.fail(new Error('the sandbox was not restored from its hibernation image'));
     try {
       if (storage !== null) disk = await storage.attach(spec.id, spec.limits.diskMb, options.storage?.fromSnapshot ?? null);
-      vm = await this.bootVm(shape, hibernated === null || storage === null ? undefined : storage.memoryPath(spec.id), {
+      vm = await this.bootVm(shape, incoming, {
         ...(disk === undefined ? {} : { dataDisk: disk }),
         // Streams the guest may still have running were numbered below streamsUsed; leave a margin for in-flight ones.
-        ...(hibernated === null ? {} : { firstStream: hibernated.streamsUsed + 1024, ...(adopt === undefined ? {} : { adopt }) }),
+        ...(saved === null ? {} : { firstStream: saved.streamsUsed + 1024 }),
+        ...(hibernated === null || adopt === undefined ? {} : { adopt }),
       });
       options.signal?.throwIfAborted();
-      if (hibernated === null) {
+      if (saved === null) {
         await vm.agent.setUpSandbox({
           workdir: spec.workdir,
           limits: { memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, cpus: spec.limits.cpus, diskMb: spec.limits.diskMb },
@@ -567,7 +581,7 @@ export class MicroVmExecutor implements Executor {
           uid: NOBODY,
           gid: NOBODY,
         });
-      } else {
+      } else if (hibernated !== null) {
         // The image is in a VM again, and the disk moves on from here: it can never be restored a second time.
         await storage!.dropHibernation(spec.id);
       }
@@ -576,7 +590,7 @@ export class MicroVmExecutor implements Executor {
         vm: vm as QemuVm,
         env: spec.env,
         storage: disk === undefined ? null : { disk, store: storage! },
-        shape: { image: shape.image, vcpus: shape.vcpus, memoryMb: shape.memoryMb },
+        shape: { image: shape.image, vcpus: shape.vcpus, memoryMb: shape.memoryMb, limits: saved?.limits ?? limitsOf(spec) },
         release: (ended) => this.destroyVm(ended),
         keepStreams: (streams) => {
           this.hibernatedStreams.get(spec.id)?.fail(new Error('superseded'));
@@ -681,4 +695,23 @@ export class MicroVmExecutor implements Executor {
     for (const entry of this.live.values()) entry.kill();
     await this.close();
   }
+}
+
+const limitsOf = (spec: RunSpec): NonNullable<HibernationRecord['limits']> => ({ memoryMb: spec.limits.memoryMb, cpus: spec.limits.cpus, pids: spec.limits.pids, diskMb: spec.limits.diskMb });
+
+/**
+ * A sandbox made from a memory snapshot is the snapshot's VM going on: its image, its memory and its guest's limits
+ * were saved with its processes. A spec that asks for others is refused rather than quietly given the snapshot's.
+ */
+function checkForkOfMemorySnapshot(spec: RunSpec, image: string, snapshotId: string, saved: HibernationRecord): void {
+  const fields: string[] = [];
+  if (image !== saved.image) fields.push('image');
+  if (saved.limits !== undefined) {
+    const asked = limitsOf(spec);
+    for (const field of ['memoryMb', 'cpus', 'pids', 'diskMb'] as const) if (asked[field] !== saved.limits[field]) fields.push(field);
+  }
+  if (fields.length === 0) return;
+  throw new KindlingError('CONFLICTING_FIELDS', `snapshot ${snapshotId} keeps the memory and processes of its sandbox, so a sandbox made from it has that sandbox's ${fields.join(', ')}; leave ${fields.length === 1 ? 'it' : 'them'} out of the request`, {
+    details: { fields, snapshot: snapshotId },
+  });
 }

@@ -82,7 +82,7 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
     }
   });
 
-  it('files on the data disk outlive a killed VM; a snapshot is an immutable qcow2 that a fork uses as its backing file', { timeout: 900_000 }, async (t) => {
+  it('files on the data disk outlive a killed VM; a snapshot is an immutable qcow2 (plus the memory) that a fork uses as its backing file', { timeout: 900_000 }, async (t) => {
     if (missing) return t.skip(skipOrFail('microvm', missing));
     const storage = executor!.sandboxStorage!;
     const id = `sbx-${newExecutionId().slice(-12)}`;
@@ -109,12 +109,26 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
       // Written after the restart, never synced by the command: destroy() writes it out before the VM goes.
       assert.equal((await run(first, 'echo two > /work/b.txt')).exitCode, 0);
 
+      // A snapshot of a paused sandbox: the disk and the memory, and the sandbox stays paused.
+      await first.pause();
       const snap = await first.snapshot!(snapshotId);
-      assert.equal(snap.memory, false);
+      const status = await (first as unknown as { vm: { qmp: { execute<T>(command: string): Promise<T> } } }).vm.qmp.execute<{ status: string }>('query-status');
+      assert.equal(status.status, 'paused', 'a paused sandbox is paused again after its snapshot');
+      await first.resume();
+      assert.equal(snap.memory, true);
       const snapshotFile = path.join(storageDir(), 'snapshots', `${snapshotId}.qcow2`);
-      assert.equal(statSync(snapshotFile).size, snap.bytes);
+      const memoryFile = path.join(storageDir(), 'snapshots', `${snapshotId}.vmstate`);
+      assert.equal(statSync(snapshotFile).size + statSync(memoryFile).size, snap.bytes);
       assert.equal(statSync(snapshotFile).mode & 0o777, 0o444, 'a snapshot is never written again');
+      assert.equal(statSync(memoryFile).mode & 0o777, 0o444, "a snapshot's memory is never written again");
       assert.equal((await run(first, 'echo after > /work/c.txt')).stdout, '', 'the sandbox runs on after its snapshot');
+      // Its forks are that VM going on: a spec asking for another memory size is refused, and nothing is made for it.
+      const bigger = spec(`${id}-big`);
+      await assert.rejects(
+        executor!.createPersistentSandbox({ ...bigger, limits: { ...bigger.limits, memoryMb: 512 } }, { storage: { fromSnapshot: snapshotId } }),
+        (error: unknown) => isKindlingError(error) && error.code === 'CONFLICTING_FIELDS' && /memoryMb/.test(error.message),
+      );
+      assert.equal(existsSync(path.join(storageDir(), 'disks', `${id}-big.qcow2`)), false, 'the refused fork made no disk');
 
       fork = await executor!.createPersistentSandbox(spec(forkId), { storage: { fromSnapshot: snapshotId } });
       assert.equal((await run(fork, 'cat /work/a.txt /work/b.txt; ls /work')).stdout, 'kept\ntwo\na.txt\nb.txt\n');
@@ -127,8 +141,9 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
       await fork.destroy();
       await first.destroy();
       assert.deepEqual(qemuPids(), [], 'no qemu process is left');
-      // A snapshot that is gone cannot seed a new disk.
+      // A snapshot that is gone cannot seed a new disk; its removal takes the disk, the memory and their record.
       await storage.removeSnapshot(snapshotId);
+      assert.deepEqual(readdirSync(path.join(storageDir(), 'snapshots')), []);
       await assert.rejects(executor!.createPersistentSandbox(spec(`${id}-x`), { storage: { fromSnapshot: snapshotId } }), (error: unknown) => isKindlingError(error) && error.code === 'SNAPSHOT_NOT_FOUND');
       // reap() removes the disks of sandboxes not kept; removeDisk one kept.
       assert.equal(await storage.reap(new Set([id]), new Set()), 1);

@@ -7,11 +7,14 @@
  * Pause/resume: QMP `stop`/`cont` (the vCPUs stop: the qemu process uses no CPU while stopped). usage(): the qemu
  * process's host cgroup (what the VM costs the host, guest kernel and agent included).
  *
- * Snapshot: the data disk's file system frozen (fsfreeze in the guest: everything written is on the disk), the VM
- * stopped (QEMU flushes its block layer), the disk copied into an immutable qcow2 (see sandbox-storage.ts), then
- * continued and thawed. Hibernate: the VM stopped and its whole state (memory, devices) migrated into a file, then
- * qemu ends (its RAM is released); a later start with `-incoming` from that file and the same disk continues every
- * process where it was.
+ * Snapshot (a memory snapshot): the VM stopped (QEMU drains and flushes its block layer, so the disk holds every write
+ * the guest's memory believes done), the disk copied into an immutable qcow2 and the VM's whole state (memory, devices,
+ * every process, the guest's page cache) migrated into a file beside it (see sandbox-storage.ts), then continued. A
+ * sandbox made from it starts with `-incoming` from that file on an overlay of that disk: its processes go on where
+ * they were, as after a hibernation. No fsfreeze: a frozen file system would be saved frozen.
+ *
+ * Hibernate: the VM stopped and its whole state (memory, devices) migrated into a file, then qemu ends (its RAM is
+ * released); a later start with `-incoming` from that file and the same disk continues every process where it was.
  */
 import { rename, rm, stat } from 'node:fs/promises';
 import type { Duplex, Readable, Writable } from 'node:stream';
@@ -45,7 +48,7 @@ export interface MicroVmSandboxParts {
 }
 
 export class MicroVmPersistentSandbox implements PersistentSandbox {
-  readonly capabilities: SandboxCapabilities = { pause: true, memorySnapshot: false, hibernate: true };
+  readonly capabilities: SandboxCapabilities;
   readonly id: string;
   readonly disposed: Promise<void>;
   private readonly vm: QemuVm;
@@ -58,6 +61,8 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
   constructor(private readonly parts: MicroVmSandboxParts) {
     this.id = parts.id;
     this.vm = parts.vm;
+    // Memory snapshots need a disk to pair the memory with (tmpfs files live in the memory, but a snapshot is files).
+    this.capabilities = { pause: true, memorySnapshot: parts.storage !== null, hibernate: true };
     this.ports = new MicroVmPorts(() => this.vm.agent, parts.id);
     this.backstop = setTimeout(() => void this.destroy(), parts.lifetimeMs);
     this.backstop.unref();
@@ -127,25 +132,30 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
     return usage.cpuMs === null && usage.memoryPeakBytes === null ? null : usage;
   }
 
-  /** The data disk copied at one moment into an immutable snapshot; a paused sandbox stays paused. */
+  /**
+   * The data disk and the VM's memory at one moment, into an immutable memory snapshot; a paused sandbox stays paused.
+   * Resolves with the bytes of both files.
+   */
   async snapshot(snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
     this.assertAlive();
     const storage = this.parts.storage;
     if (storage === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): nothing to snapshot`, { details: { sandbox: this.id } });
     const wasPaused = this.paused;
-    // The guest must run to freeze its file system (dirty pages in its page cache are written out by the freeze).
-    if (wasPaused) await this.vm.qmp.execute('cont');
-    await this.vm.agent.freeze(true);
+    if (!wasPaused) await this.vm.qmp.execute('stop');
     try {
-      await this.vm.qmp.execute('stop');
+      const diskBytes = await storage.store.snapshot(storage.disk, snapshotId);
       try {
-        return { bytes: await storage.store.snapshot(storage.disk, snapshotId), memory: false };
-      } finally {
-        if (this.vm.alive) await this.vm.qmp.execute('cont').catch(() => {});
+        const memoryBytes = await storage.store.saveSnapshotMemory(snapshotId, { ...this.parts.shape, streamsUsed: this.vm.agent.streamsUsed }, (file) => this.vm.snapshot(file));
+        return { bytes: diskBytes + memoryBytes, memory: true };
+      } catch (error) {
+        await storage.store.removeSnapshot(snapshotId).catch(() => {});
+        throw new KindlingError('EXECUTOR_FAILED', `saving the memory of sandbox ${this.id} failed: ${(error as Error).message}`, { cause: error });
       }
     } finally {
       if (this.vm.alive) {
-        await this.vm.agent.freeze(false).catch(() => {});
+        // After a migration the VM waits in "postmigrate" with its disks handed over: `cont` takes them back. A paused
+        // sandbox is stopped again at once (its guest runs for that moment, as for a snapshot of the files before).
+        await this.vm.qmp.execute('cont').catch(() => {});
         if (wasPaused) await this.vm.qmp.execute('stop').catch(() => {});
       }
     }

@@ -7,9 +7,12 @@
  *                                       sandbox (after the VM ended) attaches the same file.
  *   <dir>/disks/<sandbox id>.vmstate    a hibernated VM: its memory and device state (QMP migrate to a file), and
  *   <dir>/disks/<sandbox id>.json       what the VM looked like (shape, agent stream ids), to start it identically
- *   <dir>/snapshots/<snapshot id>.qcow2 a snapshot: the disk at one moment (its file system frozen, the VM stopped),
- *                                       flattened into a standalone qcow2 (`qemu-img convert`: only the allocated
- *                                       clusters are copied), mode 0444, never written again
+ *   <dir>/snapshots/<snapshot id>.qcow2 a snapshot: the disk at one moment (the VM stopped), flattened into a
+ *                                       standalone qcow2 (`qemu-img convert`: only the allocated clusters are
+ *                                       copied), mode 0444, never written again
+ *   <dir>/snapshots/<snapshot id>.vmstate the VM's memory and devices at that same moment (QMP migrate to a file), and
+ *   <dir>/snapshots/<snapshot id>.json    its shape and agent stream ids: a memory snapshot. Every sandbox made from
+ *                                       it starts with `-incoming` from this file (read, never written: shared)
  *
  * A disk made from a snapshot is a qcow2 overlay whose backing file is the snapshot: made in O(1) whatever the
  * snapshot's size, and every sandbox made from one snapshot shares it (copy-on-write: only their changes are theirs).
@@ -48,6 +51,8 @@ export interface HibernationRecord {
   /** The agent client's next stream id when the VM was saved; a restored client starts above it. */
   streamsUsed: number;
   savedAt: string;
+  /** The sandbox's limits, set in the guest when it was made and saved with it (memory snapshots: forks keep them). */
+  limits?: { memoryMb: number; cpus: number; pids: number; diskMb: number };
 }
 
 export class MicroVmSandboxStorage implements SandboxStorageOps {
@@ -75,6 +80,49 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
 
   snapshotPath(snapshotId: string): string {
     return path.join(this.snapshotsDir, `${safe(snapshotId)}.qcow2`);
+  }
+
+  /** The memory image of a memory snapshot (see snapshotMemory()). */
+  snapshotMemoryPath(snapshotId: string): string {
+    return path.join(this.snapshotsDir, `${safe(snapshotId)}.vmstate`);
+  }
+
+  private snapshotRecordPath(snapshotId: string): string {
+    return path.join(this.snapshotsDir, `${safe(snapshotId)}.json`);
+  }
+
+  /**
+   * Saves the memory half of snapshot `snapshotId`: `save(file)` writes the VM's state into a partial file, renamed
+   * into place once complete, then the record. Resolves with the image's size. A failure leaves no memory half.
+   */
+  async saveSnapshotMemory(snapshotId: string, record: Omit<HibernationRecord, 'savedAt'>, save: (file: string) => Promise<void>): Promise<number> {
+    await fs.promises.mkdir(this.snapshotsDir, { recursive: true, mode: 0o700 });
+    const file = this.snapshotMemoryPath(snapshotId);
+    const partial = `${file}.${randomBytes(4).toString('hex')}.partial`;
+    const recordFile = this.snapshotRecordPath(snapshotId);
+    try {
+      await save(partial);
+      await fs.promises.chmod(partial, 0o444);
+      await fs.promises.rename(partial, file);
+      await fs.promises.writeFile(`${recordFile}.partial`, JSON.stringify({ ...record, savedAt: new Date().toISOString() }));
+      await fs.promises.rename(`${recordFile}.partial`, recordFile);
+      return (await fs.promises.stat(file)).size;
+    } catch (error) {
+      await fs.promises.rm(partial, { force: true }).catch(() => {});
+      await fs.promises.rm(file, { force: true }).catch(() => {});
+      await fs.promises.rm(`${recordFile}.partial`, { force: true }).catch(() => {});
+      throw error;
+    }
+  }
+
+  /** The memory half of snapshot `snapshotId`, or null for a snapshot of the files only. */
+  async snapshotMemory(snapshotId: string): Promise<HibernationRecord | null> {
+    try {
+      const record = JSON.parse(await fs.promises.readFile(this.snapshotRecordPath(snapshotId), 'utf8')) as HibernationRecord;
+      return fs.existsSync(this.snapshotMemoryPath(snapshotId)) ? record : null;
+    } catch {
+      return null;
+    }
   }
 
   /** The sandbox's disk: the existing one (a restart), else a new one (empty, or an overlay on `fromSnapshot`). */
@@ -119,7 +167,7 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
   }
 
   /**
-   * Copies `disk` (its VM stopped, its file system frozen: the caller's job) into the immutable snapshot `snapshotId`.
+   * Copies `disk` (its VM stopped, its guest's writes on it or in the saved memory: the caller's job) into the immutable snapshot `snapshotId`.
    * `-U`: the running QEMU holds the image's lock; the copy is consistent because the VM is stopped. Returns its size.
    */
   async snapshot(disk: string, snapshotId: string): Promise<number> {
@@ -167,6 +215,8 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
   }
 
   async removeSnapshot(snapshotId: string): Promise<void> {
+    await fs.promises.rm(this.snapshotRecordPath(snapshotId), { force: true });
+    await fs.promises.rm(this.snapshotMemoryPath(snapshotId), { force: true });
     await fs.promises.rm(this.snapshotPath(snapshotId), { force: true });
   }
 
