@@ -263,6 +263,7 @@ export class GvisorExecutor implements Executor {
       gid: this.gid,
       attach: (id, diskMb, fromSnapshot) => this.storage.attach(id, diskMb, fromSnapshot, this.volumesDir),
       hasDisk: (id) => fs.existsSync(this.storage.diskPath(id)),
+      removeDisk: (id) => this.storage.removeDisk(id),
       snapshotFiles: (volume, snapshotId) => this.storage.snapshot(volume, snapshotId),
       memoryImage: (snapshotId) => path.join(path.dirname(this.storage.layerPath(snapshotId)), 'memory'),
       removeSnapshot: (snapshotId) => this.storage.removeSnapshot(snapshotId),

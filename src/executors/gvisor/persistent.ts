@@ -49,6 +49,8 @@ export interface GvisorSandboxDeps {
   attach(sandboxId: string, diskMb: number, fromSnapshot: string | null): Promise<Volume>;
   /** Whether the sandbox's disk exists already (a restart: its files moved on from any snapshot it was made from). */
   hasDisk(sandboxId: string): boolean;
+  /** Removes a disk this start made when the start fails (nothing of the user's is on it yet). */
+  removeDisk(sandboxId: string): Promise<void>;
   snapshotFiles(volume: Volume, snapshotId: string): Promise<number>;
   /** Where a snapshot's saved processes live (`<snapshot dir>/memory`), beside its files' layer. */
   memoryImage(snapshotId: string): string;
@@ -132,6 +134,8 @@ export async function startGvisorSandbox(deps: GvisorSandboxDeps, spec: RunSpec,
     // A half-made sandbox goes before the error is rethrown (the original error wins).
     if (cgroup !== null) await executor.release(spec.id, cgroup);
     await volume?.detach().catch(() => {});
+    // A retry of the same id must not take a disk made here for a restart (a memory snapshot's processes would not come back).
+    if (newDisk) await deps.removeDisk(spec.id).catch(() => {});
     if (error instanceof KindlingError) throw error;
     if (restoring) {
       // The saved image cannot come back: the caller starts a new process tree on the files (the image is useless now).

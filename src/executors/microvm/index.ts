@@ -386,6 +386,12 @@ export class MicroVmExecutor implements Executor {
     }
   }
 
+  /** What a VM's saved state depends on: the shape's snapshot key (kernel, agent, root image, memory, vcpus, accelerator). */
+  private async machineKey(shape: Shape): Promise<string> {
+    const config = await this.config();
+    return snapshotKey({ driver: this.driver, shape, accel: config.accel, assetsHash: config.assets.stamp.inputsHash });
+  }
+
   /** A fresh agent-ready VM: restored from the shape's snapshot, or booted. */
   private async createVm(shape: Shape): Promise<MicroVm> {
     this.startAgeOut();
@@ -557,6 +563,19 @@ export class MicroVmExecutor implements Executor {
       }
     }
     const saved = hibernated ?? fromMemory;
+    const machine = await this.machineKey(shape);
+    if (saved !== null && saved.machine !== undefined && saved.machine !== machine) {
+      // Saved by a VM of other assets (kernel, agent or root image rebuilt since, or another accelerator): QEMU would
+      // fail to load it, or worse, load it over devices that differ.
+      if (hibernated !== null) await storage!.dropHibernation(spec.id);
+      this.hibernatedStreams.get(spec.id)?.fail(new Error('the hibernation image cannot be restored'));
+      this.hibernatedStreams.delete(spec.id);
+      throw new KindlingError('SANDBOX_STATE_LOST', hibernated !== null
+        ? `sandbox ${spec.id}'s saved memory was made with other microVM assets (kernel, agent or image rebuilt since): its processes cannot come back; start it again (its files are kept)`
+        : `snapshot ${fromSnapshot}'s memory was made with other microVM assets (kernel, agent or image rebuilt since): a sandbox made from it cannot go on with its processes`, {
+        details: hibernated !== null ? { sandbox: spec.id } : { snapshot: fromSnapshot },
+      });
+    }
     const incoming = storage === null ? undefined : hibernated !== null ? storage.memoryPath(spec.id) : fromMemory !== null ? storage.snapshotMemoryPath(fromSnapshot!) : undefined;
     let disk: string | undefined;
     let vm: MicroVm | null = null;
@@ -564,6 +583,9 @@ export class MicroVmExecutor implements Executor {
     const adopt = this.hibernatedStreams.get(spec.id);
     this.hibernatedStreams.delete(spec.id);
     if (adopt !== undefined && hibernated === null) adopt.fail(new Error('the sandbox was not restored from its hibernation image'));
+    // A disk made by this call goes again when the start fails: nothing of the user's is on it yet, and a retry of
+    // the same id must not find it and take it for a restart (a memory snapshot's processes would not come back).
+    const newDisk = storage !== null && !existsSync(storage.diskPath(spec.id));
     try {
       if (storage !== null) disk = await storage.attach(spec.id, spec.limits.diskMb, options.storage?.fromSnapshot ?? null);
       vm = await this.bootVm(shape, incoming, {
@@ -597,14 +619,17 @@ export class MicroVmExecutor implements Executor {
           this.hibernatedStreams.set(spec.id, streams);
         },
         lifetimeMs: spec.limits.timeoutMs,
+        machine,
+        log: this.logger,
       });
       this.sandboxes.add(sandbox);
       void sandbox.disposed.finally(() => this.sandboxes.delete(sandbox));
       return sandbox;
     } catch (error) {
       // A half-made sandbox goes before the error is rethrown (the original error wins); its disk stays (it is the
-      // sandbox's files, removed with removeDisk).
+      // sandbox's files, removed with removeDisk) unless this call made it.
       if (vm !== null) await this.destroyVm(vm).catch(() => undefined);
+      if (newDisk && disk !== undefined) await fs.rm(disk, { force: true }).catch(() => undefined);
       // Background commands saved with the image end with it (their processes are not coming back).
       adopt?.fail(error as Error);
       if (error instanceof KindlingError) throw error;
@@ -703,7 +728,7 @@ const limitsOf = (spec: RunSpec): NonNullable<HibernationRecord['limits']> => ({
  * A sandbox made from a memory snapshot is the snapshot's VM going on: its image, its memory and its guest's limits
  * were saved with its processes. A spec that asks for others is refused rather than quietly given the snapshot's.
  */
-function checkForkOfMemorySnapshot(spec: RunSpec, image: string, snapshotId: string, saved: HibernationRecord): void {
+export function checkForkOfMemorySnapshot(spec: RunSpec, image: string, snapshotId: string, saved: HibernationRecord): void {
   const fields: string[] = [];
   if (image !== saved.image) fields.push('image');
   if (saved.limits !== undefined) {

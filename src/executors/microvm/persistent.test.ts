@@ -111,10 +111,15 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
 
       // A snapshot of a paused sandbox: the disk and the memory, and the sandbox stays paused.
       await first.pause();
+      const pausedAt = Date.now();
       const snap = await first.snapshot!(snapshotId);
       const status = await (first as unknown as { vm: { qmp: { execute<T>(command: string): Promise<T> } } }).vm.qmp.execute<{ status: string }>('query-status');
       assert.equal(status.status, 'paused', 'a paused sandbox is paused again after its snapshot');
+      // Paused for 5 s in all (the scenario, not a wait for state): the guest's clock stood still meanwhile.
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, pausedAt + 5_000 - Date.now())));
       await first.resume();
+      const resumedSkewS = Number((await run(first, 'date +%s')).stdout.trim()) - Date.now() / 1000;
+      assert.ok(Math.abs(resumedSkewS) < 3, `the guest clock is ${resumedSkewS.toFixed(1)} s off the host's after a resume`);
       assert.equal(snap.memory, true);
       const snapshotFile = path.join(storageDir(), 'snapshots', `${snapshotId}.qcow2`);
       const memoryFile = path.join(storageDir(), 'snapshots', `${snapshotId}.vmstate`);

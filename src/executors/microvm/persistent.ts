@@ -25,6 +25,7 @@ import type { AgentExec, DetachedStreams } from './agent-client.js';
 import { MicroVmPorts, type PortRelayStats } from './ports.js';
 import type { QemuVm } from './qemu.js';
 import type { HibernationRecord, MicroVmSandboxStorage } from './sandbox-storage.js';
+import type { Logger } from '../shared/logger.js';
 
 /** How long destroy() lets the guest write its file system out before the VM is killed. */
 const FLUSH_TIMEOUT_MS = 10_000;
@@ -38,13 +39,21 @@ export interface MicroVmSandboxParts {
   /** The data disk and where to keep snapshots and hibernation images; null: files on tmpfs, gone with the VM. */
   storage: { disk: string; store: MicroVmSandboxStorage } | null;
   /** What a hibernation record says besides the stream ids. */
-  shape: Omit<HibernationRecord, 'streamsUsed' | 'savedAt'>;
+  shape: Omit<HibernationRecord, 'streamsUsed' | 'savedAt' | 'machine'>;
   /** Ends the VM's life on the executor's side (its directory, cgroup, registry entry). */
   release(vm: QemuVm): Promise<void>;
   /** Keeps the streams of background commands saved by hibernate() for the VM restored from the image. */
   keepStreams(streams: DetachedStreams): void;
   /** The lifetime backstop (spec.limits.timeoutMs): the sandbox is destroyed then. */
   lifetimeMs: number;
+  /** What the saved memory depends on (kernel, agent, image, shape; see machineKey()): a restore elsewhere is refused. */
+  machine: string;
+  log?: Logger;
+}
+
+/** How long saving a VM's memory may take: a minute or two, longer for a large VM (TCG writes ~100 MB/s or more here). */
+export function migrationTimeoutMs(memoryMb: number): number {
+  return Math.max(120_000, memoryMb * 30);
 }
 
 export class MicroVmPersistentSandbox implements PersistentSandbox {
@@ -55,6 +64,8 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
   private ended = false;
   private paused = false;
   private destroying: Promise<void> | null = null;
+  /** A snapshot under way (the VM stopped for it): commands wait for it. */
+  private snapshotting: Promise<unknown> | null = null;
   private readonly backstop: NodeJS.Timeout;
   private readonly ports: MicroVmPorts;
 
@@ -81,6 +92,9 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
   async exec(request: SandboxCommandRequest): Promise<SandboxCommand> {
     this.assertAlive();
     checkCommandRequest(request);
+    // A command sent while a snapshot stops the VM would be saved with its memory and run in every fork of it.
+    while (this.snapshotting !== null) await this.snapshotting.catch(() => {});
+    this.assertAlive();
     let handle: AgentExec;
     try {
       handle = this.vm.agent.exec({
@@ -124,6 +138,8 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
     this.assertAlive();
     await this.vm.qmp.execute('cont');
     this.paused = false;
+    // The guest has no RTC and its clock stood still while stopped: it is the host's again before the next command.
+    await this.vm.agent.setClock().catch(() => {});
   }
 
   usage(): ResourceUsage | null {
@@ -136,28 +152,56 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
    * The data disk and the VM's memory at one moment, into an immutable memory snapshot; a paused sandbox stays paused.
    * Resolves with the bytes of both files.
    */
-  async snapshot(snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
+  snapshot(snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
     this.assertAlive();
     const storage = this.parts.storage;
     if (storage === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): nothing to snapshot`, { details: { sandbox: this.id } });
+    const taking = this.takeSnapshot(storage, snapshotId);
+    const marker = taking.finally(() => {
+      if (this.snapshotting === marker) this.snapshotting = null;
+    });
+    this.snapshotting = marker;
+    return taking;
+  }
+
+  private async takeSnapshot(storage: NonNullable<MicroVmSandboxParts['storage']>, snapshotId: string): Promise<{ bytes: number; memory: boolean }> {
     const wasPaused = this.paused;
     if (!wasPaused) await this.vm.qmp.execute('stop');
     try {
       const diskBytes = await storage.store.snapshot(storage.disk, snapshotId);
       try {
-        const memoryBytes = await storage.store.saveSnapshotMemory(snapshotId, { ...this.parts.shape, streamsUsed: this.vm.agent.streamsUsed }, (file) => this.vm.snapshot(file));
+        const record = { ...this.parts.shape, machine: this.parts.machine, streamsUsed: this.vm.agent.streamsUsed };
+        const memoryBytes = await storage.store.saveSnapshotMemory(snapshotId, record, (file) => this.vm.snapshot(file, migrationTimeoutMs(this.parts.shape.memoryMb)));
         return { bytes: diskBytes + memoryBytes, memory: true };
       } catch (error) {
         await storage.store.removeSnapshot(snapshotId).catch(() => {});
         throw new KindlingError('EXECUTOR_FAILED', `saving the memory of sandbox ${this.id} failed: ${(error as Error).message}`, { cause: error });
       }
     } finally {
-      if (this.vm.alive) {
-        // After a migration the VM waits in "postmigrate" with its disks handed over: `cont` takes them back. A paused
-        // sandbox is stopped again at once (its guest runs for that moment, as for a snapshot of the files before).
-        await this.vm.qmp.execute('cont').catch(() => {});
-        if (wasPaused) await this.vm.qmp.execute('stop').catch(() => {});
+      await this.continueAfterSnapshot(wasPaused);
+    }
+  }
+
+  /**
+   * After a migration the VM waits in "postmigrate" with its disks handed over: `cont` takes them back. A paused
+   * sandbox is stopped again at once (its guest runs for that moment, as for a snapshot of the files before). A VM
+   * that does not run again is destroyed (its commands would hang): it ends as a sandbox that died.
+   */
+  private async continueAfterSnapshot(wasPaused: boolean): Promise<void> {
+    if (!this.vm.alive) return;
+    try {
+      await this.vm.qmp.execute('cont');
+      const { status } = await this.vm.qmp.execute<{ status: string }>('query-status');
+      if (status !== 'running') throw new Error(`the VM is "${status}" after cont`);
+      if (wasPaused) {
+        await this.vm.qmp.execute('stop');
+      } else {
+        // Its clock stood still while it was stopped.
+        await this.vm.agent.setClock().catch(() => {});
       }
+    } catch (error) {
+      this.parts.log?.warn({ err: error, sandbox: this.id }, 'the microVM did not run again after a snapshot; the sandbox is destroyed');
+      void this.destroy();
     }
   }
 
@@ -172,9 +216,9 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
     const file = storage.store.memoryPath(this.id);
     const partial = `${file}.partial`;
     try {
-      await this.vm.saveMemory(partial);
+      await this.vm.saveMemory(partial, migrationTimeoutMs(this.parts.shape.memoryMb));
       await rename(partial, file);
-      await storage.store.saveHibernation(this.id, { ...this.parts.shape, streamsUsed: this.vm.agent.streamsUsed, savedAt: new Date().toISOString() });
+      await storage.store.saveHibernation(this.id, { ...this.parts.shape, machine: this.parts.machine, streamsUsed: this.vm.agent.streamsUsed, savedAt: new Date().toISOString() });
       // Background commands run on in the saved guest under their stream ids: their streams wait for the restored VM
       // (output, exit and kill go on there) instead of ending with this one.
       this.parts.keepStreams(this.vm.agent.detach());

@@ -283,18 +283,37 @@ export class QemuVm {
     return this.vmProcess.diagnostics();
   }
 
-  /** Saves the running VM's state into `file` (QMP migrate to a file). The VM is left paused; destroy it afterwards. */
+  /**
+   * Saves the VM's state into `file` (QMP migrate to a file); the VM is left stopped ("postmigrate": `cont` takes its
+   * disks back). A migration that fails or outlasts `timeoutMs` is cancelled and waited for before this rejects, so
+   * that a VM continued afterwards is not stopped later by a migration still under way.
+   */
   async snapshot(file: string, timeoutMs = 60_000): Promise<void> {
     await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'zero-blocks', state: false }] }).catch(() => undefined);
     await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(file)}` });
     const deadline = Date.now() + timeoutMs;
+    let problem: string;
     for (;;) {
       const info = await this.qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
       if (info.status === 'completed') return;
-      if (info.status === 'failed' || info.status === 'cancelled') throw new Error(`snapshot failed: ${info['error-desc'] ?? info.status}`);
-      if (Date.now() > deadline) throw new Error('snapshot did not finish in time');
+      if (info.status === 'failed' || info.status === 'cancelled') {
+        problem = `snapshot failed: ${info['error-desc'] ?? info.status}`;
+        break;
+      }
+      if (Date.now() > deadline) {
+        problem = `snapshot did not finish in ${Math.round(timeoutMs / 1000)} s`;
+        break;
+      }
       await sleep(10);
     }
+    await this.qmp.execute('migrate_cancel').catch(() => undefined);
+    const settleBy = Date.now() + 10_000;
+    while (Date.now() < settleBy) {
+      const info = await this.qmp.execute<{ status?: string }>('query-migrate').catch(() => ({ status: 'failed' }));
+      if (info.status === 'cancelled' || info.status === 'failed' || info.status === 'completed' || info.status === undefined) break;
+      await sleep(10);
+    }
+    throw new Error(problem);
   }
 
   /** Hibernation: stops the VM and saves its whole state into `file` (QMP migrate). Kill the VM afterwards. */

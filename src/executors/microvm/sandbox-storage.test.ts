@@ -92,4 +92,44 @@ describe('microvm sandbox storage', () => {
     assert.deepEqual(readdirSync(path.join(dir, 'disks')), []);
     assert.deepEqual(readdirSync(path.join(dir, 'snapshots')), []);
   });
+
+  it("keeps a snapshot's memory half only once complete (0444, with its record); a failed save leaves none; removal and reap() take all of it", async (t) => {
+    const missing = missingTool();
+    if (missing) return t.skip(skipOrFail('microvm', missing));
+    const { store, dir } = await storage();
+    await store.attach('src', 16, null);
+    await store.snapshot(store.diskPath('src'), 'snap-mem');
+    assert.equal(await store.snapshotMemory('snap-mem'), null, 'a snapshot of the files only has no memory half');
+    const record = { image: 'kindling/base', vcpus: 1, memoryMb: 416, streamsUsed: 9, machine: 'abc', limits: { memoryMb: 256, cpus: 1, pids: 128, diskMb: 16 } };
+
+    // The save fails half-way: no memory file, no record, no partial file.
+    await assert.rejects(
+      store.saveSnapshotMemory('snap-mem', record, async (file) => {
+        writeFileSync(file, 'half');
+        throw new Error('migration failed');
+      }),
+      /migration failed/,
+    );
+    assert.equal(await store.snapshotMemory('snap-mem'), null);
+    assert.deepEqual(readdirSync(path.join(dir, 'snapshots')), ['snap-mem.qcow2']);
+
+    const bytes = await store.saveSnapshotMemory('snap-mem', record, async (file) => writeFileSync(file, 'the vm state'));
+    assert.equal(bytes, 'the vm state'.length);
+    const saved = await store.snapshotMemory('snap-mem');
+    assert.deepEqual({ ...saved, savedAt: undefined }, { ...record, savedAt: undefined });
+    assert.equal(statSync(store.snapshotMemoryPath('snap-mem')).mode & 0o777, 0o444, "a snapshot's memory is never written again");
+    assert.deepEqual(readdirSync(path.join(dir, 'snapshots')).sort(), ['snap-mem.json', 'snap-mem.qcow2', 'snap-mem.vmstate']);
+
+    // reap() keeps all three for a kept snapshot, takes all three of one that is not.
+    assert.equal(await store.reap(new Set(['src']), new Set(['snap-mem'])), 0);
+    assert.equal(readdirSync(path.join(dir, 'snapshots')).length, 3);
+    assert.equal(await store.reap(new Set(['src']), new Set()), 1);
+    assert.deepEqual(readdirSync(path.join(dir, 'snapshots')), []);
+
+    await store.snapshot(store.diskPath('src'), 'snap-2');
+    await store.saveSnapshotMemory('snap-2', record, async (file) => writeFileSync(file, 'state'));
+    await store.removeSnapshot('snap-2');
+    assert.deepEqual(readdirSync(path.join(dir, 'snapshots')), []);
+    assert.equal(await store.snapshotMemory('snap-2'), null);
+  });
 });

@@ -51,6 +51,8 @@ export interface HibernationRecord {
   /** The agent client's next stream id when the VM was saved; a restored client starts above it. */
   streamsUsed: number;
   savedAt: string;
+  /** What the saved state depends on (machineKey(): kernel, agent, root image, shape); absent in older records. */
+  machine?: string;
   /** The sandbox's limits, set in the guest when it was made and saved with it (memory snapshots: forks keep them). */
   limits?: { memoryMb: number; cpus: number; pids: number; diskMb: number };
 }

@@ -8,7 +8,9 @@ import { mkdtempSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { snapshotKey } from './index.js';
+import { isKindlingError } from '../../core/errors.js';
+import type { RunSpec } from '../../core/types.js';
+import { checkForkOfMemorySnapshot, snapshotKey } from './index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kindling-snapshot-key-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -55,4 +57,20 @@ test('a bind disk that grew, a rewritten root image, another memory size or acce
   assert.notEqual(afterRoot, afterDisk);
   assert.notEqual(key({ memoryMb: 672 }), afterRoot);
   assert.notEqual(key({ accel: 'kvm' }), afterRoot);
+});
+
+test("a sandbox from a memory snapshot must have the snapshot's image and limits: others are refused, naming them", () => {
+  const limits = { timeoutMs: 60_000, memoryMb: 256, cpus: 1, pids: 128, outputBytes: 1 << 20, diskMb: 64, openFiles: 1024 };
+  const spec = (changes: Partial<typeof limits> = {}): RunSpec => ({ id: 'sb', image: 'kindling/base', command: [], env: {}, workdir: '/work', network: 'none', stdin: false, files: [], labels: {}, limits: { ...limits, ...changes } }) as RunSpec;
+  const saved = { image: 'kindling/base', vcpus: 1, memoryMb: 416, streamsUsed: 3, savedAt: '', limits: { memoryMb: 256, cpus: 1, pids: 128, diskMb: 64 } };
+  checkForkOfMemorySnapshot(spec(), 'kindling/base', 'snap', saved);
+  // The lifetime and output cap are the new sandbox's own.
+  checkForkOfMemorySnapshot(spec({ timeoutMs: 5_000, outputBytes: 10 }), 'kindling/base', 'snap', saved);
+  const refused = (run: () => void, fields: string[]): void =>
+    assert.throws(run, (error: unknown) => isKindlingError(error) && error.code === 'CONFLICTING_FIELDS' && JSON.stringify((error.details as { fields: string[] }).fields) === JSON.stringify(fields));
+  refused(() => checkForkOfMemorySnapshot(spec({ memoryMb: 512 }), 'kindling/base', 'snap', saved), ['memoryMb']);
+  refused(() => checkForkOfMemorySnapshot(spec({ cpus: 2, pids: 64, diskMb: 128 }), 'kindling/base', 'snap', saved), ['cpus', 'pids', 'diskMb']);
+  refused(() => checkForkOfMemorySnapshot(spec(), 'kindling/python', 'snap', saved), ['image']);
+  // A record from before limits were saved: only the image is checked.
+  checkForkOfMemorySnapshot(spec({ memoryMb: 512 }), 'kindling/base', 'snap', { ...saved, limits: undefined });
 });
