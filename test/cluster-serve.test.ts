@@ -265,6 +265,54 @@ describe('serve --cluster: gateways and workers', { skip: unavailable }, () => {
     worker.child.kill('SIGCONT');
   });
 
+  it('kill -9 of the NATS server the gateway is connected to, under async load on a 3-node NATS cluster: every accepted invocation succeeds, each recorded once', { timeout: 240_000 }, async (context) => {
+    const t = lifo(context);
+    const nats = await startNatsCluster(t, { nodes: 3 });
+    const urls = nats.urls.join(',');
+    const gateway = await startNode(t, urls, 'gateway', 'gw-1');
+    const workers = [await startNode(t, urls, 'worker', 'wk-a'), await startNode(t, urls, 'worker', 'wk-b')];
+    await waitFor(async () => {
+      const seen = JSON.stringify(await new Kindling({ url: gateway.url }).cluster());
+      return seen.includes('"wk-a"') && seen.includes('"wk-b"');
+    }, { timeoutMs: 60_000, intervalMs: 250, what: 'the gateway to see both workers' });
+    await deploy(gateway, 'work', { runtime: 'node', handler: 'handler', timeoutMs: 60_000, code: 'exports.handler = async (event) => { await new Promise((r) => setTimeout(r, 400)); return "done " + event; }' });
+    // Which NATS server holds the gateway's connection (each server's /connz lists its clients by name).
+    let serving = -1;
+    await waitFor(async () => {
+      for (const node of nats.nodes) {
+        const connz = (await (await fetch(`http://127.0.0.1:${node.monitorPort}/connz`)).json()) as { connections?: { name?: string }[] };
+        if ((connz.connections ?? []).some((connection) => connection.name === 'kindling-gateway-gw-1')) serving = node.index;
+      }
+      return serving >= 0;
+    }, { timeoutMs: 10_000, what: "the gateway's NATS server" });
+    const total = 24;
+    const accept = async (i: number): Promise<string> => {
+      const accepted = await fetch(`${gateway.url}/v1/functions/work/invoke`, { method: 'POST', headers: { 'content-type': 'text/plain', 'x-kindling-async': 'true' }, body: `n${i}` });
+      assert.equal(accepted.status, 202, await accepted.text());
+      return accepted.headers.get('location')!;
+    };
+    const locations: string[] = [];
+    for (let i = 0; i < total / 2; i++) locations.push(await accept(i));
+    // Runs are under way on the workers when the server goes.
+    const inFlight = async (node: Node): Promise<number> => Number(/^kindling_handler_invocations_in_flight(?:\{[^}]*\})? (\d+)$/m.exec(await (await fetch(`${node.url}/metrics`)).text())?.[1] ?? 0);
+    await waitFor(async () => (await inFlight(workers[0]!)) + (await inFlight(workers[1]!)) > 0, { timeoutMs: 60_000, intervalMs: 50, what: 'runs to start on the workers' });
+    await nats.kill(serving, 'SIGKILL');
+    // Accepted while the gateway finds another server: queued in its store, never refused for the outage.
+    for (let i = total / 2; i < total; i++) locations.push(await accept(i));
+    type View = { status: string; attempts: number; error?: string };
+    const views = async (): Promise<View[]> => Promise.all(locations.map(async (location) => (await (await fetch(`${gateway.url}${location}`)).json()) as View));
+    await waitFor(async () => (await views()).every((view) => !['queued', 'running'].includes(view.status)), { timeoutMs: 180_000, intervalMs: 500, what: 'every invocation to finish' });
+    const finished = await views();
+    assert.deepEqual(finished.filter((view) => view.status !== 'succeeded'), [], 'every accepted invocation succeeded');
+    for (const [i, location] of locations.entries()) assert.equal(await (await fetch(`${gateway.url}${location}/output`)).text(), `done n${i}`);
+    // One outcome each: the gateway's list holds each id once, all succeeded.
+    const listed = (await (await fetch(`${gateway.url}/v1/invocations?function=work&limit=100`)).json()) as { invocations: { id: string; status: string }[] };
+    const ids = listed.invocations.map((invocation) => invocation.id);
+    assert.equal(new Set(ids).size, ids.length);
+    assert.equal(ids.length, total);
+    context.diagnostic(`attempts: ${finished.map((view) => view.attempts).join(',')}`);
+  });
+
   it('a worker cut off from NATS aborts the runs gateways sent it (fencing); the gateway, cut off too, answers CLUSTER_UNAVAILABLE', { timeout: 120_000 }, async (context) => {
     const { nats, gateway, worker } = await gatewayWithWorker(context);
     await deploy(gateway, 'hang', { runtime: 'node', handler: 'handler', timeoutMs: 120_000, code: 'exports.handler = () => new Promise(() => {})' });

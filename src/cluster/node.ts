@@ -105,6 +105,7 @@ export class ClusterNode {
         const identity = JSON.stringify({ nodeId: config.nodeId, instance: nuid.next(), startedAt: new Date().toISOString() });
         node.gatewayPing = connection.nc.subscribe(gatewayPingSubject(config.nodeId), { callback: (error, msg) => void (error === null && msg.respond(identity)) });
       }
+      node.router?.listenForIdleUsage();
       logger.info({ role: config.role, nodeId: config.nodeId, urls: config.urls }, 'joined the cluster');
       return node;
     } catch (error) {

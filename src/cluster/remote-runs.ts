@@ -96,7 +96,7 @@ export class RemoteRuns implements RemoteRouter {
   private readonly prefix = `${RUN_SUBJECT_PREFIX}${nuid.next()}`;
   private readonly waiting = new Map<string, { onMessage: (msg: Msg) => void; fail: (error: unknown) => void }>();
   private readonly subscription: Subscription;
-  private readonly idleSubscription: Subscription | null;
+  private idleSubscription: Subscription | null = null;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -116,24 +116,29 @@ export class RemoteRuns implements RemoteRouter {
         }
       },
     });
-    const onIdleUsage = options.onIdleUsage;
-    // One gateway of the group records each message (several gateways will share the subject).
-    this.idleSubscription = onIdleUsage
-      ? nc.subscribe(IDLE_USAGE_SUBJECT, {
-          queue: 'kindling-gateways',
-          callback: (error, msg) => {
-            const event = error ? null : parseIdleUsage(msg.data);
-            if (event === null) return;
-            try {
-              onIdleUsage(event);
-              // Recorded: the worker does not keep it too.
-              msg.respond();
-            } catch {
-              // A record that cannot be written is the meter's to report; it must not end the connection's reader.
-            }
-          },
-        })
-      : null;
+  }
+
+  /**
+   * Starts taking the idle-usage records workers send (one gateway of the group records each). Called once this node
+   * holds its id: a twin refused at start must not take, and lose, records meant for the other gateways.
+   */
+  listenForIdleUsage(): void {
+    const onIdleUsage = this.options.onIdleUsage;
+    if (onIdleUsage === undefined || this.idleSubscription !== null) return;
+    this.idleSubscription = this.nc.subscribe(IDLE_USAGE_SUBJECT, {
+      queue: 'kindling-gateways',
+      callback: (error, msg) => {
+        const event = error ? null : parseIdleUsage(msg.data);
+        if (event === null) return;
+        try {
+          onIdleUsage(event);
+          // Recorded: the worker does not keep it too.
+          msg.respond();
+        } catch {
+          // A record that cannot be written is the meter's to report; it must not end the connection's reader.
+        }
+      },
+    });
   }
 
   /** Stops listening for replies; runs still waiting fail now (their workers are told to stop). */
