@@ -6,14 +6,18 @@
  * (bwrap, setpriv, agents) or run dir.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { describe, it } from 'node:test';
 import { SERVER_STOPPED_REASON } from '../src/orchestrator/invocations.js';
+import { KINDLING_CLI as CLI } from './helpers/cluster-node.js';
 import { leftovers, nothingLeft, processes, startServerProcess, stopProcess, type ServerProcess } from './helpers/faults.js';
-import { docker, dockerUnavailableReason, microvmUnavailableReason, sandboxUnavailableReason, waitFor } from './helpers/server.js';
+import { IMAGES_DIR, docker, dockerUnavailableReason, microvmUnavailableReason, sandboxUnavailableReason, waitFor } from './helpers/server.js';
 
 const unavailable = (await sandboxUnavailableReason()) ?? (await dockerUnavailableReason());
 const microvmUnavailable = await microvmUnavailableReason();
@@ -143,6 +147,31 @@ describe('kill -9 with microVMs running', { skip: microvmUnavailable ?? false },
       const reaper = clean ? null : await startServerProcess(dataDir, ['--executor', 'microvm', '--prewarm', '0', '--generic-sandboxes', '0']).catch(() => null);
       if (reaper) await stopProcess(reaper.child, 'SIGTERM');
       await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('SIGTERM while the server starts', { skip: (await sandboxUnavailableReason()) ?? false }, () => {
+  it('a signal at the first log line or at "listening" stops the server gracefully once it runs: exit 0, no mount of its data dir left', { timeout: 120_000 }, async () => {
+    for (const at of ['first log line', 'listening'] as const) {
+      const dataDir = await realpath(await mkdtemp(join(tmpdir(), 'kindling-sigterm-start-')));
+      try {
+        const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--data-dir', dataDir, '--images-dir', IMAGES_DIR, '--executor', 'sandbox', '--enable-executors', '', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
+        const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+        let sent = false;
+        createInterface({ input: child.stdout! }).on('line', (line) => {
+          if (sent || (at === 'listening' && !line.includes('Kindling is listening'))) return;
+          sent = true;
+          child.kill('SIGTERM');
+        });
+        const { code, signal } = await exited;
+        assert.ok(sent, 'the server logged before it exited');
+        // Killed by the signal's default action (code null) would leave its sandboxes' mounts and cgroups in place.
+        assert.deepEqual({ code, signal }, { code: 0, signal: null }, `SIGTERM at the ${at}`);
+        assert.deepEqual(readFileSync('/proc/mounts', 'utf8').split('\n').filter((mount) => mount.includes(dataDir)), [], `no mount of the data dir is left (SIGTERM at the ${at})`);
+      } finally {
+        await rm(dataDir, { recursive: true, force: true });
+      }
     }
   });
 });

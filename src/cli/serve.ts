@@ -224,6 +224,14 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
       const logger = pino({ level: options.logLevel as Level, base: { service: 'kindling' } });
       const dataDir = options.dataDir as string;
       const operatorResults = operatorSettings === null ? null : new (await import('../operator/result-store.js')).ResultStore({ dir: join(dataDir, 'operator-results') });
+      // Caught from here on: a signal while the server starts (or just after it listens) is kept and acted on once it
+      // runs, instead of killing the process with its sandboxes' mounts and cgroups in place.
+      let pendingSignal: string | null = null;
+      let onSignal = (signal: string): void => {
+        pendingSignal ??= signal;
+      };
+      process.on('SIGTERM', () => onSignal('SIGTERM'));
+      process.on('SIGINT', () => onSignal('SIGINT'));
       const server = await startServer({
         host: options.host as string,
         port: options.port as number,
@@ -322,8 +330,8 @@ export async function runServe(options: Record<string, unknown>, defaults: Serve
           },
         );
       };
-      process.on('SIGTERM', () => stop('SIGTERM'));
-      process.on('SIGINT', () => stop('SIGINT'));
+      onSignal = stop;
+      if (pendingSignal !== null) stop(pendingSignal);
   }
 }
 
