@@ -15,7 +15,8 @@ import type { IdleUsageEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
 import { WorkerRuns, type RunVersion } from './worker-runs.js';
 import { SharedState, type JoinReport, type SharedStateOptions } from './shared-state.js';
-import { TenantSlots, type TenantSlotsOptions } from './tenant-slots.js';
+import { TENANT_SLOTS_DEFAULTS, TenantSlots, openSlotsBucket, type TenantSlotsOptions } from './tenant-slots.js';
+import { GatewayLease } from './gateway-lease.js';
 import { InvocationOwners, type InvocationOwnersOptions } from './invocation-owners.js';
 import { SharedUsage, type SharedUsageOptions, type UsageSink } from './shared-usage.js';
 import { IdempotencyClaims, type IdempotencyClaimsOptions } from './idempotency-claims.js';
@@ -47,6 +48,8 @@ export class ClusterNode {
   private sharedArtifacts: SharedArtifacts | null = null;
   /** Gateways and `all`: answers whether a live gateway holds this node's id. */
   private gatewayPing: Subscription | null = null;
+  /** Gateways and `all`: this process's hold on the node id (gateway-lease.ts). */
+  private gatewayLease: GatewayLease | null = null;
 
   private constructor(
     readonly config: ClusterConfig,
@@ -102,8 +105,20 @@ export class ClusterNode {
       if (config.role !== 'gateway') await node.claimNodeId(pingSubject(config.nodeId), config.role === 'worker' ? workerInboxPrefix(config.nodeId) : WORKER_INBOX_PREFIX);
       if (config.role !== 'worker') {
         await node.claimNodeId(gatewayPingSubject(config.nodeId), GATEWAY_INBOX_PREFIX);
-        const identity = JSON.stringify({ nodeId: config.nodeId, instance: nuid.next(), startedAt: new Date().toISOString() });
-        node.gatewayPing = connection.nc.subscribe(gatewayPingSubject(config.nodeId), { callback: (error, msg) => void (error === null && msg.respond(identity)) });
+        const identity = { nodeId: config.nodeId, instance: nuid.next(), startedAt: new Date().toISOString() };
+        const answer = JSON.stringify(identity);
+        node.gatewayPing = connection.nc.subscribe(gatewayPingSubject(config.nodeId), { callback: (error, msg) => void (error === null && msg.respond(answer)) });
+        // Two gateways that asked in the same instant both got no answer: the lease lets one of them have the id.
+        const self = node;
+        node.gatewayLease = await GatewayLease.take(await openSlotsBucket(connection.nc), identity, {
+          leaseMs: TENANT_SLOTS_DEFAULTS.leaseMs,
+          answering: () => self.gatewaysAnswering(),
+          onLost: (other) => {
+            self.displacedBy = `node id ${config.nodeId} was taken by another gateway (started ${other.startedAt ?? 'at an unknown time'}); give each node its own --node-name and restart this one`;
+            logger.error({ nodeId: config.nodeId, other: other.instance, otherStartedAt: other.startedAt }, 'another gateway holds this node id: this one reports not ready');
+          },
+          onError: (error) => logger.warn({ err: error }, "this gateway's hold on its node id could not be rewritten; tried again shortly"),
+        });
       }
       node.router?.listenForIdleUsage();
       logger.info({ role: config.role, nodeId: config.nodeId, urls: config.urls }, 'joined the cluster');
@@ -111,9 +126,30 @@ export class ClusterNode {
     } catch (error) {
       node?.view?.close();
       node?.router?.close();
+      await node?.gatewayLease?.close().catch(() => undefined);
+      node?.gatewayPing?.unsubscribe();
       await connection.close();
       throw error;
     }
+  }
+
+  /** The instances of the gateway processes that answer for this node's id within 2 s (this one's included). */
+  private async gatewaysAnswering(): Promise<ReadonlySet<string>> {
+    const instances = new Set<string>();
+    try {
+      // nats.js resolves at once and reports a failure (no responders included) from the iteration.
+      for await (const msg of await this.connection.nc.requestMany(gatewayPingSubject(this.config.nodeId), '', { strategy: 'timer', maxWait: 2_000 })) {
+        try {
+          const instance = (JSON.parse(msg.string()) as { instance?: unknown }).instance;
+          if (typeof instance === 'string') instances.add(instance);
+        } catch {
+          // not a gateway's answer
+        }
+      }
+    } catch (error) {
+      if (!(error instanceof errors.NoRespondersError || (error instanceof errors.RequestError && error.isNoResponders()))) throw error;
+    }
+    return instances;
   }
 
   /**
@@ -300,6 +336,7 @@ export class ClusterNode {
       this.sharedArtifacts?.close();
       this.tenantSlots?.close();
       this.owners?.close();
+      await this.gatewayLease?.close().catch(() => undefined);
       this.gatewayPing?.unsubscribe();
       await this.connection.close();
     })();

@@ -33,6 +33,23 @@ export interface TenantSlotsOptions {
   nodeId?: string;
 }
 
+/**
+ * The slots bucket (made if absent): keys expire leaseMs after their last write. Also holds gateways' presence and
+ * their node ids' leases (gateway-lease.ts), under keys no tenant's slot can have.
+ */
+export async function openSlotsBucket(nc: NatsConnection, options: Pick<TenantSlotsOptions, 'bucket' | 'leaseMs' | 'replicas'> = {}): Promise<KV> {
+  const leaseMs = options.leaseMs ?? TENANT_SLOTS_DEFAULTS.leaseMs;
+  if (!Number.isInteger(leaseMs) || leaseMs < 1_000) throw new Error(`the slots' leaseMs must be a whole number >= 1000, got ${leaseMs}`);
+  return new Kvm(clusterJetStream(nc)).create(options.bucket ?? DEFAULT_SLOTS_BUCKET, {
+    ttl: leaseMs,
+    history: 1,
+    replicas: options.replicas ?? defaultReplicas(nc),
+    // A few dozen bytes per running execution of a tenant with a quota.
+    max_bytes: 256 * 1024 * 1024,
+    maxValueSize: 1024,
+  });
+}
+
 /** Presence keys of gateways (tenant names are lower-case letters, digits and dashes: no slot key starts so). */
 const PRESENCE = '_presence';
 
@@ -70,15 +87,7 @@ export class TenantSlots {
 
   static async open(nc: NatsConnection, options: TenantSlotsOptions = {}): Promise<TenantSlots> {
     const leaseMs = options.leaseMs ?? TENANT_SLOTS_DEFAULTS.leaseMs;
-    if (!Number.isInteger(leaseMs) || leaseMs < 1_000) throw new Error(`the slots' leaseMs must be a whole number >= 1000, got ${leaseMs}`);
-    const kv = await new Kvm(clusterJetStream(nc)).create(options.bucket ?? DEFAULT_SLOTS_BUCKET, {
-      ttl: leaseMs,
-      history: 1,
-      replicas: options.replicas ?? defaultReplicas(nc),
-      // A few dozen bytes per running execution of a tenant with a quota.
-      max_bytes: 256 * 1024 * 1024,
-      maxValueSize: 1024,
-    });
+    const kv = await openSlotsBucket(nc, options);
     const slots = new TenantSlots(kv, leaseMs, options);
     await slots.watch();
     return slots;
