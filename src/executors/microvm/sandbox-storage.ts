@@ -118,13 +118,8 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
   }
 
   /** The memory half of snapshot `snapshotId`, or null for a snapshot of the files only. */
-  async snapshotMemory(snapshotId: string): Promise<HibernationRecord | null> {
-    try {
-      const record = JSON.parse(await fs.promises.readFile(this.snapshotRecordPath(snapshotId), 'utf8')) as HibernationRecord;
-      return fs.existsSync(this.snapshotMemoryPath(snapshotId)) ? record : null;
-    } catch {
-      return null;
-    }
+  snapshotMemory(snapshotId: string): Promise<HibernationRecord | null> {
+    return savedState(this.snapshotRecordPath(snapshotId), this.snapshotMemoryPath(snapshotId));
   }
 
   /** The sandbox's disk: the existing one (a restart), else a new one (empty, or an overlay on `fromSnapshot`). */
@@ -195,13 +190,8 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
   }
 
   /** The hibernated VM of `sandboxId`, or null when there is none (never saved, consumed by a restore, or removed). */
-  async hibernation(sandboxId: string): Promise<HibernationRecord | null> {
-    try {
-      const record = JSON.parse(await fs.promises.readFile(this.recordPath(sandboxId), 'utf8')) as HibernationRecord;
-      return fs.existsSync(this.memoryPath(sandboxId)) ? record : null;
-    } catch {
-      return null;
-    }
+  hibernation(sandboxId: string): Promise<HibernationRecord | null> {
+    return savedState(this.recordPath(sandboxId), this.memoryPath(sandboxId));
   }
 
   /** Forgets a hibernated VM (restored: its memory is in a VM again, and the disk has moved on from it). */
@@ -245,6 +235,16 @@ export class MicroVmSandboxStorage implements SandboxStorageOps {
 
   private async qemuImg(args: string[]): Promise<void> {
     await execFileAsync(this.options.qemuImgBinary, args);
+  }
+}
+
+/** A saved VM's record, when both it and its memory file are there (a record is written only after its memory file). */
+async function savedState(recordFile: string, memoryFile: string): Promise<HibernationRecord | null> {
+  try {
+    const record = JSON.parse(await fs.promises.readFile(recordFile, 'utf8')) as HibernationRecord;
+    return fs.existsSync(memoryFile) ? record : null;
+  } catch {
+    return null;
   }
 }
 
