@@ -127,6 +127,10 @@ describe('microvm (qemu) persistent sandboxes: disks, snapshots, hibernation', (
       assert.equal(statSync(snapshotFile).mode & 0o777, 0o444, 'a snapshot is never written again');
       assert.equal(statSync(memoryFile).mode & 0o777, 0o444, "a snapshot's memory is never written again");
       assert.equal((await run(first, 'echo after > /work/c.txt')).stdout, '', 'the sandbox runs on after its snapshot');
+      // A snapshot that fails (here: an id no file may have) is the caller's error: the VM runs on, nothing is kept,
+      // and no promise is left rejecting unhandled (that would end this test process).
+      await assert.rejects(first.snapshot!('no/such id'), (error: unknown) => isKindlingError(error));
+      assert.equal((await run(first, 'echo still running')).stdout, 'still running\n');
       // Its forks are that VM going on: a spec asking for another memory size is refused, and nothing is made for it.
       const bigger = spec(`${id}-big`);
       await assert.rejects(

@@ -65,7 +65,7 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
   private paused = false;
   private destroying: Promise<void> | null = null;
   /** A snapshot under way (the VM stopped for it): commands wait for it. */
-  private snapshotting: Promise<unknown> | null = null;
+  private snapshotting: Promise<void> | null = null;
   private readonly backstop: NodeJS.Timeout;
   private readonly ports: MicroVmPorts;
 
@@ -93,7 +93,7 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
     this.assertAlive();
     checkCommandRequest(request);
     // A command sent while a snapshot stops the VM would be saved with its memory and run in every fork of it.
-    while (this.snapshotting !== null) await this.snapshotting.catch(() => {});
+    while (this.snapshotting !== null) await this.snapshotting;
     this.assertAlive();
     let handle: AgentExec;
     try {
@@ -157,7 +157,11 @@ export class MicroVmPersistentSandbox implements PersistentSandbox {
     const storage = this.parts.storage;
     if (storage === null) throw new KindlingError('SNAPSHOTS_UNSUPPORTED', `sandbox ${this.id} keeps its files in memory (tmpfs): nothing to snapshot`, { details: { sandbox: this.id } });
     const taking = this.takeSnapshot(storage, snapshotId);
-    const marker = taking.finally(() => {
+    // Settles either way and never rejects: a failed snapshot is the caller's error, not an unhandled rejection here.
+    const marker: Promise<void> = taking.then(
+      () => undefined,
+      () => undefined,
+    ).finally(() => {
       if (this.snapshotting === marker) this.snapshotting = null;
     });
     this.snapshotting = marker;
