@@ -6,7 +6,7 @@ import { isKindlingError } from '../../core/errors.js';
 import type { RunSpec } from '../../core/types.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { testSpec } from '../conformance.js';
-import { EXEC_SHIM, FD_ARGS, SUPERVISOR_MOUNT, bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec, type ImageBinds } from './bwrap-args.js';
+import { EXEC_SHIM, FD_ARGS, SUPERVISOR_MOUNT, bwrapArgs, encodeArgs, launchLine, launchRecord, mountTargets, validateSpec, type ImageBinds } from './bwrap-args.js';
 
 const image: ImageBinds = { bindArgs: ['--ro-bind', '/img/usr', '/usr', '--symlink', 'usr/bin', '/bin'], shell: '/bin/sh' };
 const spec = (overrides: Partial<RunSpec> = {}): RunSpec => {
@@ -71,6 +71,56 @@ test('work dirs: inside /tmp only a --dir, / nothing, /tmp itself nothing; an im
   assert.deepEqual(bundle.command.slice(0, 4), ['/bin/sh', '-c', EXEC_SHIM, '/work/run']);
   // Another shell, or the same by another name, keeps it.
   assert.deepEqual(bwrapArgs(spec({ command: ['sh', '-c', 'echo r'] }), 'h', image, { kind: 'tmpfs' }, null).command.slice(0, 4), ['/bin/sh', '-c', EXEC_SHIM, 'sh']);
+});
+
+test('a command found in the image runs without the shim, with the PWD the shim\'s sh would export; one found under a mount keeps it', () => {
+  const found = { direct: true, visited: ['/usr', '/usr/bin', '/usr/bin/python3'] };
+  const direct = bwrapArgs(spec(), 'h', image, { kind: 'tmpfs' }, null, found);
+  assert.deepEqual(direct.command, ['python3', '-c', 'print(1)']);
+  assert.deepEqual(after(direct.options, '--setenv', 2), [...Object.entries(spec().env), ['PWD', '/work']]);
+  // As sh does, a PWD that is not the work dir is replaced (bwrap applies its --setenv in order).
+  assert.deepEqual(after(bwrapArgs(spec({ env: { PWD: '/mine' } }), 'h', image, { kind: 'tmpfs' }, null, found).options, '--setenv', 2), [['PWD', '/mine'], ['PWD', '/work']]);
+  // Not found (or not looked up): the shim, and no PWD of ours.
+  const shimmed = bwrapArgs(spec(), 'h', image, { kind: 'tmpfs' }, null, { direct: false, visited: [] });
+  assert.deepEqual(shimmed.command.slice(0, 3), ['/bin/sh', '-c', EXEC_SHIM]);
+  assert.ok(!after(shimmed.options, '--setenv', 2).some(([key]) => key === 'PWD'));
+  // Through the work dir, /tmp, a bind or the agent's mount the sandbox sees something else than the image.
+  const through = (dir: string): { direct: boolean; visited: string[] } => ({ direct: true, visited: [dir, `${dir}/python3`, ...found.visited] });
+  for (const [lookup, extra] of [
+    [through('/work/bin'), {}],
+    [through('/tmp/bin'), {}],
+    [through('/proc/1'), {}],
+    [through('/opt/bundle'), { roBinds: [{ source: '/host/b', target: '/opt/bundle' }] }],
+    [through('/data'), { rwBinds: [{ source: '/host/d', target: '/data' }] }],
+    [through(AGENT_MOUNT), { agentDir: '/run/agents/x' }],
+  ] as Array<[{ direct: boolean; visited: string[] }, Partial<RunSpec>]>) {
+    assert.equal(bwrapArgs(spec(extra), 'h', image, { kind: 'tmpfs' }, null, lookup).command[0], '/bin/sh', lookup.visited[0]);
+  }
+  // A work dir of `/` mounts nothing there.
+  assert.equal(bwrapArgs(spec({ workdir: '/' }), 'h', image, { kind: 'root' }, null, found).command[0], 'python3');
+});
+
+test('an image root bound whole replaces the entries, is read-only already, and needs a mount point for each mount on it', () => {
+  const { options } = bwrapArgs(spec(), 'h', { ...image, root: '/run/k/images/python-1' }, { kind: 'tmpfs' }, null);
+  assert.deepEqual(options.slice(10, 13), ['--ro-bind', '/run/k/images/python-1', '/']);
+  assert.ok(!options.includes('/img/usr') && !options.includes('--symlink'));
+  assert.deepEqual(after(options, '--remount-ro'), [['/dev']]);
+  const targets = (overrides: Partial<RunSpec>, plan: Parameters<typeof mountTargets>[1] = { kind: 'tmpfs' }): string[] => mountTargets(spec(overrides), plan).map((t) => t.target);
+  assert.deepEqual(targets({}), ['/proc', '/dev', '/.kindling', '/tmp', '/work']);
+  // A work dir in /tmp is made in its tmpfs; `/` mounts nothing.
+  assert.deepEqual(targets({ workdir: '/tmp/x' }, { kind: 'in-tmp' }), ['/proc', '/dev', '/.kindling', '/tmp']);
+  assert.deepEqual(targets({ workdir: '/' }, { kind: 'root' }), ['/proc', '/dev', '/.kindling', '/tmp']);
+  // Binds with their sources (a file bind needs a file); one inside another is made in the outer one.
+  const persistent = mountTargets(spec({ rwBinds: [{ source: '/v/work', target: '/work' }, { source: '/v/tmp', target: '/tmp' }], roBinds: [{ source: '/v/sup', target: SUPERVISOR_MOUNT }, { source: '/v/nm', target: '/work/node_modules' }], agentDir: '/a' }), { kind: 'tmpfs' });
+  assert.deepEqual(persistent, [
+    { target: '/proc', source: null },
+    { target: '/dev', source: null },
+    { target: '/.kindling', source: null },
+    { target: '/work', source: '/v/work' },
+    { target: '/tmp', source: '/v/tmp' },
+    { target: SUPERVISOR_MOUNT, source: '/v/sup' },
+    { target: AGENT_MOUNT, source: null },
+  ]);
 });
 
 test('encodeArgs ends every argument with a NUL; launchLine sets RLIMIT_NOFILE and takes stdin from fd 6 or /dev/null, as sh reads it', () => {

@@ -8,6 +8,7 @@ import type { RunSpec } from '../../core/types.js';
 import { AGENT_MOUNT } from '../../../agent/files.js';
 import { shellQuote } from '../shared/process.js';
 import type { WorkdirPlan } from './rootfs.js';
+import { passesThrough, type CommandLookup } from './image-commands.js';
 
 /** Descriptors of the launcher (see launcher.ts): the seccomp program, bwrap's JSON status, the command line. */
 export const FD_SECCOMP = 3;
@@ -22,7 +23,8 @@ export const FD_SCRIPT = 5;
 export const FD_ARGS = 7;
 /**
  * The command is exec'd by the image's sh so that a missing or non-executable command ends as exit 127/126 with the
- * shell's message on stderr, as in Docker, instead of bwrap's exit 1.
+ * shell's message on stderr, as in Docker, instead of bwrap's exit 1; unless it is an executable of the image found
+ * before the sandbox starts (image-commands.ts).
  */
 export const EXEC_SHIM = 'exec "$@"';
 /** Where native/kindling-supervisor is bound inside a persistent sandbox (read-only; see persistent.ts). */
@@ -32,6 +34,35 @@ export const SUPERVISOR_MOUNT = '/.kindling-supervisor';
 export interface ImageBinds {
   bindArgs: string[];
   shell: string | null;
+  /**
+   * The image's root with every mount point a sandbox may need (private-mounts.ts), bound at `/` in one mount instead
+   * of `bindArgs`; only when each of the execution's mount targets is there (`mountTargets`, RunDirs.rootHas).
+   */
+  root?: string;
+}
+
+/** Where a sandbox mounts something on the image's root: `source` is a bind's host path (null: a directory is mounted). */
+export interface MountTarget {
+  target: string;
+  source: string | null;
+}
+
+/**
+ * The mounts an execution makes on the image's root itself (one inside another mount, such as a work dir under /tmp,
+ * is made in that mount and is left out): each needs its mount point in a root bound whole.
+ */
+export function mountTargets(spec: RunSpec, plan: WorkdirPlan): MountTarget[] {
+  const targets: MountTarget[] = [
+    { target: '/proc', source: null },
+    { target: '/dev', source: null },
+    { target: '/.kindling', source: null },
+    ...(spec.rwBinds ?? []).map((b) => ({ target: b.target, source: b.source })),
+    ...(spec.roBinds ?? []).map((b) => ({ target: b.target, source: b.source })),
+  ];
+  if (!targets.some((t) => t.target === '/tmp')) targets.push({ target: '/tmp', source: null });
+  if (plan.kind === 'tmpfs' && !targets.some((t) => t.target === spec.workdir)) targets.push({ target: spec.workdir, source: null });
+  if (spec.agentDir !== undefined) targets.push({ target: AGENT_MOUNT, source: null });
+  return targets.filter((t) => !targets.some((outer) => outer !== t && t.target.startsWith(`${outer.target}/`)));
 }
 
 export interface BwrapArgs {
@@ -41,11 +72,14 @@ export interface BwrapArgs {
   command: string[];
 }
 
+/** Top-level paths every sandbox mounts over the image (or has nothing of the image at). */
+const SANDBOX_MOUNTS = ['/proc', '/dev', '/sys', '/tmp', '/.kindling'];
+
 /**
  * bwrap's options and command for one execution. `runDir` is the host directory bound read-only at /.kindling (null:
- * an empty read-only /.kindling instead).
+ * an empty read-only /.kindling instead). `lookup`: where the command was found in the image (null: not looked up).
  */
-export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, plan: WorkdirPlan, runDir: string | null): BwrapArgs {
+export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, plan: WorkdirPlan, runDir: string | null, lookup: CommandLookup | null = null): BwrapArgs {
   const diskBytes = String(Math.round(spec.limits.diskMb * 1024 * 1024));
   /** A tmpfs of diskMb at `target`, its root directory with mode `perms`. */
   const tmpfs = (perms: string, target: string): string[] => ['--perms', perms, '--size', diskBytes, '--tmpfs', target];
@@ -62,7 +96,7 @@ export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, pl
     'ALL',
     '--hostname',
     hostname,
-    ...image.bindArgs,
+    ...(image.root === undefined ? image.bindArgs : ['--ro-bind', image.root, '/']),
     '--proc',
     '/proc',
     '--dev',
@@ -86,13 +120,22 @@ export function bwrapArgs(spec: RunSpec, hostname: string, image: ImageBinds, pl
   if (runDir !== null) a.push('--ro-bind', runDir, '/.kindling');
   else a.push('--perms', '0555', '--dir', '/.kindling');
   if (spec.agentDir !== undefined) a.push('--ro-bind', spec.agentDir, AGENT_MOUNT);
-  a.push('--remount-ro', '/', '--chdir', spec.workdir, '--clearenv');
+  // A root bound whole is read-only already; bwrap's own root (a tmpfs holding the image's entries) is made so here.
+  if (image.root === undefined) a.push('--remount-ro', '/');
+  a.push('--chdir', spec.workdir, '--clearenv');
   for (const [k, v] of Object.entries(spec.env)) a.push('--setenv', k, v);
-  a.push('--seccomp', String(FD_SECCOMP), '--json-status-fd', String(FD_STATUS));
-  const command: string[] = [];
   // A command that is the image's shell itself, or the supervisor the executor bound in, exists: no shim, one exec less.
   const known = spec.command[0] === image.shell || (spec.command[0] === SUPERVISOR_MOUNT && roBinds.some((b) => b.target === SUPERVISOR_MOUNT));
-  if (image.shell !== null && !known) command.push(image.shell, '-c', EXEC_SHIM, spec.command[0]!);
+  const mounts = [...SANDBOX_MOUNTS, ...binds.map((b) => b.target), ...roBinds.map((b) => b.target), ...(plan.kind === 'root' ? [] : [spec.workdir])];
+  if (spec.agentDir !== undefined) mounts.push(AGENT_MOUNT);
+  const found = lookup !== null && lookup.direct && !passesThrough(lookup, mounts);
+  const shim = known || found ? null : image.shell;
+  // The shim's sh exports PWD, the work dir (a PWD of the caller's that names another directory it replaces): a
+  // command exec'd without it gets the same environment.
+  if (image.shell !== null && found && !known) a.push('--setenv', 'PWD', spec.workdir);
+  a.push('--seccomp', String(FD_SECCOMP), '--json-status-fd', String(FD_STATUS));
+  const command: string[] = [];
+  if (shim !== null) command.push(shim, '-c', EXEC_SHIM, spec.command[0]!);
   command.push(...spec.command);
   return { options: a, command };
 }

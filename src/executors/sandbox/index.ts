@@ -21,7 +21,7 @@ import { DEFAULT_PREWARM_PER_SHAPE, type ExecutorBaseOptions } from '../shared/o
 import { assertSafeName, LazyCgroupDriver, type CgroupDriver, type CgroupLimits } from '../shared/cgroups.js';
 import { RootfsCatalog } from './rootfs.js';
 import { RunDirs, removeFlatDir } from './run-dirs.js';
-import { bwrapArgs, encodeArgs, launchLine, launchRecord, validateSpec } from './bwrap-args.js';
+import { bwrapArgs, encodeArgs, launchLine, launchRecord, mountTargets, validateSpec } from './bwrap-args.js';
 import { DEFAULT_SUPERVISOR_PATH, startPersistentSandbox, type BwrapPersistentSandbox } from './persistent.js';
 import { PersistentPool, type PoolShape } from './persistent-pool.js';
 import { SandboxStorage, type Volume } from './storage.js';
@@ -29,6 +29,7 @@ import { BtrfsSandboxStorage, btrfsStorageProblem, exists } from './storage-btrf
 import { DEFAULT_BTRFS_HELPER_PATH } from './btrfs-helper.js';
 import { ExecutionImpl, type SandboxExecution, type SandboxExitInfo } from './execution.js';
 import { DEFAULT_LAUNCH_HELPER_PATH, Launchers, type Launcher } from './launcher.js';
+import { ImageCommands } from './image-commands.js';
 import { bwrapVersion, hostProblem, smokeTest, unreachableBy, usernsProblem } from './probe.js';
 import { buildSandboxFilter } from './seccomp.js';
 import { EgressFirewall, ownerChainPrefix, removeChains } from '../../network/firewall.js';
@@ -125,6 +126,8 @@ export class SandboxExecutor implements Executor {
   private readonly timeoutGraceMs: number;
   private readonly cgroups: LazyCgroupDriver;
   private readonly images: RootfsCatalog;
+  /** Commands found in the images before a sandbox starts: those need no shell to exec them (image-commands.ts). */
+  private readonly commands = new ImageCommands();
   private readonly active = new Map<string, ExecutionImpl>();
   /** Names of cgroups this instance owns right now (launchers in the pool or running executions). */
   private readonly reserved = new Set<string>();
@@ -327,7 +330,10 @@ export class SandboxExecutor implements Executor {
       if (launcher === null) launcher = await this.launchers.spawn(netns?.path);
       launcher.cgroup.applyLimits(limits);
       if (spec.files.length > 0) runDir = await this.dirs.writeFiles(launcher.name, spec);
-      const { options: bwrapOptions, command } = bwrapArgs(spec, this.hostname, imageBinds, plan, runDir);
+      const lookup = layout.shell === null ? null : this.commands.lookup(layout, spec.command[0]!, spec.env.PATH);
+      // The image's root in one bind where it has every mount point this execution needs, else entry by entry.
+      const binds = imageBinds.root !== undefined && this.dirs.rootHas(imageBinds.root, mountTargets(spec, plan)) ? imageBinds : { bindArgs: imageBinds.bindArgs, shell: imageBinds.shell };
+      const { options: bwrapOptions, command } = bwrapArgs(spec, this.hostname, binds, plan, runDir, lookup);
       const execution = new ExecutionImpl(
         launcher,
         spec,

@@ -5,10 +5,12 @@
  * /var/lib/kindling/images/python/rootfs/usr shows that path to the sandbox, and binding a run dir shows the data dir.
  * Only a different filesystem changes that, so the executor (root) mounts, once per executor:
  *  - a tmpfs holding the run dirs and agent socket dirs (their lines then read `/runs/<name>`, `/agents/<id>`);
- *  - per runtime image, a read-only overlay whose only real layer is the image's rootfs (lines read `/usr`, ...). The
- *    overlay's options name its layers; they are given as /proc/self/fd/N of the mount(8) process, so the options read
- *    `lowerdir=/proc/self/fd/3:/proc/self/fd/4`, not the images dir. (An overlay without an upper layer needs two
- *    lower ones: the second is an empty directory.)
+ *  - per runtime image, a read-only overlay of three layers: whiteouts of the names a sandbox never takes from an image
+ *    (`hidden`), the image's rootfs, and the mount points a sandbox mounts at that an image may lack (`mountPoints`).
+ *    A sandbox binds that overlay at `/` in one mount (bwrap-args.ts): one bind instead of one per top-level entry of
+ *    the image, and no mount point for bwrap to make in a read-only root. The overlay's options name its layers; they
+ *    are given as /proc/self/fd/N of the mount(8) process, so the options read
+ *    `lowerdir=/proc/self/fd/3:/proc/self/fd/4:/proc/self/fd/5`, not the images dir.
  * Both live under `<stateDir>/sandbox/<random>` (short: agent socket paths must stay under the kernel's 108 bytes),
  * marked with the owner id in a file `owner`, and every mount is detached (`umount -l`) at close, so that sandboxes
  * still running keep what they bound. A crashed predecessor's mounts are found by owner and detached by `reapStale`.
@@ -26,6 +28,11 @@ export interface PrivateMountsOptions {
   ownerId: string;
   mountPath?: string;
   umountPath?: string;
+  mknodPath?: string;
+  /** Paths (absolute) every image root gets as empty directories and files where the image has nothing. */
+  mountPoints?: { dirs: readonly string[]; files: readonly string[] };
+  /** Top-level names of an image that its root hides. */
+  hidden?: readonly string[];
 }
 
 /** Mount points (unescaped) listed in /proc/self/mountinfo under `dir`. */
@@ -47,6 +54,8 @@ export class PrivateMounts {
   private readonly mounted: string[] = [];
   private tmpfs: Promise<void> | null = null;
   private counter = 0;
+  /** Whether the image roots hide `hidden` (whiteouts made): only then may a sandbox bind one whole at `/`. */
+  masked = false;
 
   constructor(private readonly options: PrivateMountsOptions, instanceTag: string) {
     this.root = path.join(options.baseDir, instanceTag);
@@ -62,8 +71,26 @@ export class PrivateMounts {
       await fs.promises.writeFile(path.join(this.root, 'owner'), this.options.ownerId, { mode: 0o600 });
       await this.mount(['-t', 'tmpfs', '-o', 'mode=0711,nosuid,nodev', 'kindling-runs', this.root]);
       await fs.promises.writeFile(path.join(this.root, 'owner'), this.options.ownerId, { mode: 0o600 });
-      // The overlays read their layers with the mounter's (root's) credentials: nobody else needs this one.
-      await fs.promises.mkdir(path.join(this.root, 'empty'), { mode: 0o700 });
+      // The layers above and below every image, in a directory of root's: the overlays read them with the mounter's
+      // credentials, nobody else needs them. The top one's mode is the mode of `/` in a sandbox that binds it whole.
+      const layers = path.join(this.root, 'layers');
+      await makeDir(layers, 0o700);
+      const mask = path.join(layers, 'mask');
+      await makeDir(mask, 0o755);
+      try {
+        // An overlay whiteout: a character device 0:0 hides the name in the layers below.
+        for (const name of this.options.hidden ?? []) await execFileAsync(this.options.mknodPath ?? '/usr/bin/mknod', ['-m', '000', path.join(mask, name), 'c', '0', '0'], { env: {} });
+        this.masked = true;
+      } catch {
+        // The image roots then show what rootfs.ts leaves out: sandboxes bind them entry by entry only.
+      }
+      const points = path.join(layers, 'mount-points');
+      await makeDir(points, 0o755);
+      for (const dir of this.options.mountPoints?.dirs ?? []) await makeDir(path.join(points, dir), 0o555);
+      for (const file of this.options.mountPoints?.files ?? []) {
+        await fs.promises.writeFile(path.join(points, file), '');
+        await fs.promises.chmod(path.join(points, file), 0o444);
+      }
       await fs.promises.mkdir(path.join(this.root, 'images'), { mode: 0o711 });
     })();
     return this.tmpfs;
@@ -83,9 +110,9 @@ export class PrivateMounts {
       await this.prepare();
       if (current !== undefined) void current.ready.then((old) => this.detach(old)).catch(() => {});
       await fs.promises.mkdir(dir, { mode: 0o755 });
-      const layers = [fs.openSync(rootfs, 'r'), fs.openSync(path.join(this.root, 'empty'), 'r')];
+      const layers = [fs.openSync(path.join(this.root, 'layers', 'mask'), 'r'), fs.openSync(rootfs, 'r'), fs.openSync(path.join(this.root, 'layers', 'mount-points'), 'r')];
       try {
-        await this.mount(['-t', 'overlay', '-o', 'ro,lowerdir=/proc/self/fd/3:/proc/self/fd/4', 'kindling-image', dir], layers);
+        await this.mount(['-t', 'overlay', '-o', 'ro,lowerdir=/proc/self/fd/3:/proc/self/fd/4:/proc/self/fd/5', 'kindling-image', dir], layers);
       } finally {
         for (const fd of layers) fs.closeSync(fd);
       }
@@ -159,4 +186,10 @@ export function runMount(mountPath: string | undefined, args: string[], fds: num
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`mount ${args.join(' ')} failed: ${stderr.trim()}`))));
   });
+}
+
+/** A directory of exactly `mode` (mkdir's mode is cut by the process's umask; `/` of a sandbox must not be). */
+async function makeDir(dir: string, mode: number): Promise<void> {
+  await fs.promises.mkdir(dir, { mode });
+  await fs.promises.chmod(dir, mode);
 }

@@ -2,10 +2,11 @@
  * Runtime image rootfs directories: `${imagesDir}/${short}/rootfs`, stamped by `recipe.json` (next to `rootfs/` or
  * inside it) once the build finished. An image `kindling/python[:tag]` has the short name `python`.
  *
- * bwrap's root is its own tmpfs; the rootfs' top-level entries are bound read-only into it one by one (directories
- * and files with `--ro-bind`, symlinks re-created with `--symlink`), and the root is remounted read-only at the end.
- * Binding each entry instead of the whole tree at `/` lets bwrap create mount points that the image lacks (`/.kindling`,
- * a work dir such as `/work`) without writing to the image.
+ * `bindArgs` make bwrap's root its own tmpfs with the rootfs' top-level entries bound read-only into it one by one
+ * (directories and files with `--ro-bind`, symlinks re-created with `--symlink`), remounted read-only at the end. That
+ * lets bwrap create mount points that the image lacks (a work dir such as `/app`) without writing to the image. Where
+ * the image's private overlay already has every mount point an execution needs, the executor binds that overlay whole
+ * at `/` instead (private-mounts.ts, RunDirs.rootHas): one mount rather than one per entry.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';

@@ -9,9 +9,21 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { RunSpec } from '../../core/types.js';
 import type { Logger } from '../shared/logger.js';
-import type { ImageBinds } from './bwrap-args.js';
+import { AGENT_MOUNT } from '../../../agent/files.js';
+import { SUPERVISOR_MOUNT, type ImageBinds, type MountTarget } from './bwrap-args.js';
 import { PrivateMounts } from './private-mounts.js';
 import type { RootfsLayout } from './rootfs.js';
+
+/**
+ * Mount points every image root gets where the image has none: those of every sandbox (bwrap-args.ts), the default
+ * work dir, the agent dir of warm sandboxes and the supervisor of persistent ones. An execution that mounts anywhere
+ * else the image lacks binds the image entry by entry instead, as before (bwrap makes its mount points in a tmpfs).
+ */
+const MOUNT_POINTS = { dirs: ['/proc', '/dev', '/tmp', '/.kindling', '/work', AGENT_MOUNT], files: [SUPERVISOR_MOUNT] };
+/** Names of an image's top level a sandbox does not see (rootfs.ts binds none of them either). */
+const HIDDEN = ['sys', 'lost+found', 'recipe.json'];
+/** Answers of rootHas kept; started over when full (work dirs are the callers' choice). */
+const MAX_ROOT_CHECKS = 512;
 
 export class RunDirs {
   readonly runsDir: string;
@@ -31,13 +43,14 @@ export class RunDirs {
   /** Why the private tmpfs could not be mounted (plain directories are used then), or null. */
   privateMountsFailed: string | null = null;
   private readonly imageRootFailed = new Set<string>();
+  private readonly rootChecks = new Map<string, boolean>();
 
   constructor(
     options: { baseDir: string; ownerId: string },
     private readonly gid: number,
     private readonly log: Logger,
   ) {
-    this.mounts = new PrivateMounts(options, randomBytes(3).toString('hex'));
+    this.mounts = new PrivateMounts({ ...options, mountPoints: MOUNT_POINTS, hidden: HIDDEN }, randomBytes(3).toString('hex'));
     this.runsDir = path.join(this.mounts.root, 'runs');
     this.agentsDir = path.join(this.mounts.root, 'agents');
     this.volumesDir = path.join(this.mounts.root, 'volumes');
@@ -92,7 +105,30 @@ export class RunDirs {
     const bindArgs = layout.bindArgs.map((arg, i) =>
       layout.bindArgs[i - 1] === '--ro-bind' && arg.startsWith(prefix) ? path.join(root, arg.slice(prefix.length)) : arg,
     );
-    return { bindArgs, shell: layout.shell };
+    return { bindArgs, shell: layout.shell, ...(this.mounts.masked ? { root } : {}) };
+  }
+
+  /**
+   * Whether the image root `root` has a mount point for each target: a real directory, or a regular file for a bind of
+   * a file, every component on the way a real directory (no link of the image followed on the host).
+   */
+  rootHas(root: string, targets: readonly MountTarget[]): boolean {
+    return targets.every((t) => {
+      let kind: 'dir' | 'file';
+      try {
+        kind = t.source === null || fs.statSync(t.source).isDirectory() ? 'dir' : 'file';
+      } catch {
+        return false;
+      }
+      const key = `${root}\0${t.target}\0${kind}`;
+      let has = this.rootChecks.get(key);
+      if (has === undefined) {
+        has = mountPointIn(root, t.target, kind);
+        if (this.rootChecks.size >= MAX_ROOT_CHECKS) this.rootChecks.clear();
+        this.rootChecks.set(key, has);
+      }
+      return has;
+    });
   }
 
   /** /.kindling content: a per-execution directory bound read-only (root:sandbox gid, files 0440, the dir 0550). */
@@ -180,4 +216,23 @@ export function removeFlatDir(dir: string): Promise<void> {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT' && !fs.existsSync(dir)) return Promise.resolve();
     return fs.promises.rm(dir, { recursive: true, force: true }).catch(() => {});
   }
+}
+
+/** `target` (absolute) in `root`: each component lstat'ed, directories all the way, the last one of `kind`. */
+function mountPointIn(root: string, target: string, kind: 'dir' | 'file'): boolean {
+  const parts = target.split('/').filter(Boolean);
+  if (parts.length === 0 || parts.some((part) => part === '.' || part === '..')) return false;
+  let current = root;
+  for (const [i, part] of parts.entries()) {
+    current = path.join(current, part);
+    let stat: fs.Stats;
+    try {
+      stat = fs.lstatSync(current);
+    } catch {
+      return false;
+    }
+    const last = i === parts.length - 1;
+    if (!(last && kind === 'file' ? stat.isFile() : stat.isDirectory())) return false;
+  }
+  return true;
 }

@@ -132,8 +132,9 @@ describe('sandbox executor: escape and abuse', () => {
       assert.ok(!out(r).includes('HOST-SECRET'), out(r));
       assert.ok(!out(r).includes('SAW-WORK-MAIN'));
       assert.match(out(r), /No such file or directory/);
-      // Every mount of a disk file system is the image: its private overlay (whose only real layer is the image's
-      // rootfs, see private-mounts.ts), or, where that cannot be mounted, a bind from inside the rootfs.
+      // Every mount of a disk file system is the image: its private overlay (whose only layer from disk is the image's
+      // rootfs, see private-mounts.ts), whole at / or an entry of it, or, where that cannot be mounted, a bind from
+      // inside the rootfs.
       const rootfs = `${imagesDir}/python/rootfs`;
       const diskMounts = out(r)
         .split('\n')
@@ -141,7 +142,7 @@ describe('sandbox executor: escape and abuse', () => {
       assert.ok(diskMounts.length > 0);
       for (const line of diskMounts) {
         const root = line.split(' ')[3]!;
-        const image = / - overlay kindling-image ro,lowerdir=\/proc\/self\/fd\/3:\/proc\/self\/fd\/4[, ]/.test(line) && /^\/[^/]+$/.test(root);
+        const image = / - overlay kindling-image ro,lowerdir=\/proc\/self\/fd\/3:\/proc\/self\/fd\/4:\/proc\/self\/fd\/5[, ]/.test(line) && /^\/[^/]*$/.test(root);
         assert.ok(image || root.startsWith(rootfs), `host path ${root} is mounted: ${line}`);
       }
       assert.ok(!out(r).includes(imagesDir) && !out(r).includes(stateDir), `a host path shows in mountinfo:\n${out(r)}`);
@@ -520,6 +521,48 @@ print(os.getpid(), os.getppid())
     await waitFor(() => !procsOf().some((pid) => launchers.includes(pid)), { what: 'the killed launchers to be gone' });
     const r = await run(ex, sh('echo fine'));
     assert.equal(out(r), 'fine\n');
+  });
+
+  it('execs an executable of the image without the shell, and keeps the shell where the image is not what the sandbox sees', async (t) => {
+    const ex = ready(t);
+    if (!ex) return;
+    // bwrap's init (pid 1) keeps bwrap's argv: the command after `--` is what bwrap exec'd.
+    const direct = await run(ex, testSpec({ command: ['cat', '/proc/1/cmdline'] }, PYTHON));
+    assert.equal(direct.exitCode, 0, err(direct));
+    const argv = out(direct).split('\0');
+    assert.deepEqual(argv.slice(argv.indexOf('--') + 1), ['cat', '/proc/1/cmdline', '']);
+    // The same environment as through the shell, which exports PWD.
+    const env = await run(ex, testSpec({ command: ['env'], env: { PATH: '/usr/bin:/bin' }, workdir: '/work' }, PYTHON));
+    assert.deepEqual(out(env).trim().split('\n').sort(), ['PATH=/usr/bin:/bin', 'PWD=/work']);
+    // A PATH entry in the sandbox's /tmp comes first: the image cannot say what is there, the shell looks.
+    const shadowed = await run(ex, testSpec({ command: ['cat', '/proc/1/cmdline'], env: { PATH: '/tmp/bin:/usr/bin:/bin' } }, PYTHON));
+    assert.match(out(shadowed), /\0\/bin\/sh\0-c\0exec "\$@"\0cat\0cat\0/);
+    // Not in the image: the shell's 127 and its message, as before.
+    const missing = await run(ex, testSpec({ command: ['no-such-command'] }, PYTHON));
+    assert.equal(missing.exitCode, 127);
+    assert.match(err(missing), /no-such-command: not found/);
+  });
+
+  it('binds the image root in one mount with the mount points it lacks, hides what the image has but a sandbox does not take, and falls back for others', async (t) => {
+    const ex = ready(t);
+    if (!ex) return;
+    // mountinfo: the mount point is field 5; the file system type and source follow the ` - ` after optional fields.
+    const list = 'grep -c . /proc/self/mountinfo; awk \'$5 == "/" { for (i = 6; i < NF; i++) if ($i == "-") { print $(i + 1), $(i + 2); break } }\' /proc/self/mountinfo; ls -A /; test -e /sys && echo HAS-SYS; touch /new 2>&1';
+    const whole = await run(ex, sh(list, { workdir: '/work' }));
+    const [count, root, ...rest] = out(whole).trim().split('\n');
+    assert.equal(root, 'overlay kindling-image', out(whole));
+    // / (the image), /proc, /dev (a tmpfs, /dev/pts, /dev/shm and six device binds), /tmp, /work: nothing per entry of the image.
+    assert.ok(Number(count) <= 13, out(whole));
+    assert.ok(rest.includes('usr') && rest.includes('.kindling') && rest.includes('work'), out(whole));
+    assert.ok(!rest.includes('recipe.json') && !rest.includes('HAS-SYS') && !rest.includes('sys'), out(whole));
+    assert.match(out(whole), /touch: cannot touch '\/new': Read-only file system/);
+    // A work dir the image has no directory for: bound entry by entry as before, the work dir made in bwrap's root.
+    const other = await run(ex, sh(`${list}; pwd; echo data > f && cat f`, { workdir: '/app' }));
+    assert.equal(other.exitCode, 0, err(other));
+    const lines = out(other).trim().split('\n');
+    assert.notEqual(lines[1], 'overlay kindling-image');
+    assert.ok(Number(lines[0]) > Number(count) + 5 && lines.includes('app') && lines.includes('usr') && !lines.includes('recipe.json') && !lines.includes('HAS-SYS'), out(other));
+    assert.deepEqual(lines.slice(-2), ['/app', 'data']);
   });
 
   it('says what to fix when it cannot run', async (t) => {
