@@ -129,7 +129,9 @@ describe('kill -9 with microVMs running', { skip: microvmUnavailable ?? false },
       await waitFor(async () => (before = await leftovers(docker, ownerId, dataDir)).runDirs.length >= 2, 60_000, 'the two VMs\' dirs');
       await stopProcess(first.child, 'SIGKILL');
       await inFlight;
-      assert.ok(qemus() >= 2, 'the VMs outlive the killed server (their parent died)');
+      // The VM running the sleep outlives its parent. The warm one may not: under load the server can have replaced
+      // it (a restore that timed out is killed and tried again) between the count above and the kill.
+      assert.ok(qemus() >= 1, 'the VM running the sleep outlives the killed server (its parent died)');
       assert.ok(before.runDirs.length >= 2, `VM dirs before the kill: ${before.runDirs.join(', ')}`);
 
       server = await startServerProcess(dataDir, ['--executor', 'microvm', '--prewarm', '0', '--generic-sandboxes', '0']);

@@ -9,9 +9,9 @@ import { ImageCommands, passesThrough, type ImageRoot } from './image-commands.j
 const PATH = '/usr/local/bin:/usr/bin:/bin';
 let top: string;
 
-/** A minimal 64-bit little-endian ELF header: machine `machine`, no program headers (type 2: a static executable). */
+/** A minimal 64-bit little-endian ELF file: machine `machine`, one PT_LOAD program header and no PT_INTERP (type 2: a static executable). */
 function staticElf(machine: number, type = 2): Buffer {
-  const header = Buffer.alloc(64);
+  const header = Buffer.alloc(64 + 56);
   header.writeUInt32BE(0x7f454c46, 0);
   header[4] = 2;
   header[5] = 1;
@@ -19,7 +19,8 @@ function staticElf(machine: number, type = 2): Buffer {
   header.writeUInt16LE(machine, 0x12);
   header.writeBigUInt64LE(64n, 0x20);
   header.writeUInt16LE(56, 0x36);
-  header.writeUInt16LE(0, 0x38);
+  header.writeUInt16LE(1, 0x38);
+  header.writeUInt32LE(1, 64);
   return header;
 }
 
@@ -52,6 +53,13 @@ function makeImage(name: string, withInterpreter = true): ImageRoot {
   fs.symlinkSync('../../../../../../../usr/bin/true', path.join(bin, 'escape'));
   fs.symlinkSync(path.resolve('/usr/bin/true'), path.join(bin, 'host'));
   fs.symlinkSync('loop', path.join(bin, 'loop'));
+  // A link that asks for a directory (`tool/`): execve fails with ENOTDIR.
+  fs.symlinkSync('tool/', path.join(bin, 'slashed'));
+  // The kernel refuses program headers of another size, and an executable with none.
+  const odd = staticElf(62);
+  odd.writeUInt16LE(64, 0x36);
+  fs.writeFileSync(path.join(bin, 'odd'), odd, { mode: 0o755 });
+  fs.writeFileSync(path.join(bin, 'none'), Buffer.concat([staticElf(62).subarray(0, 0x38), Buffer.alloc(8)]), { mode: 0o755 });
   fs.mkdirSync(path.join(bin, 'adir'));
   const entries = new Map(fs.readdirSync(rootfs).map((entry) => [entry, 'dir']));
   return { rootfs, entries };
@@ -79,7 +87,7 @@ test('an ELF executable of the image is found through PATH, links resolved insid
 test('anything else keeps the shell: missing, scripts, not executable by others, other architectures, links out or in loops, odd PATHs', () => {
   const image = makeImage('b');
   const commands = new ImageCommands();
-  for (const command of ['missing', 'script', 'private', 'foreign', 'escape', 'host', 'loop', 'adir', './tool', 'usr/bin/tool', '', '/proc/self/exe', '/tmp/tool']) {
+  for (const command of ['missing', 'script', 'private', 'foreign', 'escape', 'host', 'loop', 'slashed', 'odd', 'none', '/usr/bin/tool/', '/usr/bin/tool/.', '..', 'adir', './tool', 'usr/bin/tool', '', '/proc/self/exe', '/tmp/tool']) {
     assert.equal(commands.lookup(image, command, PATH).direct, false, command);
   }
   // An empty or relative PATH entry is the work dir; no PATH at all is the shell's default.
@@ -105,18 +113,20 @@ test('lookups are cached per rootfs directory, the cache is bounded, and a path 
   // Images do not change: a file removed behind the cache's back is not looked at again...
   fs.rmSync(path.join(image.rootfs, 'usr', 'bin', 'tool'));
   assert.equal(commands.lookup(image, 'tool', PATH), first);
-  // ...but a rebuilt image (a new directory at the same path) is looked up afresh,
-  fs.renameSync(image.rootfs, `${image.rootfs}.old`);
-  fs.mkdirSync(image.rootfs);
-  assert.equal(commands.lookup(image, 'tool', PATH).direct, false);
-  fs.rmdirSync(image.rootfs);
-  fs.renameSync(`${image.rootfs}.old`, image.rootfs);
-  assert.equal(commands.lookup(image, 'tool', PATH), first);
-  // and names enough to fill the cache start it over.
+  // ...but names enough to fill the cache start it over,
   for (let i = 0; i < 1100; i++) commands.lookup(image, `missing-${i}`, PATH);
   assert.equal(commands.lookup(image, 'tool', PATH).direct, false);
+  // and a rebuilt image (a directory put in the place of the old one: another inode or change time) is looked up afresh.
+  fs.copyFileSync('/usr/bin/true', path.join(image.rootfs, 'usr', 'bin', 'tool'));
+  fs.chmodSync(path.join(image.rootfs, 'usr', 'bin', 'tool'), 0o755);
+  assert.equal(commands.lookup(image, 'tool', PATH).direct, false);
+  fs.renameSync(image.rootfs, `${image.rootfs}.old`);
+  fs.renameSync(`${image.rootfs}.old`, image.rootfs);
+  assert.equal(commands.lookup(image, 'tool', PATH).direct, true);
   const lookup = { direct: true, visited: ['/work/bin', '/work/bin/tool', '/usr', '/usr/bin', '/usr/bin/tool'] };
   assert.equal(passesThrough(lookup, ['/work']), true);
   assert.equal(passesThrough(lookup, ['/wor', '/usr/bin/tool/x', '/tmp']), false);
   assert.equal(passesThrough(lookup, ['/usr/bin/tool']), true);
+  // A work dir given with a trailing slash is the same mount.
+  assert.equal(passesThrough(lookup, ['/work/']), true);
 });

@@ -50,6 +50,9 @@ const ET_DYN = 3;
 /** ELF e_machine of the host's architecture: an executable for another one is not direct. */
 const HOST_MACHINE: Record<string, number> = { x64: 62, arm64: 183 };
 
+/** A path that ends in `/`, `/.` or `/..` names a directory whatever its last name is. */
+const namesDirectory = (p: string): boolean => p.endsWith('/') || p.endsWith('/.') || p.endsWith('/..') || p === '.' || p === '..';
+
 type Resolved = { kind: 'file'; sandboxPath: string; stat: fs.Stats } | { kind: 'missing' } | { kind: 'unknown' };
 
 /**
@@ -59,7 +62,7 @@ type Resolved = { kind: 'file'; sandboxPath: string; stat: fs.Stats } | { kind: 
  */
 function resolveInImage(image: ImageRoot, sandboxPath: string, visited: string[]): Resolved {
   // Bounds the synchronous lstat calls of one lookup (a tenant's PATH can be long): past it, the shell looks.
-  if (visited.length >= MAX_VISITED) return { kind: 'unknown' };
+  if (visited.length >= MAX_VISITED || namesDirectory(sandboxPath)) return { kind: 'unknown' };
   let pending = sandboxPath.split('/').filter((part) => part !== '' && part !== '.');
   let resolved = '';
   let links = 0;
@@ -87,6 +90,8 @@ function resolveInImage(image: ImageRoot, sandboxPath: string, visited: string[]
       } catch {
         return { kind: 'unknown' };
       }
+      // A link to `dir/` at the end of the path asks for a directory: execve's ENOTDIR, the shell's message.
+      if (pending.length === 0 && namesDirectory(target)) return { kind: 'unknown' };
       if (target.startsWith('/')) resolved = '';
       pending = [...target.split('/').filter((part) => part !== '' && part !== '.'), ...pending];
       continue;
@@ -127,7 +132,8 @@ function elfInterpreter(hostPath: string): string | null {
     const phoff = Number(header.readBigUInt64LE(0x20));
     const phentsize = header.readUInt16LE(0x36);
     const phnum = header.readUInt16LE(0x38);
-    if (phentsize < 56 || phnum > 128) return null;
+    // As the kernel's loader: 64-bit program headers of 56 bytes, at least one.
+    if (phentsize !== 56 || phnum === 0 || phnum > 128) return null;
     const table = readAt(fd, phentsize * phnum, phoff);
     if (table === null) return null;
     for (let i = 0; i < phnum; i++) {
@@ -180,19 +186,22 @@ function lookupCommand(image: ImageRoot, command: string, pathEnv: string | unde
   return KEEP_SHIM;
 }
 
-/** Lookups of commands in images, cached per rootfs directory (its device and inode: a rebuilt image is another). */
+/** Lookups of commands in images, cached per rootfs directory (its device, inode and change time: a rebuilt image is another). */
 export class ImageCommands {
   private readonly cache = new Map<string, CommandLookup>();
   private cachedBytes = 0;
 
   lookup(image: ImageRoot, command: string, pathEnv: string | undefined): CommandLookup {
+    // Over the limits the answer is the shell's anyway: not worth a place in the cache.
+    if (command.length > MAX_PATH_ENV || (pathEnv !== undefined && pathEnv.length > MAX_PATH_ENV)) return KEEP_SHIM;
     let rootfs: fs.Stats;
     try {
       rootfs = fs.statSync(image.rootfs);
     } catch {
       return KEEP_SHIM;
     }
-    const key = `${rootfs.dev}:${rootfs.ino}\0${pathEnv ?? '\0'}\0${command}`;
+    // An image removed and built again may get the inode back: its change time tells them apart.
+    const key = `${rootfs.dev}:${rootfs.ino}:${rootfs.ctimeMs}\0${pathEnv ?? '\0'}\0${command}`;
     const hit = this.cache.get(key);
     if (hit !== undefined) return hit;
     const result = lookupCommand(image, command, pathEnv);
@@ -209,5 +218,7 @@ export class ImageCommands {
 
 /** Whether any path the lookup went through is `target` or lies below it. */
 export function passesThrough(lookup: CommandLookup, targets: readonly string[]): boolean {
-  return lookup.visited.some((visited) => targets.some((target) => visited === target || visited.startsWith(`${target}/`)));
+  // Visited paths are clean (no `.`, `..` or empty names); a target may end in `/` (a work dir given so): `/` is all.
+  const clean = targets.map((target) => target.replace(/\/+$/, ''));
+  return lookup.visited.some((visited) => clean.some((target) => target === '' || visited === target || visited.startsWith(`${target}/`)));
 }

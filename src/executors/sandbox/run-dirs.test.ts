@@ -37,6 +37,11 @@ test('a mount point is a real directory (or a file for a file bind), reached thr
   assert.equal(has('/opt/../work'), false);
   // One missing target is enough to bind the image entry by entry.
   assert.equal(dirs.rootHas(root, [{ target: '/proc', source: null }, { target: '/app', source: null }]), false);
+  // An image's own /.kindling with something in it would show where an execution has no files of its own.
+  const other = path.join(top, 'other');
+  fs.mkdirSync(path.join(other, '.kindling'), { recursive: true });
+  fs.writeFileSync(path.join(other, '.kindling', 'left-by-the-image'), '');
+  assert.equal(dirs.rootHas(other, [{ target: '/.kindling', source: null }]), false);
   // Image roots do not change: an answer is kept.
   fs.mkdirSync(path.join(root, 'app'));
   assert.equal(has('/app'), false);

@@ -22,6 +22,11 @@ import type { RootfsLayout } from './rootfs.js';
 const MOUNT_POINTS = { dirs: ['/proc', '/dev', '/tmp', '/.kindling', '/work', AGENT_MOUNT], files: [SUPERVISOR_MOUNT] };
 /** Names of an image's top level a sandbox does not see (rootfs.ts binds none of them either). */
 const HIDDEN = ['sys', 'lost+found', 'recipe.json'];
+/**
+ * Mount points that are not always mounted over: without files an execution gets an empty /.kindling (`--dir`), so an
+ * image whose /.kindling has anything in it is bound entry by entry (the image's /.kindling is never bound then).
+ */
+const EMPTY_POINTS = new Set(['/.kindling']);
 /** Answers of rootHas kept; started over when full (work dirs are the callers' choice). */
 const MAX_ROOT_CHECKS = 512;
 
@@ -123,7 +128,7 @@ export class RunDirs {
       const key = `${root}\0${t.target}\0${kind}`;
       let has = this.rootChecks.get(key);
       if (has === undefined) {
-        has = mountPointIn(root, t.target, kind);
+        has = mountPointIn(root, t.target, kind) && (!EMPTY_POINTS.has(t.target) || isEmptyDir(path.join(root, t.target)));
         if (this.rootChecks.size >= MAX_ROOT_CHECKS) this.rootChecks.clear();
         this.rootChecks.set(key, has);
       }
@@ -235,4 +240,12 @@ function mountPointIn(root: string, target: string, kind: 'dir' | 'file'): boole
     if (!(last && kind === 'file' ? stat.isFile() : stat.isDirectory())) return false;
   }
   return true;
+}
+
+function isEmptyDir(dir: string): boolean {
+  try {
+    return fs.readdirSync(dir).length === 0;
+  } catch {
+    return false;
+  }
 }
