@@ -55,7 +55,8 @@ for f in dist/src/executors/microvm/conformance.test.js dist/test/custom-images.
   dist/src/executors/microvm/persistent.test.js dist/test/e2e-microvm.test.js dist/test/microvm-bundles.test.js \
   dist/test/cluster-serve.test.js dist/test/cluster-security.test.js dist/test/console-cluster.test.js dist/test/console.test.js \
   dist/test/cluster-gateways.test.js dist/test/cluster-shared-state.test.js dist/test/cluster-tenant-slots.test.js \
-  dist/test/cluster-shared-usage.test.js dist/test/cluster-artifacts.test.js dist/test/cluster-gateway-lease.test.js; do
+  dist/test/cluster-shared-usage.test.js dist/test/cluster-artifacts.test.js dist/test/cluster-gateway-lease.test.js \
+  dist/test/cluster-partition.test.js; do
   [ -f "$f" ] && side_files+=("$f")
 done
 side_pid=""

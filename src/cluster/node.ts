@@ -13,7 +13,8 @@ import { gatewayPingSubject, pingSubject } from './run-protocol.js';
 import { workerInboxPrefix } from './nats-users.js';
 import type { IdleUsageEvent } from '../orchestrator/handler-pools.js';
 import type { ClusterConfig } from './roles.js';
-import { WorkerRuns, type RunVersion } from './worker-runs.js';
+import { WORKER_RUNS_DEFAULTS, WorkerRuns, type RunVersion } from './worker-runs.js';
+import { ContactWatch } from './contact-watch.js';
 import { SharedState, type JoinReport, type SharedStateOptions } from './shared-state.js';
 import { TENANT_SLOTS_DEFAULTS, TenantSlots, openSlotsBucket, type TenantSlotsOptions } from './tenant-slots.js';
 import { GatewayLease } from './gateway-lease.js';
@@ -38,7 +39,8 @@ export class ClusterNode {
   private heartbeat: Heartbeat | null = null;
   private workerRuns: WorkerRuns | null = null;
   private closing: Promise<void> | null = null;
-  private fence: NodeJS.Timeout | null = null;
+  /** Workers and `all`: fencing (contact-watch.ts). */
+  private contact: ContactWatch | null = null;
   /** Set when another process took this node's id: why it is not ready. */
   private displacedBy: string | null = null;
   private sharedState: SharedState | null = null;
@@ -70,7 +72,7 @@ export class ClusterNode {
     let node: ClusterNode | null = null;
     const connection = await connectCluster(config.urls, {
       name: `kindling-${config.role}-${config.nodeId}`,
-      // A silent partition (no TCP reset) is noticed within seconds, so fencing starts (nats.js: 2 min by default).
+      // A silent partition (no TCP reset) is noticed within seconds and the client reconnects (nats.js: 2 min by default).
       pingIntervalMs: 3_000,
       // Answers to a gateway's questions come to the gateways' inboxes, where no worker may publish (authorization.conf).
       // A worker's own (under the workers'): with a NATS user of its own, no other worker reads them (nats-users.ts).
@@ -78,7 +80,6 @@ export class ClusterNode {
       ...(config.security ? { security: config.security } : {}),
       onStatus: (status, detail) => {
         logger[status === 'connected' ? 'info' : 'warn']({ nats: status, detail }, 'cluster connection');
-        node?.connectionChanged(status);
       },
     });
     try {
@@ -208,6 +209,23 @@ export class ClusterNode {
   async serve(side: WorkerSide): Promise<void> {
     if (this.config.role === 'gateway' || this.workerRuns !== null) return;
     const identity = { instance: nuid.next(), startedAt: new Date().toISOString() };
+    // The entry goes in first, then the subscriptions: a call a gateway sends with this instance before this process
+    // listens finds no responder and is placed elsewhere (nothing ran), whereas one sent for the instance an entry
+    // still named (this id's previous process) once this one listened would be ignored here and lost.
+    this.heartbeat = await this.registry.heartbeat(
+      () => ({ nodeId: this.config.nodeId, role: this.config.role === 'all' ? 'all' : 'worker', capacity: side.capacity, inFlight: this.workerRuns?.inFlight ?? 0, warm: side.warm(), startedAt: identity.startedAt }),
+      {
+        instance: identity.instance,
+        onError: (error) => this.logger.warn({ err: error }, 'cluster heartbeat failed'),
+        // Two processes started with one id in the same instant, both before the other answered: the later writer
+        // keeps the id, this one stops taking calls and says why on /readyz.
+        onConflict: (other) => {
+          this.displacedBy = `node id ${this.config.nodeId} was taken by another process (started ${other.startedAt}); give each node its own --node-name and restart this one`;
+          this.workerRuns?.leave();
+          this.logger.error({ nodeId: this.config.nodeId, other: other.instance, otherStartedAt: other.startedAt }, 'another process heartbeats this node id: this node takes no more calls');
+        },
+      },
+    );
     const runs = new WorkerRuns(this.connection.nc, {
       nodeId: this.config.nodeId,
       identity,
@@ -216,20 +234,22 @@ export class ClusterNode {
       onError: (error, context) => this.logger.warn({ err: error, ...context }, 'cluster run'),
     });
     this.workerRuns = runs;
-    this.heartbeat = await this.registry.heartbeat(
-      () => ({ nodeId: this.config.nodeId, role: this.config.role === 'all' ? 'all' : 'worker', capacity: side.capacity, inFlight: runs.inFlight, warm: side.warm(), startedAt: identity.startedAt }),
-      {
-        instance: identity.instance,
-        onError: (error) => this.logger.warn({ err: error }, 'cluster heartbeat failed'),
-        // Two processes started with one id in the same instant, both before the other answered: the later writer
-        // keeps the id, this one stops taking calls and says why on /readyz.
-        onConflict: (other) => {
-          this.displacedBy = `node id ${this.config.nodeId} was taken by another process (started ${other.startedAt}); give each node its own --node-name and restart this one`;
-          runs.leave();
-          this.logger.error({ nodeId: this.config.nodeId, other: other.instance, otherStartedAt: other.startedAt }, 'another process heartbeats this node id: this node takes no more calls');
-        },
+    if (this.displacedBy !== null) runs.leave();
+    // Fencing: a worker the server has not answered for longer than a gateway waits for word of a run (the silence
+    // timeout, and one ping interval more, as a ping can be older than the last `alive` a gateway heard) aborts its
+    // runs: their gateways have answered WORKER_LOST by then, and nothing it computes could reach them.
+    const silenceMs = (this.config.silenceTimeoutMs ?? REMOTE_RUNS_DEFAULTS.silenceTimeoutMs) + WORKER_RUNS_DEFAULTS.aliveIntervalMs;
+    this.contact = new ContactWatch({
+      busy: () => runs.inFlight > 0,
+      ping: () => (this.connection.status() === 'connected' ? this.connection.nc.flush() : Promise.reject(new Error('not connected'))),
+      intervalMs: WORKER_RUNS_DEFAULTS.aliveIntervalMs,
+      silenceMs,
+      onSilent: (silentForMs) => {
+        const aborted = runs.abortAll(new KindlingError('WORKER_LOST', `worker ${this.config.nodeId} heard nothing from NATS for ${silentForMs} ms; its gateways gave up on this run`));
+        if (aborted > 0) this.logger.warn({ runs: aborted, silentForMs }, 'cut off from NATS: the runs of gateways were aborted');
       },
-    );
+    });
+    this.contact.start();
   }
 
   /**
@@ -274,27 +294,6 @@ export class ClusterNode {
     return this.displacedBy;
   }
 
-  /**
-   * Fencing: a worker cut off from NATS as long as a gateway waits for word of a run (the silence timeout) aborts its
-   * runs: their gateways have answered WORKER_LOST by then, and nothing it computes could reach them.
-   */
-  private connectionChanged(status: ClusterConnectionStatus): void {
-    if (status === 'connected' || status === 'closed') {
-      if (this.fence) clearTimeout(this.fence);
-      this.fence = null;
-      return;
-    }
-    if (this.fence !== null || this.workerRuns === null) return;
-    const silenceMs = this.config.silenceTimeoutMs ?? REMOTE_RUNS_DEFAULTS.silenceTimeoutMs;
-    this.fence = setTimeout(() => {
-      this.fence = null;
-      if (this.connection.status() === 'connected') return;
-      const aborted = this.workerRuns?.abortAll(new KindlingError('WORKER_LOST', `worker ${this.config.nodeId} lost NATS for ${silenceMs} ms; its gateways gave up on this run`)) ?? 0;
-      if (aborted > 0) this.logger.warn({ runs: aborted, silenceMs }, 'cut off from NATS: the runs of gateways were aborted');
-    }, silenceMs);
-    this.fence.unref();
-  }
-
   /** The workers this gateway sees (empty on a worker). */
   workers(): WorkerEntry[] {
     return this.view?.workers() ?? [];
@@ -324,7 +323,7 @@ export class ClusterNode {
   close(): Promise<void> {
     this.closing ??= (async () => {
       await this.stopAccepting();
-      if (this.fence) clearTimeout(this.fence);
+      this.contact?.stop();
       this.workerRuns?.close();
       // The aborted runs' answers (their sandboxes are being killed) go out before the connection drains.
       await this.workerRuns?.idle(2_000);

@@ -7,7 +7,7 @@
  * or a custom image (their images live on the server that took the deploy), and not raw streams, whose stdin and stdout
  * pass through the gateway as they flow (remotable()). Those run on the gateway itself, as on a single server.
  */
-import { nuid, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { headers as natsHeaders, nuid, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { KindlingError } from '../core/errors.js';
 import { IMAGE_SHORT_NAMES } from '../images/recipes.js';
 import type { ExecutorName } from '../core/types.js';
@@ -16,7 +16,7 @@ import type { IdleUsageEvent, InvocationEvent } from '../orchestrator/handler-po
 import type { FunctionVersion } from '../store/store.js';
 import { placeInvocation, type PlacementCandidate } from './placement.js';
 import type { WorkerEntry } from './registry.js';
-import { DELETED_SUBJECT, IDLE_USAGE_SUBJECT, KIND_HEADER, RUN_SUBJECT_PREFIX, cancelSubject, decodeFrame, encodeFrame, fromWireError, invokeSubject, parseIdleUsage, runFactsOf, type RunAnswer, type RunRequest } from './run-protocol.js';
+import { DELETED_SUBJECT, IDLE_USAGE_SUBJECT, INSTANCE_HEADER, KIND_HEADER, RUN_SUBJECT_PREFIX, cancelSubject, decodeFrame, encodeFrame, fromWireError, invokeSubject, parseIdleUsage, runFactsOf, type RunAnswer, type RunRequest } from './run-protocol.js';
 
 export interface RemoteRunsOptions {
   /** This node's id; with `runsHere` a placement on it runs locally. */
@@ -345,8 +345,14 @@ export class RemoteRuns implements RemoteRouter {
       options.signal?.addEventListener('abort', onAbort, { once: true });
       this.waiting.set(runId, { onMessage, fail: giveUp });
       heard();
+      const instance = this.options.workers().find((worker) => worker.nodeId === nodeId)?.instance;
+      let instanceHeader: ReturnType<typeof natsHeaders> | undefined;
+      if (instance !== undefined) {
+        instanceHeader = natsHeaders();
+        instanceHeader.set(INSTANCE_HEADER, instance);
+      }
       try {
-        this.nc.publish(invokeSubject(nodeId), frame, { reply: subject });
+        this.nc.publish(invokeSubject(nodeId), frame, { reply: subject, ...(instanceHeader ? { headers: instanceHeader } : {}) });
       } catch (error) {
         fail(noWorkers(`the gateway could not reach NATS to send the invocation: ${(error as Error).message}`));
       }

@@ -33,6 +33,13 @@ export const DELETED_SUBJECT = 'kindling.functions.deleted';
 
 /** The header that says what a message on a run subject is. */
 export const KIND_HEADER = 'k';
+/**
+ * The header of a run request that names the worker process it is for (the `instance` of its registry entry). A worker
+ * listens on its invoke subject without a queue group, so a connection the server still holds for it (a link that
+ * died silently, which the server drops only at its own ping check) cannot take the call instead of the live one; a
+ * process that shares the node id but is not that instance ignores the request.
+ */
+export const INSTANCE_HEADER = 'i';
 export type RunMessageKind = 'started' | 'alive' | 'out' | 'chunk' | 'result';
 
 /** What a worker needs to run one invocation: the whole version (workers read no store), the tenant's caps, the trace. */

@@ -11,6 +11,7 @@ import type { FunctionVersion } from '../store/store.js';
 import {
   DELETED_SUBJECT,
   IDLE_USAGE_SUBJECT,
+  INSTANCE_HEADER,
   KIND_HEADER,
   RUN_SUBJECT_PREFIX,
   cancelSubject,
@@ -64,9 +65,11 @@ export class WorkerRuns {
       }
     };
     this.placeable = [
-      // A queue group: should two processes share one id after all (both started in the same instant, before either
-      // heartbeat), each call still reaches one of them, never both.
-      nc.subscribe(invokeSubject(options.nodeId), { queue: 'kindling-worker', callback: guarded((msg) => this.onInvoke(msg)) }),
+      // No queue group: a connection of this process that died silently may still be subscribed at the server, which
+      // would hand it every other call. Each request names the instance it is for (INSTANCE_HEADER): should two
+      // processes share one id after all (both started in the same instant, before either heartbeat), each call is
+      // run by the one the registry holds, never both.
+      nc.subscribe(invokeSubject(options.nodeId), { callback: guarded((msg) => this.onInvoke(msg)) }),
       nc.subscribe(pingSubject(options.nodeId), { callback: guarded((msg) => msg.respond(JSON.stringify({ nodeId: options.nodeId, ...options.identity }))) }),
     ];
     this.subscriptions = [
@@ -144,6 +147,8 @@ export class WorkerRuns {
     const reply = msg.reply;
     // Only a reply to a run subject is answered: anything else on this subject is not a gateway's request.
     if (reply === undefined || !reply.startsWith(RUN_SUBJECT_PREFIX)) return;
+    const instance = msg.headers?.get(INSTANCE_HEADER);
+    if (instance && instance !== this.options.identity.instance) return;
     let request: RunRequest;
     let payload: Buffer;
     try {

@@ -20,12 +20,23 @@ export interface Node {
  * A server process in the cluster (a new data dir unless one is given, a free port), stopped gracefully and its dir
  * removed by the owner's cleanup.
  */
-export async function startNode(t: CleanupOwner, natsUrl: string, role: string, name: string, existingDataDir?: string, env: NodeJS.ProcessEnv = {}, extraArgs: string[] = []): Promise<Node> {
+export async function startNode(
+  t: CleanupOwner,
+  natsUrl: string,
+  role: string,
+  name: string,
+  existingDataDir?: string,
+  env: NodeJS.ProcessEnv = {},
+  extraArgs: string[] = [],
+  /** An argv prefix the server runs under, e.g. `nsenter --net=...` to start it in a test's network namespace. */
+  launcher: string[] = [],
+): Promise<Node> {
   const dataDir = existingDataDir ?? (await realpath(await mkdtemp(join(tmpdir(), `kindling-cluster-${name}-`))));
   if (existingDataDir === undefined) t.after(() => rm(dataDir, { recursive: true, force: true }));
+  const [program, ...programArgs] = [...launcher, process.execPath];
   const child = spawn(
-    process.execPath,
-    [KINDLING_CLI, 'serve', '--cluster', natsUrl, '--role', role, '--node-name', name, '--port', '0', '--data-dir', dataDir, '--images-dir', IMAGES_DIR, '--executor', 'sandbox', '--enable-executors', '', '--prewarm', '0', '--generic-sandboxes', '0', '--log-level', 'info', ...extraArgs],
+    program as string,
+    [...programArgs, KINDLING_CLI, 'serve', '--cluster', natsUrl, '--role', role, '--node-name', name, '--port', '0', '--data-dir', dataDir, '--images-dir', IMAGES_DIR, '--executor', 'sandbox', '--enable-executors', '', '--prewarm', '0', '--generic-sandboxes', '0', '--log-level', 'info', ...extraArgs],
     { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } },
   );
   alive.add(child);

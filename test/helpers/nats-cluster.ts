@@ -47,7 +47,7 @@ export interface NatsNode {
 
 export interface NatsCluster {
   readonly nodes: readonly NatsNode[];
-  /** nats://127.0.0.1:port of every node, for `--cluster`. */
+  /** nats://<clientHost>:port of every node, for `--cluster`. */
   readonly urls: string[];
   readonly clusterName: string;
   /** Sends `signal` to node i and waits until it has exited. */
@@ -69,6 +69,11 @@ export interface NatsClusterOptions {
   startTimeoutMs?: number;
   /** Lines added to each node's configuration (TLS, authorization). */
   extraConfig?: string;
+  /**
+   * The address clients connect to (default 127.0.0.1): one of this machine's own addresses, e.g. the host side of a
+   * test namespace's veth, so a process in that namespace can reach the cluster.
+   */
+  clientHost?: string;
 }
 
 /**
@@ -78,7 +83,17 @@ export interface NatsClusterOptions {
 export function lifo(t: CleanupOwner): CleanupOwner {
   const hooks: Array<() => Promise<void>> = [];
   t.after(async () => {
-    for (const hook of hooks.reverse()) await hook();
+    // Every hook runs even when one throws (a namespace must go even if a server's stop failed); the first error is
+    // rethrown at the end.
+    let failure: unknown = null;
+    for (const hook of hooks.reverse()) {
+      try {
+        await hook();
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+    if (failure !== null) throw failure;
   });
   return { after: (fn) => void hooks.push(fn) };
 }
@@ -100,10 +115,10 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-function configOf(node: NatsNode, all: NatsNode[], clusterName: string, extraConfig = ''): string {
+function configOf(node: NatsNode, all: NatsNode[], clusterName: string, extraConfig = '', clientHost = '127.0.0.1'): string {
   const lines = [
     `server_name: "${node.name}"`,
-    `listen: "127.0.0.1:${node.clientPort}"`,
+    `listen: "${clientHost}:${node.clientPort}"`,
     `http: "127.0.0.1:${node.monitorPort}"`,
     'jetstream {',
     `  store_dir: "${node.storeDir}"`,
@@ -167,14 +182,14 @@ async function startOnce(owner: CleanupOwner, options: NatsClusterOptions): Prom
       clientPort,
       routePort: await freePort(),
       monitorPort: await freePort(),
-      url: `nats://127.0.0.1:${clientPort}`,
+      url: `nats://${options.clientHost ?? '127.0.0.1'}:${clientPort}`,
       storeDir: join(nodeDir, 'store'),
       configFile: join(nodeDir, 'nats.conf'),
       logFile: join(nodeDir, 'nats.log'),
       process: null,
     });
   }
-  for (const node of nodes) await writeFile(node.configFile, configOf(node, nodes, clusterName, options.extraConfig));
+  for (const node of nodes) await writeFile(node.configFile, configOf(node, nodes, clusterName, options.extraConfig, options.clientHost));
 
   const launch = (node: NatsNode): void => {
     const log = createWriteStream(node.logFile, { flags: 'a' });
